@@ -1,0 +1,755 @@
+/*
+ * loom.c: the arena. Mapping, fault handling, guard page, save.
+ *
+ * DESIGN
+ *
+ * The arena is one mapping of arena_pages pages. Pages [0, image_pages) are
+ * the image: demand-paged (a private file mapping of the image file, so
+ * nothing is read until touched) or copied in. The rest is anonymous memory
+ * (or, with LOOM_SWAP, a shared mapping of an unlinked scratch file, so the
+ * arena can exceed RAM).
+ *
+ * INVARIANTS AT REST (after open, after every save; loom_check() checks them)
+ *
+ *   A1. Every image page is clean (dirty bit 0, writes noticed by the
+ *       tracker), except a page the allocator reported free at the last save:
+ *       it stays dirty, since its memory may differ from the image.
+ *   A2. Every other page is dirty (bit 1) and writable.
+ *   A3. There is at most one guard page, outside the image, with no access
+ *       and bit 1; there is none only in yolo mode or when the arena is
+ *       exhausted.
+ *   A4. A clean page's memory equals its image page (LOOM_VALIDATE checks).
+ *
+ * THE SAVE (loom_save), around the store's commit protocol (store.c):
+ *
+ *   S1. Collect: the tracker sets the bits of written image pages. A guard
+ *       page below low is lifted (the low region grew over it).
+ *   S2. Compose: dirty pages below low that the allocator does not report
+ *       free and whose contents changed (hash differs from the image's).
+ *   S3. Commit: store steps 1-3; the patch is durable (commit point).
+ *   S4. Commit hook: replication reads the changes; the image file still
+ *       holds the previous versions.
+ *   S5. Demand-paged shrink: pages [low, image) still backed by the image
+ *       file move to anonymous memory, since the apply shrinks the file.
+ *   S6. Apply: store steps 4-6, inline or on the apply thread.
+ *   S7. Re-protect: composed and unchanged dirty pages below low become
+ *       clean; pages past low become dirty; the guard is placed (ward).
+ *   S8. Validate (LOOM_VALIDATE): every clean page equals the image.
+ *   If S2 finds nothing and the image length is unchanged, S3-S6 are
+ *   skipped: nothing is written.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "loom.h"
+#include "loom_io.h"
+#include "store_internal.h"
+#include "util.h"
+
+#define PS ((uint64_t)LOOM_PAGE_SIZE)
+
+int tracker_mprotect_fault(loom *l, uint64_t n);
+
+/* ---------------------------------------------------------------------- */
+/* The process-wide fault handler and the registry of open arenas. */
+
+#define MAX_LOOMS 16
+static loom *volatile registry[MAX_LOOMS];
+static struct sigaction previous_segv;
+static int handler_installed;
+
+static loom *registry_find(const void *addr)
+{
+  for (int i = 0; i < MAX_LOOMS; i++) {
+    loom *l = registry[i];
+    if (l && (const uint8_t *)addr >= l->base &&
+        (const uint8_t *)addr < l->base + l->pages * PS)
+      return l;
+  }
+  return NULL;
+}
+
+static int guard_pick(const loom *l, uint64_t low, uint64_t high, uint64_t *out);
+static int guard_move(loom *l, uint64_t to);
+
+/* A write reached the guard page: recentre it, or report exhaustion. */
+static int fault_guard(loom *l, uint64_t n)
+{
+  uint64_t low = l->image_pages, high = l->pages, to;
+  if (l->opt.watermarks)
+    l->opt.watermarks(l->opt.watermarks_ctx, &low, &high);
+  if (!guard_pick(l, low, high, &to) && to != n) {
+    __atomic_fetch_add(&l->stats.guard_moves, 1, __ATOMIC_RELAXED);
+    return guard_move(l, to) ? -1 : 0;
+  }
+  if (l->opt.on_exhausted)
+    l->opt.on_exhausted(l->opt.exhausted_ctx); /* may siglongjmp away */
+  l->exhausted = 1;
+  return guard_move(l, NO_GUARD) ? -1 : 0;
+}
+
+static void segv_handler(int sig, siginfo_t *info, void *uctx)
+{
+  loom *l = registry_find(info->si_addr);
+  if (l) {
+    uint64_t n = (uint64_t)((uint8_t *)info->si_addr - l->base) / PS;
+    int rc = n == l->guard ? fault_guard(l, n)
+             : l->tracker == &tracker_mprotect ? tracker_mprotect_fault(l, n)
+                                               : -1;
+    if (rc == 0) {
+      __atomic_fetch_add(&l->stats.faults, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    l->bug = 1; /* a fault we cannot explain: never write through it */
+  }
+  if (previous_segv.sa_flags & SA_SIGINFO) {
+    previous_segv.sa_sigaction(sig, info, uctx);
+  } else if (previous_segv.sa_handler != SIG_DFL &&
+             previous_segv.sa_handler != SIG_IGN) {
+    previous_segv.sa_handler(sig);
+  } else {
+    /* Restore the default and return: the access faults again and the
+     * process dies with SIGSEGV where the bug is. */
+    signal(SIGSEGV, SIG_DFL);
+  }
+}
+
+static int registry_add(loom *l)
+{
+  if (!handler_installed) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &previous_segv) < 0)
+      return errno;
+    handler_installed = 1;
+  }
+  for (int i = 0; i < MAX_LOOMS; i++)
+    if (__sync_bool_compare_and_swap(&registry[i], NULL, l))
+      return 0;
+  return EMFILE;
+}
+
+static void registry_remove(loom *l)
+{
+  for (int i = 0; i < MAX_LOOMS; i++)
+    __sync_bool_compare_and_swap(&registry[i], l, NULL);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Guard page. */
+
+/* The middle of the free pages [max(low, image), high), or 1 if none. */
+static int guard_pick(const loom *l, uint64_t low, uint64_t high, uint64_t *out)
+{
+  if (low < l->image_pages)
+    low = l->image_pages;
+  if (high > l->pages)
+    high = l->pages;
+  if (low >= high)
+    return 1;
+  *out = low + (high - low) / 2;
+  return 0;
+}
+
+/* Lift the current guard (the page becomes dirty and writable) and place one
+ * at to (or none). Async-signal-safe. */
+static int guard_move(loom *l, uint64_t to)
+{
+  uint64_t from = l->guard;
+  if (from == to)
+    return 0;
+  if (to != NO_GUARD) {
+    page_set_dirty(l, to);
+    if (mprotect(page_addr(l, to), PS, PROT_NONE) < 0)
+      return errno;
+  }
+  l->guard = to;
+  if (from != NO_GUARD &&
+      mprotect(page_addr(l, from), PS, PROT_READ | PROT_WRITE) < 0)
+    return errno;
+  return 0;
+}
+
+int loom_ward(loom *l, uint64_t low, uint64_t high)
+{
+  if (!l || low > high || high > l->pages)
+    return LOOM_EINVAL;
+  if (store_poisoned(l->store))
+    return LOOM_EPANIC;
+  uint64_t to;
+  if (guard_pick(l, low, high, &to)) {
+    int rc = guard_move(l, NO_GUARD);
+    /* No free page above the image: exhausted only if none below either. */
+    if (low >= high) {
+      l->exhausted = 1;
+      return rc ? rc : LOOM_EEXHAUSTED;
+    }
+    return rc;
+  }
+  l->exhausted = 0;
+  if (l->guard != NO_GUARD && l->guard >= low && l->guard < high &&
+      l->guard >= l->image_pages)
+    return 0;
+  l->stats.guard_moves++;
+  return guard_move(l, to);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Mapping. */
+
+/* Map [first, first + count) as plain dirty memory: anonymous, or the
+ * scratch file's pages with LOOM_SWAP. */
+static int map_dirty(loom *l, uint64_t first, uint64_t count)
+{
+  if (!count)
+    return 0;
+  void *want = page_addr(l, first);
+  void *got = l->swap_fd >= 0
+                  ? mmap(want, count * PS, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_FIXED, l->swap_fd, (off_t)(first * PS))
+                  : mmap(want, count * PS, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+                         -1, 0);
+  return got == MAP_FAILED ? errno : 0;
+}
+
+static int map_arena(loom *l, const char *dir)
+{
+  size_t len = l->pages * PS;
+  if (l->opt.flags & LOOM_SWAP) {
+    l->swap_fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (l->swap_fd < 0)
+      return errno;
+    if (ftruncate(l->swap_fd, (off_t)len) < 0)
+      return errno;
+  }
+  void *base = l->swap_fd >= 0
+                   ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+                          l->swap_fd, 0)
+                   : mmap(NULL, len, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED)
+    return errno;
+  l->base = base;
+  uint64_t image = l->image_pages;
+  if (!image)
+    return 0;
+  int fd = loom_store_image_fd(l->store);
+  if (!(l->opt.flags & LOOM_COPY_IN)) {
+    /* Demand-paged: a private mapping of the image file. Writes go to
+     * private copies; the file changes only through the store. */
+    void *got = mmap(base, image * PS, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_FIXED, fd, 0);
+    return got == MAP_FAILED ? errno : 0;
+  }
+  for (uint64_t n = 0; n < image; n++) {
+    int rc = loom_store_read_page(l->store, n, page_addr(l, n));
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* S5: pages [from, to) stop being backed by the image file. */
+static int unmap_image_tail(loom *l, uint64_t from, uint64_t to)
+{
+  if ((l->opt.flags & LOOM_COPY_IN) || from >= to)
+    return 0;
+  uint64_t count = to - from;
+  uint8_t *copy = mmap(NULL, count * PS, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (copy == MAP_FAILED)
+    return errno;
+  int rc = l->tracker->unprotect(l, from, count);
+  if (!rc) {
+    memcpy(copy, page_addr(l, from), count * PS);
+    rc = map_dirty(l, from, count);
+  }
+  if (!rc) {
+    memcpy(page_addr(l, from), copy, count * PS);
+    rc = l->tracker->remapped(l, from, count);
+  }
+  munmap(copy, count * PS);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Open and close. */
+
+const char *loom_tracker_name(loom_tracker t)
+{
+  switch (t) {
+  case LOOM_TRACK_AUTO: return "auto";
+  case LOOM_TRACK_MPROTECT: return "mprotect";
+  case LOOM_TRACK_UFFD_ASYNC: return "uffd-async";
+  }
+  return "?";
+}
+
+static void loom_free(loom *l)
+{
+  registry_remove(l);
+  if (l->tracker)
+    l->tracker->fini(l);
+  if (l->base)
+    munmap(l->base, l->pages * PS);
+  if (l->swap_fd >= 0)
+    close(l->swap_fd);
+  free(l->dirty);
+  free(l);
+}
+
+int loom_open(const char *dir, const loom_options *opt, loom **out)
+{
+  if (!dir || !opt || !out || opt->arena_pages < 3 ||
+      opt->arena_pages > (UINT64_C(1) << 32))
+    return LOOM_EINVAL;
+  *out = NULL;
+  long sys = sysconf(_SC_PAGESIZE);
+  if (sys <= 0 || LOOM_PAGE_SIZE % (uint64_t)sys != 0)
+    return LOOM_EPAGESIZE;
+  const tracker_ops *tracker;
+  switch (opt->tracker) {
+  case LOOM_TRACK_AUTO:
+    tracker = tracker_uffd_async_available() ? &tracker_uffd_async
+                                             : &tracker_mprotect;
+    break;
+  case LOOM_TRACK_MPROTECT:
+    tracker = &tracker_mprotect;
+    break;
+  case LOOM_TRACK_UFFD_ASYNC:
+    if (!tracker_uffd_async_available())
+      return LOOM_ETRACKER;
+    tracker = &tracker_uffd_async;
+    break;
+  default:
+    return LOOM_EINVAL;
+  }
+
+  loom *l = calloc(1, sizeof *l);
+  if (!l)
+    return ENOMEM;
+  l->opt = *opt;
+  l->pages = opt->arena_pages;
+  l->guard = NO_GUARD;
+  l->swap_fd = l->uffd = l->pagemap_fd = -1;
+  l->dirty = calloc((size_t)(l->pages + 63) / 64, sizeof(uint64_t));
+  int rc = l->dirty ? 0 : ENOMEM;
+  if (!rc)
+    rc = store_open_flags(dir, opt->flags & (LOOM_CREATE | LOOM_APPLY_ASYNC),
+                          opt->io, &l->store);
+  loom_position pos = {0};
+  if (!rc) {
+    loom_store_position(l->store, &pos);
+    if (pos.pages > l->pages - 1)
+      rc = LOOM_ETOOBIG;
+  }
+  if (!rc) {
+    l->image_pages = pos.pages;
+    for (uint64_t n = pos.pages; n < l->pages; n++)
+      page_set_dirty(l, n); /* A2 */
+    rc = map_arena(l, dir);
+  }
+  if (!rc) {
+    rc = tracker->init(l); /* A1 */
+    if (!rc)
+      l->tracker = tracker;
+  }
+  if (!rc)
+    rc = registry_add(l);
+  if (!rc)
+    rc = loom_ward(l, pos.pages, l->pages); /* A3 */
+  if (rc) {
+    if (l->store)
+      loom_store_close(l->store);
+    loom_free(l);
+    return rc;
+  }
+  *out = l;
+  return 0;
+}
+
+int loom_close(loom *l)
+{
+  if (!l)
+    return 0;
+  int rc = loom_store_close(l->store);
+  loom_free(l);
+  return rc;
+}
+
+void *loom_base(const loom *l) { return l->base; }
+void *loom_page(const loom *l, uint64_t n) { return page_addr(l, n); }
+uint64_t loom_arena_pages(const loom *l) { return l->pages; }
+loom_store *loom_get_store(loom *l) { return l->store; }
+loom_tracker loom_get_tracker(const loom *l) { return l->tracker->kind; }
+
+void loom_get_stats(const loom *l, loom_stats *out) { *out = l->stats; }
+
+/* ---------------------------------------------------------------------- */
+/* Save. */
+
+/* Apply op to each maximal run of pages in [first, end) for which want()
+ * holds; stops at the first error. */
+static int for_runs(loom *l, uint64_t first, uint64_t end,
+                    int (*want)(const loom *, uint64_t, const void *),
+                    const void *arg,
+                    int (*op)(loom *, uint64_t, uint64_t))
+{
+  uint64_t n = first;
+  while (n < end) {
+    while (n < end && !want(l, n, arg))
+      n++;
+    uint64_t start = n;
+    while (n < end && want(l, n, arg))
+      n++;
+    if (n > start) {
+      int rc = op(l, start, n - start);
+      if (rc)
+        return rc;
+    }
+  }
+  return 0;
+}
+
+/* Pages S7 makes clean: marked in the `clean` bitmap by compose. */
+static int want_clean(const loom *l, uint64_t n, const void *arg)
+{
+  (void)l;
+  const uint64_t *clean = arg;
+  return (clean[n / 64] >> (n % 64)) & 1;
+}
+
+static int clean_run(loom *l, uint64_t first, uint64_t count)
+{
+  int rc = l->tracker->protect(l, first, count);
+  if (!rc)
+    for (uint64_t n = first; n < first + count; n++)
+      page_set_clean(l, n);
+  return rc;
+}
+
+static int is_free(const loom *l, uint64_t n)
+{
+  return l->opt.page_is_free && l->opt.page_is_free(l->opt.free_ctx, n);
+}
+
+/* S2: the changed pages below low, in ascending order, with their hashes;
+ * every page S7 makes clean is marked in clean[]. */
+typedef struct changes {
+  uint64_t count, cap;
+  uint64_t *numbers, *hashes;
+} changes;
+
+static int changes_push(changes *c, uint64_t n, uint64_t hash)
+{
+  if (c->count == c->cap) {
+    uint64_t cap = c->cap ? c->cap * 2 : 256;
+    uint64_t *nn = realloc(c->numbers, (size_t)cap * sizeof *nn);
+    if (nn)
+      c->numbers = nn;
+    uint64_t *hh = nn ? realloc(c->hashes, (size_t)cap * sizeof *hh) : NULL;
+    if (hh)
+      c->hashes = hh;
+    if (!nn || !hh)
+      return ENOMEM;
+    c->cap = cap;
+  }
+  c->numbers[c->count] = n;
+  c->hashes[c->count] = hash;
+  c->count++;
+  return 0;
+}
+
+static int compose(loom *l, uint64_t low, uint64_t *clean, changes *out)
+{
+  uint64_t image = l->image_pages;
+  for (uint64_t w = 0; w * 64 < low; w++) {
+    uint64_t bits = __atomic_load_n(&l->dirty[w], __ATOMIC_RELAXED);
+    while (bits) {
+      uint64_t n = w * 64 + (uint64_t)__builtin_ctzll(bits);
+      bits &= bits - 1;
+      if (n >= low)
+        break;
+      if (n == l->guard || is_free(l, n))
+        continue;
+      clean[n / 64] |= UINT64_C(1) << (n % 64);
+      uint64_t hash = loom_page_hash(n, page_addr(l, n));
+      if (n < image && hash == loom_store_page_hash(l->store, n))
+        continue; /* written, but unchanged */
+      int rc = changes_push(out, n, hash);
+      if (rc)
+        return rc;
+    }
+  }
+  return 0;
+}
+
+int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
+{
+  if (!l || !c || !buf || i >= c->page_count)
+    return LOOM_EINVAL;
+  uint64_t n = c->page_numbers[i];
+  if (n >= c->before.pages) {
+    memset(buf, 0, PS);
+    return 0;
+  }
+  return store_read_image_page(l->store, n, buf);
+}
+
+static int validate(loom *l)
+{
+  int rc = loom_store_sync(l->store);
+  uint8_t *buf = rc ? NULL : malloc(PS);
+  if (!rc && !buf)
+    rc = ENOMEM;
+  for (uint64_t n = 0; !rc && n < l->image_pages; n++) {
+    if (page_dirty(l, n))
+      continue;
+    rc = store_read_image_page(l->store, n, buf);
+    if (!rc && memcmp(buf, page_addr(l, n), PS) != 0) {
+      l->stats.validation_errors++;
+      rc = LOOM_EBUG;
+    }
+  }
+  free(buf);
+  return rc;
+}
+
+/* S3-S6, once compose found something to commit. */
+static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
+{
+  loom_position before;
+  loom_store_position(l->store, &before);
+  uint64_t image = l->image_pages;
+  loom_patch_header h = {
+      .before = before,
+      .after = {.epoch = before.epoch, .seq = before.seq + 1, .pages = low,
+                .commit_time_ns = loom_now_ns()},
+      .page_count = ch->count,
+  };
+  loom_patch *p = NULL;
+  int rc = store_patch_begin(l->store, &h, 1, &p);
+  for (uint64_t i = 0; !rc && i < ch->count; i++)
+    rc = store_patch_add_hashed(p, ch->numbers[i], page_addr(l, ch->numbers[i]),
+                                ch->hashes[i]);
+  if (!rc)
+    rc = store_patch_make_durable(p);                        /* S3 */
+  if (rc) {
+    loom_patch_abort(p);
+    return rc;
+  }
+  l->stats.saves++;
+  l->stats.pages_saved += ch->count;
+  if (l->opt.on_commit) {                                    /* S4 */
+    loom_commit c = {
+        .before = p->header.before,
+        .after = p->header.after,
+        .page_count = p->header.page_count,
+        .page_numbers = p->page_numbers,
+        .old_hashes = p->old_hashes,
+        .new_hashes = p->new_hashes,
+    };
+    *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
+  }
+  rc = unmap_image_tail(l, low, image);                      /* S5 */
+  l->image_pages = low;
+  if (rc) {
+    /* Committed, but the image file cannot shrink under the mapping. */
+    store_poison(l->store, rc);
+    loom_patch_abort(p);
+    return rc;
+  }
+  return store_apply_start(p);                               /* S6 */
+}
+
+int loom_save(loom *l, uint64_t low, uint64_t high)
+{
+  if (!l || low > high || high > l->pages)
+    return LOOM_EINVAL;
+  if (store_poisoned(l->store))
+    return LOOM_EPANIC;
+  if (l->bug)
+    return LOOM_EBUG;
+  int rc = l->tracker->collect(l);                           /* S1 */
+  if (!rc && l->guard != NO_GUARD && l->guard < low)
+    rc = guard_move(l, NO_GUARD);
+  if (rc)
+    return rc;
+
+  uint64_t image = l->image_pages;
+  uint64_t *clean = calloc((size_t)(low + 63) / 64 + 1, sizeof(uint64_t));
+  changes ch = {0};
+  rc = clean ? compose(l, low, clean, &ch) : ENOMEM;         /* S2 */
+  int hook_rc = 0;
+  if (!rc && (ch.count || low != image))
+    rc = commit(l, low, &ch, &hook_rc);                      /* S3-S6 */
+  free(ch.numbers);
+  free(ch.hashes);
+  if (rc) {
+    free(clean);
+    return rc; /* before the commit point nothing changed */
+  }
+  /* S7: pages past the image are dirty, the composed ones clean. */
+  for (uint64_t n = l->image_pages; n < image; n++)
+    page_set_dirty(l, n);
+  if (image > l->image_pages)
+    rc = l->tracker->unprotect(l, l->image_pages, image - l->image_pages);
+  if (!rc)
+    rc = for_runs(l, 0, l->image_pages, want_clean, clean, clean_run);
+  free(clean);
+  l->yolo = 0;
+  if (!rc)
+    rc = loom_ward(l, low, high);
+  if (rc == LOOM_EEXHAUSTED)
+    return rc;
+  if (rc) {
+    store_poison(l->store, rc);
+    return rc;
+  }
+  if (l->opt.flags & LOOM_VALIDATE)
+    rc = validate(l);                                         /* S8 */
+  return rc ? rc : hook_rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Toss, foul, yolo, check. */
+
+static int want_free_middle(const loom *l, uint64_t n, const void *arg)
+{
+  (void)arg;
+  return n != l->guard;
+}
+
+static int toss_run(loom *l, uint64_t first, uint64_t count)
+{
+  if (l->swap_fd >= 0 &&
+      fallocate(l->swap_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                (off_t)(first * PS), (off_t)(count * PS)) < 0)
+    return errno;
+  return madvise(page_addr(l, first), count * PS, MADV_DONTNEED) < 0 ? errno : 0;
+}
+
+int loom_toss(loom *l, uint64_t low, uint64_t high)
+{
+  if (!l || low > high || high > l->pages)
+    return LOOM_EINVAL;
+  if (low < l->image_pages)
+    low = l->image_pages; /* image pages are never tossed */
+  return for_runs(l, low, high, want_free_middle, NULL, toss_run);
+}
+
+int loom_foul(loom *l)
+{
+  if (!l)
+    return LOOM_EINVAL;
+  int rc = l->tracker->unprotect(l, 0, l->image_pages);
+  if (!rc)
+    for (uint64_t n = 0; n < l->image_pages; n++)
+      page_set_dirty(l, n);
+  return rc;
+}
+
+int loom_yolo(loom *l)
+{
+  int rc = loom_foul(l);
+  if (!rc)
+    rc = guard_move(l, NO_GUARD);
+  if (!rc)
+    l->yolo = 1;
+  return rc;
+}
+
+/* Read /proc/self/maps and check each page's protection against A1-A3 (for
+ * the mprotect tracker; the uffd tracker leaves protections alone). */
+typedef struct check_ctx {
+  void (*report)(void *, const char *);
+  void *ctx;
+  int violations;
+} check_ctx;
+
+__attribute__((format(printf, 2, 3)))
+static void violation(check_ctx *c, const char *fmt, ...)
+{
+  char msg[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (c->report)
+    c->report(c->ctx, msg);
+  c->violations++;
+}
+
+static void check_protections(loom *l, check_ctx *c)
+{
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) {
+    violation(c, "cannot read /proc/self/maps (%s)", strerror(errno));
+    return;
+  }
+  uintptr_t lo = (uintptr_t)l->base, hi = lo + l->pages * PS;
+  char line[512];
+  while (fgets(line, sizeof line, f)) {
+    unsigned long start, end;
+    char perms[5];
+    if (sscanf(line, "%lx-%lx %4s", &start, &end, perms) != 3)
+      continue;
+    if (end <= lo || start >= hi)
+      continue;
+    if (start < lo)
+      start = lo;
+    if (end > hi)
+      end = hi;
+    for (uintptr_t a = start; a < end; a += PS) {
+      uint64_t n = (a - lo) / PS;
+      int readable = perms[0] == 'r', writable = perms[1] == 'w';
+      if (n == l->guard) {
+        if (readable || writable)
+          violation(c, "guard page %llu is accessible", (unsigned long long)(n));
+      } else if (page_dirty(l, n)) {
+        if (!writable && !l->yolo)
+          violation(c, "dirty page %llu is not writable", (unsigned long long)(n));
+      } else if (writable && l->tracker == &tracker_mprotect) {
+        violation(c, "clean page %llu is writable", (unsigned long long)(n));
+      } else if (!readable) {
+        violation(c, "page %llu is not readable", (unsigned long long)(n));
+      }
+    }
+  }
+  fclose(f);
+}
+
+int loom_check(loom *l, void (*report)(void *ctx, const char *msg), void *ctx)
+{
+  check_ctx c = {report, ctx, 0};
+  if (!l)
+    return 0;
+  for (uint64_t n = l->image_pages; n < l->pages; n++)
+    if (!page_dirty(l, n))
+      violation(&c, "page %llu past the image is clean", (unsigned long long)(n));
+  if (l->guard != NO_GUARD && l->guard < l->image_pages)
+    violation(&c, "guard page %llu is inside the image", (unsigned long long)(l->guard));
+  if (l->guard == NO_GUARD && !l->yolo && !l->exhausted)
+    violation(&c, "no guard page (free pages: %llu)", (unsigned long long)(l->pages - l->image_pages));
+  if (l->bug)
+    violation(&c, "an unexplained fault was caught (%llu)", (unsigned long long)((uint64_t)l->bug));
+  loom_position pos;
+  loom_store_position(l->store, &pos);
+  if (pos.pages != l->image_pages)
+    violation(&c, "the store's image has %llu pages, the arena disagrees",
+              (unsigned long long)(pos.pages));
+  check_protections(l, &c);
+  return c.violations;
+}

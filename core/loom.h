@@ -1,0 +1,344 @@
+/*
+ * loom.h: a persistent memory arena with crash-safe, incremental snapshots.
+ *
+ * INTRODUCTION
+ *
+ * A *loom* is one contiguous region of virtual memory made of 16 KiB pages,
+ * backed by an *image directory* on disk. The application keeps its state in
+ * the arena and, at quiescent points, calls loom_save(): the pages written
+ * since the last save are collected into one checksummed *patch*, the patch is
+ * made durable (the commit point), and then applied to the on-disk *image*.
+ *
+ * Every commit that changes something gets a *position*
+ *
+ *     (epoch, seq, checksum, pages)
+ *
+ * where seq grows by one per commit, epoch changes only on promotion
+ * (loom_store_set_epoch), and checksum is a 64-bit whole-image checksum: the
+ * sum, modulo 2^64, of XXH3-64(page contents, seed = page number) over every
+ * page of the image. It is kept incrementally, at a cost proportional to the
+ * pages in a patch. A crash at any instant leaves the image at the old or the
+ * new position, never between; loom_open() says which.
+ *
+ * There are two layers, usable on their own:
+ *
+ *   loom_store  an image directory: lock, recovery, positions, applying
+ *               patches (from a save, or received from a primary), backup,
+ *               verification. No memory mapping. A standby uses only this.
+ *   loom        the arena on top of a store: mapping, dirty-page tracking,
+ *               guard page, save.
+ *
+ * THE IMAGE DIRECTORY (byte tables in docs/FORMAT.md)
+ *
+ *     image    the pages, page n at offset n * LOOM_PAGE_SIZE
+ *     hashes   one little-endian u64 per image page: its XXH3 hash
+ *     meta     two 512-byte position slots, written alternately
+ *     patch    present only between a commit point and the end of its apply
+ *     lock     taken with flock(LOCK_EX) by the one writer
+ *
+ * ERRORS
+ *
+ * Every fallible call returns 0 on success, a positive errno value for a
+ * failed system call, or one of the negative LOOM_E* codes below.
+ * loom_strerror() describes both. The library never prints, never aborts on
+ * I/O errors or bad input, and never calls exit(). A failure while a commit
+ * is being applied poisons the handle: every later call returns
+ * LOOM_EPANIC, and the next open recovers from the durable patch.
+ *
+ * THREADS AND SIGNALS
+ *
+ * A loom or store handle is used by one thread at a time. loom_save() must
+ * not run while another thread writes to the arena. The arena's fault
+ * handling installs one process-wide SIGSEGV handler; faults outside every
+ * open arena are passed to the handler that was installed before. Do not
+ * fork() while a loom is open and use it in the child.
+ */
+#ifndef LOOM_H
+#define LOOM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A loom page. Must be a multiple of the system page size (checked). */
+#define LOOM_PAGE_SIZE 16384u
+
+/* ---------------------------------------------------------------------- */
+/* Errors: append-only, never reused. */
+
+enum loom_error {
+  LOOM_OK = 0,
+  LOOM_ELOCKED = -30900,   /* the directory is in use by another opener */
+  LOOM_ECORRUPT = -30901,  /* on-disk data fails its checksum or is malformed */
+  LOOM_EVERSION = -30902,  /* on-disk format version this build cannot read */
+  LOOM_EPANIC = -30903,    /* the handle is poisoned: close it and reopen */
+  LOOM_EEXHAUSTED = -30904,/* the arena has no free page left */
+  LOOM_EPAGESIZE = -30905, /* LOOM_PAGE_SIZE is not a multiple of the system's */
+  LOOM_EPOSITION = -30906, /* a patch does not apply to the current position */
+  LOOM_ETOOBIG = -30907,   /* the image (or a request) exceeds the arena */
+  LOOM_EBUG = -30908,      /* an invariant was violated (a bug was caught) */
+  LOOM_EINVAL = -30909,    /* an argument is out of range */
+  LOOM_ENOIMAGE = -30910,  /* no image directory there (and no LOOM_CREATE) */
+  LOOM_ETRACKER = -30911,  /* the requested dirty-page tracker is unavailable */
+  LOOM_ELAST = -30912      /* sentinel: one past the lowest code */
+};
+
+/* A description of rc (0, an errno value, or a LOOM_E* code). Never NULL. */
+const char *loom_strerror(int rc);
+
+/* ---------------------------------------------------------------------- */
+/* Positions */
+
+typedef struct loom_position {
+  uint64_t epoch;          /* changes only on promotion; starts at 1 */
+  uint64_t seq;            /* commits so far; 0 for a new image */
+  uint64_t checksum;       /* whole-image checksum (see INTRODUCTION) */
+  uint64_t pages;          /* image length in pages */
+  int64_t commit_time_ns;  /* CLOCK_REALTIME of the commit, 0 if none */
+} loom_position;
+
+/* The hash of one page as the whole-image checksum counts it. */
+uint64_t loom_page_hash(uint64_t page_number, const void *page);
+
+/* ---------------------------------------------------------------------- */
+/* The store: an image directory. */
+
+typedef struct loom_store loom_store;
+struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
+
+/* Flags for loom_store_open() and loom_options.flags. */
+#define LOOM_CREATE 0x1u     /* create an empty image if there is none */
+#define LOOM_READONLY 0x2u   /* no lock, no recovery, no writes (inspect) */
+
+/*
+ * loom_store_open: open (or with LOOM_CREATE create) the image directory dir.
+ * Takes the directory's lock, then recovers: a leftover patch that verifies
+ * is applied again, one that does not is discarded.
+ *   io   the I/O interface, or NULL for the plain POSIX one.
+ * Returns 0 and a handle in *out, or: LOOM_ELOCKED (another opener holds
+ * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EVERSION, or an errno value.
+ * With LOOM_READONLY, no lock is taken: the position read is the last one
+ * durably recorded (a live writer may be ahead of it, never behind).
+ */
+int loom_store_open(const char *dir, unsigned flags, const struct loom_io *io,
+                    loom_store **out);
+
+/* Close; waits for a pending apply. Returns its error, if any. */
+int loom_store_close(loom_store *store);
+
+/* The current (committed) position. */
+void loom_store_position(const loom_store *store, loom_position *out);
+
+/* The per-page hash of image page n (n < position.pages). */
+uint64_t loom_store_page_hash(const loom_store *store, uint64_t n);
+
+/* Read image page n as of the current position into buf (LOOM_PAGE_SIZE
+ * bytes). Waits for a pending apply first. */
+int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
+
+/* The image file's descriptor, for serving it (read only; see
+ * loom_store_sync: the file is at the current position only after it). */
+int loom_store_image_fd(const loom_store *store);
+
+/* Wait until a pending apply is done: the image file, the hashes and the
+ * meta record are then durably at the current position. */
+int loom_store_sync(loom_store *store);
+
+/* Make epoch (> the current one) durable as this store's epoch: promotion.
+ * seq and checksum are unchanged. */
+int loom_store_set_epoch(loom_store *store, uint64_t epoch);
+
+/*
+ * Committing a patch built outside an arena (a standby applying a frame, or
+ * a full base image), streamed page by page:
+ *
+ *   loom_patch *p;
+ *   loom_store_patch_begin(store, &header, &p);
+ *   for each page, in ascending page order:
+ *       loom_patch_add(p, page_number, page_bytes);
+ *   loom_patch_commit(p);        (or loom_patch_abort(p))
+ *
+ * header->before must equal the store's position (epoch may be lower than
+ * header->after.epoch only for a base image); header->after gives the new
+ * position, which is checked against the pages once they are all added.
+ * A base image (LOOM_PATCH_BASE) lists every page [0, after.pages) and
+ * replaces the image whatever it was. Commit returns at the local commit
+ * point (the patch durable); the apply follows before the next commit, or in
+ * loom_store_sync(). On any error nothing changes.
+ * Errors: LOOM_EPOSITION (before is not the current position, or after does
+ * not match the pages), LOOM_EINVAL (pages out of order or out of range),
+ * errno values (ENOSPC...).
+ */
+#define LOOM_PATCH_BASE 0x1u
+
+typedef struct loom_patch_header {
+  loom_position before;
+  loom_position after;
+  uint64_t page_count;      /* pages that will be added */
+  unsigned flags;           /* LOOM_PATCH_BASE or 0 */
+} loom_patch_header;
+
+typedef struct loom_patch loom_patch;
+
+int loom_store_patch_begin(loom_store *store, const loom_patch_header *header,
+                           loom_patch **out);
+int loom_patch_add(loom_patch *patch, uint64_t page_number, const void *page);
+int loom_patch_commit(loom_patch *patch);
+void loom_patch_abort(loom_patch *patch);
+
+/* Copy the image at the current position into dest (created if missing),
+ * atomically (a temporary directory renamed into place) and fsynced. */
+int loom_store_backup(loom_store *store, const char *dest);
+
+/* ---------------------------------------------------------------------- */
+/* Read-only tools: work on a directory whose owner stopped or died, and on
+ * a live one (they read the last durably recorded position). */
+
+/* The recorded position of dir, and its page size. */
+int loom_inspect(const char *dir, loom_position *out);
+
+/* Recompute the image's checksum from its pages and compare it with the
+ * recorded position: 0 when they agree, LOOM_ECORRUPT when not (computed
+ * receives the recomputed value either way), LOOM_ELOCKED when a writer is
+ * live and a consistent read cannot be had. */
+int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed);
+
+/* ---------------------------------------------------------------------- */
+/* The arena. */
+
+typedef struct loom loom;
+
+/* What a commit changed, for the commit hook (replication). */
+typedef struct loom_commit {
+  loom_position before;
+  loom_position after;
+  uint64_t page_count;
+  const uint64_t *page_numbers; /* ascending */
+  const uint64_t *old_hashes;   /* 0 for pages past before.pages */
+  const uint64_t *new_hashes;
+} loom_commit;
+
+/*
+ * The commit hook is called inside loom_save() right after the local commit
+ * point (the patch is durable), before the image is changed and before save
+ * returns. The new page contents are at loom_page(); the previous versions
+ * are read with loom_commit_old_page(). Its return value is returned by
+ * loom_save() (the commit stands either way: it is durable).
+ */
+typedef int (*loom_commit_fn)(void *ctx, loom *l, const loom_commit *c);
+
+/* The allocator's view: is page n free (its contents need no saving)? */
+typedef int (*loom_page_free_fn)(void *ctx, uint64_t n);
+
+/* The allocator's watermarks, read by the fault handler (async-signal-safe):
+ * low = first page above the low region, high = first page of the high
+ * region. */
+typedef void (*loom_watermarks_fn)(void *ctx, uint64_t *low, uint64_t *high);
+
+/* Called (from the fault handler) when the arena is exhausted: low and high
+ * met and a write hit the guard page. It may siglongjmp away; if it returns,
+ * the guard is lifted so the write completes, and the next loom_ward() or
+ * loom_save() returns LOOM_EEXHAUSTED. */
+typedef void (*loom_exhausted_fn)(void *ctx);
+
+typedef enum loom_tracker {
+  LOOM_TRACK_AUTO = 0,      /* userfaultfd async WP if the kernel has it */
+  LOOM_TRACK_MPROTECT = 1,  /* write-protect + SIGSEGV + unprotect per page */
+  LOOM_TRACK_UFFD_ASYNC = 2 /* userfaultfd WP_ASYNC + PAGEMAP_SCAN */
+} loom_tracker;
+
+/* More flags for loom_options.flags (with LOOM_CREATE). */
+#define LOOM_COPY_IN 0x10u     /* read the image in eagerly (else demand-paged) */
+#define LOOM_SWAP 0x20u        /* back non-image pages with a scratch file */
+#define LOOM_VALIDATE 0x40u    /* compare clean pages with the image per save */
+#define LOOM_APPLY_ASYNC 0x80u /* save returns at the commit point; the apply
+                                  overlaps the application's work */
+
+typedef struct loom_options {
+  uint64_t arena_pages;           /* arena size in pages (>= 3) */
+  unsigned flags;
+  loom_tracker tracker;
+  const struct loom_io *io;       /* NULL: POSIX */
+  loom_commit_fn on_commit;       /* optional */
+  void *commit_ctx;
+  loom_page_free_fn page_is_free; /* optional: NULL, no page is free */
+  void *free_ctx;
+  loom_watermarks_fn watermarks;  /* optional: for guard-page faults */
+  void *watermarks_ctx;
+  loom_exhausted_fn on_exhausted; /* optional */
+  void *exhausted_ctx;
+} loom_options;
+
+/*
+ * loom_open: open the image directory dir with an arena of
+ * opt->arena_pages pages. Opens the store (lock, recovery), maps the arena,
+ * loads the image (demand-paged, or copied in with LOOM_COPY_IN), and arms
+ * dirty tracking: every image page clean (read-only), every other page
+ * dirty (writable), one guard page (no access) in the middle of the free
+ * space. Errors: those of loom_store_open, LOOM_ETOOBIG (image longer than
+ * the arena), LOOM_EPAGESIZE, LOOM_ETRACKER, errno values.
+ */
+int loom_open(const char *dir, const loom_options *opt, loom **out);
+
+/* Close: wait for a pending apply, unmap, unlock. Returns the first error. */
+int loom_close(loom *l);
+
+/* The arena's first byte, and page n's first byte. */
+void *loom_base(const loom *l);
+void *loom_page(const loom *l, uint64_t n);
+uint64_t loom_arena_pages(const loom *l);
+loom_store *loom_get_store(loom *l);
+loom_tracker loom_get_tracker(const loom *l);
+const char *loom_tracker_name(loom_tracker t);
+
+/*
+ * loom_save: commit every dirty page below low that the allocator does not
+ * report free; the image's new length is low. low <= high <= arena pages.
+ * If nothing changed, nothing is written (0 is returned, seq unchanged).
+ * The commit protocol is written out in core/loom.c. Returns 0, the commit
+ * hook's non-zero value, or an error; after LOOM_EPANIC the handle is
+ * poisoned.
+ */
+int loom_save(loom *l, uint64_t low, uint64_t high);
+
+/* Read the previous version (before c was committed) of the i-th page of
+ * c into buf. Only inside the commit hook. Pages past before.pages read as
+ * zeros. */
+int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf);
+
+/* Return the memory of free pages in [low, high) to the OS (their contents
+ * become zero). */
+int loom_toss(loom *l, uint64_t low, uint64_t high);
+
+/* Mark every page dirty (and writable). */
+int loom_foul(loom *l);
+
+/* Drop tracking: everything writable and dirty, no guard, until the next
+ * save restores it. */
+int loom_yolo(loom *l);
+
+/* Re-place the guard page in the middle of [low, high) if it is not there.
+ * LOOM_EEXHAUSTED if no page is free. */
+int loom_ward(loom *l, uint64_t low, uint64_t high);
+
+/* Check the at-rest invariants; report(ctx, message) is called once per
+ * violation. Returns the number of violations. */
+int loom_check(loom *l, void (*report)(void *ctx, const char *msg), void *ctx);
+
+/* Counters since open. */
+typedef struct loom_stats {
+  uint64_t saves;           /* commits that changed something */
+  uint64_t pages_saved;
+  uint64_t faults;          /* first writes caught (mprotect tracker) */
+  uint64_t guard_moves;
+  uint64_t validation_errors;
+} loom_stats;
+void loom_get_stats(const loom *l, loom_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LOOM_H */

@@ -1,0 +1,1314 @@
+/*
+ * store.c: the image directory. Locking, recovery, the commit protocol,
+ * backup, verification.
+ *
+ * FILES (byte tables in docs/FORMAT.md)
+ *
+ *   image    page n at offset n * LOOM_PAGE_SIZE; length = position.pages
+ *   hashes   u64 LE per image page: loom_page_hash(n, page n)
+ *   meta     two 512-byte slots; the valid one with the higher generation
+ *            is the durable position
+ *   patch    one persistent file, rewritten in place by every commit; it
+ *            counts only while its before-position is the meta's position
+ *   lock     flock(LOCK_EX) by the one writer
+ *
+ * INVARIANTS
+ *
+ *   I1. The durable position (meta) describes image and hashes exactly,
+ *       except while a committed patch whose before is that position is
+ *       durable: then image and hashes may be anywhere between before and
+ *       after, and recovery re-applies the patch (applying is idempotent:
+ *       it sets the length and writes whole pages and whole hash blocks).
+ *   I2. The meta is rewritten only after image and hashes are fsynced at
+ *       the patch's after-position (so it never runs ahead of them).
+ *   I3. A patch file is overwritten only when it no longer counts: its
+ *       after-position has reached the meta (the previous apply finished).
+ *   I4. Every byte of patch and meta is covered by a checksum: a torn or
+ *       partly written patch fails verification and never counts.
+ *
+ * THE COMMIT PROTOCOL (followed by store_patch_make_durable and apply_patch)
+ *
+ *   1. Wait for the previous apply (I3). Write the pages, then the entry
+ *      table and trailer, then the header block, into the patch file.
+ *   2. fsync the patch file.  <- the local commit point: from here on a
+ *      crash recovers to the new position. (The patch file exists since the
+ *      store was created and its directory was fsynced then, so no
+ *      directory fsync is needed per commit.)
+ *   3. Verify: read back the header and trailer, check them.
+ *      The store's position is now the patch's after; the commit hook runs.
+ *   4. Apply: set the image's length, copy each page from the patch into
+ *      the image in place; rewrite the touched blocks of the hashes file.
+ *   5. fsync the image, fsync the hashes.
+ *   6. Write the next meta slot with the after-position; fsync the meta.
+ *      The patch no longer counts (its after is the meta's position).
+ *   Steps 4-6 run inline, or on the apply thread with LOOM_APPLY_ASYNC.
+ *   A failure after step 1 started writing the header (or in 2, 4-6)
+ *   poisons the handle: the durable state is unknown until recovery (never
+ *   retry an fsync: the kernel may have dropped the dirty pages).
+ *
+ * RECOVERY (store_open)
+ *
+ *   R1. Read both meta slots, take the valid one with the higher generation.
+ *   R2. Read the patch header; if it is valid and its before is the meta's
+ *       position, verify the whole patch (trailer, every page's hash). A
+ *       patch that verifies is applied again (steps 4-6); one that does not
+ *       never committed and is ignored (it is overwritten by the next).
+ *   R3. Load the hashes; check their sum against the position's checksum
+ *       and the image's length against its pages. Hashes that disagree are
+ *       rebuilt from the image if the image agrees with the position.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "loom.h"
+#include "loom_io.h"
+#include "store_internal.h"
+#include "util.h"
+
+#define PS ((uint64_t)LOOM_PAGE_SIZE)
+#define META_SLOT_SIZE 512u
+#define META_MAGIC "LOOMMETA"
+#define PATCH_MAGIC "LOOMPTCH"
+#define FORMAT_VERSION 1u
+#define PATCH_HEADER_BLOCK 4096u
+#define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
+#define PATCH_ENTRY_BYTES 16u
+#define STAGING_PAGES 64u
+#define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
+
+typedef struct apply_thread {
+  pthread_t thread;
+  pthread_mutex_t mutex;
+  pthread_cond_t cond;
+  loom_patch *pending; /* handed over, not yet applied */
+  int busy;            /* pending or being applied */
+  int stop;
+  int started;
+} apply_thread;
+
+struct loom_store {
+  const loom_io *io;
+  unsigned flags;
+  int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
+  loom_position pos;       /* committed (the patch is durable) */
+  loom_position applied;   /* durable in the meta */
+  uint64_t generation;     /* of the meta slot last written */
+  uint64_t *hashes;        /* [pos.pages], committed */
+  uint64_t hashes_cap;
+  uint8_t *staging;        /* STAGING_PAGES pages */
+  loom_patch *writer;      /* open patch, if any */
+  int poison;              /* 0, or the error that poisoned the handle */
+  apply_thread apply;
+};
+
+static const uint8_t zero_page[LOOM_PAGE_SIZE];
+
+int64_t loom_now_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+uint64_t loom_page_hash(uint64_t page_number, const void *page)
+{
+  return XXH3_64bits_withSeed(page, LOOM_PAGE_SIZE, page_number);
+}
+
+uint64_t store_zero_hash(uint64_t n) { return loom_page_hash(n, zero_page); }
+
+int store_poisoned(const loom_store *s) { return s->poison != 0; }
+
+void store_poison(loom_store *s, int rc)
+{
+  if (!s->poison)
+    s->poison = rc ? rc : LOOM_EPANIC;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Small I/O helpers: exact transfers, errors as codes. */
+
+static int io_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off)
+{
+  ssize_t n = s->io->pread(s->io->ctx, fd, buf, len, off);
+  if (n < 0)
+    return (int)-n;
+  return (size_t)n == len ? 0 : LOOM_ECORRUPT;
+}
+
+static int io_write_exact(loom_store *s, int fd, const void *buf, size_t len,
+                          off_t off)
+{
+  ssize_t n = s->io->pwrite(s->io->ctx, fd, buf, len, off);
+  if (n < 0)
+    return (int)-n;
+  return (size_t)n == len ? 0 : EIO;
+}
+
+static int io_fsync(loom_store *s, int fd)
+{
+  return -s->io->fsync(s->io->ctx, fd);
+}
+
+static int io_truncate(loom_store *s, int fd, uint64_t len)
+{
+  return -s->io->ftruncate(s->io->ctx, fd, (off_t)len);
+}
+
+static void io_close(loom_store *s, int *fd)
+{
+  if (*fd >= 0)
+    s->io->close(s->io->ctx, *fd);
+  *fd = -1;
+}
+
+static int file_size(int fd, uint64_t *out)
+{
+  struct stat st;
+  *out = 0;
+  if (fstat(fd, &st) < 0)
+    return errno;
+  *out = (uint64_t)st.st_size;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Meta slots. */
+
+static void meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
+                        const loom_position *p)
+{
+  memset(slot, 0, META_SLOT_SIZE);
+  memcpy(slot, META_MAGIC, 8);
+  le32_put(slot + 8, FORMAT_VERSION);
+  le32_put(slot + 12, LOOM_PAGE_SIZE);
+  le64_put(slot + 16, generation);
+  le64_put(slot + 24, p->epoch);
+  le64_put(slot + 32, p->seq);
+  le64_put(slot + 40, p->checksum);
+  le64_put(slot + 48, p->pages);
+  le64_put(slot + 56, (uint64_t)p->commit_time_ns);
+  le64_put(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
+}
+
+/* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. */
+static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
+                       loom_position *p)
+{
+  if (memcmp(slot, META_MAGIC, 8) != 0 ||
+      le64_get(slot + META_SLOT_SIZE - 8) !=
+          XXH3_64bits(slot, META_SLOT_SIZE - 8))
+    return LOOM_ECORRUPT;
+  if (le32_get(slot + 8) != FORMAT_VERSION ||
+      le32_get(slot + 12) != LOOM_PAGE_SIZE)
+    return LOOM_EVERSION;
+  *generation = le64_get(slot + 16);
+  p->epoch = le64_get(slot + 24);
+  p->seq = le64_get(slot + 32);
+  p->checksum = le64_get(slot + 40);
+  p->pages = le64_get(slot + 48);
+  p->commit_time_ns = (int64_t)le64_get(slot + 56);
+  if (p->pages > MAX_PAGES)
+    return LOOM_ECORRUPT;
+  return 0;
+}
+
+/* R1: the valid slot with the higher generation. LOOM_ENOIMAGE when the
+ * file holds no valid slot at all. */
+static int meta_read(loom_store *s, uint64_t *generation, loom_position *p)
+{
+  uint8_t buf[2 * META_SLOT_SIZE];
+  ssize_t n = s->io->pread(s->io->ctx, s->meta_fd, buf, sizeof buf, 0);
+  if (n < 0)
+    return (int)-n;
+  int found = 0, version_error = 0;
+  for (unsigned i = 0; i < 2; i++) {
+    if ((size_t)n < (i + 1) * META_SLOT_SIZE)
+      break;
+    uint64_t g;
+    loom_position q;
+    int rc = meta_decode(buf + i * META_SLOT_SIZE, &g, &q);
+    if (rc == LOOM_EVERSION)
+      version_error = 1;
+    if (rc == 0 && (!found || g > *generation)) {
+      *generation = g;
+      *p = q;
+      found = 1;
+    }
+  }
+  if (found)
+    return 0;
+  return version_error ? LOOM_EVERSION : LOOM_ENOIMAGE;
+}
+
+/* Step 6: the next slot, then fsync. */
+static int meta_write(loom_store *s, const loom_position *p)
+{
+  uint8_t slot[META_SLOT_SIZE];
+  uint64_t g = s->generation + 1;
+  meta_encode(slot, g, p);
+  int rc = io_write_exact(s, s->meta_fd, slot, sizeof slot,
+                          (off_t)((g % 2) * META_SLOT_SIZE));
+  if (!rc)
+    rc = io_fsync(s, s->meta_fd);
+  if (!rc) {
+    s->generation = g;
+    s->applied = *p;
+  }
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The patch file. */
+
+static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
+                                const loom_patch_header *h)
+{
+  memset(block, 0, PATCH_HEADER_BLOCK);
+  memcpy(block, PATCH_MAGIC, 8);
+  le32_put(block + 8, FORMAT_VERSION);
+  le32_put(block + 12, LOOM_PAGE_SIZE);
+  le32_put(block + 16, h->flags);
+  le64_put(block + 24, h->before.epoch);
+  le64_put(block + 32, h->before.seq);
+  le64_put(block + 40, h->before.checksum);
+  le64_put(block + 48, h->before.pages);
+  le64_put(block + 56, h->after.epoch);
+  le64_put(block + 64, h->after.seq);
+  le64_put(block + 72, h->after.checksum);
+  le64_put(block + 80, h->after.pages);
+  le64_put(block + 88, (uint64_t)h->after.commit_time_ns);
+  le64_put(block + 96, h->page_count);
+  le64_put(block + 104, XXH3_64bits(block, 104));
+}
+
+static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
+                               loom_patch_header *h, uint64_t *header_sum)
+{
+  if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
+      le64_get(block + 104) != XXH3_64bits(block, 104))
+    return LOOM_ECORRUPT;
+  if (le32_get(block + 8) != FORMAT_VERSION ||
+      le32_get(block + 12) != LOOM_PAGE_SIZE)
+    return LOOM_EVERSION;
+  memset(h, 0, sizeof *h);
+  h->flags = le32_get(block + 16);
+  h->before.epoch = le64_get(block + 24);
+  h->before.seq = le64_get(block + 32);
+  h->before.checksum = le64_get(block + 40);
+  h->before.pages = le64_get(block + 48);
+  h->after.epoch = le64_get(block + 56);
+  h->after.seq = le64_get(block + 64);
+  h->after.checksum = le64_get(block + 72);
+  h->after.pages = le64_get(block + 80);
+  h->after.commit_time_ns = (int64_t)le64_get(block + 88);
+  h->page_count = le64_get(block + 96);
+  *header_sum = le64_get(block + 104);
+  if ((h->flags & ~LOOM_PATCH_BASE) || h->after.pages > MAX_PAGES ||
+      h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
+    return LOOM_ECORRUPT;
+  return 0;
+}
+
+static off_t patch_page_offset(uint64_t i)
+{
+  return (off_t)(PATCH_HEADER_BLOCK + i * PS);
+}
+
+static off_t patch_entries_offset(uint64_t count)
+{
+  return patch_page_offset(count);
+}
+
+static void patch_free(loom_patch *p)
+{
+  if (!p)
+    return;
+  free(p->page_numbers);
+  free(p->new_hashes);
+  free(p->old_hashes);
+  free(p);
+}
+
+static loom_patch *patch_alloc(loom_store *s, const loom_patch_header *h)
+{
+  loom_patch *p = calloc(1, sizeof *p);
+  if (!p)
+    return NULL;
+  size_t n = h->page_count ? (size_t)h->page_count : 1;
+  p->store = s;
+  p->header = *h;
+  p->page_numbers = malloc(n * sizeof(uint64_t));
+  p->new_hashes = malloc(n * sizeof(uint64_t));
+  p->old_hashes = malloc(n * sizeof(uint64_t));
+  if (!p->page_numbers || !p->new_hashes || !p->old_hashes) {
+    patch_free(p);
+    return NULL;
+  }
+  return p;
+}
+
+/* The entry table and trailer: entries, then XXH3 over them seeded with the
+ * header checksum. */
+static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum)
+{
+  uint64_t n = p->header.page_count;
+  size_t len = (size_t)n * PATCH_ENTRY_BYTES + 8;
+  uint8_t *buf = malloc(len);
+  if (!buf)
+    return ENOMEM;
+  for (uint64_t i = 0; i < n; i++) {
+    le64_put(buf + i * PATCH_ENTRY_BYTES, p->page_numbers[i]);
+    le64_put(buf + i * PATCH_ENTRY_BYTES + 8, p->new_hashes[i]);
+  }
+  le64_put(buf + len - 8, XXH3_64bits_withSeed(buf, len - 8, header_sum));
+  int rc = io_write_exact(s, s->patch_fd, buf, len, patch_entries_offset(n));
+  free(buf);
+  return rc;
+}
+
+/* R2: read and check the patch file's header; with full, also the entries
+ * and every page. Returns 0 and a patch record, LOOM_ECORRUPT if it does
+ * not verify, or an I/O error. */
+static int patch_read(loom_store *s, int full, loom_patch **out)
+{
+  uint8_t block[PATCH_HEADER_BLOCK];
+  loom_patch_header h;
+  uint64_t header_sum;
+  *out = NULL;
+  int rc = io_read_exact(s, s->patch_fd, block, sizeof block, 0);
+  if (rc)
+    return rc;
+  rc = patch_header_decode(block, &h, &header_sum);
+  if (rc)
+    return rc;
+  uint64_t size = 0;
+  if ((rc = file_size(s->patch_fd, &size)))
+    return rc;
+  uint64_t need = (uint64_t)patch_entries_offset(h.page_count) +
+                  h.page_count * PATCH_ENTRY_BYTES + 8;
+  if (size < need)
+    return LOOM_ECORRUPT;
+  loom_patch *p = patch_alloc(s, &h);
+  if (!p)
+    return ENOMEM;
+  if (!full) {
+    *out = p;
+    return 0;
+  }
+  size_t len = (size_t)h.page_count * PATCH_ENTRY_BYTES + 8;
+  uint8_t *buf = malloc(len);
+  if (!buf) {
+    patch_free(p);
+    return ENOMEM;
+  }
+  rc = io_read_exact(s, s->patch_fd, buf, len, patch_entries_offset(h.page_count));
+  if (!rc && le64_get(buf + len - 8) !=
+                 XXH3_64bits_withSeed(buf, len - 8, header_sum))
+    rc = LOOM_ECORRUPT;
+  for (uint64_t i = 0; !rc && i < h.page_count; i++) {
+    uint64_t n = le64_get(buf + i * PATCH_ENTRY_BYTES);
+    p->page_numbers[i] = n;
+    p->new_hashes[i] = le64_get(buf + i * PATCH_ENTRY_BYTES + 8);
+    if (n >= h.after.pages || (i > 0 && n <= p->page_numbers[i - 1]) ||
+        ((h.flags & LOOM_PATCH_BASE) && n != i))
+      rc = LOOM_ECORRUPT;
+  }
+  if (!rc && (h.flags & LOOM_PATCH_BASE) && h.page_count != h.after.pages)
+    rc = LOOM_ECORRUPT;
+  free(buf);
+  for (uint64_t i = 0; !rc && i < h.page_count; i += STAGING_PAGES) {
+    uint64_t k = h.page_count - i < STAGING_PAGES ? h.page_count - i : STAGING_PAGES;
+    rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
+                       patch_page_offset(i));
+    for (uint64_t j = 0; !rc && j < k; j++)
+      if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
+          p->new_hashes[i + j])
+        rc = LOOM_ECORRUPT;
+  }
+  p->added = p->flushed = h.page_count;
+  if (rc) {
+    patch_free(p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The hash table. */
+
+static int hashes_reserve(loom_store *s, uint64_t pages)
+{
+  if (pages <= s->hashes_cap)
+    return 0;
+  uint64_t cap = s->hashes_cap ? s->hashes_cap : 1024;
+  while (cap < pages)
+    cap *= 2;
+  uint64_t *h = realloc(s->hashes, (size_t)cap * sizeof *h);
+  if (!h)
+    return ENOMEM;
+  s->hashes = h;
+  s->hashes_cap = cap;
+  return 0;
+}
+
+/* The committed table moves from p's before to its after: listed pages get
+ * their new hash, pages grown but not listed are zero pages. */
+static int hashes_apply(loom_store *s, const loom_patch *p)
+{
+  const loom_patch_header *h = &p->header;
+  int rc = hashes_reserve(s, h->after.pages);
+  if (rc)
+    return rc;
+  uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
+  for (uint64_t n = old_pages; n < h->after.pages; n++)
+    s->hashes[n] = store_zero_hash(n);
+  for (uint64_t i = 0; i < h->page_count; i++)
+    s->hashes[p->page_numbers[i]] = p->new_hashes[i];
+  return 0;
+}
+
+#define HASH_BLOCK 4096u
+#define HASHES_PER_BLOCK (HASH_BLOCK / 8u)
+
+static int hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
+{
+  uint8_t buf[HASH_BLOCK];
+  uint64_t first = block * HASHES_PER_BLOCK;
+  uint64_t count = pages - first < HASHES_PER_BLOCK ? pages - first : HASHES_PER_BLOCK;
+  for (uint64_t i = 0; i < count; i++)
+    le64_put(buf + i * 8, s->hashes[first + i]);
+  return io_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
+                        (off_t)(first * 8));
+}
+
+/* Step 4 for the hashes file: its length, and every block a listed or grown
+ * page falls in, from the committed table. */
+static int hashes_write_touched(loom_store *s, const loom_patch *p)
+{
+  const loom_patch_header *h = &p->header;
+  uint64_t pages = h->after.pages;
+  int rc = io_truncate(s, s->hashes_fd, pages * 8);
+  uint64_t last = UINT64_MAX;
+  for (uint64_t i = 0; !rc && i < h->page_count; i++) {
+    uint64_t b = p->page_numbers[i] / HASHES_PER_BLOCK;
+    if (b != last)
+      rc = hashes_write_block(s, b, pages);
+    last = b;
+  }
+  uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
+  if (old_pages < pages)
+    for (uint64_t b = old_pages / HASHES_PER_BLOCK;
+         !rc && b * HASHES_PER_BLOCK < pages; b++)
+      if (b != last)
+        rc = hashes_write_block(s, b, pages);
+  return rc;
+}
+
+static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
+{
+  uint64_t sum = 0;
+  for (uint64_t n = 0; n < pages; n++)
+    sum += s->hashes[n];
+  return sum;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Steps 4-6: apply a durable patch to image, hashes and meta. */
+
+static int apply_pages(loom_store *s, const loom_patch *p)
+{
+  const loom_patch_header *h = &p->header;
+  int rc = io_truncate(s, s->image_fd, h->after.pages * PS);
+  for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
+    uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
+    rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
+                       patch_page_offset(i));
+    /* One write per run of consecutive page numbers. */
+    for (uint64_t j = 0; !rc && j < k;) {
+      uint64_t run = 1;
+      while (j + run < k &&
+             p->page_numbers[i + j + run] == p->page_numbers[i + j] + run)
+        run++;
+      rc = io_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
+                          (off_t)(p->page_numbers[i + j] * PS));
+      j += run;
+    }
+  }
+  return rc;
+}
+
+static int apply_patch(loom_store *s, const loom_patch *p)
+{
+  int rc = apply_pages(s, p);                      /* 4 */
+  if (!rc)
+    rc = hashes_write_touched(s, p);               /* 4 */
+  if (!rc)
+    rc = io_fsync(s, s->image_fd);                 /* 5 */
+  if (!rc)
+    rc = io_fsync(s, s->hashes_fd);                /* 5 */
+  if (!rc)
+    rc = meta_write(s, &p->header.after);          /* 6 */
+  return rc;
+}
+
+static void *apply_thread_main(void *arg)
+{
+  loom_store *s = arg;
+  apply_thread *t = &s->apply;
+  pthread_mutex_lock(&t->mutex);
+  for (;;) {
+    while (!t->pending && !t->stop)
+      pthread_cond_wait(&t->cond, &t->mutex);
+    if (!t->pending)
+      break;
+    loom_patch *p = t->pending;
+    pthread_mutex_unlock(&t->mutex);
+    int rc = s->poison ? 0 : apply_patch(s, p);
+    patch_free(p);
+    pthread_mutex_lock(&t->mutex);
+    if (rc)
+      store_poison(s, rc);
+    t->pending = NULL;
+    t->busy = 0;
+    pthread_cond_broadcast(&t->cond);
+  }
+  pthread_mutex_unlock(&t->mutex);
+  return NULL;
+}
+
+/* Wait for a pending apply; its failure poisons the store. */
+static int apply_wait(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  if (t->started) {
+    pthread_mutex_lock(&t->mutex);
+    while (t->busy)
+      pthread_cond_wait(&t->cond, &t->mutex);
+    pthread_mutex_unlock(&t->mutex);
+  }
+  return s->poison ? LOOM_EPANIC : 0;
+}
+
+int store_apply_start(loom_patch *p)
+{
+  loom_store *s = p->store;
+  apply_thread *t = &s->apply;
+  if (s->writer == p)
+    s->writer = NULL;
+  if (s->poison) {
+    patch_free(p);
+    return LOOM_EPANIC;
+  }
+  if (!t->started) {
+    int rc = apply_patch(s, p);
+    patch_free(p);
+    if (rc) {
+      store_poison(s, rc);
+      return rc;
+    }
+    return 0;
+  }
+  pthread_mutex_lock(&t->mutex);
+  t->pending = p;
+  t->busy = 1;
+  pthread_cond_broadcast(&t->cond);
+  pthread_mutex_unlock(&t->mutex);
+  return 0;
+}
+
+int loom_store_sync(loom_store *s) { return apply_wait(s); }
+
+/* ---------------------------------------------------------------------- */
+/* Writing a patch: begin, add, make durable. */
+
+static int positions_chain(const loom_position *store, const loom_patch_header *h)
+{
+  if (h->flags & LOOM_PATCH_BASE)
+    return h->after.epoch >= store->epoch;
+  return h->before.seq == store->seq && h->before.checksum == store->checksum &&
+         h->before.pages == store->pages && h->after.seq > h->before.seq &&
+         h->after.epoch >= store->epoch;
+}
+
+int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
+                      loom_patch **out)
+{
+  *out = NULL;
+  if (s->flags & LOOM_READONLY)
+    return LOOM_EINVAL;
+  if (s->writer)
+    return LOOM_EINVAL;
+  int rc = apply_wait(s); /* step 1, I3 */
+  if (rc)
+    return rc;
+  if (h->after.pages > MAX_PAGES || h->page_count > h->after.pages ||
+      (h->flags & ~LOOM_PATCH_BASE) ||
+      ((h->flags & LOOM_PATCH_BASE) && h->page_count != h->after.pages))
+    return LOOM_EINVAL;
+  if (!positions_chain(&s->pos, h))
+    return LOOM_EPOSITION;
+  loom_patch *p = patch_alloc(s, h);
+  if (!p)
+    return ENOMEM;
+  p->fill_after = fill_after;
+  p->header.before = s->pos;
+  s->writer = p;
+  *out = p;
+  return 0;
+}
+
+int loom_store_patch_begin(loom_store *s, const loom_patch_header *h,
+                           loom_patch **out)
+{
+  if (!s || !h || !out)
+    return LOOM_EINVAL;
+  return store_patch_begin(s, h, 0, out);
+}
+
+static int patch_flush(loom_patch *p)
+{
+  if (!p->staged)
+    return 0;
+  loom_store *s = p->store;
+  int rc = io_write_exact(s, s->patch_fd, s->staging, (size_t)(p->staged * PS),
+                          patch_page_offset(p->flushed));
+  p->flushed += p->staged;
+  p->staged = 0;
+  return rc;
+}
+
+int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
+                           uint64_t hash)
+{
+  if (p->error)
+    return p->error;
+  const loom_patch_header *h = &p->header;
+  int base = (h->flags & LOOM_PATCH_BASE) != 0;
+  if (p->added >= h->page_count || n >= h->after.pages ||
+      (p->added > 0 && n <= p->page_numbers[p->added - 1]) ||
+      (base && n != p->added))
+    return p->error = LOOM_EINVAL;
+  loom_store *s = p->store;
+  uint64_t old = (!base && n < h->before.pages) ? s->hashes[n] : 0;
+  p->page_numbers[p->added] = n;
+  p->new_hashes[p->added] = hash;
+  p->old_hashes[p->added] = old;
+  p->sum_old += old;
+  p->sum_new += hash;
+  p->added++;
+  memcpy(s->staging + p->staged * PS, page, PS);
+  if (++p->staged == STAGING_PAGES) {
+    int rc = patch_flush(p);
+    if (rc)
+      return p->error = rc;
+  }
+  return 0;
+}
+
+int loom_patch_add(loom_patch *p, uint64_t n, const void *page)
+{
+  if (!p || !page)
+    return LOOM_EINVAL;
+  return store_patch_add_hashed(p, n, page, loom_page_hash(n, page));
+}
+
+/* The after-checksum the added pages give: the before's, less the old hashes
+ * of listed and truncated pages, plus the new hashes and zero pages grown. */
+static uint64_t patch_after_checksum(const loom_patch *p)
+{
+  const loom_patch_header *h = &p->header;
+  if (h->flags & LOOM_PATCH_BASE)
+    return p->sum_new;
+  const loom_store *s = p->store;
+  uint64_t sum = h->before.checksum - p->sum_old + p->sum_new;
+  for (uint64_t n = h->after.pages; n < h->before.pages; n++)
+    sum -= s->hashes[n];
+  uint64_t i = 0;
+  for (uint64_t n = h->before.pages; n < h->after.pages; n++) {
+    while (i < p->added && p->page_numbers[i] < n)
+      i++;
+    if (i == p->added || p->page_numbers[i] != n)
+      sum += store_zero_hash(n);
+  }
+  return sum;
+}
+
+int store_patch_make_durable(loom_patch *p)
+{
+  loom_store *s = p->store;
+  loom_patch_header *h = &p->header;
+  int rc = p->error;
+  if (!rc && p->added != h->page_count)
+    rc = LOOM_EINVAL;
+  if (!rc) {
+    uint64_t sum = patch_after_checksum(p);
+    if (p->fill_after)
+      h->after.checksum = sum;
+    else if (sum != h->after.checksum)
+      rc = LOOM_EPOSITION;
+  }
+  if (!rc)
+    rc = patch_flush(p);                                   /* 1 */
+  uint8_t block[PATCH_HEADER_BLOCK];
+  patch_header_encode(block, h);
+  uint64_t header_sum = le64_get(block + 104);
+  if (!rc)
+    rc = patch_write_entries(s, p, header_sum);            /* 1 */
+  if (rc) {
+    /* The old header still stands and does not count (I3): nothing
+     * changed. */
+    p->error = rc;
+    return rc;
+  }
+  rc = io_write_exact(s, s->patch_fd, block, sizeof block, 0); /* 1 */
+  if (!rc)
+    rc = io_fsync(s, s->patch_fd);                         /* 2 */
+  if (!rc) {                                                /* 3 */
+    uint8_t check[PATCH_HEADER_BLOCK];
+    loom_patch_header back;
+    uint64_t back_sum;
+    rc = io_read_exact(s, s->patch_fd, check, sizeof check, 0);
+    if (!rc)
+      rc = patch_header_decode(check, &back, &back_sum);
+    if (!rc && back_sum != header_sum)
+      rc = LOOM_ECORRUPT;
+  }
+  if (rc) {
+    /* The header may or may not be durable: poison, recovery decides. */
+    store_poison(s, rc);
+    p->error = rc;
+    return rc;
+  }
+  rc = hashes_apply(s, p);
+  if (rc) {
+    store_poison(s, rc);
+    return rc;
+  }
+  s->pos = h->after;
+  return 0;
+}
+
+int loom_patch_commit(loom_patch *p)
+{
+  if (!p)
+    return LOOM_EINVAL;
+  int rc = store_patch_make_durable(p);
+  if (rc) {
+    loom_patch_abort(p);
+    return rc;
+  }
+  return store_apply_start(p);
+}
+
+void loom_patch_abort(loom_patch *p)
+{
+  if (!p)
+    return;
+  if (p->store->writer == p)
+    p->store->writer = NULL;
+  patch_free(p);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Open, recover, close. */
+
+static void store_free(loom_store *s)
+{
+  if (s->apply.started) {
+    pthread_mutex_lock(&s->apply.mutex);
+    s->apply.stop = 1;
+    pthread_cond_broadcast(&s->apply.cond);
+    pthread_mutex_unlock(&s->apply.mutex);
+    pthread_join(s->apply.thread, NULL);
+    pthread_mutex_destroy(&s->apply.mutex);
+    pthread_cond_destroy(&s->apply.cond);
+  }
+  io_close(s, &s->image_fd);
+  io_close(s, &s->hashes_fd);
+  io_close(s, &s->meta_fd);
+  io_close(s, &s->patch_fd);
+  if (s->lockfd >= 0)
+    close(s->lockfd); /* releases the flock */
+  if (s->dirfd >= 0)
+    close(s->dirfd);
+  free(s->hashes);
+  free(s->staging);
+  free(s);
+}
+
+static int open_file(loom_store *s, const char *name, int flags, int *fd)
+{
+  int rc = s->io->open(s->io->ctx, s->dirfd, name, flags, 0644);
+  if (rc < 0)
+    return -rc;
+  *fd = rc;
+  return 0;
+}
+
+/* Make a new, empty image: files, then the meta, then the directory. */
+static int store_create(loom_store *s)
+{
+  int rc = 0;
+  int *fds[] = {&s->image_fd, &s->hashes_fd, &s->patch_fd};
+  const char *names[] = {"image", "hashes", "patch"};
+  for (int i = 0; i < 3 && !rc; i++) {
+    io_close(s, fds[i]);
+    rc = open_file(s, names[i], O_RDWR | O_CREAT | O_TRUNC, fds[i]);
+  }
+  for (int i = 0; i < 3 && !rc; i++)
+    rc = io_fsync(s, *fds[i]);
+  loom_position p = {.epoch = 1};
+  s->generation = 0;
+  if (!rc)
+    rc = io_truncate(s, s->meta_fd, 0);
+  if (!rc)
+    rc = meta_write(s, &p);
+  if (!rc)
+    rc = io_fsync(s, s->dirfd);
+  if (!rc) {
+    s->pos = p;
+    s->applied = p;
+  }
+  return rc;
+}
+
+/* Load the hash table for pages [0, pages) from the file as far as it goes. */
+static int hashes_load(loom_store *s, uint64_t pages)
+{
+  int rc = hashes_reserve(s, pages ? pages : 1);
+  if (rc)
+    return rc;
+  uint64_t size;
+  if ((rc = file_size(s->hashes_fd, &size)))
+    return rc;
+  uint64_t have = size / 8 < pages ? size / 8 : pages;
+  uint8_t buf[HASH_BLOCK];
+  for (uint64_t n = 0; n < have; n += HASHES_PER_BLOCK) {
+    uint64_t k = have - n < HASHES_PER_BLOCK ? have - n : HASHES_PER_BLOCK;
+    if ((rc = io_read_exact(s, s->hashes_fd, buf, (size_t)k * 8, (off_t)(n * 8))))
+      return rc;
+    for (uint64_t i = 0; i < k; i++)
+      s->hashes[n + i] = le64_get(buf + i * 8);
+  }
+  for (uint64_t n = have; n < pages; n++)
+    s->hashes[n] = 0;
+  return 0;
+}
+
+/* Recompute every page's hash from the image; returns the sum. */
+static int hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
+{
+  *sum = 0;
+  for (uint64_t n = 0; n < pages; n += STAGING_PAGES) {
+    uint64_t k = pages - n < STAGING_PAGES ? pages - n : STAGING_PAGES;
+    int rc = io_read_exact(s, s->image_fd, s->staging, (size_t)(k * PS),
+                           (off_t)(n * PS));
+    if (rc)
+      return rc;
+    for (uint64_t i = 0; i < k; i++) {
+      s->hashes[n + i] = loom_page_hash(n + i, s->staging + i * PS);
+      *sum += s->hashes[n + i];
+    }
+  }
+  return 0;
+}
+
+/* R3: the table and the image agree with the position, or are rebuilt. */
+static int store_check(loom_store *s)
+{
+  uint64_t size = 0;
+  int rc = file_size(s->image_fd, &size);
+  if (rc)
+    return rc;
+  if (size != s->pos.pages * PS)
+    return LOOM_ECORRUPT;
+  if (hashes_sum(s, s->pos.pages) == s->pos.checksum)
+    return 0;
+  if (s->flags & LOOM_READONLY)
+    return LOOM_ECORRUPT;
+  uint64_t sum;
+  if ((rc = hashes_rebuild(s, s->pos.pages, &sum)))
+    return rc;
+  if (sum != s->pos.checksum)
+    return LOOM_ECORRUPT;
+  rc = io_truncate(s, s->hashes_fd, s->pos.pages * 8);
+  for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
+    rc = hashes_write_block(s, b, s->pos.pages);
+  if (!rc)
+    rc = io_fsync(s, s->hashes_fd);
+  return rc;
+}
+
+static int store_recover(loom_store *s)
+{
+  loom_patch *p = NULL;
+  int rc = patch_read(s, 0, &p);
+  if (rc == LOOM_ECORRUPT || rc == LOOM_EVERSION) /* never committed */
+    rc = 0;
+  if (rc)
+    return rc;
+  /* The patch counts only while its before is the durable position. */
+  int pending = p && p->header.before.epoch == s->pos.epoch &&
+                p->header.before.seq == s->pos.seq &&
+                p->header.before.checksum == s->pos.checksum &&
+                p->header.before.pages == s->pos.pages;
+  patch_free(p);
+  p = NULL;
+  uint64_t table_pages = s->pos.pages;
+  if (pending) {
+    rc = patch_read(s, 1, &p);
+    if (rc == LOOM_ECORRUPT) {
+      rc = 0;
+      pending = 0;
+    } else if (rc) {
+      return rc;
+    } else {
+      table_pages = p->header.after.pages > table_pages ? p->header.after.pages
+                                                         : table_pages;
+    }
+  }
+  rc = hashes_load(s, table_pages);
+  if (!rc && pending) {
+    rc = hashes_apply(s, p);
+    if (!rc)
+      rc = apply_patch(s, p);
+    if (!rc)
+      s->pos = p->header.after;
+  }
+  patch_free(p);
+  return rc ? rc : store_check(s);
+}
+
+int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
+                     loom_store **out)
+{
+  *out = NULL;
+  if (!dir)
+    return LOOM_EINVAL;
+  loom_store *s = calloc(1, sizeof *s);
+  if (!s)
+    return ENOMEM;
+  s->io = io ? io : loom_io_posix();
+  s->flags = flags;
+  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
+  s->staging = malloc(STAGING_PAGES * PS);
+  int rc = s->staging ? 0 : ENOMEM;
+  int readonly = (flags & LOOM_READONLY) != 0;
+
+  if (!rc && (flags & LOOM_CREATE) && !readonly) {
+    if (mkdir(dir, 0755) == 0) {
+      /* Make the new directory's entry durable in its parent. */
+      char *parent = malloc(strlen(dir) + 4);
+      if (!parent)
+        rc = ENOMEM;
+      else {
+        strcpy(parent, dir);
+        strcat(parent, "/..");
+        int pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (pfd < 0 || fsync(pfd) < 0)
+          rc = errno;
+        if (pfd >= 0)
+          close(pfd);
+        free(parent);
+      }
+    } else if (errno != EEXIST) {
+      rc = errno;
+    }
+  }
+  if (!rc) {
+    s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dirfd < 0)
+      rc = errno == ENOENT ? LOOM_ENOIMAGE : errno;
+  }
+  if (!rc && !readonly) {
+    s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->lockfd < 0)
+      rc = errno;
+    else if (flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
+      rc = errno == EWOULDBLOCK ? LOOM_ELOCKED : errno;
+  }
+  int create = (flags & LOOM_CREATE) && !readonly;
+  if (!rc)
+    rc = open_file(s, "meta", readonly ? O_RDONLY : O_RDWR | (create ? O_CREAT : 0),
+                   &s->meta_fd);
+  if (rc == ENOENT)
+    rc = LOOM_ENOIMAGE;
+  if (!rc) {
+    rc = meta_read(s, &s->generation, &s->pos);
+    s->applied = s->pos;
+    if (rc == LOOM_ENOIMAGE && create) {
+      /* No position recorded: only an empty (or absent) image may be
+       * replaced by a new one. */
+      int img = -1;
+      uint64_t size = 0;
+      int orc = open_file(s, "image", O_RDONLY, &img);
+      if (!orc) {
+        orc = file_size(img, &size);
+        io_close(s, &img);
+      }
+      rc = (orc && orc != ENOENT) ? orc : size ? LOOM_ECORRUPT : store_create(s);
+    }
+  }
+  int mode = readonly ? O_RDONLY : O_RDWR;
+  if (!rc && s->image_fd < 0)
+    rc = open_file(s, "image", mode, &s->image_fd);
+  if (!rc && s->hashes_fd < 0)
+    rc = open_file(s, "hashes", mode, &s->hashes_fd);
+  if (rc == ENOENT)
+    rc = LOOM_ECORRUPT;
+  if (!rc && s->patch_fd < 0) {
+    rc = open_file(s, "patch", mode, &s->patch_fd);
+    if (rc == ENOENT && !readonly) {
+      rc = open_file(s, "patch", O_RDWR | O_CREAT, &s->patch_fd);
+      if (!rc)
+        rc = io_fsync(s, s->dirfd);
+    }
+  }
+  if (!rc) {
+    if (readonly) {
+      rc = hashes_load(s, s->pos.pages);
+    } else {
+      rc = store_recover(s);
+    }
+  }
+  if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
+    apply_thread *t = &s->apply;
+    pthread_mutex_init(&t->mutex, NULL);
+    pthread_cond_init(&t->cond, NULL);
+    rc = pthread_create(&t->thread, NULL, apply_thread_main, s);
+    if (!rc)
+      t->started = 1;
+    else {
+      pthread_mutex_destroy(&t->mutex);
+      pthread_cond_destroy(&t->cond);
+    }
+  }
+  if (rc) {
+    store_free(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+int loom_store_open(const char *dir, unsigned flags, const loom_io *io,
+                    loom_store **out)
+{
+  if (!out)
+    return LOOM_EINVAL;
+  return store_open_flags(dir, flags & (LOOM_CREATE | LOOM_READONLY |
+                                        LOOM_APPLY_ASYNC), io, out);
+}
+
+int loom_store_close(loom_store *s)
+{
+  if (!s)
+    return 0;
+  int rc = apply_wait(s);
+  if (s->writer)
+    loom_patch_abort(s->writer);
+  int poison = s->poison;
+  store_free(s);
+  return rc ? (poison > 0 ? poison : rc) : 0;
+}
+
+void loom_store_position(const loom_store *s, loom_position *out)
+{
+  *out = s->pos;
+}
+
+uint64_t loom_store_page_hash(const loom_store *s, uint64_t n)
+{
+  return n < s->pos.pages ? s->hashes[n] : 0;
+}
+
+int store_read_image_page(loom_store *s, uint64_t n, void *buf)
+{
+  return io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
+}
+
+int loom_store_read_page(loom_store *s, uint64_t n, void *buf)
+{
+  int rc = apply_wait(s);
+  if (rc)
+    return rc;
+  if (n >= s->pos.pages)
+    return LOOM_EINVAL;
+  return store_read_image_page(s, n, buf);
+}
+
+int loom_store_image_fd(const loom_store *s) { return s->image_fd; }
+
+int loom_store_set_epoch(loom_store *s, uint64_t epoch)
+{
+  int rc = apply_wait(s);
+  if (rc)
+    return rc;
+  if (s->flags & LOOM_READONLY)
+    return LOOM_EINVAL;
+  if (epoch <= s->pos.epoch)
+    return LOOM_EINVAL;
+  loom_position p = s->pos;
+  p.epoch = epoch;
+  rc = meta_write(s, &p);
+  if (rc) {
+    store_poison(s, rc);
+    return rc;
+  }
+  s->pos = p;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Backup, inspect, verify. */
+
+/* Copy len bytes of fd_in to fd_out through the staging buffer. */
+static int copy_bytes(loom_store *s, int fd_in, int fd_out, uint64_t len)
+{
+  int rc = 0;
+  for (uint64_t off = 0; !rc && off < len; off += STAGING_PAGES * PS) {
+    size_t k = (size_t)(len - off < STAGING_PAGES * PS ? len - off : STAGING_PAGES * PS);
+    rc = io_read_exact(s, fd_in, s->staging, k, (off_t)off);
+    if (!rc)
+      rc = io_write_exact(s, fd_out, s->staging, k, (off_t)off);
+  }
+  return rc;
+}
+
+int loom_store_backup(loom_store *s, const char *dest)
+{
+  if (!s || !dest)
+    return LOOM_EINVAL;
+  int rc = apply_wait(s);
+  if (rc)
+    return rc;
+  size_t len = strlen(dest);
+  char *tmp = malloc(len + 16);
+  if (!tmp)
+    return ENOMEM;
+  snprintf(tmp, len + 16, "%s.tmp%d", dest, (int)getpid());
+  const loom_io *io = s->io;
+  int tdir = -1, fd = -1, parent = -1;
+  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0755);
+  if (!rc) {
+    tdir = io->open(io->ctx, AT_FDCWD, tmp, O_RDONLY | O_DIRECTORY, 0);
+    rc = tdir < 0 ? -tdir : 0;
+  }
+  /* image, hashes, meta, patch: each written and fsynced. */
+  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+    rc = -fd;
+  if (!rc)
+    rc = copy_bytes(s, s->image_fd, fd, s->pos.pages * PS);
+  if (!rc)
+    rc = io_fsync(s, fd);
+  if (fd >= 0)
+    io_close(s, &fd);
+  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+    rc = -fd;
+  if (!rc) {
+    int wfd = s->hashes_fd;
+    s->hashes_fd = fd;
+    for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
+      rc = hashes_write_block(s, b, s->pos.pages);
+    s->hashes_fd = wfd;
+  }
+  if (!rc)
+    rc = io_fsync(s, fd);
+  if (fd >= 0)
+    io_close(s, &fd);
+  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+    rc = -fd;
+  if (!rc) {
+    uint8_t slot[META_SLOT_SIZE];
+    meta_encode(slot, 1, &s->pos);
+    rc = io_write_exact(s, fd, slot, sizeof slot, META_SLOT_SIZE);
+  }
+  if (!rc)
+    rc = io_fsync(s, fd);
+  if (fd >= 0)
+    io_close(s, &fd);
+  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+    rc = -fd;
+  if (fd >= 0)
+    io_close(s, &fd);
+  if (!rc)
+    rc = io_fsync(s, tdir);
+  if (!rc)
+    rc = -io->rename(io->ctx, AT_FDCWD, tmp, AT_FDCWD, dest);
+  if (!rc) {
+    /* The rename is durable only once the parent directory is. */
+    char *slash = strrchr(tmp, '/');
+    if (slash)
+      *slash = '\0';
+    parent = io->open(io->ctx, AT_FDCWD, slash ? (slash == tmp ? "/" : tmp) : ".",
+                      O_RDONLY | O_DIRECTORY, 0);
+    rc = parent < 0 ? -parent : io_fsync(s, parent);
+    if (parent >= 0)
+      io_close(s, &parent);
+  } else if (tdir >= 0) {
+    const char *names[] = {"image", "hashes", "meta", "patch"};
+    for (int i = 0; i < 4; i++)
+      io->unlink(io->ctx, tdir, names[i], 0);
+    io->unlink(io->ctx, AT_FDCWD, tmp, AT_REMOVEDIR);
+  }
+  if (tdir >= 0)
+    io_close(s, &tdir);
+  free(tmp);
+  return rc;
+}
+
+int loom_inspect(const char *dir, loom_position *out)
+{
+  loom_store *s;
+  int rc = store_open_flags(dir, LOOM_READONLY, NULL, &s);
+  if (rc)
+    return rc;
+  *out = s->pos;
+  store_free(s);
+  return 0;
+}
+
+int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
+{
+  loom_store *s;
+  int rc = store_open_flags(dir, 0, NULL, &s);
+  if (rc == LOOM_ECORRUPT) {
+    /* Report what is recorded and what the pages say. */
+    if (store_open_flags(dir, LOOM_READONLY, NULL, &s) != 0)
+      return rc;
+    if (recorded)
+      *recorded = s->pos;
+    uint64_t sum = 0;
+    uint64_t size = 0;
+    if (!file_size(s->image_fd, &size) && !hashes_reserve(s, size / PS + 1))
+      hashes_rebuild(s, size / PS, &sum);
+    if (computed)
+      *computed = sum;
+    store_free(s);
+    return LOOM_ECORRUPT;
+  }
+  if (rc)
+    return rc;
+  uint64_t sum;
+  rc = hashes_rebuild(s, s->pos.pages, &sum);
+  if (recorded)
+    *recorded = s->pos;
+  if (computed)
+    *computed = sum;
+  if (!rc && sum != s->pos.checksum)
+    rc = LOOM_ECORRUPT;
+  int crc = loom_store_close(s);
+  return rc ? rc : crc;
+}

@@ -1,0 +1,48 @@
+/* store_internal.h: what the arena (loom.c) needs of the store beyond the
+ * public API. Not installed. */
+#ifndef LOOM_STORE_INTERNAL_H
+#define LOOM_STORE_INTERNAL_H
+
+#include "loom.h"
+#include "loom_io.h"
+
+/* The patch being written, and after its commit point the record handed to
+ * the apply step. */
+struct loom_patch {
+  loom_store *store;
+  loom_patch_header header;
+  int fill_after;          /* compute header.after.checksum at commit */
+  uint64_t added;
+  uint64_t *page_numbers;  /* [header.page_count] */
+  uint64_t *new_hashes;
+  uint64_t *old_hashes;
+  uint64_t sum_old;        /* over added pages inside the old image */
+  uint64_t sum_new;
+  uint64_t staged;         /* pages in the store's staging buffer */
+  uint64_t flushed;        /* pages written to the patch file */
+  int error;               /* sticky: the first failure */
+};
+
+/* Begin a patch whose after.checksum the store computes (fill_after). */
+int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
+                      loom_patch **out);
+/* Add a page whose hash the caller already computed. */
+int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
+                           uint64_t hash);
+/* Steps 1-3 of the commit protocol: the patch is durable on return (the
+ * commit point) and the store's position is the patch's after. The patch
+ * stays readable (page lists) until store_apply_start(). */
+int store_patch_make_durable(loom_patch *p);
+/* Steps 4-8: apply now, or hand to the apply thread (LOOM_APPLY_ASYNC).
+ * Frees p. */
+int store_apply_start(loom_patch *p);
+/* Read image page n as the image file holds it now (no waiting). */
+int store_read_image_page(loom_store *s, uint64_t n, void *buf);
+/* Open with the arena's flags (LOOM_APPLY_ASYNC honoured). */
+int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
+                     loom_store **out);
+int store_poisoned(const loom_store *s);
+void store_poison(loom_store *s, int rc);
+uint64_t store_zero_hash(uint64_t n);
+
+#endif

@@ -1,0 +1,32 @@
+# Sourced by ./test and ./demo: install what is missing, configure, build.
+# Works on a fresh Debian 12 as root with only Debian's mirror reachable.
+
+loomship_packages=(build-essential meson ninja-build pkg-config
+  libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libzstd-dev
+  libxxhash-dev curl openssl)
+
+loomship_install() {
+  local missing=()
+  for p in "${loomship_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+      missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${missing[*]} (run as root, or install them)" >&2
+    return 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# loomship_build DIR [meson options...]
+loomship_build() {
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" "$@"
+  fi
+  ninja -C "$dir"
+}
