@@ -64,7 +64,6 @@ int tracker_mprotect_fault(loom *l, uint64_t n);
 #define MAX_LOOMS 16
 static loom *volatile registry[MAX_LOOMS];
 static struct sigaction previous_segv;
-static int handler_installed;
 
 static loom *registry_find(const void *addr)
 {
@@ -122,18 +121,31 @@ static void segv_handler(int sig, siginfo_t *info, void *uctx)
   }
 }
 
+/* (Re)install the handler if someone else's is current (a test framework
+ * or the application may have replaced it since), keeping theirs to chain
+ * to. */
+static int handler_install(void)
+{
+  struct sigaction cur;
+  if (sigaction(SIGSEGV, NULL, &cur) < 0)
+    return errno;
+  if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == segv_handler)
+    return 0;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = segv_handler;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGSEGV, &sa, &previous_segv) < 0)
+    return errno;
+  return 0;
+}
+
 static int registry_add(loom *l)
 {
-  if (!handler_installed) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = segv_handler;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGSEGV, &sa, &previous_segv) < 0)
-      return errno;
-    handler_installed = 1;
-  }
+  int rc = handler_install();
+  if (rc)
+    return rc;
   for (int i = 0; i < MAX_LOOMS; i++)
     if (__sync_bool_compare_and_swap(&registry[i], NULL, l))
       return 0;
@@ -486,8 +498,10 @@ static int compose(loom *l, uint64_t low, uint64_t *clean, changes *out)
         continue;
       clean[n / 64] |= UINT64_C(1) << (n % 64);
       uint64_t hash = loom_page_hash(n, page_addr(l, n));
-      if (n < image && hash == loom_store_page_hash(l->store, n))
-        continue; /* written, but unchanged */
+      if (n < image ? hash == loom_store_page_hash(l->store, n)
+                    : hash == store_zero_hash(n))
+        continue; /* unchanged, or a new page of zeros (the grown file
+                     reads as zeros) */
       int rc = changes_push(out, n, hash);
       if (rc)
         return rc;
@@ -582,7 +596,9 @@ int loom_save(loom *l, uint64_t low, uint64_t high)
     return LOOM_EPANIC;
   if (l->bug)
     return LOOM_EBUG;
-  int rc = l->tracker->collect(l);                           /* S1 */
+  int rc = handler_install(); /* the next writes fault again */
+  if (!rc)
+    rc = l->tracker->collect(l);                             /* S1 */
   if (!rc && l->guard != NO_GUARD && l->guard < low)
     rc = guard_move(l, NO_GUARD);
   if (rc)

@@ -1,0 +1,615 @@
+/*
+ * arena_test.c: the arena and the store through the public API, for every
+ * tracker and load mode. Invariants (loom_check) are checked after every
+ * operation; the image on disk is compared with a model of what was saved.
+ *
+ * cmocka swaps the SIGSEGV handler around each test: arenas are opened in
+ * the test bodies only.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "testutil.h"
+
+typedef struct config {
+  loom_tracker tracker;
+  unsigned flags;
+  const char *name;
+} config;
+
+static void report(void *ctx, const char *msg)
+{
+  (void)ctx;
+  print_error("invariant: %s\n", msg);
+}
+
+#define CHECK_INVARIANTS(l) assert_int_equal(loom_check((l), report, NULL), 0)
+
+/* The model: what every page of the image must hold. */
+typedef struct model {
+  uint64_t pages;
+  uint8_t *bytes; /* arena_pages * PAGE */
+} model;
+
+static loom *open_arena(const char *dir, const config *c, uint64_t pages,
+                        loom_options *extra)
+{
+  loom_options o = {.arena_pages = pages, .flags = LOOM_CREATE | c->flags,
+                    .tracker = c->tracker};
+  if (extra) {
+    o.on_commit = extra->on_commit;
+    o.commit_ctx = extra->commit_ctx;
+    o.page_is_free = extra->page_is_free;
+    o.free_ctx = extra->free_ctx;
+    o.watermarks = extra->watermarks;
+    o.watermarks_ctx = extra->watermarks_ctx;
+    o.on_exhausted = extra->on_exhausted;
+    o.exhausted_ctx = extra->exhausted_ctx;
+  }
+  loom *l = NULL;
+  int rc = loom_open(dir, &o, &l);
+  if (rc)
+    print_error("loom_open(%s): %s\n", c->name, loom_strerror(rc));
+  assert_int_equal(rc, 0);
+  if (c->tracker != LOOM_TRACK_AUTO)
+    assert_int_equal(loom_get_tracker(l), c->tracker);
+  CHECK_INVARIANTS(l);
+  return l;
+}
+
+static void assert_image_is(const char *dir, const model *m)
+{
+  uint64_t pages;
+  uint8_t *img = read_image(dir, &pages);
+  assert_non_null(img);
+  assert_int_equal(pages, m->pages);
+  assert_memory_equal(img, m->bytes, pages * PAGE);
+  free(img);
+  loom_position rec;
+  uint64_t computed;
+  assert_int_equal(loom_verify(dir, &rec, &computed), 0);
+  assert_int_equal(rec.checksum, computed);
+  assert_int_equal(rec.pages, m->pages);
+}
+
+/* Write a few bytes into random pages below low, in arena and model. */
+static void scribble(loom *l, model *m, uint64_t low, unsigned count,
+                     uint64_t *rng)
+{
+  uint8_t *base = loom_base(l);
+  for (unsigned i = 0; i < count; i++) {
+    uint64_t n = rng_next(rng) % low;
+    uint64_t off = n * PAGE + rng_next(rng) % (PAGE - 8);
+    uint64_t v = rng_next(rng);
+    memcpy(base + off, &v, 8);
+    memcpy(m->bytes + off, &v, 8);
+  }
+}
+
+static void model_save(model *m, uint64_t low, uint64_t arena_pages)
+{
+  /* Pages past low are not part of the image; the model keeps the arena's
+   * bytes for them, and the image holds [0, low). */
+  (void)arena_pages;
+  m->pages = low;
+}
+
+/* Random saves with growth, truncation and empty saves; reopen between. */
+static void test_round_trips(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("rt");
+  const uint64_t arena = 256;
+  model m = {0, calloc(arena, PAGE)};
+  uint64_t rng = 0x1234 + (uint64_t)c->tracker * 77 + c->flags;
+  uint64_t seq = 0;
+  for (int round = 0; round < 4; round++) {
+    loom *l = open_arena(dir, c, arena, NULL);
+    /* The arena holds the image after open. */
+    assert_memory_equal(loom_base(l), m.bytes, m.pages * PAGE);
+    uint8_t *base = loom_base(l);
+    /* The model mirrors the arena: past the image, a new arena is zero. */
+    memset(m.bytes + m.pages * PAGE, 0, (arena - m.pages) * PAGE);
+    for (int i = 0; i < 12; i++) {
+      uint64_t low = 1 + rng_next(&rng) % (arena / 2);
+      if (i % 5 == 4)
+        low = m.pages; /* same length */
+      uint64_t touched = i % 4 == 3 ? 0 : 1 + rng_next(&rng) % 20;
+      scribble(l, &m, low, (unsigned)touched, &rng);
+      loom_position before, after;
+      loom_store_position(loom_get_store(l), &before);
+      int rc = loom_save(l, low, arena);
+      assert_int_equal(rc, 0);
+      loom_store_position(loom_get_store(l), &after);
+      if (touched == 0 && low == before.pages) {
+        assert_int_equal(after.seq, before.seq);
+      } else {
+        assert_int_equal(after.seq, before.seq + 1);
+        seq++;
+      }
+      model_save(&m, low, arena);
+      CHECK_INVARIANTS(l);
+      assert_int_equal(after.pages, low);
+      assert_memory_equal(base, m.bytes, low * PAGE);
+    }
+    assert_int_equal(loom_close(l), 0);
+    assert_image_is(dir, &m);
+    loom_position p;
+    assert_int_equal(loom_inspect(dir, &p), 0);
+    assert_int_equal(p.seq, seq);
+  }
+  free(m.bytes);
+  tmpdir_remove(dir);
+}
+
+/* The first write to each clean page is noticed, even repeated saves. */
+static void test_every_write_noticed(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("wr");
+  loom *l = open_arena(dir, c, 64, NULL);
+  uint8_t *base = loom_base(l);
+  for (uint64_t n = 0; n < 32; n++)
+    base[n * PAGE] = (uint8_t)n;
+  assert_int_equal(loom_save(l, 32, 64), 0);
+  for (int round = 1; round < 6; round++) {
+    for (uint64_t n = (uint64_t)round; n < 32; n += 3)
+      base[n * PAGE + 100] = (uint8_t)(round * 7 + n);
+    assert_int_equal(loom_save(l, 32, 64), 0);
+    CHECK_INVARIANTS(l);
+    loom_position p;
+    loom_store_position(loom_get_store(l), &p);
+    assert_int_equal(p.seq, (uint64_t)round + 1);
+    for (uint64_t n = 0; n < 32; n++)
+      assert_int_equal(loom_store_page_hash(loom_get_store(l), n),
+                       loom_page_hash(n, base + n * PAGE));
+  }
+  assert_int_equal(loom_close(l), 0);
+  uint64_t pages;
+  uint8_t *img = read_image(dir, &pages);
+  assert_int_equal(pages, 32);
+  for (uint64_t n = 0; n < 32; n++)
+    assert_int_equal(img[n * PAGE], (uint8_t)n);
+  free(img);
+  tmpdir_remove(dir);
+}
+
+/* The commit hook sees exactly the changed pages, their old versions and
+ * hashes, and the before/after positions. */
+typedef struct hook_seen {
+  int calls;
+  uint64_t pages;
+  int old_ok;
+  loom_position before, after;
+  uint8_t expect_old[4][PAGE];
+  uint64_t expect_numbers[4];
+} hook_seen;
+
+static int hook(void *ctx, loom *l, const loom_commit *c)
+{
+  hook_seen *h = ctx;
+  h->calls++;
+  h->pages = c->page_count;
+  h->before = c->before;
+  h->after = c->after;
+  h->old_ok = 1;
+  uint8_t buf[PAGE];
+  for (uint64_t i = 0; i < c->page_count && i < 4; i++) {
+    if (c->page_numbers[i] != h->expect_numbers[i] ||
+        loom_commit_old_page(l, c, i, buf) != 0 ||
+        memcmp(buf, h->expect_old[i], PAGE) != 0 ||
+        c->new_hashes[i] != loom_page_hash(c->page_numbers[i],
+                                           loom_page(l, c->page_numbers[i])))
+      h->old_ok = 0;
+    if (c->page_numbers[i] < c->before.pages &&
+        c->old_hashes[i] != loom_page_hash(c->page_numbers[i], h->expect_old[i]))
+      h->old_ok = 0;
+  }
+  return 0;
+}
+
+static void test_commit_hook(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("hook");
+  hook_seen *h = calloc(1, sizeof *h);
+  loom_options extra = {.on_commit = hook, .commit_ctx = h};
+  loom *l = open_arena(dir, c, 64, &extra);
+  uint8_t *base = loom_base(l);
+  memset(base, 0x11, 8 * PAGE);
+  assert_int_equal(loom_save(l, 8, 64), 0);
+  assert_int_equal(h->calls, 1);
+  assert_int_equal(h->pages, 8);
+  /* Change pages 2, 5 and a new page 9 (the image grows to 10). */
+  memcpy(h->expect_old[0], base + 2 * PAGE, PAGE);
+  memcpy(h->expect_old[1], base + 5 * PAGE, PAGE);
+  memcpy(h->expect_old[2], base + 8 * PAGE, PAGE); /* zeros: new page */
+  memset(h->expect_old[3], 0, PAGE);
+  h->expect_numbers[0] = 2;
+  h->expect_numbers[1] = 5;
+  h->expect_numbers[2] = 8;
+  h->expect_numbers[3] = 9;
+  base[2 * PAGE + 1] = 1;
+  base[5 * PAGE + 2] = 2;
+  base[8 * PAGE + 3] = 3;
+  base[9 * PAGE + 4] = 4;
+  assert_int_equal(loom_save(l, 10, 64), 0);
+  assert_int_equal(h->calls, 2);
+  assert_int_equal(h->pages, 4);
+  assert_true(h->old_ok);
+  assert_int_equal(h->before.seq, 1);
+  assert_int_equal(h->after.seq, 2);
+  assert_int_equal(h->before.pages, 8);
+  assert_int_equal(h->after.pages, 10);
+  /* Writing the same bytes again changes nothing: no commit. */
+  base[2 * PAGE + 1] = 1;
+  assert_int_equal(loom_save(l, 10, 64), 0);
+  assert_int_equal(h->calls, 2);
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  free(h);
+  tmpdir_remove(dir);
+}
+
+/* Free pages (the allocator says so) are not saved and stay dirty. */
+static int free_odd(void *ctx, uint64_t n)
+{
+  (void)ctx;
+  return n % 2 == 1;
+}
+
+static void test_free_pages(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("free");
+  loom_options extra = {.page_is_free = free_odd};
+  loom *l = open_arena(dir, c, 64, &extra);
+  uint8_t *base = loom_base(l);
+  for (uint64_t n = 0; n < 10; n++)
+    memset(base + n * PAGE, (int)(n + 1), PAGE);
+  loom_stats st;
+  assert_int_equal(loom_save(l, 10, 64), 0);
+  loom_get_stats(l, &st);
+  assert_int_equal(st.pages_saved, 5);
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  uint64_t pages;
+  uint8_t *img = read_image(dir, &pages);
+  assert_int_equal(pages, 10);
+  for (uint64_t n = 0; n < 10; n++)
+    assert_int_equal(img[n * PAGE + 77], n % 2 ? 0 : (uint8_t)(n + 1));
+  free(img);
+  loom_position rec;
+  uint64_t computed;
+  assert_int_equal(loom_verify(dir, &rec, &computed), 0);
+  tmpdir_remove(dir);
+}
+
+/* Foul and yolo make every page dirty; the next save restores tracking. */
+static void test_foul_yolo_toss(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("foul");
+  loom *l = open_arena(dir, c, 64, NULL);
+  uint8_t *base = loom_base(l);
+  memset(base, 7, 16 * PAGE);
+  assert_int_equal(loom_save(l, 16, 64), 0);
+  assert_int_equal(loom_foul(l), 0);
+  base[3 * PAGE] = 9;
+  assert_int_equal(loom_save(l, 16, 64), 0);
+  CHECK_INVARIANTS(l);
+  loom_position p;
+  loom_store_position(loom_get_store(l), &p);
+  assert_int_equal(p.seq, 2);
+  assert_int_equal(loom_yolo(l), 0);
+  base[5 * PAGE] = 9;
+  base[40 * PAGE] = 1; /* anywhere: no guard in yolo mode */
+  assert_int_equal(loom_save(l, 16, 64), 0);
+  CHECK_INVARIANTS(l);
+  loom_store_position(loom_get_store(l), &p);
+  assert_int_equal(p.seq, 3);
+  /* Toss: free middle pages read as zero afterwards. */
+  memset(base + 20 * PAGE, 5, 10 * PAGE);
+  assert_int_equal(loom_toss(l, 20, 30), 0);
+  for (uint64_t n = 20; n < 30; n++)
+    if (n != 40)
+      assert_int_equal(base[n * PAGE + 10], 0);
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  uint64_t pages;
+  uint8_t *img = read_image(dir, &pages);
+  assert_int_equal(img[3 * PAGE], 9);
+  assert_int_equal(img[5 * PAGE], 9);
+  free(img);
+  tmpdir_remove(dir);
+}
+
+/* The guard page: a write to it moves it (the application's watermarks say
+ * where); with no free page left, the exhaustion callback runs. */
+typedef struct marks {
+  uint64_t low, high;
+  int exhausted;
+  sigjmp_buf jump;
+  int jump_armed;
+} marks;
+
+static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
+{
+  marks *m = ctx;
+  *low = m->low;
+  *high = m->high;
+}
+
+static void exhausted(void *ctx)
+{
+  marks *m = ctx;
+  m->exhausted++;
+  if (m->jump_armed)
+    siglongjmp(m->jump, 1);
+}
+
+/* Write up to page 60; 1 if the exhaustion callback jumped out. */
+static __attribute__((noinline)) int exhaust(marks *m, uint8_t *base)
+{
+  m->jump_armed = 1;
+  if (sigsetjmp(m->jump, 1) != 0)
+    return 1;
+  for (uint64_t n = 40; n < 60; n++)
+    base[n * PAGE] = 2;
+  return 0;
+}
+
+static void test_guard(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("guard");
+  marks *m = calloc(1, sizeof *m);
+  m->low = 4;
+  m->high = 60;
+  loom_options extra = {.watermarks = watermarks, .watermarks_ctx = m,
+                        .on_exhausted = exhausted, .exhausted_ctx = m};
+  loom *l = open_arena(dir, c, 64, &extra);
+  uint8_t *base = loom_base(l);
+  assert_int_equal(loom_ward(l, 4, 60), 0);
+  CHECK_INVARIANTS(l);
+  /* The guard is at 32: the low region grows to 40 and writes into it. */
+  m->low = 40;
+  for (uint64_t n = 4; n < 40; n++)
+    base[n * PAGE] = 1;
+  loom_stats st;
+  loom_get_stats(l, &st);
+  assert_true(st.guard_moves >= 1);
+  assert_int_equal(m->exhausted, 0);
+  assert_int_equal(loom_save(l, 40, 60), 0);
+  CHECK_INVARIANTS(l);
+  /* Exhaust: low meets high; the callback jumps out of the fault. */
+  m->low = 60;
+  assert_true(exhaust(m, base));
+  assert_int_equal(m->exhausted, 1);
+  assert_int_equal(loom_ward(l, 60, 60), LOOM_EEXHAUSTED);
+  /* The application frees space: ward places the guard again. */
+  m->low = 45;
+  m->jump_armed = 0;
+  assert_int_equal(loom_ward(l, 45, 60), 0);
+  assert_int_equal(loom_save(l, 45, 60), 0);
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  free(m);
+  tmpdir_remove(dir);
+}
+
+/* One writer: a second opener, in this process or another, is refused. */
+static void test_lock(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("lock");
+  loom *l = open_arena(dir, c, 16, NULL);
+  loom_store *s2;
+  assert_int_equal(loom_store_open(dir, 0, NULL, &s2), LOOM_ELOCKED);
+  pid_t pid = fork();
+  if (pid == 0) {
+    loom_store *s3;
+    _exit(loom_store_open(dir, 0, NULL, &s3) == LOOM_ELOCKED ? 0 : 1);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  /* Read-only tools still read a position. */
+  loom_position p;
+  assert_int_equal(loom_inspect(dir, &p), 0);
+  assert_int_equal(loom_verify(dir, NULL, NULL), LOOM_ELOCKED);
+  assert_int_equal(loom_close(l), 0);
+  assert_int_equal(loom_store_open(dir, 0, NULL, &s2), 0);
+  assert_int_equal(loom_store_close(s2), 0);
+  tmpdir_remove(dir);
+}
+
+/* Backup: a directory at the same position that verifies. */
+static void test_backup_and_epoch(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("bk");
+  char *out = tmpdir_make("bkout");
+  char dest[4200];
+  snprintf(dest, sizeof dest, "%s/copy", out);
+  loom *l = open_arena(dir, c, 64, NULL);
+  uint8_t *base = loom_base(l);
+  for (uint64_t n = 0; n < 20; n++)
+    memset(base + n * PAGE, (int)n, PAGE);
+  assert_int_equal(loom_save(l, 20, 64), 0);
+  assert_int_equal(loom_store_set_epoch(loom_get_store(l), 5), 0);
+  assert_int_equal(loom_store_set_epoch(loom_get_store(l), 4), LOOM_EINVAL);
+  assert_int_equal(loom_store_backup(loom_get_store(l), dest), 0);
+  /* A backup never replaces an existing directory. */
+  int again = loom_store_backup(loom_get_store(l), dest);
+  assert_true(again == EEXIST || again == ENOTEMPTY);
+  loom_position p, q;
+  loom_store_position(loom_get_store(l), &p);
+  assert_int_equal(p.epoch, 5);
+  assert_int_equal(loom_close(l), 0);
+  assert_int_equal(loom_verify(dest, &q, NULL), 0);
+  assert_int_equal(q.epoch, 5);
+  assert_int_equal(q.seq, p.seq);
+  assert_int_equal(q.checksum, p.checksum);
+  /* Reopened, the epoch holds and new commits carry it. */
+  l = open_arena(dir, c, 64, NULL);
+  loom_store_position(loom_get_store(l), &p);
+  assert_int_equal(p.epoch, 5);
+  base = loom_base(l);
+  base[PAGE] = 0x55;
+  assert_int_equal(loom_save(l, 20, 64), 0);
+  loom_store_position(loom_get_store(l), &p);
+  assert_int_equal(p.epoch, 5);
+  assert_int_equal(p.seq, 2);
+  assert_int_equal(loom_close(l), 0);
+  tmpdir_remove(dir);
+  tmpdir_remove(out);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The store alone: streamed patches, as a standby applies them. */
+
+static void fill(uint8_t *page, uint64_t seed)
+{
+  for (unsigned i = 0; i < PAGE; i += 8)
+    memcpy(page + i, &seed, 8), seed = seed * 6364136223846793005u + 1;
+}
+
+static void test_store_patches(void **state)
+{
+  (void)state;
+  char *dir = tmpdir_make("store");
+  loom_store *s;
+  assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &s), 0);
+  loom_position p0;
+  loom_store_position(s, &p0);
+  assert_int_equal(p0.seq, 0);
+  assert_int_equal(p0.epoch, 1);
+  uint8_t *pages = calloc(8, PAGE);
+  for (int i = 0; i < 8; i++)
+    fill(pages + i * PAGE, (uint64_t)i + 100);
+  /* A base image of 8 pages. */
+  uint64_t sum = 0;
+  for (uint64_t i = 0; i < 8; i++)
+    sum += loom_page_hash(i, pages + i * PAGE);
+  loom_patch_header h = {.before = p0,
+                         .after = {.epoch = 2, .seq = 10, .checksum = sum, .pages = 8},
+                         .page_count = 8, .flags = LOOM_PATCH_BASE};
+  loom_patch *p;
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  for (uint64_t i = 0; i < 8; i++)
+    assert_int_equal(loom_patch_add(p, i, pages + i * PAGE), 0);
+  assert_int_equal(loom_patch_commit(p), 0);
+  loom_position p1;
+  loom_store_position(s, &p1);
+  assert_int_equal(p1.seq, 10);
+  assert_int_equal(p1.epoch, 2);
+  /* A patch that does not chain is refused and changes nothing. */
+  h = (loom_patch_header){.before = p0, .after = {.epoch = 2, .seq = 11, .pages = 8},
+                          .page_count = 1};
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), LOOM_EPOSITION);
+  /* A patch whose after checksum is wrong is refused at commit. */
+  h = (loom_patch_header){.before = p1,
+                          .after = {.epoch = 2, .seq = 11, .checksum = 42, .pages = 8},
+                          .page_count = 1};
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  fill(pages + 3 * PAGE, 999);
+  assert_int_equal(loom_patch_add(p, 3, pages + 3 * PAGE), 0);
+  assert_int_equal(loom_patch_commit(p), LOOM_EPOSITION);
+  loom_position same;
+  loom_store_position(s, &same);
+  assert_int_equal(same.seq, 10);
+  /* Out of order pages are refused. */
+  h.page_count = 2;
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  assert_int_equal(loom_patch_add(p, 5, pages), 0);
+  assert_int_equal(loom_patch_add(p, 4, pages), LOOM_EINVAL);
+  loom_patch_abort(p);
+  /* A right one, growing the image to 10 with one new page listed. */
+  uint64_t after_sum = p1.checksum - loom_store_page_hash(s, 3) +
+                       loom_page_hash(3, pages + 3 * PAGE) +
+                       loom_page_hash(9, pages) + 0;
+  uint8_t zero[PAGE] = {0};
+  after_sum += loom_page_hash(8, zero);
+  h = (loom_patch_header){.before = p1,
+                          .after = {.epoch = 2, .seq = 11, .checksum = after_sum, .pages = 10},
+                          .page_count = 2};
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  assert_int_equal(loom_patch_add(p, 3, pages + 3 * PAGE), 0);
+  assert_int_equal(loom_patch_add(p, 9, pages), 0);
+  assert_int_equal(loom_patch_commit(p), 0);
+  uint8_t buf[PAGE];
+  assert_int_equal(loom_store_read_page(s, 3, buf), 0);
+  assert_memory_equal(buf, pages + 3 * PAGE, PAGE);
+  assert_int_equal(loom_store_read_page(s, 8, buf), 0);
+  assert_memory_equal(buf, zero, PAGE);
+  assert_int_equal(loom_store_close(s), 0);
+  loom_position rec;
+  uint64_t computed;
+  assert_int_equal(loom_verify(dir, &rec, &computed), 0);
+  assert_int_equal(rec.seq, 11);
+  assert_int_equal(rec.pages, 10);
+  free(pages);
+  tmpdir_remove(dir);
+}
+
+/* A corrupted image is caught by verify and by open. */
+static void test_verify_catches_corruption(void **state)
+{
+  (void)state;
+  char *dir = tmpdir_make("corrupt");
+  config c = {LOOM_TRACK_AUTO, 0, "auto"};
+  loom *l = open_arena(dir, &c, 16, NULL);
+  memset(loom_base(l), 3, 4 * PAGE);
+  assert_int_equal(loom_save(l, 4, 16), 0);
+  assert_int_equal(loom_close(l), 0);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/image", dir);
+  FILE *f = fopen(path, "r+b");
+  fseek(f, 2 * PAGE + 5, SEEK_SET);
+  fputc(4, f);
+  fclose(f);
+  loom_position rec;
+  uint64_t computed = 0;
+  assert_int_equal(loom_verify(dir, &rec, &computed), LOOM_ECORRUPT);
+  assert_true(computed != rec.checksum);
+  tmpdir_remove(dir);
+}
+
+#define TESTS_FOR(cfg)                                              \
+  cmocka_unit_test_prestate(test_round_trips, &cfg),                \
+  cmocka_unit_test_prestate(test_every_write_noticed, &cfg),        \
+  cmocka_unit_test_prestate(test_commit_hook, &cfg),                \
+  cmocka_unit_test_prestate(test_free_pages, &cfg),                 \
+  cmocka_unit_test_prestate(test_foul_yolo_toss, &cfg),             \
+  cmocka_unit_test_prestate(test_guard, &cfg),                      \
+  cmocka_unit_test_prestate(test_lock, &cfg),                       \
+  cmocka_unit_test_prestate(test_backup_and_epoch, &cfg)
+
+int main(void)
+{
+  static config mp_demand = {LOOM_TRACK_MPROTECT, 0, "mprotect demand-paged"};
+  static config mp_copy = {LOOM_TRACK_MPROTECT, LOOM_COPY_IN | LOOM_VALIDATE,
+                           "mprotect copy-in validate"};
+  static config uf_demand = {LOOM_TRACK_UFFD_ASYNC, LOOM_VALIDATE,
+                             "uffd demand-paged validate"};
+  static config uf_copy = {LOOM_TRACK_UFFD_ASYNC, LOOM_COPY_IN | LOOM_APPLY_ASYNC,
+                           "uffd copy-in async-apply"};
+  static config mp_swap = {LOOM_TRACK_MPROTECT, LOOM_SWAP | LOOM_APPLY_ASYNC,
+                           "mprotect swap async-apply"};
+  static config uf_swap = {LOOM_TRACK_UFFD_ASYNC, LOOM_SWAP | LOOM_COPY_IN,
+                           "uffd swap copy-in"};
+  const struct CMUnitTest tests[] = {
+      TESTS_FOR(mp_demand), TESTS_FOR(mp_copy), TESTS_FOR(uf_demand),
+      TESTS_FOR(uf_copy),   TESTS_FOR(mp_swap), TESTS_FOR(uf_swap),
+      cmocka_unit_test(test_store_patches),
+      cmocka_unit_test(test_verify_catches_corruption),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
