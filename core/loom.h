@@ -193,6 +193,44 @@ void loom_patch_abort(loom_patch *patch);
  * atomically (a temporary directory renamed into place) and fsynced. */
 int loom_store_backup(loom_store *store, const char *dest);
 
+/*
+ * Snapshots: a consistent image at one position, readable from another
+ * thread while commits and applies go on (a backup served over HTTP).
+ *
+ * While a snapshot is open, the apply step first copies the old version of
+ * each page it is about to overwrite or truncate (and that the snapshot
+ * still needs) into a side file (DIR/snapshot, unlinked), so the cost is one
+ * extra page copy per page changed during the snapshot, and nothing when
+ * none is open. One snapshot at a time per store.
+ *
+ *   loom_store_snapshot_open     from the thread that owns the store; waits
+ *                                for a pending apply; errors: LOOM_EINVAL
+ *                                (one is already open), errno values
+ *   loom_snapshot_position       its position
+ *   loom_snapshot_read           any thread: len bytes of the image as of
+ *                                the snapshot, from byte offset off
+ *                                (off + len <= pages * LOOM_PAGE_SIZE)
+ *   loom_snapshot_close          any thread; the store must outlive it
+ */
+typedef struct loom_snapshot loom_snapshot;
+
+int loom_store_snapshot_open(loom_store *store, loom_snapshot **out);
+void loom_snapshot_position(const loom_snapshot *snap, loom_position *out);
+int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len);
+void loom_snapshot_close(loom_snapshot *snap);
+
+/*
+ * The image stream: one image at one position as a byte stream, what
+ * GET /v1/backup serves and PUT /v1/base takes (docs/FORMAT.md):
+ * a LOOM_STREAM_HEADER-byte header, then the pages in order.
+ */
+#define LOOM_STREAM_HEADER 64u
+void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
+                               const loom_position *pos);
+/* 0, LOOM_ECORRUPT (bad magic or checksum) or LOOM_EVERSION. */
+int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
+                              loom_position *pos);
+
 /* ---------------------------------------------------------------------- */
 /* Read-only tools: work on a directory whose owner stopped or died, and on
  * a live one (they read the last durably recorded position). */

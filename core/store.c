@@ -109,6 +109,15 @@ struct loom_store {
   loom_patch *writer;      /* open patch, if any */
   int poison;              /* 0, or the error that poisoned the handle */
   apply_thread apply;
+  pthread_mutex_t snap_lock; /* s->snap, and a snapshot's reads vs apply */
+  loom_snapshot *snap;     /* open snapshot, if any */
+};
+
+struct loom_snapshot {
+  loom_store *store;
+  loom_position pos;
+  int side_fd;             /* old versions of pages changed since open */
+  uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
 };
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
@@ -527,10 +536,38 @@ static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
 /* ---------------------------------------------------------------------- */
 /* Steps 4-6: apply a durable patch to image, hashes and meta. */
 
-static int apply_pages(loom_store *s, const loom_patch *p)
+/* An open snapshot still needs page n's current version: copy it to the
+ * side file first (under snap_lock). */
+static int snapshot_preserve(loom_store *s, uint64_t n)
+{
+  loom_snapshot *snap = s->snap;
+  if (!snap || n >= snap->pos.pages ||
+      (snap->preserved[n / 64] >> (n % 64)) & 1)
+    return 0;
+  int rc = io_read_exact(s, s->image_fd, s->staging + STAGING_PAGES * PS, PS,
+                         (off_t)(n * PS));
+  if (!rc && pwrite(snap->side_fd, s->staging + STAGING_PAGES * PS, PS,
+                    (off_t)(n * PS)) != (ssize_t)PS)
+    rc = errno ? errno : EIO;
+  if (!rc)
+    snap->preserved[n / 64] |= UINT64_C(1) << (n % 64);
+  return rc;
+}
+
+static int apply_pages_locked(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
-  int rc = io_truncate(s, s->image_fd, h->after.pages * PS);
+  int rc = 0;
+  if (s->snap) {
+    uint64_t size = 0;
+    rc = file_size(s->image_fd, &size);
+    for (uint64_t n = h->after.pages; !rc && n < size / PS; n++)
+      rc = snapshot_preserve(s, n);
+    for (uint64_t i = 0; !rc && i < h->page_count; i++)
+      rc = snapshot_preserve(s, p->page_numbers[i]);
+  }
+  if (!rc)
+    rc = io_truncate(s, s->image_fd, h->after.pages * PS);
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
     rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
@@ -546,6 +583,14 @@ static int apply_pages(loom_store *s, const loom_patch *p)
       j += run;
     }
   }
+  return rc;
+}
+
+static int apply_pages(loom_store *s, const loom_patch *p)
+{
+  pthread_mutex_lock(&s->snap_lock);
+  int rc = apply_pages_locked(s, p);
+  pthread_mutex_unlock(&s->snap_lock);
   return rc;
 }
 
@@ -845,6 +890,7 @@ static void store_free(loom_store *s)
     close(s->dirfd);
   free(s->hashes);
   free(s->staging);
+  pthread_mutex_destroy(&s->snap_lock);
   free(s);
 }
 
@@ -1003,7 +1049,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   s->io = io ? io : loom_io_posix();
   s->flags = flags;
   s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
-  s->staging = malloc(STAGING_PAGES * PS);
+  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
+  pthread_mutex_init(&s->snap_lock, NULL);
   int rc = s->staging ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
 
@@ -1311,4 +1358,123 @@ int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
     rc = LOOM_ECORRUPT;
   int crc = loom_store_close(s);
   return rc ? rc : crc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Snapshots and the image stream. */
+
+int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
+{
+  if (!s || !out)
+    return LOOM_EINVAL;
+  *out = NULL;
+  int rc = apply_wait(s);
+  if (rc)
+    return rc;
+  loom_snapshot *snap = calloc(1, sizeof *snap);
+  if (!snap)
+    return ENOMEM;
+  snap->store = s;
+  snap->pos = s->pos;
+  snap->preserved = calloc((size_t)(s->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
+  snap->side_fd = openat(s->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (!snap->preserved || snap->side_fd < 0) {
+    rc = snap->preserved ? errno : ENOMEM;
+    if (snap->side_fd >= 0)
+      close(snap->side_fd);
+    free(snap->preserved);
+    free(snap);
+    return rc;
+  }
+  pthread_mutex_lock(&s->snap_lock);
+  if (s->snap)
+    rc = LOOM_EINVAL;
+  else
+    s->snap = snap;
+  pthread_mutex_unlock(&s->snap_lock);
+  if (rc) {
+    close(snap->side_fd);
+    free(snap->preserved);
+    free(snap);
+    return rc;
+  }
+  *out = snap;
+  return 0;
+}
+
+void loom_snapshot_position(const loom_snapshot *snap, loom_position *out)
+{
+  *out = snap->pos;
+}
+
+int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len)
+{
+  if (!snap || (!buf && len) || off > snap->pos.pages * PS ||
+      len > snap->pos.pages * PS - off)
+    return LOOM_EINVAL;
+  loom_store *s = snap->store;
+  uint8_t *out = buf;
+  int rc = 0;
+  pthread_mutex_lock(&s->snap_lock);
+  while (!rc && len > 0) {
+    uint64_t n = off / PS;
+    size_t k = (size_t)(PS - off % PS);
+    if (k > len)
+      k = len;
+    int side = (snap->preserved[n / 64] >> (n % 64)) & 1;
+    ssize_t got = pread(side ? snap->side_fd : s->image_fd, out, k, (off_t)off);
+    if (got != (ssize_t)k)
+      rc = got < 0 ? errno : LOOM_ECORRUPT;
+    off += k;
+    out += k;
+    len -= k;
+  }
+  pthread_mutex_unlock(&s->snap_lock);
+  return rc;
+}
+
+void loom_snapshot_close(loom_snapshot *snap)
+{
+  if (!snap)
+    return;
+  loom_store *s = snap->store;
+  pthread_mutex_lock(&s->snap_lock);
+  if (s->snap == snap)
+    s->snap = NULL;
+  pthread_mutex_unlock(&s->snap_lock);
+  close(snap->side_fd);
+  free(snap->preserved);
+  free(snap);
+}
+
+#define STREAM_MAGIC "LOOMIMG1"
+
+void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
+                               const loom_position *pos)
+{
+  memset(out, 0, LOOM_STREAM_HEADER);
+  memcpy(out, STREAM_MAGIC, 8);
+  le32_put(out + 8, FORMAT_VERSION);
+  le32_put(out + 12, LOOM_PAGE_SIZE);
+  le64_put(out + 16, pos->epoch);
+  le64_put(out + 24, pos->seq);
+  le64_put(out + 32, pos->checksum);
+  le64_put(out + 40, pos->pages);
+  le64_put(out + 48, (uint64_t)pos->commit_time_ns);
+  le64_put(out + 56, XXH3_64bits(out, 56));
+}
+
+int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
+                              loom_position *pos)
+{
+  if (memcmp(in, STREAM_MAGIC, 8) != 0 || le64_get(in + 56) != XXH3_64bits(in, 56))
+    return LOOM_ECORRUPT;
+  if (le32_get(in + 8) != FORMAT_VERSION || le32_get(in + 12) != LOOM_PAGE_SIZE)
+    return LOOM_EVERSION;
+  pos->epoch = le64_get(in + 16);
+  pos->seq = le64_get(in + 24);
+  pos->checksum = le64_get(in + 32);
+  pos->pages = le64_get(in + 40);
+  pos->commit_time_ns = (int64_t)le64_get(in + 48);
+  return pos->pages > MAX_PAGES ? LOOM_ECORRUPT : 0;
 }

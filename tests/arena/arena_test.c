@@ -7,6 +7,7 @@
  * the test bodies only.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -582,6 +583,99 @@ static void test_verify_catches_corruption(void **state)
   tmpdir_remove(dir);
 }
 
+/* A snapshot keeps reading the image at its position while saves change,
+ * grow and shrink it, from another thread. */
+typedef struct reader_args {
+  loom_snapshot *snap;
+  const uint8_t *expect;
+  uint64_t bytes;
+  int rounds, mismatches, errors;
+} reader_args;
+
+static void *snapshot_reader(void *arg)
+{
+  reader_args *a = arg;
+  uint8_t *buf = malloc(a->bytes);
+  for (int r = 0; r < a->rounds; r++) {
+    /* Odd-sized reads across page boundaries. */
+    for (uint64_t off = 0; off < a->bytes;) {
+      size_t k = 7777 + (size_t)(off % 3) * 5000;
+      if (k > a->bytes - off)
+        k = (size_t)(a->bytes - off);
+      if (loom_snapshot_read(a->snap, off, buf + off, k) != 0)
+        a->errors++;
+      off += k;
+    }
+    if (memcmp(buf, a->expect, a->bytes) != 0)
+      a->mismatches++;
+  }
+  free(buf);
+  return NULL;
+}
+
+static void test_snapshot(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("snap");
+  loom *l = open_arena(dir, c, 64, NULL);
+  uint8_t *base = loom_base(l);
+  for (uint64_t n = 0; n < 24; n++)
+    memset(base + n * PAGE, (int)(n + 1), PAGE);
+  assert_int_equal(loom_save(l, 24, 64), 0);
+  uint8_t *expect = malloc(24 * PAGE);
+  memcpy(expect, base, 24 * PAGE);
+  loom_snapshot *snap;
+  assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &snap), 0);
+  loom_snapshot *second;
+  assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &second), LOOM_EINVAL);
+  loom_position sp;
+  loom_snapshot_position(snap, &sp);
+  assert_int_equal(sp.seq, 1);
+  reader_args a = {snap, expect, 24 * PAGE, 20, 0, 0};
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, snapshot_reader, &a), 0);
+  for (int i = 0; i < 30; i++) {
+    uint64_t low = i % 3 == 2 ? 10 : 30;
+    for (uint64_t n = 0; n < low; n += 3)
+      base[n * PAGE + (uint64_t)i] = (uint8_t)(i + 100);
+    assert_int_equal(loom_save(l, low, 64), 0);
+  }
+  pthread_join(t, NULL);
+  assert_int_equal(a.errors, 0);
+  assert_int_equal(a.mismatches, 0);
+  /* The snapshot's pages hash to its checksum. */
+  uint8_t page[PAGE];
+  uint64_t sum = 0;
+  for (uint64_t n = 0; n < sp.pages; n++) {
+    assert_int_equal(loom_snapshot_read(snap, n * PAGE, page, PAGE), 0);
+    sum += loom_page_hash(n, page);
+  }
+  assert_int_equal(sum, sp.checksum);
+  assert_int_equal(loom_snapshot_read(snap, 24 * PAGE - 1, page, 2), LOOM_EINVAL);
+  loom_snapshot_close(snap);
+  assert_int_equal(loom_close(l), 0);
+  free(expect);
+  tmpdir_remove(dir);
+}
+
+/* The image stream header round-trips and refuses corruption. */
+static void test_stream_header(void **state)
+{
+  (void)state;
+  loom_position p = {.epoch = 3, .seq = 99, .checksum = 0xdeadbeef, .pages = 12,
+                     .commit_time_ns = 12345};
+  uint8_t h[LOOM_STREAM_HEADER];
+  loom_stream_header_encode(h, &p);
+  loom_position q;
+  assert_int_equal(loom_stream_header_decode(h, &q), 0);
+  assert_memory_equal(&p, &q, sizeof p);
+  for (unsigned i = 0; i < LOOM_STREAM_HEADER; i++) {
+    h[i] ^= 0x10;
+    assert_int_not_equal(loom_stream_header_decode(h, &q), 0);
+    h[i] ^= 0x10;
+  }
+}
+
 #define TESTS_FOR(cfg)                                              \
   cmocka_unit_test_prestate(test_round_trips, &cfg),                \
   cmocka_unit_test_prestate(test_every_write_noticed, &cfg),        \
@@ -590,7 +684,8 @@ static void test_verify_catches_corruption(void **state)
   cmocka_unit_test_prestate(test_foul_yolo_toss, &cfg),             \
   cmocka_unit_test_prestate(test_guard, &cfg),                      \
   cmocka_unit_test_prestate(test_lock, &cfg),                       \
-  cmocka_unit_test_prestate(test_backup_and_epoch, &cfg)
+  cmocka_unit_test_prestate(test_backup_and_epoch, &cfg),           \
+  cmocka_unit_test_prestate(test_snapshot, &cfg)
 
 int main(void)
 {
@@ -610,6 +705,7 @@ int main(void)
       TESTS_FOR(uf_copy),   TESTS_FOR(mp_swap), TESTS_FOR(uf_swap),
       cmocka_unit_test(test_store_patches),
       cmocka_unit_test(test_verify_catches_corruption),
+      cmocka_unit_test(test_stream_header),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
