@@ -27,6 +27,7 @@
  */
 typedef struct tracker_ops {
   loom_tracker kind;
+  int collect_rearms;   /* collect() protects again what it reports */
   int (*init)(loom *l);
   int (*collect)(loom *l);
   int (*protect)(loom *l, uint64_t first, uint64_t count);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "loom_io.h"
@@ -57,10 +58,48 @@ static ssize_t posix_pwrite(void *ctx, int fd, const void *buf, size_t len,
   return (ssize_t)done;
 }
 
+static ssize_t posix_pwritev(void *ctx, int fd, const struct iovec *iov,
+                             int iovcnt, off_t off)
+{
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++)
+    total += iov[i].iov_len;
+  ssize_t n;
+  do
+    n = pwritev(fd, iov, iovcnt, off);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return -errno;
+  if ((size_t)n == total)
+    return n;
+  /* Short: finish buffer by buffer. */
+  size_t done = (size_t)n, at = 0;
+  for (int i = 0; i < iovcnt; i++) {
+    size_t len = iov[i].iov_len;
+    if (done < at + len) {
+      size_t skip = done > at ? done - at : 0;
+      ssize_t w = posix_pwrite(ctx, fd, (const char *)iov[i].iov_base + skip,
+                               len - skip, off + (off_t)(at + skip));
+      if (w < 0)
+        return w;
+      done = at + len;
+    }
+    at += len;
+  }
+  return (ssize_t)total;
+}
+
+/* Regular files get fdatasync: it makes the data and everything needed to
+ * read it back (the size) durable, and skips the journal commit a
+ * timestamp-only change would cost. Directories get fsync. */
 static int posix_fsync(void *ctx, int fd)
 {
   (void)ctx;
-  return fsync(fd) < 0 ? -errno : 0;
+  struct stat st;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  int rc = S_ISREG(st.st_mode) ? fdatasync(fd) : fsync(fd);
+  return rc < 0 ? -errno : 0;
 }
 
 static int posix_ftruncate(void *ctx, int fd, off_t len)
@@ -110,6 +149,7 @@ static const loom_io posix_io = {
   .unlink = posix_unlink,
   .close = posix_close,
   .mkdir = posix_mkdir,
+  .pwritev = posix_pwritev,
 };
 
 const loom_io *loom_io_posix(void) { return &posix_io; }

@@ -557,7 +557,7 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   int rc = store_patch_begin(l->store, &h, 1, &p);
   for (uint64_t i = 0; !rc && i < ch->count; i++)
     rc = store_patch_add_hashed(p, ch->numbers[i], page_addr(l, ch->numbers[i]),
-                                ch->hashes[i]);
+                                ch->hashes[i], 1);
   if (!rc)
     rc = store_patch_make_durable(p);                        /* S3 */
   if (rc) {
@@ -622,8 +622,16 @@ int loom_save(loom *l, uint64_t low, uint64_t high)
     page_set_dirty(l, n);
   if (image > l->image_pages)
     rc = l->tracker->unprotect(l, l->image_pages, image - l->image_pages);
+  /* A tracker whose collect re-armed the written pages only needs the pages
+   * that joined the image now. */
+  uint64_t first = l->tracker->collect_rearms && image < l->image_pages ? image
+                   : l->tracker->collect_rearms ? l->image_pages : 0;
   if (!rc)
-    rc = for_runs(l, 0, l->image_pages, want_clean, clean, clean_run);
+    rc = for_runs(l, first, l->image_pages, want_clean, clean, clean_run);
+  if (!rc && first)
+    for (uint64_t n = 0; n < first; n++)
+      if (want_clean(l, n, clean))
+        page_set_clean(l, n);
   free(clean);
   l->yolo = 0;
   if (!rc)

@@ -9,7 +9,8 @@
  *
  * Every function returns >= 0 on success and -errno on failure. Names are
  * relative to dirfd. A directory is opened with O_DIRECTORY and made durable
- * with fsync like a file. The default, loom_io_posix(), maps each onto the
+ * with fsync like a file (the POSIX one uses fdatasync for regular files).
+ * The default, loom_io_posix(), maps each onto the
  * system call of the same name, retrying EINTR and completing short
  * transfers.
  */
@@ -19,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -51,6 +53,12 @@ typedef struct loom_io {
   int (*unlink)(void *ctx, int dirfd, const char *name, int flags);
   int (*close)(void *ctx, int fd);
   int (*mkdir)(void *ctx, int dirfd, const char *name, mode_t mode);
+  /* Optional (may be NULL): write the iovcnt buffers, in order, from off;
+   * returns their total length or -errno. Lets a save write pages straight
+   * from the arena; without it the store copies them into a buffer and
+   * calls pwrite. Counted as LOOM_IO_PWRITE. */
+  ssize_t (*pwritev)(void *ctx, int fd, const struct iovec *iov, int iovcnt,
+                     off_t off);
 } loom_io;
 
 /* The plain POSIX implementation (ctx unused). */

@@ -129,11 +129,6 @@ int64_t loom_now_ns(void)
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-uint64_t loom_page_hash(uint64_t page_number, const void *page)
-{
-  return XXH3_64bits_withSeed(page, LOOM_PAGE_SIZE, page_number);
-}
-
 uint64_t store_zero_hash(uint64_t n) { return loom_page_hash(n, zero_page); }
 
 int store_poisoned(const loom_store *s) { return s->poison != 0; }
@@ -343,6 +338,7 @@ static void patch_free(loom_patch *p)
 {
   if (!p)
     return;
+  free(p->deferred);
   free(p->page_numbers);
   free(p->new_hashes);
   free(p->old_hashes);
@@ -368,21 +364,64 @@ static loom_patch *patch_alloc(loom_store *s, const loom_patch_header *h)
 }
 
 /* The entry table and trailer: entries, then XXH3 over them seeded with the
- * header checksum. */
-static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum)
+ * header checksum. Returns a malloc'd buffer of *len bytes. */
+static uint8_t *patch_entries_encode(const loom_patch *p, uint64_t header_sum,
+                                     size_t *len)
 {
   uint64_t n = p->header.page_count;
-  size_t len = (size_t)n * PATCH_ENTRY_BYTES + 8;
-  uint8_t *buf = malloc(len);
+  *len = (size_t)n * PATCH_ENTRY_BYTES + 8;
+  uint8_t *buf = malloc(*len);
   if (!buf)
-    return ENOMEM;
+    return NULL;
   for (uint64_t i = 0; i < n; i++) {
     le64_put(buf + i * PATCH_ENTRY_BYTES, p->page_numbers[i]);
     le64_put(buf + i * PATCH_ENTRY_BYTES + 8, p->new_hashes[i]);
   }
-  le64_put(buf + len - 8, XXH3_64bits_withSeed(buf, len - 8, header_sum));
-  int rc = io_write_exact(s, s->patch_fd, buf, len, patch_entries_offset(n));
+  le64_put(buf + *len - 8, XXH3_64bits_withSeed(buf, *len - 8, header_sum));
+  return buf;
+}
+
+static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum)
+{
+  size_t len;
+  uint8_t *buf = patch_entries_encode(p, header_sum, &len);
+  if (!buf)
+    return ENOMEM;
+  int rc = io_write_exact(s, s->patch_fd, buf, len,
+                          patch_entries_offset(p->header.page_count));
   free(buf);
+  return rc;
+}
+
+/* Deferred: pages, entries and trailer in one pass (the header block, just
+ * before them, is written last). */
+#define IOV_BATCH 1024
+static int patch_write_deferred(loom_store *s, loom_patch *p,
+                                uint64_t header_sum)
+{
+  size_t elen;
+  uint8_t *entries = patch_entries_encode(p, header_sum, &elen);
+  if (!entries)
+    return ENOMEM;
+  uint64_t n = p->header.page_count, total = n + 1, at = 0;
+  off_t off = patch_page_offset(0);
+  struct iovec iov[IOV_BATCH];
+  int rc = 0;
+  while (!rc && at < total) {
+    int k = 0;
+    size_t len = 0;
+    for (; k < IOV_BATCH && at < total; k++, at++) {
+      if (at < n)
+        iov[k] = (struct iovec){(void *)p->deferred[at], PS};
+      else
+        iov[k] = (struct iovec){entries, elen};
+      len += iov[k].iov_len;
+    }
+    ssize_t w = s->io->pwritev(s->io->ctx, s->patch_fd, iov, k, off);
+    rc = w < 0 ? (int)-w : (size_t)w == len ? 0 : EIO;
+    off += (off_t)len;
+  }
+  free(entries);
   return rc;
 }
 
@@ -709,6 +748,13 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
     return ENOMEM;
   p->fill_after = fill_after;
   p->header.before = s->pos;
+  if (fill_after && s->io->pwritev) {
+    p->deferred = malloc((size_t)(h->page_count ? h->page_count : 1) * sizeof(void *));
+    if (!p->deferred) {
+      patch_free(p);
+      return ENOMEM;
+    }
+  }
   s->writer = p;
   *out = p;
   return 0;
@@ -722,20 +768,33 @@ int loom_store_patch_begin(loom_store *s, const loom_patch_header *h,
   return store_patch_begin(s, h, 0, out);
 }
 
+/* Write the pages waiting in p->iov: with pwritev straight from where they
+ * are, else gathered into the staging buffer. */
 static int patch_flush(loom_patch *p)
 {
   if (!p->staged)
     return 0;
   loom_store *s = p->store;
-  int rc = io_write_exact(s, s->patch_fd, s->staging, (size_t)(p->staged * PS),
-                          patch_page_offset(p->flushed));
+  off_t off = patch_page_offset(p->flushed);
+  size_t len = (size_t)(p->staged * PS);
+  int rc;
+  if (s->io->pwritev) {
+    ssize_t n = s->io->pwritev(s->io->ctx, s->patch_fd, p->iov,
+                               (int)p->staged, off);
+    rc = n < 0 ? (int)-n : (size_t)n == len ? 0 : EIO;
+  } else {
+    for (uint64_t i = 0; i < p->staged; i++)
+      if (p->iov[i].iov_base != s->staging + i * PS)
+        memcpy(s->staging + i * PS, p->iov[i].iov_base, PS);
+    rc = io_write_exact(s, s->patch_fd, s->staging, len, off);
+  }
   p->flushed += p->staged;
   p->staged = 0;
   return rc;
 }
 
 int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
-                           uint64_t hash)
+                           uint64_t hash, int stable)
 {
   if (p->error)
     return p->error;
@@ -752,8 +811,16 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
   p->old_hashes[p->added] = old;
   p->sum_old += old;
   p->sum_new += hash;
+  if (p->deferred && stable) {
+    p->deferred[p->added++] = page;
+    return 0;
+  }
   p->added++;
-  memcpy(s->staging + p->staged * PS, page, PS);
+  uint8_t *slot = s->staging + p->staged * PS;
+  if (!stable)
+    memcpy(slot, page, PS);
+  p->iov[p->staged].iov_base = stable ? (void *)page : slot;
+  p->iov[p->staged].iov_len = PS;
   if (++p->staged == STAGING_PAGES) {
     int rc = patch_flush(p);
     if (rc)
@@ -766,7 +833,7 @@ int loom_patch_add(loom_patch *p, uint64_t n, const void *page)
 {
   if (!p || !page)
     return LOOM_EINVAL;
-  return store_patch_add_hashed(p, n, page, loom_page_hash(n, page));
+  return store_patch_add_hashed(p, n, page, loom_page_hash(n, page), 0);
 }
 
 /* The after-checksum the added pages give: the before's, less the old hashes
@@ -804,12 +871,14 @@ int store_patch_make_durable(loom_patch *p)
     else if (sum != h->after.checksum)
       rc = LOOM_EPOSITION;
   }
-  if (!rc)
-    rc = patch_flush(p);                                   /* 1 */
   uint8_t block[PATCH_HEADER_BLOCK];
   patch_header_encode(block, h);
   uint64_t header_sum = le64_get(block + 104);
-  if (!rc)
+  if (!rc && p->deferred)
+    rc = patch_write_deferred(s, p, header_sum);            /* 1 */
+  if (!rc && !p->deferred)
+    rc = patch_flush(p);                                   /* 1 */
+  if (!rc && !p->deferred)
     rc = patch_write_entries(s, p, header_sum);            /* 1 */
   if (rc) {
     /* The old header still stands and does not count (I3): nothing

@@ -5,6 +5,7 @@
 
 #include "loom.h"
 #include "loom_io.h"
+#include <sys/uio.h>
 
 /* The patch being written, and after its commit point the record handed to
  * the apply step. */
@@ -18,17 +19,25 @@ struct loom_patch {
   uint64_t *old_hashes;
   uint64_t sum_old;        /* over added pages inside the old image */
   uint64_t sum_new;
-  uint64_t staged;         /* pages in the store's staging buffer */
+  uint64_t staged;         /* pages waiting in iov[] to be written */
+  struct iovec iov[64];    /* each: a staging slot, or a page that stays
+                              valid until the patch is durable */
   uint64_t flushed;        /* pages written to the patch file */
   int error;               /* sticky: the first failure */
+  /* Deferred (stable pages and pwritev): nothing is written until
+   * store_patch_make_durable, which writes header, pages and entries with
+   * pwritev in one pass (one contiguous extent to fsync). */
+  const void **deferred;   /* [header.page_count] page pointers, or NULL */
 };
 
 /* Begin a patch whose after.checksum the store computes (fill_after). */
 int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
                       loom_patch **out);
-/* Add a page whose hash the caller already computed. */
+/* Add a page whose hash the caller already computed. With stable, the
+ * page's memory stays unchanged until store_patch_make_durable returns, and
+ * is written from where it is (no copy). */
 int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
-                           uint64_t hash);
+                           uint64_t hash, int stable);
 /* Steps 1-3 of the commit protocol: the patch is durable on return (the
  * commit point) and the store's position is the patch's after. The patch
  * stays readable (page lists) until store_apply_start(). */

@@ -183,6 +183,7 @@ static int uffd_remapped(loom *l, uint64_t first, uint64_t count)
 
 const tracker_ops tracker_uffd_async = {
   .kind = LOOM_TRACK_UFFD_ASYNC,
+  .collect_rearms = 1,
   .init = uffd_init,
   .collect = uffd_collect,
   .protect = uffd_protect,
