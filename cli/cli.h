@@ -1,0 +1,40 @@
+/* cli.h: what the subcommands of the loomship command share. */
+#ifndef LOOMSHIP_CLI_H
+#define LOOMSHIP_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* A subcommand: run(argc, argv) with argv[0] the subcommand's name;
+ * returns the process exit code. */
+typedef struct cli_command {
+  const char *name;
+  const char *summary;
+  const char *usage; /* printed by --help, after "usage: loomship " */
+  int (*run)(int argc, char **argv);
+} cli_command;
+
+/* One-line error on stderr ("loomship NAME: ..."), returns 1. */
+int cli_fail(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* 1 if argv holds -h or --help (and the usage was printed). */
+int cli_help_requested(const cli_command *c, int argc, char **argv);
+/* Print usage to stderr and return 2. */
+int cli_usage(const cli_command *c);
+/* The argument of an option at argv[*i] ("--x V" or "--x=V"), advancing
+ * *i; NULL (after an error line) when missing. */
+const char *cli_option_value(const char *cmd, int argc, char **argv, int *i,
+                             const char *name);
+/* Whether argv[i] is the option name (alone or as "name=..."). */
+int cli_is_option(const char *arg, const char *name);
+/* Parse an unsigned integer in [min, max]; 0 on success. */
+int cli_parse_u64(const char *cmd, const char *what, const char *text,
+                  uint64_t min, uint64_t max, uint64_t *out);
+/* Read the first line of a file (a token); malloc'd, NULL on error. */
+char *cli_read_token_file(const char *cmd, const char *path);
+/* Hex of a 64-bit checksum into buf (17 bytes). */
+const char *cli_hex64(uint64_t v, char buf[17]);
+
+extern const cli_command cmd_inspect, cmd_verify, cmd_demo;
+
+#endif

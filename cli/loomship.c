@@ -1,0 +1,127 @@
+/* loomship.c: the loomship command; one subcommand per DESIGN.md section 5. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const cli_command *const commands[] = {
+    &cmd_demo, &cmd_inspect, &cmd_verify,
+};
+#define NCOMMANDS (sizeof commands / sizeof *commands)
+
+int cli_fail(const char *cmd, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "loomship %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return 1;
+}
+
+int cli_usage(const cli_command *c)
+{
+  fprintf(stderr, "usage: loomship %s\n", c->usage);
+  return 2;
+}
+
+int cli_help_requested(const cli_command *c, int argc, char **argv)
+{
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      printf("loomship %s: %s\nusage: loomship %s\n", c->name, c->summary, c->usage);
+      return 1;
+    }
+  return 0;
+}
+
+int cli_is_option(const char *arg, const char *name)
+{
+  size_t n = strlen(name);
+  return !strncmp(arg, name, n) && (arg[n] == '\0' || arg[n] == '=');
+}
+
+const char *cli_option_value(const char *cmd, int argc, char **argv, int *i,
+                             const char *name)
+{
+  const char *eq = strchr(argv[*i], '=');
+  if (eq)
+    return eq + 1;
+  if (*i + 1 >= argc) {
+    cli_fail(cmd, "%s needs a value", name);
+    return NULL;
+  }
+  return argv[++*i];
+}
+
+int cli_parse_u64(const char *cmd, const char *what, const char *text,
+                  uint64_t min, uint64_t max, uint64_t *out)
+{
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(text, &end, 10);
+  if (errno || end == text || *end || text[0] == '-' || v < min || v > max) {
+    cli_fail(cmd, "%s must be a whole number from %llu to %llu, not '%s'", what,
+             (unsigned long long)min, (unsigned long long)max, text);
+    return 1;
+  }
+  *out = v;
+  return 0;
+}
+
+char *cli_read_token_file(const char *cmd, const char *path)
+{
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    cli_fail(cmd, "cannot read token file %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  char line[4096];
+  char *token = NULL;
+  if (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\r\n")] = '\0';
+    if (line[0])
+      token = strdup(line);
+  }
+  fclose(f);
+  if (!token)
+    cli_fail(cmd, "token file %s is empty", path);
+  return token;
+}
+
+const char *cli_hex64(uint64_t v, char buf[17])
+{
+  snprintf(buf, 17, "%016llx", (unsigned long long)v);
+  return buf;
+}
+
+static void usage_all(FILE *out)
+{
+  fprintf(out, "usage: loomship COMMAND [OPTIONS]  (loomship COMMAND --help)\n\n");
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
+}
+
+int main(int argc, char **argv)
+{
+  if (argc < 2) {
+    usage_all(stderr);
+    return 2;
+  }
+  if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+    usage_all(stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (!strcmp(argv[1], commands[i]->name)) {
+      if (cli_help_requested(commands[i], argc - 1, argv + 1))
+        return 0;
+      return commands[i]->run(argc - 1, argv + 1);
+    }
+  fprintf(stderr, "loomship: unknown command '%s'\n", argv[1]);
+  usage_all(stderr);
+  return 2;
+}
