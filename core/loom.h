@@ -203,9 +203,11 @@ int loom_store_backup(loom_store *store, const char *dest);
  * extra page copy per page changed during the snapshot, and nothing when
  * none is open. One snapshot at a time per store.
  *
- *   loom_store_snapshot_open     from the thread that owns the store; waits
- *                                for a pending apply; errors: LOOM_EINVAL
- *                                (one is already open), errno values
+ *   loom_store_snapshot_open     any thread; the position is the one the
+ *                                image file holds at that instant (a commit
+ *                                still being applied is not in it); errors:
+ *                                LOOM_EINVAL (one is already open),
+ *                                LOOM_EPANIC, errno values
  *   loom_snapshot_position       its position
  *   loom_snapshot_read           any thread: len bytes of the image as of
  *                                the snapshot, from byte offset off

@@ -109,8 +109,9 @@ struct loom_store {
   loom_patch *writer;      /* open patch, if any */
   int poison;              /* 0, or the error that poisoned the handle */
   apply_thread apply;
-  pthread_mutex_t snap_lock; /* s->snap, and a snapshot's reads vs apply */
+  pthread_mutex_t snap_lock; /* s->snap, image_pos, snapshot reads vs apply */
   loom_snapshot *snap;     /* open snapshot, if any */
+  loom_position image_pos; /* the position the image file's pages are at */
 };
 
 struct loom_snapshot {
@@ -629,6 +630,8 @@ static int apply_pages(loom_store *s, const loom_patch *p)
 {
   pthread_mutex_lock(&s->snap_lock);
   int rc = apply_pages_locked(s, p);
+  if (!rc)
+    s->image_pos = p->header.after;
   pthread_mutex_unlock(&s->snap_lock);
   return rc;
 }
@@ -1199,6 +1202,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
       rc = store_recover(s);
     }
   }
+  s->image_pos = s->pos;
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
     apply_thread *t = &s->apply;
     pthread_mutex_init(&t->mutex, NULL);
@@ -1432,37 +1436,36 @@ int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
 /* ---------------------------------------------------------------------- */
 /* Snapshots and the image stream. */
 
+/* Any thread: the snapshot takes the position the image file holds at the
+ * instant it is registered, under the lock every apply takes. */
 int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
 {
   if (!s || !out)
     return LOOM_EINVAL;
   *out = NULL;
-  int rc = apply_wait(s);
-  if (rc)
-    return rc;
+  if (s->poison)
+    return LOOM_EPANIC;
   loom_snapshot *snap = calloc(1, sizeof *snap);
   if (!snap)
     return ENOMEM;
   snap->store = s;
-  snap->pos = s->pos;
-  snap->preserved = calloc((size_t)(s->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
   snap->side_fd = openat(s->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (!snap->preserved || snap->side_fd < 0) {
-    rc = snap->preserved ? errno : ENOMEM;
-    if (snap->side_fd >= 0)
-      close(snap->side_fd);
-    free(snap->preserved);
-    free(snap);
-    return rc;
-  }
+  int rc = snap->side_fd < 0 ? errno : 0;
   pthread_mutex_lock(&s->snap_lock);
-  if (s->snap)
+  if (!rc && s->snap)
     rc = LOOM_EINVAL;
-  else
-    s->snap = snap;
+  if (!rc) {
+    snap->pos = s->image_pos;
+    snap->preserved = calloc((size_t)(snap->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
+    if (!snap->preserved)
+      rc = ENOMEM;
+    else
+      s->snap = snap;
+  }
   pthread_mutex_unlock(&s->snap_lock);
   if (rc) {
-    close(snap->side_fd);
+    if (snap->side_fd >= 0)
+      close(snap->side_fd);
     free(snap->preserved);
     free(snap);
     return rc;
