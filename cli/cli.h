@@ -35,6 +35,7 @@ char *cli_read_token_file(const char *cmd, const char *path);
 /* Hex of a 64-bit checksum into buf (17 bytes). */
 const char *cli_hex64(uint64_t v, char buf[17]);
 
-extern const cli_command cmd_inspect, cmd_verify, cmd_demo;
+extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
+    cmd_promote;
 
 #endif

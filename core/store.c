@@ -84,6 +84,7 @@
 #define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
 #define PATCH_ENTRY_BYTES 16u
 #define STAGING_PAGES 64u
+#define PATCH_TRIM_PAGES 4096u /* 64 MiB */
 #define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
 
 typedef struct apply_thread {
@@ -647,6 +648,10 @@ static int apply_patch(loom_store *s, const loom_patch *p)
     rc = io_fsync(s, s->hashes_fd);                /* 5 */
   if (!rc)
     rc = meta_write(s, &p->header.after);          /* 6 */
+  /* A large patch (a base image) no longer counts: give its space back. A
+   * torn or lost truncation leaves a patch that does not count either. */
+  if (!rc && p->header.page_count > PATCH_TRIM_PAGES)
+    io_truncate(s, s->patch_fd, 0);
   return rc;
 }
 
