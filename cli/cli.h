@@ -35,6 +35,20 @@ char *cli_read_token_file(const char *cmd, const char *path);
 /* Hex of a 64-bit checksum into buf (17 bytes). */
 const char *cli_hex64(uint64_t v, char buf[17]);
 
+/* "HOST:PORT" for --listen; 0 or an exit code (after an error line). */
+int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port);
+/* A log line on stderr: UTC time, who (ctx, a string), message. */
+void cli_log(void *ctx, const char *message);
+/* Block SIGTERM and SIGINT in all threads (sigwait them); ignore SIGPIPE. */
+#include <signal.h>
+void cli_block_stop_signals(sigset_t *set);
+
+/* systemd: a notification (no-op outside systemd); ready also starts the
+ * watchdog pings when the unit asks for them. */
+void cli_notify(const char *message);
+void cli_notify_ready(const char *status);
+
+extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
 

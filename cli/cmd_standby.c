@@ -1,0 +1,129 @@
+/* cmd_standby.c: loomship standby, a hot standby serving the HTTP API until
+ * SIGTERM, when it applies everything it has received and exits. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "server.h"
+
+/* "HOST:PORT" (IPv6 as "[addr]:port") into host (malloc'd) and port. */
+int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port)
+{
+  const char *colon = strrchr(text, ':');
+  if (!colon || colon == text)
+    return cli_fail(cmd, "--listen takes HOST:PORT, not '%s'", text);
+  uint64_t p;
+  if (cli_parse_u64(cmd, "the port", colon + 1, 0, 65535, &p))
+    return 1;
+  const char *h = text;
+  size_t n = (size_t)(colon - text);
+  if (h[0] == '[' && n >= 2 && h[n - 1] == ']')
+    h++, n -= 2;
+  *host = strndup(h, n);
+  *port = (uint16_t)p;
+  return 0;
+}
+
+void cli_log(void *ctx, const char *message)
+{
+  const char *who = ctx;
+  char stamp[32];
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+  fprintf(stderr, "%s.%03ldZ %s: %s\n", stamp, ts.tv_nsec / 1000000, who, message);
+}
+
+/* Block the stop signals in every thread, so that only sigwait sees them. */
+void cli_block_stop_signals(sigset_t *set)
+{
+  sigemptyset(set);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+static int run_standby(int argc, char **argv)
+{
+  const char *dir = NULL, *listen = NULL, *token_file = NULL, *cert = NULL, *key = NULL;
+  uint64_t ready_lag_ms = 5000;
+  for (int i = 1; i < argc; i++) {
+    const char **slot = cli_is_option(argv[i], "--dir")          ? &dir
+                        : cli_is_option(argv[i], "--listen")     ? &listen
+                        : cli_is_option(argv[i], "--token-file") ? &token_file
+                        : cli_is_option(argv[i], "--tls-cert")   ? &cert
+                        : cli_is_option(argv[i], "--tls-key")    ? &key
+                                                                 : NULL;
+    const char *v;
+    if (slot) {
+      if (!(*slot = cli_option_value("standby", argc, argv, &i, argv[i])))
+        return 2;
+    } else if (cli_is_option(argv[i], "--ready-lag-ms")) {
+      if (!(v = cli_option_value("standby", argc, argv, &i, "--ready-lag-ms")) ||
+          cli_parse_u64("standby", "--ready-lag-ms", v, 0, 86400000, &ready_lag_ms))
+        return 2;
+    } else {
+      return cli_usage(&cmd_standby);
+    }
+  }
+  if (!dir || !listen || (!cert != !key))
+    return cli_usage(&cmd_standby);
+  char *host;
+  uint16_t port;
+  if (cli_parse_listen("standby", listen, &host, &port))
+    return 2;
+  char *token = NULL;
+  if (token_file && !(token = cli_read_token_file("standby", token_file)))
+    return 1;
+  sigset_t stop;
+  cli_block_stop_signals(&stop);
+  http_server_options o = {
+      .role = HTTP_ROLE_STANDBY,
+      .dir = dir,
+      .listen_host = host,
+      .listen_port = port,
+      .token = (const uint8_t *)token,
+      .token_len = token ? strlen(token) : 0,
+      .tls_cert_file = cert,
+      .tls_key_file = key,
+      .ready_max_lag_seconds = (double)ready_lag_ms / 1000.0,
+      .log = cli_log,
+      .log_ctx = (void *)"standby",
+  };
+  http_server *server;
+  int rc = http_server_start(&o, &server);
+  if (token) {
+    memset(token, 0, strlen(token));
+    free(token);
+  }
+  if (rc) {
+    free(host);
+    return cli_fail("standby", "%s: %s", dir, http_strerror(rc));
+  }
+  printf("listening on %s://%s:%u\n", cert ? "https" : "http", host,
+         (unsigned)http_server_port(server));
+  fflush(stdout);
+  free(host);
+  cli_notify_ready("receiving");
+  int sig;
+  sigwait(&stop, &sig);
+  cli_notify("STOPPING=1");
+  cli_log("standby", sig == SIGTERM ? "SIGTERM: applying what was received, then stopping"
+                                    : "SIGINT: applying what was received, then stopping");
+  rc = http_server_stop(server);
+  if (rc)
+    return cli_fail("standby", "stop: %s", http_strerror(rc));
+  return 0;
+}
+
+const cli_command cmd_standby = {
+    "standby", "run a hot standby: receive, apply, serve the HTTP API",
+    "standby --dir DIR --listen HOST:PORT [--token-file F] "
+    "[--tls-cert F --tls-key F] [--ready-lag-ms MS]",
+    run_standby};
