@@ -16,8 +16,11 @@
 static inline char *tmpdir_make(const char *tag)
 {
   const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  char *path = malloc(strlen(root) + strlen(tag) + 32);
-  sprintf(path, "%s/loom-%s-XXXXXX", root, tag);
+  size_t len = strlen(root) + strlen(tag) + 32;
+  char *path = malloc(len);
+  if (!path)
+    return NULL;
+  snprintf(path, len, "%s/loom-%s-XXXXXX", root, tag);
   if (!mkdtemp(path)) {
     free(path);
     return NULL;
@@ -29,8 +32,11 @@ static inline void tmpdir_remove(char *path)
 {
   if (!path)
     return;
-  char *cmd = malloc(strlen(path) + 16);
-  sprintf(cmd, "rm -rf '%s'", path);
+  size_t len = strlen(path) + 16;
+  char *cmd = malloc(len);
+  if (!cmd)
+    return;
+  snprintf(cmd, len, "rm -rf '%s'", path);
   if (system(cmd) != 0)
     fprintf(stderr, "could not remove %s\n", path);
   free(cmd);
