@@ -62,8 +62,13 @@ static int quick;
 
 static char *scratch(const char *tag)
 {
-  char *p = malloc(strlen(scratch_root) + 64);
-  sprintf(p, "%s/loombench-%s-XXXXXX", scratch_root, tag);
+  size_t len = strlen(scratch_root) + 64;
+  char *p = malloc(len);
+  if (!p) {
+    perror("malloc");
+    exit(1);
+  }
+  snprintf(p, len, "%s/loombench-%s-XXXXXX", scratch_root, tag);
   if (!mkdtemp(p)) {
     perror("mkdtemp");
     exit(1);

@@ -6,8 +6,15 @@ build=$1
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 DESTDIR="$scratch/root" meson install -C "$build" --quiet --no-rebuild >/dev/null
-prefix=$(meson introspect "$build" --buildoptions |
-  python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="prefix"][0])')
+option() {
+  meson introspect "$build" --buildoptions |
+    python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]==sys.argv[1]][0])' "$1"
+}
+if [ "$(option b_sanitize)" != none ]; then
+  echo "sanitizer build: an outside program cannot link the sanitized library; skipped"
+  exit 77
+fi
+prefix=$(option prefix)
 root="$scratch/root$prefix"
 pc=$(dirname "$(find "$root" -name loomship.pc | head -1)")
 [ -n "$pc" ] || { echo "no loomship.pc installed"; exit 1; }
