@@ -199,22 +199,25 @@ int loom_ward(loom *l, uint64_t low, uint64_t high)
     return LOOM_EINVAL;
   if (store_poisoned(l->store))
     return LOOM_EPANIC;
-  uint64_t to;
-  if (guard_pick(l, low, high, &to)) {
-    int rc = guard_move(l, NO_GUARD);
-    /* No free page above the image: exhausted only if none below either. */
-    if (low >= high) {
-      l->exhausted = 1;
-      return rc ? rc : LOOM_EEXHAUSTED;
-    }
-    return rc;
-  }
+  /* The fault handler ran out of free pages since the last call: say so
+   * once, after placing the guard again if the application freed some. */
+  int reported = l->exhausted ? LOOM_EEXHAUSTED : 0;
   l->exhausted = 0;
-  if (l->guard != NO_GUARD && l->guard >= low && l->guard < high &&
-      l->guard >= l->image_pages)
-    return 0;
-  l->stats.guard_moves++;
-  return guard_move(l, to);
+  uint64_t to;
+  int rc;
+  if (guard_pick(l, low, high, &to)) {
+    rc = guard_move(l, NO_GUARD);
+    /* No free page above the image: exhausted only if none below either. */
+    if (low >= high)
+      reported = LOOM_EEXHAUSTED;
+  } else if (l->guard != NO_GUARD && l->guard >= low && l->guard < high &&
+             l->guard >= l->image_pages) {
+    rc = 0;
+  } else {
+    l->stats.guard_moves++;
+    rc = guard_move(l, to);
+  }
+  return rc ? rc : reported;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -280,7 +283,7 @@ static int unmap_image_tail(loom *l, uint64_t from, uint64_t to)
     return 0;
   uint64_t count = to - from;
   uint8_t *copy = mmap(NULL, count * PS, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (copy == MAP_FAILED)
     return errno;
   int rc = l->tracker->unprotect(l, from, count);
@@ -533,7 +536,11 @@ static int validate(loom *l)
       continue;
     rc = store_read_image_page(l->store, n, buf);
     if (!rc && memcmp(buf, page_addr(l, n), PS) != 0) {
+      /* A tracking hole: report it, and make the page dirty so that the
+       * next save writes it (the image is not left behind). */
       l->stats.validation_errors++;
+      page_set_dirty(l, n);
+      l->tracker->unprotect(l, n, 1);
       rc = LOOM_EBUG;
     }
   }
@@ -592,6 +599,8 @@ int loom_save(loom *l, uint64_t low, uint64_t high)
 {
   if (!l || low > high || high > l->pages)
     return LOOM_EINVAL;
+  if (low >= l->pages)
+    return LOOM_EEXHAUSTED; /* an image must leave the guard a page */
   if (store_poisoned(l->store))
     return LOOM_EPANIC;
   if (l->bug)
@@ -615,7 +624,10 @@ int loom_save(loom *l, uint64_t low, uint64_t high)
   free(ch.hashes);
   if (rc) {
     free(clean);
-    return rc; /* before the commit point nothing changed */
+    if (!store_poisoned(l->store))
+      loom_ward(l, low, high); /* failed before the commit point: the guard
+                                  that S1 may have lifted goes back */
+    return rc;
   }
   /* S7: pages past the image are dirty, the composed ones clean. */
   for (uint64_t n = l->image_pages; n < image; n++)

@@ -33,7 +33,8 @@
  *     image    the pages, page n at offset n * LOOM_PAGE_SIZE
  *     hashes   one little-endian u64 per image page: its XXH3 hash
  *     meta     two 512-byte position slots, written alternately
- *     patch    present only between a commit point and the end of its apply
+ *     patch    the last commit; counts only while its before is the meta's
+ *              position (docs/DEVIATIONS.md)
  *     lock     taken with flock(LOCK_EX) by the one writer
  *
  * ERRORS
@@ -136,7 +137,8 @@ void loom_store_position(const loom_store *store, loom_position *out);
 uint64_t loom_store_page_hash(const loom_store *store, uint64_t n);
 
 /* Read image page n as of the current position into buf (LOOM_PAGE_SIZE
- * bytes). Waits for a pending apply first. */
+ * bytes). Waits for a pending apply first. LOOM_EINVAL inside a commit hook
+ * (use loom_commit_old_page there). */
 int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
 
 /* The image file's descriptor, for serving it (read only; see
@@ -161,13 +163,17 @@ int loom_store_set_epoch(loom_store *store, uint64_t epoch);
  *       loom_patch_add(p, page_number, page_bytes);
  *   loom_patch_commit(p);        (or loom_patch_abort(p))
  *
- * header->before must equal the store's position (epoch may be lower than
- * header->after.epoch only for a base image); header->after gives the new
- * position, which is checked against the pages once they are all added.
+ * header->before must equal the store's position in seq, checksum and
+ * pages (its epoch is not compared: a primary promoted at the same seq
+ * continues the timeline; header->after.epoch must not be older than the
+ * store's); header->after gives the new position, which is checked against
+ * the pages once they are all added.
  * A base image (LOOM_PATCH_BASE) lists every page [0, after.pages) and
  * replaces the image whatever it was. Commit returns at the local commit
  * point (the patch durable); the apply follows before the next commit, or in
- * loom_store_sync(). On any error nothing changes.
+ * loom_store_sync(). An error before the commit point changes nothing; an
+ * I/O error at or after it poisons the handle (LOOM_EPANIC from then on),
+ * and the next open recovers to the old or the new position.
  * Errors: LOOM_EPOSITION (before is not the current position, or after does
  * not match the pages), LOOM_EINVAL (pages out of order or out of range),
  * errno values (ENOSPC...).
@@ -339,8 +345,12 @@ const char *loom_tracker_name(loom_tracker t);
  * report free; the image's new length is low. low <= high <= arena pages.
  * If nothing changed, nothing is written (0 is returned, seq unchanged).
  * The commit protocol is written out in core/loom.c. Returns 0, the commit
- * hook's non-zero value, or an error; after LOOM_EPANIC the handle is
- * poisoned.
+ * hook's non-zero value (committed), LOOM_EEXHAUSTED (low leaves no page
+ * for the guard: nothing committed; or, after a commit, the arena ran out
+ * of free pages since the last save), LOOM_EBUG (LOOM_VALIDATE found a
+ * clean page that differs from the image: committed, and the page is made
+ * dirty so the next save writes it), or an error: before the commit point
+ * nothing changed; an I/O error at or after it poisons the handle.
  */
 int loom_save(loom *l, uint64_t low, uint64_t high);
 

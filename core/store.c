@@ -113,11 +113,13 @@ struct loom_store {
   pthread_mutex_t snap_lock; /* s->snap, image_pos, snapshot reads vs apply */
   loom_snapshot *snap;     /* open snapshot, if any */
   loom_position image_pos; /* the position the image file's pages are at */
+  int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
 
 struct loom_snapshot {
   loom_store *store;
   loom_position pos;
+  int error;               /* a page could not be preserved: reads fail */
   int side_fd;             /* old versions of pages changed since open */
   uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
 };
@@ -582,17 +584,19 @@ static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
 static int snapshot_preserve(loom_store *s, uint64_t n)
 {
   loom_snapshot *snap = s->snap;
-  if (!snap || n >= snap->pos.pages ||
+  if (!snap || snap->error || n >= snap->pos.pages ||
       (snap->preserved[n / 64] >> (n % 64)) & 1)
     return 0;
-  int rc = io_read_exact(s, s->image_fd, s->staging + STAGING_PAGES * PS, PS,
-                         (off_t)(n * PS));
-  if (!rc && pwrite(snap->side_fd, s->staging + STAGING_PAGES * PS, PS,
-                    (off_t)(n * PS)) != (ssize_t)PS)
-    rc = errno ? errno : EIO;
-  if (!rc)
+  uint8_t *buf = s->staging + STAGING_PAGES * PS;
+  int rc = io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
+  if (rc)
+    return rc; /* the image itself cannot be read: the apply fails */
+  ssize_t w = pwrite(snap->side_fd, buf, PS, (off_t)(n * PS));
+  if (w != (ssize_t)PS)
+    snap->error = w < 0 ? errno : ENOSPC; /* the snapshot breaks, not the store */
+  else
     snap->preserved[n / 64] |= UINT64_C(1) << (n % 64);
-  return rc;
+  return 0;
 }
 
 static int apply_pages_locked(loom_store *s, const loom_patch *p)
@@ -633,6 +637,8 @@ static int apply_pages(loom_store *s, const loom_patch *p)
   int rc = apply_pages_locked(s, p);
   if (!rc)
     s->image_pos = p->header.after;
+  else
+    s->image_broken = rc; /* no snapshot may open over a half-applied image */
   pthread_mutex_unlock(&s->snap_lock);
   return rc;
 }
@@ -971,6 +977,23 @@ static void store_free(loom_store *s)
   free(s);
 }
 
+/* fsync the directory that holds dir (its entry for dir). */
+static int sync_parent(const char *dir)
+{
+  size_t len = strlen(dir);
+  char *parent = malloc(len + 4);
+  if (!parent)
+    return ENOMEM;
+  memcpy(parent, dir, len);
+  memcpy(parent + len, "/..", 4);
+  int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int rc = fd < 0 || fsync(fd) < 0 ? errno : 0;
+  if (fd >= 0)
+    close(fd);
+  free(parent);
+  return rc;
+}
+
 static int open_file(loom_store *s, const char *name, int flags, int *fd)
 {
   int rc = s->io->open(s->io->ctx, s->dirfd, name, flags, 0644);
@@ -1090,6 +1113,16 @@ static int store_recover(loom_store *s)
   patch_free(p);
   p = NULL;
   uint64_t table_pages = s->pos.pages;
+  if (!pending) {
+    /* Nothing to re-apply: the files must already match the position;
+     * check their sizes before sizing anything by it. */
+    uint64_t image_size = 0, hashes_size = 0;
+    if ((rc = file_size(s->image_fd, &image_size)) ||
+        (rc = file_size(s->hashes_fd, &hashes_size)))
+      return rc;
+    if (image_size != s->pos.pages * PS || hashes_size < s->pos.pages * 8)
+      return LOOM_ECORRUPT;
+  }
   if (pending) {
     rc = patch_read(s, 1, &p);
     if (rc == LOOM_ECORRUPT) {
@@ -1131,26 +1164,9 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   int rc = s->staging ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
 
-  if (!rc && (flags & LOOM_CREATE) && !readonly) {
-    if (mkdir(dir, 0755) == 0) {
-      /* Make the new directory's entry durable in its parent. */
-      char *parent = malloc(strlen(dir) + 4);
-      if (!parent)
-        rc = ENOMEM;
-      else {
-        strcpy(parent, dir);
-        strcat(parent, "/..");
-        int pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (pfd < 0 || fsync(pfd) < 0)
-          rc = errno;
-        if (pfd >= 0)
-          close(pfd);
-        free(parent);
-      }
-    } else if (errno != EEXIST) {
-      rc = errno;
-    }
-  }
+  if (!rc && (flags & LOOM_CREATE) && !readonly && mkdir(dir, 0755) != 0 &&
+      errno != EEXIST)
+    rc = errno;
   if (!rc) {
     s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->dirfd < 0)
@@ -1201,12 +1217,20 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     }
   }
   if (!rc) {
-    if (readonly) {
-      rc = hashes_load(s, s->pos.pages);
-    } else {
-      rc = store_recover(s);
-    }
+    if (!readonly)
+      rc = store_recover(s); /* read-only tools need the position only */
   }
+  /* Before any commit can be acknowledged: the position this open settled
+   * on is rewritten and synced (a slot read back from the page cache after
+   * a failed fsync may never have reached the disk), and the directory's
+   * entries (and the directory's in its parent) are made durable, whoever
+   * created them and whenever. */
+  if (!rc && !readonly)
+    rc = meta_write(s, &s->pos);
+  if (!rc && !readonly)
+    rc = io_fsync(s, s->dirfd);
+  if (!rc && create)
+    rc = sync_parent(dir);
   s->image_pos = s->pos;
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
     apply_thread *t = &s->apply;
@@ -1256,7 +1280,7 @@ void loom_store_position(const loom_store *s, loom_position *out)
 
 uint64_t loom_store_page_hash(const loom_store *s, uint64_t n)
 {
-  return n < s->pos.pages ? s->hashes[n] : 0;
+  return s->hashes && n < s->pos.pages ? s->hashes[n] : 0;
 }
 
 int store_read_image_page(loom_store *s, uint64_t n, void *buf)
@@ -1266,6 +1290,8 @@ int store_read_image_page(loom_store *s, uint64_t n, void *buf)
 
 int loom_store_read_page(loom_store *s, uint64_t n, void *buf)
 {
+  if (s->writer)
+    return LOOM_EINVAL; /* inside a commit hook: use loom_commit_old_page */
   int rc = apply_wait(s);
   if (rc)
     return rc;
@@ -1293,6 +1319,9 @@ int loom_store_set_epoch(loom_store *s, uint64_t epoch)
     return rc;
   }
   s->pos = p;
+  pthread_mutex_lock(&s->snap_lock);
+  s->image_pos.epoch = epoch; /* snapshots from now on carry the new epoch */
+  pthread_mutex_unlock(&s->snap_lock);
   return 0;
 }
 
@@ -1314,7 +1343,7 @@ static int copy_bytes(loom_store *s, int fd_in, int fd_out, uint64_t len)
 
 int loom_store_backup(loom_store *s, const char *dest)
 {
-  if (!s || !dest)
+  if (!s || !dest || s->writer)
     return LOOM_EINVAL;
   int rc = apply_wait(s);
   if (rc)
@@ -1457,6 +1486,8 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
   snap->side_fd = openat(s->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
   int rc = snap->side_fd < 0 ? errno : 0;
   pthread_mutex_lock(&s->snap_lock);
+  if (!rc && s->image_broken)
+    rc = LOOM_EPANIC;
   if (!rc && s->snap)
     rc = LOOM_EINVAL;
   if (!rc) {
@@ -1493,6 +1524,7 @@ int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len)
   uint8_t *out = buf;
   int rc = 0;
   pthread_mutex_lock(&s->snap_lock);
+  rc = snap->error;
   while (!rc && len > 0) {
     uint64_t n = off / PS;
     size_t k = (size_t)(PS - off % PS);

@@ -53,8 +53,11 @@ int tracker_mprotect_fault(loom *l, uint64_t n);
 int tracker_mprotect_fault(loom *l, uint64_t n)
 {
   uint64_t image = l->image_pages;
-  if (n >= image || page_dirty(l, n))
+  if (n >= image)
     return -1;
+  /* Already dirty: another thread's first write got there first (its
+   * handler made the page writable after this fault was raised). Making it
+   * writable again is always right for a dirty page. */
   if (mp_set(l, n, 1, PROT_READ | PROT_WRITE) == 0) {
     page_set_dirty(l, n);
     return 0;

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "testutil.h"
 
@@ -678,6 +679,103 @@ static void test_stream_header(void **state)
   }
 }
 
+/* Two threads first-writing the same clean pages: no false "bug". */
+typedef struct writer_args {
+  uint8_t *base;
+  int round;
+} writer_args;
+
+static void *same_pages_writer(void *arg)
+{
+  writer_args *a = arg;
+  for (uint64_t n = 0; n < 32; n++)
+    a->base[n * PAGE + 8] = (uint8_t)a->round;
+  return NULL;
+}
+
+static void test_threads_first_write(void **state)
+{
+  const config *c = *state;
+  char *dir = tmpdir_make("mt");
+  loom *l = open_arena(dir, c, 64, NULL);
+  uint8_t *base = loom_base(l);
+  memset(base, 1, 32 * PAGE);
+  assert_int_equal(loom_save(l, 32, 64), 0);
+  for (int round = 0; round < 200; round++) {
+    writer_args a = {base, round};
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, same_pages_writer, &a);
+    pthread_create(&t2, NULL, same_pages_writer, &a);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    assert_int_equal(loom_save(l, 32, 64), 0);
+  }
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  tmpdir_remove(dir);
+}
+
+/* What the review of the core found, each kept from coming back. */
+static int hook_reads(void *ctx, loom *l, const loom_commit *c)
+{
+  (void)c;
+  uint8_t buf[PAGE];
+  *(int *)ctx = loom_store_read_page(loom_get_store(l), 0, buf);
+  return 0;
+}
+
+static void test_review_findings(void **state)
+{
+  (void)state;
+  config c = {LOOM_TRACK_AUTO, 0, "auto"};
+  char *dir = tmpdir_make("review");
+  int hook_rc = 0;
+  loom_options extra = {.on_commit = hook_reads, .commit_ctx = &hook_rc};
+  loom *l = open_arena(dir, &c, 16, &extra);
+  memset(loom_base(l), 2, 4 * PAGE);
+  /* An image as long as the arena leaves no page for the guard. */
+  assert_int_equal(loom_save(l, 16, 16), LOOM_EEXHAUSTED);
+  loom_position p;
+  loom_store_position(loom_get_store(l), &p);
+  assert_int_equal(p.seq, 0);
+  /* Inside the commit hook the image is still the old one: refused. */
+  assert_int_equal(loom_save(l, 4, 16), 0);
+  assert_int_equal(hook_rc, LOOM_EINVAL);
+  /* A snapshot after a promotion carries the new epoch. */
+  assert_int_equal(loom_store_sync(loom_get_store(l)), 0);
+  assert_int_equal(loom_store_set_epoch(loom_get_store(l), 9), 0);
+  loom_snapshot *snap;
+  assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &snap), 0);
+  loom_snapshot_position(snap, &p);
+  assert_int_equal(p.epoch, 9);
+  loom_snapshot_close(snap);
+  assert_int_equal(loom_close(l), 0);
+  /* A forged meta (valid checksum, absurd length) is refused at once,
+   * before anything is sized by it. */
+  loom_position forged = {.epoch = 1, .seq = 5, .checksum = 1, .pages = UINT64_C(1) << 31};
+  char path[4200];
+  snprintf(path, sizeof path, "%s/meta", dir);
+  uint8_t slot[512] = {0};
+  memcpy(slot, "LOOMMETA", 8);
+  uint32_t v = 1, ps = PAGE;
+  uint64_t gen = 1000;
+  memcpy(slot + 8, &v, 4);
+  memcpy(slot + 12, &ps, 4);
+  memcpy(slot + 16, &gen, 8);
+  memcpy(slot + 24, &forged.epoch, 8);
+  memcpy(slot + 32, &forged.seq, 8);
+  memcpy(slot + 40, &forged.checksum, 8);
+  memcpy(slot + 48, &forged.pages, 8);
+  uint64_t sum = XXH3_64bits(slot, 504);
+  memcpy(slot + 504, &sum, 8);
+  FILE *f = fopen(path, "r+b");
+  fwrite(slot, 1, 512, f);
+  fclose(f);
+  loom_store *s;
+  assert_int_equal(loom_store_open(dir, 0, NULL, &s), LOOM_ECORRUPT);
+  tmpdir_remove(dir);
+}
+
 #define TESTS_FOR(cfg)                                              \
   cmocka_unit_test_prestate(test_round_trips, &cfg),                \
   cmocka_unit_test_prestate(test_every_write_noticed, &cfg),        \
@@ -687,7 +785,8 @@ static void test_stream_header(void **state)
   cmocka_unit_test_prestate(test_guard, &cfg),                      \
   cmocka_unit_test_prestate(test_lock, &cfg),                       \
   cmocka_unit_test_prestate(test_backup_and_epoch, &cfg),           \
-  cmocka_unit_test_prestate(test_snapshot, &cfg)
+  cmocka_unit_test_prestate(test_snapshot, &cfg),                   \
+  cmocka_unit_test_prestate(test_threads_first_write, &cfg)
 
 int main(void)
 {
@@ -708,6 +807,7 @@ int main(void)
       cmocka_unit_test(test_store_patches),
       cmocka_unit_test(test_verify_catches_corruption),
       cmocka_unit_test(test_stream_header),
+      cmocka_unit_test(test_review_findings),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
