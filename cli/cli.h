@@ -48,6 +48,11 @@ void cli_block_stop_signals(sigset_t *set);
 void cli_notify(const char *message);
 void cli_notify_ready(const char *status);
 
+/* Pull GET from/v1/backup into the new directory out (see cmd_remote.c):
+ * 0, or an exit code after an error line. */
+int cli_backup_pull(const char *from, const char *out, const char *token,
+                    const char *ca_file, uint64_t retries, int quiet);
+
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;

@@ -1,12 +1,25 @@
-/* cmd_demo.c: loomship demo, the main job on defaults. */
+/*
+ * cmd_demo.c: loomship demo, the main job on defaults (DESIGN.md section 5):
+ *   1. a standby (a child process: loomship standby) and a primary (this
+ *      process: the example application) on 127.0.0.1, ephemeral ports;
+ *   2. a few seconds of workload with a live progress line: saves/s, bytes
+ *      changed and shipped, the standby's lag;
+ *   3. the primary drains: the standby holds everything committed;
+ *   4. a backup pulled over HTTP from the standby (GET /v1/backup);
+ *   5. the standby stops (SIGTERM: applies what it received);
+ *   6. primary, standby and backup images compared: positions, checksums
+ *      recomputed from the pages, and the bytes. Exit 1 if anything differs.
+ */
+#include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
-#include "kv.h"
-#include "loom.h"
+#include "primary.h"
 
 static double now_s(void)
 {
@@ -15,85 +28,229 @@ static double now_s(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Start `loomship standby` as a child; read its URL from its first line. */
+static pid_t start_standby(const char *dir, char *url, size_t url_len)
+{
+  int out[2];
+  if (pipe(out) < 0)
+    return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    close(out[1]);
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    execl("/proc/self/exe", "loomship", "standby", "--dir", dir, "--listen",
+          "127.0.0.1:0", (char *)NULL);
+    _exit(127);
+  }
+  close(out[1]);
+  char line[256];
+  size_t n = 0;
+  while (pid > 0 && n < sizeof line - 1) {
+    ssize_t k = read(out[0], line + n, 1);
+    if (k <= 0 || line[n] == '\n')
+      break;
+    n++;
+  }
+  line[n] = '\0';
+  close(out[0]);
+  const char *at = strstr(line, "http://");
+  if (pid < 0 || !at) {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+    }
+    return -1;
+  }
+  snprintf(url, url_len, "%s", at);
+  return pid;
+}
+
+static int stop_child(pid_t pid)
+{
+  int status = 0;
+  kill(pid, SIGTERM);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+    ;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Whether two image files hold the same bytes. */
+static int same_image(const char *a, const char *b)
+{
+  char pa[4200], pb[4200];
+  snprintf(pa, sizeof pa, "%s/image", a);
+  snprintf(pb, sizeof pb, "%s/image", b);
+  FILE *fa = fopen(pa, "rb"), *fb = fopen(pb, "rb");
+  int same = fa && fb;
+  char ba[65536], bb[65536];
+  while (same) {
+    size_t na = fread(ba, 1, sizeof ba, fa), nb = fread(bb, 1, sizeof bb, fb);
+    same = na == nb && !memcmp(ba, bb, na);
+    if (na == 0 || na != nb)
+      break;
+  }
+  if (fa)
+    fclose(fa);
+  if (fb)
+    fclose(fb);
+  return same;
+}
+
+static void human(double bytes, char *buf, size_t len)
+{
+  const char *unit[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3)
+    bytes /= 1024, u++;
+  snprintf(buf, len, "%.1f %s", bytes, unit[u]);
+}
+
 static int run_demo(int argc, char **argv)
 {
-  double seconds = 3;
+  uint64_t seconds = 5, rate = 0, pages = 64;
   for (int i = 1; i < argc; i++) {
-    uint64_t v;
-    if (cli_is_option(argv[i], "--seconds")) {
-      const char *s = cli_option_value("demo", argc, argv, &i, "--seconds");
-      if (!s || cli_parse_u64("demo", "--seconds", s, 1, 3600, &v))
-        return 2;
-      seconds = (double)v;
-    } else {
+    const char *v;
+    uint64_t *dst = cli_is_option(argv[i], "--seconds") ? &seconds
+                    : cli_is_option(argv[i], "--rate")  ? &rate
+                    : cli_is_option(argv[i], "--pages") ? &pages
+                                                        : NULL;
+    if (!dst)
       return cli_usage(&cmd_demo);
-    }
+    if (!(v = cli_option_value("demo", argc, argv, &i, argv[i])) ||
+        cli_parse_u64("demo", argv[i], v, dst == &rate ? 0 : 1, 100000, dst))
+      return 2;
   }
   char root[] = "/tmp/loomship-demo-XXXXXX";
   if (!mkdtemp(root))
-    return cli_fail("demo", "cannot make a temporary directory");
-  char primary[sizeof root + 16], backup[sizeof root + 16];
-  snprintf(primary, sizeof primary, "%s/primary", root);
-  snprintf(backup, sizeof backup, "%s/backup", root);
-  kv *t;
-  int rc = kv_open(primary, 4096, 2048, NULL, NULL, &t);
-  if (rc)
-    return cli_fail("demo", "open %s: %s", primary, loom_strerror(rc));
-  uint64_t rng = 88172645463325252u, saves = 0;
-  double start = now_s(), last = 0;
-  /* Redraw one line on a terminal; elsewhere a plain line a second. */
+    return cli_fail("demo", "cannot make a temporary directory: %s", strerror(errno));
+  char primary_dir[64], standby_dir[64], backup_dir[64];
+  snprintf(primary_dir, sizeof primary_dir, "%s/primary", root);
+  snprintf(standby_dir, sizeof standby_dir, "%s/standby", root);
+  snprintf(backup_dir, sizeof backup_dir, "%s/backup", root);
+  printf("loomship demo: a standby and a primary on 127.0.0.1, in %s\n\n", root);
+
+  sigset_t stop;
+  cli_block_stop_signals(&stop);
+  char url[256];
+  pid_t standby = start_standby(standby_dir, url, sizeof url);
+  if (standby < 0)
+    return cli_fail("demo", "the standby did not start");
+  printf("standby    %s  (pid %d)\n", url, (int)standby);
+
+  const char *urls[1] = {url};
+  primary_config cfg = {.who = "demo primary", .dir = primary_dir, .arena_pages = 8192,
+                        .keys = 2048, .pages = pages, .standbys = urls,
+                        .standby_count = 1, .sync_timeout_seconds = 10,
+                        .zstd_level = 1, .quiet = 1};
+  primary_node n;
+  int rc = primary_open(&n, &cfg);
+  if (rc) {
+    primary_close(&n, 0);
+    stop_child(standby);
+    return rc;
+  }
+  printf("primary    %s, %llu values of 64 bytes changed per save\n\n", primary_dir,
+         (unsigned long long)pages);
+
+  /* The workload, with a live progress line. */
   int tty = isatty(STDOUT_FILENO);
-  double every = tty ? 0.25 : 1.0;
-  while (now_s() - start < seconds) {
-    for (int k = 0; k < 64; k++) {
-      rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-      uint64_t v = rng;
-      rc = kv_poke(t, rng % 1000, (size_t)(rng >> 20) % (LOOM_PAGE_SIZE - 8), &v, 8);
-      if (rc)
-        return cli_fail("demo", "write: %s", loom_strerror(rc));
+  double start = now_s(), last = start, every = tty ? 0.2 : 1.0;
+  double period = rate ? 1.0 / (double)rate : 0, next = start;
+  n.rng = 0x9e3779b97f4a7c15u;
+  int failed = 0;
+  while (now_s() - start < (double)seconds) {
+    struct timespec zero = {0, 0};
+    if (sigtimedwait(&stop, NULL, &zero) > 0)
+      break;
+    if (period) {
+      next += period;
+      double wait = next - now_s();
+      if (wait > 0)
+        usleep((useconds_t)(wait * 1e6));
     }
-    if ((rc = kv_save(t)))
-      return cli_fail("demo", "save: %s", loom_strerror(rc));
-    saves++;
-    double el = now_s() - start;
-    if (el - last >= every) {
-      printf("%s%6.1f s  %8llu saves  %7.0f saves/s  keys %u%s", tty ? "\r" : "", el,
-             (unsigned long long)saves, (double)saves / el, kv_count(t),
-             tty ? "" : "\n");
+    if ((rc = primary_step(&n))) {
+      cli_fail("demo", "save: %s", loom_strerror(rc));
+      failed = 1;
+      break;
+    }
+    double t = now_s();
+    if (t - last >= every) {
+      replicate_standby_status st;
+      size_t count;
+      replicate_shipper_status(n.shipper, &st, 1, &count);
+      char raw[32], wire[32];
+      human((double)n.bytes_raw, raw, sizeof raw);
+      human((double)st.bytes_wire, wire, sizeof wire);
+      printf("%s%5.1f s  %6llu saves  %5.0f saves/s  changed %s  shipped %s  "
+             "lag %llu frames %.3f s  [%s]%s",
+             tty ? "\r" : "", t - start, (unsigned long long)n.saves,
+             (double)n.saves / (t - start), raw, wire, (unsigned long long)st.lag_frames,
+             st.lag_seconds, st.state_name, tty ? "  " : "\n");
       fflush(stdout);
-      last = el;
+      last = t;
     }
   }
   if (tty)
     printf("\n");
-  rc = loom_store_backup(loom_get_store(kv_loom(t)), backup);
-  if (rc)
-    return cli_fail("demo", "backup: %s", loom_strerror(rc));
-  if ((rc = kv_close(t)))
-    return cli_fail("demo", "close: %s", loom_strerror(rc));
-  const char *dirs[2] = {primary, backup};
-  const char *names[2] = {"primary", "backup"};
-  loom_position pos[2];
-  printf("\n%-8s %6s %8s %18s %7s  %s\n", "node", "epoch", "seq", "checksum", "pages", "verify");
-  int bad = 0;
-  for (int i = 0; i < 2; i++) {
-    uint64_t computed;
-    rc = loom_verify(dirs[i], &pos[i], &computed);
+  loom_position committed = n.committed;
+
+  /* Drain, then a backup over HTTP from the standby, then stop both. */
+  replicate_standby_status st;
+  size_t count;
+  int drained = replicate_shipper_drain(n.shipper, 30);
+  replicate_shipper_status(n.shipper, &st, 1, &count);
+  char raw[32], wire[32];
+  human((double)n.bytes_raw, raw, sizeof raw);
+  human((double)st.bytes_wire, wire, sizeof wire);
+  printf("\n%llu saves in %llu s; pages changed %s, shipped %s (%.0fx less)%s\n",
+         (unsigned long long)n.saves, (unsigned long long)seconds, raw, wire,
+         st.bytes_wire ? (double)n.bytes_raw / (double)st.bytes_wire : 0.0,
+         drained ? "" : "; the standby did not catch up in 30 s");
+  printf("backup     GET %s/v1/backup -> %s\n", url, backup_dir);
+  rc = cli_backup_pull(url, backup_dir, NULL, NULL, 3, 1);
+  failed |= rc != 0;
+  int standby_rc = stop_child(standby);
+  failed |= standby_rc != 0;
+  failed |= primary_close(&n, 0) == 1;
+
+  /* The check. */
+  const char *dirs[3] = {primary_dir, standby_dir, backup_dir};
+  const char *names[3] = {"primary", "standby", "backup"};
+  loom_position pos[3];
+  printf("\n%-8s %6s %8s %18s %7s  %-8s %s\n", "image", "epoch", "seq", "checksum", "pages",
+         "verify", "bytes");
+  for (int i = 0; i < 3; i++) {
+    uint64_t computed = 0;
+    memset(&pos[i], 0, sizeof pos[i]);
+    int vr = loom_verify(dirs[i], &pos[i], &computed);
+    int same = i == 0 || same_image(dirs[0], dirs[i]);
     char hex[17];
-    printf("%-8s %6llu %8llu %18s %7llu  %s\n", names[i], (unsigned long long)pos[i].epoch,
-           (unsigned long long)pos[i].seq, cli_hex64(pos[i].checksum, hex),
-           (unsigned long long)pos[i].pages, rc ? loom_strerror(rc) : "ok");
-    bad |= rc != 0;
+    printf("%-8s %6llu %8llu %18s %7llu  %-8s %s\n", names[i],
+           (unsigned long long)pos[i].epoch, (unsigned long long)pos[i].seq,
+           cli_hex64(pos[i].checksum, hex), (unsigned long long)pos[i].pages,
+           vr ? loom_strerror(vr) : "ok", i == 0 ? "-" : same ? "identical" : "DIFFER");
+    failed |= vr != 0 || !same || pos[i].seq != committed.seq ||
+              pos[i].checksum != committed.checksum;
   }
-  bad |= pos[0].seq != pos[1].seq || pos[0].checksum != pos[1].checksum;
-  printf("\n%s\n", bad ? "MISMATCH" : "primary and backup are identical");
-  char cmd[sizeof root + 16];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-  if (system(cmd) != 0)
-    fprintf(stderr, "loomship demo: could not remove %s\n", root);
-  return bad;
+  printf("\n%s\n", failed ? "FAILED: the images differ (kept for inspection in the "
+                            "directory above)"
+                          : "primary, standby and backup are identical");
+  if (!failed) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    if (system(cmd) != 0)
+      fprintf(stderr, "loomship demo: could not remove %s\n", root);
+  }
+  return failed;
 }
 
 const cli_command cmd_demo = {
-    "demo", "the main job: a workload, a backup, and a check that they agree",
-    "demo [--seconds N]", run_demo};
+    "demo",
+    "the main job: a standby and a primary on 127.0.0.1, a workload, a backup "
+    "over HTTP, and a check that the three images are identical",
+    "demo [--seconds N] [--rate HZ (0: as fast as it goes)] [--pages K]",
+    run_demo};

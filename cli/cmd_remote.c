@@ -99,10 +99,10 @@ static void forget_token(char *t)
 /* The message of a JSON error answer, or the status line. */
 static const char *error_text(const client_reply *r, char *buf, size_t len)
 {
-  json *j = json_parse(r->body, r->len);
-  const char *msg = json_string(j, "error", NULL);
+  json *j = jsonread_parse(r->body, r->len);
+  const char *msg = jsonread_string(j, "error", NULL);
   snprintf(buf, len, "HTTP %ld%s%s", r->status, msg ? ": " : "", msg ? msg : "");
-  json_free(j);
+  jsonread_free(j);
   return buf;
 }
 
@@ -112,8 +112,8 @@ static const char *error_text(const client_reply *r, char *buf, size_t len)
 static void print_lag(const char *indent, const json *lag)
 {
   printf("%slag        %.0f frames, %.0f bytes, %.3f s\n", indent,
-         json_number(lag, "frames", 0), json_number(lag, "bytes", 0),
-         json_number(lag, "seconds", 0));
+         jsonread_number(lag, "frames", 0), jsonread_number(lag, "bytes", 0),
+         jsonread_number(lag, "seconds", 0));
 }
 
 static int run_status(int argc, char **argv)
@@ -146,41 +146,41 @@ static int run_status(int argc, char **argv)
     client_reply_free(&r);
     return 0;
   }
-  json *j = json_parse(r.body, r.len);
+  json *j = jsonread_parse(r.body, r.len);
   client_reply_free(&r);
   if (!j)
     return cli_fail("status", "%s: the answer is not JSON", a.url);
-  const char *role = json_string(j, "role", "?");
+  const char *role = jsonread_string(j, "role", "?");
   /* Lag first: it is what one looks at a status for. */
-  if (json_get(j, "lag"))
-    print_lag("", json_get(j, "lag"));
-  const json *sb = json_get(j, "standbys");
+  if (jsonread_get(j, "lag"))
+    print_lag("", jsonread_get(j, "lag"));
+  const json *sb = jsonread_get(j, "standbys");
   if (sb && sb->type == JSON_ARRAY) {
     double worst = 0;
     for (const json *s = sb->child; s; s = s->next)
-      worst = fmax(worst, json_number(s, "lag.seconds", 0));
+      worst = fmax(worst, jsonread_number(s, "lag.seconds", 0));
     printf("lag        worst standby %.3f s\n", worst);
   }
-  printf("role       %s, epoch %.0f%s%s\n", role, json_number(j, "epoch", 0),
-         json_bool(j, "fenced", 0) ? ", FENCED" : "",
-         json_bool(j, "replay_paused", 0) ? ", replay paused" : "");
-  printf("applied    seq %.0f  checksum %s  at %s\n", json_number(j, "applied.seq", 0),
-         json_string(j, "applied.checksum", "?"), json_string(j, "applied.at", "-"));
-  if (json_get(j, "received"))
-    printf("received   seq %.0f  checksum %s\n", json_number(j, "received.seq", 0),
-           json_string(j, "received.checksum", "?"));
-  if (json_get(j, "primary_seq"))
-    printf("primary    seq %.0f\n", json_number(j, "primary_seq", 0));
+  printf("role       %s, epoch %.0f%s%s\n", role, jsonread_number(j, "epoch", 0),
+         jsonread_bool(j, "fenced", 0) ? ", FENCED" : "",
+         jsonread_bool(j, "replay_paused", 0) ? ", replay paused" : "");
+  printf("applied    seq %.0f  checksum %s  at %s\n", jsonread_number(j, "applied.seq", 0),
+         jsonread_string(j, "applied.checksum", "?"), jsonread_string(j, "applied.at", "-"));
+  if (jsonread_get(j, "received"))
+    printf("received   seq %.0f  checksum %s\n", jsonread_number(j, "received.seq", 0),
+           jsonread_string(j, "received.checksum", "?"));
+  if (jsonread_get(j, "primary_seq"))
+    printf("primary    seq %.0f\n", jsonread_number(j, "primary_seq", 0));
   if (sb && sb->type == JSON_ARRAY)
     for (const json *s = sb->child; s; s = s->next) {
-      printf("standby    %s  %s\n", json_string(s, "url", "?"), json_string(s, "state", "?"));
-      print_lag("  ", json_get(s, "lag"));
-      printf("  sent %.0f  received %.0f  applied %.0f\n", json_number(s, "sent_seq", 0),
-             json_number(s, "received_seq", 0), json_number(s, "applied_seq", 0));
-      if (json_string(s, "last_error", NULL))
-        printf("  last error %s\n", json_string(s, "last_error", ""));
+      printf("standby    %s  %s\n", jsonread_string(s, "url", "?"), jsonread_string(s, "state", "?"));
+      print_lag("  ", jsonread_get(s, "lag"));
+      printf("  sent %.0f  received %.0f  applied %.0f\n", jsonread_number(s, "sent_seq", 0),
+             jsonread_number(s, "received_seq", 0), jsonread_number(s, "applied_seq", 0));
+      if (jsonread_string(s, "last_error", NULL))
+        printf("  last error %s\n", jsonread_string(s, "last_error", ""));
     }
-  json_free(j);
+  jsonread_free(j);
   return 0;
 }
 
@@ -210,10 +210,10 @@ static int run_promote(int argc, char **argv)
     client_reply_free(&r);
     return 1;
   }
-  json *j = json_parse(r.body, r.len);
+  json *j = jsonread_parse(r.body, r.len);
   printf("promoted: %s is primary at epoch %.0f (seq %.0f)\n", a.url,
-         json_number(j, "epoch", 0), json_number(j, "applied.seq", 0));
-  json_free(j);
+         jsonread_number(j, "epoch", 0), jsonread_number(j, "applied.seq", 0));
+  jsonread_free(j);
   client_reply_free(&r);
   return 0;
 }
@@ -239,6 +239,7 @@ typedef struct download {
   long status;
   int failed;           /* a store error: stop */
   int restarted;        /* the last answer restarted from byte 0 */
+  int quiet;            /* no progress line */
   char error[256];
   /* progress */
   int tty;
@@ -353,6 +354,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
 
 static void progress_line(download *d, int final)
 {
+  if (d->quiet)
+    return;
   double el = now_s() - d->start;
   if (!final && el - d->last_print < (d->tty ? 0.2 : 1.0))
     return;
@@ -394,23 +397,18 @@ static void remove_tree(const char *path)
   rmdir(path);
 }
 
-static int run_backup(int argc, char **argv)
+int cli_backup_pull(const char *from, const char *out, const char *token,
+                    const char *ca_file, uint64_t retries, int quiet)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a), failed;
-  if (rc)
-    return rc;
+  int rc = 0;
   struct stat st;
-  if (stat(a.out, &st) == 0)
-    return cli_fail("backup", "%s exists: a backup never replaces a directory", a.out);
-  char *token = load_token("backup", &a, &failed);
-  if (failed)
-    return 1;
+  if (stat(out, &st) == 0)
+    return cli_fail("backup", "%s exists: a backup never replaces a directory", out);
   char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.partial-%d", a.out, (int)getpid());
-  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = now_s()};
+  snprintf(tmp, sizeof tmp, "%s.partial-%d", out, (int)getpid());
+  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = now_s(), .quiet = quiet};
   d.page = malloc(PS);
-  char *url = client_url(a.url, "/v1/backup");
+  char *url = client_url(from, "/v1/backup");
   char *auth = NULL;
   struct curl_slist *base_headers = NULL;
   if (token) {
@@ -421,7 +419,7 @@ static int run_backup(int argc, char **argv)
   CURL *c = curl_easy_init();
   int done = 0;
   char message[600] = "";
-  for (uint64_t attempt = 0; !done && !d.failed && attempt <= a.retries; attempt++) {
+  for (uint64_t attempt = 0; !done && !d.failed && attempt <= retries; attempt++) {
     if (attempt > 0) {
       unsigned wait = attempt < 5 ? 1u << (attempt - 1) : 16u;
       fprintf(stderr, "loomship backup: %s; resuming at byte %llu in %u s\n", message,
@@ -455,8 +453,8 @@ static int run_backup(int argc, char **argv)
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 30L);
-    if (a.ca_file)
-      curl_easy_setopt(c, CURLOPT_CAINFO, a.ca_file);
+    if (ca_file)
+      curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
     d.status = 0;
     d.restarted = 0;
     CURLcode cr = curl_easy_perform(c);
@@ -495,7 +493,6 @@ static int run_backup(int argc, char **argv)
     memset(auth, 0, strlen(auth));
     free(auth);
   }
-  forget_token(token);
   free(url);
   if (done) {
     progress_line(&d, 1);
@@ -520,23 +517,38 @@ static int run_backup(int argc, char **argv)
     remove_tree(tmp);
     return cli_fail("backup", "verify %s: %s", tmp, loom_strerror(rc));
   }
-  if (rename(tmp, a.out) != 0) {
+  if (rename(tmp, out) != 0) {
     rc = errno;
     remove_tree(tmp);
-    return cli_fail("backup", "rename to %s: %s", a.out, strerror(rc));
+    return cli_fail("backup", "rename to %s: %s", out, strerror(rc));
   }
   char parent[4200];
-  snprintf(parent, sizeof parent, "%s", a.out);
+  snprintf(parent, sizeof parent, "%s", out);
   char *slash = strrchr(parent, '/');
   if (slash)
     *(slash == parent ? slash + 1 : slash) = '\0';
   if ((rc = sync_dir(slash ? parent : ".")) != 0)
     return cli_fail("backup", "fsync %s: %s", slash ? parent : ".", strerror(rc));
   char hex[17];
-  printf("backup %s: epoch %llu seq %llu checksum %s pages %llu, verified\n", a.out,
+  if (!quiet)
+    printf("backup %s: epoch %llu seq %llu checksum %s pages %llu, verified\n", out,
          (unsigned long long)rec.epoch, (unsigned long long)rec.seq,
          cli_hex64(rec.checksum, hex), (unsigned long long)rec.pages);
   return 0;
+}
+
+static int run_backup(int argc, char **argv)
+{
+  remote_args a;
+  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a), failed;
+  if (rc)
+    return rc;
+  char *token = load_token("backup", &a, &failed);
+  if (failed)
+    return 1;
+  rc = cli_backup_pull(a.url, a.out, token, a.ca_file, a.retries, 0);
+  forget_token(token);
+  return rc;
 }
 
 const cli_command cmd_backup = {

@@ -137,7 +137,7 @@ static json *container(reader *r, int object)
     }
     break;
   }
-  json_free(j);
+  jsonread_free(j);
   return NULL;
 }
 
@@ -176,23 +176,23 @@ static json *value(reader *r)
   return j;
 }
 
-json *json_parse(const char *text, size_t len)
+json *jsonread_parse(const char *text, size_t len)
 {
   reader r = {text, text + len, 0};
   json *j = value(&r);
   skip_ws(&r);
   if (j && r.p != r.end) {
-    json_free(j);
+    jsonread_free(j);
     return NULL;
   }
   return j;
 }
 
-void json_free(json *j)
+void jsonread_free(json *j)
 {
   while (j) {
     json *next = j->next;
-    json_free(j->child);
+    jsonread_free(j->child);
     free(j->string);
     free(j->key);
     free(j);
@@ -200,7 +200,7 @@ void json_free(json *j)
   }
 }
 
-const json *json_get(const json *j, const char *path)
+const json *jsonread_get(const json *j, const char *path)
 {
   while (j && *path) {
     const char *dot = strchr(path, '.');
@@ -214,20 +214,20 @@ const json *json_get(const json *j, const char *path)
   return j;
 }
 
-double json_number(const json *j, const char *path, double dflt)
+double jsonread_number(const json *j, const char *path, double dflt)
 {
-  const json *v = json_get(j, path);
+  const json *v = jsonread_get(j, path);
   return v && v->type == JSON_NUMBER ? v->number : dflt;
 }
 
-const char *json_string(const json *j, const char *path, const char *dflt)
+const char *jsonread_string(const json *j, const char *path, const char *dflt)
 {
-  const json *v = json_get(j, path);
+  const json *v = jsonread_get(j, path);
   return v && v->type == JSON_STRING ? v->string : dflt;
 }
 
-int json_bool(const json *j, const char *path, int dflt)
+int jsonread_bool(const json *j, const char *path, int dflt)
 {
-  const json *v = json_get(j, path);
+  const json *v = jsonread_get(j, path);
   return v && v->type == JSON_BOOL ? (int)v->number : dflt;
 }

@@ -18,14 +18,14 @@ struct json {
 };
 
 /* Parse len bytes; NULL on malformed input or depth over 64. Free with
- * json_free. */
-json *json_parse(const char *text, size_t len);
-void json_free(json *j);
+ * jsonread_free. */
+json *jsonread_parse(const char *text, size_t len);
+void jsonread_free(json *j);
 /* Member of an object by name, or NULL. Path "a.b.c" descends objects. */
-const json *json_get(const json *j, const char *path);
+const json *jsonread_get(const json *j, const char *path);
 /* Typed getters with a default when absent or of another type. */
-double json_number(const json *j, const char *path, double dflt);
-const char *json_string(const json *j, const char *path, const char *dflt);
-int json_bool(const json *j, const char *path, int dflt);
+double jsonread_number(const json *j, const char *path, double dflt);
+const char *jsonread_string(const json *j, const char *path, const char *dflt);
+int jsonread_bool(const json *j, const char *path, int dflt);
 
 #endif

@@ -7,7 +7,7 @@
 #include "cli.h"
 
 static const cli_command *const commands[] = {
-    &cmd_demo, &cmd_backup, &cmd_status, &cmd_inspect, &cmd_verify, &cmd_promote,
+    &cmd_demo, &cmd_standby, &cmd_primary, &cmd_backup, &cmd_status, &cmd_inspect, &cmd_verify, &cmd_promote,
 };
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 

@@ -192,6 +192,11 @@ typedef struct loom_patch loom_patch;
 int loom_store_patch_begin(loom_store *store, const loom_patch_header *header,
                            loom_patch **out);
 int loom_patch_add(loom_patch *patch, uint64_t page_number, const void *page);
+/* The same, for a caller that has already computed (and checked) the
+ * page's hash: hash must be loom_page_hash(page_number, page); the store
+ * does not compute it again. */
+int loom_patch_add_hashed(loom_patch *patch, uint64_t page_number,
+                          const void *page, uint64_t hash);
 int loom_patch_commit(loom_patch *patch);
 void loom_patch_abort(loom_patch *patch);
 

@@ -843,6 +843,14 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
   return 0;
 }
 
+int loom_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
+                          uint64_t hash)
+{
+  if (!p || !page)
+    return LOOM_EINVAL;
+  return store_patch_add_hashed(p, n, page, hash, 0);
+}
+
 int loom_patch_add(loom_patch *p, uint64_t n, const void *page)
 {
   if (!p || !page)
@@ -1003,7 +1011,8 @@ static int open_file(loom_store *s, const char *name, int flags, int *fd)
   return 0;
 }
 
-/* Make a new, empty image: files, then the meta, then the directory. */
+/* Make a new, empty image: the data files and their directory entries,
+ * then the meta, then the directory again. */
 static int store_create(loom_store *s)
 {
   int rc = 0;
@@ -1015,6 +1024,11 @@ static int store_create(loom_store *s)
   }
   for (int i = 0; i < 3 && !rc; i++)
     rc = io_fsync(s, *fds[i]);
+  /* The data files' entries are durable before the meta has a valid slot:
+   * a crash before this leaves no position (an empty image is made anew),
+   * a crash after it a complete, empty store. */
+  if (!rc)
+    rc = io_fsync(s, s->dirfd);
   loom_position p = {.epoch = 1};
   s->generation = 0;
   if (!rc)

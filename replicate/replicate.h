@@ -55,6 +55,11 @@
  *     replicate_log_append(log, buf.data, buf.len);
  *     ... hand buf to the shipper ...
  *
+ * If the process died between a commit point and its append, the next
+ * append finds a gap (REPLICATE_ENOT_CONTIGUOUS): the lost frame cannot be
+ * rebuilt (its old page versions are gone), so replicate_log_reset() and
+ * append again; a standby still behind that commit needs a base image.
+ *
  * Standby, for each frame received:
  *
  *     rc = replicate_frame_decode(dec, bytes, len, &frame);     400/413
@@ -63,6 +68,10 @@
  *         REPLICATE_EDUPLICATE     already applied: answer 200
  *         REPLICATE_EPOSITION,     gap or mismatch, or a fenced primary:
  *         REPLICATE_ESTALE_EPOCH   answer 409 with the store's position
+ *         REPLICATE_EAFTER_CHECKSUM, REPLICATE_EPAGE_HASH
+ *                                  the frame does not rebuild this image
+ *                                  although its before matched: a mismatch
+ *                                  too (409), nothing was written
  *
  * A receiver that sees only the first bytes of a request can call
  * replicate_frame_parse_header() on the first REPLICATE_HEADER_SIZE bytes
@@ -195,7 +204,7 @@ typedef struct replicate_point {
  * What a frame header says.
  *   COMMIT: the frame moves an image from before to after (epoch is both
  *     positions' epoch). after.seq == before.seq + 1, unless COALESCED, when
- *     after.seq > before.seq. commit_time_ns is after's commit time,
+ *     after.seq >= before.seq + 2. commit_time_ns is after's commit time,
  *     first_commit_time_ns that of the first commit merged (equal unless
  *     coalesced). heartbeat_time_ns is 0.
  *   HEARTBEAT: after is the primary's latest position, commit_time_ns its
@@ -303,8 +312,10 @@ int replicate_frame_encode_heartbeat(uint64_t epoch,
 
 typedef struct replicate_decoder replicate_decoder;
 
-/* A decoder enforcing limits (NULL: the defaults). Errors: ENOMEM,
- * REPLICATE_EINVAL (a zero limit). */
+/* A decoder enforcing limits (NULL: the defaults). It keeps one buffer,
+ * as large as the largest frame it decoded (at most max_frame_pages
+ * entries), until it is freed. Errors: ENOMEM, REPLICATE_EINVAL (a zero
+ * limit). */
 int replicate_decoder_new(const replicate_limits *limits,
                           replicate_decoder **out);
 void replicate_decoder_free(replicate_decoder *dec);
@@ -351,16 +362,21 @@ void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
  *      (nothing is checked or changed).
  *   3. before (seq, checksum, pages) differs from the store's position:
  *      REPLICATE_EPOSITION.
- *   4. frame epoch newer than the store's (the first frame from a promoted
+ *   4. the after checksum is recomputed from the store's page hashes and
+ *      the frame's page hashes: REPLICATE_EAFTER_CHECKSUM if it differs.
+ *   5. each delta page is rebuilt (XORed with loom_store_read_page()) in
+ *      place, in the decoder's buffer: its entry then reads WHOLE, and the
+ *      frame still describes the same commit (also when a later step
+ *      fails). Every page's hash is checked with loom_page_hash():
+ *      REPLICATE_EPAGE_HASH.
+ *   6. frame epoch newer than the store's (the first frame from a promoted
  *      primary, which forked from this very position): the store adopts
  *      it durably with loom_store_set_epoch().
- *   5. the after checksum is recomputed from the store's page hashes and
- *      the frame's page hashes: REPLICATE_EAFTER_CHECKSUM if it differs.
- *   6. each page is rebuilt (a delta XORed with loom_store_read_page()),
- *      its hash checked with loom_page_hash() (REPLICATE_EPAGE_HASH), and
- *      added to the patch; then the patch is committed.
- * On any error after step 4 the patch is aborted: the store is unchanged.
- * Other errors: REPLICATE_EKIND (a heartbeat), those of core/ (loom.h).
+ *   7. the pages are streamed into a patch, which is committed.
+ * Nothing is written before step 6. On an error in step 7 the patch is
+ * aborted: the store keeps its pages and position (with the epoch adopted
+ * in step 6). Other errors: REPLICATE_EKIND (a heartbeat), those of core/
+ * (loom.h).
  */
 int replicate_frame_apply(const replicate_frame *frame, loom_store *store);
 
@@ -412,8 +428,10 @@ int replicate_coalescer_finish(replicate_coalescer *c,
  * (length, seq, epoch, checksum, frame). Records hold COMMIT frames that
  * are not coalesced, in seq order without gaps; a segment is closed when
  * the next record would take it past segment_bytes. Every append is
- * durable when it returns (pwrite, fsync; a new segment's file and the
- * directory are fsynced first). All I/O goes through a loom_io.
+ * durable when it returns (pwrite, fsync of the segment; when a segment
+ * is created or removed, the directory is fsynced too). All I/O goes
+ * through a loom_io, except listing the directory (readdir on the
+ * descriptor the loom_io opened: loom_io has no listing operation).
  *
  * Retention keeps the log bounded: replicate_log_retain() drops whole
  * segments whose frames are all older than what the slowest standby still

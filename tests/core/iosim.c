@@ -117,6 +117,7 @@ struct iosim {
   iosim_hook_fn hook;
   void *hook_ctx;
   uint64_t model_errors;
+  uint64_t adopted;
   uint64_t change_seq;
   uint64_t drop_fsync;
   int drop_reached;
@@ -538,18 +539,55 @@ static const char *fd_label(iosim *sim, int fd, char *tmp, size_t size)
   fd_slot *s = fd_get(sim, fd);
   if (s && s->label)
     return s->label;
-  snprintf(tmp, size, "fd %d", fd);
+  char link[64], path[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, sizeof path - 1);
+  if (n > 0) {
+    path[n] = 0;
+    size_t rl = sim->root ? strlen(sim->root) : 0;
+    if (rl && !strncmp(path, sim->root, rl) && (path[rl] == '/' || !path[rl]))
+      copy_str(tmp, size, path[rl] ? path + rl + 1 : ".");
+    else
+      copy_str(tmp, size, path);
+  } else {
+    snprintf(tmp, size, "fd %d", fd);
+  }
   return tmp;
 }
 
 /* ---------------------------------------------------------------------- */
 /* Name resolution */
 
-/* Walk the components of rel (relative, no "..") from inode start. */
-static void walk(iosim *sim, size_t start, const char *rel, resolved *r)
+/* Adopt a directory that exists on disk but not in the model (made behind
+ * the simulator's back, e.g. with mkdir(2) directly) as a durable entry
+ * name of directory inode dir. Returns its inode or NONE. */
+static size_t adopt_dir(iosim *sim, size_t dir, const char *name,
+                        const char *abs_path)
+{
+  struct stat st;
+  if (!abs_path || lstat(abs_path, &st) < 0 || !S_ISDIR(st.st_mode))
+    return NONE;
+  size_t node = node_new(sim, 1);
+  if (node == NONE)
+    return NONE;
+  sim_node *d = sim->nodes[dir];
+  if (set_put(&d->current, name, node) || set_put(&d->durable_set, name, node) ||
+      adopt_tree(sim, node, abs_path, 0)) {
+    sim->model_errors++;
+    return NONE;
+  }
+  sim->adopted++;
+  return node;
+}
+
+/* Walk the components of rel (relative, no "..") from inode start. With
+ * abs_start (the real path of start), a directory missing from the model
+ * but present on disk is adopted. */
+static void walk(iosim *sim, size_t start, const char *rel,
+                 const char *abs_start, resolved *r)
 {
   char buf[PATH_MAX];
-  snprintf(buf, sizeof buf, "%s", rel);
+  copy_str(buf, sizeof buf, rel);
   char *comps[PATH_MAX / 2];
   size_t n = 0;
   char *save = NULL;
@@ -557,23 +595,30 @@ static void walk(iosim *sim, size_t start, const char *rel, resolved *r)
     if (strcmp(t, "."))
       comps[n++] = t;
   if (n == 0) {
-    /* The start directory itself: only the root can be named this way. */
+    /* The start directory itself. */
     r->parent = NONE;
     r->target = start;
     r->leaf[0] = 0;
     return;
   }
+  char real[PATH_MAX];
+  copy_str(real, sizeof real, abs_start ? abs_start : "");
   size_t cur = start;
   for (size_t i = 0; i + 1 < n; i++) {
     sim_node *d = sim->nodes[cur];
+    size_t len = strlen(real);
+    snprintf(real + len, sizeof real - len, "/%s", comps[i]);
     size_t k = d->is_dir ? set_find(&d->current, comps[i]) : NONE;
-    if (k == NONE || !sim->nodes[d->current.v[k].node]->is_dir) {
+    size_t next = k == NONE ? NONE : d->current.v[k].node;
+    if (next == NONE && d->is_dir)
+      next = adopt_dir(sim, cur, comps[i], abs_start ? real : NULL);
+    if (next == NONE || !sim->nodes[next]->is_dir) {
       r->tracked = 0; /* the real call fails with ENOENT/ENOTDIR */
       return;
     }
-    cur = d->current.v[k].node;
+    cur = next;
   }
-  snprintf(r->leaf, sizeof r->leaf, "%s", comps[n - 1]);
+  copy_str(r->leaf, sizeof r->leaf, comps[n - 1]);
   r->parent = cur;
   sim_node *d = sim->nodes[cur];
   size_t k = set_find(&d->current, r->leaf);
@@ -618,7 +663,7 @@ static void resolve(iosim *sim, int dirfd, const char *name, resolved *r)
       !strstr(name, "..")) {
     r->tracked = 1;
     path_join(r->label, sizeof r->label, s->label, name);
-    walk(sim, s->node, name, r);
+    walk(sim, s->node, name, NULL, r);
     return;
   }
   char abs[PATH_MAX];
@@ -653,7 +698,35 @@ static void resolve(iosim *sim, int dirfd, const char *name, resolved *r)
     rel++;
   snprintf(r->label, sizeof r->label, "%s", rel[0] ? rel : ".");
   r->tracked = 1;
-  walk(sim, 0, rel, r);
+  walk(sim, 0, rel, sim->root, r);
+}
+
+/* The descriptor fd as the model sees it. A descriptor the simulator did
+ * not open (the engine opened it with open(2) directly) is looked up
+ * through /proc/self/fd each time, never cached: its number may be reused
+ * behind the simulator's back. */
+static int fd_resolve(iosim *sim, int fd, fd_slot *out)
+{
+  fd_slot *s = fd_get(sim, fd);
+  if (s) {
+    *out = *s;
+    return s->tracked;
+  }
+  memset(out, 0, sizeof *out);
+  char link[64], path[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, sizeof path - 1);
+  if (n <= 0 || path[0] != '/')
+    return 0;
+  path[n] = 0;
+  resolved r;
+  resolve(sim, AT_FDCWD, path, &r);
+  if (!r.tracked || r.target == NONE)
+    return 0;
+  out->known = 1;
+  out->tracked = 1;
+  out->node = r.target;
+  return 1;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -733,20 +806,30 @@ static int sim_open(void *ctx, int dirfd, const char *name, int flags,
           file_op_add(sim->nodes[node], 1, 0, NULL, 0))
         sim->model_errors++;
     } else {
-      /* Not in the model: created by this call. Anything else means the
-       * tree changed behind the simulator's back. */
+      /* Not in the model: created by this call, or made behind the
+       * simulator's back (then adopted as durable). */
       struct stat st;
-      int is_dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
-      node = node_new(sim, is_dir);
-      if (node == NONE) {
-        sim->model_errors++;
-      } else {
-        if (!(flags & O_CREAT) || is_dir || st.st_size > 0) {
+      int known = fstat(fd, &st) == 0;
+      int is_dir = known && S_ISDIR(st.st_mode);
+      if (is_dir) {
+        char self[64];
+        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+        node = adopt_dir(sim, r.parent, r.leaf, self);
+      } else if (!(flags & O_CREAT) || (known && st.st_size > 0)) {
+        node = node_new(sim, 0);
+        sim_node *d = sim->nodes[r.parent];
+        if (node == NONE || read_whole(fd, &sim->nodes[node]->durable) ||
+            set_put(&d->current, r.leaf, node) ||
+            set_put(&d->durable_set, r.leaf, node))
           sim->model_errors++;
-          if (!is_dir && read_whole(fd, &sim->nodes[node]->durable))
-            sim->model_errors++;
-        }
-        dir_link(sim, r.parent, r.leaf, node, sim->change_seq++);
+        else
+          sim->adopted++;
+      } else {
+        node = node_new(sim, 0);
+        if (node == NONE)
+          sim->model_errors++;
+        else
+          dir_link(sim, r.parent, r.leaf, node, sim->change_seq++);
       }
     }
   }
@@ -801,9 +884,9 @@ static int real_write(iosim *sim, int fd, const void *buf, size_t len,
     }
     done += (size_t)n;
   }
-  fd_slot *s = fd_get(sim, fd);
-  if (s && s->tracked && done &&
-      file_op_add(sim->nodes[s->node], 0, (uint64_t)off, buf, done))
+  fd_slot s;
+  if (done && fd_resolve(sim, fd, &s) && !sim->nodes[s.node]->is_dir &&
+      file_op_add(sim->nodes[s.node], 0, (uint64_t)off, buf, done))
     sim->model_errors++;
   return err;
 }
@@ -851,9 +934,9 @@ static int sim_fsync(void *ctx, int fd)
     pthread_mutex_unlock(&sim->mutex);
     return -e;
   }
-  fd_slot *s = fd_get(sim, fd);
-  if (s && s->tracked) {
-    sim_node *n = sim->nodes[s->node];
+  fd_slot s;
+  if (fd_resolve(sim, fd, &s)) {
+    sim_node *n = sim->nodes[s.node];
     if (n->is_dir) {
       if (set_copy(&n->durable_set, &n->current))
         sim->model_errors++;
@@ -889,9 +972,9 @@ static int sim_ftruncate(void *ctx, int fd, off_t len)
     pthread_mutex_unlock(&sim->mutex);
     return -e;
   }
-  fd_slot *s = fd_get(sim, fd);
-  if (s && s->tracked &&
-      file_op_add(sim->nodes[s->node], 1, (uint64_t)len, NULL, 0))
+  fd_slot s;
+  if (fd_resolve(sim, fd, &s) && !sim->nodes[s.node]->is_dir &&
+      file_op_add(sim->nodes[s.node], 1, (uint64_t)len, NULL, 0))
     sim->model_errors++;
   pthread_mutex_unlock(&sim->mutex);
   return 0;
@@ -1188,6 +1271,14 @@ uint64_t iosim_model_errors(iosim *sim)
   return n;
 }
 
+uint64_t iosim_adopted(iosim *sim)
+{
+  pthread_mutex_lock(&sim->mutex);
+  uint64_t n = sim->adopted;
+  pthread_mutex_unlock(&sim->mutex);
+  return n;
+}
+
 uint64_t iosim_unsynced(iosim *sim)
 {
   pthread_mutex_lock(&sim->mutex);
@@ -1196,6 +1287,13 @@ uint64_t iosim_unsynced(iosim *sim)
     n += sim->nodes[i]->nops + sim->nodes[i]->nchanges;
   pthread_mutex_unlock(&sim->mutex);
   return n;
+}
+
+void iosim_drop_fsync_set(iosim *sim, uint64_t ordinal)
+{
+  pthread_mutex_lock(&sim->mutex);
+  sim->drop_fsync = ordinal;
+  pthread_mutex_unlock(&sim->mutex);
 }
 
 uint64_t iosim_dropped_fsync(iosim *sim, int *reached, char *path,
@@ -1260,23 +1358,32 @@ static int cut_file(cut *c, size_t id)
   return rc;
 }
 
+/* Write b as a new file at path; all-zero 4 KiB blocks are left as holes
+ * (they read back as zeros, and images grow by zero pages). */
 static int write_file(const char *path, const byte_buf *b)
 {
+  static const uint8_t zeros[4096];
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0)
     return errno;
   size_t done = 0;
   int rc = 0;
   while (done < b->len) {
-    ssize_t n = write(fd, b->p + done, b->len - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      rc = n < 0 ? errno : EIO;
-      break;
+    size_t len = b->len - done < sizeof zeros ? b->len - done : sizeof zeros;
+    if (memcmp(b->p + done, zeros, len) != 0) {
+      ssize_t n = pwrite(fd, b->p + done, len, (off_t)done);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        rc = n < 0 ? errno : EIO;
+        break;
+      }
+      len = (size_t)n;
     }
-    done += (size_t)n;
+    done += len;
   }
+  if (!rc && ftruncate(fd, (off_t)b->len) < 0)
+    rc = errno;
   if (close(fd) < 0 && !rc)
     rc = errno;
   return rc;

@@ -38,14 +38,20 @@
  *      plus a seeded choice over its unsynced operations, taken in order:
  *      applied fully, dropped, or torn (some 512 B or 4 KiB sectors of the
  *      write kept, sectors aligned to file offsets). The tracked root
- *      itself is taken as durable. With IOSIM_CUT_DIR_RANDOM, unsynced
- *      directory changes are also each kept or rolled back (a rename as one
- *      unit, in both of its directories), as a real file system may do.
+ *      itself is taken as durable. With IOSIM_CUT_DIR_RANDOM, a random
+ *      in-order prefix of the unsynced directory changes (all directories,
+ *      one global order) survives too, as a journaling file system commits
+ *      them; a rename is one change, in both of its directories. Written
+ *      files are sparse: all-zero 4 KiB blocks are holes.
  *
  * The tracked tree's content when iosim_create() is called is taken as
  * durable. Paths outside the root pass through, counted and faultable but
- * not modelled. Names are resolved through the directory fds the engine
- * opened, through absolute paths, or through /proc/self/fd for other fds.
+ * not modelled. Names are resolved through the directory fds opened
+ * through the simulator, through absolute paths, or through /proc/self/fd
+ * for descriptors the engine opened itself. What appears inside the tree
+ * without passing through the simulator (a directory made with mkdir(2)
+ * directly) is adopted as durable when first named: iosim_adopted() counts
+ * those, since the model cannot know whether they really are durable.
  * Everything is serialized by one (recursive) mutex, so the order of ops is
  * the order they reached the file system even with an apply thread.
  *
@@ -143,8 +149,8 @@ typedef enum iosim_cut_mode {
   IOSIM_CUT_RANDOM_4K = 3   /* each applied, dropped or torn at 4 KiB */
 } iosim_cut_mode;
 #define IOSIM_CUT_MODE_MASK 0xffu
-/* Flag: each unsynced directory change is kept with probability 1/2
- * (default: all rolled back). */
+/* Flag: a seeded in-order prefix of the unsynced directory changes
+ * survives (default: all are rolled back). */
 #define IOSIM_CUT_DIR_RANDOM 0x100u
 
 /* Write one possible post-power-loss state of the tracked tree, as of now,
@@ -158,9 +164,18 @@ int iosim_powercut(iosim *sim, uint64_t seed, const char *outdir,
  * simulator's back): a non-zero value means the model may be wrong. */
 uint64_t iosim_model_errors(iosim *sim);
 
+/* Files and directories found on disk inside the tree but not made
+ * through the simulator (e.g. a directory made with mkdir(2) directly),
+ * adopted into the model as durable when first named. */
+uint64_t iosim_adopted(iosim *sim);
+
 /* The unsynced file ops and directory changes currently recorded (for the
  * simulator's own tests). */
 uint64_t iosim_unsynced(iosim *sim);
+
+/* Set the fsync ordinal to drop (UINT64_MAX: none), overriding
+ * LOOM_IOSIM_DROP_FSYNC for this simulator. */
+void iosim_drop_fsync_set(iosim *sim, uint64_t ordinal);
 
 /* LOOM_IOSIM_DROP_FSYNC: the fsync ordinal dropped (UINT64_MAX: none) and
  * whether it was reached; its path in path when it was. */

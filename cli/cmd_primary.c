@@ -1,0 +1,388 @@
+/*
+ * cmd_primary.c: loomship primary, the bundled example application run as
+ * a primary: a key-value table changing about K pages per save, HZ saves a
+ * second, every commit shipped to every --standby; the read endpoints on
+ * --listen. Stops after --saves N (0: at SIGTERM), then waits up to
+ * --drain-timeout for the standbys to hold everything it committed.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "kv.h"
+#include "primary.h"
+#include "replicate.h"
+#include "server.h"
+#include "ship.h"
+
+#define MAX_STANDBYS 32
+
+/* ---------------------------------------------------------------------- */
+/* The node: kv table + replication log + shipper + read endpoints. */
+
+static void on_commit_tweak(loom_options *o, void *ctx)
+{
+  primary_node *n = ctx;
+  o->on_commit = primary_on_commit;
+  o->commit_ctx = n;
+  o->flags |= LOOM_APPLY_ASYNC;
+}
+
+int primary_on_commit(void *ctx, loom *l, const loom_commit *c)
+{
+  primary_node *n = ctx;
+  pthread_mutex_lock(&n->lock);
+  n->committed = c->after;
+  pthread_mutex_unlock(&n->lock);
+  n->bytes_raw += c->page_count * LOOM_PAGE_SIZE;
+  return n->shipper ? replicate_shipper_on_commit(n->shipper, l, c) : 0;
+}
+
+static void source_position(void *ctx, loom_position *out)
+{
+  primary_node *n = ctx;
+  pthread_mutex_lock(&n->lock);
+  *out = n->committed;
+  pthread_mutex_unlock(&n->lock);
+}
+
+static int source_snapshot(void *ctx, loom_snapshot **out)
+{
+  primary_node *n = ctx;
+  return loom_store_snapshot_open(loom_get_store(kv_loom(n->table)), out);
+}
+
+static bool source_fenced(void *ctx)
+{
+  primary_node *n = ctx;
+  if (!n->shipper)
+    return false;
+  replicate_shipper_summary s;
+  replicate_shipper_get_summary(n->shipper, &s);
+  return s.fenced;
+}
+
+/* Copy a string into a fixed buffer, cut to fit. */
+static void copy_cut(char *dst, size_t cap, const char *src)
+{
+  size_t k = strnlen(src, cap - 1);
+  memcpy(dst, src, k);
+  dst[k] = '\0';
+}
+
+static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
+{
+  primary_node *n = ctx;
+  if (!n->shipper)
+    return 0;
+  replicate_standby_status st[MAX_STANDBYS];
+  size_t count;
+  replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
+  for (size_t i = 0; i < count && i < cap; i++) {
+    http_standby_status *o = &out[i];
+    memset(o, 0, sizeof *o);
+    copy_cut(o->url, sizeof o->url, st[i].url);
+    o->state = (http_standby_state)st[i].state;
+    o->sent_seq = st[i].sent_seq;
+    o->received_seq = st[i].received_seq;
+    o->applied_seq = st[i].applied_seq;
+    o->lag_frames = st[i].lag_frames;
+    o->lag_bytes = st[i].lag_bytes;
+    o->lag_seconds = st[i].lag_seconds;
+    copy_cut(o->last_error, sizeof o->last_error, st[i].last_error);
+    o->last_error_at_ns = st[i].last_error_at_ns;
+    o->bytes_raw = st[i].bytes_raw;
+    o->bytes_wire = st[i].bytes_wire;
+  }
+  return count;
+}
+
+static void ship_log(void *ctx, const char *line) { cli_log(ctx, line); }
+
+int primary_open(primary_node *n, const primary_config *cfg)
+{
+  memset(n, 0, sizeof *n);
+  pthread_mutex_init(&n->lock, NULL);
+  n->cfg = *cfg;
+  int rc = kv_open(cfg->dir, cfg->arena_pages, cfg->keys, on_commit_tweak, n, &n->table);
+  if (rc)
+    return cli_fail(cfg->who, "%s: %s", cfg->dir, loom_strerror(rc));
+  loom_store *store = loom_get_store(kv_loom(n->table));
+  loom_store_position(store, &n->committed);
+  replicate_log_options lo = {.max_bytes = cfg->log_max_bytes};
+  if ((rc = replicate_log_open(cfg->dir, &lo, NULL, &n->log)))
+    return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
+  if (cfg->standby_count) {
+    replicate_shipper_options so = {
+        .store = store,
+        .log = n->log,
+        .standby_urls = cfg->standbys,
+        .standby_count = cfg->standby_count,
+        .token = cfg->token,
+        .ca_file = cfg->ca_file,
+        .sync_count = cfg->sync_count,
+        .sync_timeout_seconds = cfg->sync_timeout_seconds,
+        .on_sync_timeout = cfg->sync_degrade ? REPLICATE_SYNC_DEGRADE : REPLICATE_SYNC_FAIL,
+        .zstd_level = cfg->zstd_level,
+        .log_fn = cfg->quiet ? NULL : ship_log,
+        .log_ctx = (void *)cfg->who,
+    };
+    if ((rc = replicate_shipper_start(&so, &n->shipper)))
+      return cli_fail(cfg->who, "shipper: %s", replicate_shipper_strerror(rc));
+  }
+  if (cfg->listen_host) {
+    n->source = (http_primary_source){.ctx = n,
+                                      .position = source_position,
+                                      .snapshot_open = source_snapshot,
+                                      .fenced = source_fenced,
+                                      .standbys = source_standbys};
+    http_server_options ho = {
+        .role = HTTP_ROLE_PRIMARY,
+        .primary = &n->source,
+        .listen_host = cfg->listen_host,
+        .listen_port = cfg->listen_port,
+        .token = (const uint8_t *)cfg->token,
+        .token_len = cfg->token ? strlen(cfg->token) : 0,
+        .tls_cert_file = cfg->tls_cert,
+        .tls_key_file = cfg->tls_key,
+        .log = cfg->quiet ? NULL : cli_log,
+        .log_ctx = (void *)cfg->who,
+    };
+    if ((rc = http_server_start(&ho, &n->server)))
+      return cli_fail(cfg->who, "listen: %s", http_strerror(rc));
+  }
+  return 0;
+}
+
+/* One unit of the workload: K values each get 64 fresh random bytes. */
+int primary_step(primary_node *n)
+{
+  for (uint64_t k = 0; k < n->cfg.pages; k++) {
+    uint8_t bytes[64];
+    for (unsigned i = 0; i < sizeof bytes; i += 8) {
+      n->rng ^= n->rng << 13, n->rng ^= n->rng >> 7, n->rng ^= n->rng << 17;
+      memcpy(bytes + i, &n->rng, 8);
+    }
+    uint64_t key = n->rng % n->cfg.keys;
+    size_t off = (size_t)((n->rng >> 24) % (LOOM_PAGE_SIZE - sizeof bytes));
+    int rc = kv_poke(n->table, key, off, bytes, sizeof bytes);
+    if (rc)
+      return rc;
+  }
+  int rc = kv_save(n->table);
+  if (rc == 0 || rc == REPLICATE_ESYNC_TIMEOUT || rc == REPLICATE_EFENCED)
+    n->saves++; /* committed locally either way */
+  return rc;
+}
+
+/* Drain, stop everything. Returns 0 when every reachable standby holds all
+ * that was committed (or there are none). */
+int primary_close(primary_node *n, double drain_timeout)
+{
+  int drained = 1;
+  if (n->shipper) {
+    drained = replicate_shipper_drain(n->shipper, drain_timeout);
+    replicate_shipper_stop(n->shipper);
+  }
+  if (n->server)
+    http_server_stop(n->server);
+  if (n->log)
+    replicate_log_close(n->log);
+  int rc = n->table ? kv_close(n->table) : 0;
+  pthread_mutex_destroy(&n->lock);
+  if (rc)
+    return cli_fail(n->cfg.who, "close: %s", loom_strerror(rc));
+  return drained ? 0 : 2;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The subcommand. */
+
+static double now_s(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int run_primary(int argc, char **argv)
+{
+  primary_config cfg = {.who = "primary", .arena_pages = 16384, .keys = 4096,
+                        .pages = 16, .sync_timeout_seconds = 10, .zstd_level = 1};
+  const char *standbys[MAX_STANDBYS];
+  const char *listen = NULL, *token_file = NULL;
+  uint64_t saves = 0, rate = 10, drain = 30, v;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *val;
+#define VALUE() (val = cli_option_value("primary", argc, argv, &i, a))
+#define NUMBER(name, lo, hi, dst)                                                  \
+  (VALUE() && !cli_parse_u64("primary", name, val, lo, hi, &v) ? ((dst) = v, 1) : 0)
+    if (cli_is_option(a, "--dir")) {
+      if (!VALUE())
+        return 2;
+      cfg.dir = val;
+    } else if (cli_is_option(a, "--standby")) {
+      if (!VALUE())
+        return 2;
+      if (cfg.standby_count == MAX_STANDBYS)
+        return cli_fail("primary", "at most %d standbys", MAX_STANDBYS);
+      standbys[cfg.standby_count++] = val;
+    } else if (cli_is_option(a, "--token-file")) {
+      if (!VALUE())
+        return 2;
+      token_file = val;
+    } else if (cli_is_option(a, "--listen")) {
+      if (!VALUE())
+        return 2;
+      listen = val;
+    } else if (cli_is_option(a, "--ca-file")) {
+      if (!VALUE())
+        return 2;
+      cfg.ca_file = val;
+    } else if (cli_is_option(a, "--tls-cert")) {
+      if (!VALUE())
+        return 2;
+      cfg.tls_cert = val;
+    } else if (cli_is_option(a, "--tls-key")) {
+      if (!VALUE())
+        return 2;
+      cfg.tls_key = val;
+    } else if (cli_is_option(a, "--sync-fallback")) {
+      if (!VALUE())
+        return 2;
+      if (strcmp(val, "fail") && strcmp(val, "async"))
+        return cli_fail("primary", "--sync-fallback is fail or async, not '%s'", val);
+      cfg.sync_degrade = !strcmp(val, "async");
+    } else if (cli_is_option(a, "--sync")) {
+      if (!NUMBER("--sync", 0, MAX_STANDBYS, cfg.sync_count))
+        return 2;
+    } else if (cli_is_option(a, "--saves")) {
+      if (!NUMBER("--saves", 0, UINT64_MAX, saves))
+        return 2;
+    } else if (cli_is_option(a, "--rate")) {
+      if (!NUMBER("--rate", 1, 100000, rate))
+        return 2;
+    } else if (cli_is_option(a, "--pages")) {
+      if (!NUMBER("--pages", 1, 65536, cfg.pages))
+        return 2;
+    } else if (cli_is_option(a, "--keys")) {
+      if (!NUMBER("--keys", 1, 1000000, cfg.keys))
+        return 2;
+    } else if (cli_is_option(a, "--arena-pages")) {
+      if (!NUMBER("--arena-pages", 64, 130000, cfg.arena_pages))
+        return 2;
+    } else if (cli_is_option(a, "--drain-timeout")) {
+      if (!NUMBER("--drain-timeout", 0, 86400, drain))
+        return 2;
+    } else if (cli_is_option(a, "--sync-timeout")) {
+      if (!NUMBER("--sync-timeout", 1, 86400, v))
+        return 2;
+      cfg.sync_timeout_seconds = (double)v;
+    } else if (cli_is_option(a, "--level")) {
+      if (!NUMBER("--level", 1, 19, v))
+        return 2;
+      cfg.zstd_level = (int)v;
+    } else {
+      return cli_usage(&cmd_primary);
+    }
+#undef NUMBER
+#undef VALUE
+  }
+  if (!cfg.dir || cfg.sync_count > cfg.standby_count || (!cfg.tls_cert != !cfg.tls_key))
+    return cli_usage(&cmd_primary);
+  if (cfg.keys + cfg.keys / 4 + 64 > cfg.arena_pages)
+    return cli_fail("primary", "--keys %llu needs an arena of more than %llu pages",
+                    (unsigned long long)cfg.keys, (unsigned long long)cfg.arena_pages);
+  cfg.standbys = standbys;
+  char *host = NULL;
+  if (listen && cli_parse_listen("primary", listen, &host, &cfg.listen_port))
+    return 2;
+  cfg.listen_host = host;
+  char *token = NULL;
+  if (token_file && !(token = cli_read_token_file("primary", token_file)))
+    return 1;
+  cfg.token = token;
+  sigset_t stop;
+  cli_block_stop_signals(&stop);
+
+  primary_node n;
+  int rc = primary_open(&n, &cfg);
+  if (token)
+    memset(token, 0, strlen(token));
+  if (rc) {
+    primary_close(&n, 0);
+    free(token);
+    free(host);
+    return rc;
+  }
+  if (n.server) {
+    printf("listening on %s://%s:%u\n", cfg.tls_cert ? "https" : "http", host,
+           (unsigned)http_server_port(n.server));
+    fflush(stdout);
+  }
+  cli_notify_ready("saving");
+  n.rng = (uint64_t)time(NULL) * 2654435761u | 1;
+  double period = 1.0 / (double)rate, next = now_s(), last_log = now_s();
+  int fenced_said = 0, exit_code = 0;
+  for (;;) {
+    if (saves && n.saves >= saves)
+      break;
+    double wait = next - now_s();
+    struct timespec ts = {0, 0};
+    if (wait > 0) {
+      ts.tv_sec = (time_t)wait;
+      ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
+    }
+    if (sigtimedwait(&stop, NULL, &ts) > 0) {
+      cli_log("primary", "stop signal: finishing");
+      break;
+    }
+    next += period;
+    if (next < now_s() - 1)
+      next = now_s(); /* fell behind: do not burst */
+    rc = primary_step(&n);
+    if (rc == REPLICATE_ESYNC_TIMEOUT) {
+      cli_log("primary", "a save was not acknowledged by enough standbys in time "
+                         "(it is committed locally)");
+    } else if (rc == REPLICATE_EFENCED) {
+      if (!fenced_said++)
+        cli_log("primary", "FENCED: a standby has a newer epoch; shipping stopped");
+    } else if (rc) {
+      cli_fail("primary", "save: %s", rc > -31000 || rc < -31200 ? loom_strerror(rc)
+                                                                  : replicate_strerror(rc));
+      exit_code = 1;
+      break;
+    }
+    if (now_s() - last_log >= 10) {
+      char line[160];
+      snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n.saves,
+               (unsigned long long)n.committed.seq);
+      cli_log("primary", line);
+      last_log = now_s();
+    }
+  }
+  cli_notify("STOPPING=1");
+  loom_position last = n.committed;
+  rc = primary_close(&n, (double)drain);
+  free(token);
+  free(host);
+  char hex[17];
+  printf("committed seq %llu (epoch %llu, checksum %s) in %llu saves%s\n",
+         (unsigned long long)last.seq, (unsigned long long)last.epoch,
+         cli_hex64(last.checksum, hex), (unsigned long long)n.saves,
+         rc == 2 ? "; some standbys did not catch up before the drain timeout" : "");
+  return exit_code ? exit_code : rc == 2 ? 0 : rc;
+}
+
+const cli_command cmd_primary = {
+    "primary", "run the example application as a primary replicating to standbys",
+    "primary --dir DIR [--standby URL]... [--token-file F] [--sync N] [--saves N] "
+    "[--rate HZ] [--pages K] [--listen HOST:PORT] [--drain-timeout SECONDS] "
+    "[--sync-timeout SECONDS] [--sync-fallback fail|async] [--keys N] "
+    "[--arena-pages N] [--ca-file F] [--tls-cert F --tls-key F] [--level L]",
+    run_primary};

@@ -1,0 +1,56 @@
+/* primary.h: a primary node (the example application + replication log +
+ * shipper + read endpoints), shared by `loomship primary` and `loomship
+ * demo`. */
+#ifndef LOOMSHIP_PRIMARY_H
+#define LOOMSHIP_PRIMARY_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "kv.h"
+#include "loom.h"
+#include "replicate.h"
+#include "server.h"
+#include "ship.h"
+
+typedef struct primary_config {
+  const char *who;              /* log prefix */
+  const char *dir;
+  uint64_t arena_pages, keys;   /* the table */
+  uint64_t pages;               /* values changed per save */
+  const char *const *standbys;
+  size_t standby_count;
+  const char *token;            /* or NULL */
+  const char *ca_file;
+  unsigned sync_count;
+  double sync_timeout_seconds;
+  int sync_degrade;             /* on timeout: degrade to async (else fail) */
+  int zstd_level;
+  uint64_t log_max_bytes;       /* 0: default */
+  const char *listen_host;      /* NULL: no server */
+  uint16_t listen_port;
+  const char *tls_cert, *tls_key;
+  int quiet;                    /* no log lines */
+} primary_config;
+
+typedef struct primary_node {
+  primary_config cfg;
+  kv *table;
+  replicate_log *log;
+  replicate_shipper *shipper;
+  http_server *server;
+  http_primary_source source;
+  pthread_mutex_t lock;         /* committed */
+  loom_position committed;
+  uint64_t saves, bytes_raw, rng;
+} primary_node;
+
+/* 0, or an exit code after an error line (then call primary_close). */
+int primary_open(primary_node *n, const primary_config *cfg);
+/* Change cfg.pages values and save: 0, a replicate or loom error. */
+int primary_step(primary_node *n);
+/* Drain up to drain_timeout seconds, stop: 0, 2 (not drained) or 1. */
+int primary_close(primary_node *n, double drain_timeout);
+int primary_on_commit(void *ctx, loom *l, const loom_commit *c);
+
+#endif

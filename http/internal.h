@@ -1,0 +1,278 @@
+/*
+ * internal.h: what the files of http/ share; not part of the public API
+ * (server.h is). The tests include it to check the helpers directly.
+ *
+ *   json.c      a minimal JSON writer
+ *   util.c      ranges, ETags, tokens, times, error names
+ *   server.c    the daemon: dispatch, authentication, load bounds, status,
+ *               metrics, health
+ *   backup.c    GET /v1/backup from a shared snapshot
+ *   standby.c   the standby: receive log, applier thread, frames, base,
+ *               promotion
+ *
+ * Lock order (standby): recv_mu, then store_mu, then mu. The server's own
+ * locks (stats_mu, backup_mu) are never held while taking a standby lock,
+ * except backup_mu around opening a snapshot (which takes store_mu and mu).
+ */
+#ifndef HTTP_INTERNAL_H
+#define HTTP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "loom.h"
+#include "replicate.h"
+#include "server.h"
+
+/* ---------------------------------------------------------------------- */
+/* JSON writer (json.c). Builds a document into a growing buffer; commas
+ * and escaping are its job. An allocation failure is remembered and makes
+ * json_take() return NULL. */
+
+#define JSON_MAX_DEPTH 32
+
+typedef struct json_writer {
+  char *data;
+  size_t len;
+  size_t cap;
+  bool failed;
+  unsigned depth;
+  bool need_comma[JSON_MAX_DEPTH + 1];
+  bool after_key;
+} json_writer;
+
+void json_init(json_writer *w);
+void json_free(json_writer *w);
+/* The document (NUL-terminated, *len without the NUL); the caller owns it
+ * and frees it with free(). NULL if anything failed; w is empty after. */
+char *json_take(json_writer *w, size_t *len);
+
+void json_object_begin(json_writer *w);
+void json_object_end(json_writer *w);
+void json_array_begin(json_writer *w);
+void json_array_end(json_writer *w);
+void json_key(json_writer *w, const char *key);
+void json_string(json_writer *w, const char *s); /* NULL writes null */
+void json_uint(json_writer *w, uint64_t v);
+void json_int(json_writer *w, int64_t v);
+void json_double(json_writer *w, double v);     /* non-finite: null */
+void json_bool(json_writer *w, bool v);
+void json_null(json_writer *w);
+void json_hex64(json_writer *w, uint64_t v);    /* "%016x" as a string */
+void json_time_ns(json_writer *w, int64_t ns);  /* ISO 8601 UTC, ms; 0: null */
+
+/* ---------------------------------------------------------------------- */
+/* Helpers (util.c) */
+
+typedef enum http_range_result {
+  HTTP_RANGE_NONE = 0,          /* no usable Range: send everything (200) */
+  HTTP_RANGE_SINGLE = 1,        /* bytes [*first, *last] (206) */
+  HTTP_RANGE_UNSATISFIABLE = 2  /* 416 */
+} http_range_result;
+
+/* Parse a Range header value against a body of total bytes. Only one
+ * "bytes=" range is served: a list of several, another unit or a syntax
+ * error gives HTTP_RANGE_NONE (RFC 9110 lets a server ignore Range). */
+http_range_result http_range_parse(const char *value, uint64_t total,
+                                   uint64_t *first, uint64_t *last);
+
+/* The strong ETag of a position, quotes included:
+ * "\"<epoch>-<seq>-<checksum as 16 hex digits>\"". */
+#define HTTP_ETAG_MAX 64
+void http_etag_format(const loom_position *pos, char out[HTTP_ETAG_MAX]);
+
+/* Does the Authorization header value carry "Bearer <token>"? Compares in
+ * time independent of where the bytes differ. NULL value: false. */
+bool http_token_matches(const uint8_t *token, size_t token_len,
+                        const char *authorization);
+
+/* The identifier of an error code ("REPLICATE_EPAYLOAD_CHECKSUM",
+ * "LOOM_EPOSITION", "ENOSPC", ...). Never NULL. */
+const char *http_error_name(int rc);
+
+/* The decoder limits the options ask for (defaults filled in). */
+replicate_limits http_limits_of(const http_server_options *opt);
+
+int64_t http_now_ns(void);       /* CLOCK_REALTIME */
+int64_t http_monotonic_ns(void); /* CLOCK_MONOTONIC */
+
+/* ---------------------------------------------------------------------- */
+/* A reply being built by a handler: a status code, a JSON body (an object
+ * left open: http_server_send closes it) and a few extra headers. */
+
+#define HTTP_REPLY_HEADERS 4
+
+typedef struct http_reply {
+  unsigned status;
+  json_writer body;
+  unsigned retry_after;         /* seconds; 0: no Retry-After header */
+  unsigned header_count;
+  struct {
+    const char *name;           /* a string literal */
+    char value[96];
+  } headers[HTTP_REPLY_HEADERS];
+} http_reply;
+
+/* Add a header (dropped beyond HTTP_REPLY_HEADERS: a bug). */
+void http_reply_header(http_reply *reply, const char *name, const char *value);
+/* Start a reply {"error": message, ...}: the caller may add keys, the
+ * object is closed when the reply is sent. */
+void http_reply_error(http_reply *reply, unsigned status, const char *message);
+/* Start a reply with an empty object (status 200 unless set). */
+void http_reply_object(http_reply *reply, unsigned status);
+/* Write pos as {"epoch", "seq", "checksum", "pages", "at"}. */
+void http_json_position(json_writer *w, const loom_position *pos);
+
+typedef struct http_logger {
+  http_log_fn fn;
+  void *ctx;
+} http_logger;
+
+void http_logf(const http_logger *logger, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---------------------------------------------------------------------- */
+/* The standby (standby.c) */
+
+typedef struct http_standby http_standby;
+
+/* More than the public status: what /v1/status and /metrics show. */
+typedef struct http_standby_view {
+  http_server_status status;
+  uint64_t primary_epoch;
+  int64_t primary_commit_ns;    /* commit time of primary_seq, 0 unknown */
+  int64_t last_contact_ns;      /* last frame or heartbeat, 0 never */
+  int64_t last_apply_error_at_ns;
+  int64_t promoted_at_ns;       /* 0 unless promoted */
+  uint64_t heartbeats;
+  uint64_t bases;
+  uint64_t bytes_received;      /* commit frame bytes made durable */
+  uint64_t apply_failures;
+  uint64_t receive_log_bytes;
+} http_standby_view;
+
+int http_standby_open(const http_server_options *opt,
+                      const http_logger *logger, http_standby **out);
+/* Apply everything received, sync, close. Returns the first error. */
+int http_standby_close(http_standby *sb);
+
+/* POST /v1/frames with the whole body. */
+void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
+                                size_t len, http_reply *reply);
+/* POST /v1/promote. */
+void http_standby_promote(http_standby *sb, http_reply *reply);
+
+/* PUT /v1/base, streamed: begin (0, or non-zero with reply filled), feed
+ * chunks (0, or non-zero once refused: the reply to send is then kept in
+ * the upload and given by finish), finish (commit, free) or abort (free,
+ * the old image stays). content_length is UINT64_MAX when unknown. */
+typedef struct http_base_upload http_base_upload;
+int http_standby_base_begin(http_standby *sb, uint64_t content_length,
+                            http_base_upload **out, http_reply *reply);
+int http_standby_base_feed(http_base_upload *up, const uint8_t *data,
+                           size_t len);
+void http_standby_base_finish(http_base_upload *up, http_reply *reply);
+void http_standby_base_abort(http_base_upload *up);
+
+/* A snapshot of the standby's store: 0, EBUSY (a base image is coming in),
+ * or the errors of loom_store_snapshot_open. Close it with
+ * http_standby_snapshot_close. */
+int http_standby_snapshot_open(http_standby *sb, loom_snapshot **out);
+void http_standby_snapshot_close(http_standby *sb, loom_snapshot *snap);
+
+void http_standby_view_get(http_standby *sb, http_standby_view *out);
+bool http_standby_promoted(http_standby *sb);
+
+/* ---------------------------------------------------------------------- */
+/* The server (server.c) and backups (backup.c) */
+
+typedef enum http_endpoint {
+  HTTP_EP_FRAMES = 0,
+  HTTP_EP_BASE,
+  HTTP_EP_PROMOTE,
+  HTTP_EP_BACKUP,
+  HTTP_EP_STATUS,
+  HTTP_EP_METRICS,
+  HTTP_EP_HEALTHZ,
+  HTTP_EP_READYZ,
+  HTTP_EP_OTHER,
+  HTTP_EP_COUNT
+} http_endpoint;
+
+/* The status codes counted one by one in /metrics; others go to "other". */
+#define HTTP_CODE_SLOTS 14
+extern const unsigned http_counted_codes[HTTP_CODE_SLOTS - 1];
+
+const char *http_endpoint_path(http_endpoint ep);
+
+/* The snapshot every backup response in progress reads from: one per store
+ * (loom.h), shared, closed with its last response. */
+typedef struct http_backup_share {
+  loom_snapshot *snap;
+  loom_position position;
+  char etag[HTTP_ETAG_MAX];
+  uint8_t header[LOOM_STREAM_HEADER];
+  unsigned refs;                /* backup_mu */
+} http_backup_share;
+
+struct MHD_Daemon;
+struct MHD_Connection;
+
+struct http_server {
+  http_role role;               /* the configured role */
+  http_primary_source primary;  /* primary role */
+  uint8_t *token;               /* NULL: no authentication */
+  size_t token_len;
+  char *tls_cert;               /* PEM contents, or NULL */
+  char *tls_key;
+  uint64_t max_frame_bytes;
+  uint64_t max_image_pages;
+  replicate_limits limits;      /* what a frame may declare */
+  unsigned max_uploads;
+  double ready_max_lag_seconds;
+  http_logger logger;
+
+  http_standby *standby;        /* standby role (also once promoted) */
+  struct MHD_Daemon *daemon;
+  uint16_t port;
+  int64_t started_ns;
+  int64_t started_mono_ns;
+
+  pthread_mutex_t stats_mu;     /* the figures below */
+  bool stopping;
+  unsigned uploads;             /* frame and base uploads in progress */
+  uint64_t requests[HTTP_EP_COUNT][HTTP_CODE_SLOTS];
+  uint64_t auth_failures;
+
+  pthread_mutex_t backup_mu;    /* the figures below */
+  http_backup_share *share;
+  unsigned backups_in_progress;
+  uint64_t backups_started;
+  uint64_t backup_bytes;
+};
+
+/* Count a reply by endpoint and status (for /metrics). */
+void http_server_count(http_server *server, http_endpoint ep, unsigned status);
+/* Queue reply (closing its JSON object) and free it. Returns the
+ * enum MHD_Result. */
+int http_server_send(http_server *server, struct MHD_Connection *conn,
+                     http_endpoint ep, http_reply *reply);
+
+/* Answer GET or HEAD /v1/backup (the token was checked). Returns the
+ * enum MHD_Result. */
+int http_backup_answer(http_server *server, struct MHD_Connection *conn);
+
+/* The figures status shows about backups. */
+typedef struct http_backup_figures {
+  unsigned in_progress;
+  uint64_t started;
+  uint64_t bytes_sent;
+  bool open;                    /* a snapshot is open */
+  loom_position position;       /* its position */
+} http_backup_figures;
+
+void http_backup_figures_get(http_server *server, http_backup_figures *out);
+
+#endif /* HTTP_INTERNAL_H */

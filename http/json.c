@@ -1,0 +1,228 @@
+/*
+ * json.c: a minimal JSON writer for the server's replies.
+ *
+ * The writer appends to one growing buffer. It tracks, per nesting level,
+ * whether the next value needs a comma, and whether a key was just written
+ * (then the value follows the colon). Strings are escaped per RFC 8259:
+ * the quote, the backslash and every control character; bytes >= 0x80 are
+ * copied as they are (the server writes only ASCII and UTF-8 of its own).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+void json_init(json_writer *w)
+{
+  memset(w, 0, sizeof *w);
+}
+
+void json_free(json_writer *w)
+{
+  free(w->data);
+  memset(w, 0, sizeof *w);
+}
+
+char *json_take(json_writer *w, size_t *len)
+{
+  char *doc = NULL;
+  if (!w->failed && w->data) {
+    doc = w->data;
+    if (len)
+      *len = w->len;
+    w->data = NULL;
+  }
+  json_free(w);
+  return doc;
+}
+
+/* Make room for n more bytes and the terminating NUL. */
+static bool reserve(json_writer *w, size_t n)
+{
+  if (w->failed)
+    return false;
+  if (w->len + n + 1 <= w->cap)
+    return true;
+  size_t cap = w->cap ? w->cap : 256;
+  while (cap < w->len + n + 1)
+    cap *= 2;
+  char *data = realloc(w->data, cap);
+  if (!data) {
+    w->failed = true;
+    return false;
+  }
+  w->data = data;
+  w->cap = cap;
+  return true;
+}
+
+static void append(json_writer *w, const char *s, size_t n)
+{
+  if (!reserve(w, n))
+    return;
+  memcpy(w->data + w->len, s, n);
+  w->len += n;
+  w->data[w->len] = '\0';
+}
+
+static void append_str(json_writer *w, const char *s)
+{
+  append(w, s, strlen(s));
+}
+
+/* Before any value: the comma that separates it from the previous one. */
+static void value_start(json_writer *w)
+{
+  if (w->after_key) {
+    w->after_key = false;
+    return;
+  }
+  if (w->need_comma[w->depth])
+    append(w, ",", 1);
+  w->need_comma[w->depth] = true;
+}
+
+static void open_level(json_writer *w, char c)
+{
+  value_start(w);
+  append(w, &c, 1);
+  if (w->depth >= JSON_MAX_DEPTH) {
+    w->failed = true; /* a bug in the caller: too deep */
+    return;
+  }
+  w->depth++;
+  w->need_comma[w->depth] = false;
+}
+
+static void close_level(json_writer *w, char c)
+{
+  if (w->depth == 0) {
+    w->failed = true;
+    return;
+  }
+  w->depth--;
+  append(w, &c, 1);
+}
+
+void json_object_begin(json_writer *w) { open_level(w, '{'); }
+void json_object_end(json_writer *w) { close_level(w, '}'); }
+void json_array_begin(json_writer *w) { open_level(w, '['); }
+void json_array_end(json_writer *w) { close_level(w, ']'); }
+
+static void append_escaped(json_writer *w, const char *s)
+{
+  append(w, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    char esc[8];
+    switch (*p) {
+    case '"':
+      append(w, "\\\"", 2);
+      break;
+    case '\\':
+      append(w, "\\\\", 2);
+      break;
+    case '\n':
+      append(w, "\\n", 2);
+      break;
+    case '\r':
+      append(w, "\\r", 2);
+      break;
+    case '\t':
+      append(w, "\\t", 2);
+      break;
+    default:
+      if (*p < 0x20) {
+        snprintf(esc, sizeof esc, "\\u%04x", (unsigned)*p);
+        append(w, esc, 6);
+      } else {
+        append(w, (const char *)p, 1);
+      }
+    }
+  }
+  append(w, "\"", 1);
+}
+
+void json_key(json_writer *w, const char *key)
+{
+  value_start(w);
+  append_escaped(w, key);
+  append(w, ":", 1);
+  w->after_key = true;
+}
+
+void json_string(json_writer *w, const char *s)
+{
+  if (!s) {
+    json_null(w);
+    return;
+  }
+  value_start(w);
+  append_escaped(w, s);
+}
+
+void json_uint(json_writer *w, uint64_t v)
+{
+  char buf[24];
+  value_start(w);
+  snprintf(buf, sizeof buf, "%" PRIu64, v);
+  append_str(w, buf);
+}
+
+void json_int(json_writer *w, int64_t v)
+{
+  char buf[24];
+  value_start(w);
+  snprintf(buf, sizeof buf, "%" PRId64, v);
+  append_str(w, buf);
+}
+
+void json_double(json_writer *w, double v)
+{
+  if (!isfinite(v)) {
+    json_null(w);
+    return;
+  }
+  char buf[40];
+  value_start(w);
+  snprintf(buf, sizeof buf, "%.6g", v);
+  append_str(w, buf);
+}
+
+void json_bool(json_writer *w, bool v)
+{
+  value_start(w);
+  append_str(w, v ? "true" : "false");
+}
+
+void json_null(json_writer *w)
+{
+  value_start(w);
+  append_str(w, "null");
+}
+
+void json_hex64(json_writer *w, uint64_t v)
+{
+  char buf[24];
+  snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  json_string(w, buf);
+}
+
+void json_time_ns(json_writer *w, int64_t ns)
+{
+  if (ns <= 0) {
+    json_null(w);
+    return;
+  }
+  time_t secs = (time_t)(ns / 1000000000);
+  int ms = (int)((ns % 1000000000) / 1000000);
+  struct tm tm;
+  char date[32], buf[48];
+  gmtime_r(&secs, &tm);
+  strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(buf, sizeof buf, "%s.%03dZ", date, ms);
+  json_string(w, buf);
+}

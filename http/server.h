@@ -1,0 +1,290 @@
+/*
+ * server.h: the loomship HTTP server (libmicrohttpd): the standby node, and
+ * the read endpoints a primary also serves.
+ *
+ * INTRODUCTION
+ *
+ * One server type, in one of two roles:
+ *
+ *   HTTP_ROLE_STANDBY  the server owns a standby's image directory: it
+ *                      opens its loom_store (created if missing), its
+ *                      *receive log* (a replicate_log in DIR/replog/) and an
+ *                      *applier thread*. Frames posted by the primary are
+ *                      made durable in the receive log, answered, and then
+ *                      applied to the store in order by the applier. A full
+ *                      base image can be streamed in; the standby can be
+ *                      promoted to a primary at a new epoch.
+ *   HTTP_ROLE_PRIMARY  the server serves a primary that lives in the same
+ *                      process (the `loomship primary` workload): its
+ *                      position, backups and the state of its standbys come
+ *                      from callbacks the primary registers
+ *                      (http_primary_source). The server never touches the
+ *                      primary's loom itself.
+ *
+ * The endpoints (docs/HTTP.md is the reference: bodies, codes, headers):
+ *
+ *   POST /v1/frames    standby   one frame; answers the standby's position
+ *   PUT  /v1/base      standby   a full image stream (loom.h), streamed in
+ *   POST /v1/promote   standby   become a primary at epoch + 1
+ *   GET  /v1/backup    both      the image stream at one position; HEAD,
+ *                                ETag, Range, If-Range
+ *   GET  /v1/status    both      JSON (DESIGN.md section 5)
+ *   GET  /metrics      both      Prometheus text format 0.0.4
+ *   GET  /healthz      both      200 while the process answers
+ *   GET  /readyz       both      200 when ready (see below), else 503
+ *
+ * Writes (frames, base, promote) and backups require the bearer token when
+ * one is configured ("Authorization: Bearer <token>", compared in constant
+ * time). Status, metrics and the health checks do not.
+ *
+ * POSITIONS ON A STANDBY
+ *
+ *   received   the newest frame durable in the receive log (or the store's
+ *              position when the log holds nothing newer)
+ *   applied    the store's committed position
+ *
+ * A frame is answered 200 only once it is durable in the receive log; the
+ * applier then applies it with replicate_frame_apply() and trims the log
+ * (replicate_log_retain) behind it. After a restart, received is recovered
+ * from the log and the applier catches up. Should a received frame fail to
+ * apply (its pages do not give its after checksum: a faulty primary), the
+ * standby forgets every frame past applied (the receive log is reset, and
+ * received falls back to applied); the primary's next frame is then
+ * answered 409 with that position and the primary resends from there. The
+ * failure is shown in status as last_apply_error.
+ *
+ * READINESS
+ *
+ * A standby is ready when no base image is being received, the last apply
+ * did not fail, and its lag in seconds (the age of the oldest commit it
+ * has heard of and not applied) is at most ready_max_lag_seconds. A primary
+ * is ready unless it is fenced.
+ *
+ * LOAD BOUNDS
+ *
+ * Connections are limited in number (overall and per client address) and
+ * time out when idle. At most max_uploads frame and base uploads run at
+ * once (503 beyond). A frame body larger than max_frame_bytes is refused
+ * with 413 (at once when Content-Length says so, else as soon as the
+ * bytes or the frame's header say so; the rest of the body is skipped). A
+ * base image longer than max_image_pages is refused with 413; a base is
+ * never held in memory (one page at a time). A standby whose applier is
+ * more than max_unapplied_bytes behind answers frames 503 until it catches
+ * up.
+ *
+ * ERRORS
+ *
+ * Functions return 0, a positive errno value, a negative LOOM_E* (loom.h)
+ * or REPLICATE_E* (replicate.h) code passed through, or one of the
+ * HTTP_E* codes below. http_strerror() describes all of them. The library
+ * never prints: diagnostics (refused tokens, failed applies) go to the log
+ * callback of the options, if any, one line each, never with a secret in it.
+ *
+ * THREADS
+ *
+ * libmicrohttpd runs one thread per connection; the standby role adds the
+ * applier thread. Every function below may be called from any thread, but
+ * http_server_stop() only once, and not from a callback of the server.
+ * The primary_source callbacks are called from connection threads, several
+ * at a time: they must be thread-safe.
+ */
+#ifndef HTTP_SERVER_H
+#define HTTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Errors: append-only, never reused. */
+
+enum http_error {
+  HTTP_OK = 0,
+  HTTP_EINVAL = -31100,   /* an option is missing, out of range, or does
+                             not fit the role */
+  HTTP_ETLS = -31101,     /* TLS asked for but not built into
+                             libmicrohttpd, or only one of cert and key */
+  HTTP_EDAEMON = -31102,  /* libmicrohttpd refused to start (for example
+                             a certificate or key it cannot parse) */
+  HTTP_EADDRESS = -31103, /* the listen host does not resolve */
+  HTTP_ELAST = -31104     /* sentinel: one past the lowest code */
+};
+
+/* A description of rc: 0, an errno value, a LOOM_E*, REPLICATE_E* or
+ * HTTP_E* code. Never NULL. */
+const char *http_strerror(int rc);
+
+/* ---------------------------------------------------------------------- */
+/* What a primary tells the server about its standbys (filled by the
+ * shipper). One entry per configured standby. */
+
+typedef enum http_standby_state {
+  HTTP_STANDBY_STREAMING = 0,   /* caught up, frames flow as they commit */
+  HTTP_STANDBY_CATCHING_UP = 1, /* behind, resending from the replication log */
+  HTTP_STANDBY_BASE_SYNC = 2,   /* receiving a full base image */
+  HTTP_STANDBY_UNREACHABLE = 3, /* connection failed or timed out */
+  HTTP_STANDBY_UNAUTHORIZED = 4,/* the standby refused our token (401) */
+  HTTP_STANDBY_FENCED = 5       /* the standby has a newer epoch: we were
+                                   fenced by a promotion */
+} http_standby_state;
+
+/* The name used in status and metrics: "streaming", "catching_up",
+ * "base_sync", "unreachable", "unauthorized", "fenced"; "unknown" for a
+ * value outside the enum. */
+const char *http_standby_state_name(http_standby_state state);
+
+#define HTTP_URL_MAX 512
+#define HTTP_ERROR_MAX 256
+
+typedef struct http_standby_status {
+  char url[HTTP_URL_MAX];           /* NUL-terminated */
+  http_standby_state state;
+  uint64_t sent_seq;                /* newest seq sent */
+  uint64_t received_seq;            /* newest seq it holds durably */
+  uint64_t applied_seq;             /* newest seq in its image */
+  uint64_t lag_frames;              /* commits it has not applied */
+  uint64_t lag_bytes;               /* frame bytes it has not applied */
+  double lag_seconds;               /* age of the oldest commit it has not
+                                       applied; 0 when it has everything */
+  char last_error[HTTP_ERROR_MAX];  /* "" for none */
+  int64_t last_error_at_ns;         /* CLOCK_REALTIME; 0 for none */
+  uint64_t bytes_raw;               /* page bytes shipped, before compression */
+  uint64_t bytes_wire;              /* frame bytes shipped */
+} http_standby_status;
+
+/*
+ * The primary role's view of the primary. Every callback may be called from
+ * several connection threads at once.
+ *   position       required: the primary's committed position (applied).
+ *   snapshot_open  required for GET /v1/backup (else 503): open a snapshot
+ *                  of the primary's store (loom_store_snapshot_open, from
+ *                  or coordinated with the thread that owns the store).
+ *                  Returns 0 or an error code (503 is answered). The server
+ *                  closes it with loom_snapshot_close(), from any thread,
+ *                  before http_server_stop() returns; the store must
+ *                  outlive the server.
+ *   fenced         optional: true once a standby answered with a newer
+ *                  epoch (this primary stopped shipping).
+ *   standbys       optional: fill out[0, min(cap, n)) and return n, the
+ *                  number of standbys (called again with a larger array
+ *                  when n > cap).
+ */
+typedef struct http_primary_source {
+  void *ctx;
+  void (*position)(void *ctx, loom_position *out);
+  int (*snapshot_open)(void *ctx, loom_snapshot **out);
+  bool (*fenced)(void *ctx);
+  size_t (*standbys)(void *ctx, http_standby_status *out, size_t cap);
+} http_primary_source;
+
+/* ---------------------------------------------------------------------- */
+/* The server */
+
+typedef enum http_role {
+  HTTP_ROLE_STANDBY = 1,
+  HTTP_ROLE_PRIMARY = 2
+} http_role;
+
+/* One line of diagnostics (no trailing newline). */
+typedef void (*http_log_fn)(void *ctx, const char *message);
+
+/* Zero-initialise, then set what you need: 0 (or NULL) means the default
+ * given in brackets. */
+typedef struct http_server_options {
+  http_role role;                   /* required */
+  const char *dir;                  /* standby: the image directory
+                                       (created with LOOM_CREATE) */
+  const struct loom_io *io;         /* standby: store and receive log I/O
+                                       [POSIX]; must outlive the server */
+  const http_primary_source *primary; /* primary: required (copied) */
+
+  const char *listen_host;          /* numeric address or name ["127.0.0.1"] */
+  uint16_t listen_port;             /* [0: an ephemeral port, see
+                                       http_server_port()] */
+
+  const uint8_t *token;             /* the bearer token (copied), or NULL:
+                                       no authentication */
+  size_t token_len;
+  const char *tls_cert_file;        /* PEM files; both or neither [plain
+                                       HTTP] */
+  const char *tls_key_file;
+
+  uint64_t max_frame_bytes;         /* one frame body [64 MiB] */
+  uint64_t max_frame_pages;         /* pages in one frame [4096] */
+  uint64_t max_image_pages;         /* a base image, and any frame's image
+                                       [2^30] */
+  uint64_t max_unapplied_bytes;     /* standby back-pressure [1 GiB] */
+  unsigned max_uploads;             /* concurrent frame/base uploads [4] */
+  unsigned connection_limit;        /* concurrent connections [64] */
+  unsigned per_ip_connection_limit; /* per client address [no limit] */
+  unsigned connection_timeout_seconds; /* idle connections closed [30] */
+  double ready_max_lag_seconds;     /* /readyz threshold [5.0] */
+
+  http_log_fn log;                  /* optional diagnostics */
+  void *log_ctx;
+} http_server_options;
+
+typedef struct http_server http_server;
+
+/*
+ * http_server_start: open the standby's directory (standby role), bind
+ * listen_host:listen_port, and start serving. Returns 0 and the server in
+ * *out, or:
+ *   HTTP_EINVAL     no role, no dir (standby), no primary->position
+ *                   (primary), a token of length 0 with a non-NULL pointer
+ *   HTTP_ETLS       TLS asked for but unavailable, or only cert or key
+ *   HTTP_EADDRESS   listen_host does not resolve
+ *   HTTP_EDAEMON    libmicrohttpd refused to start
+ *   errno values    reading the TLS files, socket/bind/listen (EADDRINUSE),
+ *                   threads, ENOMEM
+ *   the errors of loom_store_open (LOOM_ELOCKED: another process has the
+ *   directory) and of replicate_log_open.
+ * On error nothing is left open.
+ */
+int http_server_start(const http_server_options *opt, http_server **out);
+
+/* The port the server listens on (the bound one when listen_port was 0). */
+uint16_t http_server_port(const http_server *server);
+
+/*
+ * http_server_stop: stop gracefully and free the server. Stops accepting
+ * connections and waits for the requests in flight (an upload in progress
+ * is cut off; a base image cut off leaves the old image), then, on a
+ * standby, applies everything received (so the image is at the received
+ * position), syncs and closes the store and the receive log. Returns 0 or
+ * the first error of those last steps (the server is freed either way).
+ * NULL is a no-op.
+ */
+int http_server_stop(http_server *server);
+
+/* A copy of the figures /v1/status shows. */
+typedef struct http_server_status {
+  http_role role;                   /* PRIMARY after a promotion */
+  loom_position applied;            /* (epoch: the node's epoch) */
+  loom_position received;           /* standby; = applied on a primary */
+  uint64_t primary_seq;             /* standby: newest seq heard of */
+  uint64_t lag_frames;              /* standby */
+  uint64_t lag_bytes;               /* standby */
+  double lag_seconds;               /* standby */
+  bool replay_paused;               /* standby: a base image is coming in */
+  bool fenced;                      /* primary */
+  bool ready;                       /* what /readyz answers */
+  unsigned backups_in_progress;
+  uint64_t frames_received;         /* since start: commit frames made durable */
+  uint64_t frames_applied;          /* since start */
+  uint64_t duplicates;              /* since start: frames already received */
+  int last_apply_error;             /* 0 or the error of the last failed apply */
+} http_server_status;
+
+void http_server_get_status(http_server *server, http_server_status *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HTTP_SERVER_H */

@@ -1,0 +1,1112 @@
+/*
+ * standby.c: the standby side of replication.
+ *
+ * DESIGN
+ *
+ * A standby owns an image directory: its loom_store, a *receive log* (a
+ * replicate_log in DIR/replog/) and an *applier thread*. The primary posts
+ * frames; each is handled in four steps:
+ *
+ *   1. decode strictly (replicate_frame_decode): 400, or 413 for a frame
+ *      over the limits;
+ *   2. place it against the received position: a heartbeat only updates
+ *      what we know of the primary; a frame of an older epoch is refused
+ *      (409 stale epoch); one already received is answered 200 and changes
+ *      nothing; one whose before is not the received position is refused
+ *      (409, with our positions, so the primary resends from there);
+ *   3. append it to the receive log, durably (507 when the disk is full;
+ *      the log undoes a partial record, so nothing received before is
+ *      lost); the received position moves to its after;
+ *   4. answer 200 with {received, applied}; the applier thread then reads
+ *      it back from the log, applies it with replicate_frame_apply(), and
+ *      trims the log (replicate_log_retain) behind the applied position.
+ *
+ * A coalesced frame (several commits merged, sent to a standby far behind)
+ * cannot go in the receive log (replicate_log_append takes single commits):
+ * it is applied at once instead, after the applier has drained, and the
+ * receive log is reset behind it; it is answered once applied.
+ *
+ * INVARIANTS (under mu)
+ *
+ *   I1. applied is the store's committed position; received.seq >=
+ *       applied.seq, and every frame in (applied.seq, received.seq] is in
+ *       the receive log, in order.
+ *   I2. pending holds (seq, first commit time, bytes) of exactly those
+ *       frames, oldest first: lag in seconds and bytes come from it.
+ *   I3. While base_active, the applier starts no apply and frames are
+ *       answered 503; the base upload is the only user of the store.
+ *   I4. After promotion the receive log is empty, received == applied, and
+ *       every frame is refused.
+ *
+ * RECOVERY (http_standby_open)
+ *
+ * received is the newest frame in the receive log when it is newer than
+ * the store's position, else the store's position (and a log that does not
+ * connect to the store is reset). The applier then catches up.
+ *
+ * A frame that fails to apply (its pages do not give its after checksum, or
+ * the log cannot read it back) stops the applier (apply_failed). The next
+ * frame received, or a promotion, rolls received back to applied and
+ * resets the receive log: the primary is answered 409 and resends.
+ *
+ * Locks: recv_mu serialises receipt (frames, base begin, promotion);
+ * store_mu guards the store (one thread at a time, loom.h); mu guards the
+ * state below and pairs with cond. Order: recv_mu, store_mu, mu. No lock is
+ * held across an HTTP callback boundary.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+typedef struct pending_frame {
+  uint64_t seq;               /* its after.seq */
+  int64_t commit_ns;          /* its first commit's time */
+  uint64_t bytes;             /* the frame's size */
+} pending_frame;
+
+struct http_standby {
+  const http_logger *logger;
+  const struct loom_io *io;
+  char *dir;
+  replicate_limits limits;
+  uint64_t max_unapplied_bytes;
+
+  loom_store *store;          /* store_mu */
+  replicate_log *log;         /* its own lock; appends under recv_mu */
+  replicate_decoder *recv_dec;/* recv_mu */
+  replicate_decoder *apply_dec; /* the applier thread */
+  pthread_t applier;
+  bool applier_started;
+
+  pthread_mutex_t recv_mu;
+  pthread_mutex_t store_mu;
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+
+  /* mu: */
+  loom_position received;
+  loom_position applied;
+  pending_frame *pending;     /* a ring */
+  size_t pending_head, pending_len, pending_cap;
+  uint64_t pending_bytes;
+  uint64_t primary_epoch;
+  uint64_t primary_seq;
+  int64_t primary_commit_ns;
+  int64_t last_contact_ns;
+  bool promoted;
+  int64_t promoted_at_ns;
+  bool base_active;
+  bool applier_busy;
+  bool stopping;
+  bool apply_failed;
+  bool need_sync;
+  int last_apply_error;
+  int64_t last_apply_error_at_ns;
+  unsigned snapshots_open;
+  uint64_t frames_received, frames_applied, duplicates, heartbeats, bases;
+  uint64_t bytes_received, apply_failures;
+};
+
+struct http_base_upload {
+  http_standby *sb;
+  loom_patch *patch;
+  uint64_t content_length;
+  uint8_t header[LOOM_STREAM_HEADER];
+  size_t header_len;
+  loom_position target;
+  uint8_t *page;              /* one page being filled */
+  size_t page_fill;
+  uint64_t pages_added;
+  bool refused;
+  http_reply refusal;
+};
+
+/* ---------------------------------------------------------------------- */
+/* Small helpers */
+
+static bool same_point(const replicate_point *p, const loom_position *pos)
+{
+  return p->seq == pos->seq && p->checksum == pos->checksum &&
+         p->pages == pos->pages;
+}
+
+static void point_json(json_writer *w, const char *key,
+                       const loom_position *pos)
+{
+  json_key(w, key);
+  http_json_position(w, pos);
+}
+
+/* {"received": ..., "applied": ...} keys of the current positions. Under mu. */
+static void positions_json(http_standby *sb, json_writer *w)
+{
+  point_json(w, "received", &sb->received);
+  point_json(w, "applied", &sb->applied);
+  json_key(w, "epoch");
+  json_uint(w, sb->received.epoch);
+}
+
+static int pending_push(http_standby *sb, uint64_t seq, int64_t commit_ns,
+                        uint64_t bytes)
+{
+  if (sb->pending_len == sb->pending_cap) {
+    size_t cap = sb->pending_cap ? sb->pending_cap * 2 : 64;
+    pending_frame *ring = malloc(cap * sizeof *ring);
+    if (!ring)
+      return ENOMEM;
+    for (size_t i = 0; i < sb->pending_len; i++)
+      ring[i] = sb->pending[(sb->pending_head + i) % sb->pending_cap];
+    free(sb->pending);
+    sb->pending = ring;
+    sb->pending_cap = cap;
+    sb->pending_head = 0;
+  }
+  size_t tail = (sb->pending_head + sb->pending_len) % sb->pending_cap;
+  sb->pending[tail] = (pending_frame){seq, commit_ns, bytes};
+  sb->pending_len++;
+  sb->pending_bytes += bytes;
+  return 0;
+}
+
+/* Drop the pending frames up to seq (applied). */
+static void pending_pop_through(http_standby *sb, uint64_t seq)
+{
+  while (sb->pending_len &&
+         sb->pending[sb->pending_head].seq <= seq) {
+    sb->pending_bytes -= sb->pending[sb->pending_head].bytes;
+    sb->pending_head = (sb->pending_head + 1) % sb->pending_cap;
+    sb->pending_len--;
+  }
+}
+
+static void pending_clear(http_standby *sb)
+{
+  sb->pending_head = 0;
+  sb->pending_len = 0;
+  sb->pending_bytes = 0;
+}
+
+static loom_position position_of(const replicate_frame_info *info)
+{
+  return (loom_position){
+      .epoch = info->epoch,
+      .seq = info->after.seq,
+      .checksum = info->after.checksum,
+      .pages = info->after.pages,
+      .commit_time_ns = info->commit_time_ns,
+  };
+}
+
+static bool is_disk_full(int rc)
+{
+  return rc == ENOSPC || rc == EDQUOT || rc == EFBIG;
+}
+
+/* Under recv_mu: forget the frames past applied after an apply failed.
+ * The applier is stopped (apply_failed) so the log is ours. */
+static void rollback_under_recv(http_standby *sb)
+{
+  pthread_mutex_lock(&sb->mu);
+  bool failed = sb->apply_failed;
+  pthread_mutex_unlock(&sb->mu);
+  if (!failed)
+    return;
+  int rc = replicate_log_reset(sb->log);
+  if (rc)
+    http_logf(sb->logger, "standby: resetting the receive log: %s",
+              replicate_strerror(rc));
+  pthread_mutex_lock(&sb->mu);
+  http_logf(sb->logger,
+            "standby: received frames %llu..%llu dropped after a failed "
+            "apply; back at seq %llu",
+            (unsigned long long)sb->applied.seq + 1,
+            (unsigned long long)sb->received.seq,
+            (unsigned long long)sb->applied.seq);
+  sb->received = sb->applied;
+  pending_clear(sb);
+  sb->apply_failed = false;
+  pthread_cond_broadcast(&sb->cond);
+  pthread_mutex_unlock(&sb->mu);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The applier thread */
+
+/* Is rc worth a retry (the disk, memory), or is the frame itself bad? */
+static bool apply_error_is_transient(int rc)
+{
+  return rc > 0 && rc != EINVAL;
+}
+
+static void *applier_main(void *arg)
+{
+  http_standby *sb = arg;
+  replicate_buf buf = {0};
+  unsigned since_retain = 0;
+
+  pthread_mutex_lock(&sb->mu);
+  for (;;) {
+    bool work = !sb->base_active && !sb->apply_failed && !sb->promoted &&
+                sb->applied.seq < sb->received.seq;
+    if (!work) {
+      if (sb->need_sync && !sb->base_active) {
+        /* Idle: make the image file current and trim the log. */
+        sb->need_sync = false;
+        sb->applier_busy = true;
+        uint64_t keep_from = sb->applied.seq + 1;
+        pthread_mutex_unlock(&sb->mu);
+        pthread_mutex_lock(&sb->store_mu);
+        int rc = loom_store_sync(sb->store);
+        pthread_mutex_unlock(&sb->store_mu);
+        if (rc)
+          http_logf(sb->logger, "standby: syncing the image: %s",
+                    loom_strerror(rc));
+        rc = replicate_log_retain(sb->log, keep_from);
+        if (rc)
+          http_logf(sb->logger, "standby: trimming the receive log: %s",
+                    replicate_strerror(rc));
+        since_retain = 0;
+        pthread_mutex_lock(&sb->mu);
+        sb->applier_busy = false;
+        pthread_cond_broadcast(&sb->cond);
+        continue;
+      }
+      if (sb->stopping)
+        break;
+      pthread_cond_wait(&sb->cond, &sb->mu);
+      continue;
+    }
+
+    uint64_t next = sb->applied.seq + 1;
+    sb->applier_busy = true;
+    pthread_mutex_unlock(&sb->mu);
+
+    replicate_frame frame;
+    loom_position pos;
+    int rc = replicate_log_read(sb->log, next, &buf);
+    if (rc == 0)
+      rc = replicate_frame_decode(sb->apply_dec, buf.data, buf.len, &frame);
+    pthread_mutex_lock(&sb->store_mu);
+    if (rc == 0)
+      rc = replicate_frame_apply(&frame, sb->store);
+    loom_store_position(sb->store, &pos);
+    pthread_mutex_unlock(&sb->store_mu);
+
+    pthread_mutex_lock(&sb->mu);
+    sb->applier_busy = false;
+    if (rc == 0 || rc == REPLICATE_EDUPLICATE) {
+      sb->applied = pos;
+      pending_pop_through(sb, pos.seq);
+      sb->frames_applied += rc == 0;
+      sb->need_sync = true;
+      if (++since_retain >= 256) {
+        since_retain = 0;
+        pthread_mutex_unlock(&sb->mu);
+        replicate_log_retain(sb->log, pos.seq + 1);
+        pthread_mutex_lock(&sb->mu);
+      }
+    } else {
+      sb->last_apply_error = rc;
+      sb->last_apply_error_at_ns = http_now_ns();
+      sb->apply_failures++;
+      http_logf(sb->logger, "standby: applying frame %llu: %s",
+                (unsigned long long)next, replicate_strerror(rc));
+      if (apply_error_is_transient(rc) && !sb->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&sb->cond, &sb->mu, &until);
+      } else {
+        /* The frame is bad (or we are stopping and cannot apply it):
+         * stop until receipt rolls back to applied. */
+        sb->apply_failed = true;
+      }
+    }
+    pthread_cond_broadcast(&sb->cond);
+  }
+  pthread_mutex_unlock(&sb->mu);
+  replicate_buf_free(&buf);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Open and close */
+
+/* Find received from the log (see RECOVERY). */
+static int recover_received(http_standby *sb)
+{
+  loom_position store_pos;
+  loom_store_position(sb->store, &store_pos);
+  sb->applied = store_pos;
+  sb->received = store_pos;
+
+  replicate_log_stats st;
+  replicate_log_get_stats(sb->log, &st);
+  if (st.records == 0)
+    return 0;
+  if (st.newest_seq == store_pos.seq && st.newest_epoch <= store_pos.epoch)
+    return 0; /* everything in the log is applied; appends continue it */
+  if (st.newest_seq <= store_pos.seq || st.newest_epoch < store_pos.epoch ||
+      st.oldest_seq > store_pos.seq + 1)
+    return replicate_log_reset(sb->log); /* does not connect to the store */
+
+  /* Frames store_pos.seq + 1 .. newest are waiting to be applied. */
+  replicate_buf buf = {0};
+  int rc = 0;
+  for (uint64_t seq = store_pos.seq + 1; seq <= st.newest_seq; seq++) {
+    replicate_frame_info info;
+    rc = replicate_log_read(sb->log, seq, &buf);
+    if (rc == 0)
+      rc = replicate_frame_parse_header(buf.data, buf.len, NULL, &info);
+    if (rc == 0 && seq == store_pos.seq + 1 &&
+        (!same_point(&info.before, &store_pos) || info.epoch < store_pos.epoch))
+      rc = REPLICATE_EPOSITION; /* a history the store does not have */
+    if (rc == 0)
+      rc = pending_push(sb, info.after.seq, info.first_commit_time_ns, buf.len);
+    if (rc)
+      break;
+    sb->received = position_of(&info);
+  }
+  replicate_buf_free(&buf);
+  if (rc) {
+    http_logf(sb->logger, "standby: receive log does not continue the image "
+              "(%s): reset", replicate_strerror(rc));
+    pending_clear(sb);
+    sb->received = store_pos;
+    return replicate_log_reset(sb->log);
+  }
+  return 0;
+}
+
+int http_standby_open(const http_server_options *opt,
+                      const http_logger *logger, http_standby **out)
+{
+  http_standby *sb = calloc(1, sizeof *sb);
+  if (!sb)
+    return ENOMEM;
+  sb->logger = logger;
+  sb->io = opt->io;
+  sb->dir = strdup(opt->dir);
+  sb->limits = http_limits_of(opt);
+  sb->max_unapplied_bytes =
+      opt->max_unapplied_bytes ? opt->max_unapplied_bytes : (UINT64_C(1) << 30);
+  pthread_mutex_init(&sb->recv_mu, NULL);
+  pthread_mutex_init(&sb->store_mu, NULL);
+  pthread_mutex_init(&sb->mu, NULL);
+  pthread_cond_init(&sb->cond, NULL);
+  if (!sb->dir) {
+    http_standby_close(sb);
+    return ENOMEM;
+  }
+
+  int rc = loom_store_open(sb->dir, LOOM_CREATE, sb->io, &sb->store);
+  if (rc == 0) {
+    /* No size bound from the log: the applier's lag is bounded by
+     * max_unapplied_bytes instead, and retention trims behind it. */
+    replicate_log_options lo = {.segment_bytes = 0, .max_bytes = UINT64_MAX};
+    rc = replicate_log_open(sb->dir, &lo, sb->io, &sb->log);
+  }
+  if (rc == 0)
+    rc = replicate_decoder_new(&sb->limits, &sb->recv_dec);
+  if (rc == 0)
+    rc = replicate_decoder_new(&sb->limits, &sb->apply_dec);
+  if (rc == 0)
+    rc = recover_received(sb);
+  if (rc == 0) {
+    sb->primary_epoch = sb->received.epoch;
+    sb->primary_seq = sb->received.seq;
+    sb->primary_commit_ns = sb->received.commit_time_ns;
+    rc = pthread_create(&sb->applier, NULL, applier_main, sb);
+    sb->applier_started = rc == 0;
+  }
+  if (rc) {
+    http_standby_close(sb);
+    return rc;
+  }
+  *out = sb;
+  return 0;
+}
+
+int http_standby_close(http_standby *sb)
+{
+  if (!sb)
+    return 0;
+  int first = 0;
+  if (sb->applier_started) {
+    pthread_mutex_lock(&sb->mu);
+    sb->stopping = true;
+    pthread_cond_broadcast(&sb->cond);
+    pthread_mutex_unlock(&sb->mu);
+    pthread_join(sb->applier, NULL);
+    if (sb->applied.seq < sb->received.seq && sb->last_apply_error)
+      first = sb->last_apply_error;
+  }
+  if (sb->store) {
+    int rc = loom_store_sync(sb->store);
+    if (rc && !first)
+      first = rc;
+  }
+  if (sb->log) {
+    int rc = replicate_log_close(sb->log);
+    if (rc && !first)
+      first = rc;
+  }
+  if (sb->store) {
+    int rc = loom_store_close(sb->store);
+    if (rc && !first)
+      first = rc;
+  }
+  replicate_decoder_free(sb->recv_dec);
+  replicate_decoder_free(sb->apply_dec);
+  pthread_cond_destroy(&sb->cond);
+  pthread_mutex_destroy(&sb->mu);
+  pthread_mutex_destroy(&sb->store_mu);
+  pthread_mutex_destroy(&sb->recv_mu);
+  free(sb->pending);
+  free(sb->dir);
+  free(sb);
+  return first;
+}
+
+/* ---------------------------------------------------------------------- */
+/* POST /v1/frames */
+
+static void reply_decode_error(http_reply *reply, int rc)
+{
+  unsigned status = rc == REPLICATE_ETOOBIG ? 413 : rc == ENOMEM ? 503 : 400;
+  http_reply_error(reply, status,
+                   status == 413   ? "frame too large"
+                   : status == 503 ? "out of memory"
+                                   : "malformed frame");
+  json_key(&reply->body, "code");
+  json_string(&reply->body, http_error_name(rc));
+  json_key(&reply->body, "detail");
+  json_string(&reply->body, replicate_strerror(rc));
+  if (status == 503)
+    reply->retry_after = 1;
+}
+
+/* Under recv_mu and mu: refuse a frame or heartbeat of an older epoch. */
+static void reply_stale_epoch(http_standby *sb, uint64_t frame_epoch,
+                              http_reply *reply)
+{
+  http_reply_error(reply, 409, "stale epoch");
+  json_key(&reply->body, "frame_epoch");
+  json_uint(&reply->body, frame_epoch);
+  json_key(&reply->body, "role");
+  json_string(&reply->body, sb->promoted ? "primary" : "standby");
+  positions_json(sb, &reply->body);
+}
+
+/* A coalesced frame: drain the applier, apply it here, reset the log.
+ * Under recv_mu (not mu). */
+static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
+                            size_t len, http_reply *reply)
+{
+  pthread_mutex_lock(&sb->mu);
+  while (!sb->apply_failed && (sb->applier_busy ||
+                               sb->applied.seq < sb->received.seq))
+    pthread_cond_wait(&sb->cond, &sb->mu);
+  bool failed = sb->apply_failed;
+  pthread_mutex_unlock(&sb->mu);
+  if (failed) {
+    rollback_under_recv(sb);
+    pthread_mutex_lock(&sb->mu);
+    http_reply_error(reply, 409, "position mismatch");
+    positions_json(sb, &reply->body);
+    pthread_mutex_unlock(&sb->mu);
+    return;
+  }
+
+  loom_position pos;
+  pthread_mutex_lock(&sb->store_mu);
+  int rc = replicate_frame_apply(frame, sb->store);
+  loom_store_position(sb->store, &pos);
+  pthread_mutex_unlock(&sb->store_mu);
+  if (rc == 0) {
+    /* The log's chain is broken by the merged frame: start it afresh. */
+    int lrc = replicate_log_reset(sb->log);
+    if (lrc)
+      http_logf(sb->logger, "standby: resetting the receive log: %s",
+                replicate_strerror(lrc));
+  }
+
+  pthread_mutex_lock(&sb->mu);
+  if (rc == 0 || rc == REPLICATE_EDUPLICATE) {
+    sb->applied = pos;
+    sb->received = pos;
+    pending_clear(sb);
+    sb->need_sync = true;
+    if (rc == 0) {
+      sb->frames_received++;
+      sb->frames_applied++;
+      sb->bytes_received += len;
+    } else {
+      sb->duplicates++;
+    }
+    http_reply_object(reply, 200);
+    positions_json(sb, &reply->body);
+    json_key(&reply->body, "duplicate");
+    json_bool(&reply->body, rc != 0);
+    pthread_cond_broadcast(&sb->cond);
+  } else if (rc == REPLICATE_EPOSITION || rc == REPLICATE_ESTALE_EPOCH) {
+    http_reply_error(reply, 409, rc == REPLICATE_ESTALE_EPOCH
+                                     ? "stale epoch" : "position mismatch");
+    positions_json(sb, &reply->body);
+  } else if (is_disk_full(rc)) {
+    http_reply_error(reply, 507, "disk full");
+    positions_json(sb, &reply->body);
+  } else {
+    unsigned status = rc > 0 ? 500 : 400;
+    http_reply_error(reply, status, status == 400 ? "frame does not apply"
+                                                  : "apply failed");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(rc));
+    json_key(&reply->body, "detail");
+    json_string(&reply->body, replicate_strerror(rc));
+    positions_json(sb, &reply->body);
+  }
+  pthread_mutex_unlock(&sb->mu);
+}
+
+void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
+                                size_t len, http_reply *reply)
+{
+  replicate_frame frame;
+  pthread_mutex_lock(&sb->recv_mu);
+  int rc = replicate_frame_decode(sb->recv_dec, body, len, &frame);
+  if (rc) {
+    pthread_mutex_unlock(&sb->recv_mu);
+    reply_decode_error(reply, rc);
+    return;
+  }
+  const replicate_frame_info *info = &frame.info;
+  rollback_under_recv(sb);
+
+  pthread_mutex_lock(&sb->mu);
+  sb->last_contact_ns = http_now_ns();
+  if (info->epoch < sb->received.epoch) {
+    reply_stale_epoch(sb, info->epoch, reply);
+    goto out;
+  }
+  if (sb->promoted) {
+    http_reply_error(reply, 409, "not a standby");
+    json_key(&reply->body, "role");
+    json_string(&reply->body, "primary");
+    positions_json(sb, &reply->body);
+    goto out;
+  }
+  /* What we know of the primary. */
+  if (info->epoch > sb->primary_epoch) {
+    sb->primary_epoch = info->epoch;
+    sb->primary_seq = info->after.seq;
+    sb->primary_commit_ns = info->commit_time_ns;
+  } else if (info->after.seq >= sb->primary_seq) {
+    sb->primary_seq = info->after.seq;
+    sb->primary_commit_ns = info->commit_time_ns;
+  }
+
+  if (info->kind == REPLICATE_KIND_HEARTBEAT) {
+    sb->heartbeats++;
+    http_reply_object(reply, 200);
+    positions_json(sb, &reply->body);
+    goto out;
+  }
+  if (info->epoch == sb->received.epoch && info->after.seq <= sb->received.seq) {
+    sb->duplicates++;
+    http_reply_object(reply, 200);
+    positions_json(sb, &reply->body);
+    json_key(&reply->body, "duplicate");
+    json_bool(&reply->body, true);
+    goto out;
+  }
+  if (sb->base_active) {
+    http_reply_error(reply, 503, "base image in progress");
+    reply->retry_after = 1;
+    positions_json(sb, &reply->body);
+    goto out;
+  }
+  if (!same_point(&info->before, &sb->received)) {
+    http_reply_error(reply, 409, "position mismatch");
+    json_key(&reply->body, "frame_before");
+    json_object_begin(&reply->body);
+    json_key(&reply->body, "epoch");
+    json_uint(&reply->body, info->epoch);
+    json_key(&reply->body, "seq");
+    json_uint(&reply->body, info->before.seq);
+    json_key(&reply->body, "checksum");
+    json_hex64(&reply->body, info->before.checksum);
+    json_key(&reply->body, "pages");
+    json_uint(&reply->body, info->before.pages);
+    json_object_end(&reply->body);
+    positions_json(sb, &reply->body);
+    goto out;
+  }
+  if (info->flags & REPLICATE_FRAME_COALESCED) {
+    pthread_mutex_unlock(&sb->mu);
+    apply_coalesced(sb, &frame, len, reply);
+    pthread_mutex_unlock(&sb->recv_mu);
+    return;
+  }
+  if (sb->pending_bytes + len > sb->max_unapplied_bytes &&
+      sb->pending_len > 0) {
+    http_reply_error(reply, 503, "applier behind");
+    reply->retry_after = 1;
+    positions_json(sb, &reply->body);
+    goto out;
+  }
+  pthread_mutex_unlock(&sb->mu);
+
+  rc = replicate_log_append(sb->log, body, len);
+  if (rc == REPLICATE_ENOT_CONTIGUOUS) {
+    /* The log's chain does not end at received: it holds only applied
+     * frames (a base image or a coalesced frame moved the store past it).
+     * Start it afresh when that loses nothing unapplied, and try again. */
+    pthread_mutex_lock(&sb->mu);
+    bool all_applied = sb->applied.seq == sb->received.seq;
+    pthread_mutex_unlock(&sb->mu);
+    if (all_applied && replicate_log_reset(sb->log) == 0)
+      rc = replicate_log_append(sb->log, body, len);
+  }
+
+  pthread_mutex_lock(&sb->mu);
+  if (rc) {
+    http_logf(sb->logger, "standby: receive log append of frame %llu: %s",
+              (unsigned long long)info->after.seq, replicate_strerror(rc));
+    if (is_disk_full(rc))
+      http_reply_error(reply, 507, "disk full");
+    else
+      http_reply_error(reply, 500, "receive log write failed");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(rc));
+    positions_json(sb, &reply->body);
+    goto out;
+  }
+  rc = pending_push(sb, info->after.seq, info->first_commit_time_ns, len);
+  if (rc) {
+    /* Durable but untracked: lag accounting is off by this frame. */
+    http_logf(sb->logger, "standby: out of memory tracking frame %llu",
+              (unsigned long long)info->after.seq);
+  }
+  sb->received = position_of(info);
+  sb->frames_received++;
+  sb->bytes_received += len;
+  pthread_cond_broadcast(&sb->cond);
+  http_reply_object(reply, 200);
+  positions_json(sb, &reply->body);
+  json_key(&reply->body, "duplicate");
+  json_bool(&reply->body, false);
+out:
+  pthread_mutex_unlock(&sb->mu);
+  pthread_mutex_unlock(&sb->recv_mu);
+}
+
+/* ---------------------------------------------------------------------- */
+/* POST /v1/promote */
+
+void http_standby_promote(http_standby *sb, http_reply *reply)
+{
+  pthread_mutex_lock(&sb->recv_mu);
+  pthread_mutex_lock(&sb->mu);
+  if (sb->promoted) {
+    http_reply_error(reply, 409, "already primary");
+    positions_json(sb, &reply->body);
+    goto out_mu;
+  }
+  if (sb->base_active) {
+    http_reply_error(reply, 409, "base image in progress");
+    positions_json(sb, &reply->body);
+    goto out_mu;
+  }
+  /* Receipt is paused (recv_mu); apply everything received. */
+  while (!sb->apply_failed && (sb->applier_busy ||
+                               sb->applied.seq < sb->received.seq))
+    pthread_cond_wait(&sb->cond, &sb->mu);
+  pthread_mutex_unlock(&sb->mu);
+  rollback_under_recv(sb);
+
+  loom_position pos;
+  pthread_mutex_lock(&sb->store_mu);
+  int rc = loom_store_sync(sb->store);
+  loom_store_position(sb->store, &pos);
+  if (rc == 0)
+    rc = loom_store_set_epoch(sb->store, pos.epoch + 1);
+  loom_store_position(sb->store, &pos);
+  pthread_mutex_unlock(&sb->store_mu);
+
+  pthread_mutex_lock(&sb->mu);
+  if (rc) {
+    http_logf(sb->logger, "standby: promotion failed: %s", loom_strerror(rc));
+    http_reply_error(reply, is_disk_full(rc) ? 507 : 500, "promotion failed");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(rc));
+    positions_json(sb, &reply->body);
+    goto out_mu;
+  }
+  pthread_mutex_unlock(&sb->mu);
+  rc = replicate_log_reset(sb->log);
+  if (rc)
+    http_logf(sb->logger, "standby: resetting the receive log: %s",
+              replicate_strerror(rc));
+  pthread_mutex_lock(&sb->mu);
+  sb->promoted = true;
+  sb->promoted_at_ns = http_now_ns();
+  sb->applied = pos;
+  sb->received = pos;
+  pending_clear(sb);
+  http_logf(sb->logger, "standby: promoted to primary at epoch %llu, seq %llu",
+            (unsigned long long)pos.epoch, (unsigned long long)pos.seq);
+  http_reply_object(reply, 200);
+  json_key(&reply->body, "role");
+  json_string(&reply->body, "primary");
+  json_key(&reply->body, "epoch");
+  json_uint(&reply->body, pos.epoch);
+  point_json(&reply->body, "applied", &pos);
+  pthread_cond_broadcast(&sb->cond);
+out_mu:
+  pthread_mutex_unlock(&sb->mu);
+  pthread_mutex_unlock(&sb->recv_mu);
+}
+
+/* ---------------------------------------------------------------------- */
+/* PUT /v1/base */
+
+int http_standby_base_begin(http_standby *sb, uint64_t content_length,
+                            http_base_upload **out, http_reply *reply)
+{
+  http_base_upload *up = calloc(1, sizeof *up);
+  uint8_t *page = malloc(LOOM_PAGE_SIZE);
+  if (!up || !page) {
+    free(up);
+    free(page);
+    http_reply_error(reply, 503, "out of memory");
+    reply->retry_after = 1;
+    return ENOMEM;
+  }
+  up->sb = sb;
+  up->page = page;
+  up->content_length = content_length;
+
+  pthread_mutex_lock(&sb->recv_mu);
+  pthread_mutex_lock(&sb->mu);
+  int rc = 0;
+  if (sb->promoted) {
+    http_reply_error(reply, 409, "not a standby");
+    positions_json(sb, &reply->body);
+    rc = EPERM;
+  } else if (sb->base_active) {
+    http_reply_error(reply, 409, "base image already in progress");
+    positions_json(sb, &reply->body);
+    rc = EBUSY;
+  } else {
+    sb->base_active = true;
+  }
+  pthread_mutex_unlock(&sb->mu);
+  pthread_mutex_unlock(&sb->recv_mu);
+  if (rc) {
+    free(up->page);
+    free(up);
+    return rc;
+  }
+  /* The applier starts nothing new while base_active: wait for the one
+   * in flight. */
+  pthread_mutex_lock(&sb->mu);
+  while (sb->applier_busy)
+    pthread_cond_wait(&sb->cond, &sb->mu);
+  pthread_mutex_unlock(&sb->mu);
+  *out = up;
+  return 0;
+}
+
+static void base_refuse(http_base_upload *up, unsigned status,
+                        const char *message, int rc)
+{
+  up->refused = true;
+  http_reply_error(&up->refusal, status, message);
+  if (rc) {
+    json_key(&up->refusal.body, "code");
+    json_string(&up->refusal.body, http_error_name(rc));
+    json_key(&up->refusal.body, "detail");
+    json_string(&up->refusal.body, replicate_strerror(rc));
+  }
+  if (up->patch) {
+    pthread_mutex_lock(&up->sb->store_mu);
+    loom_patch_abort(up->patch);
+    pthread_mutex_unlock(&up->sb->store_mu);
+    up->patch = NULL;
+  }
+}
+
+static unsigned status_of_store_error(int rc)
+{
+  if (is_disk_full(rc))
+    return 507;
+  if (rc == LOOM_ETOOBIG)
+    return 413;
+  return rc == LOOM_EPOSITION || rc == LOOM_EINVAL ? 400 : 500;
+}
+
+/* The header is complete: check it and begin the patch. */
+static void base_start_patch(http_base_upload *up)
+{
+  http_standby *sb = up->sb;
+  int rc = loom_stream_header_decode(up->header, &up->target);
+  if (rc) {
+    base_refuse(up, 400, "malformed image stream header", rc);
+    return;
+  }
+  const uint64_t max_pages = sb->limits.max_image_pages;
+  if (up->target.pages > max_pages) {
+    base_refuse(up, 413, "image too large", 0);
+    return;
+  }
+  if (up->content_length != UINT64_MAX &&
+      up->content_length !=
+          LOOM_STREAM_HEADER + up->target.pages * (uint64_t)LOOM_PAGE_SIZE) {
+    base_refuse(up, 400, "Content-Length does not match the image header", 0);
+    return;
+  }
+  pthread_mutex_lock(&sb->mu);
+  uint64_t epoch = sb->received.epoch;
+  pthread_mutex_unlock(&sb->mu);
+  if (up->target.epoch < epoch) {
+    base_refuse(up, 409, "stale epoch", 0);
+    json_key(&up->refusal.body, "image_epoch");
+    json_uint(&up->refusal.body, up->target.epoch);
+    return;
+  }
+  loom_patch_header h = {
+      .after = up->target,
+      .page_count = up->target.pages,
+      .flags = LOOM_PATCH_BASE,
+  };
+  pthread_mutex_lock(&sb->store_mu);
+  loom_store_position(sb->store, &h.before);
+  rc = loom_store_patch_begin(sb->store, &h, &up->patch);
+  pthread_mutex_unlock(&sb->store_mu);
+  if (rc) {
+    up->patch = NULL;
+    base_refuse(up, status_of_store_error(rc), "base image refused", rc);
+  }
+}
+
+int http_standby_base_feed(http_base_upload *up, const uint8_t *data,
+                           size_t len)
+{
+  while (len > 0 && !up->refused) {
+    if (up->header_len < LOOM_STREAM_HEADER) {
+      size_t n = LOOM_STREAM_HEADER - up->header_len;
+      if (n > len)
+        n = len;
+      memcpy(up->header + up->header_len, data, n);
+      up->header_len += n;
+      data += n;
+      len -= n;
+      if (up->header_len == LOOM_STREAM_HEADER)
+        base_start_patch(up);
+      continue;
+    }
+    if (up->pages_added == up->target.pages) {
+      base_refuse(up, 400, "bytes after the last page of the image", 0);
+      break;
+    }
+    size_t n = LOOM_PAGE_SIZE - up->page_fill;
+    if (n > len)
+      n = len;
+    memcpy(up->page + up->page_fill, data, n);
+    up->page_fill += n;
+    data += n;
+    len -= n;
+    if (up->page_fill == LOOM_PAGE_SIZE) {
+      pthread_mutex_lock(&up->sb->store_mu);
+      int rc = loom_patch_add(up->patch, up->pages_added, up->page);
+      pthread_mutex_unlock(&up->sb->store_mu);
+      if (rc) {
+        base_refuse(up, status_of_store_error(rc), "base image refused", rc);
+        break;
+      }
+      up->pages_added++;
+      up->page_fill = 0;
+    }
+  }
+  return up->refused ? EINVAL : 0;
+}
+
+static void base_release(http_base_upload *up)
+{
+  http_standby *sb = up->sb;
+  if (up->patch) {
+    pthread_mutex_lock(&sb->store_mu);
+    loom_patch_abort(up->patch);
+    pthread_mutex_unlock(&sb->store_mu);
+  }
+  pthread_mutex_lock(&sb->mu);
+  sb->base_active = false;
+  pthread_cond_broadcast(&sb->cond);
+  pthread_mutex_unlock(&sb->mu);
+  json_free(&up->refusal.body);
+  free(up->page);
+  free(up);
+}
+
+void http_standby_base_finish(http_base_upload *up, http_reply *reply)
+{
+  http_standby *sb = up->sb;
+  if (!up->refused && (up->header_len < LOOM_STREAM_HEADER ||
+                       up->pages_added < up->target.pages ||
+                       up->page_fill != 0))
+    base_refuse(up, 400, "truncated image stream", 0);
+  if (up->refused) {
+    *reply = up->refusal;
+    json_init(&up->refusal.body);
+    pthread_mutex_lock(&sb->mu);
+    positions_json(sb, &reply->body);
+    pthread_mutex_unlock(&sb->mu);
+    base_release(up);
+    return;
+  }
+
+  loom_position pos;
+  pthread_mutex_lock(&sb->store_mu);
+  int rc = loom_patch_commit(up->patch);
+  up->patch = NULL;
+  if (rc == 0)
+    rc = loom_store_sync(sb->store);
+  loom_store_position(sb->store, &pos);
+  pthread_mutex_unlock(&sb->store_mu);
+
+  if (rc) {
+    http_logf(sb->logger, "standby: base image refused: %s",
+              loom_strerror(rc));
+    http_reply_error(reply, status_of_store_error(rc),
+                     rc == LOOM_EPOSITION
+                         ? "the pages do not give the header's checksum"
+                         : "base image not committed");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(rc));
+    pthread_mutex_lock(&sb->mu);
+    positions_json(sb, &reply->body);
+    pthread_mutex_unlock(&sb->mu);
+    base_release(up);
+    return;
+  }
+
+  /* Frames received before the base are moot: the log restarts at pos. */
+  int lrc = replicate_log_reset(sb->log);
+  if (lrc)
+    http_logf(sb->logger, "standby: resetting the receive log: %s",
+              replicate_strerror(lrc));
+  pthread_mutex_lock(&sb->mu);
+  sb->applied = pos;
+  sb->received = pos;
+  pending_clear(sb);
+  sb->apply_failed = false;
+  sb->bases++;
+  if (pos.epoch > sb->primary_epoch ||
+      (pos.epoch == sb->primary_epoch && pos.seq >= sb->primary_seq)) {
+    sb->primary_epoch = pos.epoch;
+    sb->primary_seq = pos.seq;
+    sb->primary_commit_ns = pos.commit_time_ns;
+  }
+  http_logf(sb->logger, "standby: base image at epoch %llu seq %llu (%llu pages)",
+            (unsigned long long)pos.epoch, (unsigned long long)pos.seq,
+            (unsigned long long)pos.pages);
+  http_reply_object(reply, 200);
+  positions_json(sb, &reply->body);
+  pthread_mutex_unlock(&sb->mu);
+  base_release(up);
+}
+
+void http_standby_base_abort(http_base_upload *up)
+{
+  if (up)
+    base_release(up);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Snapshots and status */
+
+int http_standby_snapshot_open(http_standby *sb, loom_snapshot **out)
+{
+  pthread_mutex_lock(&sb->store_mu);
+  pthread_mutex_lock(&sb->mu);
+  bool busy = sb->base_active;
+  pthread_mutex_unlock(&sb->mu);
+  int rc = busy ? EBUSY : loom_store_snapshot_open(sb->store, out);
+  if (rc == 0) {
+    pthread_mutex_lock(&sb->mu);
+    sb->snapshots_open++;
+    pthread_mutex_unlock(&sb->mu);
+  }
+  pthread_mutex_unlock(&sb->store_mu);
+  return rc;
+}
+
+void http_standby_snapshot_close(http_standby *sb, loom_snapshot *snap)
+{
+  loom_snapshot_close(snap);
+  pthread_mutex_lock(&sb->mu);
+  sb->snapshots_open--;
+  pthread_mutex_unlock(&sb->mu);
+}
+
+bool http_standby_promoted(http_standby *sb)
+{
+  pthread_mutex_lock(&sb->mu);
+  bool promoted = sb->promoted;
+  pthread_mutex_unlock(&sb->mu);
+  return promoted;
+}
+
+void http_standby_view_get(http_standby *sb, http_standby_view *out)
+{
+  memset(out, 0, sizeof *out);
+  http_server_status *s = &out->status;
+  pthread_mutex_lock(&sb->mu);
+  s->role = sb->promoted ? HTTP_ROLE_PRIMARY : HTTP_ROLE_STANDBY;
+  s->applied = sb->applied;
+  s->received = sb->received;
+  s->primary_seq = sb->primary_seq > sb->received.seq ? sb->primary_seq
+                                                      : sb->received.seq;
+  s->lag_frames = s->primary_seq > sb->applied.seq
+                      ? s->primary_seq - sb->applied.seq : 0;
+  s->lag_bytes = sb->pending_bytes;
+  /* Age of the oldest commit heard of and not applied: the oldest pending
+   * frame's, or, when only a heartbeat told us of newer commits, the
+   * primary's newest commit (all we know of their times). */
+  int64_t oldest_ns = 0;
+  if (sb->pending_len)
+    oldest_ns = sb->pending[sb->pending_head].commit_ns;
+  else if (s->lag_frames)
+    oldest_ns = sb->primary_commit_ns;
+  if (s->lag_frames && oldest_ns > 0) {
+    int64_t age = http_now_ns() - oldest_ns;
+    s->lag_seconds = age > 0 ? (double)age / 1e9 : 0.0;
+  }
+  s->replay_paused = sb->base_active;
+  s->frames_received = sb->frames_received;
+  s->frames_applied = sb->frames_applied;
+  s->duplicates = sb->duplicates;
+  s->last_apply_error = sb->last_apply_error;
+  out->primary_epoch = sb->primary_epoch;
+  out->primary_commit_ns = sb->primary_commit_ns;
+  out->last_contact_ns = sb->last_contact_ns;
+  out->last_apply_error_at_ns = sb->last_apply_error_at_ns;
+  out->promoted_at_ns = sb->promoted_at_ns;
+  out->heartbeats = sb->heartbeats;
+  out->bases = sb->bases;
+  out->bytes_received = sb->bytes_received;
+  out->apply_failures = sb->apply_failures;
+  bool failed = sb->apply_failed;
+  pthread_mutex_unlock(&sb->mu);
+  /* ready is decided by the server (it knows the threshold); a standby
+   * stuck on a failed apply is never ready. */
+  s->ready = !failed;
+  replicate_log_stats st;
+  replicate_log_get_stats(sb->log, &st);
+  out->receive_log_bytes = st.bytes;
+}

@@ -1,0 +1,299 @@
+/*
+ * util.c: small helpers of the server: Range parsing, ETags, the bearer
+ * token check, error names, clocks, replies and the log.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* ---------------------------------------------------------------------- */
+/* Range: bytes=first-last | bytes=first- | bytes=-suffix (RFC 9110 14.1) */
+
+/* Parse decimal digits at *p into *out; false on none or overflow. */
+static bool parse_u64(const char **p, uint64_t *out)
+{
+  const char *s = *p;
+  uint64_t v = 0;
+  if (!isdigit((unsigned char)*s))
+    return false;
+  while (isdigit((unsigned char)*s)) {
+    unsigned d = (unsigned)(*s - '0');
+    if (v > (UINT64_MAX - d) / 10)
+      return false;
+    v = v * 10 + d;
+    s++;
+  }
+  *p = s;
+  *out = v;
+  return true;
+}
+
+static const char *skip_spaces(const char *s)
+{
+  while (*s == ' ' || *s == '\t')
+    s++;
+  return s;
+}
+
+http_range_result http_range_parse(const char *value, uint64_t total,
+                                   uint64_t *first, uint64_t *last)
+{
+  if (!value)
+    return HTTP_RANGE_NONE;
+  const char *p = skip_spaces(value);
+  if (strncasecmp(p, "bytes", 5) != 0)
+    return HTTP_RANGE_NONE;
+  p = skip_spaces(p + 5);
+  if (*p != '=')
+    return HTTP_RANGE_NONE;
+  p = skip_spaces(p + 1);
+  if (strchr(p, ','))
+    return HTTP_RANGE_NONE; /* several ranges: we send the whole body */
+
+  uint64_t a, b;
+  if (*p == '-') {
+    p++;
+    if (!parse_u64(&p, &b) || *skip_spaces(p) != '\0')
+      return HTTP_RANGE_NONE;
+    if (b == 0 || total == 0)
+      return HTTP_RANGE_UNSATISFIABLE;
+    *first = b >= total ? 0 : total - b;
+    *last = total - 1;
+    return HTTP_RANGE_SINGLE;
+  }
+  if (!parse_u64(&p, &a) || *p != '-')
+    return HTTP_RANGE_NONE;
+  p++;
+  bool open_ended = *skip_spaces(p) == '\0';
+  if (!open_ended) {
+    if (!parse_u64(&p, &b) || *skip_spaces(p) != '\0' || b < a)
+      return HTTP_RANGE_NONE;
+  }
+  if (a >= total)
+    return HTTP_RANGE_UNSATISFIABLE;
+  *first = a;
+  *last = open_ended || b >= total ? total - 1 : b;
+  return HTTP_RANGE_SINGLE;
+}
+
+void http_etag_format(const loom_position *pos, char out[HTTP_ETAG_MAX])
+{
+  snprintf(out, HTTP_ETAG_MAX, "\"%" PRIu64 "-%" PRIu64 "-%016" PRIx64 "\"",
+           pos->epoch, pos->seq, pos->checksum);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The bearer token */
+
+bool http_token_matches(const uint8_t *token, size_t token_len,
+                        const char *authorization)
+{
+  if (!authorization)
+    return false;
+  const char *p = skip_spaces(authorization);
+  if (strncasecmp(p, "Bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t'))
+    return false;
+  p = skip_spaces(p + 6);
+  size_t n = strlen(p);
+  while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+    n--;
+  /* Every byte of the token is compared whatever the input, so the time
+   * taken says nothing about where the first difference is. */
+  unsigned diff = n != token_len;
+  for (size_t i = 0; i < token_len; i++) {
+    uint8_t c = i < n ? (uint8_t)p[i] : 0;
+    diff |= (unsigned)(c ^ token[i]);
+  }
+  return diff == 0 && token_len > 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Error names */
+
+static const char *loom_error_name(enum loom_error e)
+{
+  switch (e) {
+  case LOOM_OK: return "OK";
+  case LOOM_ELOCKED: return "LOOM_ELOCKED";
+  case LOOM_ECORRUPT: return "LOOM_ECORRUPT";
+  case LOOM_EVERSION: return "LOOM_EVERSION";
+  case LOOM_EPANIC: return "LOOM_EPANIC";
+  case LOOM_EEXHAUSTED: return "LOOM_EEXHAUSTED";
+  case LOOM_EPAGESIZE: return "LOOM_EPAGESIZE";
+  case LOOM_EPOSITION: return "LOOM_EPOSITION";
+  case LOOM_ETOOBIG: return "LOOM_ETOOBIG";
+  case LOOM_EBUG: return "LOOM_EBUG";
+  case LOOM_EINVAL: return "LOOM_EINVAL";
+  case LOOM_ENOIMAGE: return "LOOM_ENOIMAGE";
+  case LOOM_ETRACKER: return "LOOM_ETRACKER";
+  case LOOM_ELAST: break;
+  }
+  return NULL;
+}
+
+static const char *replicate_error_name(enum replicate_error e)
+{
+  switch (e) {
+  case REPLICATE_OK: return "OK";
+  case REPLICATE_ETRUNCATED: return "REPLICATE_ETRUNCATED";
+  case REPLICATE_EMAGIC: return "REPLICATE_EMAGIC";
+  case REPLICATE_EVERSION: return "REPLICATE_EVERSION";
+  case REPLICATE_EHEADER_CHECKSUM: return "REPLICATE_EHEADER_CHECKSUM";
+  case REPLICATE_EMALFORMED: return "REPLICATE_EMALFORMED";
+  case REPLICATE_ETOOBIG: return "REPLICATE_ETOOBIG";
+  case REPLICATE_ETRAILING: return "REPLICATE_ETRAILING";
+  case REPLICATE_EPAYLOAD_CHECKSUM: return "REPLICATE_EPAYLOAD_CHECKSUM";
+  case REPLICATE_EDECOMPRESS: return "REPLICATE_EDECOMPRESS";
+  case REPLICATE_EPAGES: return "REPLICATE_EPAGES";
+  case REPLICATE_EDUPLICATE: return "REPLICATE_EDUPLICATE";
+  case REPLICATE_EPOSITION: return "REPLICATE_EPOSITION";
+  case REPLICATE_ESTALE_EPOCH: return "REPLICATE_ESTALE_EPOCH";
+  case REPLICATE_EPAGE_HASH: return "REPLICATE_EPAGE_HASH";
+  case REPLICATE_EAFTER_CHECKSUM: return "REPLICATE_EAFTER_CHECKSUM";
+  case REPLICATE_EKIND: return "REPLICATE_EKIND";
+  case REPLICATE_EINVAL: return "REPLICATE_EINVAL";
+  case REPLICATE_ECOMPRESS: return "REPLICATE_ECOMPRESS";
+  case REPLICATE_ENOT_CONTIGUOUS: return "REPLICATE_ENOT_CONTIGUOUS";
+  case REPLICATE_ELOG_GONE: return "REPLICATE_ELOG_GONE";
+  case REPLICATE_ELOG_AHEAD: return "REPLICATE_ELOG_AHEAD";
+  case REPLICATE_ELOG_CORRUPT: return "REPLICATE_ELOG_CORRUPT";
+  case REPLICATE_ELOG_VERSION: return "REPLICATE_ELOG_VERSION";
+  case REPLICATE_EPANIC: return "REPLICATE_EPANIC";
+  case REPLICATE_ELAST: break;
+  }
+  return NULL;
+}
+
+static const char *http_own_error_name(enum http_error e)
+{
+  switch (e) {
+  case HTTP_OK: return "OK";
+  case HTTP_EINVAL: return "HTTP_EINVAL";
+  case HTTP_ETLS: return "HTTP_ETLS";
+  case HTTP_EDAEMON: return "HTTP_EDAEMON";
+  case HTTP_EADDRESS: return "HTTP_EADDRESS";
+  case HTTP_ELAST: break;
+  }
+  return NULL;
+}
+
+const char *http_error_name(int rc)
+{
+  const char *name = NULL;
+  if (rc == 0)
+    return "OK";
+  if (rc > 0) {
+    name = strerrorname_np(rc);
+    return name ? name : "ERRNO";
+  }
+  if (rc <= LOOM_ELOCKED && rc > LOOM_ELAST)
+    name = loom_error_name((enum loom_error)rc);
+  else if (rc <= REPLICATE_ETRUNCATED && rc > REPLICATE_ELAST)
+    name = replicate_error_name((enum replicate_error)rc);
+  else if (rc <= HTTP_EINVAL && rc > HTTP_ELAST)
+    name = http_own_error_name((enum http_error)rc);
+  return name ? name : "UNKNOWN";
+}
+
+const char *http_strerror(int rc)
+{
+  switch (rc) {
+  case HTTP_EINVAL:
+    return "an option is missing, out of range, or does not fit the role";
+  case HTTP_ETLS:
+    return "TLS is not available, or only one of certificate and key given";
+  case HTTP_EDAEMON:
+    return "libmicrohttpd refused to start (certificate or key unreadable?)";
+  case HTTP_EADDRESS:
+    return "the listen address does not resolve";
+  default:
+    return replicate_strerror(rc);
+  }
+}
+
+replicate_limits http_limits_of(const http_server_options *opt)
+{
+  replicate_limits l = replicate_limits_default();
+  l.max_frame_pages = opt->max_frame_pages ? opt->max_frame_pages : 4096;
+  l.max_image_pages =
+      opt->max_image_pages ? opt->max_image_pages : (UINT64_C(1) << 30);
+  l.max_payload_bytes =
+      opt->max_frame_bytes ? opt->max_frame_bytes : (UINT64_C(64) << 20);
+  return l;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Clocks */
+
+static int64_t clock_ns(clockid_t id)
+{
+  struct timespec ts;
+  clock_gettime(id, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t http_now_ns(void) { return clock_ns(CLOCK_REALTIME); }
+int64_t http_monotonic_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+
+/* ---------------------------------------------------------------------- */
+/* Replies and the log */
+
+void http_reply_error(http_reply *reply, unsigned status, const char *message)
+{
+  json_free(&reply->body);
+  reply->status = status;
+  json_object_begin(&reply->body);
+  json_key(&reply->body, "error");
+  json_string(&reply->body, message);
+}
+
+void http_reply_header(http_reply *reply, const char *name, const char *value)
+{
+  if (reply->header_count >= HTTP_REPLY_HEADERS)
+    return;
+  reply->headers[reply->header_count].name = name;
+  snprintf(reply->headers[reply->header_count].value,
+           sizeof reply->headers[0].value, "%s", value);
+  reply->header_count++;
+}
+
+void http_reply_object(http_reply *reply, unsigned status)
+{
+  json_free(&reply->body);
+  reply->status = status;
+  json_object_begin(&reply->body);
+}
+
+void http_json_position(json_writer *w, const loom_position *pos)
+{
+  json_object_begin(w);
+  json_key(w, "epoch");
+  json_uint(w, pos->epoch);
+  json_key(w, "seq");
+  json_uint(w, pos->seq);
+  json_key(w, "checksum");
+  json_hex64(w, pos->checksum);
+  json_key(w, "pages");
+  json_uint(w, pos->pages);
+  json_key(w, "at");
+  json_time_ns(w, pos->commit_time_ns);
+  json_object_end(w);
+}
+
+void http_logf(const http_logger *logger, const char *fmt, ...)
+{
+  if (!logger || !logger->fn)
+    return;
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  logger->fn(logger->ctx, line);
+}

@@ -1,0 +1,710 @@
+/*
+ * log.c: the replication log, frames kept on disk in segment files.
+ *
+ * DESIGN
+ *
+ * <image dir>/replog/ holds segment files seg-<first seq, 20 digits>.log:
+ *
+ *     segment header (32 bytes)   magic "LSREPLOG", version, first seq,
+ *                                 XXH3-64 of the bytes before it
+ *     record, record, ...         each: magic "LSRC", frame length, seq,
+ *                                 epoch, XXH3-64 of its first 24 bytes and
+ *                                 the frame; then the frame
+ *
+ * (byte tables in docs/FRAME.md). Records are in seq order without gaps,
+ * across segments too; epochs never decrease.
+ *
+ * Invariants:
+ *   1. Every record in the index is durable: it was fsynced before it was
+ *      indexed, in a file whose directory entry was fsynced when the file
+ *      was created.
+ *   2. Only the newest segment grows, and only it can end in a torn record
+ *      (older segments were complete before the next one was created).
+ *   3. The index lists the segments in first-seq order; only the newest
+ *      may be empty.
+ *
+ * Appending (one record):
+ *   1. If the newest segment would pass segment_bytes (and holds a
+ *      record), create the next: write its header, fsync the directory,
+ *      or a crash could lose the file with its records. The header is
+ *      made durable by the first record's fsync (step 3).
+ *   2. pwrite the record at the segment's end. On failure, truncate the
+ *      half-written record away; if even that fails, poison the handle.
+ *   3. fsync the segment. On failure, poison the handle: after a failed
+ *      fsync the kernel may have dropped the dirty pages, so what is on
+ *      disk is unknown until the log is opened (and scanned) again.
+ *   4. Index the record; drop the oldest segments while over max_bytes.
+ *
+ * Opening scans every segment, checking every record. In the newest
+ * segment, the first record that is cut short or fails its checks ends
+ * the log (a crash during step 2 or 3 left it): the file is truncated
+ * there and fsynced. A newest segment whose header is torn (a crash during
+ * step 1) is removed. Anywhere else, damage is REPLICATE_ELOG_CORRUPT.
+ *
+ * Dropping a segment: unlink it, fsync the directory (a crash may bring
+ * it back, which is harmless: its records are still contiguous).
+ *
+ * The directory is listed with readdir() on the descriptor the loom_io
+ * opened: loom_io has no listing operation. Everything else goes through
+ * the loom_io.
+ */
+#include "frame.h"
+
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "loom_io.h"
+
+#define LOG_DIR "replog"
+#define SEGMENT_MAGIC "LSREPLOG"
+#define SEGMENT_VERSION 1u
+#define SEGMENT_HEADER_SIZE 32u
+#define RECORD_MAGIC "LSRC"
+#define RECORD_HEADER_SIZE 32u
+#define RECORD_CHECKSUM_OFF 24u
+#define SEGMENT_NAME_LEN 28u /* "seg-" + 20 digits + ".log" */
+#define SCAN_CHUNK (1u << 20)
+
+#define DEFAULT_SEGMENT_BYTES (16ull << 20)
+#define DEFAULT_MAX_BYTES (1ull << 30)
+
+typedef struct log_segment {
+  uint64_t first_seq;
+  uint64_t count;      /* records */
+  uint64_t *offsets;   /* offsets[i]: record of seq first_seq + i */
+  uint64_t offsets_cap;
+  uint64_t size;       /* bytes, header included: where the next record goes */
+  uint64_t last_epoch; /* of its newest record; 0 if empty */
+  int fd;
+} log_segment;
+
+struct replicate_log {
+  pthread_mutex_t lock;
+  const loom_io *io;
+  int dirfd;
+  uint64_t segment_bytes;
+  uint64_t max_bytes;
+  log_segment *segs;
+  size_t nsegs;
+  size_t segs_cap;
+  uint64_t bytes;
+  uint64_t dropped;
+  bool poisoned;
+  XXH3_state_t *hash;
+  uint8_t *chunk;      /* SCAN_CHUNK bytes */
+};
+
+/* ---------------------------------------------------------------------- */
+/* I/O helpers: loom_io returns -errno; these return errno values. */
+
+static void segment_name(char name[SEGMENT_NAME_LEN + 1], uint64_t first_seq) {
+  snprintf(name, SEGMENT_NAME_LEN + 1, "seg-%020" PRIu64 ".log", first_seq);
+}
+
+/* Parse a segment file name; false for any other name. */
+static bool segment_name_parse(const char *name, uint64_t *first_seq) {
+  if (strlen(name) != SEGMENT_NAME_LEN) return false;
+  if (strncmp(name, "seg-", 4) != 0 || strcmp(name + 24, ".log") != 0)
+    return false;
+  uint64_t v = 0;
+  for (int i = 4; i < 24; i++) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    uint64_t digit = (uint64_t)(name[i] - '0');
+    if (v > (UINT64_MAX - digit) / 10) return false;
+    v = v * 10 + digit;
+  }
+  *first_seq = v;
+  return true;
+}
+
+/* Read len bytes at off: 0 if all were read, -1 if the file ends first, or
+ * an errno value. */
+static int read_exact(replicate_log *log, int fd, void *buf, size_t len,
+                      uint64_t off) {
+  ssize_t got = log->io->pread(log->io->ctx, fd, buf, len, (off_t)off);
+  if (got < 0) return (int)-got;
+  return (size_t)got == len ? 0 : -1;
+}
+
+static int write_exact(replicate_log *log, int fd, const void *buf, size_t len,
+                       uint64_t off) {
+  ssize_t put = log->io->pwrite(log->io->ctx, fd, buf, len, (off_t)off);
+  if (put < 0) return (int)-put;
+  return (size_t)put == len ? 0 : EIO;
+}
+
+static int io_result(int rc) { return rc < 0 ? -rc : 0; }
+
+/* ---------------------------------------------------------------------- */
+/* Formats */
+
+static void segment_header_write(uint8_t h[SEGMENT_HEADER_SIZE],
+                                 uint64_t first_seq) {
+  memcpy(h, SEGMENT_MAGIC, 8);
+  put_le32(h + 8, SEGMENT_VERSION);
+  put_le32(h + 12, 0);
+  put_le64(h + 16, first_seq);
+  put_le64(h + 24, XXH3_64bits(h, 24));
+}
+
+/* 0, REPLICATE_ELOG_CORRUPT (not a segment header: torn or damaged) or
+ * REPLICATE_ELOG_VERSION. */
+static int segment_header_check(const uint8_t h[SEGMENT_HEADER_SIZE],
+                                uint64_t first_seq) {
+  if (memcmp(h, SEGMENT_MAGIC, 8) != 0) return REPLICATE_ELOG_CORRUPT;
+  if (get_le64(h + 24) != XXH3_64bits(h, 24)) return REPLICATE_ELOG_CORRUPT;
+  if (get_le32(h + 8) != SEGMENT_VERSION) return REPLICATE_ELOG_VERSION;
+  if (get_le32(h + 12) != 0 || get_le64(h + 16) != first_seq)
+    return REPLICATE_ELOG_CORRUPT;
+  return 0;
+}
+
+static void record_header_fill(uint8_t h[RECORD_HEADER_SIZE], uint32_t len,
+                               uint64_t seq, uint64_t epoch) {
+  memcpy(h, RECORD_MAGIC, 4);
+  put_le32(h + 4, len);
+  put_le64(h + 8, seq);
+  put_le64(h + 16, epoch);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The segment index */
+
+static log_segment *newest(replicate_log *log) {
+  return log->nsegs ? &log->segs[log->nsegs - 1] : NULL;
+}
+
+static bool log_empty(const replicate_log *log) {
+  for (size_t i = 0; i < log->nsegs; i++)
+    if (log->segs[i].count > 0) return false;
+  return true;
+}
+
+static uint64_t oldest_seq(const replicate_log *log) {
+  return log->segs[0].first_seq;
+}
+
+static uint64_t newest_seq(const replicate_log *log) {
+  const log_segment *s = &log->segs[log->nsegs - 1];
+  return s->first_seq + s->count - 1;
+}
+
+/* The newest record's epoch (the newest segment may be empty). */
+static uint64_t newest_epoch(const replicate_log *log) {
+  for (size_t i = log->nsegs; i > 0; i--)
+    if (log->segs[i - 1].count > 0) return log->segs[i - 1].last_epoch;
+  return 0;
+}
+
+static int offsets_reserve(log_segment *s, uint64_t need) {
+  if (need <= s->offsets_cap) return 0;
+  uint64_t cap = s->offsets_cap ? s->offsets_cap * 2 : 256;
+  while (cap < need) cap *= 2;
+  uint64_t *offsets = realloc(s->offsets, cap * sizeof *offsets);
+  if (offsets == NULL) return ENOMEM;
+  s->offsets = offsets;
+  s->offsets_cap = cap;
+  return 0;
+}
+
+static int segs_reserve(replicate_log *log, size_t need) {
+  if (need <= log->segs_cap) return 0;
+  size_t cap = log->segs_cap ? log->segs_cap * 2 : 16;
+  while (cap < need) cap *= 2;
+  log_segment *segs = realloc(log->segs, cap * sizeof *segs);
+  if (segs == NULL) return ENOMEM;
+  log->segs = segs;
+  log->segs_cap = cap;
+  return 0;
+}
+
+/* The segment holding seq (which the log holds). */
+static log_segment *segment_of(replicate_log *log, uint64_t seq) {
+  size_t lo = 0, hi = log->nsegs;
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (log->segs[mid].first_seq <= seq) lo = mid;
+    else hi = mid;
+  }
+  return &log->segs[lo];
+}
+
+/* Remove the oldest segment (its file, then its entry). */
+static int drop_oldest(replicate_log *log) {
+  log_segment *s = &log->segs[0];
+  char name[SEGMENT_NAME_LEN + 1];
+  segment_name(name, s->first_seq);
+  int rc = io_result(log->io->unlink(log->io->ctx, log->dirfd, name, 0));
+  if (rc != 0) return rc;
+  log->io->close(log->io->ctx, s->fd);
+  free(s->offsets);
+  log->bytes -= s->size;
+  memmove(log->segs, log->segs + 1, (log->nsegs - 1) * sizeof *log->segs);
+  log->nsegs--;
+  log->dropped++;
+  /* Or the file may come back after a crash (harmless, but not dropped). */
+  return io_result(log->io->fsync(log->io->ctx, log->dirfd));
+}
+
+/* ---------------------------------------------------------------------- */
+/* Opening: scanning the segments */
+
+/* Check the record at off in s (0), or say why not: -1 the file ends
+ * there cleanly, REPLICATE_ELOG_CORRUPT the record is damaged or cut
+ * short, or an errno value. On 0, *next is the offset after it. */
+static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
+                       uint64_t *next) {
+  uint8_t h[RECORD_HEADER_SIZE];
+  ssize_t got = log->io->pread(log->io->ctx, s->fd, h, sizeof h, (off_t)off);
+  if (got < 0) return (int)-got;
+  if (got == 0) return -1;
+  if ((size_t)got < sizeof h) return REPLICATE_ELOG_CORRUPT;
+  uint32_t len = get_le32(h + 4);
+  uint64_t seq = get_le64(h + 8);
+  uint64_t epoch = get_le64(h + 16);
+  if (memcmp(h, RECORD_MAGIC, 4) != 0 || len < REPLICATE_HEADER_SIZE ||
+      seq != s->first_seq + s->count || epoch < s->last_epoch)
+    return REPLICATE_ELOG_CORRUPT;
+
+  XXH3_64bits_reset(log->hash);
+  XXH3_64bits_update(log->hash, h, RECORD_CHECKSUM_OFF);
+  uint64_t pos = off + RECORD_HEADER_SIZE;
+  for (uint32_t left = len; left > 0;) {
+    size_t step = left < SCAN_CHUNK ? left : SCAN_CHUNK;
+    int rc = read_exact(log, s->fd, log->chunk, step, pos);
+    if (rc == -1) return REPLICATE_ELOG_CORRUPT;
+    if (rc != 0) return rc;
+    XXH3_64bits_update(log->hash, log->chunk, step);
+    pos += step;
+    left -= (uint32_t)step;
+  }
+  if (XXH3_64bits_digest(log->hash) != get_le64(h + RECORD_CHECKSUM_OFF))
+    return REPLICATE_ELOG_CORRUPT;
+  s->last_epoch = epoch;
+  *next = pos;
+  return 0;
+}
+
+/* Scan segment s (already opened); is_newest allows a torn tail. */
+static int scan_segment(replicate_log *log, log_segment *s, bool is_newest) {
+  uint64_t off = SEGMENT_HEADER_SIZE;
+  for (;;) {
+    uint64_t next = 0;
+    int rc = scan_record(log, s, off, &next);
+    if (rc == -1) break;
+    if (rc == REPLICATE_ELOG_CORRUPT && is_newest) {
+      /* A torn tail: recover to the last whole record. */
+      rc = io_result(log->io->ftruncate(log->io->ctx, s->fd, (off_t)off));
+      if (rc == 0) rc = io_result(log->io->fsync(log->io->ctx, s->fd));
+      if (rc != 0) return rc;
+      break;
+    }
+    if (rc != 0) return rc;
+    rc = offsets_reserve(s, s->count + 1);
+    if (rc != 0) return rc;
+    s->offsets[s->count++] = off;
+    off = next;
+  }
+  s->size = off;
+  return 0;
+}
+
+static int compare_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The first seqs of the segment files in the directory, sorted. */
+static int list_segments(replicate_log *log, uint64_t **out, size_t *count) {
+  int fd = dup(log->dirfd);
+  if (fd < 0) return errno;
+  DIR *dir = fdopendir(fd);
+  if (dir == NULL) {
+    int rc = errno;
+    close(fd);
+    return rc;
+  }
+  rewinddir(dir);
+  uint64_t *seqs = NULL;
+  size_t n = 0, cap = 0;
+  int rc = 0;
+  struct dirent *entry;
+  errno = 0;
+  while ((entry = readdir(dir)) != NULL) {
+    uint64_t first_seq;
+    if (!segment_name_parse(entry->d_name, &first_seq)) continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      uint64_t *grown = realloc(seqs, cap * sizeof *grown);
+      if (grown == NULL) {
+        rc = ENOMEM;
+        break;
+      }
+      seqs = grown;
+    }
+    seqs[n++] = first_seq;
+  }
+  if (rc == 0 && errno != 0) rc = errno;
+  closedir(dir);
+  if (rc != 0) {
+    free(seqs);
+    return rc;
+  }
+  if (n > 0) qsort(seqs, n, sizeof *seqs, compare_u64);
+  *out = seqs;
+  *count = n;
+  return 0;
+}
+
+/* Open, check and scan the segment of first_seq; is_newest as above.
+ * Returns 0 with the segment added to the index, 1 if it was a torn new
+ * segment and was removed, or an error. */
+static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest) {
+  char name[SEGMENT_NAME_LEN + 1];
+  segment_name(name, first_seq);
+  int fd = log->io->open(log->io->ctx, log->dirfd, name, O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) return -fd;
+  /* Epochs never decrease, across segments too. */
+  log_segment s = {.first_seq = first_seq, .fd = fd,
+                   .last_epoch = newest_epoch(log)};
+  uint8_t h[SEGMENT_HEADER_SIZE];
+  int rc = read_exact(log, fd, h, sizeof h, 0);
+  if (rc == 0 || rc == -1) {
+    int check = rc == -1 ? REPLICATE_ELOG_CORRUPT
+                         : segment_header_check(h, first_seq);
+    if (check == REPLICATE_ELOG_CORRUPT && is_newest) {
+      /* Created, then the crash came before its header was durable. */
+      log->io->close(log->io->ctx, fd);
+      rc = io_result(log->io->unlink(log->io->ctx, log->dirfd, name, 0));
+      if (rc == 0) rc = io_result(log->io->fsync(log->io->ctx, log->dirfd));
+      return rc != 0 ? rc : 1;
+    }
+    rc = check;
+  }
+  if (rc == 0) rc = scan_segment(log, &s, is_newest);
+  if (rc == 0) rc = segs_reserve(log, log->nsegs + 1);
+  if (rc != 0) {
+    log->io->close(log->io->ctx, fd);
+    free(s.offsets);
+    return rc;
+  }
+  log->segs[log->nsegs++] = s;
+  log->bytes += s.size;
+  return 0;
+}
+
+/* Invariant 3 and the seq chain between segments (epochs are checked
+ * record by record while scanning). */
+static int check_chain(const replicate_log *log) {
+  for (size_t i = 0; i + 1 < log->nsegs; i++) {
+    const log_segment *a = &log->segs[i], *b = &log->segs[i + 1];
+    if (a->count == 0 || b->first_seq != a->first_seq + a->count)
+      return REPLICATE_ELOG_CORRUPT;
+  }
+  return 0;
+}
+
+static int open_directory(const loom_io *io, const char *image_dir,
+                          int *out) {
+  int imgfd = io->open(io->ctx, AT_FDCWD, image_dir,
+                       O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (imgfd < 0) return -imgfd;
+  int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+  int fd = io->open(io->ctx, imgfd, LOG_DIR, flags, 0);
+  if (fd == -ENOENT) {
+    int rc = io_result(io->mkdir(io->ctx, imgfd, LOG_DIR, 0755));
+    /* The new directory's entry lives in the image directory. */
+    if (rc == 0) rc = io_result(io->fsync(io->ctx, imgfd));
+    fd = rc != 0 ? -rc : io->open(io->ctx, imgfd, LOG_DIR, flags, 0);
+  }
+  io->close(io->ctx, imgfd);
+  if (fd < 0) return -fd;
+  *out = fd;
+  return 0;
+}
+
+int replicate_log_close(replicate_log *log) {
+  if (log == NULL) return 0;
+  int first_error = 0;
+  for (size_t i = 0; i < log->nsegs; i++) {
+    int rc = io_result(log->io->close(log->io->ctx, log->segs[i].fd));
+    if (first_error == 0) first_error = rc;
+    free(log->segs[i].offsets);
+  }
+  if (log->dirfd >= 0) {
+    int rc = io_result(log->io->close(log->io->ctx, log->dirfd));
+    if (first_error == 0) first_error = rc;
+  }
+  free(log->segs);
+  free(log->chunk);
+  XXH3_freeState(log->hash);
+  pthread_mutex_destroy(&log->lock);
+  free(log);
+  return first_error;
+}
+
+int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
+                       const loom_io *io, replicate_log **out) {
+  assert(image_dir != NULL && out != NULL);
+  replicate_log *log = calloc(1, sizeof *log);
+  if (log == NULL) return ENOMEM;
+  log->io = io ? io : loom_io_posix();
+  log->dirfd = -1;
+  log->segment_bytes = opt && opt->segment_bytes ? opt->segment_bytes
+                                                 : DEFAULT_SEGMENT_BYTES;
+  log->max_bytes = opt && opt->max_bytes ? opt->max_bytes : DEFAULT_MAX_BYTES;
+  if (pthread_mutex_init(&log->lock, NULL) != 0) {
+    free(log);
+    return ENOMEM;
+  }
+  log->hash = XXH3_createState();
+  log->chunk = malloc(SCAN_CHUNK);
+  int rc = log->hash && log->chunk ? 0 : ENOMEM;
+  if (rc == 0) rc = open_directory(log->io, image_dir, &log->dirfd);
+
+  uint64_t *seqs = NULL;
+  size_t n = 0;
+  if (rc == 0) rc = list_segments(log, &seqs, &n);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    rc = load_segment(log, seqs[i], i + 1 == n);
+    if (rc == 1) rc = 0; /* a torn new segment, removed */
+  }
+  free(seqs);
+  if (rc == 0) rc = check_chain(log);
+  if (rc != 0) {
+    replicate_log_close(log);
+    return rc;
+  }
+  *out = log;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Appending */
+
+/* Step 1 of appending: a new newest segment for records from first_seq. */
+static int create_segment(replicate_log *log, uint64_t first_seq) {
+  int rc = segs_reserve(log, log->nsegs + 1);
+  if (rc != 0) return rc;
+  char name[SEGMENT_NAME_LEN + 1];
+  segment_name(name, first_seq);
+  int fd = log->io->open(log->io->ctx, log->dirfd, name,
+                         O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return -fd;
+  uint8_t h[SEGMENT_HEADER_SIZE];
+  segment_header_write(h, first_seq);
+  rc = write_exact(log, fd, h, sizeof h, 0);
+  /* Or the file, and every record appended to it, may be gone after a
+   * crash. (The header needs no fsync of its own: the first record's
+   * fsync makes it durable, and a header torn before that is recognised
+   * and its file removed when the log is opened.) */
+  if (rc == 0) rc = io_result(log->io->fsync(log->io->ctx, log->dirfd));
+  if (rc != 0) {
+    log->io->close(log->io->ctx, fd);
+    log->io->unlink(log->io->ctx, log->dirfd, name, 0);
+    return rc;
+  }
+  log->segs[log->nsegs++] =
+      (log_segment){.first_seq = first_seq, .size = SEGMENT_HEADER_SIZE, .fd = fd};
+  log->bytes += SEGMENT_HEADER_SIZE;
+  return 0;
+}
+
+/* Limits for frames the log accepts: anything a record can hold. */
+static const replicate_limits log_frame_limits = {
+    .max_frame_pages = UINT32_MAX,
+    .max_image_pages = UINT64_MAX,
+    .max_payload_bytes = UINT32_MAX - REPLICATE_HEADER_SIZE,
+};
+
+static int append_locked(replicate_log *log, const void *frame, size_t len) {
+  replicate_frame_info info;
+  int rc = replicate_frame_parse_header(frame, len, &log_frame_limits, &info);
+  if (rc != 0) return rc;
+  if (len < info.frame_size) return REPLICATE_ETRUNCATED;
+  if (len > info.frame_size) return REPLICATE_ETRAILING;
+  if (info.kind != REPLICATE_KIND_COMMIT) return REPLICATE_EKIND;
+  if (info.flags & REPLICATE_FRAME_COALESCED) return REPLICATE_EINVAL;
+  uint64_t seq = info.after.seq;
+  log_segment *s = newest(log);
+  if (!log_empty(log)) {
+    if (info.before.seq != newest_seq(log) || info.epoch < newest_epoch(log))
+      return REPLICATE_ENOT_CONTIGUOUS;
+  } else if (s != NULL && s->first_seq != seq) {
+    /* An empty segment left by a failed append, for another seq. */
+    rc = drop_oldest(log);
+    if (rc != 0) return rc;
+    s = NULL;
+  }
+
+  uint64_t record = RECORD_HEADER_SIZE + (uint64_t)len;
+  if (s == NULL || (s->count > 0 && s->size + record > log->segment_bytes)) {
+    rc = create_segment(log, seq);
+    if (rc != 0) return rc;
+    s = newest(log);
+  }
+  rc = offsets_reserve(s, s->count + 1);
+  if (rc != 0) return rc;
+
+  /* Step 2. */
+  uint8_t h[RECORD_HEADER_SIZE];
+  record_header_fill(h, (uint32_t)len, seq, info.epoch);
+  XXH3_64bits_reset(log->hash);
+  XXH3_64bits_update(log->hash, h, RECORD_CHECKSUM_OFF);
+  XXH3_64bits_update(log->hash, frame, len);
+  put_le64(h + RECORD_CHECKSUM_OFF, XXH3_64bits_digest(log->hash));
+  rc = write_exact(log, s->fd, h, sizeof h, s->size);
+  if (rc == 0) rc = write_exact(log, s->fd, frame, len, s->size + sizeof h);
+  if (rc != 0) {
+    if (log->io->ftruncate(log->io->ctx, s->fd, (off_t)s->size) < 0)
+      log->poisoned = true;
+    return rc;
+  }
+  /* Step 3. */
+  rc = io_result(log->io->fsync(log->io->ctx, s->fd));
+  if (rc != 0) {
+    log->poisoned = true;
+    return rc;
+  }
+  /* Step 4. */
+  s->offsets[s->count++] = s->size;
+  s->size += record;
+  s->last_epoch = info.epoch;
+  log->bytes += record;
+  /* The cap is kept on a best-effort basis here: the append is durable
+   * whatever happens next, and a failed drop is retried next time. */
+  while (log->bytes > log->max_bytes && log->nsegs > 1)
+    if (drop_oldest(log) != 0) break;
+  return 0;
+}
+
+int replicate_log_append(replicate_log *log, const void *frame, size_t len) {
+  assert(log != NULL && frame != NULL);
+  pthread_mutex_lock(&log->lock);
+  int rc = log->poisoned ? REPLICATE_EPANIC : append_locked(log, frame, len);
+  pthread_mutex_unlock(&log->lock);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Reading */
+
+static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
+  if (log_empty(log) || seq > newest_seq(log)) return REPLICATE_ELOG_AHEAD;
+  if (seq < oldest_seq(log)) return REPLICATE_ELOG_GONE;
+  log_segment *s = segment_of(log, seq);
+  uint64_t off = s->offsets[seq - s->first_seq];
+
+  uint8_t h[RECORD_HEADER_SIZE];
+  int rc = read_exact(log, s->fd, h, sizeof h, off);
+  if (rc == -1) return REPLICATE_ELOG_CORRUPT;
+  if (rc != 0) return rc;
+  uint32_t len = get_le32(h + 4);
+  if (memcmp(h, RECORD_MAGIC, 4) != 0 || get_le64(h + 8) != seq ||
+      off + RECORD_HEADER_SIZE + len > s->size)
+    return REPLICATE_ELOG_CORRUPT;
+  rc = frame_buf_reserve(out, len);
+  if (rc != 0) return rc;
+  rc = read_exact(log, s->fd, out->data, len, off + RECORD_HEADER_SIZE);
+  if (rc == -1) return REPLICATE_ELOG_CORRUPT;
+  if (rc != 0) return rc;
+  XXH3_64bits_reset(log->hash);
+  XXH3_64bits_update(log->hash, h, RECORD_CHECKSUM_OFF);
+  XXH3_64bits_update(log->hash, out->data, len);
+  if (XXH3_64bits_digest(log->hash) != get_le64(h + RECORD_CHECKSUM_OFF))
+    return REPLICATE_ELOG_CORRUPT;
+  out->len = len;
+  return 0;
+}
+
+int replicate_log_read(replicate_log *log, uint64_t seq, replicate_buf *out) {
+  assert(log != NULL && out != NULL);
+  pthread_mutex_lock(&log->lock);
+  int rc = log->poisoned ? REPLICATE_EPANIC : read_locked(log, seq, out);
+  pthread_mutex_unlock(&log->lock);
+  return rc;
+}
+
+void replicate_log_iter_init(replicate_log_iter *it, replicate_log *log,
+                             uint64_t from_seq) {
+  it->log = log;
+  it->next_seq = from_seq;
+}
+
+int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out) {
+  int rc = replicate_log_read(it->log, it->next_seq, out);
+  if (rc == 0) it->next_seq++;
+  return rc;
+}
+
+void replicate_log_get_stats(replicate_log *log, replicate_log_stats *out) {
+  assert(log != NULL && out != NULL);
+  pthread_mutex_lock(&log->lock);
+  *out = (replicate_log_stats){
+      .bytes = log->bytes,
+      .segments = log->nsegs,
+      .segments_dropped = log->dropped,
+  };
+  if (!log_empty(log)) {
+    out->oldest_seq = oldest_seq(log);
+    out->newest_seq = newest_seq(log);
+    out->newest_epoch = newest_epoch(log);
+    out->records = out->newest_seq - out->oldest_seq + 1;
+  }
+  pthread_mutex_unlock(&log->lock);
+}
+
+int replicate_log_bytes_after(replicate_log *log, uint64_t after_seq,
+                              uint64_t *bytes) {
+  assert(log != NULL && bytes != NULL);
+  pthread_mutex_lock(&log->lock);
+  int rc = log->poisoned ? REPLICATE_EPANIC : 0;
+  *bytes = 0;
+  if (rc == 0 && !log_empty(log) && after_seq < newest_seq(log)) {
+    uint64_t seq = after_seq + 1;
+    if (seq < oldest_seq(log)) {
+      rc = REPLICATE_ELOG_GONE;
+    } else {
+      log_segment *s = segment_of(log, seq);
+      uint64_t sum = s->size - s->offsets[seq - s->first_seq];
+      for (log_segment *t = s + 1; t < log->segs + log->nsegs; t++)
+        sum += t->size - SEGMENT_HEADER_SIZE;
+      *bytes = sum;
+    }
+  }
+  pthread_mutex_unlock(&log->lock);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Retention */
+
+int replicate_log_retain(replicate_log *log, uint64_t oldest_needed) {
+  assert(log != NULL);
+  pthread_mutex_lock(&log->lock);
+  int rc = log->poisoned ? REPLICATE_EPANIC : 0;
+  while (rc == 0 && log->nsegs > 1 &&
+         log->segs[0].first_seq + log->segs[0].count <= oldest_needed)
+    rc = drop_oldest(log);
+  pthread_mutex_unlock(&log->lock);
+  return rc;
+}
+
+int replicate_log_reset(replicate_log *log) {
+  assert(log != NULL);
+  pthread_mutex_lock(&log->lock);
+  int rc = log->poisoned ? REPLICATE_EPANIC : 0;
+  while (rc == 0 && log->nsegs > 0) rc = drop_oldest(log);
+  pthread_mutex_unlock(&log->lock);
+  return rc;
+}

@@ -1,0 +1,49 @@
+/*
+ * ship_internal.h: internals of the shipper shared by ship.c, ship_json.c
+ * and the tests. Not installed; the module's manual is ship.h.
+ */
+#ifndef REPLICATE_SHIP_INTERNAL_H
+#define REPLICATE_SHIP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A position as a standby reports it: {"epoch", "seq", "checksum" (16 hex
+ * digits), "pages"}; other keys (such as "at") are allowed and ignored. */
+typedef struct ship_point {
+  bool present;
+  uint64_t epoch;
+  uint64_t seq;
+  uint64_t checksum;
+  uint64_t pages;
+} ship_point;
+
+#define SHIP_ANSWER_ERROR_MAX 64
+
+/* What the shipper reads from a standby's JSON answer. */
+typedef struct ship_answer {
+  bool has_error;
+  char error[SHIP_ANSWER_ERROR_MAX]; /* top-level "error", truncated,
+                                        control characters replaced */
+  bool has_epoch;
+  uint64_t epoch;                    /* top-level "epoch" */
+  ship_point received;
+  ship_point applied;
+} ship_answer;
+
+/* The longest answer read; a longer one is a failed request. */
+#define SHIP_ANSWER_MAX 65536u
+
+/*
+ * ship_answer_parse: read text[0, len) as exactly one JSON object (RFC 8259,
+ * nesting at most 16 deep, whitespace around it allowed) and extract the
+ * fields above. Returns 0, or REPLICATE_EMALFORMED when the text is not
+ * well-formed JSON, is not an object, repeats one of the extracted keys,
+ * gives one a value of the wrong type (a number that is not a non-negative
+ * integer below 2^64, a checksum that is not 16 hex digits), or holds a
+ * "received" or "applied" object missing one of its four fields.
+ */
+int ship_answer_parse(const char *text, size_t len, ship_answer *out);
+
+#endif /* REPLICATE_SHIP_INTERNAL_H */

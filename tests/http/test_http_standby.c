@@ -1,0 +1,1255 @@
+/*
+ * test_http_standby.c: the standby server driven over real HTTP (libcurl)
+ * on 127.0.0.1: frames from a real primary (a loom arena whose commit hook
+ * encodes each commit), duplicates, gaps, tokens, malformed bodies, load
+ * bounds, base images, promotion, restart, disk full, coalesced frames,
+ * status, metrics and the health checks.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "httptest.h"
+#include "iosim.h"
+
+/* ---------------------------------------------------------------------- */
+/* Helpers */
+
+/* A raw connection to the server (for slow and idle clients). */
+static int raw_connect(ht_server *s)
+{
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_port = htons(http_server_port(s->server)),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  return fd;
+}
+
+static void raw_send(int fd, const void *data, size_t len)
+{
+  assert_int_equal(send(fd, data, len, MSG_NOSIGNAL), (ssize_t)len);
+}
+
+/* Has the server closed fd within ms milliseconds? */
+static bool raw_closed_within(int fd, int ms)
+{
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int64_t until = http_monotonic_ns() + (int64_t)ms * 1000000;
+  while (http_monotonic_ns() < until) {
+    if (poll(&p, 1, 50) > 0) {
+      char buf[4096];
+      ssize_t n = recv(fd, buf, sizeof buf, 0);
+      if (n <= 0)
+        return true;
+    }
+  }
+  return false;
+}
+
+static void sleep_ms(long ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+typedef struct upload_src {
+  const uint8_t *data;
+  size_t len, pos;
+  size_t abort_at;              /* 0: never */
+} upload_src;
+
+static size_t upload_read(char *buf, size_t size, size_t n, void *ctx)
+{
+  upload_src *u = ctx;
+  size_t want = size * n;
+  if (u->abort_at && u->pos >= u->abort_at)
+    return CURL_READFUNC_ABORT;
+  size_t left = u->len - u->pos;
+  if (u->abort_at && u->abort_at - u->pos < left)
+    left = u->abort_at - u->pos;
+  if (want > left)
+    want = left;
+  memcpy(buf, u->data + u->pos, want);
+  u->pos += want;
+  return want;
+}
+
+/* Upload with a read callback: PUT with a known size (or POST chunked
+ * when chunked), optionally cut off after abort_at bytes. */
+static void upload(const char *method, const char *url, const char *token,
+                   const uint8_t *data, size_t len, size_t abort_at,
+                   bool chunked, ht_resp *out)
+{
+  memset(out, 0, sizeof *out);
+  out->content_length = -1;
+  ht_sink sink = {out, 0};
+  upload_src src = {data, len, 0, abort_at};
+  struct curl_slist *hdrs;
+  char auth[512];
+  ht_req req = {.token = token};
+  CURL *c = ht_curl("GET", url, &req, out, &sink, &hdrs, auth);
+  curl_easy_setopt(c, CURLOPT_READFUNCTION, upload_read);
+  curl_easy_setopt(c, CURLOPT_READDATA, &src);
+  if (strcmp(method, "PUT") == 0) {
+    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+    if (!chunked)
+      curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)len);
+  } else {
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    if (!chunked)
+      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+  }
+  out->curl_rc = curl_easy_perform(c);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+  curl_easy_cleanup(c);
+  curl_slist_free_all(hdrs);
+  if (!out->body)
+    out->body = xcalloc(1);
+}
+
+/* The image stream of the primary's store now (header + pages). */
+static uint8_t *primary_stream(ht_primary *p, size_t *len, loom_position *pos)
+{
+  loom_snapshot *snap;
+  pthread_mutex_lock(&p->mu);
+  assert_int_equal(loom_store_snapshot_open(loom_get_store(p->l), &snap), 0);
+  pthread_mutex_unlock(&p->mu);
+  loom_snapshot_position(snap, pos);
+  *len = LOOM_STREAM_HEADER + pos->pages * PS;
+  uint8_t *s = xmalloc(*len);
+  loom_stream_header_encode(s, pos);
+  if (pos->pages)
+    assert_int_equal(loom_snapshot_read(snap, 0, s + LOOM_STREAM_HEADER,
+                                        pos->pages * PS), 0);
+  loom_snapshot_close(snap);
+  return s;
+}
+
+static void post_range(ht_server *s, ht_primary *p, size_t from, size_t to,
+                       const char *token)
+{
+  for (size_t i = from; i < to; i++) {
+    long st = ht_post_frame(s, &p->frames[i], token);
+    if (st != 200)
+      fail_msg("frame %zu: status %ld", i + 1, st);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Frames */
+
+static void test_frames_in_order(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 11);
+  ht_primary_run(&p, 60);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+
+  /* Each answer carries the positions, received at once. */
+  for (size_t i = 0; i < p.nframes; i++) {
+    ht_req req = {.body = p.frames[i].data, .body_len = p.frames[i].len};
+    ht_resp r;
+    ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+    assert_int_equal(r.status, 200);
+    char want[64];
+    snprintf(want, sizeof want, "\"received\":{\"epoch\":1,\"seq\":%zu,", i + 1);
+    ht_assert_has(&r, want);
+    ht_assert_has(&r, "\"duplicate\":false");
+    assert_string_equal(r.content_type, "application/json");
+    ht_resp_free(&r);
+  }
+  ht_wait_applied(&s, p.nframes);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, p.nframes);
+  assert_int_equal(st.frames_received, p.nframes);
+  assert_int_equal(st.lag_frames, 0);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+static void test_duplicate_and_gap(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 12);
+  ht_primary_run(&p, 12);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 5, NULL);
+  ht_wait_applied(&s, 5);
+  size_t len;
+  uint8_t *before = ht_read_image(dir, &len);
+
+  /* A frame already received: 200, the position, nothing changes. */
+  ht_req req = {.body = p.frames[2].data, .body_len = p.frames[2].len};
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"duplicate\":true");
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":5,");
+  ht_resp_free(&r);
+  req.body = p.frames[4].data;
+  req.body_len = p.frames[4].len;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"duplicate\":true");
+  ht_resp_free(&r);
+
+  /* A gap: 409 with the standby's position. */
+  req.body = p.frames[6].data;
+  req.body_len = p.frames[6].len;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"position mismatch\"");
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":5,");
+  ht_assert_has(&r, "\"applied\":{\"epoch\":1,\"seq\":5,");
+  ht_resp_free(&r);
+
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 5);
+  assert_int_equal(st.duplicates, 2);
+  ht_assert_image_is(dir, before, len);
+  free(before);
+
+  /* The primary resends from there. */
+  post_range(&s, &p, 5, p.nframes, NULL);
+  ht_wait_applied(&s, p.nframes);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+static void test_token(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 13);
+  ht_primary_run(&p, 3);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  static const char token[] = "s3cret-token-4f8a";
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
+                             .token = (const uint8_t *)token,
+                             .token_len = strlen(token)};
+  ht_start(&s, &opt);
+
+  assert_int_equal(ht_post_frame(&s, &p.frames[0], NULL), 401);
+  assert_int_equal(ht_post_frame(&s, &p.frames[0], "s3cret-token-4f8b"), 401);
+  assert_int_equal(ht_post_frame(&s, &p.frames[0], "s3cret-token-4f8"), 401);
+  assert_int_equal(ht_post_frame(&s, &p.frames[0], "s3cret-token-4f8aa"), 401);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 0);
+  assert_int_equal(ht_post_frame(&s, &p.frames[0], token), 200);
+
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/v1/backup"), NULL, &r);
+  assert_int_equal(r.status, 401);
+  ht_assert_has(&r, "\"error\":\"token required\"");
+  assert_true(strstr(r.www_authenticate, "Bearer") != NULL);
+  ht_resp_free(&r);
+  ht_req req = {.token = token};
+  ht_call("GET", ht_url(&s, "/v1/backup"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+  ht_call("POST", ht_url(&s, "/v1/promote"), NULL, &r);
+  assert_int_equal(r.status, 401);
+  ht_resp_free(&r);
+  ht_req bad = {.token = "nope"};
+  ht_call("PUT", ht_url(&s, "/v1/base"), &bad, &r);
+  assert_int_equal(r.status, 401);
+  ht_assert_has(&r, "\"error\":\"wrong token\"");
+  ht_resp_free(&r);
+  /* Reads need no token. */
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "loomship_http_auth_failures_total 7");
+  ht_resp_free(&r);
+
+  /* Refusals are logged, without the token. */
+  pthread_mutex_lock(&s.log.mu);
+  unsigned logged401 = 0;
+  for (unsigned i = 0; i < s.log.n && i < 64; i++) {
+    if (strstr(s.log.lines[i], "401"))
+      logged401++;
+    assert_null(strstr(s.log.lines[i], "s3cret"));
+    assert_null(strstr(s.log.lines[i], "nope"));
+  }
+  pthread_mutex_unlock(&s.log.mu);
+  assert_int_equal(logged401, 7);
+
+  ht_status(&s, &st);
+  assert_int_equal(st.role, HTTP_ROLE_STANDBY);
+  ht_stop(&s);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Malformed bodies: each refused with its code, the image unchanged. */
+
+typedef struct bad_case {
+  const char *what;
+  uint8_t *body;
+  size_t len;
+  long want;
+  const char *want_text;        /* in the reply, or NULL */
+} bad_case;
+
+static void check_refused(ht_server *s, const bad_case *c)
+{
+  ht_req req = {.body = c->body ? c->body : (const uint8_t *)"",
+                .body_len = c->len};
+  ht_resp r;
+  ht_call("POST", ht_url(s, "/v1/frames"), &req, &r);
+  if (r.status != c->want)
+    fail_msg("%s: status %ld, wanted %ld (%s)", c->what, r.status, c->want,
+             (const char *)r.body);
+  ht_assert_has(&r, "\"error\":");
+  if (c->want_text)
+    ht_assert_has(&r, c->want_text);
+  ht_resp_free(&r);
+}
+
+static void test_malformed_bodies(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 14);
+  ht_primary_run(&p, 11);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
+                             .max_frame_bytes = 1u << 20,
+                             .max_frame_pages = 256};
+  ht_start(&s, &opt);
+  post_range(&s, &p, 0, 10, NULL);
+  ht_wait_applied(&s, 10);
+  size_t img_len;
+  uint8_t *img = ht_read_image(dir, &img_len);
+  http_server_status before;
+  ht_status(&s, &before);
+
+  const replicate_buf *next = &p.frames[10];
+  test_rng rng = {99};
+  bad_case c = {0};
+
+  c = (bad_case){"empty", NULL, 0, 400, "REPLICATE_ETRUNCATED"};
+  check_refused(&s, &c);
+  size_t sizes[] = {1, 17, 127, 128, 129, 4096, 70000};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    c = (bad_case){"random", xmalloc(sizes[i]), sizes[i], 400, NULL};
+    rng_fill(&rng, c.body, c.len);
+    check_refused(&s, &c);
+    free(c.body);
+  }
+  size_t cuts[] = {1, 64, 127, 128, 129, next->len / 2, next->len - 1};
+  for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+    c = (bad_case){"truncated", next->data, cuts[i], 400, NULL};
+    check_refused(&s, &c);
+  }
+  /* Bit flips anywhere: the header checksum or the payload's catches it. */
+  uint8_t *flip = xmalloc(next->len);
+  for (int i = 0; i < 120; i++) {
+    memcpy(flip, next->data, next->len);
+    uint64_t off = i < 60 ? rng_below(&rng, REPLICATE_HEADER_SIZE)
+                          : rng_below(&rng, next->len);
+    flip[off] ^= (uint8_t)(1u << rng_below(&rng, 8));
+    c = (bad_case){"bit flip", flip, next->len, 400, NULL};
+    check_refused(&s, &c);
+  }
+  memcpy(flip, next->data, next->len);
+  flip[next->len - 1] ^= 0x40;
+  c = (bad_case){"payload flip", flip, next->len, 400,
+                 "\"code\":\"REPLICATE_EPAYLOAD_CHECKSUM\""};
+  check_refused(&s, &c);
+  memcpy(flip, next->data, next->len);
+  flip[REPLICATE_HEADER_SIZE - 3] ^= 1; /* in the header checksum */
+  c = (bad_case){"header flip", flip, next->len, 400,
+                 "REPLICATE_EHEADER_CHECKSUM"};
+  check_refused(&s, &c);
+  free(flip);
+  /* Trailing bytes. */
+  uint8_t *longer = xmalloc(next->len + 1);
+  memcpy(longer, next->data, next->len);
+  longer[next->len] = 0;
+  c = (bad_case){"trailing", longer, next->len + 1, 400, "REPLICATE_ETRAILING"};
+  check_refused(&s, &c);
+  free(longer);
+
+  /* Oversized: by Content-Length, at once. */
+  c = (bad_case){"oversized", xcalloc(2u << 20), 2u << 20, 413,
+                 "\"error\":\"frame too large\""};
+  check_refused(&s, &c);
+  free(c.body);
+
+  /* zstd bombs. A frame declaring one page whose payload inflates to 2048
+   * pages: the decoder refuses it (the zstd content size is checked before
+   * decompressing). */
+  size_t raw_len = (size_t)2048 * REPLICATE_ENTRY_SIZE;
+  uint8_t *raw = xcalloc(raw_len);
+  for (uint64_t i = 0; i < 2048; i++)
+    forge_entry(raw + i * REPLICATE_ENTRY_SIZE, i, 0, 0, NULL);
+  forge_header h = forge_default(1);
+  h.before_seq = before.received.seq;
+  h.before_checksum = before.received.checksum;
+  h.before_pages = before.received.pages;
+  h.after_seq = h.before_seq + 1;
+  h.after_pages = 4096;
+  size_t bomb_len;
+  uint8_t *bomb = forge_frame_entries(&h, raw, raw_len, &bomb_len);
+  assert_true(bomb_len < 64 * 1024);
+  c = (bad_case){"bomb (lying)", bomb, bomb_len, 400, "REPLICATE_EDECOMPRESS"};
+  check_refused(&s, &c);
+  free(bomb);
+  /* The same, declared honestly: over max_frame_pages, 413. */
+  h = forge_default(2048);
+  h.after_pages = 4096;
+  bomb = forge_frame_entries(&h, raw, raw_len, &bomb_len);
+  c = (bad_case){"bomb (honest)", bomb, bomb_len, 413, "REPLICATE_ETOOBIG"};
+  check_refused(&s, &c);
+  free(bomb);
+  free(raw);
+  /* A header announcing a frame over the cap, the body never sent in full:
+   * refused from the header alone. */
+  h = forge_default(1);
+  h.compressed = 100u << 20;
+  uint8_t head[REPLICATE_HEADER_SIZE + 64] = {0};
+  forge_write_header(&h, head);
+  c = (bad_case){"announced too big", head, sizeof head, 413, NULL};
+  check_refused(&s, &c);
+
+  /* Nothing changed. */
+  http_server_status after;
+  ht_status(&s, &after);
+  assert_int_equal(after.received.seq, before.received.seq);
+  assert_int_equal(after.applied.checksum, before.applied.checksum);
+  ht_assert_image_is(dir, img, img_len);
+  free(img);
+
+  /* And the standby still takes the real next frame. */
+  assert_int_equal(ht_post_frame(&s, next, NULL), 200);
+  ht_wait_applied(&s, 11);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* A well-formed frame whose pages do not give its after checksum (a faulty
+ * primary): received, fails to apply, and the standby falls back to its
+ * applied position; the real frame is then taken. */
+static void test_frame_that_does_not_apply(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 15);
+  ht_primary_run(&p, 6);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 5, NULL);
+  ht_wait_applied(&s, 5);
+  http_server_status st;
+  ht_status(&s, &st);
+
+  uint8_t *entry = xcalloc(REPLICATE_ENTRY_SIZE);
+  uint8_t page[PS];
+  memset(page, 0x5a, sizeof page);
+  forge_entry(entry, 0, loom_page_hash(0, page), 0, page);
+  forge_header h = forge_default(1);
+  h.before_seq = st.received.seq;
+  h.before_checksum = st.received.checksum;
+  h.before_pages = st.received.pages;
+  h.after_seq = h.before_seq + 1;
+  h.after_pages = st.received.pages;
+  h.after_checksum = 12345;
+  size_t len;
+  uint8_t *bad = forge_frame_entries(&h, entry, REPLICATE_ENTRY_SIZE, &len);
+  free(entry);
+  replicate_buf b = {bad, len, len};
+  assert_int_equal(ht_post_frame(&s, &b, NULL), 200);
+  for (int i = 0; i < 400; i++) {
+    ht_status(&s, &st);
+    if (st.last_apply_error)
+      break;
+    sleep_ms(5);
+  }
+  assert_int_equal(st.last_apply_error, REPLICATE_EAFTER_CHECKSUM);
+  assert_false(st.ready);
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/readyz"), NULL, &r);
+  assert_int_equal(r.status, 503);
+  ht_resp_free(&r);
+  free(bad);
+
+  assert_int_equal(ht_post_frame(&s, &p.frames[5], NULL), 200);
+  ht_wait_applied(&s, 6);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Load bounds */
+
+static void test_upload_limit(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 16);
+  ht_primary_run(&p, 2);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
+                             .max_uploads = 1};
+  ht_start(&s, &opt);
+
+  /* A slow client holds the only upload slot. */
+  int fd = raw_connect(&s);
+  const char *head = "POST /v1/frames HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 100000\r\n\r\n";
+  raw_send(fd, head, strlen(head));
+  raw_send(fd, "0123456789", 10);
+  sleep_ms(300);
+  ht_req req = {.body = p.frames[0].data, .body_len = p.frames[0].len};
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 503);
+  assert_string_equal(r.retry_after, "1");
+  ht_assert_has(&r, "too many uploads");
+  ht_resp_free(&r);
+  /* Reads are not uploads. */
+  ht_call("GET", ht_url(&s, "/healthz"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"status\":\"ok\"");
+  ht_resp_free(&r);
+  close(fd);
+  sleep_ms(300);
+  assert_int_equal(ht_post_frame(&s, &p.frames[0], NULL), 200);
+
+  /* A chunked body over the cap: refused once the bytes say so. */
+  ht_stop(&s);
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
+                              .max_frame_bytes = 256 * 1024};
+  ht_start(&s, &opt);
+  /* (A real frame's header, so the header check passes, then too much.) */
+  uint8_t *big = xcalloc(1u << 20);
+  memcpy(big, p.frames[1].data, p.frames[1].len);
+  upload("POST", ht_url(&s, "/v1/frames"), NULL, big, 1u << 20, 0, true, &r);
+  assert_int_equal(r.status, 413);
+  ht_resp_free(&r);
+  free(big);
+  /* A real frame sent chunked is fine. */
+  upload("POST", ht_url(&s, "/v1/frames"), NULL, p.frames[1].data,
+         p.frames[1].len, 0, true, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+  ht_stop(&s);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* Does /healthz answer 200 within ms (the server releases a closed
+ * connection's slot a moment after it sees the close)? */
+static bool healthz_within(ht_server *s, int ms)
+{
+  for (int waited = 0; waited < ms; waited += 50) {
+    ht_resp r;
+    ht_call("GET", ht_url(s, "/healthz"), NULL, &r);
+    bool ok = r.curl_rc == CURLE_OK && r.status == 200;
+    ht_resp_free(&r);
+    if (ok)
+      return true;
+    sleep_ms(50);
+  }
+  return false;
+}
+
+static void test_connection_limits(void **state)
+{
+  (void)state;
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
+                             .connection_timeout_seconds = 1,
+                             .per_ip_connection_limit = 2};
+  ht_start(&s, &opt);
+  /* An idle connection is closed after the timeout. */
+  int idle = raw_connect(&s);
+  assert_true(raw_closed_within(idle, 4000));
+  close(idle);
+
+  /* Two connections from one address at most. (The server may count the
+   * idle one a little longer: reconnect until both are held.) */
+  int a = raw_connect(&s), b = raw_connect(&s);
+  for (int i = 0; i < 20; i++) {
+    bool a_gone = raw_closed_within(a, 50), b_gone = raw_closed_within(b, 50);
+    if (!a_gone && !b_gone)
+      break;
+    if (a_gone) {
+      close(a);
+      a = raw_connect(&s);
+    }
+    if (b_gone) {
+      close(b);
+      b = raw_connect(&s);
+    }
+  }
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/healthz"), NULL, &r);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  ht_resp_free(&r);
+  close(a);
+  close(b);
+  assert_true(healthz_within(&s, 3000));
+  ht_stop(&s);
+
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
+                              .connection_limit = 1};
+  ht_start(&s, &opt);
+  a = raw_connect(&s);
+  sleep_ms(100);
+  ht_call("GET", ht_url(&s, "/healthz"), NULL, &r);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  ht_resp_free(&r);
+  close(a);
+  assert_true(healthz_within(&s, 3000));
+  ht_stop(&s);
+  ht_rmdir(dir);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Base images */
+
+static void test_base_image(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 17);
+  ht_primary_run(&p, 20);
+  size_t slen;
+  loom_position spos;
+  uint8_t *stream = primary_stream(&p, &slen, &spos);
+  assert_int_equal(spos.seq, 20);
+  ht_primary_run(&p, 10);
+  size_t slen2;
+  loom_position spos2;
+  uint8_t *stream2 = primary_stream(&p, &slen2, &spos2);
+
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  /* A frame the fresh standby cannot take: it needs a base. */
+  assert_int_equal(ht_post_frame(&s, &p.frames[20], NULL), 409);
+
+  ht_resp r;
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream, slen, 0, false, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"applied\":{\"epoch\":1,\"seq\":20,");
+  ht_resp_free(&r);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.applied.seq, 20);
+  assert_int_equal(st.received.seq, 20);
+  assert_int_equal(st.applied.checksum, spos.checksum);
+  ht_assert_image_is(dir, stream + LOOM_STREAM_HEADER,
+                     slen - LOOM_STREAM_HEADER);
+
+  /* Refused bases leave the image as it is. */
+  uint8_t *bad = xmalloc(slen2);
+  memcpy(bad, stream2, slen2);
+  bad[LOOM_STREAM_HEADER + PS + 100] ^= 1;
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, bad, slen2, 0, false, &r);
+  assert_int_equal(r.status, 400);
+  ht_assert_has(&r, "checksum");
+  ht_resp_free(&r);
+  memcpy(bad, stream2, slen2);
+  bad[3] ^= 1;
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, bad, slen2, 0, false, &r);
+  assert_int_equal(r.status, 400);
+  ht_assert_has(&r, "malformed image stream header");
+  ht_resp_free(&r);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2 - 100, 0, false,
+         &r);
+  assert_int_equal(r.status, 400);
+  ht_resp_free(&r);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2 - 100, 0, true,
+         &r);
+  assert_int_equal(r.status, 400);
+  ht_assert_has(&r, "truncated image stream");
+  ht_resp_free(&r);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, LOOM_STREAM_HEADER / 2,
+         0, true, &r);
+  assert_int_equal(r.status, 400);
+  ht_resp_free(&r);
+  free(bad);
+  uint8_t *more = xcalloc(slen2 + PS);
+  memcpy(more, stream2, slen2);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, more, slen2 + PS, 0, true, &r);
+  assert_int_equal(r.status, 400);
+  ht_assert_has(&r, "bytes after the last page");
+  ht_resp_free(&r);
+  free(more);
+  /* Cut off in the middle of the transfer. */
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2, slen2 / 2, false,
+         &r);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  ht_resp_free(&r);
+  for (int i = 0; i < 200; i++) {
+    ht_status(&s, &st);
+    if (!st.replay_paused)
+      break;
+    sleep_ms(10);
+  }
+  assert_false(st.replay_paused);
+  assert_int_equal(st.applied.seq, 20);
+  ht_assert_image_is(dir, stream + LOOM_STREAM_HEADER,
+                     slen - LOOM_STREAM_HEADER);
+
+  /* Frames continue from the base. */
+  post_range(&s, &p, 20, 30, NULL);
+  ht_wait_applied(&s, 30);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+
+  /* A base on a standby that already has frames replaces its image. */
+  char *dir2 = ht_tmpdir("standby2");
+  ht_start_standby(&s, dir2);
+  post_range(&s, &p, 0, 3, NULL);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2, 0, false, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+  ht_stop(&s);
+  ht_assert_same_image(p.dir, dir2);
+
+  /* An image over max_image_pages: 413, by Content-Length or by header. */
+  http_server_options small = {.role = HTTP_ROLE_STANDBY, .dir = dir2,
+                               .max_image_pages = 2};
+  ht_start(&s, &small);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2, 0, false, &r);
+  assert_int_equal(r.status, 413);
+  ht_assert_has(&r, "\"error\":\"image too large\"");
+  ht_resp_free(&r);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2, 0, true, &r);
+  assert_int_equal(r.status, 413);
+  ht_resp_free(&r);
+  ht_stop(&s);
+  ht_assert_same_image(p.dir, dir2);
+
+  free(stream);
+  free(stream2);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+  ht_rmdir(dir2);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Promotion */
+
+static void test_promote(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 18);
+  ht_primary_run(&p, 8);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 5, NULL);
+
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/promote"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"role\":\"primary\"");
+  ht_assert_has(&r, "\"epoch\":2");
+  ht_assert_has(&r, "\"applied\":{\"epoch\":2,\"seq\":5,");
+  ht_resp_free(&r);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.role, HTTP_ROLE_PRIMARY);
+  assert_int_equal(st.applied.epoch, 2);
+  assert_int_equal(st.applied.seq, 5);
+
+  /* The old primary's frames and heartbeats: 409 stale epoch. */
+  ht_req req = {.body = p.frames[5].data, .body_len = p.frames[5].len};
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"stale epoch\"");
+  ht_assert_has(&r, "\"frame_epoch\":1");
+  ht_assert_has(&r, "\"epoch\":2");
+  ht_resp_free(&r);
+  assert_int_equal(ht_post_frame(&s, &p.frames[2], NULL), 409);
+  replicate_buf hb = {0};
+  replicate_point latest = {8, 1, 1};
+  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest, 1, 2, &hb), 0);
+  assert_int_equal(ht_post_frame(&s, &hb, NULL), 409);
+  replicate_buf_free(&hb);
+
+  ht_call("POST", ht_url(&s, "/v1/promote"), NULL, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "already primary");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"role\":\"primary\"");
+  ht_assert_has(&r, "\"epoch\":2");
+  ht_assert_has(&r, "\"fenced\":false");
+  ht_assert_has(&r, "\"standbys\":[]");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/readyz"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+  /* A backup of the promoted node carries the new epoch. */
+  ht_call("GET", ht_url(&s, "/v1/backup"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  loom_position bpos;
+  ht_check_stream(r.body, r.len, &bpos);
+  assert_int_equal(bpos.epoch, 2);
+  assert_int_equal(bpos.seq, 5);
+  ht_resp_free(&r);
+  ht_stop(&s);
+
+  /* Durable: the epoch survives a restart, and the old frames stay out. */
+  loom_position pos;
+  assert_int_equal(loom_inspect(dir, &pos), 0);
+  assert_int_equal(pos.epoch, 2);
+  assert_int_equal(pos.seq, 5);
+  ht_start_standby(&s, dir);
+  req.body = p.frames[5].data;
+  req.body_len = p.frames[5].len;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"stale epoch\"");
+  ht_resp_free(&r);
+  /* And so is a base image of the old epoch. */
+  size_t slen;
+  loom_position spos;
+  uint8_t *stream = primary_stream(&p, &slen, &spos);
+  assert_int_equal(spos.epoch, 1);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, stream, slen, 0, false, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"stale epoch\"");
+  ht_assert_has(&r, "\"image_epoch\":1");
+  ht_resp_free(&r);
+  free(stream);
+  ht_stop(&s);
+  assert_int_equal(loom_inspect(dir, &pos), 0);
+  assert_int_equal(pos.epoch, 2);
+  assert_int_equal(pos.seq, 5);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Restart, recovery, disk full, graceful stop, coalesced frames */
+
+static void test_restart_and_recovery(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 19);
+  ht_primary_run(&p, 16);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 10, NULL);
+  ht_stop(&s);
+  ht_start_standby(&s, dir);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 10);
+  assert_int_equal(st.applied.seq, 10);
+  post_range(&s, &p, 10, 16, NULL);
+  ht_wait_applied(&s, 16);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+
+  /* Frames durable in the receive log but never applied (a standby killed
+   * right after answering): applied on the next start. */
+  char *dir2 = ht_tmpdir("standby2");
+  loom_store *store;
+  assert_int_equal(loom_store_open(dir2, LOOM_CREATE, NULL, &store), 0);
+  assert_int_equal(loom_store_close(store), 0);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(dir2, NULL, NULL, &log), 0);
+  for (size_t i = 0; i < 16; i++)
+    assert_int_equal(replicate_log_append(log, p.frames[i].data,
+                                          p.frames[i].len), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  ht_start_standby(&s, dir2);
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 16);
+  ht_wait_applied(&s, 16);
+  ht_stop(&s);
+  ht_assert_same_image(p.dir, dir2);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+  ht_rmdir(dir2);
+}
+
+static void test_disk_full(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 20);
+  ht_primary_run(&p, 8);
+  char *dir = ht_tmpdir("standby");
+  iosim *sim;
+  assert_int_equal(iosim_create(NULL, &sim), 0);
+  ht_server s;
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
+                             .io = iosim_io(sim)};
+  ht_start(&s, &opt);
+  post_range(&s, &p, 0, 5, NULL);
+  ht_wait_applied(&s, 5);
+  sleep_ms(200); /* let the applier's sync and trim finish */
+  size_t img_len;
+  uint8_t *img = ht_read_image(dir, &img_len);
+
+  /* The next write fails: the disk is full. */
+  iosim_fault f = {.kind = IOSIM_FAIL, .err = ENOSPC, .by_type = 1,
+                   .op = LOOM_IO_PWRITE,
+                   .index = iosim_count_op(sim, LOOM_IO_PWRITE)};
+  assert_int_equal(iosim_fault_add(sim, &f), 0);
+  ht_req req = {.body = p.frames[5].data, .body_len = p.frames[5].len};
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 507);
+  ht_assert_has(&r, "\"error\":\"disk full\"");
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":5,");
+  ht_resp_free(&r);
+  assert_true(iosim_faults_injected(sim) >= 1);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 5);
+  ht_assert_image_is(dir, img, img_len);
+  free(img);
+
+  /* Another I/O error: 500, nothing received. */
+  f = (iosim_fault){.kind = IOSIM_FAIL, .err = EIO, .by_type = 1,
+                    .op = LOOM_IO_PWRITE,
+                    .index = iosim_count_op(sim, LOOM_IO_PWRITE)};
+  assert_int_equal(iosim_fault_add(sim, &f), 0);
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 500);
+  ht_assert_has(&r, "\"code\":\"EIO\"");
+  ht_resp_free(&r);
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 5);
+
+  /* Space again: the same frame goes through, nothing was lost. */
+  post_range(&s, &p, 5, 8, NULL);
+  ht_wait_applied(&s, 8);
+  ht_stop(&s);
+  iosim_destroy(sim);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+static void test_graceful_stop(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 512, 21);
+  for (int i = 0; i < 40; i++)
+    ht_primary_commit(&p, 40, 200);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 40, NULL);
+  /* Stop at once: everything received is applied before stop returns. */
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+static void test_coalesced_frame(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 22);
+  ht_primary_run(&p, 20);
+  replicate_decoder *dec;
+  replicate_coalescer *co;
+  assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
+  assert_int_equal(replicate_coalescer_new(0, &co), 0);
+  for (size_t i = 5; i < 12; i++) {
+    replicate_frame f;
+    assert_int_equal(replicate_frame_decode(dec, p.frames[i].data,
+                                            p.frames[i].len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(co, &f), 0);
+  }
+  replicate_buf merged = {0};
+  assert_int_equal(replicate_coalescer_finish(co, p.enc, &merged), 0);
+
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 5, NULL);
+  ht_req req = {.body = merged.data, .body_len = merged.len};
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"applied\":{\"epoch\":1,\"seq\":12,");
+  ht_resp_free(&r);
+  /* Again: a duplicate. */
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"duplicate\":true");
+  ht_resp_free(&r);
+  post_range(&s, &p, 12, 20, NULL);
+  ht_wait_applied(&s, 20);
+  ht_stop(&s);
+  /* And after a restart the receive log is consistent. */
+  ht_start_standby(&s, dir);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.received.seq, 20);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  replicate_buf_free(&merged);
+  replicate_coalescer_free(co);
+  replicate_decoder_free(dec);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Status, metrics, health */
+
+/* Every sample in a Prometheus text body follows its HELP and TYPE, and
+ * counters end in _total. */
+static void check_exposition(const char *text)
+{
+  char family[128] = "";
+  bool help = false, type = false;
+  const char *line = text;
+  while (*line) {
+    const char *end = strchr(line, '\n');
+    assert_non_null(end); /* every line ends with a newline */
+    char buf[1024];
+    size_t n = (size_t)(end - line);
+    assert_true(n < sizeof buf);
+    memcpy(buf, line, n);
+    buf[n] = 0;
+    char name[128], kind[32];
+    if (sscanf(buf, "# HELP %127s", name) == 1) {
+      snprintf(family, sizeof family, "%s", name);
+      help = true;
+      type = false;
+    } else if (sscanf(buf, "# TYPE %127s %31s", name, kind) == 2) {
+      assert_string_equal(name, family);
+      assert_true(help);
+      type = true;
+      if (strcmp(kind, "counter") == 0)
+        assert_non_null(strstr(name, "_total"));
+      else
+        assert_string_equal(kind, "gauge");
+    } else {
+      size_t len = strcspn(buf, "{ ");
+      if (len != strlen(family) || strncmp(buf, family, len) != 0)
+        fail_msg("sample %s outside its family %s", buf, family);
+      assert_true(type);
+    }
+    line = end + 1;
+  }
+}
+
+static void test_status_metrics_health(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 23);
+  ht_primary_run(&p, 3);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 3, NULL);
+  ht_wait_applied(&s, 3);
+  loom_position pos;
+  ht_primary_position(&p, &pos);
+
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  char want[160];
+  snprintf(want, sizeof want,
+           "\"applied\":{\"epoch\":1,\"seq\":3,\"checksum\":\"%016llx\","
+           "\"pages\":%llu,\"at\":\"",
+           (unsigned long long)pos.checksum, (unsigned long long)pos.pages);
+  ht_assert_has(&r, "{\"role\":\"standby\",\"epoch\":1,");
+  ht_assert_has(&r, want);
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":3,");
+  ht_assert_has(&r, "\"primary_seq\":3,");
+  ht_assert_has(&r, "\"lag\":{\"frames\":0,\"bytes\":0,\"seconds\":0}");
+  ht_assert_has(&r, "\"replay_paused\":false");
+  ht_assert_has(&r, "\"ready\":true");
+  ht_assert_has(&r, "\"uptime_seconds\":");
+  ht_assert_has(&r, "\"backup\":{\"in_progress\":0,\"position\":null}");
+  ht_resp_free(&r);
+  ht_call("HEAD", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.len, 0);
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/readyz"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/healthz"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_resp_free(&r);
+
+  /* A heartbeat says the primary is at 10 since 30 s: lag, not ready. */
+  replicate_buf hb = {0};
+  replicate_point latest = {10, 77, pos.pages};
+  int64_t now = http_now_ns();
+  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest,
+                                                    now - 30000000000LL, now,
+                                                    &hb), 0);
+  assert_int_equal(ht_post_frame(&s, &hb, NULL), 200);
+  replicate_buf_free(&hb);
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  ht_assert_has(&r, "\"primary_seq\":10,");
+  ht_assert_has(&r, "\"lag\":{\"frames\":7,\"bytes\":0,\"seconds\":3");
+  ht_assert_has(&r, "\"ready\":false");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/readyz"), NULL, &r);
+  assert_int_equal(r.status, 503);
+  ht_assert_has(&r, "\"ready\":false");
+  ht_assert_has(&r, "lag above the threshold");
+  ht_resp_free(&r);
+
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+  check_exposition((const char *)r.body);
+  ht_assert_has(&r, "# TYPE loomship_info gauge\nloomship_info{version=\""
+                    LOOMSHIP_VERSION "\",role=\"standby\"} 1\n");
+  ht_assert_has(&r, "\nloomship_applied_seq 3\n");
+  ht_assert_has(&r, "\nloomship_received_seq 3\n");
+  ht_assert_has(&r, "\nloomship_primary_seq 10\n");
+  ht_assert_has(&r, "\nloomship_lag_frames 7\n");
+  ht_assert_has(&r, "\nloomship_ready 0\n");
+  ht_assert_has(&r, "\nloomship_frames_received_total 3\n");
+  ht_assert_has(&r, "\nloomship_heartbeats_received_total 1\n");
+  ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/v1/frames\","
+                    "code=\"200\"} 4\n");
+  ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/readyz\","
+                    "code=\"503\"} 1\n");
+  ht_resp_free(&r);
+
+  /* Unknown paths and wrong methods. */
+  ht_call("GET", ht_url(&s, "/v1/nope"), NULL, &r);
+  assert_int_equal(r.status, 404);
+  ht_assert_has(&r, "\"error\":\"no such endpoint\"");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/v1/frames"), NULL, &r);
+  assert_int_equal(r.status, 405);
+  assert_string_equal(r.allow, "POST");
+  ht_resp_free(&r);
+  ht_call("DELETE", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_int_equal(r.status, 405);
+  assert_string_equal(r.allow, "GET, HEAD");
+  ht_resp_free(&r);
+  ht_call("POST", ht_url(&s, "/v1/base"), NULL, &r);
+  assert_int_equal(r.status, 405);
+  assert_string_equal(r.allow, "PUT");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"other\","
+                    "code=\"404\"} 1\n");
+  ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/v1/frames\","
+                    "code=\"405\"} 1\n");
+  ht_resp_free(&r);
+
+  ht_stop(&s);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+static void test_start_errors(void **state)
+{
+  (void)state;
+  http_server *srv = NULL;
+  http_server_options opt = {0};
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_EINVAL);
+  opt.role = HTTP_ROLE_STANDBY;
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_EINVAL);
+  opt.role = HTTP_ROLE_PRIMARY;
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_EINVAL);
+  char *dir = ht_tmpdir("standby");
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
+                              .tls_cert_file = "/nonexistent"};
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_ETLS);
+
+  /* The directory is locked by its server; the port is taken. */
+  ht_server s;
+  ht_start_standby(&s, dir);
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir};
+  assert_int_equal(http_server_start(&opt, &srv), LOOM_ELOCKED);
+  char *dir2 = ht_tmpdir("standby2");
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir2,
+                              .listen_port = http_server_port(s.server)};
+  assert_int_equal(http_server_start(&opt, &srv), EADDRINUSE);
+  ht_stop(&s);
+  assert_non_null(http_strerror(HTTP_EDAEMON));
+  assert_int_equal(http_server_stop(NULL), 0);
+  ht_rmdir(dir);
+  ht_rmdir(dir2);
+}
+
+int main(void)
+{
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (getenv("HTTP_TEST_FILTER")) /* run only the tests matching a pattern */
+    cmocka_set_test_filter(getenv("HTTP_TEST_FILTER"));
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_frames_in_order),
+      cmocka_unit_test(test_duplicate_and_gap),
+      cmocka_unit_test(test_token),
+      cmocka_unit_test(test_malformed_bodies),
+      cmocka_unit_test(test_frame_that_does_not_apply),
+      cmocka_unit_test(test_upload_limit),
+      cmocka_unit_test(test_connection_limits),
+      cmocka_unit_test(test_base_image),
+      cmocka_unit_test(test_promote),
+      cmocka_unit_test(test_restart_and_recovery),
+      cmocka_unit_test(test_disk_full),
+      cmocka_unit_test(test_graceful_stop),
+      cmocka_unit_test(test_coalesced_frame),
+      cmocka_unit_test(test_status_metrics_health),
+      cmocka_unit_test(test_start_errors),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  curl_global_cleanup();
+  return rc;
+}

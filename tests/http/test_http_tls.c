@@ -1,0 +1,117 @@
+/*
+ * test_http_tls.c: the server over TLS, with a self-signed certificate
+ * made for 127.0.0.1 by `openssl req -x509` in the test (skipped when
+ * openssl is not installed): frames and a backup round trip, a plain HTTP
+ * client refused, and bad certificate options refused at start.
+ */
+#include <errno.h>
+#include <unistd.h>
+
+#include "httptest.h"
+
+static bool make_cert(const char *dir, char **cert, char **key)
+{
+  if (system("command -v openssl >/dev/null 2>&1") != 0)
+    return false;
+  *cert = ht_path(dir, "cert.pem");
+  *key = ht_path(dir, "key.pem");
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+           "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 "
+           "-keyout '%s' -out '%s' >/dev/null 2>&1",
+           *key, *cert);
+  assert_int_equal(system(cmd), 0);
+  return true;
+}
+
+static void test_tls_round_trip(void **state)
+{
+  (void)state;
+  char *tmp = ht_tmpdir("tls");
+  char *cert = NULL, *key = NULL;
+  if (!make_cert(tmp, &cert, &key)) {
+    ht_rmdir(tmp);
+    skip();
+  }
+  ht_primary p;
+  ht_primary_open(&p, 128, 41);
+  ht_primary_run(&p, 6);
+  char *dir = ht_tmpdir("standby");
+  static const char token[] = "tls-token";
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
+                             .token = (const uint8_t *)token, .token_len = 9,
+                             .tls_cert_file = cert, .tls_key_file = key};
+  ht_server s;
+  ht_start(&s, &opt);
+  assert_true(strncmp(s.base, "https://", 8) == 0);
+
+  for (size_t i = 0; i < p.nframes; i++) {
+    ht_req req = {.token = token, .body = p.frames[i].data,
+                  .body_len = p.frames[i].len, .cainfo = cert};
+    ht_resp r;
+    ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+    assert_int_equal(r.curl_rc, CURLE_OK);
+    assert_int_equal(r.status, 200);
+    ht_resp_free(&r);
+  }
+  ht_wait_applied(&s, p.nframes);
+  ht_req req = {.token = token, .cainfo = cert};
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/v1/backup"), &req, &r);
+  assert_int_equal(r.status, 200);
+  loom_position pos;
+  ht_check_stream(r.body, r.len, &pos);
+  assert_int_equal(pos.seq, p.nframes);
+  ht_assert_image_is(dir, r.body + LOOM_STREAM_HEADER,
+                     r.len - LOOM_STREAM_HEADER);
+  ht_resp_free(&r);
+
+  /* Plain HTTP to the TLS port gets no answer. */
+  char plain[128];
+  snprintf(plain, sizeof plain, "http://127.0.0.1:%u/healthz",
+           (unsigned)http_server_port(s.server));
+  ht_call("GET", plain, NULL, &r);
+  assert_true(r.curl_rc != CURLE_OK || r.status != 200);
+  ht_resp_free(&r);
+  /* A client that does not trust the certificate fails. */
+  ht_call("GET", ht_url(&s, "/healthz"), NULL, &r);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  ht_resp_free(&r);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+
+  /* Start errors: a certificate that is not one; a missing key file. */
+  char *junk = ht_path(tmp, "junk.pem");
+  FILE *f = fopen(junk, "w");
+  fputs("not a certificate\n", f);
+  fclose(f);
+  http_server *srv;
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
+                              .tls_cert_file = junk, .tls_key_file = key};
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_EDAEMON);
+  opt.tls_cert_file = cert;
+  opt.tls_key_file = "/nonexistent/key.pem";
+  assert_int_equal(http_server_start(&opt, &srv), ENOENT);
+
+  free(junk);
+  free(cert);
+  free(key);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+  ht_rmdir(tmp);
+}
+
+int main(void)
+{
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (getenv("HTTP_TEST_FILTER")) /* run only the tests matching a pattern */
+    cmocka_set_test_filter(getenv("HTTP_TEST_FILTER"));
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_tls_round_trip),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  curl_global_cleanup();
+  return rc;
+}

@@ -1,0 +1,264 @@
+/*
+ * fuzz_frame.c: a libFuzzer target for the frame decoder (and, through
+ * it, the coalescer and the encoder).
+ *
+ * Each input is decoded twice: as it is, and with its length field and
+ * both checksums fixed up so that the fuzzer gets past them to the field
+ * checks, zstd and the page entries. Whatever decodes must satisfy the
+ * decoder's promises, and coalescing it alone must give back the same
+ * pages; a broken promise aborts.
+ *
+ * Built two ways (tests/replicate/meson.build):
+ *   - with clang, `fuzz_frame` with -fsanitize=fuzzer (libFuzzer's main):
+ *         ./fuzz_frame -max_len=70000 tests/replicate/corpus
+ *   - always, `fuzz_frame_replay` with REPLICATE_FUZZ_REPLAY: a main()
+ *     that runs every file of the seed corpus (or of the directories and
+ *     files given as arguments), plus deterministic mutations of each, as
+ *     a unit test.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "replicate.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                      \
+  do {                                                                   \
+    if (!(cond)) {                                                       \
+      fprintf(stderr, "fuzz_frame: %s:%d: broken: %s\n", __FILE__,       \
+              __LINE__, #cond);                                          \
+      abort();                                                           \
+    }                                                                    \
+  } while (0)
+
+typedef struct fuzz_state {
+  replicate_decoder *dec;
+  replicate_decoder *again;
+  replicate_encoder *enc;
+  replicate_coalescer *co;
+  replicate_buf out;
+  uint8_t *scratch;
+  size_t scratch_cap;
+} fuzz_state;
+
+static fuzz_state *fuzz_get(void) {
+  static fuzz_state st;
+  if (st.dec == NULL) {
+    /* Small limits: the fuzzer explores, it does not allocate gigabytes. */
+    replicate_limits limits = {.max_frame_pages = 64,
+                               .max_image_pages = 1u << 20,
+                               .max_payload_bytes = 1u << 22};
+    CHECK(replicate_decoder_new(&limits, &st.dec) == 0);
+    CHECK(replicate_decoder_new(&limits, &st.again) == 0);
+    CHECK(replicate_encoder_new(1, &st.enc) == 0);
+    CHECK(replicate_coalescer_new(64, &st.co) == 0);
+  }
+  return &st;
+}
+
+/* The promises of a decoded frame (replicate.h, frame.c's invariants). */
+static void check_frame(const replicate_frame *f, size_t size) {
+  const replicate_frame_info *info = &f->info;
+  CHECK(info->frame_size == size);
+  CHECK(info->page_count <= 64);
+  CHECK(info->page_count <= info->after.pages);
+  if (info->kind == REPLICATE_KIND_HEARTBEAT) {
+    CHECK(info->page_count == 0 && info->flags == 0);
+    return;
+  }
+  CHECK(info->kind == REPLICATE_KIND_COMMIT);
+  CHECK(info->after.seq > info->before.seq);
+  uint64_t previous = 0;
+  for (uint64_t i = 0; i < info->page_count; i++) {
+    replicate_page page;
+    replicate_frame_get_page(f, i, &page);
+    CHECK(i == 0 || page.page_number > previous);
+    CHECK(page.page_number < info->after.pages);
+    CHECK(page.encoding == REPLICATE_PAGE_WHOLE ||
+          (page.encoding == REPLICATE_PAGE_XOR &&
+           page.page_number < info->before.pages));
+    previous = page.page_number;
+  }
+}
+
+/* A frame coalesced alone is the same frame (pages, hashes, contents). */
+static void check_coalesce_alone(fuzz_state *st, const replicate_frame *f) {
+  if (f->info.kind != REPLICATE_KIND_COMMIT) {
+    CHECK(replicate_coalescer_add(st->co, f) == REPLICATE_EKIND);
+    return;
+  }
+  CHECK(replicate_coalescer_add(st->co, f) == 0);
+  CHECK(replicate_coalescer_finish(st->co, st->enc, &st->out) == 0);
+  replicate_frame g;
+  CHECK(replicate_frame_decode(st->again, st->out.data, st->out.len, &g) == 0);
+  CHECK(g.info.page_count == f->info.page_count);
+  CHECK(g.info.before.seq == f->info.before.seq);
+  CHECK(g.info.after.seq == f->info.after.seq);
+  CHECK(g.info.before.checksum == f->info.before.checksum);
+  CHECK(g.info.after.checksum == f->info.after.checksum);
+  CHECK(g.info.after.pages == f->info.after.pages);
+  CHECK(g.info.flags == f->info.flags);
+  for (uint64_t i = 0; i < f->info.page_count; i++) {
+    replicate_page a, b;
+    replicate_frame_get_page(f, i, &a);
+    replicate_frame_get_page(&g, i, &b);
+    CHECK(a.page_number == b.page_number && a.hash == b.hash &&
+          a.encoding == b.encoding);
+    CHECK(memcmp(a.contents, b.contents, LOOM_PAGE_SIZE) == 0);
+  }
+}
+
+static void exercise(fuzz_state *st, const uint8_t *data, size_t size) {
+  replicate_frame_info info;
+  int rc = replicate_frame_parse_header(data, size, NULL, &info);
+  CHECK(rc <= 0 && (rc == 0 || rc > REPLICATE_ELAST));
+  replicate_frame f;
+  rc = replicate_frame_decode(st->dec, data, size, &f);
+  CHECK(rc <= 0);
+  if (rc == 0) {
+    check_frame(&f, size);
+    check_coalesce_alone(st, &f);
+  }
+}
+
+static void put_le64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  fuzz_state *st = fuzz_get();
+  exercise(st, data, size);
+  if (size < REPLICATE_HEADER_SIZE) return 0;
+  /* Fix up the compressed size and both checksums (docs/FRAME.md). */
+  if (st->scratch_cap < size) {
+    free(st->scratch);
+    st->scratch = malloc(size);
+    CHECK(st->scratch != NULL);
+    st->scratch_cap = size;
+  }
+  uint8_t *f = st->scratch;
+  memcpy(f, data, size);
+  size_t payload = size - REPLICATE_HEADER_SIZE;
+  put_le64(f + 96, payload);
+  put_le64(f + 112, XXH3_64bits(f + REPLICATE_HEADER_SIZE, payload));
+  put_le64(f + 120, XXH3_64bits(f, 120));
+  exercise(st, f, size);
+  return 0;
+}
+
+#ifdef REPLICATE_FUZZ_REPLAY
+/* ---------------------------------------------------------------------- */
+/* The replay driver: seeds and deterministic mutations of them. */
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static size_t runs;
+
+static void replay(const uint8_t *data, size_t size, uint64_t seed) {
+  LLVMFuzzerTestOneInput(data, size);
+  runs++;
+  uint8_t *m = malloc(size + 16);
+  CHECK(m != NULL);
+  for (int round = 0; round < 300; round++) {
+    memcpy(m, data, size);
+    size_t len = size;
+    int edits = 1 + (int)(splitmix(&seed) % 4);
+    for (int e = 0; e < edits && len > 0; e++) {
+      uint64_t r = splitmix(&seed);
+      size_t at = (size_t)(r >> 8) % len;
+      switch (r % 4) {
+      case 0: m[at] ^= (uint8_t)(1u << (r >> 40) % 8); break; /* bit flip */
+      case 1: m[at] = (uint8_t)(r >> 48); break;            /* byte set */
+      case 2: len = at; break;                              /* truncate */
+      default:                                              /* extend */
+        if (len < size + 16) m[len++] = (uint8_t)(r >> 32);
+        break;
+      }
+    }
+    LLVMFuzzerTestOneInput(m, len);
+    runs++;
+  }
+  free(m);
+}
+
+static int replay_file(const char *path, uint64_t seed) {
+  FILE *fp = fopen(path, "rb");
+  if (fp == NULL) {
+    perror(path);
+    return 1;
+  }
+  fseek(fp, 0, SEEK_END);
+  long size = ftell(fp);
+  fseek(fp, 0, SEEK_SET);
+  uint8_t *data = malloc(size > 0 ? (size_t)size : 1);
+  CHECK(data != NULL);
+  size_t got = fread(data, 1, (size_t)size, fp);
+  fclose(fp);
+  replay(data, got, seed);
+  free(data);
+  return 0;
+}
+
+static int replay_path(const char *path, int *files) {
+  struct stat sb;
+  if (stat(path, &sb) != 0) {
+    perror(path);
+    return 1;
+  }
+  if (!S_ISDIR(sb.st_mode)) {
+    (*files)++;
+    return replay_file(path, (uint64_t)*files);
+  }
+  DIR *d = opendir(path);
+  if (d == NULL) {
+    perror(path);
+    return 1;
+  }
+  int failed = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char full[4096];
+    snprintf(full, sizeof full, "%s/%s", path, e->d_name);
+    (*files)++;
+    failed |= replay_file(full, (uint64_t)*files);
+  }
+  closedir(d);
+  return failed;
+}
+
+int main(int argc, char **argv) {
+  int files = 0, failed = 0;
+  if (argc > 1) {
+    for (int i = 1; i < argc; i++) failed |= replay_path(argv[i], &files);
+  } else {
+    failed = replay_path(REPLICATE_FUZZ_CORPUS, &files);
+  }
+  fuzz_state *st = fuzz_get();
+  replicate_decoder_free(st->dec);
+  replicate_decoder_free(st->again);
+  replicate_encoder_free(st->enc);
+  replicate_coalescer_free(st->co);
+  replicate_buf_free(&st->out);
+  free(st->scratch);
+  printf("fuzz_frame replay: %d seed files, %zu inputs run\n", files, runs);
+  if (files == 0) {
+    fprintf(stderr, "no seed inputs found\n");
+    return 1;
+  }
+  return failed;
+}
+#endif

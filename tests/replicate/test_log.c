@@ -1,0 +1,768 @@
+/*
+ * test_log.c: the replication log: append, read back, reopen, torn tails,
+ * damage, retention, the byte cap, and I/O faults injected through a
+ * loom_io wrapper.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "loom_io.h"
+#include "replicate_testlib.h"
+
+/* ---------------------------------------------------------------------- */
+/* A loom_io that counts operations and fails the one we choose. */
+
+typedef struct fault_io {
+  loom_io io;
+  const loom_io *base;
+  int fail_at[LOOM_IO_OP_COUNT];    /* calls to let pass before failing; -1 */
+  int fail_errno[LOOM_IO_OP_COUNT];
+  bool short_write;                 /* a failing pwrite writes half first */
+  int counts[LOOM_IO_OP_COUNT];
+  int dir_fsyncs;                   /* fsyncs of directories */
+} fault_io;
+
+static bool should_fail(fault_io *f, loom_io_op op, int *err) {
+  f->counts[op]++;
+  if (f->fail_at[op] < 0) return false;
+  if (f->fail_at[op]-- != 0) return false;
+  *err = f->fail_errno[op];
+  return true;
+}
+
+static int fio_open(void *ctx, int dirfd, const char *name, int flags, mode_t mode) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_OPEN, &err)) return -err;
+  return f->base->open(f->base->ctx, dirfd, name, flags, mode);
+}
+static ssize_t fio_pread(void *ctx, int fd, void *buf, size_t len, off_t off) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_PREAD, &err)) return -err;
+  return f->base->pread(f->base->ctx, fd, buf, len, off);
+}
+static ssize_t fio_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t off) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_PWRITE, &err)) {
+    if (f->short_write && len > 1)
+      f->base->pwrite(f->base->ctx, fd, buf, len / 2, off);
+    return -err;
+  }
+  return f->base->pwrite(f->base->ctx, fd, buf, len, off);
+}
+static int fio_fsync(void *ctx, int fd) {
+  fault_io *f = ctx;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) f->dir_fsyncs++;
+  int err;
+  if (should_fail(f, LOOM_IO_FSYNC, &err)) return -err;
+  return f->base->fsync(f->base->ctx, fd);
+}
+static int fio_ftruncate(void *ctx, int fd, off_t len) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_FTRUNCATE, &err)) return -err;
+  return f->base->ftruncate(f->base->ctx, fd, len);
+}
+static int fio_rename(void *ctx, int a, const char *b, int c, const char *d) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_RENAME, &err)) return -err;
+  return f->base->rename(f->base->ctx, a, b, c, d);
+}
+static int fio_unlink(void *ctx, int dirfd, const char *name, int flags) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_UNLINK, &err)) return -err;
+  return f->base->unlink(f->base->ctx, dirfd, name, flags);
+}
+static int fio_close(void *ctx, int fd) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_CLOSE, &err)) return -err;
+  return f->base->close(f->base->ctx, fd);
+}
+static int fio_mkdir(void *ctx, int dirfd, const char *name, mode_t mode) {
+  fault_io *f = ctx;
+  int err;
+  if (should_fail(f, LOOM_IO_MKDIR, &err)) return -err;
+  return f->base->mkdir(f->base->ctx, dirfd, name, mode);
+}
+
+static void fault_io_init(fault_io *f) {
+  memset(f, 0, sizeof *f);
+  f->base = loom_io_posix();
+  for (int op = 0; op < LOOM_IO_OP_COUNT; op++) f->fail_at[op] = -1;
+  f->io = (loom_io){f, fio_open, fio_pread, fio_pwrite, fio_fsync,
+                    fio_ftruncate, fio_rename, fio_unlink, fio_close, fio_mkdir,
+                    NULL};
+}
+
+/* Fail the op's call after `countdown` more calls pass, with err. */
+static void fault_arm(fault_io *f, loom_io_op op, int countdown, int err) {
+  f->fail_at[op] = countdown;
+  f->fail_errno[op] = err;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Fixtures: a temporary image directory and a chain of small frames. */
+
+typedef struct fixture {
+  char dir[64];
+  char replog[96];
+  replicate_buf *frames; /* frames[i] has seq i + 1 */
+  size_t count;
+} fixture;
+
+static void make_frames(fixture *fx, size_t count, uint64_t epoch) {
+  test_rng r = {count};
+  model m;
+  model_init(&m, epoch, 0, 0);
+  model_fill_random(&m, 4, &r);
+  replicate_encoder *enc;
+  assert_int_equal(replicate_encoder_new(1, &enc), 0);
+  fx->frames = xcalloc(count * sizeof *fx->frames);
+  fx->count = count;
+  uint64_t nums[1];
+  uint8_t *news = xmalloc(PS);
+  for (size_t i = 0; i < count; i++) {
+    uint64_t after;
+    workload_make(&m, WL_SPARSE, 1, &r, nums, news, &after);
+    nums[0] = i % 4;
+    memcpy(news, model_page(&m, nums[0]), PS);
+    for (int k = 0; k < 64; k++) news[rng_below(&r, PS)] ^= 0x11;
+    assert_int_equal(model_commit(&m, enc, after, 1, nums, news, &fx->frames[i]), 0);
+  }
+  free(news);
+  replicate_encoder_free(enc);
+  model_free(&m);
+}
+
+static int setup(void **state) {
+  fixture *fx = xcalloc(sizeof *fx);
+  strcpy(fx->dir, "/tmp/replog-test-XXXXXX");
+  if (mkdtemp(fx->dir) == NULL) return -1;
+  snprintf(fx->replog, sizeof fx->replog, "%s/replog", fx->dir);
+  make_frames(fx, 200, 1);
+  *state = fx;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *fx = *state;
+  test_remove_tree(fx->dir);
+  for (size_t i = 0; i < fx->count; i++) replicate_buf_free(&fx->frames[i]);
+  free(fx->frames);
+  free(fx);
+  return 0;
+}
+
+static int append_range(replicate_log *log, fixture *fx, uint64_t from_seq,
+                        uint64_t to_seq) {
+  for (uint64_t s = from_seq; s <= to_seq; s++) {
+    int rc = replicate_log_append(log, fx->frames[s - 1].data, fx->frames[s - 1].len);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+static void expect_frame(replicate_log *log, fixture *fx, uint64_t seq) {
+  replicate_buf buf = {0};
+  int rc = replicate_log_read(log, seq, &buf);
+  if (rc != 0) fail_msg("read %" PRIu64 ": %s", seq, replicate_strerror(rc));
+  assert_int_equal(buf.len, fx->frames[seq - 1].len);
+  assert_memory_equal(buf.data, fx->frames[seq - 1].data, buf.len);
+  replicate_buf_free(&buf);
+}
+
+static int read_code(replicate_log *log, uint64_t seq) {
+  replicate_buf buf = {0};
+  int rc = replicate_log_read(log, seq, &buf);
+  replicate_buf_free(&buf);
+  return rc;
+}
+
+/* The segment files, sorted; returns how many (at most max). */
+static int list_segments(fixture *fx, char names[][64], int max) {
+  DIR *d = opendir(fx->replog);
+  assert_non_null(d);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL)
+    if (strncmp(e->d_name, "seg-", 4) == 0 && n < max &&
+        strlen(e->d_name) < 64)
+      memcpy(names[n++], e->d_name, strlen(e->d_name) + 1);
+  closedir(d);
+  qsort(names, (size_t)n, 64, (int (*)(const void *, const void *))strcmp);
+  return n;
+}
+
+static off_t file_size(fixture *fx, const char *name) {
+  char path[256];
+  join_path(path, sizeof path, fx->replog, name);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  return st.st_size;
+}
+
+static void file_truncate(fixture *fx, const char *name, off_t len) {
+  char path[256];
+  join_path(path, sizeof path, fx->replog, name);
+  assert_int_equal(truncate(path, len), 0);
+}
+
+static void file_write(fixture *fx, const char *name, off_t off,
+                       const void *buf, size_t len) {
+  char path[256];
+  join_path(path, sizeof path, fx->replog, name);
+  int fd = open(path, O_WRONLY | O_CREAT, 0644);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, buf, len, off), (ssize_t)len);
+  close(fd);
+}
+
+static void file_flip(fixture *fx, const char *name, off_t off) {
+  char path[256];
+  join_path(path, sizeof path, fx->replog, name);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t b;
+  assert_int_equal(pread(fd, &b, 1, off), 1);
+  b ^= 0x40;
+  assert_int_equal(pwrite(fd, &b, 1, off), 1);
+  close(fd);
+}
+
+static void expect_range(replicate_log *log, uint64_t oldest, uint64_t newest) {
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  if (st.oldest_seq != oldest || st.newest_seq != newest)
+    fail_msg("log holds [%" PRIu64 ", %" PRIu64 "], expected [%" PRIu64
+             ", %" PRIu64 "]", st.oldest_seq, st.newest_seq, oldest, newest);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static void test_append_read_reopen(void **state) {
+  fixture *fx = *state;
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.records, 0);
+  assert_int_equal(st.newest_seq, 0);
+  assert_int_equal(read_code(log, 1), REPLICATE_ELOG_AHEAD);
+
+  assert_int_equal(append_range(log, fx, 1, 50), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.records, 50);
+  assert_int_equal(st.oldest_seq, 1);
+  assert_int_equal(st.newest_seq, 50);
+  assert_int_equal(st.newest_epoch, 1);
+  assert_int_equal(st.segments, 1);
+  for (uint64_t s = 1; s <= 50; s++) expect_frame(log, fx, s);
+  assert_int_equal(read_code(log, 51), REPLICATE_ELOG_AHEAD);
+  assert_int_equal(read_code(log, 0), REPLICATE_ELOG_GONE);
+  uint64_t bytes;
+  assert_int_equal(replicate_log_bytes_after(log, 50, &bytes), 0);
+  assert_int_equal(bytes, 0);
+  assert_int_equal(replicate_log_bytes_after(log, 49, &bytes), 0);
+  assert_int_equal(bytes, 32 + fx->frames[49].len);
+  assert_int_equal(replicate_log_close(log), 0);
+
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  expect_range(log, 1, 50);
+  /* Iterate from the middle to the end, then catch up with appends. */
+  replicate_log_iter it;
+  replicate_log_iter_init(&it, log, 20);
+  replicate_buf buf = {0};
+  uint64_t seq = 20;
+  int rc;
+  while ((rc = replicate_log_iter_next(&it, &buf)) == 0) {
+    assert_memory_equal(buf.data, fx->frames[seq - 1].data, buf.len);
+    seq++;
+  }
+  assert_int_equal(rc, REPLICATE_ELOG_AHEAD);
+  assert_int_equal(seq, 51);
+  assert_int_equal(append_range(log, fx, 51, 60), 0);
+  while ((rc = replicate_log_iter_next(&it, &buf)) == 0) seq++;
+  assert_int_equal(rc, REPLICATE_ELOG_AHEAD);
+  assert_int_equal(seq, 61);
+  replicate_buf_free(&buf);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+static void test_segments(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 2048};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 120), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  char names[256][64];
+  int files = list_segments(fx, names, 256);
+  assert_true(st.segments > 10);
+  assert_int_equal(files, (int)st.segments);
+  /* No segment grows past the limit (each holds at least one record). */
+  uint64_t total = 0;
+  for (int i = 0; i < files; i++) {
+    assert_true(file_size(fx, names[i]) <= 2048);
+    total += (uint64_t)file_size(fx, names[i]);
+  }
+  assert_int_equal(total, st.bytes);
+  assert_string_equal(names[0], "seg-00000000000000000001.log");
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, 1, 120);
+  for (uint64_t s = 1; s <= 120; s++) expect_frame(log, fx, s);
+  assert_int_equal(append_range(log, fx, 121, 130), 0);
+  expect_frame(log, fx, 130);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* Cut the newest segment at every length within its last record: the log
+ * comes back at the record before, and appending resumes from there. */
+static void test_torn_tail(void **state) {
+  fixture *fx = *state;
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 10), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  char names[4][64];
+  assert_int_equal(list_segments(fx, names, 4), 1);
+  off_t full = file_size(fx, names[0]);
+  off_t last = 32 + (off_t)fx->frames[9].len;
+  for (off_t cut = 1; cut <= last; cut += cut < 40 ? 1 : 97) {
+    file_truncate(fx, names[0], full - cut);
+    assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+    expect_range(log, 1, 9);
+    assert_int_equal(file_size(fx, names[0]), full - last);
+    assert_int_equal(append_range(log, fx, 10, 10), 0);
+    expect_frame(log, fx, 10);
+    assert_int_equal(replicate_log_close(log), 0);
+    assert_int_equal(file_size(fx, names[0]), full);
+  }
+  /* Garbage after the last record (a record's first bytes, or noise). */
+  uint8_t junk[100];
+  memset(junk, 0xee, sizeof junk);
+  memcpy(junk, "LSRC", 4);
+  file_write(fx, names[0], full, junk, sizeof junk);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  expect_range(log, 1, 10);
+  assert_int_equal(file_size(fx, names[0]), full);
+  assert_int_equal(replicate_log_close(log), 0);
+  /* The last record damaged (a torn write that reached its full length). */
+  file_flip(fx, names[0], full - 5);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  expect_range(log, 1, 9);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* A crash while creating a segment: its header is torn; it is removed. A
+ * segment created but never written to is kept and used. */
+static void test_torn_segment(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 1024};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 20), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  char names[64][64];
+  int before = list_segments(fx, names, 64);
+
+  char torn[64];
+  snprintf(torn, sizeof torn, "seg-%020d.log", 21);
+  file_write(fx, torn, 0, "LSREPLOG\x01\x00", 10);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, 1, 20);
+  assert_int_equal(list_segments(fx, names, 64), before);
+  /* Now a whole header, but no record: the segment stays and is used. */
+  assert_int_equal(replicate_log_close(log), 0);
+  uint8_t h[32];
+  memcpy(h, "LSREPLOG", 8);
+  forge_le(h + 8, 1, 4);
+  forge_le(h + 12, 0, 4);
+  forge_le(h + 16, 21, 8);
+  forge_le(h + 24, XXH3_64bits(h, 24), 8);
+  file_write(fx, torn, 0, h, sizeof h);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, 1, 20);
+  assert_int_equal(list_segments(fx, names, 64), before + 1);
+  assert_int_equal(append_range(log, fx, 21, 21), 0);
+  assert_int_equal(list_segments(fx, names, 64), before + 1);
+  expect_frame(log, fx, 21);
+  assert_int_equal(replicate_log_close(log), 0);
+  /* A header of an unknown version is not taken for a torn one. */
+  forge_le(h + 8, 2, 4);
+  forge_le(h + 16, 22, 8);
+  forge_le(h + 24, XXH3_64bits(h, 24), 8);
+  snprintf(torn, sizeof torn, "seg-%020d.log", 22);
+  file_write(fx, torn, 0, h, sizeof h);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
+                   REPLICATE_ELOG_VERSION);
+}
+
+/* Damage before the newest segment's tail is corruption, not a torn tail. */
+static void test_corrupt_middle(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 1024};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 30), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  char names[64][64];
+  int n = list_segments(fx, names, 64);
+  assert_true(n >= 3);
+  /* A record of an older segment. */
+  file_flip(fx, names[1], 32 + 40);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
+                   REPLICATE_ELOG_CORRUPT);
+  file_flip(fx, names[1], 32 + 40);
+  /* An older segment's header. */
+  file_flip(fx, names[0], 3);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
+                   REPLICATE_ELOG_CORRUPT);
+  file_flip(fx, names[0], 3);
+  /* A missing segment in the middle breaks the chain. */
+  char path[256], moved[256];
+  join_path(path, sizeof path, fx->replog, names[1]);
+  join_path(moved, sizeof moved, fx->dir, "elsewhere");
+  assert_int_equal(rename(path, moved), 0);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
+                   REPLICATE_ELOG_CORRUPT);
+  assert_int_equal(rename(moved, path), 0);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, 1, 30);
+  /* Damage found while reading. */
+  file_flip(fx, names[1], 32 + 40);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  uint64_t first_of_second;
+  assert_int_equal(sscanf(names[1], "seg-%" SCNu64 ".log", &first_of_second), 1);
+  assert_int_equal(read_code(log, first_of_second), REPLICATE_ELOG_CORRUPT);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+static void test_retention(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 2048};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 100), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  uint64_t segments = st.segments;
+
+  /* A standby acknowledged 49: it needs 50 onwards. */
+  assert_int_equal(replicate_log_retain(log, 50), 0);
+  replicate_log_get_stats(log, &st);
+  assert_true(st.oldest_seq > 1 && st.oldest_seq <= 50);
+  assert_true(st.segments < segments);
+  assert_int_equal(st.segments_dropped, segments - st.segments);
+  for (uint64_t s = st.oldest_seq; s <= 100; s++) expect_frame(log, fx, s);
+  assert_int_equal(read_code(log, st.oldest_seq - 1), REPLICATE_ELOG_GONE);
+  uint64_t bytes;
+  assert_int_equal(replicate_log_bytes_after(log, st.oldest_seq - 2, &bytes),
+                   REPLICATE_ELOG_GONE);
+  assert_int_equal(replicate_log_bytes_after(log, st.oldest_seq - 1, &bytes), 0);
+  assert_int_equal(bytes, st.bytes - 32 * st.segments);
+  char names[256][64];
+  assert_int_equal(list_segments(fx, names, 256), (int)st.segments);
+
+  /* Everyone has everything: only the newest segment stays. */
+  assert_int_equal(replicate_log_retain(log, 101), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.segments, 1);
+  assert_int_equal(st.newest_seq, 100);
+  assert_int_equal(list_segments(fx, names, 256), 1);
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.newest_seq, 100);
+  assert_int_equal(append_range(log, fx, 101, 101), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* The byte cap drops the oldest segments even if a standby needs them. */
+static void test_cap(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 2048, .max_bytes = 8192};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 200), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_true(st.bytes <= 8192);
+  assert_true(st.oldest_seq > 150);
+  assert_int_equal(st.newest_seq, 200);
+  assert_true(st.segments_dropped > 0);
+  assert_int_equal(read_code(log, 1), REPLICATE_ELOG_GONE);
+  replicate_log_iter it;
+  replicate_log_iter_init(&it, log, 100);
+  replicate_buf buf = {0};
+  assert_int_equal(replicate_log_iter_next(&it, &buf), REPLICATE_ELOG_GONE);
+  replicate_buf_free(&buf);
+  for (uint64_t s = st.oldest_seq; s <= 200; s++) expect_frame(log, fx, s);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+static void test_append_refusals(void **state) {
+  fixture *fx = *state;
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 5), 0);
+  /* A gap, and a repeat. */
+  assert_int_equal(replicate_log_append(log, fx->frames[6].data, fx->frames[6].len),
+                   REPLICATE_ENOT_CONTIGUOUS);
+  assert_int_equal(replicate_log_append(log, fx->frames[4].data, fx->frames[4].len),
+                   REPLICATE_ENOT_CONTIGUOUS);
+  /* Cut short, or with bytes after it. */
+  assert_int_equal(replicate_log_append(log, fx->frames[5].data, fx->frames[5].len - 1),
+                   REPLICATE_ETRUNCATED);
+  uint8_t *longer = xmalloc(fx->frames[5].len + 1);
+  memcpy(longer, fx->frames[5].data, fx->frames[5].len);
+  assert_int_equal(replicate_log_append(log, longer, fx->frames[5].len + 1),
+                   REPLICATE_ETRAILING);
+  free(longer);
+  assert_int_equal(replicate_log_append(log, "junk", 4), REPLICATE_ETRUNCATED);
+  /* A heartbeat. */
+  replicate_buf hb = {0};
+  replicate_point latest = {5, 0, 4};
+  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest, 0, 0, &hb), 0);
+  assert_int_equal(replicate_log_append(log, hb.data, hb.len), REPLICATE_EKIND);
+  replicate_buf_free(&hb);
+  /* A coalesced frame. */
+  replicate_decoder *dec;
+  replicate_encoder *enc;
+  replicate_coalescer *co;
+  assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
+  assert_int_equal(replicate_encoder_new(1, &enc), 0);
+  assert_int_equal(replicate_coalescer_new(0, &co), 0);
+  for (int i = 5; i < 7; i++) {
+    replicate_frame f;
+    assert_int_equal(replicate_frame_decode(dec, fx->frames[i].data, fx->frames[i].len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(co, &f), 0);
+  }
+  replicate_buf merged = {0};
+  assert_int_equal(replicate_coalescer_finish(co, enc, &merged), 0);
+  assert_int_equal(replicate_log_append(log, merged.data, merged.len), REPLICATE_EINVAL);
+  replicate_buf_free(&merged);
+  replicate_coalescer_free(co);
+  replicate_encoder_free(enc);
+  replicate_decoder_free(dec);
+  /* Nothing of that reached the disk. */
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  expect_range(log, 1, 5);
+  assert_int_equal(append_range(log, fx, 6, 6), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* Epochs: a newer one continues the chain, an older one is refused. */
+static void test_epochs(void **state) {
+  fixture *fx = *state;
+  fixture other = {0};
+  make_frames(&other, 3, 2); /* the same seqs 1..3, at epoch 2 */
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 1), 0);
+  assert_int_equal(replicate_log_append(log, other.frames[1].data, other.frames[1].len), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.newest_epoch, 2);
+  assert_int_equal(replicate_log_append(log, fx->frames[2].data, fx->frames[2].len),
+                   REPLICATE_ENOT_CONTIGUOUS);
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.newest_epoch, 2);
+  assert_int_equal(st.newest_seq, 2);
+  /* Reset: the chain may start anywhere. */
+  assert_int_equal(replicate_log_reset(log), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.records, 0);
+  assert_int_equal(st.segments, 0);
+  assert_int_equal(append_range(log, fx, 150, 151), 0);
+  expect_range(log, 150, 151);
+  assert_int_equal(replicate_log_close(log), 0);
+  for (size_t i = 0; i < other.count; i++) replicate_buf_free(&other.frames[i]);
+  free(other.frames);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Faults */
+
+static void test_fault_write(void **state) {
+  fixture *fx = *state;
+  fault_io fio;
+  fault_io_init(&fio);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 5), 0);
+  /* The frame's write fails with ENOSPC after writing half of it. */
+  fio.short_write = true;
+  fault_arm(&fio, LOOM_IO_PWRITE, 1, ENOSPC);
+  assert_int_equal(append_range(log, fx, 6, 6), ENOSPC);
+  expect_range(log, 1, 5);
+  /* The half-written record was cut away; the same append now works. */
+  assert_int_equal(append_range(log, fx, 6, 8), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  expect_range(log, 1, 8);
+  for (uint64_t s = 1; s <= 8; s++) expect_frame(log, fx, s);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* The write fails half-way and so does the truncate that would undo it:
+ * the handle is poisoned, and reopening cuts the torn record away. */
+static void test_fault_undo_fails(void **state) {
+  fixture *fx = *state;
+  fault_io fio;
+  fault_io_init(&fio);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 3), 0);
+  fio.short_write = true;
+  fault_arm(&fio, LOOM_IO_PWRITE, 1, EIO);
+  fault_arm(&fio, LOOM_IO_FTRUNCATE, 0, EIO);
+  assert_int_equal(append_range(log, fx, 4, 4), EIO);
+  assert_int_equal(append_range(log, fx, 4, 4), REPLICATE_EPANIC);
+  assert_int_equal(replicate_log_close(log), 0);
+  char names[4][64];
+  assert_int_equal(list_segments(fx, names, 4), 1);
+  off_t torn = file_size(fx, names[0]);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  expect_range(log, 1, 3);
+  assert_true(file_size(fx, names[0]) < torn);
+  assert_int_equal(append_range(log, fx, 4, 5), 0);
+  for (uint64_t s = 1; s <= 5; s++) expect_frame(log, fx, s);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* fsync failing poisons the handle; reopening recovers a contiguous log. */
+static void test_fault_fsync(void **state) {
+  fixture *fx = *state;
+  fault_io fio;
+  fault_io_init(&fio);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 4), 0);
+  fault_arm(&fio, LOOM_IO_FSYNC, 0, EIO);
+  assert_int_equal(append_range(log, fx, 5, 5), EIO);
+  assert_int_equal(append_range(log, fx, 5, 5), REPLICATE_EPANIC);
+  assert_int_equal(read_code(log, 1), REPLICATE_EPANIC);
+  assert_int_equal(replicate_log_retain(log, 1), REPLICATE_EPANIC);
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  /* The record reached the page cache, so here it is there; either way
+   * the log is whole and goes on. */
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.oldest_seq, 1);
+  assert_true(st.newest_seq == 4 || st.newest_seq == 5);
+  assert_int_equal(append_range(log, fx, st.newest_seq + 1, 7), 0);
+  for (uint64_t s = 1; s <= 7; s++) expect_frame(log, fx, s);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* Creating a segment: each failing step leaves the log as it was, and the
+ * directory is fsynced when a segment is created or dropped. */
+static void test_fault_segment_create(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 1024};
+  static const loom_io_op ops[] = {LOOM_IO_OPEN, LOOM_IO_PWRITE, LOOM_IO_FSYNC};
+  for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++) {
+    for (int countdown = 0; countdown < 2; countdown++) {
+      test_remove_tree(fx->replog);
+      fault_io fio;
+      fault_io_init(&fio);
+      replicate_log *log;
+      assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
+      int dir_fsyncs = fio.dir_fsyncs;
+      assert_int_equal(append_range(log, fx, 1, 1), 0);
+      /* The first segment: its file and the directory were fsynced. */
+      assert_true(fio.dir_fsyncs > dir_fsyncs);
+      assert_int_equal(append_range(log, fx, 2, 3), 0);
+      fault_arm(&fio, ops[k], countdown, EIO);
+      /* Append until a new segment is needed and the fault hits. */
+      uint64_t seq = 4;
+      int rc = 0;
+      while (rc == 0 && seq < 40) {
+        rc = append_range(log, fx, seq, seq);
+        if (rc == 0) seq++;
+      }
+      assert_int_equal(rc, EIO);
+      rc = append_range(log, fx, seq, seq);
+      if (rc == REPLICATE_EPANIC) {
+        /* Only an fsync of the record itself poisons the handle. */
+        assert_int_equal(ops[k], LOOM_IO_FSYNC);
+        assert_int_equal(replicate_log_close(log), 0);
+        assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
+        replicate_log_stats st;
+        replicate_log_get_stats(log, &st);
+        seq = st.newest_seq + 1;
+      } else {
+        assert_int_equal(rc, 0);
+        seq++;
+      }
+      assert_int_equal(append_range(log, fx, seq, 40), 0);
+      for (uint64_t s = 1; s <= 40; s++) expect_frame(log, fx, s);
+      assert_int_equal(replicate_log_close(log), 0);
+      assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
+      expect_range(log, 1, 40);
+      dir_fsyncs = fio.dir_fsyncs;
+      assert_int_equal(replicate_log_retain(log, 30), 0);
+      assert_true(fio.dir_fsyncs > dir_fsyncs);
+      assert_int_equal(replicate_log_close(log), 0);
+    }
+  }
+}
+
+/* Opening when the directory cannot be created. */
+static void test_fault_open(void **state) {
+  fixture *fx = *state;
+  fault_io fio;
+  fault_io_init(&fio);
+  replicate_log *log;
+  fault_arm(&fio, LOOM_IO_MKDIR, 0, EACCES);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), EACCES);
+  fault_arm(&fio, LOOM_IO_FSYNC, 0, EIO);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), EIO);
+  assert_int_equal(replicate_log_open("/nonexistent/dir", NULL, &fio.io, &log),
+                   ENOENT);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, &fio.io, &log), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_append_read_reopen, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_segments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_torn_segment, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_corrupt_middle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cap, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_append_refusals, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_epochs, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fault_write, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fault_undo_fails, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fault_fsync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fault_segment_create, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fault_open, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
