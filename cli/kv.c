@@ -9,19 +9,9 @@
 #define MAGIC UINT64_C(0x31766b70696873) /* "shipkv1" */
 #define SLOTS_PER_PAGE (PAGE / sizeof(struct slot))
 
-struct header {        /* page 0; the free bitmap fills the rest of it */
-  uint64_t magic, slots, slot_pages, next_page, count;
-};
-struct slot {
-  uint64_t key;
-  uint32_t page; /* 0: empty */
-  uint32_t len;
-};
-struct kv {
-  loom *l;
-  uint8_t *base;
-  uint64_t arena_pages;
-};
+struct header { uint64_t magic, slots, slot_pages, next_page, count; }; /* + bitmap */
+struct slot { uint64_t key; uint32_t page, len; }; /* page 0: empty */
+struct kv { loom *l; uint8_t *base; uint64_t arena_pages; };
 
 static struct header *head(kv *t) { return (struct header *)t->base; }
 static uint8_t *bitmap(kv *t) { return t->base + sizeof(struct header); }
@@ -38,8 +28,7 @@ static int page_is_free(void *ctx, uint64_t n)
 static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
 {
   kv *t = ctx;
-  *low = head(t)->next_page;
-  *high = t->arena_pages;
+  *low = head(t)->next_page, *high = t->arena_pages;
 }
 
 int kv_open(const char *dir, uint64_t arena_pages, uint32_t nslots,
@@ -58,18 +47,12 @@ int kv_open(const char *dir, uint64_t arena_pages, uint32_t nslots,
   if (tweak)
     tweak(&o, tweak_ctx);
   int rc = loom_open(dir, &o, &t->l);
-  if (rc) {
-    free(t);
-    return rc;
-  }
+  if (rc)
+    return free(t), rc;
   t->base = loom_base(t->l);
   struct header *h = head(t);
-  if (h->magic != MAGIC) { /* a new table: the first save makes it durable */
-    h->magic = MAGIC;
-    h->slots = slot_pages * SLOTS_PER_PAGE;
-    h->slot_pages = slot_pages;
-    h->next_page = 1 + slot_pages;
-  }
+  if (h->magic != MAGIC) /* a new table: the first save makes it durable */
+    *h = (struct header){MAGIC, slot_pages * SLOTS_PER_PAGE, slot_pages, 1 + slot_pages, 0};
   *out = t;
   return 0;
 }
@@ -77,8 +60,7 @@ int kv_open(const char *dir, uint64_t arena_pages, uint32_t nslots,
 int kv_close(kv *t)
 {
   int rc = loom_close(t->l);
-  free(t);
-  return rc;
+  return free(t), rc;
 }
 
 #define TOMBSTONE UINT32_MAX /* a deleted slot: probing goes on past it */
@@ -93,10 +75,9 @@ static struct slot *find(kv *t, uint64_t key, int create)
     struct slot *s = &slots(t)[at];
     if (s->page == TOMBSTONE && !reuse)
       reuse = s;
-    else if (!s->page) {
-      reuse = reuse ? reuse : s;
+    else if (!s->page && (reuse = reuse ? reuse : s))
       break;
-    } else if (s->page != TOMBSTONE && s->key == key)
+    else if (s->page != TOMBSTONE && s->key == key)
       return s;
   }
   if (!create || !reuse)
@@ -142,18 +123,13 @@ int kv_poke(kv *t, uint64_t key, size_t off, const void *bytes, size_t len)
 int kv_put(kv *t, uint64_t key, const void *value, size_t len)
 {
   int rc = kv_poke(t, key, 0, value, len);
-  if (!rc)
-    find(t, key, 0)->len = (uint32_t)len;
-  return rc;
+  return rc ? rc : (find(t, key, 0)->len = (uint32_t)len, 0);
 }
 
 const void *kv_get(kv *t, uint64_t key, size_t *len)
 {
   struct slot *s = find(t, key, 0);
-  if (!s)
-    return NULL;
-  *len = s->len;
-  return t->base + (uint64_t)s->page * PAGE;
+  return s ? (*len = s->len, t->base + (uint64_t)s->page * PAGE) : NULL;
 }
 
 int kv_del(kv *t, uint64_t key)
@@ -167,10 +143,7 @@ int kv_del(kv *t, uint64_t key)
   return 0;
 }
 
-int kv_save(kv *t)
-{
-  return loom_save(t->l, head(t)->next_page, t->arena_pages);
-}
+int kv_save(kv *t) { return loom_save(t->l, head(t)->next_page, t->arena_pages); }
 
 uint32_t kv_count(const kv *t) { return (uint32_t)((struct header *)t->base)->count; }
 loom *kv_loom(kv *t) { return t->l; }
