@@ -211,13 +211,13 @@ int loom_store_backup(loom_store *store, const char *dest);
  * While a snapshot is open, the apply step first copies the old version of
  * each page it is about to overwrite or truncate (and that the snapshot
  * still needs) into a side file (DIR/snapshot, unlinked), so the cost is one
- * extra page copy per page changed during the snapshot, and nothing when
- * none is open. One snapshot at a time per store.
+ * extra page copy per page changed during the snapshot (per snapshot), and
+ * nothing when none is open. Up to 8 snapshots at once per store.
  *
  *   loom_store_snapshot_open     any thread; the position is the one the
  *                                image file holds at that instant (a commit
  *                                still being applied is not in it); errors:
- *                                LOOM_EINVAL (one is already open),
+ *                                LOOM_EINVAL (8 are already open),
  *                                LOOM_EPANIC, errno values
  *   loom_snapshot_position       its position
  *   loom_snapshot_read           any thread: len bytes of the image as of

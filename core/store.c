@@ -85,6 +85,7 @@
 #define PATCH_ENTRY_BYTES 16u
 #define STAGING_PAGES 64u
 #define PATCH_TRIM_PAGES 4096u /* 64 MiB */
+#define MAX_SNAPSHOTS 8
 #define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
 
 typedef struct apply_thread {
@@ -110,8 +111,8 @@ struct loom_store {
   loom_patch *writer;      /* open patch, if any */
   int poison;              /* 0, or the error that poisoned the handle */
   apply_thread apply;
-  pthread_mutex_t snap_lock; /* s->snap, image_pos, snapshot reads vs apply */
-  loom_snapshot *snap;     /* open snapshot, if any */
+  pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
+  loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
   loom_position image_pos; /* the position the image file's pages are at */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
@@ -581,21 +582,37 @@ static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
 
 /* An open snapshot still needs page n's current version: copy it to the
  * side file first (under snap_lock). */
+/* Every open snapshot that still needs page n's current version gets a
+ * copy in its side file first (under snap_lock). */
 static int snapshot_preserve(loom_store *s, uint64_t n)
 {
-  loom_snapshot *snap = s->snap;
-  if (!snap || snap->error || n >= snap->pos.pages ||
-      (snap->preserved[n / 64] >> (n % 64)) & 1)
-    return 0;
   uint8_t *buf = s->staging + STAGING_PAGES * PS;
-  int rc = io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
-  if (rc)
-    return rc; /* the image itself cannot be read: the apply fails */
-  ssize_t w = pwrite(snap->side_fd, buf, PS, (off_t)(n * PS));
-  if (w != (ssize_t)PS)
-    snap->error = w < 0 ? errno : ENOSPC; /* the snapshot breaks, not the store */
-  else
-    snap->preserved[n / 64] |= UINT64_C(1) << (n % 64);
+  int have = 0;
+  for (int i = 0; i < MAX_SNAPSHOTS; i++) {
+    loom_snapshot *snap = s->snaps[i];
+    if (!snap || snap->error || n >= snap->pos.pages ||
+        (snap->preserved[n / 64] >> (n % 64)) & 1)
+      continue;
+    if (!have) {
+      int rc = io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
+      if (rc)
+        return rc; /* the image itself cannot be read: the apply fails */
+      have = 1;
+    }
+    ssize_t w = pwrite(snap->side_fd, buf, PS, (off_t)(n * PS));
+    if (w != (ssize_t)PS)
+      snap->error = w < 0 ? errno : ENOSPC; /* the snapshot breaks, not the store */
+    else
+      snap->preserved[n / 64] |= UINT64_C(1) << (n % 64);
+  }
+  return 0;
+}
+
+static int snapshots_open(const loom_store *s)
+{
+  for (int i = 0; i < MAX_SNAPSHOTS; i++)
+    if (s->snaps[i])
+      return 1;
   return 0;
 }
 
@@ -603,7 +620,7 @@ static int apply_pages_locked(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
   int rc = 0;
-  if (s->snap) {
+  if (snapshots_open(s)) {
     uint64_t size = 0;
     rc = file_size(s->image_fd, &size);
     for (uint64_t n = h->after.pages; !rc && n < size / PS; n++)
@@ -1485,7 +1502,8 @@ int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
 /* Snapshots and the image stream. */
 
 /* Any thread: the snapshot takes the position the image file holds at the
- * instant it is registered, under the lock every apply takes. */
+ * instant it is registered, under the lock every apply takes. Up to
+ * MAX_SNAPSHOTS at once (a backup and a base image being shipped). */
 int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
 {
   if (!s || !out)
@@ -1502,7 +1520,11 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
   pthread_mutex_lock(&s->snap_lock);
   if (!rc && s->image_broken)
     rc = LOOM_EPANIC;
-  if (!rc && s->snap)
+  int slot = -1;
+  for (int i = 0; !rc && i < MAX_SNAPSHOTS && slot < 0; i++)
+    if (!s->snaps[i])
+      slot = i;
+  if (!rc && slot < 0)
     rc = LOOM_EINVAL;
   if (!rc) {
     snap->pos = s->image_pos;
@@ -1510,7 +1532,7 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
     if (!snap->preserved)
       rc = ENOMEM;
     else
-      s->snap = snap;
+      s->snaps[slot] = snap;
   }
   pthread_mutex_unlock(&s->snap_lock);
   if (rc) {
@@ -1562,8 +1584,9 @@ void loom_snapshot_close(loom_snapshot *snap)
     return;
   loom_store *s = snap->store;
   pthread_mutex_lock(&s->snap_lock);
-  if (s->snap == snap)
-    s->snap = NULL;
+  for (int i = 0; i < MAX_SNAPSHOTS; i++)
+    if (s->snaps[i] == snap)
+      s->snaps[i] = NULL;
   pthread_mutex_unlock(&s->snap_lock);
   close(snap->side_fd);
   free(snap->preserved);

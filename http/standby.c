@@ -516,7 +516,7 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
   if (failed) {
     rollback_under_recv(sb);
     pthread_mutex_lock(&sb->mu);
-    http_reply_error(reply, 409, "position mismatch");
+    http_reply_error(reply, 409, "checksum mismatch");
     positions_json(sb, &reply->body);
     pthread_mutex_unlock(&sb->mu);
     return;
@@ -555,7 +555,7 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
     pthread_cond_broadcast(&sb->cond);
   } else if (rc == REPLICATE_EPOSITION || rc == REPLICATE_ESTALE_EPOCH) {
     http_reply_error(reply, 409, rc == REPLICATE_ESTALE_EPOCH
-                                     ? "stale epoch" : "position mismatch");
+                                     ? "stale epoch" : "checksum mismatch");
     positions_json(sb, &reply->body);
   } else if (is_disk_full(rc)) {
     http_reply_error(reply, 507, "disk full");
@@ -631,7 +631,10 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     goto out;
   }
   if (!same_point(&info->before, &sb->received)) {
-    http_reply_error(reply, 409, "position mismatch");
+    /* The contract's words: a frame from further ahead is a gap; one that
+     * starts at or behind the received seq but elsewhere is a mismatch. */
+    http_reply_error(reply, 409, info->before.seq > sb->received.seq
+                                     ? "gap" : "checksum mismatch");
     json_key(&reply->body, "frame_before");
     json_object_begin(&reply->body);
     json_key(&reply->body, "epoch");

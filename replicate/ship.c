@@ -64,7 +64,6 @@
 typedef struct ship_frame {
   unsigned refs;
   size_t len;
-  uint64_t page_count;
   uint8_t data[];
 } ship_frame;
 
@@ -944,8 +943,9 @@ static int start_frames(standby *sb, const standby_point *r,
       replicate_frame f;
       prc = replicate_frame_decode(sh->dec, next_data, next_len, &f);
       drop_ref(sh, &next_ref);
-      if (!prc)
-        prc = replicate_coalescer_add(sh->coal, &f);
+      if (prc)
+        break; /* the piece ends before this frame */
+      prc = replicate_coalescer_add(sh->coal, &f);
       if (prc) {
         /* The coalescer emptied itself: send the first frame alone. */
         merged = false;
@@ -1670,7 +1670,6 @@ int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
     if (frame) {
       frame->refs = 1;
       frame->len = sh->commit_buf.len;
-      frame->page_count = c->page_count;
       memcpy(frame->data, sh->commit_buf.data, sh->commit_buf.len);
     }
   }

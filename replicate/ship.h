@@ -223,6 +223,8 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
  * until sync_count standbys answered 200 with a received seq at or past
  * it, up to sync_timeout_seconds. The commit stands locally whatever this
  * returns (loom_save() returns it).
+ * Only a received position known to be in this primary's history counts
+ * (one that accepted our frames, or that the next frame follows).
  * Returns 0, REPLICATE_ESYNC_TIMEOUT (sync mode, REPLICATE_SYNC_FAIL),
  * REPLICATE_EFENCED (after fencing; the frame is still logged), or the
  * errors of replicate_frame_encode_commit and replicate_log_append (the
@@ -286,7 +288,10 @@ typedef struct replicate_standby_status {
 /*
  * replicate_shipper_status: copy the state of the first min(cap, n)
  * standbys into array (in configuration order) and set *n to their
- * number. Thread-safe; lag is computed at the call.
+ * number. Thread-safe; lag is computed at the call from the positions last
+ * heard (heartbeats refresh them) and the commits this shipper saw: for
+ * commits older than its start (or than the newest 2^18) lag in bytes and
+ * seconds is a lower bound.
  */
 void replicate_shipper_status(replicate_shipper *shipper,
                               replicate_standby_status *array, size_t cap,

@@ -629,8 +629,13 @@ static void test_snapshot(void **state)
   /* The snapshot takes what the image file holds: let the apply finish. */
   assert_int_equal(loom_store_sync(loom_get_store(l)), 0);
   assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &snap), 0);
-  loom_snapshot *second;
-  assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &second), LOOM_EINVAL);
+  /* Several at once; a ninth is refused. */
+  loom_snapshot *more[8];
+  for (int i = 0; i < 7; i++)
+    assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &more[i]), 0);
+  assert_int_equal(loom_store_snapshot_open(loom_get_store(l), &more[7]), LOOM_EINVAL);
+  for (int i = 1; i < 7; i++)
+    loom_snapshot_close(more[i]);
   loom_position sp;
   loom_snapshot_position(snap, &sp);
   assert_int_equal(sp.seq, 1);
@@ -655,6 +660,13 @@ static void test_snapshot(void **state)
   }
   assert_int_equal(sum, sp.checksum);
   assert_int_equal(loom_snapshot_read(snap, 24 * PAGE - 1, page, 2), LOOM_EINVAL);
+  /* The second snapshot, open as long, holds the same image. */
+  for (uint64_t n = 0; n < sp.pages; n++) {
+    uint8_t other[PAGE];
+    assert_int_equal(loom_snapshot_read(more[0], n * PAGE, other, PAGE), 0);
+    assert_memory_equal(other, expect + n * PAGE, PAGE);
+  }
+  loom_snapshot_close(more[0]);
   loom_snapshot_close(snap);
   assert_int_equal(loom_close(l), 0);
   free(expect);

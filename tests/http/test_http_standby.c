@@ -213,7 +213,7 @@ static void test_duplicate_and_gap(void **state)
   req.body_len = p.frames[6].len;
   ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
   assert_int_equal(r.status, 409);
-  ht_assert_has(&r, "\"error\":\"position mismatch\"");
+  ht_assert_has(&r, "\"error\":\"gap\"");
   ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":5,");
   ht_assert_has(&r, "\"applied\":{\"epoch\":1,\"seq\":5,");
   ht_resp_free(&r);
