@@ -173,7 +173,7 @@ static int run_demo(int argc, char **argv)
         usleep((useconds_t)(wait * 1e6));
     }
     if ((rc = primary_step(&n))) {
-      cli_fail("demo", "save: %s", loom_strerror(rc));
+      cli_fail("demo", "save: %s", replicate_strerror(rc));
       failed = 1;
       break;
     }

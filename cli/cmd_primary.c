@@ -18,7 +18,7 @@
 #include "primary.h"
 #include "replicate.h"
 #include "server.h"
-#include "ship.h"
+
 
 #define MAX_STANDBYS 32
 
@@ -133,7 +133,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .log_ctx = (void *)cfg->who,
     };
     if ((rc = replicate_shipper_start(&so, &n->shipper)))
-      return cli_fail(cfg->who, "shipper: %s", replicate_shipper_strerror(rc));
+      return cli_fail(cfg->who, "shipper: %s", replicate_strerror(rc));
   }
   if (cfg->listen_host) {
     n->source = (http_primary_source){.ctx = n,
@@ -353,8 +353,7 @@ static int run_primary(int argc, char **argv)
       if (!fenced_said++)
         cli_log("primary", "FENCED: a standby has a newer epoch; shipping stopped");
     } else if (rc) {
-      cli_fail("primary", "save: %s", rc > -31000 || rc < -31200 ? loom_strerror(rc)
-                                                                  : replicate_strerror(rc));
+      cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       exit_code = 1;
       break;
     }

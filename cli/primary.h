@@ -11,7 +11,7 @@
 #include "loom.h"
 #include "replicate.h"
 #include "server.h"
-#include "ship.h"
+
 
 typedef struct primary_config {
   const char *who;              /* log prefix */

@@ -165,6 +165,9 @@ static const char *replicate_error_name(enum replicate_error e)
   case REPLICATE_ELOG_CORRUPT: return "REPLICATE_ELOG_CORRUPT";
   case REPLICATE_ELOG_VERSION: return "REPLICATE_ELOG_VERSION";
   case REPLICATE_EPANIC: return "REPLICATE_EPANIC";
+  case REPLICATE_ESYNC_TIMEOUT: return "REPLICATE_ESYNC_TIMEOUT";
+  case REPLICATE_EFENCED: return "REPLICATE_EFENCED";
+  case REPLICATE_ECURL: return "REPLICATE_ECURL";
   case REPLICATE_ELAST: break;
   }
   return NULL;

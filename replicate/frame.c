@@ -81,6 +81,12 @@ static const char *replicate_error_text(enum replicate_error e) {
     return "unsupported replication log format version";
   case REPLICATE_EPANIC:
     return "replication log handle is poisoned after a failed write";
+  case REPLICATE_ESYNC_TIMEOUT:
+    return "too few standbys acknowledged the commit in time (it stands "
+           "locally)";
+  case REPLICATE_EFENCED:
+    return "this primary is fenced: a standby has a newer epoch";
+  case REPLICATE_ECURL: return "libcurl could not be initialised";
   case REPLICATE_ELAST: break;
   }
   return NULL;

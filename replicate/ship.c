@@ -1,5 +1,5 @@
 /*
- * ship.c: the shipper (ship.h is its manual).
+ * ship.c: the shipper (its manual is the Shipping part of replicate.h).
  *
  * DESIGN
  *
@@ -35,7 +35,6 @@
  *       per-standby header lists (zeroed when freed); it is never copied
  *       into an error, a status or a diagnostic.
  */
-#include "ship.h"
 #include "ship_internal.h"
 
 #include <assert.h>
@@ -300,24 +299,6 @@ const char *replicate_standby_state_name(replicate_standby_state state)
   case REPLICATE_STANDBY_FENCED: return "fenced";
   }
   return "unknown";
-}
-
-const char *replicate_shipper_strerror(int rc)
-{
-  if (rc <= REPLICATE_ESYNC_TIMEOUT && rc > REPLICATE_SHIP_ELAST) {
-    switch ((enum replicate_ship_error)rc) {
-    case REPLICATE_ESYNC_TIMEOUT:
-      return "too few standbys acknowledged the commit in time (it stands "
-             "locally)";
-    case REPLICATE_EFENCED:
-      return "this primary is fenced: a standby has a newer epoch";
-    case REPLICATE_ECURL:
-      return "libcurl could not be initialised";
-    case REPLICATE_SHIP_ELAST:
-      break;
-    }
-  }
-  return replicate_strerror(rc);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1073,7 +1054,7 @@ started:
   if (rc) {
     /* A local failure (reading the log, a snapshot, memory): the state
      * stays, the error is shown, and the attempt is repeated later. */
-    set_error(sb, "preparing the %s: %s", what, replicate_shipper_strerror(rc));
+    set_error(sb, "preparing the %s: %s", what, replicate_strerror(rc));
     retry_after_backoff(sb, 0);
   }
 }
@@ -1081,7 +1062,7 @@ started:
 /* ---------------------------------------------------------------------- */
 /* Answers */
 
-/* Retention (see ship.h). Shipping thread, after acknowledgements. */
+/* Retention (see replicate.h). Shipping thread, after acknowledgements. */
 static void retain_log(replicate_shipper *sh)
 {
   uint64_t need = UINT64_MAX;
@@ -1117,7 +1098,7 @@ static void retain_log(replicate_shipper *sh)
   int rc = replicate_log_retain(sh->log, need);
   if (rc)
     diag(sh, "log retention up to seq %" PRIu64 ": %s", need,
-         replicate_shipper_strerror(rc));
+         replicate_strerror(rc));
   else
     sh->retained_from = need;
   ring_follow_log(sh);
@@ -1185,7 +1166,7 @@ static void finish(standby *sb, CURLcode result)
 
   if (base_read_error) {
     fail(sb, false, 0, "reading the snapshot for the base image: %s",
-         replicate_shipper_strerror(base_read_error));
+         replicate_strerror(base_read_error));
     return;
   }
   if (result != CURLE_OK) {

@@ -1,6 +1,6 @@
 /*
  * ship_internal.h: internals of the shipper shared by ship.c, ship_json.c
- * and the tests. Not installed; the module's manual is ship.h.
+ * and the tests. Not installed; the module's manual is replicate.h.
  */
 #ifndef REPLICATE_SHIP_INTERNAL_H
 #define REPLICATE_SHIP_INTERNAL_H
@@ -8,6 +8,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "loom.h"
+#include "replicate.h"
 
 /* A position as a standby reports it: {"epoch", "seq", "checksum" (16 hex
  * digits), "pages"}; other keys (such as "at") are allowed and ignored. */

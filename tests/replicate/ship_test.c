@@ -43,7 +43,7 @@
 
 #include "loom.h"
 #include "replicate.h"
-#include "ship.h"
+
 #include "ship_internal.h"
 
 #define PS LOOM_PAGE_SIZE
@@ -716,7 +716,7 @@ static void primary_start(primary *p, replicate_shipper_options *o,
   int rc = replicate_shipper_start(o, &p->sh);
   if (rc)
     fprintf(stderr, "replicate_shipper_start: %s\n",
-            replicate_shipper_strerror(rc));
+            replicate_strerror(rc));
   assert_int_equal(rc, 0);
 }
 
@@ -773,7 +773,7 @@ static void primary_saves(primary *p, unsigned count, unsigned k, bool whole)
   for (unsigned i = 0; i < count; i++) {
     int rc = primary_save(p, k, whole);
     if (rc)
-      fprintf(stderr, "loom_save: %s\n", replicate_shipper_strerror(rc));
+      fprintf(stderr, "loom_save: %s\n", replicate_strerror(rc));
     assert_int_equal(rc, 0);
   }
 }
