@@ -160,6 +160,32 @@ check "the promoted node reports role primary" test "$(status_field "$URL_s2" 'd
 kill -TERM "$ppid"; wait "$ppid"
 kill -TERM "$PID_s2"; wait "$PID_s2"
 
+echo "== systemd notification: READY=1, watchdog pings, STOPPING=1"
+python3 - "$work/notify.sock" "$work/notify.log" <<'PY' &
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1]); s.settimeout(8)
+with open(sys.argv[2], "w") as log:
+    end = time.time() + 8
+    while time.time() < end:
+        try:
+            log.write(s.recv(4096).decode() + "\n"); log.flush()
+        except socket.timeout:
+            break
+PY
+npid=$!; pids+=("$npid")
+for _ in $(seq 50); do [ -S "$work/notify.sock" ] && break; sleep 0.05; done
+NOTIFY_SOCKET="$work/notify.sock" WATCHDOG_USEC=400000 "$LOOMSHIP" standby --dir "$work/s3" \
+  --listen 127.0.0.1:0 >"$work/s3.out" 2>"$work/s3.err" &
+spid=$!; pids+=("$spid")
+sleep 1.2
+kill -TERM "$spid"; wait "$spid"
+sleep 0.2
+check "READY=1 sent once listening" grep -q '^READY=1' "$work/notify.log"
+check "watchdog pings at half of WATCHDOG_USEC" test "$(grep -c '^WATCHDOG=1' "$work/notify.log")" -ge 3
+check "STOPPING=1 on SIGTERM" grep -q '^STOPPING=1' "$work/notify.log"
+kill "$npid" 2>/dev/null
+
 echo "== the demo"
 check "loomship demo exits 0" "$LOOMSHIP" demo --seconds 2 >/dev/null 2>"$work/demo.err"
 
