@@ -19,8 +19,9 @@
  *       durable: then image and hashes may be anywhere between before and
  *       after, and recovery re-applies the patch (applying is idempotent:
  *       it sets the length and writes whole pages and whole hash blocks).
- *   I2. The meta is rewritten only after image and hashes are fsynced at
- *       the patch's after-position (so it never runs ahead of them).
+ *   I2. The meta is rewritten only after the image is fsynced at the
+ *       patch's after-position (so it never runs ahead of it). The hashes
+ *       may lag after a power loss; R3 rebuilds them from the image.
  *   I3. A patch file is overwritten only when it no longer counts: its
  *       after-position has reached the meta (the previous apply finished).
  *   I4. Every byte of patch and meta is covered by a checksum: a torn or
@@ -38,7 +39,9 @@
  *      The store's position is now the patch's after; the commit hook runs.
  *   4. Apply: set the image's length, copy each page from the patch into
  *      the image in place; rewrite the touched blocks of the hashes file.
- *   5. fsync the image, fsync the hashes.
+ *   5. fsync the image. (Not the hashes: they are derived data, see R3; a
+ *      stale hashes file after a power loss is rebuilt from the image,
+ *      which is durable, so the fsync would buy only latency.)
  *   6. Write the next meta slot with the after-position; fsync the meta.
  *      The patch no longer counts (its after is the meta's position).
  *   Steps 4-6 run inline, or on the apply thread with LOOM_APPLY_ASYNC.
@@ -54,8 +57,9 @@
  *       patch that verifies is applied again (steps 4-6); one that does not
  *       never committed and is ignored (it is overwritten by the next).
  *   R3. Load the hashes; check their sum against the position's checksum
- *       and the image's length against its pages. Hashes that disagree are
- *       rebuilt from the image if the image agrees with the position.
+ *       and the image's length against its pages. Hashes that disagree (or
+ *       a hashes file too short) are rebuilt from the image, and kept only
+ *       if the image agrees with the position (else LOOM_ECORRUPT).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -668,8 +672,6 @@ static int apply_patch(loom_store *s, const loom_patch *p)
   if (!rc)
     rc = io_fsync(s, s->image_fd);                 /* 5 */
   if (!rc)
-    rc = io_fsync(s, s->hashes_fd);                /* 5 */
-  if (!rc)
     rc = meta_write(s, &p->header.after);          /* 6 */
   /* A large patch (a base image) no longer counts: give its space back. A
    * torn or lost truncation leaves a patch that does not count either. */
@@ -1102,26 +1104,33 @@ static int hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
   return 0;
 }
 
-/* R3: the table and the image agree with the position, or are rebuilt. */
+/* R3: the table and the image agree with the position, or are rebuilt; the
+ * hashes file ends up exactly pages * 8 bytes. */
 static int store_check(loom_store *s)
 {
-  uint64_t size = 0;
+  uint64_t size = 0, hashes_size = 0;
   int rc = file_size(s->image_fd, &size);
+  if (!rc)
+    rc = file_size(s->hashes_fd, &hashes_size);
   if (rc)
     return rc;
   if (size != s->pos.pages * PS)
     return LOOM_ECORRUPT;
-  if (hashes_sum(s, s->pos.pages) == s->pos.checksum)
+  int table_ok = hashes_size >= s->pos.pages * 8 &&
+                 hashes_sum(s, s->pos.pages) == s->pos.checksum;
+  if (table_ok && hashes_size == s->pos.pages * 8)
     return 0;
   if (s->flags & LOOM_READONLY)
     return LOOM_ECORRUPT;
-  uint64_t sum;
-  if ((rc = hashes_rebuild(s, s->pos.pages, &sum)))
-    return rc;
-  if (sum != s->pos.checksum)
-    return LOOM_ECORRUPT;
+  if (!table_ok) {
+    uint64_t sum;
+    if ((rc = hashes_rebuild(s, s->pos.pages, &sum)))
+      return rc;
+    if (sum != s->pos.checksum)
+      return LOOM_ECORRUPT;
+  }
   rc = io_truncate(s, s->hashes_fd, s->pos.pages * 8);
-  for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
+  for (uint64_t b = 0; !rc && !table_ok && b * HASHES_PER_BLOCK < s->pos.pages; b++)
     rc = hashes_write_block(s, b, s->pos.pages);
   if (!rc)
     rc = io_fsync(s, s->hashes_fd);
@@ -1147,12 +1156,11 @@ static int store_recover(loom_store *s)
   if (!pending) {
     /* Nothing to re-apply: the files must already match the position;
      * check their sizes before sizing anything by it. */
-    uint64_t image_size = 0, hashes_size = 0;
-    if ((rc = file_size(s->image_fd, &image_size)) ||
-        (rc = file_size(s->hashes_fd, &hashes_size)))
+    uint64_t image_size = 0;
+    if ((rc = file_size(s->image_fd, &image_size)))
       return rc;
-    if (image_size != s->pos.pages * PS || hashes_size < s->pos.pages * 8)
-      return LOOM_ECORRUPT;
+    if (image_size != s->pos.pages * PS)
+      return LOOM_ECORRUPT; /* (a short hashes file is rebuilt, R3) */
   }
   if (pending) {
     rc = patch_read(s, 1, &p);
