@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "faultio.h"
 #include "kv.h"
 #include "primary.h"
 #include "replicate.h"
@@ -31,6 +32,7 @@ static void on_commit_tweak(loom_options *o, void *ctx)
   o->on_commit = primary_on_commit;
   o->commit_ctx = n;
   o->flags |= LOOM_APPLY_ASYNC;
+  o->io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
 }
 
 int primary_on_commit(void *ctx, loom *l, const loom_commit *c)
@@ -102,6 +104,18 @@ static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
   return count;
 }
 
+static void source_sync(void *ctx, unsigned *count, bool *degraded)
+{
+  primary_node *n = ctx;
+  *count = n->cfg.sync_count;
+  *degraded = false;
+  if (n->shipper) {
+    replicate_shipper_summary s;
+    replicate_shipper_get_summary(n->shipper, &s);
+    *degraded = s.sync_degraded;
+  }
+}
+
 static void ship_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
 int primary_open(primary_node *n, const primary_config *cfg)
@@ -114,8 +128,11 @@ int primary_open(primary_node *n, const primary_config *cfg)
     return cli_fail(cfg->who, "%s: %s", cfg->dir, loom_strerror(rc));
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
+  /* Retention drops whole segments: keep them well under the cap. */
   replicate_log_options lo = {.max_bytes = cfg->log_max_bytes};
-  if ((rc = replicate_log_open(cfg->dir, &lo, NULL, &n->log)))
+  if (cfg->log_max_bytes && cfg->log_max_bytes / 8 < (UINT64_C(16) << 20))
+    lo.segment_bytes = cfg->log_max_bytes / 8 > 65536 ? cfg->log_max_bytes / 8 : 65536;
+  if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->standby_count) {
     replicate_shipper_options so = {
@@ -140,7 +157,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .position = source_position,
                                       .snapshot_open = source_snapshot,
                                       .fenced = source_fenced,
-                                      .standbys = source_standbys};
+                                      .standbys = source_standbys,
+                                      .sync_state = source_sync};
     http_server_options ho = {
         .role = HTTP_ROLE_PRIMARY,
         .primary = &n->source,
@@ -283,6 +301,10 @@ static int run_primary(int argc, char **argv)
       if (!NUMBER("--sync-timeout", 1, 86400, v))
         return 2;
       cfg.sync_timeout_seconds = (double)v;
+    } else if (cli_is_option(a, "--log-max-mb")) {
+      if (!NUMBER("--log-max-mb", 1, 1048576, v))
+        return 2;
+      cfg.log_max_bytes = v << 20;
     } else if (cli_is_option(a, "--level")) {
       if (!NUMBER("--level", 1, 19, v))
         return 2;
@@ -346,6 +368,8 @@ static int run_primary(int argc, char **argv)
     if (next < now_s() - 1)
       next = now_s(); /* fell behind: do not burst */
     rc = primary_step(&n);
+    if (rc == 0)
+      faultio_note_ack(&n.committed);
     if (rc == REPLICATE_ESYNC_TIMEOUT) {
       cli_log("primary", "a save was not acknowledged by enough standbys in time "
                          "(it is committed locally)");
@@ -383,5 +407,6 @@ const cli_command cmd_primary = {
     "primary --dir DIR [--standby URL]... [--token-file F] [--sync N] [--saves N] "
     "[--rate HZ] [--pages K] [--listen HOST:PORT] [--drain-timeout SECONDS] "
     "[--sync-timeout SECONDS] [--sync-fallback fail|async] [--keys N] "
-    "[--arena-pages N] [--ca-file F] [--tls-cert F --tls-key F] [--level L]",
+    "[--arena-pages N] [--ca-file F] [--tls-cert F --tls-key F] [--level L] "
+    "[--log-max-mb MB]",
     run_primary};

@@ -366,6 +366,18 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
   } else {
     json_key(w, "fenced");
     json_bool(w, f->fenced);
+    if (s->primary.sync_state) {
+      unsigned count = 0;
+      bool degraded = false;
+      s->primary.sync_state(s->primary.ctx, &count, &degraded);
+      json_key(w, "sync");
+      json_object_begin(w);
+      json_key(w, "count");
+      json_uint(w, count);
+      json_key(w, "degraded");
+      json_bool(w, degraded);
+      json_object_end(w);
+    }
     if (f->promoted) {
       json_key(w, "promoted_at");
       json_time_ns(w, f->view.promoted_at_ns);

@@ -174,6 +174,10 @@ typedef struct http_standby_status {
  *   standbys       optional: fill out[0, min(cap, n)) and return n, the
  *                  number of standbys (called again with a larger array
  *                  when n > cap).
+ *   sync_state     optional: the synchronous-replication setting (count of
+ *                  standbys each save waits for; 0: asynchronous) and
+ *                  whether it degraded to asynchronous after a timeout
+ *                  (status "sync": {"count": N, "degraded": bool}).
  */
 typedef struct http_primary_source {
   void *ctx;
@@ -181,6 +185,7 @@ typedef struct http_primary_source {
   int (*snapshot_open)(void *ctx, loom_snapshot **out);
   bool (*fenced)(void *ctx);
   size_t (*standbys)(void *ctx, http_standby_status *out, size_t cap);
+  void (*sync_state)(void *ctx, unsigned *count, bool *degraded);
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */

@@ -3,7 +3,7 @@
 
 loomship_packages=(build-essential meson ninja-build pkg-config
   libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libzstd-dev
-  libxxhash-dev curl openssl)
+  libxxhash-dev curl openssl bc python3)
 
 loomship_install() {
   local missing=()
