@@ -304,6 +304,13 @@ static size_t fp_standbys(void *ctx, http_standby_status *out, size_t cap)
   return 20;
 }
 
+static void fp_sync(void *ctx, unsigned *count, bool *degraded)
+{
+  (void)ctx;
+  *count = 1;
+  *degraded = true;
+}
+
 static void test_primary_role(void **state)
 {
   (void)state;
@@ -312,7 +319,7 @@ static void test_primary_role(void **state)
   ht_primary_run(&p, 12);
   fake_primary fp = {&p, false};
   http_primary_source src = {&fp, fp_position, fp_snapshot, fp_fenced,
-                             fp_standbys};
+                             fp_standbys, fp_sync};
   static const char token[] = "tok";
   http_server_options opt = {.role = HTTP_ROLE_PRIMARY, .primary = &src,
                              .token = (const uint8_t *)token, .token_len = 3};
@@ -327,6 +334,7 @@ static void test_primary_role(void **state)
   ht_assert_has(&r, "{\"role\":\"primary\",\"epoch\":1,\"applied\":{\"epoch\":1,"
                     "\"seq\":12,");
   ht_assert_has(&r, "\"fenced\":false");
+  ht_assert_has(&r, "\"sync\":{\"count\":1,\"degraded\":true}");
   ht_assert_has(&r, "\"standbys\":[{\"url\":\"http://10.0.0.2:8470\","
                     "\"state\":\"streaming\",\"sent_seq\":45,"
                     "\"received_seq\":44,\"applied_seq\":42,"
