@@ -197,6 +197,8 @@ int loom_patch_add(loom_patch *patch, uint64_t page_number, const void *page);
  * does not compute it again. */
 int loom_patch_add_hashed(loom_patch *patch, uint64_t page_number,
                           const void *page, uint64_t hash);
+/* loom_patch_commit frees the patch whether it succeeds or fails;
+ * loom_patch_abort frees it without committing. */
 int loom_patch_commit(loom_patch *patch);
 void loom_patch_abort(loom_patch *patch);
 

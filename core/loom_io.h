@@ -2,10 +2,13 @@
  * loom_io.h: the I/O interface every file operation of the engine goes
  * through.
  *
- * The engine never calls open/pwrite/fsync/... directly: it calls the
- * functions of a loom_io, so that tests can count operations, fail any one
- * of them (EIO, ENOSPC, a short write), kill the process before it, or
- * record what was made durable to simulate a power loss (tests/core/iosim.c).
+ * The engine's store never calls open/mkdir/pwrite/fsync/... on the image
+ * directory directly: it calls the functions of a loom_io, so that tests can
+ * count operations, fail any one of them (EIO, ENOSPC, a short write), kill
+ * the process before it, or record what was made durable to simulate a
+ * power loss (tests/core/iosim.c). The exceptions hold nothing durable:
+ * flock on the lock file, and the unlinked scratch files of swap mode and
+ * of snapshots (O_TMPFILE; gone after a crash by construction).
  *
  * Every function returns >= 0 on success and -errno on failure. Names are
  * relative to dirfd. A directory is opened with O_DIRECTORY and made durable

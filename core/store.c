@@ -995,9 +995,8 @@ static void store_free(loom_store *s)
   io_close(s, &s->meta_fd);
   io_close(s, &s->patch_fd);
   if (s->lockfd >= 0)
-    close(s->lockfd); /* releases the flock */
-  if (s->dirfd >= 0)
-    close(s->dirfd);
+    io_close(s, &s->lockfd); /* releases the flock */
+  io_close(s, &s->dirfd);
   free(s->hashes);
   free(s->staging);
   pthread_mutex_destroy(&s->snap_lock);
@@ -1005,7 +1004,7 @@ static void store_free(loom_store *s)
 }
 
 /* fsync the directory that holds dir (its entry for dir). */
-static int sync_parent(const char *dir)
+static int sync_parent(loom_store *s, const char *dir)
 {
   size_t len = strlen(dir);
   char *parent = malloc(len + 4);
@@ -1013,11 +1012,12 @@ static int sync_parent(const char *dir)
     return ENOMEM;
   memcpy(parent, dir, len);
   memcpy(parent + len, "/..", 4);
-  int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  int rc = fd < 0 || fsync(fd) < 0 ? errno : 0;
-  if (fd >= 0)
-    close(fd);
+  int fd = s->io->open(s->io->ctx, AT_FDCWD, parent, O_RDONLY | O_DIRECTORY, 0);
   free(parent);
+  if (fd < 0)
+    return -fd;
+  int rc = io_fsync(s, fd);
+  io_close(s, &fd);
   return rc;
 }
 
@@ -1203,19 +1203,21 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   int rc = s->staging ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
 
-  if (!rc && (flags & LOOM_CREATE) && !readonly && mkdir(dir, 0755) != 0 &&
-      errno != EEXIST)
-    rc = errno;
+  if (!rc && (flags & LOOM_CREATE) && !readonly) {
+    int m = s->io->mkdir(s->io->ctx, AT_FDCWD, dir, 0755);
+    if (m < 0 && m != -EEXIST)
+      rc = -m;
+  }
   if (!rc) {
-    s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (s->dirfd < 0)
-      rc = errno == ENOENT ? LOOM_ENOIMAGE : errno;
+    int fd = s->io->open(s->io->ctx, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0)
+      rc = fd == -ENOENT ? LOOM_ENOIMAGE : -fd;
+    else
+      s->dirfd = fd;
   }
   if (!rc && !readonly) {
-    s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (s->lockfd < 0)
-      rc = errno;
-    else if (flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
+    rc = open_file(s, "lock", O_RDWR | O_CREAT, &s->lockfd);
+    if (!rc && flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
       rc = errno == EWOULDBLOCK ? LOOM_ELOCKED : errno;
   }
   int create = (flags & LOOM_CREATE) && !readonly;
@@ -1269,7 +1271,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && !readonly)
     rc = io_fsync(s, s->dirfd);
   if (!rc && create)
-    rc = sync_parent(dir);
+    rc = sync_parent(s, dir);
   s->image_pos = s->pos;
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
     apply_thread *t = &s->apply;

@@ -96,7 +96,7 @@ static child_end run_workload(const wl_workload *w, const wl_model *m,
     if (iosim_create(NULL, &sim))
       _exit(3);
     iosim_kill_before(sim, kill_at);
-    wl_run(w, m, dir, iosim_io(sim), 0, &shm->progress);
+    wl_run(w, m, dir, sim, 0, &shm->progress);
     shm->ops = iosim_count(sim);
     if (trace) {
       shm->ntrace = shm->ops < MAX_TRACE ? shm->ops : MAX_TRACE;

@@ -101,10 +101,10 @@ static int run_child(const wl_workload *w, const wl_model *m, const char *dir,
       if (iosim_fault_add(sim, &f))
         _exit(3);
     }
-    wl_run(w, m, dir, iosim_io(sim), WL_RETRY, &shm->progress);
+    wl_run(w, m, dir, sim, WL_RETRY, &shm->progress);
     shm->ops = iosim_count(sim);
     shm->injected = iosim_faults_injected(sim);
-    shm->first_fault = iosim_first_fault(sim);
+    shm->first_fault = iosim_fault_fired(sim, 0); /* ours, not the workload's */
     if (trace) {
       shm->ntrace = shm->ops < MAX_TRACE ? shm->ops : MAX_TRACE;
       for (uint64_t i = 0; i < shm->ntrace; i++)

@@ -111,6 +111,9 @@ struct iosim {
   trace_rec *trace;
   size_t ntrace, trace_cap;
   iosim_fault faults[MAX_FAULTS];
+  char fault_paths[MAX_FAULTS][64];
+  uint64_t fault_seen[MAX_FAULTS]; /* matching ops so far (path faults) */
+  uint64_t fault_fired[MAX_FAULTS]; /* op index of its first firing */
   size_t nfaults;
   uint64_t injected, first_fault;
   uint64_t kill_at;
@@ -761,11 +764,19 @@ static op_verdict begin_op(iosim *sim, loom_io_op op, const char *path)
     uint64_t at = f->by_type ? nth : k;
     if (f->by_type && f->op != op)
       continue;
+    if (f->path) {
+      size_t pl = strlen(path), sl = strlen(sim->fault_paths[i]);
+      if (pl < sl || strcmp(path + pl - sl, sim->fault_paths[i]))
+        continue;
+      at = sim->fault_seen[i]++;
+    }
     if (at == f->index || (f->sticky && at > f->index)) {
       v.err = f->err;
       v.short_write = f->kind == IOSIM_SHORT_WRITE && op == LOOM_IO_PWRITE;
       if (sim->injected++ == 0)
         sim->first_fault = k;
+      if (sim->fault_fired[i] == UINT64_MAX)
+        sim->fault_fired[i] = k;
       break;
     }
   }
@@ -841,7 +852,7 @@ static int sim_open(void *ctx, int dirfd, const char *name, int flags,
 static ssize_t sim_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
 {
   iosim *sim = ctx;
-  char tmp[32];
+  char tmp[PATH_MAX];
   pthread_mutex_lock(&sim->mutex);
   op_verdict v = begin_op(sim, LOOM_IO_PREAD, fd_label(sim, fd, tmp, sizeof tmp));
   if (v.err) {
@@ -895,7 +906,7 @@ static ssize_t sim_pwrite(void *ctx, int fd, const void *buf, size_t len,
                           off_t off)
 {
   iosim *sim = ctx;
-  char tmp[32];
+  char tmp[PATH_MAX];
   pthread_mutex_lock(&sim->mutex);
   op_verdict v = begin_op(sim, LOOM_IO_PWRITE, fd_label(sim, fd, tmp, sizeof tmp));
   if (v.err) {
@@ -912,7 +923,7 @@ static ssize_t sim_pwrite(void *ctx, int fd, const void *buf, size_t len,
 static int sim_fsync(void *ctx, int fd)
 {
   iosim *sim = ctx;
-  char tmp[32];
+  char tmp[PATH_MAX];
   pthread_mutex_lock(&sim->mutex);
   const char *label = fd_label(sim, fd, tmp, sizeof tmp);
   op_verdict v = begin_op(sim, LOOM_IO_FSYNC, label);
@@ -955,7 +966,7 @@ static int sim_fsync(void *ctx, int fd)
 static int sim_ftruncate(void *ctx, int fd, off_t len)
 {
   iosim *sim = ctx;
-  char tmp[32];
+  char tmp[PATH_MAX];
   pthread_mutex_lock(&sim->mutex);
   op_verdict v = begin_op(sim, LOOM_IO_FTRUNCATE,
                           fd_label(sim, fd, tmp, sizeof tmp));
@@ -1052,7 +1063,7 @@ static int sim_unlink(void *ctx, int dirfd, const char *name, int flags)
 static int sim_close(void *ctx, int fd)
 {
   iosim *sim = ctx;
-  char tmp[32];
+  char tmp[PATH_MAX];
   pthread_mutex_lock(&sim->mutex);
   op_verdict v = begin_op(sim, LOOM_IO_CLOSE, fd_label(sim, fd, tmp, sizeof tmp));
   if (v.err) {
@@ -1212,8 +1223,17 @@ int iosim_fault_add(iosim *sim, const iosim_fault *fault)
     return EINVAL;
   pthread_mutex_lock(&sim->mutex);
   int rc = ENOSPC;
-  if (sim->nfaults < MAX_FAULTS) {
-    sim->faults[sim->nfaults++] = *fault;
+  if (fault->path && strlen(fault->path) >= sizeof sim->fault_paths[0]) {
+    rc = EINVAL;
+  } else if (sim->nfaults < MAX_FAULTS) {
+    size_t i = sim->nfaults++;
+    sim->faults[i] = *fault;
+    sim->fault_seen[i] = 0;
+    sim->fault_fired[i] = UINT64_MAX;
+    if (fault->path) {
+      copy_str(sim->fault_paths[i], sizeof sim->fault_paths[i], fault->path);
+      sim->faults[i].path = sim->fault_paths[i];
+    }
     rc = 0;
   }
   pthread_mutex_unlock(&sim->mutex);
@@ -1230,6 +1250,14 @@ int iosim_short_write_at(iosim *sim, uint64_t k, int err)
 {
   iosim_fault f = {.kind = IOSIM_SHORT_WRITE, .err = err, .index = k};
   return iosim_fault_add(sim, &f);
+}
+
+uint64_t iosim_fault_fired(iosim *sim, size_t n)
+{
+  pthread_mutex_lock(&sim->mutex);
+  uint64_t k = n < sim->nfaults ? sim->fault_fired[n] : UINT64_MAX;
+  pthread_mutex_unlock(&sim->mutex);
+  return k;
 }
 
 uint64_t iosim_faults_injected(iosim *sim)

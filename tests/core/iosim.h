@@ -118,6 +118,11 @@ typedef struct iosim_fault {
   uint64_t index;
   int sticky;            /* 1: every later matching op fails too (a disk
                             that stays full); 0: only this one */
+  const char *path;      /* NULL: any path. Else only ops whose path (as
+                            iosim_trace_op gives it) ends with this string
+                            match, and index counts the matching ops (of
+                            type op, with by_type) since the fault was
+                            added: 0 is the next one. Copied. */
 } iosim_fault;
 
 /* Arm a fault (up to 8). A SHORT_WRITE fault that lands on an op other
@@ -126,6 +131,10 @@ int iosim_fault_add(iosim *sim, const iosim_fault *fault);
 /* Shorthands: fail global op k with err; make global op k a short write. */
 int iosim_fail_at(iosim *sim, uint64_t k, int err);
 int iosim_short_write_at(iosim *sim, uint64_t k, int err);
+/* The op index where the fault added as the n-th (0-based) first fired,
+ * UINT64_MAX if it has not (or there is no such fault). */
+uint64_t iosim_fault_fired(iosim *sim, size_t n);
+
 /* How many ops were failed on purpose so far, and the op index of the
  * first (UINT64_MAX if none). */
 uint64_t iosim_faults_injected(iosim *sim);

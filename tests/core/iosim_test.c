@@ -553,6 +553,8 @@ static void test_fault_returns_errno(void **state)
   assert_false(exists(f.root, "a")); /* not performed */
   assert_int_equal(iosim_faults_injected(f.sim), 1);
   assert_int_equal(iosim_first_fault(f.sim), k);
+  assert_int_equal(iosim_fault_fired(f.sim, 0), k);
+  assert_int_equal(iosim_fault_fired(f.sim, 1), UINT64_MAX);
   int fd = create_file(&f, f.rootfd, "a"); /* next op succeeds */
 
   /* The 2nd pwrite (by type) fails with ENOSPC, nothing written. */
@@ -591,6 +593,18 @@ static void test_fault_returns_errno(void **state)
   for (int i = 0; i < 3; i++)
     assert_int_equal(f.io->ftruncate(f.io->ctx, fd, 100), -ENOSPC);
   assert_int_equal(iosim_faults_injected(f.sim), 7);
+  /* By path, counted from now: the 2nd fsync of "b" fails, whatever else
+   * is fsynced in between. */
+  int fb = create_file(&f, f.rootfd, "b");
+  iosim_fault bypath = {.kind = IOSIM_FAIL, .err = EIO, .by_type = 1,
+                        .op = LOOM_IO_FSYNC, .path = "b", .index = 1};
+  assert_int_equal(iosim_fault_add(f.sim, &bypath), 0);
+  assert_int_equal(f.io->fsync(f.io->ctx, fb), 0);
+  assert_int_equal(f.io->fsync(f.io->ctx, fd), 0);
+  assert_int_equal(f.io->fsync(f.io->ctx, fb), -EIO);
+  assert_int_equal(f.io->fsync(f.io->ctx, fb), 0);
+  assert_int_equal(f.io->close(f.io->ctx, fb), 0);
+  assert_int_equal(iosim_faults_injected(f.sim), 8);
   /* Bad arguments. */
   iosim_fault bad = {.kind = IOSIM_FAIL, .err = 0};
   assert_int_equal(iosim_fault_add(f.sim, &bad), EINVAL);

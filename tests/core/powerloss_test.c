@@ -227,7 +227,7 @@ static int run_batch_child(size_t w, batch *b, int trace)
     if (iosim_create(root, &sim))
       _exit(3);
     iosim_hook_set(sim, cut_hook, b);
-    wl_run(wl, &info[w].model, img, iosim_io(sim), 0, &shm->progress);
+    wl_run(wl, &info[w].model, img, sim, 0, &shm->progress);
     iosim_hook_set(sim, NULL, NULL);
     for (size_t j = 0; j < b->n; j++)
       if (!shm->cuts[j].done)

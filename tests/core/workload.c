@@ -65,6 +65,18 @@ const wl_workload wl_workloads[] = {
    .nsteps = 3, .steps = {{WL_PATCH, 3, BIT(2)},
                           {WL_EPOCH, 3, 0},
                           {WL_PATCH, 4, BIT(0) | BIT(3)}}},
+  {.name = "store_reopen_after_failed_sync",
+   .nsetup = 1, .setup = {{WL_PATCH, 3, ALL(3), 0, NULL}},
+   /* the apply's meta fsync fails: committed, handle poisoned; a restart
+    * finds the unsynced meta slot in the page cache; later commits must
+    * survive a power cut all the same */
+   .nsteps = 4, .steps = {{WL_PATCH, 3, BIT(0), 0, "meta"},
+                          {WL_REOPEN, 3, 0, 0, NULL},
+                          {WL_PATCH, 4, BIT(1) | BIT(3), 0, NULL},
+                          {WL_PATCH, 4, BIT(2), 0, NULL}}},
+  {.name = "store_create_after_failed_sync",
+   .create = 1, .open_fail_dir_fsync = 1,
+   .nsteps = 1, .steps = {{WL_PATCH, 2, ALL(2), 0, NULL}}},
   {.name = "store_create_first_commit",
    .create = 1,
    .nsteps = 1, .steps = {{WL_PATCH, 3, ALL(3)}}},
@@ -183,6 +195,8 @@ static void model_apply(image_model *im, const wl_step *s, unsigned tag)
   case WL_EPOCH:
     im->pos.epoch++;
     break;
+  case WL_REOPEN:
+    break;
   }
   im->pos.pages = im->pages;
   im->pos.checksum = image_checksum(im->image, im->pages);
@@ -300,9 +314,10 @@ static void backup_path(const char *dir, char *out, size_t size)
 }
 
 static int run_step(const wl_workload *w, const wl_model *m, size_t i,
-                    loom *l, loom_store *s, const char *dir)
+                    loom *l, loom_store **sp, const char *dir, iosim *sim)
 {
   const wl_step *step = &w->steps[i];
+  loom_store *s = *sp;
   switch (step->kind) {
   case WL_PATCH:
   case WL_BASE:
@@ -321,6 +336,12 @@ static int run_step(const wl_workload *w, const wl_model *m, size_t i,
   }
   case WL_EPOCH:
     return loom_store_set_epoch(s, m->states[i + 1].pos.epoch);
+  case WL_REOPEN:
+    if (l)
+      return LOOM_EINVAL; /* store workloads only */
+    loom_store_close(s); /* poisoned, maybe: its error is expected */
+    *sp = NULL;
+    return loom_store_open(dir, 0, iosim_io(sim), sp);
   }
   return LOOM_EINVAL;
 }
@@ -333,9 +354,29 @@ static void record_error(wl_progress *pr, int step, int rc)
   }
 }
 
-int wl_run(const wl_workload *w, const wl_model *m, const char *dir,
-           const loom_io *io, unsigned flags, wl_progress *pr)
+static int open_handle(const wl_workload *w, const char *dir,
+                       const loom_io *io, loom **l, loom_store **s)
 {
+  *l = NULL;
+  *s = NULL;
+  if (!w->arena)
+    return loom_store_open(dir, w->create ? LOOM_CREATE : 0, io, s);
+  loom_options o;
+  memset(&o, 0, sizeof o);
+  o.arena_pages = WL_ARENA_PAGES;
+  o.flags = w->arena_flags | (w->create ? LOOM_CREATE : 0u);
+  o.tracker = w->tracker;
+  o.io = io;
+  int rc = loom_open(dir, &o, l);
+  if (!rc)
+    *s = loom_get_store(*l);
+  return rc;
+}
+
+int wl_run(const wl_workload *w, const wl_model *m, const char *dir,
+           iosim *sim, unsigned flags, wl_progress *pr)
+{
+  const loom_io *io = iosim_io(sim);
   pr->acked = w->create ? -1 : 0;
   pr->step = -1;
   pr->rc = 0;
@@ -347,19 +388,22 @@ int wl_run(const wl_workload *w, const wl_model *m, const char *dir,
   loom *l = NULL;
   loom_store *s = NULL;
   int rc;
-  if (w->arena) {
-    loom_options o;
-    memset(&o, 0, sizeof o);
-    o.arena_pages = WL_ARENA_PAGES;
-    o.flags = w->arena_flags | (w->create ? LOOM_CREATE : 0u);
-    o.tracker = w->tracker;
-    o.io = io;
-    rc = loom_open(dir, &o, &l);
-    if (!rc)
-      s = loom_get_store(l);
-  } else {
-    rc = loom_store_open(dir, w->create ? LOOM_CREATE : 0, io, &s);
+  if (w->open_fail_dir_fsync) {
+    const char *base = strrchr(dir, '/');
+    iosim_fault f = {.kind = IOSIM_FAIL, .err = EIO, .by_type = 1,
+                     .op = LOOM_IO_FSYNC, .path = base ? base + 1 : dir};
+    iosim_fault_add(sim, &f);
+    rc = open_handle(w, dir, io, &l, &s);
+    if (!rc) {
+      record_error(pr, -1, LOOM_EBUG); /* the expected failure did not come */
+      if (l)
+        loom_close(l);
+      else
+        loom_store_close(s);
+      return pr->rc;
+    }
   }
+  rc = open_handle(w, dir, io, &l, &s);
   if (rc) {
     record_error(pr, -1, rc);
     return rc;
@@ -368,7 +412,31 @@ int wl_run(const wl_workload *w, const wl_model *m, const char *dir,
   size_t i;
   for (i = 0; i < w->nsteps; i++) {
     pr->step = (int)i;
-    rc = run_step(w, m, i, l, s, dir);
+    const wl_step *step = &w->steps[i];
+    if (step->fail_fsync) {
+      iosim_fault f = {.kind = IOSIM_FAIL, .err = EIO, .by_type = 1,
+                       .op = LOOM_IO_FSYNC, .path = step->fail_fsync};
+      iosim_fault_add(sim, &f);
+    }
+    rc = run_step(w, m, i, l, &s, dir, sim);
+    if (!s) {
+      record_error(pr, (int)i, rc ? rc : LOOM_EBUG);
+      pr->acked = (int)i; /* the reopen failed: nothing left to close */
+      pr->finished = 0;
+      return pr->rc;
+    }
+    if (step->fail_fsync) {
+      /* Expected: an error after the commit point. Anything else is a
+       * failure of this step (LOOM_EBUG if it succeeded). */
+      loom_position now;
+      loom_store_position(s, &now);
+      if (rc && same_position(&now, &m->states[i + 1].pos)) {
+        pr->acked = (int)i + 1;
+        continue;
+      }
+      if (!rc)
+        rc = LOOM_EBUG;
+    }
     if (rc) {
       record_error(pr, (int)i, rc);
       loom_position now;
@@ -385,7 +453,12 @@ int wl_run(const wl_workload *w, const wl_model *m, const char *dir,
       }
       if (!(flags & WL_RETRY))
         break;
-      rc = run_step(w, m, i, l, s, dir);
+      rc = run_step(w, m, i, l, &s, dir, sim);
+      if (!s) {
+        pr->retried_rc = rc ? rc : LOOM_EBUG;
+        pr->finished = 0;
+        return pr->rc;
+      }
       pr->retried_rc = rc;
       if (rc)
         break;

@@ -16,6 +16,14 @@
  *              arena), then loom_save(low = pages, high = arena)
  *   WL_BACKUP  loom_store_backup() to "<dir>.backup"
  *   WL_EPOCH   loom_store_set_epoch(epoch + 1): a promotion
+ *   WL_REOPEN  close the store (whatever it returns) and open it again
+ *              through the same io: a process that died and restarted
+ *              without a power loss (the page cache kept everything)
+ *
+ * A step with fail_fsync set arms a fault first: the next fsync of that
+ * file fails with EIO. The step must then fail after its commit point (the
+ * handle already holds the new position): that failure is expected, not
+ * recorded, and the step counts as acknowledged.
  *
  * Page contents are a pure function of (step number, page number), so the
  * model (wl_model_build) knows every position's bytes: states[0] is the
@@ -34,6 +42,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "iosim.h"
 #include "loom.h"
 #include "loom_io.h"
 
@@ -42,18 +51,25 @@
 #define WL_ARENA_PAGES 64u /* arena workloads keep their image under 32 */
 #define WL_MAX_STATES (WL_MAX_STEPS + 1)
 
-typedef enum wl_kind { WL_PATCH, WL_BASE, WL_SAVE, WL_BACKUP, WL_EPOCH } wl_kind;
+typedef enum wl_kind {
+  WL_PATCH, WL_BASE, WL_SAVE, WL_BACKUP, WL_EPOCH, WL_REOPEN
+} wl_kind;
 
 typedef struct wl_step {
   wl_kind kind;
   uint64_t pages;    /* image length after the step */
   uint32_t written;  /* bit n: page n gets new contents */
   uint64_t far_page; /* WL_PATCH: one more page (>= 32) written; 0: none */
+  const char *fail_fsync; /* see above; NULL: none */
 } wl_step;
 
 typedef struct wl_workload {
   const char *name;
   int create;              /* the workload creates the store (no template) */
+  int open_fail_dir_fsync; /* the first open's first fsync of the image
+                              directory fails with EIO: that open must
+                              fail, and the workload opens again (a
+                              restart without a power loss) */
   int arena;               /* steps are loom_save on an arena */
   unsigned arena_flags;    /* loom_options.flags besides LOOM_CREATE */
   loom_tracker tracker;
@@ -98,14 +114,15 @@ typedef struct wl_progress {
 
 #define WL_RETRY 0x1u  /* after a failed step, retry it once (see wl_run) */
 
-/* Run w's steps on the image directory dir through io. On an error the
+/* Run w's steps on the image directory dir through the simulator sim. On
+ * an error the
  * run records it; with WL_RETRY, a step whose error left the position
  * unchanged is tried once more and the run goes on if it succeeds (a
  * step whose position moved counts as done). The handle is closed at the
  * end either way. Returns progress->rc. Runs arena workloads: call it in
  * a forked child or a test body, never in a cmocka fixture. */
 int wl_run(const wl_workload *w, const wl_model *m, const char *dir,
-           const loom_io *io, unsigned flags, wl_progress *progress);
+           iosim *sim, unsigned flags, wl_progress *progress);
 
 /* Build w's template directory at dir (it must not exist) with the POSIX
  * io. For a creating workload, nothing is made. 0 or an error code. */
