@@ -82,7 +82,9 @@ static int guard_move(loom *l, uint64_t to);
 /* A write reached the guard page: recentre it, or report exhaustion. */
 static int fault_guard(loom *l, uint64_t n)
 {
-  uint64_t low = l->image_pages, high = l->pages, to;
+  /* Without the application's watermarks, the write says that the low
+   * region now reaches past the guard: free space is above it. */
+  uint64_t low = n + 1, high = l->pages, to;
   if (l->opt.watermarks)
     l->opt.watermarks(l->opt.watermarks_ctx, &low, &high);
   if (!guard_pick(l, low, high, &to) && to != n) {

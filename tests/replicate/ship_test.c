@@ -67,9 +67,13 @@ static void sleep_ms(unsigned ms)
 static char *make_tmpdir(const char *tag)
 {
   const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  char *path = malloc(strlen(root) + strlen(tag) + 32);
-  assert_non_null(path);
-  sprintf(path, "%s/ship-%s-XXXXXX", root, tag);
+  size_t len = strlen(root) + strlen(tag) + 32;
+  char *path = malloc(len);
+  if (!path) {
+    fail_msg("out of memory");
+    return NULL;
+  }
+  snprintf(path, len, "%s/ship-%s-XXXXXX", root, tag);
   assert_non_null(mkdtemp(path));
   return path;
 }

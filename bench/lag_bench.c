@@ -1,0 +1,688 @@
+/*
+ * lag_bench.c: replication lag, sustained rate and catch-up, measured on
+ * 127.0.0.1 with an in-process primary (loom + replication log + shipper)
+ * and in-process standbys (http/ server in the standby role, each with its
+ * own directory, receive log and applier thread).
+ *
+ * The image is a table of P pages of random bytes (default 4,096: 64 MiB);
+ * each save changes a run of 64 random bytes at a random offset in K
+ * distinct random pages (what `loomship primary` does, and what the
+ * PostgreSQL comparison does to its 16 KiB values). The standby starts from
+ * a backup of the primary's image (loom_store_backup), so no base image is
+ * shipped during the measurement.
+ *
+ * Timestamps: the commit hook records the local commit point of each seq;
+ * a poller thread reads every standby's http_server_get_status() every
+ * 20 us and records when each seq became received (durable in the
+ * standby's receive log) and applied (in its image: visible). The
+ * reference is the local save latency (loom_save, LOOM_APPLY_ASYNC as in
+ * `loomship primary`) measured in the same run.
+ *
+ * Modes:
+ *   lag_bench [opts] lag       open-loop saves at each --rates value for
+ *                              --seconds, --repeats times: lag p50/p99
+ *   lag_bench [opts] maxrate   open-loop at 100, 200, 400, ... saves/s until
+ *                              the standby no longer keeps up (see below)
+ *   lag_bench [opts] catchup   a standby stopped while the primary changes
+ *                              1 % of its pages (64 bytes each) in 10
+ *                              saves, then restarted: time until applied
+ *                              and bytes on the wire; with --rsync-dir D it
+ *                              also writes D/old.img and D/new.img (the
+ *                              image before and after) for rsync_bench.sh
+ * Options: --pages K (changed per save, 64) --image-pages P (4096)
+ *   --rates R1,R2 (10,100,1000) --seconds S (3) --repeats N (3) --sync N (0)
+ *   --standbys M (1) --dir DIR ($TMPDIR or /tmp) --rsync-dir D
+ *   --backoff-max S (0.05: the shipper's retry backoff, base 0.01 s; the
+ *   shipper's own default is 0.1 s doubling up to 5 s, which would make
+ *   the catch-up time mostly the wait for the next retry)
+ *
+ * Output: human-readable lines, and one "RESULT name median min max unit
+ * reference ratio" line per figure for ./bench to collect.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "loom.h"
+#include "replicate.h"
+#include "server.h"
+
+#define PS ((uint64_t)LOOM_PAGE_SIZE)
+#define RING (1u << 20)
+#define MAX_STANDBYS 8
+#define MAXREP 16
+
+static double now_s(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_until(double t)
+{
+  double d = t - now_s();
+  if (d <= 0)
+    return;
+  struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+  nanosleep(&ts, NULL);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Percentile q (0..1) of v[0, n) (sorts v). */
+static double pct(double *v, size_t n, double q)
+{
+  if (!n)
+    return -1;
+  qsort(v, n, sizeof *v, cmp_double);
+  size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+  return v[i];
+}
+
+typedef struct stat3 {
+  double median, min, max;
+} stat3;
+
+static stat3 summarize(double *v, int n)
+{
+  stat3 s = {0, 0, 0};
+  if (n <= 0)
+    return s;
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  s.min = v[0];
+  s.max = v[n - 1];
+  return s;
+}
+
+static void result(const char *name, stat3 s, const char *unit, double ref, const char *refname)
+{
+  printf("RESULT %s %.6g %.6g %.6g %s %s=%.6g %.3g\n", name, s.median, s.min, s.max, unit,
+         refname, ref, ref > 0 ? s.median / ref : 0.0);
+  fflush(stdout);
+}
+
+static void die(const char *what, int rc)
+{
+  fprintf(stderr, "lag_bench: %s: %s (%d)\n", what, http_strerror(rc), rc);
+  exit(1);
+}
+
+/* ---------------------------------------------------------------------- */
+
+typedef struct bench {
+  loom *l;
+  replicate_log *log;
+  replicate_shipper *shipper;
+  http_server *standby[MAX_STANDBYS];
+  uint16_t port[MAX_STANDBYS];
+  char sdir[MAX_STANDBYS][600];
+  char url[MAX_STANDBYS][64];
+  const char *urlp[MAX_STANDBYS];
+  int standbys;
+  uint64_t image_pages, arena_pages;
+  double *t_commit;                    /* [RING] by seq */
+  double *t_hook;                      /* [RING] by seq: time in the shipper's
+                                          on_commit (encode, log append +
+                                          fsync, sync wait) */
+  double *t_recv[MAX_STANDBYS];        /* [RING] by seq */
+  double *t_appl[MAX_STANDBYS];
+  _Atomic uint64_t seen_recv[MAX_STANDBYS], seen_appl[MAX_STANDBYS];
+  pthread_mutex_t srv_lock;            /* standby[] replaced in catchup */
+  atomic_int stop_poll;
+  uint64_t rng;
+} bench;
+
+static bench B;
+
+static uint64_t rnd(void)
+{
+  B.rng ^= B.rng << 13, B.rng ^= B.rng >> 7, B.rng ^= B.rng << 17;
+  return B.rng;
+}
+
+static int on_commit(void *ctx, loom *l, const loom_commit *c)
+{
+  (void)ctx;
+  double t = now_s();
+  B.t_commit[c->after.seq % RING] = t;
+  if (!B.shipper)
+    return 0;
+  int rc = replicate_shipper_on_commit(B.shipper, l, c);
+  B.t_hook[c->after.seq % RING] = now_s() - t;
+  return rc;
+}
+
+static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
+{
+  (void)ctx;
+  *low = B.image_pages;
+  *high = B.arena_pages;
+}
+
+static void *poller(void *arg)
+{
+  (void)arg;
+  while (!atomic_load(&B.stop_poll)) {
+    pthread_mutex_lock(&B.srv_lock);
+    for (int s = 0; s < B.standbys; s++) {
+      if (!B.standby[s])
+        continue;
+      http_server_status st;
+      http_server_get_status(B.standby[s], &st);
+      double t = now_s();
+      uint64_t r = atomic_load(&B.seen_recv[s]);
+      for (uint64_t q = r + 1; q <= st.received.seq; q++)
+        B.t_recv[s][q % RING] = t;
+      if (st.received.seq > r)
+        atomic_store(&B.seen_recv[s], st.received.seq);
+      uint64_t a = atomic_load(&B.seen_appl[s]);
+      for (uint64_t q = a + 1; q <= st.applied.seq; q++)
+        B.t_appl[s][q % RING] = t;
+      if (st.applied.seq > a)
+        atomic_store(&B.seen_appl[s], st.applied.seq);
+    }
+    pthread_mutex_unlock(&B.srv_lock);
+    struct timespec ts = {0, 20000};
+    nanosleep(&ts, NULL);
+  }
+  return NULL;
+}
+
+static uint64_t seq_now(void)
+{
+  loom_position p;
+  loom_store_position(loom_get_store(B.l), &p);
+  return p.seq;
+}
+
+static void start_standby(int s, uint16_t port)
+{
+  http_server_options o = {.role = HTTP_ROLE_STANDBY, .dir = B.sdir[s],
+                           .listen_host = "127.0.0.1", .listen_port = port};
+  http_server *srv;
+  int rc = http_server_start(&o, &srv);
+  if (rc)
+    die("standby start", rc);
+  pthread_mutex_lock(&B.srv_lock);
+  B.standby[s] = srv;
+  B.port[s] = http_server_port(srv);
+  pthread_mutex_unlock(&B.srv_lock);
+}
+
+static void stop_standby(int s)
+{
+  pthread_mutex_lock(&B.srv_lock);
+  http_server *srv = B.standby[s];
+  B.standby[s] = NULL;
+  pthread_mutex_unlock(&B.srv_lock);
+  http_server_stop(srv);
+}
+
+/* Wait until every standby has applied seq (or timeout): seconds waited. */
+static double wait_applied(uint64_t seq, double timeout)
+{
+  double t0 = now_s();
+  for (;;) {
+    int ok = 1;
+    for (int s = 0; s < B.standbys; s++)
+      ok &= atomic_load(&B.seen_appl[s]) >= seq;
+    if (ok)
+      return now_s() - t0;
+    if (now_s() - t0 > timeout)
+      return -1;
+    struct timespec ts = {0, 20000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+static void wire_totals(uint64_t *wire, uint64_t *raw, uint64_t *frames)
+{
+  replicate_standby_status st[MAX_STANDBYS];
+  size_t n = 0;
+  replicate_shipper_status(B.shipper, st, MAX_STANDBYS, &n);
+  *wire = *raw = *frames = 0;
+  for (size_t i = 0; i < n; i++)
+    *wire += st[i].bytes_wire, *raw += st[i].bytes_raw, *frames += st[i].frames_sent;
+}
+
+/* Change 64 random bytes (one run at a random offset) in k distinct random
+ * pages of the image, from the pages in [first, first + span). */
+static void dirty(uint64_t k, uint64_t first, uint64_t span, uint8_t *mark)
+{
+  for (uint64_t i = 0; i < k; i++) {
+    uint64_t p;
+    do
+      p = first + rnd() % span;
+    while (mark[p]);
+    mark[p] = 1;
+    uint8_t *page = loom_page(B.l, p);
+    uint64_t off = rnd() % (PS - 64);
+    for (int j = 0; j < 64; j += 8) {
+      uint64_t x = rnd();
+      memcpy(page + off + (uint64_t)j, &x, 8);
+    }
+  }
+}
+
+static uint8_t *marks;
+
+static double save(uint64_t k)
+{
+  memset(marks, 0, B.image_pages);
+  dirty(k, 0, B.image_pages, marks);
+  double t0 = now_s();
+  int rc = loom_save(B.l, B.image_pages, B.arena_pages);
+  double t = now_s() - t0;
+  if (rc) {
+    fprintf(stderr, "lag_bench: save: %s\n",
+            replicate_strerror(rc));
+    if (rc != REPLICATE_ESYNC_TIMEOUT)
+      exit(1);
+  }
+  return t;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+  int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (in < 0 || out < 0) {
+    perror("copy_file");
+    exit(1);
+  }
+  static char buf[1 << 20];
+  ssize_t n;
+  while ((n = read(in, buf, sizeof buf)) > 0)
+    if (write(out, buf, (size_t)n) != n) {
+      perror("copy_file write");
+      exit(1);
+    }
+  fsync(out);
+  close(in);
+  close(out);
+}
+
+/* ---------------------------------------------------------------------- */
+
+typedef struct phase {
+  double rate_done;     /* saves/s achieved */
+  double save_p50, save_p99, hook_p50;
+  double recv_p50, recv_p99, appl_p50, appl_p99; /* worst standby */
+  uint64_t behind_end;  /* frames not received at the end of the phase */
+  double wire_per_save, raw_per_save;
+  uint64_t saves;
+} phase;
+
+static phase run_phase(uint64_t k, double rate, double seconds)
+{
+  phase ph = {0};
+  size_t cap = (size_t)(rate * seconds) + 16;
+  double *lat = calloc(cap, sizeof *lat);
+  double *v = calloc(cap, sizeof *v);
+  uint64_t w0, r0, f0;
+  wire_totals(&w0, &r0, &f0);
+  uint64_t first = seq_now() + 1;
+  double t0 = now_s(), t_end = t0 + seconds;
+  size_t n = 0;
+  for (size_t i = 0; n < cap; i++) {
+    double at = t0 + (double)i / rate;
+    if (at >= t_end)
+      break;
+    sleep_until(at);
+    lat[n++] = save(k);
+  }
+  double elapsed = now_s() - t0;
+  uint64_t last = seq_now();
+  ph.saves = n;
+  ph.rate_done = (double)n / elapsed;
+  uint64_t minr = UINT64_MAX;
+  for (int s = 0; s < B.standbys; s++) {
+    uint64_t r = atomic_load(&B.seen_recv[s]);
+    minr = r < minr ? r : minr;
+  }
+  ph.behind_end = last > minr ? last - minr : 0;
+  double wait = wait_applied(last, 60);
+  if (wait < 0)
+    fprintf(stderr, "lag_bench: standby did not catch up within 60 s\n");
+  uint64_t w1, r1, f1;
+  wire_totals(&w1, &r1, &f1);
+  ph.wire_per_save = (double)(w1 - w0) / (double)n / B.standbys;
+  ph.raw_per_save = (double)(r1 - r0) / (double)n / B.standbys;
+  ph.save_p50 = pct(lat, n, 0.5);
+  ph.save_p99 = pct(lat, n, 0.99);
+  {
+    size_t m = 0;
+    for (uint64_t q = first; q <= last; q++)
+      v[m++] = B.t_hook[q % RING];
+    ph.hook_p50 = pct(v, m, 0.5);
+  }
+  for (int s = 0; s < B.standbys; s++) {
+    size_t m = 0;
+    for (uint64_t q = first; q <= last; q++)
+      v[m++] = B.t_recv[s][q % RING] - B.t_commit[q % RING];
+    double p50 = pct(v, m, 0.5), p99 = pct(v, m, 0.99);
+    ph.recv_p50 = p50 > ph.recv_p50 ? p50 : ph.recv_p50;
+    ph.recv_p99 = p99 > ph.recv_p99 ? p99 : ph.recv_p99;
+    m = 0;
+    for (uint64_t q = first; q <= last; q++)
+      v[m++] = B.t_appl[s][q % RING] - B.t_commit[q % RING];
+    p50 = pct(v, m, 0.5), p99 = pct(v, m, 0.99);
+    ph.appl_p50 = p50 > ph.appl_p50 ? p50 : ph.appl_p50;
+    ph.appl_p99 = p99 > ph.appl_p99 ? p99 : ph.appl_p99;
+  }
+  free(lat);
+  free(v);
+  return ph;
+}
+
+static double cpu_seconds(void)
+{
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds, int repeats,
+                     unsigned sync)
+{
+  char tag[96];
+  for (int r = 0; r < nrates; r++) {
+    double s50[MAXREP], s99[MAXREP], h50[MAXREP], r50[MAXREP], r99[MAXREP], a50[MAXREP], a99[MAXREP],
+        wire[MAXREP], raw[MAXREP], done[MAXREP];
+    double c0 = cpu_seconds(), w0 = now_s();
+    for (int i = 0; i < repeats; i++) {
+      phase ph = run_phase(k, rates[r], seconds);
+      printf("# K=%llu rate=%g sync=%u standbys=%d rep %d: %.1f saves/s, save p50 %.3f ms "
+             "p99 %.3f ms (in the shipper hook p50 %.3f ms); received p50 %.3f p99 %.3f ms; applied p50 %.3f p99 %.3f ms; "
+             "%.0f wire B/save (%.0f raw); %llu frames behind at end\n",
+             (unsigned long long)k, rates[r], sync, B.standbys, i, ph.rate_done,
+             ph.save_p50 * 1e3, ph.save_p99 * 1e3, ph.hook_p50 * 1e3, ph.recv_p50 * 1e3, ph.recv_p99 * 1e3,
+             ph.appl_p50 * 1e3, ph.appl_p99 * 1e3, ph.wire_per_save, ph.raw_per_save,
+             (unsigned long long)ph.behind_end);
+      s50[i] = ph.save_p50 * 1e3, s99[i] = ph.save_p99 * 1e3, h50[i] = ph.hook_p50 * 1e3;
+      r50[i] = ph.recv_p50 * 1e3, r99[i] = ph.recv_p99 * 1e3;
+      a50[i] = ph.appl_p50 * 1e3, a99[i] = ph.appl_p99 * 1e3;
+      wire[i] = ph.wire_per_save, raw[i] = ph.raw_per_save, done[i] = ph.rate_done;
+    }
+    double cpu = (cpu_seconds() - c0) / (now_s() - w0);
+    stat3 ref = summarize(s50, repeats);
+    snprintf(tag, sizeof tag, "K%llu_r%g_sync%u_sb%d", (unsigned long long)k, rates[r], sync,
+             B.standbys);
+    char name[160];
+    snprintf(name, sizeof name, "save_p50_%s", tag);
+    result(name, ref, "ms", 0, "-");
+    snprintf(name, sizeof name, "save_p99_%s", tag);
+    result(name, summarize(s99, repeats), "ms", ref.median, "save_p50");
+    snprintf(name, sizeof name, "hook_p50_%s", tag);
+    result(name, summarize(h50, repeats), "ms", ref.median, "save_p50");
+    snprintf(name, sizeof name, "received_p50_%s", tag);
+    result(name, summarize(r50, repeats), "ms", ref.median, "save_p50");
+    snprintf(name, sizeof name, "received_p99_%s", tag);
+    result(name, summarize(r99, repeats), "ms", ref.median, "save_p50");
+    snprintf(name, sizeof name, "applied_p50_%s", tag);
+    result(name, summarize(a50, repeats), "ms", ref.median, "save_p50");
+    snprintf(name, sizeof name, "applied_p99_%s", tag);
+    result(name, summarize(a99, repeats), "ms", ref.median, "save_p50");
+    stat3 rw = summarize(raw, repeats);
+    snprintf(name, sizeof name, "wire_bytes_per_save_%s", tag);
+    result(name, summarize(wire, repeats), "B", rw.median, "raw_dirty_bytes");
+    snprintf(name, sizeof name, "achieved_rate_%s", tag);
+    result(name, summarize(done, repeats), "saves/s", rates[r], "target_rate");
+    printf("RESULT process_cpu_%s %.3g %.3g %.3g cores -=0 0\n", tag, cpu, cpu, cpu);
+  }
+}
+
+static void mode_maxrate(uint64_t k, double seconds)
+{
+  double best = 0;
+  for (double rate = 100; rate <= 12800; rate *= 2) {
+    phase ph = run_phase(k, rate, seconds);
+    int primary_ok = ph.rate_done >= 0.95 * rate;
+    int kept = ph.behind_end <= (uint64_t)(0.1 * rate) + 2 && ph.recv_p99 < 0.25;
+    printf("# maxrate K=%llu target %g: primary did %.1f saves/s (save p50 %.3f ms), received "
+           "p99 %.3f ms, applied p99 %.3f ms, %llu frames behind at end: %s\n",
+           (unsigned long long)k, rate, ph.rate_done, ph.save_p50 * 1e3, ph.recv_p99 * 1e3,
+           ph.appl_p99 * 1e3, (unsigned long long)ph.behind_end,
+           !primary_ok ? "primary cannot save this fast" : kept ? "kept up" : "fell behind");
+    if (kept)
+      best = ph.rate_done;
+    if (!primary_ok || !kept)
+      break;
+  }
+  printf("RESULT max_kept_up_rate_K%llu %.6g %.6g %.6g saves/s target=300 %.3g\n",
+         (unsigned long long)k, best, best, best, best / 300);
+}
+
+static void mode_catchup(const char *rsync_dir, const char *pdir)
+{
+  char img[700], path[700];
+  snprintf(img, sizeof img, "%s/image", pdir);
+  if (rsync_dir) {
+    loom_store_sync(loom_get_store(B.l));
+    snprintf(path, sizeof path, "%s/old.img", rsync_dir);
+    copy_file(img, path);
+  }
+  uint16_t port = B.port[0];
+  stop_standby(0);
+  uint64_t w0, r0, f0;
+  wire_totals(&w0, &r0, &f0);
+  uint64_t pages = B.image_pages / 100; /* 1 % */
+  memset(marks, 0, B.image_pages);
+  for (int i = 0; i < 10; i++) {
+    uint64_t k = pages / 10 + (i < (int)(pages % 10));
+    dirty(k, 0, B.image_pages, marks); /* distinct over all ten saves */
+    int rc = loom_save(B.l, B.image_pages, B.arena_pages);
+    if (rc) {
+      fprintf(stderr, "lag_bench: save: %s\n", loom_strerror(rc));
+      exit(1);
+    }
+  }
+  uint64_t last = seq_now();
+  if (rsync_dir) {
+    loom_store_sync(loom_get_store(B.l));
+    snprintf(path, sizeof path, "%s/new.img", rsync_dir);
+    copy_file(img, path);
+  }
+  sleep(1); /* let the shipper find the standby gone */
+  uint64_t w1, r1, f1;
+  wire_totals(&w1, &r1, &f1);
+  double t0 = now_s();
+  start_standby(0, port);
+  double t_started = now_s() - t0;
+  double t = wait_applied(last, 120);
+  for (int i = 0; i < 5000; i++) { /* the shipper reads the answer after the standby has it */
+    replicate_standby_status st[MAX_STANDBYS];
+    size_t n = 0;
+    replicate_shipper_status(B.shipper, st, MAX_STANDBYS, &n);
+    if (st[0].received_seq >= last)
+      break;
+    usleep(1000);
+  }
+  uint64_t w2, r2, f2;
+  wire_totals(&w2, &r2, &f2);
+  {
+    replicate_standby_status st[MAX_STANDBYS];
+    size_t n = 0;
+    replicate_shipper_status(B.shipper, st, MAX_STANDBYS, &n);
+    printf("# shipper: state %s, requests %llu, frames %llu, merged pieces %llu, heartbeats "
+           "%llu, failures %llu, bytes_wire %llu\n",
+           st[0].state_name, (unsigned long long)st[0].requests,
+           (unsigned long long)st[0].frames_sent, (unsigned long long)st[0].coalesced_sent,
+           (unsigned long long)st[0].heartbeats_sent, (unsigned long long)st[0].failures,
+           (unsigned long long)st[0].bytes_wire);
+  }
+  printf("# catch-up phases from the restart: standby server started (store + receive log "
+         "opened) %.3f s, last save received %.3f s, applied %.3f s\n",
+         t_started, B.t_recv[0][last % RING] - t0, B.t_appl[0][last % RING] - t0);
+  printf("# catch-up: %llu pages changed in 10 saves while the standby was down; restart to "
+         "applied %.3f s; %llu bytes on the wire (%llu while down: failed attempts and "
+         "heartbeats); %llu raw page bytes\n",
+         (unsigned long long)pages, t, (unsigned long long)(w2 - w1),
+         (unsigned long long)(w1 - w0), (unsigned long long)(r2 - r1));
+  printf("RESULT catchup_seconds %.6g %.6g %.6g s rsync_target=1.3 %.3g\n", t, t, t, t / 1.3);
+  printf("RESULT catchup_wire_bytes %llu %llu %llu B dirty_bytes=%llu %.3g\n",
+         (unsigned long long)(w2 - w1), (unsigned long long)(w2 - w1),
+         (unsigned long long)(w2 - w1), (unsigned long long)(pages * PS),
+         (double)(w2 - w1) / (double)(pages * PS));
+}
+
+/* ---------------------------------------------------------------------- */
+
+static void rm_rf(const char *dir)
+{
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "lag_bench: could not remove %s\n", dir);
+}
+
+int main(int argc, char **argv)
+{
+  uint64_t k = 64;
+  double rates[16] = {10, 100, 1000};
+  int nrates = 3, repeats = 3;
+  double seconds = 3, backoff_max = 0.05;
+  unsigned sync = 0;
+  const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  const char *rsync_dir = NULL, *mode = "lag";
+  B.standbys = 1;
+  B.image_pages = 4096;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--pages") && v)
+      k = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(a, "--image-pages") && v)
+      B.image_pages = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(a, "--rates") && v) {
+      nrates = 0;
+      for (char *s = argv[++i], *e; *s && nrates < 16; s = *e ? e + 1 : e)
+        rates[nrates++] = strtod(s, &e);
+    } else if (!strcmp(a, "--seconds") && v)
+      seconds = strtod(v, NULL), i++;
+    else if (!strcmp(a, "--repeats") && v)
+      repeats = atoi(v), i++;
+    else if (!strcmp(a, "--sync") && v)
+      sync = (unsigned)atoi(v), i++;
+    else if (!strcmp(a, "--standbys") && v)
+      B.standbys = atoi(v), i++;
+    else if (!strcmp(a, "--backoff-max") && v)
+      backoff_max = strtod(v, NULL), i++;
+    else if (!strcmp(a, "--dir") && v)
+      root = v, i++;
+    else if (!strcmp(a, "--rsync-dir") && v)
+      rsync_dir = v, i++;
+    else if (a[0] != '-')
+      mode = a;
+    else {
+      fprintf(stderr, "usage: lag_bench [lag|maxrate|catchup] [--pages K] [--image-pages P] "
+                      "[--rates R,..] [--seconds S] [--repeats N] [--sync N] [--standbys M] "
+                      "[--dir DIR] [--rsync-dir D] [--backoff-max S]\n");
+      return 2;
+    }
+  }
+  if (repeats < 1 || repeats > MAXREP || B.standbys < 1 || B.standbys > MAX_STANDBYS ||
+      k > B.image_pages / 2) {
+    fprintf(stderr, "lag_bench: option out of range\n");
+    return 2;
+  }
+  char pdir[600], base[400];
+  snprintf(base, sizeof base, "%s/lag_bench.%d", root, (int)getpid());
+  snprintf(pdir, sizeof pdir, "%s/primary", base);
+  mkdir(base, 0755);
+  B.rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+  B.arena_pages = B.image_pages + 16;
+  marks = calloc(B.image_pages, 1);
+  B.t_commit = calloc(RING, sizeof(double));
+  B.t_hook = calloc(RING, sizeof(double));
+  pthread_mutex_init(&B.srv_lock, NULL);
+
+  loom_options o = {.arena_pages = B.arena_pages, .flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
+                    .on_commit = on_commit, .watermarks = watermarks};
+  int rc = loom_open(pdir, &o, &B.l);
+  if (rc)
+    die("loom_open", rc);
+  if ((rc = loom_ward(B.l, B.image_pages, B.arena_pages)))
+    die("loom_ward", rc);
+  /* The table: every page random bytes (incompressible, like PG's values). */
+  for (uint64_t p = 0; p < B.image_pages; p++) {
+    uint64_t *w = loom_page(B.l, p);
+    for (uint64_t j = 0; j < PS / 8; j++)
+      w[j] = rnd();
+  }
+  if ((rc = loom_save(B.l, B.image_pages, B.arena_pages)))
+    die("first save", rc);
+  loom_store *store = loom_get_store(B.l);
+  loom_store_sync(store);
+  for (int s = 0; s < B.standbys; s++) {
+    snprintf(B.sdir[s], sizeof B.sdir[s], "%s/standby%d", base, s);
+    if ((rc = loom_store_backup(store, B.sdir[s])))
+      die("backup", rc);
+    B.t_recv[s] = calloc(RING, sizeof(double));
+    B.t_appl[s] = calloc(RING, sizeof(double));
+    start_standby(s, 0);
+    snprintf(B.url[s], sizeof B.url[s], "http://127.0.0.1:%u", (unsigned)B.port[s]);
+    B.urlp[s] = B.url[s];
+  }
+  uint64_t start_seq = seq_now();
+  for (int s = 0; s < B.standbys; s++)
+    atomic_store(&B.seen_recv[s], start_seq), atomic_store(&B.seen_appl[s], start_seq);
+  if ((rc = replicate_log_open(pdir, NULL, NULL, &B.log)))
+    die("log open", rc);
+  replicate_shipper_options so = {.store = store, .log = B.log, .standby_urls = B.urlp,
+                                  .standby_count = (size_t)B.standbys, .sync_count = sync,
+                                  .backoff_base_seconds = 0.01,
+                                  .backoff_max_seconds = backoff_max};
+  if ((rc = replicate_shipper_start(&so, &B.shipper)))
+    die("shipper start", rc);
+  pthread_t pt;
+  pthread_create(&pt, NULL, poller, NULL);
+  /* Warm up: a few saves, every standby streaming. */
+  for (int i = 0; i < 20; i++)
+    save(k < 64 ? k : 64);
+  if (wait_applied(seq_now(), 30) < 0)
+    die("warm-up: standby not caught up", 0);
+  printf("# image %llu pages (%llu MiB), %d standby(s), tracker %s, sync %u\n",
+         (unsigned long long)B.image_pages, (unsigned long long)(B.image_pages * PS >> 20),
+         B.standbys, loom_tracker_name(loom_get_tracker(B.l)), sync);
+
+  if (!strcmp(mode, "lag"))
+    mode_lag(k, rates, nrates, seconds, repeats, sync);
+  else if (!strcmp(mode, "maxrate"))
+    mode_maxrate(k, seconds);
+  else if (!strcmp(mode, "catchup"))
+    mode_catchup(rsync_dir, pdir);
+  else {
+    fprintf(stderr, "lag_bench: unknown mode %s\n", mode);
+    return 2;
+  }
+
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("# peak RSS of this process (primary + standbys): %ld MiB\n", ru.ru_maxrss / 1024);
+  replicate_shipper_drain(B.shipper, 10);
+  replicate_shipper_stop(B.shipper);
+  atomic_store(&B.stop_poll, 1);
+  pthread_join(pt, NULL);
+  for (int s = 0; s < B.standbys; s++)
+    if (B.standby[s])
+      stop_standby(s);
+  replicate_log_close(B.log);
+  loom_close(B.l);
+  rm_rf(base);
+  return 0;
+}
