@@ -29,33 +29,10 @@
 #include <unistd.h>
 
 #include "loom.h"
+#include "benchutil.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 #define MAXREP 32
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-typedef struct stat3 {
-  double median, min, max;
-} stat3;
-
-static stat3 summarize(double *v, int n)
-{
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  stat3 s = {n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2, v[0], v[n - 1]};
-  return s;
-}
 
 static const char *scratch_root;
 static int quick;

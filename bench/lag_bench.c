@@ -57,16 +57,11 @@
 #include "server.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
+#include "benchutil.h"
+
 #define RING (1u << 20)
 #define MAX_STANDBYS 8
 #define MAXREP 16
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void sleep_until(double t)
 {
@@ -75,38 +70,6 @@ static void sleep_until(double t)
     return;
   struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
   nanosleep(&ts, NULL);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* Percentile q (0..1) of v[0, n) (sorts v). */
-static double pct(double *v, size_t n, double q)
-{
-  if (!n)
-    return -1;
-  qsort(v, n, sizeof *v, cmp_double);
-  size_t i = (size_t)(q * (double)(n - 1) + 0.5);
-  return v[i];
-}
-
-typedef struct stat3 {
-  double median, min, max;
-} stat3;
-
-static stat3 summarize(double *v, int n)
-{
-  stat3 s = {0, 0, 0};
-  if (n <= 0)
-    return s;
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  s.min = v[0];
-  s.max = v[n - 1];
-  return s;
 }
 
 static void result(const char *name, stat3 s, const char *unit, double ref, const char *refname)
@@ -362,25 +325,25 @@ static phase run_phase(uint64_t k, double rate, double seconds)
   wire_totals(&w1, &r1, &f1);
   ph.wire_per_save = (double)(w1 - w0) / (double)n / B.standbys;
   ph.raw_per_save = (double)(r1 - r0) / (double)n / B.standbys;
-  ph.save_p50 = pct(lat, n, 0.5);
-  ph.save_p99 = pct(lat, n, 0.99);
+  ph.save_p50 = percentile(lat, n, 0.5);
+  ph.save_p99 = percentile(lat, n, 0.99);
   {
     size_t m = 0;
     for (uint64_t q = first; q <= last; q++)
       v[m++] = B.t_hook[q % RING];
-    ph.hook_p50 = pct(v, m, 0.5);
+    ph.hook_p50 = percentile(v, m, 0.5);
   }
   for (int s = 0; s < B.standbys; s++) {
     size_t m = 0;
     for (uint64_t q = first; q <= last; q++)
       v[m++] = B.t_recv[s][q % RING] - B.t_commit[q % RING];
-    double p50 = pct(v, m, 0.5), p99 = pct(v, m, 0.99);
+    double p50 = percentile(v, m, 0.5), p99 = percentile(v, m, 0.99);
     ph.recv_p50 = p50 > ph.recv_p50 ? p50 : ph.recv_p50;
     ph.recv_p99 = p99 > ph.recv_p99 ? p99 : ph.recv_p99;
     m = 0;
     for (uint64_t q = first; q <= last; q++)
       v[m++] = B.t_appl[s][q % RING] - B.t_commit[q % RING];
-    p50 = pct(v, m, 0.5), p99 = pct(v, m, 0.99);
+    p50 = percentile(v, m, 0.5), p99 = percentile(v, m, 0.99);
     ph.appl_p50 = p50 > ph.appl_p50 ? p50 : ph.appl_p50;
     ph.appl_p99 = p99 > ph.appl_p99 ? p99 : ph.appl_p99;
   }

@@ -17,28 +17,16 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "benchutil.h"
 
 #define PS 16384u
 
-static double now_s(void)
+/* One result line for people, one for ./benchmark's table. */
+static void report(const char *name, const char *unit, double *v, int n)
 {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static void stat3(const char *name, const char *unit, double *v, int n)
-{
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  printf("  %-44s %10.3f %10.3f %10.3f %s\n", name, med, v[0], v[n - 1], unit);
-  printf("RESULT %s %.6g %.6g %.6g %s -=0 0\n", name, med, v[0], v[n - 1], unit);
+  stat3 s = summarize(v, n);
+  printf("  %-44s %10.3f %10.3f %10.3f %s\n", name, s.median, s.min, s.max, unit);
+  printf("RESULT %s %.6g %.6g %.6g %s -=0 0\n", name, s.median, s.min, s.max, unit);
 }
 
 int main(int argc, char **argv)
@@ -68,7 +56,7 @@ int main(int argc, char **argv)
     v[r] = (double)len / (now_s() - t0) / 1e9;
     a[r] = b[len - 1 - (size_t)r]; /* keep the copies observable */
   }
-  stat3("memcpy_GBps", "GB/s", v, reps);
+  report("memcpy_GBps", "GB/s", v, reps);
 
   char path[600];
   snprintf(path, sizeof path, "%s/limits_bench.%d", dir, (int)getpid());
@@ -96,7 +84,7 @@ int main(int argc, char **argv)
     fdatasync(fd);
     v[r] = (now_s() - t0) * 1e3;
   }
-  stat3("random_pwrite_64x16KiB_fdatasync_ms", "ms", v, reps);
+  report("random_pwrite_64x16KiB_fdatasync_ms", "ms", v, reps);
   for (int r = 0; r < reps; r++) {
     double t0 = now_s();
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
@@ -105,7 +93,7 @@ int main(int argc, char **argv)
     fdatasync(fd);
     v[r] = (now_s() - t0) * 1e3;
   }
-  stat3("pwrite_16KiB_fdatasync_ms", "ms", v, reps);
+  report("pwrite_16KiB_fdatasync_ms", "ms", v, reps);
   close(fd);
   unlink(path);
   free(a);
