@@ -88,7 +88,7 @@
 #define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
 #define PATCH_ENTRY_BYTES 16u
 #define STAGING_PAGES 64u
-#define PATCH_TRIM_PAGES 4096u /* 64 MiB */
+#define PATCH_TRIM_BYTES (UINT64_C(64) << 20)
 #define MAX_SNAPSHOTS 8
 #define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
 
@@ -118,6 +118,7 @@ struct loom_store {
   pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
   loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
   loom_position image_pos; /* the position the image file's pages are at */
+  uint64_t patch_bytes;    /* the patch file's length, as far as we know */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
 
@@ -673,10 +674,6 @@ static int apply_patch(loom_store *s, const loom_patch *p)
     rc = io_fsync(s, s->image_fd);                 /* 5 */
   if (!rc)
     rc = meta_write(s, &p->header.after);          /* 6 */
-  /* A large patch (a base image) no longer counts: give its space back. A
-   * torn or lost truncation leaves a patch that does not count either. */
-  if (!rc && p->header.page_count > PATCH_TRIM_PAGES)
-    io_truncate(s, s->patch_fd, 0);
   return rc;
 }
 
@@ -776,6 +773,16 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
     return LOOM_EINVAL;
   if (!positions_chain(&s->pos, h))
     return LOOM_EPOSITION;
+  /* The patch file stays as long as the largest patch since it was last
+   * trimmed, so that repeated large commits reuse its blocks. One much
+   * larger than this commit needs (a base image went before) is cut back
+   * now: the old patch no longer counts (I3), and a lost truncation leaves
+   * a file that does not count either. */
+  uint64_t need = (uint64_t)patch_entries_offset(h->page_count) +
+                  h->page_count * PATCH_ENTRY_BYTES + 8;
+  if (s->patch_bytes > PATCH_TRIM_BYTES && s->patch_bytes > 4 * need &&
+      io_truncate(s, s->patch_fd, 0) == 0)
+    s->patch_bytes = 0;
   loom_patch *p = patch_alloc(s, h);
   if (!p)
     return ENOMEM;
@@ -951,6 +958,10 @@ int store_patch_make_durable(loom_patch *p)
     store_poison(s, rc);
     return rc;
   }
+  uint64_t written = (uint64_t)patch_entries_offset(h->page_count) +
+                     h->page_count * PATCH_ENTRY_BYTES + 8;
+  if (written > s->patch_bytes)
+    s->patch_bytes = written;
   s->pos = h->after;
   return 0;
 }
@@ -1273,6 +1284,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && create)
     rc = sync_parent(s, dir);
   s->image_pos = s->pos;
+  if (!rc && s->patch_fd >= 0)
+    rc = file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
     apply_thread *t = &s->apply;
     pthread_mutex_init(&t->mutex, NULL);
