@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "faultio.h"
 #include "server.h"
 
 /* "HOST:PORT" (IPv6 as "[addr]:port") into host (malloc'd) and port. */
@@ -86,6 +87,7 @@ static int run_standby(int argc, char **argv)
   http_server_options o = {
       .role = HTTP_ROLE_STANDBY,
       .dir = dir,
+      .io = faultio_from_env(), /* NULL (POSIX) unless a crash test asks */
       .listen_host = host,
       .listen_port = port,
       .token = (const uint8_t *)token,

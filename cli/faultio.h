@@ -1,0 +1,44 @@
+/*
+ * faultio.h: a crash hook for process-level tests (tests/system/), off
+ * unless an environment variable asks for it.
+ *
+ * faultio_from_env() returns a loom_io that wraps the POSIX one and counts
+ * every operation that goes through it: the store and the replication log
+ * of `loomship primary`, the store and the receive log of `loomship
+ * standby`. The count is process-wide (all threads, all files), 1-based,
+ * in the order the operations start.
+ *
+ *   LOOMSHIP_CRASH_AT=K      raise SIGKILL on this process right before the
+ *                            K-th counted operation (it never runs)
+ *   LOOMSHIP_CRASH_OP=LIST   count only these operations, comma-separated
+ *                            names of loom_io_op_name() (open, pread,
+ *                            pwrite, fsync, ftruncate, rename, unlink,
+ *                            close, mkdir); all of them by default
+ *   LOOMSHIP_CRASH_COUNT=F   at a normal exit, write the number of counted
+ *                            operations to F (one line)
+ *   LOOMSHIP_CRASH_TRACE=F   append one line per counted operation to F
+ *                            ("K op file"), written before the operation
+ *                            runs (and before the kill), unbuffered
+ *   LOOMSHIP_ACK_LOG=F       faultio_note_ack() appends "seq S checksum C"
+ *                            to F, unbuffered, for every save the primary
+ *                            saw succeed (in --sync mode: acknowledged by
+ *                            the standbys)
+ *
+ * With none of the first four set, faultio_from_env() returns NULL and the
+ * callers use the default POSIX loom_io: nothing is wrapped or counted.
+ * A malformed value is reported on stderr and the hook stays off.
+ */
+#ifndef LOOMSHIP_FAULTIO_H
+#define LOOMSHIP_FAULTIO_H
+
+#include "loom.h"
+#include "loom_io.h"
+
+/* The counting loom_io (a process-wide singleton, set up on the first
+ * call), or NULL when no variable asks for it. */
+const loom_io *faultio_from_env(void);
+
+/* Record one successful save at position p in LOOMSHIP_ACK_LOG, if set. */
+void faultio_note_ack(const loom_position *p);
+
+#endif
