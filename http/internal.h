@@ -231,6 +231,8 @@ struct http_server {
   uint64_t max_image_pages;
   replicate_limits limits;      /* what a frame may declare */
   unsigned max_uploads;
+  unsigned upload_stall_seconds;   /* per-connection timeout while uploading */
+  unsigned connection_timeout;     /* the daemon's, restored after an upload */
   double ready_max_lag_seconds;
   http_logger logger;
 

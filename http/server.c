@@ -737,7 +737,11 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
 /* ---------------------------------------------------------------------- */
 /* The access handler */
 
-static bool take_upload_slot(http_server *s, request *r)
+/* A slot for an upload. While it is held, the connection's idle timeout is
+ * upload_stall_seconds: a client that stops sending mid-body (a half-open
+ * connection, a dead primary) gives its slot back within seconds, not after
+ * the daemon's idle timeout, so it cannot block replication for long. */
+static bool take_upload_slot(http_server *s, request *r, struct MHD_Connection *conn)
 {
   pthread_mutex_lock(&s->stats_mu);
   bool ok = s->uploads < s->max_uploads;
@@ -745,6 +749,9 @@ static bool take_upload_slot(http_server *s, request *r)
     s->uploads++;
   pthread_mutex_unlock(&s->stats_mu);
   r->upload_slot = ok;
+  if (ok)
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+                              s->upload_stall_seconds);
   return ok;
 }
 
@@ -816,7 +823,7 @@ static bool first_call(http_server *s, struct MHD_Connection *conn,
     return true;
   }
   if (r->ep == HTTP_EP_FRAMES || r->ep == HTTP_EP_BASE) {
-    if (!take_upload_slot(s, r)) {
+    if (!take_upload_slot(s, r, conn)) {
       http_reply_error(reply, 503, "too many uploads in progress");
       reply->retry_after = 1;
       return true;
@@ -981,7 +988,6 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
                               void **req_cls,
                               enum MHD_RequestTerminationCode toe)
 {
-  (void)conn;
   (void)toe;
   http_server *s = cls;
   request *r = *req_cls;
@@ -993,6 +999,9 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
     pthread_mutex_lock(&s->stats_mu);
     s->uploads--;
     pthread_mutex_unlock(&s->stats_mu);
+    if (conn && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+      MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+                                s->connection_timeout); /* kept alive: idle again */
   }
   json_free(&r->refusal.body);
   free(r->body);
@@ -1145,6 +1154,11 @@ int http_server_start(const http_server_options *opt, http_server **out)
                                             : (UINT64_C(1) << 30);
   s->limits = http_limits_of(opt);
   s->max_uploads = opt->max_uploads ? opt->max_uploads : 4;
+  s->connection_timeout =
+      opt->connection_timeout_seconds ? opt->connection_timeout_seconds : 30;
+  s->upload_stall_seconds = opt->upload_stall_seconds ? opt->upload_stall_seconds : 5;
+  if (s->upload_stall_seconds > s->connection_timeout)
+    s->upload_stall_seconds = s->connection_timeout;
   s->ready_max_lag_seconds =
       opt->ready_max_lag_seconds > 0 ? opt->ready_max_lag_seconds : 5.0;
   s->started_ns = http_now_ns();
@@ -1190,7 +1204,7 @@ int http_server_start(const http_server_options *opt, http_server **out)
       opt->connection_limit ? opt->connection_limit : 64, NULL};
   options[n++] = (struct MHD_OptionItem){
       MHD_OPTION_CONNECTION_TIMEOUT,
-      opt->connection_timeout_seconds ? opt->connection_timeout_seconds : 30,
+      s->connection_timeout,
       NULL};
   if (opt->per_ip_connection_limit)
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,

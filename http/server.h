@@ -229,6 +229,9 @@ typedef struct http_server_options {
   unsigned connection_limit;        /* concurrent connections [64] */
   unsigned per_ip_connection_limit; /* per client address [no limit] */
   unsigned connection_timeout_seconds; /* idle connections closed [30] */
+  unsigned upload_stall_seconds;    /* an upload (frame, base) that sends
+                                       nothing for this long is closed and
+                                       gives its slot back [5] */
   double ready_max_lag_seconds;     /* /readyz threshold [5.0] */
 
   http_log_fn log;                  /* optional diagnostics */

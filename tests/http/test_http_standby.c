@@ -550,6 +550,36 @@ static void test_upload_limit(void **state)
   sleep_ms(300);
   assert_int_equal(ht_post_frame(&s, &p.frames[0], NULL), 200);
 
+  /* Clients that stop sending mid-body (half-open connections) give their
+   * slots back after upload_stall_seconds, not the idle timeout: a real
+   * frame gets through within seconds. */
+  ht_stop(&s);
+  opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
+                              .max_uploads = 2, .upload_stall_seconds = 1,
+                              .connection_timeout_seconds = 30};
+  ht_start(&s, &opt);
+  int stalled[2];
+  for (int i = 0; i < 2; i++) {
+    stalled[i] = raw_connect(&s);
+    raw_send(stalled[i], head, strlen(head));
+    raw_send(stalled[i], "0123456789", 10);
+  }
+  sleep_ms(200);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int status = 0;
+  for (int tries = 0; tries < 100 && status != 200; tries++) {
+    status = ht_post_frame(&s, &p.frames[1], NULL);
+    if (status != 200)
+      sleep_ms(100);
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  assert_int_equal(status, 200);
+  assert_true(waited < 5.0); /* the idle timeout would be 30 s */
+  for (int i = 0; i < 2; i++)
+    close(stalled[i]);
+
   /* A chunked body over the cap: refused once the bytes say so. */
   ht_stop(&s);
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
