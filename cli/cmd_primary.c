@@ -234,7 +234,7 @@ static int run_primary(int argc, char **argv)
                         .pages = 16, .sync_timeout_seconds = 10, .zstd_level = 1};
   const char *standbys[MAX_STANDBYS];
   const char *listen = NULL, *token_file = NULL;
-  uint64_t saves = 0, rate = 10, drain = 30, v;
+  uint64_t saves = 0, rate = 10, drain = 30, seed = 0, v;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val;
 #define VALUE() (val = cli_option_value("primary", argc, argv, &i, a))
@@ -301,6 +301,9 @@ static int run_primary(int argc, char **argv)
       if (!NUMBER("--sync-timeout", 1, 86400, v))
         return 2;
       cfg.sync_timeout_seconds = (double)v;
+    } else if (cli_is_option(a, "--seed")) {
+      if (!NUMBER("--seed", 1, UINT64_MAX, seed))
+        return 2;
     } else if (cli_is_option(a, "--log-max-mb")) {
       if (!NUMBER("--log-max-mb", 1, 1048576, v))
         return 2;
@@ -348,7 +351,9 @@ static int run_primary(int argc, char **argv)
     fflush(stdout);
   }
   cli_notify_ready("saving");
-  n.rng = (uint64_t)time(NULL) * 2654435761u | 1;
+  /* The workload's randomness: --seed repeats a run; by default time and
+   * pid, so that two runs in the same second still differ. */
+  n.rng = seed ? seed : (((uint64_t)time(NULL) * 2654435761u) ^ ((uint64_t)getpid() << 32)) | 1;
   double period = 1.0 / (double)rate, next = now_s(), last_log = now_s();
   int fenced_said = 0, exit_code = 0;
   for (;;) {
@@ -408,5 +413,5 @@ const cli_command cmd_primary = {
     "[--rate HZ] [--pages K] [--listen HOST:PORT] [--drain-timeout SECONDS] "
     "[--sync-timeout SECONDS] [--sync-fallback fail|async] [--keys N] "
     "[--arena-pages N] [--ca-file F] [--tls-cert F --tls-key F] [--level L] "
-    "[--log-max-mb MB]",
+    "[--log-max-mb MB] [--seed N]",
     run_primary};

@@ -256,7 +256,10 @@ int loom_inspect(const char *dir, loom_position *out);
 /* Recompute the image's checksum from its pages and compare it with the
  * recorded position: 0 when they agree, LOOM_ECORRUPT when not (computed
  * receives the recomputed value either way), LOOM_ELOCKED when a writer is
- * live and a consistent read cannot be had. */
+ * live and a consistent read cannot be had. A leftover committed patch is
+ * applied first, as open would. A store directory that a crash left before
+ * anything was recorded (its own files only, an empty image) verifies as
+ * the empty position (all zero); LOOM_ENOIMAGE when dir holds no store. */
 int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed);
 
 /* ---------------------------------------------------------------------- */

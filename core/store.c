@@ -1226,6 +1226,10 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     else
       s->dirfd = fd;
   }
+  /* Without LOOM_CREATE, a directory with no meta is no store: say so
+   * before making a lock file in it. */
+  if (!rc && !(flags & LOOM_CREATE) && faccessat(s->dirfd, "meta", F_OK, 0) != 0)
+    rc = errno == ENOENT ? LOOM_ENOIMAGE : errno;
   if (!rc && !readonly) {
     rc = open_file(s, "lock", O_RDWR | O_CREAT, &s->lockfd);
     if (!rc && flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
@@ -1488,10 +1492,37 @@ int loom_inspect(const char *dir, loom_position *out)
   return 0;
 }
 
+/* A store directory that a crash left before its first position was
+ * recorded: some of the store's own files, no valid meta, an empty or no
+ * image. Opening it with LOOM_CREATE makes the empty store it was becoming. */
+static int never_committed(const char *dir)
+{
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return 0;
+  const char *ours[] = {"lock", "meta", "image", "hashes", "patch"};
+  int found = 0;
+  for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
+    found += faccessat(dfd, ours[i], F_OK, 0) == 0;
+  struct stat st;
+  int image_empty = fstatat(dfd, "image", &st, 0) != 0 || st.st_size == 0;
+  close(dfd);
+  return found > 0 && image_empty;
+}
+
 int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
 {
   loom_store *s;
   int rc = store_open_flags(dir, 0, NULL, &s);
+  if (rc == LOOM_ENOIMAGE && never_committed(dir)) {
+    /* Nothing was ever committed here: an empty image agrees with the
+     * empty position. */
+    if (recorded)
+      *recorded = (loom_position){0};
+    if (computed)
+      *computed = 0;
+    return 0;
+  }
   if (rc == LOOM_ECORRUPT) {
     /* Report what is recorded and what the pages say. */
     if (store_open_flags(dir, LOOM_READONLY, NULL, &s) != 0)
