@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "faultio.h"
+#include "replicate.h"
 #include "server.h"
 
 /* "HOST:PORT" (IPv6 as "[addr]:port") into host (malloc'd) and port. */
@@ -113,9 +114,26 @@ static int run_standby(int argc, char **argv)
   fflush(stdout);
   free(host);
   cli_notify_ready("receiving");
-  int sig;
-  sigwait(&stop, &sig);
+  /* Wait for a stop signal; once a second, see whether storage failed (a
+   * failed fsync poisons the store): then the node stops, and its restart
+   * recovers from what is durable (PostgreSQL's answer to fsync errors). */
+  int sig = 0;
+  struct timespec second = {1, 0};
+  http_server_status st;
+  for (;;) {
+    sig = sigtimedwait(&stop, NULL, &second);
+    if (sig > 0)
+      break;
+    http_server_get_status(server, &st);
+    if (st.fatal_error)
+      break;
+  }
   cli_notify("STOPPING=1");
+  if (sig <= 0) {
+    cli_log("standby", "storage failed: stopping; restart to recover");
+    http_server_stop(server);
+    return cli_fail("standby", "storage failed: %s", replicate_strerror(st.fatal_error));
+  }
   cli_log("standby", sig == SIGTERM ? "SIGTERM: applying what was received, then stopping"
                                     : "SIGINT: applying what was received, then stopping");
   rc = http_server_stop(server);

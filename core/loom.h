@@ -250,7 +250,9 @@ int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
 /* Read-only tools: work on a directory whose owner stopped or died, and on
  * a live one (they read the last durably recorded position). */
 
-/* The recorded position of dir, and its page size. */
+/* The position of dir: the one an open would recover to (the recorded
+ * position, or that of a committed patch not yet applied), read without
+ * a lock and without changing anything. */
 int loom_inspect(const char *dir, loom_position *out);
 
 /* Recompute the image's checksum from its pages and compare it with the

@@ -1481,6 +1481,9 @@ int loom_store_backup(loom_store *s, const char *dest)
   return rc;
 }
 
+/* The position an open would recover to, read-only: the meta's, or the
+ * after-position of a committed patch that chains from it and verifies
+ * (nothing is applied). */
 int loom_inspect(const char *dir, loom_position *out)
 {
   loom_store *s;
@@ -1488,6 +1491,17 @@ int loom_inspect(const char *dir, loom_position *out)
   if (rc)
     return rc;
   *out = s->pos;
+  loom_patch *p = NULL;
+  if (patch_read(s, 0, &p) == 0 && p->header.before.epoch == s->pos.epoch &&
+      p->header.before.seq == s->pos.seq &&
+      p->header.before.checksum == s->pos.checksum &&
+      p->header.before.pages == s->pos.pages) {
+    patch_free(p);
+    p = NULL;
+    if (patch_read(s, 1, &p) == 0)
+      *out = p->header.after;
+  }
+  patch_free(p);
   store_free(s);
   return 0;
 }

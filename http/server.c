@@ -1206,9 +1206,12 @@ int http_server_start(const http_server_options *opt, http_server **out)
       MHD_OPTION_CONNECTION_TIMEOUT,
       s->connection_timeout,
       NULL};
-  if (opt->per_ip_connection_limit)
-    options[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                                           opt->per_ip_connection_limit, NULL};
+  /* One client address cannot take every connection (a flood or a crowd of
+   * slow clients from one place leaves room for the primary, monitoring and
+   * backups elsewhere): 16 by default, far above what one primary needs. */
+  options[n++] = (struct MHD_OptionItem){
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 16, NULL};
   if (tls) {
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
                                            s->tls_cert};

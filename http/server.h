@@ -227,7 +227,7 @@ typedef struct http_server_options {
   uint64_t max_unapplied_bytes;     /* standby back-pressure [1 GiB] */
   unsigned max_uploads;             /* concurrent frame/base uploads [4] */
   unsigned connection_limit;        /* concurrent connections [64] */
-  unsigned per_ip_connection_limit; /* per client address [no limit] */
+  unsigned per_ip_connection_limit; /* per client address [16] */
   unsigned connection_timeout_seconds; /* idle connections closed [30] */
   unsigned upload_stall_seconds;    /* an upload (frame, base) that sends
                                        nothing for this long is closed and
@@ -288,6 +288,10 @@ typedef struct http_server_status {
   uint64_t frames_applied;          /* since start */
   uint64_t duplicates;              /* since start: frames already received */
   int last_apply_error;             /* 0 or the error of the last failed apply */
+  int fatal_error;                  /* standby: 0, or the storage failure that
+                                       stopped applies (the store or receive
+                                       log is poisoned): the process should
+                                       exit; a restart recovers */
 } http_server_status;
 
 void http_server_get_status(http_server *server, http_server_status *out);

@@ -103,6 +103,9 @@ struct http_standby {
   bool applier_busy;
   bool stopping;
   bool apply_failed;
+  int fatal;                  /* storage failed (store or log poisoned): no
+                                 more applies; received frames are kept and
+                                 a restart recovers */
   bool need_sync;
   int last_apply_error;
   int64_t last_apply_error_at_ns;
@@ -236,10 +239,31 @@ static void rollback_under_recv(http_standby *sb)
 /* ---------------------------------------------------------------------- */
 /* The applier thread */
 
-/* Is rc worth a retry (the disk, memory), or is the frame itself bad? */
-static bool apply_error_is_transient(int rc)
+/* What an apply error means. A poisoned store or log is fatal: after a
+ * failed fsync nothing in memory can be trusted, so applies stop, the
+ * received frames stay in the receive log (they were acknowledged), and a
+ * restart recovers (never an fsync retried into silent loss). A system
+ * error before the commit point (ENOSPC, ENOMEM) is worth a retry. Anything
+ * else says the frame itself is bad: it is dropped and the primary resends. */
+typedef enum apply_error_kind { APPLY_BAD_FRAME, APPLY_RETRY, APPLY_FATAL } apply_error_kind;
+
+static apply_error_kind apply_error_kind_of(int rc)
 {
-  return rc > 0 && rc != EINVAL;
+  if (rc == LOOM_EPANIC || rc == REPLICATE_EPANIC)
+    return APPLY_FATAL;
+  return rc > 0 && rc != EINVAL ? APPLY_RETRY : APPLY_BAD_FRAME;
+}
+
+/* Under mu: storage failed; say it once. */
+static void set_fatal(http_standby *sb, int rc)
+{
+  if (sb->fatal)
+    return;
+  sb->fatal = rc;
+  http_logf(sb->logger, "standby: storage failed (%s): applies stopped at seq %llu; "
+            "received frames up to seq %llu are kept in the receive log; restart "
+            "to recover", replicate_strerror(rc), (unsigned long long)sb->applied.seq,
+            (unsigned long long)sb->received.seq);
 }
 
 static void *applier_main(void *arg)
@@ -250,8 +274,8 @@ static void *applier_main(void *arg)
 
   pthread_mutex_lock(&sb->mu);
   for (;;) {
-    bool work = !sb->base_active && !sb->apply_failed && !sb->promoted &&
-                sb->applied.seq < sb->received.seq;
+    bool work = !sb->base_active && !sb->apply_failed && !sb->fatal &&
+                !sb->promoted && sb->applied.seq < sb->received.seq;
     if (!work) {
       if (sb->need_sync && !sb->base_active) {
         /* Idle: make the image file current and trim the log. */
@@ -315,11 +339,16 @@ static void *applier_main(void *arg)
       sb->apply_failures++;
       http_logf(sb->logger, "standby: applying frame %llu: %s",
                 (unsigned long long)next, replicate_strerror(rc));
-      if (apply_error_is_transient(rc) && !sb->stopping) {
+      apply_error_kind kind = apply_error_kind_of(rc);
+      if (kind == APPLY_FATAL) {
+        set_fatal(sb, rc);
+      } else if (kind == APPLY_RETRY && !sb->stopping) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
         pthread_cond_timedwait(&sb->cond, &sb->mu, &until);
+      } else if (kind == APPLY_RETRY) {
+        /* Stopping: leave the frame in the receive log for the restart. */
       } else {
         /* The frame is bad (or we are stopping and cannot apply it):
          * stop until receipt rolls back to applied. */
@@ -560,6 +589,10 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
   } else if (is_disk_full(rc)) {
     http_reply_error(reply, 507, "disk full");
     positions_json(sb, &reply->body);
+  } else if (apply_error_kind_of(rc) == APPLY_FATAL) {
+    set_fatal(sb, rc);
+    http_reply_error(reply, 503, "storage failed: the standby must restart");
+    positions_json(sb, &reply->body);
   } else {
     unsigned status = rc > 0 ? 500 : 400;
     http_reply_error(reply, status, status == 400 ? "frame does not apply"
@@ -680,10 +713,14 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
   if (rc) {
     http_logf(sb->logger, "standby: receive log append of frame %llu: %s",
               (unsigned long long)info->after.seq, replicate_strerror(rc));
-    if (is_disk_full(rc))
+    if (is_disk_full(rc)) {
       http_reply_error(reply, 507, "disk full");
-    else
+    } else if (apply_error_kind_of(rc) == APPLY_FATAL) {
+      set_fatal(sb, rc); /* a failed fsync of the receive log */
+      http_reply_error(reply, 503, "storage failed: the standby must restart");
+    } else {
       http_reply_error(reply, 500, "receive log write failed");
+    }
     json_key(&reply->body, "code");
     json_string(&reply->body, http_error_name(rc));
     positions_json(sb, &reply->body);
@@ -1104,7 +1141,8 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   out->bases = sb->bases;
   out->bytes_received = sb->bytes_received;
   out->apply_failures = sb->apply_failures;
-  bool failed = sb->apply_failed;
+  bool failed = sb->apply_failed || sb->fatal;
+  s->fatal_error = sb->fatal;
   pthread_mutex_unlock(&sb->mu);
   /* ready is decided by the server (it knows the threshold); a standby
    * stuck on a failed apply is never ready. */
