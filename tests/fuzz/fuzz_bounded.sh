@@ -19,6 +19,6 @@ if [ ! -f "$build/build.ninja" ]; then
   CC=clang meson setup "$build" "$src" >"$build.setup.log" 2>&1 ||
     { cat "$build.setup.log"; exit 1; }
 fi
-ninja -C "$build" tests/fuzz/fuzz_meta tests/fuzz/fuzz_patch \
+ninja -C "$build" tests/fuzz/fuzz_meta tests/fuzz/fuzz_patch tests/fuzz/fuzz_frame \
   tests/fuzz/fuzz_apply tests/fuzz/fuzz_http
 exec "$src/tests/fuzz/fuzz_run.sh" "$build/tests/fuzz" "$src/tests/fuzz/corpus"

@@ -10,7 +10,7 @@
  *
  * Built two ways (tests/replicate/meson.build):
  *   - with clang, `fuzz_frame` with -fsanitize=fuzzer (libFuzzer's main):
- *         ./fuzz_frame -max_len=70000 tests/replicate/corpus
+ *         ./fuzz_frame -max_len=70000 tests/fuzz/corpus/frame
  *   - always, `fuzz_frame_replay` with REPLICATE_FUZZ_REPLAY: a main()
  *     that runs every file of the seed corpus (or of the directories and
  *     files given as arguments), plus deterministic mutations of each, as
@@ -23,18 +23,11 @@
 
 #include <xxhash.h>
 
+#include "fuzz_common.h"
 #include "replicate.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      fprintf(stderr, "fuzz_frame: %s:%d: broken: %s\n", __FILE__,       \
-              __LINE__, #cond);                                          \
-      abort();                                                           \
-    }                                                                    \
-  } while (0)
+
 
 typedef struct fuzz_state {
   replicate_decoder *dec;
@@ -151,114 +144,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-#ifdef REPLICATE_FUZZ_REPLAY
-/* ---------------------------------------------------------------------- */
-/* The replay driver: seeds and deterministic mutations of them. */
-
-#include <dirent.h>
-#include <sys/stat.h>
-
-static uint64_t splitmix(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static size_t runs;
-
-static void replay(const uint8_t *data, size_t size, uint64_t seed) {
-  LLVMFuzzerTestOneInput(data, size);
-  runs++;
-  uint8_t *m = malloc(size + 16);
-  CHECK(m != NULL);
-  for (int round = 0; round < 300; round++) {
-    memcpy(m, data, size);
-    size_t len = size;
-    int edits = 1 + (int)(splitmix(&seed) % 4);
-    for (int e = 0; e < edits && len > 0; e++) {
-      uint64_t r = splitmix(&seed);
-      size_t at = (size_t)(r >> 8) % len;
-      switch (r % 4) {
-      case 0: m[at] ^= (uint8_t)(1u << (r >> 40) % 8); break; /* bit flip */
-      case 1: m[at] = (uint8_t)(r >> 48); break;            /* byte set */
-      case 2: len = at; break;                              /* truncate */
-      default:                                              /* extend */
-        if (len < size + 16) m[len++] = (uint8_t)(r >> 32);
-        break;
-      }
-    }
-    LLVMFuzzerTestOneInput(m, len);
-    runs++;
-  }
-  free(m);
-}
-
-static int replay_file(const char *path, uint64_t seed) {
-  FILE *fp = fopen(path, "rb");
-  if (fp == NULL) {
-    perror(path);
-    return 1;
-  }
-  fseek(fp, 0, SEEK_END);
-  long size = ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  uint8_t *data = malloc(size > 0 ? (size_t)size : 1);
-  CHECK(data != NULL);
-  size_t got = fread(data, 1, (size_t)size, fp);
-  fclose(fp);
-  replay(data, got, seed);
-  free(data);
+/* The seed corpus is kept in corpus/frame (written when the format was
+ * made); replay_main.c replays it and mutations of it. */
+int fuzz_make_seeds(const char *dir)
+{
+  (void)dir;
   return 0;
 }
 
-static int replay_path(const char *path, int *files) {
-  struct stat sb;
-  if (stat(path, &sb) != 0) {
-    perror(path);
-    return 1;
-  }
-  if (!S_ISDIR(sb.st_mode)) {
-    (*files)++;
-    return replay_file(path, (uint64_t)*files);
-  }
-  DIR *d = opendir(path);
-  if (d == NULL) {
-    perror(path);
-    return 1;
-  }
-  int failed = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.') continue;
-    char full[4096];
-    snprintf(full, sizeof full, "%s/%s", path, e->d_name);
-    (*files)++;
-    failed |= replay_file(full, (uint64_t)*files);
-  }
-  closedir(d);
-  return failed;
-}
+const int fuzz_replay_mutations = 1000;
 
-int main(int argc, char **argv) {
-  int files = 0, failed = 0;
-  if (argc > 1) {
-    for (int i = 1; i < argc; i++) failed |= replay_path(argv[i], &files);
-  } else {
-    failed = replay_path(REPLICATE_FUZZ_CORPUS, &files);
-  }
-  fuzz_state *st = fuzz_get();
-  replicate_decoder_free(st->dec);
-  replicate_decoder_free(st->again);
-  replicate_encoder_free(st->enc);
-  replicate_coalescer_free(st->co);
-  replicate_buf_free(&st->out);
-  free(st->scratch);
-  printf("fuzz_frame replay: %d seed files, %zu inputs run\n", files, runs);
-  if (files == 0) {
-    fprintf(stderr, "no seed inputs found\n");
-    return 1;
-  }
-  return failed;
-}
-#endif
