@@ -8,13 +8,11 @@
  * decoder's promises, and coalescing it alone must give back the same
  * pages; a broken promise aborts.
  *
- * Built two ways (tests/replicate/meson.build):
- *   - with clang, `fuzz_frame` with -fsanitize=fuzzer (libFuzzer's main):
+ * Built like every target here (tests/fuzz/meson.build): with clang,
+ * `fuzz_frame` (libFuzzer's main):
  *         ./fuzz_frame -max_len=70000 tests/fuzz/corpus/frame
- *   - always, `fuzz_frame_replay` with REPLICATE_FUZZ_REPLAY: a main()
- *     that runs every file of the seed corpus (or of the directories and
- *     files given as arguments), plus deterministic mutations of each, as
- *     a unit test.
+ * and always `fuzz_frame_replay` (replay_main.c), which replays the seed
+ * corpus and deterministic mutations of it as a unit test.
  */
 #include <stdint.h>
 #include <stdio.h>
