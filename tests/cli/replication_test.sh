@@ -6,22 +6,8 @@
 # blocking until acknowledged, and both timeout outcomes. After each, every
 # standby's image equals the primary's byte for byte.
 # Usage: replication_test.sh PATH/TO/loomship
-set -uo pipefail
-LOOMSHIP=$(readlink -f "$1")
-work=$(mktemp -d /tmp/loomship-repl-XXXXXX)
-pids=()
-failures=0
-passes=0
-cleanup() {
-  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  [ "$failures" -eq 0 ] && rm -rf "$work" || echo "kept $work"
-}
-trap cleanup EXIT
-
-ok() { echo "ok: $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL: $*"; failures=$((failures + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+TEST_NAME=repl
+. "$(dirname "$0")/../testlib.sh"
 
 declare -A URL PID PORT
 start_standby() { # NAME
@@ -140,5 +126,4 @@ check "after the standby is back it converges" wait_applied "${URL[c]}" "$(seq_o
 stop_standby c
 check "its image equals the primary's" same_as_primary "$work/pc" c
 
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

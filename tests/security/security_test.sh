@@ -15,22 +15,8 @@
 #     without --ca-file, a certificate from another CA, and a certificate
 #     for another host name; they accept the right --ca-file.
 # Usage: security_test.sh PATH/TO/loomship
-set -uo pipefail
-LOOMSHIP=$(readlink -f "$1")
-work=$(mktemp -d /tmp/loomship-sec-XXXXXX)
-pids=()
-failures=0
-passes=0
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ok() { echo "ok: $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL: $*"; failures=$((failures + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+TEST_NAME=sec
+. "$(dirname "$0")/../testlib.sh"
 
 for tool in curl python3; do
   command -v $tool >/dev/null || { echo "SKIP: $tool missing"; exit 77; }

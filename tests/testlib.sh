@@ -1,0 +1,28 @@
+# testlib.sh: what the process-level test scripts share. Source it after
+# setting TEST_NAME; it sets LOOMSHIP (from $1), work (a scratch directory,
+# kept when a check failed), pids (killed at exit), and the check helpers.
+#   ok WHAT / bad WHAT       count and print one result
+#   check WHAT CMD...        ok if CMD succeeds, else bad
+#   finish                   print "N passed, M failed"; exit status
+set -uo pipefail
+LOOMSHIP=$(readlink -f "$1")
+work=$(mktemp -d "/tmp/loomship-${TEST_NAME:-test}-XXXXXX")
+pids=()
+failures=0
+passes=0
+testlib_cleanup() {
+  for p in "${pids[@]}"; do
+    kill -CONT "$p" 2>/dev/null
+    kill -KILL "$p" 2>/dev/null
+  done
+  wait 2>/dev/null
+  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "kept $work"; fi
+}
+trap testlib_cleanup EXIT
+ok() { echo "ok: $*"; passes=$((passes + 1)); }
+bad() { echo "FAIL: $*"; failures=$((failures + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+finish() {
+  echo "$passes passed, $failures failed"
+  [ "$failures" -eq 0 ]
+}
