@@ -822,9 +822,10 @@ void replicate_shipper_get_summary(replicate_shipper *shipper,
 
 /*
  * replicate_shipper_drain: wait, up to timeout_seconds, until every
- * standby that is not unreachable, unauthorized or fenced has received
- * everything committed (like PostgreSQL's smart shutdown waiting for its
- * WAL senders). Returns true when that was reached; false on timeout, and
+ * standby that is not unreachable (four failed attempts in a row, about
+ * 1.5 s: one reset connection does not count), unauthorized or fenced has
+ * received everything committed (like PostgreSQL's smart shutdown waiting
+ * for its WAL senders). Returns true when that was reached; false on timeout, and
  * at once once the primary is fenced.
  */
 bool replicate_shipper_drain(replicate_shipper *shipper,

@@ -134,6 +134,8 @@ typedef struct standby {
   bool known;                 /* received is this connection's truth */
   bool need_base;
   unsigned consecutive_failures;
+  unsigned unreachable_run;   /* under mu: failed requests in a row that
+                                 left it unreachable (0 after a 200) */
   unsigned consecutive_conflicts;
   int64_t next_attempt_ns;    /* CLOCK_MONOTONIC */
   uint64_t refused_token_gen; /* the token generation a 401 refused */
@@ -726,6 +728,9 @@ static void fail(standby *sb, bool unreachable, double retry_after_s,
   va_end(ap);
   pthread_mutex_lock(&sh->mu);
   sb->failures++;
+  if (unreachable)
+    sb->unreachable_run++;
+  pthread_cond_broadcast(&sh->cond); /* a drain counts the attempts */
   pthread_mutex_unlock(&sh->mu);
   set_error(sb, "%s", text);
   if (unreachable)
@@ -1226,6 +1231,9 @@ static void finish(standby *sb, CURLcode result)
   case 200:
     sb->consecutive_failures = 0;
     sb->consecutive_conflicts = 0;
+    pthread_mutex_lock(&sh->mu);
+    sb->unreachable_run = 0;
+    pthread_mutex_unlock(&sh->mu);
     if (req == REQ_BASE) {
       sb->need_base = false;
       pthread_mutex_lock(&sh->mu);
@@ -1808,11 +1816,17 @@ void replicate_shipper_get_summary(replicate_shipper *sh,
 
 /* Every standby that is not unreachable, unauthorized or fenced holds the
  * latest frame. Under mu. */
+/* A drain gives up on an unreachable standby only after this many failed
+ * attempts in a row (about 1.5 s of backoff): one reset connection while the
+ * primary stops is not a standby that is gone. */
+#define DRAIN_UNREACHABLE_ATTEMPTS 4
+
 static bool drained_locked(const replicate_shipper *sh)
 {
   for (size_t i = 0; i < sh->n; i++) {
     const standby *sb = &sh->sb[i];
-    if (sb->state == REPLICATE_STANDBY_UNREACHABLE ||
+    if ((sb->state == REPLICATE_STANDBY_UNREACHABLE &&
+         sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
         sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
         sb->state == REPLICATE_STANDBY_FENCED)
       continue;
