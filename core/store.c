@@ -179,6 +179,17 @@ static int io_truncate(loom_store *s, int fd, uint64_t len)
   return -s->io->ftruncate(s->io->ctx, fd, (off_t)len);
 }
 
+static int file_size(int fd, uint64_t *out);
+
+/* Set a file's length unless it already has it (a commit that neither
+ * grows nor shrinks the image changes no metadata). */
+static int io_set_length(loom_store *s, int fd, uint64_t len)
+{
+  uint64_t size = 0;
+  int rc = file_size(fd, &size);
+  return rc ? rc : size == len ? 0 : io_truncate(s, fd, len);
+}
+
 static void io_close(loom_store *s, int *fd)
 {
   if (*fd >= 0)
@@ -557,7 +568,7 @@ static int hashes_write_touched(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
   uint64_t pages = h->after.pages;
-  int rc = io_truncate(s, s->hashes_fd, pages * 8);
+  int rc = io_set_length(s, s->hashes_fd, pages * 8);
   uint64_t last = UINT64_MAX;
   for (uint64_t i = 0; !rc && i < h->page_count; i++) {
     uint64_t b = p->page_numbers[i] / HASHES_PER_BLOCK;
@@ -634,7 +645,7 @@ static int apply_pages_locked(loom_store *s, const loom_patch *p)
       rc = snapshot_preserve(s, p->page_numbers[i]);
   }
   if (!rc)
-    rc = io_truncate(s, s->image_fd, h->after.pages * PS);
+    rc = io_set_length(s, s->image_fd, h->after.pages * PS);
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
     rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # fuzz_run.sh BUILD_DIR CORPUS_ROOT: a bounded libFuzzer run of every target
-# of tests/fuzz (clang builds only). FUZZ_SECONDS per target (default 60).
+# of tests/fuzz (clang builds only). FUZZ_SECONDS per target (default 30).
 # New inputs found go to a scratch copy of the corpus (the tree's corpus is
 # not grown by ./test); a crash is kept as CORPUS_ROOT/TARGET/crash-* so it
 # is replayed by every later ./test, and the run fails.
 set -u
 build=$1 corpus_root=$2
-seconds=${FUZZ_SECONDS:-60}
+seconds=${FUZZ_SECONDS:-30}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 status=0
