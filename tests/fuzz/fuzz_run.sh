@@ -16,7 +16,7 @@ for target in meta patch frame apply http; do
   mkdir -p "$scratch/$target" "$scratch/art-$target"
   cp "$corpus_root/$target"/* "$scratch/$target/"
   case $target in
-    patch) maxlen=120000 ;; apply) maxlen=70000 ;; *) maxlen=8192 ;;
+    patch) maxlen=120000 ;; apply | frame) maxlen=70000 ;; *) maxlen=8192 ;;
   esac
   echo "fuzz_run: $target for ${seconds}s"
   mkdir -p "$scratch/dirs"
