@@ -202,13 +202,18 @@ int primary_step(primary_node *n)
  * that was committed (or there are none). */
 int primary_close(primary_node *n, double drain_timeout)
 {
+  /* Drain with the read endpoints still up (status shows the drain), then
+   * stop the server before the shipper: its status handlers read the
+   * shipper, which must not be freed under a request. */
   int drained = 1;
-  if (n->shipper) {
+  if (n->shipper)
     drained = replicate_shipper_drain(n->shipper, drain_timeout);
-    replicate_shipper_stop(n->shipper);
-  }
   if (n->server)
     http_server_stop(n->server);
+  n->server = NULL;
+  if (n->shipper)
+    replicate_shipper_stop(n->shipper);
+  n->shipper = NULL;
   if (n->log)
     replicate_log_close(n->log);
   int rc = n->table ? kv_close(n->table) : 0;
