@@ -433,6 +433,8 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
   json_uint(w, st->frames_received);
   json_key(w, "frames_applied");
   json_uint(w, st->frames_applied);
+  json_key(w, "apply_commits");
+  json_uint(w, st->apply_commits);
   json_key(w, "duplicates");
   json_uint(w, st->duplicates);
   json_key(w, "heartbeats");
@@ -683,6 +685,9 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
             st->frames_received);
   counter_u(&t, "loomship_frames_applied_total",
             "Frames applied to the image.", st->frames_applied);
+  counter_u(&t, "loomship_apply_commits_total",
+            "Store commits the applied frames took (frames waiting in the "
+            "receive log are merged).", st->apply_commits);
   counter_u(&t, "loomship_frames_duplicate_total",
             "Frames received again (answered, nothing changed).",
             st->duplicates);

@@ -286,6 +286,11 @@ typedef struct http_server_status {
   unsigned backups_in_progress;
   uint64_t frames_received;         /* since start: commit frames made durable */
   uint64_t frames_applied;          /* since start */
+  uint64_t apply_commits;           /* standby, since start: store commits
+                                       the frames were applied in (fewer
+                                       than frames_applied when frames that
+                                       waited in the receive log were
+                                       merged into one commit) */
   uint64_t duplicates;              /* since start: frames already received */
   int last_apply_error;             /* 0 or the error of the last failed apply */
   int fatal_error;                  /* standby: 0, or the storage failure that

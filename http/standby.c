@@ -21,6 +21,18 @@
  *      it back from the log, applies it with replicate_frame_apply(), and
  *      trims the log (replicate_log_retain) behind the applied position.
  *
+ * GROUP APPLY. When several frames wait in the receive log, the applier
+ * merges them (replicate_coalescer_finish_frame, up to APPLY_MERGE_FRAMES
+ * frames and APPLY_MERGE_PAGES distinct pages) and applies them as one
+ * commit: one patch, one image and one meta fsync for all of them, so a
+ * standby that falls behind catches up faster instead of falling further
+ * behind. The store is opened with LOOM_APPLY_ASYNC: a commit returns at
+ * its commit point (the patch durable: recovery re-applies it) and the
+ * image is written while the next frames are merged; reads wait for it.
+ * If a merged apply fails (not for lack of space or storage), the frames
+ * it held are applied one at a time, so the bad one is found and dropped
+ * as below.
+ *
  * A coalesced frame (several commits merged, sent to a standby far behind)
  * cannot go in the receive log (replicate_log_append takes single commits):
  * it is applied at once instead, after the applier has drained, and the
@@ -79,6 +91,10 @@ struct http_standby {
   replicate_log *log;         /* its own lock; appends under recv_mu */
   replicate_decoder *recv_dec;/* recv_mu */
   replicate_decoder *apply_dec; /* the applier thread */
+  replicate_coalescer *apply_merge; /* the applier thread: group apply */
+  uint64_t single_through;    /* the applier thread: apply frames up to
+                                 this seq one at a time (a merged apply
+                                 failed: find the culprit) */
   pthread_t applier;
   bool applier_started;
 
@@ -110,7 +126,8 @@ struct http_standby {
   int last_apply_error;
   int64_t last_apply_error_at_ns;
   unsigned snapshots_open;
-  uint64_t frames_received, frames_applied, duplicates, heartbeats, bases;
+  uint64_t frames_received, frames_applied, apply_commits, duplicates,
+      heartbeats, bases;
   uint64_t bytes_received, apply_failures;
 };
 
@@ -266,6 +283,58 @@ static void set_fatal(http_standby *sb, int rc)
             (unsigned long long)sb->received.seq);
 }
 
+/* Group apply bounds: frames merged into one commit, and their distinct
+ * pages (the merge holds LOOM_PAGE_SIZE bytes per page, twice). */
+#define APPLY_MERGE_FRAMES 256u
+#define APPLY_MERGE_PAGES 2048u
+
+/* Read frame seq from the receive log and decode it into apply_dec. */
+static int applier_read(http_standby *sb, uint64_t seq, replicate_buf *buf,
+                        replicate_frame *frame)
+{
+  int rc = replicate_log_read(sb->log, seq, buf);
+  if (rc == 0)
+    rc = replicate_frame_decode(sb->apply_dec, buf->data, buf->len, frame);
+  return rc;
+}
+
+/* The next thing to apply: frame next alone, or frames next..*through
+ * (through <= last, the received position) merged into one. Errors are
+ * those of frame next. */
+static int applier_take(http_standby *sb, uint64_t next, uint64_t last,
+                        replicate_buf *buf, replicate_frame *frame,
+                        uint64_t *through)
+{
+  *through = next;
+  int rc = applier_read(sb, next, buf, frame);
+  if (rc || last == next || next <= sb->single_through || !sb->apply_merge ||
+      frame->info.page_count > APPLY_MERGE_PAGES ||
+      replicate_coalescer_add(sb->apply_merge, frame) != 0)
+    return rc;
+  replicate_frame_info prev = frame->info;
+  for (uint64_t seq = next + 1; seq <= last && seq - next < APPLY_MERGE_FRAMES;
+       seq++) {
+    replicate_frame more;
+    if (applier_read(sb, seq, buf, &more) != 0 ||
+        more.info.epoch != prev.epoch || more.info.before.seq != prev.after.seq ||
+        more.info.before.checksum != prev.after.checksum ||
+        more.info.before.pages != prev.after.pages ||
+        replicate_coalescer_pages(sb->apply_merge) + more.info.page_count >
+            APPLY_MERGE_PAGES)
+      break; /* left for the next round, which reports its error */
+    if (replicate_coalescer_add(sb->apply_merge, &more) != 0)
+      return applier_read(sb, next, buf, frame); /* the merge is empty again */
+    prev = more.info;
+    *through = seq;
+  }
+  rc = replicate_coalescer_finish_frame(sb->apply_merge, sb->apply_dec, frame);
+  if (rc) {
+    *through = next;
+    return applier_read(sb, next, buf, frame);
+  }
+  return 0;
+}
+
 static void *applier_main(void *arg)
 {
   http_standby *sb = arg;
@@ -306,26 +375,38 @@ static void *applier_main(void *arg)
     }
 
     uint64_t next = sb->applied.seq + 1;
+    uint64_t last = sb->received.seq;
+    uint64_t applied_before = sb->applied.seq;
     sb->applier_busy = true;
     pthread_mutex_unlock(&sb->mu);
 
     replicate_frame frame;
     loom_position pos;
-    int rc = replicate_log_read(sb->log, next, &buf);
-    if (rc == 0)
-      rc = replicate_frame_decode(sb->apply_dec, buf.data, buf.len, &frame);
+    uint64_t merged_through = next;
+    int rc = applier_take(sb, next, last, &buf, &frame, &merged_through);
     pthread_mutex_lock(&sb->store_mu);
     if (rc == 0)
       rc = replicate_frame_apply(&frame, sb->store);
     loom_store_position(sb->store, &pos);
     pthread_mutex_unlock(&sb->store_mu);
+    if (rc != 0 && merged_through > next &&
+        apply_error_kind_of(rc) == APPLY_BAD_FRAME) {
+      /* Which of the merged frames is bad? Take them one at a time. */
+      sb->single_through = merged_through;
+      pthread_mutex_lock(&sb->mu);
+      sb->applier_busy = false;
+      continue;
+    }
 
     pthread_mutex_lock(&sb->mu);
     sb->applier_busy = false;
     if (rc == 0 || rc == REPLICATE_EDUPLICATE) {
       sb->applied = pos;
       pending_pop_through(sb, pos.seq);
-      sb->frames_applied += rc == 0;
+      if (rc == 0 && pos.seq > applied_before) {
+        sb->frames_applied += pos.seq - applied_before;
+        sb->apply_commits++;
+      }
       sb->need_sync = true;
       if (++since_retain >= 256) {
         since_retain = 0;
@@ -432,7 +513,8 @@ int http_standby_open(const http_server_options *opt,
     return ENOMEM;
   }
 
-  int rc = loom_store_open(sb->dir, LOOM_CREATE, sb->io, &sb->store);
+  int rc = loom_store_open(sb->dir, LOOM_CREATE | LOOM_APPLY_ASYNC, sb->io,
+                            &sb->store);
   if (rc == 0) {
     /* No size bound from the log: the applier's lag is bounded by
      * max_unapplied_bytes instead, and retention trims behind it. */
@@ -443,6 +525,8 @@ int http_standby_open(const http_server_options *opt,
     rc = replicate_decoder_new(&sb->limits, &sb->recv_dec);
   if (rc == 0)
     rc = replicate_decoder_new(&sb->limits, &sb->apply_dec);
+  if (rc == 0)
+    rc = replicate_coalescer_new(APPLY_MERGE_PAGES, &sb->apply_merge);
   if (rc == 0)
     rc = recover_received(sb);
   if (rc == 0) {
@@ -491,6 +575,7 @@ int http_standby_close(http_standby *sb)
   }
   replicate_decoder_free(sb->recv_dec);
   replicate_decoder_free(sb->apply_dec);
+  replicate_coalescer_free(sb->apply_merge);
   pthread_cond_destroy(&sb->cond);
   pthread_mutex_destroy(&sb->mu);
   pthread_mutex_destroy(&sb->store_mu);
@@ -573,6 +658,7 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
     if (rc == 0) {
       sb->frames_received++;
       sb->frames_applied++;
+      sb->apply_commits++;
       sb->bytes_received += len;
     } else {
       sb->duplicates++;
@@ -1130,6 +1216,7 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   s->replay_paused = sb->base_active;
   s->frames_received = sb->frames_received;
   s->frames_applied = sb->frames_applied;
+  s->apply_commits = sb->apply_commits;
   s->duplicates = sb->duplicates;
   s->last_apply_error = sb->last_apply_error;
   out->primary_epoch = sb->primary_epoch;

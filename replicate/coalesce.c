@@ -242,10 +242,36 @@ int replicate_coalescer_add(replicate_coalescer *c,
   return 0;
 }
 
-int replicate_coalescer_finish(replicate_coalescer *c, replicate_encoder *enc,
-                               replicate_buf *out) {
-  assert(c != NULL && enc != NULL && out != NULL);
-  if (c->frames == 0) return REPLICATE_EINVAL;
+uint64_t replicate_coalescer_pages(const replicate_coalescer *c) {
+  return c->count;
+}
+
+/* Where the merged frame's entries go: through an encoder into a frame's
+ * bytes (finish), or straight into a decoder's buffer (finish_frame). */
+typedef struct entry_sink {
+  replicate_encoder *enc;  /* finish */
+  replicate_buf *out;
+  uint8_t *entries;        /* finish_frame */
+  uint64_t written;
+} entry_sink;
+
+static int sink_entry(entry_sink *sink, uint64_t page_number, uint64_t hash,
+                      replicate_encoding encoding, const uint8_t *contents) {
+  if (sink->enc != NULL)
+    return frame_encode_entry(sink->enc, page_number, hash, encoding, contents,
+                              sink->out);
+  uint8_t *e = sink->entries + sink->written++ * REPLICATE_ENTRY_SIZE;
+  put_le64(e + ENTRY_OFF_PAGE, page_number);
+  put_le64(e + ENTRY_OFF_HASH, hash);
+  e[ENTRY_OFF_ENCODING] = (uint8_t)encoding;
+  memcpy(e + ENTRY_OFF_CONTENTS, contents, LOOM_PAGE_SIZE);
+  return 0;
+}
+
+/* The merged frame's header, and the number of entries it lists. */
+static replicate_frame_info merged_info(const replicate_coalescer *c,
+                                        uint64_t *zero_lo, uint64_t *zero_hi,
+                                        uint64_t *n) {
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_COMMIT,
       .flags = c->last.after.seq - c->first.before.seq > 1
@@ -258,36 +284,68 @@ int replicate_coalescer_finish(replicate_coalescer *c, replicate_encoder *enc,
       .first_commit_time_ns = c->first.first_commit_time_ns,
   };
   /* Zero pages to send: [zero_lo, zero_hi), less the pages with entries. */
-  uint64_t zero_hi = c->first.before.pages < info.after.pages
-                         ? c->first.before.pages
-                         : info.after.pages;
-  uint64_t zero_lo = c->zero_from < zero_hi ? c->zero_from : zero_hi;
-  uint64_t n = zero_hi - zero_lo;
+  *zero_hi = c->first.before.pages < info.after.pages ? c->first.before.pages
+                                                      : info.after.pages;
+  *zero_lo = c->zero_from < *zero_hi ? c->zero_from : *zero_hi;
+  *n = *zero_hi - *zero_lo;
   for (size_t i = 0; i < c->count; i++) {
     uint64_t p = c->entries[i].page_number;
-    if (p < zero_lo || p >= zero_hi) n++;
+    if (p < *zero_lo || p >= *zero_hi) (*n)++;
   }
-  int rc = n > c->max_pages ? REPLICATE_ETOOBIG : 0;
-  if (rc == 0) rc = frame_encode_begin(enc, &info, n, out);
+  return info;
+}
 
+/* Emit every entry of the merged frame, in page order. */
+static int emit_entries(const replicate_coalescer *c, uint64_t zero_lo,
+                        uint64_t zero_hi, entry_sink *sink) {
+  int rc = 0;
   size_t i = 0;
   uint64_t z = zero_lo;
   while (rc == 0 && (i < c->count || z < zero_hi)) {
     if (i < c->count && (z == zero_hi || c->entries[i].page_number <= z)) {
       const coalesce_entry *e = &c->entries[i++];
       if (z < zero_hi && e->page_number == z) z++;
-      rc = frame_encode_entry(
-          enc, e->page_number, e->hash,
+      rc = sink_entry(
+          sink, e->page_number, e->hash,
           e->state == ENTRY_DELTA ? REPLICATE_PAGE_XOR : REPLICATE_PAGE_WHOLE,
-          e->contents, out);
+          e->contents);
     } else {
-      rc = frame_encode_entry(enc, z, loom_page_hash(z, c->zero_page),
-                              REPLICATE_PAGE_WHOLE, c->zero_page, out);
+      rc = sink_entry(sink, z, loom_page_hash(z, c->zero_page),
+                      REPLICATE_PAGE_WHOLE, c->zero_page);
       z++;
     }
   }
+  return rc;
+}
+
+int replicate_coalescer_finish(replicate_coalescer *c, replicate_encoder *enc,
+                               replicate_buf *out) {
+  assert(c != NULL && enc != NULL && out != NULL);
+  if (c->frames == 0) return REPLICATE_EINVAL;
+  uint64_t zero_lo, zero_hi, n;
+  replicate_frame_info info = merged_info(c, &zero_lo, &zero_hi, &n);
+  int rc = n > c->max_pages ? REPLICATE_ETOOBIG : 0;
+  if (rc == 0) rc = frame_encode_begin(enc, &info, n, out);
+  entry_sink sink = {.enc = enc, .out = out};
+  if (rc == 0) rc = emit_entries(c, zero_lo, zero_hi, &sink);
   if (rc == 0) rc = frame_encode_end(enc, out);
   if (rc != 0) out->len = 0;
+  coalescer_clear(c);
+  return rc;
+}
+
+int replicate_coalescer_finish_frame(replicate_coalescer *c,
+                                     replicate_decoder *dec,
+                                     replicate_frame *out) {
+  assert(c != NULL && dec != NULL && out != NULL);
+  if (c->frames == 0) return REPLICATE_EINVAL;
+  uint64_t zero_lo, zero_hi, n;
+  replicate_frame_info info = merged_info(c, &zero_lo, &zero_hi, &n);
+  entry_sink sink = {0};
+  int rc = n > c->max_pages ? REPLICATE_ETOOBIG : 0;
+  if (rc == 0) rc = frame_decoded_begin(dec, &info, n, &sink.entries);
+  if (rc == 0) rc = emit_entries(c, zero_lo, zero_hi, &sink);
+  if (rc == 0) rc = frame_decoded_end(dec, &info, n, out);
   coalescer_clear(c);
   return rc;
 }

@@ -594,6 +594,35 @@ int replicate_frame_decode(replicate_decoder *dec, const void *bytes,
   return 0;
 }
 
+int frame_decoded_begin(replicate_decoder *dec, const replicate_frame_info *info,
+                        uint64_t n, uint8_t **entries) {
+  replicate_frame_info checked = *info;
+  checked.page_count = n;
+  if (info->kind != REPLICATE_KIND_COMMIT || n > UINT32_MAX ||
+      frame_info_check(&checked) != 0)
+    return REPLICATE_EINVAL;
+  if (n > dec->limits.max_frame_pages) return REPLICATE_ETOOBIG;
+  int rc = frame_buf_reserve(&dec->payload, (size_t)n * REPLICATE_ENTRY_SIZE);
+  if (rc != 0) return rc;
+  dec->payload.len = (size_t)n * REPLICATE_ENTRY_SIZE;
+  *entries = dec->payload.data;
+  return 0;
+}
+
+int frame_decoded_end(replicate_decoder *dec, const replicate_frame_info *info,
+                      uint64_t n, replicate_frame *out) {
+  replicate_frame_info checked = *info;
+  checked.page_count = n;
+  checked.compressed_size = 0;
+  checked.frame_size = 0;
+  int rc = entries_check(&checked, dec->payload.data);
+  if (rc != 0) return rc;
+  out->info = checked;
+  out->decoder = dec;
+  out->entries = n > 0 ? dec->payload.data : NULL;
+  return 0;
+}
+
 void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
                               replicate_page *out) {
   assert(i < frame->info.page_count);

@@ -107,6 +107,19 @@ int frame_encode_entry(replicate_encoder *enc, uint64_t page_number,
                        const void *contents, replicate_buf *out);
 int frame_encode_end(replicate_encoder *enc, replicate_buf *out);
 
+/*
+ * A decoded frame built in place, without compression (the coalescer's
+ * replicate_coalescer_finish_frame): frame_decoded_begin checks info (as
+ * frame_encode_begin does) and dec's limits, makes room for n entries in
+ * dec's buffer and points *entries at them; the caller writes the n
+ * entries; frame_decoded_end checks them (as replicate_frame_decode does)
+ * and describes the frame in *out.
+ */
+int frame_decoded_begin(replicate_decoder *dec, const replicate_frame_info *info,
+                        uint64_t n, uint8_t **entries);
+int frame_decoded_end(replicate_decoder *dec, const replicate_frame_info *info,
+                      uint64_t n, replicate_frame *out);
+
 /* Check that info describes a valid frame (kind, flags, positions). */
 int frame_info_check(const replicate_frame_info *info);
 

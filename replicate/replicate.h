@@ -418,13 +418,26 @@ void replicate_coalescer_free(replicate_coalescer *c);
 int replicate_coalescer_add(replicate_coalescer *c,
                             const replicate_frame *frame);
 
-/* The number of frames added since the last finish. */
+/* The number of frames added since the last finish, and the number of
+ * distinct pages they changed (the memory held: LOOM_PAGE_SIZE each). */
 uint64_t replicate_coalescer_frames(const replicate_coalescer *c);
+uint64_t replicate_coalescer_pages(const replicate_coalescer *c);
 
 /* Encode the merged frame into out and empty the coalescer. Errors:
  * REPLICATE_EINVAL (no frame added), those of replicate_frame_encode. */
 int replicate_coalescer_finish(replicate_coalescer *c,
                                replicate_encoder *enc, replicate_buf *out);
+
+/* The merged frame, decoded, without compressing it: its entries are
+ * written into dec's buffer and *out describes them as
+ * replicate_frame_decode() would (valid until dec is used again; its
+ * compressed_size and frame_size are 0). For a standby applying several
+ * received frames with one commit. Empties the coalescer. Errors:
+ * REPLICATE_EINVAL (no frame added), REPLICATE_ETOOBIG (more pages than
+ * max_pages or than dec's max_frame_pages), ENOMEM. */
+int replicate_coalescer_finish_frame(replicate_coalescer *c,
+                                     replicate_decoder *dec,
+                                     replicate_frame *out);
 
 /* ---------------------------------------------------------------------- */
 /* The replication log */

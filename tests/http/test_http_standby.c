@@ -456,6 +456,44 @@ static void test_malformed_bodies(void **state)
   ht_rmdir(dir);
 }
 
+/* A well-formed frame from position at whose one page does not give its
+ * after checksum (what a faulty primary could send). Caller frees. */
+static uint8_t *forge_frame_with_wrong_after(const loom_position *at,
+                                             size_t *len)
+{
+  uint8_t *entry = xcalloc(REPLICATE_ENTRY_SIZE);
+  uint8_t page[PS];
+  memset(page, 0x5a, sizeof page);
+  forge_entry(entry, 0, loom_page_hash(0, page), 0, page);
+  forge_header h = forge_default(1);
+  h.before_seq = at->seq;
+  h.before_checksum = at->checksum;
+  h.before_pages = at->pages;
+  h.after_seq = at->seq + 1;
+  h.after_pages = at->pages;
+  h.after_checksum = 12345;
+  uint8_t *frame = forge_frame_entries(&h, entry, REPLICATE_ENTRY_SIZE, len);
+  free(entry);
+  return frame;
+}
+
+/* An empty standby directory whose receive log holds frames[0, n) and
+ * then extra (if not NULL): frames received durably and never applied. */
+static void receive_log_holding(const char *dir, const replicate_buf *frames,
+                                size_t n, const void *extra, size_t extra_len)
+{
+  loom_store *store;
+  assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &store), 0);
+  assert_int_equal(loom_store_close(store), 0);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(dir, NULL, NULL, &log), 0);
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(replicate_log_append(log, frames[i].data, frames[i].len), 0);
+  if (extra)
+    assert_int_equal(replicate_log_append(log, extra, extra_len), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
 /* A well-formed frame whose pages do not give its after checksum (a faulty
  * primary): received, fails to apply, and the standby falls back to its
  * applied position; the real frame is then taken. */
@@ -473,20 +511,8 @@ static void test_frame_that_does_not_apply(void **state)
   http_server_status st;
   ht_status(&s, &st);
 
-  uint8_t *entry = xcalloc(REPLICATE_ENTRY_SIZE);
-  uint8_t page[PS];
-  memset(page, 0x5a, sizeof page);
-  forge_entry(entry, 0, loom_page_hash(0, page), 0, page);
-  forge_header h = forge_default(1);
-  h.before_seq = st.received.seq;
-  h.before_checksum = st.received.checksum;
-  h.before_pages = st.received.pages;
-  h.after_seq = h.before_seq + 1;
-  h.after_pages = st.received.pages;
-  h.after_checksum = 12345;
   size_t len;
-  uint8_t *bad = forge_frame_entries(&h, entry, REPLICATE_ENTRY_SIZE, &len);
-  free(entry);
+  uint8_t *bad = forge_frame_with_wrong_after(&st.received, &len);
   replicate_buf b = {bad, len, len};
   assert_int_equal(ht_post_frame(&s, &b, NULL), 200);
   for (int i = 0; i < 400; i++) {
@@ -922,24 +948,78 @@ static void test_restart_and_recovery(void **state)
   /* Frames durable in the receive log but never applied (a standby killed
    * right after answering): applied on the next start. */
   char *dir2 = ht_tmpdir("standby2");
-  loom_store *store;
-  assert_int_equal(loom_store_open(dir2, LOOM_CREATE, NULL, &store), 0);
-  assert_int_equal(loom_store_close(store), 0);
-  replicate_log *log;
-  assert_int_equal(replicate_log_open(dir2, NULL, NULL, &log), 0);
-  for (size_t i = 0; i < 16; i++)
-    assert_int_equal(replicate_log_append(log, p.frames[i].data,
-                                          p.frames[i].len), 0);
-  assert_int_equal(replicate_log_close(log), 0);
+  receive_log_holding(dir2, p.frames, 16, NULL, 0);
   ht_start_standby(&s, dir2);
   ht_status(&s, &st);
   assert_int_equal(st.received.seq, 16);
   ht_wait_applied(&s, 16);
+  /* All 16 waited together: merged into one commit (group apply). */
+  ht_status(&s, &st);
+  assert_int_equal(st.frames_applied, 16);
+  assert_int_equal(st.apply_commits, 1);
   ht_stop(&s);
   ht_assert_same_image(p.dir, dir2);
   ht_primary_free(&p);
   ht_rmdir(dir);
   ht_rmdir(dir2);
+}
+
+/* Group apply with a bad frame among those merged (its pages do not give
+ * its after checksum): the merged commit fails, the frames are then taken
+ * one at a time, so the good ones before it are applied and the bad one
+ * alone is refused; the primary's real frame then takes its place. */
+static void test_merged_apply_with_a_bad_frame(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 23);
+  ht_primary_run(&p, 8);
+  loom_position at5;
+  {
+    /* The position after frame 5, from a standby fed frames 1..5. */
+    char *tmp = ht_tmpdir("standby-ref");
+    ht_server s;
+    ht_start_standby(&s, tmp);
+    post_range(&s, &p, 0, 5, NULL);
+    ht_wait_applied(&s, 5);
+    http_server_status st;
+    ht_status(&s, &st);
+    at5 = st.applied;
+    ht_stop(&s);
+    ht_rmdir(tmp);
+  }
+  size_t len;
+  uint8_t *bad = forge_frame_with_wrong_after(&at5, &len);
+
+  /* Frames 1..5 and the bad sixth wait in the receive log of a standby
+   * that has applied nothing: its applier merges all six at start. */
+  char *dir = ht_tmpdir("standby");
+  receive_log_holding(dir, p.frames, 5, bad, len);
+  free(bad);
+
+  ht_server s;
+  ht_start_standby(&s, dir);
+  http_server_status st;
+  for (int i = 0; i < 400; i++) {
+    ht_status(&s, &st);
+    if (st.last_apply_error && st.applied.seq == 5)
+      break;
+    sleep_ms(5);
+  }
+  assert_int_equal(st.received.seq, 6);
+  assert_int_equal(st.applied.seq, 5);
+  assert_int_equal(st.frames_applied, 5);
+  assert_int_equal(st.last_apply_error, REPLICATE_EAFTER_CHECKSUM);
+
+  /* The real sixth frame replaces it; the rest follow, merged or not. */
+  assert_int_equal(ht_post_frame(&s, &p.frames[5], NULL), 200);
+  post_range(&s, &p, 6, p.nframes, NULL);
+  ht_wait_applied(&s, p.nframes);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
 }
 
 static void test_disk_full(void **state)
@@ -1273,6 +1353,7 @@ int main(void)
       cmocka_unit_test(test_base_image),
       cmocka_unit_test(test_promote),
       cmocka_unit_test(test_restart_and_recovery),
+      cmocka_unit_test(test_merged_apply_with_a_bad_frame),
       cmocka_unit_test(test_disk_full),
       cmocka_unit_test(test_graceful_stop),
       cmocka_unit_test(test_coalesced_frame),

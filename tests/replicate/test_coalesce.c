@@ -53,13 +53,50 @@ static int coalesce(const chain *c, size_t from, size_t to,
   return replicate_coalescer_finish(co, enc, out);
 }
 
+/* The merged frame built without compression (finish_frame, for a
+ * standby's group apply) says exactly what the encoded one decodes to. */
+static void assert_finish_frame_matches(const chain *c, size_t from, size_t to,
+                                        replicate_coalescer *co,
+                                        replicate_decoder *dec,
+                                        replicate_decoder *raw_dec,
+                                        const replicate_frame *decoded) {
+  for (size_t i = from; i < to; i++) {
+    replicate_frame f;
+    assert_int_equal(replicate_frame_decode(dec, c->frames[i].data,
+                                            c->frames[i].len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(co, &f), 0);
+  }
+  replicate_frame raw;
+  assert_int_equal(replicate_coalescer_finish_frame(co, raw_dec, &raw), 0);
+  assert_int_equal(replicate_coalescer_frames(co), 0);
+  assert_int_equal(raw.info.flags, decoded->info.flags);
+  assert_int_equal(raw.info.epoch, decoded->info.epoch);
+  assert_memory_equal(&raw.info.before, &decoded->info.before,
+                      sizeof raw.info.before);
+  assert_memory_equal(&raw.info.after, &decoded->info.after,
+                      sizeof raw.info.after);
+  assert_int_equal(raw.info.commit_time_ns, decoded->info.commit_time_ns);
+  assert_int_equal(raw.info.page_count, decoded->info.page_count);
+  for (uint64_t i = 0; i < raw.info.page_count; i++) {
+    replicate_page a, b;
+    replicate_frame_get_page(&raw, i, &a);
+    replicate_frame_get_page(decoded, i, &b);
+    assert_int_equal(a.page_number, b.page_number);
+    assert_int_equal(a.hash, b.hash);
+    assert_int_equal(a.encoding, b.encoding);
+    assert_memory_equal(a.contents, b.contents, LOOM_PAGE_SIZE);
+  }
+}
+
 static void test_random_chains(void **state) {
   (void)state;
   replicate_encoder *enc;
-  replicate_decoder *dec;
+  replicate_decoder *dec, *merged_dec, *raw_dec;
   replicate_coalescer *co;
   assert_int_equal(replicate_encoder_new(1, &enc), 0);
   assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
+  assert_int_equal(replicate_decoder_new(NULL, &merged_dec), 0);
+  assert_int_equal(replicate_decoder_new(NULL, &raw_dec), 0);
   assert_int_equal(replicate_coalescer_new(0, &co), 0);
   test_rng r = {2024};
   replicate_buf merged = {0};
@@ -76,9 +113,11 @@ static void test_random_chains(void **state) {
       assert_int_equal(coalesce(&c, from, to, co, enc, dec, &merged), 0);
       assert_int_equal(replicate_coalescer_frames(co), 0);
       replicate_frame f;
-      assert_int_equal(replicate_frame_decode(dec, merged.data, merged.len, &f), 0);
+      assert_int_equal(replicate_frame_decode(merged_dec, merged.data,
+                                              merged.len, &f), 0);
       assert_int_equal(f.info.flags,
                        to - from > 1 ? REPLICATE_FRAME_COALESCED : 0u);
+      assert_finish_frame_matches(&c, from, to, co, dec, raw_dec, &f);
       model target;
       model_copy(&target, &standby);
       assert_int_equal(model_apply_frame(&target, &f), 0);
@@ -100,6 +139,8 @@ static void test_random_chains(void **state) {
   }
   replicate_buf_free(&merged);
   replicate_coalescer_free(co);
+  replicate_decoder_free(raw_dec);
+  replicate_decoder_free(merged_dec);
   replicate_decoder_free(dec);
   replicate_encoder_free(enc);
 }
@@ -250,6 +291,7 @@ static void test_refusals(void **state) {
   replicate_frame f;
 
   assert_int_equal(replicate_coalescer_finish(co, enc, &out), REPLICATE_EINVAL);
+  assert_int_equal(replicate_coalescer_finish_frame(co, dec, &f), REPLICATE_EINVAL);
   /* A gap: frames 0 and 2. */
   assert_int_equal(replicate_frame_decode(dec, c.frames[0].data, c.frames[0].len, &f), 0);
   assert_int_equal(replicate_coalescer_add(co, &f), 0);
@@ -291,6 +333,17 @@ static void test_refusals(void **state) {
   assert_int_equal(replicate_coalescer_finish(co, enc, &out), 0);
   assert_int_equal(replicate_frame_decode(dec, out.data, out.len, &f), 0);
   assert_int_equal(f.info.page_count, 4);
+  /* Built in place: a decoder's page limit holds as in decoding. */
+  replicate_limits small = replicate_limits_default();
+  small.max_frame_pages = 3;
+  replicate_decoder *small_dec;
+  assert_int_equal(replicate_decoder_new(&small, &small_dec), 0);
+  assert_int_equal(replicate_frame_decode(dec, a.data, a.len, &f), 0);
+  assert_int_equal(replicate_coalescer_add(co, &f), 0);
+  assert_int_equal(replicate_coalescer_finish_frame(co, small_dec, &f),
+                   REPLICATE_ETOOBIG);
+  assert_int_equal(replicate_coalescer_frames(co), 0);
+  replicate_decoder_free(small_dec);
 
   free(news);
   model_free(&m);
