@@ -1162,7 +1162,12 @@ int http_standby_snapshot_open(http_standby *sb, loom_snapshot **out)
   pthread_mutex_lock(&sb->mu);
   bool busy = sb->base_active;
   pthread_mutex_unlock(&sb->mu);
-  int rc = busy ? EBUSY : loom_store_snapshot_open(sb->store, out);
+  /* The image catches up with the applied position first (the store
+   * writes it after each commit point): a backup begun after the status
+   * said applied N holds N or later. */
+  int rc = busy ? EBUSY : loom_store_sync(sb->store);
+  if (rc == 0)
+    rc = loom_store_snapshot_open(sb->store, out);
   if (rc == 0) {
     pthread_mutex_lock(&sb->mu);
     sb->snapshots_open++;

@@ -6,9 +6,10 @@
  * Two sides share one mutex (mu) and one condition variable (cond):
  *
  *   the commit side    replicate_shipper_on_commit(), on the application's
- *                      saving thread: encode, append to the log (durable),
- *                      publish the commit (latest, the commit ring), wake
- *                      the shipping thread, and in sync mode wait on cond.
+ *                      saving thread, after the commit point: encode,
+ *                      publish the commit (latest, the commit ring) and
+ *                      wake the shipping thread, append to the log
+ *                      (durable), and in sync mode wait on cond.
  *   the shipping side  one thread, one curl multi handle, one pipeline per
  *                      standby: schedule() picks each idle standby's next
  *                      request, finish() reads its answer and moves the
@@ -21,9 +22,16 @@
  * computed from it.
  *
  * Invariants
- *   I1. A frame is shipped only once replicate_log_append() returned 0 for
- *       it: a frame whose append failed is never in the ring nor the log,
- *       and a standby that needs it gets a base image.
+ *   I1. A frame is shipped only after its commit point (the store has it
+ *       durably). It is published before its log append when the ring
+ *       keeps it in memory, so that the standby's receive-log fsync
+ *       overlaps ours; otherwise only once replicate_log_append() returned
+ *       0, since the shipper would read it from the log. If the append
+ *       fails, a frame in memory is still sent from there; one not in
+ *       memory would be read from the log, which lacks it, so a standby
+ *       that needs it gets a base image. (A crash before the append is durable leaves a
+ *       log that lacks the store's newest frame: the next append finds the
+ *       chain broken and starts the log afresh.)
  *   I2. At most one request per standby is in flight; its body (a frame of
  *       the ring, the standby's own buffer, or the snapshot being streamed)
  *       stays alive and unchanged until the request is finished.
@@ -1638,11 +1646,47 @@ static void deadline_after(struct timespec *ts, double seconds)
   ts->tv_nsec = (long)(ns % NS_PER_S);
 }
 
+/* Make commit c known to the pipelines: the latest position, and its
+ * frame (bytes long; *frame, if given, is taken: the ring keeps it in
+ * memory, or frees it and the log is read when needed). */
+static void commit_publish(replicate_shipper *sh, const loom_commit *c,
+                           uint64_t bytes, ship_frame **frame)
+{
+  ship_frame *f = frame ? *frame : NULL;
+  if (frame)
+    *frame = NULL;
+  pthread_mutex_lock(&sh->mu);
+  sh->latest = c->after;
+  if (ring_push(sh, c->after.seq, c->after.commit_time_ns, bytes, f))
+    free(f); /* not in memory: read from the log when needed */
+  pthread_mutex_unlock(&sh->mu);
+  curl_multi_wakeup(sh->multi);
+}
+
 int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
                                 const loom_commit *c)
 {
   assert(sh && l && c);
   int rc = replicate_frame_encode_commit(sh->commit_enc, l, c, &sh->commit_buf);
+  ship_frame *frame = NULL;
+  if (!rc) {
+    frame = malloc(sizeof *frame + sh->commit_buf.len);
+    if (frame) {
+      frame->refs = 1;
+      frame->len = sh->commit_buf.len;
+      memcpy(frame->data, sh->commit_buf.data, sh->commit_buf.len);
+    }
+  }
+  /* The commit is durable in the store (the commit point came before this
+   * hook), so it may ship now, while the log append below is made durable:
+   * the standby's receive-log fsync and ours overlap instead of following
+   * each other. Only a frame the in-memory cache keeps goes early: the
+   * shipper reads any other from the log, which must hold it first. If
+   * the append fails, the frame still ships from memory, and the log
+   * starts afresh at the next commit (as after any append failure). */
+  bool early = frame && frame->len <= sh->cache_bytes;
+  if (early)
+    commit_publish(sh, c, sh->commit_buf.len, &frame);
   if (!rc) {
     rc = replicate_log_append(sh->log, sh->commit_buf.data, sh->commit_buf.len);
     if (rc == REPLICATE_ENOT_CONTIGUOUS) {
@@ -1653,28 +1697,17 @@ int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
                                   sh->commit_buf.len);
     }
   }
-  ship_frame *frame = NULL;
-  if (!rc) {
-    frame = malloc(sizeof *frame + sh->commit_buf.len);
-    if (frame) {
-      frame->refs = 1;
-      frame->len = sh->commit_buf.len;
-      memcpy(frame->data, sh->commit_buf.data, sh->commit_buf.len);
-    }
-  }
+  if (!early)
+    commit_publish(sh, c, rc ? 0 : sh->commit_buf.len, rc ? NULL : &frame);
+  free(frame); /* not published (an append failed): the ring has no copy */
 
   replicate_log_stats st;
   replicate_log_get_stats(sh->log, &st);
   pthread_mutex_lock(&sh->mu);
-  sh->latest = c->after;
-  if (ring_push(sh, c->after.seq, c->after.commit_time_ns,
-                rc ? 0 : sh->commit_buf.len, frame))
-    free(frame); /* not in memory: read from the log when needed */
   /* The append may have dropped old segments (the byte cap). */
   ring_forget_before(sh, st.records ? st.oldest_seq : UINT64_MAX);
   bool fenced = sh->fenced;
   pthread_mutex_unlock(&sh->mu);
-  curl_multi_wakeup(sh->multi);
   if (rc)
     return rc;
   if (fenced)

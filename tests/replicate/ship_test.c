@@ -41,6 +41,7 @@
 #include <cmocka.h>
 #include <microhttpd.h>
 
+#include "iosim.h"
 #include "loom.h"
 #include "replicate.h"
 
@@ -682,6 +683,9 @@ static replicate_shipper_options test_options(void)
   return o;
 }
 
+/* The loom_io the next primary_open() gives its log (NULL: POSIX). */
+static const struct loom_io *next_log_io;
+
 static void primary_open(primary *p, const char *dir,
                          const replicate_log_options *lo)
 {
@@ -695,7 +699,7 @@ static void primary_open(primary *p, const char *dir,
   loom_position pos;
   loom_store_position(loom_get_store(p->l), &pos);
   p->low = pos.pages;
-  rc = replicate_log_open(dir, lo, NULL, &p->log);
+  rc = replicate_log_open(dir, lo, next_log_io, &p->log);
   if (rc)
     fprintf(stderr, "replicate_log_open: %s\n", replicate_strerror(rc));
   assert_int_equal(rc, 0);
@@ -1165,6 +1169,50 @@ static void test_gap(void **state)
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
+}
+
+/* A log append that fails after the commit point (the disk is full): the
+ * save reports it, but the frame was published before the append and
+ * reaches the standby from memory; the next commit starts the log afresh
+ * and streaming goes on without a base image. */
+static void test_log_append_fails(void **state)
+{
+  (void)state;
+  iosim *sim;
+  assert_int_equal(iosim_create(NULL, &sim), 0);
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  next_log_io = iosim_io(sim);
+  primary_start(&p, &o, &f, 1, NULL);
+  next_log_io = NULL;
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  primary_saves(&p, 5, 2, false);
+  drain_ok(&p);
+
+  iosim_fault fault = {.kind = IOSIM_FAIL, .err = ENOSPC, .by_type = 1,
+                       .op = LOOM_IO_PWRITE,
+                       .index = iosim_count_op(sim, LOOM_IO_PWRITE)};
+  assert_int_equal(iosim_fault_add(sim, &fault), 0);
+  assert_int_equal(primary_save(&p, 2, false), ENOSPC);
+  assert_true(iosim_faults_injected(sim) >= 1);
+  replicate_log_stats ls;
+  replicate_log_get_stats(p.log, &ls);
+  assert_int_equal(ls.newest_seq, 5);
+  catch_up(&p, f); /* seq 6, from memory */
+  assert_same_image(&p, f);
+
+  primary_saves(&p, 5, 2, false);
+  catch_up(&p, f);
+  replicate_log_get_stats(p.log, &ls);
+  assert_int_equal(ls.oldest_seq, 7);
+  assert_int_equal(ls.newest_seq, 11);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  assert_int_equal(FAKE_GET(f, gaps) + FAKE_GET(f, mismatches), 0);
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+  iosim_destroy(sim);
 }
 
 /* A standby away while commits happen catches up with merged frames. */
@@ -1740,6 +1788,7 @@ int main(void)
       cmocka_unit_test(test_duplicates),
       cmocka_unit_test(test_gap),
       cmocka_unit_test(test_catch_up_coalesced),
+      cmocka_unit_test(test_log_append_fails),
       cmocka_unit_test(test_restarted_empty),
       cmocka_unit_test(test_log_cap),
       cmocka_unit_test(test_two_one_stalled),
