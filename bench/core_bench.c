@@ -296,6 +296,71 @@ static void bench_save(void)
 }
 
 /* ---------------------------------------------------------------------- */
+/* How save cost grows with the arena's size, for the same image and the
+ * same dirty set: 1,024-page image, 64 pages changed per save, async apply
+ * (as loomship primary), arenas of 1, 4 and 16 GiB (reserved address space;
+ * only the image is populated). Reference: the 1 GiB arena. */
+
+static void bench_arena_size(void)
+{
+  uint64_t arenas[] = {UINT64_C(1) << 16, UINT64_C(1) << 18, UINT64_C(1) << 20};
+  uint64_t image = 1024, k = 64;
+  int reps = quick ? 7 : 15;
+  printf("\n### Save cost against arena size (1,024-page image, 64 pages changed, async apply)\n\n");
+  printf("| %-44s | %10s | %10s | %10s | %-6s | %9s %-26s |\n", "what", "median",
+         "min", "max", "unit", "ratio", "to");
+  printf("|---|---:|---:|---:|---|---:|---|\n");
+  double ref_save = 0, ref_empty = 0;
+  for (unsigned ai = 0; ai < sizeof arenas / sizeof *arenas; ai++) {
+    char *dir = scratch("arena");
+    loom_options o = {.arena_pages = arenas[ai], .flags = LOOM_CREATE | LOOM_APPLY_ASYNC};
+    loom *l;
+    int rc = loom_open(dir, &o, &l);
+    if (rc)
+      die("loom_open", rc);
+    uint8_t *b = loom_base(l);
+    for (uint64_t i = 0; i < image; i++)
+      memset(b + i * PS, (int)(i % 251) + 1, PS);
+    if ((rc = loom_save(l, image, arenas[ai])))
+      die("loom_save", rc);
+    double lat[MAXREP], empty[MAXREP];
+    for (int r = 0; r < reps + 1; r++) {
+      for (uint64_t i = 0; i < k; i++)
+        b[i * (image / k) * PS + (uint64_t)r * 8] ^= 0xff;
+      double t0 = now_s();
+      rc = loom_save(l, image, arenas[ai]);
+      double t1 = now_s();
+      if (!rc)
+        rc = loom_store_sync(loom_get_store(l));
+      double t2 = now_s();
+      if (!rc)
+        rc = loom_save(l, image, arenas[ai]); /* nothing changed */
+      double t3 = now_s();
+      if (rc)
+        die("save", rc);
+      if (r > 0) {
+        lat[r - 1] = (t1 - t0) * 1e3;
+        empty[r - 1] = (t3 - t2) * 1e3;
+      }
+    }
+    loom_close(l);
+    rmrf(dir);
+    stat3 s = summarize(lat, reps), e = summarize(empty, reps);
+    if (ai == 0) {
+      ref_save = s.median;
+      ref_empty = e.median;
+    }
+    char what[128];
+    snprintf(what, sizeof what, "save of 64 pages, %llu GiB arena",
+             (unsigned long long)(arenas[ai] >> 16));
+    row(what, "ms", s, "the 1 GiB arena", ref_save);
+    snprintf(what, sizeof what, "empty save, %llu GiB arena",
+             (unsigned long long)(arenas[ai] >> 16));
+    row(what, "ms", e, "the 1 GiB arena", ref_empty);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
 /* Open time of a 1 GiB image. */
 
 static void bench_open(void)
@@ -350,6 +415,7 @@ int main(int argc, char **argv)
   printf("## core_bench%s (scratch: %s)\n", quick ? " --quick" : "", scratch_root);
   bench_first_write();
   bench_save();
+  bench_arena_size();
   bench_open();
   return 0;
 }

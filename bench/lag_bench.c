@@ -23,7 +23,7 @@
  *                              --seconds, --repeats times: lag p50/p99
  *   lag_bench [opts] maxrate   open-loop at 100, 200, 400, ... saves/s until
  *                              the standby no longer keeps up (see below)
- *   lag_bench [opts] catchup   a standby stopped while the primary changes
+ *   lag_bench [opts] catchup   (--repeats times) a standby stopped while the primary changes
  *                              1 % of its pages (64 bytes each) in 10
  *                              saves, then restarted: time until applied
  *                              and bytes on the wire; with --rsync-dir D it
@@ -431,7 +431,12 @@ static void mode_maxrate(uint64_t k, double seconds)
          (unsigned long long)k, best, best, best, best / 300);
 }
 
-static void mode_catchup(const char *rsync_dir, const char *pdir)
+/* One catch-up: the standby stopped, 1 % of the pages changed in 10 saves,
+ * the standby restarted; *seconds from the restart until it applied the
+ * last save, *wire the bytes shipped meanwhile. With rsync_dir, the image
+ * before and after is written there too. */
+static void catchup_once(const char *rsync_dir, const char *pdir,
+                         double *seconds, uint64_t *wire)
 {
   char img[700], path[700];
   snprintf(img, sizeof img, "%s/image", pdir);
@@ -497,11 +502,25 @@ static void mode_catchup(const char *rsync_dir, const char *pdir)
          "heartbeats); %llu raw page bytes\n",
          (unsigned long long)pages, t, (unsigned long long)(w2 - w1),
          (unsigned long long)(w1 - w0), (unsigned long long)(r2 - r1));
-  printf("RESULT catchup_seconds %.6g %.6g %.6g s rsync_target=1.3 %.3g\n", t, t, t, t / 1.3);
-  printf("RESULT catchup_wire_bytes %llu %llu %llu B dirty_bytes=%llu %.3g\n",
-         (unsigned long long)(w2 - w1), (unsigned long long)(w2 - w1),
-         (unsigned long long)(w2 - w1), (unsigned long long)(pages * PS),
-         (double)(w2 - w1) / (double)(pages * PS));
+  *seconds = t;
+  *wire = w2 - w1;
+}
+
+/* catchup_once, repeats times (the rsync images from the first). */
+static void mode_catchup(const char *rsync_dir, const char *pdir, int repeats)
+{
+  double secs[MAXREP], bytes[MAXREP];
+  for (int i = 0; i < repeats; i++) {
+    uint64_t wire;
+    catchup_once(i == 0 ? rsync_dir : NULL, pdir, &secs[i], &wire);
+    bytes[i] = (double)wire;
+  }
+  stat3 t = summarize(secs, repeats), b = summarize(bytes, repeats);
+  double dirty_bytes = (double)(B.image_pages / 100 * PS);
+  printf("RESULT catchup_seconds %.6g %.6g %.6g s rsync_target=1.3 %.3g\n", t.median,
+         t.min, t.max, t.median / 1.3);
+  printf("RESULT catchup_wire_bytes %.6g %.6g %.6g B dirty_bytes=%.6g %.3g\n", b.median,
+         b.min, b.max, dirty_bytes, b.median / dirty_bytes);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -628,7 +647,7 @@ int main(int argc, char **argv)
   else if (!strcmp(mode, "maxrate"))
     mode_maxrate(k, seconds);
   else if (!strcmp(mode, "catchup"))
-    mode_catchup(rsync_dir, pdir);
+    mode_catchup(rsync_dir, pdir, repeats);
   else {
     fprintf(stderr, "lag_bench: unknown mode %s\n", mode);
     return 2;
