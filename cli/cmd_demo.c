@@ -4,7 +4,8 @@
  *      process: the example application) on 127.0.0.1, ephemeral ports;
  *   2. a few seconds of workload with a live progress line: saves/s, bytes
  *      changed and shipped, the standby's lag;
- *   3. the primary drains: the standby holds everything committed;
+ *   3. the primary drains: the standby holds everything committed, and has
+ *      applied it;
  *   4. a backup pulled over HTTP from the standby (GET /v1/backup);
  *   5. the standby stops (SIGTERM: applies what it received);
  *   6. primary, standby and backup images compared: positions, checksums
@@ -19,6 +20,8 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
+#include "jsonread.h"
 #include "primary.h"
 
 static double now_s(void)
@@ -107,6 +110,29 @@ static void human(double bytes, char *buf, size_t len)
   while (bytes >= 1024 && u < 3)
     bytes /= 1024, u++;
   snprintf(buf, len, "%.1f %s", bytes, unit[u]);
+}
+
+/* Wait, up to seconds, until the standby at url says it applied seq (a
+ * drain waits for received; a backup holds what is applied). */
+static int wait_applied(const char *url, uint64_t seq, double seconds)
+{
+  double until = now_s() + seconds;
+  client_options o = {.timeout_s = 5};
+  do {
+    client_reply r;
+    double applied = -1;
+    if (client_request("GET", url, "/v1/status", &o, &r) == 0 && r.status == 200) {
+      json *j = jsonread_parse(r.body, r.len);
+      applied = jsonread_number(j, "applied.seq", -1);
+      jsonread_free(j);
+    }
+    client_reply_free(&r);
+    if (applied >= (double)seq)
+      return 1;
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  } while (now_s() < until);
+  return 0;
 }
 
 static int run_demo(int argc, char **argv)
@@ -201,7 +227,8 @@ static int run_demo(int argc, char **argv)
   /* Drain, then a backup over HTTP from the standby, then stop both. */
   replicate_standby_status st;
   size_t count;
-  int drained = replicate_shipper_drain(n.shipper, 30);
+  int drained = replicate_shipper_drain(n.shipper, 30) &&
+                wait_applied(url, committed.seq, 30);
   replicate_shipper_status(n.shipper, &st, 1, &count);
   char raw[32], wire[32];
   human((double)n.bytes_raw, raw, sizeof raw);
