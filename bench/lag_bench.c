@@ -29,6 +29,12 @@
  *                              and bytes on the wire; with --rsync-dir D it
  *                              also writes D/old.img and D/new.img (the
  *                              image before and after) for rsync_bench.sh
+ *   lag_bench [opts] absorb    (--repeats times) the standby stopped while
+ *                              the primary makes --count saves (1000), then
+ *                              restarted and sent those frames back to back
+ *                              by one client: how fast one standby takes
+ *                              frames, apart from how fast the primary
+ *                              makes them
  * Options: --pages K (changed per save, 64) --image-pages P (4096)
  *   --rates R1,R2 (10,100,1000) --seconds S (3) --repeats N (3) --sync N (0)
  *   --standbys M (1) --dir DIR ($TMPDIR or /tmp) --rsync-dir D
@@ -51,6 +57,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <curl/curl.h>
 
 #include "loom.h"
 #include "replicate.h"
@@ -108,6 +116,9 @@ typedef struct bench {
   pthread_mutex_t srv_lock;            /* standby[] replaced in catchup */
   atomic_int stop_poll;
   uint64_t rng;
+  replicate_encoder *record_enc;       /* absorb: frames made in on_commit */
+  replicate_buf *recorded;
+  size_t nrecorded, record_cap;
 } bench;
 
 static bench B;
@@ -123,6 +134,12 @@ static int on_commit(void *ctx, loom *l, const loom_commit *c)
   (void)ctx;
   double t = now_s();
   B.t_commit[c->after.seq % RING] = t;
+  if (B.record_enc && B.nrecorded < B.record_cap) {
+    replicate_buf *f = &B.recorded[B.nrecorded++];
+    int rc = replicate_frame_encode_commit(B.record_enc, l, c, f);
+    if (rc)
+      return rc;
+  }
   if (!B.shipper)
     return 0;
   int rc = replicate_shipper_on_commit(B.shipper, l, c);
@@ -524,6 +541,98 @@ static void mode_catchup(const char *rsync_dir, const char *pdir, int repeats)
 }
 
 /* ---------------------------------------------------------------------- */
+/* absorb: how fast one standby takes frames, apart from how fast the
+ * primary makes them. The standby is stopped, the primary makes `count`
+ * saves (their frames are kept in memory; the shipper is stopped first);
+ * the standby restarts and a client posts the frames one after another on
+ * one kept-alive connection, each as soon as the previous one is answered
+ * (received: durable in the receive log). Figures: frames received per
+ * second, and frames applied per second (until the last is applied), with
+ * the store commits they took (the applier merges frames that wait). */
+
+static size_t discard_body(char *p, size_t size, size_t n, void *ctx)
+{
+  (void)p, (void)ctx;
+  return size * n;
+}
+
+static void mode_absorb(uint64_t k, uint64_t count, int repeats)
+{
+  double recv_rate[MAXREP], appl_rate[MAXREP], merged[MAXREP];
+  replicate_shipper_drain(B.shipper, 10);
+  replicate_shipper_stop(B.shipper);
+  B.shipper = NULL;
+  CURL *curl = curl_easy_init();
+  if (!curl)
+    die("curl_easy_init", ENOMEM);
+  struct curl_slist *headers =
+      curl_slist_append(NULL, "Content-Type: application/octet-stream");
+  int rc = replicate_encoder_new(1, &B.record_enc);
+  B.recorded = calloc(count, sizeof *B.recorded);
+  B.record_cap = count;
+  if (rc || !B.recorded)
+    die("absorb: encoder", rc ? rc : ENOMEM);
+  for (int r = 0; r < repeats; r++) {
+    uint16_t port = B.port[0];
+    stop_standby(0);
+    B.nrecorded = 0;
+    for (uint64_t i = 0; i < count; i++)
+      save(k);
+    uint64_t last = seq_now();
+    start_standby(0, port);
+    http_server_status st0;
+    http_server_get_status(B.standby[0], &st0);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/v1/frames", (unsigned)B.port[0]);
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard_body);
+    double t0 = now_s();
+    for (size_t q = 0; q < B.nrecorded; q++) {
+      const replicate_buf *frame = &B.recorded[q];
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDS, frame->data);
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)frame->len);
+      long status = 0;
+      if (curl_easy_perform(curl) != CURLE_OK ||
+          curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK ||
+          status != 200) {
+        fprintf(stderr, "lag_bench: frame %zu answered %ld\n", q, status);
+        exit(1);
+      }
+    }
+    double t_recv = now_s() - t0;
+    if (wait_applied(last, 120) < 0)
+      die("absorb: standby did not apply", 0);
+    double t_appl = now_s() - t0;
+    http_server_status st;
+    http_server_get_status(B.standby[0], &st);
+    uint64_t commits = st.apply_commits - st0.apply_commits;
+    recv_rate[r] = (double)count / t_recv;
+    appl_rate[r] = (double)count / t_appl;
+    merged[r] = commits ? (double)count / (double)commits : 0;
+    printf("# absorb K=%llu rep %d: %llu frames posted one after another: all received in "
+           "%.3f s (%.0f/s), all applied in %.3f s (%.0f/s) in %llu store commits\n",
+           (unsigned long long)k, r, (unsigned long long)count, t_recv, recv_rate[r], t_appl,
+           appl_rate[r], (unsigned long long)commits);
+    fflush(stdout);
+  }
+  for (size_t i = 0; i < B.record_cap; i++)
+    replicate_buf_free(&B.recorded[i]);
+  free(B.recorded);
+  replicate_encoder_free(B.record_enc);
+  B.record_enc = NULL;
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  char name[96];
+  snprintf(name, sizeof name, "standby_received_rate_K%llu", (unsigned long long)k);
+  result(name, summarize(recv_rate, repeats), "frames/s", 300, "target");
+  snprintf(name, sizeof name, "standby_applied_rate_K%llu", (unsigned long long)k);
+  result(name, summarize(appl_rate, repeats), "frames/s", 300, "target");
+  snprintf(name, sizeof name, "standby_frames_per_commit_K%llu", (unsigned long long)k);
+  result(name, summarize(merged, repeats), "frames", 1, "unmerged");
+}
+
+/* ---------------------------------------------------------------------- */
 
 static void rm_rf(const char *dir)
 {
@@ -542,6 +651,7 @@ int main(int argc, char **argv)
   unsigned sync = 0;
   const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   const char *rsync_dir = NULL, *mode = "lag";
+  uint64_t count = 1000;
   B.standbys = 1;
   B.image_pages = 4096;
   for (int i = 1; i < argc; i++) {
@@ -568,12 +678,15 @@ int main(int argc, char **argv)
       root = v, i++;
     else if (!strcmp(a, "--rsync-dir") && v)
       rsync_dir = v, i++;
+    else if (!strcmp(a, "--count") && v)
+      count = strtoull(v, NULL, 10), i++;
     else if (a[0] != '-')
       mode = a;
     else {
-      fprintf(stderr, "usage: lag_bench [lag|maxrate|catchup] [--pages K] [--image-pages P] "
-                      "[--rates R,..] [--seconds S] [--repeats N] [--sync N] [--standbys M] "
-                      "[--dir DIR] [--rsync-dir D] [--backoff-max S]\n");
+      fprintf(stderr, "usage: lag_bench [lag|maxrate|catchup|absorb] [--pages K] "
+                      "[--image-pages P] [--rates R,..] [--seconds S] [--repeats N] [--sync N] "
+                      "[--standbys M] [--dir DIR] [--rsync-dir D] [--backoff-max S] "
+                      "[--count N]\n");
       return 2;
     }
   }
@@ -648,6 +761,8 @@ int main(int argc, char **argv)
     mode_maxrate(k, seconds);
   else if (!strcmp(mode, "catchup"))
     mode_catchup(rsync_dir, pdir, repeats);
+  else if (!strcmp(mode, "absorb"))
+    mode_absorb(k, count, repeats);
   else {
     fprintf(stderr, "lag_bench: unknown mode %s\n", mode);
     return 2;
@@ -656,8 +771,10 @@ int main(int argc, char **argv)
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   printf("# peak RSS of this process (primary + standbys): %ld MiB\n", ru.ru_maxrss / 1024);
-  replicate_shipper_drain(B.shipper, 10);
-  replicate_shipper_stop(B.shipper);
+  if (B.shipper) {
+    replicate_shipper_drain(B.shipper, 10);
+    replicate_shipper_stop(B.shipper);
+  }
   atomic_store(&B.stop_poll, 1);
   pthread_join(pt, NULL);
   for (int s = 0; s < B.standbys; s++)
