@@ -56,6 +56,13 @@ struct loom {
   const tracker_ops *tracker;
   int uffd, pagemap_fd;         /* uffd tracker state */
   loom_stats stats;
+  /* The commit being handed to the hook while its apply already runs
+   * (LOOM_APPLY_ASYNC, see commit() in loom.c): its old page versions and
+   * its arrays, copied before the apply started; grown as needed. */
+  const loom_commit *early;     /* that commit, during the hook; else NULL */
+  uint8_t *early_old;           /* page_count old versions */
+  uint64_t *early_arrays;       /* page numbers, old hashes, new hashes */
+  uint64_t early_cap;           /* pages both can hold */
 };
 
 static inline int page_dirty(const loom *l, uint64_t n)

@@ -27,11 +27,16 @@
  *   S2. Compose: dirty pages below low that the allocator does not report
  *       free and whose contents changed (hash differs from the image's).
  *   S3. Commit: store steps 1-3; the patch is durable (commit point).
- *   S4. Commit hook: replication reads the changes; the image file still
- *       holds the previous versions.
+ *   S4. Commit hook: replication reads the changes (new versions in the
+ *       arena, previous ones through loom_commit_old_page).
  *   S5. Demand-paged shrink: pages [low, image) still backed by the image
  *       file move to anonymous memory, since the apply shrinks the file.
  *   S6. Apply: store steps 4-6, inline or on the apply thread.
+ *   With an apply thread and at most EARLY_MAX_PAGES pages, S4 runs after
+ *   S6 so that the hook overlaps the apply: the previous versions and the
+ *   commit's arrays are copied first (the image file is changing while the
+ *   hook runs). Otherwise S4 runs before S5, the image file still holding
+ *   the previous versions.
  *   S7. Re-protect: composed and unchanged dirty pages below low become
  *       clean; pages past low become dirty; the guard is placed (ward).
  *   S8. Validate (LOOM_VALIDATE): every clean page equals the image.
@@ -324,6 +329,8 @@ static void loom_free(loom *l)
   if (l->swap_fd >= 0)
     close(l->swap_fd);
   free(l->dirty);
+  free(l->early_old);
+  free(l->early_arrays);
   free(l);
 }
 
@@ -519,12 +526,57 @@ int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
 {
   if (!l || !c || !buf || i >= c->page_count)
     return LOOM_EINVAL;
+  if (l->early && c->page_numbers == l->early->page_numbers) {
+    memcpy(buf, l->early_old + i * PS, PS);
+    return 0;
+  }
   uint64_t n = c->page_numbers[i];
   if (n >= c->before.pages) {
     memset(buf, 0, PS);
     return 0;
   }
   return store_read_image_page(l->store, n, buf);
+}
+
+/* The most pages whose old versions are copied so that the apply can start
+ * before the hook runs (16 MiB); a larger commit runs the hook first. */
+#define EARLY_MAX_PAGES 1024u
+
+/* Before an early apply: copy c's old page versions (the image is still at
+ * c->before) and its arrays (the patch that holds them goes to the apply
+ * thread) into l, and point c at the copies. ENOMEM or a read error: the
+ * hook runs before the apply instead, reading the image itself. */
+static int early_capture(loom *l, loom_commit *c)
+{
+  uint64_t n = c->page_count;
+  if (n > l->early_cap) {
+    uint8_t *old = realloc(l->early_old, n * PS);
+    if (!old)
+      return ENOMEM;
+    l->early_old = old;
+    uint64_t *arrays = realloc(l->early_arrays, 3 * n * sizeof *arrays);
+    if (!arrays)
+      return ENOMEM;
+    l->early_arrays = arrays;
+    l->early_cap = n;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t page = c->page_numbers[i];
+    uint8_t *buf = l->early_old + i * PS;
+    int rc = page < c->before.pages ? store_read_image_page(l->store, page, buf)
+                                    : (memset(buf, 0, PS), 0);
+    if (rc)
+      return rc;
+  }
+  uint64_t *numbers = l->early_arrays, *old_hashes = numbers + n,
+           *new_hashes = old_hashes + n;
+  memcpy(numbers, c->page_numbers, n * sizeof *numbers);
+  memcpy(old_hashes, c->old_hashes, n * sizeof *old_hashes);
+  memcpy(new_hashes, c->new_hashes, n * sizeof *new_hashes);
+  c->page_numbers = numbers;
+  c->old_hashes = old_hashes;
+  c->new_hashes = new_hashes;
+  return 0;
 }
 
 static int validate(loom *l)
@@ -575,17 +627,22 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   }
   l->stats.saves++;
   l->stats.pages_saved += ch->count;
-  if (l->opt.on_commit) {                                    /* S4 */
-    loom_commit c = {
-        .before = p->header.before,
-        .after = p->header.after,
-        .page_count = p->header.page_count,
-        .page_numbers = p->page_numbers,
-        .old_hashes = p->old_hashes,
-        .new_hashes = p->new_hashes,
-    };
+  loom_commit c = {
+      .before = p->header.before,
+      .after = p->header.after,
+      .page_count = p->header.page_count,
+      .page_numbers = p->page_numbers,
+      .old_hashes = p->old_hashes,
+      .new_hashes = p->new_hashes,
+  };
+  /* With an apply thread, the apply starts before the hook (S4 after S6)
+   * when the old page versions the hook may read fit in memory: the hook
+   * (a shipper encoding and logging the commit) and the image's writes
+   * and fsyncs then overlap instead of following each other. */
+  int early = l->opt.on_commit && (l->opt.flags & LOOM_APPLY_ASYNC) &&
+              c.page_count <= EARLY_MAX_PAGES && early_capture(l, &c) == 0;
+  if (l->opt.on_commit && !early)                            /* S4 */
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
-  }
   rc = unmap_image_tail(l, low, image);                      /* S5 */
   l->image_pages = low;
   if (rc) {
@@ -594,7 +651,13 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     loom_patch_abort(p);
     return rc;
   }
-  return store_apply_start(p);                               /* S6 */
+  rc = store_apply_start(p);                                 /* S6 */
+  if (early) {                                               /* S4 */
+    l->early = &c;
+    *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
+    l->early = NULL;
+  }
+  return rc;
 }
 
 int loom_save(loom *l, uint64_t low, uint64_t high)

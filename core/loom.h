@@ -281,10 +281,12 @@ typedef struct loom_commit {
 
 /*
  * The commit hook is called inside loom_save() right after the local commit
- * point (the patch is durable), before the image is changed and before save
- * returns. The new page contents are at loom_page(); the previous versions
- * are read with loom_commit_old_page(). Its return value is returned by
- * loom_save() (the commit stands either way: it is durable).
+ * point (the patch is durable), before save returns. The new page contents
+ * are at loom_page(); the previous versions are read with
+ * loom_commit_old_page() (with LOOM_APPLY_ASYNC the image file may already
+ * be changing while the hook runs: the apply and the hook overlap, so read
+ * old versions only through loom_commit_old_page). Its return value is
+ * returned by loom_save() (the commit stands either way: it is durable).
  */
 typedef int (*loom_commit_fn)(void *ctx, loom *l, const loom_commit *c);
 

@@ -689,7 +689,11 @@ static const struct loom_io *next_log_io;
 static void primary_open(primary *p, const char *dir,
                          const replicate_log_options *lo)
 {
-  loom_options o = {.arena_pages = ARENA_PAGES, .flags = LOOM_CREATE,
+  /* Async apply, as loomship primary: the hook runs while the apply does
+   * (loom.c S4 after S6), and the shrinking and growing saves below check
+   * that the frames it encodes still hold the right old versions. */
+  loom_options o = {.arena_pages = ARENA_PAGES,
+                    .flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
                     .on_commit = commit_hook, .commit_ctx = p,
                     .watermarks = watermarks, .watermarks_ctx = p};
   int rc = loom_open(dir, &o, &p->l);
