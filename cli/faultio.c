@@ -175,6 +175,14 @@ static int f_mkdir(void *ctx, int dirfd, const char *name, mode_t mode)
   return hook.inner->mkdir(hook.inner->ctx, dirfd, name, mode);
 }
 
+/* Not a crash point: it changes nothing a crash could observe. */
+static int f_reserve(void *ctx, int fd, off_t off, off_t len)
+{
+  (void)ctx;
+  return hook.inner->reserve ? hook.inner->reserve(hook.inner->ctx, fd, off, len)
+                             : -EOPNOTSUPP;
+}
+
 static const loom_io faultio = {
     .open = f_open,
     .pread = f_pread,
@@ -186,6 +194,7 @@ static const loom_io faultio = {
     .close = f_close,
     .mkdir = f_mkdir,
     .pwritev = f_pwritev,
+    .reserve = f_reserve,
 };
 
 static void write_count(void)

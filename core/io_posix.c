@@ -138,6 +138,16 @@ static int posix_mkdir(void *ctx, int dirfd, const char *name, mode_t mode)
   return mkdirat(dirfd, name, mode) < 0 ? -errno : 0;
 }
 
+static int posix_reserve(void *ctx, int fd, off_t off, off_t len)
+{
+  (void)ctx;
+  int rc;
+  do
+    rc = fallocate(fd, FALLOC_FL_KEEP_SIZE, off, len) < 0 ? -errno : 0;
+  while (rc == -EINTR);
+  return rc == -ENOSYS ? -EOPNOTSUPP : rc;
+}
+
 static const loom_io posix_io = {
   .ctx = NULL,
   .open = posix_open,
@@ -150,6 +160,7 @@ static const loom_io posix_io = {
   .close = posix_close,
   .mkdir = posix_mkdir,
   .pwritev = posix_pwritev,
+  .reserve = posix_reserve,
 };
 
 const loom_io *loom_io_posix(void) { return &posix_io; }

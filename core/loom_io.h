@@ -62,6 +62,13 @@ typedef struct loom_io {
    * calls pwrite. Counted as LOOM_IO_PWRITE. */
   ssize_t (*pwritev)(void *ctx, int fd, const struct iovec *iov, int iovcnt,
                      off_t off);
+  /* Optional (may be NULL): allocate the blocks of [off, off + len)
+   * without changing the file's length (fallocate FALLOC_FL_KEEP_SIZE), so
+   * that writing there later cannot fail for lack of space. 0, -ENOSPC,
+   * or -EOPNOTSUPP where the file system cannot (the caller goes on). A
+   * commit that grows the image reserves its blocks this way before its
+   * commit point. Not counted by the test simulator, which leaves it NULL. */
+  int (*reserve)(void *ctx, int fd, off_t off, off_t len);
 } loom_io;
 
 /* The plain POSIX implementation (ctx unused). */

@@ -29,7 +29,9 @@
  *
  * THE COMMIT PROTOCOL (followed by store_patch_make_durable and apply_patch)
  *
- *   1. Wait for the previous apply (I3). Write the pages, then the entry
+ *   1. Wait for the previous apply (I3). If the image grows, reserve the
+ *      new blocks of image and hashes (loom_io.reserve: ENOSPC here, not in
+ *      step 4 where it would poison). Write the pages, then the entry
  *      table and trailer, then the header block, into the patch file.
  *   2. fsync the patch file.  <- the local commit point: from here on a
  *      crash recovers to the new position. (The patch file exists since the
@@ -916,11 +918,31 @@ static uint64_t patch_after_checksum(const loom_patch *p)
   return sum;
 }
 
+/* Step 1, before anything is written: a commit that grows the image
+ * reserves the new pages' blocks in the image and hashes files, so that
+ * the apply (after the commit point, where a failure poisons the handle)
+ * cannot meet a full disk: ENOSPC comes here instead and changes nothing.
+ * The previous apply is done (step 1 waited), so the files are at pos. */
+static int reserve_growth(loom_store *s, const loom_patch_header *h)
+{
+  if (!s->io->reserve || h->after.pages <= s->pos.pages)
+    return 0;
+  uint64_t from = s->pos.pages, count = h->after.pages - s->pos.pages;
+  int rc = s->io->reserve(s->io->ctx, s->image_fd, (off_t)(from * PS),
+                          (off_t)(count * PS));
+  if (!rc)
+    rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
+                        (off_t)(count * 8));
+  return rc == -EOPNOTSUPP ? 0 : -rc;
+}
+
 int store_patch_make_durable(loom_patch *p)
 {
   loom_store *s = p->store;
   loom_patch_header *h = &p->header;
   int rc = p->error;
+  if (!rc)
+    rc = reserve_growth(s, h);                              /* 1 */
   if (!rc && p->added != h->page_count)
     rc = LOOM_EINVAL;
   if (!rc) {

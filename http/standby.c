@@ -429,7 +429,10 @@ static void *applier_main(void *arg)
         until.tv_sec += 1;
         pthread_cond_timedwait(&sb->cond, &sb->mu, &until);
       } else if (kind == APPLY_RETRY) {
-        /* Stopping: leave the frame in the receive log for the restart. */
+        /* Stopping: leave the frames in the receive log for the restart
+         * (trying again at once would spin until the disk has room). */
+        pthread_cond_broadcast(&sb->cond);
+        break;
       } else {
         /* The frame is bad (or we are stopping and cannot apply it):
          * stop until receipt rolls back to applied. */

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
+#include "loom_io.h"
 #include "testutil.h"
 
 typedef struct config {
@@ -483,6 +484,66 @@ static void fill(uint8_t *page, uint64_t seed)
     memcpy(page + i, &seed, 8), seed = seed * 6364136223846793005u + 1;
 }
 
+/* A disk with no room for the image to grow: the POSIX I/O, except that
+ * reserve() answers ENOSPC while `full` is set. */
+static int full;
+static int reserves;
+
+static int full_reserve(void *ctx, int fd, off_t off, off_t len)
+{
+  (void)ctx;
+  reserves++;
+  return full ? -ENOSPC : loom_io_posix()->reserve(NULL, fd, off, len);
+}
+
+/* A commit that grows the image reserves the new blocks before its commit
+ * point: a full disk fails the commit cleanly (nothing changes, the handle
+ * is not poisoned) instead of failing the apply after it. */
+static void test_growth_reserved_before_commit(void **state)
+{
+  (void)state;
+  char *dir = tmpdir_make("reserve");
+  loom_io io = *loom_io_posix();
+  io.reserve = full_reserve;
+  loom_options o = {.arena_pages = 64, .flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
+                    .io = &io};
+  loom *l;
+  assert_int_equal(loom_open(dir, &o, &l), 0);
+  uint8_t *base = loom_base(l);
+  memset(base, 0x21, 4 * PAGE);
+  assert_int_equal(loom_save(l, 4, 64), 0);
+  assert_true(reserves >= 1);
+  loom_position before, after;
+  loom_store_position(loom_get_store(l), &before);
+
+  full = 1;
+  memset(base + 4 * PAGE, 0x22, 4 * PAGE);
+  base[0] = 0x23;
+  assert_int_equal(loom_save(l, 8, 64), ENOSPC);
+  loom_store_position(loom_get_store(l), &after);
+  assert_memory_equal(&after, &before, sizeof after);
+  /* Not growing needs no reservation: this commit goes through. */
+  assert_int_equal(loom_save(l, 4, 64), 0);
+  loom_store_position(loom_get_store(l), &after);
+  assert_int_equal(after.seq, before.seq + 1);
+
+  full = 0;
+  memset(base + 4 * PAGE, 0x22, 4 * PAGE);
+  assert_int_equal(loom_save(l, 8, 64), 0);
+  assert_int_equal(loom_store_sync(loom_get_store(l)), 0);
+  loom_store_position(loom_get_store(l), &after);
+  assert_int_equal(after.pages, 8);
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  uint64_t pages;
+  uint8_t *img = read_image(dir, &pages);
+  assert_int_equal(pages, 8);
+  assert_int_equal(img[0], 0x23);
+  assert_int_equal(img[5 * PAGE], 0x22);
+  free(img);
+  tmpdir_remove(dir);
+}
+
 static void test_store_patches(void **state)
 {
   (void)state;
@@ -817,6 +878,7 @@ int main(void)
       TESTS_FOR(mp_demand), TESTS_FOR(mp_copy), TESTS_FOR(uf_demand),
       TESTS_FOR(uf_copy),   TESTS_FOR(mp_swap), TESTS_FOR(uf_swap),
       cmocka_unit_test(test_store_patches),
+      cmocka_unit_test(test_growth_reserved_before_commit),
       cmocka_unit_test(test_verify_catches_corruption),
       cmocka_unit_test(test_stream_header),
       cmocka_unit_test(test_review_findings),
