@@ -1014,6 +1014,8 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
   *req_cls = NULL;
 }
 
+/* libmicrohttpd's error logger: fmt is its own format string. */
+__attribute__((format(printf, 2, 0)))
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
   http_server *s = cls;

@@ -101,6 +101,19 @@ static int connect_local(uint16_t port) {
   int rc = -1;
   for (int attempt = 0; attempt < 200; attempt++) {
     rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    if (rc != 0 && errno == EINTR) {
+      /* A signal (libFuzzer's timers) interrupted it: the connection goes
+       * on in the background; wait for it and take its outcome. */
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      int err = 0;
+      socklen_t len = sizeof err;
+      int n;
+      do n = poll(&p, 1, 2000); while (n < 0 && errno == EINTR);
+      if (n == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0) {
+        rc = err ? -1 : 0;
+        errno = err;
+      }
+    }
     if (rc == 0 || (errno != EADDRNOTAVAIL && errno != EAGAIN)) break;
     struct timespec pause = {.tv_sec = 0, .tv_nsec = 10 * 1000 * 1000};
     nanosleep(&pause, NULL);
