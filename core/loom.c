@@ -549,6 +549,8 @@ int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
 static int early_capture(loom *l, loom_commit *c)
 {
   uint64_t n = c->page_count;
+  if (n == 0)
+    return 0; /* a length change alone: nothing to read or copy */
   if (n > l->early_cap) {
     uint8_t *old = realloc(l->early_old, n * PS);
     if (!old)
@@ -649,10 +651,10 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     /* Committed, but the image file cannot shrink under the mapping. */
     store_poison(l->store, rc);
     loom_patch_abort(p);
-    return rc;
+  } else {
+    rc = store_apply_start(p);                               /* S6 */
   }
-  rc = store_apply_start(p);                                 /* S6 */
-  if (early) {                                               /* S4 */
+  if (early) {                  /* S4: the commit is durable either way */
     l->early = &c;
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
     l->early = NULL;

@@ -918,21 +918,33 @@ static uint64_t patch_after_checksum(const loom_patch *p)
   return sum;
 }
 
-/* Step 1, before anything is written: a commit that grows the image
- * reserves the new pages' blocks in the image and hashes files, so that
- * the apply (after the commit point, where a failure poisons the handle)
- * cannot meet a full disk: ENOSPC comes here instead and changes nothing.
- * The previous apply is done (step 1 waited), so the files are at pos. */
-static int reserve_growth(loom_store *s, const loom_patch_header *h)
+/* Step 1, before the header is written: a commit that grows the image
+ * reserves the blocks its apply will write past the files' ends (the
+ * patch's pages at or past pos.pages, in runs, and the hashes of every new
+ * page), so that the apply, after the commit point where a failure poisons
+ * the handle, does not meet a full disk: ENOSPC comes here instead and
+ * changes nothing. Grown pages the patch does not hold stay holes. The
+ * previous apply is done (step 1 waited), so the files are at pos. (Blocks
+ * reserved by a commit that then fails stay allocated past the end until a
+ * later commit uses or truncates them.) */
+static int reserve_growth(loom_store *s, const loom_patch *p)
 {
+  const loom_patch_header *h = &p->header;
   if (!s->io->reserve || h->after.pages <= s->pos.pages)
     return 0;
-  uint64_t from = s->pos.pages, count = h->after.pages - s->pos.pages;
-  int rc = s->io->reserve(s->io->ctx, s->image_fd, (off_t)(from * PS),
-                          (off_t)(count * PS));
-  if (!rc)
-    rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
-                        (off_t)(count * 8));
+  uint64_t from = s->pos.pages;
+  int rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
+                          (off_t)((h->after.pages - from) * 8));
+  for (uint64_t i = 0; !rc && i < h->page_count; i++) {
+    uint64_t first = p->page_numbers[i];
+    if (first < from)
+      continue;
+    uint64_t count = 1;
+    while (i + 1 < h->page_count && p->page_numbers[i + 1] == first + count)
+      i++, count++;
+    rc = s->io->reserve(s->io->ctx, s->image_fd, (off_t)(first * PS),
+                        (off_t)(count * PS));
+  }
   return rc == -EOPNOTSUPP ? 0 : -rc;
 }
 
@@ -942,7 +954,7 @@ int store_patch_make_durable(loom_patch *p)
   loom_patch_header *h = &p->header;
   int rc = p->error;
   if (!rc)
-    rc = reserve_growth(s, h);                              /* 1 */
+    rc = reserve_growth(s, p);                              /* 1 */
   if (!rc && p->added != h->page_count)
     rc = LOOM_EINVAL;
   if (!rc) {

@@ -329,6 +329,9 @@ static int applier_take(http_standby *sb, uint64_t next, uint64_t last,
   }
   rc = replicate_coalescer_finish_frame(sb->apply_merge, sb->apply_dec, frame);
   if (rc) {
+    /* Over the limits (the zero pages a shrink adds are not counted
+     * above): take the frames one at a time up to there. */
+    sb->single_through = *through;
     *through = next;
     return applier_read(sb, next, buf, frame);
   }
@@ -339,7 +342,7 @@ static void *applier_main(void *arg)
 {
   http_standby *sb = arg;
   replicate_buf buf = {0};
-  unsigned since_retain = 0;
+  unsigned since_retain = 0; /* frames applied since the last trim */
 
   pthread_mutex_lock(&sb->mu);
   for (;;) {
@@ -395,6 +398,7 @@ static void *applier_main(void *arg)
       sb->single_through = merged_through;
       pthread_mutex_lock(&sb->mu);
       sb->applier_busy = false;
+      pthread_cond_broadcast(&sb->cond); /* a base upload may wait for it */
       continue;
     }
 
@@ -408,7 +412,8 @@ static void *applier_main(void *arg)
         sb->apply_commits++;
       }
       sb->need_sync = true;
-      if (++since_retain >= 256) {
+      since_retain += (unsigned)(pos.seq - applied_before);
+      if (since_retain >= 256) {
         since_retain = 0;
         pthread_mutex_unlock(&sb->mu);
         replicate_log_retain(sb->log, pos.seq + 1);
@@ -424,10 +429,17 @@ static void *applier_main(void *arg)
       if (kind == APPLY_FATAL) {
         set_fatal(sb, rc);
       } else if (kind == APPLY_RETRY && !sb->stopping) {
-        struct timespec until;
+        /* A second, whatever else wakes the applier meanwhile (each
+         * received frame does): no retry storm on a full disk. */
+        struct timespec until, now;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
-        pthread_cond_timedwait(&sb->cond, &sb->mu, &until);
+        do {
+          pthread_cond_timedwait(&sb->cond, &sb->mu, &until);
+          clock_gettime(CLOCK_REALTIME, &now);
+        } while (!sb->stopping &&
+                 (now.tv_sec < until.tv_sec ||
+                  (now.tv_sec == until.tv_sec && now.tv_nsec < until.tv_nsec)));
       } else if (kind == APPLY_RETRY) {
         /* Stopping: leave the frames in the receive log for the restart
          * (trying again at once would spin until the disk has room). */
