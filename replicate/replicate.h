@@ -559,9 +559,11 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
  *
  * The primary's loom calls replicate_shipper_on_commit() from its commit
  * hook, right after the local commit point. The shipper encodes the commit
- * into a frame, appends it durably to the replication log (file and
- * directory fsynced) and only then lets its shipping thread send it. In
- * sync mode the hook then waits until N standbys hold the frame durably.
+ * into a frame, hands it to its shipping thread (the store holds the
+ * commit durably already, so it may ship at once) and appends it durably
+ * to the replication log (file and directory fsynced), which serves
+ * standbys further behind. In sync mode the hook then waits until N
+ * standbys hold the frame durably.
  *
  * One shipping thread runs one curl multi loop. Every standby has one
  * ordered pipeline with at most one request in flight and its own easy
@@ -736,8 +738,8 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
 
 /*
  * replicate_shipper_on_commit: call from the loom's commit hook (l and c
- * as the hook received them). Encodes the frame, appends it durably to the
- * replication log, hands it to the shipping thread, and in sync mode waits
+ * as the hook received them). Encodes the frame, hands it to the shipping
+ * thread, appends it durably to the replication log, and in sync mode waits
  * until sync_count standbys answered 200 with a received seq at or past
  * it, up to sync_timeout_seconds. The commit stands locally whatever this
  * returns (loom_save() returns it).
@@ -745,9 +747,10 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
  * (one that accepted our frames, or that the next frame follows).
  * Returns 0, REPLICATE_ESYNC_TIMEOUT (sync mode, REPLICATE_SYNC_FAIL),
  * REPLICATE_EFENCED (after fencing; the frame is still logged), or the
- * errors of replicate_frame_encode_commit and replicate_log_append (the
- * frame is then not shipped; standbys that need it later get a base
- * image).
+ * errors of replicate_frame_encode_commit (the frame is then not shipped;
+ * standbys that need it later get a base image) and replicate_log_append
+ * (the frame still ships from memory while the shipper keeps it; the log
+ * starts afresh at the next commit).
  */
 int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
                                 const loom_commit *c);
