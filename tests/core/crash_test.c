@@ -337,14 +337,5 @@ int main(void)
              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shm == MAP_FAILED)
     return 1;
-  struct CMUnitTest tests[32];
-  size_t n = 0;
-  for (size_t i = 0; i < wl_workload_count && n < 31; i++) {
-    tests[n] = (struct CMUnitTest)cmocka_unit_test_prestate(
-        test_workload, (void *)&wl_workloads[i]);
-    tests[n].name = wl_workloads[i].name;
-    n++;
-  }
-  tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_total);
-  return _cmocka_run_group_tests("crash_test", tests, n, NULL, NULL);
+  return wl_run_group("crash_test", test_workload, test_total);
 }

@@ -21,6 +21,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <setjmp.h>
+#include <cmocka.h>
+
 #define PS ((size_t)LOOM_PAGE_SIZE)
 #define ALL(n) ((uint32_t)((UINT64_C(1) << (n)) - 1))
 #define BIT(n) (UINT32_C(1) << (n))
@@ -801,4 +804,19 @@ void wl_path(char *out, size_t size, const char *fmt, ...)
   va_end(ap);
   if (n < 0 || (size_t)n >= size)
     abort();
+}
+
+int wl_run_group(const char *group, void (*each)(void **state),
+                 void (*total)(void **state))
+{
+  struct CMUnitTest tests[32];
+  size_t n = 0;
+  for (size_t i = 0; i < wl_workload_count && n < 31; i++) {
+    tests[n] = (struct CMUnitTest)cmocka_unit_test_prestate(
+        each, (void *)&wl_workloads[i]);
+    tests[n].name = wl_workloads[i].name;
+    n++;
+  }
+  tests[n++] = (struct CMUnitTest)cmocka_unit_test(total);
+  return _cmocka_run_group_tests(group, tests, n, NULL, NULL);
 }

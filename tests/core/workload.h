@@ -168,4 +168,10 @@ void wl_path(char *out, size_t size, const char *fmt, ...);
 /* An environment variable as an unsigned number, or def. */
 uint64_t wl_env_u64(const char *name, uint64_t def);
 
+/* Run the cmocka group `group`: one test per workload, named after it,
+ * calling each(state) with state pointing at the workload, then total.
+ * Returns what cmocka returns (the number of failed tests). */
+int wl_run_group(const char *group, void (*each)(void **state),
+                 void (*total)(void **state));
+
 #endif /* WORKLOAD_H */
