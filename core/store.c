@@ -357,6 +357,13 @@ static off_t patch_entries_offset(uint64_t count)
   return patch_page_offset(count);
 }
 
+/* The length of a patch of count pages: header, pages, entry table and
+ * trailer. */
+static uint64_t patch_file_bytes(uint64_t count)
+{
+  return (uint64_t)patch_entries_offset(count) + count * PATCH_ENTRY_BYTES + 8;
+}
+
 static void patch_free(loom_patch *p)
 {
   if (!p)
@@ -466,9 +473,7 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   uint64_t size = 0;
   if ((rc = file_size(s->patch_fd, &size)))
     return rc;
-  uint64_t need = (uint64_t)patch_entries_offset(h.page_count) +
-                  h.page_count * PATCH_ENTRY_BYTES + 8;
-  if (size < need)
+  if (size < patch_file_bytes(h.page_count))
     return LOOM_ECORRUPT;
   loom_patch *p = patch_alloc(s, &h);
   if (!p)
@@ -791,8 +796,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
    * larger than this commit needs (a base image went before) is cut back
    * now: the old patch no longer counts (I3), and a lost truncation leaves
    * a file that does not count either. */
-  uint64_t need = (uint64_t)patch_entries_offset(h->page_count) +
-                  h->page_count * PATCH_ENTRY_BYTES + 8;
+  uint64_t need = patch_file_bytes(h->page_count);
   if (s->patch_bytes > PATCH_TRIM_BYTES && s->patch_bytes > 4 * need &&
       io_truncate(s, s->patch_fd, 0) == 0)
     s->patch_bytes = 0;
@@ -1003,8 +1007,7 @@ int store_patch_make_durable(loom_patch *p)
     store_poison(s, rc);
     return rc;
   }
-  uint64_t written = (uint64_t)patch_entries_offset(h->page_count) +
-                     h->page_count * PATCH_ENTRY_BYTES + 8;
+  uint64_t written = patch_file_bytes(h->page_count);
   if (written > s->patch_bytes)
     s->patch_bytes = written;
   s->pos = h->after;

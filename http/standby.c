@@ -307,7 +307,7 @@ static int applier_take(http_standby *sb, uint64_t next, uint64_t last,
 {
   *through = next;
   int rc = applier_read(sb, next, buf, frame);
-  if (rc || last == next || next <= sb->single_through || !sb->apply_merge ||
+  if (rc || last == next || next <= sb->single_through ||
       frame->info.page_count > APPLY_MERGE_PAGES ||
       replicate_coalescer_add(sb->apply_merge, frame) != 0)
     return rc;

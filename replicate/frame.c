@@ -293,13 +293,21 @@ void replicate_encoder_free(replicate_encoder *enc) {
   free(enc);
 }
 
+/* info as a COMMIT frame of n pages, checked: 0 or REPLICATE_EINVAL. */
+static int commit_info_with_count(const replicate_frame_info *info, uint64_t n,
+                                  replicate_frame_info *checked) {
+  *checked = *info;
+  checked->page_count = n;
+  if (info->kind != REPLICATE_KIND_COMMIT || n > UINT32_MAX ||
+      frame_info_check(checked) != 0)
+    return REPLICATE_EINVAL;
+  return 0;
+}
+
 int frame_encode_begin(replicate_encoder *enc, const replicate_frame_info *info,
                        uint64_t n, replicate_buf *out) {
-  if (info->kind != REPLICATE_KIND_COMMIT) return REPLICATE_EINVAL;
-  if (n > UINT32_MAX) return REPLICATE_EINVAL;
-  replicate_frame_info checked = *info;
-  checked.page_count = n;
-  if (frame_info_check(&checked) != 0) return REPLICATE_EINVAL;
+  replicate_frame_info checked;
+  if (commit_info_with_count(info, n, &checked) != 0) return REPLICATE_EINVAL;
 
   out->len = 0;
   int rc = frame_buf_reserve(out, REPLICATE_HEADER_SIZE + ZSTD_CStreamOutSize());
@@ -596,11 +604,8 @@ int replicate_frame_decode(replicate_decoder *dec, const void *bytes,
 
 int frame_decoded_begin(replicate_decoder *dec, const replicate_frame_info *info,
                         uint64_t n, uint8_t **entries) {
-  replicate_frame_info checked = *info;
-  checked.page_count = n;
-  if (info->kind != REPLICATE_KIND_COMMIT || n > UINT32_MAX ||
-      frame_info_check(&checked) != 0)
-    return REPLICATE_EINVAL;
+  replicate_frame_info checked;
+  if (commit_info_with_count(info, n, &checked) != 0) return REPLICATE_EINVAL;
   if (n > dec->limits.max_frame_pages) return REPLICATE_ETOOBIG;
   int rc = frame_buf_reserve(&dec->payload, (size_t)n * REPLICATE_ENTRY_SIZE);
   if (rc != 0) return rc;
