@@ -124,6 +124,8 @@ void http_reply_error(http_reply *reply, unsigned status, const char *message);
 void http_reply_object(http_reply *reply, unsigned status);
 /* Write pos as {"epoch", "seq", "checksum", "pages", "at"}. */
 void http_json_position(json_writer *w, const loom_position *pos);
+/* The key "history": 32 hex digits, or null for none. */
+void http_json_history(json_writer *w, const loom_history *h);
 
 typedef struct http_logger {
   http_log_fn fn;
@@ -161,8 +163,10 @@ int http_standby_close(http_standby *sb);
 /* POST /v1/frames with the whole body. */
 void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
                                 size_t len, http_reply *reply);
-/* POST /v1/promote. */
-void http_standby_promote(http_standby *sb, http_reply *reply);
+/* POST /v1/promote[?force=1]: refused (409) when the standby never
+ * applied anything (PROMOTE_EMPTY) or is more than promote_max_lag frames
+ * behind the primary seq it last heard (PROMOTE_BEHIND), unless forced. */
+void http_standby_promote(http_standby *sb, bool force, http_reply *reply);
 
 /* PUT /v1/base, streamed: begin (0, or non-zero with reply filled), feed
  * chunks (0, or non-zero once refused: the reply to send is then kept in

@@ -73,6 +73,7 @@ const char *http_standby_state_name(http_standby_state state)
   case HTTP_STANDBY_UNREACHABLE: return "unreachable";
   case HTTP_STANDBY_UNAUTHORIZED: return "unauthorized";
   case HTTP_STANDBY_FENCED: return "fenced";
+  case HTTP_STANDBY_DIVERGED: return "diverged";
   }
   return "unknown";
 }
@@ -268,6 +269,8 @@ static void figures_collect(http_server *s, node_figures *f)
   } else {
     st->role = HTTP_ROLE_PRIMARY;
     s->primary.position(s->primary.ctx, &st->applied);
+    if (s->primary.history)
+      s->primary.history(s->primary.ctx, &st->history);
     st->received = st->applied;
     st->primary_seq = st->applied.seq;
     f->fenced = s->primary.fenced && s->primary.fenced(s->primary.ctx);
@@ -332,6 +335,27 @@ static void lag_json(json_writer *w, uint64_t frames, uint64_t bytes,
   json_object_end(w);
 }
 
+/* "diverged": null, or the last input refused as moving this standby
+ * backwards or sideways: {"code", "reason", "at"}. */
+static void diverged_json(json_writer *w, const http_server_status *st)
+{
+  json_key(w, "diverged");
+  if (!st->diverged) {
+    json_null(w);
+    return;
+  }
+  json_object_begin(w);
+  json_key(w, "code");
+  json_string(w, http_error_name(st->diverged));
+  json_key(w, "reason");
+  json_string(w, replicate_strerror(st->diverged));
+  json_key(w, "at");
+  json_time_ns(w, st->diverged_at_ns);
+  json_key(w, "refusals");
+  json_uint(w, st->divergences);
+  json_object_end(w);
+}
+
 static void status_json(http_server *s, const node_figures *f, json_writer *w)
 {
   const http_server_status *st = &f->view.status;
@@ -341,10 +365,12 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
   json_key(w, "epoch");
   json_uint(w, st->received.epoch > st->applied.epoch ? st->received.epoch
                                                       : st->applied.epoch);
+  http_json_history(w, &st->history);
   json_key(w, "applied");
   http_json_position(w, &st->applied);
 
   if (f->standby_role) {
+    diverged_json(w, st);
     json_key(w, "received");
     http_json_position(w, &st->received);
     json_key(w, "primary_seq");
@@ -397,6 +423,8 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
       json_uint(w, sb->received_seq);
       json_key(w, "applied_seq");
       json_uint(w, sb->applied_seq);
+      json_key(w, "base_images");
+      json_uint(w, sb->base_images);
       lag_json(w, sb->lag_frames, sb->lag_bytes, sb->lag_seconds);
       json_key(w, "last_error");
       json_string(w, sb->last_error[0] ? sb->last_error : NULL);
@@ -593,6 +621,8 @@ static void standby_metrics(textbuf *t, const node_figures *f)
        "Page bytes shipped to the standby before compression."},
       {"loomship_standby_shipped_wire_bytes_total", "counter",
        "Frame bytes shipped to the standby."},
+      {"loomship_standby_base_images_total", "counter",
+       "Base images the standby acknowledged."},
       {"loomship_standby_last_error_time_seconds", "gauge",
        "When the last error with the standby happened (0: none)."},
   };
@@ -612,6 +642,7 @@ static void standby_metrics(textbuf *t, const node_figures *f)
       case 5: v = sb->lag_seconds; break;
       case 6: v = (double)sb->bytes_raw; break;
       case 7: v = (double)sb->bytes_wire; break;
+      case 8: v = (double)sb->base_images; break;
       default: v = seconds_of(sb->last_error_at_ns); break;
       }
       tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
@@ -674,6 +705,13 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_f(&t, "loomship_last_contact_time_seconds",
             "When the primary was last heard from (0: never).",
             seconds_of(f.view.last_contact_ns));
+    gauge_u(&t, "loomship_diverged",
+            "1 while input that would move this standby backwards or "
+            "sideways is being refused (status: diverged).",
+            st->diverged != 0);
+    counter_u(&t, "loomship_divergence_refusals_total",
+              "Frames and base images refused as moving this standby "
+              "backwards or sideways.", st->divergences);
   } else {
     gauge_u(&t, "loomship_fenced",
             "1 once a standby was promoted past this primary.", f.fenced);
@@ -965,9 +1003,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn,
     http_standby_base_finish(r->base, &reply);
     r->base = NULL;
     break;
-  case HTTP_EP_PROMOTE:
-    http_standby_promote(s->standby, &reply);
+  case HTTP_EP_PROMOTE: {
+    const char *force = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+                                                    "force");
+    http_standby_promote(s->standby, force && strcmp(force, "1") == 0, &reply);
     break;
+  }
   case HTTP_EP_BACKUP:
     return (enum MHD_Result)http_backup_answer(s, conn);
   case HTTP_EP_STATUS:

@@ -130,12 +130,14 @@ typedef enum http_standby_state {
   HTTP_STANDBY_BASE_SYNC = 2,   /* receiving a full base image */
   HTTP_STANDBY_UNREACHABLE = 3, /* connection failed or timed out */
   HTTP_STANDBY_UNAUTHORIZED = 4,/* the standby refused our token (401) */
-  HTTP_STANDBY_FENCED = 5       /* the standby has a newer epoch: we were
+  HTTP_STANDBY_FENCED = 5,      /* the standby has a newer epoch: we were
                                    fenced by a promotion */
+  HTTP_STANDBY_DIVERGED = 6     /* another history, or a position this
+                                   primary may not move it from */
 } http_standby_state;
 
 /* The name used in status and metrics: "streaming", "catching_up",
- * "base_sync", "unreachable", "unauthorized", "fenced"; "unknown" for a
+ * "base_sync", "unreachable", "unauthorized", "fenced", "diverged"; "unknown" for a
  * value outside the enum. */
 const char *http_standby_state_name(http_standby_state state);
 
@@ -156,6 +158,7 @@ typedef struct http_standby_status {
   int64_t last_error_at_ns;         /* CLOCK_REALTIME; 0 for none */
   uint64_t bytes_raw;               /* page bytes shipped, before compression */
   uint64_t bytes_wire;              /* frame bytes shipped */
+  uint64_t base_images;             /* base images it acknowledged */
 } http_standby_status;
 
 /*
@@ -186,6 +189,7 @@ typedef struct http_primary_source {
   bool (*fenced)(void *ctx);
   size_t (*standbys)(void *ctx, http_standby_status *out, size_t cap);
   void (*sync_state)(void *ctx, unsigned *count, bool *degraded);
+  void (*history)(void *ctx, loom_history *out); /* optional */
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */
@@ -233,6 +237,10 @@ typedef struct http_server_options {
                                        nothing for this long is closed and
                                        gives its slot back [5] */
   double ready_max_lag_seconds;     /* /readyz threshold [5.0] */
+  uint64_t promote_max_lag;         /* standby: promotion refused (409
+                                       PROMOTE_BEHIND, unless forced) when
+                                       more frames behind the primary seq
+                                       last heard [100; UINT64_MAX: off] */
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;
@@ -297,6 +305,15 @@ typedef struct http_server_status {
                                        stopped applies (the store or receive
                                        log is poisoned): the process should
                                        exit; a restart recovers */
+  loom_history history;             /* the history the node follows (none
+                                       on a standby that holds nothing) */
+  int diverged;                     /* standby: 0, or the REPLICATE_E* code
+                                       of the last input refused as moving
+                                       it backwards or sideways (held while
+                                       refusals go on, cleared by the first
+                                       frame applied 10 s after the last) */
+  int64_t diverged_at_ns;           /* standby: when, CLOCK_REALTIME */
+  uint64_t divergences;             /* standby, since start: such refusals */
 } http_server_status;
 
 void http_server_get_status(http_server *server, http_server_status *out);

@@ -132,6 +132,7 @@ static const char *loom_error_name(enum loom_error e)
   case LOOM_EINVAL: return "LOOM_EINVAL";
   case LOOM_ENOIMAGE: return "LOOM_ENOIMAGE";
   case LOOM_ETRACKER: return "LOOM_ETRACKER";
+  case LOOM_EHISTORY: return "LOOM_EHISTORY";
   case LOOM_ELAST: break;
   }
   return NULL;
@@ -168,6 +169,10 @@ static const char *replicate_error_name(enum replicate_error e)
   case REPLICATE_ESYNC_TIMEOUT: return "REPLICATE_ESYNC_TIMEOUT";
   case REPLICATE_EFENCED: return "REPLICATE_EFENCED";
   case REPLICATE_ECURL: return "REPLICATE_ECURL";
+  case REPLICATE_EHISTORY: return "REPLICATE_EHISTORY";
+  case REPLICATE_EBEHIND: return "REPLICATE_EBEHIND";
+  case REPLICATE_EFORK: return "REPLICATE_EFORK";
+  case REPLICATE_EPAST_BRANCH: return "REPLICATE_EPAST_BRANCH";
   case REPLICATE_ELAST: break;
   }
   return NULL;
@@ -287,6 +292,18 @@ void http_json_position(json_writer *w, const loom_position *pos)
   json_key(w, "at");
   json_time_ns(w, pos->commit_time_ns);
   json_object_end(w);
+}
+
+void http_json_history(json_writer *w, const loom_history *h)
+{
+  json_key(w, "history");
+  if (loom_history_is_none(h)) {
+    json_string(w, NULL);
+    return;
+  }
+  char hex[2 * LOOM_HISTORY_SIZE + 1];
+  loom_history_hex(h, hex);
+  json_string(w, hex);
 }
 
 void http_logf(const http_logger *logger, const char *fmt, ...)
