@@ -7,16 +7,23 @@
  * libmicrohttpd calls the access handler several times per request, in
  * three phases:
  *
- *   1. headers received (*req_cls == NULL): allocate the request state and
- *      decide what can be decided from the headers: unknown path (404),
- *      method (405), stopping (503), token (401), upload slot (503),
- *      Content-Length over the cap (413), and for a base image, claiming
- *      the standby. A refusal is queued at once: libmicrohttpd then skips
- *      the body and closes the connection after the reply.
+ *   0. request line (on_request_line, the URI log callback): allocate the
+ *      request state while the raw target can still be seen.
+ *   1. headers received (!r->started): decide what can be decided from
+ *      the headers: a NUL byte in the path or an ambiguous length (400),
+ *      unknown path (404), method (405), stopping (503), token (401),
+ *      upload slot (503), Content-Length over the cap (413), and for a
+ *      base image, claiming the standby. A refusal is queued at once:
+ *      libmicrohttpd then skips the body and closes the connection after
+ *      the reply. Otherwise the guard (guard.c) watches the body's rate
+ *      and duration.
  *   2. body chunks (*upload_data_size > 0): a frame accumulates up to its
  *      cap (its header, once 128 bytes are in, gives the real size); a
- *      base image is fed to the store page by page. A refusal decided here
- *      is kept, and the rest of the body is read and dropped.
+ *      base image is fed to the store page by page. libmicrohttpd cannot
+ *      queue an answer here, so a refusal decided here is kept and the
+ *      rest of the body read and dropped up to its Content-Length; without
+ *      one (chunked), past the byte cap, or too slow or too long, the
+ *      connection is closed at once (body_chunk).
  *   3. body complete (*upload_data_size == 0): answer.
  *
  * The request state is freed in one place, the completion callback
