@@ -186,6 +186,10 @@ static const char *http_own_error_name(enum http_error e)
   case HTTP_ETLS: return "HTTP_ETLS";
   case HTTP_EDAEMON: return "HTTP_EDAEMON";
   case HTTP_EADDRESS: return "HTTP_EADDRESS";
+  case HTTP_EPATH: return "HTTP_EPATH";
+  case HTTP_ELENGTH: return "HTTP_ELENGTH";
+  case HTTP_ESLOW_UPLOAD: return "HTTP_ESLOW_UPLOAD";
+  case HTTP_ELONG_UPLOAD: return "HTTP_ELONG_UPLOAD";
   case HTTP_ELAST: break;
   }
   return NULL;
@@ -220,6 +224,14 @@ const char *http_strerror(int rc)
     return "libmicrohttpd refused to start (certificate or key unreadable?)";
   case HTTP_EADDRESS:
     return "the listen address does not resolve";
+  case HTTP_EPATH:
+    return "the request path holds a NUL byte";
+  case HTTP_ELENGTH:
+    return "Content-Length given twice, or with Transfer-Encoding";
+  case HTTP_ESLOW_UPLOAD:
+    return "the upload is slower than the minimum rate";
+  case HTTP_ELONG_UPLOAD:
+    return "the upload took longer than its duration cap";
   default:
     return replicate_strerror(rc);
   }
