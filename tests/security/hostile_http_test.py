@@ -32,6 +32,9 @@ import tempfile
 import threading
 import time
 
+# The image stream header (docs/FORMAT.md, "The image stream").
+STREAM_HEADER = 512
+
 HEALTH_DEADLINE = 1.0
 # Under a connect flood the listen queue can overflow for a moment, and the
 # kernel then drops a probe's SYN: one retransmit costs 1 s. Seen only under
@@ -381,7 +384,8 @@ def test_connections(loomship, work):
               got >= 20, f"(applied {got})")
         status, body = http_get(s.port, "/v1/backup", timeout=10)
         check("connections: a backup downloads whole during the attack",
-              status == 200 and len(body) >= 64 and (len(body) - 64) % 16384 == 0,
+              status == 200 and len(body) >= STREAM_HEADER
+              and (len(body) - STREAM_HEADER) % 16384 == 0,
               f"(status {status}, {len(body)} bytes)")
         time.sleep(max(0.0, HEADER_DEADLINE + 0.5 - 3.0))
         check("connections: /healthz answered within the deadline throughout",
