@@ -104,15 +104,15 @@ static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
   return count;
 }
 
-static void source_sync(void *ctx, unsigned *count, bool *degraded)
+static void source_sync(void *ctx, http_sync_status *out)
 {
   primary_node *n = ctx;
-  *count = n->cfg.sync_count;
-  *degraded = false;
+  out->required = n->cfg.sync_count;
   if (n->shipper) {
     replicate_shipper_summary s;
     replicate_shipper_get_summary(n->shipper, &s);
-    *degraded = s.sync_degraded;
+    out->degraded = s.sync_degraded;
+    out->degraded_since_ns = s.sync_degraded_since_ns;
   }
 }
 
@@ -381,8 +381,11 @@ static int run_primary(int argc, char **argv)
     if (rc == 0)
       faultio_note_ack(&n.committed);
     if (rc == REPLICATE_ESYNC_TIMEOUT) {
-      cli_log("primary", "a save was not acknowledged by enough standbys in time "
-                         "(it is committed locally)");
+      char line[200];
+      snprintf(line, sizeof line, "save of epoch %llu seq %llu was not acknowledged "
+               "by enough standbys in time (it is committed locally)",
+               (unsigned long long)n.committed.epoch, (unsigned long long)n.committed.seq);
+      cli_log("primary", line);
     } else if (rc == REPLICATE_EFENCED) {
       if (!fenced_said++)
         cli_log("primary", "FENCED: a standby has a newer epoch; shipping stopped");

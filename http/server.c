@@ -73,6 +73,8 @@ const char *http_standby_state_name(http_standby_state state)
   case HTTP_STANDBY_UNREACHABLE: return "unreachable";
   case HTTP_STANDBY_UNAUTHORIZED: return "unauthorized";
   case HTTP_STANDBY_FENCED: return "fenced";
+  case HTTP_STANDBY_STALLED: return "stalled";
+  case HTTP_STANDBY_REFUSED: return "refused";
   }
   return "unknown";
 }
@@ -367,15 +369,18 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
     json_key(w, "fenced");
     json_bool(w, f->fenced);
     if (s->primary.sync_state) {
-      unsigned count = 0;
-      bool degraded = false;
-      s->primary.sync_state(s->primary.ctx, &count, &degraded);
+      http_sync_status sync = {0};
+      s->primary.sync_state(s->primary.ctx, &sync);
       json_key(w, "sync");
       json_object_begin(w);
+      json_key(w, "required");
+      json_uint(w, sync.required);
       json_key(w, "count");
-      json_uint(w, count);
+      json_uint(w, sync.required);
       json_key(w, "degraded");
-      json_bool(w, degraded);
+      json_bool(w, sync.degraded);
+      json_key(w, "degraded_since");
+      json_time_ns(w, sync.degraded ? sync.degraded_since_ns : 0);
       json_object_end(w);
     }
     if (f->promoted) {
