@@ -334,8 +334,11 @@ static int run_primary(int argc, char **argv)
     return 2;
   cfg.listen_host = host;
   char *token = NULL;
-  if (token_file && !(token = cli_read_token_file("primary", token_file)))
-    return 1;
+  int trc = token_file ? cli_token_file_read("primary", token_file, &token) : 0;
+  if (trc) {
+    free(host);
+    return trc;
+  }
   cfg.token = token;
   sigset_t stop;
   cli_block_stop_signals(&stop);
