@@ -352,6 +352,11 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
     json_key(w, "primary_seq");
     json_uint(w, st->primary_seq);
     lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
+    json_key(w, "clock_skew_seconds");
+    if (f->view.clock_skew_known)
+      json_double(w, f->view.clock_skew_seconds);
+    else
+      json_null(w);
     json_key(w, "replay_paused");
     json_bool(w, st->replay_paused);
     json_key(w, "primary_epoch");
@@ -672,6 +677,10 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_f(&t, "loomship_lag_seconds",
             "Age of the oldest commit heard of and not applied.",
             st->lag_seconds);
+    if (f.view.clock_skew_known)
+      gauge_f(&t, "loomship_clock_skew_seconds",
+              "This node's clock minus the primary's, estimated.",
+              f.view.clock_skew_seconds);
     gauge_u(&t, "loomship_replay_paused",
             "1 while a base image is coming in.", st->replay_paused);
     gauge_u(&t, "loomship_receive_log_bytes", "Size of the receive log.",
