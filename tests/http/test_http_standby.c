@@ -130,6 +130,20 @@ static uint8_t *primary_stream(ht_primary *p, size_t *len, loom_position *pos)
   return s;
 }
 
+/* POST a heartbeat: the primary (epoch 1) at seq (checksum 77, pages)
+ * since commit_ns, made at made_ns. Returns the HTTP status. */
+static long post_heartbeat(ht_server *s, uint64_t seq, uint64_t pages,
+                           int64_t commit_ns, int64_t made_ns)
+{
+  replicate_buf hb = {0};
+  replicate_point latest = {seq, 77, pages};
+  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest, commit_ns,
+                                                    made_ns, &hb), 0);
+  long status = ht_post_frame(s, &hb, NULL);
+  replicate_buf_free(&hb);
+  return status;
+}
+
 static void post_range(ht_server *s, ht_primary *p, size_t from, size_t to,
                        const char *token)
 {
@@ -1240,14 +1254,9 @@ static void test_status_metrics_health(void **state)
   ht_resp_free(&r);
 
   /* A heartbeat says the primary is at 10 since 30 s: lag, not ready. */
-  replicate_buf hb = {0};
-  replicate_point latest = {10, 77, pos.pages};
   int64_t now = http_now_ns();
-  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest,
-                                                    now - 30000000000LL, now,
-                                                    &hb), 0);
-  assert_int_equal(ht_post_frame(&s, &hb, NULL), 200);
-  replicate_buf_free(&hb);
+  assert_int_equal(post_heartbeat(&s, 10, pos.pages, now - 30000000000LL, now),
+                   200);
   ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
   ht_assert_has(&r, "\"primary_seq\":10,");
   ht_assert_has(&r, "\"lag\":{\"frames\":7,\"bytes\":0,\"seconds\":3");
@@ -1344,14 +1353,9 @@ static void lag_with_clock_offset(int64_t offset_s)
   ht_primary_position(&p, &pos);
 
   /* The primary says it is at seq 10 since 2 s ago (its clock). */
-  replicate_buf hb = {0};
-  replicate_point latest = {10, 77, pos.pages};
   int64_t now = primary_clock_ns();
-  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest,
-                                                    now - 2000000000LL, now,
-                                                    &hb), 0);
-  assert_int_equal(ht_post_frame(&s, &hb, NULL), 200);
-  replicate_buf_free(&hb);
+  assert_int_equal(post_heartbeat(&s, 10, pos.pages, now - 2000000000LL, now),
+                   200);
   for (int i = 0; i < 3; i++) {
     http_server_status st;
     ht_status(&s, &st);
