@@ -115,15 +115,15 @@ static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
   return count;
 }
 
-static void source_sync(void *ctx, unsigned *count, bool *degraded)
+static void source_sync(void *ctx, http_sync_status *out)
 {
   primary_node *n = ctx;
-  *count = n->cfg.sync_count;
-  *degraded = false;
+  out->required = n->cfg.sync_count;
   if (n->shipper) {
     replicate_shipper_summary s;
     replicate_shipper_get_summary(n->shipper, &s);
-    *degraded = s.sync_degraded;
+    out->degraded = s.sync_degraded;
+    out->degraded_since_ns = s.sync_degraded_since_ns;
   }
 }
 
@@ -328,10 +328,10 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       ack_log_write(ack_fd, &n->committed);
     } else if (rc == REPLICATE_ESYNC_TIMEOUT) {
       char line[160];
-      snprintf(line, sizeof line, "save of seq %llu (epoch %llu) not acknowledged "
+      snprintf(line, sizeof line, "save of epoch %llu seq %llu was not acknowledged "
                "by enough standbys in time (it is committed locally)",
-               (unsigned long long)n->committed.seq,
-               (unsigned long long)n->committed.epoch);
+               (unsigned long long)n->committed.epoch,
+               (unsigned long long)n->committed.seq);
       cli_log("primary", line);
     } else if (rc == REPLICATE_EFENCED) {
       return wait_fenced(n, stop, saves);
@@ -455,8 +455,11 @@ static int run_primary(int argc, char **argv)
     return 2;
   cfg.listen_host = host;
   char *token = NULL;
-  if (token_file && !(token = cli_read_token_file("primary", token_file)))
-    return 1;
+  int trc = token_file ? cli_token_file_read("primary", token_file, &token) : 0;
+  if (trc) {
+    free(host);
+    return trc;
+  }
   cfg.token = token;
   sigset_t stop;
   cli_block_stop_signals(&stop);

@@ -79,24 +79,12 @@ static int parse_remote(const cli_command *c, int argc, char **argv, int positio
   return 0;
 }
 
-/* The token named by --token-file (malloc'd), NULL when none; *failed set
- * when the file cannot be read. */
-static char *load_token(const char *cmd, const remote_args *a, int *failed)
+/* The token named by --token-file into *token (NULL when none): 0, or an
+ * exit code after an error line. */
+static int load_token(const char *cmd, const remote_args *a, char **token)
 {
-  *failed = 0;
-  if (!a->token_file)
-    return NULL;
-  char *t = cli_read_token_file(cmd, a->token_file);
-  *failed = t == NULL;
-  return t;
-}
-
-static void forget_token(char *t)
-{
-  if (t) {
-    memset(t, 0, strlen(t));
-    free(t);
-  }
+  *token = NULL;
+  return a->token_file ? cli_token_file_read(cmd, a->token_file, token) : 0;
 }
 
 /* The message of a JSON error answer, or the status line. */
@@ -122,16 +110,16 @@ static void print_lag(const char *indent, const json *lag)
 static int run_status(int argc, char **argv)
 {
   remote_args a;
-  int rc = parse_remote(&cmd_status, argc, argv, 1, &a), failed;
+  int rc = parse_remote(&cmd_status, argc, argv, 1, &a);
   if (rc)
     return rc;
-  char *token = load_token("status", &a, &failed);
-  if (failed)
-    return 1;
+  char *token;
+  if ((rc = load_token("status", &a, &token)))
+    return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
   client_reply r;
   rc = client_request("GET", a.url, "/v1/status", &o, &r);
-  forget_token(token);
+  cli_token_forget(token);
   char buf[512];
   if (rc) {
     client_reply_free(&r);
@@ -193,17 +181,17 @@ static int run_status(int argc, char **argv)
 static int run_promote(int argc, char **argv)
 {
   remote_args a;
-  int rc = parse_remote(&cmd_promote, argc, argv, 1, &a), failed;
+  int rc = parse_remote(&cmd_promote, argc, argv, 1, &a);
   if (rc)
     return rc;
-  char *token = load_token("promote", &a, &failed);
-  if (failed)
-    return 1;
+  char *token;
+  if ((rc = load_token("promote", &a, &token)))
+    return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 120};
   client_reply r;
   rc = client_request("POST", a.url, a.force ? "/v1/promote?force=1" : "/v1/promote",
                       &o, &r);
-  forget_token(token);
+  cli_token_forget(token);
   char buf[512];
   if (rc) {
     client_reply_free(&r);
@@ -559,14 +547,14 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
 static int run_backup(int argc, char **argv)
 {
   remote_args a;
-  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a), failed;
+  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a);
   if (rc)
     return rc;
-  char *token = load_token("backup", &a, &failed);
-  if (failed)
-    return 1;
+  char *token;
+  if ((rc = load_token("backup", &a, &token)))
+    return rc;
   rc = cli_backup_pull(a.url, a.out, token, a.ca_file, a.retries, 0);
-  forget_token(token);
+  cli_token_forget(token);
   return rc;
 }
 

@@ -86,8 +86,11 @@ static int run_standby(int argc, char **argv)
   if (cli_parse_listen("standby", listen, &host, &port))
     return 2;
   char *token = NULL;
-  if (token_file && !(token = cli_read_token_file("standby", token_file)))
-    return 1;
+  int trc = token_file ? cli_token_file_read("standby", token_file, &token) : 0;
+  if (trc) {
+    free(host);
+    return trc;
+  }
   sigset_t stop;
   cli_block_stop_signals(&stop);
   http_server_options o = {
@@ -107,10 +110,7 @@ static int run_standby(int argc, char **argv)
   };
   http_server *server;
   int rc = http_server_start(&o, &server);
-  if (token) {
-    memset(token, 0, strlen(token));
-    free(token);
-  }
+  cli_token_forget(token);
   if (rc) {
     free(host);
     return cli_fail("standby", "%s: %s", dir, http_strerror(rc));

@@ -98,8 +98,11 @@ const char *http_error_name(int rc);
 /* The decoder limits the options ask for (defaults filled in). */
 replicate_limits http_limits_of(const http_server_options *opt);
 
-int64_t http_now_ns(void);       /* CLOCK_REALTIME */
+int64_t http_now_ns(void);       /* CLOCK_REALTIME (+ the test offset) */
 int64_t http_monotonic_ns(void); /* CLOCK_MONOTONIC */
+/* Test seam: shift this process's http_now_ns() by ns (a host whose clock
+ * is off); 0, the default, in production. */
+void http_clock_offset_set(int64_t ns);
 
 /* ---------------------------------------------------------------------- */
 /* A reply being built by a handler: a status code, a JSON body (an object
@@ -156,6 +159,9 @@ typedef struct http_standby_view {
   uint64_t bytes_received;      /* commit frame bytes made durable */
   uint64_t apply_failures;
   uint64_t receive_log_bytes;
+  bool clock_skew_known;        /* a frame or heartbeat arrived */
+  double clock_skew_seconds;    /* our clock minus the primary's, estimated
+                                   (standby.c, PRIMARY'S CLOCK) */
 } http_standby_view;
 
 int http_standby_open(const http_server_options *opt,

@@ -82,6 +82,8 @@ const char *http_standby_state_name(http_standby_state state)
   case HTTP_STANDBY_UNAUTHORIZED: return "unauthorized";
   case HTTP_STANDBY_FENCED: return "fenced";
   case HTTP_STANDBY_DIVERGED: return "diverged";
+  case HTTP_STANDBY_STALLED: return "stalled";
+  case HTTP_STANDBY_REFUSED: return "refused";
   }
   return "unknown";
 }
@@ -392,6 +394,11 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
     json_key(w, "primary_seq");
     json_uint(w, st->primary_seq);
     lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
+    json_key(w, "clock_skew_seconds");
+    if (f->view.clock_skew_known)
+      json_double(w, f->view.clock_skew_seconds);
+    else
+      json_null(w);
     json_key(w, "replay_paused");
     json_bool(w, st->replay_paused);
     json_key(w, "primary_epoch");
@@ -409,15 +416,18 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
     json_key(w, "fenced");
     json_bool(w, f->fenced);
     if (s->primary.sync_state) {
-      unsigned count = 0;
-      bool degraded = false;
-      s->primary.sync_state(s->primary.ctx, &count, &degraded);
+      http_sync_status sync = {0};
+      s->primary.sync_state(s->primary.ctx, &sync);
       json_key(w, "sync");
       json_object_begin(w);
+      json_key(w, "required");
+      json_uint(w, sync.required);
       json_key(w, "count");
-      json_uint(w, count);
+      json_uint(w, sync.required);
       json_key(w, "degraded");
-      json_bool(w, degraded);
+      json_bool(w, sync.degraded);
+      json_key(w, "degraded_since");
+      json_time_ns(w, sync.degraded ? sync.degraded_since_ns : 0);
       json_object_end(w);
     }
     if (f->promoted) {
@@ -727,6 +737,10 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_f(&t, "loomship_lag_seconds",
             "Age of the oldest commit heard of and not applied.",
             st->lag_seconds);
+    if (f.view.clock_skew_known)
+      gauge_f(&t, "loomship_clock_skew_seconds",
+              "This node's clock minus the primary's, estimated.",
+              f.view.clock_skew_seconds);
     gauge_u(&t, "loomship_replay_paused",
             "1 while a base image is coming in.", st->replay_paused);
     gauge_u(&t, "loomship_receive_log_bytes", "Size of the receive log.",

@@ -145,13 +145,16 @@ typedef enum http_standby_state {
   HTTP_STANDBY_UNAUTHORIZED = 4,/* the standby refused our token (401) */
   HTTP_STANDBY_FENCED = 5,      /* the standby has a newer epoch: we were
                                    fenced by a promotion */
-  HTTP_STANDBY_DIVERGED = 6     /* another history, or a position this
+  HTTP_STANDBY_STALLED = 6,     /* connected, but no answer for 5 s */
+  HTTP_STANDBY_REFUSED = 7,     /* another HTTP error answer (last_error) */
+  HTTP_STANDBY_DIVERGED = 8     /* another history, or a position this
                                    primary may not move it from */
 } http_standby_state;
 
 /* The name used in status and metrics: "streaming", "catching_up",
- * "base_sync", "unreachable", "unauthorized", "fenced", "diverged"; "unknown" for a
- * value outside the enum. */
+ * "base_sync", "unreachable", "unauthorized", "fenced", "stalled",
+ * "refused", "diverged"; "unknown" for a value outside the enum. The values are those
+ * of replicate_standby_state. */
 const char *http_standby_state_name(http_standby_state state);
 
 #define HTTP_URL_MAX 512
@@ -174,6 +177,16 @@ typedef struct http_standby_status {
   uint64_t base_images;             /* base images it acknowledged */
 } http_standby_status;
 
+/* Synchronous replication as the primary runs it (status "sync"). */
+typedef struct http_sync_status {
+  unsigned required;                /* standbys each save waits for; 0:
+                                       asynchronous */
+  bool degraded;                    /* a save timed out and fewer than
+                                       required standbys hold the latest
+                                       commit since */
+  int64_t degraded_since_ns;        /* CLOCK_REALTIME; 0 when not degraded */
+} http_sync_status;
+
 /*
  * The primary role's view of the primary. Every callback may be called from
  * several connection threads at once.
@@ -190,10 +203,9 @@ typedef struct http_standby_status {
  *   standbys       optional: fill out[0, min(cap, n)) and return n, the
  *                  number of standbys (called again with a larger array
  *                  when n > cap).
- *   sync_state     optional: the synchronous-replication setting (count of
- *                  standbys each save waits for; 0: asynchronous) and
- *                  whether it degraded to asynchronous after a timeout
- *                  (status "sync": {"count": N, "degraded": bool}).
+ *   sync_state     optional: fill out (status "sync": {"required": N,
+ *                  "count": N (the same, for older readers), "degraded":
+ *                  bool, "degraded_since": time or null}).
  */
 typedef struct http_primary_source {
   void *ctx;
@@ -201,7 +213,7 @@ typedef struct http_primary_source {
   int (*snapshot_open)(void *ctx, loom_snapshot **out);
   bool (*fenced)(void *ctx);
   size_t (*standbys)(void *ctx, http_standby_status *out, size_t cap);
-  void (*sync_state)(void *ctx, unsigned *count, bool *degraded);
+  void (*sync_state)(void *ctx, http_sync_status *out);
   void (*history)(void *ctx, loom_history *out); /* optional */
 } http_primary_source;
 

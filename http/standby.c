@@ -61,6 +61,17 @@
  * frame received, or a promotion, rolls received back to applied and
  * resets the receive log: the primary is answered 409 and resends.
  *
+ * PRIMARY'S CLOCK (DESIGN.md section 4). Lag in seconds is measured on one
+ * clock, the primary's: commit times come from it, so "now" does too: the
+ * primary's time in its last heartbeat (made as it was sent), or in a
+ * commit frame when that is later than the estimate, plus our monotonic
+ * time since it arrived. Our own realtime clock is used only before any
+ * frame arrived. clock_skew_seconds estimates how far our clock is from the
+ * primary's: the least (our realtime at arrival - the primary's time in the
+ * frame) over the last SKEW_SAMPLES frames and heartbeats; the network
+ * delay, and a commit frame's wait before it was sent, only add to a
+ * sample, so the least is the closest.
+ *
  * Locks: recv_mu serialises receipt (frames, base begin, promotion);
  * store_mu guards the store (one thread at a time, loom.h); mu guards the
  * state below and pairs with cond. Order: recv_mu, store_mu, mu. No lock is
@@ -73,6 +84,17 @@
 #include <time.h>
 
 #include "internal.h"
+
+#define SKEW_SAMPLES 32
+
+/* The primary's clock as seen from here (PRIMARY'S CLOCK). Under mu. */
+typedef struct primary_clock {
+  bool known;
+  int64_t primary_ns;         /* a time on the primary's clock */
+  int64_t mono_ns;            /* our CLOCK_MONOTONIC when it arrived */
+  int64_t skew_ns[SKEW_SAMPLES]; /* our realtime minus the primary's time */
+  unsigned skew_len, skew_next;
+} primary_clock;
 
 typedef struct pending_frame {
   uint64_t seq;               /* its after.seq */
@@ -120,6 +142,7 @@ struct http_standby {
   uint64_t primary_seq;
   int64_t primary_commit_ns;
   int64_t last_contact_ns;
+  primary_clock clock;
   bool promoted;
   int64_t promoted_at_ns;
   bool base_active;
@@ -151,6 +174,51 @@ struct http_base_upload {
   bool refused;
   http_reply refusal;
 };
+
+/* ---------------------------------------------------------------------- */
+/* The primary's clock (PRIMARY'S CLOCK) */
+
+/* The primary's time now, on its clock; our realtime when not known. */
+static int64_t primary_clock_now(const primary_clock *c)
+{
+  if (!c->known)
+    return http_now_ns();
+  return c->primary_ns + (http_monotonic_ns() - c->mono_ns);
+}
+
+/* A frame or heartbeat from the primary just arrived. */
+static void primary_clock_note(primary_clock *c, const replicate_frame_info *info)
+{
+  bool heartbeat = info->kind == REPLICATE_KIND_HEARTBEAT;
+  int64_t sent_ns = heartbeat ? info->heartbeat_time_ns : info->commit_time_ns;
+  if (sent_ns <= 0)
+    return;
+  /* A heartbeat is made as it is sent: it resets the estimate (the
+   * primary's clock may have been stepped back); a commit frame may have
+   * waited, so it only moves the estimate forward. */
+  if (heartbeat || !c->known || sent_ns > primary_clock_now(c)) {
+    c->primary_ns = sent_ns;
+    c->mono_ns = http_monotonic_ns();
+    c->known = true;
+  }
+  c->skew_ns[c->skew_next] = http_now_ns() - sent_ns;
+  c->skew_next = (c->skew_next + 1) % SKEW_SAMPLES;
+  if (c->skew_len < SKEW_SAMPLES)
+    c->skew_len++;
+}
+
+/* Our clock minus the primary's, estimated; false before any sample. */
+static bool primary_clock_skew(const primary_clock *c, double *seconds)
+{
+  if (c->skew_len == 0)
+    return false;
+  int64_t least = c->skew_ns[0];
+  for (unsigned i = 1; i < c->skew_len; i++)
+    if (c->skew_ns[i] < least)
+      least = c->skew_ns[i];
+  *seconds = (double)least / 1e9;
+  return true;
+}
 
 /* ---------------------------------------------------------------------- */
 /* Small helpers */
@@ -808,6 +876,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
+  primary_clock_note(&sb->clock, info);
   /* What we know of the primary. */
   if (info->epoch > sb->primary_epoch) {
     sb->primary_epoch = info->epoch;
@@ -1355,16 +1424,17 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   s->lag_frames = s->primary_seq > sb->applied.seq
                       ? s->primary_seq - sb->applied.seq : 0;
   s->lag_bytes = sb->pending_bytes;
-  /* Age of the oldest commit heard of and not applied: the oldest pending
-   * frame's, or, when only a heartbeat told us of newer commits, the
-   * primary's newest commit (all we know of their times). */
+  /* Age of the oldest commit heard of and not applied, on the primary's
+   * clock: the oldest pending frame's, or, when only a heartbeat told us
+   * of newer commits, the primary's newest commit (all we know of their
+   * times). */
   int64_t oldest_ns = 0;
   if (sb->pending_len)
     oldest_ns = sb->pending[sb->pending_head].commit_ns;
   else if (s->lag_frames)
     oldest_ns = sb->primary_commit_ns;
   if (s->lag_frames && oldest_ns > 0) {
-    int64_t age = http_now_ns() - oldest_ns;
+    int64_t age = primary_clock_now(&sb->clock) - oldest_ns;
     s->lag_seconds = age > 0 ? (double)age / 1e9 : 0.0;
   }
   s->replay_paused = sb->base_active;
@@ -1382,6 +1452,7 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   out->bases = sb->bases;
   out->bytes_received = sb->bytes_received;
   out->apply_failures = sb->apply_failures;
+  out->clock_skew_known = primary_clock_skew(&sb->clock, &out->clock_skew_seconds);
   bool failed = sb->apply_failed || sb->fatal;
   s->fatal_error = sb->fatal;
   s->history = sb->lineage.history;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -258,7 +259,14 @@ static int64_t clock_ns(clockid_t id)
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int64_t http_now_ns(void) { return clock_ns(CLOCK_REALTIME); }
+static _Atomic int64_t realtime_offset_ns;
+
+void http_clock_offset_set(int64_t ns) { atomic_store(&realtime_offset_ns, ns); }
+
+int64_t http_now_ns(void)
+{
+  return clock_ns(CLOCK_REALTIME) + atomic_load(&realtime_offset_ns);
+}
 int64_t http_monotonic_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 
 /* ---------------------------------------------------------------------- */

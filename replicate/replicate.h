@@ -662,14 +662,23 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
  *                 primary's): PUT /v1/base from a snapshot of the store,
  *                 then continue from the snapshot's seq. Standbys that
  *                 need a base at the same time share one snapshot.
- *   unreachable   a connection error, a timeout, a 5xx, 507, 400 or an
- *                 unreadable answer: retried with exponential backoff with
- *                 jitter (backoff_base_seconds doubling up to
- *                 backoff_max_seconds; a Retry-After is honoured). Frames
- *                 lost to a connection error or a timeout are resent as
- *                 they were (a standby that had them answers 200: a
- *                 duplicate); after anything else its position is asked
- *                 again first, with a heartbeat.
+ *   unreachable   no connection (refused, reset, a connect or request
+ *                 timeout before it stalled) or an unreadable answer:
+ *                 retried with exponential backoff with jitter
+ *                 (backoff_base_seconds doubling up to backoff_max_seconds;
+ *                 a Retry-After is honoured). Frames lost to a connection
+ *                 error or a timeout are resent as they were (a standby
+ *                 that had them answers 200: a duplicate); after anything
+ *                 else its position is asked again first, with a heartbeat.
+ *   stalled       a request is in flight on an open connection and no byte
+ *                 moved either way for stall_seconds (a stopped process
+ *                 whose kernel still accepts): shown at once, while the
+ *                 request waits for its timeout; it stays stalled when that
+ *                 timeout ends it, and is retried like unreachable.
+ *   refused       an HTTP error answer with no state of its own (400, 503,
+ *                 507, other 5xx, 413 on a base image): last_error says
+ *                 "HTTP CODE (the standby's error text)"; retried like
+ *                 unreachable.
  *   unauthorized  401 or 403: nothing is shipped to it; its position is
  *                 asked again every unauthorized_retry_seconds, so a token
  *                 rotation (replicate_shipper_set_token, or on the
@@ -727,7 +736,9 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
 /* Options */
 
 typedef enum replicate_sync_outcome {
-  REPLICATE_SYNC_FAIL = 0,    /* on_commit returns REPLICATE_ESYNC_TIMEOUT */
+  REPLICATE_SYNC_FAIL = 0,    /* on_commit returns REPLICATE_ESYNC_TIMEOUT
+                                 (summary.sync_degraded until sync_count
+                                 standbys hold the latest frame again) */
   REPLICATE_SYNC_DEGRADE = 1  /* on_commit returns 0 and the shipper runs
                                  asynchronously (summary.sync_degraded)
                                  until sync_count standbys hold the latest
@@ -761,6 +772,10 @@ typedef struct replicate_shipper_options {
   double request_timeout_seconds; /* one frame request [30] */
   double base_stall_seconds;      /* a base upload with no progress for
                                      this long is abandoned [120] */
+  double stall_seconds;           /* a request with no byte moving either
+                                     way for this long shows the standby
+                                     as stalled (it goes on until its
+                                     timeout) [5] */
   double backoff_base_seconds;    /* [0.1] */
   double backoff_max_seconds;     /* [5] */
   double unauthorized_retry_seconds; /* [30] */
@@ -823,13 +838,19 @@ typedef enum replicate_standby_state {
   REPLICATE_STANDBY_UNREACHABLE = 3,
   REPLICATE_STANDBY_UNAUTHORIZED = 4,
   REPLICATE_STANDBY_FENCED = 5,
-  REPLICATE_STANDBY_DIVERGED = 6  /* another history, another checksum at a
+  REPLICATE_STANDBY_STALLED = 6,  /* a request on an open connection got
+                                     no byte back for stall_seconds */
+  REPLICATE_STANDBY_REFUSED = 7,  /* an HTTP error answer without a state
+                                     of its own (400, 413 on a base image,
+                                     503, 507, other 5xx): last_error says
+                                     the code and the standby's text */
+  REPLICATE_STANDBY_DIVERGED = 8  /* another history, another checksum at a
                                      seq it holds, or ahead of this primary:
                                      nothing is sent that would move it */
 } replicate_standby_state;
 
 /* "streaming", "catching_up", "base_sync", "unreachable", "unauthorized",
- * "fenced", "diverged"; "unknown" outside the enum. */
+ * "fenced", "stalled", "refused", "diverged"; "unknown" outside the enum. */
 const char *replicate_standby_state_name(replicate_standby_state state);
 
 #define REPLICATE_URL_MAX 512
@@ -879,8 +900,13 @@ typedef struct replicate_shipper_summary {
   uint64_t latest_seq;              /* newest frame committed */
   int64_t latest_commit_time_ns;
   bool fenced;
-  bool sync_degraded;               /* sync mode running as async after a
-                                       timeout (REPLICATE_SYNC_DEGRADE) */
+  bool sync_degraded;               /* sync mode: a save timed out and
+                                       fewer than sync_count standbys hold
+                                       the latest frame since (DEGRADE:
+                                       saves run asynchronously; FAIL:
+                                       saves return ESYNC_TIMEOUT) */
+  int64_t sync_degraded_since_ns;   /* CLOCK_REALTIME when it became
+                                       degraded; 0 when not degraded */
   unsigned sync_count;
   size_t standby_count;
 } replicate_shipper_summary;
@@ -898,8 +924,9 @@ void replicate_shipper_get_summary(replicate_shipper *shipper,
  * shutdown waiting for its WAL senders). Returns true when that was
  * reached; false on timeout, at once once the primary is fenced, and as
  * soon as every standby still missing something is one that waiting will
- * not help: unreachable (four failed attempts in a row, about 1.5 s: one
- * reset connection does not count), unauthorized, fenced or diverged.
+ * not help: unreachable, stalled or refused (four failed attempts in a
+ * row, about 1.5 s: one reset connection does not count), unauthorized,
+ * fenced or diverged.
  */
 bool replicate_shipper_drain(replicate_shipper *shipper,
                              double timeout_seconds);

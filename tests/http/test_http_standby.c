@@ -132,6 +132,22 @@ static uint8_t *primary_stream(ht_primary *p, size_t *len, loom_position *pos)
   return s;
 }
 
+/* POST a heartbeat: the primary (epoch 1) at seq (checksum 77, pages)
+ * since commit_ns, made at made_ns. Returns the HTTP status. */
+/* A heartbeat of p's history saying it is at seq since commit_ns. */
+static long post_heartbeat(ht_server *s, ht_primary *p, uint64_t seq,
+                           uint64_t pages, int64_t commit_ns, int64_t made_ns)
+{
+  replicate_buf hb = {0};
+  replicate_point latest = {seq, 77, pages};
+  loom_history history = ht_primary_history(p);
+  assert_int_equal(replicate_frame_encode_heartbeat(&history, 1, &latest,
+                                                    commit_ns, made_ns, &hb), 0);
+  long status = ht_post_frame(s, &hb, NULL);
+  replicate_buf_free(&hb);
+  return status;
+}
+
 static void post_range(ht_server *s, ht_primary *p, size_t from, size_t to,
                        const char *token)
 {
@@ -1381,7 +1397,8 @@ static void test_status_metrics_health(void **state)
   ht_assert_has(&r, want);
   ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":3,");
   ht_assert_has(&r, "\"primary_seq\":3,");
-  ht_assert_has(&r, "\"lag\":{\"frames\":0,\"bytes\":0,\"seconds\":0}");
+  ht_assert_has(&r, "\"lag\":{\"frames\":0,\"bytes\":0,\"seconds\":0},"
+                    "\"clock_skew_seconds\":");
   ht_assert_has(&r, "\"replay_paused\":false");
   ht_assert_has(&r, "\"ready\":true");
   ht_assert_has(&r, "\"uptime_seconds\":");
@@ -1399,15 +1416,9 @@ static void test_status_metrics_health(void **state)
   ht_resp_free(&r);
 
   /* A heartbeat says the primary is at 10 since 30 s: lag, not ready. */
-  replicate_buf hb = {0};
-  replicate_point latest = {10, 77, pos.pages};
   int64_t now = http_now_ns();
-  loom_history history = ht_primary_history(&p);
-  assert_int_equal(replicate_frame_encode_heartbeat(&history, 1, &latest,
-                                                    now - 30000000000LL, now,
-                                                    &hb), 0);
-  assert_int_equal(ht_post_frame(&s, &hb, NULL), 200);
-  replicate_buf_free(&hb);
+  assert_int_equal(post_heartbeat(&s, &p, 10, pos.pages, now - 30000000000LL, now),
+                   200);
   ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
   ht_assert_has(&r, "\"primary_seq\":10,");
   ht_assert_has(&r, "\"lag\":{\"frames\":7,\"bytes\":0,\"seconds\":3");
@@ -1467,6 +1478,92 @@ static void test_status_metrics_health(void **state)
   ht_rmdir(dir);
 }
 
+/* The realtime clock of the primary (the test's own, unshifted). */
+static int64_t primary_clock_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The number after "key": in a JSON body (the key must be there). */
+static double json_number(const ht_resp *r, const char *key)
+{
+  char needle[64];
+  snprintf(needle, sizeof needle, "\"%s\":", key);
+  const char *at = strstr((const char *)r->body, needle);
+  if (!at)
+    fail_msg("no %s in %s", key, (const char *)r->body);
+  return strtod(at + strlen(needle), NULL);
+}
+
+/* A standby whose clock is offset_s off the primary's: lag in seconds
+ * stays the age of the oldest unapplied commit on the primary's clock,
+ * /readyz does not flap, and clock_skew_seconds reports the offset. */
+static void lag_with_clock_offset(int64_t offset_s)
+{
+  http_clock_offset_set(offset_s * 1000000000LL);
+  ht_primary p;
+  ht_primary_open(&p, 128, 29);
+  ht_primary_run(&p, 3);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 3, NULL);
+  ht_wait_applied(&s, 3);
+  loom_position pos;
+  ht_primary_position(&p, &pos);
+
+  /* The primary says it is at seq 10 since 2 s ago (its clock). */
+  int64_t now = primary_clock_ns();
+  assert_int_equal(post_heartbeat(&s, &p, 10, pos.pages, now - 2000000000LL, now),
+                   200);
+  for (int i = 0; i < 3; i++) {
+    http_server_status st;
+    ht_status(&s, &st);
+    assert_int_equal(st.lag_frames, 7);
+    if (st.lag_seconds < 1.9 || st.lag_seconds > 3.5)
+      fail_msg("clock offset %+lld s: lag %.3f s, want about 2",
+               (long long)offset_s, st.lag_seconds);
+    ht_resp r;
+    ht_call("GET", ht_url(&s, "/readyz"), NULL, &r);
+    assert_int_equal(r.status, 200); /* 2 s is under the 5 s threshold */
+    ht_resp_free(&r);
+    ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+    double skew = json_number(&r, "clock_skew_seconds");
+    if (skew < (double)offset_s - 0.5 || skew > (double)offset_s + 2)
+      fail_msg("clock offset %+lld s: clock_skew_seconds %.3f",
+               (long long)offset_s, skew);
+    ht_resp_free(&r);
+    sleep_ms(100);
+  }
+  /* The lag grows on the primary's clock as time passes here. */
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_true(st.lag_seconds >= 2.25 && st.lag_seconds < 4);
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  ht_assert_has(&r, "\nloomship_clock_skew_seconds ");
+  ht_resp_free(&r);
+
+  ht_stop(&s);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+  http_clock_offset_set(0);
+}
+
+static void test_lag_standby_clock_ahead(void **state)
+{
+  (void)state;
+  lag_with_clock_offset(3600);
+}
+
+static void test_lag_standby_clock_behind(void **state)
+{
+  (void)state;
+  lag_with_clock_offset(-3600);
+}
+
 static void test_start_errors(void **state)
 {
   (void)state;
@@ -1521,6 +1618,8 @@ int main(void)
       cmocka_unit_test(test_overlap_after_lost_answer),
       cmocka_unit_test(test_never_backwards_or_sideways),
       cmocka_unit_test(test_status_metrics_health),
+      cmocka_unit_test(test_lag_standby_clock_ahead),
+      cmocka_unit_test(test_lag_standby_clock_behind),
       cmocka_unit_test(test_start_errors),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -149,6 +149,7 @@ typedef struct fake {
   unsigned lie;               /* answer the next N frames 200 unapplied */
   unsigned busy;              /* answer the next N requests 503 */
   unsigned retry_after_s;     /* Retry-After of those */
+  unsigned error_status;      /* answer every request with it (0: no) */
   size_t max_body;            /* 413 above this many bytes (0: none) */
   unsigned delay_ms;          /* before each answer */
   bool stalled;               /* answers wait until released */
@@ -306,6 +307,10 @@ static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
     f->busy_answered_ns = now_ns();
     f->after_busy_ns = 0;
     ret = respond(conn, 503, "busy", &pos, f->retry_after_s);
+    goto out;
+  }
+  if (f->error_status) {
+    ret = respond(conn, f->error_status, "refused by the test", NULL, 0);
     goto out;
   }
   if (f->max_body && u->len > f->max_body) {
@@ -1428,6 +1433,19 @@ static void test_sync_blocks(void **state)
   fake_stop(fs[1]);
 }
 
+typedef struct summary_wait {
+  primary *p;
+  bool degraded;
+} summary_wait;
+
+static bool degraded_is(void *ctx)
+{
+  summary_wait *w = ctx;
+  replicate_shipper_summary sum;
+  replicate_shipper_get_summary(w->p->sh, &sum);
+  return sum.sync_degraded == w->degraded;
+}
+
 /* Sync mode, timeout, outcome "fail": the save reports it, the commit
  * stands. */
 static void test_sync_timeout_fail(void **state)
@@ -1452,30 +1470,30 @@ static void test_sync_timeout_fail(void **state)
   assert_true(took >= 0.25 && took < 2);
   primary_position(&p, &after);
   assert_int_equal(after.seq, before.seq + 1); /* the commit stands */
+  /* Status says so while saves time out... */
   replicate_shipper_summary sum;
   replicate_shipper_get_summary(p.sh, &sum);
-  assert_false(sum.sync_degraded);
+  assert_true(sum.sync_degraded);
+  assert_true(sum.sync_degraded_since_ns > 0);
+  int64_t since = sum.sync_degraded_since_ns;
+  t = now_ns();
   assert_int_equal(primary_save(&p, 2, false), REPLICATE_ESYNC_TIMEOUT);
+  assert_true((double)(now_ns() - t) / 1e9 >= 0.25); /* each save waits */
+  replicate_shipper_get_summary(p.sh, &sum);
+  assert_true(sum.sync_degraded);
+  assert_int_equal(sum.sync_degraded_since_ns, since);
+  /* ...and no longer once the standby holds the latest frame. */
   fake_set_stalled(f, false);
   catch_up(&p, f);
+  summary_wait w = {&p, false};
+  assert_true(wait_for(degraded_is, &w, 10));
+  replicate_shipper_get_summary(p.sh, &sum);
+  assert_int_equal(sum.sync_degraded_since_ns, 0);
   assert_int_equal(primary_save(&p, 2, false), 0);
   drain_ok(&p);
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
-}
-
-typedef struct summary_wait {
-  primary *p;
-  bool degraded;
-} summary_wait;
-
-static bool degraded_is(void *ctx)
-{
-  summary_wait *w = ctx;
-  replicate_shipper_summary sum;
-  replicate_shipper_get_summary(w->p->sh, &sum);
-  return sum.sync_degraded == w->degraded;
 }
 
 /* Sync mode, timeout, outcome "degrade": async until the standby is back. */
@@ -1618,7 +1636,7 @@ static void test_retry_after(void **state)
   FAKE_SET(f, retry_after_s, 1);
   FAKE_SET(f, busy, 1);
   primary_saves(&p, 1, 2, false);
-  wait_state(&p, 0, REPLICATE_STANDBY_UNREACHABLE);
+  wait_state(&p, 0, REPLICATE_STANDBY_REFUSED);
   catch_up(&p, f);
   pthread_mutex_lock(&f->mu);
   double waited = (double)(f->after_busy_ns - f->busy_answered_ns) / 1e9;
@@ -1627,6 +1645,70 @@ static void test_retry_after(void **state)
   replicate_standby_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "503"));
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
+/* An HTTP error answer is "refused", not "unreachable", and last_error
+ * says the code and the standby's text; it heals when the answers do. */
+static void test_refused(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  primary_start(&p, &o, &f, 1, NULL);
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  static const unsigned codes[] = {400, 503, 507};
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    FAKE_SET(f, error_status, codes[i]);
+    primary_saves(&p, 1, 2, false);
+    wait_state(&p, 0, REPLICATE_STANDBY_REFUSED);
+    replicate_standby_status st;
+    standby_status(&p, 0, &st);
+    char want[32];
+    snprintf(want, sizeof want, "HTTP %u (refused by the test)", codes[i]);
+    if (!strstr(st.last_error, want))
+      fprintf(stderr, "last_error: %s\n", st.last_error);
+    assert_non_null(strstr(st.last_error, want));
+    assert_string_equal(st.state_name, "refused");
+    FAKE_SET(f, error_status, 0);
+    catch_up(&p, f);
+    wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  }
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
+/* A standby that takes the request and never answers (a stopped process:
+ * its kernel still accepts) shows "stalled" after stall_seconds, long
+ * before the request times out, and streams again once it answers. */
+static void test_stalled_state(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  o.request_timeout_seconds = 30;
+  o.stall_seconds = 0.3;
+  primary_start(&p, &o, &f, 1, NULL);
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  fake_set_stalled(f, true);
+  int64_t t0 = now_ns();
+  primary_saves(&p, 1, 2, false);
+  wait_state(&p, 0, REPLICATE_STANDBY_STALLED);
+  double took = (double)(now_ns() - t0) / 1e9;
+  assert_true(took >= 0.25 && took < 5);
+  replicate_standby_status st;
+  standby_status(&p, 0, &st);
+  assert_string_equal(st.state_name, "stalled");
+  assert_non_null(strstr(st.last_error, "no answer"));
+  assert_true(st.lag_frames > 0);
+  fake_set_stalled(f, false);
+  catch_up(&p, f);
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
@@ -1844,6 +1926,8 @@ int main(void)
       cmocka_unit_test(test_unauthorized),
       cmocka_unit_test(test_fenced),
       cmocka_unit_test(test_retry_after),
+      cmocka_unit_test(test_refused),
+      cmocka_unit_test(test_stalled_state),
       cmocka_unit_test(test_too_large_pieces),
       cmocka_unit_test(test_primary_restart),
       cmocka_unit_test(test_diverged),
