@@ -110,7 +110,9 @@ class Rig:
         out, _ = self.primary.communicate(timeout=60)
         last = systest.committed_line(out.decode(errors="replace"))
         if self.primary.returncode != 0 or last is None:
-            self.fail("the primary did not stop cleanly (status %s)" % self.primary.returncode)
+            tail = out.decode(errors="replace").strip().splitlines()[-2:]
+            self.fail("the primary did not stop cleanly (status %s): %s"
+                      % (self.primary.returncode, " | ".join(tail)))
         self.primary = None
         return last
 
