@@ -35,6 +35,12 @@ char *cli_read_token_file(const char *cmd, const char *path);
 /* Hex of a 64-bit checksum into buf (17 bytes). */
 const char *cli_hex64(uint64_t v, char buf[17]);
 
+/* One error line about the image directory dir that could not be opened
+ * (rc from loom_store_open, loom_inspect, loom_verify...); a lost meta
+ * (LOOM_EMETA) names DIR/meta and what to do, remedy being the command's
+ * own way out (or NULL). Returns 1. */
+int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy);
+
 /* "HOST:PORT" for --listen; 0 or an exit code (after an error line). */
 int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port);
 /* A log line on stderr: UTC time, who (ctx, a string), message. */

@@ -136,7 +136,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
   n->cfg = *cfg;
   int rc = kv_open(cfg->dir, cfg->arena_pages, cfg->keys, on_commit_tweak, n, &n->table);
   if (rc)
-    return cli_fail(cfg->who, "%s: %s", cfg->dir, loom_strerror(rc));
+    return cli_fail_store(cfg->who, cfg->dir, rc,
+                          "Restore the directory from a backup, or promote a standby");
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
   /* Retention drops whole segments: keep them well under the cap. */

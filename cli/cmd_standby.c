@@ -107,6 +107,11 @@ static int run_standby(int argc, char **argv)
   }
   if (rc) {
     free(host);
+    if (rc == LOOM_EMETA)
+      return cli_fail_store("standby", dir, rc,
+                            "To replace this standby's image with a verified copy of its "
+                            "primary's (or of another standby's), start it with "
+                            "--resync-from URL");
     return cli_fail("standby", "%s: %s", dir, http_strerror(rc));
   }
   printf("listening on %s://%s:%u\n", cert ? "https" : "http", host,
