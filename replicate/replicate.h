@@ -787,9 +787,12 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
  * Returns 0, REPLICATE_ESYNC_TIMEOUT (sync mode, REPLICATE_SYNC_FAIL),
  * REPLICATE_EFENCED (after fencing; the frame is still logged), or the
  * errors of replicate_frame_encode_commit (the frame is then not shipped;
- * standbys that need it later get a base image) and replicate_log_append
- * (the frame still ships from memory while the shipper keeps it; the log
- * starts afresh at the next commit).
+ * standbys that need it later get a base image). A failed log append
+ * (ENOSPC...) is not an error of the save: the log is a cache of the
+ * store; the frame still ships from memory while the shipper keeps it,
+ * a standby that needs it later gets a base image, the log starts afresh
+ * at the next commit, and log_fn says when appends start failing and
+ * when they work again.
  */
 int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
                                 const loom_commit *c);
