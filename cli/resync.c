@@ -14,8 +14,9 @@
  *      rename when DIR does not exist), then fsync the parent: a crash at
  *      any instant leaves the old directory or the new one at DIR, never a
  *      mix, and never no DIR at all.
- *   5. Remove the old contents, now at DIR.resync (image, receive log).
- * Any failure before 4 leaves DIR as it was.
+ *   5. Remove the old contents, now at DIR.resync (image, receive log), or
+ *      the new copy if the swap failed.
+ * Any failure leaves DIR as it was.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -104,9 +105,14 @@ static int swap_in(const char *fresh, const char *dir, int dir_exists, const cha
                       : rename(fresh, dir);
   if (rc != 0) {
     int err = errno;
-    return cli_fail("standby", "swap %s into %s: %s%s", fresh, dir, strerror(err),
-                    err == EINVAL ? " (this file system cannot exchange two directories "
-                                    "atomically)" : "");
+    const char *why = err == EINVAL ? " (this file system cannot exchange two "
+                                      "directories atomically)"
+                      : err == EBUSY || err == EXDEV
+                          ? " (the directory is a mount point: mount its volume one "
+                            "level up, so that DIR.resync is on the same file system)"
+                          : "";
+    return cli_fail("standby", "swap %s into %s: %s%s; %s was left as it was", fresh, dir,
+                    strerror(err), why, dir);
   }
   /* Or the swap may be undone by a crash after the standby served from it. */
   if ((rc = cli_sync_dir(parent)) != 0)
@@ -141,8 +147,9 @@ int cli_standby_resync(const char *dir_arg, const char *from, const char *token,
   int rc = cli_backup_pull(from, fresh, token, ca_file, 8, 1);     /* 3 */
   if (rc == 0)
     rc = swap_in(fresh, dir, lock >= 0, parent);                   /* 4 */
-  if (rc == 0 && lock >= 0)
-    remove_tree(fresh);                                            /* 5 */
+  /* 5: the old contents after a swap; the new copy if the swap failed
+   * (renameat2 is atomic: one or the other is at fresh, or nothing). */
+  remove_tree(fresh);
   if (lock >= 0)
     close(lock);
   if (rc != 0)
