@@ -31,6 +31,7 @@ typedef struct remote_args {
   const char *token_file;
   const char *ca_file;
   int json;
+  int force;
   uint64_t retries;
 } remote_args;
 
@@ -65,6 +66,8 @@ static int parse_remote(const cli_command *c, int argc, char **argv, int positio
         return 2;
     } else if (!strcmp(argv[i], "--json") && c == &cmd_status) {
       a->json = 1;
+    } else if (!strcmp(argv[i], "--force") && c == &cmd_promote) {
+      a->force = 1;
     } else if (positional && argv[i][0] != '-' && !a->url) {
       a->url = argv[i];
     } else {
@@ -198,7 +201,8 @@ static int run_promote(int argc, char **argv)
     return 1;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 120};
   client_reply r;
-  rc = client_request("POST", a.url, "/v1/promote", &o, &r);
+  rc = client_request("POST", a.url, a.force ? "/v1/promote?force=1" : "/v1/promote",
+                      &o, &r);
   forget_token(token);
   char buf[512];
   if (rc) {
@@ -207,6 +211,12 @@ static int run_promote(int argc, char **argv)
   }
   if (r.status != 200) {
     cli_fail("promote", "%s: %s", a.url, error_text(&r, buf, sizeof buf));
+    json *e = jsonread_parse(r.body, r.len);
+    const char *code = jsonread_string(e, "code", "");
+    if (!strcmp(code, "PROMOTE_EMPTY") || !strcmp(code, "PROMOTE_BEHIND"))
+      fprintf(stderr, "promote: %s (code %s); --force promotes it anyway\n",
+              jsonread_string(e, "reason", ""), code);
+    jsonread_free(e);
     client_reply_free(&r);
     return 1;
   }
@@ -230,6 +240,7 @@ typedef struct download {
   uint8_t header[LOOM_STREAM_HEADER];
   size_t header_have;
   loom_position pos;
+  loom_lineage lineage;
   uint8_t *page;
   size_t page_have;
   uint64_t pages_added;
@@ -285,7 +296,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
 
 static int on_stream_header(download *d)
 {
-  int rc = loom_stream_header_decode(d->header, &d->pos);
+  int rc = loom_stream_header_decode(d->header, &d->pos, &d->lineage);
   if (rc) {
     snprintf(d->error, sizeof d->error, "the backup stream's header: %s", loom_strerror(rc));
     return rc;
@@ -293,6 +304,13 @@ static int on_stream_header(download *d)
   d->total = LOOM_STREAM_HEADER + d->pos.pages * PS;
   if (!d->store &&
       (rc = loom_store_open(d->tmp, LOOM_CREATE, NULL, &d->store)) != 0) {
+    snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
+    return rc;
+  }
+  /* The backup keeps the history it was taken from (a new directory has
+   * none of its own yet). */
+  if (!loom_history_is_none(&d->lineage.history) &&
+      (rc = loom_store_adopt_lineage(d->store, &d->lineage)) != 0) {
     snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
     return rc;
   }
@@ -560,4 +578,4 @@ const cli_command cmd_status = {
     "status URL [--json] [--token-file F] [--ca-file F]", run_status};
 const cli_command cmd_promote = {
     "promote", "promote a standby to primary at a new epoch",
-    "promote URL [--token-file F] [--ca-file F]", run_promote};
+    "promote URL [--force] [--token-file F] [--ca-file F]", run_promote};

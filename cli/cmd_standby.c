@@ -55,7 +55,7 @@ static int run_standby(int argc, char **argv)
 {
   const char *dir = NULL, *listen = NULL, *token_file = NULL, *cert = NULL, *key = NULL;
   const char *resync_from = NULL, *ca_file = NULL;
-  uint64_t ready_lag_ms = 5000;
+  uint64_t ready_lag_ms = 5000, promote_max_lag = 100;
   for (int i = 1; i < argc; i++) {
     const char **slot = cli_is_option(argv[i], "--dir")          ? &dir
                         : cli_is_option(argv[i], "--listen")     ? &listen
@@ -68,6 +68,11 @@ static int run_standby(int argc, char **argv)
     const char *v;
     if (slot) {
       if (!(*slot = cli_option_value("standby", argc, argv, &i, argv[i])))
+        return 2;
+    } else if (cli_is_option(argv[i], "--promote-max-lag")) {
+      if (!(v = cli_option_value("standby", argc, argv, &i, "--promote-max-lag")) ||
+          cli_parse_u64("standby", "--promote-max-lag", v, 1, UINT64_MAX,
+                        &promote_max_lag))
         return 2;
     } else if (cli_is_option(argv[i], "--ready-lag-ms")) {
       if (!(v = cli_option_value("standby", argc, argv, &i, "--ready-lag-ms")) ||
@@ -110,6 +115,7 @@ static int run_standby(int argc, char **argv)
       .tls_cert_file = cert,
       .tls_key_file = key,
       .ready_max_lag_seconds = (double)ready_lag_ms / 1000.0,
+      .promote_max_lag = promote_max_lag,
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
@@ -164,7 +170,7 @@ static int run_standby(int argc, char **argv)
 const cli_command cmd_standby = {
     "standby", "run a hot standby: receive, apply, serve the HTTP API",
     "standby --dir DIR --listen HOST:PORT [--token-file F] "
-    "[--tls-cert F --tls-key F] [--ready-lag-ms MS] [--resync-from URL [--ca-file F]]\n"
+    "[--tls-cert F --tls-key F] [--ready-lag-ms MS] [--promote-max-lag FRAMES] [--resync-from URL [--ca-file F]]\n"
     "  --resync-from URL  at start, replace DIR with a verified backup pulled from URL\n"
     "                     (a primary's or another standby's): the only way, with a new\n"
     "                     empty directory, to replace a standby's history; the swap is\n"

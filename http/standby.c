@@ -106,6 +106,13 @@ struct http_standby {
   /* mu: */
   loom_position received;
   loom_position applied;
+  loom_lineage lineage;       /* the history followed (none: holds nothing
+                                 yet, and the store adopts the first one
+                                 it applies) */
+  int diverged;               /* last refusal as backwards or sideways */
+  int64_t diverged_at_ns, diverged_mono_ns;
+  uint64_t divergences;
+  uint64_t promote_max_lag;
   pending_frame *pending;     /* a ring */
   size_t pending_head, pending_len, pending_cap;
   uint64_t pending_bytes;
@@ -161,13 +168,15 @@ static void point_json(json_writer *w, const char *key,
   http_json_position(w, pos);
 }
 
-/* {"received": ..., "applied": ...} keys of the current positions. Under mu. */
+/* {"received": ..., "applied": ..., "epoch", "history"} keys of the
+ * current positions. Under mu. */
 static void positions_json(http_standby *sb, json_writer *w)
 {
   point_json(w, "received", &sb->received);
   point_json(w, "applied", &sb->applied);
   json_key(w, "epoch");
   json_uint(w, sb->received.epoch);
+  http_json_history(w, &sb->lineage.history);
 }
 
 static int pending_push(http_standby *sb, uint64_t seq, int64_t commit_ns,
@@ -285,6 +294,8 @@ static void set_fatal(http_standby *sb, int rc)
 
 /* Group apply bounds: frames merged into one commit, and their distinct
  * pages (the merge holds LOOM_PAGE_SIZE bytes per page, twice). */
+#define NS_PER_S INT64_C(1000000000)
+#define DIVERGED_HOLD_NS (10 * NS_PER_S)
 #define APPLY_MERGE_FRAMES 256u
 #define APPLY_MERGE_PAGES 2048u
 
@@ -556,6 +567,8 @@ int http_standby_open(const http_server_options *opt,
   if (rc == 0)
     rc = recover_received(sb);
   if (rc == 0) {
+    loom_store_lineage(sb->store, &sb->lineage);
+    sb->promote_max_lag = opt->promote_max_lag ? opt->promote_max_lag : 100;
     sb->primary_epoch = sb->received.epoch;
     sb->primary_seq = sb->received.seq;
     sb->primary_commit_ns = sb->received.commit_time_ns;
@@ -642,6 +655,54 @@ static void reply_stale_epoch(http_standby *sb, uint64_t frame_epoch,
   positions_json(sb, &reply->body);
 }
 
+/* Under mu: input was refused as moving this standby backwards or
+ * sideways (replicate_place_*): say so in the log (once a second at most)
+ * and in status. */
+static void note_divergence(http_standby *sb, int rc, const loom_history *theirs)
+{
+  if (sb->diverged != rc || http_monotonic_ns() - sb->diverged_mono_ns > NS_PER_S) {
+    char ours_hex[33], theirs_hex[33];
+    loom_history_hex(&sb->lineage.history, ours_hex);
+    loom_history_hex(theirs, theirs_hex);
+    http_logf(sb->logger, "standby: refused input of history %s that would "
+              "move this standby (history %s, epoch %llu, seq %llu) backwards "
+              "or sideways: %s", theirs_hex, ours_hex,
+              (unsigned long long)sb->received.epoch,
+              (unsigned long long)sb->received.seq, replicate_strerror(rc));
+  }
+  sb->diverged = rc;
+  sb->diverged_at_ns = http_now_ns();
+  sb->diverged_mono_ns = http_monotonic_ns();
+  sb->divergences++;
+}
+
+/* Under mu: the same, and the 409 answer that tells the sender. */
+static void reply_diverged(http_standby *sb, int rc, const loom_history *theirs,
+                           http_reply *reply)
+{
+  note_divergence(sb, rc, theirs);
+  http_reply_error(reply, 409, "diverged");
+  json_key(&reply->body, "code");
+  json_string(&reply->body, http_error_name(rc));
+  json_key(&reply->body, "reason");
+  json_string(&reply->body, replicate_strerror(rc));
+  positions_json(sb, &reply->body);
+}
+
+/* Under mu: input of history h is being taken in; a standby that held
+ * nothing follows h from now on (the store adopts it durably with the
+ * first frame or base image it applies). A divergence shown in status is
+ * cleared once input is accepted DIVERGED_HOLD_NS after the last one. */
+static void follow_history(http_standby *sb, const loom_history *h)
+{
+  if (!loom_history_equal(&sb->lineage.history, h)) {
+    memset(&sb->lineage, 0, sizeof sb->lineage);
+    sb->lineage.history = *h;
+  }
+  if (sb->diverged && http_monotonic_ns() - sb->diverged_mono_ns > DIVERGED_HOLD_NS)
+    sb->diverged = 0;
+}
+
 /* A coalesced frame: drain the applier, apply it here, reset the log.
  * Under recv_mu (not mu). */
 static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
@@ -657,6 +718,10 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
     rollback_under_recv(sb);
     pthread_mutex_lock(&sb->mu);
     http_reply_error(reply, 409, "checksum mismatch");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(sb->last_apply_error
+                                                  ? sb->last_apply_error
+                                                  : REPLICATE_EAFTER_CHECKSUM));
     positions_json(sb, &reply->body);
     pthread_mutex_unlock(&sb->mu);
     return;
@@ -694,9 +759,13 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
     json_key(&reply->body, "duplicate");
     json_bool(&reply->body, rc != 0);
     pthread_cond_broadcast(&sb->cond);
+  } else if (replicate_is_divergence(rc)) {
+    reply_diverged(sb, rc, &frame->info.history, reply);
   } else if (rc == REPLICATE_EPOSITION || rc == REPLICATE_ESTALE_EPOCH) {
-    http_reply_error(reply, 409, rc == REPLICATE_ESTALE_EPOCH
-                                     ? "stale epoch" : "checksum mismatch");
+    http_reply_error(reply, 409, rc == REPLICATE_ESTALE_EPOCH ? "stale epoch"
+                                                              : "gap");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(rc));
     positions_json(sb, &reply->body);
   } else if (is_disk_full(rc)) {
     http_reply_error(reply, 507, "disk full");
@@ -734,8 +803,13 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
 
   pthread_mutex_lock(&sb->mu);
   sb->last_contact_ns = http_now_ns();
-  if (info->epoch < sb->received.epoch) {
+  int place = replicate_place_frame(&sb->lineage.history, &sb->received, info);
+  if (place == REPLICATE_ESTALE_EPOCH) {
     reply_stale_epoch(sb, info->epoch, reply);
+    goto out;
+  }
+  if (replicate_is_divergence(place)) {
+    reply_diverged(sb, place, &info->history, reply);
     goto out;
   }
   if (sb->promoted) {
@@ -761,7 +835,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
-  if (info->epoch == sb->received.epoch && info->after.seq <= sb->received.seq) {
+  if (place == REPLICATE_EDUPLICATE) {
     sb->duplicates++;
     http_reply_object(reply, 200);
     positions_json(sb, &reply->body);
@@ -775,11 +849,14 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
-  if (!same_point(&info->before, &sb->received)) {
-    /* The contract's words: a frame from further ahead is a gap; one that
-     * starts at or behind the received seq but elsewhere is a mismatch. */
+  if (place == REPLICATE_EPOSITION) {
+    /* A frame from further ahead is a gap; one that begins behind the
+     * received seq and ends past it an overlap (a merged frame whose
+     * answer was lost): either way the primary resends from here. */
     http_reply_error(reply, 409, info->before.seq > sb->received.seq
-                                     ? "gap" : "checksum mismatch");
+                                     ? "gap" : "overlap");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(REPLICATE_EPOSITION));
     json_key(&reply->body, "frame_before");
     json_object_begin(&reply->body);
     json_key(&reply->body, "epoch");
@@ -794,6 +871,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
+  follow_history(sb, &info->history);
   if (info->flags & REPLICATE_FRAME_COALESCED) {
     pthread_mutex_unlock(&sb->mu);
     apply_coalesced(sb, &frame, len, reply);
@@ -860,12 +938,44 @@ out:
 /* ---------------------------------------------------------------------- */
 /* POST /v1/promote */
 
-void http_standby_promote(http_standby *sb, http_reply *reply)
+/* Under mu: why this standby may not be promoted (unless forced), or
+ * NULL. A standby that holds nothing would fence its primary with an empty
+ * image; one far behind would lose what it never received. */
+static const char *promote_refusal(http_standby *sb, const char **reason)
+{
+  if (sb->received.seq == 0) {
+    *reason = "this standby never received anything: promoting it would "
+              "start an empty history and fence the real primary";
+    return "PROMOTE_EMPTY";
+  }
+  uint64_t behind = sb->primary_seq > sb->received.seq
+                        ? sb->primary_seq - sb->received.seq : 0;
+  if (behind > sb->promote_max_lag) {
+    *reason = "this standby is further behind the primary seq it last heard "
+              "than --promote-max-lag allows";
+    return "PROMOTE_BEHIND";
+  }
+  return NULL;
+}
+
+void http_standby_promote(http_standby *sb, bool force, http_reply *reply)
 {
   pthread_mutex_lock(&sb->recv_mu);
   pthread_mutex_lock(&sb->mu);
   if (sb->promoted) {
     http_reply_error(reply, 409, "already primary");
+    positions_json(sb, &reply->body);
+    goto out_mu;
+  }
+  const char *reason = NULL, *refusal = force ? NULL : promote_refusal(sb, &reason);
+  if (refusal) {
+    http_reply_error(reply, 409, "promotion refused");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, refusal);
+    json_key(&reply->body, "reason");
+    json_string(&reply->body, reason);
+    json_key(&reply->body, "primary_seq");
+    json_uint(&reply->body, sb->primary_seq);
     positions_json(sb, &reply->body);
     goto out_mu;
   }
@@ -886,8 +996,12 @@ void http_standby_promote(http_standby *sb, http_reply *reply)
   int rc = loom_store_sync(sb->store);
   loom_store_position(sb->store, &pos);
   if (rc == 0)
+    rc = loom_store_ensure_history(sb->store); /* forced at seq 0: a new one */
+  if (rc == 0)
     rc = loom_store_set_epoch(sb->store, pos.epoch + 1);
   loom_store_position(sb->store, &pos);
+  loom_lineage lineage;
+  loom_store_lineage(sb->store, &lineage);
   pthread_mutex_unlock(&sb->store_mu);
 
   pthread_mutex_lock(&sb->mu);
@@ -907,6 +1021,7 @@ void http_standby_promote(http_standby *sb, http_reply *reply)
   pthread_mutex_lock(&sb->mu);
   sb->promoted = true;
   sb->promoted_at_ns = http_now_ns();
+  sb->lineage = lineage;
   sb->applied = pos;
   sb->received = pos;
   pending_clear(sb);
@@ -1006,7 +1121,8 @@ static unsigned status_of_store_error(int rc)
 static void base_start_patch(http_base_upload *up)
 {
   http_standby *sb = up->sb;
-  int rc = loom_stream_header_decode(up->header, &up->target);
+  loom_lineage lineage;
+  int rc = loom_stream_header_decode(up->header, &up->target, &lineage);
   if (rc) {
     base_refuse(up, 400, "malformed image stream header", rc);
     return;
@@ -1023,12 +1139,19 @@ static void base_start_patch(http_base_upload *up)
     return;
   }
   pthread_mutex_lock(&sb->mu);
-  uint64_t epoch = sb->received.epoch;
+  int place = replicate_place_base(&sb->lineage.history, &sb->received,
+                                   &up->target, &lineage);
+  if (replicate_is_divergence(place))
+    note_divergence(sb, place, &lineage.history);
   pthread_mutex_unlock(&sb->mu);
-  if (up->target.epoch < epoch) {
+  if (place == REPLICATE_ESTALE_EPOCH) {
     base_refuse(up, 409, "stale epoch", 0);
     json_key(&up->refusal.body, "image_epoch");
     json_uint(&up->refusal.body, up->target.epoch);
+    return;
+  }
+  if (replicate_is_divergence(place)) {
+    base_refuse(up, 409, "diverged", place);
     return;
   }
   loom_patch_header h = {
@@ -1036,10 +1159,21 @@ static void base_start_patch(http_base_upload *up)
       .page_count = up->target.pages,
       .flags = LOOM_PATCH_BASE,
   };
+  /* The history first (durable in the meta), then the image: a crash
+   * between leaves the old image under the new lineage, which place_base
+   * allowed (the same history, or a store that held nothing). */
   pthread_mutex_lock(&sb->store_mu);
+  rc = loom_history_is_none(&lineage.history)
+           ? 0 : loom_store_adopt_lineage(sb->store, &lineage);
   loom_store_position(sb->store, &h.before);
-  rc = loom_store_patch_begin(sb->store, &h, &up->patch);
+  if (!rc)
+    rc = loom_store_patch_begin(sb->store, &h, &up->patch);
   pthread_mutex_unlock(&sb->store_mu);
+  if (!rc && !loom_history_is_none(&lineage.history)) {
+    pthread_mutex_lock(&sb->mu);
+    sb->lineage = lineage;
+    pthread_mutex_unlock(&sb->mu);
+  }
   if (rc) {
     up->patch = NULL;
     base_refuse(up, status_of_store_error(rc), "base image refused", rc);
@@ -1261,6 +1395,10 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   out->apply_failures = sb->apply_failures;
   bool failed = sb->apply_failed || sb->fatal;
   s->fatal_error = sb->fatal;
+  s->history = sb->lineage.history;
+  s->diverged = sb->diverged;
+  s->diverged_at_ns = sb->diverged_at_ns;
+  s->divergences = sb->divergences;
   pthread_mutex_unlock(&sb->mu);
   /* ready is decided by the server (it knows the threshold); a standby
    * stuck on a failed apply is never ready. */

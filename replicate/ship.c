@@ -141,6 +141,11 @@ typedef struct standby {
   /* Scheduling; shipping thread only. */
   bool known;                 /* received is this connection's truth */
   bool need_base;
+  bool has_history;           /* its answers carry a history */
+  loom_history history;       /* the history it follows, as last heard */
+  int diverged;               /* 0, or why it is refused (REPLICATE_E*):
+                                 nothing is sent but a periodic heartbeat
+                                 to see whether that changed */
   unsigned consecutive_failures;
   unsigned unreachable_run;   /* under mu: failed requests in a row that
                                  left it unreachable (0 after a 200) */
@@ -169,6 +174,7 @@ typedef struct standby {
 struct replicate_shipper {
   /* Options, with defaults applied (immutable after start). */
   loom_store *store;
+  loom_lineage lineage;       /* the store's history and branch points */
   replicate_log *log;
   char *ca_file;
   unsigned sync_count;
@@ -308,6 +314,7 @@ const char *replicate_standby_state_name(replicate_standby_state state)
   case REPLICATE_STANDBY_UNREACHABLE: return "unreachable";
   case REPLICATE_STANDBY_UNAUTHORIZED: return "unauthorized";
   case REPLICATE_STANDBY_FENCED: return "fenced";
+  case REPLICATE_STANDBY_DIVERGED: return "diverged";
   }
   return "unknown";
 }
@@ -509,6 +516,28 @@ static void fence(replicate_shipper *sh, standby *by, uint64_t epoch)
   if (first)
     diag(sh, "standby %s has epoch %" PRIu64 " (ours %" PRIu64
          "): this primary is fenced; shipping stopped", by->url, epoch, ours);
+}
+
+/* The standby's position is not one this primary may move it from
+ * (replicate_place_peer, or the standby refused our input as moving it
+ * backwards or sideways): never a base image over it; say so, and only
+ * ask its position again now and then. */
+static void diverge(standby *sb, int why, const char *detail)
+{
+  replicate_shipper *sh = sb->sh;
+  sb->diverged = why;
+  sb->need_base = false;
+  sb->known = false;
+  sb->next_attempt_ns = mono_ns() + seconds_to_ns(sh->backoff_max_s);
+  set_error(sb, "diverged (%s): %s; its position (epoch %" PRIu64 ", seq %"
+            PRIu64 ", checksum %016" PRIx64 ") is left as it is", detail,
+            replicate_strerror(why), sb->received.epoch, sb->received.seq,
+            sb->received.checksum);
+  publish_state(sb, REPLICATE_STANDBY_DIVERGED);
+  pthread_mutex_lock(&sh->mu);
+  sb->on_chain = false;
+  pthread_cond_broadcast(&sh->cond); /* a drain stops waiting for it */
+  pthread_mutex_unlock(&sh->mu);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -754,7 +783,8 @@ static void fail(standby *sb, bool unreachable, double retry_after_s,
 static int start_heartbeat(standby *sb, const loom_position *latest)
 {
   replicate_point point = {latest->seq, latest->checksum, latest->pages};
-  int rc = replicate_frame_encode_heartbeat(latest->epoch, &point,
+  int rc = replicate_frame_encode_heartbeat(&sb->sh->lineage.history,
+                                            latest->epoch, &point,
                                             latest->commit_time_ns, real_ns(),
                                             &sb->body_buf);
   if (rc)
@@ -831,7 +861,9 @@ static int start_base(standby *sb)
   }
   sh->snap_refs++;
   sb->holds_snapshot = true;
-  loom_stream_header_encode(sb->base_header, &sh->snap_pos);
+  loom_lineage lineage;
+  loom_snapshot_lineage(sh->snap, &lineage);
+  loom_stream_header_encode(sb->base_header, &sh->snap_pos, &lineage);
   sb->base_off = 0;
   sb->base_total = LOOM_STREAM_HEADER + sh->snap_pos.pages * LOOM_PAGE_SIZE;
   sb->base_read_error = 0;
@@ -897,10 +929,8 @@ static int start_frames(standby *sb, const standby_point *r,
   if (first.epoch < r->epoch || first.before.seq != r->seq ||
       first.before.checksum != r->checksum || first.before.pages != r->pages) {
     drop_ref(sh, &ref);
-    set_error(sb, "its position (epoch %" PRIu64 ", seq %" PRIu64
-              ", checksum %016" PRIx64 ") is not in this primary's history: "
-              "sending a base image", r->epoch, r->seq, r->checksum);
-    sb->need_base = true;
+    diverge(sb, REPLICATE_EFORK, "this primary's log has another checksum "
+            "at its seq");
     return 0;
   }
   set_on_chain(sb, true);
@@ -1039,21 +1069,27 @@ static void schedule(standby *sb, int64_t now)
       fence(sh, sb, r.epoch);
       return;
     }
-    if (!sb->need_base && r.seq >= latest.seq) {
-      if (r.seq == latest.seq && r.checksum == latest.checksum &&
-          r.pages == latest.pages) {
-        set_on_chain(sb, true);
-        publish_state(sb, REPLICATE_STANDBY_STREAMING);
-        if (now - sb->last_activity_ns < sh->heartbeat_ns)
-          return;
-        what = "heartbeat";
-        rc = start_heartbeat(sb, &latest);
-        goto started;
-      }
-      set_error(sb, "its position (seq %" PRIu64 ", checksum %016" PRIx64
-                ") is not in this primary's history (latest seq %" PRIu64
-                "): sending a base image", r.seq, r.checksum, latest.seq);
-      sb->need_base = true;
+    loom_position peer = {.epoch = r.epoch, .seq = r.seq,
+                          .checksum = r.checksum, .pages = r.pages};
+    int place = replicate_place_peer(&sh->lineage, &latest,
+                                     sb->has_history ? &sb->history : NULL,
+                                     &peer);
+    if (replicate_is_divergence(place)) {
+      diverge(sb, place, place == REPLICATE_EBEHIND
+                             ? "it is ahead of this primary, whose directory "
+                               "is older (restored from a backup, or empty?)"
+                             : "checked against this primary's history");
+      return;
+    }
+    sb->diverged = 0;
+    if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
+      set_on_chain(sb, true);
+      publish_state(sb, REPLICATE_STANDBY_STREAMING);
+      if (now - sb->last_activity_ns < sh->heartbeat_ns)
+        return;
+      what = "heartbeat";
+      rc = start_heartbeat(sb, &latest);
+      goto started;
     }
     if (!sb->need_base) {
       what = "frames";
@@ -1146,10 +1182,35 @@ static const char *request_name(request_kind k)
   return "request";
 }
 
+/* The REPLICATE_E* code a standby's 409 names, for the codes that change
+ * what the primary does next; 0 for any other. */
+static int refusal_of(const char *name)
+{
+  static const struct {
+    const char *name;
+    int rc;
+  } codes[] = {
+      {"REPLICATE_EHISTORY", REPLICATE_EHISTORY},
+      {"REPLICATE_EBEHIND", REPLICATE_EBEHIND},
+      {"REPLICATE_EFORK", REPLICATE_EFORK},
+      {"REPLICATE_EPAST_BRANCH", REPLICATE_EPAST_BRANCH},
+      {"REPLICATE_EAFTER_CHECKSUM", REPLICATE_EAFTER_CHECKSUM},
+      {"REPLICATE_EPAGE_HASH", REPLICATE_EPAGE_HASH},
+  };
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+    if (strcmp(name, codes[i].name) == 0)
+      return codes[i].rc;
+  return 0;
+}
+
 static void record_position(standby *sb, const ship_answer *a)
 {
   replicate_shipper *sh = sb->sh;
   pthread_mutex_lock(&sh->mu);
+  if (a->has_history) {
+    sb->has_history = true;
+    sb->history = a->history;
+  }
   sb->received = point_from(&a->received);
   if (a->applied.present)
     sb->applied = point_from(&a->applied);
@@ -1229,11 +1290,15 @@ static void finish(standby *sb, CURLcode result)
     uint64_t theirs = a.received.epoch;
     if (a.has_epoch && a.epoch > theirs)
       theirs = a.epoch;
-    if (stale || theirs > ours) {
+    /* Only a node of our own history fences us: another history's epochs
+     * say nothing about ours. */
+    bool same_history = !a.has_history || loom_history_is_none(&a.history) ||
+                        loom_history_equal(&a.history, &sh->lineage.history);
+    record_position(sb, &a);
+    if (same_history && (stale || theirs > ours)) {
       fence(sh, sb, theirs > ours ? theirs : ours + 1);
       return;
     }
-    record_position(sb, &a);
   }
 
   switch (code) {
@@ -1266,8 +1331,17 @@ static void finish(standby *sb, CURLcode result)
     after_ack(sh);
     retain_log(sh);
     return;
-  case 409:
-    if (a.has_error && strcmp(a.error, "checksum mismatch") == 0)
+  case 409: {
+    int refusal = a.has_code ? refusal_of(a.code) : 0;
+    if (replicate_is_divergence(refusal)) {
+      diverge(sb, refusal, "the standby refused our input");
+      after_ack(sh);
+      return;
+    }
+    /* A frame that did not rebuild the standby's image although its
+     * before matched: its image is damaged; a base image repairs it. */
+    if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
+        (!a.has_code && a.has_error && strcmp(a.error, "checksum mismatch") == 0))
       sb->need_base = true;
     if (++sb->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
       sb->need_base = true;
@@ -1278,6 +1352,7 @@ static void finish(standby *sb, CURLcode result)
       retry_after_backoff(sb, retry_s);
     after_ack(sh);
     return;
+  }
   case 401:
   case 403:
     pthread_mutex_lock(&sh->mu);
@@ -1586,6 +1661,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
     goto fail;
 
   loom_store_position(sh->store, &sh->latest);
+  loom_store_lineage(sh->store, &sh->lineage);
   rc = reconcile_log(sh, &sh->latest);
   if (rc)
     goto fail;
@@ -1868,28 +1944,44 @@ void replicate_shipper_get_summary(replicate_shipper *sh,
   pthread_mutex_unlock(&sh->mu);
 }
 
-/* Every standby that is not unreachable, unauthorized or fenced holds the
- * latest frame. Under mu. */
 /* A drain gives up on an unreachable standby only after this many failed
  * attempts in a row (about 1.5 s of backoff): one reset connection while the
  * primary stops is not a standby that is gone. */
 #define DRAIN_UNREACHABLE_ATTEMPTS 4
 
-static bool drained_locked(const replicate_shipper *sh)
+/* The standby holds the latest frame. Under mu. */
+static bool holds_latest_locked(const replicate_shipper *sh, const standby *sb)
 {
+  return sb->has_position && sb->on_chain &&
+         sb->received.epoch == sh->latest.epoch &&
+         sb->received.seq >= sh->latest.seq;
+}
+
+/* Waiting longer will not bring it the latest frame: unreachable (after
+ * DRAIN_UNREACHABLE_ATTEMPTS), unauthorized, fenced or diverged. Under mu. */
+static bool hopeless_locked(const standby *sb)
+{
+  return (sb->state == REPLICATE_STANDBY_UNREACHABLE &&
+          sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
+         sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
+         sb->state == REPLICATE_STANDBY_FENCED ||
+         sb->state == REPLICATE_STANDBY_DIVERGED;
+}
+
+/* How the drain stands: 1 every standby holds the latest frame, -1 some do
+ * not and waiting will not change it, 0 wait on. Under mu. */
+static int drain_outcome_locked(const replicate_shipper *sh)
+{
+  int outcome = 1;
   for (size_t i = 0; i < sh->n; i++) {
     const standby *sb = &sh->sb[i];
-    if ((sb->state == REPLICATE_STANDBY_UNREACHABLE &&
-         sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
-        sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
-        sb->state == REPLICATE_STANDBY_FENCED)
+    if (holds_latest_locked(sh, sb))
       continue;
-    if (!sb->has_position || !sb->on_chain ||
-        sb->received.epoch != sh->latest.epoch ||
-        sb->received.seq < sh->latest.seq)
-      return false;
+    if (!hopeless_locked(sb))
+      return 0;
+    outcome = -1;
   }
-  return true;
+  return outcome;
 }
 
 bool replicate_shipper_drain(replicate_shipper *sh, double timeout_seconds)
@@ -1898,11 +1990,11 @@ bool replicate_shipper_drain(replicate_shipper *sh, double timeout_seconds)
   struct timespec deadline;
   deadline_after(&deadline, timeout_seconds > 0 ? timeout_seconds : 0);
   pthread_mutex_lock(&sh->mu);
-  bool done = drained_locked(sh);
-  while (!done && !sh->fenced &&
+  int outcome = drain_outcome_locked(sh);
+  while (outcome == 0 && !sh->fenced &&
          pthread_cond_timedwait(&sh->cond, &sh->mu, &deadline) != ETIMEDOUT)
-    done = drained_locked(sh);
-  done = drained_locked(sh) && !sh->fenced;
+    outcome = drain_outcome_locked(sh);
+  bool done = drain_outcome_locked(sh) == 1 && !sh->fenced;
   pthread_mutex_unlock(&sh->mu);
   return done;
 }

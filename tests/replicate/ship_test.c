@@ -179,19 +179,21 @@ static void position_json(char *out, size_t cap, const loom_position *p)
            p->epoch, p->seq, p->checksum, p->pages);
 }
 
-static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
-                               const char *error, const loom_position *pos,
-                               unsigned retry_after)
+/* An answer as a standby gives it: {"error", "code", "epoch", "received",
+ * "applied"}; error and code may be NULL. */
+static enum MHD_Result respond_code(struct MHD_Connection *conn, unsigned status,
+                                    const char *error, const char *code,
+                                    const loom_position *pos, unsigned retry_after)
 {
   char body[1024], point[256];
   if (pos) {
     position_json(point, sizeof point, pos);
     if (error)
       snprintf(body, sizeof body,
-               "{\"error\": \"%s\", \"epoch\": %" PRIu64
+               "{\"error\": \"%s\", \"code\": \"%s\", \"epoch\": %" PRIu64
                ", \"received\": %s, \"applied\": %s, \"extra\": [1, 2.5e3, "
                "{\"nested\": true}]}",
-               error, pos->epoch, point, point);
+               error, code ? code : "", pos->epoch, point, point);
     else
       snprintf(body, sizeof body,
                "{\"received\": %s, \"applied\": %s, \"epoch\": %" PRIu64 "}",
@@ -214,13 +216,20 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
   return ret;
 }
 
+static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
+                               const char *error, const loom_position *pos,
+                               unsigned retry_after)
+{
+  return respond_code(conn, status, error, NULL, pos, retry_after);
+}
+
 /* Apply a base image stream held whole (the fake is allowed to). Under mu. */
 static int apply_base(fake *f, const uint8_t *bytes, size_t len,
                       loom_position *pos)
 {
   if (len < LOOM_STREAM_HEADER)
     return LOOM_ECORRUPT;
-  int rc = loom_stream_header_decode(bytes, pos);
+  int rc = loom_stream_header_decode(bytes, pos, NULL);
   if (rc)
     return rc;
   if (len != LOOM_STREAM_HEADER + pos->pages * PS)
@@ -392,6 +401,14 @@ static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
   } else if (rc == REPLICATE_ESTALE_EPOCH) {
     f->stale_answers++;
     ret = respond(conn, 409, "stale epoch", &pos, 0);
+  } else if (replicate_is_divergence(rc)) {
+    f->mismatches++;
+    ret = respond_code(conn, 409, "diverged",
+                       rc == REPLICATE_EFORK ? "REPLICATE_EFORK"
+                       : rc == REPLICATE_EHISTORY ? "REPLICATE_EHISTORY"
+                       : rc == REPLICATE_EBEHIND ? "REPLICATE_EBEHIND"
+                                                 : "REPLICATE_EPAST_BRANCH",
+                       &pos, 0);
   } else {
     ret = respond(conn, 400, replicate_strerror(rc), NULL, 0);
   }
@@ -1666,9 +1683,23 @@ static void test_primary_restart(void **state)
   fake_stop(f);
 }
 
-/* A standby whose image is not in the primary's history gets a base image:
- * found by a 409 "checksum mismatch" (same seq, other checksum), or by its
- * position alone (ahead of the primary). */
+/* Wait until standby 0 is diverged; fail with what it shows otherwise. */
+static void wait_diverged(primary *p)
+{
+  state_wait w = {p, 0, REPLICATE_STANDBY_DIVERGED};
+  if (!wait_for(in_state, &w, 15)) {
+    replicate_standby_status st;
+    standby_status(p, 0, &st);
+    fprintf(stderr, "standby state %s (%s)\n", st.state_name, st.last_error);
+    fail();
+  }
+}
+
+/* A standby whose image is not in the primary's history is never
+ * overwritten (DESIGN section 3): no base image, the standby keeps its
+ * position, and the primary shows it diverged. Found by a 409 naming
+ * REPLICATE_EFORK (same seq, other checksum), or by its position alone
+ * (ahead of the primary: an older primary directory). */
 static void test_diverged(void **state)
 {
   (void)state;
@@ -1679,17 +1710,23 @@ static void test_diverged(void **state)
   primary_start(&p, &o, &f, 1, NULL);
   primary_saves(&p, 5, 2, false);
   drain_ok(&p);
-  loom_position pos;
+  loom_position pos, fork_pos, now;
   primary_position(&p, &pos);
   fake_restart_diverged(f, pos.seq, 3, 7);
+  fake_position(f, &fork_pos);
   primary_saves(&p, 1, 2, false);
-  catch_up(&p, f);
+  wait_diverged(&p);
   assert_int_equal(FAKE_GET(f, mismatches), 1);
-  assert_int_equal(FAKE_GET(f, bases), 1);
-  assert_same_image(&p, f);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  fake_position(f, &now);
+  assert_memory_equal(&now, &fork_pos, sizeof now);
   replicate_standby_status st;
   standby_status(&p, 0, &st);
-  assert_non_null(strstr(st.last_error, "checksum mismatch"));
+  assert_non_null(strstr(st.last_error, "diverged"));
+  assert_string_equal(st.state_name, "diverged");
+  /* A diverged standby is not waited for: the drain ends at once, not
+   * done. */
+  assert_false(replicate_shipper_drain(p.sh, 5));
 
   /* Ahead of the primary: seen in the answer to the first heartbeat. */
   primary_stop(&p);
@@ -1697,9 +1734,10 @@ static void test_diverged(void **state)
   primary_start(&p, &o, &f, 1, NULL);
   primary_saves(&p, 2, 2, false);
   catch_up(&p, f);
-  assert_int_equal(FAKE_GET(f, bases), 1);
+  assert_int_equal(FAKE_GET(f, bases), 0);
   primary_position(&p, &pos);
   fake_restart_diverged(f, pos.seq + 3, 2, 9);
+  fake_position(f, &fork_pos);
   primary_close(&p);
   primary_open(&p, p.dir, NULL);
   const char *urls[1] = {f->url};
@@ -1708,9 +1746,12 @@ static void test_diverged(void **state)
   o.standby_urls = urls;
   o.standby_count = 1;
   assert_int_equal(replicate_shipper_start(&o, &p.sh), 0);
-  catch_up(&p, f);
-  assert_int_equal(FAKE_GET(f, bases), 2);
-  assert_same_image(&p, f);
+  wait_diverged(&p);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  fake_position(f, &now);
+  assert_memory_equal(&now, &fork_pos, sizeof now);
+  standby_status(&p, 0, &st);
+  assert_non_null(strstr(st.last_error, "ahead of this primary"));
   primary_stop(&p);
   fake_stop(f);
 }
