@@ -41,6 +41,12 @@ void cli_token_forget(char *token);
 /* Hex of a 64-bit checksum into buf (17 bytes). */
 const char *cli_hex64(uint64_t v, char buf[17]);
 
+/* One error line about the image directory dir that could not be opened
+ * (rc from loom_store_open, loom_inspect, loom_verify...); a lost meta
+ * (LOOM_EMETA) names DIR/meta and what to do, remedy being the command's
+ * own way out (or NULL). Returns 1. */
+int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy);
+
 /* "HOST:PORT" for --listen; 0 or an exit code (after an error line). */
 int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port);
 /* A log line on stderr: UTC time, who (ctx, a string), message. */
@@ -54,10 +60,19 @@ void cli_block_stop_signals(sigset_t *set);
 void cli_notify(const char *message);
 void cli_notify_ready(const char *status);
 
+/* fsync a directory by path: 0 or an errno value. */
+int cli_sync_dir(const char *path);
+
 /* Pull GET from/v1/backup into the new directory out (see cmd_remote.c):
  * 0, or an exit code after an error line. */
 int cli_backup_pull(const char *from, const char *out, const char *token,
                     const char *ca_file, uint64_t retries, int quiet);
+
+/* loomship standby --resync-from: replace the image directory dir with a
+ * verified backup pulled from from, atomically (see resync.c): 0, or an
+ * exit code after an error line (dir is then as it was). */
+int cli_standby_resync(const char *dir, const char *from, const char *token,
+                       const char *ca_file);
 
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,

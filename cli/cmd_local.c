@@ -5,6 +5,20 @@
 #include "cli.h"
 #include "loom.h"
 
+int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy)
+{
+  if (rc != LOOM_EMETA)
+    return cli_fail(cmd, "%s: %s", dir, loom_strerror(rc));
+  size_t n = strlen(dir);
+  const char *sep = n && dir[n - 1] == '/' ? "" : "/";
+  return cli_fail(cmd, "%s%smeta: the recorded position is missing or damaged (neither "
+                  "slot passes its checks), so the image cannot be trusted; nothing was "
+                  "changed. %s", dir, sep,
+                  remedy ? remedy
+                         : "Restore the directory from a backup (loomship backup), or, "
+                           "for a standby, restart it with --resync-from URL");
+}
+
 static int run_inspect(int argc, char **argv)
 {
   const char *dir = NULL;
@@ -23,7 +37,7 @@ static int run_inspect(int argc, char **argv)
   loom_lineage lineage;
   int rc = loom_inspect_lineage(dir, &p, &lineage);
   if (rc)
-    return cli_fail("inspect", "%s: %s", dir, loom_strerror(rc));
+    return cli_fail_store("inspect", dir, rc, NULL);
   char hex[17], history[2 * LOOM_HISTORY_SIZE + 1];
   loom_history_hex(&lineage.history, history);
   int none = loom_history_is_none(&lineage.history);
@@ -64,6 +78,8 @@ static int run_verify(int argc, char **argv)
   uint64_t computed = 0;
   int rc = loom_verify(argv[1], &rec, &computed);
   char a[17], b[17];
+  if (rc == LOOM_EMETA)
+    return cli_fail_store("verify", argv[1], rc, NULL);
   if (rc == LOOM_ECORRUPT)
     return cli_fail("verify", "%s: checksum mismatch: recorded %s at seq %llu, pages say %s",
                     argv[1], cli_hex64(rec.checksum, a), (unsigned long long)rec.seq,

@@ -129,6 +129,17 @@ static void source_sync(void *ctx, http_sync_status *out)
 
 static void ship_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
+/* The replication log is a cache of the store: damage found at open costs
+ * frames (standbys that need them get a base image), never the start. */
+static void log_repaired(void *ctx, const replicate_log_repair *r)
+{
+  char text[400], line[512];
+  snprintf(line, sizeof line, "replication log repaired: %s (standbys that need "
+           "those seqs get a base image)",
+           replicate_log_repair_describe(r, text, sizeof text));
+  cli_log(ctx, line);
+}
+
 int primary_open(primary_node *n, const primary_config *cfg)
 {
   memset(n, 0, sizeof *n);
@@ -136,11 +147,13 @@ int primary_open(primary_node *n, const primary_config *cfg)
   n->cfg = *cfg;
   int rc = kv_open(cfg->dir, cfg->arena_pages, cfg->keys, on_commit_tweak, n, &n->table);
   if (rc)
-    return cli_fail(cfg->who, "%s: %s", cfg->dir, loom_strerror(rc));
+    return cli_fail_store(cfg->who, cfg->dir, rc,
+                          "Restore the directory from a backup, or promote a standby");
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
   /* Retention drops whole segments: keep them well under the cap. */
-  replicate_log_options lo = {.max_bytes = cfg->log_max_bytes};
+  replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
+                              .repair_ctx = (void *)cfg->who};
   if (cfg->log_max_bytes && cfg->log_max_bytes / 8 < (UINT64_C(16) << 20))
     lo.segment_bytes = cfg->log_max_bytes / 8 > 65536 ? cfg->log_max_bytes / 8 : 65536;
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))

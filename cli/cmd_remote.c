@@ -381,8 +381,7 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
   return 0;
 }
 
-/* fsync a directory by path. */
-static int sync_dir(const char *path)
+int cli_sync_dir(const char *path)
 {
   int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
@@ -534,7 +533,7 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   char *slash = strrchr(parent, '/');
   if (slash)
     *(slash == parent ? slash + 1 : slash) = '\0';
-  if ((rc = sync_dir(slash ? parent : ".")) != 0)
+  if ((rc = cli_sync_dir(slash ? parent : ".")) != 0)
     return cli_fail("backup", "fsync %s: %s", slash ? parent : ".", strerror(rc));
   char hex[17];
   if (!quiet)

@@ -54,6 +54,7 @@ void cli_block_stop_signals(sigset_t *set)
 static int run_standby(int argc, char **argv)
 {
   const char *dir = NULL, *listen = NULL, *token_file = NULL, *cert = NULL, *key = NULL;
+  const char *resync_from = NULL, *ca_file = NULL;
   uint64_t ready_lag_ms = 5000, promote_max_lag = 100;
   for (int i = 1; i < argc; i++) {
     const char **slot = cli_is_option(argv[i], "--dir")          ? &dir
@@ -61,6 +62,8 @@ static int run_standby(int argc, char **argv)
                         : cli_is_option(argv[i], "--token-file") ? &token_file
                         : cli_is_option(argv[i], "--tls-cert")   ? &cert
                         : cli_is_option(argv[i], "--tls-key")    ? &key
+                        : cli_is_option(argv[i], "--resync-from") ? &resync_from
+                        : cli_is_option(argv[i], "--ca-file")    ? &ca_file
                                                                  : NULL;
     const char *v;
     if (slot) {
@@ -86,13 +89,20 @@ static int run_standby(int argc, char **argv)
   if (cli_parse_listen("standby", listen, &host, &port))
     return 2;
   char *token = NULL;
-  int trc = token_file ? cli_token_file_read("standby", token_file, &token) : 0;
-  if (trc) {
+  int rc = token_file ? cli_token_file_read("standby", token_file, &token) : 0;
+  if (rc) {
     free(host);
-    return trc;
+    return rc;
   }
   sigset_t stop;
   cli_block_stop_signals(&stop);
+  /* The one operator act that replaces this standby's history (with a new
+   * empty directory): before anything opens DIR. */
+  if (resync_from && (rc = cli_standby_resync(dir, resync_from, token, ca_file)) != 0) {
+    cli_token_forget(token);
+    free(host);
+    return rc;
+  }
   http_server_options o = {
       .role = HTTP_ROLE_STANDBY,
       .dir = dir,
@@ -109,10 +119,15 @@ static int run_standby(int argc, char **argv)
       .log_ctx = (void *)"standby",
   };
   http_server *server;
-  int rc = http_server_start(&o, &server);
+  rc = http_server_start(&o, &server);
   cli_token_forget(token);
   if (rc) {
     free(host);
+    if (rc == LOOM_EMETA)
+      return cli_fail_store("standby", dir, rc,
+                            "To replace this standby's image with a verified copy of its "
+                            "primary's (or of another standby's), start it with "
+                            "--resync-from URL");
     return cli_fail("standby", "%s: %s", dir, http_strerror(rc));
   }
   printf("listening on %s://%s:%u\n", cert ? "https" : "http", host,
@@ -151,5 +166,11 @@ static int run_standby(int argc, char **argv)
 const cli_command cmd_standby = {
     "standby", "run a hot standby: receive, apply, serve the HTTP API",
     "standby --dir DIR --listen HOST:PORT [--token-file F] "
-    "[--tls-cert F --tls-key F] [--ready-lag-ms MS] [--promote-max-lag FRAMES]",
+    "[--tls-cert F --tls-key F] [--ready-lag-ms MS] [--promote-max-lag FRAMES] [--resync-from URL [--ca-file F]]\n"
+    "  --resync-from URL  at start, replace DIR with a verified backup pulled from URL\n"
+    "                     (a primary's or another standby's): the only way, with a new\n"
+    "                     empty directory, to replace a standby's history; the swap is\n"
+    "                     atomic, DIR is left as it was if the pull fails [none]\n"
+    "  --ca-file F        CA certificates to verify URL's TLS certificate [system CAs]\n"
+    "  --token-file F     this standby's bearer token, also sent to URL [none]",
     run_standby};

@@ -22,6 +22,9 @@ const char *loom_strerror(int rc)
   case LOOM_ENOIMAGE: return "no image in that directory";
   case LOOM_ETRACKER: return "the requested dirty-page tracker is not available";
   case LOOM_EHISTORY: return "the image directory already follows another history";
+  case LOOM_EMETA:
+    return "the meta file (the recorded position) is missing or damaged: "
+           "no slot passes its checks, though the image holds pages";
   case LOOM_ELAST: break;
   }
   return "unknown error";

@@ -85,7 +85,10 @@ enum loom_error {
   LOOM_ENOIMAGE = -30910,  /* no image directory there (and no LOOM_CREATE) */
   LOOM_ETRACKER = -30911,  /* the requested dirty-page tracker is unavailable */
   LOOM_EHISTORY = -30912,  /* the store already follows another history */
-  LOOM_ELAST = -30913      /* sentinel: one past the lowest code */
+  LOOM_EMETA = -30913,     /* the meta file (DIR/meta, the recorded position)
+                              is missing or no slot passes its checks, while
+                              the image holds pages: restore the directory */
+  LOOM_ELAST = -30914      /* sentinel: one past the lowest code */
 };
 
 /* A description of rc (0, an errno value, or a LOOM_E* code). Never NULL. */
@@ -166,7 +169,13 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
  * is applied again, one that does not is discarded.
  *   io   the I/O interface, or NULL for the plain POSIX one.
  * Returns 0 and a handle in *out, or: LOOM_ELOCKED (another opener holds
- * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EVERSION, or an errno value.
+ * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EMETA (DIR/meta is missing or
+ * both its slots fail their checks while the image holds pages: the
+ * position is lost; the directory must be restored or resynced),
+ * LOOM_EVERSION, or an errno value. A missing hashes file (derived data)
+ * is made anew and rebuilt from the image, like a short one, and kept
+ * only if the image agrees with the recorded position (else
+ * LOOM_ECORRUPT); a read-only open goes without it.
  * With LOOM_READONLY, no lock is taken: the position read is the last one
  * durably recorded (a live writer may be ahead of it, never behind).
  */
@@ -336,7 +345,8 @@ int loom_inspect_lineage(const char *dir, loom_position *out,
  * live and a consistent read cannot be had. A leftover committed patch is
  * applied first, as open would. A store directory that a crash left before
  * anything was recorded (its own files only, an empty image) verifies as
- * the empty position (all zero); LOOM_ENOIMAGE when dir holds no store. */
+ * the empty position (all zero); LOOM_ENOIMAGE when dir holds no store;
+ * LOOM_EMETA when its meta is lost (loom_store_open). */
 int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed);
 
 /* ---------------------------------------------------------------------- */

@@ -61,8 +61,14 @@
  *       never committed and is ignored (it is overwritten by the next).
  *   R3. Load the hashes; check their sum against the position's checksum
  *       and the image's length against its pages. Hashes that disagree (or
- *       a hashes file too short) are rebuilt from the image, and kept only
- *       if the image agrees with the position (else LOOM_ECORRUPT).
+ *       a hashes file too short, or none: it is made anew and the
+ *       directory fsynced) are rebuilt from the image, and kept only if
+ *       the image agrees with the position (else LOOM_ECORRUPT).
+ *
+ *   A meta with no valid slot is a store that never recorded a position
+ *   (a crash while creating it) when the image is empty or absent
+ *   (LOOM_ENOIMAGE, or made anew with LOOM_CREATE); when the image holds
+ *   pages, the position is lost: LOOM_EMETA, never a new empty store.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1262,6 +1268,29 @@ static int store_recover(loom_store *s)
   return rc ? rc : store_check(s);
 }
 
+/* R3 for a hashes file that is gone: derived data, made anew (empty) and
+ * rebuilt from the image by store_check. A read-only open goes without. */
+static int open_hashes(loom_store *s, int readonly)
+{
+  int rc = open_file(s, "hashes", readonly ? O_RDONLY : O_RDWR, &s->hashes_fd);
+  if (rc != ENOENT)
+    return rc;
+  if (readonly)
+    return 0;
+  rc = open_file(s, "hashes", O_RDWR | O_CREAT, &s->hashes_fd);
+  /* Or the new entry may vanish in a crash (then it is made again). */
+  return rc ? rc : io_fsync(s, s->dirfd);
+}
+
+/* Whether the directory's image file holds pages: with no valid meta, the
+ * difference between a store that never recorded a position (a crash
+ * while creating it) and one whose meta was lost (LOOM_EMETA). */
+static int image_has_pages(loom_store *s)
+{
+  struct stat st;
+  return fstatat(s->dirfd, "image", &st, 0) == 0 && st.st_size > 0;
+}
+
 int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
                      loom_store **out)
 {
@@ -1319,14 +1348,16 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
         orc = file_size(img, &size);
         io_close(s, &img);
       }
-      rc = (orc && orc != ENOENT) ? orc : size ? LOOM_ECORRUPT : store_create(s);
+      rc = (orc && orc != ENOENT) ? orc : size ? LOOM_EMETA : store_create(s);
     }
   }
+  if (rc == LOOM_ENOIMAGE && image_has_pages(s))
+    rc = LOOM_EMETA; /* a position was lost, not never recorded */
   int mode = readonly ? O_RDONLY : O_RDWR;
   if (!rc && s->image_fd < 0)
     rc = open_file(s, "image", mode, &s->image_fd);
   if (!rc && s->hashes_fd < 0)
-    rc = open_file(s, "hashes", mode, &s->hashes_fd);
+    rc = open_hashes(s, readonly);
   if (rc == ENOENT)
     rc = LOOM_ECORRUPT;
   if (!rc && s->patch_fd < 0) {

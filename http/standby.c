@@ -540,6 +540,15 @@ static void *applier_main(void *arg)
 /* ---------------------------------------------------------------------- */
 /* Open and close */
 
+/* replicate_log_open repaired a damaged receive log: nothing committed is
+ * lost (the store holds it); the primary resends what was not applied. */
+static void log_repaired(void *ctx, const replicate_log_repair *r)
+{
+  char line[512];
+  http_logf(ctx, "standby: receive log repaired: %s",
+            replicate_log_repair_describe(r, line, sizeof line));
+}
+
 /* Find received from the log (see RECOVERY). */
 static int recover_received(http_standby *sb)
 {
@@ -612,7 +621,9 @@ int http_standby_open(const http_server_options *opt,
   if (rc == 0) {
     /* No size bound from the log: the applier's lag is bounded by
      * max_unapplied_bytes instead, and retention trims behind it. */
-    replicate_log_options lo = {.segment_bytes = 0, .max_bytes = UINT64_MAX};
+    replicate_log_options lo = {.segment_bytes = 0, .max_bytes = UINT64_MAX,
+                                .on_repair = log_repaired,
+                                .repair_ctx = (void *)logger};
     rc = replicate_log_open(sb->dir, &lo, sb->io, &sb->log);
   }
   if (rc == 0)

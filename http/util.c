@@ -134,6 +134,7 @@ static const char *loom_error_name(enum loom_error e)
   case LOOM_ENOIMAGE: return "LOOM_ENOIMAGE";
   case LOOM_ETRACKER: return "LOOM_ETRACKER";
   case LOOM_EHISTORY: return "LOOM_EHISTORY";
+  case LOOM_EMETA: return "LOOM_EMETA";
   case LOOM_ELAST: break;
   }
   return NULL;

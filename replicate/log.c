@@ -35,11 +35,23 @@
  *      disk is unknown until the log is opened (and scanned) again.
  *   4. Index the record; drop the oldest segments while over max_bytes.
  *
- * Opening scans every segment, checking every record. In the newest
- * segment, the first record that is cut short or fails its checks ends
- * the log (a crash during step 2 or 3 left it): the file is truncated
- * there and fsynced. A newest segment whose header is torn (a crash during
- * step 1) is removed. Anywhere else, damage is REPLICATE_ELOG_CORRUPT.
+ * Opening scans every segment, checking every record. The log is a cache
+ * of what the store holds, so damage costs frames, never the open:
+ *   O1. In the newest segment, the first record that is cut short or
+ *       fails its checks ends the log (a crash during step 2 or 3 left
+ *       it, or the disk damaged it): the file is truncated there and
+ *       fsynced. A newest segment whose header fails its checks (a crash
+ *       during step 1) is removed.
+ *   O2. An older segment that fails its checks anywhere is removed whole,
+ *       with every segment older than it: what is kept is the contiguous
+ *       chain that ends at the newest good record.
+ *   O3. Segments that do not chain (a seq gap, a decreasing epoch, an
+ *       empty older segment) are resolved the same way: the older side
+ *       goes.
+ * Each removal or cut is reported through opt->on_repair (library code
+ * does not print). A standby that needs a dropped frame gets a base
+ * image (REPLICATE_ELOG_GONE). Only a segment of an unknown version
+ * (REPLICATE_ELOG_VERSION) and I/O errors stop the open.
  *
  * Dropping a segment: unlink it, fsync the directory (a crash may bring
  * it back, which is harmless: its records are still contiguous).
@@ -84,6 +96,7 @@ typedef struct log_segment {
   uint64_t *offsets;   /* offsets[i]: record of seq first_seq + i */
   uint64_t offsets_cap;
   uint64_t size;       /* bytes, header included: where the next record goes */
+  uint64_t first_epoch;/* of its oldest record; 0 if empty */
   uint64_t last_epoch; /* of its newest record; 0 if empty */
   int fd;
 } log_segment;
@@ -100,6 +113,8 @@ struct replicate_log {
   uint64_t bytes;
   uint64_t dropped;
   bool poisoned;
+  replicate_log_repair_fn on_repair;
+  void *repair_ctx;
   XXH3_state_t *hash;
   uint8_t *chunk;      /* SCAN_CHUNK bytes */
 };
@@ -295,23 +310,42 @@ static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
   return 0;
 }
 
-/* Scan segment s (already opened); is_newest allows a torn tail. */
-static int scan_segment(replicate_log *log, log_segment *s, bool is_newest) {
+/* Tell the caller about a repair made while opening (O1-O3). */
+static void report(replicate_log *log, replicate_log_repair_kind kind,
+                   uint64_t file_seq, uint64_t offset, uint64_t first_seq,
+                   uint64_t last_seq) {
+  if (log->on_repair == NULL) return;
+  char name[SEGMENT_NAME_LEN + 1];
+  segment_name(name, file_seq);
+  replicate_log_repair r = {.kind = kind, .file = name, .offset = offset,
+                            .first_seq = first_seq, .last_seq = last_seq};
+  log->on_repair(log->repair_ctx, &r);
+}
+
+/* Scan segment s (already opened). Damage at a record ends an older
+ * segment's scan with REPLICATE_ELOG_CORRUPT (*damage: its offset); the
+ * newest segment is cut there instead (O1). */
+static int scan_segment(replicate_log *log, log_segment *s, bool is_newest,
+                        uint64_t *damage) {
   uint64_t off = SEGMENT_HEADER_SIZE;
   for (;;) {
     uint64_t next = 0;
     int rc = scan_record(log, s, off, &next);
     if (rc == -1) break;
-    if (rc == REPLICATE_ELOG_CORRUPT && is_newest) {
-      /* A torn tail: recover to the last whole record. */
+    if (rc == REPLICATE_ELOG_CORRUPT) {
+      *damage = off;
+      if (!is_newest) return rc;
       rc = io_result(log->io->ftruncate(log->io->ctx, s->fd, (off_t)off));
       if (rc == 0) rc = io_result(log->io->fsync(log->io->ctx, s->fd));
       if (rc != 0) return rc;
+      report(log, REPLICATE_LOG_CUT, s->first_seq, off, s->first_seq + s->count,
+             0);
       break;
     }
     if (rc != 0) return rc;
     rc = offsets_reserve(s, s->count + 1);
     if (rc != 0) return rc;
+    if (s->count == 0) s->first_epoch = s->last_epoch;
     s->offsets[s->count++] = off;
     off = next;
   }
@@ -367,17 +401,19 @@ static int list_segments(replicate_log *log, uint64_t **out, size_t *count) {
 }
 
 /* Open, check and scan the segment of first_seq; is_newest as above.
- * Returns 0 with the segment added to the index, 1 if it was a torn new
- * segment and was removed, or an error. */
-static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest) {
+ * Returns 0 with the segment added to the index, 1 if it was the newest
+ * and its header failed its checks (O1: removed), REPLICATE_ELOG_CORRUPT
+ * for an older segment damaged at *damage (closed, not indexed, still on
+ * disk), or another error. */
+static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest,
+                        uint64_t *damage) {
   char name[SEGMENT_NAME_LEN + 1];
   segment_name(name, first_seq);
   int fd = log->io->open(log->io->ctx, log->dirfd, name, O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) return -fd;
-  /* Epochs never decrease, across segments too. */
-  log_segment s = {.first_seq = first_seq, .fd = fd,
-                   .last_epoch = newest_epoch(log)};
+  log_segment s = {.first_seq = first_seq, .fd = fd};
   uint8_t h[SEGMENT_HEADER_SIZE];
+  *damage = 0;
   int rc = read_exact(log, fd, h, sizeof h, 0);
   if (rc == 0 || rc == -1) {
     int check = rc == -1 ? REPLICATE_ELOG_CORRUPT
@@ -387,11 +423,12 @@ static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest) 
       log->io->close(log->io->ctx, fd);
       rc = io_result(log->io->unlink(log->io->ctx, log->dirfd, name, 0));
       if (rc == 0) rc = io_result(log->io->fsync(log->io->ctx, log->dirfd));
+      if (rc == 0) report(log, REPLICATE_LOG_CUT, first_seq, 0, first_seq, 0);
       return rc != 0 ? rc : 1;
     }
     rc = check;
   }
-  if (rc == 0) rc = scan_segment(log, &s, is_newest);
+  if (rc == 0) rc = scan_segment(log, &s, is_newest, damage);
   if (rc == 0) rc = segs_reserve(log, log->nsegs + 1);
   if (rc != 0) {
     log->io->close(log->io->ctx, fd);
@@ -403,13 +440,55 @@ static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest) 
   return 0;
 }
 
-/* Invariant 3 and the seq chain between segments (epochs are checked
- * record by record while scanning). */
-static int check_chain(const replicate_log *log) {
-  for (size_t i = 0; i + 1 < log->nsegs; i++) {
-    const log_segment *a = &log->segs[i], *b = &log->segs[i + 1];
-    if (a->count == 0 || b->first_seq != a->first_seq + a->count)
-      return REPLICATE_ELOG_CORRUPT;
+/* Invariant 3, the seq chain and non-decreasing epochs: whether segment b
+ * continues segment a. */
+static bool chained(const log_segment *a, const log_segment *b) {
+  return a->count > 0 && b->first_seq == a->first_seq + a->count &&
+         (b->count == 0 || b->first_epoch >= a->last_epoch);
+}
+
+/* O2, O3: remove the oldest indexed segments until keep are left. */
+static int drop_unchained(replicate_log *log, size_t keep) {
+  while (log->nsegs > keep) {
+    uint64_t first = log->segs[0].first_seq, count = log->segs[0].count;
+    int rc = drop_oldest(log);
+    if (rc != 0) return rc;
+    report(log, REPLICATE_LOG_UNCHAINED, first, 0, first, first + count - 1);
+  }
+  return 0;
+}
+
+/* O2: remove the damaged segment of file_seq (not indexed), damaged at
+ * offset, and every segment before it; next_seq is the next file's. */
+static int drop_damaged(replicate_log *log, uint64_t file_seq, uint64_t offset,
+                        uint64_t next_seq) {
+  int rc = drop_unchained(log, 0);
+  if (rc != 0) return rc;
+  char name[SEGMENT_NAME_LEN + 1];
+  segment_name(name, file_seq);
+  rc = io_result(log->io->unlink(log->io->ctx, log->dirfd, name, 0));
+  /* Or the damaged file may come back after a crash (and be dropped again). */
+  if (rc == 0) rc = io_result(log->io->fsync(log->io->ctx, log->dirfd));
+  if (rc == 0)
+    report(log, REPLICATE_LOG_DAMAGED, file_seq, offset, file_seq, next_seq - 1);
+  return rc;
+}
+
+/* Load the segments of the sorted first seqs, oldest first, keeping the
+ * chain that ends at the newest good record (O1-O3). */
+static int load_segments(replicate_log *log, const uint64_t *seqs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    bool is_newest = i + 1 == n;
+    uint64_t damage;
+    int rc = load_segment(log, seqs[i], is_newest, &damage);
+    if (rc == REPLICATE_ELOG_CORRUPT && !is_newest)
+      rc = drop_damaged(log, seqs[i], damage, seqs[i + 1]);
+    else if (rc == 0 && log->nsegs > 1 &&
+             !chained(&log->segs[log->nsegs - 2], newest(log)))
+      rc = drop_unchained(log, 1);
+    else if (rc == 1)
+      rc = 0;
+    if (rc != 0) return rc;
   }
   return 0;
 }
@@ -463,6 +542,8 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
   log->segment_bytes = opt && opt->segment_bytes ? opt->segment_bytes
                                                  : DEFAULT_SEGMENT_BYTES;
   log->max_bytes = opt && opt->max_bytes ? opt->max_bytes : DEFAULT_MAX_BYTES;
+  log->on_repair = opt ? opt->on_repair : NULL;
+  log->repair_ctx = opt ? opt->repair_ctx : NULL;
   if (pthread_mutex_init(&log->lock, NULL) != 0) {
     free(log);
     return ENOMEM;
@@ -475,18 +556,46 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
   uint64_t *seqs = NULL;
   size_t n = 0;
   if (rc == 0) rc = list_segments(log, &seqs, &n);
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    rc = load_segment(log, seqs[i], i + 1 == n);
-    if (rc == 1) rc = 0; /* a torn new segment, removed */
-  }
+  if (rc == 0) rc = load_segments(log, seqs, n);
   free(seqs);
-  if (rc == 0) rc = check_chain(log);
   if (rc != 0) {
     replicate_log_close(log);
     return rc;
   }
   *out = log;
   return 0;
+}
+
+const char *replicate_log_repair_describe(const replicate_log_repair *r,
+                                          char *buf, size_t len) {
+  snprintf(buf, len, "%s/%s: repaired", LOG_DIR, r->file);
+  switch (r->kind) {
+  case REPLICATE_LOG_CUT:
+    if (r->offset == 0)
+      snprintf(buf, len, "%s/%s: header torn or damaged: removed, with seq %"
+               PRIu64 " and any after it in that file", LOG_DIR, r->file,
+               r->first_seq);
+    else
+      snprintf(buf, len, "%s/%s: torn or damaged record at byte %" PRIu64
+               ": cut there, dropping seq %" PRIu64 " and any after it in "
+               "that file", LOG_DIR, r->file, r->offset, r->first_seq);
+    break;
+  case REPLICATE_LOG_DAMAGED:
+    snprintf(buf, len, "%s/%s: damaged at byte %" PRIu64 ": removed, with "
+             "seqs %" PRIu64 "-%" PRIu64, LOG_DIR, r->file, r->offset,
+             r->first_seq, r->last_seq);
+    break;
+  case REPLICATE_LOG_UNCHAINED:
+    if (r->last_seq < r->first_seq)
+      snprintf(buf, len, "%s/%s: older than a damaged segment or a break in "
+               "the chain: removed (it held no record)", LOG_DIR, r->file);
+    else
+      snprintf(buf, len, "%s/%s: older than a damaged segment or a break in "
+               "the chain: removed, with seqs %" PRIu64 "-%" PRIu64, LOG_DIR,
+               r->file, r->first_seq, r->last_seq);
+    break;
+  }
+  return buf;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -577,6 +686,7 @@ static int append_locked(replicate_log *log, const void *frame, size_t len) {
     return rc;
   }
   /* Step 4. */
+  if (s->count == 0) s->first_epoch = info.epoch;
   s->offsets[s->count++] = s->size;
   s->size += record;
   s->last_epoch = info.epoch;

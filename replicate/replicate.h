@@ -513,22 +513,61 @@ int replicate_coalescer_finish_frame(replicate_coalescer *c,
  * gets REPLICATE_ELOG_GONE: it needs a base image. The newest segment is
  * never dropped.
  *
- * Opening scans every segment and checks every record. A torn tail (the
- * last record of the last segment cut short or failing its checksum, as a
- * crash during an append leaves it) is truncated away: the log recovers to
- * its last whole record. Damage anywhere else is REPLICATE_ELOG_CORRUPT.
+ * Opening scans every segment and checks every record. The log is a cache
+ * of what the store holds, so damage costs frames, never the open: the
+ * newest segment is cut at its first torn or damaged record (a crash
+ * during an append leaves one), and an older segment that is damaged, or
+ * does not chain with the next, is removed with every segment older than
+ * it. What is kept is the contiguous chain ending at the newest good
+ * record; a standby that needs a removed frame gets a base image. Each
+ * cut or removal is reported to on_repair.
  */
 typedef struct replicate_log replicate_log;
+
+/* What opening the log repaired, one report per segment file. */
+typedef enum replicate_log_repair_kind {
+  REPLICATE_LOG_CUT = 1,        /* the newest segment was cut at offset (0:
+                                   its header failed, the file was removed):
+                                   seq first_seq and any after it in the
+                                   file are gone (last_seq is 0: unknown) */
+  REPLICATE_LOG_DAMAGED = 2,    /* an older segment failed its checks at
+                                   offset: removed, with seqs first_seq to
+                                   last_seq */
+  REPLICATE_LOG_UNCHAINED = 3   /* older than a damaged segment or than a
+                                   break in the chain: removed, with seqs
+                                   first_seq to last_seq (none if last_seq <
+                                   first_seq) */
+} replicate_log_repair_kind;
+
+typedef struct replicate_log_repair {
+  replicate_log_repair_kind kind;
+  const char *file;             /* the segment's name in replog/; valid only
+                                   during the callback */
+  uint64_t offset;              /* CUT, DAMAGED: where the damage starts */
+  uint64_t first_seq;
+  uint64_t last_seq;
+} replicate_log_repair;
+
+typedef void (*replicate_log_repair_fn)(void *ctx, const replicate_log_repair *r);
+
+/* One sentence for a log line, e.g. "replog/seg-...log: damaged at byte 72:
+ * removed with seqs 9-16"; returns buf. */
+const char *replicate_log_repair_describe(const replicate_log_repair *r,
+                                          char *buf, size_t len);
 
 typedef struct replicate_log_options {
   uint64_t segment_bytes;       /* 0: 16 MiB */
   uint64_t max_bytes;           /* 0: 1 GiB */
+  replicate_log_repair_fn on_repair; /* NULL: repairs are not reported */
+  void *repair_ctx;
 } replicate_log_options;
 
 /* Open (creating replog/ if missing) the log of the image directory
- * image_dir. opt and io may be NULL (defaults; loom_io_posix()). The io
- * must stay valid until close. Errors: REPLICATE_ELOG_CORRUPT,
- * REPLICATE_ELOG_VERSION, errno values. */
+ * image_dir, repairing damage as described above (on_repair is called
+ * from inside this call). opt and io may be NULL (defaults;
+ * loom_io_posix()). The io must stay valid until close. Errors:
+ * REPLICATE_ELOG_VERSION (a segment of an unknown version: nothing is
+ * removed), errno values. */
 int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
                        const struct loom_io *io, replicate_log **out);
 
@@ -816,9 +855,12 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
  * Returns 0, REPLICATE_ESYNC_TIMEOUT (sync mode, REPLICATE_SYNC_FAIL),
  * REPLICATE_EFENCED (after fencing; the frame is still logged), or the
  * errors of replicate_frame_encode_commit (the frame is then not shipped;
- * standbys that need it later get a base image) and replicate_log_append
- * (the frame still ships from memory while the shipper keeps it; the log
- * starts afresh at the next commit).
+ * standbys that need it later get a base image). A failed log append
+ * (ENOSPC...) is not an error of the save: the log is a cache of the
+ * store; the frame still ships from memory while the shipper keeps it,
+ * a standby that needs it later gets a base image, the log starts afresh
+ * at the next commit, and log_fn says when appends start failing and
+ * when they work again.
  */
 int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
                                 const loom_commit *c);

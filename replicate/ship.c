@@ -204,6 +204,7 @@ struct replicate_shipper {
   /* The commit side's own. */
   replicate_encoder *commit_enc;
   replicate_buf commit_buf;
+  bool log_failing;     /* the last log append failed */
 
   /* The shipping thread's own. */
   CURLM *multi;
@@ -955,7 +956,8 @@ static int start_frames(standby *sb, const standby_point *r,
   const uint8_t *data;
   size_t len;
   int rc = fetch_frame(sh, seq, &ref, &sb->body_buf, &data, &len);
-  if (rc == REPLICATE_ELOG_GONE || rc == REPLICATE_ELOG_AHEAD) {
+  if (rc == REPLICATE_ELOG_GONE || rc == REPLICATE_ELOG_AHEAD ||
+      rc == REPLICATE_ELOG_CORRUPT || rc == REPLICATE_EPANIC) {
     diag(sh, "standby %s: the log does not hold seq %" PRIu64 " (%s): "
          "sending a base image", sb->url, seq, replicate_strerror(rc));
     sb->need_base = true;
@@ -1853,6 +1855,23 @@ static int sync_wait(replicate_shipper *sh, const loom_commit *c)
   return async ? 0 : REPLICATE_ESYNC_TIMEOUT;
 }
 
+/* The log is a cache of the store: a failed append (ENOSPC, EIO, a
+ * poisoned handle) never fails the save, whose commit point has passed; it
+ * costs a base image to a standby that later needs a frame the shipper no
+ * longer holds in memory. Said when appends start failing and when they
+ * work again, not once per save. */
+static void note_log_append(replicate_shipper *sh, uint64_t seq, int rc)
+{
+  if (rc && !sh->log_failing)
+    diag(sh, "replication log: appending seq %" PRIu64 " failed (%s); the "
+         "save stands (it is committed); until appends work again, a standby "
+         "that needs a frame no longer in memory gets a base image", seq,
+         replicate_strerror(rc));
+  else if (!rc && sh->log_failing)
+    diag(sh, "replication log: appends work again from seq %" PRIu64, seq);
+  sh->log_failing = rc != 0;
+}
+
 int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
                                 const loom_commit *c)
 {
@@ -1877,18 +1896,21 @@ int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
   bool early = frame && frame->len <= sh->cache_bytes;
   if (early)
     commit_publish(sh, c, sh->commit_buf.len, &frame);
+  int log_rc = 0;
   if (!rc) {
-    rc = replicate_log_append(sh->log, sh->commit_buf.data, sh->commit_buf.len);
-    if (rc == REPLICATE_ENOT_CONTIGUOUS) {
+    log_rc = replicate_log_append(sh->log, sh->commit_buf.data, sh->commit_buf.len);
+    if (log_rc == REPLICATE_ENOT_CONTIGUOUS) {
       /* The log's chain was broken by an earlier failure: start afresh. */
-      rc = replicate_log_reset(sh->log);
-      if (!rc)
-        rc = replicate_log_append(sh->log, sh->commit_buf.data,
-                                  sh->commit_buf.len);
+      log_rc = replicate_log_reset(sh->log);
+      if (!log_rc)
+        log_rc = replicate_log_append(sh->log, sh->commit_buf.data,
+                                      sh->commit_buf.len);
     }
+    note_log_append(sh, c->after.seq, log_rc);
   }
+  bool logged = !rc && !log_rc;
   if (!early)
-    commit_publish(sh, c, rc ? 0 : sh->commit_buf.len, rc ? NULL : &frame);
+    commit_publish(sh, c, logged ? sh->commit_buf.len : 0, logged ? &frame : NULL);
   free(frame); /* not published (an append failed): the ring has no copy */
 
   replicate_log_stats st;

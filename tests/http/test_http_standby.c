@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -996,6 +997,54 @@ static void test_restart_and_recovery(void **state)
   ht_rmdir(dir2);
 }
 
+/* A damaged older segment in the receive log (here each frame has a
+ * segment of its own): the standby starts anyway, logs which file it
+ * dropped, and takes the frames again from the primary (the store is the
+ * truth: nothing committed was lost). */
+static void test_damaged_receive_log(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 29);
+  ht_primary_run(&p, 8);
+  char *dir = ht_tmpdir("standby");
+  loom_store *store;
+  assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &store), 0);
+  assert_int_equal(loom_store_close(store), 0);
+  replicate_log_options lo = {.segment_bytes = 1};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(dir, &lo, NULL, &log), 0);
+  for (size_t i = 0; i < 8; i++)
+    assert_int_equal(replicate_log_append(log, p.frames[i].data, p.frames[i].len), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  char seg[512];
+  snprintf(seg, sizeof seg, "%s/replog/seg-%020d.log", dir, 3);
+  int fd = open(seg, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t b = 0;
+  assert_int_equal(pread(fd, &b, 1, 100), 1);
+  b ^= 0x40;
+  assert_int_equal(pwrite(fd, &b, 1, 100), 1);
+  close(fd);
+
+  ht_server s;
+  ht_start_standby(&s, dir);
+  bool said = false;
+  pthread_mutex_lock(&s.log.mu);
+  for (unsigned i = 0; i < s.log.n && i < 64; i++)
+    said |= strstr(s.log.lines[i], "receive log repaired: replog/seg-00000000000000000003.log: "
+                                   "damaged") != NULL;
+  pthread_mutex_unlock(&s.log.mu);
+  assert_true(said);
+  post_range(&s, &p, 0, p.nframes, NULL);
+  ht_wait_applied(&s, p.nframes);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
 /* Group apply with a bad frame among those merged (its pages do not give
  * its after checksum): the merged commit fails, the frames are then taken
  * one at a time, so the good ones before it are applied and the bad one
@@ -1611,6 +1660,7 @@ int main(void)
       cmocka_unit_test(test_base_image),
       cmocka_unit_test(test_promote),
       cmocka_unit_test(test_restart_and_recovery),
+      cmocka_unit_test(test_damaged_receive_log),
       cmocka_unit_test(test_merged_apply_with_a_bad_frame),
       cmocka_unit_test(test_disk_full),
       cmocka_unit_test(test_graceful_stop),

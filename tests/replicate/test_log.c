@@ -415,44 +415,214 @@ static void test_torn_segment(void **state) {
                    REPLICATE_ELOG_VERSION);
 }
 
-/* Damage before the newest segment's tail is corruption, not a torn tail. */
-static void test_corrupt_middle(void **state) {
-  fixture *fx = *state;
-  replicate_log_options opt = {.segment_bytes = 1024};
+/* The repairs an open reported. */
+typedef struct repairs {
+  int n;
+  replicate_log_repair_kind kind[16];
+  char file[16][64];
+  uint64_t first[16], last[16];
+} repairs;
+
+static void note_repair(void *ctx, const replicate_log_repair *r) {
+  repairs *rs = ctx;
+  char line[256];
+  assert_non_null(replicate_log_repair_describe(r, line, sizeof line));
+  assert_non_null(strstr(line, r->file)); /* the sentence names the file */
+  if (rs->n == 16) return;
+  rs->kind[rs->n] = r->kind;
+  snprintf(rs->file[rs->n], 64, "%s", r->file);
+  rs->first[rs->n] = r->first_seq;
+  rs->last[rs->n] = r->last_seq;
+  rs->n++;
+}
+
+/* Options that collect the repairs into rs. */
+static replicate_log_options repair_options(repairs *rs, uint64_t segment_bytes) {
+  return (replicate_log_options){.segment_bytes = segment_bytes,
+                                 .on_repair = note_repair, .repair_ctx = rs};
+}
+
+/* Report i was of kind, about file (unless NULL), for seqs first-last. */
+static void expect_repair(const repairs *rs, int i, replicate_log_repair_kind kind,
+                          const char *file, uint64_t first, uint64_t last) {
+  assert_true(i < rs->n);
+  assert_int_equal(rs->kind[i], kind);
+  if (file != NULL) assert_string_equal(rs->file[i], file);
+  assert_int_equal(rs->first[i], first);
+  assert_int_equal(rs->last[i], last);
+}
+
+static uint64_t first_seq_of(const char *name) {
+  uint64_t seq = 0;
+  assert_int_equal(sscanf(name, "seg-%" SCNu64 ".log", &seq), 1);
+  return seq;
+}
+
+/* 30 records in several small segments, closed; names[] gets the files. */
+static int make_segmented(fixture *fx, replicate_log_options *opt,
+                          char names[][64]) {
   replicate_log *log;
-  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, opt, NULL, &log), 0);
   assert_int_equal(append_range(log, fx, 1, 30), 0);
   assert_int_equal(replicate_log_close(log), 0);
-  char names[64][64];
   int n = list_segments(fx, names, 64);
-  assert_true(n >= 3);
-  /* A record of an older segment. */
+  assert_true(n >= 4);
+  return n;
+}
+
+static bool file_exists(fixture *fx, const char *name) {
+  char path[256];
+  join_path(path, sizeof path, fx->replog, name);
+  return access(path, F_OK) == 0;
+}
+
+/* A damaged record in an older segment: that segment and every older one
+ * are removed (and reported), the chain from the next segment on is kept,
+ * a read of a removed seq says ELOG_GONE (a base image), appends go on. */
+static void test_damaged_older_record(void **state) {
+  fixture *fx = *state;
+  repairs rs = {0};
+  replicate_log_options opt = repair_options(&rs, 1024);
+  char names[64][64];
+  int n = make_segmented(fx, &opt, names);
+  uint64_t second = first_seq_of(names[1]), third = first_seq_of(names[2]);
   file_flip(fx, names[1], 32 + 40);
-  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
-                   REPLICATE_ELOG_CORRUPT);
-  file_flip(fx, names[1], 32 + 40);
-  /* An older segment's header. */
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, third, 30);
+  assert_int_equal(rs.n, 2);
+  expect_repair(&rs, 0, REPLICATE_LOG_UNCHAINED, names[0], 1, second - 1);
+  expect_repair(&rs, 1, REPLICATE_LOG_DAMAGED, names[1], second, third - 1);
+  assert_false(file_exists(fx, names[0]));
+  assert_false(file_exists(fx, names[1]));
+  assert_int_equal(list_segments(fx, names, 64), n - 2);
+  assert_int_equal(read_code(log, second), REPLICATE_ELOG_GONE);
+  for (uint64_t s = third; s <= 30; s++) expect_frame(log, fx, s);
+  assert_int_equal(append_range(log, fx, 31, 32), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  /* Repaired for good: the next open finds nothing to report. */
+  rs.n = 0;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, third, 32);
+  assert_int_equal(rs.n, 0);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* The oldest segment's header damaged: it alone goes. */
+static void test_damaged_older_header(void **state) {
+  fixture *fx = *state;
+  repairs rs = {0};
+  replicate_log_options opt = repair_options(&rs, 1024);
+  char names[64][64];
+  make_segmented(fx, &opt, names);
+  uint64_t second = first_seq_of(names[1]);
   file_flip(fx, names[0], 3);
-  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
-                   REPLICATE_ELOG_CORRUPT);
-  file_flip(fx, names[0], 3);
-  /* A missing segment in the middle breaks the chain. */
-  char path[256], moved[256];
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, second, 30);
+  assert_int_equal(rs.n, 1);
+  expect_repair(&rs, 0, REPLICATE_LOG_DAMAGED, names[0], 1, second - 1);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* A missing segment in the middle breaks the chain: the older side goes. */
+static void test_missing_segment(void **state) {
+  fixture *fx = *state;
+  repairs rs = {0};
+  replicate_log_options opt = repair_options(&rs, 1024);
+  char names[64][64];
+  make_segmented(fx, &opt, names);
+  uint64_t third = first_seq_of(names[2]);
+  char path[256];
   join_path(path, sizeof path, fx->replog, names[1]);
-  join_path(moved, sizeof moved, fx->dir, "elsewhere");
-  assert_int_equal(rename(path, moved), 0);
-  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log),
-                   REPLICATE_ELOG_CORRUPT);
-  assert_int_equal(rename(moved, path), 0);
+  assert_int_equal(unlink(path), 0);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, third, 30);
+  assert_int_equal(rs.n, 1);
+  expect_repair(&rs, 0, REPLICATE_LOG_UNCHAINED, names[0], 1,
+                first_seq_of(names[1]) - 1);
+  assert_false(file_exists(fx, names[0]));
+  assert_int_equal(read_code(log, 1), REPLICATE_ELOG_GONE);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* Damage in the middle of the newest segment (not its tail): the log is
+ * cut to the last good record before it, and appends resume there. */
+static void test_damaged_newest_middle(void **state) {
+  fixture *fx = *state;
+  repairs rs = {0};
+  replicate_log_options opt = repair_options(&rs, 1 << 20);
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 10), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  char names[4][64];
+  assert_int_equal(list_segments(fx, names, 4), 1);
+  off_t at = 32; /* record 4's header */
+  for (int i = 0; i < 3; i++) at += 32 + (off_t)fx->frames[i].len;
+  file_flip(fx, names[0], at + 40);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, 1, 3);
+  assert_int_equal(rs.n, 1);
+  expect_repair(&rs, 0, REPLICATE_LOG_CUT, names[0], 4, 0);
+  assert_int_equal(file_size(fx, names[0]), at);
+  assert_int_equal(append_range(log, fx, 4, 5), 0);
+  expect_frame(log, fx, 5);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* An epoch that goes down from one segment to the next breaks the chain. */
+static void test_epoch_break(void **state) {
+  fixture *fx = *state;
+  repairs rs = {0};
+  replicate_log_options opt = repair_options(&rs, 1024);
+  fixture later = {0};
+  make_frames(&later, 12, 3); /* seqs 1..12 at epoch 3 */
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  for (int i = 0; i < 6; i++)
+    assert_int_equal(replicate_log_append(log, later.frames[i].data,
+                                          later.frames[i].len), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  /* A segment at epoch 1 that claims to continue it. */
+  fixture other = {0};
+  strcpy(other.dir, "/tmp/replog-other-XXXXXX");
+  assert_non_null(mkdtemp(other.dir));
+  snprintf(other.replog, sizeof other.replog, "%s/replog", other.dir);
+  assert_int_equal(replicate_log_open(other.dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 7, 9), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  char names[64][64], src[256], dst[256];
+  int moved = list_segments(&other, names, 64);
+  for (int i = 0; i < moved; i++) {
+    join_path(src, sizeof src, other.replog, names[i]);
+    join_path(dst, sizeof dst, fx->replog, names[i]);
+    assert_int_equal(rename(src, dst), 0);
+  }
+  rs.n = 0;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  expect_range(log, 7, 9);
+  assert_true(rs.n >= 1);
+  expect_repair(&rs, rs.n - 1, REPLICATE_LOG_UNCHAINED, NULL, rs.first[rs.n - 1], 6);
+  expect_repair(&rs, 0, REPLICATE_LOG_UNCHAINED, NULL, 1, rs.last[0]);
+  assert_int_equal(replicate_log_close(log), 0);
+  test_remove_tree(other.dir);
+  for (size_t i = 0; i < later.count; i++) replicate_buf_free(&later.frames[i]);
+  free(later.frames);
+}
+
+/* Damage found while reading (after open) is reported as corruption. */
+static void test_corrupt_read(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 1024};
+  char names[64][64];
+  make_segmented(fx, &opt, names);
+  replicate_log *log;
   assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
   expect_range(log, 1, 30);
-  /* Damage found while reading. */
   file_flip(fx, names[1], 32 + 40);
-  replicate_log_stats st;
-  replicate_log_get_stats(log, &st);
-  uint64_t first_of_second;
-  assert_int_equal(sscanf(names[1], "seg-%" SCNu64 ".log", &first_of_second), 1);
-  assert_int_equal(read_code(log, first_of_second), REPLICATE_ELOG_CORRUPT);
+  assert_int_equal(read_code(log, first_seq_of(names[1])), REPLICATE_ELOG_CORRUPT);
   assert_int_equal(replicate_log_close(log), 0);
 }
 
@@ -753,7 +923,12 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_segments, setup, teardown),
       cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
       cmocka_unit_test_setup_teardown(test_torn_segment, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_corrupt_middle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_damaged_older_record, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_damaged_older_header, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_missing_segment, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_damaged_newest_middle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_epoch_break, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_corrupt_read, setup, teardown),
       cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cap, setup, teardown),
       cmocka_unit_test_setup_teardown(test_append_refusals, setup, teardown),
