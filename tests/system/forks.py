@@ -65,7 +65,7 @@ changed at a seq. Without `--ack-log` (older builds), the LOOMSHIP_ACK_LOG
 hook is used; without `promote --force`, a forced promotion is a plain one.
 
 usage: forks.py LOOMSHIP [--episodes N] [--first I] [--seed S] [--long]
-                [--keep] [--verbose]
+                [--keep] [--verbose] [--steps run,kill-standby,...]
 --episodes defaults to 200; --long (or LOOMSHIP_SYSTEM_LONG=1) to 2,000
 with longer episodes. Episode I draws from (seed, I) alone: a failure
 prints the command that repeats it.
@@ -516,7 +516,7 @@ class Episode:
         try:
             self.steps.append("run")
             self.step("run")
-            names, weights = zip(*STEPS.items())
+            names, weights = zip(*((k, w) for k, w in STEPS.items() if k in self.s.steps))
             for _ in range(steps):
                 name = self.rng.choices(names, weights)[0]
                 self.steps.append(name)
@@ -538,6 +538,7 @@ class Suite:
     def __init__(self, loomship, root, seed):
         self.loomship, self.root, self.seed = loomship, root, seed
         self.features = features(loomship)
+        self.steps = set(STEPS)
         self.counts = {}
         self.samples = 0
 
@@ -556,11 +557,14 @@ def main():
                     default=os.environ.get("LOOMSHIP_SYSTEM_LONG") == "1")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--steps", help="only these steps (comma-separated names) after the first run")
     a = ap.parse_args()
     episodes = a.episodes or (2000 if a.long else 200)
     seed = a.seed or random.SystemRandom().randrange(1, 1 << 31)
     root = tempfile.mkdtemp(prefix="loomship-forks-")
     suite = Suite(os.path.abspath(a.loomship), root, seed)
+    if a.steps:
+        suite.steps = set(a.steps.split(",")) & set(STEPS)
     print("forks: seed %d, episodes %d..%d, in %s (build: %s)"
           % (seed, a.first, a.first + episodes - 1, root,
              ", ".join("%s %s" % (k, "yes" if v else "no") for k, v in suite.features.items())),
