@@ -281,6 +281,8 @@ class Episode:
         """Stop a node, read its directory (inspect), verify it if killed."""
         with node.lock:
             proc, node.url = node.proc, None
+        if proc.poll() is not None:
+            self.fail("%s died by itself (status %s)" % (node.name, proc.returncode))
         rc = systest.stop(proc, sig)
         if sig == signal.SIGTERM and rc != 0:
             self.fail("%s did not stop cleanly on SIGTERM (status %s)" % (node.name, rc))
