@@ -30,8 +30,14 @@ int cli_is_option(const char *arg, const char *name);
 /* Parse an unsigned integer in [min, max]; 0 on success. */
 int cli_parse_u64(const char *cmd, const char *what, const char *text,
                   uint64_t min, uint64_t max, uint64_t *out);
-/* Read the first line of a file (a token); malloc'd, NULL on error. */
-char *cli_read_token_file(const char *cmd, const char *path);
+/* The bearer token in the file path (token.c says what is accepted):
+ * 0 and *token (malloc'd; give it to cli_token_forget), or an exit code
+ * after an error line naming the file (2: an unusable token, 1: the file
+ * cannot be read). Warnings (short token, file readable by group or
+ * others) go to stderr. */
+int cli_token_file_read(const char *cmd, const char *path, char **token);
+/* Zero and free a token (NULL allowed). */
+void cli_token_forget(char *token);
 /* Hex of a 64-bit checksum into buf (17 bytes). */
 const char *cli_hex64(uint64_t v, char buf[17]);
 

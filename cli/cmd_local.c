@@ -20,21 +20,39 @@ static int run_inspect(int argc, char **argv)
   if (!dir)
     return cli_usage(&cmd_inspect);
   loom_position p;
-  int rc = loom_inspect(dir, &p);
+  loom_lineage lineage;
+  int rc = loom_inspect_lineage(dir, &p, &lineage);
   if (rc)
     return cli_fail("inspect", "%s: %s", dir, loom_strerror(rc));
-  char hex[17];
-  if (json)
+  char hex[17], history[2 * LOOM_HISTORY_SIZE + 1];
+  loom_history_hex(&lineage.history, history);
+  int none = loom_history_is_none(&lineage.history);
+  if (json) {
     printf("{\"epoch\": %llu, \"seq\": %llu, \"checksum\": \"%s\", \"pages\": %llu, "
-           "\"page_size\": %u, \"commit_time_ns\": %lld}\n",
+           "\"page_size\": %u, \"commit_time_ns\": %lld, \"history\": %s%s%s, "
+           "\"branches\": [",
            (unsigned long long)p.epoch, (unsigned long long)p.seq,
            cli_hex64(p.checksum, hex), (unsigned long long)p.pages, LOOM_PAGE_SIZE,
-           (long long)p.commit_time_ns);
-  else
+           (long long)p.commit_time_ns, none ? "" : "\"", none ? "null" : history,
+           none ? "" : "\"");
+    for (uint32_t i = 0; i < lineage.branch_count; i++)
+      printf("%s{\"epoch\": %llu, \"seq\": %llu, \"checksum\": \"%s\"}", i ? ", " : "",
+             (unsigned long long)lineage.branches[i].epoch,
+             (unsigned long long)lineage.branches[i].seq,
+             cli_hex64(lineage.branches[i].checksum, hex));
+    printf("]}\n");
+  } else {
     printf("epoch      %llu\nseq        %llu\nchecksum   %s\npages      %llu\n"
-           "page_size  %u\n",
+           "page_size  %u\nhistory    %s\n",
            (unsigned long long)p.epoch, (unsigned long long)p.seq,
-           cli_hex64(p.checksum, hex), (unsigned long long)p.pages, LOOM_PAGE_SIZE);
+           cli_hex64(p.checksum, hex), (unsigned long long)p.pages, LOOM_PAGE_SIZE,
+           none ? "none" : history);
+    for (uint32_t i = 0; i < lineage.branch_count; i++)
+      printf("branch     epoch %llu began at seq %llu (checksum %s)\n",
+             (unsigned long long)lineage.branches[i].epoch,
+             (unsigned long long)lineage.branches[i].seq,
+             cli_hex64(lineage.branches[i].checksum, hex));
+  }
   return 0;
 }
 

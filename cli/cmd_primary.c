@@ -6,6 +6,8 @@
  * --drain-timeout for the standbys to hold everything it committed.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -59,6 +61,14 @@ static int source_snapshot(void *ctx, loom_snapshot **out)
   return loom_store_snapshot_open(loom_get_store(kv_loom(n->table)), out);
 }
 
+static void source_history(void *ctx, loom_history *out)
+{
+  primary_node *n = ctx;
+  loom_lineage lineage;
+  loom_store_lineage(loom_get_store(kv_loom(n->table)), &lineage);
+  *out = lineage.history;
+}
+
 static bool source_fenced(void *ctx)
 {
   primary_node *n = ctx;
@@ -98,21 +108,22 @@ static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
     o->lag_seconds = st[i].lag_seconds;
     copy_cut(o->last_error, sizeof o->last_error, st[i].last_error);
     o->last_error_at_ns = st[i].last_error_at_ns;
+    o->base_images = st[i].base_images_sent;
     o->bytes_raw = st[i].bytes_raw;
     o->bytes_wire = st[i].bytes_wire;
   }
   return count;
 }
 
-static void source_sync(void *ctx, unsigned *count, bool *degraded)
+static void source_sync(void *ctx, http_sync_status *out)
 {
   primary_node *n = ctx;
-  *count = n->cfg.sync_count;
-  *degraded = false;
+  out->required = n->cfg.sync_count;
   if (n->shipper) {
     replicate_shipper_summary s;
     replicate_shipper_get_summary(n->shipper, &s);
-    *degraded = s.sync_degraded;
+    out->degraded = s.sync_degraded;
+    out->degraded_since_ns = s.sync_degraded_since_ns;
   }
 }
 
@@ -158,7 +169,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .snapshot_open = source_snapshot,
                                       .fenced = source_fenced,
                                       .standbys = source_standbys,
-                                      .sync_state = source_sync};
+                                      .sync_state = source_sync,
+                                      .history = source_history};
     http_server_options ho = {
         .role = HTTP_ROLE_PRIMARY,
         .primary = &n->source,
@@ -198,9 +210,33 @@ int primary_step(primary_node *n)
   return rc;
 }
 
-/* Drain, stop everything. Returns 0 when every reachable standby holds all
- * that was committed (or there are none). */
+/* "URL state (seq S)" for each standby, comma-separated, into line. */
+static void standbys_report(primary_node *n, char *line, size_t cap)
+{
+  line[0] = '\0';
+  if (!n->shipper || cap == 0)
+    return;
+  replicate_standby_status st[MAX_STANDBYS];
+  size_t count, used = 0;
+  replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
+  for (size_t i = 0; i < count && i < MAX_STANDBYS && used < cap; i++) {
+    int k = snprintf(line + used, cap - used, "%s%s %s (received seq %llu)",
+                     i ? ", " : "", st[i].url, st[i].state_name,
+                     (unsigned long long)st[i].received_seq);
+    if (k < 0)
+      break;
+    used += (size_t)k;
+  }
+}
+
 int primary_close(primary_node *n, double drain_timeout)
+{
+  char line[8];
+  return primary_close_report(n, drain_timeout, line, sizeof line);
+}
+
+int primary_close_report(primary_node *n, double drain_timeout, char *line,
+                         size_t cap)
 {
   /* Drain with the read endpoints still up (status shows the drain), then
    * stop the server before the shipper: its status handlers read the
@@ -208,6 +244,7 @@ int primary_close(primary_node *n, double drain_timeout)
   int drained = 1;
   if (n->shipper)
     drained = replicate_shipper_drain(n->shipper, drain_timeout);
+  standbys_report(n, line, cap);
   if (n->server)
     http_server_stop(n->server);
   n->server = NULL;
@@ -233,6 +270,85 @@ static double now_s(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* One line for --ack-log: "EPOCH SEQ CHECKSUM", in one write(2), so that a
+ * kill -9 leaves whole lines (DESIGN section 5). */
+static void ack_log_write(int fd, const loom_position *p)
+{
+  if (fd < 0)
+    return;
+  char line[80];
+  int len = snprintf(line, sizeof line, "%" PRIu64 " %" PRIu64 " %016" PRIx64 "\n",
+                     p->epoch, p->seq, p->checksum);
+  if (len > 0 && write(fd, line, (size_t)len) != len)
+    cli_log("primary", "--ack-log: a line could not be written");
+}
+
+static bool node_fenced(primary_node *n) { return source_fenced(n); }
+
+/* Once fenced, no more saves: with --saves N the primary stops at once,
+ * with --saves 0 it keeps serving ("fenced": true) until SIGTERM. */
+static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
+{
+  cli_log("primary", "FENCED: a standby of this history has a newer epoch "
+                     "(it was promoted); this primary saves nothing more");
+  if (saves == 0 && n->server) {
+    while (sigwaitinfo(stop, NULL) < 0 && errno == EINTR)
+      ;
+  }
+  return PRIMARY_EXIT_FENCED;
+}
+
+/* The workload: a save every 1/rate s until --saves or a stop signal.
+ * Returns 0, PRIMARY_EXIT_FENCED or 1 (an error, said). */
+static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
+                        uint64_t rate, int ack_fd)
+{
+  double period = 1.0 / (double)rate, next = now_s(), last_log = now_s();
+  for (;;) {
+    if (saves && n->saves >= saves)
+      return 0;
+    double wait = next - now_s();
+    struct timespec ts = {0, 0};
+    if (wait > 0) {
+      ts.tv_sec = (time_t)wait;
+      ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
+    }
+    if (sigtimedwait(stop, NULL, &ts) > 0) {
+      cli_log("primary", "stop signal: finishing");
+      return 0;
+    }
+    next += period;
+    if (next < now_s() - 1)
+      next = now_s(); /* fell behind: do not burst */
+    if (node_fenced(n))
+      return wait_fenced(n, stop, saves);
+    int rc = primary_step(n);
+    if (rc == 0) {
+      faultio_note_ack(&n->committed);
+      ack_log_write(ack_fd, &n->committed);
+    } else if (rc == REPLICATE_ESYNC_TIMEOUT) {
+      char line[160];
+      snprintf(line, sizeof line, "save of epoch %llu seq %llu was not acknowledged "
+               "by enough standbys in time (it is committed locally)",
+               (unsigned long long)n->committed.epoch,
+               (unsigned long long)n->committed.seq);
+      cli_log("primary", line);
+    } else if (rc == REPLICATE_EFENCED) {
+      return wait_fenced(n, stop, saves);
+    } else {
+      cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
+      return 1;
+    }
+    if (now_s() - last_log >= 10) {
+      char line[160];
+      snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n->saves,
+               (unsigned long long)n->committed.seq);
+      cli_log("primary", line);
+      last_log = now_s();
+    }
+  }
+}
+
 static int run_primary(int argc, char **argv)
 {
   primary_config cfg = {.who = "primary", .arena_pages = 16384, .keys = 4096,
@@ -240,6 +356,7 @@ static int run_primary(int argc, char **argv)
   const char *standbys[MAX_STANDBYS];
   const char *listen = NULL, *token_file = NULL;
   uint64_t saves = 0, rate = 10, drain = 30, seed = 0, v;
+  const char *ack_log = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val;
 #define VALUE() (val = cli_option_value("primary", argc, argv, &i, a))
@@ -263,6 +380,10 @@ static int run_primary(int argc, char **argv)
       if (!VALUE())
         return 2;
       listen = val;
+    } else if (cli_is_option(a, "--ack-log")) {
+      if (!VALUE())
+        return 2;
+      ack_log = val;
     } else if (cli_is_option(a, "--ca-file")) {
       if (!VALUE())
         return 2;
@@ -334,8 +455,11 @@ static int run_primary(int argc, char **argv)
     return 2;
   cfg.listen_host = host;
   char *token = NULL;
-  if (token_file && !(token = cli_read_token_file("primary", token_file)))
-    return 1;
+  int trc = token_file ? cli_token_file_read("primary", token_file, &token) : 0;
+  if (trc) {
+    free(host);
+    return trc;
+  }
   cfg.token = token;
   sigset_t stop;
   cli_block_stop_signals(&stop);
@@ -359,57 +483,34 @@ static int run_primary(int argc, char **argv)
   /* The workload's randomness: --seed repeats a run; by default time and
    * pid, so that two runs in the same second still differ. */
   n.rng = seed ? seed : (((uint64_t)time(NULL) * 2654435761u) ^ ((uint64_t)getpid() << 32)) | 1;
-  double period = 1.0 / (double)rate, next = now_s(), last_log = now_s();
-  int fenced_said = 0, exit_code = 0;
-  for (;;) {
-    if (saves && n.saves >= saves)
-      break;
-    double wait = next - now_s();
-    struct timespec ts = {0, 0};
-    if (wait > 0) {
-      ts.tv_sec = (time_t)wait;
-      ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
-    }
-    if (sigtimedwait(&stop, NULL, &ts) > 0) {
-      cli_log("primary", "stop signal: finishing");
-      break;
-    }
-    next += period;
-    if (next < now_s() - 1)
-      next = now_s(); /* fell behind: do not burst */
-    rc = primary_step(&n);
-    if (rc == 0)
-      faultio_note_ack(&n.committed);
-    if (rc == REPLICATE_ESYNC_TIMEOUT) {
-      cli_log("primary", "a save was not acknowledged by enough standbys in time "
-                         "(it is committed locally)");
-    } else if (rc == REPLICATE_EFENCED) {
-      if (!fenced_said++)
-        cli_log("primary", "FENCED: a standby has a newer epoch; shipping stopped");
-    } else if (rc) {
-      cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
-      exit_code = 1;
-      break;
-    }
-    if (now_s() - last_log >= 10) {
-      char line[160];
-      snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n.saves,
-               (unsigned long long)n.committed.seq);
-      cli_log("primary", line);
-      last_log = now_s();
-    }
+  int ack_fd = -1;
+  if (ack_log && (ack_fd = open(ack_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                                0600)) < 0) {
+    cli_fail("primary", "--ack-log %s: %s", ack_log, strerror(errno));
+    primary_close(&n, 0);
+    free(token);
+    free(host);
+    return 1;
   }
+  int exit_code = run_workload(&n, &stop, saves, rate, ack_fd);
   cli_notify("STOPPING=1");
   loom_position last = n.committed;
-  rc = primary_close(&n, (double)drain);
+  char standbys_line[1024];
+  rc = primary_close_report(&n, exit_code == PRIMARY_EXIT_FENCED ? 0 : (double)drain,
+                            standbys_line, sizeof standbys_line);
+  if (ack_fd >= 0)
+    close(ack_fd);
   free(token);
   free(host);
   char hex[17];
-  printf("committed seq %llu (epoch %llu, checksum %s) in %llu saves%s\n",
+  printf("committed seq %llu (epoch %llu, checksum %s) in %llu saves\n",
          (unsigned long long)last.seq, (unsigned long long)last.epoch,
-         cli_hex64(last.checksum, hex), (unsigned long long)n.saves,
-         rc == 2 ? "; some standbys did not catch up before the drain timeout" : "");
-  return exit_code ? exit_code : rc == 2 ? 0 : rc;
+         cli_hex64(last.checksum, hex), (unsigned long long)n.saves);
+  if (standbys_line[0])
+    printf("standbys: %s\n", standbys_line);
+  if (exit_code)
+    return exit_code;
+  return rc == 2 ? PRIMARY_EXIT_NOT_DRAINED : rc;
 }
 
 const cli_command cmd_primary = {
@@ -418,5 +519,5 @@ const cli_command cmd_primary = {
     "[--rate HZ] [--pages K] [--listen HOST:PORT] [--drain-timeout SECONDS] "
     "[--sync-timeout SECONDS] [--sync-fallback fail|async] [--keys N] "
     "[--arena-pages N] [--ca-file F] [--tls-cert F --tls-key F] [--level L] "
-    "[--log-max-mb MB] [--seed N]",
+    "[--log-max-mb MB] [--seed N] [--ack-log FILE]",
     run_primary};

@@ -31,6 +31,7 @@ typedef struct remote_args {
   const char *token_file;
   const char *ca_file;
   int json;
+  int force;
   uint64_t retries;
 } remote_args;
 
@@ -65,6 +66,8 @@ static int parse_remote(const cli_command *c, int argc, char **argv, int positio
         return 2;
     } else if (!strcmp(argv[i], "--json") && c == &cmd_status) {
       a->json = 1;
+    } else if (!strcmp(argv[i], "--force") && c == &cmd_promote) {
+      a->force = 1;
     } else if (positional && argv[i][0] != '-' && !a->url) {
       a->url = argv[i];
     } else {
@@ -76,24 +79,12 @@ static int parse_remote(const cli_command *c, int argc, char **argv, int positio
   return 0;
 }
 
-/* The token named by --token-file (malloc'd), NULL when none; *failed set
- * when the file cannot be read. */
-static char *load_token(const char *cmd, const remote_args *a, int *failed)
+/* The token named by --token-file into *token (NULL when none): 0, or an
+ * exit code after an error line. */
+static int load_token(const char *cmd, const remote_args *a, char **token)
 {
-  *failed = 0;
-  if (!a->token_file)
-    return NULL;
-  char *t = cli_read_token_file(cmd, a->token_file);
-  *failed = t == NULL;
-  return t;
-}
-
-static void forget_token(char *t)
-{
-  if (t) {
-    memset(t, 0, strlen(t));
-    free(t);
-  }
+  *token = NULL;
+  return a->token_file ? cli_token_file_read(cmd, a->token_file, token) : 0;
 }
 
 /* The message of a JSON error answer, or the status line. */
@@ -119,16 +110,16 @@ static void print_lag(const char *indent, const json *lag)
 static int run_status(int argc, char **argv)
 {
   remote_args a;
-  int rc = parse_remote(&cmd_status, argc, argv, 1, &a), failed;
+  int rc = parse_remote(&cmd_status, argc, argv, 1, &a);
   if (rc)
     return rc;
-  char *token = load_token("status", &a, &failed);
-  if (failed)
-    return 1;
+  char *token;
+  if ((rc = load_token("status", &a, &token)))
+    return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
   client_reply r;
   rc = client_request("GET", a.url, "/v1/status", &o, &r);
-  forget_token(token);
+  cli_token_forget(token);
   char buf[512];
   if (rc) {
     client_reply_free(&r);
@@ -190,16 +181,17 @@ static int run_status(int argc, char **argv)
 static int run_promote(int argc, char **argv)
 {
   remote_args a;
-  int rc = parse_remote(&cmd_promote, argc, argv, 1, &a), failed;
+  int rc = parse_remote(&cmd_promote, argc, argv, 1, &a);
   if (rc)
     return rc;
-  char *token = load_token("promote", &a, &failed);
-  if (failed)
-    return 1;
+  char *token;
+  if ((rc = load_token("promote", &a, &token)))
+    return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 120};
   client_reply r;
-  rc = client_request("POST", a.url, "/v1/promote", &o, &r);
-  forget_token(token);
+  rc = client_request("POST", a.url, a.force ? "/v1/promote?force=1" : "/v1/promote",
+                      &o, &r);
+  cli_token_forget(token);
   char buf[512];
   if (rc) {
     client_reply_free(&r);
@@ -207,6 +199,12 @@ static int run_promote(int argc, char **argv)
   }
   if (r.status != 200) {
     cli_fail("promote", "%s: %s", a.url, error_text(&r, buf, sizeof buf));
+    json *e = jsonread_parse(r.body, r.len);
+    const char *code = jsonread_string(e, "code", "");
+    if (!strcmp(code, "PROMOTE_EMPTY") || !strcmp(code, "PROMOTE_BEHIND"))
+      fprintf(stderr, "promote: %s (code %s); --force promotes it anyway\n",
+              jsonread_string(e, "reason", ""), code);
+    jsonread_free(e);
     client_reply_free(&r);
     return 1;
   }
@@ -230,6 +228,7 @@ typedef struct download {
   uint8_t header[LOOM_STREAM_HEADER];
   size_t header_have;
   loom_position pos;
+  loom_lineage lineage;
   uint8_t *page;
   size_t page_have;
   uint64_t pages_added;
@@ -285,7 +284,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
 
 static int on_stream_header(download *d)
 {
-  int rc = loom_stream_header_decode(d->header, &d->pos);
+  int rc = loom_stream_header_decode(d->header, &d->pos, &d->lineage);
   if (rc) {
     snprintf(d->error, sizeof d->error, "the backup stream's header: %s", loom_strerror(rc));
     return rc;
@@ -293,6 +292,13 @@ static int on_stream_header(download *d)
   d->total = LOOM_STREAM_HEADER + d->pos.pages * PS;
   if (!d->store &&
       (rc = loom_store_open(d->tmp, LOOM_CREATE, NULL, &d->store)) != 0) {
+    snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
+    return rc;
+  }
+  /* The backup keeps the history it was taken from (a new directory has
+   * none of its own yet). */
+  if (!loom_history_is_none(&d->lineage.history) &&
+      (rc = loom_store_adopt_lineage(d->store, &d->lineage)) != 0) {
     snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
     return rc;
   }
@@ -541,14 +547,14 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
 static int run_backup(int argc, char **argv)
 {
   remote_args a;
-  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a), failed;
+  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a);
   if (rc)
     return rc;
-  char *token = load_token("backup", &a, &failed);
-  if (failed)
-    return 1;
+  char *token;
+  if ((rc = load_token("backup", &a, &token)))
+    return rc;
   rc = cli_backup_pull(a.url, a.out, token, a.ca_file, a.retries, 0);
-  forget_token(token);
+  cli_token_forget(token);
   return rc;
 }
 
@@ -561,4 +567,4 @@ const cli_command cmd_status = {
     "status URL [--json] [--token-file F] [--ca-file F]", run_status};
 const cli_command cmd_promote = {
     "promote", "promote a standby to primary at a new epoch",
-    "promote URL [--token-file F] [--ca-file F]", run_promote};
+    "promote URL [--force] [--token-file F] [--ca-file F]", run_promote};

@@ -54,7 +54,7 @@ void cli_block_stop_signals(sigset_t *set)
 static int run_standby(int argc, char **argv)
 {
   const char *dir = NULL, *listen = NULL, *token_file = NULL, *cert = NULL, *key = NULL;
-  uint64_t ready_lag_ms = 5000;
+  uint64_t ready_lag_ms = 5000, promote_max_lag = 100;
   for (int i = 1; i < argc; i++) {
     const char **slot = cli_is_option(argv[i], "--dir")          ? &dir
                         : cli_is_option(argv[i], "--listen")     ? &listen
@@ -65,6 +65,11 @@ static int run_standby(int argc, char **argv)
     const char *v;
     if (slot) {
       if (!(*slot = cli_option_value("standby", argc, argv, &i, argv[i])))
+        return 2;
+    } else if (cli_is_option(argv[i], "--promote-max-lag")) {
+      if (!(v = cli_option_value("standby", argc, argv, &i, "--promote-max-lag")) ||
+          cli_parse_u64("standby", "--promote-max-lag", v, 1, UINT64_MAX,
+                        &promote_max_lag))
         return 2;
     } else if (cli_is_option(argv[i], "--ready-lag-ms")) {
       if (!(v = cli_option_value("standby", argc, argv, &i, "--ready-lag-ms")) ||
@@ -81,8 +86,11 @@ static int run_standby(int argc, char **argv)
   if (cli_parse_listen("standby", listen, &host, &port))
     return 2;
   char *token = NULL;
-  if (token_file && !(token = cli_read_token_file("standby", token_file)))
-    return 1;
+  int trc = token_file ? cli_token_file_read("standby", token_file, &token) : 0;
+  if (trc) {
+    free(host);
+    return trc;
+  }
   sigset_t stop;
   cli_block_stop_signals(&stop);
   http_server_options o = {
@@ -96,15 +104,13 @@ static int run_standby(int argc, char **argv)
       .tls_cert_file = cert,
       .tls_key_file = key,
       .ready_max_lag_seconds = (double)ready_lag_ms / 1000.0,
+      .promote_max_lag = promote_max_lag,
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
   http_server *server;
   int rc = http_server_start(&o, &server);
-  if (token) {
-    memset(token, 0, strlen(token));
-    free(token);
-  }
+  cli_token_forget(token);
   if (rc) {
     free(host);
     return cli_fail("standby", "%s: %s", dir, http_strerror(rc));
@@ -145,5 +151,5 @@ static int run_standby(int argc, char **argv)
 const cli_command cmd_standby = {
     "standby", "run a hot standby: receive, apply, serve the HTTP API",
     "standby --dir DIR --listen HOST:PORT [--token-file F] "
-    "[--tls-cert F --tls-key F] [--ready-lag-ms MS]",
+    "[--tls-cert F --tls-key F] [--ready-lag-ms MS] [--promote-max-lag FRAMES]",
     run_standby};

@@ -72,26 +72,6 @@ int cli_parse_u64(const char *cmd, const char *what, const char *text,
   return 0;
 }
 
-char *cli_read_token_file(const char *cmd, const char *path)
-{
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    cli_fail(cmd, "cannot read token file %s: %s", path, strerror(errno));
-    return NULL;
-  }
-  char line[4096];
-  char *token = NULL;
-  if (fgets(line, sizeof line, f)) {
-    line[strcspn(line, "\r\n")] = '\0';
-    if (line[0])
-      token = strdup(line);
-  }
-  fclose(f);
-  if (!token)
-    cli_fail(cmd, "token file %s is empty", path);
-  return token;
-}
-
 const char *cli_hex64(uint64_t v, char buf[17])
 {
   snprintf(buf, 17, "%016llx", (unsigned long long)v);

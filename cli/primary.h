@@ -51,6 +51,14 @@ int primary_open(primary_node *n, const primary_config *cfg);
 int primary_step(primary_node *n);
 /* Drain up to drain_timeout seconds, stop: 0, 2 (not drained) or 1. */
 int primary_close(primary_node *n, double drain_timeout);
+/* The same, and each standby's state after the drain into line (cap
+ * bytes; "" without standbys). */
+int primary_close_report(primary_node *n, double drain_timeout, char *line,
+                         size_t cap);
+
+/* `loomship primary` exit codes beside 0, 1 and 2 (DESIGN section 5). */
+#define PRIMARY_EXIT_FENCED 3      /* fenced: saves stopped */
+#define PRIMARY_EXIT_NOT_DRAINED 4 /* stopped with a standby missing commits */
 int primary_on_commit(void *ctx, loom *l, const loom_commit *c);
 
 #endif

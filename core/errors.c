@@ -21,6 +21,7 @@ const char *loom_strerror(int rc)
   case LOOM_EINVAL: return "an argument is out of range";
   case LOOM_ENOIMAGE: return "no image in that directory";
   case LOOM_ETRACKER: return "the requested dirty-page tracker is not available";
+  case LOOM_EHISTORY: return "the image directory already follows another history";
   case LOOM_ELAST: break;
   }
   return "unknown error";

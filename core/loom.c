@@ -373,6 +373,10 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   if (!rc)
     rc = store_open_flags(dir, opt->flags & (LOOM_CREATE | LOOM_APPLY_ASYNC),
                           opt->io, &l->store);
+  /* A directory opened as a primary has a history from then on (loom.h:
+   * "History identity"). */
+  if (!rc)
+    rc = loom_store_ensure_history(l->store);
   loom_position pos = {0};
   if (!rc) {
     loom_store_position(l->store, &pos);

@@ -84,7 +84,8 @@ enum loom_error {
   LOOM_EINVAL = -30909,    /* an argument is out of range */
   LOOM_ENOIMAGE = -30910,  /* no image directory there (and no LOOM_CREATE) */
   LOOM_ETRACKER = -30911,  /* the requested dirty-page tracker is unavailable */
-  LOOM_ELAST = -30912      /* sentinel: one past the lowest code */
+  LOOM_EHISTORY = -30912,  /* the store already follows another history */
+  LOOM_ELAST = -30913      /* sentinel: one past the lowest code */
 };
 
 /* A description of rc (0, an errno value, or a LOOM_E* code). Never NULL. */
@@ -103,6 +104,51 @@ typedef struct loom_position {
 
 /* The hash of one page as the whole-image checksum counts it. */
 uint64_t loom_page_hash(uint64_t page_number, const void *page);
+
+/*
+ * History identity (DESIGN section 3). A directory first created as a
+ * primary (loom_open) gets a random 128-bit *history id*; a standby's store
+ * has none until it takes in its first frame or base image, and then keeps
+ * the history it follows. A promotion starts a new epoch *of the same
+ * history* and records where it branched: the position (seq, checksum) the
+ * new epoch starts from. The history id and the newest LOOM_MAX_BRANCHES
+ * branch points are kept in the meta (docs/FORMAT.md), and travel in every
+ * frame, base image and status document, so that no node moves backwards
+ * or sideways by itself (replicate.h: replicate_place_frame and friends).
+ */
+#define LOOM_HISTORY_SIZE 16u
+#define LOOM_MAX_BRANCHES 8u
+
+typedef struct loom_history {
+  uint8_t id[LOOM_HISTORY_SIZE];  /* all zero: no history yet */
+} loom_history;
+
+/* Epoch `epoch` began at (seq, checksum): its first commit is seq + 1. */
+typedef struct loom_branch {
+  uint64_t epoch;
+  uint64_t seq;
+  uint64_t checksum;
+} loom_branch;
+
+typedef struct loom_lineage {
+  loom_history history;
+  uint32_t branch_count;                  /* <= LOOM_MAX_BRANCHES */
+  loom_branch branches[LOOM_MAX_BRANCHES];/* ascending epochs; the oldest
+                                             are dropped past the limit */
+} loom_lineage;
+
+/* 1 when h is the empty (all-zero) history, else 0. */
+int loom_history_is_none(const loom_history *h);
+/* 1 when a and b are the same history, else 0. */
+int loom_history_equal(const loom_history *a, const loom_history *b);
+/* 32 lowercase hex digits and a NUL. */
+void loom_history_hex(const loom_history *h, char out[2 * LOOM_HISTORY_SIZE + 1]);
+/* Parse 32 hex digits (exactly); 0 or LOOM_EINVAL. */
+int loom_history_parse(const char *hex, loom_history *out);
+/* The branch point at which the first epoch newer than `epoch` began, per
+ * lineage: 1 and *out when the lineage knows one, else 0. */
+int loom_lineage_branch_after(const loom_lineage *lineage, uint64_t epoch,
+                              loom_branch *out);
 
 /* ---------------------------------------------------------------------- */
 /* The store: an image directory. */
@@ -149,9 +195,31 @@ int loom_store_image_fd(const loom_store *store);
  * meta record are then durably at the current position. */
 int loom_store_sync(loom_store *store);
 
-/* Make epoch (> the current one) durable as this store's epoch: promotion.
- * seq and checksum are unchanged. */
+/* Make epoch (> the current one) durable as this store's epoch: promotion,
+ * or a standby taking the first frame of a promoted primary. seq and
+ * checksum are unchanged; the branch (epoch, seq, checksum) is recorded in
+ * the lineage (branches of epochs >= epoch are dropped first). A store
+ * being promoted that has no history yet is given one first
+ * (loom_store_ensure_history). */
 int loom_store_set_epoch(loom_store *store, uint64_t epoch);
+
+/* The store's history id and branch points. */
+void loom_store_lineage(const loom_store *store, loom_lineage *out);
+
+/*
+ * loom_store_adopt_lineage: make lineage durable as this store's (in the
+ * meta, position unchanged): a standby taking its first frame, or a base
+ * image, of the history it will follow from then on. Allowed when the
+ * store has no history, when its position is still seq 0 (it holds
+ * nothing), or when lineage is of the store's own history (its branch
+ * points then replace the store's). Errors: LOOM_EHISTORY (another
+ * history: the store holds commits of its own), errno values.
+ */
+int loom_store_adopt_lineage(loom_store *store, const loom_lineage *lineage);
+
+/* Give a store that has none a new random history id (durable). A
+ * primary's open does this (loom_open); 0 when it already has one. */
+int loom_store_ensure_history(loom_store *store);
 
 /*
  * Committing a patch built outside an arena (a standby applying a frame, or
@@ -231,6 +299,8 @@ typedef struct loom_snapshot loom_snapshot;
 
 int loom_store_snapshot_open(loom_store *store, loom_snapshot **out);
 void loom_snapshot_position(const loom_snapshot *snap, loom_position *out);
+/* The history and branch points the snapshot's image belongs to. */
+void loom_snapshot_lineage(const loom_snapshot *snap, loom_lineage *out);
 int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len);
 void loom_snapshot_close(loom_snapshot *snap);
 
@@ -239,12 +309,14 @@ void loom_snapshot_close(loom_snapshot *snap);
  * GET /v1/backup serves and PUT /v1/base takes (docs/FORMAT.md):
  * a LOOM_STREAM_HEADER-byte header, then the pages in order.
  */
-#define LOOM_STREAM_HEADER 64u
+#define LOOM_STREAM_HEADER 512u
 void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
-                               const loom_position *pos);
-/* 0, LOOM_ECORRUPT (bad magic or checksum) or LOOM_EVERSION. */
+                               const loom_position *pos,
+                               const loom_lineage *lineage);
+/* 0, LOOM_ECORRUPT (bad magic or checksum) or LOOM_EVERSION. lineage may
+ * be NULL when the caller needs only the position. */
 int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
-                              loom_position *pos);
+                              loom_position *pos, loom_lineage *lineage);
 
 /* ---------------------------------------------------------------------- */
 /* Read-only tools: work on a directory whose owner stopped or died, and on
@@ -254,6 +326,9 @@ int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
  * position, or that of a committed patch not yet applied), read without
  * a lock and without changing anything. */
 int loom_inspect(const char *dir, loom_position *out);
+/* The same, with the directory's history and branch points. */
+int loom_inspect_lineage(const char *dir, loom_position *out,
+                         loom_lineage *lineage);
 
 /* Recompute the image's checksum from its pages and compare it with the
  * recorded position: 0 when they agree, LOOM_ECORRUPT when not (computed

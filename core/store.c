@@ -7,7 +7,8 @@
  *   image    page n at offset n * LOOM_PAGE_SIZE; length = position.pages
  *   hashes   u64 LE per image page: loom_page_hash(n, page n)
  *   meta     two 512-byte slots; the valid one with the higher generation
- *            is the durable position
+ *            is the durable position (and the lineage: history id and
+ *            branch points, history.c)
  *   patch    one persistent file, rewritten in place by every commit; it
  *            counts only while its before-position is the meta's position
  *   lock     flock(LOCK_EX) by the one writer
@@ -84,6 +85,7 @@
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 #define META_SLOT_SIZE 512u
 #define META_MAGIC "LOOMMETA"
+#define META_LINEAGE_OFFSET 64u
 #define PATCH_MAGIC "LOOMPTCH"
 #define FORMAT_VERSION 1u
 #define PATCH_HEADER_BLOCK 4096u
@@ -110,6 +112,7 @@ struct loom_store {
   int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
   loom_position pos;       /* committed (the patch is durable) */
   loom_position applied;   /* durable in the meta */
+  loom_lineage lineage;    /* durable in the meta (history, branches) */
   uint64_t generation;     /* of the meta slot last written */
   uint64_t *hashes;        /* [pos.pages], committed */
   uint64_t hashes_cap;
@@ -120,6 +123,7 @@ struct loom_store {
   pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
   loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
   loom_position image_pos; /* the position the image file's pages are at */
+  loom_lineage image_lineage; /* the lineage snapshots carry (snap_lock) */
   uint64_t patch_bytes;    /* the patch file's length, as far as we know */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
@@ -127,6 +131,7 @@ struct loom_store {
 struct loom_snapshot {
   loom_store *store;
   loom_position pos;
+  loom_lineage lineage;
   int error;               /* a page could not be preserved: reads fail */
   int side_fd;             /* old versions of pages changed since open */
   uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
@@ -213,7 +218,7 @@ static int file_size(int fd, uint64_t *out)
 /* Meta slots. */
 
 static void meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
-                        const loom_position *p)
+                        const loom_position *p, const loom_lineage *lineage)
 {
   memset(slot, 0, META_SLOT_SIZE);
   memcpy(slot, META_MAGIC, 8);
@@ -225,12 +230,13 @@ static void meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
   le64_put(slot + 40, p->checksum);
   le64_put(slot + 48, p->pages);
   le64_put(slot + 56, (uint64_t)p->commit_time_ns);
+  lineage_encode(slot + META_LINEAGE_OFFSET, lineage);
   le64_put(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
 
 /* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. */
 static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
-                       loom_position *p)
+                       loom_position *p, loom_lineage *lineage)
 {
   if (memcmp(slot, META_MAGIC, 8) != 0 ||
       le64_get(slot + META_SLOT_SIZE - 8) !=
@@ -247,12 +253,13 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
   p->commit_time_ns = (int64_t)le64_get(slot + 56);
   if (p->pages > MAX_PAGES)
     return LOOM_ECORRUPT;
-  return 0;
+  return lineage_decode(slot + META_LINEAGE_OFFSET, lineage);
 }
 
 /* R1: the valid slot with the higher generation. LOOM_ENOIMAGE when the
  * file holds no valid slot at all. */
-static int meta_read(loom_store *s, uint64_t *generation, loom_position *p)
+static int meta_read(loom_store *s, uint64_t *generation, loom_position *p,
+                     loom_lineage *lineage)
 {
   uint8_t buf[2 * META_SLOT_SIZE];
   ssize_t n = s->io->pread(s->io->ctx, s->meta_fd, buf, sizeof buf, 0);
@@ -264,12 +271,14 @@ static int meta_read(loom_store *s, uint64_t *generation, loom_position *p)
       break;
     uint64_t g;
     loom_position q;
-    int rc = meta_decode(buf + i * META_SLOT_SIZE, &g, &q);
+    loom_lineage l;
+    int rc = meta_decode(buf + i * META_SLOT_SIZE, &g, &q, &l);
     if (rc == LOOM_EVERSION)
       version_error = 1;
     if (rc == 0 && (!found || g > *generation)) {
       *generation = g;
       *p = q;
+      *lineage = l;
       found = 1;
     }
   }
@@ -278,12 +287,14 @@ static int meta_read(loom_store *s, uint64_t *generation, loom_position *p)
   return version_error ? LOOM_EVERSION : LOOM_ENOIMAGE;
 }
 
-/* Step 6: the next slot, then fsync. */
-static int meta_write(loom_store *s, const loom_position *p)
+/* Step 6: the next slot, then fsync; with lineage (on success the store's
+ * lineage). */
+static int meta_write_lineage(loom_store *s, const loom_position *p,
+                              const loom_lineage *lineage)
 {
   uint8_t slot[META_SLOT_SIZE];
   uint64_t g = s->generation + 1;
-  meta_encode(slot, g, p);
+  meta_encode(slot, g, p, lineage);
   int rc = io_write_exact(s, s->meta_fd, slot, sizeof slot,
                           (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
@@ -291,8 +302,14 @@ static int meta_write(loom_store *s, const loom_position *p)
   if (!rc) {
     s->generation = g;
     s->applied = *p;
+    s->lineage = *lineage;
   }
   return rc;
+}
+
+static int meta_write(loom_store *s, const loom_position *p)
+{
+  return meta_write_lineage(s, p, &s->lineage);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1290,7 +1307,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (rc == ENOENT)
     rc = LOOM_ENOIMAGE;
   if (!rc) {
-    rc = meta_read(s, &s->generation, &s->pos);
+    rc = meta_read(s, &s->generation, &s->pos, &s->lineage);
     s->applied = s->pos;
     if (rc == LOOM_ENOIMAGE && create) {
       /* No position recorded: only an empty (or absent) image may be
@@ -1336,6 +1353,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && create)
     rc = sync_parent(s, dir);
   s->image_pos = s->pos;
+  s->image_lineage = s->lineage;
   if (!rc && s->patch_fd >= 0)
     rc = file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
@@ -1419,7 +1437,9 @@ int loom_store_set_epoch(loom_store *s, uint64_t epoch)
     return LOOM_EINVAL;
   loom_position p = s->pos;
   p.epoch = epoch;
-  rc = meta_write(s, &p);
+  loom_lineage lineage = s->lineage;
+  lineage_add_branch(&lineage, &(loom_branch){epoch, p.seq, p.checksum});
+  rc = meta_write_lineage(s, &p, &lineage);
   if (rc) {
     store_poison(s, rc);
     return rc;
@@ -1427,8 +1447,56 @@ int loom_store_set_epoch(loom_store *s, uint64_t epoch)
   s->pos = p;
   pthread_mutex_lock(&s->snap_lock);
   s->image_pos.epoch = epoch; /* snapshots from now on carry the new epoch */
+  s->image_lineage = s->lineage;
   pthread_mutex_unlock(&s->snap_lock);
   return 0;
+}
+
+void loom_store_lineage(const loom_store *s, loom_lineage *out)
+{
+  *out = s->lineage;
+}
+
+/* Write lineage with the current position (durable, or the handle is
+ * poisoned). */
+static int lineage_write(loom_store *s, const loom_lineage *lineage)
+{
+  int rc = apply_wait(s);
+  if (rc)
+    return rc;
+  if (s->flags & LOOM_READONLY)
+    return LOOM_EINVAL;
+  rc = meta_write_lineage(s, &s->pos, lineage);
+  if (rc) {
+    store_poison(s, rc);
+    return rc;
+  }
+  pthread_mutex_lock(&s->snap_lock);
+  s->image_lineage = s->lineage;
+  pthread_mutex_unlock(&s->snap_lock);
+  return 0;
+}
+
+int loom_store_adopt_lineage(loom_store *s, const loom_lineage *lineage)
+{
+  if (!lineage || lineage->branch_count > LOOM_MAX_BRANCHES ||
+      loom_history_is_none(&lineage->history))
+    return LOOM_EINVAL;
+  if (!loom_history_is_none(&s->lineage.history) && s->pos.seq != 0 &&
+      !loom_history_equal(&s->lineage.history, &lineage->history))
+    return LOOM_EHISTORY;
+  if (memcmp(&s->lineage, lineage, sizeof *lineage) == 0)
+    return 0;
+  return lineage_write(s, lineage);
+}
+
+int loom_store_ensure_history(loom_store *s)
+{
+  if (!loom_history_is_none(&s->lineage.history))
+    return 0;
+  loom_lineage lineage = s->lineage;
+  int rc = lineage_new_history(&lineage);
+  return rc ? rc : lineage_write(s, &lineage);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1492,7 +1560,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = -fd;
   if (!rc) {
     uint8_t slot[META_SLOT_SIZE];
-    meta_encode(slot, 1, &s->pos);
+    meta_encode(slot, 1, &s->pos, &s->lineage);
     rc = io_write_exact(s, fd, slot, sizeof slot, META_SLOT_SIZE);
   }
   if (!rc)
@@ -1534,11 +1602,19 @@ int loom_store_backup(loom_store *s, const char *dest)
  * (nothing is applied). */
 int loom_inspect(const char *dir, loom_position *out)
 {
+  return loom_inspect_lineage(dir, out, NULL);
+}
+
+int loom_inspect_lineage(const char *dir, loom_position *out,
+                         loom_lineage *lineage)
+{
   loom_store *s;
   int rc = store_open_flags(dir, LOOM_READONLY, NULL, &s);
   if (rc)
     return rc;
   *out = s->pos;
+  if (lineage)
+    *lineage = s->lineage;
   loom_patch *p = NULL;
   if (patch_read(s, 0, &p) == 0 && p->header.before.epoch == s->pos.epoch &&
       p->header.before.seq == s->pos.seq &&
@@ -1644,6 +1720,7 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
     rc = LOOM_EINVAL;
   if (!rc) {
     snap->pos = s->image_pos;
+    snap->lineage = s->image_lineage;
     snap->preserved = calloc((size_t)(snap->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
     if (!snap->preserved)
       rc = ENOMEM;
@@ -1665,6 +1742,11 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
 void loom_snapshot_position(const loom_snapshot *snap, loom_position *out)
 {
   *out = snap->pos;
+}
+
+void loom_snapshot_lineage(const loom_snapshot *snap, loom_lineage *out)
+{
+  *out = snap->lineage;
 }
 
 int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len)
@@ -1710,29 +1792,40 @@ void loom_snapshot_close(loom_snapshot *snap)
 }
 
 #define STREAM_MAGIC "LOOMIMG1"
+#define STREAM_VERSION 2u
+#define STREAM_LINEAGE_OFFSET 56u
+#define STREAM_CHECKSUM_OFFSET (LOOM_STREAM_HEADER - 8u)
 
 void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
-                               const loom_position *pos)
+                               const loom_position *pos,
+                               const loom_lineage *lineage)
 {
   memset(out, 0, LOOM_STREAM_HEADER);
   memcpy(out, STREAM_MAGIC, 8);
-  le32_put(out + 8, FORMAT_VERSION);
+  le32_put(out + 8, STREAM_VERSION);
   le32_put(out + 12, LOOM_PAGE_SIZE);
   le64_put(out + 16, pos->epoch);
   le64_put(out + 24, pos->seq);
   le64_put(out + 32, pos->checksum);
   le64_put(out + 40, pos->pages);
   le64_put(out + 48, (uint64_t)pos->commit_time_ns);
-  le64_put(out + 56, XXH3_64bits(out, 56));
+  lineage_encode(out + STREAM_LINEAGE_OFFSET, lineage);
+  le64_put(out + STREAM_CHECKSUM_OFFSET, XXH3_64bits(out, STREAM_CHECKSUM_OFFSET));
 }
 
 int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
-                              loom_position *pos)
+                              loom_position *pos, loom_lineage *lineage)
 {
-  if (memcmp(in, STREAM_MAGIC, 8) != 0 || le64_get(in + 56) != XXH3_64bits(in, 56))
+  if (memcmp(in, STREAM_MAGIC, 8) != 0)
     return LOOM_ECORRUPT;
-  if (le32_get(in + 8) != FORMAT_VERSION || le32_get(in + 12) != LOOM_PAGE_SIZE)
+  if (le32_get(in + 8) != STREAM_VERSION || le32_get(in + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
+  if (le64_get(in + STREAM_CHECKSUM_OFFSET) !=
+      XXH3_64bits(in, STREAM_CHECKSUM_OFFSET))
+    return LOOM_ECORRUPT;
+  loom_lineage ignored;
+  if (lineage_decode(in + STREAM_LINEAGE_OFFSET, lineage ? lineage : &ignored))
+    return LOOM_ECORRUPT;
   pos->epoch = le64_get(in + 16);
   pos->seq = le64_get(in + 24);
   pos->checksum = le64_get(in + 32);

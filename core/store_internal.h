@@ -54,4 +54,16 @@ int store_poisoned(const loom_store *s);
 void store_poison(loom_store *s, int rc);
 uint64_t store_zero_hash(uint64_t n);
 
+/* Lineage bytes (history.c; the layout is written there and in
+ * docs/FORMAT.md), in the meta and the image stream header. */
+#define LINEAGE_BYTES 216u
+void lineage_encode(uint8_t out[LINEAGE_BYTES], const loom_lineage *lineage);
+/* 0, or LOOM_ECORRUPT when the bytes are no valid lineage. */
+int lineage_decode(const uint8_t in[LINEAGE_BYTES], loom_lineage *lineage);
+/* Record that branch->epoch began at (seq, checksum): later epochs' entries
+ * are dropped, and the oldest when the table is full. */
+void lineage_add_branch(loom_lineage *lineage, const loom_branch *branch);
+/* A new random history id in lineage->history: 0 or an errno value. */
+int lineage_new_history(loom_lineage *lineage);
+
 #endif

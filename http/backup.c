@@ -71,7 +71,9 @@ static http_backup_share *share_acquire(http_server *s, int *rc)
     return NULL;
   }
   loom_snapshot_position(share->snap, &share->position);
-  loom_stream_header_encode(share->header, &share->position);
+  loom_lineage lineage;
+  loom_snapshot_lineage(share->snap, &lineage);
+  loom_stream_header_encode(share->header, &share->position, &lineage);
   http_etag_format(&share->position, share->etag);
   share->refs = 1;
   s->share = share;

@@ -7,6 +7,7 @@
  *   server.c    the daemon: dispatch, authentication, load bounds, status,
  *               metrics, health
  *   backup.c    GET /v1/backup from a shared snapshot
+ *   guard.c     deadlines for headers and uploads (slow clients)
  *   standby.c   the standby: receive log, applier thread, frames, base,
  *               promotion
  *
@@ -21,6 +22,8 @@
 #include <stddef.h>
 #include <pthread.h>
 #include <stdint.h>
+
+#include <microhttpd.h>
 
 #include "loom.h"
 #include "replicate.h"
@@ -95,8 +98,11 @@ const char *http_error_name(int rc);
 /* The decoder limits the options ask for (defaults filled in). */
 replicate_limits http_limits_of(const http_server_options *opt);
 
-int64_t http_now_ns(void);       /* CLOCK_REALTIME */
+int64_t http_now_ns(void);       /* CLOCK_REALTIME (+ the test offset) */
 int64_t http_monotonic_ns(void); /* CLOCK_MONOTONIC */
+/* Test seam: shift this process's http_now_ns() by ns (a host whose clock
+ * is off); 0, the default, in production. */
+void http_clock_offset_set(int64_t ns);
 
 /* ---------------------------------------------------------------------- */
 /* A reply being built by a handler: a status code, a JSON body (an object
@@ -124,6 +130,8 @@ void http_reply_error(http_reply *reply, unsigned status, const char *message);
 void http_reply_object(http_reply *reply, unsigned status);
 /* Write pos as {"epoch", "seq", "checksum", "pages", "at"}. */
 void http_json_position(json_writer *w, const loom_position *pos);
+/* The key "history": 32 hex digits, or null for none. */
+void http_json_history(json_writer *w, const loom_history *h);
 
 typedef struct http_logger {
   http_log_fn fn;
@@ -151,6 +159,9 @@ typedef struct http_standby_view {
   uint64_t bytes_received;      /* commit frame bytes made durable */
   uint64_t apply_failures;
   uint64_t receive_log_bytes;
+  bool clock_skew_known;        /* a frame or heartbeat arrived */
+  double clock_skew_seconds;    /* our clock minus the primary's, estimated
+                                   (standby.c, PRIMARY'S CLOCK) */
 } http_standby_view;
 
 int http_standby_open(const http_server_options *opt,
@@ -161,8 +172,10 @@ int http_standby_close(http_standby *sb);
 /* POST /v1/frames with the whole body. */
 void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
                                 size_t len, http_reply *reply);
-/* POST /v1/promote. */
-void http_standby_promote(http_standby *sb, http_reply *reply);
+/* POST /v1/promote[?force=1]: refused (409) when the standby never
+ * applied anything (PROMOTE_EMPTY) or is more than promote_max_lag frames
+ * behind the primary seq it last heard (PROMOTE_BEHIND), unless forced. */
+void http_standby_promote(http_standby *sb, bool force, http_reply *reply);
 
 /* PUT /v1/base, streamed: begin (0, or non-zero with reply filled), feed
  * chunks (0, or non-zero once refused: the reply to send is then kept in
@@ -186,6 +199,57 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out);
 bool http_standby_promoted(http_standby *sb);
 
 /* ---------------------------------------------------------------------- */
+/* The connection guard (guard.c): deadlines for request headers and
+ * uploads, kept by a thread of its own (the file's comment says why
+ * libmicrohttpd's idle timeout is not enough). Protocol: register
+ * http_guard_notify as the daemon's MHD_OPTION_NOTIFY_CONNECTION with the
+ * guard as its closure; from the access handler call request_begin once the
+ * headers are in, upload_begin when a body is to be read and
+ * upload_progress with each piece of it; from the completion callback,
+ * request_end. A connection the guard does not know (out of memory) is
+ * simply not guarded. */
+
+typedef struct http_guard http_guard;
+
+typedef struct http_guard_limits {
+  unsigned header_timeout_seconds;      /* G1 */
+  unsigned upload_grace_seconds;        /* G2: before the rate counts */
+  uint64_t upload_min_bytes_per_second; /* G2; 0: no minimum */
+} http_guard_limits;
+
+typedef enum http_guard_verdict {
+  HTTP_GUARD_OK = 0,
+  HTTP_GUARD_HEADERS_LATE = 1,  /* G1 */
+  HTTP_GUARD_TOO_SLOW = 2,      /* G2 */
+  HTTP_GUARD_TOO_LONG = 3,      /* G3 */
+  HTTP_GUARD_REASONS = 4
+} http_guard_verdict;
+
+/* "headers_late", "upload_too_slow", "upload_too_long" (metrics labels). */
+const char *http_guard_reason_name(http_guard_verdict v);
+
+int http_guard_start(const http_guard_limits *limits,
+                     const http_logger *logger, http_guard **out);
+/* After the daemon stopped. NULL is a no-op. */
+void http_guard_stop(http_guard *guard);
+void http_guard_notify(void *cls, struct MHD_Connection *conn,
+                       void **socket_context,
+                       enum MHD_ConnectionNotificationCode code);
+void http_guard_request_begin(http_guard *guard, struct MHD_Connection *conn);
+void http_guard_request_end(http_guard *guard, struct MHD_Connection *conn);
+/* An upload starts (max_seconds: its duration cap, G3; 0: none). */
+void http_guard_upload_begin(http_guard *guard, struct MHD_Connection *conn,
+                             unsigned max_seconds);
+/* bytes more arrived: HTTP_GUARD_OK, or the reason the caller must close
+ * the connection now (counted as closed by the guard). */
+http_guard_verdict http_guard_upload_progress(http_guard *guard,
+                                              struct MHD_Connection *conn,
+                                              size_t bytes);
+/* How many connections were closed, by reason (index: the verdict). */
+void http_guard_closed_counts(http_guard *guard,
+                              uint64_t out[HTTP_GUARD_REASONS]);
+
+/* ---------------------------------------------------------------------- */
 /* The server (server.c) and backups (backup.c) */
 
 typedef enum http_endpoint {
@@ -202,7 +266,7 @@ typedef enum http_endpoint {
 } http_endpoint;
 
 /* The status codes counted one by one in /metrics; others go to "other". */
-#define HTTP_CODE_SLOTS 14
+#define HTTP_CODE_SLOTS 15
 extern const unsigned http_counted_codes[HTTP_CODE_SLOTS - 1];
 
 const char *http_endpoint_path(http_endpoint ep);
@@ -217,9 +281,6 @@ typedef struct http_backup_share {
   unsigned refs;                /* backup_mu */
 } http_backup_share;
 
-struct MHD_Daemon;
-struct MHD_Connection;
-
 struct http_server {
   http_role role;               /* the configured role */
   http_primary_source primary;  /* primary role */
@@ -232,6 +293,9 @@ struct http_server {
   replicate_limits limits;      /* what a frame may declare */
   unsigned max_uploads;
   unsigned upload_stall_seconds;   /* per-connection timeout while uploading */
+  unsigned frame_upload_max_seconds; /* duration caps (guard.c, G3) */
+  unsigned base_upload_max_seconds;
+  http_guard *guard;
   unsigned connection_timeout;     /* the daemon's, restored after an upload */
   double ready_max_lag_seconds;
   http_logger logger;

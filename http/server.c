@@ -7,16 +7,23 @@
  * libmicrohttpd calls the access handler several times per request, in
  * three phases:
  *
- *   1. headers received (*req_cls == NULL): allocate the request state and
- *      decide what can be decided from the headers: unknown path (404),
- *      method (405), stopping (503), token (401), upload slot (503),
- *      Content-Length over the cap (413), and for a base image, claiming
- *      the standby. A refusal is queued at once: libmicrohttpd then skips
- *      the body and closes the connection after the reply.
+ *   0. request line (on_request_line, the URI log callback): allocate the
+ *      request state while the raw target can still be seen.
+ *   1. headers received (!r->started): decide what can be decided from
+ *      the headers: a NUL byte in the path or an ambiguous length (400),
+ *      unknown path (404), method (405), stopping (503), token (401),
+ *      upload slot (503), Content-Length over the cap (413), and for a
+ *      base image, claiming the standby. A refusal is queued at once:
+ *      libmicrohttpd then skips the body and closes the connection after
+ *      the reply. Otherwise the guard (guard.c) watches the body's rate
+ *      and duration.
  *   2. body chunks (*upload_data_size > 0): a frame accumulates up to its
  *      cap (its header, once 128 bytes are in, gives the real size); a
- *      base image is fed to the store page by page. A refusal decided here
- *      is kept, and the rest of the body is read and dropped.
+ *      base image is fed to the store page by page. libmicrohttpd cannot
+ *      queue an answer here, so a refusal decided here is kept and the
+ *      rest of the body read and dropped up to its Content-Length; without
+ *      one (chunked), past the byte cap, or too slow or too long, the
+ *      connection is closed at once (body_chunk).
  *   3. body complete (*upload_data_size == 0): answer.
  *
  * The request state is freed in one place, the completion callback
@@ -38,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -49,7 +57,7 @@
 #endif
 
 const unsigned http_counted_codes[HTTP_CODE_SLOTS - 1] = {
-    200, 206, 400, 401, 404, 405, 409, 413, 416, 500, 503, 507, 304};
+    200, 206, 400, 401, 404, 405, 409, 413, 416, 500, 503, 507, 304, 408};
 
 static const char *const endpoint_paths[HTTP_EP_COUNT] = {
     [HTTP_EP_FRAMES] = "/v1/frames",   [HTTP_EP_BASE] = "/v1/base",
@@ -73,6 +81,9 @@ const char *http_standby_state_name(http_standby_state state)
   case HTTP_STANDBY_UNREACHABLE: return "unreachable";
   case HTTP_STANDBY_UNAUTHORIZED: return "unauthorized";
   case HTTP_STANDBY_FENCED: return "fenced";
+  case HTTP_STANDBY_DIVERGED: return "diverged";
+  case HTTP_STANDBY_STALLED: return "stalled";
+  case HTTP_STANDBY_REFUSED: return "refused";
   }
   return "unknown";
 }
@@ -82,7 +93,15 @@ const char *http_standby_state_name(http_standby_state state)
 
 typedef struct request {
   http_endpoint ep;
+  bool started;                 /* phase 1 done */
+  bool path_nul_escaped;        /* "%00" in the raw request target */
+  const char *target_end;       /* end of the raw target as a C string */
   bool upload_slot;             /* holds one of max_uploads */
+  bool wants_reserved_slot;     /* a frame: the kept slot, once its header
+                                   proves valid */
+  bool has_length;              /* Content-Length given */
+  uint64_t body_bytes;          /* read so far */
+  uint64_t body_cap;            /* past this, the connection is closed */
   bool refused;                 /* the body is being skipped */
   http_reply refusal;           /* what to answer then */
   uint8_t *body;                /* a frame */
@@ -268,6 +287,8 @@ static void figures_collect(http_server *s, node_figures *f)
   } else {
     st->role = HTTP_ROLE_PRIMARY;
     s->primary.position(s->primary.ctx, &st->applied);
+    if (s->primary.history)
+      s->primary.history(s->primary.ctx, &st->history);
     st->received = st->applied;
     st->primary_seq = st->applied.seq;
     f->fenced = s->primary.fenced && s->primary.fenced(s->primary.ctx);
@@ -332,6 +353,27 @@ static void lag_json(json_writer *w, uint64_t frames, uint64_t bytes,
   json_object_end(w);
 }
 
+/* "diverged": null, or the last input refused as moving this standby
+ * backwards or sideways: {"code", "reason", "at"}. */
+static void diverged_json(json_writer *w, const http_server_status *st)
+{
+  json_key(w, "diverged");
+  if (!st->diverged) {
+    json_null(w);
+    return;
+  }
+  json_object_begin(w);
+  json_key(w, "code");
+  json_string(w, http_error_name(st->diverged));
+  json_key(w, "reason");
+  json_string(w, replicate_strerror(st->diverged));
+  json_key(w, "at");
+  json_time_ns(w, st->diverged_at_ns);
+  json_key(w, "refusals");
+  json_uint(w, st->divergences);
+  json_object_end(w);
+}
+
 static void status_json(http_server *s, const node_figures *f, json_writer *w)
 {
   const http_server_status *st = &f->view.status;
@@ -341,15 +383,22 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
   json_key(w, "epoch");
   json_uint(w, st->received.epoch > st->applied.epoch ? st->received.epoch
                                                       : st->applied.epoch);
+  http_json_history(w, &st->history);
   json_key(w, "applied");
   http_json_position(w, &st->applied);
 
   if (f->standby_role) {
+    diverged_json(w, st);
     json_key(w, "received");
     http_json_position(w, &st->received);
     json_key(w, "primary_seq");
     json_uint(w, st->primary_seq);
     lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
+    json_key(w, "clock_skew_seconds");
+    if (f->view.clock_skew_known)
+      json_double(w, f->view.clock_skew_seconds);
+    else
+      json_null(w);
     json_key(w, "replay_paused");
     json_bool(w, st->replay_paused);
     json_key(w, "primary_epoch");
@@ -367,15 +416,18 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
     json_key(w, "fenced");
     json_bool(w, f->fenced);
     if (s->primary.sync_state) {
-      unsigned count = 0;
-      bool degraded = false;
-      s->primary.sync_state(s->primary.ctx, &count, &degraded);
+      http_sync_status sync = {0};
+      s->primary.sync_state(s->primary.ctx, &sync);
       json_key(w, "sync");
       json_object_begin(w);
+      json_key(w, "required");
+      json_uint(w, sync.required);
       json_key(w, "count");
-      json_uint(w, count);
+      json_uint(w, sync.required);
       json_key(w, "degraded");
-      json_bool(w, degraded);
+      json_bool(w, sync.degraded);
+      json_key(w, "degraded_since");
+      json_time_ns(w, sync.degraded ? sync.degraded_since_ns : 0);
       json_object_end(w);
     }
     if (f->promoted) {
@@ -397,6 +449,8 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
       json_uint(w, sb->received_seq);
       json_key(w, "applied_seq");
       json_uint(w, sb->applied_seq);
+      json_key(w, "base_images");
+      json_uint(w, sb->base_images);
       lag_json(w, sb->lag_frames, sb->lag_bytes, sb->lag_seconds);
       json_key(w, "last_error");
       json_string(w, sb->last_error[0] ? sb->last_error : NULL);
@@ -593,6 +647,8 @@ static void standby_metrics(textbuf *t, const node_figures *f)
        "Page bytes shipped to the standby before compression."},
       {"loomship_standby_shipped_wire_bytes_total", "counter",
        "Frame bytes shipped to the standby."},
+      {"loomship_standby_base_images_total", "counter",
+       "Base images the standby acknowledged."},
       {"loomship_standby_last_error_time_seconds", "gauge",
        "When the last error with the standby happened (0: none)."},
   };
@@ -612,6 +668,7 @@ static void standby_metrics(textbuf *t, const node_figures *f)
       case 5: v = sb->lag_seconds; break;
       case 6: v = (double)sb->bytes_raw; break;
       case 7: v = (double)sb->bytes_wire; break;
+      case 8: v = (double)sb->base_images; break;
       default: v = seconds_of(sb->last_error_at_ns); break;
       }
       tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
@@ -625,6 +682,19 @@ static void standby_metrics(textbuf *t, const node_figures *f)
     tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} 1\n", url,
               http_standby_state_name(f->standbys[i].state));
   }
+}
+
+static void guard_metrics(textbuf *t, http_guard *guard)
+{
+  uint64_t closed[HTTP_GUARD_REASONS];
+  http_guard_closed_counts(guard, closed);
+  tb_head(t, "loomship_http_connections_closed_total", "counter",
+          "Connections closed for a late request header or a slow or "
+          "overlong upload, by reason.");
+  for (int v = HTTP_GUARD_HEADERS_LATE; v < HTTP_GUARD_REASONS; v++)
+    tb_printf(t, "loomship_http_connections_closed_total{reason=\"%s\"} "
+              "%" PRIu64 "\n", http_guard_reason_name((http_guard_verdict)v),
+              closed[v]);
 }
 
 static int answer_metrics(http_server *s, struct MHD_Connection *conn)
@@ -667,6 +737,10 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_f(&t, "loomship_lag_seconds",
             "Age of the oldest commit heard of and not applied.",
             st->lag_seconds);
+    if (f.view.clock_skew_known)
+      gauge_f(&t, "loomship_clock_skew_seconds",
+              "This node's clock minus the primary's, estimated.",
+              f.view.clock_skew_seconds);
     gauge_u(&t, "loomship_replay_paused",
             "1 while a base image is coming in.", st->replay_paused);
     gauge_u(&t, "loomship_receive_log_bytes", "Size of the receive log.",
@@ -674,6 +748,13 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_f(&t, "loomship_last_contact_time_seconds",
             "When the primary was last heard from (0: never).",
             seconds_of(f.view.last_contact_ns));
+    gauge_u(&t, "loomship_diverged",
+            "1 while input that would move this standby backwards or "
+            "sideways is being refused (status: diverged).",
+            st->diverged != 0);
+    counter_u(&t, "loomship_divergence_refusals_total",
+              "Frames and base images refused as moving this standby "
+              "backwards or sideways.", st->divergences);
   } else {
     gauge_u(&t, "loomship_fenced",
             "1 once a standby was promoted past this primary.", f.fenced);
@@ -709,6 +790,7 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
           "Frame and base uploads in progress.", f.uploads);
   counter_u(&t, "loomship_http_auth_failures_total",
             "Requests refused for a missing or wrong token.", f.auth_failures);
+  guard_metrics(&t, s->guard);
 
   tb_head(&t, "loomship_http_requests_total", "counter",
           "HTTP requests answered, by endpoint and status code.");
@@ -742,18 +824,33 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
 /* ---------------------------------------------------------------------- */
 /* The access handler */
 
-/* A slot for an upload. While it is held, the connection's idle timeout is
- * upload_stall_seconds: a client that stops sending mid-body (a half-open
- * connection, a dead primary) gives its slot back within seconds, not after
- * the daemon's idle timeout, so it cannot block replication for long. */
-static bool take_upload_slot(http_server *s, request *r, struct MHD_Connection *conn)
+/* Take a slot when fewer than limit are held. */
+static bool slot_take(http_server *s, request *r, unsigned limit)
 {
   pthread_mutex_lock(&s->stats_mu);
-  bool ok = s->uploads < s->max_uploads;
+  bool ok = s->uploads < limit;
   if (ok)
     s->uploads++;
   pthread_mutex_unlock(&s->stats_mu);
   r->upload_slot = ok;
+  return ok;
+}
+
+/* Phase 1: a slot for an upload, or false (503). While the upload runs,
+ * the connection's idle timeout is upload_stall_seconds: a client that
+ * stops sending mid-body (a half-open connection, a dead primary) gives its
+ * slot back within seconds, not after the daemon's idle timeout.
+ *
+ * Without a token anyone may upload, so the last slot is kept for a frame
+ * whose header proves valid (frame_consume claims it): uploads that send
+ * garbage, or nothing, cannot hold every slot. With a token every upload
+ * here carries it. */
+static bool take_upload_slot(http_server *s, request *r, struct MHD_Connection *conn)
+{
+  bool keep_one = !s->token && s->max_uploads > 1;
+  bool ok = slot_take(s, r, s->max_uploads - (keep_one ? 1 : 0));
+  if (!ok && keep_one && r->ep == HTTP_EP_FRAMES)
+    ok = r->wants_reserved_slot = true;
   if (ok)
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
                               s->upload_stall_seconds);
@@ -772,6 +869,107 @@ static uint64_t content_length(struct MHD_Connection *conn)
   if (errno || *end)
     return UINT64_MAX;
   return n;
+}
+
+/* libmicrohttpd's URI log callback: called with the raw request target,
+ * before it is split at '?' and unescaped; what it returns becomes the
+ * request's *req_cls. */
+static void *on_request_line(void *cls, const char *uri,
+                             struct MHD_Connection *conn)
+{
+  (void)cls;
+  (void)conn;
+  request *r = calloc(1, sizeof *r);
+  if (!r)
+    return NULL;
+  r->path_nul_escaped = strstr(uri, "%00") != NULL;
+  r->target_end = uri + strlen(uri);
+  return r;
+}
+
+/* A raw NUL byte in the target ("GET /healthz<NUL>junk HTTP/1.1" is seen
+ * as "/healthz"). libmicrohttpd (0.9.75) parses the request line in place
+ * and cuts the version off with a NUL of its own, so the target read as a
+ * C string ends right before the version unless it holds a NUL. Judged only
+ * when both lie within one short line: a libmicrohttpd that copies them
+ * elsewhere makes the test say nothing rather than refuse everything. */
+static bool target_has_raw_nul(const request *r, const char *version)
+{
+  if (!r->target_end || !version || !*version)
+    return false;
+  uintptr_t end = (uintptr_t)r->target_end, v = (uintptr_t)version;
+  return v > end + 1 && v - end < 64 * 1024;
+}
+
+static enum MHD_Result count_lengths(void *cls, enum MHD_ValueKind kind,
+                                     const char *key, const char *value)
+{
+  (void)kind;
+  (void)value;
+  if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+    (*(unsigned *)cls)++;
+  return MHD_YES;
+}
+
+/* Content-Length twice (libmicrohttpd takes the first), or with
+ * Transfer-Encoding (which one frames the body?): the ground of request
+ * smuggling between proxies, refused. */
+static bool length_ambiguous(struct MHD_Connection *conn)
+{
+  unsigned lengths = 0;
+  MHD_get_connection_values(conn, MHD_HEADER_KIND, count_lengths, &lengths);
+  bool encoded = MHD_lookup_connection_value(
+                     conn, MHD_HEADER_KIND,
+                     MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+  return lengths > 1 || (lengths == 1 && encoded);
+}
+
+/* Phase 1, before anything else: 400 for a request whose path or body
+ * length cannot be trusted. */
+static bool refuse_malformed(struct MHD_Connection *conn, request *r,
+                             const char *version, http_reply *reply)
+{
+  int rc = 0;
+  if (r->path_nul_escaped || target_has_raw_nul(r, version)) {
+    rc = HTTP_EPATH;
+    r->ep = HTTP_EP_OTHER;
+  } else if (length_ambiguous(conn)) {
+    rc = HTTP_ELENGTH;
+  }
+  if (!rc)
+    return false;
+  http_reply_error(reply, 400, http_strerror(rc));
+  json_key(&reply->body, "code");
+  json_string(&reply->body, http_error_name(rc));
+  return true;
+}
+
+/* A body nobody asked for (promote, reads) is dropped up to this much. */
+#define OTHER_BODY_CAP (64 * 1024)
+
+/* Phase 1, the request accepted: how much body may come, and the guard's
+ * watch over it (rate and duration) when one comes. */
+static void body_begin(http_server *s, struct MHD_Connection *conn,
+                       request *r)
+{
+  uint64_t cl = content_length(conn);
+  r->has_length = cl != UINT64_MAX;
+  unsigned max_seconds = s->frame_upload_max_seconds;
+  if (r->ep == HTTP_EP_FRAMES) {
+    r->body_cap = s->max_frame_bytes;
+  } else if (r->ep == HTTP_EP_BASE) {
+    r->body_cap = LOOM_STREAM_HEADER + s->max_image_pages * LOOM_PAGE_SIZE;
+    max_seconds = s->base_upload_max_seconds;
+  } else {
+    r->body_cap = OTHER_BODY_CAP;
+  }
+  if (r->has_length && cl < r->body_cap)
+    r->body_cap = cl;
+  bool encoded = MHD_lookup_connection_value(
+                     conn, MHD_HEADER_KIND,
+                     MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+  if (encoded || (r->has_length && cl > 0))
+    http_guard_upload_begin(s->guard, conn, max_seconds);
 }
 
 /* Phase 1: returns true with reply filled when the request is decided. */
@@ -909,7 +1107,10 @@ static void frame_consume(http_server *s, request *r, const char *data,
       frame_refuse(r, 413, "frame too large", rc);
     else if (rc)
       frame_refuse(r, 400, "malformed frame", rc);
-    else if (info.frame_size > r->cap) {
+    else if (r->wants_reserved_slot && !slot_take(s, r, s->max_uploads)) {
+      frame_refuse(r, 503, "too many uploads in progress", 0);
+      r->refusal.retry_after = 1;
+    } else if (info.frame_size > r->cap) {
       uint8_t *body = realloc(r->body, (size_t)info.frame_size);
       if (body) {
         r->body = body;
@@ -919,36 +1120,103 @@ static void frame_consume(http_server *s, request *r, const char *data,
   }
 }
 
+/* Close the connection now, with no answer libmicrohttpd can still send
+ * (it queues none once a body has begun). Returns MHD_NO, which closes. */
+static enum MHD_Result close_now(http_server *s, struct MHD_Connection *conn,
+                                 const request *r, const char *why)
+{
+  char addr[INET6_ADDRSTRLEN];
+  client_address(conn, addr, sizeof addr);
+  http_logf(&s->logger, "closed %s from %s after %" PRIu64 " body bytes: %s",
+            endpoint_paths[r->ep], addr, r->body_bytes, why);
+  return MHD_NO;
+}
+
+/* An upload the guard condemned (G2, G3): 408, written on the socket by
+ * hand since libmicrohttpd cannot queue an answer in the middle of a body
+ * (over TLS nothing is written), then closed. Best effort: a client still
+ * sending may see the reset of the close before the answer. */
+static enum MHD_Result close_late_upload(http_server *s,
+                                         struct MHD_Connection *conn,
+                                         const request *r,
+                                         http_guard_verdict v)
+{
+  int rc = v == HTTP_GUARD_TOO_SLOW ? HTTP_ESLOW_UPLOAD : HTTP_ELONG_UPLOAD;
+  http_reply reply = {0};
+  http_reply_error(&reply, 408, http_strerror(rc));
+  json_key(&reply.body, "code");
+  json_string(&reply.body, http_error_name(rc));
+  json_object_end(&reply.body);
+  size_t len = 0;
+  char *doc = json_take(&reply.body, &len);
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (doc && ci && !s->tls_cert) {
+    char msg[512];
+    int n = snprintf(msg, sizeof msg,
+                     "HTTP/1.1 408 Request Timeout\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Cache-Control: no-store\r\nConnection: close\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", len, doc);
+    if (n > 0 && (size_t)n < sizeof msg)
+      (void)!send(ci->connect_fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  free(doc);
+  http_server_count(s, r->ep, 408);
+  return close_now(s, conn, r, http_guard_reason_name(v));
+}
+
+/* Phase 2: one piece of a body. A frame accumulates, a base image goes to
+ * the store, anything else is dropped. The connection is closed (MHD_NO)
+ * when the upload breaks a guard limit, passes its byte cap, or is refused
+ * with no Content-Length to read the rest to (an endless chunked body). */
+static enum MHD_Result body_chunk(http_server *s, struct MHD_Connection *conn,
+                                  request *r, const char *data, size_t n)
+{
+  http_guard_verdict v = http_guard_upload_progress(s->guard, conn, n);
+  if (v != HTTP_GUARD_OK)
+    return close_late_upload(s, conn, r, v);
+  r->body_bytes += n;
+  if (r->body_bytes > r->body_cap)
+    return close_now(s, conn, r, "body over its cap");
+  bool refused = false;
+  if (r->ep == HTTP_EP_FRAMES) {
+    frame_consume(s, r, data, n);
+    refused = r->refused;
+  } else if (r->ep == HTTP_EP_BASE && r->base) {
+    refused = http_standby_base_feed(r->base, (const uint8_t *)data, n) != 0;
+  }
+  if (refused && !r->has_length)
+    return close_now(s, conn, r, "refused, and no Content-Length");
+  return MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn,
                                  const char *url, const char *method,
                                  const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **req_cls)
 {
-  (void)version;
   http_server *s = cls;
-  request *r = *req_cls;
+  request *r = *req_cls; /* made by on_request_line */
+  if (!r)
+    return MHD_NO;
 
-  if (!r) {
-    r = calloc(1, sizeof *r);
-    if (!r)
-      return MHD_NO;
-    *req_cls = r;
+  if (!r->started) {
+    r->started = true;
+    http_guard_request_begin(s->guard, conn);
     r->ep = endpoint_of(url);
     http_reply reply = {0};
-    if (first_call(s, conn, r, method, &reply))
+    if (refuse_malformed(conn, r, version, &reply) ||
+        first_call(s, conn, r, method, &reply))
       return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
+    body_begin(s, conn, r);
     return MHD_YES;
   }
 
   if (*upload_data_size) {
-    if (r->ep == HTTP_EP_FRAMES)
-      frame_consume(s, r, upload_data, *upload_data_size);
-    else if (r->ep == HTTP_EP_BASE && r->base)
-      http_standby_base_feed(r->base, (const uint8_t *)upload_data,
-                             *upload_data_size);
-    /* Anything else: a body nobody asked for, dropped. */
+    size_t n = *upload_data_size;
     *upload_data_size = 0;
-    return MHD_YES;
+    return body_chunk(s, conn, r, upload_data, n);
   }
 
   http_reply reply = {0};
@@ -965,9 +1233,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn,
     http_standby_base_finish(r->base, &reply);
     r->base = NULL;
     break;
-  case HTTP_EP_PROMOTE:
-    http_standby_promote(s->standby, &reply);
+  case HTTP_EP_PROMOTE: {
+    const char *force = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+                                                    "force");
+    http_standby_promote(s->standby, force && strcmp(force, "1") == 0, &reply);
     break;
+  }
   case HTTP_EP_BACKUP:
     return (enum MHD_Result)http_backup_answer(s, conn);
   case HTTP_EP_STATUS:
@@ -996,6 +1267,7 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
   (void)toe;
   http_server *s = cls;
   request *r = *req_cls;
+  http_guard_request_end(s->guard, conn); /* the next request's headers */
   if (!r)
     return;
   if (r->base) /* cut off before its end: the old image stays */
@@ -1004,6 +1276,8 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
     pthread_mutex_lock(&s->stats_mu);
     s->uploads--;
     pthread_mutex_unlock(&s->stats_mu);
+  }
+  if (r->upload_slot || r->wants_reserved_slot) {
     if (conn && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
       MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
                                 s->connection_timeout); /* kept alive: idle again */
@@ -1091,7 +1365,9 @@ static int listen_on(const char *host, uint16_t port, int *fd_out,
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0)
+    /* A deep backlog: a flood of connects (closed at once past the
+     * per-address limit) must not crowd out other clients' SYNs. */
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
       break;
     rc = errno;
     close(fd);
@@ -1126,6 +1402,7 @@ static void server_free(http_server *s)
     free(s->tls_key);
   }
   free(s->tls_cert);
+  http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
   pthread_mutex_destroy(&s->backup_mu);
   free(s);
@@ -1166,6 +1443,10 @@ int http_server_start(const http_server_options *opt, http_server **out)
   s->upload_stall_seconds = opt->upload_stall_seconds ? opt->upload_stall_seconds : 5;
   if (s->upload_stall_seconds > s->connection_timeout)
     s->upload_stall_seconds = s->connection_timeout;
+  s->frame_upload_max_seconds =
+      opt->frame_upload_max_seconds ? opt->frame_upload_max_seconds : 60;
+  s->base_upload_max_seconds =
+      opt->base_upload_max_seconds ? opt->base_upload_max_seconds : 3600;
   s->ready_max_lag_seconds =
       opt->ready_max_lag_seconds > 0 ? opt->ready_max_lag_seconds : 5.0;
   s->started_ns = http_now_ns();
@@ -1186,6 +1467,18 @@ int http_server_start(const http_server_options *opt, http_server **out)
     if (rc == 0)
       rc = read_file(opt->tls_key_file, &s->tls_key);
   }
+  if (rc == 0) {
+    http_guard_limits gl = {
+        .header_timeout_seconds =
+            opt->header_timeout_seconds ? opt->header_timeout_seconds : 5,
+        .upload_grace_seconds =
+            opt->upload_grace_seconds ? opt->upload_grace_seconds : 3,
+        .upload_min_bytes_per_second = opt->upload_min_bytes_per_second
+                                           ? opt->upload_min_bytes_per_second
+                                           : 16384,
+    };
+    rc = http_guard_start(&gl, &s->logger, &s->guard);
+  }
   int fd = -1;
   if (rc == 0)
     rc = listen_on(opt->listen_host ? opt->listen_host : "127.0.0.1",
@@ -1199,26 +1492,31 @@ int http_server_start(const http_server_options *opt, http_server **out)
     return rc;
   }
 
-  struct MHD_OptionItem options[12];
+  struct MHD_OptionItem options[16];
   unsigned n = 0;
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
                                          (intptr_t)mhd_log, s};
+  options[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK,
+                                         (intptr_t)on_request_line, s};
+  options[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                         (intptr_t)http_guard_notify, s->guard};
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                          (intptr_t)request_completed, s};
   options[n++] = (struct MHD_OptionItem){
       MHD_OPTION_CONNECTION_LIMIT,
-      opt->connection_limit ? opt->connection_limit : 64, NULL};
+      opt->connection_limit ? opt->connection_limit : 128, NULL};
   options[n++] = (struct MHD_OptionItem){
       MHD_OPTION_CONNECTION_TIMEOUT,
       s->connection_timeout,
       NULL};
-  /* One client address cannot take every connection (a flood or a crowd of
-   * slow clients from one place leaves room for the primary, monitoring and
-   * backups elsewhere): 16 by default, far above what one primary needs. */
+  /* One client address cannot take more than a sixteenth of the
+   * connections (a flood or a crowd of slow clients from one place leaves
+   * room for the primary, monitoring and backups elsewhere): 8 by default,
+   * far above what one primary needs (one connection per kind of upload). */
   options[n++] = (struct MHD_OptionItem){
       MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 16, NULL};
+      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 8, NULL};
   if (tls) {
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
                                            s->tls_cert};

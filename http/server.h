@@ -62,15 +62,23 @@
  *
  * LOAD BOUNDS
  *
- * Connections are limited in number (overall and per client address) and
- * time out when idle. At most max_uploads frame and base uploads run at
- * once (503 beyond). A frame body larger than max_frame_bytes is refused
- * with 413 (at once when Content-Length says so, else as soon as the
- * bytes or the frame's header say so; the rest of the body is skipped). A
- * base image longer than max_image_pages is refused with 413; a base is
- * never held in memory (one page at a time). A standby whose applier is
- * more than max_unapplied_bytes behind answers frames 503 until it catches
- * up.
+ * Connections are limited in number (overall, and per client address to
+ * a small part of that) and time out when idle; request headers must be
+ * complete within header_timeout_seconds (else the connection is closed).
+ * At most max_uploads frame and base uploads run at once (503 beyond);
+ * without a token, the last slot is kept for a frame whose header proved
+ * valid. A frame body larger than max_frame_bytes is refused with 413 (at
+ * once when Content-Length says so, else as soon as the bytes or the
+ * frame's header say so). A base image longer than max_image_pages is
+ * refused with 413; a base is never held in memory (one page at a time).
+ * A body refused midway is read to its declared Content-Length, if any,
+ * and answered; without one (chunked), or past it, the connection is
+ * closed at once. An upload slower than upload_min_bytes_per_second after
+ * upload_grace_seconds, or longer than its duration cap, is answered 408
+ * (plain HTTP: written on the socket, best effort) and closed. A path with
+ * a NUL byte, a Content-Length given twice or with Transfer-Encoding, are
+ * refused 400 before anything else. A standby whose applier is more than
+ * max_unapplied_bytes behind answers frames 503 until it catches up.
  *
  * ERRORS
  *
@@ -113,7 +121,12 @@ enum http_error {
   HTTP_EDAEMON = -31102,  /* libmicrohttpd refused to start (for example
                              a certificate or key it cannot parse) */
   HTTP_EADDRESS = -31103, /* the listen host does not resolve */
-  HTTP_ELAST = -31104     /* sentinel: one past the lowest code */
+  HTTP_EPATH = -31104,    /* a request path with a NUL byte (raw or %00) */
+  HTTP_ELENGTH = -31105,  /* Content-Length given twice, or with
+                             Transfer-Encoding */
+  HTTP_ESLOW_UPLOAD = -31106, /* an upload below the minimum rate */
+  HTTP_ELONG_UPLOAD = -31107, /* an upload past its duration cap */
+  HTTP_ELAST = -31108     /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E*, REPLICATE_E* or
@@ -130,13 +143,18 @@ typedef enum http_standby_state {
   HTTP_STANDBY_BASE_SYNC = 2,   /* receiving a full base image */
   HTTP_STANDBY_UNREACHABLE = 3, /* connection failed or timed out */
   HTTP_STANDBY_UNAUTHORIZED = 4,/* the standby refused our token (401) */
-  HTTP_STANDBY_FENCED = 5       /* the standby has a newer epoch: we were
+  HTTP_STANDBY_FENCED = 5,      /* the standby has a newer epoch: we were
                                    fenced by a promotion */
+  HTTP_STANDBY_STALLED = 6,     /* connected, but no answer for 5 s */
+  HTTP_STANDBY_REFUSED = 7,     /* another HTTP error answer (last_error) */
+  HTTP_STANDBY_DIVERGED = 8     /* another history, or a position this
+                                   primary may not move it from */
 } http_standby_state;
 
 /* The name used in status and metrics: "streaming", "catching_up",
- * "base_sync", "unreachable", "unauthorized", "fenced"; "unknown" for a
- * value outside the enum. */
+ * "base_sync", "unreachable", "unauthorized", "fenced", "stalled",
+ * "refused", "diverged"; "unknown" for a value outside the enum. The values are those
+ * of replicate_standby_state. */
 const char *http_standby_state_name(http_standby_state state);
 
 #define HTTP_URL_MAX 512
@@ -156,7 +174,18 @@ typedef struct http_standby_status {
   int64_t last_error_at_ns;         /* CLOCK_REALTIME; 0 for none */
   uint64_t bytes_raw;               /* page bytes shipped, before compression */
   uint64_t bytes_wire;              /* frame bytes shipped */
+  uint64_t base_images;             /* base images it acknowledged */
 } http_standby_status;
+
+/* Synchronous replication as the primary runs it (status "sync"). */
+typedef struct http_sync_status {
+  unsigned required;                /* standbys each save waits for; 0:
+                                       asynchronous */
+  bool degraded;                    /* a save timed out and fewer than
+                                       required standbys hold the latest
+                                       commit since */
+  int64_t degraded_since_ns;        /* CLOCK_REALTIME; 0 when not degraded */
+} http_sync_status;
 
 /*
  * The primary role's view of the primary. Every callback may be called from
@@ -174,10 +203,9 @@ typedef struct http_standby_status {
  *   standbys       optional: fill out[0, min(cap, n)) and return n, the
  *                  number of standbys (called again with a larger array
  *                  when n > cap).
- *   sync_state     optional: the synchronous-replication setting (count of
- *                  standbys each save waits for; 0: asynchronous) and
- *                  whether it degraded to asynchronous after a timeout
- *                  (status "sync": {"count": N, "degraded": bool}).
+ *   sync_state     optional: fill out (status "sync": {"required": N,
+ *                  "count": N (the same, for older readers), "degraded":
+ *                  bool, "degraded_since": time or null}).
  */
 typedef struct http_primary_source {
   void *ctx;
@@ -185,7 +213,8 @@ typedef struct http_primary_source {
   int (*snapshot_open)(void *ctx, loom_snapshot **out);
   bool (*fenced)(void *ctx);
   size_t (*standbys)(void *ctx, http_standby_status *out, size_t cap);
-  void (*sync_state)(void *ctx, unsigned *count, bool *degraded);
+  void (*sync_state)(void *ctx, http_sync_status *out);
+  void (*history)(void *ctx, loom_history *out); /* optional */
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */
@@ -225,14 +254,30 @@ typedef struct http_server_options {
   uint64_t max_image_pages;         /* a base image, and any frame's image
                                        [2^30] */
   uint64_t max_unapplied_bytes;     /* standby back-pressure [1 GiB] */
-  unsigned max_uploads;             /* concurrent frame/base uploads [4] */
-  unsigned connection_limit;        /* concurrent connections [64] */
-  unsigned per_ip_connection_limit; /* per client address [16] */
+  unsigned max_uploads;             /* concurrent frame/base uploads [4];
+                                       without a token, the last one is
+                                       kept for a frame whose header is
+                                       valid */
+  unsigned connection_limit;        /* concurrent connections [128] */
+  unsigned per_ip_connection_limit; /* per client address [8] */
   unsigned connection_timeout_seconds; /* idle connections closed [30] */
+  unsigned header_timeout_seconds;  /* request headers complete within
+                                       this of the connection's start (or
+                                       of the previous request's end) [5] */
   unsigned upload_stall_seconds;    /* an upload (frame, base) that sends
                                        nothing for this long is closed and
                                        gives its slot back [5] */
+  uint64_t upload_min_bytes_per_second; /* a body slower than this on
+                                       average is answered 408 and closed
+                                       [16384] */
+  unsigned upload_grace_seconds;    /* ... once older than this [3] */
+  unsigned frame_upload_max_seconds;/* a frame body's duration cap [60] */
+  unsigned base_upload_max_seconds; /* a base image's duration cap [3600] */
   double ready_max_lag_seconds;     /* /readyz threshold [5.0] */
+  uint64_t promote_max_lag;         /* standby: promotion refused (409
+                                       PROMOTE_BEHIND, unless forced) when
+                                       more frames behind the primary seq
+                                       last heard [100; UINT64_MAX: off] */
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;
@@ -297,6 +342,15 @@ typedef struct http_server_status {
                                        stopped applies (the store or receive
                                        log is poisoned): the process should
                                        exit; a restart recovers */
+  loom_history history;             /* the history the node follows (none
+                                       on a standby that holds nothing) */
+  int diverged;                     /* standby: 0, or the REPLICATE_E* code
+                                       of the last input refused as moving
+                                       it backwards or sideways (held while
+                                       refusals go on, cleared by the first
+                                       frame applied 10 s after the last) */
+  int64_t diverged_at_ns;           /* standby: when, CLOCK_REALTIME */
+  uint64_t divergences;             /* standby, since start: such refusals */
 } http_server_status;
 
 void http_server_get_status(http_server *server, http_server_status *out);

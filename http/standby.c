@@ -61,6 +61,17 @@
  * frame received, or a promotion, rolls received back to applied and
  * resets the receive log: the primary is answered 409 and resends.
  *
+ * PRIMARY'S CLOCK (DESIGN.md section 4). Lag in seconds is measured on one
+ * clock, the primary's: commit times come from it, so "now" does too: the
+ * primary's time in its last heartbeat (made as it was sent), or in a
+ * commit frame when that is later than the estimate, plus our monotonic
+ * time since it arrived. Our own realtime clock is used only before any
+ * frame arrived. clock_skew_seconds estimates how far our clock is from the
+ * primary's: the least (our realtime at arrival - the primary's time in the
+ * frame) over the last SKEW_SAMPLES frames and heartbeats; the network
+ * delay, and a commit frame's wait before it was sent, only add to a
+ * sample, so the least is the closest.
+ *
  * Locks: recv_mu serialises receipt (frames, base begin, promotion);
  * store_mu guards the store (one thread at a time, loom.h); mu guards the
  * state below and pairs with cond. Order: recv_mu, store_mu, mu. No lock is
@@ -73,6 +84,17 @@
 #include <time.h>
 
 #include "internal.h"
+
+#define SKEW_SAMPLES 32
+
+/* The primary's clock as seen from here (PRIMARY'S CLOCK). Under mu. */
+typedef struct primary_clock {
+  bool known;
+  int64_t primary_ns;         /* a time on the primary's clock */
+  int64_t mono_ns;            /* our CLOCK_MONOTONIC when it arrived */
+  int64_t skew_ns[SKEW_SAMPLES]; /* our realtime minus the primary's time */
+  unsigned skew_len, skew_next;
+} primary_clock;
 
 typedef struct pending_frame {
   uint64_t seq;               /* its after.seq */
@@ -106,6 +128,13 @@ struct http_standby {
   /* mu: */
   loom_position received;
   loom_position applied;
+  loom_lineage lineage;       /* the history followed (none: holds nothing
+                                 yet, and the store adopts the first one
+                                 it applies) */
+  int diverged;               /* last refusal as backwards or sideways */
+  int64_t diverged_at_ns, diverged_mono_ns;
+  uint64_t divergences;
+  uint64_t promote_max_lag;
   pending_frame *pending;     /* a ring */
   size_t pending_head, pending_len, pending_cap;
   uint64_t pending_bytes;
@@ -113,6 +142,7 @@ struct http_standby {
   uint64_t primary_seq;
   int64_t primary_commit_ns;
   int64_t last_contact_ns;
+  primary_clock clock;
   bool promoted;
   int64_t promoted_at_ns;
   bool base_active;
@@ -146,6 +176,51 @@ struct http_base_upload {
 };
 
 /* ---------------------------------------------------------------------- */
+/* The primary's clock (PRIMARY'S CLOCK) */
+
+/* The primary's time now, on its clock; our realtime when not known. */
+static int64_t primary_clock_now(const primary_clock *c)
+{
+  if (!c->known)
+    return http_now_ns();
+  return c->primary_ns + (http_monotonic_ns() - c->mono_ns);
+}
+
+/* A frame or heartbeat from the primary just arrived. */
+static void primary_clock_note(primary_clock *c, const replicate_frame_info *info)
+{
+  bool heartbeat = info->kind == REPLICATE_KIND_HEARTBEAT;
+  int64_t sent_ns = heartbeat ? info->heartbeat_time_ns : info->commit_time_ns;
+  if (sent_ns <= 0)
+    return;
+  /* A heartbeat is made as it is sent: it resets the estimate (the
+   * primary's clock may have been stepped back); a commit frame may have
+   * waited, so it only moves the estimate forward. */
+  if (heartbeat || !c->known || sent_ns > primary_clock_now(c)) {
+    c->primary_ns = sent_ns;
+    c->mono_ns = http_monotonic_ns();
+    c->known = true;
+  }
+  c->skew_ns[c->skew_next] = http_now_ns() - sent_ns;
+  c->skew_next = (c->skew_next + 1) % SKEW_SAMPLES;
+  if (c->skew_len < SKEW_SAMPLES)
+    c->skew_len++;
+}
+
+/* Our clock minus the primary's, estimated; false before any sample. */
+static bool primary_clock_skew(const primary_clock *c, double *seconds)
+{
+  if (c->skew_len == 0)
+    return false;
+  int64_t least = c->skew_ns[0];
+  for (unsigned i = 1; i < c->skew_len; i++)
+    if (c->skew_ns[i] < least)
+      least = c->skew_ns[i];
+  *seconds = (double)least / 1e9;
+  return true;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Small helpers */
 
 static bool same_point(const replicate_point *p, const loom_position *pos)
@@ -161,13 +236,15 @@ static void point_json(json_writer *w, const char *key,
   http_json_position(w, pos);
 }
 
-/* {"received": ..., "applied": ...} keys of the current positions. Under mu. */
+/* {"received": ..., "applied": ..., "epoch", "history"} keys of the
+ * current positions. Under mu. */
 static void positions_json(http_standby *sb, json_writer *w)
 {
   point_json(w, "received", &sb->received);
   point_json(w, "applied", &sb->applied);
   json_key(w, "epoch");
   json_uint(w, sb->received.epoch);
+  http_json_history(w, &sb->lineage.history);
 }
 
 static int pending_push(http_standby *sb, uint64_t seq, int64_t commit_ns,
@@ -285,6 +362,8 @@ static void set_fatal(http_standby *sb, int rc)
 
 /* Group apply bounds: frames merged into one commit, and their distinct
  * pages (the merge holds LOOM_PAGE_SIZE bytes per page, twice). */
+#define NS_PER_S INT64_C(1000000000)
+#define DIVERGED_HOLD_NS (10 * NS_PER_S)
 #define APPLY_MERGE_FRAMES 256u
 #define APPLY_MERGE_PAGES 2048u
 
@@ -545,6 +624,8 @@ int http_standby_open(const http_server_options *opt,
   if (rc == 0)
     rc = recover_received(sb);
   if (rc == 0) {
+    loom_store_lineage(sb->store, &sb->lineage);
+    sb->promote_max_lag = opt->promote_max_lag ? opt->promote_max_lag : 100;
     sb->primary_epoch = sb->received.epoch;
     sb->primary_seq = sb->received.seq;
     sb->primary_commit_ns = sb->received.commit_time_ns;
@@ -631,6 +712,54 @@ static void reply_stale_epoch(http_standby *sb, uint64_t frame_epoch,
   positions_json(sb, &reply->body);
 }
 
+/* Under mu: input was refused as moving this standby backwards or
+ * sideways (replicate_place_*): say so in the log (once a second at most)
+ * and in status. */
+static void note_divergence(http_standby *sb, int rc, const loom_history *theirs)
+{
+  if (sb->diverged != rc || http_monotonic_ns() - sb->diverged_mono_ns > NS_PER_S) {
+    char ours_hex[33], theirs_hex[33];
+    loom_history_hex(&sb->lineage.history, ours_hex);
+    loom_history_hex(theirs, theirs_hex);
+    http_logf(sb->logger, "standby: refused input of history %s that would "
+              "move this standby (history %s, epoch %llu, seq %llu) backwards "
+              "or sideways: %s", theirs_hex, ours_hex,
+              (unsigned long long)sb->received.epoch,
+              (unsigned long long)sb->received.seq, replicate_strerror(rc));
+  }
+  sb->diverged = rc;
+  sb->diverged_at_ns = http_now_ns();
+  sb->diverged_mono_ns = http_monotonic_ns();
+  sb->divergences++;
+}
+
+/* Under mu: the same, and the 409 answer that tells the sender. */
+static void reply_diverged(http_standby *sb, int rc, const loom_history *theirs,
+                           http_reply *reply)
+{
+  note_divergence(sb, rc, theirs);
+  http_reply_error(reply, 409, "diverged");
+  json_key(&reply->body, "code");
+  json_string(&reply->body, http_error_name(rc));
+  json_key(&reply->body, "reason");
+  json_string(&reply->body, replicate_strerror(rc));
+  positions_json(sb, &reply->body);
+}
+
+/* Under mu: input of history h is being taken in; a standby that held
+ * nothing follows h from now on (the store adopts it durably with the
+ * first frame or base image it applies). A divergence shown in status is
+ * cleared once input is accepted DIVERGED_HOLD_NS after the last one. */
+static void follow_history(http_standby *sb, const loom_history *h)
+{
+  if (!loom_history_equal(&sb->lineage.history, h)) {
+    memset(&sb->lineage, 0, sizeof sb->lineage);
+    sb->lineage.history = *h;
+  }
+  if (sb->diverged && http_monotonic_ns() - sb->diverged_mono_ns > DIVERGED_HOLD_NS)
+    sb->diverged = 0;
+}
+
 /* A coalesced frame: drain the applier, apply it here, reset the log.
  * Under recv_mu (not mu). */
 static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
@@ -646,6 +775,10 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
     rollback_under_recv(sb);
     pthread_mutex_lock(&sb->mu);
     http_reply_error(reply, 409, "checksum mismatch");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(sb->last_apply_error
+                                                  ? sb->last_apply_error
+                                                  : REPLICATE_EAFTER_CHECKSUM));
     positions_json(sb, &reply->body);
     pthread_mutex_unlock(&sb->mu);
     return;
@@ -683,9 +816,13 @@ static void apply_coalesced(http_standby *sb, const replicate_frame *frame,
     json_key(&reply->body, "duplicate");
     json_bool(&reply->body, rc != 0);
     pthread_cond_broadcast(&sb->cond);
+  } else if (replicate_is_divergence(rc)) {
+    reply_diverged(sb, rc, &frame->info.history, reply);
   } else if (rc == REPLICATE_EPOSITION || rc == REPLICATE_ESTALE_EPOCH) {
-    http_reply_error(reply, 409, rc == REPLICATE_ESTALE_EPOCH
-                                     ? "stale epoch" : "checksum mismatch");
+    http_reply_error(reply, 409, rc == REPLICATE_ESTALE_EPOCH ? "stale epoch"
+                                                              : "gap");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(rc));
     positions_json(sb, &reply->body);
   } else if (is_disk_full(rc)) {
     http_reply_error(reply, 507, "disk full");
@@ -723,8 +860,13 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
 
   pthread_mutex_lock(&sb->mu);
   sb->last_contact_ns = http_now_ns();
-  if (info->epoch < sb->received.epoch) {
+  int place = replicate_place_frame(&sb->lineage.history, &sb->received, info);
+  if (place == REPLICATE_ESTALE_EPOCH) {
     reply_stale_epoch(sb, info->epoch, reply);
+    goto out;
+  }
+  if (replicate_is_divergence(place)) {
+    reply_diverged(sb, place, &info->history, reply);
     goto out;
   }
   if (sb->promoted) {
@@ -734,6 +876,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
+  primary_clock_note(&sb->clock, info);
   /* What we know of the primary. */
   if (info->epoch > sb->primary_epoch) {
     sb->primary_epoch = info->epoch;
@@ -750,7 +893,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
-  if (info->epoch == sb->received.epoch && info->after.seq <= sb->received.seq) {
+  if (place == REPLICATE_EDUPLICATE) {
     sb->duplicates++;
     http_reply_object(reply, 200);
     positions_json(sb, &reply->body);
@@ -764,11 +907,14 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
-  if (!same_point(&info->before, &sb->received)) {
-    /* The contract's words: a frame from further ahead is a gap; one that
-     * starts at or behind the received seq but elsewhere is a mismatch. */
+  if (place == REPLICATE_EPOSITION) {
+    /* A frame from further ahead is a gap; one that begins behind the
+     * received seq and ends past it an overlap (a merged frame whose
+     * answer was lost): either way the primary resends from here. */
     http_reply_error(reply, 409, info->before.seq > sb->received.seq
-                                     ? "gap" : "checksum mismatch");
+                                     ? "gap" : "overlap");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(REPLICATE_EPOSITION));
     json_key(&reply->body, "frame_before");
     json_object_begin(&reply->body);
     json_key(&reply->body, "epoch");
@@ -783,6 +929,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     positions_json(sb, &reply->body);
     goto out;
   }
+  follow_history(sb, &info->history);
   if (info->flags & REPLICATE_FRAME_COALESCED) {
     pthread_mutex_unlock(&sb->mu);
     apply_coalesced(sb, &frame, len, reply);
@@ -849,12 +996,44 @@ out:
 /* ---------------------------------------------------------------------- */
 /* POST /v1/promote */
 
-void http_standby_promote(http_standby *sb, http_reply *reply)
+/* Under mu: why this standby may not be promoted (unless forced), or
+ * NULL. A standby that holds nothing would fence its primary with an empty
+ * image; one far behind would lose what it never received. */
+static const char *promote_refusal(http_standby *sb, const char **reason)
+{
+  if (sb->received.seq == 0) {
+    *reason = "this standby never received anything: promoting it would "
+              "start an empty history and fence the real primary";
+    return "PROMOTE_EMPTY";
+  }
+  uint64_t behind = sb->primary_seq > sb->received.seq
+                        ? sb->primary_seq - sb->received.seq : 0;
+  if (behind > sb->promote_max_lag) {
+    *reason = "this standby is further behind the primary seq it last heard "
+              "than --promote-max-lag allows";
+    return "PROMOTE_BEHIND";
+  }
+  return NULL;
+}
+
+void http_standby_promote(http_standby *sb, bool force, http_reply *reply)
 {
   pthread_mutex_lock(&sb->recv_mu);
   pthread_mutex_lock(&sb->mu);
   if (sb->promoted) {
     http_reply_error(reply, 409, "already primary");
+    positions_json(sb, &reply->body);
+    goto out_mu;
+  }
+  const char *reason = NULL, *refusal = force ? NULL : promote_refusal(sb, &reason);
+  if (refusal) {
+    http_reply_error(reply, 409, "promotion refused");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, refusal);
+    json_key(&reply->body, "reason");
+    json_string(&reply->body, reason);
+    json_key(&reply->body, "primary_seq");
+    json_uint(&reply->body, sb->primary_seq);
     positions_json(sb, &reply->body);
     goto out_mu;
   }
@@ -875,8 +1054,12 @@ void http_standby_promote(http_standby *sb, http_reply *reply)
   int rc = loom_store_sync(sb->store);
   loom_store_position(sb->store, &pos);
   if (rc == 0)
+    rc = loom_store_ensure_history(sb->store); /* forced at seq 0: a new one */
+  if (rc == 0)
     rc = loom_store_set_epoch(sb->store, pos.epoch + 1);
   loom_store_position(sb->store, &pos);
+  loom_lineage lineage;
+  loom_store_lineage(sb->store, &lineage);
   pthread_mutex_unlock(&sb->store_mu);
 
   pthread_mutex_lock(&sb->mu);
@@ -896,6 +1079,7 @@ void http_standby_promote(http_standby *sb, http_reply *reply)
   pthread_mutex_lock(&sb->mu);
   sb->promoted = true;
   sb->promoted_at_ns = http_now_ns();
+  sb->lineage = lineage;
   sb->applied = pos;
   sb->received = pos;
   pending_clear(sb);
@@ -995,7 +1179,8 @@ static unsigned status_of_store_error(int rc)
 static void base_start_patch(http_base_upload *up)
 {
   http_standby *sb = up->sb;
-  int rc = loom_stream_header_decode(up->header, &up->target);
+  loom_lineage lineage;
+  int rc = loom_stream_header_decode(up->header, &up->target, &lineage);
   if (rc) {
     base_refuse(up, 400, "malformed image stream header", rc);
     return;
@@ -1012,12 +1197,19 @@ static void base_start_patch(http_base_upload *up)
     return;
   }
   pthread_mutex_lock(&sb->mu);
-  uint64_t epoch = sb->received.epoch;
+  int place = replicate_place_base(&sb->lineage.history, &sb->received,
+                                   &up->target, &lineage);
+  if (replicate_is_divergence(place))
+    note_divergence(sb, place, &lineage.history);
   pthread_mutex_unlock(&sb->mu);
-  if (up->target.epoch < epoch) {
+  if (place == REPLICATE_ESTALE_EPOCH) {
     base_refuse(up, 409, "stale epoch", 0);
     json_key(&up->refusal.body, "image_epoch");
     json_uint(&up->refusal.body, up->target.epoch);
+    return;
+  }
+  if (replicate_is_divergence(place)) {
+    base_refuse(up, 409, "diverged", place);
     return;
   }
   loom_patch_header h = {
@@ -1025,10 +1217,21 @@ static void base_start_patch(http_base_upload *up)
       .page_count = up->target.pages,
       .flags = LOOM_PATCH_BASE,
   };
+  /* The history first (durable in the meta), then the image: a crash
+   * between leaves the old image under the new lineage, which place_base
+   * allowed (the same history, or a store that held nothing). */
   pthread_mutex_lock(&sb->store_mu);
+  rc = loom_history_is_none(&lineage.history)
+           ? 0 : loom_store_adopt_lineage(sb->store, &lineage);
   loom_store_position(sb->store, &h.before);
-  rc = loom_store_patch_begin(sb->store, &h, &up->patch);
+  if (!rc)
+    rc = loom_store_patch_begin(sb->store, &h, &up->patch);
   pthread_mutex_unlock(&sb->store_mu);
+  if (!rc && !loom_history_is_none(&lineage.history)) {
+    pthread_mutex_lock(&sb->mu);
+    sb->lineage = lineage;
+    pthread_mutex_unlock(&sb->mu);
+  }
   if (rc) {
     up->patch = NULL;
     base_refuse(up, status_of_store_error(rc), "base image refused", rc);
@@ -1221,16 +1424,17 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   s->lag_frames = s->primary_seq > sb->applied.seq
                       ? s->primary_seq - sb->applied.seq : 0;
   s->lag_bytes = sb->pending_bytes;
-  /* Age of the oldest commit heard of and not applied: the oldest pending
-   * frame's, or, when only a heartbeat told us of newer commits, the
-   * primary's newest commit (all we know of their times). */
+  /* Age of the oldest commit heard of and not applied, on the primary's
+   * clock: the oldest pending frame's, or, when only a heartbeat told us
+   * of newer commits, the primary's newest commit (all we know of their
+   * times). */
   int64_t oldest_ns = 0;
   if (sb->pending_len)
     oldest_ns = sb->pending[sb->pending_head].commit_ns;
   else if (s->lag_frames)
     oldest_ns = sb->primary_commit_ns;
   if (s->lag_frames && oldest_ns > 0) {
-    int64_t age = http_now_ns() - oldest_ns;
+    int64_t age = primary_clock_now(&sb->clock) - oldest_ns;
     s->lag_seconds = age > 0 ? (double)age / 1e9 : 0.0;
   }
   s->replay_paused = sb->base_active;
@@ -1248,8 +1452,13 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   out->bases = sb->bases;
   out->bytes_received = sb->bytes_received;
   out->apply_failures = sb->apply_failures;
+  out->clock_skew_known = primary_clock_skew(&sb->clock, &out->clock_skew_seconds);
   bool failed = sb->apply_failed || sb->fatal;
   s->fatal_error = sb->fatal;
+  s->history = sb->lineage.history;
+  s->diverged = sb->diverged;
+  s->diverged_at_ns = sb->diverged_at_ns;
+  s->divergences = sb->divergences;
   pthread_mutex_unlock(&sb->mu);
   /* ready is decided by the server (it knows the threshold); a standby
    * stuck on a failed apply is never ready. */

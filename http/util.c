@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -132,6 +133,7 @@ static const char *loom_error_name(enum loom_error e)
   case LOOM_EINVAL: return "LOOM_EINVAL";
   case LOOM_ENOIMAGE: return "LOOM_ENOIMAGE";
   case LOOM_ETRACKER: return "LOOM_ETRACKER";
+  case LOOM_EHISTORY: return "LOOM_EHISTORY";
   case LOOM_ELAST: break;
   }
   return NULL;
@@ -168,6 +170,10 @@ static const char *replicate_error_name(enum replicate_error e)
   case REPLICATE_ESYNC_TIMEOUT: return "REPLICATE_ESYNC_TIMEOUT";
   case REPLICATE_EFENCED: return "REPLICATE_EFENCED";
   case REPLICATE_ECURL: return "REPLICATE_ECURL";
+  case REPLICATE_EHISTORY: return "REPLICATE_EHISTORY";
+  case REPLICATE_EBEHIND: return "REPLICATE_EBEHIND";
+  case REPLICATE_EFORK: return "REPLICATE_EFORK";
+  case REPLICATE_EPAST_BRANCH: return "REPLICATE_EPAST_BRANCH";
   case REPLICATE_ELAST: break;
   }
   return NULL;
@@ -181,6 +187,10 @@ static const char *http_own_error_name(enum http_error e)
   case HTTP_ETLS: return "HTTP_ETLS";
   case HTTP_EDAEMON: return "HTTP_EDAEMON";
   case HTTP_EADDRESS: return "HTTP_EADDRESS";
+  case HTTP_EPATH: return "HTTP_EPATH";
+  case HTTP_ELENGTH: return "HTTP_ELENGTH";
+  case HTTP_ESLOW_UPLOAD: return "HTTP_ESLOW_UPLOAD";
+  case HTTP_ELONG_UPLOAD: return "HTTP_ELONG_UPLOAD";
   case HTTP_ELAST: break;
   }
   return NULL;
@@ -215,6 +225,14 @@ const char *http_strerror(int rc)
     return "libmicrohttpd refused to start (certificate or key unreadable?)";
   case HTTP_EADDRESS:
     return "the listen address does not resolve";
+  case HTTP_EPATH:
+    return "the request path holds a NUL byte";
+  case HTTP_ELENGTH:
+    return "Content-Length given twice, or with Transfer-Encoding";
+  case HTTP_ESLOW_UPLOAD:
+    return "the upload is slower than the minimum rate";
+  case HTTP_ELONG_UPLOAD:
+    return "the upload took longer than its duration cap";
   default:
     return replicate_strerror(rc);
   }
@@ -241,7 +259,14 @@ static int64_t clock_ns(clockid_t id)
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int64_t http_now_ns(void) { return clock_ns(CLOCK_REALTIME); }
+static _Atomic int64_t realtime_offset_ns;
+
+void http_clock_offset_set(int64_t ns) { atomic_store(&realtime_offset_ns, ns); }
+
+int64_t http_now_ns(void)
+{
+  return clock_ns(CLOCK_REALTIME) + atomic_load(&realtime_offset_ns);
+}
 int64_t http_monotonic_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 
 /* ---------------------------------------------------------------------- */
@@ -287,6 +312,18 @@ void http_json_position(json_writer *w, const loom_position *pos)
   json_key(w, "at");
   json_time_ns(w, pos->commit_time_ns);
   json_object_end(w);
+}
+
+void http_json_history(json_writer *w, const loom_history *h)
+{
+  json_key(w, "history");
+  if (loom_history_is_none(h)) {
+    json_string(w, NULL);
+    return;
+  }
+  char hex[2 * LOOM_HISTORY_SIZE + 1];
+  loom_history_hex(h, hex);
+  json_string(w, hex);
 }
 
 void http_logf(const http_logger *logger, const char *fmt, ...)

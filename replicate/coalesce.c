@@ -225,6 +225,7 @@ int replicate_coalescer_add(replicate_coalescer *c,
     c->first = *info;
     c->zero_from = UINT64_MAX;
   } else if (info->epoch != c->last.epoch ||
+             !loom_history_equal(&info->history, &c->last.history) ||
              info->before.seq != c->last.after.seq ||
              info->before.checksum != c->last.after.checksum ||
              info->before.pages != c->last.after.pages) {
@@ -277,6 +278,7 @@ static replicate_frame_info merged_info(const replicate_coalescer *c,
       .flags = c->last.after.seq - c->first.before.seq > 1
                    ? REPLICATE_FRAME_COALESCED
                    : 0,
+      .history = c->first.history,
       .epoch = c->first.epoch,
       .before = c->first.before,
       .after = c->last.after,

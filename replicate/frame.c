@@ -87,6 +87,15 @@ static const char *replicate_error_text(enum replicate_error e) {
   case REPLICATE_EFENCED:
     return "this primary is fenced: a standby has a newer epoch";
   case REPLICATE_ECURL: return "libcurl could not be initialised";
+  case REPLICATE_EHISTORY:
+    return "another history: this node follows a different one";
+  case REPLICATE_EBEHIND:
+    return "it would move this node backwards, below its own position";
+  case REPLICATE_EFORK:
+    return "another checksum at a seq this node holds: the histories forked";
+  case REPLICATE_EPAST_BRANCH:
+    return "this node holds commits of an older epoch past the point where "
+           "the newer epoch branched off";
   case REPLICATE_ELAST: break;
   }
   return NULL;
@@ -192,6 +201,7 @@ static void header_write(uint8_t *p, const replicate_frame_info *info,
   put_le64(p + FRAME_OFF_COMPRESSED, compressed);
   put_le64(p + FRAME_OFF_UNCOMPRESSED, page_count * REPLICATE_ENTRY_SIZE);
   put_le64(p + FRAME_OFF_PAYLOAD_CHECKSUM, payload_checksum);
+  memcpy(p + FRAME_OFF_HISTORY, info->history.id, LOOM_HISTORY_SIZE);
   put_le64(p + FRAME_OFF_HEADER_CHECKSUM,
            XXH3_64bits(p, FRAME_OFF_HEADER_CHECKSUM));
 }
@@ -230,6 +240,7 @@ int replicate_frame_parse_header(const void *bytes, size_t len,
       .page_count = get_le32(p + FRAME_OFF_PAGE_COUNT),
       .compressed_size = get_le64(p + FRAME_OFF_COMPRESSED),
   };
+  memcpy(info.history.id, p + FRAME_OFF_HISTORY, LOOM_HISTORY_SIZE);
   uint64_t uncompressed = get_le64(p + FRAME_OFF_UNCOMPRESSED);
 
   if (info.kind != REPLICATE_KIND_COMMIT && info.kind != REPLICATE_KIND_HEARTBEAT)
@@ -450,8 +461,11 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
                                   const loom_commit *c, replicate_buf *out) {
   assert(enc != NULL && l != NULL && c != NULL && out != NULL);
   if (c->before.epoch != c->after.epoch) return REPLICATE_EINVAL;
+  loom_lineage lineage;
+  loom_store_lineage(loom_get_store(l), &lineage);
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_COMMIT,
+      .history = lineage.history,
       .epoch = c->after.epoch,
       .before = {c->before.seq, c->before.checksum, c->before.pages},
       .after = {c->after.seq, c->after.checksum, c->after.pages},
@@ -479,13 +493,15 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
   return rc;
 }
 
-int replicate_frame_encode_heartbeat(uint64_t epoch,
+int replicate_frame_encode_heartbeat(const loom_history *history,
+                                     uint64_t epoch,
                                      const replicate_point *latest,
                                      int64_t commit_time_ns, int64_t now_ns,
                                      replicate_buf *out) {
   assert(latest != NULL && out != NULL);
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_HEARTBEAT,
+      .history = *history,
       .epoch = epoch,
       .after = *latest,
       .commit_time_ns = commit_time_ns,
@@ -720,18 +736,22 @@ int replicate_frame_apply(const replicate_frame *frame, loom_store *store) {
 
   loom_position position;
   loom_store_position(store, &position);
-  if (info->epoch < position.epoch) return REPLICATE_ESTALE_EPOCH;
-  if (info->epoch == position.epoch && info->after.seq <= position.seq)
-    return REPLICATE_EDUPLICATE;
-  if (info->before.seq != position.seq ||
-      info->before.checksum != position.checksum ||
-      info->before.pages != position.pages)
-    return REPLICATE_EPOSITION;
+  loom_lineage lineage;
+  loom_store_lineage(store, &lineage);
+  int rc = replicate_place_frame(&lineage.history, &position, info);
+  if (rc != 0) return rc;
   if (info->after.checksum !=
       expected_after_checksum(frame, store, &position, dec->zero_page))
     return REPLICATE_EAFTER_CHECKSUM;
-  int rc = rebuild_and_check(frame, store);
+  rc = rebuild_and_check(frame, store);
   if (rc != 0) return rc;
+  if (!loom_history_equal(&lineage.history, &info->history) &&
+      !loom_history_is_none(&info->history)) {
+    /* The store held nothing (place_frame): it follows this history now. */
+    loom_lineage adopted = {.history = info->history};
+    rc = loom_store_adopt_lineage(store, &adopted);
+    if (rc != 0) return rc;
+  }
   if (info->epoch > position.epoch) {
     rc = loom_store_set_epoch(store, info->epoch);
     if (rc != 0) return rc;

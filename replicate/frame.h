@@ -5,7 +5,7 @@
  * The header layout (docs/FRAME.md has the byte table):
  *
  *     0  magic "LSFR"                  56  after.pages
- *     4  version (u16)                 64  commit_time_ns (i64)
+ *     4  version (u16, 2)              64  commit_time_ns (i64)
  *     6  kind (u8)                     72  first_commit_time_ns (i64)
  *     7  flags (u8)                    80  heartbeat_time_ns (i64)
  *     8  epoch                         88  page_count (u32)
@@ -13,10 +13,11 @@
  *    24  before.checksum               96  compressed payload size
  *    32  before.pages                 104  uncompressed payload size
  *    40  after.seq                    112  payload checksum
- *    48  after.checksum               120  header checksum
+ *    48  after.checksum               120  history id (16 bytes)
+ *                                     136  header checksum
  *
  * Every integer little-endian; the header checksum is XXH3-64 (seed 0) of
- * bytes [0, 120), the payload checksum XXH3-64 (seed 0) of the compressed
+ * bytes [0, 136), the payload checksum XXH3-64 (seed 0) of the compressed
  * payload.
  */
 #ifndef REPLICATE_FRAME_H
@@ -49,7 +50,8 @@ enum frame_offset {
   FRAME_OFF_COMPRESSED = 96,
   FRAME_OFF_UNCOMPRESSED = 104,
   FRAME_OFF_PAYLOAD_CHECKSUM = 112,
-  FRAME_OFF_HEADER_CHECKSUM = 120
+  FRAME_OFF_HISTORY = 120,
+  FRAME_OFF_HEADER_CHECKSUM = 136
 };
 
 /* Offsets inside one payload entry. */

@@ -7,10 +7,10 @@
  * *frame*: a self-checking byte string that a standby applies to its own
  * image to move from the commit's *before* position to its *after* position.
  *
- *     header   128 bytes: magic, format version, kind, flags, epoch,
+ *     header   144 bytes: magic, format version, kind, flags, epoch,
  *              before (seq, checksum, pages), after (seq, checksum, pages),
  *              commit times, page count, payload sizes, payload checksum,
- *              header checksum
+ *              history id, header checksum
  *     payload  zstd-compressed, one zstd frame: per page, in ascending page
  *              order, its number, the hash of its new contents
  *              (loom_page_hash), an encoding and 16 KiB of contents
@@ -158,7 +158,17 @@ enum replicate_error {
                                      primary is fenced and ships nothing;
                                      the commit stands locally */
   REPLICATE_ECURL = -31026,       /* libcurl could not be initialised */
-  REPLICATE_ELAST = -31027        /* sentinel: one past the lowest code */
+  /* Placing input against a node's position (replicate_place_*): the
+   * input would move the node sideways or backwards; refused (409). */
+  REPLICATE_EHISTORY = -31027,    /* the input is of another history */
+  REPLICATE_EBEHIND = -31028,     /* the input would take the node below its
+                                     own position in the same history */
+  REPLICATE_EFORK = -31029,       /* another checksum at a seq the node
+                                     holds: the two histories forked */
+  REPLICATE_EPAST_BRANCH = -31030,/* the node holds commits of an older epoch
+                                     past the point where the input's newer
+                                     epoch branched off */
+  REPLICATE_ELAST = -31031        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
@@ -182,8 +192,8 @@ void replicate_buf_free(replicate_buf *buf);
 /* ---------------------------------------------------------------------- */
 /* Frames: what they say */
 
-#define REPLICATE_FRAME_VERSION 1u
-#define REPLICATE_HEADER_SIZE 128u
+#define REPLICATE_FRAME_VERSION 2u
+#define REPLICATE_HEADER_SIZE 144u
 /* One payload entry: page number (8), hash (8), encoding (1), contents. */
 #define REPLICATE_ENTRY_SIZE (17u + LOOM_PAGE_SIZE)
 
@@ -222,6 +232,7 @@ typedef struct replicate_point {
 typedef struct replicate_frame_info {
   replicate_frame_kind kind;
   unsigned flags;
+  loom_history history;         /* the sender's history (loom.h) */
   uint64_t epoch;
   replicate_point before;
   replicate_point after;
@@ -259,6 +270,47 @@ replicate_limits replicate_limits_default(void);
 int replicate_frame_parse_header(const void *bytes, size_t len,
                                  const replicate_limits *limits,
                                  replicate_frame_info *out);
+
+/* ---------------------------------------------------------------------- */
+/* Placing input against a position: a node never moves backwards or
+ * sideways by itself (DESIGN section 3)
+ *
+ * A node (a standby, or a primary deciding what to send one) holds a
+ * position (epoch, seq, checksum) of a history (loom.h). Input that would
+ * move it is placed against that position first:
+ *
+ *   replicate_place_frame   a frame or a heartbeat
+ *   replicate_place_base    a base image at position base, of lineage
+ *   replicate_place_peer    a primary (ours, at latest) looking at a
+ *                           standby's reported position
+ *
+ * They return 0 (go on), REPLICATE_EDUPLICATE (already held: nothing to
+ * do), REPLICATE_EPOSITION (not contiguous: a gap, or an overlap that
+ * begins behind the position; the sender resends from the position), or
+ * a refusal: REPLICATE_ESTALE_EPOCH (the sender was fenced), and the four
+ * divergences REPLICATE_EHISTORY, REPLICATE_EBEHIND, REPLICATE_EFORK,
+ * REPLICATE_EPAST_BRANCH (replicate_is_divergence). A node with no
+ * history, or at seq 0, holds nothing and takes input of any history.
+ * Equal whole-image checksums at the same seq mean the same image, so
+ * input whose before is the node's exact position is always safe.
+ */
+
+/* 1 for the four divergence codes, else 0. */
+int replicate_is_divergence(int rc);
+
+int replicate_place_frame(const loom_history *ours, const loom_position *pos,
+                          const replicate_frame_info *frame);
+int replicate_place_base(const loom_history *ours, const loom_position *pos,
+                         const loom_position *base,
+                         const loom_lineage *lineage);
+/* peer_history may be NULL (unknown). 0: the peer is on our history at or
+ * behind latest (send it frames or a base); REPLICATE_EDUPLICATE: it holds
+ * latest; a divergence code otherwise (REPLICATE_EBEHIND: the peer is
+ * ahead of this primary). A peer of a newer epoch is not judged here (it
+ * fences the primary). */
+int replicate_place_peer(const loom_lineage *ours, const loom_position *latest,
+                         const loom_history *peer_history,
+                         const loom_position *peer);
 
 /* ---------------------------------------------------------------------- */
 /* Encoding */
@@ -306,10 +358,11 @@ int replicate_frame_encode(replicate_encoder *enc,
 int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
                                   const loom_commit *c, replicate_buf *out);
 
-/* replicate_frame_encode_heartbeat: a heartbeat saying the primary is at
- * (epoch, latest) since commit_time_ns, made at now_ns. Errors:
+/* replicate_frame_encode_heartbeat: a heartbeat saying the primary of
+ * history is at (epoch, latest) since commit_time_ns, made at now_ns. Errors:
  * REPLICATE_EINVAL (epoch 0), ENOMEM. */
-int replicate_frame_encode_heartbeat(uint64_t epoch,
+int replicate_frame_encode_heartbeat(const loom_history *history,
+                                     uint64_t epoch,
                                      const replicate_point *latest,
                                      int64_t commit_time_ns, int64_t now_ns,
                                      replicate_buf *out);
@@ -609,14 +662,23 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
  *                 primary's): PUT /v1/base from a snapshot of the store,
  *                 then continue from the snapshot's seq. Standbys that
  *                 need a base at the same time share one snapshot.
- *   unreachable   a connection error, a timeout, a 5xx, 507, 400 or an
- *                 unreadable answer: retried with exponential backoff with
- *                 jitter (backoff_base_seconds doubling up to
- *                 backoff_max_seconds; a Retry-After is honoured). Frames
- *                 lost to a connection error or a timeout are resent as
- *                 they were (a standby that had them answers 200: a
- *                 duplicate); after anything else its position is asked
- *                 again first, with a heartbeat.
+ *   unreachable   no connection (refused, reset, a connect or request
+ *                 timeout before it stalled) or an unreadable answer:
+ *                 retried with exponential backoff with jitter
+ *                 (backoff_base_seconds doubling up to backoff_max_seconds;
+ *                 a Retry-After is honoured). Frames lost to a connection
+ *                 error or a timeout are resent as they were (a standby
+ *                 that had them answers 200: a duplicate); after anything
+ *                 else its position is asked again first, with a heartbeat.
+ *   stalled       a request is in flight on an open connection and no byte
+ *                 moved either way for stall_seconds (a stopped process
+ *                 whose kernel still accepts): shown at once, while the
+ *                 request waits for its timeout; it stays stalled when that
+ *                 timeout ends it, and is retried like unreachable.
+ *   refused       an HTTP error answer with no state of its own (400, 503,
+ *                 507, other 5xx, 413 on a base image): last_error says
+ *                 "HTTP CODE (the standby's error text)"; retried like
+ *                 unreachable.
  *   unauthorized  401 or 403: nothing is shipped to it; its position is
  *                 asked again every unauthorized_retry_seconds, so a token
  *                 rotation (replicate_shipper_set_token, or on the
@@ -674,7 +736,9 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
 /* Options */
 
 typedef enum replicate_sync_outcome {
-  REPLICATE_SYNC_FAIL = 0,    /* on_commit returns REPLICATE_ESYNC_TIMEOUT */
+  REPLICATE_SYNC_FAIL = 0,    /* on_commit returns REPLICATE_ESYNC_TIMEOUT
+                                 (summary.sync_degraded until sync_count
+                                 standbys hold the latest frame again) */
   REPLICATE_SYNC_DEGRADE = 1  /* on_commit returns 0 and the shipper runs
                                  asynchronously (summary.sync_degraded)
                                  until sync_count standbys hold the latest
@@ -708,6 +772,10 @@ typedef struct replicate_shipper_options {
   double request_timeout_seconds; /* one frame request [30] */
   double base_stall_seconds;      /* a base upload with no progress for
                                      this long is abandoned [120] */
+  double stall_seconds;           /* a request with no byte moving either
+                                     way for this long shows the standby
+                                     as stalled (it goes on until its
+                                     timeout) [5] */
   double backoff_base_seconds;    /* [0.1] */
   double backoff_max_seconds;     /* [5] */
   double unauthorized_retry_seconds; /* [30] */
@@ -769,11 +837,20 @@ typedef enum replicate_standby_state {
   REPLICATE_STANDBY_BASE_SYNC = 2,
   REPLICATE_STANDBY_UNREACHABLE = 3,
   REPLICATE_STANDBY_UNAUTHORIZED = 4,
-  REPLICATE_STANDBY_FENCED = 5
+  REPLICATE_STANDBY_FENCED = 5,
+  REPLICATE_STANDBY_STALLED = 6,  /* a request on an open connection got
+                                     no byte back for stall_seconds */
+  REPLICATE_STANDBY_REFUSED = 7,  /* an HTTP error answer without a state
+                                     of its own (400, 413 on a base image,
+                                     503, 507, other 5xx): last_error says
+                                     the code and the standby's text */
+  REPLICATE_STANDBY_DIVERGED = 8  /* another history, another checksum at a
+                                     seq it holds, or ahead of this primary:
+                                     nothing is sent that would move it */
 } replicate_standby_state;
 
 /* "streaming", "catching_up", "base_sync", "unreachable", "unauthorized",
- * "fenced"; "unknown" outside the enum. */
+ * "fenced", "stalled", "refused", "diverged"; "unknown" outside the enum. */
 const char *replicate_standby_state_name(replicate_standby_state state);
 
 #define REPLICATE_URL_MAX 512
@@ -823,8 +900,13 @@ typedef struct replicate_shipper_summary {
   uint64_t latest_seq;              /* newest frame committed */
   int64_t latest_commit_time_ns;
   bool fenced;
-  bool sync_degraded;               /* sync mode running as async after a
-                                       timeout (REPLICATE_SYNC_DEGRADE) */
+  bool sync_degraded;               /* sync mode: a save timed out and
+                                       fewer than sync_count standbys hold
+                                       the latest frame since (DEGRADE:
+                                       saves run asynchronously; FAIL:
+                                       saves return ESYNC_TIMEOUT) */
+  int64_t sync_degraded_since_ns;   /* CLOCK_REALTIME when it became
+                                       degraded; 0 when not degraded */
   unsigned sync_count;
   size_t standby_count;
 } replicate_shipper_summary;
@@ -838,11 +920,13 @@ void replicate_shipper_get_summary(replicate_shipper *shipper,
 
 /*
  * replicate_shipper_drain: wait, up to timeout_seconds, until every
- * standby that is not unreachable (four failed attempts in a row, about
- * 1.5 s: one reset connection does not count), unauthorized or fenced has
- * received everything committed (like PostgreSQL's smart shutdown waiting
- * for its WAL senders). Returns true when that was reached; false on timeout, and
- * at once once the primary is fenced.
+ * standby has received everything committed (like PostgreSQL's smart
+ * shutdown waiting for its WAL senders). Returns true when that was
+ * reached; false on timeout, at once once the primary is fenced, and as
+ * soon as every standby still missing something is one that waiting will
+ * not help: unreachable, stalled or refused (four failed attempts in a
+ * row, about 1.5 s: one reset connection does not count), unauthorized,
+ * fenced or diverged.
  */
 bool replicate_shipper_drain(replicate_shipper *shipper,
                              double timeout_seconds);

@@ -137,10 +137,19 @@ typedef struct standby {
   char *answer;               /* SHIP_ANSWER_MAX + 1 bytes */
   size_t answer_len;
   bool answer_overflow;
+  int64_t progress_ns;        /* CLOCK_MONOTONIC: launch, or the last time
+                                 a byte moved either way */
+  curl_off_t seen_up, seen_down; /* bytes moved, as last reported */
+  bool stalled;               /* this request was shown as stalled */
 
   /* Scheduling; shipping thread only. */
   bool known;                 /* received is this connection's truth */
   bool need_base;
+  bool has_history;           /* its answers carry a history */
+  loom_history history;       /* the history it follows, as last heard */
+  int diverged;               /* 0, or why it is refused (REPLICATE_E*):
+                                 nothing is sent but a periodic heartbeat
+                                 to see whether that changed */
   unsigned consecutive_failures;
   unsigned unreachable_run;   /* under mu: failed requests in a row that
                                  left it unreachable (0 after a 200) */
@@ -169,6 +178,7 @@ typedef struct standby {
 struct replicate_shipper {
   /* Options, with defaults applied (immutable after start). */
   loom_store *store;
+  loom_lineage lineage;       /* the store's history and branch points */
   replicate_log *log;
   char *ca_file;
   unsigned sync_count;
@@ -178,6 +188,7 @@ struct replicate_shipper {
   long connect_timeout_ms;
   long request_timeout_ms;
   long base_stall_s;
+  int64_t stall_ns;
   double backoff_base_s;
   double backoff_max_s;
   int64_t unauthorized_retry_ns;
@@ -215,7 +226,10 @@ struct replicate_shipper {
   commit_ring ring;
   uint64_t cached_bytes;
   bool fenced;
-  bool degraded;
+  bool degraded;              /* sync mode: a save timed out, and fewer
+                                 than sync_count standbys hold the latest
+                                 frame since */
+  int64_t degraded_since_ns;  /* CLOCK_REALTIME, when degraded was set */
   bool stopping;
   char *token;
   uint64_t token_gen;
@@ -307,6 +321,9 @@ const char *replicate_standby_state_name(replicate_standby_state state)
   case REPLICATE_STANDBY_UNREACHABLE: return "unreachable";
   case REPLICATE_STANDBY_UNAUTHORIZED: return "unauthorized";
   case REPLICATE_STANDBY_FENCED: return "fenced";
+  case REPLICATE_STANDBY_DIVERGED: return "diverged";
+  case REPLICATE_STANDBY_STALLED: return "stalled";
+  case REPLICATE_STANDBY_REFUSED: return "refused";
   }
   return "unknown";
 }
@@ -510,6 +527,28 @@ static void fence(replicate_shipper *sh, standby *by, uint64_t epoch)
          "): this primary is fenced; shipping stopped", by->url, epoch, ours);
 }
 
+/* The standby's position is not one this primary may move it from
+ * (replicate_place_peer, or the standby refused our input as moving it
+ * backwards or sideways): never a base image over it; say so, and only
+ * ask its position again now and then. */
+static void diverge(standby *sb, int why, const char *detail)
+{
+  replicate_shipper *sh = sb->sh;
+  sb->diverged = why;
+  sb->need_base = false;
+  sb->known = false;
+  sb->next_attempt_ns = mono_ns() + seconds_to_ns(sh->backoff_max_s);
+  set_error(sb, "diverged (%s): %s; its position (epoch %" PRIu64 ", seq %"
+            PRIu64 ", checksum %016" PRIx64 ") is left as it is", detail,
+            replicate_strerror(why), sb->received.epoch, sb->received.seq,
+            sb->received.checksum);
+  publish_state(sb, REPLICATE_STANDBY_DIVERGED);
+  pthread_mutex_lock(&sh->mu);
+  sb->on_chain = false;
+  pthread_cond_broadcast(&sh->cond); /* a drain stops waiting for it */
+  pthread_mutex_unlock(&sh->mu);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Requests */
 
@@ -524,6 +563,22 @@ static size_t write_answer(char *data, size_t size, size_t nmemb, void *ud)
   memcpy(sb->answer + sb->answer_len, data, n);
   sb->answer_len += n;
   return n;
+}
+
+/* Note when bytes move (curl calls this about once a second even when
+ * nothing does): the stall check (check_stall) compares with it. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
+                       curl_off_t ultotal, curl_off_t ulnow)
+{
+  standby *sb = ud;
+  (void)dltotal;
+  (void)ultotal;
+  if (dlnow != sb->seen_down || ulnow != sb->seen_up) {
+    sb->seen_down = dlnow;
+    sb->seen_up = ulnow;
+    sb->progress_ns = mono_ns();
+  }
+  return 0;
 }
 
 static size_t read_base(char *buf, size_t size, size_t nitems, void *ud)
@@ -639,6 +694,9 @@ static int prepare_easy(standby *sb, const char *url)
   SET(CURLOPT_ERRORBUFFER, sb->errbuf);
   SET(CURLOPT_WRITEFUNCTION, write_answer);
   SET(CURLOPT_WRITEDATA, (void *)sb);
+  SET(CURLOPT_NOPROGRESS, 0L);
+  SET(CURLOPT_XFERINFOFUNCTION, on_progress);
+  SET(CURLOPT_XFERINFODATA, (void *)sb);
   SET(CURLOPT_HTTPHEADER, sb->headers);
   SET(CURLOPT_CONNECTTIMEOUT_MS, sh->connect_timeout_ms);
   SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
@@ -657,6 +715,10 @@ static int launch(standby *sb)
   if (curl_multi_add_handle(sb->sh->multi, sb->easy) != CURLM_OK)
     return REPLICATE_ECURL;
   sb->in_flight = true;
+  sb->progress_ns = mono_ns();
+  sb->seen_up = 0;
+  sb->seen_down = 0;
+  sb->stalled = false;
   return 0;
 }
 
@@ -720,31 +782,42 @@ static void retry_after_backoff(standby *sb, double retry_after_s)
   sb->next_attempt_ns = mono_ns() + seconds_to_ns(delay);
 }
 
-/* A failed request: state (unreachable or unchanged), error, backoff; the
- * position is asked again before anything else is sent. */
+/* A failed request: the error, the state it leaves (counted as a failed
+ * attempt for a drain) or none (keep), backoff; the position is asked
+ * again before anything else is sent. */
+static void fail_into(standby *sb, const replicate_standby_state *state,
+                      double retry_after_s, const char *text)
+{
+  replicate_shipper *sh = sb->sh;
+  pthread_mutex_lock(&sh->mu);
+  sb->failures++;
+  if (state)
+    sb->unreachable_run++;
+  pthread_cond_broadcast(&sh->cond); /* a drain counts the attempts */
+  pthread_mutex_unlock(&sh->mu);
+  set_error(sb, "%s", text);
+  if (state)
+    publish_state(sb, *state);
+  sb->known = false;
+  retry_after_backoff(sb, retry_after_s);
+}
+
+/* No answer (unreachable, or still stalled when it was shown stalled), or
+ * a local failure (the state is kept). */
 static void fail(standby *sb, bool unreachable, double retry_after_s,
                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 static void fail(standby *sb, bool unreachable, double retry_after_s,
                  const char *fmt, ...)
 {
-  replicate_shipper *sh = sb->sh;
   char text[REPLICATE_ERROR_MAX];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  pthread_mutex_lock(&sh->mu);
-  sb->failures++;
-  if (unreachable)
-    sb->unreachable_run++;
-  pthread_cond_broadcast(&sh->cond); /* a drain counts the attempts */
-  pthread_mutex_unlock(&sh->mu);
-  set_error(sb, "%s", text);
-  if (unreachable)
-    publish_state(sb, REPLICATE_STANDBY_UNREACHABLE);
-  sb->known = false;
-  retry_after_backoff(sb, retry_after_s);
+  replicate_standby_state state = sb->stalled ? REPLICATE_STANDBY_STALLED
+                                              : REPLICATE_STANDBY_UNREACHABLE;
+  fail_into(sb, unreachable ? &state : NULL, retry_after_s, text);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -753,7 +826,8 @@ static void fail(standby *sb, bool unreachable, double retry_after_s,
 static int start_heartbeat(standby *sb, const loom_position *latest)
 {
   replicate_point point = {latest->seq, latest->checksum, latest->pages};
-  int rc = replicate_frame_encode_heartbeat(latest->epoch, &point,
+  int rc = replicate_frame_encode_heartbeat(&sb->sh->lineage.history,
+                                            latest->epoch, &point,
                                             latest->commit_time_ns, real_ns(),
                                             &sb->body_buf);
   if (rc)
@@ -830,7 +904,9 @@ static int start_base(standby *sb)
   }
   sh->snap_refs++;
   sb->holds_snapshot = true;
-  loom_stream_header_encode(sb->base_header, &sh->snap_pos);
+  loom_lineage lineage;
+  loom_snapshot_lineage(sh->snap, &lineage);
+  loom_stream_header_encode(sb->base_header, &sh->snap_pos, &lineage);
   sb->base_off = 0;
   sb->base_total = LOOM_STREAM_HEADER + sh->snap_pos.pages * LOOM_PAGE_SIZE;
   sb->base_read_error = 0;
@@ -896,10 +972,8 @@ static int start_frames(standby *sb, const standby_point *r,
   if (first.epoch < r->epoch || first.before.seq != r->seq ||
       first.before.checksum != r->checksum || first.before.pages != r->pages) {
     drop_ref(sh, &ref);
-    set_error(sb, "its position (epoch %" PRIu64 ", seq %" PRIu64
-              ", checksum %016" PRIx64 ") is not in this primary's history: "
-              "sending a base image", r->epoch, r->seq, r->checksum);
-    sb->need_base = true;
+    diverge(sb, REPLICATE_EFORK, "this primary's log has another checksum "
+            "at its seq");
     return 0;
   }
   set_on_chain(sb, true);
@@ -1038,21 +1112,27 @@ static void schedule(standby *sb, int64_t now)
       fence(sh, sb, r.epoch);
       return;
     }
-    if (!sb->need_base && r.seq >= latest.seq) {
-      if (r.seq == latest.seq && r.checksum == latest.checksum &&
-          r.pages == latest.pages) {
-        set_on_chain(sb, true);
-        publish_state(sb, REPLICATE_STANDBY_STREAMING);
-        if (now - sb->last_activity_ns < sh->heartbeat_ns)
-          return;
-        what = "heartbeat";
-        rc = start_heartbeat(sb, &latest);
-        goto started;
-      }
-      set_error(sb, "its position (seq %" PRIu64 ", checksum %016" PRIx64
-                ") is not in this primary's history (latest seq %" PRIu64
-                "): sending a base image", r.seq, r.checksum, latest.seq);
-      sb->need_base = true;
+    loom_position peer = {.epoch = r.epoch, .seq = r.seq,
+                          .checksum = r.checksum, .pages = r.pages};
+    int place = replicate_place_peer(&sh->lineage, &latest,
+                                     sb->has_history ? &sb->history : NULL,
+                                     &peer);
+    if (replicate_is_divergence(place)) {
+      diverge(sb, place, place == REPLICATE_EBEHIND
+                             ? "it is ahead of this primary, whose directory "
+                               "is older (restored from a backup, or empty?)"
+                             : "checked against this primary's history");
+      return;
+    }
+    sb->diverged = 0;
+    if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
+      set_on_chain(sb, true);
+      publish_state(sb, REPLICATE_STANDBY_STREAMING);
+      if (now - sb->last_activity_ns < sh->heartbeat_ns)
+        return;
+      what = "heartbeat";
+      rc = start_heartbeat(sb, &latest);
+      goto started;
     }
     if (!sb->need_base) {
       what = "frames";
@@ -1125,6 +1205,7 @@ static void after_ack(replicate_shipper *sh)
   if (sh->degraded && acked_locked(sh, sh->latest.epoch, sh->latest.seq) >=
                           sh->sync_count) {
     sh->degraded = false;
+    sh->degraded_since_ns = 0;
     pthread_mutex_unlock(&sh->mu);
     diag(sh, "sync mode restored: %u standbys hold the latest frame",
          sh->sync_count);
@@ -1145,10 +1226,50 @@ static const char *request_name(request_kind k)
   return "request";
 }
 
+/* The REPLICATE_E* code a standby's 409 names, for the codes that change
+ * what the primary does next; 0 for any other. */
+static int refusal_of(const char *name)
+{
+  static const struct {
+    const char *name;
+    int rc;
+  } codes[] = {
+      {"REPLICATE_EHISTORY", REPLICATE_EHISTORY},
+      {"REPLICATE_EBEHIND", REPLICATE_EBEHIND},
+      {"REPLICATE_EFORK", REPLICATE_EFORK},
+      {"REPLICATE_EPAST_BRANCH", REPLICATE_EPAST_BRANCH},
+      {"REPLICATE_EAFTER_CHECKSUM", REPLICATE_EAFTER_CHECKSUM},
+      {"REPLICATE_EPAGE_HASH", REPLICATE_EPAGE_HASH},
+  };
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+    if (strcmp(name, codes[i].name) == 0)
+      return codes[i].rc;
+  return 0;
+}
+
+/* An HTTP error answer with no state of its own: refused, saying the code
+ * and the standby's error text (standby_error, or NULL). */
+static void refuse(standby *sb, request_kind req, long code,
+                   const char *standby_error, double retry_after_s)
+{
+  char text[REPLICATE_ERROR_MAX];
+  if (standby_error)
+    snprintf(text, sizeof text, "%s: HTTP %ld (%s)", request_name(req),
+             code, standby_error);
+  else
+    snprintf(text, sizeof text, "%s: HTTP %ld", request_name(req), code);
+  replicate_standby_state state = REPLICATE_STANDBY_REFUSED;
+  fail_into(sb, &state, retry_after_s, text);
+}
+
 static void record_position(standby *sb, const ship_answer *a)
 {
   replicate_shipper *sh = sb->sh;
   pthread_mutex_lock(&sh->mu);
+  if (a->has_history) {
+    sb->has_history = true;
+    sb->history = a->history;
+  }
   sb->received = point_from(&a->received);
   if (a->applied.present)
     sb->applied = point_from(&a->applied);
@@ -1228,11 +1349,15 @@ static void finish(standby *sb, CURLcode result)
     uint64_t theirs = a.received.epoch;
     if (a.has_epoch && a.epoch > theirs)
       theirs = a.epoch;
-    if (stale || theirs > ours) {
+    /* Only a node of our own history fences us: another history's epochs
+     * say nothing about ours. */
+    bool same_history = !a.has_history || loom_history_is_none(&a.history) ||
+                        loom_history_equal(&a.history, &sh->lineage.history);
+    record_position(sb, &a);
+    if (same_history && (stale || theirs > ours)) {
       fence(sh, sb, theirs > ours ? theirs : ours + 1);
       return;
     }
-    record_position(sb, &a);
   }
 
   switch (code) {
@@ -1265,8 +1390,17 @@ static void finish(standby *sb, CURLcode result)
     after_ack(sh);
     retain_log(sh);
     return;
-  case 409:
-    if (a.has_error && strcmp(a.error, "checksum mismatch") == 0)
+  case 409: {
+    int refusal = a.has_code ? refusal_of(a.code) : 0;
+    if (replicate_is_divergence(refusal)) {
+      diverge(sb, refusal, "the standby refused our input");
+      after_ack(sh);
+      return;
+    }
+    /* A frame that did not rebuild the standby's image although its
+     * before matched: its image is damaged; a base image repairs it. */
+    if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
+        (!a.has_code && a.has_error && strcmp(a.error, "checksum mismatch") == 0))
       sb->need_base = true;
     if (++sb->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
       sb->need_base = true;
@@ -1277,6 +1411,7 @@ static void finish(standby *sb, CURLcode result)
       retry_after_backoff(sb, retry_s);
     after_ack(sh);
     return;
+  }
   case 401:
   case 403:
     pthread_mutex_lock(&sh->mu);
@@ -1306,14 +1441,10 @@ static void finish(standby *sb, CURLcode result)
       sb->known = false;
       return;
     }
-    fail(sb, true, retry_s, "%s refused as too large (413)", request_name(req));
+    refuse(sb, req, code, "too large", retry_s);
     return;
   default:
-    if (readable && a.has_error)
-      fail(sb, true, retry_s, "%s: HTTP %ld (%s)", request_name(req), code,
-           a.error);
-    else
-      fail(sb, true, retry_s, "%s: HTTP %ld", request_name(req), code);
+    refuse(sb, req, code, readable && a.has_error ? a.error : NULL, retry_s);
     return;
   }
 }
@@ -1321,10 +1452,27 @@ static void finish(standby *sb, CURLcode result)
 /* ---------------------------------------------------------------------- */
 /* The shipping thread */
 
+/* A request on an open connection (bytes went out) that has moved no byte
+ * either way for stall_ns: show it (the request goes on to its timeout). */
+static void check_stall(standby *sb, int64_t now)
+{
+  replicate_shipper *sh = sb->sh;
+  if (!sb->in_flight || sb->stalled || sb->seen_up == 0 ||
+      now - sb->progress_ns < sh->stall_ns)
+    return;
+  sb->stalled = true;
+  set_error(sb, "%s: no answer for %.1f s on an open connection",
+            request_name(sb->req), (double)(now - sb->progress_ns) / 1e9);
+  publish_state(sb, REPLICATE_STANDBY_STALLED);
+}
+
 static int64_t next_due(const standby *sb, const loom_position *latest)
 {
   replicate_shipper *sh = sb->sh;
   int64_t now = mono_ns();
+  if (sb->in_flight) /* when check_stall is due, if ever */
+    return sb->stalled || sb->seen_up == 0 ? INT64_MAX
+                                           : sb->progress_ns + sh->stall_ns;
   if (sb->next_attempt_ns > now)
     return sb->next_attempt_ns;
   if (!sb->known || sb->need_base || sb->received.seq < latest->seq)
@@ -1370,11 +1518,11 @@ static void *ship_main(void *arg)
     bool fenced = sh->fenced;
     pthread_mutex_unlock(&sh->mu);
     now = mono_ns();
+    for (size_t i = 0; i < sh->n && !fenced; i++)
+      check_stall(&sh->sb[i], now);
     int64_t wake = now + NS_PER_S;
     for (size_t i = 0; i < sh->n && !fenced; i++) {
       const standby *sb = &sh->sb[i];
-      if (sb->in_flight)
-        continue;
       int64_t due = next_due(sb, &latest);
       if (due < wake)
         wake = due;
@@ -1500,6 +1648,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
       check_duration(opt->connect_timeout_seconds) ||
       check_duration(opt->request_timeout_seconds) ||
       check_duration(opt->base_stall_seconds) ||
+      check_duration(opt->stall_seconds) ||
       check_duration(opt->backoff_base_seconds) ||
       check_duration(opt->backoff_max_seconds) ||
       check_duration(opt->unauthorized_retry_seconds))
@@ -1520,6 +1669,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
                                              ? opt->request_timeout_seconds : 30));
   double stall = opt->base_stall_seconds > 0 ? opt->base_stall_seconds : 120;
   sh->base_stall_s = (long)stall + ((double)(long)stall < stall);
+  sh->stall_ns = seconds_to_ns(opt->stall_seconds > 0 ? opt->stall_seconds : 5);
   sh->backoff_base_s = opt->backoff_base_seconds > 0 ? opt->backoff_base_seconds : 0.1;
   sh->backoff_max_s = opt->backoff_max_seconds > 0 ? opt->backoff_max_seconds : 5;
   if (sh->backoff_max_s < sh->backoff_base_s)
@@ -1585,6 +1735,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
     goto fail;
 
   loom_store_position(sh->store, &sh->latest);
+  loom_store_lineage(sh->store, &sh->lineage);
   rc = reconcile_log(sh, &sh->latest);
   if (rc)
     goto fail;
@@ -1663,6 +1814,45 @@ static void commit_publish(replicate_shipper *sh, const loom_commit *c,
   curl_multi_wakeup(sh->multi);
 }
 
+/* Sync mode: wait until sync_count standbys hold c (see replicate.h). A
+ * timeout marks the shipper degraded (either outcome: status shows it until
+ * enough standbys hold the latest frame again, after_ack). */
+static int sync_wait(replicate_shipper *sh, const loom_commit *c)
+{
+  bool async = sh->on_sync_timeout == REPLICATE_SYNC_DEGRADE;
+  struct timespec deadline;
+  deadline_after(&deadline, sh->sync_timeout_s);
+  pthread_mutex_lock(&sh->mu);
+  bool timed_out = false;
+  while (!sh->fenced && !sh->stopping && !(async && sh->degraded) &&
+         acked_locked(sh, c->after.epoch, c->after.seq) < sh->sync_count) {
+    if (pthread_cond_timedwait(&sh->cond, &sh->mu, &deadline) == ETIMEDOUT) {
+      timed_out = acked_locked(sh, c->after.epoch, c->after.seq) < sh->sync_count;
+      break;
+    }
+  }
+  if (sh->fenced) {
+    pthread_mutex_unlock(&sh->mu);
+    return REPLICATE_EFENCED;
+  }
+  if (!timed_out) {
+    pthread_mutex_unlock(&sh->mu);
+    return 0;
+  }
+  bool first = !sh->degraded;
+  if (first) {
+    sh->degraded = true;
+    sh->degraded_since_ns = real_ns();
+  }
+  pthread_mutex_unlock(&sh->mu);
+  if (first)
+    diag(sh, "sync: fewer than %u standbys acknowledged epoch %" PRIu64
+         " seq %" PRIu64 " within %.3f s: %s until they catch up",
+         sh->sync_count, c->after.epoch, c->after.seq, sh->sync_timeout_s,
+         async ? "running asynchronously" : "saves report the timeout");
+  return async ? 0 : REPLICATE_ESYNC_TIMEOUT;
+}
+
 int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
                                 const loom_commit *c)
 {
@@ -1715,33 +1905,7 @@ int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
   if (sh->sync_count == 0)
     return 0;
 
-  struct timespec deadline;
-  deadline_after(&deadline, sh->sync_timeout_s);
-  pthread_mutex_lock(&sh->mu);
-  bool timed_out = false;
-  while (!sh->fenced && !sh->stopping && !sh->degraded &&
-         acked_locked(sh, c->after.epoch, c->after.seq) < sh->sync_count) {
-    if (pthread_cond_timedwait(&sh->cond, &sh->mu, &deadline) == ETIMEDOUT) {
-      timed_out = acked_locked(sh, c->after.epoch, c->after.seq) < sh->sync_count;
-      break;
-    }
-  }
-  if (sh->fenced) {
-    rc = REPLICATE_EFENCED;
-  } else if (timed_out) {
-    if (sh->on_sync_timeout == REPLICATE_SYNC_FAIL) {
-      rc = REPLICATE_ESYNC_TIMEOUT;
-    } else {
-      sh->degraded = true;
-      pthread_mutex_unlock(&sh->mu);
-      diag(sh, "sync: fewer than %u standbys acknowledged seq %" PRIu64
-           " within %.3f s: running asynchronously until they catch up",
-           sh->sync_count, c->after.seq, sh->sync_timeout_s);
-      return 0;
-    }
-  }
-  pthread_mutex_unlock(&sh->mu);
-  return rc;
+  return sync_wait(sh, c);
 }
 
 int replicate_shipper_set_token(replicate_shipper *sh, const char *token)
@@ -1842,33 +2006,53 @@ void replicate_shipper_get_summary(replicate_shipper *sh,
   out->latest_commit_time_ns = sh->latest.commit_time_ns;
   out->fenced = sh->fenced;
   out->sync_degraded = sh->degraded;
+  out->sync_degraded_since_ns = sh->degraded ? sh->degraded_since_ns : 0;
   out->sync_count = sh->sync_count;
   out->standby_count = sh->n;
   pthread_mutex_unlock(&sh->mu);
 }
 
-/* Every standby that is not unreachable, unauthorized or fenced holds the
- * latest frame. Under mu. */
 /* A drain gives up on an unreachable standby only after this many failed
  * attempts in a row (about 1.5 s of backoff): one reset connection while the
  * primary stops is not a standby that is gone. */
 #define DRAIN_UNREACHABLE_ATTEMPTS 4
 
-static bool drained_locked(const replicate_shipper *sh)
+/* The standby holds the latest frame. Under mu. */
+static bool holds_latest_locked(const replicate_shipper *sh, const standby *sb)
 {
+  return sb->has_position && sb->on_chain &&
+         sb->received.epoch == sh->latest.epoch &&
+         sb->received.seq >= sh->latest.seq;
+}
+
+/* Waiting longer will not bring it the latest frame: unreachable, stalled
+ * or refused (after DRAIN_UNREACHABLE_ATTEMPTS), unauthorized, fenced or
+ * diverged. Under mu. */
+static bool hopeless_locked(const standby *sb)
+{
+  return ((sb->state == REPLICATE_STANDBY_UNREACHABLE ||
+           sb->state == REPLICATE_STANDBY_STALLED ||
+           sb->state == REPLICATE_STANDBY_REFUSED) &&
+          sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
+         sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
+         sb->state == REPLICATE_STANDBY_FENCED ||
+         sb->state == REPLICATE_STANDBY_DIVERGED;
+}
+
+/* How the drain stands: 1 every standby holds the latest frame, -1 some do
+ * not and waiting will not change it, 0 wait on. Under mu. */
+static int drain_outcome_locked(const replicate_shipper *sh)
+{
+  int outcome = 1;
   for (size_t i = 0; i < sh->n; i++) {
     const standby *sb = &sh->sb[i];
-    if ((sb->state == REPLICATE_STANDBY_UNREACHABLE &&
-         sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
-        sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
-        sb->state == REPLICATE_STANDBY_FENCED)
+    if (holds_latest_locked(sh, sb))
       continue;
-    if (!sb->has_position || !sb->on_chain ||
-        sb->received.epoch != sh->latest.epoch ||
-        sb->received.seq < sh->latest.seq)
-      return false;
+    if (!hopeless_locked(sb))
+      return 0;
+    outcome = -1;
   }
-  return true;
+  return outcome;
 }
 
 bool replicate_shipper_drain(replicate_shipper *sh, double timeout_seconds)
@@ -1877,11 +2061,11 @@ bool replicate_shipper_drain(replicate_shipper *sh, double timeout_seconds)
   struct timespec deadline;
   deadline_after(&deadline, timeout_seconds > 0 ? timeout_seconds : 0);
   pthread_mutex_lock(&sh->mu);
-  bool done = drained_locked(sh);
-  while (!done && !sh->fenced &&
+  int outcome = drain_outcome_locked(sh);
+  while (outcome == 0 && !sh->fenced &&
          pthread_cond_timedwait(&sh->cond, &sh->mu, &deadline) != ETIMEDOUT)
-    done = drained_locked(sh);
-  done = drained_locked(sh) && !sh->fenced;
+    outcome = drain_outcome_locked(sh);
+  bool done = drain_outcome_locked(sh) == 1 && !sh->fenced;
   pthread_mutex_unlock(&sh->mu);
   return done;
 }

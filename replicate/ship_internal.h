@@ -29,6 +29,12 @@ typedef struct ship_answer {
   bool has_error;
   char error[SHIP_ANSWER_ERROR_MAX]; /* top-level "error", truncated,
                                         control characters replaced */
+  bool has_code;
+  char code[SHIP_ANSWER_ERROR_MAX];  /* top-level "code" (a stable error
+                                        name such as "REPLICATE_EFORK") */
+  bool has_history;
+  loom_history history;              /* top-level "history": 32 hex digits,
+                                        or null (none: all zero) */
   bool has_epoch;
   uint64_t epoch;                    /* top-level "epoch" */
   ship_point received;
@@ -44,7 +50,8 @@ typedef struct ship_answer {
  * fields above. Returns 0, or REPLICATE_EMALFORMED when the text is not
  * well-formed JSON, is not an object, repeats one of the extracted keys,
  * gives one a value of the wrong type (a number that is not a non-negative
- * integer below 2^64, a checksum that is not 16 hex digits), or holds a
+ * integer below 2^64, a checksum that is not 16 hex digits, a history
+ * that is neither null nor 32 hex digits), or holds a
  * "received" or "applied" object missing one of its four fields.
  */
 int ship_answer_parse(const char *text, size_t len, ship_answer *out);

@@ -415,6 +415,23 @@ static int read_point(reader *r, ship_point *point)
 /* ---------------------------------------------------------------------- */
 /* The answer */
 
+/* null (no history) or a string of 32 hex digits. */
+static int read_history(reader *r, loom_history *out)
+{
+  memset(out, 0, sizeof *out);
+  skip_space(r);
+  if (r->end - r->p >= 4 && memcmp(r->p, "null", 4) == 0)
+    return skip_value(r);
+  char buf[2 * LOOM_HISTORY_SIZE + 2];
+  text t = {buf, sizeof buf, 0, false};
+  int rc = parse_string(r, &t);
+  if (rc)
+    return rc;
+  if (t.truncated || loom_history_parse(buf, out) != 0)
+    return REPLICATE_EMALFORMED;
+  return 0;
+}
+
 static int answer_member(void *ctx, const text *key, reader *r)
 {
   ship_answer *a = ctx;
@@ -435,6 +452,20 @@ static int answer_member(void *ctx, const text *key, reader *r)
     text t = {a->error, sizeof a->error, 0, false};
     a->error[0] = '\0';
     return parse_string(r, &t);
+  }
+  if (key_is(key, "code")) {
+    if (a->has_code)
+      return REPLICATE_EMALFORMED;
+    a->has_code = true;
+    text t = {a->code, sizeof a->code, 0, false};
+    a->code[0] = '\0';
+    return parse_string(r, &t);
+  }
+  if (key_is(key, "history")) {
+    if (a->has_history)
+      return REPLICATE_EMALFORMED;
+    a->has_history = true;
+    return read_history(r, &a->history);
   }
   return skip_value(r);
 }

@@ -740,14 +740,20 @@ static void test_stream_header(void **state)
   (void)state;
   loom_position p = {.epoch = 3, .seq = 99, .checksum = 0xdeadbeef, .pages = 12,
                      .commit_time_ns = 12345};
+  loom_lineage lin = {.branch_count = 2,
+                      .branches = {{2, 10, 0xabc}, {3, 50, 0xdef}}};
+  assert_int_equal(loom_history_parse("00112233445566778899aabbccddeeff",
+                                      &lin.history), 0);
   uint8_t h[LOOM_STREAM_HEADER];
-  loom_stream_header_encode(h, &p);
+  loom_stream_header_encode(h, &p, &lin);
   loom_position q;
-  assert_int_equal(loom_stream_header_decode(h, &q), 0);
+  loom_lineage lq;
+  assert_int_equal(loom_stream_header_decode(h, &q, &lq), 0);
   assert_memory_equal(&p, &q, sizeof p);
+  assert_memory_equal(&lin, &lq, sizeof lin);
   for (unsigned i = 0; i < LOOM_STREAM_HEADER; i++) {
     h[i] ^= 0x10;
-    assert_int_not_equal(loom_stream_header_decode(h, &q), 0);
+    assert_int_not_equal(loom_stream_header_decode(h, &q, NULL), 0);
     h[i] ^= 0x10;
   }
 }

@@ -23,6 +23,15 @@ start_standby() { # NAME
 }
 stop_standby() { kill -CONT "${PID[$1]}" 2>/dev/null; kill -TERM "${PID[$1]}"; wait "${PID[$1]}" 2>/dev/null; }
 status() { curl -s "$1/v1/status" | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"; }
+poll_status() { # URL EXPR WANT: the value of EXPR once it is WANT (10 s at most)
+  local v=
+  for _ in $(seq 200); do
+    v=$(status "$1" "$2" 2>/dev/null)
+    [ "$v" = "$3" ] && break
+    sleep 0.05
+  done
+  echo "$v"
+}
 seq_of() { "$LOOMSHIP" inspect "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq"])'; }
 wait_applied() { # URL SEQ
   for _ in $(seq 300); do
@@ -76,6 +85,8 @@ purl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/pb.out" | head -1)
 sleep 1
 kill -STOP "${PID[b4]}"
 sleep 3
+state4=$(poll_status "$purl" 'd["standbys"][3]["state"]' stalled)
+check "the stopped one shows as stalled ($state4), not streaming" test "$state4" = stalled
 seq_now=$(status "$purl" 'd["applied"]["seq"]')
 lags=$(status "$purl" '" ".join(str(s["lag"]["frames"]) for s in d["standbys"])')
 read -r l1 l2 l3 l4 <<<"$lags"
@@ -100,11 +111,20 @@ check "sync saves are all received by the standby when they return" \
 kill -STOP "${PID[c]}"
 t0=$(date +%s.%N)
 "$LOOMSHIP" primary --dir "$work/pc" --standby "${URL[c]}" --sync 1 --sync-timeout 1 \
-  --sync-fallback fail --saves 3 --rate 1000 --pages 8 --drain-timeout 1 >/dev/null 2>>"$work/pc.err"
+  --sync-fallback fail --saves 3 --rate 1000 --pages 8 --drain-timeout 1 \
+  --listen 127.0.0.1:0 >"$work/pc2.out" 2>>"$work/pc.err" &
+ppid=$!; pids+=("$ppid")
+for _ in $(seq 100); do grep -q listening "$work/pc2.out" && break; sleep 0.05; done
+purl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/pc2.out" | head -1)
+degraded=$(poll_status "$purl" \
+  'd["sync"]["degraded"] and d["sync"]["degraded_since"] is not None' True)
+wait "$ppid"
 t1=$(date +%s.%N)
 check "with the standby stopped, each save waits for the timeout ($(echo "$t1 - $t0" | bc) s for 3)" \
   test "$(echo "$t1 - $t0 >= 3" | bc)" = 1
-check "and says it was not acknowledged" grep -q "not acknowledged" "$work/pc.err"
+check "and says which save was not acknowledged" \
+  grep -Eq "save of epoch [0-9]+ seq [0-9]+ was not acknowledged" "$work/pc.err"
+check "and status says sync degraded, since when ($degraded)" test "$degraded" = True
 t0=$(date +%s.%N)
 "$LOOMSHIP" primary --dir "$work/pc" --standby "${URL[c]}" --sync 1 --sync-timeout 1 \
   --sync-fallback async --saves 50 --rate 1000 --pages 8 --drain-timeout 1 \

@@ -105,7 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t payload = size - REPLICATE_HEADER_SIZE;
   fuzz_put_le64(f + 96, payload);
   fuzz_put_le64(f + 112, XXH3_64bits(f + REPLICATE_HEADER_SIZE, payload));
-  fuzz_put_le64(f + 120, XXH3_64bits(f, 120));
+  fuzz_put_le64(f + 136, XXH3_64bits(f, 136));
   exercise(st, f, size);
   free(f);
   return 0;
@@ -155,7 +155,7 @@ int fuzz_make_seeds(const char *dir) {
                             .checksum = st->pos.checksum,
                             .pages = st->pos.pages};
   replicate_buf out = {0};
-  CHECK(replicate_frame_encode_heartbeat(FUZZ_EPOCH, &latest, FUZZ_TIME_NS,
+  CHECK(replicate_frame_encode_heartbeat(&no_history, FUZZ_EPOCH, &latest, FUZZ_TIME_NS,
                                          FUZZ_TIME_NS + 1, &out) == 0);
   fuzz_write_file(dir, "heartbeat", out.data, out.len);
   replicate_buf_free(&out);

@@ -43,6 +43,9 @@ extern const int fuzz_replay_mutations;
     }                                                                    \
   } while (0)
 
+/* Frames built by hand carry no history. */
+static const loom_history no_history;
+
 #define FUZZ_TEMPLATE_PAGES 5u
 #define FUZZ_EPOCH 2u
 #define FUZZ_TIME_NS 1764115200000000000ll /* 2025-11-26T00:00:00Z */

@@ -137,7 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t payload = size - REPLICATE_HEADER_SIZE;
   put_le64(f + 96, payload);
   put_le64(f + 112, XXH3_64bits(f + REPLICATE_HEADER_SIZE, payload));
-  put_le64(f + 120, XXH3_64bits(f, 120));
+  put_le64(f + 136, XXH3_64bits(f, 136));
   exercise(st, f, size);
   return 0;
 }

@@ -29,6 +29,9 @@
 /* ---------------------------------------------------------------------- */
 /* Directories */
 
+/* Frames built by hand carry no history. */
+static const loom_history no_history;
+
 static inline char *ht_tmpdir(const char *tag)
 {
   const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -114,6 +117,14 @@ typedef struct ht_primary {
   test_rng rng;
   pthread_mutex_t mu;           /* around saves and snapshot opens */
 } ht_primary;
+
+/* The history the primary's frames carry. */
+static inline loom_history ht_primary_history(ht_primary *p)
+{
+  loom_lineage lineage;
+  loom_store_lineage(loom_get_store(p->l), &lineage);
+  return lineage.history;
+}
 
 static inline int ht_on_commit(void *ctx, loom *l, const loom_commit *c)
 {
@@ -505,7 +516,7 @@ static inline void ht_check_stream(const uint8_t *s, size_t len,
                                    loom_position *pos)
 {
   assert_true(len >= LOOM_STREAM_HEADER);
-  assert_int_equal(loom_stream_header_decode(s, pos), 0);
+  assert_int_equal(loom_stream_header_decode(s, pos, NULL), 0);
   assert_int_equal(len, LOOM_STREAM_HEADER + pos->pages * PS);
   uint64_t sum = 0;
   for (uint64_t n = 0; n < pos->pages; n++)

@@ -304,11 +304,12 @@ static size_t fp_standbys(void *ctx, http_standby_status *out, size_t cap)
   return 20;
 }
 
-static void fp_sync(void *ctx, unsigned *count, bool *degraded)
+static void fp_sync(void *ctx, http_sync_status *out)
 {
   (void)ctx;
-  *count = 1;
-  *degraded = true;
+  out->required = 1;
+  out->degraded = true;
+  out->degraded_since_ns = 1700000000123000000LL;
 }
 
 static void test_primary_role(void **state)
@@ -319,7 +320,7 @@ static void test_primary_role(void **state)
   ht_primary_run(&p, 12);
   fake_primary fp = {&p, false};
   http_primary_source src = {&fp, fp_position, fp_snapshot, fp_fenced,
-                             fp_standbys, fp_sync};
+                             fp_standbys, fp_sync, NULL};
   static const char token[] = "tok";
   http_server_options opt = {.role = HTTP_ROLE_PRIMARY, .primary = &src,
                              .token = (const uint8_t *)token, .token_len = 3};
@@ -331,13 +332,14 @@ static void test_primary_role(void **state)
   ht_resp r;
   ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
   assert_int_equal(r.status, 200);
-  ht_assert_has(&r, "{\"role\":\"primary\",\"epoch\":1,\"applied\":{\"epoch\":1,"
-                    "\"seq\":12,");
+  ht_assert_has(&r, "{\"role\":\"primary\",\"epoch\":1,\"history\":null,"
+                    "\"applied\":{\"epoch\":1,\"seq\":12,");
   ht_assert_has(&r, "\"fenced\":false");
-  ht_assert_has(&r, "\"sync\":{\"count\":1,\"degraded\":true}");
+  ht_assert_has(&r, "\"sync\":{\"required\":1,\"count\":1,\"degraded\":true,"
+                    "\"degraded_since\":\"2023-11-14T22:13:20.123Z\"}");
   ht_assert_has(&r, "\"standbys\":[{\"url\":\"http://10.0.0.2:8470\","
                     "\"state\":\"streaming\",\"sent_seq\":45,"
-                    "\"received_seq\":44,\"applied_seq\":42,"
+                    "\"received_seq\":44,\"applied_seq\":42,\"base_images\":0,"
                     "\"lag\":{\"frames\":3,\"bytes\":49152,\"seconds\":0.004},"
                     "\"last_error\":null,\"last_error_at\":null,");
   ht_assert_has(&r, "\"last_error\":\"connect: \\\"refused\\\"\","

@@ -122,12 +122,30 @@ static uint8_t *primary_stream(ht_primary *p, size_t *len, loom_position *pos)
   loom_snapshot_position(snap, pos);
   *len = LOOM_STREAM_HEADER + pos->pages * PS;
   uint8_t *s = xmalloc(*len);
-  loom_stream_header_encode(s, pos);
+  loom_lineage lineage;
+  loom_snapshot_lineage(snap, &lineage);
+  loom_stream_header_encode(s, pos, &lineage);
   if (pos->pages)
     assert_int_equal(loom_snapshot_read(snap, 0, s + LOOM_STREAM_HEADER,
                                         pos->pages * PS), 0);
   loom_snapshot_close(snap);
   return s;
+}
+
+/* POST a heartbeat: the primary (epoch 1) at seq (checksum 77, pages)
+ * since commit_ns, made at made_ns. Returns the HTTP status. */
+/* A heartbeat of p's history saying it is at seq since commit_ns. */
+static long post_heartbeat(ht_server *s, ht_primary *p, uint64_t seq,
+                           uint64_t pages, int64_t commit_ns, int64_t made_ns)
+{
+  replicate_buf hb = {0};
+  replicate_point latest = {seq, 77, pages};
+  loom_history history = ht_primary_history(p);
+  assert_int_equal(replicate_frame_encode_heartbeat(&history, 1, &latest,
+                                                    commit_ns, made_ns, &hb), 0);
+  long status = ht_post_frame(s, &hb, NULL);
+  replicate_buf_free(&hb);
+  return status;
 }
 
 static void post_range(ht_server *s, ht_primary *p, size_t from, size_t to,
@@ -458,7 +476,8 @@ static void test_malformed_bodies(void **state)
 
 /* A well-formed frame from position at whose one page does not give its
  * after checksum (what a faulty primary could send). Caller frees. */
-static uint8_t *forge_frame_with_wrong_after(const loom_position *at,
+static uint8_t *forge_frame_with_wrong_after(const loom_history *history,
+                                             const loom_position *at,
                                              size_t *len)
 {
   uint8_t *entry = xcalloc(REPLICATE_ENTRY_SIZE);
@@ -472,6 +491,7 @@ static uint8_t *forge_frame_with_wrong_after(const loom_position *at,
   h.after_seq = at->seq + 1;
   h.after_pages = at->pages;
   h.after_checksum = 12345;
+  memcpy(h.history, history->id, sizeof h.history);
   uint8_t *frame = forge_frame_entries(&h, entry, REPLICATE_ENTRY_SIZE, len);
   free(entry);
   return frame;
@@ -512,7 +532,8 @@ static void test_frame_that_does_not_apply(void **state)
   ht_status(&s, &st);
 
   size_t len;
-  uint8_t *bad = forge_frame_with_wrong_after(&st.received, &len);
+  loom_history history = ht_primary_history(&p);
+  uint8_t *bad = forge_frame_with_wrong_after(&history, &st.received, &len);
   replicate_buf b = {bad, len, len};
   assert_int_equal(ht_post_frame(&s, &b, NULL), 200);
   for (int i = 0; i < 400; i++) {
@@ -606,7 +627,8 @@ static void test_upload_limit(void **state)
   for (int i = 0; i < 2; i++)
     close(stalled[i]);
 
-  /* A chunked body over the cap: refused once the bytes say so. */
+  /* A chunked body over the cap: refused once the bytes say so, by closing
+   * the connection (no Content-Length to read the rest to). */
   ht_stop(&s);
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
                               .max_frame_bytes = 256 * 1024};
@@ -615,7 +637,8 @@ static void test_upload_limit(void **state)
   uint8_t *big = xcalloc(1u << 20);
   memcpy(big, p.frames[1].data, p.frames[1].len);
   upload("POST", ht_url(&s, "/v1/frames"), NULL, big, 1u << 20, 0, true, &r);
-  assert_int_equal(r.status, 413);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  assert_int_not_equal(r.status, 200);
   ht_resp_free(&r);
   free(big);
   /* A real frame sent chunked is fine. */
@@ -764,9 +787,14 @@ static void test_base_image(void **state)
   free(bad);
   uint8_t *more = xcalloc(slen2 + PS);
   memcpy(more, stream2, slen2);
+  /* Chunked, past the image's last page: closed, not read on. */
   upload("PUT", ht_url(&s, "/v1/base"), NULL, more, slen2 + PS, 0, true, &r);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  assert_int_not_equal(r.status, 200);
+  ht_resp_free(&r);
+  /* With a Content-Length, the same is read to its end and answered. */
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, more, slen2 + PS, 0, false, &r);
   assert_int_equal(r.status, 400);
-  ht_assert_has(&r, "bytes after the last page");
   ht_resp_free(&r);
   free(more);
   /* Cut off in the middle of the transfer. */
@@ -802,7 +830,8 @@ static void test_base_image(void **state)
   ht_stop(&s);
   ht_assert_same_image(p.dir, dir2);
 
-  /* An image over max_image_pages: 413, by Content-Length or by header. */
+  /* An image over max_image_pages: 413, by Content-Length or by header
+   * (chunked: the connection is closed instead). */
   http_server_options small = {.role = HTTP_ROLE_STANDBY, .dir = dir2,
                                .max_image_pages = 2};
   ht_start(&s, &small);
@@ -810,8 +839,10 @@ static void test_base_image(void **state)
   assert_int_equal(r.status, 413);
   ht_assert_has(&r, "\"error\":\"image too large\"");
   ht_resp_free(&r);
+  /* (chunked: refused by the header, then closed, not read on) */
   upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2, 0, true, &r);
-  assert_int_equal(r.status, 413);
+  assert_int_not_equal(r.curl_rc, CURLE_OK);
+  assert_int_not_equal(r.status, 200);
   ht_resp_free(&r);
   ht_stop(&s);
   ht_assert_same_image(p.dir, dir2);
@@ -861,7 +892,8 @@ static void test_promote(void **state)
   assert_int_equal(ht_post_frame(&s, &p.frames[2], NULL), 409);
   replicate_buf hb = {0};
   replicate_point latest = {8, 1, 1};
-  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest, 1, 2, &hb), 0);
+  loom_history history = ht_primary_history(&p);
+  assert_int_equal(replicate_frame_encode_heartbeat(&history, 1, &latest, 1, 2, &hb), 0);
   assert_int_equal(ht_post_frame(&s, &hb, NULL), 409);
   replicate_buf_free(&hb);
 
@@ -989,7 +1021,8 @@ static void test_merged_apply_with_a_bad_frame(void **state)
     ht_rmdir(tmp);
   }
   size_t len;
-  uint8_t *bad = forge_frame_with_wrong_after(&at5, &len);
+  loom_history history = ht_primary_history(&p);
+  uint8_t *bad = forge_frame_with_wrong_after(&history, &at5, &len);
 
   /* Frames 1..5 and the bad sixth wait in the receive log of a standby
    * that has applied nothing: its applier merges all six at start. */
@@ -1102,24 +1135,33 @@ static void test_graceful_stop(void **state)
   ht_rmdir(dir);
 }
 
+/* The primary's frames [from, to) merged into one, in *out. */
+static void merge_frames(ht_primary *p, size_t from, size_t to,
+                         replicate_buf *out)
+{
+  replicate_decoder *dec;
+  replicate_coalescer *co;
+  assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
+  assert_int_equal(replicate_coalescer_new(0, &co), 0);
+  for (size_t i = from; i < to; i++) {
+    replicate_frame f;
+    assert_int_equal(replicate_frame_decode(dec, p->frames[i].data,
+                                            p->frames[i].len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(co, &f), 0);
+  }
+  assert_int_equal(replicate_coalescer_finish(co, p->enc, out), 0);
+  replicate_coalescer_free(co);
+  replicate_decoder_free(dec);
+}
+
 static void test_coalesced_frame(void **state)
 {
   (void)state;
   ht_primary p;
   ht_primary_open(&p, 256, 22);
   ht_primary_run(&p, 20);
-  replicate_decoder *dec;
-  replicate_coalescer *co;
-  assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
-  assert_int_equal(replicate_coalescer_new(0, &co), 0);
-  for (size_t i = 5; i < 12; i++) {
-    replicate_frame f;
-    assert_int_equal(replicate_frame_decode(dec, p.frames[i].data,
-                                            p.frames[i].len, &f), 0);
-    assert_int_equal(replicate_coalescer_add(co, &f), 0);
-  }
   replicate_buf merged = {0};
-  assert_int_equal(replicate_coalescer_finish(co, p.enc, &merged), 0);
+  merge_frames(&p, 5, 12, &merged);
 
   char *dir = ht_tmpdir("standby");
   ht_server s;
@@ -1148,8 +1190,142 @@ static void test_coalesced_frame(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   replicate_buf_free(&merged);
-  replicate_coalescer_free(co);
-  replicate_decoder_free(dec);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* Input that would move a standby backwards or sideways is refused, and
+ * the standby says so (DESIGN section 3): frames and heartbeats of another
+ * history, a base image of another history, a base image below its seq,
+ * another checksum at a seq it holds. Its image never changes. */
+static void test_never_backwards_or_sideways(void **state)
+{
+  (void)state;
+  ht_primary p, other;
+  ht_primary_open(&p, 128, 41);
+  ht_primary_run(&p, 12);
+  ht_primary_open(&other, 128, 42); /* another directory: another history */
+  ht_primary_run(&other, 20);
+  size_t old_len, other_len;
+  loom_position old_pos, other_pos;
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 6, NULL);
+  uint8_t *older = primary_stream(&p, &old_len, &old_pos); /* seq 12 */
+  (void)older;
+  post_range(&s, &p, 6, 12, NULL);
+  ht_wait_applied(&s, 12);
+  http_server_status before;
+  ht_status(&s, &before);
+  assert_int_equal(before.diverged, 0);
+
+  /* Another history's frame (its seq 13 would even follow ours). */
+  ht_resp r;
+  ht_req req = {.body = other.frames[12].data, .body_len = other.frames[12].len};
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"diverged\"");
+  ht_assert_has(&r, "\"code\":\"REPLICATE_EHISTORY\"");
+  ht_resp_free(&r);
+  /* Its base image, whose seq is ahead of ours: refused all the same. */
+  uint8_t *foreign = primary_stream(&other, &other_len, &other_pos);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, foreign, other_len, 0, false, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"code\":\"REPLICATE_EHISTORY\"");
+  ht_resp_free(&r);
+  /* Our own history's base at a lower seq (an older primary directory):
+   * built from a copy of our primary at seq 6. */
+  ht_primary_close(&p);
+  char *copy = ht_tmpdir("older");
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "cp -a '%s/.' '%s/'", p.dir, copy);
+  assert_int_equal(system(cmd), 0);
+  loom_store *cs;
+  assert_int_equal(loom_store_open(copy, 0, NULL, &cs), 0);
+  loom_position cpos;
+  loom_store_position(cs, &cpos);
+  loom_lineage clin;
+  loom_store_lineage(cs, &clin);
+  loom_position lower = cpos;
+  lower.seq = 6; /* the header lies about nothing the check needs */
+  uint8_t hdr[LOOM_STREAM_HEADER];
+  loom_stream_header_encode(hdr, &lower, &clin);
+  assert_int_equal(loom_store_close(cs), 0);
+  size_t blen = LOOM_STREAM_HEADER + lower.pages * PS;
+  uint8_t *behind = xcalloc(blen);
+  memcpy(behind, hdr, sizeof hdr);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, behind, blen, 0, false, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"code\":\"REPLICATE_EBEHIND\"");
+  ht_resp_free(&r);
+  /* Another checksum at the seq we hold (a second copy of the primary). */
+  lower.seq = 12;
+  lower.checksum ^= 1;
+  loom_stream_header_encode(behind, &lower, &clin);
+  upload("PUT", ht_url(&s, "/v1/base"), NULL, behind, blen, 0, false, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"code\":\"REPLICATE_EFORK\"");
+  ht_resp_free(&r);
+
+  http_server_status after;
+  ht_status(&s, &after);
+  assert_memory_equal(&after.applied, &before.applied, sizeof after.applied);
+  assert_true(loom_history_equal(&after.history, &before.history));
+  assert_int_equal(after.diverged, REPLICATE_EFORK);
+  assert_true(after.divergences >= 4);
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  ht_assert_has(&r, "\"diverged\":{\"code\":\"REPLICATE_EFORK\"");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  ht_assert_has(&r, "loomship_diverged 1");
+  ht_resp_free(&r);
+  ht_stop(&s);
+  ht_assert_same_image(p.dir, dir);
+  free(foreign);
+  free(older);
+  free(behind);
+  ht_rmdir(copy);
+  ht_primary_close(&other);
+  ht_primary_free(&other);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+}
+
+/* A merged frame whose answer was lost (the standby holds its first
+ * commits already, from a later single frame or a kill -9 after the apply):
+ * an overlap of the same history, answered with the position so the
+ * primary resends from there; never a mismatch that costs a base image. */
+static void test_overlap_after_lost_answer(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 256, 31);
+  ht_primary_run(&p, 16);
+  replicate_buf merged = {0};
+  merge_frames(&p, 4, 12, &merged); /* seq 4 -> 12 */
+
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 5, NULL); /* the standby holds seq 5 */
+  ht_req req = {.body = merged.data, .body_len = merged.len};
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"overlap\"");
+  ht_assert_has(&r, "\"code\":\"REPLICATE_EPOSITION\"");
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":5,");
+  ht_resp_free(&r);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.diverged, 0);
+  post_range(&s, &p, 5, 16, NULL);
+  ht_wait_applied(&s, 16);
+  ht_stop(&s);
+  ht_primary_close(&p);
+  ht_assert_same_image(p.dir, dir);
+  replicate_buf_free(&merged);
   ht_primary_free(&p);
   ht_rmdir(dir);
 }
@@ -1221,7 +1397,8 @@ static void test_status_metrics_health(void **state)
   ht_assert_has(&r, want);
   ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":3,");
   ht_assert_has(&r, "\"primary_seq\":3,");
-  ht_assert_has(&r, "\"lag\":{\"frames\":0,\"bytes\":0,\"seconds\":0}");
+  ht_assert_has(&r, "\"lag\":{\"frames\":0,\"bytes\":0,\"seconds\":0},"
+                    "\"clock_skew_seconds\":");
   ht_assert_has(&r, "\"replay_paused\":false");
   ht_assert_has(&r, "\"ready\":true");
   ht_assert_has(&r, "\"uptime_seconds\":");
@@ -1239,14 +1416,9 @@ static void test_status_metrics_health(void **state)
   ht_resp_free(&r);
 
   /* A heartbeat says the primary is at 10 since 30 s: lag, not ready. */
-  replicate_buf hb = {0};
-  replicate_point latest = {10, 77, pos.pages};
   int64_t now = http_now_ns();
-  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest,
-                                                    now - 30000000000LL, now,
-                                                    &hb), 0);
-  assert_int_equal(ht_post_frame(&s, &hb, NULL), 200);
-  replicate_buf_free(&hb);
+  assert_int_equal(post_heartbeat(&s, &p, 10, pos.pages, now - 30000000000LL, now),
+                   200);
   ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
   ht_assert_has(&r, "\"primary_seq\":10,");
   ht_assert_has(&r, "\"lag\":{\"frames\":7,\"bytes\":0,\"seconds\":3");
@@ -1306,6 +1478,92 @@ static void test_status_metrics_health(void **state)
   ht_rmdir(dir);
 }
 
+/* The realtime clock of the primary (the test's own, unshifted). */
+static int64_t primary_clock_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The number after "key": in a JSON body (the key must be there). */
+static double json_number(const ht_resp *r, const char *key)
+{
+  char needle[64];
+  snprintf(needle, sizeof needle, "\"%s\":", key);
+  const char *at = strstr((const char *)r->body, needle);
+  if (!at)
+    fail_msg("no %s in %s", key, (const char *)r->body);
+  return strtod(at + strlen(needle), NULL);
+}
+
+/* A standby whose clock is offset_s off the primary's: lag in seconds
+ * stays the age of the oldest unapplied commit on the primary's clock,
+ * /readyz does not flap, and clock_skew_seconds reports the offset. */
+static void lag_with_clock_offset(int64_t offset_s)
+{
+  http_clock_offset_set(offset_s * 1000000000LL);
+  ht_primary p;
+  ht_primary_open(&p, 128, 29);
+  ht_primary_run(&p, 3);
+  char *dir = ht_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 3, NULL);
+  ht_wait_applied(&s, 3);
+  loom_position pos;
+  ht_primary_position(&p, &pos);
+
+  /* The primary says it is at seq 10 since 2 s ago (its clock). */
+  int64_t now = primary_clock_ns();
+  assert_int_equal(post_heartbeat(&s, &p, 10, pos.pages, now - 2000000000LL, now),
+                   200);
+  for (int i = 0; i < 3; i++) {
+    http_server_status st;
+    ht_status(&s, &st);
+    assert_int_equal(st.lag_frames, 7);
+    if (st.lag_seconds < 1.9 || st.lag_seconds > 3.5)
+      fail_msg("clock offset %+lld s: lag %.3f s, want about 2",
+               (long long)offset_s, st.lag_seconds);
+    ht_resp r;
+    ht_call("GET", ht_url(&s, "/readyz"), NULL, &r);
+    assert_int_equal(r.status, 200); /* 2 s is under the 5 s threshold */
+    ht_resp_free(&r);
+    ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+    double skew = json_number(&r, "clock_skew_seconds");
+    if (skew < (double)offset_s - 0.5 || skew > (double)offset_s + 2)
+      fail_msg("clock offset %+lld s: clock_skew_seconds %.3f",
+               (long long)offset_s, skew);
+    ht_resp_free(&r);
+    sleep_ms(100);
+  }
+  /* The lag grows on the primary's clock as time passes here. */
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_true(st.lag_seconds >= 2.25 && st.lag_seconds < 4);
+  ht_resp r;
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  ht_assert_has(&r, "\nloomship_clock_skew_seconds ");
+  ht_resp_free(&r);
+
+  ht_stop(&s);
+  ht_primary_free(&p);
+  ht_rmdir(dir);
+  http_clock_offset_set(0);
+}
+
+static void test_lag_standby_clock_ahead(void **state)
+{
+  (void)state;
+  lag_with_clock_offset(3600);
+}
+
+static void test_lag_standby_clock_behind(void **state)
+{
+  (void)state;
+  lag_with_clock_offset(-3600);
+}
+
 static void test_start_errors(void **state)
 {
   (void)state;
@@ -1357,7 +1615,11 @@ int main(void)
       cmocka_unit_test(test_disk_full),
       cmocka_unit_test(test_graceful_stop),
       cmocka_unit_test(test_coalesced_frame),
+      cmocka_unit_test(test_overlap_after_lost_answer),
+      cmocka_unit_test(test_never_backwards_or_sideways),
       cmocka_unit_test(test_status_metrics_health),
+      cmocka_unit_test(test_lag_standby_clock_ahead),
+      cmocka_unit_test(test_lag_standby_clock_behind),
       cmocka_unit_test(test_start_errors),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

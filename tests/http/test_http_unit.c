@@ -154,6 +154,13 @@ static void test_error_names(void **state)
                       "catching_up");
   assert_string_equal(http_standby_state_name((http_standby_state)99),
                       "unknown");
+  /* The primary copies the shipper's states by value: same names. */
+  assert_string_equal(http_standby_state_name(HTTP_STANDBY_STALLED), "stalled");
+  assert_string_equal(http_standby_state_name(HTTP_STANDBY_REFUSED), "refused");
+  for (int v = 0; v < 16; v++)
+    assert_string_equal(
+        http_standby_state_name((http_standby_state)v),
+        replicate_standby_state_name((replicate_standby_state)v));
 }
 
 int main(void)

@@ -24,6 +24,10 @@
 
 #define PS LOOM_PAGE_SIZE
 
+/* Frames built by hand carry no history (a store that holds nothing, or
+ * follows none, takes them). */
+static const loom_history no_history;
+
 /* ---------------------------------------------------------------------- */
 /* RNG: splitmix64. */
 
@@ -400,6 +404,7 @@ typedef struct forge_header {
   uint64_t compressed;
   uint64_t uncompressed;
   uint64_t payload_checksum;
+  uint8_t history[LOOM_HISTORY_SIZE];
 } forge_header;
 
 static inline void forge_le(uint8_t *p, uint64_t v, int bytes) {
@@ -410,7 +415,7 @@ static inline void forge_le(uint8_t *p, uint64_t v, int bytes) {
 static inline forge_header forge_default(uint32_t page_count) {
   forge_header h = {
       .magic = {'L', 'S', 'F', 'R'},
-      .version = 1,
+      .version = REPLICATE_FRAME_VERSION,
       .kind = 1,
       .epoch = 1,
       .before_seq = 7,
@@ -427,7 +432,7 @@ static inline forge_header forge_default(uint32_t page_count) {
   return h;
 }
 
-/* Write h (with its header checksum) into out[0, 128). */
+/* Write h (with its header checksum) into out[0, REPLICATE_HEADER_SIZE). */
 static inline void forge_write_header(const forge_header *h, uint8_t *out) {
   memcpy(out, h->magic, 4);
   forge_le(out + 4, h->version, 2);
@@ -448,7 +453,8 @@ static inline void forge_write_header(const forge_header *h, uint8_t *out) {
   forge_le(out + 96, h->compressed, 8);
   forge_le(out + 104, h->uncompressed, 8);
   forge_le(out + 112, h->payload_checksum, 8);
-  forge_le(out + 120, XXH3_64bits(out, 120), 8);
+  memcpy(out + 120, h->history, LOOM_HISTORY_SIZE);
+  forge_le(out + 136, XXH3_64bits(out, 136), 8);
 }
 
 /* One raw payload entry. */

@@ -149,6 +149,7 @@ typedef struct fake {
   unsigned lie;               /* answer the next N frames 200 unapplied */
   unsigned busy;              /* answer the next N requests 503 */
   unsigned retry_after_s;     /* Retry-After of those */
+  unsigned error_status;      /* answer every request with it (0: no) */
   size_t max_body;            /* 413 above this many bytes (0: none) */
   unsigned delay_ms;          /* before each answer */
   bool stalled;               /* answers wait until released */
@@ -179,19 +180,21 @@ static void position_json(char *out, size_t cap, const loom_position *p)
            p->epoch, p->seq, p->checksum, p->pages);
 }
 
-static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
-                               const char *error, const loom_position *pos,
-                               unsigned retry_after)
+/* An answer as a standby gives it: {"error", "code", "epoch", "received",
+ * "applied"}; error and code may be NULL. */
+static enum MHD_Result respond_code(struct MHD_Connection *conn, unsigned status,
+                                    const char *error, const char *code,
+                                    const loom_position *pos, unsigned retry_after)
 {
   char body[1024], point[256];
   if (pos) {
     position_json(point, sizeof point, pos);
     if (error)
       snprintf(body, sizeof body,
-               "{\"error\": \"%s\", \"epoch\": %" PRIu64
+               "{\"error\": \"%s\", \"code\": \"%s\", \"epoch\": %" PRIu64
                ", \"received\": %s, \"applied\": %s, \"extra\": [1, 2.5e3, "
                "{\"nested\": true}]}",
-               error, pos->epoch, point, point);
+               error, code ? code : "", pos->epoch, point, point);
     else
       snprintf(body, sizeof body,
                "{\"received\": %s, \"applied\": %s, \"epoch\": %" PRIu64 "}",
@@ -214,13 +217,20 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
   return ret;
 }
 
+static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status,
+                               const char *error, const loom_position *pos,
+                               unsigned retry_after)
+{
+  return respond_code(conn, status, error, NULL, pos, retry_after);
+}
+
 /* Apply a base image stream held whole (the fake is allowed to). Under mu. */
 static int apply_base(fake *f, const uint8_t *bytes, size_t len,
                       loom_position *pos)
 {
   if (len < LOOM_STREAM_HEADER)
     return LOOM_ECORRUPT;
-  int rc = loom_stream_header_decode(bytes, pos);
+  int rc = loom_stream_header_decode(bytes, pos, NULL);
   if (rc)
     return rc;
   if (len != LOOM_STREAM_HEADER + pos->pages * PS)
@@ -297,6 +307,10 @@ static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
     f->busy_answered_ns = now_ns();
     f->after_busy_ns = 0;
     ret = respond(conn, 503, "busy", &pos, f->retry_after_s);
+    goto out;
+  }
+  if (f->error_status) {
+    ret = respond(conn, f->error_status, "refused by the test", NULL, 0);
     goto out;
   }
   if (f->max_body && u->len > f->max_body) {
@@ -392,6 +406,14 @@ static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
   } else if (rc == REPLICATE_ESTALE_EPOCH) {
     f->stale_answers++;
     ret = respond(conn, 409, "stale epoch", &pos, 0);
+  } else if (replicate_is_divergence(rc)) {
+    f->mismatches++;
+    ret = respond_code(conn, 409, "diverged",
+                       rc == REPLICATE_EFORK ? "REPLICATE_EFORK"
+                       : rc == REPLICATE_EHISTORY ? "REPLICATE_EHISTORY"
+                       : rc == REPLICATE_EBEHIND ? "REPLICATE_EBEHIND"
+                                                 : "REPLICATE_EPAST_BRANCH",
+                       &pos, 0);
   } else {
     ret = respond(conn, 400, replicate_strerror(rc), NULL, 0);
   }
@@ -1411,6 +1433,19 @@ static void test_sync_blocks(void **state)
   fake_stop(fs[1]);
 }
 
+typedef struct summary_wait {
+  primary *p;
+  bool degraded;
+} summary_wait;
+
+static bool degraded_is(void *ctx)
+{
+  summary_wait *w = ctx;
+  replicate_shipper_summary sum;
+  replicate_shipper_get_summary(w->p->sh, &sum);
+  return sum.sync_degraded == w->degraded;
+}
+
 /* Sync mode, timeout, outcome "fail": the save reports it, the commit
  * stands. */
 static void test_sync_timeout_fail(void **state)
@@ -1435,30 +1470,30 @@ static void test_sync_timeout_fail(void **state)
   assert_true(took >= 0.25 && took < 2);
   primary_position(&p, &after);
   assert_int_equal(after.seq, before.seq + 1); /* the commit stands */
+  /* Status says so while saves time out... */
   replicate_shipper_summary sum;
   replicate_shipper_get_summary(p.sh, &sum);
-  assert_false(sum.sync_degraded);
+  assert_true(sum.sync_degraded);
+  assert_true(sum.sync_degraded_since_ns > 0);
+  int64_t since = sum.sync_degraded_since_ns;
+  t = now_ns();
   assert_int_equal(primary_save(&p, 2, false), REPLICATE_ESYNC_TIMEOUT);
+  assert_true((double)(now_ns() - t) / 1e9 >= 0.25); /* each save waits */
+  replicate_shipper_get_summary(p.sh, &sum);
+  assert_true(sum.sync_degraded);
+  assert_int_equal(sum.sync_degraded_since_ns, since);
+  /* ...and no longer once the standby holds the latest frame. */
   fake_set_stalled(f, false);
   catch_up(&p, f);
+  summary_wait w = {&p, false};
+  assert_true(wait_for(degraded_is, &w, 10));
+  replicate_shipper_get_summary(p.sh, &sum);
+  assert_int_equal(sum.sync_degraded_since_ns, 0);
   assert_int_equal(primary_save(&p, 2, false), 0);
   drain_ok(&p);
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
-}
-
-typedef struct summary_wait {
-  primary *p;
-  bool degraded;
-} summary_wait;
-
-static bool degraded_is(void *ctx)
-{
-  summary_wait *w = ctx;
-  replicate_shipper_summary sum;
-  replicate_shipper_get_summary(w->p->sh, &sum);
-  return sum.sync_degraded == w->degraded;
 }
 
 /* Sync mode, timeout, outcome "degrade": async until the standby is back. */
@@ -1601,7 +1636,7 @@ static void test_retry_after(void **state)
   FAKE_SET(f, retry_after_s, 1);
   FAKE_SET(f, busy, 1);
   primary_saves(&p, 1, 2, false);
-  wait_state(&p, 0, REPLICATE_STANDBY_UNREACHABLE);
+  wait_state(&p, 0, REPLICATE_STANDBY_REFUSED);
   catch_up(&p, f);
   pthread_mutex_lock(&f->mu);
   double waited = (double)(f->after_busy_ns - f->busy_answered_ns) / 1e9;
@@ -1610,6 +1645,70 @@ static void test_retry_after(void **state)
   replicate_standby_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "503"));
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
+/* An HTTP error answer is "refused", not "unreachable", and last_error
+ * says the code and the standby's text; it heals when the answers do. */
+static void test_refused(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  primary_start(&p, &o, &f, 1, NULL);
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  static const unsigned codes[] = {400, 503, 507};
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    FAKE_SET(f, error_status, codes[i]);
+    primary_saves(&p, 1, 2, false);
+    wait_state(&p, 0, REPLICATE_STANDBY_REFUSED);
+    replicate_standby_status st;
+    standby_status(&p, 0, &st);
+    char want[32];
+    snprintf(want, sizeof want, "HTTP %u (refused by the test)", codes[i]);
+    if (!strstr(st.last_error, want))
+      fprintf(stderr, "last_error: %s\n", st.last_error);
+    assert_non_null(strstr(st.last_error, want));
+    assert_string_equal(st.state_name, "refused");
+    FAKE_SET(f, error_status, 0);
+    catch_up(&p, f);
+    wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  }
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
+/* A standby that takes the request and never answers (a stopped process:
+ * its kernel still accepts) shows "stalled" after stall_seconds, long
+ * before the request times out, and streams again once it answers. */
+static void test_stalled_state(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  o.request_timeout_seconds = 30;
+  o.stall_seconds = 0.3;
+  primary_start(&p, &o, &f, 1, NULL);
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  fake_set_stalled(f, true);
+  int64_t t0 = now_ns();
+  primary_saves(&p, 1, 2, false);
+  wait_state(&p, 0, REPLICATE_STANDBY_STALLED);
+  double took = (double)(now_ns() - t0) / 1e9;
+  assert_true(took >= 0.25 && took < 5);
+  replicate_standby_status st;
+  standby_status(&p, 0, &st);
+  assert_string_equal(st.state_name, "stalled");
+  assert_non_null(strstr(st.last_error, "no answer"));
+  assert_true(st.lag_frames > 0);
+  fake_set_stalled(f, false);
+  catch_up(&p, f);
+  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
@@ -1665,9 +1764,23 @@ static void test_primary_restart(void **state)
   fake_stop(f);
 }
 
-/* A standby whose image is not in the primary's history gets a base image:
- * found by a 409 "checksum mismatch" (same seq, other checksum), or by its
- * position alone (ahead of the primary). */
+/* Wait until standby 0 is diverged; fail with what it shows otherwise. */
+static void wait_diverged(primary *p)
+{
+  state_wait w = {p, 0, REPLICATE_STANDBY_DIVERGED};
+  if (!wait_for(in_state, &w, 15)) {
+    replicate_standby_status st;
+    standby_status(p, 0, &st);
+    fprintf(stderr, "standby state %s (%s)\n", st.state_name, st.last_error);
+    fail();
+  }
+}
+
+/* A standby whose image is not in the primary's history is never
+ * overwritten (DESIGN section 3): no base image, the standby keeps its
+ * position, and the primary shows it diverged. Found by a 409 naming
+ * REPLICATE_EFORK (same seq, other checksum), or by its position alone
+ * (ahead of the primary: an older primary directory). */
 static void test_diverged(void **state)
 {
   (void)state;
@@ -1678,17 +1791,23 @@ static void test_diverged(void **state)
   primary_start(&p, &o, &f, 1, NULL);
   primary_saves(&p, 5, 2, false);
   drain_ok(&p);
-  loom_position pos;
+  loom_position pos, fork_pos, now;
   primary_position(&p, &pos);
   fake_restart_diverged(f, pos.seq, 3, 7);
+  fake_position(f, &fork_pos);
   primary_saves(&p, 1, 2, false);
-  catch_up(&p, f);
+  wait_diverged(&p);
   assert_int_equal(FAKE_GET(f, mismatches), 1);
-  assert_int_equal(FAKE_GET(f, bases), 1);
-  assert_same_image(&p, f);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  fake_position(f, &now);
+  assert_memory_equal(&now, &fork_pos, sizeof now);
   replicate_standby_status st;
   standby_status(&p, 0, &st);
-  assert_non_null(strstr(st.last_error, "checksum mismatch"));
+  assert_non_null(strstr(st.last_error, "diverged"));
+  assert_string_equal(st.state_name, "diverged");
+  /* A diverged standby is not waited for: the drain ends at once, not
+   * done. */
+  assert_false(replicate_shipper_drain(p.sh, 5));
 
   /* Ahead of the primary: seen in the answer to the first heartbeat. */
   primary_stop(&p);
@@ -1696,9 +1815,10 @@ static void test_diverged(void **state)
   primary_start(&p, &o, &f, 1, NULL);
   primary_saves(&p, 2, 2, false);
   catch_up(&p, f);
-  assert_int_equal(FAKE_GET(f, bases), 1);
+  assert_int_equal(FAKE_GET(f, bases), 0);
   primary_position(&p, &pos);
   fake_restart_diverged(f, pos.seq + 3, 2, 9);
+  fake_position(f, &fork_pos);
   primary_close(&p);
   primary_open(&p, p.dir, NULL);
   const char *urls[1] = {f->url};
@@ -1707,9 +1827,12 @@ static void test_diverged(void **state)
   o.standby_urls = urls;
   o.standby_count = 1;
   assert_int_equal(replicate_shipper_start(&o, &p.sh), 0);
-  catch_up(&p, f);
-  assert_int_equal(FAKE_GET(f, bases), 2);
-  assert_same_image(&p, f);
+  wait_diverged(&p);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  fake_position(f, &now);
+  assert_memory_equal(&now, &fork_pos, sizeof now);
+  standby_status(&p, 0, &st);
+  assert_non_null(strstr(st.last_error, "ahead of this primary"));
   primary_stop(&p);
   fake_stop(f);
 }
@@ -1803,6 +1926,8 @@ int main(void)
       cmocka_unit_test(test_unauthorized),
       cmocka_unit_test(test_fenced),
       cmocka_unit_test(test_retry_after),
+      cmocka_unit_test(test_refused),
+      cmocka_unit_test(test_stalled_state),
       cmocka_unit_test(test_too_large_pieces),
       cmocka_unit_test(test_primary_restart),
       cmocka_unit_test(test_diverged),

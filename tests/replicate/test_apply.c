@@ -172,19 +172,19 @@ static void test_positions(void **state) {
   assert_int_equal(apply_bytes(fx, &frames[2]), REPLICATE_ESTALE_EPOCH);
   assert_int_equal(apply_bytes(fx, &frames[0]), REPLICATE_ESTALE_EPOCH);
 
-  /* A newer epoch that forked elsewhere is a mismatch, and the standby
-   * keeps its epoch. */
+  /* A newer epoch that forked elsewhere (another checksum at the seq the
+   * standby holds) is a divergence, and the standby keeps its epoch. */
   model forked;
   model_copy(&forked, &after_two);
   forked.epoch = 3;
   assert_int_equal(model_random_commit(&forked, fx->enc, &r, 8, &next), 0);
   assert_int_equal(model_random_commit(&forked, fx->enc, &r, 8, &next), 0);
-  assert_int_equal(apply_bytes(fx, &next), REPLICATE_EPOSITION);
+  assert_int_equal(apply_bytes(fx, &next), REPLICATE_EFORK);
   expect_store_equals(fx, &promoted);
 
   /* A heartbeat is not applied. */
   replicate_point latest = {promoted.seq, promoted.checksum, promoted.pages};
-  assert_int_equal(replicate_frame_encode_heartbeat(2, &latest, 0, 1, &next), 0);
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 2, &latest, 0, 1, &next), 0);
   assert_int_equal(apply_bytes(fx, &next), REPLICATE_EKIND);
 
   for (int i = 0; i < 4; i++) replicate_buf_free(&frames[i]);

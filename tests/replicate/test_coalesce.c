@@ -307,7 +307,7 @@ static void test_refusals(void **state) {
   assert_int_equal(replicate_coalescer_add(co, &f), REPLICATE_ENOT_CONTIGUOUS);
   /* A heartbeat. */
   replicate_point latest = {1, 2, 3};
-  assert_int_equal(replicate_frame_encode_heartbeat(1, &latest, 0, 0, &out), 0);
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 1, &latest, 0, 0, &out), 0);
   assert_int_equal(replicate_frame_decode(dec, out.data, out.len, &f), 0);
   assert_int_equal(replicate_coalescer_add(co, &f), REPLICATE_EKIND);
   /* More distinct pages than allowed. */

@@ -215,7 +215,7 @@ static void test_heartbeat(void **state) {
   (void)state;
   replicate_buf buf = {0};
   replicate_point latest = {1045, 0x9f3c, 77};
-  assert_int_equal(replicate_frame_encode_heartbeat(3, &latest, 123, 456, &buf), 0);
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 3, &latest, 123, 456, &buf), 0);
   assert_int_equal(buf.len, REPLICATE_HEADER_SIZE);
   replicate_decoder *dec;
   assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
@@ -232,7 +232,7 @@ static void test_heartbeat(void **state) {
   replicate_frame_info info;
   assert_int_equal(replicate_frame_parse_header(buf.data, buf.len, NULL, &info), 0);
   assert_int_equal(info.frame_size, REPLICATE_HEADER_SIZE);
-  assert_int_equal(replicate_frame_encode_heartbeat(0, &latest, 1, 2, &buf),
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 0, &latest, 1, 2, &buf),
                    REPLICATE_EINVAL);
   replicate_buf_free(&buf);
   replicate_decoder_free(dec);
@@ -314,7 +314,7 @@ static void test_bit_flips(void **state) {
   assert_true(buf.len < 2048);
   flip_every_bit(&buf);
   replicate_point latest = {9, 9, 9};
-  assert_int_equal(replicate_frame_encode_heartbeat(4, &latest, 1, 2, &buf), 0);
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 4, &latest, 1, 2, &buf), 0);
   flip_every_bit(&buf);
   replicate_buf_free(&buf);
 }
@@ -331,7 +331,7 @@ static void test_garbage(void **state) {
     size_t len = rng_below(&r, 4096);
     rng_fill(&r, junk, len);
     if (round % 2 && len >= 6) { /* past the magic and version checks */
-      memcpy(junk, "LSFR\x01\x00", 6);
+      memcpy(junk, "LSFR\x02\x00", 6);
     }
     int rc = replicate_frame_decode(dec, junk, len, &f);
     assert_true(rc < 0 && rc > REPLICATE_ELAST);
@@ -370,7 +370,10 @@ static void test_wrong_version(void **state) {
   uint8_t *raw = xmalloc(REPLICATE_ENTRY_SIZE);
   forge_entry(raw, 3, 77, REPLICATE_PAGE_WHOLE, NULL);
   forge_header h = forge_default(1);
-  h.version = 2;
+  h.version = REPLICATE_FRAME_VERSION + 1;
+  assert_int_equal(decode_forged(&h, raw, REPLICATE_ENTRY_SIZE, NULL),
+                   REPLICATE_EVERSION);
+  h.version = 1; /* frames of format 1 carried no history */
   assert_int_equal(decode_forged(&h, raw, REPLICATE_ENTRY_SIZE, NULL),
                    REPLICATE_EVERSION);
   h.version = 0;

@@ -1,0 +1,121 @@
+/*
+ * place.c: placing input against a node's position (replicate.h, "Placing
+ * input against a position"). Pure functions: no I/O, no locks.
+ *
+ * THE RULES (DESIGN section 3), in the order they are checked
+ *
+ *   P1. History: input of another history is refused, unless the node
+ *       holds nothing (no history, or seq 0).
+ *   P2. Epoch: input of an older epoch comes from a fenced sender.
+ *   P3. Branch: input of a newer epoch may only continue from a position
+ *       at or before the point where that epoch (or the first epoch newer
+ *       than the node's) branched off; a node holding commits of its older
+ *       epoch past that point has diverged.
+ *   P4. Seq: a seq the node holds must carry the node's checksum; input
+ *       that ends below the node's seq is old (a duplicate for frames, a
+ *       refusal for base images, which would replace the image); input
+ *       that begins past it leaves a gap.
+ */
+#include <stdbool.h>
+
+#include "replicate.h"
+
+int replicate_is_divergence(int rc)
+{
+  return rc == REPLICATE_EHISTORY || rc == REPLICATE_EBEHIND ||
+         rc == REPLICATE_EFORK || rc == REPLICATE_EPAST_BRANCH;
+}
+
+static bool holds_nothing(const loom_history *ours, const loom_position *pos)
+{
+  return loom_history_is_none(ours) || pos->seq == 0;
+}
+
+/* P1 */
+static int check_history(const loom_history *ours, const loom_position *pos,
+                         const loom_history *theirs)
+{
+  if (!theirs || holds_nothing(ours, pos) || loom_history_equal(ours, theirs))
+    return 0;
+  return REPLICATE_EHISTORY;
+}
+
+int replicate_place_frame(const loom_history *ours, const loom_position *pos,
+                          const replicate_frame_info *frame)
+{
+  int rc = check_history(ours, pos, &frame->history);
+  if (rc)
+    return rc;
+  if (frame->epoch < pos->epoch)                                   /* P2 */
+    return REPLICATE_ESTALE_EPOCH;
+  if (frame->kind == REPLICATE_KIND_HEARTBEAT)
+    return 0;
+  const replicate_point *b = &frame->before, *a = &frame->after;
+  if (frame->epoch > pos->epoch && b->seq < pos->seq &&
+      !holds_nothing(ours, pos))                                   /* P3 */
+    return REPLICATE_EPAST_BRANCH; /* a frame never spans an epoch change */
+  if (a->seq == pos->seq)                                          /* P4 */
+    return a->checksum == pos->checksum ? REPLICATE_EDUPLICATE : REPLICATE_EFORK;
+  if (b->seq == pos->seq)
+    return b->checksum == pos->checksum && b->pages == pos->pages
+               ? 0 : REPLICATE_EFORK;
+  if (a->seq < pos->seq)
+    return REPLICATE_EDUPLICATE;
+  return REPLICATE_EPOSITION; /* a gap, or an overlap from behind */
+}
+
+/* P3 for a position against a lineage's newer epochs. */
+static int check_branch(const loom_position *pos, const loom_lineage *lineage,
+                        uint64_t newer_epoch)
+{
+  loom_branch branch;
+  if (newer_epoch <= pos->epoch || pos->seq == 0 ||
+      !loom_lineage_branch_after(lineage, pos->epoch, &branch))
+    return 0;
+  if (pos->seq > branch.seq)
+    return REPLICATE_EPAST_BRANCH;
+  if (pos->seq == branch.seq && pos->checksum != branch.checksum)
+    return REPLICATE_EFORK;
+  return 0;
+}
+
+int replicate_place_base(const loom_history *ours, const loom_position *pos,
+                         const loom_position *base, const loom_lineage *lineage)
+{
+  if (holds_nothing(ours, pos))
+    return 0;
+  int rc = check_history(ours, pos, &lineage->history);
+  if (rc)
+    return rc;
+  if (base->epoch < pos->epoch)
+    return REPLICATE_ESTALE_EPOCH;
+  rc = check_branch(pos, lineage, base->epoch);
+  if (rc)
+    return rc;
+  if (base->seq < pos->seq)
+    return REPLICATE_EBEHIND;
+  if (base->seq == pos->seq)
+    return base->checksum == pos->checksum ? REPLICATE_EDUPLICATE
+                                           : REPLICATE_EFORK;
+  return 0;
+}
+
+int replicate_place_peer(const loom_lineage *ours, const loom_position *latest,
+                         const loom_history *peer_history,
+                         const loom_position *peer)
+{
+  if (holds_nothing(peer_history ? peer_history : &ours->history, peer))
+    return latest->seq == 0 && peer->checksum == latest->checksum
+               ? REPLICATE_EDUPLICATE : 0;
+  if (peer_history && !loom_history_equal(peer_history, &ours->history))
+    return REPLICATE_EHISTORY;
+  int rc = check_branch(peer, ours, latest->epoch);
+  if (rc)
+    return rc;
+  if (peer->seq > latest->seq)
+    return REPLICATE_EBEHIND;
+  if (peer->seq == latest->seq)
+    return peer->checksum == latest->checksum && peer->pages == latest->pages
+               ? REPLICATE_EDUPLICATE : REPLICATE_EFORK;
+  return 0;
+}
