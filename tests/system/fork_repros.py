@@ -6,9 +6,11 @@ tests (DESIGN sections 3 and 5), one per run:
                  directory, and one started on an older copy (seq 50) of the
                  real primary's directory, must not wipe it: the standby
                  keeps seq 100 and its checksum (and its history) at every
-                 reading, its status says `diverged`, the primary's status
-                 shows it `diverged`, and the primary, stopped, exits 4 and
-                 says so. Then the standby stops, inspects at seq 100 with
+                 reading, the primary's status shows it `diverged`, and the
+                 primary, stopped, exits 4 and says so; the standby, which
+                 refused the other history, says `diverged` in its status
+                 (the older copy, behind it in its own history, sees it is
+                 ahead from its answered position and sends nothing). Then the standby stops, inspects at seq 100 with
                  the same checksum, and verifies.
   two-copies     A primary directory at seq 20, copied to A, B, C and D.
                  One after the other (standby S1): A runs 10 saves (S1
@@ -185,7 +187,11 @@ def empty_primary(t):
                 not problems, "; ".join(problems))
         t.check("the primary shows %s `diverged` in its status" % name,
                 diverged, "states seen: %s" % t.standby_state(purl))
-        t.check("%s's status says `diverged` (not null)" % name, said)
+        if d == "empty":
+            # Another history reaches the standby and is refused there (409);
+            # a primary behind a standby of its own history sees that from the
+            # standby's answered position and sends nothing to refuse.
+            t.check("%s's status says `diverged` (not null)" % name, said)
         rc, out = t.stop_primary(proc, d)
         t.check("the primary exits 4 (stopped without every standby holding everything)",
                 rc == 4, "exit %s" % rc)
@@ -229,11 +235,10 @@ def two_copies(t):
     t.check("S1 follows A (seq %s)" % (last_a,), last_a and
             (applied["seq"], applied["checksum"]) == last_a, str(applied))
     proc, purl = t.serve_primary("b", [u1])
-    problems, diverged, said = t.watch(u1, exactly(applied["seq"], applied["checksum"],
+    problems, diverged, _ = t.watch(u1, exactly(applied["seq"], applied["checksum"],
                                                    applied["history"]), [purl], 0.5, 10)
     t.check("while B runs, S1 stays at A's position", not problems, "; ".join(problems))
     t.check("B shows S1 `diverged`", diverged, "states seen: %s" % t.standby_state(purl))
-    t.check("S1's status says `diverged`", said)
     rc, out = t.stop_primary(proc, "b")
     t.check("B exits 4", rc == 4, "exit %s" % rc)
 
