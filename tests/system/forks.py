@@ -27,6 +27,7 @@ drawn from the seed:
              --force (DESIGN section 3: refused as PROMOTE_EMPTY unless
              forced);
   kill-standby / restart-standby  kill -9 (or SIGTERM) a standby, restart it;
+  offline    a standby is stopped while the primary runs, then restarted;
   backup     pull a backup from a standby into the pool of older copies.
 
 The checker. Every standby's position is read all along (GET /v1/status,
@@ -88,7 +89,7 @@ import systest  # noqa: E402
 STEPS = {  # name: weight
     "run": 6, "empty": 3, "older": 3, "copy-after": 2, "copy-both": 2,
     "promote": 2, "promote-empty": 1, "kill-standby": 2, "restart-standby": 1,
-    "backup": 1,
+    "backup": 1, "offline": 2,
 }
 RUN_TIMEOUT = 60.0
 DRAIN = "1"  # --drain-timeout: a refused standby never catches up
@@ -215,6 +216,10 @@ class Episode:
         self.pdir = self.p("p")
         self.pool = []  # older copies of primary directories
         self.dirs = {}  # every primary-side directory -> it holds an image
+        # Every primary-side directory's lineage: seq -> checksum of the
+        # positions it passed through (its runs' ack logs and final lines,
+        # inherited by copies), to tell the forks of one history apart.
+        self.lineage = {}
         self.problems = []
         self.steps = []
         self.runs = 0
@@ -336,6 +341,11 @@ class Episode:
                                                            self.log_tail()))
         if rc in (0, 3, 4) or read_acks(run.acks):
             self.dirs[run.dir] = True
+        passed = self.lineage.setdefault(run.dir, {})
+        passed.update((s, c) for _, s, c in read_acks(run.acks))
+        last = systest.committed_line(run.out)
+        if last:
+            passed[last[0]] = last[1]
         return rc
 
     def log_tail(self):
@@ -424,13 +434,39 @@ class Episode:
 
     # -- steps --
 
+    def copy_dir(self, src, dst=None):
+        """cp -a of a stopped primary-side directory (to a new name by
+        default), with its lineage; returns the copy's path."""
+        dst = dst or self.p("copy%d" % len(self.dirs))
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst, symlinks=True)
+        self.dirs[dst] = True
+        self.lineage[dst] = dict(self.lineage.get(src, {}))
+        return dst
+
     def snapshot(self, d):
         """A cp -a copy of a stopped primary directory into the pool."""
         if os.path.isdir(d) and self.dirs.get(d):
-            copy = self.p("copy%d" % len(self.dirs))
-            shutil.copytree(d, copy, symlinks=True)
-            self.dirs[copy] = True
-            self.pool.append(copy)
+            self.pool.append(self.copy_dir(d))
+
+    def check_lineages(self):
+        """A standby that matched a primary-side lineage at seq T held, at
+        every lower seq it showed, what that lineage held there: otherwise it
+        jumped onto another fork and lost the saves after the fork point."""
+        for node in self.nodes:
+            held = {seq: c for (_, seq), c in node.track.checksums.items()}
+            for d, passed in self.lineage.items():
+                matched = [t for t, c in held.items() if passed.get(t) == c]
+                if not matched:
+                    continue
+                top = max(matched)
+                for seq in sorted(held):
+                    if seq < top and seq in passed and passed[seq] != held[seq]:
+                        self.fail("%s held seq %d checksum %s, then seq %d of %s, whose seq "
+                                  "%d is %s: it jumped onto another fork" % (
+                                      node.name, seq, held[seq], top, os.path.basename(d),
+                                      seq, passed[seq]))
+                        break
 
     def step(self, name):
         rng = self.rng
@@ -441,20 +477,17 @@ class Episode:
         elif name == "empty":
             shutil.rmtree(self.pdir, ignore_errors=True)
             self.dirs[self.pdir] = False
+            self.lineage[self.pdir] = {}
             self.run_dirs([self.pdir])
         elif name == "older":
             if not self.pool:
                 return self.step("run")
-            shutil.rmtree(self.pdir, ignore_errors=True)
-            shutil.copytree(rng.choice(self.pool), self.pdir, symlinks=True)
-            self.dirs[self.pdir] = True
+            self.copy_dir(rng.choice(self.pool), self.pdir)
             self.run_dirs([self.pdir])
         elif name in ("copy-after", "copy-both"):
             if not self.dirs.get(self.pdir):
                 return self.step("run")
-            b = self.p("copy%d" % len(self.dirs))
-            shutil.copytree(self.pdir, b, symlinks=True)
-            self.dirs[b] = True
+            b = self.copy_dir(self.pdir)
             if name == "copy-both":
                 self.run_dirs([self.pdir, b])
             else:
@@ -466,6 +499,12 @@ class Episode:
             self.promote(rng.choice(self.nodes), failover=rng.random() < 0.5)
         elif name == "promote-empty":
             self.promote(self.new_node(), failover=False)
+        elif name == "offline":
+            # A standby is down while the primary runs, then comes back.
+            node = rng.choice(self.nodes)
+            self.halt_node(node, signal.SIGTERM)
+            self.run_dirs([self.pdir])
+            self.start_node(node)
         elif name in ("kill-standby", "restart-standby"):
             node = rng.choice(self.nodes)
             self.halt_node(node, signal.SIGKILL if name == "kill-standby" else signal.SIGTERM)
@@ -478,8 +517,16 @@ class Episode:
             if r.returncode == 0:
                 self.dirs[out] = True
                 self.pool.append(out)
+                self.lineage[out] = self.held_upto(node, out)
             elif not node.track.empty():
                 self.fail("backup from %s: %s" % (node.name, r.stderr.decode(errors="replace")))
+
+    def held_upto(self, node, d):
+        """What a standby showed, up to the position of directory d (a
+        backup of it, or its own directory after a failover)."""
+        doc = systest.inspect(self.s.loomship, d)
+        top = doc["seq"] if doc else 0
+        return {seq: c for (_, seq), c in node.track.checksums.items() if seq <= top}
 
     def promote(self, node, failover):
         force = self.rng.random() < 0.5
@@ -506,6 +553,7 @@ class Episode:
             self.nodes.remove(node)
             self.pdir = node.dir
             self.dirs[node.dir] = True
+            self.lineage[node.dir] = self.held_upto(node, node.dir)
             self.new_node()
             self.s.count("failover")
 
@@ -525,12 +573,14 @@ class Episode:
                 self.s.count(name)
                 self.step(name)
                 self.observe_all()
+                self.check_lineages()
         finally:
             self.stopping = True
             sampler.join(5)
         for node in self.nodes:
             self.halt_node(node, signal.SIGTERM)
             self.check_verify(node.dir, node.name, may_be_empty=node.track.empty())
+        self.check_lineages()
         for d, holds in self.dirs.items():
             if os.path.isdir(d):
                 self.check_verify(d, "primary-side directory", may_be_empty=not holds)
