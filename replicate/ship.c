@@ -1139,7 +1139,9 @@ static void schedule(standby *sb, int64_t now)
     if (!sb->need_base) {
       what = "frames";
       rc = start_frames(sb, &r, &latest);
-      if (rc || sb->in_flight)
+      /* Frames on their way, or none because it diverged: never a base
+       * image then (only a log that no longer reaches back asks one). */
+      if (rc || sb->in_flight || sb->diverged)
         goto started;
     }
     what = "base image";

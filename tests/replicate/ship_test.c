@@ -1834,6 +1834,28 @@ static void test_diverged(void **state)
   assert_memory_equal(&now, &fork_pos, sizeof now);
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "ahead of this primary"));
+
+  /* Behind the primary, on another fork: found by comparing the log's
+   * frame after its seq. Diverged, and still no base image (the log
+   * reaches back: a forked standby is never overwritten). */
+  primary_saves(&p, 6, 2, false);
+  primary_position(&p, &pos);
+  fake_restart_diverged(f, pos.seq - 2, 2, 11);
+  fake_position(f, &fork_pos);
+  primary_close(&p);
+  primary_open(&p, p.dir, NULL);
+  o.store = loom_get_store(p.l);
+  o.log = p.log;
+  assert_int_equal(replicate_shipper_start(&o, &p.sh), 0);
+  wait_diverged(&p);
+  primary_saves(&p, 1, 2, false);
+  standby_status(&p, 0, &st);
+  assert_string_equal(st.state_name, "diverged");
+  if (!strstr(st.last_error, "histories forked"))
+    fail_msg("last_error: %s", st.last_error);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  fake_position(f, &now);
+  assert_memory_equal(&now, &fork_pos, sizeof now);
   primary_stop(&p);
   fake_stop(f);
 }
