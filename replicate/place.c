@@ -40,6 +40,22 @@ static int check_history(const loom_history *ours, const loom_position *pos,
   return REPLICATE_EHISTORY;
 }
 
+/* A heartbeat names its primary's latest position: a primary never ships
+ * past what it committed, so one that is behind what this node holds lost
+ * commits (an older directory: P4), or branched off before them (P3). */
+static int place_heartbeat(const loom_history *ours, const loom_position *pos,
+                           const replicate_frame_info *frame)
+{
+  const replicate_point *latest = &frame->after;
+  if (holds_nothing(ours, pos) || latest->seq > pos->seq)
+    return 0;
+  if (frame->epoch > pos->epoch)
+    return latest->seq < pos->seq ? REPLICATE_EPAST_BRANCH : 0;
+  if (latest->seq < pos->seq)
+    return REPLICATE_EBEHIND;
+  return latest->checksum == pos->checksum ? 0 : REPLICATE_EFORK;
+}
+
 int replicate_place_frame(const loom_history *ours, const loom_position *pos,
                           const replicate_frame_info *frame)
 {
@@ -49,7 +65,7 @@ int replicate_place_frame(const loom_history *ours, const loom_position *pos,
   if (frame->epoch < pos->epoch)                                   /* P2 */
     return REPLICATE_ESTALE_EPOCH;
   if (frame->kind == REPLICATE_KIND_HEARTBEAT)
-    return 0;
+    return place_heartbeat(ours, pos, frame);
   const replicate_point *b = &frame->before, *a = &frame->after;
   if (frame->epoch > pos->epoch && b->seq < pos->seq &&
       !holds_nothing(ours, pos))                                   /* P3 */

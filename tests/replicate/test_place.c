@@ -93,6 +93,36 @@ static void test_frame_rules(void **state)
   assert_int_equal(replicate_place_frame(&ours, &pos, &f), 0);
 }
 
+/* A heartbeat says where its primary is: behind us, on another checksum at
+ * our seq, or branched off before our seq, it is refused, so the standby
+ * shows the divergence too (not only the primary). */
+static void test_heartbeat_rules(void **state)
+{
+  (void)state;
+  loom_history ours = history_of(1);
+  loom_position pos = at(2, 100, 0xa100);
+  replicate_frame_info hb = {.kind = REPLICATE_KIND_HEARTBEAT, .epoch = 2,
+                             .history = history_of(1),
+                             .after = {120, 0xa120, 4}};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
+  hb.after = (replicate_point){100, 0xa100, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
+  hb.after = (replicate_point){100, 0xbbbb, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EFORK);
+  hb.after = (replicate_point){60, 0xa060, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EBEHIND);
+  hb.epoch = 3;
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EPAST_BRANCH);
+  hb.after = (replicate_point){100, 0xc100, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
+  hb.epoch = 1;
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_ESTALE_EPOCH);
+  /* A standby that holds nothing takes any heartbeat. */
+  loom_position empty = at(1, 0, 0);
+  hb.epoch = 1;
+  assert_int_equal(replicate_place_frame(&ours, &empty, &hb), 0);
+}
+
 static void test_frame_holds_nothing(void **state)
 {
   (void)state;
@@ -251,6 +281,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_frame_rules),
+      cmocka_unit_test(test_heartbeat_rules),
       cmocka_unit_test(test_frame_holds_nothing),
       cmocka_unit_test(test_base_rules),
       cmocka_unit_test(test_peer_rules),

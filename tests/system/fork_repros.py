@@ -177,6 +177,8 @@ def empty_primary(t):
     cases = (("empty", "an empty directory"), ("older", "an older copy (seq 50)"))
     for (d, what), surl, sproc, name in zip(cases, urls, procs, ("s1", "s2")):
         print("== a primary on %s against %s at seq 100" % (what, name))
+        # The primary's exit 0 means received (durable); applied follows.
+        systest.wait_applied(surl, 100, 10)
         applied, _, _ = t.held(surl)
         t.check("%s applied seq 100" % name, applied["seq"] == 100, str(applied))
         seq, cs, hist = applied["seq"], applied["checksum"], applied["history"]
