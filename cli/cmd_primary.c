@@ -302,8 +302,8 @@ static bool node_fenced(primary_node *n) { return source_fenced(n); }
  * with --saves 0 it keeps serving ("fenced": true) until SIGTERM. */
 static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
 {
-  cli_log("primary", "FENCED: a standby of this history has a newer epoch "
-                     "(it was promoted); this primary saves nothing more");
+  cli_log("primary", "FENCED: a standby of this primary's history has a newer "
+                     "epoch (it was promoted); this primary saves nothing more");
   if (saves == 0 && n->server) {
     while (sigwaitinfo(stop, NULL) < 0 && errno == EINTR)
       ;
@@ -506,6 +506,8 @@ static int run_primary(int argc, char **argv)
     return 1;
   }
   int exit_code = run_workload(&n, &stop, saves, rate, ack_fd);
+  if (exit_code == 0 && node_fenced(&n))
+    exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */
   cli_notify("STOPPING=1");
   loom_position last = n.committed;
   char standbys_line[1024];

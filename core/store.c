@@ -116,6 +116,7 @@ struct loom_store {
   const loom_io *io;
   unsigned flags;
   int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
+  int positions_fd;        /* DIR/positions (positions.c), or -1 */
   loom_position pos;       /* committed (the patch is durable) */
   loom_position applied;   /* durable in the meta */
   loom_lineage lineage;    /* durable in the meta (history, branches) */
@@ -1034,6 +1035,7 @@ int store_patch_make_durable(loom_patch *p)
   if (written > s->patch_bytes)
     s->patch_bytes = written;
   s->pos = h->after;
+  positions_note(s->positions_fd, &s->pos);
   return 0;
 }
 
@@ -1076,6 +1078,8 @@ static void store_free(loom_store *s)
   io_close(s, &s->hashes_fd);
   io_close(s, &s->meta_fd);
   io_close(s, &s->patch_fd);
+  if (s->positions_fd >= 0)
+    close(s->positions_fd);
   if (s->lockfd >= 0)
     io_close(s, &s->lockfd); /* releases the flock */
   io_close(s, &s->dirfd);
@@ -1303,6 +1307,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   s->io = io ? io : loom_io_posix();
   s->flags = flags;
   s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
+  s->positions_fd = -1;
   s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
   pthread_mutex_init(&s->snap_lock, NULL);
   int rc = s->staging ? 0 : ENOMEM;
@@ -1385,6 +1390,10 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     rc = sync_parent(s, dir);
   s->image_pos = s->pos;
   s->image_lineage = s->lineage;
+  if (!rc && !readonly) {
+    s->positions_fd = positions_open(s->dirfd);
+    positions_note(s->positions_fd, &s->pos);
+  }
   if (!rc && s->patch_fd >= 0)
     rc = file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
@@ -1486,6 +1495,13 @@ int loom_store_set_epoch(loom_store *s, uint64_t epoch)
 void loom_store_lineage(const loom_store *s, loom_lineage *out)
 {
   *out = s->lineage;
+}
+
+int loom_store_checksum_at(const loom_store *s, uint64_t seq, uint64_t *epoch,
+                           uint64_t *checksum)
+{
+  /* positions_fd is set once at open: no lock, any thread. */
+  return positions_lookup(s->positions_fd, seq, epoch, checksum);
 }
 
 /* Write lineage with the current position (durable, or the handle is
@@ -1669,7 +1685,7 @@ static int never_committed(const char *dir)
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)
     return 0;
-  const char *ours[] = {"lock", "meta", "image", "hashes", "patch"};
+  const char *ours[] = {"lock", "meta", "image", "hashes", "patch", "positions"};
   int found = 0;
   for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
     found += faccessat(dfd, ours[i], F_OK, 0) == 0;
