@@ -21,7 +21,7 @@
 
 #include "cli.h"
 #include "client.h"
-#include "jsonread.h"
+#include "json_get.h"
 #include "primary.h"
 
 static double now_s(void)
@@ -120,14 +120,15 @@ static int wait_applied(const char *url, uint64_t seq, double seconds)
   client_options o = {.timeout_s = 5};
   do {
     client_reply r;
-    double applied = -1;
+    uint64_t applied = 0;
+    bool known = false;
     if (client_request("GET", url, "/v1/status", &o, &r) == 0 && r.status == 200) {
-      json *j = jsonread_parse(r.body, r.len);
-      applied = jsonread_number(j, "applied.seq", -1);
-      jsonread_free(j);
+      json_t *j = cli_json_parse(r.body, r.len);
+      known = cli_json_uint(j, "applied.seq", &applied);
+      json_decref(j);
     }
     client_reply_free(&r);
-    if (applied >= (double)seq)
+    if (known && applied >= seq)
       return 1;
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);

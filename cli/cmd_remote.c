@@ -12,7 +12,7 @@
 
 #include "cli.h"
 #include "client.h"
-#include "jsonread.h"
+#include "json_get.h"
 #include "loom.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
@@ -90,21 +90,69 @@ static int load_token(const char *cmd, const remote_args *a, char **token)
 /* The message of a JSON error answer, or the status line. */
 static const char *error_text(const client_reply *r, char *buf, size_t len)
 {
-  json *j = jsonread_parse(r->body, r->len);
-  const char *msg = jsonread_string(j, "error", NULL);
+  json_t *j = cli_json_parse(r->body, r->len);
+  const char *msg = cli_json_string(j, "error", NULL);
   snprintf(buf, len, "HTTP %ld%s%s", r->status, msg ? ": " : "", msg ? msg : "");
-  jsonread_free(j);
+  json_decref(j);
   return buf;
 }
 
 /* ---------------------------------------------------------------------- */
 /* status */
 
-static void print_lag(const char *indent, const json *lag)
+/* A seq, an epoch or a count at path, for printing (0 when absent). */
+static unsigned long long count_at(const json_t *j, const char *path)
 {
-  printf("%slag        %.0f frames, %.0f bytes, %.3f s\n", indent,
-         jsonread_number(lag, "frames", 0), jsonread_number(lag, "bytes", 0),
-         jsonread_number(lag, "seconds", 0));
+  return (unsigned long long)cli_json_uint_or(j, path, 0);
+}
+
+static void print_lag(const char *indent, const json_t *lag)
+{
+  printf("%slag        %llu frames, %llu bytes, %.3f s\n", indent, count_at(lag, "frames"),
+         count_at(lag, "bytes"), cli_json_real(lag, "seconds", 0));
+}
+
+/* One block per standby of a primary's status. */
+static void print_standbys(const json_t *standbys)
+{
+  size_t i;
+  const json_t *s;
+  json_array_foreach(standbys, i, s) {
+    printf("standby    %s  %s\n", cli_json_string(s, "url", "?"),
+           cli_json_string(s, "state", "?"));
+    print_lag("  ", cli_json_get(s, "lag"));
+    printf("  sent %llu  received %llu  applied %llu\n", count_at(s, "sent_seq"),
+           count_at(s, "received_seq"), count_at(s, "applied_seq"));
+    if (cli_json_string(s, "last_error", NULL))
+      printf("  last error %s\n", cli_json_string(s, "last_error", ""));
+  }
+}
+
+/* The status document j, lag first: it is what one looks at a status for. */
+static void print_status(const json_t *j)
+{
+  if (cli_json_get(j, "lag"))
+    print_lag("", cli_json_get(j, "lag"));
+  const json_t *sb = cli_json_get(j, "standbys");
+  if (json_is_array(sb)) {
+    double worst = 0;
+    size_t i;
+    const json_t *s;
+    json_array_foreach(sb, i, s)
+      worst = fmax(worst, cli_json_real(s, "lag.seconds", 0));
+    printf("lag        worst standby %.3f s\n", worst);
+  }
+  printf("role       %s, epoch %llu%s%s\n", cli_json_string(j, "role", "?"),
+         count_at(j, "epoch"), cli_json_bool(j, "fenced", false) ? ", FENCED" : "",
+         cli_json_bool(j, "replay_paused", false) ? ", replay paused" : "");
+  printf("applied    seq %llu  checksum %s  at %s\n", count_at(j, "applied.seq"),
+         cli_json_string(j, "applied.checksum", "?"), cli_json_string(j, "applied.at", "-"));
+  if (cli_json_get(j, "received"))
+    printf("received   seq %llu  checksum %s\n", count_at(j, "received.seq"),
+           cli_json_string(j, "received.checksum", "?"));
+  if (cli_json_get(j, "primary_seq"))
+    printf("primary    seq %llu\n", count_at(j, "primary_seq"));
+  print_standbys(sb);
 }
 
 static int run_status(int argc, char **argv)
@@ -137,41 +185,12 @@ static int run_status(int argc, char **argv)
     client_reply_free(&r);
     return 0;
   }
-  json *j = jsonread_parse(r.body, r.len);
+  json_t *j = cli_json_parse(r.body, r.len);
   client_reply_free(&r);
   if (!j)
     return cli_fail("status", "%s: the answer is not JSON", a.url);
-  const char *role = jsonread_string(j, "role", "?");
-  /* Lag first: it is what one looks at a status for. */
-  if (jsonread_get(j, "lag"))
-    print_lag("", jsonread_get(j, "lag"));
-  const json *sb = jsonread_get(j, "standbys");
-  if (sb && sb->type == JSON_ARRAY) {
-    double worst = 0;
-    for (const json *s = sb->child; s; s = s->next)
-      worst = fmax(worst, jsonread_number(s, "lag.seconds", 0));
-    printf("lag        worst standby %.3f s\n", worst);
-  }
-  printf("role       %s, epoch %.0f%s%s\n", role, jsonread_number(j, "epoch", 0),
-         jsonread_bool(j, "fenced", 0) ? ", FENCED" : "",
-         jsonread_bool(j, "replay_paused", 0) ? ", replay paused" : "");
-  printf("applied    seq %.0f  checksum %s  at %s\n", jsonread_number(j, "applied.seq", 0),
-         jsonread_string(j, "applied.checksum", "?"), jsonread_string(j, "applied.at", "-"));
-  if (jsonread_get(j, "received"))
-    printf("received   seq %.0f  checksum %s\n", jsonread_number(j, "received.seq", 0),
-           jsonread_string(j, "received.checksum", "?"));
-  if (jsonread_get(j, "primary_seq"))
-    printf("primary    seq %.0f\n", jsonread_number(j, "primary_seq", 0));
-  if (sb && sb->type == JSON_ARRAY)
-    for (const json *s = sb->child; s; s = s->next) {
-      printf("standby    %s  %s\n", jsonread_string(s, "url", "?"), jsonread_string(s, "state", "?"));
-      print_lag("  ", jsonread_get(s, "lag"));
-      printf("  sent %.0f  received %.0f  applied %.0f\n", jsonread_number(s, "sent_seq", 0),
-             jsonread_number(s, "received_seq", 0), jsonread_number(s, "applied_seq", 0));
-      if (jsonread_string(s, "last_error", NULL))
-        printf("  last error %s\n", jsonread_string(s, "last_error", ""));
-    }
-  jsonread_free(j);
+  print_status(j);
+  json_decref(j);
   return 0;
 }
 
@@ -199,19 +218,19 @@ static int run_promote(int argc, char **argv)
   }
   if (r.status != 200) {
     cli_fail("promote", "%s: %s", a.url, error_text(&r, buf, sizeof buf));
-    json *e = jsonread_parse(r.body, r.len);
-    const char *code = jsonread_string(e, "code", "");
+    json_t *e = cli_json_parse(r.body, r.len);
+    const char *code = cli_json_string(e, "code", "");
     if (!strcmp(code, "PROMOTE_EMPTY") || !strcmp(code, "PROMOTE_BEHIND"))
       fprintf(stderr, "promote: %s (code %s); --force promotes it anyway\n",
-              jsonread_string(e, "reason", ""), code);
-    jsonread_free(e);
+              cli_json_string(e, "reason", ""), code);
+    json_decref(e);
     client_reply_free(&r);
     return 1;
   }
-  json *j = jsonread_parse(r.body, r.len);
-  printf("promoted: %s is primary at epoch %.0f (seq %.0f)\n", a.url,
-         jsonread_number(j, "epoch", 0), jsonread_number(j, "applied.seq", 0));
-  jsonread_free(j);
+  json_t *j = cli_json_parse(r.body, r.len);
+  printf("promoted: %s is primary at epoch %llu (seq %llu)\n", a.url,
+         count_at(j, "epoch"), count_at(j, "applied.seq"));
+  json_decref(j);
   client_reply_free(&r);
   return 0;
 }
