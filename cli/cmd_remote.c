@@ -24,9 +24,9 @@ static double now_s(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Options shared by the remote subcommands. */
+/* The arguments of the remote subcommands. */
 typedef struct remote_args {
-  const char *url;
+  const char *url;        /* status and promote: the positional URL; backup: --from */
   const char *out;
   const char *token_file;
   const char *ca_file;
@@ -35,49 +35,44 @@ typedef struct remote_args {
   uint64_t retries;
 } remote_args;
 
-/* Parse argv; positional is the name of a positional URL argument or NULL
- * (then --from gives it). Returns 0, or an exit code. */
-static int parse_remote(const cli_command *c, int argc, char **argv, int positional,
-                        remote_args *a)
-{
-  memset(a, 0, sizeof *a);
-  a->retries = 8;
-  for (int i = 1; i < argc; i++) {
-    const char *v;
-    if (cli_is_option(argv[i], "--token-file")) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--token-file")))
-        return 2;
-      a->token_file = v;
-    } else if (cli_is_option(argv[i], "--ca-file")) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--ca-file")))
-        return 2;
-      a->ca_file = v;
-    } else if (cli_is_option(argv[i], "--from") && !positional) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--from")))
-        return 2;
-      a->url = v;
-    } else if (cli_is_option(argv[i], "--out") && !positional) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--out")))
-        return 2;
-      a->out = v;
-    } else if (cli_is_option(argv[i], "--retries") && !positional) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--retries")) ||
-          cli_parse_u64(c->name, "--retries", v, 0, 1000, &a->retries))
-        return 2;
-    } else if (!strcmp(argv[i], "--json") && c == &cmd_status) {
-      a->json = 1;
-    } else if (!strcmp(argv[i], "--force") && c == &cmd_promote) {
-      a->force = 1;
-    } else if (positional && argv[i][0] != '-' && !a->url) {
-      a->url = argv[i];
-    } else {
-      return cli_usage(c);
-    }
-  }
-  if (!a->url || (!positional && !a->out))
-    return cli_usage(c);
-  return 0;
-}
+#define TOKEN_FILE_OPTION                                                        \
+  {.name = "token-file", .arg = "F", .kind = CLI_TEXT,                          \
+   .offset = offsetof(remote_args, token_file), .dflt = "none",                 \
+   .help = "the bearer token, on the file's first line"}
+#define CA_FILE_OPTION                                                           \
+  {.name = "ca-file", .arg = "F", .kind = CLI_TEXT,                             \
+   .offset = offsetof(remote_args, ca_file), .dflt = "the system's CAs",        \
+   .help = "CA certificates to verify the node's TLS certificate"}
+
+static const cli_option backup_options[] = {
+    {.name = "from", .arg = "URL", .kind = CLI_TEXT, .offset = offsetof(remote_args, url),
+     .required = true, .help = "the node to pull from (a primary or a standby)"},
+    {.name = "out", .arg = "DIR", .kind = CLI_TEXT, .offset = offsetof(remote_args, out),
+     .required = true, .help = "the new directory; it must not exist"},
+    TOKEN_FILE_OPTION,
+    CA_FILE_OPTION,
+    {.name = "retries", .arg = "N", .kind = CLI_NUMBER,
+     .offset = offsetof(remote_args, retries), .min = 0, .max = 1000, .dflt = "8",
+     .help = "times a broken download is resumed (Range + If-Range)"},
+    {0},
+};
+
+static const cli_option status_options[] = {
+    {.name = "json", .kind = CLI_FLAG, .offset = offsetof(remote_args, json),
+     .help = "print the status document as the node sent it"},
+    TOKEN_FILE_OPTION,
+    CA_FILE_OPTION,
+    {0},
+};
+
+static const cli_option promote_options[] = {
+    {.name = "force", .kind = CLI_FLAG, .offset = offsetof(remote_args, force),
+     .help = "promote even a standby that never applied anything or lags more than "
+             "its --promote-max-lag"},
+    TOKEN_FILE_OPTION,
+    CA_FILE_OPTION,
+    {0},
+};
 
 /* The token named by --token-file into *token (NULL when none): 0, or an
  * exit code after an error line. */
@@ -155,13 +150,11 @@ static void print_status(const json_t *j)
   print_standbys(sb);
 }
 
-static int run_status(int argc, char **argv)
+static int run_status(void *args)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_status, argc, argv, 1, &a);
-  if (rc)
-    return rc;
+  const remote_args a = *(const remote_args *)args;
   char *token;
+  int rc;
   if ((rc = load_token("status", &a, &token)))
     return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
@@ -197,13 +190,11 @@ static int run_status(int argc, char **argv)
 /* ---------------------------------------------------------------------- */
 /* promote */
 
-static int run_promote(int argc, char **argv)
+static int run_promote(void *args)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_promote, argc, argv, 1, &a);
-  if (rc)
-    return rc;
+  const remote_args a = *(const remote_args *)args;
   char *token;
+  int rc;
   if ((rc = load_token("promote", &a, &token)))
     return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 120};
@@ -562,13 +553,11 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   return 0;
 }
 
-static int run_backup(int argc, char **argv)
+static int run_backup(void *args)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a);
-  if (rc)
-    return rc;
+  const remote_args a = *(const remote_args *)args;
   char *token;
+  int rc;
   if ((rc = load_token("backup", &a, &token)))
     return rc;
   rc = cli_backup_pull(a.url, a.out, token, a.ca_file, a.retries, 0);
@@ -577,12 +566,16 @@ static int run_backup(int argc, char **argv)
 }
 
 const cli_command cmd_backup = {
-    "backup", "pull a consistent backup over HTTP, verify it, write it atomically",
-    "backup --from URL --out DIR [--token-file F] [--ca-file F] [--retries N]",
-    run_backup};
+    .name = "backup",
+    .summary = "pull a consistent backup over HTTP, verify it, write it atomically",
+    .options = backup_options, .args_size = sizeof(remote_args), .run = run_backup};
 const cli_command cmd_status = {
-    "status", "print a node's status, lag first",
-    "status URL [--json] [--token-file F] [--ca-file F]", run_status};
+    .name = "status", .summary = "print a node's status, lag first",
+    .options = status_options, .positional = "URL",
+    .positional_offset = offsetof(remote_args, url), .args_size = sizeof(remote_args),
+    .run = run_status};
 const cli_command cmd_promote = {
-    "promote", "promote a standby to primary at a new epoch",
-    "promote URL [--force] [--token-file F] [--ca-file F]", run_promote};
+    .name = "promote", .summary = "promote a standby to primary at a new epoch",
+    .options = promote_options, .positional = "URL",
+    .positional_offset = offsetof(remote_args, url), .args_size = sizeof(remote_args),
+    .run = run_promote};
