@@ -1109,11 +1109,37 @@ static int sync_parent(loom_store *s, const char *dir)
 
 static int open_file(loom_store *s, const char *name, int flags, int *fd)
 {
-  int rc = s->io->open(s->io->ctx, s->dirfd, name, flags, 0644);
+  int rc = s->io->open(s->io->ctx, s->dirfd, name, flags, 0600);
   if (rc < 0)
     return -rc;
   *fd = rc;
   return 0;
+}
+
+/* mkdir -p dir, each directory made 0700 (DESIGN section 5: data
+ * directories are private), each new entry made durable in its parent. */
+static int mkdir_with_parents(loom_store *s, const char *dir)
+{
+  size_t len = strlen(dir);
+  char *path = malloc(len + 1);
+  if (!path)
+    return ENOMEM;
+  memcpy(path, dir, len + 1);
+  int rc = 0;
+  for (size_t i = 1; i <= len && !rc; i++) {
+    if (path[i] != '/' && path[i] != '\0')
+      continue;
+    char saved = path[i];
+    path[i] = '\0';
+    int m = s->io->mkdir(s->io->ctx, AT_FDCWD, path, 0700);
+    if (m == 0)
+      rc = sync_parent(s, path);
+    else if (m != -EEXIST)
+      rc = -m;
+    path[i] = saved;
+  }
+  free(path);
+  return rc;
 }
 
 /* Make a new, empty image: the data files and their directory entries,
@@ -1313,11 +1339,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   int rc = s->staging ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
 
-  if (!rc && (flags & LOOM_CREATE) && !readonly) {
-    int m = s->io->mkdir(s->io->ctx, AT_FDCWD, dir, 0755);
-    if (m < 0 && m != -EEXIST)
-      rc = -m;
-  }
+  if (!rc && (flags & LOOM_CREATE) && !readonly)
+    rc = mkdir_with_parents(s, dir);
   if (!rc) {
     int fd = s->io->open(s->io->ctx, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0)
@@ -1576,13 +1599,13 @@ int loom_store_backup(loom_store *s, const char *dest)
   snprintf(tmp, len + 16, "%s.tmp%d", dest, (int)getpid());
   const loom_io *io = s->io;
   int tdir = -1, fd = -1, parent = -1;
-  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0755);
+  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0700);
   if (!rc) {
     tdir = io->open(io->ctx, AT_FDCWD, tmp, O_RDONLY | O_DIRECTORY, 0);
     rc = tdir < 0 ? -tdir : 0;
   }
   /* image, hashes, meta, patch: each written and fsynced. */
-  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (!rc)
     rc = copy_bytes(s, s->image_fd, fd, s->pos.pages * PS);
@@ -1590,7 +1613,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = io_fsync(s, fd);
   if (fd >= 0)
     io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (!rc) {
     int wfd = s->hashes_fd;
@@ -1603,7 +1626,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = io_fsync(s, fd);
   if (fd >= 0)
     io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (!rc) {
     uint8_t slot[META_SLOT_SIZE];
@@ -1614,7 +1637,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = io_fsync(s, fd);
   if (fd >= 0)
     io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (fd >= 0)
     io_close(s, &fd);

@@ -3,7 +3,7 @@
 
 loomship_packages=(build-essential meson ninja-build pkg-config
   libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libzstd-dev
-  libxxhash-dev curl openssl bc python3 python3-yaml
+  libxxhash-dev libjansson-dev curl openssl bc python3 python3-yaml
   clang libclang-rt-14-dev valgrind    # the fuzzing and sanitizer suites
   prometheus)                          # promtool: the alert rules in deploy/
 

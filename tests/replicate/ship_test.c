@@ -995,14 +995,14 @@ static void test_answer_reader(void **state)
   assert_false(a.has_error);
 
   const char *conflict =
-      "{\"error\": \"stale epoch\", \"epoch\": 18446744073709551615, "
+      "{\"error\": \"stale epoch\", \"epoch\": 9223372036854775807, "
       "\"received\": {\"epoch\": 4, \"seq\": 0, \"checksum\": "
       "\"0000000000000000\", \"pages\": 0}}";
   assert_int_equal(ship_answer_parse(conflict, strlen(conflict), &a), 0);
   assert_true(a.has_error);
   assert_string_equal(a.error, "stale epoch");
   assert_true(a.has_epoch);
-  assert_int_equal(a.epoch, UINT64_MAX);
+  assert_int_equal(a.epoch, INT64_MAX); /* jansson's integers are int64 */
   assert_false(a.applied.present);
 
   static const char *const bad[] = {
@@ -1017,6 +1017,8 @@ static void test_answer_reader(void **state)
       "{\"received\": {\"epoch\": 1, \"seq\": 2.0, \"checksum\": "
       "\"0000000000000000\", \"pages\": 3}}",             /* not an integer */
       "{\"epoch\": 18446744073709551616}",                /* overflows */
+      "{\"epoch\": 9223372036854775808}",                 /* over int64 */
+      "{\"x\": 1, \"x\": 2}",                             /* repeated */
       "{\"epoch\": 1, \"epoch\": 2}",                     /* repeated */
       "{\"error\": \"a\"} x",                             /* trailing */
       "{\"error\": \"a\",}",                              /* trailing comma */
