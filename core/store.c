@@ -1,6 +1,8 @@
 /*
- * store.c: the image directory. Locking, recovery, the commit protocol,
- * backup, verification.
+ * store.c: the image directory. Locking, recovery, the commit protocol.
+ * Snapshots (loom_store_snapshot_*) are in snapshot.c; the read-only and
+ * copying tools (backup, inspect, verify) and the image stream header in
+ * tools.c; what they share of the store is in store_internal.h.
  *
  * FILES (byte tables in docs/FORMAT.md)
  *
@@ -88,8 +90,6 @@
 #include "store_internal.h"
 #include "util.h"
 
-#define PS ((uint64_t)LOOM_PAGE_SIZE)
-#define META_SLOT_SIZE 512u
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
 #define PATCH_MAGIC "LOOMPTCH"
@@ -97,51 +97,8 @@
 #define PATCH_HEADER_BLOCK 4096u
 #define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
 #define PATCH_ENTRY_BYTES 16u
-#define STAGING_PAGES 64u
 #define PATCH_TRIM_BYTES (UINT64_C(64) << 20)
-#define MAX_SNAPSHOTS 8
-#define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
 
-typedef struct apply_thread {
-  pthread_t thread;
-  pthread_mutex_t mutex;
-  pthread_cond_t cond;
-  loom_patch *pending; /* handed over, not yet applied */
-  int busy;            /* pending or being applied */
-  int stop;
-  int started;
-} apply_thread;
-
-struct loom_store {
-  const loom_io *io;
-  unsigned flags;
-  int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
-  loom_position pos;       /* committed (the patch is durable) */
-  loom_position applied;   /* durable in the meta */
-  loom_lineage lineage;    /* durable in the meta (history, branches) */
-  uint64_t generation;     /* of the meta slot last written */
-  uint64_t *hashes;        /* [pos.pages], committed */
-  uint64_t hashes_cap;
-  uint8_t *staging;        /* STAGING_PAGES pages */
-  loom_patch *writer;      /* open patch, if any */
-  int poison;              /* 0, or the error that poisoned the handle */
-  apply_thread apply;
-  pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
-  loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
-  loom_position image_pos; /* the position the image file's pages are at */
-  loom_lineage image_lineage; /* the lineage snapshots carry (snap_lock) */
-  uint64_t patch_bytes;    /* the patch file's length, as far as we know */
-  int image_broken;        /* an apply failed midway: image_pos is unknown */
-};
-
-struct loom_snapshot {
-  loom_store *store;
-  loom_position pos;
-  loom_lineage lineage;
-  int error;               /* a page could not be preserved: reads fail */
-  int side_fd;             /* old versions of pages changed since open */
-  uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
-};
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
 
@@ -165,7 +122,7 @@ void store_poison(loom_store *s, int rc)
 /* ---------------------------------------------------------------------- */
 /* Small I/O helpers: exact transfers, errors as codes. */
 
-static int io_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off)
+int store_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off)
 {
   ssize_t n = s->io->pread(s->io->ctx, fd, buf, len, off);
   if (n < 0)
@@ -173,7 +130,7 @@ static int io_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off
   return (size_t)n == len ? 0 : LOOM_ECORRUPT;
 }
 
-static int io_write_exact(loom_store *s, int fd, const void *buf, size_t len,
+int store_write_exact(loom_store *s, int fd, const void *buf, size_t len,
                           off_t off)
 {
   ssize_t n = s->io->pwrite(s->io->ctx, fd, buf, len, off);
@@ -182,7 +139,7 @@ static int io_write_exact(loom_store *s, int fd, const void *buf, size_t len,
   return (size_t)n == len ? 0 : EIO;
 }
 
-static int io_fsync(loom_store *s, int fd)
+int store_fsync(loom_store *s, int fd)
 {
   return -s->io->fsync(s->io->ctx, fd);
 }
@@ -192,25 +149,25 @@ static int io_truncate(loom_store *s, int fd, uint64_t len)
   return -s->io->ftruncate(s->io->ctx, fd, (off_t)len);
 }
 
-static int file_size(int fd, uint64_t *out);
+int store_file_size(int fd, uint64_t *out);
 
 /* Set a file's length unless it already has it (a commit that neither
  * grows nor shrinks the image changes no metadata). */
 static int io_set_length(loom_store *s, int fd, uint64_t len)
 {
   uint64_t size = 0;
-  int rc = file_size(fd, &size);
+  int rc = store_file_size(fd, &size);
   return rc ? rc : size == len ? 0 : io_truncate(s, fd, len);
 }
 
-static void io_close(loom_store *s, int *fd)
+void store_close_fd(loom_store *s, int *fd)
 {
   if (*fd >= 0)
     s->io->close(s->io->ctx, *fd);
   *fd = -1;
 }
 
-static int file_size(int fd, uint64_t *out)
+int store_file_size(int fd, uint64_t *out)
 {
   struct stat st;
   *out = 0;
@@ -223,7 +180,7 @@ static int file_size(int fd, uint64_t *out)
 /* ---------------------------------------------------------------------- */
 /* Meta slots. */
 
-static void meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
+void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
                         const loom_position *p, const loom_lineage *lineage)
 {
   memset(slot, 0, META_SLOT_SIZE);
@@ -300,11 +257,11 @@ static int meta_write_lineage(loom_store *s, const loom_position *p,
 {
   uint8_t slot[META_SLOT_SIZE];
   uint64_t g = s->generation + 1;
-  meta_encode(slot, g, p, lineage);
-  int rc = io_write_exact(s, s->meta_fd, slot, sizeof slot,
+  store_meta_encode(slot, g, p, lineage);
+  int rc = store_write_exact(s, s->meta_fd, slot, sizeof slot,
                           (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
-    rc = io_fsync(s, s->meta_fd);
+    rc = store_fsync(s, s->meta_fd);
   if (!rc) {
     s->generation = g;
     s->applied = *p;
@@ -387,7 +344,7 @@ static uint64_t patch_file_bytes(uint64_t count)
   return (uint64_t)patch_entries_offset(count) + count * PATCH_ENTRY_BYTES + 8;
 }
 
-static void patch_free(loom_patch *p)
+void store_patch_free(loom_patch *p)
 {
   if (!p)
     return;
@@ -410,7 +367,7 @@ static loom_patch *patch_alloc(loom_store *s, const loom_patch_header *h)
   p->new_hashes = malloc(n * sizeof(uint64_t));
   p->old_hashes = malloc(n * sizeof(uint64_t));
   if (!p->page_numbers || !p->new_hashes || !p->old_hashes) {
-    patch_free(p);
+    store_patch_free(p);
     return NULL;
   }
   return p;
@@ -440,7 +397,7 @@ static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum
   uint8_t *buf = patch_entries_encode(p, header_sum, &len);
   if (!buf)
     return ENOMEM;
-  int rc = io_write_exact(s, s->patch_fd, buf, len,
+  int rc = store_write_exact(s, s->patch_fd, buf, len,
                           patch_entries_offset(p->header.page_count));
   free(buf);
   return rc;
@@ -481,20 +438,20 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
 /* R2: read and check the patch file's header; with full, also the entries
  * and every page. Returns 0 and a patch record, LOOM_ECORRUPT if it does
  * not verify, or an I/O error. */
-static int patch_read(loom_store *s, int full, loom_patch **out)
+int store_patch_read(loom_store *s, int full, loom_patch **out)
 {
   uint8_t block[PATCH_HEADER_BLOCK];
   loom_patch_header h;
   uint64_t header_sum;
   *out = NULL;
-  int rc = io_read_exact(s, s->patch_fd, block, sizeof block, 0);
+  int rc = store_read_exact(s, s->patch_fd, block, sizeof block, 0);
   if (rc)
     return rc;
   rc = patch_header_decode(block, &h, &header_sum);
   if (rc)
     return rc;
   uint64_t size = 0;
-  if ((rc = file_size(s->patch_fd, &size)))
+  if ((rc = store_file_size(s->patch_fd, &size)))
     return rc;
   if (size < patch_file_bytes(h.page_count))
     return LOOM_ECORRUPT;
@@ -508,10 +465,10 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   size_t len = (size_t)h.page_count * PATCH_ENTRY_BYTES + 8;
   uint8_t *buf = malloc(len);
   if (!buf) {
-    patch_free(p);
+    store_patch_free(p);
     return ENOMEM;
   }
-  rc = io_read_exact(s, s->patch_fd, buf, len, patch_entries_offset(h.page_count));
+  rc = store_read_exact(s, s->patch_fd, buf, len, patch_entries_offset(h.page_count));
   if (!rc && le64_get(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
@@ -528,7 +485,7 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   free(buf);
   for (uint64_t i = 0; !rc && i < h.page_count; i += STAGING_PAGES) {
     uint64_t k = h.page_count - i < STAGING_PAGES ? h.page_count - i : STAGING_PAGES;
-    rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
+    rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
                        patch_page_offset(i));
     for (uint64_t j = 0; !rc && j < k; j++)
       if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
@@ -537,7 +494,7 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   }
   p->added = p->flushed = h.page_count;
   if (rc) {
-    patch_free(p);
+    store_patch_free(p);
     return rc;
   }
   *out = p;
@@ -547,7 +504,7 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
 /* ---------------------------------------------------------------------- */
 /* The hash table. */
 
-static int hashes_reserve(loom_store *s, uint64_t pages)
+int store_hashes_reserve(loom_store *s, uint64_t pages)
 {
   if (pages <= s->hashes_cap)
     return 0;
@@ -567,7 +524,7 @@ static int hashes_reserve(loom_store *s, uint64_t pages)
 static int hashes_apply(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
-  int rc = hashes_reserve(s, h->after.pages);
+  int rc = store_hashes_reserve(s, h->after.pages);
   if (rc)
     return rc;
   uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
@@ -578,17 +535,15 @@ static int hashes_apply(loom_store *s, const loom_patch *p)
   return 0;
 }
 
-#define HASH_BLOCK 4096u
-#define HASHES_PER_BLOCK (HASH_BLOCK / 8u)
 
-static int hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
+int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
 {
   uint8_t buf[HASH_BLOCK];
   uint64_t first = block * HASHES_PER_BLOCK;
   uint64_t count = pages - first < HASHES_PER_BLOCK ? pages - first : HASHES_PER_BLOCK;
   for (uint64_t i = 0; i < count; i++)
     le64_put(buf + i * 8, s->hashes[first + i]);
-  return io_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
+  return store_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
                         (off_t)(first * 8));
 }
 
@@ -603,7 +558,7 @@ static int hashes_write_touched(loom_store *s, const loom_patch *p)
   for (uint64_t i = 0; !rc && i < h->page_count; i++) {
     uint64_t b = p->page_numbers[i] / HASHES_PER_BLOCK;
     if (b != last)
-      rc = hashes_write_block(s, b, pages);
+      rc = store_hashes_write_block(s, b, pages);
     last = b;
   }
   uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
@@ -611,7 +566,7 @@ static int hashes_write_touched(loom_store *s, const loom_patch *p)
     for (uint64_t b = old_pages / HASHES_PER_BLOCK;
          !rc && b * HASHES_PER_BLOCK < pages; b++)
       if (b != last)
-        rc = hashes_write_block(s, b, pages);
+        rc = store_hashes_write_block(s, b, pages);
   return rc;
 }
 
@@ -626,59 +581,24 @@ static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
 /* ---------------------------------------------------------------------- */
 /* Steps 4-6: apply a durable patch to image, hashes and meta. */
 
-/* An open snapshot still needs page n's current version: copy it to the
- * side file first (under snap_lock). */
-/* Every open snapshot that still needs page n's current version gets a
- * copy in its side file first (under snap_lock). */
-static int snapshot_preserve(loom_store *s, uint64_t n)
-{
-  uint8_t *buf = s->staging + STAGING_PAGES * PS;
-  int have = 0;
-  for (int i = 0; i < MAX_SNAPSHOTS; i++) {
-    loom_snapshot *snap = s->snaps[i];
-    if (!snap || snap->error || n >= snap->pos.pages ||
-        (snap->preserved[n / 64] >> (n % 64)) & 1)
-      continue;
-    if (!have) {
-      int rc = io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
-      if (rc)
-        return rc; /* the image itself cannot be read: the apply fails */
-      have = 1;
-    }
-    ssize_t w = pwrite(snap->side_fd, buf, PS, (off_t)(n * PS));
-    if (w != (ssize_t)PS)
-      snap->error = w < 0 ? errno : ENOSPC; /* the snapshot breaks, not the store */
-    else
-      snap->preserved[n / 64] |= UINT64_C(1) << (n % 64);
-  }
-  return 0;
-}
-
-static int snapshots_open(const loom_store *s)
-{
-  for (int i = 0; i < MAX_SNAPSHOTS; i++)
-    if (s->snaps[i])
-      return 1;
-  return 0;
-}
 
 static int apply_pages_locked(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
   int rc = 0;
-  if (snapshots_open(s)) {
+  if (store_snapshots_open(s)) {
     uint64_t size = 0;
-    rc = file_size(s->image_fd, &size);
+    rc = store_file_size(s->image_fd, &size);
     for (uint64_t n = h->after.pages; !rc && n < size / PS; n++)
-      rc = snapshot_preserve(s, n);
+      rc = store_snapshot_preserve(s, n);
     for (uint64_t i = 0; !rc && i < h->page_count; i++)
-      rc = snapshot_preserve(s, p->page_numbers[i]);
+      rc = store_snapshot_preserve(s, p->page_numbers[i]);
   }
   if (!rc)
     rc = io_set_length(s, s->image_fd, h->after.pages * PS);
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
-    rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
+    rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
                        patch_page_offset(i));
     /* One write per run of consecutive page numbers. */
     for (uint64_t j = 0; !rc && j < k;) {
@@ -686,7 +606,7 @@ static int apply_pages_locked(loom_store *s, const loom_patch *p)
       while (j + run < k &&
              p->page_numbers[i + j + run] == p->page_numbers[i + j] + run)
         run++;
-      rc = io_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
+      rc = store_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
                           (off_t)(p->page_numbers[i + j] * PS));
       j += run;
     }
@@ -712,7 +632,7 @@ static int apply_patch(loom_store *s, const loom_patch *p)
   if (!rc)
     rc = hashes_write_touched(s, p);               /* 4 */
   if (!rc)
-    rc = io_fsync(s, s->image_fd);                 /* 5 */
+    rc = store_fsync(s, s->image_fd);                 /* 5 */
   if (!rc)
     rc = meta_write(s, &p->header.after);          /* 6 */
   return rc;
@@ -731,7 +651,7 @@ static void *apply_thread_main(void *arg)
     loom_patch *p = t->pending;
     pthread_mutex_unlock(&t->mutex);
     int rc = s->poison ? 0 : apply_patch(s, p);
-    patch_free(p);
+    store_patch_free(p);
     pthread_mutex_lock(&t->mutex);
     if (rc)
       store_poison(s, rc);
@@ -744,7 +664,7 @@ static void *apply_thread_main(void *arg)
 }
 
 /* Wait for a pending apply; its failure poisons the store. */
-static int apply_wait(loom_store *s)
+int store_apply_wait(loom_store *s)
 {
   apply_thread *t = &s->apply;
   if (t->started) {
@@ -763,12 +683,12 @@ int store_apply_start(loom_patch *p)
   if (s->writer == p)
     s->writer = NULL;
   if (s->poison) {
-    patch_free(p);
+    store_patch_free(p);
     return LOOM_EPANIC;
   }
   if (!t->started) {
     int rc = apply_patch(s, p);
-    patch_free(p);
+    store_patch_free(p);
     if (rc) {
       store_poison(s, rc);
       return rc;
@@ -783,7 +703,7 @@ int store_apply_start(loom_patch *p)
   return 0;
 }
 
-int loom_store_sync(loom_store *s) { return apply_wait(s); }
+int loom_store_sync(loom_store *s) { return store_apply_wait(s); }
 
 /* ---------------------------------------------------------------------- */
 /* Writing a patch: begin, add, make durable. */
@@ -805,7 +725,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
     return LOOM_EINVAL;
   if (s->writer)
     return LOOM_EINVAL;
-  int rc = apply_wait(s); /* step 1, I3 */
+  int rc = store_apply_wait(s); /* step 1, I3 */
   if (rc)
     return rc;
   if (h->after.pages > MAX_PAGES || h->page_count > h->after.pages ||
@@ -831,7 +751,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (fill_after && s->io->pwritev) {
     p->deferred = malloc((size_t)(h->page_count ? h->page_count : 1) * sizeof(void *));
     if (!p->deferred) {
-      patch_free(p);
+      store_patch_free(p);
       return ENOMEM;
     }
   }
@@ -866,7 +786,7 @@ static int patch_flush(loom_patch *p)
     for (uint64_t i = 0; i < p->staged; i++)
       if (p->iov[i].iov_base != s->staging + i * PS)
         memcpy(s->staging + i * PS, p->iov[i].iov_base, PS);
-    rc = io_write_exact(s, s->patch_fd, s->staging, len, off);
+    rc = store_write_exact(s, s->patch_fd, s->staging, len, off);
   }
   p->flushed += p->staged;
   p->staged = 0;
@@ -1006,14 +926,14 @@ int store_patch_make_durable(loom_patch *p)
     p->error = rc;
     return rc;
   }
-  rc = io_write_exact(s, s->patch_fd, block, sizeof block, 0); /* 1 */
+  rc = store_write_exact(s, s->patch_fd, block, sizeof block, 0); /* 1 */
   if (!rc)
-    rc = io_fsync(s, s->patch_fd);                         /* 2 */
+    rc = store_fsync(s, s->patch_fd);                         /* 2 */
   if (!rc) {                                                /* 3 */
     uint8_t check[PATCH_HEADER_BLOCK];
     loom_patch_header back;
     uint64_t back_sum;
-    rc = io_read_exact(s, s->patch_fd, check, sizeof check, 0);
+    rc = store_read_exact(s, s->patch_fd, check, sizeof check, 0);
     if (!rc)
       rc = patch_header_decode(check, &back, &back_sum);
     if (!rc && back_sum != header_sum)
@@ -1055,13 +975,13 @@ void loom_patch_abort(loom_patch *p)
     return;
   if (p->store->writer == p)
     p->store->writer = NULL;
-  patch_free(p);
+  store_patch_free(p);
 }
 
 /* ---------------------------------------------------------------------- */
 /* Open, recover, close. */
 
-static void store_free(loom_store *s)
+void store_free(loom_store *s)
 {
   if (s->apply.started) {
     pthread_mutex_lock(&s->apply.mutex);
@@ -1072,13 +992,13 @@ static void store_free(loom_store *s)
     pthread_mutex_destroy(&s->apply.mutex);
     pthread_cond_destroy(&s->apply.cond);
   }
-  io_close(s, &s->image_fd);
-  io_close(s, &s->hashes_fd);
-  io_close(s, &s->meta_fd);
-  io_close(s, &s->patch_fd);
+  store_close_fd(s, &s->image_fd);
+  store_close_fd(s, &s->hashes_fd);
+  store_close_fd(s, &s->meta_fd);
+  store_close_fd(s, &s->patch_fd);
   if (s->lockfd >= 0)
-    io_close(s, &s->lockfd); /* releases the flock */
-  io_close(s, &s->dirfd);
+    store_close_fd(s, &s->lockfd); /* releases the flock */
+  store_close_fd(s, &s->dirfd);
   free(s->hashes);
   free(s->staging);
   pthread_mutex_destroy(&s->snap_lock);
@@ -1098,8 +1018,8 @@ static int sync_parent(loom_store *s, const char *dir)
   free(parent);
   if (fd < 0)
     return -fd;
-  int rc = io_fsync(s, fd);
-  io_close(s, &fd);
+  int rc = store_fsync(s, fd);
+  store_close_fd(s, &fd);
   return rc;
 }
 
@@ -1120,16 +1040,16 @@ static int store_create(loom_store *s)
   int *fds[] = {&s->image_fd, &s->hashes_fd, &s->patch_fd};
   const char *names[] = {"image", "hashes", "patch"};
   for (int i = 0; i < 3 && !rc; i++) {
-    io_close(s, fds[i]);
+    store_close_fd(s, fds[i]);
     rc = open_file(s, names[i], O_RDWR | O_CREAT | O_TRUNC, fds[i]);
   }
   for (int i = 0; i < 3 && !rc; i++)
-    rc = io_fsync(s, *fds[i]);
+    rc = store_fsync(s, *fds[i]);
   /* The data files' entries are durable before the meta has a valid slot:
    * a crash before this leaves no position (an empty image is made anew),
    * a crash after it a complete, empty store. */
   if (!rc)
-    rc = io_fsync(s, s->dirfd);
+    rc = store_fsync(s, s->dirfd);
   loom_position p = {.epoch = 1};
   s->generation = 0;
   if (!rc)
@@ -1137,7 +1057,7 @@ static int store_create(loom_store *s)
   if (!rc)
     rc = meta_write(s, &p);
   if (!rc)
-    rc = io_fsync(s, s->dirfd);
+    rc = store_fsync(s, s->dirfd);
   if (!rc) {
     s->pos = p;
     s->applied = p;
@@ -1148,17 +1068,17 @@ static int store_create(loom_store *s)
 /* Load the hash table for pages [0, pages) from the file as far as it goes. */
 static int hashes_load(loom_store *s, uint64_t pages)
 {
-  int rc = hashes_reserve(s, pages ? pages : 1);
+  int rc = store_hashes_reserve(s, pages ? pages : 1);
   if (rc)
     return rc;
   uint64_t size;
-  if ((rc = file_size(s->hashes_fd, &size)))
+  if ((rc = store_file_size(s->hashes_fd, &size)))
     return rc;
   uint64_t have = size / 8 < pages ? size / 8 : pages;
   uint8_t buf[HASH_BLOCK];
   for (uint64_t n = 0; n < have; n += HASHES_PER_BLOCK) {
     uint64_t k = have - n < HASHES_PER_BLOCK ? have - n : HASHES_PER_BLOCK;
-    if ((rc = io_read_exact(s, s->hashes_fd, buf, (size_t)k * 8, (off_t)(n * 8))))
+    if ((rc = store_read_exact(s, s->hashes_fd, buf, (size_t)k * 8, (off_t)(n * 8))))
       return rc;
     for (uint64_t i = 0; i < k; i++)
       s->hashes[n + i] = le64_get(buf + i * 8);
@@ -1169,12 +1089,12 @@ static int hashes_load(loom_store *s, uint64_t pages)
 }
 
 /* Recompute every page's hash from the image; returns the sum. */
-static int hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
+int store_hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
 {
   *sum = 0;
   for (uint64_t n = 0; n < pages; n += STAGING_PAGES) {
     uint64_t k = pages - n < STAGING_PAGES ? pages - n : STAGING_PAGES;
-    int rc = io_read_exact(s, s->image_fd, s->staging, (size_t)(k * PS),
+    int rc = store_read_exact(s, s->image_fd, s->staging, (size_t)(k * PS),
                            (off_t)(n * PS));
     if (rc)
       return rc;
@@ -1191,9 +1111,9 @@ static int hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
 static int store_check(loom_store *s)
 {
   uint64_t size = 0, hashes_size = 0;
-  int rc = file_size(s->image_fd, &size);
+  int rc = store_file_size(s->image_fd, &size);
   if (!rc)
-    rc = file_size(s->hashes_fd, &hashes_size);
+    rc = store_file_size(s->hashes_fd, &hashes_size);
   if (rc)
     return rc;
   if (size != s->pos.pages * PS)
@@ -1206,23 +1126,23 @@ static int store_check(loom_store *s)
     return LOOM_ECORRUPT;
   if (!table_ok) {
     uint64_t sum;
-    if ((rc = hashes_rebuild(s, s->pos.pages, &sum)))
+    if ((rc = store_hashes_rebuild(s, s->pos.pages, &sum)))
       return rc;
     if (sum != s->pos.checksum)
       return LOOM_ECORRUPT;
   }
   rc = io_truncate(s, s->hashes_fd, s->pos.pages * 8);
   for (uint64_t b = 0; !rc && !table_ok && b * HASHES_PER_BLOCK < s->pos.pages; b++)
-    rc = hashes_write_block(s, b, s->pos.pages);
+    rc = store_hashes_write_block(s, b, s->pos.pages);
   if (!rc)
-    rc = io_fsync(s, s->hashes_fd);
+    rc = store_fsync(s, s->hashes_fd);
   return rc;
 }
 
 static int store_recover(loom_store *s)
 {
   loom_patch *p = NULL;
-  int rc = patch_read(s, 0, &p);
+  int rc = store_patch_read(s, 0, &p);
   if (rc == LOOM_ECORRUPT || rc == LOOM_EVERSION) /* never committed */
     rc = 0;
   if (rc)
@@ -1232,20 +1152,20 @@ static int store_recover(loom_store *s)
                 p->header.before.seq == s->pos.seq &&
                 p->header.before.checksum == s->pos.checksum &&
                 p->header.before.pages == s->pos.pages;
-  patch_free(p);
+  store_patch_free(p);
   p = NULL;
   uint64_t table_pages = s->pos.pages;
   if (!pending) {
     /* Nothing to re-apply: the files must already match the position;
      * check their sizes before sizing anything by it. */
     uint64_t image_size = 0;
-    if ((rc = file_size(s->image_fd, &image_size)))
+    if ((rc = store_file_size(s->image_fd, &image_size)))
       return rc;
     if (image_size != s->pos.pages * PS)
       return LOOM_ECORRUPT; /* (a short hashes file is rebuilt, R3) */
   }
   if (pending) {
-    rc = patch_read(s, 1, &p);
+    rc = store_patch_read(s, 1, &p);
     if (rc == LOOM_ECORRUPT) {
       rc = 0;
       pending = 0;
@@ -1264,7 +1184,7 @@ static int store_recover(loom_store *s)
     if (!rc)
       s->pos = p->header.after;
   }
-  patch_free(p);
+  store_patch_free(p);
   return rc ? rc : store_check(s);
 }
 
@@ -1279,7 +1199,7 @@ static int open_hashes(loom_store *s, int readonly)
     return 0;
   rc = open_file(s, "hashes", O_RDWR | O_CREAT, &s->hashes_fd);
   /* Or the new entry may vanish in a crash (then it is made again). */
-  return rc ? rc : io_fsync(s, s->dirfd);
+  return rc ? rc : store_fsync(s, s->dirfd);
 }
 
 /* Whether the directory's image file holds pages: with no valid meta, the
@@ -1345,8 +1265,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
       uint64_t size = 0;
       int orc = open_file(s, "image", O_RDONLY, &img);
       if (!orc) {
-        orc = file_size(img, &size);
-        io_close(s, &img);
+        orc = store_file_size(img, &size);
+        store_close_fd(s, &img);
       }
       rc = (orc && orc != ENOENT) ? orc : size ? LOOM_EMETA : store_create(s);
     }
@@ -1365,7 +1285,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     if (rc == ENOENT && !readonly) {
       rc = open_file(s, "patch", O_RDWR | O_CREAT, &s->patch_fd);
       if (!rc)
-        rc = io_fsync(s, s->dirfd);
+        rc = store_fsync(s, s->dirfd);
     }
   }
   if (!rc) {
@@ -1380,13 +1300,13 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && !readonly)
     rc = meta_write(s, &s->pos);
   if (!rc && !readonly)
-    rc = io_fsync(s, s->dirfd);
+    rc = store_fsync(s, s->dirfd);
   if (!rc && create)
     rc = sync_parent(s, dir);
   s->image_pos = s->pos;
   s->image_lineage = s->lineage;
   if (!rc && s->patch_fd >= 0)
-    rc = file_size(s->patch_fd, &s->patch_bytes);
+    rc = store_file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
     apply_thread *t = &s->apply;
     pthread_mutex_init(&t->mutex, NULL);
@@ -1420,7 +1340,7 @@ int loom_store_close(loom_store *s)
 {
   if (!s)
     return 0;
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (s->writer)
     loom_patch_abort(s->writer);
   int poison = s->poison;
@@ -1440,14 +1360,14 @@ uint64_t loom_store_page_hash(const loom_store *s, uint64_t n)
 
 int store_read_image_page(loom_store *s, uint64_t n, void *buf)
 {
-  return io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
+  return store_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
 }
 
 int loom_store_read_page(loom_store *s, uint64_t n, void *buf)
 {
   if (s->writer)
     return LOOM_EINVAL; /* inside a commit hook: use loom_commit_old_page */
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (rc)
     return rc;
   if (n >= s->pos.pages)
@@ -1459,7 +1379,7 @@ int loom_store_image_fd(const loom_store *s) { return s->image_fd; }
 
 int loom_store_set_epoch(loom_store *s, uint64_t epoch)
 {
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (rc)
     return rc;
   if (s->flags & LOOM_READONLY)
@@ -1492,7 +1412,7 @@ void loom_store_lineage(const loom_store *s, loom_lineage *out)
  * poisoned). */
 static int lineage_write(loom_store *s, const loom_lineage *lineage)
 {
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (rc)
     return rc;
   if (s->flags & LOOM_READONLY)
@@ -1528,339 +1448,4 @@ int loom_store_ensure_history(loom_store *s)
   loom_lineage lineage = s->lineage;
   int rc = lineage_new_history(&lineage);
   return rc ? rc : lineage_write(s, &lineage);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Backup, inspect, verify. */
-
-/* Copy len bytes of fd_in to fd_out through the staging buffer. */
-static int copy_bytes(loom_store *s, int fd_in, int fd_out, uint64_t len)
-{
-  int rc = 0;
-  for (uint64_t off = 0; !rc && off < len; off += STAGING_PAGES * PS) {
-    size_t k = (size_t)(len - off < STAGING_PAGES * PS ? len - off : STAGING_PAGES * PS);
-    rc = io_read_exact(s, fd_in, s->staging, k, (off_t)off);
-    if (!rc)
-      rc = io_write_exact(s, fd_out, s->staging, k, (off_t)off);
-  }
-  return rc;
-}
-
-int loom_store_backup(loom_store *s, const char *dest)
-{
-  if (!s || !dest || s->writer)
-    return LOOM_EINVAL;
-  int rc = apply_wait(s);
-  if (rc)
-    return rc;
-  size_t len = strlen(dest);
-  char *tmp = malloc(len + 16);
-  if (!tmp)
-    return ENOMEM;
-  snprintf(tmp, len + 16, "%s.tmp%d", dest, (int)getpid());
-  const loom_io *io = s->io;
-  int tdir = -1, fd = -1, parent = -1;
-  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0755);
-  if (!rc) {
-    tdir = io->open(io->ctx, AT_FDCWD, tmp, O_RDONLY | O_DIRECTORY, 0);
-    rc = tdir < 0 ? -tdir : 0;
-  }
-  /* image, hashes, meta, patch: each written and fsynced. */
-  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
-    rc = -fd;
-  if (!rc)
-    rc = copy_bytes(s, s->image_fd, fd, s->pos.pages * PS);
-  if (!rc)
-    rc = io_fsync(s, fd);
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
-    rc = -fd;
-  if (!rc) {
-    int wfd = s->hashes_fd;
-    s->hashes_fd = fd;
-    for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
-      rc = hashes_write_block(s, b, s->pos.pages);
-    s->hashes_fd = wfd;
-  }
-  if (!rc)
-    rc = io_fsync(s, fd);
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
-    rc = -fd;
-  if (!rc) {
-    uint8_t slot[META_SLOT_SIZE];
-    meta_encode(slot, 1, &s->pos, &s->lineage);
-    rc = io_write_exact(s, fd, slot, sizeof slot, META_SLOT_SIZE);
-  }
-  if (!rc)
-    rc = io_fsync(s, fd);
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
-    rc = -fd;
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc)
-    rc = io_fsync(s, tdir);
-  if (!rc)
-    rc = -io->rename(io->ctx, AT_FDCWD, tmp, AT_FDCWD, dest);
-  if (!rc) {
-    /* The rename is durable only once the parent directory is. */
-    char *slash = strrchr(tmp, '/');
-    if (slash)
-      *slash = '\0';
-    parent = io->open(io->ctx, AT_FDCWD, slash ? (slash == tmp ? "/" : tmp) : ".",
-                      O_RDONLY | O_DIRECTORY, 0);
-    rc = parent < 0 ? -parent : io_fsync(s, parent);
-    if (parent >= 0)
-      io_close(s, &parent);
-  } else if (tdir >= 0) {
-    const char *names[] = {"image", "hashes", "meta", "patch"};
-    for (int i = 0; i < 4; i++)
-      io->unlink(io->ctx, tdir, names[i], 0);
-    io->unlink(io->ctx, AT_FDCWD, tmp, AT_REMOVEDIR);
-  }
-  if (tdir >= 0)
-    io_close(s, &tdir);
-  free(tmp);
-  return rc;
-}
-
-/* The position an open would recover to, read-only: the meta's, or the
- * after-position of a committed patch that chains from it and verifies
- * (nothing is applied). */
-int loom_inspect(const char *dir, loom_position *out)
-{
-  return loom_inspect_lineage(dir, out, NULL);
-}
-
-int loom_inspect_lineage(const char *dir, loom_position *out,
-                         loom_lineage *lineage)
-{
-  loom_store *s;
-  int rc = store_open_flags(dir, LOOM_READONLY, NULL, &s);
-  if (rc)
-    return rc;
-  *out = s->pos;
-  if (lineage)
-    *lineage = s->lineage;
-  loom_patch *p = NULL;
-  if (patch_read(s, 0, &p) == 0 && p->header.before.epoch == s->pos.epoch &&
-      p->header.before.seq == s->pos.seq &&
-      p->header.before.checksum == s->pos.checksum &&
-      p->header.before.pages == s->pos.pages) {
-    patch_free(p);
-    p = NULL;
-    if (patch_read(s, 1, &p) == 0)
-      *out = p->header.after;
-  }
-  patch_free(p);
-  store_free(s);
-  return 0;
-}
-
-/* A store directory that a crash left before its first position was
- * recorded: some of the store's own files, no valid meta, an empty or no
- * image. Opening it with LOOM_CREATE makes the empty store it was becoming. */
-static int never_committed(const char *dir)
-{
-  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
-    return 0;
-  const char *ours[] = {"lock", "meta", "image", "hashes", "patch"};
-  int found = 0;
-  for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
-    found += faccessat(dfd, ours[i], F_OK, 0) == 0;
-  struct stat st;
-  int image_empty = fstatat(dfd, "image", &st, 0) != 0 || st.st_size == 0;
-  close(dfd);
-  return found > 0 && image_empty;
-}
-
-int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
-{
-  loom_store *s;
-  int rc = store_open_flags(dir, 0, NULL, &s);
-  if (rc == LOOM_ENOIMAGE && never_committed(dir)) {
-    /* Nothing was ever committed here: an empty image agrees with the
-     * empty position. */
-    if (recorded)
-      *recorded = (loom_position){0};
-    if (computed)
-      *computed = 0;
-    return 0;
-  }
-  if (rc == LOOM_ECORRUPT) {
-    /* Report what is recorded and what the pages say. */
-    if (store_open_flags(dir, LOOM_READONLY, NULL, &s) != 0)
-      return rc;
-    if (recorded)
-      *recorded = s->pos;
-    uint64_t sum = 0;
-    uint64_t size = 0;
-    if (!file_size(s->image_fd, &size) && !hashes_reserve(s, size / PS + 1))
-      hashes_rebuild(s, size / PS, &sum);
-    if (computed)
-      *computed = sum;
-    store_free(s);
-    return LOOM_ECORRUPT;
-  }
-  if (rc)
-    return rc;
-  uint64_t sum;
-  rc = hashes_rebuild(s, s->pos.pages, &sum);
-  if (recorded)
-    *recorded = s->pos;
-  if (computed)
-    *computed = sum;
-  if (!rc && sum != s->pos.checksum)
-    rc = LOOM_ECORRUPT;
-  int crc = loom_store_close(s);
-  return rc ? rc : crc;
-}
-
-/* ---------------------------------------------------------------------- */
-/* Snapshots and the image stream. */
-
-/* Any thread: the snapshot takes the position the image file holds at the
- * instant it is registered, under the lock every apply takes. Up to
- * MAX_SNAPSHOTS at once (a backup and a base image being shipped). */
-int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
-{
-  if (!s || !out)
-    return LOOM_EINVAL;
-  *out = NULL;
-  if (s->poison)
-    return LOOM_EPANIC;
-  loom_snapshot *snap = calloc(1, sizeof *snap);
-  if (!snap)
-    return ENOMEM;
-  snap->store = s;
-  snap->side_fd = openat(s->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  int rc = snap->side_fd < 0 ? errno : 0;
-  pthread_mutex_lock(&s->snap_lock);
-  if (!rc && s->image_broken)
-    rc = LOOM_EPANIC;
-  int slot = -1;
-  for (int i = 0; !rc && i < MAX_SNAPSHOTS && slot < 0; i++)
-    if (!s->snaps[i])
-      slot = i;
-  if (!rc && slot < 0)
-    rc = LOOM_EINVAL;
-  if (!rc) {
-    snap->pos = s->image_pos;
-    snap->lineage = s->image_lineage;
-    snap->preserved = calloc((size_t)(snap->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
-    if (!snap->preserved)
-      rc = ENOMEM;
-    else
-      s->snaps[slot] = snap;
-  }
-  pthread_mutex_unlock(&s->snap_lock);
-  if (rc) {
-    if (snap->side_fd >= 0)
-      close(snap->side_fd);
-    free(snap->preserved);
-    free(snap);
-    return rc;
-  }
-  *out = snap;
-  return 0;
-}
-
-void loom_snapshot_position(const loom_snapshot *snap, loom_position *out)
-{
-  *out = snap->pos;
-}
-
-void loom_snapshot_lineage(const loom_snapshot *snap, loom_lineage *out)
-{
-  *out = snap->lineage;
-}
-
-int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len)
-{
-  if (!snap || (!buf && len) || off > snap->pos.pages * PS ||
-      len > snap->pos.pages * PS - off)
-    return LOOM_EINVAL;
-  loom_store *s = snap->store;
-  uint8_t *out = buf;
-  int rc = 0;
-  pthread_mutex_lock(&s->snap_lock);
-  rc = snap->error;
-  while (!rc && len > 0) {
-    uint64_t n = off / PS;
-    size_t k = (size_t)(PS - off % PS);
-    if (k > len)
-      k = len;
-    int side = (snap->preserved[n / 64] >> (n % 64)) & 1;
-    ssize_t got = pread(side ? snap->side_fd : s->image_fd, out, k, (off_t)off);
-    if (got != (ssize_t)k)
-      rc = got < 0 ? errno : LOOM_ECORRUPT;
-    off += k;
-    out += k;
-    len -= k;
-  }
-  pthread_mutex_unlock(&s->snap_lock);
-  return rc;
-}
-
-void loom_snapshot_close(loom_snapshot *snap)
-{
-  if (!snap)
-    return;
-  loom_store *s = snap->store;
-  pthread_mutex_lock(&s->snap_lock);
-  for (int i = 0; i < MAX_SNAPSHOTS; i++)
-    if (s->snaps[i] == snap)
-      s->snaps[i] = NULL;
-  pthread_mutex_unlock(&s->snap_lock);
-  close(snap->side_fd);
-  free(snap->preserved);
-  free(snap);
-}
-
-#define STREAM_MAGIC "LOOMIMG1"
-#define STREAM_VERSION 2u
-#define STREAM_LINEAGE_OFFSET 56u
-#define STREAM_CHECKSUM_OFFSET (LOOM_STREAM_HEADER - 8u)
-
-void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
-                               const loom_position *pos,
-                               const loom_lineage *lineage)
-{
-  memset(out, 0, LOOM_STREAM_HEADER);
-  memcpy(out, STREAM_MAGIC, 8);
-  le32_put(out + 8, STREAM_VERSION);
-  le32_put(out + 12, LOOM_PAGE_SIZE);
-  le64_put(out + 16, pos->epoch);
-  le64_put(out + 24, pos->seq);
-  le64_put(out + 32, pos->checksum);
-  le64_put(out + 40, pos->pages);
-  le64_put(out + 48, (uint64_t)pos->commit_time_ns);
-  lineage_encode(out + STREAM_LINEAGE_OFFSET, lineage);
-  le64_put(out + STREAM_CHECKSUM_OFFSET, XXH3_64bits(out, STREAM_CHECKSUM_OFFSET));
-}
-
-int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
-                              loom_position *pos, loom_lineage *lineage)
-{
-  if (memcmp(in, STREAM_MAGIC, 8) != 0)
-    return LOOM_ECORRUPT;
-  if (le32_get(in + 8) != STREAM_VERSION || le32_get(in + 12) != LOOM_PAGE_SIZE)
-    return LOOM_EVERSION;
-  if (le64_get(in + STREAM_CHECKSUM_OFFSET) !=
-      XXH3_64bits(in, STREAM_CHECKSUM_OFFSET))
-    return LOOM_ECORRUPT;
-  loom_lineage ignored;
-  if (lineage_decode(in + STREAM_LINEAGE_OFFSET, lineage ? lineage : &ignored))
-    return LOOM_ECORRUPT;
-  pos->epoch = le64_get(in + 16);
-  pos->seq = le64_get(in + 24);
-  pos->checksum = le64_get(in + 32);
-  pos->pages = le64_get(in + 40);
-  pos->commit_time_ns = (int64_t)le64_get(in + 48);
-  return pos->pages > MAX_PAGES ? LOOM_ECORRUPT : 0;
 }
