@@ -60,9 +60,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom_version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The version of the library linked at run time ("X.Y.Z", and as
+ * LOOMSHIP_VERSION_NUMBER computes it); LOOMSHIP_VERSION_* (loom_version.h)
+ * are those of the headers compiled against. */
+const char *loom_version(void);
+int loom_version_number(void);
 
 /* A loom page. Must be a multiple of the system page size (checked). */
 #define LOOM_PAGE_SIZE 16384u
