@@ -88,7 +88,8 @@
 #include "loom.h"
 #include "loom_io.h"
 #include "store_internal.h"
-#include "util.h"
+#include "array.h"
+#include "bytes.h"
 
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
@@ -99,15 +100,7 @@
 #define PATCH_ENTRY_BYTES 16u
 #define PATCH_TRIM_BYTES (UINT64_C(64) << 20)
 
-
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
-
-int64_t loom_now_ns(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 uint64_t store_zero_hash(uint64_t n) { return loom_page_hash(n, zero_page); }
 
@@ -185,16 +178,16 @@ void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
 {
   memset(slot, 0, META_SLOT_SIZE);
   memcpy(slot, META_MAGIC, 8);
-  le32_put(slot + 8, FORMAT_VERSION);
-  le32_put(slot + 12, LOOM_PAGE_SIZE);
-  le64_put(slot + 16, generation);
-  le64_put(slot + 24, p->epoch);
-  le64_put(slot + 32, p->seq);
-  le64_put(slot + 40, p->checksum);
-  le64_put(slot + 48, p->pages);
-  le64_put(slot + 56, (uint64_t)p->commit_time_ns);
+  put_le32(slot + 8, FORMAT_VERSION);
+  put_le32(slot + 12, LOOM_PAGE_SIZE);
+  put_le64(slot + 16, generation);
+  put_le64(slot + 24, p->epoch);
+  put_le64(slot + 32, p->seq);
+  put_le64(slot + 40, p->checksum);
+  put_le64(slot + 48, p->pages);
+  put_le64(slot + 56, (uint64_t)p->commit_time_ns);
   lineage_encode(slot + META_LINEAGE_OFFSET, lineage);
-  le64_put(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
+  put_le64(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
 
 /* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. */
@@ -202,18 +195,18 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
                        loom_position *p, loom_lineage *lineage)
 {
   if (memcmp(slot, META_MAGIC, 8) != 0 ||
-      le64_get(slot + META_SLOT_SIZE - 8) !=
+      get_le64(slot + META_SLOT_SIZE - 8) !=
           XXH3_64bits(slot, META_SLOT_SIZE - 8))
     return LOOM_ECORRUPT;
-  if (le32_get(slot + 8) != FORMAT_VERSION ||
-      le32_get(slot + 12) != LOOM_PAGE_SIZE)
+  if (get_le32(slot + 8) != FORMAT_VERSION ||
+      get_le32(slot + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
-  *generation = le64_get(slot + 16);
-  p->epoch = le64_get(slot + 24);
-  p->seq = le64_get(slot + 32);
-  p->checksum = le64_get(slot + 40);
-  p->pages = le64_get(slot + 48);
-  p->commit_time_ns = (int64_t)le64_get(slot + 56);
+  *generation = get_le64(slot + 16);
+  p->epoch = get_le64(slot + 24);
+  p->seq = get_le64(slot + 32);
+  p->checksum = get_le64(slot + 40);
+  p->pages = get_le64(slot + 48);
+  p->commit_time_ns = (int64_t)get_le64(slot + 56);
   if (p->pages > MAX_PAGES)
     return LOOM_ECORRUPT;
   return lineage_decode(slot + META_LINEAGE_OFFSET, lineage);
@@ -283,44 +276,44 @@ static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
 {
   memset(block, 0, PATCH_HEADER_BLOCK);
   memcpy(block, PATCH_MAGIC, 8);
-  le32_put(block + 8, FORMAT_VERSION);
-  le32_put(block + 12, LOOM_PAGE_SIZE);
-  le32_put(block + 16, h->flags);
-  le64_put(block + 24, h->before.epoch);
-  le64_put(block + 32, h->before.seq);
-  le64_put(block + 40, h->before.checksum);
-  le64_put(block + 48, h->before.pages);
-  le64_put(block + 56, h->after.epoch);
-  le64_put(block + 64, h->after.seq);
-  le64_put(block + 72, h->after.checksum);
-  le64_put(block + 80, h->after.pages);
-  le64_put(block + 88, (uint64_t)h->after.commit_time_ns);
-  le64_put(block + 96, h->page_count);
-  le64_put(block + 104, XXH3_64bits(block, 104));
+  put_le32(block + 8, FORMAT_VERSION);
+  put_le32(block + 12, LOOM_PAGE_SIZE);
+  put_le32(block + 16, h->flags);
+  put_le64(block + 24, h->before.epoch);
+  put_le64(block + 32, h->before.seq);
+  put_le64(block + 40, h->before.checksum);
+  put_le64(block + 48, h->before.pages);
+  put_le64(block + 56, h->after.epoch);
+  put_le64(block + 64, h->after.seq);
+  put_le64(block + 72, h->after.checksum);
+  put_le64(block + 80, h->after.pages);
+  put_le64(block + 88, (uint64_t)h->after.commit_time_ns);
+  put_le64(block + 96, h->page_count);
+  put_le64(block + 104, XXH3_64bits(block, 104));
 }
 
 static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
                                loom_patch_header *h, uint64_t *header_sum)
 {
   if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
-      le64_get(block + 104) != XXH3_64bits(block, 104))
+      get_le64(block + 104) != XXH3_64bits(block, 104))
     return LOOM_ECORRUPT;
-  if (le32_get(block + 8) != FORMAT_VERSION ||
-      le32_get(block + 12) != LOOM_PAGE_SIZE)
+  if (get_le32(block + 8) != FORMAT_VERSION ||
+      get_le32(block + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
   memset(h, 0, sizeof *h);
-  h->flags = le32_get(block + 16);
-  h->before.epoch = le64_get(block + 24);
-  h->before.seq = le64_get(block + 32);
-  h->before.checksum = le64_get(block + 40);
-  h->before.pages = le64_get(block + 48);
-  h->after.epoch = le64_get(block + 56);
-  h->after.seq = le64_get(block + 64);
-  h->after.checksum = le64_get(block + 72);
-  h->after.pages = le64_get(block + 80);
-  h->after.commit_time_ns = (int64_t)le64_get(block + 88);
-  h->page_count = le64_get(block + 96);
-  *header_sum = le64_get(block + 104);
+  h->flags = get_le32(block + 16);
+  h->before.epoch = get_le64(block + 24);
+  h->before.seq = get_le64(block + 32);
+  h->before.checksum = get_le64(block + 40);
+  h->before.pages = get_le64(block + 48);
+  h->after.epoch = get_le64(block + 56);
+  h->after.seq = get_le64(block + 64);
+  h->after.checksum = get_le64(block + 72);
+  h->after.pages = get_le64(block + 80);
+  h->after.commit_time_ns = (int64_t)get_le64(block + 88);
+  h->page_count = get_le64(block + 96);
+  *header_sum = get_le64(block + 104);
   if ((h->flags & ~LOOM_PATCH_BASE) || h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
     return LOOM_ECORRUPT;
@@ -384,10 +377,10 @@ static uint8_t *patch_entries_encode(const loom_patch *p, uint64_t header_sum,
   if (!buf)
     return NULL;
   for (uint64_t i = 0; i < n; i++) {
-    le64_put(buf + i * PATCH_ENTRY_BYTES, p->page_numbers[i]);
-    le64_put(buf + i * PATCH_ENTRY_BYTES + 8, p->new_hashes[i]);
+    put_le64(buf + i * PATCH_ENTRY_BYTES, p->page_numbers[i]);
+    put_le64(buf + i * PATCH_ENTRY_BYTES + 8, p->new_hashes[i]);
   }
-  le64_put(buf + *len - 8, XXH3_64bits_withSeed(buf, *len - 8, header_sum));
+  put_le64(buf + *len - 8, XXH3_64bits_withSeed(buf, *len - 8, header_sum));
   return buf;
 }
 
@@ -469,13 +462,13 @@ int store_patch_read(loom_store *s, int full, loom_patch **out)
     return ENOMEM;
   }
   rc = store_read_exact(s, s->patch_fd, buf, len, patch_entries_offset(h.page_count));
-  if (!rc && le64_get(buf + len - 8) !=
+  if (!rc && get_le64(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
   for (uint64_t i = 0; !rc && i < h.page_count; i++) {
-    uint64_t n = le64_get(buf + i * PATCH_ENTRY_BYTES);
+    uint64_t n = get_le64(buf + i * PATCH_ENTRY_BYTES);
     p->page_numbers[i] = n;
-    p->new_hashes[i] = le64_get(buf + i * PATCH_ENTRY_BYTES + 8);
+    p->new_hashes[i] = get_le64(buf + i * PATCH_ENTRY_BYTES + 8);
     if (n >= h.after.pages || (i > 0 && n <= p->page_numbers[i - 1]) ||
         ((h.flags & LOOM_PATCH_BASE) && n != i))
       rc = LOOM_ECORRUPT;
@@ -506,17 +499,10 @@ int store_patch_read(loom_store *s, int full, loom_patch **out)
 
 int store_hashes_reserve(loom_store *s, uint64_t pages)
 {
-  if (pages <= s->hashes_cap)
-    return 0;
-  uint64_t cap = s->hashes_cap ? s->hashes_cap : 1024;
-  while (cap < pages)
-    cap *= 2;
-  uint64_t *h = realloc(s->hashes, (size_t)cap * sizeof *h);
-  if (!h)
+  if (pages > SIZE_MAX / sizeof *s->hashes)
     return ENOMEM;
-  s->hashes = h;
-  s->hashes_cap = cap;
-  return 0;
+  return loom_array_reserve(&s->hashes, &s->hashes_cap, (size_t)pages,
+                            sizeof *s->hashes);
 }
 
 /* The committed table moves from p's before to its after: listed pages get
@@ -542,7 +528,7 @@ int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
   uint64_t first = block * HASHES_PER_BLOCK;
   uint64_t count = pages - first < HASHES_PER_BLOCK ? pages - first : HASHES_PER_BLOCK;
   for (uint64_t i = 0; i < count; i++)
-    le64_put(buf + i * 8, s->hashes[first + i]);
+    put_le64(buf + i * 8, s->hashes[first + i]);
   return store_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
                         (off_t)(first * 8));
 }
@@ -913,7 +899,7 @@ int store_patch_make_durable(loom_patch *p)
   }
   uint8_t block[PATCH_HEADER_BLOCK];
   patch_header_encode(block, h);
-  uint64_t header_sum = le64_get(block + 104);
+  uint64_t header_sum = get_le64(block + 104);
   if (!rc && p->deferred)
     rc = patch_write_deferred(s, p, header_sum);            /* 1 */
   if (!rc && !p->deferred)
@@ -1081,7 +1067,7 @@ static int hashes_load(loom_store *s, uint64_t pages)
     if ((rc = store_read_exact(s, s->hashes_fd, buf, (size_t)k * 8, (off_t)(n * 8))))
       return rc;
     for (uint64_t i = 0; i < k; i++)
-      s->hashes[n + i] = le64_get(buf + i * 8);
+      s->hashes[n + i] = get_le64(buf + i * 8);
   }
   for (uint64_t n = have; n < pages; n++)
     s->hashes[n] = 0;

@@ -38,7 +38,7 @@ struct loom_store {
   loom_lineage lineage;    /* durable in the meta (history, branches) */
   uint64_t generation;     /* of the meta slot last written */
   uint64_t *hashes;        /* [pos.pages], committed */
-  uint64_t hashes_cap;
+  size_t hashes_cap;
   uint8_t *staging;        /* STAGING_PAGES pages */
   loom_patch *writer;      /* open patch, if any */
   int poison;              /* 0, or the error that poisoned the handle */

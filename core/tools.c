@@ -20,7 +20,7 @@
 #include "loom.h"
 #include "loom_io.h"
 #include "store_internal.h"
-#include "util.h"
+#include "bytes.h"
 
 /* Copy len bytes of fd_in to fd_out through the staging buffer. */
 static int copy_bytes(loom_store *s, int fd_in, int fd_out, uint64_t len)
@@ -224,15 +224,15 @@ void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
 {
   memset(out, 0, LOOM_STREAM_HEADER);
   memcpy(out, STREAM_MAGIC, 8);
-  le32_put(out + 8, STREAM_VERSION);
-  le32_put(out + 12, LOOM_PAGE_SIZE);
-  le64_put(out + 16, pos->epoch);
-  le64_put(out + 24, pos->seq);
-  le64_put(out + 32, pos->checksum);
-  le64_put(out + 40, pos->pages);
-  le64_put(out + 48, (uint64_t)pos->commit_time_ns);
+  put_le32(out + 8, STREAM_VERSION);
+  put_le32(out + 12, LOOM_PAGE_SIZE);
+  put_le64(out + 16, pos->epoch);
+  put_le64(out + 24, pos->seq);
+  put_le64(out + 32, pos->checksum);
+  put_le64(out + 40, pos->pages);
+  put_le64(out + 48, (uint64_t)pos->commit_time_ns);
   lineage_encode(out + STREAM_LINEAGE_OFFSET, lineage);
-  le64_put(out + STREAM_CHECKSUM_OFFSET, XXH3_64bits(out, STREAM_CHECKSUM_OFFSET));
+  put_le64(out + STREAM_CHECKSUM_OFFSET, XXH3_64bits(out, STREAM_CHECKSUM_OFFSET));
 }
 
 int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
@@ -240,18 +240,18 @@ int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
 {
   if (memcmp(in, STREAM_MAGIC, 8) != 0)
     return LOOM_ECORRUPT;
-  if (le32_get(in + 8) != STREAM_VERSION || le32_get(in + 12) != LOOM_PAGE_SIZE)
+  if (get_le32(in + 8) != STREAM_VERSION || get_le32(in + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
-  if (le64_get(in + STREAM_CHECKSUM_OFFSET) !=
+  if (get_le64(in + STREAM_CHECKSUM_OFFSET) !=
       XXH3_64bits(in, STREAM_CHECKSUM_OFFSET))
     return LOOM_ECORRUPT;
   loom_lineage ignored;
   if (lineage_decode(in + STREAM_LINEAGE_OFFSET, lineage ? lineage : &ignored))
     return LOOM_ECORRUPT;
-  pos->epoch = le64_get(in + 16);
-  pos->seq = le64_get(in + 24);
-  pos->checksum = le64_get(in + 32);
-  pos->pages = le64_get(in + 40);
-  pos->commit_time_ns = (int64_t)le64_get(in + 48);
+  pos->epoch = get_le64(in + 16);
+  pos->seq = get_le64(in + 24);
+  pos->checksum = get_le64(in + 32);
+  pos->pages = get_le64(in + 40);
+  pos->commit_time_ns = (int64_t)get_le64(in + 48);
   return pos->pages > MAX_PAGES ? LOOM_ECORRUPT : 0;
 }

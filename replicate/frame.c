@@ -33,6 +33,8 @@
  */
 #include "frame.h"
 
+#include "array.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -54,20 +56,7 @@ void replicate_buf_free(replicate_buf *buf) {
 }
 
 int frame_buf_reserve(replicate_buf *buf, size_t need) {
-  if (buf->cap >= need) return 0;
-  size_t cap = buf->cap < 4096 ? 4096 : buf->cap;
-  while (cap < need) {
-    if (cap > SIZE_MAX / 2) {
-      cap = need;
-      break;
-    }
-    cap *= 2;
-  }
-  uint8_t *data = realloc(buf->data, cap);
-  if (data == NULL) return ENOMEM;
-  buf->data = data;
-  buf->cap = cap;
-  return 0;
+  return loom_array_reserve(&buf->data, &buf->cap, need, 1);
 }
 
 #define DEFAULT_MAX_FRAME_PAGES 16384u
