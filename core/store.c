@@ -124,7 +124,7 @@ int store_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off)
 }
 
 int store_write_exact(loom_store *s, int fd, const void *buf, size_t len,
-                          off_t off)
+                      off_t off)
 {
   ssize_t n = s->io->pwrite(s->io->ctx, fd, buf, len, off);
   if (n < 0)
@@ -174,7 +174,7 @@ int store_file_size(int fd, uint64_t *out)
 /* Meta slots. */
 
 void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
-                        const loom_position *p, const loom_lineage *lineage)
+                       const loom_position *p, const loom_lineage *lineage)
 {
   memset(slot, 0, META_SLOT_SIZE);
   memcpy(slot, META_MAGIC, 8);
@@ -252,7 +252,7 @@ static int meta_write_lineage(loom_store *s, const loom_position *p,
   uint64_t g = s->generation + 1;
   store_meta_encode(slot, g, p, lineage);
   int rc = store_write_exact(s, s->meta_fd, slot, sizeof slot,
-                          (off_t)((g % 2) * META_SLOT_SIZE));
+                             (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
     rc = store_fsync(s, s->meta_fd);
   if (!rc) {
@@ -391,7 +391,7 @@ static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum
   if (!buf)
     return ENOMEM;
   int rc = store_write_exact(s, s->patch_fd, buf, len,
-                          patch_entries_offset(p->header.page_count));
+                             patch_entries_offset(p->header.page_count));
   free(buf);
   return rc;
 }
@@ -461,7 +461,8 @@ int store_patch_read(loom_store *s, int full, loom_patch **out)
     store_patch_free(p);
     return ENOMEM;
   }
-  rc = store_read_exact(s, s->patch_fd, buf, len, patch_entries_offset(h.page_count));
+  rc = store_read_exact(s, s->patch_fd, buf, len,
+                        patch_entries_offset(h.page_count));
   if (!rc && get_le64(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
@@ -479,7 +480,7 @@ int store_patch_read(loom_store *s, int full, loom_patch **out)
   for (uint64_t i = 0; !rc && i < h.page_count; i += STAGING_PAGES) {
     uint64_t k = h.page_count - i < STAGING_PAGES ? h.page_count - i : STAGING_PAGES;
     rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
-                       patch_page_offset(i));
+                          patch_page_offset(i));
     for (uint64_t j = 0; !rc && j < k; j++)
       if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
           p->new_hashes[i + j])
@@ -530,7 +531,7 @@ int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
   for (uint64_t i = 0; i < count; i++)
     put_le64(buf + i * 8, s->hashes[first + i]);
   return store_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
-                        (off_t)(first * 8));
+                           (off_t)(first * 8));
 }
 
 /* Step 4 for the hashes file: its length, and every block a listed or grown
@@ -585,7 +586,7 @@ static int apply_pages_locked(loom_store *s, const loom_patch *p)
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
     rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
-                       patch_page_offset(i));
+                          patch_page_offset(i));
     /* One write per run of consecutive page numbers. */
     for (uint64_t j = 0; !rc && j < k;) {
       uint64_t run = 1;
@@ -593,7 +594,7 @@ static int apply_pages_locked(loom_store *s, const loom_patch *p)
              p->page_numbers[i + j + run] == p->page_numbers[i + j] + run)
         run++;
       rc = store_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
-                          (off_t)(p->page_numbers[i + j] * PS));
+                             (off_t)(p->page_numbers[i + j] * PS));
       j += run;
     }
   }
@@ -1081,7 +1082,7 @@ int store_hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
   for (uint64_t n = 0; n < pages; n += STAGING_PAGES) {
     uint64_t k = pages - n < STAGING_PAGES ? pages - n : STAGING_PAGES;
     int rc = store_read_exact(s, s->image_fd, s->staging, (size_t)(k * PS),
-                           (off_t)(n * PS));
+                              (off_t)(n * PS));
     if (rc)
       return rc;
     for (uint64_t i = 0; i < k; i++) {
