@@ -32,27 +32,6 @@
 /* Frames built by hand carry no history. */
 static const loom_history no_history;
 
-static inline char *ht_tmpdir(const char *tag)
-{
-  const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  char *path = xmalloc(strlen(root) + strlen(tag) + 32);
-  sprintf(path, "%s/loomhttp-%s-XXXXXX", root, tag);
-  assert_non_null(mkdtemp(path));
-  return path;
-}
-
-static inline void ht_rmdir(char *path)
-{
-  if (!path)
-    return;
-  char *cmd = xmalloc(strlen(path) + 16);
-  sprintf(cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", path);
-  free(cmd);
-  free(path);
-}
-
 /* A subdirectory path (not created). Caller frees. */
 static inline char *ht_path(const char *dir, const char *name)
 {
@@ -146,7 +125,7 @@ static inline void ht_primary_open(ht_primary *p, uint64_t arena_pages,
                                    uint64_t seed)
 {
   memset(p, 0, sizeof *p);
-  p->dir = ht_tmpdir("primary");
+  p->dir = test_tmpdir("primary");
   p->arena_pages = arena_pages;
   p->rng.state = seed;
   pthread_mutex_init(&p->mu, NULL);
@@ -226,7 +205,7 @@ static inline void ht_primary_free(ht_primary *p)
   free(p->frames);
   replicate_encoder_free(p->enc);
   pthread_mutex_destroy(&p->mu);
-  ht_rmdir(p->dir);
+  test_rmtree(p->dir);
   memset(p, 0, sizeof *p);
 }
 

@@ -46,6 +46,7 @@
 #include "replicate.h"
 
 #include "ship_internal.h"
+#include "testlib.h"
 
 #define PS LOOM_PAGE_SIZE
 
@@ -65,28 +66,7 @@ static void sleep_ms(unsigned ms)
   nanosleep(&ts, NULL);
 }
 
-static char *make_tmpdir(const char *tag)
-{
-  const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  size_t len = strlen(root) + strlen(tag) + 32;
-  char *path = malloc(len);
-  if (!path) {
-    fail_msg("out of memory");
-    return NULL;
-  }
-  snprintf(path, len, "%s/ship-%s-XXXXXX", root, tag);
-  assert_non_null(mkdtemp(path));
-  return path;
-}
 
-static void remove_tree(const char *path)
-{
-  char *cmd = malloc(strlen(path) + 16);
-  sprintf(cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", path);
-  free(cmd);
-}
 
 static uint8_t *read_file(const char *dir, const char *name, size_t *len)
 {
@@ -108,14 +88,6 @@ static uint8_t *read_file(const char *dir, const char *name, size_t *len)
   fclose(f);
   *len = (size_t)n;
   return buf;
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
 }
 
 static bool verbose(void)
@@ -551,7 +523,7 @@ static fake *fake_start_tls(const char *cert, const char *key)
   }
   pthread_mutex_init(&f->mu, NULL);
   pthread_cond_init(&f->cond, NULL);
-  f->dir = make_tmpdir("standby");
+  f->dir = test_tmpdir("standby");
   fake_open_store(f);
   assert_int_equal(replicate_decoder_new(NULL, &f->dec), 0);
   fake_listen(f);
@@ -568,7 +540,7 @@ static void fake_restart_empty(fake *f)
 {
   fake_down(f);
   assert_int_equal(loom_store_close(f->store), 0);
-  remove_tree(f->dir);
+  test_remove_tree(f->dir);
   assert_int_equal(mkdir(f->dir, 0700), 0);
   fake_open_store(f);
   fake_up(f);
@@ -581,15 +553,16 @@ static void fake_restart_diverged(fake *f, uint64_t seq, uint64_t pages,
 {
   fake_down(f);
   assert_int_equal(loom_store_close(f->store), 0);
-  remove_tree(f->dir);
+  test_remove_tree(f->dir);
   assert_int_equal(mkdir(f->dir, 0700), 0);
   fake_open_store(f);
   uint8_t *img = malloc(pages * PS + 1);
   assert_non_null(img);
   uint64_t sum = 0;
+  test_rng rng = {seed};
   for (uint64_t n = 0; n < pages; n++) {
     for (size_t j = 0; j < PS; j += 8) {
-      uint64_t v = rng_next(&seed);
+      uint64_t v = rng_next(&rng);
       memcpy(img + n * PS + j, &v, 8);
     }
     sum += loom_page_hash(n, img + n * PS);
@@ -613,7 +586,7 @@ static void fake_stop(fake *f)
   fake_down(f);
   loom_store_close(f->store);
   replicate_decoder_free(f->dec);
-  remove_tree(f->dir);
+  test_remove_tree(f->dir);
   free(f->dir);
   free(f->tls_cert);
   free(f->tls_key);
@@ -665,7 +638,7 @@ typedef struct primary {
   replicate_log *log;
   replicate_shipper *sh;
   uint64_t low;
-  uint64_t rng;
+  test_rng rng;
   int last_hook_rc;
 } primary;
 
@@ -736,8 +709,8 @@ static void primary_start(primary *p, replicate_shipper_options *o,
                           const replicate_log_options *lo)
 {
   memset(p, 0, sizeof *p);
-  p->rng = 42;
-  p->dir = make_tmpdir("primary");
+  p->rng.state = 42;
+  p->dir = test_tmpdir("primary");
   primary_open(p, p->dir, lo);
   const char *urls[8];
   assert_true(n <= 8);
@@ -768,7 +741,7 @@ static void primary_close(primary *p)
 static void primary_stop(primary *p)
 {
   primary_close(p);
-  remove_tree(p->dir);
+  test_remove_tree(p->dir);
   free(p->dir);
 }
 
@@ -1041,7 +1014,7 @@ static void test_answer_reader(void **state)
 static void test_bad_options(void **state)
 {
   (void)state;
-  char *dir = make_tmpdir("opts");
+  char *dir = test_tmpdir("opts");
   loom_store *store;
   replicate_log *log;
   assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &store), 0);
@@ -1072,7 +1045,7 @@ static void test_bad_options(void **state)
   replicate_shipper_stop(sh);
   assert_int_equal(replicate_log_close(log), 0);
   assert_int_equal(loom_store_close(store), 0);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -1844,7 +1817,7 @@ static void test_https(void **state)
   (void)state;
   if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
     skip();
-  char *certs = make_tmpdir("certs");
+  char *certs = test_tmpdir("certs");
   char cmd[4096];
   snprintf(cmd, sizeof cmd,
            "(cd '%s' && "
@@ -1858,7 +1831,7 @@ static void test_https(void **state)
            ") >/dev/null 2>&1",
            certs);
   if (system(cmd) != 0) { /* no openssl: nothing to test with */
-    remove_tree(certs);
+    test_remove_tree(certs);
     free(certs);
     skip();
   }
@@ -1903,7 +1876,7 @@ static void test_https(void **state)
   fake_stop(f);
   free(cert);
   free(key);
-  remove_tree(certs);
+  test_remove_tree(certs);
   free(certs);
 }
 
