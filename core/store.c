@@ -173,6 +173,24 @@ int store_file_size(int fd, uint64_t *out)
 /* ---------------------------------------------------------------------- */
 /* Meta slots. */
 
+void store_position_put(uint8_t out[POSITION_BYTES], const loom_position *p)
+{
+  put_le64(out, p->epoch);
+  put_le64(out + 8, p->seq);
+  put_le64(out + 16, p->checksum);
+  put_le64(out + 24, p->pages);
+  put_le64(out + 32, (uint64_t)p->commit_time_ns);
+}
+
+void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p)
+{
+  p->epoch = get_le64(in);
+  p->seq = get_le64(in + 8);
+  p->checksum = get_le64(in + 16);
+  p->pages = get_le64(in + 24);
+  p->commit_time_ns = (int64_t)get_le64(in + 32);
+}
+
 void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
                        const loom_position *p, const loom_lineage *lineage)
 {
@@ -181,11 +199,7 @@ void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
   put_le32(slot + 8, FORMAT_VERSION);
   put_le32(slot + 12, LOOM_PAGE_SIZE);
   put_le64(slot + 16, generation);
-  put_le64(slot + 24, p->epoch);
-  put_le64(slot + 32, p->seq);
-  put_le64(slot + 40, p->checksum);
-  put_le64(slot + 48, p->pages);
-  put_le64(slot + 56, (uint64_t)p->commit_time_ns);
+  store_position_put(slot + 24, p);
   lineage_encode(slot + META_LINEAGE_OFFSET, lineage);
   put_le64(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
@@ -202,11 +216,7 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
       get_le32(slot + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
   *generation = get_le64(slot + 16);
-  p->epoch = get_le64(slot + 24);
-  p->seq = get_le64(slot + 32);
-  p->checksum = get_le64(slot + 40);
-  p->pages = get_le64(slot + 48);
-  p->commit_time_ns = (int64_t)get_le64(slot + 56);
+  store_position_get(slot + 24, p);
   if (p->pages > MAX_PAGES)
     return LOOM_ECORRUPT;
   return lineage_decode(slot + META_LINEAGE_OFFSET, lineage);

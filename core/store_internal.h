@@ -122,6 +122,11 @@ int store_file_size(int fd, uint64_t *out);
 int store_hashes_reserve(loom_store *s, uint64_t pages);
 int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages);
 int store_hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum);
+/* A position as the meta slot and the image stream header hold it: epoch,
+ * seq, checksum, pages, commit time; u64 LE each. */
+#define POSITION_BYTES 40u
+void store_position_put(uint8_t out[POSITION_BYTES], const loom_position *p);
+void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p);
 /* A meta slot holding p and lineage at generation. */
 void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
                        const loom_position *p, const loom_lineage *lineage);

@@ -226,11 +226,7 @@ void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
   memcpy(out, STREAM_MAGIC, 8);
   put_le32(out + 8, STREAM_VERSION);
   put_le32(out + 12, LOOM_PAGE_SIZE);
-  put_le64(out + 16, pos->epoch);
-  put_le64(out + 24, pos->seq);
-  put_le64(out + 32, pos->checksum);
-  put_le64(out + 40, pos->pages);
-  put_le64(out + 48, (uint64_t)pos->commit_time_ns);
+  store_position_put(out + 16, pos);
   lineage_encode(out + STREAM_LINEAGE_OFFSET, lineage);
   put_le64(out + STREAM_CHECKSUM_OFFSET, XXH3_64bits(out, STREAM_CHECKSUM_OFFSET));
 }
@@ -248,10 +244,6 @@ int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
   loom_lineage ignored;
   if (lineage_decode(in + STREAM_LINEAGE_OFFSET, lineage ? lineage : &ignored))
     return LOOM_ECORRUPT;
-  pos->epoch = get_le64(in + 16);
-  pos->seq = get_le64(in + 24);
-  pos->checksum = get_le64(in + 32);
-  pos->pages = get_le64(in + 40);
-  pos->commit_time_ns = (int64_t)get_le64(in + 48);
+  store_position_get(in + 16, pos);
   return pos->pages > MAX_PAGES ? LOOM_ECORRUPT : 0;
 }
