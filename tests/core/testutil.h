@@ -17,20 +17,8 @@
 /* Read the whole image file of dir into a malloc'd buffer. */
 static inline uint8_t *read_image(const char *dir, uint64_t *pages)
 {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/image", dir);
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  fseek(f, 0, SEEK_END);
-  long len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *buf = malloc(len > 0 ? (size_t)len : 1);
-  if (len > 0 && fread(buf, 1, (size_t)len, f) != (size_t)len) {
-    free(buf);
-    buf = NULL;
-  }
-  fclose(f);
+  size_t len;
+  uint8_t *buf = test_read_file(dir, "image", &len);
   *pages = (uint64_t)len / PAGE;
   return buf;
 }

@@ -43,21 +43,8 @@ static inline char *ht_path(const char *dir, const char *name)
 /* The whole image file of an image directory. Caller frees. */
 static inline uint8_t *ht_read_image(const char *dir, size_t *len)
 {
-  char *path = ht_path(dir, "image");
-  FILE *f = fopen(path, "rb");
-  free(path);
-  if (!f) {
-    *len = 0;
-    return xmalloc(1);
-  }
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *buf = xmalloc(n > 0 ? (size_t)n : 1);
-  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
+  uint8_t *buf = test_read_file(dir, "image", len);
+  return buf ? buf : xmalloc(1); /* no image: empty */
 }
 
 /* Assert two image directories hold the same bytes and position. */

@@ -79,6 +79,33 @@ static inline void test_rmtree(char *path)
   free(path);
 }
 
+/* The whole file dir/name in a malloc'd buffer (its length in *len), or
+ * NULL (*len 0) when it cannot be opened or read. Caller frees. */
+static inline uint8_t *test_read_file(const char *dir, const char *name,
+                                      size_t *len)
+{
+  size_t cap = strlen(dir) + strlen(name) + 2;
+  char *path = xmalloc(cap);
+  snprintf(path, cap, "%s/%s", dir, name);
+  FILE *f = fopen(path, "rb");
+  free(path);
+  *len = 0;
+  if (!f)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *buf = xmalloc(n > 0 ? (size_t)n : 1);
+  if (n < 0 || (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)) {
+    free(buf);
+    buf = NULL;
+  } else {
+    *len = (size_t)n;
+  }
+  fclose(f);
+  return buf;
+}
+
 /* ---------------------------------------------------------------------- */
 /* RNG: splitmix64, reproducible from a printed seed. */
 

@@ -68,27 +68,6 @@ static void sleep_ms(unsigned ms)
 
 
 
-static uint8_t *read_file(const char *dir, const char *name, size_t *len)
-{
-  char path[1024];
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    *len = 0;
-    return NULL;
-  }
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-  if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-    free(buf);
-    buf = NULL;
-  }
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
-}
 
 static bool verbose(void)
 {
@@ -892,8 +871,8 @@ static void assert_same_image(primary *p, fake *f)
   assert_int_equal(a.pages, b.pages);
 
   size_t la, lb;
-  uint8_t *ia = read_file(p->dir, "image", &la);
-  uint8_t *ib = read_file(f->dir, "image", &lb);
+  uint8_t *ia = test_read_file(p->dir, "image", &la);
+  uint8_t *ib = test_read_file(f->dir, "image", &lb);
   assert_true(a.pages == 0 || (ia && ib));
   assert_int_equal(la, a.pages * PS);
   assert_int_equal(lb, la);
@@ -901,8 +880,8 @@ static void assert_same_image(primary *p, fake *f)
   free(ia);
   free(ib);
   size_t ha, hb;
-  uint8_t *xa = read_file(p->dir, "hashes", &ha);
-  uint8_t *xb = read_file(f->dir, "hashes", &hb);
+  uint8_t *xa = test_read_file(p->dir, "hashes", &ha);
+  uint8_t *xb = test_read_file(f->dir, "hashes", &hb);
   assert_true(ha >= a.pages * 8 && hb >= a.pages * 8);
   assert_true(a.pages == 0 || memcmp(xa, xb, a.pages * 8) == 0);
   free(xa);
@@ -1836,10 +1815,10 @@ static void test_https(void **state)
     skip();
   }
   size_t n;
-  char *cert = (char *)read_file(certs, "server.pem", &n);
+  char *cert = (char *)test_read_file(certs, "server.pem", &n);
   cert = realloc(cert, n + 1);
   cert[n] = '\0';
-  char *key = (char *)read_file(certs, "server.key", &n);
+  char *key = (char *)test_read_file(certs, "server.key", &n);
   key = realloc(key, n + 1);
   key[n] = '\0';
   char ca[1024];
