@@ -790,6 +790,25 @@ static bool wait_for(bool (*cond)(void *), void *ctx, double seconds)
   return true;
 }
 
+typedef struct count_wait {
+  fake *f;
+  const unsigned *field;
+  unsigned at_least;
+} count_wait;
+
+static bool count_reached(void *ctx)
+{
+  count_wait *w = ctx;
+  return fake_count(w->f, w->field) >= w->at_least;
+}
+
+static bool log_trimmed(void *ctx)
+{
+  replicate_log_stats ls;
+  replicate_log_get_stats(ctx, &ls);
+  return ls.oldest_seq > 1;
+}
+
 typedef struct state_wait {
   primary *p;
   size_t i;
@@ -1068,24 +1087,11 @@ static void test_ordering(void **state)
   assert_true(st.bytes_wire > 0 && st.bytes_raw > st.bytes_wire);
   assert_string_equal(st.last_error, "");
 
-  /* Idle: heartbeats flow. */
-  unsigned hb = FAKE_GET(f, heartbeats);
-  sleep_ms(700);
-  assert_true(FAKE_GET(f, heartbeats) >= hb + 2);
+  /* Idle: heartbeats flow (two more within a few periods). */
+  count_wait hb = {f, &f->heartbeats, FAKE_GET(f, heartbeats) + 2};
+  assert_true(wait_for(count_reached, &hb, 5));
   primary_stop(&p);
   fake_stop(f);
-}
-
-typedef struct count_wait {
-  fake *f;
-  const unsigned *field;
-  unsigned at_least;
-} count_wait;
-
-static bool count_reached(void *ctx)
-{
-  count_wait *w = ctx;
-  return fake_count(w->f, w->field) >= w->at_least;
 }
 
 /* A frame applied but not answered (the connection closed) is resent: a
@@ -1238,10 +1244,8 @@ static void test_restarted_empty(void **state)
   primary_start(&p, &o, fs, 2, &lo);
   primary_saves(&p, 30, 2, true);
   drain_ok(&p);
-  sleep_ms(300); /* retention follows the acknowledgements */
-  replicate_log_stats ls;
-  replicate_log_get_stats(p.log, &ls);
-  assert_true(ls.oldest_seq > 1);
+  /* Retention follows the acknowledgements. */
+  assert_true(wait_for(log_trimmed, p.log, 5));
   for (int i = 0; i < 2; i++)
     fake_restart_empty(fs[i]);
   primary_saves(&p, 5, 2, true);
@@ -1510,11 +1514,12 @@ static void test_unauthorized(void **state)
   assert_string_equal(st.state_name, "unauthorized");
   assert_non_null(strstr(st.last_error, "401"));
   assert_null(strstr(st.last_error, "secret"));
-  /* Retried rarely: a few times in 0.7 s with a 0.3 s period. */
-  unsigned refused = FAKE_GET(f, refused_token);
-  sleep_ms(700);
-  unsigned later = FAKE_GET(f, refused_token);
-  assert_true(later > refused && later <= refused + 4);
+  /* Retried, but rarely (a 0.3 s period): two more refusals take at least
+   * one period, not a storm. */
+  int64_t t0 = now_ns();
+  count_wait rw = {f, &f->refused_token, FAKE_GET(f, refused_token) + 2};
+  assert_true(wait_for(count_reached, &rw, 5));
+  assert_true(now_ns() - t0 >= 250000000);
   /* The standby rotates to the primary's token. */
   pthread_mutex_lock(&f->mu);
   snprintf(f->token, sizeof f->token, "primary-secret-A");
