@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "faultio.h"
 #include "kv.h"
 #include "primary.h"
@@ -276,13 +277,6 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
 /* ---------------------------------------------------------------------- */
 /* The subcommand. */
 
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* One line for --ack-log: "EPOCH SEQ CHECKSUM", in one write(2), so that a
  * kill -9 leaves whole lines (DESIGN section 5). */
 static void ack_log_write(int fd, const loom_position *p)
@@ -316,11 +310,11 @@ static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
 static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
                         uint64_t rate, int ack_fd)
 {
-  double period = 1.0 / (double)rate, next = now_s(), last_log = now_s();
+  double period = 1.0 / (double)rate, next = loom_mono_s(), last_log = loom_mono_s();
   for (;;) {
     if (saves && n->saves >= saves)
       return 0;
-    double wait = next - now_s();
+    double wait = next - loom_mono_s();
     struct timespec ts = {0, 0};
     if (wait > 0) {
       ts.tv_sec = (time_t)wait;
@@ -331,8 +325,8 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       return 0;
     }
     next += period;
-    if (next < now_s() - 1)
-      next = now_s(); /* fell behind: do not burst */
+    if (next < loom_mono_s() - 1)
+      next = loom_mono_s(); /* fell behind: do not burst */
     if (node_fenced(n))
       return wait_fenced(n, stop, saves);
     int rc = primary_step(n);
@@ -352,12 +346,12 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       return 1;
     }
-    if (now_s() - last_log >= 10) {
+    if (loom_mono_s() - last_log >= 10) {
       char line[160];
       snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n->saves,
                (unsigned long long)n->committed.seq);
       cli_log("primary", line);
-      last_log = now_s();
+      last_log = loom_mono_s();
     }
   }
 }

@@ -142,13 +142,13 @@ static bool segment_name_parse(const char *name, uint64_t *first_seq) {
   return true;
 }
 
-/* Read len bytes at off: 0 if all were read, -1 if the file ends first, or
- * an errno value. */
+/* Read len bytes at off: 0 if all were read, REPLICATE_ELOG_CORRUPT if the
+ * file ends first, or an errno value. */
 static int read_exact(replicate_log *log, int fd, void *buf, size_t len,
                       uint64_t off) {
   ssize_t got = log->io->pread(log->io->ctx, fd, buf, len, (off_t)off);
   if (got < 0) return (int)-got;
-  return (size_t)got == len ? 0 : -1;
+  return (size_t)got == len ? 0 : REPLICATE_ELOG_CORRUPT;
 }
 
 static int write_exact(replicate_log *log, int fd, const void *buf, size_t len,
@@ -274,15 +274,16 @@ static int drop_oldest(replicate_log *log) {
 /* ---------------------------------------------------------------------- */
 /* Opening: scanning the segments */
 
-/* Check the record at off in s (0), or say why not: -1 the file ends
- * there cleanly, REPLICATE_ELOG_CORRUPT the record is damaged or cut
- * short, or an errno value. On 0, *next is the offset after it. */
+/* Check the record at off in s (0), or say why not: REPLICATE_ELOG_CORRUPT
+ * the record is damaged or cut short, or an errno value. On 0, *next is
+ * the offset after it, or off itself when the file ends there cleanly. */
 static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
                        uint64_t *next) {
   uint8_t h[RECORD_HEADER_SIZE];
   ssize_t got = log->io->pread(log->io->ctx, s->fd, h, sizeof h, (off_t)off);
   if (got < 0) return (int)-got;
-  if (got == 0) return -1;
+  *next = off;
+  if (got == 0) return 0;
   if ((size_t)got < sizeof h) return REPLICATE_ELOG_CORRUPT;
   uint32_t len = get_le32(h + 4);
   uint64_t seq = get_le64(h + 8);
@@ -297,7 +298,6 @@ static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
   for (uint32_t left = len; left > 0;) {
     size_t step = left < SCAN_CHUNK ? left : SCAN_CHUNK;
     int rc = read_exact(log, s->fd, log->chunk, step, pos);
-    if (rc == -1) return REPLICATE_ELOG_CORRUPT;
     if (rc != 0) return rc;
     XXH3_64bits_update(log->hash, log->chunk, step);
     pos += step;
@@ -331,7 +331,7 @@ static int scan_segment(replicate_log *log, log_segment *s, bool is_newest,
   for (;;) {
     uint64_t next = 0;
     int rc = scan_record(log, s, off, &next);
-    if (rc == -1) break;
+    if (rc == 0 && next == off) break; /* the end */
     if (rc == REPLICATE_ELOG_CORRUPT) {
       *damage = off;
       if (!is_newest) return rc;
@@ -415,9 +415,8 @@ static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest,
   uint8_t h[SEGMENT_HEADER_SIZE];
   *damage = 0;
   int rc = read_exact(log, fd, h, sizeof h, 0);
-  if (rc == 0 || rc == -1) {
-    int check = rc == -1 ? REPLICATE_ELOG_CORRUPT
-                         : segment_header_check(h, first_seq);
+  if (rc == 0 || rc == REPLICATE_ELOG_CORRUPT) {
+    int check = rc ? rc : segment_header_check(h, first_seq);
     if (check == REPLICATE_ELOG_CORRUPT && is_newest) {
       /* Created, then the crash came before its header was durable. */
       log->io->close(log->io->ctx, fd);
@@ -717,7 +716,6 @@ static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
 
   uint8_t h[RECORD_HEADER_SIZE];
   int rc = read_exact(log, s->fd, h, sizeof h, off);
-  if (rc == -1) return REPLICATE_ELOG_CORRUPT;
   if (rc != 0) return rc;
   uint32_t len = get_le32(h + 4);
   if (memcmp(h, RECORD_MAGIC, 4) != 0 || get_le64(h + 8) != seq ||
@@ -726,7 +724,6 @@ static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
   rc = frame_buf_reserve(out, len);
   if (rc != 0) return rc;
   rc = read_exact(log, s->fd, out->data, len, off + RECORD_HEADER_SIZE);
-  if (rc == -1) return REPLICATE_ELOG_CORRUPT;
   if (rc != 0) return rc;
   XXH3_64bits_reset(log->hash);
   XXH3_64bits_update(log->hash, h, RECORD_CHECKSUM_OFF);

@@ -43,6 +43,7 @@
  *       per-standby header lists (zeroed when freed); it is never copied
  *       into an error, a status or a diagnostic.
  */
+#include "clock.h"
 #include "ship_internal.h"
 
 #include <assert.h>
@@ -239,19 +240,8 @@ struct replicate_shipper {
 /* ---------------------------------------------------------------------- */
 /* Small helpers */
 
-static int64_t mono_ns(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
-}
-
-static int64_t real_ns(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
-}
+static int64_t mono_ns(void) { return loom_mono_ns(); } /* clock.h */
+static int64_t real_ns(void) { return loom_real_ns(); }
 
 static int64_t seconds_to_ns(double s)
 {
@@ -1843,10 +1833,7 @@ void replicate_shipper_stop(replicate_shipper *sh)
 
 static void deadline_after(struct timespec *ts, double seconds)
 {
-  clock_gettime(CLOCK_MONOTONIC, ts);
-  int64_t ns = ts->tv_nsec + seconds_to_ns(seconds);
-  ts->tv_sec += (time_t)(ns / NS_PER_S);
-  ts->tv_nsec = (long)(ns % NS_PER_S);
+  *ts = loom_deadline(CLOCK_MONOTONIC, seconds_to_ns(seconds));
 }
 
 /* Make commit c known to the pipelines: the latest position, and its
