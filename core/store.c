@@ -268,7 +268,11 @@ static int meta_write_lineage(loom_store *s, const loom_position *p,
   if (!rc) {
     s->generation = g;
     s->applied = *p;
-    s->lineage = *lineage;
+    /* Only a new lineage is stored: step 6 on the apply thread passes the
+     * store's own, which other threads read meanwhile (a lineage changes
+     * only after apply_wait). */
+    if (lineage != &s->lineage)
+      s->lineage = *lineage;
   }
   return rc;
 }

@@ -182,8 +182,13 @@ void http_standby_promote(http_standby *sb, bool force, http_reply *reply);
  * the upload and given by finish), finish (commit, free) or abort (free,
  * the old image stays). content_length is UINT64_MAX when unknown. */
 typedef struct http_base_upload http_base_upload;
+/* if_position: the X-Loomship-If-Position header ("EPOCH SEQ CHECKSUM",
+ * the standby's position the sender checked before it chose to send a
+ * base image), or NULL: a standby elsewhere by now refuses with 409
+ * REPLICATE_EPOSITION and its position, so the sender decides again. */
 int http_standby_base_begin(http_standby *sb, uint64_t content_length,
-                            http_base_upload **out, http_reply *reply);
+                            const char *if_position, http_base_upload **out,
+                            http_reply *reply);
 int http_standby_base_feed(http_base_upload *up, const uint8_t *data,
                            size_t len);
 void http_standby_base_finish(http_base_upload *up, http_reply *reply);

@@ -1048,7 +1048,9 @@ static bool first_call(http_server *s, struct MHD_Connection *conn,
       http_reply_error(reply, 413, "image too large");
       return true;
     }
-    if (http_standby_base_begin(s->standby, cl, &r->base, reply) != 0)
+    const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     "X-Loomship-If-Position");
+    if (http_standby_base_begin(s->standby, cl, expect, &r->base, reply) != 0)
       return true;
   }
   return false;

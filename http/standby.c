@@ -79,6 +79,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1139,8 +1140,20 @@ out_mu:
 /* ---------------------------------------------------------------------- */
 /* PUT /v1/base */
 
+/* Under mu: the sender's view of our position (if_position) is ours. */
+static bool position_is(http_standby *sb, const char *if_position)
+{
+  unsigned long long epoch, seq, checksum;
+  char end;
+  if (sscanf(if_position, "%llu %llu %llx%c", &epoch, &seq, &checksum, &end) != 3)
+    return false;
+  return epoch == sb->received.epoch && seq == sb->received.seq &&
+         checksum == sb->received.checksum;
+}
+
 int http_standby_base_begin(http_standby *sb, uint64_t content_length,
-                            http_base_upload **out, http_reply *reply)
+                            const char *if_position, http_base_upload **out,
+                            http_reply *reply)
 {
   http_base_upload *up = calloc(1, sizeof *up);
   uint8_t *page = malloc(LOOM_PAGE_SIZE);
@@ -1166,6 +1179,12 @@ int http_standby_base_begin(http_standby *sb, uint64_t content_length,
     http_reply_error(reply, 409, "base image already in progress");
     positions_json(sb, &reply->body);
     rc = EBUSY;
+  } else if (if_position && !position_is(sb, if_position)) {
+    http_reply_error(reply, 409, "position moved");
+    json_key(&reply->body, "code");
+    json_string(&reply->body, http_error_name(REPLICATE_EPOSITION));
+    positions_json(sb, &reply->body);
+    rc = EAGAIN;
   } else {
     sb->base_active = true;
   }

@@ -131,6 +131,8 @@ typedef struct standby {
   uint64_t req_raw_bytes;
   uint64_t req_pages;
   bool holds_snapshot;
+  struct curl_slist *base_headers; /* the request's headers for a base
+                                      image: ours plus its precondition */
   uint8_t base_header[LOOM_STREAM_HEADER];
   uint64_t base_off;
   uint64_t base_total;
@@ -750,6 +752,9 @@ static void release_request(standby *sb)
       sh->snap = NULL;
     }
   }
+  curl_slist_free_all(sb->base_headers); /* nodes shared with headers are
+                                           not in this list: copies */
+  sb->base_headers = NULL;
   sb->body = NULL;
   sb->body_len = 0;
 }
@@ -939,6 +944,29 @@ static int start_base(standby *sb)
     if (c == CURLE_OK)                                                       \
       c = curl_easy_setopt(sb->easy, opt, val);                              \
   } while (0)
+  /* The base replaces what the standby holds: only if that is still the
+   * position we checked (schedule), else it answers 409 with where it is
+   * now and we decide again. */
+  if (!rc && sb->has_position) {
+    char expect[96];
+    snprintf(expect, sizeof expect, "X-Loomship-If-Position: %" PRIu64 " %" PRIu64
+             " %016" PRIx64, sb->received.epoch, sb->received.seq,
+             sb->received.checksum);
+    for (struct curl_slist *p = sb->headers; p && c == CURLE_OK; p = p->next) {
+      struct curl_slist *next = curl_slist_append(sb->base_headers, p->data);
+      if (!next)
+        c = CURLE_OUT_OF_MEMORY;
+      else
+        sb->base_headers = next;
+    }
+    struct curl_slist *next = c == CURLE_OK
+                                  ? curl_slist_append(sb->base_headers, expect) : NULL;
+    if (!next)
+      c = CURLE_OUT_OF_MEMORY;
+    else
+      sb->base_headers = next;
+    SET(CURLOPT_HTTPHEADER, sb->base_headers);
+  }
   SET(CURLOPT_UPLOAD, 1L);
   SET(CURLOPT_READFUNCTION, read_base);
   SET(CURLOPT_READDATA, (void *)sb);

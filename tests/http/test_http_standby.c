@@ -1340,6 +1340,52 @@ static void test_never_backwards_or_sideways(void **state)
   test_rmtree(dir);
 }
 
+/* A base image sent for a position the standby no longer holds (it moved
+ * on since the sender looked: another primary's frames came in between) is
+ * refused with its position, so the sender decides again. */
+static void test_base_precondition(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 51);
+  ht_primary_run(&p, 8);
+  size_t slen;
+  loom_position spos;
+  uint8_t *stream = primary_stream(&p, &slen, &spos);
+  char *dir = test_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 3, NULL);
+  ht_wait_applied(&s, 3);
+  http_server_status st;
+  ht_status(&s, &st);
+  char stale[96], current[96];
+  snprintf(stale, sizeof stale, "X-Loomship-If-Position: 1 0 %016llx",
+           (unsigned long long)0);
+  snprintf(current, sizeof current, "X-Loomship-If-Position: %llu %llu %016llx",
+           (unsigned long long)st.received.epoch, (unsigned long long)st.received.seq,
+           (unsigned long long)st.received.checksum);
+  ht_req req = {.body = stream, .body_len = slen, .headers = {stale}};
+  ht_resp r;
+  ht_call("PUT", ht_url(&s, "/v1/base"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"position moved\"");
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":3,");
+  ht_resp_free(&r);
+  ht_status(&s, &st);
+  assert_int_equal(st.applied.seq, 3);
+  req.headers[0] = current;
+  ht_call("PUT", ht_url(&s, "/v1/base"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"applied\":{\"epoch\":1,\"seq\":8,");
+  ht_resp_free(&r);
+  ht_stop(&s);
+  free(stream);
+  ht_primary_close(&p);
+  ht_primary_free(&p);
+  test_rmtree(dir);
+}
+
 /* A merged frame whose answer was lost (the standby holds its first
  * commits already, from a later single frame or a kill -9 after the apply):
  * an overlap of the same history, answered with the position so the
@@ -1666,6 +1712,7 @@ int main(void)
       cmocka_unit_test(test_coalesced_frame),
       cmocka_unit_test(test_overlap_after_lost_answer),
       cmocka_unit_test(test_never_backwards_or_sideways),
+      cmocka_unit_test(test_base_precondition),
       cmocka_unit_test(test_status_metrics_health),
       cmocka_unit_test(test_lag_standby_clock_ahead),
       cmocka_unit_test(test_lag_standby_clock_behind),
