@@ -215,6 +215,7 @@ struct replicate_shipper {
   unsigned snap_refs;
   loom_position snap_pos;
   uint64_t retained_from;
+  replicate_log_reader *readers; /* retention: one per standby */
   uint64_t rng;
   pthread_t thread;
   bool thread_started;
@@ -1157,27 +1158,29 @@ started:
 /* ---------------------------------------------------------------------- */
 /* Answers */
 
-/* Retention (see replicate.h). Shipping thread, after acknowledgements. */
+/* Under mu: what standby sb holds back in the log (LOG RETENTION). */
+static replicate_log_reader reader_of(const replicate_shipper *sh,
+                                      const standby *sb)
+{
+  if (sb->holds_snapshot)
+    return (replicate_log_reader){REPLICATE_LOG_READER_AT, sh->snap_pos.seq};
+  if (sb->need_base)
+    return (replicate_log_reader){REPLICATE_LOG_READER_NEEDS_BASE, 0};
+  if (!sb->has_position)
+    return (replicate_log_reader){REPLICATE_LOG_READER_UNKNOWN, 0};
+  return (replicate_log_reader){REPLICATE_LOG_READER_AT, sb->received.seq};
+}
+
+/* Retention (see replicate.h; the policy is replicate_log_oldest_needed).
+ * Shipping thread, after acknowledgements. */
 static void retain_log(replicate_shipper *sh)
 {
-  uint64_t need = UINT64_MAX;
   uint64_t applied_min = UINT64_MAX;
   pthread_mutex_lock(&sh->mu);
   bool fenced = sh->fenced;
   for (size_t i = 0; i < sh->n && !fenced; i++) {
     const standby *sb = &sh->sb[i];
-    uint64_t candidate;
-    if (sb->holds_snapshot) {
-      candidate = sh->snap_pos.seq + 1;
-    } else if (sb->need_base) {
-      continue; /* needs a base image: holds nothing back */
-    } else if (!sb->has_position) {
-      candidate = 0;
-    } else {
-      candidate = sb->received.seq + 1;
-    }
-    if (candidate < need)
-      need = candidate;
+    sh->readers[i] = reader_of(sh, sb);
     uint64_t applied = sb->has_position ? sb->applied.seq : 0;
     if (applied < applied_min)
       applied_min = applied;
@@ -1188,7 +1191,10 @@ static void retain_log(replicate_shipper *sh)
          ring_at(&sh->ring, 0)->frame == NULL)
     ring_pop_front(sh);
   pthread_mutex_unlock(&sh->mu);
-  if (fenced || need == UINT64_MAX || need == 0 || need <= sh->retained_from)
+  if (fenced)
+    return;
+  uint64_t need = replicate_log_oldest_needed(sh->readers, sh->n);
+  if (need == UINT64_MAX || need == 0 || need <= sh->retained_from)
     return;
   int rc = replicate_log_retain(sh->log, need);
   if (rc)
@@ -1711,7 +1717,8 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
   }
   sh->token_gen = 1;
   sh->sb = calloc(opt->standby_count, sizeof *sh->sb);
-  if (!sh->sb) {
+  sh->readers = calloc(opt->standby_count, sizeof *sh->readers);
+  if (!sh->sb || !sh->readers) {
     rc = ENOMEM;
     goto fail;
   }
@@ -1768,6 +1775,7 @@ void replicate_shipper_stop(replicate_shipper *sh)
   for (size_t i = 0; sh->sb && i < sh->n; i++)
     standby_free(&sh->sb[i]);
   free(sh->sb);
+  free(sh->readers);
   if (sh->snap)
     loom_snapshot_close(sh->snap);
   if (sh->multi)
