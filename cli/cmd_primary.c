@@ -152,11 +152,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
                           "Restore the directory from a backup, or promote a standby");
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
-  /* Retention drops whole segments: keep them well under the cap. */
+  /* The log derives its segment size from the cap (replicate.h). */
   replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
                               .repair_ctx = (void *)cfg->who};
-  if (cfg->log_max_bytes && cfg->log_max_bytes / 8 < (UINT64_C(16) << 20))
-    lo.segment_bytes = cfg->log_max_bytes / 8 > 65536 ? cfg->log_max_bytes / 8 : 65536;
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->standby_count) {

@@ -144,7 +144,12 @@ void http_logf(const http_logger *logger, const char *fmt, ...)
 /* ---------------------------------------------------------------------- */
 /* The standby (standby.c) */
 
-typedef struct http_standby http_standby;
+/* Its replication logic is the receiver of replicate/ (receiver.h: the
+ * receive log, the applier, promotion, base images, lag, and its locks);
+ * standby.c only turns the receiver's outcomes into answers. */
+#include "receiver.h"
+
+typedef replicate_receiver http_standby;
 
 /* More than the public status: what /v1/status and /metrics show. */
 typedef struct http_standby_view {
@@ -161,7 +166,7 @@ typedef struct http_standby_view {
   uint64_t receive_log_bytes;
   bool clock_skew_known;        /* a frame or heartbeat arrived */
   double clock_skew_seconds;    /* our clock minus the primary's, estimated
-                                   (standby.c, PRIMARY'S CLOCK) */
+                                   (replicate/receiver.c, PRIMARY'S CLOCK) */
 } http_standby_view;
 
 int http_standby_open(const http_server_options *opt,
@@ -181,11 +186,7 @@ void http_standby_promote(http_standby *sb, bool force, http_reply *reply);
  * chunks (0, or non-zero once refused: the reply to send is then kept in
  * the upload and given by finish), finish (commit, free) or abort (free,
  * the old image stays). content_length is UINT64_MAX when unknown. */
-typedef struct http_base_upload http_base_upload;
-/* if_position: the X-Loomship-If-Position header ("EPOCH SEQ CHECKSUM",
- * the standby's position the sender checked before it chose to send a
- * base image), or NULL: a standby elsewhere by now refuses with 409
- * REPLICATE_EPOSITION and its position, so the sender decides again. */
+typedef replicate_receiver_base http_base_upload;
 int http_standby_base_begin(http_standby *sb, uint64_t content_length,
                             const char *if_position, http_base_upload **out,
                             http_reply *reply);

@@ -89,6 +89,7 @@
 
 #define DEFAULT_SEGMENT_BYTES (16ull << 20)
 #define DEFAULT_MAX_BYTES (1ull << 30)
+#define MIN_SEGMENT_BYTES (64ull << 10)
 
 typedef struct log_segment {
   uint64_t first_seq;
@@ -531,6 +532,14 @@ int replicate_log_close(replicate_log *log) {
   return first_error;
 }
 
+/* Retention drops whole segments: keep them well under the cap (an
+ * eighth of it, within [MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES]). */
+static uint64_t segment_bytes_for(uint64_t max_bytes) {
+  uint64_t eighth = max_bytes / 8;
+  if (eighth >= DEFAULT_SEGMENT_BYTES) return DEFAULT_SEGMENT_BYTES;
+  return eighth > MIN_SEGMENT_BYTES ? eighth : MIN_SEGMENT_BYTES;
+}
+
 int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
                        const loom_io *io, replicate_log **out) {
   assert(image_dir != NULL && out != NULL);
@@ -538,9 +547,10 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
   if (log == NULL) return ENOMEM;
   log->io = io ? io : loom_io_posix();
   log->dirfd = -1;
-  log->segment_bytes = opt && opt->segment_bytes ? opt->segment_bytes
-                                                 : DEFAULT_SEGMENT_BYTES;
   log->max_bytes = opt && opt->max_bytes ? opt->max_bytes : DEFAULT_MAX_BYTES;
+  log->segment_bytes = opt && opt->segment_bytes
+                           ? opt->segment_bytes
+                           : segment_bytes_for(log->max_bytes);
   log->on_repair = opt ? opt->on_repair : NULL;
   log->repair_ctx = opt ? opt->repair_ctx : NULL;
   if (pthread_mutex_init(&log->lock, NULL) != 0) {
@@ -805,6 +815,23 @@ int replicate_log_retain(replicate_log *log, uint64_t oldest_needed) {
     rc = drop_oldest(log);
   pthread_mutex_unlock(&log->lock);
   return rc;
+}
+
+uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
+                                     size_t n) {
+  uint64_t need = UINT64_MAX;
+  for (size_t i = 0; i < n; i++) {
+    switch (readers[i].state) {
+    case REPLICATE_LOG_READER_UNKNOWN:
+      return 0;
+    case REPLICATE_LOG_READER_AT:
+      if (readers[i].seq + 1 < need) need = readers[i].seq + 1;
+      break;
+    case REPLICATE_LOG_READER_NEEDS_BASE:
+      break;
+    }
+  }
+  return need;
 }
 
 int replicate_log_reset(replicate_log *log) {

@@ -520,7 +520,7 @@ int replicate_coalescer_finish_frame(replicate_coalescer *c,
  *
  * Retention keeps the log bounded: replicate_log_retain() drops whole
  * segments whose frames are all older than what the slowest standby still
- * needs, and every append drops the oldest segments while the log exceeds
+ * needs (replicate_log_oldest_needed says which), and every append drops the oldest segments while the log exceeds
  * max_bytes, needed or not. A standby that then asks for a dropped frame
  * gets REPLICATE_ELOG_GONE: it needs a base image. The newest segment is
  * never dropped.
@@ -568,7 +568,11 @@ const char *replicate_log_repair_describe(const replicate_log_repair *r,
                                           char *buf, size_t len);
 
 typedef struct replicate_log_options {
-  uint64_t segment_bytes;       /* 0: 16 MiB */
+  uint64_t segment_bytes;       /* 0: derived from max_bytes, so that
+                                   retention, which drops whole segments,
+                                   keeps the log well under its cap: an
+                                   eighth of max_bytes, at least 64 KiB and
+                                   at most 16 MiB */
   uint64_t max_bytes;           /* 0: 1 GiB */
   replicate_log_repair_fn on_repair; /* NULL: repairs are not reported */
   void *repair_ctx;
@@ -625,6 +629,33 @@ int replicate_log_bytes_after(replicate_log *log, uint64_t after_seq,
  * acknowledged seq plus one). Errors: errno values (the segments before the
  * failing one are dropped), REPLICATE_EPANIC. */
 int replicate_log_retain(replicate_log *log, uint64_t oldest_needed);
+
+/*
+ * The retention policy of a log read by several standbys (the shipper's,
+ * replicate.h LOG RETENTION): what each one holds back.
+ */
+typedef enum replicate_log_reader_state {
+  REPLICATE_LOG_READER_UNKNOWN = 0,   /* never heard from: it may need
+                                         every frame kept */
+  REPLICATE_LOG_READER_AT = 1,        /* it holds every frame up to seq (its
+                                         received seq, or the seq of the
+                                         base snapshot it is being sent) */
+  REPLICATE_LOG_READER_NEEDS_BASE = 2 /* it gets a base image, whose
+                                         snapshot is not open yet: it holds
+                                         nothing back */
+} replicate_log_reader_state;
+
+typedef struct replicate_log_reader {
+  replicate_log_reader_state state;
+  uint64_t seq;                 /* AT */
+} replicate_log_reader;
+
+/* The oldest seq one of readers[0, n) still needs, for
+ * replicate_log_retain; 0 when nothing may be dropped (a reader of unknown
+ * position) and UINT64_MAX when no reader needs any frame (n == 0, or
+ * every one needs a base image: keep the log as it is for the next). */
+uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
+                                     size_t n);
 
 /* Drop every segment: the next append may have any seq (after a base image
  * or a promotion broke the chain). Errors: errno values, REPLICATE_EPANIC. */
