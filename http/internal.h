@@ -12,8 +12,9 @@
  *               promotion
  *
  * Lock order (standby): recv_mu, then store_mu, then mu. The server's own
- * locks (stats_mu, backup_mu) are never held while taking a standby lock,
- * except backup_mu around opening a snapshot (which takes store_mu and mu).
+ * lock (stats_mu) is never held while taking another; the backups' lock
+ * (backup.c) is held around opening a snapshot (which, on a standby, takes
+ * store_mu and mu), never while taking stats_mu.
  */
 #ifndef HTTP_INTERNAL_H
 #define HTTP_INTERNAL_H
@@ -250,7 +251,54 @@ void http_guard_closed_counts(http_guard *guard,
                               uint64_t out[HTTP_GUARD_REASONS]);
 
 /* ---------------------------------------------------------------------- */
-/* The server (server.c) and backups (backup.c) */
+/* Backups (backup.c): GET /v1/backup from a snapshot shared by every
+ * download in progress. An object of its own, with its own lock: the
+ * server creates it with a source of snapshots, asks it to answer and for
+ * its figures, and frees it once the daemon stopped (no response left). */
+
+typedef struct http_backups http_backups;
+
+/* Where snapshots come from. open: 0 or an error code (503 is answered;
+ * EBUSY says a base image is coming in); NULL open: ENOTSUP. close: gives
+ * back what open gave, from any thread. */
+typedef struct http_backup_source {
+  void *ctx;
+  int (*open)(void *ctx, loom_snapshot **out);
+  void (*close)(void *ctx, loom_snapshot *snap);
+} http_backup_source;
+
+/* 0 or ENOMEM. source is copied. */
+int http_backups_create(const http_backup_source *source, http_backups **out);
+/* Once no response is left (after MHD_stop_daemon). NULL is a no-op. */
+void http_backups_free(http_backups *backups);
+
+/*
+ * Answer GET or HEAD /v1/backup (the token was checked); range and
+ * if_range are the request's headers (NULL when absent). Returns the
+ * status to answer with:
+ *   200, 206  *resp is the image stream to queue (whole, or the range);
+ *             the caller queues it and destroys its reference
+ *   503, 416  reply is filled (no snapshot; a range past the end); the
+ *             caller sends it
+ *   0         out of memory: nothing to send (close the connection)
+ */
+unsigned http_backups_respond(http_backups *backups, const char *range,
+                              const char *if_range, http_reply *reply,
+                              struct MHD_Response **resp);
+
+/* The figures status and metrics show about backups. */
+typedef struct http_backup_figures {
+  unsigned in_progress;
+  uint64_t started;
+  uint64_t bytes_sent;
+  bool open;                    /* a snapshot is open */
+  loom_position position;       /* its position */
+} http_backup_figures;
+
+void http_backups_figures(http_backups *backups, http_backup_figures *out);
+
+/* ---------------------------------------------------------------------- */
+/* The server (server.c) */
 
 typedef enum http_endpoint {
   HTTP_EP_FRAMES = 0,
@@ -270,16 +318,6 @@ typedef enum http_endpoint {
 extern const unsigned http_counted_codes[HTTP_CODE_SLOTS - 1];
 
 const char *http_endpoint_path(http_endpoint ep);
-
-/* The snapshot every backup response in progress reads from: one per store
- * (loom.h), shared, closed with its last response. */
-typedef struct http_backup_share {
-  loom_snapshot *snap;
-  loom_position position;
-  char etag[HTTP_ETAG_MAX];
-  uint8_t header[LOOM_STREAM_HEADER];
-  unsigned refs;                /* backup_mu */
-} http_backup_share;
 
 struct http_server {
   http_role role;               /* the configured role */
@@ -312,11 +350,7 @@ struct http_server {
   uint64_t requests[HTTP_EP_COUNT][HTTP_CODE_SLOTS];
   uint64_t auth_failures;
 
-  pthread_mutex_t backup_mu;    /* the figures below */
-  http_backup_share *share;
-  unsigned backups_in_progress;
-  uint64_t backups_started;
-  uint64_t backup_bytes;
+  http_backups *backups;        /* GET /v1/backup (backup.c) */
 };
 
 /* Count a reply by endpoint and status (for /metrics). */
@@ -325,20 +359,5 @@ void http_server_count(http_server *server, http_endpoint ep, unsigned status);
  * enum MHD_Result. */
 int http_server_send(http_server *server, struct MHD_Connection *conn,
                      http_endpoint ep, http_reply *reply);
-
-/* Answer GET or HEAD /v1/backup (the token was checked). Returns the
- * enum MHD_Result. */
-int http_backup_answer(http_server *server, struct MHD_Connection *conn);
-
-/* The figures status shows about backups. */
-typedef struct http_backup_figures {
-  unsigned in_progress;
-  uint64_t started;
-  uint64_t bytes_sent;
-  bool open;                    /* a snapshot is open */
-  loom_position position;       /* its position */
-} http_backup_figures;
-
-void http_backup_figures_get(http_server *server, http_backup_figures *out);
 
 #endif /* HTTP_INTERNAL_H */

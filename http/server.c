@@ -314,7 +314,7 @@ static void figures_collect(http_server *s, node_figures *f)
   }
   st->fenced = f->fenced;
   st->ready = f->ready;
-  http_backup_figures_get(s, &f->backup);
+  http_backups_figures(s->backups, &f->backup);
   st->backups_in_progress = f->backup.in_progress;
   pthread_mutex_lock(&s->stats_mu);
   f->uploads = s->uploads;
@@ -1191,6 +1191,29 @@ static enum MHD_Result body_chunk(http_server *s, struct MHD_Connection *conn,
   return MHD_YES;
 }
 
+/* GET or HEAD /v1/backup: the backups answer, the server queues and
+ * counts. */
+static enum MHD_Result answer_backup(http_server *s,
+                                     struct MHD_Connection *conn)
+{
+  const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                  MHD_HTTP_HEADER_RANGE);
+  const char *if_range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_IF_RANGE);
+  http_reply reply = {0};
+  struct MHD_Response *resp = NULL;
+  unsigned status =
+      http_backups_respond(s->backups, range, if_range, &reply, &resp);
+  if (!resp && !status)
+    return MHD_NO;
+  if (!resp)
+    return (enum MHD_Result)http_server_send(s, conn, HTTP_EP_BACKUP, &reply);
+  enum MHD_Result r = MHD_queue_response(conn, status, resp);
+  MHD_destroy_response(resp);
+  http_server_count(s, HTTP_EP_BACKUP, status);
+  return r;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn,
                                  const char *url, const char *method,
                                  const char *version, const char *upload_data,
@@ -1240,7 +1263,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn,
     break;
   }
   case HTTP_EP_BACKUP:
-    return (enum MHD_Result)http_backup_answer(s, conn);
+    return answer_backup(s, conn);
   case HTTP_EP_STATUS:
     return (enum MHD_Result)answer_status(s, conn);
   case HTTP_EP_METRICS:
@@ -1391,6 +1414,32 @@ static int listen_on(const char *host, uint16_t port, int *fd_out,
   return 0;
 }
 
+/* Snapshots for backups: the standby's store, or the primary's. */
+static int snapshot_open(void *ctx, loom_snapshot **out)
+{
+  http_server *s = ctx;
+  if (s->standby)
+    return http_standby_snapshot_open(s->standby, out);
+  if (!s->primary.snapshot_open)
+    return ENOTSUP;
+  return s->primary.snapshot_open(s->primary.ctx, out);
+}
+
+static void snapshot_close(void *ctx, loom_snapshot *snap)
+{
+  http_server *s = ctx;
+  if (s->standby)
+    http_standby_snapshot_close(s->standby, snap);
+  else
+    loom_snapshot_close(snap);
+}
+
+static int backups_create(http_server *s)
+{
+  http_backup_source source = {s, snapshot_open, snapshot_close};
+  return http_backups_create(&source, &s->backups);
+}
+
 static void server_free(http_server *s)
 {
   if (s->token) {
@@ -1404,7 +1453,7 @@ static void server_free(http_server *s)
   free(s->tls_cert);
   http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
-  pthread_mutex_destroy(&s->backup_mu);
+  http_backups_free(s->backups);
   free(s);
 }
 
@@ -1427,7 +1476,6 @@ int http_server_start(const http_server_options *opt, http_server **out)
   if (!s)
     return ENOMEM;
   pthread_mutex_init(&s->stats_mu, NULL);
-  pthread_mutex_init(&s->backup_mu, NULL);
   s->role = opt->role;
   if (opt->primary)
     s->primary = *opt->primary;
@@ -1485,9 +1533,12 @@ int http_server_start(const http_server_options *opt, http_server **out)
                    opt->listen_port, &fd, &s->port);
   if (rc == 0 && opt->role == HTTP_ROLE_STANDBY)
     rc = http_standby_open(opt, &s->logger, &s->standby);
+  if (rc == 0)
+    rc = backups_create(s);
   if (rc) {
     if (fd >= 0)
       close(fd);
+    http_standby_close(s->standby);
     server_free(s);
     return rc;
   }
