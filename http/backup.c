@@ -23,11 +23,13 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "util.h"
 
 /* The snapshot every backup response in progress reads from: one per store
  * (loom.h), shared, closed with its last response. */

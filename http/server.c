@@ -50,7 +50,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "server_internal.h"
 
 #ifndef LOOMSHIP_VERSION
 #define LOOMSHIP_VERSION "unknown"

@@ -83,7 +83,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "standby.h"
 
 #define SKEW_SAMPLES 32
 

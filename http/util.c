@@ -1,6 +1,6 @@
 /*
  * util.c: small helpers of the server: Range parsing, ETags, the bearer
- * token check, error names, clocks, replies and the log.
+ * token check, error names, clocks and the log.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -11,7 +11,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "util.h"
+#include "reply.h"
 
 /* ---------------------------------------------------------------------- */
 /* Range: bytes=first-last | bytes=first- | bytes=-suffix (RFC 9110 14.1) */
@@ -271,61 +272,7 @@ int64_t http_now_ns(void)
 int64_t http_monotonic_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 
 /* ---------------------------------------------------------------------- */
-/* Replies and the log */
-
-void http_reply_error(http_reply *reply, unsigned status, const char *message)
-{
-  json_free(&reply->body);
-  reply->status = status;
-  json_object_begin(&reply->body);
-  json_key(&reply->body, "error");
-  json_string(&reply->body, message);
-}
-
-void http_reply_header(http_reply *reply, const char *name, const char *value)
-{
-  if (reply->header_count >= HTTP_REPLY_HEADERS)
-    return;
-  reply->headers[reply->header_count].name = name;
-  snprintf(reply->headers[reply->header_count].value,
-           sizeof reply->headers[0].value, "%s", value);
-  reply->header_count++;
-}
-
-void http_reply_object(http_reply *reply, unsigned status)
-{
-  json_free(&reply->body);
-  reply->status = status;
-  json_object_begin(&reply->body);
-}
-
-void http_json_position(json_writer *w, const loom_position *pos)
-{
-  json_object_begin(w);
-  json_key(w, "epoch");
-  json_uint(w, pos->epoch);
-  json_key(w, "seq");
-  json_uint(w, pos->seq);
-  json_key(w, "checksum");
-  json_hex64(w, pos->checksum);
-  json_key(w, "pages");
-  json_uint(w, pos->pages);
-  json_key(w, "at");
-  json_time_ns(w, pos->commit_time_ns);
-  json_object_end(w);
-}
-
-void http_json_history(json_writer *w, const loom_history *h)
-{
-  json_key(w, "history");
-  if (loom_history_is_none(h)) {
-    json_string(w, NULL);
-    return;
-  }
-  char hex[2 * LOOM_HISTORY_SIZE + 1];
-  loom_history_hex(h, hex);
-  json_string(w, hex);
-}
+/* The log */
 
 void http_logf(const http_logger *logger, const char *fmt, ...)
 {

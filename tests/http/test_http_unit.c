@@ -12,7 +12,9 @@
 
 #include <cmocka.h>
 
-#include "internal.h"
+#include "json.h"
+#include "reply.h"
+#include "util.h"
 
 static char *take(json_writer *w)
 {
