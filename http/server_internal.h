@@ -4,8 +4,8 @@
  *
  *   server.c     the daemon: start, stop, listen, TLS files
  *   json.c       the JSON writer (json.h)
- *   reply.c      replies and shared JSON pieces (reply.h)
- *   util.c       ranges, ETags, tokens, times, error names (util.h)
+ *   reply.c      replies, shared JSON pieces, error names (reply.h)
+ *   util.c       ranges, ETags, tokens, limits, clocks, the log (util.h)
  *   backup.c     GET /v1/backup from a shared snapshot (backup.h)
  *   guard.c      deadlines for headers and uploads (guard.h)
  *   standby.c    the standby: receive log, applier thread, frames, base,
