@@ -92,7 +92,7 @@ static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
   primary_node *n = ctx;
   if (!n->shipper)
     return 0;
-  replicate_standby_status st[MAX_STANDBYS];
+  replicate_peer_status st[MAX_STANDBYS];
   size_t count;
   replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
   for (size_t i = 0; i < count && i < cap; i++) {
@@ -229,7 +229,7 @@ static void standbys_report(primary_node *n, char *line, size_t cap)
   line[0] = '\0';
   if (!n->shipper || cap == 0)
     return;
-  replicate_standby_status st[MAX_STANDBYS];
+  replicate_peer_status st[MAX_STANDBYS];
   size_t count, used = 0;
   replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
   for (size_t i = 0; i < count && i < MAX_STANDBYS && used < cap; i++) {

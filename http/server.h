@@ -154,7 +154,7 @@ typedef enum http_standby_state {
 /* The name used in status and metrics: "streaming", "catching_up",
  * "base_sync", "unreachable", "unauthorized", "fenced", "stalled",
  * "refused", "diverged"; "unknown" for a value outside the enum. The values are those
- * of replicate_standby_state. */
+ * of replicate_peer_state. */
 const char *http_standby_state_name(http_standby_state state);
 
 #define HTTP_URL_MAX 512

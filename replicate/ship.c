@@ -161,7 +161,7 @@ typedef struct standby {
   replicate_buf scratch;      /* frames read while coalescing */
 
   /* Shared (I3): written under mu by the shipping thread. */
-  replicate_standby_state state;
+  replicate_peer_state state;
   bool has_position;          /* heard from at least once */
   bool on_chain;              /* received is known to be in this primary's
                                  history (it accepted our frames, or the
@@ -313,18 +313,18 @@ static double random_unit(replicate_shipper *sh)
   return (double)((x * UINT64_C(2685821657736338717)) >> 11) / 9007199254740992.0;
 }
 
-const char *replicate_standby_state_name(replicate_standby_state state)
+const char *replicate_peer_state_name(replicate_peer_state state)
 {
   switch (state) {
-  case REPLICATE_STANDBY_STREAMING: return "streaming";
-  case REPLICATE_STANDBY_CATCHING_UP: return "catching_up";
-  case REPLICATE_STANDBY_BASE_SYNC: return "base_sync";
-  case REPLICATE_STANDBY_UNREACHABLE: return "unreachable";
-  case REPLICATE_STANDBY_UNAUTHORIZED: return "unauthorized";
-  case REPLICATE_STANDBY_FENCED: return "fenced";
-  case REPLICATE_STANDBY_DIVERGED: return "diverged";
-  case REPLICATE_STANDBY_STALLED: return "stalled";
-  case REPLICATE_STANDBY_REFUSED: return "refused";
+  case REPLICATE_PEER_STREAMING: return "streaming";
+  case REPLICATE_PEER_CATCHING_UP: return "catching_up";
+  case REPLICATE_PEER_BASE_SYNC: return "base_sync";
+  case REPLICATE_PEER_UNREACHABLE: return "unreachable";
+  case REPLICATE_PEER_UNAUTHORIZED: return "unauthorized";
+  case REPLICATE_PEER_FENCED: return "fenced";
+  case REPLICATE_PEER_DIVERGED: return "diverged";
+  case REPLICATE_PEER_STALLED: return "stalled";
+  case REPLICATE_PEER_REFUSED: return "refused";
   }
   return "unknown";
 }
@@ -445,14 +445,14 @@ static void ring_follow_log(replicate_shipper *sh)
 /* ---------------------------------------------------------------------- */
 /* Shared standby fields (I3) */
 
-static void publish_state(standby *sb, replicate_standby_state state)
+static void publish_state(standby *sb, replicate_peer_state state)
 {
   replicate_shipper *sh = sb->sh;
   pthread_mutex_lock(&sh->mu);
   if (!sh->fenced && sb->state != state) {
     diag(sh, "standby %s: %s -> %s", sb->url,
-         replicate_standby_state_name(sb->state),
-         replicate_standby_state_name(state));
+         replicate_peer_state_name(sb->state),
+         replicate_peer_state_name(state));
     sb->state = state;
     pthread_cond_broadcast(&sh->cond);
   }
@@ -501,7 +501,7 @@ static unsigned acked_locked(replicate_shipper *sh, uint64_t epoch,
   for (size_t i = 0; i < sh->n; i++) {
     const standby *sb = &sh->sb[i];
     if (sb->has_position && sb->on_chain &&
-        sb->state != REPLICATE_STANDBY_FENCED &&
+        sb->state != REPLICATE_PEER_FENCED &&
         sb->received.epoch == epoch && sb->received.seq >= seq)
       count++;
   }
@@ -515,7 +515,7 @@ static void fence(replicate_shipper *sh, standby *by, uint64_t epoch)
   bool first = !sh->fenced;
   sh->fenced = true;
   for (size_t i = 0; i < sh->n; i++)
-    sh->sb[i].state = REPLICATE_STANDBY_FENCED;
+    sh->sb[i].state = REPLICATE_PEER_FENCED;
   snprintf(by->last_error, sizeof by->last_error,
            "fenced: the standby has epoch %" PRIu64 ", newer than ours (%"
            PRIu64 ")", epoch, sh->latest.epoch);
@@ -543,7 +543,7 @@ static void diverge(standby *sb, int why, const char *detail)
             PRIu64 ", checksum %016" PRIx64 ") is left as it is", detail,
             replicate_strerror(why), sb->received.epoch, sb->received.seq,
             sb->received.checksum);
-  publish_state(sb, REPLICATE_STANDBY_DIVERGED);
+  publish_state(sb, REPLICATE_PEER_DIVERGED);
   pthread_mutex_lock(&sh->mu);
   sb->on_chain = false;
   pthread_cond_broadcast(&sh->cond); /* a drain stops waiting for it */
@@ -786,7 +786,7 @@ static void retry_after_backoff(standby *sb, double retry_after_s)
 /* A failed request: the error, the state it leaves (counted as a failed
  * attempt for a drain) or none (keep), backoff; the position is asked
  * again before anything else is sent. */
-static void fail_into(standby *sb, const replicate_standby_state *state,
+static void fail_into(standby *sb, const replicate_peer_state *state,
                       double retry_after_s, const char *text)
 {
   replicate_shipper *sh = sb->sh;
@@ -816,8 +816,8 @@ static void fail(standby *sb, bool unreachable, double retry_after_s,
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  replicate_standby_state state = sb->stalled ? REPLICATE_STANDBY_STALLED
-                                              : REPLICATE_STANDBY_UNREACHABLE;
+  replicate_peer_state state = sb->stalled ? REPLICATE_PEER_STALLED
+                                           : REPLICATE_PEER_UNREACHABLE;
   fail_into(sb, unreachable ? &state : NULL, retry_after_s, text);
 }
 
@@ -892,7 +892,7 @@ static void mark_sent(standby *sb, uint64_t seq)
 static int start_base(standby *sb)
 {
   replicate_shipper *sh = sb->sh;
-  publish_state(sb, REPLICATE_STANDBY_BASE_SYNC);
+  publish_state(sb, REPLICATE_PEER_BASE_SYNC);
   if (!sh->snap) {
     int rc = loom_store_snapshot_open(sh->store, &sh->snap);
     if (rc) {
@@ -1051,7 +1051,7 @@ static int start_frames(standby *sb, const standby_point *r,
       sb->req_frames = frames;
       sb->req_pages = info.page_count;
       sb->req_raw_bytes = info.page_count * LOOM_PAGE_SIZE;
-      publish_state(sb, REPLICATE_STANDBY_CATCHING_UP);
+      publish_state(sb, REPLICATE_PEER_CATCHING_UP);
       rc = post_body(sb);
       if (!rc)
         mark_sent(sb, info.after.seq);
@@ -1077,8 +1077,8 @@ static int start_frames(standby *sb, const standby_point *r,
   sb->req_frames = 1;
   sb->req_pages = first.page_count;
   sb->req_raw_bytes = first.page_count * LOOM_PAGE_SIZE;
-  publish_state(sb, latest->seq == seq ? REPLICATE_STANDBY_STREAMING
-                                       : REPLICATE_STANDBY_CATCHING_UP);
+  publish_state(sb, latest->seq == seq ? REPLICATE_PEER_STREAMING
+                                       : REPLICATE_PEER_CATCHING_UP);
   rc = post_body(sb);
   if (rc) {
     release_request(sb);
@@ -1097,7 +1097,7 @@ static void schedule(standby *sb, int64_t now)
   pthread_mutex_lock(&sh->mu);
   bool fenced = sh->fenced;
   loom_position latest = sh->latest;
-  bool new_token = sb->state == REPLICATE_STANDBY_UNAUTHORIZED &&
+  bool new_token = sb->state == REPLICATE_PEER_UNAUTHORIZED &&
                    sh->token_gen != sb->refused_token_gen;
   pthread_mutex_unlock(&sh->mu);
   if (fenced || (now < sb->next_attempt_ns && !new_token))
@@ -1129,7 +1129,7 @@ static void schedule(standby *sb, int64_t now)
     sb->diverged = 0;
     if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
       set_on_chain(sb, true);
-      publish_state(sb, REPLICATE_STANDBY_STREAMING);
+      publish_state(sb, REPLICATE_PEER_STREAMING);
       if (now - sb->last_activity_ns < sh->heartbeat_ns)
         return;
       what = "heartbeat";
@@ -1260,7 +1260,7 @@ static void refuse(standby *sb, request_kind req, long code,
              code, standby_error);
   else
     snprintf(text, sizeof text, "%s: HTTP %ld", request_name(req), code);
-  replicate_standby_state state = REPLICATE_STANDBY_REFUSED;
+  replicate_peer_state state = REPLICATE_PEER_REFUSED;
   fail_into(sb, &state, retry_after_s, text);
 }
 
@@ -1423,7 +1423,7 @@ static void finish(standby *sb, CURLcode result)
     pthread_mutex_lock(&sh->mu);
     sb->refused_token_gen = sh->token_gen;
     pthread_mutex_unlock(&sh->mu);
-    publish_state(sb, REPLICATE_STANDBY_UNAUTHORIZED);
+    publish_state(sb, REPLICATE_PEER_UNAUTHORIZED);
     sb->known = false;
     sb->next_attempt_ns = mono_ns() + sh->unauthorized_retry_ns;
     return;
@@ -1465,7 +1465,7 @@ static void check_stall(standby *sb, int64_t now)
   sb->stalled = true;
   set_error(sb, "%s: no answer for %.1f s on an open connection",
             request_name(sb->req), (double)(now - sb->progress_ns) / 1e9);
-  publish_state(sb, REPLICATE_STANDBY_STALLED);
+  publish_state(sb, REPLICATE_PEER_STALLED);
 }
 
 static int64_t next_due(const standby *sb, const loom_position *latest)
@@ -1582,7 +1582,7 @@ static int standby_init(replicate_shipper *sh, standby *sb, const char *url)
     return ENOMEM;
   if (!sb->easy)
     return REPLICATE_ECURL;
-  sb->state = REPLICATE_STANDBY_CATCHING_UP;
+  sb->state = REPLICATE_PEER_CATCHING_UP;
   sb->coalesce_pages = sh->coalesce_max_pages;
   return 0;
 }
@@ -1983,7 +1983,7 @@ static void lag_locked(replicate_shipper *sh, uint64_t applied, int64_t now,
 }
 
 void replicate_shipper_status(replicate_shipper *sh,
-                              replicate_standby_status *array, size_t cap,
+                              replicate_peer_status *array, size_t cap,
                               size_t *n)
 {
   assert(sh && n && (array || cap == 0));
@@ -1992,11 +1992,11 @@ void replicate_shipper_status(replicate_shipper *sh,
   *n = sh->n;
   for (size_t i = 0; i < sh->n && i < cap; i++) {
     const standby *sb = &sh->sb[i];
-    replicate_standby_status *o = &array[i];
+    replicate_peer_status *o = &array[i];
     memset(o, 0, sizeof *o);
     snprintf(o->url, sizeof o->url, "%s", sb->url);
     o->state = sb->state;
-    o->state_name = replicate_standby_state_name(sb->state);
+    o->state_name = replicate_peer_state_name(sb->state);
     o->sent_seq = sb->sent_seq;
     o->received_seq = sb->has_position ? sb->received.seq : 0;
     o->applied_seq = sb->has_position ? sb->applied.seq : 0;
@@ -2052,13 +2052,13 @@ static bool holds_latest_locked(const replicate_shipper *sh, const standby *sb)
  * diverged. Under mu. */
 static bool hopeless_locked(const standby *sb)
 {
-  return ((sb->state == REPLICATE_STANDBY_UNREACHABLE ||
-           sb->state == REPLICATE_STANDBY_STALLED ||
-           sb->state == REPLICATE_STANDBY_REFUSED) &&
+  return ((sb->state == REPLICATE_PEER_UNREACHABLE ||
+           sb->state == REPLICATE_PEER_STALLED ||
+           sb->state == REPLICATE_PEER_REFUSED) &&
           sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
-         sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
-         sb->state == REPLICATE_STANDBY_FENCED ||
-         sb->state == REPLICATE_STANDBY_DIVERGED;
+         sb->state == REPLICATE_PEER_UNAUTHORIZED ||
+         sb->state == REPLICATE_PEER_FENCED ||
+         sb->state == REPLICATE_PEER_DIVERGED;
 }
 
 /* How the drain stands: 1 every standby holds the latest frame, -1 some do

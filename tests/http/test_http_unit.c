@@ -162,7 +162,7 @@ static void test_error_names(void **state)
   for (int v = 0; v < 16; v++)
     assert_string_equal(
         http_standby_state_name((http_standby_state)v),
-        replicate_standby_state_name((replicate_standby_state)v));
+        replicate_peer_state_name((replicate_peer_state)v));
 }
 
 int main(void)
