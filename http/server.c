@@ -72,22 +72,6 @@ const char *http_endpoint_path(http_endpoint ep)
   return ep < HTTP_EP_COUNT ? endpoint_paths[ep] : "other";
 }
 
-const char *http_standby_state_name(http_standby_state state)
-{
-  switch (state) {
-  case HTTP_STANDBY_STREAMING: return "streaming";
-  case HTTP_STANDBY_CATCHING_UP: return "catching_up";
-  case HTTP_STANDBY_BASE_SYNC: return "base_sync";
-  case HTTP_STANDBY_UNREACHABLE: return "unreachable";
-  case HTTP_STANDBY_UNAUTHORIZED: return "unauthorized";
-  case HTTP_STANDBY_FENCED: return "fenced";
-  case HTTP_STANDBY_DIVERGED: return "diverged";
-  case HTTP_STANDBY_STALLED: return "stalled";
-  case HTTP_STANDBY_REFUSED: return "refused";
-  }
-  return "unknown";
-}
-
 /* ---------------------------------------------------------------------- */
 /* Per-request state */
 
@@ -255,8 +239,8 @@ typedef struct node_figures {
   bool fenced;
   bool ready;
   const char *not_ready;        /* why, when not ready */
-  http_standby_status *standbys;/* primary: malloc'd */
-  size_t standby_count;
+  replicate_peer_status *peers; /* primary: malloc'd */
+  size_t peer_count;
   http_backup_figures backup;
   unsigned uploads;
   uint64_t auth_failures;
@@ -295,16 +279,16 @@ static void figures_collect(http_server *s, node_figures *f)
     f->ready = !f->fenced;
     if (f->fenced)
       f->not_ready = "fenced: a standby was promoted";
-    if (s->primary.standbys) {
+    if (s->primary.peers) {
       size_t cap = 16;
       for (int attempt = 0; attempt < 3; attempt++) {
-        http_standby_status *list = calloc(cap, sizeof *list);
+        replicate_peer_status *list = calloc(cap, sizeof *list);
         if (!list)
           break;
-        size_t n = s->primary.standbys(s->primary.ctx, list, cap);
+        size_t n = s->primary.peers(s->primary.ctx, list, cap);
         if (n <= cap) {
-          f->standbys = list;
-          f->standby_count = n;
+          f->peers = list;
+          f->peer_count = n;
           break;
         }
         free(list);
@@ -324,8 +308,8 @@ static void figures_collect(http_server *s, node_figures *f)
 
 static void figures_free(node_figures *f)
 {
-  free(f->standbys);
-  f->standbys = NULL;
+  free(f->peers);
+  f->peers = NULL;
 }
 
 void http_server_get_status(http_server *s, http_server_status *out)
@@ -436,32 +420,32 @@ static void status_json(http_server *s, const node_figures *f, json_writer *w)
     }
     json_key(w, "standbys");
     json_array_begin(w);
-    for (size_t i = 0; i < f->standby_count; i++) {
-      const http_standby_status *sb = &f->standbys[i];
+    for (size_t i = 0; i < f->peer_count; i++) {
+      const replicate_peer_status *p = &f->peers[i];
       json_object_begin(w);
       json_key(w, "url");
-      json_string(w, sb->url);
+      json_string(w, p->url);
       json_key(w, "state");
-      json_string(w, http_standby_state_name(sb->state));
+      json_string(w, replicate_peer_state_name(p->state));
       json_key(w, "sent_seq");
-      json_uint(w, sb->sent_seq);
+      json_uint(w, p->sent_seq);
       json_key(w, "received_seq");
-      json_uint(w, sb->received_seq);
+      json_uint(w, p->received_seq);
       json_key(w, "applied_seq");
-      json_uint(w, sb->applied_seq);
+      json_uint(w, p->applied_seq);
       json_key(w, "base_images");
-      json_uint(w, sb->base_images);
-      lag_json(w, sb->lag_frames, sb->lag_bytes, sb->lag_seconds);
+      json_uint(w, p->base_images_sent);
+      lag_json(w, p->lag_frames, p->lag_bytes, p->lag_seconds);
       json_key(w, "last_error");
-      json_string(w, sb->last_error[0] ? sb->last_error : NULL);
+      json_string(w, p->last_error[0] ? p->last_error : NULL);
       json_key(w, "last_error_at");
-      json_time_ns(w, sb->last_error_at_ns);
+      json_time_ns(w, p->last_error_at_ns);
       json_key(w, "bytes");
       json_object_begin(w);
       json_key(w, "raw");
-      json_uint(w, sb->bytes_raw);
+      json_uint(w, p->bytes_raw);
       json_key(w, "wire");
-      json_uint(w, sb->bytes_wire);
+      json_uint(w, p->bytes_wire);
       json_object_end(w);
       json_object_end(w);
     }
@@ -627,7 +611,7 @@ static void counter_u(textbuf *t, const char *name, const char *help,
 
 static double seconds_of(int64_t ns) { return (double)ns / 1e9; }
 
-static void standby_metrics(textbuf *t, const node_figures *f)
+static void peer_metrics(textbuf *t, const node_figures *f)
 {
   static const struct {
     const char *name, *type, *help;
@@ -654,33 +638,33 @@ static void standby_metrics(textbuf *t, const node_figures *f)
   };
   for (size_t m = 0; m < sizeof per / sizeof per[0]; m++) {
     tb_head(t, per[m].name, per[m].type, per[m].help);
-    for (size_t i = 0; i < f->standby_count; i++) {
-      const http_standby_status *sb = &f->standbys[i];
-      char url[2 * HTTP_URL_MAX];
-      label_escape(sb->url, url, sizeof url);
+    for (size_t i = 0; i < f->peer_count; i++) {
+      const replicate_peer_status *p = &f->peers[i];
+      char url[2 * REPLICATE_URL_MAX];
+      label_escape(p->url, url, sizeof url);
       double v = 0;
       switch (m) {
-      case 0: v = (double)sb->sent_seq; break;
-      case 1: v = (double)sb->received_seq; break;
-      case 2: v = (double)sb->applied_seq; break;
-      case 3: v = (double)sb->lag_frames; break;
-      case 4: v = (double)sb->lag_bytes; break;
-      case 5: v = sb->lag_seconds; break;
-      case 6: v = (double)sb->bytes_raw; break;
-      case 7: v = (double)sb->bytes_wire; break;
-      case 8: v = (double)sb->base_images; break;
-      default: v = seconds_of(sb->last_error_at_ns); break;
+      case 0: v = (double)p->sent_seq; break;
+      case 1: v = (double)p->received_seq; break;
+      case 2: v = (double)p->applied_seq; break;
+      case 3: v = (double)p->lag_frames; break;
+      case 4: v = (double)p->lag_bytes; break;
+      case 5: v = p->lag_seconds; break;
+      case 6: v = (double)p->bytes_raw; break;
+      case 7: v = (double)p->bytes_wire; break;
+      case 8: v = (double)p->base_images_sent; break;
+      default: v = seconds_of(p->last_error_at_ns); break;
       }
       tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
     }
   }
   tb_head(t, "loomship_standby_state", "gauge",
           "1 for the standby's current replication state.");
-  for (size_t i = 0; i < f->standby_count; i++) {
-    char url[2 * HTTP_URL_MAX];
-    label_escape(f->standbys[i].url, url, sizeof url);
+  for (size_t i = 0; i < f->peer_count; i++) {
+    char url[2 * REPLICATE_URL_MAX];
+    label_escape(f->peers[i].url, url, sizeof url);
     tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} 1\n", url,
-              http_standby_state_name(f->standbys[i].state));
+              replicate_peer_state_name(f->peers[i].state));
   }
 }
 
@@ -758,8 +742,8 @@ static int answer_metrics(http_server *s, struct MHD_Connection *conn)
   } else {
     gauge_u(&t, "loomship_fenced",
             "1 once a standby was promoted past this primary.", f.fenced);
-    gauge_u(&t, "loomship_standbys", "Standbys configured.", f.standby_count);
-    standby_metrics(&t, &f);
+    gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
+    peer_metrics(&t, &f);
   }
   counter_u(&t, "loomship_frames_received_total",
             "Commit frames made durable in the receive log.",
