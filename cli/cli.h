@@ -2,31 +2,72 @@
 #ifndef LOOMSHIP_CLI_H
 #define LOOMSHIP_CLI_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
-/* A subcommand: run(argc, argv) with argv[0] the subcommand's name;
- * returns the process exit code. */
+/*
+ * Options: each subcommand declares a table of its options (name, value,
+ * help text, default) and an argument struct; options.c parses argv into
+ * that struct with getopt_long, prints --help from the table, and names an
+ * unknown or malformed option in one line (exit 2). Options are matched by
+ * their whole name (no abbreviations), "--name VALUE" or "--name=VALUE", in
+ * any order among the positional argument; "--" ends the options.
+ */
+typedef enum cli_kind {
+  CLI_FLAG,   /* no value: the int at offset becomes 1 */
+  CLI_TEXT,   /* the const char * at offset points at the value */
+  CLI_NUMBER, /* a whole number in [min, max] into the uint64_t at offset */
+  CLI_CALL,   /* set() stores the value; for repeated or checked values */
+} cli_kind;
+
+typedef struct cli_option {
+  const char *name;   /* without the leading "--"; NULL ends a table */
+  const char *arg;    /* the value's name in --help ("DIR"); NULL for a flag */
+  cli_kind kind;
+  size_t offset;      /* of the destination in the argument struct */
+  uint64_t min, max;  /* CLI_NUMBER: the accepted range */
+  /* CLI_CALL: store value into args; 0, or an exit code after an error
+   * line. */
+  int (*set)(const char *cmd, const char *value, void *args);
+  /* The default, shown by --help as "[dflt]". For a CLI_NUMBER, a default
+   * that is a number is also the value before argv is read (so help and
+   * behaviour agree); other text is only shown, the field then stays 0,
+   * which the command reads as "not given". NULL: none shown. */
+  const char *dflt;
+  bool required;      /* CLI_TEXT: the command refuses to run without it */
+  const char *help;
+} cli_option;
+
+/* A subcommand. argv is parsed into a zeroed struct of args_size bytes,
+ * which run() receives; run returns the process exit code. */
 typedef struct cli_command {
   const char *name;
   const char *summary;
-  const char *usage; /* printed by --help, after "usage: loomship " */
-  int (*run)(int argc, char **argv);
+  const cli_option *options;
+  const char *positional;     /* its one positional argument ("URL"), or NULL */
+  size_t positional_offset;   /* where that goes (a const char *) */
+  size_t args_size;
+  int (*run)(void *args);
 } cli_command;
+
+/* Parse argv (argv[0] is the subcommand's name) into args. Returns true
+ * when the command is to run; false with *exit_code 0 after --help or
+ * --version (printed on stdout), or 2 after a one-line usage error (or the
+ * exit code a set() callback returned). */
+bool cli_parse(const cli_command *c, int argc, char **argv, void *args, int *exit_code);
+/* A one-line usage error on stderr, "loomship NAME: ...; see 'loomship
+ * NAME --help'"; returns 2. */
+int cli_usage_error(const cli_command *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* "loomship X.Y.Z (commit abcdef0)" on out: the commit is the build's, from
+ * git (meson's vcs_tag), or "unknown" outside a checkout. */
+void cli_version(FILE *out);
 
 /* One-line error on stderr ("loomship NAME: ..."), returns 1. */
 int cli_fail(const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* 1 if argv holds -h or --help (and the usage was printed). */
-int cli_help_requested(const cli_command *c, int argc, char **argv);
-/* Print usage to stderr and return 2. */
-int cli_usage(const cli_command *c);
-/* The argument of an option at argv[*i] ("--x V" or "--x=V"), advancing
- * *i; NULL (after an error line) when missing. */
-const char *cli_option_value(const char *cmd, int argc, char **argv, int *i,
-                             const char *name);
-/* Whether argv[i] is the option name (alone or as "name=..."). */
-int cli_is_option(const char *arg, const char *name);
 /* Parse an unsigned integer in [min, max]; 0 on success. */
 int cli_parse_u64(const char *cmd, const char *what, const char *text,
                   uint64_t min, uint64_t max, uint64_t *out);

@@ -21,7 +21,7 @@
 
 #include "cli.h"
 #include "client.h"
-#include "jsonread.h"
+#include "json_get.h"
 #include "primary.h"
 
 static double now_s(void)
@@ -120,14 +120,15 @@ static int wait_applied(const char *url, uint64_t seq, double seconds)
   client_options o = {.timeout_s = 5};
   do {
     client_reply r;
-    double applied = -1;
+    uint64_t applied = 0;
+    bool known = false;
     if (client_request("GET", url, "/v1/status", &o, &r) == 0 && r.status == 200) {
-      json *j = jsonread_parse(r.body, r.len);
-      applied = jsonread_number(j, "applied.seq", -1);
-      jsonread_free(j);
+      json_t *j = cli_json_parse(r.body, r.len);
+      known = cli_json_uint(j, "applied.seq", &applied);
+      json_decref(j);
     }
     client_reply_free(&r);
-    if (applied >= (double)seq)
+    if (known && applied >= seq)
       return 1;
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);
@@ -135,21 +136,25 @@ static int wait_applied(const char *url, uint64_t seq, double seconds)
   return 0;
 }
 
-static int run_demo(int argc, char **argv)
+typedef struct demo_args {
+  uint64_t seconds, rate, pages;
+} demo_args;
+
+static const cli_option demo_options[] = {
+    {.name = "seconds", .arg = "N", .kind = CLI_NUMBER, .offset = offsetof(demo_args, seconds),
+     .min = 1, .max = 100000, .dflt = "5", .help = "how long the workload runs"},
+    {.name = "rate", .arg = "HZ", .kind = CLI_NUMBER, .offset = offsetof(demo_args, rate),
+     .min = 0, .max = 100000, .dflt = "0",
+     .help = "saves a second; 0: as fast as it goes"},
+    {.name = "pages", .arg = "K", .kind = CLI_NUMBER, .offset = offsetof(demo_args, pages),
+     .min = 1, .max = 100000, .dflt = "64", .help = "values of 64 bytes changed per save"},
+    {0},
+};
+
+static int run_demo(void *args)
 {
-  uint64_t seconds = 5, rate = 0, pages = 64;
-  for (int i = 1; i < argc; i++) {
-    const char *v;
-    uint64_t *dst = cli_is_option(argv[i], "--seconds") ? &seconds
-                    : cli_is_option(argv[i], "--rate")  ? &rate
-                    : cli_is_option(argv[i], "--pages") ? &pages
-                                                        : NULL;
-    if (!dst)
-      return cli_usage(&cmd_demo);
-    if (!(v = cli_option_value("demo", argc, argv, &i, argv[i])) ||
-        cli_parse_u64("demo", argv[i], v, dst == &rate ? 0 : 1, 100000, dst))
-      return 2;
-  }
+  const demo_args *a = args;
+  uint64_t seconds = a->seconds, rate = a->rate, pages = a->pages;
   char root[] = "/tmp/loomship-demo-XXXXXX";
   if (!mkdtemp(root))
     return cli_fail("demo", "cannot make a temporary directory: %s", strerror(errno));
@@ -276,8 +281,7 @@ static int run_demo(int argc, char **argv)
 }
 
 const cli_command cmd_demo = {
-    "demo",
-    "the main job: a standby and a primary on 127.0.0.1, a workload, a backup "
-    "over HTTP, and a check that the three images are identical",
-    "demo [--seconds N] [--rate HZ (0: as fast as it goes)] [--pages K]",
-    run_demo};
+    .name = "demo",
+    .summary = "the main job: a standby and a primary on 127.0.0.1, a workload, a backup "
+               "over HTTP, and a check that the three images are identical",
+    .options = demo_options, .args_size = sizeof(demo_args), .run = run_demo};

@@ -19,20 +19,22 @@ int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy)
                            "for a standby, restart it with --resync-from URL");
 }
 
-static int run_inspect(int argc, char **argv)
+typedef struct local_args {
+  const char *dir;
+  int json;
+} local_args;
+
+static const cli_option inspect_options[] = {
+    {.name = "json", .kind = CLI_FLAG, .offset = offsetof(local_args, json),
+     .help = "print the position as one JSON object"},
+    {0},
+};
+
+static int run_inspect(void *args)
 {
-  const char *dir = NULL;
-  int json = 0;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json"))
-      json = 1;
-    else if (argv[i][0] == '-' || dir)
-      return cli_usage(&cmd_inspect);
-    else
-      dir = argv[i];
-  }
-  if (!dir)
-    return cli_usage(&cmd_inspect);
+  const local_args *a = args;
+  const char *dir = a->dir;
+  int json = a->json;
   loom_position p;
   loom_lineage lineage;
   int rc = loom_inspect_lineage(dir, &p, &lineage);
@@ -70,22 +72,23 @@ static int run_inspect(int argc, char **argv)
   return 0;
 }
 
-static int run_verify(int argc, char **argv)
+static const cli_option verify_options[] = {{0}};
+
+static int run_verify(void *args)
 {
-  if (argc != 2 || argv[1][0] == '-')
-    return cli_usage(&cmd_verify);
+  const char *dir = ((const local_args *)args)->dir;
   loom_position rec = {0};
   uint64_t computed = 0;
-  int rc = loom_verify(argv[1], &rec, &computed);
+  int rc = loom_verify(dir, &rec, &computed);
   char a[17], b[17];
   if (rc == LOOM_EMETA)
-    return cli_fail_store("verify", argv[1], rc, NULL);
+    return cli_fail_store("verify", dir, rc, NULL);
   if (rc == LOOM_ECORRUPT)
     return cli_fail("verify", "%s: checksum mismatch: recorded %s at seq %llu, pages say %s",
-                    argv[1], cli_hex64(rec.checksum, a), (unsigned long long)rec.seq,
+                    dir, cli_hex64(rec.checksum, a), (unsigned long long)rec.seq,
                     cli_hex64(computed, b));
   if (rc)
-    return cli_fail("verify", "%s: %s", argv[1], loom_strerror(rc));
+    return cli_fail("verify", "%s: %s", dir, loom_strerror(rc));
   printf("ok: epoch %llu seq %llu checksum %s pages %llu\n",
          (unsigned long long)rec.epoch, (unsigned long long)rec.seq,
          cli_hex64(rec.checksum, a), (unsigned long long)rec.pages);
@@ -93,8 +96,13 @@ static int run_verify(int argc, char **argv)
 }
 
 const cli_command cmd_inspect = {
-    "inspect", "show an image directory's position",
-    "inspect DIR [--json]", run_inspect};
+    .name = "inspect", .summary = "show an image directory's position",
+    .options = inspect_options, .positional = "DIR",
+    .positional_offset = offsetof(local_args, dir), .args_size = sizeof(local_args),
+    .run = run_inspect};
 const cli_command cmd_verify = {
-    "verify", "recompute an image's checksum and check it against its position",
-    "verify DIR", run_verify};
+    .name = "verify",
+    .summary = "recompute an image's checksum and check it against its position",
+    .options = verify_options, .positional = "DIR",
+    .positional_offset = offsetof(local_args, dir), .args_size = sizeof(local_args),
+    .run = run_verify};

@@ -276,8 +276,8 @@ static bool node_fenced(primary_node *n) { return source_fenced(n); }
  * with --saves 0 it keeps serving ("fenced": true) until SIGTERM. */
 static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
 {
-  cli_log("primary", "FENCED: a standby of this history has a newer epoch "
-                     "(it was promoted); this primary saves nothing more");
+  cli_log("primary", "FENCED: a standby of this primary's history has a newer "
+                     "epoch (it was promoted); this primary saves nothing more");
   if (saves == 0 && n->server) {
     while (sigwaitinfo(stop, NULL) < 0 && errno == EINTR)
       ;
@@ -336,107 +336,117 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
   }
 }
 
-static int run_primary(int argc, char **argv)
-{
-  primary_config cfg = {.who = "primary", .arena_pages = 16384, .keys = 4096,
-                        .pages = 16, .sync_timeout_seconds = 10, .zstd_level = 1};
+typedef struct primary_args {
+  const char *dir, *listen, *token_file, *ack_log, *ca_file, *tls_cert, *tls_key;
   const char *standbys[MAX_STANDBYS];
-  const char *listen = NULL, *token_file = NULL;
-  uint64_t saves = 0, rate = 10, drain = 30, seed = 0, v;
-  const char *ack_log = NULL;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val;
-#define VALUE() (val = cli_option_value("primary", argc, argv, &i, a))
-#define NUMBER(name, lo, hi, dst)                                                  \
-  (VALUE() && !cli_parse_u64("primary", name, val, lo, hi, &v) ? ((dst) = v, 1) : 0)
-    if (cli_is_option(a, "--dir")) {
-      if (!VALUE())
-        return 2;
-      cfg.dir = val;
-    } else if (cli_is_option(a, "--standby")) {
-      if (!VALUE())
-        return 2;
-      if (cfg.standby_count == MAX_STANDBYS)
-        return cli_fail("primary", "at most %d standbys", MAX_STANDBYS);
-      standbys[cfg.standby_count++] = val;
-    } else if (cli_is_option(a, "--token-file")) {
-      if (!VALUE())
-        return 2;
-      token_file = val;
-    } else if (cli_is_option(a, "--listen")) {
-      if (!VALUE())
-        return 2;
-      listen = val;
-    } else if (cli_is_option(a, "--ack-log")) {
-      if (!VALUE())
-        return 2;
-      ack_log = val;
-    } else if (cli_is_option(a, "--ca-file")) {
-      if (!VALUE())
-        return 2;
-      cfg.ca_file = val;
-    } else if (cli_is_option(a, "--tls-cert")) {
-      if (!VALUE())
-        return 2;
-      cfg.tls_cert = val;
-    } else if (cli_is_option(a, "--tls-key")) {
-      if (!VALUE())
-        return 2;
-      cfg.tls_key = val;
-    } else if (cli_is_option(a, "--sync-fallback")) {
-      if (!VALUE())
-        return 2;
-      if (strcmp(val, "fail") && strcmp(val, "async"))
-        return cli_fail("primary", "--sync-fallback is fail or async, not '%s'", val);
-      cfg.sync_degrade = !strcmp(val, "async");
-    } else if (cli_is_option(a, "--sync")) {
-      if (!NUMBER("--sync", 0, MAX_STANDBYS, cfg.sync_count))
-        return 2;
-    } else if (cli_is_option(a, "--saves")) {
-      if (!NUMBER("--saves", 0, UINT64_MAX, saves))
-        return 2;
-    } else if (cli_is_option(a, "--rate")) {
-      if (!NUMBER("--rate", 1, 100000, rate))
-        return 2;
-    } else if (cli_is_option(a, "--pages")) {
-      if (!NUMBER("--pages", 1, 65536, cfg.pages))
-        return 2;
-    } else if (cli_is_option(a, "--keys")) {
-      if (!NUMBER("--keys", 1, 1000000, cfg.keys))
-        return 2;
-    } else if (cli_is_option(a, "--arena-pages")) {
-      if (!NUMBER("--arena-pages", 64, 130000, cfg.arena_pages))
-        return 2;
-    } else if (cli_is_option(a, "--drain-timeout")) {
-      if (!NUMBER("--drain-timeout", 0, 86400, drain))
-        return 2;
-    } else if (cli_is_option(a, "--sync-timeout")) {
-      if (!NUMBER("--sync-timeout", 1, 86400, v))
-        return 2;
-      cfg.sync_timeout_seconds = (double)v;
-    } else if (cli_is_option(a, "--seed")) {
-      if (!NUMBER("--seed", 1, UINT64_MAX, seed))
-        return 2;
-    } else if (cli_is_option(a, "--log-max-mb")) {
-      if (!NUMBER("--log-max-mb", 1, 1048576, v))
-        return 2;
-      cfg.log_max_bytes = v << 20;
-    } else if (cli_is_option(a, "--level")) {
-      if (!NUMBER("--level", 1, 19, v))
-        return 2;
-      cfg.zstd_level = (int)v;
-    } else {
-      return cli_usage(&cmd_primary);
-    }
-#undef NUMBER
-#undef VALUE
+  size_t standby_count;
+  int sync_degrade;
+  uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
+      log_max_mb, level;
+} primary_args;
+
+static int add_standby(const char *cmd, const char *url, void *args)
+{
+  primary_args *a = args;
+  if (a->standby_count == MAX_STANDBYS) {
+    cli_fail(cmd, "at most %d --standby", MAX_STANDBYS);
+    return 2;
   }
-  if (!cfg.dir || cfg.sync_count > cfg.standby_count || (!cfg.tls_cert != !cfg.tls_key))
-    return cli_usage(&cmd_primary);
-  if (cfg.keys + cfg.keys / 4 + 64 > cfg.arena_pages)
+  a->standbys[a->standby_count++] = url;
+  return 0;
+}
+
+static int set_sync_fallback(const char *cmd, const char *value, void *args)
+{
+  if (strcmp(value, "fail") && strcmp(value, "async")) {
+    cli_fail(cmd, "--sync-fallback is fail or async, not '%s'", value);
+    return 2;
+  }
+  ((primary_args *)args)->sync_degrade = !strcmp(value, "async");
+  return 0;
+}
+
+#define AT(field) offsetof(primary_args, field)
+#define NUMBER(opt, ARG, field, lo, hi, dflt_, help_)                              \
+  {.name = opt, .arg = ARG, .kind = CLI_NUMBER, .offset = AT(field), .min = lo,    \
+   .max = hi, .dflt = dflt_, .help = help_}
+#define TEXT(opt, ARG, field, dflt_, help_)                                        \
+  {.name = opt, .arg = ARG, .kind = CLI_TEXT, .offset = AT(field), .dflt = dflt_,  \
+   .help = help_}
+static const cli_option primary_options[] = {
+    {.name = "dir", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(dir), .required = true,
+     .help = "the image directory (created 0700 with its missing parents)"},
+    {.name = "standby", .arg = "URL", .kind = CLI_CALL, .set = add_standby, .dflt = "none",
+     .help = "a standby to replicate to; repeat for each (at most 32)"},
+    TEXT("token-file", "F", token_file, "none",
+         "the bearer token, sent to the standbys and required for backups from "
+         "--listen"),
+    TEXT("ca-file", "F", ca_file, "the system's CAs",
+         "CA certificates to verify the standbys' TLS certificates"),
+    NUMBER("sync", "N", sync, 0, MAX_STANDBYS, "0",
+           "a save waits until N standbys hold it durably; 0: asynchronous"),
+    NUMBER("sync-timeout", "SECONDS", sync_timeout, 1, 86400, "10",
+           "the longest a save waits for --sync standbys"),
+    {.name = "sync-fallback", .arg = "fail|async", .kind = CLI_CALL,
+     .set = set_sync_fallback, .dflt = "fail",
+     .help = "after --sync-timeout, fail the save (it is committed locally) or go on "
+             "asynchronously until N standbys are back"},
+    NUMBER("saves", "N", saves, 0, UINT64_MAX, "0", "stop after N saves; 0: at SIGTERM"),
+    NUMBER("rate", "HZ", rate, 1, 100000, "10", "saves a second"),
+    NUMBER("pages", "K", pages, 1, 65536, "16", "values of 64 bytes changed per save"),
+    NUMBER("keys", "N", keys, 1, 1000000, "4096", "values in the key-value table"),
+    NUMBER("arena-pages", "N", arena_pages, 64, 130000, "16384",
+           "the arena's size in 16 KiB pages"),
+    NUMBER("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",
+           "the workload's random seed, to repeat a run"),
+    TEXT("listen", "HOST:PORT", listen, "none",
+         "serve the read endpoints (status, metrics, backup) there"),
+    TEXT("tls-cert", "F", tls_cert, "none", "serve HTTPS with this certificate (with --tls-key)"),
+    TEXT("tls-key", "F", tls_key, "none", "the private key of --tls-cert"),
+    NUMBER("drain-timeout", "SECONDS", drain, 0, 86400, "30",
+           "on stop, wait this long for every reachable standby to hold everything"),
+    NUMBER("level", "L", level, 1, 19, "1", "the frames' zstd compression level"),
+    NUMBER("log-max-mb", "MB", log_max_mb, 1, 1048576, "the replication log's own, 1024",
+           "the replication log's size cap"),
+    TEXT("ack-log", "FILE", ack_log, "none",
+         "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
+    {0},
+};
+#undef TEXT
+#undef NUMBER
+#undef AT
+
+/* The node's configuration from the arguments: 0, or an exit code after an
+ * error line. */
+static int primary_configure(const primary_args *a, primary_config *cfg)
+{
+  *cfg = (primary_config){
+      .who = "primary", .dir = a->dir, .arena_pages = a->arena_pages, .keys = a->keys,
+      .pages = a->pages, .standbys = a->standbys, .standby_count = a->standby_count,
+      .ca_file = a->ca_file, .sync_count = (unsigned)a->sync,
+      .sync_timeout_seconds = (double)a->sync_timeout, .sync_degrade = a->sync_degrade,
+      .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
+      .tls_cert = a->tls_cert, .tls_key = a->tls_key};
+  if (cfg->sync_count > cfg->standby_count)
+    return cli_usage_error(&cmd_primary, "--sync %u needs as many --standby",
+                           cfg->sync_count);
+  if (!cfg->tls_cert != !cfg->tls_key)
+    return cli_usage_error(&cmd_primary, "--tls-cert and --tls-key go together");
+  if (cfg->keys + cfg->keys / 4 + 64 > cfg->arena_pages)
     return cli_fail("primary", "--keys %llu needs an arena of more than %llu pages",
-                    (unsigned long long)cfg.keys, (unsigned long long)cfg.arena_pages);
-  cfg.standbys = standbys;
+                    (unsigned long long)cfg->keys, (unsigned long long)cfg->arena_pages);
+  return 0;
+}
+
+static int run_primary(void *args)
+{
+  const primary_args *a = args;
+  const char *listen = a->listen, *token_file = a->token_file, *ack_log = a->ack_log;
+  uint64_t saves = a->saves, rate = a->rate, drain = a->drain, seed = a->seed;
+  primary_config cfg;
+  int crc = primary_configure(a, &cfg);
+  if (crc)
+    return crc;
   char *host = NULL;
   if (listen && cli_parse_listen("primary", listen, &host, &cfg.listen_port))
     return 2;
@@ -480,6 +490,8 @@ static int run_primary(int argc, char **argv)
     return 1;
   }
   int exit_code = run_workload(&n, &stop, saves, rate, ack_fd);
+  if (exit_code == 0 && node_fenced(&n))
+    exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */
   cli_notify("STOPPING=1");
   loom_position last = n.committed;
   char standbys_line[1024];
@@ -501,10 +513,6 @@ static int run_primary(int argc, char **argv)
 }
 
 const cli_command cmd_primary = {
-    "primary", "run the example application as a primary replicating to standbys",
-    "primary --dir DIR [--standby URL]... [--token-file F] [--sync N] [--saves N] "
-    "[--rate HZ] [--pages K] [--listen HOST:PORT] [--drain-timeout SECONDS] "
-    "[--sync-timeout SECONDS] [--sync-fallback fail|async] [--keys N] "
-    "[--arena-pages N] [--ca-file F] [--tls-cert F --tls-key F] [--level L] "
-    "[--log-max-mb MB] [--seed N] [--ack-log FILE]",
-    run_primary};
+    .name = "primary",
+    .summary = "run the example application as a primary replicating to standbys",
+    .options = primary_options, .args_size = sizeof(primary_args), .run = run_primary};

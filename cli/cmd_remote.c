@@ -12,7 +12,7 @@
 
 #include "cli.h"
 #include "client.h"
-#include "jsonread.h"
+#include "json_get.h"
 #include "loom.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
@@ -24,9 +24,9 @@ static double now_s(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Options shared by the remote subcommands. */
+/* The arguments of the remote subcommands. */
 typedef struct remote_args {
-  const char *url;
+  const char *url;        /* status and promote: the positional URL; backup: --from */
   const char *out;
   const char *token_file;
   const char *ca_file;
@@ -35,49 +35,44 @@ typedef struct remote_args {
   uint64_t retries;
 } remote_args;
 
-/* Parse argv; positional is the name of a positional URL argument or NULL
- * (then --from gives it). Returns 0, or an exit code. */
-static int parse_remote(const cli_command *c, int argc, char **argv, int positional,
-                        remote_args *a)
-{
-  memset(a, 0, sizeof *a);
-  a->retries = 8;
-  for (int i = 1; i < argc; i++) {
-    const char *v;
-    if (cli_is_option(argv[i], "--token-file")) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--token-file")))
-        return 2;
-      a->token_file = v;
-    } else if (cli_is_option(argv[i], "--ca-file")) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--ca-file")))
-        return 2;
-      a->ca_file = v;
-    } else if (cli_is_option(argv[i], "--from") && !positional) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--from")))
-        return 2;
-      a->url = v;
-    } else if (cli_is_option(argv[i], "--out") && !positional) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--out")))
-        return 2;
-      a->out = v;
-    } else if (cli_is_option(argv[i], "--retries") && !positional) {
-      if (!(v = cli_option_value(c->name, argc, argv, &i, "--retries")) ||
-          cli_parse_u64(c->name, "--retries", v, 0, 1000, &a->retries))
-        return 2;
-    } else if (!strcmp(argv[i], "--json") && c == &cmd_status) {
-      a->json = 1;
-    } else if (!strcmp(argv[i], "--force") && c == &cmd_promote) {
-      a->force = 1;
-    } else if (positional && argv[i][0] != '-' && !a->url) {
-      a->url = argv[i];
-    } else {
-      return cli_usage(c);
-    }
-  }
-  if (!a->url || (!positional && !a->out))
-    return cli_usage(c);
-  return 0;
-}
+#define TOKEN_FILE_OPTION                                                        \
+  {.name = "token-file", .arg = "F", .kind = CLI_TEXT,                          \
+   .offset = offsetof(remote_args, token_file), .dflt = "none",                 \
+   .help = "the bearer token, on the file's first line"}
+#define CA_FILE_OPTION                                                           \
+  {.name = "ca-file", .arg = "F", .kind = CLI_TEXT,                             \
+   .offset = offsetof(remote_args, ca_file), .dflt = "the system's CAs",        \
+   .help = "CA certificates to verify the node's TLS certificate"}
+
+static const cli_option backup_options[] = {
+    {.name = "from", .arg = "URL", .kind = CLI_TEXT, .offset = offsetof(remote_args, url),
+     .required = true, .help = "the node to pull from (a primary or a standby)"},
+    {.name = "out", .arg = "DIR", .kind = CLI_TEXT, .offset = offsetof(remote_args, out),
+     .required = true, .help = "the new directory; it must not exist"},
+    TOKEN_FILE_OPTION,
+    CA_FILE_OPTION,
+    {.name = "retries", .arg = "N", .kind = CLI_NUMBER,
+     .offset = offsetof(remote_args, retries), .min = 0, .max = 1000, .dflt = "8",
+     .help = "times a broken download is resumed (Range + If-Range)"},
+    {0},
+};
+
+static const cli_option status_options[] = {
+    {.name = "json", .kind = CLI_FLAG, .offset = offsetof(remote_args, json),
+     .help = "print the status document as the node sent it"},
+    TOKEN_FILE_OPTION,
+    CA_FILE_OPTION,
+    {0},
+};
+
+static const cli_option promote_options[] = {
+    {.name = "force", .kind = CLI_FLAG, .offset = offsetof(remote_args, force),
+     .help = "promote even a standby that never applied anything or lags more than "
+             "its --promote-max-lag"},
+    TOKEN_FILE_OPTION,
+    CA_FILE_OPTION,
+    {0},
+};
 
 /* The token named by --token-file into *token (NULL when none): 0, or an
  * exit code after an error line. */
@@ -90,30 +85,76 @@ static int load_token(const char *cmd, const remote_args *a, char **token)
 /* The message of a JSON error answer, or the status line. */
 static const char *error_text(const client_reply *r, char *buf, size_t len)
 {
-  json *j = jsonread_parse(r->body, r->len);
-  const char *msg = jsonread_string(j, "error", NULL);
+  json_t *j = cli_json_parse(r->body, r->len);
+  const char *msg = cli_json_string(j, "error", NULL);
   snprintf(buf, len, "HTTP %ld%s%s", r->status, msg ? ": " : "", msg ? msg : "");
-  jsonread_free(j);
+  json_decref(j);
   return buf;
 }
 
 /* ---------------------------------------------------------------------- */
 /* status */
 
-static void print_lag(const char *indent, const json *lag)
+/* A seq, an epoch or a count at path, for printing (0 when absent). */
+static unsigned long long count_at(const json_t *j, const char *path)
 {
-  printf("%slag        %.0f frames, %.0f bytes, %.3f s\n", indent,
-         jsonread_number(lag, "frames", 0), jsonread_number(lag, "bytes", 0),
-         jsonread_number(lag, "seconds", 0));
+  return (unsigned long long)cli_json_uint_or(j, path, 0);
 }
 
-static int run_status(int argc, char **argv)
+static void print_lag(const char *indent, const json_t *lag)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_status, argc, argv, 1, &a);
-  if (rc)
-    return rc;
+  printf("%slag        %llu frames, %llu bytes, %.3f s\n", indent, count_at(lag, "frames"),
+         count_at(lag, "bytes"), cli_json_real(lag, "seconds", 0));
+}
+
+/* One block per standby of a primary's status. */
+static void print_standbys(const json_t *standbys)
+{
+  size_t i;
+  const json_t *s;
+  json_array_foreach(standbys, i, s) {
+    printf("standby    %s  %s\n", cli_json_string(s, "url", "?"),
+           cli_json_string(s, "state", "?"));
+    print_lag("  ", cli_json_get(s, "lag"));
+    printf("  sent %llu  received %llu  applied %llu\n", count_at(s, "sent_seq"),
+           count_at(s, "received_seq"), count_at(s, "applied_seq"));
+    if (cli_json_string(s, "last_error", NULL))
+      printf("  last error %s\n", cli_json_string(s, "last_error", ""));
+  }
+}
+
+/* The status document j, lag first: it is what one looks at a status for. */
+static void print_status(const json_t *j)
+{
+  if (cli_json_get(j, "lag"))
+    print_lag("", cli_json_get(j, "lag"));
+  const json_t *sb = cli_json_get(j, "standbys");
+  if (json_is_array(sb)) {
+    double worst = 0;
+    size_t i;
+    const json_t *s;
+    json_array_foreach(sb, i, s)
+      worst = fmax(worst, cli_json_real(s, "lag.seconds", 0));
+    printf("lag        worst standby %.3f s\n", worst);
+  }
+  printf("role       %s, epoch %llu%s%s\n", cli_json_string(j, "role", "?"),
+         count_at(j, "epoch"), cli_json_bool(j, "fenced", false) ? ", FENCED" : "",
+         cli_json_bool(j, "replay_paused", false) ? ", replay paused" : "");
+  printf("applied    seq %llu  checksum %s  at %s\n", count_at(j, "applied.seq"),
+         cli_json_string(j, "applied.checksum", "?"), cli_json_string(j, "applied.at", "-"));
+  if (cli_json_get(j, "received"))
+    printf("received   seq %llu  checksum %s\n", count_at(j, "received.seq"),
+           cli_json_string(j, "received.checksum", "?"));
+  if (cli_json_get(j, "primary_seq"))
+    printf("primary    seq %llu\n", count_at(j, "primary_seq"));
+  print_standbys(sb);
+}
+
+static int run_status(void *args)
+{
+  const remote_args a = *(const remote_args *)args;
   char *token;
+  int rc;
   if ((rc = load_token("status", &a, &token)))
     return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
@@ -137,54 +178,23 @@ static int run_status(int argc, char **argv)
     client_reply_free(&r);
     return 0;
   }
-  json *j = jsonread_parse(r.body, r.len);
+  json_t *j = cli_json_parse(r.body, r.len);
   client_reply_free(&r);
   if (!j)
     return cli_fail("status", "%s: the answer is not JSON", a.url);
-  const char *role = jsonread_string(j, "role", "?");
-  /* Lag first: it is what one looks at a status for. */
-  if (jsonread_get(j, "lag"))
-    print_lag("", jsonread_get(j, "lag"));
-  const json *sb = jsonread_get(j, "standbys");
-  if (sb && sb->type == JSON_ARRAY) {
-    double worst = 0;
-    for (const json *s = sb->child; s; s = s->next)
-      worst = fmax(worst, jsonread_number(s, "lag.seconds", 0));
-    printf("lag        worst standby %.3f s\n", worst);
-  }
-  printf("role       %s, epoch %.0f%s%s\n", role, jsonread_number(j, "epoch", 0),
-         jsonread_bool(j, "fenced", 0) ? ", FENCED" : "",
-         jsonread_bool(j, "replay_paused", 0) ? ", replay paused" : "");
-  printf("applied    seq %.0f  checksum %s  at %s\n", jsonread_number(j, "applied.seq", 0),
-         jsonread_string(j, "applied.checksum", "?"), jsonread_string(j, "applied.at", "-"));
-  if (jsonread_get(j, "received"))
-    printf("received   seq %.0f  checksum %s\n", jsonread_number(j, "received.seq", 0),
-           jsonread_string(j, "received.checksum", "?"));
-  if (jsonread_get(j, "primary_seq"))
-    printf("primary    seq %.0f\n", jsonread_number(j, "primary_seq", 0));
-  if (sb && sb->type == JSON_ARRAY)
-    for (const json *s = sb->child; s; s = s->next) {
-      printf("standby    %s  %s\n", jsonread_string(s, "url", "?"), jsonread_string(s, "state", "?"));
-      print_lag("  ", jsonread_get(s, "lag"));
-      printf("  sent %.0f  received %.0f  applied %.0f\n", jsonread_number(s, "sent_seq", 0),
-             jsonread_number(s, "received_seq", 0), jsonread_number(s, "applied_seq", 0));
-      if (jsonread_string(s, "last_error", NULL))
-        printf("  last error %s\n", jsonread_string(s, "last_error", ""));
-    }
-  jsonread_free(j);
+  print_status(j);
+  json_decref(j);
   return 0;
 }
 
 /* ---------------------------------------------------------------------- */
 /* promote */
 
-static int run_promote(int argc, char **argv)
+static int run_promote(void *args)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_promote, argc, argv, 1, &a);
-  if (rc)
-    return rc;
+  const remote_args a = *(const remote_args *)args;
   char *token;
+  int rc;
   if ((rc = load_token("promote", &a, &token)))
     return rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 120};
@@ -199,19 +209,19 @@ static int run_promote(int argc, char **argv)
   }
   if (r.status != 200) {
     cli_fail("promote", "%s: %s", a.url, error_text(&r, buf, sizeof buf));
-    json *e = jsonread_parse(r.body, r.len);
-    const char *code = jsonread_string(e, "code", "");
+    json_t *e = cli_json_parse(r.body, r.len);
+    const char *code = cli_json_string(e, "code", "");
     if (!strcmp(code, "PROMOTE_EMPTY") || !strcmp(code, "PROMOTE_BEHIND"))
       fprintf(stderr, "promote: %s (code %s); --force promotes it anyway\n",
-              jsonread_string(e, "reason", ""), code);
-    jsonread_free(e);
+              cli_json_string(e, "reason", ""), code);
+    json_decref(e);
     client_reply_free(&r);
     return 1;
   }
-  json *j = jsonread_parse(r.body, r.len);
-  printf("promoted: %s is primary at epoch %.0f (seq %.0f)\n", a.url,
-         jsonread_number(j, "epoch", 0), jsonread_number(j, "applied.seq", 0));
-  jsonread_free(j);
+  json_t *j = cli_json_parse(r.body, r.len);
+  printf("promoted: %s is primary at epoch %llu (seq %llu)\n", a.url,
+         count_at(j, "epoch"), count_at(j, "applied.seq"));
+  json_decref(j);
   client_reply_free(&r);
   return 0;
 }
@@ -543,13 +553,11 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   return 0;
 }
 
-static int run_backup(int argc, char **argv)
+static int run_backup(void *args)
 {
-  remote_args a;
-  int rc = parse_remote(&cmd_backup, argc, argv, 0, &a);
-  if (rc)
-    return rc;
+  const remote_args a = *(const remote_args *)args;
   char *token;
+  int rc;
   if ((rc = load_token("backup", &a, &token)))
     return rc;
   rc = cli_backup_pull(a.url, a.out, token, a.ca_file, a.retries, 0);
@@ -558,12 +566,16 @@ static int run_backup(int argc, char **argv)
 }
 
 const cli_command cmd_backup = {
-    "backup", "pull a consistent backup over HTTP, verify it, write it atomically",
-    "backup --from URL --out DIR [--token-file F] [--ca-file F] [--retries N]",
-    run_backup};
+    .name = "backup",
+    .summary = "pull a consistent backup over HTTP, verify it, write it atomically",
+    .options = backup_options, .args_size = sizeof(remote_args), .run = run_backup};
 const cli_command cmd_status = {
-    "status", "print a node's status, lag first",
-    "status URL [--json] [--token-file F] [--ca-file F]", run_status};
+    .name = "status", .summary = "print a node's status, lag first",
+    .options = status_options, .positional = "URL",
+    .positional_offset = offsetof(remote_args, url), .args_size = sizeof(remote_args),
+    .run = run_status};
 const cli_command cmd_promote = {
-    "promote", "promote a standby to primary at a new epoch",
-    "promote URL [--force] [--token-file F] [--ca-file F]", run_promote};
+    .name = "promote", .summary = "promote a standby to primary at a new epoch",
+    .options = promote_options, .positional = "URL",
+    .positional_offset = offsetof(remote_args, url), .args_size = sizeof(remote_args),
+    .run = run_promote};

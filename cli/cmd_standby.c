@@ -51,45 +51,87 @@ void cli_block_stop_signals(sigset_t *set)
   signal(SIGPIPE, SIG_IGN);
 }
 
-static int run_standby(int argc, char **argv)
+typedef struct standby_args {
+  const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
+  uint64_t ready_lag_ms, promote_max_lag;
+} standby_args;
+
+#define AT(field) offsetof(standby_args, field)
+static const cli_option standby_options[] = {
+    {.name = "dir", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(dir), .required = true,
+     .help = "the image directory (created 0700 with its missing parents)"},
+    {.name = "listen", .arg = "HOST:PORT", .kind = CLI_TEXT, .offset = AT(listen),
+     .required = true, .help = "where to serve the HTTP API (port 0: any free port; "
+                               "the first line of output names it)"},
+    {.name = "token-file", .arg = "F", .kind = CLI_TEXT, .offset = AT(token_file),
+     .dflt = "none", .help = "the bearer token that writes and promotion require, "
+                             "also sent to --resync-from's URL"},
+    {.name = "tls-cert", .arg = "F", .kind = CLI_TEXT, .offset = AT(cert), .dflt = "none",
+     .help = "serve HTTPS with this certificate (with --tls-key)"},
+    {.name = "tls-key", .arg = "F", .kind = CLI_TEXT, .offset = AT(key), .dflt = "none",
+     .help = "the private key of --tls-cert"},
+    {.name = "ready-lag-ms", .arg = "MS", .kind = CLI_NUMBER, .offset = AT(ready_lag_ms),
+     .min = 0, .max = 86400000, .dflt = "5000",
+     .help = "/readyz says ready while the lag is at most this"},
+    {.name = "promote-max-lag", .arg = "FRAMES", .kind = CLI_NUMBER,
+     .offset = AT(promote_max_lag), .min = 1, .max = UINT64_MAX, .dflt = "100",
+     .help = "promotion is refused (unless forced) more than this many frames behind "
+             "the primary seq last heard"},
+    {.name = "resync-from", .arg = "URL", .kind = CLI_TEXT, .offset = AT(resync_from),
+     .dflt = "none",
+     .help = "at start, replace DIR with a verified backup pulled from URL (a primary's or "
+             "another standby's): the only way, with a new empty directory, to replace a "
+             "standby's history; the swap is atomic, DIR is left as it was if the pull fails"},
+    {.name = "ca-file", .arg = "F", .kind = CLI_TEXT, .offset = AT(ca_file),
+     .dflt = "the system's CAs",
+     .help = "CA certificates to verify --resync-from's TLS certificate"},
+    {0},
+};
+#undef AT
+
+/* Serve until a stop signal, then stop the server: the exit code. Once a
+ * second, see whether storage failed (a failed fsync poisons the store):
+ * then the node stops, and its restart recovers from what is durable
+ * (PostgreSQL's answer to fsync errors). */
+static int serve_until_stop(http_server *server, sigset_t *stop)
 {
-  const char *dir = NULL, *listen = NULL, *token_file = NULL, *cert = NULL, *key = NULL;
-  const char *resync_from = NULL, *ca_file = NULL;
-  uint64_t ready_lag_ms = 5000, promote_max_lag = 100;
-  for (int i = 1; i < argc; i++) {
-    const char **slot = cli_is_option(argv[i], "--dir")          ? &dir
-                        : cli_is_option(argv[i], "--listen")     ? &listen
-                        : cli_is_option(argv[i], "--token-file") ? &token_file
-                        : cli_is_option(argv[i], "--tls-cert")   ? &cert
-                        : cli_is_option(argv[i], "--tls-key")    ? &key
-                        : cli_is_option(argv[i], "--resync-from") ? &resync_from
-                        : cli_is_option(argv[i], "--ca-file")    ? &ca_file
-                                                                 : NULL;
-    const char *v;
-    if (slot) {
-      if (!(*slot = cli_option_value("standby", argc, argv, &i, argv[i])))
-        return 2;
-    } else if (cli_is_option(argv[i], "--promote-max-lag")) {
-      if (!(v = cli_option_value("standby", argc, argv, &i, "--promote-max-lag")) ||
-          cli_parse_u64("standby", "--promote-max-lag", v, 1, UINT64_MAX,
-                        &promote_max_lag))
-        return 2;
-    } else if (cli_is_option(argv[i], "--ready-lag-ms")) {
-      if (!(v = cli_option_value("standby", argc, argv, &i, "--ready-lag-ms")) ||
-          cli_parse_u64("standby", "--ready-lag-ms", v, 0, 86400000, &ready_lag_ms))
-        return 2;
-    } else {
-      return cli_usage(&cmd_standby);
-    }
+  int sig = 0;
+  struct timespec second = {1, 0};
+  http_server_status st;
+  for (;;) {
+    sig = sigtimedwait(stop, NULL, &second);
+    if (sig > 0)
+      break;
+    http_server_get_status(server, &st);
+    if (st.fatal_error)
+      break;
   }
-  if (!dir || !listen || (!cert != !key))
-    return cli_usage(&cmd_standby);
+  cli_notify("STOPPING=1");
+  if (sig <= 0) {
+    cli_log("standby", "storage failed: stopping; restart to recover");
+    http_server_stop(server);
+    return cli_fail("standby", "storage failed: %s", replicate_strerror(st.fatal_error));
+  }
+  cli_log("standby", sig == SIGTERM ? "SIGTERM: applying what was received, then stopping"
+                                    : "SIGINT: applying what was received, then stopping");
+  int rc = http_server_stop(server);
+  if (rc)
+    return cli_fail("standby", "stop: %s", http_strerror(rc));
+  return 0;
+}
+
+static int run_standby(void *args)
+{
+  const standby_args *a = args;
+  const char *dir = a->dir, *cert = a->cert, *key = a->key;
+  if (!cert != !key)
+    return cli_usage_error(&cmd_standby, "--tls-cert and --tls-key go together");
   char *host;
   uint16_t port;
-  if (cli_parse_listen("standby", listen, &host, &port))
+  if (cli_parse_listen("standby", a->listen, &host, &port))
     return 2;
   char *token = NULL;
-  int rc = token_file ? cli_token_file_read("standby", token_file, &token) : 0;
+  int rc = a->token_file ? cli_token_file_read("standby", a->token_file, &token) : 0;
   if (rc) {
     free(host);
     return rc;
@@ -98,7 +140,8 @@ static int run_standby(int argc, char **argv)
   cli_block_stop_signals(&stop);
   /* The one operator act that replaces this standby's history (with a new
    * empty directory): before anything opens DIR. */
-  if (resync_from && (rc = cli_standby_resync(dir, resync_from, token, ca_file)) != 0) {
+  if (a->resync_from &&
+      (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
     cli_token_forget(token);
     free(host);
     return rc;
@@ -113,8 +156,8 @@ static int run_standby(int argc, char **argv)
       .token_len = token ? strlen(token) : 0,
       .tls_cert_file = cert,
       .tls_key_file = key,
-      .ready_max_lag_seconds = (double)ready_lag_ms / 1000.0,
-      .promote_max_lag = promote_max_lag,
+      .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
+      .promote_max_lag = a->promote_max_lag,
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
@@ -135,42 +178,9 @@ static int run_standby(int argc, char **argv)
   fflush(stdout);
   free(host);
   cli_notify_ready("receiving");
-  /* Wait for a stop signal; once a second, see whether storage failed (a
-   * failed fsync poisons the store): then the node stops, and its restart
-   * recovers from what is durable (PostgreSQL's answer to fsync errors). */
-  int sig = 0;
-  struct timespec second = {1, 0};
-  http_server_status st;
-  for (;;) {
-    sig = sigtimedwait(&stop, NULL, &second);
-    if (sig > 0)
-      break;
-    http_server_get_status(server, &st);
-    if (st.fatal_error)
-      break;
-  }
-  cli_notify("STOPPING=1");
-  if (sig <= 0) {
-    cli_log("standby", "storage failed: stopping; restart to recover");
-    http_server_stop(server);
-    return cli_fail("standby", "storage failed: %s", replicate_strerror(st.fatal_error));
-  }
-  cli_log("standby", sig == SIGTERM ? "SIGTERM: applying what was received, then stopping"
-                                    : "SIGINT: applying what was received, then stopping");
-  rc = http_server_stop(server);
-  if (rc)
-    return cli_fail("standby", "stop: %s", http_strerror(rc));
-  return 0;
+  return serve_until_stop(server, &stop);
 }
 
 const cli_command cmd_standby = {
-    "standby", "run a hot standby: receive, apply, serve the HTTP API",
-    "standby --dir DIR --listen HOST:PORT [--token-file F] "
-    "[--tls-cert F --tls-key F] [--ready-lag-ms MS] [--promote-max-lag FRAMES] [--resync-from URL [--ca-file F]]\n"
-    "  --resync-from URL  at start, replace DIR with a verified backup pulled from URL\n"
-    "                     (a primary's or another standby's): the only way, with a new\n"
-    "                     empty directory, to replace a standby's history; the swap is\n"
-    "                     atomic, DIR is left as it was if the pull fails [none]\n"
-    "  --ca-file F        CA certificates to verify URL's TLS certificate [system CAs]\n"
-    "  --token-file F     this standby's bearer token, also sent to URL [none]",
-    run_standby};
+    .name = "standby", .summary = "run a hot standby: receive, apply, serve the HTTP API",
+    .options = standby_options, .args_size = sizeof(standby_args), .run = run_standby};

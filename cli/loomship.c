@@ -22,41 +22,6 @@ int cli_fail(const char *cmd, const char *fmt, ...)
   return 1;
 }
 
-int cli_usage(const cli_command *c)
-{
-  fprintf(stderr, "usage: loomship %s\n", c->usage);
-  return 2;
-}
-
-int cli_help_requested(const cli_command *c, int argc, char **argv)
-{
-  for (int i = 1; i < argc; i++)
-    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("loomship %s: %s\nusage: loomship %s\n", c->name, c->summary, c->usage);
-      return 1;
-    }
-  return 0;
-}
-
-int cli_is_option(const char *arg, const char *name)
-{
-  size_t n = strlen(name);
-  return !strncmp(arg, name, n) && (arg[n] == '\0' || arg[n] == '=');
-}
-
-const char *cli_option_value(const char *cmd, int argc, char **argv, int *i,
-                             const char *name)
-{
-  const char *eq = strchr(argv[*i], '=');
-  if (eq)
-    return eq + 1;
-  if (*i + 1 >= argc) {
-    cli_fail(cmd, "%s needs a value", name);
-    return NULL;
-  }
-  return argv[++*i];
-}
-
 int cli_parse_u64(const char *cmd, const char *what, const char *text,
                   uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -80,9 +45,23 @@ const char *cli_hex64(uint64_t v, char buf[17])
 
 static void usage_all(FILE *out)
 {
-  fprintf(out, "usage: loomship COMMAND [OPTIONS]  (loomship COMMAND --help)\n\n");
+  fprintf(out, "usage: loomship COMMAND [OPTIONS]  (loomship COMMAND --help)\n"
+               "       loomship --version\n\n");
   for (size_t i = 0; i < NCOMMANDS; i++)
     fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
+}
+
+/* The subcommand c on its arguments (argv[0] its name). */
+static int run_command(const cli_command *c, int argc, char **argv)
+{
+  void *args = calloc(1, c->args_size);
+  if (!args)
+    return cli_fail(c->name, "out of memory");
+  int rc;
+  if (cli_parse(c, argc, argv, args, &rc))
+    rc = c->run(args);
+  free(args);
+  return rc;
 }
 
 int main(int argc, char **argv)
@@ -95,12 +74,13 @@ int main(int argc, char **argv)
     usage_all(stdout);
     return 0;
   }
+  if (!strcmp(argv[1], "--version")) {
+    cli_version(stdout);
+    return 0;
+  }
   for (size_t i = 0; i < NCOMMANDS; i++)
-    if (!strcmp(argv[1], commands[i]->name)) {
-      if (cli_help_requested(commands[i], argc - 1, argv + 1))
-        return 0;
-      return commands[i]->run(argc - 1, argv + 1);
-    }
+    if (!strcmp(argv[1], commands[i]->name))
+      return run_command(commands[i], argc - 1, argv + 1);
   fprintf(stderr, "loomship: unknown command '%s'\n", argv[1]);
   usage_all(stderr);
   return 2;

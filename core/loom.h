@@ -216,6 +216,21 @@ int loom_store_set_epoch(loom_store *store, uint64_t epoch);
 void loom_store_lineage(const loom_store *store, loom_lineage *out);
 
 /*
+ * loom_store_checksum_at: the epoch and whole-image checksum this
+ * directory had at seq, from DIR/positions, a ring over its last 2^20
+ * commits written after each commit point (best effort: not synced, so a
+ * crash may lose the newest slots). Returns 1 and fills *epoch and
+ * *checksum when it knows, 0 when it does not (a seq older than the ring,
+ * lost, or merged into one commit by a standby's group apply). Callable
+ * from any thread; ask only for seqs known to be committed (at or below a
+ * position read before): a slot above the position may be left from
+ * before a rollback. A primary uses it to tell a standby that forked from
+ * one that is only behind.
+ */
+int loom_store_checksum_at(const loom_store *store, uint64_t seq,
+                           uint64_t *epoch, uint64_t *checksum);
+
+/*
  * loom_store_adopt_lineage: make lineage durable as this store's (in the
  * meta, position unchanged): a standby taking its first frame, or a base
  * image, of the history it will follow from then on. Allowed when the

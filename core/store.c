@@ -116,6 +116,7 @@ struct loom_store {
   const loom_io *io;
   unsigned flags;
   int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
+  int positions_fd;        /* DIR/positions (positions.c), or -1 */
   loom_position pos;       /* committed (the patch is durable) */
   loom_position applied;   /* durable in the meta */
   loom_lineage lineage;    /* durable in the meta (history, branches) */
@@ -1034,6 +1035,7 @@ int store_patch_make_durable(loom_patch *p)
   if (written > s->patch_bytes)
     s->patch_bytes = written;
   s->pos = h->after;
+  positions_note(s->positions_fd, &s->pos);
   return 0;
 }
 
@@ -1076,6 +1078,8 @@ static void store_free(loom_store *s)
   io_close(s, &s->hashes_fd);
   io_close(s, &s->meta_fd);
   io_close(s, &s->patch_fd);
+  if (s->positions_fd >= 0)
+    close(s->positions_fd);
   if (s->lockfd >= 0)
     io_close(s, &s->lockfd); /* releases the flock */
   io_close(s, &s->dirfd);
@@ -1105,11 +1109,37 @@ static int sync_parent(loom_store *s, const char *dir)
 
 static int open_file(loom_store *s, const char *name, int flags, int *fd)
 {
-  int rc = s->io->open(s->io->ctx, s->dirfd, name, flags, 0644);
+  int rc = s->io->open(s->io->ctx, s->dirfd, name, flags, 0600);
   if (rc < 0)
     return -rc;
   *fd = rc;
   return 0;
+}
+
+/* mkdir -p dir, each directory made 0700 (DESIGN section 5: data
+ * directories are private), each new entry made durable in its parent. */
+static int mkdir_with_parents(loom_store *s, const char *dir)
+{
+  size_t len = strlen(dir);
+  char *path = malloc(len + 1);
+  if (!path)
+    return ENOMEM;
+  memcpy(path, dir, len + 1);
+  int rc = 0;
+  for (size_t i = 1; i <= len && !rc; i++) {
+    if (path[i] != '/' && path[i] != '\0')
+      continue;
+    char saved = path[i];
+    path[i] = '\0';
+    int m = s->io->mkdir(s->io->ctx, AT_FDCWD, path, 0700);
+    if (m == 0)
+      rc = sync_parent(s, path);
+    else if (m != -EEXIST)
+      rc = -m;
+    path[i] = saved;
+  }
+  free(path);
+  return rc;
 }
 
 /* Make a new, empty image: the data files and their directory entries,
@@ -1303,16 +1333,14 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   s->io = io ? io : loom_io_posix();
   s->flags = flags;
   s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
+  s->positions_fd = -1;
   s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
   pthread_mutex_init(&s->snap_lock, NULL);
   int rc = s->staging ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
 
-  if (!rc && (flags & LOOM_CREATE) && !readonly) {
-    int m = s->io->mkdir(s->io->ctx, AT_FDCWD, dir, 0755);
-    if (m < 0 && m != -EEXIST)
-      rc = -m;
-  }
+  if (!rc && (flags & LOOM_CREATE) && !readonly)
+    rc = mkdir_with_parents(s, dir);
   if (!rc) {
     int fd = s->io->open(s->io->ctx, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0)
@@ -1385,6 +1413,10 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     rc = sync_parent(s, dir);
   s->image_pos = s->pos;
   s->image_lineage = s->lineage;
+  if (!rc && !readonly) {
+    s->positions_fd = positions_open(s->dirfd);
+    positions_note(s->positions_fd, &s->pos);
+  }
   if (!rc && s->patch_fd >= 0)
     rc = file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
@@ -1488,6 +1520,13 @@ void loom_store_lineage(const loom_store *s, loom_lineage *out)
   *out = s->lineage;
 }
 
+int loom_store_checksum_at(const loom_store *s, uint64_t seq, uint64_t *epoch,
+                           uint64_t *checksum)
+{
+  /* positions_fd is set once at open: no lock, any thread. */
+  return positions_lookup(s->positions_fd, seq, epoch, checksum);
+}
+
 /* Write lineage with the current position (durable, or the handle is
  * poisoned). */
 static int lineage_write(loom_store *s, const loom_lineage *lineage)
@@ -1560,13 +1599,13 @@ int loom_store_backup(loom_store *s, const char *dest)
   snprintf(tmp, len + 16, "%s.tmp%d", dest, (int)getpid());
   const loom_io *io = s->io;
   int tdir = -1, fd = -1, parent = -1;
-  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0755);
+  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0700);
   if (!rc) {
     tdir = io->open(io->ctx, AT_FDCWD, tmp, O_RDONLY | O_DIRECTORY, 0);
     rc = tdir < 0 ? -tdir : 0;
   }
   /* image, hashes, meta, patch: each written and fsynced. */
-  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (!rc)
     rc = copy_bytes(s, s->image_fd, fd, s->pos.pages * PS);
@@ -1574,7 +1613,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = io_fsync(s, fd);
   if (fd >= 0)
     io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (!rc) {
     int wfd = s->hashes_fd;
@@ -1587,7 +1626,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = io_fsync(s, fd);
   if (fd >= 0)
     io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (!rc) {
     uint8_t slot[META_SLOT_SIZE];
@@ -1598,7 +1637,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = io_fsync(s, fd);
   if (fd >= 0)
     io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0644)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (fd >= 0)
     io_close(s, &fd);
@@ -1669,7 +1708,7 @@ static int never_committed(const char *dir)
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)
     return 0;
-  const char *ours[] = {"lock", "meta", "image", "hashes", "patch"};
+  const char *ours[] = {"lock", "meta", "image", "hashes", "patch", "positions"};
   int found = 0;
   for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
     found += faccessat(dfd, ours[i], F_OK, 0) == 0;

@@ -54,6 +54,14 @@ int store_poisoned(const loom_store *s);
 void store_poison(loom_store *s, int rc);
 uint64_t store_zero_hash(uint64_t n);
 
+/* The positions ring (positions.c): best effort, never fails a commit. */
+/* Open (create) DIR/positions: a descriptor, or -1 (the ring is off). */
+int positions_open(int dirfd);
+/* Record that the directory's commit p.seq has p's epoch and checksum. */
+void positions_note(int fd, const loom_position *p);
+/* 1 and *epoch, *checksum when the ring knows seq, else 0. */
+int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum);
+
 /* Lineage bytes (history.c; the layout is written there and in
  * docs/FORMAT.md), in the meta and the image stream header. */
 #define LINEAGE_BYTES 216u

@@ -554,6 +554,7 @@ static int recover_received(http_standby *sb)
 {
   loom_position store_pos;
   loom_store_position(sb->store, &store_pos);
+  loom_store_lineage(sb->store, &sb->lineage);
   sb->applied = store_pos;
   sb->received = store_pos;
 
@@ -582,6 +583,11 @@ static int recover_received(http_standby *sb)
       rc = pending_push(sb, info.after.seq, info.first_commit_time_ns, buf.len);
     if (rc)
       break;
+    /* A store that held nothing (or no history id) follows the history of
+     * the frames it took: it adopts it when it applies them. */
+    if (seq == store_pos.seq + 1 &&
+        (store_pos.seq == 0 || loom_history_is_none(&sb->lineage.history)))
+      sb->lineage = (loom_lineage){.history = info.history};
     sb->received = position_of(&info);
   }
   replicate_buf_free(&buf);
@@ -590,6 +596,7 @@ static int recover_received(http_standby *sb)
               "(%s): reset", replicate_strerror(rc));
     pending_clear(sb);
     sb->received = store_pos;
+    loom_store_lineage(sb->store, &sb->lineage);
     return replicate_log_reset(sb->log);
   }
   return 0;
@@ -635,7 +642,6 @@ int http_standby_open(const http_server_options *opt,
   if (rc == 0)
     rc = recover_received(sb);
   if (rc == 0) {
-    loom_store_lineage(sb->store, &sb->lineage);
     sb->promote_max_lag = opt->promote_max_lag ? opt->promote_max_lag : 100;
     sb->primary_epoch = sb->received.epoch;
     sb->primary_seq = sb->received.seq;
@@ -757,18 +763,25 @@ static void reply_diverged(http_standby *sb, int rc, const loom_history *theirs,
   positions_json(sb, &reply->body);
 }
 
+/* Under mu: input that is not a divergence came in (a frame, a duplicate,
+ * a gap, a heartbeat, a base image). A divergence shown in status is
+ * cleared once such input comes DIVERGED_HOLD_NS after the last refusal:
+ * the sender that caused it has been quiet that long. */
+static void note_sound_input(http_standby *sb)
+{
+  if (sb->diverged && http_monotonic_ns() - sb->diverged_mono_ns > DIVERGED_HOLD_NS)
+    sb->diverged = 0;
+}
+
 /* Under mu: input of history h is being taken in; a standby that held
  * nothing follows h from now on (the store adopts it durably with the
- * first frame or base image it applies). A divergence shown in status is
- * cleared once input is accepted DIVERGED_HOLD_NS after the last one. */
+ * first frame or base image it applies). */
 static void follow_history(http_standby *sb, const loom_history *h)
 {
   if (!loom_history_equal(&sb->lineage.history, h)) {
     memset(&sb->lineage, 0, sizeof sb->lineage);
     sb->lineage.history = *h;
   }
-  if (sb->diverged && http_monotonic_ns() - sb->diverged_mono_ns > DIVERGED_HOLD_NS)
-    sb->diverged = 0;
 }
 
 /* A coalesced frame: drain the applier, apply it here, reset the log.
@@ -880,6 +893,7 @@ void http_standby_receive_frame(http_standby *sb, const uint8_t *body,
     reply_diverged(sb, place, &info->history, reply);
     goto out;
   }
+  note_sound_input(sb);
   if (sb->promoted) {
     http_reply_error(reply, 409, "not a standby");
     json_key(&reply->body, "role");
@@ -1027,6 +1041,24 @@ static const char *promote_refusal(http_standby *sb, const char **reason)
   return NULL;
 }
 
+/* Under mu: refuse the promotion (409) if promote_refusal says so; true
+ * when refused. */
+static bool reply_promote_refused(http_standby *sb, http_reply *reply)
+{
+  const char *reason = NULL, *refusal = promote_refusal(sb, &reason);
+  if (!refusal)
+    return false;
+  http_reply_error(reply, 409, "promotion refused");
+  json_key(&reply->body, "code");
+  json_string(&reply->body, refusal);
+  json_key(&reply->body, "reason");
+  json_string(&reply->body, reason);
+  json_key(&reply->body, "primary_seq");
+  json_uint(&reply->body, sb->primary_seq);
+  positions_json(sb, &reply->body);
+  return true;
+}
+
 void http_standby_promote(http_standby *sb, bool force, http_reply *reply)
 {
   pthread_mutex_lock(&sb->recv_mu);
@@ -1036,18 +1068,8 @@ void http_standby_promote(http_standby *sb, bool force, http_reply *reply)
     positions_json(sb, &reply->body);
     goto out_mu;
   }
-  const char *reason = NULL, *refusal = force ? NULL : promote_refusal(sb, &reason);
-  if (refusal) {
-    http_reply_error(reply, 409, "promotion refused");
-    json_key(&reply->body, "code");
-    json_string(&reply->body, refusal);
-    json_key(&reply->body, "reason");
-    json_string(&reply->body, reason);
-    json_key(&reply->body, "primary_seq");
-    json_uint(&reply->body, sb->primary_seq);
-    positions_json(sb, &reply->body);
+  if (!force && reply_promote_refused(sb, reply))
     goto out_mu;
-  }
   if (sb->base_active) {
     http_reply_error(reply, 409, "base image in progress");
     positions_json(sb, &reply->body);
@@ -1059,6 +1081,12 @@ void http_standby_promote(http_standby *sb, bool force, http_reply *reply)
     pthread_cond_wait(&sb->cond, &sb->mu);
   pthread_mutex_unlock(&sb->mu);
   rollback_under_recv(sb);
+  pthread_mutex_lock(&sb->mu);
+  /* Received frames that failed to apply were rolled back: what counts is
+   * what was applied. */
+  if (!force && sb->applied.seq == 0 && reply_promote_refused(sb, reply))
+    goto out_mu;
+  pthread_mutex_unlock(&sb->mu);
 
   loom_position pos;
   pthread_mutex_lock(&sb->store_mu);
@@ -1361,6 +1389,7 @@ void http_standby_base_finish(http_base_upload *up, http_reply *reply)
   pending_clear(sb);
   sb->apply_failed = false;
   sb->bases++;
+  note_sound_input(sb);
   if (pos.epoch > sb->primary_epoch ||
       (pos.epoch == sb->primary_epoch && pos.seq >= sb->primary_seq)) {
     sb->primary_epoch = pos.epoch;

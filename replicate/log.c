@@ -501,7 +501,7 @@ static int open_directory(const loom_io *io, const char *image_dir,
   int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
   int fd = io->open(io->ctx, imgfd, LOG_DIR, flags, 0);
   if (fd == -ENOENT) {
-    int rc = io_result(io->mkdir(io->ctx, imgfd, LOG_DIR, 0755));
+    int rc = io_result(io->mkdir(io->ctx, imgfd, LOG_DIR, 0700));
     /* The new directory's entry lives in the image directory. */
     if (rc == 0) rc = io_result(io->fsync(io->ctx, imgfd));
     fd = rc != 0 ? -rc : io->open(io->ctx, imgfd, LOG_DIR, flags, 0);
@@ -608,7 +608,7 @@ static int create_segment(replicate_log *log, uint64_t first_seq) {
   char name[SEGMENT_NAME_LEN + 1];
   segment_name(name, first_seq);
   int fd = log->io->open(log->io->ctx, log->dirfd, name,
-                         O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                         O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return -fd;
   uint8_t h[SEGMENT_HEADER_SIZE];
   segment_header_write(h, first_seq);

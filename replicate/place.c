@@ -5,7 +5,9 @@
  * THE RULES (DESIGN section 3), in the order they are checked
  *
  *   P1. History: input of another history is refused, unless the node
- *       holds nothing (no history, or seq 0).
+ *       holds nothing (seq 0). A node at seq > 0 with no history id (a
+ *       directory written before history ids, until it takes input) cannot
+ *       be judged by history: P2-P4 still protect what it holds.
  *   P2. Epoch: input of an older epoch comes from a fenced sender.
  *   P3. Branch: input of a newer epoch may only continue from a position
  *       at or before the point where that epoch (or the first epoch newer
@@ -26,18 +28,36 @@ int replicate_is_divergence(int rc)
          rc == REPLICATE_EFORK || rc == REPLICATE_EPAST_BRANCH;
 }
 
-static bool holds_nothing(const loom_history *ours, const loom_position *pos)
+static bool holds_nothing(const loom_position *pos)
 {
-  return loom_history_is_none(ours) || pos->seq == 0;
+  return pos->seq == 0;
 }
 
-/* P1 */
+/* P1: NULL or none on either side is "unknown", which refuses nothing. */
 static int check_history(const loom_history *ours, const loom_position *pos,
                          const loom_history *theirs)
 {
-  if (!theirs || holds_nothing(ours, pos) || loom_history_equal(ours, theirs))
+  if (!theirs || !ours || holds_nothing(pos) || loom_history_is_none(ours) ||
+      loom_history_is_none(theirs) || loom_history_equal(ours, theirs))
     return 0;
   return REPLICATE_EHISTORY;
+}
+
+/* A heartbeat names its primary's latest position: a primary never ships
+ * past what it committed, so one that is behind what this node holds lost
+ * commits (an older directory: P4), or branched off before them (P3). */
+static int place_heartbeat(const loom_history *ours, const loom_position *pos,
+                           const replicate_frame_info *frame)
+{
+  const replicate_point *latest = &frame->after;
+  (void)ours;
+  if (holds_nothing(pos) || latest->seq > pos->seq)
+    return 0;
+  if (frame->epoch > pos->epoch)
+    return latest->seq < pos->seq ? REPLICATE_EPAST_BRANCH : 0;
+  if (latest->seq < pos->seq)
+    return REPLICATE_EBEHIND;
+  return latest->checksum == pos->checksum ? 0 : REPLICATE_EFORK;
 }
 
 int replicate_place_frame(const loom_history *ours, const loom_position *pos,
@@ -49,10 +69,10 @@ int replicate_place_frame(const loom_history *ours, const loom_position *pos,
   if (frame->epoch < pos->epoch)                                   /* P2 */
     return REPLICATE_ESTALE_EPOCH;
   if (frame->kind == REPLICATE_KIND_HEARTBEAT)
-    return 0;
+    return place_heartbeat(ours, pos, frame);
   const replicate_point *b = &frame->before, *a = &frame->after;
   if (frame->epoch > pos->epoch && b->seq < pos->seq &&
-      !holds_nothing(ours, pos))                                   /* P3 */
+      !holds_nothing(pos))                                         /* P3 */
     return REPLICATE_EPAST_BRANCH; /* a frame never spans an epoch change */
   if (a->seq == pos->seq)                                          /* P4 */
     return a->checksum == pos->checksum ? REPLICATE_EDUPLICATE : REPLICATE_EFORK;
@@ -64,13 +84,19 @@ int replicate_place_frame(const loom_history *ours, const loom_position *pos,
   return REPLICATE_EPOSITION; /* a gap, or an overlap from behind */
 }
 
-/* P3 for a position against a lineage's newer epochs. */
+/* P3 for a position against a lineage's newer epochs. A full table whose
+ * oldest branch is newer than the one after pos's epoch has dropped the
+ * branch that matters: unknown, refused. */
 static int check_branch(const loom_position *pos, const loom_lineage *lineage,
                         uint64_t newer_epoch)
 {
   loom_branch branch;
-  if (newer_epoch <= pos->epoch || pos->seq == 0 ||
-      !loom_lineage_branch_after(lineage, pos->epoch, &branch))
+  if (newer_epoch <= pos->epoch || pos->seq == 0)
+    return 0;
+  if (lineage->branch_count == LOOM_MAX_BRANCHES &&
+      lineage->branches[0].epoch > pos->epoch + 1)
+    return REPLICATE_EPAST_BRANCH;
+  if (!loom_lineage_branch_after(lineage, pos->epoch, &branch))
     return 0;
   if (pos->seq > branch.seq)
     return REPLICATE_EPAST_BRANCH;
@@ -82,7 +108,7 @@ static int check_branch(const loom_position *pos, const loom_lineage *lineage,
 int replicate_place_base(const loom_history *ours, const loom_position *pos,
                          const loom_position *base, const loom_lineage *lineage)
 {
-  if (holds_nothing(ours, pos))
+  if (holds_nothing(pos))
     return 0;
   int rc = check_history(ours, pos, &lineage->history);
   if (rc)
@@ -104,12 +130,13 @@ int replicate_place_peer(const loom_lineage *ours, const loom_position *latest,
                          const loom_history *peer_history,
                          const loom_position *peer)
 {
-  if (holds_nothing(peer_history ? peer_history : &ours->history, peer))
+  if (holds_nothing(peer))
     return latest->seq == 0 && peer->checksum == latest->checksum
                ? REPLICATE_EDUPLICATE : 0;
-  if (peer_history && !loom_history_equal(peer_history, &ours->history))
-    return REPLICATE_EHISTORY;
-  int rc = check_branch(peer, ours, latest->epoch);
+  int rc = check_history(&ours->history, peer, peer_history);
+  if (rc)
+    return rc;
+  rc = check_branch(peer, ours, latest->epoch);
   if (rc)
     return rc;
   if (peer->seq > latest->seq)

@@ -889,9 +889,32 @@ static void mark_sent(standby *sb, uint64_t seq)
   pthread_mutex_unlock(&sh->mu);
 }
 
+/* A snapshot (shared by base images in flight) at a position below what
+ * the standby holds would move it backwards: it refuses that. Reopen an
+ * unshared one (the image file trails the committed position while an
+ * apply runs), else wait for the one in use to be released. True when the
+ * base image must wait. */
+static bool snapshot_behind(standby *sb)
+{
+  replicate_shipper *sh = sb->sh;
+  if (!sh->snap || sh->snap_pos.epoch != sb->received.epoch ||
+      sh->snap_pos.seq >= sb->received.seq)
+    return false;
+  if (sh->snap_refs == 0) {
+    loom_snapshot_close(sh->snap);
+    sh->snap = NULL;
+    return false;
+  }
+  return true;
+}
+
 static int start_base(standby *sb)
 {
   replicate_shipper *sh = sb->sh;
+  if (snapshot_behind(sb)) {
+    retry_after_backoff(sb, 0);
+    return 0;
+  }
   publish_state(sb, REPLICATE_PEER_BASE_SYNC);
   if (!sh->snap) {
     int rc = loom_store_snapshot_open(sh->store, &sh->snap);
@@ -1111,7 +1134,13 @@ static void schedule(standby *sb, int64_t now)
   } else {
     standby_point r = sb->received;
     if (r.epoch > latest.epoch) {
-      fence(sh, sb, r.epoch);
+      /* Only a node of our own history fences us (finish() says the same):
+       * another history's epochs say nothing about ours. */
+      if (sb->has_history && !loom_history_is_none(&sb->history) &&
+          !loom_history_equal(&sb->history, &sh->lineage.history))
+        diverge(sb, REPLICATE_EHISTORY, "it follows another history");
+      else
+        fence(sh, sb, r.epoch);
       return;
     }
     loom_position peer = {.epoch = r.epoch, .seq = r.seq,
@@ -1139,8 +1168,19 @@ static void schedule(standby *sb, int64_t now)
     if (!sb->need_base) {
       what = "frames";
       rc = start_frames(sb, &r, &latest);
-      if (rc || sb->in_flight)
+      /* Frames on their way, or none because it diverged: never a base
+       * image then (only a log that no longer reaches back asks one). */
+      if (rc || sb->in_flight || sb->diverged)
         goto started;
+    }
+    /* A base image replaces whatever the standby holds: only over a
+     * position of our own history, as far as our positions ring tells. */
+    uint64_t epoch_at, checksum_at;
+    if (r.seq > 0 && r.seq <= latest.seq &&
+        loom_store_checksum_at(sh->store, r.seq, &epoch_at, &checksum_at) &&
+        checksum_at != r.checksum) {
+      diverge(sb, REPLICATE_EFORK, "this primary had another checksum at its seq");
+      return;
     }
     what = "base image";
     rc = start_base(sb);
@@ -1394,6 +1434,16 @@ static void finish(standby *sb, CURLcode result)
     return;
   case 409: {
     int refusal = a.has_code ? refusal_of(a.code) : 0;
+    if (refusal == REPLICATE_EBEHIND && req == REQ_BASE) {
+      /* Our snapshot trailed the standby (the image file is written after
+       * the commit point): a newer one follows, not a divergence. */
+      set_error(sb, "base image at seq %" PRIu64 " is behind the standby "
+                "(seq %" PRIu64 "): a newer one follows", sb->req_after_seq,
+                a.received.seq);
+      retry_after_backoff(sb, retry_s);
+      after_ack(sh);
+      return;
+    }
     if (replicate_is_divergence(refusal)) {
       diverge(sb, refusal, "the standby refused our input");
       after_ack(sh);

@@ -46,12 +46,14 @@ typedef struct ship_answer {
 
 /*
  * ship_answer_parse: read text[0, len) as exactly one JSON object (RFC 8259,
- * nesting at most 16 deep, whitespace around it allowed) and extract the
- * fields above. Returns 0, or REPLICATE_EMALFORMED when the text is not
- * well-formed JSON, is not an object, repeats one of the extracted keys,
- * gives one a value of the wrong type (a number that is not a non-negative
- * integer below 2^64, a checksum that is not 16 hex digits, a history
- * that is neither null nor 32 hex digits), or holds a
+ * read by jansson; nesting at most 16 deep, whitespace around it allowed)
+ * and extract the fields above. Returns 0, or REPLICATE_EMALFORMED when the
+ * text is not well-formed JSON, is not an object, repeats a key in any of
+ * its objects, holds an integer jansson cannot represent (below -2^63 or
+ * from 2^63 on, anywhere), gives an extracted field a value of the wrong
+ * type (a number that is not a non-negative integer, so below 2^63; a
+ * checksum that is not 16 hex digits; a history that is neither null nor
+ * 32 hex digits; an error or code that is not a string), or holds a
  * "received" or "applied" object missing one of its four fields.
  */
 int ship_answer_parse(const char *text, size_t len, ship_answer *out);

@@ -1,41 +1,41 @@
 /*
- * ship_json.c: a small, strict reader for the standby's JSON answers.
+ * ship_json.c: the strict reader of a standby's JSON answers, over jansson.
  *
- * It walks the whole text with a recursive-descent parser of RFC 8259
- * (objects, arrays, strings with their escapes and UTF-8, numbers,
- * literals), so anything that is not exactly one well-formed JSON object is
- * refused, and extracts only the fields the shipper needs (ship_internal.h).
- * Nothing is allocated; nesting is bounded.
+ * jansson checks the whole text (RFC 8259, UTF-8, no trailing bytes, no key
+ * twice in one object); this file adds what the contract in ship_internal.h
+ * asks beyond that (nesting, the types of the fields the shipper reads) and
+ * copies those fields out, so the tree never outlives the call.
  */
 #include "ship_internal.h"
 
+#include <jansson.h>
 #include <string.h>
 
 #include "replicate.h"
 
 #define MAX_DEPTH 16
-#define KEY_MAX 32
 
-typedef struct reader {
-  const unsigned char *p;
-  const unsigned char *end;
-  int depth;
-} reader;
-
-/* A string's decoded text, as far as it fits (ASCII; other code points are
- * replaced by '?'), and whether it fitted. */
-typedef struct text {
-  char *buf;
-  size_t cap;   /* bytes of buf, the NUL included */
-  size_t len;
-  bool truncated;
-} text;
-
-static void skip_space(reader *r)
+/* Whether j nests at most depth_left containers deep. */
+static bool depth_ok(const json_t *j, int depth_left)
 {
-  while (r->p < r->end &&
-         (*r->p == ' ' || *r->p == '\t' || *r->p == '\n' || *r->p == '\r'))
-    r->p++;
+  if (!json_is_object(j) && !json_is_array(j))
+    return true;
+  if (depth_left == 0)
+    return false;
+  if (json_is_array(j)) {
+    size_t i;
+    const json_t *v;
+    json_array_foreach(j, i, v)
+      if (!depth_ok(v, depth_left - 1))
+        return false;
+    return true;
+  }
+  const char *key;
+  const json_t *v;
+  json_object_foreach((json_t *)j, key, v)
+    if (!depth_ok(v, depth_left - 1))
+      return false;
+  return true;
 }
 
 static int hex_value(unsigned char c)
@@ -49,441 +49,107 @@ static int hex_value(unsigned char c)
   return -1;
 }
 
-static void text_put(text *t, char c)
+/* A non-negative integer: jansson's integers are int64, so below 2^63. */
+static int read_uint(const json_t *j, uint64_t *out)
 {
-  if (!t)
-    return;
-  if (t->len + 1 < t->cap) {
-    t->buf[t->len++] = c;
-    t->buf[t->len] = '\0';
-  } else {
-    t->truncated = true;
-  }
-}
-
-/* The length of the well-formed UTF-8 sequence at p (lead byte >= 0x80),
- * or 0. */
-static size_t utf8_length(const unsigned char *p, const unsigned char *end)
-{
-  unsigned char c = p[0];
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xbf;
-  if (c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    if (c == 0xe0)
-      lo = 0xa0;
-    else if (c == 0xed)
-      hi = 0x9f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    if (c == 0xf0)
-      lo = 0x90;
-    else if (c == 0xf4)
-      hi = 0x8f;
-  } else {
-    return 0;
-  }
-  if ((size_t)(end - p) < n)
-    return 0;
-  if (p[1] < lo || p[1] > hi)
-    return 0;
-  for (size_t i = 2; i < n; i++)
-    if (p[i] < 0x80 || p[i] > 0xbf)
-      return 0;
-  return n;
-}
-
-/* A string, the opening quote at r->p; its text into t (may be NULL). */
-static int parse_string(reader *r, text *t)
-{
-  if (r->p >= r->end || *r->p != '"')
+  if (!json_is_integer(j) || json_integer_value(j) < 0)
     return REPLICATE_EMALFORMED;
-  r->p++;
-  while (r->p < r->end) {
-    unsigned char c = *r->p;
-    if (c == '"') {
-      r->p++;
-      return 0;
-    }
-    if (c < 0x20)
-      return REPLICATE_EMALFORMED;
-    if (c == '\\') {
-      if (r->end - r->p < 2)
-        return REPLICATE_EMALFORMED;
-      unsigned char e = r->p[1];
-      r->p += 2;
-      switch (e) {
-      case '"': text_put(t, '"'); break;
-      case '\\': text_put(t, '\\'); break;
-      case '/': text_put(t, '/'); break;
-      case 'b': case 'f': case 'n': case 'r': case 't': text_put(t, '?'); break;
-      case 'u': {
-        if (r->end - r->p < 4)
-          return REPLICATE_EMALFORMED;
-        unsigned v = 0;
-        for (int i = 0; i < 4; i++) {
-          int h = hex_value(r->p[i]);
-          if (h < 0)
-            return REPLICATE_EMALFORMED;
-          v = v << 4 | (unsigned)h;
-        }
-        r->p += 4;
-        text_put(t, v >= 0x20 && v < 0x7f ? (char)v : '?');
-        break;
-      }
-      default:
-        return REPLICATE_EMALFORMED;
-      }
-      continue;
-    }
-    if (c < 0x80) {
-      text_put(t, (char)c);
-      r->p++;
-      continue;
-    }
-    size_t n = utf8_length(r->p, r->end);
-    if (n == 0)
-      return REPLICATE_EMALFORMED;
-    text_put(t, '?');
-    r->p += n;
-  }
-  return REPLICATE_EMALFORMED;
+  *out = (uint64_t)json_integer_value(j);
+  return 0;
 }
 
-/* A number; *as_uint receives its value and *is_uint whether it is a
- * non-negative integer that fits 64 bits. */
-static int parse_number(reader *r, uint64_t *as_uint, bool *is_uint)
+/* A string's text into buf (cap bytes, NUL included), cut to fit: printable
+ * ASCII kept, every other code point (control characters, non-ASCII)
+ * replaced by one '?'. jansson has checked the UTF-8. */
+static int read_text(const json_t *j, char *buf, size_t cap)
 {
-  bool integer = true, fits = true;
+  if (!json_is_string(j))
+    return REPLICATE_EMALFORMED;
+  const unsigned char *s = (const unsigned char *)json_string_value(j);
+  size_t len = json_string_length(j), n = 0;
+  for (size_t i = 0; i < len && n + 1 < cap; i++) {
+    if ((s[i] & 0xc0) == 0x80)
+      continue; /* a continuation byte: its lead byte gave the '?' */
+    buf[n++] = s[i] >= 0x20 && s[i] < 0x7f ? (char)s[i] : '?';
+  }
+  buf[n] = '\0';
+  return 0;
+}
+
+/* A point: {"epoch", "seq", "checksum" (16 hex digits), "pages"}. */
+static int read_point(const json_t *j, ship_point *point)
+{
+  if (!j)
+    return 0;
+  if (!json_is_object(j))
+    return REPLICATE_EMALFORMED;
+  const json_t *sum = json_object_get(j, "checksum");
+  if (read_uint(json_object_get(j, "epoch"), &point->epoch) ||
+      read_uint(json_object_get(j, "seq"), &point->seq) ||
+      read_uint(json_object_get(j, "pages"), &point->pages) || !json_is_string(sum) ||
+      json_string_length(sum) != 16)
+    return REPLICATE_EMALFORMED;
+  const char *hex = json_string_value(sum);
   uint64_t v = 0;
-  if (r->p < r->end && *r->p == '-') {
-    integer = false;
-    r->p++;
-  }
-  if (r->p >= r->end)
-    return REPLICATE_EMALFORMED;
-  if (*r->p == '0') {
-    r->p++;
-  } else if (*r->p >= '1' && *r->p <= '9') {
-    while (r->p < r->end && *r->p >= '0' && *r->p <= '9') {
-      unsigned d = (unsigned)(*r->p - '0');
-      if (v > (UINT64_MAX - d) / 10)
-        fits = false;
-      else
-        v = v * 10 + d;
-      r->p++;
-    }
-  } else {
-    return REPLICATE_EMALFORMED;
-  }
-  if (r->p < r->end && *r->p == '.') {
-    integer = false;
-    r->p++;
-    if (r->p >= r->end || *r->p < '0' || *r->p > '9')
+  for (size_t i = 0; i < 16; i++) {
+    int h = hex_value((unsigned char)hex[i]);
+    if (h < 0)
       return REPLICATE_EMALFORMED;
-    while (r->p < r->end && *r->p >= '0' && *r->p <= '9')
-      r->p++;
+    v = v << 4 | (uint64_t)h;
   }
-  if (r->p < r->end && (*r->p == 'e' || *r->p == 'E')) {
-    integer = false;
-    r->p++;
-    if (r->p < r->end && (*r->p == '+' || *r->p == '-'))
-      r->p++;
-    if (r->p >= r->end || *r->p < '0' || *r->p > '9')
-      return REPLICATE_EMALFORMED;
-    while (r->p < r->end && *r->p >= '0' && *r->p <= '9')
-      r->p++;
-  }
-  *as_uint = v;
-  *is_uint = integer && fits;
-  return 0;
-}
-
-static int parse_literal(reader *r, const char *word)
-{
-  size_t n = strlen(word);
-  if ((size_t)(r->end - r->p) < n || memcmp(r->p, word, n) != 0)
-    return REPLICATE_EMALFORMED;
-  r->p += n;
-  return 0;
-}
-
-static int skip_value(reader *r);
-
-/* Walk an object, the '{' at r->p, calling member(ctx, key, r) for each
- * member with r at its value; member must consume the value. */
-typedef int (*member_fn)(void *ctx, const text *key, reader *r);
-
-static int walk_object(reader *r, member_fn member, void *ctx)
-{
-  if (r->p >= r->end || *r->p != '{')
-    return REPLICATE_EMALFORMED;
-  if (++r->depth > MAX_DEPTH)
-    return REPLICATE_EMALFORMED;
-  r->p++;
-  skip_space(r);
-  if (r->p < r->end && *r->p == '}') {
-    r->p++;
-    r->depth--;
-    return 0;
-  }
-  for (;;) {
-    char key_buf[KEY_MAX + 1];
-    text key = {key_buf, sizeof key_buf, 0, false};
-    key_buf[0] = '\0';
-    skip_space(r);
-    int rc = parse_string(r, &key);
-    if (rc)
-      return rc;
-    skip_space(r);
-    if (r->p >= r->end || *r->p != ':')
-      return REPLICATE_EMALFORMED;
-    r->p++;
-    skip_space(r);
-    rc = member(ctx, &key, r);
-    if (rc)
-      return rc;
-    skip_space(r);
-    if (r->p >= r->end)
-      return REPLICATE_EMALFORMED;
-    if (*r->p == ',') {
-      r->p++;
-      continue;
-    }
-    if (*r->p == '}') {
-      r->p++;
-      r->depth--;
-      return 0;
-    }
-    return REPLICATE_EMALFORMED;
-  }
-}
-
-static int skip_member(void *ctx, const text *key, reader *r)
-{
-  (void)ctx;
-  (void)key;
-  return skip_value(r);
-}
-
-static int skip_array(reader *r)
-{
-  if (++r->depth > MAX_DEPTH)
-    return REPLICATE_EMALFORMED;
-  r->p++;
-  skip_space(r);
-  if (r->p < r->end && *r->p == ']') {
-    r->p++;
-    r->depth--;
-    return 0;
-  }
-  for (;;) {
-    skip_space(r);
-    int rc = skip_value(r);
-    if (rc)
-      return rc;
-    skip_space(r);
-    if (r->p >= r->end)
-      return REPLICATE_EMALFORMED;
-    if (*r->p == ',') {
-      r->p++;
-      continue;
-    }
-    if (*r->p == ']') {
-      r->p++;
-      r->depth--;
-      return 0;
-    }
-    return REPLICATE_EMALFORMED;
-  }
-}
-
-static int skip_value(reader *r)
-{
-  if (r->p >= r->end)
-    return REPLICATE_EMALFORMED;
-  switch (*r->p) {
-  case '{':
-    return walk_object(r, skip_member, NULL);
-  case '[':
-    return skip_array(r);
-  case '"':
-    return parse_string(r, NULL);
-  case 't':
-    return parse_literal(r, "true");
-  case 'f':
-    return parse_literal(r, "false");
-  case 'n':
-    return parse_literal(r, "null");
-  default: {
-    uint64_t v;
-    bool is_uint;
-    return parse_number(r, &v, &is_uint);
-  }
-  }
-}
-
-static bool key_is(const text *key, const char *name)
-{
-  return !key->truncated && strcmp(key->buf, name) == 0;
-}
-
-static int read_uint(reader *r, uint64_t *out)
-{
-  if (r->p >= r->end || !((*r->p >= '0' && *r->p <= '9') || *r->p == '-'))
-    return REPLICATE_EMALFORMED;
-  bool is_uint;
-  int rc = parse_number(r, out, &is_uint);
-  if (rc)
-    return rc;
-  return is_uint ? 0 : REPLICATE_EMALFORMED;
-}
-
-/* ---------------------------------------------------------------------- */
-/* A point: {"epoch", "seq", "checksum", "pages"} */
-
-enum { POINT_EPOCH = 1, POINT_SEQ = 2, POINT_CHECKSUM = 4, POINT_PAGES = 8,
-       POINT_ALL = 15 };
-
-typedef struct point_ctx {
-  ship_point *point;
-  unsigned seen;
-} point_ctx;
-
-static int point_member(void *ctx, const text *key, reader *r)
-{
-  point_ctx *pc = ctx;
-  unsigned bit;
-  uint64_t *field;
-  if (key_is(key, "epoch")) {
-    bit = POINT_EPOCH;
-    field = &pc->point->epoch;
-  } else if (key_is(key, "seq")) {
-    bit = POINT_SEQ;
-    field = &pc->point->seq;
-  } else if (key_is(key, "pages")) {
-    bit = POINT_PAGES;
-    field = &pc->point->pages;
-  } else if (key_is(key, "checksum")) {
-    if (pc->seen & POINT_CHECKSUM)
-      return REPLICATE_EMALFORMED;
-    pc->seen |= POINT_CHECKSUM;
-    char buf[20];
-    text t = {buf, sizeof buf, 0, false};
-    buf[0] = '\0';
-    if (r->p >= r->end || *r->p != '"')
-      return REPLICATE_EMALFORMED;
-    int rc = parse_string(r, &t);
-    if (rc)
-      return rc;
-    if (t.truncated || t.len != 16)
-      return REPLICATE_EMALFORMED;
-    uint64_t v = 0;
-    for (size_t i = 0; i < 16; i++) {
-      int h = hex_value((unsigned char)buf[i]);
-      if (h < 0)
-        return REPLICATE_EMALFORMED;
-      v = v << 4 | (uint64_t)h;
-    }
-    pc->point->checksum = v;
-    return 0;
-  } else {
-    return skip_value(r);
-  }
-  if (pc->seen & bit)
-    return REPLICATE_EMALFORMED;
-  pc->seen |= bit;
-  return read_uint(r, field);
-}
-
-static int read_point(reader *r, ship_point *point)
-{
-  if (point->present)
-    return REPLICATE_EMALFORMED; /* the key appeared twice */
-  point_ctx pc = {point, 0};
-  int rc = walk_object(r, point_member, &pc);
-  if (rc)
-    return rc;
-  if (pc.seen != POINT_ALL)
-    return REPLICATE_EMALFORMED;
+  point->checksum = v;
   point->present = true;
   return 0;
 }
 
-/* ---------------------------------------------------------------------- */
-/* The answer */
-
-/* null (no history) or a string of 32 hex digits. */
-static int read_history(reader *r, loom_history *out)
+/* null (no history: all zero) or a string of 32 hex digits. */
+static int read_history(const json_t *j, loom_history *out)
 {
   memset(out, 0, sizeof *out);
-  skip_space(r);
-  if (r->end - r->p >= 4 && memcmp(r->p, "null", 4) == 0)
-    return skip_value(r);
-  char buf[2 * LOOM_HISTORY_SIZE + 2];
-  text t = {buf, sizeof buf, 0, false};
-  int rc = parse_string(r, &t);
-  if (rc)
-    return rc;
-  if (t.truncated || loom_history_parse(buf, out) != 0)
+  if (json_is_null(j))
+    return 0;
+  if (!json_is_string(j) || json_string_length(j) != 2 * LOOM_HISTORY_SIZE ||
+      loom_history_parse(json_string_value(j), out) != 0)
     return REPLICATE_EMALFORMED;
   return 0;
 }
 
-static int answer_member(void *ctx, const text *key, reader *r)
+/* The top-level fields; each may be absent. */
+static int read_answer(const json_t *j, ship_answer *out)
 {
-  ship_answer *a = ctx;
-  if (key_is(key, "received"))
-    return read_point(r, &a->received);
-  if (key_is(key, "applied"))
-    return read_point(r, &a->applied);
-  if (key_is(key, "epoch")) {
-    if (a->has_epoch)
-      return REPLICATE_EMALFORMED;
-    a->has_epoch = true;
-    return read_uint(r, &a->epoch);
+  const json_t *v;
+  int rc = read_point(json_object_get(j, "received"), &out->received);
+  if (!rc)
+    rc = read_point(json_object_get(j, "applied"), &out->applied);
+  if (!rc && (v = json_object_get(j, "epoch"))) {
+    out->has_epoch = true;
+    rc = read_uint(v, &out->epoch);
   }
-  if (key_is(key, "error")) {
-    if (a->has_error)
-      return REPLICATE_EMALFORMED;
-    a->has_error = true;
-    text t = {a->error, sizeof a->error, 0, false};
-    a->error[0] = '\0';
-    return parse_string(r, &t);
+  if (!rc && (v = json_object_get(j, "error"))) {
+    out->has_error = true;
+    rc = read_text(v, out->error, sizeof out->error);
   }
-  if (key_is(key, "code")) {
-    if (a->has_code)
-      return REPLICATE_EMALFORMED;
-    a->has_code = true;
-    text t = {a->code, sizeof a->code, 0, false};
-    a->code[0] = '\0';
-    return parse_string(r, &t);
+  if (!rc && (v = json_object_get(j, "code"))) {
+    out->has_code = true;
+    rc = read_text(v, out->code, sizeof out->code);
   }
-  if (key_is(key, "history")) {
-    if (a->has_history)
-      return REPLICATE_EMALFORMED;
-    a->has_history = true;
-    return read_history(r, &a->history);
+  if (!rc && (v = json_object_get(j, "history"))) {
+    out->has_history = true;
+    rc = read_history(v, &out->history);
   }
-  return skip_value(r);
+  return rc;
 }
 
-int ship_answer_parse(const char *text_in, size_t len, ship_answer *out)
+int ship_answer_parse(const char *text, size_t len, ship_answer *out)
 {
   memset(out, 0, sizeof *out);
-  if (!text_in || len > SHIP_ANSWER_MAX)
+  if (!text || len > SHIP_ANSWER_MAX)
     return REPLICATE_EMALFORMED;
-  reader r = {(const unsigned char *)text_in,
-              (const unsigned char *)text_in + len, 0};
-  skip_space(&r);
-  int rc = walk_object(&r, answer_member, out);
-  if (!rc) {
-    skip_space(&r);
-    if (r.p != r.end)
-      rc = REPLICATE_EMALFORMED;
-  }
+  json_error_t error;
+  json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &error);
+  int rc = json_is_object(j) && depth_ok(j, MAX_DEPTH) ? read_answer(j, out)
+                                                        : REPLICATE_EMALFORMED;
+  json_decref(j);
   if (rc)
     memset(out, 0, sizeof *out);
   return rc;

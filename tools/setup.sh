@@ -3,8 +3,9 @@
 
 loomship_packages=(build-essential meson ninja-build pkg-config
   libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libzstd-dev
-  libxxhash-dev curl openssl bc python3
-  clang libclang-rt-14-dev valgrind)   # the fuzzing and sanitizer suites
+  libxxhash-dev libjansson-dev curl openssl bc python3 python3-yaml
+  clang libclang-rt-14-dev valgrind    # the fuzzing and sanitizer suites
+  prometheus)                          # promtool: the alert rules in deploy/
 
 loomship_install() {
   local missing=()

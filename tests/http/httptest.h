@@ -499,6 +499,24 @@ static inline void ht_wait_applied(ht_server *s, uint64_t seq)
            (unsigned long long)seq);
 }
 
+/* The image of the node at url as of its applied position, through
+ * GET /v1/backup (which waits until the image file has caught up with the
+ * applied position: the file itself is written just after the commit
+ * point). *len: its bytes, without the stream header. */
+static inline uint8_t *ht_applied_image(const char *url, size_t *len)
+{
+  ht_resp r;
+  ht_call("GET", url, NULL, &r);
+  assert_int_equal(r.status, 200);
+  assert_true(r.len >= LOOM_STREAM_HEADER);
+  *len = r.len - LOOM_STREAM_HEADER;
+  uint8_t *img = malloc(*len + 1);
+  assert_non_null(img);
+  memcpy(img, r.body + LOOM_STREAM_HEADER, *len);
+  ht_resp_free(&r);
+  return img;
+}
+
 /* The standby's image bytes now (stop not needed: waits for the apply). */
 static inline void ht_assert_image_is(const char *dir, const uint8_t *bytes,
                                       size_t len)

@@ -210,7 +210,7 @@ static void test_duplicate_and_gap(void **state)
   post_range(&s, &p, 0, 5, NULL);
   ht_wait_applied(&s, 5);
   size_t len;
-  uint8_t *before = ht_read_image(dir, &len);
+  uint8_t *before = ht_applied_image(ht_url(&s, "/v1/backup"), &len);
 
   /* A frame already received: 200, the position, nothing changes. */
   ht_req req = {.body = p.frames[2].data, .body_len = p.frames[2].len};
@@ -364,7 +364,7 @@ static void test_malformed_bodies(void **state)
   post_range(&s, &p, 0, 10, NULL);
   ht_wait_applied(&s, 10);
   size_t img_len;
-  uint8_t *img = ht_read_image(dir, &img_len);
+  uint8_t *img = ht_applied_image(ht_url(&s, "/v1/backup"), &img_len);
   http_server_status before;
   ht_status(&s, &before);
 
@@ -1119,9 +1119,8 @@ static void test_disk_full(void **state)
   ht_start(&s, &opt);
   post_range(&s, &p, 0, 5, NULL);
   ht_wait_applied(&s, 5);
-  sleep_ms(200); /* let the applier's sync and trim finish */
   size_t img_len;
-  uint8_t *img = ht_read_image(dir, &img_len);
+  uint8_t *img = ht_applied_image(ht_url(&s, "/v1/backup"), &img_len);
 
   /* The next write fails: the disk is full. */
   iosim_fault f = {.kind = IOSIM_FAIL, .err = ENOSPC, .by_type = 1,

@@ -995,14 +995,14 @@ static void test_answer_reader(void **state)
   assert_false(a.has_error);
 
   const char *conflict =
-      "{\"error\": \"stale epoch\", \"epoch\": 18446744073709551615, "
+      "{\"error\": \"stale epoch\", \"epoch\": 9223372036854775807, "
       "\"received\": {\"epoch\": 4, \"seq\": 0, \"checksum\": "
       "\"0000000000000000\", \"pages\": 0}}";
   assert_int_equal(ship_answer_parse(conflict, strlen(conflict), &a), 0);
   assert_true(a.has_error);
   assert_string_equal(a.error, "stale epoch");
   assert_true(a.has_epoch);
-  assert_int_equal(a.epoch, UINT64_MAX);
+  assert_int_equal(a.epoch, INT64_MAX); /* jansson's integers are int64 */
   assert_false(a.applied.present);
 
   static const char *const bad[] = {
@@ -1017,6 +1017,8 @@ static void test_answer_reader(void **state)
       "{\"received\": {\"epoch\": 1, \"seq\": 2.0, \"checksum\": "
       "\"0000000000000000\", \"pages\": 3}}",             /* not an integer */
       "{\"epoch\": 18446744073709551616}",                /* overflows */
+      "{\"epoch\": 9223372036854775808}",                 /* over int64 */
+      "{\"x\": 1, \"x\": 2}",                             /* repeated */
       "{\"epoch\": 1, \"epoch\": 2}",                     /* repeated */
       "{\"error\": \"a\"} x",                             /* trailing */
       "{\"error\": \"a\",}",                              /* trailing comma */
@@ -1834,6 +1836,28 @@ static void test_diverged(void **state)
   assert_memory_equal(&now, &fork_pos, sizeof now);
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "ahead of this primary"));
+
+  /* Behind the primary, on another fork: found by comparing the log's
+   * frame after its seq. Diverged, and still no base image (the log
+   * reaches back: a forked standby is never overwritten). */
+  primary_saves(&p, 6, 2, false);
+  primary_position(&p, &pos);
+  fake_restart_diverged(f, pos.seq - 2, 2, 11);
+  fake_position(f, &fork_pos);
+  primary_close(&p);
+  primary_open(&p, p.dir, NULL);
+  o.store = loom_get_store(p.l);
+  o.log = p.log;
+  assert_int_equal(replicate_shipper_start(&o, &p.sh), 0);
+  wait_diverged(&p);
+  primary_saves(&p, 1, 2, false);
+  standby_status(&p, 0, &st);
+  assert_string_equal(st.state_name, "diverged");
+  if (!strstr(st.last_error, "histories forked"))
+    fail_msg("last_error: %s", st.last_error);
+  assert_int_equal(FAKE_GET(f, bases), 0);
+  fake_position(f, &now);
+  assert_memory_equal(&now, &fork_pos, sizeof now);
   primary_stop(&p);
   fake_stop(f);
 }

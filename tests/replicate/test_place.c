@@ -93,6 +93,36 @@ static void test_frame_rules(void **state)
   assert_int_equal(replicate_place_frame(&ours, &pos, &f), 0);
 }
 
+/* A heartbeat says where its primary is: behind us, on another checksum at
+ * our seq, or branched off before our seq, it is refused, so the standby
+ * shows the divergence too (not only the primary). */
+static void test_heartbeat_rules(void **state)
+{
+  (void)state;
+  loom_history ours = history_of(1);
+  loom_position pos = at(2, 100, 0xa100);
+  replicate_frame_info hb = {.kind = REPLICATE_KIND_HEARTBEAT, .epoch = 2,
+                             .history = history_of(1),
+                             .after = {120, 0xa120, 4}};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
+  hb.after = (replicate_point){100, 0xa100, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
+  hb.after = (replicate_point){100, 0xbbbb, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EFORK);
+  hb.after = (replicate_point){60, 0xa060, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EBEHIND);
+  hb.epoch = 3;
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EPAST_BRANCH);
+  hb.after = (replicate_point){100, 0xc100, 4};
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
+  hb.epoch = 1;
+  assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_ESTALE_EPOCH);
+  /* A standby that holds nothing takes any heartbeat. */
+  loom_position empty = at(1, 0, 0);
+  hb.epoch = 1;
+  assert_int_equal(replicate_place_frame(&ours, &empty, &hb), 0);
+}
+
 static void test_frame_holds_nothing(void **state)
 {
   (void)state;
@@ -104,6 +134,26 @@ static void test_frame_holds_nothing(void **state)
   assert_int_equal(replicate_place_frame(&ours, &empty, &f), 0);
   loom_position pos = at(1, 5, 0x5);
   assert_int_equal(replicate_place_frame(&ours, &pos, &f), REPLICATE_EHISTORY);
+  /* A directory from before history ids (none, at seq 100) holds commits:
+   * no base image below or beside them, whatever history it carries, and
+   * no primary behind it sends one. */
+  loom_position legacy = at(1, 100, 0xa100);
+  loom_lineage other = {.history = history_of(7)};
+  loom_position b = at(1, 0, 0);
+  assert_int_equal(replicate_place_base(&none, &legacy, &b, &other), REPLICATE_EBEHIND);
+  b = at(1, 50, 0x50);
+  assert_int_equal(replicate_place_base(&none, &legacy, &b, &other), REPLICATE_EBEHIND);
+  b = at(1, 100, 0xbbbb);
+  assert_int_equal(replicate_place_base(&none, &legacy, &b, &other), REPLICATE_EFORK);
+  b = at(1, 150, 0x150);
+  assert_int_equal(replicate_place_base(&none, &legacy, &b, &other), 0);
+  loom_lineage fresh = {.history = history_of(7)};
+  loom_position latest = at(1, 0, 0);
+  assert_int_equal(replicate_place_peer(&fresh, &latest, &none, &legacy),
+                   REPLICATE_EBEHIND);
+  /* Its next frame, continuing its position, is taken. */
+  f = frame(7, 1, 100, 0xa100, 101, 0xa101);
+  assert_int_equal(replicate_place_frame(&none, &legacy, &f), 0);
 }
 
 static void test_base_rules(void **state)
@@ -226,6 +276,56 @@ static void test_store_lineage(void **state)
   test_done(dir);
 }
 
+/* The positions ring: the checksum of each commit, looked up by seq. */
+static void test_positions_ring(void **state)
+{
+  (void)state;
+  char *dir = test_tmpdir("ring");
+  loom_store *s;
+  assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &s), 0);
+  uint8_t *page = calloc(1, LOOM_PAGE_SIZE);
+  assert_non_null(page);
+  uint64_t sums[4];
+  for (uint64_t seq = 1; seq <= 3; seq++) {
+    memset(page, (int)seq, LOOM_PAGE_SIZE);
+    loom_position before;
+    loom_store_position(s, &before);
+    loom_patch_header h = {.before = before,
+                           .after = {.epoch = 1, .seq = seq, .pages = 1,
+                                     .checksum = loom_page_hash(0, page)},
+                           .page_count = 1, .flags = LOOM_PATCH_BASE};
+    loom_patch *p;
+    assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+    assert_int_equal(loom_patch_add(p, 0, page), 0);
+    assert_int_equal(loom_patch_commit(p), 0);
+    sums[seq] = h.after.checksum;
+  }
+  uint64_t epoch, sum;
+  for (uint64_t seq = 1; seq <= 3; seq++) {
+    assert_int_equal(loom_store_checksum_at(s, seq, &epoch, &sum), 1);
+    assert_int_equal(sum, sums[seq]);
+    assert_int_equal(epoch, 1);
+  }
+  assert_int_equal(loom_store_checksum_at(s, 4, &epoch, &sum), 0);
+  assert_int_equal(loom_store_checksum_at(s, (UINT64_C(1) << 20) + 2, &epoch, &sum), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  /* Kept across reopen; a damaged slot is "unknown", never a wrong value. */
+  char path[256];
+  snprintf(path, sizeof path, "%s/positions", dir);
+  FILE *f = fopen(path, "r+b");
+  assert_non_null(f);
+  assert_int_equal(fseek(f, 2 * 32 + 17, SEEK_SET), 0);
+  fputc(0x55, f);
+  fclose(f);
+  assert_int_equal(loom_store_open(dir, 0, NULL, &s), 0);
+  assert_int_equal(loom_store_checksum_at(s, 1, &epoch, &sum), 1);
+  assert_int_equal(sum, sums[1]);
+  assert_int_equal(loom_store_checksum_at(s, 2, &epoch, &sum), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  free(page);
+  test_done(dir);
+}
+
 /* The branch table keeps the newest LOOM_MAX_BRANCHES epochs. */
 static void test_branch_table_bounded(void **state)
 {
@@ -251,10 +351,12 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_frame_rules),
+      cmocka_unit_test(test_heartbeat_rules),
       cmocka_unit_test(test_frame_holds_nothing),
       cmocka_unit_test(test_base_rules),
       cmocka_unit_test(test_peer_rules),
       cmocka_unit_test(test_store_lineage),
+      cmocka_unit_test(test_positions_ring),
       cmocka_unit_test(test_branch_table_bounded),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
