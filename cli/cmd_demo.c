@@ -20,16 +20,10 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "client.h"
 #include "json_get.h"
 #include "primary.h"
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Start `loomship standby` as a child; read its URL from its first line. */
 static pid_t start_standby(const char *dir, char *url, size_t url_len)
@@ -116,7 +110,7 @@ static void human(double bytes, char *buf, size_t len)
  * drain waits for received; a backup holds what is applied). */
 static int wait_applied(const char *url, uint64_t seq, double seconds)
 {
-  double until = now_s() + seconds;
+  double until = loom_mono_s() + seconds;
   client_options o = {.timeout_s = 5};
   do {
     client_reply r;
@@ -132,7 +126,7 @@ static int wait_applied(const char *url, uint64_t seq, double seconds)
       return 1;
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);
-  } while (now_s() < until);
+  } while (loom_mono_s() < until);
   return 0;
 }
 
@@ -189,17 +183,17 @@ static int run_demo(void *args)
 
   /* The workload, with a live progress line. */
   int tty = isatty(STDOUT_FILENO);
-  double start = now_s(), last = start, every = tty ? 0.2 : 1.0;
+  double start = loom_mono_s(), last = start, every = tty ? 0.2 : 1.0;
   double period = rate ? 1.0 / (double)rate : 0, next = start;
   n.rng = 0x9e3779b97f4a7c15u;
   int failed = 0;
-  while (now_s() - start < (double)seconds) {
+  while (loom_mono_s() - start < (double)seconds) {
     struct timespec zero = {0, 0};
     if (sigtimedwait(&stop, NULL, &zero) > 0)
       break;
     if (period) {
       next += period;
-      double wait = next - now_s();
+      double wait = next - loom_mono_s();
       if (wait > 0)
         usleep((useconds_t)(wait * 1e6));
     }
@@ -208,7 +202,7 @@ static int run_demo(void *args)
       failed = 1;
       break;
     }
-    double t = now_s();
+    double t = loom_mono_s();
     if (t - last >= every) {
       replicate_peer_status st;
       size_t count;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "faultio.h"
 #include "kv.h"
 #include "primary.h"
@@ -125,11 +126,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
                           "Restore the directory from a backup, or promote a standby");
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
-  /* Retention drops whole segments: keep them well under the cap. */
+  /* The log derives its segment size from the cap (replicate.h). */
   replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
                               .repair_ctx = (void *)cfg->who};
-  if (cfg->log_max_bytes && cfg->log_max_bytes / 8 < (UINT64_C(16) << 20))
-    lo.segment_bytes = cfg->log_max_bytes / 8 > 65536 ? cfg->log_max_bytes / 8 : 65536;
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->standby_count) {
@@ -250,13 +249,6 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
 /* ---------------------------------------------------------------------- */
 /* The subcommand. */
 
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* One line for --ack-log: "EPOCH SEQ CHECKSUM", in one write(2), so that a
  * kill -9 leaves whole lines (DESIGN section 5). */
 static void ack_log_write(int fd, const loom_position *p)
@@ -290,11 +282,11 @@ static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
 static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
                         uint64_t rate, int ack_fd)
 {
-  double period = 1.0 / (double)rate, next = now_s(), last_log = now_s();
+  double period = 1.0 / (double)rate, next = loom_mono_s(), last_log = loom_mono_s();
   for (;;) {
     if (saves && n->saves >= saves)
       return 0;
-    double wait = next - now_s();
+    double wait = next - loom_mono_s();
     struct timespec ts = {0, 0};
     if (wait > 0) {
       ts.tv_sec = (time_t)wait;
@@ -305,8 +297,8 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       return 0;
     }
     next += period;
-    if (next < now_s() - 1)
-      next = now_s(); /* fell behind: do not burst */
+    if (next < loom_mono_s() - 1)
+      next = loom_mono_s(); /* fell behind: do not burst */
     if (node_fenced(n))
       return wait_fenced(n, stop, saves);
     int rc = primary_step(n);
@@ -326,12 +318,12 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       return 1;
     }
-    if (now_s() - last_log >= 10) {
+    if (loom_mono_s() - last_log >= 10) {
       char line[160];
       snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n->saves,
                (unsigned long long)n->committed.seq);
       cli_log("primary", line);
-      last_log = now_s();
+      last_log = loom_mono_s();
     }
   }
 }

@@ -11,20 +11,14 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "client.h"
 #include "json_get.h"
 #include "loom.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* The arguments of the remote subcommands. */
+/* Options shared by the remote subcommands. */
 typedef struct remote_args {
   const char *url;        /* status and promote: the positional URL; backup: --from */
   const char *out;
@@ -372,7 +366,7 @@ static void progress_line(download *d, int final)
 {
   if (d->quiet)
     return;
-  double el = now_s() - d->start;
+  double el = loom_mono_s() - d->start;
   if (!final && el - d->last_print < (d->tty ? 0.2 : 1.0))
     return;
   d->last_print = el;
@@ -422,7 +416,7 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
     return cli_fail("backup", "%s exists: a backup never replaces a directory", out);
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.partial-%d", out, (int)getpid());
-  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = now_s(), .quiet = quiet};
+  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = loom_mono_s(), .quiet = quiet};
   d.page = malloc(PS);
   char *url = client_url(from, "/v1/backup");
   char *auth = NULL;

@@ -27,6 +27,10 @@
  * With none of the first four set, faultio_from_env() returns NULL and the
  * callers use the default POSIX loom_io: nothing is wrapped or counted.
  * A malformed value is reported on stderr and the hook stays off.
+ *
+ * Built only with `meson setup -Dfault_hooks=true` (./test does; a release
+ * build and ./demo do not): otherwise faultio.c is left out, the two
+ * functions below are empty inlines, and no variable has any effect.
  */
 #ifndef LOOMSHIP_FAULTIO_H
 #define LOOMSHIP_FAULTIO_H
@@ -34,11 +38,16 @@
 #include "loom.h"
 #include "loom_io.h"
 
+#ifdef LOOMSHIP_FAULT_HOOKS
 /* The counting loom_io (a process-wide singleton, set up on the first
  * call), or NULL when no variable asks for it. */
 const loom_io *faultio_from_env(void);
 
 /* Record one successful save at position p in LOOMSHIP_ACK_LOG, if set. */
 void faultio_note_ack(const loom_position *p);
+#else
+static inline const loom_io *faultio_from_env(void) { return NULL; }
+static inline void faultio_note_ack(const loom_position *p) { (void)p; }
+#endif
 
 #endif

@@ -1,4 +1,6 @@
-/* errors.c: loom_strerror, covering errno values and LOOM_E* codes. */
+/* errors.c: loom_strerror and loom_error_name, covering errno values and
+ * the LOOM_E* codes of LOOM_ERROR_LIST (loom.h). A switch without default:
+ * -Wswitch-enum names a code the list gains and a switch misses. */
 #include <string.h>
 
 #include "loom.h"
@@ -9,23 +11,26 @@ const char *loom_strerror(int rc)
     return rc == 0 ? "success" : strerror(rc);
   switch ((enum loom_error)rc) {
   case LOOM_OK: return "success";
-  case LOOM_ELOCKED: return "the directory is in use by another process or handle";
-  case LOOM_ECORRUPT: return "on-disk data fails its checksum or is malformed";
-  case LOOM_EVERSION: return "unsupported on-disk format version";
-  case LOOM_EPANIC: return "the handle is poisoned after a failed commit; reopen to recover";
-  case LOOM_EEXHAUSTED: return "the arena is exhausted: no free page left";
-  case LOOM_EPAGESIZE: return "the loom page size is not a multiple of the system page size";
-  case LOOM_EPOSITION: return "the patch does not apply to the current position";
-  case LOOM_ETOOBIG: return "the image is larger than the arena";
-  case LOOM_EBUG: return "an invariant was violated (a bug was caught)";
-  case LOOM_EINVAL: return "an argument is out of range";
-  case LOOM_ENOIMAGE: return "no image in that directory";
-  case LOOM_ETRACKER: return "the requested dirty-page tracker is not available";
-  case LOOM_EHISTORY: return "the image directory already follows another history";
-  case LOOM_EMETA:
-    return "the meta file (the recorded position) is missing or damaged: "
-           "no slot passes its checks, though the image holds pages";
+#define LOOM_ERROR_TEXT_(name, value, text) case name: return text;
+  LOOM_ERROR_LIST(LOOM_ERROR_TEXT_)
+#undef LOOM_ERROR_TEXT_
   case LOOM_ELAST: break;
   }
   return "unknown error";
+}
+
+const char *loom_error_name(int rc)
+{
+  if (rc > 0) {
+    const char *name = strerrorname_np(rc);
+    return name ? name : "ERRNO";
+  }
+  switch ((enum loom_error)rc) {
+  case LOOM_OK: return "OK";
+#define LOOM_ERROR_NAME_(name, value, text) case name: return #name;
+  LOOM_ERROR_LIST(LOOM_ERROR_NAME_)
+#undef LOOM_ERROR_NAME_
+  case LOOM_ELAST: break;
+  }
+  return "UNKNOWN";
 }

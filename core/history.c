@@ -16,7 +16,7 @@
 
 #include "loom.h"
 #include "store_internal.h"
-#include "util.h"
+#include "bytes.h"
 
 int loom_history_is_none(const loom_history *h)
 {
@@ -110,12 +110,12 @@ void lineage_encode(uint8_t out[LINEAGE_BYTES], const loom_lineage *lineage)
 {
   memset(out, 0, LINEAGE_BYTES);
   memcpy(out, lineage->history.id, LOOM_HISTORY_SIZE);
-  le32_put(out + 16, lineage->branch_count);
+  put_le32(out + 16, lineage->branch_count);
   for (uint32_t i = 0; i < lineage->branch_count && i < LOOM_MAX_BRANCHES; i++) {
     uint8_t *b = out + 24 + 24 * i;
-    le64_put(b, lineage->branches[i].epoch);
-    le64_put(b + 8, lineage->branches[i].seq);
-    le64_put(b + 16, lineage->branches[i].checksum);
+    put_le64(b, lineage->branches[i].epoch);
+    put_le64(b + 8, lineage->branches[i].seq);
+    put_le64(b + 16, lineage->branches[i].checksum);
   }
 }
 
@@ -123,13 +123,13 @@ int lineage_decode(const uint8_t in[LINEAGE_BYTES], loom_lineage *lineage)
 {
   memset(lineage, 0, sizeof *lineage);
   memcpy(lineage->history.id, in, LOOM_HISTORY_SIZE);
-  lineage->branch_count = le32_get(in + 16);
-  if (lineage->branch_count > LOOM_MAX_BRANCHES || le32_get(in + 20) != 0)
+  lineage->branch_count = get_le32(in + 16);
+  if (lineage->branch_count > LOOM_MAX_BRANCHES || get_le32(in + 20) != 0)
     return LOOM_ECORRUPT;
   for (uint32_t i = 0; i < lineage->branch_count; i++) {
     const uint8_t *b = in + 24 + 24 * i;
-    lineage->branches[i] = (loom_branch){le64_get(b), le64_get(b + 8),
-                                         le64_get(b + 16)};
+    lineage->branches[i] = (loom_branch){get_le64(b), get_le64(b + 8),
+                                         get_le64(b + 16)};
     if (i > 0 && lineage->branches[i].epoch <= lineage->branches[i - 1].epoch)
       return LOOM_ECORRUPT;
   }

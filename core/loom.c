@@ -54,10 +54,11 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "array.h"
 #include "loom.h"
 #include "loom_io.h"
 #include "store_internal.h"
-#include "util.h"
+#include "clock.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 
@@ -476,24 +477,19 @@ static int is_free(const loom *l, uint64_t n)
 /* S2: the changed pages below low, in ascending order, with their hashes;
  * every page S7 makes clean is marked in clean[]. */
 typedef struct changes {
-  uint64_t count, cap;
+  size_t count, numbers_cap, hashes_cap;
   uint64_t *numbers, *hashes;
 } changes;
 
 static int changes_push(changes *c, uint64_t n, uint64_t hash)
 {
-  if (c->count == c->cap) {
-    uint64_t cap = c->cap ? c->cap * 2 : 256;
-    uint64_t *nn = realloc(c->numbers, (size_t)cap * sizeof *nn);
-    if (nn)
-      c->numbers = nn;
-    uint64_t *hh = nn ? realloc(c->hashes, (size_t)cap * sizeof *hh) : NULL;
-    if (hh)
-      c->hashes = hh;
-    if (!nn || !hh)
-      return ENOMEM;
-    c->cap = cap;
-  }
+  int rc = loom_array_reserve(&c->numbers, &c->numbers_cap, c->count + 1,
+                              sizeof *c->numbers);
+  if (!rc)
+    rc = loom_array_reserve(&c->hashes, &c->hashes_cap, c->count + 1,
+                            sizeof *c->hashes);
+  if (rc)
+    return rc;
   c->numbers[c->count] = n;
   c->hashes[c->count] = hash;
   c->count++;
@@ -617,7 +613,7 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   loom_patch_header h = {
       .before = before,
       .after = {.epoch = before.epoch, .seq = before.seq + 1, .pages = low,
-                .commit_time_ns = loom_now_ns()},
+                .commit_time_ns = loom_real_ns()},
       .page_count = ch->count,
   };
   loom_patch *p = NULL;

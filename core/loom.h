@@ -60,9 +60,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom_version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The version of the library linked at run time ("X.Y.Z", and as
+ * LOOMSHIP_VERSION_NUMBER computes it); LOOMSHIP_VERSION_* (loom_version.h)
+ * are those of the headers compiled against. */
+const char *loom_version(void);
+int loom_version_number(void);
 
 /* A loom page. Must be a multiple of the system page size (checked). */
 #define LOOM_PAGE_SIZE 16384u
@@ -70,29 +78,50 @@ extern "C" {
 /* ---------------------------------------------------------------------- */
 /* Errors: append-only, never reused. */
 
+/* The list, one X(name, value, text) per code: the enum below, the texts
+ * (loom_strerror) and the stable names (loom_error_name) are generated
+ * from it (errors.c). */
+#define LOOM_ERROR_LIST(X)                                                    \
+  X(LOOM_ELOCKED, -30900,                                                     \
+    "the directory is in use by another process or handle")                   \
+  X(LOOM_ECORRUPT, -30901, "on-disk data fails its checksum or is malformed") \
+  X(LOOM_EVERSION, -30902, "unsupported on-disk format version")              \
+  X(LOOM_EPANIC, -30903, /* close the handle and reopen */                    \
+    "the handle is poisoned after a failed commit; reopen to recover")        \
+  X(LOOM_EEXHAUSTED, -30904, "the arena is exhausted: no free page left")     \
+  X(LOOM_EPAGESIZE, -30905,                                                   \
+    "the loom page size is not a multiple of the system page size")           \
+  X(LOOM_EPOSITION, -30906,                                                   \
+    "the patch does not apply to the current position")                       \
+  X(LOOM_ETOOBIG, -30907, /* the image (or a request) exceeds the arena */    \
+    "the image is larger than the arena")                                     \
+  X(LOOM_EBUG, -30908, "an invariant was violated (a bug was caught)")        \
+  X(LOOM_EINVAL, -30909, "an argument is out of range")                       \
+  X(LOOM_ENOIMAGE, -30910, /* and no LOOM_CREATE */                           \
+    "no image in that directory")                                             \
+  X(LOOM_ETRACKER, -30911,                                                    \
+    "the requested dirty-page tracker is not available")                      \
+  X(LOOM_EHISTORY, -30912,                                                    \
+    "the image directory already follows another history")                    \
+  X(LOOM_EMETA, -30913, /* restore the directory */                           \
+    "the meta file (the recorded position) is missing or damaged: "           \
+    "no slot passes its checks, though the image holds pages")
+
 enum loom_error {
   LOOM_OK = 0,
-  LOOM_ELOCKED = -30900,   /* the directory is in use by another opener */
-  LOOM_ECORRUPT = -30901,  /* on-disk data fails its checksum or is malformed */
-  LOOM_EVERSION = -30902,  /* on-disk format version this build cannot read */
-  LOOM_EPANIC = -30903,    /* the handle is poisoned: close it and reopen */
-  LOOM_EEXHAUSTED = -30904,/* the arena has no free page left */
-  LOOM_EPAGESIZE = -30905, /* LOOM_PAGE_SIZE is not a multiple of the system's */
-  LOOM_EPOSITION = -30906, /* a patch does not apply to the current position */
-  LOOM_ETOOBIG = -30907,   /* the image (or a request) exceeds the arena */
-  LOOM_EBUG = -30908,      /* an invariant was violated (a bug was caught) */
-  LOOM_EINVAL = -30909,    /* an argument is out of range */
-  LOOM_ENOIMAGE = -30910,  /* no image directory there (and no LOOM_CREATE) */
-  LOOM_ETRACKER = -30911,  /* the requested dirty-page tracker is unavailable */
-  LOOM_EHISTORY = -30912,  /* the store already follows another history */
-  LOOM_EMETA = -30913,     /* the meta file (DIR/meta, the recorded position)
-                              is missing or no slot passes its checks, while
-                              the image holds pages: restore the directory */
+#define LOOM_ERROR_ENUM_(name, value, text) name = value,
+  LOOM_ERROR_LIST(LOOM_ERROR_ENUM_)
+#undef LOOM_ERROR_ENUM_
   LOOM_ELAST = -30914      /* sentinel: one past the lowest code */
 };
 
 /* A description of rc (0, an errno value, or a LOOM_E* code). Never NULL. */
 const char *loom_strerror(int rc);
+/* The stable name of rc, for machines (logs, JSON "code" fields): "OK",
+ * the errno symbol ("ENOSPC"; "ERRNO" if the C library has none), or the
+ * code's own name ("LOOM_ECORRUPT"); "UNKNOWN" for any other value.
+ * Never NULL. */
+const char *loom_error_name(int rc);
 
 /* ---------------------------------------------------------------------- */
 /* Positions */

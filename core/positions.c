@@ -28,7 +28,7 @@
 #include <xxhash.h>
 
 #include "store_internal.h"
-#include "util.h"
+#include "bytes.h"
 
 #define POSITIONS_SLOTS (UINT64_C(1) << 20) /* 32 MiB at most, sparse */
 #define SLOT_BYTES 32u
@@ -43,10 +43,10 @@ void positions_note(int fd, const loom_position *p)
   if (fd < 0)
     return;
   uint8_t slot[SLOT_BYTES];
-  le64_put(slot, p->seq);
-  le64_put(slot + 8, p->epoch);
-  le64_put(slot + 16, p->checksum);
-  le64_put(slot + 24, XXH3_64bits(slot, 24));
+  put_le64(slot, p->seq);
+  put_le64(slot + 8, p->epoch);
+  put_le64(slot + 16, p->checksum);
+  put_le64(slot + 24, XXH3_64bits(slot, 24));
   off_t off = (off_t)((p->seq % POSITIONS_SLOTS) * SLOT_BYTES);
   ssize_t n;
   do
@@ -64,10 +64,10 @@ int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum)
   do
     n = pread(fd, slot, sizeof slot, off);
   while (n < 0 && errno == EINTR);
-  if (n != (ssize_t)sizeof slot || le64_get(slot + 24) != XXH3_64bits(slot, 24) ||
-      le64_get(slot) != seq)
+  if (n != (ssize_t)sizeof slot || get_le64(slot + 24) != XXH3_64bits(slot, 24) ||
+      get_le64(slot) != seq)
     return 0;
-  *epoch = le64_get(slot + 8);
-  *checksum = le64_get(slot + 16);
+  *epoch = get_le64(slot + 8);
+  *checksum = get_le64(slot + 16);
   return 1;
 }

@@ -1,6 +1,8 @@
 /*
- * store.c: the image directory. Locking, recovery, the commit protocol,
- * backup, verification.
+ * store.c: the image directory. Locking, recovery, the commit protocol.
+ * Snapshots (loom_store_snapshot_*) are in snapshot.c; the read-only and
+ * copying tools (backup, inspect, verify) and the image stream header in
+ * tools.c; what they share of the store is in store_internal.h.
  *
  * FILES (byte tables in docs/FORMAT.md)
  *
@@ -86,10 +88,9 @@
 #include "loom.h"
 #include "loom_io.h"
 #include "store_internal.h"
-#include "util.h"
+#include "array.h"
+#include "bytes.h"
 
-#define PS ((uint64_t)LOOM_PAGE_SIZE)
-#define META_SLOT_SIZE 512u
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
 #define PATCH_MAGIC "LOOMPTCH"
@@ -97,61 +98,9 @@
 #define PATCH_HEADER_BLOCK 4096u
 #define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
 #define PATCH_ENTRY_BYTES 16u
-#define STAGING_PAGES 64u
 #define PATCH_TRIM_BYTES (UINT64_C(64) << 20)
-#define MAX_SNAPSHOTS 8
-#define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
-
-typedef struct apply_thread {
-  pthread_t thread;
-  pthread_mutex_t mutex;
-  pthread_cond_t cond;
-  loom_patch *pending; /* handed over, not yet applied */
-  int busy;            /* pending or being applied */
-  int stop;
-  int started;
-} apply_thread;
-
-struct loom_store {
-  const loom_io *io;
-  unsigned flags;
-  int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
-  int positions_fd;        /* DIR/positions (positions.c), or -1 */
-  loom_position pos;       /* committed (the patch is durable) */
-  loom_position applied;   /* durable in the meta */
-  loom_lineage lineage;    /* durable in the meta (history, branches) */
-  uint64_t generation;     /* of the meta slot last written */
-  uint64_t *hashes;        /* [pos.pages], committed */
-  uint64_t hashes_cap;
-  uint8_t *staging;        /* STAGING_PAGES pages */
-  loom_patch *writer;      /* open patch, if any */
-  int poison;              /* 0, or the error that poisoned the handle */
-  apply_thread apply;
-  pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
-  loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
-  loom_position image_pos; /* the position the image file's pages are at */
-  loom_lineage image_lineage; /* the lineage snapshots carry (snap_lock) */
-  uint64_t patch_bytes;    /* the patch file's length, as far as we know */
-  int image_broken;        /* an apply failed midway: image_pos is unknown */
-};
-
-struct loom_snapshot {
-  loom_store *store;
-  loom_position pos;
-  loom_lineage lineage;
-  int error;               /* a page could not be preserved: reads fail */
-  int side_fd;             /* old versions of pages changed since open */
-  uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
-};
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
-
-int64_t loom_now_ns(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 uint64_t store_zero_hash(uint64_t n) { return loom_page_hash(n, zero_page); }
 
@@ -166,7 +115,7 @@ void store_poison(loom_store *s, int rc)
 /* ---------------------------------------------------------------------- */
 /* Small I/O helpers: exact transfers, errors as codes. */
 
-static int io_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off)
+int store_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off)
 {
   ssize_t n = s->io->pread(s->io->ctx, fd, buf, len, off);
   if (n < 0)
@@ -174,8 +123,8 @@ static int io_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off
   return (size_t)n == len ? 0 : LOOM_ECORRUPT;
 }
 
-static int io_write_exact(loom_store *s, int fd, const void *buf, size_t len,
-                          off_t off)
+int store_write_exact(loom_store *s, int fd, const void *buf, size_t len,
+                      off_t off)
 {
   ssize_t n = s->io->pwrite(s->io->ctx, fd, buf, len, off);
   if (n < 0)
@@ -183,7 +132,7 @@ static int io_write_exact(loom_store *s, int fd, const void *buf, size_t len,
   return (size_t)n == len ? 0 : EIO;
 }
 
-static int io_fsync(loom_store *s, int fd)
+int store_fsync(loom_store *s, int fd)
 {
   return -s->io->fsync(s->io->ctx, fd);
 }
@@ -193,25 +142,25 @@ static int io_truncate(loom_store *s, int fd, uint64_t len)
   return -s->io->ftruncate(s->io->ctx, fd, (off_t)len);
 }
 
-static int file_size(int fd, uint64_t *out);
+int store_file_size(int fd, uint64_t *out);
 
 /* Set a file's length unless it already has it (a commit that neither
  * grows nor shrinks the image changes no metadata). */
 static int io_set_length(loom_store *s, int fd, uint64_t len)
 {
   uint64_t size = 0;
-  int rc = file_size(fd, &size);
+  int rc = store_file_size(fd, &size);
   return rc ? rc : size == len ? 0 : io_truncate(s, fd, len);
 }
 
-static void io_close(loom_store *s, int *fd)
+void store_close_fd(loom_store *s, int *fd)
 {
   if (*fd >= 0)
     s->io->close(s->io->ctx, *fd);
   *fd = -1;
 }
 
-static int file_size(int fd, uint64_t *out)
+int store_file_size(int fd, uint64_t *out)
 {
   struct stat st;
   *out = 0;
@@ -224,21 +173,35 @@ static int file_size(int fd, uint64_t *out)
 /* ---------------------------------------------------------------------- */
 /* Meta slots. */
 
-static void meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
-                        const loom_position *p, const loom_lineage *lineage)
+void store_position_put(uint8_t out[POSITION_BYTES], const loom_position *p)
+{
+  put_le64(out, p->epoch);
+  put_le64(out + 8, p->seq);
+  put_le64(out + 16, p->checksum);
+  put_le64(out + 24, p->pages);
+  put_le64(out + 32, (uint64_t)p->commit_time_ns);
+}
+
+void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p)
+{
+  p->epoch = get_le64(in);
+  p->seq = get_le64(in + 8);
+  p->checksum = get_le64(in + 16);
+  p->pages = get_le64(in + 24);
+  p->commit_time_ns = (int64_t)get_le64(in + 32);
+}
+
+void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
+                       const loom_position *p, const loom_lineage *lineage)
 {
   memset(slot, 0, META_SLOT_SIZE);
   memcpy(slot, META_MAGIC, 8);
-  le32_put(slot + 8, FORMAT_VERSION);
-  le32_put(slot + 12, LOOM_PAGE_SIZE);
-  le64_put(slot + 16, generation);
-  le64_put(slot + 24, p->epoch);
-  le64_put(slot + 32, p->seq);
-  le64_put(slot + 40, p->checksum);
-  le64_put(slot + 48, p->pages);
-  le64_put(slot + 56, (uint64_t)p->commit_time_ns);
+  put_le32(slot + 8, FORMAT_VERSION);
+  put_le32(slot + 12, LOOM_PAGE_SIZE);
+  put_le64(slot + 16, generation);
+  store_position_put(slot + 24, p);
   lineage_encode(slot + META_LINEAGE_OFFSET, lineage);
-  le64_put(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
+  put_le64(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
 
 /* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. */
@@ -246,18 +209,14 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
                        loom_position *p, loom_lineage *lineage)
 {
   if (memcmp(slot, META_MAGIC, 8) != 0 ||
-      le64_get(slot + META_SLOT_SIZE - 8) !=
+      get_le64(slot + META_SLOT_SIZE - 8) !=
           XXH3_64bits(slot, META_SLOT_SIZE - 8))
     return LOOM_ECORRUPT;
-  if (le32_get(slot + 8) != FORMAT_VERSION ||
-      le32_get(slot + 12) != LOOM_PAGE_SIZE)
+  if (get_le32(slot + 8) != FORMAT_VERSION ||
+      get_le32(slot + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
-  *generation = le64_get(slot + 16);
-  p->epoch = le64_get(slot + 24);
-  p->seq = le64_get(slot + 32);
-  p->checksum = le64_get(slot + 40);
-  p->pages = le64_get(slot + 48);
-  p->commit_time_ns = (int64_t)le64_get(slot + 56);
+  *generation = get_le64(slot + 16);
+  store_position_get(slot + 24, p);
   if (p->pages > MAX_PAGES)
     return LOOM_ECORRUPT;
   return lineage_decode(slot + META_LINEAGE_OFFSET, lineage);
@@ -301,15 +260,19 @@ static int meta_write_lineage(loom_store *s, const loom_position *p,
 {
   uint8_t slot[META_SLOT_SIZE];
   uint64_t g = s->generation + 1;
-  meta_encode(slot, g, p, lineage);
-  int rc = io_write_exact(s, s->meta_fd, slot, sizeof slot,
-                          (off_t)((g % 2) * META_SLOT_SIZE));
+  store_meta_encode(slot, g, p, lineage);
+  int rc = store_write_exact(s, s->meta_fd, slot, sizeof slot,
+                             (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
-    rc = io_fsync(s, s->meta_fd);
+    rc = store_fsync(s, s->meta_fd);
   if (!rc) {
     s->generation = g;
     s->applied = *p;
-    s->lineage = *lineage;
+    /* Only a new lineage is stored: step 6 on the apply thread passes the
+     * store's own, which other threads read meanwhile (a lineage changes
+     * only after apply_wait). */
+    if (lineage != &s->lineage)
+      s->lineage = *lineage;
   }
   return rc;
 }
@@ -327,44 +290,44 @@ static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
 {
   memset(block, 0, PATCH_HEADER_BLOCK);
   memcpy(block, PATCH_MAGIC, 8);
-  le32_put(block + 8, FORMAT_VERSION);
-  le32_put(block + 12, LOOM_PAGE_SIZE);
-  le32_put(block + 16, h->flags);
-  le64_put(block + 24, h->before.epoch);
-  le64_put(block + 32, h->before.seq);
-  le64_put(block + 40, h->before.checksum);
-  le64_put(block + 48, h->before.pages);
-  le64_put(block + 56, h->after.epoch);
-  le64_put(block + 64, h->after.seq);
-  le64_put(block + 72, h->after.checksum);
-  le64_put(block + 80, h->after.pages);
-  le64_put(block + 88, (uint64_t)h->after.commit_time_ns);
-  le64_put(block + 96, h->page_count);
-  le64_put(block + 104, XXH3_64bits(block, 104));
+  put_le32(block + 8, FORMAT_VERSION);
+  put_le32(block + 12, LOOM_PAGE_SIZE);
+  put_le32(block + 16, h->flags);
+  put_le64(block + 24, h->before.epoch);
+  put_le64(block + 32, h->before.seq);
+  put_le64(block + 40, h->before.checksum);
+  put_le64(block + 48, h->before.pages);
+  put_le64(block + 56, h->after.epoch);
+  put_le64(block + 64, h->after.seq);
+  put_le64(block + 72, h->after.checksum);
+  put_le64(block + 80, h->after.pages);
+  put_le64(block + 88, (uint64_t)h->after.commit_time_ns);
+  put_le64(block + 96, h->page_count);
+  put_le64(block + 104, XXH3_64bits(block, 104));
 }
 
 static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
                                loom_patch_header *h, uint64_t *header_sum)
 {
   if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
-      le64_get(block + 104) != XXH3_64bits(block, 104))
+      get_le64(block + 104) != XXH3_64bits(block, 104))
     return LOOM_ECORRUPT;
-  if (le32_get(block + 8) != FORMAT_VERSION ||
-      le32_get(block + 12) != LOOM_PAGE_SIZE)
+  if (get_le32(block + 8) != FORMAT_VERSION ||
+      get_le32(block + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
   memset(h, 0, sizeof *h);
-  h->flags = le32_get(block + 16);
-  h->before.epoch = le64_get(block + 24);
-  h->before.seq = le64_get(block + 32);
-  h->before.checksum = le64_get(block + 40);
-  h->before.pages = le64_get(block + 48);
-  h->after.epoch = le64_get(block + 56);
-  h->after.seq = le64_get(block + 64);
-  h->after.checksum = le64_get(block + 72);
-  h->after.pages = le64_get(block + 80);
-  h->after.commit_time_ns = (int64_t)le64_get(block + 88);
-  h->page_count = le64_get(block + 96);
-  *header_sum = le64_get(block + 104);
+  h->flags = get_le32(block + 16);
+  h->before.epoch = get_le64(block + 24);
+  h->before.seq = get_le64(block + 32);
+  h->before.checksum = get_le64(block + 40);
+  h->before.pages = get_le64(block + 48);
+  h->after.epoch = get_le64(block + 56);
+  h->after.seq = get_le64(block + 64);
+  h->after.checksum = get_le64(block + 72);
+  h->after.pages = get_le64(block + 80);
+  h->after.commit_time_ns = (int64_t)get_le64(block + 88);
+  h->page_count = get_le64(block + 96);
+  *header_sum = get_le64(block + 104);
   if ((h->flags & ~LOOM_PATCH_BASE) || h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
     return LOOM_ECORRUPT;
@@ -388,7 +351,7 @@ static uint64_t patch_file_bytes(uint64_t count)
   return (uint64_t)patch_entries_offset(count) + count * PATCH_ENTRY_BYTES + 8;
 }
 
-static void patch_free(loom_patch *p)
+void store_patch_free(loom_patch *p)
 {
   if (!p)
     return;
@@ -411,7 +374,7 @@ static loom_patch *patch_alloc(loom_store *s, const loom_patch_header *h)
   p->new_hashes = malloc(n * sizeof(uint64_t));
   p->old_hashes = malloc(n * sizeof(uint64_t));
   if (!p->page_numbers || !p->new_hashes || !p->old_hashes) {
-    patch_free(p);
+    store_patch_free(p);
     return NULL;
   }
   return p;
@@ -428,10 +391,10 @@ static uint8_t *patch_entries_encode(const loom_patch *p, uint64_t header_sum,
   if (!buf)
     return NULL;
   for (uint64_t i = 0; i < n; i++) {
-    le64_put(buf + i * PATCH_ENTRY_BYTES, p->page_numbers[i]);
-    le64_put(buf + i * PATCH_ENTRY_BYTES + 8, p->new_hashes[i]);
+    put_le64(buf + i * PATCH_ENTRY_BYTES, p->page_numbers[i]);
+    put_le64(buf + i * PATCH_ENTRY_BYTES + 8, p->new_hashes[i]);
   }
-  le64_put(buf + *len - 8, XXH3_64bits_withSeed(buf, *len - 8, header_sum));
+  put_le64(buf + *len - 8, XXH3_64bits_withSeed(buf, *len - 8, header_sum));
   return buf;
 }
 
@@ -441,8 +404,8 @@ static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum
   uint8_t *buf = patch_entries_encode(p, header_sum, &len);
   if (!buf)
     return ENOMEM;
-  int rc = io_write_exact(s, s->patch_fd, buf, len,
-                          patch_entries_offset(p->header.page_count));
+  int rc = store_write_exact(s, s->patch_fd, buf, len,
+                             patch_entries_offset(p->header.page_count));
   free(buf);
   return rc;
 }
@@ -482,20 +445,20 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
 /* R2: read and check the patch file's header; with full, also the entries
  * and every page. Returns 0 and a patch record, LOOM_ECORRUPT if it does
  * not verify, or an I/O error. */
-static int patch_read(loom_store *s, int full, loom_patch **out)
+int store_patch_read(loom_store *s, int full, loom_patch **out)
 {
   uint8_t block[PATCH_HEADER_BLOCK];
   loom_patch_header h;
   uint64_t header_sum;
   *out = NULL;
-  int rc = io_read_exact(s, s->patch_fd, block, sizeof block, 0);
+  int rc = store_read_exact(s, s->patch_fd, block, sizeof block, 0);
   if (rc)
     return rc;
   rc = patch_header_decode(block, &h, &header_sum);
   if (rc)
     return rc;
   uint64_t size = 0;
-  if ((rc = file_size(s->patch_fd, &size)))
+  if ((rc = store_file_size(s->patch_fd, &size)))
     return rc;
   if (size < patch_file_bytes(h.page_count))
     return LOOM_ECORRUPT;
@@ -509,17 +472,18 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   size_t len = (size_t)h.page_count * PATCH_ENTRY_BYTES + 8;
   uint8_t *buf = malloc(len);
   if (!buf) {
-    patch_free(p);
+    store_patch_free(p);
     return ENOMEM;
   }
-  rc = io_read_exact(s, s->patch_fd, buf, len, patch_entries_offset(h.page_count));
-  if (!rc && le64_get(buf + len - 8) !=
+  rc = store_read_exact(s, s->patch_fd, buf, len,
+                        patch_entries_offset(h.page_count));
+  if (!rc && get_le64(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
   for (uint64_t i = 0; !rc && i < h.page_count; i++) {
-    uint64_t n = le64_get(buf + i * PATCH_ENTRY_BYTES);
+    uint64_t n = get_le64(buf + i * PATCH_ENTRY_BYTES);
     p->page_numbers[i] = n;
-    p->new_hashes[i] = le64_get(buf + i * PATCH_ENTRY_BYTES + 8);
+    p->new_hashes[i] = get_le64(buf + i * PATCH_ENTRY_BYTES + 8);
     if (n >= h.after.pages || (i > 0 && n <= p->page_numbers[i - 1]) ||
         ((h.flags & LOOM_PATCH_BASE) && n != i))
       rc = LOOM_ECORRUPT;
@@ -529,8 +493,8 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   free(buf);
   for (uint64_t i = 0; !rc && i < h.page_count; i += STAGING_PAGES) {
     uint64_t k = h.page_count - i < STAGING_PAGES ? h.page_count - i : STAGING_PAGES;
-    rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
-                       patch_page_offset(i));
+    rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
+                          patch_page_offset(i));
     for (uint64_t j = 0; !rc && j < k; j++)
       if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
           p->new_hashes[i + j])
@@ -538,7 +502,7 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
   }
   p->added = p->flushed = h.page_count;
   if (rc) {
-    patch_free(p);
+    store_patch_free(p);
     return rc;
   }
   *out = p;
@@ -548,19 +512,12 @@ static int patch_read(loom_store *s, int full, loom_patch **out)
 /* ---------------------------------------------------------------------- */
 /* The hash table. */
 
-static int hashes_reserve(loom_store *s, uint64_t pages)
+int store_hashes_reserve(loom_store *s, uint64_t pages)
 {
-  if (pages <= s->hashes_cap)
-    return 0;
-  uint64_t cap = s->hashes_cap ? s->hashes_cap : 1024;
-  while (cap < pages)
-    cap *= 2;
-  uint64_t *h = realloc(s->hashes, (size_t)cap * sizeof *h);
-  if (!h)
+  if (pages > SIZE_MAX / sizeof *s->hashes)
     return ENOMEM;
-  s->hashes = h;
-  s->hashes_cap = cap;
-  return 0;
+  return loom_array_reserve(&s->hashes, &s->hashes_cap, (size_t)pages,
+                            sizeof *s->hashes);
 }
 
 /* The committed table moves from p's before to its after: listed pages get
@@ -568,7 +525,7 @@ static int hashes_reserve(loom_store *s, uint64_t pages)
 static int hashes_apply(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
-  int rc = hashes_reserve(s, h->after.pages);
+  int rc = store_hashes_reserve(s, h->after.pages);
   if (rc)
     return rc;
   uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
@@ -579,18 +536,16 @@ static int hashes_apply(loom_store *s, const loom_patch *p)
   return 0;
 }
 
-#define HASH_BLOCK 4096u
-#define HASHES_PER_BLOCK (HASH_BLOCK / 8u)
 
-static int hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
+int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
 {
   uint8_t buf[HASH_BLOCK];
   uint64_t first = block * HASHES_PER_BLOCK;
   uint64_t count = pages - first < HASHES_PER_BLOCK ? pages - first : HASHES_PER_BLOCK;
   for (uint64_t i = 0; i < count; i++)
-    le64_put(buf + i * 8, s->hashes[first + i]);
-  return io_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
-                        (off_t)(first * 8));
+    put_le64(buf + i * 8, s->hashes[first + i]);
+  return store_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
+                           (off_t)(first * 8));
 }
 
 /* Step 4 for the hashes file: its length, and every block a listed or grown
@@ -604,7 +559,7 @@ static int hashes_write_touched(loom_store *s, const loom_patch *p)
   for (uint64_t i = 0; !rc && i < h->page_count; i++) {
     uint64_t b = p->page_numbers[i] / HASHES_PER_BLOCK;
     if (b != last)
-      rc = hashes_write_block(s, b, pages);
+      rc = store_hashes_write_block(s, b, pages);
     last = b;
   }
   uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
@@ -612,7 +567,7 @@ static int hashes_write_touched(loom_store *s, const loom_patch *p)
     for (uint64_t b = old_pages / HASHES_PER_BLOCK;
          !rc && b * HASHES_PER_BLOCK < pages; b++)
       if (b != last)
-        rc = hashes_write_block(s, b, pages);
+        rc = store_hashes_write_block(s, b, pages);
   return rc;
 }
 
@@ -627,68 +582,33 @@ static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
 /* ---------------------------------------------------------------------- */
 /* Steps 4-6: apply a durable patch to image, hashes and meta. */
 
-/* An open snapshot still needs page n's current version: copy it to the
- * side file first (under snap_lock). */
-/* Every open snapshot that still needs page n's current version gets a
- * copy in its side file first (under snap_lock). */
-static int snapshot_preserve(loom_store *s, uint64_t n)
-{
-  uint8_t *buf = s->staging + STAGING_PAGES * PS;
-  int have = 0;
-  for (int i = 0; i < MAX_SNAPSHOTS; i++) {
-    loom_snapshot *snap = s->snaps[i];
-    if (!snap || snap->error || n >= snap->pos.pages ||
-        (snap->preserved[n / 64] >> (n % 64)) & 1)
-      continue;
-    if (!have) {
-      int rc = io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
-      if (rc)
-        return rc; /* the image itself cannot be read: the apply fails */
-      have = 1;
-    }
-    ssize_t w = pwrite(snap->side_fd, buf, PS, (off_t)(n * PS));
-    if (w != (ssize_t)PS)
-      snap->error = w < 0 ? errno : ENOSPC; /* the snapshot breaks, not the store */
-    else
-      snap->preserved[n / 64] |= UINT64_C(1) << (n % 64);
-  }
-  return 0;
-}
-
-static int snapshots_open(const loom_store *s)
-{
-  for (int i = 0; i < MAX_SNAPSHOTS; i++)
-    if (s->snaps[i])
-      return 1;
-  return 0;
-}
 
 static int apply_pages_locked(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
   int rc = 0;
-  if (snapshots_open(s)) {
+  if (store_snapshots_open(s)) {
     uint64_t size = 0;
-    rc = file_size(s->image_fd, &size);
+    rc = store_file_size(s->image_fd, &size);
     for (uint64_t n = h->after.pages; !rc && n < size / PS; n++)
-      rc = snapshot_preserve(s, n);
+      rc = store_snapshot_preserve(s, n);
     for (uint64_t i = 0; !rc && i < h->page_count; i++)
-      rc = snapshot_preserve(s, p->page_numbers[i]);
+      rc = store_snapshot_preserve(s, p->page_numbers[i]);
   }
   if (!rc)
     rc = io_set_length(s, s->image_fd, h->after.pages * PS);
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
-    rc = io_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
-                       patch_page_offset(i));
+    rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
+                          patch_page_offset(i));
     /* One write per run of consecutive page numbers. */
     for (uint64_t j = 0; !rc && j < k;) {
       uint64_t run = 1;
       while (j + run < k &&
              p->page_numbers[i + j + run] == p->page_numbers[i + j] + run)
         run++;
-      rc = io_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
-                          (off_t)(p->page_numbers[i + j] * PS));
+      rc = store_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
+                             (off_t)(p->page_numbers[i + j] * PS));
       j += run;
     }
   }
@@ -713,7 +633,7 @@ static int apply_patch(loom_store *s, const loom_patch *p)
   if (!rc)
     rc = hashes_write_touched(s, p);               /* 4 */
   if (!rc)
-    rc = io_fsync(s, s->image_fd);                 /* 5 */
+    rc = store_fsync(s, s->image_fd);                 /* 5 */
   if (!rc)
     rc = meta_write(s, &p->header.after);          /* 6 */
   return rc;
@@ -732,7 +652,7 @@ static void *apply_thread_main(void *arg)
     loom_patch *p = t->pending;
     pthread_mutex_unlock(&t->mutex);
     int rc = s->poison ? 0 : apply_patch(s, p);
-    patch_free(p);
+    store_patch_free(p);
     pthread_mutex_lock(&t->mutex);
     if (rc)
       store_poison(s, rc);
@@ -745,7 +665,7 @@ static void *apply_thread_main(void *arg)
 }
 
 /* Wait for a pending apply; its failure poisons the store. */
-static int apply_wait(loom_store *s)
+int store_apply_wait(loom_store *s)
 {
   apply_thread *t = &s->apply;
   if (t->started) {
@@ -764,12 +684,12 @@ int store_apply_start(loom_patch *p)
   if (s->writer == p)
     s->writer = NULL;
   if (s->poison) {
-    patch_free(p);
+    store_patch_free(p);
     return LOOM_EPANIC;
   }
   if (!t->started) {
     int rc = apply_patch(s, p);
-    patch_free(p);
+    store_patch_free(p);
     if (rc) {
       store_poison(s, rc);
       return rc;
@@ -784,7 +704,7 @@ int store_apply_start(loom_patch *p)
   return 0;
 }
 
-int loom_store_sync(loom_store *s) { return apply_wait(s); }
+int loom_store_sync(loom_store *s) { return store_apply_wait(s); }
 
 /* ---------------------------------------------------------------------- */
 /* Writing a patch: begin, add, make durable. */
@@ -806,7 +726,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
     return LOOM_EINVAL;
   if (s->writer)
     return LOOM_EINVAL;
-  int rc = apply_wait(s); /* step 1, I3 */
+  int rc = store_apply_wait(s); /* step 1, I3 */
   if (rc)
     return rc;
   if (h->after.pages > MAX_PAGES || h->page_count > h->after.pages ||
@@ -832,7 +752,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (fill_after && s->io->pwritev) {
     p->deferred = malloc((size_t)(h->page_count ? h->page_count : 1) * sizeof(void *));
     if (!p->deferred) {
-      patch_free(p);
+      store_patch_free(p);
       return ENOMEM;
     }
   }
@@ -867,7 +787,7 @@ static int patch_flush(loom_patch *p)
     for (uint64_t i = 0; i < p->staged; i++)
       if (p->iov[i].iov_base != s->staging + i * PS)
         memcpy(s->staging + i * PS, p->iov[i].iov_base, PS);
-    rc = io_write_exact(s, s->patch_fd, s->staging, len, off);
+    rc = store_write_exact(s, s->patch_fd, s->staging, len, off);
   }
   p->flushed += p->staged;
   p->staged = 0;
@@ -994,7 +914,7 @@ int store_patch_make_durable(loom_patch *p)
   }
   uint8_t block[PATCH_HEADER_BLOCK];
   patch_header_encode(block, h);
-  uint64_t header_sum = le64_get(block + 104);
+  uint64_t header_sum = get_le64(block + 104);
   if (!rc && p->deferred)
     rc = patch_write_deferred(s, p, header_sum);            /* 1 */
   if (!rc && !p->deferred)
@@ -1007,14 +927,14 @@ int store_patch_make_durable(loom_patch *p)
     p->error = rc;
     return rc;
   }
-  rc = io_write_exact(s, s->patch_fd, block, sizeof block, 0); /* 1 */
+  rc = store_write_exact(s, s->patch_fd, block, sizeof block, 0); /* 1 */
   if (!rc)
-    rc = io_fsync(s, s->patch_fd);                         /* 2 */
+    rc = store_fsync(s, s->patch_fd);                         /* 2 */
   if (!rc) {                                                /* 3 */
     uint8_t check[PATCH_HEADER_BLOCK];
     loom_patch_header back;
     uint64_t back_sum;
-    rc = io_read_exact(s, s->patch_fd, check, sizeof check, 0);
+    rc = store_read_exact(s, s->patch_fd, check, sizeof check, 0);
     if (!rc)
       rc = patch_header_decode(check, &back, &back_sum);
     if (!rc && back_sum != header_sum)
@@ -1057,13 +977,13 @@ void loom_patch_abort(loom_patch *p)
     return;
   if (p->store->writer == p)
     p->store->writer = NULL;
-  patch_free(p);
+  store_patch_free(p);
 }
 
 /* ---------------------------------------------------------------------- */
 /* Open, recover, close. */
 
-static void store_free(loom_store *s)
+void store_free(loom_store *s)
 {
   if (s->apply.started) {
     pthread_mutex_lock(&s->apply.mutex);
@@ -1074,15 +994,15 @@ static void store_free(loom_store *s)
     pthread_mutex_destroy(&s->apply.mutex);
     pthread_cond_destroy(&s->apply.cond);
   }
-  io_close(s, &s->image_fd);
-  io_close(s, &s->hashes_fd);
-  io_close(s, &s->meta_fd);
-  io_close(s, &s->patch_fd);
+  store_close_fd(s, &s->image_fd);
+  store_close_fd(s, &s->hashes_fd);
+  store_close_fd(s, &s->meta_fd);
+  store_close_fd(s, &s->patch_fd);
   if (s->positions_fd >= 0)
     close(s->positions_fd);
   if (s->lockfd >= 0)
-    io_close(s, &s->lockfd); /* releases the flock */
-  io_close(s, &s->dirfd);
+    store_close_fd(s, &s->lockfd); /* releases the flock */
+  store_close_fd(s, &s->dirfd);
   free(s->hashes);
   free(s->staging);
   pthread_mutex_destroy(&s->snap_lock);
@@ -1102,8 +1022,8 @@ static int sync_parent(loom_store *s, const char *dir)
   free(parent);
   if (fd < 0)
     return -fd;
-  int rc = io_fsync(s, fd);
-  io_close(s, &fd);
+  int rc = store_fsync(s, fd);
+  store_close_fd(s, &fd);
   return rc;
 }
 
@@ -1150,16 +1070,16 @@ static int store_create(loom_store *s)
   int *fds[] = {&s->image_fd, &s->hashes_fd, &s->patch_fd};
   const char *names[] = {"image", "hashes", "patch"};
   for (int i = 0; i < 3 && !rc; i++) {
-    io_close(s, fds[i]);
+    store_close_fd(s, fds[i]);
     rc = open_file(s, names[i], O_RDWR | O_CREAT | O_TRUNC, fds[i]);
   }
   for (int i = 0; i < 3 && !rc; i++)
-    rc = io_fsync(s, *fds[i]);
+    rc = store_fsync(s, *fds[i]);
   /* The data files' entries are durable before the meta has a valid slot:
    * a crash before this leaves no position (an empty image is made anew),
    * a crash after it a complete, empty store. */
   if (!rc)
-    rc = io_fsync(s, s->dirfd);
+    rc = store_fsync(s, s->dirfd);
   loom_position p = {.epoch = 1};
   s->generation = 0;
   if (!rc)
@@ -1167,7 +1087,7 @@ static int store_create(loom_store *s)
   if (!rc)
     rc = meta_write(s, &p);
   if (!rc)
-    rc = io_fsync(s, s->dirfd);
+    rc = store_fsync(s, s->dirfd);
   if (!rc) {
     s->pos = p;
     s->applied = p;
@@ -1178,20 +1098,20 @@ static int store_create(loom_store *s)
 /* Load the hash table for pages [0, pages) from the file as far as it goes. */
 static int hashes_load(loom_store *s, uint64_t pages)
 {
-  int rc = hashes_reserve(s, pages ? pages : 1);
+  int rc = store_hashes_reserve(s, pages ? pages : 1);
   if (rc)
     return rc;
   uint64_t size;
-  if ((rc = file_size(s->hashes_fd, &size)))
+  if ((rc = store_file_size(s->hashes_fd, &size)))
     return rc;
   uint64_t have = size / 8 < pages ? size / 8 : pages;
   uint8_t buf[HASH_BLOCK];
   for (uint64_t n = 0; n < have; n += HASHES_PER_BLOCK) {
     uint64_t k = have - n < HASHES_PER_BLOCK ? have - n : HASHES_PER_BLOCK;
-    if ((rc = io_read_exact(s, s->hashes_fd, buf, (size_t)k * 8, (off_t)(n * 8))))
+    if ((rc = store_read_exact(s, s->hashes_fd, buf, (size_t)k * 8, (off_t)(n * 8))))
       return rc;
     for (uint64_t i = 0; i < k; i++)
-      s->hashes[n + i] = le64_get(buf + i * 8);
+      s->hashes[n + i] = get_le64(buf + i * 8);
   }
   for (uint64_t n = have; n < pages; n++)
     s->hashes[n] = 0;
@@ -1199,13 +1119,13 @@ static int hashes_load(loom_store *s, uint64_t pages)
 }
 
 /* Recompute every page's hash from the image; returns the sum. */
-static int hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
+int store_hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
 {
   *sum = 0;
   for (uint64_t n = 0; n < pages; n += STAGING_PAGES) {
     uint64_t k = pages - n < STAGING_PAGES ? pages - n : STAGING_PAGES;
-    int rc = io_read_exact(s, s->image_fd, s->staging, (size_t)(k * PS),
-                           (off_t)(n * PS));
+    int rc = store_read_exact(s, s->image_fd, s->staging, (size_t)(k * PS),
+                              (off_t)(n * PS));
     if (rc)
       return rc;
     for (uint64_t i = 0; i < k; i++) {
@@ -1221,9 +1141,9 @@ static int hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum)
 static int store_check(loom_store *s)
 {
   uint64_t size = 0, hashes_size = 0;
-  int rc = file_size(s->image_fd, &size);
+  int rc = store_file_size(s->image_fd, &size);
   if (!rc)
-    rc = file_size(s->hashes_fd, &hashes_size);
+    rc = store_file_size(s->hashes_fd, &hashes_size);
   if (rc)
     return rc;
   if (size != s->pos.pages * PS)
@@ -1236,23 +1156,23 @@ static int store_check(loom_store *s)
     return LOOM_ECORRUPT;
   if (!table_ok) {
     uint64_t sum;
-    if ((rc = hashes_rebuild(s, s->pos.pages, &sum)))
+    if ((rc = store_hashes_rebuild(s, s->pos.pages, &sum)))
       return rc;
     if (sum != s->pos.checksum)
       return LOOM_ECORRUPT;
   }
   rc = io_truncate(s, s->hashes_fd, s->pos.pages * 8);
   for (uint64_t b = 0; !rc && !table_ok && b * HASHES_PER_BLOCK < s->pos.pages; b++)
-    rc = hashes_write_block(s, b, s->pos.pages);
+    rc = store_hashes_write_block(s, b, s->pos.pages);
   if (!rc)
-    rc = io_fsync(s, s->hashes_fd);
+    rc = store_fsync(s, s->hashes_fd);
   return rc;
 }
 
 static int store_recover(loom_store *s)
 {
   loom_patch *p = NULL;
-  int rc = patch_read(s, 0, &p);
+  int rc = store_patch_read(s, 0, &p);
   if (rc == LOOM_ECORRUPT || rc == LOOM_EVERSION) /* never committed */
     rc = 0;
   if (rc)
@@ -1262,20 +1182,20 @@ static int store_recover(loom_store *s)
                 p->header.before.seq == s->pos.seq &&
                 p->header.before.checksum == s->pos.checksum &&
                 p->header.before.pages == s->pos.pages;
-  patch_free(p);
+  store_patch_free(p);
   p = NULL;
   uint64_t table_pages = s->pos.pages;
   if (!pending) {
     /* Nothing to re-apply: the files must already match the position;
      * check their sizes before sizing anything by it. */
     uint64_t image_size = 0;
-    if ((rc = file_size(s->image_fd, &image_size)))
+    if ((rc = store_file_size(s->image_fd, &image_size)))
       return rc;
     if (image_size != s->pos.pages * PS)
       return LOOM_ECORRUPT; /* (a short hashes file is rebuilt, R3) */
   }
   if (pending) {
-    rc = patch_read(s, 1, &p);
+    rc = store_patch_read(s, 1, &p);
     if (rc == LOOM_ECORRUPT) {
       rc = 0;
       pending = 0;
@@ -1294,7 +1214,7 @@ static int store_recover(loom_store *s)
     if (!rc)
       s->pos = p->header.after;
   }
-  patch_free(p);
+  store_patch_free(p);
   return rc ? rc : store_check(s);
 }
 
@@ -1309,7 +1229,7 @@ static int open_hashes(loom_store *s, int readonly)
     return 0;
   rc = open_file(s, "hashes", O_RDWR | O_CREAT, &s->hashes_fd);
   /* Or the new entry may vanish in a crash (then it is made again). */
-  return rc ? rc : io_fsync(s, s->dirfd);
+  return rc ? rc : store_fsync(s, s->dirfd);
 }
 
 /* Whether the directory's image file holds pages: with no valid meta, the
@@ -1373,8 +1293,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
       uint64_t size = 0;
       int orc = open_file(s, "image", O_RDONLY, &img);
       if (!orc) {
-        orc = file_size(img, &size);
-        io_close(s, &img);
+        orc = store_file_size(img, &size);
+        store_close_fd(s, &img);
       }
       rc = (orc && orc != ENOENT) ? orc : size ? LOOM_EMETA : store_create(s);
     }
@@ -1393,7 +1313,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     if (rc == ENOENT && !readonly) {
       rc = open_file(s, "patch", O_RDWR | O_CREAT, &s->patch_fd);
       if (!rc)
-        rc = io_fsync(s, s->dirfd);
+        rc = store_fsync(s, s->dirfd);
     }
   }
   if (!rc) {
@@ -1408,7 +1328,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && !readonly)
     rc = meta_write(s, &s->pos);
   if (!rc && !readonly)
-    rc = io_fsync(s, s->dirfd);
+    rc = store_fsync(s, s->dirfd);
   if (!rc && create)
     rc = sync_parent(s, dir);
   s->image_pos = s->pos;
@@ -1418,7 +1338,7 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     positions_note(s->positions_fd, &s->pos);
   }
   if (!rc && s->patch_fd >= 0)
-    rc = file_size(s->patch_fd, &s->patch_bytes);
+    rc = store_file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
     apply_thread *t = &s->apply;
     pthread_mutex_init(&t->mutex, NULL);
@@ -1452,7 +1372,7 @@ int loom_store_close(loom_store *s)
 {
   if (!s)
     return 0;
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (s->writer)
     loom_patch_abort(s->writer);
   int poison = s->poison;
@@ -1472,14 +1392,14 @@ uint64_t loom_store_page_hash(const loom_store *s, uint64_t n)
 
 int store_read_image_page(loom_store *s, uint64_t n, void *buf)
 {
-  return io_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
+  return store_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
 }
 
 int loom_store_read_page(loom_store *s, uint64_t n, void *buf)
 {
   if (s->writer)
     return LOOM_EINVAL; /* inside a commit hook: use loom_commit_old_page */
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (rc)
     return rc;
   if (n >= s->pos.pages)
@@ -1491,7 +1411,7 @@ int loom_store_image_fd(const loom_store *s) { return s->image_fd; }
 
 int loom_store_set_epoch(loom_store *s, uint64_t epoch)
 {
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (rc)
     return rc;
   if (s->flags & LOOM_READONLY)
@@ -1531,7 +1451,7 @@ int loom_store_checksum_at(const loom_store *s, uint64_t seq, uint64_t *epoch,
  * poisoned). */
 static int lineage_write(loom_store *s, const loom_lineage *lineage)
 {
-  int rc = apply_wait(s);
+  int rc = store_apply_wait(s);
   if (rc)
     return rc;
   if (s->flags & LOOM_READONLY)
@@ -1567,339 +1487,4 @@ int loom_store_ensure_history(loom_store *s)
   loom_lineage lineage = s->lineage;
   int rc = lineage_new_history(&lineage);
   return rc ? rc : lineage_write(s, &lineage);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Backup, inspect, verify. */
-
-/* Copy len bytes of fd_in to fd_out through the staging buffer. */
-static int copy_bytes(loom_store *s, int fd_in, int fd_out, uint64_t len)
-{
-  int rc = 0;
-  for (uint64_t off = 0; !rc && off < len; off += STAGING_PAGES * PS) {
-    size_t k = (size_t)(len - off < STAGING_PAGES * PS ? len - off : STAGING_PAGES * PS);
-    rc = io_read_exact(s, fd_in, s->staging, k, (off_t)off);
-    if (!rc)
-      rc = io_write_exact(s, fd_out, s->staging, k, (off_t)off);
-  }
-  return rc;
-}
-
-int loom_store_backup(loom_store *s, const char *dest)
-{
-  if (!s || !dest || s->writer)
-    return LOOM_EINVAL;
-  int rc = apply_wait(s);
-  if (rc)
-    return rc;
-  size_t len = strlen(dest);
-  char *tmp = malloc(len + 16);
-  if (!tmp)
-    return ENOMEM;
-  snprintf(tmp, len + 16, "%s.tmp%d", dest, (int)getpid());
-  const loom_io *io = s->io;
-  int tdir = -1, fd = -1, parent = -1;
-  rc = -io->mkdir(io->ctx, AT_FDCWD, tmp, 0700);
-  if (!rc) {
-    tdir = io->open(io->ctx, AT_FDCWD, tmp, O_RDONLY | O_DIRECTORY, 0);
-    rc = tdir < 0 ? -tdir : 0;
-  }
-  /* image, hashes, meta, patch: each written and fsynced. */
-  if (!rc && (fd = io->open(io->ctx, tdir, "image", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
-    rc = -fd;
-  if (!rc)
-    rc = copy_bytes(s, s->image_fd, fd, s->pos.pages * PS);
-  if (!rc)
-    rc = io_fsync(s, fd);
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "hashes", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
-    rc = -fd;
-  if (!rc) {
-    int wfd = s->hashes_fd;
-    s->hashes_fd = fd;
-    for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
-      rc = hashes_write_block(s, b, s->pos.pages);
-    s->hashes_fd = wfd;
-  }
-  if (!rc)
-    rc = io_fsync(s, fd);
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "meta", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
-    rc = -fd;
-  if (!rc) {
-    uint8_t slot[META_SLOT_SIZE];
-    meta_encode(slot, 1, &s->pos, &s->lineage);
-    rc = io_write_exact(s, fd, slot, sizeof slot, META_SLOT_SIZE);
-  }
-  if (!rc)
-    rc = io_fsync(s, fd);
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
-    rc = -fd;
-  if (fd >= 0)
-    io_close(s, &fd);
-  if (!rc)
-    rc = io_fsync(s, tdir);
-  if (!rc)
-    rc = -io->rename(io->ctx, AT_FDCWD, tmp, AT_FDCWD, dest);
-  if (!rc) {
-    /* The rename is durable only once the parent directory is. */
-    char *slash = strrchr(tmp, '/');
-    if (slash)
-      *slash = '\0';
-    parent = io->open(io->ctx, AT_FDCWD, slash ? (slash == tmp ? "/" : tmp) : ".",
-                      O_RDONLY | O_DIRECTORY, 0);
-    rc = parent < 0 ? -parent : io_fsync(s, parent);
-    if (parent >= 0)
-      io_close(s, &parent);
-  } else if (tdir >= 0) {
-    const char *names[] = {"image", "hashes", "meta", "patch"};
-    for (int i = 0; i < 4; i++)
-      io->unlink(io->ctx, tdir, names[i], 0);
-    io->unlink(io->ctx, AT_FDCWD, tmp, AT_REMOVEDIR);
-  }
-  if (tdir >= 0)
-    io_close(s, &tdir);
-  free(tmp);
-  return rc;
-}
-
-/* The position an open would recover to, read-only: the meta's, or the
- * after-position of a committed patch that chains from it and verifies
- * (nothing is applied). */
-int loom_inspect(const char *dir, loom_position *out)
-{
-  return loom_inspect_lineage(dir, out, NULL);
-}
-
-int loom_inspect_lineage(const char *dir, loom_position *out,
-                         loom_lineage *lineage)
-{
-  loom_store *s;
-  int rc = store_open_flags(dir, LOOM_READONLY, NULL, &s);
-  if (rc)
-    return rc;
-  *out = s->pos;
-  if (lineage)
-    *lineage = s->lineage;
-  loom_patch *p = NULL;
-  if (patch_read(s, 0, &p) == 0 && p->header.before.epoch == s->pos.epoch &&
-      p->header.before.seq == s->pos.seq &&
-      p->header.before.checksum == s->pos.checksum &&
-      p->header.before.pages == s->pos.pages) {
-    patch_free(p);
-    p = NULL;
-    if (patch_read(s, 1, &p) == 0)
-      *out = p->header.after;
-  }
-  patch_free(p);
-  store_free(s);
-  return 0;
-}
-
-/* A store directory that a crash left before its first position was
- * recorded: some of the store's own files, no valid meta, an empty or no
- * image. Opening it with LOOM_CREATE makes the empty store it was becoming. */
-static int never_committed(const char *dir)
-{
-  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
-    return 0;
-  const char *ours[] = {"lock", "meta", "image", "hashes", "patch", "positions"};
-  int found = 0;
-  for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
-    found += faccessat(dfd, ours[i], F_OK, 0) == 0;
-  struct stat st;
-  int image_empty = fstatat(dfd, "image", &st, 0) != 0 || st.st_size == 0;
-  close(dfd);
-  return found > 0 && image_empty;
-}
-
-int loom_verify(const char *dir, loom_position *recorded, uint64_t *computed)
-{
-  loom_store *s;
-  int rc = store_open_flags(dir, 0, NULL, &s);
-  if (rc == LOOM_ENOIMAGE && never_committed(dir)) {
-    /* Nothing was ever committed here: an empty image agrees with the
-     * empty position. */
-    if (recorded)
-      *recorded = (loom_position){0};
-    if (computed)
-      *computed = 0;
-    return 0;
-  }
-  if (rc == LOOM_ECORRUPT) {
-    /* Report what is recorded and what the pages say. */
-    if (store_open_flags(dir, LOOM_READONLY, NULL, &s) != 0)
-      return rc;
-    if (recorded)
-      *recorded = s->pos;
-    uint64_t sum = 0;
-    uint64_t size = 0;
-    if (!file_size(s->image_fd, &size) && !hashes_reserve(s, size / PS + 1))
-      hashes_rebuild(s, size / PS, &sum);
-    if (computed)
-      *computed = sum;
-    store_free(s);
-    return LOOM_ECORRUPT;
-  }
-  if (rc)
-    return rc;
-  uint64_t sum;
-  rc = hashes_rebuild(s, s->pos.pages, &sum);
-  if (recorded)
-    *recorded = s->pos;
-  if (computed)
-    *computed = sum;
-  if (!rc && sum != s->pos.checksum)
-    rc = LOOM_ECORRUPT;
-  int crc = loom_store_close(s);
-  return rc ? rc : crc;
-}
-
-/* ---------------------------------------------------------------------- */
-/* Snapshots and the image stream. */
-
-/* Any thread: the snapshot takes the position the image file holds at the
- * instant it is registered, under the lock every apply takes. Up to
- * MAX_SNAPSHOTS at once (a backup and a base image being shipped). */
-int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
-{
-  if (!s || !out)
-    return LOOM_EINVAL;
-  *out = NULL;
-  if (s->poison)
-    return LOOM_EPANIC;
-  loom_snapshot *snap = calloc(1, sizeof *snap);
-  if (!snap)
-    return ENOMEM;
-  snap->store = s;
-  snap->side_fd = openat(s->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  int rc = snap->side_fd < 0 ? errno : 0;
-  pthread_mutex_lock(&s->snap_lock);
-  if (!rc && s->image_broken)
-    rc = LOOM_EPANIC;
-  int slot = -1;
-  for (int i = 0; !rc && i < MAX_SNAPSHOTS && slot < 0; i++)
-    if (!s->snaps[i])
-      slot = i;
-  if (!rc && slot < 0)
-    rc = LOOM_EINVAL;
-  if (!rc) {
-    snap->pos = s->image_pos;
-    snap->lineage = s->image_lineage;
-    snap->preserved = calloc((size_t)(snap->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
-    if (!snap->preserved)
-      rc = ENOMEM;
-    else
-      s->snaps[slot] = snap;
-  }
-  pthread_mutex_unlock(&s->snap_lock);
-  if (rc) {
-    if (snap->side_fd >= 0)
-      close(snap->side_fd);
-    free(snap->preserved);
-    free(snap);
-    return rc;
-  }
-  *out = snap;
-  return 0;
-}
-
-void loom_snapshot_position(const loom_snapshot *snap, loom_position *out)
-{
-  *out = snap->pos;
-}
-
-void loom_snapshot_lineage(const loom_snapshot *snap, loom_lineage *out)
-{
-  *out = snap->lineage;
-}
-
-int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len)
-{
-  if (!snap || (!buf && len) || off > snap->pos.pages * PS ||
-      len > snap->pos.pages * PS - off)
-    return LOOM_EINVAL;
-  loom_store *s = snap->store;
-  uint8_t *out = buf;
-  int rc = 0;
-  pthread_mutex_lock(&s->snap_lock);
-  rc = snap->error;
-  while (!rc && len > 0) {
-    uint64_t n = off / PS;
-    size_t k = (size_t)(PS - off % PS);
-    if (k > len)
-      k = len;
-    int side = (snap->preserved[n / 64] >> (n % 64)) & 1;
-    ssize_t got = pread(side ? snap->side_fd : s->image_fd, out, k, (off_t)off);
-    if (got != (ssize_t)k)
-      rc = got < 0 ? errno : LOOM_ECORRUPT;
-    off += k;
-    out += k;
-    len -= k;
-  }
-  pthread_mutex_unlock(&s->snap_lock);
-  return rc;
-}
-
-void loom_snapshot_close(loom_snapshot *snap)
-{
-  if (!snap)
-    return;
-  loom_store *s = snap->store;
-  pthread_mutex_lock(&s->snap_lock);
-  for (int i = 0; i < MAX_SNAPSHOTS; i++)
-    if (s->snaps[i] == snap)
-      s->snaps[i] = NULL;
-  pthread_mutex_unlock(&s->snap_lock);
-  close(snap->side_fd);
-  free(snap->preserved);
-  free(snap);
-}
-
-#define STREAM_MAGIC "LOOMIMG1"
-#define STREAM_VERSION 2u
-#define STREAM_LINEAGE_OFFSET 56u
-#define STREAM_CHECKSUM_OFFSET (LOOM_STREAM_HEADER - 8u)
-
-void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
-                               const loom_position *pos,
-                               const loom_lineage *lineage)
-{
-  memset(out, 0, LOOM_STREAM_HEADER);
-  memcpy(out, STREAM_MAGIC, 8);
-  le32_put(out + 8, STREAM_VERSION);
-  le32_put(out + 12, LOOM_PAGE_SIZE);
-  le64_put(out + 16, pos->epoch);
-  le64_put(out + 24, pos->seq);
-  le64_put(out + 32, pos->checksum);
-  le64_put(out + 40, pos->pages);
-  le64_put(out + 48, (uint64_t)pos->commit_time_ns);
-  lineage_encode(out + STREAM_LINEAGE_OFFSET, lineage);
-  le64_put(out + STREAM_CHECKSUM_OFFSET, XXH3_64bits(out, STREAM_CHECKSUM_OFFSET));
-}
-
-int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
-                              loom_position *pos, loom_lineage *lineage)
-{
-  if (memcmp(in, STREAM_MAGIC, 8) != 0)
-    return LOOM_ECORRUPT;
-  if (le32_get(in + 8) != STREAM_VERSION || le32_get(in + 12) != LOOM_PAGE_SIZE)
-    return LOOM_EVERSION;
-  if (le64_get(in + STREAM_CHECKSUM_OFFSET) !=
-      XXH3_64bits(in, STREAM_CHECKSUM_OFFSET))
-    return LOOM_ECORRUPT;
-  loom_lineage ignored;
-  if (lineage_decode(in + STREAM_LINEAGE_OFFSET, lineage ? lineage : &ignored))
-    return LOOM_ECORRUPT;
-  pos->epoch = le64_get(in + 16);
-  pos->seq = le64_get(in + 24);
-  pos->checksum = le64_get(in + 32);
-  pos->pages = le64_get(in + 40);
-  pos->commit_time_ns = (int64_t)le64_get(in + 48);
-  return pos->pages > MAX_PAGES ? LOOM_ECORRUPT : 0;
 }

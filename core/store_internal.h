@@ -1,11 +1,65 @@
-/* store_internal.h: what the arena (loom.c) needs of the store beyond the
- * public API. Not installed. */
+/* store_internal.h: what the arena (loom.c), the snapshots (snapshot.c)
+ * and the tools (tools.c) need of the store beyond the public API. The
+ * store's design (FILES, INVARIANTS, THE COMMIT PROTOCOL, RECOVERY) is at
+ * the top of store.c. Not installed. */
 #ifndef LOOM_STORE_INTERNAL_H
 #define LOOM_STORE_INTERNAL_H
 
 #include "loom.h"
 #include "loom_io.h"
+#include <pthread.h>
+#include <sys/types.h>
 #include <sys/uio.h>
+
+#define PS ((uint64_t)LOOM_PAGE_SIZE)
+#define META_SLOT_SIZE 512u
+#define STAGING_PAGES 64u
+#define MAX_SNAPSHOTS 8
+#define MAX_PAGES (UINT64_C(1) << 32) /* 64 TiB: keeps offsets in range */
+#define HASH_BLOCK 4096u
+#define HASHES_PER_BLOCK (HASH_BLOCK / 8u)
+
+typedef struct apply_thread {
+  pthread_t thread;
+  pthread_mutex_t mutex;
+  pthread_cond_t cond;
+  loom_patch *pending; /* handed over, not yet applied */
+  int busy;            /* pending or being applied */
+  int stop;
+  int started;
+} apply_thread;
+
+struct loom_store {
+  const loom_io *io;
+  unsigned flags;
+  int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
+  int positions_fd;        /* DIR/positions (positions.c), or -1 */
+  loom_position pos;       /* committed (the patch is durable) */
+  loom_position applied;   /* durable in the meta */
+  loom_lineage lineage;    /* durable in the meta (history, branches) */
+  uint64_t generation;     /* of the meta slot last written */
+  uint64_t *hashes;        /* [pos.pages], committed */
+  size_t hashes_cap;
+  uint8_t *staging;        /* STAGING_PAGES pages */
+  loom_patch *writer;      /* open patch, if any */
+  int poison;              /* 0, or the error that poisoned the handle */
+  apply_thread apply;
+  pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
+  loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
+  loom_position image_pos; /* the position the image file's pages are at */
+  loom_lineage image_lineage; /* the lineage snapshots carry (snap_lock) */
+  uint64_t patch_bytes;    /* the patch file's length, as far as we know */
+  int image_broken;        /* an apply failed midway: image_pos is unknown */
+};
+
+struct loom_snapshot {
+  loom_store *store;
+  loom_position pos;
+  loom_lineage lineage;
+  int error;               /* a page could not be preserved: reads fail */
+  int side_fd;             /* old versions of pages changed since open */
+  uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
+};
 
 /* The patch being written, and after its commit point the record handed to
  * the apply step. */
@@ -61,6 +115,44 @@ int positions_open(int dirfd);
 void positions_note(int fd, const loom_position *p);
 /* 1 and *epoch, *checksum when the ring knows seq, else 0. */
 int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum);
+/* Shared by store.c, snapshot.c and tools.c (defined in store.c). */
+/* Exact transfers through the store's I/O seam; errors as codes (a short
+ * read is LOOM_ECORRUPT, a short write EIO). */
+int store_read_exact(loom_store *s, int fd, void *buf, size_t len, off_t off);
+int store_write_exact(loom_store *s, int fd, const void *buf, size_t len,
+                      off_t off);
+int store_fsync(loom_store *s, int fd);
+void store_close_fd(loom_store *s, int *fd); /* sets *fd to -1 */
+int store_file_size(int fd, uint64_t *out);
+/* Hashes: room for pages entries; one 4 KiB block of the table written to
+ * the hashes file; every page's hash recomputed from the image (*sum is
+ * their sum). */
+int store_hashes_reserve(loom_store *s, uint64_t pages);
+int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages);
+int store_hashes_rebuild(loom_store *s, uint64_t pages, uint64_t *sum);
+/* A position as the meta slot and the image stream header hold it: epoch,
+ * seq, checksum, pages, commit time; u64 LE each. */
+#define POSITION_BYTES 40u
+void store_position_put(uint8_t out[POSITION_BYTES], const loom_position *p);
+void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p);
+/* A meta slot holding p and lineage at generation. */
+void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
+                       const loom_position *p, const loom_lineage *lineage);
+/* R2: the patch file's header (full: also its entries and pages, checked). */
+int store_patch_read(loom_store *s, int full, loom_patch **out);
+void store_patch_free(loom_patch *p);
+/* Wait for a pending apply: 0, or LOOM_EPANIC when the store is poisoned. */
+int store_apply_wait(loom_store *s);
+/* Close every file and free s, without waiting for anything but the apply
+ * thread (the read-only tools' close). */
+void store_free(loom_store *s);
+
+/* Snapshots (snapshot.c), called by the apply step under snap_lock: whether
+ * any is open, and copy page n's current version to the side file of every
+ * open snapshot that still needs it (its failure breaks that snapshot, not
+ * the store; an unreadable image page fails the apply). */
+int store_snapshots_open(const loom_store *s);
+int store_snapshot_preserve(loom_store *s, uint64_t n);
 
 /* Lineage bytes (history.c; the layout is written there and in
  * docs/FORMAT.md), in the meta and the image stream header. */

@@ -472,7 +472,9 @@ static bool refuse_upload(http_server *s, struct MHD_Connection *conn,
     http_reply_error(reply, 413, "image too large");
     return true;
   }
-  return http_standby_base_begin(s->standby, cl, &r->base, reply) != 0;
+  const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                   "X-Loomship-If-Position");
+  return http_standby_base_begin(s->standby, cl, expect, &r->base, reply) != 0;
 }
 
 /* Phase 1: returns true with reply filled when the request is decided. */

@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "clock.h"
 #include "guard.h"
 
 #define GUARD_TICK_MS 200
@@ -122,13 +123,8 @@ static void *guard_main(void *arg)
   http_guard *g = arg;
   pthread_mutex_lock(&g->mu);
   while (!g->stop) {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_nsec += GUARD_TICK_MS * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until =
+        loom_deadline(CLOCK_MONOTONIC, GUARD_TICK_MS * INT64_C(1000000));
     pthread_cond_timedwait(&g->wake, &g->mu, &until);
     if (!g->stop)
       guard_sweep(g);

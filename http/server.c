@@ -254,8 +254,8 @@ static int daemon_start(http_server *s, const http_server_options *opt, int fd)
   unsigned n = 0;
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
                                          (intptr_t)mhd_log, s};
-  options[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK,
-                                         (intptr_t)http_dispatch_request_line, s};
+  options[n++] = (struct MHD_OptionItem){
+      MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)http_dispatch_request_line, s};
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
                                          (intptr_t)http_guard_notify, s->guard};
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};

@@ -17,9 +17,9 @@
  *   HTTP_ROLE_PRIMARY  the server serves a primary that lives in the same
  *                      process (the `loomship primary` workload): its
  *                      position, backups and the state of its peers (the
- *                      standbys it ships to) come from callbacks the primary registers
- *                      (http_primary_source). The server never touches the
- *                      primary's loom itself.
+ *                      standbys it ships to) come from callbacks the
+ *                      primary registers (http_primary_source). The server
+ *                      never touches the primary's loom itself.
  *
  * The endpoints (docs/HTTP.md is the reference: bodies, codes, headers):
  *
@@ -113,20 +113,29 @@ extern "C" {
 /* ---------------------------------------------------------------------- */
 /* Errors: append-only, never reused. */
 
+/* The list, one X(name, value, text) per code: the enum below, the texts
+ * (http_strerror) and the stable names (http_error_name) are generated
+ * from it (util.c). */
+#define HTTP_ERROR_LIST(X)                                                    \
+  X(HTTP_EINVAL, -31100,                                                      \
+    "an option is missing, out of range, or does not fit the role")           \
+  X(HTTP_ETLS, -31101, /* not built into libmicrohttpd */                     \
+    "TLS is not available, or only one of certificate and key given")         \
+  X(HTTP_EDAEMON, -31102, /* e.g. a certificate or key it cannot parse */     \
+    "libmicrohttpd refused to start (certificate or key unreadable?)")        \
+  X(HTTP_EADDRESS, -31103, "the listen address does not resolve")             \
+  X(HTTP_EPATH, -31104, /* raw or %00 */                                      \
+    "the request path holds a NUL byte")                                      \
+  X(HTTP_ELENGTH, -31105,                                                     \
+    "Content-Length given twice, or with Transfer-Encoding")                  \
+  X(HTTP_ESLOW_UPLOAD, -31106, "the upload is slower than the minimum rate")  \
+  X(HTTP_ELONG_UPLOAD, -31107, "the upload took longer than its duration cap")
+
 enum http_error {
   HTTP_OK = 0,
-  HTTP_EINVAL = -31100,   /* an option is missing, out of range, or does
-                             not fit the role */
-  HTTP_ETLS = -31101,     /* TLS asked for but not built into
-                             libmicrohttpd, or only one of cert and key */
-  HTTP_EDAEMON = -31102,  /* libmicrohttpd refused to start (for example
-                             a certificate or key it cannot parse) */
-  HTTP_EADDRESS = -31103, /* the listen host does not resolve */
-  HTTP_EPATH = -31104,    /* a request path with a NUL byte (raw or %00) */
-  HTTP_ELENGTH = -31105,  /* Content-Length given twice, or with
-                             Transfer-Encoding */
-  HTTP_ESLOW_UPLOAD = -31106, /* an upload below the minimum rate */
-  HTTP_ELONG_UPLOAD = -31107, /* an upload past its duration cap */
+#define HTTP_ERROR_ENUM_(name, value, text) name = value,
+  HTTP_ERROR_LIST(HTTP_ERROR_ENUM_)
+#undef HTTP_ERROR_ENUM_
   HTTP_ELAST = -31108     /* sentinel: one past the lowest code */
 };
 

@@ -1,11 +1,11 @@
 /*
- * standby.h: the standby (standby.c): receive log, applier thread,
- * frames, base images, promotion. Internal.
+ * standby.h: the standby's endpoints (standby.c), thin adapters over the
+ * receiver of replicate/ (receiver.h). Internal.
  *
- * Lock order (standby): recv_mu, then store_mu, then mu. The server's own
- * lock (stats_mu, server_internal.h) is never held while taking another;
- * the backups' lock (backup.c) is held around opening a snapshot (which,
- * on a standby, takes store_mu and mu), never while taking stats_mu.
+ * Lock order: the server's own lock (stats_mu, server_internal.h) is never
+ * held while taking another; the backups' lock (backup.c) is held around
+ * opening a snapshot (which, on a standby, takes the receiver's locks),
+ * never while taking stats_mu.
  */
 #ifndef HTTP_STANDBY_H
 #define HTTP_STANDBY_H
@@ -22,7 +22,12 @@
 /* ---------------------------------------------------------------------- */
 /* The standby (standby.c) */
 
-typedef struct http_standby http_standby;
+/* Its replication logic is the receiver of replicate/ (receiver.h: the
+ * receive log, the applier, promotion, base images, lag, and its locks);
+ * standby.c only turns the receiver's outcomes into answers. */
+#include "receiver.h"
+
+typedef replicate_receiver http_standby;
 
 /* More than the public status: what /v1/status and /metrics show. */
 typedef struct http_standby_view {
@@ -39,7 +44,7 @@ typedef struct http_standby_view {
   uint64_t receive_log_bytes;
   bool clock_skew_known;        /* a frame or heartbeat arrived */
   double clock_skew_seconds;    /* our clock minus the primary's, estimated
-                                   (standby.c, PRIMARY'S CLOCK) */
+                                   (replicate/receiver.c, PRIMARY'S CLOCK) */
 } http_standby_view;
 
 int http_standby_open(const http_server_options *opt,
@@ -59,9 +64,10 @@ void http_standby_promote(http_standby *sb, bool force, http_reply *reply);
  * chunks (0, or non-zero once refused: the reply to send is then kept in
  * the upload and given by finish), finish (commit, free) or abort (free,
  * the old image stays). content_length is UINT64_MAX when unknown. */
-typedef struct http_base_upload http_base_upload;
+typedef replicate_receiver_base http_base_upload;
 int http_standby_base_begin(http_standby *sb, uint64_t content_length,
-                            http_base_upload **out, http_reply *reply);
+                            const char *if_position, http_base_upload **out,
+                            http_reply *reply);
 int http_standby_base_feed(http_base_upload *up, const uint8_t *data,
                            size_t len);
 void http_standby_base_finish(http_base_upload *up, http_reply *reply);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "util.h"
 
 /* ---------------------------------------------------------------------- */
@@ -128,22 +129,15 @@ replicate_limits http_limits_of(const http_server_options *opt)
 /* ---------------------------------------------------------------------- */
 /* Clocks */
 
-static int64_t clock_ns(clockid_t id)
-{
-  struct timespec ts;
-  clock_gettime(id, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static _Atomic int64_t realtime_offset_ns;
 
 void http_clock_offset_set(int64_t ns) { atomic_store(&realtime_offset_ns, ns); }
 
 int64_t http_now_ns(void)
 {
-  return clock_ns(CLOCK_REALTIME) + atomic_load(&realtime_offset_ns);
+  return loom_real_ns() + atomic_load(&realtime_offset_ns);
 }
-int64_t http_monotonic_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+int64_t http_monotonic_ns(void) { return loom_mono_ns(); }
 
 /* ---------------------------------------------------------------------- */
 /* The log */

@@ -1,6 +1,6 @@
 /*
- * frame.c: the frame codec: errors, encoding, strict decoding, applying a
- * frame to a standby's store.
+ * frame.c: the frame codec: encoding, strict decoding, applying a frame
+ * to a standby's store.
  *
  * DESIGN
  *
@@ -33,6 +33,8 @@
  */
 #include "frame.h"
 
+#include "array.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -41,73 +43,6 @@
 
 #include <xxhash.h>
 #include <zstd.h>
-
-/* ---------------------------------------------------------------------- */
-/* Errors */
-
-static const char *replicate_error_text(enum replicate_error e) {
-  switch (e) {
-  case REPLICATE_OK: return "success";
-  case REPLICATE_ETRUNCATED: return "frame is shorter than its header says";
-  case REPLICATE_EMAGIC: return "not a loomship frame (bad magic)";
-  case REPLICATE_EVERSION: return "unsupported frame format version";
-  case REPLICATE_EHEADER_CHECKSUM: return "frame header fails its checksum";
-  case REPLICATE_EMALFORMED: return "frame header fields are inconsistent";
-  case REPLICATE_ETOOBIG: return "frame exceeds the configured limits";
-  case REPLICATE_ETRAILING: return "bytes follow the end of the frame";
-  case REPLICATE_EPAYLOAD_CHECKSUM: return "frame payload fails its checksum";
-  case REPLICATE_EDECOMPRESS:
-    return "frame payload does not decompress to its declared size";
-  case REPLICATE_EPAGES:
-    return "frame page entries are out of order, out of range or unknown";
-  case REPLICATE_EDUPLICATE: return "frame already applied";
-  case REPLICATE_EPOSITION:
-    return "frame does not apply to this image's position";
-  case REPLICATE_ESTALE_EPOCH:
-    return "frame is from an older epoch (its primary was fenced)";
-  case REPLICATE_EPAGE_HASH: return "a rebuilt page does not match its hash";
-  case REPLICATE_EAFTER_CHECKSUM:
-    return "frame's after checksum does not follow from its pages";
-  case REPLICATE_EKIND: return "a commit frame is needed, not a heartbeat";
-  case REPLICATE_EINVAL: return "invalid argument";
-  case REPLICATE_ECOMPRESS: return "zstd compression failed";
-  case REPLICATE_ENOT_CONTIGUOUS:
-    return "frames do not follow each other (seq or epoch)";
-  case REPLICATE_ELOG_GONE:
-    return "the replication log no longer reaches back to that seq";
-  case REPLICATE_ELOG_AHEAD: return "no frame that new in the replication log";
-  case REPLICATE_ELOG_CORRUPT: return "replication log is corrupt";
-  case REPLICATE_ELOG_VERSION:
-    return "unsupported replication log format version";
-  case REPLICATE_EPANIC:
-    return "replication log handle is poisoned after a failed write";
-  case REPLICATE_ESYNC_TIMEOUT:
-    return "too few standbys acknowledged the commit in time (it stands "
-           "locally)";
-  case REPLICATE_EFENCED:
-    return "this primary is fenced: a standby has a newer epoch";
-  case REPLICATE_ECURL: return "libcurl could not be initialised";
-  case REPLICATE_EHISTORY:
-    return "another history: this node follows a different one";
-  case REPLICATE_EBEHIND:
-    return "it would move this node backwards, below its own position";
-  case REPLICATE_EFORK:
-    return "another checksum at a seq this node holds: the histories forked";
-  case REPLICATE_EPAST_BRANCH:
-    return "this node holds commits of an older epoch past the point where "
-           "the newer epoch branched off";
-  case REPLICATE_ELAST: break;
-  }
-  return NULL;
-}
-
-const char *replicate_strerror(int rc) {
-  if (rc <= REPLICATE_OK && rc > REPLICATE_ELAST) {
-    const char *text = replicate_error_text((enum replicate_error)rc);
-    if (text != NULL) return text;
-  }
-  return loom_strerror(rc); /* errno values and LOOM_E* codes */
-}
 
 /* ---------------------------------------------------------------------- */
 /* Buffers and limits */
@@ -121,20 +56,7 @@ void replicate_buf_free(replicate_buf *buf) {
 }
 
 int frame_buf_reserve(replicate_buf *buf, size_t need) {
-  if (buf->cap >= need) return 0;
-  size_t cap = buf->cap < 4096 ? 4096 : buf->cap;
-  while (cap < need) {
-    if (cap > SIZE_MAX / 2) {
-      cap = need;
-      break;
-    }
-    cap *= 2;
-  }
-  uint8_t *data = realloc(buf->data, cap);
-  if (data == NULL) return ENOMEM;
-  buf->data = data;
-  buf->cap = cap;
-  return 0;
+  return loom_array_reserve(&buf->data, &buf->cap, need, 1);
 }
 
 #define DEFAULT_MAX_FRAME_PAGES 16384u

@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "replicate.h"
 
 #define FRAME_MAGIC "LSFR"
@@ -62,34 +63,7 @@ enum entry_offset {
   ENTRY_OFF_CONTENTS = 17
 };
 
-static inline void put_le16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void put_le32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline void put_le64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline uint16_t get_le16(const uint8_t *p) {
-  return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static inline uint32_t get_le32(const uint8_t *p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-
-static inline uint64_t get_le64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
+/* put_le16..64 and get_le16..64: core/bytes.h. */
 
 /*
  * The encoder's streaming interface, for callers that already hold each

@@ -89,6 +89,7 @@
 
 #define DEFAULT_SEGMENT_BYTES (16ull << 20)
 #define DEFAULT_MAX_BYTES (1ull << 30)
+#define MIN_SEGMENT_BYTES (64ull << 10)
 
 typedef struct log_segment {
   uint64_t first_seq;
@@ -142,13 +143,13 @@ static bool segment_name_parse(const char *name, uint64_t *first_seq) {
   return true;
 }
 
-/* Read len bytes at off: 0 if all were read, -1 if the file ends first, or
- * an errno value. */
+/* Read len bytes at off: 0 if all were read, REPLICATE_ELOG_CORRUPT if the
+ * file ends first, or an errno value. */
 static int read_exact(replicate_log *log, int fd, void *buf, size_t len,
                       uint64_t off) {
   ssize_t got = log->io->pread(log->io->ctx, fd, buf, len, (off_t)off);
   if (got < 0) return (int)-got;
-  return (size_t)got == len ? 0 : -1;
+  return (size_t)got == len ? 0 : REPLICATE_ELOG_CORRUPT;
 }
 
 static int write_exact(replicate_log *log, int fd, const void *buf, size_t len,
@@ -274,15 +275,16 @@ static int drop_oldest(replicate_log *log) {
 /* ---------------------------------------------------------------------- */
 /* Opening: scanning the segments */
 
-/* Check the record at off in s (0), or say why not: -1 the file ends
- * there cleanly, REPLICATE_ELOG_CORRUPT the record is damaged or cut
- * short, or an errno value. On 0, *next is the offset after it. */
+/* Check the record at off in s (0), or say why not: REPLICATE_ELOG_CORRUPT
+ * the record is damaged or cut short, or an errno value. On 0, *next is
+ * the offset after it, or off itself when the file ends there cleanly. */
 static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
                        uint64_t *next) {
   uint8_t h[RECORD_HEADER_SIZE];
   ssize_t got = log->io->pread(log->io->ctx, s->fd, h, sizeof h, (off_t)off);
   if (got < 0) return (int)-got;
-  if (got == 0) return -1;
+  *next = off;
+  if (got == 0) return 0;
   if ((size_t)got < sizeof h) return REPLICATE_ELOG_CORRUPT;
   uint32_t len = get_le32(h + 4);
   uint64_t seq = get_le64(h + 8);
@@ -297,7 +299,6 @@ static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
   for (uint32_t left = len; left > 0;) {
     size_t step = left < SCAN_CHUNK ? left : SCAN_CHUNK;
     int rc = read_exact(log, s->fd, log->chunk, step, pos);
-    if (rc == -1) return REPLICATE_ELOG_CORRUPT;
     if (rc != 0) return rc;
     XXH3_64bits_update(log->hash, log->chunk, step);
     pos += step;
@@ -331,7 +332,7 @@ static int scan_segment(replicate_log *log, log_segment *s, bool is_newest,
   for (;;) {
     uint64_t next = 0;
     int rc = scan_record(log, s, off, &next);
-    if (rc == -1) break;
+    if (rc == 0 && next == off) break; /* the end */
     if (rc == REPLICATE_ELOG_CORRUPT) {
       *damage = off;
       if (!is_newest) return rc;
@@ -415,9 +416,8 @@ static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest,
   uint8_t h[SEGMENT_HEADER_SIZE];
   *damage = 0;
   int rc = read_exact(log, fd, h, sizeof h, 0);
-  if (rc == 0 || rc == -1) {
-    int check = rc == -1 ? REPLICATE_ELOG_CORRUPT
-                         : segment_header_check(h, first_seq);
+  if (rc == 0 || rc == REPLICATE_ELOG_CORRUPT) {
+    int check = rc ? rc : segment_header_check(h, first_seq);
     if (check == REPLICATE_ELOG_CORRUPT && is_newest) {
       /* Created, then the crash came before its header was durable. */
       log->io->close(log->io->ctx, fd);
@@ -532,6 +532,14 @@ int replicate_log_close(replicate_log *log) {
   return first_error;
 }
 
+/* Retention drops whole segments: keep them well under the cap (an
+ * eighth of it, within [MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES]). */
+static uint64_t segment_bytes_for(uint64_t max_bytes) {
+  uint64_t eighth = max_bytes / 8;
+  if (eighth >= DEFAULT_SEGMENT_BYTES) return DEFAULT_SEGMENT_BYTES;
+  return eighth > MIN_SEGMENT_BYTES ? eighth : MIN_SEGMENT_BYTES;
+}
+
 int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
                        const loom_io *io, replicate_log **out) {
   assert(image_dir != NULL && out != NULL);
@@ -539,9 +547,10 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
   if (log == NULL) return ENOMEM;
   log->io = io ? io : loom_io_posix();
   log->dirfd = -1;
-  log->segment_bytes = opt && opt->segment_bytes ? opt->segment_bytes
-                                                 : DEFAULT_SEGMENT_BYTES;
   log->max_bytes = opt && opt->max_bytes ? opt->max_bytes : DEFAULT_MAX_BYTES;
+  log->segment_bytes = opt && opt->segment_bytes
+                           ? opt->segment_bytes
+                           : segment_bytes_for(log->max_bytes);
   log->on_repair = opt ? opt->on_repair : NULL;
   log->repair_ctx = opt ? opt->repair_ctx : NULL;
   if (pthread_mutex_init(&log->lock, NULL) != 0) {
@@ -717,7 +726,6 @@ static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
 
   uint8_t h[RECORD_HEADER_SIZE];
   int rc = read_exact(log, s->fd, h, sizeof h, off);
-  if (rc == -1) return REPLICATE_ELOG_CORRUPT;
   if (rc != 0) return rc;
   uint32_t len = get_le32(h + 4);
   if (memcmp(h, RECORD_MAGIC, 4) != 0 || get_le64(h + 8) != seq ||
@@ -726,7 +734,6 @@ static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
   rc = frame_buf_reserve(out, len);
   if (rc != 0) return rc;
   rc = read_exact(log, s->fd, out->data, len, off + RECORD_HEADER_SIZE);
-  if (rc == -1) return REPLICATE_ELOG_CORRUPT;
   if (rc != 0) return rc;
   XXH3_64bits_reset(log->hash);
   XXH3_64bits_update(log->hash, h, RECORD_CHECKSUM_OFF);
@@ -808,6 +815,23 @@ int replicate_log_retain(replicate_log *log, uint64_t oldest_needed) {
     rc = drop_oldest(log);
   pthread_mutex_unlock(&log->lock);
   return rc;
+}
+
+uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
+                                     size_t n) {
+  uint64_t need = UINT64_MAX;
+  for (size_t i = 0; i < n; i++) {
+    switch (readers[i].state) {
+    case REPLICATE_LOG_READER_UNKNOWN:
+      return 0;
+    case REPLICATE_LOG_READER_AT:
+      if (readers[i].seq + 1 < need) need = readers[i].seq + 1;
+      break;
+    case REPLICATE_LOG_READER_NEEDS_BASE:
+      break;
+    }
+  }
+  return need;
 }
 
 int replicate_log_reset(replicate_log *log) {

@@ -110,70 +110,82 @@ extern "C" {
 /* ---------------------------------------------------------------------- */
 /* Errors: append-only, never reused. */
 
+/* The list, one X(name, value, text) per code: the enum below, the texts
+ * (replicate_strerror) and the stable names (replicate_error_name) are
+ * generated from it (errors.c). */
+#define REPLICATE_ERROR_LIST(X)                                               \
+  /* Decoding a frame (the peer sent something malformed: HTTP 400; ETOOBIG \
+   * 413, before anything is allocated). */                                  \
+  X(REPLICATE_ETRUNCATED, -31000, "frame is shorter than its header says")    \
+  X(REPLICATE_EMAGIC, -31001, "not a loomship frame (bad magic)")             \
+  X(REPLICATE_EVERSION, -31002, "unsupported frame format version")           \
+  X(REPLICATE_EHEADER_CHECKSUM, -31003, "frame header fails its checksum")    \
+  X(REPLICATE_EMALFORMED, -31004, "frame header fields are inconsistent")     \
+  X(REPLICATE_ETOOBIG, -31005, "frame exceeds the configured limits")         \
+  X(REPLICATE_ETRAILING, -31006, "bytes follow the end of the frame")         \
+  X(REPLICATE_EPAYLOAD_CHECKSUM, -31007, "frame payload fails its checksum")  \
+  X(REPLICATE_EDECOMPRESS, -31008,                                            \
+    "frame payload does not decompress to its declared size")                 \
+  X(REPLICATE_EPAGES, -31009,                                                 \
+    "frame page entries are out of order, out of range or unknown")           \
+  /* Applying a frame to a store: EDUPLICATE is answered 200 (nothing       \
+   * done), EPOSITION and ESTALE_EPOCH 409 with the store's position. */     \
+  X(REPLICATE_EDUPLICATE, -31010, "frame already applied")                    \
+  X(REPLICATE_EPOSITION, -31011,                                              \
+    "frame does not apply to this image's position")                          \
+  X(REPLICATE_ESTALE_EPOCH, -31012,                                           \
+    "frame is from an older epoch (its primary was fenced)")                  \
+  X(REPLICATE_EPAGE_HASH, -31013, "a rebuilt page does not match its hash")   \
+  X(REPLICATE_EAFTER_CHECKSUM, -31014,                                        \
+    "frame's after checksum does not follow from its pages")                  \
+  X(REPLICATE_EKIND, -31015, "a commit frame is needed, not a heartbeat")     \
+  /* Building frames. */                                                      \
+  X(REPLICATE_EINVAL, -31016, "invalid argument")                             \
+  X(REPLICATE_ECOMPRESS, -31017, "zstd compression failed")                   \
+  X(REPLICATE_ENOT_CONTIGUOUS, -31018,                                        \
+    "frames do not follow each other (seq or epoch)")                         \
+  /* The replication log, and shipping (ESYNC_TIMEOUT and EFENCED: the      \
+   * commit stands locally). */                                              \
+  X(REPLICATE_ELOG_GONE, -31019,                                              \
+    "the replication log no longer reaches back to that seq")                 \
+  X(REPLICATE_ELOG_AHEAD, -31020, "no frame that new in the replication log") \
+  X(REPLICATE_ELOG_CORRUPT, -31021, "replication log is corrupt")             \
+  X(REPLICATE_ELOG_VERSION, -31022,                                           \
+    "unsupported replication log format version")                             \
+  X(REPLICATE_EPANIC, -31023,                                                 \
+    "replication log handle is poisoned after a failed write")                \
+  X(REPLICATE_ESYNC_TIMEOUT, -31024,                                          \
+    "too few standbys acknowledged the commit in time (it stands "            \
+    "locally)")                                                               \
+  X(REPLICATE_EFENCED, -31025,                                                \
+    "this primary is fenced: a standby has a newer epoch")                    \
+  X(REPLICATE_ECURL, -31026, "libcurl could not be initialised")              \
+  /* Placing input against a node's position (replicate_place_*): the      \
+   * input would move the node sideways or backwards; refused (409). */     \
+  X(REPLICATE_EHISTORY, -31027,                                               \
+    "another history: this node follows a different one")                     \
+  X(REPLICATE_EBEHIND, -31028,                                                \
+    "it would move this node backwards, below its own position")              \
+  X(REPLICATE_EFORK, -31029,                                                  \
+    "another checksum at a seq this node holds: the histories forked")        \
+  X(REPLICATE_EPAST_BRANCH, -31030,                                           \
+    "this node holds commits of an older epoch past the point where the "     \
+    "newer epoch branched off")
+
 enum replicate_error {
   REPLICATE_OK = 0,
-  /* Decoding a frame (the peer sent something malformed: HTTP 400). */
-  REPLICATE_ETRUNCATED = -31000,  /* shorter than its header says */
-  REPLICATE_EMAGIC = -31001,      /* does not start with the frame magic */
-  REPLICATE_EVERSION = -31002,    /* a format version this build cannot read */
-  REPLICATE_EHEADER_CHECKSUM = -31003, /* the header fails its checksum */
-  REPLICATE_EMALFORMED = -31004,  /* header fields contradict each other */
-  REPLICATE_ETOOBIG = -31005,     /* declared sizes exceed the limits (413) */
-  REPLICATE_ETRAILING = -31006,   /* bytes follow the end of the frame */
-  REPLICATE_EPAYLOAD_CHECKSUM = -31007, /* the payload fails its checksum */
-  REPLICATE_EDECOMPRESS = -31008, /* the zstd payload is invalid, or does not
-                                     decompress to exactly the declared size */
-  REPLICATE_EPAGES = -31009,      /* page entries out of order, out of range,
-                                     or with an unknown encoding */
-  /* Applying a frame to a store. */
-  REPLICATE_EDUPLICATE = -31010,  /* already applied: nothing done (HTTP 200) */
-  REPLICATE_EPOSITION = -31011,   /* the frame's before is not the store's
-                                     position: a gap or a divergence (409) */
-  REPLICATE_ESTALE_EPOCH = -31012,/* the frame is from an older epoch: its
-                                     sender was fenced by a promotion (409) */
-  REPLICATE_EPAGE_HASH = -31013,  /* a rebuilt page does not match its hash */
-  REPLICATE_EAFTER_CHECKSUM = -31014, /* the frame's after checksum does not
-                                     follow from its pages and the image */
-  REPLICATE_EKIND = -31015,       /* a heartbeat where a commit frame is
-                                     needed (apply, log, coalesce) */
-  /* Building frames. */
-  REPLICATE_EINVAL = -31016,      /* an argument is out of range or
-                                     inconsistent (positions, page order) */
-  REPLICATE_ECOMPRESS = -31017,   /* zstd failed to compress */
-  REPLICATE_ENOT_CONTIGUOUS = -31018, /* frames to coalesce or append do not
-                                     follow each other (seq or epoch) */
-  /* The replication log. */
-  REPLICATE_ELOG_GONE = -31019,   /* the log no longer reaches back to that
-                                     seq: the standby needs a base image */
-  REPLICATE_ELOG_AHEAD = -31020,  /* no frame that new in the log (yet) */
-  REPLICATE_ELOG_CORRUPT = -31021,/* a log segment fails its checksum, or is
-                                     malformed, before its last record */
-  REPLICATE_ELOG_VERSION = -31022,/* a log segment of an unknown version */
-  REPLICATE_EPANIC = -31023,      /* the log handle is poisoned after a write
-                                     or fsync failed: close and reopen it */
-  REPLICATE_ESYNC_TIMEOUT = -31024, /* sync mode: fewer than sync_count
-                                       standbys acknowledged the frame in
-                                       time; the commit stands locally */
-  REPLICATE_EFENCED = -31025,     /* a standby has a newer epoch: this
-                                     primary is fenced and ships nothing;
-                                     the commit stands locally */
-  REPLICATE_ECURL = -31026,       /* libcurl could not be initialised */
-  /* Placing input against a node's position (replicate_place_*): the
-   * input would move the node sideways or backwards; refused (409). */
-  REPLICATE_EHISTORY = -31027,    /* the input is of another history */
-  REPLICATE_EBEHIND = -31028,     /* the input would take the node below its
-                                     own position in the same history */
-  REPLICATE_EFORK = -31029,       /* another checksum at a seq the node
-                                     holds: the two histories forked */
-  REPLICATE_EPAST_BRANCH = -31030,/* the node holds commits of an older epoch
-                                     past the point where the input's newer
-                                     epoch branched off */
+#define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
+  REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
+#undef REPLICATE_ERROR_ENUM_
   REPLICATE_ELAST = -31031        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
  * code. Never NULL. */
 const char *replicate_strerror(int rc);
+/* The stable name of rc ("REPLICATE_EPOSITION"; loom_error_name for every
+ * value outside the REPLICATE_E* range). Never NULL. */
+const char *replicate_error_name(int rc);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */
@@ -508,7 +520,7 @@ int replicate_coalescer_finish_frame(replicate_coalescer *c,
  *
  * Retention keeps the log bounded: replicate_log_retain() drops whole
  * segments whose frames are all older than what the slowest standby still
- * needs, and every append drops the oldest segments while the log exceeds
+ * needs (replicate_log_oldest_needed says which), and every append drops the oldest segments while the log exceeds
  * max_bytes, needed or not. A standby that then asks for a dropped frame
  * gets REPLICATE_ELOG_GONE: it needs a base image. The newest segment is
  * never dropped.
@@ -556,7 +568,11 @@ const char *replicate_log_repair_describe(const replicate_log_repair *r,
                                           char *buf, size_t len);
 
 typedef struct replicate_log_options {
-  uint64_t segment_bytes;       /* 0: 16 MiB */
+  uint64_t segment_bytes;       /* 0: derived from max_bytes, so that
+                                   retention, which drops whole segments,
+                                   keeps the log well under its cap: an
+                                   eighth of max_bytes, at least 64 KiB and
+                                   at most 16 MiB */
   uint64_t max_bytes;           /* 0: 1 GiB */
   replicate_log_repair_fn on_repair; /* NULL: repairs are not reported */
   void *repair_ctx;
@@ -613,6 +629,33 @@ int replicate_log_bytes_after(replicate_log *log, uint64_t after_seq,
  * acknowledged seq plus one). Errors: errno values (the segments before the
  * failing one are dropped), REPLICATE_EPANIC. */
 int replicate_log_retain(replicate_log *log, uint64_t oldest_needed);
+
+/*
+ * The retention policy of a log read by several standbys (the shipper's,
+ * replicate.h LOG RETENTION): what each one holds back.
+ */
+typedef enum replicate_log_reader_state {
+  REPLICATE_LOG_READER_UNKNOWN = 0,   /* never heard from: it may need
+                                         every frame kept */
+  REPLICATE_LOG_READER_AT = 1,        /* it holds every frame up to seq (its
+                                         received seq, or the seq of the
+                                         base snapshot it is being sent) */
+  REPLICATE_LOG_READER_NEEDS_BASE = 2 /* it gets a base image, whose
+                                         snapshot is not open yet: it holds
+                                         nothing back */
+} replicate_log_reader_state;
+
+typedef struct replicate_log_reader {
+  replicate_log_reader_state state;
+  uint64_t seq;                 /* AT */
+} replicate_log_reader;
+
+/* The oldest seq one of readers[0, n) still needs, for
+ * replicate_log_retain; 0 when nothing may be dropped (a reader of unknown
+ * position) and UINT64_MAX when no reader needs any frame (n == 0, or
+ * every one needs a base image: keep the log as it is for the next). */
+uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
+                                     size_t n);
 
 /* Drop every segment: the next append may have any seq (after a base image
  * or a promotion broke the chain). Errors: errno values, REPLICATE_EPANIC. */

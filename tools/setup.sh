@@ -24,11 +24,14 @@ loomship_install() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# loomship_build DIR [meson options...]
+# loomship_build DIR [meson options...]: configure DIR (a new one with the
+# options; an existing one has them applied), then build it.
 loomship_build() {
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "$@"
+  elif [ $# -gt 0 ]; then
+    meson configure "$dir" "$@" >/dev/null
   fi
   ninja -C "$dir"
 }

@@ -5,7 +5,7 @@
 # status and inspect documents, --help and errors of every subcommand.
 # Usage: e2e_test.sh PATH/TO/loomship
 TEST_NAME=e2e
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 
 # start_standby NAME [args...]: starts it, sets URL_<NAME> and PID_<NAME>.
 start_standby() {

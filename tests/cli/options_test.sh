@@ -6,7 +6,7 @@
 # one line with exit 2.
 # Usage: options_test.sh PATH/TO/loomship PATH/TO/loomship.1
 TEST_NAME=options
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 MAN=$(readlink -f "$2")
 COMMANDS="demo standby primary backup status inspect verify promote"
 

@@ -11,7 +11,7 @@
 #      what to do, from verify, inspect, standby and primary alike.
 # Usage: repair_test.sh PATH/TO/loomship
 TEST_NAME=repair
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 
 declare -A URL PID PORT
 start_standby() { # NAME [EXTRA ARGS...]

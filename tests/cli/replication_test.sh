@@ -7,7 +7,7 @@
 # standby's image equals the primary's byte for byte.
 # Usage: replication_test.sh PATH/TO/loomship
 TEST_NAME=repl
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 
 declare -A URL PID PORT
 start_standby() { # NAME

@@ -7,7 +7,7 @@
 # by an interrupted resync is removed.
 # Usage: resync_test.sh PATH/TO/loomship
 TEST_NAME=resync
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 
 umask 077
 printf 'resync-test-token-0123456789\n' >"$work/token"

@@ -7,7 +7,7 @@
 # spaces, CR and LF are trimmed, so the token matches.
 # Usage: token_test.sh PATH/TO/loomship
 TEST_NAME=token
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 command -v curl >/dev/null || { echo "SKIP: curl missing"; exit 77; }
 
 mkfile() { # NAME MODE PRINTF-FORMAT

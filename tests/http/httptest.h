@@ -32,27 +32,6 @@
 /* Frames built by hand carry no history. */
 static const loom_history no_history;
 
-static inline char *ht_tmpdir(const char *tag)
-{
-  const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  char *path = xmalloc(strlen(root) + strlen(tag) + 32);
-  sprintf(path, "%s/loomhttp-%s-XXXXXX", root, tag);
-  assert_non_null(mkdtemp(path));
-  return path;
-}
-
-static inline void ht_rmdir(char *path)
-{
-  if (!path)
-    return;
-  char *cmd = xmalloc(strlen(path) + 16);
-  sprintf(cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", path);
-  free(cmd);
-  free(path);
-}
-
 /* A subdirectory path (not created). Caller frees. */
 static inline char *ht_path(const char *dir, const char *name)
 {
@@ -64,21 +43,8 @@ static inline char *ht_path(const char *dir, const char *name)
 /* The whole image file of an image directory. Caller frees. */
 static inline uint8_t *ht_read_image(const char *dir, size_t *len)
 {
-  char *path = ht_path(dir, "image");
-  FILE *f = fopen(path, "rb");
-  free(path);
-  if (!f) {
-    *len = 0;
-    return xmalloc(1);
-  }
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *buf = xmalloc(n > 0 ? (size_t)n : 1);
-  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
+  uint8_t *buf = test_read_file(dir, "image", len);
+  return buf ? buf : xmalloc(1); /* no image: empty */
 }
 
 /* Assert two image directories hold the same bytes and position. */
@@ -146,7 +112,7 @@ static inline void ht_primary_open(ht_primary *p, uint64_t arena_pages,
                                    uint64_t seed)
 {
   memset(p, 0, sizeof *p);
-  p->dir = ht_tmpdir("primary");
+  p->dir = test_tmpdir("primary");
   p->arena_pages = arena_pages;
   p->rng.state = seed;
   pthread_mutex_init(&p->mu, NULL);
@@ -226,7 +192,7 @@ static inline void ht_primary_free(ht_primary *p)
   free(p->frames);
   replicate_encoder_free(p->enc);
   pthread_mutex_destroy(&p->mu);
-  ht_rmdir(p->dir);
+  test_rmtree(p->dir);
   memset(p, 0, sizeof *p);
 }
 

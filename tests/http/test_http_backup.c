@@ -17,7 +17,7 @@ static void sleep_ms(long ms)
 
 static ht_server *standby_with_frames(ht_primary *p, char **dir, size_t n)
 {
-  *dir = ht_tmpdir("standby");
+  *dir = test_tmpdir("standby");
   ht_server *s = xcalloc(sizeof *s);
   ht_start_standby(s, *dir);
   for (size_t i = 0; i < n; i++)
@@ -159,7 +159,7 @@ static void test_backup_stream(void **state)
   ht_stop(s);
   free(s);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -247,7 +247,7 @@ static void test_backup_during_posting(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -168,7 +168,7 @@ static void test_frames_in_order(void **state)
   ht_primary p;
   ht_primary_open(&p, 256, 11);
   ht_primary_run(&p, 60);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
 
@@ -195,7 +195,7 @@ static void test_frames_in_order(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 static void test_duplicate_and_gap(void **state)
@@ -204,7 +204,7 @@ static void test_duplicate_and_gap(void **state)
   ht_primary p;
   ht_primary_open(&p, 256, 12);
   ht_primary_run(&p, 12);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 5, NULL);
@@ -251,7 +251,7 @@ static void test_duplicate_and_gap(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 static void test_token(void **state)
@@ -260,7 +260,7 @@ static void test_token(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 13);
   ht_primary_run(&p, 3);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   static const char token[] = "s3cret-token-4f8a";
   http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
@@ -320,7 +320,7 @@ static void test_token(void **state)
   assert_int_equal(st.role, HTTP_ROLE_STANDBY);
   ht_stop(&s);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -355,7 +355,7 @@ static void test_malformed_bodies(void **state)
   ht_primary p;
   ht_primary_open(&p, 256, 14);
   ht_primary_run(&p, 11);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
                              .max_frame_bytes = 1u << 20,
@@ -472,7 +472,7 @@ static void test_malformed_bodies(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* A well-formed frame from position at whose one page does not give its
@@ -524,7 +524,7 @@ static void test_frame_that_does_not_apply(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 15);
   ht_primary_run(&p, 6);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 5, NULL);
@@ -557,7 +557,7 @@ static void test_frame_that_does_not_apply(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -569,7 +569,7 @@ static void test_upload_limit(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 16);
   ht_primary_run(&p, 2);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
                              .max_uploads = 1};
@@ -649,7 +649,7 @@ static void test_upload_limit(void **state)
   ht_resp_free(&r);
   ht_stop(&s);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* Does /healthz answer 200 within ms (the server releases a closed
@@ -671,7 +671,7 @@ static bool healthz_within(ht_server *s, int ms)
 static void test_connection_limits(void **state)
 {
   (void)state;
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
                              .connection_timeout_seconds = 1,
@@ -718,7 +718,7 @@ static void test_connection_limits(void **state)
   close(a);
   assert_true(healthz_within(&s, 3000));
   ht_stop(&s);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -739,7 +739,7 @@ static void test_base_image(void **state)
   loom_position spos2;
   uint8_t *stream2 = primary_stream(&p, &slen2, &spos2);
 
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   /* A frame the fresh standby cannot take: it needs a base. */
@@ -822,7 +822,7 @@ static void test_base_image(void **state)
   ht_assert_same_image(p.dir, dir);
 
   /* A base on a standby that already has frames replaces its image. */
-  char *dir2 = ht_tmpdir("standby2");
+  char *dir2 = test_tmpdir("standby2");
   ht_start_standby(&s, dir2);
   post_range(&s, &p, 0, 3, NULL);
   upload("PUT", ht_url(&s, "/v1/base"), NULL, stream2, slen2, 0, false, &r);
@@ -851,8 +851,8 @@ static void test_base_image(void **state)
   free(stream);
   free(stream2);
   ht_primary_free(&p);
-  ht_rmdir(dir);
-  ht_rmdir(dir2);
+  test_rmtree(dir);
+  test_rmtree(dir2);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -864,7 +864,7 @@ static void test_promote(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 18);
   ht_primary_run(&p, 8);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 5, NULL);
@@ -950,7 +950,7 @@ static void test_promote(void **state)
   assert_int_equal(pos.epoch, 2);
   assert_int_equal(pos.seq, 5);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -962,7 +962,7 @@ static void test_restart_and_recovery(void **state)
   ht_primary p;
   ht_primary_open(&p, 256, 19);
   ht_primary_run(&p, 16);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 10, NULL);
@@ -980,7 +980,7 @@ static void test_restart_and_recovery(void **state)
 
   /* Frames durable in the receive log but never applied (a standby killed
    * right after answering): applied on the next start. */
-  char *dir2 = ht_tmpdir("standby2");
+  char *dir2 = test_tmpdir("standby2");
   receive_log_holding(dir2, p.frames, 16, NULL, 0);
   ht_start_standby(&s, dir2);
   ht_status(&s, &st);
@@ -993,8 +993,8 @@ static void test_restart_and_recovery(void **state)
   ht_stop(&s);
   ht_assert_same_image(p.dir, dir2);
   ht_primary_free(&p);
-  ht_rmdir(dir);
-  ht_rmdir(dir2);
+  test_rmtree(dir);
+  test_rmtree(dir2);
 }
 
 /* A damaged older segment in the receive log (here each frame has a
@@ -1007,7 +1007,7 @@ static void test_damaged_receive_log(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 29);
   ht_primary_run(&p, 8);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   loom_store *store;
   assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &store), 0);
   assert_int_equal(loom_store_close(store), 0);
@@ -1042,7 +1042,7 @@ static void test_damaged_receive_log(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* Group apply with a bad frame among those merged (its pages do not give
@@ -1058,7 +1058,7 @@ static void test_merged_apply_with_a_bad_frame(void **state)
   loom_position at5;
   {
     /* The position after frame 5, from a standby fed frames 1..5. */
-    char *tmp = ht_tmpdir("standby-ref");
+    char *tmp = test_tmpdir("standby-ref");
     ht_server s;
     ht_start_standby(&s, tmp);
     post_range(&s, &p, 0, 5, NULL);
@@ -1067,7 +1067,7 @@ static void test_merged_apply_with_a_bad_frame(void **state)
     ht_status(&s, &st);
     at5 = st.applied;
     ht_stop(&s);
-    ht_rmdir(tmp);
+    test_rmtree(tmp);
   }
   size_t len;
   loom_history history = ht_primary_history(&p);
@@ -1075,7 +1075,7 @@ static void test_merged_apply_with_a_bad_frame(void **state)
 
   /* Frames 1..5 and the bad sixth wait in the receive log of a standby
    * that has applied nothing: its applier merges all six at start. */
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   receive_log_holding(dir, p.frames, 5, bad, len);
   free(bad);
 
@@ -1101,7 +1101,7 @@ static void test_merged_apply_with_a_bad_frame(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 static void test_disk_full(void **state)
@@ -1110,7 +1110,7 @@ static void test_disk_full(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 20);
   ht_primary_run(&p, 8);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   iosim *sim;
   assert_int_equal(iosim_create(NULL, &sim), 0);
   ht_server s;
@@ -1161,7 +1161,7 @@ static void test_disk_full(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 static void test_graceful_stop(void **state)
@@ -1171,7 +1171,7 @@ static void test_graceful_stop(void **state)
   ht_primary_open(&p, 512, 21);
   for (int i = 0; i < 40; i++)
     ht_primary_commit(&p, 40, 200);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 40, NULL);
@@ -1180,7 +1180,7 @@ static void test_graceful_stop(void **state)
   ht_primary_close(&p);
   ht_assert_same_image(p.dir, dir);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* The primary's frames [from, to) merged into one, in *out. */
@@ -1211,7 +1211,7 @@ static void test_coalesced_frame(void **state)
   replicate_buf merged = {0};
   merge_frames(&p, 5, 12, &merged);
 
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 5, NULL);
@@ -1239,7 +1239,7 @@ static void test_coalesced_frame(void **state)
   ht_assert_same_image(p.dir, dir);
   replicate_buf_free(&merged);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* Input that would move a standby backwards or sideways is refused, and
@@ -1256,7 +1256,7 @@ static void test_never_backwards_or_sideways(void **state)
   ht_primary_run(&other, 20);
   size_t old_len, other_len;
   loom_position old_pos, other_pos;
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 6, NULL);
@@ -1285,7 +1285,7 @@ static void test_never_backwards_or_sideways(void **state)
   /* Our own history's base at a lower seq (an older primary directory):
    * built from a copy of our primary at seq 6. */
   ht_primary_close(&p);
-  char *copy = ht_tmpdir("older");
+  char *copy = test_tmpdir("older");
   char cmd[1024];
   snprintf(cmd, sizeof cmd, "cp -a '%s/.' '%s/'", p.dir, copy);
   assert_int_equal(system(cmd), 0);
@@ -1333,11 +1333,57 @@ static void test_never_backwards_or_sideways(void **state)
   free(foreign);
   free(older);
   free(behind);
-  ht_rmdir(copy);
+  test_rmtree(copy);
   ht_primary_close(&other);
   ht_primary_free(&other);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
+}
+
+/* A base image sent for a position the standby no longer holds (it moved
+ * on since the sender looked: another primary's frames came in between) is
+ * refused with its position, so the sender decides again. */
+static void test_base_precondition(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 51);
+  ht_primary_run(&p, 8);
+  size_t slen;
+  loom_position spos;
+  uint8_t *stream = primary_stream(&p, &slen, &spos);
+  char *dir = test_tmpdir("standby");
+  ht_server s;
+  ht_start_standby(&s, dir);
+  post_range(&s, &p, 0, 3, NULL);
+  ht_wait_applied(&s, 3);
+  http_server_status st;
+  ht_status(&s, &st);
+  char stale[96], current[96];
+  snprintf(stale, sizeof stale, "X-Loomship-If-Position: 1 0 %016llx",
+           (unsigned long long)0);
+  snprintf(current, sizeof current, "X-Loomship-If-Position: %llu %llu %016llx",
+           (unsigned long long)st.received.epoch, (unsigned long long)st.received.seq,
+           (unsigned long long)st.received.checksum);
+  ht_req req = {.body = stream, .body_len = slen, .headers = {stale}};
+  ht_resp r;
+  ht_call("PUT", ht_url(&s, "/v1/base"), &req, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"error\":\"position moved\"");
+  ht_assert_has(&r, "\"received\":{\"epoch\":1,\"seq\":3,");
+  ht_resp_free(&r);
+  ht_status(&s, &st);
+  assert_int_equal(st.applied.seq, 3);
+  req.headers[0] = current;
+  ht_call("PUT", ht_url(&s, "/v1/base"), &req, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"applied\":{\"epoch\":1,\"seq\":8,");
+  ht_resp_free(&r);
+  ht_stop(&s);
+  free(stream);
+  ht_primary_close(&p);
+  ht_primary_free(&p);
+  test_rmtree(dir);
 }
 
 /* A merged frame whose answer was lost (the standby holds its first
@@ -1353,7 +1399,7 @@ static void test_overlap_after_lost_answer(void **state)
   replicate_buf merged = {0};
   merge_frames(&p, 4, 12, &merged); /* seq 4 -> 12 */
 
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 5, NULL); /* the standby holds seq 5 */
@@ -1375,7 +1421,7 @@ static void test_overlap_after_lost_answer(void **state)
   ht_assert_same_image(p.dir, dir);
   replicate_buf_free(&merged);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1425,7 +1471,7 @@ static void test_status_metrics_health(void **state)
   ht_primary p;
   ht_primary_open(&p, 128, 23);
   ht_primary_run(&p, 3);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 3, NULL);
@@ -1523,7 +1569,7 @@ static void test_status_metrics_health(void **state)
 
   ht_stop(&s);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
 }
 
 /* The realtime clock of the primary (the test's own, unshifted). */
@@ -1554,7 +1600,7 @@ static void lag_with_clock_offset(int64_t offset_s)
   ht_primary p;
   ht_primary_open(&p, 128, 29);
   ht_primary_run(&p, 3);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   ht_server s;
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 3, NULL);
@@ -1596,7 +1642,7 @@ static void lag_with_clock_offset(int64_t offset_s)
 
   ht_stop(&s);
   ht_primary_free(&p);
-  ht_rmdir(dir);
+  test_rmtree(dir);
   http_clock_offset_set(0);
 }
 
@@ -1622,7 +1668,7 @@ static void test_start_errors(void **state)
   assert_int_equal(http_server_start(&opt, &srv), HTTP_EINVAL);
   opt.role = HTTP_ROLE_PRIMARY;
   assert_int_equal(http_server_start(&opt, &srv), HTTP_EINVAL);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir,
                               .tls_cert_file = "/nonexistent"};
   assert_int_equal(http_server_start(&opt, &srv), HTTP_ETLS);
@@ -1632,15 +1678,15 @@ static void test_start_errors(void **state)
   ht_start_standby(&s, dir);
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir};
   assert_int_equal(http_server_start(&opt, &srv), LOOM_ELOCKED);
-  char *dir2 = ht_tmpdir("standby2");
+  char *dir2 = test_tmpdir("standby2");
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir2,
                               .listen_port = http_server_port(s.server)};
   assert_int_equal(http_server_start(&opt, &srv), EADDRINUSE);
   ht_stop(&s);
   assert_non_null(http_strerror(HTTP_EDAEMON));
   assert_int_equal(http_server_stop(NULL), 0);
-  ht_rmdir(dir);
-  ht_rmdir(dir2);
+  test_rmtree(dir);
+  test_rmtree(dir2);
 }
 
 int main(void)
@@ -1666,6 +1712,7 @@ int main(void)
       cmocka_unit_test(test_coalesced_frame),
       cmocka_unit_test(test_overlap_after_lost_answer),
       cmocka_unit_test(test_never_backwards_or_sideways),
+      cmocka_unit_test(test_base_precondition),
       cmocka_unit_test(test_status_metrics_health),
       cmocka_unit_test(test_lag_standby_clock_ahead),
       cmocka_unit_test(test_lag_standby_clock_behind),

@@ -28,16 +28,16 @@ static bool make_cert(const char *dir, char **cert, char **key)
 static void test_tls_round_trip(void **state)
 {
   (void)state;
-  char *tmp = ht_tmpdir("tls");
+  char *tmp = test_tmpdir("tls");
   char *cert = NULL, *key = NULL;
   if (!make_cert(tmp, &cert, &key)) {
-    ht_rmdir(tmp);
+    test_rmtree(tmp);
     skip();
   }
   ht_primary p;
   ht_primary_open(&p, 128, 41);
   ht_primary_run(&p, 6);
-  char *dir = ht_tmpdir("standby");
+  char *dir = test_tmpdir("standby");
   static const char token[] = "tls-token";
   http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir,
                              .token = (const uint8_t *)token, .token_len = 9,
@@ -99,8 +99,8 @@ static void test_tls_round_trip(void **state)
   free(cert);
   free(key);
   ht_primary_free(&p);
-  ht_rmdir(dir);
-  ht_rmdir(tmp);
+  test_rmtree(dir);
+  test_rmtree(tmp);
 }
 
 int main(void)

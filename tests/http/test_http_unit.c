@@ -152,8 +152,19 @@ static void test_error_names(void **state)
     assert_string_not_equal(http_error_name(rc), "UNKNOWN");
   for (int rc = HTTP_EINVAL; rc > HTTP_ELAST; rc--) {
     assert_string_not_equal(http_error_name(rc), "UNKNOWN");
-    assert_non_null(http_strerror(rc));
+    assert_string_not_equal(http_strerror(rc), "unknown error");
   }
+  /* Each module's names come from its own list, the others' through it. */
+  assert_string_equal(loom_error_name(LOOM_EMETA), "LOOM_EMETA");
+  assert_string_equal(loom_error_name(REPLICATE_EFORK), "UNKNOWN");
+  assert_string_equal(replicate_error_name(REPLICATE_EFORK), "REPLICATE_EFORK");
+  assert_string_equal(replicate_error_name(LOOM_EMETA), "LOOM_EMETA");
+  assert_string_equal(replicate_error_name(EIO), "EIO");
+  assert_string_equal(loom_strerror(LOOM_ELAST), "unknown error");
+  for (int rc = LOOM_ELOCKED; rc > LOOM_ELAST; rc--)
+    assert_string_not_equal(loom_strerror(rc), "unknown error");
+  for (int rc = REPLICATE_ETRUNCATED; rc > REPLICATE_ELAST; rc--)
+    assert_string_not_equal(replicate_strerror(rc), "unknown error");
   /* The state names status and metrics show (a public contract). */
   static const char *const names[] = {
       "streaming", "catching_up", "base_sync", "unreachable", "unauthorized",

@@ -1,6 +1,6 @@
 /*
  * replicate_testlib.h: helpers shared by the replicate/ tests and the
- * bench: a deterministic RNG, an in-memory model of an image (the
+ * bench: (with tests/lib/testlib.h: the RNG, xmalloc) an in-memory model of an image (the
  * primary's pages, hashes and position), the three workloads, and a frame
  * forger that builds frames byte by byte from docs/FRAME.md (independently
  * of frame.c) so that tests can send any field value with valid checksums.
@@ -21,6 +21,7 @@
 
 #include "loom.h"
 #include "replicate.h"
+#include "testlib.h"
 
 #define PS LOOM_PAGE_SIZE
 
@@ -28,54 +29,6 @@
  * follows none, takes them). */
 static const loom_history no_history;
 
-/* ---------------------------------------------------------------------- */
-/* RNG: splitmix64. */
-
-typedef struct test_rng {
-  uint64_t state;
-} test_rng;
-
-static inline uint64_t rng_next(test_rng *r) {
-  uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static inline uint64_t rng_below(test_rng *r, uint64_t n) {
-  return rng_next(r) % n;
-}
-
-static inline void rng_fill(test_rng *r, void *buf, size_t len) {
-  uint8_t *p = buf;
-  size_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    uint64_t v = rng_next(r);
-    memcpy(p + i, &v, 8);
-  }
-  if (i < len) {
-    uint64_t v = rng_next(r);
-    memcpy(p + i, &v, len - i);
-  }
-}
-
-static inline void *xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  if (p == NULL) {
-    fprintf(stderr, "out of memory (%zu bytes)\n", n);
-    abort();
-  }
-  return p;
-}
-
-static inline void *xcalloc(size_t n) {
-  void *p = calloc(1, n ? n : 1);
-  if (p == NULL) {
-    fprintf(stderr, "out of memory (%zu bytes)\n", n);
-    abort();
-  }
-  return p;
-}
 
 /* ---------------------------------------------------------------------- */
 /* A model image: what a store holds, in memory. */
@@ -371,21 +324,7 @@ static inline void join_path(char *out, size_t cap, const char *dir,
   memcpy(out + a + 1, name, b + 1);
 }
 
-/* rm -r dir */
-static inline void test_remove_tree(const char *dir) {
-  DIR *d = opendir(dir);
-  if (d == NULL) return;
-  struct dirent *e;
-  char path[512];
-  while ((e = readdir(d)) != NULL) {
-    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-    join_path(path, sizeof path, dir, e->d_name);
-    if (e->d_type == DT_DIR) test_remove_tree(path);
-    else unlink(path);
-  }
-  closedir(d);
-  rmdir(dir);
-}
+/* test_remove_tree (rm -r): tests/lib/testlib.h. */
 
 /* ---------------------------------------------------------------------- */
 /* The forger: frames built from the byte table of docs/FRAME.md. */

@@ -689,6 +689,44 @@ static void test_cap(void **state) {
   assert_int_equal(replicate_log_close(log), 0);
 }
 
+/* Without segment_bytes, segments are an eighth of the cap (at least
+ * 64 KiB): the cap then drops whole segments well before the log is
+ * empty. */
+static void test_derived_segments(void **state) {
+  fixture *fx = *state;
+  replicate_log_options opt = {.max_bytes = 1024 * 1024};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 200), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  char names[256][64];
+  int files = list_segments(fx, names, 256);
+  assert_int_equal(files, (int)st.segments);
+  for (int i = 0; i < files; i++)
+    assert_true(file_size(fx, names[i]) <= 128 * 1024);
+  assert_true(st.bytes <= 1024 * 1024);
+  if (st.bytes > 128 * 1024) assert_true(st.segments > 1);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
+/* The policy: the slowest standby's next seq; an unknown one keeps
+ * everything; one that needs a base image holds nothing back. */
+static void test_oldest_needed(void **state) {
+  (void)state;
+  replicate_log_reader r[3] = {
+      {REPLICATE_LOG_READER_AT, 40},
+      {REPLICATE_LOG_READER_NEEDS_BASE, 0},
+      {REPLICATE_LOG_READER_AT, 12},
+  };
+  assert_int_equal(replicate_log_oldest_needed(r, 3), 13);
+  assert_int_equal(replicate_log_oldest_needed(r, 2), 41);
+  assert_int_equal(replicate_log_oldest_needed(r + 1, 1), UINT64_MAX);
+  assert_int_equal(replicate_log_oldest_needed(r, 0), UINT64_MAX);
+  r[1].state = REPLICATE_LOG_READER_UNKNOWN;
+  assert_int_equal(replicate_log_oldest_needed(r, 3), 0);
+}
+
 static void test_append_refusals(void **state) {
   fixture *fx = *state;
   replicate_log *log;
@@ -921,6 +959,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_append_read_reopen, setup, teardown),
       cmocka_unit_test_setup_teardown(test_segments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_derived_segments, setup, teardown),
+      cmocka_unit_test(test_oldest_needed),
       cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
       cmocka_unit_test_setup_teardown(test_torn_segment, setup, teardown),
       cmocka_unit_test_setup_teardown(test_damaged_older_record, setup, teardown),

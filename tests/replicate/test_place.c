@@ -14,21 +14,7 @@
 
 #include "replicate_testlib.h"
 
-/* A new directory under /tmp (free it and remove it with test_done). */
-static char *test_tmpdir(const char *tag)
-{
-  char *path = malloc(64);
-  assert_non_null(path);
-  snprintf(path, 64, "/tmp/loomship-%s-XXXXXX", tag);
-  assert_non_null(mkdtemp(path));
-  return path;
-}
-
-static void test_done(char *dir)
-{
-  test_remove_tree(dir);
-  free(dir);
-}
+static void test_done(char *dir) { test_rmtree(dir); }
 
 static loom_history history_of(uint8_t b)
 {

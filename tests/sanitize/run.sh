@@ -14,7 +14,8 @@
 #   BUILD_TSAN   TSan build dir   [/tmp/loomship-build-tsan]
 #   BUILD_PLAIN  plain build dir  [/tmp/loomship-build-plain]
 #   --quick      the bounded form ./test runs: TSan on replicate_ship,
-#                http_standby, http_backup and http_unit; valgrind on every
+#                replicate_receiver, http_standby, http_backup and
+#                http_unit; valgrind on every
 #                unit test but replicate_frame (4 min under valgrind) and
 #                the fuzz replays, which run on their seed files only
 # Exit 0 when everything is clean; 77 when neither tool is available.
@@ -71,9 +72,9 @@ if [ $do_tsan = 1 ]; then
   if setup "$tsan_dir" -Db_sanitize=thread -Db_lundef=false; then
     ran=1
     if [ $quick = 1 ]; then
-      tests=(replicate_ship http_standby http_backup http_unit)
+      tests=(replicate_ship replicate_receiver http_standby http_backup http_unit)
     else
-      tests=(replicate_ship http_standby http_backup http_unit http_tls
+      tests=(replicate_ship replicate_receiver http_standby http_backup http_unit http_tls
              replicate_log replicate_apply replicate_frame replicate_coalesce
              e2e security diskfull fuzz_load fuzz_http_replay)
     fi

@@ -11,7 +11,7 @@
 # Needs root and mount(2) (tmpfs); skips with 77 otherwise.
 # Usage: logfull_test.sh PATH/TO/loomship
 TEST_NAME=logfull
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 mnt=$work/p/replog
 mkdir -p "$mnt"
 if ! mount -t tmpfs -o size=256k tmpfs "$mnt" 2>/dev/null; then

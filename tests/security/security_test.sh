@@ -16,7 +16,7 @@
 #     for another host name; they accept the right --ca-file.
 # Usage: security_test.sh PATH/TO/loomship
 TEST_NAME=sec
-. "$(dirname "$0")/../testlib.sh"
+. "$(dirname "$0")/../lib/testlib.sh"
 
 for tool in curl python3; do
   command -v $tool >/dev/null || { echo "SKIP: $tool missing"; exit 77; }

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "iosim.h"
+#include "testlib.h"
 
 /* ---------------------------------------------------------------------- */
 /* Helpers */
@@ -32,12 +33,6 @@ typedef struct fixture {
   int rootfd;
 } fixture;
 
-static void remove_tree(const char *path)
-{
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-  assert_int_equal(system(cmd), 0);
-}
 
 static void fixture_init(fixture *f)
 {
@@ -56,7 +51,7 @@ static void fixture_done(fixture *f)
   assert_int_equal(f->io->close(f->io->ctx, f->rootfd), 0);
   assert_int_equal(iosim_model_errors(f->sim), 0);
   iosim_destroy(f->sim);
-  remove_tree(f->base);
+  assert_int_equal(test_remove_tree(f->base), 0);
 }
 
 /* Write a cut into a fresh directory under base; its path into f->out. */
@@ -739,7 +734,7 @@ static void test_existing_tree_is_durable(void **state)
   snprintf(path, sizeof path, "%s/out2", base);
   assert_int_equal(iosim_powercut(sim, 1, path, IOSIM_CUT_DROP), EINVAL);
   iosim_destroy(sim);
-  remove_tree(base);
+  assert_int_equal(test_remove_tree(base), 0);
 }
 
 /* A directory made with mkdir(2) and opened with open(2), not through the

@@ -46,6 +46,7 @@
 #include "replicate.h"
 
 #include "ship_internal.h"
+#include "testlib.h"
 
 #define PS LOOM_PAGE_SIZE
 
@@ -65,58 +66,8 @@ static void sleep_ms(unsigned ms)
   nanosleep(&ts, NULL);
 }
 
-static char *make_tmpdir(const char *tag)
-{
-  const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  size_t len = strlen(root) + strlen(tag) + 32;
-  char *path = malloc(len);
-  if (!path) {
-    fail_msg("out of memory");
-    return NULL;
-  }
-  snprintf(path, len, "%s/ship-%s-XXXXXX", root, tag);
-  assert_non_null(mkdtemp(path));
-  return path;
-}
 
-static void remove_tree(const char *path)
-{
-  char *cmd = malloc(strlen(path) + 16);
-  sprintf(cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", path);
-  free(cmd);
-}
 
-static uint8_t *read_file(const char *dir, const char *name, size_t *len)
-{
-  char path[1024];
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    *len = 0;
-    return NULL;
-  }
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-  if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-    free(buf);
-    buf = NULL;
-  }
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 static bool verbose(void)
 {
@@ -551,7 +502,7 @@ static fake *fake_start_tls(const char *cert, const char *key)
   }
   pthread_mutex_init(&f->mu, NULL);
   pthread_cond_init(&f->cond, NULL);
-  f->dir = make_tmpdir("standby");
+  f->dir = test_tmpdir("standby");
   fake_open_store(f);
   assert_int_equal(replicate_decoder_new(NULL, &f->dec), 0);
   fake_listen(f);
@@ -568,7 +519,7 @@ static void fake_restart_empty(fake *f)
 {
   fake_down(f);
   assert_int_equal(loom_store_close(f->store), 0);
-  remove_tree(f->dir);
+  test_remove_tree(f->dir);
   assert_int_equal(mkdir(f->dir, 0700), 0);
   fake_open_store(f);
   fake_up(f);
@@ -581,15 +532,16 @@ static void fake_restart_diverged(fake *f, uint64_t seq, uint64_t pages,
 {
   fake_down(f);
   assert_int_equal(loom_store_close(f->store), 0);
-  remove_tree(f->dir);
+  test_remove_tree(f->dir);
   assert_int_equal(mkdir(f->dir, 0700), 0);
   fake_open_store(f);
   uint8_t *img = malloc(pages * PS + 1);
   assert_non_null(img);
   uint64_t sum = 0;
+  test_rng rng = {seed};
   for (uint64_t n = 0; n < pages; n++) {
     for (size_t j = 0; j < PS; j += 8) {
-      uint64_t v = rng_next(&seed);
+      uint64_t v = rng_next(&rng);
       memcpy(img + n * PS + j, &v, 8);
     }
     sum += loom_page_hash(n, img + n * PS);
@@ -613,7 +565,7 @@ static void fake_stop(fake *f)
   fake_down(f);
   loom_store_close(f->store);
   replicate_decoder_free(f->dec);
-  remove_tree(f->dir);
+  test_remove_tree(f->dir);
   free(f->dir);
   free(f->tls_cert);
   free(f->tls_key);
@@ -665,7 +617,7 @@ typedef struct primary {
   replicate_log *log;
   replicate_shipper *sh;
   uint64_t low;
-  uint64_t rng;
+  test_rng rng;
   int last_hook_rc;
 } primary;
 
@@ -736,8 +688,8 @@ static void primary_start(primary *p, replicate_shipper_options *o,
                           const replicate_log_options *lo)
 {
   memset(p, 0, sizeof *p);
-  p->rng = 42;
-  p->dir = make_tmpdir("primary");
+  p->rng.state = 42;
+  p->dir = test_tmpdir("primary");
   primary_open(p, p->dir, lo);
   const char *urls[8];
   assert_true(n <= 8);
@@ -768,7 +720,7 @@ static void primary_close(primary *p)
 static void primary_stop(primary *p)
 {
   primary_close(p);
-  remove_tree(p->dir);
+  test_remove_tree(p->dir);
   free(p->dir);
 }
 
@@ -836,6 +788,25 @@ static bool wait_for(bool (*cond)(void *), void *ctx, double seconds)
     sleep_ms(5);
   }
   return true;
+}
+
+typedef struct count_wait {
+  fake *f;
+  const unsigned *field;
+  unsigned at_least;
+} count_wait;
+
+static bool count_reached(void *ctx)
+{
+  count_wait *w = ctx;
+  return fake_count(w->f, w->field) >= w->at_least;
+}
+
+static bool log_trimmed(void *ctx)
+{
+  replicate_log_stats ls;
+  replicate_log_get_stats(ctx, &ls);
+  return ls.oldest_seq > 1;
 }
 
 typedef struct state_wait {
@@ -919,8 +890,8 @@ static void assert_same_image(primary *p, fake *f)
   assert_int_equal(a.pages, b.pages);
 
   size_t la, lb;
-  uint8_t *ia = read_file(p->dir, "image", &la);
-  uint8_t *ib = read_file(f->dir, "image", &lb);
+  uint8_t *ia = test_read_file(p->dir, "image", &la);
+  uint8_t *ib = test_read_file(f->dir, "image", &lb);
   assert_true(a.pages == 0 || (ia && ib));
   assert_int_equal(la, a.pages * PS);
   assert_int_equal(lb, la);
@@ -928,8 +899,8 @@ static void assert_same_image(primary *p, fake *f)
   free(ia);
   free(ib);
   size_t ha, hb;
-  uint8_t *xa = read_file(p->dir, "hashes", &ha);
-  uint8_t *xb = read_file(f->dir, "hashes", &hb);
+  uint8_t *xa = test_read_file(p->dir, "hashes", &ha);
+  uint8_t *xb = test_read_file(f->dir, "hashes", &hb);
   assert_true(ha >= a.pages * 8 && hb >= a.pages * 8);
   assert_true(a.pages == 0 || memcmp(xa, xb, a.pages * 8) == 0);
   free(xa);
@@ -1043,7 +1014,7 @@ static void test_answer_reader(void **state)
 static void test_bad_options(void **state)
 {
   (void)state;
-  char *dir = make_tmpdir("opts");
+  char *dir = test_tmpdir("opts");
   loom_store *store;
   replicate_log *log;
   assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &store), 0);
@@ -1074,7 +1045,7 @@ static void test_bad_options(void **state)
   replicate_shipper_stop(sh);
   assert_int_equal(replicate_log_close(log), 0);
   assert_int_equal(loom_store_close(store), 0);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -1118,24 +1089,11 @@ static void test_ordering(void **state)
   assert_true(st.bytes_wire > 0 && st.bytes_raw > st.bytes_wire);
   assert_string_equal(st.last_error, "");
 
-  /* Idle: heartbeats flow. */
-  unsigned hb = FAKE_GET(f, heartbeats);
-  sleep_ms(700);
-  assert_true(FAKE_GET(f, heartbeats) >= hb + 2);
+  /* Idle: heartbeats flow (two more within a few periods). */
+  count_wait hb = {f, &f->heartbeats, FAKE_GET(f, heartbeats) + 2};
+  assert_true(wait_for(count_reached, &hb, 5));
   primary_stop(&p);
   fake_stop(f);
-}
-
-typedef struct count_wait {
-  fake *f;
-  const unsigned *field;
-  unsigned at_least;
-} count_wait;
-
-static bool count_reached(void *ctx)
-{
-  count_wait *w = ctx;
-  return fake_count(w->f, w->field) >= w->at_least;
 }
 
 /* A frame applied but not answered (the connection closed) is resent: a
@@ -1288,10 +1246,8 @@ static void test_restarted_empty(void **state)
   primary_start(&p, &o, fs, 2, &lo);
   primary_saves(&p, 30, 2, true);
   drain_ok(&p);
-  sleep_ms(300); /* retention follows the acknowledgements */
-  replicate_log_stats ls;
-  replicate_log_get_stats(p.log, &ls);
-  assert_true(ls.oldest_seq > 1);
+  /* Retention follows the acknowledgements. */
+  assert_true(wait_for(log_trimmed, p.log, 5));
   for (int i = 0; i < 2; i++)
     fake_restart_empty(fs[i]);
   primary_saves(&p, 5, 2, true);
@@ -1560,11 +1516,12 @@ static void test_unauthorized(void **state)
   assert_string_equal(st.state_name, "unauthorized");
   assert_non_null(strstr(st.last_error, "401"));
   assert_null(strstr(st.last_error, "secret"));
-  /* Retried rarely: a few times in 0.7 s with a 0.3 s period. */
-  unsigned refused = FAKE_GET(f, refused_token);
-  sleep_ms(700);
-  unsigned later = FAKE_GET(f, refused_token);
-  assert_true(later > refused && later <= refused + 4);
+  /* Retried, but rarely (a 0.3 s period): two more refusals take at least
+   * one period, not a storm. */
+  int64_t t0 = now_ns();
+  count_wait rw = {f, &f->refused_token, FAKE_GET(f, refused_token) + 2};
+  assert_true(wait_for(count_reached, &rw, 5));
+  assert_true(now_ns() - t0 >= 250000000);
   /* The standby rotates to the primary's token. */
   pthread_mutex_lock(&f->mu);
   snprintf(f->token, sizeof f->token, "primary-secret-A");
@@ -1868,7 +1825,7 @@ static void test_https(void **state)
   (void)state;
   if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
     skip();
-  char *certs = make_tmpdir("certs");
+  char *certs = test_tmpdir("certs");
   char cmd[4096];
   snprintf(cmd, sizeof cmd,
            "(cd '%s' && "
@@ -1882,15 +1839,15 @@ static void test_https(void **state)
            ") >/dev/null 2>&1",
            certs);
   if (system(cmd) != 0) { /* no openssl: nothing to test with */
-    remove_tree(certs);
+    test_remove_tree(certs);
     free(certs);
     skip();
   }
   size_t n;
-  char *cert = (char *)read_file(certs, "server.pem", &n);
+  char *cert = (char *)test_read_file(certs, "server.pem", &n);
   cert = realloc(cert, n + 1);
   cert[n] = '\0';
-  char *key = (char *)read_file(certs, "server.key", &n);
+  char *key = (char *)test_read_file(certs, "server.key", &n);
   key = realloc(key, n + 1);
   key[n] = '\0';
   char ca[1024];
@@ -1927,7 +1884,7 @@ static void test_https(void **state)
   fake_stop(f);
   free(cert);
   free(key);
-  remove_tree(certs);
+  test_remove_tree(certs);
   free(certs);
 }
 

@@ -23,7 +23,7 @@ static double now(void)
 
 static void run(loom_tracker tracker)
 {
-  char *dir = tmpdir_make("big");
+  char *dir = test_tmpdir("big");
   uint64_t image = ARENA_PAGES - 2;
   loom_options o = {.arena_pages = ARENA_PAGES, .flags = LOOM_CREATE,
                     .tracker = tracker};
@@ -67,7 +67,7 @@ static void run(loom_tracker tracker)
     assert_int_equal(fgetc(f), expect);
   }
   fclose(f);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 static void test_uffd(void **state)

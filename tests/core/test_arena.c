@@ -83,7 +83,7 @@ static void assert_image_is(const char *dir, const model *m)
 
 /* Write a few bytes into random pages below low, in arena and model. */
 static void scribble(loom *l, model *m, uint64_t low, unsigned count,
-                     uint64_t *rng)
+                     test_rng *rng)
 {
   uint8_t *base = loom_base(l);
   for (unsigned i = 0; i < count; i++) {
@@ -107,10 +107,10 @@ static void model_save(model *m, uint64_t low, uint64_t arena_pages)
 static void test_round_trips(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("rt");
+  char *dir = test_tmpdir("rt");
   const uint64_t arena = 256;
   model m = {0, calloc(arena, PAGE)};
-  uint64_t rng = 0x1234 + (uint64_t)c->tracker * 77 + c->flags;
+  test_rng rng = {0x1234 + (uint64_t)c->tracker * 77 + c->flags};
   uint64_t seq = 0;
   for (int round = 0; round < 4; round++) {
     loom *l = open_arena(dir, c, arena, NULL);
@@ -148,14 +148,14 @@ static void test_round_trips(void **state)
     assert_int_equal(p.seq, seq);
   }
   free(m.bytes);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* The first write to each clean page is noticed, even repeated saves. */
 static void test_every_write_noticed(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("wr");
+  char *dir = test_tmpdir("wr");
   loom *l = open_arena(dir, c, 64, NULL);
   uint8_t *base = loom_base(l);
   for (uint64_t n = 0; n < 32; n++)
@@ -180,7 +180,7 @@ static void test_every_write_noticed(void **state)
   for (uint64_t n = 0; n < 32; n++)
     assert_int_equal(img[n * PAGE], (uint8_t)n);
   free(img);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* The commit hook sees exactly the changed pages, their old versions and
@@ -220,7 +220,7 @@ static int hook(void *ctx, loom *l, const loom_commit *c)
 static void test_commit_hook(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("hook");
+  char *dir = test_tmpdir("hook");
   hook_seen *h = calloc(1, sizeof *h);
   loom_options extra = {.on_commit = hook, .commit_ctx = h};
   loom *l = open_arena(dir, c, 64, &extra);
@@ -257,7 +257,7 @@ static void test_commit_hook(void **state)
   CHECK_INVARIANTS(l);
   assert_int_equal(loom_close(l), 0);
   free(h);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* Free pages (the allocator says so) are not saved and stay dirty. */
@@ -270,7 +270,7 @@ static int free_odd(void *ctx, uint64_t n)
 static void test_free_pages(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("free");
+  char *dir = test_tmpdir("free");
   loom_options extra = {.page_is_free = free_odd};
   loom *l = open_arena(dir, c, 64, &extra);
   uint8_t *base = loom_base(l);
@@ -291,14 +291,14 @@ static void test_free_pages(void **state)
   loom_position rec;
   uint64_t computed;
   assert_int_equal(loom_verify(dir, &rec, &computed), 0);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* Foul and yolo make every page dirty; the next save restores tracking. */
 static void test_foul_yolo_toss(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("foul");
+  char *dir = test_tmpdir("foul");
   loom *l = open_arena(dir, c, 64, NULL);
   uint8_t *base = loom_base(l);
   memset(base, 7, 16 * PAGE);
@@ -330,7 +330,7 @@ static void test_foul_yolo_toss(void **state)
   assert_int_equal(img[3 * PAGE], 9);
   assert_int_equal(img[5 * PAGE], 9);
   free(img);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* The guard page: a write to it moves it (the application's watermarks say
@@ -371,7 +371,7 @@ static __attribute__((noinline)) int exhaust(marks *m, uint8_t *base)
 static void test_guard(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("guard");
+  char *dir = test_tmpdir("guard");
   marks *m = calloc(1, sizeof *m);
   m->low = 4;
   m->high = 60;
@@ -404,14 +404,14 @@ static void test_guard(void **state)
   CHECK_INVARIANTS(l);
   assert_int_equal(loom_close(l), 0);
   free(m);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* One writer: a second opener, in this process or another, is refused. */
 static void test_lock(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("lock");
+  char *dir = test_tmpdir("lock");
   loom *l = open_arena(dir, c, 16, NULL);
   loom_store *s2;
   assert_int_equal(loom_store_open(dir, 0, NULL, &s2), LOOM_ELOCKED);
@@ -430,15 +430,15 @@ static void test_lock(void **state)
   assert_int_equal(loom_close(l), 0);
   assert_int_equal(loom_store_open(dir, 0, NULL, &s2), 0);
   assert_int_equal(loom_store_close(s2), 0);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* Backup: a directory at the same position that verifies. */
 static void test_backup_and_epoch(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("bk");
-  char *out = tmpdir_make("bkout");
+  char *dir = test_tmpdir("bk");
+  char *out = test_tmpdir("bkout");
   char dest[4200];
   snprintf(dest, sizeof dest, "%s/copy", out);
   loom *l = open_arena(dir, c, 64, NULL);
@@ -471,8 +471,8 @@ static void test_backup_and_epoch(void **state)
   assert_int_equal(p.epoch, 5);
   assert_int_equal(p.seq, 2);
   assert_int_equal(loom_close(l), 0);
-  tmpdir_remove(dir);
-  tmpdir_remove(out);
+  test_rmtree(dir);
+  test_rmtree(out);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -502,7 +502,7 @@ static int full_reserve(void *ctx, int fd, off_t off, off_t len)
 static void test_growth_reserved_before_commit(void **state)
 {
   (void)state;
-  char *dir = tmpdir_make("reserve");
+  char *dir = test_tmpdir("reserve");
   loom_io io = *loom_io_posix();
   io.reserve = full_reserve;
   loom_options o = {.arena_pages = 64, .flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
@@ -541,13 +541,13 @@ static void test_growth_reserved_before_commit(void **state)
   assert_int_equal(img[0], 0x23);
   assert_int_equal(img[5 * PAGE], 0x22);
   free(img);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 static void test_store_patches(void **state)
 {
   (void)state;
-  char *dir = tmpdir_make("store");
+  char *dir = test_tmpdir("store");
   loom_store *s;
   assert_int_equal(loom_store_open(dir, LOOM_CREATE, NULL, &s), 0);
   loom_position p0;
@@ -619,14 +619,14 @@ static void test_store_patches(void **state)
   assert_int_equal(rec.seq, 11);
   assert_int_equal(rec.pages, 10);
   free(pages);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* A corrupted image is caught by verify and by open. */
 static void test_verify_catches_corruption(void **state)
 {
   (void)state;
-  char *dir = tmpdir_make("corrupt");
+  char *dir = test_tmpdir("corrupt");
   config c = {LOOM_TRACK_AUTO, 0, "auto"};
   loom *l = open_arena(dir, &c, 16, NULL);
   memset(loom_base(l), 3, 4 * PAGE);
@@ -642,7 +642,7 @@ static void test_verify_catches_corruption(void **state)
   uint64_t computed = 0;
   assert_int_equal(loom_verify(dir, &rec, &computed), LOOM_ECORRUPT);
   assert_true(computed != rec.checksum);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* A snapshot keeps reading the image at its position while saves change,
@@ -678,7 +678,7 @@ static void *snapshot_reader(void *arg)
 static void test_snapshot(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("snap");
+  char *dir = test_tmpdir("snap");
   loom *l = open_arena(dir, c, 64, NULL);
   uint8_t *base = loom_base(l);
   for (uint64_t n = 0; n < 24; n++)
@@ -731,7 +731,7 @@ static void test_snapshot(void **state)
   loom_snapshot_close(snap);
   assert_int_equal(loom_close(l), 0);
   free(expect);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* The image stream header round-trips and refuses corruption. */
@@ -775,7 +775,7 @@ static void *same_pages_writer(void *arg)
 static void test_threads_first_write(void **state)
 {
   const config *c = *state;
-  char *dir = tmpdir_make("mt");
+  char *dir = test_tmpdir("mt");
   loom *l = open_arena(dir, c, 64, NULL);
   uint8_t *base = loom_base(l);
   memset(base, 1, 32 * PAGE);
@@ -791,7 +791,7 @@ static void test_threads_first_write(void **state)
   }
   CHECK_INVARIANTS(l);
   assert_int_equal(loom_close(l), 0);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 /* What the review of the core found, each kept from coming back. */
@@ -807,7 +807,7 @@ static void test_review_findings(void **state)
 {
   (void)state;
   config c = {LOOM_TRACK_AUTO, 0, "auto"};
-  char *dir = tmpdir_make("review");
+  char *dir = test_tmpdir("review");
   int hook_rc = 0;
   loom_options extra = {.on_commit = hook_reads, .commit_ctx = &hook_rc};
   loom *l = open_arena(dir, &c, 16, &extra);
@@ -852,7 +852,7 @@ static void test_review_findings(void **state)
   fclose(f);
   loom_store *s;
   assert_int_equal(loom_store_open(dir, 0, NULL, &s), LOOM_ECORRUPT);
-  tmpdir_remove(dir);
+  test_rmtree(dir);
 }
 
 #define TESTS_FOR(cfg)                                              \

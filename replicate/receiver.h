@@ -1,0 +1,312 @@
+/*
+ * receiver.h: the standby side of replication, without a server in it.
+ *
+ * INTRODUCTION
+ *
+ * A replicate_receiver owns a standby's image directory: its loom_store,
+ * a *receive log* (a replicate_log in DIR/replog/) and an *applier thread*
+ * that applies what was received, several frames per commit when it falls
+ * behind (group apply). Its callers hand it what the primary sent and get
+ * back an *outcome*: what happened, in terms that do not depend on HTTP
+ * (a replicate_recv_result, the error code behind it, the positions after
+ * it). http/standby.c turns outcomes into the JSON answers of docs/HTTP.md;
+ * the tests in tests/replicate drive a receiver directly.
+ *
+ *   replicate_receiver_frame     one frame or heartbeat (POST /v1/frames)
+ *   replicate_receiver_promote   become a primary (POST /v1/promote)
+ *   replicate_receiver_base_*    a base image, streamed (PUT /v1/base)
+ *   replicate_receiver_status    positions, lag, counters (status, metrics)
+ *   replicate_receiver_snapshot_* a consistent view of the store (backups)
+ *
+ * This header is the receiver's manual; the frames, the log and the
+ * placement rules it builds on are in replicate.h. The design (steps,
+ * group apply, invariants, recovery, the primary's clock, locks) is the
+ * comment at the top of receiver.c.
+ *
+ * ERRORS
+ *
+ * replicate_receiver_open and the begin of a base image return 0 or an
+ * error code (errno values, LOOM_E*, REPLICATE_E*; replicate_strerror()).
+ * Everything else reports through its outcome: nothing aborts on bad input
+ * or failed I/O. A failed fsync of the store or of the receive log is
+ * fatal to the receiver (REPLICATE_RECV_STORAGE_FAILED, and status's
+ * fatal_error): it applies nothing more, keeps what it received, and a
+ * restart recovers.
+ *
+ * THREADS
+ *
+ * Every call may come from any thread; the receiver serialises receipt
+ * (frames, promotion, the start of a base image) itself. One base image
+ * at a time; its feed and finish calls come from one thread at a time.
+ */
+#ifndef REPLICATE_RECEIVER_H
+#define REPLICATE_RECEIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom.h"
+#include "replicate.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct replicate_receiver replicate_receiver;
+
+/* One line of diagnostics, no trailing newline ("standby: ..."). Called
+ * from the caller's thread or the applier thread. */
+typedef void (*replicate_receiver_log_fn)(void *ctx, const char *line);
+
+/* Zero-initialise, then set what you need: 0 (or NULL) means the default
+ * given in brackets. */
+typedef struct replicate_receiver_options {
+  const char *dir;                  /* required: the image directory
+                                       (created if missing) */
+  const struct loom_io *io;         /* [loom_io_posix()]; must outlive the
+                                       receiver */
+  const replicate_limits *limits;   /* what a frame may declare
+                                       [replicate_limits_default()] */
+  uint64_t max_unapplied_bytes;     /* received frames not yet applied
+                                       before frames are refused
+                                       (REPLICATE_RECV_BEHIND) [1 GiB] */
+  uint64_t promote_max_lag;         /* frames behind the primary's seq
+                                       last heard before promotion is
+                                       refused [100] */
+  int64_t (*now_ns)(void);          /* this node's CLOCK_REALTIME in ns
+                                       (a seam for tests) [clock_gettime] */
+  replicate_receiver_log_fn log_fn; /* optional diagnostics */
+  void *log_ctx;
+} replicate_receiver_options;
+
+/*
+ * replicate_receiver_open: open (or create) the store of opt->dir with
+ * asynchronous image writes, open its receive log (repairing damage:
+ * reported through log_fn), recover the received position (receiver.c,
+ * RECOVERY) and start the applier thread. Errors: REPLICATE_EINVAL (no
+ * dir), ENOMEM, the errors of loom_store_open and replicate_log_open,
+ * errno values (the thread).
+ */
+int replicate_receiver_open(const replicate_receiver_options *opt,
+                            replicate_receiver **out);
+
+/* Apply everything received (not after a failed apply, nor while the disk
+ * is full), sync the store, close, free. Returns the first error: the last
+ * apply error when frames stayed unapplied, or one of closing. NULL: 0. */
+int replicate_receiver_close(replicate_receiver *rx);
+
+/* ---------------------------------------------------------------------- */
+/* Outcomes */
+
+/* What became of an input. Append-only; REPLICATE_RECV_LAST closes it. */
+typedef enum replicate_recv_result {
+  /* Taken. */
+  REPLICATE_RECV_OK = 0,            /* frame: durable in the receive log
+                                       (a coalesced one: applied); base:
+                                       committed; promote: promoted */
+  REPLICATE_RECV_DUPLICATE = 1,     /* frame held already: nothing changed */
+  REPLICATE_RECV_HEARTBEAT = 2,     /* a heartbeat: the primary's position
+                                       noted */
+  /* Refused: the input. */
+  REPLICATE_RECV_MALFORMED = 3,     /* code: the decoder's error
+                                       (REPLICATE_ETOOBIG: over the limits;
+                                       ENOMEM: retry) */
+  REPLICATE_RECV_STALE_EPOCH = 4,   /* input_epoch: older than ours (its
+                                       sender was fenced) */
+  REPLICATE_RECV_DIVERGED = 5,      /* code: the replicate_place_* refusal;
+                                       status shows it as diverged */
+  REPLICATE_RECV_GAP = 6,           /* frame_before is past received */
+  REPLICATE_RECV_OVERLAP = 7,       /* frame_before is behind received and
+                                       the frame ends past it */
+  /* Refused: this node's state. */
+  REPLICATE_RECV_PROMOTED = 8,      /* not a standby any more */
+  REPLICATE_RECV_BASE_ACTIVE = 9,   /* a base image is coming in */
+  REPLICATE_RECV_BEHIND = 10,       /* max_unapplied_bytes wait to be
+                                       applied: retry_after */
+  REPLICATE_RECV_NO_MEMORY = 11,    /* retry_after */
+  REPLICATE_RECV_PROMOTE_EMPTY = 12,/* nothing received: promoting would
+                                       start an empty history */
+  REPLICATE_RECV_PROMOTE_BEHIND = 13, /* further than promote_max_lag
+                                       behind primary_seq */
+  REPLICATE_RECV_ALREADY_PRIMARY = 14,
+  /* Failed: storage (code says why). */
+  REPLICATE_RECV_DISK_FULL = 15,    /* ENOSPC, EDQUOT, EFBIG */
+  REPLICATE_RECV_STORAGE_FAILED = 16, /* fatal: the node must restart */
+  REPLICATE_RECV_WRITE_FAILED = 17, /* the receive log append failed */
+  REPLICATE_RECV_PROMOTE_FAILED = 18, /* the store refused the new epoch */
+  /* A coalesced frame, applied at once: what its apply said. */
+  REPLICATE_RECV_APPLY_STOPPED = 19,/* an earlier frame failed to apply:
+                                       received rolled back to applied;
+                                       code is that failure's */
+  REPLICATE_RECV_APPLY_STALE_EPOCH = 20,
+  REPLICATE_RECV_APPLY_GAP = 21,
+  REPLICATE_RECV_APPLY_DISK_FULL = 22,
+  REPLICATE_RECV_APPLY_STORAGE_FAILED = 23,
+  REPLICATE_RECV_APPLY_REFUSED = 24,/* the frame does not apply (code < 0) */
+  REPLICATE_RECV_APPLY_FAILED = 25, /* a system error (code > 0) */
+  /* A base image. */
+  REPLICATE_RECV_BASE_RUNNING = 26, /* another base image is coming in */
+  REPLICATE_RECV_BASE_HEADER = 27,  /* code: loom_stream_header_decode's */
+  REPLICATE_RECV_BASE_TOO_LARGE = 28, /* over limits->max_image_pages */
+  REPLICATE_RECV_BASE_LENGTH = 29,  /* the length announced does not match
+                                       the header */
+  REPLICATE_RECV_BASE_TRAILING = 30,/* bytes after the last page */
+  REPLICATE_RECV_BASE_TRUNCATED = 31,
+  REPLICATE_RECV_BASE_STORE = 32,   /* code: the store refused a step */
+  REPLICATE_RECV_BASE_COMMIT = 33,  /* code: the commit failed
+                                       (LOOM_EPOSITION: the pages do not
+                                       give the header's checksum) */
+  REPLICATE_RECV_BASE_MOVED = 34,   /* the sender chose the base image for
+                                       a position (if_position) that is no
+                                       longer the received one */
+  REPLICATE_RECV_LAST = 35
+} replicate_recv_result;
+
+/* "ok", "duplicate", ..., "base_commit": a name for logs and tests;
+ * "unknown" outside the enum. */
+const char *replicate_recv_result_name(replicate_recv_result r);
+
+/* What an input came to, and the positions right after it. */
+typedef struct replicate_recv_outcome {
+  replicate_recv_result result;
+  int code;                     /* the error behind the result; 0: none */
+  unsigned retry_after;         /* seconds to wait before sending again;
+                                   0: no advice */
+  bool promoted;                /* this node is a primary now */
+  loom_position received;       /* durable in the receive log */
+  loom_position applied;        /* committed in the store */
+  loom_history history;         /* the history followed (none: nothing
+                                   held yet) */
+  uint64_t input_epoch;         /* STALE_EPOCH: the frame's or image's */
+  uint64_t frame_epoch;         /* GAP, OVERLAP: the frame's epoch and */
+  replicate_point frame_before; /* its before */
+  uint64_t primary_seq;         /* the primary's newest seq last heard */
+} replicate_recv_outcome;
+
+/* ---------------------------------------------------------------------- */
+/* Frames */
+
+/*
+ * replicate_receiver_frame: take one frame or heartbeat, the bytes[0, len)
+ * the primary sent. In order:
+ *   1. decode strictly (MALFORMED);
+ *   2. place it against the received position (replicate_place_frame):
+ *      STALE_EPOCH, DIVERGED; PROMOTED once promoted; a heartbeat updates
+ *      what is known of the primary (HEARTBEAT); DUPLICATE; BASE_ACTIVE;
+ *      GAP or OVERLAP (the sender resends from received);
+ *   3. a coalesced frame is applied at once, after the applier drained
+ *      (OK, DUPLICATE, DIVERGED or APPLY_*); others:
+ *   4. BEHIND when max_unapplied_bytes already wait;
+ *   5. append durably to the receive log (DISK_FULL, STORAGE_FAILED,
+ *      WRITE_FAILED): received moves to the frame's after, OK; the applier
+ *      applies it later.
+ */
+void replicate_receiver_frame(replicate_receiver *rx, const void *bytes,
+                              size_t len, replicate_recv_outcome *out);
+
+/*
+ * replicate_receiver_promote: refuse (PROMOTE_EMPTY, PROMOTE_BEHIND:
+ * unless force; ALREADY_PRIMARY; BASE_ACTIVE), or apply everything
+ * received, start a new epoch of the history (a new history when forced
+ * at seq 0) and refuse every frame from then on (OK; PROMOTE_FAILED with
+ * the store's error). primary_seq is set in every outcome.
+ */
+void replicate_receiver_promote(replicate_receiver *rx, bool force,
+                                replicate_recv_outcome *out);
+
+/* ---------------------------------------------------------------------- */
+/* A base image (PUT /v1/base), streamed */
+
+/*
+ * The image stream of loom_stream_header_encode (the header, then the
+ * pages) in chunks of any size:
+ *
+ *     rc = replicate_receiver_base_begin(rx, length, if_position, &up,
+ *                                        &outcome);
+ *     while (chunks && replicate_receiver_base_feed(up, data, n) == 0)
+ *         ;
+ *     replicate_receiver_base_finish(up, &outcome);  (or _abort(up))
+ *
+ * begin pauses the applier (frames get BASE_ACTIVE) and returns 0, or
+ * ENOMEM (NO_MEMORY), EPERM (PROMOTED), EBUSY (BASE_RUNNING), EAGAIN
+ * (BASE_MOVED: if_position, the position the sender checked before it
+ * chose to send a base image, or NULL, is not the received one any more:
+ * the sender decides again) with the outcome filled. length is the stream's announced length, UINT64_MAX when
+ * unknown. Once the header is complete it is placed
+ * (replicate_place_base): STALE_EPOCH, DIVERGED, and the history is
+ * adopted before any page is written. feed returns 0, or non-zero once the
+ * upload is refused (feeding more does nothing; the refusal is given by
+ * finish). finish commits (OK: applied == received == the image's
+ * position, the receive log emptied) or gives the refusal, and frees the
+ * upload; abort frees it and keeps the old image.
+ */
+typedef struct replicate_receiver_base replicate_receiver_base;
+
+int replicate_receiver_base_begin(replicate_receiver *rx, uint64_t length,
+                                  const loom_position *if_position,
+                                  replicate_receiver_base **out,
+                                  replicate_recv_outcome *outcome);
+int replicate_receiver_base_feed(replicate_receiver_base *up,
+                                 const void *data, size_t len);
+void replicate_receiver_base_finish(replicate_receiver_base *up,
+                                    replicate_recv_outcome *out);
+/* NULL is a no-op. */
+void replicate_receiver_base_abort(replicate_receiver_base *up);
+
+/* ---------------------------------------------------------------------- */
+/* Reading the store, status */
+
+/* A snapshot of the store at (or past) the applied position: 0, EBUSY (a
+ * base image is coming in), or the errors of loom_store_sync and
+ * loom_store_snapshot_open. Close it with replicate_receiver_snapshot_close. */
+int replicate_receiver_snapshot_open(replicate_receiver *rx,
+                                     loom_snapshot **out);
+void replicate_receiver_snapshot_close(replicate_receiver *rx,
+                                       loom_snapshot *snap);
+
+/* What status and metrics show. Times are CLOCK_REALTIME ns (now_ns's
+ * clock), 0 when never. */
+typedef struct replicate_receiver_status {
+  bool promoted;
+  int64_t promoted_at_ns;
+  loom_position received;
+  loom_position applied;
+  loom_history history;         /* the history followed */
+  uint64_t primary_epoch;       /* the primary's, as last heard */
+  uint64_t primary_seq;         /* at least received.seq */
+  int64_t primary_commit_ns;    /* commit time of primary_seq, 0 unknown */
+  int64_t last_contact_ns;      /* last frame or heartbeat */
+  uint64_t lag_frames;          /* primary_seq - applied.seq */
+  uint64_t lag_bytes;           /* frame bytes received, not applied */
+  double lag_seconds;           /* age of the oldest commit heard of and
+                                   not applied, on the primary's clock */
+  bool clock_skew_known;        /* a frame or heartbeat arrived */
+  double clock_skew_seconds;    /* our clock minus the primary's,
+                                   estimated (receiver.c, PRIMARY'S
+                                   CLOCK) */
+  bool base_active;             /* applies paused for a base image */
+  bool apply_stopped;           /* a frame failed to apply: nothing more
+                                   is applied until receipt rolls back */
+  int fatal_error;              /* storage failed: 0 or its code */
+  int last_apply_error;         /* 0 when none */
+  int64_t last_apply_error_at_ns;
+  int diverged;                 /* the last divergence refused (a
+                                   REPLICATE_E* code), 0 once input is
+                                   accepted 10 s after it */
+  int64_t diverged_at_ns;
+  uint64_t divergences;
+  uint64_t frames_received, frames_applied, apply_commits, apply_failures;
+  uint64_t duplicates, heartbeats, bases;
+  uint64_t bytes_received;      /* commit frame bytes made durable */
+  uint64_t receive_log_bytes;
+} replicate_receiver_status;
+
+void replicate_receiver_get_status(replicate_receiver *rx,
+                                   replicate_receiver_status *out);
+bool replicate_receiver_promoted(replicate_receiver *rx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* REPLICATE_RECEIVER_H */

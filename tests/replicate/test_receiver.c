@@ -1,0 +1,510 @@
+/*
+ * test_receiver.c: the standby's receiver (replicate/receiver.h) driven
+ * directly, without HTTP: frames in order, a gap, a duplicate and a
+ * heartbeat, a divergence, a coalesced frame, a base image (whole, cut
+ * short, too long, during frames), and promotion and its refusals.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "receiver.h"
+#include "replicate_testlib.h"
+
+typedef struct fixture {
+  char dir[64];
+  char standby_dir[96];
+  replicate_receiver *rx;
+  replicate_encoder *enc;
+  replicate_decoder *dec;
+  model m;                      /* the primary */
+  loom_history history;         /* the primary's */
+  test_rng rng;
+} fixture;
+
+static int open_receiver(fixture *fx, uint64_t promote_max_lag)
+{
+  replicate_receiver_options o = {.dir = fx->standby_dir,
+                                  .promote_max_lag = promote_max_lag};
+  return replicate_receiver_open(&o, &fx->rx);
+}
+
+static int setup(void **state)
+{
+  fixture *fx = xcalloc(sizeof *fx);
+  strcpy(fx->dir, "/tmp/replicate-receiver-XXXXXX");
+  if (mkdtemp(fx->dir) == NULL)
+    return -1;
+  join_path(fx->standby_dir, sizeof fx->standby_dir, fx->dir, "standby");
+  if (open_receiver(fx, 10) != 0 || replicate_encoder_new(1, &fx->enc) != 0 ||
+      replicate_decoder_new(NULL, &fx->dec) != 0)
+    return -1;
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  model_init(&fx->m, s.applied.epoch, s.applied.seq, s.applied.checksum);
+  fx->rng.state = 12;
+  rng_fill(&fx->rng, fx->history.id, sizeof fx->history.id);
+  *state = fx;
+  return 0;
+}
+
+static int teardown(void **state)
+{
+  fixture *fx = *state;
+  replicate_receiver_close(fx->rx);
+  replicate_encoder_free(fx->enc);
+  replicate_decoder_free(fx->dec);
+  model_free(&fx->m);
+  test_remove_tree(fx->dir);
+  free(fx);
+  return 0;
+}
+
+/* The next commit of model m, in the primary's history: a few random
+ * pages (the image grows to 8). */
+static void next_frame(fixture *fx, model *m, replicate_buf *out)
+{
+  uint64_t nums[3];
+  uint8_t *news = xmalloc(3 * PS);
+  uint64_t after = m->pages < 8 ? 8 : m->pages;
+  for (size_t i = 0; i < 3; i++) {
+    nums[i] = i * 2 + rng_below(&fx->rng, 2);
+    rng_fill(&fx->rng, news + i * PS, PS);
+  }
+  replicate_frame_info info;
+  replicate_page_src srcs[3];
+  model_commit_info(m, after, 3, nums, news, &info, srcs);
+  info.history = fx->history;
+  assert_int_equal(replicate_frame_encode(fx->enc, &info, srcs, 3, out), 0);
+  model_commit_apply(m, &info, 3, nums, news);
+  free(news);
+}
+
+/* A heartbeat of the primary saying it is at seq. */
+static void heartbeat(fixture *fx, uint64_t seq, replicate_buf *out)
+{
+  replicate_point latest = {seq, 0x1234, 8};
+  assert_int_equal(replicate_frame_encode_heartbeat(&fx->history, fx->m.epoch,
+                                                    &latest, fx->m.time_ns,
+                                                    fx->m.time_ns, out), 0);
+}
+
+static replicate_recv_result send(fixture *fx, const replicate_buf *frame,
+                                  replicate_recv_outcome *o)
+{
+  replicate_receiver_frame(fx->rx, frame->data, frame->len, o);
+  return o->result;
+}
+
+/* Send the next commit of the primary; expect it taken. */
+static void send_next(fixture *fx)
+{
+  replicate_buf buf = {0};
+  replicate_recv_outcome o;
+  next_frame(fx, &fx->m, &buf);
+  assert_int_equal(send(fx, &buf, &o), REPLICATE_RECV_OK);
+  assert_int_equal(o.received.seq, fx->m.seq);
+  assert_int_equal(o.received.checksum, fx->m.checksum);
+  replicate_buf_free(&buf);
+}
+
+static int64_t mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait (10 s at most) until the applier applied seq. */
+static void wait_applied(fixture *fx, uint64_t seq)
+{
+  int64_t deadline = mono_ms() + 10000;
+  replicate_receiver_status s;
+  for (;;) {
+    replicate_receiver_get_status(fx->rx, &s);
+    if (s.applied.seq >= seq || mono_ms() > deadline)
+      break;
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  assert_int_equal(s.applied.seq, seq);
+}
+
+/* Close the receiver and compare its store with the primary's model. */
+static void expect_store_is_model(fixture *fx)
+{
+  assert_int_equal(replicate_receiver_close(fx->rx), 0);
+  fx->rx = NULL;
+  loom_store *store;
+  assert_int_equal(loom_store_open(fx->standby_dir, 0, NULL, &store), 0);
+  loom_position pos;
+  loom_store_position(store, &pos);
+  assert_int_equal(pos.seq, fx->m.seq);
+  assert_int_equal(pos.checksum, fx->m.checksum);
+  assert_int_equal(pos.pages, fx->m.pages);
+  uint8_t *page = xmalloc(PS);
+  for (uint64_t n = 0; n < fx->m.pages; n++) {
+    assert_int_equal(loom_store_read_page(store, n, page), 0);
+    if (memcmp(page, model_page(&fx->m, n), PS) != 0)
+      fail_msg("page %" PRIu64 " differs", n);
+  }
+  free(page);
+  assert_int_equal(loom_store_close(store), 0);
+  assert_int_equal(open_receiver(fx, 10), 0);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static void test_in_order(void **state)
+{
+  fixture *fx = *state;
+  for (int i = 0; i < 20; i++)
+    send_next(fx);
+  wait_applied(fx, 20);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.frames_received, 20);
+  assert_int_equal(s.frames_applied, 20);
+  assert_int_equal(s.lag_frames, 0);
+  assert_int_equal(s.lag_bytes, 0);
+  expect_store_is_model(fx);
+  /* Reopened: the position survives, and frames continue from it. */
+  send_next(fx);
+  wait_applied(fx, 21);
+}
+
+static void test_malformed(void **state)
+{
+  fixture *fx = *state;
+  uint8_t junk[200];
+  memset(junk, 0x5a, sizeof junk);
+  replicate_recv_outcome o;
+  replicate_receiver_frame(fx->rx, junk, sizeof junk, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_MALFORMED);
+  assert_int_equal(o.code, REPLICATE_EMAGIC);
+  assert_string_equal(replicate_recv_result_name(o.result), "malformed");
+}
+
+static void test_gap(void **state)
+{
+  fixture *fx = *state;
+  send_next(fx);
+  replicate_buf f2 = {0}, f3 = {0};
+  next_frame(fx, &fx->m, &f2);
+  next_frame(fx, &fx->m, &f3);
+  replicate_recv_outcome o;
+  assert_int_equal(send(fx, &f3, &o), REPLICATE_RECV_GAP);
+  assert_int_equal(o.code, REPLICATE_EPOSITION);
+  assert_int_equal(o.received.seq, 1);
+  assert_int_equal(o.frame_before.seq, 2);
+  /* The sender resends from received: both are taken. */
+  assert_int_equal(send(fx, &f2, &o), REPLICATE_RECV_OK);
+  assert_int_equal(send(fx, &f3, &o), REPLICATE_RECV_OK);
+  assert_int_equal(o.received.seq, 3);
+  wait_applied(fx, 3);
+  replicate_buf_free(&f2);
+  replicate_buf_free(&f3);
+  expect_store_is_model(fx);
+}
+
+static void test_duplicate_and_heartbeat(void **state)
+{
+  fixture *fx = *state;
+  replicate_buf f1 = {0};
+  replicate_recv_outcome o;
+  next_frame(fx, &fx->m, &f1);
+  assert_int_equal(send(fx, &f1, &o), REPLICATE_RECV_OK);
+  send_next(fx);
+  assert_int_equal(send(fx, &f1, &o), REPLICATE_RECV_DUPLICATE);
+  assert_int_equal(o.received.seq, 2);
+
+  replicate_buf hb = {0};
+  heartbeat(fx, 7, &hb);
+  assert_int_equal(send(fx, &hb, &o), REPLICATE_RECV_HEARTBEAT);
+  assert_int_equal(o.primary_seq, 7);
+  wait_applied(fx, 2);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.duplicates, 1);
+  assert_int_equal(s.heartbeats, 1);
+  assert_int_equal(s.primary_seq, 7);
+  assert_int_equal(s.lag_frames, 5);
+  assert_true(s.clock_skew_known);
+  replicate_buf_free(&f1);
+  replicate_buf_free(&hb);
+}
+
+static void test_divergence(void **state)
+{
+  fixture *fx = *state;
+  model other;
+  model_copy(&other, &fx->m);
+  send_next(fx);
+  /* Another commit 1 (other pages): a fork at a seq the standby holds. */
+  replicate_buf fork = {0};
+  next_frame(fx, &other, &fork);
+  replicate_recv_outcome o;
+  assert_int_equal(send(fx, &fork, &o), REPLICATE_RECV_DIVERGED);
+  assert_int_equal(o.code, REPLICATE_EFORK);
+  assert_int_equal(o.received.seq, 1);
+  assert_int_equal(o.received.checksum, fx->m.checksum);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.diverged, REPLICATE_EFORK);
+  assert_int_equal(s.divergences, 1);
+  /* Its next frame does not follow ours either. */
+  replicate_buf fork2 = {0};
+  next_frame(fx, &other, &fork2);
+  assert_int_equal(send(fx, &fork2, &o), REPLICATE_RECV_DIVERGED);
+  replicate_buf_free(&fork);
+  replicate_buf_free(&fork2);
+  model_free(&other);
+  wait_applied(fx, 1);
+  expect_store_is_model(fx);
+}
+
+static void test_coalesced(void **state)
+{
+  fixture *fx = *state;
+  send_next(fx);
+  replicate_coalescer *c;
+  assert_int_equal(replicate_coalescer_new(0, &c), 0);
+  for (int i = 0; i < 4; i++) {
+    replicate_buf buf = {0};
+    replicate_frame f;
+    next_frame(fx, &fx->m, &buf);
+    assert_int_equal(replicate_frame_decode(fx->dec, buf.data, buf.len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(c, &f), 0);
+    replicate_buf_free(&buf);
+  }
+  replicate_buf merged = {0};
+  assert_int_equal(replicate_coalescer_finish(c, fx->enc, &merged), 0);
+  replicate_coalescer_free(c);
+  replicate_recv_outcome o;
+  assert_int_equal(send(fx, &merged, &o), REPLICATE_RECV_OK);
+  /* Applied at once: nothing waits in the receive log. */
+  assert_int_equal(o.applied.seq, 5);
+  assert_int_equal(o.received.seq, 5);
+  assert_int_equal(send(fx, &merged, &o), REPLICATE_RECV_DUPLICATE);
+  replicate_buf_free(&merged);
+  send_next(fx);
+  wait_applied(fx, 6);
+  expect_store_is_model(fx);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Base images */
+
+/* The image stream of model m: header, then pages. */
+static uint8_t *image_stream(const model *m, const loom_history *h,
+                             size_t *len)
+{
+  *len = LOOM_STREAM_HEADER + m->pages * PS;
+  uint8_t *s = xmalloc(*len);
+  loom_position pos = {.epoch = m->epoch, .seq = m->seq,
+                       .checksum = m->checksum, .pages = m->pages,
+                       .commit_time_ns = m->time_ns};
+  loom_lineage lineage;
+  memset(&lineage, 0, sizeof lineage);
+  lineage.history = *h;
+  loom_stream_header_encode(s, &pos, &lineage);
+  memcpy(s + LOOM_STREAM_HEADER, m->data, m->pages * PS);
+  return s;
+}
+
+/* Feed stream[0, len) in uneven chunks; returns the last feed's code. */
+static int feed(replicate_receiver_base *up, const uint8_t *stream, size_t len)
+{
+  size_t off = 0, chunk = 1;
+  int rc = 0;
+  while (off < len && rc == 0) {
+    size_t n = len - off < chunk ? len - off : chunk;
+    rc = replicate_receiver_base_feed(up, stream + off, n);
+    off += n;
+    chunk = chunk * 3 + 7;
+  }
+  return rc;
+}
+
+static void test_base_image(void **state)
+{
+  fixture *fx = *state;
+  send_next(fx);
+  wait_applied(fx, 1);
+  /* The primary moved on to seq 40; its log no longer reaches back. */
+  for (int i = 0; i < 39; i++) {
+    replicate_buf buf = {0};
+    next_frame(fx, &fx->m, &buf);
+    replicate_buf_free(&buf);
+  }
+  size_t len;
+  uint8_t *stream = image_stream(&fx->m, &fx->history, &len);
+
+  replicate_receiver_base *up, *second;
+  replicate_recv_outcome o;
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len, NULL, &up, &o), 0);
+  /* One at a time; frames wait. */
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len, NULL, &second, &o),
+                   EBUSY);
+  assert_int_equal(o.result, REPLICATE_RECV_BASE_RUNNING);
+  replicate_buf next = {0};
+  model ahead;
+  model_copy(&ahead, &fx->m);
+  next_frame(fx, &ahead, &next);
+  assert_int_equal(send(fx, &next, &o), REPLICATE_RECV_BASE_ACTIVE);
+  assert_int_equal(o.retry_after, 1);
+  replicate_receiver_promote(fx->rx, true, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_BASE_ACTIVE);
+
+  assert_int_equal(feed(up, stream, len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_OK);
+  assert_int_equal(o.applied.seq, 40);
+  assert_int_equal(o.received.seq, 40);
+  assert_int_equal(o.applied.checksum, fx->m.checksum);
+  /* Frames continue from the image. */
+  assert_int_equal(send(fx, &next, &o), REPLICATE_RECV_OK);
+  model_free(&fx->m);
+  fx->m = ahead;
+  wait_applied(fx, 41);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.bases, 1);
+  replicate_buf_free(&next);
+  free(stream);
+  expect_store_is_model(fx);
+}
+
+static void test_base_refusals(void **state)
+{
+  fixture *fx = *state;
+  for (int i = 0; i < 3; i++)
+    send_next(fx);
+  size_t len;
+  uint8_t *stream = image_stream(&fx->m, &fx->history, &len);
+  replicate_receiver_base *up;
+  replicate_recv_outcome o;
+
+  /* Cut short: nothing changes. */
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, UINT64_MAX, NULL, &up, &o), 0);
+  assert_int_equal(feed(up, stream, len - 100), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_BASE_TRUNCATED);
+  assert_int_equal(o.received.seq, 3);
+
+  /* A byte too many. */
+  uint8_t *longer = xmalloc(len + 1);
+  memcpy(longer, stream, len);
+  longer[len] = 0;
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, UINT64_MAX, NULL, &up, &o), 0);
+  assert_int_not_equal(feed(up, longer, len + 1), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_BASE_TRAILING);
+  free(longer);
+
+  /* An announced length that is not the header's. */
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len - 1, NULL, &up, &o), 0);
+  assert_int_not_equal(feed(up, stream, len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_BASE_LENGTH);
+
+  /* A damaged header. */
+  stream[5] ^= 1;
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len, NULL, &up, &o), 0);
+  assert_int_not_equal(feed(up, stream, len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_BASE_HEADER);
+  assert_int_not_equal(o.code, 0);
+  stream[5] ^= 1;
+
+  /* An image of another history: refused before any page is written. */
+  loom_history theirs = fx->history;
+  theirs.id[0] ^= 1;
+  size_t other_len;
+  uint8_t *other = image_stream(&fx->m, &theirs, &other_len);
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, other_len, NULL, &up, &o), 0);
+  assert_int_not_equal(feed(up, other, other_len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_DIVERGED);
+  assert_int_equal(o.code, REPLICATE_EHISTORY);
+  assert_int_equal(o.received.seq, 3);
+  free(other);
+
+  /* Abandoned halfway: the old image stays, frames go on. */
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len, NULL, &up, &o), 0);
+  assert_int_equal(feed(up, stream, len / 2), 0);
+  replicate_receiver_base_abort(up);
+  send_next(fx);
+  wait_applied(fx, 4);
+  free(stream);
+  expect_store_is_model(fx);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Promotion */
+
+static void test_promote(void **state)
+{
+  fixture *fx = *state;
+  replicate_recv_outcome o;
+  replicate_receiver_promote(fx->rx, false, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_PROMOTE_EMPTY);
+  assert_false(o.promoted);
+
+  for (int i = 0; i < 3; i++)
+    send_next(fx);
+  /* The primary says it is at 50: more than 10 (promote_max_lag) ahead. */
+  replicate_buf hb = {0};
+  heartbeat(fx, 50, &hb);
+  assert_int_equal(send(fx, &hb, &o), REPLICATE_RECV_HEARTBEAT);
+  replicate_receiver_promote(fx->rx, false, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_PROMOTE_BEHIND);
+  assert_int_equal(o.primary_seq, 50);
+
+  /* Forced: everything received is applied first, then a new epoch. */
+  replicate_receiver_promote(fx->rx, true, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_OK);
+  assert_true(o.promoted);
+  assert_int_equal(o.applied.seq, 3);
+  assert_int_equal(o.applied.epoch, fx->m.epoch + 1);
+  assert_int_equal(o.received.seq, 3);
+  assert_true(replicate_receiver_promoted(fx->rx));
+
+  replicate_receiver_promote(fx->rx, false, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_ALREADY_PRIMARY);
+  /* The old primary is fenced: its frames are of an older epoch. */
+  replicate_buf next = {0};
+  next_frame(fx, &fx->m, &next);
+  assert_int_equal(send(fx, &next, &o), REPLICATE_RECV_STALE_EPOCH);
+  assert_int_equal(o.input_epoch, fx->m.epoch);
+  assert_true(o.promoted);
+  replicate_receiver_base *up;
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, UINT64_MAX, NULL, &up, &o),
+                   EPERM);
+  assert_int_equal(o.result, REPLICATE_RECV_PROMOTED);
+  replicate_buf_free(&hb);
+  replicate_buf_free(&next);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_gap, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_duplicate_and_heartbeat, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_divergence, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_coalesced, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_base_image, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_base_refusals, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_promote, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
