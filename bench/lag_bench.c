@@ -232,7 +232,7 @@ static double wait_applied(uint64_t seq, double timeout)
 
 static void wire_totals(uint64_t *wire, uint64_t *raw, uint64_t *frames)
 {
-  replicate_standby_status st[MAX_STANDBYS];
+  replicate_peer_status st[MAX_STANDBYS];
   size_t n = 0;
   replicate_shipper_status(B.shipper, st, MAX_STANDBYS, &n);
   *wire = *raw = *frames = 0;
@@ -491,7 +491,7 @@ static void catchup_once(const char *rsync_dir, const char *pdir,
   double t_started = now_s() - t0;
   double t = wait_applied(last, 120);
   for (int i = 0; i < 5000; i++) { /* the shipper reads the answer after the standby has it */
-    replicate_standby_status st[MAX_STANDBYS];
+    replicate_peer_status st[MAX_STANDBYS];
     size_t n = 0;
     replicate_shipper_status(B.shipper, st, MAX_STANDBYS, &n);
     if (st[0].received_seq >= last)
@@ -501,7 +501,7 @@ static void catchup_once(const char *rsync_dir, const char *pdir,
   uint64_t w2, r2, f2;
   wire_totals(&w2, &r2, &f2);
   {
-    replicate_standby_status st[MAX_STANDBYS];
+    replicate_peer_status st[MAX_STANDBYS];
     size_t n = 0;
     replicate_shipper_status(B.shipper, st, MAX_STANDBYS, &n);
     printf("# shipper: state %s, requests %llu, frames %llu, merged pieces %llu, heartbeats "

@@ -204,7 +204,7 @@ static int run_demo(void *args)
     }
     double t = loom_mono_s();
     if (t - last >= every) {
-      replicate_standby_status st;
+      replicate_peer_status st;
       size_t count;
       replicate_shipper_status(n.shipper, &st, 1, &count);
       char raw[32], wire[32];
@@ -224,7 +224,7 @@ static int run_demo(void *args)
   loom_position committed = n.committed;
 
   /* Drain, then a backup over HTTP from the standby, then stop both. */
-  replicate_standby_status st;
+  replicate_peer_status st;
   size_t count;
   int drained = replicate_shipper_drain(n.shipper, 30) &&
                 wait_applied(url, committed.seq, 30);

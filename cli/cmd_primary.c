@@ -80,39 +80,13 @@ static bool source_fenced(void *ctx)
   return s.fenced;
 }
 
-/* Copy a string into a fixed buffer, cut to fit. */
-static void copy_cut(char *dst, size_t cap, const char *src)
-{
-  size_t k = strnlen(src, cap - 1);
-  memcpy(dst, src, k);
-  dst[k] = '\0';
-}
-
-static size_t source_standbys(void *ctx, http_standby_status *out, size_t cap)
+/* The shipper fills the server's per-peer status directly. */
+static size_t source_peers(void *ctx, replicate_peer_status *out, size_t cap)
 {
   primary_node *n = ctx;
-  if (!n->shipper)
-    return 0;
-  replicate_standby_status st[MAX_STANDBYS];
-  size_t count;
-  replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
-  for (size_t i = 0; i < count && i < cap; i++) {
-    http_standby_status *o = &out[i];
-    memset(o, 0, sizeof *o);
-    copy_cut(o->url, sizeof o->url, st[i].url);
-    o->state = (http_standby_state)st[i].state;
-    o->sent_seq = st[i].sent_seq;
-    o->received_seq = st[i].received_seq;
-    o->applied_seq = st[i].applied_seq;
-    o->lag_frames = st[i].lag_frames;
-    o->lag_bytes = st[i].lag_bytes;
-    o->lag_seconds = st[i].lag_seconds;
-    copy_cut(o->last_error, sizeof o->last_error, st[i].last_error);
-    o->last_error_at_ns = st[i].last_error_at_ns;
-    o->base_images = st[i].base_images_sent;
-    o->bytes_raw = st[i].bytes_raw;
-    o->bytes_wire = st[i].bytes_wire;
-  }
+  size_t count = 0;
+  if (n->shipper)
+    replicate_shipper_status(n->shipper, out, cap, &count);
   return count;
 }
 
@@ -180,7 +154,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .position = source_position,
                                       .snapshot_open = source_snapshot,
                                       .fenced = source_fenced,
-                                      .standbys = source_standbys,
+                                      .peers = source_peers,
                                       .sync_state = source_sync,
                                       .history = source_history};
     http_server_options ho = {
@@ -228,7 +202,7 @@ static void standbys_report(primary_node *n, char *line, size_t cap)
   line[0] = '\0';
   if (!n->shipper || cap == 0)
     return;
-  replicate_standby_status st[MAX_STANDBYS];
+  replicate_peer_status st[MAX_STANDBYS];
   size_t count, used = 0;
   replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
   for (size_t i = 0; i < count && i < MAX_STANDBYS && used < cap; i++) {

@@ -8,65 +8,101 @@
  * version of each page it still needs.
  *
  * A store has at most one snapshot open, so every download in progress
- * shares one (http_backup_share, counted); the last response to finish
+ * shares one (backup_share, counted); the last response to finish
  * closes it, and the next download opens a new one at the then current
  * position. The ETag names the position ("epoch-seq-checksum"), so a
  * resumed download (Range with If-Range) continues only while the same
  * snapshot is open or the image has not moved; otherwise the whole stream
  * is sent again from the start (200), never spliced across positions.
+ *
+ * The backups are an object of their own (http_backups, backup.h): the
+ * share, the figures and the lock that guards them live here, and the
+ * snapshots come from a source the server names at creation (the standby,
+ * or the primary's callbacks); this file knows nothing of the server.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "util.h"
+
+/* The snapshot every backup response in progress reads from: one per store
+ * (loom.h), shared, closed with its last response. */
+typedef struct backup_share {
+  loom_snapshot *snap;
+  loom_position position;
+  char etag[HTTP_ETAG_MAX];
+  uint8_t header[LOOM_STREAM_HEADER];
+  unsigned refs;                /* mu */
+} backup_share;
+
+struct http_backups {
+  http_backup_source source;
+  pthread_mutex_t mu;           /* the fields below; held around opening a
+                                   snapshot */
+  backup_share *share;
+  unsigned in_progress;
+  uint64_t started;
+  uint64_t bytes_sent;
+};
 
 typedef struct backup_stream {
-  http_server *server;
-  http_backup_share *share;
+  http_backups *backups;
+  backup_share *share;
   uint64_t start;               /* stream offset of the body's first byte */
   uint64_t len;                 /* body length */
 } backup_stream;
 
-static int snapshot_open(http_server *s, loom_snapshot **out)
+int http_backups_create(const http_backup_source *source, http_backups **out)
 {
-  if (s->standby)
-    return http_standby_snapshot_open(s->standby, out);
-  if (!s->primary.snapshot_open)
-    return ENOTSUP;
-  return s->primary.snapshot_open(s->primary.ctx, out);
+  http_backups *b = calloc(1, sizeof *b);
+  if (!b)
+    return ENOMEM;
+  b->source = *source;
+  pthread_mutex_init(&b->mu, NULL);
+  *out = b;
+  return 0;
 }
 
-static void snapshot_close(http_server *s, loom_snapshot *snap)
+void http_backups_free(http_backups *b)
 {
-  if (s->standby)
-    http_standby_snapshot_close(s->standby, snap);
-  else
-    loom_snapshot_close(snap);
+  if (!b)
+    return;
+  pthread_mutex_destroy(&b->mu);
+  free(b);
+}
+
+static int snapshot_open(http_backups *b, loom_snapshot **out)
+{
+  if (!b->source.open)
+    return ENOTSUP;
+  return b->source.open(b->source.ctx, out);
 }
 
 /* The open snapshot, or a new one. NULL with *rc set on failure. */
-static http_backup_share *share_acquire(http_server *s, int *rc)
+static backup_share *share_acquire(http_backups *b, int *rc)
 {
-  pthread_mutex_lock(&s->backup_mu);
-  http_backup_share *share = s->share;
+  pthread_mutex_lock(&b->mu);
+  backup_share *share = b->share;
   if (share) {
     share->refs++;
-    pthread_mutex_unlock(&s->backup_mu);
+    pthread_mutex_unlock(&b->mu);
     return share;
   }
   share = calloc(1, sizeof *share);
   if (!share) {
-    pthread_mutex_unlock(&s->backup_mu);
+    pthread_mutex_unlock(&b->mu);
     *rc = ENOMEM;
     return NULL;
   }
-  *rc = snapshot_open(s, &share->snap);
+  *rc = snapshot_open(b, &share->snap);
   if (*rc) {
-    pthread_mutex_unlock(&s->backup_mu);
+    pthread_mutex_unlock(&b->mu);
     free(share);
     return NULL;
   }
@@ -76,20 +112,20 @@ static http_backup_share *share_acquire(http_server *s, int *rc)
   loom_stream_header_encode(share->header, &share->position, &lineage);
   http_etag_format(&share->position, share->etag);
   share->refs = 1;
-  s->share = share;
-  pthread_mutex_unlock(&s->backup_mu);
+  b->share = share;
+  pthread_mutex_unlock(&b->mu);
   return share;
 }
 
-static void share_release(http_server *s, http_backup_share *share)
+static void share_release(http_backups *b, backup_share *share)
 {
-  pthread_mutex_lock(&s->backup_mu);
+  pthread_mutex_lock(&b->mu);
   bool last = --share->refs == 0;
   if (last)
-    s->share = NULL;
-  pthread_mutex_unlock(&s->backup_mu);
+    b->share = NULL;
+  pthread_mutex_unlock(&b->mu);
   if (last) {
-    snapshot_close(s, share->snap);
+    b->source.close(b->source.ctx, share->snap);
     free(share);
   }
 }
@@ -116,88 +152,73 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     if (rc)
       return MHD_CONTENT_READER_END_WITH_ERROR;
   }
-  pthread_mutex_lock(&st->server->backup_mu);
-  st->server->backup_bytes += n;
-  pthread_mutex_unlock(&st->server->backup_mu);
+  pthread_mutex_lock(&st->backups->mu);
+  st->backups->bytes_sent += n;
+  pthread_mutex_unlock(&st->backups->mu);
   return (ssize_t)n;
 }
 
 static void stream_free(void *cls)
 {
   backup_stream *st = cls;
-  http_server *s = st->server;
-  share_release(s, st->share);
-  pthread_mutex_lock(&s->backup_mu);
-  s->backups_in_progress--;
-  pthread_mutex_unlock(&s->backup_mu);
+  http_backups *b = st->backups;
+  share_release(b, st->share);
+  pthread_mutex_lock(&b->mu);
+  b->in_progress--;
+  pthread_mutex_unlock(&b->mu);
   free(st);
 }
 
-int http_backup_answer(http_server *s, struct MHD_Connection *conn)
+/* 503: no snapshot to read from. */
+static unsigned refuse_unavailable(int rc, http_reply *reply)
 {
-  int rc = 0;
-  http_backup_share *share = share_acquire(s, &rc);
-  if (!share) {
-    http_reply reply = {0};
-    http_reply_error(&reply, 503, rc == EBUSY ? "base image in progress"
-                                              : "backup unavailable");
-    json_key(&reply.body, "code");
-    json_string(&reply.body, http_error_name(rc));
-    json_key(&reply.body, "detail");
-    json_string(&reply.body, http_strerror(rc));
-    reply.retry_after = 1;
-    return http_server_send(s, conn, HTTP_EP_BACKUP, &reply);
-  }
+  http_reply_error(reply, 503, rc == EBUSY ? "base image in progress"
+                                           : "backup unavailable");
+  json_key(&reply->body, "code");
+  json_string(&reply->body, http_error_name(rc));
+  json_key(&reply->body, "detail");
+  json_string(&reply->body, http_strerror(rc));
+  reply->retry_after = 1;
+  return reply->status;
+}
 
-  const uint64_t total =
-      LOOM_STREAM_HEADER + share->position.pages * (uint64_t)LOOM_PAGE_SIZE;
-  const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                  MHD_HTTP_HEADER_RANGE);
-  const char *if_range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_IF_RANGE);
-  uint64_t first = 0, last = total - 1;
-  http_range_result rr = HTTP_RANGE_NONE;
-  /* If-Range names what the client holds: another position (or a date,
-   * which we never gave) means the whole stream again. */
-  if (range && (!if_range || strcmp(if_range, share->etag) == 0))
-    rr = http_range_parse(range, total, &first, &last);
-
+/* 416: the range lies past the stream's end. */
+static unsigned refuse_range(const backup_share *share, uint64_t total,
+                             http_reply *reply)
+{
   char content_range[80];
-  if (rr == HTTP_RANGE_UNSATISFIABLE) {
-    http_reply reply = {0};
-    http_reply_error(&reply, 416, "range not satisfiable");
-    json_key(&reply.body, "size");
-    json_uint(&reply.body, total);
-    snprintf(content_range, sizeof content_range, "bytes */%" PRIu64, total);
-    http_reply_header(&reply, MHD_HTTP_HEADER_CONTENT_RANGE, content_range);
-    http_reply_header(&reply, MHD_HTTP_HEADER_ETAG, share->etag);
-    share_release(s, share);
-    return http_server_send(s, conn, HTTP_EP_BACKUP, &reply);
-  }
-  if (rr == HTTP_RANGE_NONE) {
-    first = 0;
-    last = total - 1;
-  }
+  http_reply_error(reply, 416, "range not satisfiable");
+  json_key(&reply->body, "size");
+  json_uint(&reply->body, total);
+  snprintf(content_range, sizeof content_range, "bytes */%" PRIu64, total);
+  http_reply_header(reply, MHD_HTTP_HEADER_CONTENT_RANGE, content_range);
+  http_reply_header(reply, MHD_HTTP_HEADER_ETAG, share->etag);
+  return reply->status;
+}
 
+/* The response streaming bytes [first, last] of share's stream: 200 for
+ * the whole of it, 206 for a range. NULL when out of memory (the share is
+ * released then). */
+static struct MHD_Response *stream_response(http_backups *b,
+                                            backup_share *share,
+                                            uint64_t first, uint64_t last,
+                                            bool partial)
+{
   backup_stream *st = calloc(1, sizeof *st);
   if (!st) {
-    share_release(s, share);
-    return MHD_NO;
+    share_release(b, share);
+    return NULL;
   }
-  st->server = s;
-  st->share = share;
-  st->start = first;
-  st->len = last - first + 1;
-  pthread_mutex_lock(&s->backup_mu);
-  s->backups_in_progress++;
-  s->backups_started++;
-  pthread_mutex_unlock(&s->backup_mu);
-
+  *st = (backup_stream){b, share, first, last - first + 1};
+  pthread_mutex_lock(&b->mu);
+  b->in_progress++;
+  b->started++;
+  pthread_mutex_unlock(&b->mu);
   struct MHD_Response *resp = MHD_create_response_from_callback(
       st->len, 64 * 1024, stream_read, st, stream_free);
   if (!resp) {
     stream_free(st);
-    return MHD_NO;
+    return NULL;
   }
   char pos_header[96];
   snprintf(pos_header, sizeof pos_header,
@@ -211,29 +232,60 @@ int http_backup_answer(http_server *s, struct MHD_Connection *conn)
   MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
   MHD_add_response_header(resp, "X-Loomship-Position", pos_header);
-  unsigned status = 200;
-  if (rr == HTTP_RANGE_SINGLE) {
-    status = 206;
+  if (partial) {
+    const uint64_t total = LOOM_STREAM_HEADER +
+                           share->position.pages * (uint64_t)LOOM_PAGE_SIZE;
+    char content_range[80];
     snprintf(content_range, sizeof content_range,
              "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, first, last, total);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, content_range);
   }
-  enum MHD_Result r = MHD_queue_response(conn, status, resp);
-  MHD_destroy_response(resp);
-  http_server_count(s, HTTP_EP_BACKUP, status);
-  return r;
+  return resp;
 }
 
-void http_backup_figures_get(http_server *s, http_backup_figures *out)
+unsigned http_backups_respond(http_backups *b, const char *range,
+                              const char *if_range, http_reply *reply,
+                              struct MHD_Response **resp)
+{
+  *resp = NULL;
+  int rc = 0;
+  backup_share *share = share_acquire(b, &rc);
+  if (!share)
+    return refuse_unavailable(rc, reply);
+
+  const uint64_t total =
+      LOOM_STREAM_HEADER + share->position.pages * (uint64_t)LOOM_PAGE_SIZE;
+  uint64_t first = 0, last = total - 1;
+  http_range_result rr = HTTP_RANGE_NONE;
+  /* If-Range names what the client holds: another position (or a date,
+   * which we never gave) means the whole stream again. */
+  if (range && (!if_range || strcmp(if_range, share->etag) == 0))
+    rr = http_range_parse(range, total, &first, &last);
+  if (rr == HTTP_RANGE_UNSATISFIABLE) {
+    unsigned status = refuse_range(share, total, reply);
+    share_release(b, share);
+    return status;
+  }
+  if (rr == HTTP_RANGE_NONE) {
+    first = 0;
+    last = total - 1;
+  }
+  *resp = stream_response(b, share, first, last, rr == HTTP_RANGE_SINGLE);
+  if (!*resp)
+    return 0;
+  return rr == HTTP_RANGE_SINGLE ? 206 : 200;
+}
+
+void http_backups_figures(http_backups *b, http_backup_figures *out)
 {
   memset(out, 0, sizeof *out);
-  pthread_mutex_lock(&s->backup_mu);
-  out->in_progress = s->backups_in_progress;
-  out->started = s->backups_started;
-  out->bytes_sent = s->backup_bytes;
-  if (s->share) {
+  pthread_mutex_lock(&b->mu);
+  out->in_progress = b->in_progress;
+  out->started = b->started;
+  out->bytes_sent = b->bytes_sent;
+  if (b->share) {
     out->open = true;
-    out->position = s->share->position;
+    out->position = b->share->position;
   }
-  pthread_mutex_unlock(&s->backup_mu);
+  pthread_mutex_unlock(&b->mu);
 }

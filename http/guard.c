@@ -28,13 +28,14 @@
  * notification, which libmicrohttpd sends before it closes the socket.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include "clock.h"
-#include "internal.h"
+#include "guard.h"
 
 #define GUARD_TICK_MS 200
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "json.h"
 
 void json_init(json_writer *w)
 {

@@ -16,10 +16,10 @@
  *                      promoted to a primary at a new epoch.
  *   HTTP_ROLE_PRIMARY  the server serves a primary that lives in the same
  *                      process (the `loomship primary` workload): its
- *                      position, backups and the state of its standbys come
- *                      from callbacks the primary registers
- *                      (http_primary_source). The server never touches the
- *                      primary's loom itself.
+ *                      position, backups and the state of its peers (the
+ *                      standbys it ships to) come from callbacks the
+ *                      primary registers (http_primary_source). The server
+ *                      never touches the primary's loom itself.
  *
  * The endpoints (docs/HTTP.md is the reference: bodies, codes, headers):
  *
@@ -104,6 +104,7 @@
 #include <stdint.h>
 
 #include "loom.h"
+#include "replicate.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -143,48 +144,11 @@ enum http_error {
 const char *http_strerror(int rc);
 
 /* ---------------------------------------------------------------------- */
-/* What a primary tells the server about its standbys (filled by the
- * shipper). One entry per configured standby. */
-
-typedef enum http_standby_state {
-  HTTP_STANDBY_STREAMING = 0,   /* caught up, frames flow as they commit */
-  HTTP_STANDBY_CATCHING_UP = 1, /* behind, resending from the replication log */
-  HTTP_STANDBY_BASE_SYNC = 2,   /* receiving a full base image */
-  HTTP_STANDBY_UNREACHABLE = 3, /* connection failed or timed out */
-  HTTP_STANDBY_UNAUTHORIZED = 4,/* the standby refused our token (401) */
-  HTTP_STANDBY_FENCED = 5,      /* the standby has a newer epoch: we were
-                                   fenced by a promotion */
-  HTTP_STANDBY_STALLED = 6,     /* connected, but no answer for 5 s */
-  HTTP_STANDBY_REFUSED = 7,     /* another HTTP error answer (last_error) */
-  HTTP_STANDBY_DIVERGED = 8     /* another history, or a position this
-                                   primary may not move it from */
-} http_standby_state;
-
-/* The name used in status and metrics: "streaming", "catching_up",
- * "base_sync", "unreachable", "unauthorized", "fenced", "stalled",
- * "refused", "diverged"; "unknown" for a value outside the enum. The values are those
- * of replicate_standby_state. */
-const char *http_standby_state_name(http_standby_state state);
-
-#define HTTP_URL_MAX 512
-#define HTTP_ERROR_MAX 256
-
-typedef struct http_standby_status {
-  char url[HTTP_URL_MAX];           /* NUL-terminated */
-  http_standby_state state;
-  uint64_t sent_seq;                /* newest seq sent */
-  uint64_t received_seq;            /* newest seq it holds durably */
-  uint64_t applied_seq;             /* newest seq in its image */
-  uint64_t lag_frames;              /* commits it has not applied */
-  uint64_t lag_bytes;               /* frame bytes it has not applied */
-  double lag_seconds;               /* age of the oldest commit it has not
-                                       applied; 0 when it has everything */
-  char last_error[HTTP_ERROR_MAX];  /* "" for none */
-  int64_t last_error_at_ns;         /* CLOCK_REALTIME; 0 for none */
-  uint64_t bytes_raw;               /* page bytes shipped, before compression */
-  uint64_t bytes_wire;              /* frame bytes shipped */
-  uint64_t base_images;             /* base images it acknowledged */
-} http_standby_status;
+/* What a primary tells the server about its peers (the standbys it ships
+ * to) and its synchronous replication. Each peer is shown as the shipper
+ * reports it: replicate_peer_status (replicate.h), one per configured
+ * standby, under the status key "standbys" and the metrics
+ * loomship_standby_*. */
 
 /* Synchronous replication as the primary runs it (status "sync"). */
 typedef struct http_sync_status {
@@ -207,11 +171,11 @@ typedef struct http_sync_status {
  *                  closes it with loom_snapshot_close(), from any thread,
  *                  before http_server_stop() returns; the store must
  *                  outlive the server.
- *   fenced         optional: true once a standby answered with a newer
+ *   fenced         optional: true once a peer answered with a newer
  *                  epoch (this primary stopped shipping).
- *   standbys       optional: fill out[0, min(cap, n)) and return n, the
- *                  number of standbys (called again with a larger array
- *                  when n > cap).
+ *   peers          optional: fill out[0, min(cap, n)) and return n, the
+ *                  number of peers (called again with a larger array
+ *                  when n > cap); replicate_shipper_status() does it.
  *   sync_state     optional: fill out (status "sync": {"required": N,
  *                  "count": N (the same, for older readers), "degraded":
  *                  bool, "degraded_since": time or null}).
@@ -221,7 +185,7 @@ typedef struct http_primary_source {
   void (*position)(void *ctx, loom_position *out);
   int (*snapshot_open)(void *ctx, loom_snapshot **out);
   bool (*fenced)(void *ctx);
-  size_t (*standbys)(void *ctx, http_standby_status *out, size_t cap);
+  size_t (*peers)(void *ctx, replicate_peer_status *out, size_t cap);
   void (*sync_state)(void *ctx, http_sync_status *out);
   void (*history)(void *ctx, loom_history *out); /* optional */
 } http_primary_source;

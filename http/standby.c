@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "standby.h"
 
 /* ---------------------------------------------------------------------- */
 /* Outcomes as answers */

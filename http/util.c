@@ -1,6 +1,6 @@
 /*
  * util.c: small helpers of the server: Range parsing, ETags, the bearer
- * token check, error names, clocks, replies and the log.
+ * token check, decoder limits, clocks and the log.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -12,7 +12,7 @@
 #include <time.h>
 
 #include "clock.h"
-#include "internal.h"
+#include "util.h"
 
 /* ---------------------------------------------------------------------- */
 /* Range: bytes=first-last | bytes=first- | bytes=-suffix (RFC 9110 14.1) */
@@ -115,43 +115,6 @@ bool http_token_matches(const uint8_t *token, size_t token_len,
   return diff == 0 && token_len > 0;
 }
 
-/* ---------------------------------------------------------------------- */
-/* Error names */
-
-static int http_range(int rc) { return rc < HTTP_OK && rc > HTTP_ELAST; }
-
-/* A switch without default: -Wswitch-enum names a code HTTP_ERROR_LIST
- * gains and a switch misses. */
-const char *http_error_name(int rc)
-{
-  if (http_range(rc)) {
-    switch ((enum http_error)rc) {
-#define HTTP_ERROR_NAME_(name, value, text) case name: return #name;
-      HTTP_ERROR_LIST(HTTP_ERROR_NAME_)
-#undef HTTP_ERROR_NAME_
-    case HTTP_OK:
-    case HTTP_ELAST:
-      break;
-    }
-  }
-  return replicate_error_name(rc); /* REPLICATE_E*, LOOM_E*, errno, 0 */
-}
-
-const char *http_strerror(int rc)
-{
-  if (http_range(rc)) {
-    switch ((enum http_error)rc) {
-#define HTTP_ERROR_TEXT_(name, value, text) case name: return text;
-      HTTP_ERROR_LIST(HTTP_ERROR_TEXT_)
-#undef HTTP_ERROR_TEXT_
-    case HTTP_OK:
-    case HTTP_ELAST:
-      break;
-    }
-  }
-  return replicate_strerror(rc); /* REPLICATE_E*, LOOM_E*, errno, 0 */
-}
-
 replicate_limits http_limits_of(const http_server_options *opt)
 {
   replicate_limits l = replicate_limits_default();
@@ -177,61 +140,7 @@ int64_t http_now_ns(void)
 int64_t http_monotonic_ns(void) { return loom_mono_ns(); }
 
 /* ---------------------------------------------------------------------- */
-/* Replies and the log */
-
-void http_reply_error(http_reply *reply, unsigned status, const char *message)
-{
-  json_free(&reply->body);
-  reply->status = status;
-  json_object_begin(&reply->body);
-  json_key(&reply->body, "error");
-  json_string(&reply->body, message);
-}
-
-void http_reply_header(http_reply *reply, const char *name, const char *value)
-{
-  if (reply->header_count >= HTTP_REPLY_HEADERS)
-    return;
-  reply->headers[reply->header_count].name = name;
-  snprintf(reply->headers[reply->header_count].value,
-           sizeof reply->headers[0].value, "%s", value);
-  reply->header_count++;
-}
-
-void http_reply_object(http_reply *reply, unsigned status)
-{
-  json_free(&reply->body);
-  reply->status = status;
-  json_object_begin(&reply->body);
-}
-
-void http_json_position(json_writer *w, const loom_position *pos)
-{
-  json_object_begin(w);
-  json_key(w, "epoch");
-  json_uint(w, pos->epoch);
-  json_key(w, "seq");
-  json_uint(w, pos->seq);
-  json_key(w, "checksum");
-  json_hex64(w, pos->checksum);
-  json_key(w, "pages");
-  json_uint(w, pos->pages);
-  json_key(w, "at");
-  json_time_ns(w, pos->commit_time_ns);
-  json_object_end(w);
-}
-
-void http_json_history(json_writer *w, const loom_history *h)
-{
-  json_key(w, "history");
-  if (loom_history_is_none(h)) {
-    json_string(w, NULL);
-    return;
-  }
-  char hex[2 * LOOM_HISTORY_SIZE + 1];
-  loom_history_hex(h, hex);
-  json_string(w, hex);
-}
+/* The log */
 
 void http_logf(const http_logger *logger, const char *fmt, ...)
 {

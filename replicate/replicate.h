@@ -914,37 +914,47 @@ int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
 int replicate_shipper_set_token(replicate_shipper *shipper, const char *token);
 
 /* ---------------------------------------------------------------------- */
-/* Status (GET /v1/status, /metrics) */
+/* Status (GET /v1/status, /metrics)
+ *
+ * A *peer* is a standby as this primary sees it: one per configured
+ * standby URL. (The word "standby" alone names a node that receives; the
+ * status document and the metrics keep their public names, "standbys" and
+ * loomship_standby_*.) http/ shows these types as they are. */
 
-typedef enum replicate_standby_state {
-  REPLICATE_STANDBY_STREAMING = 0,
-  REPLICATE_STANDBY_CATCHING_UP = 1,
-  REPLICATE_STANDBY_BASE_SYNC = 2,
-  REPLICATE_STANDBY_UNREACHABLE = 3,
-  REPLICATE_STANDBY_UNAUTHORIZED = 4,
-  REPLICATE_STANDBY_FENCED = 5,
-  REPLICATE_STANDBY_STALLED = 6,  /* a request on an open connection got
-                                     no byte back for stall_seconds */
-  REPLICATE_STANDBY_REFUSED = 7,  /* an HTTP error answer without a state
-                                     of its own (400, 413 on a base image,
-                                     503, 507, other 5xx): last_error says
-                                     the code and the standby's text */
-  REPLICATE_STANDBY_DIVERGED = 8  /* another history, another checksum at a
-                                     seq it holds, or ahead of this primary:
-                                     nothing is sent that would move it */
-} replicate_standby_state;
+typedef enum replicate_peer_state {
+  REPLICATE_PEER_STREAMING = 0,    /* caught up, frames flow as they commit */
+  REPLICATE_PEER_CATCHING_UP = 1,  /* behind, resending from the replication
+                                      log */
+  REPLICATE_PEER_BASE_SYNC = 2,    /* receiving a full base image */
+  REPLICATE_PEER_UNREACHABLE = 3,  /* connection failed or timed out */
+  REPLICATE_PEER_UNAUTHORIZED = 4, /* it refused our token (401) */
+  REPLICATE_PEER_FENCED = 5,       /* it has a newer epoch: this primary
+                                      was fenced by a promotion */
+  REPLICATE_PEER_STALLED = 6,      /* a request on an open connection got
+                                      no byte back for stall_seconds */
+  REPLICATE_PEER_REFUSED = 7,      /* an HTTP error answer without a state
+                                      of its own (400, 413 on a base image,
+                                      503, 507, other 5xx): last_error says
+                                      the code and the standby's text */
+  REPLICATE_PEER_DIVERGED = 8      /* another history, another checksum at a
+                                      seq it holds, or ahead of this primary:
+                                      nothing is sent that would move it */
+} replicate_peer_state;
 
-/* "streaming", "catching_up", "base_sync", "unreachable", "unauthorized",
- * "fenced", "stalled", "refused", "diverged"; "unknown" outside the enum. */
-const char *replicate_standby_state_name(replicate_standby_state state);
+/* The name status and metrics show (part of the public contract, never
+ * changed): "streaming", "catching_up", "base_sync", "unreachable",
+ * "unauthorized", "fenced", "stalled", "refused", "diverged"; "unknown"
+ * outside the enum. */
+const char *replicate_peer_state_name(replicate_peer_state state);
 
 #define REPLICATE_URL_MAX 512
 #define REPLICATE_ERROR_MAX 256
 
-typedef struct replicate_standby_status {
+/* One peer, as replicate_shipper_status() copies it out. */
+typedef struct replicate_peer_status {
   char url[REPLICATE_URL_MAX];      /* as configured (truncated if longer) */
-  replicate_standby_state state;
-  const char *state_name;           /* replicate_standby_state_name(state) */
+  replicate_peer_state state;
+  const char *state_name;           /* replicate_peer_state_name(state) */
   uint64_t sent_seq;                /* newest seq sent (0: none yet) */
   uint64_t received_seq;            /* newest seq it holds durably, as last
                                        heard */
@@ -966,18 +976,18 @@ typedef struct replicate_standby_status {
   uint64_t coalesced_sent;          /* merged pieces */
   uint64_t base_images_sent;        /* base images acknowledged */
   uint64_t failures;                /* failed requests */
-} replicate_standby_status;
+} replicate_peer_status;
 
 /*
  * replicate_shipper_status: copy the state of the first min(cap, n)
- * standbys into array (in configuration order) and set *n to their
+ * peers into array (in configuration order) and set *n to their
  * number. Thread-safe; lag is computed at the call from the positions last
  * heard (heartbeats refresh them) and the commits this shipper saw: for
  * commits older than its start (or than the newest 2^18) lag in bytes and
  * seconds is a lower bound.
  */
 void replicate_shipper_status(replicate_shipper *shipper,
-                              replicate_standby_status *array, size_t cap,
+                              replicate_peer_status *array, size_t cap,
                               size_t *n);
 
 typedef struct replicate_shipper_summary {

@@ -238,7 +238,7 @@ static int standby_init(replicate_shipper *sh, standby *sb, const char *url)
     return ENOMEM;
   if (!sb->easy)
     return REPLICATE_ECURL;
-  sb->state = REPLICATE_STANDBY_CATCHING_UP;
+  sb->state = REPLICATE_PEER_CATCHING_UP;
   sb->coalesce_pages = sh->coalesce_max_pages;
   return 0;
 }

@@ -171,7 +171,7 @@ typedef struct standby {
   replicate_buf scratch;      /* frames read while coalescing */
 
   /* Shared (I3): written under mu by the shipping thread. */
-  replicate_standby_state state;
+  replicate_peer_state state;
   bool has_position;          /* heard from at least once */
   bool on_chain;              /* received is known to be in this primary's
                                  history (it accepted our frames, or the
@@ -283,7 +283,7 @@ const char *ship_request_name(request_kind k);
 void ship_check_stall(standby *sb, int64_t now);
 
 /* ship_standby.c */
-void ship_publish_state(standby *sb, replicate_standby_state state);
+void ship_publish_state(standby *sb, replicate_peer_state state);
 void ship_set_error(standby *sb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 unsigned ship_acked_locked(replicate_shipper *sh, uint64_t epoch,

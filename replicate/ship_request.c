@@ -260,5 +260,5 @@ void ship_check_stall(standby *sb, int64_t now)
   sb->stalled = true;
   ship_set_error(sb, "%s: no answer for %.1f s on an open connection",
                  ship_request_name(sb->req), (double)(now - sb->progress_ns) / 1e9);
-  ship_publish_state(sb, REPLICATE_STANDBY_STALLED);
+  ship_publish_state(sb, REPLICATE_PEER_STALLED);
 }

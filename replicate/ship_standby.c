@@ -22,14 +22,14 @@
 /* ---------------------------------------------------------------------- */
 /* Shared standby fields (I3) */
 
-void ship_publish_state(standby *sb, replicate_standby_state state)
+void ship_publish_state(standby *sb, replicate_peer_state state)
 {
   replicate_shipper *sh = sb->sh;
   pthread_mutex_lock(&sh->mu);
   if (!sh->fenced && sb->state != state) {
     ship_diag(sh, "standby %s: %s -> %s", sb->url,
-              replicate_standby_state_name(sb->state),
-              replicate_standby_state_name(state));
+              replicate_peer_state_name(sb->state),
+              replicate_peer_state_name(state));
     sb->state = state;
     pthread_cond_broadcast(&sh->cond);
   }
@@ -75,7 +75,7 @@ unsigned ship_acked_locked(replicate_shipper *sh, uint64_t epoch,
   for (size_t i = 0; i < sh->n; i++) {
     const standby *sb = &sh->sb[i];
     if (sb->has_position && sb->on_chain &&
-        sb->state != REPLICATE_STANDBY_FENCED &&
+        sb->state != REPLICATE_PEER_FENCED &&
         sb->received.epoch == epoch && sb->received.seq >= seq)
       count++;
   }
@@ -89,7 +89,7 @@ static void fence(replicate_shipper *sh, standby *by, uint64_t epoch)
   bool first = !sh->fenced;
   sh->fenced = true;
   for (size_t i = 0; i < sh->n; i++)
-    sh->sb[i].state = REPLICATE_STANDBY_FENCED;
+    sh->sb[i].state = REPLICATE_PEER_FENCED;
   snprintf(by->last_error, sizeof by->last_error,
            "fenced: the standby has epoch %" PRIu64 ", newer than ours (%"
            PRIu64 ")", epoch, sh->latest.epoch);
@@ -117,7 +117,7 @@ static void diverge(standby *sb, int why, const char *detail)
                  PRIu64 ", checksum %016" PRIx64 ") is left as it is", detail,
                  replicate_strerror(why), sb->received.epoch, sb->received.seq,
                  sb->received.checksum);
-  ship_publish_state(sb, REPLICATE_STANDBY_DIVERGED);
+  ship_publish_state(sb, REPLICATE_PEER_DIVERGED);
   pthread_mutex_lock(&sh->mu);
   sb->on_chain = false;
   pthread_cond_broadcast(&sh->cond); /* a drain stops waiting for it */
@@ -146,7 +146,7 @@ static void retry_after_backoff(standby *sb, double retry_after_s)
 /* A failed request: the error, the state it leaves (counted as a failed
  * attempt for a drain) or none (keep), backoff; the position is asked
  * again before anything else is sent. */
-static void fail_into(standby *sb, const replicate_standby_state *state,
+static void fail_into(standby *sb, const replicate_peer_state *state,
                       double retry_after_s, const char *text)
 {
   replicate_shipper *sh = sb->sh;
@@ -173,8 +173,8 @@ void ship_fail(standby *sb, bool unreachable, double retry_after_s,
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  replicate_standby_state state = sb->stalled ? REPLICATE_STANDBY_STALLED
-                                              : REPLICATE_STANDBY_UNREACHABLE;
+  replicate_peer_state state = sb->stalled ? REPLICATE_PEER_STALLED
+                                              : REPLICATE_PEER_UNREACHABLE;
   fail_into(sb, unreachable ? &state : NULL, retry_after_s, text);
 }
 
@@ -260,7 +260,7 @@ static int start_base(standby *sb)
     retry_after_backoff(sb, 0);
     return 0;
   }
-  ship_publish_state(sb, REPLICATE_STANDBY_BASE_SYNC);
+  ship_publish_state(sb, REPLICATE_PEER_BASE_SYNC);
   if (!sh->snap) {
     int rc = loom_store_snapshot_open(sh->store, &sh->snap);
     if (rc) {
@@ -424,7 +424,7 @@ static int start_frames(standby *sb, const standby_point *r,
       sb->req_frames = frames;
       sb->req_pages = info.page_count;
       sb->req_raw_bytes = info.page_count * LOOM_PAGE_SIZE;
-      ship_publish_state(sb, REPLICATE_STANDBY_CATCHING_UP);
+      ship_publish_state(sb, REPLICATE_PEER_CATCHING_UP);
       rc = ship_post_body(sb);
       if (!rc)
         mark_sent(sb, info.after.seq);
@@ -450,8 +450,8 @@ static int start_frames(standby *sb, const standby_point *r,
   sb->req_frames = 1;
   sb->req_pages = first.page_count;
   sb->req_raw_bytes = first.page_count * LOOM_PAGE_SIZE;
-  ship_publish_state(sb, latest->seq == seq ? REPLICATE_STANDBY_STREAMING
-                                       : REPLICATE_STANDBY_CATCHING_UP);
+  ship_publish_state(sb, latest->seq == seq ? REPLICATE_PEER_STREAMING
+                                       : REPLICATE_PEER_CATCHING_UP);
   rc = ship_post_body(sb);
   if (rc) {
     ship_release_request(sb);
@@ -470,7 +470,7 @@ void ship_schedule(standby *sb, int64_t now)
   pthread_mutex_lock(&sh->mu);
   bool fenced = sh->fenced;
   loom_position latest = sh->latest;
-  bool new_token = sb->state == REPLICATE_STANDBY_UNAUTHORIZED &&
+  bool new_token = sb->state == REPLICATE_PEER_UNAUTHORIZED &&
                    sh->token_gen != sb->refused_token_gen;
   pthread_mutex_unlock(&sh->mu);
   if (fenced || (now < sb->next_attempt_ns && !new_token))
@@ -514,7 +514,7 @@ void ship_schedule(standby *sb, int64_t now)
     sb->diverged = 0;
     if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
       set_on_chain(sb, true);
-      ship_publish_state(sb, REPLICATE_STANDBY_STREAMING);
+      ship_publish_state(sb, REPLICATE_PEER_STREAMING);
       if (now - sb->last_activity_ns < sh->heartbeat_ns)
         return;
       what = "heartbeat";
@@ -602,7 +602,7 @@ static void refuse(standby *sb, request_kind req, long code,
              code, standby_error);
   else
     snprintf(text, sizeof text, "%s: HTTP %ld", ship_request_name(req), code);
-  replicate_standby_state state = REPLICATE_STANDBY_REFUSED;
+  replicate_peer_state state = REPLICATE_PEER_REFUSED;
   fail_into(sb, &state, retry_after_s, text);
 }
 
@@ -775,7 +775,7 @@ void ship_finish(standby *sb, CURLcode result)
     pthread_mutex_lock(&sh->mu);
     sb->refused_token_gen = sh->token_gen;
     pthread_mutex_unlock(&sh->mu);
-    ship_publish_state(sb, REPLICATE_STANDBY_UNAUTHORIZED);
+    ship_publish_state(sb, REPLICATE_PEER_UNAUTHORIZED);
     sb->known = false;
     sb->next_attempt_ns = ship_mono_ns() + sh->unauthorized_retry_ns;
     return;

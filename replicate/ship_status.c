@@ -21,22 +21,6 @@
 /* ---------------------------------------------------------------------- */
 /* Status (GET /v1/status, /metrics) */
 
-const char *replicate_standby_state_name(replicate_standby_state state)
-{
-  switch (state) {
-  case REPLICATE_STANDBY_STREAMING: return "streaming";
-  case REPLICATE_STANDBY_CATCHING_UP: return "catching_up";
-  case REPLICATE_STANDBY_BASE_SYNC: return "base_sync";
-  case REPLICATE_STANDBY_UNREACHABLE: return "unreachable";
-  case REPLICATE_STANDBY_UNAUTHORIZED: return "unauthorized";
-  case REPLICATE_STANDBY_FENCED: return "fenced";
-  case REPLICATE_STANDBY_DIVERGED: return "diverged";
-  case REPLICATE_STANDBY_STALLED: return "stalled";
-  case REPLICATE_STANDBY_REFUSED: return "refused";
-  }
-  return "unknown";
-}
-
 /* Lag of a standby at applied seq, under mu. */
 static void lag_locked(replicate_shipper *sh, uint64_t applied, int64_t now,
                        uint64_t *frames, uint64_t *bytes, double *seconds)
@@ -68,7 +52,7 @@ static void lag_locked(replicate_shipper *sh, uint64_t applied, int64_t now,
 }
 
 void replicate_shipper_status(replicate_shipper *sh,
-                              replicate_standby_status *array, size_t cap,
+                              replicate_peer_status *array, size_t cap,
                               size_t *n)
 {
   assert(sh && n && (array || cap == 0));
@@ -77,11 +61,11 @@ void replicate_shipper_status(replicate_shipper *sh,
   *n = sh->n;
   for (size_t i = 0; i < sh->n && i < cap; i++) {
     const standby *sb = &sh->sb[i];
-    replicate_standby_status *o = &array[i];
+    replicate_peer_status *o = &array[i];
     memset(o, 0, sizeof *o);
     snprintf(o->url, sizeof o->url, "%s", sb->url);
     o->state = sb->state;
-    o->state_name = replicate_standby_state_name(sb->state);
+    o->state_name = replicate_peer_state_name(sb->state);
     o->sent_seq = sb->sent_seq;
     o->received_seq = sb->has_position ? sb->received.seq : 0;
     o->applied_seq = sb->has_position ? sb->applied.seq : 0;
@@ -140,13 +124,13 @@ static bool holds_latest_locked(const replicate_shipper *sh, const standby *sb)
  * diverged. Under mu. */
 static bool hopeless_locked(const standby *sb)
 {
-  return ((sb->state == REPLICATE_STANDBY_UNREACHABLE ||
-           sb->state == REPLICATE_STANDBY_STALLED ||
-           sb->state == REPLICATE_STANDBY_REFUSED) &&
+  return ((sb->state == REPLICATE_PEER_UNREACHABLE ||
+           sb->state == REPLICATE_PEER_STALLED ||
+           sb->state == REPLICATE_PEER_REFUSED) &&
           sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
-         sb->state == REPLICATE_STANDBY_UNAUTHORIZED ||
-         sb->state == REPLICATE_STANDBY_FENCED ||
-         sb->state == REPLICATE_STANDBY_DIVERGED;
+         sb->state == REPLICATE_PEER_UNAUTHORIZED ||
+         sb->state == REPLICATE_PEER_FENCED ||
+         sb->state == REPLICATE_PEER_DIVERGED;
 }
 
 /* How the drain stands: 1 every standby holds the latest frame, -1 some do

@@ -20,11 +20,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "internal.h"
 #include "loom.h"
 #include "replicate.h"
 #include "replicate_testlib.h"
 #include "server.h"
+#include "util.h"
 
 /* ---------------------------------------------------------------------- */
 /* Directories */

@@ -279,14 +279,14 @@ static bool fp_fenced(void *ctx)
   return f->fenced;
 }
 
-static size_t fp_standbys(void *ctx, http_standby_status *out, size_t cap)
+static size_t fp_peers(void *ctx, replicate_peer_status *out, size_t cap)
 {
   (void)ctx;
-  /* 20 standbys: more than the server's first guess (16). */
+  /* 20 peers: more than the server's first guess (16). */
   for (size_t i = 0; i < 20 && i < cap; i++) {
     memset(&out[i], 0, sizeof out[i]);
     snprintf(out[i].url, sizeof out[i].url, "http://10.0.0.%zu:8470", i + 2);
-    out[i].state = i == 0 ? HTTP_STANDBY_STREAMING : HTTP_STANDBY_UNREACHABLE;
+    out[i].state = i == 0 ? REPLICATE_PEER_STREAMING : REPLICATE_PEER_UNREACHABLE;
     out[i].sent_seq = 45;
     out[i].received_seq = 44;
     out[i].applied_seq = 42;
@@ -320,7 +320,7 @@ static void test_primary_role(void **state)
   ht_primary_run(&p, 12);
   fake_primary fp = {&p, false};
   http_primary_source src = {&fp, fp_position, fp_snapshot, fp_fenced,
-                             fp_standbys, fp_sync, NULL};
+                             fp_peers, fp_sync, NULL};
   static const char token[] = "tok";
   http_server_options opt = {.role = HTTP_ROLE_PRIMARY, .primary = &src,
                              .token = (const uint8_t *)token, .token_len = 3};
@@ -401,7 +401,7 @@ static void test_primary_role(void **state)
 
   /* Without a snapshot callback: 503. */
   src.snapshot_open = NULL;
-  src.standbys = NULL;
+  src.peers = NULL;
   opt.token = NULL;
   opt.token_len = 0;
   ht_start(&s, &opt);

@@ -1,6 +1,7 @@
 /*
  * test_http_unit.c: the server's helpers on their own: the JSON writer,
- * Range parsing, ETags, the bearer token check and error names.
+ * Range parsing, ETags, the bearer token check, error names, and the
+ * backups object without a server.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -12,7 +13,10 @@
 
 #include <cmocka.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "json.h"
+#include "reply.h"
+#include "util.h"
 
 static char *take(json_writer *w)
 {
@@ -161,17 +165,71 @@ static void test_error_names(void **state)
     assert_string_not_equal(loom_strerror(rc), "unknown error");
   for (int rc = REPLICATE_ETRUNCATED; rc > REPLICATE_ELAST; rc--)
     assert_string_not_equal(replicate_strerror(rc), "unknown error");
-  assert_string_equal(http_standby_state_name(HTTP_STANDBY_CATCHING_UP),
-                      "catching_up");
-  assert_string_equal(http_standby_state_name((http_standby_state)99),
+  /* The state names status and metrics show (a public contract). */
+  static const char *const names[] = {
+      "streaming", "catching_up", "base_sync", "unreachable", "unauthorized",
+      "fenced", "stalled", "refused", "diverged"};
+  for (int v = 0; v < 9; v++)
+    assert_string_equal(replicate_peer_state_name((replicate_peer_state)v),
+                        names[v]);
+  assert_string_equal(replicate_peer_state_name(REPLICATE_PEER_REFUSED),
+                      "refused");
+  assert_string_equal(replicate_peer_state_name((replicate_peer_state)99),
                       "unknown");
-  /* The primary copies the shipper's states by value: same names. */
-  assert_string_equal(http_standby_state_name(HTTP_STANDBY_STALLED), "stalled");
-  assert_string_equal(http_standby_state_name(HTTP_STANDBY_REFUSED), "refused");
-  for (int v = 0; v < 16; v++)
-    assert_string_equal(
-        http_standby_state_name((http_standby_state)v),
-        replicate_standby_state_name((replicate_standby_state)v));
+}
+
+static int busy_open(void *ctx, loom_snapshot **out)
+{
+  (*(int *)ctx)++;
+  *out = NULL;
+  return EBUSY;
+}
+
+static void never_close(void *ctx, loom_snapshot *snap)
+{
+  (void)ctx;
+  (void)snap;
+  fail_msg("closed a snapshot that was never opened");
+}
+
+/* The backups stand alone: a source that cannot give a snapshot makes a
+ * 503 reply for the caller to send, and the figures stay at zero. */
+static void test_backups_unavailable(void **state)
+{
+  (void)state;
+  int opens = 0;
+  http_backup_source source = {&opens, busy_open, never_close};
+  http_backups *b = NULL;
+  assert_int_equal(http_backups_create(&source, &b), 0);
+  http_reply reply = {0};
+  struct MHD_Response *resp = (struct MHD_Response *)&reply;
+  assert_int_equal(http_backups_respond(b, "bytes=0-9", NULL, &reply, &resp),
+                   503);
+  assert_null(resp);
+  assert_int_equal(reply.retry_after, 1);
+  assert_int_equal(opens, 1);
+  char *doc = take(&reply.body);
+  assert_non_null(strstr(doc, "\"error\":\"base image in progress\""));
+  assert_non_null(strstr(doc, "\"code\":\"EBUSY\""));
+  free(doc);
+  http_backup_figures fig;
+  http_backups_figures(b, &fig);
+  assert_int_equal(fig.in_progress, 0);
+  assert_int_equal(fig.started, 0);
+  assert_false(fig.open);
+  http_backups_free(b);
+
+  /* No source of snapshots (a primary without snapshot_open). */
+  http_backup_source none = {NULL, NULL, never_close};
+  assert_int_equal(http_backups_create(&none, &b), 0);
+  http_reply other = {0};
+  assert_int_equal(http_backups_respond(b, NULL, NULL, &other, &resp), 503);
+  doc = take(&other.body);
+  assert_non_null(strstr(doc, "\"error\":\"backup unavailable\""));
+  assert_non_null(strstr(doc, http_error_name(ENOTSUP)));
+  free(doc);
+  http_backups_free(b);
+  http_backups_free(NULL);
 }
 
 int main(void)
@@ -181,6 +239,7 @@ int main(void)
       cmocka_unit_test(test_range_parse),
       cmocka_unit_test(test_etag_and_token),
       cmocka_unit_test(test_error_names),
+      cmocka_unit_test(test_backups_unavailable),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

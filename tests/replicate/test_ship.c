@@ -769,9 +769,9 @@ static void primary_position(primary *p, loom_position *pos)
   loom_store_position(loom_get_store(p->l), pos);
 }
 
-static void standby_status(primary *p, size_t i, replicate_standby_status *out)
+static void standby_status(primary *p, size_t i, replicate_peer_status *out)
 {
-  replicate_standby_status st[8];
+  replicate_peer_status st[8];
   size_t n = 0;
   replicate_shipper_status(p->sh, st, 8, &n);
   assert_true(i < n);
@@ -812,26 +812,26 @@ static bool log_trimmed(void *ctx)
 typedef struct state_wait {
   primary *p;
   size_t i;
-  replicate_standby_state state;
+  replicate_peer_state state;
 } state_wait;
 
 static bool in_state(void *ctx)
 {
   state_wait *w = ctx;
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(w->p, w->i, &st);
   return st.state == w->state;
 }
 
-static void wait_state(primary *p, size_t i, replicate_standby_state s)
+static void wait_state(primary *p, size_t i, replicate_peer_state s)
 {
   state_wait w = {p, i, s};
   bool ok = wait_for(in_state, &w, 10);
   if (!ok) {
-    replicate_standby_status st;
+    replicate_peer_status st;
     standby_status(p, i, &st);
     fprintf(stderr, "standby %zu: state %s, wanted %s (last error: %s)\n", i,
-            st.state_name, replicate_standby_state_name(s), st.last_error);
+            st.state_name, replicate_peer_state_name(s), st.last_error);
   }
   assert_true(ok);
 }
@@ -911,7 +911,7 @@ static void drain_ok(primary *p)
 {
   bool ok = replicate_shipper_drain(p->sh, 15);
   if (!ok) {
-    replicate_standby_status st[8];
+    replicate_peer_status st[8];
     size_t n;
     replicate_shipper_status(p->sh, st, 8, &n);
     for (size_t i = 0; i < n && i < 8; i++)
@@ -932,7 +932,7 @@ static void catch_up(primary *p, fake *f)
   if (!wait_for(fake_holds, &w, 15)) {
     loom_position fpos;
     fake_position(f, &fpos);
-    replicate_standby_status st;
+    replicate_peer_status st;
     replicate_shipper_status(p->sh, &st, 1, &(size_t){0});
     fprintf(stderr, "standby %s at seq %" PRIu64 ", primary at %" PRIu64
             "; first standby: %s (%s)\n", f->url, fpos.seq, pos.seq,
@@ -1060,7 +1060,7 @@ static void test_ordering(void **state)
   primary p;
   replicate_shipper_options o = test_options();
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   for (int i = 0; i < 40; i++) {
     assert_int_equal(primary_save(&p, 1 + i % 4, i % 7 == 0), 0);
     if (i % 10 == 0)
@@ -1078,7 +1078,7 @@ static void test_ordering(void **state)
   replicate_shipper_get_summary(p.sh, &sum);
   assert_int_equal(sum.latest_seq, pos.seq);
   assert_false(sum.fenced);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_string_equal(st.url, f->url);
   assert_int_equal(st.received_seq, pos.seq);
@@ -1106,7 +1106,7 @@ static void test_duplicates(void **state)
   primary p;
   replicate_shipper_options o = test_options();
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   primary_saves(&p, 3, 2, false);
   drain_ok(&p);
   for (unsigned i = 1; i <= 3; i++) {
@@ -1122,7 +1122,7 @@ static void test_duplicates(void **state)
   assert_int_equal(FAKE_GET(f, duplicates), 3);
   assert_int_equal(FAKE_GET(f, gaps) + FAKE_GET(f, mismatches), 0);
   assert_false(f->order_violation);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_true(st.failures >= 1); /* libcurl retries some on its own */
   primary_saves(&p, 3, 2, false);
@@ -1140,7 +1140,7 @@ static void test_gap(void **state)
   primary p;
   replicate_shipper_options o = test_options();
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   primary_saves(&p, 5, 2, false);
   drain_ok(&p);
   FAKE_SET(f, lie, 1);
@@ -1173,7 +1173,7 @@ static void test_log_append_fails(void **state)
   next_log_io = iosim_io(sim);
   primary_start(&p, &o, &f, 1, NULL);
   next_log_io = NULL;
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   primary_saves(&p, 5, 2, false);
   drain_ok(&p);
 
@@ -1212,9 +1212,9 @@ static void test_catch_up_coalesced(void **state)
   replicate_shipper_options o = test_options();
   o.coalesce_max_pages = 16;
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_UNREACHABLE);
+  wait_state(&p, 0, REPLICATE_PEER_UNREACHABLE);
   primary_saves(&p, 30, 3, false);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_int_equal(st.lag_frames, 30);
   assert_true(st.lag_bytes > 0);
@@ -1256,7 +1256,7 @@ static void test_restarted_empty(void **state)
   for (int i = 0; i < 2; i++) {
     assert_int_equal(FAKE_GET(fs[i], bases), 1);
     assert_same_image(&p, fs[i]);
-    replicate_standby_status st;
+    replicate_peer_status st;
     standby_status(&p, (size_t)i, &st);
     assert_int_equal(st.base_images_sent, 1);
   }
@@ -1304,7 +1304,7 @@ static void stalled_scenario(size_t n)
   o.request_timeout_seconds = 0.5;
   primary_start(&p, &o, fs, n, NULL);
   for (size_t i = 0; i < n; i++)
-    wait_state(&p, i, REPLICATE_STANDBY_STREAMING);
+    wait_state(&p, i, REPLICATE_PEER_STREAMING);
   fake_set_stalled(fs[0], true);
   int64_t t0 = now_ns();
   int64_t slowest = 0;
@@ -1326,11 +1326,11 @@ static void stalled_scenario(size_t n)
   loom_position stalled_pos;
   fake_position(fs[0], &stalled_pos);
   assert_true(stalled_pos.seq < pos.seq);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_true(st.received_seq < pos.seq);
   assert_true(st.lag_frames > 0);
-  wait_state(&p, 0, REPLICATE_STANDBY_UNREACHABLE); /* the request timed out */
+  wait_state(&p, 0, REPLICATE_PEER_UNREACHABLE); /* the request timed out */
   standby_status(&p, 1, &st);
   assert_int_equal(st.received_seq, pos.seq);
   fake_set_stalled(fs[0], false);
@@ -1364,8 +1364,8 @@ static void test_sync_blocks(void **state)
   replicate_shipper_options o = test_options();
   o.sync_count = 1;
   primary_start(&p, &o, fs, 2, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
-  wait_state(&p, 1, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
+  wait_state(&p, 1, REPLICATE_PEER_STREAMING);
   FAKE_SET(fs[0], delay_ms, 250);
   FAKE_SET(fs[1], delay_ms, 250);
   for (int i = 0; i < 3; i++) {
@@ -1418,7 +1418,7 @@ static void test_sync_timeout_fail(void **state)
   o.on_sync_timeout = REPLICATE_SYNC_FAIL;
   o.request_timeout_seconds = 5;
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   assert_int_equal(primary_save(&p, 2, false), 0);
   fake_set_stalled(f, true);
   loom_position before, after;
@@ -1467,7 +1467,7 @@ static void test_sync_timeout_degrade(void **state)
   o.on_sync_timeout = REPLICATE_SYNC_DEGRADE;
   o.request_timeout_seconds = 5;
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   fake_set_stalled(f, true);
   int64_t t = now_ns();
   assert_int_equal(primary_save(&p, 2, false), 0);
@@ -1504,14 +1504,14 @@ static void test_unauthorized(void **state)
   replicate_shipper_options o = test_options();
   o.token = "primary-secret-A";
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_UNAUTHORIZED);
+  wait_state(&p, 0, REPLICATE_PEER_UNAUTHORIZED);
   primary_saves(&p, 4, 2, false);
   sleep_ms(100);
   loom_position fpos;
   fake_position(f, &fpos);
   assert_int_equal(fpos.seq, 0);
   assert_int_equal(FAKE_GET(f, frames), 0);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_string_equal(st.state_name, "unauthorized");
   assert_non_null(strstr(st.last_error, "401"));
@@ -1533,7 +1533,7 @@ static void test_unauthorized(void **state)
   snprintf(f->token, sizeof f->token, "rotated-secret-C");
   pthread_mutex_unlock(&f->mu);
   primary_saves(&p, 2, 2, false);
-  wait_state(&p, 0, REPLICATE_STANDBY_UNAUTHORIZED);
+  wait_state(&p, 0, REPLICATE_PEER_UNAUTHORIZED);
   assert_int_equal(replicate_shipper_set_token(p.sh, "rotated-secret-C"), 0);
   catch_up(&p, f);
   standby_status(&p, 0, &st);
@@ -1560,11 +1560,11 @@ static void test_fenced(void **state)
   FAKE_SET(fs[0], stale_epoch, true);
   int rc = primary_save(&p, 2, false); /* shipped, refused: fenced */
   assert_true(rc == 0 || rc == REPLICATE_EFENCED);
-  wait_state(&p, 0, REPLICATE_STANDBY_FENCED);
+  wait_state(&p, 0, REPLICATE_PEER_FENCED);
   replicate_shipper_summary sum;
   replicate_shipper_get_summary(p.sh, &sum);
   assert_true(sum.fenced);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "epoch"));
   standby_status(&p, 1, &st);
@@ -1592,17 +1592,17 @@ static void test_retry_after(void **state)
   primary p;
   replicate_shipper_options o = test_options();
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   FAKE_SET(f, retry_after_s, 1);
   FAKE_SET(f, busy, 1);
   primary_saves(&p, 1, 2, false);
-  wait_state(&p, 0, REPLICATE_STANDBY_REFUSED);
+  wait_state(&p, 0, REPLICATE_PEER_REFUSED);
   catch_up(&p, f);
   pthread_mutex_lock(&f->mu);
   double waited = (double)(f->after_busy_ns - f->busy_answered_ns) / 1e9;
   pthread_mutex_unlock(&f->mu);
   assert_true(waited >= 0.95);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "503"));
   assert_same_image(&p, f);
@@ -1619,13 +1619,13 @@ static void test_refused(void **state)
   primary p;
   replicate_shipper_options o = test_options();
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   static const unsigned codes[] = {400, 503, 507};
   for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
     FAKE_SET(f, error_status, codes[i]);
     primary_saves(&p, 1, 2, false);
-    wait_state(&p, 0, REPLICATE_STANDBY_REFUSED);
-    replicate_standby_status st;
+    wait_state(&p, 0, REPLICATE_PEER_REFUSED);
+    replicate_peer_status st;
     standby_status(&p, 0, &st);
     char want[32];
     snprintf(want, sizeof want, "HTTP %u (refused by the test)", codes[i]);
@@ -1635,7 +1635,7 @@ static void test_refused(void **state)
     assert_string_equal(st.state_name, "refused");
     FAKE_SET(f, error_status, 0);
     catch_up(&p, f);
-    wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+    wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   }
   assert_same_image(&p, f);
   primary_stop(&p);
@@ -1654,21 +1654,21 @@ static void test_stalled_state(void **state)
   o.request_timeout_seconds = 30;
   o.stall_seconds = 0.3;
   primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   fake_set_stalled(f, true);
   int64_t t0 = now_ns();
   primary_saves(&p, 1, 2, false);
-  wait_state(&p, 0, REPLICATE_STANDBY_STALLED);
+  wait_state(&p, 0, REPLICATE_PEER_STALLED);
   double took = (double)(now_ns() - t0) / 1e9;
   assert_true(took >= 0.25 && took < 5);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_string_equal(st.state_name, "stalled");
   assert_non_null(strstr(st.last_error, "no answer"));
   assert_true(st.lag_frames > 0);
   fake_set_stalled(f, false);
   catch_up(&p, f);
-  wait_state(&p, 0, REPLICATE_STANDBY_STREAMING);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
@@ -1727,9 +1727,9 @@ static void test_primary_restart(void **state)
 /* Wait until standby 0 is diverged; fail with what it shows otherwise. */
 static void wait_diverged(primary *p)
 {
-  state_wait w = {p, 0, REPLICATE_STANDBY_DIVERGED};
+  state_wait w = {p, 0, REPLICATE_PEER_DIVERGED};
   if (!wait_for(in_state, &w, 15)) {
-    replicate_standby_status st;
+    replicate_peer_status st;
     standby_status(p, 0, &st);
     fprintf(stderr, "standby state %s (%s)\n", st.state_name, st.last_error);
     fail();
@@ -1761,7 +1761,7 @@ static void test_diverged(void **state)
   assert_int_equal(FAKE_GET(f, bases), 0);
   fake_position(f, &now);
   assert_memory_equal(&now, &fork_pos, sizeof now);
-  replicate_standby_status st;
+  replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "diverged"));
   assert_string_equal(st.state_name, "diverged");
@@ -1871,8 +1871,8 @@ static void test_https(void **state)
   primary q;
   replicate_shipper_options o2 = test_options();
   primary_start(&q, &o2, &f, 1, NULL);
-  wait_state(&q, 0, REPLICATE_STANDBY_UNREACHABLE);
-  replicate_standby_status st;
+  wait_state(&q, 0, REPLICATE_PEER_UNREACHABLE);
+  replicate_peer_status st;
   standby_status(&q, 0, &st);
   assert_true(st.last_error[0] != '\0');
   unsigned frames = FAKE_GET(f, frames);

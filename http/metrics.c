@@ -1,0 +1,320 @@
+/*
+ * metrics.c: GET /metrics in the Prometheus text format 0.0.4, built from
+ * the node's figures (status.c). Metric names are a public contract.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server_internal.h"
+
+/* ---------------------------------------------------------------------- */
+/* A growing text buffer */
+
+typedef struct textbuf {
+  char *data;
+  size_t len, cap;
+  bool failed;
+} textbuf;
+
+static void tb_printf(textbuf *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void tb_printf(textbuf *t, const char *fmt, ...)
+{
+  if (t->failed)
+    return;
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(t->data ? t->data + t->len : NULL,
+                      t->data ? t->cap - t->len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+      t->failed = true;
+      return;
+    }
+    if (t->data && t->len + (size_t)n < t->cap) {
+      t->len += (size_t)n;
+      return;
+    }
+    size_t cap = t->cap ? t->cap * 2 : 4096;
+    while (cap < t->len + (size_t)n + 1)
+      cap *= 2;
+    char *data = realloc(t->data, cap);
+    if (!data) {
+      t->failed = true;
+      return;
+    }
+    t->data = data;
+    t->cap = cap;
+  }
+}
+
+static void tb_head(textbuf *t, const char *name, const char *type,
+                    const char *help)
+{
+  tb_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value with \\, \" and \n escaped, as the format wants. */
+static void label_escape(const char *in, char *out, size_t n)
+{
+  size_t j = 0;
+  for (; *in && j + 3 < n; in++) {
+    if (*in == '\\' || *in == '"') {
+      out[j++] = '\\';
+      out[j++] = *in;
+    } else if (*in == '\n') {
+      out[j++] = '\\';
+      out[j++] = 'n';
+    } else {
+      out[j++] = *in;
+    }
+  }
+  out[j] = '\0';
+}
+
+static void gauge_u(textbuf *t, const char *name, const char *help, uint64_t v)
+{
+  tb_head(t, name, "gauge", help);
+  tb_printf(t, "%s %" PRIu64 "\n", name, v);
+}
+
+static void gauge_f(textbuf *t, const char *name, const char *help, double v)
+{
+  tb_head(t, name, "gauge", help);
+  tb_printf(t, "%s %.9g\n", name, v);
+}
+
+static void counter_u(textbuf *t, const char *name, const char *help,
+                      uint64_t v)
+{
+  tb_head(t, name, "counter", help);
+  tb_printf(t, "%s %" PRIu64 "\n", name, v);
+}
+
+static double seconds_of(int64_t ns) { return (double)ns / 1e9; }
+
+/* ---------------------------------------------------------------------- */
+/* The metrics, one builder per part */
+
+/* One series per peer (label url) for each figure, and its state. */
+static void peer_metrics(textbuf *t, const http_figures *f)
+{
+  static const struct {
+    const char *name, *type, *help;
+  } per[] = {
+      {"loomship_standby_sent_seq", "gauge", "Newest seq sent to the standby."},
+      {"loomship_standby_received_seq", "gauge",
+       "Newest seq the standby holds durably."},
+      {"loomship_standby_applied_seq", "gauge",
+       "Newest seq in the standby's image."},
+      {"loomship_standby_lag_frames", "gauge",
+       "Commits the standby has not applied."},
+      {"loomship_standby_lag_bytes", "gauge",
+       "Frame bytes the standby has not applied."},
+      {"loomship_standby_lag_seconds", "gauge",
+       "Age of the oldest commit the standby has not applied."},
+      {"loomship_standby_shipped_raw_bytes_total", "counter",
+       "Page bytes shipped to the standby before compression."},
+      {"loomship_standby_shipped_wire_bytes_total", "counter",
+       "Frame bytes shipped to the standby."},
+      {"loomship_standby_base_images_total", "counter",
+       "Base images the standby acknowledged."},
+      {"loomship_standby_last_error_time_seconds", "gauge",
+       "When the last error with the standby happened (0: none)."},
+  };
+  for (size_t m = 0; m < sizeof per / sizeof per[0]; m++) {
+    tb_head(t, per[m].name, per[m].type, per[m].help);
+    for (size_t i = 0; i < f->peer_count; i++) {
+      const replicate_peer_status *p = &f->peers[i];
+      char url[2 * REPLICATE_URL_MAX];
+      label_escape(p->url, url, sizeof url);
+      double v = 0;
+      switch (m) {
+      case 0: v = (double)p->sent_seq; break;
+      case 1: v = (double)p->received_seq; break;
+      case 2: v = (double)p->applied_seq; break;
+      case 3: v = (double)p->lag_frames; break;
+      case 4: v = (double)p->lag_bytes; break;
+      case 5: v = p->lag_seconds; break;
+      case 6: v = (double)p->bytes_raw; break;
+      case 7: v = (double)p->bytes_wire; break;
+      case 8: v = (double)p->base_images_sent; break;
+      default: v = seconds_of(p->last_error_at_ns); break;
+      }
+      tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
+    }
+  }
+  tb_head(t, "loomship_standby_state", "gauge",
+          "1 for the standby's current replication state.");
+  for (size_t i = 0; i < f->peer_count; i++) {
+    char url[2 * REPLICATE_URL_MAX];
+    label_escape(f->peers[i].url, url, sizeof url);
+    tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} 1\n", url,
+              replicate_peer_state_name(f->peers[i].state));
+  }
+}
+
+static void guard_metrics(textbuf *t, http_guard *guard)
+{
+  uint64_t closed[HTTP_GUARD_REASONS];
+  http_guard_closed_counts(guard, closed);
+  tb_head(t, "loomship_http_connections_closed_total", "counter",
+          "Connections closed for a late request header or a slow or "
+          "overlong upload, by reason.");
+  for (int v = HTTP_GUARD_HEADERS_LATE; v < HTTP_GUARD_REASONS; v++)
+    tb_printf(t, "loomship_http_connections_closed_total{reason=\"%s\"} "
+              "%" PRIu64 "\n", http_guard_reason_name((http_guard_verdict)v),
+              closed[v]);
+}
+
+/* What every node shows: build, role, times, readiness, position. */
+static void node_metrics(textbuf *t, http_server *s, const http_figures *f)
+{
+  const http_server_status *st = &f->view.status;
+  tb_head(t, "loomship_info", "gauge", "Build and role of this node.");
+  tb_printf(t, "loomship_info{version=\"%s\",role=\"%s\"} 1\n",
+            LOOMSHIP_VERSION, f->standby_role ? "standby" : "primary");
+  gauge_f(t, "loomship_start_time_seconds",
+          "When the server started, in seconds since the epoch.",
+          seconds_of(s->started_ns));
+  gauge_f(t, "loomship_uptime_seconds", "Seconds since the server started.",
+          seconds_of(http_monotonic_ns() - s->started_mono_ns));
+  gauge_u(t, "loomship_ready", "1 when /readyz answers 200.", f->ready);
+  gauge_u(t, "loomship_epoch", "The node's epoch.", http_figures_epoch(f));
+  gauge_u(t, "loomship_applied_seq", "Seq of the image's position.",
+          st->applied.seq);
+  gauge_u(t, "loomship_applied_pages", "Length of the image in pages.",
+          st->applied.pages);
+  gauge_f(t, "loomship_applied_commit_time_seconds",
+          "Commit time of the image's position (0: unknown).",
+          seconds_of(st->applied.commit_time_ns));
+}
+
+/* A standby's own: received, lag, contact, divergence. */
+static void standby_metrics(textbuf *t, const http_figures *f)
+{
+  const http_server_status *st = &f->view.status;
+  gauge_u(t, "loomship_received_seq",
+          "Seq of the newest frame durable in the receive log.",
+          st->received.seq);
+  gauge_u(t, "loomship_primary_seq", "Newest seq heard of from the primary.",
+          st->primary_seq);
+  gauge_u(t, "loomship_lag_frames", "Commits heard of and not applied.",
+          st->lag_frames);
+  gauge_u(t, "loomship_lag_bytes", "Frame bytes received and not applied.",
+          st->lag_bytes);
+  gauge_f(t, "loomship_lag_seconds",
+          "Age of the oldest commit heard of and not applied.",
+          st->lag_seconds);
+  if (f->view.clock_skew_known)
+    gauge_f(t, "loomship_clock_skew_seconds",
+            "This node's clock minus the primary's, estimated.",
+            f->view.clock_skew_seconds);
+  gauge_u(t, "loomship_replay_paused",
+          "1 while a base image is coming in.", st->replay_paused);
+  gauge_u(t, "loomship_receive_log_bytes", "Size of the receive log.",
+          f->view.receive_log_bytes);
+  gauge_f(t, "loomship_last_contact_time_seconds",
+          "When the primary was last heard from (0: never).",
+          seconds_of(f->view.last_contact_ns));
+  gauge_u(t, "loomship_diverged",
+          "1 while input that would move this standby backwards or "
+          "sideways is being refused (status: diverged).",
+          st->diverged != 0);
+  counter_u(t, "loomship_divergence_refusals_total",
+            "Frames and base images refused as moving this standby "
+            "backwards or sideways.", st->divergences);
+}
+
+/* Counters of frames, backups and uploads (every role). */
+static void counter_metrics(textbuf *t, const http_figures *f)
+{
+  const http_server_status *st = &f->view.status;
+  counter_u(t, "loomship_frames_received_total",
+            "Commit frames made durable in the receive log.",
+            st->frames_received);
+  counter_u(t, "loomship_frames_applied_total",
+            "Frames applied to the image.", st->frames_applied);
+  counter_u(t, "loomship_apply_commits_total",
+            "Store commits the applied frames took (frames waiting in the "
+            "receive log are merged).", st->apply_commits);
+  counter_u(t, "loomship_frames_duplicate_total",
+            "Frames received again (answered, nothing changed).",
+            st->duplicates);
+  counter_u(t, "loomship_heartbeats_received_total",
+            "Heartbeats received from the primary.", f->view.heartbeats);
+  counter_u(t, "loomship_received_bytes_total",
+            "Bytes of the commit frames received.", f->view.bytes_received);
+  counter_u(t, "loomship_base_images_total", "Base images installed.",
+            f->view.bases);
+  counter_u(t, "loomship_apply_errors_total",
+            "Frames that failed to apply.", f->view.apply_failures);
+  gauge_u(t, "loomship_backups_in_progress", "Backup downloads in progress.",
+          f->backup.in_progress);
+  counter_u(t, "loomship_backups_total", "Backup downloads started.",
+            f->backup.started);
+  counter_u(t, "loomship_backup_sent_bytes_total",
+            "Bytes of backup image streams sent.", f->backup.bytes_sent);
+  gauge_u(t, "loomship_http_uploads_in_progress",
+          "Frame and base uploads in progress.", f->uploads);
+  counter_u(t, "loomship_http_auth_failures_total",
+            "Requests refused for a missing or wrong token.", f->auth_failures);
+}
+
+/* Replies by endpoint and status code (http_server_count). */
+static void request_metrics(textbuf *t, http_server *s)
+{
+  tb_head(t, "loomship_http_requests_total", "counter",
+          "HTTP requests answered, by endpoint and status code.");
+  pthread_mutex_lock(&s->stats_mu);
+  for (int ep = 0; ep < HTTP_EP_COUNT; ep++)
+    for (unsigned c = 0; c < HTTP_CODE_SLOTS; c++) {
+      uint64_t n = s->requests[ep][c];
+      if (!n)
+        continue;
+      char code[16];
+      if (c < HTTP_CODE_SLOTS - 1)
+        snprintf(code, sizeof code, "%u", http_counted_codes[c]);
+      else
+        snprintf(code, sizeof code, "other");
+      tb_printf(t,
+                "loomship_http_requests_total{endpoint=\"%s\",code=\"%s\"} "
+                "%" PRIu64 "\n",
+                http_endpoint_path((http_endpoint)ep), code, n);
+    }
+  pthread_mutex_unlock(&s->stats_mu);
+}
+
+int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
+{
+  http_figures f;
+  http_figures_collect(s, &f);
+  textbuf t = {0};
+  node_metrics(&t, s, &f);
+  if (f.standby_role) {
+    standby_metrics(&t, &f);
+  } else {
+    gauge_u(&t, "loomship_fenced",
+            "1 once a standby was promoted past this primary.", f.fenced);
+    gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
+    peer_metrics(&t, &f);
+  }
+  counter_metrics(&t, &f);
+  guard_metrics(&t, s->guard);
+  request_metrics(&t, s);
+  http_figures_free(&f);
+
+  if (t.failed) {
+    free(t.data);
+    http_reply reply = {0};
+    http_reply_error(&reply, 503, "out of memory");
+    return http_server_send(s, conn, HTTP_EP_METRICS, &reply);
+  }
+  return http_server_send_body(s, conn, HTTP_EP_METRICS, t.data, t.len,
+                               "text/plain; version=0.0.4; charset=utf-8");
+}

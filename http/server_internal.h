@@ -1,0 +1,160 @@
+/*
+ * server_internal.h: what the files of the server share: the server
+ * object, the endpoints, sending and counting replies, the node's figures
+ * and the handlers of the read endpoints. Internal.
+ *
+ *   server.c     the daemon: start, stop, listen, TLS files
+ *   dispatch.c   requests: the access handler, connection callbacks,
+ *                authentication, load bounds, uploads, one handler per
+ *                endpoint, sending and counting replies
+ *   status.c     the node's figures; GET /v1/status and /readyz
+ *   metrics.c    GET /metrics
+ *   json.c       the JSON writer (json.h)
+ *   reply.c      replies, shared JSON pieces, error names (reply.h)
+ *   util.c       ranges, ETags, tokens, limits, clocks, the log (util.h)
+ *   backup.c     GET /v1/backup from a shared snapshot (backup.h)
+ *   guard.c      deadlines for headers and uploads (guard.h)
+ *   standby.c    the standby: receive log, applier thread, frames, base,
+ *                promotion (standby.h)
+ */
+#ifndef HTTP_SERVER_INTERNAL_H
+#define HTTP_SERVER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include <microhttpd.h>
+
+#include "backup.h"
+#include "guard.h"
+#include "json.h"
+#include "loom.h"
+#include "replicate.h"
+#include "reply.h"
+#include "server.h"
+#include "standby.h"
+#include "util.h"
+
+#ifndef LOOMSHIP_VERSION
+#define LOOMSHIP_VERSION "unknown"
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* The server (server.c) */
+
+typedef enum http_endpoint {
+  HTTP_EP_FRAMES = 0,
+  HTTP_EP_BASE,
+  HTTP_EP_PROMOTE,
+  HTTP_EP_BACKUP,
+  HTTP_EP_STATUS,
+  HTTP_EP_METRICS,
+  HTTP_EP_HEALTHZ,
+  HTTP_EP_READYZ,
+  HTTP_EP_OTHER,
+  HTTP_EP_COUNT
+} http_endpoint;
+
+/* The status codes counted one by one in /metrics; others go to "other". */
+#define HTTP_CODE_SLOTS 15
+extern const unsigned http_counted_codes[HTTP_CODE_SLOTS - 1];
+
+const char *http_endpoint_path(http_endpoint ep);
+
+struct http_server {
+  http_role role;               /* the configured role */
+  http_primary_source primary;  /* primary role */
+  uint8_t *token;               /* NULL: no authentication */
+  size_t token_len;
+  char *tls_cert;               /* PEM contents, or NULL */
+  char *tls_key;
+  uint64_t max_frame_bytes;
+  uint64_t max_image_pages;
+  replicate_limits limits;      /* what a frame may declare */
+  unsigned max_uploads;
+  unsigned upload_stall_seconds;   /* per-connection timeout while uploading */
+  unsigned frame_upload_max_seconds; /* duration caps (guard.c, G3) */
+  unsigned base_upload_max_seconds;
+  http_guard *guard;
+  unsigned connection_timeout;     /* the daemon's, restored after an upload */
+  double ready_max_lag_seconds;
+  http_logger logger;
+
+  http_standby *standby;        /* standby role (also once promoted) */
+  struct MHD_Daemon *daemon;
+  uint16_t port;
+  int64_t started_ns;
+  int64_t started_mono_ns;
+
+  pthread_mutex_t stats_mu;     /* the figures below */
+  bool stopping;
+  unsigned uploads;             /* frame and base uploads in progress */
+  uint64_t requests[HTTP_EP_COUNT][HTTP_CODE_SLOTS];
+  uint64_t auth_failures;
+
+  http_backups *backups;        /* GET /v1/backup (backup.c) */
+};
+
+/* ---------------------------------------------------------------------- */
+/* Requests (dispatch.c) */
+
+/* libmicrohttpd's callbacks, with the server as closure: the URI log
+ * callback (MHD_OPTION_URI_LOG_CALLBACK: allocates the request state),
+ * the access handler, and the completion callback
+ * (MHD_OPTION_NOTIFY_COMPLETED: frees it). */
+void *http_dispatch_request_line(void *cls, const char *uri,
+                                 struct MHD_Connection *conn);
+enum MHD_Result http_dispatch_access(void *cls, struct MHD_Connection *conn,
+                                     const char *url, const char *method,
+                                     const char *version,
+                                     const char *upload_data,
+                                     size_t *upload_data_size, void **req_cls);
+void http_dispatch_completed(void *cls, struct MHD_Connection *conn,
+                             void **req_cls,
+                             enum MHD_RequestTerminationCode toe);
+
+/* Count a reply by endpoint and status (for /metrics). */
+void http_server_count(http_server *server, http_endpoint ep, unsigned status);
+/* Queue reply (closing its JSON object) and free it. Returns the
+ * enum MHD_Result. */
+int http_server_send(http_server *server, struct MHD_Connection *conn,
+                     http_endpoint ep, http_reply *reply);
+/* Queue a 200 with data (malloc'd, len bytes; freed here whatever happens)
+ * as its body of content_type, and count it. Returns the enum MHD_Result. */
+int http_server_send_body(http_server *server, struct MHD_Connection *conn,
+                          http_endpoint ep, char *data, size_t len,
+                          const char *content_type);
+
+/* ---------------------------------------------------------------------- */
+/* What the node knows (status.c), gathered once per request for status,
+ * metrics and /readyz. */
+
+typedef struct http_figures {
+  http_standby_view view;       /* on a primary, view.status only */
+  bool standby_role;            /* a standby not promoted */
+  bool promoted;
+  bool fenced;
+  bool ready;
+  const char *not_ready;        /* why, when not ready */
+  replicate_peer_status *peers; /* primary: malloc'd */
+  size_t peer_count;
+  http_backup_figures backup;
+  unsigned uploads;
+  uint64_t auth_failures;
+} http_figures;
+
+void http_figures_collect(http_server *server, http_figures *out);
+void http_figures_free(http_figures *f);
+
+/* The node's epoch: the newer of received and applied. */
+uint64_t http_figures_epoch(const http_figures *f);
+
+/* The read endpoints (GET or HEAD; each queues its answer and returns the
+ * enum MHD_Result). */
+int http_answer_status(http_server *server, struct MHD_Connection *conn);
+int http_answer_readyz(http_server *server, struct MHD_Connection *conn);
+int http_answer_metrics(http_server *server, struct MHD_Connection *conn);
+
+#endif /* HTTP_SERVER_INTERNAL_H */

@@ -1,0 +1,351 @@
+/*
+ * status.c: what the node knows, gathered once per request (figures), and
+ * the documents built from it: GET /v1/status (DESIGN.md section 5: the
+ * names are a public contract) and GET /readyz.
+ *
+ * On a primary the standbys it ships to are its *peers* (replicate.h):
+ * their list is shown under "standbys", one object per peer.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "server_internal.h"
+
+/* ---------------------------------------------------------------------- */
+/* Figures */
+
+/* A standby's readiness (server.h, READINESS): view.status.ready says
+ * only that the last apply did not fail. */
+static void standby_figures(http_server *s, http_figures *f)
+{
+  http_server_status *st = &f->view.status;
+  http_standby_view_get(s->standby, &f->view);
+  f->promoted = st->role == HTTP_ROLE_PRIMARY;
+  f->standby_role = !f->promoted;
+  bool apply_ok = st->ready;
+  f->ready = true;
+  if (!f->standby_role)
+    return;
+  if (st->replay_paused) {
+    f->ready = false;
+    f->not_ready = "base image in progress";
+  } else if (!apply_ok) {
+    f->ready = false;
+    f->not_ready = "a received frame failed to apply";
+  } else if (st->lag_seconds > s->ready_max_lag_seconds) {
+    f->ready = false;
+    f->not_ready = "lag above the threshold";
+  }
+}
+
+/* The primary's peers, asked again with a larger array while the list
+ * grows (three tries). None when out of memory. */
+static void peers_collect(http_server *s, http_figures *f)
+{
+  size_t cap = 16;
+  for (int attempt = 0; attempt < 3; attempt++) {
+    replicate_peer_status *list = calloc(cap, sizeof *list);
+    if (!list)
+      return;
+    size_t n = s->primary.peers(s->primary.ctx, list, cap);
+    if (n <= cap) {
+      f->peers = list;
+      f->peer_count = n;
+      return;
+    }
+    free(list);
+    cap = n;
+  }
+}
+
+static void primary_figures(http_server *s, http_figures *f)
+{
+  http_server_status *st = &f->view.status;
+  st->role = HTTP_ROLE_PRIMARY;
+  s->primary.position(s->primary.ctx, &st->applied);
+  if (s->primary.history)
+    s->primary.history(s->primary.ctx, &st->history);
+  st->received = st->applied;
+  st->primary_seq = st->applied.seq;
+  f->fenced = s->primary.fenced && s->primary.fenced(s->primary.ctx);
+  f->ready = !f->fenced;
+  if (f->fenced)
+    f->not_ready = "fenced: a standby was promoted";
+  if (s->primary.peers)
+    peers_collect(s, f);
+}
+
+void http_figures_collect(http_server *s, http_figures *f)
+{
+  memset(f, 0, sizeof *f);
+  http_server_status *st = &f->view.status;
+  if (s->standby)
+    standby_figures(s, f);
+  else
+    primary_figures(s, f);
+  st->fenced = f->fenced;
+  st->ready = f->ready;
+  http_backups_figures(s->backups, &f->backup);
+  st->backups_in_progress = f->backup.in_progress;
+  pthread_mutex_lock(&s->stats_mu);
+  f->uploads = s->uploads;
+  f->auth_failures = s->auth_failures;
+  pthread_mutex_unlock(&s->stats_mu);
+}
+
+void http_figures_free(http_figures *f)
+{
+  free(f->peers);
+  f->peers = NULL;
+}
+
+uint64_t http_figures_epoch(const http_figures *f)
+{
+  const http_server_status *st = &f->view.status;
+  return st->received.epoch > st->applied.epoch ? st->received.epoch
+                                                : st->applied.epoch;
+}
+
+void http_server_get_status(http_server *s, http_server_status *out)
+{
+  http_figures f;
+  http_figures_collect(s, &f);
+  *out = f.view.status;
+  http_figures_free(&f);
+}
+
+/* ---------------------------------------------------------------------- */
+/* GET /v1/status */
+
+static void lag_json(json_writer *w, uint64_t frames, uint64_t bytes,
+                     double seconds)
+{
+  json_key(w, "lag");
+  json_object_begin(w);
+  json_key(w, "frames");
+  json_uint(w, frames);
+  json_key(w, "bytes");
+  json_uint(w, bytes);
+  json_key(w, "seconds");
+  json_double(w, seconds);
+  json_object_end(w);
+}
+
+/* "diverged": null, or the last input refused as moving this standby
+ * backwards or sideways: {"code", "reason", "at"}. */
+static void diverged_json(json_writer *w, const http_server_status *st)
+{
+  json_key(w, "diverged");
+  if (!st->diverged) {
+    json_null(w);
+    return;
+  }
+  json_object_begin(w);
+  json_key(w, "code");
+  json_string(w, http_error_name(st->diverged));
+  json_key(w, "reason");
+  json_string(w, replicate_strerror(st->diverged));
+  json_key(w, "at");
+  json_time_ns(w, st->diverged_at_ns);
+  json_key(w, "refusals");
+  json_uint(w, st->divergences);
+  json_object_end(w);
+}
+
+/* A standby's own keys: its positions, lag and contact with the primary. */
+static void standby_json(const http_figures *f, json_writer *w)
+{
+  const http_server_status *st = &f->view.status;
+  diverged_json(w, st);
+  json_key(w, "received");
+  http_json_position(w, &st->received);
+  json_key(w, "primary_seq");
+  json_uint(w, st->primary_seq);
+  lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
+  json_key(w, "clock_skew_seconds");
+  if (f->view.clock_skew_known)
+    json_double(w, f->view.clock_skew_seconds);
+  else
+    json_null(w);
+  json_key(w, "replay_paused");
+  json_bool(w, st->replay_paused);
+  json_key(w, "primary_epoch");
+  json_uint(w, f->view.primary_epoch);
+  json_key(w, "last_contact_at");
+  json_time_ns(w, f->view.last_contact_ns);
+  json_key(w, "last_apply_error");
+  json_string(w, st->last_apply_error ? replicate_strerror(st->last_apply_error)
+                                      : NULL);
+  json_key(w, "last_apply_error_at");
+  json_time_ns(w, st->last_apply_error ? f->view.last_apply_error_at_ns : 0);
+  json_key(w, "receive_log_bytes");
+  json_uint(w, f->view.receive_log_bytes);
+}
+
+/* "sync": {"required", "count" (the same, for older readers), "degraded",
+ * "degraded_since"}. */
+static void sync_json(http_server *s, json_writer *w)
+{
+  http_sync_status sync = {0};
+  s->primary.sync_state(s->primary.ctx, &sync);
+  json_key(w, "sync");
+  json_object_begin(w);
+  json_key(w, "required");
+  json_uint(w, sync.required);
+  json_key(w, "count");
+  json_uint(w, sync.required);
+  json_key(w, "degraded");
+  json_bool(w, sync.degraded);
+  json_key(w, "degraded_since");
+  json_time_ns(w, sync.degraded ? sync.degraded_since_ns : 0);
+  json_object_end(w);
+}
+
+/* One entry of "standbys": a peer as the shipper reports it. */
+static void peer_json(const replicate_peer_status *p, json_writer *w)
+{
+  json_object_begin(w);
+  json_key(w, "url");
+  json_string(w, p->url);
+  json_key(w, "state");
+  json_string(w, replicate_peer_state_name(p->state));
+  json_key(w, "sent_seq");
+  json_uint(w, p->sent_seq);
+  json_key(w, "received_seq");
+  json_uint(w, p->received_seq);
+  json_key(w, "applied_seq");
+  json_uint(w, p->applied_seq);
+  json_key(w, "base_images");
+  json_uint(w, p->base_images_sent);
+  lag_json(w, p->lag_frames, p->lag_bytes, p->lag_seconds);
+  json_key(w, "last_error");
+  json_string(w, p->last_error[0] ? p->last_error : NULL);
+  json_key(w, "last_error_at");
+  json_time_ns(w, p->last_error_at_ns);
+  json_key(w, "bytes");
+  json_object_begin(w);
+  json_key(w, "raw");
+  json_uint(w, p->bytes_raw);
+  json_key(w, "wire");
+  json_uint(w, p->bytes_wire);
+  json_object_end(w);
+  json_object_end(w);
+}
+
+/* A primary's own keys (also a promoted standby's): fenced, sync, its
+ * peers. */
+static void primary_json(http_server *s, const http_figures *f,
+                         json_writer *w)
+{
+  json_key(w, "fenced");
+  json_bool(w, f->fenced);
+  if (s->primary.sync_state)
+    sync_json(s, w);
+  if (f->promoted) {
+    json_key(w, "promoted_at");
+    json_time_ns(w, f->view.promoted_at_ns);
+  }
+  json_key(w, "standbys");
+  json_array_begin(w);
+  for (size_t i = 0; i < f->peer_count; i++)
+    peer_json(&f->peers[i], w);
+  json_array_end(w);
+}
+
+static void backup_json(const http_figures *f, json_writer *w)
+{
+  json_key(w, "backup");
+  json_object_begin(w);
+  json_key(w, "in_progress");
+  json_uint(w, f->backup.in_progress);
+  json_key(w, "position");
+  if (f->backup.open)
+    http_json_position(w, &f->backup.position);
+  else
+    json_null(w);
+  json_object_end(w);
+}
+
+static void counters_json(const http_figures *f, json_writer *w)
+{
+  const http_server_status *st = &f->view.status;
+  json_key(w, "counters");
+  json_object_begin(w);
+  json_key(w, "frames_received");
+  json_uint(w, st->frames_received);
+  json_key(w, "frames_applied");
+  json_uint(w, st->frames_applied);
+  json_key(w, "apply_commits");
+  json_uint(w, st->apply_commits);
+  json_key(w, "duplicates");
+  json_uint(w, st->duplicates);
+  json_key(w, "heartbeats");
+  json_uint(w, f->view.heartbeats);
+  json_key(w, "base_images");
+  json_uint(w, f->view.bases);
+  json_key(w, "backups");
+  json_uint(w, f->backup.started);
+  json_object_end(w);
+}
+
+static void status_json(http_server *s, const http_figures *f, json_writer *w)
+{
+  const http_server_status *st = &f->view.status;
+  json_object_begin(w);
+  json_key(w, "role");
+  json_string(w, f->standby_role ? "standby" : "primary");
+  json_key(w, "epoch");
+  json_uint(w, http_figures_epoch(f));
+  http_json_history(w, &st->history);
+  json_key(w, "applied");
+  http_json_position(w, &st->applied);
+  if (f->standby_role)
+    standby_json(f, w);
+  else
+    primary_json(s, f, w);
+  json_key(w, "ready");
+  json_bool(w, f->ready);
+  backup_json(f, w);
+  counters_json(f, w);
+  json_key(w, "uptime_seconds");
+  json_double(w, (double)(http_monotonic_ns() - s->started_mono_ns) / 1e9);
+  json_key(w, "started_at");
+  json_time_ns(w, s->started_ns);
+  json_key(w, "version");
+  json_string(w, LOOMSHIP_VERSION);
+  json_object_end(w);
+}
+
+int http_answer_status(http_server *s, struct MHD_Connection *conn)
+{
+  http_figures f;
+  http_figures_collect(s, &f);
+  http_reply reply = {.status = 200};
+  json_init(&reply.body);
+  status_json(s, &f, &reply.body);
+  http_figures_free(&f);
+  return http_server_send(s, conn, HTTP_EP_STATUS, &reply);
+}
+
+/* ---------------------------------------------------------------------- */
+/* GET /readyz */
+
+int http_answer_readyz(http_server *s, struct MHD_Connection *conn)
+{
+  http_figures f;
+  http_figures_collect(s, &f);
+  http_reply reply = {0};
+  http_reply_object(&reply, f.ready ? 200 : 503);
+  json_key(&reply.body, "ready");
+  json_bool(&reply.body, f.ready);
+  json_key(&reply.body, "reason");
+  json_string(&reply.body, f.not_ready);
+  json_key(&reply.body, "role");
+  json_string(&reply.body, f.standby_role ? "standby" : "primary");
+  json_key(&reply.body, "lag_seconds");
+  json_double(&reply.body, f.view.status.lag_seconds);
+  json_key(&reply.body, "threshold_seconds");
+  json_double(&reply.body, s->ready_max_lag_seconds);
+  http_figures_free(&f);
+  return http_server_send(s, conn, HTTP_EP_READYZ, &reply);
+}
