@@ -130,7 +130,7 @@ int main(int argc, char **argv)
 }
 C
 for f in "$root"/include/loomship/*.h; do   # only installed headers reach it
-  case $(basename "$f") in loom.h|loom_io.h|loom_version.h|replicate.h) ;;
+  case $(basename "$f") in loom.h|loom_io.h|loom_version.h|replicate.h|receiver.h) ;;
     *) echo "unexpected installed header $f"; exit 1 ;; esac
 done
 flags=$(pkg-config --define-variable=prefix="$root" --cflags --libs loomship-replicate)
