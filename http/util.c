@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "logline.h"
 #include "util.h"
 
 /* ---------------------------------------------------------------------- */
@@ -144,12 +145,10 @@ int64_t http_monotonic_ns(void) { return loom_mono_ns(); }
 
 void http_logf(const http_logger *logger, const char *fmt, ...)
 {
-  if (!logger || !logger->fn)
+  if (!logger)
     return;
-  char line[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  loom_log_vline(logger->fn, logger->ctx, fmt, ap);
   va_end(ap);
-  logger->fn(logger->ctx, line);
 }

@@ -90,6 +90,7 @@
 
 #include "receiver_internal.h"
 #include "clock.h"
+#include "logline.h"
 
 #define DIVERGED_HOLD_NS (10 * RX_NS_PER_S)
 
@@ -98,14 +99,10 @@
 
 void rx_logf(replicate_receiver *rx, const char *fmt, ...)
 {
-  if (!rx->log_fn)
-    return;
-  char line[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  loom_log_vline(rx->log_fn, rx->log_ctx, fmt, ap);
   va_end(ap);
-  rx->log_fn(rx->log_ctx, line);
 }
 
 static int64_t realtime_ns(void) { return loom_real_ns(); } /* core/clock.h */

@@ -45,6 +45,7 @@
  */
 #include "ship_internal.h"
 #include "clock.h"
+#include "logline.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -100,14 +101,10 @@ static bool token_acceptable(const char *token)
 
 void ship_diag(replicate_shipper *sh, const char *fmt, ...)
 {
-  if (!sh->log_fn)
-    return;
-  char line[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  loom_log_vline(sh->log_fn, sh->log_ctx, fmt, ap);
   va_end(ap);
-  sh->log_fn(sh->log_ctx, line);
 }
 
 /* xorshift64*, for backoff jitter (shipping thread only). */
