@@ -145,6 +145,104 @@ static const cli_option demo_options[] = {
     {0},
 };
 
+/* One progress line: saves, rate, bytes changed and shipped, lag. */
+static void print_progress(primary_node *n, double start, double t, int tty)
+{
+  replicate_peer_status st;
+  size_t count;
+  replicate_shipper_status(n->shipper, &st, 1, &count);
+  char raw[32], wire[32];
+  human((double)n->bytes_raw, raw, sizeof raw);
+  human((double)st.bytes_wire, wire, sizeof wire);
+  printf("%s%5.1f s  %6llu saves  %5.0f saves/s  changed %s  shipped %s  "
+         "lag %llu frames %.3f s  [%s]%s",
+         tty ? "\r" : "", t - start, (unsigned long long)n->saves,
+         (double)n->saves / (t - start), raw, wire, (unsigned long long)st.lag_frames,
+         st.lag_seconds, st.state_name, tty ? "  " : "\n");
+  fflush(stdout);
+}
+
+/* The workload, with a live progress line, until the time is up or a
+ * stop signal comes. 1 when a save failed. */
+static int run_workload(primary_node *n, const sigset_t *stop, uint64_t seconds,
+                        uint64_t rate)
+{
+  int tty = isatty(STDOUT_FILENO);
+  double start = loom_mono_s(), last = start, every = tty ? 0.2 : 1.0;
+  double period = rate ? 1.0 / (double)rate : 0, next = start;
+  n->rng = 0x9e3779b97f4a7c15u;
+  int failed = 0;
+  while (loom_mono_s() - start < (double)seconds) {
+    struct timespec zero = {0, 0};
+    if (sigtimedwait(stop, NULL, &zero) > 0)
+      break;
+    if (period) {
+      next += period;
+      double wait = next - loom_mono_s();
+      if (wait > 0)
+        usleep((useconds_t)(wait * 1e6));
+    }
+    int rc = primary_step(n);
+    if (rc) {
+      cli_fail("demo", "save: %s", replicate_strerror(rc));
+      failed = 1;
+      break;
+    }
+    double t = loom_mono_s();
+    if (t - last >= every) {
+      print_progress(n, start, t, tty);
+      last = t;
+    }
+  }
+  if (tty)
+    printf("\n");
+  return failed;
+}
+
+/* Drain the shipper, wait for the standby to apply what was committed,
+ * and say what was shipped. */
+static void drain_and_report(primary_node *n, const char *url,
+                             const loom_position *committed, uint64_t seconds)
+{
+  replicate_peer_status st;
+  size_t count;
+  int drained = replicate_shipper_drain(n->shipper, 30) &&
+                wait_applied(url, committed->seq, 30);
+  replicate_shipper_status(n->shipper, &st, 1, &count);
+  char raw[32], wire[32];
+  human((double)n->bytes_raw, raw, sizeof raw);
+  human((double)st.bytes_wire, wire, sizeof wire);
+  printf("\n%llu saves in %llu s; pages changed %s, shipped %s (%.0fx less)%s\n",
+         (unsigned long long)n->saves, (unsigned long long)seconds, raw, wire,
+         st.bytes_wire ? (double)n->bytes_raw / (double)st.bytes_wire : 0.0,
+         drained ? "" : "; the standby did not catch up in 30 s");
+}
+
+/* The check: the three images verify, are identical, and are at the
+ * committed position. 1 when not. */
+static int check_images(const char *const dirs[3], const loom_position *committed)
+{
+  const char *names[3] = {"primary", "standby", "backup"};
+  loom_position pos[3];
+  int failed = 0;
+  printf("\n%-8s %6s %8s %18s %7s  %-8s %s\n", "image", "epoch", "seq", "checksum", "pages",
+         "verify", "bytes");
+  for (int i = 0; i < 3; i++) {
+    uint64_t computed = 0;
+    memset(&pos[i], 0, sizeof pos[i]);
+    int vr = loom_verify(dirs[i], &pos[i], &computed);
+    int same = i == 0 || same_image(dirs[0], dirs[i]);
+    char hex[17];
+    printf("%-8s %6llu %8llu %18s %7llu  %-8s %s\n", names[i],
+           (unsigned long long)pos[i].epoch, (unsigned long long)pos[i].seq,
+           cli_hex64(pos[i].checksum, hex), (unsigned long long)pos[i].pages,
+           vr ? loom_strerror(vr) : "ok", i == 0 ? "-" : same ? "identical" : "DIFFER");
+    failed |= vr != 0 || !same || pos[i].seq != committed->seq ||
+              pos[i].checksum != committed->checksum;
+  }
+  return failed;
+}
+
 static int run_demo(void *args)
 {
   const demo_args *a = args;
@@ -181,61 +279,11 @@ static int run_demo(void *args)
   printf("primary    %s, %llu values of 64 bytes changed per save\n\n", primary_dir,
          (unsigned long long)pages);
 
-  /* The workload, with a live progress line. */
-  int tty = isatty(STDOUT_FILENO);
-  double start = loom_mono_s(), last = start, every = tty ? 0.2 : 1.0;
-  double period = rate ? 1.0 / (double)rate : 0, next = start;
-  n.rng = 0x9e3779b97f4a7c15u;
-  int failed = 0;
-  while (loom_mono_s() - start < (double)seconds) {
-    struct timespec zero = {0, 0};
-    if (sigtimedwait(&stop, NULL, &zero) > 0)
-      break;
-    if (period) {
-      next += period;
-      double wait = next - loom_mono_s();
-      if (wait > 0)
-        usleep((useconds_t)(wait * 1e6));
-    }
-    if ((rc = primary_step(&n))) {
-      cli_fail("demo", "save: %s", replicate_strerror(rc));
-      failed = 1;
-      break;
-    }
-    double t = loom_mono_s();
-    if (t - last >= every) {
-      replicate_peer_status st;
-      size_t count;
-      replicate_shipper_status(n.shipper, &st, 1, &count);
-      char raw[32], wire[32];
-      human((double)n.bytes_raw, raw, sizeof raw);
-      human((double)st.bytes_wire, wire, sizeof wire);
-      printf("%s%5.1f s  %6llu saves  %5.0f saves/s  changed %s  shipped %s  "
-             "lag %llu frames %.3f s  [%s]%s",
-             tty ? "\r" : "", t - start, (unsigned long long)n.saves,
-             (double)n.saves / (t - start), raw, wire, (unsigned long long)st.lag_frames,
-             st.lag_seconds, st.state_name, tty ? "  " : "\n");
-      fflush(stdout);
-      last = t;
-    }
-  }
-  if (tty)
-    printf("\n");
+  int failed = run_workload(&n, &stop, seconds, rate);
   loom_position committed = n.committed;
 
   /* Drain, then a backup over HTTP from the standby, then stop both. */
-  replicate_peer_status st;
-  size_t count;
-  int drained = replicate_shipper_drain(n.shipper, 30) &&
-                wait_applied(url, committed.seq, 30);
-  replicate_shipper_status(n.shipper, &st, 1, &count);
-  char raw[32], wire[32];
-  human((double)n.bytes_raw, raw, sizeof raw);
-  human((double)st.bytes_wire, wire, sizeof wire);
-  printf("\n%llu saves in %llu s; pages changed %s, shipped %s (%.0fx less)%s\n",
-         (unsigned long long)n.saves, (unsigned long long)seconds, raw, wire,
-         st.bytes_wire ? (double)n.bytes_raw / (double)st.bytes_wire : 0.0,
-         drained ? "" : "; the standby did not catch up in 30 s");
+  drain_and_report(&n, url, &committed, seconds);
   printf("backup     GET %s/v1/backup -> %s\n", url, backup_dir);
   rc = cli_backup_pull(url, backup_dir, NULL, NULL, 3, 1);
   failed |= rc != 0;
@@ -243,25 +291,8 @@ static int run_demo(void *args)
   failed |= standby_rc != 0;
   failed |= primary_close(&n, 0) == 1;
 
-  /* The check. */
-  const char *dirs[3] = {primary_dir, standby_dir, backup_dir};
-  const char *names[3] = {"primary", "standby", "backup"};
-  loom_position pos[3];
-  printf("\n%-8s %6s %8s %18s %7s  %-8s %s\n", "image", "epoch", "seq", "checksum", "pages",
-         "verify", "bytes");
-  for (int i = 0; i < 3; i++) {
-    uint64_t computed = 0;
-    memset(&pos[i], 0, sizeof pos[i]);
-    int vr = loom_verify(dirs[i], &pos[i], &computed);
-    int same = i == 0 || same_image(dirs[0], dirs[i]);
-    char hex[17];
-    printf("%-8s %6llu %8llu %18s %7llu  %-8s %s\n", names[i],
-           (unsigned long long)pos[i].epoch, (unsigned long long)pos[i].seq,
-           cli_hex64(pos[i].checksum, hex), (unsigned long long)pos[i].pages,
-           vr ? loom_strerror(vr) : "ok", i == 0 ? "-" : same ? "identical" : "DIFFER");
-    failed |= vr != 0 || !same || pos[i].seq != committed.seq ||
-              pos[i].checksum != committed.checksum;
-  }
+  const char *const dirs[3] = {primary_dir, standby_dir, backup_dir};
+  failed |= check_images(dirs, &committed);
   printf("\n%s\n", failed ? "FAILED: the images differ (kept for inspection in the "
                             "directory above)"
                           : "primary, standby and backup are identical");

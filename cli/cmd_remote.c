@@ -407,17 +407,88 @@ static void remove_tree(const char *path)
   rmdir(path);
 }
 
-int cli_backup_pull(const char *from, const char *out, const char *token,
-                    const char *ca_file, uint64_t retries, int quiet)
+/* One request for the backup: from the start, or resumed at d->offset
+ * when the server named the stream (If-Range on its ETag). */
+static CURLcode download_once(download *d, CURL *c, const char *url,
+                              const struct curl_slist *base_headers,
+                              const char *ca_file)
 {
-  int rc = 0;
-  struct stat st;
-  if (stat(out, &st) == 0)
-    return cli_fail("backup", "%s exists: a backup never replaces a directory", out);
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.partial-%d", out, (int)getpid());
-  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = loom_mono_s(), .quiet = quiet};
-  d.page = malloc(PS);
+  struct curl_slist *headers = NULL;
+  for (const struct curl_slist *h = base_headers; h; h = h->next)
+    headers = curl_slist_append(headers, h->data);
+  char range[128], ifrange[300];
+  if (d->offset > 0 && d->etag[0]) {
+    snprintf(range, sizeof range, "Range: bytes=%llu-", (unsigned long long)d->offset);
+    snprintf(ifrange, sizeof ifrange, "If-Range: %s", d->etag);
+    headers = curl_slist_append(headers, range);
+    headers = curl_slist_append(headers, ifrange);
+  } else {
+    download_reset(d);
+  }
+  uint64_t resumed_from = d->offset;
+  curl_easy_reset(c);
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, d);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, d);
+  curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(c, CURLOPT_XFERINFODATA, d);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+  curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 30L);
+  if (ca_file)
+    curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
+  d->status = 0;
+  d->restarted = 0;
+  CURLcode cr = curl_easy_perform(c);
+  curl_slist_free_all(headers);
+  if (d->restarted && resumed_from > 0)
+    fprintf(stderr, "loomship backup: the backup moved to a new position; "
+                    "it was downloaded again from the start\n");
+  if (d->new_etag[0])
+    strcpy(d->etag, d->new_etag);
+  return cr;
+}
+
+/* What an attempt came to: 1 the whole stream is in, 0 try again (the
+ * reason in message), -1 stop (d->failed, or retrying will not help). */
+static int attempt_outcome(download *d, CURLcode cr, const char *url, char *message,
+                           size_t size)
+{
+  if (d->failed)
+    return -1;
+  if (cr != CURLE_OK) {
+    snprintf(message, size, "%s", curl_easy_strerror(cr));
+    return 0;
+  }
+  if (d->status == 416) {
+    download_reset(d);
+    snprintf(message, size, "range refused");
+    return 0;
+  }
+  if (d->status != 200 && d->status != 206) {
+    snprintf(message, size, "HTTP %ld from %s", d->status, url);
+    if (d->status == 401 || d->status == 403 || d->status == 404)
+      return -1; /* retrying will not help */
+    return 0;
+  }
+  if (d->header_have == LOOM_STREAM_HEADER && d->pages_added == d->pos.pages &&
+      d->page_have == 0)
+    return 1;
+  snprintf(message, size, "the download ended early");
+  return 0;
+}
+
+/* Download the backup into d, resuming up to retries times with backoff.
+ * 1 when the whole stream is in. */
+static int download_all(download *d, const char *from, const char *token,
+                        const char *ca_file, uint64_t retries, char *message,
+                        size_t size)
+{
   char *url = client_url(from, "/v1/backup");
   char *auth = NULL;
   struct curl_slist *base_headers = NULL;
@@ -428,74 +499,18 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   }
   CURL *c = curl_easy_init();
   int done = 0;
-  char message[600] = "";
-  for (uint64_t attempt = 0; !done && !d.failed && attempt <= retries; attempt++) {
+  for (uint64_t attempt = 0; !done && !d->failed && attempt <= retries; attempt++) {
     if (attempt > 0) {
       unsigned wait = attempt < 5 ? 1u << (attempt - 1) : 16u;
       fprintf(stderr, "loomship backup: %s; resuming at byte %llu in %u s\n", message,
-              (unsigned long long)d.offset, wait);
+              (unsigned long long)d->offset, wait);
       sleep(wait);
     }
-    struct curl_slist *headers = NULL;
-    for (struct curl_slist *h = base_headers; h; h = h->next)
-      headers = curl_slist_append(headers, h->data);
-    char range[128], ifrange[300];
-    if (d.offset > 0 && d.etag[0]) {
-      snprintf(range, sizeof range, "Range: bytes=%llu-", (unsigned long long)d.offset);
-      snprintf(ifrange, sizeof ifrange, "If-Range: %s", d.etag);
-      headers = curl_slist_append(headers, range);
-      headers = curl_slist_append(headers, ifrange);
-    } else {
-      download_reset(&d);
-    }
-    uint64_t resumed_from = d.offset;
-    curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &d);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &d);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, &d);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 30L);
-    if (ca_file)
-      curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
-    d.status = 0;
-    d.restarted = 0;
-    CURLcode cr = curl_easy_perform(c);
-    curl_slist_free_all(headers);
-    if (d.restarted && resumed_from > 0)
-      fprintf(stderr, "loomship backup: the backup moved to a new position; "
-                      "it was downloaded again from the start\n");
-    if (d.new_etag[0])
-      strcpy(d.etag, d.new_etag);
-    if (d.failed)
+    CURLcode cr = download_once(d, c, url, base_headers, ca_file);
+    int outcome = attempt_outcome(d, cr, url, message, size);
+    if (outcome < 0)
       break;
-    if (cr != CURLE_OK) {
-      snprintf(message, sizeof message, "%s", curl_easy_strerror(cr));
-      continue;
-    }
-    if (d.status == 416) {
-      download_reset(&d);
-      snprintf(message, sizeof message, "range refused");
-      continue;
-    }
-    if (d.status != 200 && d.status != 206) {
-      snprintf(message, sizeof message, "HTTP %ld from %s", d.status, url);
-      if (d.status == 401 || d.status == 403 || d.status == 404)
-        break; /* retrying will not help */
-      continue;
-    }
-    if (d.header_have == LOOM_STREAM_HEADER && d.pages_added == d.pos.pages &&
-        d.page_have == 0)
-      done = 1;
-    else
-      snprintf(message, sizeof message, "the download ended early");
+    done = outcome;
   }
   curl_easy_cleanup(c);
   curl_slist_free_all(base_headers);
@@ -504,25 +519,15 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
     free(auth);
   }
   free(url);
-  if (done) {
-    progress_line(&d, 1);
-    rc = loom_patch_commit(d.patch); /* checks every page against the checksum */
-    d.patch = NULL;
-    if (rc)
-      snprintf(message, sizeof message, "the backup does not verify: %s", loom_strerror(rc));
-  } else if (d.failed) {
-    snprintf(message, sizeof message, "%s", d.error);
-  }
-  int close_rc = d.store ? loom_store_close(d.store) : 0;
-  if (d.patch)
-    loom_patch_abort(d.patch);
-  free(d.page);
-  if (!done || rc || close_rc) {
-    remove_tree(tmp);
-    return cli_fail("backup", "%s", message[0] ? message : loom_strerror(close_rc));
-  }
+  return done;
+}
+
+/* The downloaded directory tmp, verified, becomes out (durably). */
+static int install_backup(const char *tmp, const char *out, int quiet)
+{
   loom_position rec;
   uint64_t computed;
+  int rc;
   if ((rc = loom_verify(tmp, &rec, &computed)) != 0) {
     remove_tree(tmp);
     return cli_fail("backup", "verify %s: %s", tmp, loom_strerror(rc));
@@ -545,6 +550,39 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
          (unsigned long long)rec.epoch, (unsigned long long)rec.seq,
          cli_hex64(rec.checksum, hex), (unsigned long long)rec.pages);
   return 0;
+}
+
+int cli_backup_pull(const char *from, const char *out, const char *token,
+                    const char *ca_file, uint64_t retries, int quiet)
+{
+  int rc = 0;
+  struct stat st;
+  if (stat(out, &st) == 0)
+    return cli_fail("backup", "%s exists: a backup never replaces a directory", out);
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.partial-%d", out, (int)getpid());
+  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = loom_mono_s(), .quiet = quiet};
+  d.page = malloc(PS);
+  char message[600] = "";
+  int done = download_all(&d, from, token, ca_file, retries, message, sizeof message);
+  if (done) {
+    progress_line(&d, 1);
+    rc = loom_patch_commit(d.patch); /* checks every page against the checksum */
+    d.patch = NULL;
+    if (rc)
+      snprintf(message, sizeof message, "the backup does not verify: %s", loom_strerror(rc));
+  } else if (d.failed) {
+    snprintf(message, sizeof message, "%s", d.error);
+  }
+  int close_rc = d.store ? loom_store_close(d.store) : 0;
+  if (d.patch)
+    loom_patch_abort(d.patch);
+  free(d.page);
+  if (!done || rc || close_rc) {
+    remove_tree(tmp);
+    return cli_fail("backup", "%s", message[0] ? message : loom_strerror(close_rc));
+  }
+  return install_backup(tmp, out, quiet);
 }
 
 static int run_backup(void *args)

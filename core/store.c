@@ -1241,25 +1241,13 @@ static int image_has_pages(loom_store *s)
   return fstatat(s->dirfd, "image", &st, 0) == 0 && st.st_size > 0;
 }
 
-int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
-                     loom_store **out)
+/* The directory (made first with LOOM_CREATE), and its lock unless
+ * read-only. */
+static int open_dir_locked(loom_store *s, const char *dir, unsigned flags)
 {
-  *out = NULL;
-  if (!dir)
-    return LOOM_EINVAL;
-  loom_store *s = calloc(1, sizeof *s);
-  if (!s)
-    return ENOMEM;
-  s->io = io ? io : loom_io_posix();
-  s->flags = flags;
-  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
-  s->positions_fd = -1;
-  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
-  pthread_mutex_init(&s->snap_lock, NULL);
-  int rc = s->staging ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
-
-  if (!rc && (flags & LOOM_CREATE) && !readonly)
+  int rc = 0;
+  if ((flags & LOOM_CREATE) && !readonly)
     rc = mkdir_with_parents(s, dir);
   if (!rc) {
     int fd = s->io->open(s->io->ctx, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
@@ -1277,60 +1265,125 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     if (!rc && flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
       rc = errno == EWOULDBLOCK ? LOOM_ELOCKED : errno;
   }
-  int create = (flags & LOOM_CREATE) && !readonly;
-  if (!rc)
-    rc = open_file(s, "meta", readonly ? O_RDONLY : O_RDWR | (create ? O_CREAT : 0),
-                   &s->meta_fd);
-  if (rc == ENOENT)
-    rc = LOOM_ENOIMAGE;
-  if (!rc) {
-    rc = meta_read(s, &s->generation, &s->pos, &s->lineage);
-    s->applied = s->pos;
-    if (rc == LOOM_ENOIMAGE && create) {
-      /* No position recorded: only an empty (or absent) image may be
-       * replaced by a new one. */
-      int img = -1;
-      uint64_t size = 0;
-      int orc = open_file(s, "image", O_RDONLY, &img);
-      if (!orc) {
-        orc = store_file_size(img, &size);
-        store_close_fd(s, &img);
-      }
-      rc = (orc && orc != ENOENT) ? orc : size ? LOOM_EMETA : store_create(s);
+  return rc;
+}
+
+/* The position from the open meta file; with create, a new store where
+ * none was recorded. */
+static int read_meta(loom_store *s, int create)
+{
+  int rc = meta_read(s, &s->generation, &s->pos, &s->lineage);
+  s->applied = s->pos;
+  if (rc == LOOM_ENOIMAGE && create) {
+    /* No position recorded: only an empty (or absent) image may be
+     * replaced by a new one. */
+    int img = -1;
+    uint64_t size = 0;
+    int orc = open_file(s, "image", O_RDONLY, &img);
+    if (!orc) {
+      orc = store_file_size(img, &size);
+      store_close_fd(s, &img);
     }
+    rc = (orc && orc != ENOENT) ? orc : size ? LOOM_EMETA : store_create(s);
   }
-  if (rc == LOOM_ENOIMAGE && image_has_pages(s))
-    rc = LOOM_EMETA; /* a position was lost, not never recorded */
-  int mode = readonly ? O_RDONLY : O_RDWR;
-  if (!rc && s->image_fd < 0)
-    rc = open_file(s, "image", mode, &s->image_fd);
+  return rc;
+}
+
+/* The image and hashes files, unless store_create opened them. */
+static int open_image_and_hashes(loom_store *s, int readonly)
+{
+  int rc = 0;
+  if (s->image_fd < 0)
+    rc = open_file(s, "image", readonly ? O_RDONLY : O_RDWR, &s->image_fd);
   if (!rc && s->hashes_fd < 0)
     rc = open_hashes(s, readonly);
-  if (rc == ENOENT)
-    rc = LOOM_ECORRUPT;
-  if (!rc && s->patch_fd < 0) {
-    rc = open_file(s, "patch", mode, &s->patch_fd);
-    if (rc == ENOENT && !readonly) {
-      rc = open_file(s, "patch", O_RDWR | O_CREAT, &s->patch_fd);
-      if (!rc)
-        rc = store_fsync(s, s->dirfd);
-    }
+  return rc;
+}
+
+/* The patch file, made anew (empty) when gone unless read-only. */
+static int open_patch(loom_store *s, int readonly)
+{
+  int rc = open_file(s, "patch", readonly ? O_RDONLY : O_RDWR, &s->patch_fd);
+  if (rc == ENOENT && !readonly) {
+    rc = open_file(s, "patch", O_RDWR | O_CREAT, &s->patch_fd);
+    if (!rc)
+      rc = store_fsync(s, s->dirfd);
   }
-  if (!rc) {
-    if (!readonly)
-      rc = store_recover(s); /* read-only tools need the position only */
-  }
-  /* Before any commit can be acknowledged: the position this open settled
-   * on is rewritten and synced (a slot read back from the page cache after
-   * a failed fsync may never have reached the disk), and the directory's
-   * entries (and the directory's in its parent) are made durable, whoever
-   * created them and whenever. */
-  if (!rc && !readonly)
+  return rc;
+}
+
+/* Before any commit can be acknowledged: the position this open settled
+ * on is rewritten and synced (a slot read back from the page cache after
+ * a failed fsync may never have reached the disk), and the directory's
+ * entries (and the directory's in its parent) are made durable, whoever
+ * created them and whenever. */
+static int settle(loom_store *s, const char *dir, int readonly, int create)
+{
+  int rc = 0;
+  if (!readonly)
     rc = meta_write(s, &s->pos);
   if (!rc && !readonly)
     rc = store_fsync(s, s->dirfd);
   if (!rc && create)
     rc = sync_parent(s, dir);
+  return rc;
+}
+
+static int start_apply_thread(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  pthread_mutex_init(&t->mutex, NULL);
+  pthread_cond_init(&t->cond, NULL);
+  int rc = pthread_create(&t->thread, NULL, apply_thread_main, s);
+  if (!rc)
+    t->started = 1;
+  else {
+    pthread_mutex_destroy(&t->mutex);
+    pthread_cond_destroy(&t->cond);
+  }
+  return rc;
+}
+
+int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
+                     loom_store **out)
+{
+  *out = NULL;
+  if (!dir)
+    return LOOM_EINVAL;
+  loom_store *s = calloc(1, sizeof *s);
+  if (!s)
+    return ENOMEM;
+  s->io = io ? io : loom_io_posix();
+  s->flags = flags;
+  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
+  s->positions_fd = -1;
+  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
+  pthread_mutex_init(&s->snap_lock, NULL);
+  int rc = s->staging ? 0 : ENOMEM;
+  int readonly = (flags & LOOM_READONLY) != 0;
+  int create = (flags & LOOM_CREATE) && !readonly;
+
+  if (!rc)
+    rc = open_dir_locked(s, dir, flags);
+  if (!rc)
+    rc = open_file(s, "meta", readonly ? O_RDONLY : O_RDWR | (create ? O_CREAT : 0),
+                   &s->meta_fd);
+  if (rc == ENOENT)
+    rc = LOOM_ENOIMAGE;
+  if (!rc)
+    rc = read_meta(s, create);
+  if (rc == LOOM_ENOIMAGE && image_has_pages(s))
+    rc = LOOM_EMETA; /* a position was lost, not never recorded */
+  if (!rc)
+    rc = open_image_and_hashes(s, readonly);
+  if (rc == ENOENT)
+    rc = LOOM_ECORRUPT;
+  if (!rc && s->patch_fd < 0)
+    rc = open_patch(s, readonly);
+  if (!rc && !readonly)
+    rc = store_recover(s); /* read-only tools need the position only */
+  if (!rc)
+    rc = settle(s, dir, readonly, create);
   s->image_pos = s->pos;
   s->image_lineage = s->lineage;
   if (!rc && !readonly) {
@@ -1339,18 +1392,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   }
   if (!rc && s->patch_fd >= 0)
     rc = store_file_size(s->patch_fd, &s->patch_bytes);
-  if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly) {
-    apply_thread *t = &s->apply;
-    pthread_mutex_init(&t->mutex, NULL);
-    pthread_cond_init(&t->cond, NULL);
-    rc = pthread_create(&t->thread, NULL, apply_thread_main, s);
-    if (!rc)
-      t->started = 1;
-    else {
-      pthread_mutex_destroy(&t->mutex);
-      pthread_cond_destroy(&t->cond);
-    }
-  }
+  if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly)
+    rc = start_apply_thread(s);
   if (rc) {
     store_free(s);
     return rc;

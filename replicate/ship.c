@@ -288,30 +288,27 @@ static int check_duration(double v)
   return v < 0 || isnan(v) ? REPLICATE_EINVAL : 0;
 }
 
-int replicate_shipper_start(const replicate_shipper_options *opt,
-                            replicate_shipper **out)
+static bool options_valid(const replicate_shipper_options *opt)
 {
-  assert(opt && out);
-  *out = NULL;
-  if (!opt->store || !opt->log || !opt->standby_urls ||
-      opt->standby_count == 0 || opt->sync_count > opt->standby_count ||
-      !token_acceptable(opt->token) ||
-      (opt->on_sync_timeout != REPLICATE_SYNC_FAIL &&
-       opt->on_sync_timeout != REPLICATE_SYNC_DEGRADE) ||
-      check_duration(opt->sync_timeout_seconds) ||
-      check_duration(opt->heartbeat_seconds) ||
-      check_duration(opt->connect_timeout_seconds) ||
-      check_duration(opt->request_timeout_seconds) ||
-      check_duration(opt->base_stall_seconds) ||
-      check_duration(opt->stall_seconds) ||
-      check_duration(opt->backoff_base_seconds) ||
-      check_duration(opt->backoff_max_seconds) ||
-      check_duration(opt->unauthorized_retry_seconds))
-    return REPLICATE_EINVAL;
+  return opt->store && opt->log && opt->standby_urls &&
+         opt->standby_count != 0 && opt->sync_count <= opt->standby_count &&
+         token_acceptable(opt->token) &&
+         (opt->on_sync_timeout == REPLICATE_SYNC_FAIL ||
+          opt->on_sync_timeout == REPLICATE_SYNC_DEGRADE) &&
+         !check_duration(opt->sync_timeout_seconds) &&
+         !check_duration(opt->heartbeat_seconds) &&
+         !check_duration(opt->connect_timeout_seconds) &&
+         !check_duration(opt->request_timeout_seconds) &&
+         !check_duration(opt->base_stall_seconds) &&
+         !check_duration(opt->stall_seconds) &&
+         !check_duration(opt->backoff_base_seconds) &&
+         !check_duration(opt->backoff_max_seconds) &&
+         !check_duration(opt->unauthorized_retry_seconds);
+}
 
-  replicate_shipper *sh = calloc(1, sizeof *sh);
-  if (!sh)
-    return ENOMEM;
+/* The settings, with their defaults for what opt leaves 0. */
+static void apply_options(replicate_shipper *sh, const replicate_shipper_options *opt)
+{
   sh->store = opt->store;
   sh->log = opt->log;
   sh->sync_count = opt->sync_count;
@@ -340,45 +337,32 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
   sh->rng = (uint64_t)ship_real_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)sh;
   if (!sh->rng)
     sh->rng = 1;
+}
 
-  pthread_mutex_init(&sh->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&sh->cond, &ca);
-  pthread_condattr_destroy(&ca);
-
-  int rc = 0;
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-    rc = REPLICATE_ECURL;
-    goto fail;
-  }
+/* libcurl, the copied strings, the standbys and the codecs. */
+static int acquire(replicate_shipper *sh, const replicate_shipper_options *opt)
+{
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    return REPLICATE_ECURL;
   sh->curl_initialised = true;
-  if (opt->ca_file && !(sh->ca_file = copy_string(opt->ca_file))) {
-    rc = ENOMEM;
-    goto fail;
-  }
-  if (opt->token && !(sh->token = copy_string(opt->token))) {
-    rc = ENOMEM;
-    goto fail;
-  }
+  if (opt->ca_file && !(sh->ca_file = copy_string(opt->ca_file)))
+    return ENOMEM;
+  if (opt->token && !(sh->token = copy_string(opt->token)))
+    return ENOMEM;
   sh->token_gen = 1;
   sh->sb = calloc(opt->standby_count, sizeof *sh->sb);
   sh->readers = calloc(opt->standby_count, sizeof *sh->readers);
-  if (!sh->sb || !sh->readers) {
-    rc = ENOMEM;
-    goto fail;
-  }
+  if (!sh->sb || !sh->readers)
+    return ENOMEM;
   sh->n = opt->standby_count;
+  int rc = 0;
   for (size_t i = 0; i < sh->n && !rc; i++)
     rc = standby_init(sh, &sh->sb[i], opt->standby_urls[i]);
   if (rc)
-    goto fail;
+    return rc;
   sh->multi = curl_multi_init();
-  if (!sh->multi) {
-    rc = REPLICATE_ECURL;
-    goto fail;
-  }
+  if (!sh->multi)
+    return REPLICATE_ECURL;
   int level = opt->zstd_level ? opt->zstd_level : 1;
   rc = replicate_encoder_new(level, &sh->commit_enc);
   if (!rc)
@@ -387,6 +371,30 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
     rc = replicate_decoder_new(NULL, &sh->dec);
   if (!rc)
     rc = replicate_coalescer_new(sh->coalesce_max_pages, &sh->coal);
+  return rc;
+}
+
+int replicate_shipper_start(const replicate_shipper_options *opt,
+                            replicate_shipper **out)
+{
+  assert(opt && out);
+  *out = NULL;
+  if (!options_valid(opt))
+    return REPLICATE_EINVAL;
+
+  replicate_shipper *sh = calloc(1, sizeof *sh);
+  if (!sh)
+    return ENOMEM;
+  apply_options(sh, opt);
+
+  pthread_mutex_init(&sh->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&sh->cond, &ca);
+  pthread_condattr_destroy(&ca);
+
+  int rc = acquire(sh, opt);
   if (rc)
     goto fail;
 

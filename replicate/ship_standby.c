@@ -318,147 +318,279 @@ static int start_base(standby *sb)
   return 0;
 }
 
-/* Send the standby the frames after r: one frame as it is, or a merged
- * piece. Returns 0 (a request started, or need_base set), or an error. */
-static int start_frames(standby *sb, const standby_point *r,
-                        const loom_position *latest)
+/* The piece start_frames sends: the first frame after the standby's
+ * position, and what merging the ones after it added. */
+typedef struct frame_piece {
+  uint64_t seq;               /* the first frame's seq */
+  ship_frame *ref;            /* the first frame in the log, or NULL */
+  const uint8_t *data;        /* the first frame as it is */
+  size_t len;
+  replicate_frame_info first; /* its header */
+  uint64_t frames, pages, bytes; /* what the piece holds so far */
+  bool merged;                /* the coalescer holds the first frame */
+} frame_piece;
+
+/* Fetch the first frame after r into p. Returns 0 with *go true when
+ * there is one to check; 0 with *go false when the log no longer holds it
+ * (need_base is set); or an error. */
+static int fetch_first(standby *sb, frame_piece *p, bool *go)
 {
   replicate_shipper *sh = sb->sh;
-  uint64_t seq = r->seq + 1;
-  ship_frame *ref = NULL;
-  const uint8_t *data;
-  size_t len;
-  int rc = ship_fetch_frame(sh, seq, &ref, &sb->body_buf, &data, &len);
+  *go = false;
+  int rc = ship_fetch_frame(sh, p->seq, &p->ref, &sb->body_buf, &p->data, &p->len);
   if (rc == REPLICATE_ELOG_GONE || rc == REPLICATE_ELOG_AHEAD ||
       rc == REPLICATE_ELOG_CORRUPT || rc == REPLICATE_EPANIC) {
     ship_diag(sh, "standby %s: the log does not hold seq %" PRIu64 " (%s): "
-              "sending a base image", sb->url, seq, replicate_strerror(rc));
+              "sending a base image", sb->url, p->seq, replicate_strerror(rc));
     sb->need_base = true;
     return 0;
   }
   if (rc)
     return rc;
-  replicate_frame_info first;
-  rc = replicate_frame_parse_header(data, len, NULL, &first);
+  rc = replicate_frame_parse_header(p->data, p->len, NULL, &p->first);
   if (rc) {
-    ship_drop_ref(sh, &ref);
+    ship_drop_ref(sh, &p->ref);
     return rc;
   }
-  if (first.epoch < r->epoch || first.before.seq != r->seq ||
-      first.before.checksum != r->checksum || first.before.pages != r->pages) {
-    ship_drop_ref(sh, &ref);
+  *go = true;
+  return 0;
+}
+
+/* Does the first frame follow r, the standby's position? If not, our
+ * log has another checksum at its seq: it diverged. */
+static bool check_chain(standby *sb, const standby_point *r, frame_piece *p)
+{
+  const replicate_frame_info *first = &p->first;
+  if (first->epoch < r->epoch || first->before.seq != r->seq ||
+      first->before.checksum != r->checksum || first->before.pages != r->pages) {
+    ship_drop_ref(sb->sh, &p->ref);
     diverge(sb, REPLICATE_EFORK, "this primary's log has another checksum "
             "at its seq");
-    return 0;
+    return false;
   }
   set_on_chain(sb, true);
+  return true;
+}
+
+/* Add frame s to the piece, as far as the piece caps allow. False when
+ * the piece ends before it. */
+static bool merge_frame(standby *sb, frame_piece *p, uint64_t s,
+                        uint64_t cap_pages)
+{
+  replicate_shipper *sh = sb->sh;
+  ship_frame *next_ref = NULL;
+  const uint8_t *next_data;
+  size_t next_len;
+  if (ship_fetch_frame(sh, s, &next_ref, &sb->scratch, &next_data, &next_len))
+    return false;
+  replicate_frame_info info;
+  int prc = replicate_frame_parse_header(next_data, next_len, NULL, &info);
+  if (prc || info.epoch != p->first.epoch ||
+      p->pages + info.page_count > cap_pages ||
+      p->bytes + next_len > sh->coalesce_max_bytes) {
+    ship_drop_ref(sh, &next_ref);
+    return false;
+  }
+  if (!p->merged) {
+    replicate_frame f;
+    prc = replicate_frame_decode(sh->dec, p->data, p->len, &f);
+    if (!prc)
+      prc = replicate_coalescer_add(sh->coal, &f);
+    if (prc) {
+      ship_drop_ref(sh, &next_ref);
+      return false;
+    }
+    p->merged = true;
+  }
+  replicate_frame f;
+  prc = replicate_frame_decode(sh->dec, next_data, next_len, &f);
+  ship_drop_ref(sh, &next_ref);
+  if (prc)
+    return false; /* the piece ends before this frame */
+  prc = replicate_coalescer_add(sh->coal, &f);
+  if (prc) {
+    /* The coalescer emptied itself: send the first frame alone. */
+    p->merged = false;
+    p->frames = 1;
+    return false;
+  }
+  p->frames++;
+  p->pages += info.page_count;
+  p->bytes += next_len;
+  return true;
+}
+
+/* Send the merged piece. False when merging failed (the coalescer is
+ * empty again) and the first frame goes alone; else *rc says how the
+ * request started. */
+static bool send_merged(standby *sb, frame_piece *p, int *rc)
+{
+  replicate_shipper *sh = sb->sh;
+  *rc = replicate_coalescer_finish(sh->coal, sh->ship_enc, &sb->scratch);
+  if (*rc)
+    return false;
+  ship_drop_ref(sh, &p->ref);
+  replicate_frame_info info;
+  *rc = replicate_frame_parse_header(sb->scratch.data, sb->scratch.len, NULL,
+                                     &info);
+  if (*rc)
+    return true;
+  /* The merged piece is the standby's own body: swap buffers so the
+   * scratch buffer is free for the next piece. */
+  replicate_buf tmp = sb->body_buf;
+  sb->body_buf = sb->scratch;
+  sb->scratch = tmp;
+  sb->req = REQ_COALESCED;
+  sb->body = sb->body_buf.data;
+  sb->body_len = sb->body_buf.len;
+  sb->req_epoch = info.epoch;
+  sb->req_after_seq = info.after.seq;
+  sb->req_after_checksum = info.after.checksum;
+  sb->req_frames = p->frames;
+  sb->req_pages = info.page_count;
+  sb->req_raw_bytes = info.page_count * LOOM_PAGE_SIZE;
+  ship_publish_state(sb, REPLICATE_PEER_CATCHING_UP);
+  *rc = ship_post_body(sb);
+  if (!*rc)
+    mark_sent(sb, info.after.seq);
+  return true;
+}
+
+/* Send the first frame as it is (it may live in body_buf: read from the
+ * log). */
+static int send_one(standby *sb, frame_piece *p, const loom_position *latest)
+{
+  const replicate_frame_info *first = &p->first;
+  sb->req_frame = p->ref;
+  sb->req = REQ_FRAME;
+  sb->body = p->data;
+  sb->body_len = p->len;
+  sb->req_epoch = first->epoch;
+  sb->req_after_seq = first->after.seq;
+  sb->req_after_checksum = first->after.checksum;
+  sb->req_frames = 1;
+  sb->req_pages = first->page_count;
+  sb->req_raw_bytes = first->page_count * LOOM_PAGE_SIZE;
+  ship_publish_state(sb, latest->seq == p->seq ? REPLICATE_PEER_STREAMING
+                                               : REPLICATE_PEER_CATCHING_UP);
+  int rc = ship_post_body(sb);
+  if (rc) {
+    ship_release_request(sb);
+    return rc;
+  }
+  mark_sent(sb, first->after.seq);
+  return 0;
+}
+
+/* Send the standby the frames after r: one frame as it is, or a merged
+ * piece. Returns 0 (a request started, or need_base set, or it
+ * diverged), or an error. */
+static int start_frames(standby *sb, const standby_point *r,
+                        const loom_position *latest)
+{
+  replicate_shipper *sh = sb->sh;
+  frame_piece p = {.seq = r->seq + 1};
+  bool go;
+  int rc = fetch_first(sb, &p, &go);
+  if (rc || !go)
+    return rc;
+  if (!check_chain(sb, r, &p))
+    return 0;
 
   /* Merge when further behind, as far as the piece caps allow. */
   uint64_t cap_pages = sb->coalesce_pages;
-  uint64_t frames = 1, pages = first.page_count, bytes = len;
-  bool merged = false;
-  if (latest->seq > seq && first.page_count < cap_pages) {
-    for (uint64_t s = seq + 1; s <= latest->seq; s++) {
-      ship_frame *next_ref = NULL;
-      const uint8_t *next_data;
-      size_t next_len;
-      if (ship_fetch_frame(sh, s, &next_ref, &sb->scratch, &next_data, &next_len))
+  p.frames = 1;
+  p.pages = p.first.page_count;
+  p.bytes = p.len;
+  if (latest->seq > p.seq && p.first.page_count < cap_pages)
+    for (uint64_t s = p.seq + 1; s <= latest->seq; s++)
+      if (!merge_frame(sb, &p, s, cap_pages))
         break;
-      replicate_frame_info info;
-      int prc = replicate_frame_parse_header(next_data, next_len, NULL, &info);
-      if (prc || info.epoch != first.epoch ||
-          pages + info.page_count > cap_pages ||
-          bytes + next_len > sh->coalesce_max_bytes) {
-        ship_drop_ref(sh, &next_ref);
-        break;
-      }
-      if (!merged) {
-        replicate_frame f;
-        prc = replicate_frame_decode(sh->dec, data, len, &f);
-        if (!prc)
-          prc = replicate_coalescer_add(sh->coal, &f);
-        if (prc) {
-          ship_drop_ref(sh, &next_ref);
-          break;
-        }
-        merged = true;
-      }
-      replicate_frame f;
-      prc = replicate_frame_decode(sh->dec, next_data, next_len, &f);
-      ship_drop_ref(sh, &next_ref);
-      if (prc)
-        break; /* the piece ends before this frame */
-      prc = replicate_coalescer_add(sh->coal, &f);
-      if (prc) {
-        /* The coalescer emptied itself: send the first frame alone. */
-        merged = false;
-        frames = 1;
-        break;
-      }
-      frames++;
-      pages += info.page_count;
-      bytes += next_len;
-    }
-  }
 
-  if (merged && frames > 1) {
-    rc = replicate_coalescer_finish(sh->coal, sh->ship_enc, &sb->scratch);
-    if (rc == 0) {
-      ship_drop_ref(sh, &ref);
-      replicate_frame_info info;
-      rc = replicate_frame_parse_header(sb->scratch.data, sb->scratch.len,
-                                        NULL, &info);
-      if (rc)
-        return rc;
-      /* The merged piece is the standby's own body: swap buffers so the
-       * scratch buffer is free for the next piece. */
-      replicate_buf tmp = sb->body_buf;
-      sb->body_buf = sb->scratch;
-      sb->scratch = tmp;
-      sb->req = REQ_COALESCED;
-      sb->body = sb->body_buf.data;
-      sb->body_len = sb->body_buf.len;
-      sb->req_epoch = info.epoch;
-      sb->req_after_seq = info.after.seq;
-      sb->req_after_checksum = info.after.checksum;
-      sb->req_frames = frames;
-      sb->req_pages = info.page_count;
-      sb->req_raw_bytes = info.page_count * LOOM_PAGE_SIZE;
-      ship_publish_state(sb, REPLICATE_PEER_CATCHING_UP);
-      rc = ship_post_body(sb);
-      if (!rc)
-        mark_sent(sb, info.after.seq);
+  if (p.merged && p.frames > 1) {
+    if (send_merged(sb, &p, &rc))
       return rc;
-    }
     /* Merging failed (the coalescer is empty again): the first frame
      * alone, below. */
-  } else if (merged) {
+  } else if (p.merged) {
     /* Only the first frame was added: empty the coalescer. */
     replicate_buf discard = {0};
     (void)replicate_coalescer_finish(sh->coal, sh->ship_enc, &discard);
     replicate_buf_free(&discard);
   }
+  return send_one(sb, &p, latest);
+}
 
-  /* One frame, as it is (it may live in body_buf: read from the log). */
-  sb->req_frame = ref;
-  sb->req = REQ_FRAME;
-  sb->body = data;
-  sb->body_len = len;
-  sb->req_epoch = first.epoch;
-  sb->req_after_seq = first.after.seq;
-  sb->req_after_checksum = first.after.checksum;
-  sb->req_frames = 1;
-  sb->req_pages = first.page_count;
-  sb->req_raw_bytes = first.page_count * LOOM_PAGE_SIZE;
-  ship_publish_state(sb, latest->seq == seq ? REPLICATE_PEER_STREAMING
-                                       : REPLICATE_PEER_CATCHING_UP);
-  rc = ship_post_body(sb);
-  if (rc) {
-    ship_release_request(sb);
-    return rc;
+/* The standby holds a newer epoch than ours. Only a node of our own
+ * history fences us (finish() says the same): another history's epochs
+ * say nothing about ours. */
+static void fence_or_diverge(standby *sb, uint64_t epoch)
+{
+  replicate_shipper *sh = sb->sh;
+  if (sb->has_history && !loom_history_is_none(&sb->history) &&
+      !loom_history_equal(&sb->history, &sh->lineage.history))
+    diverge(sb, REPLICATE_EHISTORY, "it follows another history");
+  else
+    fence(sh, sb, epoch);
+}
+
+/* A base image replaces whatever the standby holds: only over a position
+ * of our own history, as far as our positions ring tells. */
+static int start_base_over(standby *sb, const standby_point *r,
+                           const loom_position *latest, const char **what)
+{
+  uint64_t epoch_at, checksum_at;
+  if (r->seq > 0 && r->seq <= latest->seq &&
+      loom_store_checksum_at(sb->sh->store, r->seq, &epoch_at, &checksum_at) &&
+      checksum_at != r->checksum) {
+    diverge(sb, REPLICATE_EFORK, "this primary had another checksum at its seq");
+    return 0;
   }
-  mark_sent(sb, first.after.seq);
-  return 0;
+  *what = "base image";
+  return start_base(sb);
+}
+
+/* The next request of a standby whose position we know; *what names it
+ * for an error. */
+static int schedule_known(standby *sb, int64_t now, const loom_position *latest,
+                          const char **what)
+{
+  replicate_shipper *sh = sb->sh;
+  standby_point r = sb->received;
+  if (r.epoch > latest->epoch) {
+    fence_or_diverge(sb, r.epoch);
+    return 0;
+  }
+  loom_position peer = {.epoch = r.epoch, .seq = r.seq,
+                        .checksum = r.checksum, .pages = r.pages};
+  int place = replicate_place_peer(&sh->lineage, latest,
+                                   sb->has_history ? &sb->history : NULL,
+                                   &peer);
+  if (replicate_is_divergence(place)) {
+    diverge(sb, place, place == REPLICATE_EBEHIND
+                           ? "it is ahead of this primary, whose directory "
+                             "is older (restored from a backup, or empty?)"
+                           : "checked against this primary's history");
+    return 0;
+  }
+  sb->diverged = 0;
+  if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
+    set_on_chain(sb, true);
+    ship_publish_state(sb, REPLICATE_PEER_STREAMING);
+    if (now - sb->last_activity_ns < sh->heartbeat_ns)
+      return 0;
+    *what = "heartbeat";
+    return start_heartbeat(sb, latest);
+  }
+  if (!sb->need_base) {
+    *what = "frames";
+    int rc = start_frames(sb, &r, latest);
+    /* Frames on their way, or none because it diverged: never a base
+     * image then (only a log that no longer reaches back asks one). */
+    if (rc || sb->in_flight || sb->diverged)
+      return rc;
+  }
+  return start_base_over(sb, &r, latest, what);
 }
 
 /* Pick and start the next request of an idle standby. */
@@ -482,66 +614,9 @@ void ship_schedule(standby *sb, int64_t now)
   if (sh->committed_floor.epoch == latest.epoch &&
       sh->committed_floor.seq > latest.seq)
     latest = sh->committed_floor;
-  int rc;
-  const char *what;
-  if (!sb->known) {
-    what = "heartbeat";
-    rc = start_heartbeat(sb, &latest);
-  } else {
-    standby_point r = sb->received;
-    if (r.epoch > latest.epoch) {
-      /* Only a node of our own history fences us (finish() says the same):
-       * another history's epochs say nothing about ours. */
-      if (sb->has_history && !loom_history_is_none(&sb->history) &&
-          !loom_history_equal(&sb->history, &sh->lineage.history))
-        diverge(sb, REPLICATE_EHISTORY, "it follows another history");
-      else
-        fence(sh, sb, r.epoch);
-      return;
-    }
-    loom_position peer = {.epoch = r.epoch, .seq = r.seq,
-                          .checksum = r.checksum, .pages = r.pages};
-    int place = replicate_place_peer(&sh->lineage, &latest,
-                                     sb->has_history ? &sb->history : NULL,
-                                     &peer);
-    if (replicate_is_divergence(place)) {
-      diverge(sb, place, place == REPLICATE_EBEHIND
-                             ? "it is ahead of this primary, whose directory "
-                               "is older (restored from a backup, or empty?)"
-                             : "checked against this primary's history");
-      return;
-    }
-    sb->diverged = 0;
-    if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
-      set_on_chain(sb, true);
-      ship_publish_state(sb, REPLICATE_PEER_STREAMING);
-      if (now - sb->last_activity_ns < sh->heartbeat_ns)
-        return;
-      what = "heartbeat";
-      rc = start_heartbeat(sb, &latest);
-      goto started;
-    }
-    if (!sb->need_base) {
-      what = "frames";
-      rc = start_frames(sb, &r, &latest);
-      /* Frames on their way, or none because it diverged: never a base
-       * image then (only a log that no longer reaches back asks one). */
-      if (rc || sb->in_flight || sb->diverged)
-        goto started;
-    }
-    /* A base image replaces whatever the standby holds: only over a
-     * position of our own history, as far as our positions ring tells. */
-    uint64_t epoch_at, checksum_at;
-    if (r.seq > 0 && r.seq <= latest.seq &&
-        loom_store_checksum_at(sh->store, r.seq, &epoch_at, &checksum_at) &&
-        checksum_at != r.checksum) {
-      diverge(sb, REPLICATE_EFORK, "this primary had another checksum at its seq");
-      return;
-    }
-    what = "base image";
-    rc = start_base(sb);
-  }
-started:
+  const char *what = "heartbeat";
+  int rc = sb->known ? schedule_known(sb, now, &latest, &what)
+                     : start_heartbeat(sb, &latest);
   if (rc) {
     /* A local failure (reading the log, a snapshot, memory): the state
      * stays, the error is shown, and the attempt is repeated later. */
@@ -626,9 +701,183 @@ static void record_position(standby *sb, const ship_answer *a)
   sb->known = true;
 }
 
-void ship_finish(standby *sb, CURLcode result)
+/* No answer: the transfer failed, or the answer was too long. */
+static void finish_no_answer(standby *sb, request_kind req, CURLcode result)
+{
+  if (sb->answer_overflow)
+    ship_fail(sb, true, 0, "%s: answer longer than %u bytes", ship_request_name(req),
+              SHIP_ANSWER_MAX);
+  else
+    ship_fail(sb, true, 0, "%s: %s", ship_request_name(req),
+              sb->errbuf[0] ? sb->errbuf : curl_easy_strerror(result));
+  /* Frames are resent as they were (a standby that got them answers
+   * 200, a duplicate; one that moved answers 409 with its position); a
+   * base image is not resent blindly: its position is asked first. */
+  sb->known = req == REQ_FRAME || req == REQ_COALESCED;
+}
+
+/* The request went through: account for it. */
+static void account(standby *sb, request_kind req, uint64_t wire)
 {
   replicate_shipper *sh = sb->sh;
+  pthread_mutex_lock(&sh->mu);
+  sb->requests++;
+  sb->bytes_wire += wire;
+  sb->bytes_raw += sb->req_raw_bytes;
+  switch (req) {
+  case REQ_HEARTBEAT: sb->heartbeats_sent++; break;
+  case REQ_FRAME: sb->frames_sent += sb->req_frames; break;
+  case REQ_COALESCED:
+    sb->frames_sent += sb->req_frames;
+    sb->coalesced_sent++;
+    break;
+  case REQ_BASE: break;
+  case REQ_NONE: break;
+  }
+  pthread_mutex_unlock(&sh->mu);
+}
+
+/* A 200 or 409 carries the standby's position: record it. True when that
+ * ends the request: the answer is unreadable, or it fences us. */
+static bool take_position(standby *sb, request_kind req, long code,
+                          bool readable, const ship_answer *a, double retry_s)
+{
+  replicate_shipper *sh = sb->sh;
+  if (!readable || !a->received.present) {
+    ship_fail(sb, true, retry_s, "%s: HTTP %ld with an unreadable answer",
+              ship_request_name(req), code);
+    return true;
+  }
+  pthread_mutex_lock(&sh->mu);
+  uint64_t ours = sh->latest.epoch;
+  pthread_mutex_unlock(&sh->mu);
+  bool stale = code == 409 && a->has_error && strcmp(a->error, "stale epoch") == 0;
+  uint64_t theirs = a->received.epoch;
+  if (a->has_epoch && a->epoch > theirs)
+    theirs = a->epoch;
+  /* Only a node of our own history fences us: another history's epochs
+   * say nothing about ours. */
+  bool same_history = !a->has_history || loom_history_is_none(&a->history) ||
+                      loom_history_equal(&a->history, &sh->lineage.history);
+  record_position(sb, a);
+  if (same_history && (stale || theirs > ours)) {
+    fence(sh, sb, theirs > ours ? theirs : ours + 1);
+    return true;
+  }
+  return false;
+}
+
+/* 200: the standby took the request. */
+static void finish_ok(standby *sb, request_kind req, double retry_s)
+{
+  replicate_shipper *sh = sb->sh;
+  sb->consecutive_failures = 0;
+  sb->consecutive_conflicts = 0;
+  pthread_mutex_lock(&sh->mu);
+  sb->unreachable_run = 0;
+  pthread_mutex_unlock(&sh->mu);
+  if (req == REQ_BASE) {
+    sb->need_base = false;
+    pthread_mutex_lock(&sh->mu);
+    sb->base_images_sent++;
+    pthread_mutex_unlock(&sh->mu);
+    ship_diag(sh, "standby %s: base image at seq %" PRIu64 " received", sb->url,
+              sb->req_after_seq);
+  }
+  if ((req == REQ_FRAME || req == REQ_COALESCED || req == REQ_BASE) &&
+      sb->received.epoch == sb->req_epoch &&
+      sb->received.seq < sb->req_after_seq) {
+    ship_fail(sb, false, retry_s, "%s up to seq %" PRIu64 " answered 200 but the "
+              "standby holds seq %" PRIu64, ship_request_name(req), sb->req_after_seq,
+              sb->received.seq);
+    return;
+  }
+  if ((req == REQ_FRAME || req == REQ_COALESCED || req == REQ_BASE) &&
+      sb->received.seq == sb->req_after_seq &&
+      sb->received.checksum == sb->req_after_checksum)
+    set_on_chain(sb, true);
+  ship_after_ack(sh);
+  ship_retain_log(sh);
+}
+
+/* 409: the standby refused the request, saying where it is. */
+static void finish_conflict(standby *sb, request_kind req, const ship_answer *a,
+                            double retry_s)
+{
+  replicate_shipper *sh = sb->sh;
+  int refusal = a->has_code ? refusal_of(a->code) : 0;
+  if (refusal == REPLICATE_EBEHIND && req == REQ_BASE) {
+    /* Our snapshot trailed the standby (the image file is written after
+     * the commit point): a newer one follows, not a divergence. */
+    ship_set_error(sb, "base image at seq %" PRIu64 " is behind the standby "
+                   "(seq %" PRIu64 "): a newer one follows", sb->req_after_seq,
+                   a->received.seq);
+    retry_after_backoff(sb, retry_s);
+    ship_after_ack(sh);
+    return;
+  }
+  if (replicate_is_divergence(refusal)) {
+    diverge(sb, refusal, "the standby refused our input");
+    ship_after_ack(sh);
+    return;
+  }
+  /* A frame that did not rebuild the standby's image although its
+   * before matched: its image is damaged; a base image repairs it. */
+  if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
+      (!a->has_code && a->has_error && strcmp(a->error, "checksum mismatch") == 0))
+    sb->need_base = true;
+  if (++sb->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
+    sb->need_base = true;
+  ship_set_error(sb, "%s refused (409 %s): the standby is at seq %" PRIu64
+                 "; resending from there", ship_request_name(req),
+                 a->has_error ? a->error : "conflict", a->received.seq);
+  if (sb->consecutive_conflicts > 1)
+    retry_after_backoff(sb, retry_s);
+  ship_after_ack(sh);
+}
+
+/* 401, 403: the standby refused our token; retried when a new one is
+ * set, or after a while. */
+static void finish_unauthorized(standby *sb, long code)
+{
+  replicate_shipper *sh = sb->sh;
+  pthread_mutex_lock(&sh->mu);
+  sb->failures++;
+  pthread_mutex_unlock(&sh->mu);
+  ship_set_error(sb, "HTTP %ld: the standby refused our token", code);
+  pthread_mutex_lock(&sh->mu);
+  sb->refused_token_gen = sh->token_gen;
+  pthread_mutex_unlock(&sh->mu);
+  ship_publish_state(sb, REPLICATE_PEER_UNAUTHORIZED);
+  sb->known = false;
+  sb->next_attempt_ns = ship_mono_ns() + sh->unauthorized_retry_ns;
+}
+
+/* 413: the body was too large: smaller pieces, or a base image. */
+static void finish_too_large(standby *sb, request_kind req, long code,
+                             double retry_s)
+{
+  if (req == REQ_COALESCED && sb->req_pages > 1) {
+    sb->coalesce_pages = sb->req_pages / 2;
+    ship_set_error(sb, "merged frames of %" PRIu64 " pages refused as too large "
+                   "(413): pieces of at most %" PRIu64 " pages from now on",
+                   sb->req_pages, sb->coalesce_pages);
+    sb->known = false;
+    return;
+  }
+  if (req == REQ_FRAME) {
+    ship_set_error(sb, "frame %" PRIu64 " refused as too large (413): sending a "
+                   "base image", sb->req_after_seq);
+    sb->need_base = true;
+    sb->known = false;
+    return;
+  }
+  refuse(sb, req, code, "too large", retry_s);
+}
+
+/* A request ended: a dispatcher over one handler per kind of answer. */
+void ship_finish(standby *sb, CURLcode result)
+{
   request_kind req = sb->req;
   long code = 0;
   curl_off_t retry_after = 0;
@@ -648,155 +897,21 @@ void ship_finish(standby *sb, CURLcode result)
     return;
   }
   if (result != CURLE_OK) {
-    if (sb->answer_overflow)
-      ship_fail(sb, true, 0, "%s: answer longer than %u bytes", ship_request_name(req),
-                SHIP_ANSWER_MAX);
-    else
-      ship_fail(sb, true, 0, "%s: %s", ship_request_name(req),
-                sb->errbuf[0] ? sb->errbuf : curl_easy_strerror(result));
-    /* Frames are resent as they were (a standby that got them answers
-     * 200, a duplicate; one that moved answers 409 with its position); a
-     * base image is not resent blindly: its position is asked first. */
-    sb->known = req == REQ_FRAME || req == REQ_COALESCED;
+    finish_no_answer(sb, req, result);
     return;
   }
-
-  /* The request went through: account for it. */
-  pthread_mutex_lock(&sh->mu);
-  sb->requests++;
-  sb->bytes_wire += wire;
-  sb->bytes_raw += sb->req_raw_bytes;
-  switch (req) {
-  case REQ_HEARTBEAT: sb->heartbeats_sent++; break;
-  case REQ_FRAME: sb->frames_sent += sb->req_frames; break;
-  case REQ_COALESCED:
-    sb->frames_sent += sb->req_frames;
-    sb->coalesced_sent++;
-    break;
-  case REQ_BASE: break;
-  case REQ_NONE: break;
-  }
-  pthread_mutex_unlock(&sh->mu);
-
+  account(sb, req, wire);
   ship_answer a;
   bool readable = ship_answer_parse(sb->answer, sb->answer_len, &a) == 0;
-  if (code == 200 || code == 409) {
-    if (!readable || !a.received.present) {
-      ship_fail(sb, true, retry_s, "%s: HTTP %ld with an unreadable answer",
-                ship_request_name(req), code);
-      return;
-    }
-    pthread_mutex_lock(&sh->mu);
-    uint64_t ours = sh->latest.epoch;
-    pthread_mutex_unlock(&sh->mu);
-    bool stale = code == 409 && a.has_error && strcmp(a.error, "stale epoch") == 0;
-    uint64_t theirs = a.received.epoch;
-    if (a.has_epoch && a.epoch > theirs)
-      theirs = a.epoch;
-    /* Only a node of our own history fences us: another history's epochs
-     * say nothing about ours. */
-    bool same_history = !a.has_history || loom_history_is_none(&a.history) ||
-                        loom_history_equal(&a.history, &sh->lineage.history);
-    record_position(sb, &a);
-    if (same_history && (stale || theirs > ours)) {
-      fence(sh, sb, theirs > ours ? theirs : ours + 1);
-      return;
-    }
-  }
-
+  if ((code == 200 || code == 409) &&
+      take_position(sb, req, code, readable, &a, retry_s))
+    return;
   switch (code) {
-  case 200:
-    sb->consecutive_failures = 0;
-    sb->consecutive_conflicts = 0;
-    pthread_mutex_lock(&sh->mu);
-    sb->unreachable_run = 0;
-    pthread_mutex_unlock(&sh->mu);
-    if (req == REQ_BASE) {
-      sb->need_base = false;
-      pthread_mutex_lock(&sh->mu);
-      sb->base_images_sent++;
-      pthread_mutex_unlock(&sh->mu);
-      ship_diag(sh, "standby %s: base image at seq %" PRIu64 " received", sb->url,
-                sb->req_after_seq);
-    }
-    if ((req == REQ_FRAME || req == REQ_COALESCED || req == REQ_BASE) &&
-        sb->received.epoch == sb->req_epoch &&
-        sb->received.seq < sb->req_after_seq) {
-      ship_fail(sb, false, retry_s, "%s up to seq %" PRIu64 " answered 200 but the "
-                "standby holds seq %" PRIu64, ship_request_name(req), sb->req_after_seq,
-                sb->received.seq);
-      return;
-    }
-    if ((req == REQ_FRAME || req == REQ_COALESCED || req == REQ_BASE) &&
-        sb->received.seq == sb->req_after_seq &&
-        sb->received.checksum == sb->req_after_checksum)
-      set_on_chain(sb, true);
-    ship_after_ack(sh);
-    ship_retain_log(sh);
-    return;
-  case 409: {
-    int refusal = a.has_code ? refusal_of(a.code) : 0;
-    if (refusal == REPLICATE_EBEHIND && req == REQ_BASE) {
-      /* Our snapshot trailed the standby (the image file is written after
-       * the commit point): a newer one follows, not a divergence. */
-      ship_set_error(sb, "base image at seq %" PRIu64 " is behind the standby "
-                     "(seq %" PRIu64 "): a newer one follows", sb->req_after_seq,
-                     a.received.seq);
-      retry_after_backoff(sb, retry_s);
-      ship_after_ack(sh);
-      return;
-    }
-    if (replicate_is_divergence(refusal)) {
-      diverge(sb, refusal, "the standby refused our input");
-      ship_after_ack(sh);
-      return;
-    }
-    /* A frame that did not rebuild the standby's image although its
-     * before matched: its image is damaged; a base image repairs it. */
-    if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
-        (!a.has_code && a.has_error && strcmp(a.error, "checksum mismatch") == 0))
-      sb->need_base = true;
-    if (++sb->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
-      sb->need_base = true;
-    ship_set_error(sb, "%s refused (409 %s): the standby is at seq %" PRIu64
-                   "; resending from there", ship_request_name(req),
-                   a.has_error ? a.error : "conflict", a.received.seq);
-    if (sb->consecutive_conflicts > 1)
-      retry_after_backoff(sb, retry_s);
-    ship_after_ack(sh);
-    return;
-  }
+  case 200: finish_ok(sb, req, retry_s); return;
+  case 409: finish_conflict(sb, req, &a, retry_s); return;
   case 401:
-  case 403:
-    pthread_mutex_lock(&sh->mu);
-    sb->failures++;
-    pthread_mutex_unlock(&sh->mu);
-    ship_set_error(sb, "HTTP %ld: the standby refused our token", code);
-    pthread_mutex_lock(&sh->mu);
-    sb->refused_token_gen = sh->token_gen;
-    pthread_mutex_unlock(&sh->mu);
-    ship_publish_state(sb, REPLICATE_PEER_UNAUTHORIZED);
-    sb->known = false;
-    sb->next_attempt_ns = ship_mono_ns() + sh->unauthorized_retry_ns;
-    return;
-  case 413:
-    if (req == REQ_COALESCED && sb->req_pages > 1) {
-      sb->coalesce_pages = sb->req_pages / 2;
-      ship_set_error(sb, "merged frames of %" PRIu64 " pages refused as too large "
-                     "(413): pieces of at most %" PRIu64 " pages from now on",
-                     sb->req_pages, sb->coalesce_pages);
-      sb->known = false;
-      return;
-    }
-    if (req == REQ_FRAME) {
-      ship_set_error(sb, "frame %" PRIu64 " refused as too large (413): sending a "
-                     "base image", sb->req_after_seq);
-      sb->need_base = true;
-      sb->known = false;
-      return;
-    }
-    refuse(sb, req, code, "too large", retry_s);
-    return;
+  case 403: finish_unauthorized(sb, code); return;
+  case 413: finish_too_large(sb, req, code, retry_s); return;
   default:
     refuse(sb, req, code, readable && a.has_error ? a.error : NULL, retry_s);
     return;
