@@ -118,8 +118,10 @@ static void commit_make(commit *c, workload w, size_t n) {
   c->info = (replicate_frame_info){
       .kind = REPLICATE_KIND_COMMIT,
       .epoch = 1,
-      .before = {41, 0x1234, before_pages},
-      .after = {42, 0x5678, w == WL_APPEND ? before_pages + n : before_pages},
+      .before = {.epoch = 1, .seq = 41, .checksum = 0x1234,
+                 .pages = before_pages},
+      .after = {.epoch = 1, .seq = 42, .checksum = 0x5678,
+                .pages = w == WL_APPEND ? before_pages + n : before_pages},
       .commit_time_ns = 1,
       .first_commit_time_ns = 1,
   };

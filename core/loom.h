@@ -134,6 +134,25 @@ typedef struct loom_position {
   int64_t commit_time_ns;  /* CLOCK_REALTIME of the commit, 0 if none */
 } loom_position;
 
+/* Whether a and b are the same image: equal seq, checksum and pages. The
+ * epoch is not compared: a promotion continues the same image at a new
+ * epoch, so one image can be reached at two epochs (and a frame's before is
+ * the standby's position even when the standby has not yet heard of the
+ * frame's epoch). loom_position_same_epoch also compares the epoch;
+ * commit_time_ns is never compared. */
+static inline int loom_position_same(const loom_position *a,
+                                      const loom_position *b)
+{
+  return a->seq == b->seq && a->checksum == b->checksum &&
+         a->pages == b->pages;
+}
+
+static inline int loom_position_same_epoch(const loom_position *a,
+                                            const loom_position *b)
+{
+  return a->epoch == b->epoch && loom_position_same(a, b);
+}
+
 /* The hash of one page as the whole-image checksum counts it. */
 uint64_t loom_page_hash(uint64_t page_number, const void *page);
 

@@ -713,8 +713,7 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
 {
   if (h->flags & LOOM_PATCH_BASE)
     return h->after.epoch >= store->epoch;
-  return h->before.seq == store->seq && h->before.checksum == store->checksum &&
-         h->before.pages == store->pages && h->after.seq > h->before.seq &&
+  return loom_position_same(&h->before, store) && h->after.seq > h->before.seq &&
          h->after.epoch >= store->epoch;
 }
 
@@ -1178,10 +1177,7 @@ static int store_recover(loom_store *s)
   if (rc)
     return rc;
   /* The patch counts only while its before is the durable position. */
-  int pending = p && p->header.before.epoch == s->pos.epoch &&
-                p->header.before.seq == s->pos.seq &&
-                p->header.before.checksum == s->pos.checksum &&
-                p->header.before.pages == s->pos.pages;
+  int pending = p && loom_position_same_epoch(&p->header.before, &s->pos);
   store_patch_free(p);
   p = NULL;
   uint64_t table_pages = s->pos.pages;

@@ -136,10 +136,8 @@ int loom_inspect_lineage(const char *dir, loom_position *out,
   if (lineage)
     *lineage = s->lineage;
   loom_patch *p = NULL;
-  if (store_patch_read(s, 0, &p) == 0 && p->header.before.epoch == s->pos.epoch &&
-      p->header.before.seq == s->pos.seq &&
-      p->header.before.checksum == s->pos.checksum &&
-      p->header.before.pages == s->pos.pages) {
+  if (store_patch_read(s, 0, &p) == 0 &&
+      loom_position_same_epoch(&p->header.before, &s->pos)) {
     store_patch_free(p);
     p = NULL;
     if (store_patch_read(s, 1, &p) == 0)

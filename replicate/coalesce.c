@@ -226,9 +226,7 @@ int replicate_coalescer_add(replicate_coalescer *c,
     c->zero_from = UINT64_MAX;
   } else if (info->epoch != c->last.epoch ||
              !loom_history_equal(&info->history, &c->last.history) ||
-             info->before.seq != c->last.after.seq ||
-             info->before.checksum != c->last.after.checksum ||
-             info->before.pages != c->last.after.pages) {
+             !loom_position_same(&info->before, &c->last.after)) {
     coalescer_clear(c);
     return REPLICATE_ENOT_CONTIGUOUS;
   }

@@ -149,12 +149,13 @@ int replicate_frame_parse_header(const void *bytes, size_t len,
       .kind = (replicate_frame_kind)p[FRAME_OFF_KIND],
       .flags = p[FRAME_OFF_FLAGS],
       .epoch = get_le64(p + FRAME_OFF_EPOCH),
-      .before = {get_le64(p + FRAME_OFF_BEFORE_SEQ),
-                 get_le64(p + FRAME_OFF_BEFORE_CHECKSUM),
-                 get_le64(p + FRAME_OFF_BEFORE_PAGES)},
-      .after = {get_le64(p + FRAME_OFF_AFTER_SEQ),
-                get_le64(p + FRAME_OFF_AFTER_CHECKSUM),
-                get_le64(p + FRAME_OFF_AFTER_PAGES)},
+      .before = {.seq = get_le64(p + FRAME_OFF_BEFORE_SEQ),
+                 .checksum = get_le64(p + FRAME_OFF_BEFORE_CHECKSUM),
+                 .pages = get_le64(p + FRAME_OFF_BEFORE_PAGES)},
+      .after = {.epoch = get_le64(p + FRAME_OFF_EPOCH),
+                .seq = get_le64(p + FRAME_OFF_AFTER_SEQ),
+                .checksum = get_le64(p + FRAME_OFF_AFTER_CHECKSUM),
+                .pages = get_le64(p + FRAME_OFF_AFTER_PAGES)},
       .commit_time_ns = (int64_t)get_le64(p + FRAME_OFF_COMMIT_TIME),
       .first_commit_time_ns =
           (int64_t)get_le64(p + FRAME_OFF_FIRST_COMMIT_TIME),
@@ -163,6 +164,7 @@ int replicate_frame_parse_header(const void *bytes, size_t len,
       .compressed_size = get_le64(p + FRAME_OFF_COMPRESSED),
   };
   memcpy(info.history.id, p + FRAME_OFF_HISTORY, LOOM_HISTORY_SIZE);
+  if (info.kind == REPLICATE_KIND_COMMIT) info.before.epoch = info.epoch;
   uint64_t uncompressed = get_le64(p + FRAME_OFF_UNCOMPRESSED);
 
   if (info.kind != REPLICATE_KIND_COMMIT && info.kind != REPLICATE_KIND_HEARTBEAT)
@@ -389,11 +391,12 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
       .kind = REPLICATE_KIND_COMMIT,
       .history = lineage.history,
       .epoch = c->after.epoch,
-      .before = {c->before.seq, c->before.checksum, c->before.pages},
-      .after = {c->after.seq, c->after.checksum, c->after.pages},
+      .before = c->before,
+      .after = c->after,
       .commit_time_ns = c->after.commit_time_ns,
       .first_commit_time_ns = c->after.commit_time_ns,
   };
+  info.before.commit_time_ns = info.after.commit_time_ns = 0;
   for (uint64_t i = 0; i < c->page_count; i++) {
     if (c->page_numbers[i] >= c->after.pages) return REPLICATE_EINVAL;
     if (i > 0 && c->page_numbers[i] <= c->page_numbers[i - 1])
@@ -416,19 +419,18 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
 }
 
 int replicate_frame_encode_heartbeat(const loom_history *history,
-                                     uint64_t epoch,
-                                     const replicate_point *latest,
-                                     int64_t commit_time_ns, int64_t now_ns,
-                                     replicate_buf *out) {
+                                     const loom_position *latest,
+                                     int64_t now_ns, replicate_buf *out) {
   assert(latest != NULL && out != NULL);
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_HEARTBEAT,
       .history = *history,
-      .epoch = epoch,
+      .epoch = latest->epoch,
       .after = *latest,
-      .commit_time_ns = commit_time_ns,
+      .commit_time_ns = latest->commit_time_ns,
       .heartbeat_time_ns = now_ns,
   };
+  info.after.commit_time_ns = 0;
   if (frame_info_check(&info) != 0) return REPLICATE_EINVAL;
   int rc = frame_buf_reserve(out, REPLICATE_HEADER_SIZE);
   if (rc != 0) return rc;

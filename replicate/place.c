@@ -49,7 +49,7 @@ static int check_history(const loom_history *ours, const loom_position *pos,
 static int place_heartbeat(const loom_history *ours, const loom_position *pos,
                            const replicate_frame_info *frame)
 {
-  const replicate_point *latest = &frame->after;
+  const loom_position *latest = &frame->after;
   (void)ours;
   if (holds_nothing(pos) || latest->seq > pos->seq)
     return 0;
@@ -70,15 +70,14 @@ int replicate_place_frame(const loom_history *ours, const loom_position *pos,
     return REPLICATE_ESTALE_EPOCH;
   if (frame->kind == REPLICATE_KIND_HEARTBEAT)
     return place_heartbeat(ours, pos, frame);
-  const replicate_point *b = &frame->before, *a = &frame->after;
+  const loom_position *b = &frame->before, *a = &frame->after;
   if (frame->epoch > pos->epoch && b->seq < pos->seq &&
       !holds_nothing(pos))                                         /* P3 */
     return REPLICATE_EPAST_BRANCH; /* a frame never spans an epoch change */
   if (a->seq == pos->seq)                                          /* P4 */
     return a->checksum == pos->checksum ? REPLICATE_EDUPLICATE : REPLICATE_EFORK;
   if (b->seq == pos->seq)
-    return b->checksum == pos->checksum && b->pages == pos->pages
-               ? 0 : REPLICATE_EFORK;
+    return loom_position_same(b, pos) ? 0 : REPLICATE_EFORK;
   if (a->seq < pos->seq)
     return REPLICATE_EDUPLICATE;
   return REPLICATE_EPOSITION; /* a gap, or an overlap from behind */
@@ -142,7 +141,7 @@ int replicate_place_peer(const loom_lineage *ours, const loom_position *latest,
   if (peer->seq > latest->seq)
     return REPLICATE_EBEHIND;
   if (peer->seq == latest->seq)
-    return peer->checksum == latest->checksum && peer->pages == latest->pages
-               ? REPLICATE_EDUPLICATE : REPLICATE_EFORK;
+    return loom_position_same(peer, latest) ? REPLICATE_EDUPLICATE
+                                            : REPLICATE_EFORK;
   return 0;
 }

@@ -136,12 +136,6 @@ void rx_log_reset(replicate_receiver *rx)
             replicate_strerror(rc));
 }
 
-static bool same_point(const replicate_point *p, const loom_position *pos)
-{
-  return p->seq == pos->seq && p->checksum == pos->checksum &&
-         p->pages == pos->pages;
-}
-
 static loom_position position_of(const replicate_frame_info *info)
 {
   return (loom_position){
@@ -310,7 +304,7 @@ static int recover_pending(replicate_receiver *rx, const loom_position *store_po
     if (rc == 0)
       rc = replicate_frame_parse_header(buf.data, buf.len, NULL, &info);
     if (rc == 0 && seq == store_pos->seq + 1 &&
-        (!same_point(&info.before, store_pos) || info.epoch < store_pos->epoch))
+        (!loom_position_same(&info.before, store_pos) || info.epoch < store_pos->epoch))
       rc = REPLICATE_EPOSITION; /* a history the store does not have */
     if (rc == 0)
       rc = rx_pending_push(rx, info.after.seq, info.first_commit_time_ns,

@@ -180,7 +180,7 @@ typedef struct replicate_recv_outcome {
                                    held yet) */
   uint64_t input_epoch;         /* STALE_EPOCH: the frame's or image's */
   uint64_t frame_epoch;         /* GAP, OVERLAP: the frame's epoch and */
-  replicate_point frame_before; /* its before */
+  loom_position frame_before;   /* its before */
   uint64_t primary_seq;         /* the primary's newest seq last heard */
 } replicate_recv_outcome;
 

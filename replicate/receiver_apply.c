@@ -95,9 +95,8 @@ static int applier_read(replicate_receiver *rx, uint64_t seq,
 static bool follows(const replicate_frame_info *prev,
                     const replicate_frame_info *more)
 {
-  return more->epoch == prev->epoch && more->before.seq == prev->after.seq &&
-         more->before.checksum == prev->after.checksum &&
-         more->before.pages == prev->after.pages;
+  return more->epoch == prev->epoch &&
+         loom_position_same(&more->before, &prev->after);
 }
 
 /* The next thing to apply: frame next alone, or frames next..*through

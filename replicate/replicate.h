@@ -222,15 +222,12 @@ typedef enum replicate_encoding {
   REPLICATE_PAGE_XOR = 1        /* the contents are new XOR previous */
 } replicate_encoding;
 
-/* A point in an image's history, within one epoch. */
-typedef struct replicate_point {
-  uint64_t seq;
-  uint64_t checksum;            /* whole-image checksum (loom.h) */
-  uint64_t pages;               /* image length in pages */
-} replicate_point;
-
 /*
  * What a frame header says.
+ *   before and after are positions (loom.h); the frame carries their seq,
+ *     checksum and pages. Their epoch is the frame's epoch (a heartbeat's
+ *     before is all 0), and their commit_time_ns is 0: a frame's times are
+ *     the fields below.
  *   COMMIT: the frame moves an image from before to after (epoch is both
  *     positions' epoch). after.seq == before.seq + 1, unless COALESCED, when
  *     after.seq >= before.seq + 2. commit_time_ns is after's commit time,
@@ -246,8 +243,8 @@ typedef struct replicate_frame_info {
   unsigned flags;
   loom_history history;         /* the sender's history (loom.h) */
   uint64_t epoch;
-  replicate_point before;
-  replicate_point after;
+  loom_position before;
+  loom_position after;
   int64_t commit_time_ns;
   int64_t first_commit_time_ns;
   int64_t heartbeat_time_ns;
@@ -371,13 +368,12 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
                                   const loom_commit *c, replicate_buf *out);
 
 /* replicate_frame_encode_heartbeat: a heartbeat saying the primary of
- * history is at (epoch, latest) since commit_time_ns, made at now_ns. Errors:
- * REPLICATE_EINVAL (epoch 0), ENOMEM. */
+ * history is at latest (its epoch, seq, checksum and pages) since
+ * latest->commit_time_ns, made at now_ns. Errors: REPLICATE_EINVAL (epoch
+ * 0), ENOMEM. */
 int replicate_frame_encode_heartbeat(const loom_history *history,
-                                     uint64_t epoch,
-                                     const replicate_point *latest,
-                                     int64_t commit_time_ns, int64_t now_ns,
-                                     replicate_buf *out);
+                                     const loom_position *latest,
+                                     int64_t now_ns, replicate_buf *out);
 
 /* ---------------------------------------------------------------------- */
 /* Decoding and applying */

@@ -12,16 +12,6 @@
 #include "loom.h"
 #include "replicate.h"
 
-/* A position as a standby reports it: {"epoch", "seq", "checksum" (16 hex
- * digits), "pages"}; other keys (such as "at") are allowed and ignored. */
-typedef struct ship_point {
-  bool present;
-  uint64_t epoch;
-  uint64_t seq;
-  uint64_t checksum;
-  uint64_t pages;
-} ship_point;
-
 #define SHIP_ANSWER_ERROR_MAX 64
 
 /* What the shipper reads from a standby's JSON answer. */
@@ -37,8 +27,13 @@ typedef struct ship_answer {
                                         or null (none: all zero) */
   bool has_epoch;
   uint64_t epoch;                    /* top-level "epoch" */
-  ship_point received;
-  ship_point applied;
+  /* "received" and "applied": positions as a standby reports them,
+   * {"epoch", "seq", "checksum" (16 hex digits), "pages"}; other keys
+   * (such as "at") are allowed and ignored. commit_time_ns is 0. */
+  bool has_received;
+  loom_position received;
+  bool has_applied;
+  loom_position applied;
 } ship_answer;
 
 /* The longest answer read; a longer one is a failed request. */
@@ -107,13 +102,6 @@ typedef enum request_kind {
   REQ_BASE
 } request_kind;
 
-typedef struct standby_point {
-  uint64_t epoch;
-  uint64_t seq;
-  uint64_t checksum;
-  uint64_t pages;
-} standby_point;
-
 typedef struct standby {
   struct replicate_shipper *sh;
   char *url;                  /* as configured */
@@ -176,8 +164,8 @@ typedef struct standby {
   bool on_chain;              /* received is known to be in this primary's
                                  history (it accepted our frames, or the
                                  frame after it follows it) */
-  standby_point received;
-  standby_point applied;
+  loom_position received;     /* commit_time_ns 0 (not reported) */
+  loom_position applied;
   uint64_t sent_seq;
   char last_error[REPLICATE_ERROR_MAX];
   int64_t last_error_ns;

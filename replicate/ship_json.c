@@ -77,7 +77,7 @@ static int read_text(const json_t *j, char *buf, size_t cap)
 }
 
 /* A point: {"epoch", "seq", "checksum" (16 hex digits), "pages"}. */
-static int read_point(const json_t *j, ship_point *point)
+static int read_point(const json_t *j, loom_position *point, bool *present)
 {
   if (!j)
     return 0;
@@ -98,7 +98,7 @@ static int read_point(const json_t *j, ship_point *point)
     v = v << 4 | (uint64_t)h;
   }
   point->checksum = v;
-  point->present = true;
+  *present = true;
   return 0;
 }
 
@@ -118,9 +118,11 @@ static int read_history(const json_t *j, loom_history *out)
 static int read_answer(const json_t *j, ship_answer *out)
 {
   const json_t *v;
-  int rc = read_point(json_object_get(j, "received"), &out->received);
+  int rc = read_point(json_object_get(j, "received"), &out->received,
+                      &out->has_received);
   if (!rc)
-    rc = read_point(json_object_get(j, "applied"), &out->applied);
+    rc = read_point(json_object_get(j, "applied"), &out->applied,
+                    &out->has_applied);
   if (!rc && (v = json_object_get(j, "epoch"))) {
     out->has_epoch = true;
     rc = read_uint(v, &out->epoch);

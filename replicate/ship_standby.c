@@ -62,11 +62,6 @@ static void set_on_chain(standby *sb, bool on_chain)
   pthread_mutex_unlock(&sh->mu);
 }
 
-static standby_point point_from(const ship_point *p)
-{
-  return (standby_point){p->epoch, p->seq, p->checksum, p->pages};
-}
-
 /* Number of standbys that hold (epoch, seq) durably. Under mu. */
 unsigned ship_acked_locked(replicate_shipper *sh, uint64_t epoch,
                            uint64_t seq)
@@ -183,11 +178,8 @@ void ship_fail(standby *sb, bool unreachable, double retry_after_s,
 
 static int start_heartbeat(standby *sb, const loom_position *latest)
 {
-  replicate_point point = {latest->seq, latest->checksum, latest->pages};
-  int rc = replicate_frame_encode_heartbeat(&sb->sh->lineage.history,
-                                            latest->epoch, &point,
-                                            latest->commit_time_ns, ship_real_ns(),
-                                            &sb->body_buf);
+  int rc = replicate_frame_encode_heartbeat(&sb->sh->lineage.history, latest,
+                                            ship_real_ns(), &sb->body_buf);
   if (rc)
     return rc;
   sb->req = REQ_HEARTBEAT;
@@ -358,11 +350,10 @@ static int fetch_first(standby *sb, frame_piece *p, bool *go)
 
 /* Does the first frame follow r, the standby's position? If not, our
  * log has another checksum at its seq: it diverged. */
-static bool check_chain(standby *sb, const standby_point *r, frame_piece *p)
+static bool check_chain(standby *sb, const loom_position *r, frame_piece *p)
 {
   const replicate_frame_info *first = &p->first;
-  if (first->epoch < r->epoch || first->before.seq != r->seq ||
-      first->before.checksum != r->checksum || first->before.pages != r->pages) {
+  if (first->epoch < r->epoch || !loom_position_same(&first->before, r)) {
     ship_drop_ref(sb->sh, &p->ref);
     diverge(sb, REPLICATE_EFORK, "this primary's log has another checksum "
             "at its seq");
@@ -485,7 +476,7 @@ static int send_one(standby *sb, frame_piece *p, const loom_position *latest)
 /* Send the standby the frames after r: one frame as it is, or a merged
  * piece. Returns 0 (a request started, or need_base set, or it
  * diverged), or an error. */
-static int start_frames(standby *sb, const standby_point *r,
+static int start_frames(standby *sb, const loom_position *r,
                         const loom_position *latest)
 {
   replicate_shipper *sh = sb->sh;
@@ -536,7 +527,7 @@ static void fence_or_diverge(standby *sb, uint64_t epoch)
 
 /* A base image replaces whatever the standby holds: only over a position
  * of our own history, as far as our positions ring tells. */
-static int start_base_over(standby *sb, const standby_point *r,
+static int start_base_over(standby *sb, const loom_position *r,
                            const loom_position *latest, const char **what)
 {
   uint64_t epoch_at, checksum_at;
@@ -556,16 +547,13 @@ static int schedule_known(standby *sb, int64_t now, const loom_position *latest,
                           const char **what)
 {
   replicate_shipper *sh = sb->sh;
-  standby_point r = sb->received;
+  loom_position r = sb->received;
   if (r.epoch > latest->epoch) {
     fence_or_diverge(sb, r.epoch);
     return 0;
   }
-  loom_position peer = {.epoch = r.epoch, .seq = r.seq,
-                        .checksum = r.checksum, .pages = r.pages};
   int place = replicate_place_peer(&sh->lineage, latest,
-                                   sb->has_history ? &sb->history : NULL,
-                                   &peer);
+                                   sb->has_history ? &sb->history : NULL, &r);
   if (replicate_is_divergence(place)) {
     diverge(sb, place, place == REPLICATE_EBEHIND
                            ? "it is ahead of this primary, whose directory "
@@ -689,9 +677,9 @@ static void record_position(standby *sb, const ship_answer *a)
     sb->has_history = true;
     sb->history = a->history;
   }
-  sb->received = point_from(&a->received);
-  if (a->applied.present)
-    sb->applied = point_from(&a->applied);
+  sb->received = a->received;
+  if (a->has_applied)
+    sb->applied = a->applied;
   else if (!sb->has_position)
     sb->applied = sb->received;
   sb->has_position = true;
@@ -743,7 +731,7 @@ static bool take_position(standby *sb, request_kind req, long code,
                           bool readable, const ship_answer *a, double retry_s)
 {
   replicate_shipper *sh = sb->sh;
-  if (!readable || !a->received.present) {
+  if (!readable || !a->has_received) {
     ship_fail(sb, true, retry_s, "%s: HTTP %ld with an unreadable answer",
               ship_request_name(req), code);
     return true;

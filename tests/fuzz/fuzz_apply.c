@@ -85,13 +85,13 @@ static void exercise(apply_state *st, const uint8_t *data, size_t size) {
     CHECK(now.pages == f.info.after.pages);
     CHECK(now.epoch == f.info.epoch);
   } else {
-    CHECK(fuzz_same_point(&now, &st->pos));
+    CHECK(loom_position_same(&now, &st->pos));
     CHECK(now.epoch >= st->pos.epoch);
   }
   CHECK(loom_store_close(store) == 0);
   loom_position recorded;
   fuzz_check_verifies(st->work, &recorded);
-  CHECK(fuzz_same_point(&now, &recorded));
+  CHECK(loom_position_same(&now, &recorded));
   CHECK(recorded.epoch == now.epoch);
 }
 
@@ -151,12 +151,14 @@ int fuzz_make_seeds(const char *dir) {
   write_frame(st, dir, "next-whole", FUZZ_EPOCH, 0);
   write_frame(st, dir, "older-epoch", FUZZ_EPOCH - 1, 1);
   write_frame(st, dir, "newer-epoch", FUZZ_EPOCH + 1, 1);
-  replicate_point latest = {.seq = st->pos.seq + 3,
-                            .checksum = st->pos.checksum,
-                            .pages = st->pos.pages};
+  loom_position latest = {.epoch = FUZZ_EPOCH,
+                          .seq = st->pos.seq + 3,
+                          .checksum = st->pos.checksum,
+                          .pages = st->pos.pages,
+                          .commit_time_ns = FUZZ_TIME_NS};
   replicate_buf out = {0};
-  CHECK(replicate_frame_encode_heartbeat(&no_history, FUZZ_EPOCH, &latest, FUZZ_TIME_NS,
-                                         FUZZ_TIME_NS + 1, &out) == 0);
+  CHECK(replicate_frame_encode_heartbeat(&no_history, &latest, FUZZ_TIME_NS + 1,
+                                         &out) == 0);
   fuzz_write_file(dir, "heartbeat", out.data, out.len);
   replicate_buf_free(&out);
   return 0;

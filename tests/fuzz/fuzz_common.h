@@ -214,8 +214,4 @@ static inline void fuzz_check_verifies(const char *dir, loom_position *rec) {
   CHECK(computed == rec->checksum);
 }
 
-static inline int fuzz_same_point(const loom_position *a, const loom_position *b) {
-  return a->seq == b->seq && a->checksum == b->checksum && a->pages == b->pages;
-}
-
 #endif

@@ -64,7 +64,7 @@ static void exercise(meta_state *st, const uint8_t *data, size_t size) {
   loom_store_position(store, &opened);
   CHECK(loom_store_close(store) == 0);
   fuzz_check_verifies(st->work, &recorded);
-  CHECK(fuzz_same_point(&opened, &recorded));
+  CHECK(loom_position_same(&opened, &recorded));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

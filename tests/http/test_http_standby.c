@@ -140,10 +140,11 @@ static long post_heartbeat(ht_server *s, ht_primary *p, uint64_t seq,
                            uint64_t pages, int64_t commit_ns, int64_t made_ns)
 {
   replicate_buf hb = {0};
-  replicate_point latest = {seq, 77, pages};
+  loom_position latest = {.epoch = 1, .seq = seq, .checksum = 77,
+                          .pages = pages, .commit_time_ns = commit_ns};
   loom_history history = ht_primary_history(p);
-  assert_int_equal(replicate_frame_encode_heartbeat(&history, 1, &latest,
-                                                    commit_ns, made_ns, &hb), 0);
+  assert_int_equal(replicate_frame_encode_heartbeat(&history, &latest, made_ns,
+                                                    &hb), 0);
   long status = ht_post_frame(s, &hb, NULL);
   replicate_buf_free(&hb);
   return status;
@@ -892,9 +893,10 @@ static void test_promote(void **state)
   ht_resp_free(&r);
   assert_int_equal(ht_post_frame(&s, &p.frames[2], NULL), 409);
   replicate_buf hb = {0};
-  replicate_point latest = {8, 1, 1};
+  loom_position latest = {.epoch = 1, .seq = 8, .checksum = 1, .pages = 1,
+                          .commit_time_ns = 1};
   loom_history history = ht_primary_history(&p);
-  assert_int_equal(replicate_frame_encode_heartbeat(&history, 1, &latest, 1, 2, &hb), 0);
+  assert_int_equal(replicate_frame_encode_heartbeat(&history, &latest, 2, &hb), 0);
   assert_int_equal(ht_post_frame(&s, &hb, NULL), 409);
   replicate_buf_free(&hb);
 

@@ -133,8 +133,10 @@ static inline void model_commit_info(const model *m, uint64_t after_pages,
   *info = (replicate_frame_info){
       .kind = REPLICATE_KIND_COMMIT,
       .epoch = m->epoch,
-      .before = {m->seq, m->checksum, m->pages},
-      .after = {m->seq + 1, sum, after_pages},
+      .before = {.epoch = m->epoch, .seq = m->seq, .checksum = m->checksum,
+                 .pages = m->pages},
+      .after = {.epoch = m->epoch, .seq = m->seq + 1, .checksum = sum,
+                .pages = after_pages},
       .commit_time_ns = m->time_ns + 1000,
       .first_commit_time_ns = m->time_ns + 1000,
   };

@@ -183,8 +183,10 @@ static void test_positions(void **state) {
   expect_store_equals(fx, &promoted);
 
   /* A heartbeat is not applied. */
-  replicate_point latest = {promoted.seq, promoted.checksum, promoted.pages};
-  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 2, &latest, 0, 1, &next), 0);
+  loom_position latest = {.epoch = 2, .seq = promoted.seq,
+                          .checksum = promoted.checksum,
+                          .pages = promoted.pages};
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, &latest, 1, &next), 0);
   assert_int_equal(apply_bytes(fx, &next), REPLICATE_EKIND);
 
   for (int i = 0; i < 4; i++) replicate_buf_free(&frames[i]);

@@ -306,8 +306,8 @@ static void test_refusals(void **state) {
   f.info.epoch++;
   assert_int_equal(replicate_coalescer_add(co, &f), REPLICATE_ENOT_CONTIGUOUS);
   /* A heartbeat. */
-  replicate_point latest = {1, 2, 3};
-  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 1, &latest, 0, 0, &out), 0);
+  loom_position latest = {.epoch = 1, .seq = 1, .checksum = 2, .pages = 3};
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, &latest, 0, &out), 0);
   assert_int_equal(replicate_frame_decode(dec, out.data, out.len, &f), 0);
   assert_int_equal(replicate_coalescer_add(co, &f), REPLICATE_EKIND);
   /* More distinct pages than allowed. */

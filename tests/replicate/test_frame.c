@@ -148,7 +148,8 @@ static void test_encoding_choice(void **state) {
   };
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_COMMIT, .epoch = 1,
-      .before = {0, 0, 2}, .after = {1, 0, 2}};
+      .before = {.epoch = 1, .seq = 0, .pages = 2},
+      .after = {.epoch = 1, .seq = 1, .pages = 2}};
   replicate_encoder *enc;
   replicate_decoder *dec;
   assert_int_equal(replicate_encoder_new(1, &enc), 0);
@@ -179,7 +180,8 @@ static void test_encode_refuses_bad_input(void **state) {
   replicate_buf buf = {0};
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_COMMIT, .epoch = 1,
-      .before = {4, 0, 8}, .after = {5, 0, 8}};
+      .before = {.epoch = 1, .seq = 4, .pages = 8},
+      .after = {.epoch = 1, .seq = 5, .pages = 8}};
   replicate_page_src srcs[2] = {{3, 0, page, NULL}, {3, 0, page, NULL}};
   /* Pages not strictly ascending. */
   assert_int_equal(replicate_frame_encode(enc, &info, srcs, 2, &buf),
@@ -214,8 +216,9 @@ static void test_encode_refuses_bad_input(void **state) {
 static void test_heartbeat(void **state) {
   (void)state;
   replicate_buf buf = {0};
-  replicate_point latest = {1045, 0x9f3c, 77};
-  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 3, &latest, 123, 456, &buf), 0);
+  loom_position latest = {.epoch = 3, .seq = 1045, .checksum = 0x9f3c,
+                          .pages = 77, .commit_time_ns = 123};
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, &latest, 456, &buf), 0);
   assert_int_equal(buf.len, REPLICATE_HEADER_SIZE);
   replicate_decoder *dec;
   assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
@@ -232,7 +235,8 @@ static void test_heartbeat(void **state) {
   replicate_frame_info info;
   assert_int_equal(replicate_frame_parse_header(buf.data, buf.len, NULL, &info), 0);
   assert_int_equal(info.frame_size, REPLICATE_HEADER_SIZE);
-  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 0, &latest, 1, 2, &buf),
+  latest.epoch = 0;
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, &latest, 2, &buf),
                    REPLICATE_EINVAL);
   replicate_buf_free(&buf);
   replicate_decoder_free(dec);
@@ -313,8 +317,9 @@ static void test_bit_flips(void **state) {
   small_frame(&buf);
   assert_true(buf.len < 2048);
   flip_every_bit(&buf);
-  replicate_point latest = {9, 9, 9};
-  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 4, &latest, 1, 2, &buf), 0);
+  loom_position latest = {.epoch = 4, .seq = 9, .checksum = 9, .pages = 9,
+                          .commit_time_ns = 1};
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, &latest, 2, &buf), 0);
   flip_every_bit(&buf);
   replicate_buf_free(&buf);
 }

@@ -748,8 +748,8 @@ static void test_append_refusals(void **state) {
   assert_int_equal(replicate_log_append(log, "junk", 4), REPLICATE_ETRUNCATED);
   /* A heartbeat. */
   replicate_buf hb = {0};
-  replicate_point latest = {5, 0, 4};
-  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, 1, &latest, 0, 0, &hb), 0);
+  loom_position latest = {.epoch = 1, .seq = 5, .pages = 4};
+  assert_int_equal(replicate_frame_encode_heartbeat(&no_history, &latest, 0, &hb), 0);
   assert_int_equal(replicate_log_append(log, hb.data, hb.len), REPLICATE_EKIND);
   replicate_buf_free(&hb);
   /* A coalesced frame. */

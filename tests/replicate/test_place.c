@@ -34,8 +34,10 @@ static replicate_frame_info frame(uint8_t history, uint64_t epoch,
                                   uint64_t after_seq, uint64_t after_sum)
 {
   replicate_frame_info f = {.kind = REPLICATE_KIND_COMMIT, .epoch = epoch,
-                            .before = {before_seq, before_sum, 4},
-                            .after = {after_seq, after_sum, 4}};
+                            .before = {.epoch = epoch, .seq = before_seq,
+                                       .checksum = before_sum, .pages = 4},
+                            .after = {.epoch = epoch, .seq = after_seq,
+                                      .checksum = after_sum, .pages = 4}};
   f.history = history_of(history);
   return f;
 }
@@ -89,17 +91,18 @@ static void test_heartbeat_rules(void **state)
   loom_position pos = at(2, 100, 0xa100);
   replicate_frame_info hb = {.kind = REPLICATE_KIND_HEARTBEAT, .epoch = 2,
                              .history = history_of(1),
-                             .after = {120, 0xa120, 4}};
+                             .after = {.epoch = 2, .seq = 120,
+                                       .checksum = 0xa120, .pages = 4}};
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
-  hb.after = (replicate_point){100, 0xa100, 4};
+  hb.after = (loom_position){.epoch = 2, .seq = 100, .checksum = 0xa100, .pages = 4};
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
-  hb.after = (replicate_point){100, 0xbbbb, 4};
+  hb.after = (loom_position){.epoch = 2, .seq = 100, .checksum = 0xbbbb, .pages = 4};
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EFORK);
-  hb.after = (replicate_point){60, 0xa060, 4};
+  hb.after = (loom_position){.epoch = 2, .seq = 60, .checksum = 0xa060, .pages = 4};
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EBEHIND);
   hb.epoch = 3;
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_EPAST_BRANCH);
-  hb.after = (replicate_point){100, 0xc100, 4};
+  hb.after = (loom_position){.epoch = 3, .seq = 100, .checksum = 0xc100, .pages = 4};
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), 0);
   hb.epoch = 1;
   assert_int_equal(replicate_place_frame(&ours, &pos, &hb), REPLICATE_ESTALE_EPOCH);

@@ -89,9 +89,9 @@ static void next_frame(fixture *fx, model *m, replicate_buf *out)
 /* A heartbeat of the primary saying it is at seq. */
 static void heartbeat(fixture *fx, uint64_t seq, replicate_buf *out)
 {
-  replicate_point latest = {seq, 0x1234, 8};
-  assert_int_equal(replicate_frame_encode_heartbeat(&fx->history, fx->m.epoch,
-                                                    &latest, fx->m.time_ns,
+  loom_position latest = {.epoch = fx->m.epoch, .seq = seq, .checksum = 0x1234,
+                          .pages = 8, .commit_time_ns = fx->m.time_ns};
+  assert_int_equal(replicate_frame_encode_heartbeat(&fx->history, &latest,
                                                     fx->m.time_ns, out), 0);
 }
 

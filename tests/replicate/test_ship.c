@@ -956,7 +956,7 @@ static void test_answer_reader(void **state)
       " \"checksum\": \"00000000000000FF\"}, \"duplicate\": false,"
       " \"list\": [1, -2, 3.5e-1, \"x\\u00e9\\n\", {}, []]} \n";
   assert_int_equal(ship_answer_parse(ok, strlen(ok), &a), 0);
-  assert_true(a.received.present && a.applied.present);
+  assert_true(a.has_received && a.has_applied);
   assert_int_equal(a.received.epoch, 3);
   assert_int_equal(a.received.seq, 1044);
   assert_int_equal(a.received.checksum, 0x9f3c00000000abcdull);
@@ -974,7 +974,7 @@ static void test_answer_reader(void **state)
   assert_string_equal(a.error, "stale epoch");
   assert_true(a.has_epoch);
   assert_int_equal(a.epoch, INT64_MAX); /* jansson's integers are int64 */
-  assert_false(a.applied.present);
+  assert_false(a.has_applied);
 
   static const char *const bad[] = {
       "",
