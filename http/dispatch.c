@@ -19,7 +19,7 @@
  *      the reply. Otherwise the guard (guard.c) watches the body's rate
  *      and duration.
  *   2. body chunks (*upload_data_size > 0): a frame accumulates up to its
- *      cap (its header, once 128 bytes are in, gives the real size); a
+ *      cap (its header, once REPLICATE_HEADER_SIZE (144) bytes are in, gives the real size); a
  *      base image is fed to the store page by page. libmicrohttpd cannot
  *      queue an answer here, so a refusal decided here is kept and the
  *      rest of the body read and dropped up to its Content-Length; without
