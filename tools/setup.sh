@@ -5,7 +5,10 @@ loomship_packages=(build-essential meson ninja-build pkg-config
   libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libzstd-dev
   libxxhash-dev libjansson-dev curl openssl bc python3 python3-yaml
   clang libclang-rt-14-dev valgrind    # the fuzzing and sanitizer suites
-  prometheus)                          # promtool: the alert rules in deploy/
+  prometheus                           # promtool: the alert rules in deploy/
+  libssl-dev                           # libcrypto: frame tags (HMAC-SHA256)
+  etcd-server etcd-client              # the cluster tests start their own etcd
+  chromium)                            # headless check of the status page
 
 loomship_install() {
   local missing=()
