@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "array.h"
 #include "json.h"
 
 void json_init(json_writer *w)
@@ -45,18 +46,11 @@ static bool reserve(json_writer *w, size_t n)
 {
   if (w->failed)
     return false;
-  if (w->len + n + 1 <= w->cap)
-    return true;
-  size_t cap = w->cap ? w->cap : 256;
-  while (cap < w->len + n + 1)
-    cap *= 2;
-  char *data = realloc(w->data, cap);
-  if (!data) {
+  if (n > SIZE_MAX - w->len - 1 ||
+      loom_array_reserve(&w->data, &w->cap, w->len + n + 1, 1) != 0) {
     w->failed = true;
     return false;
   }
-  w->data = data;
-  w->cap = cap;
   return true;
 }
 
