@@ -388,11 +388,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
   apply_options(sh, opt);
 
   pthread_mutex_init(&sh->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&sh->cond, &ca);
-  pthread_condattr_destroy(&ca);
+  loom_cond_init_mono(&sh->cond);
 
   int rc = acquire(sh, opt);
   if (rc)
