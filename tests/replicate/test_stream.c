@@ -72,120 +72,116 @@ static void feed(replicate_stream_reader *r, const uint8_t *s, size_t len,
   }
 }
 
+/* Each test's stream (PAGES pages and 5 trailing bytes, which only
+ * test_trailing_bytes_stop feeds) and a reader. */
+typedef struct fixture {
+  uint8_t *s;
+  size_t len; /* without the trailing bytes */
+  loom_position pos;
+  replicate_stream_reader r;
+  counts c;
+} fixture;
+
+static int setup(void **state)
+{
+  fixture *fx = calloc(1, sizeof *fx);
+  assert_non_null(fx);
+  fx->s = make_stream(5, &fx->len, &fx->pos);
+  fx->len -= 5;
+  assert_int_equal(replicate_stream_reader_init(&fx->r), 0);
+  *state = fx;
+  return 0;
+}
+
+static int teardown(void **state)
+{
+  fixture *fx = *state;
+  replicate_stream_reader_free(&fx->r);
+  free(fx->s);
+  free(fx);
+  return 0;
+}
+
 static void test_whole_in_any_pieces(void **state)
 {
-  (void)state;
-  size_t len;
-  loom_position pos;
-  uint8_t *s = make_stream(0, &len, &pos);
+  fixture *fx = *state;
   const size_t pieces[] = {1, 7, 511, 512, 513, LOOM_PAGE_SIZE,
                            LOOM_PAGE_SIZE + 1, 100000};
   for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++) {
-    replicate_stream_reader r;
-    assert_int_equal(replicate_stream_reader_init(&r), 0);
+    replicate_stream_reader_reset(&fx->r);
     counts c = {0};
-    feed(&r, s, len, pieces[i], &c);
+    feed(&fx->r, fx->s, fx->len, pieces[i], &c);
     assert_int_equal(c.headers, 1);
     assert_int_equal(c.pages, PAGES);
     assert_int_equal(c.bad + c.trailing, 0);
-    assert_true(loom_position_same(&r.position, &pos));
-    assert_int_equal(r.lineage.history.id[0], 7);
-    assert_true(replicate_stream_reader_complete(&r));
-    replicate_stream_reader_free(&r);
+    assert_true(loom_position_same(&fx->r.position, &fx->pos));
+    assert_int_equal(fx->r.lineage.history.id[0], 7);
+    assert_true(replicate_stream_reader_complete(&fx->r));
   }
-  free(s);
 }
 
 static void test_truncated_is_not_complete(void **state)
 {
-  (void)state;
-  size_t len;
-  loom_position pos;
-  uint8_t *s = make_stream(0, &len, &pos);
-  replicate_stream_reader r;
-  assert_int_equal(replicate_stream_reader_init(&r), 0);
-  counts c = {0};
-  feed(&r, s, LOOM_STREAM_HEADER - 1, 64, &c);
-  assert_int_equal(c.headers, 0);
-  assert_false(replicate_stream_reader_complete(&r));
-  feed(&r, s + LOOM_STREAM_HEADER - 1, len - LOOM_STREAM_HEADER, 4096, &c);
-  assert_int_equal(c.headers, 1);
-  assert_int_equal(c.pages, PAGES - 1);
-  assert_false(replicate_stream_reader_complete(&r)); /* one byte short */
-  replicate_stream_reader_free(&r);
-  free(s);
+  fixture *fx = *state;
+  feed(&fx->r, fx->s, LOOM_STREAM_HEADER - 1, 64, &fx->c);
+  assert_int_equal(fx->c.headers, 0);
+  assert_false(replicate_stream_reader_complete(&fx->r));
+  feed(&fx->r, fx->s + LOOM_STREAM_HEADER - 1, fx->len - LOOM_STREAM_HEADER,
+       4096, &fx->c);
+  assert_int_equal(fx->c.headers, 1);
+  assert_int_equal(fx->c.pages, PAGES - 1);
+  assert_false(replicate_stream_reader_complete(&fx->r)); /* a byte short */
 }
 
 static void test_bad_header_stops(void **state)
 {
-  (void)state;
-  size_t len;
-  loom_position pos;
-  uint8_t *s = make_stream(0, &len, &pos);
-  s[0] ^= 0xff; /* the magic */
-  replicate_stream_reader r;
-  assert_int_equal(replicate_stream_reader_init(&r), 0);
-  counts c = {0};
-  feed(&r, s, len, 1000, &c);
-  assert_int_equal(c.bad, 1);
-  assert_int_equal(c.headers + c.pages, 0);
-  assert_int_not_equal(r.header_rc, 0);
+  fixture *fx = *state;
+  fx->s[0] ^= 0xff; /* the magic */
+  feed(&fx->r, fx->s, fx->len, 1000, &fx->c);
+  assert_int_equal(fx->c.bad, 1);
+  assert_int_equal(fx->c.headers + fx->c.pages, 0);
+  assert_int_not_equal(fx->r.header_rc, 0);
   /* It repeats and takes nothing. */
-  const uint8_t *p = s + LOOM_STREAM_HEADER;
+  const uint8_t *p = fx->s + LOOM_STREAM_HEADER;
   size_t left = 10;
-  assert_int_equal(replicate_stream_reader_take(&r, &p, &left),
+  assert_int_equal(replicate_stream_reader_take(&fx->r, &p, &left),
                    REPLICATE_STREAM_BAD_HEADER);
   assert_int_equal(left, 10);
-  assert_false(replicate_stream_reader_complete(&r));
-  replicate_stream_reader_free(&r);
-  free(s);
+  assert_false(replicate_stream_reader_complete(&fx->r));
 }
 
 static void test_trailing_bytes_stop(void **state)
 {
-  (void)state;
-  size_t len;
-  loom_position pos;
-  uint8_t *s = make_stream(5, &len, &pos);
-  replicate_stream_reader r;
-  assert_int_equal(replicate_stream_reader_init(&r), 0);
-  counts c = {0};
-  feed(&r, s, len, len, &c);
-  assert_int_equal(c.pages, PAGES);
-  assert_int_equal(c.trailing, 1);
-  replicate_stream_reader_free(&r);
-  free(s);
+  fixture *fx = *state;
+  feed(&fx->r, fx->s, fx->len + 5, fx->len + 5, &fx->c);
+  assert_int_equal(fx->c.pages, PAGES);
+  assert_int_equal(fx->c.trailing, 1);
 }
 
 static void test_reset_starts_over(void **state)
 {
-  (void)state;
-  size_t len;
-  loom_position pos;
-  uint8_t *s = make_stream(0, &len, &pos);
-  replicate_stream_reader r;
-  assert_int_equal(replicate_stream_reader_init(&r), 0);
-  counts c = {0};
-  feed(&r, s, LOOM_STREAM_HEADER + LOOM_PAGE_SIZE + 10, 3000, &c);
-  assert_int_equal(c.pages, 1);
-  replicate_stream_reader_reset(&r);
-  memset(&c, 0, sizeof c);
-  feed(&r, s, len, 3000, &c);
-  assert_int_equal(c.headers, 1);
-  assert_int_equal(c.pages, PAGES);
-  assert_true(replicate_stream_reader_complete(&r));
-  replicate_stream_reader_free(&r);
-  free(s);
+  fixture *fx = *state;
+  feed(&fx->r, fx->s, LOOM_STREAM_HEADER + LOOM_PAGE_SIZE + 10, 3000, &fx->c);
+  assert_int_equal(fx->c.pages, 1);
+  replicate_stream_reader_reset(&fx->r);
+  memset(&fx->c, 0, sizeof fx->c);
+  feed(&fx->r, fx->s, fx->len, 3000, &fx->c);
+  assert_int_equal(fx->c.headers, 1);
+  assert_int_equal(fx->c.pages, PAGES);
+  assert_true(replicate_stream_reader_complete(&fx->r));
 }
 
 int main(void)
 {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_whole_in_any_pieces),
-      cmocka_unit_test(test_truncated_is_not_complete),
-      cmocka_unit_test(test_bad_header_stops),
-      cmocka_unit_test(test_trailing_bytes_stop),
-      cmocka_unit_test(test_reset_starts_over),
+      cmocka_unit_test_setup_teardown(test_whole_in_any_pieces, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_truncated_is_not_complete, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_bad_header_stops, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_trailing_bytes_stop, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_reset_starts_over, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
