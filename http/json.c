@@ -220,3 +220,27 @@ void json_time_ns(json_writer *w, int64_t ns)
   snprintf(buf, sizeof buf, "%s.%03dZ", date, ms);
   json_string(w, buf);
 }
+
+void json_member_string(json_writer *w, const char *key, const char *s)
+{
+  json_key(w, key);
+  json_string(w, s);
+}
+
+void json_member_uint(json_writer *w, const char *key, uint64_t v)
+{
+  json_key(w, key);
+  json_uint(w, v);
+}
+
+void json_member_hex64(json_writer *w, const char *key, uint64_t v)
+{
+  json_key(w, key);
+  json_hex64(w, v);
+}
+
+void json_member_time_ns(json_writer *w, const char *key, int64_t ns)
+{
+  json_key(w, key);
+  json_time_ns(w, ns);
+}

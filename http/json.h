@@ -46,4 +46,11 @@ void json_null(json_writer *w);
 void json_hex64(json_writer *w, uint64_t v);    /* "%016x" as a string */
 void json_time_ns(json_writer *w, int64_t ns);  /* ISO 8601 UTC, ms; 0: null */
 
+/* A key and its value in one call: json_key, then the value writer of the
+ * same name. */
+void json_member_string(json_writer *w, const char *key, const char *s);
+void json_member_uint(json_writer *w, const char *key, uint64_t v);
+void json_member_hex64(json_writer *w, const char *key, uint64_t v);
+void json_member_time_ns(json_writer *w, const char *key, int64_t ns);
+
 #endif /* HTTP_JSON_H */

@@ -40,16 +40,11 @@ void http_reply_object(http_reply *reply, unsigned status)
 void http_json_position(json_writer *w, const loom_position *pos)
 {
   json_object_begin(w);
-  json_key(w, "epoch");
-  json_uint(w, pos->epoch);
-  json_key(w, "seq");
-  json_uint(w, pos->seq);
-  json_key(w, "checksum");
-  json_hex64(w, pos->checksum);
-  json_key(w, "pages");
-  json_uint(w, pos->pages);
-  json_key(w, "at");
-  json_time_ns(w, pos->commit_time_ns);
+  json_member_uint(w, "epoch", pos->epoch);
+  json_member_uint(w, "seq", pos->seq);
+  json_member_hex64(w, "checksum", pos->checksum);
+  json_member_uint(w, "pages", pos->pages);
+  json_member_time_ns(w, "at", pos->commit_time_ns);
   json_object_end(w);
 }
 

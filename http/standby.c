@@ -181,14 +181,10 @@ static void frame_before_json(json_writer *w, const replicate_recv_outcome *o)
 {
   json_key(w, "frame_before");
   json_object_begin(w);
-  json_key(w, "epoch");
-  json_uint(w, o->frame_epoch);
-  json_key(w, "seq");
-  json_uint(w, o->frame_before.seq);
-  json_key(w, "checksum");
-  json_hex64(w, o->frame_before.checksum);
-  json_key(w, "pages");
-  json_uint(w, o->frame_before.pages);
+  json_member_uint(w, "epoch", o->frame_epoch);
+  json_member_uint(w, "seq", o->frame_before.seq);
+  json_member_hex64(w, "checksum", o->frame_before.checksum);
+  json_member_uint(w, "pages", o->frame_before.pages);
   json_object_end(w);
 }
 

@@ -205,29 +205,19 @@ static void sync_json(http_server *s, json_writer *w)
 static void peer_json(const replicate_peer_status *p, json_writer *w)
 {
   json_object_begin(w);
-  json_key(w, "url");
-  json_string(w, p->url);
-  json_key(w, "state");
-  json_string(w, replicate_peer_state_name(p->state));
-  json_key(w, "sent_seq");
-  json_uint(w, p->sent_seq);
-  json_key(w, "received_seq");
-  json_uint(w, p->received_seq);
-  json_key(w, "applied_seq");
-  json_uint(w, p->applied_seq);
-  json_key(w, "base_images");
-  json_uint(w, p->base_images_sent);
+  json_member_string(w, "url", p->url);
+  json_member_string(w, "state", replicate_peer_state_name(p->state));
+  json_member_uint(w, "sent_seq", p->sent_seq);
+  json_member_uint(w, "received_seq", p->received_seq);
+  json_member_uint(w, "applied_seq", p->applied_seq);
+  json_member_uint(w, "base_images", p->base_images_sent);
   lag_json(w, p->lag_frames, p->lag_bytes, p->lag_seconds);
-  json_key(w, "last_error");
-  json_string(w, p->last_error[0] ? p->last_error : NULL);
-  json_key(w, "last_error_at");
-  json_time_ns(w, p->last_error_at_ns);
+  json_member_string(w, "last_error", p->last_error[0] ? p->last_error : NULL);
+  json_member_time_ns(w, "last_error_at", p->last_error_at_ns);
   json_key(w, "bytes");
   json_object_begin(w);
-  json_key(w, "raw");
-  json_uint(w, p->bytes_raw);
-  json_key(w, "wire");
-  json_uint(w, p->bytes_wire);
+  json_member_uint(w, "raw", p->bytes_raw);
+  json_member_uint(w, "wire", p->bytes_wire);
   json_object_end(w);
   json_object_end(w);
 }
@@ -271,20 +261,13 @@ static void counters_json(const http_figures *f, json_writer *w)
   const http_server_status *st = &f->view.status;
   json_key(w, "counters");
   json_object_begin(w);
-  json_key(w, "frames_received");
-  json_uint(w, st->frames_received);
-  json_key(w, "frames_applied");
-  json_uint(w, st->frames_applied);
-  json_key(w, "apply_commits");
-  json_uint(w, st->apply_commits);
-  json_key(w, "duplicates");
-  json_uint(w, st->duplicates);
-  json_key(w, "heartbeats");
-  json_uint(w, f->view.heartbeats);
-  json_key(w, "base_images");
-  json_uint(w, f->view.bases);
-  json_key(w, "backups");
-  json_uint(w, f->backup.started);
+  json_member_uint(w, "frames_received", st->frames_received);
+  json_member_uint(w, "frames_applied", st->frames_applied);
+  json_member_uint(w, "apply_commits", st->apply_commits);
+  json_member_uint(w, "duplicates", st->duplicates);
+  json_member_uint(w, "heartbeats", f->view.heartbeats);
+  json_member_uint(w, "base_images", f->view.bases);
+  json_member_uint(w, "backups", f->backup.started);
   json_object_end(w);
 }
 
