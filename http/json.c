@@ -41,13 +41,18 @@ char *json_take(json_writer *w, size_t *len)
   return doc;
 }
 
+/* The first buffer: most answers fit, in one allocation. */
+#define WRITER_FIRST_BYTES 256
+
 /* Make room for n more bytes and the terminating NUL. */
 static bool reserve(json_writer *w, size_t n)
 {
   if (w->failed)
     return false;
-  if (n > SIZE_MAX - w->len - 1 ||
-      loom_array_reserve(&w->data, &w->cap, w->len + n + 1, 1) != 0) {
+  size_t need = n <= SIZE_MAX - w->len - 1 ? w->len + n + 1 : 0;
+  if (need < WRITER_FIRST_BYTES && need != 0)
+    need = WRITER_FIRST_BYTES;
+  if (need == 0 || loom_array_reserve(&w->data, &w->cap, need, 1) != 0) {
     w->failed = true;
     return false;
   }
