@@ -12,45 +12,45 @@
 /* ---------------------------------------------------------------------- */
 /* JSON writer (json.c). Builds a document into a growing buffer; commas
  * and escaping are its job. An allocation failure is remembered and makes
- * json_take() return NULL. */
+ * http_json_take() return NULL. */
 
-#define JSON_MAX_DEPTH 32
+#define HTTP_JSON_MAX_DEPTH 32
 
-typedef struct json_writer {
+typedef struct http_json_writer {
   char *data;
   size_t len;
   size_t cap;
   bool failed;
   unsigned depth;
-  bool need_comma[JSON_MAX_DEPTH + 1];
+  bool need_comma[HTTP_JSON_MAX_DEPTH + 1];
   bool after_key;
-} json_writer;
+} http_json_writer;
 
-void json_init(json_writer *w);
-void json_free(json_writer *w);
+void http_json_init(http_json_writer *w);
+void http_json_free(http_json_writer *w);
 /* The document (NUL-terminated, *len without the NUL); the caller owns it
  * and frees it with free(). NULL if anything failed; w is empty after. */
-char *json_take(json_writer *w, size_t *len);
+char *http_json_take(http_json_writer *w, size_t *len);
 
-void json_object_begin(json_writer *w);
-void json_object_end(json_writer *w);
-void json_array_begin(json_writer *w);
-void json_array_end(json_writer *w);
-void json_key(json_writer *w, const char *key);
-void json_string(json_writer *w, const char *s); /* NULL writes null */
-void json_uint(json_writer *w, uint64_t v);
-void json_int(json_writer *w, int64_t v);
-void json_double(json_writer *w, double v);     /* non-finite: null */
-void json_bool(json_writer *w, bool v);
-void json_null(json_writer *w);
-void json_hex64(json_writer *w, uint64_t v);    /* "%016x" as a string */
-void json_time_ns(json_writer *w, int64_t ns);  /* ISO 8601 UTC, ms; 0: null */
+void http_json_object_begin(http_json_writer *w);
+void http_json_object_end(http_json_writer *w);
+void http_json_array_begin(http_json_writer *w);
+void http_json_array_end(http_json_writer *w);
+void http_json_key(http_json_writer *w, const char *key);
+void http_json_string(http_json_writer *w, const char *s); /* NULL writes null */
+void http_json_uint(http_json_writer *w, uint64_t v);
+void http_json_int(http_json_writer *w, int64_t v);
+void http_json_double(http_json_writer *w, double v);     /* non-finite: null */
+void http_json_bool(http_json_writer *w, bool v);
+void http_json_null(http_json_writer *w);
+void http_json_hex64(http_json_writer *w, uint64_t v);    /* "%016x" as a string */
+void http_json_time_ns(http_json_writer *w, int64_t ns);  /* ISO 8601 UTC, ms; 0: null */
 
-/* A key and its value in one call: json_key, then the value writer of the
+/* A key and its value in one call: http_json_key, then the value writer of the
  * same name. */
-void json_member_string(json_writer *w, const char *key, const char *s);
-void json_member_uint(json_writer *w, const char *key, uint64_t v);
-void json_member_hex64(json_writer *w, const char *key, uint64_t v);
-void json_member_time_ns(json_writer *w, const char *key, int64_t ns);
+void http_json_member_string(http_json_writer *w, const char *key, const char *s);
+void http_json_member_uint(http_json_writer *w, const char *key, uint64_t v);
+void http_json_member_hex64(http_json_writer *w, const char *key, uint64_t v);
+void http_json_member_time_ns(http_json_writer *w, const char *key, int64_t ns);
 
 #endif /* HTTP_JSON_H */

@@ -18,9 +18,9 @@
 #include "reply.h"
 #include "util.h"
 
-static char *take(json_writer *w)
+static char *take(http_json_writer *w)
 {
-  char *doc = json_take(w, NULL);
+  char *doc = http_json_take(w, NULL);
   assert_non_null(doc);
   return doc;
 }
@@ -28,36 +28,36 @@ static char *take(json_writer *w)
 static void test_json_writer(void **state)
 {
   (void)state;
-  json_writer w;
-  json_init(&w);
-  json_object_begin(&w);
-  json_key(&w, "a");
-  json_uint(&w, 18446744073709551615ull);
-  json_key(&w, "b");
-  json_int(&w, -5);
-  json_key(&w, "list");
-  json_array_begin(&w);
-  json_bool(&w, true);
-  json_null(&w);
-  json_string(&w, NULL);
-  json_object_begin(&w);
-  json_object_end(&w);
-  json_array_begin(&w);
-  json_array_end(&w);
-  json_array_end(&w);
-  json_key(&w, "esc");
-  json_string(&w, "q\"b\\n\n\t\x01\x1f\xc3\xa9");
-  json_key(&w, "hex");
-  json_hex64(&w, 0x9f3c);
-  json_key(&w, "d");
-  json_double(&w, 0.004);
-  json_key(&w, "inf");
-  json_double(&w, 1.0 / 0.0);
-  json_key(&w, "t");
-  json_time_ns(&w, 1700000000123456789LL);
-  json_key(&w, "t0");
-  json_time_ns(&w, 0);
-  json_object_end(&w);
+  http_json_writer w;
+  http_json_init(&w);
+  http_json_object_begin(&w);
+  http_json_key(&w, "a");
+  http_json_uint(&w, 18446744073709551615ull);
+  http_json_key(&w, "b");
+  http_json_int(&w, -5);
+  http_json_key(&w, "list");
+  http_json_array_begin(&w);
+  http_json_bool(&w, true);
+  http_json_null(&w);
+  http_json_string(&w, NULL);
+  http_json_object_begin(&w);
+  http_json_object_end(&w);
+  http_json_array_begin(&w);
+  http_json_array_end(&w);
+  http_json_array_end(&w);
+  http_json_key(&w, "esc");
+  http_json_string(&w, "q\"b\\n\n\t\x01\x1f\xc3\xa9");
+  http_json_key(&w, "hex");
+  http_json_hex64(&w, 0x9f3c);
+  http_json_key(&w, "d");
+  http_json_double(&w, 0.004);
+  http_json_key(&w, "inf");
+  http_json_double(&w, 1.0 / 0.0);
+  http_json_key(&w, "t");
+  http_json_time_ns(&w, 1700000000123456789LL);
+  http_json_key(&w, "t0");
+  http_json_time_ns(&w, 0);
+  http_json_object_end(&w);
   char *doc = take(&w);
   assert_string_equal(
       doc, "{\"a\":18446744073709551615,\"b\":-5,"
@@ -68,9 +68,9 @@ static void test_json_writer(void **state)
   free(doc);
 
   /* Unbalanced: the writer says so instead of producing bad JSON. */
-  json_init(&w);
-  json_object_end(&w);
-  assert_null(json_take(&w, NULL));
+  http_json_init(&w);
+  http_json_object_end(&w);
+  assert_null(http_json_take(&w, NULL));
 }
 
 static void test_range_parse(void **state)
