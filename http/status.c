@@ -305,6 +305,10 @@ static void status_json(http_server *s, const http_figures *f, json_writer *w)
     primary_json(s, f, w);
   json_key(w, "ready");
   json_bool(w, f->ready);
+  http_cluster_status *cluster = http_cluster_collect(s);
+  if (cluster)
+    http_cluster_json(cluster, w);
+  free(cluster);
   backup_json(f, w);
   counters_json(f, w);
   json_key(w, "uptime_seconds");
