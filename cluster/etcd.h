@@ -18,11 +18,13 @@
  *
  * ENDPOINTS AND FAILOVER
  * A client holds a list of endpoints ("http://127.0.0.1:2379,http://...").
- * A request goes to the current endpoint; on a connection error or a
- * timeout it is sent once to each next endpoint in turn, and the first that
- * answers becomes the current one. An HTTP error or a garbage answer is not
- * retried elsewhere: etcd answered, and said no. Each attempt is bounded by
- * timeout_ms, so one call takes at most (endpoints x timeout_ms).
+ * A request goes to the current endpoint; on a connection error, a
+ * timeout or an HTTP 5xx (a member without quorum says "no leader" or
+ * "request timed out") it is sent once to each next endpoint in turn, and
+ * the first that answers becomes the current one. A 4xx or a garbage
+ * answer is not retried elsewhere: etcd answered, and said no. Each attempt
+ * is bounded by timeout_ms, so one call takes at most (endpoints x
+ * timeout_ms); the error returned is the last endpoint's.
  *
  * A request that timed out may still have been applied by etcd. Every call
  * here is safe to repeat in the way this project uses it (a put writes the
