@@ -131,8 +131,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
                               .repair_ctx = (void *)cfg->who};
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
-  if (cfg->standby_count) {
+  if (cfg->standby_count || cfg->max_peers) {
     replicate_shipper_options so = {
+        .max_peers = cfg->max_peers,
         .store = store,
         .log = n->log,
         .standby_urls = cfg->standbys,
@@ -168,6 +169,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .tls_key_file = cfg->tls_key,
         .log = cfg->quiet ? NULL : cli_log,
         .log_ctx = (void *)cfg->who,
+        .cluster = cfg->cluster,
     };
     if ((rc = http_server_start(&ho, &n->server)))
       return cli_fail(cfg->who, "listen: %s", http_strerror(rc));
@@ -251,7 +253,7 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
 
 /* One line for --ack-log: "EPOCH SEQ CHECKSUM", in one write(2), so that a
  * kill -9 leaves whole lines (DESIGN section 5). */
-static void ack_log_write(int fd, const loom_position *p)
+void primary_ack_log_write(int fd, const loom_position *p)
 {
   if (fd < 0)
     return;
@@ -304,7 +306,7 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
     int rc = primary_step(n);
     if (rc == 0) {
       faultio_note_ack(&n->committed);
-      ack_log_write(ack_fd, &n->committed);
+      primary_ack_log_write(ack_fd, &n->committed);
     } else if (rc == REPLICATE_ESYNC_TIMEOUT) {
       char line[160];
       snprintf(line, sizeof line, "save of epoch %llu seq %llu was not acknowledged "

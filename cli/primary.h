@@ -31,6 +31,10 @@ typedef struct primary_config {
   uint16_t listen_port;
   const char *tls_cert, *tls_key;
   int quiet;                    /* no log lines */
+  size_t max_peers;             /* peers added at run time (a cluster
+                                   leader); with it, no --standby needed */
+  const void *cluster;          /* a cluster member's http_cluster_source
+                                   for the server, or NULL */
 } primary_config;
 
 typedef struct primary_node {
@@ -60,5 +64,7 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
 #define PRIMARY_EXIT_FENCED 3      /* fenced: saves stopped */
 #define PRIMARY_EXIT_NOT_DRAINED 4 /* stopped with a standby missing commits */
 int primary_on_commit(void *ctx, loom *l, const loom_commit *c);
+/* One --ack-log line "EPOCH SEQ CHECKSUM" in one write(2) (fd < 0: none). */
+void primary_ack_log_write(int fd, const loom_position *p);
 
 #endif

@@ -16,6 +16,13 @@
 
 #define JSON_MAX_DEPTH 32
 
+/* jansson, linked into the same programs (the shipper's answers, the etcd
+ * client), has a json_string and a json_null of its own: at link time
+ * these are http_json_string and http_json_null, or one would call the
+ * other's. */
+#define json_string http_json_string
+#define json_null http_json_null
+
 typedef struct json_writer {
   char *data;
   size_t len;
