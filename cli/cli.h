@@ -116,6 +116,7 @@ int cli_standby_resync(const char *dir, const char *from, const char *token,
                        const char *ca_file);
 
 extern const cli_command cmd_standby, cmd_primary;
+extern const cli_command cmd_cluster;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
 
