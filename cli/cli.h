@@ -117,6 +117,7 @@ int cli_standby_resync(const char *dir, const char *from, const char *token,
 
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_node, cmd_switchover;
+extern const cli_command cmd_cluster;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
 

@@ -196,10 +196,13 @@ static int etcd_request(struct cluster_etcd *c, const char *path,
 
 /* ---- bodies ---------------------------------------------------------- */
 
+/* Strings are made with json_stringn, never json_string: http/json.c
+ * exports a json_string of its own, and a program linking both (the
+ * loomship command) would call that one. */
 static json_t *json_b64(const void *data, size_t len)
 {
   char *s = etcd_base64_encode(data, len);
-  json_t *v = s ? json_string(s) : NULL;
+  json_t *v = s ? json_stringn(s, strlen(s)) : NULL;
   free(s);
   return v;
 }
@@ -208,7 +211,7 @@ static json_t *json_i64(int64_t n)
 {
   char buf[24];
   snprintf(buf, sizeof buf, "%lld", (long long)n);
-  return json_string(buf);
+  return json_stringn(buf, strlen(buf));
 }
 
 /* Set a field to a new value; a NULL value (ENOMEM) poisons obj. */
@@ -453,8 +456,8 @@ static json_t *body_compare(const struct cluster_compare *k)
       (k->target == CLUSTER_CMP_VALUE && !k->value && k->value_len))
     return NULL;
   json_t *b = body_key(k->key, false);
-  json_put(&b, "target", json_string(target));
-  json_put(&b, "result", json_string(result));
+  json_put(&b, "target", json_stringn(target, strlen(target)));
+  json_put(&b, "result", json_stringn(result, strlen(result)));
   json_put(&b, field, k->target == CLUSTER_CMP_VALUE
                           ? json_b64(k->value ? k->value : "", k->value_len)
                           : json_i64(k->number));

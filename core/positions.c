@@ -38,6 +38,11 @@ int positions_open(int dirfd)
   return openat(dirfd, "positions", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 }
 
+int positions_open_readonly(int dirfd)
+{
+  return openat(dirfd, "positions", O_RDONLY | O_CLOEXEC);
+}
+
 void positions_note(int fd, const loom_position *p)
 {
   if (fd < 0)

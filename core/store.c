@@ -1385,6 +1385,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && !readonly) {
     s->positions_fd = positions_open(s->dirfd);
     positions_note(s->positions_fd, &s->pos);
+  } else if (!rc) { /* read it only (inspect --at); absent: -1, "unknown" */
+    s->positions_fd = positions_open_readonly(s->dirfd);
   }
   if (!rc && s->patch_fd >= 0)
     rc = store_file_size(s->patch_fd, &s->patch_bytes);

@@ -111,6 +111,8 @@ uint64_t store_zero_hash(uint64_t n);
 /* The positions ring (positions.c): best effort, never fails a commit. */
 /* Open (create) DIR/positions: a descriptor, or -1 (the ring is off). */
 int positions_open(int dirfd);
+/* The same for reading only (a read-only open); -1 when absent. */
+int positions_open_readonly(int dirfd);
 /* Record that the directory's commit p.seq has p's epoch and checksum. */
 void positions_note(int fd, const loom_position *p);
 /* 1 and *epoch, *checksum when the ring knows seq, else 0. */
