@@ -249,8 +249,13 @@ bool cluster_node_may_ack(cluster_node *n, const loom_position *saved)
   pthread_mutex_lock(&n->mu);
   bool ok = n->leading && saved->epoch == n->epoch;
   while (ok && n->o.sync && !sync_set_holds_locked(n, saved)) {
-    n->sync_wanted = true;
-    wake_loop_locked(n);
+    /* The loop looks for a sync set at once, then at most every 50 ms. */
+    int64_t now = loom_mono_ns();
+    if (now - n->sync_wake_ns > 50000000) {
+      n->sync_wake_ns = now;
+      n->sync_wanted = true;
+      wake_loop_locked(n);
+    }
     struct timespec pause = loom_deadline(CLOCK_MONOTONIC, 1000000);
     pthread_cond_timedwait(&n->cond, &n->mu, &pause);
     ok = n->leading && loom_mono_ns() < until;

@@ -80,6 +80,8 @@ struct cluster_node {
   char published[1024];             /* the member record last put */
   int64_t published_lease;
   char sentence[320];               /* the last decision logged */
+  bool sync_short_said;             /* "fewer than N hold..." logged */
+  int64_t sync_wake_ns;             /* may_ack woke the loop (mono) */
   struct cluster_backoff backoff;
 
   http_cluster_source source;

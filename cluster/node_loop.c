@@ -331,10 +331,13 @@ static void sync_set_keep(cluster_node *n, const node_view *v, replicate_shipper
   holder h[NODE_MEMBERS_MAX];
   size_t count = holders_find(n, v, sh, h);
   if (count < n->o.sync) {
-    say(n, "sync: %zu of %u members hold every acknowledged save: acknowledgements "
-        "wait", count, n->o.sync);
+    if (!n->sync_short_said)
+      node_logf(n, "sync: %zu of %u members hold every acknowledged save: "
+                "acknowledgements wait", count, n->o.sync);
+    n->sync_short_said = true;
     return;
   }
+  n->sync_short_said = false;
   json_t *names = json_array();
   for (size_t i = 0; i < n->o.sync; i++)
     json_array_append_new(names, json_string(h[i].m->name));
@@ -658,15 +661,71 @@ static int rewind_from(cluster_node *n, const struct cluster_leader *l)
   return rc ? rc : crc;
 }
 
-/* A standby refused the leader's input as past its epoch's branch point
- * (or another checksum at a seq we hold): rewind to the leader. */
+typedef struct text_buf {
+  char data[256 * 1024];
+  size_t len;
+} text_buf;
+
+static size_t text_write(char *data, size_t size, size_t nmemb, void *ctx)
+{
+  text_buf *b = ctx;
+  size_t n = size * nmemb;
+  if (b->len + n >= sizeof b->data)
+    return 0;
+  memcpy(b->data + b->len, data, n);
+  b->len += n;
+  return n;
+}
+
+/* Whether the leader's status shows us (our URL) as a diverged standby:
+ * the leader judged our position against its history (replicate_place_peer:
+ * past its epoch's branch point, or another checksum at a seq we hold). */
+static bool leader_says_diverged(cluster_node *n, const struct cluster_leader *l)
+{
+  CURL *c = curl_easy_init();
+  text_buf *b = calloc(1, sizeof *b);
+  bool diverged = false;
+  if (c && b) {
+    char url[REPLICATE_URL_MAX + 32];
+    snprintf(url, sizeof url, "%s/v1/status", l->url);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, text_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 1000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (n->ca_file)
+      curl_easy_setopt(c, CURLOPT_CAINFO, n->ca_file);
+    json_t *root = curl_easy_perform(c) == CURLE_OK ? json_loadb(b->data, b->len, 0, NULL)
+                                                    : NULL;
+    size_t i;
+    json_t *sb;
+    json_array_foreach(json_object_get(root, "standbys"), i, sb) {
+      const char *u = json_string_value(json_object_get(sb, "url"));
+      const char *state = json_string_value(json_object_get(sb, "state"));
+      diverged = diverged || (u && state && strcmp(u, n->url) == 0 &&
+                              strcmp(state, "diverged") == 0);
+    }
+    json_decref(root);
+  }
+  free(b);
+  if (c)
+    curl_easy_cleanup(c);
+  return diverged;
+}
+
+/* Our history goes past the branch point of the leader's epoch (or holds
+ * another checksum at a seq it holds), as we or the leader found: rewind
+ * to the leader. Asked only while we are at an older epoch. */
 static void rewind_if_diverged(cluster_node *n, const node_view *v)
 {
   http_server_status st;
   http_server_get_status(n->standby, &st);
-  if (!(st.diverged == REPLICATE_EPAST_BRANCH || st.diverged == REPLICATE_EFORK ||
-        st.diverged == REPLICATE_EBEHIND) ||
-      (uint64_t)v->leader.epoch <= st.received.epoch || !v->leader.url[0])
+  if ((uint64_t)v->leader.epoch <= st.received.epoch || !v->leader.url[0] ||
+      st.received.seq == 0)
+    return;
+  bool ours = st.diverged == REPLICATE_EPAST_BRANCH || st.diverged == REPLICATE_EFORK ||
+              st.diverged == REPLICATE_EBEHIND;
+  if (!ours && !leader_says_diverged(n, &v->leader))
     return;
   say(n, "our history goes past the branch point of %s's epoch %" PRId64
       ": rewinding to it", v->leader.name, v->leader.epoch);
@@ -803,6 +862,13 @@ static void standby_cycle(cluster_node *n, const node_view *v, int rc)
   if (rc) {
     say(n, "etcd unreachable (%s): serving as a standby; no election until it "
         "returns", cluster_strerror(rc));
+    return;
+  }
+  if (v->has_leader && strcmp(v->leader.name, n->name) == 0) {
+    /* Ours, from before a self-fence (etcd kept the lease alive while it
+     * was away): give it back, so that an election decides afresh. */
+    leader_key_release(n);
+    say(n, "the leader key still names us after we stopped leading: released it");
     return;
   }
   if (v->has_leader) {

@@ -59,6 +59,12 @@ void positions_note(int fd, const loom_position *p)
   while (n < 0 && errno == EINTR);
 }
 
+void positions_forget(int fd)
+{
+  if (fd >= 0 && ftruncate(fd, 0) != 0)
+    return; /* best effort, as the rest: a slot that stays says its seq */
+}
+
 int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum)
 {
   if (fd < 0)

@@ -954,6 +954,8 @@ int store_patch_make_durable(loom_patch *p)
   if (written > s->patch_bytes)
     s->patch_bytes = written;
   s->pos = h->after;
+  if (h->flags & LOOM_PATCH_BASE) /* what the ring held may be another branch */
+    positions_forget(s->positions_fd);
   positions_note(s->positions_fd, &s->pos);
   return 0;
 }

@@ -115,6 +115,9 @@ int positions_open(int dirfd);
 int positions_open_readonly(int dirfd);
 /* Record that the directory's commit p.seq has p's epoch and checksum. */
 void positions_note(int fd, const loom_position *p);
+/* Forget every slot (a base image replaced the image: the slots below its
+ * seq may be of a branch it does not continue, e.g. a cluster rewind). */
+void positions_forget(int fd);
 /* 1 and *epoch, *checksum when the ring knows seq, else 0. */
 int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum);
 /* Shared by store.c, snapshot.c and tools.c (defined in store.c). */

@@ -525,6 +525,18 @@ static void test_rewind(void **state)
   replicate_buf_free(&next);
   wait_applied(fx, 6);
   expect_store_is_model(fx);
+
+  /* The positions ring forgot the discarded branch: seq 4 is the new
+   * leader's now, or unknown, never the old epoch's. */
+  replicate_receiver_close(fx->rx);
+  fx->rx = NULL;
+  loom_store *store;
+  assert_int_equal(loom_store_open(fx->standby_dir, 0, NULL, &store), 0);
+  uint64_t e, c;
+  if (loom_store_checksum_at(store, 4, &e, &c))
+    assert_int_equal(e, 2);
+  assert_int_equal(loom_store_close(store), 0);
+  assert_int_equal(open_receiver(fx, 10), 0);
 }
 
 /* ---------------------------------------------------------------------- */
