@@ -59,6 +59,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "etcd.h"
 #include "loom.h"
 #include "replicate.h"
 

@@ -184,15 +184,16 @@ class Cluster:
         if not keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def check(self, seed, no_loss):
-        """history_check over every ack-log and the most advanced dir."""
+    def check(self, seed, no_loss, leader=None):
+        """history_check over every ack-log and the most advanced dir (the
+        last leader's among equals: its positions ring is whole)."""
         docs = {}
         for nd in self.nodes:
             try:
                 docs[nd.name] = history_check.inspect(self.loomship, nd.dir)
             except Exception:  # a node that never got a directory
                 pass
-        final = max(docs, key=lambda k: (docs[k]["epoch"], docs[k]["seq"]))
+        final = max(docs, key=lambda k: (docs[k]["epoch"], docs[k]["seq"], k == leader))
         report = history_check.check(
             {nd.name: nd.ack for nd in self.nodes}, docs[final],
             history_check.inspect_checksum_at(self.loomship,
@@ -265,6 +266,24 @@ def fault_kill_in_switchover(c, lead, rng):
     return epoch if victim is lead else 0
 
 
+def lost_reported(report, lead, rejoined):
+    """Async: the acknowledged saves the new history lacks were the old
+    leader's, and a surviving old leader reports at least as many commits
+    rewound."""
+    if not report.lost:
+        return True
+    if any(a.node != lead.name for a in report.lost):
+        print("  lost acks of another node than the old leader: %s" % report.lost)
+        return False
+    if rejoined is None:
+        return True  # killed: it can report nothing
+    frames = (rejoined.get("rewound") or {}).get("frames", 0)
+    if frames < len(report.lost):
+        print("  %d acks lost, %d commits reported rewound" % (len(report.lost), frames))
+        return False
+    return True
+
+
 def wait_rejoined(node, epoch, deadline):
     """Poll until node is a standby following epoch (or later): its status
     document, or None."""
@@ -305,18 +324,22 @@ def run_episode(args, ec, k, seed):
         if not got:
             return False, "%s: no acknowledged save after the fault (epoch above %d)" % (
                 fault, epoch_above)
-        rejoin = ""
+        rejoin, rejoined = "", None
         if fault in ("freeze_leader", "partition_leader"):
             st = wait_rejoined(lead, got[0][0], deadline=10 * args.ttl + 10)
             if st is None:
                 return False, "%s: the old leader %s did not rejoin as a standby at " \
                     "epoch %d" % (fault, lead.name, got[0][0])
+            rejoined = st
             rejoin = "; %s rejoined%s" % (lead.name, " (rewound %s)" % json.dumps(
                 st["rewound"]) if st.get("rewound") else "")
+        last = c.leader()
         for nd in c.nodes:
             nd.kill()
-        report = c.check(seed, no_loss=args.sync > 0)
-        ok = report.ok
+        report = c.check(seed, no_loss=args.sync > 0, leader=last.name if last else None)
+        ok = report.ok and lost_reported(report, lead, rejoined)
+        if report.lost:
+            rejoin += "; %d acknowledged saves lost (async)" % len(report.lost)
         text = "%s: new acks from %s in %.2f s%s; %s" % (
             fault, got[0], got[1], rejoin, report.text().splitlines()[0])
         if not ok:
