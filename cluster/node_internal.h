@@ -28,6 +28,7 @@ typedef struct node_view {
   size_t sync_count;
   char sync[NODE_MEMBERS_MAX][64];
   bool has_switchover;
+  bool switchover_drained;          /* written by the leader after the drain */
   char switchover_from[64], switchover_to[64];
   size_t member_count;
   struct cluster_member members[NODE_MEMBERS_MAX];
@@ -71,6 +72,7 @@ struct cluster_node {
   char sync_urls[NODE_MEMBERS_MAX][REPLICATE_URL_MAX];
   bool sync_wanted;                 /* may_ack waits for a sync set */
   node_view view;                   /* the last snapshot (status) */
+  int64_t view_ns;                  /* mono, when it was read */
   uint64_t elections, self_fences, rewinds, leader_saves;
   uint64_t rewound_frames, rewound_from_seq;
   int64_t rewound_at_ns;
@@ -79,6 +81,7 @@ struct cluster_node {
   http_server *standby;             /* the standby side, or NULL */
   char published[1024];             /* the member record last put */
   int64_t published_lease;
+  int64_t published_ns;             /* mono, the last put */
   char sentence[320];               /* the last decision logged */
   bool sync_short_said;             /* "fewer than N hold..." logged */
   int64_t sync_wake_ns;             /* may_ack woke the loop (mono) */

@@ -109,6 +109,7 @@ static void switchover_parse(const struct cluster_kv *kv, node_view *v)
   json_t *to = root ? json_object_get(root, "to") : NULL;
   if (json_is_string(from)) {
     v->has_switchover = true;
+    v->switchover_drained = json_is_true(json_object_get(root, "drained"));
     snprintf(v->switchover_from, 64, "%s", json_string_value(from));
     snprintf(v->switchover_to, 64, "%s", json_is_string(to) ? json_string_value(to) : "");
   }
@@ -203,8 +204,10 @@ static void member_as_leader(cluster_node *n, struct cluster_member *m)
   pthread_mutex_unlock(&n->mu);
 }
 
-/* Put our member key on our lease when it changed (or the lease did). */
-static void member_publish(cluster_node *n)
+/* Put our member key on our lease when it changed (or the lease did), a
+ * position change at most once per ttl unless force (an election, a new
+ * role): positions matter to elections, which publish afresh first. */
+static void member_publish_when(cluster_node *n, bool force)
 {
   pthread_mutex_lock(&n->mu);
   int64_t lease = n->lease_id;
@@ -224,7 +227,9 @@ static void member_publish(cluster_node *n)
   if (cluster_member_format(&m, &json))
     return;
   bool same = lease == n->published_lease && strcmp(json, n->published) == 0;
-  if (!same) {
+  bool recent = loom_mono_ns() - n->published_ns < (int64_t)n->o.ttl * 1000000000 &&
+                lease == n->published_lease && n->published[0] && !force;
+  if (!same && !recent) {
     /* updated_at says when the content changed, not when it was re-put. */
     char *stamped = NULL;
     utc_now(m.updated_at, sizeof m.updated_at);
@@ -232,11 +237,14 @@ static void member_publish(cluster_node *n)
         cluster_etcd_put(n->etcd, n->key_member, stamped, strlen(stamped), lease) == 0) {
       snprintf(n->published, sizeof n->published, "%s", json);
       n->published_lease = lease;
+      n->published_ns = loom_mono_ns();
     }
     free(stamped);
   }
   free(json);
 }
+
+static void member_publish(cluster_node *n) { member_publish_when(n, false); }
 
 /* ---------------------------------------------------------------------- */
 /* Peers and the sync set (leader) */
@@ -493,9 +501,14 @@ static bool ahead(const struct cluster_member *a, const struct cluster_member *b
 static const char *campaign_blocked(cluster_node *n, const node_view *v,
                                     const struct cluster_member *me)
 {
-  if (v->has_switchover && v->switchover_to[0] && strcmp(v->switchover_to, n->name) &&
-      view_member(v, v->switchover_to))
+  /* A handover the old leader drained to a live member: that one alone
+   * campaigns, whatever the others hold (it holds everything committed). */
+  bool handover = v->has_switchover && v->switchover_drained && v->switchover_to[0] &&
+                  view_member(v, v->switchover_to);
+  if (handover && strcmp(v->switchover_to, n->name))
     return "a switchover names another member";
+  if (handover)
+    return NULL;
   if (!eligible(n, v, me))
     return n->o.sync ? "not in the sync set" : "too far behind (--max-lag-on-failover)";
   for (size_t i = 0; i < v->member_count; i++) {
@@ -545,7 +558,7 @@ static void election(cluster_node *n)
 {
   /* Our position first, then a moment for the others to publish theirs
    * (the watch woke them too), then decide from one fresh snapshot. */
-  member_publish(n);
+  member_publish_when(n, true);
   if (node_sleep(n, 0.15))
     return;
   node_view v;
@@ -781,7 +794,8 @@ static void switchover_put(cluster_node *n, const char *to)
 {
   char at[40];
   utc_now(at, sizeof at);
-  json_t *root = json_pack("{s:s, s:s, s:s}", "from", n->name, "to", to, "requested_at", at);
+  json_t *root = json_pack("{s:s, s:s, s:s, s:b}", "from", n->name, "to", to,
+                           "requested_at", at, "drained", 1);
   char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
   json_decref(root);
   if (text)
@@ -890,14 +904,26 @@ static void switchover_done(cluster_node *n, const node_view *v)
     cluster_etcd_delete(n->etcd, n->key_switchover, NULL);
 }
 
-static void cycle(cluster_node *n)
+/* One cycle. A standby that nothing woke (no change of the leader key,
+ * whose watch wakes it) reads the keys at most once per ttl; a leader
+ * every cycle (ttl/3: peers, sync set, switchover). */
+static void cycle(cluster_node *n, bool woken)
 {
   node_view v;
-  int rc = view_read(n, &v);
   pthread_mutex_lock(&n->mu);
-  if (!rc)
+  bool cached = !n->leading && !woken && n->view.ok &&
+                loom_mono_ns() - n->view_ns < (int64_t)n->o.ttl * 1000000000;
+  if (cached)
+    v = n->view;
+  pthread_mutex_unlock(&n->mu);
+  int rc = cached ? 0 : view_read(n, &v);
+  pthread_mutex_lock(&n->mu);
+  if (!rc && !cached) {
     n->view = v;
-  n->etcd_ok = rc == 0;
+    n->view_ns = loom_mono_ns();
+  }
+  if (!cached)
+    n->etcd_ok = rc == 0;
   bool leading = n->leading;
   n->sync_wanted = false;
   pthread_mutex_unlock(&n->mu);
@@ -937,6 +963,7 @@ void *node_loop_main(void *arg)
     while (!n->wake && !n->stopping &&
            pthread_cond_timedwait(&n->cond, &n->mu, &until) != ETIMEDOUT)
       ;
+    bool woken = n->wake;
     n->wake = false;
     bool stopping = n->stopping;
     pthread_mutex_unlock(&n->mu);
@@ -944,6 +971,6 @@ void *node_loop_main(void *arg)
       planned_stop(n);
       return NULL;
     }
-    cycle(n);
+    cycle(n, woken);
   }
 }

@@ -18,6 +18,9 @@ node can be cut off from etcd). Per episode, chosen by the seed:
   partition_leader  the leader's etcd proxies drop everything
   kill_in_switchover  `loomship switchover`, and kill -9 of the leader or
                     of the target while it runs
+  switchover        `loomship switchover --to` a standby: it must exit 0
+  sigterm_leader    SIGTERM on the leader (a planned stop): it must hand
+                    over and exit 0
 
 then waits (polling, with a deadline) until a leader acknowledges saves
 after the fault (at a higher epoch when the leader was hit), stops every
@@ -46,7 +49,8 @@ import etcd  # noqa: E402
 import history_check  # noqa: E402
 
 FAULTS = ["kill_leader", "freeze_leader", "kill_standby", "etcd_member",
-          "etcd_quorum", "partition_leader", "kill_in_switchover"]
+          "etcd_quorum", "partition_leader", "kill_in_switchover", "switchover",
+          "sigterm_leader"]
 
 
 def read_acks(path):
@@ -294,6 +298,26 @@ def wait_rejoined(node, epoch, deadline):
             return st
         time.sleep(0.05)
     return None
+
+
+def fault_switchover(c, lead, rng):
+    epoch = c.max_ack()[0]
+    to = rng.choice([nd for nd in c.nodes if nd is not lead])
+    rc = subprocess.call([c.loomship, "switchover", "--etcd", c.etcd.endpoints,
+                          "--cluster", c.name, "--to", to.name, "--timeout", "20"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if rc != 0:
+        raise RuntimeError("loomship switchover --to %s exited %d" % (to.name, rc))
+    return epoch
+
+
+def fault_sigterm_leader(c, lead, rng):
+    epoch = c.max_ack()[0]
+    lead.signal(signal.SIGTERM)
+    rc = lead.proc.wait(timeout=30)
+    if rc != 0:
+        raise RuntimeError("the leader exited %d after SIGTERM" % rc)
+    return epoch
 
 
 def run_episode(args, ec, k, seed):
