@@ -225,23 +225,11 @@ static void json_put(json_t **obj, const char *field, json_t *value)
     json_decref(value);
 }
 
-/* The end of the range of every key starting with prefix: the prefix with
- * its last byte below 0xff incremented ("\0" for all keys). */
 static json_t *json_prefix_end(const char *prefix, size_t len)
 {
-  char *end = malloc(len + 1);
-  if (!end)
-    return NULL;
-  memcpy(end, prefix, len);
-  while (len > 0 && (unsigned char)end[len - 1] == 0xff)
-    len--;
-  json_t *v;
-  if (len == 0) {
-    v = json_b64("", 1);
-  } else {
-    end[len - 1] = (char)((unsigned char)end[len - 1] + 1);
-    v = json_b64(end, len);
-  }
+  size_t n;
+  char *end = etcd_prefix_end(prefix, len, &n);
+  json_t *v = end ? json_b64(end, n) : NULL;
   free(end);
   return v;
 }

@@ -15,6 +15,9 @@
  * - struct cluster_watch: one watch stream, its own connection, meant to run
  *   on its own thread (cluster_watch_run blocks). cluster_watch_cancel is
  *   the one call safe from any other thread.
+ * - libcurl: call curl_global_init(CURL_GLOBAL_DEFAULT) once before the
+ *   first client or watch is opened while other threads run (libcurl would
+ *   otherwise do it on first use, and older builds do not do that safely).
  *
  * ENDPOINTS AND FAILOVER
  * A client holds a list of endpoints ("http://127.0.0.1:2379,http://...").

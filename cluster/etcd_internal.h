@@ -45,6 +45,12 @@ char *etcd_base64_encode(const void *data, size_t len);
 int etcd_base64_decode(const char *text, size_t len, char **out,
                        size_t *out_len);
 
+/* The end of the range of every key starting with prefix (len bytes):
+ * the prefix with its last byte below 0xff incremented, the rest dropped;
+ * "\0" (every key) when there is no such byte. A malloc'd buffer of
+ * *end_len bytes, NULL on ENOMEM. */
+char *etcd_prefix_end(const char *prefix, size_t len, size_t *end_len);
+
 /* A 64-bit number field of etcd's JSON: a decimal string (or a JSON
  * integer); absent or null is 0. CLUSTER_EPROTOCOL for anything else. */
 int etcd_json_int64(json_t *obj, const char *field, int64_t *out);

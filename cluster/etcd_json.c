@@ -154,6 +154,24 @@ int etcd_base64_decode(const char *text, size_t len, char **out,
   return 0;
 }
 
+char *etcd_prefix_end(const char *prefix, size_t len, size_t *end_len)
+{
+  char *end = malloc(len + 1);
+  if (!end)
+    return NULL;
+  memcpy(end, prefix, len);
+  while (len > 0 && (unsigned char)end[len - 1] == 0xff)
+    len--;
+  if (len == 0) {
+    end[0] = '\0';
+    *end_len = 1;
+  } else {
+    end[len - 1] = (char)((unsigned char)end[len - 1] + 1);
+    *end_len = len;
+  }
+  return end;
+}
+
 /* ---- JSON readers ---------------------------------------------------- */
 
 int etcd_json_int64(json_t *obj, const char *field, int64_t *out)

@@ -105,17 +105,28 @@ static int member_lag(json_t *root, struct cluster_member *out)
   return rc;
 }
 
-int cluster_member_parse(const char *json, size_t len,
-                         struct cluster_member *out)
+/* Parse json into out (size bytes, zeroed first and again on failure)
+ * with fields(). */
+static int record_parse(const char *json, size_t len, void *out, size_t size,
+                        int (*fields)(json_t *root, void *out))
 {
   if (!json || !out)
     return CLUSTER_EINVAL;
-  memset(out, 0, sizeof *out);
+  memset(out, 0, size);
   json_t *root = record_load(json, len);
   if (!root)
     return CLUSTER_EPROTOCOL;
-  int rc = 0;
-  rc = rc ? rc : record_string(root, "name", out->name, sizeof out->name, true);
+  int rc = fields(root, out);
+  json_decref(root);
+  if (rc)
+    memset(out, 0, size);
+  return rc;
+}
+
+static int member_fields(json_t *root, void *arg)
+{
+  struct cluster_member *out = arg;
+  int rc = record_string(root, "name", out->name, sizeof out->name, true);
   rc = rc ? rc : record_string(root, "url", out->url, sizeof out->url, true);
   rc = rc ? rc : record_string(root, "role", out->role, sizeof out->role, true);
   rc = rc ? rc : record_integer(root, "epoch", &out->epoch);
@@ -127,12 +138,14 @@ int cluster_member_parse(const char *json, size_t len,
   rc = rc ? rc : member_lag(root, out);
   rc = rc ? rc : record_string(root, "state", out->state, sizeof out->state,
                                false);
-  rc = rc ? rc : record_string(root, "updated_at", out->updated_at,
-                               sizeof out->updated_at, false);
-  json_decref(root);
-  if (rc)
-    memset(out, 0, sizeof *out);
-  return rc;
+  return rc ? rc : record_string(root, "updated_at", out->updated_at,
+                                 sizeof out->updated_at, false);
+}
+
+int cluster_member_parse(const char *json, size_t len,
+                         struct cluster_member *out)
+{
+  return record_parse(json, len, out, sizeof *out, member_fields);
 }
 
 static int record_dump(json_t *root, char **json)
@@ -160,22 +173,18 @@ int cluster_member_format(const struct cluster_member *m, char **json)
   return record_dump(root, json);
 }
 
+static int leader_fields(json_t *root, void *arg)
+{
+  struct cluster_leader *out = arg;
+  int rc = record_string(root, "name", out->name, sizeof out->name, true);
+  rc = rc ? rc : record_string(root, "url", out->url, sizeof out->url, true);
+  return rc ? rc : record_integer(root, "epoch", &out->epoch);
+}
+
 int cluster_leader_parse(const char *json, size_t len,
                          struct cluster_leader *out)
 {
-  if (!json || !out)
-    return CLUSTER_EINVAL;
-  memset(out, 0, sizeof *out);
-  json_t *root = record_load(json, len);
-  if (!root)
-    return CLUSTER_EPROTOCOL;
-  int rc = record_string(root, "name", out->name, sizeof out->name, true);
-  rc = rc ? rc : record_string(root, "url", out->url, sizeof out->url, true);
-  rc = rc ? rc : record_integer(root, "epoch", &out->epoch);
-  json_decref(root);
-  if (rc)
-    memset(out, 0, sizeof *out);
-  return rc;
+  return record_parse(json, len, out, sizeof *out, leader_fields);
 }
 
 int cluster_leader_format(const struct cluster_leader *leader, char **json)

@@ -235,13 +235,9 @@ static json_t *watch_body(const char *key, bool prefix, int64_t start)
   size_t klen = strlen(key);
   char *k64 = etcd_base64_encode(key, klen), *e64 = NULL;
   if (prefix) {
-    char *end = strndup(key, klen);
-    size_t n = klen;
-    while (end && n > 0 && (unsigned char)end[n - 1] == 0xff)
-      n--;
-    if (end && n > 0)
-      end[n - 1] = (char)((unsigned char)end[n - 1] + 1);
-    e64 = end ? (n ? etcd_base64_encode(end, n) : strdup("AA==")) : NULL;
+    size_t n;
+    char *end = etcd_prefix_end(key, klen, &n);
+    e64 = end ? etcd_base64_encode(end, n) : NULL;
     free(end);
   }
   snprintf(rev, sizeof rev, "%lld", (long long)start);
