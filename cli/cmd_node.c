@@ -137,12 +137,8 @@ static int run_writer(cluster_node *node, node_app *app, sigset_t *stop,
 }
 
 #define AT(field) offsetof(node_args, field)
-#define NUMBER(opt, ARG, field, lo, hi, dflt_, help_)                              \
-  {.name = opt, .arg = ARG, .kind = CLI_NUMBER, .offset = AT(field), .min = lo,    \
-   .max = hi, .dflt = dflt_, .help = help_}
-#define TEXT(opt, ARG, field, dflt_, help_)                                        \
-  {.name = opt, .arg = ARG, .kind = CLI_TEXT, .offset = AT(field), .dflt = dflt_,  \
-   .help = help_}
+#define NUMBER CLI_NUMBER_ROW
+#define TEXT CLI_TEXT_ROW
 static const cli_option node_options[] = {
     {.name = "name", .arg = "NAME", .kind = CLI_TEXT, .offset = AT(name), .required = true,
      .help = "this member's name in the cluster (1-63 of A-Z a-z 0-9 . _ -)"},
@@ -168,12 +164,7 @@ static const cli_option node_options[] = {
            "after N saves acknowledged as leader, make a planned stop and exit; 0: run "
            "until SIGTERM"),
     NUMBER("rate", "HZ", rate, 1, 100000, "10", "saves a second while leading"),
-    NUMBER("pages", "K", pages, 1, 65536, "16", "values of 64 bytes changed per save"),
-    NUMBER("keys", "N", keys, 1, 1000000, "4096", "values in the key-value table"),
-    NUMBER("arena-pages", "N", arena_pages, 64, 130000, "16384",
-           "the arena's size in 16 KiB pages"),
-    NUMBER("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",
-           "the workload's random seed"),
+    PRIMARY_TABLE_OPTIONS,
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" (one write) for each save acknowledged, only "
          "while the lease is surely alive"),

@@ -361,12 +361,8 @@ static int set_sync_fallback(const char *cmd, const char *value, void *args)
 }
 
 #define AT(field) offsetof(primary_args, field)
-#define NUMBER(opt, ARG, field, lo, hi, dflt_, help_)                              \
-  {.name = opt, .arg = ARG, .kind = CLI_NUMBER, .offset = AT(field), .min = lo,    \
-   .max = hi, .dflt = dflt_, .help = help_}
-#define TEXT(opt, ARG, field, dflt_, help_)                                        \
-  {.name = opt, .arg = ARG, .kind = CLI_TEXT, .offset = AT(field), .dflt = dflt_,  \
-   .help = help_}
+#define NUMBER CLI_NUMBER_ROW
+#define TEXT CLI_TEXT_ROW
 static const cli_option primary_options[] = {
     {.name = "dir", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(dir), .required = true,
      .help = "the image directory (created 0700 with its missing parents)"},
@@ -387,12 +383,7 @@ static const cli_option primary_options[] = {
              "asynchronously until N standbys are back"},
     NUMBER("saves", "N", saves, 0, UINT64_MAX, "0", "stop after N saves; 0: at SIGTERM"),
     NUMBER("rate", "HZ", rate, 1, 100000, "10", "saves a second"),
-    NUMBER("pages", "K", pages, 1, 65536, "16", "values of 64 bytes changed per save"),
-    NUMBER("keys", "N", keys, 1, 1000000, "4096", "values in the key-value table"),
-    NUMBER("arena-pages", "N", arena_pages, 64, 130000, "16384",
-           "the arena's size in 16 KiB pages"),
-    NUMBER("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",
-           "the workload's random seed, to repeat a run"),
+    PRIMARY_TABLE_OPTIONS,
     TEXT("listen", "HOST:PORT", listen, "none",
          "serve the read endpoints (status, metrics, backup) there"),
     TEXT("tls-cert", "F", tls_cert, "none", "serve HTTPS with this certificate (with --tls-key)"),

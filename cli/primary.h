@@ -60,6 +60,18 @@ int primary_close(primary_node *n, double drain_timeout);
 int primary_close_report(primary_node *n, double drain_timeout, char *line,
                          size_t cap);
 
+/* The example workload's table options, shared by `primary` and `node`
+ * (their argument structs name the fields alike; AT as for CLI_*_ROW). */
+#define PRIMARY_TABLE_OPTIONS                                                      \
+  CLI_NUMBER_ROW("pages", "K", pages, 1, 65536, "16",                              \
+                 "values of 64 bytes changed per save"),                           \
+  CLI_NUMBER_ROW("keys", "N", keys, 1, 1000000, "4096",                            \
+                 "values in the key-value table"),                                 \
+  CLI_NUMBER_ROW("arena-pages", "N", arena_pages, 64, 130000, "16384",             \
+                 "the arena's size in 16 KiB pages"),                              \
+  CLI_NUMBER_ROW("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",        \
+                 "the workload's random seed, to repeat a run")
+
 /* `loomship primary` exit codes beside 0, 1 and 2 (DESIGN section 5). */
 #define PRIMARY_EXIT_FENCED 3      /* fenced: saves stopped */
 #define PRIMARY_EXIT_NOT_DRAINED 4 /* stopped with a standby missing commits */
