@@ -40,6 +40,15 @@ typedef struct cli_option {
   const char *help;
 } cli_option;
 
+/* Rows of an option table, for a file that defines AT(field) as the
+ * offsetof its argument struct. */
+#define CLI_NUMBER_ROW(opt, ARG, field, lo, hi, dflt_, help_)                      \
+  {.name = opt, .arg = ARG, .kind = CLI_NUMBER, .offset = AT(field), .min = lo,    \
+   .max = hi, .dflt = dflt_, .help = help_}
+#define CLI_TEXT_ROW(opt, ARG, field, dflt_, help_)                                \
+  {.name = opt, .arg = ARG, .kind = CLI_TEXT, .offset = AT(field), .dflt = dflt_,  \
+   .help = help_}
+
 /* A subcommand. argv is parsed into a zeroed struct of args_size bytes,
  * which run() receives; run returns the process exit code. */
 typedef struct cli_command {
@@ -116,6 +125,8 @@ int cli_standby_resync(const char *dir, const char *from, const char *token,
                        const char *ca_file);
 
 extern const cli_command cmd_standby, cmd_primary;
+extern const cli_command cmd_node, cmd_switchover;
+extern const cli_command cmd_cluster;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
 

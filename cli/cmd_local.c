@@ -22,17 +22,60 @@ int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy)
 typedef struct local_args {
   const char *dir;
   int json;
+  uint64_t at; /* inspect --at SEQ; 0: not given */
 } local_args;
 
 static const cli_option inspect_options[] = {
     {.name = "json", .kind = CLI_FLAG, .offset = offsetof(local_args, json),
      .help = "print the position as one JSON object"},
+    {.name = "at", .arg = "SEQ", .kind = CLI_NUMBER,
+     .offset = offsetof(local_args, at), .min = 1, .max = UINT64_MAX,
+     .help = "print the epoch and checksum the directory had at SEQ (from "
+             "its positions ring; exit 1 when the ring no longer has it)"},
     {0},
 };
+
+/* inspect --at SEQ: the epoch and checksum at seq, from DIR/positions,
+ * for seqs at or below the directory's position (a slot above it may be
+ * left from before a rollback). */
+static int inspect_at(const char *dir, uint64_t seq, int json)
+{
+  loom_position p;
+  int rc = loom_inspect(dir, &p);
+  if (rc)
+    return cli_fail_store("inspect", dir, rc, NULL);
+  if (seq > p.seq)
+    return cli_fail("inspect", "%s: seq %llu is past the directory's position "
+                    "(seq %llu)", dir, (unsigned long long)seq,
+                    (unsigned long long)p.seq);
+  loom_store *store = NULL;
+  rc = loom_store_open(dir, LOOM_READONLY, NULL, &store);
+  if (rc)
+    return cli_fail_store("inspect", dir, rc, NULL);
+  uint64_t epoch = 0, checksum = 0;
+  int known = loom_store_checksum_at(store, seq, &epoch, &checksum);
+  loom_store_close(store);
+  if (!known)
+    return cli_fail("inspect", "%s: the positions ring no longer has seq %llu "
+                    "(older than its last 2^20 commits, lost in a crash, or "
+                    "merged by a group apply)", dir, (unsigned long long)seq);
+  char hex[17];
+  if (json)
+    printf("{\"seq\": %llu, \"epoch\": %llu, \"checksum\": \"%s\"}\n",
+           (unsigned long long)seq, (unsigned long long)epoch,
+           cli_hex64(checksum, hex));
+  else
+    printf("seq        %llu\nepoch      %llu\nchecksum   %s\n",
+           (unsigned long long)seq, (unsigned long long)epoch,
+           cli_hex64(checksum, hex));
+  return 0;
+}
 
 static int run_inspect(void *args)
 {
   const local_args *a = args;
+  if (a->at)
+    return inspect_at(a->dir, a->at, a->json);
   const char *dir = a->dir;
   int json = a->json;
   loom_position p;

@@ -131,8 +131,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
                               .repair_ctx = (void *)cfg->who};
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
-  if (cfg->standby_count) {
+  if (cfg->standby_count || cfg->max_peers) {
     replicate_shipper_options so = {
+        .max_peers = cfg->max_peers,
         .store = store,
         .log = n->log,
         .standby_urls = cfg->standbys,
@@ -168,6 +169,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .tls_key_file = cfg->tls_key,
         .log = cfg->quiet ? NULL : cli_log,
         .log_ctx = (void *)cfg->who,
+        .cluster = cfg->cluster,
     };
     if ((rc = http_server_start(&ho, &n->server)))
       return cli_fail(cfg->who, "listen: %s", http_strerror(rc));
@@ -251,7 +253,7 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
 
 /* One line for --ack-log: "EPOCH SEQ CHECKSUM", in one write(2), so that a
  * kill -9 leaves whole lines (DESIGN section 5). */
-static void ack_log_write(int fd, const loom_position *p)
+void primary_ack_log_write(int fd, const loom_position *p)
 {
   if (fd < 0)
     return;
@@ -304,7 +306,7 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
     int rc = primary_step(n);
     if (rc == 0) {
       faultio_note_ack(&n->committed);
-      ack_log_write(ack_fd, &n->committed);
+      primary_ack_log_write(ack_fd, &n->committed);
     } else if (rc == REPLICATE_ESYNC_TIMEOUT) {
       char line[160];
       snprintf(line, sizeof line, "save of epoch %llu seq %llu was not acknowledged "
@@ -359,12 +361,8 @@ static int set_sync_fallback(const char *cmd, const char *value, void *args)
 }
 
 #define AT(field) offsetof(primary_args, field)
-#define NUMBER(opt, ARG, field, lo, hi, dflt_, help_)                              \
-  {.name = opt, .arg = ARG, .kind = CLI_NUMBER, .offset = AT(field), .min = lo,    \
-   .max = hi, .dflt = dflt_, .help = help_}
-#define TEXT(opt, ARG, field, dflt_, help_)                                        \
-  {.name = opt, .arg = ARG, .kind = CLI_TEXT, .offset = AT(field), .dflt = dflt_,  \
-   .help = help_}
+#define NUMBER CLI_NUMBER_ROW
+#define TEXT CLI_TEXT_ROW
 static const cli_option primary_options[] = {
     {.name = "dir", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(dir), .required = true,
      .help = "the image directory (created 0700 with its missing parents)"},
@@ -385,12 +383,7 @@ static const cli_option primary_options[] = {
              "asynchronously until N standbys are back"},
     NUMBER("saves", "N", saves, 0, UINT64_MAX, "0", "stop after N saves; 0: at SIGTERM"),
     NUMBER("rate", "HZ", rate, 1, 100000, "10", "saves a second"),
-    NUMBER("pages", "K", pages, 1, 65536, "16", "values of 64 bytes changed per save"),
-    NUMBER("keys", "N", keys, 1, 1000000, "4096", "values in the key-value table"),
-    NUMBER("arena-pages", "N", arena_pages, 64, 130000, "16384",
-           "the arena's size in 16 KiB pages"),
-    NUMBER("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",
-           "the workload's random seed, to repeat a run"),
+    PRIMARY_TABLE_OPTIONS,
     TEXT("listen", "HOST:PORT", listen, "none",
          "serve the read endpoints (status, metrics, backup) there"),
     TEXT("tls-cert", "F", tls_cert, "none", "serve HTTPS with this certificate (with --tls-key)"),

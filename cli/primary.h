@@ -31,6 +31,10 @@ typedef struct primary_config {
   uint16_t listen_port;
   const char *tls_cert, *tls_key;
   int quiet;                    /* no log lines */
+  size_t max_peers;             /* peers added at run time (a cluster
+                                   leader); with it, no --standby needed */
+  const void *cluster;          /* a cluster member's http_cluster_source
+                                   for the server, or NULL */
 } primary_config;
 
 typedef struct primary_node {
@@ -56,9 +60,23 @@ int primary_close(primary_node *n, double drain_timeout);
 int primary_close_report(primary_node *n, double drain_timeout, char *line,
                          size_t cap);
 
+/* The example workload's table options, shared by `primary` and `node`
+ * (their argument structs name the fields alike; AT as for CLI_*_ROW). */
+#define PRIMARY_TABLE_OPTIONS                                                      \
+  CLI_NUMBER_ROW("pages", "K", pages, 1, 65536, "16",                              \
+                 "values of 64 bytes changed per save"),                           \
+  CLI_NUMBER_ROW("keys", "N", keys, 1, 1000000, "4096",                            \
+                 "values in the key-value table"),                                 \
+  CLI_NUMBER_ROW("arena-pages", "N", arena_pages, 64, 130000, "16384",             \
+                 "the arena's size in 16 KiB pages"),                              \
+  CLI_NUMBER_ROW("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",        \
+                 "the workload's random seed, to repeat a run")
+
 /* `loomship primary` exit codes beside 0, 1 and 2 (DESIGN section 5). */
 #define PRIMARY_EXIT_FENCED 3      /* fenced: saves stopped */
 #define PRIMARY_EXIT_NOT_DRAINED 4 /* stopped with a standby missing commits */
 int primary_on_commit(void *ctx, loom *l, const loom_commit *c);
+/* One --ack-log line "EPOCH SEQ CHECKSUM" in one write(2) (fd < 0: none). */
+void primary_ack_log_write(int fd, const loom_position *p);
 
 #endif

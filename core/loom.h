@@ -273,7 +273,8 @@ void loom_store_lineage(const loom_store *store, loom_lineage *out);
  * from any thread; ask only for seqs known to be committed (at or below a
  * position read before): a slot above the position may be left from
  * before a rollback. A primary uses it to tell a standby that forked from
- * one that is only behind.
+ * one that is only behind. A read-only open (LOOM_READONLY) reads the ring
+ * without writing it (loomship inspect --at).
  */
 int loom_store_checksum_at(const loom_store *store, uint64_t seq,
                            uint64_t *epoch, uint64_t *checksum);

@@ -38,6 +38,11 @@ int positions_open(int dirfd)
   return openat(dirfd, "positions", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 }
 
+int positions_open_readonly(int dirfd)
+{
+  return openat(dirfd, "positions", O_RDONLY | O_CLOEXEC);
+}
+
 void positions_note(int fd, const loom_position *p)
 {
   if (fd < 0)
@@ -52,6 +57,12 @@ void positions_note(int fd, const loom_position *p)
   do
     n = pwrite(fd, slot, sizeof slot, off);
   while (n < 0 && errno == EINTR);
+}
+
+void positions_forget(int fd)
+{
+  if (fd >= 0 && ftruncate(fd, 0) != 0)
+    return; /* best effort, as the rest: a slot that stays says its seq */
 }
 
 int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum)

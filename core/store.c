@@ -709,6 +709,20 @@ int loom_store_sync(loom_store *s) { return store_apply_wait(s); }
 /* ---------------------------------------------------------------------- */
 /* Writing a patch: begin, add, make durable. */
 
+/* A base image at after, of the lineage the store adopted for it, leaves
+ * the branch the store is on (a cluster member's rewind: the store holds
+ * commits past the point where after's epoch branched off, or another
+ * checksum there): the positions ring's slots of those commits would say
+ * a wrong checksum, so it forgets them all. */
+static int base_leaves_branch(const loom_store *s, const loom_position *after)
+{
+  loom_branch b;
+  if (after->epoch <= s->pos.epoch || s->pos.seq == 0 ||
+      !loom_lineage_branch_after(&s->lineage, s->pos.epoch, &b))
+    return 0;
+  return b.seq < s->pos.seq || (b.seq == s->pos.seq && b.checksum != s->pos.checksum);
+}
+
 static int positions_chain(const loom_position *store, const loom_patch_header *h)
 {
   if (h->flags & LOOM_PATCH_BASE)
@@ -953,6 +967,8 @@ int store_patch_make_durable(loom_patch *p)
   uint64_t written = patch_file_bytes(h->page_count);
   if (written > s->patch_bytes)
     s->patch_bytes = written;
+  if ((h->flags & LOOM_PATCH_BASE) && base_leaves_branch(s, &h->after))
+    positions_forget(s->positions_fd);
   s->pos = h->after;
   positions_note(s->positions_fd, &s->pos);
   return 0;
@@ -1385,6 +1401,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   if (!rc && !readonly) {
     s->positions_fd = positions_open(s->dirfd);
     positions_note(s->positions_fd, &s->pos);
+  } else if (!rc) { /* read it only (inspect --at); absent: -1, "unknown" */
+    s->positions_fd = positions_open_readonly(s->dirfd);
   }
   if (!rc && s->patch_fd >= 0)
     rc = store_file_size(s->patch_fd, &s->patch_bytes);

@@ -111,8 +111,13 @@ uint64_t store_zero_hash(uint64_t n);
 /* The positions ring (positions.c): best effort, never fails a commit. */
 /* Open (create) DIR/positions: a descriptor, or -1 (the ring is off). */
 int positions_open(int dirfd);
+/* The same for reading only (a read-only open); -1 when absent. */
+int positions_open_readonly(int dirfd);
 /* Record that the directory's commit p.seq has p's epoch and checksum. */
 void positions_note(int fd, const loom_position *p);
+/* Forget every slot (a base image replaced the image: the slots below its
+ * seq may be of a branch it does not continue, e.g. a cluster rewind). */
+void positions_forget(int fd);
 /* 1 and *epoch, *checksum when the ring knows seq, else 0. */
 int positions_lookup(int fd, uint64_t seq, uint64_t *epoch, uint64_t *checksum);
 /* Shared by store.c, snapshot.c and tools.c (defined in store.c). */

@@ -664,6 +664,13 @@ static enum MHD_Result answer_promote(http_server *s,
   const char *force =
       MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "force");
   http_reply reply = {0};
+  if (s->cluster.get) { /* promotion goes through etcd (DESIGN section 6) */
+    http_reply_error(&reply, 409, "a cluster member is promoted through etcd: "
+                                  "use loomship switchover");
+    http_json_key(&reply.body, "code");
+    http_json_string(&reply.body, "CLUSTER_MEMBER");
+    return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
+  }
   http_standby_promote(s->standby, force && strcmp(force, "1") == 0, &reply);
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }

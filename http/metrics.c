@@ -290,6 +290,27 @@ static void request_metrics(textbuf *t, http_server *s)
   pthread_mutex_unlock(&s->stats_mu);
 }
 
+/* A cluster member's gauges (DESIGN section 6); nothing on other nodes. */
+static void cluster_metrics(textbuf *t, http_server *s)
+{
+  http_cluster_status *c = http_cluster_collect(s);
+  if (!c)
+    return;
+  gauge_u(t, "loomship_cluster_is_leader", "1 while this member leads.", c->is_leader);
+  gauge_u(t, "loomship_cluster_epoch", "The leader's epoch as etcd says.", c->epoch);
+  gauge_f(t, "loomship_cluster_lease_remaining_seconds",
+          "Time left on this member's lease, measured from the send time of its "
+          "last successful renewal; 0 without a live lease.",
+          c->lease_remaining_seconds);
+  gauge_u(t, "loomship_cluster_etcd_up", "1 while etcd answers.", c->etcd_ok);
+  counter_u(t, "loomship_cluster_elections_total", "Elections this member won.",
+            c->elections_total);
+  counter_u(t, "loomship_cluster_self_fence_total",
+            "Times this member stopped acknowledging saves as leader because its "
+            "lease may have expired.", c->self_fence_total);
+  free(c);
+}
+
 int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
 {
   http_figures f;
@@ -304,6 +325,7 @@ int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
     peer_metrics(&t, &f);
   }
+  cluster_metrics(&t, s);
   counter_metrics(&t, &f);
   guard_metrics(&t, s->guard);
   request_metrics(&t, s);

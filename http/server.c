@@ -192,6 +192,8 @@ static http_server *server_new(const http_server_options *opt)
   s->role = opt->role;
   if (opt->primary)
     s->primary = *opt->primary;
+  if (opt->cluster)
+    s->cluster = *opt->cluster;
   s->logger = (http_logger){opt->log, opt->log_ctx};
   s->max_frame_bytes = opt->max_frame_bytes ? opt->max_frame_bytes
                                             : (UINT64_C(64) << 20);

@@ -25,7 +25,8 @@
  *
  *   POST /v1/frames    standby   one frame; answers the standby's position
  *   PUT  /v1/base      standby   a full image stream (loom.h), streamed in
- *   POST /v1/promote   standby   become a primary at epoch + 1
+ *   POST /v1/promote   standby   become a primary at epoch + 1 (409
+ *                                CLUSTER_MEMBER on a cluster member)
  *   GET  /v1/backup    both      the image stream at one position; HEAD,
  *                                ETag, Range, If-Range
  *   GET  /v1/status    both      JSON (DESIGN.md section 5)
@@ -191,6 +192,61 @@ typedef struct http_primary_source {
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */
+/* A cluster member (cluster/, DESIGN.md section 6): what the node's life
+ * cycle tells the server. With it, status gains "cluster" and "rewound",
+ * metrics the loomship_cluster_* gauges, and POST /v1/promote is answered
+ * 409 CLUSTER_MEMBER (a member is promoted through etcd: use `loomship
+ * switchover`). */
+
+#define HTTP_CLUSTER_NAME_MAX 64
+#define HTTP_CLUSTER_MEMBERS_MAX 32
+
+/* One member as its key in etcd shows it (status "cluster.members"). */
+typedef struct http_cluster_member {
+  char name[HTTP_CLUSTER_NAME_MAX];
+  char url[REPLICATE_URL_MAX];
+  bool leader;                      /* "role": "leader" | "standby" */
+  uint64_t epoch, received_seq, applied_seq;
+  uint64_t lag_frames;
+  double lag_seconds;
+  char state[32];                   /* "streaming", "catching_up", ... */
+} http_cluster_member;
+
+typedef struct http_cluster_status {
+  char name[HTTP_CLUSTER_NAME_MAX];   /* the cluster (--cluster) */
+  char member[HTTP_CLUSTER_NAME_MAX]; /* this node (--name) */
+  char leader[HTTP_CLUSTER_NAME_MAX]; /* "" (JSON null): no leader */
+  char leader_url[REPLICATE_URL_MAX];
+  uint64_t epoch;                   /* the leader's, as etcd says; 0 none */
+  unsigned lease_ttl;               /* seconds, as etcd granted */
+  bool etcd_ok;                     /* "etcd": "ok" | "unreachable" */
+  size_t sync_count;                /* "sync_set": sync_set[0, sync_count) */
+  char sync_set[HTTP_CLUSTER_MEMBERS_MAX][HTTP_CLUSTER_NAME_MAX];
+  size_t member_count;
+  http_cluster_member members[HTTP_CLUSTER_MEMBERS_MAX];
+  /* metrics */
+  bool is_leader;
+  double lease_remaining_seconds;   /* 0 without a live lease */
+  uint64_t elections_total;         /* elections this node won */
+  uint64_t self_fence_total;        /* times it stopped acknowledging as
+                                       leader because its lease may have
+                                       expired */
+  /* "rewound": null, or {"frames", "from_seq", "at"}: the last time this
+   * node discarded what lay past the branch point of the leader's epoch
+   * (DESIGN.md section 3's one exception). */
+  bool rewound;
+  uint64_t rewound_frames, rewound_from_seq;
+  int64_t rewound_at_ns;            /* CLOCK_REALTIME */
+} http_cluster_status;
+
+/* get fills out (zeroed by the server first); called from connection
+ * threads, several at a time: it must be thread-safe. */
+typedef struct http_cluster_source {
+  void *ctx;
+  void (*get)(void *ctx, http_cluster_status *out);
+} http_cluster_source;
+
+/* ---------------------------------------------------------------------- */
 /* The server */
 
 typedef enum http_role {
@@ -251,6 +307,9 @@ typedef struct http_server_options {
                                        PROMOTE_BEHIND, unless forced) when
                                        more frames behind the primary seq
                                        last heard [100; UINT64_MAX: off] */
+
+  const http_cluster_source *cluster; /* a cluster member (copied; get
+                                       required) [not a member] */
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;

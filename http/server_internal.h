@@ -66,6 +66,7 @@ const char *http_endpoint_path(http_endpoint ep);
 struct http_server {
   http_role role;               /* the configured role */
   http_primary_source primary;  /* primary role */
+  http_cluster_source cluster;  /* a cluster member when cluster.get */
   uint8_t *token;               /* NULL: no authentication */
   size_t token_len;
   char *tls_cert;               /* PEM contents, or NULL */
@@ -146,6 +147,12 @@ typedef struct http_figures {
 } http_figures;
 
 void http_figures_collect(http_server *server, http_figures *out);
+
+/* cluster.c: a member's "cluster" and "rewound" (status); nothing when
+ * the server is not a member's. Heap-allocated: NULL when out of memory
+ * or not a member (free it). */
+http_cluster_status *http_cluster_collect(http_server *s);
+void http_cluster_json(const http_cluster_status *c, http_json_writer *w);
 void http_figures_free(http_figures *f);
 
 /* The node's epoch: the newer of received and applied. */

@@ -288,6 +288,10 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
     primary_json(s, f, w);
   http_json_key(w, "ready");
   http_json_bool(w, f->ready);
+  http_cluster_status *cluster = http_cluster_collect(s);
+  if (cluster)
+    http_cluster_json(cluster, w);
+  free(cluster);
   backup_json(f, w);
   counters_json(f, w);
   http_json_key(w, "uptime_seconds");

@@ -869,6 +869,9 @@ void replicate_receiver_get_status(replicate_receiver *rx,
   s->heartbeats = rx->heartbeats;
   s->bases = rx->bases;
   s->bytes_received = rx->bytes_received;
+  s->rewound_frames = rx->rewound_frames;
+  s->rewound_from_seq = rx->rewound_from_seq;
+  s->rewound_at_ns = rx->rewound_at_ns;
   pthread_mutex_unlock(&rx->mu);
   replicate_log_stats st;
   replicate_log_get_stats(rx->log, &st);

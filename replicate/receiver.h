@@ -254,6 +254,20 @@ void replicate_receiver_base_finish(replicate_receiver_base *up,
 /* NULL is a no-op. */
 void replicate_receiver_base_abort(replicate_receiver_base *up);
 
+/*
+ * replicate_receiver_allow_rewind: the one exception to the history rules
+ * (DESIGN section 3), for a cluster node only (cluster/node.c), never for a
+ * plain standby. Having learned from etcd that the current leader's epoch
+ * is epoch, the node allows the next base image of its own history at
+ * that epoch or newer (and newer than what it holds) to replace what it
+ * holds although that lies past the image's branch point (EPAST_BRANCH),
+ * differs at its seq (EFORK) or goes further (EBEHIND): what lay past the
+ * branch point is discarded, logged, and reported in status (rewound_*).
+ * Another history is still refused. One base image per permission; 0
+ * withdraws it. Thread-safe.
+ */
+void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch);
+
 /* ---------------------------------------------------------------------- */
 /* Reading the store, status */
 
@@ -300,6 +314,11 @@ typedef struct replicate_receiver_status {
   uint64_t duplicates, heartbeats, bases;
   uint64_t bytes_received;      /* commit frame bytes made durable */
   uint64_t receive_log_bytes;
+  /* The last rewind (replicate_receiver_allow_rewind), since open:
+   * rewound_at_ns 0 when none. */
+  uint64_t rewound_frames;      /* commits past the branch point discarded */
+  uint64_t rewound_from_seq;    /* the received seq before the rewind */
+  int64_t rewound_at_ns;
 } replicate_receiver_status;
 
 void replicate_receiver_get_status(replicate_receiver *rx,

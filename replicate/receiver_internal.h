@@ -87,6 +87,9 @@ struct replicate_receiver {
   rx_primary_clock clock;
   bool promoted;
   int64_t promoted_at_ns;
+  uint64_t rewind_epoch;        /* replicate_receiver_allow_rewind; 0 off */
+  uint64_t rewound_frames, rewound_from_seq;
+  int64_t rewound_at_ns;        /* 0: never rewound */
   bool base_active;
   bool applier_busy;
   bool stopping;

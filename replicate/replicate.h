@@ -803,7 +803,8 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
  *
  * replicate_shipper_on_commit() is called by the thread that saves the
  * loom (one at a time). replicate_shipper_status(),
- * replicate_shipper_get_summary() and replicate_shipper_set_token() may be
+ * replicate_shipper_get_summary(), replicate_shipper_set_token(),
+ * replicate_shipper_add_peer() and replicate_shipper_remove_peer() may be
  * called from any thread at any time. replicate_shipper_drain() and
  * replicate_shipper_stop() by the owner, not while on_commit runs.
  * libcurl must not be used with curl_global_cleanup() by another part of
@@ -836,12 +837,18 @@ typedef struct replicate_shipper_options {
                                      log (its max_bytes is the cap) */
   const char *const *standby_urls;/* "http://host:port" or "https://...",
                                      a path prefix allowed (copied) */
-  size_t standby_count;           /* at least 1 */
+  size_t standby_count;           /* at least 1, unless max_peers */
+  size_t max_peers;               /* room for peers added at run time
+                                     (replicate_shipper_add_peer): the
+                                     most peers at once; with it,
+                                     standby_count may be 0 (a cluster
+                                     leader alone) [standby_count] */
   const char *token;              /* bearer token (copied), or NULL */
   const char *ca_file;            /* CA bundle for https (CURLOPT_CAINFO)
                                      [the system's]; verification is
                                      always on */
-  unsigned sync_count;            /* N standbys to wait for; 0: async */
+  unsigned sync_count;            /* N standbys to wait for; 0: async
+                                     (at most max_peers) */
   double sync_timeout_seconds;    /* [10] */
   replicate_sync_outcome on_sync_timeout; /* [REPLICATE_SYNC_FAIL] */
   double heartbeat_seconds;       /* idle standby heartbeat [1] */
@@ -908,6 +915,30 @@ int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
  * standby that was unauthorized is asked again at once. Errors:
  * REPLICATE_EINVAL (a control character), ENOMEM. */
 int replicate_shipper_set_token(replicate_shipper *shipper, const char *token);
+
+/*
+ * Peers that come and go (a cluster leader ships to every member found in
+ * etcd, and members join and leave while it runs):
+ *
+ * replicate_shipper_add_peer: ship to url too, from the shipping thread's
+ * next turn (within milliseconds): it is asked its position, then sent
+ * frames or a base image like any configured standby. Errors:
+ * REPLICATE_EINVAL (not http:// or https://, a control character or
+ * space, REPLICATE_URL_MAX bytes or more), EEXIST (already a peer, or
+ * queued to be one), ENOSPC (max_peers peers already), ENOMEM.
+ *
+ * replicate_shipper_remove_peer: stop shipping to url from the shipping
+ * thread's next turn: its request in flight is abandoned, it leaves
+ * status, and sync waits and drains stop counting it (a sync wait then
+ * needs sync_count of the peers left). Errors: REPLICATE_EINVAL, ENOENT
+ * (not a peer, or queued to be removed), ENOMEM.
+ *
+ * Both may be called from any thread, also while on_commit waits. Peers
+ * keep no fixed order in status: removing one moves the last into its
+ * place.
+ */
+int replicate_shipper_add_peer(replicate_shipper *shipper, const char *url);
+int replicate_shipper_remove_peer(replicate_shipper *shipper, const char *url);
 
 /* ---------------------------------------------------------------------- */
 /* Status (GET /v1/status, /metrics)

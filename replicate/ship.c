@@ -135,10 +135,13 @@ static int64_t next_due(const ship_peer *peer, const loom_position *latest)
   return peer->last_activity_ns + sh->heartbeat_ns;
 }
 
+static void apply_peer_ops(replicate_shipper *sh);
+
 static void *ship_main(void *arg)
 {
   replicate_shipper *sh = arg;
   for (;;) {
+    apply_peer_ops(sh);
     pthread_mutex_lock(&sh->mu);
     bool stopping = sh->stopping;
     loom_position latest = sh->latest;
@@ -290,8 +293,9 @@ static int check_duration(double v)
 
 static bool options_valid(const replicate_shipper_options *opt)
 {
-  return opt->store && opt->log && opt->standby_urls &&
-         opt->standby_count != 0 && opt->sync_count <= opt->standby_count &&
+  size_t cap = opt->max_peers ? opt->max_peers : opt->standby_count;
+  return opt->store && opt->log && (opt->standby_urls || !opt->standby_count) &&
+         cap != 0 && opt->standby_count <= cap && opt->sync_count <= cap &&
          token_acceptable(opt->token) &&
          (opt->on_sync_timeout == REPLICATE_SYNC_FAIL ||
           opt->on_sync_timeout == REPLICATE_SYNC_DEGRADE) &&
@@ -350,8 +354,9 @@ static int acquire(replicate_shipper *sh, const replicate_shipper_options *opt)
   if (opt->token && !(sh->token = copy_string(opt->token)))
     return ENOMEM;
   sh->token_gen = 1;
-  sh->peers = calloc(opt->standby_count, sizeof *sh->peers);
-  sh->readers = calloc(opt->standby_count, sizeof *sh->readers);
+  sh->cap = opt->max_peers ? opt->max_peers : opt->standby_count;
+  sh->peers = calloc(sh->cap, sizeof *sh->peers);
+  sh->readers = calloc(sh->cap, sizeof *sh->readers);
   if (!sh->peers || !sh->readers)
     return ENOMEM;
   sh->n = opt->standby_count;
@@ -427,6 +432,9 @@ void replicate_shipper_stop(replicate_shipper *sh)
     peer_free(&sh->peers[i]);
   free(sh->peers);
   free(sh->readers);
+  for (size_t i = 0; i < sh->peer_op_count; i++)
+    free(sh->peer_ops[i].url);
+  free(sh->peer_ops);
   if (sh->snap)
     loom_snapshot_close(sh->snap);
   if (sh->multi)
@@ -603,4 +611,144 @@ int replicate_shipper_set_token(replicate_shipper *sh, const char *token)
    * again at once. */
   curl_multi_wakeup(sh->multi);
   return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Peers added and removed at run time
+ *
+ * The caller checks and queues (under mu); the shipping thread applies
+ * (apply_peer_ops), since it alone walks peer and n without mu (I3). A
+ * removed peer's request in flight is abandoned; so is one of the peer
+ * moved into its slot (a struct that moves must not be in curl's hands),
+ * which then asks its position again. */
+
+static bool url_acceptable(const char *url)
+{
+  if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
+    return false;
+  for (const unsigned char *p = (const unsigned char *)url; *p; p++)
+    if (*p <= 0x20 || *p == 0x7f)
+      return false;
+  return strlen(url) < REPLICATE_URL_MAX;
+}
+
+/* Whether url is a peer once the queued operations are applied, and how
+ * many peers there will be then. Under mu. */
+static bool peer_will_exist_locked(const replicate_shipper *sh, const char *url,
+                                   size_t *count)
+{
+  bool present = false;
+  size_t n = sh->n;
+  for (size_t i = 0; i < sh->n; i++)
+    present = present || strcmp(sh->peers[i].url, url) == 0;
+  for (size_t i = 0; i < sh->peer_op_count; i++) {
+    const struct peer_op *op = &sh->peer_ops[i];
+    n = op->add ? n + 1 : n - 1;
+    if (strcmp(op->url, url) == 0)
+      present = op->add;
+  }
+  *count = n;
+  return present;
+}
+
+static int queue_peer_op(replicate_shipper *sh, const char *url, bool add)
+{
+  assert(sh);
+  if (!url_acceptable(url))
+    return REPLICATE_EINVAL;
+  char *copy = copy_string(url);
+  if (!copy)
+    return ENOMEM;
+  pthread_mutex_lock(&sh->mu);
+  size_t count;
+  bool present = peer_will_exist_locked(sh, url, &count);
+  int rc = add && present ? EEXIST : !add && !present ? ENOENT
+           : add && count >= sh->cap ? ENOSPC : 0;
+  struct peer_op *ops = NULL;
+  if (!rc && !(ops = realloc(sh->peer_ops, (sh->peer_op_count + 1) * sizeof *ops)))
+    rc = ENOMEM;
+  if (!rc) {
+    sh->peer_ops = ops;
+    sh->peer_ops[sh->peer_op_count++] = (struct peer_op){.add = add, .url = copy};
+    copy = NULL;
+  }
+  pthread_mutex_unlock(&sh->mu);
+  free(copy);
+  if (!rc)
+    curl_multi_wakeup(sh->multi);
+  return rc;
+}
+
+int replicate_shipper_add_peer(replicate_shipper *sh, const char *url)
+{
+  return queue_peer_op(sh, url, true);
+}
+
+int replicate_shipper_remove_peer(replicate_shipper *sh, const char *url)
+{
+  return queue_peer_op(sh, url, false);
+}
+
+/* Abandon peer's request in flight, if any (shipping thread, without mu). */
+static void abandon_request(ship_peer *peer)
+{
+  if (!peer->in_flight)
+    return;
+  curl_multi_remove_handle(peer->sh->multi, peer->easy);
+  peer->in_flight = false;
+  ship_release_request(peer);
+  peer->known = false;
+}
+
+static void add_peer_now(replicate_shipper *sh, const char *url)
+{
+  ship_peer fresh = {0};
+  int rc = peer_init(sh, &fresh, url);
+  if (rc) {
+    peer_free(&fresh);
+    ship_diag(sh, "peer %s not added: %s", url, replicate_strerror(rc));
+    return;
+  }
+  pthread_mutex_lock(&sh->mu);
+  sh->peers[sh->n++] = fresh;
+  pthread_mutex_unlock(&sh->mu);
+  ship_diag(sh, "peer %s added (%zu peers)", url, sh->n);
+}
+
+static void remove_peer_now(replicate_shipper *sh, const char *url)
+{
+  size_t i = 0;
+  while (i < sh->n && strcmp(sh->peers[i].url, url) != 0)
+    i++;
+  if (i == sh->n)
+    return;
+  abandon_request(&sh->peers[i]);
+  abandon_request(&sh->peers[sh->n - 1]);
+  pthread_mutex_lock(&sh->mu);
+  ship_peer gone = sh->peers[i];
+  sh->peers[i] = sh->peers[sh->n - 1];
+  memset(&sh->peers[sh->n - 1], 0, sizeof sh->peers[0]);
+  sh->n--;
+  pthread_cond_broadcast(&sh->cond); /* sync waits and drains count again */
+  pthread_mutex_unlock(&sh->mu);
+  peer_free(&gone);
+  ship_diag(sh, "peer %s removed (%zu peers)", url, sh->n);
+}
+
+static void apply_peer_ops(replicate_shipper *sh)
+{
+  pthread_mutex_lock(&sh->mu);
+  struct peer_op *ops = sh->peer_ops;
+  size_t count = sh->peer_op_count;
+  sh->peer_ops = NULL;
+  sh->peer_op_count = 0;
+  pthread_mutex_unlock(&sh->mu);
+  for (size_t i = 0; i < count; i++) {
+    if (ops[i].add)
+      add_peer_now(sh, ops[i].url);
+    else
+      remove_peer_now(sh, ops[i].url);
+    free(ops[i].url);
+  }
+  free(ops);
 }

@@ -200,6 +200,16 @@ struct replicate_shipper {
 
   ship_peer *peers;
   size_t n;
+  size_t cap;                 /* slots in peer and readers (max_peers) */
+
+  /* Peers added or removed at run time (replicate_shipper_add_peer,
+   * _remove_peer): queued under mu, applied by the shipping thread at the
+   * top of its loop (it alone changes peer and n, under mu). */
+  struct peer_op {
+    bool add;
+    char *url;
+  } *peer_ops;
+  size_t peer_op_count;
 
   /* The commit side's own. */
   replicate_encoder *commit_enc;

@@ -8,7 +8,7 @@
 TEST_NAME=options
 . "$(dirname "$0")/../lib/testlib.sh"
 MAN=$(readlink -f "$2")
-COMMANDS="demo standby primary backup status inspect verify promote"
+COMMANDS="demo standby primary backup status inspect verify promote cluster"
 
 # help_options CMD: "name|VALUE|default" per option of CMD's --help, in
 # order (default "required" for a required option, empty when none shown).

@@ -61,13 +61,40 @@ LD_LIBRARY_PATH="$libdir" "$scratch/app" "$scratch/img" | grep -qx ok
 echo "arena library (static), headers, version macros: ok"
 
 # Only the public API leaves the shared libraries.
-for lib in loomship:loom_ loomship-replicate:replicate_; do
+for lib in loomship:loom_ loomship-replicate:replicate_ loomship-cluster:cluster_; do
   [ -e "$libdir/lib${lib%%:*}.so" ] || { echo "no lib${lib%%:*}.so installed"; exit 1; }
   [ -e "$libdir/lib${lib%%:*}.a" ] || { echo "no lib${lib%%:*}.a installed"; exit 1; }
   other=$(nm -D --defined-only "$libdir/lib${lib%%:*}.so" | awk '{print $3}' |
           grep -v "^${lib#*:}" || true)
   [ -z "$other" ] || { echo "lib${lib%%:*}.so exports internal symbols: $other"; exit 1; }
 done
+
+# The etcd client, from the installed header and pkg-config loomship-cluster
+# (shared): an unreachable etcd is a clear error code, not a crash.
+cat > "$scratch/etcd.c" <<'C'
+#include <etcd.h>
+#include <stdio.h>
+#include <string.h>
+int main(void)
+{
+  char key[64];
+  struct cluster_etcd_options o = {.endpoints = "http://127.0.0.1:1", .timeout_ms = 500};
+  struct cluster_etcd *c;
+  struct cluster_kv kv;
+  if (cluster_key(key, sizeof key, "loomship", "leader") || cluster_etcd_open(&o, &c))
+    return 1;
+  int rc = cluster_etcd_get(c, key, &kv);
+  cluster_etcd_close(c);
+  if (rc != CLUSTER_EUNREACHABLE || strcmp(cluster_error_name(rc), "CLUSTER_EUNREACHABLE"))
+    return 1;
+  puts("ok");
+  return 0;
+}
+C
+flags=$(pkg-config --define-variable=prefix="$root" --cflags --libs loomship-cluster)
+cc -o "$scratch/etcd" "$scratch/etcd.c" $flags
+LD_LIBRARY_PATH="$libdir" "$scratch/etcd" | grep -qx ok
+echo "cluster library (shared, etcd client): ok"
 
 # The arena replicating to a standby, from the installed headers only.
 cat > "$scratch/ship.c" <<'C'
@@ -130,7 +157,7 @@ int main(int argc, char **argv)
 }
 C
 for f in "$root"/include/loomship/*.h; do   # only installed headers reach it
-  case $(basename "$f") in loom.h|loom_io.h|loom_version.h|replicate.h|receiver.h) ;;
+  case $(basename "$f") in loom.h|loom_io.h|loom_version.h|replicate.h|receiver.h|etcd.h|node.h) ;;
     *) echo "unexpected installed header $f"; exit 1 ;; esac
 done
 flags=$(pkg-config --define-variable=prefix="$root" --cflags --libs loomship-replicate)

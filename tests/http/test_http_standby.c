@@ -963,6 +963,92 @@ static void test_promote(void **state)
   test_rmtree(dir);
 }
 
+/* A cluster member: promotion goes through etcd (409 CLUSTER_MEMBER, the
+ * node stays a standby); status shows "cluster" and "rewound", metrics
+ * the loomship_cluster_* gauges, as the member's source says. */
+static void cluster_source_get(void *ctx, http_cluster_status *c)
+{
+  (void)ctx;
+  snprintf(c->name, sizeof c->name, "loomship");
+  snprintf(c->member, sizeof c->member, "n2");
+  snprintf(c->leader, sizeof c->leader, "n1");
+  snprintf(c->leader_url, sizeof c->leader_url, "http://127.0.0.1:9");
+  c->epoch = 4;
+  c->lease_ttl = 3;
+  c->etcd_ok = true;
+  c->sync_count = 1;
+  snprintf(c->sync_set[0], sizeof c->sync_set[0], "n2");
+  c->member_count = 1;
+  snprintf(c->members[0].name, sizeof c->members[0].name, "n1");
+  c->members[0].leader = true;
+  c->members[0].epoch = 4;
+  c->members[0].received_seq = 7;
+  snprintf(c->members[0].state, sizeof c->members[0].state, "streaming");
+  c->lease_remaining_seconds = 2.5;
+  c->elections_total = 1;
+  c->rewound = true;
+  c->rewound_frames = 3;
+  c->rewound_from_seq = 12;
+  c->rewound_at_ns = INT64_C(1700000000000000000);
+}
+
+static void test_cluster_member(void **state)
+{
+  (void)state;
+  ht_primary p;
+  ht_primary_open(&p, 128, 18);
+  ht_primary_run(&p, 4);
+  char *dir = test_tmpdir("member");
+  ht_server s;
+  http_cluster_source src = {.get = cluster_source_get};
+  http_server_options opt = {.role = HTTP_ROLE_STANDBY, .dir = dir, .cluster = &src};
+  ht_start(&s, &opt);
+  post_range(&s, &p, 0, 4, NULL);
+  ht_resp r;
+  ht_call("POST", ht_url(&s, "/v1/promote"), NULL, &r);
+  assert_int_equal(r.status, 409);
+  ht_assert_has(&r, "\"code\":\"CLUSTER_MEMBER\"");
+  ht_resp_free(&r);
+  ht_call("POST", ht_url(&s, "/v1/promote?force=1"), NULL, &r);
+  assert_int_equal(r.status, 409);
+  ht_resp_free(&r);
+  http_server_status st;
+  ht_status(&s, &st);
+  assert_int_equal(st.role, HTTP_ROLE_STANDBY);
+
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "\"cluster\":{\"name\":\"loomship\",\"member\":\"n2\","
+                    "\"leader\":\"n1\",\"leader_url\":\"http://127.0.0.1:9\","
+                    "\"epoch\":4,\"lease_ttl\":3,\"etcd\":\"ok\","
+                    "\"sync_set\":[\"n2\"],\"members\":[{\"name\":\"n1\",");
+  ht_assert_has(&r, "\"role\":\"leader\",\"epoch\":4,\"received_seq\":7,");
+  ht_assert_has(&r, "\"rewound\":{\"frames\":3,\"from_seq\":12,\"at\":\"2023-");
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  assert_int_equal(r.status, 200);
+  ht_assert_has(&r, "loomship_cluster_is_leader 0\n");
+  ht_assert_has(&r, "loomship_cluster_epoch 4\n");
+  ht_assert_has(&r, "loomship_cluster_lease_remaining_seconds 2.5");
+  ht_assert_has(&r, "loomship_cluster_etcd_up 1\n");
+  ht_assert_has(&r, "loomship_cluster_elections_total 1\n");
+  ht_assert_has(&r, "loomship_cluster_self_fence_total 0\n");
+  ht_resp_free(&r);
+  ht_stop(&s);
+
+  /* Not a member: no "cluster" key, no cluster gauges. */
+  ht_start_standby(&s, dir);
+  ht_call("GET", ht_url(&s, "/v1/status"), NULL, &r);
+  assert_null(strstr((const char *)r.body, "\"cluster\""));
+  ht_resp_free(&r);
+  ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
+  assert_null(strstr((const char *)r.body, "loomship_cluster_"));
+  ht_resp_free(&r);
+  ht_stop(&s);
+  ht_primary_free(&p);
+  test_rmtree(dir);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Restart, recovery, disk full, graceful stop, coalesced frames */
 
@@ -1702,6 +1788,7 @@ int main(void)
       cmocka_unit_test(test_connection_limits),
       cmocka_unit_test(test_base_image),
       cmocka_unit_test(test_promote),
+      cmocka_unit_test(test_cluster_member),
       cmocka_unit_test(test_restart_and_recovery),
       cmocka_unit_test(test_damaged_receive_log),
       cmocka_unit_test(test_merged_apply_with_a_bad_frame),

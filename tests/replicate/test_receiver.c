@@ -446,6 +446,99 @@ static void test_base_refusals(void **state)
   expect_store_is_model(fx);
 }
 
+/* A cluster node's rewind (replicate_receiver_allow_rewind): this node
+ * holds epoch 1 up to seq 8; the leader was promoted to epoch 2 at seq 3.
+ * Its base image is refused (past the branch) until the node allows a
+ * rewind to epoch 2; then what lay past seq 3 is discarded and reported,
+ * once. Another history stays refused even so. */
+static void test_rewind(void **state)
+{
+  fixture *fx = *state;
+  for (int i = 0; i < 3; i++)
+    send_next(fx);
+  model leader;
+  model_copy(&leader, &fx->m);
+  loom_branch branch = {.epoch = fx->m.epoch + 1, .seq = fx->m.seq,
+                        .checksum = fx->m.checksum};
+  leader.epoch = branch.epoch;
+  for (int i = 0; i < 5; i++)
+    send_next(fx); /* the old leader's commits 4..8 */
+  wait_applied(fx, 8);
+  for (int i = 0; i < 2; i++) {
+    replicate_buf buf = {0};
+    next_frame(fx, &leader, &buf); /* the new leader's 4..5 at epoch 2 */
+    replicate_buf_free(&buf);
+  }
+  size_t len;
+  uint8_t *stream = image_stream(&leader, &fx->history, &len);
+  loom_lineage lineage;
+  memset(&lineage, 0, sizeof lineage);
+  lineage.history = fx->history;
+  lineage.branch_count = 1;
+  lineage.branches[0] = branch;
+  loom_position pos = {.epoch = leader.epoch, .seq = leader.seq,
+                       .checksum = leader.checksum, .pages = leader.pages,
+                       .commit_time_ns = leader.time_ns};
+  loom_stream_header_encode(stream, &pos, &lineage);
+
+  replicate_receiver_base *up;
+  replicate_recv_outcome o;
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len, NULL, &up, &o), 0);
+  assert_int_not_equal(feed(up, stream, len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_DIVERGED);
+  assert_int_equal(o.code, REPLICATE_EPAST_BRANCH);
+
+  /* Another history is refused even with the permission. */
+  replicate_receiver_allow_rewind(fx->rx, 2);
+  loom_history theirs = fx->history;
+  theirs.id[3] ^= 1;
+  size_t other_len;
+  uint8_t *other = image_stream(&leader, &theirs, &other_len);
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, other_len, NULL, &up, &o), 0);
+  assert_int_not_equal(feed(up, other, other_len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_DIVERGED);
+  assert_int_equal(o.code, REPLICATE_EHISTORY);
+  free(other);
+
+  assert_int_equal(replicate_receiver_base_begin(fx->rx, len, NULL, &up, &o), 0);
+  assert_int_equal(feed(up, stream, len), 0);
+  replicate_receiver_base_finish(up, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_OK);
+  assert_int_equal(o.applied.epoch, 2);
+  assert_int_equal(o.applied.seq, 5);
+  assert_int_equal(o.applied.checksum, leader.checksum);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.rewound_frames, 5); /* seqs 4..8 of epoch 1 */
+  assert_int_equal(s.rewound_from_seq, 8);
+  assert_true(s.rewound_at_ns > 0);
+
+  /* The new leader's frames follow from the image. */
+  free(stream);
+  model_free(&fx->m);
+  fx->m = leader;
+  replicate_buf next = {0};
+  next_frame(fx, &fx->m, &next);
+  assert_int_equal(send(fx, &next, &o), REPLICATE_RECV_OK);
+  replicate_buf_free(&next);
+  wait_applied(fx, 6);
+  expect_store_is_model(fx);
+
+  /* The positions ring forgot the discarded branch: seq 4 is the new
+   * leader's now, or unknown, never the old epoch's. */
+  replicate_receiver_close(fx->rx);
+  fx->rx = NULL;
+  loom_store *store;
+  assert_int_equal(loom_store_open(fx->standby_dir, 0, NULL, &store), 0);
+  uint64_t e, c;
+  if (loom_store_checksum_at(store, 4, &e, &c))
+    assert_int_equal(e, 2);
+  assert_int_equal(loom_store_close(store), 0);
+  assert_int_equal(open_receiver(fx, 10), 0);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Promotion */
 
@@ -505,6 +598,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_base_image, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_refusals, setup, teardown),
       cmocka_unit_test_setup_teardown(test_promote, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rewind, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1035,6 +1035,10 @@ static void test_bad_options(void **state)
   o.sync_count = 2;
   assert_int_equal(replicate_shipper_start(&o, &sh), REPLICATE_EINVAL);
   o.sync_count = 0;
+  o.standby_count = 0; /* no peer and no room for one */
+  assert_int_equal(replicate_shipper_start(&o, &sh), REPLICATE_EINVAL);
+  o.standby_count = 1;
+  o.sync_count = 0;
   o.token = "two\nlines";
   assert_int_equal(replicate_shipper_start(&o, &sh), REPLICATE_EINVAL);
   o.token = NULL;
@@ -1799,6 +1803,70 @@ static void test_diverged(void **state)
 }
 
 /* https: verified against the CA file; without it, verification fails. */
+/* Peers added and removed at run time (a cluster leader): a leader alone
+ * saves; a peer added later catches up; a removed one is sent nothing
+ * more, and the others go on. */
+static bool peer_count_is(void *ctx)
+{
+  void **w = ctx;
+  replicate_shipper_summary sum;
+  replicate_shipper_get_summary(((primary *)w[0])->sh, &sum);
+  return sum.standby_count == *(size_t *)w[1];
+}
+
+static void wait_peer_count(primary *p, size_t n)
+{
+  void *w[2] = {p, &n};
+  assert_true(wait_for(peer_count_is, w, 10));
+}
+
+static void test_peers_at_run_time(void **state)
+{
+  (void)state;
+  fake *fs[2] = {fake_start(), fake_start()};
+  primary p;
+  replicate_shipper_options o = test_options();
+  o.max_peers = 2;
+  primary_start(&p, &o, fs, 0, NULL); /* alone */
+  primary_saves(&p, 5, 2, false);
+  assert_int_equal(replicate_shipper_add_peer(p.sh, "ftp://127.0.0.1:9"),
+                   REPLICATE_EINVAL);
+  assert_int_equal(replicate_shipper_remove_peer(p.sh, fs[0]->url), ENOENT);
+  assert_int_equal(replicate_shipper_add_peer(p.sh, fs[0]->url), 0);
+  assert_int_equal(replicate_shipper_add_peer(p.sh, fs[0]->url), EEXIST);
+  wait_peer_count(&p, 1);
+  loom_position pos;
+  primary_position(&p, &pos);
+  assert_true(fake_reaches(fs[0], pos.seq, 10));
+  assert_int_equal(replicate_shipper_add_peer(p.sh, fs[1]->url), 0);
+  assert_int_equal(replicate_shipper_add_peer(p.sh, "http://127.0.0.1:9"), ENOSPC);
+  primary_saves(&p, 5, 2, false);
+  drain_ok(&p);
+  assert_same_image(&p, fs[0]);
+  assert_same_image(&p, fs[1]);
+
+  /* Removed: fs[0] hears nothing more; fs[1] streams on. */
+  assert_int_equal(replicate_shipper_remove_peer(p.sh, fs[0]->url), 0);
+  assert_int_equal(replicate_shipper_remove_peer(p.sh, fs[0]->url), ENOENT);
+  wait_peer_count(&p, 1);
+  loom_position before;
+  fake_position(fs[0], &before);
+  primary_saves(&p, 4, 2, false);
+  drain_ok(&p);
+  assert_same_image(&p, fs[1]);
+  replicate_peer_status st;
+  standby_status(&p, 0, &st);
+  assert_string_equal(st.url, fs[1]->url);
+  loom_position after;
+  fake_position(fs[0], &after);
+  assert_int_equal(after.seq, before.seq);
+  primary_position(&p, &pos);
+  assert_true(pos.seq > before.seq);
+  primary_stop(&p);
+  fake_stop(fs[0]);
+  fake_stop(fs[1]);
+}
+
 static void test_https(void **state)
 {
   (void)state;
@@ -1893,6 +1961,7 @@ int main(void)
       cmocka_unit_test(test_primary_restart),
       cmocka_unit_test(test_diverged),
       cmocka_unit_test(test_https),
+      cmocka_unit_test(test_peers_at_run_time),
   };
   if (getenv("SHIP_TEST_FILTER"))
     cmocka_set_test_filter(getenv("SHIP_TEST_FILTER"));

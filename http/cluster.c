@@ -1,0 +1,98 @@
+/*
+ * cluster.c: what a cluster member (cluster/, DESIGN.md section 6) adds to
+ * the status document: "cluster" and "rewound". The names are a public
+ * contract, like the rest of the document.
+ */
+#include <stdlib.h>
+
+#include "server_internal.h"
+
+http_cluster_status *http_cluster_collect(http_server *s)
+{
+  if (!s->cluster.get)
+    return NULL;
+  http_cluster_status *c = calloc(1, sizeof *c);
+  if (c)
+    s->cluster.get(s->cluster.ctx, c);
+  return c;
+}
+
+static void name_or_null(http_json_writer *w, const char *key, const char *v)
+{
+  http_json_key(w, key);
+  http_json_string(w, v[0] ? v : NULL);
+}
+
+static void member_json(const http_cluster_member *m, http_json_writer *w)
+{
+  http_json_object_begin(w);
+  http_json_key(w, "name");
+  http_json_string(w, m->name);
+  name_or_null(w, "url", m->url);
+  http_json_key(w, "role");
+  http_json_string(w, m->leader ? "leader" : "standby");
+  http_json_key(w, "epoch");
+  http_json_uint(w, m->epoch);
+  http_json_key(w, "received_seq");
+  http_json_uint(w, m->received_seq);
+  http_json_key(w, "applied_seq");
+  http_json_uint(w, m->applied_seq);
+  http_json_key(w, "lag");
+  http_json_object_begin(w);
+  http_json_key(w, "frames");
+  http_json_uint(w, m->lag_frames);
+  http_json_key(w, "seconds");
+  http_json_double(w, m->lag_seconds);
+  http_json_object_end(w);
+  name_or_null(w, "state", m->state);
+  http_json_object_end(w);
+}
+
+static void rewound_json(const http_cluster_status *c, http_json_writer *w)
+{
+  http_json_key(w, "rewound");
+  if (!c->rewound) {
+    http_json_null(w);
+    return;
+  }
+  http_json_object_begin(w);
+  http_json_key(w, "frames");
+  http_json_uint(w, c->rewound_frames);
+  http_json_key(w, "from_seq");
+  http_json_uint(w, c->rewound_from_seq);
+  http_json_key(w, "at");
+  http_json_time_ns(w, c->rewound_at_ns);
+  http_json_object_end(w);
+}
+
+/* "cluster": {"name", "member", "leader", "leader_url", "epoch",
+ * "lease_ttl", "etcd", "sync_set", "members"}, then "rewound". */
+void http_cluster_json(const http_cluster_status *c, http_json_writer *w)
+{
+  http_json_key(w, "cluster");
+  http_json_object_begin(w);
+  http_json_key(w, "name");
+  http_json_string(w, c->name);
+  http_json_key(w, "member");
+  http_json_string(w, c->member);
+  name_or_null(w, "leader", c->leader);
+  name_or_null(w, "leader_url", c->leader_url);
+  http_json_key(w, "epoch");
+  http_json_uint(w, c->epoch);
+  http_json_key(w, "lease_ttl");
+  http_json_uint(w, c->lease_ttl);
+  http_json_key(w, "etcd");
+  http_json_string(w, c->etcd_ok ? "ok" : "unreachable");
+  http_json_key(w, "sync_set");
+  http_json_array_begin(w);
+  for (size_t i = 0; i < c->sync_count && i < HTTP_CLUSTER_MEMBERS_MAX; i++)
+    http_json_string(w, c->sync_set[i]);
+  http_json_array_end(w);
+  http_json_key(w, "members");
+  http_json_array_begin(w);
+  for (size_t i = 0; i < c->member_count && i < HTTP_CLUSTER_MEMBERS_MAX; i++)
+    member_json(&c->members[i], w);
+  http_json_array_end(w);
+  http_json_object_end(w);
+  rewound_json(c, w);
+}
