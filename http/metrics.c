@@ -126,6 +126,12 @@ static void peer_metrics(textbuf *t, const http_figures *f)
        "Base images the standby acknowledged."},
       {"loomship_standby_last_error_time_seconds", "gauge",
        "When the last error with the standby happened (0: none)."},
+      {"loomship_standby_verified_seq", "gauge",
+       "Highest seq at which the checksum the standby computed from its "
+       "image equalled this primary's."},
+      {"loomship_standby_checksum_mismatches_total", "counter",
+       "Answers whose computed image checksum differed from this primary's "
+       "(each makes the standby diverged)."},
   };
   for (size_t m = 0; m < sizeof per / sizeof per[0]; m++) {
     tb_head(t, per[m].name, per[m].type, per[m].help);
@@ -144,7 +150,9 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       case 6: v = (double)p->bytes_raw; break;
       case 7: v = (double)p->bytes_wire; break;
       case 8: v = (double)p->base_images_sent; break;
-      default: v = seconds_of(p->last_error_at_ns); break;
+      case 9: v = seconds_of(p->last_error_at_ns); break;
+      case 10: v = (double)p->verified_seq; break;
+      default: v = (double)p->checksum_mismatches; break;
       }
       tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
     }

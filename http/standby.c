@@ -224,6 +224,7 @@ static void shape_keys(unsigned keys, const replicate_recv_outcome *o,
   if (keys & K_POSITIONS) {
     json_point(w, "received", &o->received);
     json_point(w, "applied", &o->applied);
+    json_point(w, "computed", &o->computed);
     json_key(w, "epoch");
     json_uint(w, o->received.epoch);
     http_json_history(w, &o->history);

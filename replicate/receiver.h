@@ -182,6 +182,10 @@ typedef struct replicate_recv_outcome {
   uint64_t frame_epoch;         /* GAP, OVERLAP: the frame's epoch and */
   loom_position frame_before;   /* its before */
   uint64_t primary_seq;         /* the primary's newest seq last heard */
+  loom_position computed;       /* applied, with the checksum this standby
+                                   computed itself by reading back the pages
+                                   it wrote (replicate_frame_readback); its
+                                   answers carry it (DESIGN section 8) */
 } replicate_recv_outcome;
 
 /* ---------------------------------------------------------------------- */
@@ -300,6 +304,12 @@ typedef struct replicate_receiver_status {
   uint64_t duplicates, heartbeats, bases;
   uint64_t bytes_received;      /* commit frame bytes made durable */
   uint64_t receive_log_bytes;
+  loom_position computed;       /* as in replicate_recv_outcome */
+  uint64_t rot_page;            /* the first page whose read-back did not
+                                   match its recorded hash; UINT64_MAX when
+                                   none was met. Once met, computed stays
+                                   where it was found until a restart */
+  uint64_t readback_mismatches; /* applies whose read-back differed */
 } replicate_receiver_status;
 
 void replicate_receiver_get_status(replicate_receiver *rx,

@@ -48,6 +48,48 @@ void rx_set_fatal(replicate_receiver *rx, int rc)
 }
 
 /* ---------------------------------------------------------------------- */
+/* What this standby computed itself (DESIGN section 8) */
+
+void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
+                      bool read_back, uint64_t checksum, uint64_t bad_page)
+{
+  if (rx->rot_page != UINT64_MAX)
+    return; /* the image is known bad: the checksum found stays */
+  rx->computed = *pos;
+  if (!read_back)
+    return;
+  rx->computed.checksum = checksum;
+  if (bad_page == UINT64_MAX && checksum == pos->checksum)
+    return;
+  rx->rot_page = bad_page;
+  rx->readback_mismatches++;
+  rx_logf(rx, "standby: %s at seq %llu: page %llu read back from the image "
+          "does not match the hash it was written with; the image's checksum "
+          "is %016llx, not %016llx",
+          replicate_strerror(REPLICATE_EIMAGE_ROT), (unsigned long long)pos->seq,
+          (unsigned long long)bad_page, (unsigned long long)checksum,
+          (unsigned long long)pos->checksum);
+}
+
+/* What the read-back of an apply gave (rx_note_computed). */
+typedef struct rx_readback {
+  bool done;
+  uint64_t checksum, bad_page;
+} rx_readback;
+
+/* Under store_mu, after frame applied (rc 0): read its pages back. */
+static void applier_read_back(replicate_receiver *rx, const replicate_frame *frame,
+                              rx_readback *rb)
+{
+  int rc = replicate_frame_readback(frame, rx->store, &rb->checksum,
+                                    &rb->bad_page);
+  rb->done = rc == 0;
+  if (rc)
+    rx_logf(rx, "standby: reading back applied pages: %s",
+            replicate_strerror(rc));
+}
+
+/* ---------------------------------------------------------------------- */
 /* Rollback and draining */
 
 void rx_rollback(replicate_receiver *rx)
@@ -163,9 +205,11 @@ static void applier_idle_sync(replicate_receiver *rx)
 /* Under mu: applied moved to pos (rc 0, or REPLICATE_EDUPLICATE). */
 static void applier_applied(replicate_receiver *rx, int rc,
                             const loom_position *pos, uint64_t applied_before,
-                            unsigned *since_retain)
+                            const rx_readback *rb, unsigned *since_retain)
 {
   rx->applied = *pos;
+  if (rc == 0)
+    rx_note_computed(rx, pos, rb->done, rb->checksum, rb->bad_page);
   rx_pending_pop_through(rx, pos->seq);
   if (rc == 0 && pos->seq > applied_before) {
     rx->frames_applied += pos->seq - applied_before;
@@ -242,9 +286,12 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   loom_position pos;
   uint64_t merged_through = next;
   int rc = applier_take(rx, next, last, buf, &frame, &merged_through);
+  rx_readback rb = {.bad_page = UINT64_MAX};
   pthread_mutex_lock(&rx->store_mu);
   if (rc == 0)
     rc = replicate_frame_apply(&frame, rx->store);
+  if (rc == 0)
+    applier_read_back(rx, &frame, &rb);
   loom_store_position(rx->store, &pos);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc != 0 && merged_through > next &&
@@ -261,7 +308,7 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   rx->applier_busy = false;
   bool go_on = true;
   if (rc == 0 || rc == REPLICATE_EDUPLICATE)
-    applier_applied(rx, rc, &pos, applied_before, since_retain);
+    applier_applied(rx, rc, &pos, applied_before, &rb, since_retain);
   else
     go_on = applier_failed(rx, rc, next);
   pthread_cond_broadcast(&rx->cond);
@@ -302,11 +349,14 @@ void *rx_applier_main(void *arg)
 static void coalesced_outcome(replicate_receiver *rx,
                               const replicate_frame *frame, size_t len, int rc,
                               const loom_position *pos,
+                              const rx_readback *rb,
                               replicate_recv_outcome *out)
 {
   replicate_recv_result r;
   if (rc == 0 || rc == REPLICATE_EDUPLICATE) {
     rx->applied = *pos;
+    if (rc == 0)
+      rx_note_computed(rx, pos, rb->done, rb->checksum, rb->bad_page);
     rx->received = *pos;
     rx_pending_clear(rx);
     rx->need_sync = true;
@@ -356,14 +406,17 @@ void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
   }
 
   loom_position pos;
+  rx_readback rb = {.bad_page = UINT64_MAX};
   pthread_mutex_lock(&rx->store_mu);
   int rc = replicate_frame_apply(frame, rx->store);
+  if (rc == 0)
+    applier_read_back(rx, frame, &rb);
   loom_store_position(rx->store, &pos);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc == 0)
     rx_log_reset(rx); /* the log's chain is broken by the merged frame */
 
   pthread_mutex_lock(&rx->mu);
-  coalesced_outcome(rx, frame, len, rc, &pos, out);
+  coalesced_outcome(rx, frame, len, rc, &pos, &rb, out);
   pthread_mutex_unlock(&rx->mu);
 }

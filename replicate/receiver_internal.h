@@ -101,6 +101,9 @@ struct replicate_receiver {
   uint64_t frames_received, frames_applied, apply_commits, duplicates,
       heartbeats, bases;
   uint64_t bytes_received, apply_failures;
+  loom_position computed;       /* replicate_recv_outcome.computed */
+  uint64_t rot_page;            /* UINT64_MAX: no read-back differed */
+  uint64_t readback_mismatches;
 };
 
 /* receiver.c */
@@ -136,6 +139,12 @@ void rx_rollback(replicate_receiver *rx);
 /* Under recv_mu (not mu): a coalesced frame, applied at once. */
 void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
                         size_t len, replicate_recv_outcome *out);
+/* Under mu: pos was applied; checksum is what the read-back of its pages
+ * gave (replicate_frame_readback), bad_page the first that differed
+ * (UINT64_MAX: none). With read_back false (a base image, nothing to read
+ * back) the store's own checksum stands. */
+void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
+                      bool read_back, uint64_t checksum, uint64_t bad_page);
 /* Under mu: storage failed; say it once. */
 void rx_set_fatal(replicate_receiver *rx, int rc);
 /* A poisoned store or log (after a failed fsync). */

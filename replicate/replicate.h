@@ -170,14 +170,20 @@ extern "C" {
     "another checksum at a seq this node holds: the histories forked")        \
   X(REPLICATE_EPAST_BRANCH, -31030,                                           \
     "this node holds commits of an older epoch past the point where the "     \
-    "newer epoch branched off")
+    "newer epoch branched off")                                               \
+  /* Integrity (DESIGN section 8). */                                         \
+  X(REPLICATE_ECHECKSUM_MISMATCH, -31031,                                     \
+    "the standby's own image checksum differs from this primary's at the "    \
+    "same seq")                                                               \
+  X(REPLICATE_EIMAGE_ROT, -31032,                                             \
+    "an image page read back does not match its recorded hash")
 
 enum replicate_error {
   REPLICATE_OK = 0,
 #define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
   REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
 #undef REPLICATE_ERROR_ENUM_
-  REPLICATE_ELAST = -31031        /* sentinel: one past the lowest code */
+  REPLICATE_ELAST = -31033        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
@@ -447,6 +453,22 @@ void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
  * (loom.h).
  */
 int replicate_frame_apply(const replicate_frame *frame, loom_store *store);
+
+/*
+ * replicate_frame_readback: after replicate_frame_apply(frame, store)
+ * returned 0, read every page the frame wrote back from the store's image
+ * (loom_store_read_page: it waits for the store's apply), hash it, and set
+ * *checksum to the whole-image checksum those pages give: the store's
+ * position checksum with each page's recorded hash swapped for the hash of
+ * what the image now holds. It is the checksum a standby computed itself
+ * from the pages it wrote (DESIGN section 8), never one copied from the
+ * frame: equal to the store's checksum when every page landed as written.
+ * *bad_page is the first page that did not, UINT64_MAX when none. Returns
+ * 0, or the store's read error (*checksum and *bad_page untouched). Cost:
+ * one page read (from the page cache, usually) and one page hash per page.
+ */
+int replicate_frame_readback(const replicate_frame *frame, loom_store *store,
+                             uint64_t *checksum, uint64_t *bad_page);
 
 /* ---------------------------------------------------------------------- */
 /* Coalescing */
@@ -972,6 +994,13 @@ typedef struct replicate_peer_status {
   uint64_t coalesced_sent;          /* merged pieces */
   uint64_t base_images_sent;        /* base images acknowledged */
   uint64_t failures;                /* failed requests */
+  uint64_t verified_seq;            /* highest seq at which the checksum
+                                       the standby computed itself from its
+                                       image equalled this primary's (0:
+                                       none yet) */
+  uint64_t checksum_mismatches;     /* answers whose computed checksum
+                                       differed from ours at its seq (each
+                                       makes the standby diverged) */
 } replicate_peer_status;
 
 /*

@@ -67,6 +67,8 @@ void replicate_shipper_status(replicate_shipper *sh,
     o->state = sb->state;
     o->state_name = replicate_peer_state_name(sb->state);
     o->sent_seq = sb->sent_seq;
+    o->verified_seq = sb->verified_seq;
+    o->checksum_mismatches = sb->checksum_mismatches;
     o->received_seq = sb->has_position ? sb->received.seq : 0;
     o->applied_seq = sb->has_position ? sb->applied.seq : 0;
     o->received_epoch = sb->has_position ? sb->received.epoch : 0;

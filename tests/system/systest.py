@@ -68,6 +68,17 @@ def start_standby(loomship, directory, port=0, env=None, log=None, wait=5.0):
     return proc, text.split("listening on ", 1)[1].split()[0]
 
 
+def start_primary(loomship, args, log):
+    """Start `loomship primary ARGS --listen 127.0.0.1:0`, stderr appended
+    to log; returns (process, url, first line): url is None when it did not
+    say where it listens."""
+    proc = spawn([loomship, "primary"] + args + ["--listen", "127.0.0.1:0"],
+                 stdout=subprocess.PIPE, stderr=open(log, "ab"))
+    line = proc.stdout.readline().decode()
+    url = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
+    return proc, url, line
+
+
 def stop(proc, sig=signal.SIGTERM, timeout=15.0):
     """Send sig (if still running) and wait; returns the exit status
     (negative: killed by that signal), or None if it would not stop."""
