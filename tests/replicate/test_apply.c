@@ -83,6 +83,42 @@ static void expect_store_equals(fixture *fx, const model *m) {
   free(page);
 }
 
+/* The page-hash tree of snap equals the one built anew from hashes[0,
+ * pages) (core/tree.c keeps it incrementally). */
+static void expect_tree(loom_snapshot *snap, const uint64_t *hashes,
+                        uint64_t pages) {
+  uint64_t *below = xmalloc((pages + 1) * sizeof *below);
+  uint64_t *here = xmalloc((pages + 1) * sizeof *here);
+  uint64_t *got = xmalloc((pages + 1) * sizeof *got);
+  memcpy(below, hashes, pages * sizeof *below);
+  for (unsigned l = 0; l < LOOM_TREE_LEVELS; l++) {
+    uint64_t n = loom_tree_nodes(pages, l);
+    if (l > 0) {
+      uint64_t m = loom_tree_nodes(pages, l - 1);
+      for (uint64_t i = 0; i < n; i++) {
+        uint64_t k = m - i * LOOM_TREE_FANOUT;
+        here[i] = loom_tree_node_hash(l, below + i * LOOM_TREE_FANOUT,
+                                      k < LOOM_TREE_FANOUT ? k : LOOM_TREE_FANOUT);
+      }
+      memcpy(below, here, n * sizeof *below);
+    }
+    assert_int_equal(loom_snapshot_tree(snap, l, 0, n, got), 0);
+    if (memcmp(got, below, n * sizeof *got) != 0)
+      fail_msg("level %u of the tree differs (%" PRIu64 " pages)", l, pages);
+    assert_int_equal(loom_snapshot_tree(snap, l, n, 1, got), LOOM_EINVAL);
+  }
+  free(below);
+  free(here);
+  free(got);
+}
+
+static void expect_store_tree(loom_store *store, const model *m) {
+  loom_snapshot *snap;
+  assert_int_equal(loom_store_snapshot_open(store, &snap), 0);
+  expect_tree(snap, m->hashes, m->pages);
+  loom_snapshot_close(snap);
+}
+
 /* Grow the image to `pages` pages of random data through a frame. */
 static void apply_initial(fixture *fx, model *m, uint64_t pages, test_rng *r) {
   uint64_t *nums = xmalloc(pages * sizeof *nums);
@@ -335,9 +371,16 @@ static void test_random_and_coalesced(void **state) {
   assert_int_equal(replicate_coalescer_new(0, &co), 0);
 
   replicate_buf frame = {0}, merged = {0};
+  loom_snapshot *held = NULL; /* its tree stays at round 30's position */
+  model at_held;
   for (int round = 0; round < 60; round++) {
     assert_int_equal(model_random_commit(&m, fx->enc, &r, 20, &frame), 0);
     assert_int_equal(apply_bytes(fx, &frame), 0);
+    expect_store_tree(fx->store, &m);
+    if (round == 30) {
+      assert_int_equal(loom_store_snapshot_open(fx->store, &held), 0);
+      model_copy(&at_held, &m);
+    }
     replicate_frame f;
     assert_int_equal(replicate_frame_decode(fx->dec, frame.data, frame.len, &f), 0);
     assert_int_equal(replicate_coalescer_add(co, &f), 0);
@@ -353,8 +396,12 @@ static void test_random_and_coalesced(void **state) {
       assert_int_equal(a.seq, b.seq);
       assert_int_equal(a.checksum, b.checksum);
       assert_int_equal(a.pages, b.pages);
+      expect_store_tree(other, &m);
     }
   }
+  expect_tree(held, at_held.hashes, at_held.pages);
+  loom_snapshot_close(held);
+  model_free(&at_held);
   expect_store_equals(fx, &m);
   loom_store *first = fx->store;
   fx->store = other;
