@@ -48,6 +48,9 @@ typedef struct cli_command {
   const cli_option *options;
   const char *positional;     /* its one positional argument ("URL"), or NULL */
   size_t positional_offset;   /* where that goes (a const char *) */
+  const char *positional2;    /* a second one, required too ("URL"), or
+                                 NULL */
+  size_t positional2_offset;
   size_t args_size;
   int (*run)(void *args);
 } cli_command;
@@ -118,5 +121,6 @@ int cli_standby_resync(const char *dir, const char *from, const char *token,
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
+extern const cli_command cmd_compare;
 
 #endif

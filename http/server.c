@@ -145,7 +145,17 @@ static void snapshot_close(void *ctx, loom_snapshot *snap)
 static int backups_create(http_server *s)
 {
   http_backup_source source = {s, snapshot_open, snapshot_close};
-  return http_backups_create(&source, &s->backups);
+  int rc = http_backups_create(&source, &s->backups);
+  if (rc == 0)
+    rc = http_integrity_create(&source, &s->integrity);
+  return rc;
+}
+
+/* The pinned snapshot goes before the store it reads. */
+static void integrity_stop(http_server *s)
+{
+  http_integrity_free(s->integrity);
+  s->integrity = NULL;
 }
 
 static void server_free(http_server *s)
@@ -161,6 +171,7 @@ static void server_free(http_server *s)
   free(s->tls_cert);
   http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
+  integrity_stop(s);
   http_backups_free(s->backups);
   free(s);
 }
@@ -317,6 +328,7 @@ int http_server_start(const http_server_options *opt, http_server **out)
   if (rc) {
     if (fd >= 0)
       close(fd);
+    integrity_stop(s);
     http_standby_close(s->standby);
     server_free(s);
     return rc;
@@ -341,6 +353,7 @@ int http_server_stop(http_server *s)
    * threads; each request's completion callback runs (an unfinished base
    * image is aborted, backup responses release the snapshot). */
   MHD_stop_daemon(s->daemon);
+  integrity_stop(s);
   int rc = http_standby_close(s->standby);
   server_free(s);
   return rc;

@@ -215,10 +215,6 @@ static void peer_json(const replicate_peer_status *p, json_writer *w)
   json_uint(w, p->received_seq);
   json_key(w, "applied_seq");
   json_uint(w, p->applied_seq);
-  json_key(w, "verified_seq");
-  json_uint(w, p->verified_seq);
-  json_key(w, "checksum_mismatches");
-  json_uint(w, p->checksum_mismatches);
   json_key(w, "base_images");
   json_uint(w, p->base_images_sent);
   lag_json(w, p->lag_frames, p->lag_bytes, p->lag_seconds);
@@ -233,6 +229,10 @@ static void peer_json(const replicate_peer_status *p, json_writer *w)
   json_key(w, "wire");
   json_uint(w, p->bytes_wire);
   json_object_end(w);
+  json_key(w, "verified_seq");
+  json_uint(w, p->verified_seq);
+  json_key(w, "checksum_mismatches");
+  json_uint(w, p->checksum_mismatches);
   json_object_end(w);
 }
 

@@ -176,14 +176,18 @@ extern "C" {
     "the standby's own image checksum differs from this primary's at the "    \
     "same seq")                                                               \
   X(REPLICATE_EIMAGE_ROT, -31032,                                             \
-    "an image page read back does not match its recorded hash")
+    "an image page read back does not match its recorded hash")              \
+  X(REPLICATE_EREQUEST, -31033, "malformed tree or pages request")            \
+  X(REPLICATE_EANSWER, -31034, "malformed tree or pages answer")              \
+  X(REPLICATE_EUNPINNED, -31035,                                              \
+    "that position is not the one this node serves trees and pages at")
 
 enum replicate_error {
   REPLICATE_OK = 0,
 #define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
   REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
 #undef REPLICATE_ERROR_ENUM_
-  REPLICATE_ELAST = -31033        /* sentinel: one past the lowest code */
+  REPLICATE_ELAST = -31036        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
@@ -192,6 +196,73 @@ const char *replicate_strerror(int rc);
 /* The stable name of rc ("REPLICATE_EPOSITION"; loom_error_name for every
  * value outside the REPLICATE_E* range). Never NULL. */
 const char *replicate_error_name(int rc);
+
+/* ---------------------------------------------------------------------- */
+/* Trees and pages on the wire (DESIGN section 8; byte tables in
+ * docs/INTEGRITY.md). Pure functions: no I/O.
+ *
+ *   GET /v1/tree?level=L&first=I&count=N[&seq=S]
+ *   GET /v1/pages?seq=S&pages=A-B,C,...
+ *
+ * A tree answer holds nodes [first, first + count) of one level of the
+ * page-hash tree (loom.h) at one position; a pages answer the listed pages
+ * with their recorded hashes at one position. Both start with a 72-byte
+ * head and end with an XXH3-64 of every byte before it. */
+
+#define REPLICATE_TREE_MAX_NODES 65536u  /* nodes in one tree answer */
+#define REPLICATE_PAGES_MAX 256u         /* pages in one pages answer */
+#define REPLICATE_INTEGRITY_HEAD 72u
+#define REPLICATE_PAGE_ENTRY (16u + LOOM_PAGE_SIZE)
+
+typedef enum replicate_answer_kind {
+  REPLICATE_ANSWER_TREE = 1,
+  REPLICATE_ANSWER_PAGES = 2
+} replicate_answer_kind;
+
+/* What both answers begin with. */
+typedef struct replicate_answer_head {
+  replicate_answer_kind kind;
+  loom_history history;
+  loom_position position;  /* epoch, seq, checksum, pages (no time) */
+  unsigned level;          /* tree: the level; pages: 0 */
+  uint64_t first;          /* tree: the first node; pages: 0 */
+  uint64_t count;          /* nodes, or pages */
+} replicate_answer_head;
+
+/* A run of page numbers, first <= last. */
+typedef struct replicate_page_run {
+  uint64_t first, last;
+} replicate_page_run;
+
+/* A decimal number, digits only, no leading zero (but "0"), below 2^64:
+ * 0 or REPLICATE_EREQUEST. */
+int replicate_parse_u64(const char *text, uint64_t *out);
+/* "A-B,C,...": ascending, not overlapping, each A <= B, at most cap runs
+ * and max_pages pages in all; *n runs into out. 0 or REPLICATE_EREQUEST. */
+int replicate_parse_ranges(const char *text, replicate_page_run *out, size_t cap,
+                           size_t *n, uint64_t max_pages);
+
+/* Bytes of an answer of that kind with count entries. */
+size_t replicate_answer_size(replicate_answer_kind kind, uint64_t count);
+/* Write the head into buf (replicate_answer_size bytes), then the caller
+ * the entries (replicate_answer_put_node / _put_page), then seal. */
+void replicate_answer_begin(const replicate_answer_head *head, uint8_t *buf);
+void replicate_answer_put_node(uint8_t *buf, uint64_t i, uint64_t hash);
+void replicate_answer_put_page(uint8_t *buf, uint64_t i, uint64_t page_number,
+                               uint64_t hash, const void *contents);
+/* Where entry i's contents go (to read a page in place; then pass it as
+ * contents to replicate_answer_put_page). */
+uint8_t *replicate_answer_page_slot(uint8_t *buf, uint64_t i);
+void replicate_answer_seal(uint8_t *buf, size_t len);
+/* Check bytes[0, len) strictly (magic, version, kind, sizes, checksum,
+ * count limits, pages ascending and below position.pages) and read the
+ * head: 0 or REPLICATE_EANSWER. Entries are then read in place: */
+int replicate_answer_decode(const uint8_t *bytes, size_t len,
+                            replicate_answer_head *head);
+uint64_t replicate_answer_node(const uint8_t *bytes, uint64_t i);
+void replicate_answer_page(const uint8_t *bytes, uint64_t i,
+                           uint64_t *page_number, uint64_t *hash,
+                           const uint8_t **contents);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */

@@ -15,7 +15,6 @@ last_error, a mismatch counted in metrics, and its verified_seq below the
 seq it applied."""
 import argparse
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -124,14 +123,7 @@ def main():
     systest.stop(primary)
     systest.stop(good)
     systest.stop(bad)
-    for f in failures:
-        print("FAIL: %s" % f)
-    if failures:
-        print("log in %s" % root)
-        return 1
-    print("checksum acks: ok")
-    shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return systest.report("checksum acks", failures, root)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,18 @@ def start_primary(loomship, args, log):
     line = proc.stdout.readline().decode()
     url = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
     return proc, url, line
+
+
+def report(name, failures, root):
+    """Print each failure, or "NAME: ok" and remove root; the exit code."""
+    for f in failures:
+        print("FAIL: %s" % f)
+    if failures:
+        print("log in %s" % root)
+        return 1
+    print("%s: ok" % name)
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 def stop(proc, sig=signal.SIGTERM, timeout=15.0):
