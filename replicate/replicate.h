@@ -438,9 +438,14 @@ int replicate_frame_encode(replicate_encoder *enc,
  * replicate_frame_encode_commit: the same, from inside a loom commit hook:
  * the new pages are read at loom_page(l, n), the old ones with
  * loom_commit_old_page() into the encoder's scratch page, the hashes and
- * positions come from c. Errors: those of replicate_frame_encode and of
- * loom_commit_old_page.
+ * positions come from c. Each old version read is checked against its
+ * recorded hash (c->old_hashes; DESIGN section 8: a rotted page is never
+ * shipped): REPLICATE_EIMAGE_ROT, with the page named by
+ * replicate_encoder_rot_page. Other errors: those of replicate_frame_encode
+ * and of loom_commit_old_page.
  */
+/* The page the last REPLICATE_EIMAGE_ROT named (UINT64_MAX: none yet). */
+uint64_t replicate_encoder_rot_page(const replicate_encoder *enc);
 int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
                                   const loom_commit *c, replicate_buf *out);
 
