@@ -51,7 +51,8 @@ def main():
             f.seek(off)
             f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
     print("flipped a bit in pages %s of %d" % (victims, pages))
-    proc, purl, line = systest.start_primary(a.loomship, args + ["--saves", "200"], log)
+    proc, purl, line = systest.start_primary(
+        a.loomship, args + ["--saves", "200", "--drain-timeout", "1"], log)
     out, _ = proc.communicate(timeout=60)
     with open(log, errors="replace") as f:
         text = f.read()
