@@ -31,6 +31,8 @@ typedef struct primary_config {
   uint16_t listen_port;
   const char *tls_cert, *tls_key;
   int quiet;                    /* no log lines */
+  double scrub_interval_seconds;/* the scrubber (needs listen_host): 0 off */
+  double scrub_mbps;
 } primary_config;
 
 typedef struct primary_node {

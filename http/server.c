@@ -151,9 +151,35 @@ static int backups_create(http_server *s)
   return rc;
 }
 
-/* The pinned snapshot goes before the store it reads. */
+static void scrub_log(void *ctx, const char *message)
+{
+  http_server *s = ctx;
+  if (s->logger.fn)
+    s->logger.fn(s->logger.ctx, message);
+}
+
+static int scrubber_start(http_server *s, const http_server_options *opt)
+{
+  if (opt->scrub_interval_seconds <= 0)
+    return 0;
+  replicate_scrub_options so = {.snapshot_open = snapshot_open,
+                                .snapshot_close = snapshot_close, .ctx = s,
+                                .interval_seconds = opt->scrub_interval_seconds,
+                                .mbps = opt->scrub_mbps, .log = scrub_log,
+                                .log_ctx = s};
+  return replicate_scrubber_start(&so, &s->scrubber);
+}
+
+void http_server_integrity(http_server *s, replicate_scrub_status *out)
+{
+  replicate_scrubber_status(s ? s->scrubber : NULL, out);
+}
+
+/* The pinned snapshot and the scrubber's go before the store they read. */
 static void integrity_stop(http_server *s)
 {
+  replicate_scrubber_stop(s->scrubber);
+  s->scrubber = NULL;
   http_integrity_free(s->integrity);
   s->integrity = NULL;
 }
@@ -323,6 +349,8 @@ int http_server_start(const http_server_options *opt, http_server **out)
     rc = http_standby_open(opt, &s->logger, &s->standby);
   if (rc == 0)
     rc = backups_create(s);
+  if (rc == 0)
+    rc = scrubber_start(s, opt);
   if (rc == 0)
     rc = daemon_start(s, opt, fd);
   if (rc) {

@@ -99,6 +99,7 @@ struct http_server {
 
   http_backups *backups;        /* GET /v1/backup (backup.c) */
   http_integrity *integrity;    /* GET /v1/tree, /v1/pages (integrity.c) */
+  replicate_scrubber *scrubber; /* NULL: none */
 };
 
 /* ---------------------------------------------------------------------- */
@@ -145,6 +146,7 @@ typedef struct http_figures {
   replicate_peer_status *peers; /* primary: malloc'd */
   size_t peer_count;
   http_backup_figures backup;
+  replicate_scrub_status integrity; /* the scrubber's */
   unsigned uploads;
   uint64_t auth_failures;
 } http_figures;

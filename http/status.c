@@ -86,6 +86,7 @@ void http_figures_collect(http_server *s, http_figures *f)
   st->fenced = f->fenced;
   st->ready = f->ready;
   http_backups_figures(s->backups, &f->backup);
+  http_server_integrity(s, &f->integrity);
   st->backups_in_progress = f->backup.in_progress;
   pthread_mutex_lock(&s->stats_mu);
   f->uploads = s->uploads;
@@ -292,6 +293,29 @@ static void counters_json(const http_figures *f, json_writer *w)
   json_object_end(w);
 }
 
+/* "integrity" (DESIGN section 8): the scrubber's findings. */
+static void integrity_json(const http_figures *f, json_writer *w)
+{
+  const replicate_scrub_status *in = &f->integrity;
+  json_key(w, "integrity");
+  json_object_begin(w);
+  json_key(w, "state");
+  json_string(w, replicate_integrity_state_name(in->state));
+  json_key(w, "scrubbing");
+  json_bool(w, in->running);
+  json_key(w, "last_scrub_at");
+  json_time_ns(w, in->last_scrub_at_ns);
+  json_key(w, "pages_scrubbed");
+  json_uint(w, in->pages_scrubbed);
+  json_key(w, "pages_repaired");
+  json_uint(w, in->pages_repaired);
+  json_key(w, "bad_pages");
+  json_uint(w, in->bad_pages);
+  json_key(w, "last_error");
+  json_string(w, in->last_error[0] ? in->last_error : NULL);
+  json_object_end(w);
+}
+
 static void status_json(http_server *s, const http_figures *f, json_writer *w)
 {
   const http_server_status *st = &f->view.status;
@@ -309,6 +333,7 @@ static void status_json(http_server *s, const http_figures *f, json_writer *w)
     primary_json(s, f, w);
   json_key(w, "ready");
   json_bool(w, f->ready);
+  integrity_json(f, w);
   backup_json(f, w);
   counters_json(f, w);
   json_key(w, "uptime_seconds");

@@ -265,6 +265,60 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
                            const uint8_t **contents);
 
 /* ---------------------------------------------------------------------- */
+/* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
+ * that re-reads every image page through short-lived snapshots and
+ * compares it with the hash recorded when it was written (level 0 of the
+ * snapshot's tree), a full pass every interval, its reads capped. Every
+ * node runs one. Zero-initialise the options, then set what you need. */
+
+typedef enum replicate_integrity_state {
+  REPLICATE_INTEGRITY_OK = 0,
+  REPLICATE_INTEGRITY_REPAIRING = 1, /* bad pages being fetched again */
+  REPLICATE_INTEGRITY_CORRUPT = 2    /* bad pages found, not repaired */
+} replicate_integrity_state;
+
+/* "ok", "repairing", "corrupt" (status and metrics: a public contract). */
+const char *replicate_integrity_state_name(replicate_integrity_state state);
+
+typedef struct replicate_scrub_options {
+  /* Snapshots of the image (required): open gives 0 or an error code
+   * (the pass waits and tries again), close gives it back. */
+  int (*snapshot_open)(void *ctx, loom_snapshot **out);
+  void (*snapshot_close)(void *ctx, loom_snapshot *snap);
+  void *ctx;
+  double interval_seconds;       /* a full pass starts this often; the
+                                    first at start [86400; < 0: off] */
+  double mbps;                   /* read cap, MiB/s [64] */
+  void (*log)(void *log_ctx, const char *message); /* optional */
+  void *log_ctx;
+} replicate_scrub_options;
+
+typedef struct replicate_scrub_status {
+  bool running;                  /* a scrubber exists (not off) */
+  replicate_integrity_state state;
+  int64_t last_scrub_at_ns;      /* CLOCK_REALTIME, the end of the last
+                                    full pass; 0 before the first */
+  uint64_t passes;               /* full passes ended */
+  uint64_t pages_scrubbed;       /* since start */
+  uint64_t pages_repaired;       /* since start (repair: not built yet) */
+  uint64_t bad_pages;            /* found since start */
+  uint64_t bad_page;             /* the last found; UINT64_MAX: none */
+  char last_error[256];          /* "" when none */
+} replicate_scrub_status;
+
+typedef struct replicate_scrubber replicate_scrubber;
+
+/* 0 and *out (NULL when interval_seconds < 0: off), REPLICATE_EINVAL,
+ * ENOMEM or a pthread error. */
+int replicate_scrubber_start(const replicate_scrub_options *opt,
+                             replicate_scrubber **out);
+/* Stops the thread (within one read) and frees. NULL is a no-op. */
+void replicate_scrubber_stop(replicate_scrubber *scrubber);
+/* Thread-safe; a NULL scrubber reports running false, state ok. */
+void replicate_scrubber_status(replicate_scrubber *scrubber,
+                               replicate_scrub_status *out);
+
+/* ---------------------------------------------------------------------- */
 /* Buffers */
 
 /* A growable byte buffer. Zero-initialise it; the functions that fill one

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,16 +39,6 @@ def peer(st, url):
         if p.get("url") == url:
             return p
     return {}
-
-
-def wait_for(what, check, timeout):
-    """Poll check() until it returns a true value or timeout passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = check()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(0.05)
 
 
 def main():
@@ -79,7 +68,7 @@ def main():
         p = peer(st, gurl)
         return st if st and p.get("verified_seq", 0) >= 20 else None
 
-    st = wait_for("verified", good_verified, 30)
+    st = systest.wait_for(good_verified, 30)
     if not st:
         failures.append("the sound standby's verified_seq never reached 20: %s"
                         % peer(systest.status(purl), gurl))
@@ -92,7 +81,7 @@ def main():
         p = peer(systest.status(purl), burl)
         return p if p.get("state") == "diverged" else None
 
-    p = wait_for("diverged", bad_diverged, 30)
+    p = systest.wait_for(bad_diverged, 30)
     if not p:
         failures.append("the standby with a flipped page was never shown diverged: %s"
                         % peer(systest.status(purl), burl))

@@ -7,9 +7,7 @@ value pages of its image file (the seed is printed); restarted, its first
 save that changes a rotted page must stop it with exit 1 and a message
 naming that page (before, the primary shipped it: the standby was stuck at
 a frame whose delta no longer applied, and the primary saved on)."""
-import argparse
 import os
-import random
 import signal
 import sys
 import tempfile
@@ -21,20 +19,14 @@ PS = 16384
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("loomship")
-    ap.add_argument("--seed", type=int)
-    a = ap.parse_args()
-    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    print("seed %d" % seed)
+    loomship, rng = systest.loomship_and_rng()
     root = tempfile.mkdtemp(prefix="loomship-primaryrot-")
     log = os.path.join(root, "log")
     pdir, sdir = os.path.join(root, "primary"), os.path.join(root, "standby")
     failures = []
-    standby, surl = systest.start_standby(a.loomship, sdir, log=log)
+    standby, surl = systest.start_standby(loomship, sdir, log=log)
     args = ["--dir", pdir, "--standby", surl] + systest.SMALL
-    proc, purl, line = systest.start_primary(a.loomship, args + ["--saves", "30"], log)
+    proc, purl, line = systest.start_primary(loomship, args + ["--saves", "30"], log)
     out, _ = proc.communicate(timeout=60)
     if proc.returncode != 0:
         failures.append("first run exited %s: %s" % (proc.returncode, out[-300:]))
@@ -52,7 +44,7 @@ def main():
             f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
     print("flipped a bit in pages %s of %d" % (victims, pages))
     proc, purl, line = systest.start_primary(
-        a.loomship, args + ["--saves", "200", "--drain-timeout", "1"], log)
+        loomship, args + ["--saves", "200", "--drain-timeout", "1"], log)
     out, _ = proc.communicate(timeout=60)
     with open(log, errors="replace") as f:
         text = f.read()

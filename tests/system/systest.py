@@ -1,9 +1,11 @@
 """systest.py: helpers shared by the system suites (crash_points.py,
 netfault.py): start and stop loomship processes on 127.0.0.1, read their
 status, inspect and verify their directories, compare two nodes."""
+import argparse
 import atexit
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -78,6 +80,29 @@ def start_primary(loomship, args, log):
     line = proc.stdout.readline().decode()
     url = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
     return proc, url, line
+
+
+def loomship_and_rng():
+    """The arguments LOOMSHIP [--seed S]: (loomship, rng); the seed (random
+    unless given) is printed, so a failure can be repeated."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("loomship")
+    ap.add_argument("--seed", type=int)
+    a = ap.parse_args()
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    print("seed %d" % seed)
+    return a.loomship, random.Random(seed)
+
+
+def wait_for(check, timeout):
+    """Poll check() every 50 ms until it returns a true value (returned) or
+    timeout seconds passed (its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(0.05)
 
 
 def report(name, failures, root):
