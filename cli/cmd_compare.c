@@ -220,6 +220,30 @@ static int find_differences(side *a, side *b, index_list *pages)
   return rc;
 }
 
+int cli_tree_find_bad_pages(const char *url, const char *token, const char *ca_file,
+                            const loom_position *at, const uint64_t *hashes,
+                            uint64_t *bad, size_t cap, size_t *n)
+{
+  side s = {.url = url, .opt = {.token = token, .ca_file = ca_file, .timeout_s = 30}};
+  *n = 0;
+  if (get_tree(&s, true, 0, 0, 0, NULL, &s.pinned) ||
+      !loom_position_same(&s.pinned.position, at))
+    return -1;
+  uint64_t *v = malloc(REPLICATE_TREE_MAX_NODES * sizeof *v);
+  int rc = v ? 0 : -1;
+  for (uint64_t first = 0; !rc && first < at->pages; first += REPLICATE_TREE_MAX_NODES) {
+    uint64_t k = at->pages - first < REPLICATE_TREE_MAX_NODES ? at->pages - first
+                                                              : REPLICATE_TREE_MAX_NODES;
+    replicate_answer_head h;
+    rc = get_tree(&s, false, 0, first, k, v, &h) ? -1 : 0;
+    for (uint64_t i = 0; !rc && i < k; i++)
+      if (v[i] != hashes[first + i] && (*n)++ < cap)
+        bad[*n - 1] = first + i;
+  }
+  free(v);
+  return rc;
+}
+
 static void print_ranges(const compare_args *args, uint64_t seq, bool identical,
                          const index_list *pages)
 {

@@ -236,6 +236,7 @@ typedef struct download {
   uint8_t *page;
   size_t page_have;
   uint64_t pages_added;
+  uint64_t *hashes;     /* [pos.pages]: each page's hash as it came */
   uint64_t offset;      /* bytes of the stream consumed */
   char etag[256];
   char new_etag[256];
@@ -294,6 +295,12 @@ static int on_stream_header(download *d)
     return rc;
   }
   d->total = LOOM_STREAM_HEADER + d->pos.pages * PS;
+  /* Each page's hash as it comes, to say which page a checksum that does
+   * not match comes from (say_where); none for the largest images. */
+  free(d->hashes);
+  d->hashes = d->pos.pages <= (UINT64_C(1) << 26)
+                  ? malloc((size_t)(d->pos.pages ? d->pos.pages : 1) * sizeof *d->hashes)
+                  : NULL;
   if (!d->store &&
       (rc = loom_store_open(d->tmp, LOOM_CREATE, NULL, &d->store)) != 0) {
     snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
@@ -348,7 +355,10 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
     d->page_have += k;
     used += k;
     if (d->page_have == PS) {
-      int rc = loom_patch_add(d->patch, d->pages_added, d->page);
+      uint64_t hash = loom_page_hash(d->pages_added, d->page);
+      if (d->hashes)
+        d->hashes[d->pages_added] = hash;
+      int rc = loom_patch_add_hashed(d->patch, d->pages_added, d->page, hash);
       if (rc) {
         snprintf(d->error, sizeof d->error, "write: %s", loom_strerror(rc));
         d->failed = 1;
@@ -552,6 +562,33 @@ static int install_backup(const char *tmp, const char *out, int quiet)
   return 0;
 }
 
+/* The pages did not sum to the stream's checksum: the source's image does
+ * not match its own checksum. Say where, when the source can tell (its
+ * recorded page hashes at the same position, GET /v1/tree). */
+static void say_where(const download *d, const char *from, const char *token,
+                      const char *ca_file, char *message, size_t cap)
+{
+  uint64_t bad[8];
+  size_t n = 0;
+  int len = snprintf(message, cap, "the image at %s does not match its checksum "
+                     "(epoch %llu, seq %llu): ", from, (unsigned long long)d->pos.epoch,
+                     (unsigned long long)d->pos.seq);
+  if (len < 0 || (size_t)len >= cap)
+    return;
+  if (!d->hashes || cli_tree_find_bad_pages(from, token, ca_file, &d->pos, d->hashes,
+                                            bad, 8, &n) != 0 || n == 0) {
+    snprintf(message + len, cap - (size_t)len, "its image is damaged, or the "
+             "download was altered on the way (it moved on: no page can be named)");
+    return;
+  }
+  for (size_t i = 0; i < n && i < 8; i++)
+    len += snprintf(message + len, cap - (size_t)len, "%spage %llu", i ? ", " : "",
+                    (unsigned long long)bad[i]);
+  snprintf(message + len, cap - (size_t)len, "%s %s not match %s recorded hash "
+           "(its disk changed %s): repair or resync that node", n > 8 ? " and more" : "",
+           n == 1 ? "does" : "do", n == 1 ? "its" : "their", n == 1 ? "it" : "them");
+}
+
 int cli_backup_pull(const char *from, const char *out, const char *token,
                     const char *ca_file, uint64_t retries, int quiet)
 {
@@ -569,7 +606,9 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
     progress_line(&d, 1);
     rc = loom_patch_commit(d.patch); /* checks every page against the checksum */
     d.patch = NULL;
-    if (rc)
+    if (rc == LOOM_EPOSITION)
+      say_where(&d, from, token, ca_file, message, sizeof message);
+    else if (rc)
       snprintf(message, sizeof message, "the backup does not verify: %s", loom_strerror(rc));
   } else if (d.failed) {
     snprintf(message, sizeof message, "%s", d.error);
@@ -578,6 +617,7 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   if (d.patch)
     loom_patch_abort(d.patch);
   free(d.page);
+  free(d.hashes);
   if (!done || rc || close_rc) {
     remove_tree(tmp);
     return cli_fail("backup", "%s", message[0] ? message : loom_strerror(close_rc));

@@ -4,7 +4,8 @@ usage: scrub.py LOOMSHIP [--seed S]
 1. A standby scrubbing every second reports integrity ok with pages
    scrubbed; one bit flipped (seeded, the seed printed) in a page of its
    image file while it runs makes it `corrupt` within seconds, last_error
-   naming that page, and the metrics say so.
+   naming that page, and the metrics say so; a backup pulled from it fails
+   saying the image does not match its checksum at that page.
 2. A primary serving --listen and scrubbing every second, with a bit
    flipped in its image while it saves slowly, stops with exit 1 and a
    message naming the page (the scrubber or the encoder met it first)."""
@@ -58,6 +59,16 @@ def standby_case(loomship, root, rng, log):
         m = r.read().decode()
     if 'loomship_integrity_state{state="corrupt"} 1' not in m:
         problems.append("metrics do not say corrupt")
+    # A backup pulled from it says the image does not match its checksum,
+    # and where.
+    r = systest.subprocess.run([loomship, "backup", "--from", surl, "--out",
+                                os.path.join(root, "backup")], capture_output=True,
+                               timeout=60)
+    err = r.stderr.decode(errors="replace")
+    print("backup: exit %d: %s" % (r.returncode, err.strip()[-300:]))
+    if r.returncode != 1 or "does not match its checksum" not in err or \
+            "page %d " % victim not in err:
+        problems.append("the backup does not name page %d: %s" % (victim, err[-300:]))
     systest.stop(proc)
     return problems
 
