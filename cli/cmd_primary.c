@@ -419,7 +419,8 @@ static const cli_option primary_options[] = {
            "the replication log's size cap"),
     NUMBER("scrub-interval", "SECONDS", scrub_interval, 0, UINT64_C(1) << 32, "86400",
            "with --listen: re-read every image page and check it against its recorded "
-           "hash this often (the first pass at start); a rotted page stops the primary "
+           "hash this often (the first pass after one interval or 10 minutes, whichever "
+           "is shorter); a rotted page stops the primary "
            "(exit 1) before it ships it; 0: never"),
     NUMBER("scrub-mbps", "M", scrub_mbps, 1, 1 << 20, "64",
            "the scrubber reads at most this many MiB a second"),

@@ -81,7 +81,8 @@ static const cli_option standby_options[] = {
     {.name = "scrub-interval", .arg = "SECONDS", .kind = CLI_NUMBER,
      .offset = AT(scrub_interval), .min = 0, .max = UINT64_C(1) << 32, .dflt = "86400",
      .help = "re-read every image page and check it against its recorded hash this "
-             "often (the first pass at start; status \"integrity\"); 0: never"},
+             "often (the first pass after one interval or 10 minutes, whichever is "
+             "shorter; status \"integrity\"); 0: never"},
     {.name = "scrub-mbps", .arg = "M", .kind = CLI_NUMBER, .offset = AT(scrub_mbps),
      .min = 1, .max = 1 << 20, .dflt = "64",
      .help = "the scrubber reads at most this many MiB a second"},

@@ -287,7 +287,9 @@ typedef struct replicate_scrub_options {
   void (*snapshot_close)(void *ctx, loom_snapshot *snap);
   void *ctx;
   double interval_seconds;       /* a full pass starts this often; the
-                                    first at start [86400; < 0: off] */
+                                    first after one interval or 600 s,
+                                    whichever is shorter [86400; < 0:
+                                    off] */
   double mbps;                   /* read cap, MiB/s [64] */
   void (*log)(void *log_ctx, const char *message); /* optional */
   void *log_ctx;
