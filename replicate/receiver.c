@@ -472,6 +472,7 @@ int replicate_receiver_close(replicate_receiver *rx)
   pthread_mutex_destroy(&rx->recv_mu);
   free(rx->pending);
   free(rx->dir);
+  free(rx->rb_pages);
   free(rx);
   return first;
 }

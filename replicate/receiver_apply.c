@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "receiver_internal.h"
@@ -71,22 +72,53 @@ void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
           (unsigned long long)pos->checksum);
 }
 
-/* What the read-back of an apply gave (rx_note_computed). */
-typedef struct rx_readback {
-  bool done;
-  uint64_t checksum, bad_page;
-} rx_readback;
-
-/* Under store_mu, after frame applied (rc 0): read its pages back. */
-static void applier_read_back(replicate_receiver *rx, const replicate_frame *frame,
-                              rx_readback *rb)
+void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
+                       const loom_position *pos)
 {
-  int rc = replicate_frame_readback(frame, rx->store, &rb->checksum,
-                                    &rb->bad_page);
-  rb->done = rc == 0;
-  if (rc)
-    rx_logf(rx, "standby: reading back applied pages: %s",
-            replicate_strerror(rc));
+  uint64_t n = frame->info.page_count;
+  rx->rb_pending = false;
+  if (n > rx->rb_cap) {
+    uint64_t *v = realloc(rx->rb_pages, (size_t)n * sizeof *v);
+    if (!v)
+      return; /* not read back: computed stays where it was */
+    rx->rb_pages = v;
+    rx->rb_cap = (size_t)n;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    replicate_page p;
+    replicate_frame_get_page(frame, i, &p);
+    rx->rb_pages[i] = p.page_number;
+  }
+  rx->rb_len = (size_t)n;
+  rx->rb_pos = *pos;
+  rx->rb_pending = true;
+}
+
+void rx_readback_flush(replicate_receiver *rx, rx_readback *out)
+{
+  out->done = false;
+  out->bad_page = UINT64_MAX;
+  if (!rx->rb_pending)
+    return;
+  rx->rb_pending = false;
+  loom_position now;
+  loom_store_position(rx->store, &now);
+  if (!loom_position_same(&now, &rx->rb_pos))
+    return; /* a base image or a promotion came between */
+  int rc = replicate_pages_readback(rx->store, rx->rb_pages, rx->rb_len,
+                                    &out->checksum, &out->bad_page);
+  if (rc) {
+    rx_logf(rx, "standby: reading back applied pages: %s", replicate_strerror(rc));
+    return;
+  }
+  out->done = true;
+  out->pos = now;
+}
+
+void rx_note_readback(replicate_receiver *rx, const rx_readback *rb)
+{
+  if (rb->done)
+    rx_note_computed(rx, &rb->pos, true, rb->checksum, rb->bad_page);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -188,8 +220,10 @@ static void applier_idle_sync(replicate_receiver *rx)
   rx->applier_busy = true;
   uint64_t keep_from = rx->applied.seq + 1;
   pthread_mutex_unlock(&rx->mu);
+  rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
   int rc = loom_store_sync(rx->store);
+  rx_readback_flush(rx, &rb);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc)
     rx_logf(rx, "standby: syncing the image: %s", loom_strerror(rc));
@@ -198,6 +232,7 @@ static void applier_idle_sync(replicate_receiver *rx)
     rx_logf(rx, "standby: trimming the receive log: %s",
             replicate_strerror(rc));
   pthread_mutex_lock(&rx->mu);
+  rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   pthread_cond_broadcast(&rx->cond);
 }
@@ -205,11 +240,9 @@ static void applier_idle_sync(replicate_receiver *rx)
 /* Under mu: applied moved to pos (rc 0, or REPLICATE_EDUPLICATE). */
 static void applier_applied(replicate_receiver *rx, int rc,
                             const loom_position *pos, uint64_t applied_before,
-                            const rx_readback *rb, unsigned *since_retain)
+                            unsigned *since_retain)
 {
   rx->applied = *pos;
-  if (rc == 0)
-    rx_note_computed(rx, pos, rb->done, rb->checksum, rb->bad_page);
   rx_pending_pop_through(rx, pos->seq);
   if (rc == 0 && pos->seq > applied_before) {
     rx->frames_applied += pos->seq - applied_before;
@@ -286,29 +319,32 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   loom_position pos;
   uint64_t merged_through = next;
   int rc = applier_take(rx, next, last, buf, &frame, &merged_through);
-  rx_readback rb = {.bad_page = UINT64_MAX};
+  rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
+  rx_readback_flush(rx, &rb); /* the previous apply's pages */
   if (rc == 0)
     rc = replicate_frame_apply(&frame, rx->store);
-  if (rc == 0)
-    applier_read_back(rx, &frame, &rb);
   loom_store_position(rx->store, &pos);
+  if (rc == 0)
+    rx_readback_defer(rx, &frame, &pos);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc != 0 && merged_through > next &&
       apply_error_kind_of(rc) == APPLY_BAD_FRAME) {
     /* Which of the merged frames is bad? Take them one at a time. */
     rx->single_through = merged_through;
     pthread_mutex_lock(&rx->mu);
+    rx_note_readback(rx, &rb);
     rx->applier_busy = false;
     pthread_cond_broadcast(&rx->cond); /* a base upload may wait for it */
     return true;
   }
 
   pthread_mutex_lock(&rx->mu);
+  rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   bool go_on = true;
   if (rc == 0 || rc == REPLICATE_EDUPLICATE)
-    applier_applied(rx, rc, &pos, applied_before, &rb, since_retain);
+    applier_applied(rx, rc, &pos, applied_before, since_retain);
   else
     go_on = applier_failed(rx, rc, next);
   pthread_cond_broadcast(&rx->cond);
@@ -349,14 +385,11 @@ void *rx_applier_main(void *arg)
 static void coalesced_outcome(replicate_receiver *rx,
                               const replicate_frame *frame, size_t len, int rc,
                               const loom_position *pos,
-                              const rx_readback *rb,
                               replicate_recv_outcome *out)
 {
   replicate_recv_result r;
   if (rc == 0 || rc == REPLICATE_EDUPLICATE) {
     rx->applied = *pos;
-    if (rc == 0)
-      rx_note_computed(rx, pos, rb->done, rb->checksum, rb->bad_page);
     rx->received = *pos;
     rx_pending_clear(rx);
     rx->need_sync = true;
@@ -406,17 +439,19 @@ void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
   }
 
   loom_position pos;
-  rx_readback rb = {.bad_page = UINT64_MAX};
+  rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
+  rx_readback_flush(rx, &rb);
   int rc = replicate_frame_apply(frame, rx->store);
-  if (rc == 0)
-    applier_read_back(rx, frame, &rb);
   loom_store_position(rx->store, &pos);
+  if (rc == 0)
+    rx_readback_defer(rx, frame, &pos);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc == 0)
     rx_log_reset(rx); /* the log's chain is broken by the merged frame */
 
   pthread_mutex_lock(&rx->mu);
-  coalesced_outcome(rx, frame, len, rc, &pos, &rb, out);
+  rx_note_readback(rx, &rb);
+  coalesced_outcome(rx, frame, len, rc, &pos, out);
   pthread_mutex_unlock(&rx->mu);
 }

@@ -601,6 +601,10 @@ int replicate_frame_apply(const replicate_frame *frame, loom_store *store);
  */
 int replicate_frame_readback(const replicate_frame *frame, loom_store *store,
                              uint64_t *checksum, uint64_t *bad_page);
+/* The same for pages[0, count) written by the store's last commit. */
+int replicate_pages_readback(loom_store *store, const uint64_t *pages,
+                             uint64_t count, uint64_t *checksum,
+                             uint64_t *bad_page);
 
 /* ---------------------------------------------------------------------- */
 /* Coalescing */
