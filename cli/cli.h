@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "loom.h"
+
 /*
  * Options: each subcommand declares a table of its options (name, value,
  * help text, default) and an argument struct; options.c parses argv into
@@ -57,6 +59,9 @@ typedef struct cli_command {
   const cli_option *options;
   const char *positional;     /* its one positional argument ("URL"), or NULL */
   size_t positional_offset;   /* where that goes (a const char *) */
+  const char *positional2;    /* a second one, required too ("URL"), or
+                                 NULL */
+  size_t positional2_offset;
   size_t args_size;
   int (*run)(void *args);
 } cli_command;
@@ -129,5 +134,16 @@ extern const cli_command cmd_node, cmd_switchover;
 extern const cli_command cmd_cluster;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
+extern const cli_command cmd_compare;
+
+/* Which pages of the image at url, at position at, do not hash to
+ * hashes[0, at->pages) (what a download of it gave): the node's recorded
+ * page hashes (GET /v1/tree level 0) are compared with them. 0 with the
+ * first min(*n, cap) page numbers in bad and their count in *n; -1 when
+ * the node cannot tell (not at that position any more, unreachable; an
+ * error line may have been printed). */
+int cli_tree_find_bad_pages(const char *url, const char *token, const char *ca_file,
+                            const loom_position *at, const uint64_t *hashes,
+                            uint64_t *bad, size_t cap, size_t *n);
 
 #endif

@@ -167,6 +167,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .token_len = cfg->token ? strlen(cfg->token) : 0,
         .tls_cert_file = cfg->tls_cert,
         .tls_key_file = cfg->tls_key,
+        .scrub_interval_seconds = cfg->scrub_interval_seconds,
+        .scrub_mbps = cfg->scrub_mbps,
         .log = cfg->quiet ? NULL : cli_log,
         .log_ctx = (void *)cfg->who,
         .cluster = cfg->cluster,
@@ -279,6 +281,19 @@ static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
   return PRIMARY_EXIT_FENCED;
 }
 
+/* The scrubber found a page that does not match its recorded hash: say
+ * which, and stop before a save or a base image ships it (DESIGN 8). */
+static bool image_rotted(primary_node *n)
+{
+  replicate_scrub_status in;
+  http_server_integrity(n->server, &in);
+  if (in.state != REPLICATE_INTEGRITY_CORRUPT)
+    return false;
+  cli_fail("primary", "%s: stopping rather than ship it; promote a standby, which "
+           "holds the page as committed, or restore this directory", in.last_error);
+  return true;
+}
+
 /* The workload: a save every 1/rate s until --saves or a stop signal.
  * Returns 0, PRIMARY_EXIT_FENCED or 1 (an error, said). */
 static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
@@ -303,6 +318,8 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       next = loom_mono_s(); /* fell behind: do not burst */
     if (node_fenced(n))
       return wait_fenced(n, stop, saves);
+    if (image_rotted(n))
+      return 1;
     int rc = primary_step(n);
     if (rc == 0) {
       faultio_note_ack(&n->committed);
@@ -336,7 +353,7 @@ typedef struct primary_args {
   size_t standby_count;
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
-      log_max_mb, level;
+      log_max_mb, level, scrub_interval, scrub_mbps;
 } primary_args;
 
 static int add_standby(const char *cmd, const char *url, void *args)
@@ -393,6 +410,13 @@ static const cli_option primary_options[] = {
     NUMBER("level", "L", level, 1, 19, "1", "the frames' zstd compression level"),
     NUMBER("log-max-mb", "MB", log_max_mb, 1, 1048576, "the replication log's own, 1024",
            "the replication log's size cap"),
+    NUMBER("scrub-interval", "SECONDS", scrub_interval, 0, UINT64_C(1) << 32, "86400",
+           "with --listen: re-read every image page and check it against its recorded "
+           "hash this often (the first pass after one interval or 10 minutes, whichever "
+           "is shorter); a rotted page stops the primary "
+           "(exit 1) before it ships it; 0: never"),
+    NUMBER("scrub-mbps", "M", scrub_mbps, 1, 1 << 20, "64",
+           "the scrubber reads at most this many MiB a second"),
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
     {0},
@@ -411,7 +435,9 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
       .ca_file = a->ca_file, .sync_count = (unsigned)a->sync,
       .sync_timeout_seconds = (double)a->sync_timeout, .sync_degrade = a->sync_degrade,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
-      .tls_cert = a->tls_cert, .tls_key = a->tls_key};
+      .tls_cert = a->tls_cert, .tls_key = a->tls_key,
+      .scrub_interval_seconds = (double)a->scrub_interval,
+      .scrub_mbps = (double)a->scrub_mbps};
   if (cfg->sync_count > cfg->standby_count)
     return cli_usage_error(&cmd_primary, "--sync %u needs as many --standby",
                            cfg->sync_count);

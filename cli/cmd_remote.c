@@ -229,6 +229,7 @@ typedef struct download {
   loom_store *store;
   loom_patch *patch;
   replicate_stream_reader stream;
+  uint64_t *hashes;     /* [pages]: each page's hash as it came */
   uint64_t offset;      /* bytes of the stream consumed */
   char etag[256];
   char new_etag[256];
@@ -284,6 +285,12 @@ static int on_stream_header(download *d)
   const loom_position *pos = &d->stream.position;
   int rc;
   d->total = replicate_stream_length(pos);
+  /* Each page's hash as it comes, to say which page a checksum that does
+   * not match comes from (say_where); none for the largest images. */
+  free(d->hashes);
+  d->hashes = pos->pages <= (UINT64_C(1) << 26)
+                  ? malloc((size_t)(pos->pages ? pos->pages : 1) * sizeof *d->hashes)
+                  : NULL;
   if (!d->store &&
       (rc = loom_store_open(d->tmp, LOOM_CREATE, NULL, &d->store)) != 0) {
     snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
@@ -322,11 +329,15 @@ static int on_stream_event(download *d, replicate_stream_event ev)
     rc = d->stream.header_rc;
     snprintf(d->error, sizeof d->error, "the backup stream's header: %s", loom_strerror(rc));
     break;
-  case REPLICATE_STREAM_PAGE:
-    rc = loom_patch_add(d->patch, d->stream.pages - 1, d->stream.page);
+  case REPLICATE_STREAM_PAGE: {
+    uint64_t n = d->stream.pages - 1, hash = loom_page_hash(n, d->stream.page);
+    if (d->hashes)
+      d->hashes[n] = hash;
+    rc = loom_patch_add_hashed(d->patch, n, d->stream.page, hash);
     if (rc)
       snprintf(d->error, sizeof d->error, "write: %s", loom_strerror(rc));
     break;
+  }
   case REPLICATE_STREAM_TRAILING:
     rc = EINVAL;
     snprintf(d->error, sizeof d->error, "the stream is longer than its header says");
@@ -541,6 +552,33 @@ static int install_backup(const char *tmp, const char *out, int quiet)
   return 0;
 }
 
+/* The pages did not sum to the stream's checksum: the source's image does
+ * not match its own checksum. Say where, when the source can tell (its
+ * recorded page hashes at the same position, GET /v1/tree). */
+static void say_where(const download *d, const char *from, const char *token,
+                      const char *ca_file, char *message, size_t cap)
+{
+  uint64_t bad[8];
+  size_t n = 0;
+  int len = snprintf(message, cap, "the image at %s does not match its checksum "
+                     "(epoch %llu, seq %llu): ", from, (unsigned long long)d->stream.position.epoch,
+                     (unsigned long long)d->stream.position.seq);
+  if (len < 0 || (size_t)len >= cap)
+    return;
+  if (!d->hashes || cli_tree_find_bad_pages(from, token, ca_file, &d->stream.position, d->hashes,
+                                            bad, 8, &n) != 0 || n == 0) {
+    snprintf(message + len, cap - (size_t)len, "its image is damaged, or the "
+             "download was altered on the way (it moved on: no page can be named)");
+    return;
+  }
+  for (size_t i = 0; i < n && i < 8; i++)
+    len += snprintf(message + len, cap - (size_t)len, "%spage %llu", i ? ", " : "",
+                    (unsigned long long)bad[i]);
+  snprintf(message + len, cap - (size_t)len, "%s %s not match %s recorded hash "
+           "(its disk changed %s): repair or resync that node", n > 8 ? " and more" : "",
+           n == 1 ? "does" : "do", n == 1 ? "its" : "their", n == 1 ? "it" : "them");
+}
+
 int cli_backup_pull(const char *from, const char *out, const char *token,
                     const char *ca_file, uint64_t retries, int quiet)
 {
@@ -559,7 +597,9 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
     progress_line(&d, 1);
     rc = loom_patch_commit(d.patch); /* checks every page against the checksum */
     d.patch = NULL;
-    if (rc)
+    if (rc == LOOM_EPOSITION)
+      say_where(&d, from, token, ca_file, message, sizeof message);
+    else if (rc)
       snprintf(message, sizeof message, "the backup does not verify: %s", loom_strerror(rc));
   } else if (d.failed) {
     snprintf(message, sizeof message, "%s", d.error);
@@ -568,6 +608,7 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   if (d.patch)
     loom_patch_abort(d.patch);
   replicate_stream_reader_free(&d.stream);
+  free(d.hashes);
   if (!done || rc || close_rc) {
     remove_tree(tmp);
     return cli_fail("backup", "%s", message[0] ? message : loom_strerror(close_rc));

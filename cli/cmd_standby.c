@@ -54,6 +54,7 @@ void cli_block_stop_signals(sigset_t *set)
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
   uint64_t ready_lag_ms, promote_max_lag;
+  uint64_t scrub_interval, scrub_mbps;
 } standby_args;
 
 #define AT(field) offsetof(standby_args, field)
@@ -77,6 +78,14 @@ static const cli_option standby_options[] = {
      .offset = AT(promote_max_lag), .min = 1, .max = UINT64_MAX, .dflt = "100",
      .help = "promotion is refused (unless forced) more than this many frames behind "
              "the primary seq last heard"},
+    {.name = "scrub-interval", .arg = "SECONDS", .kind = CLI_NUMBER,
+     .offset = AT(scrub_interval), .min = 0, .max = UINT64_C(1) << 32, .dflt = "86400",
+     .help = "re-read every image page and check it against its recorded hash this "
+             "often (the first pass after one interval or 10 minutes, whichever is "
+             "shorter; status \"integrity\"); 0: never"},
+    {.name = "scrub-mbps", .arg = "M", .kind = CLI_NUMBER, .offset = AT(scrub_mbps),
+     .min = 1, .max = 1 << 20, .dflt = "64",
+     .help = "the scrubber reads at most this many MiB a second"},
     {.name = "resync-from", .arg = "URL", .kind = CLI_TEXT, .offset = AT(resync_from),
      .dflt = "none",
      .help = "at start, replace DIR with a verified backup pulled from URL (a primary's or "
@@ -158,6 +167,8 @@ static int run_standby(void *args)
       .tls_key_file = key,
       .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
       .promote_max_lag = a->promote_max_lag,
+      .scrub_interval_seconds = (double)a->scrub_interval,
+      .scrub_mbps = (double)a->scrub_mbps,
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };

@@ -23,7 +23,9 @@ static struct {
   const char *count_path;
   int trace_fd;              /* -1: no trace */
   char *fd_names[NAMED_FDS];
-} hook = {.lock = PTHREAD_MUTEX_INITIALIZER, .trace_fd = -1};
+  uint64_t flip_page;        /* UINT64_MAX: no page of "image" is flipped */
+} hook = {.lock = PTHREAD_MUTEX_INITIALIZER, .trace_fd = -1,
+           .flip_page = UINT64_MAX};
 
 static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
 static const loom_io *hook_io;  /* NULL: the hook is off */
@@ -94,7 +96,7 @@ static int f_open(void *ctx, int dirfd, const char *name, int flags, mode_t mode
   (void)ctx;
   before(LOOM_IO_OPEN, -1, name);
   int fd = hook.inner->open(hook.inner->ctx, dirfd, name, flags, mode);
-  if (fd >= 0 && hook.trace_fd >= 0)
+  if (fd >= 0 && (hook.trace_fd >= 0 || hook.flip_page != UINT64_MAX))
     remember_fd(fd, name);
   return fd;
 }
@@ -106,10 +108,33 @@ static ssize_t f_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
   return hook.inner->pread(hook.inner->ctx, fd, buf, len, off);
 }
 
+/* LOOMSHIP_FLIP_IMAGE_PAGE: a write to "image" that covers the first
+ * byte of the chosen page lands with that byte's lowest bit flipped (a
+ * disk that returns success and stores something else). */
+static ssize_t flip_write(int fd, const void *buf, size_t len, off_t off)
+{
+  uint64_t at = hook.flip_page * LOOM_PAGE_SIZE;
+  pthread_mutex_lock(&hook.lock);
+  bool image = !strcmp(fd_name(fd), "image");
+  pthread_mutex_unlock(&hook.lock);
+  if (!image || at < (uint64_t)off || at >= (uint64_t)off + len)
+    return hook.inner->pwrite(hook.inner->ctx, fd, buf, len, off);
+  uint8_t *copy = malloc(len);
+  if (!copy)
+    return -ENOMEM;
+  memcpy(copy, buf, len);
+  copy[at - (uint64_t)off] ^= 1;
+  ssize_t n = hook.inner->pwrite(hook.inner->ctx, fd, copy, len, off);
+  free(copy);
+  return n;
+}
+
 static ssize_t f_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t off)
 {
   (void)ctx;
   before(LOOM_IO_PWRITE, fd, NULL);
+  if (hook.flip_page != UINT64_MAX)
+    return flip_write(fd, buf, len, off);
   return hook.inner->pwrite(hook.inner->ctx, fd, buf, len, off);
 }
 
@@ -236,8 +261,19 @@ static void setup(void)
 {
   const char *at = getenv("LOOMSHIP_CRASH_AT"), *ops = getenv("LOOMSHIP_CRASH_OP");
   const char *count = getenv("LOOMSHIP_CRASH_COUNT"), *trace = getenv("LOOMSHIP_CRASH_TRACE");
-  if (!at && !ops && !count && !trace)
+  const char *flip = getenv("LOOMSHIP_FLIP_IMAGE_PAGE");
+  if (!at && !ops && !count && !trace && !flip)
     return;
+  if (flip) {
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(flip, &end, 10);
+    if (errno || end == flip || *end || n == UINT64_MAX) {
+      fprintf(stderr, "loomship: LOOMSHIP_FLIP_IMAGE_PAGE must be a page number (hook off)\n");
+      return;
+    }
+    hook.flip_page = n;
+  }
   if (at) {
     char *end;
     errno = 0;

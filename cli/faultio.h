@@ -19,12 +19,16 @@
  *   LOOMSHIP_CRASH_TRACE=F   append one line per counted operation to F
  *                            ("K op file"), written before the operation
  *                            runs (and before the kill), unbuffered
+ *   LOOMSHIP_FLIP_IMAGE_PAGE=N  every write to the store's image file that
+ *                            covers page N's first byte stores it with its
+ *                            lowest bit flipped (a disk that stores
+ *                            something else than it was given)
  *   LOOMSHIP_ACK_LOG=F       faultio_note_ack() appends "seq S checksum C"
  *                            to F, unbuffered, for every save the primary
  *                            saw succeed (in --sync mode: acknowledged by
  *                            the standbys)
  *
- * With none of the first four set, faultio_from_env() returns NULL and the
+ * With none of the first five set, faultio_from_env() returns NULL and the
  * callers use the default POSIX loom_io: nothing is wrapped or counted.
  * A malformed value is reported on stderr and the hook stays off.
  *

@@ -10,6 +10,7 @@ static const cli_command *const commands[] = {
     &cmd_demo, &cmd_standby, &cmd_primary, &cmd_backup, &cmd_status, &cmd_inspect, &cmd_verify, &cmd_promote,
     &cmd_node, &cmd_switchover,
     &cmd_cluster,
+    &cmd_compare,
 };
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 

@@ -44,6 +44,8 @@ static void usage_line(const cli_command *c, FILE *out)
   fprintf(out, "usage: loomship %s", c->name);
   if (c->positional)
     fprintf(out, " %s", c->positional);
+  if (c->positional2)
+    fprintf(out, " %s", c->positional2);
   for (const cli_option *o = c->options; o->name; o++)
     if (o->required)
       fprintf(out, " --%s %s", o->name, o->arg);
@@ -220,13 +222,17 @@ static int parse_options(const cli_command *c, int argc, char **argv, void *args
 static int check_arguments(const cli_command *c, int argc, char **argv, void *args)
 {
   int rest = argc - optind;
+  int wanted = (c->positional ? 1 : 0) + (c->positional2 ? 1 : 0);
   if (c->positional && rest == 0)
     return cli_usage_error(c, "%s is missing", c->positional);
-  if (rest > (c->positional ? 1 : 0))
-    return cli_usage_error(c, "unexpected argument '%s'",
-                           argv[optind + (c->positional ? 1 : 0)]);
+  if (c->positional2 && rest == 1)
+    return cli_usage_error(c, "a second %s is missing", c->positional2);
+  if (rest > wanted)
+    return cli_usage_error(c, "unexpected argument '%s'", argv[optind + wanted]);
   if (c->positional)
     *(const char **)((char *)args + c->positional_offset) = argv[optind];
+  if (c->positional2)
+    *(const char **)((char *)args + c->positional2_offset) = argv[optind + 1];
   for (const cli_option *o = c->options; o->name; o++)
     if (o->required && !*(const char **)((char *)args + o->offset))
       return cli_usage_error(c, "--%s %s is required", o->name, o->arg);

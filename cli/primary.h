@@ -35,6 +35,8 @@ typedef struct primary_config {
                                    leader); with it, no --standby needed */
   const void *cluster;          /* a cluster member's http_cluster_source
                                    for the server, or NULL */
+  double scrub_interval_seconds;/* the scrubber (needs listen_host): 0 off */
+  double scrub_mbps;
 } primary_config;
 
 typedef struct primary_node {

@@ -378,6 +378,32 @@ int loom_snapshot_read(loom_snapshot *snap, uint64_t off, void *buf, size_t len)
 void loom_snapshot_close(loom_snapshot *snap);
 
 /*
+ * The page-hash tree (DESIGN section 8; layout and hashes in
+ * docs/INTEGRITY.md). Level 0 is the recorded hash of every image page;
+ * node i of level l >= 1 is loom_tree_node_hash(l, children) over nodes
+ * [i * F, (i + 1) * F) of level l - 1 (fewer at the end), F =
+ * LOOM_TREE_FANOUT; node i of level l covers pages [i * F^l, (i + 1) * F^l).
+ * The store keeps it at the image file's position, updated by each apply
+ * along the paths of the commit's pages, and a snapshot a copy taken as it
+ * opens: two nodes compare their trees top down and find the pages that
+ * differ in a few round trips.
+ *
+ *   loom_tree_nodes        nodes of level on an image of pages pages
+ *   loom_tree_node_hash    the hash of a level's node from its children
+ *                          (count <= LOOM_TREE_FANOUT)
+ *   loom_snapshot_tree     nodes [first, first + count) of level of the
+ *                          snapshot's tree into out: 0, LOOM_EINVAL (out
+ *                          of range), ENOMEM (the tree could not be kept)
+ */
+#define LOOM_TREE_FANOUT 64u
+#define LOOM_TREE_LEVELS 6u
+uint64_t loom_tree_nodes(uint64_t pages, unsigned level);
+uint64_t loom_tree_node_hash(unsigned level, const uint64_t *children,
+                             uint64_t count);
+int loom_snapshot_tree(const loom_snapshot *snap, unsigned level,
+                       uint64_t first, uint64_t count, uint64_t *out);
+
+/*
  * The image stream: one image at one position as a byte stream, what
  * GET /v1/backup serves and PUT /v1/base takes (docs/FORMAT.md):
  * a LOOM_STREAM_HEADER-byte header, then the pages in order.

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "loom.h"
@@ -82,6 +83,9 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
   if (!rc) {
     snap->pos = s->image_pos;
     snap->lineage = s->image_lineage;
+    /* The tree as of this position; one that cannot be copied leaves the
+     * snapshot without a tree (loom_snapshot_tree says so), not failed. */
+    (void)store_tree_copy(&snap->tree, &s->tree);
     snap->preserved = calloc((size_t)(snap->pos.pages + 63) / 64 + 1, sizeof(uint64_t));
     if (!snap->preserved)
       rc = ENOMEM;
@@ -93,6 +97,7 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
     if (snap->side_fd >= 0)
       close(snap->side_fd);
     free(snap->preserved);
+    store_tree_free(&snap->tree);
     free(snap);
     return rc;
   }
@@ -149,5 +154,21 @@ void loom_snapshot_close(loom_snapshot *snap)
   pthread_mutex_unlock(&s->snap_lock);
   close(snap->side_fd);
   free(snap->preserved);
+  store_tree_free(&snap->tree);
   free(snap);
+}
+
+int loom_snapshot_tree(const loom_snapshot *snap, unsigned level,
+                       uint64_t first, uint64_t count, uint64_t *out)
+{
+  if (!snap || (!out && count))
+    return LOOM_EINVAL;
+  if (snap->tree.error)
+    return snap->tree.error;
+  uint64_t nodes = loom_tree_nodes(snap->tree.pages, level);
+  if (level >= LOOM_TREE_LEVELS || first > nodes || count > nodes - first)
+    return LOOM_EINVAL;
+  if (count)
+    memcpy(out, snap->tree.level[level] + first, (size_t)count * sizeof *out);
+  return 0;
 }

@@ -619,8 +619,11 @@ static int apply_pages(loom_store *s, const loom_patch *p)
 {
   pthread_mutex_lock(&s->snap_lock);
   int rc = apply_pages_locked(s, p);
-  if (!rc)
+  if (!rc) {
     s->image_pos = p->header.after;
+    store_tree_update(&s->tree, p->header.after.pages, p->page_numbers,
+                      p->new_hashes, p->header.page_count, store_zero_hash);
+  }
   else
     s->image_broken = rc; /* no snapshot may open over a half-applied image */
   pthread_mutex_unlock(&s->snap_lock);
@@ -1020,6 +1023,7 @@ void store_free(loom_store *s)
   store_close_fd(s, &s->dirfd);
   free(s->hashes);
   free(s->staging);
+  store_tree_free(&s->tree);
   pthread_mutex_destroy(&s->snap_lock);
   free(s);
 }
@@ -1398,6 +1402,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     rc = settle(s, dir, readonly, create);
   s->image_pos = s->pos;
   s->image_lineage = s->lineage;
+  if (!rc && !readonly) /* no tree: the store is usable, snapshots say so */
+    (void)store_tree_build(&s->tree, s->hashes, s->pos.pages);
   if (!rc && !readonly) {
     s->positions_fd = positions_open(s->dirfd);
     positions_note(s->positions_fd, &s->pos);

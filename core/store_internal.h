@@ -7,6 +7,7 @@
 
 #include "loom.h"
 #include "loom_io.h"
+#include "tree.h"
 #include <pthread.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -48,6 +49,7 @@ struct loom_store {
   loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
   loom_position image_pos; /* the position the image file's pages are at */
   loom_lineage image_lineage; /* the lineage snapshots carry (snap_lock) */
+  store_tree tree;         /* over the image at image_pos (snap_lock) */
   uint64_t patch_bytes;    /* the patch file's length, as far as we know */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
@@ -58,6 +60,7 @@ struct loom_snapshot {
   loom_lineage lineage;
   int error;               /* a page could not be preserved: reads fail */
   int side_fd;             /* old versions of pages changed since open */
+  store_tree tree;         /* the store's, copied at open */
   uint64_t *preserved;     /* bitmap over [0, pos.pages): in side_fd */
 };
 

@@ -57,6 +57,7 @@ static const char *const endpoint_paths[HTTP_EP_COUNT] = {
     [HTTP_EP_PROMOTE] = "/v1/promote", [HTTP_EP_BACKUP] = "/v1/backup",
     [HTTP_EP_STATUS] = "/v1/status",   [HTTP_EP_METRICS] = "/metrics",
     [HTTP_EP_HEALTHZ] = "/healthz",    [HTTP_EP_READYZ] = "/readyz",
+    [HTTP_EP_TREE] = "/v1/tree",       [HTTP_EP_PAGES] = "/v1/pages",
     [HTTP_EP_OTHER] = "other",
 };
 
@@ -110,6 +111,8 @@ static const char *allowed_methods(http_endpoint ep)
   case HTTP_EP_METRICS:
   case HTTP_EP_HEALTHZ:
   case HTTP_EP_READYZ:
+  case HTTP_EP_TREE:
+  case HTTP_EP_PAGES:
     return "GET, HEAD";
   case HTTP_EP_OTHER:
   case HTTP_EP_COUNT:
@@ -129,7 +132,8 @@ static bool method_allowed(http_endpoint ep, const char *method)
 static bool needs_token(http_endpoint ep)
 {
   return ep == HTTP_EP_FRAMES || ep == HTTP_EP_BASE ||
-         ep == HTTP_EP_PROMOTE || ep == HTTP_EP_BACKUP;
+         ep == HTTP_EP_PROMOTE || ep == HTTP_EP_BACKUP ||
+         ep == HTTP_EP_TREE || ep == HTTP_EP_PAGES;
 }
 
 static void client_address(struct MHD_Connection *conn, char *out, size_t n)
@@ -698,6 +702,38 @@ static enum MHD_Result answer_backup(http_server *s,
   return result;
 }
 
+/* GET /v1/tree and /v1/pages (integrity.c): binary answers, or a JSON
+ * refusal. */
+static enum MHD_Result answer_integrity(http_server *s,
+                                        struct MHD_Connection *conn, request *r)
+{
+  static const char *const keys[] = {"seq", "level", "first", "count", "pages"};
+  const char *v[5];
+  for (int i = 0; i < 5; i++)
+    v[i] = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, keys[i]);
+  http_integrity_query q = {v[0], v[1], v[2], v[3], v[4]};
+  http_reply reply = {0};
+  uint8_t *body = NULL;
+  size_t len = 0;
+  unsigned status = r->ep == HTTP_EP_TREE
+                        ? http_integrity_tree(s->integrity, &q, &reply, &body, &len)
+                        : http_integrity_pages(s->integrity, &q, &reply, &body, &len);
+  if (!body)
+    return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
+  struct MHD_Response *resp =
+      MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(body);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                          "application/octet-stream");
+  enum MHD_Result result = MHD_queue_response(conn, status, resp);
+  MHD_destroy_response(resp);
+  http_server_count(s, r->ep, status);
+  return result;
+}
+
 static enum MHD_Result answer_status(http_server *s,
                                      struct MHD_Connection *conn, request *r)
 {
@@ -742,6 +778,7 @@ static const endpoint_handler handlers[HTTP_EP_COUNT] = {
     [HTTP_EP_PROMOTE] = answer_promote, [HTTP_EP_BACKUP] = answer_backup,
     [HTTP_EP_STATUS] = answer_status,   [HTTP_EP_METRICS] = answer_metrics,
     [HTTP_EP_HEALTHZ] = answer_healthz, [HTTP_EP_READYZ] = answer_readyz,
+    [HTTP_EP_TREE] = answer_integrity,  [HTTP_EP_PAGES] = answer_integrity,
     [HTTP_EP_OTHER] = answer_unknown,
 };
 

@@ -101,6 +101,28 @@ static double seconds_of(int64_t ns) { return (double)ns / 1e9; }
 /* ---------------------------------------------------------------------- */
 /* The metrics, one builder per part */
 
+/* The scrubber's findings (DESIGN section 8). */
+static void integrity_metrics(textbuf *t, const replicate_scrub_status *in)
+{
+  tb_head(t, "loomship_integrity_state", "gauge",
+          "1 for the image's integrity state (ok, repairing, corrupt).");
+  for (int k = REPLICATE_INTEGRITY_OK; k <= REPLICATE_INTEGRITY_CORRUPT; k++)
+    tb_printf(t, "loomship_integrity_state{state=\"%s\"} %d\n",
+              replicate_integrity_state_name((replicate_integrity_state)k),
+              in->state == (replicate_integrity_state)k);
+  counter_u(t, "loomship_scrub_pages_total", "Image pages the scrubber checked.",
+            in->pages_scrubbed);
+  counter_u(t, "loomship_scrub_bad_pages_total",
+            "Pages the scrubber found not matching their recorded hash.",
+            in->bad_pages);
+  counter_u(t, "loomship_integrity_repaired_pages_total",
+            "Pages fetched again and repaired.", in->pages_repaired);
+  tb_head(t, "loomship_scrub_last_pass_time_seconds", "gauge",
+          "When the last full scrub pass ended (0: none yet).");
+  tb_printf(t, "loomship_scrub_last_pass_time_seconds %.3f\n",
+            (double)in->last_scrub_at_ns / 1e9);
+}
+
 /* One series per peer (label url) for each figure, and its state. */
 static void peer_metrics(textbuf *t, const http_figures *f)
 {
@@ -126,6 +148,12 @@ static void peer_metrics(textbuf *t, const http_figures *f)
        "Base images the standby acknowledged."},
       {"loomship_standby_last_error_time_seconds", "gauge",
        "When the last error with the standby happened (0: none)."},
+      {"loomship_standby_verified_seq", "gauge",
+       "Highest seq at which the checksum the standby computed from its "
+       "image equalled this primary's."},
+      {"loomship_standby_checksum_mismatches_total", "counter",
+       "Answers whose computed image checksum differed from this primary's "
+       "(each makes the standby diverged)."},
   };
   for (size_t m = 0; m < sizeof per / sizeof per[0]; m++) {
     tb_head(t, per[m].name, per[m].type, per[m].help);
@@ -144,7 +172,9 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       case 6: v = (double)p->bytes_raw; break;
       case 7: v = (double)p->bytes_wire; break;
       case 8: v = (double)p->base_images_sent; break;
-      default: v = seconds_of(p->last_error_at_ns); break;
+      case 9: v = seconds_of(p->last_error_at_ns); break;
+      case 10: v = (double)p->verified_seq; break;
+      default: v = (double)p->checksum_mismatches; break;
       }
       tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
     }
@@ -260,6 +290,7 @@ static void counter_metrics(textbuf *t, const http_figures *f)
             f->backup.started);
   counter_u(t, "loomship_backup_sent_bytes_total",
             "Bytes of backup image streams sent.", f->backup.bytes_sent);
+  integrity_metrics(t, &f->integrity);
   gauge_u(t, "loomship_http_uploads_in_progress",
           "Frame and base uploads in progress.", f->uploads);
   counter_u(t, "loomship_http_auth_failures_total",

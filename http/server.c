@@ -145,7 +145,43 @@ static void snapshot_close(void *ctx, loom_snapshot *snap)
 static int backups_create(http_server *s)
 {
   http_backup_source source = {s, snapshot_open, snapshot_close};
-  return http_backups_create(&source, &s->backups);
+  int rc = http_backups_create(&source, &s->backups);
+  if (rc == 0)
+    rc = http_integrity_create(&source, &s->integrity);
+  return rc;
+}
+
+static void scrub_log(void *ctx, const char *message)
+{
+  http_server *s = ctx;
+  if (s->logger.fn)
+    s->logger.fn(s->logger.ctx, message);
+}
+
+static int scrubber_start(http_server *s, const http_server_options *opt)
+{
+  if (opt->scrub_interval_seconds <= 0)
+    return 0;
+  replicate_scrub_options so = {.snapshot_open = snapshot_open,
+                                .snapshot_close = snapshot_close, .ctx = s,
+                                .interval_seconds = opt->scrub_interval_seconds,
+                                .mbps = opt->scrub_mbps, .log = scrub_log,
+                                .log_ctx = s};
+  return replicate_scrubber_start(&so, &s->scrubber);
+}
+
+void http_server_integrity(http_server *s, replicate_scrub_status *out)
+{
+  replicate_scrubber_status(s ? s->scrubber : NULL, out);
+}
+
+/* The pinned snapshot and the scrubber's go before the store they read. */
+static void integrity_stop(http_server *s)
+{
+  replicate_scrubber_stop(s->scrubber);
+  s->scrubber = NULL;
+  http_integrity_free(s->integrity);
+  s->integrity = NULL;
 }
 
 static void server_free(http_server *s)
@@ -161,6 +197,7 @@ static void server_free(http_server *s)
   free(s->tls_cert);
   http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
+  integrity_stop(s);
   http_backups_free(s->backups);
   free(s);
 }
@@ -315,10 +352,13 @@ int http_server_start(const http_server_options *opt, http_server **out)
   if (rc == 0)
     rc = backups_create(s);
   if (rc == 0)
+    rc = scrubber_start(s, opt);
+  if (rc == 0)
     rc = daemon_start(s, opt, fd);
   if (rc) {
     if (fd >= 0)
       close(fd);
+    integrity_stop(s);
     http_standby_close(s->standby);
     server_free(s);
     return rc;
@@ -343,6 +383,7 @@ int http_server_stop(http_server *s)
    * threads; each request's completion callback runs (an unfinished base
    * image is aborted, backup responses release the snapshot). */
   MHD_stop_daemon(s->daemon);
+  integrity_stop(s);
   int rc = http_standby_close(s->standby);
   server_free(s);
   return rc;

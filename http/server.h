@@ -310,6 +310,10 @@ typedef struct http_server_options {
 
   const http_cluster_source *cluster; /* a cluster member (copied; get
                                        required) [not a member] */
+  double scrub_interval_seconds;    /* a full scrub of the image this often
+                                       (replicate.h, "The scrubber") [0: no
+                                       scrubber] */
+  double scrub_mbps;                /* its read cap, MiB/s [64] */
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;
@@ -336,6 +340,9 @@ int http_server_start(const http_server_options *opt, http_server **out);
 
 /* The port the server listens on (the bound one when listen_port was 0). */
 uint16_t http_server_port(const http_server *server);
+
+/* What the scrubber found (running false when there is none). */
+void http_server_integrity(http_server *server, replicate_scrub_status *out);
 
 /*
  * http_server_stop: stop gracefully and free the server. Stops accepting

@@ -28,6 +28,7 @@
 #include <microhttpd.h>
 
 #include "backup.h"
+#include "integrity.h"
 #include "guard.h"
 #include "json.h"
 #include "loom.h"
@@ -53,6 +54,8 @@ typedef enum http_endpoint {
   HTTP_EP_METRICS,
   HTTP_EP_HEALTHZ,
   HTTP_EP_READYZ,
+  HTTP_EP_TREE,                 /* GET /v1/tree (integrity.c) */
+  HTTP_EP_PAGES,                /* GET /v1/pages (integrity.c) */
   HTTP_EP_OTHER,
   HTTP_EP_COUNT
 } http_endpoint;
@@ -96,6 +99,8 @@ struct http_server {
   uint64_t auth_failures;
 
   http_backups *backups;        /* GET /v1/backup (backup.c) */
+  http_integrity *integrity;    /* GET /v1/tree, /v1/pages (integrity.c) */
+  replicate_scrubber *scrubber; /* NULL: none */
 };
 
 /* ---------------------------------------------------------------------- */
@@ -142,6 +147,7 @@ typedef struct http_figures {
   replicate_peer_status *peers; /* primary: malloc'd */
   size_t peer_count;
   http_backup_figures backup;
+  replicate_scrub_status integrity; /* the scrubber's */
   unsigned uploads;
   uint64_t auth_failures;
 } http_figures;

@@ -220,6 +220,7 @@ static void shape_keys(unsigned keys, const replicate_recv_outcome *o,
   if (keys & K_POSITIONS) {
     json_point(w, "received", &o->received);
     json_point(w, "applied", &o->applied);
+    json_point(w, "computed", &o->computed);
     http_json_key(w, "epoch");
     http_json_uint(w, o->received.epoch);
     http_json_history(w, &o->history);

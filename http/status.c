@@ -86,6 +86,7 @@ void http_figures_collect(http_server *s, http_figures *f)
   st->fenced = f->fenced;
   st->ready = f->ready;
   http_backups_figures(s->backups, &f->backup);
+  http_server_integrity(s, &f->integrity);
   st->backups_in_progress = f->backup.in_progress;
   pthread_mutex_lock(&s->stats_mu);
   f->uploads = s->uploads;
@@ -212,13 +213,21 @@ static void peer_json(const replicate_peer_status *p, http_json_writer *w)
   http_json_member_uint(w, "applied_seq", p->applied_seq);
   http_json_member_uint(w, "base_images", p->base_images_sent);
   lag_json(w, p->lag_frames, p->lag_bytes, p->lag_seconds);
-  http_json_member_string(w, "last_error", p->last_error[0] ? p->last_error : NULL);
-  http_json_member_time_ns(w, "last_error_at", p->last_error_at_ns);
+  http_json_key(w, "last_error");
+  http_json_string(w, p->last_error[0] ? p->last_error : NULL);
+  http_json_key(w, "last_error_at");
+  http_json_time_ns(w, p->last_error_at_ns);
   http_json_key(w, "bytes");
   http_json_object_begin(w);
-  http_json_member_uint(w, "raw", p->bytes_raw);
-  http_json_member_uint(w, "wire", p->bytes_wire);
+  http_json_key(w, "raw");
+  http_json_uint(w, p->bytes_raw);
+  http_json_key(w, "wire");
+  http_json_uint(w, p->bytes_wire);
   http_json_object_end(w);
+  http_json_key(w, "verified_seq");
+  http_json_uint(w, p->verified_seq);
+  http_json_key(w, "checksum_mismatches");
+  http_json_uint(w, p->checksum_mismatches);
   http_json_object_end(w);
 }
 
@@ -271,6 +280,29 @@ static void counters_json(const http_figures *f, http_json_writer *w)
   http_json_object_end(w);
 }
 
+/* "integrity" (DESIGN section 8): the scrubber's findings. */
+static void integrity_json(const http_figures *f, http_json_writer *w)
+{
+  const replicate_scrub_status *in = &f->integrity;
+  http_json_key(w, "integrity");
+  http_json_object_begin(w);
+  http_json_key(w, "state");
+  http_json_string(w, replicate_integrity_state_name(in->state));
+  http_json_key(w, "scrubbing");
+  http_json_bool(w, in->running);
+  http_json_key(w, "last_scrub_at");
+  http_json_time_ns(w, in->last_scrub_at_ns);
+  http_json_key(w, "pages_scrubbed");
+  http_json_uint(w, in->pages_scrubbed);
+  http_json_key(w, "pages_repaired");
+  http_json_uint(w, in->pages_repaired);
+  http_json_key(w, "bad_pages");
+  http_json_uint(w, in->bad_pages);
+  http_json_key(w, "last_error");
+  http_json_string(w, in->last_error[0] ? in->last_error : NULL);
+  http_json_object_end(w);
+}
+
 static void status_json(http_server *s, const http_figures *f, http_json_writer *w)
 {
   const http_server_status *st = &f->view.status;
@@ -288,6 +320,7 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
     primary_json(s, f, w);
   http_json_key(w, "ready");
   http_json_bool(w, f->ready);
+  integrity_json(f, w);
   http_cluster_status *cluster = http_cluster_collect(s);
   if (cluster)
     http_cluster_json(cluster, w);

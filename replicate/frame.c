@@ -202,13 +202,19 @@ struct replicate_encoder {
   replicate_frame_info info;
   uint64_t expected;   /* entries announced */
   uint64_t written;    /* entries streamed so far */
+  uint64_t rot_page;   /* the last old version that failed its hash */
 };
+
+uint64_t replicate_encoder_rot_page(const replicate_encoder *enc) {
+  return enc->rot_page;
+}
 
 int replicate_encoder_new(int level, replicate_encoder **out) {
   if (level < 0 || level > ZSTD_maxCLevel()) return REPLICATE_EINVAL;
   replicate_encoder *enc = calloc(1, sizeof *enc);
   if (enc == NULL) return ENOMEM;
   enc->level = level;
+  enc->rot_page = UINT64_MAX;
   enc->cctx = ZSTD_createCCtx();
   enc->old_page = malloc(LOOM_PAGE_SIZE);
   enc->delta = malloc(LOOM_PAGE_SIZE);
@@ -409,6 +415,11 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
     if (n < c->before.pages) {
       rc = loom_commit_old_page(l, c, i, enc->old_page);
       if (rc != 0) break;
+      if (loom_page_hash(n, enc->old_page) != c->old_hashes[i]) {
+        enc->rot_page = n; /* the image does not hold what was committed */
+        rc = REPLICATE_EIMAGE_ROT;
+        break;
+      }
       old_page = enc->old_page;
     }
     rc = encode_page(enc, n, c->new_hashes[i], loom_page(l, n), old_page, out);

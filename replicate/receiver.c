@@ -126,6 +126,7 @@ void rx_outcome(replicate_receiver *rx, replicate_recv_result result, int code,
   out->applied = rx->applied;
   out->history = rx->lineage.history;
   out->primary_seq = rx->primary_seq;
+  out->computed = rx->computed;
 }
 
 void rx_log_reset(replicate_receiver *rx)
@@ -330,6 +331,7 @@ static int recover_received(replicate_receiver *rx)
   loom_store_lineage(rx->store, &rx->lineage);
   rx->applied = store_pos;
   rx->received = store_pos;
+  rx->computed = store_pos; /* R3 checked the hashes against it */
 
   replicate_log_stats st;
   replicate_log_get_stats(rx->log, &st);
@@ -405,6 +407,7 @@ int replicate_receiver_open(const replicate_receiver_options *opt,
   replicate_receiver *rx = calloc(1, sizeof *rx);
   if (!rx)
     return ENOMEM;
+  rx->rot_page = UINT64_MAX;
   int rc = receiver_configure(rx, opt);
   if (rc == 0)
     rc = receiver_open_parts(rx);
@@ -469,6 +472,7 @@ int replicate_receiver_close(replicate_receiver *rx)
   pthread_mutex_destroy(&rx->recv_mu);
   free(rx->pending);
   free(rx->dir);
+  free(rx->rb_pages);
   free(rx);
   return first;
 }
@@ -748,6 +752,7 @@ static void promote_now(replicate_receiver *rx, bool force,
   rx->lineage = lineage;
   rx->applied = pos;
   rx->received = pos;
+  rx_note_computed(rx, &pos, false, 0, UINT64_MAX);
   rx_pending_clear(rx);
   rx_logf(rx, "standby: promoted to primary at epoch %llu, seq %llu",
           (unsigned long long)pos.epoch, (unsigned long long)pos.seq);
@@ -872,6 +877,9 @@ void replicate_receiver_get_status(replicate_receiver *rx,
   s->rewound_frames = rx->rewound_frames;
   s->rewound_from_seq = rx->rewound_from_seq;
   s->rewound_at_ns = rx->rewound_at_ns;
+  s->computed = rx->computed;
+  s->rot_page = rx->rot_page;
+  s->readback_mismatches = rx->readback_mismatches;
   pthread_mutex_unlock(&rx->mu);
   replicate_log_stats st;
   replicate_log_get_stats(rx->log, &st);

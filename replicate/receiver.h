@@ -182,6 +182,10 @@ typedef struct replicate_recv_outcome {
   uint64_t frame_epoch;         /* GAP, OVERLAP: the frame's epoch and */
   loom_position frame_before;   /* its before */
   uint64_t primary_seq;         /* the primary's newest seq last heard */
+  loom_position computed;       /* applied, with the checksum this standby
+                                   computed itself by reading back the pages
+                                   it wrote (replicate_frame_readback); its
+                                   answers carry it (DESIGN section 8) */
 } replicate_recv_outcome;
 
 /* ---------------------------------------------------------------------- */
@@ -319,6 +323,12 @@ typedef struct replicate_receiver_status {
   uint64_t rewound_frames;      /* commits past the branch point discarded */
   uint64_t rewound_from_seq;    /* the received seq before the rewind */
   int64_t rewound_at_ns;
+  loom_position computed;       /* as in replicate_recv_outcome */
+  uint64_t rot_page;            /* the first page whose read-back did not
+                                   match its recorded hash; UINT64_MAX when
+                                   none was met. Once met, computed stays
+                                   where it was found until a restart */
+  uint64_t readback_mismatches; /* applies whose read-back differed */
 } replicate_receiver_status;
 
 void replicate_receiver_get_status(replicate_receiver *rx,

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "clock.h"
@@ -46,6 +47,79 @@ void rx_set_fatal(replicate_receiver *rx, int rc)
           "received frames up to seq %llu are kept in the receive log; restart "
           "to recover", replicate_strerror(rc), (unsigned long long)rx->applied.seq,
           (unsigned long long)rx->received.seq);
+}
+
+/* ---------------------------------------------------------------------- */
+/* What this standby computed itself (DESIGN section 8) */
+
+void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
+                      bool read_back, uint64_t checksum, uint64_t bad_page)
+{
+  if (rx->rot_page != UINT64_MAX)
+    return; /* the image is known bad: the checksum found stays */
+  rx->computed = *pos;
+  if (!read_back)
+    return;
+  rx->computed.checksum = checksum;
+  if (bad_page == UINT64_MAX && checksum == pos->checksum)
+    return;
+  rx->rot_page = bad_page;
+  rx->readback_mismatches++;
+  rx_logf(rx, "standby: %s at seq %llu: page %llu read back from the image "
+          "does not match the hash it was written with; the image's checksum "
+          "is %016llx, not %016llx",
+          replicate_strerror(REPLICATE_EIMAGE_ROT), (unsigned long long)pos->seq,
+          (unsigned long long)bad_page, (unsigned long long)checksum,
+          (unsigned long long)pos->checksum);
+}
+
+void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
+                       const loom_position *pos)
+{
+  uint64_t n = frame->info.page_count;
+  rx->rb_pending = false;
+  if (n > rx->rb_cap) {
+    uint64_t *v = realloc(rx->rb_pages, (size_t)n * sizeof *v);
+    if (!v)
+      return; /* not read back: computed stays where it was */
+    rx->rb_pages = v;
+    rx->rb_cap = (size_t)n;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    replicate_page p;
+    replicate_frame_get_page(frame, i, &p);
+    rx->rb_pages[i] = p.page_number;
+  }
+  rx->rb_len = (size_t)n;
+  rx->rb_pos = *pos;
+  rx->rb_pending = true;
+}
+
+void rx_readback_flush(replicate_receiver *rx, rx_readback *out)
+{
+  out->done = false;
+  out->bad_page = UINT64_MAX;
+  if (!rx->rb_pending)
+    return;
+  rx->rb_pending = false;
+  loom_position now;
+  loom_store_position(rx->store, &now);
+  if (!loom_position_same(&now, &rx->rb_pos))
+    return; /* a base image or a promotion came between */
+  int rc = replicate_pages_readback(rx->store, rx->rb_pages, rx->rb_len,
+                                    &out->checksum, &out->bad_page);
+  if (rc) {
+    rx_logf(rx, "standby: reading back applied pages: %s", replicate_strerror(rc));
+    return;
+  }
+  out->done = true;
+  out->pos = now;
+}
+
+void rx_note_readback(replicate_receiver *rx, const rx_readback *rb)
+{
+  if (rb->done)
+    rx_note_computed(rx, &rb->pos, true, rb->checksum, rb->bad_page);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -147,8 +221,10 @@ static void applier_idle_sync(replicate_receiver *rx)
   rx->applier_busy = true;
   uint64_t keep_from = rx->applied.seq + 1;
   pthread_mutex_unlock(&rx->mu);
+  rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
   int rc = loom_store_sync(rx->store);
+  rx_readback_flush(rx, &rb);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc)
     rx_logf(rx, "standby: syncing the image: %s", loom_strerror(rc));
@@ -157,6 +233,7 @@ static void applier_idle_sync(replicate_receiver *rx)
     rx_logf(rx, "standby: trimming the receive log: %s",
             replicate_strerror(rc));
   pthread_mutex_lock(&rx->mu);
+  rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   pthread_cond_broadcast(&rx->cond);
 }
@@ -240,22 +317,28 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   loom_position pos;
   uint64_t merged_through = next;
   int rc = applier_take(rx, next, last, buf, &frame, &merged_through);
+  rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
+  rx_readback_flush(rx, &rb); /* the previous apply's pages */
   if (rc == 0)
     rc = replicate_frame_apply(&frame, rx->store);
   loom_store_position(rx->store, &pos);
+  if (rc == 0)
+    rx_readback_defer(rx, &frame, &pos);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc != 0 && merged_through > next &&
       apply_error_kind_of(rc) == APPLY_BAD_FRAME) {
     /* Which of the merged frames is bad? Take them one at a time. */
     rx->single_through = merged_through;
     pthread_mutex_lock(&rx->mu);
+    rx_note_readback(rx, &rb);
     rx->applier_busy = false;
     pthread_cond_broadcast(&rx->cond); /* a base upload may wait for it */
     return true;
   }
 
   pthread_mutex_lock(&rx->mu);
+  rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   bool go_on = true;
   if (rc == 0 || rc == REPLICATE_EDUPLICATE)
@@ -354,14 +437,19 @@ void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
   }
 
   loom_position pos;
+  rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
+  rx_readback_flush(rx, &rb);
   int rc = replicate_frame_apply(frame, rx->store);
   loom_store_position(rx->store, &pos);
+  if (rc == 0)
+    rx_readback_defer(rx, frame, &pos);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc == 0)
     rx_log_reset(rx); /* the log's chain is broken by the merged frame */
 
   pthread_mutex_lock(&rx->mu);
+  rx_note_readback(rx, &rb);
   coalesced_outcome(rx, frame, len, rc, &pos, out);
   pthread_mutex_unlock(&rx->mu);
 }

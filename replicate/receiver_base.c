@@ -257,6 +257,7 @@ static void base_committed(replicate_receiver *rx, const loom_position *pos)
 {
   rx->applied = *pos;
   rx->received = *pos;
+  rx_note_computed(rx, pos, false, 0, UINT64_MAX);
   rx_pending_clear(rx);
   rx->apply_failed = false;
   rx->bases++;

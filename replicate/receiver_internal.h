@@ -104,7 +104,26 @@ struct replicate_receiver {
   uint64_t frames_received, frames_applied, apply_commits, duplicates,
       heartbeats, bases;
   uint64_t bytes_received, apply_failures;
+  loom_position computed;       /* replicate_recv_outcome.computed */
+  uint64_t rot_page;            /* UINT64_MAX: no read-back differed */
+  uint64_t readback_mismatches;
+
+  /* store_mu: the pages of the last apply, read back before the next
+   * apply or when idle (a read waits for the store's apply of that commit,
+   * which the next commit waits for anyway: applied moves as soon as the
+   * commit is durable, computed one apply later). */
+  uint64_t *rb_pages;
+  size_t rb_len, rb_cap;
+  loom_position rb_pos;
+  bool rb_pending;
 };
+
+/* What reading back the last apply's pages gave. */
+typedef struct rx_readback {
+  bool done;
+  loom_position pos;            /* the position they were read back at */
+  uint64_t checksum, bad_page;
+} rx_readback;
 
 /* receiver.c */
 void rx_logf(replicate_receiver *rx, const char *fmt, ...)
@@ -139,6 +158,21 @@ void rx_rollback(replicate_receiver *rx);
 /* Under recv_mu (not mu): a coalesced frame, applied at once. */
 void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
                         size_t len, replicate_recv_outcome *out);
+/* Under mu: pos was applied; checksum is what the read-back of its pages
+ * gave (replicate_pages_readback), bad_page the first that differed
+ * (UINT64_MAX: none). With read_back false (a base image, nothing to read
+ * back) the store's own checksum stands. */
+void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
+                      bool read_back, uint64_t checksum, uint64_t bad_page);
+/* Under store_mu: frame was just applied, at pos; its pages are read back
+ * later (rx_readback_flush). */
+void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
+                       const loom_position *pos);
+/* Under store_mu: read back the deferred pages, if any and the store is
+ * still at their position (out->done says); then, under mu, give *out to
+ * rx_note_readback. */
+void rx_readback_flush(replicate_receiver *rx, rx_readback *out);
+void rx_note_readback(replicate_receiver *rx, const rx_readback *rb);
 /* Under mu: storage failed; say it once. */
 void rx_set_fatal(replicate_receiver *rx, int rc);
 /* A poisoned store or log (after a failed fsync). */

@@ -170,14 +170,24 @@ extern "C" {
     "another checksum at a seq this node holds: the histories forked")        \
   X(REPLICATE_EPAST_BRANCH, -31030,                                           \
     "this node holds commits of an older epoch past the point where the "     \
-    "newer epoch branched off")
+    "newer epoch branched off")                                               \
+  /* Integrity (DESIGN section 8). */                                         \
+  X(REPLICATE_ECHECKSUM_MISMATCH, -31031,                                     \
+    "the standby's own image checksum differs from this primary's at the "    \
+    "same seq")                                                               \
+  X(REPLICATE_EIMAGE_ROT, -31032,                                             \
+    "an image page read back does not match its recorded hash")              \
+  X(REPLICATE_EREQUEST, -31033, "malformed tree or pages request")            \
+  X(REPLICATE_EANSWER, -31034, "malformed tree or pages answer")              \
+  X(REPLICATE_EUNPINNED, -31035,                                              \
+    "that position is not the one this node serves trees and pages at")
 
 enum replicate_error {
   REPLICATE_OK = 0,
 #define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
   REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
 #undef REPLICATE_ERROR_ENUM_
-  REPLICATE_ELAST = -31031        /* sentinel: one past the lowest code */
+  REPLICATE_ELAST = -31036        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
@@ -186,6 +196,129 @@ const char *replicate_strerror(int rc);
 /* The stable name of rc ("REPLICATE_EPOSITION"; loom_error_name for every
  * value outside the REPLICATE_E* range). Never NULL. */
 const char *replicate_error_name(int rc);
+
+/* ---------------------------------------------------------------------- */
+/* Trees and pages on the wire (DESIGN section 8; byte tables in
+ * docs/INTEGRITY.md). Pure functions: no I/O.
+ *
+ *   GET /v1/tree?level=L&first=I&count=N[&seq=S]
+ *   GET /v1/pages?seq=S&pages=A-B,C,...
+ *
+ * A tree answer holds nodes [first, first + count) of one level of the
+ * page-hash tree (loom.h) at one position; a pages answer the listed pages
+ * with their recorded hashes at one position. Both start with a 72-byte
+ * head and end with an XXH3-64 of every byte before it. */
+
+#define REPLICATE_TREE_MAX_NODES 65536u  /* nodes in one tree answer */
+#define REPLICATE_PAGES_MAX 256u         /* pages in one pages answer */
+#define REPLICATE_INTEGRITY_HEAD 72u
+#define REPLICATE_PAGE_ENTRY (16u + LOOM_PAGE_SIZE)
+
+typedef enum replicate_answer_kind {
+  REPLICATE_ANSWER_TREE = 1,
+  REPLICATE_ANSWER_PAGES = 2
+} replicate_answer_kind;
+
+/* What both answers begin with. */
+typedef struct replicate_answer_head {
+  replicate_answer_kind kind;
+  loom_history history;
+  loom_position position;  /* epoch, seq, checksum, pages (no time) */
+  unsigned level;          /* tree: the level; pages: 0 */
+  uint64_t first;          /* tree: the first node; pages: 0 */
+  uint64_t count;          /* nodes, or pages */
+} replicate_answer_head;
+
+/* A run of page numbers, first <= last. */
+typedef struct replicate_page_run {
+  uint64_t first, last;
+} replicate_page_run;
+
+/* A decimal number, digits only, no leading zero (but "0"), below 2^64:
+ * 0 or REPLICATE_EREQUEST. */
+int replicate_parse_u64(const char *text, uint64_t *out);
+/* "A-B,C,...": ascending, not overlapping, each A <= B, at most cap runs
+ * and max_pages pages in all; *n runs into out. 0 or REPLICATE_EREQUEST. */
+int replicate_parse_ranges(const char *text, replicate_page_run *out, size_t cap,
+                           size_t *n, uint64_t max_pages);
+
+/* Bytes of an answer of that kind with count entries. */
+size_t replicate_answer_size(replicate_answer_kind kind, uint64_t count);
+/* Write the head into buf (replicate_answer_size bytes), then the caller
+ * the entries (replicate_answer_put_node / _put_page), then seal. */
+void replicate_answer_begin(const replicate_answer_head *head, uint8_t *buf);
+void replicate_answer_put_node(uint8_t *buf, uint64_t i, uint64_t hash);
+void replicate_answer_put_page(uint8_t *buf, uint64_t i, uint64_t page_number,
+                               uint64_t hash, const void *contents);
+/* Where entry i's contents go (to read a page in place; then pass it as
+ * contents to replicate_answer_put_page). */
+uint8_t *replicate_answer_page_slot(uint8_t *buf, uint64_t i);
+void replicate_answer_seal(uint8_t *buf, size_t len);
+/* Check bytes[0, len) strictly (magic, version, kind, sizes, checksum,
+ * count limits, pages ascending and below position.pages) and read the
+ * head: 0 or REPLICATE_EANSWER. Entries are then read in place: */
+int replicate_answer_decode(const uint8_t *bytes, size_t len,
+                            replicate_answer_head *head);
+uint64_t replicate_answer_node(const uint8_t *bytes, uint64_t i);
+void replicate_answer_page(const uint8_t *bytes, uint64_t i,
+                           uint64_t *page_number, uint64_t *hash,
+                           const uint8_t **contents);
+
+/* ---------------------------------------------------------------------- */
+/* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
+ * that re-reads every image page through short-lived snapshots and
+ * compares it with the hash recorded when it was written (level 0 of the
+ * snapshot's tree), a full pass every interval, its reads capped. Every
+ * node runs one. Zero-initialise the options, then set what you need. */
+
+typedef enum replicate_integrity_state {
+  REPLICATE_INTEGRITY_OK = 0,
+  REPLICATE_INTEGRITY_REPAIRING = 1, /* bad pages being fetched again */
+  REPLICATE_INTEGRITY_CORRUPT = 2    /* bad pages found, not repaired */
+} replicate_integrity_state;
+
+/* "ok", "repairing", "corrupt" (status and metrics: a public contract). */
+const char *replicate_integrity_state_name(replicate_integrity_state state);
+
+typedef struct replicate_scrub_options {
+  /* Snapshots of the image (required): open gives 0 or an error code
+   * (the pass waits and tries again), close gives it back. */
+  int (*snapshot_open)(void *ctx, loom_snapshot **out);
+  void (*snapshot_close)(void *ctx, loom_snapshot *snap);
+  void *ctx;
+  double interval_seconds;       /* a full pass starts this often; the
+                                    first after one interval or 600 s,
+                                    whichever is shorter [86400; < 0:
+                                    off] */
+  double mbps;                   /* read cap, MiB/s [64] */
+  void (*log)(void *log_ctx, const char *message); /* optional */
+  void *log_ctx;
+} replicate_scrub_options;
+
+typedef struct replicate_scrub_status {
+  bool running;                  /* a scrubber exists (not off) */
+  replicate_integrity_state state;
+  int64_t last_scrub_at_ns;      /* CLOCK_REALTIME, the end of the last
+                                    full pass; 0 before the first */
+  uint64_t passes;               /* full passes ended */
+  uint64_t pages_scrubbed;       /* since start */
+  uint64_t pages_repaired;       /* since start (repair: not built yet) */
+  uint64_t bad_pages;            /* found since start */
+  uint64_t bad_page;             /* the last found; UINT64_MAX: none */
+  char last_error[256];          /* "" when none */
+} replicate_scrub_status;
+
+typedef struct replicate_scrubber replicate_scrubber;
+
+/* 0 and *out (NULL when interval_seconds < 0: off), REPLICATE_EINVAL,
+ * ENOMEM or a pthread error. */
+int replicate_scrubber_start(const replicate_scrub_options *opt,
+                             replicate_scrubber **out);
+/* Stops the thread (within one read) and frees. NULL is a no-op. */
+void replicate_scrubber_stop(replicate_scrubber *scrubber);
+/* Thread-safe; a NULL scrubber reports running false, state ok. */
+void replicate_scrubber_status(replicate_scrubber *scrubber,
+                               replicate_scrub_status *out);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */
@@ -361,9 +494,14 @@ int replicate_frame_encode(replicate_encoder *enc,
  * replicate_frame_encode_commit: the same, from inside a loom commit hook:
  * the new pages are read at loom_page(l, n), the old ones with
  * loom_commit_old_page() into the encoder's scratch page, the hashes and
- * positions come from c. Errors: those of replicate_frame_encode and of
- * loom_commit_old_page.
+ * positions come from c. Each old version read is checked against its
+ * recorded hash (c->old_hashes; DESIGN section 8: a rotted page is never
+ * shipped): REPLICATE_EIMAGE_ROT, with the page named by
+ * replicate_encoder_rot_page. Other errors: those of replicate_frame_encode
+ * and of loom_commit_old_page.
  */
+/* The page the last REPLICATE_EIMAGE_ROT named (UINT64_MAX: none yet). */
+uint64_t replicate_encoder_rot_page(const replicate_encoder *enc);
 int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
                                   const loom_commit *c, replicate_buf *out);
 
@@ -447,6 +585,26 @@ void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
  * (loom.h).
  */
 int replicate_frame_apply(const replicate_frame *frame, loom_store *store);
+
+/*
+ * replicate_frame_readback: after replicate_frame_apply(frame, store)
+ * returned 0, read every page the frame wrote back from the store's image
+ * (loom_store_read_page: it waits for the store's apply), hash it, and set
+ * *checksum to the whole-image checksum those pages give: the store's
+ * position checksum with each page's recorded hash swapped for the hash of
+ * what the image now holds. It is the checksum a standby computed itself
+ * from the pages it wrote (DESIGN section 8), never one copied from the
+ * frame: equal to the store's checksum when every page landed as written.
+ * *bad_page is the first page that did not, UINT64_MAX when none. Returns
+ * 0, or the store's read error (*checksum and *bad_page untouched). Cost:
+ * one page read (from the page cache, usually) and one page hash per page.
+ */
+int replicate_frame_readback(const replicate_frame *frame, loom_store *store,
+                             uint64_t *checksum, uint64_t *bad_page);
+/* The same for pages[0, count) written by the store's last commit. */
+int replicate_pages_readback(loom_store *store, const uint64_t *pages,
+                             uint64_t count, uint64_t *checksum,
+                             uint64_t *bad_page);
 
 /* ---------------------------------------------------------------------- */
 /* Coalescing */
@@ -1003,6 +1161,13 @@ typedef struct replicate_peer_status {
   uint64_t coalesced_sent;          /* merged pieces */
   uint64_t base_images_sent;        /* base images acknowledged */
   uint64_t failures;                /* failed requests */
+  uint64_t verified_seq;            /* highest seq at which the checksum
+                                       the standby computed itself from its
+                                       image equalled this primary's (0:
+                                       none yet) */
+  uint64_t checksum_mismatches;     /* answers whose computed checksum
+                                       differed from ours at its seq (each
+                                       makes the standby diverged) */
 } replicate_peer_status;
 
 /*

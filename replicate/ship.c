@@ -541,6 +541,12 @@ int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
 {
   assert(sh && l && c);
   int rc = replicate_frame_encode_commit(sh->commit_enc, l, c, &sh->commit_buf);
+  if (rc == REPLICATE_EIMAGE_ROT)
+    ship_diag(sh, "seq %" PRIu64 " is not shipped: page %" PRIu64 " of the image "
+              "does not match the hash it was committed with (bit rot, or a "
+              "write that did not land); it stands locally. Stop this primary "
+              "and promote a standby, which holds the page as committed",
+              c->after.seq, replicate_encoder_rot_page(sh->commit_enc));
   ship_frame *frame = NULL;
   if (!rc) {
     frame = malloc(sizeof *frame + sh->commit_buf.len);

@@ -34,6 +34,10 @@ typedef struct ship_answer {
   loom_position received;
   bool has_applied;
   loom_position applied;
+  /* "computed": the applied position with the checksum the standby
+   * computed itself by reading back what it wrote (DESIGN section 8). */
+  bool has_computed;
+  loom_position computed;
 } ship_answer;
 
 /* The longest answer read; a longer one is a failed request. */
@@ -49,7 +53,8 @@ typedef struct ship_answer {
  * type (a number that is not a non-negative integer, so below 2^63; a
  * checksum that is not 16 hex digits; a history that is neither null nor
  * 32 hex digits; an error or code that is not a string), or holds a
- * "received" or "applied" object missing one of its four fields.
+ * "received", "applied" or "computed" object missing one of its four
+ * fields.
  */
 int ship_answer_parse(const char *text, size_t len, ship_answer *out);
 
@@ -169,6 +174,13 @@ typedef struct ship_peer {
   loom_position received;     /* commit_time_ns 0 (not reported) */
   loom_position applied;
   uint64_t sent_seq;
+  uint64_t verified_seq;      /* highest seq its computed checksum equalled
+                                 ours at */
+  bool mismatch;              /* its computed checksum differed from ours:
+                                 diverged until one equals ours again */
+  loom_position mismatch_at;  /* the standby's computed position then */
+  uint64_t mismatch_ours;     /* our checksum at that seq */
+  uint64_t checksum_mismatches;
   char last_error[REPLICATE_ERROR_MAX];
   int64_t last_error_ns;
   uint64_t bytes_raw, bytes_wire, frames_sent, requests, heartbeats_sent,

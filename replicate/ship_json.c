@@ -113,6 +113,9 @@ static int read_answer(const json_t *j, ship_answer *out)
   if (!rc)
     rc = read_point(json_object_get(j, "applied"), &out->applied,
                     &out->has_applied);
+  if (!rc)
+    rc = read_point(json_object_get(j, "computed"), &out->computed,
+                    &out->has_computed);
   if (!rc && (v = json_object_get(j, "epoch"))) {
     out->has_epoch = true;
     rc = read_uint(v, &out->epoch);

@@ -512,6 +512,85 @@ static int start_frames(ship_peer *peer, const loom_position *r,
   return send_one(peer, &p, latest);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Verified positions (DESIGN section 8, "Checksums in acks") */
+
+/* Our checksum at seq (at or below latest), when known. */
+static bool our_checksum_at(replicate_shipper *sh, uint64_t seq,
+                            const loom_position *latest, uint64_t *checksum)
+{
+  uint64_t epoch;
+  if (seq > latest->seq)
+    return false;
+  if (seq == latest->seq) {
+    *checksum = latest->checksum;
+    return true;
+  }
+  return loom_store_checksum_at(sh->store, seq, &epoch, checksum) == 1;
+}
+
+/* Compare the checksum a standby of our history computed itself from its
+ * image with ours at the same seq: equal moves verified_seq; different is
+ * a mismatch, shown as diverged (schedule_known) until an answer equals
+ * ours again (a repaired image). A standby whose claimed position at that
+ * seq already differs from ours forked: the history rules say so (place.c,
+ * check_chain), with the better reason. Under mu. Returns true for a new
+ * mismatch. */
+static bool check_computed_locked(ship_peer *peer, const ship_answer *a,
+                                  const loom_position *latest)
+{
+  replicate_shipper *sh = peer->sh;
+  uint64_t ours;
+  if (!a->has_computed || a->computed.seq == 0 ||
+      (a->has_history && !loom_history_is_none(&a->history) &&
+       !loom_history_equal(&a->history, &sh->lineage.history)) ||
+      !our_checksum_at(sh, a->computed.seq, latest, &ours))
+    return false;
+  if (a->has_applied && a->applied.seq == a->computed.seq &&
+      a->applied.checksum != ours)
+    return false;
+  if (ours == a->computed.checksum) {
+    if (a->computed.seq > peer->verified_seq)
+      peer->verified_seq = a->computed.seq;
+    peer->mismatch = false;
+    return false;
+  }
+  if (peer->mismatch && loom_position_same(&peer->mismatch_at, &a->computed))
+    return false;
+  peer->mismatch = true;
+  peer->mismatch_at = a->computed;
+  peer->mismatch_ours = ours;
+  peer->checksum_mismatches++;
+  return true;
+}
+
+static void check_computed(ship_peer *peer, const ship_answer *a)
+{
+  replicate_shipper *sh = peer->sh;
+  pthread_mutex_lock(&sh->mu);
+  loom_position latest = sh->latest;
+  if (sh->committed_floor.epoch == latest.epoch &&
+      sh->committed_floor.seq > latest.seq)
+    latest = sh->committed_floor;
+  bool fresh = check_computed_locked(peer, a, &latest);
+  pthread_mutex_unlock(&sh->mu);
+  if (fresh)
+    ship_diag(sh, "standby %s: %s: at seq %" PRIu64 " it computed %016" PRIx64
+              " from its image, this primary has %016" PRIx64, peer->url,
+              replicate_strerror(REPLICATE_ECHECKSUM_MISMATCH),
+              a->computed.seq, a->computed.checksum, peer->mismatch_ours);
+}
+
+/* A standby whose computed checksum differed from ours: diverged. */
+static void diverge_on_mismatch(ship_peer *peer)
+{
+  char detail[160];
+  snprintf(detail, sizeof detail, "at seq %" PRIu64 " it computed %016" PRIx64
+           " from its image, this primary has %016" PRIx64,
+           peer->mismatch_at.seq, peer->mismatch_at.checksum, peer->mismatch_ours);
+  diverge(peer, REPLICATE_ECHECKSUM_MISMATCH, detail);
+}
+
 /* The standby holds a newer epoch than ours. Only a node of our own
  * history fences us (finish() says the same): another history's epochs
  * say nothing about ours. */
@@ -559,6 +638,10 @@ static int schedule_known(ship_peer *peer, int64_t now, const loom_position *lat
                            ? "it is ahead of this primary, whose directory "
                              "is older (restored from a backup, or empty?)"
                            : "checked against this primary's history");
+    return 0;
+  }
+  if (peer->mismatch) {
+    diverge_on_mismatch(peer);
     return 0;
   }
   peer->diverged = 0;
@@ -687,6 +770,7 @@ static void record_position(ship_peer *peer, const ship_answer *a)
   pthread_cond_broadcast(&sh->cond);
   pthread_mutex_unlock(&sh->mu);
   peer->known = true;
+  check_computed(peer, a);
 }
 
 /* No answer: the transfer failed, or the answer was too long. */

@@ -67,6 +67,8 @@ void replicate_shipper_status(replicate_shipper *sh,
     o->state = peer->state;
     o->state_name = replicate_peer_state_name(peer->state);
     o->sent_seq = peer->sent_seq;
+    o->verified_seq = peer->verified_seq;
+    o->checksum_mismatches = peer->checksum_mismatches;
     o->received_seq = peer->has_position ? peer->received.seq : 0;
     o->applied_seq = peer->has_position ? peer->applied.seq : 0;
     o->received_epoch = peer->has_position ? peer->received.epoch : 0;

@@ -9,7 +9,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -79,6 +81,42 @@ static void expect_store_equals(fixture *fx, const model *m) {
     assert_int_equal(loom_store_page_hash(fx->store, n), m->hashes[n]);
   }
   free(page);
+}
+
+/* The page-hash tree of snap equals the one built anew from hashes[0,
+ * pages) (core/tree.c keeps it incrementally). */
+static void expect_tree(loom_snapshot *snap, const uint64_t *hashes,
+                        uint64_t pages) {
+  uint64_t *below = xmalloc((pages + 1) * sizeof *below);
+  uint64_t *here = xmalloc((pages + 1) * sizeof *here);
+  uint64_t *got = xmalloc((pages + 1) * sizeof *got);
+  memcpy(below, hashes, pages * sizeof *below);
+  for (unsigned l = 0; l < LOOM_TREE_LEVELS; l++) {
+    uint64_t n = loom_tree_nodes(pages, l);
+    if (l > 0) {
+      uint64_t m = loom_tree_nodes(pages, l - 1);
+      for (uint64_t i = 0; i < n; i++) {
+        uint64_t k = m - i * LOOM_TREE_FANOUT;
+        here[i] = loom_tree_node_hash(l, below + i * LOOM_TREE_FANOUT,
+                                      k < LOOM_TREE_FANOUT ? k : LOOM_TREE_FANOUT);
+      }
+      memcpy(below, here, n * sizeof *below);
+    }
+    assert_int_equal(loom_snapshot_tree(snap, l, 0, n, got), 0);
+    if (memcmp(got, below, n * sizeof *got) != 0)
+      fail_msg("level %u of the tree differs (%" PRIu64 " pages)", l, pages);
+    assert_int_equal(loom_snapshot_tree(snap, l, n, 1, got), LOOM_EINVAL);
+  }
+  free(below);
+  free(here);
+  free(got);
+}
+
+static void expect_store_tree(loom_store *store, const model *m) {
+  loom_snapshot *snap;
+  assert_int_equal(loom_store_snapshot_open(store, &snap), 0);
+  expect_tree(snap, m->hashes, m->pages);
+  loom_snapshot_close(snap);
 }
 
 /* Grow the image to `pages` pages of random data through a frame. */
@@ -197,6 +235,53 @@ static void test_positions(void **state) {
   model_free(&forked);
 }
 
+/* The checksum a standby computes itself (DESIGN section 8): after an
+ * apply, the pages read back from the image give the store's checksum;
+ * once the disk stored something else for one of them, the read-back
+ * names that page and gives another checksum, which the primary compares
+ * with its own. */
+static void test_readback(void **state) {
+  fixture *fx = *state;
+  test_rng r = {7};
+  model m;
+  primary_at_standby(fx, &m);
+  apply_initial(fx, &m, 8, &r);
+  replicate_buf buf = {0};
+  assert_int_equal(model_random_commit(&m, fx->enc, &r, 8, &buf), 0);
+  replicate_frame f;
+  assert_int_equal(replicate_frame_decode(fx->dec, buf.data, buf.len, &f), 0);
+  assert_int_equal(replicate_frame_apply(&f, fx->store), 0);
+  uint64_t sum = 0, bad = 0;
+  assert_int_equal(replicate_frame_readback(&f, fx->store, &sum, &bad), 0);
+  assert_int_equal(sum, m.checksum);
+  assert_int_equal(bad, UINT64_MAX);
+
+  /* Flip a bit of the frame's first page in the image file. */
+  assert_true(f.info.page_count > 0);
+  replicate_page page;
+  replicate_frame_get_page(&f, 0, &page);
+  char path[160];
+  join_path(path, sizeof path, fx->standby_dir, "image");
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t byte;
+  off_t off = (off_t)(page.page_number * PS + 100);
+  assert_int_equal(pread(fd, &byte, 1, off), 1);
+  byte ^= 0x10;
+  assert_int_equal(pwrite(fd, &byte, 1, off), 1);
+  close(fd);
+  assert_int_equal(replicate_frame_readback(&f, fx->store, &sum, &bad), 0);
+  assert_int_equal(bad, page.page_number);
+  assert_int_not_equal(sum, m.checksum);
+  /* The position still claims the recorded checksum: only the read-back
+   * tells. */
+  loom_position pos;
+  loom_store_position(fx->store, &pos);
+  assert_int_equal(pos.checksum, m.checksum);
+  replicate_buf_free(&buf);
+  model_free(&m);
+}
+
 /* A page whose contents do not match its hash (the frame's checksums and
  * after checksum are all consistent with the lying hash): refused, the
  * store unchanged. Then a frame whose after checksum lies. */
@@ -286,9 +371,16 @@ static void test_random_and_coalesced(void **state) {
   assert_int_equal(replicate_coalescer_new(0, &co), 0);
 
   replicate_buf frame = {0}, merged = {0};
+  loom_snapshot *held = NULL; /* its tree stays at round 30's position */
+  model at_held;
   for (int round = 0; round < 60; round++) {
     assert_int_equal(model_random_commit(&m, fx->enc, &r, 20, &frame), 0);
     assert_int_equal(apply_bytes(fx, &frame), 0);
+    expect_store_tree(fx->store, &m);
+    if (round == 30) {
+      assert_int_equal(loom_store_snapshot_open(fx->store, &held), 0);
+      model_copy(&at_held, &m);
+    }
     replicate_frame f;
     assert_int_equal(replicate_frame_decode(fx->dec, frame.data, frame.len, &f), 0);
     assert_int_equal(replicate_coalescer_add(co, &f), 0);
@@ -304,8 +396,12 @@ static void test_random_and_coalesced(void **state) {
       assert_int_equal(a.seq, b.seq);
       assert_int_equal(a.checksum, b.checksum);
       assert_int_equal(a.pages, b.pages);
+      expect_store_tree(other, &m);
     }
   }
+  expect_tree(held, at_held.hashes, at_held.pages);
+  loom_snapshot_close(held);
+  model_free(&at_held);
   expect_store_equals(fx, &m);
   loom_store *first = fx->store;
   fx->store = other;
@@ -410,6 +506,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_sparse_4096, setup, teardown),
       cmocka_unit_test_setup_teardown(test_positions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_damaged, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_readback, setup, teardown),
       cmocka_unit_test_setup_teardown(test_random_and_coalesced, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commit_hook, setup, teardown),
   };

@@ -125,15 +125,22 @@ static void position_json(char *out, size_t cap, const loom_position *p)
            p->epoch, p->seq, p->checksum, p->pages);
 }
 
+/* The checksum a fake computed itself is its position's XOR this (0: an
+ * honest image; else one that does not hold what it was sent). */
+static uint64_t fake_computed_xor;
+
 /* An answer as a standby gives it: {"error", "code", "epoch", "received",
- * "applied"}; error and code may be NULL. */
+ * "applied", "computed"}; error and code may be NULL. */
 static enum MHD_Result respond_code(struct MHD_Connection *conn, unsigned status,
                                     const char *error, const char *code,
                                     const loom_position *pos, unsigned retry_after)
 {
-  char body[1024], point[256];
+  char body[1024], point[256], computed[256];
   if (pos) {
     position_json(point, sizeof point, pos);
+    loom_position c = *pos;
+    c.checksum ^= __atomic_load_n(&fake_computed_xor, __ATOMIC_RELAXED);
+    position_json(computed, sizeof computed, &c);
     if (error)
       snprintf(body, sizeof body,
                "{\"error\": \"%s\", \"code\": \"%s\", \"epoch\": %" PRIu64
@@ -142,8 +149,9 @@ static enum MHD_Result respond_code(struct MHD_Connection *conn, unsigned status
                error, code ? code : "", pos->epoch, point, point);
     else
       snprintf(body, sizeof body,
-               "{\"received\": %s, \"applied\": %s, \"epoch\": %" PRIu64 "}",
-               point, point, pos->epoch);
+               "{\"received\": %s, \"applied\": %s, \"computed\": %s, "
+               "\"epoch\": %" PRIu64 "}",
+               point, point, computed, pos->epoch);
   } else {
     snprintf(body, sizeof body, "{\"error\": \"%s\"}", error ? error : "error");
   }
@@ -967,6 +975,14 @@ static void test_answer_reader(void **state)
   assert_int_equal(a.applied.seq, 1042);
   assert_int_equal(a.applied.checksum, 0xff);
   assert_false(a.has_error);
+  assert_false(a.has_computed);
+  const char *computed =
+      "{\"computed\": {\"epoch\": 2, \"seq\": 8, \"checksum\": "
+      "\"00000000000000a1\", \"pages\": 5}}";
+  assert_int_equal(ship_answer_parse(computed, strlen(computed), &a), 0);
+  assert_true(a.has_computed);
+  assert_int_equal(a.computed.seq, 8);
+  assert_int_equal(a.computed.checksum, 0xa1);
 
   const char *conflict =
       "{\"error\": \"stale epoch\", \"epoch\": 9223372036854775807, "
@@ -986,6 +1002,9 @@ static void test_answer_reader(void **state)
       "{\"received\": {\"epoch\": 1, \"seq\": 2, \"checksum\": \"0011\", "
       "\"pages\": 3}}",                                   /* short checksum */
       "{\"received\": {\"epoch\": 1, \"seq\": 2, \"pages\": 3}}", /* missing */
+      "{\"computed\": {\"epoch\": 1, \"seq\": 2, \"pages\": 3}}", /* missing */
+      "{\"computed\": {\"epoch\": 1, \"seq\": 2, \"checksum\": 7, "
+      "\"pages\": 3}}",                                  /* not hex text */
       "{\"received\": {\"epoch\": 1, \"seq\": -2, \"checksum\": "
       "\"0000000000000000\", \"pages\": 3}}",             /* negative */
       "{\"received\": {\"epoch\": 1, \"seq\": 2.0, \"checksum\": "
@@ -1802,6 +1821,62 @@ static void test_diverged(void **state)
   fake_stop(f);
 }
 
+/* Checksums in acks (DESIGN section 8): verified_seq follows the seqs at
+ * which the standby's own checksum equals ours; a standby whose computed
+ * checksum differs is diverged, counted, and named in last_error, until
+ * an answer equals ours again. */
+typedef struct verified_wait {
+  primary *p;
+  uint64_t seq;
+} verified_wait;
+
+static bool verified_reaches(void *ctx)
+{
+  verified_wait *w = ctx;
+  replicate_peer_status st;
+  standby_status(w->p, 0, &st);
+  return st.verified_seq >= w->seq && st.state == REPLICATE_PEER_STREAMING;
+}
+
+static void test_verified(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  primary_start(&p, &o, &f, 1, NULL);
+  primary_saves(&p, 5, 2, false);
+  catch_up(&p, f);
+  loom_position pos;
+  primary_position(&p, &pos);
+  verified_wait w = {&p, pos.seq};
+  assert_true(wait_for(verified_reaches, &w, 10));
+  replicate_peer_status st;
+  standby_status(&p, 0, &st);
+  assert_int_equal(st.verified_seq, pos.seq);
+  assert_int_equal(st.checksum_mismatches, 0);
+
+  __atomic_store_n(&fake_computed_xor, 1, __ATOMIC_RELAXED);
+  primary_saves(&p, 1, 2, false);
+  wait_diverged(&p);
+  standby_status(&p, 0, &st);
+  assert_true(st.checksum_mismatches >= 1);
+  assert_int_equal(st.verified_seq, pos.seq);
+  if (!strstr(st.last_error, "checksum differs") ||
+      !strstr(st.last_error, "computed"))
+    fail_msg("last_error: %s", st.last_error);
+
+  /* Repaired: the next answer's checksum equals ours, streaming again. */
+  __atomic_store_n(&fake_computed_xor, 0, __ATOMIC_RELAXED);
+  primary_saves(&p, 1, 2, false);
+  primary_position(&p, &pos);
+  w.seq = pos.seq;
+  assert_true(wait_for(verified_reaches, &w, 10));
+  catch_up(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
 /* https: verified against the CA file; without it, verification fails. */
 /* Peers added and removed at run time (a cluster leader): a leader alone
  * saves; a peer added later catches up; a removed one is sent nothing
@@ -1960,6 +2035,7 @@ int main(void)
       cmocka_unit_test(test_too_large_pieces),
       cmocka_unit_test(test_primary_restart),
       cmocka_unit_test(test_diverged),
+      cmocka_unit_test(test_verified),
       cmocka_unit_test(test_https),
       cmocka_unit_test(test_peers_at_run_time),
   };

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,13 +61,10 @@ def main():
     failures = []
     standby, surl = start_standby_on(a.loomship, sdir, 0, log)
     port = int(surl.rsplit(":", 1)[1])
-    primary = systest.spawn(
-        [a.loomship, "primary", "--dir", pdir, "--standby", surl, "--rate", "200",
-         "--pages", "64", "--keys", "512", "--arena-pages", "4096",
-         "--listen", "127.0.0.1:0", "--saves", "0"],
-        stdout=subprocess.PIPE, stderr=open(log, "ab"))
-    line = primary.stdout.readline().decode()
-    purl = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
+    primary, purl, line = systest.start_primary(
+        a.loomship, ["--dir", pdir, "--standby", surl, "--rate", "200",
+                     "--pages", "64", "--keys", "512", "--arena-pages", "4096",
+                     "--saves", "0"], log)
     if not purl:
         print("FAIL: the primary would not start: %r" % line)
         return 1

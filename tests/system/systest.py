@@ -1,10 +1,13 @@
 """systest.py: helpers shared by the system suites (crash_points.py,
 netfault.py): start and stop loomship processes on 127.0.0.1, read their
 status, inspect and verify their directories, compare two nodes."""
+import argparse
 import atexit
 import json
 import os
+import random
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +69,52 @@ def start_standby(loomship, directory, port=0, env=None, log=None, wait=5.0):
     if "listening on " not in text:
         return proc, None
     return proc, text.split("listening on ", 1)[1].split()[0]
+
+
+def start_primary(loomship, args, log):
+    """Start `loomship primary ARGS --listen 127.0.0.1:0`, stderr appended
+    to log; returns (process, url, first line): url is None when it did not
+    say where it listens."""
+    proc = spawn([loomship, "primary"] + args + ["--listen", "127.0.0.1:0"],
+                 stdout=subprocess.PIPE, stderr=open(log, "ab"))
+    line = proc.stdout.readline().decode()
+    url = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
+    return proc, url, line
+
+
+def loomship_and_rng():
+    """The arguments LOOMSHIP [--seed S]: (loomship, rng); the seed (random
+    unless given) is printed, so a failure can be repeated."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("loomship")
+    ap.add_argument("--seed", type=int)
+    a = ap.parse_args()
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    print("seed %d" % seed)
+    return a.loomship, random.Random(seed)
+
+
+def wait_for(check, timeout):
+    """Poll check() every 50 ms until it returns a true value (returned) or
+    timeout seconds passed (its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(0.05)
+
+
+def report(name, failures, root):
+    """Print each failure, or "NAME: ok" and remove root; the exit code."""
+    for f in failures:
+        print("FAIL: %s" % f)
+    if failures:
+        print("log in %s" % root)
+        return 1
+    print("%s: ok" % name)
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 def stop(proc, sig=signal.SIGTERM, timeout=15.0):

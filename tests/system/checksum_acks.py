@@ -1,0 +1,119 @@
+"""checksum_acks.py: checksum-carrying acks (issue 13, DESIGN section 8).
+
+A standby answers every frame with the whole-image checksum it computed
+itself by reading back the pages it wrote; the primary reports per standby
+`verified_seq` and makes a standby whose checksum differs from its own at
+the same seq `diverged`, in status and metrics.
+
+usage: checksum_acks.py LOOMSHIP
+Two standbys of one primary: a sound one, and one whose disk stores page
+PAGE of its image with a bit flipped (LOOMSHIP_FLIP_IMAGE_PAGE, the crash
+hook of cli/faultio.h, so this needs -Dfault_hooks=true). Exit 0 when the
+sound standby's verified_seq reaches the primary's seq with no mismatch,
+and the other is shown diverged with REPLICATE_ECHECKSUM_MISMATCH in its
+last_error, a mismatch counted in metrics, and its verified_seq below the
+seq it applied."""
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+
+PAGE = 1  # written by the first frame (every page of a new image is)
+
+
+def metrics(url):
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def peer(st, url):
+    for p in (st or {}).get("standbys") or []:
+        if p.get("url") == url:
+            return p
+    return {}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("loomship")
+    a = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="loomship-acks-")
+    log = os.path.join(root, "log")
+    failures = []
+    good, gurl = systest.start_standby(a.loomship, os.path.join(root, "good"), log=log)
+    env = dict(os.environ, LOOMSHIP_FLIP_IMAGE_PAGE=str(PAGE))
+    bad, burl = systest.start_standby(a.loomship, os.path.join(root, "bad"), env=env,
+                                      log=log)
+    if not gurl or not burl:
+        print("FAIL: a standby would not start (log in %s)" % root)
+        return 1
+    primary, purl, line = systest.start_primary(
+        a.loomship, ["--dir", os.path.join(root, "primary"), "--standby", gurl,
+                     "--standby", burl, "--saves", "0"] + systest.SMALL[:-2] +
+        ["--rate", "100"], log)
+    if not purl:
+        print("FAIL: the primary would not start: %r" % line)
+        return 1
+
+    def good_verified():
+        st = systest.status(purl)
+        p = peer(st, gurl)
+        return st if st and p.get("verified_seq", 0) >= 20 else None
+
+    st = systest.wait_for(good_verified, 30)
+    if not st:
+        failures.append("the sound standby's verified_seq never reached 20: %s"
+                        % peer(systest.status(purl), gurl))
+    else:
+        p = peer(st, gurl)
+        if p.get("checksum_mismatches") != 0 or p.get("state") == "diverged":
+            failures.append("the sound standby shows a mismatch: %s" % p)
+
+    def bad_diverged():
+        p = peer(systest.status(purl), burl)
+        return p if p.get("state") == "diverged" else None
+
+    p = systest.wait_for(bad_diverged, 30)
+    if not p:
+        failures.append("the standby with a flipped page was never shown diverged: %s"
+                        % peer(systest.status(purl), burl))
+    else:
+        print("flipped standby: %s" % p)
+        if "REPLICATE_ECHECKSUM_MISMATCH" not in (p.get("last_error") or "") and \
+                "checksum differs" not in (p.get("last_error") or ""):
+            failures.append("its last_error does not say the checksum differs: %s"
+                            % p.get("last_error"))
+        if p.get("checksum_mismatches", 0) < 1:
+            failures.append("no mismatch counted: %s" % p)
+        if p.get("verified_seq", 0) >= p.get("applied_seq", 0) > 0:
+            failures.append("verified_seq %s is not below applied_seq %s"
+                            % (p.get("verified_seq"), p.get("applied_seq")))
+        m = metrics(purl)
+        want = 'loomship_standby_checksum_mismatches_total{url="%s"} ' % burl
+        row = [l for l in m.splitlines() if l.startswith(want)]
+        if not row or float(row[0].split()[-1]) < 1:
+            failures.append("metrics do not count the mismatch: %s" % row)
+        want = 'loomship_standby_state{url="%s",state="diverged"} 1' % burl
+        if want not in m:
+            failures.append("metrics do not show it diverged")
+        if 'loomship_standby_verified_seq{url="%s"}' % gurl not in m:
+            failures.append("metrics have no loomship_standby_verified_seq")
+    bst = systest.status(burl) or {}
+    print("flipped standby's own status: applied %s" % bst.get("applied"))
+
+    systest.stop(primary)
+    systest.stop(good)
+    systest.stop(bad)
+    return systest.report("checksum acks", failures, root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
