@@ -15,6 +15,7 @@
 #include "client.h"
 #include "json_get.h"
 #include "loom.h"
+#include "status_check.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 
@@ -27,6 +28,8 @@ typedef struct remote_args {
   int json;
   int force;
   uint64_t retries;
+  int check;              /* status --check */
+  const char *max_lag;    /* status --max-lag SECONDS, or NULL */
 } remote_args;
 
 #define TOKEN_FILE_OPTION                                                        \
@@ -54,6 +57,13 @@ static const cli_option backup_options[] = {
 static const cli_option status_options[] = {
     {.name = "json", .kind = CLI_FLAG, .offset = offsetof(remote_args, json),
      .help = "print the status document as the node sent it"},
+    {.name = "check", .kind = CLI_FLAG, .offset = offsetof(remote_args, check),
+     .help = "a health check: one line, exit 0 healthy, 1 degraded (not ready, "
+             "fenced, integrity not ok, or lag over --max-lag), 2 unreachable or error"},
+    {.name = "max-lag", .arg = "SECONDS", .kind = CLI_TEXT,
+     .offset = offsetof(remote_args, max_lag), .dflt = "no limit",
+     .help = "with --check: degraded when the lag in seconds exceeds this (on a "
+             "primary, its largest standby lag)"},
     TOKEN_FILE_OPTION,
     CA_FILE_OPTION,
     {0},
@@ -142,6 +152,24 @@ static void print_status(const json_t *j)
   if (cli_json_get(j, "primary_seq"))
     printf("primary    seq %llu\n", count_at(j, "primary_seq"));
   print_standbys(sb);
+  cli_status_print_health(j);
+}
+
+/* --max-lag's value into *out (-1 when not given): 0, or 2 after a line. */
+static int max_lag_seconds(const remote_args *a, double *out)
+{
+  *out = -1;
+  if (!a->max_lag)
+    return 0;
+  char *end;
+  double v = strtod(a->max_lag, &end);
+  if (end == a->max_lag || *end || !(v >= 0) || !isfinite(v))
+    return cli_usage_error(&cmd_status, "--max-lag must be a number of seconds >= 0, "
+                                        "not '%s'", a->max_lag);
+  if (!a->check)
+    return cli_usage_error(&cmd_status, "--max-lag goes with --check");
+  *out = v;
+  return 0;
 }
 
 static int run_status(void *args)
@@ -149,9 +177,17 @@ static int run_status(void *args)
   const remote_args a = *(const remote_args *)args;
   char *token;
   int rc;
-  if ((rc = load_token("status", &a, &token)))
+  double max_lag;
+  if ((rc = max_lag_seconds(&a, &max_lag)))
     return rc;
+  if ((rc = load_token("status", &a, &token)))
+    return rc == 1 && a.check ? 2 : rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
+  if (a.check) {
+    rc = cli_status_check(a.url, &o, max_lag);
+    cli_token_forget(token);
+    return rc;
+  }
   client_reply r;
   rc = client_request("GET", a.url, "/v1/status", &o, &r);
   cli_token_forget(token);
