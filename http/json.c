@@ -186,10 +186,9 @@ void json_double(json_writer *w, double v)
     json_null(w);
     return;
   }
-  char buf[40];
+  char buf[JSON_NUMBER_MAX];
   value_start(w);
-  snprintf(buf, sizeof buf, "%.6g", v);
-  append_str(w, buf);
+  append_str(w, json_format_double(v, buf));
 }
 
 void json_bool(json_writer *w, bool v)
@@ -218,11 +217,37 @@ void json_time_ns(json_writer *w, int64_t ns)
     return;
   }
   time_t secs = (time_t)(ns / 1000000000);
-  int ms = (int)((ns % 1000000000) / 1000000);
+  char fraction[16];
+  snprintf(fraction, sizeof fraction, "%09d", (int)(ns % 1000000000));
+  for (int keep = 9; keep > 3 && !strcmp(fraction + keep - 3, "000"); keep -= 3)
+    fraction[keep - 3] = '\0';
   struct tm tm;
-  char date[32], buf[48];
+  char date[32], buf[64];
   gmtime_r(&secs, &tm);
   strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(buf, sizeof buf, "%s.%03dZ", date, ms);
+  snprintf(buf, sizeof buf, "%s.%sZ", date, fraction);
   json_string(w, buf);
+}
+
+const char *json_format_double(double v, char *buf)
+{
+  for (int digits = 1; digits <= 17; digits++) {
+    snprintf(buf, JSON_NUMBER_MAX, "%.*g", digits, v);
+    if (strtod(buf, NULL) == v || !isfinite(v))
+      break;
+  }
+  return buf;
+}
+
+const char *json_format_ns_seconds(int64_t ns, char *buf)
+{
+  const char *sign = ns < 0 ? "-" : "";
+  uint64_t u = ns < 0 ? (uint64_t)0 - (uint64_t)ns : (uint64_t)ns;
+  int n = snprintf(buf, JSON_NUMBER_MAX, "%s%" PRIu64 ".%09u", sign, u / 1000000000u,
+                   (unsigned)(u % 1000000000u));
+  while (n > 0 && buf[n - 1] == '0')
+    buf[--n] = '\0';
+  if (n > 0 && buf[n - 1] == '.')
+    buf[--n] = '\0';
+  return buf;
 }

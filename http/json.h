@@ -40,10 +40,24 @@ void json_key(json_writer *w, const char *key);
 void json_string(json_writer *w, const char *s); /* NULL writes null */
 void json_uint(json_writer *w, uint64_t v);
 void json_int(json_writer *w, int64_t v);
-void json_double(json_writer *w, double v);     /* non-finite: null */
+void json_double(json_writer *w, double v);     /* exact (below); non-finite: null */
 void json_bool(json_writer *w, bool v);
 void json_null(json_writer *w);
 void json_hex64(json_writer *w, uint64_t v);    /* "%016x" as a string */
-void json_time_ns(json_writer *w, int64_t ns);  /* ISO 8601 UTC, ms; 0: null */
+/* ISO 8601 UTC with the fraction to the nanosecond, trailing groups of
+ * three zeros dropped down to milliseconds ("...:20.123Z",
+ * "...:20.123456789Z"); ns <= 0: null. */
+void json_time_ns(json_writer *w, int64_t ns);
+
+/* Numbers printed exactly, for JSON and the metrics text alike:
+ * json_format_double writes the shortest decimal that reads back as v
+ * (strtod gives v again: "0.004", not "0.0040000000000000001"; up to 17
+ * significant digits), json_format_ns_seconds writes ns as seconds with
+ * every nanosecond ("1700000000.123456789", trailing zeros dropped, "5"
+ * for whole seconds). buf holds at least JSON_NUMBER_MAX bytes; both
+ * return buf. */
+#define JSON_NUMBER_MAX 40
+const char *json_format_double(double v, char *buf);
+const char *json_format_ns_seconds(int64_t ns, char *buf);
 
 #endif /* HTTP_JSON_H */

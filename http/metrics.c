@@ -85,8 +85,17 @@ static void gauge_u(textbuf *t, const char *name, const char *help, uint64_t v)
 
 static void gauge_f(textbuf *t, const char *name, const char *help, double v)
 {
+  char num[JSON_NUMBER_MAX];
   tb_head(t, name, "gauge", help);
-  tb_printf(t, "%s %.9g\n", name, v);
+  tb_printf(t, "%s %s\n", name, json_format_double(v, num));
+}
+
+/* A *_time_seconds gauge: ns since the epoch, every digit kept. */
+static void gauge_time(textbuf *t, const char *name, const char *help, int64_t ns)
+{
+  char num[JSON_NUMBER_MAX];
+  tb_head(t, name, "gauge", help);
+  tb_printf(t, "%s %s\n", name, json_format_ns_seconds(ns, num));
 }
 
 static void counter_u(textbuf *t, const char *name, const char *help,
@@ -134,6 +143,7 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       char url[2 * REPLICATE_URL_MAX];
       label_escape(p->url, url, sizeof url);
       double v = 0;
+      char num[JSON_NUMBER_MAX];
       switch (m) {
       case 0: v = (double)p->sent_seq; break;
       case 1: v = (double)p->received_seq; break;
@@ -144,9 +154,12 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       case 6: v = (double)p->bytes_raw; break;
       case 7: v = (double)p->bytes_wire; break;
       case 8: v = (double)p->base_images_sent; break;
-      default: v = seconds_of(p->last_error_at_ns); break;
+      default:
+        tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url,
+                  json_format_ns_seconds(p->last_error_at_ns, num));
+        continue;
       }
-      tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
+      tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url, json_format_double(v, num));
     }
   }
   tb_head(t, "loomship_standby_state", "gauge",
@@ -179,9 +192,9 @@ static void node_metrics(textbuf *t, http_server *s, const http_figures *f)
   tb_head(t, "loomship_info", "gauge", "Build and role of this node.");
   tb_printf(t, "loomship_info{version=\"%s\",role=\"%s\"} 1\n",
             LOOMSHIP_VERSION, f->standby_role ? "standby" : "primary");
-  gauge_f(t, "loomship_start_time_seconds",
+  gauge_time(t, "loomship_start_time_seconds",
           "When the server started, in seconds since the epoch.",
-          seconds_of(s->started_ns));
+          s->started_ns);
   gauge_f(t, "loomship_uptime_seconds", "Seconds since the server started.",
           seconds_of(http_monotonic_ns() - s->started_mono_ns));
   gauge_u(t, "loomship_ready", "1 when /readyz answers 200.", f->ready);
@@ -190,9 +203,9 @@ static void node_metrics(textbuf *t, http_server *s, const http_figures *f)
           st->applied.seq);
   gauge_u(t, "loomship_applied_pages", "Length of the image in pages.",
           st->applied.pages);
-  gauge_f(t, "loomship_applied_commit_time_seconds",
+  gauge_time(t, "loomship_applied_commit_time_seconds",
           "Commit time of the image's position (0: unknown).",
-          seconds_of(st->applied.commit_time_ns));
+          st->applied.commit_time_ns);
 }
 
 /* A standby's own: received, lag, contact, divergence. */
@@ -219,9 +232,9 @@ static void standby_metrics(textbuf *t, const http_figures *f)
           "1 while a base image is coming in.", st->replay_paused);
   gauge_u(t, "loomship_receive_log_bytes", "Size of the receive log.",
           f->view.receive_log_bytes);
-  gauge_f(t, "loomship_last_contact_time_seconds",
+  gauge_time(t, "loomship_last_contact_time_seconds",
           "When the primary was last heard from (0: never).",
-          seconds_of(f->view.last_contact_ns));
+          f->view.last_contact_ns);
   gauge_u(t, "loomship_diverged",
           "1 while input that would move this standby backwards or "
           "sideways is being refused (status: diverged).",
