@@ -102,6 +102,20 @@ static void source_sync(void *ctx, http_sync_status *out)
   }
 }
 
+static void source_log_stats(void *ctx, replicate_log_stats *out)
+{
+  primary_node *n = ctx;
+  replicate_log_get_stats(n->log, out);
+}
+
+static void source_save_durations(void *ctx, replicate_duration_histogram *out)
+{
+  primary_node *n = ctx;
+  pthread_mutex_lock(&n->lock);
+  *out = n->save_durations;
+  pthread_mutex_unlock(&n->lock);
+}
+
 static void ship_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
 /* The replication log is a cache of the store: damage found at open costs
@@ -156,7 +170,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .fenced = source_fenced,
                                       .peers = source_peers,
                                       .sync_state = source_sync,
-                                      .history = source_history};
+                                      .history = source_history,
+                                      .log_stats = source_log_stats,
+                                      .save_durations = source_save_durations};
     http_server_options ho = {
         .role = HTTP_ROLE_PRIMARY,
         .primary = &n->source,
@@ -190,9 +206,16 @@ int primary_step(primary_node *n)
     if (rc)
       return rc;
   }
+  double start = loom_mono_s();
   int rc = kv_save(n->table);
+  double took = loom_mono_s() - start;
   if (rc == 0 || rc == REPLICATE_ESYNC_TIMEOUT || rc == REPLICATE_EFENCED)
     n->saves++; /* committed locally either way */
+  if (rc == 0) {
+    pthread_mutex_lock(&n->lock);
+    replicate_duration_observe(&n->save_durations, took);
+    pthread_mutex_unlock(&n->lock);
+  }
   return rc;
 }
 

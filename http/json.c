@@ -231,6 +231,10 @@ void json_time_ns(json_writer *w, int64_t ns)
 
 const char *json_format_double(double v, char *buf)
 {
+  if (isfinite(v) && v == floor(v) && fabs(v) < 9007199254740992.0) { /* 2^53 */
+    snprintf(buf, JSON_NUMBER_MAX, "%.0f", v); /* "10", not "1e+01" */
+    return buf;
+  }
   for (int digits = 1; digits <= 17; digits++) {
     snprintf(buf, JSON_NUMBER_MAX, "%.*g", digits, v);
     if (strtod(buf, NULL) == v || !isfinite(v))

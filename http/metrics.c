@@ -9,6 +9,11 @@
 #include <string.h>
 
 #include "server_internal.h"
+#if __has_include("build_version.h")
+#include "build_version.h" /* generated: the build's commit */
+#else
+#define LOOMSHIP_COMMIT "unknown" /* builds without it (the fuzz build) */
+#endif
 
 /* ---------------------------------------------------------------------- */
 /* A growing text buffer */
@@ -98,12 +103,33 @@ static void gauge_time(textbuf *t, const char *name, const char *help, int64_t n
   tb_printf(t, "%s %s\n", name, json_format_ns_seconds(ns, num));
 }
 
+/* A duration histogram (replicate.h): cumulative buckets, sum, count. */
+static void histogram(textbuf *t, const char *name, const char *help,
+                      const replicate_duration_histogram *h)
+{
+  char num[JSON_NUMBER_MAX];
+  uint64_t below = 0;
+  tb_head(t, name, "histogram", help);
+  for (int i = 0; i < REPLICATE_DURATION_BUCKETS; i++) {
+    below += h->counts[i];
+    tb_printf(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", name,
+              json_format_double(replicate_duration_bounds[i], num), below);
+  }
+  tb_printf(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->count);
+  tb_printf(t, "%s_sum %s\n", name, json_format_double(h->sum_seconds, num));
+  tb_printf(t, "%s_count %" PRIu64 "\n", name, h->count);
+}
+
 static void counter_u(textbuf *t, const char *name, const char *help,
                       uint64_t v)
 {
   tb_head(t, name, "counter", help);
   tb_printf(t, "%s %" PRIu64 "\n", name, v);
 }
+
+/* Every state of a standby, for the state set (replicate.h lists them,
+ * REPLICATE_PEER_DIVERGED last). */
+#define PEER_STATES ((int)REPLICATE_PEER_DIVERGED + 1)
 
 static double seconds_of(int64_t ns) { return (double)ns / 1e9; }
 
@@ -163,12 +189,15 @@ static void peer_metrics(textbuf *t, const http_figures *f)
     }
   }
   tb_head(t, "loomship_standby_state", "gauge",
-          "1 for the standby's current replication state.");
+          "The standby's replication state as a state set: one series per "
+          "state, 1 for the current one, 0 for the others.");
   for (size_t i = 0; i < f->peer_count; i++) {
     char url[2 * REPLICATE_URL_MAX];
     label_escape(f->peers[i].url, url, sizeof url);
-    tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} 1\n", url,
-              replicate_peer_state_name(f->peers[i].state));
+    for (int st = 0; st < PEER_STATES; st++)
+      tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} %d\n", url,
+                replicate_peer_state_name((replicate_peer_state)st),
+                (int)f->peers[i].state == st);
   }
 }
 
@@ -192,6 +221,9 @@ static void node_metrics(textbuf *t, http_server *s, const http_figures *f)
   tb_head(t, "loomship_info", "gauge", "Build and role of this node.");
   tb_printf(t, "loomship_info{version=\"%s\",role=\"%s\"} 1\n",
             LOOMSHIP_VERSION, f->standby_role ? "standby" : "primary");
+  tb_head(t, "loomship_build_info", "gauge", "The build: version and git commit.");
+  tb_printf(t, "loomship_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+            LOOMSHIP_VERSION, LOOMSHIP_COMMIT);
   gauge_time(t, "loomship_start_time_seconds",
           "When the server started, in seconds since the epoch.",
           s->started_ns);
@@ -239,6 +271,9 @@ static void standby_metrics(textbuf *t, const http_figures *f)
           "1 while input that would move this standby backwards or "
           "sideways is being refused (status: diverged).",
           st->diverged != 0);
+  histogram(t, "loomship_apply_duration_seconds",
+            "How long each group apply took: frames from the receive log "
+            "committed to the image.", &f->view.apply_durations);
   counter_u(t, "loomship_divergence_refusals_total",
             "Frames and base images refused as moving this standby "
             "backwards or sideways.", st->divergences);
@@ -279,6 +314,92 @@ static void counter_metrics(textbuf *t, const http_figures *f)
             "Requests refused for a missing or wrong token.", f->auth_failures);
 }
 
+/* The standard process_* families (metrics_process.c reads them). */
+static void process_metrics(textbuf *t)
+{
+  http_process_figures p;
+  http_process_figures_read(&p);
+  if (p.cpu_known) {
+    char num[JSON_NUMBER_MAX];
+    tb_head(t, "process_cpu_seconds_total", "counter",
+            "Total user and system CPU time spent in seconds.");
+    tb_printf(t, "process_cpu_seconds_total %s\n", json_format_double(p.cpu_seconds, num));
+  }
+  if (p.memory_known) {
+    gauge_u(t, "process_resident_memory_bytes", "Resident memory size in bytes.",
+            p.resident_bytes);
+    gauge_u(t, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+            p.virtual_bytes);
+  }
+  if (p.fds_known) {
+    gauge_u(t, "process_open_fds", "Number of open file descriptors.", p.open_fds);
+    if (p.max_fds)
+      gauge_u(t, "process_max_fds", "Maximum number of open file descriptors.",
+              p.max_fds);
+  }
+  if (p.start_time_ns)
+    gauge_time(t, "process_start_time_seconds",
+               "Start time of the process since unix epoch in seconds.", p.start_time_ns);
+}
+
+/* A primary's sync mode: required standbys and whether it is degraded. */
+static void sync_metrics(textbuf *t, http_server *s)
+{
+  http_sync_status sync = {0};
+  if (!s->primary.sync_state)
+    return;
+  s->primary.sync_state(s->primary.ctx, &sync);
+  gauge_u(t, "loomship_sync_required", "Standbys each save waits for (--sync N; 0: async).",
+          sync.required);
+  gauge_u(t, "loomship_sync_degraded",
+          "1 while fewer than --sync N standbys hold the latest commit since a save "
+          "timed out (status: sync.degraded).", sync.degraded);
+  gauge_time(t, "loomship_sync_degraded_since_time_seconds",
+             "When sync mode became degraded (0: it is not).",
+             sync.degraded ? sync.degraded_since_ns : 0);
+}
+
+/* A primary's replication log: what a standby that was away can catch up
+ * from without a base image. */
+static void log_metrics(textbuf *t, http_server *s)
+{
+  replicate_log_stats ls;
+  if (s->primary.save_durations) {
+    replicate_duration_histogram h;
+    s->primary.save_durations(s->primary.ctx, &h);
+    histogram(t, "loomship_save_duration_seconds",
+              "How long the application's saves took (commit, and in sync mode "
+              "the wait for standbys).", &h);
+  }
+  if (!s->primary.log_stats)
+    return;
+  s->primary.log_stats(s->primary.ctx, &ls);
+  gauge_u(t, "loomship_replication_log_bytes",
+          "Size of the replication log on disk, record headers included.", ls.bytes);
+  gauge_u(t, "loomship_replication_log_oldest_seq",
+          "Oldest seq the replication log still holds (0: empty).", ls.oldest_seq);
+  gauge_u(t, "loomship_replication_log_newest_seq",
+          "Newest seq in the replication log (0: empty).", ls.newest_seq);
+  gauge_u(t, "loomship_replication_log_segments", "Segment files of the replication log.",
+          ls.segments);
+}
+
+/* Failed requests per standby and kind (replicate.h names the kinds). */
+static void peer_error_metrics(textbuf *t, const http_figures *f)
+{
+  tb_head(t, "loomship_standby_errors_total", "counter",
+          "Failed requests to the standby, by kind: unreachable, stalled, refused "
+          "(an HTTP error answer), unauthorized, local.");
+  for (size_t i = 0; i < f->peer_count; i++) {
+    char url[2 * REPLICATE_URL_MAX];
+    label_escape(f->peers[i].url, url, sizeof url);
+    for (int k = 0; k < REPLICATE_PEER_ERROR_KINDS; k++)
+      tb_printf(t, "loomship_standby_errors_total{url=\"%s\",kind=\"%s\"} %" PRIu64 "\n",
+                url, replicate_peer_error_kind_name((replicate_peer_error_kind)k),
+                f->peers[i].errors[k]);
+  }
+}
+
 /* Replies by endpoint and status code (http_server_count). */
 static void request_metrics(textbuf *t, http_server *s)
 {
@@ -315,11 +436,15 @@ int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_u(&t, "loomship_fenced",
             "1 once a standby was promoted past this primary.", f.fenced);
     gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
+    sync_metrics(&t, s);
+    log_metrics(&t, s);
     peer_metrics(&t, &f);
+    peer_error_metrics(&t, &f);
   }
   counter_metrics(&t, &f);
   guard_metrics(&t, s->guard);
   request_metrics(&t, s);
+  process_metrics(&t);
   http_figures_free(&f);
 
   if (t.failed) {

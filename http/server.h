@@ -179,6 +179,11 @@ typedef struct http_sync_status {
  *   sync_state     optional: fill out (status "sync": {"required": N,
  *                  "count": N (the same, for older readers), "degraded":
  *                  bool, "degraded_since": time or null}).
+ *   log_stats      optional: the replication log's figures
+ *                  (replicate_log_get_stats), for the metrics
+ *                  loomship_replication_log_*.
+ *   save_durations optional: how long the application's saves took
+ *                  (loomship_save_duration_seconds).
  */
 typedef struct http_primary_source {
   void *ctx;
@@ -188,6 +193,8 @@ typedef struct http_primary_source {
   size_t (*peers)(void *ctx, replicate_peer_status *out, size_t cap);
   void (*sync_state)(void *ctx, http_sync_status *out);
   void (*history)(void *ctx, loom_history *out); /* optional */
+  void (*log_stats)(void *ctx, replicate_log_stats *out); /* optional */
+  void (*save_durations)(void *ctx, replicate_duration_histogram *out); /* optional */
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */

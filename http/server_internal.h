@@ -145,6 +145,17 @@ typedef struct http_figures {
   uint64_t auth_failures;
 } http_figures;
 
+/* The figures of the standard process_* metrics (metrics_process.c). */
+typedef struct http_process_figures {
+  bool cpu_known, memory_known, fds_known;
+  double cpu_seconds;           /* user + system */
+  uint64_t resident_bytes, virtual_bytes;
+  uint64_t open_fds, max_fds;   /* max_fds 0: unlimited */
+  int64_t start_time_ns;        /* CLOCK_REALTIME; 0 when unknown */
+} http_process_figures;
+
+void http_process_figures_read(http_process_figures *out);
+
 void http_figures_collect(http_server *server, http_figures *out);
 void http_figures_free(http_figures *f);
 

@@ -300,6 +300,9 @@ typedef struct replicate_receiver_status {
   uint64_t duplicates, heartbeats, bases;
   uint64_t bytes_received;      /* commit frame bytes made durable */
   uint64_t receive_log_bytes;
+  replicate_duration_histogram apply_durations; /* each group apply: taking
+                                   the frames from the receive log and
+                                   committing them to the store */
 } replicate_receiver_status;
 
 void replicate_receiver_get_status(replicate_receiver *rx,

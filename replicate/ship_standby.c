@@ -138,6 +138,19 @@ static void retry_after_backoff(standby *sb, double retry_after_s)
   sb->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(delay);
 }
 
+/* The kind of a failure that leaves state (NULL: a local failure, the state
+ * kept). */
+static replicate_peer_error_kind error_kind(const replicate_peer_state *state)
+{
+  if (!state)
+    return REPLICATE_PEER_ERROR_LOCAL;
+  if (*state == REPLICATE_PEER_STALLED)
+    return REPLICATE_PEER_ERROR_STALLED;
+  if (*state == REPLICATE_PEER_REFUSED)
+    return REPLICATE_PEER_ERROR_REFUSED;
+  return REPLICATE_PEER_ERROR_UNREACHABLE;
+}
+
 /* A failed request: the error, the state it leaves (counted as a failed
  * attempt for a drain) or none (keep), backoff; the position is asked
  * again before anything else is sent. */
@@ -147,6 +160,7 @@ static void fail_into(standby *sb, const replicate_peer_state *state,
   replicate_shipper *sh = sb->sh;
   pthread_mutex_lock(&sh->mu);
   sb->failures++;
+  sb->errors[error_kind(state)]++;
   if (state)
     sb->unreachable_run++;
   pthread_cond_broadcast(&sh->cond); /* a drain counts the attempts */
@@ -831,6 +845,7 @@ static void finish_unauthorized(standby *sb, long code)
   replicate_shipper *sh = sb->sh;
   pthread_mutex_lock(&sh->mu);
   sb->failures++;
+  sb->errors[REPLICATE_PEER_ERROR_UNAUTHORIZED]++;
   pthread_mutex_unlock(&sh->mu);
   ship_set_error(sb, "HTTP %ld: the standby refused our token", code);
   pthread_mutex_lock(&sh->mu);

@@ -83,6 +83,7 @@ void replicate_shipper_status(replicate_shipper *sh,
     o->coalesced_sent = sb->coalesced_sent;
     o->base_images_sent = sb->base_images_sent;
     o->failures = sb->failures;
+    memcpy(o->errors, sb->errors, sizeof o->errors);
   }
   pthread_mutex_unlock(&sh->mu);
 }

@@ -84,6 +84,8 @@ static void test_exact_numbers(void **state)
   assert_string_equal(json_format_double(1700000000.123456, b), "1700000000.123456");
   assert_string_equal(json_format_double(1234567.25, b), "1234567.25");
   assert_string_equal(json_format_double(0, b), "0");
+  assert_string_equal(json_format_double(10, b), "10");
+  assert_string_equal(json_format_double(-2500000, b), "-2500000");
   assert_string_equal(json_format_ns_seconds(1700000000123456789LL, b),
                       "1700000000.123456789");
   assert_string_equal(json_format_ns_seconds(1700000001000000000LL, b), "1700000001");

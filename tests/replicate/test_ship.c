@@ -1220,6 +1220,13 @@ static void test_catch_up_coalesced(void **state)
   assert_true(st.lag_bytes > 0);
   assert_true(st.lag_seconds > 0);
   assert_true(st.last_error[0] != '\0');
+  /* every failure counted, by kind (metrics: loomship_standby_errors_total) */
+  assert_true(st.errors[REPLICATE_PEER_ERROR_UNREACHABLE] > 0);
+  assert_int_equal(st.errors[REPLICATE_PEER_ERROR_UNAUTHORIZED], 0);
+  uint64_t sum = 0;
+  for (int k = 0; k < REPLICATE_PEER_ERROR_KINDS; k++)
+    sum += st.errors[k];
+  assert_int_equal(sum, st.failures);
   assert_true(st.last_error_at > 0);
   fake_up(f);
   catch_up(&p, f);
@@ -1514,6 +1521,7 @@ static void test_unauthorized(void **state)
   replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_string_equal(st.state_name, "unauthorized");
+  assert_true(st.errors[REPLICATE_PEER_ERROR_UNAUTHORIZED] > 0);
   assert_non_null(strstr(st.last_error, "401"));
   assert_null(strstr(st.last_error, "secret"));
   /* Retried, but rarely (a 0.3 s period): two more refusals take at least
@@ -1605,6 +1613,7 @@ static void test_retry_after(void **state)
   replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "503"));
+  assert_true(st.errors[REPLICATE_PEER_ERROR_REFUSED] > 0);
   assert_same_image(&p, f);
   primary_stop(&p);
   fake_stop(f);
