@@ -92,14 +92,23 @@ int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy)
 int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port);
 /* A log line on stderr: UTC time, who (ctx, a string), message. */
 void cli_log(void *ctx, const char *message);
-/* Block SIGTERM and SIGINT in all threads (sigwait them); ignore SIGPIPE. */
+/* Block SIGTERM, SIGINT and SIGHUP in all threads (sigwait them; see
+ * signals.h); ignore SIGPIPE. */
 #include <signal.h>
 void cli_block_stop_signals(sigset_t *set);
 
-/* systemd: a notification (no-op outside systemd); ready also starts the
- * watchdog pings when the unit asks for them. */
+/* systemd (notify.c): a notification (no-op outside systemd); ready also
+ * reads the watchdog period the unit asks for. */
 void cli_notify(const char *message);
 void cli_notify_ready(const char *status);
+/* From a main loop, as often as it likes: STATUS=status (at most once a
+ * second), with WATCHDOG=1 only when progress is true. */
+void cli_notify_progress(bool progress, const char *status);
+/* The watchdog period in seconds ($WATCHDOG_USEC), 0 when none. */
+double cli_watchdog_seconds(void);
+/* Whether the server at host:port accepts a connection and (plain HTTP)
+ * answers GET /healthz with 200 within timeout_s. */
+bool cli_probe_server(const char *host, uint16_t port, bool tls, double timeout_s);
 
 /* fsync a directory by path: 0 or an errno value. */
 int cli_sync_dir(const char *path);

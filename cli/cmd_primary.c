@@ -19,9 +19,11 @@
 #include "clock.h"
 #include "faultio.h"
 #include "kv.h"
+#include "logging.h"
 #include "primary.h"
 #include "replicate.h"
 #include "server.h"
+#include "signals.h"
 
 
 #define MAX_STANDBYS 32
@@ -289,41 +291,69 @@ static bool node_fenced(primary_node *n) { return source_fenced(n); }
 
 /* Once fenced, no more saves: with --saves N the primary stops at once,
  * with --saves 0 it keeps serving ("fenced": true) until SIGTERM. */
-static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
+static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves,
+                       const cli_reload *reload)
 {
-  cli_log("primary", "FENCED: a standby of this primary's history has a newer "
-                     "epoch (it was promoted); this primary saves nothing more");
+  char epoch[24];
+  snprintf(epoch, sizeof epoch, "%llu", (unsigned long long)n->committed.epoch);
+  cli_log_fields(CLI_ERROR, "primary",
+                 "FENCED: a standby of this primary's history has a newer epoch (it was "
+                 "promoted); this primary saves nothing more",
+                 (const char *const[]){"epoch", epoch, NULL});
   if (saves == 0 && n->server) {
-    while (sigwaitinfo(stop, NULL) < 0 && errno == EINTR)
-      ;
+    while (cli_wait_stop(stop, 1, reload) == 0)
+      cli_notify_progress(true, "fenced: serving until stopped");
   }
   return PRIMARY_EXIT_FENCED;
+}
+
+/* STATUS= with the seq and the largest standby lag; the watchdog ping
+ * when the loop ran and the server (if any) answers. */
+static void watch(primary_node *n)
+{
+  static double last; /* the main thread's */
+  if (!getenv("NOTIFY_SOCKET") || loom_mono_s() - last < 0.25)
+    return; /* nobody to tell, or told just now (cli_notify_progress paces) */
+  last = loom_mono_s();
+  double worst = 0;
+  if (n->shipper) {
+    replicate_peer_status st[MAX_STANDBYS];
+    size_t count = 0;
+    replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
+    for (size_t i = 0; i < count && i < MAX_STANDBYS; i++)
+      worst = st[i].lag_seconds > worst ? st[i].lag_seconds : worst;
+  }
+  bool ok = !n->server || cli_watchdog_seconds() == 0 ||
+            cli_probe_server(n->cfg.listen_host, http_server_port(n->server),
+                             n->cfg.tls_cert != NULL, 1);
+  char status[160];
+  snprintf(status, sizeof status, "seq %llu, %llu saves, largest standby lag %.3f s%s",
+           (unsigned long long)n->committed.seq, (unsigned long long)n->saves, worst,
+           ok ? "" : " (server not answering)");
+  cli_notify_progress(ok, status);
 }
 
 /* The workload: a save every 1/rate s until --saves or a stop signal.
  * Returns 0, PRIMARY_EXIT_FENCED or 1 (an error, said). */
 static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
-                        uint64_t rate, int ack_fd)
+                        uint64_t rate, int ack_fd, const cli_reload *reload)
 {
   double period = 1.0 / (double)rate, next = loom_mono_s(), last_log = loom_mono_s();
   for (;;) {
     if (saves && n->saves >= saves)
       return 0;
     double wait = next - loom_mono_s();
-    struct timespec ts = {0, 0};
-    if (wait > 0) {
-      ts.tv_sec = (time_t)wait;
-      ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
-    }
-    if (sigtimedwait(stop, NULL, &ts) > 0) {
-      cli_log("primary", "stop signal: finishing");
+    int sig = cli_wait_stop(stop, wait > 0 ? wait : 0, reload);
+    if (sig > 0) {
+      cli_log_at(CLI_INFO, "primary", "%s: finishing", sig == SIGINT ? "SIGINT" : "SIGTERM");
       return 0;
     }
+    watch(n);
     next += period;
     if (next < loom_mono_s() - 1)
       next = loom_mono_s(); /* fell behind: do not burst */
     if (node_fenced(n))
-      return wait_fenced(n, stop, saves);
+      return wait_fenced(n, stop, saves, reload);
     int rc = primary_step(n);
     if (rc == 0) {
       faultio_note_ack(&n->committed);
@@ -336,16 +366,18 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
                (unsigned long long)n->committed.seq);
       cli_log("primary", line);
     } else if (rc == REPLICATE_EFENCED) {
-      return wait_fenced(n, stop, saves);
+      return wait_fenced(n, stop, saves, reload);
     } else {
       cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       return 1;
     }
     if (loom_mono_s() - last_log >= 10) {
-      char line[160];
-      snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n->saves,
-               (unsigned long long)n->committed.seq);
-      cli_log("primary", line);
+      char count[24], seq[24], epoch[24];
+      snprintf(count, sizeof count, "%llu", (unsigned long long)n->saves);
+      snprintf(seq, sizeof seq, "%llu", (unsigned long long)n->committed.seq);
+      snprintf(epoch, sizeof epoch, "%llu", (unsigned long long)n->committed.epoch);
+      cli_log_fields(CLI_INFO, "primary", "progress",
+                     (const char *const[]){"saves", count, "seq", seq, "epoch", epoch, NULL});
       last_log = loom_mono_s();
     }
   }
@@ -358,6 +390,7 @@ typedef struct primary_args {
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
       log_max_mb, level;
+  cli_log_args log;
 } primary_args;
 
 static int add_standby(const char *cmd, const char *url, void *args)
@@ -425,6 +458,7 @@ static const cli_option primary_options[] = {
            "the replication log's size cap"),
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
+    CLI_LOG_OPTIONS(primary_args, log),
     {0},
 };
 #undef TEXT
@@ -456,6 +490,9 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
 static int run_primary(void *args)
 {
   const primary_args *a = args;
+  int lrc = cli_logging_setup(&cmd_primary, &a->log);
+  if (lrc)
+    return lrc;
   const char *listen = a->listen, *token_file = a->token_file, *ack_log = a->ack_log;
   uint64_t saves = a->saves, rate = a->rate, drain = a->drain, seed = a->seed;
   primary_config cfg;
@@ -504,7 +541,9 @@ static int run_primary(void *args)
     free(host);
     return 1;
   }
-  int exit_code = run_workload(&n, &stop, saves, rate, ack_fd);
+  cli_reload reload = {.who = "primary", .token_file = token_file, .tls_cert = cfg.tls_cert,
+                       .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper};
+  int exit_code = run_workload(&n, &stop, saves, rate, ack_fd, &reload);
   if (exit_code == 0 && node_fenced(&n))
     exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */
   cli_notify("STOPPING=1");

@@ -247,7 +247,7 @@ static bool slot_take(http_server *s, request *r, unsigned limit)
  * here carries it. */
 static bool take_upload_slot(http_server *s, request *r, struct MHD_Connection *conn)
 {
-  bool keep_one = !s->token && s->max_uploads > 1;
+  bool keep_one = !s->auth && s->max_uploads > 1;
   bool ok = slot_take(s, r, s->max_uploads - (keep_one ? 1 : 0));
   if (!ok && keep_one && r->ep == HTTP_EP_FRAMES)
     ok = r->wants_reserved_slot = true;
@@ -407,11 +407,14 @@ static bool refuse_token(http_server *s, struct MHD_Connection *conn,
                          const request *r, const char *method,
                          http_reply *reply)
 {
-  if (!needs_token(r->ep) || !s->token)
+  if (!needs_token(r->ep) || !s->auth)
     return false;
   const char *auth = MHD_lookup_connection_value(
       conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-  if (http_token_matches(s->token, s->token_len, auth))
+  pthread_mutex_lock(&s->token_mu);
+  bool matches = http_token_matches(s->token, s->token_len, auth);
+  pthread_mutex_unlock(&s->token_mu);
+  if (matches)
     return false;
   char addr[INET6_ADDRSTRLEN];
   client_address(conn, addr, sizeof addr);

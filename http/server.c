@@ -161,6 +161,7 @@ static void server_free(http_server *s)
   free(s->tls_cert);
   http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
+  pthread_mutex_destroy(&s->token_mu);
   http_backups_free(s->backups);
   free(s);
 }
@@ -189,6 +190,7 @@ static http_server *server_new(const http_server_options *opt)
   if (!s)
     return NULL;
   pthread_mutex_init(&s->stats_mu, NULL);
+  pthread_mutex_init(&s->token_mu, NULL);
   s->role = opt->role;
   if (opt->primary)
     s->primary = *opt->primary;
@@ -225,6 +227,7 @@ static int server_secrets_and_guard(http_server *s,
       return ENOMEM;
     memcpy(s->token, opt->token, opt->token_len);
     s->token_len = opt->token_len;
+    s->auth = true;
   }
   if (opt->tls_cert_file) {
     int rc = read_file(opt->tls_cert_file, &s->tls_cert);
@@ -328,6 +331,30 @@ int http_server_start(const http_server_options *opt, http_server **out)
 uint16_t http_server_port(const http_server *s)
 {
   return s->port;
+}
+
+int http_server_set_token(http_server *s, const uint8_t *token, size_t len)
+{
+  if (!s || !token || len == 0)
+    return HTTP_EINVAL;
+  uint8_t *copy = malloc(len);
+  if (!copy)
+    return ENOMEM;
+  memcpy(copy, token, len);
+  pthread_mutex_lock(&s->token_mu);
+  if (!s->token) {
+    pthread_mutex_unlock(&s->token_mu);
+    free(copy);
+    return HTTP_EINVAL;
+  }
+  uint8_t *old = s->token;
+  size_t old_len = s->token_len;
+  s->token = copy;
+  s->token_len = len;
+  pthread_mutex_unlock(&s->token_mu);
+  memset(old, 0, old_len);
+  free(old);
+  return 0;
 }
 
 int http_server_stop(http_server *s)

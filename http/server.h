@@ -286,6 +286,16 @@ int http_server_start(const http_server_options *opt, http_server **out);
 uint16_t http_server_port(const http_server *server);
 
 /*
+ * http_server_set_token: replace the bearer token (copied) for the
+ * requests that arrive from now on (SIGHUP's token rotation). Only a
+ * server started with a token takes a new one: turning authentication on
+ * or off needs a restart (it changes the upload slots' policy too).
+ * Thread-safe. Returns 0, HTTP_EINVAL (no token before, or token NULL or
+ * empty) or ENOMEM (the old token is kept).
+ */
+int http_server_set_token(http_server *server, const uint8_t *token, size_t len);
+
+/*
  * http_server_stop: stop gracefully and free the server. Stops accepting
  * connections and waits for the requests in flight (an upload in progress
  * is cut off; a base image cut off leaves the old image), then, on a

@@ -66,8 +66,11 @@ const char *http_endpoint_path(http_endpoint ep);
 struct http_server {
   http_role role;               /* the configured role */
   http_primary_source primary;  /* primary role */
-  uint8_t *token;               /* NULL: no authentication */
+  uint8_t *token;               /* NULL: no authentication; under
+                                   token_mu once running */
   size_t token_len;
+  pthread_mutex_t token_mu;     /* http_server_set_token vs requests */
+  bool auth;                    /* a token is required (fixed at start) */
   char *tls_cert;               /* PEM contents, or NULL */
   char *tls_key;
   uint64_t max_frame_bytes;

@@ -775,6 +775,10 @@ static void finish_ok(standby *sb, request_kind req, double retry_s)
   replicate_shipper *sh = sb->sh;
   sb->consecutive_failures = 0;
   sb->consecutive_conflicts = 0;
+  /* A success ends any wait: after a 401 the new token's first request is
+   * let through early (ship_schedule), and the rest must not then wait out
+   * the unauthorized retry period. */
+  sb->next_attempt_ns = 0;
   pthread_mutex_lock(&sh->mu);
   sb->unreachable_run = 0;
   pthread_mutex_unlock(&sh->mu);

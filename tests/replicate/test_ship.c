@@ -1551,6 +1551,30 @@ static void test_unauthorized(void **state)
   fake_stop(f);
 }
 
+/* A new token (SIGHUP) lets the first request through at once, and the
+ * commits after it do not wait out the unauthorized retry period (30 s by
+ * default): a success ends the wait. */
+static void test_token_rotation_no_wait(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  snprintf(f->token, sizeof f->token, "standby-secret-B");
+  primary p;
+  replicate_shipper_options o = test_options();
+  o.token = "primary-secret-A";
+  o.unauthorized_retry_seconds = 60;
+  primary_start(&p, &o, &f, 1, NULL);
+  wait_state(&p, 0, REPLICATE_PEER_UNAUTHORIZED);
+  primary_saves(&p, 3, 2, false);
+  assert_int_equal(replicate_shipper_set_token(p.sh, "standby-secret-B"), 0);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
+  primary_saves(&p, 3, 2, false); /* shipped as they commit, not in 60 s */
+  catch_up(&p, f);
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
 /* 409 stale epoch: fenced everywhere, nothing more is shipped. */
 static void test_fenced(void **state)
 {
@@ -1915,6 +1939,7 @@ int main(void)
       cmocka_unit_test(test_sync_timeout_fail),
       cmocka_unit_test(test_sync_timeout_degrade),
       cmocka_unit_test(test_unauthorized),
+      cmocka_unit_test(test_token_rotation_no_wait),
       cmocka_unit_test(test_fenced),
       cmocka_unit_test(test_retry_after),
       cmocka_unit_test(test_refused),
