@@ -144,6 +144,20 @@ NOTIFY_SOCKET="$work/notify.sock" WATCHDOG_USEC=900000 \
 sn=$!; pids+=("$sn")
 check "READY=1 was sent" poll 10 grep -q 'READY=1' "$work/notify.log"
 check "WATCHDOG=1 with STATUS= naming the lag" poll 10 grep -q 'WATCHDOG=1|STATUS=applied seq 0, lag 0 frames' "$work/notify.log"
+snurl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/sn.out" | head -1)
+# Hold every connection one address may have (8): the server no longer
+# answers the probe from 127.0.0.1, so no more pings until they close.
+python3 - "${snurl##*:}" <<'PY' &
+import socket, sys, time
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(8)]
+time.sleep(3)
+PY
+holder=$!
+check "a server that does not answer: STATUS says so, without WATCHDOG=1" \
+  poll 10 grep -q '^STATUS=applied seq 0, lag 0 frames, 0.000 s (not progressing)$' "$work/notify.log"
+wait "$holder"
+check "pings again once it answers" poll 10 bash -c \
+  "tail -n 2 '$work/notify.log' | grep -q '^WATCHDOG=1|STATUS=applied seq 0, lag 0 frames, 0.000 s$'"
 stop "$sn"
 check "STOPPING=1 at the end" poll 5 grep -q 'STOPPING=1' "$work/notify.log"
 finish
