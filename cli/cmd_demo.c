@@ -272,6 +272,7 @@ static int run_demo(void *args)
   if (standby < 0)
     return cli_fail("demo", "the standby did not start");
   printf("standby    %s  (pid %d)\n", url, (int)standby);
+  printf("page       %s/  (the standby's status page, while the demo runs)\n", url);
 
   const char *urls[1] = {url};
   primary_config cfg = {.who = "demo primary", .dir = primary_dir, .arena_pages = 8192,

@@ -57,6 +57,7 @@ static const char *const endpoint_paths[HTTP_EP_COUNT] = {
     [HTTP_EP_PROMOTE] = "/v1/promote", [HTTP_EP_BACKUP] = "/v1/backup",
     [HTTP_EP_STATUS] = "/v1/status",   [HTTP_EP_METRICS] = "/metrics",
     [HTTP_EP_HEALTHZ] = "/healthz",    [HTTP_EP_READYZ] = "/readyz",
+    [HTTP_EP_PAGE] = "/",
     [HTTP_EP_OTHER] = "other",
 };
 
@@ -110,6 +111,7 @@ static const char *allowed_methods(http_endpoint ep)
   case HTTP_EP_METRICS:
   case HTTP_EP_HEALTHZ:
   case HTTP_EP_READYZ:
+  case HTTP_EP_PAGE:
     return "GET, HEAD";
   case HTTP_EP_OTHER:
   case HTTP_EP_COUNT:
@@ -725,6 +727,13 @@ static enum MHD_Result answer_healthz(http_server *s,
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }
 
+static enum MHD_Result answer_page(http_server *s, struct MHD_Connection *conn,
+                                   request *r)
+{
+  (void)r;
+  return (enum MHD_Result)http_answer_page(s, conn);
+}
+
 static enum MHD_Result answer_unknown(http_server *s,
                                       struct MHD_Connection *conn, request *r)
 {
@@ -738,7 +747,7 @@ static const endpoint_handler handlers[HTTP_EP_COUNT] = {
     [HTTP_EP_PROMOTE] = answer_promote, [HTTP_EP_BACKUP] = answer_backup,
     [HTTP_EP_STATUS] = answer_status,   [HTTP_EP_METRICS] = answer_metrics,
     [HTTP_EP_HEALTHZ] = answer_healthz, [HTTP_EP_READYZ] = answer_readyz,
-    [HTTP_EP_OTHER] = answer_unknown,
+    [HTTP_EP_PAGE] = answer_page,       [HTTP_EP_OTHER] = answer_unknown,
 };
 
 /* ---------------------------------------------------------------------- */

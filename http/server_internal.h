@@ -53,6 +53,7 @@ typedef enum http_endpoint {
   HTTP_EP_METRICS,
   HTTP_EP_HEALTHZ,
   HTTP_EP_READYZ,
+  HTTP_EP_PAGE,                 /* GET /: the status page (page.c) */
   HTTP_EP_OTHER,
   HTTP_EP_COUNT
 } http_endpoint;
@@ -170,5 +171,6 @@ uint64_t http_figures_epoch(const http_figures *f);
 int http_answer_status(http_server *server, struct MHD_Connection *conn);
 int http_answer_readyz(http_server *server, struct MHD_Connection *conn);
 int http_answer_metrics(http_server *server, struct MHD_Connection *conn);
+int http_answer_page(http_server *server, struct MHD_Connection *conn);
 
 #endif /* HTTP_SERVER_INTERNAL_H */
