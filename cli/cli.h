@@ -88,6 +88,11 @@ const char *cli_hex64(uint64_t v, char buf[17]);
  * own way out (or NULL). Returns 1. */
 int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy);
 
+/* One error line for an HTTP server that did not start (rc from
+ * http_server_start), naming what is wrong: the listen address, a TLS file
+ * or the directory dir (NULL: none of its own). Returns 1. */
+int cli_fail_server(const char *cmd, int rc, const char *host, uint16_t port,
+                    const char *dir, const char *cert, const char *key);
 /* "HOST:PORT" for --listen; 0 or an exit code (after an error line). */
 int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port);
 /* A log line on stderr: UTC time, who (ctx, a string), message. */

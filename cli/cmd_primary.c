@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
 #include "clock.h"
 #include "faultio.h"
 #include "kv.h"
@@ -188,7 +189,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .log_ctx = (void *)cfg->who,
     };
     if ((rc = http_server_start(&ho, &n->server)))
-      return cli_fail(cfg->who, "listen: %s", http_strerror(rc));
+      return cli_fail_server(cfg->who, rc, cfg->listen_host, cfg->listen_port, NULL,
+                             cfg->tls_cert, cfg->tls_key);
   }
   return 0;
 }
@@ -393,9 +395,22 @@ typedef struct primary_args {
   cli_log_args log;
 } primary_args;
 
+/* A standby's URL names its scheme (http or https) and a host: 0, or 2
+ * after a line naming the URL and what is wrong with it. */
+static int check_standby_url(const char *cmd, const char *url)
+{
+  char why[128];
+  if (client_url_check(url, why, sizeof why) == 0)
+    return 0;
+  cli_fail(cmd, "--standby %s: %s", url, why);
+  return 2;
+}
+
 static int add_standby(const char *cmd, const char *url, void *args)
 {
   primary_args *a = args;
+  if (check_standby_url(cmd, url))
+    return 2;
   if (a->standby_count == MAX_STANDBYS) {
     cli_fail(cmd, "at most %d --standby", MAX_STANDBYS);
     return 2;

@@ -78,11 +78,17 @@ static const cli_option promote_options[] = {
     {0},
 };
 
-/* The token named by --token-file into *token (NULL when none): 0, or an
- * exit code after an error line. */
+/* The node's URL checked (2 after a line naming it, when its scheme is
+ * not http or https), then the token named by --token-file into *token
+ * (NULL when none): 0, or an exit code after an error line. */
 static int load_token(const char *cmd, const remote_args *a, char **token)
 {
+  char why[128];
   *token = NULL;
+  if (client_url_check(a->url, why, sizeof why)) {
+    cli_fail(cmd, "%s: %s", a->url, why);
+    return 2;
+  }
   return a->token_file ? cli_token_file_read(cmd, a->token_file, token) : 0;
 }
 
@@ -498,8 +504,13 @@ static int attempt_outcome(download *d, CURLcode cr, const char *url, char *mess
   if (d->failed)
     return -1;
   if (cr != CURLE_OK) {
-    snprintf(message, size, "%s", curl_easy_strerror(cr));
-    return 0;
+    snprintf(message, size, "%s: %s", url, curl_easy_strerror(cr));
+    /* Nothing came yet and the node cannot be reached at all (refused, no
+     * such host, a URL curl cannot use): a wrong URL, not a break that a
+     * retry mends. Fail now rather than after minutes of backoff. */
+    bool unreachable = cr == CURLE_COULDNT_CONNECT || cr == CURLE_COULDNT_RESOLVE_HOST ||
+                       cr == CURLE_UNSUPPORTED_PROTOCOL || cr == CURLE_URL_MALFORMAT;
+    return d->offset == 0 && d->status == 0 && unreachable ? -1 : 0;
   }
   if (d->status == 416) {
     download_reset(d);

@@ -195,13 +195,15 @@ static int run_standby(void *args)
   rc = http_server_start(&o, &server);
   cli_token_forget(token);
   if (rc) {
-    free(host);
     if (rc == LOOM_EMETA)
-      return cli_fail_store("standby", dir, rc,
-                            "To replace this standby's image with a verified copy of its "
-                            "primary's (or of another standby's), start it with "
-                            "--resync-from URL");
-    return cli_fail("standby", "%s: %s", dir, http_strerror(rc));
+      rc = cli_fail_store("standby", dir, rc,
+                          "To replace this standby's image with a verified copy of its "
+                          "primary's (or of another standby's), start it with "
+                          "--resync-from URL");
+    else
+      rc = cli_fail_server("standby", rc, host, port, dir, cert, key);
+    free(host);
+    return rc;
   }
   printf("listening on %s://%s:%u\n", cert ? "https" : "http", host,
          (unsigned)http_server_port(server));

@@ -106,7 +106,7 @@ static int listen_on(const char *host, uint16_t port, int *fd_out,
   }
   freeaddrinfo(res);
   if (fd < 0)
-    return rc;
+    return rc == EADDRINUSE ? HTTP_EINUSE : HTTP_ELISTEN;
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
@@ -234,7 +234,7 @@ static int server_secrets_and_guard(http_server *s,
     if (rc == 0)
       rc = read_file(opt->tls_key_file, &s->tls_key);
     if (rc)
-      return rc;
+      return rc == ENOMEM ? rc : HTTP_ETLS_FILE;
   }
   http_guard_limits gl = {
       .header_timeout_seconds =

@@ -129,14 +129,21 @@ extern "C" {
   X(HTTP_ELENGTH, -31105,                                                     \
     "Content-Length given twice, or with Transfer-Encoding")                  \
   X(HTTP_ESLOW_UPLOAD, -31106, "the upload is slower than the minimum rate")  \
-  X(HTTP_ELONG_UPLOAD, -31107, "the upload took longer than its duration cap")
+  X(HTTP_ELONG_UPLOAD, -31107, "the upload took longer than its duration cap") \
+  X(HTTP_EINUSE, -31108, /* bind: EADDRINUSE */                               \
+    "the listen port is in use by another process")                           \
+  X(HTTP_ELISTEN, -31109, /* bind or listen: any other errno */               \
+    "cannot listen there (a port below 1024 without the privilege, or not "   \
+    "an address of this host)")                                               \
+  X(HTTP_ETLS_FILE, -31110, /* open or read of tls_cert_file/tls_key_file */  \
+    "a TLS certificate or key file cannot be read")
 
 enum http_error {
   HTTP_OK = 0,
 #define HTTP_ERROR_ENUM_(name, value, text) name = value,
   HTTP_ERROR_LIST(HTTP_ERROR_ENUM_)
 #undef HTTP_ERROR_ENUM_
-  HTTP_ELAST = -31108     /* sentinel: one past the lowest code */
+  HTTP_ELAST = -31111     /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E*, REPLICATE_E* or
@@ -274,8 +281,10 @@ typedef struct http_server http_server;
  *   HTTP_ETLS       TLS asked for but unavailable, or only cert or key
  *   HTTP_EADDRESS   listen_host does not resolve
  *   HTTP_EDAEMON    libmicrohttpd refused to start
- *   errno values    reading the TLS files, socket/bind/listen (EADDRINUSE),
- *                   threads, ENOMEM
+ *   HTTP_EINUSE     the port is in use (bind: EADDRINUSE)
+ *   HTTP_ELISTEN    any other failure to bind or listen
+ *   HTTP_ETLS_FILE  a TLS file cannot be opened or read
+ *   errno values    threads, ENOMEM
  *   the errors of loom_store_open (LOOM_ELOCKED: another process has the
  *   directory) and of replicate_log_open.
  * On error nothing is left open.

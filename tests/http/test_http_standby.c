@@ -1694,7 +1694,7 @@ static void test_start_errors(void **state)
   char *dir2 = test_tmpdir("standby2");
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir2,
                               .listen_port = http_server_port(s.server)};
-  assert_int_equal(http_server_start(&opt, &srv), EADDRINUSE);
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_EINUSE);
   ht_stop(&s);
   assert_non_null(http_strerror(HTTP_EDAEMON));
   assert_int_equal(http_server_stop(NULL), 0);

@@ -93,7 +93,7 @@ static void test_tls_round_trip(void **state)
   assert_int_equal(http_server_start(&opt, &srv), HTTP_EDAEMON);
   opt.tls_cert_file = cert;
   opt.tls_key_file = "/nonexistent/key.pem";
-  assert_int_equal(http_server_start(&opt, &srv), ENOENT);
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_ETLS_FILE);
 
   free(junk);
   free(cert);
