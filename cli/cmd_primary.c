@@ -314,7 +314,8 @@ static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves,
 static void watch(primary_node *n)
 {
   static double last; /* the main thread's */
-  if (!getenv("NOTIFY_SOCKET") || loom_mono_s() - last < 0.25)
+  double wd = cli_watchdog_seconds(), every = wd > 0 && wd / 4 < 0.25 ? wd / 4 : 0.25;
+  if (!getenv("NOTIFY_SOCKET") || loom_mono_s() - last < every)
     return; /* nobody to tell, or told just now (cli_notify_progress paces) */
   last = loom_mono_s();
   double worst = 0;
@@ -345,12 +346,16 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
     if (saves && n->saves >= saves)
       return 0;
     double wait = next - loom_mono_s();
-    int sig = cli_wait_stop(stop, wait > 0 ? wait : 0, reload);
+    /* A slow rate still pings the watchdog thrice per period. */
+    double wd = cli_watchdog_seconds(), slice = wd > 0 && wait > wd / 3 ? wd / 3 : wait;
+    int sig = cli_wait_stop(stop, slice > 0 ? slice : 0, reload);
     if (sig > 0) {
       cli_log_at(CLI_INFO, "primary", "%s: finishing", sig == SIGINT ? "SIGINT" : "SIGTERM");
       return 0;
     }
     watch(n);
+    if (slice < wait)
+      continue; /* not yet time to save */
     next += period;
     if (next < loom_mono_s() - 1)
       next = loom_mono_s(); /* fell behind: do not burst */

@@ -125,7 +125,9 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
   http_server_status st;
   progress p = {.moved_at = loom_mono_s()};
   for (;;) {
-    sig = cli_wait_stop(stop, 1, &c->reload);
+    /* Once a second, or thrice per watchdog period if that is shorter. */
+    double wd = cli_watchdog_seconds();
+    sig = cli_wait_stop(stop, wd > 0 && wd / 3 < 1 ? wd / 3 : 1, &c->reload);
     if (sig > 0)
       break;
     http_server_get_status(server, &st);

@@ -60,9 +60,9 @@ void cli_notify_ready(const char *status)
 void cli_notify_progress(bool progress, const char *status)
 {
   double now = loom_mono_s();
-  /* A status at most once a second; a ping at least every third of the
-   * watchdog period while there is progress. */
-  double every = watchdog_s > 0 && watchdog_s / 3 < 1 ? watchdog_s / 3 : 1;
+  /* At most once a second, or four times per watchdog period if that is
+   * shorter (the loops call every third of a period: none is skipped). */
+  double every = watchdog_s > 0 && watchdog_s / 4 < 1 ? watchdog_s / 4 : 1;
   if (now - last_sent < every || !getenv("NOTIFY_SOCKET"))
     return;
   last_sent = now;

@@ -168,7 +168,7 @@ sleep 1.2
 kill -TERM "$spid"; wait "$spid"
 sleep 0.2
 check "READY=1 sent once listening" grep -q '^READY=1' "$work/notify.log"
-check "watchdog pings at half of WATCHDOG_USEC" test "$(grep -c '^WATCHDOG=1' "$work/notify.log")" -ge 3
+check "watchdog pings thrice per WATCHDOG_USEC" test "$(grep -c '^WATCHDOG=1' "$work/notify.log")" -ge 3
 check "STOPPING=1 on SIGTERM" grep -q '^STOPPING=1' "$work/notify.log"
 kill "$npid" 2>/dev/null
 
