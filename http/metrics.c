@@ -136,6 +136,37 @@ static double seconds_of(int64_t ns) { return (double)ns / 1e9; }
 /* ---------------------------------------------------------------------- */
 /* The metrics, one builder per part */
 
+/* One series per standby (label url) and per value of a second label
+ * (named name_of(k), k < count): value_of(standby, k). */
+static void per_peer_set(textbuf *t, const http_figures *f, const char *name,
+                         const char *type, const char *help, const char *label, int count,
+                         const char *(*name_of)(int k),
+                         uint64_t (*value_of)(const replicate_peer_status *p, int k))
+{
+  tb_head(t, name, type, help);
+  for (size_t i = 0; i < f->peer_count; i++) {
+    char url[2 * REPLICATE_URL_MAX];
+    label_escape(f->peers[i].url, url, sizeof url);
+    for (int k = 0; k < count; k++)
+      tb_printf(t, "%s{url=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, url, label, name_of(k),
+                value_of(&f->peers[i], k));
+  }
+}
+
+static const char *state_name(int k)
+{
+  return replicate_peer_state_name((replicate_peer_state)k);
+}
+
+static uint64_t in_state(const replicate_peer_status *p, int k) { return (int)p->state == k; }
+
+static const char *error_kind_name(int k)
+{
+  return replicate_peer_error_kind_name((replicate_peer_error_kind)k);
+}
+
+static uint64_t errors_of_kind(const replicate_peer_status *p, int k) { return p->errors[k]; }
+
 /* One series per peer (label url) for each figure, and its state. */
 static void peer_metrics(textbuf *t, const http_figures *f)
 {
@@ -188,17 +219,10 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url, json_format_double(v, num));
     }
   }
-  tb_head(t, "loomship_standby_state", "gauge",
-          "The standby's replication state as a state set: one series per "
-          "state, 1 for the current one, 0 for the others.");
-  for (size_t i = 0; i < f->peer_count; i++) {
-    char url[2 * REPLICATE_URL_MAX];
-    label_escape(f->peers[i].url, url, sizeof url);
-    for (int st = 0; st < PEER_STATES; st++)
-      tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} %d\n", url,
-                replicate_peer_state_name((replicate_peer_state)st),
-                (int)f->peers[i].state == st);
-  }
+  per_peer_set(t, f, "loomship_standby_state", "gauge",
+               "The standby's replication state as a state set: one series per "
+               "state, 1 for the current one, 0 for the others.",
+               "state", PEER_STATES, state_name, in_state);
 }
 
 static void guard_metrics(textbuf *t, http_guard *guard)
@@ -387,17 +411,10 @@ static void log_metrics(textbuf *t, http_server *s)
 /* Failed requests per standby and kind (replicate.h names the kinds). */
 static void peer_error_metrics(textbuf *t, const http_figures *f)
 {
-  tb_head(t, "loomship_standby_errors_total", "counter",
-          "Failed requests to the standby, by kind: unreachable, stalled, refused "
-          "(an HTTP error answer), unauthorized, local.");
-  for (size_t i = 0; i < f->peer_count; i++) {
-    char url[2 * REPLICATE_URL_MAX];
-    label_escape(f->peers[i].url, url, sizeof url);
-    for (int k = 0; k < REPLICATE_PEER_ERROR_KINDS; k++)
-      tb_printf(t, "loomship_standby_errors_total{url=\"%s\",kind=\"%s\"} %" PRIu64 "\n",
-                url, replicate_peer_error_kind_name((replicate_peer_error_kind)k),
-                f->peers[i].errors[k]);
-  }
+  per_peer_set(t, f, "loomship_standby_errors_total", "counter",
+               "Failed requests to the standby, by kind: unreachable, stalled, refused "
+               "(an HTTP error answer), unauthorized, local.",
+               "kind", REPLICATE_PEER_ERROR_KINDS, error_kind_name, errors_of_kind);
 }
 
 /* Replies by endpoint and status code (http_server_count). */

@@ -11,18 +11,6 @@ TEST_NAME=logging
 . "$(dirname "$0")/../lib/testlib.sh"
 command -v curl >/dev/null || { echo "SKIP: curl missing"; exit 77; }
 
-start() { # NAME ARGS...: a loomship process in the background; sets url, pid
-  local name=$1; shift
-  "$LOOMSHIP" "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  pid=$!
-  pids+=("$pid")
-  url=
-  for _ in $(seq 200); do
-    url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/$name.out" | head -1)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-}
 stop() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 poll() { # SECONDS CMD...: CMD succeeds within SECONDS
   local end=$((SECONDS + $1)); shift
@@ -41,7 +29,7 @@ for c in "standby --dir $work/x --listen 127.0.0.1:0" "primary --dir $work/y" "d
 done
 
 echo "== --log-format json: one object a line, with time, level, who, msg"
-start sj standby --dir "$work/sj" --listen 127.0.0.1:0 --log-format json
+start_node sj standby --dir "$work/sj" --listen 127.0.0.1:0 --log-format json
 sj=$pid
 kill -INT "$sj"; wait "$sj"; rc=$?
 check "SIGINT stops the standby as SIGTERM does (exit $rc)" test "$rc" = 0
@@ -57,10 +45,10 @@ assert any(d["msg"].startswith("SIGINT: applying") for d in map(json.loads, line
 ' "$work/sj.err"
 
 echo "== --log-level warning leaves out info lines"
-start sw standby --dir "$work/sw" --listen 127.0.0.1:0 --log-level warning
+start_node sw standby --dir "$work/sw" --listen 127.0.0.1:0 --log-level warning
 stop "$pid"
 check "no SIGTERM info line" bash -c "! grep -q 'SIGTERM' '$work/sw.err'"
-start si standby --dir "$work/si" --listen 127.0.0.1:0
+start_node si standby --dir "$work/si" --listen 127.0.0.1:0
 stop "$pid"
 check "by default (info) it is there, with its level" \
   grep -Eq '^20[0-9-]+T[0-9:.]+Z info standby: SIGTERM: applying' "$work/si.err"
@@ -84,7 +72,7 @@ check "stderr elsewhere than JOURNAL_STREAM names: no prefix" \
 echo "== no doubled prefixes (a base image is logged once as 'standby: ...')"
 "$LOOMSHIP" primary --dir "$work/pb" --standby http://127.0.0.1:9 --saves 1500 --rate 5000 \
   --pages 32 --log-max-mb 1 --drain-timeout 0 >/dev/null 2>&1
-start sb standby --dir "$work/sb" --listen 127.0.0.1:0
+start_node sb standby --dir "$work/sb" --listen 127.0.0.1:0
 sb=$pid; sburl=$url
 "$LOOMSHIP" primary --dir "$work/pb" --standby "$sburl" --saves 3 --rate 100 --pages 8 \
   --log-max-mb 1 >/dev/null 2>"$work/pb.err"
@@ -95,7 +83,7 @@ check "and no line says 'standby: standby:'" bash -c "! grep -q 'standby: standb
 echo "== SIGHUP re-reads the token file and never stops a process"
 umask 077
 printf 'old-token-0123456789abcdef\n' >"$work/tok"
-start st standby --dir "$work/st" --listen 127.0.0.1:0 --token-file "$work/tok"
+start_node st standby --dir "$work/st" --listen 127.0.0.1:0 --token-file "$work/tok"
 st=$pid; sturl=$url
 check "the old token works" test "$(code old-token-0123456789abcdef "$sturl")" = 200
 printf 'new-token-0123456789abcdef\n' >"$work/tok"
@@ -113,7 +101,7 @@ check "the new token still works" test "$(code new-token-0123456789abcdef "$stur
 printf 'wrong-token-0123456789abcdef\n' >"$work/ptok"
 printf 'new-token-0123456789abcdef\n' >"$work/tok"
 kill -HUP "$st"
-start pt primary --dir "$work/pt" --standby "$sturl" --token-file "$work/ptok" --rate 20 \
+start_node pt primary --dir "$work/pt" --standby "$sturl" --token-file "$work/ptok" --rate 20 \
   --pages 4 --listen 127.0.0.1:0 --drain-timeout 0
 pt=$pid; pturl=$url
 check "a primary with the wrong token: unauthorized" poll 10 bash -c "[ \"\$(state_of '$pturl')\" = unauthorized ]"

@@ -12,17 +12,6 @@ command -v curl >/dev/null || { echo "SKIP: curl missing"; exit 77; }
 CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$CHROMIUM" ] || { echo "SKIP: chromium missing (./test installs Debian's chromium)"; exit 77; }
 
-start() { # NAME ARGS...: sets url
-  local name=$1; shift
-  "$LOOMSHIP" "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  pids+=($!)
-  url=
-  for _ in $(seq 200); do
-    url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/$name.out" | head -1)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-}
 # dom URL FILE: the DOM after the page's script ran (virtual time: polls
 # happen without waiting in real time)
 dom() {
@@ -32,9 +21,9 @@ dom() {
 
 printf 'page-token-0123456789abcdef\n' >"$work/tok"
 chmod 600 "$work/tok"
-start s standby --dir "$work/s" --listen 127.0.0.1:0 --token-file "$work/tok"
+start_node s standby --dir "$work/s" --listen 127.0.0.1:0 --token-file "$work/tok"
 surl=$url
-start p primary --dir "$work/p" --standby "$surl" --token-file "$work/tok" --rate 20 --pages 4 \
+start_node p primary --dir "$work/p" --standby "$surl" --token-file "$work/tok" --rate 20 --pages 4 \
   --listen 127.0.0.1:0
 purl=$url
 

@@ -8,17 +8,6 @@
 TEST_NAME=status-check
 . "$(dirname "$0")/../lib/testlib.sh"
 
-start() { # NAME ARGS...: a loomship process; sets url to what it listens on
-  local name=$1; shift
-  "$LOOMSHIP" "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  pids+=($!)
-  url=
-  for _ in $(seq 200); do
-    url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/$name.out" | head -1)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-}
 # check_is WANT URL ARGS...: the exit code of status --check is WANT
 check_is() {
   local want=$1 u=$2; shift 2
@@ -50,11 +39,11 @@ check "a bad --max-lag is a usage error" bash -c \
   "\"$LOOMSHIP\" status http://127.0.0.1:9 --check --max-lag soon 2>/dev/null; [ \$? = 2 ]"
 
 echo "== a healthy standby and primary: 0"
-start s standby --dir "$work/s" --listen 127.0.0.1:0
+start_node s standby --dir "$work/s" --listen 127.0.0.1:0
 surl=$url
 check "a standby that was started: healthy" check_is 0 "$surl" --max-lag 5
 check "and the line says healthy" grep -q "^healthy: standby $surl" "$work/check.out"
-start p primary --dir "$work/p" --standby "$surl" --rate 20 --pages 4 --listen 127.0.0.1:0
+start_node p primary --dir "$work/p" --standby "$surl" --rate 20 --pages 4 --listen 127.0.0.1:0
 purl=$url
 check "a primary streaming to it: healthy" poll_check 0 "$purl" --max-lag 5
 "$LOOMSHIP" status "$surl" >"$work/plain.out"
@@ -69,7 +58,7 @@ check "the primary's plain status shows its sync state" \
   grep -q '^sync       0 required, not degraded' "$work/plainp.out"
 
 echo "== degraded: 1"
-start p2 primary --dir "$work/p2" --standby http://127.0.0.1:9 --rate 20 --pages 4 \
+start_node p2 primary --dir "$work/p2" --standby http://127.0.0.1:9 --rate 20 --pages 4 \
   --listen 127.0.0.1:0 --drain-timeout 0
 p2url=$url
 check "a primary whose standby is away, --max-lag 0.3: degraded" poll_check 1 "$p2url" --max-lag 0.3

@@ -4,6 +4,7 @@
 #   ok WHAT / bad WHAT       count and print one result
 #   check WHAT CMD...        ok if CMD succeeds, else bad
 #   finish                   print "N passed, M failed"; exit status
+#   start_node NAME ARGS...  a loomship process in the background: pid, url
 set -uo pipefail
 LOOMSHIP=$(readlink -f "$1")
 work=$(mktemp -d "/tmp/loomship-${TEST_NAME:-test}-XXXXXX")
@@ -25,4 +26,19 @@ check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; 
 finish() {
   echo "$passes passed, $failures failed"
   [ "$failures" -eq 0 ]
+}
+# start_node NAME ARGS...: `loomship ARGS...` in the background, its output
+# in $work/NAME.out and .err; sets pid, and url once it says where it
+# listens (empty if it did not within 10 s).
+start_node() {
+  local name=$1; shift
+  "$LOOMSHIP" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pid=$!
+  pids+=("$pid")
+  url=
+  for _ in $(seq 200); do
+    url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/$name.out" | head -1)
+    [ -n "$url" ] && break
+    sleep 0.05
+  done
 }
