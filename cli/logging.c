@@ -180,13 +180,26 @@ void cli_log_at(cli_level level, const char *who, const char *fmt, ...)
 }
 
 /* The libraries' log callback (ctx: who). Their lines are info, or
- * warning when they say "warning: " first. */
+ * warning when they say "warning: " first. A shipper line about one
+ * standby ("standby URL: what") becomes the message "what" with the field
+ * standby=URL. */
 void cli_log(void *ctx, const char *message)
 {
   const char *who = ctx;
   const char *m = unprefixed(who, message);
-  if (!strncmp(m, "warning: ", 9))
-    cli_log_fields(CLI_WARNING, who, m + 9, NULL);
-  else
-    cli_log_fields(CLI_INFO, who, m, NULL);
+  cli_level level = CLI_INFO;
+  if (!strncmp(m, "warning: ", 9)) {
+    level = CLI_WARNING;
+    m += 9;
+  }
+  const char *colon = !strncmp(m, "standby http", 12) ? strstr(m, ": ") : NULL;
+  char url[512];
+  if (colon && !memchr(m + 8, ' ', (size_t)(colon - m - 8)) &&
+      (size_t)(colon - m - 8) < sizeof url) {
+    memcpy(url, m + 8, (size_t)(colon - m - 8));
+    url[colon - m - 8] = '\0';
+    cli_log_fields(level, who, colon + 2, (const char *const[]){"standby", url, NULL});
+    return;
+  }
+  cli_log_fields(level, who, m, NULL);
 }

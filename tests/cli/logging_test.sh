@@ -109,6 +109,8 @@ cp "$work/tok" "$work/ptok"
 kill -HUP "$pt"
 check "after SIGHUP on the primary it streams" poll 15 bash -c "[ \"\$(state_of '$pturl')\" = streaming ]"
 check "the primary still runs" kill -0 "$pt"
+check "the shipper's lines carry the standby as a field" \
+  grep -q " info primary: catching_up -> unauthorized standby=$sturl\$" "$work/pt.err"
 check "the primary's own server takes the new token" \
   test "$(code new-token-0123456789abcdef "$pturl")" = 200
 
