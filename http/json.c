@@ -231,7 +231,8 @@ void json_time_ns(json_writer *w, int64_t ns)
 
 const char *json_format_double(double v, char *buf)
 {
-  if (isfinite(v) && v == floor(v) && fabs(v) < 9007199254740992.0) { /* 2^53 */
+  /* A whole number below 2^53 (no libm: floor/fabs are not linked here). */
+  if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(long long)v) {
     snprintf(buf, JSON_NUMBER_MAX, "%.0f", v); /* "10", not "1e+01" */
     return buf;
   }
