@@ -1,7 +1,7 @@
 /*
  * signals.c: the long-running commands' signals (DESIGN.md section 5).
  * SIGTERM and SIGINT stop (the same graceful way); SIGHUP never stops: it
- * re-reads the token file (and checks the TLS files) and goes on. All three
+ * re-reads the token file and the TLS certificate and key, and goes on. All three
  * are blocked in every thread and taken only by the main loop's sigwait,
  * so no handler runs in the middle of anything.
  */
@@ -41,23 +41,19 @@ int cli_wait_stop(const sigset_t *set, double seconds, const cli_reload *reload)
   return sig > 0 ? sig : 0;
 }
 
-/* The TLS files still read (their new contents are used after a restart:
- * the server loads them once, at start). */
-static void check_tls(const cli_reload *r)
+/* The TLS certificate and key read again, served to new connections
+ * (connections already open finish on the old ones). */
+static void reload_tls(const cli_reload *r)
 {
-  const char *files[2] = {r->tls_cert, r->tls_key};
-  for (int i = 0; i < 2; i++) {
-    FILE *f = files[i] ? fopen(files[i], "re") : NULL;
-    if (files[i] && !f)
-      cli_log_at(CLI_ERROR, r->who, "SIGHUP: TLS file %s cannot be read: %s", files[i],
-                 strerror(errno));
-    if (f)
-      fclose(f);
-  }
-  if (r->tls_cert)
-    cli_log_at(CLI_WARNING, r->who,
-               "SIGHUP: the TLS certificate and key are loaded at start; restart to "
-               "serve new ones (%s, %s)", r->tls_cert, r->tls_key);
+  if (!r->tls_cert || !r->server)
+    return;
+  int rc = http_server_reload_tls(r->server, r->tls_cert, r->tls_key);
+  if (rc)
+    cli_log_at(CLI_ERROR, r->who, "SIGHUP: --tls-cert %s / --tls-key %s not used (%s); the "
+               "old certificate stays", r->tls_cert, r->tls_key, http_strerror(rc));
+  else
+    cli_log_fields(CLI_INFO, r->who, "SIGHUP: TLS certificate re-read",
+                   (const char *const[]){"cert", r->tls_cert, "key", r->tls_key, NULL});
 }
 
 void cli_reload_now(const cli_reload *r)
@@ -86,5 +82,5 @@ void cli_reload_now(const cli_reload *r)
     }
     cli_token_forget(token);
   }
-  check_tls(r);
+  reload_tls(r);
 }

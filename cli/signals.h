@@ -20,9 +20,9 @@ typedef struct cli_reload {
  * cli_block_stop_signals): SIGTERM or SIGINT is returned; SIGHUP is
  * handled (cli_reload_now) and 0 returned, as on a timeout. */
 int cli_wait_stop(const sigset_t *set, double seconds, const cli_reload *reload);
-/* Re-read the token file into the server and the shipper; check the TLS
- * files. Logs what it did; a token file that cannot be used leaves the old
- * token in place. */
+/* Re-read the token file into the server and the shipper, and the TLS
+ * certificate and key into the server. Logs what it did; a file that
+ * cannot be used leaves the old token or certificate in place. */
 void cli_reload_now(const cli_reload *reload);
 
 #endif

@@ -591,7 +591,7 @@ static enum MHD_Result close_late_upload(http_server *s,
   char *doc = json_take(&reply.body, &len);
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-  if (doc && ci && !s->tls_cert) {
+  if (doc && ci && !s->tls) {
     char msg[512];
     int n = snprintf(msg, sizeof msg,
                      "HTTP/1.1 408 Request Timeout\r\n"

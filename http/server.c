@@ -40,7 +40,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 /* Start and stop */
 
 /* Read a whole (small) file into a NUL-terminated buffer. */
-static int read_file(const char *path, char **out)
+int http_read_file(const char *path, char **out)
 {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -162,6 +162,7 @@ static void server_free(http_server *s)
   http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
   pthread_mutex_destroy(&s->token_mu);
+  pthread_mutex_destroy(&s->reload_mu);
   http_backups_free(s->backups);
   free(s);
 }
@@ -191,6 +192,7 @@ static http_server *server_new(const http_server_options *opt)
     return NULL;
   pthread_mutex_init(&s->stats_mu, NULL);
   pthread_mutex_init(&s->token_mu, NULL);
+  pthread_mutex_init(&s->reload_mu, NULL);
   s->role = opt->role;
   if (opt->primary)
     s->primary = *opt->primary;
@@ -230,9 +232,10 @@ static int server_secrets_and_guard(http_server *s,
     s->auth = true;
   }
   if (opt->tls_cert_file) {
-    int rc = read_file(opt->tls_cert_file, &s->tls_cert);
+    s->tls = true;
+    int rc = http_read_file(opt->tls_cert_file, &s->tls_cert);
     if (rc == 0)
-      rc = read_file(opt->tls_key_file, &s->tls_key);
+      rc = http_read_file(opt->tls_key_file, &s->tls_key);
     if (rc)
       return rc == ENOMEM ? rc : HTTP_ETLS_FILE;
   }
@@ -248,11 +251,13 @@ static int server_secrets_and_guard(http_server *s,
   return http_guard_start(&gl, &s->logger, &s->guard);
 }
 
-/* Start libmicrohttpd on the listening socket fd. HTTP_EDAEMON if it
- * refuses (fd is then still the caller's). */
-static int daemon_start(http_server *s, const http_server_options *opt, int fd)
+/* A libmicrohttpd daemon on the listening socket fd serving cert and key
+ * (NULL: plain HTTP), or NULL if it refuses (fd is then still the
+ * caller's). A TLS reload (reload.c) starts a second one on the same
+ * socket. */
+struct MHD_Daemon *http_daemon_new(http_server *s, int fd, const char *cert, const char *key)
 {
-  bool tls = s->tls_cert != NULL;
+  bool tls = cert != NULL;
   struct MHD_OptionItem options[16];
   unsigned n = 0;
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
@@ -264,9 +269,8 @@ static int daemon_start(http_server *s, const http_server_options *opt, int fd)
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                          (intptr_t)http_dispatch_completed, s};
-  options[n++] = (struct MHD_OptionItem){
-      MHD_OPTION_CONNECTION_LIMIT,
-      opt->connection_limit ? opt->connection_limit : 128, NULL};
+  options[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                         s->connection_limit, NULL};
   options[n++] = (struct MHD_OptionItem){
       MHD_OPTION_CONNECTION_TIMEOUT,
       s->connection_timeout,
@@ -275,24 +279,33 @@ static int daemon_start(http_server *s, const http_server_options *opt, int fd)
    * connections (a flood or a crowd of slow clients from one place leaves
    * room for the primary, monitoring and backups elsewhere): 8 by default,
    * far above what one primary needs (one connection per kind of upload). */
-  options[n++] = (struct MHD_OptionItem){
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 8, NULL};
+  options[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                         s->per_ip_connection_limit, NULL};
   if (tls) {
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
-                                           s->tls_cert};
+                                           (void *)cert};
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
-                                           s->tls_key};
+                                           (void *)key};
   }
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
+  /* ITC: a TLS reload can quiesce it (MHD_quiesce_daemon). */
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD |
                    MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO |
-                   MHD_USE_ERROR_LOG;
+                   MHD_USE_ERROR_LOG | MHD_USE_ITC;
   if (tls)
     flags |= MHD_USE_TLS;
-  s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_dispatch_access, s,
-                               MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+  return MHD_start_daemon(flags, 0, NULL, NULL, http_dispatch_access, s,
+                          MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+}
+
+static int daemon_start(http_server *s, const http_server_options *opt, int fd)
+{
+  s->connection_limit = opt->connection_limit ? opt->connection_limit : 128;
+  s->per_ip_connection_limit =
+      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 8;
+  s->listen_fd = fd;
+  s->daemon = http_daemon_new(s, fd, s->tls_cert, s->tls_key);
   return s->daemon ? 0 : HTTP_EDAEMON;
 }
 
@@ -368,6 +381,7 @@ int http_server_stop(http_server *s)
    * threads; each request's completion callback runs (an unfinished base
    * image is aborted, backup responses release the snapshot). */
   MHD_stop_daemon(s->daemon);
+  http_retired_stop(s);
   int rc = http_standby_close(s->standby);
   server_free(s);
   return rc;

@@ -305,6 +305,18 @@ uint16_t http_server_port(const http_server *server);
 int http_server_set_token(http_server *server, const uint8_t *token, size_t len);
 
 /*
+ * http_server_reload_tls: serve the certificate and key in these PEM files
+ * to the connections that arrive from now on (SIGHUP's certificate
+ * rotation); connections already open finish on the old ones, none is
+ * cut. Only a server started with TLS takes new files. Thread-safe.
+ * Returns 0, HTTP_EINVAL, HTTP_ETLS (the server is plain HTTP),
+ * HTTP_ETLS_FILE (a file cannot be read), HTTP_EDAEMON (libmicrohttpd
+ * refuses them: not a PEM certificate and its key) or ENOMEM; on error
+ * the server goes on with the old ones.
+ */
+int http_server_reload_tls(http_server *server, const char *cert_file, const char *key_file);
+
+/*
  * http_server_stop: stop gracefully and free the server. Stops accepting
  * connections and waits for the requests in flight (an upload in progress
  * is cut off; a base image cut off leaves the old image), then, on a

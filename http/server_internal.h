@@ -72,6 +72,13 @@ struct http_server {
   size_t token_len;
   pthread_mutex_t token_mu;     /* http_server_set_token vs requests */
   bool auth;                    /* a token is required (fixed at start) */
+  bool tls;                     /* HTTPS (fixed at start; the certificate
+                                   may change, reload.c) */
+  int listen_fd;                /* the listening socket daemon accepts on */
+  unsigned connection_limit, per_ip_connection_limit;
+  pthread_mutex_t reload_mu;    /* TLS reloads, one at a time (reload.c) */
+  struct http_retired *retired; /* daemons a TLS reload replaced: they end
+                                   their connections, stopped at stop */
   char *tls_cert;               /* PEM contents, or NULL */
   char *tls_key;
   uint64_t max_frame_bytes;
@@ -148,6 +155,15 @@ typedef struct http_figures {
   unsigned uploads;
   uint64_t auth_failures;
 } http_figures;
+
+/* A daemon on the listening socket fd (server.c); NULL if it refuses. */
+struct MHD_Daemon *http_daemon_new(http_server *s, int fd, const char *cert,
+                                   const char *key);
+/* A file of at most 1 MiB, NUL-terminated, into *out (malloc'd): 0 or an
+ * errno value (server.c; the TLS files). */
+int http_read_file(const char *path, char **out);
+/* Stop and free the daemons TLS reloads replaced (reload.c). */
+void http_retired_stop(http_server *s);
 
 /* The figures of the standard process_* metrics (metrics_process.c). */
 typedef struct http_process_figures {

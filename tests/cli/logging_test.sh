@@ -114,6 +114,37 @@ check "the shipper's lines carry the standby as a field" \
 check "the primary's own server takes the new token" \
   test "$(code new-token-0123456789abcdef "$pturl")" = 200
 
+echo "== SIGHUP re-reads the TLS certificate and key"
+if command -v openssl >/dev/null; then
+  cert() { # NAME: a self-signed certificate for 127.0.0.1 in $work/NAME.{crt,key}
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+      -addext subjectAltName=IP:127.0.0.1 -keyout "$work/$1.key" -out "$work/$1.crt" >/dev/null 2>&1
+  }
+  cert a; cert b
+  cp "$work/a.crt" "$work/tls.crt"; cp "$work/a.key" "$work/tls.key"
+  "$LOOMSHIP" standby --dir "$work/stls" --listen 127.0.0.1:0 --tls-cert "$work/tls.crt" \
+    --tls-key "$work/tls.key" >"$work/stls.out" 2>"$work/stls.err" &
+  stls=$!; pids+=("$stls")
+  poll 10 grep -q listening "$work/stls.out"
+  turl=$(grep -o 'https://[0-9.]*:[0-9]*' "$work/stls.out" | head -1)
+  trusts() { curl -s -o /dev/null --cacert "$work/$1.crt" "$turl/healthz"; }
+  check "it serves certificate A" trusts a
+  cp "$work/b.crt" "$work/tls.crt"; cp "$work/b.key" "$work/tls.key"
+  kill -HUP "$stls"
+  check "after SIGHUP it serves certificate B" poll 10 trusts b
+  check "and no longer A" bash -c "! curl -s -o /dev/null --cacert '$work/a.crt' '$turl/healthz'"
+  check "it logged the re-read" grep -q "standby: SIGHUP: TLS certificate re-read cert=$work/tls.crt" "$work/stls.err"
+  echo "not a certificate" >"$work/tls.crt"
+  kill -HUP "$stls"
+  check "a file that is no certificate: logged, B still served" \
+    poll 10 grep -q "not used (.*); the old certificate stays" "$work/stls.err"
+  check "B is still served" trusts b
+  check "the standby still runs" kill -0 "$stls"
+  stop "$stls"
+else
+  echo "SKIP (part): openssl missing, no certificates to rotate"
+fi
+
 echo "== systemd: the watchdog is pinged and STATUS= carries the lag"
 python3 - "$work/notify.sock" >"$work/notify.log" 2>&1 <<'PY' &
 import socket, sys
