@@ -4,6 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "array.h"
 #include "client.h"
 
 char *client_url(const char *base, const char *path)
@@ -25,13 +26,11 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
   size_t len = size * n;
   if (r->len + len > (16u << 20))
     return 0; /* a status document is small: refuse a flood */
-  char *b = realloc(r->body, r->len + len + 1);
-  if (!b)
+  if (loom_array_reserve(&r->body, &r->cap, r->len + len + 1, 1))
     return 0;
-  memcpy(b + r->len, data, len);
-  r->body = b;
+  memcpy(r->body + r->len, data, len);
   r->len += len;
-  b[r->len] = '\0';
+  r->body[r->len] = '\0';
   return len;
 }
 

@@ -15,6 +15,7 @@ typedef struct client_reply {
   long status;          /* HTTP status, 0 when no answer */
   char *body;           /* NUL-terminated, malloc'd */
   size_t len;
+  size_t cap;           /* bytes allocated for body */
   char error[256];      /* transport error, when status is 0 */
 } client_reply;
 

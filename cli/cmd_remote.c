@@ -15,9 +15,8 @@
 #include "client.h"
 #include "json_get.h"
 #include "loom.h"
+#include "replicate.h"
 #include "status_check.h"
-
-#define PS ((uint64_t)LOOM_PAGE_SIZE)
 
 /* Options shared by the remote subcommands. */
 typedef struct remote_args {
@@ -271,13 +270,7 @@ typedef struct download {
   const char *tmp;
   loom_store *store;
   loom_patch *patch;
-  uint8_t header[LOOM_STREAM_HEADER];
-  size_t header_have;
-  loom_position pos;
-  loom_lineage lineage;
-  uint8_t *page;
-  size_t page_have;
-  uint64_t pages_added;
+  replicate_stream_reader stream;
   uint64_t offset;      /* bytes of the stream consumed */
   char etag[256];
   char new_etag[256];
@@ -297,8 +290,8 @@ static void download_reset(download *d)
   if (d->patch)
     loom_patch_abort(d->patch);
   d->patch = NULL;
-  d->header_have = d->page_have = 0;
-  d->pages_added = d->offset = 0;
+  replicate_stream_reader_reset(&d->stream);
+  d->offset = 0;
   d->etag[0] = '\0';
 }
 
@@ -330,12 +323,9 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
 
 static int on_stream_header(download *d)
 {
-  int rc = loom_stream_header_decode(d->header, &d->pos, &d->lineage);
-  if (rc) {
-    snprintf(d->error, sizeof d->error, "the backup stream's header: %s", loom_strerror(rc));
-    return rc;
-  }
-  d->total = LOOM_STREAM_HEADER + d->pos.pages * PS;
+  const loom_position *pos = &d->stream.position;
+  int rc;
+  d->total = replicate_stream_length(pos);
   if (!d->store &&
       (rc = loom_store_open(d->tmp, LOOM_CREATE, NULL, &d->store)) != 0) {
     snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
@@ -343,14 +333,14 @@ static int on_stream_header(download *d)
   }
   /* The backup keeps the history it was taken from (a new directory has
    * none of its own yet). */
-  if (!loom_history_is_none(&d->lineage.history) &&
-      (rc = loom_store_adopt_lineage(d->store, &d->lineage)) != 0) {
+  if (!loom_history_is_none(&d->stream.lineage.history) &&
+      (rc = loom_store_adopt_lineage(d->store, &d->stream.lineage)) != 0) {
     snprintf(d->error, sizeof d->error, "%s: %s", d->tmp, loom_strerror(rc));
     return rc;
   }
   loom_position cur;
   loom_store_position(d->store, &cur);
-  loom_patch_header h = {.before = cur, .after = d->pos, .page_count = d->pos.pages,
+  loom_patch_header h = {.before = cur, .after = *pos, .page_count = pos->pages,
                          .flags = LOOM_PATCH_BASE};
   if (h.after.epoch < cur.epoch)
     h.after.epoch = cur.epoch; /* a new directory starts at epoch 1 */
@@ -360,44 +350,44 @@ static int on_stream_header(download *d)
   return rc;
 }
 
+/* One event of the stream reader; nonzero stops the download. */
+static int on_stream_event(download *d, replicate_stream_event ev)
+{
+  int rc = 0;
+  switch (ev) {
+  case REPLICATE_STREAM_MORE:
+    break;
+  case REPLICATE_STREAM_HEADER:
+    rc = on_stream_header(d);
+    break;
+  case REPLICATE_STREAM_BAD_HEADER:
+    rc = d->stream.header_rc;
+    snprintf(d->error, sizeof d->error, "the backup stream's header: %s", loom_strerror(rc));
+    break;
+  case REPLICATE_STREAM_PAGE:
+    rc = loom_patch_add(d->patch, d->stream.pages - 1, d->stream.page);
+    if (rc)
+      snprintf(d->error, sizeof d->error, "write: %s", loom_strerror(rc));
+    break;
+  case REPLICATE_STREAM_TRAILING:
+    rc = EINVAL;
+    snprintf(d->error, sizeof d->error, "the stream is longer than its header says");
+    break;
+  }
+  return rc;
+}
+
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
   download *d = arg;
-  size_t len = size * n, used = 0;
+  size_t len = size * n, left = len;
   if (d->status != 200 && d->status != 206)
     return len; /* an error document: read and ignore */
-  while (used < len) {
-    if (d->header_have < LOOM_STREAM_HEADER) {
-      size_t k = LOOM_STREAM_HEADER - d->header_have;
-      k = k < len - used ? k : len - used;
-      memcpy(d->header + d->header_have, data + used, k);
-      d->header_have += k;
-      used += k;
-      if (d->header_have == LOOM_STREAM_HEADER && on_stream_header(d)) {
-        d->failed = 1;
-        return 0;
-      }
-      continue;
-    }
-    if (d->pages_added >= d->pos.pages) {
-      snprintf(d->error, sizeof d->error, "the stream is longer than its header says");
+  const uint8_t *p = (const uint8_t *)data;
+  while (left > 0) {
+    if (on_stream_event(d, replicate_stream_reader_take(&d->stream, &p, &left))) {
       d->failed = 1;
       return 0;
-    }
-    size_t k = PS - d->page_have;
-    k = k < len - used ? k : len - used;
-    memcpy(d->page + d->page_have, data + used, k);
-    d->page_have += k;
-    used += k;
-    if (d->page_have == PS) {
-      int rc = loom_patch_add(d->patch, d->pages_added, d->page);
-      if (rc) {
-        snprintf(d->error, sizeof d->error, "write: %s", loom_strerror(rc));
-        d->failed = 1;
-        return 0;
-      }
-      d->pages_added++;
-      d->page_have = 0;
     }
   }
   d->offset += len;
@@ -523,8 +513,7 @@ static int attempt_outcome(download *d, CURLcode cr, const char *url, char *mess
       return -1; /* retrying will not help */
     return 0;
   }
-  if (d->header_have == LOOM_STREAM_HEADER && d->pages_added == d->pos.pages &&
-      d->page_have == 0)
+  if (replicate_stream_reader_complete(&d->stream))
     return 1;
   snprintf(message, size, "the download ended early");
   return 0;
@@ -609,7 +598,8 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.partial-%d", out, (int)getpid());
   download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = loom_mono_s(), .quiet = quiet};
-  d.page = malloc(PS);
+  if (replicate_stream_reader_init(&d.stream))
+    return cli_fail("backup", "%s", strerror(ENOMEM));
   char message[600] = "";
   int done = download_all(&d, from, token, ca_file, retries, message, sizeof message);
   if (done) {
@@ -624,7 +614,7 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   int close_rc = d.store ? loom_store_close(d.store) : 0;
   if (d.patch)
     loom_patch_abort(d.patch);
-  free(d.page);
+  replicate_stream_reader_free(&d.stream);
   if (!done || rc || close_rc) {
     remove_tree(tmp);
     return cli_fail("backup", "%s", message[0] ? message : loom_strerror(close_rc));

@@ -4,6 +4,7 @@
 #ifndef LOOM_CLOCK_H
 #define LOOM_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -32,6 +33,23 @@ static inline struct timespec loom_deadline(clockid_t id, int64_t ns)
   int64_t at = loom_clock_ns(id) + ns;
   return (struct timespec){.tv_sec = (time_t)(at / LOOM_NS_PER_S),
                            .tv_nsec = (long)(at % LOOM_NS_PER_S)};
+}
+
+/* Initialise a condition variable whose timed waits count on
+ * CLOCK_MONOTONIC (loom_deadline(CLOCK_MONOTONIC, ...)): a wait that a
+ * step of the wall clock neither cuts short nor stretches. 0 or
+ * pthread_cond_init's error. */
+static inline int loom_cond_init_mono(pthread_cond_t *cond)
+{
+  pthread_condattr_t ca;
+  int rc = pthread_condattr_init(&ca);
+  if (rc)
+    return rc;
+  rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  if (!rc)
+    rc = pthread_cond_init(cond, &ca);
+  pthread_condattr_destroy(&ca);
+  return rc;
 }
 
 #endif

@@ -17,6 +17,7 @@
 #include "loom.h"
 #include "store_internal.h"
 #include "bytes.h"
+#include "hex.h"
 
 int loom_history_is_none(const loom_history *h)
 {
@@ -41,23 +42,13 @@ void loom_history_hex(const loom_history *h, char out[2 * LOOM_HISTORY_SIZE + 1]
   out[2 * LOOM_HISTORY_SIZE] = '\0';
 }
 
-static int hex_digit(char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 int loom_history_parse(const char *hex, loom_history *out)
 {
   if (!hex || strlen(hex) != 2 * LOOM_HISTORY_SIZE)
     return LOOM_EINVAL;
   for (unsigned i = 0; i < LOOM_HISTORY_SIZE; i++) {
-    int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+    int hi = loom_hex_digit((unsigned char)hex[2 * i]),
+        lo = loom_hex_digit((unsigned char)hex[2 * i + 1]);
     if (hi < 0 || lo < 0)
       return LOOM_EINVAL;
     out->id[i] = (uint8_t)(hi << 4 | lo);

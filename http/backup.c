@@ -174,10 +174,10 @@ static unsigned refuse_unavailable(int rc, http_reply *reply)
 {
   http_reply_error(reply, 503, rc == EBUSY ? "base image in progress"
                                            : "backup unavailable");
-  json_key(&reply->body, "code");
-  json_string(&reply->body, http_error_name(rc));
-  json_key(&reply->body, "detail");
-  json_string(&reply->body, http_strerror(rc));
+  http_json_key(&reply->body, "code");
+  http_json_string(&reply->body, http_error_name(rc));
+  http_json_key(&reply->body, "detail");
+  http_json_string(&reply->body, http_strerror(rc));
   reply->retry_after = 1;
   return reply->status;
 }
@@ -188,8 +188,8 @@ static unsigned refuse_range(const backup_share *share, uint64_t total,
 {
   char content_range[80];
   http_reply_error(reply, 416, "range not satisfiable");
-  json_key(&reply->body, "size");
-  json_uint(&reply->body, total);
+  http_json_key(&reply->body, "size");
+  http_json_uint(&reply->body, total);
   snprintf(content_range, sizeof content_range, "bytes */%" PRIu64, total);
   http_reply_header(reply, MHD_HTTP_HEADER_CONTENT_RANGE, content_range);
   http_reply_header(reply, MHD_HTTP_HEADER_ETAG, share->etag);

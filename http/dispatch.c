@@ -202,9 +202,9 @@ int http_server_send(http_server *s, struct MHD_Connection *conn,
     http_reply_error(reply, 500, "internal error");
   }
   while (reply->body.depth > 0)
-    json_object_end(&reply->body);
+    http_json_object_end(&reply->body);
   size_t len = 0;
-  char *doc = json_take(&reply->body, &len);
+  char *doc = http_json_take(&reply->body, &len);
   if (!doc) {
     doc = strdup("{\"error\":\"out of memory\"}");
     if (!doc)
@@ -341,8 +341,8 @@ static bool refuse_malformed(struct MHD_Connection *conn, request *r,
   if (!rc)
     return false;
   http_reply_error(reply, 400, http_strerror(rc));
-  json_key(&reply->body, "code");
-  json_string(&reply->body, http_error_name(rc));
+  http_json_key(&reply->body, "code");
+  http_json_string(&reply->body, http_error_name(rc));
   return true;
 }
 
@@ -385,8 +385,8 @@ static bool refuse_route(const request *r, const char *method,
   if (method_allowed(r->ep, method))
     return false;
   http_reply_error(reply, 405, "method not allowed");
-  json_key(&reply->body, "allow");
-  json_string(&reply->body, allowed_methods(r->ep));
+  http_json_key(&reply->body, "allow");
+  http_json_string(&reply->body, allowed_methods(r->ep));
   http_reply_header(reply, MHD_HTTP_HEADER_ALLOW, allowed_methods(r->ep));
   return true;
 }
@@ -442,12 +442,12 @@ static bool refuse_not_standby(http_server *s, const request *r,
   loom_position pos;
   s->primary.position(s->primary.ctx, &pos);
   http_reply_error(reply, 409, "not a standby");
-  json_key(&reply->body, "role");
-  json_string(&reply->body, "primary");
-  json_key(&reply->body, "applied");
+  http_json_key(&reply->body, "role");
+  http_json_string(&reply->body, "primary");
+  http_json_key(&reply->body, "applied");
   http_json_position(&reply->body, &pos);
-  json_key(&reply->body, "epoch");
-  json_uint(&reply->body, pos.epoch);
+  http_json_key(&reply->body, "epoch");
+  http_json_uint(&reply->body, pos.epoch);
   return true;
 }
 
@@ -468,8 +468,8 @@ static bool refuse_upload(http_server *s, struct MHD_Connection *conn,
     if (cl == UINT64_MAX || cl <= s->max_frame_bytes)
       return false;
     http_reply_error(reply, 413, "frame too large");
-    json_key(&reply->body, "max_bytes");
-    json_uint(&reply->body, s->max_frame_bytes);
+    http_json_key(&reply->body, "max_bytes");
+    http_json_uint(&reply->body, s->max_frame_bytes);
     return true;
   }
   if (cl != UINT64_MAX &&
@@ -500,10 +500,10 @@ static void frame_refuse(request *r, unsigned status, const char *message,
   r->refused = true;
   http_reply_error(&r->refusal, status, message);
   if (rc) {
-    json_key(&r->refusal.body, "code");
-    json_string(&r->refusal.body, http_error_name(rc));
-    json_key(&r->refusal.body, "detail");
-    json_string(&r->refusal.body, replicate_strerror(rc));
+    http_json_key(&r->refusal.body, "code");
+    http_json_string(&r->refusal.body, http_error_name(rc));
+    http_json_key(&r->refusal.body, "detail");
+    http_json_string(&r->refusal.body, replicate_strerror(rc));
   }
   free(r->body);
   r->body = NULL;
@@ -584,11 +584,11 @@ static enum MHD_Result close_late_upload(http_server *s,
   int rc = v == HTTP_GUARD_TOO_SLOW ? HTTP_ESLOW_UPLOAD : HTTP_ELONG_UPLOAD;
   http_reply reply = {0};
   http_reply_error(&reply, 408, http_strerror(rc));
-  json_key(&reply.body, "code");
-  json_string(&reply.body, http_error_name(rc));
-  json_object_end(&reply.body);
+  http_json_key(&reply.body, "code");
+  http_json_string(&reply.body, http_error_name(rc));
+  http_json_object_end(&reply.body);
   size_t len = 0;
-  char *doc = json_take(&reply.body, &len);
+  char *doc = http_json_take(&reply.body, &len);
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
   if (doc && ci && !s->tls) {
@@ -646,7 +646,7 @@ static enum MHD_Result answer_frames(http_server *s,
   http_reply reply = {0};
   if (r->refused) {
     reply = r->refusal;
-    json_init(&r->refusal.body);
+    http_json_init(&r->refusal.body);
   } else {
     http_standby_receive_frame(s->standby, r->body, r->len, &reply);
   }
@@ -722,8 +722,8 @@ static enum MHD_Result answer_healthz(http_server *s,
 {
   http_reply reply = {0};
   http_reply_object(&reply, 200);
-  json_key(&reply.body, "status");
-  json_string(&reply.body, "ok");
+  http_json_key(&reply.body, "status");
+  http_json_string(&reply.body, "ok");
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }
 
@@ -811,7 +811,7 @@ void http_dispatch_completed(void *cls, struct MHD_Connection *conn,
       MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
                                 s->connection_timeout); /* kept alive: idle again */
   }
-  json_free(&r->refusal.body);
+  http_json_free(&r->refusal.body);
   free(r->body);
   free(r);
   *req_cls = NULL;

@@ -141,11 +141,7 @@ int http_guard_start(const http_guard_limits *limits,
     return ENOMEM;
   g->limits = *limits;
   g->logger = *logger;
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&g->wake, &ca);
-  pthread_condattr_destroy(&ca);
+  loom_cond_init_mono(&g->wake);
   pthread_mutex_init(&g->mu, NULL);
   int rc = pthread_create(&g->thread, NULL, guard_main, g);
   if (rc) {

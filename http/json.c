@@ -14,20 +14,21 @@
 #include <string.h>
 #include <time.h>
 
+#include "array.h"
 #include "json.h"
 
-void json_init(json_writer *w)
+void http_json_init(http_json_writer *w)
 {
   memset(w, 0, sizeof *w);
 }
 
-void json_free(json_writer *w)
+void http_json_free(http_json_writer *w)
 {
   free(w->data);
   memset(w, 0, sizeof *w);
 }
 
-char *json_take(json_writer *w, size_t *len)
+char *http_json_take(http_json_writer *w, size_t *len)
 {
   char *doc = NULL;
   if (!w->failed && w->data) {
@@ -36,31 +37,29 @@ char *json_take(json_writer *w, size_t *len)
       *len = w->len;
     w->data = NULL;
   }
-  json_free(w);
+  http_json_free(w);
   return doc;
 }
 
+/* The first buffer: most answers fit, in one allocation. */
+#define WRITER_FIRST_BYTES 256
+
 /* Make room for n more bytes and the terminating NUL. */
-static bool reserve(json_writer *w, size_t n)
+static bool reserve(http_json_writer *w, size_t n)
 {
   if (w->failed)
     return false;
-  if (w->len + n + 1 <= w->cap)
-    return true;
-  size_t cap = w->cap ? w->cap : 256;
-  while (cap < w->len + n + 1)
-    cap *= 2;
-  char *data = realloc(w->data, cap);
-  if (!data) {
+  size_t need = n <= SIZE_MAX - w->len - 1 ? w->len + n + 1 : 0;
+  if (need < WRITER_FIRST_BYTES && need != 0)
+    need = WRITER_FIRST_BYTES;
+  if (need == 0 || loom_array_reserve(&w->data, &w->cap, need, 1) != 0) {
     w->failed = true;
     return false;
   }
-  w->data = data;
-  w->cap = cap;
   return true;
 }
 
-static void append(json_writer *w, const char *s, size_t n)
+static void append(http_json_writer *w, const char *s, size_t n)
 {
   if (!reserve(w, n))
     return;
@@ -69,13 +68,13 @@ static void append(json_writer *w, const char *s, size_t n)
   w->data[w->len] = '\0';
 }
 
-static void append_str(json_writer *w, const char *s)
+static void append_str(http_json_writer *w, const char *s)
 {
   append(w, s, strlen(s));
 }
 
 /* Before any value: the comma that separates it from the previous one. */
-static void value_start(json_writer *w)
+static void value_start(http_json_writer *w)
 {
   if (w->after_key) {
     w->after_key = false;
@@ -86,11 +85,11 @@ static void value_start(json_writer *w)
   w->need_comma[w->depth] = true;
 }
 
-static void open_level(json_writer *w, char c)
+static void open_level(http_json_writer *w, char c)
 {
   value_start(w);
   append(w, &c, 1);
-  if (w->depth >= JSON_MAX_DEPTH) {
+  if (w->depth >= HTTP_JSON_MAX_DEPTH) {
     w->failed = true; /* a bug in the caller: too deep */
     return;
   }
@@ -98,7 +97,7 @@ static void open_level(json_writer *w, char c)
   w->need_comma[w->depth] = false;
 }
 
-static void close_level(json_writer *w, char c)
+static void close_level(http_json_writer *w, char c)
 {
   if (w->depth == 0) {
     w->failed = true;
@@ -108,12 +107,12 @@ static void close_level(json_writer *w, char c)
   append(w, &c, 1);
 }
 
-void json_object_begin(json_writer *w) { open_level(w, '{'); }
-void json_object_end(json_writer *w) { close_level(w, '}'); }
-void json_array_begin(json_writer *w) { open_level(w, '['); }
-void json_array_end(json_writer *w) { close_level(w, ']'); }
+void http_json_object_begin(http_json_writer *w) { open_level(w, '{'); }
+void http_json_object_end(http_json_writer *w) { close_level(w, '}'); }
+void http_json_array_begin(http_json_writer *w) { open_level(w, '['); }
+void http_json_array_end(http_json_writer *w) { close_level(w, ']'); }
 
-static void append_escaped(json_writer *w, const char *s)
+static void append_escaped(http_json_writer *w, const char *s)
 {
   append(w, "\"", 1);
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -146,7 +145,7 @@ static void append_escaped(json_writer *w, const char *s)
   append(w, "\"", 1);
 }
 
-void json_key(json_writer *w, const char *key)
+void http_json_key(http_json_writer *w, const char *key)
 {
   value_start(w);
   append_escaped(w, key);
@@ -154,17 +153,17 @@ void json_key(json_writer *w, const char *key)
   w->after_key = true;
 }
 
-void json_string(json_writer *w, const char *s)
+void http_json_string(http_json_writer *w, const char *s)
 {
   if (!s) {
-    json_null(w);
+    http_json_null(w);
     return;
   }
   value_start(w);
   append_escaped(w, s);
 }
 
-void json_uint(json_writer *w, uint64_t v)
+void http_json_uint(http_json_writer *w, uint64_t v)
 {
   char buf[24];
   value_start(w);
@@ -172,7 +171,7 @@ void json_uint(json_writer *w, uint64_t v)
   append_str(w, buf);
 }
 
-void json_int(json_writer *w, int64_t v)
+void http_json_int(http_json_writer *w, int64_t v)
 {
   char buf[24];
   value_start(w);
@@ -180,40 +179,40 @@ void json_int(json_writer *w, int64_t v)
   append_str(w, buf);
 }
 
-void json_double(json_writer *w, double v)
+void http_json_double(http_json_writer *w, double v)
 {
   if (!isfinite(v)) {
-    json_null(w);
+    http_json_null(w);
     return;
   }
-  char buf[JSON_NUMBER_MAX];
+  char buf[HTTP_JSON_NUMBER_MAX];
   value_start(w);
-  append_str(w, json_format_double(v, buf));
+  append_str(w, http_json_format_double(v, buf));
 }
 
-void json_bool(json_writer *w, bool v)
+void http_json_bool(http_json_writer *w, bool v)
 {
   value_start(w);
   append_str(w, v ? "true" : "false");
 }
 
-void json_null(json_writer *w)
+void http_json_null(http_json_writer *w)
 {
   value_start(w);
   append_str(w, "null");
 }
 
-void json_hex64(json_writer *w, uint64_t v)
+void http_json_hex64(http_json_writer *w, uint64_t v)
 {
   char buf[24];
   snprintf(buf, sizeof buf, "%016" PRIx64, v);
-  json_string(w, buf);
+  http_json_string(w, buf);
 }
 
-void json_time_ns(json_writer *w, int64_t ns)
+void http_json_time_ns(http_json_writer *w, int64_t ns)
 {
   if (ns <= 0) {
-    json_null(w);
+    http_json_null(w);
     return;
   }
   time_t secs = (time_t)(ns / 1000000000);
@@ -226,29 +225,53 @@ void json_time_ns(json_writer *w, int64_t ns)
   gmtime_r(&secs, &tm);
   strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
   snprintf(buf, sizeof buf, "%s.%sZ", date, fraction);
-  json_string(w, buf);
+  http_json_string(w, buf);
 }
 
-const char *json_format_double(double v, char *buf)
+void http_json_member_string(http_json_writer *w, const char *key, const char *s)
+{
+  http_json_key(w, key);
+  http_json_string(w, s);
+}
+
+void http_json_member_uint(http_json_writer *w, const char *key, uint64_t v)
+{
+  http_json_key(w, key);
+  http_json_uint(w, v);
+}
+
+void http_json_member_hex64(http_json_writer *w, const char *key, uint64_t v)
+{
+  http_json_key(w, key);
+  http_json_hex64(w, v);
+}
+
+void http_json_member_time_ns(http_json_writer *w, const char *key, int64_t ns)
+{
+  http_json_key(w, key);
+  http_json_time_ns(w, ns);
+}
+
+const char *http_json_format_double(double v, char *buf)
 {
   /* A whole number below 2^53 (no libm: floor/fabs are not linked here). */
   if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(long long)v) {
-    snprintf(buf, JSON_NUMBER_MAX, "%.0f", v); /* "10", not "1e+01" */
+    snprintf(buf, HTTP_JSON_NUMBER_MAX, "%.0f", v); /* "10", not "1e+01" */
     return buf;
   }
   for (int digits = 1; digits <= 17; digits++) {
-    snprintf(buf, JSON_NUMBER_MAX, "%.*g", digits, v);
+    snprintf(buf, HTTP_JSON_NUMBER_MAX, "%.*g", digits, v);
     if (strtod(buf, NULL) == v || !isfinite(v))
       break;
   }
   return buf;
 }
 
-const char *json_format_ns_seconds(int64_t ns, char *buf)
+const char *http_json_format_ns_seconds(int64_t ns, char *buf)
 {
   const char *sign = ns < 0 ? "-" : "";
   uint64_t u = ns < 0 ? (uint64_t)0 - (uint64_t)ns : (uint64_t)ns;
-  int n = snprintf(buf, JSON_NUMBER_MAX, "%s%" PRIu64 ".%09u", sign, u / 1000000000u,
+  int n = snprintf(buf, HTTP_JSON_NUMBER_MAX, "%s%" PRIu64 ".%09u", sign, u / 1000000000u,
                    (unsigned)(u % 1000000000u));
   while (n > 0 && buf[n - 1] == '0')
     buf[--n] = '\0';

@@ -90,33 +90,33 @@ static void gauge_u(textbuf *t, const char *name, const char *help, uint64_t v)
 
 static void gauge_f(textbuf *t, const char *name, const char *help, double v)
 {
-  char num[JSON_NUMBER_MAX];
+  char num[HTTP_JSON_NUMBER_MAX];
   tb_head(t, name, "gauge", help);
-  tb_printf(t, "%s %s\n", name, json_format_double(v, num));
+  tb_printf(t, "%s %s\n", name, http_json_format_double(v, num));
 }
 
 /* A *_time_seconds gauge: ns since the epoch, every digit kept. */
 static void gauge_time(textbuf *t, const char *name, const char *help, int64_t ns)
 {
-  char num[JSON_NUMBER_MAX];
+  char num[HTTP_JSON_NUMBER_MAX];
   tb_head(t, name, "gauge", help);
-  tb_printf(t, "%s %s\n", name, json_format_ns_seconds(ns, num));
+  tb_printf(t, "%s %s\n", name, http_json_format_ns_seconds(ns, num));
 }
 
 /* A duration histogram (replicate.h): cumulative buckets, sum, count. */
 static void histogram(textbuf *t, const char *name, const char *help,
                       const replicate_duration_histogram *h)
 {
-  char num[JSON_NUMBER_MAX];
+  char num[HTTP_JSON_NUMBER_MAX];
   uint64_t below = 0;
   tb_head(t, name, "histogram", help);
   for (int i = 0; i < REPLICATE_DURATION_BUCKETS; i++) {
     below += h->counts[i];
     tb_printf(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", name,
-              json_format_double(replicate_duration_bounds[i], num), below);
+              http_json_format_double(replicate_duration_bounds[i], num), below);
   }
   tb_printf(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->count);
-  tb_printf(t, "%s_sum %s\n", name, json_format_double(h->sum_seconds, num));
+  tb_printf(t, "%s_sum %s\n", name, http_json_format_double(h->sum_seconds, num));
   tb_printf(t, "%s_count %" PRIu64 "\n", name, h->count);
 }
 
@@ -200,7 +200,7 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       char url[2 * REPLICATE_URL_MAX];
       label_escape(p->url, url, sizeof url);
       double v = 0;
-      char num[JSON_NUMBER_MAX];
+      char num[HTTP_JSON_NUMBER_MAX];
       switch (m) {
       case 0: v = (double)p->sent_seq; break;
       case 1: v = (double)p->received_seq; break;
@@ -213,10 +213,10 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       case 8: v = (double)p->base_images_sent; break;
       default:
         tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url,
-                  json_format_ns_seconds(p->last_error_at_ns, num));
+                  http_json_format_ns_seconds(p->last_error_at_ns, num));
         continue;
       }
-      tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url, json_format_double(v, num));
+      tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url, http_json_format_double(v, num));
     }
   }
   per_peer_set(t, f, "loomship_standby_state", "gauge",
@@ -344,10 +344,10 @@ static void process_metrics(textbuf *t)
   http_process_figures p;
   http_process_figures_read(&p);
   if (p.cpu_known) {
-    char num[JSON_NUMBER_MAX];
+    char num[HTTP_JSON_NUMBER_MAX];
     tb_head(t, "process_cpu_seconds_total", "counter",
             "Total user and system CPU time spent in seconds.");
-    tb_printf(t, "process_cpu_seconds_total %s\n", json_format_double(p.cpu_seconds, num));
+    tb_printf(t, "process_cpu_seconds_total %s\n", http_json_format_double(p.cpu_seconds, num));
   }
   if (p.memory_known) {
     gauge_u(t, "process_resident_memory_bytes", "Resident memory size in bytes.",

@@ -13,11 +13,11 @@
 
 void http_reply_error(http_reply *reply, unsigned status, const char *message)
 {
-  json_free(&reply->body);
+  http_json_free(&reply->body);
   reply->status = status;
-  json_object_begin(&reply->body);
-  json_key(&reply->body, "error");
-  json_string(&reply->body, message);
+  http_json_object_begin(&reply->body);
+  http_json_key(&reply->body, "error");
+  http_json_string(&reply->body, message);
 }
 
 void http_reply_header(http_reply *reply, const char *name, const char *value)
@@ -32,37 +32,32 @@ void http_reply_header(http_reply *reply, const char *name, const char *value)
 
 void http_reply_object(http_reply *reply, unsigned status)
 {
-  json_free(&reply->body);
+  http_json_free(&reply->body);
   reply->status = status;
-  json_object_begin(&reply->body);
+  http_json_object_begin(&reply->body);
 }
 
-void http_json_position(json_writer *w, const loom_position *pos)
+void http_json_position(http_json_writer *w, const loom_position *pos)
 {
-  json_object_begin(w);
-  json_key(w, "epoch");
-  json_uint(w, pos->epoch);
-  json_key(w, "seq");
-  json_uint(w, pos->seq);
-  json_key(w, "checksum");
-  json_hex64(w, pos->checksum);
-  json_key(w, "pages");
-  json_uint(w, pos->pages);
-  json_key(w, "at");
-  json_time_ns(w, pos->commit_time_ns);
-  json_object_end(w);
+  http_json_object_begin(w);
+  http_json_member_uint(w, "epoch", pos->epoch);
+  http_json_member_uint(w, "seq", pos->seq);
+  http_json_member_hex64(w, "checksum", pos->checksum);
+  http_json_member_uint(w, "pages", pos->pages);
+  http_json_member_time_ns(w, "at", pos->commit_time_ns);
+  http_json_object_end(w);
 }
 
-void http_json_history(json_writer *w, const loom_history *h)
+void http_json_history(http_json_writer *w, const loom_history *h)
 {
-  json_key(w, "history");
+  http_json_key(w, "history");
   if (loom_history_is_none(h)) {
-    json_string(w, NULL);
+    http_json_string(w, NULL);
     return;
   }
   char hex[2 * LOOM_HISTORY_SIZE + 1];
   loom_history_hex(h, hex);
-  json_string(w, hex);
+  http_json_string(w, hex);
 }
 
 /* ---------------------------------------------------------------------- */

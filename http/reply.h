@@ -19,7 +19,7 @@
 
 typedef struct http_reply {
   unsigned status;
-  json_writer body;
+  http_json_writer body;
   unsigned retry_after;         /* seconds; 0: no Retry-After header */
   unsigned header_count;
   struct {
@@ -36,9 +36,9 @@ void http_reply_error(http_reply *reply, unsigned status, const char *message);
 /* Start a reply with an empty object (status 200 unless set). */
 void http_reply_object(http_reply *reply, unsigned status);
 /* Write pos as {"epoch", "seq", "checksum", "pages", "at"}. */
-void http_json_position(json_writer *w, const loom_position *pos);
+void http_json_position(http_json_writer *w, const loom_position *pos);
 /* The key "history": 32 hex digits, or null for none. */
-void http_json_history(json_writer *w, const loom_history *h);
+void http_json_history(http_json_writer *w, const loom_history *h);
 
 /* The identifier of an error code ("REPLICATE_EPAYLOAD_CHECKSUM",
  * "LOOM_EPOSITION", "ENOSPC", ...). Never NULL. */

@@ -154,83 +154,79 @@ static unsigned shape_status(const reply_shape *shape,
   return shape->status;
 }
 
-static void json_point(json_writer *w, const char *key,
+static void json_point(http_json_writer *w, const char *key,
                        const loom_position *pos)
 {
-  json_key(w, key);
+  http_json_key(w, key);
   http_json_position(w, pos);
 }
 
 /* The keys of a promotion refused. */
-static void promote_refusal_json(json_writer *w, const replicate_recv_outcome *o)
+static void promote_refusal_json(http_json_writer *w, const replicate_recv_outcome *o)
 {
   bool empty = o->result == REPLICATE_RECV_PROMOTE_EMPTY;
-  json_key(w, "code");
-  json_string(w, empty ? "PROMOTE_EMPTY" : "PROMOTE_BEHIND");
-  json_key(w, "reason");
-  json_string(w, empty ? "this standby never received anything: promoting "
+  http_json_key(w, "code");
+  http_json_string(w, empty ? "PROMOTE_EMPTY" : "PROMOTE_BEHIND");
+  http_json_key(w, "reason");
+  http_json_string(w, empty ? "this standby never received anything: promoting "
                          "it would start an empty history and fence the "
                          "real primary"
                        : "this standby is further behind the primary seq it "
                          "last heard than --promote-max-lag allows");
-  json_key(w, "primary_seq");
-  json_uint(w, o->primary_seq);
+  http_json_key(w, "primary_seq");
+  http_json_uint(w, o->primary_seq);
 }
 
-static void frame_before_json(json_writer *w, const replicate_recv_outcome *o)
+static void frame_before_json(http_json_writer *w, const replicate_recv_outcome *o)
 {
-  json_key(w, "frame_before");
-  json_object_begin(w);
-  json_key(w, "epoch");
-  json_uint(w, o->frame_epoch);
-  json_key(w, "seq");
-  json_uint(w, o->frame_before.seq);
-  json_key(w, "checksum");
-  json_hex64(w, o->frame_before.checksum);
-  json_key(w, "pages");
-  json_uint(w, o->frame_before.pages);
-  json_object_end(w);
+  http_json_key(w, "frame_before");
+  http_json_object_begin(w);
+  http_json_member_uint(w, "epoch", o->frame_epoch);
+  http_json_member_uint(w, "seq", o->frame_before.seq);
+  http_json_member_hex64(w, "checksum", o->frame_before.checksum);
+  http_json_member_uint(w, "pages", o->frame_before.pages);
+  http_json_object_end(w);
 }
 
 /* The keys after "error" that shape asks for, in order. */
 static void shape_keys(unsigned keys, const replicate_recv_outcome *o,
-                       json_writer *w)
+                       http_json_writer *w)
 {
   if (keys & K_CODE) {
-    json_key(w, "code");
-    json_string(w, http_error_name(o->code));
+    http_json_key(w, "code");
+    http_json_string(w, http_error_name(o->code));
   }
   if (keys & (K_DETAIL | K_REASON)) {
-    json_key(w, keys & K_DETAIL ? "detail" : "reason");
-    json_string(w, replicate_strerror(o->code));
+    http_json_key(w, keys & K_DETAIL ? "detail" : "reason");
+    http_json_string(w, replicate_strerror(o->code));
   }
   if (keys & (K_FRAME_EPOCH | K_IMAGE_EPOCH)) {
-    json_key(w, keys & K_FRAME_EPOCH ? "frame_epoch" : "image_epoch");
-    json_uint(w, o->input_epoch);
+    http_json_key(w, keys & K_FRAME_EPOCH ? "frame_epoch" : "image_epoch");
+    http_json_uint(w, o->input_epoch);
   }
   if (keys & K_ROLE) {
-    json_key(w, "role");
-    json_string(w, o->promoted ? "primary" : "standby");
+    http_json_key(w, "role");
+    http_json_string(w, o->promoted ? "primary" : "standby");
   }
   if (keys & K_FRAME_BEFORE)
     frame_before_json(w, o);
   if (keys & K_PROMOTE)
     promote_refusal_json(w, o);
   if (keys & K_NEW_EPOCH) {
-    json_key(w, "epoch");
-    json_uint(w, o->applied.epoch);
+    http_json_key(w, "epoch");
+    http_json_uint(w, o->applied.epoch);
     json_point(w, "applied", &o->applied);
   }
   if (keys & K_POSITIONS) {
     json_point(w, "received", &o->received);
     json_point(w, "applied", &o->applied);
-    json_key(w, "epoch");
-    json_uint(w, o->received.epoch);
+    http_json_key(w, "epoch");
+    http_json_uint(w, o->received.epoch);
     http_json_history(w, &o->history);
   }
   if (keys & K_DUPLICATE) {
-    json_key(w, "duplicate");
-    json_bool(w, o->result == REPLICATE_RECV_DUPLICATE);
+    http_json_key(w, "duplicate");
+    http_json_bool(w, o->result == REPLICATE_RECV_DUPLICATE);
   }
 }
 
@@ -243,8 +239,8 @@ static void reply_outcome(const reply_shape table[REPLICATE_RECV_LAST],
   if (!shape || shape->status == 0) {
     /* A bug: the receiver gave an outcome this endpoint does not know. */
     http_reply_error(reply, 500, "internal error");
-    json_key(&reply->body, "outcome");
-    json_string(&reply->body, replicate_recv_result_name(o->result));
+    http_json_key(&reply->body, "outcome");
+    http_json_string(&reply->body, replicate_recv_result_name(o->result));
     return;
   }
   const char *error;

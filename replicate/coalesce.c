@@ -31,6 +31,7 @@
  * below B.pages and zero_from, so the frame decodes (invariant 2 of
  * frame.c).
  */
+#include "array.h"
 #include "frame.h"
 
 #include <assert.h>
@@ -56,7 +57,8 @@ struct replicate_coalescer {
   coalesce_entry *entries; /* ascending page_number */
   size_t count;
   size_t cap;
-  coalesce_entry *merged;  /* scratch for one merge, same capacity */
+  coalesce_entry *merged;  /* scratch for one merge, at least count */
+  size_t merged_cap;
   uint8_t **pool;          /* free page buffers */
   size_t pool_count;
   size_t pool_cap;         /* >= every page buffer allocated */
@@ -87,13 +89,9 @@ static void page_release(replicate_coalescer *c, uint8_t *page) {
 static uint8_t *page_take(replicate_coalescer *c) {
   if (c->pool_count > 0) return c->pool[--c->pool_count];
   /* Grow the pool's capacity first, so that releasing never fails. */
-  if (c->pages_allocated == c->pool_cap) {
-    size_t cap = c->pool_cap ? c->pool_cap * 2 : 64;
-    uint8_t **pool = realloc(c->pool, cap * sizeof *pool);
-    if (pool == NULL) return NULL;
-    c->pool = pool;
-    c->pool_cap = cap;
-  }
+  if (loom_array_reserve(&c->pool, &c->pool_cap, c->pages_allocated + 1,
+                         sizeof *c->pool) != 0)
+    return NULL;
   uint8_t *page = malloc(LOOM_PAGE_SIZE);
   if (page != NULL) c->pages_allocated++;
   return page;
@@ -138,17 +136,10 @@ static bool base_is_zero(const replicate_coalescer *c, uint64_t n) {
 }
 
 static int ensure_capacity(replicate_coalescer *c, size_t need) {
-  if (need <= c->cap) return 0;
-  size_t cap = c->cap ? c->cap : 64;
-  while (cap < need) cap *= 2;
-  coalesce_entry *entries = realloc(c->entries, cap * sizeof *entries);
-  if (entries == NULL) return ENOMEM;
-  c->entries = entries;
-  coalesce_entry *merged = realloc(c->merged, cap * sizeof *merged);
-  if (merged == NULL) return ENOMEM;
-  c->merged = merged;
-  c->cap = cap;
-  return 0;
+  int rc = loom_array_reserve(&c->entries, &c->cap, need, sizeof *c->entries);
+  if (rc != 0) return rc;
+  return loom_array_reserve(&c->merged, &c->merged_cap, need,
+                            sizeof *c->merged);
 }
 
 /* Fold the frame's pages into the entries (one merge). */

@@ -60,6 +60,7 @@
  * opened: loom_io has no listing operation. Everything else goes through
  * the loom_io.
  */
+#include "array.h"
 #include "frame.h"
 
 #include <assert.h>
@@ -95,7 +96,7 @@ typedef struct log_segment {
   uint64_t first_seq;
   uint64_t count;      /* records */
   uint64_t *offsets;   /* offsets[i]: record of seq first_seq + i */
-  uint64_t offsets_cap;
+  size_t offsets_cap;
   uint64_t size;       /* bytes, header included: where the next record goes */
   uint64_t first_epoch;/* of its oldest record; 0 if empty */
   uint64_t last_epoch; /* of its newest record; 0 if empty */
@@ -223,25 +224,14 @@ static uint64_t newest_epoch(const replicate_log *log) {
 }
 
 static int offsets_reserve(log_segment *s, uint64_t need) {
-  if (need <= s->offsets_cap) return 0;
-  uint64_t cap = s->offsets_cap ? s->offsets_cap * 2 : 256;
-  while (cap < need) cap *= 2;
-  uint64_t *offsets = realloc(s->offsets, cap * sizeof *offsets);
-  if (offsets == NULL) return ENOMEM;
-  s->offsets = offsets;
-  s->offsets_cap = cap;
-  return 0;
+  if (need > SIZE_MAX) return ENOMEM;
+  return loom_array_reserve(&s->offsets, &s->offsets_cap, (size_t)need,
+                            sizeof *s->offsets);
 }
 
 static int segs_reserve(replicate_log *log, size_t need) {
-  if (need <= log->segs_cap) return 0;
-  size_t cap = log->segs_cap ? log->segs_cap * 2 : 16;
-  while (cap < need) cap *= 2;
-  log_segment *segs = realloc(log->segs, cap * sizeof *segs);
-  if (segs == NULL) return ENOMEM;
-  log->segs = segs;
-  log->segs_cap = cap;
-  return 0;
+  return loom_array_reserve(&log->segs, &log->segs_cap, need,
+                            sizeof *log->segs);
 }
 
 /* The segment holding seq (which the log holds). */
@@ -378,15 +368,8 @@ static int list_segments(replicate_log *log, uint64_t **out, size_t *count) {
   while ((entry = readdir(dir)) != NULL) {
     uint64_t first_seq;
     if (!segment_name_parse(entry->d_name, &first_seq)) continue;
-    if (n == cap) {
-      cap = cap ? cap * 2 : 16;
-      uint64_t *grown = realloc(seqs, cap * sizeof *grown);
-      if (grown == NULL) {
-        rc = ENOMEM;
-        break;
-      }
-      seqs = grown;
-    }
+    if ((rc = loom_array_reserve(&seqs, &cap, n + 1, sizeof *seqs)) != 0)
+      break;
     seqs[n++] = first_seq;
   }
   if (rc == 0 && errno != 0) rc = errno;

@@ -369,7 +369,7 @@ static int receiver_configure(replicate_receiver *rx,
   pthread_mutex_init(&rx->recv_mu, NULL);
   pthread_mutex_init(&rx->store_mu, NULL);
   pthread_mutex_init(&rx->mu, NULL);
-  pthread_cond_init(&rx->cond, NULL);
+  loom_cond_init_mono(&rx->cond); /* the applier's back-off waits on it */
   rx->dir = strdup(opt->dir);
   return rx->dir ? 0 : ENOMEM;
 }

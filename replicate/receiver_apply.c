@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <time.h>
 
+#include "clock.h"
 #include "receiver_internal.h"
 
 /* Frames applied between two trims of the receive log while busy. */
@@ -185,15 +186,12 @@ static void applier_applied(replicate_receiver *rx, int rc,
  * received frame does): no retry storm on a full disk. */
 static void applier_back_off(replicate_receiver *rx)
 {
-  struct timespec until, now;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 1;
-  do {
-    pthread_cond_timedwait(&rx->cond, &rx->mu, &until);
-    clock_gettime(CLOCK_REALTIME, &now);
-  } while (!rx->stopping &&
-           (now.tv_sec < until.tv_sec ||
-            (now.tv_sec == until.tv_sec && now.tv_nsec < until.tv_nsec)));
+  int64_t until_ns = loom_mono_ns() + LOOM_NS_PER_S;
+  struct timespec until = {.tv_sec = (time_t)(until_ns / LOOM_NS_PER_S),
+                           .tv_nsec = (long)(until_ns % LOOM_NS_PER_S)};
+  do
+    pthread_cond_timedwait(&rx->cond, &rx->mu, &until); /* CLOCK_MONOTONIC */
+  while (!rx->stopping && loom_mono_ns() < until_ns);
 }
 
 /* Under mu: applying frame next failed with rc. Returns false when the

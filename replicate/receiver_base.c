@@ -16,12 +16,8 @@ struct replicate_receiver_base {
   replicate_receiver *rx;
   loom_patch *patch;
   uint64_t length;              /* announced; UINT64_MAX: unknown */
-  uint8_t header[LOOM_STREAM_HEADER];
-  size_t header_len;
+  replicate_stream_reader stream;
   loom_position target;
-  uint8_t *page;                /* one page being filled */
-  size_t page_fill;
-  uint64_t pages_added;
   bool refused;
   replicate_recv_result refusal;
   int refusal_code;
@@ -60,10 +56,10 @@ int replicate_receiver_base_begin(replicate_receiver *rx, uint64_t length,
                                   replicate_recv_outcome *outcome)
 {
   replicate_receiver_base *up = calloc(1, sizeof *up);
-  uint8_t *page = malloc(LOOM_PAGE_SIZE);
-  if (!up || !page) {
+  if (!up || replicate_stream_reader_init(&up->stream)) {
+    if (up)
+      replicate_stream_reader_free(&up->stream);
     free(up);
-    free(page);
     memset(outcome, 0, sizeof *outcome);
     outcome->result = REPLICATE_RECV_NO_MEMORY;
     outcome->code = ENOMEM;
@@ -71,11 +67,10 @@ int replicate_receiver_base_begin(replicate_receiver *rx, uint64_t length,
     return ENOMEM;
   }
   up->rx = rx;
-  up->page = page;
   up->length = length;
   int rc = base_claim(rx, if_position, outcome);
   if (rc) {
-    free(up->page);
+    replicate_stream_reader_free(&up->stream);
     free(up);
     return rc;
   }
@@ -113,8 +108,7 @@ static bool base_header_fits(replicate_receiver_base *up,
     return false;
   }
   if (up->length != UINT64_MAX &&
-      up->length !=
-          LOOM_STREAM_HEADER + up->target.pages * (uint64_t)LOOM_PAGE_SIZE) {
+      up->length != replicate_stream_length(&up->target)) {
     base_refuse(up, REPLICATE_RECV_BASE_LENGTH, 0);
     return false;
   }
@@ -136,16 +130,12 @@ static bool base_header_fits(replicate_receiver_base *up,
   return true;
 }
 
-/* The header is complete: check it and begin the patch. */
+/* The header is decoded: check it and begin the patch. */
 static void base_start_patch(replicate_receiver_base *up)
 {
   replicate_receiver *rx = up->rx;
-  loom_lineage lineage;
-  int rc = loom_stream_header_decode(up->header, &up->target, &lineage);
-  if (rc) {
-    base_refuse(up, REPLICATE_RECV_BASE_HEADER, rc);
-    return;
-  }
+  loom_lineage lineage = up->stream.lineage;
+  up->target = up->stream.position;
   if (!base_header_fits(up, &lineage))
     return;
   loom_patch_header h = {
@@ -157,7 +147,7 @@ static void base_start_patch(replicate_receiver_base *up)
    * between leaves the old image under the new lineage, which place_base
    * allowed (the same history, or a store that held nothing). */
   pthread_mutex_lock(&rx->store_mu);
-  rc = loom_history_is_none(&lineage.history)
+  int rc = loom_history_is_none(&lineage.history)
            ? 0 : loom_store_adopt_lineage(rx->store, &lineage);
   loom_store_position(rx->store, &h.before);
   if (!rc)
@@ -174,45 +164,14 @@ static void base_start_patch(replicate_receiver_base *up)
   }
 }
 
-/* Take up to len bytes of the header; returns how many. */
-static size_t base_feed_header(replicate_receiver_base *up,
-                               const uint8_t *data, size_t len)
+/* A whole page came: add it to the patch. */
+static void base_add_page(replicate_receiver_base *up)
 {
-  size_t n = LOOM_STREAM_HEADER - up->header_len;
-  if (n > len)
-    n = len;
-  memcpy(up->header + up->header_len, data, n);
-  up->header_len += n;
-  if (up->header_len == LOOM_STREAM_HEADER)
-    base_start_patch(up);
-  return n;
-}
-
-/* Take up to len bytes of pages; returns how many. */
-static size_t base_feed_pages(replicate_receiver_base *up,
-                              const uint8_t *data, size_t len)
-{
-  if (up->pages_added == up->target.pages) {
-    base_refuse(up, REPLICATE_RECV_BASE_TRAILING, 0);
-    return len;
-  }
-  size_t n = LOOM_PAGE_SIZE - up->page_fill;
-  if (n > len)
-    n = len;
-  memcpy(up->page + up->page_fill, data, n);
-  up->page_fill += n;
-  if (up->page_fill == LOOM_PAGE_SIZE) {
-    pthread_mutex_lock(&up->rx->store_mu);
-    int rc = loom_patch_add(up->patch, up->pages_added, up->page);
-    pthread_mutex_unlock(&up->rx->store_mu);
-    if (rc) {
-      base_refuse(up, REPLICATE_RECV_BASE_STORE, rc);
-      return len;
-    }
-    up->pages_added++;
-    up->page_fill = 0;
-  }
-  return n;
+  pthread_mutex_lock(&up->rx->store_mu);
+  int rc = loom_patch_add(up->patch, up->stream.pages - 1, up->stream.page);
+  pthread_mutex_unlock(&up->rx->store_mu);
+  if (rc)
+    base_refuse(up, REPLICATE_RECV_BASE_STORE, rc);
 }
 
 int replicate_receiver_base_feed(replicate_receiver_base *up,
@@ -220,11 +179,22 @@ int replicate_receiver_base_feed(replicate_receiver_base *up,
 {
   const uint8_t *p = data;
   while (len > 0 && !up->refused) {
-    size_t n = up->header_len < LOOM_STREAM_HEADER
-                   ? base_feed_header(up, p, len)
-                   : base_feed_pages(up, p, len);
-    p += n;
-    len -= n;
+    switch (replicate_stream_reader_take(&up->stream, &p, &len)) {
+    case REPLICATE_STREAM_MORE:
+      break;
+    case REPLICATE_STREAM_HEADER:
+      base_start_patch(up);
+      break;
+    case REPLICATE_STREAM_BAD_HEADER:
+      base_refuse(up, REPLICATE_RECV_BASE_HEADER, up->stream.header_rc);
+      break;
+    case REPLICATE_STREAM_PAGE:
+      base_add_page(up);
+      break;
+    case REPLICATE_STREAM_TRAILING:
+      base_refuse(up, REPLICATE_RECV_BASE_TRAILING, 0);
+      break;
+    }
   }
   return up->refused ? EINVAL : 0;
 }
@@ -241,7 +211,7 @@ static void base_release(replicate_receiver_base *up)
   rx->base_active = false;
   pthread_cond_broadcast(&rx->cond);
   pthread_mutex_unlock(&rx->mu);
-  free(up->page);
+  replicate_stream_reader_free(&up->stream);
   free(up);
 }
 
@@ -269,9 +239,7 @@ void replicate_receiver_base_finish(replicate_receiver_base *up,
                                     replicate_recv_outcome *out)
 {
   replicate_receiver *rx = up->rx;
-  if (!up->refused && (up->header_len < LOOM_STREAM_HEADER ||
-                       up->pages_added < up->target.pages ||
-                       up->page_fill != 0))
+  if (!up->refused && !replicate_stream_reader_complete(&up->stream))
     base_refuse(up, REPLICATE_RECV_BASE_TRUNCATED, 0);
   if (up->refused) {
     pthread_mutex_lock(&rx->mu);

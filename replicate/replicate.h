@@ -1064,6 +1064,69 @@ bool replicate_shipper_drain(replicate_shipper *shipper,
  * everything. NULL is allowed. */
 void replicate_shipper_stop(replicate_shipper *shipper);
 
+/* ---------------------------------------------------------------------- */
+/* Reading an image stream
+ *
+ * The image stream of loom.h (a LOOM_STREAM_HEADER-byte header, then the
+ * image's pages in order: GET /v1/backup, PUT /v1/base) arrives in pieces
+ * of any size. The reader gathers the header, then one page at a time, and
+ * stops at each so the caller can act on it:
+ *
+ *     replicate_stream_reader r;
+ *     if (replicate_stream_reader_init(&r)) ...         ENOMEM
+ *     for each piece (data, len):
+ *       while (len > 0)
+ *         switch (replicate_stream_reader_take(&r, &data, &len)) {
+ *         case REPLICATE_STREAM_MORE:        all of the piece taken
+ *         case REPLICATE_STREAM_HEADER:      r.position, r.lineage decoded
+ *         case REPLICATE_STREAM_BAD_HEADER:  r.header_rc: LOOM_ECORRUPT or
+ *                                            LOOM_EVERSION; stop
+ *         case REPLICATE_STREAM_PAGE:        r.page holds page r.pages - 1
+ *         case REPLICATE_STREAM_TRAILING:    bytes after the last page
+ *                                            (left in data); stop
+ *         }
+ *     replicate_stream_reader_complete(&r)      the whole stream came?
+ *     replicate_stream_reader_free(&r);
+ *
+ * BAD_HEADER and TRAILING repeat on every later call (nothing is taken);
+ * replicate_stream_reader_reset() starts over at byte 0 (a download that
+ * restarted), keeping the page buffer. The reader checks only the header:
+ * the pages are checked where they are committed (the store checks a base
+ * patch against the position's checksum). Owned by one thread at a time.
+ */
+typedef enum replicate_stream_event {
+  REPLICATE_STREAM_MORE = 0,
+  REPLICATE_STREAM_HEADER,
+  REPLICATE_STREAM_BAD_HEADER,
+  REPLICATE_STREAM_PAGE,
+  REPLICATE_STREAM_TRAILING
+} replicate_stream_event;
+
+typedef struct replicate_stream_reader {
+  uint8_t header[LOOM_STREAM_HEADER];
+  size_t header_have;
+  int header_rc;              /* loom_stream_header_decode's result */
+  loom_position position;     /* from the header */
+  loom_lineage lineage;       /* from the header */
+  uint8_t *page;              /* LOOM_PAGE_SIZE bytes, owned by the reader */
+  size_t page_have;
+  uint64_t pages;             /* whole pages delivered so far */
+} replicate_stream_reader;
+
+/* 0 or ENOMEM. */
+int replicate_stream_reader_init(replicate_stream_reader *r);
+void replicate_stream_reader_reset(replicate_stream_reader *r);
+/* Takes from the input (data and len, advancing both) up to the next
+ * event. */
+replicate_stream_event replicate_stream_reader_take(replicate_stream_reader *r,
+                                                    const uint8_t **data,
+                                                    size_t *len);
+/* The header was good and exactly its pages followed. */
+bool replicate_stream_reader_complete(const replicate_stream_reader *r);
+void replicate_stream_reader_free(replicate_stream_reader *r);
+/* The stream's length in bytes for an image at pos. */
+uint64_t replicate_stream_length(const loom_position *pos);
+
 #ifdef __cplusplus
 }
 #endif

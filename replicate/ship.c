@@ -121,18 +121,18 @@ double ship_random_unit(replicate_shipper *sh)
 /* ---------------------------------------------------------------------- */
 /* The shipping thread */
 
-static int64_t next_due(const standby *sb, const loom_position *latest)
+static int64_t next_due(const ship_peer *peer, const loom_position *latest)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   int64_t now = ship_mono_ns();
-  if (sb->in_flight) /* when ship_check_stall is due, if ever */
-    return sb->stalled || sb->seen_up == 0 ? INT64_MAX
-                                           : sb->progress_ns + sh->stall_ns;
-  if (sb->next_attempt_ns > now)
-    return sb->next_attempt_ns;
-  if (!sb->known || sb->need_base || sb->received.seq < latest->seq)
+  if (peer->in_flight) /* when ship_check_stall is due, if ever */
+    return peer->stalled || peer->seen_up == 0 ? INT64_MAX
+                                           : peer->progress_ns + sh->stall_ns;
+  if (peer->next_attempt_ns > now)
+    return peer->next_attempt_ns;
+  if (!peer->known || peer->need_base || peer->received.seq < latest->seq)
     return now; /* work to do */
-  return sb->last_activity_ns + sh->heartbeat_ns;
+  return peer->last_activity_ns + sh->heartbeat_ns;
 }
 
 static void *ship_main(void *arg)
@@ -148,7 +148,7 @@ static void *ship_main(void *arg)
 
     int64_t now = ship_mono_ns();
     for (size_t i = 0; i < sh->n; i++)
-      ship_schedule(&sh->sb[i], now);
+      ship_schedule(&sh->peers[i], now);
 
     int running = 0;
     curl_multi_perform(sh->multi, &running);
@@ -163,7 +163,7 @@ static void *ship_main(void *arg)
       char *priv = NULL;
       curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
       curl_multi_remove_handle(sh->multi, easy);
-      ship_finish((standby *)(void *)priv, result);
+      ship_finish((ship_peer *)(void *)priv, result);
       finished = true;
     }
     if (finished)
@@ -174,11 +174,11 @@ static void *ship_main(void *arg)
     pthread_mutex_unlock(&sh->mu);
     now = ship_mono_ns();
     for (size_t i = 0; i < sh->n && !fenced; i++)
-      ship_check_stall(&sh->sb[i], now);
+      ship_check_stall(&sh->peers[i], now);
     int64_t wake = now + NS_PER_S;
     for (size_t i = 0; i < sh->n && !fenced; i++) {
-      const standby *sb = &sh->sb[i];
-      int64_t due = next_due(sb, &latest);
+      const ship_peer *peer = &sh->peers[i];
+      int64_t due = next_due(peer, &latest);
       if (due < wake)
         wake = due;
     }
@@ -191,11 +191,11 @@ static void *ship_main(void *arg)
   }
 
   for (size_t i = 0; i < sh->n; i++) {
-    standby *sb = &sh->sb[i];
-    if (sb->in_flight) {
-      curl_multi_remove_handle(sh->multi, sb->easy);
-      sb->in_flight = false;
-      ship_release_request(sb);
+    ship_peer *peer = &sh->peers[i];
+    if (peer->in_flight) {
+      curl_multi_remove_handle(sh->multi, peer->easy);
+      peer->in_flight = false;
+      ship_release_request(peer);
     }
   }
   return NULL;
@@ -215,9 +215,9 @@ static char *join_url(const char *base, size_t base_len, const char *path)
   return s;
 }
 
-static int standby_init(replicate_shipper *sh, standby *sb, const char *url)
+static int peer_init(replicate_shipper *sh, ship_peer *peer, const char *url)
 {
-  sb->sh = sh;
+  peer->sh = sh;
   if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
     return REPLICATE_EINVAL;
   for (const unsigned char *p = (const unsigned char *)url; *p; p++)
@@ -226,33 +226,33 @@ static int standby_init(replicate_shipper *sh, standby *sb, const char *url)
   size_t len = strlen(url);
   while (len > 0 && url[len - 1] == '/')
     len--;
-  sb->url = copy_string(url);
-  sb->frames_url = join_url(url, len, "/v1/frames");
-  sb->base_url = join_url(url, len, "/v1/base");
-  sb->answer = malloc(SHIP_ANSWER_MAX + 1);
-  sb->easy = curl_easy_init();
-  if (!sb->url || !sb->frames_url || !sb->base_url || !sb->answer)
+  peer->url = copy_string(url);
+  peer->frames_url = join_url(url, len, "/v1/frames");
+  peer->base_url = join_url(url, len, "/v1/base");
+  peer->answer = malloc(SHIP_ANSWER_MAX + 1);
+  peer->easy = curl_easy_init();
+  if (!peer->url || !peer->frames_url || !peer->base_url || !peer->answer)
     return ENOMEM;
-  if (!sb->easy)
+  if (!peer->easy)
     return REPLICATE_ECURL;
-  sb->state = REPLICATE_PEER_CATCHING_UP;
-  sb->coalesce_pages = sh->coalesce_max_pages;
+  peer->state = REPLICATE_PEER_CATCHING_UP;
+  peer->coalesce_pages = sh->coalesce_max_pages;
   return 0;
 }
 
-static void standby_free(standby *sb)
+static void peer_free(ship_peer *peer)
 {
-  if (sb->easy)
-    curl_easy_cleanup(sb->easy);
-  for (struct curl_slist *p = sb->headers; p; p = p->next)
+  if (peer->easy)
+    curl_easy_cleanup(peer->easy);
+  for (struct curl_slist *p = peer->headers; p; p = p->next)
     explicit_bzero(p->data, strlen(p->data));
-  curl_slist_free_all(sb->headers);
-  free(sb->url);
-  free(sb->frames_url);
-  free(sb->base_url);
-  free(sb->answer);
-  replicate_buf_free(&sb->body_buf);
-  replicate_buf_free(&sb->scratch);
+  curl_slist_free_all(peer->headers);
+  free(peer->url);
+  free(peer->frames_url);
+  free(peer->base_url);
+  free(peer->answer);
+  replicate_buf_free(&peer->body_buf);
+  replicate_buf_free(&peer->scratch);
 }
 
 /* Make the log's newest frame the store's position, or empty it. */
@@ -350,14 +350,14 @@ static int acquire(replicate_shipper *sh, const replicate_shipper_options *opt)
   if (opt->token && !(sh->token = copy_string(opt->token)))
     return ENOMEM;
   sh->token_gen = 1;
-  sh->sb = calloc(opt->standby_count, sizeof *sh->sb);
+  sh->peers = calloc(opt->standby_count, sizeof *sh->peers);
   sh->readers = calloc(opt->standby_count, sizeof *sh->readers);
-  if (!sh->sb || !sh->readers)
+  if (!sh->peers || !sh->readers)
     return ENOMEM;
   sh->n = opt->standby_count;
   int rc = 0;
   for (size_t i = 0; i < sh->n && !rc; i++)
-    rc = standby_init(sh, &sh->sb[i], opt->standby_urls[i]);
+    rc = peer_init(sh, &sh->peers[i], opt->standby_urls[i]);
   if (rc)
     return rc;
   sh->multi = curl_multi_init();
@@ -388,11 +388,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
   apply_options(sh, opt);
 
   pthread_mutex_init(&sh->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&sh->cond, &ca);
-  pthread_condattr_destroy(&ca);
+  loom_cond_init_mono(&sh->cond);
 
   int rc = acquire(sh, opt);
   if (rc)
@@ -427,9 +423,9 @@ void replicate_shipper_stop(replicate_shipper *sh)
     curl_multi_wakeup(sh->multi);
     pthread_join(sh->thread, NULL);
   }
-  for (size_t i = 0; sh->sb && i < sh->n; i++)
-    standby_free(&sh->sb[i]);
-  free(sh->sb);
+  for (size_t i = 0; sh->peers && i < sh->n; i++)
+    peer_free(&sh->peers[i]);
+  free(sh->peers);
   free(sh->readers);
   if (sh->snap)
     loom_snapshot_close(sh->snap);

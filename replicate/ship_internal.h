@@ -102,7 +102,9 @@ typedef enum request_kind {
   REQ_BASE
 } request_kind;
 
-typedef struct standby {
+/* A peer: a standby as this primary sees it (its URL, the request in
+ * flight, what it holds; replicate_peer_status is what it shows). */
+typedef struct ship_peer {
   struct replicate_shipper *sh;
   char *url;                  /* as configured */
   char *frames_url;
@@ -172,7 +174,7 @@ typedef struct standby {
   uint64_t bytes_raw, bytes_wire, frames_sent, requests, heartbeats_sent,
       coalesced_sent, base_images_sent, failures;
   uint64_t errors[REPLICATE_PEER_ERROR_KINDS]; /* failures by kind */
-} standby;
+} ship_peer;
 
 struct replicate_shipper {
   /* Options, with defaults applied (immutable after start). */
@@ -197,7 +199,7 @@ struct replicate_shipper {
   replicate_ship_log_fn log_fn;
   void *log_ctx;
 
-  standby *sb;
+  ship_peer *peers;
   size_t n;
 
   /* The commit side's own. */
@@ -216,7 +218,7 @@ struct replicate_shipper {
   loom_position committed_floor; /* the newest snapshot position: committed,
                                     though latest may not show it yet */
   uint64_t retained_from;
-  replicate_log_reader *readers; /* retention: one per standby */
+  replicate_log_reader *readers; /* retention: one per ship_peer */
   uint64_t rng;
   pthread_t thread;
   bool thread_started;
@@ -264,23 +266,23 @@ void ship_retain_log(replicate_shipper *sh);
 
 /* ship_request.c */
 size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud);
-int ship_prepare_easy(standby *sb, const char *url);
-int ship_launch(standby *sb);
-int ship_post_body(standby *sb);
-void ship_release_request(standby *sb);
+int ship_prepare_easy(ship_peer *peer, const char *url);
+int ship_launch(ship_peer *peer);
+int ship_post_body(ship_peer *peer);
+void ship_release_request(ship_peer *peer);
 const char *ship_request_name(request_kind k);
-void ship_check_stall(standby *sb, int64_t now);
+void ship_check_stall(ship_peer *peer, int64_t now);
 
 /* ship_standby.c */
-void ship_publish_state(standby *sb, replicate_peer_state state);
-void ship_set_error(standby *sb, const char *fmt, ...)
+void ship_publish_state(ship_peer *peer, replicate_peer_state state);
+void ship_set_error(ship_peer *peer, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 unsigned ship_acked_locked(replicate_shipper *sh, uint64_t epoch,
                            uint64_t seq);
-void ship_fail(standby *sb, bool unreachable, double retry_after_s,
+void ship_fail(ship_peer *peer, bool unreachable, double retry_after_s,
                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-void ship_schedule(standby *sb, int64_t now);
+void ship_schedule(ship_peer *peer, int64_t now);
 void ship_after_ack(replicate_shipper *sh);
-void ship_finish(standby *sb, CURLcode result);
+void ship_finish(ship_peer *peer, CURLcode result);
 
 #endif /* REPLICATE_SHIP_INTERNAL_H */

@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <string.h>
 
+#include "hex.h"
 #include "replicate.h"
 
 #define MAX_DEPTH 16
@@ -36,17 +37,6 @@ static bool depth_ok(const json_t *j, int depth_left)
     if (!depth_ok(v, depth_left - 1))
       return false;
   return true;
-}
-
-static int hex_value(unsigned char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
 }
 
 /* A non-negative integer: jansson's integers are int64, so below 2^63. */
@@ -92,7 +82,7 @@ static int read_point(const json_t *j, loom_position *point, bool *present)
   const char *hex = json_string_value(sum);
   uint64_t v = 0;
   for (size_t i = 0; i < 16; i++) {
-    int h = hex_value((unsigned char)hex[i]);
+    int h = loom_hex_digit((unsigned char)hex[i]);
     if (h < 0)
       return REPLICATE_EMALFORMED;
     v = v << 4 | (uint64_t)h;

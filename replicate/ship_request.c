@@ -23,14 +23,14 @@
 
 static size_t write_answer(char *data, size_t size, size_t nmemb, void *ud)
 {
-  standby *sb = ud;
+  ship_peer *peer = ud;
   size_t n = size * nmemb;
-  if (n > SHIP_ANSWER_MAX - sb->answer_len) {
-    sb->answer_overflow = true;
+  if (n > SHIP_ANSWER_MAX - peer->answer_len) {
+    peer->answer_overflow = true;
     return 0;
   }
-  memcpy(sb->answer + sb->answer_len, data, n);
-  sb->answer_len += n;
+  memcpy(peer->answer + peer->answer_len, data, n);
+  peer->answer_len += n;
   return n;
 }
 
@@ -39,56 +39,56 @@ static size_t write_answer(char *data, size_t size, size_t nmemb, void *ud)
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
                        curl_off_t ultotal, curl_off_t ulnow)
 {
-  standby *sb = ud;
+  ship_peer *peer = ud;
   (void)dltotal;
   (void)ultotal;
-  if (dlnow != sb->seen_down || ulnow != sb->seen_up) {
-    sb->seen_down = dlnow;
-    sb->seen_up = ulnow;
-    sb->progress_ns = ship_mono_ns();
+  if (dlnow != peer->seen_down || ulnow != peer->seen_up) {
+    peer->seen_down = dlnow;
+    peer->seen_up = ulnow;
+    peer->progress_ns = ship_mono_ns();
   }
   return 0;
 }
 
 size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
 {
-  standby *sb = ud;
-  replicate_shipper *sh = sb->sh;
+  ship_peer *peer = ud;
+  replicate_shipper *sh = peer->sh;
   size_t want = size * nitems;
   size_t done = 0;
-  while (done < want && sb->base_off < sb->base_total) {
-    if (sb->base_off < LOOM_STREAM_HEADER) {
-      size_t k = (size_t)(LOOM_STREAM_HEADER - sb->base_off);
+  while (done < want && peer->base_off < peer->base_total) {
+    if (peer->base_off < LOOM_STREAM_HEADER) {
+      size_t k = (size_t)(LOOM_STREAM_HEADER - peer->base_off);
       if (k > want - done)
         k = want - done;
-      memcpy(buf + done, sb->base_header + sb->base_off, k);
+      memcpy(buf + done, peer->base_header + peer->base_off, k);
       done += k;
-      sb->base_off += k;
+      peer->base_off += k;
       continue;
     }
-    uint64_t left = sb->base_total - sb->base_off;
+    uint64_t left = peer->base_total - peer->base_off;
     size_t k = want - done;
     if (k > left)
       k = (size_t)left;
-    int rc = loom_snapshot_read(sh->snap, sb->base_off - LOOM_STREAM_HEADER,
+    int rc = loom_snapshot_read(sh->snap, peer->base_off - LOOM_STREAM_HEADER,
                                 buf + done, k);
     if (rc) {
-      sb->base_read_error = rc;
+      peer->base_read_error = rc;
       return CURL_READFUNC_ABORT;
     }
     done += k;
-    sb->base_off += k;
+    peer->base_off += k;
   }
   return done;
 }
 
 /* (Re)build the standby's header list when the token changed. */
-static int prepare_headers(standby *sb)
+static int prepare_headers(ship_peer *peer)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
   uint64_t gen = sh->token_gen;
-  if (sb->headers && sb->headers_token_gen == gen) {
+  if (peer->headers && peer->headers_token_gen == gen) {
     pthread_mutex_unlock(&sh->mu);
     return 0;
   }
@@ -105,10 +105,10 @@ static int prepare_headers(standby *sb)
   if (want_auth && !auth)
     return ENOMEM;
 
-  for (struct curl_slist *p = sb->headers; p; p = p->next)
+  for (struct curl_slist *p = peer->headers; p; p = p->next)
     explicit_bzero(p->data, strlen(p->data));
-  curl_slist_free_all(sb->headers);
-  sb->headers = NULL;
+  curl_slist_free_all(peer->headers);
+  peer->headers = NULL;
 
   struct curl_slist *list = NULL;
   static const char *const fixed[] = {
@@ -128,8 +128,8 @@ static int prepare_headers(standby *sb)
     ship_free_secret(auth);
     auth = NULL;
   }
-  sb->headers = list;
-  sb->headers_token_gen = gen;
+  peer->headers = list;
+  peer->headers_token_gen = gen;
   return 0;
 fail:
   ship_free_secret(auth);
@@ -140,17 +140,17 @@ fail:
 }
 
 /* Set the options every request shares. */
-int ship_prepare_easy(standby *sb, const char *url)
+int ship_prepare_easy(ship_peer *peer, const char *url)
 {
-  replicate_shipper *sh = sb->sh;
-  int rc = prepare_headers(sb);
+  replicate_shipper *sh = peer->sh;
+  int rc = prepare_headers(peer);
   if (rc)
     return rc;
-  CURL *e = sb->easy;
+  CURL *e = peer->easy;
   curl_easy_reset(e);
-  sb->errbuf[0] = '\0';
-  sb->answer_len = 0;
-  sb->answer_overflow = false;
+  peer->errbuf[0] = '\0';
+  peer->answer_len = 0;
+  peer->answer_overflow = false;
   CURLcode c = CURLE_OK;
 #define SET(opt, val)                                                        \
   do {                                                                       \
@@ -158,15 +158,15 @@ int ship_prepare_easy(standby *sb, const char *url)
       c = curl_easy_setopt(e, opt, val);                                     \
   } while (0)
   SET(CURLOPT_URL, url);
-  SET(CURLOPT_PRIVATE, (void *)sb);
+  SET(CURLOPT_PRIVATE, (void *)peer);
   SET(CURLOPT_NOSIGNAL, 1L);
-  SET(CURLOPT_ERRORBUFFER, sb->errbuf);
+  SET(CURLOPT_ERRORBUFFER, peer->errbuf);
   SET(CURLOPT_WRITEFUNCTION, write_answer);
-  SET(CURLOPT_WRITEDATA, (void *)sb);
+  SET(CURLOPT_WRITEDATA, (void *)peer);
   SET(CURLOPT_NOPROGRESS, 0L);
   SET(CURLOPT_XFERINFOFUNCTION, on_progress);
-  SET(CURLOPT_XFERINFODATA, (void *)sb);
-  SET(CURLOPT_HTTPHEADER, sb->headers);
+  SET(CURLOPT_XFERINFODATA, (void *)peer);
+  SET(CURLOPT_HTTPHEADER, peer->headers);
   SET(CURLOPT_CONNECTTIMEOUT_MS, sh->connect_timeout_ms);
   SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
   SET(CURLOPT_PROTOCOLS_STR, "http,https");
@@ -179,59 +179,59 @@ int ship_prepare_easy(standby *sb, const char *url)
   return c == CURLE_OK ? 0 : REPLICATE_ECURL;
 }
 
-int ship_launch(standby *sb)
+int ship_launch(ship_peer *peer)
 {
-  if (curl_multi_add_handle(sb->sh->multi, sb->easy) != CURLM_OK)
+  if (curl_multi_add_handle(peer->sh->multi, peer->easy) != CURLM_OK)
     return REPLICATE_ECURL;
-  sb->in_flight = true;
-  sb->progress_ns = ship_mono_ns();
-  sb->seen_up = 0;
-  sb->seen_down = 0;
-  sb->stalled = false;
+  peer->in_flight = true;
+  peer->progress_ns = ship_mono_ns();
+  peer->seen_up = 0;
+  peer->seen_down = 0;
+  peer->stalled = false;
   return 0;
 }
 
-/* POST the body (sb->body, sb->body_len) to /v1/frames. */
-int ship_post_body(standby *sb)
+/* POST the body (peer->body, peer->body_len) to /v1/frames. */
+int ship_post_body(ship_peer *peer)
 {
-  replicate_shipper *sh = sb->sh;
-  int rc = ship_prepare_easy(sb, sb->frames_url);
+  replicate_shipper *sh = peer->sh;
+  int rc = ship_prepare_easy(peer, peer->frames_url);
   if (rc)
     return rc;
-  CURLcode c = curl_easy_setopt(sb->easy, CURLOPT_POST, 1L);
+  CURLcode c = curl_easy_setopt(peer->easy, CURLOPT_POST, 1L);
   if (c == CURLE_OK)
-    c = curl_easy_setopt(sb->easy, CURLOPT_POSTFIELDS, (const char *)sb->body);
+    c = curl_easy_setopt(peer->easy, CURLOPT_POSTFIELDS, (const char *)peer->body);
   if (c == CURLE_OK)
-    c = curl_easy_setopt(sb->easy, CURLOPT_POSTFIELDSIZE_LARGE,
-                         (curl_off_t)sb->body_len);
+    c = curl_easy_setopt(peer->easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)peer->body_len);
   if (c == CURLE_OK)
-    c = curl_easy_setopt(sb->easy, CURLOPT_TIMEOUT_MS, sh->request_timeout_ms);
+    c = curl_easy_setopt(peer->easy, CURLOPT_TIMEOUT_MS, sh->request_timeout_ms);
   if (c != CURLE_OK)
     return REPLICATE_ECURL;
-  return ship_launch(sb);
+  return ship_launch(peer);
 }
 
 /* Drop what the finished (or abandoned) request held. */
-void ship_release_request(standby *sb)
+void ship_release_request(ship_peer *peer)
 {
-  replicate_shipper *sh = sb->sh;
-  if (sb->req_frame) {
+  replicate_shipper *sh = peer->sh;
+  if (peer->req_frame) {
     pthread_mutex_lock(&sh->mu);
-    ship_frame_release_locked(sh, sb->req_frame);
+    ship_frame_release_locked(sh, peer->req_frame);
     pthread_mutex_unlock(&sh->mu);
-    sb->req_frame = NULL;
+    peer->req_frame = NULL;
   }
-  if (sb->holds_snapshot) {
-    sb->holds_snapshot = false;
+  if (peer->holds_snapshot) {
+    peer->holds_snapshot = false;
     if (--sh->snap_refs == 0) {
       loom_snapshot_close(sh->snap);
       sh->snap = NULL;
     }
   }
-  curl_slist_free_all(sb->base_headers);
-  sb->base_headers = NULL;
-  sb->body = NULL;
-  sb->body_len = 0;
+  curl_slist_free_all(peer->base_headers);
+  peer->base_headers = NULL;
+  peer->body = NULL;
+  peer->body_len = 0;
 }
 
 const char *ship_request_name(request_kind k)
@@ -251,14 +251,14 @@ const char *ship_request_name(request_kind k)
 
 /* A request on an open connection (bytes went out) that has moved no byte
  * either way for stall_ns: show it (the request goes on to its timeout). */
-void ship_check_stall(standby *sb, int64_t now)
+void ship_check_stall(ship_peer *peer, int64_t now)
 {
-  replicate_shipper *sh = sb->sh;
-  if (!sb->in_flight || sb->stalled || sb->seen_up == 0 ||
-      now - sb->progress_ns < sh->stall_ns)
+  replicate_shipper *sh = peer->sh;
+  if (!peer->in_flight || peer->stalled || peer->seen_up == 0 ||
+      now - peer->progress_ns < sh->stall_ns)
     return;
-  sb->stalled = true;
-  ship_set_error(sb, "%s: no answer for %.1f s on an open connection",
-                 ship_request_name(sb->req), (double)(now - sb->progress_ns) / 1e9);
-  ship_publish_state(sb, REPLICATE_PEER_STALLED);
+  peer->stalled = true;
+  ship_set_error(peer, "%s: no answer for %.1f s on an open connection",
+                 ship_request_name(peer->req), (double)(now - peer->progress_ns) / 1e9);
+  ship_publish_state(peer, REPLICATE_PEER_STALLED);
 }

@@ -170,17 +170,17 @@ void ship_drop_ref(replicate_shipper *sh, ship_frame **ref)
 /* ---------------------------------------------------------------------- */
 /* Retention */
 
-/* Under mu: what standby sb holds back in the log (LOG RETENTION). */
+/* Under mu: what standby peer holds back in the log (LOG RETENTION). */
 static replicate_log_reader reader_of(const replicate_shipper *sh,
-                                      const standby *sb)
+                                      const ship_peer *peer)
 {
-  if (sb->holds_snapshot)
+  if (peer->holds_snapshot)
     return (replicate_log_reader){REPLICATE_LOG_READER_AT, sh->snap_pos.seq};
-  if (sb->need_base)
+  if (peer->need_base)
     return (replicate_log_reader){REPLICATE_LOG_READER_NEEDS_BASE, 0};
-  if (!sb->has_position)
+  if (!peer->has_position)
     return (replicate_log_reader){REPLICATE_LOG_READER_UNKNOWN, 0};
-  return (replicate_log_reader){REPLICATE_LOG_READER_AT, sb->received.seq};
+  return (replicate_log_reader){REPLICATE_LOG_READER_AT, peer->received.seq};
 }
 
 /* Retention (see replicate.h; the policy is replicate_log_oldest_needed).
@@ -191,9 +191,9 @@ void ship_retain_log(replicate_shipper *sh)
   pthread_mutex_lock(&sh->mu);
   bool fenced = sh->fenced;
   for (size_t i = 0; i < sh->n && !fenced; i++) {
-    const standby *sb = &sh->sb[i];
-    sh->readers[i] = reader_of(sh, sb);
-    uint64_t applied = sb->has_position ? sb->applied.seq : 0;
+    const ship_peer *peer = &sh->peers[i];
+    sh->readers[i] = reader_of(sh, peer);
+    uint64_t applied = peer->has_position ? peer->applied.seq : 0;
     if (applied < applied_min)
       applied_min = applied;
   }

@@ -22,41 +22,41 @@
 /* ---------------------------------------------------------------------- */
 /* Shared standby fields (I3) */
 
-void ship_publish_state(standby *sb, replicate_peer_state state)
+void ship_publish_state(ship_peer *peer, replicate_peer_state state)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
-  if (!sh->fenced && sb->state != state) {
-    ship_diag(sh, "standby %s: %s -> %s", sb->url,
-              replicate_peer_state_name(sb->state),
+  if (!sh->fenced && peer->state != state) {
+    ship_diag(sh, "standby %s: %s -> %s", peer->url,
+              replicate_peer_state_name(peer->state),
               replicate_peer_state_name(state));
-    sb->state = state;
+    peer->state = state;
     pthread_cond_broadcast(&sh->cond);
   }
   pthread_mutex_unlock(&sh->mu);
 }
 
-void ship_set_error(standby *sb, const char *fmt, ...)
+void ship_set_error(ship_peer *peer, const char *fmt, ...)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   char text[REPLICATE_ERROR_MAX];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
   pthread_mutex_lock(&sh->mu);
-  memcpy(sb->last_error, text, sizeof text);
-  sb->last_error_ns = ship_real_ns();
+  memcpy(peer->last_error, text, sizeof text);
+  peer->last_error_ns = ship_real_ns();
   pthread_mutex_unlock(&sh->mu);
-  ship_diag(sh, "standby %s: %s", sb->url, text);
+  ship_diag(sh, "standby %s: %s", peer->url, text);
 }
 
-static void set_on_chain(standby *sb, bool on_chain)
+static void set_on_chain(ship_peer *peer, bool on_chain)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
-  if (sb->on_chain != on_chain) {
-    sb->on_chain = on_chain;
+  if (peer->on_chain != on_chain) {
+    peer->on_chain = on_chain;
     pthread_cond_broadcast(&sh->cond);
   }
   pthread_mutex_unlock(&sh->mu);
@@ -68,23 +68,23 @@ unsigned ship_acked_locked(replicate_shipper *sh, uint64_t epoch,
 {
   unsigned count = 0;
   for (size_t i = 0; i < sh->n; i++) {
-    const standby *sb = &sh->sb[i];
-    if (sb->has_position && sb->on_chain &&
-        sb->state != REPLICATE_PEER_FENCED &&
-        sb->received.epoch == epoch && sb->received.seq >= seq)
+    const ship_peer *peer = &sh->peers[i];
+    if (peer->has_position && peer->on_chain &&
+        peer->state != REPLICATE_PEER_FENCED &&
+        peer->received.epoch == epoch && peer->received.seq >= seq)
       count++;
   }
   return count;
 }
 
 /* A promotion elsewhere fenced us (I4). */
-static void fence(replicate_shipper *sh, standby *by, uint64_t epoch)
+static void fence(replicate_shipper *sh, ship_peer *by, uint64_t epoch)
 {
   pthread_mutex_lock(&sh->mu);
   bool first = !sh->fenced;
   sh->fenced = true;
   for (size_t i = 0; i < sh->n; i++)
-    sh->sb[i].state = REPLICATE_PEER_FENCED;
+    sh->peers[i].state = REPLICATE_PEER_FENCED;
   snprintf(by->last_error, sizeof by->last_error,
            "fenced: the standby has epoch %" PRIu64 ", newer than ours (%"
            PRIu64 ")", epoch, sh->latest.epoch);
@@ -101,20 +101,20 @@ static void fence(replicate_shipper *sh, standby *by, uint64_t epoch)
  * (replicate_place_peer, or the standby refused our input as moving it
  * backwards or sideways): never a base image over it; say so, and only
  * ask its position again now and then. */
-static void diverge(standby *sb, int why, const char *detail)
+static void diverge(ship_peer *peer, int why, const char *detail)
 {
-  replicate_shipper *sh = sb->sh;
-  sb->diverged = why;
-  sb->need_base = false;
-  sb->known = false;
-  sb->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(sh->backoff_max_s);
-  ship_set_error(sb, "diverged (%s): %s; its position (epoch %" PRIu64 ", seq %"
+  replicate_shipper *sh = peer->sh;
+  peer->diverged = why;
+  peer->need_base = false;
+  peer->known = false;
+  peer->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(sh->backoff_max_s);
+  ship_set_error(peer, "diverged (%s): %s; its position (epoch %" PRIu64 ", seq %"
                  PRIu64 ", checksum %016" PRIx64 ") is left as it is", detail,
-                 replicate_strerror(why), sb->received.epoch, sb->received.seq,
-                 sb->received.checksum);
-  ship_publish_state(sb, REPLICATE_PEER_DIVERGED);
+                 replicate_strerror(why), peer->received.epoch, peer->received.seq,
+                 peer->received.checksum);
+  ship_publish_state(peer, REPLICATE_PEER_DIVERGED);
   pthread_mutex_lock(&sh->mu);
-  sb->on_chain = false;
+  peer->on_chain = false;
   pthread_cond_broadcast(&sh->cond); /* a drain stops waiting for it */
   pthread_mutex_unlock(&sh->mu);
 }
@@ -122,10 +122,10 @@ static void diverge(standby *sb, int why, const char *detail)
 /* ---------------------------------------------------------------------- */
 /* Failures and backoff */
 
-static void retry_after_backoff(standby *sb, double retry_after_s)
+static void retry_after_backoff(ship_peer *peer, double retry_after_s)
 {
-  replicate_shipper *sh = sb->sh;
-  unsigned k = sb->consecutive_failures < 30 ? sb->consecutive_failures : 30;
+  replicate_shipper *sh = peer->sh;
+  unsigned k = peer->consecutive_failures < 30 ? peer->consecutive_failures : 30;
   double delay = sh->backoff_base_s;
   for (unsigned i = 0; i < k && delay < sh->backoff_max_s; i++)
     delay *= 2;
@@ -134,8 +134,8 @@ static void retry_after_backoff(standby *sb, double retry_after_s)
   delay = delay / 2 + ship_random_unit(sh) * delay / 2; /* equal jitter */
   if (retry_after_s > delay)
     delay = retry_after_s;
-  sb->consecutive_failures++;
-  sb->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(delay);
+  peer->consecutive_failures++;
+  peer->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(delay);
 }
 
 /* The kind of a failure that leaves state (NULL: a local failure, the state
@@ -154,27 +154,27 @@ static replicate_peer_error_kind error_kind(const replicate_peer_state *state)
 /* A failed request: the error, the state it leaves (counted as a failed
  * attempt for a drain) or none (keep), backoff; the position is asked
  * again before anything else is sent. */
-static void fail_into(standby *sb, const replicate_peer_state *state,
+static void fail_into(ship_peer *peer, const replicate_peer_state *state,
                       double retry_after_s, const char *text)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
-  sb->failures++;
-  sb->errors[error_kind(state)]++;
+  peer->failures++;
+  peer->errors[error_kind(state)]++;
   if (state)
-    sb->unreachable_run++;
+    peer->unreachable_run++;
   pthread_cond_broadcast(&sh->cond); /* a drain counts the attempts */
   pthread_mutex_unlock(&sh->mu);
-  ship_set_error(sb, "%s", text);
+  ship_set_error(peer, "%s", text);
   if (state)
-    ship_publish_state(sb, *state);
-  sb->known = false;
-  retry_after_backoff(sb, retry_after_s);
+    ship_publish_state(peer, *state);
+  peer->known = false;
+  retry_after_backoff(peer, retry_after_s);
 }
 
 /* No answer (unreachable, or still stalled when it was shown stalled), or
  * a local failure (the state is kept). */
-void ship_fail(standby *sb, bool unreachable, double retry_after_s,
+void ship_fail(ship_peer *peer, bool unreachable, double retry_after_s,
                const char *fmt, ...)
 {
   char text[REPLICATE_ERROR_MAX];
@@ -182,37 +182,37 @@ void ship_fail(standby *sb, bool unreachable, double retry_after_s,
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  replicate_peer_state state = sb->stalled ? REPLICATE_PEER_STALLED
+  replicate_peer_state state = peer->stalled ? REPLICATE_PEER_STALLED
                                               : REPLICATE_PEER_UNREACHABLE;
-  fail_into(sb, unreachable ? &state : NULL, retry_after_s, text);
+  fail_into(peer, unreachable ? &state : NULL, retry_after_s, text);
 }
 
 /* ---------------------------------------------------------------------- */
 /* Starting requests */
 
-static int start_heartbeat(standby *sb, const loom_position *latest)
+static int start_heartbeat(ship_peer *peer, const loom_position *latest)
 {
-  int rc = replicate_frame_encode_heartbeat(&sb->sh->lineage.history, latest,
-                                            ship_real_ns(), &sb->body_buf);
+  int rc = replicate_frame_encode_heartbeat(&peer->sh->lineage.history, latest,
+                                            ship_real_ns(), &peer->body_buf);
   if (rc)
     return rc;
-  sb->req = REQ_HEARTBEAT;
-  sb->body = sb->body_buf.data;
-  sb->body_len = sb->body_buf.len;
-  sb->req_epoch = latest->epoch;
-  sb->req_after_seq = 0;
-  sb->req_after_checksum = 0;
-  sb->req_frames = 0;
-  sb->req_raw_bytes = 0;
-  sb->req_pages = 0;
-  return ship_post_body(sb);
+  peer->req = REQ_HEARTBEAT;
+  peer->body = peer->body_buf.data;
+  peer->body_len = peer->body_buf.len;
+  peer->req_epoch = latest->epoch;
+  peer->req_after_seq = 0;
+  peer->req_after_checksum = 0;
+  peer->req_frames = 0;
+  peer->req_raw_bytes = 0;
+  peer->req_pages = 0;
+  return ship_post_body(peer);
 }
 
-static void mark_sent(standby *sb, uint64_t seq)
+static void mark_sent(ship_peer *peer, uint64_t seq)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
-  sb->sent_seq = seq;
+  peer->sent_seq = seq;
   pthread_mutex_unlock(&sh->mu);
 }
 
@@ -221,11 +221,11 @@ static void mark_sent(standby *sb, uint64_t seq)
  * unshared one (the image file trails the committed position while an
  * apply runs), else wait for the one in use to be released. True when the
  * base image must wait. */
-static bool snapshot_behind(standby *sb)
+static bool snapshot_behind(ship_peer *peer)
 {
-  replicate_shipper *sh = sb->sh;
-  if (!sh->snap || sh->snap_pos.epoch != sb->received.epoch ||
-      sh->snap_pos.seq >= sb->received.seq)
+  replicate_shipper *sh = peer->sh;
+  if (!sh->snap || sh->snap_pos.epoch != peer->received.epoch ||
+      sh->snap_pos.seq >= peer->received.seq)
     return false;
   if (sh->snap_refs == 0) {
     loom_snapshot_close(sh->snap);
@@ -238,35 +238,35 @@ static bool snapshot_behind(standby *sb)
 /* The base request's headers: ours, and the position it was chosen for
  * (X-Loomship-If-Position): a standby that moved on since refuses it with
  * where it is now, and we decide again. */
-static CURLcode base_headers(standby *sb)
+static CURLcode base_headers(ship_peer *peer)
 {
-  if (!sb->has_position)
-    return curl_easy_setopt(sb->easy, CURLOPT_HTTPHEADER, sb->headers);
+  if (!peer->has_position)
+    return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->headers);
   char expect[96];
   snprintf(expect, sizeof expect, "X-Loomship-If-Position: %" PRIu64 " %" PRIu64
-           " %016" PRIx64, sb->received.epoch, sb->received.seq,
-           sb->received.checksum);
-  for (struct curl_slist *p = sb->headers; p; p = p->next) {
-    struct curl_slist *next = curl_slist_append(sb->base_headers, p->data);
+           " %016" PRIx64, peer->received.epoch, peer->received.seq,
+           peer->received.checksum);
+  for (struct curl_slist *p = peer->headers; p; p = p->next) {
+    struct curl_slist *next = curl_slist_append(peer->base_headers, p->data);
     if (!next)
       return CURLE_OUT_OF_MEMORY;
-    sb->base_headers = next;
+    peer->base_headers = next;
   }
-  struct curl_slist *next = curl_slist_append(sb->base_headers, expect);
+  struct curl_slist *next = curl_slist_append(peer->base_headers, expect);
   if (!next)
     return CURLE_OUT_OF_MEMORY;
-  sb->base_headers = next;
-  return curl_easy_setopt(sb->easy, CURLOPT_HTTPHEADER, sb->base_headers);
+  peer->base_headers = next;
+  return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->base_headers);
 }
 
-static int start_base(standby *sb)
+static int start_base(ship_peer *peer)
 {
-  replicate_shipper *sh = sb->sh;
-  if (snapshot_behind(sb)) {
-    retry_after_backoff(sb, 0);
+  replicate_shipper *sh = peer->sh;
+  if (snapshot_behind(peer)) {
+    retry_after_backoff(peer, 0);
     return 0;
   }
-  ship_publish_state(sb, REPLICATE_PEER_BASE_SYNC);
+  ship_publish_state(peer, REPLICATE_PEER_BASE_SYNC);
   if (!sh->snap) {
     int rc = loom_store_snapshot_open(sh->store, &sh->snap);
     if (rc) {
@@ -281,46 +281,46 @@ static int start_base(standby *sb)
               "images", sh->snap_pos.seq, sh->snap_pos.pages);
   }
   sh->snap_refs++;
-  sb->holds_snapshot = true;
+  peer->holds_snapshot = true;
   loom_lineage lineage;
   loom_snapshot_lineage(sh->snap, &lineage);
-  loom_stream_header_encode(sb->base_header, &sh->snap_pos, &lineage);
-  sb->base_off = 0;
-  sb->base_total = LOOM_STREAM_HEADER + sh->snap_pos.pages * LOOM_PAGE_SIZE;
-  sb->base_read_error = 0;
-  sb->req = REQ_BASE;
-  sb->req_epoch = sh->snap_pos.epoch;
-  sb->req_after_seq = sh->snap_pos.seq;
-  sb->req_after_checksum = sh->snap_pos.checksum;
-  sb->req_frames = 0;
-  sb->req_pages = sh->snap_pos.pages;
-  sb->req_raw_bytes = sh->snap_pos.pages * LOOM_PAGE_SIZE;
+  loom_stream_header_encode(peer->base_header, &sh->snap_pos, &lineage);
+  peer->base_off = 0;
+  peer->base_total = LOOM_STREAM_HEADER + sh->snap_pos.pages * LOOM_PAGE_SIZE;
+  peer->base_read_error = 0;
+  peer->req = REQ_BASE;
+  peer->req_epoch = sh->snap_pos.epoch;
+  peer->req_after_seq = sh->snap_pos.seq;
+  peer->req_after_checksum = sh->snap_pos.checksum;
+  peer->req_frames = 0;
+  peer->req_pages = sh->snap_pos.pages;
+  peer->req_raw_bytes = sh->snap_pos.pages * LOOM_PAGE_SIZE;
 
-  int rc = ship_prepare_easy(sb, sb->base_url);
+  int rc = ship_prepare_easy(peer, peer->base_url);
   CURLcode c = rc ? CURLE_FAILED_INIT : CURLE_OK;
 #define SET(opt, val)                                                        \
   do {                                                                       \
     if (c == CURLE_OK)                                                       \
-      c = curl_easy_setopt(sb->easy, opt, val);                              \
+      c = curl_easy_setopt(peer->easy, opt, val);                              \
   } while (0)
   if (c == CURLE_OK)
-    c = base_headers(sb);
+    c = base_headers(peer);
   SET(CURLOPT_UPLOAD, 1L);
   SET(CURLOPT_READFUNCTION, ship_read_base);
-  SET(CURLOPT_READDATA, (void *)sb);
-  SET(CURLOPT_INFILESIZE_LARGE, (curl_off_t)sb->base_total);
+  SET(CURLOPT_READDATA, (void *)peer);
+  SET(CURLOPT_INFILESIZE_LARGE, (curl_off_t)peer->base_total);
   SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
   SET(CURLOPT_LOW_SPEED_TIME, sh->base_stall_s);
 #undef SET
   if (!rc && c != CURLE_OK)
     rc = REPLICATE_ECURL;
   if (!rc)
-    rc = ship_launch(sb);
+    rc = ship_launch(peer);
   if (rc) {
-    ship_release_request(sb);
+    ship_release_request(peer);
     return rc;
   }
-  mark_sent(sb, sh->snap_pos.seq);
+  mark_sent(peer, sh->snap_pos.seq);
   return 0;
 }
 
@@ -339,16 +339,16 @@ typedef struct frame_piece {
 /* Fetch the first frame after r into p. Returns 0 with *go true when
  * there is one to check; 0 with *go false when the log no longer holds it
  * (need_base is set); or an error. */
-static int fetch_first(standby *sb, frame_piece *p, bool *go)
+static int fetch_first(ship_peer *peer, frame_piece *p, bool *go)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   *go = false;
-  int rc = ship_fetch_frame(sh, p->seq, &p->ref, &sb->body_buf, &p->data, &p->len);
+  int rc = ship_fetch_frame(sh, p->seq, &p->ref, &peer->body_buf, &p->data, &p->len);
   if (rc == REPLICATE_ELOG_GONE || rc == REPLICATE_ELOG_AHEAD ||
       rc == REPLICATE_ELOG_CORRUPT || rc == REPLICATE_EPANIC) {
     ship_diag(sh, "standby %s: the log does not hold seq %" PRIu64 " (%s): "
-              "sending a base image", sb->url, p->seq, replicate_strerror(rc));
-    sb->need_base = true;
+              "sending a base image", peer->url, p->seq, replicate_strerror(rc));
+    peer->need_base = true;
     return 0;
   }
   if (rc)
@@ -364,29 +364,29 @@ static int fetch_first(standby *sb, frame_piece *p, bool *go)
 
 /* Does the first frame follow r, the standby's position? If not, our
  * log has another checksum at its seq: it diverged. */
-static bool check_chain(standby *sb, const loom_position *r, frame_piece *p)
+static bool check_chain(ship_peer *peer, const loom_position *r, frame_piece *p)
 {
   const replicate_frame_info *first = &p->first;
   if (first->epoch < r->epoch || !loom_position_same(&first->before, r)) {
-    ship_drop_ref(sb->sh, &p->ref);
-    diverge(sb, REPLICATE_EFORK, "this primary's log has another checksum "
+    ship_drop_ref(peer->sh, &p->ref);
+    diverge(peer, REPLICATE_EFORK, "this primary's log has another checksum "
             "at its seq");
     return false;
   }
-  set_on_chain(sb, true);
+  set_on_chain(peer, true);
   return true;
 }
 
 /* Add frame s to the piece, as far as the piece caps allow. False when
  * the piece ends before it. */
-static bool merge_frame(standby *sb, frame_piece *p, uint64_t s,
+static bool merge_frame(ship_peer *peer, frame_piece *p, uint64_t s,
                         uint64_t cap_pages)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   ship_frame *next_ref = NULL;
   const uint8_t *next_data;
   size_t next_len;
-  if (ship_fetch_frame(sh, s, &next_ref, &sb->scratch, &next_data, &next_len))
+  if (ship_fetch_frame(sh, s, &next_ref, &peer->scratch, &next_data, &next_len))
     return false;
   replicate_frame_info info;
   int prc = replicate_frame_parse_header(next_data, next_len, NULL, &info);
@@ -428,92 +428,92 @@ static bool merge_frame(standby *sb, frame_piece *p, uint64_t s,
 /* Send the merged piece. False when merging failed (the coalescer is
  * empty again) and the first frame goes alone; else *rc says how the
  * request started. */
-static bool send_merged(standby *sb, frame_piece *p, int *rc)
+static bool send_merged(ship_peer *peer, frame_piece *p, int *rc)
 {
-  replicate_shipper *sh = sb->sh;
-  *rc = replicate_coalescer_finish(sh->coal, sh->ship_enc, &sb->scratch);
+  replicate_shipper *sh = peer->sh;
+  *rc = replicate_coalescer_finish(sh->coal, sh->ship_enc, &peer->scratch);
   if (*rc)
     return false;
   ship_drop_ref(sh, &p->ref);
   replicate_frame_info info;
-  *rc = replicate_frame_parse_header(sb->scratch.data, sb->scratch.len, NULL,
+  *rc = replicate_frame_parse_header(peer->scratch.data, peer->scratch.len, NULL,
                                      &info);
   if (*rc)
     return true;
   /* The merged piece is the standby's own body: swap buffers so the
    * scratch buffer is free for the next piece. */
-  replicate_buf tmp = sb->body_buf;
-  sb->body_buf = sb->scratch;
-  sb->scratch = tmp;
-  sb->req = REQ_COALESCED;
-  sb->body = sb->body_buf.data;
-  sb->body_len = sb->body_buf.len;
-  sb->req_epoch = info.epoch;
-  sb->req_after_seq = info.after.seq;
-  sb->req_after_checksum = info.after.checksum;
-  sb->req_frames = p->frames;
-  sb->req_pages = info.page_count;
-  sb->req_raw_bytes = info.page_count * LOOM_PAGE_SIZE;
-  ship_publish_state(sb, REPLICATE_PEER_CATCHING_UP);
-  *rc = ship_post_body(sb);
+  replicate_buf tmp = peer->body_buf;
+  peer->body_buf = peer->scratch;
+  peer->scratch = tmp;
+  peer->req = REQ_COALESCED;
+  peer->body = peer->body_buf.data;
+  peer->body_len = peer->body_buf.len;
+  peer->req_epoch = info.epoch;
+  peer->req_after_seq = info.after.seq;
+  peer->req_after_checksum = info.after.checksum;
+  peer->req_frames = p->frames;
+  peer->req_pages = info.page_count;
+  peer->req_raw_bytes = info.page_count * LOOM_PAGE_SIZE;
+  ship_publish_state(peer, REPLICATE_PEER_CATCHING_UP);
+  *rc = ship_post_body(peer);
   if (!*rc)
-    mark_sent(sb, info.after.seq);
+    mark_sent(peer, info.after.seq);
   return true;
 }
 
 /* Send the first frame as it is (it may live in body_buf: read from the
  * log). */
-static int send_one(standby *sb, frame_piece *p, const loom_position *latest)
+static int send_one(ship_peer *peer, frame_piece *p, const loom_position *latest)
 {
   const replicate_frame_info *first = &p->first;
-  sb->req_frame = p->ref;
-  sb->req = REQ_FRAME;
-  sb->body = p->data;
-  sb->body_len = p->len;
-  sb->req_epoch = first->epoch;
-  sb->req_after_seq = first->after.seq;
-  sb->req_after_checksum = first->after.checksum;
-  sb->req_frames = 1;
-  sb->req_pages = first->page_count;
-  sb->req_raw_bytes = first->page_count * LOOM_PAGE_SIZE;
-  ship_publish_state(sb, latest->seq == p->seq ? REPLICATE_PEER_STREAMING
+  peer->req_frame = p->ref;
+  peer->req = REQ_FRAME;
+  peer->body = p->data;
+  peer->body_len = p->len;
+  peer->req_epoch = first->epoch;
+  peer->req_after_seq = first->after.seq;
+  peer->req_after_checksum = first->after.checksum;
+  peer->req_frames = 1;
+  peer->req_pages = first->page_count;
+  peer->req_raw_bytes = first->page_count * LOOM_PAGE_SIZE;
+  ship_publish_state(peer, latest->seq == p->seq ? REPLICATE_PEER_STREAMING
                                                : REPLICATE_PEER_CATCHING_UP);
-  int rc = ship_post_body(sb);
+  int rc = ship_post_body(peer);
   if (rc) {
-    ship_release_request(sb);
+    ship_release_request(peer);
     return rc;
   }
-  mark_sent(sb, first->after.seq);
+  mark_sent(peer, first->after.seq);
   return 0;
 }
 
 /* Send the standby the frames after r: one frame as it is, or a merged
  * piece. Returns 0 (a request started, or need_base set, or it
  * diverged), or an error. */
-static int start_frames(standby *sb, const loom_position *r,
+static int start_frames(ship_peer *peer, const loom_position *r,
                         const loom_position *latest)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   frame_piece p = {.seq = r->seq + 1};
   bool go;
-  int rc = fetch_first(sb, &p, &go);
+  int rc = fetch_first(peer, &p, &go);
   if (rc || !go)
     return rc;
-  if (!check_chain(sb, r, &p))
+  if (!check_chain(peer, r, &p))
     return 0;
 
   /* Merge when further behind, as far as the piece caps allow. */
-  uint64_t cap_pages = sb->coalesce_pages;
+  uint64_t cap_pages = peer->coalesce_pages;
   p.frames = 1;
   p.pages = p.first.page_count;
   p.bytes = p.len;
   if (latest->seq > p.seq && p.first.page_count < cap_pages)
     for (uint64_t s = p.seq + 1; s <= latest->seq; s++)
-      if (!merge_frame(sb, &p, s, cap_pages))
+      if (!merge_frame(peer, &p, s, cap_pages))
         break;
 
   if (p.merged && p.frames > 1) {
-    if (send_merged(sb, &p, &rc))
+    if (send_merged(peer, &p, &rc))
       return rc;
     /* Merging failed (the coalescer is empty again): the first frame
      * alone, below. */
@@ -523,91 +523,91 @@ static int start_frames(standby *sb, const loom_position *r,
     (void)replicate_coalescer_finish(sh->coal, sh->ship_enc, &discard);
     replicate_buf_free(&discard);
   }
-  return send_one(sb, &p, latest);
+  return send_one(peer, &p, latest);
 }
 
 /* The standby holds a newer epoch than ours. Only a node of our own
  * history fences us (finish() says the same): another history's epochs
  * say nothing about ours. */
-static void fence_or_diverge(standby *sb, uint64_t epoch)
+static void fence_or_diverge(ship_peer *peer, uint64_t epoch)
 {
-  replicate_shipper *sh = sb->sh;
-  if (sb->has_history && !loom_history_is_none(&sb->history) &&
-      !loom_history_equal(&sb->history, &sh->lineage.history))
-    diverge(sb, REPLICATE_EHISTORY, "it follows another history");
+  replicate_shipper *sh = peer->sh;
+  if (peer->has_history && !loom_history_is_none(&peer->history) &&
+      !loom_history_equal(&peer->history, &sh->lineage.history))
+    diverge(peer, REPLICATE_EHISTORY, "it follows another history");
   else
-    fence(sh, sb, epoch);
+    fence(sh, peer, epoch);
 }
 
 /* A base image replaces whatever the standby holds: only over a position
  * of our own history, as far as our positions ring tells. */
-static int start_base_over(standby *sb, const loom_position *r,
+static int start_base_over(ship_peer *peer, const loom_position *r,
                            const loom_position *latest, const char **what)
 {
   uint64_t epoch_at, checksum_at;
   if (r->seq > 0 && r->seq <= latest->seq &&
-      loom_store_checksum_at(sb->sh->store, r->seq, &epoch_at, &checksum_at) &&
+      loom_store_checksum_at(peer->sh->store, r->seq, &epoch_at, &checksum_at) &&
       checksum_at != r->checksum) {
-    diverge(sb, REPLICATE_EFORK, "this primary had another checksum at its seq");
+    diverge(peer, REPLICATE_EFORK, "this primary had another checksum at its seq");
     return 0;
   }
   *what = "base image";
-  return start_base(sb);
+  return start_base(peer);
 }
 
 /* The next request of a standby whose position we know; *what names it
  * for an error. */
-static int schedule_known(standby *sb, int64_t now, const loom_position *latest,
+static int schedule_known(ship_peer *peer, int64_t now, const loom_position *latest,
                           const char **what)
 {
-  replicate_shipper *sh = sb->sh;
-  loom_position r = sb->received;
+  replicate_shipper *sh = peer->sh;
+  loom_position r = peer->received;
   if (r.epoch > latest->epoch) {
-    fence_or_diverge(sb, r.epoch);
+    fence_or_diverge(peer, r.epoch);
     return 0;
   }
   int place = replicate_place_peer(&sh->lineage, latest,
-                                   sb->has_history ? &sb->history : NULL, &r);
+                                   peer->has_history ? &peer->history : NULL, &r);
   if (replicate_is_divergence(place)) {
-    diverge(sb, place, place == REPLICATE_EBEHIND
+    diverge(peer, place, place == REPLICATE_EBEHIND
                            ? "it is ahead of this primary, whose directory "
                              "is older (restored from a backup, or empty?)"
                            : "checked against this primary's history");
     return 0;
   }
-  sb->diverged = 0;
-  if (!sb->need_base && place == REPLICATE_EDUPLICATE) {
-    set_on_chain(sb, true);
-    ship_publish_state(sb, REPLICATE_PEER_STREAMING);
-    if (now - sb->last_activity_ns < sh->heartbeat_ns)
+  peer->diverged = 0;
+  if (!peer->need_base && place == REPLICATE_EDUPLICATE) {
+    set_on_chain(peer, true);
+    ship_publish_state(peer, REPLICATE_PEER_STREAMING);
+    if (now - peer->last_activity_ns < sh->heartbeat_ns)
       return 0;
     *what = "heartbeat";
-    return start_heartbeat(sb, latest);
+    return start_heartbeat(peer, latest);
   }
-  if (!sb->need_base) {
+  if (!peer->need_base) {
     *what = "frames";
-    int rc = start_frames(sb, &r, latest);
+    int rc = start_frames(peer, &r, latest);
     /* Frames on their way, or none because it diverged: never a base
      * image then (only a log that no longer reaches back asks one). */
-    if (rc || sb->in_flight || sb->diverged)
+    if (rc || peer->in_flight || peer->diverged)
       return rc;
   }
-  return start_base_over(sb, &r, latest, what);
+  return start_base_over(peer, &r, latest, what);
 }
 
 /* Pick and start the next request of an idle standby. */
-void ship_schedule(standby *sb, int64_t now)
+void ship_schedule(ship_peer *peer, int64_t now)
 {
-  replicate_shipper *sh = sb->sh;
-  if (sb->in_flight)
+  replicate_shipper *sh = peer->sh;
+  if (peer->in_flight)
     return;
   pthread_mutex_lock(&sh->mu);
   bool fenced = sh->fenced;
   loom_position latest = sh->latest;
-  bool new_token = sb->state == REPLICATE_PEER_UNAUTHORIZED &&
-                   sh->token_gen != sb->refused_token_gen;
+  bool new_token = peer->state == REPLICATE_PEER_UNAUTHORIZED &&
+                   sh->token_gen != peer->refused_token_gen;
   pthread_mutex_unlock(&sh->mu);
-  if (fenced || (now < sb->next_attempt_ns && !new_token))
+  if (fenced || (now < peer->next_attempt_ns && !new_token))
     return;
 
   /* A snapshot for base images reads the image file, which the apply
@@ -617,13 +617,13 @@ void ship_schedule(standby *sb, int64_t now)
       sh->committed_floor.seq > latest.seq)
     latest = sh->committed_floor;
   const char *what = "heartbeat";
-  int rc = sb->known ? schedule_known(sb, now, &latest, &what)
-                     : start_heartbeat(sb, &latest);
+  int rc = peer->known ? schedule_known(peer, now, &latest, &what)
+                     : start_heartbeat(peer, &latest);
   if (rc) {
     /* A local failure (reading the log, a snapshot, memory): the state
      * stays, the error is shown, and the attempt is repeated later. */
-    ship_set_error(sb, "preparing the %s: %s", what, replicate_strerror(rc));
-    retry_after_backoff(sb, 0);
+    ship_set_error(peer, "preparing the %s: %s", what, replicate_strerror(rc));
+    retry_after_backoff(peer, 0);
   }
 }
 
@@ -670,7 +670,7 @@ static int refusal_of(const char *name)
 
 /* An HTTP error answer with no state of its own: refused, saying the code
  * and the standby's error text (standby_error, or NULL). */
-static void refuse(standby *sb, request_kind req, long code,
+static void refuse(ship_peer *peer, request_kind req, long code,
                    const char *standby_error, double retry_after_s)
 {
   char text[REPLICATE_ERROR_MAX];
@@ -680,58 +680,58 @@ static void refuse(standby *sb, request_kind req, long code,
   else
     snprintf(text, sizeof text, "%s: HTTP %ld", ship_request_name(req), code);
   replicate_peer_state state = REPLICATE_PEER_REFUSED;
-  fail_into(sb, &state, retry_after_s, text);
+  fail_into(peer, &state, retry_after_s, text);
 }
 
-static void record_position(standby *sb, const ship_answer *a)
+static void record_position(ship_peer *peer, const ship_answer *a)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
   if (a->has_history) {
-    sb->has_history = true;
-    sb->history = a->history;
+    peer->has_history = true;
+    peer->history = a->history;
   }
-  sb->received = a->received;
+  peer->received = a->received;
   if (a->has_applied)
-    sb->applied = a->applied;
-  else if (!sb->has_position)
-    sb->applied = sb->received;
-  sb->has_position = true;
-  sb->on_chain = false; /* until checked (ship_schedule, ship_finish) */
+    peer->applied = a->applied;
+  else if (!peer->has_position)
+    peer->applied = peer->received;
+  peer->has_position = true;
+  peer->on_chain = false; /* until checked (ship_schedule, ship_finish) */
   pthread_cond_broadcast(&sh->cond);
   pthread_mutex_unlock(&sh->mu);
-  sb->known = true;
+  peer->known = true;
 }
 
 /* No answer: the transfer failed, or the answer was too long. */
-static void finish_no_answer(standby *sb, request_kind req, CURLcode result)
+static void finish_no_answer(ship_peer *peer, request_kind req, CURLcode result)
 {
-  if (sb->answer_overflow)
-    ship_fail(sb, true, 0, "%s: answer longer than %u bytes", ship_request_name(req),
+  if (peer->answer_overflow)
+    ship_fail(peer, true, 0, "%s: answer longer than %u bytes", ship_request_name(req),
               SHIP_ANSWER_MAX);
   else
-    ship_fail(sb, true, 0, "%s: %s", ship_request_name(req),
-              sb->errbuf[0] ? sb->errbuf : curl_easy_strerror(result));
+    ship_fail(peer, true, 0, "%s: %s", ship_request_name(req),
+              peer->errbuf[0] ? peer->errbuf : curl_easy_strerror(result));
   /* Frames are resent as they were (a standby that got them answers
    * 200, a duplicate; one that moved answers 409 with its position); a
    * base image is not resent blindly: its position is asked first. */
-  sb->known = req == REQ_FRAME || req == REQ_COALESCED;
+  peer->known = req == REQ_FRAME || req == REQ_COALESCED;
 }
 
 /* The request went through: account for it. */
-static void account(standby *sb, request_kind req, uint64_t wire)
+static void account(ship_peer *peer, request_kind req, uint64_t wire)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
-  sb->requests++;
-  sb->bytes_wire += wire;
-  sb->bytes_raw += sb->req_raw_bytes;
+  peer->requests++;
+  peer->bytes_wire += wire;
+  peer->bytes_raw += peer->req_raw_bytes;
   switch (req) {
-  case REQ_HEARTBEAT: sb->heartbeats_sent++; break;
-  case REQ_FRAME: sb->frames_sent += sb->req_frames; break;
+  case REQ_HEARTBEAT: peer->heartbeats_sent++; break;
+  case REQ_FRAME: peer->frames_sent += peer->req_frames; break;
   case REQ_COALESCED:
-    sb->frames_sent += sb->req_frames;
-    sb->coalesced_sent++;
+    peer->frames_sent += peer->req_frames;
+    peer->coalesced_sent++;
     break;
   case REQ_BASE: break;
   case REQ_NONE: break;
@@ -741,12 +741,12 @@ static void account(standby *sb, request_kind req, uint64_t wire)
 
 /* A 200 or 409 carries the standby's position: record it. True when that
  * ends the request: the answer is unreadable, or it fences us. */
-static bool take_position(standby *sb, request_kind req, long code,
+static bool take_position(ship_peer *peer, request_kind req, long code,
                           bool readable, const ship_answer *a, double retry_s)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   if (!readable || !a->has_received) {
-    ship_fail(sb, true, retry_s, "%s: HTTP %ld with an unreadable answer",
+    ship_fail(peer, true, retry_s, "%s: HTTP %ld with an unreadable answer",
               ship_request_name(req), code);
     return true;
   }
@@ -761,69 +761,69 @@ static bool take_position(standby *sb, request_kind req, long code,
    * say nothing about ours. */
   bool same_history = !a->has_history || loom_history_is_none(&a->history) ||
                       loom_history_equal(&a->history, &sh->lineage.history);
-  record_position(sb, a);
+  record_position(peer, a);
   if (same_history && (stale || theirs > ours)) {
-    fence(sh, sb, theirs > ours ? theirs : ours + 1);
+    fence(sh, peer, theirs > ours ? theirs : ours + 1);
     return true;
   }
   return false;
 }
 
 /* 200: the standby took the request. */
-static void finish_ok(standby *sb, request_kind req, double retry_s)
+static void finish_ok(ship_peer *peer, request_kind req, double retry_s)
 {
-  replicate_shipper *sh = sb->sh;
-  sb->consecutive_failures = 0;
-  sb->consecutive_conflicts = 0;
+  replicate_shipper *sh = peer->sh;
+  peer->consecutive_failures = 0;
+  peer->consecutive_conflicts = 0;
   /* A success ends any wait: after a 401 the new token's first request is
    * let through early (ship_schedule), and the rest must not then wait out
    * the unauthorized retry period. */
-  sb->next_attempt_ns = 0;
+  peer->next_attempt_ns = 0;
   pthread_mutex_lock(&sh->mu);
-  sb->unreachable_run = 0;
+  peer->unreachable_run = 0;
   pthread_mutex_unlock(&sh->mu);
   if (req == REQ_BASE) {
-    sb->need_base = false;
+    peer->need_base = false;
     pthread_mutex_lock(&sh->mu);
-    sb->base_images_sent++;
+    peer->base_images_sent++;
     pthread_mutex_unlock(&sh->mu);
-    ship_diag(sh, "standby %s: base image at seq %" PRIu64 " received", sb->url,
-              sb->req_after_seq);
+    ship_diag(sh, "standby %s: base image at seq %" PRIu64 " received", peer->url,
+              peer->req_after_seq);
   }
   if ((req == REQ_FRAME || req == REQ_COALESCED || req == REQ_BASE) &&
-      sb->received.epoch == sb->req_epoch &&
-      sb->received.seq < sb->req_after_seq) {
-    ship_fail(sb, false, retry_s, "%s up to seq %" PRIu64 " answered 200 but the "
-              "standby holds seq %" PRIu64, ship_request_name(req), sb->req_after_seq,
-              sb->received.seq);
+      peer->received.epoch == peer->req_epoch &&
+      peer->received.seq < peer->req_after_seq) {
+    ship_fail(peer, false, retry_s, "%s up to seq %" PRIu64 " answered 200 but the "
+              "standby holds seq %" PRIu64, ship_request_name(req), peer->req_after_seq,
+              peer->received.seq);
     return;
   }
   if ((req == REQ_FRAME || req == REQ_COALESCED || req == REQ_BASE) &&
-      sb->received.seq == sb->req_after_seq &&
-      sb->received.checksum == sb->req_after_checksum)
-    set_on_chain(sb, true);
+      peer->received.seq == peer->req_after_seq &&
+      peer->received.checksum == peer->req_after_checksum)
+    set_on_chain(peer, true);
   ship_after_ack(sh);
   ship_retain_log(sh);
 }
 
 /* 409: the standby refused the request, saying where it is. */
-static void finish_conflict(standby *sb, request_kind req, const ship_answer *a,
+static void finish_conflict(ship_peer *peer, request_kind req, const ship_answer *a,
                             double retry_s)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   int refusal = a->has_code ? refusal_of(a->code) : 0;
   if (refusal == REPLICATE_EBEHIND && req == REQ_BASE) {
     /* Our snapshot trailed the standby (the image file is written after
      * the commit point): a newer one follows, not a divergence. */
-    ship_set_error(sb, "base image at seq %" PRIu64 " is behind the standby "
-                   "(seq %" PRIu64 "): a newer one follows", sb->req_after_seq,
+    ship_set_error(peer, "base image at seq %" PRIu64 " is behind the standby "
+                   "(seq %" PRIu64 "): a newer one follows", peer->req_after_seq,
                    a->received.seq);
-    retry_after_backoff(sb, retry_s);
+    retry_after_backoff(peer, retry_s);
     ship_after_ack(sh);
     return;
   }
   if (replicate_is_divergence(refusal)) {
-    diverge(sb, refusal, "the standby refused our input");
+    diverge(peer, refusal, "the standby refused our input");
     ship_after_ack(sh);
     return;
   }
@@ -831,96 +831,96 @@ static void finish_conflict(standby *sb, request_kind req, const ship_answer *a,
    * before matched: its image is damaged; a base image repairs it. */
   if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
       (!a->has_code && a->has_error && strcmp(a->error, "checksum mismatch") == 0))
-    sb->need_base = true;
-  if (++sb->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
-    sb->need_base = true;
-  ship_set_error(sb, "%s refused (409 %s): the standby is at seq %" PRIu64
+    peer->need_base = true;
+  if (++peer->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
+    peer->need_base = true;
+  ship_set_error(peer, "%s refused (409 %s): the standby is at seq %" PRIu64
                  "; resending from there", ship_request_name(req),
                  a->has_error ? a->error : "conflict", a->received.seq);
-  if (sb->consecutive_conflicts > 1)
-    retry_after_backoff(sb, retry_s);
+  if (peer->consecutive_conflicts > 1)
+    retry_after_backoff(peer, retry_s);
   ship_after_ack(sh);
 }
 
 /* 401, 403: the standby refused our token; retried when a new one is
  * set, or after a while. */
-static void finish_unauthorized(standby *sb, long code)
+static void finish_unauthorized(ship_peer *peer, long code)
 {
-  replicate_shipper *sh = sb->sh;
+  replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
-  sb->failures++;
-  sb->errors[REPLICATE_PEER_ERROR_UNAUTHORIZED]++;
+  peer->failures++;
+  peer->errors[REPLICATE_PEER_ERROR_UNAUTHORIZED]++;
   pthread_mutex_unlock(&sh->mu);
-  ship_set_error(sb, "HTTP %ld: the standby refused our token", code);
+  ship_set_error(peer, "HTTP %ld: the standby refused our token", code);
   pthread_mutex_lock(&sh->mu);
-  sb->refused_token_gen = sh->token_gen;
+  peer->refused_token_gen = sh->token_gen;
   pthread_mutex_unlock(&sh->mu);
-  ship_publish_state(sb, REPLICATE_PEER_UNAUTHORIZED);
-  sb->known = false;
-  sb->next_attempt_ns = ship_mono_ns() + sh->unauthorized_retry_ns;
+  ship_publish_state(peer, REPLICATE_PEER_UNAUTHORIZED);
+  peer->known = false;
+  peer->next_attempt_ns = ship_mono_ns() + sh->unauthorized_retry_ns;
 }
 
 /* 413: the body was too large: smaller pieces, or a base image. */
-static void finish_too_large(standby *sb, request_kind req, long code,
+static void finish_too_large(ship_peer *peer, request_kind req, long code,
                              double retry_s)
 {
-  if (req == REQ_COALESCED && sb->req_pages > 1) {
-    sb->coalesce_pages = sb->req_pages / 2;
-    ship_set_error(sb, "merged frames of %" PRIu64 " pages refused as too large "
+  if (req == REQ_COALESCED && peer->req_pages > 1) {
+    peer->coalesce_pages = peer->req_pages / 2;
+    ship_set_error(peer, "merged frames of %" PRIu64 " pages refused as too large "
                    "(413): pieces of at most %" PRIu64 " pages from now on",
-                   sb->req_pages, sb->coalesce_pages);
-    sb->known = false;
+                   peer->req_pages, peer->coalesce_pages);
+    peer->known = false;
     return;
   }
   if (req == REQ_FRAME) {
-    ship_set_error(sb, "frame %" PRIu64 " refused as too large (413): sending a "
-                   "base image", sb->req_after_seq);
-    sb->need_base = true;
-    sb->known = false;
+    ship_set_error(peer, "frame %" PRIu64 " refused as too large (413): sending a "
+                   "base image", peer->req_after_seq);
+    peer->need_base = true;
+    peer->known = false;
     return;
   }
-  refuse(sb, req, code, "too large", retry_s);
+  refuse(peer, req, code, "too large", retry_s);
 }
 
 /* A request ended: a dispatcher over one handler per kind of answer. */
-void ship_finish(standby *sb, CURLcode result)
+void ship_finish(ship_peer *peer, CURLcode result)
 {
-  request_kind req = sb->req;
+  request_kind req = peer->req;
   long code = 0;
   curl_off_t retry_after = 0;
-  curl_easy_getinfo(sb->easy, CURLINFO_RESPONSE_CODE, &code);
-  curl_easy_getinfo(sb->easy, CURLINFO_RETRY_AFTER, &retry_after);
-  int base_read_error = req == REQ_BASE ? sb->base_read_error : 0;
-  uint64_t wire = req == REQ_BASE ? sb->base_total : sb->body_len;
-  ship_release_request(sb);
-  sb->in_flight = false;
-  sb->req = REQ_NONE;
-  sb->last_activity_ns = ship_mono_ns();
+  curl_easy_getinfo(peer->easy, CURLINFO_RESPONSE_CODE, &code);
+  curl_easy_getinfo(peer->easy, CURLINFO_RETRY_AFTER, &retry_after);
+  int base_read_error = req == REQ_BASE ? peer->base_read_error : 0;
+  uint64_t wire = req == REQ_BASE ? peer->base_total : peer->body_len;
+  ship_release_request(peer);
+  peer->in_flight = false;
+  peer->req = REQ_NONE;
+  peer->last_activity_ns = ship_mono_ns();
   double retry_s = retry_after > 0 ? (double)retry_after : 0;
 
   if (base_read_error) {
-    ship_fail(sb, false, 0, "reading the snapshot for the base image: %s",
+    ship_fail(peer, false, 0, "reading the snapshot for the base image: %s",
               replicate_strerror(base_read_error));
     return;
   }
   if (result != CURLE_OK) {
-    finish_no_answer(sb, req, result);
+    finish_no_answer(peer, req, result);
     return;
   }
-  account(sb, req, wire);
+  account(peer, req, wire);
   ship_answer a;
-  bool readable = ship_answer_parse(sb->answer, sb->answer_len, &a) == 0;
+  bool readable = ship_answer_parse(peer->answer, peer->answer_len, &a) == 0;
   if ((code == 200 || code == 409) &&
-      take_position(sb, req, code, readable, &a, retry_s))
+      take_position(peer, req, code, readable, &a, retry_s))
     return;
   switch (code) {
-  case 200: finish_ok(sb, req, retry_s); return;
-  case 409: finish_conflict(sb, req, &a, retry_s); return;
+  case 200: finish_ok(peer, req, retry_s); return;
+  case 409: finish_conflict(peer, req, &a, retry_s); return;
   case 401:
-  case 403: finish_unauthorized(sb, code); return;
-  case 413: finish_too_large(sb, req, code, retry_s); return;
+  case 403: finish_unauthorized(peer, code); return;
+  case 413: finish_too_large(peer, req, code, retry_s); return;
   default:
-    refuse(sb, req, code, readable && a.has_error ? a.error : NULL, retry_s);
+    refuse(peer, req, code, readable && a.has_error ? a.error : NULL, retry_s);
     return;
   }
 }

@@ -60,30 +60,30 @@ void replicate_shipper_status(replicate_shipper *sh,
   pthread_mutex_lock(&sh->mu);
   *n = sh->n;
   for (size_t i = 0; i < sh->n && i < cap; i++) {
-    const standby *sb = &sh->sb[i];
+    const ship_peer *peer = &sh->peers[i];
     replicate_peer_status *o = &array[i];
     memset(o, 0, sizeof *o);
-    snprintf(o->url, sizeof o->url, "%s", sb->url);
-    o->state = sb->state;
-    o->state_name = replicate_peer_state_name(sb->state);
-    o->sent_seq = sb->sent_seq;
-    o->received_seq = sb->has_position ? sb->received.seq : 0;
-    o->applied_seq = sb->has_position ? sb->applied.seq : 0;
-    o->received_epoch = sb->has_position ? sb->received.epoch : 0;
+    snprintf(o->url, sizeof o->url, "%s", peer->url);
+    o->state = peer->state;
+    o->state_name = replicate_peer_state_name(peer->state);
+    o->sent_seq = peer->sent_seq;
+    o->received_seq = peer->has_position ? peer->received.seq : 0;
+    o->applied_seq = peer->has_position ? peer->applied.seq : 0;
+    o->received_epoch = peer->has_position ? peer->received.epoch : 0;
     lag_locked(sh, o->applied_seq, now, &o->lag_frames, &o->lag_bytes,
                &o->lag_seconds);
-    memcpy(o->last_error, sb->last_error, sizeof o->last_error);
-    o->last_error_at_ns = sb->last_error_ns;
-    o->last_error_at = sb->last_error_ns / NS_PER_S;
-    o->bytes_raw = sb->bytes_raw;
-    o->bytes_wire = sb->bytes_wire;
-    o->frames_sent = sb->frames_sent;
-    o->requests = sb->requests;
-    o->heartbeats_sent = sb->heartbeats_sent;
-    o->coalesced_sent = sb->coalesced_sent;
-    o->base_images_sent = sb->base_images_sent;
-    o->failures = sb->failures;
-    memcpy(o->errors, sb->errors, sizeof o->errors);
+    memcpy(o->last_error, peer->last_error, sizeof o->last_error);
+    o->last_error_at_ns = peer->last_error_ns;
+    o->last_error_at = peer->last_error_ns / NS_PER_S;
+    o->bytes_raw = peer->bytes_raw;
+    o->bytes_wire = peer->bytes_wire;
+    o->frames_sent = peer->frames_sent;
+    o->requests = peer->requests;
+    o->heartbeats_sent = peer->heartbeats_sent;
+    o->coalesced_sent = peer->coalesced_sent;
+    o->base_images_sent = peer->base_images_sent;
+    o->failures = peer->failures;
+    memcpy(o->errors, peer->errors, sizeof o->errors);
   }
   pthread_mutex_unlock(&sh->mu);
 }
@@ -113,25 +113,25 @@ void replicate_shipper_get_summary(replicate_shipper *sh,
 /* Draining */
 
 /* The standby holds the latest frame. Under mu. */
-static bool holds_latest_locked(const replicate_shipper *sh, const standby *sb)
+static bool holds_latest_locked(const replicate_shipper *sh, const ship_peer *peer)
 {
-  return sb->has_position && sb->on_chain &&
-         sb->received.epoch == sh->latest.epoch &&
-         sb->received.seq >= sh->latest.seq;
+  return peer->has_position && peer->on_chain &&
+         peer->received.epoch == sh->latest.epoch &&
+         peer->received.seq >= sh->latest.seq;
 }
 
 /* Waiting longer will not bring it the latest frame: unreachable, stalled
  * or refused (after DRAIN_UNREACHABLE_ATTEMPTS), unauthorized, fenced or
  * diverged. Under mu. */
-static bool hopeless_locked(const standby *sb)
+static bool hopeless_locked(const ship_peer *peer)
 {
-  return ((sb->state == REPLICATE_PEER_UNREACHABLE ||
-           sb->state == REPLICATE_PEER_STALLED ||
-           sb->state == REPLICATE_PEER_REFUSED) &&
-          sb->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
-         sb->state == REPLICATE_PEER_UNAUTHORIZED ||
-         sb->state == REPLICATE_PEER_FENCED ||
-         sb->state == REPLICATE_PEER_DIVERGED;
+  return ((peer->state == REPLICATE_PEER_UNREACHABLE ||
+           peer->state == REPLICATE_PEER_STALLED ||
+           peer->state == REPLICATE_PEER_REFUSED) &&
+          peer->unreachable_run >= DRAIN_UNREACHABLE_ATTEMPTS) ||
+         peer->state == REPLICATE_PEER_UNAUTHORIZED ||
+         peer->state == REPLICATE_PEER_FENCED ||
+         peer->state == REPLICATE_PEER_DIVERGED;
 }
 
 /* How the drain stands: 1 every standby holds the latest frame, -1 some do
@@ -140,10 +140,10 @@ static int drain_outcome_locked(const replicate_shipper *sh)
 {
   int outcome = 1;
   for (size_t i = 0; i < sh->n; i++) {
-    const standby *sb = &sh->sb[i];
-    if (holds_latest_locked(sh, sb))
+    const ship_peer *peer = &sh->peers[i];
+    if (holds_latest_locked(sh, peer))
       continue;
-    if (!hopeless_locked(sb))
+    if (!hopeless_locked(peer))
       return 0;
     outcome = -1;
   }

@@ -32,6 +32,9 @@ position() {
 status_field() { # URL python-expression-on-d
   curl -s "$1/v1/status" | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
 }
+applied_seq() { status_field "$1" 'd["applied"]["seq"]' 2>/dev/null || echo 0; }
+applied_at_least() { [ "$(applied_seq "$1")" -ge "$2" ]; } # URL SEQ
+status_true() { [ "$(status_field "$1" "$2" 2>/dev/null)" = True ]; } # URL EXPR
 wait_applied() { # URL SEQ
   for _ in $(seq 200); do
     [ "$(status_field "$1" 'd["applied"]["seq"]' 2>/dev/null)" = "$2" ] && return 0
@@ -59,7 +62,8 @@ check "standby holds the primary's position" test "$(position "$work/p1")" = \
 "$LOOMSHIP" primary --dir "$work/p1" --standby "$URL_s1" --saves 0 --rate 200 --pages 16 \
   >>"$work/p1.out" 2>>"$work/p1.err" &
 ppid=$!; pids+=("$ppid")
-sleep 1.5
+seq0=$(applied_seq "$URL_s1")
+wait_for 10 applied_at_least "$URL_s1" $((seq0 + 20)) # mid-run: it ships
 kill -KILL "$ppid"; wait "$ppid" 2>/dev/null
 check "verify passes on the killed primary's directory" "$LOOMSHIP" verify "$work/p1"
 "$LOOMSHIP" primary --dir "$work/p1" --standby "$URL_s1" --saves 50 --rate 500 --pages 16 \
@@ -71,11 +75,13 @@ echo "== kill -9 of the standby mid-stream, restart, catch up"
 "$LOOMSHIP" primary --dir "$work/p1" --standby "$URL_s1" --saves 0 --rate 200 --pages 16 \
   >>"$work/p1.out" 2>>"$work/p1.err" &
 ppid=$!; pids+=("$ppid")
-sleep 1
+seq0=$(applied_seq "$URL_s1")
+wait_for 10 applied_at_least "$URL_s1" $((seq0 + 20)) # mid-stream
 kill -KILL "$PID_s1"; wait "$PID_s1" 2>/dev/null
-sleep 0.5
+sleep 0.5 # pacing: the primary commits while the standby is down
 start_standby s1
-sleep 1
+seq0=$(applied_seq "$URL_s1")
+wait_for 10 applied_at_least "$URL_s1" $((seq0 + 10)) # it streams again
 kill -TERM "$ppid"; wait "$ppid"
 check "primary drained and stopped on SIGTERM (exit $?)" true
 seq=$(position "$work/p1" | cut -d' ' -f1)
@@ -129,9 +135,8 @@ check "loomship status prints lag first ('$out')" test "${out:0:3}" = lag
 ppid=$!; pids+=("$ppid")
 for _ in $(seq 100); do grep -q listening "$work/p2b.out" && break; sleep 0.05; done
 purl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/p2b.out" | head -1)
-sleep 1.5
-check "primary status: one entry per standby with the contract's fields" test "$(status_field "$purl" \
-  'd["role"]=="primary" and "fenced" in d and len(d["standbys"])==1 and all(k in d["standbys"][0] for k in ["url","state","sent_seq","received_seq","applied_seq","lag","last_error","last_error_at"])')" = True
+check "primary status: one entry per standby with the contract's fields" wait_for 10 status_true "$purl" \
+  'd["role"]=="primary" and "fenced" in d and len(d["standbys"])==1 and all(k in d["standbys"][0] for k in ["url","state","sent_seq","received_seq","applied_seq","lag","last_error","last_error_at"])'
 check "metrics in Prometheus text format" bash -c "curl -s '$purl/metrics' | grep -q '^# TYPE loomship_'"
 
 echo "== promotion fences the old primary"
@@ -164,12 +169,15 @@ for _ in $(seq 50); do [ -S "$work/notify.sock" ] && break; sleep 0.05; done
 NOTIFY_SOCKET="$work/notify.sock" WATCHDOG_USEC=400000 "$LOOMSHIP" standby --dir "$work/s3" \
   --listen 127.0.0.1:0 >"$work/s3.out" 2>"$work/s3.err" &
 spid=$!; pids+=("$spid")
-sleep 1.2
+t0=$(date +%s.%N)
+pings_at_least() { [ "$(grep -c '^WATCHDOG=1' "$work/notify.log" 2>/dev/null)" -ge "$1" ]; }
+wait_for 10 pings_at_least 3
+t1=$(date +%s.%N)
 kill -TERM "$spid"; wait "$spid"
-sleep 0.2
 check "READY=1 sent once listening" grep -q '^READY=1' "$work/notify.log"
-check "watchdog pings thrice per WATCHDOG_USEC" test "$(grep -c '^WATCHDOG=1' "$work/notify.log")" -ge 3
-check "STOPPING=1 on SIGTERM" grep -q '^STOPPING=1' "$work/notify.log"
+check "watchdog pings thrice per WATCHDOG_USEC (3 in $(echo "$t1 - $t0" | bc) s)" \
+  test "$(echo "$t1 - $t0 <= 1.2" | bc)" = 1
+check "STOPPING=1 on SIGTERM" wait_for 5 grep -q '^STOPPING=1' "$work/notify.log"
 kill "$npid" 2>/dev/null
 
 echo "== the demo"

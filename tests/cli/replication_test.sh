@@ -40,6 +40,7 @@ wait_applied() { # URL SEQ
   done
   return 1
 }
+seq_at_least() { [ "$(status "$1" "$2" 2>/dev/null || echo 0)" -ge "$3" ]; } # URL EXPR N
 same_as_primary() { # PRIMARY_DIR STANDBY_NAME
   cmp -s "$1/image" "$work/$2/image" &&
     [ "$("$LOOMSHIP" inspect "$1" --json)" = "$("$LOOMSHIP" inspect "$work/$2" --json)" ]
@@ -82,9 +83,11 @@ for s in b1 b2 b3 b4; do start_standby "$s"; done
 ppid=$!; pids+=("$ppid")
 for _ in $(seq 100); do grep -q listening "$work/pb.out" && break; sleep 0.05; done
 purl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/pb.out" | head -1)
-sleep 1
+wait_for 10 seq_at_least "${URL[b4]}" 'd["applied"]["seq"]' 50 # it streams
 kill -STOP "${PID[b4]}"
-sleep 3
+# The primary goes on saving; the stopped one falls 100 frames behind.
+wait_for 20 seq_at_least "$purl" 'd["applied"]["seq"]' 300
+wait_for 10 seq_at_least "$purl" 'd["standbys"][3]["lag"]["frames"]' 100
 state4=$(poll_status "$purl" 'd["standbys"][3]["state"]' stalled)
 check "the stopped one shows as stalled ($state4), not streaming" test "$state4" = stalled
 seq_now=$(status "$purl" 'd["applied"]["seq"]')
@@ -132,8 +135,7 @@ t0=$(date +%s.%N)
 ppid=$!; pids+=("$ppid")
 for _ in $(seq 100); do grep -q listening "$work/pc3.out" && break; sleep 0.05; done
 purl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/pc3.out" | head -1)
-sleep 1.5
-degraded=$(status "$purl" 'd["sync"]["degraded"]' 2>/dev/null)
+degraded=$(poll_status "$purl" 'd["sync"]["degraded"]' True)
 wait "$ppid"
 t1=$(date +%s.%N)
 check "with fallback async, one timeout then the saves go on ($(echo "$t1 - $t0" | bc) s for 50)" \

@@ -32,11 +32,6 @@ stop_pid() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 status() { curl -s "$1/v1/status" | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"; }
 inspect_json() { "$LOOMSHIP" inspect "$1" --json; }
 seq_of() { inspect_json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq"])'; }
-wait_for() { # SECONDS CMD...: poll CMD until it succeeds
-  local end=$((SECONDS + $1)); shift
-  while [ $SECONDS -lt "$end" ]; do "$@" && return 0; sleep 0.1; done
-  return 1
-}
 applied_at_least() { [ "$(status "$1" 'd["applied"]["seq"]' 2>/dev/null || echo 0)" -ge "$2" ]; }
 streaming() { # PRIMARY_URL STANDBY_URL
   [ "$(status "$1" "[s['state'] for s in d['standbys'] if s['url'] == '$2'][0]" 2>/dev/null)" = streaming ]

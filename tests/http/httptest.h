@@ -445,6 +445,26 @@ static inline long ht_post_frame(ht_server *s, const replicate_buf *frame,
   return status;
 }
 
+/* The value of the metric name (a line "name value" of GET /metrics), or
+ * -1 when there is none or no answer. */
+static inline double ht_metric(ht_server *s, const char *name)
+{
+  ht_resp r;
+  ht_call("GET", ht_url(s, "/metrics"), NULL, &r);
+  double v = -1;
+  size_t n = strlen(name);
+  for (const char *line = (const char *)r.body; line && *line;) {
+    if (!strncmp(line, name, n) && line[n] == ' ') {
+      v = strtod(line + n + 1, NULL);
+      break;
+    }
+    line = strchr(line, '\n');
+    line = line ? line + 1 : NULL;
+  }
+  ht_resp_free(&r);
+  return v;
+}
+
 static inline void ht_status(ht_server *s, http_server_status *st)
 {
   http_server_get_status(s->server, st);
@@ -463,6 +483,18 @@ static inline void ht_wait_applied(ht_server *s, uint64_t seq)
   }
   fail_msg("applied %llu, waited for %llu", (unsigned long long)st.applied.seq,
            (unsigned long long)seq);
+}
+
+/* The common tail of a standby test: stop the standby s, close the
+ * primary p, check that the standby's image in dir equals the primary's
+ * byte for byte, free p, remove dir (and free its name). */
+static inline void ht_finish_same(ht_server *s, ht_primary *p, char *dir)
+{
+  ht_stop(s);
+  ht_primary_close(p);
+  ht_assert_same_image(p->dir, dir);
+  ht_primary_free(p);
+  test_rmtree(dir);
 }
 
 /* The image of the node at url as of its applied position, through

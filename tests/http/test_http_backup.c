@@ -9,12 +9,6 @@
 
 #include "httptest.h"
 
-static void sleep_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
-}
-
 static ht_server *standby_with_frames(ht_primary *p, char **dir, size_t n)
 {
   *dir = test_tmpdir("standby");
@@ -34,7 +28,7 @@ static void wait_no_backup(ht_server *s)
     ht_status(s, &st);
     if (st.backups_in_progress == 0)
       return;
-    sleep_ms(10);
+    test_pause_ms(10);
   }
   fail_msg("a backup stays in progress");
 }
@@ -222,7 +216,7 @@ static void test_backup_during_posting(void **state)
       seen = ht_has(&st, "\"backup\":{\"in_progress\":1,\"position\":{");
       ht_resp_free(&st);
       if (!seen)
-        sleep_ms(5);
+        test_pause_ms(5);
     }
     pthread_join(ft, NULL);
     assert_true(seen);

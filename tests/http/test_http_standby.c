@@ -52,10 +52,30 @@ static bool raw_closed_within(int fd, int ms)
   return false;
 }
 
-static void sleep_ms(long ms)
+/* Send GET /healthz on fd (the connection stays open: HTTP/1.1) and wait
+ * up to ms for the answer's status line: proof that the server has
+ * accepted fd and holds it. */
+static bool raw_healthz_answered(int fd, int ms)
 {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
+  const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  raw_send(fd, req, strlen(req));
+  char buf[4096];
+  size_t have = 0;
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  for (int64_t end = test_now_ms() + ms; test_now_ms() < end;) {
+    if (poll(&p, 1, 50) <= 0)
+      continue;
+    ssize_t n = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+    if (n <= 0)
+      return false;
+    have += (size_t)n;
+    buf[have] = '\0';
+    if (strstr(buf, "\r\n"))
+      return strncmp(buf, "HTTP/1.1 200", 12) == 0;
+    if (have == sizeof buf - 1)
+      return false;
+  }
+  return false;
 }
 
 typedef struct upload_src {
@@ -192,11 +212,7 @@ static void test_frames_in_order(void **state)
   assert_int_equal(st.received.seq, p.nframes);
   assert_int_equal(st.frames_received, p.nframes);
   assert_int_equal(st.lag_frames, 0);
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 static void test_duplicate_and_gap(void **state)
@@ -248,11 +264,7 @@ static void test_duplicate_and_gap(void **state)
   /* The primary resends from there. */
   post_range(&s, &p, 5, p.nframes, NULL);
   ht_wait_applied(&s, p.nframes);
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 static void test_token(void **state)
@@ -469,11 +481,7 @@ static void test_malformed_bodies(void **state)
   /* And the standby still takes the real next frame. */
   assert_int_equal(ht_post_frame(&s, next, NULL), 200);
   ht_wait_applied(&s, 11);
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 /* A well-formed frame from position at whose one page does not give its
@@ -542,7 +550,7 @@ static void test_frame_that_does_not_apply(void **state)
     ht_status(&s, &st);
     if (st.last_apply_error)
       break;
-    sleep_ms(5);
+    test_pause_ms(5);
   }
   assert_int_equal(st.last_apply_error, REPLICATE_EAFTER_CHECKSUM);
   assert_false(st.ready);
@@ -554,11 +562,7 @@ static void test_frame_that_does_not_apply(void **state)
 
   assert_int_equal(ht_post_frame(&s, &p.frames[5], NULL), 200);
   ht_wait_applied(&s, 6);
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -582,7 +586,8 @@ static void test_upload_limit(void **state)
                      "Content-Length: 100000\r\n\r\n";
   raw_send(fd, head, strlen(head));
   raw_send(fd, "0123456789", 10);
-  sleep_ms(300);
+  TEST_WAIT_UNTIL(ht_metric(&s, "loomship_http_uploads_in_progress") == 1, 5000);
+  assert_true(ht_metric(&s, "loomship_http_uploads_in_progress") == 1);
   ht_req req = {.body = p.frames[0].data, .body_len = p.frames[0].len};
   ht_resp r;
   ht_call("POST", ht_url(&s, "/v1/frames"), &req, &r);
@@ -596,7 +601,7 @@ static void test_upload_limit(void **state)
   ht_assert_has(&r, "\"status\":\"ok\"");
   ht_resp_free(&r);
   close(fd);
-  sleep_ms(300);
+  TEST_WAIT_UNTIL(ht_metric(&s, "loomship_http_uploads_in_progress") == 0, 5000); /* the slot is back */
   assert_int_equal(ht_post_frame(&s, &p.frames[0], NULL), 200);
 
   /* Clients that stop sending mid-body (half-open connections) give their
@@ -613,14 +618,17 @@ static void test_upload_limit(void **state)
     raw_send(stalled[i], head, strlen(head));
     raw_send(stalled[i], "0123456789", 10);
   }
-  sleep_ms(200);
+  /* The first holds a slot (the other waits for the last one, kept for a
+   * frame whose header proves valid: not counted). */
+  TEST_WAIT_UNTIL(ht_metric(&s, "loomship_http_uploads_in_progress") == 1, 5000);
+  assert_true(ht_metric(&s, "loomship_http_uploads_in_progress") == 1);
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   int status = 0;
   for (int tries = 0; tries < 100 && status != 200; tries++) {
     status = ht_post_frame(&s, &p.frames[1], NULL);
     if (status != 200)
-      sleep_ms(100);
+      test_pause_ms(100);
   }
   clock_gettime(CLOCK_MONOTONIC, &t1);
   double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
@@ -664,7 +672,7 @@ static bool healthz_within(ht_server *s, int ms)
     ht_resp_free(&r);
     if (ok)
       return true;
-    sleep_ms(50);
+    test_pause_ms(50);
   }
   return false;
 }
@@ -712,7 +720,7 @@ static void test_connection_limits(void **state)
                               .connection_limit = 1};
   ht_start(&s, &opt);
   a = raw_connect(&s);
-  sleep_ms(100);
+  assert_true(raw_healthz_answered(a, 3000)); /* the server holds a */
   ht_call("GET", ht_url(&s, "/healthz"), NULL, &r);
   assert_int_not_equal(r.curl_rc, CURLE_OK);
   ht_resp_free(&r);
@@ -808,7 +816,7 @@ static void test_base_image(void **state)
     ht_status(&s, &st);
     if (!st.replay_paused)
       break;
-    sleep_ms(10);
+    test_pause_ms(10);
   }
   assert_false(st.replay_paused);
   assert_int_equal(st.applied.seq, 20);
@@ -1040,11 +1048,7 @@ static void test_damaged_receive_log(void **state)
   assert_true(said);
   post_range(&s, &p, 0, p.nframes, NULL);
   ht_wait_applied(&s, p.nframes);
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 /* Group apply with a bad frame among those merged (its pages do not give
@@ -1088,7 +1092,7 @@ static void test_merged_apply_with_a_bad_frame(void **state)
     ht_status(&s, &st);
     if (st.last_apply_error && st.applied.seq == 5)
       break;
-    sleep_ms(5);
+    test_pause_ms(5);
   }
   assert_int_equal(st.received.seq, 6);
   assert_int_equal(st.applied.seq, 5);
@@ -1099,11 +1103,7 @@ static void test_merged_apply_with_a_bad_frame(void **state)
   assert_int_equal(ht_post_frame(&s, &p.frames[5], NULL), 200);
   post_range(&s, &p, 6, p.nframes, NULL);
   ht_wait_applied(&s, p.nframes);
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 static void test_disk_full(void **state)
@@ -1178,11 +1178,7 @@ static void test_graceful_stop(void **state)
   ht_start_standby(&s, dir);
   post_range(&s, &p, 0, 40, NULL);
   /* Stop at once: everything received is applied before stop returns. */
-  ht_stop(&s);
-  ht_primary_close(&p);
-  ht_assert_same_image(p.dir, dir);
-  ht_primary_free(&p);
-  test_rmtree(dir);
+  ht_finish_same(&s, &p, dir);
 }
 
 /* The primary's frames [from, to) merged into one, in *out. */
@@ -1642,7 +1638,7 @@ static void lag_with_clock_offset(int64_t offset_s)
       fail_msg("clock offset %+lld s: clock_skew_seconds %.3f",
                (long long)offset_s, skew);
     ht_resp_free(&r);
-    sleep_ms(100);
+    test_pause_ms(100); /* pacing: the lag must hold as time passes */
   }
   /* The lag grows on the primary's clock as time passes here. */
   http_server_status st;

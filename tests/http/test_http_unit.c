@@ -18,9 +18,9 @@
 #include "reply.h"
 #include "util.h"
 
-static char *take(json_writer *w)
+static char *take(http_json_writer *w)
 {
-  char *doc = json_take(w, NULL);
+  char *doc = http_json_take(w, NULL);
   assert_non_null(doc);
   return doc;
 }
@@ -28,36 +28,36 @@ static char *take(json_writer *w)
 static void test_json_writer(void **state)
 {
   (void)state;
-  json_writer w;
-  json_init(&w);
-  json_object_begin(&w);
-  json_key(&w, "a");
-  json_uint(&w, 18446744073709551615ull);
-  json_key(&w, "b");
-  json_int(&w, -5);
-  json_key(&w, "list");
-  json_array_begin(&w);
-  json_bool(&w, true);
-  json_null(&w);
-  json_string(&w, NULL);
-  json_object_begin(&w);
-  json_object_end(&w);
-  json_array_begin(&w);
-  json_array_end(&w);
-  json_array_end(&w);
-  json_key(&w, "esc");
-  json_string(&w, "q\"b\\n\n\t\x01\x1f\xc3\xa9");
-  json_key(&w, "hex");
-  json_hex64(&w, 0x9f3c);
-  json_key(&w, "d");
-  json_double(&w, 0.004);
-  json_key(&w, "inf");
-  json_double(&w, 1.0 / 0.0);
-  json_key(&w, "t");
-  json_time_ns(&w, 1700000000123456789LL);
-  json_key(&w, "t0");
-  json_time_ns(&w, 0);
-  json_object_end(&w);
+  http_json_writer w;
+  http_json_init(&w);
+  http_json_object_begin(&w);
+  http_json_key(&w, "a");
+  http_json_uint(&w, 18446744073709551615ull);
+  http_json_key(&w, "b");
+  http_json_int(&w, -5);
+  http_json_key(&w, "list");
+  http_json_array_begin(&w);
+  http_json_bool(&w, true);
+  http_json_null(&w);
+  http_json_string(&w, NULL);
+  http_json_object_begin(&w);
+  http_json_object_end(&w);
+  http_json_array_begin(&w);
+  http_json_array_end(&w);
+  http_json_array_end(&w);
+  http_json_key(&w, "esc");
+  http_json_string(&w, "q\"b\\n\n\t\x01\x1f\xc3\xa9");
+  http_json_key(&w, "hex");
+  http_json_hex64(&w, 0x9f3c);
+  http_json_key(&w, "d");
+  http_json_double(&w, 0.004);
+  http_json_key(&w, "inf");
+  http_json_double(&w, 1.0 / 0.0);
+  http_json_key(&w, "t");
+  http_json_time_ns(&w, 1700000000123456789LL);
+  http_json_key(&w, "t0");
+  http_json_time_ns(&w, 0);
+  http_json_object_end(&w);
   char *doc = take(&w);
   assert_string_equal(
       doc, "{\"a\":18446744073709551615,\"b\":-5,"
@@ -68,9 +68,9 @@ static void test_json_writer(void **state)
   free(doc);
 
   /* Unbalanced: the writer says so instead of producing bad JSON. */
-  json_init(&w);
-  json_object_end(&w);
-  assert_null(json_take(&w, NULL));
+  http_json_init(&w);
+  http_json_object_end(&w);
+  assert_null(http_json_take(&w, NULL));
 }
 
 /* Numbers exactly (issue 15): the shortest text that reads back as the
@@ -78,28 +78,28 @@ static void test_json_writer(void **state)
 static void test_exact_numbers(void **state)
 {
   (void)state;
-  char b[JSON_NUMBER_MAX];
-  assert_string_equal(json_format_double(0.004, b), "0.004");
-  assert_string_equal(json_format_double(1.0 / 3, b), "0.3333333333333333");
-  assert_string_equal(json_format_double(1700000000.123456, b), "1700000000.123456");
-  assert_string_equal(json_format_double(1234567.25, b), "1234567.25");
-  assert_string_equal(json_format_double(0, b), "0");
-  assert_string_equal(json_format_double(10, b), "10");
-  assert_string_equal(json_format_double(-2500000, b), "-2500000");
-  assert_string_equal(json_format_ns_seconds(1700000000123456789LL, b),
+  char b[HTTP_JSON_NUMBER_MAX];
+  assert_string_equal(http_json_format_double(0.004, b), "0.004");
+  assert_string_equal(http_json_format_double(1.0 / 3, b), "0.3333333333333333");
+  assert_string_equal(http_json_format_double(1700000000.123456, b), "1700000000.123456");
+  assert_string_equal(http_json_format_double(1234567.25, b), "1234567.25");
+  assert_string_equal(http_json_format_double(0, b), "0");
+  assert_string_equal(http_json_format_double(10, b), "10");
+  assert_string_equal(http_json_format_double(-2500000, b), "-2500000");
+  assert_string_equal(http_json_format_ns_seconds(1700000000123456789LL, b),
                       "1700000000.123456789");
-  assert_string_equal(json_format_ns_seconds(1700000001000000000LL, b), "1700000001");
-  assert_string_equal(json_format_ns_seconds(1500000000LL, b), "1.5");
-  assert_string_equal(json_format_ns_seconds(0, b), "0");
+  assert_string_equal(http_json_format_ns_seconds(1700000001000000000LL, b), "1700000001");
+  assert_string_equal(http_json_format_ns_seconds(1500000000LL, b), "1.5");
+  assert_string_equal(http_json_format_ns_seconds(0, b), "0");
 
-  json_writer w;
-  json_init(&w);
-  json_array_begin(&w);
-  json_time_ns(&w, 1700000000123000000LL);
-  json_time_ns(&w, 1700000000123456000LL);
-  json_time_ns(&w, 1700000000000000001LL);
-  json_double(&w, 1700000000.123456);
-  json_array_end(&w);
+  http_json_writer w;
+  http_json_init(&w);
+  http_json_array_begin(&w);
+  http_json_time_ns(&w, 1700000000123000000LL);
+  http_json_time_ns(&w, 1700000000123456000LL);
+  http_json_time_ns(&w, 1700000000000000001LL);
+  http_json_double(&w, 1700000000.123456);
+  http_json_array_end(&w);
   char *doc = take(&w);
   assert_string_equal(doc, "[\"2023-11-14T22:13:20.123Z\",\"2023-11-14T22:13:20.123456Z\","
                            "\"2023-11-14T22:13:20.000000001Z\",1700000000.123456]");

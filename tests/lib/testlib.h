@@ -9,10 +9,12 @@
 #ifndef LOOM_TESTLIB_H
 #define LOOM_TESTLIB_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---------------------------------------------------------------------- */
@@ -139,5 +141,35 @@ static inline void rng_fill(test_rng *r, void *buf, size_t len)
     memcpy(p + i, &v, len - i);
   }
 }
+
+/* ---------------------------------------------------------------------- */
+/* Waiting: a test waits for what it can observe, with a deadline. A fixed
+ * pause is only for pacing a workload or for checking that nothing
+ * happens (say which in a comment). */
+
+/* CLOCK_MONOTONIC in milliseconds. */
+static inline int64_t test_now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleep ms milliseconds: between two looks at an observable, or pacing. */
+static inline void test_pause_ms(long ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    ;
+}
+
+/* Re-evaluate cond every 5 ms until it holds or timeout_ms have passed;
+ * then the caller asserts cond (or what it implies). */
+#define TEST_WAIT_UNTIL(cond, timeout_ms)                                     \
+  do {                                                                        \
+    int64_t test_wait_end_ = test_now_ms() + (timeout_ms);                    \
+    while (!(cond) && test_now_ms() < test_wait_end_)                         \
+      test_pause_ms(5);                                                       \
+  } while (0)
 
 #endif

@@ -4,6 +4,9 @@
 #   ok WHAT / bad WHAT       count and print one result
 #   check WHAT CMD...        ok if CMD succeeds, else bad
 #   finish                   print "N passed, M failed"; exit status
+#   wait_for SECONDS CMD...  poll CMD until it succeeds (0), or 1 after
+#                            SECONDS: wait for what can be observed, never
+#                            a fixed sleep as synchronisation
 #   start_node NAME ARGS...  a loomship process in the background: pid, url
 set -uo pipefail
 LOOMSHIP=$(readlink -f "$1")
@@ -23,6 +26,11 @@ trap testlib_cleanup EXIT
 ok() { echo "ok: $*"; passes=$((passes + 1)); }
 bad() { echo "FAIL: $*"; failures=$((failures + 1)); }
 check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+wait_for() {
+  local end=$((SECONDS + $1)); shift
+  while [ $SECONDS -lt "$end" ]; do "$@" && return 0; sleep 0.05; done
+  "$@"
+}
 finish() {
   echo "$passes passed, $failures failed"
   [ "$failures" -eq 0 ]

@@ -60,12 +60,6 @@ static int64_t now_ns(void)
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void sleep_ms(unsigned ms)
-{
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 
 
 
@@ -228,7 +222,7 @@ static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
   if (f->delay_ms) {
     unsigned d = f->delay_ms;
     pthread_mutex_unlock(&f->mu);
-    sleep_ms(d);
+    test_pause_ms(d); /* a slow standby: pacing, not synchronisation */
     pthread_mutex_lock(&f->mu);
   }
   while (f->stalled && !f->shutting_down)
@@ -452,7 +446,7 @@ static void fake_listen(fake *f)
           MHD_OPTION_NOTIFY_COMPLETED, completed, f,
           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_END);
     if (!f->daemon)
-      sleep_ms(20);
+      test_pause_ms(20);
   }
   assert_non_null(f->daemon);
   if (!f->port) {
@@ -785,7 +779,7 @@ static bool wait_for(bool (*cond)(void *), void *ctx, double seconds)
   while (!cond(ctx)) {
     if (now_ns() > end)
       return false;
-    sleep_ms(5);
+    test_pause_ms(5);
   }
   return true;
 }
@@ -905,6 +899,15 @@ static void assert_same_image(primary *p, fake *f)
   assert_true(a.pages == 0 || memcmp(xa, xb, a.pages * 8) == 0);
   free(xa);
   free(xb);
+}
+
+/* The common tail of a one-standby test: the fake's image equals the
+ * primary's, then both are stopped and their directories removed. */
+static void finish_same(primary *p, fake *f)
+{
+  assert_same_image(p, f);
+  primary_stop(p);
+  fake_stop(f);
 }
 
 static void drain_ok(primary *p)
@@ -1064,7 +1067,7 @@ static void test_ordering(void **state)
   for (int i = 0; i < 40; i++) {
     assert_int_equal(primary_save(&p, 1 + i % 4, i % 7 == 0), 0);
     if (i % 10 == 0)
-      sleep_ms(20);
+      test_pause_ms(20); /* pacing: bursts and pauses, not synchronisation */
   }
   drain_ok(&p);
   assert_false(f->order_violation);
@@ -1127,9 +1130,7 @@ static void test_duplicates(void **state)
   assert_true(st.failures >= 1); /* libcurl retries some on its own */
   primary_saves(&p, 3, 2, false);
   drain_ok(&p);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* A standby that answers 409 gap is resent frames from its position. */
@@ -1146,15 +1147,13 @@ static void test_gap(void **state)
   FAKE_SET(f, lie, 1);
   primary_saves(&p, 1, 2, false); /* claimed, not applied */
   for (int i = 0; i < 200 && FAKE_GET(f, lie) > 0; i++)
-    sleep_ms(5);
+    test_pause_ms(5);
   assert_int_equal(FAKE_GET(f, lie), 0);
   primary_saves(&p, 6, 2, false); /* the next frame finds a gap */
   catch_up(&p, f);
   assert_true(FAKE_GET(f, gaps) >= 1);
   assert_int_equal(FAKE_GET(f, bases), 0);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* A log append that fails after the commit point (the disk is full): the
@@ -1236,9 +1235,7 @@ static void test_catch_up_coalesced(void **state)
   standby_status(&p, 0, &st);
   assert_true(st.coalesced_sent >= 2);
   assert_int_equal(st.frames_sent, 30);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* A standby restarted empty, when the log no longer reaches seq 1, gets a
@@ -1295,9 +1292,7 @@ static void test_log_cap(void **state)
   fake_up(f);
   catch_up(&p, f);
   assert_int_equal(FAKE_GET(f, bases), 1);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* One stalled standby does not hold back the others nor the saves. */
@@ -1321,7 +1316,7 @@ static void stalled_scenario(size_t n)
     int64_t d = now_ns() - s;
     if (d > slowest)
       slowest = d;
-    sleep_ms(10);
+    test_pause_ms(10);
   }
   loom_position pos;
   primary_position(&p, &pos);
@@ -1457,9 +1452,7 @@ static void test_sync_timeout_fail(void **state)
   assert_int_equal(sum.sync_degraded_since_ns, 0);
   assert_int_equal(primary_save(&p, 2, false), 0);
   drain_ok(&p);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* Sync mode, timeout, outcome "degrade": async until the standby is back. */
@@ -1495,9 +1488,7 @@ static void test_sync_timeout_degrade(void **state)
   assert_true((double)(now_ns() - t) / 1e9 >= 0.1);
   FAKE_SET(f, delay_ms, 0);
   drain_ok(&p);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* 401: nothing shipped, the state says so, the token never shows; a token
@@ -1513,7 +1504,7 @@ static void test_unauthorized(void **state)
   primary_start(&p, &o, &f, 1, NULL);
   wait_state(&p, 0, REPLICATE_PEER_UNAUTHORIZED);
   primary_saves(&p, 4, 2, false);
-  sleep_ms(100);
+  test_pause_ms(100); /* checks that nothing happens: no frame gets through */
   loom_position fpos;
   fake_position(f, &fpos);
   assert_int_equal(fpos.seq, 0);
@@ -1546,9 +1537,7 @@ static void test_unauthorized(void **state)
   catch_up(&p, f);
   standby_status(&p, 0, &st);
   assert_null(strstr(st.last_error, "secret"));
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* A new token (SIGHUP) lets the first request through at once, and the
@@ -1604,7 +1593,7 @@ static void test_fenced(void **state)
   assert_int_equal(primary_save(&p, 2, false), REPLICATE_EFENCED);
   assert_false(replicate_shipper_drain(p.sh, 1));
   unsigned r0 = FAKE_GET(fs[0], requests), r1 = FAKE_GET(fs[1], requests);
-  sleep_ms(600); /* heartbeats would have gone out every 0.2 s */
+  test_pause_ms(600); /* heartbeats would have gone out every 0.2 s */
   assert_int_equal(FAKE_GET(fs[0], requests), r0);
   assert_int_equal(FAKE_GET(fs[1], requests), r1);
   /* The standby that fenced us stayed where it was. */
@@ -1638,9 +1627,7 @@ static void test_retry_after(void **state)
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "503"));
   assert_true(st.errors[REPLICATE_PEER_ERROR_REFUSED] > 0);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* An HTTP error answer is "refused", not "unreachable", and last_error
@@ -1670,9 +1657,7 @@ static void test_refused(void **state)
     catch_up(&p, f);
     wait_state(&p, 0, REPLICATE_PEER_STREAMING);
   }
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* A standby that takes the request and never answers (a stopped process:
@@ -1702,9 +1687,7 @@ static void test_stalled_state(void **state)
   fake_set_stalled(f, false);
   catch_up(&p, f);
   wait_state(&p, 0, REPLICATE_PEER_STREAMING);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* 413 on a merged piece: smaller pieces. */
@@ -1722,9 +1705,7 @@ static void test_too_large_pieces(void **state)
   catch_up(&p, f);
   assert_true(FAKE_GET(f, too_large) >= 1);
   assert_int_equal(FAKE_GET(f, bases), 0);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* The primary stops mid-ship and starts again on its directory: shipping
@@ -1752,9 +1733,7 @@ static void test_primary_restart(void **state)
   primary_saves(&p, 3, 2, false);
   catch_up(&p, f);
   assert_int_equal(FAKE_GET(f, bases), 0);
-  assert_same_image(&p, f);
-  primary_stop(&p);
-  fake_stop(f);
+  finish_same(&p, f);
 }
 
 /* Wait until standby 0 is diverged; fail with what it shows otherwise. */
@@ -1910,7 +1889,7 @@ static void test_https(void **state)
   assert_true(st.last_error[0] != '\0');
   unsigned frames = FAKE_GET(f, frames);
   primary_saves(&q, 2, 2, false);
-  sleep_ms(300);
+  test_pause_ms(300); /* checks that nothing happens: no request goes out */
   assert_int_equal(FAKE_GET(f, frames), frames);
   assert_int_equal(FAKE_GET(f, requests), requests);
   primary_stop(&q);
