@@ -66,6 +66,9 @@ check "and the line names the lag" grep -q "^degraded: primary $p2url: lag .* ov
 check "without --max-lag it is healthy" check_is 0 "$p2url"
 "$LOOMSHIP" promote "$surl" >/dev/null
 check "a primary whose standby was promoted: degraded (fenced)" poll_check 1 "$purl"
+# (/readyz and /v1/status are two requests: the first degraded line may
+# have caught only one of them fenced; asked again, both are.)
+check "asked again: still degraded" check_is 1 "$purl"
 check "and the line says not ready and fenced" \
   grep -q "^degraded: primary $purl: not ready (.*); fenced" "$work/check.out"
 finish
