@@ -127,6 +127,8 @@ static void print_standbys(const json_t *standbys)
     print_lag("  ", cli_json_get(s, "lag"));
     printf("  sent %llu  received %llu  applied %llu\n", count_at(s, "sent_seq"),
            count_at(s, "received_seq"), count_at(s, "applied_seq"));
+    if (cli_json_string(s, "last_reply_at", NULL))
+      printf("  as of its last answer at %s\n", cli_json_string(s, "last_reply_at", ""));
     if (cli_json_string(s, "last_error", NULL))
       printf("  last error %s\n", cli_json_string(s, "last_error", ""));
   }

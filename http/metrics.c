@@ -216,6 +216,9 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       {"loomship_standby_checksum_mismatches_total", "counter",
        "Answers whose computed image checksum differed from this primary's "
        "(each makes the standby diverged)."},
+      {"loomship_standby_last_reply_time_seconds", "gauge",
+       "When the standby last answered: its seqs and lag are as of then "
+       "(0: not yet)."},
       {"loomship_standby_last_error_time_seconds", "gauge",
        "When the last error with the standby happened (0: none)."},
   };
@@ -239,6 +242,10 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       case 8: v = (double)p->base_images_sent; break;
       case 9: v = (double)p->verified_seq; break;
       case 10: v = (double)p->checksum_mismatches; break;
+      case 11:
+        tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url,
+                  http_json_format_ns_seconds(p->last_reply_at_ns, num));
+        continue;
       default:
         tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url,
                   http_json_format_ns_seconds(p->last_error_at_ns, num));

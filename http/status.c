@@ -213,21 +213,16 @@ static void peer_json(const replicate_peer_status *p, http_json_writer *w)
   http_json_member_uint(w, "applied_seq", p->applied_seq);
   http_json_member_uint(w, "base_images", p->base_images_sent);
   lag_json(w, p->lag_frames, p->lag_bytes, p->lag_seconds);
-  http_json_key(w, "last_error");
-  http_json_string(w, p->last_error[0] ? p->last_error : NULL);
-  http_json_key(w, "last_error_at");
-  http_json_time_ns(w, p->last_error_at_ns);
+  http_json_member_time_ns(w, "last_reply_at", p->last_reply_at_ns);
+  http_json_member_string(w, "last_error", p->last_error[0] ? p->last_error : NULL);
+  http_json_member_time_ns(w, "last_error_at", p->last_error_at_ns);
   http_json_key(w, "bytes");
   http_json_object_begin(w);
-  http_json_key(w, "raw");
-  http_json_uint(w, p->bytes_raw);
-  http_json_key(w, "wire");
-  http_json_uint(w, p->bytes_wire);
+  http_json_member_uint(w, "raw", p->bytes_raw);
+  http_json_member_uint(w, "wire", p->bytes_wire);
   http_json_object_end(w);
-  http_json_key(w, "verified_seq");
-  http_json_uint(w, p->verified_seq);
-  http_json_key(w, "checksum_mismatches");
-  http_json_uint(w, p->checksum_mismatches);
+  http_json_member_uint(w, "verified_seq", p->verified_seq);
+  http_json_member_uint(w, "checksum_mismatches", p->checksum_mismatches);
   http_json_object_end(w);
 }
 

@@ -1185,6 +1185,9 @@ typedef struct replicate_peer_status {
   uint64_t lag_bytes;               /* frame bytes it has not applied */
   double lag_seconds;               /* age of the oldest commit it has not
                                        applied; 0 when it has everything */
+  int64_t last_reply_at_ns;         /* CLOCK_REALTIME ns of its last
+                                       answer, which the positions and lag
+                                       above are as of; 0 when none yet */
   char last_error[REPLICATE_ERROR_MAX]; /* "" when none (JSON null) */
   int64_t last_error_at;            /* unix seconds; 0 when none */
   int64_t last_error_at_ns;         /* CLOCK_REALTIME ns; 0 when none */

@@ -183,6 +183,7 @@ typedef struct ship_peer {
   uint64_t checksum_mismatches;
   char last_error[REPLICATE_ERROR_MAX];
   int64_t last_error_ns;
+  int64_t last_reply_ns;        /* CLOCK_REALTIME of the last answer */
   uint64_t bytes_raw, bytes_wire, frames_sent, requests, heartbeats_sent,
       coalesced_sent, base_images_sent, failures;
   uint64_t errors[REPLICATE_PEER_ERROR_KINDS]; /* failures by kind */

@@ -780,6 +780,7 @@ static void record_position(ship_peer *peer, const ship_answer *a)
   else if (!peer->has_position)
     peer->applied = peer->received;
   peer->has_position = true;
+  peer->last_reply_ns = ship_real_ns();
   peer->on_chain = false; /* until checked (ship_schedule, ship_finish) */
   pthread_cond_broadcast(&sh->cond);
   pthread_mutex_unlock(&sh->mu);

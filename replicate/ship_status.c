@@ -76,6 +76,7 @@ void replicate_shipper_status(replicate_shipper *sh,
                &o->lag_seconds);
     memcpy(o->last_error, peer->last_error, sizeof o->last_error);
     o->last_error_at_ns = peer->last_error_ns;
+    o->last_reply_at_ns = peer->last_reply_ns;
     o->last_error_at = peer->last_error_ns / NS_PER_S;
     o->bytes_raw = peer->bytes_raw;
     o->bytes_wire = peer->bytes_wire;

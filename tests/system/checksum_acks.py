@@ -13,6 +13,7 @@ sound standby's verified_seq reaches the primary's seq with no mismatch,
 and the other is shown diverged with REPLICATE_ECHECKSUM_MISMATCH in its
 last_error, a mismatch counted in metrics, and its verified_seq below the
 seq it applied."""
+import time
 import argparse
 import os
 import signal
@@ -76,6 +77,19 @@ def main():
         p = peer(st, gurl)
         if p.get("checksum_mismatches") != 0 or p.get("state") == "diverged":
             failures.append("the sound standby shows a mismatch: %s" % p)
+        # The primary's view is as of the standby's last answer, and says when.
+        import datetime
+        at = p.get("last_reply_at")
+        try:
+            t = datetime.datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        except (AttributeError, ValueError):
+            t = None
+        if t is None or abs(time.time() - t) > 10:
+            failures.append("last_reply_at is not the time of a recent answer: %r" % at)
+        row = [l for l in metrics(purl).splitlines()
+               if l.startswith('loomship_standby_last_reply_time_seconds{url="%s"} ' % gurl)]
+        if not row or abs(time.time() - float(row[0].split()[-1])) > 10:
+            failures.append("no recent loomship_standby_last_reply_time_seconds: %s" % row)
 
     def bad_diverged():
         p = peer(systest.status(purl), burl)
