@@ -26,21 +26,15 @@ static void name_or_null(http_json_writer *w, const char *key, const char *v)
 static void member_json(const http_cluster_member *m, http_json_writer *w)
 {
   http_json_object_begin(w);
-  http_json_key(w, "name");
-  http_json_string(w, m->name);
+  http_json_member_string(w, "name", m->name);
   name_or_null(w, "url", m->url);
-  http_json_key(w, "role");
-  http_json_string(w, m->leader ? "leader" : "standby");
-  http_json_key(w, "epoch");
-  http_json_uint(w, m->epoch);
-  http_json_key(w, "received_seq");
-  http_json_uint(w, m->received_seq);
-  http_json_key(w, "applied_seq");
-  http_json_uint(w, m->applied_seq);
+  http_json_member_string(w, "role", m->leader ? "leader" : "standby");
+  http_json_member_uint(w, "epoch", m->epoch);
+  http_json_member_uint(w, "received_seq", m->received_seq);
+  http_json_member_uint(w, "applied_seq", m->applied_seq);
   http_json_key(w, "lag");
   http_json_object_begin(w);
-  http_json_key(w, "frames");
-  http_json_uint(w, m->lag_frames);
+  http_json_member_uint(w, "frames", m->lag_frames);
   http_json_key(w, "seconds");
   http_json_double(w, m->lag_seconds);
   http_json_object_end(w);
@@ -56,12 +50,9 @@ static void rewound_json(const http_cluster_status *c, http_json_writer *w)
     return;
   }
   http_json_object_begin(w);
-  http_json_key(w, "frames");
-  http_json_uint(w, c->rewound_frames);
-  http_json_key(w, "from_seq");
-  http_json_uint(w, c->rewound_from_seq);
-  http_json_key(w, "at");
-  http_json_time_ns(w, c->rewound_at_ns);
+  http_json_member_uint(w, "frames", c->rewound_frames);
+  http_json_member_uint(w, "from_seq", c->rewound_from_seq);
+  http_json_member_time_ns(w, "at", c->rewound_at_ns);
   http_json_object_end(w);
 }
 
@@ -71,18 +62,13 @@ void http_cluster_json(const http_cluster_status *c, http_json_writer *w)
 {
   http_json_key(w, "cluster");
   http_json_object_begin(w);
-  http_json_key(w, "name");
-  http_json_string(w, c->name);
-  http_json_key(w, "member");
-  http_json_string(w, c->member);
+  http_json_member_string(w, "name", c->name);
+  http_json_member_string(w, "member", c->member);
   name_or_null(w, "leader", c->leader);
   name_or_null(w, "leader_url", c->leader_url);
-  http_json_key(w, "epoch");
-  http_json_uint(w, c->epoch);
-  http_json_key(w, "lease_ttl");
-  http_json_uint(w, c->lease_ttl);
-  http_json_key(w, "etcd");
-  http_json_string(w, c->etcd_ok ? "ok" : "unreachable");
+  http_json_member_uint(w, "epoch", c->epoch);
+  http_json_member_uint(w, "lease_ttl", c->lease_ttl);
+  http_json_member_string(w, "etcd", c->etcd_ok ? "ok" : "unreachable");
   http_json_key(w, "sync_set");
   http_json_array_begin(w);
   for (size_t i = 0; i < c->sync_count && i < HTTP_CLUSTER_MEMBERS_MAX; i++)

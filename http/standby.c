@@ -165,16 +165,13 @@ static void json_point(http_json_writer *w, const char *key,
 static void promote_refusal_json(http_json_writer *w, const replicate_recv_outcome *o)
 {
   bool empty = o->result == REPLICATE_RECV_PROMOTE_EMPTY;
-  http_json_key(w, "code");
-  http_json_string(w, empty ? "PROMOTE_EMPTY" : "PROMOTE_BEHIND");
-  http_json_key(w, "reason");
-  http_json_string(w, empty ? "this standby never received anything: promoting "
+  http_json_member_string(w, "code", empty ? "PROMOTE_EMPTY" : "PROMOTE_BEHIND");
+  http_json_member_string(w, "reason", empty ? "this standby never received anything: promoting "
                          "it would start an empty history and fence the "
                          "real primary"
                        : "this standby is further behind the primary seq it "
                          "last heard than --promote-max-lag allows");
-  http_json_key(w, "primary_seq");
-  http_json_uint(w, o->primary_seq);
+  http_json_member_uint(w, "primary_seq", o->primary_seq);
 }
 
 static void frame_before_json(http_json_writer *w, const replicate_recv_outcome *o)
@@ -193,8 +190,7 @@ static void shape_keys(unsigned keys, const replicate_recv_outcome *o,
                        http_json_writer *w)
 {
   if (keys & K_CODE) {
-    http_json_key(w, "code");
-    http_json_string(w, http_error_name(o->code));
+    http_json_member_string(w, "code", http_error_name(o->code));
   }
   if (keys & (K_DETAIL | K_REASON)) {
     http_json_key(w, keys & K_DETAIL ? "detail" : "reason");
@@ -205,24 +201,21 @@ static void shape_keys(unsigned keys, const replicate_recv_outcome *o,
     http_json_uint(w, o->input_epoch);
   }
   if (keys & K_ROLE) {
-    http_json_key(w, "role");
-    http_json_string(w, o->promoted ? "primary" : "standby");
+    http_json_member_string(w, "role", o->promoted ? "primary" : "standby");
   }
   if (keys & K_FRAME_BEFORE)
     frame_before_json(w, o);
   if (keys & K_PROMOTE)
     promote_refusal_json(w, o);
   if (keys & K_NEW_EPOCH) {
-    http_json_key(w, "epoch");
-    http_json_uint(w, o->applied.epoch);
+    http_json_member_uint(w, "epoch", o->applied.epoch);
     json_point(w, "applied", &o->applied);
   }
   if (keys & K_POSITIONS) {
     json_point(w, "received", &o->received);
     json_point(w, "applied", &o->applied);
     json_point(w, "computed", &o->computed);
-    http_json_key(w, "epoch");
-    http_json_uint(w, o->received.epoch);
+    http_json_member_uint(w, "epoch", o->received.epoch);
     http_json_history(w, &o->history);
   }
   if (keys & K_DUPLICATE) {

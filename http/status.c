@@ -123,10 +123,8 @@ static void lag_json(http_json_writer *w, uint64_t frames, uint64_t bytes,
 {
   http_json_key(w, "lag");
   http_json_object_begin(w);
-  http_json_key(w, "frames");
-  http_json_uint(w, frames);
-  http_json_key(w, "bytes");
-  http_json_uint(w, bytes);
+  http_json_member_uint(w, "frames", frames);
+  http_json_member_uint(w, "bytes", bytes);
   http_json_key(w, "seconds");
   http_json_double(w, seconds);
   http_json_object_end(w);
@@ -142,14 +140,10 @@ static void diverged_json(http_json_writer *w, const http_server_status *st)
     return;
   }
   http_json_object_begin(w);
-  http_json_key(w, "code");
-  http_json_string(w, http_error_name(st->diverged));
-  http_json_key(w, "reason");
-  http_json_string(w, replicate_strerror(st->diverged));
-  http_json_key(w, "at");
-  http_json_time_ns(w, st->diverged_at_ns);
-  http_json_key(w, "refusals");
-  http_json_uint(w, st->divergences);
+  http_json_member_string(w, "code", http_error_name(st->diverged));
+  http_json_member_string(w, "reason", replicate_strerror(st->diverged));
+  http_json_member_time_ns(w, "at", st->diverged_at_ns);
+  http_json_member_uint(w, "refusals", st->divergences);
   http_json_object_end(w);
 }
 
@@ -160,8 +154,7 @@ static void standby_json(const http_figures *f, http_json_writer *w)
   diverged_json(w, st);
   http_json_key(w, "received");
   http_json_position(w, &st->received);
-  http_json_key(w, "primary_seq");
-  http_json_uint(w, st->primary_seq);
+  http_json_member_uint(w, "primary_seq", st->primary_seq);
   lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
   http_json_key(w, "clock_skew_seconds");
   if (f->view.clock_skew_known)
@@ -170,17 +163,14 @@ static void standby_json(const http_figures *f, http_json_writer *w)
     http_json_null(w);
   http_json_key(w, "replay_paused");
   http_json_bool(w, st->replay_paused);
-  http_json_key(w, "primary_epoch");
-  http_json_uint(w, f->view.primary_epoch);
-  http_json_key(w, "last_contact_at");
-  http_json_time_ns(w, f->view.last_contact_ns);
-  http_json_key(w, "last_apply_error");
-  http_json_string(w, st->last_apply_error ? replicate_strerror(st->last_apply_error)
-                                      : NULL);
-  http_json_key(w, "last_apply_error_at");
-  http_json_time_ns(w, st->last_apply_error ? f->view.last_apply_error_at_ns : 0);
-  http_json_key(w, "receive_log_bytes");
-  http_json_uint(w, f->view.receive_log_bytes);
+  http_json_member_uint(w, "primary_epoch", f->view.primary_epoch);
+  http_json_member_time_ns(w, "last_contact_at", f->view.last_contact_ns);
+  int apply_error = st->last_apply_error;
+  http_json_member_string(w, "last_apply_error",
+                          apply_error ? replicate_strerror(apply_error) : NULL);
+  http_json_member_time_ns(w, "last_apply_error_at",
+                           apply_error ? f->view.last_apply_error_at_ns : 0);
+  http_json_member_uint(w, "receive_log_bytes", f->view.receive_log_bytes);
 }
 
 /* "sync": {"required", "count" (the same, for older readers), "degraded",
@@ -191,14 +181,11 @@ static void sync_json(http_server *s, http_json_writer *w)
   s->primary.sync_state(s->primary.ctx, &sync);
   http_json_key(w, "sync");
   http_json_object_begin(w);
-  http_json_key(w, "required");
-  http_json_uint(w, sync.required);
-  http_json_key(w, "count");
-  http_json_uint(w, sync.required);
+  http_json_member_uint(w, "required", sync.required);
+  http_json_member_uint(w, "count", sync.required);
   http_json_key(w, "degraded");
   http_json_bool(w, sync.degraded);
-  http_json_key(w, "degraded_since");
-  http_json_time_ns(w, sync.degraded ? sync.degraded_since_ns : 0);
+  http_json_member_time_ns(w, "degraded_since", sync.degraded ? sync.degraded_since_ns : 0);
   http_json_object_end(w);
 }
 
@@ -236,8 +223,7 @@ static void primary_json(http_server *s, const http_figures *f,
   if (s->primary.sync_state)
     sync_json(s, w);
   if (f->promoted) {
-    http_json_key(w, "promoted_at");
-    http_json_time_ns(w, f->view.promoted_at_ns);
+    http_json_member_time_ns(w, "promoted_at", f->view.promoted_at_ns);
   }
   http_json_key(w, "standbys");
   http_json_array_begin(w);
@@ -250,8 +236,7 @@ static void backup_json(const http_figures *f, http_json_writer *w)
 {
   http_json_key(w, "backup");
   http_json_object_begin(w);
-  http_json_key(w, "in_progress");
-  http_json_uint(w, f->backup.in_progress);
+  http_json_member_uint(w, "in_progress", f->backup.in_progress);
   http_json_key(w, "position");
   if (f->backup.open)
     http_json_position(w, &f->backup.position);
@@ -281,20 +266,14 @@ static void integrity_json(const http_figures *f, http_json_writer *w)
   const replicate_scrub_status *in = &f->integrity;
   http_json_key(w, "integrity");
   http_json_object_begin(w);
-  http_json_key(w, "state");
-  http_json_string(w, replicate_integrity_state_name(in->state));
+  http_json_member_string(w, "state", replicate_integrity_state_name(in->state));
   http_json_key(w, "scrubbing");
   http_json_bool(w, in->running);
-  http_json_key(w, "last_scrub_at");
-  http_json_time_ns(w, in->last_scrub_at_ns);
-  http_json_key(w, "pages_scrubbed");
-  http_json_uint(w, in->pages_scrubbed);
-  http_json_key(w, "pages_repaired");
-  http_json_uint(w, in->pages_repaired);
-  http_json_key(w, "bad_pages");
-  http_json_uint(w, in->bad_pages);
-  http_json_key(w, "last_error");
-  http_json_string(w, in->last_error[0] ? in->last_error : NULL);
+  http_json_member_time_ns(w, "last_scrub_at", in->last_scrub_at_ns);
+  http_json_member_uint(w, "pages_scrubbed", in->pages_scrubbed);
+  http_json_member_uint(w, "pages_repaired", in->pages_repaired);
+  http_json_member_uint(w, "bad_pages", in->bad_pages);
+  http_json_member_string(w, "last_error", in->last_error[0] ? in->last_error : NULL);
   http_json_object_end(w);
 }
 
@@ -302,10 +281,8 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
 {
   const http_server_status *st = &f->view.status;
   http_json_object_begin(w);
-  http_json_key(w, "role");
-  http_json_string(w, f->standby_role ? "standby" : "primary");
-  http_json_key(w, "epoch");
-  http_json_uint(w, http_figures_epoch(f));
+  http_json_member_string(w, "role", f->standby_role ? "standby" : "primary");
+  http_json_member_uint(w, "epoch", http_figures_epoch(f));
   http_json_history(w, &st->history);
   http_json_key(w, "applied");
   http_json_position(w, &st->applied);
@@ -324,10 +301,8 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
   counters_json(f, w);
   http_json_key(w, "uptime_seconds");
   http_json_double(w, (double)(http_monotonic_ns() - s->started_mono_ns) / 1e9);
-  http_json_key(w, "started_at");
-  http_json_time_ns(w, s->started_ns);
-  http_json_key(w, "version");
-  http_json_string(w, LOOMSHIP_VERSION);
+  http_json_member_time_ns(w, "started_at", s->started_ns);
+  http_json_member_string(w, "version", LOOMSHIP_VERSION);
   http_json_object_end(w);
 }
 

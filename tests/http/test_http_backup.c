@@ -289,6 +289,8 @@ static size_t fp_peers(void *ctx, replicate_peer_status *out, size_t cap)
     out[i].lag_seconds = 0.004;
     out[i].bytes_raw = 1000;
     out[i].bytes_wire = 100;
+    if (i == 0)
+      out[i].last_reply_at_ns = 1700000000123456789LL; /* every digit printed */
     if (i == 1) {
       snprintf(out[i].last_error, sizeof out[i].last_error,
                "connect: \"refused\"");
@@ -353,6 +355,7 @@ static void test_primary_role(void **state)
                     "\"state\":\"streaming\",\"sent_seq\":45,"
                     "\"received_seq\":44,\"applied_seq\":42,\"base_images\":0,"
                     "\"lag\":{\"frames\":3,\"bytes\":49152,\"seconds\":0.004},"
+                    "\"last_reply_at\":\"2023-11-14T22:13:20.123456789Z\","
                     "\"last_error\":null,\"last_error_at\":null,");
   ht_assert_has(&r, "\"last_error\":\"connect: \\\"refused\\\"\","
                     "\"last_error_at\":\"2023-11-14T22:13:20.000Z\"");
@@ -381,6 +384,8 @@ static void test_primary_role(void **state)
                     "state=\"unreachable\"} 0\n");
   ht_assert_has(&r, "loomship_standby_last_error_time_seconds{url=\"http://10.0.0.3:8470\"}"
                     " 1700000000\n");
+  ht_assert_has(&r, "loomship_standby_last_reply_time_seconds{url=\"http://10.0.0.2:8470\"}"
+                    " 1700000000.123456789\n");
   ht_assert_has(&r, "loomship_standby_errors_total{url=\"http://10.0.0.3:8470\","
                     "kind=\"unreachable\"} 5\n");
   ht_assert_has(&r, "loomship_standby_errors_total{url=\"http://10.0.0.3:8470\","
