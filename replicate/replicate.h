@@ -265,6 +265,24 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
                            const uint8_t **contents);
 
 /* ---------------------------------------------------------------------- */
+/* Self-repair (DESIGN section 8; replicate/repair.c; the protocol in
+ * docs/INTEGRITY.md). A standby that found pages[0, count) (ascending)
+ * rotted fetches them from its upstream with GET /v1/pages at its own
+ * position and hands the answer here. The answer is refused, and nothing
+ * written, unless it is well formed (REPLICATE_EANSWER), of the store's
+ * history (REPLICATE_EHISTORY) and position (REPLICATE_EPOSITION), lists
+ * exactly those pages (REPLICATE_EANSWER), and every page hashes both to
+ * the answer's hash and to the hash the store recorded for it
+ * (REPLICATE_EPAGE_HASH). Then the pages are written durably as one
+ * LOOM_PATCH_REPAIR patch (the position does not move) and read back after
+ * the apply (REPLICATE_EPAGE_HASH when one still does not match). The
+ * caller keeps every other writer of the store out meanwhile (the
+ * standby's applier is paused). 0, or the error; errno values and LOOM_E*
+ * from the store pass through. */
+int replicate_repair_pages(loom_store *store, const uint8_t *answer, size_t len,
+                           const uint64_t *pages, uint64_t count);
+
+/* ---------------------------------------------------------------------- */
 /* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
  * that re-reads every image page through short-lived snapshots and
  * compares it with the hash recorded when it was written (level 0 of the
