@@ -4,7 +4,8 @@
  * answer repairs the image at the same position; an answer with a page
  * that does not match its hash, a page of another position, another
  * position or history, the wrong pages, or a damaged answer is refused and
- * nothing is written.
+ * nothing is written; the same through a standby's receiver
+ * (replicate_receiver_repair).
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -17,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "receiver.h"
 #include "replicate.h"
 #include "testlib.h"
 
@@ -194,11 +196,40 @@ static void test_refused(void **state)
   expect_refused(fx, a, len, fx->rotted, 2, REPLICATE_EANSWER);
 }
 
+/* Through a standby's receiver: the pages are good in its snapshots. */
+static void test_receiver_repairs(void **state)
+{
+  fixture *fx = *state;
+  size_t len;
+  uint8_t *a = answer_for(fx, fx->rotted, 2, &len);
+  assert_int_equal(loom_store_close(fx->store), 0);
+  fx->store = NULL;
+  replicate_receiver_options o = {.dir = fx->dir};
+  replicate_receiver *rx;
+  assert_int_equal(replicate_receiver_open(&o, &rx), 0);
+  uint64_t bad[1] = {4}; /* page 4 is fine, but not what the answer holds */
+  assert_int_equal(replicate_receiver_repair(rx, a, len, bad, 1), REPLICATE_EANSWER);
+  assert_int_equal(replicate_receiver_repair(rx, a, len, fx->rotted, 2), 0);
+  loom_snapshot *snap;
+  assert_int_equal(replicate_receiver_snapshot_open(rx, &snap), 0);
+  uint8_t want[LOOM_PAGE_SIZE], got[LOOM_PAGE_SIZE];
+  for (int i = 0; i < 2; i++) {
+    fill(fx->rotted[i], want);
+    assert_int_equal(loom_snapshot_read(snap, fx->rotted[i] * PS, got, PS), 0);
+    assert_memory_equal(want, got, PS);
+  }
+  replicate_receiver_snapshot_close(rx, snap);
+  assert_int_equal(replicate_receiver_close(rx), 0);
+  free(a);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &fx->store), 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_repairs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_receiver_repairs, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
