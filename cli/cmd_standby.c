@@ -53,6 +53,7 @@ void cli_block_stop_signals(sigset_t *set)
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
+  const char *repair_from;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps;
 } standby_args;
@@ -91,9 +92,16 @@ static const cli_option standby_options[] = {
      .help = "at start, replace DIR with a verified backup pulled from URL (a primary's or "
              "another standby's): the only way, with a new empty directory, to replace a "
              "standby's history; the swap is atomic, DIR is left as it was if the pull fails"},
+    {.name = "repair-from", .arg = "URL", .kind = CLI_TEXT, .offset = AT(repair_from),
+     .dflt = "none",
+     .help = "self-repair: pages the scrubber finds rotted are fetched from URL (the "
+             "primary's --listen address, with --token-file's token), verified against "
+             "their recorded hashes and written (status \"integrity\"); none: they "
+             "make the standby corrupt"},
     {.name = "ca-file", .arg = "F", .kind = CLI_TEXT, .offset = AT(ca_file),
      .dflt = "the system's CAs",
-     .help = "CA certificates to verify --resync-from's TLS certificate"},
+     .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
+             "certificates"},
     {0},
 };
 #undef AT
@@ -172,9 +180,15 @@ static int run_standby(void *args)
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
+  cli_repair_source repair = {a->repair_from, token, a->ca_file};
+  if (a->repair_from) {
+    o.repair_fetch = cli_repair_fetch;
+    o.repair_ctx = &repair;
+  }
   http_server *server;
   rc = http_server_start(&o, &server);
-  cli_token_forget(token);
+  if (rc || !a->repair_from) /* else the scrubber's repairs send it until the end */
+    cli_token_forget(token);
   if (rc) {
     free(host);
     if (rc == LOOM_EMETA)
@@ -189,7 +203,10 @@ static int run_standby(void *args)
   fflush(stdout);
   free(host);
   cli_notify_ready("receiving");
-  return serve_until_stop(server, &stop);
+  rc = serve_until_stop(server, &stop);
+  if (a->repair_from)
+    cli_token_forget(token);
+  return rc;
 }
 
 const cli_command cmd_standby = {
