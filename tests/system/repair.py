@@ -29,14 +29,6 @@ K = 5
 ARGS = ["--keys", "300", "--arena-pages", "512", "--pages", "16", "--rate", "1000"]
 
 
-def flip(path, page, rng):
-    off = page * PS + rng.randrange(PS)
-    with open(path, "r+b") as f:
-        f.seek(off)
-        b = f.read(1)
-        f.seek(off)
-        f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
-
 
 def read_page(path, page):
     with open(path, "rb") as f:
@@ -66,7 +58,7 @@ def repaired_case(loomship, bdir, adir, aurl, burl, pages, rng):
     problems = []
     victims = sorted(rng.sample(range(1, pages), K))
     for v in victims:
-        flip(os.path.join(bdir, "image"), v, rng)
+        systest.flip_bit(os.path.join(bdir, "image"), v, rng)
     print("1. flipped pages %s of %d in B" % (victims, pages))
     i = wait_integrity(burl, lambda i: i["pages_repaired"] >= K and i["state"] == "ok", 30)
     print("   B: %s" % integrity(burl))
@@ -87,8 +79,8 @@ def repaired_case(loomship, bdir, adir, aurl, burl, pages, rng):
 
 def refused_case(adir, bdir, burl, pages, rng, done):
     victim = rng.choice([p for p in range(1, pages) if p not in done])
-    flip(os.path.join(adir, "image"), victim, rng)
-    flip(os.path.join(bdir, "image"), victim, rng)
+    systest.flip_bit(os.path.join(adir, "image"), victim, rng)
+    systest.flip_bit(os.path.join(bdir, "image"), victim, rng)
     rotted = read_page(os.path.join(bdir, "image"), victim)
     print("2. flipped page %d in A and in B" % victim)
     i = wait_integrity(burl, lambda i: i["state"] == "corrupt" and
@@ -107,7 +99,7 @@ def refused_case(adir, bdir, burl, pages, rng, done):
 def dead_upstream_case(aproc, bdir, burl, pages, rng, done):
     systest.stop(aproc)
     victim = rng.choice([p for p in range(1, pages) if p not in done])
-    flip(os.path.join(bdir, "image"), victim, rng)
+    systest.flip_bit(os.path.join(bdir, "image"), victim, rng)
     rotted = read_page(os.path.join(bdir, "image"), victim)
     print("3. A stopped; flipped page %d in B" % victim)
     i = wait_integrity(burl, lambda i: i["state"] == "corrupt" and
