@@ -123,7 +123,10 @@ static void found_bad(replicate_scrubber *sc, const loom_position *pos,
     sc->st.state = REPLICATE_INTEGRITY_CORRUPT;
   sc->st.bad_pages++;
   sc->st.bad_page = n;
-  snprintf(sc->st.last_error, sizeof sc->st.last_error, "%s", text);
+  /* A repair that gave up keeps saying why (the page is in the log). */
+  if (!(sc->opt.repair && sc->st.state == REPLICATE_INTEGRITY_CORRUPT &&
+        strncmp(sc->st.last_error, "repair: ", 8) == 0))
+    snprintf(sc->st.last_error, sizeof sc->st.last_error, "%s", text);
   pthread_mutex_unlock(&sc->mu);
   say(sc, text);
 }

@@ -5,13 +5,19 @@
  * that does not match its hash, a page of another position, another
  * position or history, the wrong pages, or a damaged answer is refused and
  * nothing is written; the same through a standby's receiver
- * (replicate_receiver_repair).
+ * (replicate_receiver_repair); the scrubber's repair hook: repairing, then
+ * ok with pages_repaired, or corrupt after REPLICATE_REPAIR_TRIES failed
+ * rounds with the reason.
  */
+#include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -224,12 +230,119 @@ static void test_receiver_repairs(void **state)
   assert_int_equal(loom_store_open(fx->dir, 0, NULL, &fx->store), 0);
 }
 
+/* The scrubber's side: snapshots of the fixture's store, and a repair hook
+ * that answers with the good pages (or fails, when fail is set). */
+typedef struct hook {
+  fixture *fx;
+  bool fail;
+  atomic_int calls;
+  uint64_t pages[4];
+  uint64_t count;
+} hook;
+
+static int hook_snap_open(void *ctx, loom_snapshot **out)
+{
+  return loom_store_snapshot_open(((hook *)ctx)->fx->store, out);
+}
+
+static void hook_snap_close(void *ctx, loom_snapshot *snap)
+{
+  (void)ctx;
+  loom_snapshot_close(snap);
+}
+
+static int hook_repair(void *ctx, const uint64_t *pages, uint64_t count, char *why,
+                       size_t why_len)
+{
+  hook *h = ctx;
+  atomic_fetch_add(&h->calls, 1);
+  h->count = count;
+  memcpy(h->pages, pages, (size_t)(count < 4 ? count : 4) * sizeof *pages);
+  if (h->fail) {
+    snprintf(why, why_len, "the upstream is away");
+    return EIO;
+  }
+  size_t len;
+  uint8_t *a = answer_for(h->fx, pages, count, &len);
+  int rc = replicate_repair_pages(h->fx->store, a, len, pages, count);
+  free(a);
+  return rc;
+}
+
+/* The scrubber's status once pred holds, within 10 s. */
+static replicate_scrub_status wait_status(replicate_scrubber *sc,
+                                          bool (*pred)(const replicate_scrub_status *))
+{
+  replicate_scrub_status st;
+  for (int i = 0; i < 1000; i++) {
+    replicate_scrubber_status(sc, &st);
+    if (pred(&st))
+      break;
+    nanosleep(&(struct timespec){0, 10000000}, NULL);
+  }
+  return st;
+}
+
+static bool repaired(const replicate_scrub_status *st)
+{
+  return st->state == REPLICATE_INTEGRITY_OK && st->pages_repaired >= 2;
+}
+
+static bool gave_up(const replicate_scrub_status *st)
+{
+  return st->state == REPLICATE_INTEGRITY_CORRUPT && strstr(st->last_error, "failed");
+}
+
+static void test_scrubber_hook(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx};
+  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
+                               .snapshot_close = hook_snap_close, .ctx = &h,
+                               .interval_seconds = 0.05, .mbps = 64,
+                               .repair = hook_repair, .repair_ctx = &h};
+  replicate_scrubber *sc;
+  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
+  replicate_scrub_status st = wait_status(sc, repaired);
+  replicate_scrubber_stop(sc);
+  assert_true(repaired(&st));
+  assert_int_equal(st.pages_repaired, 2);
+  assert_int_equal(h.count, 2);
+  assert_int_equal(h.pages[0], 2);
+  assert_int_equal(h.pages[1], 5);
+  assert_true(page_good(fx, 2));
+  assert_true(page_good(fx, 5));
+  assert_string_equal(st.last_error, "");
+}
+
+static void test_scrubber_hook_fails(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx, .fail = true};
+  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
+                               .snapshot_close = hook_snap_close, .ctx = &h,
+                               .interval_seconds = 0.05, .mbps = 64,
+                               .repair = hook_repair, .repair_ctx = &h};
+  replicate_scrubber *sc;
+  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
+  replicate_scrub_status st = wait_status(sc, gave_up);
+  replicate_scrubber_stop(sc);
+  assert_int_equal(st.state, REPLICATE_INTEGRITY_CORRUPT);
+  assert_true(atomic_load(&h.calls) >= REPLICATE_REPAIR_TRIES);
+  assert_int_equal(st.pages_repaired, 0);
+  assert_non_null(strstr(st.last_error, "the upstream is away"));
+  assert_false(page_good(fx, 2));
+  assert_false(page_good(fx, 5));
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_repairs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_receiver_repairs, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_scrubber_hook, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_scrubber_hook_fails, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
