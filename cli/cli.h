@@ -102,18 +102,32 @@ const char *cli_hex64(uint64_t v, char buf[17]);
  * own way out (or NULL). Returns 1. */
 int cli_fail_store(const char *cmd, const char *dir, int rc, const char *remedy);
 
+/* One error line for an HTTP server that did not start (rc from
+ * http_server_start), naming what is wrong: the listen address, a TLS file
+ * or the directory dir (NULL: none of its own). Returns 1. */
+int cli_fail_server(const char *cmd, int rc, const char *host, uint16_t port,
+                    const char *dir, const char *cert, const char *key);
 /* "HOST:PORT" for --listen; 0 or an exit code (after an error line). */
 int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port);
 /* A log line on stderr: UTC time, who (ctx, a string), message. */
 void cli_log(void *ctx, const char *message);
-/* Block SIGTERM and SIGINT in all threads (sigwait them); ignore SIGPIPE. */
+/* Block SIGTERM, SIGINT and SIGHUP in all threads (sigwait them; see
+ * signals.h); ignore SIGPIPE. */
 #include <signal.h>
 void cli_block_stop_signals(sigset_t *set);
 
-/* systemd: a notification (no-op outside systemd); ready also starts the
- * watchdog pings when the unit asks for them. */
+/* systemd (notify.c): a notification (no-op outside systemd); ready also
+ * reads the watchdog period the unit asks for. */
 void cli_notify(const char *message);
 void cli_notify_ready(const char *status);
+/* From a main loop, as often as it likes: STATUS=status (at most once a
+ * second), with WATCHDOG=1 only when progress is true. */
+void cli_notify_progress(bool progress, const char *status);
+/* The watchdog period in seconds ($WATCHDOG_USEC), 0 when none. */
+double cli_watchdog_seconds(void);
+/* Whether the server at host:port accepts a connection and (plain HTTP)
+ * answers GET /healthz with 200 within timeout_s. */
+bool cli_probe_server(const char *host, uint16_t port, bool tls, double timeout_s);
 
 /* fsync a directory by path: 0 or an errno value. */
 int cli_sync_dir(const char *path);

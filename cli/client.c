@@ -2,6 +2,7 @@
 #include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "array.h"
 #include "client.h"
@@ -91,4 +92,24 @@ void client_reply_free(client_reply *reply)
 {
   free(reply->body);
   reply->body = NULL;
+}
+
+int client_url_check(const char *url, char *why, size_t size)
+{
+  const char *sep = strstr(url, "://");
+  if (!sep) {
+    snprintf(why, size, "not a URL: it must start with http:// or https://");
+    return -1;
+  }
+  size_t n = (size_t)(sep - url);
+  if (!((n == 4 && !strncasecmp(url, "http", 4)) || (n == 5 && !strncasecmp(url, "https", 5)))) {
+    snprintf(why, size, "the scheme must be http or https, not '%.*s'", (int)(n < 64 ? n : 64),
+             url);
+    return -1;
+  }
+  if (!sep[3] || sep[3] == '/' || sep[3] == ':') {
+    snprintf(why, size, "the URL names no host");
+    return -1;
+  }
+  return 0;
 }

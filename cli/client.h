@@ -25,6 +25,10 @@ int client_request(const char *method, const char *base_url, const char *path,
                    const client_options *opt, client_reply *reply);
 void client_reply_free(client_reply *reply);
 
+/* Whether url names a scheme loomship speaks (http or https) and a host:
+ * 0, or -1 with why ("the scheme must be http or https, not 'htp'"). */
+int client_url_check(const char *url, char *why, size_t size);
+
 /* base_url + path into a malloc'd string, without a doubled slash. */
 char *client_url(const char *base_url, const char *path);
 

@@ -23,10 +23,14 @@
 #include "clock.h"
 #include "client.h"
 #include "json_get.h"
+#include "logging.h"
 #include "primary.h"
+#include "signals.h"
 
-/* Start `loomship standby` as a child; read its URL from its first line. */
-static pid_t start_standby(const char *dir, char *url, size_t url_len)
+/* Start `loomship standby` as a child (with the demo's log options); read
+ * its URL from its first line. */
+static pid_t start_standby(const char *dir, const cli_log_args *log, char *url,
+                           size_t url_len)
 {
   int out[2];
   if (pipe(out) < 0)
@@ -40,7 +44,8 @@ static pid_t start_standby(const char *dir, char *url, size_t url_len)
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
     execl("/proc/self/exe", "loomship", "standby", "--dir", dir, "--listen",
-          "127.0.0.1:0", (char *)NULL);
+          "127.0.0.1:0", "--log-format", log->format ? log->format : "text",
+          "--log-level", log->level ? log->level : "info", (char *)NULL);
     _exit(127);
   }
   close(out[1]);
@@ -132,6 +137,7 @@ static int wait_applied(const char *url, uint64_t seq, double seconds)
 
 typedef struct demo_args {
   uint64_t seconds, rate, pages;
+  cli_log_args log;
 } demo_args;
 
 static const cli_option demo_options[] = {
@@ -142,6 +148,7 @@ static const cli_option demo_options[] = {
      .help = "saves a second; 0: as fast as it goes"},
     {.name = "pages", .arg = "K", .kind = CLI_NUMBER, .offset = offsetof(demo_args, pages),
      .min = 1, .max = 100000, .dflt = "64", .help = "values of 64 bytes changed per save"},
+    CLI_LOG_OPTIONS(demo_args, log),
     {0},
 };
 
@@ -173,8 +180,7 @@ static int run_workload(primary_node *n, const sigset_t *stop, uint64_t seconds,
   n->rng = 0x9e3779b97f4a7c15u;
   int failed = 0;
   while (loom_mono_s() - start < (double)seconds) {
-    struct timespec zero = {0, 0};
-    if (sigtimedwait(stop, NULL, &zero) > 0)
+    if (cli_wait_stop(stop, 0, NULL) > 0) /* SIGHUP: nothing to re-read */
       break;
     if (period) {
       next += period;
@@ -247,6 +253,9 @@ static int run_demo(void *args)
 {
   const demo_args *a = args;
   uint64_t seconds = a->seconds, rate = a->rate, pages = a->pages;
+  int lrc = cli_logging_setup(&cmd_demo, &a->log);
+  if (lrc)
+    return lrc;
   char root[] = "/tmp/loomship-demo-XXXXXX";
   if (!mkdtemp(root))
     return cli_fail("demo", "cannot make a temporary directory: %s", strerror(errno));
@@ -259,10 +268,11 @@ static int run_demo(void *args)
   sigset_t stop;
   cli_block_stop_signals(&stop);
   char url[256];
-  pid_t standby = start_standby(standby_dir, url, sizeof url);
+  pid_t standby = start_standby(standby_dir, &a->log, url, sizeof url);
   if (standby < 0)
     return cli_fail("demo", "the standby did not start");
   printf("standby    %s  (pid %d)\n", url, (int)standby);
+  printf("page       %s/  (the standby's status page, while the demo runs)\n", url);
 
   const char *urls[1] = {url};
   primary_config cfg = {.who = "demo primary", .dir = primary_dir, .arena_pages = 8192,

@@ -117,6 +117,14 @@ static int run_inspect(void *args)
 
 static const cli_option verify_options[] = {{0}};
 
+/* verify's exit codes (DESIGN.md section 5). */
+enum {
+  VERIFY_OK = 0,
+  VERIFY_CORRUPT = 1,     /* mismatch, or a damaged record (what and where) */
+  VERIFY_UNREADABLE = 2,  /* no image there, or it cannot be read */
+  VERIFY_IN_USE = 3,      /* a live writer holds it */
+};
+
 static int run_verify(void *args)
 {
   const char *dir = ((const local_args *)args)->dir;
@@ -124,14 +132,24 @@ static int run_verify(void *args)
   uint64_t computed = 0;
   int rc = loom_verify(dir, &rec, &computed);
   char a[17], b[17];
-  if (rc == LOOM_EMETA)
-    return cli_fail_store("verify", dir, rc, NULL);
-  if (rc == LOOM_ECORRUPT)
-    return cli_fail("verify", "%s: checksum mismatch: recorded %s at seq %llu, pages say %s",
-                    dir, cli_hex64(rec.checksum, a), (unsigned long long)rec.seq,
-                    cli_hex64(computed, b));
-  if (rc)
-    return cli_fail("verify", "%s: %s", dir, loom_strerror(rc));
+  if (rc == LOOM_EMETA) {
+    cli_fail_store("verify", dir, rc, NULL);
+    return VERIFY_CORRUPT;
+  }
+  if (rc == LOOM_ECORRUPT) {
+    cli_fail("verify", "%s: checksum mismatch: recorded %s at seq %llu, pages say %s", dir,
+             cli_hex64(rec.checksum, a), (unsigned long long)rec.seq, cli_hex64(computed, b));
+    return VERIFY_CORRUPT;
+  }
+  if (rc == LOOM_ELOCKED) {
+    cli_fail("verify", "%s: %s; stop it, or verify a backup (loomship backup)", dir,
+             loom_strerror(rc));
+    return VERIFY_IN_USE;
+  }
+  if (rc) {
+    cli_fail("verify", "%s: %s", dir, loom_strerror(rc));
+    return VERIFY_UNREADABLE;
+  }
   printf("ok: epoch %llu seq %llu checksum %s pages %llu\n",
          (unsigned long long)rec.epoch, (unsigned long long)rec.seq,
          cli_hex64(rec.checksum, a), (unsigned long long)rec.pages);

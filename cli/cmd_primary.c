@@ -16,12 +16,15 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
 #include "clock.h"
 #include "faultio.h"
 #include "kv.h"
+#include "logging.h"
 #include "primary.h"
 #include "replicate.h"
 #include "server.h"
+#include "signals.h"
 
 
 #define MAX_STANDBYS 32
@@ -102,6 +105,20 @@ static void source_sync(void *ctx, http_sync_status *out)
   }
 }
 
+static void source_log_stats(void *ctx, replicate_log_stats *out)
+{
+  primary_node *n = ctx;
+  replicate_log_get_stats(n->log, out);
+}
+
+static void source_save_durations(void *ctx, replicate_duration_histogram *out)
+{
+  primary_node *n = ctx;
+  pthread_mutex_lock(&n->lock);
+  *out = n->save_durations;
+  pthread_mutex_unlock(&n->lock);
+}
+
 static void ship_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
 /* The replication log is a cache of the store: damage found at open costs
@@ -157,7 +174,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .fenced = source_fenced,
                                       .peers = source_peers,
                                       .sync_state = source_sync,
-                                      .history = source_history};
+                                      .history = source_history,
+                                      .log_stats = source_log_stats,
+                                      .save_durations = source_save_durations};
     http_server_options ho = {
         .role = HTTP_ROLE_PRIMARY,
         .primary = &n->source,
@@ -174,7 +193,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .cluster = cfg->cluster,
     };
     if ((rc = http_server_start(&ho, &n->server)))
-      return cli_fail(cfg->who, "listen: %s", http_strerror(rc));
+      return cli_fail_server(cfg->who, rc, cfg->listen_host, cfg->listen_port, NULL,
+                             cfg->tls_cert, cfg->tls_key);
   }
   return 0;
 }
@@ -194,9 +214,16 @@ int primary_step(primary_node *n)
     if (rc)
       return rc;
   }
+  double start = loom_mono_s();
   int rc = kv_save(n->table);
+  double took = loom_mono_s() - start;
   if (rc == 0 || rc == REPLICATE_ESYNC_TIMEOUT || rc == REPLICATE_EFENCED)
     n->saves++; /* committed locally either way */
+  if (rc == 0) {
+    pthread_mutex_lock(&n->lock);
+    replicate_duration_observe(&n->save_durations, took);
+    pthread_mutex_unlock(&n->lock);
+  }
   return rc;
 }
 
@@ -270,13 +297,18 @@ static bool node_fenced(primary_node *n) { return source_fenced(n); }
 
 /* Once fenced, no more saves: with --saves N the primary stops at once,
  * with --saves 0 it keeps serving ("fenced": true) until SIGTERM. */
-static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves)
+static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves,
+                       const cli_reload *reload)
 {
-  cli_log("primary", "FENCED: a standby of this primary's history has a newer "
-                     "epoch (it was promoted); this primary saves nothing more");
+  char epoch[24];
+  snprintf(epoch, sizeof epoch, "%llu", (unsigned long long)n->committed.epoch);
+  cli_log_fields(CLI_ERROR, "primary",
+                 "FENCED: a standby of this primary's history has a newer epoch (it was "
+                 "promoted); this primary saves nothing more",
+                 (const char *const[]){"epoch", epoch, NULL});
   if (saves == 0 && n->server) {
-    while (sigwaitinfo(stop, NULL) < 0 && errno == EINTR)
-      ;
+    while (cli_wait_stop(stop, 1, reload) == 0)
+      cli_notify_progress(true, "fenced: serving until stopped");
   }
   return PRIMARY_EXIT_FENCED;
 }
@@ -294,30 +326,58 @@ static bool image_rotted(primary_node *n)
   return true;
 }
 
+/* STATUS= with the seq and the largest standby lag; the watchdog ping
+ * when the loop ran and the server (if any) answers. */
+static void watch(primary_node *n)
+{
+  static double last; /* the main thread's */
+  double wd = cli_watchdog_seconds(), every = wd > 0 && wd / 4 < 0.25 ? wd / 4 : 0.25;
+  if (!getenv("NOTIFY_SOCKET") || loom_mono_s() - last < every)
+    return; /* nobody to tell, or told just now (cli_notify_progress paces) */
+  last = loom_mono_s();
+  double worst = 0;
+  if (n->shipper) {
+    replicate_peer_status st[MAX_STANDBYS];
+    size_t count = 0;
+    replicate_shipper_status(n->shipper, st, MAX_STANDBYS, &count);
+    for (size_t i = 0; i < count && i < MAX_STANDBYS; i++)
+      worst = st[i].lag_seconds > worst ? st[i].lag_seconds : worst;
+  }
+  bool ok = !n->server || cli_watchdog_seconds() == 0 ||
+            cli_probe_server(n->cfg.listen_host, http_server_port(n->server),
+                             n->cfg.tls_cert != NULL, 1);
+  char status[160];
+  snprintf(status, sizeof status, "seq %llu, %llu saves, largest standby lag %.3f s%s",
+           (unsigned long long)n->committed.seq, (unsigned long long)n->saves, worst,
+           ok ? "" : " (server not answering)");
+  cli_notify_progress(ok, status);
+}
+
 /* The workload: a save every 1/rate s until --saves or a stop signal.
  * Returns 0, PRIMARY_EXIT_FENCED or 1 (an error, said). */
 static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
-                        uint64_t rate, int ack_fd)
+                        uint64_t rate, int ack_fd, const cli_reload *reload)
 {
   double period = 1.0 / (double)rate, next = loom_mono_s(), last_log = loom_mono_s();
   for (;;) {
     if (saves && n->saves >= saves)
       return 0;
     double wait = next - loom_mono_s();
-    struct timespec ts = {0, 0};
-    if (wait > 0) {
-      ts.tv_sec = (time_t)wait;
-      ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
-    }
-    if (sigtimedwait(stop, NULL, &ts) > 0) {
-      cli_log("primary", "stop signal: finishing");
+    /* A slow rate still pings the watchdog thrice per period. */
+    double wd = cli_watchdog_seconds(), slice = wd > 0 && wait > wd / 3 ? wd / 3 : wait;
+    int sig = cli_wait_stop(stop, slice > 0 ? slice : 0, reload);
+    if (sig > 0) {
+      cli_log_at(CLI_INFO, "primary", "%s: finishing", sig == SIGINT ? "SIGINT" : "SIGTERM");
       return 0;
     }
+    watch(n);
+    if (slice < wait)
+      continue; /* not yet time to save */
     next += period;
     if (next < loom_mono_s() - 1)
       next = loom_mono_s(); /* fell behind: do not burst */
     if (node_fenced(n))
-      return wait_fenced(n, stop, saves);
+      return wait_fenced(n, stop, saves, reload);
     if (image_rotted(n))
       return 1;
     int rc = primary_step(n);
@@ -332,16 +392,18 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
                (unsigned long long)n->committed.seq);
       cli_log("primary", line);
     } else if (rc == REPLICATE_EFENCED) {
-      return wait_fenced(n, stop, saves);
+      return wait_fenced(n, stop, saves, reload);
     } else {
       cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       return 1;
     }
     if (loom_mono_s() - last_log >= 10) {
-      char line[160];
-      snprintf(line, sizeof line, "%llu saves, seq %llu", (unsigned long long)n->saves,
-               (unsigned long long)n->committed.seq);
-      cli_log("primary", line);
+      char count[24], seq[24], epoch[24];
+      snprintf(count, sizeof count, "%llu", (unsigned long long)n->saves);
+      snprintf(seq, sizeof seq, "%llu", (unsigned long long)n->committed.seq);
+      snprintf(epoch, sizeof epoch, "%llu", (unsigned long long)n->committed.epoch);
+      cli_log_fields(CLI_INFO, "primary", "progress",
+                     (const char *const[]){"saves", count, "seq", seq, "epoch", epoch, NULL});
       last_log = loom_mono_s();
     }
   }
@@ -354,11 +416,25 @@ typedef struct primary_args {
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
       log_max_mb, level, scrub_interval, scrub_mbps;
+  cli_log_args log;
 } primary_args;
+
+/* A standby's URL names its scheme (http or https) and a host: 0, or 2
+ * after a line naming the URL and what is wrong with it. */
+static int check_standby_url(const char *cmd, const char *url)
+{
+  char why[128];
+  if (client_url_check(url, why, sizeof why) == 0)
+    return 0;
+  cli_fail(cmd, "--standby %s: %s", url, why);
+  return 2;
+}
 
 static int add_standby(const char *cmd, const char *url, void *args)
 {
   primary_args *a = args;
+  if (check_standby_url(cmd, url))
+    return 2;
   if (a->standby_count == MAX_STANDBYS) {
     cli_fail(cmd, "at most %d --standby", MAX_STANDBYS);
     return 2;
@@ -419,6 +495,7 @@ static const cli_option primary_options[] = {
            "the scrubber reads at most this many MiB a second"),
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
+    CLI_LOG_OPTIONS(primary_args, log),
     {0},
 };
 #undef TEXT
@@ -452,6 +529,9 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
 static int run_primary(void *args)
 {
   const primary_args *a = args;
+  int lrc = cli_logging_setup(&cmd_primary, &a->log);
+  if (lrc)
+    return lrc;
   const char *listen = a->listen, *token_file = a->token_file, *ack_log = a->ack_log;
   uint64_t saves = a->saves, rate = a->rate, drain = a->drain, seed = a->seed;
   primary_config cfg;
@@ -500,7 +580,9 @@ static int run_primary(void *args)
     free(host);
     return 1;
   }
-  int exit_code = run_workload(&n, &stop, saves, rate, ack_fd);
+  cli_reload reload = {.who = "primary", .token_file = token_file, .tls_cert = cfg.tls_cert,
+                       .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper};
+  int exit_code = run_workload(&n, &stop, saves, rate, ack_fd, &reload);
   if (exit_code == 0 && node_fenced(&n))
     exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */
   cli_notify("STOPPING=1");

@@ -16,6 +16,7 @@
 #include "json_get.h"
 #include "loom.h"
 #include "replicate.h"
+#include "status_check.h"
 
 /* Options shared by the remote subcommands. */
 typedef struct remote_args {
@@ -26,6 +27,8 @@ typedef struct remote_args {
   int json;
   int force;
   uint64_t retries;
+  int check;              /* status --check */
+  const char *max_lag;    /* status --max-lag SECONDS, or NULL */
 } remote_args;
 
 #define TOKEN_FILE_OPTION                                                        \
@@ -53,6 +56,13 @@ static const cli_option backup_options[] = {
 static const cli_option status_options[] = {
     {.name = "json", .kind = CLI_FLAG, .offset = offsetof(remote_args, json),
      .help = "print the status document as the node sent it"},
+    {.name = "check", .kind = CLI_FLAG, .offset = offsetof(remote_args, check),
+     .help = "a health check: one line, exit 0 healthy, 1 degraded (not ready, "
+             "fenced, integrity not ok, or lag over --max-lag), 2 unreachable or error"},
+    {.name = "max-lag", .arg = "SECONDS", .kind = CLI_TEXT,
+     .offset = offsetof(remote_args, max_lag), .dflt = "no limit",
+     .help = "with --check: degraded when the lag in seconds exceeds this (on a "
+             "primary, its largest standby lag)"},
     TOKEN_FILE_OPTION,
     CA_FILE_OPTION,
     {0},
@@ -67,11 +77,17 @@ static const cli_option promote_options[] = {
     {0},
 };
 
-/* The token named by --token-file into *token (NULL when none): 0, or an
- * exit code after an error line. */
+/* The node's URL checked (2 after a line naming it, when its scheme is
+ * not http or https), then the token named by --token-file into *token
+ * (NULL when none): 0, or an exit code after an error line. */
 static int load_token(const char *cmd, const remote_args *a, char **token)
 {
+  char why[128];
   *token = NULL;
+  if (client_url_check(a->url, why, sizeof why)) {
+    cli_fail(cmd, "%s: %s", a->url, why);
+    return 2;
+  }
   return a->token_file ? cli_token_file_read(cmd, a->token_file, token) : 0;
 }
 
@@ -141,6 +157,24 @@ static void print_status(const json_t *j)
   if (cli_json_get(j, "primary_seq"))
     printf("primary    seq %llu\n", count_at(j, "primary_seq"));
   print_standbys(sb);
+  cli_status_print_health(j);
+}
+
+/* --max-lag's value into *out (-1 when not given): 0, or 2 after a line. */
+static int max_lag_seconds(const remote_args *a, double *out)
+{
+  *out = -1;
+  if (!a->max_lag)
+    return 0;
+  char *end;
+  double v = strtod(a->max_lag, &end);
+  if (end == a->max_lag || *end || !(v >= 0) || !isfinite(v))
+    return cli_usage_error(&cmd_status, "--max-lag must be a number of seconds >= 0, "
+                                        "not '%s'", a->max_lag);
+  if (!a->check)
+    return cli_usage_error(&cmd_status, "--max-lag goes with --check");
+  *out = v;
+  return 0;
 }
 
 static int run_status(void *args)
@@ -148,9 +182,17 @@ static int run_status(void *args)
   const remote_args a = *(const remote_args *)args;
   char *token;
   int rc;
-  if ((rc = load_token("status", &a, &token)))
+  double max_lag;
+  if ((rc = max_lag_seconds(&a, &max_lag)))
     return rc;
+  if ((rc = load_token("status", &a, &token)))
+    return rc == 1 && a.check ? 2 : rc;
   client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
+  if (a.check) {
+    rc = cli_status_check(a.url, &o, max_lag);
+    cli_token_forget(token);
+    return rc;
+  }
   client_reply r;
   rc = client_request("GET", a.url, "/v1/status", &o, &r);
   cli_token_forget(token);
@@ -463,8 +505,13 @@ static int attempt_outcome(download *d, CURLcode cr, const char *url, char *mess
   if (d->failed)
     return -1;
   if (cr != CURLE_OK) {
-    snprintf(message, size, "%s", curl_easy_strerror(cr));
-    return 0;
+    snprintf(message, size, "%s: %s", url, curl_easy_strerror(cr));
+    /* Nothing came yet and the node cannot be reached at all (refused, no
+     * such host, a URL curl cannot use): a wrong URL, not a break that a
+     * retry mends. Fail now rather than after minutes of backoff. */
+    bool unreachable = cr == CURLE_COULDNT_CONNECT || cr == CURLE_COULDNT_RESOLVE_HOST ||
+                       cr == CURLE_UNSUPPORTED_PROTOCOL || cr == CURLE_URL_MALFORMAT;
+    return d->offset == 0 && d->status == 0 && unreachable ? -1 : 0;
   }
   if (d->status == 416) {
     download_reset(d);

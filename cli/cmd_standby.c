@@ -7,9 +7,12 @@
 #include <time.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "faultio.h"
+#include "logging.h"
 #include "replicate.h"
 #include "server.h"
+#include "signals.h"
 
 /* "HOST:PORT" (IPv6 as "[addr]:port") into host (malloc'd) and port. */
 int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *port)
@@ -29,33 +32,21 @@ int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *p
   return 0;
 }
 
-void cli_log(void *ctx, const char *message)
-{
-  const char *who = ctx;
-  char stamp[32];
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-  fprintf(stderr, "%s.%03ldZ %s: %s\n", stamp, ts.tv_nsec / 1000000, who, message);
-}
-
-/* Block the stop signals in every thread, so that only sigwait sees them. */
-void cli_block_stop_signals(sigset_t *set)
-{
-  sigemptyset(set);
-  sigaddset(set, SIGTERM);
-  sigaddset(set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, set, NULL);
-  signal(SIGPIPE, SIG_IGN);
-}
+/* What the serving loop needs: where to probe the server, what SIGHUP
+ * re-reads. */
+typedef struct serve_context {
+  const char *host;
+  uint16_t port;
+  bool tls;
+  cli_reload reload;
+} serve_context;
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
   const char *repair_from;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps;
+  cli_log_args log;
 } standby_args;
 
 #define AT(field) offsetof(standby_args, field)
@@ -102,26 +93,64 @@ static const cli_option standby_options[] = {
      .dflt = "the system's CAs",
      .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
              "certificates"},
+    CLI_LOG_OPTIONS(standby_args, log),
     {0},
 };
 #undef AT
 
+/* What the serving loop watches for the watchdog: the applier has
+ * progressed when it has nothing to apply (or a base image is coming in),
+ * or when applied moved within the watchdog period. */
+typedef struct progress {
+  uint64_t applied_seq;
+  double moved_at;
+} progress;
+
+static bool applier_progressed(progress *p, const http_server_status *st, double now)
+{
+  if (st->applied.seq != p->applied_seq) {
+    p->applied_seq = st->applied.seq;
+    p->moved_at = now;
+  }
+  bool idle = st->received.seq <= st->applied.seq || st->replay_paused;
+  double limit = cli_watchdog_seconds() > 0 ? cli_watchdog_seconds() / 2 : 30;
+  return idle || now - p->moved_at < limit;
+}
+
+/* Once a second: STATUS= with the lag, and the watchdog ping while the
+ * server answers and the applier progresses. */
+static void watch(const serve_context *c, progress *p, const http_server_status *st)
+{
+  double now = loom_mono_s();
+  bool ok = applier_progressed(p, st, now) &&
+            (cli_watchdog_seconds() == 0 || cli_probe_server(c->host, c->port, c->tls, 1));
+  char status[160];
+  snprintf(status, sizeof status, "applied seq %llu, lag %llu frames, %.3f s%s",
+           (unsigned long long)st->applied.seq, (unsigned long long)st->lag_frames,
+           st->lag_seconds, ok ? "" : " (not progressing)");
+  cli_notify_progress(ok, status);
+}
+
 /* Serve until a stop signal, then stop the server: the exit code. Once a
  * second, see whether storage failed (a failed fsync poisons the store):
  * then the node stops, and its restart recovers from what is durable
- * (PostgreSQL's answer to fsync errors). */
-static int serve_until_stop(http_server *server, sigset_t *stop)
+ * (PostgreSQL's answer to fsync errors). SIGHUP re-reads the token. */
+static int serve_until_stop(const serve_context *c, sigset_t *stop)
 {
+  http_server *server = c->reload.server;
   int sig = 0;
-  struct timespec second = {1, 0};
   http_server_status st;
+  progress p = {.moved_at = loom_mono_s()};
   for (;;) {
-    sig = sigtimedwait(stop, NULL, &second);
+    /* Once a second, or thrice per watchdog period if that is shorter. */
+    double wd = cli_watchdog_seconds();
+    sig = cli_wait_stop(stop, wd > 0 && wd / 3 < 1 ? wd / 3 : 1, &c->reload);
     if (sig > 0)
       break;
     http_server_get_status(server, &st);
     if (st.fatal_error)
       break;
+    watch(c, &p, &st);
   }
   cli_notify("STOPPING=1");
   if (sig <= 0) {
@@ -140,6 +169,9 @@ static int serve_until_stop(http_server *server, sigset_t *stop)
 static int run_standby(void *args)
 {
   const standby_args *a = args;
+  int lrc = cli_logging_setup(&cmd_standby, &a->log);
+  if (lrc)
+    return lrc;
   const char *dir = a->dir, *cert = a->cert, *key = a->key;
   if (!cert != !key)
     return cli_usage_error(&cmd_standby, "--tls-cert and --tls-key go together");
@@ -190,20 +222,25 @@ static int run_standby(void *args)
   if (rc || !a->repair_from) /* else the scrubber's repairs send it until the end */
     cli_token_forget(token);
   if (rc) {
-    free(host);
     if (rc == LOOM_EMETA)
-      return cli_fail_store("standby", dir, rc,
-                            "To replace this standby's image with a verified copy of its "
-                            "primary's (or of another standby's), start it with "
-                            "--resync-from URL");
-    return cli_fail("standby", "%s: %s", dir, http_strerror(rc));
+      rc = cli_fail_store("standby", dir, rc,
+                          "To replace this standby's image with a verified copy of its "
+                          "primary's (or of another standby's), start it with "
+                          "--resync-from URL");
+    else
+      rc = cli_fail_server("standby", rc, host, port, dir, cert, key);
+    free(host);
+    return rc;
   }
   printf("listening on %s://%s:%u\n", cert ? "https" : "http", host,
          (unsigned)http_server_port(server));
   fflush(stdout);
-  free(host);
   cli_notify_ready("receiving");
-  rc = serve_until_stop(server, &stop);
+  serve_context c = {.host = host, .port = http_server_port(server), .tls = cert != NULL,
+                     .reload = {.who = "standby", .token_file = a->token_file,
+                                .tls_cert = cert, .tls_key = key, .server = server}};
+  rc = serve_until_stop(&c, &stop);
+  free(host);
   if (a->repair_from)
     cli_token_forget(token);
   return rc;

@@ -48,6 +48,7 @@ typedef struct primary_node {
   http_primary_source source;
   pthread_mutex_t lock;         /* committed */
   loom_position committed;
+  replicate_duration_histogram save_durations; /* under lock: kv_save */
   uint64_t saves, bytes_raw, rng;
 } primary_node;
 

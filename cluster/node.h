@@ -162,7 +162,8 @@ const void *cluster_node_http_source(cluster_node *node);
  * (on_stop_writing is called only after the target holds everything),
  * waits up to drain_timeout_seconds until the most advanced member (or the
  * one a switchover names) holds everything it committed, and hands the
- * leader key over; if the drain cannot finish it keeps the key (and its
+ * leader key over (with sync, after naming the target and itself the sync
+ * set); if the drain cannot finish it keeps the key (and its
  * lease runs out). Then the lease is revoked (the member key goes), the
  * standby side is closed (everything received applied) and the node
  * freed. Returns 0, 1 when a leader could not hand over, or an error of

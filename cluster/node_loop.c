@@ -10,7 +10,9 @@
  *   Leader:  demote when the lease may have expired (node.c F3) or the
  *            leader key is not ours; else keep the peers in step with the
  *            members, keep the sync set (--sync N: written before any
- *            acknowledgement relies on it), hand over on a switchover.
+ *            acknowledgement relies on it), hand over on a switchover
+ *            (with --sync, the set becomes {target, us} first, so that a
+ *            target dying before it leads leaves us eligible).
  *   Standby: publish the member key; follow the leader (rewind first when
  *            our history goes past its epoch's branch point); when there
  *            is no leader, campaign if this member is the most advanced
@@ -330,6 +332,23 @@ static bool sync_set_stands(cluster_node *n, const node_view *v, replicate_shipp
   return ok;
 }
 
+/* Write sync = {"epoch": ours, "members": names}; logged when written. */
+static int sync_publish(cluster_node *n, const char *const *names, size_t count)
+{
+  json_t *arr = json_array();
+  for (size_t i = 0; i < count; i++)
+    json_array_append_new(arr, json_string(names[i]));
+  json_t *root = json_pack("{s:I, s:o}", "epoch", (json_int_t)n->epoch, "members", arr);
+  char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
+  json_decref(root);
+  int rc = text ? cluster_etcd_put(n->etcd, n->key_sync, text, strlen(text), 0)
+                : CLUSTER_ENOMEM;
+  if (rc == 0)
+    node_logf(n, "sync set published: %s", text);
+  free(text);
+  return rc;
+}
+
 /* Choose and publish a sync set of N members that hold everything we
  * acknowledged; acknowledgements rely on it only once etcd has it. */
 static void sync_set_keep(cluster_node *n, const node_view *v, replicate_shipper *sh)
@@ -346,15 +365,10 @@ static void sync_set_keep(cluster_node *n, const node_view *v, replicate_shipper
     return;
   }
   n->sync_short_said = false;
-  json_t *names = json_array();
+  const char *names[NODE_MEMBERS_MAX];
   for (size_t i = 0; i < n->o.sync; i++)
-    json_array_append_new(names, json_string(h[i].m->name));
-  json_t *root = json_pack("{s:I, s:o}", "epoch", (json_int_t)n->epoch, "members", names);
-  char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
-  json_decref(root);
-  int rc = text ? cluster_etcd_put(n->etcd, n->key_sync, text, strlen(text), 0)
-                : CLUSTER_ENOMEM;
-  if (rc == 0) {
+    names[i] = h[i].m->name;
+  if (sync_publish(n, names, n->o.sync) == 0) {
     pthread_mutex_lock(&n->mu);
     for (size_t i = 0; i < n->o.sync; i++) {
       snprintf(n->sync_names[i], 64, "%s", h[i].m->name);
@@ -363,9 +377,7 @@ static void sync_set_keep(cluster_node *n, const node_view *v, replicate_shipper
     n->sync_count = n->o.sync;
     pthread_cond_broadcast(&n->cond);
     pthread_mutex_unlock(&n->mu);
-    node_logf(n, "sync set published: %s", text);
   }
-  free(text);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -803,6 +815,16 @@ static void switchover_put(cluster_node *n, const char *to)
   free(text);
 }
 
+/* Saving resumes after a handover that did not happen (a stopping
+ * process stays stopped). */
+static void writer_resume(cluster_node *n, bool stopping)
+{
+  pthread_mutex_lock(&n->mu);
+  n->writing = !stopping;
+  pthread_cond_broadcast(&n->cond);
+  pthread_mutex_unlock(&n->mu);
+}
+
 /* Stop saving, drain to the target, hand the key over: true when handed
  * over. If the drain cannot finish, writing resumes and the key stays. */
 static bool handover(cluster_node *n, const node_view *v, const char *to, bool stopping)
@@ -821,10 +843,18 @@ static bool handover(cluster_node *n, const node_view *v, const char *to, bool s
     node_sleep(n, 0.01);
   if (!target_holds_all(n, t->url)) {
     say(n, "handover to %s: the drain did not finish; keeping the leader key", t->name);
-    pthread_mutex_lock(&n->mu);
-    n->writing = !stopping;
-    pthread_cond_broadcast(&n->cond);
-    pthread_mutex_unlock(&n->mu);
+    writer_resume(n, stopping);
+    return false;
+  }
+  /* With --sync, the sync set becomes {target, us} before we let go: both
+   * hold everything we acknowledged (we stopped saving), and if the target
+   * dies before it leads, we are still eligible; without it, a set naming
+   * only the dead target would leave no member eligible, ever. */
+  const char *pair[2] = {t->name, n->name};
+  if (n->o.sync && sync_publish(n, pair, 2)) {
+    say(n, "handover to %s: the sync set could not be written; keeping the leader key",
+        t->name);
+    writer_resume(n, stopping);
     return false;
   }
   switchover_put(n, t->name); /* the others let the target campaign alone */

@@ -58,6 +58,7 @@ static const char *const endpoint_paths[HTTP_EP_COUNT] = {
     [HTTP_EP_STATUS] = "/v1/status",   [HTTP_EP_METRICS] = "/metrics",
     [HTTP_EP_HEALTHZ] = "/healthz",    [HTTP_EP_READYZ] = "/readyz",
     [HTTP_EP_TREE] = "/v1/tree",       [HTTP_EP_PAGES] = "/v1/pages",
+    [HTTP_EP_PAGE] = "/",
     [HTTP_EP_OTHER] = "other",
 };
 
@@ -113,6 +114,7 @@ static const char *allowed_methods(http_endpoint ep)
   case HTTP_EP_READYZ:
   case HTTP_EP_TREE:
   case HTTP_EP_PAGES:
+  case HTTP_EP_PAGE:
     return "GET, HEAD";
   case HTTP_EP_OTHER:
   case HTTP_EP_COUNT:
@@ -251,7 +253,7 @@ static bool slot_take(http_server *s, request *r, unsigned limit)
  * here carries it. */
 static bool take_upload_slot(http_server *s, request *r, struct MHD_Connection *conn)
 {
-  bool keep_one = !s->token && s->max_uploads > 1;
+  bool keep_one = !s->auth && s->max_uploads > 1;
   bool ok = slot_take(s, r, s->max_uploads - (keep_one ? 1 : 0));
   if (!ok && keep_one && r->ep == HTTP_EP_FRAMES)
     ok = r->wants_reserved_slot = true;
@@ -411,11 +413,14 @@ static bool refuse_token(http_server *s, struct MHD_Connection *conn,
                          const request *r, const char *method,
                          http_reply *reply)
 {
-  if (!needs_token(r->ep) || !s->token)
+  if (!needs_token(r->ep) || !s->auth)
     return false;
   const char *auth = MHD_lookup_connection_value(
       conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-  if (http_token_matches(s->token, s->token_len, auth))
+  pthread_mutex_lock(&s->token_mu);
+  bool matches = http_token_matches(s->token, s->token_len, auth);
+  pthread_mutex_unlock(&s->token_mu);
+  if (matches)
     return false;
   char addr[INET6_ADDRSTRLEN];
   client_address(conn, addr, sizeof addr);
@@ -590,7 +595,7 @@ static enum MHD_Result close_late_upload(http_server *s,
   char *doc = http_json_take(&reply.body, &len);
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-  if (doc && ci && !s->tls_cert) {
+  if (doc && ci && !s->tls) {
     char msg[512];
     int n = snprintf(msg, sizeof msg,
                      "HTTP/1.1 408 Request Timeout\r\n"
@@ -765,6 +770,13 @@ static enum MHD_Result answer_healthz(http_server *s,
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }
 
+static enum MHD_Result answer_page(http_server *s, struct MHD_Connection *conn,
+                                   request *r)
+{
+  (void)r;
+  return (enum MHD_Result)http_answer_page(s, conn);
+}
+
 static enum MHD_Result answer_unknown(http_server *s,
                                       struct MHD_Connection *conn, request *r)
 {
@@ -778,6 +790,7 @@ static const endpoint_handler handlers[HTTP_EP_COUNT] = {
     [HTTP_EP_PROMOTE] = answer_promote, [HTTP_EP_BACKUP] = answer_backup,
     [HTTP_EP_STATUS] = answer_status,   [HTTP_EP_METRICS] = answer_metrics,
     [HTTP_EP_HEALTHZ] = answer_healthz, [HTTP_EP_READYZ] = answer_readyz,
+    [HTTP_EP_PAGE] = answer_page,
     [HTTP_EP_TREE] = answer_integrity,  [HTTP_EP_PAGES] = answer_integrity,
     [HTTP_EP_OTHER] = answer_unknown,
 };

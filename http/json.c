@@ -185,10 +185,9 @@ void http_json_double(http_json_writer *w, double v)
     http_json_null(w);
     return;
   }
-  char buf[40];
+  char buf[HTTP_JSON_NUMBER_MAX];
   value_start(w);
-  snprintf(buf, sizeof buf, "%.6g", v);
-  append_str(w, buf);
+  append_str(w, http_json_format_double(v, buf));
 }
 
 void http_json_bool(http_json_writer *w, bool v)
@@ -217,12 +216,15 @@ void http_json_time_ns(http_json_writer *w, int64_t ns)
     return;
   }
   time_t secs = (time_t)(ns / 1000000000);
-  int ms = (int)((ns % 1000000000) / 1000000);
+  char fraction[16];
+  snprintf(fraction, sizeof fraction, "%09d", (int)(ns % 1000000000));
+  for (int keep = 9; keep > 3 && !strcmp(fraction + keep - 3, "000"); keep -= 3)
+    fraction[keep - 3] = '\0';
   struct tm tm;
-  char date[32], buf[48];
+  char date[32], buf[64];
   gmtime_r(&secs, &tm);
   strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(buf, sizeof buf, "%s.%03dZ", date, ms);
+  snprintf(buf, sizeof buf, "%s.%sZ", date, fraction);
   http_json_string(w, buf);
 }
 
@@ -248,4 +250,32 @@ void http_json_member_time_ns(http_json_writer *w, const char *key, int64_t ns)
 {
   http_json_key(w, key);
   http_json_time_ns(w, ns);
+}
+
+const char *http_json_format_double(double v, char *buf)
+{
+  /* A whole number below 2^53 (no libm: floor/fabs are not linked here). */
+  if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(long long)v) {
+    snprintf(buf, HTTP_JSON_NUMBER_MAX, "%.0f", v); /* "10", not "1e+01" */
+    return buf;
+  }
+  for (int digits = 1; digits <= 17; digits++) {
+    snprintf(buf, HTTP_JSON_NUMBER_MAX, "%.*g", digits, v);
+    if (strtod(buf, NULL) == v || !isfinite(v))
+      break;
+  }
+  return buf;
+}
+
+const char *http_json_format_ns_seconds(int64_t ns, char *buf)
+{
+  const char *sign = ns < 0 ? "-" : "";
+  uint64_t u = ns < 0 ? (uint64_t)0 - (uint64_t)ns : (uint64_t)ns;
+  int n = snprintf(buf, HTTP_JSON_NUMBER_MAX, "%s%" PRIu64 ".%09u", sign, u / 1000000000u,
+                   (unsigned)(u % 1000000000u));
+  while (n > 0 && buf[n - 1] == '0')
+    buf[--n] = '\0';
+  if (n > 0 && buf[n - 1] == '.')
+    buf[--n] = '\0';
+  return buf;
 }

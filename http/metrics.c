@@ -9,6 +9,11 @@
 #include <string.h>
 
 #include "server_internal.h"
+#if __has_include("build_version.h")
+#include "build_version.h" /* generated: the build's commit */
+#else
+#define LOOMSHIP_COMMIT "unknown" /* builds without it (the fuzz build) */
+#endif
 
 /* ---------------------------------------------------------------------- */
 /* A growing text buffer */
@@ -85,8 +90,34 @@ static void gauge_u(textbuf *t, const char *name, const char *help, uint64_t v)
 
 static void gauge_f(textbuf *t, const char *name, const char *help, double v)
 {
+  char num[HTTP_JSON_NUMBER_MAX];
   tb_head(t, name, "gauge", help);
-  tb_printf(t, "%s %.9g\n", name, v);
+  tb_printf(t, "%s %s\n", name, http_json_format_double(v, num));
+}
+
+/* A *_time_seconds gauge: ns since the epoch, every digit kept. */
+static void gauge_time(textbuf *t, const char *name, const char *help, int64_t ns)
+{
+  char num[HTTP_JSON_NUMBER_MAX];
+  tb_head(t, name, "gauge", help);
+  tb_printf(t, "%s %s\n", name, http_json_format_ns_seconds(ns, num));
+}
+
+/* A duration histogram (replicate.h): cumulative buckets, sum, count. */
+static void histogram(textbuf *t, const char *name, const char *help,
+                      const replicate_duration_histogram *h)
+{
+  char num[HTTP_JSON_NUMBER_MAX];
+  uint64_t below = 0;
+  tb_head(t, name, "histogram", help);
+  for (int i = 0; i < REPLICATE_DURATION_BUCKETS; i++) {
+    below += h->counts[i];
+    tb_printf(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", name,
+              http_json_format_double(replicate_duration_bounds[i], num), below);
+  }
+  tb_printf(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->count);
+  tb_printf(t, "%s_sum %s\n", name, http_json_format_double(h->sum_seconds, num));
+  tb_printf(t, "%s_count %" PRIu64 "\n", name, h->count);
 }
 
 static void counter_u(textbuf *t, const char *name, const char *help,
@@ -95,6 +126,10 @@ static void counter_u(textbuf *t, const char *name, const char *help,
   tb_head(t, name, "counter", help);
   tb_printf(t, "%s %" PRIu64 "\n", name, v);
 }
+
+/* Every state of a standby, for the state set (replicate.h lists them,
+ * REPLICATE_PEER_DIVERGED last). */
+#define PEER_STATES ((int)REPLICATE_PEER_DIVERGED + 1)
 
 static double seconds_of(int64_t ns) { return (double)ns / 1e9; }
 
@@ -117,11 +152,40 @@ static void integrity_metrics(textbuf *t, const replicate_scrub_status *in)
             in->bad_pages);
   counter_u(t, "loomship_integrity_repaired_pages_total",
             "Pages fetched again and repaired.", in->pages_repaired);
-  tb_head(t, "loomship_scrub_last_pass_time_seconds", "gauge",
-          "When the last full scrub pass ended (0: none yet).");
-  tb_printf(t, "loomship_scrub_last_pass_time_seconds %.3f\n",
-            (double)in->last_scrub_at_ns / 1e9);
+  gauge_time(t, "loomship_scrub_last_pass_time_seconds",
+             "When the last full scrub pass ended (0: none yet).", in->last_scrub_at_ns);
 }
+
+/* One series per standby (label url) and per value of a second label
+ * (named name_of(k), k < count): value_of(standby, k). */
+static void per_peer_set(textbuf *t, const http_figures *f, const char *name,
+                         const char *type, const char *help, const char *label, int count,
+                         const char *(*name_of)(int k),
+                         uint64_t (*value_of)(const replicate_peer_status *p, int k))
+{
+  tb_head(t, name, type, help);
+  for (size_t i = 0; i < f->peer_count; i++) {
+    char url[2 * REPLICATE_URL_MAX];
+    label_escape(f->peers[i].url, url, sizeof url);
+    for (int k = 0; k < count; k++)
+      tb_printf(t, "%s{url=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, url, label, name_of(k),
+                value_of(&f->peers[i], k));
+  }
+}
+
+static const char *state_name(int k)
+{
+  return replicate_peer_state_name((replicate_peer_state)k);
+}
+
+static uint64_t in_state(const replicate_peer_status *p, int k) { return (int)p->state == k; }
+
+static const char *error_kind_name(int k)
+{
+  return replicate_peer_error_kind_name((replicate_peer_error_kind)k);
+}
+
+static uint64_t errors_of_kind(const replicate_peer_status *p, int k) { return p->errors[k]; }
 
 /* One series per peer (label url) for each figure, and its state. */
 static void peer_metrics(textbuf *t, const http_figures *f)
@@ -146,14 +210,14 @@ static void peer_metrics(textbuf *t, const http_figures *f)
        "Frame bytes shipped to the standby."},
       {"loomship_standby_base_images_total", "counter",
        "Base images the standby acknowledged."},
-      {"loomship_standby_last_error_time_seconds", "gauge",
-       "When the last error with the standby happened (0: none)."},
       {"loomship_standby_verified_seq", "gauge",
        "Highest seq at which the checksum the standby computed from its "
        "image equalled this primary's."},
       {"loomship_standby_checksum_mismatches_total", "counter",
        "Answers whose computed image checksum differed from this primary's "
        "(each makes the standby diverged)."},
+      {"loomship_standby_last_error_time_seconds", "gauge",
+       "When the last error with the standby happened (0: none)."},
   };
   for (size_t m = 0; m < sizeof per / sizeof per[0]; m++) {
     tb_head(t, per[m].name, per[m].type, per[m].help);
@@ -162,6 +226,7 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       char url[2 * REPLICATE_URL_MAX];
       label_escape(p->url, url, sizeof url);
       double v = 0;
+      char num[HTTP_JSON_NUMBER_MAX];
       switch (m) {
       case 0: v = (double)p->sent_seq; break;
       case 1: v = (double)p->received_seq; break;
@@ -172,21 +237,20 @@ static void peer_metrics(textbuf *t, const http_figures *f)
       case 6: v = (double)p->bytes_raw; break;
       case 7: v = (double)p->bytes_wire; break;
       case 8: v = (double)p->base_images_sent; break;
-      case 9: v = seconds_of(p->last_error_at_ns); break;
-      case 10: v = (double)p->verified_seq; break;
-      default: v = (double)p->checksum_mismatches; break;
+      case 9: v = (double)p->verified_seq; break;
+      case 10: v = (double)p->checksum_mismatches; break;
+      default:
+        tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url,
+                  http_json_format_ns_seconds(p->last_error_at_ns, num));
+        continue;
       }
-      tb_printf(t, "%s{url=\"%s\"} %.17g\n", per[m].name, url, v);
+      tb_printf(t, "%s{url=\"%s\"} %s\n", per[m].name, url, http_json_format_double(v, num));
     }
   }
-  tb_head(t, "loomship_standby_state", "gauge",
-          "1 for the standby's current replication state.");
-  for (size_t i = 0; i < f->peer_count; i++) {
-    char url[2 * REPLICATE_URL_MAX];
-    label_escape(f->peers[i].url, url, sizeof url);
-    tb_printf(t, "loomship_standby_state{url=\"%s\",state=\"%s\"} 1\n", url,
-              replicate_peer_state_name(f->peers[i].state));
-  }
+  per_peer_set(t, f, "loomship_standby_state", "gauge",
+               "The standby's replication state as a state set: one series per "
+               "state, 1 for the current one, 0 for the others.",
+               "state", PEER_STATES, state_name, in_state);
 }
 
 static void guard_metrics(textbuf *t, http_guard *guard)
@@ -209,9 +273,12 @@ static void node_metrics(textbuf *t, http_server *s, const http_figures *f)
   tb_head(t, "loomship_info", "gauge", "Build and role of this node.");
   tb_printf(t, "loomship_info{version=\"%s\",role=\"%s\"} 1\n",
             LOOMSHIP_VERSION, f->standby_role ? "standby" : "primary");
-  gauge_f(t, "loomship_start_time_seconds",
+  tb_head(t, "loomship_build_info", "gauge", "The build: version and git commit.");
+  tb_printf(t, "loomship_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+            LOOMSHIP_VERSION, LOOMSHIP_COMMIT);
+  gauge_time(t, "loomship_start_time_seconds",
           "When the server started, in seconds since the epoch.",
-          seconds_of(s->started_ns));
+          s->started_ns);
   gauge_f(t, "loomship_uptime_seconds", "Seconds since the server started.",
           seconds_of(http_monotonic_ns() - s->started_mono_ns));
   gauge_u(t, "loomship_ready", "1 when /readyz answers 200.", f->ready);
@@ -220,9 +287,9 @@ static void node_metrics(textbuf *t, http_server *s, const http_figures *f)
           st->applied.seq);
   gauge_u(t, "loomship_applied_pages", "Length of the image in pages.",
           st->applied.pages);
-  gauge_f(t, "loomship_applied_commit_time_seconds",
+  gauge_time(t, "loomship_applied_commit_time_seconds",
           "Commit time of the image's position (0: unknown).",
-          seconds_of(st->applied.commit_time_ns));
+          st->applied.commit_time_ns);
 }
 
 /* A standby's own: received, lag, contact, divergence. */
@@ -249,13 +316,16 @@ static void standby_metrics(textbuf *t, const http_figures *f)
           "1 while a base image is coming in.", st->replay_paused);
   gauge_u(t, "loomship_receive_log_bytes", "Size of the receive log.",
           f->view.receive_log_bytes);
-  gauge_f(t, "loomship_last_contact_time_seconds",
+  gauge_time(t, "loomship_last_contact_time_seconds",
           "When the primary was last heard from (0: never).",
-          seconds_of(f->view.last_contact_ns));
+          f->view.last_contact_ns);
   gauge_u(t, "loomship_diverged",
           "1 while input that would move this standby backwards or "
           "sideways is being refused (status: diverged).",
           st->diverged != 0);
+  histogram(t, "loomship_apply_duration_seconds",
+            "How long each group apply took: frames from the receive log "
+            "committed to the image.", &f->view.apply_durations);
   counter_u(t, "loomship_divergence_refusals_total",
             "Frames and base images refused as moving this standby "
             "backwards or sideways.", st->divergences);
@@ -295,6 +365,85 @@ static void counter_metrics(textbuf *t, const http_figures *f)
           "Frame and base uploads in progress.", f->uploads);
   counter_u(t, "loomship_http_auth_failures_total",
             "Requests refused for a missing or wrong token.", f->auth_failures);
+}
+
+/* The standard process_* families (metrics_process.c reads them). */
+static void process_metrics(textbuf *t)
+{
+  http_process_figures p;
+  http_process_figures_read(&p);
+  if (p.cpu_known) {
+    char num[HTTP_JSON_NUMBER_MAX];
+    tb_head(t, "process_cpu_seconds_total", "counter",
+            "Total user and system CPU time spent in seconds.");
+    tb_printf(t, "process_cpu_seconds_total %s\n", http_json_format_double(p.cpu_seconds, num));
+  }
+  if (p.memory_known) {
+    gauge_u(t, "process_resident_memory_bytes", "Resident memory size in bytes.",
+            p.resident_bytes);
+    gauge_u(t, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+            p.virtual_bytes);
+  }
+  if (p.fds_known) {
+    gauge_u(t, "process_open_fds", "Number of open file descriptors.", p.open_fds);
+    if (p.max_fds)
+      gauge_u(t, "process_max_fds", "Maximum number of open file descriptors.",
+              p.max_fds);
+  }
+  if (p.start_time_ns)
+    gauge_time(t, "process_start_time_seconds",
+               "Start time of the process since unix epoch in seconds.", p.start_time_ns);
+}
+
+/* A primary's sync mode: required standbys and whether it is degraded. */
+static void sync_metrics(textbuf *t, http_server *s)
+{
+  http_sync_status sync = {0};
+  if (!s->primary.sync_state)
+    return;
+  s->primary.sync_state(s->primary.ctx, &sync);
+  gauge_u(t, "loomship_sync_required", "Standbys each save waits for (--sync N; 0: async).",
+          sync.required);
+  gauge_u(t, "loomship_sync_degraded",
+          "1 while fewer than --sync N standbys hold the latest commit since a save "
+          "timed out (status: sync.degraded).", sync.degraded);
+  gauge_time(t, "loomship_sync_degraded_since_time_seconds",
+             "When sync mode became degraded (0: it is not).",
+             sync.degraded ? sync.degraded_since_ns : 0);
+}
+
+/* A primary's replication log: what a standby that was away can catch up
+ * from without a base image. */
+static void log_metrics(textbuf *t, http_server *s)
+{
+  replicate_log_stats ls;
+  if (s->primary.save_durations) {
+    replicate_duration_histogram h;
+    s->primary.save_durations(s->primary.ctx, &h);
+    histogram(t, "loomship_save_duration_seconds",
+              "How long the application's saves took (commit, and in sync mode "
+              "the wait for standbys).", &h);
+  }
+  if (!s->primary.log_stats)
+    return;
+  s->primary.log_stats(s->primary.ctx, &ls);
+  gauge_u(t, "loomship_replication_log_bytes",
+          "Size of the replication log on disk, record headers included.", ls.bytes);
+  gauge_u(t, "loomship_replication_log_oldest_seq",
+          "Oldest seq the replication log still holds (0: empty).", ls.oldest_seq);
+  gauge_u(t, "loomship_replication_log_newest_seq",
+          "Newest seq in the replication log (0: empty).", ls.newest_seq);
+  gauge_u(t, "loomship_replication_log_segments", "Segment files of the replication log.",
+          ls.segments);
+}
+
+/* Failed requests per standby and kind (replicate.h names the kinds). */
+static void peer_error_metrics(textbuf *t, const http_figures *f)
+{
+  per_peer_set(t, f, "loomship_standby_errors_total", "counter",
+               "Failed requests to the standby, by kind: unreachable, stalled, refused "
+               "(an HTTP error answer), unauthorized, local.",
+               "kind", REPLICATE_PEER_ERROR_KINDS, error_kind_name, errors_of_kind);
 }
 
 /* Replies by endpoint and status code (http_server_count). */
@@ -354,12 +503,16 @@ int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_u(&t, "loomship_fenced",
             "1 once a standby was promoted past this primary.", f.fenced);
     gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
+    sync_metrics(&t, s);
+    log_metrics(&t, s);
     peer_metrics(&t, &f);
+    peer_error_metrics(&t, &f);
   }
   cluster_metrics(&t, s);
   counter_metrics(&t, &f);
   guard_metrics(&t, s->guard);
   request_metrics(&t, s);
+  process_metrics(&t);
   http_figures_free(&f);
 
   if (t.failed) {

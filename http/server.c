@@ -40,7 +40,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 /* Start and stop */
 
 /* Read a whole (small) file into a NUL-terminated buffer. */
-static int read_file(const char *path, char **out)
+int http_read_file(const char *path, char **out)
 {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -106,7 +106,7 @@ static int listen_on(const char *host, uint16_t port, int *fd_out,
   }
   freeaddrinfo(res);
   if (fd < 0)
-    return rc;
+    return rc == EADDRINUSE ? HTTP_EINUSE : HTTP_ELISTEN;
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
@@ -225,6 +225,8 @@ static void server_free(http_server *s)
   http_guard_stop(s->guard);
   pthread_mutex_destroy(&s->stats_mu);
   integrity_stop(s);
+  pthread_mutex_destroy(&s->token_mu);
+  pthread_mutex_destroy(&s->reload_mu);
   http_backups_free(s->backups);
   free(s);
 }
@@ -253,6 +255,8 @@ static http_server *server_new(const http_server_options *opt)
   if (!s)
     return NULL;
   pthread_mutex_init(&s->stats_mu, NULL);
+  pthread_mutex_init(&s->token_mu, NULL);
+  pthread_mutex_init(&s->reload_mu, NULL);
   s->role = opt->role;
   if (opt->primary)
     s->primary = *opt->primary;
@@ -291,13 +295,15 @@ static int server_secrets_and_guard(http_server *s,
       return ENOMEM;
     memcpy(s->token, opt->token, opt->token_len);
     s->token_len = opt->token_len;
+    s->auth = true;
   }
   if (opt->tls_cert_file) {
-    int rc = read_file(opt->tls_cert_file, &s->tls_cert);
+    s->tls = true;
+    int rc = http_read_file(opt->tls_cert_file, &s->tls_cert);
     if (rc == 0)
-      rc = read_file(opt->tls_key_file, &s->tls_key);
+      rc = http_read_file(opt->tls_key_file, &s->tls_key);
     if (rc)
-      return rc;
+      return rc == ENOMEM ? rc : HTTP_ETLS_FILE;
   }
   http_guard_limits gl = {
       .header_timeout_seconds =
@@ -311,11 +317,13 @@ static int server_secrets_and_guard(http_server *s,
   return http_guard_start(&gl, &s->logger, &s->guard);
 }
 
-/* Start libmicrohttpd on the listening socket fd. HTTP_EDAEMON if it
- * refuses (fd is then still the caller's). */
-static int daemon_start(http_server *s, const http_server_options *opt, int fd)
+/* A libmicrohttpd daemon on the listening socket fd serving cert and key
+ * (NULL: plain HTTP), or NULL if it refuses (fd is then still the
+ * caller's). A TLS reload (reload.c) starts a second one on the same
+ * socket. */
+struct MHD_Daemon *http_daemon_new(http_server *s, int fd, const char *cert, const char *key)
 {
-  bool tls = s->tls_cert != NULL;
+  bool tls = cert != NULL;
   struct MHD_OptionItem options[16];
   unsigned n = 0;
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
@@ -327,9 +335,8 @@ static int daemon_start(http_server *s, const http_server_options *opt, int fd)
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
                                          (intptr_t)http_dispatch_completed, s};
-  options[n++] = (struct MHD_OptionItem){
-      MHD_OPTION_CONNECTION_LIMIT,
-      opt->connection_limit ? opt->connection_limit : 128, NULL};
+  options[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                         s->connection_limit, NULL};
   options[n++] = (struct MHD_OptionItem){
       MHD_OPTION_CONNECTION_TIMEOUT,
       s->connection_timeout,
@@ -338,24 +345,33 @@ static int daemon_start(http_server *s, const http_server_options *opt, int fd)
    * connections (a flood or a crowd of slow clients from one place leaves
    * room for the primary, monitoring and backups elsewhere): 8 by default,
    * far above what one primary needs (one connection per kind of upload). */
-  options[n++] = (struct MHD_OptionItem){
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 8, NULL};
+  options[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                         s->per_ip_connection_limit, NULL};
   if (tls) {
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
-                                           s->tls_cert};
+                                           (void *)cert};
     options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
-                                           s->tls_key};
+                                           (void *)key};
   }
   options[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
+  /* ITC: a TLS reload can quiesce it (MHD_quiesce_daemon). */
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD |
                    MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO |
-                   MHD_USE_ERROR_LOG;
+                   MHD_USE_ERROR_LOG | MHD_USE_ITC;
   if (tls)
     flags |= MHD_USE_TLS;
-  s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_dispatch_access, s,
-                               MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+  return MHD_start_daemon(flags, 0, NULL, NULL, http_dispatch_access, s,
+                          MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+}
+
+static int daemon_start(http_server *s, const http_server_options *opt, int fd)
+{
+  s->connection_limit = opt->connection_limit ? opt->connection_limit : 128;
+  s->per_ip_connection_limit =
+      opt->per_ip_connection_limit ? opt->per_ip_connection_limit : 8;
+  s->listen_fd = fd;
+  s->daemon = http_daemon_new(s, fd, s->tls_cert, s->tls_key);
   return s->daemon ? 0 : HTTP_EDAEMON;
 }
 
@@ -399,6 +415,30 @@ uint16_t http_server_port(const http_server *s)
   return s->port;
 }
 
+int http_server_set_token(http_server *s, const uint8_t *token, size_t len)
+{
+  if (!s || !token || len == 0)
+    return HTTP_EINVAL;
+  uint8_t *copy = malloc(len);
+  if (!copy)
+    return ENOMEM;
+  memcpy(copy, token, len);
+  pthread_mutex_lock(&s->token_mu);
+  if (!s->token) {
+    pthread_mutex_unlock(&s->token_mu);
+    free(copy);
+    return HTTP_EINVAL;
+  }
+  uint8_t *old = s->token;
+  size_t old_len = s->token_len;
+  s->token = copy;
+  s->token_len = len;
+  pthread_mutex_unlock(&s->token_mu);
+  memset(old, 0, old_len);
+  free(old);
+  return 0;
+}
+
 int http_server_stop(http_server *s)
 {
   if (!s)
@@ -411,6 +451,7 @@ int http_server_stop(http_server *s)
    * image is aborted, backup responses release the snapshot). */
   MHD_stop_daemon(s->daemon);
   integrity_stop(s);
+  http_retired_stop(s);
   int rc = http_standby_close(s->standby);
   server_free(s);
   return rc;

@@ -130,14 +130,21 @@ extern "C" {
   X(HTTP_ELENGTH, -31105,                                                     \
     "Content-Length given twice, or with Transfer-Encoding")                  \
   X(HTTP_ESLOW_UPLOAD, -31106, "the upload is slower than the minimum rate")  \
-  X(HTTP_ELONG_UPLOAD, -31107, "the upload took longer than its duration cap")
+  X(HTTP_ELONG_UPLOAD, -31107, "the upload took longer than its duration cap") \
+  X(HTTP_EINUSE, -31108, /* bind: EADDRINUSE */                               \
+    "the listen port is in use by another process")                           \
+  X(HTTP_ELISTEN, -31109, /* bind or listen: any other errno */               \
+    "cannot listen there (a port below 1024 without the privilege, or not "   \
+    "an address of this host)")                                               \
+  X(HTTP_ETLS_FILE, -31110, /* open or read of tls_cert_file/tls_key_file */  \
+    "a TLS certificate or key file cannot be read")
 
 enum http_error {
   HTTP_OK = 0,
 #define HTTP_ERROR_ENUM_(name, value, text) name = value,
   HTTP_ERROR_LIST(HTTP_ERROR_ENUM_)
 #undef HTTP_ERROR_ENUM_
-  HTTP_ELAST = -31108     /* sentinel: one past the lowest code */
+  HTTP_ELAST = -31111     /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E*, REPLICATE_E* or
@@ -180,6 +187,11 @@ typedef struct http_sync_status {
  *   sync_state     optional: fill out (status "sync": {"required": N,
  *                  "count": N (the same, for older readers), "degraded":
  *                  bool, "degraded_since": time or null}).
+ *   log_stats      optional: the replication log's figures
+ *                  (replicate_log_get_stats), for the metrics
+ *                  loomship_replication_log_*.
+ *   save_durations optional: how long the application's saves took
+ *                  (loomship_save_duration_seconds).
  */
 typedef struct http_primary_source {
   void *ctx;
@@ -189,6 +201,8 @@ typedef struct http_primary_source {
   size_t (*peers)(void *ctx, replicate_peer_status *out, size_t cap);
   void (*sync_state)(void *ctx, http_sync_status *out);
   void (*history)(void *ctx, loom_history *out); /* optional */
+  void (*log_stats)(void *ctx, replicate_log_stats *out); /* optional */
+  void (*save_durations)(void *ctx, replicate_duration_histogram *out); /* optional */
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */
@@ -339,8 +353,10 @@ typedef struct http_server http_server;
  *   HTTP_ETLS       TLS asked for but unavailable, or only cert or key
  *   HTTP_EADDRESS   listen_host does not resolve
  *   HTTP_EDAEMON    libmicrohttpd refused to start
- *   errno values    reading the TLS files, socket/bind/listen (EADDRINUSE),
- *                   threads, ENOMEM
+ *   HTTP_EINUSE     the port is in use (bind: EADDRINUSE)
+ *   HTTP_ELISTEN    any other failure to bind or listen
+ *   HTTP_ETLS_FILE  a TLS file cannot be opened or read
+ *   errno values    threads, ENOMEM
  *   the errors of loom_store_open (LOOM_ELOCKED: another process has the
  *   directory) and of replicate_log_open.
  * On error nothing is left open.
@@ -352,6 +368,28 @@ uint16_t http_server_port(const http_server *server);
 
 /* What the scrubber found (running false when there is none). */
 void http_server_integrity(http_server *server, replicate_scrub_status *out);
+
+/*
+ * http_server_set_token: replace the bearer token (copied) for the
+ * requests that arrive from now on (SIGHUP's token rotation). Only a
+ * server started with a token takes a new one: turning authentication on
+ * or off needs a restart (it changes the upload slots' policy too).
+ * Thread-safe. Returns 0, HTTP_EINVAL (no token before, or token NULL or
+ * empty) or ENOMEM (the old token is kept).
+ */
+int http_server_set_token(http_server *server, const uint8_t *token, size_t len);
+
+/*
+ * http_server_reload_tls: serve the certificate and key in these PEM files
+ * to the connections that arrive from now on (SIGHUP's certificate
+ * rotation); connections already open finish on the old ones, none is
+ * cut. Only a server started with TLS takes new files. Thread-safe.
+ * Returns 0, HTTP_EINVAL, HTTP_ETLS (the server is plain HTTP),
+ * HTTP_ETLS_FILE (a file cannot be read), HTTP_EDAEMON (libmicrohttpd
+ * refuses them: not a PEM certificate and its key) or ENOMEM; on error
+ * the server goes on with the old ones.
+ */
+int http_server_reload_tls(http_server *server, const char *cert_file, const char *key_file);
 
 /*
  * http_server_stop: stop gracefully and free the server. Stops accepting

@@ -56,6 +56,7 @@ typedef enum http_endpoint {
   HTTP_EP_READYZ,
   HTTP_EP_TREE,                 /* GET /v1/tree (integrity.c) */
   HTTP_EP_PAGES,                /* GET /v1/pages (integrity.c) */
+  HTTP_EP_PAGE,                 /* GET /: the status page (page.c) */
   HTTP_EP_OTHER,
   HTTP_EP_COUNT
 } http_endpoint;
@@ -70,8 +71,18 @@ struct http_server {
   http_role role;               /* the configured role */
   http_primary_source primary;  /* primary role */
   http_cluster_source cluster;  /* a cluster member when cluster.get */
-  uint8_t *token;               /* NULL: no authentication */
+  uint8_t *token;               /* NULL: no authentication; under
+                                   token_mu once running */
   size_t token_len;
+  pthread_mutex_t token_mu;     /* http_server_set_token vs requests */
+  bool auth;                    /* a token is required (fixed at start) */
+  bool tls;                     /* HTTPS (fixed at start; the certificate
+                                   may change, reload.c) */
+  int listen_fd;                /* the listening socket daemon accepts on */
+  unsigned connection_limit, per_ip_connection_limit;
+  pthread_mutex_t reload_mu;    /* TLS reloads, one at a time (reload.c) */
+  struct http_retired *retired; /* daemons a TLS reload replaced: they end
+                                   their connections, stopped at stop */
   char *tls_cert;               /* PEM contents, or NULL */
   char *tls_key;
   uint64_t max_frame_bytes;
@@ -155,6 +166,26 @@ typedef struct http_figures {
   uint64_t auth_failures;
 } http_figures;
 
+/* A daemon on the listening socket fd (server.c); NULL if it refuses. */
+struct MHD_Daemon *http_daemon_new(http_server *s, int fd, const char *cert,
+                                   const char *key);
+/* A file of at most 1 MiB, NUL-terminated, into *out (malloc'd): 0 or an
+ * errno value (server.c; the TLS files). */
+int http_read_file(const char *path, char **out);
+/* Stop and free the daemons TLS reloads replaced (reload.c). */
+void http_retired_stop(http_server *s);
+
+/* The figures of the standard process_* metrics (metrics_process.c). */
+typedef struct http_process_figures {
+  bool cpu_known, memory_known, fds_known;
+  double cpu_seconds;           /* user + system */
+  uint64_t resident_bytes, virtual_bytes;
+  uint64_t open_fds, max_fds;   /* max_fds 0: unlimited */
+  int64_t start_time_ns;        /* CLOCK_REALTIME; 0 when unknown */
+} http_process_figures;
+
+void http_process_figures_read(http_process_figures *out);
+
 void http_figures_collect(http_server *server, http_figures *out);
 
 /* cluster.c: a member's "cluster" and "rewound" (status); nothing when
@@ -172,5 +203,6 @@ uint64_t http_figures_epoch(const http_figures *f);
 int http_answer_status(http_server *server, struct MHD_Connection *conn);
 int http_answer_readyz(http_server *server, struct MHD_Connection *conn);
 int http_answer_metrics(http_server *server, struct MHD_Connection *conn);
+int http_answer_page(http_server *server, struct MHD_Connection *conn);
 
 #endif /* HTTP_SERVER_INTERNAL_H */

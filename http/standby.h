@@ -42,6 +42,7 @@ typedef struct http_standby_view {
   uint64_t bytes_received;      /* commit frame bytes made durable */
   uint64_t apply_failures;
   uint64_t receive_log_bytes;
+  replicate_duration_histogram apply_durations;
   bool clock_skew_known;        /* a frame or heartbeat arrived */
   double clock_skew_seconds;    /* our clock minus the primary's, estimated
                                    (replicate/receiver.c, PRIMARY'S CLOCK) */

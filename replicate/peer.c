@@ -20,3 +20,16 @@ const char *replicate_peer_state_name(replicate_peer_state state)
   }
   return "unknown";
 }
+
+const char *replicate_peer_error_kind_name(replicate_peer_error_kind kind)
+{
+  switch (kind) {
+  case REPLICATE_PEER_ERROR_UNREACHABLE: return "unreachable";
+  case REPLICATE_PEER_ERROR_STALLED: return "stalled";
+  case REPLICATE_PEER_ERROR_REFUSED: return "refused";
+  case REPLICATE_PEER_ERROR_UNAUTHORIZED: return "unauthorized";
+  case REPLICATE_PEER_ERROR_LOCAL: return "local";
+  case REPLICATE_PEER_ERROR_KINDS: break;
+  }
+  return "unknown";
+}

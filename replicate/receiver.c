@@ -883,6 +883,7 @@ void replicate_receiver_get_status(replicate_receiver *rx,
   s->frames_received = rx->frames_received;
   s->frames_applied = rx->frames_applied;
   s->apply_commits = rx->apply_commits;
+  s->apply_durations = rx->apply_durations;
   s->apply_failures = rx->apply_failures;
   s->duplicates = rx->duplicates;
   s->heartbeats = rx->heartbeats;

@@ -335,6 +335,9 @@ typedef struct replicate_receiver_status {
                                    none was met. Once met, computed stays
                                    where it was found until a restart */
   uint64_t readback_mismatches; /* applies whose read-back differed */
+  replicate_duration_histogram apply_durations; /* each group apply: taking
+                                   the frames from the receive log and
+                                   committing them to the store */
 } replicate_receiver_status;
 
 void replicate_receiver_get_status(replicate_receiver *rx,

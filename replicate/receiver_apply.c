@@ -316,6 +316,7 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   replicate_frame frame;
   loom_position pos;
   uint64_t merged_through = next;
+  int64_t start_ns = rx_mono_ns();
   int rc = applier_take(rx, next, last, buf, &frame, &merged_through);
   rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
@@ -337,10 +338,13 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
     return true;
   }
 
+  double took = (double)(rx_mono_ns() - start_ns) / 1e9;
   pthread_mutex_lock(&rx->mu);
   rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   bool go_on = true;
+  if (rc == 0)
+    replicate_duration_observe(&rx->apply_durations, took);
   if (rc == 0 || rc == REPLICATE_EDUPLICATE)
     applier_applied(rx, rc, &pos, applied_before, since_retain);
   else

@@ -1167,6 +1167,42 @@ typedef enum replicate_peer_state {
  * outside the enum. */
 const char *replicate_peer_state_name(replicate_peer_state state);
 
+/* ---------------------------------------------------------------------- */
+/* Durations */
+
+/*
+ * A duration histogram, as Prometheus shows one: counts[i] is the number
+ * of observations in (bounds[i-1], bounds[i]] seconds (not cumulative),
+ * counts[REPLICATE_DURATION_BUCKETS] those above the last bound; count and
+ * sum_seconds over all. Zero-initialise; replicate_duration_observe adds
+ * one observation (the caller serialises access). Used for a standby's
+ * group applies (receiver.h) and the example application's saves.
+ */
+#define REPLICATE_DURATION_BUCKETS 15
+extern const double replicate_duration_bounds[REPLICATE_DURATION_BUCKETS]; /* 100 us .. 10 s */
+typedef struct replicate_duration_histogram {
+  uint64_t counts[REPLICATE_DURATION_BUCKETS + 1];
+  uint64_t count;
+  double sum_seconds;
+} replicate_duration_histogram;
+
+void replicate_duration_observe(replicate_duration_histogram *h, double seconds);
+
+/* What a failed request to a standby came to, for the per-kind error
+ * counters of its status (metrics: loomship_standby_errors_total{kind}). */
+typedef enum replicate_peer_error_kind {
+  REPLICATE_PEER_ERROR_UNREACHABLE = 0, /* no connection, or it timed out */
+  REPLICATE_PEER_ERROR_STALLED = 1,     /* no byte back on an open connection */
+  REPLICATE_PEER_ERROR_REFUSED = 2,     /* an HTTP error answer (400, 503, 507...) */
+  REPLICATE_PEER_ERROR_UNAUTHORIZED = 3,/* 401 or 403: our token refused */
+  REPLICATE_PEER_ERROR_LOCAL = 4,       /* on this side (reading the log, memory) */
+  REPLICATE_PEER_ERROR_KINDS = 5
+} replicate_peer_error_kind;
+
+/* The kind's name in metrics: "unreachable", "stalled", "refused",
+ * "unauthorized", "local" (a public contract). */
+const char *replicate_peer_error_kind_name(replicate_peer_error_kind kind);
+
 #define REPLICATE_URL_MAX 512
 #define REPLICATE_ERROR_MAX 256
 
@@ -1203,6 +1239,8 @@ typedef struct replicate_peer_status {
   uint64_t checksum_mismatches;     /* answers whose computed checksum
                                        differed from ours at its seq (each
                                        makes the standby diverged) */
+  uint64_t errors[REPLICATE_PEER_ERROR_KINDS]; /* the same by kind (their
+                                       sum is failures) */
 } replicate_peer_status;
 
 /*

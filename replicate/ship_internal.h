@@ -185,6 +185,7 @@ typedef struct ship_peer {
   int64_t last_error_ns;
   uint64_t bytes_raw, bytes_wire, frames_sent, requests, heartbeats_sent,
       coalesced_sent, base_images_sent, failures;
+  uint64_t errors[REPLICATE_PEER_ERROR_KINDS]; /* failures by kind */
 } ship_peer;
 
 struct replicate_shipper {

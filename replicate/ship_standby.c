@@ -138,6 +138,19 @@ static void retry_after_backoff(ship_peer *peer, double retry_after_s)
   peer->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(delay);
 }
 
+/* The kind of a failure that leaves state (NULL: a local failure, the state
+ * kept). */
+static replicate_peer_error_kind error_kind(const replicate_peer_state *state)
+{
+  if (!state)
+    return REPLICATE_PEER_ERROR_LOCAL;
+  if (*state == REPLICATE_PEER_STALLED)
+    return REPLICATE_PEER_ERROR_STALLED;
+  if (*state == REPLICATE_PEER_REFUSED)
+    return REPLICATE_PEER_ERROR_REFUSED;
+  return REPLICATE_PEER_ERROR_UNREACHABLE;
+}
+
 /* A failed request: the error, the state it leaves (counted as a failed
  * attempt for a drain) or none (keep), backoff; the position is asked
  * again before anything else is sent. */
@@ -147,6 +160,7 @@ static void fail_into(ship_peer *peer, const replicate_peer_state *state,
   replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
   peer->failures++;
+  peer->errors[error_kind(state)]++;
   if (state)
     peer->unreachable_run++;
   pthread_cond_broadcast(&sh->cond); /* a drain counts the attempts */
@@ -845,6 +859,10 @@ static void finish_ok(ship_peer *peer, request_kind req, double retry_s)
   replicate_shipper *sh = peer->sh;
   peer->consecutive_failures = 0;
   peer->consecutive_conflicts = 0;
+  /* A success ends any wait: after a 401 the new token's first request is
+   * let through early (ship_schedule), and the rest must not then wait out
+   * the unauthorized retry period. */
+  peer->next_attempt_ns = 0;
   pthread_mutex_lock(&sh->mu);
   peer->unreachable_run = 0;
   pthread_mutex_unlock(&sh->mu);
@@ -915,6 +933,7 @@ static void finish_unauthorized(ship_peer *peer, long code)
   replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
   peer->failures++;
+  peer->errors[REPLICATE_PEER_ERROR_UNAUTHORIZED]++;
   pthread_mutex_unlock(&sh->mu);
   ship_set_error(peer, "HTTP %ld: the standby refused our token", code);
   pthread_mutex_lock(&sh->mu);

@@ -85,6 +85,7 @@ void replicate_shipper_status(replicate_shipper *sh,
     o->coalesced_sent = peer->coalesced_sent;
     o->base_images_sent = peer->base_images_sent;
     o->failures = peer->failures;
+    memcpy(o->errors, peer->errors, sizeof o->errors);
   }
   pthread_mutex_unlock(&sh->mu);
 }

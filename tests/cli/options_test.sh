@@ -8,7 +8,11 @@
 TEST_NAME=options
 . "$(dirname "$0")/../lib/testlib.sh"
 MAN=$(readlink -f "$2")
-COMMANDS="demo standby primary backup status inspect verify promote cluster"
+# Every subcommand `loomship --help` lists (so a new command is covered
+# once it is in that list).
+COMMANDS=$("$LOOMSHIP" --help | awk '/^  [a-z][a-z-]* +[^ ]/ { print $1 }' | xargs)
+[ -n "$COMMANDS" ] || { echo "FAIL: loomship --help lists no subcommands"; exit 1; }
+echo "subcommands: $COMMANDS"
 
 # help_options CMD: "name|VALUE|default" per option of CMD's --help, in
 # order (default "required" for a required option, empty when none shown).
@@ -50,6 +54,15 @@ man_options() {
     name != "" && /^Required\.$/ { dflt = "required" }
     END { flush() }'
 }
+
+echo "== the man page has every subcommand and the sections operators look for"
+for c in $COMMANDS; do
+  check "$c: a .SS section and a SYNOPSIS line" bash -c \
+    "grep -qx '.SS $c' '$MAN' && sed -n '/^.SH SYNOPSIS/,/^.SH DESCRIPTION/p' '$MAN' | grep -qx '.B loomship $c.*'"
+done
+for section in "EXIT STATUS" SIGNALS ENVIRONMENT FILES EXAMPLES; do
+  check "section $section" grep -qx ".SH $section" "$MAN"
+done
 
 echo "== --help and the man page list the same options"
 for c in $COMMANDS; do

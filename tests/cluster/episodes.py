@@ -22,6 +22,13 @@ node can be cut off from etcd). Per episode, chosen by the seed:
   sigterm_leader    SIGTERM on the leader (a planned stop): it must hand
                     over and exit 0
 
+and, only when named in --faults (so that the seeds above keep choosing
+the same fault):
+
+  dead_target       a switchover drained to a target that dies before it
+                    leads (cut off from etcd, then kill -9): the old leader
+                    must lead again (the liveness bug of seed 287304066)
+
 then waits (polling, with a deadline) until a leader acknowledges saves
 after the fault (at a higher epoch when the leader was hit), stops every
 node with kill -9, and runs tests/lib/history_check.py over the ack-logs and
@@ -311,6 +318,36 @@ def fault_switchover(c, lead, rng):
     return epoch
 
 
+def fault_dead_target(c, lead, rng):
+    """A handover drained to a target that dies before it leads: the target
+    (the sync set's member with --sync) is cut off from etcd, so it cannot
+    campaign, `loomship switchover --to` it, and once the old leader has
+    handed the key over, kill -9 of the target. The old leader, which holds
+    everything it acknowledged, must lead again."""
+    epoch = c.max_ack()[0]
+    prefix = "/loomship/%s/" % c.name
+    sync = json.loads(c.etcd.get_prefix(prefix + "sync").get(prefix + "sync") or "null")
+    names = sync["members"] if sync else [nd.name for nd in c.nodes if nd is not lead]
+    target = next(nd for nd in c.nodes if nd.name == rng.choice(names))
+    for p in target.proxies:
+        p.blackhole(True)
+    c.partitioned = target
+    c.switchover = subprocess.Popen(
+        [c.loomship, "switchover", "--etcd", c.etcd.endpoints, "--cluster", c.name,
+         "--to", target.name, "--timeout", "5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        st = lead.status()
+        if st and st.get("role") == "standby":
+            break
+        time.sleep(0.02)
+    else:
+        raise RuntimeError("%s did not hand over to %s" % (lead.name, target.name))
+    target.kill()
+    return epoch
+
+
 def fault_sigterm_leader(c, lead, rng):
     epoch = c.max_ack()[0]
     lead.signal(signal.SIGTERM)
@@ -382,7 +419,8 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--ttl", type=int, default=2)
     ap.add_argument("--sync", type=int, default=1)
-    ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--faults", default=",".join(FAULTS),
+                    help="a,b,...: of %s, and dead_target" % ",".join(FAULTS))
     ap.add_argument("--keep", action="store_true", help="keep a failed episode's files")
     args = ap.parse_args()
     args.faults = args.faults.split(",")

@@ -293,9 +293,27 @@ static size_t fp_peers(void *ctx, replicate_peer_status *out, size_t cap)
       snprintf(out[i].last_error, sizeof out[i].last_error,
                "connect: \"refused\"");
       out[i].last_error_at_ns = 1700000000000000000LL;
+      out[i].errors[REPLICATE_PEER_ERROR_UNREACHABLE] = 5;
+      out[i].errors[REPLICATE_PEER_ERROR_REFUSED] = 2;
     }
   }
   return 20;
+}
+
+static void fp_log_stats(void *ctx, replicate_log_stats *out)
+{
+  (void)ctx;
+  *out = (replicate_log_stats){.oldest_seq = 7, .newest_seq = 12, .bytes = 123456,
+                               .segments = 2};
+}
+
+static void fp_save_durations(void *ctx, replicate_duration_histogram *out)
+{
+  (void)ctx;
+  memset(out, 0, sizeof *out);
+  replicate_duration_observe(out, 0.003);
+  replicate_duration_observe(out, 0.004);
+  replicate_duration_observe(out, 20);
 }
 
 static void fp_sync(void *ctx, http_sync_status *out)
@@ -314,7 +332,7 @@ static void test_primary_role(void **state)
   ht_primary_run(&p, 12);
   fake_primary fp = {&p, false};
   http_primary_source src = {&fp, fp_position, fp_snapshot, fp_fenced,
-                             fp_peers, fp_sync, NULL};
+                             fp_peers, fp_sync, NULL, fp_log_stats, fp_save_durations};
   static const char token[] = "tok";
   http_server_options opt = {.role = HTTP_ROLE_PRIMARY, .primary = &src,
                              .token = (const uint8_t *)token, .token_len = 3};
@@ -351,6 +369,44 @@ static void test_primary_role(void **state)
   ht_assert_has(&r, "loomship_standby_state{url=\"http://10.0.0.3:8470\","
                     "state=\"unreachable\"} 1\n");
   ht_assert_has(&r, "# TYPE loomship_standby_shipped_wire_bytes_total counter\n");
+  /* issue 15: the state as a full state set, exact times, sync, build,
+   * the process_* families */
+  ht_assert_has(&r, "loomship_standby_state{url=\"http://10.0.0.3:8470\","
+                    "state=\"streaming\"} 0\n");
+  ht_assert_has(&r, "loomship_standby_state{url=\"http://10.0.0.3:8470\","
+                    "state=\"diverged\"} 0\n");
+  ht_assert_has(&r, "loomship_standby_state{url=\"http://10.0.0.2:8470\","
+                    "state=\"streaming\"} 1\n");
+  ht_assert_has(&r, "loomship_standby_state{url=\"http://10.0.0.2:8470\","
+                    "state=\"unreachable\"} 0\n");
+  ht_assert_has(&r, "loomship_standby_last_error_time_seconds{url=\"http://10.0.0.3:8470\"}"
+                    " 1700000000\n");
+  ht_assert_has(&r, "loomship_standby_errors_total{url=\"http://10.0.0.3:8470\","
+                    "kind=\"unreachable\"} 5\n");
+  ht_assert_has(&r, "loomship_standby_errors_total{url=\"http://10.0.0.3:8470\","
+                    "kind=\"refused\"} 2\n");
+  ht_assert_has(&r, "loomship_standby_errors_total{url=\"http://10.0.0.2:8470\","
+                    "kind=\"local\"} 0\n");
+  ht_assert_has(&r, "\nloomship_replication_log_bytes 123456\n");
+  ht_assert_has(&r, "\nloomship_replication_log_oldest_seq 7\n");
+  ht_assert_has(&r, "# TYPE loomship_save_duration_seconds histogram\n"
+                    "loomship_save_duration_seconds_bucket{le=\"0.0001\"} 0\n");
+  ht_assert_has(&r, "loomship_save_duration_seconds_bucket{le=\"0.0025\"} 0\n"
+                    "loomship_save_duration_seconds_bucket{le=\"0.005\"} 2\n");
+  ht_assert_has(&r, "loomship_save_duration_seconds_bucket{le=\"10\"} 2\n"
+                    "loomship_save_duration_seconds_bucket{le=\"+Inf\"} 3\n"
+                    "loomship_save_duration_seconds_sum 20.007\n"
+                    "loomship_save_duration_seconds_count 3\n");
+  ht_assert_has(&r, "\nloomship_sync_required 1\n");
+  ht_assert_has(&r, "\nloomship_sync_degraded 1\n");
+  ht_assert_has(&r, "\nloomship_sync_degraded_since_time_seconds 1700000000.123\n");
+  ht_assert_has(&r, "\nloomship_build_info{version=\"" LOOMSHIP_VERSION "\",commit=\"");
+  ht_assert_has(&r, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total ");
+  ht_assert_has(&r, "\nprocess_resident_memory_bytes ");
+  ht_assert_has(&r, "\nprocess_virtual_memory_bytes ");
+  ht_assert_has(&r, "\nprocess_open_fds ");
+  ht_assert_has(&r, "\nprocess_max_fds ");
+  ht_assert_has(&r, "\nprocess_start_time_seconds 1");
   ht_resp_free(&r);
 
   /* Standby endpoints: 409 not a standby (after the token check). */

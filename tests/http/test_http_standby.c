@@ -1511,12 +1511,13 @@ static void test_overlap_after_lost_answer(void **state)
 /* ---------------------------------------------------------------------- */
 /* Status, metrics, health */
 
-/* Every sample in a Prometheus text body follows its HELP and TYPE, and
- * counters end in _total. */
+/* Every sample in a Prometheus text body follows its HELP and TYPE,
+ * counters end in _total, a histogram's samples are its _bucket, _sum and
+ * _count. */
 static void check_exposition(const char *text)
 {
   char family[128] = "";
-  bool help = false, type = false;
+  bool help = false, type = false, hist = false;
   const char *line = text;
   while (*line) {
     const char *end = strchr(line, '\n');
@@ -1535,13 +1536,19 @@ static void check_exposition(const char *text)
       assert_string_equal(name, family);
       assert_true(help);
       type = true;
+      hist = strcmp(kind, "histogram") == 0;
       if (strcmp(kind, "counter") == 0)
         assert_non_null(strstr(name, "_total"));
-      else
+      else if (!hist)
         assert_string_equal(kind, "gauge");
     } else {
-      size_t len = strcspn(buf, "{ ");
-      if (len != strlen(family) || strncmp(buf, family, len) != 0)
+      size_t len = strcspn(buf, "{ "), flen = strlen(family);
+      char tail[32] = "";
+      if (len > flen && len - flen < sizeof tail)
+        memcpy(tail, buf + flen, len - flen);
+      bool suffix = hist && (!strcmp(tail, "_bucket") || !strcmp(tail, "_sum") ||
+                             !strcmp(tail, "_count"));
+      if ((len != flen && !suffix) || strncmp(buf, family, flen) != 0)
         fail_msg("sample %s outside its family %s", buf, family);
       assert_true(type);
     }
@@ -1621,6 +1628,10 @@ static void test_status_metrics_health(void **state)
   ht_assert_has(&r, "\nloomship_ready 0\n");
   ht_assert_has(&r, "\nloomship_frames_received_total 3\n");
   ht_assert_has(&r, "\nloomship_heartbeats_received_total 1\n");
+  /* issue 15: every group apply timed (3 frames applied: 1 to 3 applies) */
+  ht_assert_has(&r, "# TYPE loomship_apply_duration_seconds histogram\n");
+  ht_assert_has(&r, "\nloomship_apply_duration_seconds_bucket{le=\"+Inf\"} ");
+  assert_false(ht_has(&r, "\nloomship_apply_duration_seconds_count 0\n"));
   ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/v1/frames\","
                     "code=\"200\"} 4\n");
   ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/readyz\","
@@ -1765,7 +1776,7 @@ static void test_start_errors(void **state)
   char *dir2 = test_tmpdir("standby2");
   opt = (http_server_options){.role = HTTP_ROLE_STANDBY, .dir = dir2,
                               .listen_port = http_server_port(s.server)};
-  assert_int_equal(http_server_start(&opt, &srv), EADDRINUSE);
+  assert_int_equal(http_server_start(&opt, &srv), HTTP_EINUSE);
   ht_stop(&s);
   assert_non_null(http_strerror(HTTP_EDAEMON));
   assert_int_equal(http_server_stop(NULL), 0);

@@ -64,13 +64,46 @@ static void test_json_writer(void **state)
            "\"list\":[true,null,null,{},[]],"
            "\"esc\":\"q\\\"b\\\\n\\n\\t\\u0001\\u001f\xc3\xa9\","
            "\"hex\":\"0000000000009f3c\",\"d\":0.004,\"inf\":null,"
-           "\"t\":\"2023-11-14T22:13:20.123Z\",\"t0\":null}");
+           "\"t\":\"2023-11-14T22:13:20.123456789Z\",\"t0\":null}");
   free(doc);
 
   /* Unbalanced: the writer says so instead of producing bad JSON. */
   http_json_init(&w);
   http_json_object_end(&w);
   assert_null(http_json_take(&w, NULL));
+}
+
+/* Numbers exactly (issue 15): the shortest text that reads back as the
+ * double, every nanosecond of a time, a timestamp's fraction to the ns. */
+static void test_exact_numbers(void **state)
+{
+  (void)state;
+  char b[HTTP_JSON_NUMBER_MAX];
+  assert_string_equal(http_json_format_double(0.004, b), "0.004");
+  assert_string_equal(http_json_format_double(1.0 / 3, b), "0.3333333333333333");
+  assert_string_equal(http_json_format_double(1700000000.123456, b), "1700000000.123456");
+  assert_string_equal(http_json_format_double(1234567.25, b), "1234567.25");
+  assert_string_equal(http_json_format_double(0, b), "0");
+  assert_string_equal(http_json_format_double(10, b), "10");
+  assert_string_equal(http_json_format_double(-2500000, b), "-2500000");
+  assert_string_equal(http_json_format_ns_seconds(1700000000123456789LL, b),
+                      "1700000000.123456789");
+  assert_string_equal(http_json_format_ns_seconds(1700000001000000000LL, b), "1700000001");
+  assert_string_equal(http_json_format_ns_seconds(1500000000LL, b), "1.5");
+  assert_string_equal(http_json_format_ns_seconds(0, b), "0");
+
+  http_json_writer w;
+  http_json_init(&w);
+  http_json_array_begin(&w);
+  http_json_time_ns(&w, 1700000000123000000LL);
+  http_json_time_ns(&w, 1700000000123456000LL);
+  http_json_time_ns(&w, 1700000000000000001LL);
+  http_json_double(&w, 1700000000.123456);
+  http_json_array_end(&w);
+  char *doc = take(&w);
+  assert_string_equal(doc, "[\"2023-11-14T22:13:20.123Z\",\"2023-11-14T22:13:20.123456Z\","
+                           "\"2023-11-14T22:13:20.000000001Z\",1700000000.123456]");
+  free(doc);
 }
 
 static void test_range_parse(void **state)
@@ -236,6 +269,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_json_writer),
+      cmocka_unit_test(test_exact_numbers),
       cmocka_unit_test(test_range_parse),
       cmocka_unit_test(test_etag_and_token),
       cmocka_unit_test(test_error_names),

@@ -7,6 +7,7 @@
 #   wait_for SECONDS CMD...  poll CMD until it succeeds (0), or 1 after
 #                            SECONDS: wait for what can be observed, never
 #                            a fixed sleep as synchronisation
+#   start_node NAME ARGS...  a loomship process in the background: pid, url
 set -uo pipefail
 LOOMSHIP=$(readlink -f "$1")
 work=$(mktemp -d "/tmp/loomship-${TEST_NAME:-test}-XXXXXX")
@@ -33,4 +34,19 @@ wait_for() {
 finish() {
   echo "$passes passed, $failures failed"
   [ "$failures" -eq 0 ]
+}
+# start_node NAME ARGS...: `loomship ARGS...` in the background, its output
+# in $work/NAME.out and .err; sets pid, and url once it says where it
+# listens (empty if it did not within 10 s).
+start_node() {
+  local name=$1; shift
+  "$LOOMSHIP" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pid=$!
+  pids+=("$pid")
+  url=
+  for _ in $(seq 200); do
+    url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/$name.out" | head -1)
+    [ -n "$url" ] && break
+    sleep 0.05
+  done
 }

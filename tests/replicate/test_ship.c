@@ -1242,6 +1242,13 @@ static void test_catch_up_coalesced(void **state)
   assert_true(st.lag_bytes > 0);
   assert_true(st.lag_seconds > 0);
   assert_true(st.last_error[0] != '\0');
+  /* every failure counted, by kind (metrics: loomship_standby_errors_total) */
+  assert_true(st.errors[REPLICATE_PEER_ERROR_UNREACHABLE] > 0);
+  assert_int_equal(st.errors[REPLICATE_PEER_ERROR_UNAUTHORIZED], 0);
+  uint64_t sum = 0;
+  for (int k = 0; k < REPLICATE_PEER_ERROR_KINDS; k++)
+    sum += st.errors[k];
+  assert_int_equal(sum, st.failures);
   assert_true(st.last_error_at > 0);
   fake_up(f);
   catch_up(&p, f);
@@ -1528,6 +1535,7 @@ static void test_unauthorized(void **state)
   replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_string_equal(st.state_name, "unauthorized");
+  assert_true(st.errors[REPLICATE_PEER_ERROR_UNAUTHORIZED] > 0);
   assert_non_null(strstr(st.last_error, "401"));
   assert_null(strstr(st.last_error, "secret"));
   /* Retried, but rarely (a 0.3 s period): two more refusals take at least
@@ -1553,6 +1561,30 @@ static void test_unauthorized(void **state)
   standby_status(&p, 0, &st);
   assert_null(strstr(st.last_error, "secret"));
   finish_same(&p, f);
+}
+
+/* A new token (SIGHUP) lets the first request through at once, and the
+ * commits after it do not wait out the unauthorized retry period (30 s by
+ * default): a success ends the wait. */
+static void test_token_rotation_no_wait(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  snprintf(f->token, sizeof f->token, "standby-secret-B");
+  primary p;
+  replicate_shipper_options o = test_options();
+  o.token = "primary-secret-A";
+  o.unauthorized_retry_seconds = 60;
+  primary_start(&p, &o, &f, 1, NULL);
+  wait_state(&p, 0, REPLICATE_PEER_UNAUTHORIZED);
+  primary_saves(&p, 3, 2, false);
+  assert_int_equal(replicate_shipper_set_token(p.sh, "standby-secret-B"), 0);
+  wait_state(&p, 0, REPLICATE_PEER_STREAMING);
+  primary_saves(&p, 3, 2, false); /* shipped as they commit, not in 60 s */
+  catch_up(&p, f);
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
 }
 
 /* 409 stale epoch: fenced everywhere, nothing more is shipped. */
@@ -1617,6 +1649,7 @@ static void test_retry_after(void **state)
   replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_non_null(strstr(st.last_error, "503"));
+  assert_true(st.errors[REPLICATE_PEER_ERROR_REFUSED] > 0);
   finish_same(&p, f);
 }
 
@@ -2028,6 +2061,7 @@ int main(void)
       cmocka_unit_test(test_sync_timeout_fail),
       cmocka_unit_test(test_sync_timeout_degrade),
       cmocka_unit_test(test_unauthorized),
+      cmocka_unit_test(test_token_rotation_no_wait),
       cmocka_unit_test(test_fenced),
       cmocka_unit_test(test_retry_after),
       cmocka_unit_test(test_refused),

@@ -1,0 +1,28 @@
+/* signals.h: the signals of the long-running commands (signals.c). */
+#ifndef LOOMSHIP_CLI_SIGNALS_H
+#define LOOMSHIP_CLI_SIGNALS_H
+
+#include <signal.h>
+
+#include "replicate.h"
+#include "server.h"
+
+/* What SIGHUP re-reads, and into what (any member NULL: none). */
+typedef struct cli_reload {
+  const char *who;              /* the log's "who" */
+  const char *token_file;
+  const char *tls_cert, *tls_key;
+  http_server *server;          /* takes the new token */
+  replicate_shipper *shipper;   /* sends the new token */
+} cli_reload;
+
+/* Wait up to seconds (0: only look) for a signal of set (from
+ * cli_block_stop_signals): SIGTERM or SIGINT is returned; SIGHUP is
+ * handled (cli_reload_now) and 0 returned, as on a timeout. */
+int cli_wait_stop(const sigset_t *set, double seconds, const cli_reload *reload);
+/* Re-read the token file into the server and the shipper, and the TLS
+ * certificate and key into the server. Logs what it did; a file that
+ * cannot be used leaves the old token or certificate in place. */
+void cli_reload_now(const cli_reload *reload);
+
+#endif
