@@ -143,6 +143,15 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
 int cli_standby_resync(const char *dir, const char *from, const char *token,
                        const char *ca_file);
 
+/* loomship standby --repair-from URL (repair.c): where a standby fetches
+ * good copies of its rotted pages. cli_repair_fetch is the server's
+ * repair_fetch hook (http/server.h), ctx a cli_repair_source. */
+typedef struct cli_repair_source {
+  const char *url, *token, *ca_file;
+} cli_repair_source;
+int cli_repair_fetch(void *ctx, const uint64_t *pages, uint64_t count,
+                     uint8_t **answer, size_t *len, char *why, size_t why_len);
+
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_node, cmd_switchover;
 extern const cli_command cmd_cluster;

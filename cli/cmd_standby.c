@@ -43,6 +43,7 @@ typedef struct serve_context {
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
+  const char *repair_from;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps;
   cli_log_args log;
@@ -82,9 +83,16 @@ static const cli_option standby_options[] = {
      .help = "at start, replace DIR with a verified backup pulled from URL (a primary's or "
              "another standby's): the only way, with a new empty directory, to replace a "
              "standby's history; the swap is atomic, DIR is left as it was if the pull fails"},
+    {.name = "repair-from", .arg = "URL", .kind = CLI_TEXT, .offset = AT(repair_from),
+     .dflt = "none",
+     .help = "self-repair: pages the scrubber finds rotted are fetched from URL (the "
+             "primary's --listen address, with --token-file's token), verified against "
+             "their recorded hashes and written (status \"integrity\"); none: they "
+             "make the standby corrupt"},
     {.name = "ca-file", .arg = "F", .kind = CLI_TEXT, .offset = AT(ca_file),
      .dflt = "the system's CAs",
-     .help = "CA certificates to verify --resync-from's TLS certificate"},
+     .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
+             "certificates"},
     CLI_LOG_OPTIONS(standby_args, log),
     {0},
 };
@@ -204,9 +212,15 @@ static int run_standby(void *args)
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
+  cli_repair_source repair = {a->repair_from, token, a->ca_file};
+  if (a->repair_from) {
+    o.repair_fetch = cli_repair_fetch;
+    o.repair_ctx = &repair;
+  }
   http_server *server;
   rc = http_server_start(&o, &server);
-  cli_token_forget(token);
+  if (rc || !a->repair_from) /* else the scrubber's repairs send it until the end */
+    cli_token_forget(token);
   if (rc) {
     if (rc == LOOM_EMETA)
       rc = cli_fail_store("standby", dir, rc,
@@ -227,6 +241,8 @@ static int run_standby(void *args)
                                 .tls_cert = cert, .tls_key = key, .server = server}};
   rc = serve_until_stop(&c, &stop);
   free(host);
+  if (a->repair_from)
+    cli_token_forget(token);
   return rc;
 }
 

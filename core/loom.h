@@ -318,14 +318,25 @@ int loom_store_ensure_history(loom_store *store);
  * Errors: LOOM_EPOSITION (before is not the current position, or after does
  * not match the pages), LOOM_EINVAL (pages out of order or out of range),
  * errno values (ENOSPC...).
+ *
+ * A repair (LOOM_PATCH_REPAIR) rewrites pages whose bytes on disk no longer
+ * match their recorded hashes (bit rot found by a scrub) with good copies,
+ * at the same position: header->after must equal header->before and the
+ * store's position (seq, checksum, pages, epoch), else LOOM_EPOSITION; a
+ * page past the end is LOOM_EINVAL; each added page must hash to the hash
+ * recorded for it (the store computes it, also for loom_patch_add_hashed),
+ * else LOOM_EPOSITION. A refused repair changes nothing. It follows the same numbered steps (the patch is
+ * durable, then applied, then the meta rewritten at the same position), so
+ * a crash at any point leaves the rotten or the good page, never another.
  */
 #define LOOM_PATCH_BASE 0x1u
+#define LOOM_PATCH_REPAIR 0x2u
 
 typedef struct loom_patch_header {
   loom_position before;
   loom_position after;
   uint64_t page_count;      /* pages that will be added */
-  unsigned flags;           /* LOOM_PATCH_BASE or 0 */
+  unsigned flags;           /* LOOM_PATCH_BASE, LOOM_PATCH_REPAIR or 0 */
 } loom_patch_header;
 
 typedef struct loom_patch loom_patch;

@@ -50,6 +50,11 @@
  *   6. Write the next meta slot with the after-position; fsync the meta.
  *      The patch no longer counts (its after is the meta's position).
  *   Steps 4-6 run inline, or on the apply thread with LOOM_APPLY_ASYNC.
+ *   A page repair (LOOM_PATCH_REPAIR) takes the same steps with after =
+ *   before: its pages match the recorded hashes, so step 4 rewrites rotted
+ *   image pages and leaves hashes and position as they were; it keeps
+ *   counting (R2 applies it again at open: the same pages) until the next
+ *   commit overwrites it.
  *   A failure after step 1 started writing the header (or in 2, 4-6)
  *   poisons the handle: the durable state is unknown until recovery (never
  *   retry an fsync: the kernel may have dropped the dirty pages).
@@ -99,6 +104,7 @@
 #define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
 #define PATCH_ENTRY_BYTES 16u
 #define PATCH_TRIM_BYTES (UINT64_C(64) << 20)
+#define PATCH_FLAGS (LOOM_PATCH_BASE | LOOM_PATCH_REPAIR)
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
 
@@ -328,7 +334,8 @@ static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
   h->after.commit_time_ns = (int64_t)get_le64(block + 88);
   h->page_count = get_le64(block + 96);
   *header_sum = get_le64(block + 104);
-  if ((h->flags & ~LOOM_PATCH_BASE) || h->after.pages > MAX_PAGES ||
+  if ((h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
+      h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
     return LOOM_ECORRUPT;
   return 0;
@@ -730,6 +737,9 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
 {
   if (h->flags & LOOM_PATCH_BASE)
     return h->after.epoch >= store->epoch;
+  if (h->flags & LOOM_PATCH_REPAIR)
+    return loom_position_same(&h->before, store) &&
+           loom_position_same(&h->after, store) && h->after.epoch == store->epoch;
   return loom_position_same(&h->before, store) && h->after.seq > h->before.seq &&
          h->after.epoch >= store->epoch;
 }
@@ -746,7 +756,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (rc)
     return rc;
   if (h->after.pages > MAX_PAGES || h->page_count > h->after.pages ||
-      (h->flags & ~LOOM_PATCH_BASE) ||
+      (h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
       ((h->flags & LOOM_PATCH_BASE) && h->page_count != h->after.pages))
     return LOOM_EINVAL;
   if (!positions_chain(&s->pos, h))
@@ -822,6 +832,8 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
       (base && n != p->added))
     return p->error = LOOM_EINVAL;
   loom_store *s = p->store;
+  if ((h->flags & LOOM_PATCH_REPAIR) && loom_page_hash(n, page) != s->hashes[n])
+    return p->error = LOOM_EPOSITION; /* not the page that was written */
   uint64_t old = (!base && n < h->before.pages) ? s->hashes[n] : 0;
   p->page_numbers[p->added] = n;
   p->new_hashes[p->added] = hash;
@@ -973,7 +985,8 @@ int store_patch_make_durable(loom_patch *p)
   if ((h->flags & LOOM_PATCH_BASE) && base_leaves_branch(s, &h->after))
     positions_forget(s->positions_fd);
   s->pos = h->after;
-  positions_note(s->positions_fd, &s->pos);
+  if (!(h->flags & LOOM_PATCH_REPAIR)) /* a repair stays at its position */
+    positions_note(s->positions_fd, &s->pos);
   return 0;
 }
 

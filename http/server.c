@@ -158,6 +158,27 @@ static void scrub_log(void *ctx, const char *message)
     s->logger.fn(s->logger.ctx, message);
 }
 
+/* The scrubber's repair hook on a standby: fetch, then check and write. */
+static int scrub_repair(void *ctx, const uint64_t *pages, uint64_t count,
+                        char *why, size_t why_len)
+{
+  http_server *s = ctx;
+  if (!s->standby || http_standby_promoted(s->standby)) {
+    snprintf(why, why_len, "not a standby");
+    return REPLICATE_EINVAL;
+  }
+  uint8_t *answer = NULL;
+  size_t len = 0;
+  int rc = s->repair_fetch(s->repair_ctx, pages, count, &answer, &len, why, why_len);
+  if (rc == 0) {
+    rc = http_standby_repair(s->standby, answer, len, pages, count);
+    if (rc)
+      snprintf(why, why_len, "the upstream's pages were refused");
+  }
+  free(answer);
+  return rc;
+}
+
 static int scrubber_start(http_server *s, const http_server_options *opt)
 {
   if (opt->scrub_interval_seconds <= 0)
@@ -167,6 +188,12 @@ static int scrubber_start(http_server *s, const http_server_options *opt)
                                 .interval_seconds = opt->scrub_interval_seconds,
                                 .mbps = opt->scrub_mbps, .log = scrub_log,
                                 .log_ctx = s};
+  if (opt->repair_fetch && opt->role == HTTP_ROLE_STANDBY) {
+    s->repair_fetch = opt->repair_fetch;
+    s->repair_ctx = opt->repair_ctx;
+    so.repair = scrub_repair;
+    so.repair_ctx = s;
+  }
   return replicate_scrubber_start(&so, &s->scrubber);
 }
 

@@ -328,6 +328,15 @@ typedef struct http_server_options {
                                        (replicate.h, "The scrubber") [0: no
                                        scrubber] */
   double scrub_mbps;                /* its read cap, MiB/s [64] */
+  /* Standby self-repair (optional; docs/INTEGRITY.md section 5): fetch
+   * pages[0, count) from the upstream at a pinned position as one pages
+   * answer (GET /v1/pages), malloc'd into *answer, *len: 0, or an error
+   * code with the reason in why. The server checks and writes it
+   * (replicate_receiver_repair); the scrubber calls it with the bad pages
+   * it found. NULL: bad pages make the state corrupt. */
+  int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
+                      uint8_t **answer, size_t *len, char *why, size_t why_len);
+  void *repair_ctx;
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;

@@ -112,6 +112,9 @@ struct http_server {
   http_backups *backups;        /* GET /v1/backup (backup.c) */
   http_integrity *integrity;    /* GET /v1/tree, /v1/pages (integrity.c) */
   replicate_scrubber *scrubber; /* NULL: none */
+  int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
+                      uint8_t **answer, size_t *len, char *why, size_t why_len);
+  void *repair_ctx;             /* the options' (standby self-repair) */
 };
 
 /* ---------------------------------------------------------------------- */

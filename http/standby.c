@@ -343,6 +343,12 @@ void http_standby_snapshot_close(http_standby *sb, loom_snapshot *snap)
   replicate_receiver_snapshot_close(sb, snap);
 }
 
+int http_standby_repair(http_standby *sb, const uint8_t *answer, size_t len,
+                        const uint64_t *pages, uint64_t count)
+{
+  return replicate_receiver_repair(sb, answer, len, pages, count);
+}
+
 bool http_standby_promoted(http_standby *sb)
 {
   return replicate_receiver_promoted(sb);

@@ -803,6 +803,20 @@ int replicate_receiver_snapshot_open(replicate_receiver *rx,
   return rc;
 }
 
+int replicate_receiver_repair(replicate_receiver *rx, const uint8_t *answer,
+                              size_t len, const uint64_t *pages, uint64_t count)
+{
+  if (!rx)
+    return REPLICATE_EINVAL;
+  pthread_mutex_lock(&rx->store_mu);
+  pthread_mutex_lock(&rx->mu);
+  bool busy = rx->base_active;
+  pthread_mutex_unlock(&rx->mu);
+  int rc = busy ? EBUSY : replicate_repair_pages(rx->store, answer, len, pages, count);
+  pthread_mutex_unlock(&rx->store_mu);
+  return rc;
+}
+
 void replicate_receiver_snapshot_close(replicate_receiver *rx,
                                        loom_snapshot *snap)
 {

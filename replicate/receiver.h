@@ -275,6 +275,12 @@ void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch);
 /* ---------------------------------------------------------------------- */
 /* Reading the store, status */
 
+/* Self-repair: replicate_repair_pages (replicate.h) on the standby's
+ * store, under the lock its applies take, so no frame is applied
+ * meanwhile: its outcome, or EBUSY while a base image is coming in. */
+int replicate_receiver_repair(replicate_receiver *rx, const uint8_t *answer,
+                              size_t len, const uint64_t *pages, uint64_t count);
+
 /* A snapshot of the store at (or past) the applied position: 0, EBUSY (a
  * base image is coming in), or the errors of loom_store_sync and
  * loom_store_snapshot_open. Close it with replicate_receiver_snapshot_close. */

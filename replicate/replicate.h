@@ -265,6 +265,24 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
                            const uint8_t **contents);
 
 /* ---------------------------------------------------------------------- */
+/* Self-repair (DESIGN section 8; replicate/repair.c; the protocol in
+ * docs/INTEGRITY.md). A standby that found pages[0, count) (ascending)
+ * rotted fetches them from its upstream with GET /v1/pages at its own
+ * position and hands the answer here. The answer is refused, and nothing
+ * written, unless it is well formed (REPLICATE_EANSWER), of the store's
+ * history (REPLICATE_EHISTORY) and position (REPLICATE_EPOSITION), lists
+ * exactly those pages (REPLICATE_EANSWER), and every page hashes both to
+ * the answer's hash and to the hash the store recorded for it
+ * (REPLICATE_EPAGE_HASH). Then the pages are written durably as one
+ * LOOM_PATCH_REPAIR patch (the position does not move) and read back after
+ * the apply (REPLICATE_EPAGE_HASH when one still does not match). The
+ * caller keeps every other writer of the store out meanwhile (the
+ * standby's applier is paused). 0, or the error; errno values and LOOM_E*
+ * from the store pass through. */
+int replicate_repair_pages(loom_store *store, const uint8_t *answer, size_t len,
+                           const uint64_t *pages, uint64_t count);
+
+/* ---------------------------------------------------------------------- */
 /* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
  * that re-reads every image page through short-lived snapshots and
  * compares it with the hash recorded when it was written (level 0 of the
@@ -293,7 +311,24 @@ typedef struct replicate_scrub_options {
   double mbps;                   /* read cap, MiB/s [64] */
   void (*log)(void *log_ctx, const char *message); /* optional */
   void *log_ctx;
+  /* Self-repair (optional; docs/INTEGRITY.md section 5): called on the
+   * scrubber's thread at the end of a pass that found bad pages, with
+   * them (pages[0, count), ascending, count <= REPLICATE_PAGES_MAX): 0
+   * when they were repaired (a standby: fetched from its upstream and
+   * written by replicate_receiver_repair), else an error code and the
+   * reason, NUL-terminated, in why. The state is repairing meanwhile; a
+   * failed round is tried again a second later, up to
+   * REPLICATE_REPAIR_TRIES rounds, then the state is corrupt (and stays
+   * so while each later pass tries again, until one succeeds). A pass that
+   * finds more than REPLICATE_PAGES_MAX bad pages is corrupt at once (a
+   * base image is the way back). Without it, a bad page is corrupt at
+   * once. */
+  int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
+                char *why, size_t why_len);
+  void *repair_ctx;
 } replicate_scrub_options;
+
+#define REPLICATE_REPAIR_TRIES 3
 
 typedef struct replicate_scrub_status {
   bool running;                  /* a scrubber exists (not off) */
@@ -302,7 +337,7 @@ typedef struct replicate_scrub_status {
                                     full pass; 0 before the first */
   uint64_t passes;               /* full passes ended */
   uint64_t pages_scrubbed;       /* since start */
-  uint64_t pages_repaired;       /* since start (repair: not built yet) */
+  uint64_t pages_repaired;       /* since start, by the repair hook */
   uint64_t bad_pages;            /* found since start */
   uint64_t bad_page;             /* the last found; UINT64_MAX: none */
   char last_error[256];          /* "" when none */

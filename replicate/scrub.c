@@ -10,7 +10,12 @@
  * only for the chunk's short life. Reads are paced to the cap: after each
  * chunk the thread sleeps until the bytes read so far, at mbps, would have
  * taken as long as the pass. A pass that found no bad page sets the state
- * back to ok; a bad page makes it corrupt at once, naming the page. The
+ * back to ok; a bad page makes it corrupt at once, naming the page, or,
+ * with a repair hook, repairing: at the pass's end the hook gets the bad
+ * pages (repair_round), and the state is ok again once it repaired them,
+ * corrupt after REPLICATE_REPAIR_TRIES failed rounds; from then on it
+ * stays corrupt (no flapping back to repairing) while each later pass
+ * tries again, until a round succeeds. The
  * next pass starts interval seconds after the previous one started (at
  * once when the pass took longer). The first starts FIRST_PASS_MAX_S after
  * start, or one interval when that is shorter: not at once, so that a node
@@ -42,6 +47,8 @@ struct replicate_scrubber {
   bool stopping;                 /* mu */
   replicate_scrub_status st;     /* mu */
   uint8_t *page;
+  uint64_t found[REPLICATE_PAGES_MAX]; /* this pass's bad pages (thread) */
+  uint64_t nfound;
 };
 
 const char *replicate_integrity_state_name(replicate_integrity_state s)
@@ -105,11 +112,21 @@ static void found_bad(replicate_scrubber *sc, const loom_position *pos,
   else
     snprintf(text, sizeof text, "scrub: page %" PRIu64 " of the image does not "
              "match its recorded hash (seq %" PRIu64 ")", n, pos->seq);
+  if (sc->nfound < REPLICATE_PAGES_MAX)
+    sc->found[sc->nfound] = n;
+  sc->nfound++;
   pthread_mutex_lock(&sc->mu);
-  sc->st.state = REPLICATE_INTEGRITY_CORRUPT;
+  if (sc->st.state != REPLICATE_INTEGRITY_CORRUPT) /* corrupt stays until repaired */
+    sc->st.state = sc->opt.repair && sc->nfound <= REPLICATE_PAGES_MAX
+                       ? REPLICATE_INTEGRITY_REPAIRING : REPLICATE_INTEGRITY_CORRUPT;
+  if (sc->nfound > REPLICATE_PAGES_MAX)
+    sc->st.state = REPLICATE_INTEGRITY_CORRUPT;
   sc->st.bad_pages++;
   sc->st.bad_page = n;
-  snprintf(sc->st.last_error, sizeof sc->st.last_error, "%s", text);
+  /* A repair that gave up keeps saying why (the page is in the log). */
+  if (!(sc->opt.repair && sc->st.state == REPLICATE_INTEGRITY_CORRUPT &&
+        strncmp(sc->st.last_error, "repair: ", 8) == 0))
+    snprintf(sc->st.last_error, sizeof sc->st.last_error, "%s", text);
   pthread_mutex_unlock(&sc->mu);
   say(sc, text);
 }
@@ -147,11 +164,64 @@ static int scrub_chunk(replicate_scrubber *sc, uint64_t first, uint64_t *pages,
   return rc;
 }
 
+/* The state after a repair round: ok (and n pages repaired) or, with
+ * why, repairing (tried again) or corrupt (given up; a state that was
+ * corrupt already stays so while later passes try again). */
+static void repair_outcome(replicate_scrubber *sc, replicate_integrity_state state,
+                           uint64_t n, const char *why)
+{
+  pthread_mutex_lock(&sc->mu);
+  if (state != REPLICATE_INTEGRITY_REPAIRING || sc->st.state != REPLICATE_INTEGRITY_CORRUPT)
+    sc->st.state = state;
+  sc->st.pages_repaired += n;
+  snprintf(sc->st.last_error, sizeof sc->st.last_error, "%s", why);
+  pthread_mutex_unlock(&sc->mu);
+  if (*why)
+    say(sc, why);
+}
+
+/* The pass's bad pages to the repair hook, up to REPLICATE_REPAIR_TRIES
+ * rounds a second apart; true when stopping. */
+static bool repair_round(replicate_scrubber *sc)
+{
+  char why[200], text[256];
+  if (sc->nfound > REPLICATE_PAGES_MAX) {
+    snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages, more than %u: "
+             "not repaired page by page; a base image (--resync-from) replaces the "
+             "image", sc->nfound, (unsigned)REPLICATE_PAGES_MAX);
+    repair_outcome(sc, REPLICATE_INTEGRITY_CORRUPT, 0, text);
+    return false;
+  }
+  for (int tries = 1;; tries++) {
+    why[0] = '\0';
+    int rc = sc->opt.repair(sc->opt.repair_ctx, sc->found, sc->nfound, why, sizeof why);
+    if (rc == 0) {
+      snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages fetched from the "
+               "upstream, verified and written", sc->nfound);
+      say(sc, text);
+      repair_outcome(sc, REPLICATE_INTEGRITY_OK, sc->nfound, "");
+      return false;
+    }
+    bool last = tries >= REPLICATE_REPAIR_TRIES;
+    snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages (first %" PRIu64
+             "), try %d of %d failed: %s: %s%s", sc->nfound, sc->found[0], tries,
+             REPLICATE_REPAIR_TRIES, replicate_strerror(rc), why,
+             last ? "; the image stays as it is" : "");
+    repair_outcome(sc, last ? REPLICATE_INTEGRITY_CORRUPT : REPLICATE_INTEGRITY_REPAIRING,
+                   0, text);
+    if (last)
+      return false;
+    if (sleep_until(sc, mono_s() + 1))
+      return true;
+  }
+}
+
 /* One full pass; true when stopping. */
 static bool scrub_pass(replicate_scrubber *sc)
 {
   double start = mono_s(), rate = sc->opt.mbps * 1048576.0;
   uint64_t first = 0, pages = 1, bad = 0, bytes = 0;
+  sc->nfound = 0;
   while (first < pages) {
     int rc = scrub_chunk(sc, first, &pages, &bad);
     if (rc) {
@@ -178,7 +248,7 @@ static bool scrub_pass(replicate_scrubber *sc)
     sc->st.last_error[0] = '\0';
   }
   pthread_mutex_unlock(&sc->mu);
-  return false;
+  return bad && sc->opt.repair ? repair_round(sc) : false;
 }
 
 static void *scrub_main(void *arg)

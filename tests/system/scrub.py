@@ -20,14 +20,6 @@ import systest  # noqa: E402
 PS = 16384
 
 
-def flip(path, page, rng):
-    off = page * PS + rng.randrange(PS)
-    with open(path, "r+b") as f:
-        f.seek(off)
-        b = f.read(1)
-        f.seek(off)
-        f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
-
 
 def standby_case(loomship, root, rng, log):
     problems = []
@@ -49,7 +41,7 @@ def standby_case(loomship, root, rng, log):
         problems.append("no clean scrub pass: %s" % (st or {}).get("integrity"))
     pages = (st or {}).get("applied", {}).get("pages", 4)
     victim = rng.randrange(1, pages)
-    flip(os.path.join(sdir, "image"), victim, rng)
+    systest.flip_bit(os.path.join(sdir, "image"), victim, rng)
     st = systest.wait_for(lambda: (lambda s: s if s and s["integrity"]["state"] == "corrupt"
                            else None)(systest.status(surl)), 10)
     print("standby: flipped page %d of %d: %s" % (victim, pages, (st or {}).get("integrity")))
@@ -84,7 +76,7 @@ def primary_case(loomship, root, rng, log):
         loomship, args + ["--saves", "0", "--rate", "1", "--scrub-interval", "1"], log)
     if not purl:
         return ["the primary would not start again"]
-    flip(os.path.join(pdir, "image"), victim, rng)
+    systest.flip_bit(os.path.join(pdir, "image"), victim, rng)
     try:
         out, _ = p.communicate(timeout=20)
     except Exception:

@@ -136,6 +136,17 @@ def stop(proc, sig=signal.SIGTERM, timeout=15.0):
             proc.stdout.close()
 
 
+def flip_bit(path, page, rng, page_size=16384):
+    """Flip one random bit (from rng) in page `page` of the file at path:
+    bit rot, for the scrub and repair tests."""
+    off = page * page_size + rng.randrange(page_size)
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
+
+
 def status(url, timeout=2.0):
     """The node's /v1/status document, or None."""
     try:
