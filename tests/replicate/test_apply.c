@@ -90,7 +90,8 @@ static void expect_tree(loom_snapshot *snap, const uint64_t *hashes,
   uint64_t *below = xmalloc((pages + 1) * sizeof *below);
   uint64_t *here = xmalloc((pages + 1) * sizeof *here);
   uint64_t *got = xmalloc((pages + 1) * sizeof *got);
-  memcpy(below, hashes, pages * sizeof *below);
+  if (pages > 0) /* hashes is NULL for an empty model */
+    memcpy(below, hashes, pages * sizeof *below);
   for (unsigned l = 0; l < LOOM_TREE_LEVELS; l++) {
     uint64_t n = loom_tree_nodes(pages, l);
     if (l > 0) {
