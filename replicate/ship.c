@@ -716,8 +716,17 @@ static void add_peer_now(replicate_shipper *sh, const char *url)
     return;
   }
   pthread_mutex_lock(&sh->mu);
-  sh->peers[sh->n++] = fresh;
+  /* queue_peer_op counted against cap, but an add queued while this
+   * thread applied the previous ones can overshoot it: refuse here too. */
+  bool full = sh->n >= sh->cap;
+  if (!full)
+    sh->peers[sh->n++] = fresh;
   pthread_mutex_unlock(&sh->mu);
+  if (full) {
+    peer_free(&fresh);
+    ship_diag(sh, "peer %s not added: already %zu peers, the most it takes", url, sh->cap);
+    return;
+  }
   ship_diag(sh, "peer %s added (%zu peers)", url, sh->n);
 }
 
