@@ -393,6 +393,7 @@ int replicate_shipper_start(const replicate_shipper_options *opt,
   apply_options(sh, opt);
 
   pthread_mutex_init(&sh->mu, NULL);
+  pthread_mutex_init(&sh->ops_mu, NULL);
   loom_cond_init_mono(&sh->cond);
 
   int rc = acquire(sh, opt);
@@ -452,6 +453,7 @@ void replicate_shipper_stop(replicate_shipper *sh)
     curl_global_cleanup();
   pthread_cond_destroy(&sh->cond);
   pthread_mutex_destroy(&sh->mu);
+  pthread_mutex_destroy(&sh->ops_mu);
   free(sh);
 }
 
@@ -665,6 +667,7 @@ static int queue_peer_op(replicate_shipper *sh, const char *url, bool add)
   char *copy = copy_string(url);
   if (!copy)
     return ENOMEM;
+  pthread_mutex_lock(&sh->ops_mu);
   pthread_mutex_lock(&sh->mu);
   size_t count;
   bool present = peer_will_exist_locked(sh, url, &count);
@@ -679,6 +682,7 @@ static int queue_peer_op(replicate_shipper *sh, const char *url, bool add)
     copy = NULL;
   }
   pthread_mutex_unlock(&sh->mu);
+  pthread_mutex_unlock(&sh->ops_mu);
   free(copy);
   if (!rc)
     curl_multi_wakeup(sh->multi);
@@ -752,6 +756,7 @@ static void remove_peer_now(replicate_shipper *sh, const char *url)
 
 static void apply_peer_ops(replicate_shipper *sh)
 {
+  pthread_mutex_lock(&sh->ops_mu);
   pthread_mutex_lock(&sh->mu);
   struct peer_op *ops = sh->peer_ops;
   size_t count = sh->peer_op_count;
@@ -765,5 +770,6 @@ static void apply_peer_ops(replicate_shipper *sh)
       remove_peer_now(sh, ops[i].url);
     free(ops[i].url);
   }
+  pthread_mutex_unlock(&sh->ops_mu);
   free(ops);
 }

@@ -249,6 +249,9 @@ struct replicate_shipper {
 
   /* Shared, under mu. */
   pthread_mutex_t mu;
+  pthread_mutex_t ops_mu;       /* taken before mu: queueing a peer op waits
+                                   while the shipping thread applies them, so
+                                   a count never misses one half applied */
   pthread_cond_t cond;
   loom_position latest;
   commit_ring ring;
