@@ -180,14 +180,37 @@ extern "C" {
   X(REPLICATE_EREQUEST, -31033, "malformed tree or pages request")            \
   X(REPLICATE_EANSWER, -31034, "malformed tree or pages answer")              \
   X(REPLICATE_EUNPINNED, -31035,                                              \
-    "that position is not the one this node serves trees and pages at")
+    "that position is not the one this node serves trees and pages at")      \
+  /* Object stores (objstore.h): S3-compatible or a mounted directory. */     \
+  X(REPLICATE_ESTORE, -31036,                                                 \
+    "the object store failed the request (unreachable or 5xx)")             \
+  X(REPLICATE_ESTORE_AUTH, -31037,                                            \
+    "the object store refused the credentials (403)")                        \
+  X(REPLICATE_ESTORE_MISSING, -31038, "no such object or bucket")             \
+  X(REPLICATE_ESTORE_EXISTS, -31039,                                          \
+    "the object already exists (a conditional put was refused)")            \
+  /* The archive (DESIGN section 7). */                                       \
+  X(REPLICATE_EARCHIVE_OBJECT, -31040,                                        \
+    "an archived object is malformed, truncated or tampered with")          \
+  X(REPLICATE_EARCHIVE_KEY, -31041,                                           \
+    "the archive key is unusable, or an object is under an unknown key")    \
+  X(REPLICATE_EARCHIVE_FOREIGN, -31042,                                       \
+    "an object belongs to another archive or another position")             \
+  X(REPLICATE_EARCHIVE_GAP, -31043,                                           \
+    "that seq lies in a gap the archive recorded")                           \
+  X(REPLICATE_EARCHIVE_WRITER, -31044,                                        \
+    "another node writes to this archive")                                   \
+  X(REPLICATE_EARCHIVE_BEHIND, -31045,                                        \
+    "this node is behind the archive's newest position on its branch")      \
+  X(REPLICATE_EARCHIVE_NOPOS, -31046,                                         \
+    "the archive holds no such position")
 
 enum replicate_error {
   REPLICATE_OK = 0,
 #define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
   REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
 #undef REPLICATE_ERROR_ENUM_
-  REPLICATE_ELAST = -31036        /* sentinel: one past the lowest code */
+  REPLICATE_ELAST = -31047        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
