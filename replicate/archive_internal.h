@@ -1,0 +1,132 @@
+/*
+ * archive_internal.h: what the archive's files share (archive.h is the
+ * manual): the object codec (archive_object.c), the keys objects live
+ * under, and the opened archive. Byte tables: docs/ARCHIVE.md.
+ */
+#ifndef REPLICATE_ARCHIVE_INTERNAL_H
+#define REPLICATE_ARCHIVE_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "archive.h"
+#include "objstore.h"
+#include "replicate.h"
+
+#define ARC_MAGIC "LOOMARC1"
+#define ARC_VERSION 1u
+#define ARC_HEADER 96u
+#define ARC_OFF_CHECKSUM 88u
+#define ARC_NONCE 12u
+#define ARC_TAG 16u
+#define ARC_ID_SIZE 16u
+#define ARC_KEY_SIZE 32u
+#define ARC_FLAG_ENCRYPTED 0x1u
+#define ARC_FLAG_ZSTD 0x2u
+#define ARC_MAX_OBJECT ((size_t)8 << 30) /* refused above (a get's limit) */
+
+typedef enum arc_kind {
+  ARC_ID = 1,      /* "id": the archive's identity */
+  ARC_EPOCH = 2,   /* "epochs/E": an epoch's branch point */
+  ARC_HEAD = 3,    /* "e/E/head": the newest position uploaded at E */
+  ARC_BASE = 4,    /* "e/E/b/SEQ.TIME": an image */
+  ARC_SEGMENT = 5, /* "e/E/s/FIRST-LAST.TIME": single-commit frames */
+  ARC_GAP = 6,     /* "e/E/g/FIRST-LAST": seqs the archive does not hold */
+  ARC_WRITER = 7   /* "e/E/writer": who writes at E */
+} arc_kind;
+
+/* The keys of --archive-key-file: the current one first. */
+typedef struct arc_keys {
+  unsigned count; /* 0: plaintext archive */
+  uint8_t key[2][ARC_KEY_SIZE];
+  uint32_t id[2]; /* first 4 bytes of SHA-256(key), little-endian */
+} arc_keys;
+
+typedef struct arc_header {
+  arc_kind kind;
+  uint8_t archive_id[ARC_ID_SIZE];
+  uint64_t epoch, first_seq, last_seq;
+  uint32_t key_id;   /* 0: plaintext */
+  uint32_t flags;    /* ARC_FLAG_* */
+  uint64_t stored_len; /* payload bytes as stored (tag included) */
+  uint8_t nonce[ARC_NONCE];
+} arc_header;
+
+/* What a key names (parsed from the key alone, before reading it). */
+typedef struct arc_name {
+  arc_kind kind;
+  uint64_t epoch, first_seq, last_seq;
+  int64_t time_ns; /* BASE, SEGMENT: the last commit's time */
+} arc_name;
+
+/* The opened archive: the store, the keys, the archive id once known. */
+struct replicate_archive {
+  objstore *store;
+  arc_keys keys;
+  bool have_id;
+  uint8_t id[ARC_ID_SIZE];
+  char error[768];
+};
+
+int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen);
+
+/* Builds the object of h's kind/epoch/seqs around payload[0, len):
+ * compressed if h->flags has ARC_FLAG_ZSTD, encrypted with keys' current
+ * key when keys->count > 0 (a fresh nonce). Fills the rest of h. */
+int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
+             size_t len, replicate_buf *out);
+
+/* Checks obj[0, len) (size, magic, version, checksum, archive id when
+ * archive_id is non-NULL, key, tag) and decrypts/decompresses its payload
+ * into *payload. Errors: REPLICATE_EARCHIVE_OBJECT, _FOREIGN, _KEY,
+ * ENOMEM. */
+int arc_unseal(const arc_keys *keys, const uint8_t *archive_id,
+               const void *obj, size_t len, arc_header *h,
+               replicate_buf *payload);
+
+/* Keys: arc_key_* write into buf (ARC_KEY_MAX bytes). */
+#define ARC_KEY_MAX 96u
+void arc_key_epoch(char *buf, uint64_t epoch);
+void arc_key_head(char *buf, uint64_t epoch);
+void arc_key_writer(char *buf, uint64_t epoch);
+void arc_key_base(char *buf, uint64_t epoch, uint64_t seq, int64_t time_ns);
+void arc_key_segment(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
+                     int64_t time_ns);
+void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last);
+void arc_key_prefix(char *buf, uint64_t epoch); /* "e/E/" */
+/* 0 and *out, or REPLICATE_EARCHIVE_OBJECT (not an archive key). */
+int arc_key_parse(const char *key, arc_name *out);
+
+/* Sets a->error from a format; returns rc. */
+int arc_fail(replicate_archive *a, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Reads and checks the object under key: a header that disagrees with
+ * the key (kind, epoch, seqs) is REPLICATE_EARCHIVE_FOREIGN; every error
+ * names the key in a->error. The archive id must be known (arc_load_id). */
+int arc_get(replicate_archive *a, const char *key, arc_header *h,
+            replicate_buf *payload);
+/* Puts an object (sealed with a's keys and id). */
+int arc_put(replicate_archive *a, arc_header *h, const char *key,
+            const void *payload, size_t len, unsigned flags);
+/* Reads "id" into a->id: REPLICATE_ESTORE_MISSING when there is none. */
+int arc_load_id(replicate_archive *a);
+
+/* Little-endian fields. */
+static inline void arc_put64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint64_t arc_get64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+static inline void arc_put32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint32_t arc_get32(const uint8_t *p) {
+  return (uint32_t)arc_get64((const uint8_t[8]){p[0], p[1], p[2], p[3]});
+}
+
+#endif

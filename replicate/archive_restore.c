@@ -1,0 +1,525 @@
+/*
+ * archive_restore.c: reading an archive back: the epochs, one epoch's
+ * plan (its bases, segments and gaps from one listing), restore, list and
+ * verify (archive.h).
+ *
+ * RESTORE, for a target (newest, seq or time) at epoch E:
+ *   R1 the archive's id is read; every later object must carry it;
+ *   R2 "epochs/" is listed and each epoch's record read (its parent and
+ *      branch point); E is the newest unless the caller picked one;
+ *   R3 "e/E/" is listed once: bases, segments, gaps; segments must not
+ *      overlap (a duplicated or reordered object) and E's head is read;
+ *   R4 the base: the newest at or below the target; none at E (the target
+ *      lies before E's first base) continues at E's parent, limited to E's
+ *      branch point;
+ *   R5 the base is written into a new store (its lineage adopted), then
+ *      each following frame, seq after seq, through replicate_frame_apply
+ *      (which checks each frame's before position and after checksum);
+ *   R6 a seq target must be reached exactly (a gap: REPLICATE_EARCHIVE_GAP;
+ *      a missing frame: NOPOS); newest must reach the head's seq: an
+ *      archive that claims a seq it cannot give is refused, not shortened.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "archive_internal.h"
+
+/* ---------------------------------------------------------------------- */
+/* R2: the epochs */
+
+typedef struct arc_epoch {
+  uint64_t epoch, parent, branch_seq, branch_checksum;
+  loom_history history;
+} arc_epoch;
+
+typedef struct epoch_list {
+  replicate_archive *a;
+  arc_epoch *items;
+  size_t n;
+  int rc;
+} epoch_list;
+
+static int epoch_payload(const replicate_buf *p, uint64_t epoch,
+                         arc_epoch *out) {
+  if (p->len != 40) return REPLICATE_EARCHIVE_OBJECT;
+  out->epoch = epoch;
+  memcpy(out->history.id, p->data, LOOM_HISTORY_SIZE);
+  out->parent = arc_get64(p->data + 16);
+  out->branch_seq = arc_get64(p->data + 24);
+  out->branch_checksum = arc_get64(p->data + 32);
+  return 0;
+}
+
+static int each_epoch(void *ctx, const char *key, uint64_t size) {
+  (void)size;
+  epoch_list *l = ctx;
+  arc_header h;
+  replicate_buf p = {0};
+  arc_epoch e;
+  int rc = arc_get(l->a, key, &h, &p);
+  if (rc == 0 && (rc = epoch_payload(&p, h.epoch, &e)) != 0)
+    arc_fail(l->a, rc, "object %s: an epoch record of %zu bytes", key, p.len);
+  replicate_buf_free(&p);
+  if (rc != 0) return rc;
+  arc_epoch *items = realloc(l->items, (l->n + 1) * sizeof *items);
+  if (items == NULL) return ENOMEM;
+  l->items = items;
+  l->items[l->n++] = e;
+  return 0;
+}
+
+static int load_epochs(replicate_archive *a, epoch_list *out) {
+  memset(out, 0, sizeof *out);
+  out->a = a;
+  int rc = a->have_id ? 0 : arc_load_id(a); /* R1 */
+  if (rc == REPLICATE_ESTORE_MISSING)
+    return arc_fail(a, REPLICATE_EARCHIVE_NOPOS, "%s: no archive there (%s)",
+                    objstore_url(a->store), objstore_last_error(a->store));
+  if (rc == 0) rc = objstore_list(a->store, "epochs/", each_epoch, out);
+  if (rc != 0 && a->error[0] == '\0')
+    arc_fail(a, rc, "%s", objstore_last_error(a->store));
+  return rc;
+}
+
+static const arc_epoch *find_epoch(const epoch_list *l, uint64_t epoch) {
+  for (size_t i = 0; i < l->n; i++)
+    if (l->items[i].epoch == epoch) return &l->items[i];
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* R3: one epoch's plan */
+
+typedef struct arc_obj {
+  char key[ARC_KEY_MAX];
+  arc_name name;
+  uint64_t size;
+} arc_obj;
+
+typedef struct plan {
+  replicate_archive *a;
+  uint64_t epoch;
+  arc_obj *objs; /* bases, segments, gaps, in key order */
+  size_t n;
+  bool have_head;
+  loom_position head;
+} plan;
+
+static int each_obj(void *ctx, const char *key, uint64_t size) {
+  plan *p = ctx;
+  arc_obj o = {.size = size};
+  if (arc_key_parse(key, &o.name) != 0 || strlen(key) >= ARC_KEY_MAX)
+    return 0; /* not ours: ignored */
+  if (o.name.kind != ARC_BASE && o.name.kind != ARC_SEGMENT &&
+      o.name.kind != ARC_GAP)
+    return 0;
+  snprintf(o.key, sizeof o.key, "%s", key);
+  arc_obj *objs = realloc(p->objs, (p->n + 1) * sizeof *objs);
+  if (objs == NULL) return ENOMEM;
+  p->objs = objs;
+  p->objs[p->n++] = o;
+  return 0;
+}
+
+/* Segments in key order must not overlap. */
+static int check_overlaps(plan *p) {
+  const arc_obj *prev = NULL;
+  for (size_t i = 0; i < p->n; i++) {
+    const arc_obj *o = &p->objs[i];
+    if (o->name.kind != ARC_SEGMENT) continue;
+    if (o->name.last_seq < o->name.first_seq ||
+        (prev && o->name.first_seq <= prev->name.last_seq))
+      return arc_fail(p->a, REPLICATE_EARCHIVE_OBJECT,
+                      "object %s overlaps %s: duplicated or reordered", o->key,
+                      prev ? prev->key : "itself");
+    prev = o;
+  }
+  return 0;
+}
+
+static int read_head(plan *p) {
+  char key[ARC_KEY_MAX];
+  arc_key_head(key, p->epoch);
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(p->a, key, &h, &b);
+  if (rc == REPLICATE_ESTORE_MISSING) {
+    p->a->error[0] = '\0';
+    replicate_buf_free(&b);
+    return 0;
+  }
+  if (rc == 0 && (b.len != 32 || h.last_seq != arc_get64(b.data)))
+    rc = arc_fail(p->a, REPLICATE_EARCHIVE_OBJECT, "object %s is malformed",
+                  key);
+  if (rc == 0) {
+    p->have_head = true;
+    p->head = (loom_position){.epoch = p->epoch,
+                              .seq = arc_get64(b.data),
+                              .checksum = arc_get64(b.data + 8),
+                              .pages = arc_get64(b.data + 16),
+                              .commit_time_ns = (int64_t)arc_get64(b.data + 24)};
+  }
+  replicate_buf_free(&b);
+  return rc;
+}
+
+static void plan_free(plan *p) { free(p->objs); }
+
+static int plan_load(replicate_archive *a, uint64_t epoch, plan *p) {
+  memset(p, 0, sizeof *p);
+  p->a = a;
+  p->epoch = epoch;
+  char prefix[ARC_KEY_MAX];
+  arc_key_prefix(prefix, epoch);
+  int rc = objstore_list(a->store, prefix, each_obj, p);
+  if (rc != 0)
+    return arc_fail(a, rc, "%s", objstore_last_error(a->store));
+  rc = check_overlaps(p);
+  return rc ? rc : read_head(p);
+}
+
+/* ---------------------------------------------------------------------- */
+/* R5: writing the image */
+
+typedef struct restorer {
+  replicate_archive *a;
+  const replicate_restore_target *t;
+  loom_store *store;
+  replicate_decoder *dec;
+  loom_lineage lineage;
+  loom_position pos;
+} restorer;
+
+static int apply_base(restorer *r, const arc_obj *o) {
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(r->a, o->key, &h, &b);
+  loom_position pos;
+  if (rc == 0 && (b.len < LOOM_STREAM_HEADER ||
+                  loom_stream_header_decode(b.data, &pos, &r->lineage) != 0 ||
+                  pos.seq != o->name.first_seq || pos.epoch != h.epoch ||
+                  b.len != LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE))
+    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                  "object %s: the image inside is malformed or at another "
+                  "position", o->key);
+  if (rc == 0 && !loom_history_is_none(&r->lineage.history))
+    rc = loom_store_adopt_lineage(r->store, &r->lineage);
+  loom_patch *patch = NULL;
+  loom_patch_header ph = {.after = pos, .page_count = pos.pages,
+                          .flags = LOOM_PATCH_BASE};
+  loom_store_position(r->store, &ph.before);
+  if (rc == 0) rc = loom_store_patch_begin(r->store, &ph, &patch);
+  for (uint64_t i = 0; rc == 0 && i < pos.pages; i++)
+    rc = loom_patch_add(patch, i,
+                        b.data + LOOM_STREAM_HEADER + i * LOOM_PAGE_SIZE);
+  if (patch != NULL) rc = rc ? (loom_patch_abort(patch), rc)
+                             : loom_patch_commit(patch);
+  replicate_buf_free(&b);
+  if (rc != 0 && r->a->error[0] == '\0')
+    arc_fail(r->a, rc, "object %s: writing the image: %s", o->key,
+             replicate_strerror(rc));
+  if (rc == 0) r->pos = pos;
+  return rc;
+}
+
+/* Whether the frame at seq should be applied: SEQ stops at seq, TIME at
+ * the first commit after time_ns; limit is a branch point (or none). */
+static bool wanted(const restorer *r, const replicate_frame_info *f,
+                   uint64_t limit) {
+  if (f->after.seq > limit) return false;
+  if (r->t->kind == REPLICATE_RESTORE_SEQ) return f->after.seq <= r->t->seq;
+  if (r->t->kind == REPLICATE_RESTORE_TIME)
+    return f->commit_time_ns <= r->t->time_ns;
+  return true;
+}
+
+/* *stop: the segment's frames ran past what is wanted. */
+static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
+                         bool *stop) {
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(r->a, o->key, &h, &b);
+  size_t off = 0;
+  uint64_t expect = o->name.first_seq;
+  while (rc == 0 && !*stop && off < b.len) {
+    uint64_t len = b.len - off >= 8 ? arc_get64(b.data + off) : UINT64_MAX;
+    replicate_frame f;
+    if (len > b.len - off - 8 ||
+        replicate_frame_decode(r->dec, b.data + off + 8, len, &f) != 0 ||
+        f.info.after.seq != expect || f.info.epoch != h.epoch ||
+        (f.info.flags & REPLICATE_FRAME_COALESCED))
+      rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                    "object %s: frame %" PRIu64 " is malformed or out of order",
+                    o->key, expect);
+    else if (!loom_history_equal(&f.info.history, &r->lineage.history))
+      rc = arc_fail(r->a, REPLICATE_EARCHIVE_FOREIGN,
+                    "object %s: frame %" PRIu64 " is of another history", o->key,
+                    expect);
+    else if (!wanted(r, &f.info, limit))
+      *stop = true;
+    else if (f.info.after.seq > r->pos.seq &&
+             (rc = replicate_frame_apply(&f, r->store)) != 0)
+      arc_fail(r->a, rc, "object %s: frame %" PRIu64 " does not apply: %s",
+               o->key, expect, replicate_strerror(rc));
+    else if (f.info.after.seq > r->pos.seq)
+      r->pos = f.info.after;
+    off += 8 + (len == UINT64_MAX ? 0 : len);
+    expect++;
+  }
+  if (rc == 0 && !*stop && expect != o->name.last_seq + 1)
+    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                  "object %s holds seqs up to %" PRIu64 ", not %" PRIu64,
+                  o->key, expect - 1, o->name.last_seq);
+  replicate_buf_free(&b);
+  return rc;
+}
+
+/* R4: the base to start from at this epoch, or NULL. */
+static const arc_obj *pick_base(const plan *p, const replicate_restore_target *t,
+                                uint64_t limit) {
+  const arc_obj *best = NULL;
+  for (size_t i = 0; i < p->n; i++) {
+    const arc_obj *o = &p->objs[i];
+    if (o->name.kind != ARC_BASE || o->name.first_seq > limit) continue;
+    if (t->kind == REPLICATE_RESTORE_SEQ && o->name.first_seq > t->seq) continue;
+    if (t->kind == REPLICATE_RESTORE_TIME && o->name.time_ns > t->time_ns)
+      continue;
+    if (!best || o->name.first_seq >= best->name.first_seq) best = o;
+  }
+  return best;
+}
+
+static const arc_obj *gap_at(const plan *p, uint64_t seq) {
+  for (size_t i = 0; i < p->n; i++)
+    if (p->objs[i].name.kind == ARC_GAP && p->objs[i].name.first_seq <= seq &&
+        seq <= p->objs[i].name.last_seq)
+      return &p->objs[i];
+  return NULL;
+}
+
+/* R5, R6 at one epoch whose base was found. */
+static int restore_from(restorer *r, const plan *p, const arc_obj *base,
+                        uint64_t limit) {
+  int rc = apply_base(r, base);
+  bool stop = false;
+  for (size_t i = 0; rc == 0 && !stop && i < p->n; i++) {
+    const arc_obj *o = &p->objs[i];
+    if (o->name.kind != ARC_SEGMENT || o->name.last_seq <= r->pos.seq) continue;
+    if (o->name.first_seq > r->pos.seq + 1) break; /* a hole: R6 says */
+    rc = apply_segment(r, o, limit, &stop);
+  }
+  if (rc != 0) return rc;
+  uint64_t want = r->t->kind == REPLICATE_RESTORE_SEQ ? r->t->seq
+                  : r->t->kind == REPLICATE_RESTORE_NEWEST && p->have_head
+                      ? (p->head.seq < limit ? p->head.seq : limit)
+                      : r->pos.seq;
+  if (r->pos.seq == want && p->have_head && want == p->head.seq &&
+      !loom_position_same(&r->pos, &p->head))
+    return arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                    "epoch %" PRIu64 ": the image at seq %" PRIu64
+                    " differs from the one its head object names",
+                    p->epoch, want);
+  if (r->pos.seq == want) return 0;
+  const arc_obj *gap = gap_at(p, r->pos.seq + 1);
+  if (gap != NULL && r->t->kind == REPLICATE_RESTORE_SEQ)
+    return arc_fail(r->a, REPLICATE_EARCHIVE_GAP,
+                    "seq %" PRIu64 " lies in the gap %s the archive recorded",
+                    want, gap->key);
+  return arc_fail(r->a, REPLICATE_EARCHIVE_NOPOS,
+                  "epoch %" PRIu64 ": the archived frames stop at seq %" PRIu64
+                  " but seq %" PRIu64 " is wanted%s (an object is missing)",
+                  p->epoch, r->pos.seq, want,
+                  r->t->kind == REPLICATE_RESTORE_NEWEST ? " (its head claims it)" : "");
+}
+
+/* R3, R4 at epoch, then the parent when no base of epoch fits. */
+static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
+                         uint64_t limit) {
+  const arc_epoch *e = find_epoch(el, epoch);
+  if (e == NULL)
+    return arc_fail(r->a, REPLICATE_EARCHIVE_NOPOS,
+                    "the archive has no epoch %" PRIu64, epoch);
+  plan p;
+  int rc = plan_load(r->a, epoch, &p);
+  const arc_obj *base = rc ? NULL : pick_base(&p, r->t, limit);
+  if (rc == 0 && base != NULL)
+    rc = restore_from(r, &p, base, limit);
+  else if (rc == 0 && e->parent != 0 && e->parent < epoch)
+    rc = restore_epoch(r, el, e->parent,
+                       e->branch_seq < limit ? e->branch_seq : limit);
+  else if (rc == 0)
+    rc = arc_fail(r->a, REPLICATE_EARCHIVE_NOPOS,
+                  "the archive holds no base image at or before that position "
+                  "(epoch %" PRIu64 ")", epoch);
+  plan_free(&p);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The output directory */
+
+static int rm_one(const char *path, const struct stat *st, int flag,
+                  struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+static int make_out_dir(replicate_archive *a, const char *dir, bool *made) {
+  *made = false;
+  if (mkdir(dir, 0755) == 0) {
+    *made = true;
+    return 0;
+  }
+  if (errno != EEXIST)
+    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  DIR *d = opendir(dir);
+  if (d == NULL) return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  struct dirent *e;
+  int rc = 0;
+  while ((e = readdir(d)) != NULL)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) rc = EEXIST;
+  closedir(d);
+  if (rc != 0)
+    return arc_fail(a, REPLICATE_EINVAL, "%s is not empty: restore writes a "
+                    "new directory", dir);
+  return 0;
+}
+
+int replicate_archive_restore(replicate_archive *a,
+                              const replicate_restore_target *t,
+                              const char *out_dir, loom_position *restored) {
+  a->error[0] = '\0';
+  epoch_list el;
+  int rc = load_epochs(a, &el);
+  uint64_t epoch = 0;
+  for (size_t i = 0; rc == 0 && i < el.n; i++)
+    if (el.items[i].epoch > epoch) epoch = el.items[i].epoch;
+  if (rc == 0 && t->epoch >= 0) epoch = (uint64_t)t->epoch;
+  if (rc == 0 && epoch == 0)
+    rc = arc_fail(a, REPLICATE_EARCHIVE_NOPOS, "the archive holds no epoch");
+  bool made = false;
+  restorer r = {.a = a, .t = t};
+  if (rc == 0) rc = make_out_dir(a, out_dir, &made);
+  if (rc == 0 && (rc = loom_store_open(out_dir, LOOM_CREATE, NULL, &r.store)))
+    arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
+  if (rc == 0 && (rc = replicate_decoder_new(NULL, &r.dec)) != 0)
+    arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
+  if (rc == 0) rc = restore_epoch(&r, &el, epoch, UINT64_MAX);
+  if (rc == 0 && (rc = loom_store_sync(r.store)) != 0)
+    arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
+  if (r.store != NULL) {
+    if (rc == 0) loom_store_position(r.store, restored);
+    int crc = loom_store_close(r.store);
+    if (rc == 0 && crc != 0) rc = arc_fail(a, crc, "%s: closing: %s", out_dir,
+                                           replicate_strerror(crc));
+  }
+  replicate_decoder_free(r.dec);
+  free(el.items);
+  if (rc != 0 && made) nftw(out_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* List and verify */
+
+/* Whether an object of epoch e lies past a newer epoch's branch point. */
+static bool abandoned(const epoch_list *el, uint64_t epoch, uint64_t last) {
+  for (size_t i = 0; i < el->n; i++)
+    if (el->items[i].parent == epoch && el->items[i].epoch > epoch &&
+        last > el->items[i].branch_seq)
+      return true;
+  return false;
+}
+
+typedef struct walker {
+  replicate_archive *a;
+  const epoch_list *el;
+  replicate_archive_each_fn each;
+  void *ctx;
+} walker;
+
+static int walk_epoch(walker *w, uint64_t epoch) {
+  plan p;
+  int rc = plan_load(w->a, epoch, &p);
+  for (size_t i = 0; rc == 0 && i < p.n; i++) {
+    const arc_obj *o = &p.objs[i];
+    replicate_archive_entry e = {
+        .key = o->key,
+        .kind = (replicate_archive_object_kind)o->name.kind,
+        .epoch = epoch,
+        .first_seq = o->name.first_seq,
+        .last_seq = o->name.last_seq,
+        .time_ns = o->name.time_ns,
+        .size = o->size,
+        .abandoned = abandoned(w->el, epoch, o->name.last_seq)};
+    rc = w->each(w->ctx, &e);
+  }
+  plan_free(&p);
+  return rc;
+}
+
+int replicate_archive_list(replicate_archive *a, replicate_archive_each_fn each,
+                           void *ctx) {
+  a->error[0] = '\0';
+  epoch_list el;
+  int rc = load_epochs(a, &el);
+  walker w = {.a = a, .el = &el, .each = each, .ctx = ctx};
+  for (size_t i = 0; rc == 0 && i < el.n; i++)
+    rc = walk_epoch(&w, el.items[i].epoch);
+  free(el.items);
+  return rc;
+}
+
+typedef struct checker {
+  replicate_archive *a;
+  replicate_archive_verify_report *out;
+} checker;
+
+static int check_one(void *ctx, const replicate_archive_entry *e) {
+  checker *c = ctx;
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(c->a, e->key, &h, &b);
+  replicate_buf_free(&b);
+  if (rc == 0) {
+    c->out->objects++;
+    c->out->bytes += e->size;
+  }
+  return rc;
+}
+
+int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
+                             replicate_archive_verify_report *out) {
+  memset(out, 0, sizeof *out);
+  checker c = {.a = a, .out = out};
+  int rc = replicate_archive_list(a, check_one, &c);
+  char *dir = NULL;
+  if (rc == 0 && asprintf(&dir, "%s/loomship-drill-XXXXXX", scratch_dir) < 0)
+    return ENOMEM;
+  if (rc == 0 && mkdtemp(dir) == NULL)
+    rc = arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  replicate_restore_target t = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  if (rc == 0) rc = replicate_archive_restore(a, &t, dir, &out->newest);
+  loom_position recorded;
+  uint64_t computed = 0;
+  if (rc == 0 && (rc = loom_verify(dir, &recorded, &computed)) != 0)
+    arc_fail(a, rc, "the restore drill's image fails loom verify: %s",
+             replicate_strerror(rc));
+  if (rc == 0 && computed != out->newest.checksum)
+    rc = arc_fail(a, REPLICATE_EARCHIVE_OBJECT,
+                  "the restore drill's checksum %016" PRIx64
+                  " differs from the archived %016" PRIx64,
+                  computed, out->newest.checksum);
+  if (dir != NULL) nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  free(dir);
+  return rc;
+}

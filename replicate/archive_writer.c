@@ -1,0 +1,747 @@
+/*
+ * archive_writer.c: the archiver (archive.h): commits in, objects out.
+ *
+ * THE COMMIT SIDE (replicate_archiver_on_commit, the node's commit hook)
+ *   encodes the commit's frame and queues it in memory; past
+ *   max_backlog_bytes the queue is emptied and the dropped seqs become a
+ *   gap (a base follows). It never waits for the store.
+ *
+ * THE THREAD, per wake-up (every interval_seconds, or at once for a
+ * drain):
+ *   W1 start-up, retried until it succeeds or finds a reason to stop: the
+ *      archive's id (made, IF_ABSENT, when there is none), this epoch's
+ *      record (made when missing), its writer object (IF_ABSENT: another
+ *      writer's is REPLICATE_EARCHIVE_WRITER), its head (ahead of the node:
+ *      EARCHIVE_BEHIND; not on the node's history: EARCHIVE_FOREIGN), and
+ *      one listing of e/E/ for the bases and segments kept (retention);
+ *   W2 a base when none is at this epoch yet, after a gap, or when
+ *      base_interval_seconds passed with commits since the last: a
+ *      snapshot of the store, uploaded whole, then the head;
+ *   W3 the queued frames after the uploaded seq as one segment (a
+ *      missing one is looked up in the replication log, else it is a gap:
+ *      W2 at the next step), put IF_ABSENT, then the head (the order
+ *      matters: a head never names a seq whose segment is not stored);
+ *   W4 retention: past keep_bases, the oldest base goes, with every segment
+ *      that only it needed.
+ * A failed request leaves everything queued for the next wake-up; the
+ * error shows in status.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "archive_internal.h"
+#include "clock.h"
+
+typedef struct queued {
+  uint64_t seq;
+  int64_t time_ns;
+  int64_t mono_ns; /* when it was fed */
+  replicate_buf frame;
+} queued;
+
+typedef struct kept {
+  arc_name name;
+  char key[ARC_KEY_MAX];
+} kept;
+
+struct replicate_archiver {
+  replicate_archiver_options o;
+  char *url, *key_file, *writer_id, *endpoint, *region, *credentials;
+  replicate_archive *a;        /* the thread's */
+  replicate_encoder *enc;      /* the commit hook's */
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+  /* under mu */
+  queued *q;
+  size_t qn, qcap;
+  uint64_t backlog;
+  loom_position committed;
+  bool quit, drain, stopped, gap_pending, gap_seen;
+  bool failing;                /* the last step failed: wait before again */
+  uint64_t gap_first, gap_last;
+  loom_position uploaded;
+  uint64_t base_count;
+  char last_error[512];
+  int64_t last_error_at_ns;
+  objstore_stats stats;
+  /* the thread's */
+  bool started, have_head, base_needed;
+  double last_base_mono;
+  uint64_t committed_at_base;
+  kept *kept;
+  size_t kn;
+  uint64_t epoch;
+};
+
+static int64_t real_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void say(replicate_archiver *ar, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void say(replicate_archiver *ar, const char *fmt, ...) {
+  if (ar->o.log_fn == NULL) return;
+  char line[768];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  ar->o.log_fn(ar->o.log_ctx, line);
+}
+
+/* Copies text into dst[cap], cut if need be. */
+static void copy_text(char *dst, size_t cap, const char *text) {
+  size_t n = strnlen(text, cap - 1);
+  memcpy(dst, text, n);
+  dst[n] = '\0';
+}
+
+/* Records a failure (fatal: archiving stops for good). */
+static int failed(replicate_archiver *ar, int rc, bool fatal) {
+  pthread_mutex_lock(&ar->mu);
+  char text[sizeof ar->last_error];
+  copy_text(text, sizeof text, fatal ? "archiving stopped: " : "");
+  size_t n = strlen(text);
+  copy_text(text + n, sizeof text - n, ar->a->error);
+  bool news = strcmp(ar->last_error, text) != 0;
+  memcpy(ar->last_error, text, sizeof text);
+  ar->last_error_at_ns = real_ns();
+  ar->failing = true;
+  if (fatal) ar->stopped = true;
+  pthread_mutex_unlock(&ar->mu);
+  if (news || fatal) say(ar, "archive: %s", ar->last_error);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The commit side */
+
+static void queue_drop_all(replicate_archiver *ar) {
+  for (size_t i = 0; i < ar->qn; i++) replicate_buf_free(&ar->q[i].frame);
+  ar->qn = 0;
+  ar->backlog = 0;
+}
+
+static void queue_push(replicate_archiver *ar, queued *e) {
+  if (ar->backlog + e->frame.len > ar->o.max_backlog_bytes ||
+      (ar->qn == ar->qcap &&
+       !(ar->q = realloc(ar->q, (ar->qcap = ar->qcap ? ar->qcap * 2 : 256) *
+                                    sizeof *ar->q)))) {
+    if (ar->q == NULL) ar->qcap = 0;
+    if (!ar->gap_pending) ar->gap_first = ar->qn ? ar->q[0].seq : e->seq;
+    ar->gap_pending = ar->gap_seen = true;
+    ar->gap_last = e->seq;
+    queue_drop_all(ar);
+    replicate_buf_free(&e->frame);
+    return;
+  }
+  ar->backlog += e->frame.len;
+  ar->q[ar->qn++] = *e;
+}
+
+int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
+                                 const loom_commit *c) {
+  queued e = {.seq = c->after.seq, .time_ns = c->after.commit_time_ns,
+              .mono_ns = loom_mono_ns()};
+  int rc = replicate_frame_encode_commit(ar->enc, l, c, &e.frame);
+  pthread_mutex_lock(&ar->mu);
+  ar->committed = c->after;
+  if (rc != 0 || ar->stopped) {
+    replicate_buf_free(&e.frame);
+    if (rc != 0 && !ar->gap_pending) ar->gap_first = e.seq;
+    if (rc != 0) ar->gap_pending = ar->gap_seen = true;
+  } else {
+    queue_push(ar, &e);
+  }
+  pthread_mutex_unlock(&ar->mu);
+  return 0; /* the archive never fails a commit */
+}
+
+/* ---------------------------------------------------------------------- */
+/* W1: start-up */
+
+static int ensure_id(replicate_archiver *ar) {
+  replicate_archive *a = ar->a;
+  int rc = arc_load_id(a);
+  if (rc != REPLICATE_ESTORE_MISSING) return rc;
+  if (RAND_bytes(a->id, ARC_ID_SIZE) != 1)
+    return arc_fail(a, REPLICATE_EARCHIVE_KEY, "no random bytes for an id");
+  arc_header h = {.kind = ARC_ID};
+  uint8_t made[8];
+  arc_put64(made, (uint64_t)real_ns());
+  rc = arc_put(a, &h, "id", made, sizeof made, OBJSTORE_PUT_IF_ABSENT);
+  if (rc == REPLICATE_ESTORE_EXISTS) return arc_load_id(a); /* raced */
+  if (rc == 0) a->have_id = true;
+  return rc;
+}
+
+/* The epoch's record: its history and where it branched off its parent. */
+static int ensure_epoch(replicate_archiver *ar) {
+  char key[ARC_KEY_MAX];
+  arc_key_epoch(key, ar->epoch);
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(ar->a, key, &h, &b);
+  loom_lineage lin;
+  loom_store_lineage(ar->o.store, &lin);
+  if (rc == 0 && (b.len != 40 || memcmp(b.data, lin.history.id, 16) != 0))
+    rc = arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
+                  "object %s: epoch %" PRIu64 " of this archive belongs to "
+                  "another history than this node's", key, ar->epoch);
+  replicate_buf_free(&b);
+  if (rc != REPLICATE_ESTORE_MISSING) return rc;
+  uint8_t p[40] = {0};
+  memcpy(p, lin.history.id, 16);
+  uint64_t parent = ar->epoch > 1 ? 1 : 0;
+  for (uint32_t i = 0; i < lin.branch_count; i++) {
+    const loom_branch *br = &lin.branches[i];
+    if (br->epoch < ar->epoch && br->epoch > parent) parent = br->epoch;
+    if (br->epoch == ar->epoch) {
+      arc_put64(p + 24, br->seq);
+      arc_put64(p + 32, br->checksum);
+    }
+  }
+  arc_put64(p + 16, parent);
+  arc_header eh = {.kind = ARC_EPOCH, .epoch = ar->epoch};
+  return arc_put(ar->a, &eh, key, p, sizeof p, 0);
+}
+
+static int ensure_writer(replicate_archiver *ar) {
+  char key[ARC_KEY_MAX];
+  arc_key_writer(key, ar->epoch);
+  arc_header h = {.kind = ARC_WRITER, .epoch = ar->epoch};
+  size_t n = strlen(ar->writer_id);
+  int rc = arc_put(ar->a, &h, key, ar->writer_id, n, OBJSTORE_PUT_IF_ABSENT);
+  if (rc != REPLICATE_ESTORE_EXISTS) return rc;
+  replicate_buf b = {0};
+  rc = arc_get(ar->a, key, &h, &b);
+  if (rc == 0 && (b.len != n || memcmp(b.data, ar->writer_id, n) != 0))
+    rc = arc_fail(ar->a, REPLICATE_EARCHIVE_WRITER,
+                  "%s: another node (%.*s) writes epoch %" PRIu64
+                  " of this archive", key, (int)(b.len > 200 ? 200 : b.len),
+                  (const char *)b.data, ar->epoch);
+  replicate_buf_free(&b);
+  return rc;
+}
+
+static int load_head(replicate_archiver *ar) {
+  char key[ARC_KEY_MAX];
+  arc_key_head(key, ar->epoch);
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(ar->a, key, &h, &b);
+  if (rc == REPLICATE_ESTORE_MISSING) {
+    replicate_buf_free(&b);
+    ar->have_head = false;
+    return 0;
+  }
+  if (rc == 0 && b.len != 32)
+    rc = arc_fail(ar->a, REPLICATE_EARCHIVE_OBJECT, "object %s is malformed", key);
+  loom_position head = {.epoch = ar->epoch};
+  if (rc == 0) {
+    head.seq = arc_get64(b.data);
+    head.checksum = arc_get64(b.data + 8);
+    head.pages = arc_get64(b.data + 16);
+    head.commit_time_ns = (int64_t)arc_get64(b.data + 24);
+  }
+  replicate_buf_free(&b);
+  if (rc != 0) return rc;
+  loom_position now;
+  loom_store_position(ar->o.store, &now);
+  uint64_t epoch_at, sum_at;
+  if (head.seq > now.seq)
+    return arc_fail(ar->a, REPLICATE_EARCHIVE_BEHIND,
+                    "this node is at seq %" PRIu64 ", behind the archive's "
+                    "seq %" PRIu64 " at epoch %" PRIu64 " (%s)",
+                    now.seq, head.seq, ar->epoch, key);
+  if ((head.seq == now.seq && head.checksum != now.checksum) ||
+      (head.seq < now.seq &&
+       loom_store_checksum_at(ar->o.store, head.seq, &epoch_at, &sum_at) &&
+       sum_at != head.checksum))
+    return arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
+                    "%s: the archive's seq %" PRIu64 " is not this node's "
+                    "(another branch)", key, head.seq);
+  ar->have_head = true;
+  pthread_mutex_lock(&ar->mu);
+  ar->uploaded = head;
+  pthread_mutex_unlock(&ar->mu);
+  return 0;
+}
+
+static int each_kept(void *ctx, const char *key, uint64_t size) {
+  (void)size;
+  replicate_archiver *ar = ctx;
+  arc_name n;
+  if (arc_key_parse(key, &n) != 0 || (n.kind != ARC_BASE && n.kind != ARC_SEGMENT))
+    return 0;
+  kept *k = realloc(ar->kept, (ar->kn + 1) * sizeof *k);
+  if (k == NULL) return ENOMEM;
+  ar->kept = k;
+  ar->kept[ar->kn].name = n;
+  snprintf(ar->kept[ar->kn++].key, ARC_KEY_MAX, "%s", key);
+  return 0;
+}
+
+static uint64_t count_bases(const replicate_archiver *ar) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < ar->kn; i++) n += ar->kept[i].name.kind == ARC_BASE;
+  return n;
+}
+
+static int start_up(replicate_archiver *ar) {
+  int rc = ensure_id(ar);
+  if (rc == 0) rc = ensure_epoch(ar);
+  if (rc == 0) rc = ensure_writer(ar);
+  if (rc == 0) rc = load_head(ar);
+  char prefix[ARC_KEY_MAX];
+  arc_key_prefix(prefix, ar->epoch);
+  ar->kn = 0;
+  if (rc == 0 && (rc = objstore_list(ar->a->store, prefix, each_kept, ar)))
+    arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+  if (rc != 0) return rc;
+  ar->started = true;
+  ar->last_base_mono = loom_mono_s();
+  ar->committed_at_base = ar->uploaded.seq;
+  ar->base_needed = !ar->have_head || count_bases(ar) == 0;
+  pthread_mutex_lock(&ar->mu);
+  ar->base_count = count_bases(ar);
+  pthread_mutex_unlock(&ar->mu);
+  say(ar, "archive: writing epoch %" PRIu64 " of %s from seq %" PRIu64, ar->epoch,
+      ar->url, ar->uploaded.seq);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* W2: a base, W3: a segment, the head */
+
+static int put_head(replicate_archiver *ar, const loom_position *pos) {
+  uint8_t p[32];
+  arc_put64(p, pos->seq);
+  arc_put64(p + 8, pos->checksum);
+  arc_put64(p + 16, pos->pages);
+  arc_put64(p + 24, (uint64_t)pos->commit_time_ns);
+  char key[ARC_KEY_MAX];
+  arc_key_head(key, ar->epoch);
+  arc_header h = {.kind = ARC_HEAD, .epoch = ar->epoch, .first_seq = pos->seq,
+                  .last_seq = pos->seq};
+  int rc = arc_put(ar->a, &h, key, p, sizeof p, 0);
+  if (rc == 0) {
+    pthread_mutex_lock(&ar->mu);
+    ar->uploaded = *pos;
+    pthread_mutex_unlock(&ar->mu);
+    ar->have_head = true;
+  }
+  return rc;
+}
+
+static int keep(replicate_archiver *ar, arc_kind kind, const char *key,
+                uint64_t first, uint64_t last) {
+  kept *k = realloc(ar->kept, (ar->kn + 1) * sizeof *k);
+  if (k == NULL) return ENOMEM;
+  ar->kept = k;
+  ar->kept[ar->kn] = (kept){.name = {.kind = kind, .epoch = ar->epoch,
+                                     .first_seq = first, .last_seq = last}};
+  snprintf(ar->kept[ar->kn++].key, ARC_KEY_MAX, "%s", key);
+  return 0;
+}
+
+/* The image stream of a snapshot (loom.h), whole in memory. */
+static int read_snapshot(loom_snapshot *snap, loom_position *pos,
+                         replicate_buf *out) {
+  loom_lineage lin;
+  loom_snapshot_position(snap, pos);
+  loom_snapshot_lineage(snap, &lin);
+  size_t len = LOOM_STREAM_HEADER + (size_t)pos->pages * LOOM_PAGE_SIZE;
+  uint8_t *p = realloc(out->data, len);
+  if (p == NULL) return ENOMEM;
+  out->data = p;
+  out->cap = out->len = len;
+  loom_stream_header_encode(p, pos, &lin);
+  if (pos->pages == 0) return 0;
+  return loom_snapshot_read(snap, 0, p + LOOM_STREAM_HEADER,
+                            len - LOOM_STREAM_HEADER);
+}
+
+/* Records seqs [first, last] as a gap. */
+static int put_gap(replicate_archiver *ar, uint64_t first, uint64_t last) {
+  char key[ARC_KEY_MAX];
+  arc_key_gap(key, ar->epoch, first, last);
+  arc_header h = {.kind = ARC_GAP, .epoch = ar->epoch, .first_seq = first,
+                  .last_seq = last};
+  int rc = arc_put(ar->a, &h, key, NULL, 0, 0);
+  if (rc == 0) {
+    pthread_mutex_lock(&ar->mu);
+    ar->gap_seen = true;
+    ar->gap_first = first;
+    ar->gap_last = last;
+    pthread_mutex_unlock(&ar->mu);
+    say(ar, "archive: seqs %" PRIu64 "-%" PRIu64 " are a gap (%s)", first,
+        last, key);
+  }
+  return rc;
+}
+
+static void queue_trim(replicate_archiver *ar, uint64_t upto) {
+  pthread_mutex_lock(&ar->mu);
+  size_t n = 0;
+  while (n < ar->qn && ar->q[n].seq <= upto) {
+    ar->backlog -= ar->q[n].frame.len;
+    replicate_buf_free(&ar->q[n++].frame);
+  }
+  memmove(ar->q, ar->q + n, (ar->qn - n) * sizeof *ar->q);
+  ar->qn -= n;
+  pthread_mutex_unlock(&ar->mu);
+}
+
+static int upload_base(replicate_archiver *ar) {
+  loom_snapshot *snap = NULL;
+  int rc = loom_store_snapshot_open(ar->o.store, &snap);
+  if (rc != 0)
+    return arc_fail(ar->a, rc, "base: snapshot: %s", replicate_strerror(rc));
+  loom_position pos;
+  replicate_buf img = {0};
+  rc = read_snapshot(snap, &pos, &img);
+  loom_snapshot_close(snap);
+  char key[ARC_KEY_MAX];
+  arc_key_base(key, ar->epoch, pos.seq, pos.commit_time_ns);
+  arc_header h = {.kind = ARC_BASE, .epoch = ar->epoch, .first_seq = pos.seq,
+                  .last_seq = pos.seq, .flags = ARC_FLAG_ZSTD};
+  if (rc != 0) arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
+  else rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
+  replicate_buf_free(&img);
+  uint64_t from = ar->uploaded.seq + 1;
+  if (rc == 0 && ar->have_head && pos.seq > from) rc = put_gap(ar, from, pos.seq - 1);
+  if (rc == 0 && pos.seq >= ar->uploaded.seq) rc = put_head(ar, &pos);
+  if (rc == 0) rc = keep(ar, ARC_BASE, key, pos.seq, pos.seq);
+  if (rc != 0) return rc;
+  queue_trim(ar, pos.seq);
+  ar->base_needed = false;
+  ar->last_base_mono = loom_mono_s();
+  ar->committed_at_base = pos.seq;
+  pthread_mutex_lock(&ar->mu);
+  ar->base_count = count_bases(ar);
+  pthread_mutex_unlock(&ar->mu);
+  say(ar, "archive: base at seq %" PRIu64 " uploaded (%s)", pos.seq, key);
+  return 0;
+}
+
+/* Appends one record (length, frame) to a segment's payload. */
+static int seg_add(replicate_buf *seg, const void *frame, size_t len) {
+  size_t need = seg->len + 8 + len;
+  if (need > seg->cap) {
+    size_t cap = need * 2;
+    uint8_t *p = realloc(seg->data, cap);
+    if (p == NULL) return ENOMEM;
+    seg->data = p;
+    seg->cap = cap;
+  }
+  arc_put64(seg->data + seg->len, len);
+  memcpy(seg->data + seg->len + 8, frame, len);
+  seg->len = need;
+  return 0;
+}
+
+/* Frames uploaded+1 .. from the replication log, while it has them. */
+static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
+                         replicate_buf *seg) {
+  replicate_buf f = {0};
+  while (ar->o.log != NULL && next < stop &&
+         replicate_log_read(ar->o.log, next, &f) == 0 &&
+         seg_add(seg, f.data, f.len) == 0)
+    next++;
+  replicate_buf_free(&f);
+  return next;
+}
+
+/* The segment's payload: the queued frames after uploaded, contiguous. */
+static int gather(replicate_archiver *ar, replicate_buf *seg, loom_position *last) {
+  uint64_t next = ar->uploaded.seq + 1;
+  pthread_mutex_lock(&ar->mu);
+  uint64_t first_queued = ar->qn ? ar->q[0].seq : ar->committed.seq + 1;
+  pthread_mutex_unlock(&ar->mu);
+  next = from_log(ar, next, first_queued, seg);
+  if (next < first_queued) return REPLICATE_ELOG_GONE; /* a gap: W2 */
+  pthread_mutex_lock(&ar->mu);
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < ar->qn; i++) {
+    if (ar->q[i].seq < next) continue;
+    if (ar->q[i].seq != next) break;
+    replicate_frame_info info;
+    rc = replicate_frame_parse_header(ar->q[i].frame.data, ar->q[i].frame.len,
+                                      NULL, &info);
+    if (rc == 0) rc = seg_add(seg, ar->q[i].frame.data, ar->q[i].frame.len);
+    if (rc == 0) *last = info.after, last->epoch = info.epoch,
+                 last->commit_time_ns = info.commit_time_ns, next++;
+  }
+  pthread_mutex_unlock(&ar->mu);
+  return rc;
+}
+
+static int upload_segment(replicate_archiver *ar) {
+  replicate_buf seg = {0};
+  loom_position last = ar->uploaded;
+  int rc = gather(ar, &seg, &last);
+  if (rc == REPLICATE_ELOG_GONE) {
+    ar->base_needed = true;
+    replicate_buf_free(&seg);
+    return 0;
+  }
+  if (rc == 0 && last.seq > ar->uploaded.seq && last.epoch != ar->epoch)
+    rc = arc_fail(ar->a, REPLICATE_EINVAL, "a frame of epoch %" PRIu64
+                  " while archiving epoch %" PRIu64, last.epoch, ar->epoch);
+  if (rc != 0 || last.seq <= ar->uploaded.seq) {
+    replicate_buf_free(&seg);
+    return rc;
+  }
+  char key[ARC_KEY_MAX];
+  uint64_t first = ar->uploaded.seq + 1;
+  arc_key_segment(key, ar->epoch, first, last.seq, last.commit_time_ns);
+  arc_header h = {.kind = ARC_SEGMENT, .epoch = ar->epoch, .first_seq = first,
+                  .last_seq = last.seq};
+  rc = arc_put(ar->a, &h, key, seg.data, seg.len, OBJSTORE_PUT_IF_ABSENT);
+  replicate_buf_free(&seg);
+  if (rc == REPLICATE_ESTORE_EXISTS)
+    return arc_fail(ar->a, REPLICATE_EARCHIVE_WRITER,
+                    "%s exists already: another node writes to this archive", key);
+  if (rc == 0) rc = put_head(ar, &last);
+  if (rc == 0) rc = keep(ar, ARC_SEGMENT, key, first, last.seq);
+  if (rc == 0) queue_trim(ar, last.seq);
+  return rc;
+}
+
+/* W4: past keep_bases, the oldest base and the segments only it needed
+ * (those ending at or before the next base). */
+static int retain(replicate_archiver *ar) {
+  while (count_bases(ar) > ar->o.keep_bases) {
+    uint64_t oldest = UINT64_MAX, until = UINT64_MAX;
+    for (size_t i = 0; i < ar->kn; i++)
+      if (ar->kept[i].name.kind == ARC_BASE && ar->kept[i].name.first_seq < oldest)
+        oldest = ar->kept[i].name.first_seq;
+    for (size_t i = 0; i < ar->kn; i++)
+      if (ar->kept[i].name.kind == ARC_BASE && ar->kept[i].name.first_seq > oldest &&
+          ar->kept[i].name.first_seq < until)
+        until = ar->kept[i].name.first_seq;
+    for (size_t i = 0; i < ar->kn;) {
+      const arc_name *n = &ar->kept[i].name;
+      bool drop = (n->kind == ARC_BASE && n->first_seq == oldest) ||
+                  (n->kind == ARC_SEGMENT && n->last_seq <= until);
+      if (!drop) {
+        i++;
+        continue;
+      }
+      int rc = objstore_delete(ar->a->store, ar->kept[i].key);
+      if (rc != 0)
+        return arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+      memmove(&ar->kept[i], &ar->kept[i + 1], (--ar->kn - i) * sizeof *ar->kept);
+    }
+  }
+  pthread_mutex_lock(&ar->mu);
+  ar->base_count = count_bases(ar);
+  pthread_mutex_unlock(&ar->mu);
+  return 0;
+}
+
+/* One wake-up: W1 to W4. */
+static int step(replicate_archiver *ar) {
+  ar->a->error[0] = '\0';
+  int rc = ar->started ? 0 : start_up(ar);
+  pthread_mutex_lock(&ar->mu);
+  bool gap = ar->gap_pending;
+  ar->gap_pending = false;
+  uint64_t committed = ar->committed.seq;
+  pthread_mutex_unlock(&ar->mu);
+  if (gap) ar->base_needed = true;
+  if (rc == 0 && !ar->base_needed && committed > ar->committed_at_base &&
+      loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds)
+    ar->base_needed = true;
+  if (rc == 0 && !ar->base_needed) rc = upload_segment(ar);
+  if (rc == 0 && ar->base_needed) rc = upload_base(ar);
+  if (rc == 0 && !ar->base_needed) rc = upload_segment(ar);
+  if (rc == 0) rc = retain(ar);
+  if (rc == REPLICATE_EARCHIVE_WRITER || rc == REPLICATE_EARCHIVE_BEHIND ||
+      rc == REPLICATE_EARCHIVE_FOREIGN || rc == REPLICATE_EARCHIVE_KEY)
+    return failed(ar, rc, true);
+  if (rc != 0) return failed(ar, rc, false);
+  pthread_mutex_lock(&ar->mu);
+  ar->failing = false;
+  pthread_mutex_unlock(&ar->mu);
+  return 0;
+}
+
+static bool caught_up_locked(const replicate_archiver *ar) {
+  return ar->uploaded.seq >= ar->committed.seq && !ar->gap_pending;
+}
+
+/* Nothing to do: caught up, and no base due (a base is due only when
+ * something was committed since the last). */
+static bool idle_locked(const replicate_archiver *ar) {
+  return ar->started && caught_up_locked(ar) &&
+         !(ar->committed.seq > ar->committed_at_base &&
+           loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds);
+}
+
+static void *archiver_main(void *arg) {
+  replicate_archiver *ar = arg;
+  pthread_mutex_lock(&ar->mu);
+  while (!ar->quit && !ar->stopped) {
+    if (!idle_locked(ar)) {
+      pthread_mutex_unlock(&ar->mu);
+      step(ar);
+      objstore_stats st;
+      objstore_get_stats(ar->a->store, &st);
+      pthread_mutex_lock(&ar->mu);
+      ar->stats = st;
+      pthread_cond_broadcast(&ar->cond);
+      if (ar->quit || ar->stopped) break;
+    }
+    if (ar->drain && !caught_up_locked(ar) && !ar->failing) continue;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double t = (double)until.tv_sec + until.tv_nsec / 1e9 + ar->o.interval_seconds;
+    until.tv_sec = (time_t)t;
+    until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
+    pthread_cond_timedwait(&ar->cond, &ar->mu, &until);
+  }
+  pthread_cond_broadcast(&ar->cond);
+  pthread_mutex_unlock(&ar->mu);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Start, drain, stop, status */
+
+static char *dup_or_null(const char *s, int *rc) {
+  if (s == NULL) return NULL;
+  char *d = strdup(s);
+  if (d == NULL) *rc = ENOMEM;
+  return d;
+}
+
+static int archiver_copy_options(replicate_archiver *ar,
+                                 const replicate_archiver_options *o) {
+  int rc = 0;
+  ar->o = *o;
+  ar->url = dup_or_null(o->access.url, &rc);
+  ar->key_file = dup_or_null(o->access.key_file, &rc);
+  ar->endpoint = dup_or_null(o->access.store.endpoint, &rc);
+  ar->region = dup_or_null(o->access.store.region, &rc);
+  ar->credentials = dup_or_null(o->access.store.credentials_file, &rc);
+  char host[128] = "node";
+  gethostname(host, sizeof host - 1);
+  char id[300];
+  snprintf(id, sizeof id, "%s:%ld", host, (long)getpid());
+  ar->writer_id = dup_or_null(o->writer_id ? o->writer_id : id, &rc);
+  ar->o.access.url = ar->url;
+  ar->o.access.key_file = ar->key_file;
+  ar->o.access.store.endpoint = ar->endpoint;
+  ar->o.access.store.region = ar->region;
+  ar->o.access.store.credentials_file = ar->credentials;
+  if (ar->o.interval_seconds <= 0) ar->o.interval_seconds = 1;
+  if (ar->o.base_interval_seconds <= 0) ar->o.base_interval_seconds = 86400;
+  if (ar->o.keep_bases == 0) ar->o.keep_bases = 7;
+  if (ar->o.max_backlog_bytes == 0) ar->o.max_backlog_bytes = (uint64_t)4 << 30;
+  return rc;
+}
+
+static void archiver_free(replicate_archiver *ar) {
+  queue_drop_all(ar);
+  free(ar->q);
+  free(ar->kept);
+  replicate_archive_close(ar->a);
+  replicate_encoder_free(ar->enc);
+  free(ar->url);
+  free(ar->key_file);
+  free(ar->endpoint);
+  free(ar->region);
+  free(ar->credentials);
+  free(ar->writer_id);
+  pthread_mutex_destroy(&ar->mu);
+  pthread_cond_destroy(&ar->cond);
+  free(ar);
+}
+
+int replicate_archiver_start(const replicate_archiver_options *o,
+                             replicate_archiver **out) {
+  *out = NULL;
+  if (o->store == NULL || o->access.url == NULL) return REPLICATE_EINVAL;
+  replicate_archiver *ar = calloc(1, sizeof *ar);
+  if (ar == NULL) return ENOMEM;
+  pthread_mutex_init(&ar->mu, NULL);
+  pthread_cond_init(&ar->cond, NULL);
+  int rc = archiver_copy_options(ar, o);
+  if (rc == 0) rc = replicate_archive_open(&ar->o.access, &ar->a);
+  if (rc == 0) rc = replicate_encoder_new(1, &ar->enc);
+  if (rc == 0) {
+    loom_store_position(o->store, &ar->committed);
+    ar->epoch = ar->committed.epoch ? ar->committed.epoch : 1;
+    ar->uploaded.epoch = ar->epoch;
+    rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
+  }
+  if (rc != 0) {
+    archiver_free(ar);
+    return rc;
+  }
+  *out = ar;
+  return 0;
+}
+
+int replicate_archiver_drain(replicate_archiver *ar, double timeout_seconds) {
+  double deadline = loom_mono_s() + timeout_seconds;
+  pthread_mutex_lock(&ar->mu);
+  ar->drain = true;
+  pthread_cond_broadcast(&ar->cond);
+  while (!caught_up_locked(ar) && !ar->stopped && loom_mono_s() < deadline) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 50 * 1000000;
+    if (until.tv_nsec >= 1000000000) until.tv_sec++, until.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&ar->cond, &ar->mu, &until);
+  }
+  bool done = caught_up_locked(ar) && ar->started;
+  pthread_mutex_unlock(&ar->mu);
+  return done ? 1 : 0;
+}
+
+void replicate_archiver_stop(replicate_archiver *ar) {
+  if (ar == NULL) return;
+  pthread_mutex_lock(&ar->mu);
+  ar->quit = true;
+  pthread_cond_broadcast(&ar->cond);
+  pthread_mutex_unlock(&ar->mu);
+  pthread_join(ar->thread, NULL);
+  archiver_free(ar);
+}
+
+void replicate_archiver_status(replicate_archiver *ar,
+                               replicate_archive_status *out) {
+  memset(out, 0, sizeof *out);
+  copy_text(out->url, sizeof out->url, ar->url);
+  pthread_mutex_lock(&ar->mu);
+  out->stopped = ar->stopped;
+  out->uploaded_seq = ar->uploaded.seq;
+  out->committed_seq = ar->committed.seq;
+  out->lag_frames = ar->committed.seq > ar->uploaded.seq
+                        ? ar->committed.seq - ar->uploaded.seq : 0;
+  if (out->lag_frames > 0 && ar->qn > 0)
+    out->lag_seconds = (double)(loom_mono_ns() - ar->q[0].mono_ns) / 1e9;
+  out->bases = ar->base_count;
+  out->gap = ar->gap_seen || ar->gap_pending;
+  out->gap_first = ar->gap_first;
+  out->gap_last = ar->gap_last;
+  out->backlog_bytes = ar->backlog;
+  copy_text(out->last_error, sizeof out->last_error, ar->last_error);
+  out->last_error_at_ns = ar->last_error_at_ns;
+  out->requests = ar->stats;
+  pthread_mutex_unlock(&ar->mu);
+}
