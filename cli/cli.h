@@ -158,6 +158,33 @@ extern const cli_command cmd_cluster;
 extern const cli_command cmd_inspect, cmd_verify, cmd_demo, cmd_backup, cmd_status,
     cmd_promote;
 extern const cli_command cmd_compare;
+extern const cli_command cmd_restore, cmd_archive;
+
+/* The archive's access options (DESIGN section 7), taken alike by every
+ * command that reads or writes an archive (cmd_archive.c). */
+typedef struct cli_archive_access {
+  const char *endpoint, *region, *credentials, *key_file;
+} cli_archive_access;
+
+#define CLI_ARCHIVE_OPTIONS(type, member)                                          \
+  {.name = "archive-endpoint", .arg = "URL", .kind = CLI_TEXT,                     \
+   .offset = offsetof(type, member.endpoint),                                      \
+   .help = "s3:// archives: the store's address (http://HOST:PORT)"},             \
+  {.name = "archive-region", .arg = "R", .kind = CLI_TEXT,                         \
+   .offset = offsetof(type, member.region), .dflt = "us-east-1",                   \
+   .help = "s3:// archives: the region requests are signed for"},                 \
+  {.name = "archive-credentials", .arg = "FILE", .kind = CLI_TEXT,                 \
+   .offset = offsetof(type, member.credentials),                                   \
+   .help = "s3:// archives: the access key id and the secret, on two lines"},     \
+  {.name = "archive-key-file", .arg = "F", .kind = CLI_TEXT,                       \
+   .offset = offsetof(type, member.key_file),                                      \
+   .help = "encrypt (and read) objects with AES-256-GCM: one or two lines of 64 "  \
+           "hex digits, the current key first"}
+
+struct replicate_archive_options;
+/* The archive options of url with access's settings (strings not copied). */
+void cli_archive_options(const cli_archive_access *access, const char *url,
+                         struct replicate_archive_options *out);
 
 /* Which pages of the image at url, at position at, do not hash to
  * hashes[0, at->pages) (what a download of it gave): the node's recorded

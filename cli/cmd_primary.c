@@ -48,6 +48,8 @@ int primary_on_commit(void *ctx, loom *l, const loom_commit *c)
   n->committed = c->after;
   pthread_mutex_unlock(&n->lock);
   n->bytes_raw += c->page_count * LOOM_PAGE_SIZE;
+  if (n->archiver)
+    replicate_archiver_on_commit(n->archiver, l, c); /* never fails a commit */
   return n->shipper ? replicate_shipper_on_commit(n->shipper, l, c) : 0;
 }
 
@@ -148,6 +150,15 @@ int primary_open(primary_node *n, const primary_config *cfg)
                               .repair_ctx = (void *)cfg->who};
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
+  if (cfg->archive) {
+    replicate_archiver_options ao = *cfg->archive;
+    ao.store = store;
+    ao.log = n->log;
+    ao.log_fn = cfg->quiet ? NULL : ship_log;
+    ao.log_ctx = (void *)cfg->who;
+    if ((rc = replicate_archiver_start(&ao, &n->archiver)))
+      return cli_fail(cfg->who, "--archive %s: %s", ao.access.url, replicate_strerror(rc));
+  }
   if (cfg->standby_count || cfg->max_peers) {
     replicate_shipper_options so = {
         .max_peers = cfg->max_peers,
@@ -261,6 +272,16 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
   int drained = 1;
   if (n->shipper)
     drained = replicate_shipper_drain(n->shipper, drain_timeout);
+  if (n->archiver && !replicate_archiver_drain(n->archiver, drain_timeout)) {
+    replicate_archive_status as;
+    replicate_archiver_status(n->archiver, &as);
+    char text[700];
+    snprintf(text, sizeof text, "the archive is missing %llu committed frames after "
+             "--drain-timeout%s%s", (unsigned long long)as.lag_frames,
+             as.last_error[0] ? ": " : "", as.last_error);
+    cli_log((void *)n->cfg.who, text);
+    drained = 0;
+  }
   standbys_report(n, line, cap);
   if (n->server)
     http_server_stop(n->server);
@@ -268,6 +289,8 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
   if (n->shipper)
     replicate_shipper_stop(n->shipper);
   n->shipper = NULL;
+  replicate_archiver_stop(n->archiver); /* before the store closes */
+  n->archiver = NULL;
   if (n->log)
     replicate_log_close(n->log);
   int rc = n->table ? kv_close(n->table) : 0;
@@ -416,6 +439,10 @@ typedef struct primary_args {
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
       log_max_mb, level, scrub_interval, scrub_mbps;
+  const char *archive;
+  uint64_t archive_interval, archive_base_interval, archive_keep_bases,
+      archive_max_backlog_mb;
+  cli_archive_access archive_access;
   cli_log_args log;
 } primary_args;
 
@@ -495,6 +522,21 @@ static const cli_option primary_options[] = {
            "the scrubber reads at most this many MiB a second"),
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
+    TEXT("archive", "URL", archive, "none",
+         "archive every commit to s3://BUCKET/PREFIX or file:///DIR (restore with "
+         "loomship restore)"),
+    NUMBER("archive-interval", "SECONDS", archive_interval, 1, 86400, "1",
+           "upload the commits of the last SECONDS as one segment (the longest a "
+           "commit waits to be archived; nothing is sent while idle)"),
+    NUMBER("archive-base-interval", "SECONDS", archive_base_interval, 1,
+           UINT64_C(1) << 32, "86400",
+           "upload a base image this often, if something was committed since the last"),
+    NUMBER("archive-keep-bases", "N", archive_keep_bases, 1, 1000000, "7",
+           "keep N base images (and the segments they need); older ones are deleted"),
+    NUMBER("archive-max-backlog-mb", "MB", archive_max_backlog_mb, 1, 1048576, "4096",
+           "commits not yet archived kept in memory; past it a gap is recorded and a "
+           "base follows (saves never wait for the archive)"),
+    CLI_ARCHIVE_OPTIONS(primary_args, archive_access),
     CLI_LOG_OPTIONS(primary_args, log),
     {0},
 };
@@ -538,6 +580,18 @@ static int run_primary(void *args)
   int crc = primary_configure(a, &cfg);
   if (crc)
     return crc;
+  replicate_archiver_options archive = {
+      .interval_seconds = (double)a->archive_interval,
+      .base_interval_seconds = (double)a->archive_base_interval,
+      .keep_bases = (unsigned)a->archive_keep_bases,
+      .max_backlog_bytes = a->archive_max_backlog_mb << 20};
+  cli_archive_options(&a->archive_access, a->archive, &archive.access);
+  char writer[600], host_name[256] = "";
+  gethostname(host_name, sizeof host_name - 1);
+  snprintf(writer, sizeof writer, "primary %s:%s", host_name, a->dir);
+  archive.writer_id = writer;
+  if (a->archive)
+    cfg.archive = &archive;
   char *host = NULL;
   if (listen && cli_parse_listen("primary", listen, &host, &cfg.listen_port))
     return 2;

@@ -11,6 +11,7 @@ static const cli_command *const commands[] = {
     &cmd_node, &cmd_switchover,
     &cmd_cluster,
     &cmd_compare,
+    &cmd_restore, &cmd_archive,
 };
 #define NCOMMANDS (sizeof commands / sizeof *commands)
 

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "archive.h"
 #include "kv.h"
 #include "loom.h"
 #include "replicate.h"
@@ -37,6 +38,8 @@ typedef struct primary_config {
                                    for the server, or NULL */
   double scrub_interval_seconds;/* the scrubber (needs listen_host): 0 off */
   double scrub_mbps;
+  const replicate_archiver_options *archive; /* --archive, or NULL (store
+                                   and log are filled in by primary_open) */
 } primary_config;
 
 typedef struct primary_node {
@@ -44,6 +47,7 @@ typedef struct primary_node {
   kv *table;
   replicate_log *log;
   replicate_shipper *shipper;
+  replicate_archiver *archiver; /* --archive, or NULL */
   http_server *server;
   http_primary_source source;
   pthread_mutex_t lock;         /* committed */

@@ -1,0 +1,216 @@
+/* cmd_archive.c: the commands that read an archive (DESIGN section 7):
+ *
+ *   loomship restore --from ARCHIVE --out DIR [--seq N | --time T] [--epoch E]
+ *   loomship archive list ARCHIVE
+ *   loomship archive verify ARCHIVE
+ *
+ * and the access options every command that reads or writes an archive
+ * takes (CLI_ARCHIVE_OPTIONS, cli_archive_options). The work is
+ * replicate/archive.h's. Exit: 0 done, 1 refused or failed (one line naming
+ * the object), 2 usage. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "archive.h"
+#include "cli.h"
+
+void cli_archive_options(const cli_archive_access *access, const char *url,
+                         replicate_archive_options *out)
+{
+  memset(out, 0, sizeof *out);
+  out->url = url;
+  out->store.endpoint = access->endpoint;
+  out->store.region = access->region;
+  out->store.credentials_file = access->credentials;
+  out->key_file = access->key_file;
+}
+
+/* "2026-12-06T20:00:00[.123]Z" or Unix seconds ("1765051200.5"): ns. */
+static int parse_time(const char *text, int64_t *out)
+{
+  char *end;
+  double secs = strtod(text, &end);
+  if (end != text && *end == '\0' && secs >= 0) {
+    *out = (int64_t)(secs * 1e9);
+    return 0;
+  }
+  struct tm tm = {0};
+  const char *rest = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (rest == NULL)
+    return -1;
+  double frac = 0;
+  if (*rest == '.') {
+    frac = strtod(rest, &end);
+    rest = end;
+  }
+  if (strcmp(rest, "Z") != 0)
+    return -1;
+  *out = (int64_t)timegm(&tm) * 1000000000 + (int64_t)(frac * 1e9);
+  return 0;
+}
+
+static void format_time(int64_t ns, char out[40])
+{
+  time_t s = (time_t)(ns / 1000000000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + n, 40 - n, ".%03dZ", (int)(ns % 1000000000 / 1000000));
+}
+
+/* ---------------------------------------------------------------------- */
+/* restore */
+
+typedef struct restore_args {
+  const char *from, *out, *seq, *time;
+  uint64_t epoch; /* 0: the newest */
+  cli_archive_access access;
+} restore_args;
+
+#define AT(f) offsetof(restore_args, f)
+static const cli_option restore_options[] = {
+    {.name = "from", .arg = "ARCHIVE", .kind = CLI_TEXT, .offset = AT(from),
+     .required = true, .help = "the archive: s3://BUCKET/PREFIX or file:///DIR"},
+    {.name = "out", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(out), .required = true,
+     .help = "the image directory to write (must not exist, or be empty)"},
+    {.name = "seq", .arg = "N", .kind = CLI_TEXT, .offset = AT(seq),
+     .help = "restore exactly seq N (default: the newest)"},
+    {.name = "time", .arg = "T", .kind = CLI_TEXT, .offset = AT(time),
+     .help = "restore the highest seq committed at or before T "
+             "(2026-12-06T20:00:00Z, or Unix seconds)"},
+    {.name = "epoch", .arg = "E", .kind = CLI_NUMBER, .offset = AT(epoch), .min = 1,
+     .max = UINT64_MAX, .dflt = "the newest",
+     .help = "follow epoch E's branch instead of the newest epoch's"},
+    CLI_ARCHIVE_OPTIONS(restore_args, access),
+    {0},
+};
+#undef AT
+
+static int run_restore(void *args)
+{
+  const restore_args *a = args;
+  replicate_restore_target t = {.kind = REPLICATE_RESTORE_NEWEST,
+                                .epoch = a->epoch ? (int64_t)a->epoch : -1};
+  if (a->seq && a->time)
+    return cli_fail("restore", "--seq and --time exclude each other"), 2;
+  if (a->seq) {
+    t.kind = REPLICATE_RESTORE_SEQ;
+    if (cli_parse_u64("restore", "--seq", a->seq, 0, UINT64_MAX, &t.seq))
+      return 2;
+  }
+  if (a->time) {
+    t.kind = REPLICATE_RESTORE_TIME;
+    if (parse_time(a->time, &t.time_ns))
+      return cli_fail("restore", "--time must be like 2026-12-06T20:00:00Z or Unix "
+                      "seconds, not '%s'", a->time), 2;
+  }
+  replicate_archive_options o;
+  cli_archive_options(&a->access, a->from, &o);
+  replicate_archive *ar = NULL;
+  loom_position pos;
+  int rc = replicate_archive_open(&o, &ar);
+  if (rc == 0)
+    rc = replicate_archive_restore(ar, &t, a->out, &pos);
+  if (rc) {
+    cli_fail("restore", "%s (%s)", ar ? replicate_archive_last_error(ar) : "",
+             replicate_error_name(rc));
+    replicate_archive_close(ar);
+    return 1;
+  }
+  replicate_archive_close(ar);
+  char sum[17], when[40];
+  format_time(pos.commit_time_ns, when);
+  printf("restored %s: epoch %" PRIu64 " seq %" PRIu64 " checksum %s pages %" PRIu64
+         " committed %s\n", a->out, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum),
+         pos.pages, when);
+  return 0;
+}
+
+const cli_command cmd_restore = {
+    .name = "restore",
+    .summary = "restore an image directory from an archive (newest, --seq or --time)",
+    .options = restore_options, .args_size = sizeof(restore_args), .run = run_restore};
+
+/* ---------------------------------------------------------------------- */
+/* archive list | verify */
+
+typedef struct archive_args {
+  const char *action, *url;
+  const char *scratch;
+  cli_archive_access access;
+} archive_args;
+
+#define AT(f) offsetof(archive_args, f)
+static const cli_option archive_options[] = {
+    {.name = "scratch", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(scratch),
+     .dflt = "$TMPDIR or /tmp",
+     .help = "verify: where the restore drill writes (removed after)"},
+    CLI_ARCHIVE_OPTIONS(archive_args, access),
+    {0},
+};
+#undef AT
+
+static const char *kind_name(replicate_archive_object_kind k)
+{
+  switch (k) {
+  case REPLICATE_ARCHIVE_BASE: return "base";
+  case REPLICATE_ARCHIVE_SEGMENT: return "segment";
+  case REPLICATE_ARCHIVE_GAP: return "gap";
+  }
+  return "?";
+}
+
+static int print_entry(void *ctx, const replicate_archive_entry *e)
+{
+  (void)ctx;
+  char when[40] = "-";
+  if (e->kind != REPLICATE_ARCHIVE_GAP)
+    format_time(e->time_ns, when);
+  printf("%-7s epoch %-4" PRIu64 " seq %" PRIu64 "-%" PRIu64 "  %s  %" PRIu64
+         " bytes%s  %s\n", kind_name(e->kind), e->epoch, e->first_seq, e->last_seq, when,
+         e->size, e->abandoned ? "  abandoned" : "", e->key);
+  return 0;
+}
+
+static int run_archive(void *args)
+{
+  const archive_args *a = args;
+  bool list = strcmp(a->action, "list") == 0, verify = strcmp(a->action, "verify") == 0;
+  if (!list && !verify)
+    return cli_fail("archive", "the action is list or verify, not '%s'", a->action), 2;
+  replicate_archive_options o;
+  cli_archive_options(&a->access, a->url, &o);
+  replicate_archive *ar = NULL;
+  int rc = replicate_archive_open(&o, &ar);
+  replicate_archive_verify_report rep;
+  const char *scratch = a->scratch ? a->scratch : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  if (rc == 0 && list)
+    rc = replicate_archive_list(ar, print_entry, NULL);
+  else if (rc == 0)
+    rc = replicate_archive_verify(ar, scratch, &rep);
+  if (rc) {
+    cli_fail("archive", "%s: %s (%s)", a->action, ar ? replicate_archive_last_error(ar) : "",
+             replicate_error_name(rc));
+    replicate_archive_close(ar);
+    return 1;
+  }
+  replicate_archive_close(ar);
+  if (verify) {
+    char sum[17];
+    printf("verified %" PRIu64 " objects (%" PRIu64 " bytes): checksums and tags good; "
+           "restore drill of epoch %" PRIu64 " seq %" PRIu64 ": checksum %s matches\n",
+           rep.objects, rep.bytes, rep.newest.epoch, rep.newest.seq,
+           cli_hex64(rep.newest.checksum, sum));
+  }
+  return 0;
+}
+
+const cli_command cmd_archive = {
+    .name = "archive",
+    .summary = "list an archive's objects, or verify every one and drill a restore",
+    .options = archive_options,
+    .positional = "list|verify", .positional_offset = offsetof(archive_args, action),
+    .positional2 = "ARCHIVE", .positional2_offset = offsetof(archive_args, url),
+    .args_size = sizeof(archive_args), .run = run_archive};
