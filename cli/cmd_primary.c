@@ -121,6 +121,11 @@ static void source_save_durations(void *ctx, replicate_duration_histogram *out)
   pthread_mutex_unlock(&n->lock);
 }
 
+static void source_archive(void *ctx, replicate_archive_status *out)
+{
+  replicate_archiver_status(((primary_node *)ctx)->archiver, out);
+}
+
 static void ship_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
 /* The replication log is a cache of the store: damage found at open costs
@@ -187,7 +192,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .sync_state = source_sync,
                                       .history = source_history,
                                       .log_stats = source_log_stats,
-                                      .save_durations = source_save_durations};
+                                      .save_durations = source_save_durations,
+                                      .archive = n->archiver ? source_archive : NULL};
     http_server_options ho = {
         .role = HTTP_ROLE_PRIMARY,
         .primary = &n->source,

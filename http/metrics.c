@@ -444,6 +444,42 @@ static void log_metrics(textbuf *t, http_server *s)
           ls.segments);
 }
 
+/* The archiver's (DESIGN section 7), when the node archives. */
+static void archive_metrics(textbuf *t, const http_figures *f)
+{
+  if (!f->archiving)
+    return;
+  const replicate_archive_status *a = &f->archive;
+  gauge_u(t, "loomship_archive_uploaded_seq", "Newest seq uploaded to the archive.",
+          a->uploaded_seq);
+  gauge_u(t, "loomship_archive_lag_frames",
+          "Commits not yet in the archive.", a->lag_frames);
+  gauge_f(t, "loomship_archive_lag_seconds",
+          "Age of the oldest commit not yet in the archive.", a->lag_seconds);
+  gauge_u(t, "loomship_archive_bases", "Base images kept in the archive at this epoch.",
+          a->bases);
+  gauge_u(t, "loomship_archive_gap", "1 when the archive recorded a gap since start.",
+          a->gap);
+  gauge_u(t, "loomship_archive_stopped",
+          "1 when archiving stopped for good (see status archive.last_error).", a->stopped);
+  gauge_u(t, "loomship_archive_backlog_bytes",
+          "Frames waiting in memory for their upload.", a->backlog_bytes);
+  counter_u(t, "loomship_archive_uploaded_bytes_total", "Object bytes uploaded.",
+            a->requests.bytes_up);
+  counter_u(t, "loomship_archive_downloaded_bytes_total", "Object bytes downloaded.",
+            a->requests.bytes_down);
+  tb_head(t, "loomship_archive_requests_total", "counter",
+          "Requests sent to the object store, by kind (retries count each time).");
+  tb_printf(t, "loomship_archive_requests_total{kind=\"put\"} %llu\n"
+               "loomship_archive_requests_total{kind=\"get\"} %llu\n"
+               "loomship_archive_requests_total{kind=\"list\"} %llu\n"
+               "loomship_archive_requests_total{kind=\"delete\"} %llu\n",
+            (unsigned long long)a->requests.puts, (unsigned long long)a->requests.gets,
+            (unsigned long long)a->requests.lists, (unsigned long long)a->requests.deletes);
+  counter_u(t, "loomship_archive_errors_total", "Object store requests that failed.",
+            a->requests.errors);
+}
+
 /* Failed requests per standby and kind (replicate.h names the kinds). */
 static void peer_error_metrics(textbuf *t, const http_figures *f)
 {
@@ -512,6 +548,7 @@ int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
     sync_metrics(&t, s);
     log_metrics(&t, s);
+    archive_metrics(&t, &f);
     peer_metrics(&t, &f);
     peer_error_metrics(&t, &f);
   }

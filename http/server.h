@@ -104,6 +104,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "archive.h"
 #include "loom.h"
 #include "replicate.h"
 
@@ -192,6 +193,10 @@ typedef struct http_sync_status {
  *                  loomship_replication_log_*.
  *   save_durations optional: how long the application's saves took
  *                  (loomship_save_duration_seconds).
+ *   archive        optional: the archiver's status (--archive;
+ *                  replicate_archiver_status), for status "archive" and
+ *                  the loomship_archive_* metrics; without it "archive"
+ *                  is null.
  */
 typedef struct http_primary_source {
   void *ctx;
@@ -203,6 +208,7 @@ typedef struct http_primary_source {
   void (*history)(void *ctx, loom_history *out); /* optional */
   void (*log_stats)(void *ctx, replicate_log_stats *out); /* optional */
   void (*save_durations)(void *ctx, replicate_duration_histogram *out); /* optional */
+  void (*archive)(void *ctx, replicate_archive_status *out); /* optional */
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */

@@ -162,6 +162,8 @@ typedef struct http_figures {
   size_t peer_count;
   http_backup_figures backup;
   replicate_scrub_status integrity; /* the scrubber's */
+  bool archiving;               /* the primary has an archiver */
+  replicate_archive_status archive;
   unsigned uploads;
   uint64_t auth_failures;
 } http_figures;

@@ -73,6 +73,10 @@ static void primary_figures(http_server *s, http_figures *f)
     f->not_ready = "fenced: a standby was promoted";
   if (s->primary.peers)
     peers_collect(s, f);
+  if (s->primary.archive) {
+    f->archiving = true;
+    s->primary.archive(s->primary.ctx, &f->archive);
+  }
 }
 
 void http_figures_collect(http_server *s, http_figures *f)
@@ -277,6 +281,41 @@ static void integrity_json(const http_figures *f, http_json_writer *w)
   http_json_object_end(w);
 }
 
+/* "archive" (DESIGN section 7): null unless the node archives. */
+static void archive_json(const http_figures *f, http_json_writer *w)
+{
+  const replicate_archive_status *a = &f->archive;
+  http_json_key(w, "archive");
+  if (!f->archiving) {
+    http_json_null(w);
+    return;
+  }
+  http_json_object_begin(w);
+  http_json_member_string(w, "url", a->url);
+  http_json_member_uint(w, "uploaded_seq", a->uploaded_seq);
+  http_json_key(w, "lag");
+  http_json_object_begin(w);
+  http_json_member_uint(w, "frames", a->lag_frames);
+  http_json_key(w, "seconds");
+  http_json_double(w, a->lag_seconds);
+  http_json_object_end(w);
+  http_json_member_uint(w, "bases", a->bases);
+  http_json_key(w, "gap");
+  if (a->gap) {
+    http_json_object_begin(w);
+    http_json_member_uint(w, "first", a->gap_first);
+    http_json_member_uint(w, "last", a->gap_last);
+    http_json_object_end(w);
+  } else {
+    http_json_null(w);
+  }
+  http_json_key(w, "stopped");
+  http_json_bool(w, a->stopped);
+  http_json_member_string(w, "last_error", a->last_error[0] ? a->last_error : NULL);
+  http_json_member_time_ns(w, "last_error_at", a->last_error_at_ns);
+  http_json_object_end(w);
+}
+
 static void status_json(http_server *s, const http_figures *f, http_json_writer *w)
 {
   const http_server_status *st = &f->view.status;
@@ -293,6 +332,7 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
   http_json_key(w, "ready");
   http_json_bool(w, f->ready);
   integrity_json(f, w);
+  archive_json(f, w);
   http_cluster_status *cluster = http_cluster_collect(s);
   if (cluster)
     http_cluster_json(cluster, w);
