@@ -157,6 +157,17 @@ int primary_open(primary_node *n, const primary_config *cfg)
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->archive) {
     replicate_archiver_options ao = *cfg->archive;
+    /* The access options first, to name what is wrong (an unusable key
+     * file: nothing is ever uploaded without the key configured). */
+    replicate_archive *probe = NULL;
+    rc = replicate_archive_open(&ao.access, &probe);
+    if (rc) {
+      cli_fail(cfg->who, "--archive %s: %s", ao.access.url,
+               probe ? replicate_archive_last_error(probe) : replicate_strerror(rc));
+      replicate_archive_close(probe);
+      return 1;
+    }
+    replicate_archive_close(probe);
     ao.store = store;
     ao.log = n->log;
     ao.log_fn = cfg->quiet ? NULL : ship_log;

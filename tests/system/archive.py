@@ -1,0 +1,243 @@
+"""archive.py: a primary archiving to file:///DIR, then restores from the
+archive (issue 17, DESIGN section 7).
+
+usage: archive.py LOOMSHIP [--seed S]
+
+1. `loomship primary --archive file:///ARC` saves and stops at the end of
+   --saves (a graceful stop uploads everything); status shows "archive".
+2. restore newest, --seq N and --time T: each `loomship verify`s, and its
+   position equals the primary's at that seq (inspect, inspect --at); a
+   --time restore is at the highest seq committed at or before T.
+3. `loomship archive list` and `archive verify` pass.
+4. Copies of the archive with a tampered, a truncated and a duplicated
+   object: restore refuses each, naming the object, and writes nothing.
+5. With --archive-key-file: restore needs the key; an unusable key file
+   stops the primary before anything is uploaded.
+6. The archive directory taken away while the primary saves: saves go on,
+   status shows the error and the lag; put back, the archive catches up
+   and restores the newest position."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+
+KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n"
+TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
+
+
+def run(loomship, *args):
+    r = subprocess.run([loomship] + list(args), capture_output=True, timeout=60)
+    return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def restore(loomship, arc, out, *extra):
+    return run(loomship, "restore", "--from", "file://" + arc, "--out", out, *extra)
+
+
+def same_position(a, b):
+    keys = ("epoch", "seq", "checksum", "pages", "history")
+    return a is not None and b is not None and all(a[k] == b[k] for k in keys)
+
+
+def objects(arc, sub):
+    d = os.path.join(arc, "e", "%016x" % 1, sub)
+    return sorted(os.path.join(d, n) for n in os.listdir(d)) if os.path.isdir(d) else []
+
+
+class Suite:
+    def __init__(self, loomship, root):
+        self.loomship, self.root, self.failures = loomship, root, []
+        self.log = os.path.join(root, "log")
+
+    def check(self, ok, what):
+        print("%s: %s" % ("ok" if ok else "FAIL", what))
+        if not ok:
+            self.failures.append(what)
+
+    def path(self, name):
+        return os.path.join(self.root, name)
+
+    # 1 ------------------------------------------------------------------
+    def archive_run(self, pdir, arc, extra=(), saves=60):
+        os.makedirs(arc, exist_ok=True)
+        args = ["--dir", pdir, "--archive", "file://" + arc, "--saves", str(saves),
+                "--rate", "40"] + TABLE + list(extra)
+        proc, url, _ = systest.start_primary(self.loomship, args, self.log)
+        self.check(url is not None, "the primary listens")
+        st = systest.wait_for(lambda: (systest.status(url) or {}).get("archive") and
+                              systest.status(url), 10) if url else None
+        self.check(st and st["archive"]["url"] == "file://" + arc,
+                   "status shows archive.url: %s" % (st or {}).get("archive"))
+        # A time between commits: the applied seq passed 20.
+        systest.wait_for(lambda: (systest.status(url) or {}).get("applied", {})
+                         .get("seq", 0) >= min(20, saves // 2), 20)
+        t = time.time()
+        out, _ = proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "the primary exits 0 after --saves (%s)"
+                   % proc.returncode)
+        committed = systest.committed_line(out.decode(errors="replace"))
+        self.check(committed and committed[0] == saves, "committed seq %d: %s"
+                   % (saves, committed))
+        return t
+
+    # 2 ------------------------------------------------------------------
+    def restores(self, pdir, arc, t):
+        ls = self.loomship
+        out = self.path("newest")
+        rc, text = restore(ls, arc, out)
+        self.check(rc == 0 and "seq 60" in text, "restore newest: %s" % text.strip())
+        self.check(same_position(systest.inspect(ls, out), systest.inspect(ls, pdir)),
+                   "the newest restore is the primary's position")
+        self.check(systest.verify(ls, out)[0], "verify passes on the newest restore")
+        out = self.path("seq17")
+        rc, text = restore(ls, arc, out, "--seq", "17")
+        want = run(ls, "inspect", pdir, "--json", "--at", "17")[1]
+        got = systest.inspect(ls, out) or {}
+        self.check(rc == 0 and got.get("seq") == 17 and got.get("checksum", "?") in want,
+                   "restore --seq 17 has the primary's checksum at 17 (%s / %s)"
+                   % (got.get("checksum"), want.strip()))
+        self.check(systest.verify(ls, out)[0], "verify passes on the --seq restore")
+        out = self.path("time")
+        rc, text = restore(ls, arc, out, "--time", "%.6f" % t)
+        got = systest.inspect(ls, out) or {}
+        s = got.get("seq", 0)
+        ok = rc == 0 and got.get("commit_time_ns", 1 << 62) <= int(t * 1e9)
+        rc2, _ = restore(ls, arc, self.path("time_next"), "--seq", str(s + 1))
+        nxt = systest.inspect(ls, self.path("time_next")) or {}
+        ok = ok and rc2 == 0 and nxt.get("commit_time_ns", 0) > int(t * 1e9)
+        self.check(ok, "restore --time is the last seq committed by T (seq %s)" % s)
+        rc, text = restore(ls, arc, self.path("far"), "--seq", "1000")
+        self.check(rc == 1 and "REPLICATE_EARCHIVE_NOPOS" in text and
+                   not os.path.exists(self.path("far")),
+                   "restore --seq past the archive is refused: %s" % text.strip())
+
+    # 3 ------------------------------------------------------------------
+    def list_and_verify(self, arc):
+        rc, text = run(self.loomship, "archive", "list", "file://" + arc)
+        self.check(rc == 0 and "base" in text and "segment" in text,
+                   "archive list shows bases and segments")
+        rc, text = run(self.loomship, "archive", "verify", "file://" + arc,
+                       "--scratch", self.root)
+        self.check(rc == 0 and "matches" in text, "archive verify: %s" % text.strip())
+
+    # 4 ------------------------------------------------------------------
+    def damaged(self, arc):
+        def attempt(name, damage):
+            copy = self.path("arc-" + name)
+            shutil.copytree(arc, copy)
+            key = damage(copy)
+            out = self.path("out-" + name)
+            rc, text = restore(self.loomship, copy, out)
+            self.check(rc == 1 and key in text and not os.path.exists(out),
+                       "a %s object is refused by name: %s" % (name, text.strip()))
+
+        def tamper(copy):
+            seg = objects(copy, "s")[-1]
+            with open(seg, "r+b") as f:
+                f.seek(-7, os.SEEK_END)
+                b = f.read(1)
+                f.seek(-7, os.SEEK_END)
+                f.write(bytes([b[0] ^ 1]))
+            return os.path.basename(seg)
+
+        def truncate(copy):
+            seg = objects(copy, "s")[-1]
+            os.truncate(seg, os.path.getsize(seg) // 2)
+            return os.path.basename(seg)
+
+        def duplicate(copy):
+            seg = objects(copy, "s")[-1]
+            shutil.copy(seg, seg[:-16] + "0000000000000001")
+            return os.path.basename(seg)
+
+        def foreign(copy):
+            other = self.path("other-arc")
+            if not os.path.isdir(other):
+                self.archive_run(self.path("other-primary"), other, saves=5)
+            base = objects(copy, "b")[-1]
+            shutil.copy(objects(other, "b")[-1], base)
+            return os.path.basename(base)
+
+        for name, damage in (("tampered", tamper), ("truncated", truncate),
+                             ("duplicated", duplicate), ("foreign", foreign)):
+            attempt(name, damage)
+
+    # 5 ------------------------------------------------------------------
+    def encrypted(self):
+        kf = self.path("archive.key")
+        with open(kf, "w") as f:
+            f.write(KEY)
+        arc = self.path("arc-enc")
+        self.archive_run(self.path("primary-enc"), arc,
+                         ["--archive-key-file", kf], saves=10)
+        rc, text = restore(self.loomship, arc, self.path("enc-nokey"))
+        self.check(rc == 1 and "REPLICATE_EARCHIVE_KEY" in text,
+                   "an encrypted archive is refused without the key")
+        rc, text = restore(self.loomship, arc, self.path("enc"), "--archive-key-file", kf)
+        self.check(rc == 0 and "seq 10" in text, "restored with the key: %s" % text.strip())
+        bad = self.path("bad.key")
+        with open(bad, "w") as f:
+            f.write("0011\n")
+        arc2 = self.path("arc-badkey")
+        os.makedirs(arc2)
+        r = subprocess.run([self.loomship, "primary", "--dir", self.path("primary-bad"),
+                            "--archive", "file://" + arc2, "--archive-key-file", bad,
+                            "--saves", "3"] + TABLE, capture_output=True, timeout=30)
+        text = r.stderr.decode(errors="replace")
+        self.check(r.returncode == 1 and "bad.key" in text and not os.listdir(arc2),
+                   "an unusable key file stops the primary, nothing uploaded: %s"
+                   % text.strip()[-200:])
+
+    # 6 ------------------------------------------------------------------
+    def store_away(self):
+        arc, pdir = self.path("arc-away"), self.path("primary-away")
+        os.makedirs(arc)
+        args = ["--dir", pdir, "--archive", "file://" + arc, "--rate", "50"] + TABLE
+        proc, url, _ = systest.start_primary(self.loomship, args, self.log)
+        up = systest.wait_for(lambda: ((systest.status(url) or {}).get("archive") or {})
+                              .get("uploaded_seq", 0) > 0, 10)
+        self.check(up, "uploads start")
+        os.rename(arc, arc + ".away")
+        seq0 = (systest.status(url) or {}).get("applied", {}).get("seq", 0)
+        st = systest.wait_for(lambda: (lambda s: s if s and s["archive"]["last_error"] and
+                                       s["applied"]["seq"] > seq0 + 50 else None)
+                              (systest.status(url)), 20)
+        self.check(st is not None and st["archive"]["lag"]["frames"] > 0,
+                   "saves go on while the archive is away; status says why: %s"
+                   % ((st or {}).get("archive")))
+        os.rename(arc + ".away", arc)
+        caught = systest.wait_for(lambda: (lambda s: s and s["archive"]["uploaded_seq"] >=
+                                           s["applied"]["seq"] - 60)(systest.status(url)), 20)
+        self.check(bool(caught), "the archive catches up once it is back")
+        code = systest.stop(proc, signal.SIGTERM)
+        self.check(code == 0, "SIGTERM: the primary drains the archive and exits 0 (%s)"
+                   % code)
+        rc, text = restore(self.loomship, arc, self.path("away-out"))
+        self.check(rc == 0 and same_position(systest.inspect(self.loomship,
+                                                             self.path("away-out")),
+                                             systest.inspect(self.loomship, pdir)),
+                   "after SIGTERM the newest restore is the primary's last commit")
+
+
+def main():
+    loomship, _ = systest.loomship_and_rng()
+    root = tempfile.mkdtemp(prefix="loomship-archive-")
+    s = Suite(loomship, root)
+    pdir, arc = s.path("primary"), s.path("arc")
+    t = s.archive_run(pdir, arc)
+    s.restores(pdir, arc, t)
+    s.list_and_verify(arc)
+    s.damaged(arc)
+    s.encrypted()
+    s.store_away()
+    return systest.report("archive", s.failures, root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
