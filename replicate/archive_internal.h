@@ -110,6 +110,10 @@ int arc_get(replicate_archive *a, const char *key, arc_header *h,
 /* Puts an object (sealed with a's keys and id). */
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags);
+/* Reads e/E/head: *found false (and 0) when there is none. The head's
+ * payload: seq, checksum, pages, commit time (8 bytes each). */
+int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,
+                 loom_position *out);
 /* Reads "id" into a->id: REPLICATE_ESTORE_MISSING when there is none. */
 int arc_load_id(replicate_archive *a);
 

@@ -416,6 +416,33 @@ int arc_put(replicate_archive *a, arc_header *h, const char *key,
   return 0;
 }
 
+int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,
+                 loom_position *out) {
+  char key[ARC_KEY_MAX];
+  arc_key_head(key, epoch);
+  arc_header h;
+  replicate_buf b = {0};
+  *found = false;
+  int rc = arc_get(a, key, &h, &b);
+  if (rc == REPLICATE_ESTORE_MISSING) {
+    a->error[0] = '\0';
+    replicate_buf_free(&b);
+    return 0;
+  }
+  if (rc == 0 && (b.len != 32 || h.last_seq != arc_get64(b.data)))
+    rc = arc_fail(a, REPLICATE_EARCHIVE_OBJECT, "object %s is malformed", key);
+  if (rc == 0) {
+    *found = true;
+    *out = (loom_position){.epoch = epoch,
+                           .seq = arc_get64(b.data),
+                           .checksum = arc_get64(b.data + 8),
+                           .pages = arc_get64(b.data + 16),
+                           .commit_time_ns = (int64_t)arc_get64(b.data + 24)};
+  }
+  replicate_buf_free(&b);
+  return rc;
+}
+
 int arc_load_id(replicate_archive *a) {
   void *obj = NULL;
   size_t len = 0;

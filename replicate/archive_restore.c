@@ -145,29 +145,7 @@ static int check_overlaps(plan *p) {
 }
 
 static int read_head(plan *p) {
-  char key[ARC_KEY_MAX];
-  arc_key_head(key, p->epoch);
-  arc_header h;
-  replicate_buf b = {0};
-  int rc = arc_get(p->a, key, &h, &b);
-  if (rc == REPLICATE_ESTORE_MISSING) {
-    p->a->error[0] = '\0';
-    replicate_buf_free(&b);
-    return 0;
-  }
-  if (rc == 0 && (b.len != 32 || h.last_seq != arc_get64(b.data)))
-    rc = arc_fail(p->a, REPLICATE_EARCHIVE_OBJECT, "object %s is malformed",
-                  key);
-  if (rc == 0) {
-    p->have_head = true;
-    p->head = (loom_position){.epoch = p->epoch,
-                              .seq = arc_get64(b.data),
-                              .checksum = arc_get64(b.data + 8),
-                              .pages = arc_get64(b.data + 16),
-                              .commit_time_ns = (int64_t)arc_get64(b.data + 24)};
-  }
-  replicate_buf_free(&b);
-  return rc;
+  return arc_get_head(p->a, p->epoch, &p->have_head, &p->head);
 }
 
 static void plan_free(plan *p) { free(p->objs); }

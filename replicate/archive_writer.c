@@ -238,25 +238,9 @@ static int ensure_writer(replicate_archiver *ar) {
 static int load_head(replicate_archiver *ar) {
   char key[ARC_KEY_MAX];
   arc_key_head(key, ar->epoch);
-  arc_header h;
-  replicate_buf b = {0};
-  int rc = arc_get(ar->a, key, &h, &b);
-  if (rc == REPLICATE_ESTORE_MISSING) {
-    replicate_buf_free(&b);
-    ar->have_head = false;
-    return 0;
-  }
-  if (rc == 0 && b.len != 32)
-    rc = arc_fail(ar->a, REPLICATE_EARCHIVE_OBJECT, "object %s is malformed", key);
-  loom_position head = {.epoch = ar->epoch};
-  if (rc == 0) {
-    head.seq = arc_get64(b.data);
-    head.checksum = arc_get64(b.data + 8);
-    head.pages = arc_get64(b.data + 16);
-    head.commit_time_ns = (int64_t)arc_get64(b.data + 24);
-  }
-  replicate_buf_free(&b);
-  if (rc != 0) return rc;
+  loom_position head;
+  int rc = arc_get_head(ar->a, ar->epoch, &ar->have_head, &head);
+  if (rc != 0 || !ar->have_head) return rc;
   loom_position now;
   loom_store_position(ar->o.store, &now);
   uint64_t epoch_at, sum_at;
@@ -272,7 +256,6 @@ static int load_head(replicate_archiver *ar) {
     return arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
                     "%s: the archive's seq %" PRIu64 " is not this node's "
                     "(another branch)", key, head.seq);
-  ar->have_head = true;
   pthread_mutex_lock(&ar->mu);
   ar->uploaded = head;
   pthread_mutex_unlock(&ar->mu);
