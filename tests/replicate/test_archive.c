@@ -606,6 +606,123 @@ static void test_store_down_never_blocks(void **state) {
   node_stop(&n);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Forks: a promoted copy writes epoch 2 from its branch point; epoch 1's
+ * later objects stay, abandoned, restorable with --epoch; a node behind
+ * the archive's newest position on its branch does not write. */
+
+static void node_pause(node *n) {
+  replicate_archiver_stop(n->ar);
+  n->ar = NULL;
+  assert_int_equal(loom_close(n->l), 0);
+  n->l = NULL;
+}
+
+static void node_resume(node *n, const char *who) {
+  node_open(n);
+  replicate_archiver_options o = archiver_options(n, who);
+  assert_int_equal(replicate_archiver_start(&o, &n->ar), 0);
+}
+
+static char *copy_dir(const char *dir, const char *tag) {
+  char *copy = test_tmpdir(tag);
+  char cmd[4200];
+  snprintf(cmd, sizeof cmd, "cp -a '%s/.' '%s/'", dir, copy);
+  assert_int_equal(system(cmd), 0);
+  return copy;
+}
+
+static int count_abandoned(void *ctx, const replicate_archive_entry *e) {
+  if (e->abandoned) {
+    assert_int_equal(e->epoch, 1);
+    assert_true(e->last_seq > 5);
+    ++*(int *)ctx;
+  }
+  return 0;
+}
+
+static void test_forks(void **state) {
+  (void)state;
+  node a;
+  node_start(&a, false);
+  saves_and_drain(&a, 5);
+  uint64_t e5, sum5;
+  assert_int_equal(loom_store_checksum_at(loom_get_store(a.l), 5, &e5, &sum5), 1);
+  node_pause(&a);
+  char *bdir = copy_dir(a.dir, "arcfork"), *cdir = copy_dir(a.dir, "arcold");
+  node_resume(&a, "node-1");
+  saves_and_drain(&a, 3); /* seqs 6-8 at epoch 1: abandoned below */
+  loom_position a_pos;
+  node_position(&a, &a_pos);
+  uint64_t e7, a_sum7;
+  assert_int_equal(loom_store_checksum_at(loom_get_store(a.l), 7, &e7, &a_sum7), 1);
+  node_pause(&a);
+
+  /* b: the copy at seq 5, promoted to epoch 2, archiving as another node. */
+  node b = a;
+  b.dir = bdir;
+  b.rng.state = 99;
+  node_open(&b);
+  assert_int_equal(loom_store_set_epoch(loom_get_store(b.l), 2), 0);
+  node_save(&b); /* so that epoch 2's first base is past the branch point */
+  replicate_archiver_options o = archiver_options(&b, "node-2");
+  assert_int_equal(replicate_archiver_start(&o, &b.ar), 0);
+  saves_and_drain(&b, 3);
+  loom_position b_pos;
+  node_position(&b, &b_pos);
+  assert_int_equal(b_pos.epoch, 2);
+  replicate_archive_status st;
+  replicate_archiver_status(b.ar, &st);
+  assert_string_equal(st.last_error, "");
+
+  char err[800];
+  loom_position got;
+  replicate_restore_target t = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  assert_int_equal(restore(&b, t, &got, err, sizeof err), 0);
+  assert_true(loom_position_same_epoch(&got, &b_pos));
+  t.epoch = 1; /* the abandoned branch, on request */
+  assert_int_equal(restore(&b, t, &got, err, sizeof err), 0);
+  assert_true(loom_position_same_epoch(&got, &a_pos));
+  t = (replicate_restore_target){.kind = REPLICATE_RESTORE_SEQ, .seq = 5,
+                                 .epoch = -1}; /* before epoch 2's base */
+  assert_int_equal(restore(&b, t, &got, err, sizeof err), 0);
+  assert_int_equal(got.seq, 5);
+  assert_int_equal(got.epoch, 1); /* from epoch 1's objects, to the branch */
+  assert_int_equal(got.checksum, sum5);
+  t.seq = 7; /* epoch 2's seq 7 (or none, if its first base is later),
+                never the abandoned branch's */
+  int rc = restore(&b, t, &got, err, sizeof err);
+  assert_true(rc == REPLICATE_EARCHIVE_NOPOS ||
+              (rc == 0 && got.epoch == 2 && got.checksum != a_sum7));
+
+  replicate_archive *arc = open_archive(&b);
+  int abandoned = 0;
+  assert_int_equal(replicate_archive_list(arc, count_abandoned, &abandoned), 0);
+  assert_true(abandoned >= 1);
+  replicate_archive_close(arc);
+
+  /* c: an old copy of the first node (seq 5 < the archive's 8 at epoch 1)
+   * does not write. */
+  node c = a;
+  c.dir = cdir;
+  node_open(&c);
+  o = archiver_options(&c, "node-1");
+  assert_int_equal(replicate_archiver_start(&o, &c.ar), 0);
+  int64_t deadline = test_now_ms() + 5000;
+  do {
+    test_pause_ms(10);
+    replicate_archiver_status(c.ar, &st);
+  } while (!st.stopped && test_now_ms() < deadline);
+  assert_true(st.stopped);
+  assert_non_null(strstr(st.last_error, "behind"));
+  replicate_archiver_stop(c.ar);
+  assert_int_equal(loom_close(c.l), 0);
+  test_rmtree(cdir);
+
+  node_stop(&b); /* removes the archive too */
+  test_rmtree(a.dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_format_round_trip),
@@ -616,6 +733,7 @@ int main(void) {
       cmocka_unit_test(test_damaged_refused),
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_store_down_never_blocks),
+      cmocka_unit_test(test_forks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
