@@ -346,6 +346,12 @@ static void archive_and_restore(bool encrypted) {
   assert_true(st.bases >= 1);
   assert_string_equal(st.last_error, "");
   assert_true(st.requests.puts >= 3);
+  /* Idle: no request at all (a fixed pause to see that nothing happens:
+   * four intervals). */
+  test_pause_ms(200);
+  replicate_archive_status idle;
+  replicate_archiver_status(n.ar, &idle);
+  assert_memory_equal(&idle.requests, &st.requests, sizeof st.requests);
 
   char err[800];
   loom_position got;

@@ -15,7 +15,10 @@ usage: archive.py LOOMSHIP [--seed S]
    stops the primary before anything is uploaded.
 6. The archive directory taken away while the primary saves: saves go on,
    status shows the error and the lag; put back, the archive catches up
-   and restores the newest position."""
+   and restores the newest position.
+7. kill -9 of the archiving primary at random moments (mid-upload, seeded),
+   restarted on the same directory each time: after each kill the archive
+   restores to the seq its head claims, with the primary's checksum there."""
 import os
 import shutil
 import signal
@@ -225,8 +228,29 @@ class Suite:
                    "after SIGTERM the newest restore is the primary's last commit")
 
 
+    # 7 ------------------------------------------------------------------
+    def kills(self, rng, rounds=4):
+        arc, pdir = self.path("arc-kill"), self.path("primary-kill")
+        os.makedirs(arc)
+        args = ["--dir", pdir, "--archive", "file://" + arc, "--rate", "200"] + TABLE
+        for i in range(rounds):
+            proc, url, _ = systest.start_primary(self.loomship, args, self.log)
+            systest.wait_for(lambda: ((systest.status(url) or {}).get("archive") or {})
+                             .get("uploaded_seq", 0) > 0, 10)
+            time.sleep(rng.uniform(0.0, 1.5))  # where the kill lands: seeded
+            systest.stop(proc, signal.SIGKILL)
+            out = self.path("kill-%d" % i)
+            rc, text = restore(self.loomship, arc, out)
+            got = systest.inspect(self.loomship, out) or {}
+            at = run(self.loomship, "inspect", pdir, "--json", "--at", str(got.get("seq", 0)))[1]
+            self.check(rc == 0 and systest.verify(self.loomship, out)[0] and
+                       got.get("checksum", "?") in at,
+                       "kill -9 #%d: the archive restores to seq %s, the primary's image "
+                       "there (%s)" % (i + 1, got.get("seq"), text.strip()[-160:]))
+
+
 def main():
-    loomship, _ = systest.loomship_and_rng()
+    loomship, rng = systest.loomship_and_rng()
     root = tempfile.mkdtemp(prefix="loomship-archive-")
     s = Suite(loomship, root)
     pdir, arc = s.path("primary"), s.path("arc")
@@ -236,6 +260,7 @@ def main():
     s.damaged(arc)
     s.encrypted()
     s.store_away()
+    s.kills(rng)
     return systest.report("archive", s.failures, root)
 
 
