@@ -182,6 +182,12 @@ typedef struct cli_archive_access {
            "hex digits, the current key first"}
 
 struct replicate_archive_options;
+/* loomship standby --bootstrap ARCHIVE: seed the empty (or missing)
+ * directory dir with the archive's newest position; a directory that
+ * holds anything is left as it is. 0, or an exit code after an error
+ * line. */
+int cli_standby_bootstrap(const char *dir, const char *url,
+                          const cli_archive_access *access);
 /* The archive options of url with access's settings (strings not copied). */
 void cli_archive_options(const cli_archive_access *access, const char *url,
                          struct replicate_archive_options *out);

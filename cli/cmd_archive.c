@@ -8,6 +8,7 @@
  * takes (CLI_ARCHIVE_OPTIONS, cli_archive_options). The work is
  * replicate/archive.h's. Exit: 0 done, 1 refused or failed (one line naming
  * the object), 2 usage. */
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,48 @@ static void format_time(int64_t ns, char out[40])
   gmtime_r(&s, &tm);
   size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
   snprintf(out + n, 40 - n, ".%03dZ", (int)(ns % 1000000000 / 1000000));
+}
+
+/* ---------------------------------------------------------------------- */
+/* standby --bootstrap */
+
+int cli_standby_bootstrap(const char *dir, const char *url, const cli_archive_access *access)
+{
+  DIR *d = opendir(dir);
+  bool empty = true;
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+      empty = false;
+  if (d)
+    closedir(d);
+  char line[1200];
+  if (!empty) {
+    snprintf(line, sizeof line, "--bootstrap: %s holds an image already: streaming "
+             "from its position, nothing is read from %s", dir, url);
+    cli_log("standby", line);
+    return 0;
+  }
+  replicate_archive_options o;
+  cli_archive_options(access, url, &o);
+  replicate_archive *ar = NULL;
+  replicate_restore_target t = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  loom_position pos;
+  int rc = replicate_archive_open(&o, &ar);
+  if (rc == 0)
+    rc = replicate_archive_restore(ar, &t, dir, &pos);
+  if (rc) {
+    cli_fail("standby", "--bootstrap %s: %s (%s)", url,
+             ar ? replicate_archive_last_error(ar) : "", replicate_error_name(rc));
+    replicate_archive_close(ar);
+    return 1;
+  }
+  replicate_archive_close(ar);
+  char sum[17];
+  snprintf(line, sizeof line, "--bootstrap: %s seeded from %s at epoch %" PRIu64
+           " seq %" PRIu64 " (checksum %s); the primary sends only what follows", dir,
+           url, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum));
+  cli_log("standby", line);
+  return 0;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -44,6 +44,8 @@ typedef struct serve_context {
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
   const char *repair_from;
+  const char *bootstrap;
+  cli_archive_access archive_access;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps;
   cli_log_args log;
@@ -93,6 +95,12 @@ static const cli_option standby_options[] = {
      .dflt = "the system's CAs",
      .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
              "certificates"},
+    {.name = "bootstrap", .arg = "ARCHIVE", .kind = CLI_TEXT, .offset = AT(bootstrap),
+     .dflt = "none",
+     .help = "at start, seed an empty DIR with the newest position of the archive "
+             "(s3://BUCKET/PREFIX or file:///DIR), then stream from the primary, which "
+             "sends only what follows; a DIR that holds an image is left as it is"},
+    CLI_ARCHIVE_OPTIONS(standby_args, archive_access),
     CLI_LOG_OPTIONS(standby_args, log),
     {0},
 };
@@ -191,6 +199,12 @@ static int run_standby(void *args)
    * empty directory): before anything opens DIR. */
   if (a->resync_from &&
       (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
+    cli_token_forget(token);
+    free(host);
+    return rc;
+  }
+  if (a->bootstrap &&
+      (rc = cli_standby_bootstrap(dir, a->bootstrap, &a->archive_access)) != 0) {
     cli_token_forget(token);
     free(host);
     return rc;

@@ -351,18 +351,32 @@ static int rm_one(const char *path, const struct stat *st, int flag,
   return remove(path) == 0 || errno == ENOENT ? 0 : -1;
 }
 
+/* mkdir -p of dir's parents, each made 0700 (data directories). */
+static int make_parents(const char *dir) {
+  char *path = strdup(dir);
+  if (path == NULL) return ENOMEM;
+  int rc = 0;
+  for (char *p = path + 1; rc == 0 && (p = strchr(p, '/')) != NULL; p++) {
+    *p = '\0';
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) rc = errno;
+    *p = '/';
+  }
+  free(path);
+  return rc;
+}
+
 static int make_out_dir(replicate_archive *a, const char *dir, bool *made) {
   *made = false;
-  if (mkdir(dir, 0755) == 0) {
+  int rc = make_parents(dir);
+  if (rc == 0 && mkdir(dir, 0700) == 0) {
     *made = true;
     return 0;
   }
-  if (errno != EEXIST)
-    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  if (rc == 0 && errno != EEXIST) rc = errno;
+  if (rc != 0) return arc_fail(a, rc, "%s: %s", dir, strerror(rc));
   DIR *d = opendir(dir);
   if (d == NULL) return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
   struct dirent *e;
-  int rc = 0;
   while ((e = readdir(d)) != NULL)
     if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) rc = EEXIST;
   closedir(d);

@@ -16,6 +16,9 @@ usage: archive.py LOOMSHIP [--seed S]
 6. The archive directory taken away while the primary saves: saves go on,
    status shows the error and the lag; put back, the archive catches up
    and restores the newest position.
+8. `standby --bootstrap ARCHIVE` on an empty directory starts at the
+   archive's newest position; the primary, restarted with it as --standby,
+   sends only the tail (no base image) and the two end identical.
 7. kill -9 of the archiving primary at random moments (mid-upload, seeded),
    restarted on the same directory each time: after each kill the archive
    restores to the seq its head claims, with the primary's checksum there."""
@@ -228,6 +231,36 @@ class Suite:
                    "after SIGTERM the newest restore is the primary's last commit")
 
 
+    # 8 ------------------------------------------------------------------
+    def bootstrap(self, pdir, arc):
+        sdir = self.path("standby-boot")
+        proc = systest.spawn([self.loomship, "standby", "--dir", sdir, "--listen",
+                              "127.0.0.1:0", "--bootstrap", "file://" + arc],
+                             stdout=subprocess.PIPE, stderr=open(self.log, "ab"))
+        line = proc.stdout.readline().decode()
+        surl = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
+        st = systest.status(surl) if surl else None
+        self.check(st and st["applied"]["seq"] == 60,
+                   "the bootstrapped standby starts at the archive's seq 60: %s"
+                   % ((st or {}).get("applied")))
+        if not surl:
+            return
+        args = ["--dir", pdir, "--archive", "file://" + arc, "--standby", surl,
+                "--saves", "20", "--rate", "100"] + TABLE
+        r = subprocess.run([self.loomship, "primary"] + args, capture_output=True, timeout=60)
+        self.check(r.returncode == 0, "the primary ships the tail and exits 0 (%s)"
+                   % r.returncode)
+        st = systest.status(surl) or {}
+        self.check(st.get("applied", {}).get("seq") == 80 and
+                   st.get("counters", {}).get("base_images") == 0,
+                   "the standby got seqs 61-80 as frames, no base image: %s, %s"
+                   % (st.get("applied"), st.get("counters")))
+        systest.stop(proc, signal.SIGTERM)
+        problems = systest.compare_nodes(self.loomship, pdir, sdir)
+        self.check(not problems, "primary and bootstrapped standby identical: %s" % problems)
+        rc, text = restore(self.loomship, arc, self.path("after-boot"))
+        self.check(rc == 0 and "seq 80" in text, "the archive went on to seq 80")
+
     # 7 ------------------------------------------------------------------
     def kills(self, rng, rounds=4):
         arc, pdir = self.path("arc-kill"), self.path("primary-kill")
@@ -258,6 +291,7 @@ def main():
     s.restores(pdir, arc, t)
     s.list_and_verify(arc)
     s.damaged(arc)
+    s.bootstrap(pdir, arc)
     s.encrypted()
     s.store_away()
     s.kills(rng)
