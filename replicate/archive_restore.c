@@ -166,13 +166,21 @@ static int plan_load(replicate_archive *a, uint64_t epoch, plan *p) {
 /* ---------------------------------------------------------------------- */
 /* R5: writing the image */
 
+/* Frames are merged (replicate_coalescer) and applied as one commit per
+ * RESTORE_BATCH_PAGES distinct pages: a restore needs the result durable,
+ * not every seq on the way (one fsync per batch, not per frame). */
+#define RESTORE_BATCH_PAGES 8192u
+
 typedef struct restorer {
   replicate_archive *a;
   const replicate_restore_target *t;
   loom_store *store;
-  replicate_decoder *dec;
+  replicate_decoder *dec;       /* segments' frames */
+  replicate_decoder *merged;    /* the coalescer's output */
+  replicate_coalescer *batch;
+  char last_key[ARC_KEY_MAX];   /* the newest object in the batch */
   loom_lineage lineage;
-  loom_position pos;
+  loom_position pos;            /* after the last frame taken */
 } restorer;
 
 static int apply_base(restorer *r, const arc_obj *o) {
@@ -218,6 +226,35 @@ static bool wanted(const restorer *r, const replicate_frame_info *f,
   return true;
 }
 
+/* Applies the batch of merged frames, if any. */
+static int flush(restorer *r) {
+  uint64_t n = replicate_coalescer_frames(r->batch);
+  if (n == 0) return 0;
+  replicate_frame m;
+  int rc = replicate_coalescer_finish_frame(r->batch, r->merged, &m);
+  if (rc == 0) rc = replicate_frame_apply(&m, r->store);
+  if (rc != 0)
+    return arc_fail(r->a, rc, "frames %" PRIu64 "-%" PRIu64 " (the last from "
+                    "object %s) do not apply: %s", r->pos.seq - n + 1, r->pos.seq,
+                    r->last_key, replicate_strerror(rc));
+  loom_store_position(r->store, &r->pos);
+  return 0;
+}
+
+/* Takes one frame into the batch (applying the batch first when it would
+ * grow past its bound). */
+static int take(restorer *r, const replicate_frame *f, const char *key) {
+  int rc = 0;
+  if (replicate_coalescer_pages(r->batch) + f->info.page_count > RESTORE_BATCH_PAGES)
+    rc = flush(r);
+  if (rc == 0 && (rc = replicate_coalescer_add(r->batch, f)) != 0)
+    return arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT, "object %s: frame %" PRIu64
+                    " does not follow the one before: %s", key, f->info.after.seq,
+                    replicate_strerror(rc));
+  snprintf(r->last_key, sizeof r->last_key, "%s", key);
+  return rc;
+}
+
 /* *stop: the segment's frames ran past what is wanted. */
 static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
                          bool *stop) {
@@ -242,10 +279,8 @@ static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
                     expect);
     else if (!wanted(r, &f.info, limit))
       *stop = true;
-    else if (f.info.after.seq > r->pos.seq &&
-             (rc = replicate_frame_apply(&f, r->store)) != 0)
-      arc_fail(r->a, rc, "object %s: frame %" PRIu64 " does not apply: %s",
-               o->key, expect, replicate_strerror(rc));
+    else if (f.info.after.seq > r->pos.seq && (rc = take(r, &f, o->key)) != 0)
+      ;
     else if (f.info.after.seq > r->pos.seq)
       r->pos = f.info.after;
     off += 8 + (len == UINT64_MAX ? 0 : len);
@@ -293,6 +328,7 @@ static int restore_from(restorer *r, const plan *p, const arc_obj *base,
     if (o->name.first_seq > r->pos.seq + 1) break; /* a hole: R6 says */
     rc = apply_segment(r, o, limit, &stop);
   }
+  if (rc == 0) rc = flush(r);
   if (rc != 0) return rc;
   uint64_t want = r->t->kind == REPLICATE_RESTORE_SEQ ? r->t->seq
                   : r->t->kind == REPLICATE_RESTORE_NEWEST && p->have_head
@@ -403,7 +439,9 @@ int replicate_archive_restore(replicate_archive *a,
   if (rc == 0) rc = make_out_dir(a, out_dir, &made);
   if (rc == 0 && (rc = loom_store_open(out_dir, LOOM_CREATE, NULL, &r.store)))
     arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
-  if (rc == 0 && (rc = replicate_decoder_new(NULL, &r.dec)) != 0)
+  if (rc == 0 && ((rc = replicate_decoder_new(NULL, &r.dec)) != 0 ||
+                  (rc = replicate_decoder_new(NULL, &r.merged)) != 0 ||
+                  (rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r.batch)) != 0))
     arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
   if (rc == 0) rc = restore_epoch(&r, &el, epoch, UINT64_MAX);
   if (rc == 0 && (rc = loom_store_sync(r.store)) != 0)
@@ -415,6 +453,8 @@ int replicate_archive_restore(replicate_archive *a,
                                            replicate_strerror(crc));
   }
   replicate_decoder_free(r.dec);
+  replicate_decoder_free(r.merged);
+  replicate_coalescer_free(r.batch);
   free(el.items);
   if (rc != 0 && made) nftw(out_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
   return rc;

@@ -1,0 +1,160 @@
+"""archive_bench.py: the archive's figures (issue 17, docs/BENCHMARKS.md
+section 13) against the file:// backend on the local disk.
+
+usage: archive_bench.py LOOMSHIP [--seconds S] [--rates 10,100]
+                        [--restore-keys K] [--restore-saves N]
+
+rpo      a primary saving at each rate with --archive file:///TMP
+         --archive-interval 1; GET /v1/status polled every 5 ms: a commit's
+         time is when applied.seq first reached it, its upload when
+         archive.uploaded_seq did; RPO p50/p99 over every seq, and the
+         store requests per hour (status/metrics counters).
+restore  a primary with K keys (an image of about K*64 bytes) and N saves
+         archived, stopped; then `loomship restore` of the newest position
+         timed against `cat` of the same objects into one file plus fsync
+         (the bytes a restore must at least read and write), same run."""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                "tests", "system"))
+import systest  # noqa: E402
+
+
+def metrics(url):
+    with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("loomship_archive_requests_total"):
+            out[line.split('kind="')[1].split('"')[0]] = int(line.split()[-1])
+    return out
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * p))] if v else float("nan")
+
+
+def rpo(loomship, root, rate, seconds):
+    arc = os.path.join(root, "arc-%d" % rate)
+    os.makedirs(arc)
+    args = ["--dir", os.path.join(root, "p-%d" % rate), "--archive", "file://" + arc,
+            "--rate", str(rate), "--keys", "1024", "--pages", "4"]
+    proc, url, _ = systest.start_primary(loomship, args, os.path.join(root, "log"))
+    committed, uploaded = {}, {}
+    last_c = last_u = 0
+    # Past the start (its reads, listing and first base), then steady state.
+    systest.wait_for(lambda: ((systest.status(url) or {}).get("archive") or {})
+                     .get("uploaded_seq", 0) > 0, 10)
+    time.sleep(1.5)
+    m0 = metrics(url)
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        st = systest.status(url)
+        now = time.monotonic()
+        if st and st.get("archive"):
+            c, u = st["applied"]["seq"], st["archive"]["uploaded_seq"]
+            for s in range(last_c + 1, c + 1):
+                committed[s] = now
+            for s in range(last_u + 1, u + 1):
+                uploaded[s] = now
+            last_c, last_u = max(last_c, c), max(last_u, u)
+        time.sleep(0.005)
+    m1 = metrics(url)
+    systest.stop(proc, signal.SIGTERM)
+    lags = [uploaded[s] - committed[s] for s in committed if s in uploaded and s > 5]
+    reqs = {k: (m1[k] - m0.get(k, 0)) * 3600.0 / seconds for k in m1}
+    print("rpo rate %d/s: %d commits, p50 %.3f s, p99 %.3f s, max %.3f s; requests/hour "
+          "put %.0f get %.0f list %.0f delete %.0f"
+          % (rate, len(lags), pct(lags, 0.5), pct(lags, 0.99), max(lags or [0]),
+             reqs.get("put", 0), reqs.get("get", 0), reqs.get("list", 0),
+             reqs.get("delete", 0)))
+
+
+def restore_bench(loomship, root, keys, saves):
+    arc = os.path.join(root, "arc-restore")
+    os.makedirs(arc)
+    pdir = os.path.join(root, "p-restore")
+    table = ["--keys", str(keys), "--arena-pages", str(keys + keys // 4 + 256),
+             "--pages", "64", "--rate", "100000"]
+    # First the image grows (no archive), then the archive gets one base of
+    # it and `saves` commits after.
+    t0 = time.monotonic()
+    r = subprocess.run([loomship, "primary", "--dir", pdir, "--saves",
+                        str(keys // 8)] + table, capture_output=True)
+    print("image grown in %.1f s (exit %d)" % (time.monotonic() - t0, r.returncode))
+    t0 = time.monotonic()
+    r = subprocess.run([loomship, "primary", "--dir", pdir, "--archive", "file://" + arc,
+                        "--saves", str(saves), "--archive-base-interval", "86400"]
+                       + table[:-2] + ["--pages", "16", "--rate", "100000"],
+                       capture_output=True)
+    print("archived %d saves in %.1f s (exit %d)" % (saves, time.monotonic() - t0,
+                                                      r.returncode))
+    files = []
+    for d, _, names in os.walk(arc):
+        files += [os.path.join(d, n) for n in names]
+    size = sum(os.path.getsize(f) for f in files)
+    image = os.path.getsize(os.path.join(pdir, "image"))
+    subprocess.run(["sync"])
+    out = os.path.join(root, "restored")
+    t0 = time.monotonic()
+    r = subprocess.run([loomship, "restore", "--from", "file://" + arc, "--out", out],
+                       capture_output=True)
+    t_restore = time.monotonic() - t0
+    copy = os.path.join(root, "copy")
+    t0 = time.monotonic()
+    with open(copy, "wb") as dst:
+        for f in sorted(files):
+            with open(f, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    t_copy = time.monotonic() - t0
+    # The other floor: the image's bytes written and fsynced (what a restore
+    # must write, however small the objects compress).
+    t0 = time.monotonic()
+    with open(os.path.join(pdir, "image"), "rb") as src, \
+            open(os.path.join(root, "image-copy"), "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    t_image = time.monotonic() - t0
+    print("restore: image %.1f MiB, %d objects %.1f MiB; loomship restore %.2f s "
+          "(exit %d); cat+fsync of the objects %.2f s (ratio %.1f); copy+fsync of "
+          "the image %.2f s (ratio %.2f)"
+          % (image / 2**20, len(files), size / 2**20, t_restore, r.returncode, t_copy,
+             t_restore / t_copy if t_copy else float("nan"), t_image,
+             t_restore / t_image if t_image else float("nan")))
+    v = subprocess.run([loomship, "verify", out], capture_output=True)
+    print("verify: %s" % v.stdout.decode().strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("loomship")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rates", default="10,100")
+    ap.add_argument("--restore-keys", type=int, default=16384)
+    ap.add_argument("--restore-saves", type=int, default=10000)
+    a = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="loomship-archive-bench-")
+    try:
+        for rate in (int(x) for x in a.rates.split(",") if x):
+            rpo(a.loomship, root, rate, a.seconds)
+        if a.restore_saves:
+            restore_bench(a.loomship, root, a.restore_keys, a.restore_saves)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
