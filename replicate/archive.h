@@ -114,8 +114,11 @@ typedef struct replicate_restore_target {
 
 /*
  * replicate_archive_restore: build the image at the target in out_dir
- * (which must not exist, or be empty): the newest base at or below it,
- * then the archived frames applied one by one (replicate_frame_apply).
+ * (which must not exist, or be empty; missing parents are made 0700):
+ * the newest base at or below it, then the archived frames, merged into
+ * batches (replicate_coalescer) applied with replicate_frame_apply, one
+ * commit per batch: the restored directory's positions ring (loom.h
+ * loom_store_checksum_at) knows the batches' last seqs only.
  * Every object is checked (header, checksum, tag, archive id, its key's
  * position) and the frames must follow each other without a hole; the
  * result keeps the archived epoch, seq, checksum and history, and is

@@ -13,8 +13,10 @@
  *      lies before E's first base) continues at E's parent, limited to E's
  *      branch point;
  *   R5 the base is written into a new store (its lineage adopted), then
- *      each following frame, seq after seq, through replicate_frame_apply
- *      (which checks each frame's before position and after checksum);
+ *      the following frames, checked seq after seq (contiguous, one
+ *      history, not coalesced), merged into batches and applied through
+ *      replicate_frame_apply (which checks the batch's before position and
+ *      recomputes its after checksum from the pages);
  *   R6 a seq target must be reached exactly (a gap: REPLICATE_EARCHIVE_GAP;
  *      a missing frame: NOPOS); newest must reach the head's seq: an
  *      archive that claims a seq it cannot give is refused, not shortened.

@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 #include <dirent.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -612,6 +614,57 @@ static void test_store_down_never_blocks(void **state) {
   node_stop(&n);
 }
 
+/* A full disk under the archive (a 1 MiB tmpfs in a private mount
+ * namespace; root only): saves go on, status says ENOSPC, and once space
+ * is freed the archive catches up and restores the newest position. */
+static void test_full_disk(void **state) {
+  (void)state;
+  if (geteuid() != 0 || unshare(CLONE_NEWNS) != 0 ||
+      mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+    skip();
+    return;
+  }
+  node n;
+  node_start(&n, false);
+  saves_and_drain(&n, 2);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(mount("tmpfs", n.arc_dir, "tmpfs", 0, "size=1m"), 0);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  saves_and_drain(&n, 2); /* a new archive on the tmpfs: base, segment */
+  char filler[1100];
+  snprintf(filler, sizeof filler, "%s/filler", n.arc_dir);
+  FILE *f = fopen(filler, "w");
+  assert_non_null(f);
+  static char block[4096];
+  while (fwrite(block, 1, sizeof block, f) == sizeof block && fflush(f) == 0) {}
+  fclose(f);
+  int64_t t0 = test_now_ms();
+  for (int i = 0; i < 20; i++) node_save(&n);
+  assert_true(test_now_ms() - t0 < 5000);
+  replicate_archive_status st;
+  int64_t deadline = test_now_ms() + 5000;
+  do {
+    test_pause_ms(10);
+    replicate_archiver_status(n.ar, &st);
+  } while (strstr(st.last_error, "No space") == NULL && test_now_ms() < deadline);
+  assert_non_null(strstr(st.last_error, "No space"));
+  assert_true(st.lag_frames > 0);
+  assert_int_equal(unlink(filler), 0);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  loom_position want, got;
+  node_position(&n, &want);
+  char err[800];
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
+  assert_true(loom_position_same(&got, &want));
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(umount(n.arc_dir), 0);
+  node_stop(&n);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Forks: a promoted copy writes epoch 2 from its branch point; epoch 1's
  * later objects stay, abandoned, restorable with --epoch; a node behind
@@ -740,6 +793,7 @@ int main(void) {
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
+      cmocka_unit_test(test_full_disk),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
