@@ -211,9 +211,12 @@ static int print_entry(void *ctx, const replicate_archive_entry *e)
   char when[40] = "-";
   if (e->kind != REPLICATE_ARCHIVE_GAP)
     format_time(e->time_ns, when);
+  char key[24] = "plaintext";
+  if (e->key_id)
+    snprintf(key, sizeof key, "key %08" PRIx32, e->key_id);
   printf("%-7s epoch %-4" PRIu64 " seq %" PRIu64 "-%" PRIu64 "  %s  %" PRIu64
-         " bytes%s  %s\n", kind_name(e->kind), e->epoch, e->first_seq, e->last_seq, when,
-         e->size, e->abandoned ? "  abandoned" : "", e->key);
+         " bytes  %s%s  %s\n", kind_name(e->kind), e->epoch, e->first_seq, e->last_seq,
+         when, e->size, key, e->abandoned ? "  abandoned" : "", e->key);
   return 0;
 }
 

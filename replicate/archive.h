@@ -15,9 +15,13 @@
  *                              point it started from
  *   e/E/head                   the newest position uploaded at E
  *   e/E/writer                 who writes at E (one writer per archive)
- *   e/E/b/SEQ.TIME             a base image at SEQ (compressed)
- *   e/E/s/FIRST-LAST.TIME      the single-commit frames FIRST..LAST
- *   e/E/g/FIRST-LAST           seqs the archive does not hold (a gap)
+ *   e/E/b/SEQ.TIME.KEY         a base image at SEQ (compressed)
+ *   e/E/s/FIRST-LAST.TIME.KEY  the single-commit frames FIRST..LAST
+ *   e/E/g/FIRST-LAST.KEY       seqs the archive does not hold (a gap)
+ *
+ * (TIME: the last commit's, ns; KEY: the id of the key the object is
+ * sealed with, 00000000 for plaintext: `archive list` shows which objects
+ * still need a previous key without reading them)
  *
  * so a restore lists only "epochs/" and one epoch's "e/E/", never the
  * whole bucket, and the writer lists nothing in steady state. Every
@@ -148,6 +152,7 @@ typedef struct replicate_archive_entry {
   uint64_t epoch, first_seq, last_seq;
   int64_t time_ns;              /* BASE, SEGMENT: the last commit's time */
   uint64_t size;                /* bytes stored */
+  uint32_t key_id;              /* 0: plaintext */
   bool abandoned;               /* past a newer epoch's branch point */
 } replicate_archive_entry;
 

@@ -30,9 +30,9 @@ typedef enum arc_kind {
   ARC_ID = 1,      /* "id": the archive's identity */
   ARC_EPOCH = 2,   /* "epochs/E": an epoch's branch point */
   ARC_HEAD = 3,    /* "e/E/head": the newest position uploaded at E */
-  ARC_BASE = 4,    /* "e/E/b/SEQ.TIME": an image */
-  ARC_SEGMENT = 5, /* "e/E/s/FIRST-LAST.TIME": single-commit frames */
-  ARC_GAP = 6,     /* "e/E/g/FIRST-LAST": seqs the archive does not hold */
+  ARC_BASE = 4,    /* "e/E/b/SEQ.TIME.KEY": an image */
+  ARC_SEGMENT = 5, /* "e/E/s/FIRST-LAST.TIME.KEY": single-commit frames */
+  ARC_GAP = 6,     /* "e/E/g/FIRST-LAST.KEY": seqs the archive does not hold */
   ARC_WRITER = 7   /* "e/E/writer": who writes at E */
 } arc_kind;
 
@@ -58,6 +58,7 @@ typedef struct arc_name {
   arc_kind kind;
   uint64_t epoch, first_seq, last_seq;
   int64_t time_ns; /* BASE, SEGMENT: the last commit's time */
+  uint32_t key_id; /* BASE, SEGMENT, GAP: the key it is sealed with */
 } arc_name;
 
 /* The opened archive: the store, the keys, the archive id once known. */
@@ -90,10 +91,16 @@ int arc_unseal(const arc_keys *keys, const uint8_t *archive_id,
 void arc_key_epoch(char *buf, uint64_t epoch);
 void arc_key_head(char *buf, uint64_t epoch);
 void arc_key_writer(char *buf, uint64_t epoch);
-void arc_key_base(char *buf, uint64_t epoch, uint64_t seq, int64_t time_ns);
+void arc_key_base(char *buf, uint64_t epoch, uint64_t seq, int64_t time_ns,
+                  uint32_t key_id);
 void arc_key_segment(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
-                     int64_t time_ns);
-void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last);
+                     int64_t time_ns, uint32_t key_id);
+void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
+                 uint32_t key_id);
+/* The key id new objects are sealed with: 0 without a key. */
+static inline uint32_t arc_keys_current(const arc_keys *k) {
+  return k->count ? k->id[0] : 0;
+}
 void arc_key_prefix(char *buf, uint64_t epoch); /* "e/E/" */
 /* 0 and *out, or REPLICATE_EARCHIVE_OBJECT (not an archive key). */
 int arc_key_parse(const char *key, arc_name *out);

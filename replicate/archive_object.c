@@ -283,33 +283,51 @@ void arc_key_head(char *buf, uint64_t epoch) {
 void arc_key_writer(char *buf, uint64_t epoch) {
   snprintf(buf, ARC_KEY_MAX, "e/%016" PRIx64 "/writer", epoch);
 }
-void arc_key_base(char *buf, uint64_t epoch, uint64_t seq, int64_t time_ns) {
-  snprintf(buf, ARC_KEY_MAX, "e/%016" PRIx64 "/b/%016" PRIx64 ".%016" PRIx64,
-           epoch, seq, (uint64_t)time_ns);
+void arc_key_base(char *buf, uint64_t epoch, uint64_t seq, int64_t time_ns,
+                  uint32_t key_id) {
+  snprintf(buf, ARC_KEY_MAX,
+           "e/%016" PRIx64 "/b/%016" PRIx64 ".%016" PRIx64 ".%08" PRIx32, epoch,
+           seq, (uint64_t)time_ns, key_id);
 }
 void arc_key_segment(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
-                     int64_t time_ns) {
+                     int64_t time_ns, uint32_t key_id) {
   snprintf(buf, ARC_KEY_MAX,
-           "e/%016" PRIx64 "/s/%016" PRIx64 "-%016" PRIx64 ".%016" PRIx64,
-           epoch, first, last, (uint64_t)time_ns);
+           "e/%016" PRIx64 "/s/%016" PRIx64 "-%016" PRIx64 ".%016" PRIx64
+           ".%08" PRIx32,
+           epoch, first, last, (uint64_t)time_ns, key_id);
 }
-void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last) {
-  snprintf(buf, ARC_KEY_MAX, "e/%016" PRIx64 "/g/%016" PRIx64 "-%016" PRIx64,
-           epoch, first, last);
+void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
+                 uint32_t key_id) {
+  snprintf(buf, ARC_KEY_MAX,
+           "e/%016" PRIx64 "/g/%016" PRIx64 "-%016" PRIx64 ".%08" PRIx32, epoch,
+           first, last, key_id);
 }
 
-/* Reads exactly 16 hex digits at *p, then expects sep ('\0': the end). */
-static int hex16(const char **p, char sep, uint64_t *out) {
+/* Reads exactly `digits` hex digits at *p, then expects sep ('\0': the
+ * end). */
+static int hexn(const char **p, int digits, char sep, uint64_t *out) {
   uint64_t v = 0;
-  for (int i = 0; i < 16; i++) {
+  for (int i = 0; i < digits; i++) {
     char c = (*p)[i];
     int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
     if (d < 0) return -1;
     v = v << 4 | (uint64_t)d;
   }
-  if ((*p)[16] != sep) return -1;
-  *p += sep ? 17 : 16;
+  if ((*p)[digits] != sep) return -1;
+  *p += digits + (sep ? 1 : 0);
   *out = v;
+  return 0;
+}
+
+static int hex16(const char **p, char sep, uint64_t *out) {
+  return hexn(p, 16, sep, out);
+}
+
+/* ".KEYID" at the end of a data object's key. */
+static int key_id_part(const char **p, uint32_t *out) {
+  uint64_t v;
+  if (hexn(p, 8, '\0', &v) != 0) return -1;
+  *out = (uint32_t)v;
   return 0;
 }
 
@@ -329,15 +347,17 @@ int arc_key_parse(const char *key, arc_name *out) {
     else if (strcmp(p, "writer") == 0) out->kind = ARC_WRITER;
     else if (strncmp(p, "b/", 2) == 0 && (p += 2, 1))
       out->kind = ARC_BASE,
-      bad = hex16(&p, '.', &out->first_seq) || hex16(&p, '\0', &t),
+      bad = hex16(&p, '.', &out->first_seq) || hex16(&p, '.', &t) ||
+            key_id_part(&p, &out->key_id),
       out->last_seq = out->first_seq;
     else if (strncmp(p, "s/", 2) == 0 && (p += 2, 1))
       out->kind = ARC_SEGMENT,
       bad = hex16(&p, '-', &out->first_seq) || hex16(&p, '.', &out->last_seq) ||
-            hex16(&p, '\0', &t);
+            hex16(&p, '.', &t) || key_id_part(&p, &out->key_id);
     else if (strncmp(p, "g/", 2) == 0 && (p += 2, 1))
       out->kind = ARC_GAP,
-      bad = hex16(&p, '-', &out->first_seq) || hex16(&p, '\0', &out->last_seq);
+      bad = hex16(&p, '-', &out->first_seq) || hex16(&p, '.', &out->last_seq) ||
+            key_id_part(&p, &out->key_id);
     else bad = 1;
   } else {
     bad = 1;
@@ -373,7 +393,8 @@ static const char *unseal_text(int rc) {
 static bool header_matches(const arc_header *h, const arc_name *n) {
   if (h->kind != n->kind || h->epoch != n->epoch) return false;
   if (n->kind == ARC_BASE || n->kind == ARC_SEGMENT || n->kind == ARC_GAP)
-    return h->first_seq == n->first_seq && h->last_seq == n->last_seq;
+    return h->first_seq == n->first_seq && h->last_seq == n->last_seq &&
+           h->key_id == n->key_id;
   return true;
 }
 

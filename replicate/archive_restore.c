@@ -494,6 +494,7 @@ static int walk_epoch(walker *w, uint64_t epoch) {
         .last_seq = o->name.last_seq,
         .time_ns = o->name.time_ns,
         .size = o->size,
+        .key_id = o->name.key_id,
         .abandoned = abandoned(w->el, epoch, o->name.last_seq)};
     rc = w->each(w->ctx, &e);
   }

@@ -186,6 +186,52 @@ static int ensure_id(replicate_archiver *ar) {
   return rc;
 }
 
+/* A key rotation: the small objects a reader needs whatever it restores
+ * (id, every epoch's record, head and writer) are sealed again under the
+ * current key when they are under the previous one, so that the previous
+ * key is needed only by bases, segments and gaps (whose keys name their
+ * key id: `archive list` shows when none is left). At start only. */
+static int reseal_one(replicate_archiver *ar, const char *key) {
+  arc_header h;
+  replicate_buf b = {0};
+  int rc = arc_get(ar->a, key, &h, &b);
+  if (rc == REPLICATE_ESTORE_MISSING) {
+    ar->a->error[0] = '\0';
+    rc = 0;
+  } else if (rc == 0 && h.key_id != arc_keys_current(&ar->a->keys)) {
+    arc_header again = {.kind = h.kind, .epoch = h.epoch,
+                        .first_seq = h.first_seq, .last_seq = h.last_seq,
+                        .flags = h.flags & ARC_FLAG_ZSTD};
+    rc = arc_put(ar->a, &again, key, b.data, b.len, 0);
+    if (rc == 0) say(ar, "archive: %s sealed again under the current key", key);
+  }
+  replicate_buf_free(&b);
+  return rc;
+}
+
+static int each_epoch_reseal(void *ctx, const char *key, uint64_t size) {
+  (void)size;
+  replicate_archiver *ar = ctx;
+  arc_name n;
+  if (arc_key_parse(key, &n) != 0 || n.kind != ARC_EPOCH) return 0;
+  char head[ARC_KEY_MAX], writer[ARC_KEY_MAX];
+  arc_key_head(head, n.epoch);
+  arc_key_writer(writer, n.epoch);
+  int rc = reseal_one(ar, key);
+  if (rc == 0) rc = reseal_one(ar, head);
+  if (rc == 0) rc = reseal_one(ar, writer);
+  return rc;
+}
+
+static int reseal_metadata(replicate_archiver *ar) {
+  if (ar->a->keys.count < 2) return 0; /* one key (or none): nothing to do */
+  int rc = reseal_one(ar, "id");
+  if (rc == 0 && (rc = objstore_list(ar->a->store, "epochs/", each_epoch_reseal, ar)) &&
+      ar->a->error[0] == '\0')
+    arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+  return rc;
+}
+
 /* The epoch's record: its history and where it branched off its parent. */
 static int ensure_epoch(replicate_archiver *ar) {
   char key[ARC_KEY_MAX];
@@ -284,6 +330,7 @@ static uint64_t count_bases(const replicate_archiver *ar) {
 
 static int start_up(replicate_archiver *ar) {
   int rc = ensure_id(ar);
+  if (rc == 0) rc = reseal_metadata(ar);
   if (rc == 0) rc = ensure_epoch(ar);
   if (rc == 0) rc = ensure_writer(ar);
   if (rc == 0) rc = load_head(ar);
@@ -359,7 +406,7 @@ static int read_snapshot(loom_snapshot *snap, loom_position *pos,
 /* Records seqs [first, last] as a gap. */
 static int put_gap(replicate_archiver *ar, uint64_t first, uint64_t last) {
   char key[ARC_KEY_MAX];
-  arc_key_gap(key, ar->epoch, first, last);
+  arc_key_gap(key, ar->epoch, first, last, arc_keys_current(&ar->a->keys));
   arc_header h = {.kind = ARC_GAP, .epoch = ar->epoch, .first_seq = first,
                   .last_seq = last};
   int rc = arc_put(ar->a, &h, key, NULL, 0, 0);
@@ -397,7 +444,8 @@ static int upload_base(replicate_archiver *ar) {
   rc = read_snapshot(snap, &pos, &img);
   loom_snapshot_close(snap);
   char key[ARC_KEY_MAX];
-  arc_key_base(key, ar->epoch, pos.seq, pos.commit_time_ns);
+  arc_key_base(key, ar->epoch, pos.seq, pos.commit_time_ns,
+               arc_keys_current(&ar->a->keys));
   arc_header h = {.kind = ARC_BASE, .epoch = ar->epoch, .first_seq = pos.seq,
                   .last_seq = pos.seq, .flags = ARC_FLAG_ZSTD};
   if (rc != 0) arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
@@ -489,7 +537,8 @@ static int upload_segment(replicate_archiver *ar) {
   }
   char key[ARC_KEY_MAX];
   uint64_t first = ar->uploaded.seq + 1;
-  arc_key_segment(key, ar->epoch, first, last.seq, last.commit_time_ns);
+  arc_key_segment(key, ar->epoch, first, last.seq, last.commit_time_ns,
+                  arc_keys_current(&ar->a->keys));
   arc_header h = {.kind = ARC_SEGMENT, .epoch = ar->epoch, .first_seq = first,
                   .last_seq = last.seq};
   rc = arc_put(ar->a, &h, key, seg.data, seg.len, OBJSTORE_PUT_IF_ABSENT);

@@ -190,14 +190,15 @@ static void test_key_names(void **state) {
   (void)state;
   char key[ARC_KEY_MAX];
   arc_name n;
-  arc_key_segment(key, 2, 10, 20, 12345);
+  arc_key_segment(key, 2, 10, 20, 12345, 0xabcdef01u);
   assert_int_equal(arc_key_parse(key, &n), 0);
   assert_int_equal(n.kind, ARC_SEGMENT);
   assert_int_equal(n.epoch, 2);
   assert_int_equal(n.first_seq, 10);
   assert_int_equal(n.last_seq, 20);
   assert_int_equal(n.time_ns, 12345);
-  arc_key_base(key, 2, 7, 99);
+  assert_int_equal(n.key_id, 0xabcdef01u);
+  arc_key_base(key, 2, 7, 99, 0);
   assert_int_equal(arc_key_parse(key, &n), 0);
   assert_int_equal(n.kind, ARC_BASE);
   assert_int_equal(n.first_seq, 7);
@@ -482,7 +483,7 @@ static void test_damaged_refused(void **state) {
   /* Duplicated: the same seqs under a second key. */
   char dup[2100];
   snprintf(dup, sizeof dup, "%s", seg.path);
-  memcpy(strrchr(dup, '.') + 1, "0000000000000001", 16);
+  memcpy(strrchr(dup, '.') - 16, "0000000000000001", 16); /* its time */
   copy_file(seg.path, dup);
   assert_int_equal(restore(&n, newest, &got, err, sizeof err),
                    REPLICATE_EARCHIVE_OBJECT);
@@ -665,6 +666,64 @@ static void test_full_disk(void **state) {
   node_stop(&n);
 }
 
+/* A key rotation: the writer restarted with "new, old" continues, seals
+ * the small shared objects again under the new key, writes new objects
+ * under it; reading needs both keys while old objects remain, and
+ * `archive list` tells old from new. */
+typedef struct key_count {
+  uint32_t key;
+  int n, total;
+} key_count;
+
+static int count_key(void *ctx, const replicate_archive_entry *e) {
+  key_count *k = ctx;
+  k->total++;
+  k->n += e->key_id == k->key;
+  return 0;
+}
+
+static void test_key_rotation(void **state) {
+  (void)state;
+  node n;
+  node_start(&n, true); /* under key_a */
+  saves_and_drain(&n, 3);
+  replicate_archiver_stop(n.ar);
+  char both[200];
+  snprintf(both, sizeof both, "%s\n%s\n", key_b, key_a);
+  free(n.kf);
+  n.kf = key_file(n.dir, "rotated.key", both);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  saves_and_drain(&n, 3);
+  replicate_archive_status st;
+  replicate_archiver_status(n.ar, &st);
+  assert_string_equal(st.last_error, "");
+  assert_int_equal(st.uploaded_seq, 6);
+
+  arc_keys keys;
+  char err[800];
+  assert_int_equal(arc_keys_load(n.kf, &keys, err, sizeof err), 0);
+  replicate_archive *a = open_archive(&n);
+  key_count kc = {.key = keys.id[0]};
+  assert_int_equal(replicate_archive_list(a, count_key, &kc), 0);
+  assert_true(kc.n >= 1);           /* new objects under the new key */
+  assert_true(kc.total > kc.n);     /* old ones still under the old */
+  replicate_archive_close(a);
+  loom_position want, got;
+  node_position(&n, &want);
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
+  assert_true(loom_position_same(&got, &want));
+  /* The new key alone reads the shared objects (sealed again) but not
+   * the old base: refused, naming it. */
+  free(n.kf);
+  n.kf = key_file(n.dir, "new-only.key", key_b);
+  assert_int_equal(restore(&n, newest, &got, err, sizeof err),
+                   REPLICATE_EARCHIVE_KEY);
+  assert_non_null(strstr(err, "/b/"));
+  node_stop(&n);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Forks: a promoted copy writes epoch 2 from its branch point; epoch 1's
  * later objects stay, abandoned, restorable with --epoch; a node behind
@@ -794,6 +853,7 @@ int main(void) {
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_full_disk),
+      cmocka_unit_test(test_key_rotation),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -159,7 +159,8 @@ class Suite:
 
         def duplicate(copy):
             seg = objects(copy, "s")[-1]
-            shutil.copy(seg, seg[:-16] + "0000000000000001")
+            head, _, key_id = seg.rsplit(".", 2)
+            shutil.copy(seg, head + ".0000000000000001." + key_id)
             return os.path.basename(seg)
 
         def foreign(copy):
@@ -250,7 +251,8 @@ class Suite:
         r = subprocess.run([self.loomship, "primary"] + args, capture_output=True, timeout=60)
         self.check(r.returncode == 0, "the primary ships the tail and exits 0 (%s)"
                    % r.returncode)
-        st = systest.status(surl) or {}
+        st, _ = systest.wait_applied(surl, 80, 10)
+        st = st or {}
         self.check(st.get("applied", {}).get("seq") == 80 and
                    st.get("counters", {}).get("base_images") == 0,
                    "the standby got seqs 61-80 as frames, no base image: %s, %s"
