@@ -605,7 +605,11 @@ static int run_primary(void *args)
   cli_archive_options(&a->archive_access, a->archive, &archive.access);
   char writer[600], host_name[256] = "";
   gethostname(host_name, sizeof host_name - 1);
-  snprintf(writer, sizeof writer, "primary %s:%s", host_name, a->dir);
+  char cwd[400] = "";
+  if (a->dir[0] != '/' && !getcwd(cwd, sizeof cwd)) /* the same id from any cwd */
+    cwd[0] = '\0';
+  snprintf(writer, sizeof writer, "primary %s:%s%s%s", host_name, cwd, cwd[0] ? "/" : "",
+           a->dir);
   archive.writer_id = writer;
   if (a->archive)
     cfg.archive = &archive;

@@ -68,6 +68,7 @@ struct replicate_archiver {
   bool quit, drain, stopped, gap_pending, gap_seen;
   bool failing;                /* the last step failed: wait before again */
   uint64_t gap_first, gap_last;
+  int64_t dropped_mono_ns;     /* when the oldest dropped commit came */
   loom_position uploaded;
   uint64_t base_count;
   char last_error[512];
@@ -133,18 +134,27 @@ static void queue_drop_all(replicate_archiver *ar) {
   ar->backlog = 0;
 }
 
+/* The frames are dropped: a gap from the oldest commit not uploaded. */
+static void queue_overflow(replicate_archiver *ar, queued *e) {
+  if (!ar->gap_pending) {
+    ar->gap_first = ar->qn ? ar->q[0].seq : e->seq;
+    ar->dropped_mono_ns = ar->qn ? ar->q[0].mono_ns : e->mono_ns;
+  }
+  ar->gap_pending = ar->gap_seen = true;
+  ar->gap_last = e->seq;
+  queue_drop_all(ar);
+  replicate_buf_free(&e->frame);
+}
+
 static void queue_push(replicate_archiver *ar, queued *e) {
-  if (ar->backlog + e->frame.len > ar->o.max_backlog_bytes ||
-      (ar->qn == ar->qcap &&
-       !(ar->q = realloc(ar->q, (ar->qcap = ar->qcap ? ar->qcap * 2 : 256) *
-                                    sizeof *ar->q)))) {
-    if (ar->q == NULL) ar->qcap = 0;
-    if (!ar->gap_pending) ar->gap_first = ar->qn ? ar->q[0].seq : e->seq;
-    ar->gap_pending = ar->gap_seen = true;
-    ar->gap_last = e->seq;
-    queue_drop_all(ar);
-    replicate_buf_free(&e->frame);
-    return;
+  if (ar->backlog + e->frame.len > ar->o.max_backlog_bytes)
+    return queue_overflow(ar, e);
+  if (ar->qn == ar->qcap) {
+    size_t cap = ar->qcap ? ar->qcap * 2 : 256;
+    queued *q = realloc(ar->q, cap * sizeof *q);
+    if (q == NULL) return queue_overflow(ar, e);
+    ar->q = q;
+    ar->qcap = cap;
   }
   ar->backlog += e->frame.len;
   ar->q[ar->qn++] = *e;
@@ -159,7 +169,8 @@ int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
   ar->committed = c->after;
   if (rc != 0 || ar->stopped) {
     replicate_buf_free(&e.frame);
-    if (rc != 0 && !ar->gap_pending) ar->gap_first = e.seq;
+    if (rc != 0 && !ar->gap_pending)
+      ar->gap_first = e.seq, ar->dropped_mono_ns = e.mono_ns;
     if (rc != 0) ar->gap_pending = ar->gap_seen = true;
   } else {
     queue_push(ar, &e);
@@ -765,8 +776,10 @@ void replicate_archiver_status(replicate_archiver *ar,
   out->committed_seq = ar->committed.seq;
   out->lag_frames = ar->committed.seq > ar->uploaded.seq
                         ? ar->committed.seq - ar->uploaded.seq : 0;
-  if (out->lag_frames > 0 && ar->qn > 0)
-    out->lag_seconds = (double)(loom_mono_ns() - ar->q[0].mono_ns) / 1e9;
+  int64_t oldest = ar->gap_pending || ar->qn == 0 ? ar->dropped_mono_ns
+                                                   : ar->q[0].mono_ns;
+  if (out->lag_frames > 0 && oldest > 0)
+    out->lag_seconds = (double)(loom_mono_ns() - oldest) / 1e9;
   out->bases = ar->base_count;
   out->gap = ar->gap_seen || ar->gap_pending;
   out->gap_first = ar->gap_first;
