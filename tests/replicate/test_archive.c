@@ -616,6 +616,38 @@ static void test_store_down_never_blocks(void **state) {
   node_stop(&n);
 }
 
+/* The store down when the archiver starts: it says so, retries, and
+ * writes the archive once the store is there. */
+static void test_store_down_at_start(void **state) {
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(test_remove_tree(n.arc_dir), 0); /* no store at all */
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  for (int i = 0; i < 3; i++) node_save(&n);
+  replicate_archive_status st;
+  int64_t deadline = test_now_ms() + 5000;
+  do {
+    test_pause_ms(10);
+    replicate_archiver_status(n.ar, &st);
+  } while (strstr(st.last_error, "no such directory") == NULL &&
+           test_now_ms() < deadline);
+  assert_non_null(strstr(st.last_error, "no such directory"));
+  assert_false(st.stopped);
+  assert_int_equal(mkdir(n.arc_dir, 0700), 0);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  loom_position want, got;
+  node_position(&n, &want);
+  char err[800];
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
+  assert_true(loom_position_same(&got, &want));
+  node_stop(&n);
+}
+
 /* A full disk under the archive (a 1 MiB tmpfs in a private mount
  * namespace; root only): saves go on, status says ENOSPC, and once space
  * is freed the archive catches up and restores the newest position. */
@@ -853,6 +885,7 @@ int main(void) {
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
+      cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),
       cmocka_unit_test(test_key_rotation),
   };
