@@ -64,7 +64,8 @@ static void format_time(int64_t ns, char out[40])
 /* ---------------------------------------------------------------------- */
 /* standby --bootstrap */
 
-int cli_standby_bootstrap(const char *dir, const char *url, const cli_archive_access *access)
+int cli_standby_bootstrap(const char *dir, const char *url,
+                          const cli_archive_access *access)
 {
   DIR *d = opendir(dir);
   bool empty = true;
@@ -75,8 +76,10 @@ int cli_standby_bootstrap(const char *dir, const char *url, const cli_archive_ac
     closedir(d);
   char line[1200];
   if (!empty) {
-    snprintf(line, sizeof line, "--bootstrap: %s holds an image already: streaming "
-             "from its position, nothing is read from %s", dir, url);
+    snprintf(line, sizeof line,
+             "--bootstrap: %s holds an image already: streaming "
+             "from its position, nothing is read from %s",
+             dir, url);
     cli_log("standby", line);
     return 0;
   }
@@ -90,15 +93,17 @@ int cli_standby_bootstrap(const char *dir, const char *url, const cli_archive_ac
     rc = replicate_archive_restore(ar, &t, dir, &pos);
   if (rc) {
     cli_fail("standby", "--bootstrap %s: %s (%s)", url,
-             ar ? replicate_archive_last_error(ar) : "", replicate_error_name(rc));
+             ar ? replicate_archive_last_error(ar) : "",
+             replicate_error_name(rc));
     replicate_archive_close(ar);
     return 1;
   }
   replicate_archive_close(ar);
   char sum[17];
-  snprintf(line, sizeof line, "--bootstrap: %s seeded from %s at epoch %" PRIu64
-           " seq %" PRIu64 " (checksum %s); the primary sends only what follows", dir,
-           url, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum));
+  snprintf(line, sizeof line,
+           "--bootstrap: %s seeded from %s at epoch %" PRIu64 " seq %" PRIu64
+           " (checksum %s); the primary sends only what follows",
+           dir, url, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum));
   cli_log("standby", line);
   return 0;
 }
@@ -114,17 +119,36 @@ typedef struct restore_args {
 
 #define AT(f) offsetof(restore_args, f)
 static const cli_option restore_options[] = {
-    {.name = "from", .arg = "ARCHIVE", .kind = CLI_TEXT, .offset = AT(from),
-     .required = true, .help = "the archive: s3://BUCKET/PREFIX or file:///DIR"},
-    {.name = "out", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(out), .required = true,
+    {.name = "from",
+     .arg = "ARCHIVE",
+     .kind = CLI_TEXT,
+     .offset = AT(from),
+     .required = true,
+     .help = "the archive: s3://BUCKET/PREFIX or file:///DIR"},
+    {.name = "out",
+     .arg = "DIR",
+     .kind = CLI_TEXT,
+     .offset = AT(out),
+     .required = true,
      .help = "the image directory to write (must not exist, or be empty)"},
-    {.name = "seq", .arg = "N", .kind = CLI_TEXT, .offset = AT(seq),
+    {.name = "seq",
+     .arg = "N",
+     .kind = CLI_TEXT,
+     .offset = AT(seq),
      .help = "restore exactly seq N (default: the newest)"},
-    {.name = "time", .arg = "T", .kind = CLI_TEXT, .offset = AT(time),
+    {.name = "time",
+     .arg = "T",
+     .kind = CLI_TEXT,
+     .offset = AT(time),
      .help = "restore the highest seq committed at or before T "
              "(2026-12-06T20:00:00Z, or Unix seconds)"},
-    {.name = "epoch", .arg = "E", .kind = CLI_NUMBER, .offset = AT(epoch), .min = 1,
-     .max = UINT64_MAX, .dflt = "the newest",
+    {.name = "epoch",
+     .arg = "E",
+     .kind = CLI_NUMBER,
+     .offset = AT(epoch),
+     .min = 1,
+     .max = UINT64_MAX,
+     .dflt = "the newest",
      .help = "follow epoch E's branch instead of the newest epoch's"},
     CLI_ARCHIVE_OPTIONS(restore_args, access),
     {0},
@@ -146,8 +170,11 @@ static int run_restore(void *args)
   if (a->time) {
     t.kind = REPLICATE_RESTORE_TIME;
     if (parse_time(a->time, &t.time_ns))
-      return cli_fail("restore", "--time must be like 2026-12-06T20:00:00Z or Unix "
-                      "seconds, not '%s'", a->time), 2;
+      return cli_fail("restore",
+                      "--time must be like 2026-12-06T20:00:00Z or Unix "
+                      "seconds, not '%s'",
+                      a->time),
+             2;
   }
   replicate_archive_options o;
   cli_archive_options(&a->access, a->from, &o);
@@ -165,16 +192,20 @@ static int run_restore(void *args)
   replicate_archive_close(ar);
   char sum[17], when[40];
   format_time(pos.commit_time_ns, when);
-  printf("restored %s: epoch %" PRIu64 " seq %" PRIu64 " checksum %s pages %" PRIu64
-         " committed %s\n", a->out, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum),
-         pos.pages, when);
+  printf("restored %s: epoch %" PRIu64 " seq %" PRIu64
+         " checksum %s pages %" PRIu64 " committed %s\n",
+         a->out, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum), pos.pages,
+         when);
   return 0;
 }
 
 const cli_command cmd_restore = {
     .name = "restore",
-    .summary = "restore an image directory from an archive (newest, --seq or --time)",
-    .options = restore_options, .args_size = sizeof(restore_args), .run = run_restore};
+    .summary =
+        "restore an image directory from an archive (newest, --seq or --time)",
+    .options = restore_options,
+    .args_size = sizeof(restore_args),
+    .run = run_restore};
 
 /* ---------------------------------------------------------------------- */
 /* archive list | verify */
@@ -187,7 +218,10 @@ typedef struct archive_args {
 
 #define AT(f) offsetof(archive_args, f)
 static const cli_option archive_options[] = {
-    {.name = "scratch", .arg = "DIR", .kind = CLI_TEXT, .offset = AT(scratch),
+    {.name = "scratch",
+     .arg = "DIR",
+     .kind = CLI_TEXT,
+     .offset = AT(scratch),
      .dflt = "$TMPDIR or /tmp",
      .help = "verify: where the restore drill writes (removed after)"},
     CLI_ARCHIVE_OPTIONS(archive_args, access),
@@ -215,29 +249,36 @@ static int print_entry(void *ctx, const replicate_archive_entry *e)
   if (e->key_id)
     snprintf(key, sizeof key, "key %08" PRIx32, e->key_id);
   printf("%-7s epoch %-4" PRIu64 " seq %" PRIu64 "-%" PRIu64 "  %s  %" PRIu64
-         " bytes  %s%s  %s\n", kind_name(e->kind), e->epoch, e->first_seq, e->last_seq,
-         when, e->size, key, e->abandoned ? "  abandoned" : "", e->key);
+         " bytes  %s%s  %s\n",
+         kind_name(e->kind), e->epoch, e->first_seq, e->last_seq, when, e->size,
+         key, e->abandoned ? "  abandoned" : "", e->key);
   return 0;
 }
 
 static int run_archive(void *args)
 {
   const archive_args *a = args;
-  bool list = strcmp(a->action, "list") == 0, verify = strcmp(a->action, "verify") == 0;
+  bool list = strcmp(a->action, "list") == 0,
+       verify = strcmp(a->action, "verify") == 0;
   if (!list && !verify)
-    return cli_fail("archive", "the action is list or verify, not '%s'", a->action), 2;
+    return cli_fail("archive", "the action is list or verify, not '%s'",
+                    a->action),
+           2;
   replicate_archive_options o;
   cli_archive_options(&a->access, a->url, &o);
   replicate_archive *ar = NULL;
   int rc = replicate_archive_open(&o, &ar);
   replicate_archive_verify_report rep;
-  const char *scratch = a->scratch ? a->scratch : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  const char *scratch = a->scratch         ? a->scratch
+                        : getenv("TMPDIR") ? getenv("TMPDIR")
+                                           : "/tmp";
   if (rc == 0 && list)
     rc = replicate_archive_list(ar, print_entry, NULL);
   else if (rc == 0)
     rc = replicate_archive_verify(ar, scratch, &rep);
   if (rc) {
-    cli_fail("archive", "%s: %s (%s)", a->action, ar ? replicate_archive_last_error(ar) : "",
+    cli_fail("archive", "%s: %s (%s)", a->action,
+             ar ? replicate_archive_last_error(ar) : "",
              replicate_error_name(rc));
     replicate_archive_close(ar);
     return 1;
@@ -245,8 +286,10 @@ static int run_archive(void *args)
   replicate_archive_close(ar);
   if (verify) {
     char sum[17];
-    printf("verified %" PRIu64 " objects (%" PRIu64 " bytes): checksums and tags good; "
-           "restore drill of epoch %" PRIu64 " seq %" PRIu64 ": checksum %s matches\n",
+    printf("verified %" PRIu64 " objects (%" PRIu64
+           " bytes): checksums and tags good; "
+           "restore drill of epoch %" PRIu64 " seq %" PRIu64
+           ": checksum %s matches\n",
            rep.objects, rep.bytes, rep.newest.epoch, rep.newest.seq,
            cli_hex64(rep.newest.checksum, sum));
   }
@@ -255,8 +298,12 @@ static int run_archive(void *args)
 
 const cli_command cmd_archive = {
     .name = "archive",
-    .summary = "list an archive's objects, or verify every one and drill a restore",
+    .summary =
+        "list an archive's objects, or verify every one and drill a restore",
     .options = archive_options,
-    .positional = "list|verify", .positional_offset = offsetof(archive_args, action),
-    .positional2 = "ARCHIVE", .positional2_offset = offsetof(archive_args, url),
-    .args_size = sizeof(archive_args), .run = run_archive};
+    .positional = "list|verify",
+    .positional_offset = offsetof(archive_args, action),
+    .positional2 = "ARCHIVE",
+    .positional2_offset = offsetof(archive_args, url),
+    .args_size = sizeof(archive_args),
+    .run = run_archive};

@@ -81,9 +81,9 @@ extern "C" {
  * these (--archive-endpoint, --archive-region, --archive-credentials into
  * store; --archive-key-file). Zero-initialise, then set what you need. */
 typedef struct replicate_archive_options {
-  const char *url;           /* "s3://BUCKET/PREFIX" or "file:///DIR" */
-  objstore_options store;    /* [all defaults] */
-  const char *key_file;      /* [NULL: plaintext objects] */
+  const char *url;        /* "s3://BUCKET/PREFIX" or "file:///DIR" */
+  objstore_options store; /* [all defaults] */
+  const char *key_file;   /* [NULL: plaintext objects] */
 } replicate_archive_options;
 
 typedef struct replicate_archive replicate_archive;
@@ -111,9 +111,9 @@ typedef enum replicate_restore_kind {
 
 typedef struct replicate_restore_target {
   replicate_restore_kind kind;
-  uint64_t seq;                 /* SEQ */
-  int64_t time_ns;              /* TIME: CLOCK_REALTIME nanoseconds */
-  int64_t epoch;                /* -1: the newest epoch's branch */
+  uint64_t seq;    /* SEQ */
+  int64_t time_ns; /* TIME: CLOCK_REALTIME nanoseconds */
+  int64_t epoch;   /* -1: the newest epoch's branch */
 } replicate_restore_target;
 
 /*
@@ -147,13 +147,13 @@ typedef enum replicate_archive_object_kind {
 
 /* One object as `archive list` shows it (from its key, nothing read). */
 typedef struct replicate_archive_entry {
-  const char *key;              /* valid during the callback */
+  const char *key; /* valid during the callback */
   replicate_archive_object_kind kind;
   uint64_t epoch, first_seq, last_seq;
-  int64_t time_ns;              /* BASE, SEGMENT: the last commit's time */
-  uint64_t size;                /* bytes stored */
-  uint32_t key_id;              /* 0: plaintext */
-  bool abandoned;               /* past a newer epoch's branch point */
+  int64_t time_ns; /* BASE, SEGMENT: the last commit's time */
+  uint64_t size;   /* bytes stored */
+  uint32_t key_id; /* 0: plaintext */
+  bool abandoned;  /* past a newer epoch's branch point */
 } replicate_archive_entry;
 
 typedef int (*replicate_archive_each_fn)(void *ctx,
@@ -165,9 +165,9 @@ int replicate_archive_list(replicate_archive *a, replicate_archive_each_fn each,
                            void *ctx);
 
 typedef struct replicate_archive_verify_report {
-  uint64_t objects;             /* read and checked */
+  uint64_t objects; /* read and checked */
   uint64_t bytes;
-  loom_position newest;         /* the drill's position */
+  loom_position newest; /* the drill's position */
 } replicate_archive_verify_report;
 
 /* Reads every object and checks it (checksum, tag, archive id, key), then
@@ -209,18 +209,18 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
 typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);
 
 typedef struct replicate_archiver_options {
-  replicate_archive_options access;  /* required: url */
-  loom_store *store;            /* required: the node's store (bases) */
-  replicate_log *log;           /* [NULL]: where missing frames are looked
+  replicate_archive_options access; /* required: url */
+  loom_store *store;                /* required: the node's store (bases) */
+  replicate_log *log;               /* [NULL]: where missing frames are looked
                                    for at start */
-  double interval_seconds;      /* [1]: --archive-interval */
-  double base_interval_seconds; /* [86400]: --archive-base-interval */
-  unsigned keep_bases;          /* [7]: --archive-keep-bases */
-  uint64_t max_backlog_bytes;   /* [4 GiB]: --archive-max-backlog-mb */
-  const char *writer_id;        /* [host:pid]: who writes, in e/E/writer;
+  double interval_seconds;          /* [1]: --archive-interval */
+  double base_interval_seconds;     /* [86400]: --archive-base-interval */
+  unsigned keep_bases;              /* [7]: --archive-keep-bases */
+  uint64_t max_backlog_bytes;       /* [4 GiB]: --archive-max-backlog-mb */
+  const char *writer_id;            /* [host:pid]: who writes, in e/E/writer;
                                    a node restarted with the same id
                                    continues */
-  replicate_archive_log_fn log_fn; /* [NULL] */
+  replicate_archive_log_fn log_fn;  /* [NULL] */
   void *log_ctx;
 } replicate_archiver_options;
 
@@ -235,17 +235,17 @@ void replicate_archiver_stop(replicate_archiver *ar);
 
 typedef struct replicate_archive_status {
   char url[512];
-  bool stopped;                 /* archiving stopped for good (last_error) */
-  uint64_t uploaded_seq;        /* the newest seq in the archive */
-  uint64_t committed_seq;       /* the newest seq fed */
-  uint64_t lag_frames;          /* committed_seq - uploaded_seq */
-  double lag_seconds;           /* age of the oldest commit not uploaded */
-  uint64_t bases;               /* bases kept at this epoch */
-  bool gap;                     /* a gap was recorded since start */
+  bool stopped;           /* archiving stopped for good (last_error) */
+  uint64_t uploaded_seq;  /* the newest seq in the archive */
+  uint64_t committed_seq; /* the newest seq fed */
+  uint64_t lag_frames;    /* committed_seq - uploaded_seq */
+  double lag_seconds;     /* age of the oldest commit not uploaded */
+  uint64_t bases;         /* bases kept at this epoch */
+  bool gap;               /* a gap was recorded since start */
   uint64_t gap_first, gap_last;
   uint64_t backlog_bytes;
-  char last_error[512];         /* "" if none */
-  int64_t last_error_at_ns;     /* CLOCK_REALTIME, 0 if none */
+  char last_error[512];     /* "" if none */
+  int64_t last_error_at_ns; /* CLOCK_REALTIME, 0 if none */
   objstore_stats requests;
 } replicate_archive_status;
 

@@ -47,8 +47,8 @@ typedef struct arc_header {
   arc_kind kind;
   uint8_t archive_id[ARC_ID_SIZE];
   uint64_t epoch, first_seq, last_seq;
-  uint32_t key_id;   /* 0: plaintext */
-  uint32_t flags;    /* ARC_FLAG_* */
+  uint32_t key_id;     /* 0: plaintext */
+  uint32_t flags;      /* ARC_FLAG_* */
   uint64_t stored_len; /* payload bytes as stored (tag included) */
   uint8_t nonce[ARC_NONCE];
 } arc_header;
@@ -82,9 +82,8 @@ int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
  * archive_id is non-NULL, key, tag) and decrypts/decompresses its payload
  * into *payload. Errors: REPLICATE_EARCHIVE_OBJECT, _FOREIGN, _KEY,
  * ENOMEM. */
-int arc_unseal(const arc_keys *keys, const uint8_t *archive_id,
-               const void *obj, size_t len, arc_header *h,
-               replicate_buf *payload);
+int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
+               size_t len, arc_header *h, replicate_buf *payload);
 
 /* Keys: arc_key_* write into buf (ARC_KEY_MAX bytes). */
 #define ARC_KEY_MAX 96u
@@ -98,7 +97,8 @@ void arc_key_segment(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
 void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
                  uint32_t key_id);
 /* The key id new objects are sealed with: 0 without a key. */
-static inline uint32_t arc_keys_current(const arc_keys *k) {
+static inline uint32_t arc_keys_current(const arc_keys *k)
+{
   return k->count ? k->id[0] : 0;
 }
 void arc_key_prefix(char *buf, uint64_t epoch); /* "e/E/" */
@@ -125,18 +125,25 @@ int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,
 int arc_load_id(replicate_archive *a);
 
 /* Little-endian fields. */
-static inline void arc_put64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+static inline void arc_put64(uint8_t *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
 }
-static inline uint64_t arc_get64(const uint8_t *p) {
+static inline uint64_t arc_get64(const uint8_t *p)
+{
   uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  for (int i = 7; i >= 0; i--)
+    v = v << 8 | p[i];
   return v;
 }
-static inline void arc_put32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+static inline void arc_put32(uint8_t *p, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
 }
-static inline uint32_t arc_get32(const uint8_t *p) {
+static inline uint32_t arc_get32(const uint8_t *p)
+{
   return (uint32_t)arc_get64((const uint8_t[8]){p[0], p[1], p[2], p[3]});
 }
 

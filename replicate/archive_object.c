@@ -35,7 +35,8 @@
 /* The key file: one or two lines of 64 hex digits (32 bytes), the current
  * key first, the previous one second. */
 
-static int hex_key(const char *line, uint8_t out[ARC_KEY_SIZE]) {
+static int hex_key(const char *line, uint8_t out[ARC_KEY_SIZE])
+{
   for (unsigned i = 0; i < ARC_KEY_SIZE; i++) {
     unsigned v;
     if (!isxdigit((unsigned char)line[2 * i]) ||
@@ -47,14 +48,16 @@ static int hex_key(const char *line, uint8_t out[ARC_KEY_SIZE]) {
   return line[2 * ARC_KEY_SIZE] == '\0' ? 0 : -1;
 }
 
-static uint32_t key_id(const uint8_t key[ARC_KEY_SIZE]) {
+static uint32_t key_id(const uint8_t key[ARC_KEY_SIZE])
+{
   uint8_t digest[SHA256_DIGEST_LENGTH];
   SHA256(key, ARC_KEY_SIZE, digest);
   uint32_t id = arc_get32(digest);
   return id ? id : 1; /* 0 means plaintext */
 }
 
-int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen) {
+int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen)
+{
   memset(out, 0, sizeof *out);
   FILE *f = fopen(path, "r");
   if (f == NULL) {
@@ -66,8 +69,10 @@ int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen) {
   while (rc == 0 && fgets(line, sizeof line, f) != NULL) {
     lineno++;
     size_t n = strlen(line);
-    while (n > 0 && isspace((unsigned char)line[n - 1])) line[--n] = '\0';
-    if (n == 0) continue;
+    while (n > 0 && isspace((unsigned char)line[n - 1]))
+      line[--n] = '\0';
+    if (n == 0)
+      continue;
     if (out->count == 2 || hex_key(line, out->key[out->count]) != 0) {
       snprintf(err, errlen,
                "--archive-key-file %s: line %d is not a key (each of at most "
@@ -85,7 +90,8 @@ int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen) {
     rc = REPLICATE_EARCHIVE_KEY;
   }
   memset(line, 0, sizeof line);
-  if (rc != 0) memset(out, 0, sizeof *out);
+  if (rc != 0)
+    memset(out, 0, sizeof *out);
   return rc;
 }
 
@@ -94,9 +100,11 @@ int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen) {
 
 static int gcm(int enc, const uint8_t *key, const uint8_t *nonce,
                const uint8_t *aad, size_t aad_len, uint8_t *data, size_t len,
-               uint8_t tag[ARC_TAG]) {
+               uint8_t tag[ARC_TAG])
+{
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-  if (ctx == NULL) return ENOMEM;
+  if (ctx == NULL)
+    return ENOMEM;
   int ok = EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) &&
            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, ARC_NONCE, NULL) &&
            EVP_CipherInit_ex(ctx, NULL, NULL, key, nonce, enc);
@@ -119,7 +127,8 @@ static int gcm(int enc, const uint8_t *key, const uint8_t *nonce,
 /* ---------------------------------------------------------------------- */
 /* The header (docs/ARCHIVE.md "Objects"). */
 
-static void header_write(uint8_t *p, const arc_header *h) {
+static void header_write(uint8_t *p, const arc_header *h)
+{
   memset(p, 0, ARC_HEADER);
   memcpy(p, ARC_MAGIC, 8);
   arc_put32(p + 8, ARC_VERSION);
@@ -134,7 +143,8 @@ static void header_write(uint8_t *p, const arc_header *h) {
   memcpy(p + 72, h->nonce, ARC_NONCE);
 }
 
-static void header_read(const uint8_t *p, arc_header *h) {
+static void header_read(const uint8_t *p, arc_header *h)
+{
   h->kind = (arc_kind)arc_get32(p + 12);
   memcpy(h->archive_id, p + 16, ARC_ID_SIZE);
   h->epoch = arc_get64(p + 32);
@@ -146,10 +156,13 @@ static void header_read(const uint8_t *p, arc_header *h) {
   memcpy(h->nonce, p + 72, ARC_NONCE);
 }
 
-static int buf_reserve(replicate_buf *b, size_t cap) {
-  if (b->cap >= cap) return 0;
+static int buf_reserve(replicate_buf *b, size_t cap)
+{
+  if (b->cap >= cap)
+    return 0;
   uint8_t *p = realloc(b->data, cap);
-  if (p == NULL) return ENOMEM;
+  if (p == NULL)
+    return ENOMEM;
   b->data = p;
   b->cap = cap;
   return 0;
@@ -157,40 +170,49 @@ static int buf_reserve(replicate_buf *b, size_t cap) {
 
 /* 1: the payload, compressed into out after the header. */
 static int stage_payload(const arc_header *h, const void *payload, size_t len,
-                         replicate_buf *out) {
+                         replicate_buf *out)
+{
   size_t bound = h->flags & ARC_FLAG_ZSTD ? ZSTD_compressBound(len) : len;
-  if (buf_reserve(out, ARC_HEADER + bound + ARC_TAG) != 0) return ENOMEM;
+  if (buf_reserve(out, ARC_HEADER + bound + ARC_TAG) != 0)
+    return ENOMEM;
   if (!(h->flags & ARC_FLAG_ZSTD)) {
-    if (len > 0) memcpy(out->data + ARC_HEADER, payload, len);
+    if (len > 0)
+      memcpy(out->data + ARC_HEADER, payload, len);
     out->len = ARC_HEADER + len;
     return 0;
   }
   size_t n = ZSTD_compress(out->data + ARC_HEADER, bound, payload, len, 3);
-  if (ZSTD_isError(n)) return REPLICATE_ECOMPRESS;
+  if (ZSTD_isError(n))
+    return REPLICATE_ECOMPRESS;
   out->len = ARC_HEADER + n;
   return 0;
 }
 
 int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
-             size_t len, replicate_buf *out) {
+             size_t len, replicate_buf *out)
+{
   int rc = stage_payload(h, payload, len, out); /* 1 */
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   size_t body = out->len - ARC_HEADER;
   bool enc = keys != NULL && keys->count > 0;
   h->flags = (h->flags & ARC_FLAG_ZSTD) | (enc ? ARC_FLAG_ENCRYPTED : 0);
   h->key_id = enc ? keys->id[0] : 0; /* 2 */
   h->stored_len = body + (enc ? ARC_TAG : 0);
   memset(h->nonce, 0, sizeof h->nonce);
-  if (enc && RAND_bytes(h->nonce, ARC_NONCE) != 1) return REPLICATE_EARCHIVE_KEY;
+  if (enc && RAND_bytes(h->nonce, ARC_NONCE) != 1)
+    return REPLICATE_EARCHIVE_KEY;
   header_write(out->data, h);
   if (enc) { /* 3 */
     rc = gcm(1, keys->key[0], h->nonce, out->data, ARC_OFF_CHECKSUM,
              out->data + ARC_HEADER, body, out->data + ARC_HEADER + body);
-    if (rc != 0) return rc;
+    if (rc != 0)
+      return rc;
     out->len += ARC_TAG;
   }
   XXH3_state_t *st = XXH3_createState(); /* 4 */
-  if (st == NULL) return ENOMEM;
+  if (st == NULL)
+    return ENOMEM;
   XXH3_64bits_reset(st);
   XXH3_64bits_update(st, out->data, ARC_OFF_CHECKSUM);
   XXH3_64bits_update(st, out->data + ARC_HEADER, out->len - ARC_HEADER);
@@ -199,9 +221,11 @@ int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
   return 0;
 }
 
-static uint64_t object_checksum(const uint8_t *obj, size_t len) {
+static uint64_t object_checksum(const uint8_t *obj, size_t len)
+{
   XXH3_state_t *st = XXH3_createState();
-  if (st == NULL) return 0;
+  if (st == NULL)
+    return 0;
   XXH3_64bits_reset(st);
   XXH3_64bits_update(st, obj, ARC_OFF_CHECKSUM);
   XXH3_64bits_update(st, obj + ARC_HEADER, len - ARC_HEADER);
@@ -212,10 +236,13 @@ static uint64_t object_checksum(const uint8_t *obj, size_t len) {
 
 /* Decompresses (or copies) stored[0, n) into out. */
 static int take_payload(const arc_header *h, const uint8_t *stored, size_t n,
-                        replicate_buf *out) {
+                        replicate_buf *out)
+{
   if (!(h->flags & ARC_FLAG_ZSTD)) {
-    if (buf_reserve(out, n ? n : 1) != 0) return ENOMEM;
-    if (n > 0) memcpy(out->data, stored, n);
+    if (buf_reserve(out, n ? n : 1) != 0)
+      return ENOMEM;
+    if (n > 0)
+      memcpy(out->data, stored, n);
     out->len = n;
     return 0;
   }
@@ -223,22 +250,26 @@ static int take_payload(const arc_header *h, const uint8_t *stored, size_t n,
   if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN ||
       size > ARC_MAX_OBJECT)
     return REPLICATE_EARCHIVE_OBJECT;
-  if (buf_reserve(out, size ? (size_t)size : 1) != 0) return ENOMEM;
+  if (buf_reserve(out, size ? (size_t)size : 1) != 0)
+    return ENOMEM;
   size_t got = ZSTD_decompress(out->data, (size_t)size, stored, n);
-  if (ZSTD_isError(got) || got != size) return REPLICATE_EARCHIVE_OBJECT;
+  if (ZSTD_isError(got) || got != size)
+    return REPLICATE_EARCHIVE_OBJECT;
   out->len = got;
   return 0;
 }
 
-static int find_key(const arc_keys *keys, uint32_t id) {
+static int find_key(const arc_keys *keys, uint32_t id)
+{
   for (unsigned i = 0; keys != NULL && i < keys->count; i++)
-    if (keys->id[i] == id) return (int)i;
+    if (keys->id[i] == id)
+      return (int)i;
   return -1;
 }
 
-int arc_unseal(const arc_keys *keys, const uint8_t *archive_id,
-               const void *obj, size_t len, arc_header *h,
-               replicate_buf *payload) {
+int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
+               size_t len, arc_header *h, replicate_buf *payload)
+{
   const uint8_t *p = obj;
   if (len < ARC_HEADER || memcmp(p, ARC_MAGIC, 8) != 0 ||
       arc_get32(p + 8) != ARC_VERSION)
@@ -251,19 +282,24 @@ int arc_unseal(const arc_keys *keys, const uint8_t *archive_id,
     return REPLICATE_EARCHIVE_FOREIGN;
   bool enc = h->flags & ARC_FLAG_ENCRYPTED;
   bool want = keys != NULL && keys->count > 0;
-  if (enc != want || (h->key_id != 0) != enc) return REPLICATE_EARCHIVE_KEY;
-  if (!enc) return take_payload(h, p + ARC_HEADER, len - ARC_HEADER, payload);
+  if (enc != want || (h->key_id != 0) != enc)
+    return REPLICATE_EARCHIVE_KEY;
+  if (!enc)
+    return take_payload(h, p + ARC_HEADER, len - ARC_HEADER, payload);
   int k = find_key(keys, h->key_id);
-  if (k < 0 || h->stored_len < ARC_TAG) return REPLICATE_EARCHIVE_KEY;
+  if (k < 0 || h->stored_len < ARC_TAG)
+    return REPLICATE_EARCHIVE_KEY;
   size_t body = len - ARC_HEADER - ARC_TAG;
   uint8_t *plain = malloc(body ? body : 1);
-  if (plain == NULL) return ENOMEM;
+  if (plain == NULL)
+    return ENOMEM;
   memcpy(plain, p + ARC_HEADER, body);
   uint8_t tag[ARC_TAG];
   memcpy(tag, p + ARC_HEADER + body, ARC_TAG);
-  int rc = gcm(0, keys->key[k], h->nonce, p, ARC_OFF_CHECKSUM, plain, body,
-               tag);
-  if (rc == 0) rc = take_payload(h, plain, body, payload);
+  int rc =
+      gcm(0, keys->key[k], h->nonce, p, ARC_OFF_CHECKSUM, plain, body, tag);
+  if (rc == 0)
+    rc = take_payload(h, plain, body, payload);
   free(plain);
   return rc;
 }
@@ -271,33 +307,40 @@ int arc_unseal(const arc_keys *keys, const uint8_t *archive_id,
 /* ---------------------------------------------------------------------- */
 /* Keys: fixed-width hex, so that byte order is numeric order. */
 
-void arc_key_epoch(char *buf, uint64_t epoch) {
+void arc_key_epoch(char *buf, uint64_t epoch)
+{
   snprintf(buf, ARC_KEY_MAX, "epochs/%016" PRIx64, epoch);
 }
-void arc_key_prefix(char *buf, uint64_t epoch) {
+void arc_key_prefix(char *buf, uint64_t epoch)
+{
   snprintf(buf, ARC_KEY_MAX, "e/%016" PRIx64 "/", epoch);
 }
-void arc_key_head(char *buf, uint64_t epoch) {
+void arc_key_head(char *buf, uint64_t epoch)
+{
   snprintf(buf, ARC_KEY_MAX, "e/%016" PRIx64 "/head", epoch);
 }
-void arc_key_writer(char *buf, uint64_t epoch) {
+void arc_key_writer(char *buf, uint64_t epoch)
+{
   snprintf(buf, ARC_KEY_MAX, "e/%016" PRIx64 "/writer", epoch);
 }
 void arc_key_base(char *buf, uint64_t epoch, uint64_t seq, int64_t time_ns,
-                  uint32_t key_id) {
+                  uint32_t key_id)
+{
   snprintf(buf, ARC_KEY_MAX,
            "e/%016" PRIx64 "/b/%016" PRIx64 ".%016" PRIx64 ".%08" PRIx32, epoch,
            seq, (uint64_t)time_ns, key_id);
 }
 void arc_key_segment(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
-                     int64_t time_ns, uint32_t key_id) {
+                     int64_t time_ns, uint32_t key_id)
+{
   snprintf(buf, ARC_KEY_MAX,
            "e/%016" PRIx64 "/s/%016" PRIx64 "-%016" PRIx64 ".%016" PRIx64
            ".%08" PRIx32,
            epoch, first, last, (uint64_t)time_ns, key_id);
 }
 void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
-                 uint32_t key_id) {
+                 uint32_t key_id)
+{
   snprintf(buf, ARC_KEY_MAX,
            "e/%016" PRIx64 "/g/%016" PRIx64 "-%016" PRIx64 ".%08" PRIx32, epoch,
            first, last, key_id);
@@ -305,33 +348,68 @@ void arc_key_gap(char *buf, uint64_t epoch, uint64_t first, uint64_t last,
 
 /* Reads exactly `digits` hex digits at *p, then expects sep ('\0': the
  * end). */
-static int hexn(const char **p, int digits, char sep, uint64_t *out) {
+static int hexn(const char **p, int digits, char sep, uint64_t *out)
+{
   uint64_t v = 0;
   for (int i = 0; i < digits; i++) {
     char c = (*p)[i];
-    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-    if (d < 0) return -1;
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                   : -1;
+    if (d < 0)
+      return -1;
     v = v << 4 | (uint64_t)d;
   }
-  if ((*p)[digits] != sep) return -1;
+  if ((*p)[digits] != sep)
+    return -1;
   *p += digits + (sep ? 1 : 0);
   *out = v;
   return 0;
 }
 
-static int hex16(const char **p, char sep, uint64_t *out) {
+static int hex16(const char **p, char sep, uint64_t *out)
+{
   return hexn(p, 16, sep, out);
 }
 
 /* ".KEYID" at the end of a data object's key. */
-static int key_id_part(const char **p, uint32_t *out) {
+static int key_id_part(const char **p, uint32_t *out)
+{
   uint64_t v;
-  if (hexn(p, 8, '\0', &v) != 0) return -1;
+  if (hexn(p, 8, '\0', &v) != 0)
+    return -1;
   *out = (uint32_t)v;
   return 0;
 }
 
-int arc_key_parse(const char *key, arc_name *out) {
+/* The rest of "e/E/" for a base, a segment or a gap: 0 or -1. */
+static int parse_data_key(const char *p, arc_name *out, uint64_t *t)
+{
+  if (strncmp(p, "b/", 2) == 0) {
+    p += 2;
+    out->kind = ARC_BASE;
+    if (hex16(&p, '.', &out->first_seq) || hex16(&p, '.', t))
+      return -1;
+    out->last_seq = out->first_seq;
+  } else if (strncmp(p, "s/", 2) == 0) {
+    p += 2;
+    out->kind = ARC_SEGMENT;
+    if (hex16(&p, '-', &out->first_seq) || hex16(&p, '.', &out->last_seq) ||
+        hex16(&p, '.', t))
+      return -1;
+  } else if (strncmp(p, "g/", 2) == 0) {
+    p += 2;
+    out->kind = ARC_GAP;
+    if (hex16(&p, '-', &out->first_seq) || hex16(&p, '.', &out->last_seq))
+      return -1;
+  } else {
+    return -1;
+  }
+  return key_id_part(&p, &out->key_id);
+}
+
+int arc_key_parse(const char *key, arc_name *out)
+{
   memset(out, 0, sizeof *out);
   const char *p = key;
   uint64_t t = 0;
@@ -342,25 +420,15 @@ int arc_key_parse(const char *key, arc_name *out) {
     p += 7;
     out->kind = ARC_EPOCH;
     bad = hex16(&p, '\0', &out->epoch);
-  } else if (strncmp(p, "e/", 2) == 0 && (p += 2, hex16(&p, '/', &out->epoch) == 0)) {
-    if (strcmp(p, "head") == 0) out->kind = ARC_HEAD;
-    else if (strcmp(p, "writer") == 0) out->kind = ARC_WRITER;
-    else if (strncmp(p, "b/", 2) == 0 && (p += 2, 1))
-      out->kind = ARC_BASE,
-      bad = hex16(&p, '.', &out->first_seq) || hex16(&p, '.', &t) ||
-            key_id_part(&p, &out->key_id),
-      out->last_seq = out->first_seq;
-    else if (strncmp(p, "s/", 2) == 0 && (p += 2, 1))
-      out->kind = ARC_SEGMENT,
-      bad = hex16(&p, '-', &out->first_seq) || hex16(&p, '.', &out->last_seq) ||
-            hex16(&p, '.', &t) || key_id_part(&p, &out->key_id);
-    else if (strncmp(p, "g/", 2) == 0 && (p += 2, 1))
-      out->kind = ARC_GAP,
-      bad = hex16(&p, '-', &out->first_seq) || hex16(&p, '.', &out->last_seq) ||
-            key_id_part(&p, &out->key_id);
-    else bad = 1;
-  } else {
+  } else if (strncmp(p, "e/", 2) != 0 ||
+             (p += 2, hex16(&p, '/', &out->epoch) != 0)) {
     bad = 1;
+  } else if (strcmp(p, "head") == 0) {
+    out->kind = ARC_HEAD;
+  } else if (strcmp(p, "writer") == 0) {
+    out->kind = ARC_WRITER;
+  } else {
+    bad = parse_data_key(p, out, &t);
   }
   out->time_ns = (int64_t)t;
   return bad ? REPLICATE_EARCHIVE_OBJECT : 0;
@@ -369,7 +437,8 @@ int arc_key_parse(const char *key, arc_name *out) {
 /* ---------------------------------------------------------------------- */
 /* Reading and writing objects of an opened archive. */
 
-int arc_fail(replicate_archive *a, int rc, const char *fmt, ...) {
+int arc_fail(replicate_archive *a, int rc, const char *fmt, ...)
+{
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(a->error, sizeof a->error, fmt, ap);
@@ -377,7 +446,8 @@ int arc_fail(replicate_archive *a, int rc, const char *fmt, ...) {
   return rc;
 }
 
-static const char *unseal_text(int rc) {
+static const char *unseal_text(int rc)
+{
   switch (rc) {
   case REPLICATE_EARCHIVE_FOREIGN: return "belongs to another archive";
   case REPLICATE_EARCHIVE_KEY:
@@ -390,8 +460,10 @@ static const char *unseal_text(int rc) {
 }
 
 /* The header must say what the key says. */
-static bool header_matches(const arc_header *h, const arc_name *n) {
-  if (h->kind != n->kind || h->epoch != n->epoch) return false;
+static bool header_matches(const arc_header *h, const arc_name *n)
+{
+  if (h->kind != n->kind || h->epoch != n->epoch)
+    return false;
   if (n->kind == ARC_BASE || n->kind == ARC_SEGMENT || n->kind == ARC_GAP)
     return h->first_seq == n->first_seq && h->last_seq == n->last_seq &&
            h->key_id == n->key_id;
@@ -399,10 +471,12 @@ static bool header_matches(const arc_header *h, const arc_name *n) {
 }
 
 int arc_get(replicate_archive *a, const char *key, arc_header *h,
-            replicate_buf *payload) {
+            replicate_buf *payload)
+{
   arc_name name;
   if (arc_key_parse(key, &name) != 0)
-    return arc_fail(a, REPLICATE_EARCHIVE_OBJECT, "%s: not an archive key", key);
+    return arc_fail(a, REPLICATE_EARCHIVE_OBJECT, "%s: not an archive key",
+                    key);
   void *obj = NULL;
   size_t len = 0;
   int rc = objstore_get(a->store, key, ARC_MAX_OBJECT, &obj, &len);
@@ -422,7 +496,8 @@ int arc_get(replicate_archive *a, const char *key, arc_header *h,
 }
 
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
-            const void *payload, size_t len, unsigned flags) {
+            const void *payload, size_t len, unsigned flags)
+{
   memcpy(h->archive_id, a->id, ARC_ID_SIZE);
   replicate_buf obj = {0};
   int rc = arc_seal(&a->keys, h, payload, len, &obj);
@@ -438,7 +513,8 @@ int arc_put(replicate_archive *a, arc_header *h, const char *key,
 }
 
 int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,
-                 loom_position *out) {
+                 loom_position *out)
+{
   char key[ARC_KEY_MAX];
   arc_key_head(key, epoch);
   arc_header h;
@@ -464,7 +540,8 @@ int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,
   return rc;
 }
 
-int arc_load_id(replicate_archive *a) {
+int arc_load_id(replicate_archive *a)
+{
   void *obj = NULL;
   size_t len = 0;
   int rc = objstore_get(a->store, "id", 4096, &obj, &len);
@@ -475,8 +552,10 @@ int arc_load_id(replicate_archive *a) {
   rc = arc_unseal(&a->keys, NULL, obj, len, &h, &payload);
   free(obj);
   replicate_buf_free(&payload);
-  if (rc == 0 && h.kind != ARC_ID) rc = REPLICATE_EARCHIVE_OBJECT;
-  if (rc != 0) return arc_fail(a, rc, "object id %s", unseal_text(rc));
+  if (rc == 0 && h.kind != ARC_ID)
+    rc = REPLICATE_EARCHIVE_OBJECT;
+  if (rc != 0)
+    return arc_fail(a, rc, "object id %s", unseal_text(rc));
   memcpy(a->id, h.archive_id, ARC_ID_SIZE);
   a->have_id = true;
   return 0;
@@ -486,10 +565,12 @@ int arc_load_id(replicate_archive *a) {
 /* Opening */
 
 int replicate_archive_open(const replicate_archive_options *o,
-                           replicate_archive **out) {
+                           replicate_archive **out)
+{
   *out = NULL;
   replicate_archive *a = calloc(1, sizeof *a);
-  if (a == NULL) return ENOMEM;
+  if (a == NULL)
+    return ENOMEM;
   int rc = 0;
   if (o->key_file != NULL)
     rc = arc_keys_load(o->key_file, &a->keys, a->error, sizeof a->error);
@@ -503,14 +584,17 @@ int replicate_archive_open(const replicate_archive_options *o,
   return rc;
 }
 
-void replicate_archive_close(replicate_archive *a) {
-  if (a == NULL) return;
+void replicate_archive_close(replicate_archive *a)
+{
+  if (a == NULL)
+    return;
   objstore_close(a->store);
   memset(&a->keys, 0, sizeof a->keys);
   free(a);
 }
 
-const char *replicate_archive_last_error(const replicate_archive *a) {
+const char *replicate_archive_last_error(const replicate_archive *a)
+{
   return a->error;
 }
 

@@ -48,9 +48,10 @@ typedef struct epoch_list {
   int rc;
 } epoch_list;
 
-static int epoch_payload(const replicate_buf *p, uint64_t epoch,
-                         arc_epoch *out) {
-  if (p->len != 40) return REPLICATE_EARCHIVE_OBJECT;
+static int epoch_payload(const replicate_buf *p, uint64_t epoch, arc_epoch *out)
+{
+  if (p->len != 40)
+    return REPLICATE_EARCHIVE_OBJECT;
   out->epoch = epoch;
   memcpy(out->history.id, p->data, LOOM_HISTORY_SIZE);
   out->parent = arc_get64(p->data + 16);
@@ -59,7 +60,8 @@ static int epoch_payload(const replicate_buf *p, uint64_t epoch,
   return 0;
 }
 
-static int each_epoch(void *ctx, const char *key, uint64_t size) {
+static int each_epoch(void *ctx, const char *key, uint64_t size)
+{
   (void)size;
   epoch_list *l = ctx;
   arc_header h;
@@ -69,30 +71,36 @@ static int each_epoch(void *ctx, const char *key, uint64_t size) {
   if (rc == 0 && (rc = epoch_payload(&p, h.epoch, &e)) != 0)
     arc_fail(l->a, rc, "object %s: an epoch record of %zu bytes", key, p.len);
   replicate_buf_free(&p);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   arc_epoch *items = realloc(l->items, (l->n + 1) * sizeof *items);
-  if (items == NULL) return ENOMEM;
+  if (items == NULL)
+    return ENOMEM;
   l->items = items;
   l->items[l->n++] = e;
   return 0;
 }
 
-static int load_epochs(replicate_archive *a, epoch_list *out) {
+static int load_epochs(replicate_archive *a, epoch_list *out)
+{
   memset(out, 0, sizeof *out);
   out->a = a;
   int rc = a->have_id ? 0 : arc_load_id(a); /* R1 */
   if (rc == REPLICATE_ESTORE_MISSING)
     return arc_fail(a, REPLICATE_EARCHIVE_NOPOS, "%s: no archive there (%s)",
                     objstore_url(a->store), objstore_last_error(a->store));
-  if (rc == 0) rc = objstore_list(a->store, "epochs/", each_epoch, out);
+  if (rc == 0)
+    rc = objstore_list(a->store, "epochs/", each_epoch, out);
   if (rc != 0 && a->error[0] == '\0')
     arc_fail(a, rc, "%s", objstore_last_error(a->store));
   return rc;
 }
 
-static const arc_epoch *find_epoch(const epoch_list *l, uint64_t epoch) {
+static const arc_epoch *find_epoch(const epoch_list *l, uint64_t epoch)
+{
   for (size_t i = 0; i < l->n; i++)
-    if (l->items[i].epoch == epoch) return &l->items[i];
+    if (l->items[i].epoch == epoch)
+      return &l->items[i];
   return NULL;
 }
 
@@ -114,7 +122,8 @@ typedef struct plan {
   loom_position head;
 } plan;
 
-static int each_obj(void *ctx, const char *key, uint64_t size) {
+static int each_obj(void *ctx, const char *key, uint64_t size)
+{
   plan *p = ctx;
   arc_obj o = {.size = size};
   if (arc_key_parse(key, &o.name) != 0 || strlen(key) >= ARC_KEY_MAX)
@@ -124,18 +133,21 @@ static int each_obj(void *ctx, const char *key, uint64_t size) {
     return 0;
   snprintf(o.key, sizeof o.key, "%s", key);
   arc_obj *objs = realloc(p->objs, (p->n + 1) * sizeof *objs);
-  if (objs == NULL) return ENOMEM;
+  if (objs == NULL)
+    return ENOMEM;
   p->objs = objs;
   p->objs[p->n++] = o;
   return 0;
 }
 
 /* Segments in key order must not overlap. */
-static int check_overlaps(plan *p) {
+static int check_overlaps(plan *p)
+{
   const arc_obj *prev = NULL;
   for (size_t i = 0; i < p->n; i++) {
     const arc_obj *o = &p->objs[i];
-    if (o->name.kind != ARC_SEGMENT) continue;
+    if (o->name.kind != ARC_SEGMENT)
+      continue;
     if (o->name.last_seq < o->name.first_seq ||
         (prev && o->name.first_seq <= prev->name.last_seq))
       return arc_fail(p->a, REPLICATE_EARCHIVE_OBJECT,
@@ -146,13 +158,15 @@ static int check_overlaps(plan *p) {
   return 0;
 }
 
-static int read_head(plan *p) {
+static int read_head(plan *p)
+{
   return arc_get_head(p->a, p->epoch, &p->have_head, &p->head);
 }
 
 static void plan_free(plan *p) { free(p->objs); }
 
-static int plan_load(replicate_archive *a, uint64_t epoch, plan *p) {
+static int plan_load(replicate_archive *a, uint64_t epoch, plan *p)
+{
   memset(p, 0, sizeof *p);
   p->a = a;
   p->epoch = epoch;
@@ -177,15 +191,16 @@ typedef struct restorer {
   replicate_archive *a;
   const replicate_restore_target *t;
   loom_store *store;
-  replicate_decoder *dec;       /* segments' frames */
-  replicate_decoder *merged;    /* the coalescer's output */
+  replicate_decoder *dec;    /* segments' frames */
+  replicate_decoder *merged; /* the coalescer's output */
   replicate_coalescer *batch;
-  char last_key[ARC_KEY_MAX];   /* the newest object in the batch */
+  char last_key[ARC_KEY_MAX]; /* the newest object in the batch */
   loom_lineage lineage;
-  loom_position pos;            /* after the last frame taken */
+  loom_position pos; /* after the last frame taken */
 } restorer;
 
-static int apply_base(restorer *r, const arc_obj *o) {
+static int apply_base(restorer *r, const arc_obj *o)
+{
   arc_header h;
   replicate_buf b = {0};
   int rc = arc_get(r->a, o->key, &h, &b);
@@ -196,70 +211,85 @@ static int apply_base(restorer *r, const arc_obj *o) {
                   b.len != LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE))
     rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
                   "object %s: the image inside is malformed or at another "
-                  "position", o->key);
+                  "position",
+                  o->key);
   if (rc == 0 && !loom_history_is_none(&r->lineage.history))
     rc = loom_store_adopt_lineage(r->store, &r->lineage);
   loom_patch *patch = NULL;
-  loom_patch_header ph = {.after = pos, .page_count = pos.pages,
-                          .flags = LOOM_PATCH_BASE};
+  loom_patch_header ph = {
+      .after = pos, .page_count = pos.pages, .flags = LOOM_PATCH_BASE};
   loom_store_position(r->store, &ph.before);
-  if (rc == 0) rc = loom_store_patch_begin(r->store, &ph, &patch);
+  if (rc == 0)
+    rc = loom_store_patch_begin(r->store, &ph, &patch);
   for (uint64_t i = 0; rc == 0 && i < pos.pages; i++)
     rc = loom_patch_add(patch, i,
                         b.data + LOOM_STREAM_HEADER + i * LOOM_PAGE_SIZE);
-  if (patch != NULL) rc = rc ? (loom_patch_abort(patch), rc)
-                             : loom_patch_commit(patch);
+  if (patch != NULL)
+    rc = rc ? (loom_patch_abort(patch), rc) : loom_patch_commit(patch);
   replicate_buf_free(&b);
   if (rc != 0 && r->a->error[0] == '\0')
     arc_fail(r->a, rc, "object %s: writing the image: %s", o->key,
              replicate_strerror(rc));
-  if (rc == 0) r->pos = pos;
+  if (rc == 0)
+    r->pos = pos;
   return rc;
 }
 
 /* Whether the frame at seq should be applied: SEQ stops at seq, TIME at
  * the first commit after time_ns; limit is a branch point (or none). */
 static bool wanted(const restorer *r, const replicate_frame_info *f,
-                   uint64_t limit) {
-  if (f->after.seq > limit) return false;
-  if (r->t->kind == REPLICATE_RESTORE_SEQ) return f->after.seq <= r->t->seq;
+                   uint64_t limit)
+{
+  if (f->after.seq > limit)
+    return false;
+  if (r->t->kind == REPLICATE_RESTORE_SEQ)
+    return f->after.seq <= r->t->seq;
   if (r->t->kind == REPLICATE_RESTORE_TIME)
     return f->commit_time_ns <= r->t->time_ns;
   return true;
 }
 
 /* Applies the batch of merged frames, if any. */
-static int flush(restorer *r) {
+static int flush(restorer *r)
+{
   uint64_t n = replicate_coalescer_frames(r->batch);
-  if (n == 0) return 0;
+  if (n == 0)
+    return 0;
   replicate_frame m;
   int rc = replicate_coalescer_finish_frame(r->batch, r->merged, &m);
-  if (rc == 0) rc = replicate_frame_apply(&m, r->store);
+  if (rc == 0)
+    rc = replicate_frame_apply(&m, r->store);
   if (rc != 0)
-    return arc_fail(r->a, rc, "frames %" PRIu64 "-%" PRIu64 " (the last from "
-                    "object %s) do not apply: %s", r->pos.seq - n + 1, r->pos.seq,
-                    r->last_key, replicate_strerror(rc));
+    return arc_fail(r->a, rc,
+                    "frames %" PRIu64 "-%" PRIu64 " (the last from "
+                    "object %s) do not apply: %s",
+                    r->pos.seq - n + 1, r->pos.seq, r->last_key,
+                    replicate_strerror(rc));
   loom_store_position(r->store, &r->pos);
   return 0;
 }
 
 /* Takes one frame into the batch (applying the batch first when it would
  * grow past its bound). */
-static int take(restorer *r, const replicate_frame *f, const char *key) {
+static int take(restorer *r, const replicate_frame *f, const char *key)
+{
   int rc = 0;
-  if (replicate_coalescer_pages(r->batch) + f->info.page_count > RESTORE_BATCH_PAGES)
+  if (replicate_coalescer_pages(r->batch) + f->info.page_count >
+      RESTORE_BATCH_PAGES)
     rc = flush(r);
   if (rc == 0 && (rc = replicate_coalescer_add(r->batch, f)) != 0)
-    return arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT, "object %s: frame %" PRIu64
-                    " does not follow the one before: %s", key, f->info.after.seq,
-                    replicate_strerror(rc));
+    return arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                    "object %s: frame %" PRIu64
+                    " does not follow the one before: %s",
+                    key, f->info.after.seq, replicate_strerror(rc));
   snprintf(r->last_key, sizeof r->last_key, "%s", key);
   return rc;
 }
 
 /* *stop: the segment's frames ran past what is wanted. */
 static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
-                         bool *stop) {
+                         bool *stop)
+{
   arc_header h;
   replicate_buf b = {0};
   int rc = arc_get(r->a, o->key, &h, &b);
@@ -277,8 +307,8 @@ static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
                     o->key, expect);
     else if (!loom_history_equal(&f.info.history, &r->lineage.history))
       rc = arc_fail(r->a, REPLICATE_EARCHIVE_FOREIGN,
-                    "object %s: frame %" PRIu64 " is of another history", o->key,
-                    expect);
+                    "object %s: frame %" PRIu64 " is of another history",
+                    o->key, expect);
     else if (!wanted(r, &f.info, limit))
       *stop = true;
     else if (f.info.after.seq > r->pos.seq && (rc = take(r, &f, o->key)) != 0)
@@ -297,21 +327,26 @@ static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
 }
 
 /* R4: the base to start from at this epoch, or NULL. */
-static const arc_obj *pick_base(const plan *p, const replicate_restore_target *t,
-                                uint64_t limit) {
+static const arc_obj *
+pick_base(const plan *p, const replicate_restore_target *t, uint64_t limit)
+{
   const arc_obj *best = NULL;
   for (size_t i = 0; i < p->n; i++) {
     const arc_obj *o = &p->objs[i];
-    if (o->name.kind != ARC_BASE || o->name.first_seq > limit) continue;
-    if (t->kind == REPLICATE_RESTORE_SEQ && o->name.first_seq > t->seq) continue;
+    if (o->name.kind != ARC_BASE || o->name.first_seq > limit)
+      continue;
+    if (t->kind == REPLICATE_RESTORE_SEQ && o->name.first_seq > t->seq)
+      continue;
     if (t->kind == REPLICATE_RESTORE_TIME && o->name.time_ns > t->time_ns)
       continue;
-    if (!best || o->name.first_seq >= best->name.first_seq) best = o;
+    if (!best || o->name.first_seq >= best->name.first_seq)
+      best = o;
   }
   return best;
 }
 
-static const arc_obj *gap_at(const plan *p, uint64_t seq) {
+static const arc_obj *gap_at(const plan *p, uint64_t seq)
+{
   for (size_t i = 0; i < p->n; i++)
     if (p->objs[i].name.kind == ARC_GAP && p->objs[i].name.first_seq <= seq &&
         seq <= p->objs[i].name.last_seq)
@@ -321,17 +356,22 @@ static const arc_obj *gap_at(const plan *p, uint64_t seq) {
 
 /* R5, R6 at one epoch whose base was found. */
 static int restore_from(restorer *r, const plan *p, const arc_obj *base,
-                        uint64_t limit) {
+                        uint64_t limit)
+{
   int rc = apply_base(r, base);
   bool stop = false;
   for (size_t i = 0; rc == 0 && !stop && i < p->n; i++) {
     const arc_obj *o = &p->objs[i];
-    if (o->name.kind != ARC_SEGMENT || o->name.last_seq <= r->pos.seq) continue;
-    if (o->name.first_seq > r->pos.seq + 1) break; /* a hole: R6 says */
+    if (o->name.kind != ARC_SEGMENT || o->name.last_seq <= r->pos.seq)
+      continue;
+    if (o->name.first_seq > r->pos.seq + 1)
+      break; /* a hole: R6 says */
     rc = apply_segment(r, o, limit, &stop);
   }
-  if (rc == 0) rc = flush(r);
-  if (rc != 0) return rc;
+  if (rc == 0)
+    rc = flush(r);
+  if (rc != 0)
+    return rc;
   uint64_t want = r->t->kind == REPLICATE_RESTORE_SEQ ? r->t->seq
                   : r->t->kind == REPLICATE_RESTORE_NEWEST && p->have_head
                       ? (p->head.seq < limit ? p->head.seq : limit)
@@ -342,22 +382,25 @@ static int restore_from(restorer *r, const plan *p, const arc_obj *base,
                     "epoch %" PRIu64 ": the image at seq %" PRIu64
                     " differs from the one its head object names",
                     p->epoch, want);
-  if (r->pos.seq == want) return 0;
+  if (r->pos.seq == want)
+    return 0;
   const arc_obj *gap = gap_at(p, r->pos.seq + 1);
   if (gap != NULL && r->t->kind == REPLICATE_RESTORE_SEQ)
     return arc_fail(r->a, REPLICATE_EARCHIVE_GAP,
                     "seq %" PRIu64 " lies in the gap %s the archive recorded",
                     want, gap->key);
-  return arc_fail(r->a, REPLICATE_EARCHIVE_NOPOS,
-                  "epoch %" PRIu64 ": the archived frames stop at seq %" PRIu64
-                  " but seq %" PRIu64 " is wanted%s (an object is missing)",
-                  p->epoch, r->pos.seq, want,
-                  r->t->kind == REPLICATE_RESTORE_NEWEST ? " (its head claims it)" : "");
+  return arc_fail(
+      r->a, REPLICATE_EARCHIVE_NOPOS,
+      "epoch %" PRIu64 ": the archived frames stop at seq %" PRIu64
+      " but seq %" PRIu64 " is wanted%s (an object is missing)",
+      p->epoch, r->pos.seq, want,
+      r->t->kind == REPLICATE_RESTORE_NEWEST ? " (its head claims it)" : "");
 }
 
 /* R3, R4 at epoch, then the parent when no base of epoch fits. */
 static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
-                         uint64_t limit) {
+                         uint64_t limit)
+{
   const arc_epoch *e = find_epoch(el, epoch);
   if (e == NULL)
     return arc_fail(r->a, REPLICATE_EARCHIVE_NOPOS,
@@ -373,7 +416,8 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
   else if (rc == 0)
     rc = arc_fail(r->a, REPLICATE_EARCHIVE_NOPOS,
                   "the archive holds no base image at or before that position "
-                  "(epoch %" PRIu64 ")", epoch);
+                  "(epoch %" PRIu64 ")",
+                  epoch);
   plan_free(&p);
   return rc;
 }
@@ -382,7 +426,8 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
 /* The output directory */
 
 static int rm_one(const char *path, const struct stat *st, int flag,
-                  struct FTW *ftw) {
+                  struct FTW *ftw)
+{
   (void)st;
   (void)flag;
   (void)ftw;
@@ -390,75 +435,94 @@ static int rm_one(const char *path, const struct stat *st, int flag,
 }
 
 /* mkdir -p of dir's parents, each made 0700 (data directories). */
-static int make_parents(const char *dir) {
+static int make_parents(const char *dir)
+{
   char *path = strdup(dir);
-  if (path == NULL) return ENOMEM;
+  if (path == NULL)
+    return ENOMEM;
   int rc = 0;
   for (char *p = path + 1; rc == 0 && (p = strchr(p, '/')) != NULL; p++) {
     *p = '\0';
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) rc = errno;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+      rc = errno;
     *p = '/';
   }
   free(path);
   return rc;
 }
 
-static int make_out_dir(replicate_archive *a, const char *dir, bool *made) {
+static int make_out_dir(replicate_archive *a, const char *dir, bool *made)
+{
   *made = false;
   int rc = make_parents(dir);
   if (rc == 0 && mkdir(dir, 0700) == 0) {
     *made = true;
     return 0;
   }
-  if (rc == 0 && errno != EEXIST) rc = errno;
-  if (rc != 0) return arc_fail(a, rc, "%s: %s", dir, strerror(rc));
+  if (rc == 0 && errno != EEXIST)
+    rc = errno;
+  if (rc != 0)
+    return arc_fail(a, rc, "%s: %s", dir, strerror(rc));
   DIR *d = opendir(dir);
-  if (d == NULL) return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  if (d == NULL)
+    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
   struct dirent *e;
   while ((e = readdir(d)) != NULL)
-    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) rc = EEXIST;
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+      rc = EEXIST;
   closedir(d);
   if (rc != 0)
-    return arc_fail(a, REPLICATE_EINVAL, "%s is not empty: restore writes a "
-                    "new directory", dir);
+    return arc_fail(a, REPLICATE_EINVAL,
+                    "%s is not empty: restore writes a "
+                    "new directory",
+                    dir);
   return 0;
 }
 
 int replicate_archive_restore(replicate_archive *a,
                               const replicate_restore_target *t,
-                              const char *out_dir, loom_position *restored) {
+                              const char *out_dir, loom_position *restored)
+{
   a->error[0] = '\0';
   epoch_list el;
   int rc = load_epochs(a, &el);
   uint64_t epoch = 0;
   for (size_t i = 0; rc == 0 && i < el.n; i++)
-    if (el.items[i].epoch > epoch) epoch = el.items[i].epoch;
-  if (rc == 0 && t->epoch >= 0) epoch = (uint64_t)t->epoch;
+    if (el.items[i].epoch > epoch)
+      epoch = el.items[i].epoch;
+  if (rc == 0 && t->epoch >= 0)
+    epoch = (uint64_t)t->epoch;
   if (rc == 0 && epoch == 0)
     rc = arc_fail(a, REPLICATE_EARCHIVE_NOPOS, "the archive holds no epoch");
   bool made = false;
   restorer r = {.a = a, .t = t};
-  if (rc == 0) rc = make_out_dir(a, out_dir, &made);
+  if (rc == 0)
+    rc = make_out_dir(a, out_dir, &made);
   if (rc == 0 && (rc = loom_store_open(out_dir, LOOM_CREATE, NULL, &r.store)))
     arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
-  if (rc == 0 && ((rc = replicate_decoder_new(NULL, &r.dec)) != 0 ||
-                  (rc = replicate_decoder_new(NULL, &r.merged)) != 0 ||
-                  (rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r.batch)) != 0))
+  if (rc == 0 &&
+      ((rc = replicate_decoder_new(NULL, &r.dec)) != 0 ||
+       (rc = replicate_decoder_new(NULL, &r.merged)) != 0 ||
+       (rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r.batch)) != 0))
     arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
-  if (rc == 0) rc = restore_epoch(&r, &el, epoch, UINT64_MAX);
+  if (rc == 0)
+    rc = restore_epoch(&r, &el, epoch, UINT64_MAX);
   if (rc == 0 && (rc = loom_store_sync(r.store)) != 0)
     arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
   if (r.store != NULL) {
-    if (rc == 0) loom_store_position(r.store, restored);
+    if (rc == 0)
+      loom_store_position(r.store, restored);
     int crc = loom_store_close(r.store);
-    if (rc == 0 && crc != 0) rc = arc_fail(a, crc, "%s: closing: %s", out_dir,
-                                           replicate_strerror(crc));
+    if (rc == 0 && crc != 0)
+      rc =
+          arc_fail(a, crc, "%s: closing: %s", out_dir, replicate_strerror(crc));
   }
   replicate_decoder_free(r.dec);
   replicate_decoder_free(r.merged);
   replicate_coalescer_free(r.batch);
   free(el.items);
-  if (rc != 0 && made) nftw(out_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  if (rc != 0 && made)
+    nftw(out_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
   return rc;
 }
 
@@ -466,7 +530,8 @@ int replicate_archive_restore(replicate_archive *a,
 /* List and verify */
 
 /* Whether an object of epoch e lies past a newer epoch's branch point. */
-static bool abandoned(const epoch_list *el, uint64_t epoch, uint64_t last) {
+static bool abandoned(const epoch_list *el, uint64_t epoch, uint64_t last)
+{
   for (size_t i = 0; i < el->n; i++)
     if (el->items[i].parent == epoch && el->items[i].epoch > epoch &&
         last > el->items[i].branch_seq)
@@ -481,7 +546,8 @@ typedef struct walker {
   void *ctx;
 } walker;
 
-static int walk_epoch(walker *w, uint64_t epoch) {
+static int walk_epoch(walker *w, uint64_t epoch)
+{
   plan p;
   int rc = plan_load(w->a, epoch, &p);
   for (size_t i = 0; rc == 0 && i < p.n; i++) {
@@ -503,7 +569,8 @@ static int walk_epoch(walker *w, uint64_t epoch) {
 }
 
 int replicate_archive_list(replicate_archive *a, replicate_archive_each_fn each,
-                           void *ctx) {
+                           void *ctx)
+{
   a->error[0] = '\0';
   epoch_list el;
   int rc = load_epochs(a, &el);
@@ -519,7 +586,8 @@ typedef struct checker {
   replicate_archive_verify_report *out;
 } checker;
 
-static int check_one(void *ctx, const replicate_archive_entry *e) {
+static int check_one(void *ctx, const replicate_archive_entry *e)
+{
   checker *c = ctx;
   arc_header h;
   replicate_buf b = {0};
@@ -533,7 +601,8 @@ static int check_one(void *ctx, const replicate_archive_entry *e) {
 }
 
 int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
-                             replicate_archive_verify_report *out) {
+                             replicate_archive_verify_report *out)
+{
   memset(out, 0, sizeof *out);
   checker c = {.a = a, .out = out};
   int rc = replicate_archive_list(a, check_one, &c);
@@ -543,7 +612,8 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
   if (rc == 0 && mkdtemp(dir) == NULL)
     rc = arc_fail(a, errno, "%s: %s", dir, strerror(errno));
   replicate_restore_target t = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
-  if (rc == 0) rc = replicate_archive_restore(a, &t, dir, &out->newest);
+  if (rc == 0)
+    rc = replicate_archive_restore(a, &t, dir, &out->newest);
   loom_position recorded;
   uint64_t computed = 0;
   if (rc == 0 && (rc = loom_verify(dir, &recorded, &computed)) != 0)
@@ -554,7 +624,8 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
                   "the restore drill's checksum %016" PRIx64
                   " differs from the archived %016" PRIx64,
                   computed, out->newest.checksum);
-  if (dir != NULL) nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  if (dir != NULL)
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
   free(dir);
   return rc;
 }

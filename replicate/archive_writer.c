@@ -55,8 +55,8 @@ typedef struct kept {
 struct replicate_archiver {
   replicate_archiver_options o;
   char *url, *key_file, *writer_id, *endpoint, *region, *credentials;
-  replicate_archive *a;        /* the thread's */
-  replicate_encoder *enc;      /* the commit hook's */
+  replicate_archive *a;   /* the thread's */
+  replicate_encoder *enc; /* the commit hook's */
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cond;
@@ -66,9 +66,9 @@ struct replicate_archiver {
   uint64_t backlog;
   loom_position committed;
   bool quit, drain, stopped, gap_pending, gap_seen;
-  bool failing;                /* the last step failed: wait before again */
+  bool failing; /* the last step failed: wait before again */
   uint64_t gap_first, gap_last;
-  int64_t dropped_mono_ns;     /* when the oldest dropped commit came */
+  int64_t dropped_mono_ns; /* when the oldest dropped commit came */
   loom_position uploaded;
   uint64_t base_count;
   char last_error[512];
@@ -83,7 +83,8 @@ struct replicate_archiver {
   uint64_t epoch;
 };
 
-static int64_t real_ns(void) {
+static int64_t real_ns(void)
+{
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
@@ -91,8 +92,10 @@ static int64_t real_ns(void) {
 
 static void say(replicate_archiver *ar, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static void say(replicate_archiver *ar, const char *fmt, ...) {
-  if (ar->o.log_fn == NULL) return;
+static void say(replicate_archiver *ar, const char *fmt, ...)
+{
+  if (ar->o.log_fn == NULL)
+    return;
   char line[768];
   va_list ap;
   va_start(ap, fmt);
@@ -102,14 +105,16 @@ static void say(replicate_archiver *ar, const char *fmt, ...) {
 }
 
 /* Copies text into dst[cap], cut if need be. */
-static void copy_text(char *dst, size_t cap, const char *text) {
+static void copy_text(char *dst, size_t cap, const char *text)
+{
   size_t n = strnlen(text, cap - 1);
   memcpy(dst, text, n);
   dst[n] = '\0';
 }
 
 /* Records a failure (fatal: archiving stops for good). */
-static int failed(replicate_archiver *ar, int rc, bool fatal) {
+static int failed(replicate_archiver *ar, int rc, bool fatal)
+{
   pthread_mutex_lock(&ar->mu);
   char text[sizeof ar->last_error];
   copy_text(text, sizeof text, fatal ? "archiving stopped: " : "");
@@ -119,23 +124,28 @@ static int failed(replicate_archiver *ar, int rc, bool fatal) {
   memcpy(ar->last_error, text, sizeof text);
   ar->last_error_at_ns = real_ns();
   ar->failing = true;
-  if (fatal) ar->stopped = true;
+  if (fatal)
+    ar->stopped = true;
   pthread_mutex_unlock(&ar->mu);
-  if (news || fatal) say(ar, "archive: %s", ar->last_error);
+  if (news || fatal)
+    say(ar, "archive: %s", ar->last_error);
   return rc;
 }
 
 /* ---------------------------------------------------------------------- */
 /* The commit side */
 
-static void queue_drop_all(replicate_archiver *ar) {
-  for (size_t i = 0; i < ar->qn; i++) replicate_buf_free(&ar->q[i].frame);
+static void queue_drop_all(replicate_archiver *ar)
+{
+  for (size_t i = 0; i < ar->qn; i++)
+    replicate_buf_free(&ar->q[i].frame);
   ar->qn = 0;
   ar->backlog = 0;
 }
 
 /* The frames are dropped: a gap from the oldest commit not uploaded. */
-static void queue_overflow(replicate_archiver *ar, queued *e) {
+static void queue_overflow(replicate_archiver *ar, queued *e)
+{
   if (!ar->gap_pending) {
     ar->gap_first = ar->qn ? ar->q[0].seq : e->seq;
     ar->dropped_mono_ns = ar->qn ? ar->q[0].mono_ns : e->mono_ns;
@@ -146,13 +156,15 @@ static void queue_overflow(replicate_archiver *ar, queued *e) {
   replicate_buf_free(&e->frame);
 }
 
-static void queue_push(replicate_archiver *ar, queued *e) {
+static void queue_push(replicate_archiver *ar, queued *e)
+{
   if (ar->backlog + e->frame.len > ar->o.max_backlog_bytes)
     return queue_overflow(ar, e);
   if (ar->qn == ar->qcap) {
     size_t cap = ar->qcap ? ar->qcap * 2 : 256;
     queued *q = realloc(ar->q, cap * sizeof *q);
-    if (q == NULL) return queue_overflow(ar, e);
+    if (q == NULL)
+      return queue_overflow(ar, e);
     ar->q = q;
     ar->qcap = cap;
   }
@@ -161,8 +173,10 @@ static void queue_push(replicate_archiver *ar, queued *e) {
 }
 
 int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
-                                 const loom_commit *c) {
-  queued e = {.seq = c->after.seq, .time_ns = c->after.commit_time_ns,
+                                 const loom_commit *c)
+{
+  queued e = {.seq = c->after.seq,
+              .time_ns = c->after.commit_time_ns,
               .mono_ns = loom_mono_ns()};
   int rc = replicate_frame_encode_commit(ar->enc, l, c, &e.frame);
   pthread_mutex_lock(&ar->mu);
@@ -171,7 +185,8 @@ int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
     replicate_buf_free(&e.frame);
     if (rc != 0 && !ar->gap_pending)
       ar->gap_first = e.seq, ar->dropped_mono_ns = e.mono_ns;
-    if (rc != 0) ar->gap_pending = ar->gap_seen = true;
+    if (rc != 0)
+      ar->gap_pending = ar->gap_seen = true;
   } else {
     queue_push(ar, &e);
   }
@@ -182,18 +197,22 @@ int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
 /* ---------------------------------------------------------------------- */
 /* W1: start-up */
 
-static int ensure_id(replicate_archiver *ar) {
+static int ensure_id(replicate_archiver *ar)
+{
   replicate_archive *a = ar->a;
   int rc = arc_load_id(a);
-  if (rc != REPLICATE_ESTORE_MISSING) return rc;
+  if (rc != REPLICATE_ESTORE_MISSING)
+    return rc;
   if (RAND_bytes(a->id, ARC_ID_SIZE) != 1)
     return arc_fail(a, REPLICATE_EARCHIVE_KEY, "no random bytes for an id");
   arc_header h = {.kind = ARC_ID};
   uint8_t made[8];
   arc_put64(made, (uint64_t)real_ns());
   rc = arc_put(a, &h, "id", made, sizeof made, OBJSTORE_PUT_IF_ABSENT);
-  if (rc == REPLICATE_ESTORE_EXISTS) return arc_load_id(a); /* raced */
-  if (rc == 0) a->have_id = true;
+  if (rc == REPLICATE_ESTORE_EXISTS)
+    return arc_load_id(a); /* raced */
+  if (rc == 0)
+    a->have_id = true;
   return rc;
 }
 
@@ -202,7 +221,8 @@ static int ensure_id(replicate_archiver *ar) {
  * current key when they are under the previous one, so that the previous
  * key is needed only by bases, segments and gaps (whose keys name their
  * key id: `archive list` shows when none is left). At start only. */
-static int reseal_one(replicate_archiver *ar, const char *key) {
+static int reseal_one(replicate_archiver *ar, const char *key)
+{
   arc_header h;
   replicate_buf b = {0};
   int rc = arc_get(ar->a, key, &h, &b);
@@ -210,41 +230,52 @@ static int reseal_one(replicate_archiver *ar, const char *key) {
     ar->a->error[0] = '\0';
     rc = 0;
   } else if (rc == 0 && h.key_id != arc_keys_current(&ar->a->keys)) {
-    arc_header again = {.kind = h.kind, .epoch = h.epoch,
-                        .first_seq = h.first_seq, .last_seq = h.last_seq,
+    arc_header again = {.kind = h.kind,
+                        .epoch = h.epoch,
+                        .first_seq = h.first_seq,
+                        .last_seq = h.last_seq,
                         .flags = h.flags & ARC_FLAG_ZSTD};
     rc = arc_put(ar->a, &again, key, b.data, b.len, 0);
-    if (rc == 0) say(ar, "archive: %s sealed again under the current key", key);
+    if (rc == 0)
+      say(ar, "archive: %s sealed again under the current key", key);
   }
   replicate_buf_free(&b);
   return rc;
 }
 
-static int each_epoch_reseal(void *ctx, const char *key, uint64_t size) {
+static int each_epoch_reseal(void *ctx, const char *key, uint64_t size)
+{
   (void)size;
   replicate_archiver *ar = ctx;
   arc_name n;
-  if (arc_key_parse(key, &n) != 0 || n.kind != ARC_EPOCH) return 0;
+  if (arc_key_parse(key, &n) != 0 || n.kind != ARC_EPOCH)
+    return 0;
   char head[ARC_KEY_MAX], writer[ARC_KEY_MAX];
   arc_key_head(head, n.epoch);
   arc_key_writer(writer, n.epoch);
   int rc = reseal_one(ar, key);
-  if (rc == 0) rc = reseal_one(ar, head);
-  if (rc == 0) rc = reseal_one(ar, writer);
+  if (rc == 0)
+    rc = reseal_one(ar, head);
+  if (rc == 0)
+    rc = reseal_one(ar, writer);
   return rc;
 }
 
-static int reseal_metadata(replicate_archiver *ar) {
-  if (ar->a->keys.count < 2) return 0; /* one key (or none): nothing to do */
+static int reseal_metadata(replicate_archiver *ar)
+{
+  if (ar->a->keys.count < 2)
+    return 0; /* one key (or none): nothing to do */
   int rc = reseal_one(ar, "id");
-  if (rc == 0 && (rc = objstore_list(ar->a->store, "epochs/", each_epoch_reseal, ar)) &&
+  if (rc == 0 &&
+      (rc = objstore_list(ar->a->store, "epochs/", each_epoch_reseal, ar)) &&
       ar->a->error[0] == '\0')
     arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
   return rc;
 }
 
 /* The epoch's record: its history and where it branched off its parent. */
-static int ensure_epoch(replicate_archiver *ar) {
+static int ensure_epoch(replicate_archiver *ar)
+{
   char key[ARC_KEY_MAX];
   arc_key_epoch(key, ar->epoch);
   arc_header h;
@@ -255,15 +286,18 @@ static int ensure_epoch(replicate_archiver *ar) {
   if (rc == 0 && (b.len != 40 || memcmp(b.data, lin.history.id, 16) != 0))
     rc = arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
                   "object %s: epoch %" PRIu64 " of this archive belongs to "
-                  "another history than this node's", key, ar->epoch);
+                  "another history than this node's",
+                  key, ar->epoch);
   replicate_buf_free(&b);
-  if (rc != REPLICATE_ESTORE_MISSING) return rc;
+  if (rc != REPLICATE_ESTORE_MISSING)
+    return rc;
   uint8_t p[40] = {0};
   memcpy(p, lin.history.id, 16);
   uint64_t parent = ar->epoch > 1 ? 1 : 0;
   for (uint32_t i = 0; i < lin.branch_count; i++) {
     const loom_branch *br = &lin.branches[i];
-    if (br->epoch < ar->epoch && br->epoch > parent) parent = br->epoch;
+    if (br->epoch < ar->epoch && br->epoch > parent)
+      parent = br->epoch;
     if (br->epoch == ar->epoch) {
       arc_put64(p + 24, br->seq);
       arc_put64(p + 32, br->checksum);
@@ -274,30 +308,34 @@ static int ensure_epoch(replicate_archiver *ar) {
   return arc_put(ar->a, &eh, key, p, sizeof p, 0);
 }
 
-static int ensure_writer(replicate_archiver *ar) {
+static int ensure_writer(replicate_archiver *ar)
+{
   char key[ARC_KEY_MAX];
   arc_key_writer(key, ar->epoch);
   arc_header h = {.kind = ARC_WRITER, .epoch = ar->epoch};
   size_t n = strlen(ar->writer_id);
   int rc = arc_put(ar->a, &h, key, ar->writer_id, n, OBJSTORE_PUT_IF_ABSENT);
-  if (rc != REPLICATE_ESTORE_EXISTS) return rc;
+  if (rc != REPLICATE_ESTORE_EXISTS)
+    return rc;
   replicate_buf b = {0};
   rc = arc_get(ar->a, key, &h, &b);
   if (rc == 0 && (b.len != n || memcmp(b.data, ar->writer_id, n) != 0))
-    rc = arc_fail(ar->a, REPLICATE_EARCHIVE_WRITER,
-                  "%s: another node (%.*s) writes epoch %" PRIu64
-                  " of this archive", key, (int)(b.len > 200 ? 200 : b.len),
-                  (const char *)b.data, ar->epoch);
+    rc = arc_fail(
+        ar->a, REPLICATE_EARCHIVE_WRITER,
+        "%s: another node (%.*s) writes epoch %" PRIu64 " of this archive", key,
+        (int)(b.len > 200 ? 200 : b.len), (const char *)b.data, ar->epoch);
   replicate_buf_free(&b);
   return rc;
 }
 
-static int load_head(replicate_archiver *ar) {
+static int load_head(replicate_archiver *ar)
+{
   char key[ARC_KEY_MAX];
   arc_key_head(key, ar->epoch);
   loom_position head;
   int rc = arc_get_head(ar->a, ar->epoch, &ar->have_head, &head);
-  if (rc != 0 || !ar->have_head) return rc;
+  if (rc != 0 || !ar->have_head)
+    return rc;
   loom_position now;
   loom_store_position(ar->o.store, &now);
   uint64_t epoch_at, sum_at;
@@ -312,45 +350,57 @@ static int load_head(replicate_archiver *ar) {
        sum_at != head.checksum))
     return arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
                     "%s: the archive's seq %" PRIu64 " is not this node's "
-                    "(another branch)", key, head.seq);
+                    "(another branch)",
+                    key, head.seq);
   pthread_mutex_lock(&ar->mu);
   ar->uploaded = head;
   pthread_mutex_unlock(&ar->mu);
   return 0;
 }
 
-static int each_kept(void *ctx, const char *key, uint64_t size) {
+static int each_kept(void *ctx, const char *key, uint64_t size)
+{
   (void)size;
   replicate_archiver *ar = ctx;
   arc_name n;
-  if (arc_key_parse(key, &n) != 0 || (n.kind != ARC_BASE && n.kind != ARC_SEGMENT))
+  if (arc_key_parse(key, &n) != 0 ||
+      (n.kind != ARC_BASE && n.kind != ARC_SEGMENT))
     return 0;
   kept *k = realloc(ar->kept, (ar->kn + 1) * sizeof *k);
-  if (k == NULL) return ENOMEM;
+  if (k == NULL)
+    return ENOMEM;
   ar->kept = k;
   ar->kept[ar->kn].name = n;
   snprintf(ar->kept[ar->kn++].key, ARC_KEY_MAX, "%s", key);
   return 0;
 }
 
-static uint64_t count_bases(const replicate_archiver *ar) {
+static uint64_t count_bases(const replicate_archiver *ar)
+{
   uint64_t n = 0;
-  for (size_t i = 0; i < ar->kn; i++) n += ar->kept[i].name.kind == ARC_BASE;
+  for (size_t i = 0; i < ar->kn; i++)
+    n += ar->kept[i].name.kind == ARC_BASE;
   return n;
 }
 
-static int start_up(replicate_archiver *ar) {
+static int start_up(replicate_archiver *ar)
+{
   int rc = ensure_id(ar);
-  if (rc == 0) rc = reseal_metadata(ar);
-  if (rc == 0) rc = ensure_epoch(ar);
-  if (rc == 0) rc = ensure_writer(ar);
-  if (rc == 0) rc = load_head(ar);
+  if (rc == 0)
+    rc = reseal_metadata(ar);
+  if (rc == 0)
+    rc = ensure_epoch(ar);
+  if (rc == 0)
+    rc = ensure_writer(ar);
+  if (rc == 0)
+    rc = load_head(ar);
   char prefix[ARC_KEY_MAX];
   arc_key_prefix(prefix, ar->epoch);
   ar->kn = 0;
   if (rc == 0 && (rc = objstore_list(ar->a->store, prefix, each_kept, ar)))
     arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   ar->started = true;
   ar->last_base_mono = loom_mono_s();
   ar->committed_at_base = ar->uploaded.seq;
@@ -358,15 +408,16 @@ static int start_up(replicate_archiver *ar) {
   pthread_mutex_lock(&ar->mu);
   ar->base_count = count_bases(ar);
   pthread_mutex_unlock(&ar->mu);
-  say(ar, "archive: writing epoch %" PRIu64 " of %s from seq %" PRIu64, ar->epoch,
-      ar->url, ar->uploaded.seq);
+  say(ar, "archive: writing epoch %" PRIu64 " of %s from seq %" PRIu64,
+      ar->epoch, ar->url, ar->uploaded.seq);
   return 0;
 }
 
 /* ---------------------------------------------------------------------- */
 /* W2: a base, W3: a segment, the head */
 
-static int put_head(replicate_archiver *ar, const loom_position *pos) {
+static int put_head(replicate_archiver *ar, const loom_position *pos)
+{
   uint8_t p[32];
   arc_put64(p, pos->seq);
   arc_put64(p + 8, pos->checksum);
@@ -374,7 +425,9 @@ static int put_head(replicate_archiver *ar, const loom_position *pos) {
   arc_put64(p + 24, (uint64_t)pos->commit_time_ns);
   char key[ARC_KEY_MAX];
   arc_key_head(key, ar->epoch);
-  arc_header h = {.kind = ARC_HEAD, .epoch = ar->epoch, .first_seq = pos->seq,
+  arc_header h = {.kind = ARC_HEAD,
+                  .epoch = ar->epoch,
+                  .first_seq = pos->seq,
                   .last_seq = pos->seq};
   int rc = arc_put(ar->a, &h, key, p, sizeof p, 0);
   if (rc == 0) {
@@ -387,38 +440,48 @@ static int put_head(replicate_archiver *ar, const loom_position *pos) {
 }
 
 static int keep(replicate_archiver *ar, arc_kind kind, const char *key,
-                uint64_t first, uint64_t last) {
+                uint64_t first, uint64_t last)
+{
   kept *k = realloc(ar->kept, (ar->kn + 1) * sizeof *k);
-  if (k == NULL) return ENOMEM;
+  if (k == NULL)
+    return ENOMEM;
   ar->kept = k;
-  ar->kept[ar->kn] = (kept){.name = {.kind = kind, .epoch = ar->epoch,
-                                     .first_seq = first, .last_seq = last}};
+  ar->kept[ar->kn] = (kept){.name = {.kind = kind,
+                                     .epoch = ar->epoch,
+                                     .first_seq = first,
+                                     .last_seq = last}};
   snprintf(ar->kept[ar->kn++].key, ARC_KEY_MAX, "%s", key);
   return 0;
 }
 
 /* The image stream of a snapshot (loom.h), whole in memory. */
 static int read_snapshot(loom_snapshot *snap, loom_position *pos,
-                         replicate_buf *out) {
+                         replicate_buf *out)
+{
   loom_lineage lin;
   loom_snapshot_position(snap, pos);
   loom_snapshot_lineage(snap, &lin);
   size_t len = LOOM_STREAM_HEADER + (size_t)pos->pages * LOOM_PAGE_SIZE;
   uint8_t *p = realloc(out->data, len);
-  if (p == NULL) return ENOMEM;
+  if (p == NULL)
+    return ENOMEM;
   out->data = p;
   out->cap = out->len = len;
   loom_stream_header_encode(p, pos, &lin);
-  if (pos->pages == 0) return 0;
+  if (pos->pages == 0)
+    return 0;
   return loom_snapshot_read(snap, 0, p + LOOM_STREAM_HEADER,
                             len - LOOM_STREAM_HEADER);
 }
 
 /* Records seqs [first, last] as a gap. */
-static int put_gap(replicate_archiver *ar, uint64_t first, uint64_t last) {
+static int put_gap(replicate_archiver *ar, uint64_t first, uint64_t last)
+{
   char key[ARC_KEY_MAX];
   arc_key_gap(key, ar->epoch, first, last, arc_keys_current(&ar->a->keys));
-  arc_header h = {.kind = ARC_GAP, .epoch = ar->epoch, .first_seq = first,
+  arc_header h = {.kind = ARC_GAP,
+                  .epoch = ar->epoch,
+                  .first_seq = first,
                   .last_seq = last};
   int rc = arc_put(ar->a, &h, key, NULL, 0, 0);
   if (rc == 0) {
@@ -427,13 +490,14 @@ static int put_gap(replicate_archiver *ar, uint64_t first, uint64_t last) {
     ar->gap_first = first;
     ar->gap_last = last;
     pthread_mutex_unlock(&ar->mu);
-    say(ar, "archive: seqs %" PRIu64 "-%" PRIu64 " are a gap (%s)", first,
-        last, key);
+    say(ar, "archive: seqs %" PRIu64 "-%" PRIu64 " are a gap (%s)", first, last,
+        key);
   }
   return rc;
 }
 
-static void queue_trim(replicate_archiver *ar, uint64_t upto) {
+static void queue_trim(replicate_archiver *ar, uint64_t upto)
+{
   pthread_mutex_lock(&ar->mu);
   size_t n = 0;
   while (n < ar->qn && ar->q[n].seq <= upto) {
@@ -445,7 +509,8 @@ static void queue_trim(replicate_archiver *ar, uint64_t upto) {
   pthread_mutex_unlock(&ar->mu);
 }
 
-static int upload_base(replicate_archiver *ar) {
+static int upload_base(replicate_archiver *ar)
+{
   loom_snapshot *snap = NULL;
   int rc = loom_store_snapshot_open(ar->o.store, &snap);
   if (rc != 0)
@@ -457,16 +522,25 @@ static int upload_base(replicate_archiver *ar) {
   char key[ARC_KEY_MAX];
   arc_key_base(key, ar->epoch, pos.seq, pos.commit_time_ns,
                arc_keys_current(&ar->a->keys));
-  arc_header h = {.kind = ARC_BASE, .epoch = ar->epoch, .first_seq = pos.seq,
-                  .last_seq = pos.seq, .flags = ARC_FLAG_ZSTD};
-  if (rc != 0) arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
-  else rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
+  arc_header h = {.kind = ARC_BASE,
+                  .epoch = ar->epoch,
+                  .first_seq = pos.seq,
+                  .last_seq = pos.seq,
+                  .flags = ARC_FLAG_ZSTD};
+  if (rc != 0)
+    arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
+  else
+    rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
   replicate_buf_free(&img);
   uint64_t from = ar->uploaded.seq + 1;
-  if (rc == 0 && ar->have_head && pos.seq > from) rc = put_gap(ar, from, pos.seq - 1);
-  if (rc == 0 && pos.seq >= ar->uploaded.seq) rc = put_head(ar, &pos);
-  if (rc == 0) rc = keep(ar, ARC_BASE, key, pos.seq, pos.seq);
-  if (rc != 0) return rc;
+  if (rc == 0 && ar->have_head && pos.seq > from)
+    rc = put_gap(ar, from, pos.seq - 1);
+  if (rc == 0 && pos.seq >= ar->uploaded.seq)
+    rc = put_head(ar, &pos);
+  if (rc == 0)
+    rc = keep(ar, ARC_BASE, key, pos.seq, pos.seq);
+  if (rc != 0)
+    return rc;
   queue_trim(ar, pos.seq);
   ar->base_needed = false;
   ar->last_base_mono = loom_mono_s();
@@ -479,12 +553,14 @@ static int upload_base(replicate_archiver *ar) {
 }
 
 /* Appends one record (length, frame) to a segment's payload. */
-static int seg_add(replicate_buf *seg, const void *frame, size_t len) {
+static int seg_add(replicate_buf *seg, const void *frame, size_t len)
+{
   size_t need = seg->len + 8 + len;
   if (need > seg->cap) {
     size_t cap = need * 2;
     uint8_t *p = realloc(seg->data, cap);
-    if (p == NULL) return ENOMEM;
+    if (p == NULL)
+      return ENOMEM;
     seg->data = p;
     seg->cap = cap;
   }
@@ -496,7 +572,8 @@ static int seg_add(replicate_buf *seg, const void *frame, size_t len) {
 
 /* Frames uploaded+1 .. from the replication log, while it has them. */
 static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
-                         replicate_buf *seg) {
+                         replicate_buf *seg)
+{
   replicate_buf f = {0};
   while (ar->o.log != NULL && next < stop &&
          replicate_log_read(ar->o.log, next, &f) == 0 &&
@@ -507,30 +584,38 @@ static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
 }
 
 /* The segment's payload: the queued frames after uploaded, contiguous. */
-static int gather(replicate_archiver *ar, replicate_buf *seg, loom_position *last) {
+static int gather(replicate_archiver *ar, replicate_buf *seg,
+                  loom_position *last)
+{
   uint64_t next = ar->uploaded.seq + 1;
   pthread_mutex_lock(&ar->mu);
   uint64_t first_queued = ar->qn ? ar->q[0].seq : ar->committed.seq + 1;
   pthread_mutex_unlock(&ar->mu);
   next = from_log(ar, next, first_queued, seg);
-  if (next < first_queued) return REPLICATE_ELOG_GONE; /* a gap: W2 */
+  if (next < first_queued)
+    return REPLICATE_ELOG_GONE; /* a gap: W2 */
   pthread_mutex_lock(&ar->mu);
   int rc = 0;
   for (size_t i = 0; rc == 0 && i < ar->qn; i++) {
-    if (ar->q[i].seq < next) continue;
-    if (ar->q[i].seq != next) break;
+    if (ar->q[i].seq < next)
+      continue;
+    if (ar->q[i].seq != next)
+      break;
     replicate_frame_info info;
     rc = replicate_frame_parse_header(ar->q[i].frame.data, ar->q[i].frame.len,
                                       NULL, &info);
-    if (rc == 0) rc = seg_add(seg, ar->q[i].frame.data, ar->q[i].frame.len);
-    if (rc == 0) *last = info.after, last->epoch = info.epoch,
-                 last->commit_time_ns = info.commit_time_ns, next++;
+    if (rc == 0)
+      rc = seg_add(seg, ar->q[i].frame.data, ar->q[i].frame.len);
+    if (rc == 0)
+      *last = info.after, last->epoch = info.epoch,
+      last->commit_time_ns = info.commit_time_ns, next++;
   }
   pthread_mutex_unlock(&ar->mu);
   return rc;
 }
 
-static int upload_segment(replicate_archiver *ar) {
+static int upload_segment(replicate_archiver *ar)
+{
   replicate_buf seg = {0};
   loom_position last = ar->uploaded;
   int rc = gather(ar, &seg, &last);
@@ -540,8 +625,9 @@ static int upload_segment(replicate_archiver *ar) {
     return 0;
   }
   if (rc == 0 && last.seq > ar->uploaded.seq && last.epoch != ar->epoch)
-    rc = arc_fail(ar->a, REPLICATE_EINVAL, "a frame of epoch %" PRIu64
-                  " while archiving epoch %" PRIu64, last.epoch, ar->epoch);
+    rc = arc_fail(ar->a, REPLICATE_EINVAL,
+                  "a frame of epoch %" PRIu64 " while archiving epoch %" PRIu64,
+                  last.epoch, ar->epoch);
   if (rc != 0 || last.seq <= ar->uploaded.seq) {
     replicate_buf_free(&seg);
     return rc;
@@ -550,29 +636,38 @@ static int upload_segment(replicate_archiver *ar) {
   uint64_t first = ar->uploaded.seq + 1;
   arc_key_segment(key, ar->epoch, first, last.seq, last.commit_time_ns,
                   arc_keys_current(&ar->a->keys));
-  arc_header h = {.kind = ARC_SEGMENT, .epoch = ar->epoch, .first_seq = first,
+  arc_header h = {.kind = ARC_SEGMENT,
+                  .epoch = ar->epoch,
+                  .first_seq = first,
                   .last_seq = last.seq};
   rc = arc_put(ar->a, &h, key, seg.data, seg.len, OBJSTORE_PUT_IF_ABSENT);
   replicate_buf_free(&seg);
   if (rc == REPLICATE_ESTORE_EXISTS)
     return arc_fail(ar->a, REPLICATE_EARCHIVE_WRITER,
-                    "%s exists already: another node writes to this archive", key);
-  if (rc == 0) rc = put_head(ar, &last);
-  if (rc == 0) rc = keep(ar, ARC_SEGMENT, key, first, last.seq);
-  if (rc == 0) queue_trim(ar, last.seq);
+                    "%s exists already: another node writes to this archive",
+                    key);
+  if (rc == 0)
+    rc = put_head(ar, &last);
+  if (rc == 0)
+    rc = keep(ar, ARC_SEGMENT, key, first, last.seq);
+  if (rc == 0)
+    queue_trim(ar, last.seq);
   return rc;
 }
 
 /* W4: past keep_bases, the oldest base and the segments only it needed
  * (those ending at or before the next base). */
-static int retain(replicate_archiver *ar) {
+static int retain(replicate_archiver *ar)
+{
   while (count_bases(ar) > ar->o.keep_bases) {
     uint64_t oldest = UINT64_MAX, until = UINT64_MAX;
     for (size_t i = 0; i < ar->kn; i++)
-      if (ar->kept[i].name.kind == ARC_BASE && ar->kept[i].name.first_seq < oldest)
+      if (ar->kept[i].name.kind == ARC_BASE &&
+          ar->kept[i].name.first_seq < oldest)
         oldest = ar->kept[i].name.first_seq;
     for (size_t i = 0; i < ar->kn; i++)
-      if (ar->kept[i].name.kind == ARC_BASE && ar->kept[i].name.first_seq > oldest &&
+      if (ar->kept[i].name.kind == ARC_BASE &&
+          ar->kept[i].name.first_seq > oldest &&
           ar->kept[i].name.first_seq < until)
         until = ar->kept[i].name.first_seq;
     for (size_t i = 0; i < ar->kn;) {
@@ -586,7 +681,8 @@ static int retain(replicate_archiver *ar) {
       int rc = objstore_delete(ar->a->store, ar->kept[i].key);
       if (rc != 0)
         return arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
-      memmove(&ar->kept[i], &ar->kept[i + 1], (--ar->kn - i) * sizeof *ar->kept);
+      memmove(&ar->kept[i], &ar->kept[i + 1],
+              (--ar->kn - i) * sizeof *ar->kept);
     }
   }
   pthread_mutex_lock(&ar->mu);
@@ -596,7 +692,8 @@ static int retain(replicate_archiver *ar) {
 }
 
 /* One wake-up: W1 to W4. */
-static int step(replicate_archiver *ar) {
+static int step(replicate_archiver *ar)
+{
   ar->a->error[0] = '\0';
   int rc = ar->started ? 0 : start_up(ar);
   pthread_mutex_lock(&ar->mu);
@@ -604,37 +701,46 @@ static int step(replicate_archiver *ar) {
   ar->gap_pending = false;
   uint64_t committed = ar->committed.seq;
   pthread_mutex_unlock(&ar->mu);
-  if (gap) ar->base_needed = true;
+  if (gap)
+    ar->base_needed = true;
   if (rc == 0 && !ar->base_needed && committed > ar->committed_at_base &&
       loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds)
     ar->base_needed = true;
-  if (rc == 0 && !ar->base_needed) rc = upload_segment(ar);
-  if (rc == 0 && ar->base_needed) rc = upload_base(ar);
-  if (rc == 0 && !ar->base_needed) rc = upload_segment(ar);
-  if (rc == 0) rc = retain(ar);
+  if (rc == 0 && !ar->base_needed)
+    rc = upload_segment(ar);
+  if (rc == 0 && ar->base_needed)
+    rc = upload_base(ar);
+  if (rc == 0 && !ar->base_needed)
+    rc = upload_segment(ar);
+  if (rc == 0)
+    rc = retain(ar);
   if (rc == REPLICATE_EARCHIVE_WRITER || rc == REPLICATE_EARCHIVE_BEHIND ||
       rc == REPLICATE_EARCHIVE_FOREIGN || rc == REPLICATE_EARCHIVE_KEY)
     return failed(ar, rc, true);
-  if (rc != 0) return failed(ar, rc, false);
+  if (rc != 0)
+    return failed(ar, rc, false);
   pthread_mutex_lock(&ar->mu);
   ar->failing = false;
   pthread_mutex_unlock(&ar->mu);
   return 0;
 }
 
-static bool caught_up_locked(const replicate_archiver *ar) {
+static bool caught_up_locked(const replicate_archiver *ar)
+{
   return ar->uploaded.seq >= ar->committed.seq && !ar->gap_pending;
 }
 
 /* Nothing to do: caught up, and no base due (a base is due only when
  * something was committed since the last). */
-static bool idle_locked(const replicate_archiver *ar) {
+static bool idle_locked(const replicate_archiver *ar)
+{
   return ar->started && caught_up_locked(ar) &&
          !(ar->committed.seq > ar->committed_at_base &&
            loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds);
 }
 
-static void *archiver_main(void *arg) {
+static void *archiver_main(void *arg)
+{
   replicate_archiver *ar = arg;
   pthread_mutex_lock(&ar->mu);
   while (!ar->quit && !ar->stopped) {
@@ -646,12 +752,15 @@ static void *archiver_main(void *arg) {
       pthread_mutex_lock(&ar->mu);
       ar->stats = st;
       pthread_cond_broadcast(&ar->cond);
-      if (ar->quit || ar->stopped) break;
+      if (ar->quit || ar->stopped)
+        break;
     }
-    if (ar->drain && !caught_up_locked(ar) && !ar->failing) continue;
+    if (ar->drain && !caught_up_locked(ar) && !ar->failing)
+      continue;
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    double t = (double)until.tv_sec + until.tv_nsec / 1e9 + ar->o.interval_seconds;
+    double t =
+        (double)until.tv_sec + until.tv_nsec / 1e9 + ar->o.interval_seconds;
     until.tv_sec = (time_t)t;
     until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
     pthread_cond_timedwait(&ar->cond, &ar->mu, &until);
@@ -664,15 +773,19 @@ static void *archiver_main(void *arg) {
 /* ---------------------------------------------------------------------- */
 /* Start, drain, stop, status */
 
-static char *dup_or_null(const char *s, int *rc) {
-  if (s == NULL) return NULL;
+static char *dup_or_null(const char *s, int *rc)
+{
+  if (s == NULL)
+    return NULL;
   char *d = strdup(s);
-  if (d == NULL) *rc = ENOMEM;
+  if (d == NULL)
+    *rc = ENOMEM;
   return d;
 }
 
 static int archiver_copy_options(replicate_archiver *ar,
-                                 const replicate_archiver_options *o) {
+                                 const replicate_archiver_options *o)
+{
   int rc = 0;
   ar->o = *o;
   ar->url = dup_or_null(o->access.url, &rc);
@@ -690,14 +803,19 @@ static int archiver_copy_options(replicate_archiver *ar,
   ar->o.access.store.endpoint = ar->endpoint;
   ar->o.access.store.region = ar->region;
   ar->o.access.store.credentials_file = ar->credentials;
-  if (ar->o.interval_seconds <= 0) ar->o.interval_seconds = 1;
-  if (ar->o.base_interval_seconds <= 0) ar->o.base_interval_seconds = 86400;
-  if (ar->o.keep_bases == 0) ar->o.keep_bases = 7;
-  if (ar->o.max_backlog_bytes == 0) ar->o.max_backlog_bytes = (uint64_t)4 << 30;
+  if (ar->o.interval_seconds <= 0)
+    ar->o.interval_seconds = 1;
+  if (ar->o.base_interval_seconds <= 0)
+    ar->o.base_interval_seconds = 86400;
+  if (ar->o.keep_bases == 0)
+    ar->o.keep_bases = 7;
+  if (ar->o.max_backlog_bytes == 0)
+    ar->o.max_backlog_bytes = (uint64_t)4 << 30;
   return rc;
 }
 
-static void archiver_free(replicate_archiver *ar) {
+static void archiver_free(replicate_archiver *ar)
+{
   queue_drop_all(ar);
   free(ar->q);
   free(ar->kept);
@@ -715,16 +833,21 @@ static void archiver_free(replicate_archiver *ar) {
 }
 
 int replicate_archiver_start(const replicate_archiver_options *o,
-                             replicate_archiver **out) {
+                             replicate_archiver **out)
+{
   *out = NULL;
-  if (o->store == NULL || o->access.url == NULL) return REPLICATE_EINVAL;
+  if (o->store == NULL || o->access.url == NULL)
+    return REPLICATE_EINVAL;
   replicate_archiver *ar = calloc(1, sizeof *ar);
-  if (ar == NULL) return ENOMEM;
+  if (ar == NULL)
+    return ENOMEM;
   pthread_mutex_init(&ar->mu, NULL);
   pthread_cond_init(&ar->cond, NULL);
   int rc = archiver_copy_options(ar, o);
-  if (rc == 0) rc = replicate_archive_open(&ar->o.access, &ar->a);
-  if (rc == 0) rc = replicate_encoder_new(1, &ar->enc);
+  if (rc == 0)
+    rc = replicate_archive_open(&ar->o.access, &ar->a);
+  if (rc == 0)
+    rc = replicate_encoder_new(1, &ar->enc);
   if (rc == 0) {
     loom_store_position(o->store, &ar->committed);
     ar->epoch = ar->committed.epoch ? ar->committed.epoch : 1;
@@ -739,7 +862,8 @@ int replicate_archiver_start(const replicate_archiver_options *o,
   return 0;
 }
 
-int replicate_archiver_drain(replicate_archiver *ar, double timeout_seconds) {
+int replicate_archiver_drain(replicate_archiver *ar, double timeout_seconds)
+{
   double deadline = loom_mono_s() + timeout_seconds;
   pthread_mutex_lock(&ar->mu);
   ar->drain = true;
@@ -748,7 +872,8 @@ int replicate_archiver_drain(replicate_archiver *ar, double timeout_seconds) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_nsec += 50 * 1000000;
-    if (until.tv_nsec >= 1000000000) until.tv_sec++, until.tv_nsec -= 1000000000;
+    if (until.tv_nsec >= 1000000000)
+      until.tv_sec++, until.tv_nsec -= 1000000000;
     pthread_cond_timedwait(&ar->cond, &ar->mu, &until);
   }
   bool done = caught_up_locked(ar) && ar->started;
@@ -756,8 +881,10 @@ int replicate_archiver_drain(replicate_archiver *ar, double timeout_seconds) {
   return done ? 1 : 0;
 }
 
-void replicate_archiver_stop(replicate_archiver *ar) {
-  if (ar == NULL) return;
+void replicate_archiver_stop(replicate_archiver *ar)
+{
+  if (ar == NULL)
+    return;
   pthread_mutex_lock(&ar->mu);
   ar->quit = true;
   pthread_cond_broadcast(&ar->cond);
@@ -767,7 +894,8 @@ void replicate_archiver_stop(replicate_archiver *ar) {
 }
 
 void replicate_archiver_status(replicate_archiver *ar,
-                               replicate_archive_status *out) {
+                               replicate_archive_status *out)
+{
   memset(out, 0, sizeof *out);
   copy_text(out->url, sizeof out->url, ar->url);
   pthread_mutex_lock(&ar->mu);
@@ -775,9 +903,10 @@ void replicate_archiver_status(replicate_archiver *ar,
   out->uploaded_seq = ar->uploaded.seq;
   out->committed_seq = ar->committed.seq;
   out->lag_frames = ar->committed.seq > ar->uploaded.seq
-                        ? ar->committed.seq - ar->uploaded.seq : 0;
-  int64_t oldest = ar->gap_pending || ar->qn == 0 ? ar->dropped_mono_ns
-                                                   : ar->q[0].mono_ns;
+                        ? ar->committed.seq - ar->uploaded.seq
+                        : 0;
+  int64_t oldest =
+      ar->gap_pending || ar->qn == 0 ? ar->dropped_mono_ns : ar->q[0].mono_ns;
   if (out->lag_frames > 0 && oldest > 0)
     out->lag_seconds = (double)(loom_mono_ns() - oldest) / 1e9;
   out->bases = ar->base_count;

@@ -41,24 +41,30 @@ static atomic_uint tmp_counter;
 static const char *store_dir(objstore *s) { return ((file_store *)s)->dir; }
 
 /* "DIR/KEY" in a malloc'd buffer, or NULL. */
-static char *key_path(objstore *s, const char *key) {
+static char *key_path(objstore *s, const char *key)
+{
   char *path = NULL;
-  if (asprintf(&path, "%s/%s", store_dir(s), key) < 0) return NULL;
+  if (asprintf(&path, "%s/%s", store_dir(s), key) < 0)
+    return NULL;
   return path;
 }
 
 /* The store's directory must exist, as an S3 bucket must. */
-static int check_root(objstore *s, const char *op, const char *key) {
+static int check_root(objstore *s, const char *op, const char *key)
+{
   struct stat st;
-  if (stat(store_dir(s), &st) == 0 && S_ISDIR(st.st_mode)) return 0;
+  if (stat(store_dir(s), &st) == 0 && S_ISDIR(st.st_mode))
+    return 0;
   return objstore_fail(s, REPLICATE_ESTORE_MISSING,
                        "%s %s/%s: no such directory %s", op, s->url, key,
                        store_dir(s));
 }
 
-static int fsync_dir(const char *dir) {
+static int fsync_dir(const char *dir)
+{
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno;
+  if (fd < 0)
+    return errno;
   int rc = fsync(fd) == 0 ? 0 : errno;
   close(fd);
   return rc;
@@ -66,7 +72,8 @@ static int fsync_dir(const char *dir) {
 
 /* Makes every directory between the store's root and path's last '/',
  * fsyncing each new one into its parent. path is modified and restored. */
-static int make_parents(objstore *s, char *path) {
+static int make_parents(objstore *s, char *path)
+{
   size_t root = strlen(store_dir(s));
   for (char *p = path + root + 1; (p = strchr(p, '/')) != NULL; p++) {
     *p = '\0';
@@ -80,17 +87,21 @@ static int make_parents(objstore *s, char *path) {
       rc = errno;
     }
     *p = '/';
-    if (rc != 0) return rc;
+    if (rc != 0)
+      return rc;
   }
   return 0;
 }
 
-static int write_all(int fd, const void *data, size_t len) {
+static int write_all(int fd, const void *data, size_t len)
+{
   const char *p = data;
   while (len > 0) {
     ssize_t n = write(fd, p, len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return errno;
     p += n;
     len -= (size_t)n;
   }
@@ -98,18 +109,24 @@ static int write_all(int fd, const void *data, size_t len) {
 }
 
 /* P1: the temporary file, written and fsynced. */
-static int write_temp(const char *tmp, const void *data, size_t len) {
+static int write_temp(const char *tmp, const void *data, size_t len)
+{
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return errno;
+  if (fd < 0)
+    return errno;
   int rc = write_all(fd, data, len);
-  if (rc == 0 && fsync(fd) != 0) rc = errno;
-  if (close(fd) != 0 && rc == 0) rc = errno;
-  if (rc != 0) unlink(tmp);
+  if (rc == 0 && fsync(fd) != 0)
+    rc = errno;
+  if (close(fd) != 0 && rc == 0)
+    rc = errno;
+  if (rc != 0)
+    unlink(tmp);
   return rc;
 }
 
 /* P2: the temporary name becomes the key's. */
-static int publish(const char *tmp, const char *path, unsigned flags) {
+static int publish(const char *tmp, const char *path, unsigned flags)
+{
   if (!(flags & OBJSTORE_PUT_IF_ABSENT))
     return rename(tmp, path) == 0 ? 0 : errno;
   int rc = link(tmp, path) == 0 ? 0 : errno;
@@ -117,22 +134,25 @@ static int publish(const char *tmp, const char *path, unsigned flags) {
   return rc == EEXIST ? REPLICATE_ESTORE_EXISTS : rc;
 }
 
-static int file_put(objstore *s, const char *key, const void *data,
-                    size_t len, unsigned flags) {
+static int file_put(objstore *s, const char *key, const void *data, size_t len,
+                    unsigned flags)
+{
   s->stats.puts++;
   int rc = check_root(s, "PUT", key);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   char *path = key_path(s, key), *tmp = NULL;
-  if (path == NULL ||
-      asprintf(&tmp, "%s~tmp.%ld.%u", path, (long)getpid(),
-               atomic_fetch_add(&tmp_counter, 1)) < 0) {
+  if (path == NULL || asprintf(&tmp, "%s~tmp.%ld.%u", path, (long)getpid(),
+                               atomic_fetch_add(&tmp_counter, 1)) < 0) {
     free(path);
     return ENOMEM;
   }
   const char *step = "mkdir";
   rc = make_parents(s, path);
-  if (rc == 0) step = "write", rc = write_temp(tmp, data, len);
-  if (rc == 0) step = "publish", rc = publish(tmp, path, flags);
+  if (rc == 0)
+    step = "write", rc = write_temp(tmp, data, len);
+  if (rc == 0)
+    step = "publish", rc = publish(tmp, path, flags);
   if (rc == 0) {
     char *slash = strrchr(path, '/');
     *slash = '\0';
@@ -149,25 +169,32 @@ static int file_put(objstore *s, const char *key, const void *data,
   return 0;
 }
 
-static int read_all(int fd, char *buf, size_t len) {
+static int read_all(int fd, char *buf, size_t len)
+{
   size_t got = 0;
   while (got < len) {
     ssize_t n = read(fd, buf + got, len - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno;
-    if (n == 0) return EIO; /* shrank while read: not the whole object */
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return errno;
+    if (n == 0)
+      return EIO; /* shrank while read: not the whole object */
     got += (size_t)n;
   }
   return 0;
 }
 
-static int file_get(objstore *s, const char *key, size_t max_len,
-                    void **data, size_t *len) {
+static int file_get(objstore *s, const char *key, size_t max_len, void **data,
+                    size_t *len)
+{
   s->stats.gets++;
   int rc = check_root(s, "GET", key);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   char *path = key_path(s, key);
-  if (path == NULL) return ENOMEM;
+  if (path == NULL)
+    return ENOMEM;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   free(path);
   if (fd < 0 && errno == ENOENT)
@@ -185,8 +212,10 @@ static int file_get(objstore *s, const char *key, size_t max_len,
                          "GET %s/%s: %lld bytes, more than the %zu allowed",
                          s->url, key, (long long)st.st_size, max_len);
   }
-  if (rc == 0 && (buf = malloc((size_t)st.st_size + 1)) == NULL) rc = ENOMEM;
-  if (rc == 0) rc = read_all(fd, buf, (size_t)st.st_size);
+  if (rc == 0 && (buf = malloc((size_t)st.st_size + 1)) == NULL)
+    rc = ENOMEM;
+  if (rc == 0)
+    rc = read_all(fd, buf, (size_t)st.st_size);
   close(fd);
   if (rc != 0) {
     free(buf);
@@ -211,38 +240,46 @@ typedef struct listing {
   size_t n, cap;
 } listing;
 
-static int listing_add(listing *l, const char *key, uint64_t size) {
+static int listing_add(listing *l, const char *key, uint64_t size)
+{
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 64;
     listed *items = realloc(l->items, cap * sizeof *items);
-    if (items == NULL) return ENOMEM;
+    if (items == NULL)
+      return ENOMEM;
     l->items = items;
     l->cap = cap;
   }
   l->items[l->n].key = strdup(key);
-  if (l->items[l->n].key == NULL) return ENOMEM;
+  if (l->items[l->n].key == NULL)
+    return ENOMEM;
   l->items[l->n++].size = size;
   return 0;
 }
 
-static void listing_free(listing *l) {
-  for (size_t i = 0; i < l->n; i++) free(l->items[i].key);
+static void listing_free(listing *l)
+{
+  for (size_t i = 0; i < l->n; i++)
+    free(l->items[i].key);
   free(l->items);
 }
 
 /* Walks DIR/rel (rel "" or ending in '/'), adding the keys that start
  * with prefix. Names with a '~' (temporary files) are skipped. */
-static int walk(objstore *s, const char *rel, const char *prefix,
-                listing *out) {
+static int walk(objstore *s, const char *rel, const char *prefix, listing *out)
+{
   char *path = NULL;
-  if (asprintf(&path, "%s/%s", store_dir(s), rel) < 0) return ENOMEM;
+  if (asprintf(&path, "%s/%s", store_dir(s), rel) < 0)
+    return ENOMEM;
   DIR *d = opendir(path);
   free(path);
-  if (d == NULL) return errno == ENOENT || errno == ENOTDIR ? 0 : errno;
+  if (d == NULL)
+    return errno == ENOENT || errno == ENOTDIR ? 0 : errno;
   int rc = 0;
   struct dirent *e;
   while (rc == 0 && (e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.' || strchr(e->d_name, '~') != NULL) continue;
+    if (e->d_name[0] == '.' || strchr(e->d_name, '~') != NULL)
+      continue;
     char *key = NULL;
     if (asprintf(&key, "%s%s", rel, e->d_name) < 0) {
       rc = ENOMEM;
@@ -257,8 +294,10 @@ static int walk(objstore *s, const char *rel, const char *prefix,
       /* neither under the prefix nor on the way to it */
     } else if (S_ISDIR(st.st_mode)) {
       char *sub = NULL;
-      if (asprintf(&sub, "%s/", key) < 0) rc = ENOMEM;
-      else rc = walk(s, sub, prefix, out);
+      if (asprintf(&sub, "%s/", key) < 0)
+        rc = ENOMEM;
+      else
+        rc = walk(s, sub, prefix, out);
       free(sub);
     } else if (S_ISREG(st.st_mode) && klen >= plen) {
       rc = listing_add(out, key, (uint64_t)st.st_size);
@@ -269,27 +308,30 @@ static int walk(objstore *s, const char *rel, const char *prefix,
   return rc;
 }
 
-static int by_key(const void *a, const void *b) {
+static int by_key(const void *a, const void *b)
+{
   return strcmp(((const listed *)a)->key, ((const listed *)b)->key);
 }
 
 static int file_list(objstore *s, const char *prefix, objstore_each_fn each,
-                     void *ctx) {
+                     void *ctx)
+{
   s->stats.lists++;
   int rc = check_root(s, "LIST", prefix);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   /* Start at the prefix's directory part: "a/b/c" walks "a/b/". */
   const char *slash = strrchr(prefix, '/');
   size_t dlen = slash ? (size_t)(slash - prefix) + 1 : 0;
   char *rel = strndup(prefix, dlen);
-  if (rel == NULL) return ENOMEM;
+  if (rel == NULL)
+    return ENOMEM;
   listing l = {0};
   rc = walk(s, rel, prefix, &l);
   free(rel);
   if (rc != 0) {
     listing_free(&l);
-    return objstore_fail(s, rc, "LIST %s/%s: %s", s->url, prefix,
-                         strerror(rc));
+    return objstore_fail(s, rc, "LIST %s/%s: %s", s->url, prefix, strerror(rc));
   }
   qsort(l.items, l.n, sizeof *l.items, by_key);
   for (size_t i = 0; i < l.n && rc == 0; i++)
@@ -298,25 +340,29 @@ static int file_list(objstore *s, const char *prefix, objstore_each_fn each,
   return rc;
 }
 
-static int file_delete(objstore *s, const char *key) {
+static int file_delete(objstore *s, const char *key)
+{
   s->stats.deletes++;
   int rc = check_root(s, "DELETE", key);
-  if (rc != 0) return rc;
+  if (rc != 0)
+    return rc;
   char *path = key_path(s, key);
-  if (path == NULL) return ENOMEM;
-  if (unlink(path) != 0) rc = errno == ENOENT ? -1 : errno;
+  if (path == NULL)
+    return ENOMEM;
+  if (unlink(path) != 0)
+    rc = errno == ENOENT ? -1 : errno;
   if (rc == 0) {
     *strrchr(path, '/') = '\0';
     rc = fsync_dir(path);
   }
   free(path);
   if (rc > 0)
-    return objstore_fail(s, rc, "DELETE %s/%s: %s", s->url, key,
-                         strerror(rc));
+    return objstore_fail(s, rc, "DELETE %s/%s: %s", s->url, key, strerror(rc));
   return 0;
 }
 
-static void file_close(objstore *s) {
+static void file_close(objstore *s)
+{
   free(((file_store *)s)->dir);
   free(s);
 }
@@ -330,13 +376,17 @@ static const struct objstore_backend file_backend = {
 };
 
 int objstore_file_open(const char *url, const char *location,
-                       const objstore_options *options, objstore **out) {
+                       const objstore_options *options, objstore **out)
+{
   *out = NULL;
   size_t n = strlen(location);
-  while (n > 1 && location[n - 1] == '/') n--;
-  if (n < 2 || location[0] != '/') return REPLICATE_EINVAL;
+  while (n > 1 && location[n - 1] == '/')
+    n--;
+  if (n < 2 || location[0] != '/')
+    return REPLICATE_EINVAL;
   file_store *fs = calloc(1, sizeof *fs);
-  if (fs == NULL) return ENOMEM;
+  if (fs == NULL)
+    return ENOMEM;
   fs->dir = strndup(location, n);
   int rc = fs->dir == NULL ? ENOMEM : 0;
   if (rc == 0)

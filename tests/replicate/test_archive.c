@@ -30,14 +30,16 @@ static const char secret[] = "LOOMSHIP-SECRET-PAGE-BYTES";
 /* ---------------------------------------------------------------------- */
 /* Helpers */
 
-static void write_text(const char *path, const char *text) {
+static void write_text(const char *path, const char *text)
+{
   FILE *f = fopen(path, "w");
   assert_non_null(f);
   fputs(text, f);
   fclose(f);
 }
 
-static char *key_file(const char *dir, const char *name, const char *lines) {
+static char *key_file(const char *dir, const char *name, const char *lines)
+{
   char *path = xmalloc(strlen(dir) + strlen(name) + 2);
   sprintf(path, "%s/%s", dir, name);
   write_text(path, lines);
@@ -53,14 +55,16 @@ static const char key_b[] =
 /* The object format */
 
 static void seal(const arc_keys *k, const uint8_t *id, const void *payload,
-                 size_t len, replicate_buf *out) {
-  arc_header h = {.kind = ARC_SEGMENT, .epoch = 3, .first_seq = 5,
-                  .last_seq = 9};
+                 size_t len, replicate_buf *out)
+{
+  arc_header h = {
+      .kind = ARC_SEGMENT, .epoch = 3, .first_seq = 5, .last_seq = 9};
   memcpy(h.archive_id, id, ARC_ID_SIZE);
   assert_int_equal(arc_seal(k, &h, payload, len, out), 0);
 }
 
-static void test_format_round_trip(void **state) {
+static void test_format_round_trip(void **state)
+{
   (void)state;
   uint8_t id[ARC_ID_SIZE] = {1, 2, 3}, other[ARC_ID_SIZE] = {9};
   char payload[4096];
@@ -106,9 +110,9 @@ static void test_format_round_trip(void **state) {
     assert_int_equal(arc_unseal(k, other, obj.data, obj.len, &h, &out),
                      REPLICATE_EARCHIVE_FOREIGN);
     /* Plaintext read with a key, or encrypted read without: refused. */
-    assert_int_equal(arc_unseal(enc ? &none : &keys, id, obj.data, obj.len,
-                                &h, &out),
-                     REPLICATE_EARCHIVE_KEY);
+    assert_int_equal(
+        arc_unseal(enc ? &none : &keys, id, obj.data, obj.len, &h, &out),
+        REPLICATE_EARCHIVE_KEY);
     replicate_buf_free(&obj);
     replicate_buf_free(&out);
   }
@@ -138,7 +142,8 @@ static void test_format_round_trip(void **state) {
   seal(&keys, id, payload, 100, &obj);
   char both[200];
   snprintf(both, sizeof both, "%s\n%s\n", key_b, key_a);
-  char *kf2 = key_file(dir, "keys2", both), *kf3 = key_file(dir, "keys3", key_b);
+  char *kf2 = key_file(dir, "keys2", both),
+       *kf3 = key_file(dir, "keys3", key_b);
   arc_keys rotated, only_b;
   assert_int_equal(arc_keys_load(kf2, &rotated, err, sizeof err), 0);
   assert_int_equal(rotated.count, 2);
@@ -154,7 +159,8 @@ static void test_format_round_trip(void **state) {
   test_rmtree(dir);
 }
 
-static void test_key_file_errors(void **state) {
+static void test_key_file_errors(void **state)
+{
   (void)state;
   char *dir = test_tmpdir("arckey");
   arc_keys k;
@@ -162,8 +168,10 @@ static void test_key_file_errors(void **state) {
   assert_int_equal(arc_keys_load("/nonexistent/keyfile", &k, err, sizeof err),
                    REPLICATE_EARCHIVE_KEY);
   assert_non_null(strstr(err, "/nonexistent/keyfile"));
-  const char *bad[] = {"", "0011", "zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-                       "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff00"};
+  const char *bad[] = {
+      "", "0011",
+      "zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+      "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff00"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     p = key_file(dir, "bad", bad[i]);
     assert_int_equal(arc_keys_load(p, &k, err, sizeof err),
@@ -179,14 +187,16 @@ static void test_key_file_errors(void **state) {
   free(p);
   /* Opening an archive with an unusable key fails: nothing to write with. */
   replicate_archive *a = NULL;
-  replicate_archive_options o = {.url = "file:///tmp", .key_file = "/nonexistent/k"};
+  replicate_archive_options o = {.url = "file:///tmp",
+                                 .key_file = "/nonexistent/k"};
   assert_int_equal(replicate_archive_open(&o, &a), REPLICATE_EARCHIVE_KEY);
   assert_non_null(strstr(replicate_archive_last_error(a), "/nonexistent/k"));
   replicate_archive_close(a);
   test_rmtree(dir);
 }
 
-static void test_key_names(void **state) {
+static void test_key_names(void **state)
+{
   (void)state;
   char key[ARC_KEY_MAX];
   arc_name n;
@@ -219,29 +229,35 @@ typedef struct node {
   test_rng rng;
 } node;
 
-static int hook(void *ctx, loom *l, const loom_commit *c) {
+static int hook(void *ctx, loom *l, const loom_commit *c)
+{
   node *n = ctx;
   return n->ar ? replicate_archiver_on_commit(n->ar, l, c) : 0;
 }
 
-static void watermarks(void *ctx, uint64_t *low, uint64_t *high) {
+static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
+{
   node *n = ctx;
   *low = n->low;
   *high = ARENA_PAGES;
 }
 
-static void node_open(node *n) {
+static void node_open(node *n)
+{
   loom_options o = {.arena_pages = ARENA_PAGES,
                     .flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
-                    .on_commit = hook, .commit_ctx = n,
-                    .watermarks = watermarks, .watermarks_ctx = n};
+                    .on_commit = hook,
+                    .commit_ctx = n,
+                    .watermarks = watermarks,
+                    .watermarks_ctx = n};
   assert_int_equal(loom_open(n->dir, &o, &n->l), 0);
   loom_position pos;
   loom_store_position(loom_get_store(n->l), &pos);
   n->low = pos.pages;
 }
 
-static replicate_archiver_options archiver_options(node *n, const char *who) {
+static replicate_archiver_options archiver_options(node *n, const char *who)
+{
   replicate_archiver_options o = {
       .access = {.url = n->url, .key_file = n->kf},
       .store = loom_get_store(n->l),
@@ -251,23 +267,28 @@ static replicate_archiver_options archiver_options(node *n, const char *who) {
   return o;
 }
 
-static void node_start(node *n, bool encrypted) {
+static void node_start(node *n, bool encrypted)
+{
   memset(n, 0, sizeof *n);
   n->rng.state = 7;
   n->dir = test_tmpdir("arcnode");
   n->arc_dir = test_tmpdir("arcstore");
   n->url = xmalloc(strlen(n->arc_dir) + 8);
   sprintf(n->url, "file://%s", n->arc_dir);
-  if (encrypted) n->kf = key_file(n->dir, "archive.key", key_a);
+  if (encrypted)
+    n->kf = key_file(n->dir, "archive.key", key_a);
   node_open(n);
   replicate_archiver_options o = archiver_options(n, "node-1");
   assert_int_equal(replicate_archiver_start(&o, &n->ar), 0);
 }
 
 /* One save: some pages get the secret and random bytes. */
-static void node_save(node *n) {
-  if (n->low < 8) n->low += 2;
-  else if (rng_next(&n->rng) % 4 == 0 && n->low < ARENA_PAGES / 2) n->low++;
+static void node_save(node *n)
+{
+  if (n->low < 8)
+    n->low += 2;
+  else if (rng_next(&n->rng) % 4 == 0 && n->low < ARENA_PAGES / 2)
+    n->low++;
   for (int i = 0; i < 3; i++) {
     uint8_t *page = loom_page(n->l, rng_next(&n->rng) % n->low);
     size_t at = (size_t)(rng_next(&n->rng) % (PS - 256));
@@ -278,11 +299,13 @@ static void node_save(node *n) {
   assert_int_equal(loom_save(n->l, n->low, ARENA_PAGES), 0);
 }
 
-static void node_position(node *n, loom_position *pos) {
+static void node_position(node *n, loom_position *pos)
+{
   loom_store_position(loom_get_store(n->l), pos);
 }
 
-static void node_stop(node *n) {
+static void node_stop(node *n)
+{
   replicate_archiver_stop(n->ar);
   n->ar = NULL;
   assert_int_equal(loom_close(n->l), 0);
@@ -292,7 +315,8 @@ static void node_stop(node *n) {
   free(n->kf);
 }
 
-static replicate_archive *open_archive(node *n) {
+static replicate_archive *open_archive(node *n)
+{
   replicate_archive *a = NULL;
   replicate_archive_options o = {.url = n->url, .key_file = n->kf};
   assert_int_equal(replicate_archive_open(&o, &a), 0);
@@ -302,7 +326,8 @@ static replicate_archive *open_archive(node *n) {
 /* Restores target into a fresh directory: the rc, the position, and the
  * checksum loom_verify recomputes. */
 static int restore(node *n, replicate_restore_target t, loom_position *pos,
-                   char *err, size_t errlen) {
+                   char *err, size_t errlen)
+{
   replicate_archive *a = open_archive(n);
   char *out = test_tmpdir("arcout");
   int rc = replicate_archive_restore(a, &t, out, pos);
@@ -319,19 +344,23 @@ static int restore(node *n, replicate_restore_target t, loom_position *pos,
   return rc;
 }
 
-static void saves_and_drain(node *n, int count) {
-  for (int i = 0; i < count; i++) node_save(n);
+static void saves_and_drain(node *n, int count)
+{
+  for (int i = 0; i < count; i++)
+    node_save(n);
   assert_int_equal(replicate_archiver_drain(n->ar, 10), 1);
 }
 
-static void archive_and_restore(bool encrypted) {
+static void archive_and_restore(bool encrypted)
+{
   node n;
   node_start(&n, encrypted);
   saves_and_drain(&n, 5);
   uint64_t mid_seq = 5;
   uint64_t mid_epoch, mid_sum;
   assert_int_equal(loom_store_checksum_at(loom_get_store(n.l), mid_seq,
-                                          &mid_epoch, &mid_sum), 1);
+                                          &mid_epoch, &mid_sum),
+                   1);
   test_pause_ms(20); /* commit times: the next ones are later */
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -358,20 +387,21 @@ static void archive_and_restore(bool encrypted) {
 
   char err[800];
   loom_position got;
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
   assert_true(loom_position_same_epoch(&got, &want));
-  replicate_restore_target by_seq = {.kind = REPLICATE_RESTORE_SEQ, .seq = 5,
-                                     .epoch = -1};
+  replicate_restore_target by_seq = {
+      .kind = REPLICATE_RESTORE_SEQ, .seq = 5, .epoch = -1};
   assert_int_equal(restore(&n, by_seq, &got, err, sizeof err), 0);
   assert_int_equal(got.seq, 5);
   assert_int_equal(got.checksum, mid_sum);
-  replicate_restore_target by_time = {.kind = REPLICATE_RESTORE_TIME,
-                                      .time_ns = between, .epoch = -1};
+  replicate_restore_target by_time = {
+      .kind = REPLICATE_RESTORE_TIME, .time_ns = between, .epoch = -1};
   assert_int_equal(restore(&n, by_time, &got, err, sizeof err), 0);
   assert_int_equal(got.seq, 5);
-  replicate_restore_target too_far = {.kind = REPLICATE_RESTORE_SEQ, .seq = 99,
-                                      .epoch = -1};
+  replicate_restore_target too_far = {
+      .kind = REPLICATE_RESTORE_SEQ, .seq = 99, .epoch = -1};
   assert_int_equal(restore(&n, too_far, &got, err, sizeof err),
                    REPLICATE_EARCHIVE_NOPOS);
 
@@ -396,12 +426,14 @@ static void archive_and_restore(bool encrypted) {
   node_stop(&n);
 }
 
-static void test_archive_restore_plain(void **state) {
+static void test_archive_restore_plain(void **state)
+{
   (void)state;
   archive_and_restore(false);
 }
 
-static void test_archive_restore_encrypted(void **state) {
+static void test_archive_restore_encrypted(void **state)
+{
   (void)state;
   archive_and_restore(true);
 }
@@ -415,15 +447,18 @@ typedef struct found {
 
 /* The first file under dir/sub whose name starts with prefix. */
 static bool find_object(const char *dir, const char *sub, const char *prefix,
-                        found *out) {
+                        found *out)
+{
   char path[900];
   snprintf(path, sizeof path, "%s/%s", dir, sub);
   DIR *d = opendir(path);
-  if (d == NULL) return false;
+  if (d == NULL)
+    return false;
   struct dirent *e;
   bool ok = false;
   while (!ok && (e = readdir(d)) != NULL)
-    if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 && e->d_name[0] != '.') {
+    if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 &&
+        e->d_name[0] != '.') {
       snprintf(out->path, sizeof out->path, "%s/%s", path, e->d_name);
       ok = true;
     }
@@ -431,7 +466,8 @@ static bool find_object(const char *dir, const char *sub, const char *prefix,
   return ok;
 }
 
-static void flip_byte(const char *path, long at) {
+static void flip_byte(const char *path, long at)
+{
   FILE *f = fopen(path, "r+b");
   assert_non_null(f);
   fseek(f, at, at < 0 ? SEEK_END : SEEK_SET);
@@ -441,17 +477,20 @@ static void flip_byte(const char *path, long at) {
   fclose(f);
 }
 
-static void copy_file(const char *from, const char *to) {
+static void copy_file(const char *from, const char *to)
+{
   char cmd[8192];
   snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
   assert_int_equal(system(cmd), 0);
 }
 
-static void test_damaged_refused(void **state) {
+static void test_damaged_refused(void **state)
+{
   (void)state;
   node n;
   node_start(&n, false);
-  for (int round = 0; round < 3; round++) saves_and_drain(&n, 4);
+  for (int round = 0; round < 3; round++)
+    saves_and_drain(&n, 4);
   char sub[64];
   snprintf(sub, sizeof sub, "e/%016x/s", 1u);
   found seg;
@@ -459,7 +498,8 @@ static void test_damaged_refused(void **state) {
   const char *name = strrchr(seg.path, '/') + 1;
   char err[800];
   loom_position got;
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
 
   /* Tampered: a flipped payload byte. */
@@ -515,7 +555,8 @@ static void test_damaged_refused(void **state) {
   assert_int_equal(rename(names[0], tmp), 0);
   assert_int_equal(rename(names[1], names[0]), 0);
   assert_int_equal(rename(tmp, names[1]), 0);
-  for (size_t i = 0; i < count; i++) free(names[i]);
+  for (size_t i = 0; i < count; i++)
+    free(names[i]);
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
 
   /* Missing: the head claims a seq the objects cannot give. */
@@ -547,7 +588,8 @@ static void test_damaged_refused(void **state) {
 
 /* A second writer at the same epoch stops with last_error; the first
  * carries on. */
-static void test_second_writer_stops(void **state) {
+static void test_second_writer_stops(void **state)
+{
   (void)state;
   node n;
   node_start(&n, false);
@@ -573,7 +615,8 @@ static void test_second_writer_stops(void **state) {
 
 /* The store unwritable: saves go on, the archive lags, records a gap when
  * the backlog overflows, and catches up with a base afterwards. */
-static void test_store_down_never_blocks(void **state) {
+static void test_store_down_never_blocks(void **state)
+{
   (void)state;
   node n;
   node_start(&n, false);
@@ -587,7 +630,8 @@ static void test_store_down_never_blocks(void **state) {
   snprintf(moved, sizeof moved, "%s.away", n.arc_dir);
   assert_int_equal(rename(n.arc_dir, moved), 0);
   int64_t t0 = test_now_ms();
-  for (int i = 0; i < 40; i++) node_save(&n);
+  for (int i = 0; i < 40; i++)
+    node_save(&n);
   assert_true(test_now_ms() - t0 < 5000);
   replicate_archive_status st;
   int64_t deadline = test_now_ms() + 5000;
@@ -604,13 +648,14 @@ static void test_store_down_never_blocks(void **state) {
   loom_position want, got;
   node_position(&n, &want);
   char err[800];
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
   assert_true(loom_position_same(&got, &want));
   /* A seq inside the gap is refused as such. */
   replicate_archiver_status(n.ar, &st);
-  replicate_restore_target in_gap = {.kind = REPLICATE_RESTORE_SEQ,
-                                     .seq = st.gap_first, .epoch = -1};
+  replicate_restore_target in_gap = {
+      .kind = REPLICATE_RESTORE_SEQ, .seq = st.gap_first, .epoch = -1};
   assert_int_equal(restore(&n, in_gap, &got, err, sizeof err),
                    REPLICATE_EARCHIVE_GAP);
   node_stop(&n);
@@ -618,7 +663,8 @@ static void test_store_down_never_blocks(void **state) {
 
 /* The store down when the archiver starts: it says so, retries, and
  * writes the archive once the store is there. */
-static void test_store_down_at_start(void **state) {
+static void test_store_down_at_start(void **state)
+{
   (void)state;
   node n;
   node_start(&n, false);
@@ -627,7 +673,8 @@ static void test_store_down_at_start(void **state) {
   assert_int_equal(test_remove_tree(n.arc_dir), 0); /* no store at all */
   replicate_archiver_options o = archiver_options(&n, "node-1");
   assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
-  for (int i = 0; i < 3; i++) node_save(&n);
+  for (int i = 0; i < 3; i++)
+    node_save(&n);
   replicate_archive_status st;
   int64_t deadline = test_now_ms() + 5000;
   do {
@@ -642,7 +689,8 @@ static void test_store_down_at_start(void **state) {
   loom_position want, got;
   node_position(&n, &want);
   char err[800];
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
   assert_true(loom_position_same(&got, &want));
   node_stop(&n);
@@ -651,7 +699,8 @@ static void test_store_down_at_start(void **state) {
 /* A full disk under the archive (a 1 MiB tmpfs in a private mount
  * namespace; root only): saves go on, status says ENOSPC, and once space
  * is freed the archive catches up and restores the newest position. */
-static void test_full_disk(void **state) {
+static void test_full_disk(void **state)
+{
   (void)state;
   if (geteuid() != 0 || unshare(CLONE_NEWNS) != 0 ||
       mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
@@ -672,17 +721,20 @@ static void test_full_disk(void **state) {
   FILE *f = fopen(filler, "w");
   assert_non_null(f);
   static char block[4096];
-  while (fwrite(block, 1, sizeof block, f) == sizeof block && fflush(f) == 0) {}
+  while (fwrite(block, 1, sizeof block, f) == sizeof block && fflush(f) == 0) {
+  }
   fclose(f);
   int64_t t0 = test_now_ms();
-  for (int i = 0; i < 20; i++) node_save(&n);
+  for (int i = 0; i < 20; i++)
+    node_save(&n);
   assert_true(test_now_ms() - t0 < 5000);
   replicate_archive_status st;
   int64_t deadline = test_now_ms() + 5000;
   do {
     test_pause_ms(10);
     replicate_archiver_status(n.ar, &st);
-  } while (strstr(st.last_error, "No space") == NULL && test_now_ms() < deadline);
+  } while (strstr(st.last_error, "No space") == NULL &&
+           test_now_ms() < deadline);
   assert_non_null(strstr(st.last_error, "No space"));
   assert_true(st.lag_frames > 0);
   assert_int_equal(unlink(filler), 0);
@@ -690,7 +742,8 @@ static void test_full_disk(void **state) {
   loom_position want, got;
   node_position(&n, &want);
   char err[800];
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
   assert_true(loom_position_same(&got, &want));
   replicate_archiver_stop(n.ar);
@@ -708,14 +761,16 @@ typedef struct key_count {
   int n, total;
 } key_count;
 
-static int count_key(void *ctx, const replicate_archive_entry *e) {
+static int count_key(void *ctx, const replicate_archive_entry *e)
+{
   key_count *k = ctx;
   k->total++;
   k->n += e->key_id == k->key;
   return 0;
 }
 
-static void test_key_rotation(void **state) {
+static void test_key_rotation(void **state)
+{
   (void)state;
   node n;
   node_start(&n, true); /* under key_a */
@@ -739,12 +794,13 @@ static void test_key_rotation(void **state) {
   replicate_archive *a = open_archive(&n);
   key_count kc = {.key = keys.id[0]};
   assert_int_equal(replicate_archive_list(a, count_key, &kc), 0);
-  assert_true(kc.n >= 1);           /* new objects under the new key */
-  assert_true(kc.total > kc.n);     /* old ones still under the old */
+  assert_true(kc.n >= 1);       /* new objects under the new key */
+  assert_true(kc.total > kc.n); /* old ones still under the old */
   replicate_archive_close(a);
   loom_position want, got;
   node_position(&n, &want);
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
   assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
   assert_true(loom_position_same(&got, &want));
   /* The new key alone reads the shared objects (sealed again) but not
@@ -762,20 +818,23 @@ static void test_key_rotation(void **state) {
  * later objects stay, abandoned, restorable with --epoch; a node behind
  * the archive's newest position on its branch does not write. */
 
-static void node_pause(node *n) {
+static void node_pause(node *n)
+{
   replicate_archiver_stop(n->ar);
   n->ar = NULL;
   assert_int_equal(loom_close(n->l), 0);
   n->l = NULL;
 }
 
-static void node_resume(node *n, const char *who) {
+static void node_resume(node *n, const char *who)
+{
   node_open(n);
   replicate_archiver_options o = archiver_options(n, who);
   assert_int_equal(replicate_archiver_start(&o, &n->ar), 0);
 }
 
-static char *copy_dir(const char *dir, const char *tag) {
+static char *copy_dir(const char *dir, const char *tag)
+{
   char *copy = test_tmpdir(tag);
   char cmd[4200];
   snprintf(cmd, sizeof cmd, "cp -a '%s/.' '%s/'", dir, copy);
@@ -783,7 +842,8 @@ static char *copy_dir(const char *dir, const char *tag) {
   return copy;
 }
 
-static int count_abandoned(void *ctx, const replicate_archive_entry *e) {
+static int count_abandoned(void *ctx, const replicate_archive_entry *e)
+{
   if (e->abandoned) {
     assert_int_equal(e->epoch, 1);
     assert_true(e->last_seq > 5);
@@ -792,13 +852,15 @@ static int count_abandoned(void *ctx, const replicate_archive_entry *e) {
   return 0;
 }
 
-static void test_forks(void **state) {
+static void test_forks(void **state)
+{
   (void)state;
   node a;
   node_start(&a, false);
   saves_and_drain(&a, 5);
   uint64_t e5, sum5;
-  assert_int_equal(loom_store_checksum_at(loom_get_store(a.l), 5, &e5, &sum5), 1);
+  assert_int_equal(loom_store_checksum_at(loom_get_store(a.l), 5, &e5, &sum5),
+                   1);
   node_pause(&a);
   char *bdir = copy_dir(a.dir, "arcfork"), *cdir = copy_dir(a.dir, "arcold");
   node_resume(&a, "node-1");
@@ -806,7 +868,8 @@ static void test_forks(void **state) {
   loom_position a_pos;
   node_position(&a, &a_pos);
   uint64_t e7, a_sum7;
-  assert_int_equal(loom_store_checksum_at(loom_get_store(a.l), 7, &e7, &a_sum7), 1);
+  assert_int_equal(loom_store_checksum_at(loom_get_store(a.l), 7, &e7, &a_sum7),
+                   1);
   node_pause(&a);
 
   /* b: the copy at seq 5, promoted to epoch 2, archiving as another node. */
@@ -834,7 +897,8 @@ static void test_forks(void **state) {
   t.epoch = 1; /* the abandoned branch, on request */
   assert_int_equal(restore(&b, t, &got, err, sizeof err), 0);
   assert_true(loom_position_same_epoch(&got, &a_pos));
-  t = (replicate_restore_target){.kind = REPLICATE_RESTORE_SEQ, .seq = 5,
+  t = (replicate_restore_target){.kind = REPLICATE_RESTORE_SEQ,
+                                 .seq = 5,
                                  .epoch = -1}; /* before epoch 2's base */
   assert_int_equal(restore(&b, t, &got, err, sizeof err), 0);
   assert_int_equal(got.seq, 5);
@@ -874,7 +938,8 @@ static void test_forks(void **state) {
   test_rmtree(a.dir);
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_format_round_trip),
       cmocka_unit_test(test_key_file_errors),

@@ -21,7 +21,8 @@ typedef struct fixture {
   objstore *store;
 } fixture;
 
-static int setup(void **state) {
+static int setup(void **state)
+{
   fixture *f = xcalloc(sizeof *f);
   f->dir = test_tmpdir("objstore");
   char url[600];
@@ -31,7 +32,8 @@ static int setup(void **state) {
   return 0;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
   fixture *f = *state;
   objstore_close(f->store);
   test_rmtree(f->dir);
@@ -39,11 +41,13 @@ static int teardown(void **state) {
   return 0;
 }
 
-static void put_str(objstore *s, const char *key, const char *text) {
+static void put_str(objstore *s, const char *key, const char *text)
+{
   assert_int_equal(objstore_put(s, key, text, strlen(text), 0), 0);
 }
 
-static void test_round_trip(void **state) {
+static void test_round_trip(void **state)
+{
   fixture *f = *state;
   put_str(f->store, "a/b/c/one", "hello");
   void *data;
@@ -76,7 +80,8 @@ static void test_round_trip(void **state) {
   assert_int_equal(st2.bytes_down, 8);
 }
 
-static void test_if_absent(void **state) {
+static void test_if_absent(void **state)
+{
   fixture *f = *state;
   assert_int_equal(
       objstore_put(f->store, "w/writer", "1", 1, OBJSTORE_PUT_IF_ABSENT), 0);
@@ -91,7 +96,8 @@ static void test_if_absent(void **state) {
   free(data);
 }
 
-static void test_missing_and_limits(void **state) {
+static void test_missing_and_limits(void **state)
+{
   fixture *f = *state;
   void *data = (void *)1;
   size_t len = 7;
@@ -108,8 +114,7 @@ static void test_missing_and_limits(void **state) {
   /* Keys objstore.h forbids never reach the file system. */
   assert_int_equal(objstore_put(f->store, "../escape", "x", 1, 0),
                    REPLICATE_EINVAL);
-  assert_int_equal(objstore_put(f->store, "/abs", "x", 1, 0),
-                   REPLICATE_EINVAL);
+  assert_int_equal(objstore_put(f->store, "/abs", "x", 1, 0), REPLICATE_EINVAL);
   assert_int_equal(objstore_put(f->store, "a~b", "x", 1, 0), REPLICATE_EINVAL);
   /* Deleting a missing key is not an error. */
   assert_int_equal(objstore_delete(f->store, "never/was"), 0);
@@ -124,7 +129,8 @@ typedef struct seen {
   int n;
 } seen;
 
-static int collect(void *ctx, const char *key, uint64_t size) {
+static int collect(void *ctx, const char *key, uint64_t size)
+{
   seen *s = ctx;
   assert_true(s->n < 16);
   snprintf(s->keys[s->n], sizeof s->keys[0], "%s", key);
@@ -132,16 +138,18 @@ static int collect(void *ctx, const char *key, uint64_t size) {
   return 0;
 }
 
-static int stop_at_two(void *ctx, const char *key, uint64_t size) {
+static int stop_at_two(void *ctx, const char *key, uint64_t size)
+{
   (void)key;
   (void)size;
   return ++*(int *)ctx == 2 ? 42 : 0;
 }
 
-static void test_list(void **state) {
+static void test_list(void **state)
+{
   fixture *f = *state;
   const char *keys[] = {"seg/00000002/b", "seg/00000001/z", "base/x",
-                        "seg/00000001/a", "segment", "seg/0000000"};
+                        "seg/00000001/a", "segment",        "seg/0000000"};
   for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
     put_str(f->store, keys[i], keys[i]);
   /* A temporary file left by a crash is not an object. */
@@ -186,7 +194,8 @@ static void test_list(void **state) {
 }
 
 /* A missing directory is a missing bucket; a malformed URL is EINVAL. */
-static void test_open_errors(void **state) {
+static void test_open_errors(void **state)
+{
   (void)state;
   objstore *s = NULL;
   assert_int_equal(objstore_open("file://relative", NULL, &s),
@@ -205,7 +214,8 @@ static void test_open_errors(void **state) {
 }
 
 /* An unwritable directory is the system call's errno, and leaves nothing. */
-static void test_unwritable(void **state) {
+static void test_unwritable(void **state)
+{
   fixture *f = *state;
   if (geteuid() == 0) {
     /* root ignores modes: make the key's parent a file instead */
@@ -219,12 +229,12 @@ static void test_unwritable(void **state) {
   assert_non_null(strstr(objstore_last_error(f->store), "PUT"));
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_if_absent, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_missing_and_limits, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(test_missing_and_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list, setup, teardown),
       cmocka_unit_test(test_open_errors),
       cmocka_unit_test_setup_teardown(test_unwritable, setup, teardown),
