@@ -344,6 +344,34 @@ static int restore(node *n, replicate_restore_target t, loom_position *pos,
   return rc;
 }
 
+/* Polls ar's status until last_error holds text (and, with stopped,
+ * archiving stopped), for up to 5 s; asserts it did. */
+static void wait_error(replicate_archiver *ar, const char *text, bool stopped,
+                       replicate_archive_status *st)
+{
+  int64_t deadline = test_now_ms() + 5000;
+  do {
+    test_pause_ms(10);
+    replicate_archiver_status(ar, st);
+  } while (
+      (strstr(st->last_error, text) == NULL || (stopped && !st->stopped)) &&
+      test_now_ms() < deadline);
+  assert_non_null(strstr(st->last_error, text));
+  assert_int_equal(st->stopped, stopped);
+}
+
+/* The newest restore is the node's position. */
+static void assert_restores_newest(node *n)
+{
+  loom_position want, got;
+  node_position(n, &want);
+  char err[800];
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
+  assert_int_equal(restore(n, newest, &got, err, sizeof err), 0);
+  assert_true(loom_position_same(&got, &want));
+}
+
 static void saves_and_drain(node *n, int count)
 {
   for (int i = 0; i < count; i++)
@@ -598,13 +626,7 @@ static void test_second_writer_stops(void **state)
   replicate_archiver_options o = archiver_options(&n, "node-2");
   assert_int_equal(replicate_archiver_start(&o, &second), 0);
   replicate_archive_status st;
-  int64_t deadline = test_now_ms() + 5000;
-  do {
-    test_pause_ms(10);
-    replicate_archiver_status(second, &st);
-  } while (!st.stopped && test_now_ms() < deadline);
-  assert_true(st.stopped);
-  assert_non_null(strstr(st.last_error, "another node"));
+  wait_error(second, "another node", true, &st);
   replicate_archiver_stop(second);
   saves_and_drain(&n, 2);
   replicate_archiver_status(n.ar, &st);
@@ -634,24 +656,15 @@ static void test_store_down_never_blocks(void **state)
     node_save(&n);
   assert_true(test_now_ms() - t0 < 5000);
   replicate_archive_status st;
-  int64_t deadline = test_now_ms() + 5000;
-  do {
-    test_pause_ms(10);
-    replicate_archiver_status(n.ar, &st);
-  } while (st.last_error[0] == '\0' && test_now_ms() < deadline);
-  assert_non_null(strstr(st.last_error, "no such directory"));
+  wait_error(n.ar, "no such directory", false, &st);
   assert_true(st.lag_frames > 0);
   assert_true(st.gap); /* 40 saves of several pages overflow 4 KiB */
   assert_true(st.lag_seconds > 0); /* also when the queue was dropped */
   assert_int_equal(rename(moved, n.arc_dir), 0);
   assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
-  loom_position want, got;
-  node_position(&n, &want);
+  assert_restores_newest(&n);
+  loom_position got;
   char err[800];
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
-                                     .epoch = -1};
-  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
-  assert_true(loom_position_same(&got, &want));
   /* A seq inside the gap is refused as such. */
   replicate_archiver_status(n.ar, &st);
   replicate_restore_target in_gap = {
@@ -676,23 +689,10 @@ static void test_store_down_at_start(void **state)
   for (int i = 0; i < 3; i++)
     node_save(&n);
   replicate_archive_status st;
-  int64_t deadline = test_now_ms() + 5000;
-  do {
-    test_pause_ms(10);
-    replicate_archiver_status(n.ar, &st);
-  } while (strstr(st.last_error, "no such directory") == NULL &&
-           test_now_ms() < deadline);
-  assert_non_null(strstr(st.last_error, "no such directory"));
-  assert_false(st.stopped);
+  wait_error(n.ar, "no such directory", false, &st);
   assert_int_equal(mkdir(n.arc_dir, 0700), 0);
   assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
-  loom_position want, got;
-  node_position(&n, &want);
-  char err[800];
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
-                                     .epoch = -1};
-  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
-  assert_true(loom_position_same(&got, &want));
+  assert_restores_newest(&n);
   node_stop(&n);
 }
 
@@ -729,23 +729,11 @@ static void test_full_disk(void **state)
     node_save(&n);
   assert_true(test_now_ms() - t0 < 5000);
   replicate_archive_status st;
-  int64_t deadline = test_now_ms() + 5000;
-  do {
-    test_pause_ms(10);
-    replicate_archiver_status(n.ar, &st);
-  } while (strstr(st.last_error, "No space") == NULL &&
-           test_now_ms() < deadline);
-  assert_non_null(strstr(st.last_error, "No space"));
+  wait_error(n.ar, "No space", false, &st);
   assert_true(st.lag_frames > 0);
   assert_int_equal(unlink(filler), 0);
   assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
-  loom_position want, got;
-  node_position(&n, &want);
-  char err[800];
-  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
-                                     .epoch = -1};
-  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
-  assert_true(loom_position_same(&got, &want));
+  assert_restores_newest(&n);
   replicate_archiver_stop(n.ar);
   n.ar = NULL;
   assert_int_equal(umount(n.arc_dir), 0);
@@ -797,12 +785,10 @@ static void test_key_rotation(void **state)
   assert_true(kc.n >= 1);       /* new objects under the new key */
   assert_true(kc.total > kc.n); /* old ones still under the old */
   replicate_archive_close(a);
-  loom_position want, got;
-  node_position(&n, &want);
+  assert_restores_newest(&n);
+  loom_position got;
   replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
                                      .epoch = -1};
-  assert_int_equal(restore(&n, newest, &got, err, sizeof err), 0);
-  assert_true(loom_position_same(&got, &want));
   /* The new key alone reads the shared objects (sealed again) but not
    * the old base: refused, naming it. */
   free(n.kf);
@@ -923,13 +909,7 @@ static void test_forks(void **state)
   node_open(&c);
   o = archiver_options(&c, "node-1");
   assert_int_equal(replicate_archiver_start(&o, &c.ar), 0);
-  int64_t deadline = test_now_ms() + 5000;
-  do {
-    test_pause_ms(10);
-    replicate_archiver_status(c.ar, &st);
-  } while (!st.stopped && test_now_ms() < deadline);
-  assert_true(st.stopped);
-  assert_non_null(strstr(st.last_error, "behind"));
+  wait_error(c.ar, "behind", true, &st);
   replicate_archiver_stop(c.ar);
   assert_int_equal(loom_close(c.l), 0);
   test_rmtree(cdir);
