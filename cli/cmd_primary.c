@@ -603,7 +603,7 @@ static int run_primary(void *args)
       .keep_bases = (unsigned)a->archive_keep_bases,
       .max_backlog_bytes = a->archive_max_backlog_mb << 20};
   cli_archive_options(&a->archive_access, a->archive, &archive.access);
-  char writer[600], host_name[256] = "";
+  char writer[1200], host_name[256] = "";
   gethostname(host_name, sizeof host_name - 1);
   char cwd[400] = "";
   if (a->dir[0] != '/' && !getcwd(cwd, sizeof cwd)) /* the same id from any cwd */
