@@ -198,7 +198,14 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
  *
  *   replicate_archiver_start     opens the archive, starts the thread
  *                                (store errors at start are not fatal:
- *                                the thread retries)
+ *                                the thread retries); call it from the
+ *                                thread that commits (it reads the
+ *                                store's position and lineage there; the
+ *                                archiver's thread then uses only what the
+ *                                commit hook feeds it, snapshots and
+ *                                loom_store_checksum_at). It archives the
+ *                                store's epoch at start: after a
+ *                                promotion, start a new archiver.
  *   replicate_archiver_on_commit from the commit hook: encodes the frame
  *                                (never blocks on the store)
  *   replicate_archiver_drain     uploads everything committed so far;

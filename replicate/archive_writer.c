@@ -81,6 +81,7 @@ struct replicate_archiver {
   kept *kept;
   size_t kn;
   uint64_t epoch;
+  loom_lineage lineage; /* the node's at start */
 };
 
 static int64_t real_ns(void)
@@ -281,8 +282,7 @@ static int ensure_epoch(replicate_archiver *ar)
   arc_header h;
   replicate_buf b = {0};
   int rc = arc_get(ar->a, key, &h, &b);
-  loom_lineage lin;
-  loom_store_lineage(ar->o.store, &lin);
+  const loom_lineage lin = ar->lineage;
   if (rc == 0 && (b.len != 40 || memcmp(b.data, lin.history.id, 16) != 0))
     rc = arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
                   "object %s: epoch %" PRIu64 " of this archive belongs to "
@@ -336,8 +336,9 @@ static int load_head(replicate_archiver *ar)
   int rc = arc_get_head(ar->a, ar->epoch, &ar->have_head, &head);
   if (rc != 0 || !ar->have_head)
     return rc;
-  loom_position now;
-  loom_store_position(ar->o.store, &now);
+  pthread_mutex_lock(&ar->mu); /* the node's newest commit (or its start) */
+  loom_position now = ar->committed;
+  pthread_mutex_unlock(&ar->mu);
   uint64_t epoch_at, sum_at;
   if (head.seq > now.seq)
     return arc_fail(ar->a, REPLICATE_EARCHIVE_BEHIND,
@@ -849,7 +850,11 @@ int replicate_archiver_start(const replicate_archiver_options *o,
   if (rc == 0)
     rc = replicate_encoder_new(1, &ar->enc);
   if (rc == 0) {
+    /* From the caller's thread (the store's owner): the thread reads only
+     * what the commit hook feeds it, and thread-safe snapshot and
+     * checksum_at calls. */
     loom_store_position(o->store, &ar->committed);
+    loom_store_lineage(o->store, &ar->lineage);
     ar->epoch = ar->committed.epoch ? ar->committed.epoch : 1;
     ar->uploaded.epoch = ar->epoch;
     rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
