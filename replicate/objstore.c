@@ -22,6 +22,20 @@ int objstore_fail(objstore *store, int rc, const char *fmt, ...)
   return rc;
 }
 
+/* Per thread: an open that fails has no store to keep its words in. */
+static _Thread_local char open_error[512];
+
+int objstore_open_fail(int rc, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(open_error, sizeof open_error, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+const char *objstore_open_error(void) { return open_error; }
+
 int objstore_init_common(objstore *store, const struct objstore_backend *b,
                          const char *url, const objstore_options *options)
 {
@@ -42,12 +56,14 @@ int objstore_open(const char *url, const objstore_options *options,
                   objstore **out)
 {
   *out = NULL;
-  if (url == NULL) return REPLICATE_EINVAL;
+  open_error[0] = '\0';
+  if (url == NULL) return objstore_open_fail(REPLICATE_EINVAL, "no URL");
   if (strncmp(url, "s3://", 5) == 0)
     return objstore_s3_open(url, url + 5, options, out);
   if (strncmp(url, "file://", 7) == 0)
     return objstore_file_open(url, url + 7, options, out);
-  return REPLICATE_EINVAL;
+  return objstore_open_fail(REPLICATE_EINVAL,
+                            "%s: not s3://BUCKET/PREFIX nor file:///DIR", url);
 }
 
 void objstore_close(objstore *store)

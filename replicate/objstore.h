@@ -82,6 +82,11 @@ typedef struct objstore_stats {
  * request (a missing bucket is found at the first one). */
 int objstore_open(const char *url, const objstore_options *options,
                   objstore **out);
+
+/* Why the last objstore_open() in this thread failed, in words ("" when
+ * it did not): the URL, the endpoint or the credentials file, and what is
+ * wrong with it. Until the next objstore_open() in this thread. */
+const char *objstore_open_error(void);
 void objstore_close(objstore *store);
 
 #define OBJSTORE_PUT_IF_ABSENT 1u /* fail REPLICATE_ESTORE_EXISTS if the
