@@ -131,12 +131,13 @@ int s3_error_code(const char *body, size_t len, char *code, size_t cap)
 static int parse_size(const char *v, const char *vend, uint64_t *size)
 {
   uint64_t s = 0;
-  if (v == vend || vend - v > 19)
+  if (v == vend || vend - v > 20)
     return -1;
   for (; v < vend; v++) {
-    if (*v < '0' || *v > '9')
+    uint64_t d = (uint64_t)(*v - '0');
+    if (*v < '0' || *v > '9' || s > (UINT64_MAX - d) / 10)
       return -1;
-    s = s * 10 + (uint64_t)(*v - '0');
+    s = s * 10 + d;
   }
   *size = s;
   return 0;
