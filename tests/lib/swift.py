@@ -12,6 +12,7 @@ FaultProxy that stands in front of it to serve 503 SlowDown or to vanish.
             proxy.url                      # point the client here
             proxy.slowdown(2)              # next 2 requests: 503 + Retry-After
             proxy.down(); proxy.up()       # refuse connections / forward again
+            proxy.corrupt_at(100000)       # flip that byte of the next upload
             proxy.bytes_up                 # client bytes forwarded so far
 
 As a program, for shell tests and benches:
@@ -314,7 +315,9 @@ class FaultProxy:
     (each on a new connection: open ones are cut) are answered 503
     SlowDown with Retry-After and the connection closed. down(): cut every
     connection and refuse new ones (the listener is closed); up(): listen
-    on the same port again. bytes_up counts the client's bytes forwarded."""
+    on the same port again. corrupt_at(n): flip byte n (from the start of
+    the request) of the next connection's upload, once. bytes_up counts the
+    client's bytes forwarded."""
 
     def __init__(self, target):
         hostport = target.split("://", 1)[-1].rstrip("/")
@@ -326,6 +329,7 @@ class FaultProxy:
         self.retry_after = 1
         self.answered_503 = 0
         self.bytes_up = 0
+        self.corrupt = None  # byte offset to flip in the next connection
         self.closed = False
         self.port = free_port()
         self.listener = None
@@ -364,6 +368,10 @@ class FaultProxy:
         for c in conns:
             _close(c)
 
+    def corrupt_at(self, offset):
+        with self.lock:
+            self.corrupt = offset
+
     def _accept(self, listener):
         while True:
             try:
@@ -389,7 +397,9 @@ class FaultProxy:
                 continue
             with self.lock:
                 self.conns.append(upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True),
+                flip, self.corrupt = self.corrupt, None
+            threading.Thread(target=self._pump,
+                             args=(client, upstream, True, flip),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False),
                              daemon=True).start()
@@ -428,12 +438,17 @@ class FaultProxy:
             pass
         _close(client)
 
-    def _pump(self, src, dst, upward):
+    def _pump(self, src, dst, upward, flip=None):
+        seen = 0
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if flip is not None and seen <= flip < seen + len(data):
+                    i = flip - seen
+                    data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+                seen += len(data)
                 dst.sendall(data)
                 if upward:
                     with self.lock:

@@ -250,10 +250,22 @@ def case_killed_mid_multipart():
     assert lines == [], lines
 
 
+def case_damaged_on_the_way():
+    """The body's SHA-256 is signed (http://): a byte flipped between here
+    and the store is refused, nothing is stored."""
+    src = blob("dmg", 300 * 1024)
+    with swiftlib.FaultProxy(SWIFT.endpoint) as proxy:
+        proxy.corrupt_at(200 * 1024)
+        r, _ = tool(URL, "put", "damaged", src, endpoint=proxy.url)
+        expect(r, "REPLICATE_ESTORE", "400 BadDigest", "PUT s3://loomship/t1/damaged")
+    r, _ = tool(URL, "get", "damaged", os.path.join(TMP, "dmg.out"))
+    expect(r, "REPLICATE_ESTORE_MISSING")
+
+
 CASES = [case_round_trip, case_zero_bytes, case_list_pages, case_if_absent,
          case_delete, case_multipart, case_wrong_secret,
          case_bad_credentials_file, case_missing_bucket, case_store_down,
-         case_slowdown, case_killed_mid_multipart]
+         case_slowdown, case_killed_mid_multipart, case_damaged_on_the_way]
 
 
 def main():
