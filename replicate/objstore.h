@@ -91,6 +91,9 @@ void objstore_close(objstore *store);
 
 #define OBJSTORE_PUT_IF_ABSENT 1u /* fail REPLICATE_ESTORE_EXISTS if the
                                      key exists (S3 If-None-Match: *) */
+/* On an S3 store that does not support conditional PUTs (Swift 2.30's
+ * s3api answers 501), and for multipart puts, OBJSTORE_PUT_IF_ABSENT is a
+ * HEAD, then the PUT: not atomic (docs/OBJSTORE.md, "Conditional puts"). */
 
 int objstore_put(objstore *store, const char *key, const void *data,
                  size_t len, unsigned flags);
