@@ -27,7 +27,6 @@ polled with a deadline (GET /healthcheck, then the first bucket PUT, which
 Swift answers 5xx for a second or two while its account server settles).
 Facts: ../shared/recipes/s3-swift.md (Debian 12, Swift 2.30)."""
 import argparse
-import atexit
 import os
 import pwd
 import shutil
@@ -41,31 +40,16 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# etcd.py's helpers: free ports, closing sockets, and its list of things
+# to stop at interpreter exit (its atexit handler closes them all).
+from etcd import _close, _live, free_port  # noqa: E402  pylint: disable=wrong-import-position
+
 KEY_ID = "test:tester"
 SECRET = "testing"
 REGION = "us-east-1"
 PACKAGES = ["swift-proxy", "swift-account", "swift-container",
             "swift-object", "memcached"]
-
-_live = []
-
-
-def _cleanup():
-    for thing in list(_live):
-        try:
-            thing.close()
-        except Exception:  # pylint: disable=broad-except
-            pass
-
-
-atexit.register(_cleanup)
-
-
-def free_port():
-    """A port free on 127.0.0.1 now (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def swift_available():
@@ -468,17 +452,6 @@ class FaultProxy:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _close(s):
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        s.close()
-    except OSError:
-        pass
 
 
 def main():
