@@ -100,6 +100,7 @@ typedef struct s3_store {
   unsigned max_keys;       /* a listing page; 1000 but for tests */
   bool no_conditional_put; /* the store answered 501 to If-None-Match */
   bool unsigned_payload;   /* https://: S3 */
+  bool curl_initialised;   /* curl_global_init() to undo at close */
 } s3_store;
 
 typedef struct s3_request {
@@ -865,6 +866,8 @@ static void s3_close(objstore *store)
   s3_store *s = s3_of(store);
   if (s->curl != NULL)
     curl_easy_cleanup(s->curl);
+  if (s->curl_initialised)
+    curl_global_cleanup();
   free(s->endpoint);
   free(s->bucket);
   free(s->prefix);
@@ -958,6 +961,10 @@ static int s3_setup(s3_store *s, const char *location)
                               s->base.url, o->region);
   s->max_keys = 1000;
   s->unsigned_payload = strncmp(s->endpoint, "https://", 8) == 0; /* S3 */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) /* as ship.c */
+    return objstore_open_fail(REPLICATE_ESTORE, "%s: libcurl would not start",
+                              s->base.url);
+  s->curl_initialised = true;
   s->curl = curl_easy_init();
   return s->curl ? 0 : ENOMEM;
 }

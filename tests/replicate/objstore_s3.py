@@ -40,6 +40,8 @@ def tool(url, *args, endpoint=None, credentials=None, opts=(), bg=False):
 
 
 def parse(stdout, stderr):
+    if b"Sanitizer" in stderr or b"runtime error:" in stderr:
+        raise AssertionError("sanitizer: %s" % stderr.decode()[-2000:])
     lines = stdout.decode().splitlines()
     if not lines or not lines[-1].startswith("result="):
         raise AssertionError("objstore_tool said nothing: %r %r"
