@@ -221,16 +221,24 @@ class Swift:
             time.sleep(0.1)
 
     def make_bucket(self, bucket, wait=60.0):
-        """PUT /bucket, retried while Swift answers 5xx or not at all."""
+        """PUT /bucket, retried while Swift answers 5xx or not at all; then
+        one object put and deleted the same way, so that the first
+        request of a test does not meet servers still settling."""
         deadline = time.monotonic() + wait
-        while True:
-            status, body = self.s3("PUT", "/" + bucket)
-            if status in (200, 409):
-                return
-            if (status >= 500 or status == 0) and time.monotonic() < deadline:
-                time.sleep(0.2)
-                continue
-            raise RuntimeError("PUT /%s: %d %s" % (bucket, status, body[:300]))
+        probe = os.path.join(self.root, "probe")
+        self._write("probe", "probe\n")
+        for method, path, data in (("PUT", "/" + bucket, None),
+                                   ("PUT", "/%s/probe" % bucket, probe),
+                                   ("DELETE", "/%s/probe" % bucket, None)):
+            while True:
+                status, body = self.s3(method, path, data_file=data)
+                if status in (200, 204, 409):
+                    break
+                if (status >= 500 or status == 0) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise RuntimeError("%s %s: %d %s" % (method, path, status,
+                                                     body[:300]))
 
     # ---- requests ----
     def s3(self, method, path, data_file=None, endpoint=None, query=""):
