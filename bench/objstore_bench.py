@@ -106,6 +106,7 @@ def main():
     ap.add_argument("--endpoint")
     ap.add_argument("--credentials")
     a = ap.parse_args()
+    swiftlib.stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="loomship-objbench-") as tmp:
         if a.endpoint:
             with open(a.credentials) as f:

@@ -27,6 +27,7 @@ polled with a deadline (GET /healthcheck, then the first bucket PUT, which
 Swift answers 5xx for a second or two while its account server settles).
 Facts: ../shared/recipes/s3-swift.md (Debian 12, Swift 2.30)."""
 import argparse
+import ctypes
 import os
 import pwd
 import shutil
@@ -119,6 +120,23 @@ default = yes
 """
 
 
+def _die_with_parent():
+    """In the child: SIGTERM when the process that started it dies, even
+    by SIGKILL (a test killed by its timeout), so no server outlives the
+    test. A Swift server stops its workers on SIGTERM."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_on_sigterm():
+    """Makes SIGTERM (meson's timeout, a CI runner) run the interpreter's
+    exit path, so context managers and atexit stop what was started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 class Swift:
     """Swift all-in-one on 127.0.0.1 (see the module's doc)."""
 
@@ -183,7 +201,7 @@ class Swift:
         log = open(os.path.join(self.root, "log", name + ".log"), "ab")
         self.procs[name] = subprocess.Popen(
             args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
 
     def _start(self):

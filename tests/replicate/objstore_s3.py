@@ -279,6 +279,7 @@ def main():
         print(__doc__)
         return 2
     TOOL = os.path.abspath(sys.argv[1])
+    swiftlib.stop_on_sigterm()
     wanted = sys.argv[2:]
     if not swiftlib.swift_available():
         print("SKIP: Swift is not installed (tools/setup.sh installs %s)"
