@@ -253,6 +253,11 @@ def case_killed_mid_multipart():
     r, lines = tool(URL, "list", "killed")
     expect(r, "ok")
     assert lines == [], lines
+    # The abort could not reach the store either: the upload stays open
+    # (invisible, its parts kept) until a lifecycle rule or an operator
+    # removes it. (This also shows multipart_aborted's check can see one.)
+    status, body = SWIFT.s3("GET", "/loomship", query="uploads=")
+    assert status == 200 and b"<Key>t1/killed</Key>" in body, body
 
 
 def case_damaged_on_the_way():
@@ -267,10 +272,29 @@ def case_damaged_on_the_way():
     expect(r, "REPLICATE_ESTORE_MISSING")
 
 
+def case_multipart_aborted():
+    """A part refused for good (a byte flipped on the way: 400 BadDigest)
+    fails the put at once and aborts the upload: no object, and no upload
+    left open with its parts."""
+    src = blob("abort", 12 * MIB)
+    with swiftlib.FaultProxy(SWIFT.endpoint) as proxy:
+        proxy.corrupt_at(7 * MIB)  # inside part 2 of the one connection
+        r, _ = tool(URL, "put", "aborted", src, endpoint=proxy.url,
+                    opts=("--multipart-bytes", str(5 * MIB)))
+    expect(r, "REPLICATE_ESTORE", "400 BadDigest", "partNumber=2")
+    assert r["deletes"] >= 1, r  # the abort
+    status, body = SWIFT.s3("GET", "/loomship", query="uploads=")
+    assert status == 200, (status, body)
+    assert b"t1/aborted" not in body, body
+    r, _ = tool(URL, "get", "aborted", os.path.join(TMP, "aborted.out"))
+    expect(r, "REPLICATE_ESTORE_MISSING")
+
+
 CASES = [case_round_trip, case_zero_bytes, case_list_pages, case_if_absent,
          case_delete, case_multipart, case_wrong_secret,
          case_bad_credentials_file, case_missing_bucket, case_store_down,
-         case_slowdown, case_killed_mid_multipart, case_damaged_on_the_way]
+         case_slowdown, case_killed_mid_multipart, case_damaged_on_the_way,
+         case_multipart_aborted]
 
 
 def main():
