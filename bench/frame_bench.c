@@ -29,21 +29,24 @@
 
 static uint64_t rng_state = 0x5eed;
 
-static uint64_t rng_next(void) {
+static uint64_t rng_next(void)
+{
   uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
 
-static void rng_fill(uint8_t *p, size_t len) {
+static void rng_fill(uint8_t *p, size_t len)
+{
   for (size_t i = 0; i + 8 <= len; i += 8) {
     uint64_t v = rng_next();
     memcpy(p + i, &v, 8);
   }
 }
 
-static void *xmalloc(size_t n) {
+static void *xmalloc(size_t n)
+{
   void *p = malloc(n);
   if (p == NULL) {
     fprintf(stderr, "frame_bench: out of memory\n");
@@ -52,23 +55,27 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-static double now_s(void) {
+static double now_s(void)
+{
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int compare_double(const void *a, const void *b) {
+static int compare_double(const void *a, const void *b)
+{
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n) {
+static double median(double *v, int n)
+{
   qsort(v, (size_t)n, sizeof *v, compare_double);
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void die(const char *what, int rc) {
+static void die(const char *what, int rc)
+{
   fprintf(stderr, "frame_bench: %s: %s\n", what, replicate_strerror(rc));
   exit(2);
 }
@@ -87,7 +94,8 @@ typedef struct commit {
   replicate_frame_info info;
 } commit;
 
-static void commit_make(commit *c, workload w, size_t n) {
+static void commit_make(commit *c, workload w, size_t n)
+{
   c->n = n;
   c->old_pages = xmalloc(n * PS);
   c->new_pages = xmalloc(n * PS);
@@ -127,7 +135,8 @@ static void commit_make(commit *c, workload w, size_t n) {
   };
 }
 
-static void commit_free(commit *c) {
+static void commit_free(commit *c)
+{
   free(c->old_pages);
   free(c->new_pages);
   free(c->deltas);
@@ -143,7 +152,8 @@ typedef struct measure {
 /* Encode with srcs, then decode and rebuild every page; median times. */
 static measure run(const commit *c, const replicate_page_src *srcs,
                    replicate_encoder *enc, replicate_decoder *dec,
-                   int repeats, uint8_t *rebuilt) {
+                   int repeats, uint8_t *rebuilt)
+{
   double *enc_t = xmalloc((size_t)repeats * sizeof *enc_t);
   double *dec_t = xmalloc((size_t)repeats * sizeof *dec_t);
   replicate_buf buf = {0};
@@ -190,7 +200,8 @@ static measure run(const commit *c, const replicate_page_src *srcs,
   return m;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
   int level = 1, repeats = 0;
   bool check = false;
   for (int i = 1; i < argc; i++) {

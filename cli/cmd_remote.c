@@ -101,6 +101,33 @@ static const char *error_text(const client_reply *r, char *buf, size_t len)
   return buf;
 }
 
+/* One request to the node at a->url with the token, answered 2xx: 0 with
+ * the answer in *r. Else an exit code after a line naming the URL, with
+ * r->status 0, or the refusal's status and body kept in *r for the caller
+ * to read more of. The caller frees *r either way. */
+static int remote_call(const char *cmd, const remote_args *a, const char *method,
+                       const char *path, long timeout_s, client_reply *r)
+{
+  char *token;
+  int rc;
+  memset(r, 0, sizeof *r);
+  if ((rc = load_token(cmd, a, &token)))
+    return rc;
+  client_options o = {.token = token, .ca_file = a->ca_file, .timeout_s = timeout_s};
+  rc = client_request(method, a->url, path, &o, r);
+  cli_token_forget(token);
+  char buf[512];
+  if (rc) {
+    r->status = 0;
+    return cli_fail(cmd, "%s: %s", a->url, r->error);
+  }
+  if (r->status < 200 || r->status > 299) {
+    cli_fail(cmd, "%s: %s", a->url, error_text(r, buf, sizeof buf));
+    return 1;
+  }
+  return 0;
+}
+
 /* ---------------------------------------------------------------------- */
 /* status */
 
@@ -182,31 +209,23 @@ static int max_lag_seconds(const remote_args *a, double *out)
 static int run_status(void *args)
 {
   const remote_args a = *(const remote_args *)args;
-  char *token;
   int rc;
   double max_lag;
   if ((rc = max_lag_seconds(&a, &max_lag)))
     return rc;
-  if ((rc = load_token("status", &a, &token)))
-    return rc == 1 && a.check ? 2 : rc;
-  client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
   if (a.check) {
+    char *token;
+    if ((rc = load_token("status", &a, &token)))
+      return rc == 1 ? 2 : rc;
+    client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 10};
     rc = cli_status_check(a.url, &o, max_lag);
     cli_token_forget(token);
     return rc;
   }
   client_reply r;
-  rc = client_request("GET", a.url, "/v1/status", &o, &r);
-  cli_token_forget(token);
-  char buf[512];
-  if (rc) {
+  if ((rc = remote_call("status", &a, "GET", "/v1/status", 10, &r))) {
     client_reply_free(&r);
-    return cli_fail("status", "%s: %s", a.url, r.error);
-  }
-  if (r.status != 200) {
-    cli_fail("status", "%s: %s", a.url, error_text(&r, buf, sizeof buf));
-    client_reply_free(&r);
-    return 1;
+    return rc;
   }
   if (a.json) {
     fwrite(r.body, 1, r.len, stdout);
@@ -230,30 +249,18 @@ static int run_status(void *args)
 static int run_promote(void *args)
 {
   const remote_args a = *(const remote_args *)args;
-  char *token;
-  int rc;
-  if ((rc = load_token("promote", &a, &token)))
-    return rc;
-  client_options o = {.token = token, .ca_file = a.ca_file, .timeout_s = 120};
   client_reply r;
-  rc = client_request("POST", a.url, a.force ? "/v1/promote?force=1" : "/v1/promote",
-                      &o, &r);
-  cli_token_forget(token);
-  char buf[512];
+  int rc = remote_call("promote", &a, "POST",
+                       a.force ? "/v1/promote?force=1" : "/v1/promote", 120, &r);
   if (rc) {
-    client_reply_free(&r);
-    return cli_fail("promote", "%s: %s", a.url, r.error);
-  }
-  if (r.status != 200) {
-    cli_fail("promote", "%s: %s", a.url, error_text(&r, buf, sizeof buf));
-    json_t *e = cli_json_parse(r.body, r.len);
+    json_t *e = r.status ? cli_json_parse(r.body, r.len) : NULL;
     const char *code = cli_json_string(e, "code", "");
     if (!strcmp(code, "PROMOTE_EMPTY") || !strcmp(code, "PROMOTE_BEHIND"))
       fprintf(stderr, "promote: %s (code %s); --force promotes it anyway\n",
               cli_json_string(e, "reason", ""), code);
     json_decref(e);
     client_reply_free(&r);
-    return 1;
+    return rc;
   }
   json_t *j = cli_json_parse(r.body, r.len);
   printf("promoted: %s is primary at epoch %llu (seq %llu)\n", a.url,

@@ -66,7 +66,8 @@ struct replicate_coalescer {
   uint8_t *zero_page;
 };
 
-int replicate_coalescer_new(uint64_t max_pages, replicate_coalescer **out) {
+int replicate_coalescer_new(uint64_t max_pages, replicate_coalescer **out)
+{
   replicate_coalescer *c = calloc(1, sizeof *c);
   if (c == NULL) return ENOMEM;
   c->max_pages = max_pages ? max_pages
@@ -80,13 +81,15 @@ int replicate_coalescer_new(uint64_t max_pages, replicate_coalescer **out) {
   return 0;
 }
 
-static void page_release(replicate_coalescer *c, uint8_t *page) {
+static void page_release(replicate_coalescer *c, uint8_t *page)
+{
   /* The pool can hold every buffer ever handed out (see page_take). */
   assert(c->pool_count < c->pool_cap);
   c->pool[c->pool_count++] = page;
 }
 
-static uint8_t *page_take(replicate_coalescer *c) {
+static uint8_t *page_take(replicate_coalescer *c)
+{
   if (c->pool_count > 0) return c->pool[--c->pool_count];
   /* Grow the pool's capacity first, so that releasing never fails. */
   if (loom_array_reserve(&c->pool, &c->pool_cap, c->pages_allocated + 1,
@@ -97,14 +100,16 @@ static uint8_t *page_take(replicate_coalescer *c) {
   return page;
 }
 
-static void coalescer_clear(replicate_coalescer *c) {
+static void coalescer_clear(replicate_coalescer *c)
+{
   for (size_t i = 0; i < c->count; i++) page_release(c, c->entries[i].contents);
   c->count = 0;
   c->frames = 0;
   c->zero_from = UINT64_MAX;
 }
 
-void replicate_coalescer_free(replicate_coalescer *c) {
+void replicate_coalescer_free(replicate_coalescer *c)
+{
   if (c == NULL) return;
   coalescer_clear(c);
   for (size_t i = 0; i < c->pool_count; i++) free(c->pool[i]);
@@ -115,11 +120,13 @@ void replicate_coalescer_free(replicate_coalescer *c) {
   free(c);
 }
 
-uint64_t replicate_coalescer_frames(const replicate_coalescer *c) {
+uint64_t replicate_coalescer_frames(const replicate_coalescer *c)
+{
   return c->frames;
 }
 
-static void xor_into(uint8_t *restrict dst, const uint8_t *restrict src) {
+static void xor_into(uint8_t *restrict dst, const uint8_t *restrict src)
+{
   for (size_t i = 0; i < LOOM_PAGE_SIZE; i += sizeof(uint64_t)) {
     uint64_t a, b;
     memcpy(&a, dst + i, sizeof a);
@@ -131,11 +138,13 @@ static void xor_into(uint8_t *restrict dst, const uint8_t *restrict src) {
 
 /* Does page n, absent from the entries, read as zeros (rather than as the
  * standby's version at the first before)? */
-static bool base_is_zero(const replicate_coalescer *c, uint64_t n) {
+static bool base_is_zero(const replicate_coalescer *c, uint64_t n)
+{
   return n >= c->first.before.pages || n >= c->zero_from;
 }
 
-static int ensure_capacity(replicate_coalescer *c, size_t need) {
+static int ensure_capacity(replicate_coalescer *c, size_t need)
+{
   int rc = loom_array_reserve(&c->entries, &c->cap, need, sizeof *c->entries);
   if (rc != 0) return rc;
   return loom_array_reserve(&c->merged, &c->merged_cap, need,
@@ -143,7 +152,8 @@ static int ensure_capacity(replicate_coalescer *c, size_t need) {
 }
 
 /* Fold the frame's pages into the entries (one merge). */
-static int fold_pages(replicate_coalescer *c, const replicate_frame *frame) {
+static int fold_pages(replicate_coalescer *c, const replicate_frame *frame)
+{
   uint64_t n = frame->info.page_count;
   if (n > SIZE_MAX - c->count) return ENOMEM;
   int rc = ensure_capacity(c, c->count + (size_t)n);
@@ -198,14 +208,16 @@ static int fold_pages(replicate_coalescer *c, const replicate_frame *frame) {
 }
 
 /* A shrink to `pages`: drop the entries past it; they are zero pages now. */
-static void apply_shrink(replicate_coalescer *c, uint64_t pages) {
+static void apply_shrink(replicate_coalescer *c, uint64_t pages)
+{
   while (c->count > 0 && c->entries[c->count - 1].page_number >= pages)
     page_release(c, c->entries[--c->count].contents);
   if (pages < c->zero_from) c->zero_from = pages;
 }
 
 int replicate_coalescer_add(replicate_coalescer *c,
-                            const replicate_frame *frame) {
+                            const replicate_frame *frame)
+{
   assert(c != NULL && frame != NULL);
   const replicate_frame_info *info = &frame->info;
   if (info->kind != REPLICATE_KIND_COMMIT) {
@@ -232,7 +244,8 @@ int replicate_coalescer_add(replicate_coalescer *c,
   return 0;
 }
 
-uint64_t replicate_coalescer_pages(const replicate_coalescer *c) {
+uint64_t replicate_coalescer_pages(const replicate_coalescer *c)
+{
   return c->count;
 }
 
@@ -246,7 +259,8 @@ typedef struct entry_sink {
 } entry_sink;
 
 static int sink_entry(entry_sink *sink, uint64_t page_number, uint64_t hash,
-                      replicate_encoding encoding, const uint8_t *contents) {
+                      replicate_encoding encoding, const uint8_t *contents)
+{
   if (sink->enc != NULL)
     return frame_encode_entry(sink->enc, page_number, hash, encoding, contents,
                               sink->out);
@@ -261,7 +275,8 @@ static int sink_entry(entry_sink *sink, uint64_t page_number, uint64_t hash,
 /* The merged frame's header, and the number of entries it lists. */
 static replicate_frame_info merged_info(const replicate_coalescer *c,
                                         uint64_t *zero_lo, uint64_t *zero_hi,
-                                        uint64_t *n) {
+                                        uint64_t *n)
+{
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_COMMIT,
       .flags = c->last.after.seq - c->first.before.seq > 1
@@ -288,7 +303,8 @@ static replicate_frame_info merged_info(const replicate_coalescer *c,
 
 /* Emit every entry of the merged frame, in page order. */
 static int emit_entries(const replicate_coalescer *c, uint64_t zero_lo,
-                        uint64_t zero_hi, entry_sink *sink) {
+                        uint64_t zero_hi, entry_sink *sink)
+{
   int rc = 0;
   size_t i = 0;
   uint64_t z = zero_lo;
@@ -310,7 +326,8 @@ static int emit_entries(const replicate_coalescer *c, uint64_t zero_lo,
 }
 
 int replicate_coalescer_finish(replicate_coalescer *c, replicate_encoder *enc,
-                               replicate_buf *out) {
+                               replicate_buf *out)
+{
   assert(c != NULL && enc != NULL && out != NULL);
   if (c->frames == 0) return REPLICATE_EINVAL;
   uint64_t zero_lo, zero_hi, n;
@@ -327,7 +344,8 @@ int replicate_coalescer_finish(replicate_coalescer *c, replicate_encoder *enc,
 
 int replicate_coalescer_finish_frame(replicate_coalescer *c,
                                      replicate_decoder *dec,
-                                     replicate_frame *out) {
+                                     replicate_frame *out)
+{
   assert(c != NULL && dec != NULL && out != NULL);
   if (c->frames == 0) return REPLICATE_EINVAL;
   uint64_t zero_lo, zero_hi, n;

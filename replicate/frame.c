@@ -47,7 +47,8 @@
 /* ---------------------------------------------------------------------- */
 /* Buffers and limits */
 
-void replicate_buf_free(replicate_buf *buf) {
+void replicate_buf_free(replicate_buf *buf)
+{
   if (buf == NULL) return;
   free(buf->data);
   buf->data = NULL;
@@ -55,14 +56,16 @@ void replicate_buf_free(replicate_buf *buf) {
   buf->cap = 0;
 }
 
-int frame_buf_reserve(replicate_buf *buf, size_t need) {
+int frame_buf_reserve(replicate_buf *buf, size_t need)
+{
   return loom_array_reserve(&buf->data, &buf->cap, need, 1);
 }
 
 #define DEFAULT_MAX_FRAME_PAGES 16384u
 #define DEFAULT_MAX_IMAGE_PAGES (1ull << 30)
 
-replicate_limits replicate_limits_default(void) {
+replicate_limits replicate_limits_default(void)
+{
   replicate_limits limits = {
       .max_frame_pages = DEFAULT_MAX_FRAME_PAGES,
       .max_image_pages = DEFAULT_MAX_IMAGE_PAGES,
@@ -75,7 +78,8 @@ replicate_limits replicate_limits_default(void) {
 /* ---------------------------------------------------------------------- */
 /* Header checks, shared by encoding and decoding */
 
-int frame_info_check(const replicate_frame_info *info) {
+int frame_info_check(const replicate_frame_info *info)
+{
   if (info->epoch == 0) return REPLICATE_EMALFORMED;
   switch (info->kind) {
   case REPLICATE_KIND_COMMIT:
@@ -102,7 +106,8 @@ int frame_info_check(const replicate_frame_info *info) {
 /* Write the header for info with the given payload facts into p. */
 static void header_write(uint8_t *p, const replicate_frame_info *info,
                          uint64_t page_count, uint64_t compressed,
-                         uint64_t payload_checksum) {
+                         uint64_t payload_checksum)
+{
   memcpy(p + FRAME_OFF_MAGIC, FRAME_MAGIC, 4);
   put_le16(p + FRAME_OFF_VERSION, REPLICATE_FRAME_VERSION);
   p[FRAME_OFF_KIND] = (uint8_t)info->kind;
@@ -130,7 +135,8 @@ static void header_write(uint8_t *p, const replicate_frame_info *info,
 
 int replicate_frame_parse_header(const void *bytes, size_t len,
                                  const replicate_limits *limits,
-                                 replicate_frame_info *out) {
+                                 replicate_frame_info *out)
+{
   const uint8_t *p = bytes;
   replicate_limits defaults;
   if (limits == NULL) {
@@ -205,11 +211,13 @@ struct replicate_encoder {
   uint64_t rot_page;   /* the last old version that failed its hash */
 };
 
-uint64_t replicate_encoder_rot_page(const replicate_encoder *enc) {
+uint64_t replicate_encoder_rot_page(const replicate_encoder *enc)
+{
   return enc->rot_page;
 }
 
-int replicate_encoder_new(int level, replicate_encoder **out) {
+int replicate_encoder_new(int level, replicate_encoder **out)
+{
   if (level < 0 || level > ZSTD_maxCLevel()) return REPLICATE_EINVAL;
   replicate_encoder *enc = calloc(1, sizeof *enc);
   if (enc == NULL) return ENOMEM;
@@ -226,7 +234,8 @@ int replicate_encoder_new(int level, replicate_encoder **out) {
   return 0;
 }
 
-void replicate_encoder_free(replicate_encoder *enc) {
+void replicate_encoder_free(replicate_encoder *enc)
+{
   if (enc == NULL) return;
   ZSTD_freeCCtx(enc->cctx);
   free(enc->old_page);
@@ -236,7 +245,8 @@ void replicate_encoder_free(replicate_encoder *enc) {
 
 /* info as a COMMIT frame of n pages, checked: 0 or REPLICATE_EINVAL. */
 static int commit_info_with_count(const replicate_frame_info *info, uint64_t n,
-                                  replicate_frame_info *checked) {
+                                  replicate_frame_info *checked)
+{
   *checked = *info;
   checked->page_count = n;
   if (info->kind != REPLICATE_KIND_COMMIT || n > UINT32_MAX ||
@@ -246,7 +256,8 @@ static int commit_info_with_count(const replicate_frame_info *info, uint64_t n,
 }
 
 int frame_encode_begin(replicate_encoder *enc, const replicate_frame_info *info,
-                       uint64_t n, replicate_buf *out) {
+                       uint64_t n, replicate_buf *out)
+{
   replicate_frame_info checked;
   if (commit_info_with_count(info, n, &checked) != 0) return REPLICATE_EINVAL;
 
@@ -275,7 +286,8 @@ int frame_encode_begin(replicate_encoder *enc, const replicate_frame_info *info,
 /* Feed bytes to the compressor (mode ZSTD_e_continue or ZSTD_e_end),
  * growing out as the compressed output needs. */
 static int compress_feed(replicate_encoder *enc, const void *src, size_t len,
-                         ZSTD_EndDirective mode, replicate_buf *out) {
+                         ZSTD_EndDirective mode, replicate_buf *out)
+{
   ZSTD_inBuffer in = {src, len, 0};
   for (;;) {
     size_t room_wanted = ZSTD_CStreamOutSize();
@@ -293,7 +305,8 @@ static int compress_feed(replicate_encoder *enc, const void *src, size_t len,
 
 int frame_encode_entry(replicate_encoder *enc, uint64_t page_number,
                        uint64_t hash, replicate_encoding encoding,
-                       const void *contents, replicate_buf *out) {
+                       const void *contents, replicate_buf *out)
+{
   assert(enc->written < enc->expected);
   uint8_t head[ENTRY_OFF_CONTENTS];
   put_le64(head + ENTRY_OFF_PAGE, page_number);
@@ -307,7 +320,8 @@ int frame_encode_entry(replicate_encoder *enc, uint64_t page_number,
   return 0;
 }
 
-int frame_encode_end(replicate_encoder *enc, replicate_buf *out) {
+int frame_encode_end(replicate_encoder *enc, replicate_buf *out)
+{
   assert(enc->written == enc->expected);
   if (enc->expected > 0) {
     int rc = compress_feed(enc, NULL, 0, ZSTD_e_end, out);
@@ -327,7 +341,8 @@ int frame_encode_end(replicate_encoder *enc, replicate_buf *out) {
 /* delta = a XOR b, if at most half of the page's 8-byte words differ
  * (true); false as soon as more do (delta is then incomplete). */
 static bool page_delta(uint8_t *restrict delta, const uint8_t *restrict a,
-                       const uint8_t *restrict b) {
+                       const uint8_t *restrict b)
+{
   size_t differing = 0;
   for (size_t chunk = 0; chunk < PAGE_WORDS; chunk += 64) {
     for (size_t i = chunk; i < chunk + 64; i++) {
@@ -344,7 +359,8 @@ static bool page_delta(uint8_t *restrict delta, const uint8_t *restrict a,
 }
 
 /* dst ^= src, a page. */
-static void page_xor_into(uint8_t *restrict dst, const uint8_t *restrict src) {
+static void page_xor_into(uint8_t *restrict dst, const uint8_t *restrict src)
+{
   for (size_t i = 0; i < PAGE_WORDS; i++) {
     uint64_t x, y;
     memcpy(&x, dst + i * sizeof x, sizeof x);
@@ -358,7 +374,8 @@ static void page_xor_into(uint8_t *restrict dst, const uint8_t *restrict src) {
  * mostly zeros, else the page whole. */
 static int encode_page(replicate_encoder *enc, uint64_t page_number,
                        uint64_t hash, const void *new_page,
-                       const void *old_page, replicate_buf *out) {
+                       const void *old_page, replicate_buf *out)
+{
   if (old_page != NULL && page_number < enc->info.before.pages &&
       page_delta(enc->delta, new_page, old_page))
     return frame_encode_entry(enc, page_number, hash, REPLICATE_PAGE_XOR,
@@ -370,7 +387,8 @@ static int encode_page(replicate_encoder *enc, uint64_t page_number,
 int replicate_frame_encode(replicate_encoder *enc,
                            const replicate_frame_info *info,
                            const replicate_page_src *pages, size_t n,
-                           replicate_buf *out) {
+                           replicate_buf *out)
+{
   assert(enc != NULL && info != NULL && out != NULL);
   for (size_t i = 0; i < n; i++) {
     if (pages[i].new_page == NULL) return REPLICATE_EINVAL;
@@ -388,7 +406,8 @@ int replicate_frame_encode(replicate_encoder *enc,
 }
 
 int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
-                                  const loom_commit *c, replicate_buf *out) {
+                                  const loom_commit *c, replicate_buf *out)
+{
   assert(enc != NULL && l != NULL && c != NULL && out != NULL);
   if (c->before.epoch != c->after.epoch) return REPLICATE_EINVAL;
   loom_lineage lineage;
@@ -431,7 +450,8 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
 
 int replicate_frame_encode_heartbeat(const loom_history *history,
                                      const loom_position *latest,
-                                     int64_t now_ns, replicate_buf *out) {
+                                     int64_t now_ns, replicate_buf *out)
+{
   assert(latest != NULL && out != NULL);
   replicate_frame_info info = {
       .kind = REPLICATE_KIND_HEARTBEAT,
@@ -462,7 +482,8 @@ struct replicate_decoder {
 };
 
 int replicate_decoder_new(const replicate_limits *limits,
-                          replicate_decoder **out) {
+                          replicate_decoder **out)
+{
   replicate_limits chosen = limits ? *limits : replicate_limits_default();
   if (chosen.max_frame_pages == 0 || chosen.max_image_pages == 0 ||
       chosen.max_payload_bytes == 0)
@@ -481,7 +502,8 @@ int replicate_decoder_new(const replicate_limits *limits,
   return 0;
 }
 
-void replicate_decoder_free(replicate_decoder *dec) {
+void replicate_decoder_free(replicate_decoder *dec)
+{
   if (dec == NULL) return;
   ZSTD_freeDCtx(dec->dctx);
   replicate_buf_free(&dec->payload);
@@ -492,7 +514,8 @@ void replicate_decoder_free(replicate_decoder *dec) {
 
 /* Invariants 1 and 2 of a decoded frame (see DESIGN). */
 static int entries_check(const replicate_frame_info *info,
-                         const uint8_t *entries) {
+                         const uint8_t *entries)
+{
   uint64_t previous = 0;
   for (uint64_t i = 0; i < info->page_count; i++) {
     const uint8_t *e = entries + i * REPLICATE_ENTRY_SIZE;
@@ -511,7 +534,8 @@ static int entries_check(const replicate_frame_info *info,
 }
 
 int replicate_frame_decode(replicate_decoder *dec, const void *bytes,
-                           size_t len, replicate_frame *out) {
+                           size_t len, replicate_frame *out)
+{
   assert(dec != NULL && out != NULL && (bytes != NULL || len == 0));
   replicate_frame_info info;
   int rc = replicate_frame_parse_header(bytes, len, &dec->limits, &info);
@@ -554,7 +578,8 @@ int replicate_frame_decode(replicate_decoder *dec, const void *bytes,
 }
 
 int frame_decoded_begin(replicate_decoder *dec, const replicate_frame_info *info,
-                        uint64_t n, uint8_t **entries) {
+                        uint64_t n, uint8_t **entries)
+{
   replicate_frame_info checked;
   if (commit_info_with_count(info, n, &checked) != 0) return REPLICATE_EINVAL;
   if (n > dec->limits.max_frame_pages) return REPLICATE_ETOOBIG;
@@ -566,7 +591,8 @@ int frame_decoded_begin(replicate_decoder *dec, const replicate_frame_info *info
 }
 
 int frame_decoded_end(replicate_decoder *dec, const replicate_frame_info *info,
-                      uint64_t n, replicate_frame *out) {
+                      uint64_t n, replicate_frame *out)
+{
   replicate_frame_info checked = *info;
   checked.page_count = n;
   checked.compressed_size = 0;
@@ -580,7 +606,8 @@ int frame_decoded_end(replicate_decoder *dec, const replicate_frame_info *info,
 }
 
 void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
-                              replicate_page *out) {
+                              replicate_page *out)
+{
   assert(i < frame->info.page_count);
   const uint8_t *e = frame->entries + i * REPLICATE_ENTRY_SIZE;
   out->page_number = get_le64(e + ENTRY_OFF_PAGE);
@@ -601,7 +628,8 @@ void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
 static uint64_t expected_after_checksum(const replicate_frame *frame,
                                         const loom_store *store,
                                         const loom_position *position,
-                                        const uint8_t *zero_page) {
+                                        const uint8_t *zero_page)
+{
   const replicate_frame_info *info = &frame->info;
   uint64_t sum = position->checksum;
   uint64_t kept = info->after.pages < position->pages ? info->after.pages
@@ -635,7 +663,8 @@ static uint64_t expected_after_checksum(const replicate_frame *frame,
  * reads while a patch is open, and a bad frame never starts one. A page
  * whose hash fails is turned back into its delta.
  */
-static int rebuild_and_check(const replicate_frame *frame, loom_store *store) {
+static int rebuild_and_check(const replicate_frame *frame, loom_store *store)
+{
   replicate_decoder *dec = frame->decoder;
   /* The entries live in dec->payload, which the decoder owns and may
    * change: only the pointer in the frame is const. */
@@ -663,7 +692,8 @@ static int rebuild_and_check(const replicate_frame *frame, loom_store *store) {
   return 0;
 }
 
-int replicate_frame_apply(const replicate_frame *frame, loom_store *store) {
+int replicate_frame_apply(const replicate_frame *frame, loom_store *store)
+{
   assert(frame != NULL && store != NULL);
   const replicate_frame_info *info = &frame->info;
   replicate_decoder *dec = frame->decoder;

@@ -124,12 +124,14 @@ struct replicate_log {
 /* ---------------------------------------------------------------------- */
 /* I/O helpers: loom_io returns -errno; these return errno values. */
 
-static void segment_name(char name[SEGMENT_NAME_LEN + 1], uint64_t first_seq) {
+static void segment_name(char name[SEGMENT_NAME_LEN + 1], uint64_t first_seq)
+{
   snprintf(name, SEGMENT_NAME_LEN + 1, "seg-%020" PRIu64 ".log", first_seq);
 }
 
 /* Parse a segment file name; false for any other name. */
-static bool segment_name_parse(const char *name, uint64_t *first_seq) {
+static bool segment_name_parse(const char *name, uint64_t *first_seq)
+{
   if (strlen(name) != SEGMENT_NAME_LEN) return false;
   if (strncmp(name, "seg-", 4) != 0 || strcmp(name + 24, ".log") != 0)
     return false;
@@ -147,14 +149,16 @@ static bool segment_name_parse(const char *name, uint64_t *first_seq) {
 /* Read len bytes at off: 0 if all were read, REPLICATE_ELOG_CORRUPT if the
  * file ends first, or an errno value. */
 static int read_exact(replicate_log *log, int fd, void *buf, size_t len,
-                      uint64_t off) {
+                      uint64_t off)
+{
   ssize_t got = log->io->pread(log->io->ctx, fd, buf, len, (off_t)off);
   if (got < 0) return (int)-got;
   return (size_t)got == len ? 0 : REPLICATE_ELOG_CORRUPT;
 }
 
 static int write_exact(replicate_log *log, int fd, const void *buf, size_t len,
-                       uint64_t off) {
+                       uint64_t off)
+{
   ssize_t put = log->io->pwrite(log->io->ctx, fd, buf, len, (off_t)off);
   if (put < 0) return (int)-put;
   return (size_t)put == len ? 0 : EIO;
@@ -166,7 +170,8 @@ static int io_result(int rc) { return rc < 0 ? -rc : 0; }
 /* Formats */
 
 static void segment_header_write(uint8_t h[SEGMENT_HEADER_SIZE],
-                                 uint64_t first_seq) {
+                                 uint64_t first_seq)
+{
   memcpy(h, SEGMENT_MAGIC, 8);
   put_le32(h + 8, SEGMENT_VERSION);
   put_le32(h + 12, 0);
@@ -177,7 +182,8 @@ static void segment_header_write(uint8_t h[SEGMENT_HEADER_SIZE],
 /* 0, REPLICATE_ELOG_CORRUPT (not a segment header: torn or damaged) or
  * REPLICATE_ELOG_VERSION. */
 static int segment_header_check(const uint8_t h[SEGMENT_HEADER_SIZE],
-                                uint64_t first_seq) {
+                                uint64_t first_seq)
+{
   if (memcmp(h, SEGMENT_MAGIC, 8) != 0) return REPLICATE_ELOG_CORRUPT;
   if (get_le64(h + 24) != XXH3_64bits(h, 24)) return REPLICATE_ELOG_CORRUPT;
   if (get_le32(h + 8) != SEGMENT_VERSION) return REPLICATE_ELOG_VERSION;
@@ -187,7 +193,8 @@ static int segment_header_check(const uint8_t h[SEGMENT_HEADER_SIZE],
 }
 
 static void record_header_fill(uint8_t h[RECORD_HEADER_SIZE], uint32_t len,
-                               uint64_t seq, uint64_t epoch) {
+                               uint64_t seq, uint64_t epoch)
+{
   memcpy(h, RECORD_MAGIC, 4);
   put_le32(h + 4, len);
   put_le64(h + 8, seq);
@@ -197,45 +204,53 @@ static void record_header_fill(uint8_t h[RECORD_HEADER_SIZE], uint32_t len,
 /* ---------------------------------------------------------------------- */
 /* The segment index */
 
-static log_segment *newest(replicate_log *log) {
+static log_segment *newest(replicate_log *log)
+{
   return log->nsegs ? &log->segs[log->nsegs - 1] : NULL;
 }
 
-static bool log_empty(const replicate_log *log) {
+static bool log_empty(const replicate_log *log)
+{
   for (size_t i = 0; i < log->nsegs; i++)
     if (log->segs[i].count > 0) return false;
   return true;
 }
 
-static uint64_t oldest_seq(const replicate_log *log) {
+static uint64_t oldest_seq(const replicate_log *log)
+{
   return log->segs[0].first_seq;
 }
 
-static uint64_t newest_seq(const replicate_log *log) {
+static uint64_t newest_seq(const replicate_log *log)
+{
   const log_segment *s = &log->segs[log->nsegs - 1];
   return s->first_seq + s->count - 1;
 }
 
 /* The newest record's epoch (the newest segment may be empty). */
-static uint64_t newest_epoch(const replicate_log *log) {
+static uint64_t newest_epoch(const replicate_log *log)
+{
   for (size_t i = log->nsegs; i > 0; i--)
     if (log->segs[i - 1].count > 0) return log->segs[i - 1].last_epoch;
   return 0;
 }
 
-static int offsets_reserve(log_segment *s, uint64_t need) {
+static int offsets_reserve(log_segment *s, uint64_t need)
+{
   if (need > SIZE_MAX) return ENOMEM;
   return loom_array_reserve(&s->offsets, &s->offsets_cap, (size_t)need,
                             sizeof *s->offsets);
 }
 
-static int segs_reserve(replicate_log *log, size_t need) {
+static int segs_reserve(replicate_log *log, size_t need)
+{
   return loom_array_reserve(&log->segs, &log->segs_cap, need,
                             sizeof *log->segs);
 }
 
 /* The segment holding seq (which the log holds). */
-static log_segment *segment_of(replicate_log *log, uint64_t seq) {
+static log_segment *segment_of(replicate_log *log, uint64_t seq)
+{
   size_t lo = 0, hi = log->nsegs;
   while (hi - lo > 1) {
     size_t mid = lo + (hi - lo) / 2;
@@ -246,7 +261,8 @@ static log_segment *segment_of(replicate_log *log, uint64_t seq) {
 }
 
 /* Remove the oldest segment (its file, then its entry). */
-static int drop_oldest(replicate_log *log) {
+static int drop_oldest(replicate_log *log)
+{
   log_segment *s = &log->segs[0];
   char name[SEGMENT_NAME_LEN + 1];
   segment_name(name, s->first_seq);
@@ -269,7 +285,8 @@ static int drop_oldest(replicate_log *log) {
  * the record is damaged or cut short, or an errno value. On 0, *next is
  * the offset after it, or off itself when the file ends there cleanly. */
 static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
-                       uint64_t *next) {
+                       uint64_t *next)
+{
   uint8_t h[RECORD_HEADER_SIZE];
   ssize_t got = log->io->pread(log->io->ctx, s->fd, h, sizeof h, (off_t)off);
   if (got < 0) return (int)-got;
@@ -304,7 +321,8 @@ static int scan_record(replicate_log *log, log_segment *s, uint64_t off,
 /* Tell the caller about a repair made while opening (O1-O3). */
 static void report(replicate_log *log, replicate_log_repair_kind kind,
                    uint64_t file_seq, uint64_t offset, uint64_t first_seq,
-                   uint64_t last_seq) {
+                   uint64_t last_seq)
+{
   if (log->on_repair == NULL) return;
   char name[SEGMENT_NAME_LEN + 1];
   segment_name(name, file_seq);
@@ -317,7 +335,8 @@ static void report(replicate_log *log, replicate_log_repair_kind kind,
  * segment's scan with REPLICATE_ELOG_CORRUPT (*damage: its offset); the
  * newest segment is cut there instead (O1). */
 static int scan_segment(replicate_log *log, log_segment *s, bool is_newest,
-                        uint64_t *damage) {
+                        uint64_t *damage)
+{
   uint64_t off = SEGMENT_HEADER_SIZE;
   for (;;) {
     uint64_t next = 0;
@@ -344,13 +363,15 @@ static int scan_segment(replicate_log *log, log_segment *s, bool is_newest,
   return 0;
 }
 
-static int compare_u64(const void *a, const void *b) {
+static int compare_u64(const void *a, const void *b)
+{
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
 }
 
 /* The first seqs of the segment files in the directory, sorted. */
-static int list_segments(replicate_log *log, uint64_t **out, size_t *count) {
+static int list_segments(replicate_log *log, uint64_t **out, size_t *count)
+{
   int fd = dup(log->dirfd);
   if (fd < 0) return errno;
   DIR *dir = fdopendir(fd);
@@ -390,7 +411,8 @@ static int list_segments(replicate_log *log, uint64_t **out, size_t *count) {
  * for an older segment damaged at *damage (closed, not indexed, still on
  * disk), or another error. */
 static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest,
-                        uint64_t *damage) {
+                        uint64_t *damage)
+{
   char name[SEGMENT_NAME_LEN + 1];
   segment_name(name, first_seq);
   int fd = log->io->open(log->io->ctx, log->dirfd, name, O_RDWR | O_CLOEXEC, 0);
@@ -425,13 +447,15 @@ static int load_segment(replicate_log *log, uint64_t first_seq, bool is_newest,
 
 /* Invariant 3, the seq chain and non-decreasing epochs: whether segment b
  * continues segment a. */
-static bool chained(const log_segment *a, const log_segment *b) {
+static bool chained(const log_segment *a, const log_segment *b)
+{
   return a->count > 0 && b->first_seq == a->first_seq + a->count &&
          (b->count == 0 || b->first_epoch >= a->last_epoch);
 }
 
 /* O2, O3: remove the oldest indexed segments until keep are left. */
-static int drop_unchained(replicate_log *log, size_t keep) {
+static int drop_unchained(replicate_log *log, size_t keep)
+{
   while (log->nsegs > keep) {
     uint64_t first = log->segs[0].first_seq, count = log->segs[0].count;
     int rc = drop_oldest(log);
@@ -444,7 +468,8 @@ static int drop_unchained(replicate_log *log, size_t keep) {
 /* O2: remove the damaged segment of file_seq (not indexed), damaged at
  * offset, and every segment before it; next_seq is the next file's. */
 static int drop_damaged(replicate_log *log, uint64_t file_seq, uint64_t offset,
-                        uint64_t next_seq) {
+                        uint64_t next_seq)
+{
   int rc = drop_unchained(log, 0);
   if (rc != 0) return rc;
   char name[SEGMENT_NAME_LEN + 1];
@@ -459,7 +484,8 @@ static int drop_damaged(replicate_log *log, uint64_t file_seq, uint64_t offset,
 
 /* Load the segments of the sorted first seqs, oldest first, keeping the
  * chain that ends at the newest good record (O1-O3). */
-static int load_segments(replicate_log *log, const uint64_t *seqs, size_t n) {
+static int load_segments(replicate_log *log, const uint64_t *seqs, size_t n)
+{
   for (size_t i = 0; i < n; i++) {
     bool is_newest = i + 1 == n;
     uint64_t damage;
@@ -477,7 +503,8 @@ static int load_segments(replicate_log *log, const uint64_t *seqs, size_t n) {
 }
 
 static int open_directory(const loom_io *io, const char *image_dir,
-                          int *out) {
+                          int *out)
+{
   int imgfd = io->open(io->ctx, AT_FDCWD, image_dir,
                        O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
   if (imgfd < 0) return -imgfd;
@@ -495,7 +522,8 @@ static int open_directory(const loom_io *io, const char *image_dir,
   return 0;
 }
 
-int replicate_log_close(replicate_log *log) {
+int replicate_log_close(replicate_log *log)
+{
   if (log == NULL) return 0;
   int first_error = 0;
   for (size_t i = 0; i < log->nsegs; i++) {
@@ -517,14 +545,16 @@ int replicate_log_close(replicate_log *log) {
 
 /* Retention drops whole segments: keep them well under the cap (an
  * eighth of it, within [MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES]). */
-static uint64_t segment_bytes_for(uint64_t max_bytes) {
+static uint64_t segment_bytes_for(uint64_t max_bytes)
+{
   uint64_t eighth = max_bytes / 8;
   if (eighth >= DEFAULT_SEGMENT_BYTES) return DEFAULT_SEGMENT_BYTES;
   return eighth > MIN_SEGMENT_BYTES ? eighth : MIN_SEGMENT_BYTES;
 }
 
 int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
-                       const loom_io *io, replicate_log **out) {
+                       const loom_io *io, replicate_log **out)
+{
   assert(image_dir != NULL && out != NULL);
   replicate_log *log = calloc(1, sizeof *log);
   if (log == NULL) return ENOMEM;
@@ -559,7 +589,8 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
 }
 
 const char *replicate_log_repair_describe(const replicate_log_repair *r,
-                                          char *buf, size_t len) {
+                                          char *buf, size_t len)
+{
   snprintf(buf, len, "%s/%s: repaired", LOG_DIR, r->file);
   switch (r->kind) {
   case REPLICATE_LOG_CUT:
@@ -594,7 +625,8 @@ const char *replicate_log_repair_describe(const replicate_log_repair *r,
 /* Appending */
 
 /* Step 1 of appending: a new newest segment for records from first_seq. */
-static int create_segment(replicate_log *log, uint64_t first_seq) {
+static int create_segment(replicate_log *log, uint64_t first_seq)
+{
   int rc = segs_reserve(log, log->nsegs + 1);
   if (rc != 0) return rc;
   char name[SEGMENT_NAME_LEN + 1];
@@ -628,7 +660,8 @@ static const replicate_limits log_frame_limits = {
     .max_payload_bytes = UINT32_MAX - REPLICATE_HEADER_SIZE,
 };
 
-static int append_locked(replicate_log *log, const void *frame, size_t len) {
+static int append_locked(replicate_log *log, const void *frame, size_t len)
+{
   replicate_frame_info info;
   int rc = replicate_frame_parse_header(frame, len, &log_frame_limits, &info);
   if (rc != 0) return rc;
@@ -690,7 +723,8 @@ static int append_locked(replicate_log *log, const void *frame, size_t len) {
   return 0;
 }
 
-int replicate_log_append(replicate_log *log, const void *frame, size_t len) {
+int replicate_log_append(replicate_log *log, const void *frame, size_t len)
+{
   assert(log != NULL && frame != NULL);
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : append_locked(log, frame, len);
@@ -701,7 +735,8 @@ int replicate_log_append(replicate_log *log, const void *frame, size_t len) {
 /* ---------------------------------------------------------------------- */
 /* Reading */
 
-static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
+static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out)
+{
   if (log_empty(log) || seq > newest_seq(log)) return REPLICATE_ELOG_AHEAD;
   if (seq < oldest_seq(log)) return REPLICATE_ELOG_GONE;
   log_segment *s = segment_of(log, seq);
@@ -727,7 +762,8 @@ static int read_locked(replicate_log *log, uint64_t seq, replicate_buf *out) {
   return 0;
 }
 
-int replicate_log_read(replicate_log *log, uint64_t seq, replicate_buf *out) {
+int replicate_log_read(replicate_log *log, uint64_t seq, replicate_buf *out)
+{
   assert(log != NULL && out != NULL);
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : read_locked(log, seq, out);
@@ -736,18 +772,21 @@ int replicate_log_read(replicate_log *log, uint64_t seq, replicate_buf *out) {
 }
 
 void replicate_log_iter_init(replicate_log_iter *it, replicate_log *log,
-                             uint64_t from_seq) {
+                             uint64_t from_seq)
+{
   it->log = log;
   it->next_seq = from_seq;
 }
 
-int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out) {
+int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out)
+{
   int rc = replicate_log_read(it->log, it->next_seq, out);
   if (rc == 0) it->next_seq++;
   return rc;
 }
 
-void replicate_log_get_stats(replicate_log *log, replicate_log_stats *out) {
+void replicate_log_get_stats(replicate_log *log, replicate_log_stats *out)
+{
   assert(log != NULL && out != NULL);
   pthread_mutex_lock(&log->lock);
   *out = (replicate_log_stats){
@@ -765,7 +804,8 @@ void replicate_log_get_stats(replicate_log *log, replicate_log_stats *out) {
 }
 
 int replicate_log_bytes_after(replicate_log *log, uint64_t after_seq,
-                              uint64_t *bytes) {
+                              uint64_t *bytes)
+{
   assert(log != NULL && bytes != NULL);
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : 0;
@@ -789,7 +829,8 @@ int replicate_log_bytes_after(replicate_log *log, uint64_t after_seq,
 /* ---------------------------------------------------------------------- */
 /* Retention */
 
-int replicate_log_retain(replicate_log *log, uint64_t oldest_needed) {
+int replicate_log_retain(replicate_log *log, uint64_t oldest_needed)
+{
   assert(log != NULL);
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : 0;
@@ -801,7 +842,8 @@ int replicate_log_retain(replicate_log *log, uint64_t oldest_needed) {
 }
 
 uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
-                                     size_t n) {
+                                     size_t n)
+{
   uint64_t need = UINT64_MAX;
   for (size_t i = 0; i < n; i++) {
     switch (readers[i].state) {
@@ -817,7 +859,8 @@ uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
   return need;
 }
 
-int replicate_log_reset(replicate_log *log) {
+int replicate_log_reset(replicate_log *log)
+{
   assert(log != NULL);
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : 0;

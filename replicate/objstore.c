@@ -12,7 +12,8 @@
 #include "objstore_internal.h"
 #include "replicate.h"
 
-int objstore_fail(objstore *store, int rc, const char *fmt, ...) {
+int objstore_fail(objstore *store, int rc, const char *fmt, ...)
+{
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(store->last_error, sizeof store->last_error, fmt, ap);
@@ -21,8 +22,23 @@ int objstore_fail(objstore *store, int rc, const char *fmt, ...) {
   return rc;
 }
 
+/* Per thread: an open that fails has no store to keep its words in. */
+static _Thread_local char open_error[512];
+
+int objstore_open_fail(int rc, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(open_error, sizeof open_error, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+const char *objstore_open_error(void) { return open_error; }
+
 int objstore_init_common(objstore *store, const struct objstore_backend *b,
-                         const char *url, const objstore_options *options) {
+                         const char *url, const objstore_options *options)
+{
   store->backend = b;
   store->url = strdup(url);
   if (store->url == NULL) return ENOMEM;
@@ -37,17 +53,21 @@ int objstore_init_common(objstore *store, const struct objstore_backend *b,
 }
 
 int objstore_open(const char *url, const objstore_options *options,
-                  objstore **out) {
+                  objstore **out)
+{
   *out = NULL;
-  if (url == NULL) return REPLICATE_EINVAL;
+  open_error[0] = '\0';
+  if (url == NULL) return objstore_open_fail(REPLICATE_EINVAL, "no URL");
   if (strncmp(url, "s3://", 5) == 0)
     return objstore_s3_open(url, url + 5, options, out);
   if (strncmp(url, "file://", 7) == 0)
     return objstore_file_open(url, url + 7, options, out);
-  return REPLICATE_EINVAL;
+  return objstore_open_fail(REPLICATE_EINVAL,
+                            "%s: not s3://BUCKET/PREFIX nor file:///DIR", url);
 }
 
-void objstore_close(objstore *store) {
+void objstore_close(objstore *store)
+{
   if (store == NULL) return;
   char *url = store->url;
   store->backend->close(store);
@@ -55,7 +75,8 @@ void objstore_close(objstore *store) {
 }
 
 /* 1-512 bytes of [A-Za-z0-9._/-], not starting with '/', no "..". */
-static int key_ok(const char *key) {
+static int key_ok(const char *key)
+{
   size_t n = strlen(key);
   if (n == 0 || n > 512 || key[0] == '/' || strstr(key, "..") != NULL)
     return 0;
@@ -69,19 +90,22 @@ static int key_ok(const char *key) {
   return 1;
 }
 
-static int bad_key(objstore *store, const char *key) {
+static int bad_key(objstore *store, const char *key)
+{
   return objstore_fail(store, REPLICATE_EINVAL, "%s: invalid object key '%s'",
                        store->url, key);
 }
 
 int objstore_put(objstore *store, const char *key, const void *data,
-                 size_t len, unsigned flags) {
+                 size_t len, unsigned flags)
+{
   if (!key_ok(key)) return bad_key(store, key);
   return store->backend->put(store, key, data, len, flags);
 }
 
 int objstore_get(objstore *store, const char *key, size_t max_len,
-                 void **data, size_t *len) {
+                 void **data, size_t *len)
+{
   *data = NULL;
   *len = 0;
   if (!key_ok(key)) return bad_key(store, key);
@@ -89,21 +113,25 @@ int objstore_get(objstore *store, const char *key, size_t max_len,
 }
 
 int objstore_list(objstore *store, const char *prefix, objstore_each_fn each,
-                  void *ctx) {
+                  void *ctx)
+{
   if (prefix[0] != '\0' && !key_ok(prefix)) return bad_key(store, prefix);
   return store->backend->list(store, prefix, each, ctx);
 }
 
-int objstore_delete(objstore *store, const char *key) {
+int objstore_delete(objstore *store, const char *key)
+{
   if (!key_ok(key)) return bad_key(store, key);
   return store->backend->del(store, key);
 }
 
-const char *objstore_last_error(const objstore *store) {
+const char *objstore_last_error(const objstore *store)
+{
   return store->last_error;
 }
 
-void objstore_get_stats(const objstore *store, objstore_stats *out) {
+void objstore_get_stats(const objstore *store, objstore_stats *out)
+{
   *out = store->stats;
 }
 

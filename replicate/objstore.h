@@ -82,10 +82,18 @@ typedef struct objstore_stats {
  * request (a missing bucket is found at the first one). */
 int objstore_open(const char *url, const objstore_options *options,
                   objstore **out);
+
+/* Why the last objstore_open() in this thread failed, in words ("" when
+ * it did not): the URL, the endpoint or the credentials file, and what is
+ * wrong with it. Until the next objstore_open() in this thread. */
+const char *objstore_open_error(void);
 void objstore_close(objstore *store);
 
 #define OBJSTORE_PUT_IF_ABSENT 1u /* fail REPLICATE_ESTORE_EXISTS if the
                                      key exists (S3 If-None-Match: *) */
+/* On an S3 store that does not support conditional PUTs (Swift 2.30's
+ * s3api answers 501), and for multipart puts, OBJSTORE_PUT_IF_ABSENT is a
+ * HEAD, then the PUT: not atomic (docs/OBJSTORE.md, "Conditional puts"). */
 
 int objstore_put(objstore *store, const char *key, const void *data,
                  size_t len, unsigned flags);

@@ -33,6 +33,10 @@ struct objstore {
 int objstore_fail(objstore *store, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Sets the text objstore_open_error() returns; returns rc. */
+int objstore_open_fail(int rc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* The backends. location is what follows the scheme: "BUCKET/PREFIX" for
  * s3://, "/DIR" for file://. Each fills in the common part through
  * objstore_init_common(). */

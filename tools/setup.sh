@@ -8,6 +8,8 @@ loomship_packages=(build-essential meson ninja-build pkg-config
   prometheus                           # promtool: the alert rules in deploy/
   libssl-dev                           # libcrypto: frame tags (HMAC-SHA256)
   etcd-server etcd-client              # the cluster tests start their own etcd
+  swift-proxy swift-account swift-container swift-object memcached
+                                       # the object-store tests: their own Swift
   chromium)                            # headless check of the status page
 
 loomship_install() {

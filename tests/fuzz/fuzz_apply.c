@@ -32,7 +32,8 @@ typedef struct apply_state {
 
 static void apply_cleanup(void);
 
-static apply_state *apply_get(void) {
+static apply_state *apply_get(void)
+{
   static apply_state st;
   static int ready;
   if (!ready) {
@@ -50,7 +51,8 @@ static apply_state *apply_get(void) {
   return &st;
 }
 
-static void apply_cleanup(void) {
+static void apply_cleanup(void)
+{
   apply_state *st = apply_get();
   fuzz_clear_dir(st->tmpl);
   fuzz_clear_dir(st->work);
@@ -58,7 +60,8 @@ static void apply_cleanup(void) {
   replicate_encoder_free(st->enc);
 }
 
-static void exercise(apply_state *st, const uint8_t *data, size_t size) {
+static void exercise(apply_state *st, const uint8_t *data, size_t size)
+{
   replicate_frame f;
   int rc = replicate_frame_decode(st->dec, data, size, &f);
   CHECK(rc <= 0);
@@ -95,7 +98,8 @@ static void exercise(apply_state *st, const uint8_t *data, size_t size) {
   CHECK(recorded.epoch == now.epoch);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
   apply_state *st = apply_get();
   exercise(st, data, size);
   if (size < REPLICATE_HEADER_SIZE) return 0;
@@ -112,7 +116,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 
 static void write_frame(apply_state *st, const char *dir, const char *name,
-                        uint64_t epoch, int xor) {
+                        uint64_t epoch, int xor)
+{
   uint8_t (*pages)[LOOM_PAGE_SIZE] = calloc(FUZZ_TEMPLATE_PAGES + 1,
                                             LOOM_PAGE_SIZE);
   uint8_t (*old)[LOOM_PAGE_SIZE] = calloc(FUZZ_TEMPLATE_PAGES + 1,
@@ -145,7 +150,8 @@ static void write_frame(apply_state *st, const char *dir, const char *name,
   free(old);
 }
 
-int fuzz_make_seeds(const char *dir) {
+int fuzz_make_seeds(const char *dir)
+{
   apply_state *st = apply_get();
   write_frame(st, dir, "next-xor", FUZZ_EPOCH, 1);
   write_frame(st, dir, "next-whole", FUZZ_EPOCH, 0);

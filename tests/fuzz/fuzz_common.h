@@ -50,23 +50,27 @@ static const loom_history no_history;
 #define FUZZ_EPOCH 2u
 #define FUZZ_TIME_NS 1764115200000000000ll /* 2025-11-26T00:00:00Z */
 
-static inline void fuzz_put_le64(uint8_t *p, uint64_t v) {
+static inline void fuzz_put_le64(uint8_t *p, uint64_t v)
+{
   for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
-static inline uint64_t fuzz_get_le64(const uint8_t *p) {
+static inline uint64_t fuzz_get_le64(const uint8_t *p)
+{
   uint64_t v = 0;
   for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
   return v;
 }
 
-static inline void fuzz_fill_page(uint8_t *page, uint64_t n, unsigned version) {
+static inline void fuzz_fill_page(uint8_t *page, uint64_t n, unsigned version)
+{
   memset(page, (int)('A' + n + 16 * version), LOOM_PAGE_SIZE);
   fuzz_put_le64(page, n);
   fuzz_put_le64(page + 8, version);
 }
 
 static inline void fuzz_write_file(const char *dir, const char *name,
-                                   const void *data, size_t len) {
+                                   const void *data, size_t len)
+{
   char path[4096];
   CHECK(snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path);
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -83,7 +87,8 @@ static inline void fuzz_write_file(const char *dir, const char *name,
 
 /* Read a whole file; NULL with *len 0 when it does not exist. */
 static inline uint8_t *fuzz_read_file(const char *dir, const char *name,
-                                      size_t *len) {
+                                      size_t *len)
+{
   char path[4096];
   CHECK(snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path);
   *len = 0;
@@ -108,7 +113,8 @@ static inline uint8_t *fuzz_read_file(const char *dir, const char *name,
 static const char *const fuzz_files[] = {"image", "hashes", "meta", "patch"};
 
 static inline int fuzz_remove_one(const char *path, const struct stat *sb,
-                                  int type, struct FTW *ftw) {
+                                  int type, struct FTW *ftw)
+{
   (void)sb;
   (void)type;
   (void)ftw;
@@ -117,13 +123,15 @@ static inline int fuzz_remove_one(const char *path, const struct stat *sb,
 }
 
 /* Remove a scratch directory and everything in it. */
-static inline void fuzz_clear_dir(const char *dir) {
+static inline void fuzz_clear_dir(const char *dir)
+{
   nftw(dir, fuzz_remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Copy the template's files into work (emptied first). The template's
  * files are read once and kept (one template per process). */
-static inline void fuzz_copy_template(const char *tmpl, const char *work) {
+static inline void fuzz_copy_template(const char *tmpl, const char *work)
+{
   enum { NFILES = sizeof fuzz_files / sizeof fuzz_files[0] };
   static uint8_t *data[NFILES];
   static size_t len[NFILES];
@@ -143,7 +151,8 @@ static inline void fuzz_copy_template(const char *tmpl, const char *work) {
  * position of after_pages pages; checksum computed from pages[]. */
 static inline void fuzz_commit(loom_store *store, uint8_t (*pages)[LOOM_PAGE_SIZE],
                                uint64_t first, uint64_t count,
-                               uint64_t after_pages, int64_t time_ns) {
+                               uint64_t after_pages, int64_t time_ns)
+{
   loom_patch_header h;
   memset(&h, 0, sizeof h);
   loom_store_position(store, &h.before);
@@ -166,7 +175,8 @@ static inline void fuzz_commit(loom_store *store, uint8_t (*pages)[LOOM_PAGE_SIZ
 /* The pages of the template at seq 2 (FUZZ_TEMPLATE_PAGES of them), and of
  * the next commit the seeds describe (page 2 rewritten, page 5 added). */
 static inline void fuzz_template_pages(uint8_t (*pages)[LOOM_PAGE_SIZE],
-                                       int next) {
+                                       int next)
+{
   for (uint64_t n = 0; n < FUZZ_TEMPLATE_PAGES + 1; n++)
     fuzz_fill_page(pages[n], n, 0);
   fuzz_fill_page(pages[1], 1, 1);
@@ -174,7 +184,8 @@ static inline void fuzz_template_pages(uint8_t (*pages)[LOOM_PAGE_SIZE],
 }
 
 /* Build the template in dir (created); returns its position. */
-static inline void fuzz_build_template(const char *dir, loom_position *pos) {
+static inline void fuzz_build_template(const char *dir, loom_position *pos)
+{
   fuzz_clear_dir(dir);
   uint8_t (*pages)[LOOM_PAGE_SIZE] = calloc(FUZZ_TEMPLATE_PAGES + 1,
                                             LOOM_PAGE_SIZE);
@@ -194,7 +205,8 @@ static inline void fuzz_build_template(const char *dir, loom_position *pos) {
 /* A scratch directory unique to the process: under $FUZZ_SCRATCH when set
  * (fuzz_run.sh sets it to a directory it removes, since libFuzzer may end
  * the process without running atexit handlers), else /dev/shm or /tmp. */
-static inline void fuzz_scratch_path(char *out, size_t cap, const char *what) {
+static inline void fuzz_scratch_path(char *out, size_t cap, const char *what)
+{
   const char *base = getenv("FUZZ_SCRATCH");
   if (base == NULL || base[0] == 0)
     base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -203,7 +215,8 @@ static inline void fuzz_scratch_path(char *out, size_t cap, const char *what) {
 
 /* The position a directory holds after a clean open/close must be the one
  * its pages give: loom_verify agrees. */
-static inline void fuzz_check_verifies(const char *dir, loom_position *rec) {
+static inline void fuzz_check_verifies(const char *dir, loom_position *rec)
+{
   uint64_t computed = 0;
   int rc = loom_verify(dir, rec, &computed);
   if (rc != 0)

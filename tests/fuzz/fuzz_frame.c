@@ -37,7 +37,8 @@ typedef struct fuzz_state {
   size_t scratch_cap;
 } fuzz_state;
 
-static fuzz_state *fuzz_get(void) {
+static fuzz_state *fuzz_get(void)
+{
   static fuzz_state st;
   if (st.dec == NULL) {
     /* Small limits: the fuzzer explores, it does not allocate gigabytes. */
@@ -53,7 +54,8 @@ static fuzz_state *fuzz_get(void) {
 }
 
 /* The promises of a decoded frame (replicate.h, frame.c's invariants). */
-static void check_frame(const replicate_frame *f, size_t size) {
+static void check_frame(const replicate_frame *f, size_t size)
+{
   const replicate_frame_info *info = &f->info;
   CHECK(info->frame_size == size);
   CHECK(info->page_count <= 64);
@@ -78,7 +80,8 @@ static void check_frame(const replicate_frame *f, size_t size) {
 }
 
 /* A frame coalesced alone is the same frame (pages, hashes, contents). */
-static void check_coalesce_alone(fuzz_state *st, const replicate_frame *f) {
+static void check_coalesce_alone(fuzz_state *st, const replicate_frame *f)
+{
   if (f->info.kind != REPLICATE_KIND_COMMIT) {
     CHECK(replicate_coalescer_add(st->co, f) == REPLICATE_EKIND);
     return;
@@ -104,7 +107,8 @@ static void check_coalesce_alone(fuzz_state *st, const replicate_frame *f) {
   }
 }
 
-static void exercise(fuzz_state *st, const uint8_t *data, size_t size) {
+static void exercise(fuzz_state *st, const uint8_t *data, size_t size)
+{
   replicate_frame_info info;
   int rc = replicate_frame_parse_header(data, size, NULL, &info);
   CHECK(rc <= 0 && (rc == 0 || rc > REPLICATE_ELAST));
@@ -117,11 +121,13 @@ static void exercise(fuzz_state *st, const uint8_t *data, size_t size) {
   }
 }
 
-static void put_le64(uint8_t *p, uint64_t v) {
+static void put_le64(uint8_t *p, uint64_t v)
+{
   for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
   fuzz_state *st = fuzz_get();
   exercise(st, data, size);
   if (size < REPLICATE_HEADER_SIZE) return 0;

@@ -36,14 +36,16 @@ typedef struct http_state {
   uint16_t port;
 } http_state;
 
-static void http_log(void *ctx, const char *message) {
+static void http_log(void *ctx, const char *message)
+{
   (void)ctx;
   CHECK(strstr(message, FUZZ_TOKEN) == NULL);
 }
 
 static void http_cleanup(void);
 
-static http_state *http_get(void) {
+static http_state *http_get(void)
+{
   static http_state st;
   static int ready;
   if (!ready) {
@@ -72,19 +74,22 @@ static http_state *http_get(void) {
   return &st;
 }
 
-static void http_cleanup(void) {
+static void http_cleanup(void)
+{
   http_state *st = http_get();
   http_server_stop(st->server);
   fuzz_clear_dir(st->dir);
 }
 
-static int64_t now_ms(void) {
+static int64_t now_ms(void)
+{
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int connect_local(uint16_t port) {
+static int connect_local(uint16_t port)
+{
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   CHECK(fd >= 0);
   struct sockaddr_in a;
@@ -127,7 +132,8 @@ static int connect_local(uint16_t port) {
  * bytes kept) until EOF or timeout_ms. Returns the bytes kept; *closed
  * says whether EOF came. */
 static size_t exchange(uint16_t port, const uint8_t *data, size_t size,
-                       char *buf, size_t cap, int timeout_ms, int *closed) {
+                       char *buf, size_t cap, int timeout_ms, int *closed)
+{
   int fd = connect_local(port);
   size_t sent = 0;
   while (sent < size) {
@@ -160,7 +166,8 @@ static size_t exchange(uint16_t port, const uint8_t *data, size_t size,
   return got;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
   http_state *st = http_get();
   static char answer[65536];
   int closed;
@@ -198,11 +205,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-static void seed(const char *dir, const char *name, const char *text) {
+static void seed(const char *dir, const char *name, const char *text)
+{
   fuzz_write_file(dir, name, text, strlen(text));
 }
 
-int fuzz_make_seeds(const char *dir) {
+int fuzz_make_seeds(const char *dir)
+{
   const char *auth = "Authorization: Bearer " FUZZ_TOKEN "\r\n";
   char buf[2048];
   seed(dir, "healthz", "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -25,7 +25,8 @@ typedef struct meta_state {
 
 static void meta_cleanup(void);
 
-static meta_state *meta_get(void) {
+static meta_state *meta_get(void)
+{
   static meta_state st;
   static int ready;
   if (!ready) {
@@ -38,13 +39,15 @@ static meta_state *meta_get(void) {
   return &st;
 }
 
-static void meta_cleanup(void) {
+static void meta_cleanup(void)
+{
   meta_state *st = meta_get();
   fuzz_clear_dir(st->tmpl);
   fuzz_clear_dir(st->work);
 }
 
-static void exercise(meta_state *st, const uint8_t *data, size_t size) {
+static void exercise(meta_state *st, const uint8_t *data, size_t size)
+{
   fuzz_copy_template(st->tmpl, st->work);
   fuzz_write_file(st->work, "meta", data, size);
 
@@ -67,7 +70,8 @@ static void exercise(meta_state *st, const uint8_t *data, size_t size) {
   CHECK(loom_position_same(&opened, &recorded));
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
   meta_state *st = meta_get();
   exercise(st, data, size);
   if (size < 512) return 0;
@@ -81,7 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-int fuzz_make_seeds(const char *dir) {
+int fuzz_make_seeds(const char *dir)
+{
   meta_state *st = meta_get();
   size_t len;
   uint8_t *meta = fuzz_read_file(st->tmpl, "meta", &len);

@@ -33,7 +33,8 @@ typedef struct patch_state {
 
 static void patch_cleanup(void);
 
-static patch_state *patch_get(void) {
+static patch_state *patch_get(void)
+{
   static patch_state st;
   static int ready;
   if (!ready) {
@@ -48,7 +49,8 @@ static patch_state *patch_get(void) {
   return &st;
 }
 
-static void patch_cleanup(void) {
+static void patch_cleanup(void)
+{
   patch_state *st = patch_get();
   fuzz_clear_dir(st->tmpl);
   fuzz_clear_dir(st->work);
@@ -64,7 +66,8 @@ static void patch_cleanup(void) {
  * target's scope (docs/RELIABILITY-security.md). */
 #define FUZZ_MAX_DECLARED_PAGES (UINT64_C(1) << 16)
 
-static void exercise(patch_state *st, const uint8_t *data, size_t size) {
+static void exercise(patch_state *st, const uint8_t *data, size_t size)
+{
   if (size >= 104 && (fuzz_get_le64(data + 80) > FUZZ_MAX_DECLARED_PAGES ||
                       fuzz_get_le64(data + 48) > FUZZ_MAX_DECLARED_PAGES))
     return;
@@ -98,7 +101,8 @@ static void exercise(patch_state *st, const uint8_t *data, size_t size) {
 }
 
 /* Make the checksums of a patch of `size` bytes agree with its contents. */
-static void fix_up(uint8_t *p, size_t size) {
+static void fix_up(uint8_t *p, size_t size)
+{
   uint64_t k = (size - PATCH_HEADER - 8) / (LOOM_PAGE_SIZE + PATCH_ENTRY);
   fuzz_put_le64(p + 96, k);
   uint8_t *entries = p + PATCH_HEADER + k * LOOM_PAGE_SIZE;
@@ -113,7 +117,8 @@ static void fix_up(uint8_t *p, size_t size) {
                 XXH3_64bits_withSeed(entries, k * PATCH_ENTRY, header_sum));
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
   patch_state *st = patch_get();
   exercise(st, data, size);
   if (size < PATCH_HEADER + 8) return 0;
@@ -134,7 +139,8 @@ static void write_patch(const char *dir, const char *name,
                         const loom_position *before,
                         const loom_position *after, unsigned flags,
                         uint8_t (*pages)[LOOM_PAGE_SIZE],
-                        const uint64_t *numbers, uint64_t k) {
+                        const uint64_t *numbers, uint64_t k)
+{
   size_t size = PATCH_HEADER + k * (LOOM_PAGE_SIZE + PATCH_ENTRY) + 8;
   uint8_t *p = calloc(1, size);
   CHECK(p != NULL);
@@ -163,7 +169,8 @@ static void write_patch(const char *dir, const char *name,
   free(p);
 }
 
-int fuzz_make_seeds(const char *dir) {
+int fuzz_make_seeds(const char *dir)
+{
   patch_state *st = patch_get();
   uint8_t (*pages)[LOOM_PAGE_SIZE] = calloc(FUZZ_TEMPLATE_PAGES + 1,
                                             LOOM_PAGE_SIZE);

@@ -27,7 +27,8 @@
 #error "FUZZ_CORPUS must name the seed corpus directory"
 #endif
 
-static uint64_t splitmix(uint64_t *s) {
+static uint64_t splitmix(uint64_t *s)
+{
   uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -36,7 +37,8 @@ static uint64_t splitmix(uint64_t *s) {
 
 static size_t runs;
 
-static void replay(const uint8_t *data, size_t size, uint64_t seed) {
+static void replay(const uint8_t *data, size_t size, uint64_t seed)
+{
   LLVMFuzzerTestOneInput(data, size);
   runs++;
   uint8_t *m = malloc(size + 64);
@@ -64,7 +66,8 @@ static void replay(const uint8_t *data, size_t size, uint64_t seed) {
   free(m);
 }
 
-static int replay_file(const char *path, uint64_t seed) {
+static int replay_file(const char *path, uint64_t seed)
+{
   FILE *fp = fopen(path, "rb");
   if (fp == NULL) {
     perror(path);
@@ -82,7 +85,8 @@ static int replay_file(const char *path, uint64_t seed) {
   return 0;
 }
 
-static int replay_path(const char *path, int *files) {
+static int replay_path(const char *path, int *files)
+{
   struct stat sb;
   if (stat(path, &sb) != 0) {
     perror(path);
@@ -110,7 +114,8 @@ static int replay_path(const char *path, int *files) {
   return failed;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
   if (argc == 3 && strcmp(argv[1], "--make-seeds") == 0)
     return fuzz_make_seeds(argv[2]);
   int files = 0, failed = 0;

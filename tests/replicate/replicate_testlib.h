@@ -44,14 +44,16 @@ typedef struct model {
   int64_t time_ns;
 } model;
 
-static inline uint64_t zero_page_hash(uint64_t n) {
+static inline uint64_t zero_page_hash(uint64_t n)
+{
   static uint8_t *zero;
   if (zero == NULL) zero = xcalloc(PS);
   return loom_page_hash(n, zero);
 }
 
 static inline void model_init(model *m, uint64_t epoch, uint64_t seq,
-                              uint64_t checksum) {
+                              uint64_t checksum)
+{
   memset(m, 0, sizeof *m);
   m->epoch = epoch;
   m->seq = seq;
@@ -59,17 +61,20 @@ static inline void model_init(model *m, uint64_t epoch, uint64_t seq,
   m->time_ns = 1700000000000000000ll;
 }
 
-static inline void model_free(model *m) {
+static inline void model_free(model *m)
+{
   free(m->data);
   free(m->hashes);
   memset(m, 0, sizeof *m);
 }
 
-static inline uint8_t *model_page(const model *m, uint64_t n) {
+static inline uint8_t *model_page(const model *m, uint64_t n)
+{
   return m->data + n * PS;
 }
 
-static inline void model_reserve(model *m, uint64_t pages) {
+static inline void model_reserve(model *m, uint64_t pages)
+{
   if (pages <= m->cap) return;
   uint64_t cap = m->cap ? m->cap : 16;
   while (cap < pages) cap *= 2;
@@ -79,14 +84,16 @@ static inline void model_reserve(model *m, uint64_t pages) {
   m->cap = cap;
 }
 
-static inline uint64_t model_recompute(const model *m) {
+static inline uint64_t model_recompute(const model *m)
+{
   uint64_t sum = 0;
   for (uint64_t n = 0; n < m->pages; n++)
     sum += loom_page_hash(n, model_page(m, n));
   return sum;
 }
 
-static inline void model_copy(model *dst, const model *src) {
+static inline void model_copy(model *dst, const model *src)
+{
   model_init(dst, src->epoch, src->seq, src->checksum);
   model_reserve(dst, src->pages);
   dst->pages = src->pages;
@@ -97,7 +104,8 @@ static inline void model_copy(model *dst, const model *src) {
   }
 }
 
-static inline bool model_equal(const model *a, const model *b) {
+static inline bool model_equal(const model *a, const model *b)
+{
   return a->epoch == b->epoch && a->seq == b->seq &&
          a->checksum == b->checksum && a->pages == b->pages &&
          (a->pages == 0 || memcmp(a->data, b->data, a->pages * PS) == 0);
@@ -113,7 +121,8 @@ static inline void model_commit_info(const model *m, uint64_t after_pages,
                                      size_t n, const uint64_t *nums,
                                      const uint8_t *news,
                                      replicate_frame_info *info,
-                                     replicate_page_src *srcs) {
+                                     replicate_page_src *srcs)
+{
   uint64_t sum = m->checksum;
   for (uint64_t p = after_pages; p < m->pages; p++) sum -= m->hashes[p];
   for (uint64_t p = m->pages; p < after_pages; p++) sum += zero_page_hash(p);
@@ -142,7 +151,8 @@ static inline void model_commit_info(const model *m, uint64_t after_pages,
   };
 }
 
-static inline void model_resize(model *m, uint64_t pages) {
+static inline void model_resize(model *m, uint64_t pages)
+{
   model_reserve(m, pages);
   for (uint64_t p = m->pages; p < pages; p++) {
     memset(model_page(m, p), 0, PS);
@@ -153,7 +163,8 @@ static inline void model_resize(model *m, uint64_t pages) {
 
 static inline void model_commit_apply(model *m, const replicate_frame_info *info,
                                       size_t n, const uint64_t *nums,
-                                      const uint8_t *news) {
+                                      const uint8_t *news)
+{
   model_resize(m, info->after.pages);
   for (size_t i = 0; i < n; i++) {
     memcpy(model_page(m, nums[i]), news + i * PS, PS);
@@ -168,7 +179,8 @@ static inline void model_commit_apply(model *m, const replicate_frame_info *info
 static inline int model_commit(model *m, replicate_encoder *enc,
                                uint64_t after_pages, size_t n,
                                const uint64_t *nums, const uint8_t *news,
-                               replicate_buf *out) {
+                               replicate_buf *out)
+{
   replicate_frame_info info;
   replicate_page_src *srcs = xmalloc(n * sizeof *srcs);
   model_commit_info(m, after_pages, n, nums, news, &info, srcs);
@@ -180,7 +192,8 @@ static inline int model_commit(model *m, replicate_encoder *enc,
 
 /* Apply a decoded frame to a model as a standby would (returns the
  * replicate code apply would). */
-static inline int model_apply_frame(model *m, const replicate_frame *f) {
+static inline int model_apply_frame(model *m, const replicate_frame *f)
+{
   const replicate_frame_info *info = &f->info;
   if (info->kind != REPLICATE_KIND_COMMIT) return REPLICATE_EKIND;
   if (info->epoch < m->epoch) return REPLICATE_ESTALE_EPOCH;
@@ -219,7 +232,8 @@ static inline int model_apply_frame(model *m, const replicate_frame *f) {
 }
 
 /* Fill the model with `pages` pages of random data (no frame). */
-static inline void model_fill_random(model *m, uint64_t pages, test_rng *r) {
+static inline void model_fill_random(model *m, uint64_t pages, test_rng *r)
+{
   model_resize(m, pages);
   for (uint64_t p = 0; p < pages; p++) {
     rng_fill(r, model_page(m, p), PS);
@@ -238,7 +252,8 @@ typedef enum workload {
   WL_APPEND   /* new pages of random data appended */
 } workload;
 
-static inline const char *workload_name(workload w) {
+static inline const char *workload_name(workload w)
+{
   switch (w) {
   case WL_SPARSE: return "64 bytes/page";
   case WL_REWRITE: return "rewrite";
@@ -251,7 +266,8 @@ static inline const char *workload_name(workload w) {
  * SPARSE and REWRITE need m->pages >= n. */
 static inline void workload_make(const model *m, workload w, size_t n,
                                  test_rng *r, uint64_t *nums, uint8_t *news,
-                                 uint64_t *after_pages) {
+                                 uint64_t *after_pages)
+{
   *after_pages = m->pages;
   uint64_t stride = w == WL_APPEND || n == 0 ? 1 : m->pages / n;
   for (size_t i = 0; i < n; i++) {
@@ -279,7 +295,8 @@ static inline void workload_make(const model *m, workload w, size_t n,
 /* A random commit on m: a new length near the old one, and a random set
  * of pages changed, sparsely or whole. */
 static inline int model_random_commit(model *m, replicate_encoder *enc, test_rng *r,
-                         uint64_t max_pages, replicate_buf *out) {
+                         uint64_t max_pages, replicate_buf *out)
+{
   uint64_t after = m->pages;
   switch (rng_below(r, 5)) {
   case 0: after = rng_below(r, max_pages + 1); break;           /* anything */
@@ -318,7 +335,8 @@ static inline int model_random_commit(model *m, replicate_encoder *enc, test_rng
 
 /* dir/name into out (cap bytes). */
 static inline void join_path(char *out, size_t cap, const char *dir,
-                             const char *name) {
+                             const char *name)
+{
   size_t a = strlen(dir), b = strlen(name);
   if (a + 1 + b >= cap) abort();
   memcpy(out, dir, a);
@@ -348,12 +366,14 @@ typedef struct forge_header {
   uint8_t history[LOOM_HISTORY_SIZE];
 } forge_header;
 
-static inline void forge_le(uint8_t *p, uint64_t v, int bytes) {
+static inline void forge_le(uint8_t *p, uint64_t v, int bytes)
+{
   for (int i = 0; i < bytes; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
 /* A header with sensible defaults for one commit of page_count pages. */
-static inline forge_header forge_default(uint32_t page_count) {
+static inline forge_header forge_default(uint32_t page_count)
+{
   forge_header h = {
       .magic = {'L', 'S', 'F', 'R'},
       .version = REPLICATE_FRAME_VERSION,
@@ -374,7 +394,8 @@ static inline forge_header forge_default(uint32_t page_count) {
 }
 
 /* Write h (with its header checksum) into out[0, REPLICATE_HEADER_SIZE). */
-static inline void forge_write_header(const forge_header *h, uint8_t *out) {
+static inline void forge_write_header(const forge_header *h, uint8_t *out)
+{
   memcpy(out, h->magic, 4);
   forge_le(out + 4, h->version, 2);
   out[6] = h->kind;
@@ -400,7 +421,8 @@ static inline void forge_write_header(const forge_header *h, uint8_t *out) {
 
 /* One raw payload entry. */
 static inline void forge_entry(uint8_t *e, uint64_t page, uint64_t hash,
-                               uint8_t encoding, const void *contents) {
+                               uint8_t encoding, const void *contents)
+{
   forge_le(e, page, 8);
   forge_le(e + 8, hash, 8);
   e[16] = encoding;
@@ -412,7 +434,8 @@ static inline void forge_entry(uint8_t *e, uint64_t page, uint64_t hash,
  * and payload checksum only where fix_sizes says so. Caller frees. */
 static inline uint8_t *forge_frame(forge_header *h, const void *payload,
                                    size_t payload_len, bool fix_sizes,
-                                   size_t *frame_len) {
+                                   size_t *frame_len)
+{
   if (fix_sizes) h->compressed = payload_len;
   h->payload_checksum = XXH3_64bits(payload, payload_len);
   uint8_t *f = xmalloc(REPLICATE_HEADER_SIZE + payload_len);
@@ -424,7 +447,8 @@ static inline uint8_t *forge_frame(forge_header *h, const void *payload,
 
 /* Compress raw entries and forge a frame around them. */
 static inline uint8_t *forge_frame_entries(forge_header *h, const void *raw,
-                                           size_t raw_len, size_t *frame_len) {
+                                           size_t raw_len, size_t *frame_len)
+{
   size_t bound = ZSTD_compressBound(raw_len);
   uint8_t *z = xmalloc(bound);
   size_t zlen = ZSTD_compress(z, bound, raw, raw_len, 1);

@@ -26,7 +26,8 @@ typedef struct fixture {
   replicate_decoder *dec;
 } fixture;
 
-static int setup(void **state) {
+static int setup(void **state)
+{
   fixture *fx = xcalloc(sizeof *fx);
   strcpy(fx->dir, "/tmp/replicate-apply-XXXXXX");
   if (mkdtemp(fx->dir) == NULL) return -1;
@@ -40,7 +41,8 @@ static int setup(void **state) {
   return 0;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
   fixture *fx = *state;
   if (fx->store) loom_store_close(fx->store);
   replicate_encoder_free(fx->enc);
@@ -51,14 +53,16 @@ static int teardown(void **state) {
 }
 
 /* A model of the primary starting where the standby is. */
-static void primary_at_standby(fixture *fx, model *m) {
+static void primary_at_standby(fixture *fx, model *m)
+{
   loom_position pos;
   loom_store_position(fx->store, &pos);
   assert_int_equal(pos.pages, 0);
   model_init(m, pos.epoch, pos.seq, pos.checksum);
 }
 
-static int apply_bytes(fixture *fx, const replicate_buf *frame) {
+static int apply_bytes(fixture *fx, const replicate_buf *frame)
+{
   replicate_frame f;
   int rc = replicate_frame_decode(fx->dec, frame->data, frame->len, &f);
   if (rc != 0) return rc;
@@ -66,7 +70,8 @@ static int apply_bytes(fixture *fx, const replicate_buf *frame) {
 }
 
 /* The standby holds exactly the model's image and position. */
-static void expect_store_equals(fixture *fx, const model *m) {
+static void expect_store_equals(fixture *fx, const model *m)
+{
   loom_position pos;
   loom_store_position(fx->store, &pos);
   assert_int_equal(pos.epoch, m->epoch);
@@ -86,7 +91,8 @@ static void expect_store_equals(fixture *fx, const model *m) {
 /* The page-hash tree of snap equals the one built anew from hashes[0,
  * pages) (core/tree.c keeps it incrementally). */
 static void expect_tree(loom_snapshot *snap, const uint64_t *hashes,
-                        uint64_t pages) {
+                        uint64_t pages)
+{
   uint64_t *below = xmalloc((pages + 1) * sizeof *below);
   uint64_t *here = xmalloc((pages + 1) * sizeof *here);
   uint64_t *got = xmalloc((pages + 1) * sizeof *got);
@@ -113,7 +119,8 @@ static void expect_tree(loom_snapshot *snap, const uint64_t *hashes,
   free(got);
 }
 
-static void expect_store_tree(loom_store *store, const model *m) {
+static void expect_store_tree(loom_store *store, const model *m)
+{
   loom_snapshot *snap;
   assert_int_equal(loom_store_snapshot_open(store, &snap), 0);
   expect_tree(snap, m->hashes, m->pages);
@@ -121,7 +128,8 @@ static void expect_store_tree(loom_store *store, const model *m) {
 }
 
 /* Grow the image to `pages` pages of random data through a frame. */
-static void apply_initial(fixture *fx, model *m, uint64_t pages, test_rng *r) {
+static void apply_initial(fixture *fx, model *m, uint64_t pages, test_rng *r)
+{
   uint64_t *nums = xmalloc(pages * sizeof *nums);
   uint8_t *news = xmalloc(pages * PS);
   uint64_t after;
@@ -134,7 +142,8 @@ static void apply_initial(fixture *fx, model *m, uint64_t pages, test_rng *r) {
   free(news);
 }
 
-static void apply_workload(fixture *fx, workload w, size_t n) {
+static void apply_workload(fixture *fx, workload w, size_t n)
+{
   test_rng r = {n * 3 + (uint64_t)w};
   model m;
   primary_at_standby(fx, &m);
@@ -178,7 +187,8 @@ static void test_sparse_one(void **state) { apply_workload(*state, WL_SPARSE, 1)
 static void test_sparse_4096(void **state) { apply_workload(*state, WL_SPARSE, 4096); }
 
 /* Gaps, duplicates, fencing, and adopting a promoted primary's epoch. */
-static void test_positions(void **state) {
+static void test_positions(void **state)
+{
   fixture *fx = *state;
   test_rng r = {5};
   model m;
@@ -241,7 +251,8 @@ static void test_positions(void **state) {
  * once the disk stored something else for one of them, the read-back
  * names that page and gives another checksum, which the primary compares
  * with its own. */
-static void test_readback(void **state) {
+static void test_readback(void **state)
+{
   fixture *fx = *state;
   test_rng r = {7};
   model m;
@@ -286,7 +297,8 @@ static void test_readback(void **state) {
 /* A page whose contents do not match its hash (the frame's checksums and
  * after checksum are all consistent with the lying hash): refused, the
  * store unchanged. Then a frame whose after checksum lies. */
-static void test_damaged(void **state) {
+static void test_damaged(void **state)
+{
   fixture *fx = *state;
   test_rng r = {6};
   model m;
@@ -357,7 +369,8 @@ static void test_damaged(void **state) {
 
 /* Random commits (growth, shrinking, pages grown unsent), applied one by
  * one and, on a second standby, coalesced. */
-static void test_random_and_coalesced(void **state) {
+static void test_random_and_coalesced(void **state)
+{
   fixture *fx = *state;
   test_rng r = {77};
   model m;
@@ -426,7 +439,8 @@ typedef struct hook_ctx {
   int error;
 } hook_ctx;
 
-static int on_commit(void *ctx, loom *l, const loom_commit *c) {
+static int on_commit(void *ctx, loom *l, const loom_commit *c)
+{
   hook_ctx *h = ctx;
   if (h->count == 16) return h->error = EOVERFLOW;
   int rc = replicate_frame_encode_commit(h->enc, l, c, &h->frames[h->count]);
@@ -435,7 +449,8 @@ static int on_commit(void *ctx, loom *l, const loom_commit *c) {
   return rc;
 }
 
-static void test_commit_hook(void **state) {
+static void test_commit_hook(void **state)
+{
   fixture *fx = *state;
   hook_ctx hook = {.enc = fx->enc};
   loom_options opt = {
@@ -498,7 +513,8 @@ static void test_commit_hook(void **state) {
   for (int i = 0; i < hook.count; i++) replicate_buf_free(&hook.frames[i]);
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_sparse, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rewrite, setup, teardown),

@@ -21,7 +21,8 @@ typedef struct chain {
   model end;    /* after the last */
 } chain;
 
-static void chain_free(chain *c) {
+static void chain_free(chain *c)
+{
   for (size_t i = 0; i < c->count; i++) replicate_buf_free(&c->frames[i]);
   free(c->frames);
   model_free(&c->start);
@@ -29,7 +30,8 @@ static void chain_free(chain *c) {
 }
 
 static void random_chain(chain *c, size_t count, test_rng *r,
-                         uint64_t max_pages, replicate_encoder *enc) {
+                         uint64_t max_pages, replicate_encoder *enc)
+{
   model_init(&c->start, 2, 100, 0);
   model_fill_random(&c->start, rng_below(r, max_pages + 1), r);
   model_copy(&c->end, &c->start);
@@ -42,7 +44,8 @@ static void random_chain(chain *c, size_t count, test_rng *r,
 /* Coalesce frames [from, to) of c into out. */
 static int coalesce(const chain *c, size_t from, size_t to,
                     replicate_coalescer *co, replicate_encoder *enc,
-                    replicate_decoder *dec, replicate_buf *out) {
+                    replicate_decoder *dec, replicate_buf *out)
+{
   for (size_t i = from; i < to; i++) {
     replicate_frame f;
     int rc = replicate_frame_decode(dec, c->frames[i].data, c->frames[i].len, &f);
@@ -59,7 +62,8 @@ static void assert_finish_frame_matches(const chain *c, size_t from, size_t to,
                                         replicate_coalescer *co,
                                         replicate_decoder *dec,
                                         replicate_decoder *raw_dec,
-                                        const replicate_frame *decoded) {
+                                        const replicate_frame *decoded)
+{
   for (size_t i = from; i < to; i++) {
     replicate_frame f;
     assert_int_equal(replicate_frame_decode(dec, c->frames[i].data,
@@ -88,7 +92,8 @@ static void assert_finish_frame_matches(const chain *c, size_t from, size_t to,
   }
 }
 
-static void test_random_chains(void **state) {
+static void test_random_chains(void **state)
+{
   (void)state;
   replicate_encoder *enc;
   replicate_decoder *dec, *merged_dec, *raw_dec;
@@ -148,7 +153,8 @@ static void test_random_chains(void **state) {
 /* The hard cases, spelled out: a page shrunk away and grown back unsent
  * (the standby must get zeros, not its old version), a delta over a page
  * that came whole, and a delta of a page grown unsent (base zero). */
-static void test_shrink_regrow(void **state) {
+static void test_shrink_regrow(void **state)
+{
   (void)state;
   replicate_encoder *enc;
   replicate_decoder *dec;
@@ -219,7 +225,8 @@ static void test_shrink_regrow(void **state) {
 
 /* Ten frames changing the same bytes of the same 64 pages merge into one
  * frame of 64 pages, far smaller than the ten. */
-static void test_merged_is_smaller(void **state) {
+static void test_merged_is_smaller(void **state)
+{
   (void)state;
   replicate_encoder *enc;
   replicate_decoder *dec;
@@ -276,7 +283,8 @@ static void test_merged_is_smaller(void **state) {
   replicate_encoder_free(enc);
 }
 
-static void test_refusals(void **state) {
+static void test_refusals(void **state)
+{
   (void)state;
   replicate_encoder *enc;
   replicate_decoder *dec;
@@ -356,7 +364,8 @@ static void test_refusals(void **state) {
   replicate_encoder_free(enc);
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_random_chains),
       cmocka_unit_test(test_shrink_regrow),

@@ -16,7 +16,8 @@
 /* ---------------------------------------------------------------------- */
 /* Round trips */
 
-static void round_trip(workload w, size_t n) {
+static void round_trip(workload w, size_t n)
+{
   test_rng r = {0x5eed + (uint64_t)w * 1000 + n};
   model primary;
   model_init(&primary, 3, 41, 0);
@@ -84,21 +85,24 @@ static void round_trip(workload w, size_t n) {
   model_free(&standby);
 }
 
-static void test_round_trip_sparse(void **state) {
+static void test_round_trip_sparse(void **state)
+{
   (void)state;
   round_trip(WL_SPARSE, 1);
   round_trip(WL_SPARSE, 64);
   round_trip(WL_SPARSE, 4096);
 }
 
-static void test_round_trip_rewrite(void **state) {
+static void test_round_trip_rewrite(void **state)
+{
   (void)state;
   round_trip(WL_REWRITE, 1);
   round_trip(WL_REWRITE, 64);
   round_trip(WL_REWRITE, 4096);
 }
 
-static void test_round_trip_append(void **state) {
+static void test_round_trip_append(void **state)
+{
   (void)state;
   round_trip(WL_APPEND, 1);
   round_trip(WL_APPEND, 64);
@@ -106,7 +110,8 @@ static void test_round_trip_append(void **state) {
 }
 
 /* A commit that only shrinks the image has no pages and no payload. */
-static void test_round_trip_shrink_only(void **state) {
+static void test_round_trip_shrink_only(void **state)
+{
   (void)state;
   test_rng r = {11};
   model primary, standby;
@@ -135,7 +140,8 @@ static void test_round_trip_shrink_only(void **state) {
 
 /* A page that changed in most of its words goes whole even with an old
  * version; one that changed in few goes as a delta. */
-static void test_encoding_choice(void **state) {
+static void test_encoding_choice(void **state)
+{
   (void)state;
   uint8_t *old_page = xcalloc(PS), *few = xcalloc(PS), *most = xcalloc(PS);
   for (size_t i = 0; i < PS; i += 8) {
@@ -172,7 +178,8 @@ static void test_encoding_choice(void **state) {
   free(most);
 }
 
-static void test_encode_refuses_bad_input(void **state) {
+static void test_encode_refuses_bad_input(void **state)
+{
   (void)state;
   uint8_t *page = xcalloc(PS);
   replicate_encoder *enc;
@@ -213,7 +220,8 @@ static void test_encode_refuses_bad_input(void **state) {
   free(page);
 }
 
-static void test_heartbeat(void **state) {
+static void test_heartbeat(void **state)
+{
   (void)state;
   replicate_buf buf = {0};
   loom_position latest = {.epoch = 3, .seq = 1045, .checksum = 0x9f3c,
@@ -246,7 +254,8 @@ static void test_heartbeat(void **state) {
 /* Refusals */
 
 /* A small frame: two pages, one delta and one whole, 64 bytes changed. */
-static void small_frame(replicate_buf *buf) {
+static void small_frame(replicate_buf *buf)
+{
   test_rng r = {99};
   model m;
   model_init(&m, 2, 10, 0);
@@ -264,7 +273,8 @@ static void small_frame(replicate_buf *buf) {
   model_free(&m);
 }
 
-static void test_truncated(void **state) {
+static void test_truncated(void **state)
+{
   (void)state;
   replicate_buf buf = {0};
   small_frame(&buf);
@@ -288,7 +298,8 @@ static void test_truncated(void **state) {
 
 /* Flip every bit of every byte of small frames: each is refused, with the
  * code of the part it hit. */
-static void flip_every_bit(const replicate_buf *buf) {
+static void flip_every_bit(const replicate_buf *buf)
+{
   replicate_decoder *dec;
   assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
   uint8_t *copy = xmalloc(buf->len);
@@ -311,7 +322,8 @@ static void flip_every_bit(const replicate_buf *buf) {
   replicate_decoder_free(dec);
 }
 
-static void test_bit_flips(void **state) {
+static void test_bit_flips(void **state)
+{
   (void)state;
   replicate_buf buf = {0};
   small_frame(&buf);
@@ -324,7 +336,8 @@ static void test_bit_flips(void **state) {
   replicate_buf_free(&buf);
 }
 
-static void test_garbage(void **state) {
+static void test_garbage(void **state)
+{
   (void)state;
   test_rng r = {1234};
   replicate_limits limits = {64, 1u << 20, 1u << 20};
@@ -347,7 +360,8 @@ static void test_garbage(void **state) {
 
 /* Decode a forged frame (compressed payload of raw entries). */
 static int decode_forged(forge_header *h, const void *raw, size_t raw_len,
-                         const replicate_limits *limits) {
+                         const replicate_limits *limits)
+{
   size_t len;
   uint8_t *frame = raw_len ? forge_frame_entries(h, raw, raw_len, &len)
                            : forge_frame(h, NULL, 0, true, &len);
@@ -360,7 +374,8 @@ static int decode_forged(forge_header *h, const void *raw, size_t raw_len,
   return rc;
 }
 
-static void test_forged_baseline(void **state) {
+static void test_forged_baseline(void **state)
+{
   (void)state;
   /* The forger matches the decoder: a forged valid frame decodes. */
   uint8_t *raw = xmalloc(REPLICATE_ENTRY_SIZE);
@@ -370,7 +385,8 @@ static void test_forged_baseline(void **state) {
   free(raw);
 }
 
-static void test_wrong_version(void **state) {
+static void test_wrong_version(void **state)
+{
   (void)state;
   uint8_t *raw = xmalloc(REPLICATE_ENTRY_SIZE);
   forge_entry(raw, 3, 77, REPLICATE_PAGE_WHOLE, NULL);
@@ -387,7 +403,8 @@ static void test_wrong_version(void **state) {
   free(raw);
 }
 
-static void test_malformed_header(void **state) {
+static void test_malformed_header(void **state)
+{
   (void)state;
   uint8_t *raw = xmalloc(REPLICATE_ENTRY_SIZE);
   forge_entry(raw, 3, 77, REPLICATE_PAGE_WHOLE, NULL);
@@ -449,7 +466,8 @@ static void test_malformed_header(void **state) {
   free(raw);
 }
 
-static void test_oversized(void **state) {
+static void test_oversized(void **state)
+{
   (void)state;
   replicate_limits limits = {.max_frame_pages = 8,
                              .max_image_pages = 1000,
@@ -513,7 +531,8 @@ static void test_oversized(void **state) {
 /* A small zstd payload that expands far beyond what the header declares:
  * refused before decompressing, and even when the header declares the
  * truth, by the limits. */
-static void test_zstd_bomb(void **state) {
+static void test_zstd_bomb(void **state)
+{
   (void)state;
   size_t big = 256u << 20;
   uint8_t *zeros = xcalloc(big);
@@ -594,7 +613,8 @@ static void test_zstd_bomb(void **state) {
   replicate_decoder_free(dec);
 }
 
-static void test_bad_entries(void **state) {
+static void test_bad_entries(void **state)
+{
   (void)state;
   uint8_t *raw = xmalloc(2 * REPLICATE_ENTRY_SIZE);
   forge_header h = forge_default(2);
@@ -626,7 +646,8 @@ static void test_bad_entries(void **state) {
   free(raw);
 }
 
-static void test_strerror(void **state) {
+static void test_strerror(void **state)
+{
   (void)state;
   for (int rc = REPLICATE_ETRUNCATED; rc > REPLICATE_ELAST; rc--) {
     const char *text = replicate_strerror(rc);
@@ -641,7 +662,8 @@ static void test_strerror(void **state) {
   assert_non_null(replicate_strerror(-1));
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip_sparse),
       cmocka_unit_test(test_round_trip_rewrite),

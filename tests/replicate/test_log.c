@@ -32,7 +32,8 @@ typedef struct fault_io {
   int dir_fsyncs;                   /* fsyncs of directories */
 } fault_io;
 
-static bool should_fail(fault_io *f, loom_io_op op, int *err) {
+static bool should_fail(fault_io *f, loom_io_op op, int *err)
+{
   f->counts[op]++;
   if (f->fail_at[op] < 0) return false;
   if (f->fail_at[op]-- != 0) return false;
@@ -40,19 +41,22 @@ static bool should_fail(fault_io *f, loom_io_op op, int *err) {
   return true;
 }
 
-static int fio_open(void *ctx, int dirfd, const char *name, int flags, mode_t mode) {
+static int fio_open(void *ctx, int dirfd, const char *name, int flags, mode_t mode)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_OPEN, &err)) return -err;
   return f->base->open(f->base->ctx, dirfd, name, flags, mode);
 }
-static ssize_t fio_pread(void *ctx, int fd, void *buf, size_t len, off_t off) {
+static ssize_t fio_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_PREAD, &err)) return -err;
   return f->base->pread(f->base->ctx, fd, buf, len, off);
 }
-static ssize_t fio_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t off) {
+static ssize_t fio_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t off)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_PWRITE, &err)) {
@@ -62,7 +66,8 @@ static ssize_t fio_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t 
   }
   return f->base->pwrite(f->base->ctx, fd, buf, len, off);
 }
-static int fio_fsync(void *ctx, int fd) {
+static int fio_fsync(void *ctx, int fd)
+{
   fault_io *f = ctx;
   struct stat st;
   if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) f->dir_fsyncs++;
@@ -70,38 +75,44 @@ static int fio_fsync(void *ctx, int fd) {
   if (should_fail(f, LOOM_IO_FSYNC, &err)) return -err;
   return f->base->fsync(f->base->ctx, fd);
 }
-static int fio_ftruncate(void *ctx, int fd, off_t len) {
+static int fio_ftruncate(void *ctx, int fd, off_t len)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_FTRUNCATE, &err)) return -err;
   return f->base->ftruncate(f->base->ctx, fd, len);
 }
-static int fio_rename(void *ctx, int a, const char *b, int c, const char *d) {
+static int fio_rename(void *ctx, int a, const char *b, int c, const char *d)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_RENAME, &err)) return -err;
   return f->base->rename(f->base->ctx, a, b, c, d);
 }
-static int fio_unlink(void *ctx, int dirfd, const char *name, int flags) {
+static int fio_unlink(void *ctx, int dirfd, const char *name, int flags)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_UNLINK, &err)) return -err;
   return f->base->unlink(f->base->ctx, dirfd, name, flags);
 }
-static int fio_close(void *ctx, int fd) {
+static int fio_close(void *ctx, int fd)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_CLOSE, &err)) return -err;
   return f->base->close(f->base->ctx, fd);
 }
-static int fio_mkdir(void *ctx, int dirfd, const char *name, mode_t mode) {
+static int fio_mkdir(void *ctx, int dirfd, const char *name, mode_t mode)
+{
   fault_io *f = ctx;
   int err;
   if (should_fail(f, LOOM_IO_MKDIR, &err)) return -err;
   return f->base->mkdir(f->base->ctx, dirfd, name, mode);
 }
 
-static void fault_io_init(fault_io *f) {
+static void fault_io_init(fault_io *f)
+{
   memset(f, 0, sizeof *f);
   f->base = loom_io_posix();
   for (int op = 0; op < LOOM_IO_OP_COUNT; op++) f->fail_at[op] = -1;
@@ -111,7 +122,8 @@ static void fault_io_init(fault_io *f) {
 }
 
 /* Fail the op's call after `countdown` more calls pass, with err. */
-static void fault_arm(fault_io *f, loom_io_op op, int countdown, int err) {
+static void fault_arm(fault_io *f, loom_io_op op, int countdown, int err)
+{
   f->fail_at[op] = countdown;
   f->fail_errno[op] = err;
 }
@@ -126,7 +138,8 @@ typedef struct fixture {
   size_t count;
 } fixture;
 
-static void make_frames(fixture *fx, size_t count, uint64_t epoch) {
+static void make_frames(fixture *fx, size_t count, uint64_t epoch)
+{
   test_rng r = {count};
   model m;
   model_init(&m, epoch, 0, 0);
@@ -150,7 +163,8 @@ static void make_frames(fixture *fx, size_t count, uint64_t epoch) {
   model_free(&m);
 }
 
-static int setup(void **state) {
+static int setup(void **state)
+{
   fixture *fx = xcalloc(sizeof *fx);
   strcpy(fx->dir, "/tmp/replog-test-XXXXXX");
   if (mkdtemp(fx->dir) == NULL) return -1;
@@ -160,7 +174,8 @@ static int setup(void **state) {
   return 0;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
   fixture *fx = *state;
   test_remove_tree(fx->dir);
   for (size_t i = 0; i < fx->count; i++) replicate_buf_free(&fx->frames[i]);
@@ -170,7 +185,8 @@ static int teardown(void **state) {
 }
 
 static int append_range(replicate_log *log, fixture *fx, uint64_t from_seq,
-                        uint64_t to_seq) {
+                        uint64_t to_seq)
+{
   for (uint64_t s = from_seq; s <= to_seq; s++) {
     int rc = replicate_log_append(log, fx->frames[s - 1].data, fx->frames[s - 1].len);
     if (rc != 0) return rc;
@@ -178,7 +194,8 @@ static int append_range(replicate_log *log, fixture *fx, uint64_t from_seq,
   return 0;
 }
 
-static void expect_frame(replicate_log *log, fixture *fx, uint64_t seq) {
+static void expect_frame(replicate_log *log, fixture *fx, uint64_t seq)
+{
   replicate_buf buf = {0};
   int rc = replicate_log_read(log, seq, &buf);
   if (rc != 0) fail_msg("read %" PRIu64 ": %s", seq, replicate_strerror(rc));
@@ -187,7 +204,8 @@ static void expect_frame(replicate_log *log, fixture *fx, uint64_t seq) {
   replicate_buf_free(&buf);
 }
 
-static int read_code(replicate_log *log, uint64_t seq) {
+static int read_code(replicate_log *log, uint64_t seq)
+{
   replicate_buf buf = {0};
   int rc = replicate_log_read(log, seq, &buf);
   replicate_buf_free(&buf);
@@ -195,7 +213,8 @@ static int read_code(replicate_log *log, uint64_t seq) {
 }
 
 /* The segment files, sorted; returns how many (at most max). */
-static int list_segments(fixture *fx, char names[][64], int max) {
+static int list_segments(fixture *fx, char names[][64], int max)
+{
   DIR *d = opendir(fx->replog);
   assert_non_null(d);
   int n = 0;
@@ -209,7 +228,8 @@ static int list_segments(fixture *fx, char names[][64], int max) {
   return n;
 }
 
-static off_t file_size(fixture *fx, const char *name) {
+static off_t file_size(fixture *fx, const char *name)
+{
   char path[256];
   join_path(path, sizeof path, fx->replog, name);
   struct stat st;
@@ -217,14 +237,16 @@ static off_t file_size(fixture *fx, const char *name) {
   return st.st_size;
 }
 
-static void file_truncate(fixture *fx, const char *name, off_t len) {
+static void file_truncate(fixture *fx, const char *name, off_t len)
+{
   char path[256];
   join_path(path, sizeof path, fx->replog, name);
   assert_int_equal(truncate(path, len), 0);
 }
 
 static void file_write(fixture *fx, const char *name, off_t off,
-                       const void *buf, size_t len) {
+                       const void *buf, size_t len)
+{
   char path[256];
   join_path(path, sizeof path, fx->replog, name);
   int fd = open(path, O_WRONLY | O_CREAT, 0644);
@@ -233,7 +255,8 @@ static void file_write(fixture *fx, const char *name, off_t off,
   close(fd);
 }
 
-static void file_flip(fixture *fx, const char *name, off_t off) {
+static void file_flip(fixture *fx, const char *name, off_t off)
+{
   char path[256];
   join_path(path, sizeof path, fx->replog, name);
   int fd = open(path, O_RDWR);
@@ -245,7 +268,8 @@ static void file_flip(fixture *fx, const char *name, off_t off) {
   close(fd);
 }
 
-static void expect_range(replicate_log *log, uint64_t oldest, uint64_t newest) {
+static void expect_range(replicate_log *log, uint64_t oldest, uint64_t newest)
+{
   replicate_log_stats st;
   replicate_log_get_stats(log, &st);
   if (st.oldest_seq != oldest || st.newest_seq != newest)
@@ -255,7 +279,8 @@ static void expect_range(replicate_log *log, uint64_t oldest, uint64_t newest) {
 
 /* ---------------------------------------------------------------------- */
 
-static void test_append_read_reopen(void **state) {
+static void test_append_read_reopen(void **state)
+{
   fixture *fx = *state;
   replicate_log *log;
   assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
@@ -304,7 +329,8 @@ static void test_append_read_reopen(void **state) {
   assert_int_equal(replicate_log_close(log), 0);
 }
 
-static void test_segments(void **state) {
+static void test_segments(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.segment_bytes = 2048};
   replicate_log *log;
@@ -335,7 +361,8 @@ static void test_segments(void **state) {
 
 /* Cut the newest segment at every length within its last record: the log
  * comes back at the record before, and appending resumes from there. */
-static void test_torn_tail(void **state) {
+static void test_torn_tail(void **state)
+{
   fixture *fx = *state;
   replicate_log *log;
   assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
@@ -373,7 +400,8 @@ static void test_torn_tail(void **state) {
 
 /* A crash while creating a segment: its header is torn; it is removed. A
  * segment created but never written to is kept and used. */
-static void test_torn_segment(void **state) {
+static void test_torn_segment(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.segment_bytes = 1024};
   replicate_log *log;
@@ -423,7 +451,8 @@ typedef struct repairs {
   uint64_t first[16], last[16];
 } repairs;
 
-static void note_repair(void *ctx, const replicate_log_repair *r) {
+static void note_repair(void *ctx, const replicate_log_repair *r)
+{
   repairs *rs = ctx;
   char line[256];
   assert_non_null(replicate_log_repair_describe(r, line, sizeof line));
@@ -437,14 +466,16 @@ static void note_repair(void *ctx, const replicate_log_repair *r) {
 }
 
 /* Options that collect the repairs into rs. */
-static replicate_log_options repair_options(repairs *rs, uint64_t segment_bytes) {
+static replicate_log_options repair_options(repairs *rs, uint64_t segment_bytes)
+{
   return (replicate_log_options){.segment_bytes = segment_bytes,
                                  .on_repair = note_repair, .repair_ctx = rs};
 }
 
 /* Report i was of kind, about file (unless NULL), for seqs first-last. */
 static void expect_repair(const repairs *rs, int i, replicate_log_repair_kind kind,
-                          const char *file, uint64_t first, uint64_t last) {
+                          const char *file, uint64_t first, uint64_t last)
+{
   assert_true(i < rs->n);
   assert_int_equal(rs->kind[i], kind);
   if (file != NULL) assert_string_equal(rs->file[i], file);
@@ -452,7 +483,8 @@ static void expect_repair(const repairs *rs, int i, replicate_log_repair_kind ki
   assert_int_equal(rs->last[i], last);
 }
 
-static uint64_t first_seq_of(const char *name) {
+static uint64_t first_seq_of(const char *name)
+{
   uint64_t seq = 0;
   assert_int_equal(sscanf(name, "seg-%" SCNu64 ".log", &seq), 1);
   return seq;
@@ -460,7 +492,8 @@ static uint64_t first_seq_of(const char *name) {
 
 /* 30 records in several small segments, closed; names[] gets the files. */
 static int make_segmented(fixture *fx, replicate_log_options *opt,
-                          char names[][64]) {
+                          char names[][64])
+{
   replicate_log *log;
   assert_int_equal(replicate_log_open(fx->dir, opt, NULL, &log), 0);
   assert_int_equal(append_range(log, fx, 1, 30), 0);
@@ -470,7 +503,8 @@ static int make_segmented(fixture *fx, replicate_log_options *opt,
   return n;
 }
 
-static bool file_exists(fixture *fx, const char *name) {
+static bool file_exists(fixture *fx, const char *name)
+{
   char path[256];
   join_path(path, sizeof path, fx->replog, name);
   return access(path, F_OK) == 0;
@@ -479,7 +513,8 @@ static bool file_exists(fixture *fx, const char *name) {
 /* A damaged record in an older segment: that segment and every older one
  * are removed (and reported), the chain from the next segment on is kept,
  * a read of a removed seq says ELOG_GONE (a base image), appends go on. */
-static void test_damaged_older_record(void **state) {
+static void test_damaged_older_record(void **state)
+{
   fixture *fx = *state;
   repairs rs = {0};
   replicate_log_options opt = repair_options(&rs, 1024);
@@ -509,7 +544,8 @@ static void test_damaged_older_record(void **state) {
 }
 
 /* The oldest segment's header damaged: it alone goes. */
-static void test_damaged_older_header(void **state) {
+static void test_damaged_older_header(void **state)
+{
   fixture *fx = *state;
   repairs rs = {0};
   replicate_log_options opt = repair_options(&rs, 1024);
@@ -526,7 +562,8 @@ static void test_damaged_older_header(void **state) {
 }
 
 /* A missing segment in the middle breaks the chain: the older side goes. */
-static void test_missing_segment(void **state) {
+static void test_missing_segment(void **state)
+{
   fixture *fx = *state;
   repairs rs = {0};
   replicate_log_options opt = repair_options(&rs, 1024);
@@ -549,7 +586,8 @@ static void test_missing_segment(void **state) {
 
 /* Damage in the middle of the newest segment (not its tail): the log is
  * cut to the last good record before it, and appends resume there. */
-static void test_damaged_newest_middle(void **state) {
+static void test_damaged_newest_middle(void **state)
+{
   fixture *fx = *state;
   repairs rs = {0};
   replicate_log_options opt = repair_options(&rs, 1 << 20);
@@ -573,7 +611,8 @@ static void test_damaged_newest_middle(void **state) {
 }
 
 /* An epoch that goes down from one segment to the next breaks the chain. */
-static void test_epoch_break(void **state) {
+static void test_epoch_break(void **state)
+{
   fixture *fx = *state;
   repairs rs = {0};
   replicate_log_options opt = repair_options(&rs, 1024);
@@ -613,7 +652,8 @@ static void test_epoch_break(void **state) {
 }
 
 /* Damage found while reading (after open) is reported as corruption. */
-static void test_corrupt_read(void **state) {
+static void test_corrupt_read(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.segment_bytes = 1024};
   char names[64][64];
@@ -626,7 +666,8 @@ static void test_corrupt_read(void **state) {
   assert_int_equal(replicate_log_close(log), 0);
 }
 
-static void test_retention(void **state) {
+static void test_retention(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.segment_bytes = 2048};
   replicate_log *log;
@@ -667,7 +708,8 @@ static void test_retention(void **state) {
 }
 
 /* The byte cap drops the oldest segments even if a standby needs them. */
-static void test_cap(void **state) {
+static void test_cap(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.segment_bytes = 2048, .max_bytes = 8192};
   replicate_log *log;
@@ -692,7 +734,8 @@ static void test_cap(void **state) {
 /* Without segment_bytes, segments are an eighth of the cap (at least
  * 64 KiB): the cap then drops whole segments well before the log is
  * empty. */
-static void test_derived_segments(void **state) {
+static void test_derived_segments(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.max_bytes = 1024 * 1024};
   replicate_log *log;
@@ -712,7 +755,8 @@ static void test_derived_segments(void **state) {
 
 /* The policy: the slowest standby's next seq; an unknown one keeps
  * everything; one that needs a base image holds nothing back. */
-static void test_oldest_needed(void **state) {
+static void test_oldest_needed(void **state)
+{
   (void)state;
   replicate_log_reader r[3] = {
       {REPLICATE_LOG_READER_AT, 40},
@@ -727,7 +771,8 @@ static void test_oldest_needed(void **state) {
   assert_int_equal(replicate_log_oldest_needed(r, 3), 0);
 }
 
-static void test_append_refusals(void **state) {
+static void test_append_refusals(void **state)
+{
   fixture *fx = *state;
   replicate_log *log;
   assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
@@ -780,7 +825,8 @@ static void test_append_refusals(void **state) {
 }
 
 /* Epochs: a newer one continues the chain, an older one is refused. */
-static void test_epochs(void **state) {
+static void test_epochs(void **state)
+{
   fixture *fx = *state;
   fixture other = {0};
   make_frames(&other, 3, 2); /* the same seqs 1..3, at epoch 2 */
@@ -813,7 +859,8 @@ static void test_epochs(void **state) {
 /* ---------------------------------------------------------------------- */
 /* Faults */
 
-static void test_fault_write(void **state) {
+static void test_fault_write(void **state)
+{
   fixture *fx = *state;
   fault_io fio;
   fault_io_init(&fio);
@@ -836,7 +883,8 @@ static void test_fault_write(void **state) {
 
 /* The write fails half-way and so does the truncate that would undo it:
  * the handle is poisoned, and reopening cuts the torn record away. */
-static void test_fault_undo_fails(void **state) {
+static void test_fault_undo_fails(void **state)
+{
   fixture *fx = *state;
   fault_io fio;
   fault_io_init(&fio);
@@ -861,7 +909,8 @@ static void test_fault_undo_fails(void **state) {
 }
 
 /* fsync failing poisons the handle; reopening recovers a contiguous log. */
-static void test_fault_fsync(void **state) {
+static void test_fault_fsync(void **state)
+{
   fixture *fx = *state;
   fault_io fio;
   fault_io_init(&fio);
@@ -888,7 +937,8 @@ static void test_fault_fsync(void **state) {
 
 /* Creating a segment: each failing step leaves the log as it was, and the
  * directory is fsynced when a segment is created or dropped. */
-static void test_fault_segment_create(void **state) {
+static void test_fault_segment_create(void **state)
+{
   fixture *fx = *state;
   replicate_log_options opt = {.segment_bytes = 1024};
   static const loom_io_op ops[] = {LOOM_IO_OPEN, LOOM_IO_PWRITE, LOOM_IO_FSYNC};
@@ -940,7 +990,8 @@ static void test_fault_segment_create(void **state) {
 }
 
 /* Opening when the directory cannot be created. */
-static void test_fault_open(void **state) {
+static void test_fault_open(void **state)
+{
   fixture *fx = *state;
   fault_io fio;
   fault_io_init(&fio);
@@ -955,7 +1006,8 @@ static void test_fault_open(void **state) {
   assert_int_equal(replicate_log_close(log), 0);
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_append_read_reopen, setup, teardown),
       cmocka_unit_test_setup_teardown(test_segments, setup, teardown),

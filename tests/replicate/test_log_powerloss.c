@@ -33,7 +33,8 @@ typedef struct run {
   char failure[256];    /* the first failure seen in a cut */
 } run;
 
-static void make_frames(run *r) {
+static void make_frames(run *r)
+{
   test_rng rng = {31};
   model m;
   model_init(&m, 1, 0, 0);
@@ -55,7 +56,8 @@ static void make_frames(run *r) {
 }
 
 /* Check one post-power-loss state; on failure, note why. */
-static void check_cut(run *r, const char *dir, uint64_t k, unsigned mode) {
+static void check_cut(run *r, const char *dir, uint64_t k, unsigned mode)
+{
   replicate_log *log;
   int rc = replicate_log_open(dir, NULL, NULL, &log);
   if (rc != 0) {
@@ -89,7 +91,8 @@ static void check_cut(run *r, const char *dir, uint64_t k, unsigned mode) {
   replicate_log_close(log);
 }
 
-static void before_op(void *ctx, iosim *sim, uint64_t k, loom_io_op op) {
+static void before_op(void *ctx, iosim *sim, uint64_t k, loom_io_op op)
+{
   (void)op;
   run *r = ctx;
   if (r->failure[0]) return;
@@ -111,7 +114,8 @@ static void before_op(void *ctx, iosim *sim, uint64_t k, loom_io_op op) {
   }
 }
 
-static void test_powerloss(void **state) {
+static void test_powerloss(void **state)
+{
   (void)state;
   run *r = xcalloc(sizeof *r);
   strcpy(r->root, "/tmp/replog-power-XXXXXX");
@@ -173,7 +177,8 @@ static void test_powerloss(void **state) {
   free(r);
 }
 
-int main(void) {
+int main(void)
+{
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_powerloss),
   };
