@@ -161,6 +161,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .sync_timeout_seconds = cfg->sync_timeout_seconds,
         .on_sync_timeout = cfg->sync_degrade ? REPLICATE_SYNC_DEGRADE : REPLICATE_SYNC_FAIL,
         .zstd_level = cfg->zstd_level,
+        .frame_key = cfg->frame_key,
         .log_fn = cfg->quiet ? NULL : ship_log,
         .log_ctx = (void *)cfg->who,
     };
@@ -188,6 +189,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .tls_key_file = cfg->tls_key,
         .scrub_interval_seconds = cfg->scrub_interval_seconds,
         .scrub_mbps = cfg->scrub_mbps,
+        .frame_key = cfg->frame_key,
         .log = cfg->quiet ? NULL : cli_log,
         .log_ctx = (void *)cfg->who,
         .cluster = cfg->cluster,
@@ -411,6 +413,7 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
 
 typedef struct primary_args {
   const char *dir, *listen, *token_file, *ack_log, *ca_file, *tls_cert, *tls_key;
+  const char *frame_key_file;
   const char *standbys[MAX_STANDBYS];
   size_t standby_count;
   int sync_degrade;
@@ -495,6 +498,7 @@ static const cli_option primary_options[] = {
            "the scrubber reads at most this many MiB a second"),
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
+    CLI_FRAME_KEY_ROW(primary_args, frame_key_file),
     CLI_LOG_OPTIONS(primary_args, log),
     {0},
 };
@@ -543,12 +547,16 @@ static int run_primary(void *args)
     return 2;
   cfg.listen_host = host;
   char *token = NULL;
+  replicate_frame_key *frame_key = NULL;
   int trc = token_file ? cli_token_file_read("primary", token_file, &token) : 0;
+  if (!trc && (trc = cli_frame_key_read("primary", a->frame_key_file, &frame_key)) != 0)
+    cli_token_forget(token);
   if (trc) {
     free(host);
     return trc;
   }
   cfg.token = token;
+  cfg.frame_key = frame_key;
   sigset_t stop;
   cli_block_stop_signals(&stop);
 
@@ -558,6 +566,7 @@ static int run_primary(void *args)
     memset(token, 0, strlen(token));
   if (rc) {
     primary_close(&n, 0);
+    replicate_frame_key_free(frame_key);
     free(token);
     free(host);
     return rc;
@@ -576,6 +585,7 @@ static int run_primary(void *args)
                                 0600)) < 0) {
     cli_fail("primary", "--ack-log %s: %s", ack_log, strerror(errno));
     primary_close(&n, 0);
+    replicate_frame_key_free(frame_key);
     free(token);
     free(host);
     return 1;
@@ -592,6 +602,7 @@ static int run_primary(void *args)
                             standbys_line, sizeof standbys_line);
   if (ack_fd >= 0)
     close(ack_fd);
+  replicate_frame_key_free(frame_key); /* shipper and server are stopped */
   free(token);
   free(host);
   char hex[17];

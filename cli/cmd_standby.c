@@ -43,7 +43,7 @@ typedef struct serve_context {
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
-  const char *repair_from;
+  const char *repair_from, *frame_key_file;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps;
   cli_log_args log;
@@ -93,6 +93,7 @@ static const cli_option standby_options[] = {
      .dflt = "the system's CAs",
      .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
              "certificates"},
+    CLI_FRAME_KEY_ROW(standby_args, frame_key_file),
     CLI_LOG_OPTIONS(standby_args, log),
     {0},
 };
@@ -180,7 +181,10 @@ static int run_standby(void *args)
   if (cli_parse_listen("standby", a->listen, &host, &port))
     return 2;
   char *token = NULL;
+  replicate_frame_key *frame_key = NULL;
   int rc = a->token_file ? cli_token_file_read("standby", a->token_file, &token) : 0;
+  if (!rc && (rc = cli_frame_key_read("standby", a->frame_key_file, &frame_key)) != 0)
+    cli_token_forget(token);
   if (rc) {
     free(host);
     return rc;
@@ -192,6 +196,7 @@ static int run_standby(void *args)
   if (a->resync_from &&
       (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
     cli_token_forget(token);
+    replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
@@ -209,10 +214,11 @@ static int run_standby(void *args)
       .promote_max_lag = a->promote_max_lag,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps,
+      .frame_key = frame_key,
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
-  cli_repair_source repair = {a->repair_from, token, a->ca_file};
+  cli_repair_source repair = {a->repair_from, token, a->ca_file, frame_key};
   if (a->repair_from) {
     o.repair_fetch = cli_repair_fetch;
     o.repair_ctx = &repair;
@@ -229,6 +235,7 @@ static int run_standby(void *args)
                           "--resync-from URL");
     else
       rc = cli_fail_server("standby", rc, host, port, dir, cert, key);
+    replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
@@ -243,6 +250,7 @@ static int run_standby(void *args)
   free(host);
   if (a->repair_from)
     cli_token_forget(token);
+  replicate_frame_key_free(frame_key); /* the server is stopped */
   return rc;
 }
 

@@ -37,6 +37,8 @@ typedef struct primary_config {
                                    for the server, or NULL */
   double scrub_interval_seconds;/* the scrubber (needs listen_host): 0 off */
   double scrub_mbps;
+  const struct replicate_frame_key *frame_key; /* tag what is shipped and
+                                  served, check what is received, or NULL */
 } primary_config;
 
 typedef struct primary_node {

@@ -35,9 +35,11 @@ static void page_ranges(const uint64_t *pages, uint64_t count, char *out, size_t
 }
 
 /* GET url + path: 0 and the 200 answer's body in *r, or an error code and
- * why. */
+ * why. With a frame key, the answer must carry a valid tag of kind (a
+ * REPLICATE_ETAG_* otherwise: an upstream without the key, or a forged
+ * answer, repairs nothing). */
 static int repair_get(const cli_repair_source *src, const char *path,
-                      client_reply *r, char *why, size_t why_len)
+                      replicate_tag_kind kind, client_reply *r, char *why, size_t why_len)
 {
   client_options opt = {.token = src->token, .ca_file = src->ca_file,
                         .timeout_s = REPAIR_TIMEOUT_S};
@@ -49,7 +51,13 @@ static int repair_get(const cli_repair_source *src, const char *path,
     snprintf(why, why_len, "%s: HTTP %ld: %.120s", src->url, r->status, r->body);
     return REPLICATE_EANSWER;
   }
-  return 0;
+  int rc = src->frame_key ? replicate_tag_check(src->frame_key, kind,
+                                                r->tag[0] ? r->tag : NULL, r->body, r->len)
+                          : 0;
+  if (rc)
+    snprintf(why, why_len, "%s: answer refused: %s (this node's key id %s)", src->url,
+             replicate_strerror(rc), replicate_frame_key_id(src->frame_key, 0));
+  return rc;
 }
 
 int cli_repair_fetch(void *ctx, const uint64_t *pages, uint64_t count,
@@ -58,7 +66,8 @@ int cli_repair_fetch(void *ctx, const uint64_t *pages, uint64_t count,
   const cli_repair_source *src = ctx;
   client_reply r;
   replicate_answer_head pin;
-  int rc = repair_get(src, "/v1/tree?level=0&first=0&count=0", &r, why, why_len);
+  int rc = repair_get(src, "/v1/tree?level=0&first=0&count=0", REPLICATE_TAG_TREE, &r,
+                      why, why_len);
   if (!rc && replicate_answer_decode((const uint8_t *)r.body, r.len, &pin) != 0) {
     snprintf(why, why_len, "%s: the pinning tree answer is malformed", src->url);
     rc = REPLICATE_EANSWER;
@@ -72,7 +81,7 @@ int cli_repair_fetch(void *ctx, const uint64_t *pages, uint64_t count,
     return ENOMEM;
   int n = snprintf(path, cap, "/v1/pages?seq=%" PRIu64 "&pages=", pin.position.seq);
   page_ranges(pages, count, path + n, cap - (size_t)n);
-  rc = repair_get(src, path, &r, why, why_len);
+  rc = repair_get(src, path, REPLICATE_TAG_PAGES, &r, why, why_len);
   free(path);
   if (rc == 0) {
     *answer = (uint8_t *)r.body;

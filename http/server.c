@@ -263,6 +263,7 @@ static http_server *server_new(const http_server_options *opt)
   if (opt->cluster)
     s->cluster = *opt->cluster;
   s->logger = (http_logger){opt->log, opt->log_ctx};
+  s->frame_key = opt->frame_key;
   s->max_frame_bytes = opt->max_frame_bytes ? opt->max_frame_bytes
                                             : (UINT64_C(64) << 20);
   s->max_image_pages = opt->max_image_pages ? opt->max_image_pages

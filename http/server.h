@@ -337,6 +337,11 @@ typedef struct http_server_options {
   int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
                       uint8_t **answer, size_t *len, char *why, size_t why_len);
   void *repair_ctx;
+  /* Authenticated frames (replicate.h; docs/AUTH.md): with a key, frames,
+   * heartbeats and base images must carry a valid tag (401 otherwise), and
+   * tree and pages answers are tagged. Not copied: it must outlive the
+   * server. [NULL: tags are not checked, answers not tagged] */
+  const replicate_frame_key *frame_key;
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;

@@ -27,6 +27,7 @@
 
 #include <microhttpd.h>
 
+#include "auth.h"
 #include "backup.h"
 #include "integrity.h"
 #include "guard.h"
@@ -115,6 +116,11 @@ struct http_server {
   int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
                       uint8_t **answer, size_t *len, char *why, size_t why_len);
   void *repair_ctx;             /* the options' (standby self-repair) */
+  const replicate_frame_key *frame_key; /* the options' (auth.c); NULL: none */
+  uint64_t tag_refusals;        /* under stats_mu: input refused for its tag */
+  int last_tag_refusal_code;
+  int64_t last_tag_refusal_ns;  /* CLOCK_REALTIME */
+  char last_tag_refusal[320];
 };
 
 /* ---------------------------------------------------------------------- */
@@ -164,6 +170,7 @@ typedef struct http_figures {
   replicate_scrub_status integrity; /* the scrubber's */
   unsigned uploads;
   uint64_t auth_failures;
+  http_tag_figures tags;        /* "frame_auth" (auth.c) */
 } http_figures;
 
 /* A daemon on the listening socket fd (server.c); NULL if it refuses. */

@@ -349,6 +349,7 @@ static int acquire(replicate_shipper *sh, const replicate_shipper_options *opt)
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
     return REPLICATE_ECURL;
   sh->curl_initialised = true;
+  sh->frame_key = opt->frame_key;
   if (opt->ca_file && !(sh->ca_file = copy_string(opt->ca_file)))
     return ENOMEM;
   if (opt->token && !(sh->token = copy_string(opt->token)))

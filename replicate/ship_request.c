@@ -50,13 +50,33 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
   return 0;
 }
 
+/* A tagged base image's trailer (the tag of every byte before it) into
+ * buf: as much of it as fits. Returns the bytes written. */
+static size_t read_trailer(ship_peer *peer, char *buf, size_t room)
+{
+  if (peer->base_off == peer->base_image_end && peer->base_tag) {
+    int rc = replicate_tag_stream_end(peer->base_tag, peer->base_trailer);
+    replicate_tag_stream_free(peer->base_tag);
+    peer->base_tag = NULL;
+    if (rc) {
+      peer->base_read_error = rc;
+      return 0;
+    }
+  }
+  size_t at = (size_t)(peer->base_off - peer->base_image_end);
+  size_t k = REPLICATE_TAG_SIZE - at < room ? REPLICATE_TAG_SIZE - at : room;
+  memcpy(buf, peer->base_trailer + at, k);
+  peer->base_off += k;
+  return k;
+}
+
 size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
 {
   ship_peer *peer = ud;
   replicate_shipper *sh = peer->sh;
   size_t want = size * nitems;
   size_t done = 0;
-  while (done < want && peer->base_off < peer->base_total) {
+  while (done < want && peer->base_off < peer->base_image_end) {
     if (peer->base_off < LOOM_STREAM_HEADER) {
       size_t k = (size_t)(LOOM_STREAM_HEADER - peer->base_off);
       if (k > want - done)
@@ -66,7 +86,7 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
       peer->base_off += k;
       continue;
     }
-    uint64_t left = peer->base_total - peer->base_off;
+    uint64_t left = peer->base_image_end - peer->base_off;
     size_t k = want - done;
     if (k > left)
       k = (size_t)left;
@@ -78,6 +98,16 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
     }
     done += k;
     peer->base_off += k;
+  }
+  if (peer->base_tag && done &&
+      replicate_tag_stream_update(peer->base_tag, buf, done) != 0) {
+    peer->base_read_error = ENOMEM;
+    return CURL_READFUNC_ABORT;
+  }
+  if (done < want && peer->base_off < peer->base_total) {
+    done += read_trailer(peer, buf + done, want - done);
+    if (peer->base_read_error)
+      return CURL_READFUNC_ABORT;
   }
   return done;
 }
@@ -191,14 +221,51 @@ int ship_launch(ship_peer *peer)
   return 0;
 }
 
-/* POST the body (peer->body, peer->body_len) to /v1/frames. */
+/* This request's own headers: ours and up to two more (NULL: none), as
+ * peer->base_headers, set on the easy handle. */
+CURLcode ship_request_headers(ship_peer *peer, const char *extra1, const char *extra2)
+{
+  for (struct curl_slist *p = peer->headers; p; p = p->next) {
+    struct curl_slist *next = curl_slist_append(peer->base_headers, p->data);
+    if (!next)
+      return CURLE_OUT_OF_MEMORY;
+    peer->base_headers = next;
+  }
+  const char *extra[] = {extra1, extra2};
+  for (int i = 0; i < 2; i++) {
+    if (!extra[i])
+      continue;
+    struct curl_slist *next = curl_slist_append(peer->base_headers, extra[i]);
+    if (!next)
+      return CURLE_OUT_OF_MEMORY;
+    peer->base_headers = next;
+  }
+  return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->base_headers);
+}
+
+/* The frame key's tag of the body, as its header (DESIGN section 8). */
+static CURLcode tag_body(ship_peer *peer)
+{
+  char value[REPLICATE_TAG_TEXT];
+  char header[sizeof REPLICATE_TAG_HEADER + 2 + REPLICATE_TAG_TEXT];
+  if (replicate_tag_make(peer->sh->frame_key, REPLICATE_TAG_FRAMES, peer->body,
+                         peer->body_len, value) != 0)
+    return CURLE_OUT_OF_MEMORY;
+  snprintf(header, sizeof header, "%s: %s", REPLICATE_TAG_HEADER, value);
+  return ship_request_headers(peer, header, NULL);
+}
+
+/* POST the body (peer->body, peer->body_len) to /v1/frames, tagged under
+ * the frame key when there is one. */
 int ship_post_body(ship_peer *peer)
 {
   replicate_shipper *sh = peer->sh;
   int rc = ship_prepare_easy(peer, peer->frames_url);
   if (rc)
     return rc;
-  CURLcode c = curl_easy_setopt(peer->easy, CURLOPT_POST, 1L);
+  CURLcode c = sh->frame_key ? tag_body(peer) : CURLE_OK;
+  if (c == CURLE_OK)
+    c = curl_easy_setopt(peer->easy, CURLOPT_POST, 1L);
   if (c == CURLE_OK)
     c = curl_easy_setopt(peer->easy, CURLOPT_POSTFIELDS, (const char *)peer->body);
   if (c == CURLE_OK)
@@ -230,6 +297,8 @@ void ship_release_request(ship_peer *peer)
   }
   curl_slist_free_all(peer->base_headers);
   peer->base_headers = NULL;
+  replicate_tag_stream_free(peer->base_tag);
+  peer->base_tag = NULL;
   peer->body = NULL;
   peer->body_len = 0;
 }
