@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "loom.h"
+#include "replicate.h"
 
 /*
  * Options: each subcommand declares a table of its options (name, value,
@@ -159,16 +160,17 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
 int cli_standby_resync(const char *dir, const char *from, const char *token,
                        const char *ca_file);
 
-/* loomship standby --repair-from URL (repair.c): where a standby fetches
- * good copies of its rotted pages. cli_repair_fetch is the server's
- * repair_fetch hook (http/server.h), ctx a cli_repair_source. */
+/* loomship standby's self-repair (repair.c): the server's repair_get hook
+ * (http/server.h), ctx a cli_repair_source: url is --repair-from, or NULL
+ * to use the upstream the frames advertised. */
 typedef struct cli_repair_source {
   const char *url, *token, *ca_file;
   const struct replicate_frame_key *frame_key; /* answers must be tagged
                                                   under it, or NULL */
 } cli_repair_source;
-int cli_repair_fetch(void *ctx, const uint64_t *pages, uint64_t count,
-                     uint8_t **answer, size_t *len, char *why, size_t why_len);
+int cli_repair_get(void *ctx, const char *upstream, const char *path,
+                   replicate_tag_kind kind, uint8_t **body, size_t *len, char *why,
+                   size_t why_len);
 
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_node, cmd_switchover;

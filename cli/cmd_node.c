@@ -206,7 +206,7 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .pages = a->pages, .token = token, .ca_file = a->ca_file,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
       .listen_host = host, .listen_port = port, .max_peers = NODE_MAX_PEERS,
-      .frame_key = frame_key};
+      .advertise_url = a->advertise, .frame_key = frame_key};
   app->seed = a->seed ? a->seed
                       : (((uint64_t)time(NULL) * 2654435761u) ^ ((uint64_t)getpid() << 32)) | 1;
   *o = (struct cluster_node_options){

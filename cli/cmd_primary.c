@@ -132,6 +132,25 @@ static void log_repaired(void *ctx, const replicate_log_repair *r)
   cli_log(ctx, line);
 }
 
+/* Tell the standbys where trees and pages are served (self-repair): the
+ * configured URL, or the server's own when it listens on a named host. */
+static int advertise(primary_node *n, const primary_config *cfg)
+{
+  char url[300];
+  const char *host = cfg->listen_host;
+  if (cfg->advertise_url)
+    snprintf(url, sizeof url, "%s", cfg->advertise_url);
+  else if (n->server && host && strcmp(host, "0.0.0.0") && strcmp(host, "::"))
+    snprintf(url, sizeof url, strchr(host, ':') ? "%s://[%s]:%u" : "%s://%s:%u",
+             cfg->tls_cert ? "https" : "http", host, (unsigned)http_server_port(n->server));
+  else
+    return 0;
+  int rc = n->shipper ? replicate_shipper_set_upstream(n->shipper, url) : 0;
+  if (rc)
+    return cli_fail(cfg->who, "--advertise %s: %s", url, replicate_strerror(rc));
+  return 0;
+}
+
 int primary_open(primary_node *n, const primary_config *cfg)
 {
   memset(n, 0, sizeof *n);
@@ -198,7 +217,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
       return cli_fail_server(cfg->who, rc, cfg->listen_host, cfg->listen_port, NULL,
                              cfg->tls_cert, cfg->tls_key);
   }
-  return 0;
+  return advertise(n, cfg);
 }
 
 /* One unit of the workload: K values each get 64 fresh random bytes. */
@@ -413,7 +432,7 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
 
 typedef struct primary_args {
   const char *dir, *listen, *token_file, *ack_log, *ca_file, *tls_cert, *tls_key;
-  const char *frame_key_file;
+  const char *frame_key_file, *advertise;
   const char *standbys[MAX_STANDBYS];
   size_t standby_count;
   int sync_degrade;
@@ -482,6 +501,8 @@ static const cli_option primary_options[] = {
     PRIMARY_TABLE_OPTIONS,
     TEXT("listen", "HOST:PORT", listen, "none",
          "serve the read endpoints (status, metrics, backup) there"),
+    TEXT("advertise", "URL", advertise, "http://HOST:PORT of --listen",
+         "the URL the standbys repair from (sent with every frame)"),
     TEXT("tls-cert", "F", tls_cert, "none", "serve HTTPS with this certificate (with --tls-key)"),
     TEXT("tls-key", "F", tls_key, "none", "the private key of --tls-cert"),
     NUMBER("drain-timeout", "SECONDS", drain, 0, 86400, "30",
@@ -518,7 +539,7 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
       .tls_cert = a->tls_cert, .tls_key = a->tls_key,
       .scrub_interval_seconds = (double)a->scrub_interval,
-      .scrub_mbps = (double)a->scrub_mbps};
+      .scrub_mbps = (double)a->scrub_mbps, .advertise_url = a->advertise};
   if (cfg->sync_count > cfg->standby_count)
     return cli_usage_error(&cmd_primary, "--sync %u needs as many --standby",
                            cfg->sync_count);

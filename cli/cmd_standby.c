@@ -84,11 +84,12 @@ static const cli_option standby_options[] = {
              "another standby's): the only way, with a new empty directory, to replace a "
              "standby's history; the swap is atomic, DIR is left as it was if the pull fails"},
     {.name = "repair-from", .arg = "URL", .kind = CLI_TEXT, .offset = AT(repair_from),
-     .dflt = "none",
-     .help = "self-repair: pages the scrubber finds rotted are fetched from URL (the "
-             "primary's --listen address, with --token-file's token), verified against "
-             "their recorded hashes and written (status \"integrity\"); none: they "
-             "make the standby corrupt"},
+     .dflt = "the URL the primary's frames advertise",
+     .help = "self-repair: rotted pages (found by the scrubber, a frame that no longer "
+             "applies, or the read-back of an apply) are fetched from URL (a primary's "
+             "or standby's, with --token-file's token) at its position with what "
+             "changed since ours, verified against its page hashes and written (status "
+             "\"integrity\"); with no URL at all, they make the standby corrupt"},
     {.name = "ca-file", .arg = "F", .kind = CLI_TEXT, .offset = AT(ca_file),
      .dflt = "the system's CAs",
      .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
@@ -218,14 +219,14 @@ static int run_standby(void *args)
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
+  /* Self-repair from --repair-from, or else from the URL the primary
+   * advertises in its frames (the token is kept for it until the end). */
   cli_repair_source repair = {a->repair_from, token, a->ca_file, frame_key};
-  if (a->repair_from) {
-    o.repair_fetch = cli_repair_fetch;
-    o.repair_ctx = &repair;
-  }
+  o.repair_get = cli_repair_get;
+  o.repair_ctx = &repair;
   http_server *server;
   rc = http_server_start(&o, &server);
-  if (rc || !a->repair_from) /* else the scrubber's repairs send it until the end */
+  if (rc)
     cli_token_forget(token);
   if (rc) {
     if (rc == LOOM_EMETA)
@@ -248,8 +249,7 @@ static int run_standby(void *args)
                                 .tls_cert = cert, .tls_key = key, .server = server}};
   rc = serve_until_stop(&c, &stop);
   free(host);
-  if (a->repair_from)
-    cli_token_forget(token);
+  cli_token_forget(token);
   replicate_frame_key_free(frame_key); /* the server is stopped */
   return rc;
 }

@@ -37,6 +37,9 @@ typedef struct primary_config {
                                    for the server, or NULL */
   double scrub_interval_seconds;/* the scrubber (needs listen_host): 0 off */
   double scrub_mbps;
+  const char *advertise_url;    /* sent to the standbys as where trees and
+                                   pages are served [http(s)://HOST:PORT of
+                                   listen_host, when it names a host] */
   const struct replicate_frame_key *frame_key; /* tag what is shipped and
                                   served, check what is received, or NULL */
 } primary_config;

@@ -649,6 +649,40 @@ typedef enum MHD_Result (*endpoint_handler)(http_server *s,
                                             struct MHD_Connection *conn,
                                             request *r);
 
+/* X-Loomship-Upstream of accepted frames: where the primary serves trees
+ * and pages (DESIGN section 4), kept for self-repair. An http or https URL
+ * of printable characters, else ignored. */
+static void learn_upstream(http_server *s, struct MHD_Connection *conn)
+{
+  const char *url = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                "X-Loomship-Upstream");
+  if (!url || strlen(url) >= sizeof s->upstream ||
+      (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
+    return;
+  for (const char *c = url; *c; c++)
+    if (*c <= ' ' || *c > '~')
+      return;
+  pthread_mutex_lock(&s->stats_mu);
+  snprintf(s->upstream, sizeof s->upstream, "%s", url);
+  pthread_mutex_unlock(&s->stats_mu);
+}
+
+/* While the standby repairs pages from its upstream (integrity state
+ * repairing), frames wait: 503 with Retry-After 1, code REPAIRING (the
+ * primary tries again; a base image is not needed). */
+static bool refuse_repairing(http_server *s, http_reply *reply)
+{
+  replicate_scrub_status in;
+  http_server_integrity(s, &in);
+  if (in.state != REPLICATE_INTEGRITY_REPAIRING)
+    return false;
+  http_reply_error(reply, 503, "repairing rotted pages from the upstream");
+  http_json_key(&reply->body, "code");
+  http_json_string(&reply->body, "REPAIRING");
+  reply->retry_after = 1;
+  return true;
+}
+
 /* POST /v1/frames: the refusal kept from phase 2, or the standby's
  * answer. */
 static enum MHD_Result answer_frames(http_server *s,
@@ -659,7 +693,9 @@ static enum MHD_Result answer_frames(http_server *s,
     reply = r->refusal;
     http_json_init(&r->refusal.body);
   } else if (!http_auth_frames_refused(s, conn, r->body, r->len, &reply)) {
-    http_standby_receive_frame(s->standby, r->body, r->len, &reply);
+    learn_upstream(s, conn);
+    if (!refuse_repairing(s, &reply))
+      http_standby_receive_frame(s->standby, r->body, r->len, &reply);
   }
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }

@@ -113,9 +113,12 @@ struct http_server {
   http_backups *backups;        /* GET /v1/backup (backup.c) */
   http_integrity *integrity;    /* GET /v1/tree, /v1/pages (integrity.c) */
   replicate_scrubber *scrubber; /* NULL: none */
-  int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
-                      uint8_t **answer, size_t *len, char *why, size_t why_len);
+  int (*repair_get)(void *ctx, const char *upstream, const char *path,
+                    replicate_tag_kind kind, uint8_t **body, size_t *len, char *why,
+                    size_t why_len);
   void *repair_ctx;             /* the options' (standby self-repair) */
+  char upstream[256];           /* under stats_mu: the URL the primary
+                                   advertised in its last frames, or "" */
   const replicate_frame_key *frame_key; /* the options' (auth.c); NULL: none */
   uint64_t tag_refusals;        /* under stats_mu: input refused for its tag */
   int last_tag_refusal_code;

@@ -211,14 +211,16 @@ extern "C" {
   X(REPLICATE_ETAG_KEY, -31049,                                               \
     "the input is tagged under a key id this node does not hold")            \
   X(REPLICATE_ETAG_BAD, -31050,                                               \
-    "the frame tag does not match the input (tampered with, or another key)")
+    "the frame tag does not match the input (tampered with, or another key)")  \
+  X(REPLICATE_ENO_UPSTREAM, -31051,                                           \
+    "no upstream to repair from (none given, none learned from frames)")
 
 enum replicate_error {
   REPLICATE_OK = 0,
 #define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
   REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
 #undef REPLICATE_ERROR_ENUM_
-  REPLICATE_ELAST = -31051        /* sentinel: one past the lowest code */
+  REPLICATE_ELAST = -31052        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
@@ -294,24 +296,6 @@ uint64_t replicate_answer_node(const uint8_t *bytes, uint64_t i);
 void replicate_answer_page(const uint8_t *bytes, uint64_t i,
                            uint64_t *page_number, uint64_t *hash,
                            const uint8_t **contents);
-
-/* ---------------------------------------------------------------------- */
-/* Self-repair (DESIGN section 8; replicate/repair.c; the protocol in
- * docs/INTEGRITY.md). A standby that found pages[0, count) (ascending)
- * rotted fetches them from its upstream with GET /v1/pages at its own
- * position and hands the answer here. The answer is refused, and nothing
- * written, unless it is well formed (REPLICATE_EANSWER), of the store's
- * history (REPLICATE_EHISTORY) and position (REPLICATE_EPOSITION), lists
- * exactly those pages (REPLICATE_EANSWER), and every page hashes both to
- * the answer's hash and to the hash the store recorded for it
- * (REPLICATE_EPAGE_HASH). Then the pages are written durably as one
- * LOOM_PATCH_REPAIR patch (the position does not move) and read back after
- * the apply (REPLICATE_EPAGE_HASH when one still does not match). The
- * caller keeps every other writer of the store out meanwhile (the
- * standby's applier is paused). 0, or the error; errno values and LOOM_E*
- * from the store pass through. */
-int replicate_repair_pages(loom_store *store, const uint8_t *answer, size_t len,
-                           const uint64_t *pages, uint64_t count);
 
 /* ---------------------------------------------------------------------- */
 /* Authenticated frames (DESIGN section 8; replicate/auth.c; docs/AUTH.md).
@@ -391,6 +375,56 @@ int replicate_tag_stream_check(replicate_tag_stream *s,
 void replicate_tag_stream_free(replicate_tag_stream *s);
 
 /* ---------------------------------------------------------------------- */
+/* Self-repair (DESIGN section 8; replicate/repair.c; the protocol in
+ * docs/INTEGRITY.md). A standby that found pages[0, count) (ascending)
+ * rotted fetches them from its upstream with GET /v1/pages at its own
+ * position and hands the answer here. The answer is refused, and nothing
+ * written, unless it is well formed (REPLICATE_EANSWER), of the store's
+ * history (REPLICATE_EHISTORY) and position (REPLICATE_EPOSITION), lists
+ * exactly those pages (REPLICATE_EANSWER), and every page hashes both to
+ * the answer's hash and to the hash the store recorded for it
+ * (REPLICATE_EPAGE_HASH). Then the pages are written durably as one
+ * LOOM_PATCH_REPAIR patch (the position does not move) and read back after
+ * the apply (REPLICATE_EPAGE_HASH when one still does not match). The
+ * caller keeps every other writer of the store out meanwhile (the
+ * standby's applier is paused). 0, or the error; errno values and LOOM_E*
+ * from the store pass through. */
+int replicate_repair_pages(loom_store *store, const uint8_t *answer, size_t len,
+                           const uint64_t *pages, uint64_t count);
+
+/* Where a standby repairs from: get sends "GET path" (a /v1/tree or
+ * /v1/pages request, docs/INTEGRITY.md) to its upstream and returns 0 with
+ * the 200 answer's body in *body (malloc'd; the caller frees it), checked
+ * against kind's frame tag when the node holds a frame key; or an error
+ * code, with why filled (REPLICATE_ENO_UPSTREAM: it knows no upstream). */
+typedef struct replicate_repair_source {
+  int (*get)(void *ctx, const char *path, replicate_tag_kind kind, uint8_t **body,
+             size_t *len, char *why, size_t why_len);
+  void *ctx;
+} replicate_repair_source;
+
+/* The most pages replicate_repair_from moves (64 MiB). */
+#define REPLICATE_REPAIR_MAX_PAGES 4096u
+
+/* Repair the store from its upstream at the upstream's own position
+ * (steps R1-R5 in repair.c, docs/INTEGRITY.md section 5): the bad pages
+ * bad[0, nbad) and every page that changed between the store's position
+ * and the upstream's are fetched, checked against the upstream's page
+ * hashes (which must add up to its checksum) and written as one patch
+ * that moves the store to the upstream's position (a LOOM_PATCH_REPAIR
+ * patch at the same position when the two are the same). The upstream
+ * must be of the store's history and epoch and not behind it
+ * (REPLICATE_EHISTORY, REPLICATE_EPOSITION); more than half the image to
+ * move is REPLICATE_ETOOBIG (a base image's job); a page that does not
+ * hash to the upstream's hash is REPLICATE_EPAGE_HASH; a malformed or
+ * unexpected answer REPLICATE_EANSWER; the source's errors pass through.
+ * 0 and *moved, the pages written (0: nothing to do). The caller keeps
+ * every other writer of the store out meanwhile. */
+int replicate_repair_from(loom_store *store, const replicate_repair_source *src,
+                          const uint64_t *bad, uint64_t nbad, uint64_t *moved,
+                          char *why, size_t why_len);
+
+/* ---------------------------------------------------------------------- */
 /* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
  * that re-reads every image page through short-lived snapshots and
  * compares it with the hash recorded when it was written (level 0 of the
@@ -434,6 +468,11 @@ typedef struct replicate_scrub_options {
   int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
                 char *why, size_t why_len);
   void *repair_ctx;
+  bool repair_only;              /* no passes: the thread only runs the
+                                    repairs asked for with
+                                    replicate_scrubber_request_repair
+                                    (a standby with --scrub-interval 0)
+                                    [false] */
 } replicate_scrub_options;
 
 #define REPLICATE_REPAIR_TRIES 3
@@ -453,7 +492,8 @@ typedef struct replicate_scrub_status {
 
 typedef struct replicate_scrubber replicate_scrubber;
 
-/* 0 and *out (NULL when interval_seconds < 0: off), REPLICATE_EINVAL,
+/* 0 and *out (NULL when interval_seconds < 0 and not repair_only: off),
+ * REPLICATE_EINVAL,
  * ENOMEM or a pthread error. */
 int replicate_scrubber_start(const replicate_scrub_options *opt,
                              replicate_scrubber **out);
@@ -462,6 +502,15 @@ void replicate_scrubber_stop(replicate_scrubber *scrubber);
 /* Thread-safe; a NULL scrubber reports running false, state ok. */
 void replicate_scrubber_status(replicate_scrubber *scrubber,
                                replicate_scrub_status *out);
+/* Bad pages found outside a pass (a frame that no longer applies, the
+ * read-back of an apply): the state is repairing at once, and the thread
+ * runs a repair round (as at a pass's end) for them, and any asked for
+ * before it started, within a moment. Pages past the first
+ * REPLICATE_PAGES_MAX waiting are dropped (a later pass finds them).
+ * Thread-safe, never blocks on I/O; a NULL scrubber or one without a
+ * repair hook ignores it. */
+void replicate_scrubber_request_repair(replicate_scrubber *scrubber,
+                                       const uint64_t *pages, uint64_t count);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */
@@ -1220,6 +1269,14 @@ int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
  * standby that was unauthorized is asked again at once. Errors:
  * REPLICATE_EINVAL (a control character), ENOMEM. */
 int replicate_shipper_set_token(replicate_shipper *shipper, const char *token);
+
+/* The URL where this primary serves trees and pages (its --listen or
+ * --advertise), sent to the standbys with every request as
+ * X-Loomship-Upstream (DESIGN section 4): a standby repairs from it
+ * (docs/INTEGRITY.md section 5). NULL: none. From the next request on.
+ * Errors: REPLICATE_EINVAL (not http:// or https://, or a space or control
+ * character), ENOMEM. */
+int replicate_shipper_set_upstream(replicate_shipper *shipper, const char *url);
 
 /*
  * Peers that come and go (a cluster leader ships to every member found in

@@ -269,7 +269,9 @@ struct replicate_shipper {
   int64_t degraded_since_ns;  /* CLOCK_REALTIME, when degraded was set */
   bool stopping;
   char *token;
-  uint64_t token_gen;
+  char *upstream;             /* X-Loomship-Upstream, or NULL */
+  uint64_t token_gen;         /* the token or upstream changed: headers are
+                                 built again */
 };
 
 

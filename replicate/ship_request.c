@@ -112,6 +112,16 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
   return done;
 }
 
+/* Append a copy of text to *list: false when out of memory (*list as it
+ * was). */
+static bool append_header(struct curl_slist **list, const char *text)
+{
+  struct curl_slist *next = curl_slist_append(*list, text);
+  if (next)
+    *list = next;
+  return next != NULL;
+}
+
 /* (Re)build the standby's header list when the token changed. */
 static int prepare_headers(ship_peer *peer)
 {
@@ -131,9 +141,19 @@ static int prepare_headers(ship_peer *peer)
       snprintf(auth, len, "%s%s", prefix, sh->token);
   }
   bool want_auth = sh->token != NULL;
+  char *upstream = NULL;
+  if (sh->upstream) {
+    size_t len = sizeof "X-Loomship-Upstream: " + strlen(sh->upstream);
+    if ((upstream = malloc(len)))
+      snprintf(upstream, len, "X-Loomship-Upstream: %s", sh->upstream);
+  }
+  bool want_upstream = sh->upstream != NULL;
   pthread_mutex_unlock(&sh->mu);
-  if (want_auth && !auth)
+  if ((want_auth && !auth) || (want_upstream && !upstream)) {
+    ship_free_secret(auth);
+    free(upstream);
     return ENOMEM;
+  }
 
   for (struct curl_slist *p = peer->headers; p; p = p->next)
     explicit_bzero(p->data, strlen(p->data));
@@ -144,25 +164,19 @@ static int prepare_headers(ship_peer *peer)
   static const char *const fixed[] = {
       "Content-Type: application/octet-stream", "Accept: application/json",
       "Expect:"};
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-    struct curl_slist *next = curl_slist_append(list, fixed[i]);
-    if (!next)
+  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+    if (!append_header(&list, fixed[i]))
       goto fail;
-    list = next;
-  }
-  if (auth) {
-    struct curl_slist *next = curl_slist_append(list, auth);
-    if (!next)
-      goto fail;
-    list = next;
-    ship_free_secret(auth);
-    auth = NULL;
-  }
+  if ((auth && !append_header(&list, auth)) || (upstream && !append_header(&list, upstream)))
+    goto fail;
+  ship_free_secret(auth);
+  free(upstream);
   peer->headers = list;
   peer->headers_token_gen = gen;
   return 0;
 fail:
   ship_free_secret(auth);
+  free(upstream);
   for (struct curl_slist *p = list; p; p = p->next)
     explicit_bzero(p->data, strlen(p->data));
   curl_slist_free_all(list);
@@ -225,21 +239,12 @@ int ship_launch(ship_peer *peer)
  * peer->base_headers, set on the easy handle. */
 CURLcode ship_request_headers(ship_peer *peer, const char *extra1, const char *extra2)
 {
-  for (struct curl_slist *p = peer->headers; p; p = p->next) {
-    struct curl_slist *next = curl_slist_append(peer->base_headers, p->data);
-    if (!next)
+  for (struct curl_slist *p = peer->headers; p; p = p->next)
+    if (!append_header(&peer->base_headers, p->data))
       return CURLE_OUT_OF_MEMORY;
-    peer->base_headers = next;
-  }
-  const char *extra[] = {extra1, extra2};
-  for (int i = 0; i < 2; i++) {
-    if (!extra[i])
-      continue;
-    struct curl_slist *next = curl_slist_append(peer->base_headers, extra[i]);
-    if (!next)
-      return CURLE_OUT_OF_MEMORY;
-    peer->base_headers = next;
-  }
+  if ((extra1 && !append_header(&peer->base_headers, extra1)) ||
+      (extra2 && !append_header(&peer->base_headers, extra2)))
+    return CURLE_OUT_OF_MEMORY;
   return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->base_headers);
 }
 

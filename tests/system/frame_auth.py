@@ -49,11 +49,7 @@ def key_id(key):
 
 
 def standby(loomship, d, log, extra):
-    proc = systest.spawn([loomship, "standby", "--dir", d, "--listen", "127.0.0.1:0"] + extra,
-                         stdout=subprocess.PIPE, stderr=open(log, "ab"))
-    line = proc.stdout.readline().decode()
-    url = line.split("listening on ", 1)[1].split()[0] if "listening on " in line else None
-    return proc, url
+    return systest.start_standby(loomship, d, log=log, extra=extra)
 
 
 def primary(loomship, root, name, standbys, log, extra):
