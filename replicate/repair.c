@@ -17,7 +17,8 @@
  * applies to is behind its primary by that frame at least):
  *   R1. pin the upstream (a tree request): same history and epoch (one
  *       line of commits), at or past our position;
- *   R2. read its page hashes at the pin, which must add up to its checksum;
+ *   R2. read its page hashes at the pin, which must add up to its checksum
+ *       (at our own position they are ours: nothing is fetched);
  *   R3. the pages to move: where its hash is not ours (changed since our
  *       position, or new) and the bad pages; more than half the image (or
  *       REPLICATE_REPAIR_MAX_PAGES) is a base image's job (REPLICATE_ETOOBIG);
@@ -190,7 +191,7 @@ static int job_pin(repair_job *j)
 }
 
 /* R2: the upstream's page hashes at the pin, which must add up to its
- * checksum. */
+ * checksum; at our own position they are ours (nothing to fetch). */
 static int job_hashes(repair_job *j)
 {
   const loom_position *p = &j->pin.position;
@@ -198,6 +199,11 @@ static int job_hashes(repair_job *j)
   if (!j->hashes)
     return ENOMEM;
   uint64_t sum = 0;
+  if (loom_position_same(p, &j->ours)) { /* the same position: ours are its hashes */
+    for (uint64_t n = 0; n < p->pages; n++)
+      j->hashes[n] = loom_store_page_hash(j->store, n);
+    return 0;
+  }
   for (uint64_t first = 0; first < p->pages; first += REPLICATE_TREE_MAX_NODES) {
     uint64_t count = p->pages - first < REPLICATE_TREE_MAX_NODES ? p->pages - first
                                                                  : REPLICATE_TREE_MAX_NODES;
