@@ -239,6 +239,8 @@ int ship_launch(ship_peer *peer)
  * peer->base_headers, set on the easy handle. */
 CURLcode ship_request_headers(ship_peer *peer, const char *extra1, const char *extra2)
 {
+  curl_slist_free_all(peer->base_headers); /* a request that never started */
+  peer->base_headers = NULL;
   for (struct curl_slist *p = peer->headers; p; p = p->next)
     if (!append_header(&peer->base_headers, p->data))
       return CURLE_OUT_OF_MEMORY;
