@@ -9,6 +9,9 @@
  * in the same run, and decodes both (decompress, check, rebuild each page
  * as a standby would: XOR with its old version). Speeds are raw dirty bytes
  * (pages * 16 KiB) per second; every figure is the median of the repeats.
+ * The HMAC-SHA256 tag of each encoded frame (--frame-key-file, docs/AUTH.md)
+ * is timed in the same loop: "tag us" and its share of the encode time
+ * (goal: <= 5 %).
  *
  *   frame_bench [--level N] [--repeats N] [--check]
  *
@@ -22,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "replicate.h"
 
@@ -147,15 +151,36 @@ typedef struct measure {
   size_t wire;
   double encode_s;
   double decode_s;
+  double tag_s;      /* the frame's HMAC tag, when a key is given */
 } measure;
+
+/* A random frame key in a private temporary file, loaded. */
+static replicate_frame_key *bench_key(void)
+{
+  char path[] = "/tmp/frame_bench_key_XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) die("key file", 5);
+  char text[66];
+  for (int i = 0; i < 32; i++) snprintf(text + 2 * i, 3, "%02x", (unsigned)(rng_next() & 255));
+  text[64] = '\n';
+  if (write(fd, text, 65) != 65) die("key file", 5);
+  close(fd);
+  replicate_frame_key *k = NULL;
+  char why[256];
+  int rc = replicate_frame_key_load(path, &k, why, sizeof why);
+  unlink(path);
+  if (rc != 0) die(why, rc);
+  return k;
+}
 
 /* Encode with srcs, then decode and rebuild every page; median times. */
 static measure run(const commit *c, const replicate_page_src *srcs,
                    replicate_encoder *enc, replicate_decoder *dec,
-                   int repeats, uint8_t *rebuilt)
+                   const replicate_frame_key *key, int repeats, uint8_t *rebuilt)
 {
   double *enc_t = xmalloc((size_t)repeats * sizeof *enc_t);
   double *dec_t = xmalloc((size_t)repeats * sizeof *dec_t);
+  double *tag_t = xmalloc((size_t)repeats * sizeof *tag_t);
   replicate_buf buf = {0};
   measure m = {0};
   for (int r = 0; r < repeats; r++) {
@@ -163,6 +188,11 @@ static measure run(const commit *c, const replicate_page_src *srcs,
     int rc = replicate_frame_encode(enc, &c->info, srcs, c->n, &buf);
     double t1 = now_s();
     if (rc != 0) die("encode", rc);
+    char tag[REPLICATE_TAG_TEXT];
+    if (key && (rc = replicate_tag_make(key, REPLICATE_TAG_FRAMES, buf.data, buf.len, tag)))
+      die("tag", rc);
+    tag_t[r] = now_s() - t1;
+    t1 = now_s();
     replicate_frame f;
     rc = replicate_frame_decode(dec, buf.data, buf.len, &f);
     if (rc != 0) die("decode", rc);
@@ -194,8 +224,10 @@ static measure run(const commit *c, const replicate_page_src *srcs,
   }
   m.encode_s = median(enc_t, repeats);
   m.decode_s = median(dec_t, repeats);
+  m.tag_s = median(tag_t, repeats);
   free(enc_t);
   free(dec_t);
+  free(tag_t);
   replicate_buf_free(&buf);
   return m;
 }
@@ -220,10 +252,12 @@ int main(int argc, char **argv)
   rc = replicate_decoder_new(NULL, &dec);
   if (rc != 0) die("decoder", rc);
 
+  replicate_frame_key *key = bench_key();
   printf("frame codec, zstd level %d; medians; MB/s of raw dirty bytes\n\n", level);
-  printf("%-14s %5s %11s | %10s %7s %9s %9s | %10s %9s %9s | %7s\n",
+  printf("%-14s %5s %11s | %10s %7s %9s %9s | %10s %9s %9s | %7s | %8s %7s\n",
          "workload", "pages", "raw bytes", "wire", "raw/wire", "enc MB/s",
-         "dec MB/s", "whole wire", "enc MB/s", "dec MB/s", "whole/wire");
+         "dec MB/s", "whole wire", "enc MB/s", "dec MB/s", "whole/wire", "tag us",
+         "tag/enc");
   bool ok = true;
   static const size_t sizes[] = {64, 4096};
   for (int w = WL_SPARSE; w <= WL_APPEND; w++) {
@@ -233,15 +267,17 @@ int main(int argc, char **argv)
       commit c;
       commit_make(&c, (workload)w, n);
       uint8_t *rebuilt = xmalloc(n * PS);
-      measure delta = run(&c, c.deltas, enc, dec, reps, rebuilt);
-      measure whole = run(&c, c.wholes, enc, dec, reps, rebuilt);
+      measure delta = run(&c, c.deltas, enc, dec, key, reps, rebuilt);
+      measure whole = run(&c, c.wholes, enc, dec, NULL, reps, rebuilt);
       double raw = (double)(n * PS);
       double enc_mbs = raw / delta.encode_s / 1e6;
-      printf("%-14s %5zu %11.0f | %10zu %7.1f %9.0f %9.0f | %10zu %9.0f %9.0f | %7.1f\n",
+      printf("%-14s %5zu %11.0f | %10zu %7.1f %9.0f %9.0f | %10zu %9.0f %9.0f | %7.1f | "
+             "%8.1f %6.2f%%\n",
              workload_names[w], n, raw, delta.wire, raw / (double)delta.wire,
              enc_mbs, raw / delta.decode_s / 1e6, whole.wire,
              raw / whole.encode_s / 1e6, raw / whole.decode_s / 1e6,
-             (double)whole.wire / (double)delta.wire);
+             (double)whole.wire / (double)delta.wire, delta.tag_s * 1e6,
+             100.0 * delta.tag_s / delta.encode_s);
       if (w == WL_SPARSE) {
         ok &= (double)delta.wire * 40 <= raw;
         ok &= whole.wire >= 15 * delta.wire;
@@ -255,5 +291,6 @@ int main(int argc, char **argv)
          "encode > 1000 MB/s: %s\n", ok ? "met" : "NOT met");
   replicate_encoder_free(enc);
   replicate_decoder_free(dec);
+  replicate_frame_key_free(key);
   return check && !ok ? 1 : 0;
 }

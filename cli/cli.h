@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "loom.h"
+#include "replicate.h"
 
 /*
  * Options: each subcommand declares a table of its options (name, value,
@@ -93,6 +94,22 @@ int cli_parse_u64(const char *cmd, const char *what, const char *text,
 int cli_token_file_read(const char *cmd, const char *path, char **token);
 /* Zero and free a token (NULL allowed). */
 void cli_token_forget(char *token);
+
+/* --frame-key-file F, the same row in every command that ships or
+ * receives (standby, primary, node, demo): field is a const char *. */
+#define CLI_FRAME_KEY_ROW(type, field)                                             \
+  {.name = "frame-key-file", .arg = "F", .kind = CLI_TEXT,                         \
+   .offset = offsetof(type, field), .dflt = "none",                                \
+   .help = "authenticated frames: 64 hex digits (a 32-byte key) on the first "     \
+           "line, the previous key optionally on the second (a rotation); every "  \
+           "frame, base image and repair answer is tagged with HMAC-SHA256 under " \
+           "it, and input without a valid tag is refused (401); must not be "      \
+           "readable by group or others"}
+struct replicate_frame_key;
+/* The key in path (replicate_frame_key_load): 0 and *key (free it with
+ * replicate_frame_key_free), or 2 after an error line naming the file.
+ * path NULL: 0 and *key NULL. */
+int cli_frame_key_read(const char *cmd, const char *path, struct replicate_frame_key **key);
 /* Hex of a 64-bit checksum into buf (17 bytes). */
 const char *cli_hex64(uint64_t v, char buf[17]);
 
@@ -143,14 +160,17 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
 int cli_standby_resync(const char *dir, const char *from, const char *token,
                        const char *ca_file);
 
-/* loomship standby --repair-from URL (repair.c): where a standby fetches
- * good copies of its rotted pages. cli_repair_fetch is the server's
- * repair_fetch hook (http/server.h), ctx a cli_repair_source. */
+/* loomship standby's self-repair (repair.c): the server's repair_get hook
+ * (http/server.h), ctx a cli_repair_source: url is --repair-from, or NULL
+ * to use the upstream the frames advertised. */
 typedef struct cli_repair_source {
   const char *url, *token, *ca_file;
+  const struct replicate_frame_key *frame_key; /* answers must be tagged
+                                                  under it, or NULL */
 } cli_repair_source;
-int cli_repair_fetch(void *ctx, const uint64_t *pages, uint64_t count,
-                     uint8_t **answer, size_t *len, char *why, size_t why_len);
+int cli_repair_get(void *ctx, const char *upstream, const char *path,
+                   replicate_tag_kind kind, uint8_t **body, size_t *len, char *why,
+                   size_t why_len);
 
 extern const cli_command cmd_standby, cmd_primary;
 extern const cli_command cmd_node, cmd_switchover;

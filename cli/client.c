@@ -34,6 +34,26 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
   return len;
 }
 
+/* Keep the X-Loomship-Tag header's value (trimmed) in the reply. */
+static size_t header_line(char *data, size_t size, size_t n, void *arg)
+{
+  client_reply *r = arg;
+  size_t len = size * n;
+  static const char name[] = "x-loomship-tag:";
+  if (len > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
+    size_t at = sizeof name - 1, end = len;
+    while (at < end && data[at] == ' ')
+      at++;
+    while (end > at && (data[end - 1] == '\r' || data[end - 1] == '\n' || data[end - 1] == ' '))
+      end--;
+    if (end - at < sizeof r->tag) {
+      memcpy(r->tag, data + at, end - at);
+      r->tag[end - at] = '\0';
+    }
+  }
+  return len;
+}
+
 int client_request(const char *method, const char *base_url, const char *path,
                    const client_options *opt, client_reply *reply)
 {
@@ -60,6 +80,8 @@ int client_request(const char *method, const char *base_url, const char *path,
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_line);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, reply);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
   if (opt->timeout_s)

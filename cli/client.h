@@ -17,6 +17,7 @@ typedef struct client_reply {
   size_t len;
   size_t cap;           /* bytes allocated for body */
   char error[256];      /* transport error, when status is 0 */
+  char tag[96];         /* the X-Loomship-Tag header (a frame tag), or "" */
 } client_reply;
 
 /* method "GET" or "POST" (empty body) on base_url + path. 0 when an answer

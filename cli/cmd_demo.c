@@ -25,12 +25,13 @@
 #include "json_get.h"
 #include "logging.h"
 #include "primary.h"
+#include "replicate.h"
 #include "signals.h"
 
 /* Start `loomship standby` as a child (with the demo's log options); read
  * its URL from its first line. */
-static pid_t start_standby(const char *dir, const cli_log_args *log, char *url,
-                           size_t url_len)
+static pid_t start_standby(const char *dir, const cli_log_args *log,
+                           const char *frame_key_file, char *url, size_t url_len)
 {
   int out[2];
   if (pipe(out) < 0)
@@ -43,9 +44,12 @@ static pid_t start_standby(const char *dir, const cli_log_args *log, char *url,
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
-    execl("/proc/self/exe", "loomship", "standby", "--dir", dir, "--listen",
-          "127.0.0.1:0", "--log-format", log->format ? log->format : "text",
-          "--log-level", log->level ? log->level : "info", (char *)NULL);
+    const char *argv[] = {"loomship", "standby", "--dir", dir, "--listen", "127.0.0.1:0",
+                          "--log-format", log->format ? log->format : "text",
+                          "--log-level", log->level ? log->level : "info",
+                          frame_key_file ? "--frame-key-file" : NULL, frame_key_file,
+                          NULL};
+    execv("/proc/self/exe", (char *const *)argv);
     _exit(127);
   }
   close(out[1]);
@@ -137,6 +141,7 @@ static int wait_applied(const char *url, uint64_t seq, double seconds)
 
 typedef struct demo_args {
   uint64_t seconds, rate, pages;
+  const char *frame_key_file;
   cli_log_args log;
 } demo_args;
 
@@ -148,6 +153,7 @@ static const cli_option demo_options[] = {
      .help = "saves a second; 0: as fast as it goes"},
     {.name = "pages", .arg = "K", .kind = CLI_NUMBER, .offset = offsetof(demo_args, pages),
      .min = 1, .max = 100000, .dflt = "64", .help = "values of 64 bytes changed per save"},
+    CLI_FRAME_KEY_ROW(demo_args, frame_key_file),
     CLI_LOG_OPTIONS(demo_args, log),
     {0},
 };
@@ -265,12 +271,18 @@ static int run_demo(void *args)
   snprintf(backup_dir, sizeof backup_dir, "%s/backup", root);
   printf("loomship demo: a standby and a primary on 127.0.0.1, in %s\n\n", root);
 
+  replicate_frame_key *frame_key = NULL;
+  int krc = cli_frame_key_read("demo", a->frame_key_file, &frame_key);
+  if (krc)
+    return krc;
   sigset_t stop;
   cli_block_stop_signals(&stop);
   char url[256];
-  pid_t standby = start_standby(standby_dir, &a->log, url, sizeof url);
-  if (standby < 0)
+  pid_t standby = start_standby(standby_dir, &a->log, a->frame_key_file, url, sizeof url);
+  if (standby < 0) {
+    replicate_frame_key_free(frame_key);
     return cli_fail("demo", "the standby did not start");
+  }
   printf("standby    %s  (pid %d)\n", url, (int)standby);
   printf("page       %s/  (the standby's status page, while the demo runs)\n", url);
 
@@ -278,12 +290,13 @@ static int run_demo(void *args)
   primary_config cfg = {.who = "demo primary", .dir = primary_dir, .arena_pages = 8192,
                         .keys = 2048, .pages = pages, .standbys = urls,
                         .standby_count = 1, .sync_timeout_seconds = 10,
-                        .zstd_level = 1, .quiet = 1};
+                        .zstd_level = 1, .quiet = 1, .frame_key = frame_key};
   primary_node n;
   int rc = primary_open(&n, &cfg);
   if (rc) {
     primary_close(&n, 0);
     stop_child(standby);
+    replicate_frame_key_free(frame_key);
     return rc;
   }
   printf("primary    %s, %llu values of 64 bytes changed per save\n\n", primary_dir,
@@ -300,6 +313,7 @@ static int run_demo(void *args)
   int standby_rc = stop_child(standby);
   failed |= standby_rc != 0;
   failed |= primary_close(&n, 0) == 1;
+  replicate_frame_key_free(frame_key);
 
   const char *const dirs[3] = {primary_dir, standby_dir, backup_dir};
   failed |= check_images(dirs, &committed);

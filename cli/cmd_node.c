@@ -25,13 +25,14 @@
 #include "logging.h"
 #include "node.h"
 #include "primary.h"
+#include "replicate.h"
 #include "signals.h"
 
 #define NODE_MAX_PEERS 31
 
 typedef struct node_args {
   const char *name, *dir, *listen, *etcd, *cluster, *advertise, *token_file, *ack_log,
-      *ca_file;
+      *ca_file, *frame_key_file;
   uint64_t ttl, sync, max_lag, saves, rate, pages, keys, arena_pages, seed, drain,
       sync_timeout, level, log_max_mb;
   cli_log_args log;
@@ -178,6 +179,7 @@ static const cli_option node_options[] = {
     NUMBER("level", "L", level, 1, 19, "1", "the frames' zstd compression level"),
     NUMBER("log-max-mb", "MB", log_max_mb, 1, 1048576, "the replication log's own, 1024",
            "the replication log's size cap"),
+    CLI_FRAME_KEY_ROW(node_args, frame_key_file),
     CLI_LOG_OPTIONS(node_args, log),
     {0},
 };
@@ -189,8 +191,8 @@ static void node_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
 /* The member's and the application's settings. */
 static int node_configure(const node_args *a, const char *host, uint16_t port,
-                          const char *token, node_app *app,
-                          struct cluster_node_options *o)
+                          const char *token, const replicate_frame_key *frame_key,
+                          node_app *app, struct cluster_node_options *o)
 {
   if (a->keys + a->keys / 4 + 64 > a->arena_pages)
     return cli_fail("node", "--keys %llu needs an arena of more than %llu pages",
@@ -203,7 +205,8 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .who = "node", .dir = a->dir, .arena_pages = a->arena_pages, .keys = a->keys,
       .pages = a->pages, .token = token, .ca_file = a->ca_file,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
-      .listen_host = host, .listen_port = port, .max_peers = NODE_MAX_PEERS};
+      .listen_host = host, .listen_port = port, .max_peers = NODE_MAX_PEERS,
+      .advertise_url = a->advertise, .frame_key = frame_key};
   app->seed = a->seed ? a->seed
                       : (((uint64_t)time(NULL) * 2654435761u) ^ ((uint64_t)getpid() << 32)) | 1;
   *o = (struct cluster_node_options){
@@ -212,6 +215,7 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .sync = (unsigned)a->sync, .max_lag_on_failover = a->max_lag,
       .sync_timeout_seconds = (double)a->sync_timeout,
       .drain_timeout_seconds = (double)a->drain, .token = token, .ca_file = a->ca_file,
+      .frame_key = frame_key,
       .on_lead = app_lead, .on_stop_writing = app_stop_writing, .ctx = app,
       .log = node_log, .log_ctx = (void *)"node"};
   return 0;
@@ -230,8 +234,11 @@ static int run_node(void *args)
   int rc = a->token_file ? cli_token_file_read("node", a->token_file, &token) : 0;
   static node_app app; /* the callbacks' context outlives run_node's frame */
   struct cluster_node_options o;
+  replicate_frame_key *frame_key = NULL;
   if (!rc)
-    rc = node_configure(a, host, port, token, &app, &o);
+    rc = cli_frame_key_read("node", a->frame_key_file, &frame_key);
+  if (!rc)
+    rc = node_configure(a, host, port, token, frame_key, &app, &o);
   int ack_fd = -1;
   if (!rc && a->ack_log &&
       (ack_fd = open(a->ack_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0)
@@ -257,6 +264,7 @@ static int run_node(void *args)
   if (ack_fd >= 0)
     close(ack_fd);
   cli_token_forget(token);
+  replicate_frame_key_free(frame_key); /* the node is stopped */
   free(host);
   return rc;
 }

@@ -139,6 +139,25 @@ static void log_repaired(void *ctx, const replicate_log_repair *r)
   cli_log(ctx, line);
 }
 
+/* Tell the standbys where trees and pages are served (self-repair): the
+ * configured URL, or the server's own when it listens on a named host. */
+static int advertise(primary_node *n, const primary_config *cfg)
+{
+  char url[300];
+  const char *host = cfg->listen_host;
+  if (cfg->advertise_url)
+    snprintf(url, sizeof url, "%s", cfg->advertise_url);
+  else if (n->server && host && strcmp(host, "0.0.0.0") && strcmp(host, "::"))
+    snprintf(url, sizeof url, strchr(host, ':') ? "%s://[%s]:%u" : "%s://%s:%u",
+             cfg->tls_cert ? "https" : "http", host, (unsigned)http_server_port(n->server));
+  else
+    return 0;
+  int rc = n->shipper ? replicate_shipper_set_upstream(n->shipper, url) : 0;
+  if (rc)
+    return cli_fail(cfg->who, "--advertise %s: %s", url, replicate_strerror(rc));
+  return 0;
+}
+
 int primary_open(primary_node *n, const primary_config *cfg)
 {
   memset(n, 0, sizeof *n);
@@ -188,6 +207,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .sync_timeout_seconds = cfg->sync_timeout_seconds,
         .on_sync_timeout = cfg->sync_degrade ? REPLICATE_SYNC_DEGRADE : REPLICATE_SYNC_FAIL,
         .zstd_level = cfg->zstd_level,
+        .frame_key = cfg->frame_key,
         .log_fn = cfg->quiet ? NULL : ship_log,
         .log_ctx = (void *)cfg->who,
     };
@@ -216,6 +236,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
         .tls_key_file = cfg->tls_key,
         .scrub_interval_seconds = cfg->scrub_interval_seconds,
         .scrub_mbps = cfg->scrub_mbps,
+        .frame_key = cfg->frame_key,
         .log = cfg->quiet ? NULL : cli_log,
         .log_ctx = (void *)cfg->who,
         .cluster = cfg->cluster,
@@ -224,7 +245,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
       return cli_fail_server(cfg->who, rc, cfg->listen_host, cfg->listen_port, NULL,
                              cfg->tls_cert, cfg->tls_key);
   }
-  return 0;
+  return advertise(n, cfg);
 }
 
 /* One unit of the workload: K values each get 64 fresh random bytes. */
@@ -451,6 +472,7 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
 
 typedef struct primary_args {
   const char *dir, *listen, *token_file, *ack_log, *ca_file, *tls_cert, *tls_key;
+  const char *frame_key_file, *advertise;
   const char *standbys[MAX_STANDBYS];
   size_t standby_count;
   int sync_degrade;
@@ -523,6 +545,8 @@ static const cli_option primary_options[] = {
     PRIMARY_TABLE_OPTIONS,
     TEXT("listen", "HOST:PORT", listen, "none",
          "serve the read endpoints (status, metrics, backup) there"),
+    TEXT("advertise", "URL", advertise, "http://HOST:PORT of --listen",
+         "the URL the standbys repair from (sent with every frame)"),
     TEXT("tls-cert", "F", tls_cert, "none", "serve HTTPS with this certificate (with --tls-key)"),
     TEXT("tls-key", "F", tls_key, "none", "the private key of --tls-cert"),
     NUMBER("drain-timeout", "SECONDS", drain, 0, 86400, "30",
@@ -554,6 +578,7 @@ static const cli_option primary_options[] = {
            "commits not yet archived kept in memory; past it a gap is recorded and a "
            "base follows (saves never wait for the archive)"),
     CLI_ARCHIVE_OPTIONS(primary_args, archive_access),
+    CLI_FRAME_KEY_ROW(primary_args, frame_key_file),
     CLI_LOG_OPTIONS(primary_args, log),
     {0},
 };
@@ -573,7 +598,7 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
       .tls_cert = a->tls_cert, .tls_key = a->tls_key,
       .scrub_interval_seconds = (double)a->scrub_interval,
-      .scrub_mbps = (double)a->scrub_mbps};
+      .scrub_mbps = (double)a->scrub_mbps, .advertise_url = a->advertise};
   if (cfg->sync_count > cfg->standby_count)
     return cli_usage_error(&cmd_primary, "--sync %u needs as many --standby",
                            cfg->sync_count);
@@ -618,12 +643,16 @@ static int run_primary(void *args)
     return 2;
   cfg.listen_host = host;
   char *token = NULL;
+  replicate_frame_key *frame_key = NULL;
   int trc = token_file ? cli_token_file_read("primary", token_file, &token) : 0;
+  if (!trc && (trc = cli_frame_key_read("primary", a->frame_key_file, &frame_key)) != 0)
+    cli_token_forget(token);
   if (trc) {
     free(host);
     return trc;
   }
   cfg.token = token;
+  cfg.frame_key = frame_key;
   sigset_t stop;
   cli_block_stop_signals(&stop);
 
@@ -633,6 +662,7 @@ static int run_primary(void *args)
     memset(token, 0, strlen(token));
   if (rc) {
     primary_close(&n, 0);
+    replicate_frame_key_free(frame_key);
     free(token);
     free(host);
     return rc;
@@ -651,6 +681,7 @@ static int run_primary(void *args)
                                 0600)) < 0) {
     cli_fail("primary", "--ack-log %s: %s", ack_log, strerror(errno));
     primary_close(&n, 0);
+    replicate_frame_key_free(frame_key);
     free(token);
     free(host);
     return 1;
@@ -667,6 +698,7 @@ static int run_primary(void *args)
                             standbys_line, sizeof standbys_line);
   if (ack_fd >= 0)
     close(ack_fd);
+  replicate_frame_key_free(frame_key); /* shipper and server are stopped */
   free(token);
   free(host);
   char hex[17];

@@ -43,7 +43,7 @@ typedef struct serve_context {
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
-  const char *repair_from;
+  const char *repair_from, *frame_key_file;
   const char *bootstrap;
   cli_archive_access archive_access;
   uint64_t ready_lag_ms, promote_max_lag;
@@ -86,11 +86,12 @@ static const cli_option standby_options[] = {
              "another standby's): the only way, with a new empty directory, to replace a "
              "standby's history; the swap is atomic, DIR is left as it was if the pull fails"},
     {.name = "repair-from", .arg = "URL", .kind = CLI_TEXT, .offset = AT(repair_from),
-     .dflt = "none",
-     .help = "self-repair: pages the scrubber finds rotted are fetched from URL (the "
-             "primary's --listen address, with --token-file's token), verified against "
-             "their recorded hashes and written (status \"integrity\"); none: they "
-             "make the standby corrupt"},
+     .dflt = "the URL the primary's frames advertise",
+     .help = "self-repair: rotted pages (found by the scrubber, a frame that no longer "
+             "applies, or the read-back of an apply) are fetched from URL (a primary's "
+             "or standby's, with --token-file's token) at its position with what "
+             "changed since ours, verified against its page hashes and written (status "
+             "\"integrity\"); with no URL at all, they make the standby corrupt"},
     {.name = "ca-file", .arg = "F", .kind = CLI_TEXT, .offset = AT(ca_file),
      .dflt = "the system's CAs",
      .help = "CA certificates to verify --resync-from's and --repair-from's TLS "
@@ -101,6 +102,7 @@ static const cli_option standby_options[] = {
              "(s3://BUCKET/PREFIX or file:///DIR), then stream from the primary, which "
              "sends only what follows; a DIR that holds an image is left as it is"},
     CLI_ARCHIVE_OPTIONS(standby_args, archive_access),
+    CLI_FRAME_KEY_ROW(standby_args, frame_key_file),
     CLI_LOG_OPTIONS(standby_args, log),
     {0},
 };
@@ -188,7 +190,10 @@ static int run_standby(void *args)
   if (cli_parse_listen("standby", a->listen, &host, &port))
     return 2;
   char *token = NULL;
+  replicate_frame_key *frame_key = NULL;
   int rc = a->token_file ? cli_token_file_read("standby", a->token_file, &token) : 0;
+  if (!rc && (rc = cli_frame_key_read("standby", a->frame_key_file, &frame_key)) != 0)
+    cli_token_forget(token);
   if (rc) {
     free(host);
     return rc;
@@ -200,6 +205,7 @@ static int run_standby(void *args)
   if (a->resync_from &&
       (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
     cli_token_forget(token);
+    replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
@@ -223,17 +229,18 @@ static int run_standby(void *args)
       .promote_max_lag = a->promote_max_lag,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps,
+      .frame_key = frame_key,
       .log = cli_log,
       .log_ctx = (void *)"standby",
   };
-  cli_repair_source repair = {a->repair_from, token, a->ca_file};
-  if (a->repair_from) {
-    o.repair_fetch = cli_repair_fetch;
-    o.repair_ctx = &repair;
-  }
+  /* Self-repair from --repair-from, or else from the URL the primary
+   * advertises in its frames (the token is kept for it until the end). */
+  cli_repair_source repair = {a->repair_from, token, a->ca_file, frame_key};
+  o.repair_get = cli_repair_get;
+  o.repair_ctx = &repair;
   http_server *server;
   rc = http_server_start(&o, &server);
-  if (rc || !a->repair_from) /* else the scrubber's repairs send it until the end */
+  if (rc)
     cli_token_forget(token);
   if (rc) {
     if (rc == LOOM_EMETA)
@@ -243,6 +250,7 @@ static int run_standby(void *args)
                           "--resync-from URL");
     else
       rc = cli_fail_server("standby", rc, host, port, dir, cert, key);
+    replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
@@ -255,8 +263,8 @@ static int run_standby(void *args)
                                 .tls_cert = cert, .tls_key = key, .server = server}};
   rc = serve_until_stop(&c, &stop);
   free(host);
-  if (a->repair_from)
-    cli_token_forget(token);
+  cli_token_forget(token);
+  replicate_frame_key_free(frame_key); /* the server is stopped */
   return rc;
 }
 

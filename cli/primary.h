@@ -40,6 +40,11 @@ typedef struct primary_config {
   double scrub_mbps;
   const replicate_archiver_options *archive; /* --archive, or NULL (store
                                    and log are filled in by primary_open) */
+  const char *advertise_url;    /* sent to the standbys as where trees and
+                                   pages are served [http(s)://HOST:PORT of
+                                   listen_host, when it names a host] */
+  const struct replicate_frame_key *frame_key; /* tag what is shipped and
+                                  served, check what is received, or NULL */
 } primary_config;
 
 typedef struct primary_node {

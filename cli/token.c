@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "replicate.h"
 
 #define TOKEN_MAX 4096
 #define TOKEN_MIN 16
@@ -125,4 +126,17 @@ void cli_token_forget(char *token)
     explicit_bzero(token, strlen(token));
     free(token);
   }
+}
+
+int cli_frame_key_read(const char *cmd, const char *path, replicate_frame_key **key)
+{
+  *key = NULL;
+  if (!path)
+    return 0;
+  char why[512];
+  int rc = replicate_frame_key_load(path, key, why, sizeof why);
+  if (rc == 0)
+    return 0;
+  cli_fail(cmd, "--frame-key-file %s", why[0] ? why : replicate_strerror(rc));
+  return 2;
 }

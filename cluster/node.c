@@ -176,6 +176,7 @@ int node_standby_start(cluster_node *n)
       .token = (const uint8_t *)n->token,
       .token_len = n->token ? strlen(n->token) : 0,
       .promote_max_lag = n->o.promote_max_lag,
+      .frame_key = n->o.frame_key,
       .cluster = &n->source,
       .log = http_log,
       .log_ctx = n,

@@ -93,6 +93,9 @@ struct cluster_node_options {
                                 and the rewind's backup pull [none] */
   const char *ca_file;       /* for an https leader URL [the system's] */
   uint64_t promote_max_lag;  /* passed to the standby server [100] */
+  const struct replicate_frame_key *frame_key; /* the standby server checks
+                                frame tags under it (replicate.h; not
+                                copied: it must outlive the node) [none] */
 
   /* You lead at epoch: the directory is durably at that epoch (its standby
    * side closed). Open the loom, start a shipper and call

@@ -88,6 +88,7 @@ typedef struct request {
   size_t cap;
   bool header_checked;
   http_base_upload *base;       /* a base image */
+  http_tag_upload tag;          /* its tag (auth.c) */
 } request;
 
 static http_endpoint endpoint_of(const char *url)
@@ -481,6 +482,8 @@ static bool refuse_upload(http_server *s, struct MHD_Connection *conn,
     http_reply_error(reply, 413, "image too large");
     return true;
   }
+  if (http_auth_base_begin(s, conn, &r->tag, &cl, reply))
+    return true;
   const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                    "X-Loomship-If-Position");
   return http_standby_base_begin(s->standby, cl, expect, &r->base, reply) != 0;
@@ -547,6 +550,9 @@ static void frame_consume(http_server *s, request *r, const char *data,
     r->header_checked = true;
     replicate_frame_info info;
     int rc = replicate_frame_parse_header(r->body, r->len, &s->limits, &info);
+    if (rc && s->frame_key)
+      return; /* fail closed: the tag is checked before any parsing (auth.c),
+                 the body is bounded by max_frame_bytes meanwhile */
     if (rc == REPLICATE_ETOOBIG || (rc == 0 && info.frame_size > s->max_frame_bytes))
       frame_refuse(r, 413, "frame too large", rc);
     else if (rc)
@@ -628,7 +634,8 @@ static enum MHD_Result body_chunk(http_server *s, struct MHD_Connection *conn,
     frame_consume(s, r, data, n);
     refused = r->refused;
   } else if (r->ep == HTTP_EP_BASE && r->base) {
-    refused = http_standby_base_feed(r->base, (const uint8_t *)data, n) != 0;
+    size_t image = http_auth_base_feed(&r->tag, (const uint8_t *)data, n);
+    refused = image && http_standby_base_feed(r->base, (const uint8_t *)data, image) != 0;
   }
   if (refused && !r->has_length)
     return close_now(s, conn, r, "refused, and no Content-Length");
@@ -642,6 +649,40 @@ typedef enum MHD_Result (*endpoint_handler)(http_server *s,
                                             struct MHD_Connection *conn,
                                             request *r);
 
+/* X-Loomship-Upstream of accepted frames: where the primary serves trees
+ * and pages (DESIGN section 4), kept for self-repair. An http or https URL
+ * of printable characters, else ignored. */
+static void learn_upstream(http_server *s, struct MHD_Connection *conn)
+{
+  const char *url = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                "X-Loomship-Upstream");
+  if (!url || strlen(url) >= sizeof s->upstream ||
+      (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
+    return;
+  for (const char *c = url; *c; c++)
+    if (*c <= ' ' || *c > '~')
+      return;
+  pthread_mutex_lock(&s->stats_mu);
+  snprintf(s->upstream, sizeof s->upstream, "%s", url);
+  pthread_mutex_unlock(&s->stats_mu);
+}
+
+/* While the standby repairs pages from its upstream (integrity state
+ * repairing), frames wait: 503 with Retry-After 1, code REPAIRING (the
+ * primary tries again; a base image is not needed). */
+static bool refuse_repairing(http_server *s, http_reply *reply)
+{
+  replicate_scrub_status in;
+  http_server_integrity(s, &in);
+  if (in.state != REPLICATE_INTEGRITY_REPAIRING)
+    return false;
+  http_reply_error(reply, 503, "repairing rotted pages from the upstream");
+  http_json_key(&reply->body, "code");
+  http_json_string(&reply->body, "REPAIRING");
+  reply->retry_after = 1;
+  return true;
+}
+
 /* POST /v1/frames: the refusal kept from phase 2, or the standby's
  * answer. */
 static enum MHD_Result answer_frames(http_server *s,
@@ -651,8 +692,10 @@ static enum MHD_Result answer_frames(http_server *s,
   if (r->refused) {
     reply = r->refusal;
     http_json_init(&r->refusal.body);
-  } else {
-    http_standby_receive_frame(s->standby, r->body, r->len, &reply);
+  } else if (!http_auth_frames_refused(s, conn, r->body, r->len, &reply)) {
+    learn_upstream(s, conn);
+    if (!refuse_repairing(s, &reply))
+      http_standby_receive_frame(s->standby, r->body, r->len, &reply);
   }
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }
@@ -662,7 +705,10 @@ static enum MHD_Result answer_base(http_server *s, struct MHD_Connection *conn,
                                    request *r)
 {
   http_reply reply = {0};
-  http_standby_base_finish(r->base, &reply);
+  if (http_auth_base_refused(s, &r->tag, &reply))
+    http_standby_base_abort(r->base); /* the old image stays */
+  else
+    http_standby_base_finish(r->base, &reply);
   r->base = NULL;
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }
@@ -733,6 +779,10 @@ static enum MHD_Result answer_integrity(http_server *s,
   }
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                           "application/octet-stream");
+  if (status == 200)
+    http_auth_tag_answer(s, resp, r->ep == HTTP_EP_TREE ? REPLICATE_TAG_TREE
+                                                        : REPLICATE_TAG_PAGES,
+                         body, len);
   enum MHD_Result result = MHD_queue_response(conn, status, resp);
   MHD_destroy_response(resp);
   http_server_count(s, r->ep, status);
@@ -846,6 +896,7 @@ void http_dispatch_completed(void *cls, struct MHD_Connection *conn,
     return;
   if (r->base) /* cut off before its end: the old image stays */
     http_standby_base_abort(r->base);
+  http_auth_base_free(&r->tag);
   if (r->upload_slot) {
     pthread_mutex_lock(&s->stats_mu);
     s->uploads--;

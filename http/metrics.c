@@ -372,6 +372,9 @@ static void counter_metrics(textbuf *t, const http_figures *f)
           "Frame and base uploads in progress.", f->uploads);
   counter_u(t, "loomship_http_auth_failures_total",
             "Requests refused for a missing or wrong token.", f->auth_failures);
+  counter_u(t, "loomship_frame_tag_refusals_total",
+            "Frames and base images refused for a missing or wrong frame tag.",
+            f->tags.refused);
 }
 
 /* The standard process_* families (metrics_process.c reads them). */

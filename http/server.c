@@ -158,7 +158,22 @@ static void scrub_log(void *ctx, const char *message)
     s->logger.fn(s->logger.ctx, message);
 }
 
-/* The scrubber's repair hook on a standby: fetch, then check and write. */
+/* The repair source's GET: the options' hook, with the upstream the
+ * frames advertised. */
+static int repair_get(void *ctx, const char *path, replicate_tag_kind kind,
+                      uint8_t **body, size_t *len, char *why, size_t why_len)
+{
+  http_server *s = ctx;
+  char upstream[sizeof s->upstream];
+  pthread_mutex_lock(&s->stats_mu);
+  memcpy(upstream, s->upstream, sizeof upstream);
+  pthread_mutex_unlock(&s->stats_mu);
+  return s->repair_get(s->repair_ctx, upstream[0] ? upstream : NULL, path, kind, body,
+                       len, why, why_len);
+}
+
+/* The scrubber's repair hook on a standby: fetch from the upstream at its
+ * position, check and write (replicate_receiver_repair_from). */
 static int scrub_repair(void *ctx, const uint64_t *pages, uint64_t count,
                         char *why, size_t why_len)
 {
@@ -167,29 +182,33 @@ static int scrub_repair(void *ctx, const uint64_t *pages, uint64_t count,
     snprintf(why, why_len, "not a standby");
     return REPLICATE_EINVAL;
   }
-  uint8_t *answer = NULL;
-  size_t len = 0;
-  int rc = s->repair_fetch(s->repair_ctx, pages, count, &answer, &len, why, why_len);
-  if (rc == 0) {
-    rc = http_standby_repair(s->standby, answer, len, pages, count);
-    if (rc)
-      snprintf(why, why_len, "the upstream's pages were refused");
-  }
-  free(answer);
-  return rc;
+  replicate_repair_source src = {repair_get, s};
+  uint64_t moved = 0;
+  return replicate_receiver_repair_from(s->standby, &src, pages, count, &moved, why,
+                                        why_len);
+}
+
+/* The receiver's bad pages (a frame that no longer applies, a read-back)
+ * go to the scrubber's repair. */
+static void standby_bad_pages(void *ctx, const uint64_t *pages, uint64_t count)
+{
+  http_server *s = ctx;
+  replicate_scrubber_request_repair(s->scrubber, pages, count);
 }
 
 static int scrubber_start(http_server *s, const http_server_options *opt)
 {
-  if (opt->scrub_interval_seconds <= 0)
+  bool repair = opt->repair_get && opt->role == HTTP_ROLE_STANDBY;
+  if (opt->scrub_interval_seconds <= 0 && !repair)
     return 0;
   replicate_scrub_options so = {.snapshot_open = snapshot_open,
                                 .snapshot_close = snapshot_close, .ctx = s,
                                 .interval_seconds = opt->scrub_interval_seconds,
                                 .mbps = opt->scrub_mbps, .log = scrub_log,
-                                .log_ctx = s};
-  if (opt->repair_fetch && opt->role == HTTP_ROLE_STANDBY) {
-    s->repair_fetch = opt->repair_fetch;
+                                .log_ctx = s,
+                                .repair_only = opt->scrub_interval_seconds <= 0};
+  if (repair) {
+    s->repair_get = opt->repair_get;
     s->repair_ctx = opt->repair_ctx;
     so.repair = scrub_repair;
     so.repair_ctx = s;
@@ -263,6 +282,7 @@ static http_server *server_new(const http_server_options *opt)
   if (opt->cluster)
     s->cluster = *opt->cluster;
   s->logger = (http_logger){opt->log, opt->log_ctx};
+  s->frame_key = opt->frame_key;
   s->max_frame_bytes = opt->max_frame_bytes ? opt->max_frame_bytes
                                             : (UINT64_C(64) << 20);
   s->max_image_pages = opt->max_image_pages ? opt->max_image_pages
@@ -391,7 +411,7 @@ int http_server_start(const http_server_options *opt, http_server **out)
     rc = listen_on(opt->listen_host ? opt->listen_host : "127.0.0.1",
                    opt->listen_port, &fd, &s->port);
   if (rc == 0 && opt->role == HTTP_ROLE_STANDBY)
-    rc = http_standby_open(opt, &s->logger, &s->standby);
+    rc = http_standby_open(opt, &s->logger, standby_bad_pages, s, &s->standby);
   if (rc == 0)
     rc = backups_create(s);
   if (rc == 0)

@@ -334,15 +334,27 @@ typedef struct http_server_options {
                                        (replicate.h, "The scrubber") [0: no
                                        scrubber] */
   double scrub_mbps;                /* its read cap, MiB/s [64] */
-  /* Standby self-repair (optional; docs/INTEGRITY.md section 5): fetch
-   * pages[0, count) from the upstream at a pinned position as one pages
-   * answer (GET /v1/pages), malloc'd into *answer, *len: 0, or an error
-   * code with the reason in why. The server checks and writes it
-   * (replicate_receiver_repair); the scrubber calls it with the bad pages
-   * it found. NULL: bad pages make the state corrupt. */
-  int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
-                      uint8_t **answer, size_t *len, char *why, size_t why_len);
+  /* Standby self-repair (optional; docs/INTEGRITY.md section 5): GET
+   * path (a /v1/tree or /v1/pages request) from the upstream, the answer's
+   * body malloc'd into *body, *len, checked against kind's frame tag when
+   * the node holds a frame key: 0, or an error code with the reason in
+   * why. upstream is the URL the primary advertised in its last frames
+   * (X-Loomship-Upstream), or NULL when none came; the hook may use its
+   * own (--repair-from) instead, and answers REPLICATE_ENO_UPSTREAM when
+   * it has neither. The scrubber calls it (replicate_repair_from) with
+   * the bad pages it found, and so do frames that no longer apply and the
+   * read-back of applies (a scrubber that makes no passes is started for
+   * them when scrub_interval_seconds is 0). NULL: bad pages make the
+   * state corrupt. */
+  int (*repair_get)(void *ctx, const char *upstream, const char *path,
+                    replicate_tag_kind kind, uint8_t **body, size_t *len, char *why,
+                    size_t why_len);
   void *repair_ctx;
+  /* Authenticated frames (replicate.h; docs/AUTH.md): with a key, frames,
+   * heartbeats and base images must carry a valid tag (401 otherwise), and
+   * tree and pages answers are tagged. Not copied: it must outlive the
+   * server. [NULL: tags are not checked, answers not tagged] */
+  const replicate_frame_key *frame_key;
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;

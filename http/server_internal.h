@@ -27,6 +27,7 @@
 
 #include <microhttpd.h>
 
+#include "auth.h"
 #include "backup.h"
 #include "integrity.h"
 #include "guard.h"
@@ -112,9 +113,17 @@ struct http_server {
   http_backups *backups;        /* GET /v1/backup (backup.c) */
   http_integrity *integrity;    /* GET /v1/tree, /v1/pages (integrity.c) */
   replicate_scrubber *scrubber; /* NULL: none */
-  int (*repair_fetch)(void *ctx, const uint64_t *pages, uint64_t count,
-                      uint8_t **answer, size_t *len, char *why, size_t why_len);
+  int (*repair_get)(void *ctx, const char *upstream, const char *path,
+                    replicate_tag_kind kind, uint8_t **body, size_t *len, char *why,
+                    size_t why_len);
   void *repair_ctx;             /* the options' (standby self-repair) */
+  char upstream[256];           /* under stats_mu: the URL the primary
+                                   advertised in its last frames, or "" */
+  const replicate_frame_key *frame_key; /* the options' (auth.c); NULL: none */
+  uint64_t tag_refusals;        /* under stats_mu: input refused for its tag */
+  int last_tag_refusal_code;
+  int64_t last_tag_refusal_ns;  /* CLOCK_REALTIME */
+  char last_tag_refusal[320];
 };
 
 /* ---------------------------------------------------------------------- */
@@ -166,6 +175,7 @@ typedef struct http_figures {
   replicate_archive_status archive;
   unsigned uploads;
   uint64_t auth_failures;
+  http_tag_figures tags;        /* "frame_auth" (auth.c) */
 } http_figures;
 
 /* A daemon on the listening socket fd (server.c); NULL if it refuses. */

@@ -250,8 +250,10 @@ static void reply_outcome(const reply_shape table[REPLICATE_RECV_LAST],
 /* ---------------------------------------------------------------------- */
 /* The endpoints */
 
-int http_standby_open(const http_server_options *opt,
-                      const http_logger *logger, http_standby **out)
+int http_standby_open(const http_server_options *opt, const http_logger *logger,
+                      void (*on_bad_pages)(void *ctx, const uint64_t *pages,
+                                           uint64_t count),
+                      void *ctx, http_standby **out)
 {
   replicate_limits limits = http_limits_of(opt);
   replicate_receiver_options ro = {
@@ -263,6 +265,8 @@ int http_standby_open(const http_server_options *opt,
       .now_ns = http_now_ns,
       .log_fn = logger ? logger->fn : NULL,
       .log_ctx = logger ? logger->ctx : NULL,
+      .on_bad_pages = on_bad_pages,
+      .bad_pages_ctx = ctx,
   };
   return replicate_receiver_open(&ro, out);
 }
@@ -341,12 +345,6 @@ int http_standby_snapshot_open(http_standby *sb, loom_snapshot **out)
 void http_standby_snapshot_close(http_standby *sb, loom_snapshot *snap)
 {
   replicate_receiver_snapshot_close(sb, snap);
-}
-
-int http_standby_repair(http_standby *sb, const uint8_t *answer, size_t len,
-                        const uint64_t *pages, uint64_t count)
-{
-  return replicate_receiver_repair(sb, answer, len, pages, count);
 }
 
 bool http_standby_promoted(http_standby *sb)

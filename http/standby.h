@@ -48,8 +48,12 @@ typedef struct http_standby_view {
                                    (replicate/receiver.c, PRIMARY'S CLOCK) */
 } http_standby_view;
 
-int http_standby_open(const http_server_options *opt,
-                      const http_logger *logger, http_standby **out);
+/* on_bad_pages(ctx, ...): the receiver's bad pages hook (receiver.h), or
+ * NULL. */
+int http_standby_open(const http_server_options *opt, const http_logger *logger,
+                      void (*on_bad_pages)(void *ctx, const uint64_t *pages,
+                                           uint64_t count),
+                      void *ctx, http_standby **out);
 /* Apply everything received, sync, close. Returns the first error. */
 int http_standby_close(http_standby *sb);
 
@@ -79,11 +83,6 @@ void http_standby_base_abort(http_base_upload *up);
  * http_standby_snapshot_close. */
 int http_standby_snapshot_open(http_standby *sb, loom_snapshot **out);
 void http_standby_snapshot_close(http_standby *sb, loom_snapshot *snap);
-/* Rotted pages' good copies, a fetched pages answer, written after the
- * checks of replicate_repair_pages: replicate_receiver_repair. */
-int http_standby_repair(http_standby *sb, const uint8_t *answer, size_t len,
-                        const uint64_t *pages, uint64_t count);
-
 void http_standby_view_get(http_standby *sb, http_standby_view *out);
 bool http_standby_promoted(http_standby *sb);
 

@@ -96,6 +96,7 @@ void http_figures_collect(http_server *s, http_figures *f)
   f->uploads = s->uploads;
   f->auth_failures = s->auth_failures;
   pthread_mutex_unlock(&s->stats_mu);
+  http_auth_figures(s, &f->tags);
 }
 
 void http_figures_free(http_figures *f)
@@ -316,6 +317,30 @@ static void archive_json(const http_figures *f, http_json_writer *w)
   http_json_object_end(w);
 }
 
+/* "frame_auth" (DESIGN section 8, docs/AUTH.md): the frame key's ids and
+ * the input refused for its tag. */
+static void frame_auth_json(const http_figures *f, http_json_writer *w)
+{
+  const http_tag_figures *t = &f->tags;
+  http_json_key(w, "frame_auth");
+  http_json_object_begin(w);
+  http_json_member_string(w, "key_id", t->keyed ? t->key_id : NULL);
+  http_json_member_string(w, "previous_key_id",
+                          t->previous_key_id[0] ? t->previous_key_id : NULL);
+  http_json_member_uint(w, "refused", t->refused);
+  http_json_key(w, "last_refusal");
+  if (t->last_at_ns) {
+    http_json_object_begin(w);
+    http_json_member_string(w, "code", http_error_name(t->last_code));
+    http_json_member_string(w, "reason", t->last_reason);
+    http_json_member_time_ns(w, "at", t->last_at_ns);
+    http_json_object_end(w);
+  } else {
+    http_json_string(w, NULL);
+  }
+  http_json_object_end(w);
+}
+
 static void status_json(http_server *s, const http_figures *f, http_json_writer *w)
 {
   const http_server_status *st = &f->view.status;
@@ -333,6 +358,7 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
   http_json_bool(w, f->ready);
   integrity_json(f, w);
   archive_json(f, w);
+  frame_auth_json(f, w);
   http_cluster_status *cluster = http_cluster_collect(s);
   if (cluster)
     http_cluster_json(cluster, w);

@@ -361,6 +361,8 @@ static int receiver_configure(replicate_receiver *rx,
 {
   rx->log_fn = opt->log_fn;
   rx->log_ctx = opt->log_ctx;
+  rx->on_bad_pages = opt->on_bad_pages;
+  rx->bad_pages_ctx = opt->bad_pages_ctx;
   rx->now_ns = opt->now_ns ? opt->now_ns : realtime_ns;
   rx->io = opt->io;
   rx->limits = opt->limits ? *opt->limits : replicate_limits_default();
@@ -814,6 +816,63 @@ int replicate_receiver_repair(replicate_receiver *rx, const uint8_t *answer,
   pthread_mutex_unlock(&rx->mu);
   int rc = busy ? EBUSY : replicate_repair_pages(rx->store, answer, len, pages, count);
   pthread_mutex_unlock(&rx->store_mu);
+  return rc;
+}
+
+/* Outside every lock: hold applies off as a base image does (I3), the
+ * applier idle. 0, EBUSY or EPERM. */
+static int repair_claim(replicate_receiver *rx)
+{
+  pthread_mutex_lock(&rx->recv_mu);
+  pthread_mutex_lock(&rx->mu);
+  int rc = rx->promoted ? EPERM : rx->base_active ? EBUSY : 0;
+  if (!rc)
+    rx->base_active = true;
+  while (!rc && rx->applier_busy)
+    pthread_cond_wait(&rx->cond, &rx->mu);
+  pthread_mutex_unlock(&rx->mu);
+  pthread_mutex_unlock(&rx->recv_mu);
+  return rc;
+}
+
+int replicate_receiver_repair_from(replicate_receiver *rx,
+                                   const replicate_repair_source *src,
+                                   const uint64_t *bad, uint64_t nbad, uint64_t *moved,
+                                   char *why, size_t why_len)
+{
+  *moved = 0;
+  if (!rx || !src)
+    return REPLICATE_EINVAL;
+  int rc = repair_claim(rx);
+  if (rc)
+    return rc;
+  loom_position before, after;
+  pthread_mutex_lock(&rx->store_mu);
+  loom_store_position(rx->store, &before);
+  rc = replicate_repair_from(rx->store, src, bad, nbad, moved, why, why_len);
+  loom_store_position(rx->store, &after);
+  pthread_mutex_unlock(&rx->store_mu);
+  bool jumped = !loom_position_same(&before, &after);
+  if (jumped)
+    rx_log_reset(rx); /* its frames start below the new position */
+  pthread_mutex_lock(&rx->mu);
+  if (jumped) {
+    rx->applied = after;
+    rx->received = after;
+    rx_pending_clear(rx);
+    rx->need_sync = true;
+    rx_logf(rx, "standby: repaired from the upstream: %llu pages moved, from seq %llu "
+            "to seq %llu", (unsigned long long)*moved, (unsigned long long)before.seq,
+            (unsigned long long)after.seq);
+  }
+  if (!rc) {
+    rx->apply_failed = false;
+    rx->rot_page = UINT64_MAX;
+    rx->computed = after;
+  }
+  rx->base_active = false;
+  pthread_cond_broadcast(&rx->cond);
+  pthread_mutex_unlock(&rx->mu);
   return rc;
 }
 

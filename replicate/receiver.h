@@ -78,6 +78,16 @@ typedef struct replicate_receiver_options {
                                        (a seam for tests) [clock_gettime] */
   replicate_receiver_log_fn log_fn; /* optional diagnostics */
   void *log_ctx;
+  /* Bad pages found while applying (optional; DESIGN section 8): a frame
+   * whose before matched no longer applies (REPLICATE_EPAGE_HASH or
+   * REPLICATE_EAFTER_CHECKSUM) and some of its pages do not match their
+   * recorded hashes on disk, or the read-back of an apply found one. Called
+   * on the applier's thread, under the receiver's lock: it must not call
+   * back into the receiver (hand the pages to the scrubber's
+   * replicate_scrubber_request_repair, which then calls
+   * replicate_receiver_repair_from). */
+  void (*on_bad_pages)(void *ctx, const uint64_t *pages, uint64_t count);
+  void *bad_pages_ctx;
 } replicate_receiver_options;
 
 /*
@@ -280,6 +290,19 @@ void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch);
  * meanwhile: its outcome, or EBUSY while a base image is coming in. */
 int replicate_receiver_repair(replicate_receiver *rx, const uint8_t *answer,
                               size_t len, const uint64_t *pages, uint64_t count);
+
+/* Self-repair from the upstream at its own position: replicate_repair_from
+ * (replicate.h) with every apply held off (as a base image holds them:
+ * frames are answered REPLICATE_RECV_BASE_RUNNING meanwhile). When it moved
+ * the store (the upstream was ahead), the received frames are dropped and
+ * received = applied = the new position (the primary resends from there);
+ * a failed apply is forgiven (the frame that failed is tried again). Its
+ * outcome, or EBUSY while a base image is coming in, EPERM once
+ * promoted. */
+int replicate_receiver_repair_from(replicate_receiver *rx,
+                                   const replicate_repair_source *src,
+                                   const uint64_t *bad, uint64_t nbad, uint64_t *moved,
+                                   char *why, size_t why_len);
 
 /* A snapshot of the store at (or past) the applied position: 0, EBUSY (a
  * base image is coming in), or the errors of loom_store_sync and

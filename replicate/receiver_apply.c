@@ -65,6 +65,8 @@ void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
     return;
   rx->rot_page = bad_page;
   rx->readback_mismatches++;
+  if (rx->on_bad_pages && bad_page != UINT64_MAX)
+    rx->on_bad_pages(rx->bad_pages_ctx, &bad_page, 1);
   rx_logf(rx, "standby: %s at seq %llu: page %llu read back from the image "
           "does not match the hash it was written with; the image's checksum "
           "is %016llx, not %016llx",
@@ -302,6 +304,29 @@ static bool applier_failed(replicate_receiver *rx, int rc, uint64_t next)
   return true;
 }
 
+/* Under store_mu: a frame whose before matched did not rebuild (rc): which
+ * of its pages no longer match their recorded hashes on disk (bit rot),
+ * into bad (at most REPLICATE_PAGES_MAX). */
+static uint64_t rotted_pages(replicate_receiver *rx, const replicate_frame *frame, int rc,
+                             uint64_t *bad)
+{
+  if (rc != REPLICATE_EPAGE_HASH && rc != REPLICATE_EAFTER_CHECKSUM)
+    return 0;
+  loom_position pos;
+  loom_store_position(rx->store, &pos);
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < frame->info.page_count && n < REPLICATE_PAGES_MAX; i++) {
+    replicate_page p;
+    replicate_frame_get_page(frame, i, &p);
+    uint64_t checksum, first_bad = UINT64_MAX;
+    if (p.page_number < pos.pages &&
+        replicate_pages_readback(rx->store, &p.page_number, 1, &checksum, &first_bad) == 0 &&
+        first_bad != UINT64_MAX)
+      bad[n++] = p.page_number;
+  }
+  return n;
+}
+
 /* Under mu, with work to do: one apply (a frame, or frames merged).
  * Returns false when the applier must end. */
 static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
@@ -321,11 +346,14 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
   rx_readback_flush(rx, &rb); /* the previous apply's pages */
+  bool taken = rc == 0;
   if (rc == 0)
     rc = replicate_frame_apply(&frame, rx->store);
   loom_store_position(rx->store, &pos);
   if (rc == 0)
     rx_readback_defer(rx, &frame, &pos);
+  uint64_t bad[REPLICATE_PAGES_MAX];
+  uint64_t nbad = taken && rx->on_bad_pages ? rotted_pages(rx, &frame, rc, bad) : 0;
   pthread_mutex_unlock(&rx->store_mu);
   if (rc != 0 && merged_through > next &&
       apply_error_kind_of(rc) == APPLY_BAD_FRAME) {
@@ -340,6 +368,12 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
 
   double took = (double)(rx_mono_ns() - start_ns) / 1e9;
   pthread_mutex_lock(&rx->mu);
+  if (nbad) {
+    rx_logf(rx, "standby: frame %llu no longer applies: %llu of its pages (first %llu) "
+            "do not match their recorded hashes on disk; repairing them",
+            (unsigned long long)next, (unsigned long long)nbad, (unsigned long long)bad[0]);
+    rx->on_bad_pages(rx->bad_pages_ctx, bad, nbad);
+  }
   rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   bool go_on = true;

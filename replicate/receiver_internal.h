@@ -45,6 +45,8 @@ typedef struct rx_pending_frame {
 struct replicate_receiver {
   replicate_receiver_log_fn log_fn;
   void *log_ctx;
+  void (*on_bad_pages)(void *ctx, const uint64_t *pages, uint64_t count);
+  void *bad_pages_ctx;
   int64_t (*now_ns)(void);
   const struct loom_io *io;
   char *dir;

@@ -203,14 +203,24 @@ extern "C" {
   X(REPLICATE_EARCHIVE_BEHIND, -31045,                                        \
     "this node is behind the archive's newest position on its branch")      \
   X(REPLICATE_EARCHIVE_NOPOS, -31046,                                         \
-    "the archive holds no such position")
+    "the archive holds no such position")                                    \
+  X(REPLICATE_EKEY_FILE, -31047,                                              \
+    "the frame key file is unreadable, malformed, or open to group or others") \
+  X(REPLICATE_ETAG_MISSING, -31048,                                           \
+    "the input carries no frame tag, and this node has a frame key")         \
+  X(REPLICATE_ETAG_KEY, -31049,                                               \
+    "the input is tagged under a key id this node does not hold")            \
+  X(REPLICATE_ETAG_BAD, -31050,                                               \
+    "the frame tag does not match the input (tampered with, or another key)")  \
+  X(REPLICATE_ENO_UPSTREAM, -31051,                                           \
+    "no upstream to repair from (none given, none learned from frames)")
 
 enum replicate_error {
   REPLICATE_OK = 0,
 #define REPLICATE_ERROR_ENUM_(name, value, text) name = value,
   REPLICATE_ERROR_LIST(REPLICATE_ERROR_ENUM_)
 #undef REPLICATE_ERROR_ENUM_
-  REPLICATE_ELAST = -31047        /* sentinel: one past the lowest code */
+  REPLICATE_ELAST = -31052        /* sentinel: one past the lowest code */
 };
 
 /* A description of rc: 0, an errno value, a LOOM_E* or a REPLICATE_E*
@@ -288,6 +298,83 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
                            const uint8_t **contents);
 
 /* ---------------------------------------------------------------------- */
+/* Authenticated frames (DESIGN section 8; replicate/auth.c; docs/AUTH.md).
+ * With a frame key (--frame-key-file), every frame body and heartbeat
+ * (POST /v1/frames), base image (PUT /v1/base) and tree and pages answer
+ * (GET /v1/tree, /v1/pages) carries an HMAC-SHA256 tag in the
+ * REPLICATE_TAG_HEADER header: "KEYID TAG" (16 and 64 lowercase hex
+ * digits). A base image is streamed, so its tag follows the image in the
+ * body as REPLICATE_TAG_SIZE raw bytes, and the header says "KEYID
+ * trailer". A node with a key refuses input without a valid tag
+ * (REPLICATE_ETAG_MISSING, _KEY, _BAD; HTTP 401); a node without one
+ * ignores tags. Keys are immutable once loaded: share one between threads
+ * freely. */
+
+#define REPLICATE_TAG_HEADER "X-Loomship-Tag"
+#define REPLICATE_TAG_SIZE 32u       /* HMAC-SHA256 */
+#define REPLICATE_KEY_ID_BYTES 8u    /* a key id: its SHA-256's first bytes */
+#define REPLICATE_KEY_ID_TEXT 17u    /* 16 hex digits and a NUL */
+#define REPLICATE_TAG_TEXT 82u       /* a header value and its NUL */
+
+/* What a tag covers, bound into it (a tag for one never passes for
+ * another). */
+typedef enum replicate_tag_kind {
+  REPLICATE_TAG_FRAMES = 0,          /* a POST /v1/frames body */
+  REPLICATE_TAG_BASE,                /* a base image stream (PUT /v1/base) */
+  REPLICATE_TAG_TREE,                /* a GET /v1/tree answer */
+  REPLICATE_TAG_PAGES                /* a GET /v1/pages answer */
+} replicate_tag_kind;
+
+typedef struct replicate_frame_key replicate_frame_key;
+
+/* Read a key file: 64 hex digits (32 bytes) on its first line, optionally
+ * the previous key on its second (accepted to check tags during a
+ * rotation). Trailing spaces and CR are trimmed. REPLICATE_EKEY_FILE with
+ * the reason in why (naming path) when it cannot be read, is readable by
+ * group or others, or a line is not 64 hex digits; ENOMEM. The caller
+ * frees *out with replicate_frame_key_free (which wipes it). */
+int replicate_frame_key_load(const char *path, replicate_frame_key **out,
+                             char *why, size_t why_len);
+void replicate_frame_key_free(replicate_frame_key *key);
+/* The id of the current key (which 0) or the previous one (1), 16 hex
+ * digits; NULL when there is no such key (or key is NULL). */
+const char *replicate_frame_key_id(const replicate_frame_key *key, unsigned which);
+
+/* The tag of data[0, len) under the current key, as the header value
+ * "KEYID TAG" into out. 0, EINVAL or ENOMEM. */
+int replicate_tag_make(const replicate_frame_key *key, replicate_tag_kind kind,
+                       const void *data, size_t len, char out[REPLICATE_TAG_TEXT]);
+/* Check header (the REPLICATE_TAG_HEADER value, NULL when absent) against
+ * data[0, len): 0, REPLICATE_ETAG_MISSING (no header),
+ * REPLICATE_ETAG_KEY (a key id neither of key's), REPLICATE_ETAG_BAD
+ * (malformed, "trailer", or not the tag of this data), ENOMEM. */
+int replicate_tag_check(const replicate_frame_key *key, replicate_tag_kind kind,
+                        const char *header, const void *data, size_t len);
+
+/* A header value read: the key id, and the tag or "trailer". */
+typedef struct replicate_tag {
+  char key_id[REPLICATE_KEY_ID_TEXT];
+  bool trailer;
+  uint8_t tag[REPLICATE_TAG_SIZE];   /* when not trailer */
+} replicate_tag;
+/* 0, REPLICATE_ETAG_MISSING (header NULL) or REPLICATE_ETAG_BAD. */
+int replicate_tag_parse(const char *header, replicate_tag *out);
+
+/* A tag computed over a stream (a base image): begin under key_id (NULL:
+ * the current key; REPLICATE_ETAG_KEY when key holds no such id), update
+ * with each piece, then end (the tag) or check (0 or REPLICATE_ETAG_BAD,
+ * compared in constant time); free in every case. */
+typedef struct replicate_tag_stream replicate_tag_stream;
+int replicate_tag_stream_begin(const replicate_frame_key *key,
+                               replicate_tag_kind kind, const char *key_id,
+                               replicate_tag_stream **out);
+int replicate_tag_stream_update(replicate_tag_stream *s, const void *data, size_t len);
+int replicate_tag_stream_end(replicate_tag_stream *s, uint8_t tag[REPLICATE_TAG_SIZE]);
+int replicate_tag_stream_check(replicate_tag_stream *s,
+                               const uint8_t tag[REPLICATE_TAG_SIZE]);
+void replicate_tag_stream_free(replicate_tag_stream *s);
+
+/* ---------------------------------------------------------------------- */
 /* Self-repair (DESIGN section 8; replicate/repair.c; the protocol in
  * docs/INTEGRITY.md). A standby that found pages[0, count) (ascending)
  * rotted fetches them from its upstream with GET /v1/pages at its own
@@ -304,6 +391,38 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
  * from the store pass through. */
 int replicate_repair_pages(loom_store *store, const uint8_t *answer, size_t len,
                            const uint64_t *pages, uint64_t count);
+
+/* Where a standby repairs from: get sends "GET path" (a /v1/tree or
+ * /v1/pages request, docs/INTEGRITY.md) to its upstream and returns 0 with
+ * the 200 answer's body in *body (malloc'd; the caller frees it), checked
+ * against kind's frame tag when the node holds a frame key; or an error
+ * code, with why filled (REPLICATE_ENO_UPSTREAM: it knows no upstream). */
+typedef struct replicate_repair_source {
+  int (*get)(void *ctx, const char *path, replicate_tag_kind kind, uint8_t **body,
+             size_t *len, char *why, size_t why_len);
+  void *ctx;
+} replicate_repair_source;
+
+/* The most pages replicate_repair_from moves (64 MiB). */
+#define REPLICATE_REPAIR_MAX_PAGES 4096u
+
+/* Repair the store from its upstream at the upstream's own position
+ * (steps R1-R5 in repair.c, docs/INTEGRITY.md section 5): the bad pages
+ * bad[0, nbad) and every page that changed between the store's position
+ * and the upstream's are fetched, checked against the upstream's page
+ * hashes (which must add up to its checksum) and written as one patch
+ * that moves the store to the upstream's position (a LOOM_PATCH_REPAIR
+ * patch at the same position when the two are the same). The upstream
+ * must be of the store's history and epoch and not behind it
+ * (REPLICATE_EHISTORY, REPLICATE_EPOSITION); more than half the image to
+ * move is REPLICATE_ETOOBIG (a base image's job); a page that does not
+ * hash to the upstream's hash is REPLICATE_EPAGE_HASH; a malformed or
+ * unexpected answer REPLICATE_EANSWER; the source's errors pass through.
+ * 0 and *moved, the pages written (0: nothing to do). The caller keeps
+ * every other writer of the store out meanwhile. */
+int replicate_repair_from(loom_store *store, const replicate_repair_source *src,
+                          const uint64_t *bad, uint64_t nbad, uint64_t *moved,
+                          char *why, size_t why_len);
 
 /* ---------------------------------------------------------------------- */
 /* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
@@ -349,6 +468,11 @@ typedef struct replicate_scrub_options {
   int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
                 char *why, size_t why_len);
   void *repair_ctx;
+  bool repair_only;              /* no passes: the thread only runs the
+                                    repairs asked for with
+                                    replicate_scrubber_request_repair
+                                    (a standby with --scrub-interval 0)
+                                    [false] */
 } replicate_scrub_options;
 
 #define REPLICATE_REPAIR_TRIES 3
@@ -368,7 +492,8 @@ typedef struct replicate_scrub_status {
 
 typedef struct replicate_scrubber replicate_scrubber;
 
-/* 0 and *out (NULL when interval_seconds < 0: off), REPLICATE_EINVAL,
+/* 0 and *out (NULL when interval_seconds < 0 and not repair_only: off),
+ * REPLICATE_EINVAL,
  * ENOMEM or a pthread error. */
 int replicate_scrubber_start(const replicate_scrub_options *opt,
                              replicate_scrubber **out);
@@ -377,6 +502,15 @@ void replicate_scrubber_stop(replicate_scrubber *scrubber);
 /* Thread-safe; a NULL scrubber reports running false, state ok. */
 void replicate_scrubber_status(replicate_scrubber *scrubber,
                                replicate_scrub_status *out);
+/* Bad pages found outside a pass (a frame that no longer applies, the
+ * read-back of an apply): the state is repairing at once, and the thread
+ * runs a repair round (as at a pass's end) for them, and any asked for
+ * before it started, within a moment. Pages past the first
+ * REPLICATE_PAGES_MAX waiting are dropped (a later pass finds them).
+ * Thread-safe, never blocks on I/O; a NULL scrubber or one without a
+ * repair hook ignores it. */
+void replicate_scrubber_request_repair(replicate_scrubber *scrubber,
+                                       const uint64_t *pages, uint64_t count);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */
@@ -1063,6 +1197,10 @@ typedef struct replicate_shipper_options {
   const char *ca_file;            /* CA bundle for https (CURLOPT_CAINFO)
                                      [the system's]; verification is
                                      always on */
+  const replicate_frame_key *frame_key; /* tag every frame, heartbeat and
+                                     base image ("Authenticated frames";
+                                     not copied: it must outlive the
+                                     shipper) [NULL: untagged] */
   unsigned sync_count;            /* N standbys to wait for; 0: async
                                      (at most max_peers) */
   double sync_timeout_seconds;    /* [10] */
@@ -1131,6 +1269,14 @@ int replicate_shipper_on_commit(replicate_shipper *shipper, loom *l,
  * standby that was unauthorized is asked again at once. Errors:
  * REPLICATE_EINVAL (a control character), ENOMEM. */
 int replicate_shipper_set_token(replicate_shipper *shipper, const char *token);
+
+/* The URL where this primary serves trees and pages (its --listen or
+ * --advertise), sent to the standbys with every request as
+ * X-Loomship-Upstream (DESIGN section 4): a standby repairs from it
+ * (docs/INTEGRITY.md section 5). NULL: none. From the next request on.
+ * Errors: REPLICATE_EINVAL (not http:// or https://, or a space or control
+ * character), ENOMEM. */
+int replicate_shipper_set_upstream(replicate_shipper *shipper, const char *url);
 
 /*
  * Peers that come and go (a cluster leader ships to every member found in

@@ -23,6 +23,7 @@
  * crash drill counting I/O operations) is not changed by it.
  */
 #include <errno.h>
+#include <math.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -49,6 +50,9 @@ struct replicate_scrubber {
   uint8_t *page;
   uint64_t found[REPLICATE_PAGES_MAX]; /* this pass's bad pages (thread) */
   uint64_t nfound;
+  uint64_t asked[REPLICATE_PAGES_MAX]; /* mu: repairs asked for outside a
+                                          pass, ascending, not yet run */
+  uint64_t nasked;
 };
 
 const char *replicate_integrity_state_name(replicate_integrity_state s)
@@ -75,11 +79,12 @@ static int64_t real_ns(void)
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Sleep until mono_s() >= until or stop; true when stopping. */
-static bool sleep_until(replicate_scrubber *sc, double until)
+/* Sleep until mono_s() >= until, stop, or (when serving) a repair asked
+ * for; true when stopping. */
+static bool sleep_serving(replicate_scrubber *sc, double until, bool serving)
 {
   pthread_mutex_lock(&sc->mu);
-  while (!sc->stopping) {
+  while (!sc->stopping && !(serving && sc->nasked)) {
     double left = until - mono_s();
     if (left <= 0)
       break;
@@ -93,6 +98,11 @@ static bool sleep_until(replicate_scrubber *sc, double until)
   bool stopping = sc->stopping;
   pthread_mutex_unlock(&sc->mu);
   return stopping;
+}
+
+static bool sleep_until(replicate_scrubber *sc, double until)
+{
+  return sleep_serving(sc, until, false);
 }
 
 static void say(replicate_scrubber *sc, const char *text)
@@ -180,9 +190,12 @@ static void repair_outcome(replicate_scrubber *sc, replicate_integrity_state sta
     say(sc, why);
 }
 
-/* The pass's bad pages to the repair hook, up to REPLICATE_REPAIR_TRIES
- * rounds a second apart; true when stopping. */
-static bool repair_round(replicate_scrubber *sc)
+/* The bad pages (sc->found, sc->nfound) of a pass, or asked for, to the
+ * repair hook, up to REPLICATE_REPAIR_TRIES rounds a second apart; true
+ * when stopping. A pass's pages with no upstream known are corrupt at once
+ * (as without a hook); asked ones wait for one like any failed round (the
+ * frames that advertise it may come next). */
+static bool repair_round(replicate_scrubber *sc, bool asked)
 {
   char why[200], text[256];
   if (sc->nfound > REPLICATE_PAGES_MAX) {
@@ -195,6 +208,12 @@ static bool repair_round(replicate_scrubber *sc)
   for (int tries = 1;; tries++) {
     why[0] = '\0';
     int rc = sc->opt.repair(sc->opt.repair_ctx, sc->found, sc->nfound, why, sizeof why);
+    if (rc == REPLICATE_ENO_UPSTREAM && !asked) { /* as without a hook */
+      pthread_mutex_lock(&sc->mu);
+      sc->st.state = REPLICATE_INTEGRITY_CORRUPT;
+      pthread_mutex_unlock(&sc->mu);
+      return false;
+    }
     if (rc == 0) {
       snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages fetched from the "
                "upstream, verified and written", sc->nfound);
@@ -248,7 +267,36 @@ static bool scrub_pass(replicate_scrubber *sc)
     sc->st.last_error[0] = '\0';
   }
   pthread_mutex_unlock(&sc->mu);
-  return bad && sc->opt.repair ? repair_round(sc) : false;
+  return bad && sc->opt.repair ? repair_round(sc, false) : false;
+}
+
+/* The repairs asked for (replicate_scrubber_request_repair) as one round;
+ * true when stopping. */
+static bool asked_round(replicate_scrubber *sc)
+{
+  pthread_mutex_lock(&sc->mu);
+  sc->nfound = sc->nasked;
+  memcpy(sc->found, sc->asked, (size_t)sc->nasked * sizeof *sc->found);
+  sc->nasked = 0;
+  pthread_mutex_unlock(&sc->mu);
+  return repair_round(sc, true);
+}
+
+/* Sleep until until, running the repairs asked for meanwhile; true when
+ * stopping. */
+static bool wait_serving(replicate_scrubber *sc, double until)
+{
+  for (;;) {
+    if (sleep_serving(sc, until, true))
+      return true;
+    pthread_mutex_lock(&sc->mu);
+    bool asked = sc->nasked > 0;
+    pthread_mutex_unlock(&sc->mu);
+    if (!asked)
+      return false;
+    if (asked_round(sc))
+      return true;
+  }
 }
 
 static void *scrub_main(void *arg)
@@ -256,13 +304,37 @@ static void *scrub_main(void *arg)
   replicate_scrubber *sc = arg;
   double first = sc->opt.interval_seconds < FIRST_PASS_MAX_S
                      ? sc->opt.interval_seconds : FIRST_PASS_MAX_S;
-  if (sleep_until(sc, mono_s() + first))
+  if (wait_serving(sc, sc->opt.repair_only ? INFINITY : mono_s() + first))
     return NULL;
   for (;;) {
     double start = mono_s();
-    if (scrub_pass(sc) || sleep_until(sc, start + sc->opt.interval_seconds))
+    if (scrub_pass(sc) || wait_serving(sc, start + sc->opt.interval_seconds))
       return NULL;
   }
+}
+
+void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *pages,
+                                       uint64_t count)
+{
+  if (!sc || !sc->opt.repair || count == 0)
+    return;
+  pthread_mutex_lock(&sc->mu);
+  for (uint64_t i = 0; i < count && sc->nasked < REPLICATE_PAGES_MAX; i++) {
+    uint64_t at = 0;
+    while (at < sc->nasked && sc->asked[at] < pages[i])
+      at++;
+    if (at < sc->nasked && sc->asked[at] == pages[i])
+      continue;
+    memmove(sc->asked + at + 1, sc->asked + at, (size_t)(sc->nasked - at) * sizeof *sc->asked);
+    sc->asked[at] = pages[i];
+    sc->nasked++;
+  }
+  if (sc->st.state != REPLICATE_INTEGRITY_CORRUPT)
+    sc->st.state = REPLICATE_INTEGRITY_REPAIRING;
+  sc->st.bad_pages += count;
+  sc->st.bad_page = pages[count - 1];
+  pthread_cond_broadcast(&sc->cond);
+  pthread_mutex_unlock(&sc->mu);
 }
 
 int replicate_scrubber_start(const replicate_scrub_options *opt,
@@ -271,7 +343,7 @@ int replicate_scrubber_start(const replicate_scrub_options *opt,
   *out = NULL;
   if (!opt || !opt->snapshot_open || !opt->snapshot_close || opt->mbps < 0)
     return REPLICATE_EINVAL;
-  if (opt->interval_seconds < 0)
+  if (opt->interval_seconds < 0 && !opt->repair_only)
     return 0;
   replicate_scrubber *sc = calloc(1, sizeof *sc);
   if (!sc || !(sc->page = malloc(LOOM_PAGE_SIZE))) {
@@ -279,11 +351,11 @@ int replicate_scrubber_start(const replicate_scrub_options *opt,
     return ENOMEM;
   }
   sc->opt = *opt;
-  if (sc->opt.interval_seconds == 0)
+  if (sc->opt.interval_seconds <= 0)
     sc->opt.interval_seconds = 86400;
   if (sc->opt.mbps == 0)
     sc->opt.mbps = 64;
-  sc->st.running = true;
+  sc->st.running = !opt->repair_only;
   sc->st.bad_page = UINT64_MAX;
   pthread_mutex_init(&sc->mu, NULL);
   pthread_cond_init(&sc->cond, NULL);

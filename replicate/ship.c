@@ -349,6 +349,7 @@ static int acquire(replicate_shipper *sh, const replicate_shipper_options *opt)
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
     return REPLICATE_ECURL;
   sh->curl_initialised = true;
+  sh->frame_key = opt->frame_key;
   if (opt->ca_file && !(sh->ca_file = copy_string(opt->ca_file)))
     return ENOMEM;
   if (opt->token && !(sh->token = copy_string(opt->token)))
@@ -449,6 +450,7 @@ void replicate_shipper_stop(replicate_shipper *sh)
   replicate_buf_free(&sh->commit_buf);
   ship_free_secret(sh->token);
   free(sh->ca_file);
+  free(sh->upstream);
   if (sh->curl_initialised)
     curl_global_cleanup();
   pthread_cond_destroy(&sh->cond);
@@ -618,6 +620,25 @@ int replicate_shipper_set_token(replicate_shipper *sh, const char *token)
   /* ship_schedule() sees the new generation and asks an unauthorized standby
    * again at once. */
   curl_multi_wakeup(sh->multi);
+  return 0;
+}
+
+int replicate_shipper_set_upstream(replicate_shipper *sh, const char *url)
+{
+  assert(sh);
+  if (url && (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
+    return REPLICATE_EINVAL;
+  for (const char *c = url; c && *c; c++)
+    if (*c <= ' ' || *c > '~')
+      return REPLICATE_EINVAL;
+  char *copy = NULL;
+  if (url && !(copy = copy_string(url)))
+    return ENOMEM;
+  pthread_mutex_lock(&sh->mu);
+  free(sh->upstream);
+  sh->upstream = copy;
+  sh->token_gen++; /* the headers are built again */
+  pthread_mutex_unlock(&sh->mu);
   return 0;
 }
 

@@ -133,8 +133,13 @@ typedef struct ship_peer {
   uint64_t req_raw_bytes;
   uint64_t req_pages;
   bool holds_snapshot;
-  struct curl_slist *base_headers; /* a base image's headers: ours plus
-                                      X-Loomship-If-Position (copies) */
+  struct curl_slist *base_headers; /* this request's headers when it has
+                                      its own: ours plus a base image's
+                                      X-Loomship-If-Position, or a frame
+                                      tag (copies) */
+  replicate_tag_stream *base_tag;  /* a tagged base image's tag so far */
+  uint64_t base_image_end;         /* base_total without the tag trailer */
+  uint8_t base_trailer[REPLICATE_TAG_SIZE];
   uint8_t base_header[LOOM_STREAM_HEADER];
   uint64_t base_off;
   uint64_t base_total;
@@ -195,6 +200,7 @@ struct replicate_shipper {
   loom_lineage lineage;       /* the store's history and branch points */
   replicate_log *log;
   char *ca_file;
+  const replicate_frame_key *frame_key; /* the options' (replicate.h) */
   unsigned sync_count;
   double sync_timeout_s;
   replicate_sync_outcome on_sync_timeout;
@@ -263,7 +269,9 @@ struct replicate_shipper {
   int64_t degraded_since_ns;  /* CLOCK_REALTIME, when degraded was set */
   bool stopping;
   char *token;
-  uint64_t token_gen;
+  char *upstream;             /* X-Loomship-Upstream, or NULL */
+  uint64_t token_gen;         /* the token or upstream changed: headers are
+                                 built again */
 };
 
 
@@ -295,6 +303,7 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud);
 int ship_prepare_easy(ship_peer *peer, const char *url);
 int ship_launch(ship_peer *peer);
 int ship_post_body(ship_peer *peer);
+CURLcode ship_request_headers(ship_peer *peer, const char *extra1, const char *extra2);
 void ship_release_request(ship_peer *peer);
 const char *ship_request_name(request_kind k);
 void ship_check_stall(ship_peer *peer, int64_t now);

@@ -50,13 +50,33 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
   return 0;
 }
 
+/* A tagged base image's trailer (the tag of every byte before it) into
+ * buf: as much of it as fits. Returns the bytes written. */
+static size_t read_trailer(ship_peer *peer, char *buf, size_t room)
+{
+  if (peer->base_off == peer->base_image_end && peer->base_tag) {
+    int rc = replicate_tag_stream_end(peer->base_tag, peer->base_trailer);
+    replicate_tag_stream_free(peer->base_tag);
+    peer->base_tag = NULL;
+    if (rc) {
+      peer->base_read_error = rc;
+      return 0;
+    }
+  }
+  size_t at = (size_t)(peer->base_off - peer->base_image_end);
+  size_t k = REPLICATE_TAG_SIZE - at < room ? REPLICATE_TAG_SIZE - at : room;
+  memcpy(buf, peer->base_trailer + at, k);
+  peer->base_off += k;
+  return k;
+}
+
 size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
 {
   ship_peer *peer = ud;
   replicate_shipper *sh = peer->sh;
   size_t want = size * nitems;
   size_t done = 0;
-  while (done < want && peer->base_off < peer->base_total) {
+  while (done < want && peer->base_off < peer->base_image_end) {
     if (peer->base_off < LOOM_STREAM_HEADER) {
       size_t k = (size_t)(LOOM_STREAM_HEADER - peer->base_off);
       if (k > want - done)
@@ -66,7 +86,7 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
       peer->base_off += k;
       continue;
     }
-    uint64_t left = peer->base_total - peer->base_off;
+    uint64_t left = peer->base_image_end - peer->base_off;
     size_t k = want - done;
     if (k > left)
       k = (size_t)left;
@@ -79,7 +99,27 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
     done += k;
     peer->base_off += k;
   }
+  if (peer->base_tag && done &&
+      replicate_tag_stream_update(peer->base_tag, buf, done) != 0) {
+    peer->base_read_error = ENOMEM;
+    return CURL_READFUNC_ABORT;
+  }
+  if (done < want && peer->base_off < peer->base_total) {
+    done += read_trailer(peer, buf + done, want - done);
+    if (peer->base_read_error)
+      return CURL_READFUNC_ABORT;
+  }
   return done;
+}
+
+/* Append a copy of text to *list: false when out of memory (*list as it
+ * was). */
+static bool append_header(struct curl_slist **list, const char *text)
+{
+  struct curl_slist *next = curl_slist_append(*list, text);
+  if (next)
+    *list = next;
+  return next != NULL;
 }
 
 /* (Re)build the standby's header list when the token changed. */
@@ -101,9 +141,19 @@ static int prepare_headers(ship_peer *peer)
       snprintf(auth, len, "%s%s", prefix, sh->token);
   }
   bool want_auth = sh->token != NULL;
+  char *upstream = NULL;
+  if (sh->upstream) {
+    size_t len = sizeof "X-Loomship-Upstream: " + strlen(sh->upstream);
+    if ((upstream = malloc(len)))
+      snprintf(upstream, len, "X-Loomship-Upstream: %s", sh->upstream);
+  }
+  bool want_upstream = sh->upstream != NULL;
   pthread_mutex_unlock(&sh->mu);
-  if (want_auth && !auth)
+  if ((want_auth && !auth) || (want_upstream && !upstream)) {
+    ship_free_secret(auth);
+    free(upstream);
     return ENOMEM;
+  }
 
   for (struct curl_slist *p = peer->headers; p; p = p->next)
     explicit_bzero(p->data, strlen(p->data));
@@ -114,25 +164,19 @@ static int prepare_headers(ship_peer *peer)
   static const char *const fixed[] = {
       "Content-Type: application/octet-stream", "Accept: application/json",
       "Expect:"};
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-    struct curl_slist *next = curl_slist_append(list, fixed[i]);
-    if (!next)
+  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+    if (!append_header(&list, fixed[i]))
       goto fail;
-    list = next;
-  }
-  if (auth) {
-    struct curl_slist *next = curl_slist_append(list, auth);
-    if (!next)
-      goto fail;
-    list = next;
-    ship_free_secret(auth);
-    auth = NULL;
-  }
+  if ((auth && !append_header(&list, auth)) || (upstream && !append_header(&list, upstream)))
+    goto fail;
+  ship_free_secret(auth);
+  free(upstream);
   peer->headers = list;
   peer->headers_token_gen = gen;
   return 0;
 fail:
   ship_free_secret(auth);
+  free(upstream);
   for (struct curl_slist *p = list; p; p = p->next)
     explicit_bzero(p->data, strlen(p->data));
   curl_slist_free_all(list);
@@ -191,14 +235,44 @@ int ship_launch(ship_peer *peer)
   return 0;
 }
 
-/* POST the body (peer->body, peer->body_len) to /v1/frames. */
+/* This request's own headers: ours and up to two more (NULL: none), as
+ * peer->base_headers, set on the easy handle. */
+CURLcode ship_request_headers(ship_peer *peer, const char *extra1, const char *extra2)
+{
+  curl_slist_free_all(peer->base_headers); /* a request that never started */
+  peer->base_headers = NULL;
+  for (struct curl_slist *p = peer->headers; p; p = p->next)
+    if (!append_header(&peer->base_headers, p->data))
+      return CURLE_OUT_OF_MEMORY;
+  if ((extra1 && !append_header(&peer->base_headers, extra1)) ||
+      (extra2 && !append_header(&peer->base_headers, extra2)))
+    return CURLE_OUT_OF_MEMORY;
+  return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->base_headers);
+}
+
+/* The frame key's tag of the body, as its header (DESIGN section 8). */
+static CURLcode tag_body(ship_peer *peer)
+{
+  char value[REPLICATE_TAG_TEXT];
+  char header[sizeof REPLICATE_TAG_HEADER + 2 + REPLICATE_TAG_TEXT];
+  if (replicate_tag_make(peer->sh->frame_key, REPLICATE_TAG_FRAMES, peer->body,
+                         peer->body_len, value) != 0)
+    return CURLE_OUT_OF_MEMORY;
+  snprintf(header, sizeof header, "%s: %s", REPLICATE_TAG_HEADER, value);
+  return ship_request_headers(peer, header, NULL);
+}
+
+/* POST the body (peer->body, peer->body_len) to /v1/frames, tagged under
+ * the frame key when there is one. */
 int ship_post_body(ship_peer *peer)
 {
   replicate_shipper *sh = peer->sh;
   int rc = ship_prepare_easy(peer, peer->frames_url);
   if (rc)
     return rc;
-  CURLcode c = curl_easy_setopt(peer->easy, CURLOPT_POST, 1L);
+  CURLcode c = sh->frame_key ? tag_body(peer) : CURLE_OK;
+  if (c == CURLE_OK)
+    c = curl_easy_setopt(peer->easy, CURLOPT_POST, 1L);
   if (c == CURLE_OK)
     c = curl_easy_setopt(peer->easy, CURLOPT_POSTFIELDS, (const char *)peer->body);
   if (c == CURLE_OK)
@@ -230,6 +304,8 @@ void ship_release_request(ship_peer *peer)
   }
   curl_slist_free_all(peer->base_headers);
   peer->base_headers = NULL;
+  replicate_tag_stream_free(peer->base_tag);
+  peer->base_tag = NULL;
   peer->body = NULL;
   peer->body_len = 0;
 }

@@ -235,28 +235,27 @@ static bool snapshot_behind(ship_peer *peer)
   return true;
 }
 
-/* The base request's headers: ours, and the position it was chosen for
+/* The base request's headers: ours, the position it was chosen for
  * (X-Loomship-If-Position): a standby that moved on since refuses it with
- * where it is now, and we decide again. */
+ * where it is now, and we decide again; and under a frame key, the tag
+ * header saying the tag trails the image (the body gains its bytes). */
 static CURLcode base_headers(ship_peer *peer)
 {
-  if (!peer->has_position)
-    return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->headers);
-  char expect[96];
+  replicate_shipper *sh = peer->sh;
+  char expect[96], tag[128];
   snprintf(expect, sizeof expect, "X-Loomship-If-Position: %" PRIu64 " %" PRIu64
            " %016" PRIx64, peer->received.epoch, peer->received.seq,
            peer->received.checksum);
-  for (struct curl_slist *p = peer->headers; p; p = p->next) {
-    struct curl_slist *next = curl_slist_append(peer->base_headers, p->data);
-    if (!next)
+  if (sh->frame_key) {
+    if (replicate_tag_stream_begin(sh->frame_key, REPLICATE_TAG_BASE, NULL,
+                                   &peer->base_tag) != 0)
       return CURLE_OUT_OF_MEMORY;
-    peer->base_headers = next;
+    snprintf(tag, sizeof tag, "%s: %s trailer", REPLICATE_TAG_HEADER,
+             replicate_frame_key_id(sh->frame_key, 0));
+    peer->base_total += REPLICATE_TAG_SIZE;
   }
-  struct curl_slist *next = curl_slist_append(peer->base_headers, expect);
-  if (!next)
-    return CURLE_OUT_OF_MEMORY;
-  peer->base_headers = next;
-  return curl_easy_setopt(peer->easy, CURLOPT_HTTPHEADER, peer->base_headers);
+  return ship_request_headers(peer, peer->has_position ? expect : NULL,
+                              sh->frame_key ? tag : NULL);
 }
 
 static int start_base(ship_peer *peer)
@@ -287,6 +286,7 @@ static int start_base(ship_peer *peer)
   loom_stream_header_encode(peer->base_header, &sh->snap_pos, &lineage);
   peer->base_off = 0;
   peer->base_total = LOOM_STREAM_HEADER + sh->snap_pos.pages * LOOM_PAGE_SIZE;
+  peer->base_image_end = peer->base_total;
   peer->base_read_error = 0;
   peer->req = REQ_BASE;
   peer->req_epoch = sh->snap_pos.epoch;
@@ -744,6 +744,9 @@ static int refusal_of(const char *name)
       {"REPLICATE_EPAST_BRANCH", REPLICATE_EPAST_BRANCH},
       {"REPLICATE_EAFTER_CHECKSUM", REPLICATE_EAFTER_CHECKSUM},
       {"REPLICATE_EPAGE_HASH", REPLICATE_EPAGE_HASH},
+      {"REPLICATE_ETAG_MISSING", REPLICATE_ETAG_MISSING},
+      {"REPLICATE_ETAG_KEY", REPLICATE_ETAG_KEY},
+      {"REPLICATE_ETAG_BAD", REPLICATE_ETAG_BAD},
   };
   for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
     if (strcmp(name, codes[i].name) == 0)
@@ -927,16 +930,21 @@ static void finish_conflict(ship_peer *peer, request_kind req, const ship_answer
   ship_after_ack(sh);
 }
 
-/* 401, 403: the standby refused our token; retried when a new one is
- * set, or after a while. */
-static void finish_unauthorized(ship_peer *peer, long code)
+/* 401, 403: the standby refused our token, or our frame tag (its code
+ * says which: a REPLICATE_ETAG_*); retried when a new token is set, or
+ * after a while. */
+static void finish_unauthorized(ship_peer *peer, long code, const ship_answer *a)
 {
   replicate_shipper *sh = peer->sh;
   pthread_mutex_lock(&sh->mu);
   peer->failures++;
   peer->errors[REPLICATE_PEER_ERROR_UNAUTHORIZED]++;
   pthread_mutex_unlock(&sh->mu);
-  ship_set_error(peer, "HTTP %ld: the standby refused our token", code);
+  if (a->has_code && strncmp(a->code, "REPLICATE_ETAG_", 15) == 0)
+    ship_set_error(peer, "HTTP %ld: the standby refused our frame tag (%s: %s)",
+                   code, a->code, replicate_strerror(refusal_of(a->code)));
+  else
+    ship_set_error(peer, "HTTP %ld: the standby refused our token", code);
   pthread_mutex_lock(&sh->mu);
   peer->refused_token_gen = sh->token_gen;
   pthread_mutex_unlock(&sh->mu);
@@ -1002,7 +1010,7 @@ void ship_finish(ship_peer *peer, CURLcode result)
   case 200: finish_ok(peer, req, retry_s); return;
   case 409: finish_conflict(peer, req, &a, retry_s); return;
   case 401:
-  case 403: finish_unauthorized(peer, code); return;
+  case 403: finish_unauthorized(peer, code, &a); return;
   case 413: finish_too_large(peer, req, code, retry_s); return;
   default:
     refuse(peer, req, code, readable && a.has_error ? a.error : NULL, retry_s);

@@ -335,6 +335,110 @@ static void test_scrubber_hook_fails(void **state)
   assert_false(page_good(fx, 5));
 }
 
+/* ---------------------------------------------------------------------- */
+/* replicate_repair_from with a fake upstream at the store's position */
+
+typedef struct fake_upstream {
+  fixture *fx;
+  int requests;
+  bool other_history;           /* the pin names another history */
+  bool rot_page5;               /* page 5 is served rotted (its hash good) */
+} fake_upstream;
+
+static int fake_get(void *ctx, const char *path, replicate_tag_kind kind, uint8_t **body,
+                    size_t *len, char *why, size_t why_len)
+{
+  (void)why, (void)why_len;
+  fake_upstream *u = ctx;
+  u->requests++;
+  if (strncmp(path, "/v1/tree?level=0&first=0&count=0", 32) == 0) {
+    assert_int_equal(kind, REPLICATE_TAG_TREE);
+    replicate_answer_head h = {.kind = REPLICATE_ANSWER_TREE};
+    loom_lineage lineage;
+    loom_store_lineage(u->fx->store, &lineage);
+    h.history = lineage.history;
+    if (u->other_history)
+      h.history.id[0] ^= 1;
+    loom_store_position(u->fx->store, &h.position);
+    *len = replicate_answer_size(REPLICATE_ANSWER_TREE, 0);
+    *body = calloc(1, *len);
+    replicate_answer_begin(&h, *body);
+    replicate_answer_seal(*body, *len);
+    return 0;
+  }
+  assert_int_equal(kind, REPLICATE_TAG_PAGES);
+  assert_string_equal(path, "/v1/pages?seq=1&pages=2,5"); /* just the bad ones */
+  *body = answer_for(u->fx, u->fx->rotted, 2, len);
+  if (u->rot_page5) {
+    uint64_t n, hash;
+    const uint8_t *contents;
+    replicate_answer_page(*body, 1, &n, &hash, &contents);
+    ((uint8_t *)contents)[99] ^= 1;
+    replicate_answer_seal(*body, *len);
+  }
+  return 0;
+}
+
+static void test_repair_from(void **state)
+{
+  fixture *fx = *state;
+  fake_upstream u = {.fx = fx};
+  replicate_repair_source src = {fake_get, &u};
+  uint64_t moved = 0;
+  char why[200];
+  assert_int_equal(replicate_repair_from(fx->store, &src, fx->rotted, 2, &moved, why,
+                                         sizeof why), 0);
+  assert_int_equal(moved, 2);
+  assert_int_equal(u.requests, 2); /* the pin and the pages: no hashes at our position */
+  assert_true(page_good(fx, 2));
+  assert_true(page_good(fx, 5));
+  loom_position pos;
+  loom_store_position(fx->store, &pos);
+  assert_int_equal(pos.seq, 1);
+}
+
+static void test_repair_from_refused(void **state)
+{
+  fixture *fx = *state;
+  fake_upstream u = {.fx = fx, .rot_page5 = true};
+  replicate_repair_source src = {fake_get, &u};
+  uint64_t moved = 9;
+  char why[200];
+  assert_int_equal(replicate_repair_from(fx->store, &src, fx->rotted, 2, &moved, why,
+                                         sizeof why), REPLICATE_EPAGE_HASH);
+  assert_non_null(strstr(why, "page 5 from the upstream refused"));
+  assert_int_equal(moved, 0);
+  assert_false(page_good(fx, 2)); /* nothing written, not even the good one */
+  u = (fake_upstream){.fx = fx, .other_history = true};
+  assert_int_equal(replicate_repair_from(fx->store, &src, fx->rotted, 2, &moved, why,
+                                         sizeof why), REPLICATE_EHISTORY);
+  assert_int_equal(u.requests, 1);
+  assert_false(page_good(fx, 5));
+}
+
+/* Pages handed to a scrubber that makes no passes are repaired at once. */
+static void test_asked_repair(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx};
+  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
+                               .snapshot_close = hook_snap_close, .ctx = &h,
+                               .repair = hook_repair, .repair_ctx = &h,
+                               .repair_only = true};
+  replicate_scrubber *sc;
+  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
+  assert_non_null(sc);
+  replicate_scrubber_request_repair(sc, &fx->rotted[1], 1);
+  replicate_scrubber_request_repair(sc, fx->rotted, 2); /* 5 again: once */
+  replicate_scrub_status st = wait_status(sc, repaired);
+  replicate_scrubber_stop(sc);
+  assert_true(repaired(&st));
+  assert_false(st.running); /* no passes */
+  assert_int_equal(st.pages_scrubbed, 0);
+  assert_true(page_good(fx, 2));
+  assert_true(page_good(fx, 5));
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -343,6 +447,9 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_receiver_repairs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_scrubber_hook, setup, teardown),
       cmocka_unit_test_setup_teardown(test_scrubber_hook_fails, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_repair_from, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_repair_from_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_asked_repair, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
