@@ -372,8 +372,9 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   l->dirty = calloc((size_t)(l->pages + 63) / 64, sizeof(uint64_t));
   int rc = l->dirty ? 0 : ENOMEM;
   if (!rc)
-    rc = store_open_flags(dir, opt->flags & (LOOM_CREATE | LOOM_APPLY_ASYNC),
-                          opt->io, &l->store);
+    rc = store_open_log(dir, opt->flags & (LOOM_CREATE | LOOM_APPLY_ASYNC |
+                                           LOOM_CHECKPOINT_DEFER),
+                        opt->io, opt->log_bytes, &l->store);
   /* A directory opened as a primary has a history from then on (loom.h:
    * "History identity"). */
   if (!rc)
@@ -629,6 +630,12 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   }
   l->stats.saves++;
   l->stats.pages_saved += ch->count;
+  /* The hook reads the old versions from the image file: the records
+   * before this one are checkpointed first (this one is not queued yet). */
+  if (l->opt.on_commit && (rc = store_apply_wait(l->store))) {
+    loom_patch_abort(p);
+    return rc;
+  }
   loom_commit c = {
       .before = p->header.before,
       .after = p->header.after,

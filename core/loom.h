@@ -210,6 +210,15 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
 /* Flags for loom_store_open() and loom_options.flags. */
 #define LOOM_CREATE 0x1u     /* create an empty image if there is none */
 #define LOOM_READONLY 0x2u   /* no lock, no recovery, no writes (inspect) */
+/* Without LOOM_APPLY_ASYNC, checkpoint only when the commit log is full or
+ * on loom_store_sync, a read, or close (else after every commit). */
+#define LOOM_CHECKPOINT_DEFER 0x100u
+
+/* The commit log: each commit appends one record and returns at its
+ * fdatasync; a checkpoint (a thread with LOOM_APPLY_ASYNC, else inline)
+ * merges committed records into the image and frees their log space. A
+ * commit waits only when the log is full. The ring's size in bytes: */
+#define LOOM_LOG_BYTES_DEFAULT (UINT64_C(64) << 20)
 
 /*
  * loom_store_open: open (or with LOOM_CREATE create) the image directory dir.
@@ -248,9 +257,21 @@ int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
  * loom_store_sync: the file is at the current position only after it). */
 int loom_store_image_fd(const loom_store *store);
 
-/* Wait until a pending apply is done: the image file, the hashes and the
- * meta record are then durably at the current position. */
+/* Wait until every committed record is checkpointed: the image file, the
+ * hashes and the meta record are then durably at the current position. */
 int loom_store_sync(loom_store *store);
+
+/* The commit log's figures. used/size: bytes of the ring that hold
+ * records not yet checkpointed (the fill); checkpoint: the position the
+ * image file is durably at (its seq is status's `checkpoint_seq`);
+ * queued: records waiting for the checkpoint; checkpoints: batches merged
+ * since open; waits: commits that waited for log space since open. */
+typedef struct loom_log_stats {
+  uint64_t used, size;
+  loom_position checkpoint;
+  uint64_t queued, checkpoints, waits;
+} loom_log_stats;
+void loom_store_log_stats(loom_store *store, loom_log_stats *out);
 
 /* Make epoch (> the current one) durable as this store's epoch: promotion,
  * or a standby taking the first frame of a promoted primary. seq and
@@ -516,6 +537,7 @@ typedef struct loom_options {
   void *watermarks_ctx;
   loom_exhausted_fn on_exhausted; /* optional */
   void *exhausted_ctx;
+  uint64_t log_bytes;             /* commit log ring bytes [64 MiB] */
 } loom_options;
 
 /*
