@@ -10,9 +10,13 @@
  *   save          loom_save latency for 1 / 64 / 4,096 / 65,536 dirty pages
  *                 (inline apply, and LOOM_APPLY_ASYNC returning at the commit
  *                 point) against pwrite + fdatasync of the same bytes
+ *   commit log    back-to-back saves of 1 and 64 pages (checkpoint thread)
+ *                 against a back-to-back pwrite + fdatasync loop: p50 and
+ *                 rate; recovery of a full log against reading it once
  *   open          opening a 1 GiB image, demand-paged and copied in
  *
- * Usage: core_bench [--quick] [--dir DIR]   (DIR: a scratch directory on the
+ * Usage: core_bench [--quick] [--log] [--dir DIR]   (--log: the commit log's
+ * benches only)   (DIR: a scratch directory on the
  * disk to measure; default $TMPDIR or /tmp)
  */
 #include <errno.h>
@@ -25,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,7 +40,7 @@
 #define MAXREP 32
 
 static const char *scratch_root;
-static int quick;
+static int quick, log_only;
 
 static char *scratch(const char *tag)
 {
@@ -296,6 +301,177 @@ static void bench_save(void)
 }
 
 /* ---------------------------------------------------------------------- */
+/* The commit log (issue 14): back-to-back saves with the checkpoint thread
+ * against a back-to-back pwrite + fdatasync loop of the same bytes, and
+ * recovery of a full log against reading the log once. */
+
+#define LOG_SAVES_MAX 4000
+
+/* Back-to-back pwrite + fdatasync of bytes at one place: per-call ms into
+ * lat[0, n), total seconds returned. */
+static double limit_loop(const char *dir, uint64_t bytes, int n, double *lat)
+{
+  char path[4200];
+  snprintf(path, sizeof path, "%s/f", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  uint8_t *buf = malloc(bytes);
+  if (fd < 0 || !buf) {
+    perror("limit");
+    exit(1);
+  }
+  memset(buf, 0x5a, bytes);
+  write_fdatasync_ms(fd, buf, bytes); /* allocate the blocks first */
+  double t0 = now_s();
+  for (int r = 0; r < n; r++) {
+    buf[r % bytes] ^= 1;
+    lat[r] = write_fdatasync_ms(fd, buf, bytes);
+  }
+  double total = now_s() - t0;
+  close(fd);
+  free(buf);
+  return total;
+}
+
+/* n back-to-back saves of k pages each (LOOM_APPLY_ASYNC: the checkpoint
+ * thread merges behind them): per-save ms into lat, total seconds
+ * returned, the log's figures at the end into st. */
+static double save_loop(const char *dir, uint64_t k, int n, double *lat,
+                        loom_log_stats *st)
+{
+  uint64_t image = 1024;
+  loom *l = arena_with_image(dir, image, LOOM_TRACK_AUTO,
+                             LOOM_COPY_IN | LOOM_APPLY_ASYNC);
+  uint8_t *b = loom_base(l);
+  uint64_t stride = image / k;
+  /* A lap of the ring first: later records rewrite allocated blocks. */
+  for (int r = 0; r < 64 + (int)(4096 / k); r++) {
+    for (uint64_t i = 0; i < k; i++)
+      b[i * stride * PS + (uint64_t)(r % 2048) * 8] ^= 0xff;
+    int rc = loom_save(l, image, image + 64);
+    if (rc)
+      die("save", rc);
+  }
+  double t0 = now_s();
+  for (int r = 0; r < n; r++) {
+    for (uint64_t i = 0; i < k; i++)
+      b[i * stride * PS + (uint64_t)(r % 2048) * 8] ^= 0xff;
+    double t1 = now_s();
+    int rc = loom_save(l, image, image + 64);
+    lat[r] = (now_s() - t1) * 1e3;
+    if (rc)
+      die("save", rc);
+  }
+  double total = now_s() - t0;
+  loom_store_log_stats(loom_get_store(l), st);
+  loom_close(l);
+  return total;
+}
+
+static void bench_log_saves(void)
+{
+  uint64_t counts[] = {1, 64};
+  int n = quick ? 300 : 1500;
+  static double lim[LOG_SAVES_MAX], lat[LOG_SAVES_MAX];
+  printf("\n### Commit log: back-to-back saves against a back-to-back "
+         "pwrite + fdatasync loop (same bytes, same run)\n\n");
+  printf("| %-44s | %10s | %10s | %10s | %-6s | %9s %-26s |\n", "what", "median",
+         "min", "max", "unit", "ratio", "to");
+  printf("|---|---:|---:|---:|---|---:|---|\n");
+  for (unsigned ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+    uint64_t k = counts[ci];
+    char *ldir = scratch("loglimit");
+    double lt = limit_loop(ldir, k * PS, n, lim);
+    rmrf(ldir);
+    char *dir = scratch("logsave");
+    loom_log_stats st;
+    double st_total = save_loop(dir, k, n, lat, &st);
+    rmrf(dir);
+    stat3 sl = summarize(lim, n), ss = summarize(lat, n);
+    char what[128];
+    snprintf(what, sizeof what, "pwrite+fdatasync %llu x 16 KiB, p50",
+             (unsigned long long)k);
+    row(what, "ms", sl, NULL, 0);
+    snprintf(what, sizeof what, "loom_save %llu pages back to back, p50",
+             (unsigned long long)k);
+    row(what, "ms", ss, "write+fdatasync p50", sl.median);
+    double lr = n / lt, sr = n / st_total;
+    stat3 rl = {lr, lr, lr}, rs = {sr, sr, sr};
+    snprintf(what, sizeof what, "pwrite+fdatasync %llu x 16 KiB, rate",
+             (unsigned long long)k);
+    row(what, "/s", rl, NULL, 0);
+    snprintf(what, sizeof what, "loom_save %llu pages, sustained rate",
+             (unsigned long long)k);
+    row(what, "/s", rs, "write+fdatasync rate", lr);
+    printf("|   (%llu checkpoints for %d saves; %llu waits for log space) | | | | | | |\n",
+           (unsigned long long)st.checkpoints, n + 64 + (int)(4096 / k),
+           (unsigned long long)st.waits);
+  }
+}
+
+/* A child fills the log (checkpoints deferred) and dies without closing,
+ * as kill -9 would leave it; the parent times reading the log file once,
+ * then the open that recovers it (replay: verify every record, merge them
+ * into the image, fsync image and meta). */
+static void bench_log_recovery(void)
+{
+  uint64_t k = 64, log_bytes = UINT64_C(64) << 20;
+  char *dir = scratch("logrecover");
+  pid_t pid = fork();
+  if (pid == 0) {
+    loom_options o = {.arena_pages = 1024 + 64, .tracker = LOOM_TRACK_AUTO,
+                      .flags = LOOM_CREATE | LOOM_COPY_IN | LOOM_CHECKPOINT_DEFER,
+                      .log_bytes = log_bytes};
+    loom *l;
+    if (loom_open(dir, &o, &l))
+      _exit(1);
+    uint8_t *b = loom_base(l);
+    loom_log_stats st = {0};
+    for (int r = 0; st.used + 2 * (k * PS + 8192) < log_bytes; r++) {
+      for (uint64_t i = 0; i < k; i++)
+        b[i * 16 * PS + (uint64_t)(r % 2048) * 8] ^= 0xff;
+      if (loom_save(l, 1024, 1024 + 64))
+        _exit(1);
+      loom_store_log_stats(loom_get_store(l), &st);
+    }
+    _exit(0); /* no close: the records wait in the log */
+  }
+  int status;
+  if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+    die("log fill", EIO);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/log", dir);
+  int fd = open(path, O_RDONLY);
+  uint8_t *buf = malloc(1 << 20);
+  double t0 = now_s(), bytes = 0;
+  ssize_t got;
+  while ((got = read(fd, buf, 1 << 20)) > 0)
+    bytes += (double)got;
+  double t_read = (now_s() - t0) * 1e3;
+  close(fd);
+  free(buf);
+  loom_store *s;
+  t0 = now_s();
+  int rc = loom_store_open(dir, 0, NULL, &s);
+  double t_open = (now_s() - t0) * 1e3;
+  if (rc)
+    die("recover", rc);
+  loom_position pos;
+  loom_store_position(s, &pos);
+  loom_store_close(s);
+  rmrf(dir);
+  printf("\n### Commit log: recovery of a full 64 MiB log (kill without close)\n\n");
+  printf("| %-44s | %10s | %10s | %10s | %-6s | %9s %-26s |\n", "what", "median",
+         "min", "max", "unit", "ratio", "to");
+  printf("|---|---:|---:|---:|---|---:|---|\n");
+  stat3 r = {t_read, t_read, t_read}, o = {t_open, t_open, t_open};
+  char what[128];
+  snprintf(what, sizeof what, "read the log once (%.0f MiB, cached)", bytes / 1048576);
+  row(what, "ms", r, NULL, 0);
+  snprintf(what, sizeof what, "open: recover %llu commits", (unsigned long long)pos.seq);
+  row(what, "ms", o, "reading the log", t_read);
+}
+
+/* ---------------------------------------------------------------------- */
 /* How save cost grows with the arena's size, for the same image and the
  * same dirty set: 1,024-page image, 64 pages changed per save, async apply
  * (as loomship primary), arenas of 1, 4 and 16 GiB (reserved address space;
@@ -405,16 +581,25 @@ int main(int argc, char **argv)
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick"))
       quick = 1;
+    else if (!strcmp(argv[i], "--log"))
+      log_only = 1;
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
       scratch_root = argv[++i];
     else {
-      fprintf(stderr, "usage: core_bench [--quick] [--dir DIR]\n");
+      fprintf(stderr, "usage: core_bench [--quick] [--log] [--dir DIR]\n");
       return 2;
     }
   }
   printf("## core_bench%s (scratch: %s)\n", quick ? " --quick" : "", scratch_root);
+  if (log_only) {
+    bench_log_saves();
+    bench_log_recovery();
+    return 0;
+  }
   bench_first_write();
   bench_save();
+  bench_log_saves();
+  bench_log_recovery();
   bench_arena_size();
   bench_open();
   return 0;

@@ -31,7 +31,10 @@
  *       arena, previous ones through loom_commit_old_page).
  *   S5. Demand-paged shrink: pages [low, image) still backed by the image
  *       file move to anonymous memory, since the apply shrinks the file.
- *   S6. Apply: store steps 4-6, inline or on the apply thread.
+ *   S6. Checkpoint: the record is queued for store steps 4-6 (inline,
+ *       deferred with LOOM_CHECKPOINT_DEFER, or on the checkpoint thread).
+ *   Before S4, the records committed before this one are checkpointed
+ *   (store_apply_wait): the hook reads old versions from the image file.
  *   With an apply thread and at most EARLY_MAX_PAGES pages, S4 runs after
  *   S6 so that the hook overlaps the apply: the previous versions and the
  *   commit's arrays are copied first (the image file is changing while the

@@ -222,8 +222,11 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
 
 /*
  * loom_store_open: open (or with LOOM_CREATE create) the image directory dir.
- * Takes the directory's lock, then recovers: a leftover patch that verifies
- * is applied again, one that does not is discarded.
+ * Takes the directory's lock, then recovers: every record of the commit log
+ * after the checkpoint that verifies and continues the position is applied
+ * again, in order; the first that does not (a torn tail) ends the log. A
+ * version 1 directory (before the commit log) is upgraded, unless a crash
+ * left its patch counting: LOOM_EVERSION (docs/FORMAT.md).
  *   io   the I/O interface, or NULL for the plain POSIX one.
  * Returns 0 and a handle in *out, or: LOOM_ELOCKED (another opener holds
  * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EMETA (DIR/meta is missing or
@@ -239,7 +242,8 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
 int loom_store_open(const char *dir, unsigned flags, const struct loom_io *io,
                     loom_store **out);
 
-/* Close; waits for a pending apply. Returns its error, if any. */
+/* Close; checkpoints every committed record first. Returns its error, if
+ * any. */
 int loom_store_close(loom_store *store);
 
 /* The current (committed) position. */
@@ -249,7 +253,7 @@ void loom_store_position(const loom_store *store, loom_position *out);
 uint64_t loom_store_page_hash(const loom_store *store, uint64_t n);
 
 /* Read image page n as of the current position into buf (LOOM_PAGE_SIZE
- * bytes). Waits for a pending apply first. LOOM_EINVAL inside a commit hook
+ * bytes). Waits for the checkpoint to reach the position first. LOOM_EINVAL inside a commit hook
  * (use loom_commit_old_page there). */
 int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
 
@@ -332,7 +336,8 @@ int loom_store_ensure_history(loom_store *store);
  * the pages once they are all added.
  * A base image (LOOM_PATCH_BASE) lists every page [0, after.pages) and
  * replaces the image whatever it was. Commit returns at the local commit
- * point (the patch durable); the apply follows before the next commit, or in
+ * point (the record durable in the commit log); the checkpoint follows
+ * (inline, deferred, or on the checkpoint thread: LOOM_APPLY_ASYNC), or in
  * loom_store_sync(). An error before the commit point changes nothing; an
  * I/O error at or after it poisons the handle (LOOM_EPANIC from then on),
  * and the next open recovers to the old or the new position.
@@ -521,7 +526,7 @@ typedef enum loom_tracker {
 #define LOOM_COPY_IN 0x10u     /* read the image in eagerly (else demand-paged) */
 #define LOOM_SWAP 0x20u        /* back non-image pages with a scratch file */
 #define LOOM_VALIDATE 0x40u    /* compare clean pages with the image per save */
-#define LOOM_APPLY_ASYNC 0x80u /* save returns at the commit point; the apply
+#define LOOM_APPLY_ASYNC 0x80u /* save returns at the commit point; the checkpoint
                                   overlaps the application's work */
 
 typedef struct loom_options {

@@ -6,55 +6,89 @@
  *
  * FILES (byte tables in docs/FORMAT.md)
  *
- *   image    page n at offset n * LOOM_PAGE_SIZE; length = position.pages
+ *   image    page n at offset n * LOOM_PAGE_SIZE; length = the
+ *            checkpoint's pages
  *   hashes   u64 LE per image page: loom_page_hash(n, page n)
  *   meta     two 512-byte slots; the valid one with the higher generation
- *            is the durable position (and the lineage: history id and
- *            branch points, history.c)
- *   patch    one persistent file, rewritten in place by every commit; it
- *            counts only while its before-position is the meta's position
+ *            is the checkpoint: the position the image is durably at, the
+ *            lineage (history id and branch points, history.c) and the
+ *            log's geometry (origin, size) and head (the checkpoint lsn)
+ *   log      the commit log: a ring of log_size bytes holding records (a
+ *            patch each: header, pages, entries, trailer) at increasing
+ *            log sequence numbers (lsn); the record at lsn sits at byte
+ *            (lsn - origin) mod log_size and never wraps
  *   lock     flock(LOCK_EX) by the one writer
+ *
+ * THE COMMIT LOG
+ *
+ *   The committed position is the checkpoint plus every record from the
+ *   head on that verifies, carries its own lsn and continues from the
+ *   position before it. A save appends one record at the tail and
+ *   returns at one fdatasync; the checkpoint (a thread with
+ *   LOOM_APPLY_ASYNC, else inline after each commit, or only when the log
+ *   is full with LOOM_CHECKPOINT_DEFER) merges the queued records into
+ *   the image, each page written once at its newest version, and moves
+ *   the head past them. The image may thus lag the committed position by
+ *   up to a log's worth; reads at the committed position (read_page,
+ *   the commit hook's old versions, set_epoch, lineage writes, close)
+ *   first wait for the checkpoint to catch up (store_apply_wait), and
+ *   snapshots open after it caught up with what was queued when they
+ *   were asked for, at its position: a committed one (I1).
  *
  * INVARIANTS
  *
- *   I1. The durable position (meta) describes image and hashes exactly,
- *       except while a committed patch whose before is that position is
- *       durable: then image and hashes may be anywhere between before and
- *       after, and recovery re-applies the patch (applying is idempotent:
- *       it sets the length and writes whole pages and whole hash blocks).
+ *   I1. The checkpoint (meta) describes image and hashes exactly, except
+ *       while records after its head are durable: then the image may hold
+ *       any mix of the checkpoint's pages and those records' pages, and
+ *       recovery re-applies the records in order (applying is
+ *       idempotent: each batch sets the length and writes whole pages and
+ *       whole hash blocks, so re-applying from the head converges). The
+ *       image file is always at some committed position once a checkpoint
+ *       finished (image_pos), which is what snapshots read.
  *   I2. The meta is rewritten only after the image is fsynced at the
- *       patch's after-position (so it never runs ahead of it). The hashes
- *       may lag after a power loss; R3 rebuilds them from the image.
- *   I3. A patch file is overwritten only when it no longer counts: its
- *       after-position has reached the meta (the previous apply finished).
- *   I4. Every byte of patch and meta is covered by a checksum: a torn or
- *       partly written patch fails verification and never counts.
+ *       batch's after-position (so the head never runs ahead of the
+ *       image). The hashes may lag after a power loss; R3 rebuilds them.
+ *   I3. Log space is reused only behind the durable head: a record is
+ *       written only where it overlaps no record at or after the head
+ *       (log_room), and the head moves only after the meta that records
+ *       it is durable. A record is written at a fresh lsn, so stale bytes
+ *       of an older lap never carry the lsn recovery looks for.
+ *   I4. Every byte of a record and of the meta is covered by a checksum:
+ *       a torn or partly written record fails verification and ends the
+ *       log there (the torn tail: never acknowledged, since its save had
+ *       not returned).
  *
- * THE COMMIT PROTOCOL (followed by store_patch_make_durable and apply_patch)
+ * THE COMMIT PROTOCOL (store_patch_make_durable, then checkpoint_batch)
  *
- *   1. Wait for the previous apply (I3). If the image grows, reserve the
- *      new blocks of image and hashes (loom_io.reserve: ENOSPC here, not in
- *      step 4 where it would poison). Write the pages, then the entry
- *      table and trailer, then the header block, into the patch file.
- *   2. fsync the patch file.  <- the local commit point: from here on a
- *      crash recovers to the new position. (The patch file exists since the
- *      store was created and its directory was fsynced then, so no
- *      directory fsync is needed per commit.)
- *   3. Verify: read back the header and trailer, check them.
- *      The store's position is now the patch's after; the commit hook runs.
- *   4. Apply: set the image's length, copy each page from the patch into
- *      the image in place; rewrite the touched blocks of the hashes file.
+ *   1. Make room in the log (log_make_room: wait for the checkpoint while
+ *      the record would overlap the head, I3; a record larger than the
+ *      ring waits for an empty log and grows the ring, recorded in the
+ *      meta first). If the image grows, reserve the new blocks of image
+ *      and hashes (loom_io.reserve: ENOSPC here, not in step 4 where it
+ *      would poison). Write the pages, then the entry table and trailer,
+ *      then the header block, at the record's lsn.
+ *   2. fsync (fdatasync) the log.  <- the local commit point: from here on
+ *      a crash recovers to the new position. (The log exists since the
+ *      store was opened and its directory was fsynced then, so no
+ *      directory fsync is needed per commit. Its first lap extends the
+ *      file: fdatasync makes the new length durable too.)
+ *   3. Verify: read back the header, check it. The store's position is
+ *      now the record's after; the record is queued for the checkpoint;
+ *      the commit hook runs.
+ *   4. Checkpoint (one batch: the queued records up to the next one that
+ *      shrinks the image or is a base image): cut the image to the first
+ *      record's length if it shrinks, set the final length, copy each
+ *      page's newest version from the log into the image; rewrite the
+ *      touched blocks of the hashes file.
  *   5. fsync the image. (Not the hashes: they are derived data, see R3; a
  *      stale hashes file after a power loss is rebuilt from the image,
  *      which is durable, so the fsync would buy only latency.)
- *   6. Write the next meta slot with the after-position; fsync the meta.
- *      The patch no longer counts (its after is the meta's position).
- *   Steps 4-6 run inline, or on the apply thread with LOOM_APPLY_ASYNC.
- *   A page repair (LOOM_PATCH_REPAIR) takes the same steps with after =
- *   before: its pages match the recorded hashes, so step 4 rewrites rotted
- *   image pages and leaves hashes and position as they were; it keeps
- *   counting (R2 applies it again at open: the same pages) until the next
- *   commit overwrites it.
+ *   6. Write the next meta slot with the batch's after-position and the
+ *      lsn past its last record as the head; fsync the meta. The batch's
+ *      log space is free (I3).
+ *   A page repair (LOOM_PATCH_REPAIR) is a record with after = before:
+ *   its pages match the recorded hashes, so step 4 rewrites rotted image
+ *   pages and leaves hashes and position as they were.
  *   A failure after step 1 started writing the header (or in 2, 4-6)
  *   poisons the handle: the durable state is unknown until recovery (never
  *   retry an fsync: the kernel may have dropped the dirty pages).
@@ -62,15 +96,22 @@
  * RECOVERY (store_open)
  *
  *   R1. Read both meta slots, take the valid one with the higher generation.
- *   R2. Read the patch header; if it is valid and its before is the meta's
- *       position, verify the whole patch (trailer, every page's hash). A
- *       patch that verifies is applied again (steps 4-6); one that does not
- *       never committed and is ignored (it is overwritten by the next).
+ *   R2. From the head, read the record at each lsn (or, when the bytes
+ *       there are no such record and the lsn is not at the ring's start,
+ *       at the next lap's start: the writer skips a lap's end that a
+ *       record does not fit in), verify it whole (header, lsn, before =
+ *       the position so far, trailer, every page's hash), and queue it;
+ *       the first that does not verify ends the log (a torn tail is
+ *       ignored). Then checkpoint everything queued (steps 4-6).
  *   R3. Load the hashes; check their sum against the position's checksum
  *       and the image's length against its pages. Hashes that disagree (or
  *       a hashes file too short, or none: it is made anew and the
  *       directory fsynced) are rebuilt from the image, and kept only if
  *       the image agrees with the position (else LOOM_ECORRUPT).
+ *
+ *   A version 1 directory (a single `patch` file) is upgraded at open
+ *   (its meta rewritten as version 2 with an empty log), unless its patch
+ *   still counts: LOOM_EVERSION (open it once with the previous release).
  *
  *   A meta with no valid slot is a store that never recorded a position
  *   (a crash while creating it) when the image is empty or absent
@@ -95,6 +136,7 @@
 #include "store_internal.h"
 #include "array.h"
 #include "bytes.h"
+#include "clock.h"
 
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
@@ -836,6 +878,8 @@ static int checkpoint_batch(loom_store *s)
     pthread_mutex_lock(&t->mutex);
     memmove(t->queue, t->queue + b.count, (t->queued - b.count) * sizeof *t->queue);
     t->queued -= b.count;
+    for (size_t r = 0; r < b.count; r++)
+      t->queued_bytes -= record_bytes(b.recs[r]->header.page_count);
     s->log_head = b.head;                          /* the space is free */
     t->batches++;
     pthread_cond_broadcast(&t->cond);
@@ -858,6 +902,7 @@ static void queue_drop_locked(loom_store *s)
   for (size_t r = 0; r < t->queued; r++)
     store_patch_free(t->queue[r]);
   t->queued = 0;
+  t->queued_bytes = 0;
   pthread_cond_broadcast(&t->cond);
 }
 
@@ -874,6 +919,26 @@ static int checkpoint_drain(loom_store *s)
   return s->poison ? LOOM_EPANIC : 0;
 }
 
+/* The thread lets records gather before a checkpoint, so that it merges
+ * many commits (each page written once) and its fsyncs compete less with
+ * the saves': it starts one when the queued records fill a quarter of the
+ * ring, when a thread waits for it (a full log, a read, a sync, a
+ * snapshot, close), or when no record came for CKPT_IDLE_NS. */
+#define CKPT_IDLE_NS (INT64_C(20) * 1000 * 1000)
+
+static void checkpoint_gather_locked(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  while (!t->stop && !t->want && !s->poison &&
+         t->queued_bytes < s->log_size / 4) {
+    uint64_t seen = t->pushed;
+    struct timespec at = loom_deadline(CLOCK_MONOTONIC, CKPT_IDLE_NS);
+    if (pthread_cond_timedwait(&t->cond, &t->mutex, &at) == ETIMEDOUT &&
+        t->pushed == seen)
+      break;
+  }
+}
+
 static void *apply_thread_main(void *arg)
 {
   loom_store *s = arg;
@@ -884,6 +949,7 @@ static void *apply_thread_main(void *arg)
       pthread_cond_wait(&t->cond, &t->mutex);
     if (!t->queued)
       break;
+    checkpoint_gather_locked(s);
     t->busy = 1;
     pthread_mutex_unlock(&t->mutex);
     int rc = s->poison ? LOOM_EPANIC : checkpoint_batch(s);
@@ -907,8 +973,11 @@ int store_apply_wait(loom_store *s)
   if (!t->started)
     return checkpoint_drain(s);
   pthread_mutex_lock(&t->mutex);
+  t->want++;
+  pthread_cond_broadcast(&t->cond);
   while ((t->queued || t->busy) && !s->poison)
     pthread_cond_wait(&t->cond, &t->mutex);
+  t->want--;
   pthread_mutex_unlock(&t->mutex);
   return s->poison ? LOOM_EPANIC : 0;
 }
@@ -925,8 +994,11 @@ void store_checkpoint_catch_up(loom_store *s)
   if (t->queued) {
     const loom_patch *last = t->queue[t->queued - 1];
     uint64_t target = last->lsn + record_bytes(last->header.page_count);
+    t->want++;
+    pthread_cond_broadcast(&t->cond);
     while (s->log_head < target && !s->poison && (t->queued || t->busy))
       pthread_cond_wait(&t->cond, &t->mutex);
+    t->want--;
   }
   pthread_mutex_unlock(&t->mutex);
 }
@@ -959,10 +1031,13 @@ static int log_make_room(loom_store *s, uint64_t bytes, uint64_t *lsn)
     int room = log_room(s, place, bytes);
     if (!room && t->started) {
       t->waits++;
+      t->want++;
+      pthread_cond_broadcast(&t->cond);
       while (!room && !s->poison && (t->queued || t->busy)) {
         pthread_cond_wait(&t->cond, &t->mutex);
         room = log_room(s, place, bytes);
       }
+      t->want--;
     }
     if (!room && !t->started)
       t->waits++;
@@ -986,6 +1061,8 @@ static void queue_push(loom_store *s, loom_patch *p)
   apply_thread *t = &s->apply;
   pthread_mutex_lock(&t->mutex);
   t->queue[t->queued++] = p;
+  t->queued_bytes += record_bytes(p->header.page_count);
+  t->pushed++;
   pthread_cond_broadcast(&t->cond);
   pthread_mutex_unlock(&t->mutex);
 }
@@ -1785,11 +1862,11 @@ int store_open_log(const char *dir, unsigned flags, const loom_io *io,
                           : LOOM_LOG_BYTES_DEFAULT;
   pthread_mutex_init(&s->hash_lock, NULL);
   pthread_mutex_init(&s->apply.mutex, NULL);
-  pthread_cond_init(&s->apply.cond, NULL);
+  int crc = loom_cond_init_mono(&s->apply.cond);
   s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
   s->ckpt_buf = malloc(STAGING_PAGES * PS);
   pthread_mutex_init(&s->snap_lock, NULL);
-  int rc = s->staging && s->ckpt_buf ? 0 : ENOMEM;
+  int rc = crc ? crc : s->staging && s->ckpt_buf ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
   int create = (flags & LOOM_CREATE) && !readonly;
 

@@ -30,6 +30,9 @@ typedef struct apply_thread {
   pthread_cond_t cond;
   loom_patch **queue;  /* committed, not yet checkpointed */
   size_t queued, queue_cap;
+  uint64_t queued_bytes; /* their log bytes */
+  uint64_t pushed;     /* records queued since open */
+  int want;            /* threads waiting for the checkpoint to progress */
   int busy;            /* a batch is being checkpointed */
   int stop;
   int started;
