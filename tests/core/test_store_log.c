@@ -6,9 +6,9 @@
  *     loom_store_sync brings it to the committed position;
  *   - a process that dies with records in the log: loom_inspect reports
  *     the committed position, and open replays them all;
- *   - a ring too small for the next record checkpoints first (a wait);
- *     a record larger than the ring grows it, and the next open settles
- *     it back to the configured size;
+ *   (a ring too small for the next record, through the arena's
+ *     loom_options.log_bytes, is test_arena.c's test_log_ring: the arena
+ *     suites do not run under valgrind);
  *   - a version 1 directory (no log) is upgraded at open; one whose patch
  *     still counts is refused with LOOM_EVERSION.
  */
@@ -177,40 +177,6 @@ static void test_died_with_records(void **state)
   assert_int_equal(pos.seq, 4);
 }
 
-static void test_small_ring_waits_and_grows(void **state)
-{
-  fixture *fx = *state;
-  loom *l;
-  /* Through the arena: loom_options.log_bytes sizes the ring. */
-  loom_options o = {.arena_pages = 64, .flags = LOOM_CREATE | LOOM_COPY_IN |
-                    LOOM_CHECKPOINT_DEFER, .log_bytes = 3 * 24576};
-  assert_int_equal(loom_open(fx->dir, &o, &l), 0);
-  uint8_t *b = loom_base(l);
-  loom_store *s = loom_get_store(l);
-  for (int r = 0; r < 4; r++) { /* one-page records: 24 KiB each */
-    b[5] = (uint8_t)(r + 1);
-    assert_int_equal(loom_save(l, 1, 64), 0);
-  }
-  loom_log_stats st;
-  loom_store_log_stats(s, &st);
-  assert_int_equal(st.size, 3 * 24576);
-  assert_true(st.waits >= 1); /* the fourth found the ring full */
-  assert_true(st.checkpoints >= 1);
-  /* A record of 8 pages (about 136 KiB) does not fit the ring at all. */
-  for (uint64_t n = 0; n < 8; n++)
-    b[n * PS + 1] ^= 0xff;
-  assert_int_equal(loom_save(l, 8, 64), 0);
-  loom_store_log_stats(s, &st);
-  assert_true(st.size >= 4096 + 8 * PS);
-  assert_int_equal(loom_close(l), 0);
-  assert_int_equal(loom_open(fx->dir, &o, &l), 0);
-  loom_store_log_stats(loom_get_store(l), &st);
-  assert_int_equal(st.size, 3 * 24576); /* settled back at open */
-  assert_int_equal(st.checkpoint.seq, 5);
-  assert_int_equal(((uint8_t *)loom_base(l))[5], 4); /* the fourth save's */
-  assert_int_equal(loom_close(l), 0);
-}
-
 /* Rewrite both meta slots as format version 1 (no log fields). */
 static void make_v1(const fixture *fx)
 {
@@ -292,8 +258,6 @@ int main(void)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_deferred_fill_and_sync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_died_with_records, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_small_ring_waits_and_grows, setup,
-                                      teardown),
       cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
