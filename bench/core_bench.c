@@ -10,9 +10,13 @@
  *   save          loom_save latency for 1 / 64 / 4,096 / 65,536 dirty pages
  *                 (inline apply, and LOOM_APPLY_ASYNC returning at the commit
  *                 point) against pwrite + fdatasync of the same bytes
+ *   commit log    back-to-back saves of 1 and 64 pages (checkpoint thread)
+ *                 against a back-to-back pwrite + fdatasync loop: p50 and
+ *                 rate; recovery of a full log against reading it once
  *   open          opening a 1 GiB image, demand-paged and copied in
  *
- * Usage: core_bench [--quick] [--dir DIR]   (DIR: a scratch directory on the
+ * Usage: core_bench [--quick] [--log] [--dir DIR]   (--log: the commit log's
+ * benches only)   (DIR: a scratch directory on the
  * disk to measure; default $TMPDIR or /tmp)
  */
 #include <errno.h>
@@ -25,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,7 +40,7 @@
 #define MAXREP 32
 
 static const char *scratch_root;
-static int quick;
+static int quick, log_only;
 
 static char *scratch(const char *tag)
 {
@@ -296,6 +301,189 @@ static void bench_save(void)
 }
 
 /* ---------------------------------------------------------------------- */
+/* The commit log (issue 14): back-to-back saves with the checkpoint thread
+ * against a back-to-back pwrite + fdatasync loop of the same bytes, and
+ * recovery of a full log against reading the log once. */
+
+#define LOG_SAVES_MAX 4000
+
+/* The two loops run in alternating chunks of LOG_CHUNK calls, so that a
+ * shared disk's changing load weighs on both alike. */
+#define LOG_CHUNK 50
+
+typedef struct log_pair {
+  int fd;            /* the limit's file */
+  uint8_t *buf;
+  uint64_t k;
+  loom *l;
+  double lim_s, save_s; /* time spent in each loop */
+} log_pair;
+
+static void log_pair_open(log_pair *p, const char *ldir, const char *dir,
+                          uint64_t k)
+{
+  char path[4200];
+  snprintf(path, sizeof path, "%s/f", ldir);
+  p->k = k;
+  p->fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  p->buf = malloc(k * PS);
+  if (p->fd < 0 || !p->buf) {
+    perror("limit");
+    exit(1);
+  }
+  memset(p->buf, 0x5a, k * PS);
+  write_fdatasync_ms(p->fd, p->buf, k * PS); /* allocate the blocks first */
+  p->l = arena_with_image(dir, 1024, LOOM_TRACK_AUTO,
+                          LOOM_COPY_IN | LOOM_APPLY_ASYNC);
+  p->lim_s = p->save_s = 0;
+}
+
+/* Save number r: k pages spread over the 1,024-page image. */
+static double log_save_ms(log_pair *p, int r)
+{
+  uint8_t *b = loom_base(p->l);
+  uint64_t stride = 1024 / p->k;
+  for (uint64_t i = 0; i < p->k; i++)
+    b[i * stride * PS + (uint64_t)(r % 2048) * 8] ^= 0xff;
+  double t0 = now_s();
+  int rc = loom_save(p->l, 1024, 1024 + 64);
+  double ms = (now_s() - t0) * 1e3;
+  if (rc)
+    die("save", rc);
+  return ms;
+}
+
+/* n of each, alternating chunks; per-call ms into lim and lat. */
+static void log_pair_run(log_pair *p, int n, double *lim, double *lat)
+{
+  /* A lap of the ring first: later records rewrite allocated blocks. */
+  uint64_t lap = (UINT64_C(64) << 20) / (p->k * PS + 8192) + 1;
+  for (uint64_t r = 0; r < lap; r++)
+    (void)log_save_ms(p, (int)r);
+  for (int at = 0; at < n; at += LOG_CHUNK) {
+    int m = n - at < LOG_CHUNK ? n - at : LOG_CHUNK;
+    double t0 = now_s();
+    for (int r = at; r < at + m; r++) {
+      p->buf[r % (p->k * PS)] ^= 1;
+      lim[r] = write_fdatasync_ms(p->fd, p->buf, p->k * PS);
+    }
+    double t1 = now_s();
+    for (int r = at; r < at + m; r++)
+      lat[r] = log_save_ms(p, r);
+    p->lim_s += t1 - t0;
+    p->save_s += now_s() - t1;
+  }
+}
+
+static void bench_log_saves(void)
+{
+  uint64_t counts[] = {1, 64};
+  int n = quick ? 300 : 1500;
+  static double lim[LOG_SAVES_MAX], lat[LOG_SAVES_MAX];
+  printf("\n### Commit log: back-to-back saves against a back-to-back "
+         "pwrite + fdatasync loop (same bytes, alternating chunks of %d)\n\n",
+         LOG_CHUNK);
+  printf("| %-44s | %10s | %10s | %10s | %-6s | %9s %-26s |\n", "what", "median",
+         "min", "max", "unit", "ratio", "to");
+  printf("|---|---:|---:|---:|---|---:|---|\n");
+  for (unsigned ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+    uint64_t k = counts[ci];
+    char *ldir = scratch("loglimit"), *dir = scratch("logsave");
+    log_pair p;
+    log_pair_open(&p, ldir, dir, k);
+    log_pair_run(&p, n, lim, lat);
+    loom_log_stats st;
+    loom_store_log_stats(loom_get_store(p.l), &st);
+    loom_close(p.l);
+    close(p.fd);
+    free(p.buf);
+    rmrf(ldir);
+    rmrf(dir);
+    stat3 sl = summarize(lim, n), ss = summarize(lat, n);
+    char what[128];
+    snprintf(what, sizeof what, "pwrite+fdatasync %llu x 16 KiB, p50",
+             (unsigned long long)k);
+    row(what, "ms", sl, NULL, 0);
+    snprintf(what, sizeof what, "loom_save %llu pages back to back, p50",
+             (unsigned long long)k);
+    row(what, "ms", ss, "write+fdatasync p50", sl.median);
+    double lr = n / p.lim_s, sr = n / p.save_s;
+    stat3 rl = {lr, lr, lr}, rs = {sr, sr, sr};
+    snprintf(what, sizeof what, "pwrite+fdatasync %llu x 16 KiB, rate",
+             (unsigned long long)k);
+    row(what, "/s", rl, NULL, 0);
+    snprintf(what, sizeof what, "loom_save %llu pages, sustained rate",
+             (unsigned long long)k);
+    row(what, "/s", rs, "write+fdatasync rate", lr);
+    printf("|   (%llu checkpoints since open; %llu waits for log space) | | | | | | |\n",
+           (unsigned long long)st.checkpoints, (unsigned long long)st.waits);
+  }
+}
+
+/* A child fills the log (checkpoints deferred) and dies without closing,
+ * as kill -9 would leave it; the parent times reading the log file once,
+ * then the open that recovers it (replay: verify every record, merge them
+ * into the image, fsync image and meta). */
+static void bench_log_recovery(void)
+{
+  uint64_t k = 64, log_bytes = UINT64_C(64) << 20;
+  char *dir = scratch("logrecover");
+  pid_t pid = fork();
+  if (pid == 0) {
+    loom_options o = {.arena_pages = 1024 + 64, .tracker = LOOM_TRACK_AUTO,
+                      .flags = LOOM_CREATE | LOOM_COPY_IN | LOOM_CHECKPOINT_DEFER,
+                      .log_bytes = log_bytes};
+    loom *l;
+    if (loom_open(dir, &o, &l))
+      _exit(1);
+    uint8_t *b = loom_base(l);
+    loom_log_stats st = {0};
+    for (int r = 0; st.used + 2 * (k * PS + 8192) < log_bytes; r++) {
+      for (uint64_t i = 0; i < k; i++)
+        b[i * 16 * PS + (uint64_t)(r % 2048) * 8] ^= 0xff;
+      if (loom_save(l, 1024, 1024 + 64))
+        _exit(1);
+      loom_store_log_stats(loom_get_store(l), &st);
+    }
+    _exit(0); /* no close: the records wait in the log */
+  }
+  int status;
+  if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+    die("log fill", EIO);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/log", dir);
+  int fd = open(path, O_RDONLY);
+  uint8_t *buf = malloc(1 << 20);
+  double t0 = now_s(), bytes = 0;
+  ssize_t got;
+  while ((got = read(fd, buf, 1 << 20)) > 0)
+    bytes += (double)got;
+  double t_read = (now_s() - t0) * 1e3;
+  close(fd);
+  free(buf);
+  loom_store *s;
+  t0 = now_s();
+  int rc = loom_store_open(dir, 0, NULL, &s);
+  double t_open = (now_s() - t0) * 1e3;
+  if (rc)
+    die("recover", rc);
+  loom_position pos;
+  loom_store_position(s, &pos);
+  loom_store_close(s);
+  rmrf(dir);
+  printf("\n### Commit log: recovery of a full 64 MiB log (kill without close)\n\n");
+  printf("| %-44s | %10s | %10s | %10s | %-6s | %9s %-26s |\n", "what", "median",
+         "min", "max", "unit", "ratio", "to");
+  printf("|---|---:|---:|---:|---|---:|---|\n");
+  stat3 r = {t_read, t_read, t_read}, o = {t_open, t_open, t_open};
+  char what[128];
+  snprintf(what, sizeof what, "read the log once (%.0f MiB, cached)", bytes / 1048576);
+  row(what, "ms", r, NULL, 0);
+  snprintf(what, sizeof what, "open: recover %llu commits", (unsigned long long)pos.seq);
+  row(what, "ms", o, "reading the log", t_read);
+}
+
+/* ---------------------------------------------------------------------- */
 /* How save cost grows with the arena's size, for the same image and the
  * same dirty set: 1,024-page image, 64 pages changed per save, async apply
  * (as loomship primary), arenas of 1, 4 and 16 GiB (reserved address space;
@@ -405,16 +593,25 @@ int main(int argc, char **argv)
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick"))
       quick = 1;
+    else if (!strcmp(argv[i], "--log"))
+      log_only = 1;
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
       scratch_root = argv[++i];
     else {
-      fprintf(stderr, "usage: core_bench [--quick] [--dir DIR]\n");
+      fprintf(stderr, "usage: core_bench [--quick] [--log] [--dir DIR]\n");
       return 2;
     }
   }
   printf("## core_bench%s (scratch: %s)\n", quick ? " --quick" : "", scratch_root);
+  if (log_only) {
+    bench_log_saves();
+    bench_log_recovery();
+    return 0;
+  }
   bench_first_write();
   bench_save();
+  bench_log_saves();
+  bench_log_recovery();
   bench_arena_size();
   bench_open();
   return 0;

@@ -449,7 +449,7 @@ int cli_sync_dir(const char *path)
 
 static void remove_tree(const char *path)
 {
-  const char *names[] = {"image", "hashes", "meta", "patch", "lock"};
+  const char *names[] = {"image", "hashes", "meta", "log", "lock"};
   char p[4200 + 16]; /* path is at most 4200 bytes (cli_backup_pull's tmp) */
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     if (snprintf(p, sizeof p, "%s/%s", path, names[i]) >= (int)sizeof p)

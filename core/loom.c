@@ -31,7 +31,10 @@
  *       arena, previous ones through loom_commit_old_page).
  *   S5. Demand-paged shrink: pages [low, image) still backed by the image
  *       file move to anonymous memory, since the apply shrinks the file.
- *   S6. Apply: store steps 4-6, inline or on the apply thread.
+ *   S6. Checkpoint: the record is queued for store steps 4-6 (inline,
+ *       deferred with LOOM_CHECKPOINT_DEFER, or on the checkpoint thread).
+ *   Before S4, the records committed before this one are checkpointed
+ *   (store_apply_wait): the hook reads old versions from the image file.
  *   With an apply thread and at most EARLY_MAX_PAGES pages, S4 runs after
  *   S6 so that the hook overlaps the apply: the previous versions and the
  *   commit's arrays are copied first (the image file is changing while the
@@ -372,8 +375,9 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   l->dirty = calloc((size_t)(l->pages + 63) / 64, sizeof(uint64_t));
   int rc = l->dirty ? 0 : ENOMEM;
   if (!rc)
-    rc = store_open_flags(dir, opt->flags & (LOOM_CREATE | LOOM_APPLY_ASYNC),
-                          opt->io, &l->store);
+    rc = store_open_log(dir, opt->flags & (LOOM_CREATE | LOOM_APPLY_ASYNC |
+                                           LOOM_CHECKPOINT_DEFER),
+                        opt->io, opt->log_bytes, &l->store);
   /* A directory opened as a primary has a history from then on (loom.h:
    * "History identity"). */
   if (!rc)
@@ -629,6 +633,12 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   }
   l->stats.saves++;
   l->stats.pages_saved += ch->count;
+  /* The hook reads the old versions from the image file: the records
+   * before this one are checkpointed first (this one is not queued yet). */
+  if (l->opt.on_commit && (rc = store_apply_wait(l->store))) {
+    loom_patch_abort(p);
+    return rc;
+  }
   loom_commit c = {
       .before = p->header.before,
       .after = p->header.after,

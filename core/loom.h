@@ -210,11 +210,23 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
 /* Flags for loom_store_open() and loom_options.flags. */
 #define LOOM_CREATE 0x1u     /* create an empty image if there is none */
 #define LOOM_READONLY 0x2u   /* no lock, no recovery, no writes (inspect) */
+/* Without LOOM_APPLY_ASYNC, checkpoint only when the commit log is full or
+ * on loom_store_sync, a read, or close (else after every commit). */
+#define LOOM_CHECKPOINT_DEFER 0x100u
+
+/* The commit log: each commit appends one record and returns at its
+ * fdatasync; a checkpoint (a thread with LOOM_APPLY_ASYNC, else inline)
+ * merges committed records into the image and frees their log space. A
+ * commit waits only when the log is full. The ring's size in bytes: */
+#define LOOM_LOG_BYTES_DEFAULT (UINT64_C(64) << 20)
 
 /*
  * loom_store_open: open (or with LOOM_CREATE create) the image directory dir.
- * Takes the directory's lock, then recovers: a leftover patch that verifies
- * is applied again, one that does not is discarded.
+ * Takes the directory's lock, then recovers: every record of the commit log
+ * after the checkpoint that verifies and continues the position is applied
+ * again, in order; the first that does not (a torn tail) ends the log. A
+ * version 1 directory (before the commit log) is upgraded, unless a crash
+ * left its patch counting: LOOM_EVERSION (docs/FORMAT.md).
  *   io   the I/O interface, or NULL for the plain POSIX one.
  * Returns 0 and a handle in *out, or: LOOM_ELOCKED (another opener holds
  * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EMETA (DIR/meta is missing or
@@ -230,7 +242,8 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
 int loom_store_open(const char *dir, unsigned flags, const struct loom_io *io,
                     loom_store **out);
 
-/* Close; waits for a pending apply. Returns its error, if any. */
+/* Close; checkpoints every committed record first. Returns its error, if
+ * any. */
 int loom_store_close(loom_store *store);
 
 /* The current (committed) position. */
@@ -240,7 +253,7 @@ void loom_store_position(const loom_store *store, loom_position *out);
 uint64_t loom_store_page_hash(const loom_store *store, uint64_t n);
 
 /* Read image page n as of the current position into buf (LOOM_PAGE_SIZE
- * bytes). Waits for a pending apply first. LOOM_EINVAL inside a commit hook
+ * bytes). Waits for the checkpoint to reach the position first. LOOM_EINVAL inside a commit hook
  * (use loom_commit_old_page there). */
 int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
 
@@ -248,9 +261,21 @@ int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
  * loom_store_sync: the file is at the current position only after it). */
 int loom_store_image_fd(const loom_store *store);
 
-/* Wait until a pending apply is done: the image file, the hashes and the
- * meta record are then durably at the current position. */
+/* Wait until every committed record is checkpointed: the image file, the
+ * hashes and the meta record are then durably at the current position. */
 int loom_store_sync(loom_store *store);
+
+/* The commit log's figures. used/size: bytes of the ring that hold
+ * records not yet checkpointed (the fill); checkpoint: the position the
+ * image file is durably at (its seq is status's `checkpoint_seq`);
+ * queued: records waiting for the checkpoint; checkpoints: batches merged
+ * since open; waits: commits that waited for log space since open. */
+typedef struct loom_log_stats {
+  uint64_t used, size;
+  loom_position checkpoint;
+  uint64_t queued, checkpoints, waits;
+} loom_log_stats;
+void loom_store_log_stats(loom_store *store, loom_log_stats *out);
 
 /* Make epoch (> the current one) durable as this store's epoch: promotion,
  * or a standby taking the first frame of a promoted primary. seq and
@@ -311,7 +336,8 @@ int loom_store_ensure_history(loom_store *store);
  * the pages once they are all added.
  * A base image (LOOM_PATCH_BASE) lists every page [0, after.pages) and
  * replaces the image whatever it was. Commit returns at the local commit
- * point (the patch durable); the apply follows before the next commit, or in
+ * point (the record durable in the commit log); the checkpoint follows
+ * (inline, deferred, or on the checkpoint thread: LOOM_APPLY_ASYNC), or in
  * loom_store_sync(). An error before the commit point changes nothing; an
  * I/O error at or after it poisons the handle (LOOM_EPANIC from then on),
  * and the next open recovers to the old or the new position.
@@ -500,7 +526,7 @@ typedef enum loom_tracker {
 #define LOOM_COPY_IN 0x10u     /* read the image in eagerly (else demand-paged) */
 #define LOOM_SWAP 0x20u        /* back non-image pages with a scratch file */
 #define LOOM_VALIDATE 0x40u    /* compare clean pages with the image per save */
-#define LOOM_APPLY_ASYNC 0x80u /* save returns at the commit point; the apply
+#define LOOM_APPLY_ASYNC 0x80u /* save returns at the commit point; the checkpoint
                                   overlaps the application's work */
 
 typedef struct loom_options {
@@ -516,6 +542,7 @@ typedef struct loom_options {
   void *watermarks_ctx;
   loom_exhausted_fn on_exhausted; /* optional */
   void *exhausted_ctx;
+  uint64_t log_bytes;             /* commit log ring bytes [64 MiB] */
 } loom_options;
 
 /*

@@ -65,6 +65,9 @@ int loom_store_snapshot_open(loom_store *s, loom_snapshot **out)
   *out = NULL;
   if (s->poison)
     return LOOM_EPANIC;
+  /* The image file holds the checkpoint's position: a committed one (I1),
+   * but up to a log's worth behind. Let the checkpoint catch up first. */
+  store_checkpoint_catch_up(s);
   loom_snapshot *snap = calloc(1, sizeof *snap);
   if (!snap)
     return ENOMEM;

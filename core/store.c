@@ -6,55 +6,89 @@
  *
  * FILES (byte tables in docs/FORMAT.md)
  *
- *   image    page n at offset n * LOOM_PAGE_SIZE; length = position.pages
+ *   image    page n at offset n * LOOM_PAGE_SIZE; length = the
+ *            checkpoint's pages
  *   hashes   u64 LE per image page: loom_page_hash(n, page n)
  *   meta     two 512-byte slots; the valid one with the higher generation
- *            is the durable position (and the lineage: history id and
- *            branch points, history.c)
- *   patch    one persistent file, rewritten in place by every commit; it
- *            counts only while its before-position is the meta's position
+ *            is the checkpoint: the position the image is durably at, the
+ *            lineage (history id and branch points, history.c) and the
+ *            log's geometry (origin, size) and head (the checkpoint lsn)
+ *   log      the commit log: a ring of log_size bytes holding records (a
+ *            patch each: header, pages, entries, trailer) at increasing
+ *            log sequence numbers (lsn); the record at lsn sits at byte
+ *            (lsn - origin) mod log_size and never wraps
  *   lock     flock(LOCK_EX) by the one writer
+ *
+ * THE COMMIT LOG
+ *
+ *   The committed position is the checkpoint plus every record from the
+ *   head on that verifies, carries its own lsn and continues from the
+ *   position before it. A save appends one record at the tail and
+ *   returns at one fdatasync; the checkpoint (a thread with
+ *   LOOM_APPLY_ASYNC, else inline after each commit, or only when the log
+ *   is full with LOOM_CHECKPOINT_DEFER) merges the queued records into
+ *   the image, each page written once at its newest version, and moves
+ *   the head past them. The image may thus lag the committed position by
+ *   up to a log's worth; reads at the committed position (read_page,
+ *   the commit hook's old versions, set_epoch, lineage writes, close)
+ *   first wait for the checkpoint to catch up (store_apply_wait), and
+ *   snapshots open after it caught up with what was queued when they
+ *   were asked for, at its position: a committed one (I1).
  *
  * INVARIANTS
  *
- *   I1. The durable position (meta) describes image and hashes exactly,
- *       except while a committed patch whose before is that position is
- *       durable: then image and hashes may be anywhere between before and
- *       after, and recovery re-applies the patch (applying is idempotent:
- *       it sets the length and writes whole pages and whole hash blocks).
+ *   I1. The checkpoint (meta) describes image and hashes exactly, except
+ *       while records after its head are durable: then the image may hold
+ *       any mix of the checkpoint's pages and those records' pages, and
+ *       recovery re-applies the records in order (applying is
+ *       idempotent: each batch sets the length and writes whole pages and
+ *       whole hash blocks, so re-applying from the head converges). The
+ *       image file is always at some committed position once a checkpoint
+ *       finished (image_pos), which is what snapshots read.
  *   I2. The meta is rewritten only after the image is fsynced at the
- *       patch's after-position (so it never runs ahead of it). The hashes
- *       may lag after a power loss; R3 rebuilds them from the image.
- *   I3. A patch file is overwritten only when it no longer counts: its
- *       after-position has reached the meta (the previous apply finished).
- *   I4. Every byte of patch and meta is covered by a checksum: a torn or
- *       partly written patch fails verification and never counts.
+ *       batch's after-position (so the head never runs ahead of the
+ *       image). The hashes may lag after a power loss; R3 rebuilds them.
+ *   I3. Log space is reused only behind the durable head: a record is
+ *       written only where it overlaps no record at or after the head
+ *       (log_room), and the head moves only after the meta that records
+ *       it is durable. A record is written at a fresh lsn, so stale bytes
+ *       of an older lap never carry the lsn recovery looks for.
+ *   I4. Every byte of a record and of the meta is covered by a checksum:
+ *       a torn or partly written record fails verification and ends the
+ *       log there (the torn tail: never acknowledged, since its save had
+ *       not returned).
  *
- * THE COMMIT PROTOCOL (followed by store_patch_make_durable and apply_patch)
+ * THE COMMIT PROTOCOL (store_patch_make_durable, then checkpoint_batch)
  *
- *   1. Wait for the previous apply (I3). If the image grows, reserve the
- *      new blocks of image and hashes (loom_io.reserve: ENOSPC here, not in
- *      step 4 where it would poison). Write the pages, then the entry
- *      table and trailer, then the header block, into the patch file.
- *   2. fsync the patch file.  <- the local commit point: from here on a
- *      crash recovers to the new position. (The patch file exists since the
- *      store was created and its directory was fsynced then, so no
- *      directory fsync is needed per commit.)
- *   3. Verify: read back the header and trailer, check them.
- *      The store's position is now the patch's after; the commit hook runs.
- *   4. Apply: set the image's length, copy each page from the patch into
- *      the image in place; rewrite the touched blocks of the hashes file.
+ *   1. Make room in the log (log_make_room: wait for the checkpoint while
+ *      the record would overlap the head, I3; a record larger than the
+ *      ring waits for an empty log and grows the ring, recorded in the
+ *      meta first). If the image grows, reserve the new blocks of image
+ *      and hashes (loom_io.reserve: ENOSPC here, not in step 4 where it
+ *      would poison). Write the pages, then the entry table and trailer,
+ *      then the header block, at the record's lsn.
+ *   2. fsync (fdatasync) the log.  <- the local commit point: from here on
+ *      a crash recovers to the new position. (The log exists since the
+ *      store was opened and its directory was fsynced then, so no
+ *      directory fsync is needed per commit. Its first lap extends the
+ *      file: fdatasync makes the new length durable too.)
+ *   3. Verify: read back the header, check it. The store's position is
+ *      now the record's after; the record is queued for the checkpoint;
+ *      the commit hook runs.
+ *   4. Checkpoint (one batch: the queued records up to the next one that
+ *      shrinks the image or is a base image): cut the image to the first
+ *      record's length if it shrinks, set the final length, copy each
+ *      page's newest version from the log into the image; rewrite the
+ *      touched blocks of the hashes file.
  *   5. fsync the image. (Not the hashes: they are derived data, see R3; a
  *      stale hashes file after a power loss is rebuilt from the image,
  *      which is durable, so the fsync would buy only latency.)
- *   6. Write the next meta slot with the after-position; fsync the meta.
- *      The patch no longer counts (its after is the meta's position).
- *   Steps 4-6 run inline, or on the apply thread with LOOM_APPLY_ASYNC.
- *   A page repair (LOOM_PATCH_REPAIR) takes the same steps with after =
- *   before: its pages match the recorded hashes, so step 4 rewrites rotted
- *   image pages and leaves hashes and position as they were; it keeps
- *   counting (R2 applies it again at open: the same pages) until the next
- *   commit overwrites it.
+ *   6. Write the next meta slot with the batch's after-position and the
+ *      lsn past its last record as the head; fsync the meta. The batch's
+ *      log space is free (I3).
+ *   A page repair (LOOM_PATCH_REPAIR) is a record with after = before:
+ *   its pages match the recorded hashes, so step 4 rewrites rotted image
+ *   pages and leaves hashes and position as they were.
  *   A failure after step 1 started writing the header (or in 2, 4-6)
  *   poisons the handle: the durable state is unknown until recovery (never
  *   retry an fsync: the kernel may have dropped the dirty pages).
@@ -62,15 +96,22 @@
  * RECOVERY (store_open)
  *
  *   R1. Read both meta slots, take the valid one with the higher generation.
- *   R2. Read the patch header; if it is valid and its before is the meta's
- *       position, verify the whole patch (trailer, every page's hash). A
- *       patch that verifies is applied again (steps 4-6); one that does not
- *       never committed and is ignored (it is overwritten by the next).
+ *   R2. From the head, read the record at each lsn (or, when the bytes
+ *       there are no such record and the lsn is not at the ring's start,
+ *       at the next lap's start: the writer skips a lap's end that a
+ *       record does not fit in), verify it whole (header, lsn, before =
+ *       the position so far, trailer, every page's hash), and queue it;
+ *       the first that does not verify ends the log (a torn tail is
+ *       ignored). Then checkpoint everything queued (steps 4-6).
  *   R3. Load the hashes; check their sum against the position's checksum
  *       and the image's length against its pages. Hashes that disagree (or
  *       a hashes file too short, or none: it is made anew and the
  *       directory fsynced) are rebuilt from the image, and kept only if
  *       the image agrees with the position (else LOOM_ECORRUPT).
+ *
+ *   A version 1 directory (a single `patch` file) is upgraded at open
+ *   (its meta rewritten as version 2 with an empty log), unless its patch
+ *   still counts: LOOM_EVERSION (open it once with the previous release).
  *
  *   A meta with no valid slot is a store that never recorded a position
  *   (a crash while creating it) when the image is empty or absent
@@ -95,16 +136,19 @@
 #include "store_internal.h"
 #include "array.h"
 #include "bytes.h"
+#include "clock.h"
 
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
+#define META_LOG_OFFSET 280u
 #define PATCH_MAGIC "LOOMPTCH"
-#define FORMAT_VERSION 1u
+#define FORMAT_VERSION 2u
+#define FORMAT_VERSION_V1 1u /* before the commit log: upgraded at open */
 #define PATCH_HEADER_BLOCK 4096u
-#define PATCH_HEADER_BYTES 112u /* checksummed part of the header block */
+#define PATCH_HEADER_SUM 112u /* the header checksum's offset */
 #define PATCH_ENTRY_BYTES 16u
-#define PATCH_TRIM_BYTES (UINT64_C(64) << 20)
 #define PATCH_FLAGS (LOOM_PATCH_BASE | LOOM_PATCH_REPAIR)
+#define LOG_ALIGN 4096u /* records start at multiples of it */
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
 
@@ -197,8 +241,15 @@ void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p)
   p->commit_time_ns = (int64_t)get_le64(in + 32);
 }
 
-void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
-                       const loom_position *p, const loom_lineage *lineage)
+/* The log's place in a meta slot: where lsns start, the ring's size, and
+ * the checkpoint (the first lsn the image does not hold). */
+typedef struct meta_log {
+  uint64_t origin, size, head;
+} meta_log;
+
+static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
+                            const loom_position *p, const loom_lineage *lineage,
+                            const meta_log *log)
 {
   memset(slot, 0, META_SLOT_SIZE);
   memcpy(slot, META_MAGIC, 8);
@@ -207,21 +258,43 @@ void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
   put_le64(slot + 16, generation);
   store_position_put(slot + 24, p);
   lineage_encode(slot + META_LINEAGE_OFFSET, lineage);
+  put_le64(slot + META_LOG_OFFSET, log->origin);
+  put_le64(slot + META_LOG_OFFSET + 8, log->size);
+  put_le64(slot + META_LOG_OFFSET + 16, log->head);
   put_le64(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
 
-/* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. */
+/* A copy's meta (a backup): an empty log, sized at its first open. */
+void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
+                       const loom_position *p, const loom_lineage *lineage)
+{
+  meta_encode_log(slot, generation, p, lineage, &(meta_log){0, 0, 0});
+}
+
+/* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. A
+ * version 1 slot (no log fields: they read as an empty log) sets *v1. */
 static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
-                       loom_position *p, loom_lineage *lineage)
+                       loom_position *p, loom_lineage *lineage, meta_log *log,
+                       int *v1)
 {
   if (memcmp(slot, META_MAGIC, 8) != 0 ||
       get_le64(slot + META_SLOT_SIZE - 8) !=
           XXH3_64bits(slot, META_SLOT_SIZE - 8))
     return LOOM_ECORRUPT;
-  if (get_le32(slot + 8) != FORMAT_VERSION ||
+  uint32_t version = get_le32(slot + 8);
+  if ((version != FORMAT_VERSION && version != FORMAT_VERSION_V1) ||
       get_le32(slot + 12) != LOOM_PAGE_SIZE)
     return LOOM_EVERSION;
+  *v1 = version == FORMAT_VERSION_V1;
   *generation = get_le64(slot + 16);
+  *log = (meta_log){0, 0, 0};
+  if (!*v1) {
+    log->origin = get_le64(slot + META_LOG_OFFSET);
+    log->size = get_le64(slot + META_LOG_OFFSET + 8);
+    log->head = get_le64(slot + META_LOG_OFFSET + 16);
+  }
+  if (log->head < log->origin || log->size % LOG_ALIGN)
+    return LOOM_ECORRUPT;
   store_position_get(slot + 24, p);
   if (p->pages > MAX_PAGES)
     return LOOM_ECORRUPT;
@@ -231,7 +304,7 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
 /* R1: the valid slot with the higher generation. LOOM_ENOIMAGE when the
  * file holds no valid slot at all. */
 static int meta_read(loom_store *s, uint64_t *generation, loom_position *p,
-                     loom_lineage *lineage)
+                     loom_lineage *lineage, meta_log *log, int *v1)
 {
   uint8_t buf[2 * META_SLOT_SIZE];
   ssize_t n = s->io->pread(s->io->ctx, s->meta_fd, buf, sizeof buf, 0);
@@ -244,13 +317,17 @@ static int meta_read(loom_store *s, uint64_t *generation, loom_position *p,
     uint64_t g;
     loom_position q;
     loom_lineage l;
-    int rc = meta_decode(buf + i * META_SLOT_SIZE, &g, &q, &l);
+    meta_log ml;
+    int old;
+    int rc = meta_decode(buf + i * META_SLOT_SIZE, &g, &q, &l, &ml, &old);
     if (rc == LOOM_EVERSION)
       version_error = 1;
     if (rc == 0 && (!found || g > *generation)) {
       *generation = g;
       *p = q;
       *lineage = l;
+      *log = ml;
+      *v1 = old;
       found = 1;
     }
   }
@@ -260,13 +337,14 @@ static int meta_read(loom_store *s, uint64_t *generation, loom_position *p,
 }
 
 /* Step 6: the next slot, then fsync; with lineage (on success the store's
- * lineage). */
-static int meta_write_lineage(loom_store *s, const loom_position *p,
-                              const loom_lineage *lineage)
+ * lineage) and head, the checkpoint it records. */
+static int meta_write_at(loom_store *s, const loom_position *p,
+                         const loom_lineage *lineage, uint64_t head)
 {
   uint8_t slot[META_SLOT_SIZE];
   uint64_t g = s->generation + 1;
-  store_meta_encode(slot, g, p, lineage);
+  meta_encode_log(slot, g, p, lineage,
+                  &(meta_log){s->log_origin, s->log_size, head});
   int rc = store_write_exact(s, s->meta_fd, slot, sizeof slot,
                              (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
@@ -283,16 +361,24 @@ static int meta_write_lineage(loom_store *s, const loom_position *p,
   return rc;
 }
 
+/* Outside a checkpoint: every committed record is checkpointed (the
+ * callers drained the log first), so the checkpoint is the tail. */
+static int meta_write_lineage(loom_store *s, const loom_position *p,
+                              const loom_lineage *lineage)
+{
+  return meta_write_at(s, p, lineage, s->log_tail);
+}
+
 static int meta_write(loom_store *s, const loom_position *p)
 {
   return meta_write_lineage(s, p, &s->lineage);
 }
 
 /* ---------------------------------------------------------------------- */
-/* The patch file. */
+/* Log records: a patch at its lsn. */
 
 static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
-                                const loom_patch_header *h)
+                                const loom_patch_header *h, uint64_t lsn)
 {
   memset(block, 0, PATCH_HEADER_BLOCK);
   memcpy(block, PATCH_MAGIC, 8);
@@ -309,14 +395,16 @@ static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
   put_le64(block + 80, h->after.pages);
   put_le64(block + 88, (uint64_t)h->after.commit_time_ns);
   put_le64(block + 96, h->page_count);
-  put_le64(block + 104, XXH3_64bits(block, 104));
+  put_le64(block + 104, lsn);
+  put_le64(block + PATCH_HEADER_SUM, XXH3_64bits(block, PATCH_HEADER_SUM));
 }
 
 static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
-                               loom_patch_header *h, uint64_t *header_sum)
+                               loom_patch_header *h, uint64_t *header_sum,
+                               uint64_t *lsn)
 {
   if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
-      get_le64(block + 104) != XXH3_64bits(block, 104))
+      get_le64(block + PATCH_HEADER_SUM) != XXH3_64bits(block, PATCH_HEADER_SUM))
     return LOOM_ECORRUPT;
   if (get_le32(block + 8) != FORMAT_VERSION ||
       get_le32(block + 12) != LOOM_PAGE_SIZE)
@@ -333,7 +421,8 @@ static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
   h->after.pages = get_le64(block + 80);
   h->after.commit_time_ns = (int64_t)get_le64(block + 88);
   h->page_count = get_le64(block + 96);
-  *header_sum = get_le64(block + 104);
+  *lsn = get_le64(block + 104);
+  *header_sum = get_le64(block + PATCH_HEADER_SUM);
   if ((h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
       h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
@@ -341,21 +430,36 @@ static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
   return 0;
 }
 
-static off_t patch_page_offset(uint64_t i)
+/* Where a record's byte at is in the log file: records never wrap. */
+static off_t log_offset(const loom_store *s, uint64_t lsn, uint64_t at)
 {
-  return (off_t)(PATCH_HEADER_BLOCK + i * PS);
+  return (off_t)((lsn - s->log_origin) % s->log_size + at);
 }
 
-static off_t patch_entries_offset(uint64_t count)
+static off_t patch_page_offset(const loom_patch *p, uint64_t i)
 {
-  return patch_page_offset(count);
+  return log_offset(p->store, p->lsn, PATCH_HEADER_BLOCK + i * PS);
 }
 
-/* The length of a patch of count pages: header, pages, entry table and
- * trailer. */
-static uint64_t patch_file_bytes(uint64_t count)
+static off_t patch_entries_offset(const loom_patch *p)
 {
-  return (uint64_t)patch_entries_offset(count) + count * PATCH_ENTRY_BYTES + 8;
+  return patch_page_offset(p, p->header.page_count);
+}
+
+/* The log bytes a record of count pages takes: header, pages, entry table
+ * and trailer, rounded up to LOG_ALIGN. */
+static uint64_t record_bytes(uint64_t count)
+{
+  uint64_t n = PATCH_HEADER_BLOCK + count * PS + count * PATCH_ENTRY_BYTES + 8;
+  return (n + LOG_ALIGN - 1) / LOG_ALIGN * LOG_ALIGN;
+}
+
+/* The lsn a record of bytes bytes goes at when the tail is lsn: there, or
+ * at the ring's next lap when it does not fit before the ring's end. */
+static uint64_t log_place(const loom_store *s, uint64_t lsn, uint64_t bytes)
+{
+  uint64_t off = (lsn - s->log_origin) % s->log_size;
+  return off + bytes <= s->log_size ? lsn : lsn + (s->log_size - off);
 }
 
 void store_patch_free(loom_patch *p)
@@ -411,8 +515,7 @@ static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum
   uint8_t *buf = patch_entries_encode(p, header_sum, &len);
   if (!buf)
     return ENOMEM;
-  int rc = store_write_exact(s, s->patch_fd, buf, len,
-                             patch_entries_offset(p->header.page_count));
+  int rc = store_write_exact(s, s->log_fd, buf, len, patch_entries_offset(p));
   free(buf);
   return rc;
 }
@@ -428,7 +531,7 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
   if (!entries)
     return ENOMEM;
   uint64_t n = p->header.page_count, total = n + 1, at = 0;
-  off_t off = patch_page_offset(0);
+  off_t off = patch_page_offset(p, 0);
   struct iovec iov[IOV_BATCH];
   int rc = 0;
   while (!rc && at < total) {
@@ -441,7 +544,7 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
         iov[k] = (struct iovec){entries, elen};
       len += iov[k].iov_len;
     }
-    ssize_t w = s->io->pwritev(s->io->ctx, s->patch_fd, iov, k, off);
+    ssize_t w = s->io->pwritev(s->io->ctx, s->log_fd, iov, k, off);
     rc = w < 0 ? (int)-w : (size_t)w == len ? 0 : EIO;
     off += (off_t)len;
   }
@@ -449,71 +552,90 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
   return rc;
 }
 
-/* R2: read and check the patch file's header; with full, also the entries
- * and every page. Returns 0 and a patch record, LOOM_ECORRUPT if it does
- * not verify, or an I/O error. */
-int store_patch_read(loom_store *s, int full, loom_patch **out)
+/* R2: the entry table and every page of p (read at its lsn) verify. */
+static int record_verify(loom_store *s, loom_patch *p, uint64_t header_sum)
 {
-  uint8_t block[PATCH_HEADER_BLOCK];
-  loom_patch_header h;
-  uint64_t header_sum;
-  *out = NULL;
-  int rc = store_read_exact(s, s->patch_fd, block, sizeof block, 0);
-  if (rc)
-    return rc;
-  rc = patch_header_decode(block, &h, &header_sum);
-  if (rc)
-    return rc;
-  uint64_t size = 0;
-  if ((rc = store_file_size(s->patch_fd, &size)))
-    return rc;
-  if (size < patch_file_bytes(h.page_count))
-    return LOOM_ECORRUPT;
-  loom_patch *p = patch_alloc(s, &h);
-  if (!p)
-    return ENOMEM;
-  if (!full) {
-    *out = p;
-    return 0;
-  }
-  size_t len = (size_t)h.page_count * PATCH_ENTRY_BYTES + 8;
+  const loom_patch_header *h = &p->header;
+  size_t len = (size_t)h->page_count * PATCH_ENTRY_BYTES + 8;
   uint8_t *buf = malloc(len);
-  if (!buf) {
-    store_patch_free(p);
+  if (!buf)
     return ENOMEM;
-  }
-  rc = store_read_exact(s, s->patch_fd, buf, len,
-                        patch_entries_offset(h.page_count));
+  int rc = store_read_exact(s, s->log_fd, buf, len, patch_entries_offset(p));
   if (!rc && get_le64(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
-  for (uint64_t i = 0; !rc && i < h.page_count; i++) {
+  for (uint64_t i = 0; !rc && i < h->page_count; i++) {
     uint64_t n = get_le64(buf + i * PATCH_ENTRY_BYTES);
     p->page_numbers[i] = n;
     p->new_hashes[i] = get_le64(buf + i * PATCH_ENTRY_BYTES + 8);
-    if (n >= h.after.pages || (i > 0 && n <= p->page_numbers[i - 1]) ||
-        ((h.flags & LOOM_PATCH_BASE) && n != i))
+    if (n >= h->after.pages || (i > 0 && n <= p->page_numbers[i - 1]) ||
+        ((h->flags & LOOM_PATCH_BASE) && n != i))
       rc = LOOM_ECORRUPT;
   }
-  if (!rc && (h.flags & LOOM_PATCH_BASE) && h.page_count != h.after.pages)
+  if (!rc && (h->flags & LOOM_PATCH_BASE) && h->page_count != h->after.pages)
     rc = LOOM_ECORRUPT;
   free(buf);
-  for (uint64_t i = 0; !rc && i < h.page_count; i += STAGING_PAGES) {
-    uint64_t k = h.page_count - i < STAGING_PAGES ? h.page_count - i : STAGING_PAGES;
-    rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
-                          patch_page_offset(i));
+  for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
+    uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
+    rc = store_read_exact(s, s->log_fd, s->staging, (size_t)(k * PS),
+                          patch_page_offset(p, i));
     for (uint64_t j = 0; !rc && j < k; j++)
       if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
           p->new_hashes[i + j])
         rc = LOOM_ECORRUPT;
   }
-  p->added = p->flushed = h.page_count;
+  p->added = p->flushed = h->page_count;
+  return rc;
+}
+
+/* R2: the record at exactly lsn, if one is there that verifies and
+ * continues from cur. LOOM_ECORRUPT: none (stale bytes of an older lap, a
+ * torn record, or nothing yet), or an I/O error. */
+static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
+                          loom_patch **out)
+{
+  uint8_t block[PATCH_HEADER_BLOCK];
+  loom_patch_header h;
+  uint64_t header_sum, at;
+  *out = NULL;
+  if ((uint64_t)log_offset(s, lsn, 0) + PATCH_HEADER_BLOCK > s->log_size)
+    return LOOM_ECORRUPT;
+  int rc = store_read_exact(s, s->log_fd, block, sizeof block,
+                            log_offset(s, lsn, 0));
+  if (!rc)
+    rc = patch_header_decode(block, &h, &header_sum, &at);
+  if (rc == LOOM_EVERSION)
+    rc = LOOM_ECORRUPT;
+  if (rc)
+    return rc;
+  if (at != lsn || !loom_position_same_epoch(&h.before, cur) ||
+      (uint64_t)log_offset(s, lsn, 0) + record_bytes(h.page_count) > s->log_size)
+    return LOOM_ECORRUPT;
+  loom_patch *p = patch_alloc(s, &h);
+  if (!p)
+    return ENOMEM;
+  p->lsn = lsn;
+  rc = record_verify(s, p, header_sum);
   if (rc) {
     store_patch_free(p);
     return rc;
   }
   *out = p;
   return 0;
+}
+
+/* R2: the next record from lsn: there, or at the next lap's start when the
+ * writer found no room before the ring's end (log_place). A later lap's
+ * lsn is only ever written after the one at lsn was skipped, so a record
+ * that verifies there with that lsn is the next. */
+static int record_read_next(loom_store *s, uint64_t lsn, const loom_position *cur,
+                            loom_patch **out)
+{
+  int rc = record_read_at(s, lsn, cur, out);
+  uint64_t off = (uint64_t)log_offset(s, lsn, 0);
+  if (rc == LOOM_ECORRUPT && off != 0)
+    rc = record_read_at(s, lsn + (s->log_size - off), cur, out);
+  return rc;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -532,15 +654,15 @@ int store_hashes_reserve(loom_store *s, uint64_t pages)
 static int hashes_apply(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
+  pthread_mutex_lock(&s->hash_lock); /* the checkpoint reads the table */
   int rc = store_hashes_reserve(s, h->after.pages);
-  if (rc)
-    return rc;
   uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
-  for (uint64_t n = old_pages; n < h->after.pages; n++)
+  for (uint64_t n = old_pages; !rc && n < h->after.pages; n++)
     s->hashes[n] = store_zero_hash(n);
-  for (uint64_t i = 0; i < h->page_count; i++)
+  for (uint64_t i = 0; !rc && i < h->page_count; i++)
     s->hashes[p->page_numbers[i]] = p->new_hashes[i];
-  return 0;
+  pthread_mutex_unlock(&s->hash_lock);
+  return rc;
 }
 
 
@@ -549,33 +671,12 @@ int store_hashes_write_block(loom_store *s, uint64_t block, uint64_t pages)
   uint8_t buf[HASH_BLOCK];
   uint64_t first = block * HASHES_PER_BLOCK;
   uint64_t count = pages - first < HASHES_PER_BLOCK ? pages - first : HASHES_PER_BLOCK;
+  pthread_mutex_lock(&s->hash_lock);
   for (uint64_t i = 0; i < count; i++)
     put_le64(buf + i * 8, s->hashes[first + i]);
+  pthread_mutex_unlock(&s->hash_lock);
   return store_write_exact(s, s->hashes_fd, buf, (size_t)count * 8,
                            (off_t)(first * 8));
-}
-
-/* Step 4 for the hashes file: its length, and every block a listed or grown
- * page falls in, from the committed table. */
-static int hashes_write_touched(loom_store *s, const loom_patch *p)
-{
-  const loom_patch_header *h = &p->header;
-  uint64_t pages = h->after.pages;
-  int rc = io_set_length(s, s->hashes_fd, pages * 8);
-  uint64_t last = UINT64_MAX;
-  for (uint64_t i = 0; !rc && i < h->page_count; i++) {
-    uint64_t b = p->page_numbers[i] / HASHES_PER_BLOCK;
-    if (b != last)
-      rc = store_hashes_write_block(s, b, pages);
-    last = b;
-  }
-  uint64_t old_pages = (h->flags & LOOM_PATCH_BASE) ? 0 : h->before.pages;
-  if (old_pages < pages)
-    for (uint64_t b = old_pages / HASHES_PER_BLOCK;
-         !rc && b * HASHES_PER_BLOCK < pages; b++)
-      if (b != last)
-        rc = store_hashes_write_block(s, b, pages);
-  return rc;
 }
 
 static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
@@ -587,66 +688,255 @@ static uint64_t hashes_sum(const loom_store *s, uint64_t pages)
 }
 
 /* ---------------------------------------------------------------------- */
-/* Steps 4-6: apply a durable patch to image, hashes and meta. */
+/* Steps 4-6: the checkpoint merges committed records into image, hashes
+ * and meta. */
 
+/* One page of a checkpoint batch: the newest version, record rec's i-th. */
+typedef struct ckpt_page {
+  uint64_t n;
+  uint32_t rec, i;
+} ckpt_page;
 
-static int apply_pages_locked(loom_store *s, const loom_patch *p)
+/* A batch: a prefix of the queue. Its first record may shrink the image or
+ * be a base image; no later one does, so the image only grows after the
+ * first record and each page's newest version is its final content. */
+typedef struct ckpt_batch {
+  loom_patch **recs;
+  size_t count;
+  ckpt_page *pages;  /* ascending page numbers, one per page */
+  uint64_t *numbers, *hashes; /* the same, for the tree */
+  uint64_t npages;
+  uint64_t cut;      /* pages the first record leaves */
+  const loom_position *after;
+  uint64_t head;     /* the first lsn past the batch */
+} ckpt_batch;
+
+static int starts_batch(const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
-  int rc = 0;
-  if (store_snapshots_open(s)) {
-    uint64_t size = 0;
-    rc = store_file_size(s->image_fd, &size);
-    for (uint64_t n = h->after.pages; !rc && n < size / PS; n++)
-      rc = store_snapshot_preserve(s, n);
-    for (uint64_t i = 0; !rc && i < h->page_count; i++)
-      rc = store_snapshot_preserve(s, p->page_numbers[i]);
+  return (h->flags & LOOM_PATCH_BASE) || h->after.pages < h->before.pages;
+}
+
+static int ckpt_page_cmp(const void *a, const void *b)
+{
+  const ckpt_page *x = a, *y = b;
+  if (x->n != y->n)
+    return x->n < y->n ? -1 : 1;
+  return x->rec > y->rec ? -1 : x->rec < y->rec; /* newest first */
+}
+
+/* The batch's pages, each once at its newest version (the merge state:
+ * 40 bytes per page listed, bounded by the log's size). */
+static int batch_merge(ckpt_batch *b)
+{
+  uint64_t total = 0;
+  for (size_t r = 0; r < b->count; r++)
+    total += b->recs[r]->header.page_count;
+  b->pages = malloc((size_t)(total ? total : 1) * sizeof *b->pages);
+  b->numbers = malloc((size_t)(total ? total : 1) * sizeof *b->numbers);
+  b->hashes = malloc((size_t)(total ? total : 1) * sizeof *b->hashes);
+  if (!b->pages || !b->numbers || !b->hashes)
+    return ENOMEM;
+  uint64_t k = 0;
+  for (size_t r = 0; r < b->count; r++)
+    for (uint64_t i = 0; i < b->recs[r]->header.page_count; i++)
+      b->pages[k++] = (ckpt_page){b->recs[r]->page_numbers[i], (uint32_t)r,
+                                  (uint32_t)i};
+  qsort(b->pages, (size_t)total, sizeof *b->pages, ckpt_page_cmp);
+  b->npages = 0;
+  for (uint64_t j = 0; j < total; j++) {
+    if (b->npages && b->pages[b->npages - 1].n == b->pages[j].n)
+      continue;
+    ckpt_page c = b->pages[j];
+    b->pages[b->npages] = c;
+    b->numbers[b->npages] = c.n;
+    b->hashes[b->npages++] = b->recs[c.rec]->new_hashes[c.i];
   }
+  return 0;
+}
+
+/* Step 4 for the image: preserve what open snapshots still need, cut and
+ * extend, then copy each page's newest version from the log, one read and
+ * one write per run of pages adjacent in both. */
+static int batch_write_pages(loom_store *s, const ckpt_batch *b)
+{
+  uint64_t size = 0;
+  int rc = store_file_size(s->image_fd, &size);
+  if (!rc && store_snapshots_open(s)) {
+    for (uint64_t n = b->cut; !rc && n < size / PS; n++)
+      rc = store_snapshot_preserve(s, n);
+    for (uint64_t j = 0; !rc && j < b->npages; j++)
+      if (b->pages[j].n < size / PS)
+        rc = store_snapshot_preserve(s, b->pages[j].n);
+  }
+  if (!rc && size > b->cut * PS)
+    rc = io_set_length(s, s->image_fd, b->cut * PS);
   if (!rc)
-    rc = io_set_length(s, s->image_fd, h->after.pages * PS);
-  for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
-    uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
-    rc = store_read_exact(s, s->patch_fd, s->staging, (size_t)(k * PS),
-                          patch_page_offset(i));
-    /* One write per run of consecutive page numbers. */
-    for (uint64_t j = 0; !rc && j < k;) {
-      uint64_t run = 1;
-      while (j + run < k &&
-             p->page_numbers[i + j + run] == p->page_numbers[i + j] + run)
-        run++;
-      rc = store_write_exact(s, s->image_fd, s->staging + j * PS, (size_t)(run * PS),
-                             (off_t)(p->page_numbers[i + j] * PS));
-      j += run;
-    }
+    rc = io_set_length(s, s->image_fd, b->after->pages * PS);
+  for (uint64_t j = 0; !rc && j < b->npages;) {
+    const ckpt_page *c = &b->pages[j];
+    uint64_t run = 1;
+    while (j + run < b->npages && run < STAGING_PAGES &&
+           b->pages[j + run].n == c->n + run && b->pages[j + run].rec == c->rec &&
+           b->pages[j + run].i == c->i + run)
+      run++;
+    rc = store_read_exact(s, s->log_fd, s->ckpt_buf, (size_t)(run * PS),
+                          patch_page_offset(b->recs[c->rec], c->i));
+    if (!rc)
+      rc = store_write_exact(s, s->image_fd, s->ckpt_buf, (size_t)(run * PS),
+                             (off_t)(c->n * PS));
+    j += run;
   }
   return rc;
 }
 
-static int apply_pages(loom_store *s, const loom_patch *p)
+static int batch_apply_pages(loom_store *s, const ckpt_batch *b)
 {
   pthread_mutex_lock(&s->snap_lock);
-  int rc = apply_pages_locked(s, p);
+  int rc = batch_write_pages(s, b);
   if (!rc) {
-    s->image_pos = p->header.after;
-    store_tree_update(&s->tree, p->header.after.pages, p->page_numbers,
-                      p->new_hashes, p->header.page_count, store_zero_hash);
-  }
-  else
+    s->image_pos = *b->after;
+    if (b->cut < s->tree.pages)
+      store_tree_update(&s->tree, b->cut, NULL, NULL, 0, store_zero_hash);
+    store_tree_update(&s->tree, b->after->pages, b->numbers, b->hashes,
+                      b->npages, store_zero_hash);
+  } else {
     s->image_broken = rc; /* no snapshot may open over a half-applied image */
+  }
   pthread_mutex_unlock(&s->snap_lock);
   return rc;
 }
 
-static int apply_patch(loom_store *s, const loom_patch *p)
+/* Step 4 for the hashes file: its length, and every block a listed page or
+ * a page past the cut falls in, from the committed table (at or past the
+ * batch: a value past it belongs to a durable record that recovery
+ * replays, and R3 rebuilds a table that does not sum up). */
+static int batch_write_hashes(loom_store *s, const ckpt_batch *b)
 {
-  int rc = apply_pages(s, p);                      /* 4 */
-  if (!rc)
-    rc = hashes_write_touched(s, p);               /* 4 */
-  if (!rc)
-    rc = store_fsync(s, s->image_fd);                 /* 5 */
-  if (!rc)
-    rc = meta_write(s, &p->header.after);          /* 6 */
+  uint64_t pages = b->after->pages;
+  int rc = io_set_length(s, s->hashes_fd, pages * 8);
+  uint64_t last = UINT64_MAX;
+  for (uint64_t j = 0; !rc && j < b->npages; j++) {
+    uint64_t blk = b->pages[j].n / HASHES_PER_BLOCK;
+    if (blk != last)
+      rc = store_hashes_write_block(s, blk, pages);
+    last = blk;
+  }
+  uint64_t from = b->cut < b->recs[0]->header.before.pages
+                      ? b->cut : b->recs[0]->header.before.pages;
+  if (b->recs[0]->header.flags & LOOM_PATCH_BASE)
+    from = 0;
+  for (uint64_t blk = from / HASHES_PER_BLOCK;
+       !rc && blk * HASHES_PER_BLOCK < pages; blk++)
+    if (blk != last)
+      rc = store_hashes_write_block(s, blk, pages);
   return rc;
+}
+
+/* Take the next batch off the front of the queue (not removed yet). */
+static int batch_take(loom_store *s, ckpt_batch *b)
+{
+  apply_thread *t = &s->apply;
+  memset(b, 0, sizeof *b);
+  pthread_mutex_lock(&t->mutex);
+  size_t n = t->queued ? 1 : 0;
+  while (n < t->queued && !starts_batch(t->queue[n]))
+    n++;
+  b->recs = n ? malloc(n * sizeof *b->recs) : NULL;
+  if (b->recs) {
+    memcpy(b->recs, t->queue, n * sizeof *b->recs);
+    b->count = n;
+  }
+  pthread_mutex_unlock(&t->mutex);
+  if (!n)
+    return 0;
+  if (!b->recs)
+    return ENOMEM;
+  loom_patch *last = b->recs[n - 1];
+  b->after = &last->header.after;
+  b->head = last->lsn + record_bytes(last->header.page_count);
+  b->cut = b->recs[0]->header.after.pages;
+  return batch_merge(b);
+}
+
+/* One checkpoint (steps 4-6) of the queue's next batch, then free its log
+ * space. 0 with nothing queued. */
+static int checkpoint_batch(loom_store *s)
+{
+  ckpt_batch b;
+  int rc = batch_take(s, &b);
+  if (!rc && b.count)
+    rc = batch_apply_pages(s, &b);                 /* 4 */
+  if (!rc && b.count)
+    rc = batch_write_hashes(s, &b);                /* 4 */
+  if (!rc && b.count)
+    rc = store_fsync(s, s->image_fd);              /* 5 */
+  if (!rc && b.count)
+    rc = meta_write_at(s, b.after, &s->lineage, b.head); /* 6 */
+  if (!rc && b.count) {
+    apply_thread *t = &s->apply;
+    pthread_mutex_lock(&t->mutex);
+    memmove(t->queue, t->queue + b.count, (t->queued - b.count) * sizeof *t->queue);
+    t->queued -= b.count;
+    for (size_t r = 0; r < b.count; r++)
+      t->queued_bytes -= record_bytes(b.recs[r]->header.page_count);
+    s->log_head = b.head;                          /* the space is free */
+    t->batches++;
+    pthread_cond_broadcast(&t->cond);
+    pthread_mutex_unlock(&t->mutex);
+    for (size_t r = 0; r < b.count; r++)
+      store_patch_free(b.recs[r]);
+  }
+  free(b.recs);
+  free(b.pages);
+  free(b.numbers);
+  free(b.hashes);
+  return rc;
+}
+
+/* After a failed checkpoint: the handle is poisoned and the queued records
+ * are dropped (recovery re-applies them from the log). */
+static void queue_drop_locked(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  for (size_t r = 0; r < t->queued; r++)
+    store_patch_free(t->queue[r]);
+  t->queued = 0;
+  t->queued_bytes = 0;
+  pthread_cond_broadcast(&t->cond);
+}
+
+/* Inline (no checkpoint thread): checkpoint everything queued. */
+static int checkpoint_drain(loom_store *s)
+{
+  int rc = 0;
+  while (!rc && !s->poison && s->apply.queued)
+    rc = checkpoint_batch(s);
+  if (rc) {
+    store_poison(s, rc);
+    queue_drop_locked(s);
+  }
+  return s->poison ? LOOM_EPANIC : 0;
+}
+
+/* The thread lets records gather before a checkpoint, so that it merges
+ * many commits (each page written once) and its fsyncs compete less with
+ * the saves': it starts one when the queued records fill a quarter of the
+ * ring, when a thread waits for it (a full log, a read, a sync, a
+ * snapshot, close), or when no record came for CKPT_IDLE_NS. */
+#define CKPT_IDLE_NS (INT64_C(20) * 1000 * 1000)
+
+static void checkpoint_gather_locked(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  while (!t->stop && !t->want && !s->poison &&
+         t->queued_bytes < s->log_size / 4) {
+    uint64_t seen = t->pushed;
+    struct timespec at = loom_deadline(CLOCK_MONOTONIC, CKPT_IDLE_NS);
+    if (pthread_cond_timedwait(&t->cond, &t->mutex, &at) == ETIMEDOUT &&
+        t->pushed == seen)
+      break;
+  }
 }
 
 static void *apply_thread_main(void *arg)
@@ -655,18 +945,19 @@ static void *apply_thread_main(void *arg)
   apply_thread *t = &s->apply;
   pthread_mutex_lock(&t->mutex);
   for (;;) {
-    while (!t->pending && !t->stop)
+    while (!t->queued && !t->stop)
       pthread_cond_wait(&t->cond, &t->mutex);
-    if (!t->pending)
+    if (!t->queued)
       break;
-    loom_patch *p = t->pending;
+    checkpoint_gather_locked(s);
+    t->busy = 1;
     pthread_mutex_unlock(&t->mutex);
-    int rc = s->poison ? 0 : apply_patch(s, p);
-    store_patch_free(p);
+    int rc = s->poison ? LOOM_EPANIC : checkpoint_batch(s);
     pthread_mutex_lock(&t->mutex);
-    if (rc)
+    if (rc) {
       store_poison(s, rc);
-    t->pending = NULL;
+      queue_drop_locked(s);
+    }
     t->busy = 0;
     pthread_cond_broadcast(&t->cond);
   }
@@ -674,47 +965,149 @@ static void *apply_thread_main(void *arg)
   return NULL;
 }
 
-/* Wait for a pending apply; its failure poisons the store. */
+/* Wait until every committed record is checkpointed; a failure poisons the
+ * store. */
 int store_apply_wait(loom_store *s)
 {
   apply_thread *t = &s->apply;
-  if (t->started) {
-    pthread_mutex_lock(&t->mutex);
-    while (t->busy)
-      pthread_cond_wait(&t->cond, &t->mutex);
-    pthread_mutex_unlock(&t->mutex);
-  }
+  if (!t->started)
+    return checkpoint_drain(s);
+  pthread_mutex_lock(&t->mutex);
+  t->want++;
+  pthread_cond_broadcast(&t->cond);
+  while ((t->queued || t->busy) && !s->poison)
+    pthread_cond_wait(&t->cond, &t->mutex);
+  t->want--;
+  pthread_mutex_unlock(&t->mutex);
   return s->poison ? LOOM_EPANIC : 0;
+}
+
+/* Any thread: wait until the checkpoint thread has merged every record
+ * queued at the call (later ones may follow in the meantime). Without the
+ * thread, nothing: the owner's own calls drain inline. */
+void store_checkpoint_catch_up(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  if (!t->started)
+    return;
+  pthread_mutex_lock(&t->mutex);
+  if (t->queued) {
+    const loom_patch *last = t->queue[t->queued - 1];
+    uint64_t target = last->lsn + record_bytes(last->header.page_count);
+    t->want++;
+    pthread_cond_broadcast(&t->cond);
+    while (s->log_head < target && !s->poison && (t->queued || t->busy))
+      pthread_cond_wait(&t->cond, &t->mutex);
+    t->want--;
+  }
+  pthread_mutex_unlock(&t->mutex);
+}
+
+/* Step 1: room in the ring for a record of bytes bytes; *lsn is where it
+ * goes. Waits for the checkpoint while the log is full (or, inline, runs
+ * it). A record larger than the ring waits for an empty log and grows the
+ * ring to fit it (log_resize). */
+static int log_resize(loom_store *s, uint64_t bytes);
+
+static int log_room(const loom_store *s, uint64_t place, uint64_t bytes)
+{
+  return s->log_head == s->log_tail || place + bytes <= s->log_head + s->log_size;
+}
+
+static int log_make_room(loom_store *s, uint64_t bytes, uint64_t *lsn)
+{
+  apply_thread *t = &s->apply;
+  int rc = 0;
+  if (bytes > s->log_size) {
+    rc = store_apply_wait(s);
+    if (!rc)
+      rc = log_resize(s, bytes);
+    if (rc)
+      return rc;
+  }
+  for (;;) {
+    uint64_t place = log_place(s, s->log_tail, bytes);
+    pthread_mutex_lock(&t->mutex);
+    int room = log_room(s, place, bytes);
+    if (!room && t->started) {
+      t->waits++;
+      t->want++;
+      pthread_cond_broadcast(&t->cond);
+      while (!room && !s->poison && (t->queued || t->busy)) {
+        pthread_cond_wait(&t->cond, &t->mutex);
+        room = log_room(s, place, bytes);
+      }
+      t->want--;
+    }
+    if (!room && !t->started)
+      t->waits++;
+    rc = room ? 0 : s->poison ? LOOM_EPANIC : 0;
+    pthread_mutex_unlock(&t->mutex);
+    if (room) {
+      *lsn = place;
+      return 0;
+    }
+    if (rc)
+      return rc;
+    if (!t->started && (rc = checkpoint_drain(s)))
+      return rc;
+  }
+}
+
+/* Queue a committed record for the checkpoint (never fails: begin made
+ * room in the queue). */
+static void queue_push(loom_store *s, loom_patch *p)
+{
+  apply_thread *t = &s->apply;
+  pthread_mutex_lock(&t->mutex);
+  t->queue[t->queued++] = p;
+  t->queued_bytes += record_bytes(p->header.page_count);
+  t->pushed++;
+  pthread_cond_broadcast(&t->cond);
+  pthread_mutex_unlock(&t->mutex);
+}
+
+static int queue_reserve(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  pthread_mutex_lock(&t->mutex);
+  int rc = loom_array_reserve(&t->queue, &t->queue_cap, t->queued + 1,
+                              sizeof *t->queue);
+  pthread_mutex_unlock(&t->mutex);
+  return rc;
 }
 
 int store_apply_start(loom_patch *p)
 {
   loom_store *s = p->store;
-  apply_thread *t = &s->apply;
   if (s->writer == p)
     s->writer = NULL;
   if (s->poison) {
     store_patch_free(p);
     return LOOM_EPANIC;
   }
-  if (!t->started) {
-    int rc = apply_patch(s, p);
-    store_patch_free(p);
-    if (rc) {
-      store_poison(s, rc);
-      return rc;
-    }
+  queue_push(s, p);
+  if (s->apply.started || (s->flags & LOOM_CHECKPOINT_DEFER))
     return 0;
-  }
-  pthread_mutex_lock(&t->mutex);
-  t->pending = p;
-  t->busy = 1;
-  pthread_cond_broadcast(&t->cond);
-  pthread_mutex_unlock(&t->mutex);
-  return 0;
+  return checkpoint_drain(s);
 }
 
 int loom_store_sync(loom_store *s) { return store_apply_wait(s); }
+
+void loom_store_log_stats(loom_store *s, loom_log_stats *out)
+{
+  apply_thread *t = &s->apply;
+  pthread_mutex_lock(&t->mutex);
+  out->used = s->log_tail - s->log_head;
+  out->size = s->log_size;
+  out->queued = t->queued;
+  out->checkpoints = t->batches;
+  out->waits = t->waits;
+  pthread_mutex_unlock(&t->mutex);
+  pthread_mutex_lock(&s->snap_lock);
+  out->checkpoint = s->image_pos;
+  pthread_mutex_unlock(&s->snap_lock);
+}
 
 /* ---------------------------------------------------------------------- */
 /* Writing a patch: begin, add, make durable. */
@@ -752,27 +1145,24 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
     return LOOM_EINVAL;
   if (s->writer)
     return LOOM_EINVAL;
-  int rc = store_apply_wait(s); /* step 1, I3 */
-  if (rc)
-    return rc;
+  if (s->poison)
+    return LOOM_EPANIC;
   if (h->after.pages > MAX_PAGES || h->page_count > h->after.pages ||
       (h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
       ((h->flags & LOOM_PATCH_BASE) && h->page_count != h->after.pages))
     return LOOM_EINVAL;
   if (!positions_chain(&s->pos, h))
     return LOOM_EPOSITION;
-  /* The patch file stays as long as the largest patch since it was last
-   * trimmed, so that repeated large commits reuse its blocks. One much
-   * larger than this commit needs (a base image went before) is cut back
-   * now: the old patch no longer counts (I3), and a lost truncation leaves
-   * a file that does not count either. */
-  uint64_t need = patch_file_bytes(h->page_count);
-  if (s->patch_bytes > PATCH_TRIM_BYTES && s->patch_bytes > 4 * need &&
-      io_truncate(s, s->patch_fd, 0) == 0)
-    s->patch_bytes = 0;
+  uint64_t lsn = 0;
+  int rc = queue_reserve(s);
+  if (!rc)
+    rc = log_make_room(s, record_bytes(h->page_count), &lsn); /* 1 */
+  if (rc)
+    return rc;
   loom_patch *p = patch_alloc(s, h);
   if (!p)
     return ENOMEM;
+  p->lsn = lsn;
   p->fill_after = fill_after;
   p->header.before = s->pos;
   if (fill_after && s->io->pwritev) {
@@ -802,18 +1192,18 @@ static int patch_flush(loom_patch *p)
   if (!p->staged)
     return 0;
   loom_store *s = p->store;
-  off_t off = patch_page_offset(p->flushed);
+  off_t off = patch_page_offset(p, p->flushed);
   size_t len = (size_t)(p->staged * PS);
   int rc;
   if (s->io->pwritev) {
-    ssize_t n = s->io->pwritev(s->io->ctx, s->patch_fd, p->iov,
+    ssize_t n = s->io->pwritev(s->io->ctx, s->log_fd, p->iov,
                                (int)p->staged, off);
     rc = n < 0 ? (int)-n : (size_t)n == len ? 0 : EIO;
   } else {
     for (uint64_t i = 0; i < p->staged; i++)
       if (p->iov[i].iov_base != s->staging + i * PS)
         memcpy(s->staging + i * PS, p->iov[i].iov_base, PS);
-    rc = store_write_exact(s, s->patch_fd, s->staging, len, off);
+    rc = store_write_exact(s, s->log_fd, s->staging, len, off);
   }
   p->flushed += p->staged;
   p->staged = 0;
@@ -941,8 +1331,8 @@ int store_patch_make_durable(loom_patch *p)
       rc = LOOM_EPOSITION;
   }
   uint8_t block[PATCH_HEADER_BLOCK];
-  patch_header_encode(block, h);
-  uint64_t header_sum = get_le64(block + 104);
+  patch_header_encode(block, h, p->lsn);
+  uint64_t header_sum = get_le64(block + PATCH_HEADER_SUM);
   if (!rc && p->deferred)
     rc = patch_write_deferred(s, p, header_sum);            /* 1 */
   if (!rc && !p->deferred)
@@ -950,21 +1340,22 @@ int store_patch_make_durable(loom_patch *p)
   if (!rc && !p->deferred)
     rc = patch_write_entries(s, p, header_sum);            /* 1 */
   if (rc) {
-    /* The old header still stands and does not count (I3): nothing
+    /* Only free log space was written, and no header: nothing
      * changed. */
     p->error = rc;
     return rc;
   }
-  rc = store_write_exact(s, s->patch_fd, block, sizeof block, 0); /* 1 */
+  off_t at = log_offset(s, p->lsn, 0);
+  rc = store_write_exact(s, s->log_fd, block, sizeof block, at); /* 1 */
   if (!rc)
-    rc = store_fsync(s, s->patch_fd);                         /* 2 */
+    rc = store_fsync(s, s->log_fd);                         /* 2 */
   if (!rc) {                                                /* 3 */
     uint8_t check[PATCH_HEADER_BLOCK];
     loom_patch_header back;
-    uint64_t back_sum;
-    rc = store_read_exact(s, s->patch_fd, check, sizeof check, 0);
+    uint64_t back_sum, back_lsn;
+    rc = store_read_exact(s, s->log_fd, check, sizeof check, at);
     if (!rc)
-      rc = patch_header_decode(check, &back, &back_sum);
+      rc = patch_header_decode(check, &back, &back_sum, &back_lsn);
     if (!rc && back_sum != header_sum)
       rc = LOOM_ECORRUPT;
   }
@@ -979,9 +1370,7 @@ int store_patch_make_durable(loom_patch *p)
     store_poison(s, rc);
     return rc;
   }
-  uint64_t written = patch_file_bytes(h->page_count);
-  if (written > s->patch_bytes)
-    s->patch_bytes = written;
+  s->log_tail = p->lsn + record_bytes(h->page_count);
   if ((h->flags & LOOM_PATCH_BASE) && base_leaves_branch(s, &h->after))
     positions_forget(s->positions_fd);
   s->pos = h->after;
@@ -1022,13 +1411,18 @@ void store_free(loom_store *s)
     pthread_cond_broadcast(&s->apply.cond);
     pthread_mutex_unlock(&s->apply.mutex);
     pthread_join(s->apply.thread, NULL);
-    pthread_mutex_destroy(&s->apply.mutex);
-    pthread_cond_destroy(&s->apply.cond);
   }
+  pthread_mutex_lock(&s->apply.mutex);
+  queue_drop_locked(s); /* a poisoned store's, or after a failed open */
+  pthread_mutex_unlock(&s->apply.mutex);
+  free(s->apply.queue);
+  pthread_mutex_destroy(&s->apply.mutex);
+  pthread_cond_destroy(&s->apply.cond);
+  pthread_mutex_destroy(&s->hash_lock);
   store_close_fd(s, &s->image_fd);
   store_close_fd(s, &s->hashes_fd);
   store_close_fd(s, &s->meta_fd);
-  store_close_fd(s, &s->patch_fd);
+  store_close_fd(s, &s->log_fd);
   if (s->positions_fd >= 0)
     close(s->positions_fd);
   if (s->lockfd >= 0)
@@ -1036,6 +1430,7 @@ void store_free(loom_store *s)
   store_close_fd(s, &s->dirfd);
   free(s->hashes);
   free(s->staging);
+  free(s->ckpt_buf);
   store_tree_free(&s->tree);
   pthread_mutex_destroy(&s->snap_lock);
   free(s);
@@ -1099,8 +1494,8 @@ static int mkdir_with_parents(loom_store *s, const char *dir)
 static int store_create(loom_store *s)
 {
   int rc = 0;
-  int *fds[] = {&s->image_fd, &s->hashes_fd, &s->patch_fd};
-  const char *names[] = {"image", "hashes", "patch"};
+  int *fds[] = {&s->image_fd, &s->hashes_fd, &s->log_fd};
+  const char *names[] = {"image", "hashes", "log"};
   for (int i = 0; i < 3 && !rc; i++) {
     store_close_fd(s, fds[i]);
     rc = open_file(s, names[i], O_RDWR | O_CREAT | O_TRUNC, fds[i]);
@@ -1201,50 +1596,85 @@ static int store_check(loom_store *s)
   return rc;
 }
 
+/* R2: walk the log from the checkpoint: every record that verifies and
+ * continues from the position before it, in order, until one does not (a
+ * torn tail, or stale bytes of an older lap). With keep, each is queued
+ * for the checkpoint and its hashes go into the table; else it is freed. */
+static int log_scan(loom_store *s, int keep, loom_position *end)
+{
+  *end = s->pos;
+  s->log_tail = s->log_head;
+  if (!s->log_size || s->log_fd < 0)
+    return 0;
+  for (;;) {
+    loom_patch *p = NULL;
+    int rc = queue_reserve(s);
+    if (!rc)
+      rc = record_read_next(s, s->log_tail, end, &p);
+    if (rc == LOOM_ECORRUPT)
+      return 0;
+    if (!rc && keep)
+      rc = hashes_apply(s, p);
+    if (rc) {
+      store_patch_free(p);
+      return rc;
+    }
+    *end = p->header.after;
+    s->log_tail = p->lsn + record_bytes(p->header.page_count);
+    if (keep)
+      queue_push(s, p);
+    else
+      store_patch_free(p);
+  }
+}
+
+int store_log_end(loom_store *s, loom_position *out)
+{
+  return log_scan(s, 0, out);
+}
+
+/* R2 and R3. The table is loaded at the checkpoint's position, the
+ * records found move it (and the position) on, the checkpoint brings the
+ * files there. */
 static int store_recover(loom_store *s)
 {
-  loom_patch *p = NULL;
-  int rc = store_patch_read(s, 0, &p);
-  if (rc == LOOM_ECORRUPT || rc == LOOM_EVERSION) /* never committed */
-    rc = 0;
+  int rc = hashes_load(s, s->pos.pages);
+  loom_position end;
+  if (!rc)
+    rc = log_scan(s, 1, &end);
   if (rc)
     return rc;
-  /* The patch counts only while its before is the durable position. */
-  int pending = p && loom_position_same_epoch(&p->header.before, &s->pos);
-  store_patch_free(p);
-  p = NULL;
-  uint64_t table_pages = s->pos.pages;
-  if (!pending) {
-    /* Nothing to re-apply: the files must already match the position;
-     * check their sizes before sizing anything by it. */
+  if (!s->apply.queued) {
+    /* Nothing to re-apply: the image must already match the position. */
     uint64_t image_size = 0;
     if ((rc = store_file_size(s->image_fd, &image_size)))
       return rc;
     if (image_size != s->pos.pages * PS)
       return LOOM_ECORRUPT; /* (a short hashes file is rebuilt, R3) */
   }
-  if (pending) {
-    rc = store_patch_read(s, 1, &p);
-    if (rc == LOOM_ECORRUPT) {
-      rc = 0;
-      pending = 0;
-    } else if (rc) {
-      return rc;
-    } else {
-      table_pages = p->header.after.pages > table_pages ? p->header.after.pages
-                                                         : table_pages;
-    }
-  }
-  rc = hashes_load(s, table_pages);
-  if (!rc && pending) {
-    rc = hashes_apply(s, p);
-    if (!rc)
-      rc = apply_patch(s, p);
-    if (!rc)
-      s->pos = p->header.after;
-  }
-  store_patch_free(p);
-  return rc ? rc : store_check(s);
+  s->pos = end;
+  rc = checkpoint_drain(s);
+  if (rc)
+    return s->poison > 0 ? s->poison : rc;
+  return store_check(s);
+}
+
+/* A version 1 directory (a single patch slot): upgraded at open, unless its
+ * patch still counts (a crash left a commit not yet applied): then the
+ * previous release must open it once. */
+static int v1_patch_pending(loom_store *s)
+{
+  int fd = -1;
+  uint8_t b[PATCH_HEADER_BLOCK];
+  if (open_file(s, "patch", O_RDONLY, &fd))
+    return 0;
+  int rc = store_read_exact(s, fd, b, sizeof b, 0);
+  store_close_fd(s, &fd);
+  if (rc || memcmp(b, PATCH_MAGIC, 8) != 0 || get_le32(b + 8) != 1 ||
+      get_le64(b + 104) != XXH3_64bits(b, 104))
+    return 0;
+  return get_le64(b + 24) == s->pos.epoch && get_le64(b + 32) == s->pos.seq &&
+         get_le64(b + 40) == s->pos.checksum && get_le64(b + 48) == s->pos.pages;
 }
 
 /* R3 for a hashes file that is gone: derived data, made anew (empty) and
@@ -1301,8 +1731,15 @@ static int open_dir_locked(loom_store *s, const char *dir, unsigned flags)
  * none was recorded. */
 static int read_meta(loom_store *s, int create)
 {
-  int rc = meta_read(s, &s->generation, &s->pos, &s->lineage);
+  meta_log log = {0, 0, 0};
+  int v1 = 0;
+  int rc = meta_read(s, &s->generation, &s->pos, &s->lineage, &log, &v1);
   s->applied = s->pos;
+  s->log_origin = log.origin;
+  s->log_size = log.size;
+  s->log_head = s->log_tail = log.head;
+  if (!rc && v1 && v1_patch_pending(s))
+    rc = LOOM_EVERSION;
   if (rc == LOOM_ENOIMAGE && create) {
     /* No position recorded: only an empty (or absent) image may be
      * replaced by a new one. */
@@ -1329,14 +1766,47 @@ static int open_image_and_hashes(loom_store *s, int readonly)
   return rc;
 }
 
-/* The patch file, made anew (empty) when gone unless read-only. */
-static int open_patch(loom_store *s, int readonly)
+/* The log file, made anew (empty) when gone unless read-only (a version 1
+ * directory, or a copy); a read-only open goes without. */
+static int open_log(loom_store *s, int readonly)
 {
-  int rc = open_file(s, "patch", readonly ? O_RDONLY : O_RDWR, &s->patch_fd);
-  if (rc == ENOENT && !readonly) {
-    rc = open_file(s, "patch", O_RDWR | O_CREAT, &s->patch_fd);
+  int rc = open_file(s, "log", readonly ? O_RDONLY : O_RDWR, &s->log_fd);
+  if (rc == ENOENT && readonly)
+    return 0;
+  if (rc == ENOENT) {
+    rc = open_file(s, "log", O_RDWR | O_CREAT, &s->log_fd);
     if (!rc)
       rc = store_fsync(s, s->dirfd);
+  }
+  return rc;
+}
+
+/* Settling on the configured ring size, with the log empty (recovery
+ * checkpointed everything): the lsns go on from the tail, so no stale
+ * record of the old geometry can pass for a new one. Durable with the
+ * meta that settle writes next. */
+static void log_settle_size(loom_store *s)
+{
+  if (s->log_size == s->log_want)
+    return;
+  s->log_origin = s->log_head = s->log_tail;
+  s->log_size = s->log_want;
+}
+
+/* Grow the ring to hold one record of bytes bytes (the log is empty:
+ * log_make_room drained it), durable in the meta before anything is
+ * written at the new geometry. The ring stays that size until the next
+ * open settles it back. */
+static int log_resize(loom_store *s, uint64_t bytes)
+{
+  uint64_t origin = s->log_origin, size = s->log_size;
+  s->log_origin = s->log_head = s->log_tail;
+  s->log_size = (bytes + LOG_ALIGN - 1) / LOG_ALIGN * LOG_ALIGN;
+  int rc = meta_write(s, &s->pos);
+  if (rc) {
+    s->log_origin = origin;
+    s->log_size = size;
+    store_poison(s, rc);
   }
   return rc;
 }
@@ -1350,6 +1820,8 @@ static int settle(loom_store *s, const char *dir, int readonly, int create)
 {
   int rc = 0;
   if (!readonly)
+    log_settle_size(s);
+  if (!readonly)
     rc = meta_write(s, &s->pos);
   if (!rc && !readonly)
     rc = store_fsync(s, s->dirfd);
@@ -1361,20 +1833,20 @@ static int settle(loom_store *s, const char *dir, int readonly, int create)
 static int start_apply_thread(loom_store *s)
 {
   apply_thread *t = &s->apply;
-  pthread_mutex_init(&t->mutex, NULL);
-  pthread_cond_init(&t->cond, NULL);
   int rc = pthread_create(&t->thread, NULL, apply_thread_main, s);
   if (!rc)
     t->started = 1;
-  else {
-    pthread_mutex_destroy(&t->mutex);
-    pthread_cond_destroy(&t->cond);
-  }
   return rc;
 }
 
 int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
                      loom_store **out)
+{
+  return store_open_log(dir, flags, io, 0, out);
+}
+
+int store_open_log(const char *dir, unsigned flags, const loom_io *io,
+                   uint64_t log_bytes, loom_store **out)
 {
   *out = NULL;
   if (!dir)
@@ -1384,11 +1856,17 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     return ENOMEM;
   s->io = io ? io : loom_io_posix();
   s->flags = flags;
-  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->patch_fd = -1;
+  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->log_fd = -1;
   s->positions_fd = -1;
+  s->log_want = log_bytes ? (log_bytes + LOG_ALIGN - 1) / LOG_ALIGN * LOG_ALIGN
+                          : LOOM_LOG_BYTES_DEFAULT;
+  pthread_mutex_init(&s->hash_lock, NULL);
+  pthread_mutex_init(&s->apply.mutex, NULL);
+  int crc = loom_cond_init_mono(&s->apply.cond);
   s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
+  s->ckpt_buf = malloc(STAGING_PAGES * PS);
   pthread_mutex_init(&s->snap_lock, NULL);
-  int rc = s->staging ? 0 : ENOMEM;
+  int rc = crc ? crc : s->staging && s->ckpt_buf ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
   int create = (flags & LOOM_CREATE) && !readonly;
 
@@ -1407,8 +1885,8 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
     rc = open_image_and_hashes(s, readonly);
   if (rc == ENOENT)
     rc = LOOM_ECORRUPT;
-  if (!rc && s->patch_fd < 0)
-    rc = open_patch(s, readonly);
+  if (!rc && s->log_fd < 0)
+    rc = open_log(s, readonly);
   if (!rc && !readonly)
     rc = store_recover(s); /* read-only tools need the position only */
   if (!rc)
@@ -1423,8 +1901,6 @@ int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
   } else if (!rc) { /* read it only (inspect --at); absent: -1, "unknown" */
     s->positions_fd = positions_open_readonly(s->dirfd);
   }
-  if (!rc && s->patch_fd >= 0)
-    rc = store_file_size(s->patch_fd, &s->patch_bytes);
   if (!rc && (flags & LOOM_APPLY_ASYNC) && !readonly)
     rc = start_apply_thread(s);
   if (rc) {
@@ -1441,7 +1917,8 @@ int loom_store_open(const char *dir, unsigned flags, const loom_io *io,
   if (!out)
     return LOOM_EINVAL;
   return store_open_flags(dir, flags & (LOOM_CREATE | LOOM_READONLY |
-                                        LOOM_APPLY_ASYNC), io, out);
+                                        LOOM_APPLY_ASYNC |
+                                        LOOM_CHECKPOINT_DEFER), io, out);
 }
 
 int loom_store_close(loom_store *s)

@@ -20,20 +20,30 @@
 #define HASH_BLOCK 4096u
 #define HASHES_PER_BLOCK (HASH_BLOCK / 8u)
 
+/* The checkpointer: committed records waiting to be merged into the image
+ * (store.c, steps 4-6), in commit order. With LOOM_APPLY_ASYNC a thread
+ * runs it; else it runs inline. The owner appends at the back, the
+ * checkpointer removes from the front (both under mutex). */
 typedef struct apply_thread {
   pthread_t thread;
   pthread_mutex_t mutex;
   pthread_cond_t cond;
-  loom_patch *pending; /* handed over, not yet applied */
-  int busy;            /* pending or being applied */
+  loom_patch **queue;  /* committed, not yet checkpointed */
+  size_t queued, queue_cap;
+  uint64_t queued_bytes; /* their log bytes */
+  uint64_t pushed;     /* records queued since open */
+  int want;            /* threads waiting for the checkpoint to progress */
+  int busy;            /* a batch is being checkpointed */
   int stop;
   int started;
+  uint64_t batches;    /* checkpoints done since open */
+  uint64_t waits;      /* saves that waited for log space */
 } apply_thread;
 
 struct loom_store {
   const loom_io *io;
   unsigned flags;
-  int dirfd, lockfd, image_fd, hashes_fd, meta_fd, patch_fd;
+  int dirfd, lockfd, image_fd, hashes_fd, meta_fd, log_fd;
   int positions_fd;        /* DIR/positions (positions.c), or -1 */
   loom_position pos;       /* committed (the patch is durable) */
   loom_position applied;   /* durable in the meta */
@@ -41,7 +51,8 @@ struct loom_store {
   uint64_t generation;     /* of the meta slot last written */
   uint64_t *hashes;        /* [pos.pages], committed */
   size_t hashes_cap;
-  uint8_t *staging;        /* STAGING_PAGES pages */
+  uint8_t *staging;        /* STAGING_PAGES pages (the owner's) */
+  uint8_t *ckpt_buf;       /* STAGING_PAGES pages (the checkpoint's) */
   loom_patch *writer;      /* open patch, if any */
   int poison;              /* 0, or the error that poisoned the handle */
   apply_thread apply;
@@ -50,7 +61,14 @@ struct loom_store {
   loom_position image_pos; /* the position the image file's pages are at */
   loom_lineage image_lineage; /* the lineage snapshots carry (snap_lock) */
   store_tree tree;         /* over the image at image_pos (snap_lock) */
-  uint64_t patch_bytes;    /* the patch file's length, as far as we know */
+  /* The commit log (a ring; store.c "THE COMMIT LOG"). A record at log
+   * sequence number lsn sits at byte (lsn - log_origin) mod log_size. */
+  uint64_t log_origin;     /* lsn at byte 0 (durable in the meta) */
+  uint64_t log_size;       /* ring bytes (durable in the meta); 0: none yet */
+  uint64_t log_head;       /* first lsn not checkpointed (apply.mutex) */
+  uint64_t log_tail;       /* next record's lsn (the owner's) */
+  uint64_t log_want;       /* the configured ring size (log_bytes) */
+  pthread_mutex_t hash_lock; /* s->hashes: owner's writes vs checkpoint */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
 
@@ -85,6 +103,7 @@ struct loom_patch {
    * store_patch_make_durable, which writes header, pages and entries with
    * pwritev in one pass (one contiguous extent to fsync). */
   const void **deferred;   /* [header.page_count] page pointers, or NULL */
+  uint64_t lsn;            /* where the record sits in the log */
 };
 
 /* Begin a patch whose after.checksum the store computes (fill_after). */
@@ -107,6 +126,9 @@ int store_read_image_page(loom_store *s, uint64_t n, void *buf);
 /* Open with the arena's flags (LOOM_APPLY_ASYNC honoured). */
 int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
                      loom_store **out);
+/* The same with a ring size for the commit log (0: the default). */
+int store_open_log(const char *dir, unsigned flags, const loom_io *io,
+                   uint64_t log_bytes, loom_store **out);
 int store_poisoned(const loom_store *s);
 void store_poison(loom_store *s, int rc);
 uint64_t store_zero_hash(uint64_t n);
@@ -146,11 +168,16 @@ void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p);
 /* A meta slot holding p and lineage at generation. */
 void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
                        const loom_position *p, const loom_lineage *lineage);
-/* R2: the patch file's header (full: also its entries and pages, checked). */
-int store_patch_read(loom_store *s, int full, loom_patch **out);
+/* R2: the committed position the log's verified records lead to from the
+ * meta's, without applying anything (a read-only open's inspect). */
+int store_log_end(loom_store *s, loom_position *out);
 void store_patch_free(loom_patch *p);
-/* Wait for a pending apply: 0, or LOOM_EPANIC when the store is poisoned. */
+/* Wait until every committed record is checkpointed (the image file is at
+ * the committed position): 0, or LOOM_EPANIC when the store is poisoned. */
 int store_apply_wait(loom_store *s);
+/* Any thread: wait until the checkpoint thread merged every record queued
+ * now (snapshots open at a recent committed position). */
+void store_checkpoint_catch_up(loom_store *s);
 /* Close every file and free s, without waiting for anything but the apply
  * thread (the read-only tools' close). */
 void store_free(loom_store *s);

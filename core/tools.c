@@ -87,7 +87,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     rc = store_fsync(s, fd);
   if (fd >= 0)
     store_close_fd(s, &fd);
-  if (!rc && (fd = io->open(io->ctx, tdir, "patch", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
+  if (!rc && (fd = io->open(io->ctx, tdir, "log", O_RDWR | O_CREAT | O_TRUNC, 0600)) < 0)
     rc = -fd;
   if (fd >= 0)
     store_close_fd(s, &fd);
@@ -106,7 +106,7 @@ int loom_store_backup(loom_store *s, const char *dest)
     if (parent >= 0)
       store_close_fd(s, &parent);
   } else if (tdir >= 0) {
-    const char *names[] = {"image", "hashes", "meta", "patch"};
+    const char *names[] = {"image", "hashes", "meta", "log"};
     for (int i = 0; i < 4; i++)
       io->unlink(io->ctx, tdir, names[i], 0);
     io->unlink(io->ctx, AT_FDCWD, tmp, AT_REMOVEDIR);
@@ -135,17 +135,9 @@ int loom_inspect_lineage(const char *dir, loom_position *out,
   *out = s->pos;
   if (lineage)
     *lineage = s->lineage;
-  loom_patch *p = NULL;
-  if (store_patch_read(s, 0, &p) == 0 &&
-      loom_position_same_epoch(&p->header.before, &s->pos)) {
-    store_patch_free(p);
-    p = NULL;
-    if (store_patch_read(s, 1, &p) == 0)
-      *out = p->header.after;
-  }
-  store_patch_free(p);
+  rc = store_log_end(s, out);
   store_free(s);
-  return 0;
+  return rc;
 }
 
 /* A store directory that a crash left before its first position was
@@ -156,7 +148,8 @@ static int never_committed(const char *dir)
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)
     return 0;
-  const char *ours[] = {"lock", "meta", "image", "hashes", "patch", "positions"};
+  const char *ours[] = {"lock", "meta", "image", "hashes", "log", "patch",
+                        "positions"};
   int found = 0;
   for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
     found += faccessat(dfd, ours[i], F_OK, 0) == 0;

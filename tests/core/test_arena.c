@@ -803,6 +803,48 @@ static int hook_reads(void *ctx, loom *l, const loom_commit *c)
   return 0;
 }
 
+/* The commit log's ring through loom_options.log_bytes: a ring too small
+ * for the next record checkpoints first (a wait); a record larger than the
+ * ring grows it, and the next open settles it back. */
+static void test_log_ring(void **state)
+{
+  (void)state;
+  char dir[] = "/tmp/arena-log-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  loom *l;
+  /* Through the arena: loom_options.log_bytes sizes the ring. */
+  loom_options o = {.arena_pages = 64, .flags = LOOM_CREATE | LOOM_COPY_IN |
+                    LOOM_CHECKPOINT_DEFER, .log_bytes = 3 * 24576};
+  assert_int_equal(loom_open(dir, &o, &l), 0);
+  uint8_t *b = loom_base(l);
+  loom_store *s = loom_get_store(l);
+  for (int r = 0; r < 4; r++) { /* one-page records: 24 KiB each */
+    b[5] = (uint8_t)(r + 1);
+    assert_int_equal(loom_save(l, 1, 64), 0);
+  }
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.size, 3 * 24576);
+  assert_true(st.waits >= 1); /* the fourth found the ring full */
+  assert_true(st.checkpoints >= 1);
+  /* A record of 8 pages (about 136 KiB) does not fit the ring at all. */
+  for (uint64_t n = 0; n < 8; n++)
+    b[n * LOOM_PAGE_SIZE + 1] ^= 0xff;
+  assert_int_equal(loom_save(l, 8, 64), 0);
+  loom_store_log_stats(s, &st);
+  assert_true(st.size >= 4096 + 8 * (uint64_t)LOOM_PAGE_SIZE);
+  assert_int_equal(loom_close(l), 0);
+  assert_int_equal(loom_open(dir, &o, &l), 0);
+  loom_store_log_stats(loom_get_store(l), &st);
+  assert_int_equal(st.size, 3 * 24576); /* settled back at open */
+  assert_int_equal(st.checkpoint.seq, 5);
+  assert_int_equal(((uint8_t *)loom_base(l))[5], 4); /* the fourth save's */
+  assert_int_equal(loom_close(l), 0);
+  char cmd[64];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 static void test_review_findings(void **state)
 {
   (void)state;
@@ -888,6 +930,7 @@ int main(void)
       cmocka_unit_test(test_verify_catches_corruption),
       cmocka_unit_test(test_stream_header),
       cmocka_unit_test(test_review_findings),
+      cmocka_unit_test(test_log_ring),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -274,6 +274,10 @@ static void crash_workload(const wl_workload *w)
     assert_int_equal(fresh_copy(d.tmpl, d.work), 0);
     end = run_workload(w, &m, d.work, k, 0, why, sizeof why);
     points++;
+    /* With a checkpoint thread the number of checkpoints (and so of ops)
+     * depends on timing: a run may end before op k. */
+    if (end == CHILD_EXITED && (w->arena_flags & LOOM_APPLY_ASYNC))
+      continue;
     if (end != CHILD_KILLED) {
       if (failures++ < MAX_REPORTED)
         print_error("crash_test: %s: kill before %s: %s\n", w->name, at,

@@ -86,7 +86,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
   fixture *fx = *state;
-  const char *names[] = {"image", "hashes", "meta", "patch", "lock"};
+  const char *names[] = {"image", "hashes", "meta", "log", "lock"};
   char path[128];
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     path_of(fx, names[i], path, sizeof path);

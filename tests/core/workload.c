@@ -113,6 +113,32 @@ const wl_workload wl_workloads[] = {
    .nsteps = 3, .steps = {{WL_SAVE, 3, BIT(0)},
                           {WL_SAVE, 4, BIT(1) | BIT(3)},
                           {WL_SAVE, 4, BIT(2)}}},
+  /* The commit log with checkpoints deferred: several records wait in the
+   * log (recovery replays them all, in order, merging a shrink and the
+   * growth after it, and a base image), until the epoch's meta write
+   * drains them. */
+  {.name = "store_log_deferred",
+   .store_flags = LOOM_CHECKPOINT_DEFER,
+   .nsetup = 1, .setup = {{WL_PATCH, 3, ALL(3)}},
+   .nsteps = 6, .steps = {{WL_PATCH, 3, BIT(0)},
+                          {WL_PATCH, 5, BIT(1) | BIT(4)},
+                          {WL_PATCH, 2, BIT(0)},
+                          {WL_PATCH, 4, BIT(3)},
+                          {WL_BASE, 3, 0},
+                          {WL_PATCH, 4, BIT(1) | BIT(3)}}},
+  /* A 96 KiB ring: the fourth record does not fit before the ring's end
+   * (the log is full: the save checkpoints inline, then the record goes
+   * at the next lap's start), and so does the sixth. */
+  {.name = "arena_log_wrap",
+   .arena = 1, .arena_flags = LOOM_COPY_IN | LOOM_CHECKPOINT_DEFER,
+   .tracker = LOOM_TRACK_MPROTECT, .log_bytes = 98304,
+   .nsetup = 1, .setup = {{WL_PATCH, 3, ALL(3)}},
+   .nsteps = 6, .steps = {{WL_SAVE, 3, BIT(0)},
+                          {WL_SAVE, 4, BIT(1) | BIT(3)},
+                          {WL_SAVE, 4, BIT(2)},
+                          {WL_SAVE, 2, BIT(0)},
+                          {WL_SAVE, 5, BIT(0) | BIT(1) | BIT(4)},
+                          {WL_SAVE, 5, BIT(2)}}},
 };
 const size_t wl_workload_count = sizeof wl_workloads / sizeof wl_workloads[0];
 
@@ -363,13 +389,15 @@ static int open_handle(const wl_workload *w, const char *dir,
   *l = NULL;
   *s = NULL;
   if (!w->arena)
-    return loom_store_open(dir, w->create ? LOOM_CREATE : 0, io, s);
+    return loom_store_open(dir, w->store_flags | (w->create ? LOOM_CREATE : 0u),
+                           io, s);
   loom_options o;
   memset(&o, 0, sizeof o);
   o.arena_pages = WL_ARENA_PAGES;
   o.flags = w->arena_flags | (w->create ? LOOM_CREATE : 0u);
   o.tracker = w->tracker;
   o.io = io;
+  o.log_bytes = w->log_bytes;
   int rc = loom_open(dir, &o, l);
   if (!rc)
     *s = loom_get_store(*l);

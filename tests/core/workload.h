@@ -72,6 +72,8 @@ typedef struct wl_workload {
                               restart without a power loss) */
   int arena;               /* steps are loom_save on an arena */
   unsigned arena_flags;    /* loom_options.flags besides LOOM_CREATE */
+  unsigned store_flags;    /* loom_store_open flags besides LOOM_CREATE */
+  uint64_t log_bytes;      /* arena workloads: loom_options.log_bytes */
   loom_tracker tracker;
   size_t nsetup;
   wl_step setup[WL_MAX_STEPS];

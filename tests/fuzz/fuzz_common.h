@@ -110,7 +110,7 @@ static inline uint8_t *fuzz_read_file(const char *dir, const char *name,
 }
 
 /* The image files a template consists of (the lock file is made by open). */
-static const char *const fuzz_files[] = {"image", "hashes", "meta", "patch"};
+static const char *const fuzz_files[] = {"image", "hashes", "meta", "log"};
 
 static inline int fuzz_remove_one(const char *path, const struct stat *sb,
                                   int type, struct FTW *ftw)

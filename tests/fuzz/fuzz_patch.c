@@ -1,11 +1,13 @@
 /*
- * fuzz_patch.c: hostile bytes as the `patch` file (docs/FORMAT.md) of a
- * small image directory, then open it: patch verification and recovery.
+ * fuzz_patch.c: hostile bytes as the commit log's next record (docs/FORMAT.md
+ * "`log`"), written at the template's head, then open it: record
+ * verification and recovery.
  *
  * Each input is tried as it is and with its checksums fixed up (the page
  * count made to fit the length, every entry's page hash, the header
  * checksum and the trailer recomputed), so the fuzzer reaches the field
- * checks and the apply of recovery. For each, loom_store_open must return
+ * checks and the apply of recovery (the lsn is set to the template's head
+ * and the format version to 2 as well). For each, loom_store_open must return
  * an error or succeed; when it succeeds:
  *   - the position is the template's (the patch did not count) or the
  *     patch's after-position (it was applied), nothing else;
@@ -27,11 +29,36 @@ const int fuzz_replay_mutations = 500;
 typedef struct patch_state {
   char tmpl[256], work[256];
   loom_position pos;
+  uint64_t head, head_off; /* the template's log head: lsn, file offset */
   uint8_t *image;
   size_t image_len;
 } patch_state;
 
 static void patch_cleanup(void);
+
+/* The head of the template's meta (the valid slot with the higher
+ * generation): its lsn, and where it sits in the log file. */
+static void template_head(const char *dir, uint64_t *lsn, uint64_t *off)
+{
+  size_t len;
+  uint8_t *m = fuzz_read_file(dir, "meta", &len);
+  CHECK(m != NULL && len >= 1024);
+  uint64_t best = 0;
+  int found = 0;
+  for (int i = 0; i < 2; i++) {
+    const uint8_t *slot = m + i * 512;
+    if (fuzz_get_le64(slot + 504) != XXH3_64bits(slot, 504)) continue;
+    uint64_t g = fuzz_get_le64(slot + 16);
+    if (found && g <= best) continue;
+    found = 1;
+    best = g;
+    uint64_t origin = fuzz_get_le64(slot + 280), size = fuzz_get_le64(slot + 288);
+    *lsn = fuzz_get_le64(slot + 296);
+    *off = size ? (*lsn - origin) % size : 0;
+  }
+  CHECK(found);
+  free(m);
+}
 
 static patch_state *patch_get(void)
 {
@@ -43,6 +70,7 @@ static patch_state *patch_get(void)
     fuzz_build_template(st.tmpl, &st.pos);
     st.image = fuzz_read_file(st.tmpl, "image", &st.image_len);
     CHECK(st.image != NULL);
+    template_head(st.tmpl, &st.head, &st.head_off);
     atexit(patch_cleanup);
     ready = 1;
   }
@@ -66,13 +94,24 @@ static void patch_cleanup(void)
  * target's scope (docs/RELIABILITY-security.md). */
 #define FUZZ_MAX_DECLARED_PAGES (UINT64_C(1) << 16)
 
+static void write_at_head(const patch_state *st, const uint8_t *data,
+                          size_t size)
+{
+  char path[512];
+  CHECK(snprintf(path, sizeof path, "%s/log", st->work) < (int)sizeof path);
+  int fd = open(path, O_WRONLY);
+  CHECK(fd >= 0);
+  CHECK(pwrite(fd, data, size, (off_t)st->head_off) == (ssize_t)size);
+  close(fd);
+}
+
 static void exercise(patch_state *st, const uint8_t *data, size_t size)
 {
   if (size >= 104 && (fuzz_get_le64(data + 80) > FUZZ_MAX_DECLARED_PAGES ||
                       fuzz_get_le64(data + 48) > FUZZ_MAX_DECLARED_PAGES))
     return;
   fuzz_copy_template(st->tmpl, st->work);
-  fuzz_write_file(st->work, "patch", data, size);
+  write_at_head(st, data, size);
   loom_store *store;
   int rc = loom_store_open(st->work, 0, NULL, &store);
   CHECK(rc >= 0 || (rc < 0 && rc > LOOM_ELAST));
@@ -100,7 +139,8 @@ static void exercise(patch_state *st, const uint8_t *data, size_t size)
   CHECK(opened.pages == fuzz_get_le64(data + 80));
 }
 
-/* Make the checksums of a patch of `size` bytes agree with its contents. */
+/* Make the checksums of a record of `size` bytes agree with its contents,
+ * at the template's head. */
 static void fix_up(uint8_t *p, size_t size)
 {
   uint64_t k = (size - PATCH_HEADER - 8) / (LOOM_PAGE_SIZE + PATCH_ENTRY);
@@ -111,8 +151,11 @@ static void fix_up(uint8_t *p, size_t size)
     fuzz_put_le64(entries + i * PATCH_ENTRY + 8,
                   loom_page_hash(n, p + PATCH_HEADER + i * LOOM_PAGE_SIZE));
   }
-  uint64_t header_sum = XXH3_64bits(p, 104);
-  fuzz_put_le64(p + 104, header_sum);
+  p[8] = 2;
+  p[9] = p[10] = p[11] = 0;
+  fuzz_put_le64(p + 104, patch_get()->head);
+  uint64_t header_sum = XXH3_64bits(p, 112);
+  fuzz_put_le64(p + 112, header_sum);
   fuzz_put_le64(entries + k * PATCH_ENTRY,
                 XXH3_64bits_withSeed(entries, k * PATCH_ENTRY, header_sum));
 }

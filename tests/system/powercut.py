@@ -466,7 +466,7 @@ def main():
     ap.add_argument("--nofsync", choices=["shim", "eatmydata"], default=None)
     ap.add_argument("--nofsync-only", default=None, metavar="NAMES",
                     help="with the shim, disable only the fsyncs of these files "
-                         "(comma-separated base names: meta, image, hashes, patch, "
+                         "(comma-separated base names: meta, image, hashes, log, "
                          "p for the directory, mnt for its parent)")
     ap.add_argument("--expect-loss-with-nofsync", action="store_true",
                     help="with fsync disabled (--nofsync, default shim), assert that a loss is caught")

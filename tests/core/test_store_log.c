@@ -1,0 +1,264 @@
+/*
+ * store_log_test.c: the commit log through the public API (core/store.c,
+ * "THE COMMIT LOG"; docs/FORMAT.md "`log`"):
+ *   - with LOOM_CHECKPOINT_DEFER, commits wait in the log: its fill grows
+ *     record by record, the image file stays at the checkpoint, and
+ *     loom_store_sync brings it to the committed position;
+ *   - a process that dies with records in the log: loom_inspect reports
+ *     the committed position, and open replays them all;
+ *   (a ring too small for the next record, through the arena's
+ *     loom_options.log_bytes, is test_arena.c's test_log_ring: the arena
+ *     suites do not run under valgrind);
+ *   - a version 1 directory (no log) is upgraded at open; one whose patch
+ *     still counts is refused with LOOM_EVERSION.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <xxhash.h>
+
+#include "loom.h"
+
+#define PS ((uint64_t)LOOM_PAGE_SIZE)
+
+typedef struct fixture {
+  char dir[64];
+} fixture;
+
+static int setup(void **state)
+{
+  fixture *fx = calloc(1, sizeof *fx);
+  if (!fx)
+    return -1;
+  strcpy(fx->dir, "/tmp/store-log-XXXXXX");
+  if (!mkdtemp(fx->dir))
+    return -1;
+  *state = fx;
+  return 0;
+}
+
+static int teardown(void **state)
+{
+  fixture *fx = *state;
+  const char *names[] = {"image", "hashes", "meta", "log", "patch", "lock",
+                         "positions"};
+  char path[128];
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(path, sizeof path, "%s/%s", fx->dir, names[i]);
+    unlink(path);
+  }
+  rmdir(fx->dir);
+  free(fx);
+  return 0;
+}
+
+static void fill(uint8_t *page, uint64_t n, unsigned v)
+{
+  memset(page, (int)((n * 7 + v) & 0xff), PS);
+}
+
+/* Commit pages [0, k) with contents version v, growing to k pages (a base
+ * image when base). */
+static int commit(loom_store *s, uint64_t k, unsigned v, int base)
+{
+  loom_patch_header h = {.page_count = k};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  h.after.pages = k;
+  h.after.checksum = 0;
+  h.flags = base ? LOOM_PATCH_BASE : 0;
+  uint8_t *page = malloc(PS);
+  for (uint64_t n = 0; n < k; n++) {
+    fill(page, n, v);
+    h.after.checksum += loom_page_hash(n, page);
+  }
+  if (h.before.pages > k && !base)
+    return LOOM_EINVAL; /* (these tests only grow or replace) */
+  loom_patch *p;
+  int rc = loom_store_patch_begin(s, &h, &p);
+  for (uint64_t n = 0; !rc && n < k; n++) {
+    fill(page, n, v);
+    rc = loom_patch_add(p, n, page);
+  }
+  free(page);
+  return rc ? rc : loom_patch_commit(p);
+}
+
+static off_t file_size(const fixture *fx, const char *name)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/%s", fx->dir, name);
+  struct stat st;
+  return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static void test_deferred_fill_and_sync(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER,
+                                   NULL, &s), 0);
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.used, 0);
+  assert_int_equal(st.size, LOOM_LOG_BYTES_DEFAULT);
+  uint64_t last = 0;
+  for (unsigned v = 1; v <= 3; v++) {
+    assert_int_equal(commit(s, 2 + v, v, 0), 0);
+    loom_store_log_stats(s, &st);
+    assert_true(st.used > last); /* one more record waits */
+    last = st.used;
+    assert_int_equal(st.queued, v);
+    assert_int_equal(st.checkpoint.seq, 0); /* the image is not touched */
+  }
+  assert_int_equal(file_size(fx, "image"), 0);
+  assert_int_equal(loom_store_sync(s), 0);
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.used, 0);
+  assert_int_equal(st.queued, 0);
+  assert_int_equal(st.checkpoint.seq, 3);
+  assert_int_equal(file_size(fx, "image"), (off_t)(5 * PS));
+  uint8_t *page = malloc(PS), *want = malloc(PS);
+  for (uint64_t n = 0; n < 5; n++) {
+    assert_int_equal(loom_store_read_page(s, n, page), 0);
+    fill(want, n, 3);
+    assert_memory_equal(page, want, PS);
+  }
+  free(page);
+  free(want);
+  assert_int_equal(loom_store_close(s), 0);
+}
+
+/* A child commits with checkpoints deferred and dies without closing. */
+static void test_died_with_records(void **state)
+{
+  fixture *fx = *state;
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    loom_store *s;
+    if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
+      _exit(1);
+    for (unsigned v = 1; v <= 4; v++)
+      if (commit(s, 3 + v, v, 0))
+        _exit(2);
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  loom_position pos;
+  assert_int_equal(loom_inspect(fx->dir, &pos), 0);
+  assert_int_equal(pos.seq, 4); /* the committed position, not the meta's */
+  assert_int_equal(pos.pages, 7);
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &pos);
+  assert_int_equal(pos.seq, 4);
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.checkpoint.seq, 4);
+  assert_int_equal(st.used, 0);
+  assert_int_equal(loom_store_close(s), 0);
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 4);
+}
+
+/* Rewrite both meta slots as format version 1 (no log fields). */
+static void make_v1(const fixture *fx)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/meta", fx->dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t slot[512];
+  for (int i = 0; i < 2; i++) {
+    if (pread(fd, slot, sizeof slot, i * 512) != (ssize_t)sizeof slot)
+      continue;
+    if (memcmp(slot, "LOOMMETA", 8) != 0)
+      continue;
+    slot[8] = 1;
+    memset(slot + 280, 0, 24);
+    uint64_t sum = XXH3_64bits(slot, 504);
+    for (int j = 0; j < 8; j++)
+      slot[504 + j] = (uint8_t)(sum >> (8 * j));
+    assert_int_equal(pwrite(fd, slot, sizeof slot, i * 512), (ssize_t)sizeof slot);
+  }
+  close(fd);
+}
+
+/* A version 1 patch header whose before is pos. */
+static void write_v1_patch(const fixture *fx, const loom_position *pos)
+{
+  uint8_t b[4096];
+  memset(b, 0, sizeof b);
+  memcpy(b, "LOOMPTCH", 8);
+  b[8] = 1;
+  uint64_t f[] = {pos->epoch, pos->seq, pos->checksum, pos->pages};
+  for (int k = 0; k < 4; k++)
+    for (int j = 0; j < 8; j++)
+      b[24 + 8 * k + j] = (uint8_t)(f[k] >> (8 * j));
+  uint64_t sum = XXH3_64bits(b, 104);
+  for (int j = 0; j < 8; j++)
+    b[104 + j] = (uint8_t)(sum >> (8 * j));
+  char path[128];
+  snprintf(path, sizeof path, "%s/patch", fx->dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, b, sizeof b), (ssize_t)sizeof b);
+  close(fd);
+}
+
+static void test_version_1(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, NULL, &s), 0);
+  assert_int_equal(commit(s, 4, 1, 0), 0);
+  loom_position pos;
+  loom_store_position(s, &pos);
+  assert_int_equal(loom_store_close(s), 0);
+  /* Its patch still counts: refused, nothing changed. */
+  make_v1(fx);
+  write_v1_patch(fx, &pos);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_EVERSION);
+  /* Its patch no longer counts (applied: its before is older): upgraded. */
+  loom_position older = pos;
+  older.seq--;
+  write_v1_patch(fx, &older);
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  unlink(path); /* a version 1 directory has none */
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_position got;
+  loom_store_position(s, &got);
+  assert_true(loom_position_same_epoch(&got, &pos));
+  assert_int_equal(commit(s, 5, 2, 0), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &got, &computed), 0);
+  assert_int_equal(got.seq, pos.seq + 1);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_deferred_fill_and_sync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_died_with_records, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
