@@ -107,6 +107,7 @@ class Node:
                 "--sync", str(self.c.sync), "--rate", str(self.c.rate),
                 "--pages", "4", "--keys", "256", "--arena-pages", "1024",
                 "--ack-log", self.ack, "--drain-timeout", "5", "--sync-timeout", "3"]
+        args += self.c.extra_args
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
@@ -126,8 +127,8 @@ class Node:
 
     def status(self):
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/v1/status" % self.port,
-                                        timeout=0.5) as r:
+            with urllib.request.urlopen("%s://127.0.0.1:%d/v1/status" % (
+                    self.c.scheme, self.port), timeout=0.5, context=self.c.ssl_context) as r:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None
@@ -147,6 +148,8 @@ class Cluster:
     def __init__(self, loomship, etcd_cluster, name, ttl, sync, rate=20, n=3):
         self.loomship, self.etcd, self.name = loomship, etcd_cluster, name
         self.ttl, self.sync, self.rate = ttl, sync, rate
+        # Options every node also takes (e.g. TLS), and how to read status.
+        self.extra_args, self.scheme, self.ssl_context = [], "http", None
         self.tmp = tempfile.mkdtemp(prefix="loomship-episode-")
         self.nodes = [Node(self, i) for i in range(n)]
 
