@@ -85,6 +85,10 @@ static int lease_round(cluster_node *n)
               : cluster_etcd_lease_grant(n->lease_etcd, n->o.ttl, &id, &granted);
   pthread_mutex_lock(&n->mu);
   n->etcd_ok = rc == 0 || rc == CLUSTER_ELEASE_GONE || rc == CLUSTER_EREFUSED;
+  if (!n->etcd_ok)
+    snprintf(n->etcd_error, sizeof n->etcd_error, "lease %s: %s (%s)",
+             id ? "keep-alive" : "grant", cluster_strerror(rc),
+             cluster_etcd_error(n->lease_etcd));
   if (rc == 0) {
     if (granted) {
       n->lease_id = id;
@@ -351,6 +355,7 @@ static void source_get(void *ctx, http_cluster_status *c)
   }
   c->lease_ttl = (unsigned)(n->lease_ttl ? n->lease_ttl : n->o.ttl);
   c->etcd_ok = n->etcd_ok;
+  snprintf(c->etcd_error, sizeof c->etcd_error, "%s", n->etcd_error);
   c->sync_count = v->has_sync ? v->sync_count : 0;
   memcpy(c->sync_set, v->sync, sizeof c->sync_set);
   c->member_count = v->member_count;

@@ -64,6 +64,7 @@ struct cluster_node {
   int64_t lease_ttl;                /* as granted */
   int64_t lease_deadline_ns;        /* CLOCK_MONOTONIC: renewal sent + ttl */
   bool etcd_ok;
+  char etcd_error[256];             /* the last failed request, while not ok */
   bool leading;                     /* holds the key, the app has the dir */
   bool writing;                     /* saves wanted */
   bool in_save;                     /* the writer is between begin and end */

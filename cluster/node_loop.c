@@ -956,6 +956,9 @@ static void cycle(cluster_node *n, bool woken)
   }
   if (!cached)
     n->etcd_ok = rc == 0;
+  if (rc && !cached)
+    snprintf(n->etcd_error, sizeof n->etcd_error, "reading the cluster's keys: %s (%s)",
+             cluster_strerror(rc), cluster_etcd_error(n->etcd));
   bool leading = n->leading;
   n->sync_wanted = false;
   pthread_mutex_unlock(&n->mu);

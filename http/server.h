@@ -234,6 +234,8 @@ typedef struct http_cluster_status {
   uint64_t epoch;                   /* the leader's, as etcd says; 0 none */
   unsigned lease_ttl;               /* seconds, as etcd granted */
   bool etcd_ok;                     /* "etcd": "ok" | "unreachable" */
+  char etcd_error[256];             /* "etcd_error": why not ok (the last
+                                       failed request), "" (null) when ok */
   size_t sync_count;                /* "sync_set": sync_set[0, sync_count) */
   char sync_set[HTTP_CLUSTER_MEMBERS_MAX][HTTP_CLUSTER_NAME_MAX];
   size_t member_count;
