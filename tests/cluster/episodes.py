@@ -60,6 +60,18 @@ FAULTS = ["kill_leader", "freeze_leader", "kill_standby", "etcd_member",
           "sigterm_leader"]
 
 
+def poll(fn, deadline, step=0.05):
+    """fn() every step seconds until it is true: that value, or None once
+    deadline seconds passed."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return None
+
+
 def read_acks(path):
     """[(epoch, seq)] of an ack-log (whole lines only)."""
     out = []

@@ -31,6 +31,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import episodes  # noqa: E402
 import etcd  # noqa: E402
+from episodes import poll  # noqa: E402
 
 FAILS = []
 
@@ -41,16 +42,6 @@ def check(what, ok, detail=""):
     if not ok:
         FAILS.append(what)
     sys.stdout.flush()
-
-
-def poll(fn, deadline):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    return None
 
 
 def etcd_state(nd):

@@ -67,16 +67,6 @@ def write_secret(path, text):
     os.chmod(path, 0o600)
 
 
-def wait_for(what, fn, deadline=20.0):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    return None
-
-
 def backup_code(nd, token, ctx):
     """The HTTP status of GET /v1/backup with token (the body not read)."""
     req = urllib.request.Request("https://127.0.0.1:%d/v1/backup" % nd.port,
@@ -126,8 +116,8 @@ def part_serving(c, ctx):
     except (OSError, ValueError):
         plain = False
     check("plain HTTP gets no status from a member", not plain)
-    scrubbed = wait_for("scrub", lambda: (st.status() or {}).get("integrity", {})
-                        .get("pages_scrubbed", 0) > 0)
+    scrubbed = episodes.poll(lambda: (st.status() or {}).get("integrity", {})
+                        .get("pages_scrubbed", 0) > 0, 20)
     check("a standby member's scrubber reads pages (--scrub-interval 1)", scrubbed)
     check("the leader's backup wants the token",
           backup_code(lead, "wrong-token-0123456789", ctx) == 401)
@@ -145,9 +135,9 @@ def part_reload(c, work, token_file, ctx):
         nd.signal(signal.SIGHUP)
     for nd in c.nodes:
         check("%s logs the token re-read" % nd.name,
-              wait_for("log", lambda: log_has(nd, "SIGHUP: token re-read"), 10))
+              episodes.poll(lambda: log_has(nd, "SIGHUP: token re-read"), 10))
         check("%s logs the certificate re-read" % nd.name,
-              wait_for("log", lambda: log_has(nd, "SIGHUP: TLS certificate re-read"), 10))
+              episodes.poll(lambda: log_has(nd, "SIGHUP: TLS certificate re-read"), 10))
     lead = c.leader()
     for nd in c.nodes:
         role = "leader" if nd is lead else "standby"
