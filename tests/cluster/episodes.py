@@ -241,7 +241,12 @@ def fault_freeze_leader(c, lead, rng):
     epoch = c.max_ack()[0]
     lead.signal(signal.SIGSTOP)
     lead.frozen = True
-    time.sleep(c.ttl + 1.0 + rng.random())  # past its lease: the fault itself
+    # Frozen past its lease: until etcd no longer names it leader (the
+    # lease expired with the key), then up to 1 s more (the fault's length).
+    if not poll(lambda: c.leader() is not lead, 10 * c.ttl + 10):
+        raise RuntimeError("etcd still names the frozen leader %s after %d s" % (
+            lead.name, 10 * c.ttl + 10))
+    time.sleep(rng.random())
     lead.signal(signal.SIGCONT)
     lead.frozen = False
     return epoch
@@ -264,7 +269,13 @@ def fault_etcd_quorum(c, lead, rng):
     c.etcd_down = rng.sample(range(c.etcd.n), 2)
     for i in c.etcd_down:
         c.etcd.kill(i)
-    time.sleep(c.ttl + 0.5 + rng.random())  # the leader must fence itself
+    # Quorum lost until the leader fenced itself (a standby again), then up
+    # to 1 s more (the fault's length).
+    demoted = lambda: (lead.status() or {}).get("role") == "standby"  # noqa: E731
+    if not poll(demoted, 10 * c.ttl + 10):
+        raise RuntimeError("the leader %s did not fence itself without quorum in %d s" % (
+            lead.name, 10 * c.ttl + 10))
+    time.sleep(rng.random())
     for i in c.etcd_down:
         c.etcd.restart(i)
     c.etcd_down = []
