@@ -319,6 +319,9 @@ typedef struct http_server_options {
   unsigned frame_upload_max_seconds;/* a frame body's duration cap [60] */
   unsigned base_upload_max_seconds; /* a base image's duration cap [3600] */
   double ready_max_lag_seconds;     /* /readyz threshold [5.0] */
+  double apply_delay_seconds;       /* standby: apply each commit only once
+                                       it is this old (receiver.h DELAYED
+                                       STANDBY) [0: at once] */
   uint64_t promote_max_lag;         /* standby: promotion refused (409
                                        PROMOTE_BEHIND, unless forced) when
                                        more frames behind the primary seq
@@ -439,6 +442,12 @@ typedef struct http_server_status {
                                        frame applied 10 s after the last) */
   int64_t diverged_at_ns;           /* standby: when, CLOCK_REALTIME */
   uint64_t divergences;             /* standby, since start: such refusals */
+  double apply_delay_seconds;       /* standby: --apply-delay, 0 none; ready
+                                       while lag_seconds minus it is within
+                                       ready_max_lag_seconds */
+  uint64_t delay_waiting_frames;    /* standby: received, not yet due */
+  uint64_t delay_discarded;         /* standby: commits younger than the
+                                       delay a promotion discarded */
 } http_server_status;
 
 void http_server_get_status(http_server *server, http_server_status *out);

@@ -43,13 +43,14 @@ def spawn(args, **kw):
 SMALL = ["--keys", "16", "--arena-pages", "128", "--pages", "2", "--rate", "1000"]
 
 
-def start_standby(loomship, directory, port=0, env=None, log=None, wait=5.0):
-    """Start `loomship standby`; returns (process, url). url is None when
-    the process died (or stayed silent) before saying where it listens."""
+def start_standby(loomship, directory, port=0, env=None, log=None, wait=5.0, extra=()):
+    """Start `loomship standby` (with the options in extra); returns
+    (process, url). url is None when the process died (or stayed silent)
+    before saying where it listens."""
     err = open(log, "ab") if log else subprocess.DEVNULL
     proc = spawn(
-        [loomship, "standby", "--dir", directory, "--listen", "127.0.0.1:%d" % port],
-        stdout=subprocess.PIPE, stderr=err, env=env)
+        [loomship, "standby", "--dir", directory, "--listen", "127.0.0.1:%d" % port]
+        + list(extra), stdout=subprocess.PIPE, stderr=err, env=env)
     if log:
         err.close()
     deadline = time.monotonic() + wait
