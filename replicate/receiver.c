@@ -796,9 +796,10 @@ static void promote_settle_delay(replicate_receiver *rx, bool force)
   rx->hold_seq = rx_apply_limit(rx, &unused);
   rx->holding = true;
   pthread_cond_broadcast(&rx->cond);
-  while (!rx->apply_failed && (rx->applier_busy || rx->applied.seq < rx->hold_seq))
+  while (!rx->apply_failed && !rx->fatal &&
+         (rx->applier_busy || rx->applied.seq < rx->hold_seq))
     pthread_cond_wait(&rx->cond, &rx->mu);
-  if (!rx->apply_failed && rx->received.seq > rx->applied.seq) {
+  if (!rx->apply_failed && !rx->fatal && rx->received.seq > rx->applied.seq) {
     uint64_t n = rx->received.seq - rx->applied.seq;
     rx_logf(rx, "standby: promotion: %llu received commits (seq %llu..%llu) are younger "
             "than the apply delay and are discarded (promote with force applies them)",
