@@ -114,6 +114,13 @@ def part_trailing(loomship, root, fails):
     st = systest.status(url) or {}
     if (st.get("apply_delay") or {}).get("seconds") != DELAY:
         fails.append("status does not show the delay: %s" % st.get("apply_delay"))
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+            metrics = r.read().decode()
+    except OSError:
+        metrics = ""
+    if "\nloomship_apply_delay_seconds 2\n" not in metrics:
+        fails.append("/metrics has no loomship_apply_delay_seconds 2")
     if readyz(url) != 200:
         fails.append("/readyz is not 200 on a standby within its delay")
     chk = subprocess.run([loomship, "status", url, "--check", "--max-lag", "1"],
