@@ -43,7 +43,7 @@ typedef struct node_args {
  * server and shipper. */
 typedef struct node_app {
   pthread_mutex_t mu;
-  primary_config cfg;         /* cfg.token is token */
+  primary_config cfg;         /* its token: see token */
   char *token;                /* under mu: the token the next leadership uses */
   primary_node n;
   bool open;                  /* under mu */
