@@ -241,10 +241,12 @@ def fault_freeze_leader(c, lead, rng):
     epoch = c.max_ack()[0]
     lead.signal(signal.SIGSTOP)
     lead.frozen = True
-    # Frozen past its lease: until etcd no longer names it leader (the
-    # lease expired with the key), then up to 1 s more (the fault's length).
-    if not poll(lambda: c.leader() is not lead, 10 * c.ttl + 10):
-        raise RuntimeError("etcd still names the frozen leader %s after %d s" % (
+    # Frozen past its lease: until etcd names another leader (the lease
+    # expired with the key and another member won), then up to 1 s more
+    # (the fault's length). Thawed as soon as the key is gone, it could
+    # win again itself, and the episode would not test a rejoin.
+    if not poll(lambda: c.leader() not in (None, lead), 10 * c.ttl + 10):
+        raise RuntimeError("no other member leads while %s is frozen (%d s)" % (
             lead.name, 10 * c.ttl + 10))
     time.sleep(rng.random())
     lead.signal(signal.SIGCONT)
