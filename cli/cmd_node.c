@@ -32,31 +32,41 @@
 
 typedef struct node_args {
   const char *name, *dir, *listen, *etcd, *cluster, *advertise, *token_file, *ack_log,
-      *ca_file, *frame_key_file;
+      *ca_file, *frame_key_file, *tls_cert, *tls_key;
   uint64_t ttl, sync, max_lag, saves, rate, pages, keys, arena_pages, seed, drain,
-      sync_timeout, level, log_max_mb;
+      sync_timeout, level, log_max_mb, scrub_interval, scrub_mbps;
   cli_log_args log;
 } node_args;
 
-/* The application: the example table, open while this node leads. */
+/* The application: the example table, open while this node leads. mu
+ * orders opening and closing it (the HA loop's callbacks) with SIGHUP's
+ * reload (the main thread), which hands the token and certificate to its
+ * server and shipper. */
 typedef struct node_app {
-  primary_config cfg;
+  pthread_mutex_t mu;
+  primary_config cfg;         /* its token: see token */
+  char *token;                /* under mu: the token the next leadership uses */
   primary_node n;
-  bool open;
+  bool open;                  /* under mu */
   uint64_t seed;
+  cluster_node *node;         /* for the reload */
 } node_app;
 
 static int app_lead(void *ctx, cluster_node *node, uint64_t epoch)
 {
   node_app *app = ctx;
+  pthread_mutex_lock(&app->mu);
   primary_config cfg = app->cfg;
+  cfg.token = app->token;
   cfg.cluster = cluster_node_http_source(node);
   int rc = primary_open(&app->n, &cfg);
   if (rc) {
     primary_close(&app->n, 0);
+    pthread_mutex_unlock(&app->mu);
     return CLUSTER_EINVAL;
   }
   app->open = true;
+  pthread_mutex_unlock(&app->mu);
   app->n.rng = app->seed ^ (epoch * 0x9e3779b97f4a7c15u);
   if (!app->n.rng)
     app->n.rng = 1;
@@ -68,19 +78,58 @@ static void app_stop_writing(void *ctx, cluster_node *node)
 {
   node_app *app = ctx;
   cluster_node_attach_shipper(node, NULL);
+  pthread_mutex_lock(&app->mu);
   if (app->open)
     primary_close(&app->n, 0); /* the node drained what a handover needs */
   app->open = false;
+  pthread_mutex_unlock(&app->mu);
+}
+
+/* SIGHUP (cli_reload's targets): the node's standby server, and the
+ * leader's server and shipper while it leads. */
+static const char *app_set_token(void *ctx, const char *token)
+{
+  node_app *app = ctx;
+  int rc = cluster_node_set_token(app->node, token);
+  if (rc)
+    return cluster_strerror(rc);
+  char *copy = strdup(token);
+  if (!copy)
+    return "out of memory";
+  pthread_mutex_lock(&app->mu);
+  int src = app->open && app->n.server
+                ? http_server_set_token(app->n.server, (const uint8_t *)copy, strlen(copy))
+                : 0;
+  int shrc = app->open && app->n.shipper ? replicate_shipper_set_token(app->n.shipper, copy)
+                                         : 0;
+  char *old = app->token;
+  app->token = copy; /* the next leadership's, whatever the running one took */
+  pthread_mutex_unlock(&app->mu);
+  cli_token_forget(old);
+  return src ? http_strerror(src) : shrc ? replicate_strerror(shrc) : NULL;
+}
+
+static const char *app_reload_tls(void *ctx)
+{
+  node_app *app = ctx;
+  int rc = cluster_node_reload_tls(app->node);
+  if (rc)
+    return cluster_strerror(rc);
+  pthread_mutex_lock(&app->mu);
+  int src = app->open && app->n.server
+                ? http_server_reload_tls(app->n.server, app->cfg.tls_cert, app->cfg.tls_key)
+                : 0;
+  pthread_mutex_unlock(&app->mu);
+  return src ? http_strerror(src) : NULL;
 }
 
 /* Wait for the next save's turn (1/rate after the last) or a stop signal:
  * true on a stop signal. */
-static bool pace(sigset_t *stop, double *next, double period)
+static bool pace(sigset_t *stop, double *next, double period, const cli_reload *reload)
 {
   double wait = *next - loom_mono_s();
-  /* SIGHUP is not a stop (cli_wait_stop answers 0 for it); the node has
-   * nothing of its own to re-read yet (docs/DEVIATIONS.md). */
-  if (cli_wait_stop(stop, wait > 0 ? wait : 0, NULL) > 0)
+  /* SIGHUP is not a stop: cli_wait_stop re-reads (reload) and answers 0. */
+  if (cli_wait_stop(stop, wait > 0 ? wait : 0, reload) > 0)
     return true;
   *next += period;
   if (*next < loom_mono_s() - 1)
@@ -118,8 +167,11 @@ static int run_writer(cluster_node *node, node_app *app, sigset_t *stop,
 {
   double period = 1.0 / (double)a->rate, next = loom_mono_s();
   uint64_t acked = 0;
+  cli_reload reload = {.who = "node", .token_file = a->token_file, .tls_cert = a->tls_cert,
+                       .tls_key = a->tls_key, .set_token = app_set_token,
+                       .reload_tls = app_reload_tls, .ctx = app};
   for (;;) {
-    if (pace(stop, &next, period)) {
+    if (pace(stop, &next, period, &reload)) {
       cli_log("node", "stop signal: a planned stop");
       return 0;
     }
@@ -159,7 +211,7 @@ static const cli_option node_options[] = {
            "only they may win an election; 0: asynchronous"),
     NUMBER("max-lag-on-failover", "FRAMES", max_lag, 1, UINT64_MAX, "1000",
            "without --sync, a member further behind the primary seq it heard never wins"),
-    TEXT("advertise", "URL", advertise, "http://HOST:PORT of --listen",
+    TEXT("advertise", "URL", advertise, "http(s)://HOST:PORT of --listen",
          "the URL the other members ship to"),
     NUMBER("saves", "N", saves, 0, UINT64_MAX, "0",
            "after N saves acknowledged as leader, make a planned stop and exit; 0: run "
@@ -172,14 +224,14 @@ static const cli_option node_options[] = {
     TEXT("token-file", "F", token_file, "none",
          "the bearer token of every member (writes, backups, rewinds)"),
     TEXT("ca-file", "F", ca_file, "the system's CAs", "CA certificates for https members"),
+    PRIMARY_TLS_OPTIONS,
     NUMBER("drain-timeout", "SECONDS", drain, 1, 86400, "30",
            "a planned stop waits this long for the next leader to hold everything"),
     NUMBER("sync-timeout", "SECONDS", sync_timeout, 1, 86400, "10",
            "with --sync, the longest a save waits for the sync set"),
-    NUMBER("level", "L", level, 1, 19, "1", "the frames' zstd compression level"),
-    NUMBER("log-max-mb", "MB", log_max_mb, 1, 1048576, "the replication log's own, 1024",
-           "the replication log's size cap"),
+    PRIMARY_FRAME_OPTIONS,
     CLI_FRAME_KEY_ROW(node_args, frame_key_file),
+    PRIMARY_SCRUB_OPTIONS("", "what it finds shows in status \"integrity\""),
     CLI_LOG_OPTIONS(node_args, log),
     {0},
 };
@@ -191,7 +243,7 @@ static void node_log(void *ctx, const char *line) { cli_log(ctx, line); }
 
 /* The member's and the application's settings. */
 static int node_configure(const node_args *a, const char *host, uint16_t port,
-                          const char *token, const replicate_frame_key *frame_key,
+                          char *token, const replicate_frame_key *frame_key,
                           node_app *app, struct cluster_node_options *o)
 {
   if (a->keys + a->keys / 4 + 64 > a->arena_pages)
@@ -201,12 +253,18 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
     return cli_usage_error(&cmd_node, "--name and --cluster take 1-63 of A-Z a-z 0-9 . _ -");
   if (port == 0)
     return cli_usage_error(&cmd_node, "--listen needs a fixed port (it is advertised)");
+  if (!a->tls_cert != !a->tls_key)
+    return cli_usage_error(&cmd_node, "--tls-cert and --tls-key go together");
   app->cfg = (primary_config){
       .who = "node", .dir = a->dir, .arena_pages = a->arena_pages, .keys = a->keys,
       .pages = a->pages, .token = token, .ca_file = a->ca_file,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
       .listen_host = host, .listen_port = port, .max_peers = NODE_MAX_PEERS,
-      .advertise_url = a->advertise, .frame_key = frame_key};
+      .advertise_url = a->advertise, .frame_key = frame_key,
+      .tls_cert = a->tls_cert, .tls_key = a->tls_key,
+      .scrub_interval_seconds = (double)a->scrub_interval,
+      .scrub_mbps = (double)a->scrub_mbps};
+  app->token = token;
   app->seed = a->seed ? a->seed
                       : (((uint64_t)time(NULL) * 2654435761u) ^ ((uint64_t)getpid() << 32)) | 1;
   *o = (struct cluster_node_options){
@@ -215,8 +273,10 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .sync = (unsigned)a->sync, .max_lag_on_failover = a->max_lag,
       .sync_timeout_seconds = (double)a->sync_timeout,
       .drain_timeout_seconds = (double)a->drain, .token = token, .ca_file = a->ca_file,
-      .frame_key = frame_key,
-      .on_lead = app_lead, .on_stop_writing = app_stop_writing, .ctx = app,
+      .frame_key = frame_key, .tls_cert = a->tls_cert, .tls_key = a->tls_key,
+      .scrub_interval_seconds = (double)a->scrub_interval,
+      .scrub_mbps = (double)a->scrub_mbps, .on_lead = app_lead,
+      .on_stop_writing = app_stop_writing, .ctx = app,
       .log = node_log, .log_ctx = (void *)"node"};
   return 0;
 }
@@ -233,6 +293,7 @@ static int run_node(void *args)
     return 2;
   int rc = a->token_file ? cli_token_file_read("node", a->token_file, &token) : 0;
   static node_app app; /* the callbacks' context outlives run_node's frame */
+  pthread_mutex_init(&app.mu, NULL);
   struct cluster_node_options o;
   replicate_frame_key *frame_key = NULL;
   if (!rc)
@@ -249,7 +310,9 @@ static int run_node(void *args)
   if (!rc && (rc = cluster_node_start(&o, &node)) != 0)
     rc = cli_fail("node", "%s: %s", a->dir, cluster_strerror(rc));
   if (!rc) {
-    printf("listening on http://%s:%u\n", host, (unsigned)port);
+    app.node = node;
+    printf("listening on %s://%s:%u\n", a->tls_cert ? "https" : "http", host,
+           (unsigned)port);
     fflush(stdout);
     cli_notify_ready("member");
     rc = run_writer(node, &app, &stop, a, ack_fd);
@@ -263,7 +326,7 @@ static int run_node(void *args)
   }
   if (ack_fd >= 0)
     close(ack_fd);
-  cli_token_forget(token);
+  cli_token_forget(app.token ? app.token : token); /* SIGHUP may have replaced it */
   replicate_frame_key_free(frame_key); /* the node is stopped */
   free(host);
   return rc;

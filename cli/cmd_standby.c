@@ -47,7 +47,7 @@ typedef struct standby_args {
   const char *bootstrap;
   cli_archive_access archive_access;
   uint64_t ready_lag_ms, promote_max_lag;
-  uint64_t scrub_interval, scrub_mbps;
+  uint64_t scrub_interval, scrub_mbps, apply_delay;
   cli_log_args log;
 } standby_args;
 
@@ -72,6 +72,12 @@ static const cli_option standby_options[] = {
      .offset = AT(promote_max_lag), .min = 1, .max = UINT64_MAX, .dflt = "100",
      .help = "promotion is refused (unless forced) more than this many frames behind "
              "the primary seq last heard"},
+    {.name = "apply-delay", .arg = "SECONDS", .kind = CLI_NUMBER,
+     .offset = AT(apply_delay), .min = 0, .max = 30 * 86400, .dflt = "0",
+     .help = "a delayed standby: receive at once (durably, into the receive log) but "
+             "apply a commit only once it is this old by its commit time; the delay "
+             "holds across restarts; promote applies only what is due unless forced; "
+             "ready while the lag minus the delay is within --ready-lag-ms"},
     {.name = "scrub-interval", .arg = "SECONDS", .kind = CLI_NUMBER,
      .offset = AT(scrub_interval), .min = 0, .max = UINT64_C(1) << 32, .dflt = "86400",
      .help = "re-read every image page and check it against its recorded hash this "
@@ -122,7 +128,9 @@ static bool applier_progressed(progress *p, const http_server_status *st, double
     p->applied_seq = st->applied.seq;
     p->moved_at = now;
   }
-  bool idle = st->received.seq <= st->applied.seq || st->replay_paused;
+  /* Idle: nothing received waits but frames a delay holds back. */
+  bool idle = st->received.seq <= st->applied.seq + st->delay_waiting_frames ||
+              st->replay_paused;
   double limit = cli_watchdog_seconds() > 0 ? cli_watchdog_seconds() / 2 : 30;
   return idle || now - p->moved_at < limit;
 }
@@ -168,8 +176,12 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
     http_server_stop(server);
     return cli_fail("standby", "storage failed: %s", replicate_strerror(st.fatal_error));
   }
-  cli_log("standby", sig == SIGTERM ? "SIGTERM: applying what was received, then stopping"
-                                    : "SIGINT: applying what was received, then stopping");
+  http_server_get_status(server, &st);
+  cli_log("standby", st.apply_delay_seconds > 0
+                         ? "stop signal: applying what is due; commits younger than "
+                           "--apply-delay stay in the receive log for the restart"
+                     : sig == SIGTERM ? "SIGTERM: applying what was received, then stopping"
+                                      : "SIGINT: applying what was received, then stopping");
   int rc = http_server_stop(server);
   if (rc)
     return cli_fail("standby", "stop: %s", http_strerror(rc));
@@ -227,6 +239,7 @@ static int run_standby(void *args)
       .tls_key_file = key,
       .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
       .promote_max_lag = a->promote_max_lag,
+      .apply_delay_seconds = (double)a->apply_delay,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps,
       .frame_key = frame_key,

@@ -84,6 +84,30 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
   CLI_NUMBER_ROW("seed", "N", seed, 1, UINT64_MAX, "from the time and pid",        \
                  "the workload's random seed, to repeat a run")
 
+/* HTTPS on --listen, shared by `primary` and `node` (fields tls_cert,
+ * tls_key). */
+#define PRIMARY_TLS_OPTIONS                                                        \
+  CLI_TEXT_ROW("tls-cert", "F", tls_cert, "none",                                  \
+               "serve HTTPS with this certificate (with --tls-key)"),              \
+  CLI_TEXT_ROW("tls-key", "F", tls_key, "none", "the private key of --tls-cert")
+
+/* The frames and the replication log (fields level, log_max_mb). */
+#define PRIMARY_FRAME_OPTIONS                                                      \
+  CLI_NUMBER_ROW("level", "L", level, 1, 19, "1", "the frames' zstd compression level"), \
+  CLI_NUMBER_ROW("log-max-mb", "MB", log_max_mb, 1, 1048576,                       \
+                 "the replication log's own, 1024", "the replication log's size cap")
+
+/* The scrubber (fields scrub_interval, scrub_mbps); PREFIX and FOUND frame
+ * the interval's help with what the command does first and with a find. */
+#define PRIMARY_SCRUB_OPTIONS(PREFIX, FOUND)                                       \
+  CLI_NUMBER_ROW("scrub-interval", "SECONDS", scrub_interval, 0, UINT64_C(1) << 32, \
+                 "86400",                                                          \
+                 PREFIX "re-read every image page and check it against its "       \
+                 "recorded hash this often (the first pass after one interval "    \
+                 "or 10 minutes, whichever is shorter); " FOUND "; 0: never"),     \
+  CLI_NUMBER_ROW("scrub-mbps", "M", scrub_mbps, 1, 1 << 20, "64",                  \
+                 "the scrubber reads at most this many MiB a second")
+
 /* `loomship primary` exit codes beside 0, 1 and 2 (DESIGN section 5). */
 #define PRIMARY_EXIT_FENCED 3      /* fenced: saves stopped */
 #define PRIMARY_EXIT_NOT_DRAINED 4 /* stopped with a standby missing commits */

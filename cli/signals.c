@@ -45,12 +45,13 @@ int cli_wait_stop(const sigset_t *set, double seconds, const cli_reload *reload)
  * (connections already open finish on the old ones). */
 static void reload_tls(const cli_reload *r)
 {
-  if (!r->tls_cert || !r->server)
+  if (!r->tls_cert || (!r->server && !r->reload_tls))
     return;
-  int rc = http_server_reload_tls(r->server, r->tls_cert, r->tls_key);
-  if (rc)
+  int rc = r->server ? http_server_reload_tls(r->server, r->tls_cert, r->tls_key) : 0;
+  const char *why = rc ? http_strerror(rc) : r->reload_tls ? r->reload_tls(r->ctx) : NULL;
+  if (why)
     cli_log_at(CLI_ERROR, r->who, "SIGHUP: --tls-cert %s / --tls-key %s not used (%s); the "
-               "old certificate stays", r->tls_cert, r->tls_key, http_strerror(rc));
+               "old certificate stays", r->tls_cert, r->tls_key, why);
   else
     cli_log_fields(CLI_INFO, r->who, "SIGHUP: TLS certificate re-read",
                    (const char *const[]){"cert", r->tls_cert, "key", r->tls_key, NULL});
@@ -73,9 +74,12 @@ void cli_reload_now(const cli_reload *r)
       int src = r->server ? http_server_set_token(r->server, (const uint8_t *)token,
                                                   strlen(token)) : 0;
       int shrc = r->shipper ? replicate_shipper_set_token(r->shipper, token) : 0;
-      if (src || shrc)
+      const char *why = src ? http_strerror(src) : shrc ? replicate_strerror(shrc) : NULL;
+      if (!why && r->set_token)
+        why = r->set_token(r->ctx, token);
+      if (why)
         cli_log_at(CLI_ERROR, r->who, "SIGHUP: the new token from %s was not taken: %s",
-                   r->token_file, src ? http_strerror(src) : replicate_strerror(shrc));
+                   r->token_file, why);
       else
         cli_log_fields(CLI_INFO, r->who, "SIGHUP: token re-read",
                        (const char *const[]){"file", r->token_file, NULL});

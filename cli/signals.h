@@ -14,6 +14,13 @@ typedef struct cli_reload {
   const char *tls_cert, *tls_key;
   http_server *server;          /* takes the new token */
   replicate_shipper *shipper;   /* sends the new token */
+  /* Targets that come and go (a cluster member's servers and shipper):
+   * given the new token after server and shipper took it, then asked to
+   * re-read tls_cert and tls_key; each returns NULL when done, or what
+   * went wrong (a static text) [none]. */
+  const char *(*set_token)(void *ctx, const char *token);
+  const char *(*reload_tls)(void *ctx);
+  void *ctx;
 } cli_reload;
 
 /* Wait up to seconds (0: only look) for a signal of set (from

@@ -10,8 +10,9 @@
  *   C3. degraded (exit 1) when exactly one or more of: /readyz said 503
  *       (not ready, with its reason); "fenced" is true; "integrity" is
  *       present and its "state" is not "ok"; --max-lag was given and the
- *       lag in seconds exceeds it (a standby's own "lag.seconds"; on a
- *       primary the largest "standbys[].lag.seconds").
+ *       lag in seconds exceeds it (a standby's own "lag.seconds", less
+ *       "apply_delay.seconds" on a delayed standby; on a primary the
+ *       largest "standbys[].lag.seconds").
  *   C4. otherwise healthy: exit 0.
  * One line on stdout says the verdict and every reason for it.
  */
@@ -26,8 +27,9 @@
 double cli_status_lag_seconds(const json_t *status)
 {
   const json_t *sb = cli_json_get(status, "standbys");
-  if (!json_is_array(sb))
-    return cli_json_real(status, "lag.seconds", 0);
+  if (!json_is_array(sb)) /* a delayed standby lags by its delay on purpose */
+    return fmax(0, cli_json_real(status, "lag.seconds", 0) -
+                       cli_json_real(status, "apply_delay.seconds", 0));
   double worst = 0;
   size_t i;
   const json_t *s;

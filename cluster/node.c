@@ -85,6 +85,10 @@ static int lease_round(cluster_node *n)
               : cluster_etcd_lease_grant(n->lease_etcd, n->o.ttl, &id, &granted);
   pthread_mutex_lock(&n->mu);
   n->etcd_ok = rc == 0 || rc == CLUSTER_ELEASE_GONE || rc == CLUSTER_EREFUSED;
+  if (!n->etcd_ok)
+    snprintf(n->etcd_error, sizeof n->etcd_error, "lease %s: %s (%s)",
+             id ? "keep-alive" : "grant", cluster_strerror(rc),
+             cluster_etcd_error(n->lease_etcd));
   if (rc == 0) {
     if (granted) {
       n->lease_id = id;
@@ -173,10 +177,12 @@ int node_standby_start(cluster_node *n)
       .dir = n->dir,
       .listen_host = n->host,
       .listen_port = n->o.listen_port,
-      .token = (const uint8_t *)n->token,
-      .token_len = n->token ? strlen(n->token) : 0,
       .promote_max_lag = n->o.promote_max_lag,
       .frame_key = n->o.frame_key,
+      .tls_cert_file = n->tls_cert,
+      .tls_key_file = n->tls_key,
+      .scrub_interval_seconds = n->o.scrub_interval_seconds,
+      .scrub_mbps = n->o.scrub_mbps,
       .cluster = &n->source,
       .log = http_log,
       .log_ctx = n,
@@ -185,7 +191,11 @@ int node_standby_start(cluster_node *n)
    * closed: retry EADDRINUSE for a second. */
   int rc = EADDRINUSE;
   for (int i = 0; i < 50 && rc == EADDRINUSE; i++) {
+    pthread_mutex_lock(&n->server_mu);
+    o.token = (const uint8_t *)n->token;
+    o.token_len = n->token ? strlen(n->token) : 0;
     rc = http_server_start(&o, &n->standby);
+    pthread_mutex_unlock(&n->server_mu);
     if (rc == EADDRINUSE)
       node_sleep(n, 0.02);
   }
@@ -194,8 +204,43 @@ int node_standby_start(cluster_node *n)
 
 int node_standby_stop(cluster_node *n)
 {
+  pthread_mutex_lock(&n->server_mu);
   int rc = http_server_stop(n->standby);
   n->standby = NULL;
+  pthread_mutex_unlock(&n->server_mu);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Reloading (SIGHUP) */
+
+int cluster_node_set_token(cluster_node *n, const char *token)
+{
+  if (!token || !*token)
+    return CLUSTER_EINVAL;
+  char *copy = strdup(token);
+  if (!copy)
+    return CLUSTER_ENOMEM;
+  pthread_mutex_lock(&n->server_mu);
+  int rc = n->token ? 0 : CLUSTER_EINVAL;
+  if (!rc && n->standby)
+    rc = http_server_set_token(n->standby, (const uint8_t *)copy, strlen(copy));
+  char *old = rc ? copy : n->token;
+  if (!rc)
+    n->token = copy;
+  pthread_mutex_unlock(&n->server_mu);
+  explicit_bzero(old, strlen(old));
+  free(old);
+  return rc;
+}
+
+int cluster_node_reload_tls(cluster_node *n)
+{
+  pthread_mutex_lock(&n->server_mu);
+  int rc = n->tls_cert && n->standby
+               ? http_server_reload_tls(n->standby, n->tls_cert, n->tls_key)
+               : 0;
+  pthread_mutex_unlock(&n->server_mu);
   return rc;
 }
 
@@ -311,6 +356,7 @@ static void source_get(void *ctx, http_cluster_status *c)
   }
   c->lease_ttl = (unsigned)(n->lease_ttl ? n->lease_ttl : n->o.ttl);
   c->etcd_ok = n->etcd_ok;
+  snprintf(c->etcd_error, sizeof c->etcd_error, "%s", n->etcd_error);
   c->sync_count = v->has_sync ? v->sync_count : 0;
   memcpy(c->sync_set, v->sync, sizeof c->sync_set);
   c->member_count = v->member_count;
@@ -391,14 +437,20 @@ static int node_configure(cluster_node *n, const struct cluster_node_options *op
   n->cluster_name = strdup(opt->cluster ? opt->cluster : CLUSTER_DEFAULT_NAME);
   n->token = dup_or_null(opt->token);
   n->ca_file = dup_or_null(opt->ca_file);
+  n->tls_cert = dup_or_null(opt->tls_cert);
+  n->tls_key = dup_or_null(opt->tls_key);
   if (opt->url) {
     n->url = strdup(opt->url);
   } else if ((n->url = malloc(300)) != NULL) {
-    snprintf(n->url, 300, "http://%s:%u", opt->listen_host, (unsigned)opt->listen_port);
+    snprintf(n->url, 300, "%s://%s:%u", opt->tls_cert ? "https" : "http",
+             opt->listen_host, (unsigned)opt->listen_port);
   }
   if (!n->name || !n->dir || !n->host || !n->endpoints || !n->cluster_name || !n->url ||
-      (opt->token && !n->token) || (opt->ca_file && !n->ca_file))
+      (opt->token && !n->token) || (opt->ca_file && !n->ca_file) ||
+      (opt->tls_cert && !n->tls_cert) || (opt->tls_key && !n->tls_key))
     return CLUSTER_ENOMEM;
+  if (!opt->tls_cert != !opt->tls_key)
+    return CLUSTER_EINVAL;
   n->o.ttl = opt->ttl ? opt->ttl : 5;
   n->o.max_lag_on_failover = opt->max_lag_on_failover ? opt->max_lag_on_failover : 1000;
   n->o.sync_timeout_seconds = opt->sync_timeout_seconds > 0 ? opt->sync_timeout_seconds : 10;
@@ -430,12 +482,13 @@ static void node_free(cluster_node *n)
   cluster_etcd_close(n->lease_etcd);
   cluster_watch_close(n->watch);
   free(n->name), free(n->dir), free(n->host), free(n->url), free(n->endpoints);
-  free(n->cluster_name), free(n->ca_file);
+  free(n->cluster_name), free(n->ca_file), free(n->tls_cert), free(n->tls_key);
   if (n->token)
     explicit_bzero(n->token, strlen(n->token));
   free(n->token);
   pthread_cond_destroy(&n->cond);
   pthread_mutex_destroy(&n->mu);
+  pthread_mutex_destroy(&n->server_mu);
   free(n);
 }
 
@@ -478,6 +531,7 @@ int cluster_node_start(const struct cluster_node_options *opt, cluster_node **ou
   if (!n)
     return CLUSTER_ENOMEM;
   pthread_mutex_init(&n->mu, NULL);
+  pthread_mutex_init(&n->server_mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

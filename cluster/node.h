@@ -96,6 +96,13 @@ struct cluster_node_options {
   const struct replicate_frame_key *frame_key; /* the standby server checks
                                 frame tags under it (replicate.h; not
                                 copied: it must outlive the node) [none] */
+  const char *tls_cert;      /* PEM files: the standby server serves HTTPS
+                                (both or neither), and the advertised URL
+                                defaults to https://HOST:PORT [plain] */
+  const char *tls_key;
+  double scrub_interval_seconds; /* the standby server's scrubber
+                                (replicate.h "The scrubber") [0: none] */
+  double scrub_mbps;         /* its read cap, MiB/s [64] */
 
   /* You lead at epoch: the directory is durably at that epoch (its standby
    * side closed). Open the loom, start a shipper and call
@@ -158,6 +165,22 @@ void cluster_node_get_state(cluster_node *node, struct cluster_node_state *out);
  * the server the application runs while it leads. Valid while the node
  * is. (A const void * to keep http/ out of this header.) */
 const void *cluster_node_http_source(cluster_node *node);
+
+/* ---- Reloading (SIGHUP) --------------------------------------------- */
+
+/* Use token (copied; the node must have been started with one) from now
+ * on: the standby server takes it for the requests that arrive next, and
+ * the standby servers and rewinds to come use it. The application hands
+ * it to its own server and shipper. 0, CLUSTER_EINVAL (started without a
+ * token, or token NULL), CLUSTER_ENOMEM, or http_server_set_token's error
+ * (the old token then stays). */
+int cluster_node_set_token(cluster_node *node, const char *token);
+
+/* Re-read the tls_cert and tls_key files into the standby server, if one
+ * is running (connections already open finish on the old ones; the next
+ * standby server reads them anyway). 0 (also: no TLS, no standby server
+ * now), or http_server_reload_tls's error (the old certificate stays). */
+int cluster_node_reload_tls(cluster_node *node);
 
 /* ---- Stopping -------------------------------------------------------- */
 

@@ -37,6 +37,10 @@ typedef struct node_view {
 struct cluster_node {
   struct cluster_node_options o;    /* strings point into the copies below */
   char *name, *dir, *host, *url, *endpoints, *cluster_name, *token, *ca_file;
+  char *tls_cert, *tls_key;
+  /* server_mu: the token and the standby server's pointer change under it
+   * (the HA loop starts and stops the server; SIGHUP's reload uses it). */
+  pthread_mutex_t server_mu;
   char key_member[NODE_KEY_MAX], key_leader[NODE_KEY_MAX],
       key_epoch[NODE_KEY_MAX], key_sync[NODE_KEY_MAX],
       key_switchover[NODE_KEY_MAX], key_prefix[NODE_KEY_MAX],
@@ -60,6 +64,7 @@ struct cluster_node {
   int64_t lease_ttl;                /* as granted */
   int64_t lease_deadline_ns;        /* CLOCK_MONOTONIC: renewal sent + ttl */
   bool etcd_ok;
+  char etcd_error[256];             /* the last failed request, while not ok */
   bool leading;                     /* holds the key, the app has the dir */
   bool writing;                     /* saves wanted */
   bool in_save;                     /* the writer is between begin and end */
@@ -78,7 +83,8 @@ struct cluster_node {
   int64_t rewound_at_ns;
 
   /* The HA loop's own. */
-  http_server *standby;             /* the standby side, or NULL */
+  http_server *standby;             /* the standby side, or NULL; set and
+                                       cleared under server_mu */
   char published[1024];             /* the member record last put */
   int64_t published_lease;
   int64_t published_ns;             /* mono, the last put */

@@ -624,11 +624,13 @@ static int rewind_fetch(cluster_node *n, replicate_receiver_base *up, const char
   char url[REPLICATE_URL_MAX + 32], auth[512];
   snprintf(url, sizeof url, "%s/v1/backup", from);
   struct curl_slist *h = NULL;
+  pthread_mutex_lock(&n->server_mu); /* SIGHUP may replace the token */
   if (n->token) {
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", n->token);
     h = curl_slist_append(h, auth);
     explicit_bzero(auth, sizeof auth);
   }
+  pthread_mutex_unlock(&n->server_mu);
   pull p = {.up = up};
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
@@ -954,6 +956,9 @@ static void cycle(cluster_node *n, bool woken)
   }
   if (!cached)
     n->etcd_ok = rc == 0;
+  if (rc && !cached)
+    snprintf(n->etcd_error, sizeof n->etcd_error, "reading the cluster's keys: %s (%s)",
+             cluster_strerror(rc), cluster_etcd_error(n->etcd));
   bool leading = n->leading;
   n->sync_wanted = false;
   pthread_mutex_unlock(&n->mu);

@@ -69,6 +69,7 @@ void http_cluster_json(const http_cluster_status *c, http_json_writer *w)
   http_json_member_uint(w, "epoch", c->epoch);
   http_json_member_uint(w, "lease_ttl", c->lease_ttl);
   http_json_member_string(w, "etcd", c->etcd_ok ? "ok" : "unreachable");
+  name_or_null(w, "etcd_error", c->etcd_ok ? "" : c->etcd_error);
   http_json_key(w, "sync_set");
   http_json_array_begin(w);
   for (size_t i = 0; i < c->sync_count && i < HTTP_CLUSTER_MEMBERS_MAX; i++)

@@ -315,6 +315,9 @@ static void standby_metrics(textbuf *t, const http_figures *f)
   gauge_f(t, "loomship_lag_seconds",
           "Age of the oldest commit heard of and not applied.",
           st->lag_seconds);
+  gauge_f(t, "loomship_apply_delay_seconds",
+          "--apply-delay: commits are applied once this old (0: at once).",
+          st->apply_delay_seconds);
   if (f->view.clock_skew_known)
     gauge_f(t, "loomship_clock_skew_seconds",
             "This node's clock minus the primary's, estimated.",

@@ -240,6 +240,8 @@ typedef struct http_cluster_status {
   uint64_t epoch;                   /* the leader's, as etcd says; 0 none */
   unsigned lease_ttl;               /* seconds, as etcd granted */
   bool etcd_ok;                     /* "etcd": "ok" | "unreachable" */
+  char etcd_error[256];             /* "etcd_error": why not ok (the last
+                                       failed request), "" (null) when ok */
   size_t sync_count;                /* "sync_set": sync_set[0, sync_count) */
   char sync_set[HTTP_CLUSTER_MEMBERS_MAX][HTTP_CLUSTER_NAME_MAX];
   size_t member_count;
@@ -323,6 +325,9 @@ typedef struct http_server_options {
   unsigned frame_upload_max_seconds;/* a frame body's duration cap [60] */
   unsigned base_upload_max_seconds; /* a base image's duration cap [3600] */
   double ready_max_lag_seconds;     /* /readyz threshold [5.0] */
+  double apply_delay_seconds;       /* standby: apply each commit only once
+                                       it is this old (receiver.h DELAYED
+                                       STANDBY) [0: at once] */
   uint64_t promote_max_lag;         /* standby: promotion refused (409
                                        PROMOTE_BEHIND, unless forced) when
                                        more frames behind the primary seq
@@ -455,6 +460,12 @@ typedef struct http_server_status {
                                        frame applied 10 s after the last) */
   int64_t diverged_at_ns;           /* standby: when, CLOCK_REALTIME */
   uint64_t divergences;             /* standby, since start: such refusals */
+  double apply_delay_seconds;       /* standby: --apply-delay, 0 none; ready
+                                       while lag_seconds minus it is within
+                                       ready_max_lag_seconds */
+  uint64_t delay_waiting_frames;    /* standby: received, not yet due */
+  uint64_t delay_discarded;         /* standby: commits younger than the
+                                       delay a promotion discarded */
 } http_server_status;
 
 void http_server_get_status(http_server *server, http_server_status *out);

@@ -74,6 +74,8 @@ static const reply_shape frame_shapes[REPLICATE_RECV_LAST] = {
                                       K_CODE | K_DETAIL | POS},
     [REPLICATE_RECV_APPLY_FAILED] = {500, "apply failed",
                                      K_CODE | K_DETAIL | POS},
+    [REPLICATE_RECV_SINGLE_FRAMES] = {409, "single frames only",
+                                      K_FRAME_BEFORE | POS},
 };
 
 static const reply_shape promote_shapes[REPLICATE_RECV_LAST] = {
@@ -217,6 +219,10 @@ static void shape_keys(unsigned keys, const replicate_recv_outcome *o,
     json_point(w, "computed", &o->computed);
     http_json_member_uint(w, "epoch", o->received.epoch);
     http_json_history(w, &o->history);
+    if (o->single_frames) { /* a delayed standby: no merged frames */
+      http_json_key(w, "single_frames");
+      http_json_bool(w, true);
+    }
   }
   if (keys & K_DUPLICATE) {
     http_json_key(w, "duplicate");
@@ -262,6 +268,7 @@ int http_standby_open(const http_server_options *opt, const http_logger *logger,
       .limits = &limits,
       .max_unapplied_bytes = opt->max_unapplied_bytes,
       .promote_max_lag = opt->promote_max_lag,
+      .apply_delay_seconds = opt->apply_delay_seconds,
       .now_ns = http_now_ns,
       .log_fn = logger ? logger->fn : NULL,
       .log_ctx = logger ? logger->ctx : NULL,
@@ -365,6 +372,9 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   s->lag_frames = r.lag_frames;
   s->lag_bytes = r.lag_bytes;
   s->lag_seconds = r.lag_seconds;
+  s->apply_delay_seconds = r.apply_delay_seconds;
+  s->delay_waiting_frames = r.delay_waiting_frames;
+  s->delay_discarded = r.delay_discarded;
   s->replay_paused = r.base_active;
   s->frames_received = r.frames_received;
   s->frames_applied = r.frames_applied;

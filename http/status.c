@@ -32,7 +32,7 @@ static void standby_figures(http_server *s, http_figures *f)
   } else if (!apply_ok) {
     f->ready = false;
     f->not_ready = "a received frame failed to apply";
-  } else if (st->lag_seconds > s->ready_max_lag_seconds) {
+  } else if (st->lag_seconds - st->apply_delay_seconds > s->ready_max_lag_seconds) {
     f->ready = false;
     f->not_ready = "lag above the threshold";
   }
@@ -161,6 +161,15 @@ static void standby_json(const http_figures *f, http_json_writer *w)
   http_json_position(w, &st->received);
   http_json_member_uint(w, "primary_seq", st->primary_seq);
   lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
+  if (st->apply_delay_seconds > 0) { /* a delayed standby (DESIGN section 7) */
+    http_json_key(w, "apply_delay");
+    http_json_object_begin(w);
+    http_json_key(w, "seconds");
+    http_json_double(w, st->apply_delay_seconds);
+    http_json_member_uint(w, "waiting_frames", st->delay_waiting_frames);
+    http_json_member_uint(w, "discarded_by_promotion", st->delay_discarded);
+    http_json_object_end(w);
+  }
   http_json_key(w, "clock_skew_seconds");
   if (f->view.clock_skew_known)
     http_json_double(w, f->view.clock_skew_seconds);

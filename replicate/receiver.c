@@ -52,6 +52,10 @@
  *       the store.
  *   I4. After promotion the receive log is empty, received == applied, and
  *       every frame is refused.
+ *   I5. A delayed standby (receiver.h, DELAYED STANDBY) applies nothing
+ *       past rx_apply_limit: the pending frames [head, head + due_len)
+ *       are those whose commit time plus the delay has passed on the
+ *       primary's clock (below), and only they are applied, merged or not.
  *
  * RECOVERY (replicate_receiver_open)
  *
@@ -127,6 +131,7 @@ void rx_outcome(replicate_receiver *rx, replicate_recv_result result, int code,
   out->history = rx->lineage.history;
   out->primary_seq = rx->primary_seq;
   out->computed = rx->computed;
+  out->single_frames = rx->delay_ns != 0;
 }
 
 void rx_log_reset(replicate_receiver *rx)
@@ -186,6 +191,7 @@ const char *replicate_recv_result_name(replicate_recv_result r)
   case REPLICATE_RECV_BASE_STORE: return "base_store";
   case REPLICATE_RECV_BASE_COMMIT: return "base_commit";
   case REPLICATE_RECV_BASE_MOVED: return "base_moved";
+  case REPLICATE_RECV_SINGLE_FRAMES: return "single_frames";
   case REPLICATE_RECV_LAST: break;
   }
   return "unknown";
@@ -268,6 +274,10 @@ int rx_pending_push(replicate_receiver *rx, uint64_t seq, int64_t commit_ns,
 void rx_pending_pop_through(replicate_receiver *rx, uint64_t seq)
 {
   while (rx->pending_len && rx->pending[rx->pending_head].seq <= seq) {
+    if (rx->due_len) {
+      rx->due_len--;
+      rx->due_bytes -= rx->pending[rx->pending_head].bytes;
+    }
     rx->pending_bytes -= rx->pending[rx->pending_head].bytes;
     rx->pending_head = (rx->pending_head + 1) % rx->pending_cap;
     rx->pending_len--;
@@ -279,6 +289,42 @@ void rx_pending_clear(replicate_receiver *rx)
   rx->pending_head = 0;
   rx->pending_len = 0;
   rx->pending_bytes = 0;
+  rx->due_len = 0;
+  rx->due_bytes = 0;
+}
+
+uint64_t rx_apply_limit(replicate_receiver *rx, int64_t *wait_ns)
+{
+  *wait_ns = 0;
+  if (!rx->delay_ns || rx->apply_all)
+    return rx->received.seq;
+  int64_t now = primary_clock_now(rx);
+  while (rx->due_len < rx->pending_len) {
+    const rx_pending_frame *f =
+        &rx->pending[(rx->pending_head + rx->due_len) % rx->pending_cap];
+    if (f->commit_ns > 0 && f->commit_ns + rx->delay_ns > now) {
+      *wait_ns = f->commit_ns + rx->delay_ns - now;
+      break;
+    }
+    rx->due_len++;
+    rx->due_bytes += f->bytes;
+  }
+  uint64_t limit = rx->due_len
+      ? rx->pending[(rx->pending_head + rx->due_len - 1) % rx->pending_cap].seq
+      : rx->applied.seq;
+  if (rx->holding && limit > rx->hold_seq) {
+    limit = rx->hold_seq;
+    *wait_ns = 0;
+  }
+  return limit;
+}
+
+/* Under mu: a merged frame ending at commit time commit_ns that a delayed
+ * standby cannot apply yet (it cannot wait in the receive log). */
+static bool too_young_to_merge(replicate_receiver *rx, int64_t commit_ns)
+{
+  return rx->delay_ns && !rx->apply_all &&
+         commit_ns + rx->delay_ns > primary_clock_now(rx);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -370,6 +416,8 @@ static int receiver_configure(replicate_receiver *rx,
                                 ? opt->max_unapplied_bytes
                                 : (UINT64_C(1) << 30);
   rx->promote_max_lag = opt->promote_max_lag ? opt->promote_max_lag : 100;
+  rx->delay_ns = opt->apply_delay_seconds > 0
+                     ? (int64_t)(opt->apply_delay_seconds * 1e9) : 0;
   pthread_mutex_init(&rx->recv_mu, NULL);
   pthread_mutex_init(&rx->store_mu, NULL);
   pthread_mutex_init(&rx->mu, NULL);
@@ -648,13 +696,27 @@ static void take_frame(replicate_receiver *rx, const replicate_frame *frame,
     return;
   }
   follow_history(rx, &info->history);
+  if ((info->flags & REPLICATE_FRAME_COALESCED) &&
+      too_young_to_merge(rx, info->commit_time_ns)) {
+    rx_outcome(rx, REPLICATE_RECV_SINGLE_FRAMES, 0, out);
+    out->frame_epoch = info->epoch;
+    out->frame_before = info->before;
+    pthread_mutex_unlock(&rx->mu);
+    return;
+  }
   if (info->flags & REPLICATE_FRAME_COALESCED) {
     pthread_mutex_unlock(&rx->mu);
     rx_apply_coalesced(rx, frame, len, out);
     return;
   }
-  if (rx->pending_bytes + len > rx->max_unapplied_bytes &&
-      rx->pending_len > 0) {
+  /* Back-pressure on what waits to be applied: with a delay, only the
+   * frames already due count (the others wait by design). */
+  int64_t unused;
+  if (rx->delay_ns)
+    rx_apply_limit(rx, &unused);
+  uint64_t waiting = rx->delay_ns ? rx->due_bytes : rx->pending_bytes;
+  if (waiting + len > rx->max_unapplied_bytes &&
+      (rx->delay_ns ? rx->due_len : rx->pending_len) > 0) {
     rx_outcome(rx, REPLICATE_RECV_BEHIND, 0, out);
     out->retry_after = 1;
     pthread_mutex_unlock(&rx->mu);
@@ -719,12 +781,46 @@ static int start_epoch(replicate_receiver *rx, loom_position *pos,
   return rc;
 }
 
+/* Under recv_mu and mu, a delayed standby (DELAYED STANDBY): forced, the
+ * delay is over (everything received is applied next); else apply what is
+ * due now and discard the younger commits, so that what follows applies
+ * nothing more. */
+static void promote_settle_delay(replicate_receiver *rx, bool force)
+{
+  if (!rx->delay_ns)
+    return;
+  if (force) {
+    rx->apply_all = true;
+    pthread_cond_broadcast(&rx->cond);
+    return;
+  }
+  int64_t unused;
+  rx->hold_seq = rx_apply_limit(rx, &unused);
+  rx->holding = true;
+  pthread_cond_broadcast(&rx->cond);
+  while (!rx->apply_failed && !rx->fatal &&
+         (rx->applier_busy || rx->applied.seq < rx->hold_seq))
+    pthread_cond_wait(&rx->cond, &rx->mu);
+  if (!rx->apply_failed && !rx->fatal && rx->received.seq > rx->applied.seq) {
+    uint64_t n = rx->received.seq - rx->applied.seq;
+    rx_logf(rx, "standby: promotion: %llu received commits (seq %llu..%llu) are younger "
+            "than the apply delay and are discarded (promote with force applies them)",
+            (unsigned long long)n, (unsigned long long)rx->applied.seq + 1,
+            (unsigned long long)rx->received.seq);
+    rx->delay_discarded += n;
+    rx->received = rx->applied; /* the receive log is reset with the new epoch */
+    rx_pending_clear(rx);
+  }
+  rx->holding = false;
+}
+
 /* Under recv_mu: receipt is paused; apply everything received, then
  * start the new epoch. Received frames that failed to apply are rolled
  * back: what counts for PROMOTE_EMPTY is then what was applied. */
 static void promote_now(replicate_receiver *rx, bool force,
                         replicate_recv_outcome *out)
 {
+  promote_settle_delay(rx, force);
   rx_wait_applied(rx);
   pthread_mutex_unlock(&rx->mu);
   rx_rollback(rx);
@@ -954,6 +1050,13 @@ void replicate_receiver_get_status(replicate_receiver *rx,
   s->computed = rx->computed;
   s->rot_page = rx->rot_page;
   s->readback_mismatches = rx->readback_mismatches;
+  s->apply_delay_seconds = (double)rx->delay_ns / 1e9;
+  if (rx->delay_ns && !rx->apply_all) {
+    int64_t unused;
+    rx_apply_limit(rx, &unused);
+    s->delay_waiting_frames = rx->pending_len - rx->due_len;
+  }
+  s->delay_discarded = rx->delay_discarded;
   pthread_mutex_unlock(&rx->mu);
   replicate_log_stats st;
   replicate_log_get_stats(rx->log, &st);

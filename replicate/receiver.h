@@ -55,6 +55,30 @@ extern "C" {
 
 typedef struct replicate_receiver replicate_receiver;
 
+/*
+ * DELAYED STANDBY (DESIGN section 7; apply_delay_seconds > 0)
+ *
+ * Frames are received and made durable in the receive log at once, as
+ * always; the applier applies a commit only once its commit time (on the
+ * primary's clock, receiver.c PRIMARY'S CLOCK) is older than the delay,
+ * and sleeps until the next one is due. So:
+ *   - closing applies what is due and leaves the rest in the receive log;
+ *     the next open finds it there (RECOVERY) and keeps delaying it: the
+ *     delay holds across a restart;
+ *   - the receive log holds every commit of the last apply_delay_seconds
+ *     (its size follows from the delay and the primary's write rate:
+ *     status receive_log_bytes); max_unapplied_bytes bounds only the
+ *     commits already due and not yet applied;
+ *   - promotion without force applies only the commits already due and
+ *     discards the younger ones (logged); with force it applies all;
+ *   - a merged frame (several commits, REPLICATE_FRAME_COALESCED) cannot
+ *     wait in the receive log: one whose newest commit is due is applied
+ *     at once, a younger one is refused (SINGLE_FRAMES), and every answer
+ *     says single_frames so the primary sends commits one at a time;
+ *   - a base image is applied when it arrives (it has no commit times):
+ *     the delay starts again from its position.
+ */
+
 /* One line of diagnostics, no trailing newline ("standby: ..."). Called
  * from the caller's thread or the applier thread. */
 typedef void (*replicate_receiver_log_fn)(void *ctx, const char *line);
@@ -76,6 +100,8 @@ typedef struct replicate_receiver_options {
                                        refused [100] */
   int64_t (*now_ns)(void);          /* this node's CLOCK_REALTIME in ns
                                        (a seam for tests) [clock_gettime] */
+  double apply_delay_seconds;       /* a delayed standby (see DELAYED
+                                       STANDBY below) [0: apply at once] */
   replicate_receiver_log_fn log_fn; /* optional diagnostics */
   void *log_ctx;
   /* Bad pages found while applying (optional; DESIGN section 8): a frame
@@ -170,7 +196,11 @@ typedef enum replicate_recv_result {
   REPLICATE_RECV_BASE_MOVED = 34,   /* the sender chose the base image for
                                        a position (if_position) that is no
                                        longer the received one */
-  REPLICATE_RECV_LAST = 35
+  /* A delayed standby. */
+  REPLICATE_RECV_SINGLE_FRAMES = 35,/* a merged frame younger than the apply
+                                       delay: send its commits one at a
+                                       time */
+  REPLICATE_RECV_LAST = 36
 } replicate_recv_result;
 
 /* "ok", "duplicate", ..., "base_commit": a name for logs and tests;
@@ -196,6 +226,8 @@ typedef struct replicate_recv_outcome {
                                    computed itself by reading back the pages
                                    it wrote (replicate_frame_readback); its
                                    answers carry it (DESIGN section 8) */
+  bool single_frames;           /* a delayed standby: send single commits,
+                                   not merged frames */
 } replicate_recv_outcome;
 
 /* ---------------------------------------------------------------------- */
@@ -222,7 +254,8 @@ void replicate_receiver_frame(replicate_receiver *rx, const void *bytes,
 /*
  * replicate_receiver_promote: refuse (PROMOTE_EMPTY, PROMOTE_BEHIND:
  * unless force; ALREADY_PRIMARY; BASE_ACTIVE), or apply everything
- * received, start a new epoch of the history (a new history when forced
+ * received (a delayed standby without force: what is due, the rest
+ * discarded; DELAYED STANDBY), start a new epoch of the history (a new history when forced
  * at seq 0) and refuse every frame from then on (OK; PROMOTE_FAILED with
  * the store's error). primary_seq is set in every outcome.
  */
@@ -361,6 +394,11 @@ typedef struct replicate_receiver_status {
   replicate_duration_histogram apply_durations; /* each group apply: taking
                                    the frames from the receive log and
                                    committing them to the store */
+  double apply_delay_seconds;   /* the option; 0: none */
+  uint64_t delay_waiting_frames;/* received frames whose delay has not
+                                   passed yet */
+  uint64_t delay_discarded;     /* commits younger than the delay that a
+                                   promotion without force discarded */
 } replicate_receiver_status;
 
 void replicate_receiver_get_status(replicate_receiver *rx,

@@ -330,10 +330,9 @@ static uint64_t rotted_pages(replicate_receiver *rx, const replicate_frame *fram
 /* Under mu, with work to do: one apply (a frame, or frames merged).
  * Returns false when the applier must end. */
 static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
-                          unsigned *since_retain)
+                          unsigned *since_retain, uint64_t last)
 {
   uint64_t next = rx->applied.seq + 1;
-  uint64_t last = rx->received.seq;
   uint64_t applied_before = rx->applied.seq;
   rx->applier_busy = true;
   pthread_mutex_unlock(&rx->mu);
@@ -395,16 +394,21 @@ void *rx_applier_main(void *arg)
 
   pthread_mutex_lock(&rx->mu);
   for (;;) {
+    int64_t wait_ns; /* a delayed standby: until the next frame is due */
+    uint64_t limit = rx_apply_limit(rx, &wait_ns);
     bool work = !rx->base_active && !rx->apply_failed && !rx->fatal &&
-                !rx->promoted && rx->applied.seq < rx->received.seq;
+                !rx->promoted && rx->applied.seq < limit;
     if (work) {
-      if (!applier_round(rx, &buf, &since_retain))
+      if (!applier_round(rx, &buf, &since_retain, limit))
         break;
     } else if (rx->need_sync && !rx->base_active) {
       applier_idle_sync(rx);
       since_retain = 0;
     } else if (rx->stopping) {
-      break;
+      break; /* a delayed standby leaves what is not due in the log */
+    } else if (wait_ns > 0) {
+      struct timespec until = loom_deadline(CLOCK_MONOTONIC, wait_ns);
+      pthread_cond_timedwait(&rx->cond, &rx->mu, &until);
     } else {
       pthread_cond_wait(&rx->cond, &rx->mu);
     }

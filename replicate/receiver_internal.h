@@ -82,6 +82,16 @@ struct replicate_receiver {
   rx_pending_frame *pending;    /* a ring */
   size_t pending_head, pending_len, pending_cap;
   uint64_t pending_bytes;
+  /* DELAYED STANDBY (receiver.h): the pending frames [head, head +
+   * due_len) are due (their commit older than delay_ns); the applier
+   * applies only those, and, while holding, none past hold_seq. */
+  int64_t delay_ns;             /* 0: no delay */
+  size_t due_len;
+  uint64_t due_bytes;
+  bool apply_all;               /* a forced promotion: the delay is over */
+  bool holding;
+  uint64_t hold_seq;
+  uint64_t delay_discarded;
   uint64_t primary_epoch;
   uint64_t primary_seq;
   int64_t primary_commit_ns;
@@ -147,6 +157,11 @@ int rx_pending_push(replicate_receiver *rx, uint64_t seq, int64_t commit_ns,
                     uint64_t bytes);
 void rx_pending_pop_through(replicate_receiver *rx, uint64_t seq);
 void rx_pending_clear(replicate_receiver *rx);
+/* Under mu: the last seq the applier may apply now (DELAYED STANDBY):
+ * received.seq without a delay, else the newest due frame's (applied.seq
+ * when none is due, and never past hold_seq while holding). *wait_ns: how
+ * long until the next frame is due, 0 when none waits. */
+uint64_t rx_apply_limit(replicate_receiver *rx, int64_t *wait_ns);
 /* Under recv_mu, reset the receive log, saying so if that fails. */
 void rx_log_reset(replicate_receiver *rx);
 

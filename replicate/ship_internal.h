@@ -38,6 +38,9 @@ typedef struct ship_answer {
    * computed itself by reading back what it wrote (DESIGN section 8). */
   bool has_computed;
   loom_position computed;
+  /* "single_frames": true: a delayed standby takes commits one at a time
+   * (false when absent). */
+  bool single_frames;
 } ship_answer;
 
 /* The longest answer read; a longer one is a failed request. */
@@ -52,7 +55,8 @@ typedef struct ship_answer {
  * from 2^63 on, anywhere), gives an extracted field a value of the wrong
  * type (a number that is not a non-negative integer, so below 2^63; a
  * checksum that is not 16 hex digits; a history that is neither null nor
- * 32 hex digits; an error or code that is not a string), or holds a
+ * 32 hex digits; an error or code that is not a string; a single_frames
+ * that is not a boolean), or holds a
  * "received", "applied" or "computed" object missing one of its four
  * fields.
  */
@@ -168,6 +172,8 @@ typedef struct ship_peer {
   uint64_t refused_token_gen; /* the token generation a 401 refused */
   int64_t last_activity_ns;
   uint64_t coalesce_pages;    /* this standby's piece size (413 halves) */
+  bool single_frames;         /* its last answer asked for single commits
+                                 (a delayed standby): no merged frames */
   replicate_buf scratch;      /* frames read while coalescing */
 
   /* Shared (I3): written under mu by the shipping thread. */

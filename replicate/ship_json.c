@@ -132,6 +132,12 @@ static int read_answer(const json_t *j, ship_answer *out)
     out->has_history = true;
     rc = read_history(v, &out->history);
   }
+  if (!rc && (v = json_object_get(j, "single_frames"))) {
+    if (json_is_boolean(v))
+      out->single_frames = json_is_true(v);
+    else
+      rc = REPLICATE_EMALFORMED;
+  }
   return rc;
 }
 

@@ -507,7 +507,7 @@ static int start_frames(ship_peer *peer, const loom_position *r,
   p.frames = 1;
   p.pages = p.first.page_count;
   p.bytes = p.len;
-  if (latest->seq > p.seq && p.first.page_count < cap_pages)
+  if (!peer->single_frames && latest->seq > p.seq && p.first.page_count < cap_pages)
     for (uint64_t s = p.seq + 1; s <= latest->seq; s++)
       if (!merge_frame(peer, &p, s, cap_pages))
         break;
@@ -1003,6 +1003,8 @@ void ship_finish(ship_peer *peer, CURLcode result)
   account(peer, req, wire);
   ship_answer a;
   bool readable = ship_answer_parse(peer->answer, peer->answer_len, &a) == 0;
+  if (readable && (code == 200 || code == 409) && a.has_received)
+    peer->single_frames = a.single_frames; /* a delayed standby says so */
   if ((code == 200 || code == 409) &&
       take_position(peer, req, code, readable, &a, retry_s))
     return;

@@ -73,12 +73,16 @@ check "standby caught up after the primary's restart (seq $seq)" wait_applied "$
 
 echo "== kill -9 of the standby mid-stream, restart, catch up"
 "$LOOMSHIP" primary --dir "$work/p1" --standby "$URL_s1" --saves 0 --rate 200 --pages 16 \
-  >>"$work/p1.out" 2>>"$work/p1.err" &
+  --ack-log "$work/p1.ack" >>"$work/p1.out" 2>>"$work/p1.err" &
 ppid=$!; pids+=("$ppid")
 seq0=$(applied_seq "$URL_s1")
 wait_for 10 applied_at_least "$URL_s1" $((seq0 + 20)) # mid-stream
 kill -KILL "$PID_s1"; wait "$PID_s1" 2>/dev/null
-sleep 0.5 # pacing: the primary commits while the standby is down
+# The primary commits while the standby is down: 20 more saves acknowledged.
+acks_at_least() { [ "$(wc -l < "$1")" -ge "$2" ]; }
+acked=$(wc -l < "$work/p1.ack")
+check "the primary saves on while its standby is down" \
+  wait_for 10 acks_at_least "$work/p1.ack" $((acked + 20))
 start_standby s1
 seq0=$(applied_seq "$URL_s1")
 wait_for 10 applied_at_least "$URL_s1" $((seq0 + 10)) # it streams again

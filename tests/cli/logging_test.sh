@@ -167,15 +167,19 @@ check "READY=1 was sent" poll 10 grep -q 'READY=1' "$work/notify.log"
 check "WATCHDOG=1 with STATUS= naming the lag" poll 10 grep -q 'WATCHDOG=1|STATUS=applied seq 0, lag 0 frames' "$work/notify.log"
 snurl=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/sn.out" | head -1)
 # Hold every connection one address may have (8): the server no longer
-# answers the probe from 127.0.0.1, so no more pings until they close.
-python3 - "${snurl##*:}" <<'PY' &
-import socket, sys, time
+# answers the probe from 127.0.0.1, so no more pings until they close
+# (once the test has seen the STATUS line, or after 20 s at most).
+python3 - "${snurl##*:}" "$work/release" <<'PY' &
+import os, socket, sys, time
 held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(8)]
-time.sleep(3)
+t0 = time.monotonic()
+while not os.path.exists(sys.argv[2]) and time.monotonic() - t0 < 20:
+    time.sleep(0.05)
 PY
 holder=$!
 check "a server that does not answer: STATUS says so, without WATCHDOG=1" \
   poll 10 grep -q '^STATUS=applied seq 0, lag 0 frames, 0.000 s (not progressing)$' "$work/notify.log"
+touch "$work/release"
 wait "$holder"
 check "pings again once it answers" poll 10 bash -c \
   "tail -n 2 '$work/notify.log' | grep -q '^WATCHDOG=1|STATUS=applied seq 0, lag 0 frames, 0.000 s$'"

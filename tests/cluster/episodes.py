@@ -60,6 +60,18 @@ FAULTS = ["kill_leader", "freeze_leader", "kill_standby", "etcd_member",
           "sigterm_leader"]
 
 
+def poll(fn, deadline, step=0.05):
+    """fn() every step seconds until it is true: that value, or None once
+    deadline seconds passed."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return None
+
+
 def read_acks(path):
     """[(epoch, seq)] of an ack-log (whole lines only)."""
     out = []
@@ -107,6 +119,7 @@ class Node:
                 "--sync", str(self.c.sync), "--rate", str(self.c.rate),
                 "--pages", "4", "--keys", "256", "--arena-pages", "1024",
                 "--ack-log", self.ack, "--drain-timeout", "5", "--sync-timeout", "3"]
+        args += self.c.extra_args
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
@@ -126,8 +139,8 @@ class Node:
 
     def status(self):
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/v1/status" % self.port,
-                                        timeout=0.5) as r:
+            with urllib.request.urlopen("%s://127.0.0.1:%d/v1/status" % (
+                    self.c.scheme, self.port), timeout=0.5, context=self.c.ssl_context) as r:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None
@@ -147,6 +160,8 @@ class Cluster:
     def __init__(self, loomship, etcd_cluster, name, ttl, sync, rate=20, n=3):
         self.loomship, self.etcd, self.name = loomship, etcd_cluster, name
         self.ttl, self.sync, self.rate = ttl, sync, rate
+        # Options every node also takes (e.g. TLS), and how to read status.
+        self.extra_args, self.scheme, self.ssl_context = [], "http", None
         self.tmp = tempfile.mkdtemp(prefix="loomship-episode-")
         self.nodes = [Node(self, i) for i in range(n)]
 
@@ -226,7 +241,14 @@ def fault_freeze_leader(c, lead, rng):
     epoch = c.max_ack()[0]
     lead.signal(signal.SIGSTOP)
     lead.frozen = True
-    time.sleep(c.ttl + 1.0 + rng.random())  # past its lease: the fault itself
+    # Frozen past its lease: until etcd names another leader (the lease
+    # expired with the key and another member won), then up to 1 s more
+    # (the fault's length). Thawed as soon as the key is gone, it could
+    # win again itself, and the episode would not test a rejoin.
+    if not poll(lambda: c.leader() not in (None, lead), 10 * c.ttl + 10):
+        raise RuntimeError("no other member leads while %s is frozen (%d s)" % (
+            lead.name, 10 * c.ttl + 10))
+    time.sleep(rng.random())
     lead.signal(signal.SIGCONT)
     lead.frozen = False
     return epoch
@@ -249,7 +271,13 @@ def fault_etcd_quorum(c, lead, rng):
     c.etcd_down = rng.sample(range(c.etcd.n), 2)
     for i in c.etcd_down:
         c.etcd.kill(i)
-    time.sleep(c.ttl + 0.5 + rng.random())  # the leader must fence itself
+    # Quorum lost until the leader fenced itself (a standby again), then up
+    # to 1 s more (the fault's length).
+    demoted = lambda: (lead.status() or {}).get("role") == "standby"  # noqa: E731
+    if not poll(demoted, 10 * c.ttl + 10):
+        raise RuntimeError("the leader %s did not fence itself without quorum in %d s" % (
+            lead.name, 10 * c.ttl + 10))
+    time.sleep(rng.random())
     for i in c.etcd_down:
         c.etcd.restart(i)
     c.etcd_down = []

@@ -1021,7 +1021,7 @@ static void test_cluster_member(void **state)
   ht_assert_has(&r, "\"cluster\":{\"name\":\"loomship\",\"member\":\"n2\","
                     "\"leader\":\"n1\",\"leader_url\":\"http://127.0.0.1:9\","
                     "\"epoch\":4,\"lease_ttl\":3,\"etcd\":\"ok\","
-                    "\"sync_set\":[\"n2\"],\"members\":[{\"name\":\"n1\",");
+                    "\"etcd_error\":null,\"sync_set\":[\"n2\"],\"members\":[{\"name\":\"n1\",");
   ht_assert_has(&r, "\"role\":\"leader\",\"epoch\":4,\"received_seq\":7,");
   ht_assert_has(&r, "\"rewound\":{\"frames\":3,\"from_seq\":12,\"at\":\"2023-");
   ht_resp_free(&r);

@@ -222,7 +222,11 @@ class TcpProxy:
     ("http://host:port" or (host, port)). blackhole(True): accept
     connections but never forward a byte, and cut the ones open (a
     partition as a peer sees it: connects succeed, nothing answers);
-    blackhole(False): forward again (new connections)."""
+    blackhole(False): forward again (new connections). answer(MODE): cut
+    the connections open and answer every request itself instead of
+    forwarding it (an etcd gone wrong): "5xx" a 503 with etcd's JSON
+    error, "garbage" a 200 whose body is not JSON, "raw" bytes that are
+    not HTTP; answer(None): forward again."""
 
     def __init__(self, target):
         if isinstance(target, str):
@@ -232,6 +236,8 @@ class TcpProxy:
         self.target = target
         self.lock = threading.Lock()
         self.black = False
+        self.mode = None  # answer()'s
+        self.answered = 0  # requests answered by answer()
         self.conns = []  # open (client, upstream) pairs
         self.held = []   # connections accepted while blackholed
         self.listener = socket.socket()
@@ -260,6 +266,41 @@ class TcpProxy:
         for s in held:
             _close(s)
 
+    def answer(self, mode):
+        with self.lock:
+            self.mode = mode
+            conns, self.conns = self.conns, []
+        for pair in conns:
+            for s in pair:
+                _close(s)
+
+    FAULT_ANSWERS = {
+        "5xx": b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 58\r\nConnection: close\r\n\r\n"
+               b'{"error":"etcdserver: request timed out","code":14,"x":0}\n',
+        "garbage": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 27\r\nConnection: close\r\n\r\n"
+                   b"\x00\xff{\"header\":{\"revision\":[[\xfe",
+        "raw": b"\x16\x03\x01 this is not HTTP at all\r\n\r\n\xff\x00",
+    }
+
+    def _answer(self, client, mode):
+        """Read one request's head (and its body) and answer it; close."""
+        try:
+            client.settimeout(2)
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            client.sendall(self.FAULT_ANSWERS[mode])
+            with self.lock:
+                self.answered += 1
+        except OSError:
+            pass
+        _close(client)
+
     def _accept(self):
         while not self.closed:
             try:
@@ -270,6 +311,11 @@ class TcpProxy:
                 if self.black:
                     self.held.append(client)
                     continue
+                mode = self.mode
+            if mode:
+                threading.Thread(target=self._answer, args=(client, mode),
+                                 daemon=True).start()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
                 upstream.settimeout(None)

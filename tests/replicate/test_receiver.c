@@ -1,8 +1,9 @@
 /*
  * test_receiver.c: the standby's receiver (replicate/receiver.h) driven
  * directly, without HTTP: frames in order, a gap, a duplicate and a
- * heartbeat, a divergence, a coalesced frame, a base image (whole, cut
- * short, too long, during frames), and promotion and its refusals.
+ * heartbeat, a divergence, a coalesced frame, a delayed standby, a base
+ * image (whole, cut short, too long, during frames), and promotion and its
+ * refusals.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -296,6 +297,81 @@ static void test_coalesced(void **state)
   send_next(fx);
   wait_applied(fx, 6);
   expect_store_is_model(fx);
+}
+
+/* ---------------------------------------------------------------------- */
+/* A delayed standby (receiver.h DELAYED STANDBY) */
+
+static int64_t real_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void reopen_delayed(fixture *fx, double delay)
+{
+  assert_int_equal(replicate_receiver_close(fx->rx), 0);
+  replicate_receiver_options o = {.dir = fx->standby_dir, .promote_max_lag = 10,
+                                  .apply_delay_seconds = delay};
+  assert_int_equal(replicate_receiver_open(&o, &fx->rx), 0);
+}
+
+/* Commits of "now" wait out the delay, across a close and reopen; a merged
+ * frame of young commits is refused (SINGLE_FRAMES); promotion without
+ * force applies only what is due. */
+static void test_apply_delay(void **state)
+{
+  fixture *fx = *state;
+  reopen_delayed(fx, 2.0);
+  fx->m.time_ns = real_ns();
+  int64_t sent_ms = mono_ms();
+  for (int i = 0; i < 3; i++)
+    send_next(fx);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.received.seq, 3);
+  assert_int_equal(s.applied.seq, 0);
+  assert_int_equal(s.delay_waiting_frames, 3);
+  assert_true(s.apply_delay_seconds == 2.0);
+
+  replicate_coalescer *c;
+  assert_int_equal(replicate_coalescer_new(0, &c), 0);
+  model young; /* a copy: the primary's frames 4-5, merged, not kept */
+  model_copy(&young, &fx->m);
+  replicate_buf merged = {0};
+  for (int i = 0; i < 2; i++) {
+    replicate_buf buf = {0};
+    replicate_frame f;
+    next_frame(fx, &young, &buf);
+    assert_int_equal(replicate_frame_decode(fx->dec, buf.data, buf.len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(c, &f), 0);
+    replicate_buf_free(&buf);
+  }
+  assert_int_equal(replicate_coalescer_finish(c, fx->enc, &merged), 0);
+  replicate_coalescer_free(c);
+  model_free(&young);
+  replicate_recv_outcome o;
+  assert_int_equal(send(fx, &merged, &o), REPLICATE_RECV_SINGLE_FRAMES);
+  assert_true(o.single_frames);
+  assert_int_equal(o.received.seq, 3);
+  replicate_buf_free(&merged);
+
+  reopen_delayed(fx, 2.0); /* the young commits stay in the receive log */
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.received.seq, 3);
+  assert_int_equal(s.applied.seq, 0);
+  wait_applied(fx, 3);
+  assert_true(mono_ms() - sent_ms >= 1900);
+
+  fx->m.time_ns = real_ns();
+  send_next(fx); /* 4 and 5, young: discarded by the promotion */
+  send_next(fx);
+  replicate_receiver_promote(fx->rx, false, &o);
+  assert_int_equal(o.result, REPLICATE_RECV_OK);
+  assert_int_equal(o.applied.seq, 3);
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.delay_discarded, 2);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -595,6 +671,7 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_divergence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_coalesced, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_apply_delay, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_image, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_refusals, setup, teardown),
       cmocka_unit_test_setup_teardown(test_promote, setup, teardown),

@@ -983,6 +983,10 @@ static void test_answer_reader(void **state)
   assert_true(a.has_computed);
   assert_int_equal(a.computed.seq, 8);
   assert_int_equal(a.computed.checksum, 0xa1);
+  assert_false(a.single_frames);
+  const char *delayed = "{\"single_frames\": true}"; /* a delayed standby */
+  assert_int_equal(ship_answer_parse(delayed, strlen(delayed), &a), 0);
+  assert_true(a.single_frames);
 
   const char *conflict =
       "{\"error\": \"stale epoch\", \"epoch\": 9223372036854775807, "
@@ -1021,6 +1025,7 @@ static void test_answer_reader(void **state)
       "{\"error\": \"\xc3\x28\"}",                        /* bad UTF-8 */
       "{\"x\": 01}",                                      /* leading zero */
       "{\"x\": tru}",
+      "{\"single_frames\": 1}",                        /* not a boolean */
       "{\"x\": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}", /* too deep */
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
