@@ -107,6 +107,12 @@ static void source_sync(void *ctx, http_sync_status *out)
   }
 }
 
+static void source_commit_log(void *ctx, loom_log_stats *out)
+{
+  primary_node *n = ctx;
+  loom_store_log_stats(loom_get_store(kv_loom(n->table)), out);
+}
+
 static void source_log_stats(void *ctx, replicate_log_stats *out)
 {
   primary_node *n = ctx;
@@ -223,6 +229,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
                                       .sync_state = source_sync,
                                       .history = source_history,
                                       .log_stats = source_log_stats,
+                                      .commit_log = source_commit_log,
                                       .save_durations = source_save_durations,
                                       .archive = n->archiver ? source_archive : NULL};
     http_server_options ho = {

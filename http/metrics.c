@@ -450,6 +450,29 @@ static void log_metrics(textbuf *t, http_server *s)
           ls.segments);
 }
 
+/* The store's commit log (DESIGN section 9), when the server knows it. */
+static void commit_log_metrics(textbuf *t, const http_figures *f)
+{
+  const http_server_status *st = &f->view.status;
+  if (!st->commit_log_known)
+    return;
+  const loom_log_stats *c = &st->commit_log;
+  gauge_u(t, "loomship_checkpoint_seq",
+          "Seq the checkpoint has brought the image file to (durably).",
+          c->checkpoint.seq);
+  gauge_u(t, "loomship_commit_log_used_bytes",
+          "Bytes of the commit log holding records not yet checkpointed.", c->used);
+  gauge_u(t, "loomship_commit_log_size_bytes", "Size of the commit log's ring.",
+          c->size);
+  gauge_u(t, "loomship_commit_log_queued_records",
+          "Committed records waiting for the checkpoint.", c->queued);
+  counter_u(t, "loomship_commit_log_checkpoints_total",
+            "Checkpoints (batches of records merged into the image) since start.",
+            c->checkpoints);
+  counter_u(t, "loomship_commit_log_waits_total",
+            "Commits that waited for log space since start.", c->waits);
+}
+
 /* The archiver's (DESIGN section 7), when the node archives. */
 static void archive_metrics(textbuf *t, const http_figures *f)
 {
@@ -558,6 +581,7 @@ int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
     peer_metrics(&t, &f);
     peer_error_metrics(&t, &f);
   }
+  commit_log_metrics(&t, &f);
   cluster_metrics(&t, s);
   counter_metrics(&t, &f);
   guard_metrics(&t, s->guard);

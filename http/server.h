@@ -193,6 +193,9 @@ typedef struct http_sync_status {
  *                  loomship_replication_log_*.
  *   save_durations optional: how long the application's saves took
  *                  (loomship_save_duration_seconds).
+ *   commit_log     optional: the store's commit log (loom_store_log_stats),
+ *                  for status "checkpoint_seq" and "commit_log" and the
+ *                  loomship_commit_log_* metrics.
  *   archive        optional: the archiver's status (--archive;
  *                  replicate_archiver_status), for status "archive" and
  *                  the loomship_archive_* metrics; without it "archive"
@@ -209,6 +212,7 @@ typedef struct http_primary_source {
   void (*log_stats)(void *ctx, replicate_log_stats *out); /* optional */
   void (*save_durations)(void *ctx, replicate_duration_histogram *out); /* optional */
   void (*archive)(void *ctx, replicate_archive_status *out); /* optional */
+  void (*commit_log)(void *ctx, loom_log_stats *out); /* optional */
 } http_primary_source;
 
 /* ---------------------------------------------------------------------- */
@@ -466,6 +470,11 @@ typedef struct http_server_status {
   uint64_t delay_waiting_frames;    /* standby: received, not yet due */
   uint64_t delay_discarded;         /* standby: commits younger than the
                                        delay a promotion discarded */
+  bool commit_log_known;            /* commit_log is filled in (a standby,
+                                       or a primary source with commit_log) */
+  loom_log_stats commit_log;        /* the store's commit log (DESIGN
+                                       section 9): status checkpoint_seq and
+                                       commit_log, loomship_commit_log_* */
 } http_server_status;
 
 void http_server_get_status(http_server *server, http_server_status *out);

@@ -375,6 +375,8 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   s->apply_delay_seconds = r.apply_delay_seconds;
   s->delay_waiting_frames = r.delay_waiting_frames;
   s->delay_discarded = r.delay_discarded;
+  s->commit_log_known = true;
+  s->commit_log = r.commit_log;
   s->replay_paused = r.base_active;
   s->frames_received = r.frames_received;
   s->frames_applied = r.frames_applied;

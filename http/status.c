@@ -73,6 +73,10 @@ static void primary_figures(http_server *s, http_figures *f)
     f->not_ready = "fenced: a standby was promoted";
   if (s->primary.peers)
     peers_collect(s, f);
+  if (s->primary.commit_log) {
+    st->commit_log_known = true;
+    s->primary.commit_log(s->primary.ctx, &st->commit_log);
+  }
   if (s->primary.archive) {
     f->archiving = true;
     s->primary.archive(s->primary.ctx, &f->archive);
@@ -291,6 +295,26 @@ static void integrity_json(const http_figures *f, http_json_writer *w)
   http_json_object_end(w);
 }
 
+/* "checkpoint_seq" and "commit_log" (DESIGN section 9): how far the
+ * checkpoint has brought the image file, and the log's fill; absent when
+ * the node's store is not known to the server. */
+static void commit_log_json(const http_figures *f, http_json_writer *w)
+{
+  const http_server_status *st = &f->view.status;
+  if (!st->commit_log_known)
+    return;
+  const loom_log_stats *c = &st->commit_log;
+  http_json_member_uint(w, "checkpoint_seq", c->checkpoint.seq);
+  http_json_key(w, "commit_log");
+  http_json_object_begin(w);
+  http_json_member_uint(w, "used_bytes", c->used);
+  http_json_member_uint(w, "size_bytes", c->size);
+  http_json_member_uint(w, "queued", c->queued);
+  http_json_member_uint(w, "checkpoints", c->checkpoints);
+  http_json_member_uint(w, "waits", c->waits);
+  http_json_object_end(w);
+}
+
 /* "archive" (DESIGN section 7): null unless the node archives. */
 static void archive_json(const http_figures *f, http_json_writer *w)
 {
@@ -365,6 +389,7 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
     primary_json(s, f, w);
   http_json_key(w, "ready");
   http_json_bool(w, f->ready);
+  commit_log_json(f, w);
   integrity_json(f, w);
   archive_json(f, w);
   frame_auth_json(f, w);

@@ -1058,6 +1058,7 @@ void replicate_receiver_get_status(replicate_receiver *rx,
   }
   s->delay_discarded = rx->delay_discarded;
   pthread_mutex_unlock(&rx->mu);
+  loom_store_log_stats(rx->store, &s->commit_log); /* its own locks */
   replicate_log_stats st;
   replicate_log_get_stats(rx->log, &st);
   s->receive_log_bytes = st.bytes;

@@ -397,6 +397,8 @@ typedef struct replicate_receiver_status {
   double apply_delay_seconds;   /* the option; 0: none */
   uint64_t delay_waiting_frames;/* received frames whose delay has not
                                    passed yet */
+  loom_log_stats commit_log;    /* the store's commit log: its fill and
+                                   the checkpoint's position (core/loom.h) */
   uint64_t delay_discarded;     /* commits younger than the delay that a
                                    promotion without force discarded */
 } replicate_receiver_status;

@@ -334,7 +334,7 @@ static void test_primary_role(void **state)
   ht_primary_run(&p, 12);
   fake_primary fp = {&p, false};
   http_primary_source src = {&fp, fp_position, fp_snapshot, fp_fenced,
-                             fp_peers, fp_sync, NULL, fp_log_stats, fp_save_durations, NULL};
+                             fp_peers, fp_sync, NULL, fp_log_stats, fp_save_durations, NULL, NULL};
   static const char token[] = "tok";
   http_server_options opt = {.role = HTTP_ROLE_PRIMARY, .primary = &src,
                              .token = (const uint8_t *)token, .token_len = 3};
