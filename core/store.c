@@ -1633,12 +1633,35 @@ int store_log_end(loom_store *s, loom_position *out)
   return log_scan(s, 0, out);
 }
 
+/* Before anything is sized by the meta's page count (a damaged or hostile
+ * meta must not size the hash table: the fuzzer's meta with 2^31 pages
+ * asked for 16 GiB): when no record follows the checkpoint, the image file
+ * must already be exactly at its size. When one does, the records (each
+ * checksummed, at most MAX_PAGES) say the sizes, as before the log. */
+static int recover_check_size(loom_store *s)
+{
+  int rc = LOOM_ECORRUPT;
+  if (s->log_size && s->log_fd >= 0) {
+    loom_patch *p = NULL;
+    rc = record_read_next(s, s->log_head, &s->pos, &p);
+    store_patch_free(p);
+  }
+  if (rc != LOOM_ECORRUPT)
+    return rc; /* 0: a record follows; or an I/O error */
+  uint64_t image_size = 0;
+  if ((rc = store_file_size(s->image_fd, &image_size)))
+    return rc;
+  return image_size == s->pos.pages * PS ? 0 : LOOM_ECORRUPT;
+}
+
 /* R2 and R3. The table is loaded at the checkpoint's position, the
  * records found move it (and the position) on, the checkpoint brings the
  * files there. */
 static int store_recover(loom_store *s)
 {
-  int rc = hashes_load(s, s->pos.pages);
+  int rc = recover_check_size(s);
+  if (!rc)
+    rc = hashes_load(s, s->pos.pages);
   loom_position end;
   if (!rc)
     rc = log_scan(s, 1, &end);
