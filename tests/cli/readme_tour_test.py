@@ -9,7 +9,8 @@ two free ports for 8470 and 8471 (tests use ephemeral ports). A
 `loomship standby` or `loomship primary` without --saves is what the tour
 runs in its own terminal: it is started in the background and the next
 command waits until it listens. Where the prose says Ctrl-C, the primary
-gets SIGINT and must exit 0 (it drains to the standby). Any command that
+gets SIGINT and must exit 0 (it drains to the standby and the archive),
+and the archive's newest restore must be at the primary's position. Any command that
 fails fails the test; so does a tour with no commands.
 
 Usage: readme_tour_test.py PATH/TO/loomship PATH/TO/README.md
@@ -55,18 +56,18 @@ def tour_steps(text):
     return steps
 
 
-def same_position(work):
+def same_position(work, other="standby"):
     """The tour says: after Ctrl-C, primary and standby are at the same
-    epoch, seq and checksum."""
+    epoch, seq and checksum (and so is the archive's restored newest)."""
     pos = []
-    for d in ("primary", "standby"):
+    for d in ("primary", other):
         r = subprocess.run([LOOMSHIP, "inspect", os.path.join(work, "tour", d), "--json"],
                            capture_output=True, text=True)
         pos.append(json.loads(r.stdout) if r.returncode == 0 else {})
     same = bool(pos[0]) and all(pos[0].get(k) == pos[1].get(k)
                                 for k in ("epoch", "seq", "checksum"))
-    print("%s: primary and standby at the same epoch, seq and checksum (%s)"
-          % ("ok" if same else "FAIL", pos))
+    print("%s: primary and %s at the same epoch, seq and checksum (%s)"
+          % ("ok" if same else "FAIL", other, pos))
     return same
 
 
@@ -127,6 +128,8 @@ def main():
             if not ok:
                 print(r.stdout[-2000:], r.stderr[-2000:])
             failures += not ok
+            if ok and sub == "restore" and "--seq" not in words and "--time" not in words:
+                failures += not same_position(work, "restored")
     finally:
         for p in children.values():
             if p.poll() is None:
