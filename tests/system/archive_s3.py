@@ -37,18 +37,10 @@ KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n"
 TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
 
 
-class Suite:
+class Suite(systest.Checks):
     def __init__(self, loomship, root, store):
-        self.loomship, self.root, self.store = loomship, root, store
-        self.failures, self.log = [], os.path.join(root, "log")
-
-    def check(self, ok, what):
-        print("%s: %s" % ("ok" if ok else "FAIL", what))
-        if not ok:
-            self.failures.append(what)
-
-    def path(self, name):
-        return os.path.join(self.root, name)
+        super().__init__(root)
+        self.loomship, self.store = loomship, store
 
     def s3_opts(self, endpoint=None, credentials=None):
         return ["--archive-endpoint", endpoint or self.store.endpoint,
