@@ -718,11 +718,15 @@ static int step(replicate_archiver *ar)
   if (rc == 0 && !ar->base_needed && committed > ar->committed_at_base &&
       loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds)
     ar->base_needed = true;
+  bool based = false;
   if (rc == 0 && !ar->base_needed)
     rc = upload_segment(ar);
   if (rc == 0 && ar->base_needed)
-    rc = upload_base(ar);
-  if (rc == 0 && !ar->base_needed)
+    based = (rc = upload_base(ar)) == 0;
+  /* After a base, the frames past it at once; not after a segment: what
+   * was committed during its upload waits for the next interval (one
+   * segment per interval, not two against a slow store). */
+  if (rc == 0 && based)
     rc = upload_segment(ar);
   if (rc == 0)
     rc = retain(ar);
