@@ -92,6 +92,8 @@ def metrics(url):
     for line in text.splitlines():
         if line.startswith("loomship_archive_requests_total"):
             out[line.split('kind="')[1].split('"')[0]] = int(line.split()[-1])
+        elif line.startswith("loomship_archive_errors_total "):
+            out["errors"] = int(line.split()[-1])
     return out
 
 
@@ -129,10 +131,10 @@ def rpo(loomship, root, target, rate, seconds):
     lags = [uploaded[s] - committed[s] for s in committed if s in uploaded and s > 5]
     reqs = {k: (m1[k] - m0.get(k, 0)) * 3600.0 / seconds for k in m1}
     print("rpo rate %d/s: %d commits, p50 %.3f s, p99 %.3f s, max %.3f s; requests/hour "
-          "put %.0f get %.0f list %.0f delete %.0f"
+          "put %.0f get %.0f list %.0f delete %.0f (failed %.0f)"
           % (rate, len(lags), pct(lags, 0.5), pct(lags, 0.99), max(lags or [0]),
              reqs.get("put", 0), reqs.get("get", 0), reqs.get("list", 0),
-             reqs.get("delete", 0)))
+             reqs.get("delete", 0), reqs.get("errors", 0)))
 
 
 def restore_bench(loomship, root, target, keys, saves):
