@@ -1,8 +1,10 @@
 """archive_bench.py: the archive's figures (issue 17, docs/BENCHMARKS.md
-section 13) against the file:// backend on the local disk.
+section 13) against the file:// backend on the local disk, or with --swift
+against a real S3 store (OpenStack Swift's s3api on 127.0.0.1, started by
+tests/lib/swift.py for the run).
 
 usage: archive_bench.py LOOMSHIP [--seconds S] [--rates 10,100]
-                        [--restore-keys K] [--restore-saves N]
+                        [--restore-keys K] [--restore-saves N] [--swift]
 
 rpo      a primary saving at each rate with --archive file:///TMP
          --archive-interval 1; GET /v1/status polled every 5 ms: a commit's
@@ -12,7 +14,9 @@ rpo      a primary saving at each rate with --archive file:///TMP
 restore  a primary with K keys (an image of about K*64 bytes) and N saves
          archived, stopped; then `loomship restore` of the newest position
          timed against `cat` of the same objects into one file plus fsync
-         (the bytes a restore must at least read and write), same run."""
+         (the bytes a restore must at least read and write), same run;
+         with --swift, curl GETs of the same objects appended to one file
+         plus fsync (one curl process per object)."""
 import argparse
 import json
 import os
@@ -23,10 +27,62 @@ import sys
 import tempfile
 import time
 import urllib.request
+import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                 "tests", "system"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                "tests", "lib"))
 import systest  # noqa: E402
+import swift as swiftlib  # noqa: E402
+
+
+class FileTarget:
+    """Archives as file:///ROOT/NAME."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def url(self, name):
+        os.makedirs(os.path.join(self.root, name))
+        return "file://" + os.path.join(self.root, name)
+
+    opts = []
+
+    def copy_objects(self, name, dst):
+        """Every object of archive name appended to the open file dst: how
+        many and their bytes."""
+        files = []
+        for d, _, names in os.walk(os.path.join(self.root, name)):
+            files += [os.path.join(d, n) for n in names]
+        for f in sorted(files):
+            with open(f, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        return len(files), sum(os.path.getsize(f) for f in files)
+
+
+class SwiftTarget:
+    """Archives as s3://BUCKET/NAME in a Swift started for the run."""
+
+    def __init__(self, store):
+        self.store = store
+        self.opts = ["--archive-endpoint", store.endpoint,
+                     "--archive-credentials", store.credentials]
+
+    def url(self, name):
+        return "s3://%s/%s" % (self.store.bucket, name)
+
+    def copy_objects(self, name, dst):
+        status, body = self.store.s3("GET", "/" + self.store.bucket,
+                                     query="list-type=2&max-keys=1000&prefix=" + name + "%2F")
+        keys = [e.text for e in ET.fromstring(body).iter() if e.tag.endswith("Key")] \
+            if status == 200 else []
+        size = 0
+        for k in keys:
+            _, data = self.store.s3("GET", "/%s/%s" % (self.store.bucket, k))
+            dst.write(data)
+            size += len(data)
+        return len(keys), size
 
 
 def metrics(url):
@@ -36,6 +92,8 @@ def metrics(url):
     for line in text.splitlines():
         if line.startswith("loomship_archive_requests_total"):
             out[line.split('kind="')[1].split('"')[0]] = int(line.split()[-1])
+        elif line.startswith("loomship_archive_errors_total "):
+            out["errors"] = int(line.split()[-1])
     return out
 
 
@@ -44,11 +102,10 @@ def pct(values, p):
     return v[min(len(v) - 1, int(len(v) * p))] if v else float("nan")
 
 
-def rpo(loomship, root, rate, seconds):
-    arc = os.path.join(root, "arc-%d" % rate)
-    os.makedirs(arc)
-    args = ["--dir", os.path.join(root, "p-%d" % rate), "--archive", "file://" + arc,
-            "--rate", str(rate), "--keys", "1024", "--pages", "4"]
+def rpo(loomship, root, target, rate, seconds):
+    args = ["--dir", os.path.join(root, "p-%d" % rate), "--archive",
+            target.url("arc-%d" % rate), "--rate", str(rate), "--keys", "1024",
+            "--pages", "4"] + target.opts
     proc, url, _ = systest.start_primary(loomship, args, os.path.join(root, "log"))
     committed, uploaded = {}, {}
     last_c = last_u = 0
@@ -74,15 +131,14 @@ def rpo(loomship, root, rate, seconds):
     lags = [uploaded[s] - committed[s] for s in committed if s in uploaded and s > 5]
     reqs = {k: (m1[k] - m0.get(k, 0)) * 3600.0 / seconds for k in m1}
     print("rpo rate %d/s: %d commits, p50 %.3f s, p99 %.3f s, max %.3f s; requests/hour "
-          "put %.0f get %.0f list %.0f delete %.0f"
+          "put %.0f get %.0f list %.0f delete %.0f (failed %.0f)"
           % (rate, len(lags), pct(lags, 0.5), pct(lags, 0.99), max(lags or [0]),
              reqs.get("put", 0), reqs.get("get", 0), reqs.get("list", 0),
-             reqs.get("delete", 0)))
+             reqs.get("delete", 0), reqs.get("errors", 0)))
 
 
-def restore_bench(loomship, root, keys, saves):
-    arc = os.path.join(root, "arc-restore")
-    os.makedirs(arc)
+def restore_bench(loomship, root, target, keys, saves):
+    arc = target.url("arc-restore")
     pdir = os.path.join(root, "p-restore")
     table = ["--keys", str(keys), "--arena-pages", str(keys + keys // 4 + 256),
              "--pages", "64", "--rate", "100000"]
@@ -93,29 +149,23 @@ def restore_bench(loomship, root, keys, saves):
                         str(keys // 8)] + table, capture_output=True)
     print("image grown in %.1f s (exit %d)" % (time.monotonic() - t0, r.returncode))
     t0 = time.monotonic()
-    r = subprocess.run([loomship, "primary", "--dir", pdir, "--archive", "file://" + arc,
+    r = subprocess.run([loomship, "primary", "--dir", pdir, "--archive", arc,
                         "--saves", str(saves), "--archive-base-interval", "86400"]
-                       + table[:-2] + ["--pages", "16", "--rate", "100000"],
+                       + table[:-2] + ["--pages", "16", "--rate", "100000"] + target.opts,
                        capture_output=True)
     print("archived %d saves in %.1f s (exit %d)" % (saves, time.monotonic() - t0,
                                                       r.returncode))
-    files = []
-    for d, _, names in os.walk(arc):
-        files += [os.path.join(d, n) for n in names]
-    size = sum(os.path.getsize(f) for f in files)
     image = os.path.getsize(os.path.join(pdir, "image"))
     subprocess.run(["sync"])
     out = os.path.join(root, "restored")
     t0 = time.monotonic()
-    r = subprocess.run([loomship, "restore", "--from", "file://" + arc, "--out", out],
+    r = subprocess.run([loomship, "restore", "--from", arc, "--out", out] + target.opts,
                        capture_output=True)
     t_restore = time.monotonic() - t0
     copy = os.path.join(root, "copy")
     t0 = time.monotonic()
     with open(copy, "wb") as dst:
-        for f in sorted(files):
-            with open(f, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        nobj, size = target.copy_objects("arc-restore", dst)
         dst.flush()
         os.fsync(dst.fileno())
     t_copy = time.monotonic() - t0
@@ -129,9 +179,9 @@ def restore_bench(loomship, root, keys, saves):
         os.fsync(dst.fileno())
     t_image = time.monotonic() - t0
     print("restore: image %.1f MiB, %d objects %.1f MiB; loomship restore %.2f s "
-          "(exit %d); cat+fsync of the objects %.2f s (ratio %.1f); copy+fsync of "
+          "(exit %d); reading the objects into one file + fsync %.2f s (ratio %.1f); copy+fsync of "
           "the image %.2f s (ratio %.2f)"
-          % (image / 2**20, len(files), size / 2**20, t_restore, r.returncode, t_copy,
+          % (image / 2**20, nobj, size / 2**20, t_restore, r.returncode, t_copy,
              t_restore / t_copy if t_copy else float("nan"), t_image,
              t_restore / t_image if t_image else float("nan")))
     v = subprocess.run([loomship, "verify", out], capture_output=True)
@@ -145,14 +195,23 @@ def main():
     ap.add_argument("--rates", default="10,100")
     ap.add_argument("--restore-keys", type=int, default=16384)
     ap.add_argument("--restore-saves", type=int, default=10000)
+    ap.add_argument("--swift", action="store_true",
+                    help="against Swift's s3api on 127.0.0.1 (started here)")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="loomship-archive-bench-")
+    store = None
     try:
+        if a.swift:
+            swiftlib.stop_on_sigterm()
+            store = swiftlib.Swift()
+        target = SwiftTarget(store) if store else FileTarget(root)
         for rate in (int(x) for x in a.rates.split(",") if x):
-            rpo(a.loomship, root, rate, a.seconds)
+            rpo(a.loomship, root, target, rate, a.seconds)
         if a.restore_saves:
-            restore_bench(a.loomship, root, a.restore_keys, a.restore_saves)
+            restore_bench(a.loomship, root, target, a.restore_keys, a.restore_saves)
     finally:
+        if store:
+            store.close()
         shutil.rmtree(root, ignore_errors=True)
 
 

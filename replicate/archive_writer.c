@@ -76,6 +76,11 @@ struct replicate_archiver {
   objstore_stats stats;
   /* the thread's */
   bool started, have_head, base_needed;
+  /* A segment PUT whose outcome is unknown (a cut connection, a 5xx after
+   * the store may have stored it): retried with the same range and key,
+   * so that a stored copy is found (EXISTS) rather than overlapped. */
+  uint64_t pend_first, pend_last;
+  char pend_key[ARC_KEY_MAX];
   double last_base_mono;
   uint64_t committed_at_base;
   kept *kept;
@@ -584,9 +589,10 @@ static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
   return next;
 }
 
-/* The segment's payload: the queued frames after uploaded, contiguous. */
+/* The segment's payload: the queued frames after uploaded, contiguous,
+ * up to seq limit. */
 static int gather(replicate_archiver *ar, replicate_buf *seg,
-                  loom_position *last)
+                  loom_position *last, uint64_t limit)
 {
   uint64_t next = ar->uploaded.seq + 1;
   pthread_mutex_lock(&ar->mu);
@@ -600,7 +606,7 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   for (size_t i = 0; rc == 0 && i < ar->qn; i++) {
     if (ar->q[i].seq < next)
       continue;
-    if (ar->q[i].seq != next)
+    if (ar->q[i].seq != next || next > limit)
       break;
     replicate_frame_info info;
     rc = replicate_frame_parse_header(ar->q[i].frame.data, ar->q[i].frame.len,
@@ -619,7 +625,9 @@ static int upload_segment(replicate_archiver *ar)
 {
   replicate_buf seg = {0};
   loom_position last = ar->uploaded;
-  int rc = gather(ar, &seg, &last);
+  uint64_t first = ar->uploaded.seq + 1;
+  bool retry = ar->pend_first == first && ar->pend_last >= first;
+  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : UINT64_MAX);
   if (rc == REPLICATE_ELOG_GONE) {
     ar->base_needed = true;
     replicate_buf_free(&seg);
@@ -634,7 +642,6 @@ static int upload_segment(replicate_archiver *ar)
     return rc;
   }
   char key[ARC_KEY_MAX];
-  uint64_t first = ar->uploaded.seq + 1;
   arc_key_segment(key, ar->epoch, first, last.seq, last.commit_time_ns,
                   arc_keys_current(&ar->a->keys));
   arc_header h = {.kind = ARC_SEGMENT,
@@ -643,16 +650,20 @@ static int upload_segment(replicate_archiver *ar)
                   .last_seq = last.seq};
   rc = arc_put(ar->a, &h, key, seg.data, seg.len, OBJSTORE_PUT_IF_ABSENT);
   replicate_buf_free(&seg);
+  if (rc == REPLICATE_ESTORE_EXISTS && retry && strcmp(key, ar->pend_key) == 0)
+    rc = 0; /* our own earlier PUT of it was stored after all */
   if (rc == REPLICATE_ESTORE_EXISTS)
     return arc_fail(ar->a, REPLICATE_EARCHIVE_WRITER,
                     "%s exists already: another node writes to this archive",
                     key);
+  ar->pend_first = first, ar->pend_last = last.seq; /* until the head */
+  copy_text(ar->pend_key, sizeof ar->pend_key, key);
   if (rc == 0)
     rc = put_head(ar, &last);
   if (rc == 0)
     rc = keep(ar, ARC_SEGMENT, key, first, last.seq);
   if (rc == 0)
-    queue_trim(ar, last.seq);
+    queue_trim(ar, last.seq), ar->pend_first = 0;
   return rc;
 }
 
@@ -707,11 +718,15 @@ static int step(replicate_archiver *ar)
   if (rc == 0 && !ar->base_needed && committed > ar->committed_at_base &&
       loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds)
     ar->base_needed = true;
+  bool based = false;
   if (rc == 0 && !ar->base_needed)
     rc = upload_segment(ar);
   if (rc == 0 && ar->base_needed)
-    rc = upload_base(ar);
-  if (rc == 0 && !ar->base_needed)
+    based = (rc = upload_base(ar)) == 0;
+  /* After a base, the frames past it at once; not after a segment: what
+   * was committed during its upload waits for the next interval (one
+   * segment per interval, not two against a slow store). */
+  if (rc == 0 && based)
     rc = upload_segment(ar);
   if (rc == 0)
     rc = retain(ar);

@@ -56,18 +56,10 @@ def objects(arc, sub):
     return sorted(os.path.join(d, n) for n in os.listdir(d)) if os.path.isdir(d) else []
 
 
-class Suite:
+class Suite(systest.Checks):
     def __init__(self, loomship, root):
-        self.loomship, self.root, self.failures = loomship, root, []
-        self.log = os.path.join(root, "log")
-
-    def check(self, ok, what):
-        print("%s: %s" % ("ok" if ok else "FAIL", what))
-        if not ok:
-            self.failures.append(what)
-
-    def path(self, name):
-        return os.path.join(self.root, name)
+        super().__init__(root)
+        self.loomship = loomship
 
     # 1 ------------------------------------------------------------------
     def archive_run(self, pdir, arc, extra=(), saves=60):

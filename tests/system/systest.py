@@ -239,3 +239,21 @@ def committed_line(text):
             w = line.replace(",", " ").replace(")", " ").split()
             return int(w[2]), w[6]
     return None
+
+
+class Checks:
+    """A suite's bookkeeping: check(ok, what) prints "ok"/"FAIL" and keeps
+    the failures (for report()); path(name) is under root; log is
+    root/log, where the nodes' stderr goes."""
+
+    def __init__(self, root):
+        self.root, self.failures = root, []
+        self.log = os.path.join(root, "log")
+
+    def check(self, ok, what):
+        print("%s: %s" % ("ok" if ok else "FAIL", what))
+        if not ok:
+            self.failures.append(what)
+
+    def path(self, name):
+        return os.path.join(self.root, name)
