@@ -35,8 +35,7 @@ static void member_json(const http_cluster_member *m, http_json_writer *w)
   http_json_key(w, "lag");
   http_json_object_begin(w);
   http_json_member_uint(w, "frames", m->lag_frames);
-  http_json_key(w, "seconds");
-  http_json_double(w, m->lag_seconds);
+  http_json_member_double(w, "seconds", m->lag_seconds);
   http_json_object_end(w);
   name_or_null(w, "state", m->state);
   http_json_object_end(w);

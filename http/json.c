@@ -240,6 +240,12 @@ void http_json_member_uint(http_json_writer *w, const char *key, uint64_t v)
   http_json_uint(w, v);
 }
 
+void http_json_member_double(http_json_writer *w, const char *key, double v)
+{
+  http_json_key(w, key);
+  http_json_double(w, v);
+}
+
 void http_json_member_hex64(http_json_writer *w, const char *key, uint64_t v)
 {
   http_json_key(w, key);

@@ -53,6 +53,7 @@ void http_json_time_ns(http_json_writer *w, int64_t ns);
  * same name. */
 void http_json_member_string(http_json_writer *w, const char *key, const char *s);
 void http_json_member_uint(http_json_writer *w, const char *key, uint64_t v);
+void http_json_member_double(http_json_writer *w, const char *key, double v);
 void http_json_member_hex64(http_json_writer *w, const char *key, uint64_t v);
 void http_json_member_time_ns(http_json_writer *w, const char *key, int64_t ns);
 

@@ -134,8 +134,7 @@ static void lag_json(http_json_writer *w, uint64_t frames, uint64_t bytes,
   http_json_object_begin(w);
   http_json_member_uint(w, "frames", frames);
   http_json_member_uint(w, "bytes", bytes);
-  http_json_key(w, "seconds");
-  http_json_double(w, seconds);
+  http_json_member_double(w, "seconds", seconds);
   http_json_object_end(w);
 }
 
@@ -168,8 +167,7 @@ static void standby_json(const http_figures *f, http_json_writer *w)
   if (st->apply_delay_seconds > 0) { /* a delayed standby (DESIGN section 7) */
     http_json_key(w, "apply_delay");
     http_json_object_begin(w);
-    http_json_key(w, "seconds");
-    http_json_double(w, st->apply_delay_seconds);
+    http_json_member_double(w, "seconds", st->apply_delay_seconds);
     http_json_member_uint(w, "waiting_frames", st->delay_waiting_frames);
     http_json_member_uint(w, "discarded_by_promotion", st->delay_discarded);
     http_json_object_end(w);
@@ -330,8 +328,7 @@ static void archive_json(const http_figures *f, http_json_writer *w)
   http_json_key(w, "lag");
   http_json_object_begin(w);
   http_json_member_uint(w, "frames", a->lag_frames);
-  http_json_key(w, "seconds");
-  http_json_double(w, a->lag_seconds);
+  http_json_member_double(w, "seconds", a->lag_seconds);
   http_json_object_end(w);
   http_json_member_uint(w, "bases", a->bases);
   http_json_key(w, "gap");
@@ -399,8 +396,7 @@ static void status_json(http_server *s, const http_figures *f, http_json_writer 
   free(cluster);
   backup_json(f, w);
   counters_json(f, w);
-  http_json_key(w, "uptime_seconds");
-  http_json_double(w, (double)(http_monotonic_ns() - s->started_mono_ns) / 1e9);
+  http_json_member_double(w, "uptime_seconds", (double)(http_monotonic_ns() - s->started_mono_ns) / 1e9);
   http_json_member_time_ns(w, "started_at", s->started_ns);
   http_json_member_string(w, "version", LOOMSHIP_VERSION);
   http_json_object_end(w);
