@@ -609,6 +609,25 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
   return 0;
 }
 
+/* --archive and its options; the writer id (into writer) names this host
+ * and the absolute directory, the same from any working directory. */
+static void archive_configure(const primary_args *a, replicate_archiver_options *archive,
+                              char *writer, size_t size)
+{
+  *archive = (replicate_archiver_options){
+      .interval_seconds = (double)a->archive_interval,
+      .base_interval_seconds = (double)a->archive_base_interval,
+      .keep_bases = (unsigned)a->archive_keep_bases,
+      .max_backlog_bytes = a->archive_max_backlog_mb << 20};
+  cli_archive_options(&a->archive_access, a->archive, &archive->access);
+  char host_name[256] = "", cwd[400] = "";
+  gethostname(host_name, sizeof host_name - 1);
+  if (a->dir[0] != '/' && !getcwd(cwd, sizeof cwd))
+    cwd[0] = '\0';
+  snprintf(writer, size, "primary %s:%s%s%s", host_name, cwd, cwd[0] ? "/" : "", a->dir);
+  archive->writer_id = writer;
+}
+
 static int run_primary(void *args)
 {
   const primary_args *a = args;
@@ -621,20 +640,9 @@ static int run_primary(void *args)
   int crc = primary_configure(a, &cfg);
   if (crc)
     return crc;
-  replicate_archiver_options archive = {
-      .interval_seconds = (double)a->archive_interval,
-      .base_interval_seconds = (double)a->archive_base_interval,
-      .keep_bases = (unsigned)a->archive_keep_bases,
-      .max_backlog_bytes = a->archive_max_backlog_mb << 20};
-  cli_archive_options(&a->archive_access, a->archive, &archive.access);
-  char writer[1200], host_name[256] = "";
-  gethostname(host_name, sizeof host_name - 1);
-  char cwd[400] = "";
-  if (a->dir[0] != '/' && !getcwd(cwd, sizeof cwd)) /* the same id from any cwd */
-    cwd[0] = '\0';
-  snprintf(writer, sizeof writer, "primary %s:%s%s%s", host_name, cwd, cwd[0] ? "/" : "",
-           a->dir);
-  archive.writer_id = writer;
+  replicate_archiver_options archive;
+  char writer[1200];
+  archive_configure(a, &archive, writer, sizeof writer);
   if (a->archive)
     cfg.archive = &archive;
   char *host = NULL;
