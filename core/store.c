@@ -1370,7 +1370,9 @@ int store_patch_make_durable(loom_patch *p)
     store_poison(s, rc);
     return rc;
   }
+  pthread_mutex_lock(&s->apply.mutex); /* loom_store_log_stats reads it */
   s->log_tail = p->lsn + record_bytes(h->page_count);
+  pthread_mutex_unlock(&s->apply.mutex);
   if ((h->flags & LOOM_PATCH_BASE) && base_leaves_branch(s, &h->after))
     positions_forget(s->positions_fd);
   s->pos = h->after;
@@ -1823,12 +1825,16 @@ static void log_settle_size(loom_store *s)
 static int log_resize(loom_store *s, uint64_t bytes)
 {
   uint64_t origin = s->log_origin, size = s->log_size;
+  pthread_mutex_lock(&s->apply.mutex); /* loom_store_log_stats reads them */
   s->log_origin = s->log_head = s->log_tail;
   s->log_size = (bytes + LOG_ALIGN - 1) / LOG_ALIGN * LOG_ALIGN;
+  pthread_mutex_unlock(&s->apply.mutex);
   int rc = meta_write(s, &s->pos);
   if (rc) {
+    pthread_mutex_lock(&s->apply.mutex);
     s->log_origin = origin;
     s->log_size = size;
+    pthread_mutex_unlock(&s->apply.mutex);
     store_poison(s, rc);
   }
   return rc;
