@@ -510,7 +510,8 @@ static void queue_trim(replicate_archiver *ar, uint64_t upto)
     ar->backlog -= ar->q[n].frame.len;
     replicate_buf_free(&ar->q[n++].frame);
   }
-  memmove(ar->q, ar->q + n, (ar->qn - n) * sizeof *ar->q);
+  if (n > 0 && ar->qn > n) /* q is NULL while nothing was ever queued */
+    memmove(ar->q, ar->q + n, (ar->qn - n) * sizeof *ar->q);
   ar->qn -= n;
   pthread_mutex_unlock(&ar->mu);
 }

@@ -333,7 +333,8 @@ static int file_list(objstore *s, const char *prefix, objstore_each_fn each,
     listing_free(&l);
     return objstore_fail(s, rc, "LIST %s/%s: %s", s->url, prefix, strerror(rc));
   }
-  qsort(l.items, l.n, sizeof *l.items, by_key);
+  if (l.n > 0) /* items is NULL for an empty listing */
+    qsort(l.items, l.n, sizeof *l.items, by_key);
   for (size_t i = 0; i < l.n && rc == 0; i++)
     rc = each(ctx, l.items[i].key, l.items[i].size);
   listing_free(&l);
