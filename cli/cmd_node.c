@@ -50,6 +50,7 @@ typedef struct node_app {
   bool open;                  /* under mu */
   uint64_t seed;
   cluster_node *node;         /* for the reload */
+  replicate_frame_key *frame_key; /* for the reload: its holders share it */
 } node_app;
 
 static int app_lead(void *ctx, cluster_node *node, uint64_t epoch)
@@ -169,7 +170,8 @@ static int run_writer(cluster_node *node, node_app *app, sigset_t *stop,
   uint64_t acked = 0;
   cli_reload reload = {.who = "node", .token_file = a->token_file, .tls_cert = a->tls_cert,
                        .tls_key = a->tls_key, .set_token = app_set_token,
-                       .reload_tls = app_reload_tls, .ctx = app};
+                       .reload_tls = app_reload_tls, .ctx = app,
+                       .frame_key_file = a->frame_key_file, .frame_key = app->frame_key};
   for (;;) {
     if (pace(stop, &next, period, &reload)) {
       cli_log("node", "stop signal: a planned stop");
@@ -311,6 +313,7 @@ static int run_node(void *args)
     rc = cli_fail("node", "%s: %s", a->dir, cluster_strerror(rc));
   if (!rc) {
     app.node = node;
+    app.frame_key = frame_key;
     printf("listening on %s://%s:%u\n", a->tls_cert ? "https" : "http", host,
            (unsigned)port);
     fflush(stdout);

@@ -694,7 +694,8 @@ static int run_primary(void *args)
     return 1;
   }
   cli_reload reload = {.who = "primary", .token_file = token_file, .tls_cert = cfg.tls_cert,
-                       .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper};
+                       .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper,
+                       .frame_key_file = a->frame_key_file, .frame_key = frame_key};
   int exit_code = run_workload(&n, &stop, saves, rate, ack_fd, &reload);
   if (exit_code == 0 && node_fenced(&n))
     exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */

@@ -273,7 +273,9 @@ static int run_standby(void *args)
   cli_notify_ready("receiving");
   serve_context c = {.host = host, .port = http_server_port(server), .tls = cert != NULL,
                      .reload = {.who = "standby", .token_file = a->token_file,
-                                .tls_cert = cert, .tls_key = key, .server = server}};
+                                .tls_cert = cert, .tls_key = key, .server = server,
+                                .frame_key_file = a->frame_key_file,
+                                .frame_key = frame_key}};
   rc = serve_until_stop(&c, &stop);
   free(host);
   cli_token_forget(token);

@@ -336,8 +336,15 @@ typedef struct replicate_frame_key replicate_frame_key;
 int replicate_frame_key_load(const char *path, replicate_frame_key **out,
                              char *why, size_t why_len);
 void replicate_frame_key_free(replicate_frame_key *key);
+/* Read path again into key (SIGHUP): its holders tag and check under the
+ * new keys from their next use. The same errors as replicate_frame_key_load;
+ * on any of them key is unchanged (it never drops to no key). Safe against
+ * concurrent tags and checks. */
+int replicate_frame_key_reload(replicate_frame_key *key, const char *path,
+                               char *why, size_t why_len);
 /* The id of the current key (which 0) or the previous one (1), 16 hex
- * digits; NULL when there is no such key (or key is NULL). */
+ * digits; NULL when there is no such key (or key is NULL). The string
+ * stays valid until replicate_frame_key_free, across reloads. */
 const char *replicate_frame_key_id(const replicate_frame_key *key, unsigned which);
 
 /* The tag of data[0, len) under the current key, as the header value
