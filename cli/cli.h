@@ -153,12 +153,20 @@ int cli_sync_dir(const char *path);
  * 0, or an exit code after an error line. */
 int cli_backup_pull(const char *from, const char *out, const char *token,
                     const char *ca_file, uint64_t retries, int quiet);
+/* The same with a frame key (NULL: as cli_backup_pull): the tagged
+ * stream is asked for (REPLICATE_WANT_TAG_HEADER), and refused unless its
+ * trailer is its tag under one of key's keys (docs/AUTH.md); a break
+ * downloads again from the start. */
+int cli_backup_pull_keyed(const char *from, const char *out, const char *token,
+                          const char *ca_file, const struct replicate_frame_key *key,
+                          uint64_t retries, int quiet);
 
 /* loomship standby --resync-from: replace the image directory dir with a
- * verified backup pulled from from, atomically (see resync.c): 0, or an
+ * verified backup pulled from from (tagged under key when not NULL),
+ * atomically (see resync.c): 0, or an
  * exit code after an error line (dir is then as it was). */
 int cli_standby_resync(const char *dir, const char *from, const char *token,
-                       const char *ca_file);
+                       const char *ca_file, const struct replicate_frame_key *key);
 
 /* loomship standby's self-repair (repair.c): the server's repair_get hook
  * (http/server.h), ctx a cli_repair_source: url is --repair-from, or NULL
@@ -215,10 +223,11 @@ void cli_archive_options(const cli_archive_access *access, const char *url,
 /* Which pages of the image at url, at position at, do not hash to
  * hashes[0, at->pages) (what a download of it gave): the node's recorded
  * page hashes (GET /v1/tree level 0) are compared with them. 0 with the
- * first min(*n, cap) page numbers in bad and their count in *n; -1 when
- * the node cannot tell (not at that position any more, unreachable; an
+ * first min(*n, cap) page numbers in bad and their count in *n (with key,
+ * only from answers tagged under it); -1 when the node cannot tell (not at that position any more, unreachable; an
  * error line may have been printed). */
 int cli_tree_find_bad_pages(const char *url, const char *token, const char *ca_file,
+                            const struct replicate_frame_key *key,
                             const loom_position *at, const uint64_t *hashes,
                             uint64_t *bad, size_t cap, size_t *n);
 

@@ -215,7 +215,7 @@ static int run_standby(void *args)
   /* The one operator act that replaces this standby's history (with a new
    * empty directory): before anything opens DIR. */
   if (a->resync_from &&
-      (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
+      (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file, frame_key)) != 0) {
     cli_token_forget(token);
     replicate_frame_key_free(frame_key);
     free(host);

@@ -739,10 +739,14 @@ static enum MHD_Result answer_backup(http_server *s,
                                                   MHD_HTTP_HEADER_RANGE);
   const char *if_range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_IF_RANGE);
+  const char *want_tag = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     REPLICATE_WANT_TAG_HEADER);
   http_reply reply = {0};
   struct MHD_Response *resp = NULL;
   unsigned status =
-      http_backups_respond(s->backups, range, if_range, &reply, &resp);
+      want_tag && s->frame_key
+          ? http_backups_respond_tagged(s->backups, s->frame_key, &reply, &resp)
+          : http_backups_respond(s->backups, range, if_range, &reply, &resp);
   if (!resp && !status)
     return MHD_NO;
   if (!resp)

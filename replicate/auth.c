@@ -70,6 +70,7 @@ static const char *const labels[] = {
     [REPLICATE_TAG_BASE] = "loomship-tag-v1 base\n",
     [REPLICATE_TAG_TREE] = "loomship-tag-v1 tree\n",
     [REPLICATE_TAG_PAGES] = "loomship-tag-v1 pages\n",
+    [REPLICATE_TAG_BACKUP] = "loomship-tag-v1 backup\n",
 };
 
 /* ---------------------------------------------------------------------- */

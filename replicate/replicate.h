@@ -301,14 +301,15 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
 /* Authenticated frames (DESIGN section 8; replicate/auth.c; docs/AUTH.md).
  * With a frame key (--frame-key-file), every frame body and heartbeat
  * (POST /v1/frames), base image (PUT /v1/base) and tree and pages answer
- * (GET /v1/tree, /v1/pages) carries an HMAC-SHA256 tag in the
+ * (GET /v1/tree, /v1/pages; GET /v1/backup when asked,
+ * REPLICATE_WANT_TAG_HEADER) carries an HMAC-SHA256 tag in the
  * REPLICATE_TAG_HEADER header: "KEYID TAG" (16 and 64 lowercase hex
  * digits). A base image is streamed, so its tag follows the image in the
  * body as REPLICATE_TAG_SIZE raw bytes, and the header says "KEYID
  * trailer". A node with a key refuses input without a valid tag
  * (REPLICATE_ETAG_MISSING, _KEY, _BAD; HTTP 401); a node without one
- * ignores tags. Keys are immutable once loaded: share one between threads
- * freely. */
+ * ignores tags. Share a key between threads freely; a reload
+ * (replicate_frame_key_reload) is safe against them. */
 
 #define REPLICATE_TAG_HEADER "X-Loomship-Tag"
 #define REPLICATE_TAG_SIZE 32u       /* HMAC-SHA256 */
@@ -322,8 +323,15 @@ typedef enum replicate_tag_kind {
   REPLICATE_TAG_FRAMES = 0,          /* a POST /v1/frames body */
   REPLICATE_TAG_BASE,                /* a base image stream (PUT /v1/base) */
   REPLICATE_TAG_TREE,                /* a GET /v1/tree answer */
-  REPLICATE_TAG_PAGES                /* a GET /v1/pages answer */
+  REPLICATE_TAG_PAGES,               /* a GET /v1/pages answer */
+  REPLICATE_TAG_BACKUP               /* a GET /v1/backup answer's stream */
 } replicate_tag_kind;
+
+/* A GET /v1/backup request carrying this header (value "trailer") asks a
+ * node with a frame key for the tagged form: the whole image stream (no
+ * range), then its REPLICATE_TAG_BACKUP tag as a trailer, as a base image
+ * carries one. A node without a key answers the plain stream, untagged. */
+#define REPLICATE_WANT_TAG_HEADER "X-Loomship-Want-Tag"
 
 typedef struct replicate_frame_key replicate_frame_key;
 
