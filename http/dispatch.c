@@ -709,6 +709,8 @@ static enum MHD_Result answer_base(http_server *s, struct MHD_Connection *conn,
     http_standby_base_abort(r->base); /* the old image stays */
   else
     http_standby_base_finish(r->base, &reply);
+  if (reply.status == 200)
+    http_server_base_installed(s); /* a damaged image is whole again */
   r->base = NULL;
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }

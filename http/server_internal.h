@@ -210,6 +210,10 @@ void http_figures_free(http_figures *f);
 /* The node's epoch: the newer of received and applied. */
 uint64_t http_figures_epoch(const http_figures *f);
 
+/* A base image was committed: the scrubber's state is ok again
+ * (server.c). */
+void http_server_base_installed(http_server *server);
+
 /* The read endpoints (GET or HEAD; each queues its answer and returns the
  * enum MHD_Result). */
 int http_answer_status(http_server *server, struct MHD_Connection *conn);

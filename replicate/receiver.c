@@ -691,6 +691,12 @@ static void take_frame(replicate_receiver *rx, const replicate_frame *frame,
   rx_rollback(rx);
 
   pthread_mutex_lock(&rx->mu);
+  if (rx->want_base && !rx->promoted) {
+    /* Too many bad pages for a repair: a base image is the way back. */
+    rx_outcome(rx, REPLICATE_RECV_APPLY_STOPPED, REPLICATE_EPAGE_HASH, out);
+    pthread_mutex_unlock(&rx->mu);
+    return;
+  }
   if (place_frame(rx, info, out) != REPLICATE_RECV_OK) {
     pthread_mutex_unlock(&rx->mu);
     return;

@@ -315,6 +315,19 @@ void replicate_receiver_base_abort(replicate_receiver_base *up);
  */
 void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch);
 
+/*
+ * replicate_receiver_want_base: the image has more bad pages than a repair
+ * moves page by page (docs/INTEGRITY.md section 5): from now on every frame
+ * and heartbeat is answered REPLICATE_RECV_APPLY_STOPPED with
+ * REPLICATE_EPAGE_HASH (409, "checksum mismatch"), on which the primary
+ * sends a base image of the same history (at or past this position: the
+ * history rules take it); the next base image committed ends it.
+ * replicate_receiver_wants_base says whether it is still waited for.
+ * Thread-safe.
+ */
+void replicate_receiver_want_base(replicate_receiver *rx);
+bool replicate_receiver_wants_base(replicate_receiver *rx);
+
 /* ---------------------------------------------------------------------- */
 /* Reading the store, status */
 

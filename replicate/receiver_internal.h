@@ -106,6 +106,8 @@ struct replicate_receiver {
   bool applier_busy;
   bool stopping;
   bool apply_failed;
+  bool want_base;               /* replicate_receiver_want_base: frames are
+                                   answered EPAGE_HASH until a base image */
   int fatal;                    /* storage failed (store or log poisoned):
                                    no more applies; received frames are
                                    kept and a restart recovers */

@@ -477,12 +477,21 @@ typedef struct replicate_scrub_options {
    * failed round is tried again a second later, up to
    * REPLICATE_REPAIR_TRIES rounds, then the state is corrupt (and stays
    * so while each later pass tries again, until one succeeds). A pass that
-   * finds more than REPLICATE_PAGES_MAX bad pages is corrupt at once (a
-   * base image is the way back). Without it, a bad page is corrupt at
-   * once. */
+   * finds more than REPLICATE_PAGES_MAX bad pages, or a round refused as
+   * REPLICATE_ETOOBIG, is corrupt at once (a base image is the way back:
+   * want_base). Without it, a bad page is corrupt at once. */
   int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
                 char *why, size_t why_len);
   void *repair_ctx;
+  /* The way back when a repair cannot move the pages one by one (more
+   * than REPLICATE_PAGES_MAX bad pages in a pass, or a round refused as
+   * REPLICATE_ETOOBIG: more than half the image or
+   * REPLICATE_REPAIR_MAX_PAGES to move): called at once (no further
+   * rounds) with repair_ctx and the reason; a standby asks its primary
+   * for a base image (replicate_receiver_want_base). The state is corrupt
+   * until replicate_scrubber_base_installed. Optional [none: corrupt, as
+   * before]. */
+  void (*want_base)(void *repair_ctx, const char *why);
   bool repair_only;              /* no passes: the thread only runs the
                                     repairs asked for with
                                     replicate_scrubber_request_repair
@@ -526,6 +535,10 @@ void replicate_scrubber_status(replicate_scrubber *scrubber,
  * repair hook ignores it. */
 void replicate_scrubber_request_repair(replicate_scrubber *scrubber,
                                        const uint64_t *pages, uint64_t count);
+/* A base image replaced the whole image (checked against its checksum):
+ * the state is ok again, last_error cleared, repairs asked for dropped.
+ * Thread-safe; NULL is a no-op. */
+void replicate_scrubber_base_installed(replicate_scrubber *scrubber);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */
