@@ -24,8 +24,9 @@ static struct {
   int trace_fd;              /* -1: no trace */
   char *fd_names[NAMED_FDS];
   uint64_t flip_page;        /* UINT64_MAX: no page of "image" is flipped */
+  uint64_t flips_left;       /* LOOMSHIP_FLIP_IMAGE_TIMES [UINT64_MAX] */
 } hook = {.lock = PTHREAD_MUTEX_INITIALIZER, .trace_fd = -1,
-           .flip_page = UINT64_MAX};
+           .flip_page = UINT64_MAX, .flips_left = UINT64_MAX};
 
 static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
 static const loom_io *hook_io;  /* NULL: the hook is off */
@@ -114,10 +115,13 @@ static ssize_t f_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
 static ssize_t flip_write(int fd, const void *buf, size_t len, off_t off)
 {
   uint64_t at = hook.flip_page * LOOM_PAGE_SIZE;
+  bool covers = at >= (uint64_t)off && at < (uint64_t)off + len;
   pthread_mutex_lock(&hook.lock);
-  bool image = !strcmp(fd_name(fd), "image");
+  bool flip = covers && !strcmp(fd_name(fd), "image") && hook.flips_left > 0;
+  if (flip && hook.flips_left != UINT64_MAX)
+    hook.flips_left--;
   pthread_mutex_unlock(&hook.lock);
-  if (!image || at < (uint64_t)off || at >= (uint64_t)off + len)
+  if (!flip)
     return hook.inner->pwrite(hook.inner->ctx, fd, buf, len, off);
   uint8_t *copy = malloc(len);
   if (!copy)
@@ -273,6 +277,15 @@ static void setup(void)
       return;
     }
     hook.flip_page = n;
+    const char *times = getenv("LOOMSHIP_FLIP_IMAGE_TIMES");
+    unsigned long long k = times ? strtoull(times, &end, 10) : 0;
+    if (times && (end == times || *end || k == 0)) {
+      fprintf(stderr, "loomship: LOOMSHIP_FLIP_IMAGE_TIMES must be a number >= 1 (hook off)\n");
+      hook.flip_page = UINT64_MAX;
+      return;
+    }
+    if (times)
+      hook.flips_left = k;
   }
   if (at) {
     char *end;

@@ -23,6 +23,9 @@
  *                            covers page N's first byte stores it with its
  *                            lowest bit flipped (a disk that stores
  *                            something else than it was given)
+ *   LOOMSHIP_FLIP_IMAGE_TIMES=K  with it: only the first K such writes
+ *                            (a write that landed wrong once, then a
+ *                            sound disk) [every one]
  *   LOOMSHIP_ACK_LOG=F       faultio_note_ack() appends "seq S checksum C"
  *                            to F, unbuffered, for every save the primary
  *                            saw succeed (in --sync mode: acknowledged by
