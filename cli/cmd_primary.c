@@ -37,7 +37,9 @@ static void on_commit_tweak(loom_options *o, void *ctx)
   primary_node *n = ctx;
   o->on_commit = primary_on_commit;
   o->commit_ctx = n;
-  o->flags |= LOOM_APPLY_ASYNC;
+  /* A page rotted on disk is refused before its save's commit point,
+   * never hashed into a valid commit (docs/INTEGRITY.md 1a). */
+  o->flags |= LOOM_APPLY_ASYNC | LOOM_CHECK_PREVIOUS;
   o->io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
 }
 
@@ -461,6 +463,14 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       cli_log("primary", line);
     } else if (rc == REPLICATE_EFENCED) {
       return wait_fenced(n, stop, saves, reload);
+    } else if (rc == LOOM_ECORRUPT && loom_rotted_page(kv_loom(n->table)) != UINT64_MAX) {
+      cli_fail("primary", "save refused: page %llu of the image does not match the hash it "
+               "was committed with (bit rot, or a write that landed wrong); nothing was "
+               "committed or shipped at seq %llu: promote a standby that holds it "
+               "(verified_seq), or resync this directory from one",
+               (unsigned long long)loom_rotted_page(kv_loom(n->table)),
+               (unsigned long long)n->committed.seq + 1);
+      return 1;
     } else {
       cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       return 1;

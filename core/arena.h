@@ -63,6 +63,10 @@ struct loom {
   uint8_t *early_old;           /* page_count old versions */
   uint64_t *early_arrays;       /* page numbers, old hashes, new hashes */
   uint64_t early_cap;           /* pages both can hold */
+  uint64_t rotted_page;         /* LOOM_CHECK_PREVIOUS: the last found, or
+                                   UINT64_MAX */
+  uint64_t *checked;            /* LOOM_CHECK_PREVIOUS: bitmap of pages
+                                   checked (or saved) since open */
 };
 
 static inline int page_dirty(const loom *l, uint64_t n)
