@@ -16,8 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "benchutil.h"
-#include "loom.h"
+#include "loom_bench.h"
 
 #define PS LOOM_PAGE_SIZE
 
@@ -29,62 +28,39 @@ static void die(const char *what, int rc)
 
 static loom *open_filled(const char *dir, uint64_t n, unsigned flags)
 {
-  loom_options o = {.arena_pages = n + 64,
-                    .flags = LOOM_CREATE | LOOM_APPLY_ASYNC | flags};
-  loom *l;
-  int rc = loom_open(dir, &o, &l);
-  if (rc)
-    die("loom_open", rc);
-  uint8_t *b = loom_base(l);
-  for (uint64_t i = 0; i < n; i++)
-    memset(b + i * PS, (int)(i % 251) + 1, PS);
-  if ((rc = loom_save(l, n, n + 64)))
-    die("first save", rc);
+  int rc;
+  const char *step;
+  loom *l = bench_arena_with_image(dir, n, LOOM_TRACK_AUTO, LOOM_APPLY_ASYNC | flags, &rc,
+                                   &step);
+  if (!l)
+    die(step, rc);
   return l;
-}
-
-/* s saves of k pages spread over the image: latencies (ms) into lat. */
-static void saves(loom *l, uint64_t n, uint64_t k, unsigned s, double *lat, unsigned *tick)
-{
-  uint8_t *b = loom_base(l);
-  uint64_t stride = n / k;
-  for (unsigned r = 0; r < s; r++, (*tick)++) {
-    for (uint64_t i = 0; i < k; i++)
-      b[(i * stride + *tick % stride) * PS + (*tick * 8) % PS] ^= 0xff;
-    double t0 = now_s();
-    int rc = loom_save(l, n, n + 64);
-    lat[r] = (now_s() - t0) * 1e3;
-    if (rc)
-      die("save", rc);
-  }
 }
 
 int main(int argc, char **argv)
 {
-  uint64_t n = 16384, k = 64;
-  unsigned s = 200, rounds = 3;
-  const char *root = "/tmp";
+  bench_save_args a = BENCH_SAVE_ARGS_DEFAULT;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--pages")) n = strtoull(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--k")) k = strtoull(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--saves")) s = (unsigned)atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--rounds")) rounds = (unsigned)atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--dir")) root = argv[i + 1];
-    else {
+    if (!bench_save_arg(argv[i], argv[i + 1], &a)) {
       fprintf(stderr, "usage: check_bench [--pages N] [--k K] [--saves S] [--rounds R] "
                       "[--dir DIR]\n");
       return 2;
     }
   }
+  uint64_t n = a.n, k = a.k;
+  unsigned s = a.s, rounds = a.rounds;
+  const char *root = a.root;
   char dir[2][256];
   snprintf(dir[0], sizeof dir[0], "%s/check_bench.%d.without", root, (int)getpid());
   snprintf(dir[1], sizeof dir[1], "%s/check_bench.%d.with", root, (int)getpid());
   loom *l[2] = {open_filled(dir[0], n, 0), open_filled(dir[1], n, LOOM_CHECK_PREVIOUS)};
   double *lat[2] = {malloc(sizeof(double) * s * rounds), malloc(sizeof(double) * s * rounds)};
   unsigned tick[2] = {1, 1};
+  int rc;
   for (unsigned r = 0; r < rounds; r++)
     for (int w = 0; w < 2; w++)
-      saves(l[w], n, k, s, lat[w] + r * s, &tick[w]);
+      if ((rc = bench_spread_saves(l[w], n, k, s, lat[w] + r * s, &tick[w])))
+        die("save", rc);
   size_t total = (size_t)s * rounds;
   double p50[2], p99[2];
   for (int w = 0; w < 2; w++) {

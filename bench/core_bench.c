@@ -33,8 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loom.h"
-#include "benchutil.h"
+#include "loom_bench.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 #define MAXREP 32
@@ -143,16 +142,11 @@ static double plain_write_ns(uint64_t n)
 static loom *arena_with_image(const char *dir, uint64_t n, loom_tracker t,
                               unsigned flags)
 {
-  loom_options o = {.arena_pages = n + 64, .flags = LOOM_CREATE | flags, .tracker = t};
-  loom *l;
-  int rc = loom_open(dir, &o, &l);
-  if (rc)
-    die("loom_open", rc);
-  uint8_t *b = loom_base(l);
-  for (uint64_t i = 0; i < n; i++)
-    memset(b + i * PS, (int)(i % 251) + 1, PS);
-  if ((rc = loom_save(l, n, n + 64)))
-    die("loom_save", rc);
+  int rc;
+  const char *step;
+  loom *l = bench_arena_with_image(dir, n, t, flags, &rc, &step);
+  if (!l)
+    die(step, rc);
   return l;
 }
 

@@ -19,17 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loom.h"
+#include "loom_bench.h"
 #include "replicate.h"
 
 #define PS LOOM_PAGE_SIZE
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void die(const char *what, int rc)
 {
@@ -48,66 +41,29 @@ static void snap_close(void *ctx, loom_snapshot *snap)
   loom_snapshot_close(snap);
 }
 
-static int cmp_double(const void *x, const void *y)
-{
-  double a = *(const double *)x, b = *(const double *)y;
-  return a < b ? -1 : a > b;
-}
-
-static double pct(double *v, size_t n, double p)
-{
-  qsort(v, n, sizeof *v, cmp_double);
-  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-  return v[i];
-}
-
-/* s saves of k pages spread over the image: latencies (ms) into lat. */
-static void saves(loom *l, uint64_t n, uint64_t k, unsigned s, double *lat, unsigned *tick)
-{
-  uint8_t *b = loom_base(l);
-  uint64_t stride = n / k;
-  for (unsigned r = 0; r < s; r++, (*tick)++) {
-    for (uint64_t i = 0; i < k; i++)
-      b[(i * stride + *tick % stride) * PS + (*tick * 8) % PS] ^= 0xff;
-    double t0 = now_s();
-    int rc = loom_save(l, n, n + 64);
-    lat[r] = (now_s() - t0) * 1e3;
-    if (rc)
-      die("save", rc);
-  }
-}
-
 int main(int argc, char **argv)
 {
-  uint64_t n = 16384, k = 64;
-  unsigned s = 200, rounds = 3;
+  bench_save_args a = BENCH_SAVE_ARGS_DEFAULT;
   double mbps = 64;
-  const char *root = "/tmp";
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--pages")) n = strtoull(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--k")) k = strtoull(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--saves")) s = (unsigned)atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--rounds")) rounds = (unsigned)atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--mbps")) mbps = atof(argv[i + 1]);
-    else if (!strcmp(argv[i], "--dir")) root = argv[i + 1];
+    if (bench_save_arg(argv[i], argv[i + 1], &a)) continue;
+    if (!strcmp(argv[i], "--mbps")) mbps = atof(argv[i + 1]);
     else {
       fprintf(stderr, "usage: scrub_bench [--pages N] [--k K] [--saves S] [--rounds R] "
                       "[--mbps M] [--dir DIR]\n");
       return 2;
     }
   }
+  uint64_t n = a.n, k = a.k;
+  unsigned s = a.s, rounds = a.rounds;
   char dir[256];
-  snprintf(dir, sizeof dir, "%s/scrub_bench.%d", root, (int)getpid());
-  loom_options o = {.arena_pages = n + 64, .flags = LOOM_CREATE | LOOM_COPY_IN | LOOM_APPLY_ASYNC};
-  loom *l;
-  int rc = loom_open(dir, &o, &l);
-  if (rc)
-    die("loom_open", rc);
-  uint8_t *b = loom_base(l);
-  for (uint64_t i = 0; i < n; i++)
-    memset(b + i * PS, (int)(i % 251) + 1, PS);
-  if ((rc = loom_save(l, n, n + 64)))
-    die("first save", rc);
+  snprintf(dir, sizeof dir, "%s/scrub_bench.%d", a.root, (int)getpid());
+  int rc;
+  const char *step;
+  loom *l = bench_arena_with_image(dir, n, LOOM_TRACK_AUTO, LOOM_COPY_IN | LOOM_APPLY_ASYNC,
+                                   &rc, &step);
+  if (!l)
+    die(step, rc);
   loom_store *store = loom_get_store(l);
 
   double *without = malloc(sizeof(double) * s * rounds), *with = malloc(sizeof(double) * s * rounds);
@@ -115,7 +71,8 @@ int main(int argc, char **argv)
   uint64_t scrubbed = 0;
   double scrub_s = 0;
   for (unsigned r = 0; r < rounds; r++) {
-    saves(l, n, k, s, without + r * s, &tick);
+    if ((rc = bench_spread_saves(l, n, k, s, without + r * s, &tick)))
+      die("save", rc);
     replicate_scrub_options so = {.snapshot_open = snap_open, .snapshot_close = snap_close,
                                   .ctx = store, .interval_seconds = 0.2, .mbps = mbps};
     replicate_scrubber *sc;
@@ -125,15 +82,16 @@ int main(int argc, char **argv)
     replicate_scrub_status st0, st1;
     replicate_scrubber_status(sc, &st0);
     double t0 = now_s();
-    saves(l, n, k, s, with + r * s, &tick);
+    if ((rc = bench_spread_saves(l, n, k, s, with + r * s, &tick)))
+      die("save", rc);
     replicate_scrubber_status(sc, &st1);
     scrub_s += now_s() - t0;
     scrubbed += st1.pages_scrubbed - st0.pages_scrubbed;
     replicate_scrubber_stop(sc);
   }
   size_t total = (size_t)s * rounds;
-  double p50a = pct(without, total, 0.5), p99a = pct(without, total, 0.99);
-  double p50b = pct(with, total, 0.5), p99b = pct(with, total, 0.99);
+  double p50a = percentile(without, total, 0.5), p99a = percentile(without, total, 0.99);
+  double p50b = percentile(with, total, 0.5), p99b = percentile(with, total, 0.99);
   printf("scrubber against the commit path: %" PRIu64 "-page image (%.0f MiB), %" PRIu64
          " pages a save, %zu saves each, %u alternating rounds\n\n", n,
          (double)n * PS / 1048576.0, k, total, rounds);

@@ -623,6 +623,18 @@ static void test_store_patches(void **state)
 }
 
 /* A corrupted image is caught by verify and by open. */
+/* Bit rot: byte off of dir's image file set to 4 (it holds 3 there). */
+static void rot_image_byte(const char *dir, long off)
+{
+  char path[4200];
+  snprintf(path, sizeof path, "%s/image", dir);
+  FILE *f = fopen(path, "r+b");
+  assert_non_null(f);
+  fseek(f, off, SEEK_SET);
+  fputc(4, f);
+  fclose(f);
+}
+
 static void test_verify_catches_corruption(void **state)
 {
   (void)state;
@@ -632,12 +644,7 @@ static void test_verify_catches_corruption(void **state)
   memset(loom_base(l), 3, 4 * PAGE);
   assert_int_equal(loom_save(l, 4, 16), 0);
   assert_int_equal(loom_close(l), 0);
-  char path[4200];
-  snprintf(path, sizeof path, "%s/image", dir);
-  FILE *f = fopen(path, "r+b");
-  fseek(f, 2 * PAGE + 5, SEEK_SET);
-  fputc(4, f);
-  fclose(f);
+  rot_image_byte(dir, 2 * PAGE + 5);
   loom_position rec;
   uint64_t computed = 0;
   assert_int_equal(loom_verify(dir, &rec, &computed), LOOM_ECORRUPT);
@@ -662,12 +669,7 @@ static void test_check_previous(void **state)
     memset(loom_base(l), 3, 4 * PAGE);
     assert_int_equal(loom_save(l, 4, 16), 0);
     assert_int_equal(loom_close(l), 0);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/image", dir);
-    FILE *f = fopen(path, "r+b");
-    fseek(f, 2 * PAGE + 5, SEEK_SET);
-    fputc(4, f);
-    fclose(f);
+    rot_image_byte(dir, 2 * PAGE + 5);
     l = open_arena(dir, &configs[k], 16, NULL);
     loom_position before, after;
     loom_store_position(loom_get_store(l), &before);
