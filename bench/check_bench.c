@@ -28,12 +28,11 @@ static void die(const char *what, int rc)
 
 static loom *open_filled(const char *dir, uint64_t n, unsigned flags)
 {
-  int rc;
-  const char *step;
-  loom *l = bench_arena_with_image(dir, n, LOOM_TRACK_AUTO, LOOM_APPLY_ASYNC | flags, &rc,
-                                   &step);
-  if (!l)
-    die(step, rc);
+  loom *l;
+  int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_APPLY_ASYNC | flags}, n,
+                                 64, &l);
+  if (rc)
+    die("open and fill", rc);
   return l;
 }
 

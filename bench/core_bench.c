@@ -33,7 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loom_bench.h"
+#include "loom.h"
+#include "benchloom.h"
+#include "benchutil.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
 #define MAXREP 32
@@ -142,11 +144,10 @@ static double plain_write_ns(uint64_t n)
 static loom *arena_with_image(const char *dir, uint64_t n, loom_tracker t,
                               unsigned flags)
 {
-  int rc;
-  const char *step;
-  loom *l = bench_arena_with_image(dir, n, t, flags, &rc, &step);
-  if (!l)
-    die(step, rc);
+  loom *l;
+  int rc = bench_loom_with_image(dir, (loom_options){.flags = flags, .tracker = t}, n, 64, &l);
+  if (rc)
+    die("an arena with its image", rc);
   return l;
 }
 
@@ -495,16 +496,12 @@ static void bench_arena_size(void)
   double ref_save = 0, ref_empty = 0;
   for (unsigned ai = 0; ai < sizeof arenas / sizeof *arenas; ai++) {
     char *dir = scratch("arena");
-    loom_options o = {.arena_pages = arenas[ai], .flags = LOOM_CREATE | LOOM_APPLY_ASYNC};
     loom *l;
-    int rc = loom_open(dir, &o, &l);
+    int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_APPLY_ASYNC}, image,
+                                   arenas[ai] - image, &l);
     if (rc)
-      die("loom_open", rc);
+      die("an arena with its image", rc);
     uint8_t *b = loom_base(l);
-    for (uint64_t i = 0; i < image; i++)
-      memset(b + i * PS, (int)(i % 251) + 1, PS);
-    if ((rc = loom_save(l, image, arenas[ai])))
-      die("loom_save", rc);
     double lat[MAXREP], empty[MAXREP];
     for (int r = 0; r < reps + 1; r++) {
       for (uint64_t i = 0; i < k; i++)

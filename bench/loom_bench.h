@@ -1,5 +1,5 @@
-/* loom_bench.h: arena helpers the save benches share (core_bench,
- * scrub_bench, check_bench). Needs loom.h and benchutil.h's now_s. */
+/* loom_bench.h: what the save-latency benches share beyond benchloom.h
+ * (scrub_bench, check_bench): their options and the saves they time. */
 #ifndef LOOMSHIP_LOOM_BENCH_H
 #define LOOMSHIP_LOOM_BENCH_H
 
@@ -7,30 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "benchloom.h"
 #include "benchutil.h"
-#include "loom.h"
-
-/* An arena of n + 64 pages whose first n pages are a populated image
- * (page i filled with i % 251 + 1), saved once: *rc 0, or the error of
- * the step named in *step (then NULL). */
-static inline loom *bench_arena_with_image(const char *dir, uint64_t n, loom_tracker t,
-                                           unsigned flags, int *rc, const char **step)
-{
-  loom_options o = {.arena_pages = n + 64, .flags = LOOM_CREATE | flags, .tracker = t};
-  loom *l;
-  *step = "loom_open";
-  if ((*rc = loom_open(dir, &o, &l)))
-    return NULL;
-  uint8_t *b = loom_base(l);
-  for (uint64_t i = 0; i < n; i++)
-    memset(b + i * LOOM_PAGE_SIZE, (int)(i % 251) + 1, LOOM_PAGE_SIZE);
-  *step = "loom_save";
-  if ((*rc = loom_save(l, n, n + 64))) {
-    loom_close(l);
-    return NULL;
-  }
-  return l;
-}
 
 /* The options of a save bench: --pages N (the image), --k K (pages a
  * save), --saves S (a phase), --rounds R, --dir DIR. */

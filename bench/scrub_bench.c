@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loom.h"
 #include "loom_bench.h"
 #include "replicate.h"
 
@@ -46,7 +47,8 @@ int main(int argc, char **argv)
   bench_save_args a = BENCH_SAVE_ARGS_DEFAULT;
   double mbps = 64;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (bench_save_arg(argv[i], argv[i + 1], &a)) continue;
+    if (bench_save_arg(argv[i], argv[i + 1], &a))
+      continue;
     if (!strcmp(argv[i], "--mbps")) mbps = atof(argv[i + 1]);
     else {
       fprintf(stderr, "usage: scrub_bench [--pages N] [--k K] [--saves S] [--rounds R] "
@@ -58,12 +60,11 @@ int main(int argc, char **argv)
   unsigned s = a.s, rounds = a.rounds;
   char dir[256];
   snprintf(dir, sizeof dir, "%s/scrub_bench.%d", a.root, (int)getpid());
-  int rc;
-  const char *step;
-  loom *l = bench_arena_with_image(dir, n, LOOM_TRACK_AUTO, LOOM_COPY_IN | LOOM_APPLY_ASYNC,
-                                   &rc, &step);
-  if (!l)
-    die(step, rc);
+  loom *l;
+  int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_COPY_IN | LOOM_APPLY_ASYNC},
+                                 n, 64, &l);
+  if (rc)
+    die("an arena with its image", rc);
   loom_store *store = loom_get_store(l);
 
   double *without = malloc(sizeof(double) * s * rounds), *with = malloc(sizeof(double) * s * rounds);
