@@ -67,6 +67,9 @@ struct loom {
                                    UINT64_MAX */
   uint64_t *checked;            /* LOOM_CHECK_PREVIOUS: bitmap of pages
                                    checked (or saved) since open */
+  uint64_t file_pages;          /* pages the arena may still take from the
+                                   image file: the image's length at open,
+                                   lowered by every shrink since */
 };
 
 static inline int page_dirty(const loom *l, uint64_t n)

@@ -397,6 +397,7 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   }
   if (!rc) {
     l->image_pages = pos.pages;
+    l->file_pages = pos.pages;
     for (uint64_t n = pos.pages; n < l->pages; n++)
       page_set_dirty(l, n); /* A2 */
     rc = map_arena(l, dir);
@@ -534,13 +535,15 @@ static int compose(loom *l, uint64_t low, uint64_t *clean, changes *out)
 }
 
 /* LOOM_CHECK_PREVIOUS: the previous version of each changed image page
- * that the arena took from the image file (demand-paged or copied in at
- * open, not yet saved since) matches the hash it was committed with. A
- * page changed since open (checked, or new) lives in the arena's own
- * memory (a private copy), which is what the store commits: it is not
- * read again (l->checked). Any other page is in no record the checkpoint
- * still has to write, so the image file holds its committed version: no
- * wait for the checkpoint.
+ * that the arena took from the image file (below l->file_pages: in the
+ * image at open and never cut off since; demand-paged or copied in) and
+ * that has not changed since open matches the hash it was committed with.
+ * A page changed since open lives in the arena's own memory (a private
+ * copy), which is what the store commits: it is not read again
+ * (l->checked); nor is a page past file_pages (it came from memory: grown
+ * in this session, zeros included, which the file may not hold yet). Any
+ * other page is in no record the checkpoint still has to write, so the
+ * image file holds its committed version: no wait for the checkpoint.
  * LOOM_ECORRUPT and l->rotted_page when one does not match. */
 static int check_previous(loom *l, const changes *ch)
 {
@@ -551,8 +554,8 @@ static int check_previous(loom *l, const changes *ch)
   int rc = 0;
   for (uint64_t i = 0; !rc && i < ch->count; i++) {
     uint64_t n = ch->numbers[i], bit = UINT64_C(1) << (n % 64);
-    if (n >= l->image_pages || (l->checked[n / 64] & bit)) {
-      l->checked[n / 64] |= bit; /* a new page: the arena's copy is it */
+    if (n >= l->file_pages || (l->checked[n / 64] & bit)) {
+      l->checked[n / 64] |= bit; /* never taken from the file: the arena's copy is it */
       continue;
     }
     if (!buf && !(buf = malloc(PS)))
@@ -705,6 +708,8 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
   rc = unmap_image_tail(l, low, image);                      /* S5 */
   l->image_pages = low;
+  if (low < l->file_pages)
+    l->file_pages = low; /* pages past it come from memory from now on */
   if (rc) {
     /* Committed, but the image file cannot shrink under the mapping. */
     store_poison(l->store, rc);
