@@ -257,6 +257,7 @@ static void base_committed(replicate_receiver *rx, const loom_position *pos)
 {
   rx->applied = *pos;
   rx->received = *pos;
+  rx->rot_page = UINT64_MAX; /* every page was written anew, and checked */
   rx_note_computed(rx, pos, false, 0, UINT64_MAX);
   rx_pending_clear(rx);
   rx->apply_failed = false;

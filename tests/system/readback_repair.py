@@ -8,7 +8,10 @@ Needs -Dfault_hooks=true: standby S's disk stores the first write of page
 PAGE of its image with a bit flipped (LOOMSHIP_FLIP_IMAGE_PAGE with
 LOOMSHIP_FLIP_IMAGE_TIMES=1, cli/faultio.h), then is sound. S does not
 scrub (--scrub-interval 0) and has no --repair-from: it repairs from the
-URL the primary P advertises (P serves --listen). P saves on:
+URL the primary P advertises (P serves --listen). S is first brought to
+P's position by a run of P with a sound disk, so that the repair moves
+few pages (most of the image moving is a base image's job, mass_rot.py);
+then S is restarted with the faulty disk and P saves on:
 1. S logs that page PAGE did not read back as written, is `ok` again with
    pages_repaired >= 1, and keeps applying P's saves;
 2. P never sent S a base image (S's base_images 0, P's standby entry too);
@@ -24,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import systest  # noqa: E402
 
 PAGE = 1  # rewritten by every save of the example application
-ARGS = ["--keys", "300", "--arena-pages", "512", "--pages", "16", "--rate", "50"]
+ARGS = ["--keys", "300", "--arena-pages", "512", "--pages", "16", "--rate", "20"]
 
 
 def log_has(path, text):
@@ -35,6 +38,13 @@ def log_has(path, text):
 def main():
     loomship, _ = systest.loomship_and_rng()
     c = systest.Checks(tempfile.mkdtemp(prefix="loomship-readback-"))
+    s, surl = systest.start_standby(loomship, c.path("s"), log=c.log,
+                                    extra=["--scrub-interval", "0"])
+    first = subprocess.run([loomship, "primary", "--dir", c.path("p"), "--standby",
+                            surl or "http://127.0.0.1:9", "--saves", "30"] + ARGS,
+                           capture_output=True, timeout=60)
+    c.check(first.returncode == 0, "0. P's first 30 saves reach S (exit %d)" % first.returncode)
+    systest.stop(s)
     env = dict(os.environ, LOOMSHIP_FLIP_IMAGE_PAGE=str(PAGE), LOOMSHIP_FLIP_IMAGE_TIMES="1")
     s, surl = systest.start_standby(loomship, c.path("s"), env=env, log=c.log,
                                     extra=["--scrub-interval", "0"])
