@@ -654,11 +654,7 @@ static int schedule_known(ship_peer *peer, int64_t now, const loom_position *lat
                            : "checked against this primary's history");
     return 0;
   }
-  /* A standby whose image checksum differs (rot) gets nothing more, but
-   * for the base image it asked for (409 EPAGE_HASH or EAFTER_CHECKSUM:
-   * too many bad pages to repair one by one): a base of our history
-   * replaces its image whole, and its next answers show it. */
-  if (peer->mismatch && !peer->need_base) {
+  if (peer->mismatch) {
     diverge_on_mismatch(peer);
     return 0;
   }
