@@ -41,8 +41,9 @@
  *   With an apply thread and at most EARLY_MAX_PAGES pages, S4 runs after
  *   S6 so that the hook overlaps the apply: the previous versions and the
  *   commit's arrays are copied first (the image file is changing while the
- *   hook runs). Otherwise S4 runs before S5, the image file still holding
- *   the previous versions.
+ *   hook runs). Otherwise S4 runs before S5 and S6, this commit's record
+ *   not yet queued for the checkpoint. Either way the hook's commit joins
+ *   RECENT PAGES right after its hook, while its arrays are alive.
  *   S7. Re-protect: composed and unchanged dirty pages below low become
  *       clean; pages past low become dirty; the guard is placed (ward).
  *   S8. Validate (LOOM_VALIDATE): every clean page equals the image.
@@ -707,8 +708,8 @@ int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
  * before the hook runs (16 MiB); a larger commit runs the hook first. */
 #define EARLY_MAX_PAGES 1024u
 
-/* Before an early apply: copy c's old page versions (the image is still at
- * c->before) and its arrays (the patch that holds them goes to the apply
+/* Before an early apply: copy c's old page versions (as old_version reads
+ * them: the image file may lag c->before) and its arrays (the patch that holds them goes to the apply
  * thread) into l, and point c at the copies. ENOMEM or a read error: the
  * hook runs before the apply instead, reading the image itself. */
 static int early_capture(loom *l, loom_commit *c)
@@ -813,8 +814,11 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
    * and fsyncs then overlap instead of following each other. */
   int early = l->opt.on_commit && (l->opt.flags & LOOM_APPLY_ASYNC) &&
               c.page_count <= EARLY_MAX_PAGES && early_capture(l, &c) == 0;
-  if (l->opt.on_commit && !early)                            /* S4 */
+  if (l->opt.on_commit && !early) {                          /* S4 */
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
+    if (recent) /* c's arrays are the patch's, gone after S6 */
+      recent_note(l, &c);
+  }
   rc = unmap_image_tail(l, low, image);                      /* S5 */
   l->image_pages = low;
   if (rc) {
@@ -828,9 +832,9 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     l->early = &c;
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
     l->early = NULL;
+    if (recent) /* c's arrays are early_capture's copies */
+      recent_note(l, &c);
   }
-  if (recent)
-    recent_note(l, &c);
   return rc;
 }
 
