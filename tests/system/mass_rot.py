@@ -3,9 +3,10 @@ page falls back to a base image from its primary and is not left stuck
 (issue 13, docs/INTEGRITY.md section 5).
 
 usage: mass_rot.py LOOMSHIP [--seed S]
-A running primary P (--listen, so it advertises itself as the upstream)
-ships to standby S, which scrubs every second. Each case rots pages of S's
-image while both run:
+A primary P fills the image on standby S (a first run), then runs again
+(--listen, so it advertises itself as the upstream), saving one value a
+second; S scrubs every second. Each case rots pages of S's image while
+both run:
 1. more than REPLICATE_PAGES_MAX (256) pages: S's pass finds them, says
    in integrity.last_error and its log that a base image is asked for,
    answers frames 409 until one comes, takes it, and is `ok` again;
@@ -16,6 +17,7 @@ Then P stops (draining to S) and S's image file is byte-identical to
 P's."""
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 
@@ -24,13 +26,19 @@ import systest  # noqa: E402
 
 
 def run_case(c, loomship, rng, name, args, min_pages, rot):
-    """Once S's image has min_pages pages, rot(pages) of them are flipped;
-    args: P's workload."""
+    """A first run of P (args, 40 saves) fills the image; then P saves on
+    slowly (one value a second: few frames repair pages before the
+    scrubber's pass sees them), and once S's image has min_pages pages,
+    rot(pages) of them are flipped."""
     s, surl = systest.start_standby(loomship, c.path(name + "-s"), log=c.log,
                                     extra=["--scrub-interval", "1"])
+    subprocess.run([loomship, "primary", "--dir", c.path(name + "-p"), "--standby",
+                    surl or "http://127.0.0.1:9", "--saves", "40"] + args,
+                   capture_output=True, timeout=120)
+    slow = args[:args.index("--pages")] + ["--pages", "1", "--rate", "1"]
     p, purl, _ = systest.start_primary(
         loomship, ["--dir", c.path(name + "-p"), "--standby", surl or "http://127.0.0.1:9",
-                   "--saves", "0"] + args, c.log)
+                   "--saves", "0"] + slow, c.log)
     st = systest.wait_for(lambda: (lambda x: x if x and x["applied"]["pages"] >= min_pages and
                                    x["integrity"]["pages_scrubbed"] >= x["applied"]["pages"]
                                    else None)(systest.status(surl)), 30) if surl else None
@@ -67,11 +75,11 @@ def main():
     loomship, rng = systest.loomship_and_rng()
     c = systest.Checks(tempfile.mkdtemp(prefix="loomship-massrot-"))
     run_case(c, loomship, rng, "many",
-             ["--keys", "500", "--arena-pages", "1024", "--pages", "16", "--rate", "5"],
-             350, lambda pages: pages - 1)
+             ["--keys", "500", "--arena-pages", "1024", "--pages", "16", "--rate", "100"],
+             300, lambda pages: pages - 1)
     run_case(c, loomship, rng, "half",
-             ["--keys", "200", "--arena-pages", "512", "--pages", "16", "--rate", "2"],
-             60, lambda pages: pages * 3 // 4)
+             ["--keys", "64", "--arena-pages", "512", "--pages", "16", "--rate", "100"],
+             40, lambda pages: pages * 3 // 4)
     return systest.report("mass_rot", c.failures, c.root)
 
 
