@@ -615,11 +615,26 @@ uint64_t loom_rotted_page(const loom *l)
  * Else the checkpoint catches up first (store_apply_wait), recent is
  * emptied, recent_from = before.seq, and the image file is at before. A
  * commit of more pages than recent has room for empties it and becomes
- * recent_from, so the next commit may wait. The memory: RECENT_MAX_PAGES
- * pages (16 MiB), taken at the first commit of an arena with a hook and
- * an apply thread; without the thread every hook waits, as before. */
+ * recent_from, so the next commit may wait. The memory: half the commit
+ * log's ring (32 MiB by default, see recent_pool_pages), taken at the
+ * first commit of an arena with a hook and an apply thread; without the
+ * thread every hook waits, as before. */
 
-#define RECENT_MAX_PAGES 1024u
+/* The pool: half the commit log's ring (the checkpoint starts when a
+ * quarter of it is queued, and commits go on while it runs), within
+ * [RECENT_MIN_PAGES, RECENT_MAX_PAGES]. */
+#define RECENT_MIN_PAGES 256u
+#define RECENT_MAX_PAGES 4096u
+
+static uint32_t recent_pool_pages(loom *l)
+{
+  loom_log_stats st;
+  loom_store_log_stats(l->store, &st);
+  uint64_t pages = st.size / 2 / PS;
+  if (pages < RECENT_MIN_PAGES)
+    return RECENT_MIN_PAGES;
+  return pages > RECENT_MAX_PAGES ? RECENT_MAX_PAGES : (uint32_t)pages;
+}
 
 typedef struct recent_page {
   uint64_t n, seq;
@@ -683,9 +698,10 @@ static void recent_note(loom *l, const loom_commit *c)
 {
   uint64_t k = c->page_count;
   if (!l->recent_pool) {
-    l->recent = malloc(RECENT_MAX_PAGES * 2 * sizeof *l->recent);
-    l->recent_pool = malloc(RECENT_MAX_PAGES * PS);
-    l->recent_free = malloc(RECENT_MAX_PAGES * sizeof *l->recent_free);
+    l->recent_cap = recent_pool_pages(l);
+    l->recent = malloc(l->recent_cap * 2 * sizeof *l->recent);
+    l->recent_pool = malloc(l->recent_cap * PS);
+    l->recent_free = malloc(l->recent_cap * sizeof *l->recent_free);
     if (!l->recent || !l->recent_pool || !l->recent_free) {
       free(l->recent), free(l->recent_pool), free(l->recent_free);
       l->recent = NULL, l->recent_pool = NULL, l->recent_free = NULL;
@@ -693,9 +709,9 @@ static void recent_note(loom *l, const loom_commit *c)
       return;
     }
     l->recent_count = 0;
-    l->recent_nfree = RECENT_MAX_PAGES;
-    for (uint32_t j = 0; j < RECENT_MAX_PAGES; j++)
-      l->recent_free[j] = RECENT_MAX_PAGES - 1 - j;
+    l->recent_nfree = l->recent_cap;
+    for (uint32_t j = 0; j < l->recent_cap; j++)
+      l->recent_free[j] = l->recent_cap - 1 - j;
   }
   if (c->after.pages < c->before.pages || k > l->recent_nfree) {
     recent_clear(l, c->after.seq); /* R2, or no room: the next hook waits */
@@ -704,7 +720,7 @@ static void recent_note(loom *l, const loom_commit *c)
   /* Merge c's pages (ascending) into recent (ascending), from the end:
    * recent has room for twice its page cap, and pages already listed
    * keep their slot. */
-  recent_page *merged = l->recent + RECENT_MAX_PAGES;
+  recent_page *merged = l->recent + l->recent_cap;
   uint64_t a = 0, b = 0, m = 0;
   while (a < l->recent_count || b < k) {
     uint64_t n = b < k ? c->page_numbers[b] : UINT64_MAX;

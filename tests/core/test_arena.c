@@ -55,6 +55,7 @@ static loom *open_arena(const char *dir, const config *c, uint64_t pages,
     o.watermarks_ctx = extra->watermarks_ctx;
     o.on_exhausted = extra->on_exhausted;
     o.exhausted_ctx = extra->exhausted_ctx;
+    o.log_bytes = extra->log_bytes;
   }
   loom *l = NULL;
   int rc = loom_open(dir, &o, &l);
@@ -300,7 +301,9 @@ static void test_old_versions_async(void **state)
   }
   char *dir = test_tmpdir("oldv");
   old_check o = {.prev = calloc(2048, PAGE)};
-  loom_options extra = {.on_commit = hook_old_versions, .commit_ctx = &o};
+  /* An 8 MiB ring: RECENT holds 256 pages, so that commits fill it. */
+  loom_options extra = {.on_commit = hook_old_versions, .commit_ctx = &o,
+                        .log_bytes = 8u << 20};
   loom *l = open_arena(dir, c, 2048, &extra);
   uint8_t *base = loom_base(l);
   test_rng rng = {7};
