@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "archive.h"
 #include "cli.h"
 #include "clock.h"
 #include "faultio.h"
@@ -32,6 +33,10 @@ int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *p
   return 0;
 }
 
+/* A graceful stop waits this long for the archive to hold what was
+ * received (DESIGN section 7). */
+#define STANDBY_ARCHIVE_DRAIN_SECONDS 30
+
 /* What the serving loop needs: where to probe the server, what SIGHUP
  * re-reads. */
 typedef struct serve_context {
@@ -39,13 +44,14 @@ typedef struct serve_context {
   uint16_t port;
   bool tls;
   cli_reload reload;
+  cli_standby_archive *archive; /* --archive, or NULL */
 } serve_context;
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
   const char *repair_from, *frame_key_file;
   const char *bootstrap;
-  cli_archive_access archive_access;
+  cli_archiver_args archive;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps, apply_delay;
   cli_log_args log;
@@ -107,7 +113,7 @@ static const cli_option standby_options[] = {
      .help = "at start, seed an empty DIR with the newest position of the archive "
              "(s3://BUCKET/PREFIX or file:///DIR), then stream from the primary, which "
              "sends only what follows; a DIR that holds an image is left as it is"},
-    CLI_ARCHIVE_OPTIONS(standby_args, archive_access),
+    CLI_ARCHIVER_OPTIONS(standby_args, archive),
     CLI_FRAME_KEY_ROW(standby_args, frame_key_file),
     CLI_LOG_OPTIONS(standby_args, log),
     {0},
@@ -169,8 +175,12 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
     if (st.fatal_error)
       break;
     watch(c, &p, &st);
+    cli_standby_archive_tick(c->archive, server);
   }
   cli_notify("STOPPING=1");
+  /* The archive first: its bases read the store the server's receiver
+   * owns. What arrives during its drain is still fed. */
+  cli_standby_archive_close(c->archive, STANDBY_ARCHIVE_DRAIN_SECONDS);
   if (sig <= 0) {
     cli_log("standby", "storage failed: stopping; restart to recover");
     http_server_stop(server);
@@ -222,8 +232,15 @@ static int run_standby(void *args)
     return rc;
   }
   if (a->bootstrap &&
-      (rc = cli_standby_bootstrap(dir, a->bootstrap, &a->archive_access)) != 0) {
+      (rc = cli_standby_bootstrap(dir, a->bootstrap, &a->archive.access)) != 0) {
     cli_token_forget(token);
+    free(host);
+    return rc;
+  }
+  cli_standby_archive *archive = NULL;
+  if ((rc = cli_standby_archive_new(&a->archive, dir, &archive)) != 0) {
+    cli_token_forget(token);
+    replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
@@ -251,11 +268,17 @@ static int run_standby(void *args)
   cli_repair_source repair = {a->repair_from, token, a->ca_file, frame_key};
   o.repair_get = cli_repair_get;
   o.repair_ctx = &repair;
+  if (archive) {
+    o.on_received = cli_standby_archive_on_received;
+    o.archive = cli_standby_archive_status;
+    o.received_ctx = archive;
+  }
   http_server *server;
   rc = http_server_start(&o, &server);
   if (rc)
     cli_token_forget(token);
   if (rc) {
+    cli_standby_archive_free(archive);
     if (rc == LOOM_EMETA)
       rc = cli_fail_store("standby", dir, rc,
                           "To replace this standby's image with a verified copy of its "
@@ -273,8 +296,11 @@ static int run_standby(void *args)
   cli_notify_ready("receiving");
   serve_context c = {.host = host, .port = http_server_port(server), .tls = cert != NULL,
                      .reload = {.who = "standby", .token_file = a->token_file,
-                                .tls_cert = cert, .tls_key = key, .server = server}};
+                                .tls_cert = cert, .tls_key = key, .server = server},
+                     .archive = archive};
+  cli_standby_archive_tick(archive, server);
   rc = serve_until_stop(&c, &stop);
+  cli_standby_archive_free(archive); /* the server is stopped */
   free(host);
   cli_token_forget(token);
   replicate_frame_key_free(frame_key); /* the server is stopped */

@@ -1,0 +1,142 @@
+"""archive_standby.py: a standby archiving what it receives (issue 17,
+DESIGN section 7: `loomship standby --archive`).
+
+usage: archive_standby.py LOOMSHIP
+
+1. `loomship standby --archive file:///ARC` and a primary without
+   --archive shipping to it: the standby's status and metrics show the
+   archive, which reaches the primary's last seq.
+2. restore --seq N from the archive has the primary's checksum at N;
+   restore newest is the primary's position; `archive verify` passes.
+3. The standby is promoted and stopped; `loomship primary` on its
+   directory with the same --archive writes the new epoch: restore newest
+   is its position at epoch 2, restore --epoch 1 the standby's last one,
+   and `archive list` shows both epochs."""
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+
+TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
+
+
+def run(loomship, *args):
+    r = subprocess.run([loomship] + list(args), capture_output=True, timeout=60)
+    return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def promote(url):
+    req = urllib.request.Request(url + "/v1/promote", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def metrics(url):
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def uploaded(url):
+    return ((systest.status(url) or {}).get("archive") or {}).get("uploaded_seq", -1)
+
+
+class Suite(systest.Checks):
+    def __init__(self, loomship, root):
+        super().__init__(root)
+        self.ls = loomship
+        self.arc = self.path("arc")
+        os.makedirs(self.arc)
+
+    def restore(self, name, *extra):
+        out = self.path(name)
+        rc, text = run(self.ls, "restore", "--from", "file://" + self.arc, "--out", out,
+                       *extra)
+        return rc, text, systest.inspect(self.ls, out) or {}
+
+    # 1 ------------------------------------------------------------------
+    def archiving_standby(self, pdir, sdir):
+        sproc, surl = systest.start_standby(
+            self.ls, sdir, log=self.log, extra=["--archive", "file://" + self.arc])
+        self.check(surl is not None, "the archiving standby listens")
+        proc, purl, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--standby", surl, "--saves", "60", "--rate", "40"]
+            + TABLE, self.log)
+        proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "the primary exits 0 (%s)" % proc.returncode)
+        got = systest.wait_for(lambda: uploaded(surl) == 60, 20)
+        st = systest.status(surl) or {}
+        self.check(got, "the standby's archive reaches seq 60: %s" % st.get("archive"))
+        self.check((st.get("archive") or {}).get("url") == "file://" + self.arc and
+                   st.get("role") == "standby", "the standby's status shows archive.url")
+        self.check("loomship_archive_uploaded_seq 60" in metrics(surl),
+                   "the standby's metrics show loomship_archive_uploaded_seq 60")
+        return sproc, surl
+
+    # 2 ------------------------------------------------------------------
+    def restores(self, pdir):
+        # The archive starts at a base at the position the standby had applied
+        # when its first frame came (seq 1 to a few): 30 is past it.
+        rc, text, got = self.restore("seq30", "--seq", "30")
+        want = run(self.ls, "inspect", pdir, "--json", "--at", "30")[1]
+        self.check(rc == 0 and got.get("seq") == 30 and got.get("checksum", "?") in want,
+                   "restore --seq 30 has the primary's checksum at 30 (%s / %s)"
+                   % (got.get("checksum"), want.strip()))
+        rc, text, got = self.restore("newest")
+        p = systest.inspect(self.ls, pdir) or {}
+        keys = ("epoch", "seq", "checksum", "history")
+        self.check(rc == 0 and all(got.get(k) == p.get(k) for k in keys),
+                   "restore newest is the primary's position: %s" % text.strip())
+        self.check(systest.verify(self.ls, self.path("newest"))[0],
+                   "verify passes on the restore")
+        rc, text = run(self.ls, "archive", "verify", "file://" + self.arc)
+        self.check(rc == 0, "archive verify passes: %s" % text.strip()[-200:])
+
+    # 3 ------------------------------------------------------------------
+    def promoted(self, sproc, surl, sdir):
+        self.check(promote(surl) == 200, "the archiving standby is promoted")
+        self.check(systest.stop(sproc) == 0, "the promoted standby stops with 0")
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", sdir, "--archive", "file://" + self.arc, "--saves", "20",
+                      "--rate", "40"] + TABLE, self.log)
+        out, _ = proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "the new primary exits 0 (%s)" % proc.returncode)
+        mine = systest.inspect(self.ls, sdir) or {}
+        rc, text, got = self.restore("epoch2")
+        self.check(rc == 0 and mine.get("epoch") == 2 and got.get("epoch") == 2 and
+                   got.get("seq") == mine.get("seq") and
+                   got.get("checksum") == mine.get("checksum"),
+                   "restore newest follows epoch 2, the new primary's position (%s / %s)"
+                   % (got, mine))
+        rc, text, got = self.restore("epoch1", "--epoch", "1")
+        self.check(rc == 0 and got.get("epoch") == 1 and got.get("seq") == 60,
+                   "restore --epoch 1 gives the standby's last seq 60: %s" % text.strip())
+        rc, text = run(self.ls, "archive", "list", "file://" + self.arc)
+        epochs = sorted({int(w[2]) for w in (line.split() for line in text.splitlines())
+                         if len(w) > 2 and w[1] == "epoch"})
+        self.check(rc == 0 and epochs == [1, 2], "archive list shows epochs 1 and 2: %s"
+                   % epochs)
+
+
+def main():
+    loomship = sys.argv[1]
+    root = tempfile.mkdtemp(prefix="loomship-archive-standby-")
+    s = Suite(loomship, root)
+    pdir, sdir = s.path("primary"), s.path("standby")
+    sproc, surl = s.archiving_standby(pdir, sdir)
+    s.restores(pdir)
+    s.promoted(sproc, surl, sdir)
+    return systest.report("archive_standby", s.failures, root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
