@@ -44,7 +44,8 @@ void cli_archiver_configure(const cli_archiver_args *a, const char *role,
   gethostname(host_name, sizeof host_name - 1);
   if (dir[0] != '/' && !getcwd(cwd, sizeof cwd))
     cwd[0] = '\0';
-  snprintf(writer, size, "%s %s:%s%s%s", role, host_name, cwd, cwd[0] ? "/" : "", dir);
+  snprintf(writer, size, "%s %s:%s%s%s", role, host_name, cwd,
+           cwd[0] ? "/" : "", dir);
   out->writer_id = writer;
 }
 
@@ -54,7 +55,8 @@ int cli_archiver_check(const char *who, const replicate_archive_options *access)
   int rc = replicate_archive_open(access, &probe);
   if (rc)
     cli_fail(who, "--archive %s: %s", access->url,
-             probe ? replicate_archive_last_error(probe) : replicate_strerror(rc));
+             probe ? replicate_archive_last_error(probe)
+                   : replicate_strerror(rc));
   replicate_archive_close(probe);
   return rc ? 1 : 0;
 }
@@ -63,12 +65,12 @@ int cli_archiver_check(const char *who, const replicate_archive_options *access)
 /* A standby's archiver */
 
 struct cli_standby_archive {
-  pthread_mutex_t feed_mu;       /* the archiver's start and stop vs feeds */
-  replicate_archiver *ar;        /* under feed_mu; NULL: none yet */
+  pthread_mutex_t feed_mu; /* the archiver's start and stop vs feeds */
+  replicate_archiver *ar;  /* under feed_mu; NULL: none yet */
   replicate_archiver_options o;
   char writer[1200];
-  replicate_receiver *rx;        /* the server's, once known */
-  bool closed;                   /* no archiver any more */
+  replicate_receiver *rx; /* the server's, once known */
+  bool closed;            /* no archiver any more */
 };
 
 static void archive_log(void *ctx, const char *line) { cli_log(ctx, line); }
@@ -93,7 +95,8 @@ int cli_standby_archive_new(const cli_archiver_args *a, const char *dir,
   if (!sa)
     return cli_fail("standby", "--archive: out of memory");
   pthread_mutex_init(&sa->feed_mu, NULL);
-  cli_archiver_configure(a, "standby", dir, &sa->o, sa->writer, sizeof sa->writer);
+  cli_archiver_configure(a, "standby", dir, &sa->o, sa->writer,
+                         sizeof sa->writer);
   sa->o.log_fn = archive_log;
   sa->o.log_ctx = (void *)"standby";
   if (cli_archiver_check("standby", &sa->o.access)) {
@@ -126,7 +129,8 @@ void cli_standby_archive_status(void *ctx, replicate_archive_status *out)
 }
 
 /* Under feed_mu: an archiver at the received position, epoch, lineage. */
-static void start_locked(cli_standby_archive *sa, const replicate_receiver_status *st)
+static void start_locked(cli_standby_archive *sa,
+                         const replicate_receiver_status *st)
 {
   replicate_archiver_options o = sa->o;
   o.snapshot_open = rx_snapshot_open;
@@ -137,7 +141,8 @@ static void start_locked(cli_standby_archive *sa, const replicate_receiver_statu
   int rc = replicate_archiver_start(&o, &sa->ar);
   if (rc) {
     char line[700];
-    snprintf(line, sizeof line, "--archive %s: %s", o.access.url, replicate_strerror(rc));
+    snprintf(line, sizeof line, "--archive %s: %s", o.access.url,
+             replicate_strerror(rc));
     cli_log("standby", line);
   }
 }
@@ -185,9 +190,10 @@ int cli_standby_archive_close(cli_standby_archive *sa, double timeout_seconds)
     replicate_archive_status as;
     replicate_archiver_status(ar, &as);
     char line[800];
-    snprintf(line, sizeof line, "the archive is missing %" PRIu64 " received frames "
-             "at the stop%s%s", as.lag_frames, as.last_error[0] ? ": " : "",
-             as.last_error);
+    snprintf(line, sizeof line,
+             "the archive is missing %" PRIu64 " received frames "
+             "at the stop%s%s",
+             as.lag_frames, as.last_error[0] ? ": " : "", as.last_error);
     cli_log("standby", line);
   }
   replicate_archiver_stop(ar); /* status still answers (the URL) */
