@@ -606,6 +606,8 @@ static void snap_close(replicate_archiver *ar, loom_snapshot *snap)
     ar->o.snapshot_close(ar->o.snapshot_ctx, snap);
 }
 
+static int upload_segment(replicate_archiver *ar, uint64_t limit);
+
 static int upload_base(replicate_archiver *ar)
 {
   loom_snapshot *snap = NULL;
@@ -626,7 +628,12 @@ static int upload_base(replicate_archiver *ar)
                   .flags = ARC_FLAG_ZSTD};
   if (rc != 0)
     arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
-  else
+  /* What is queued up to the base goes first, as a segment: a base due by
+   * time must not turn the commits since the last segment into a gap
+   * (only those missing from memory and from the log are one). */
+  if (rc == 0 && ar->have_head && pos.seq > ar->uploaded.seq)
+    rc = upload_segment(ar, pos.seq);
+  if (rc == 0)
     rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
   replicate_buf_free(&img);
   uint64_t from = ar->uploaded.seq + 1;
@@ -712,13 +719,15 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   return rc;
 }
 
-static int upload_segment(replicate_archiver *ar)
+/* The frames after the uploaded seq, up to limit, as one segment, then
+ * the head. */
+static int upload_segment(replicate_archiver *ar, uint64_t limit)
 {
   replicate_buf seg = {0};
   loom_position last = ar->uploaded;
   uint64_t first = ar->uploaded.seq + 1;
   bool retry = ar->pend_first == first && ar->pend_last >= first;
-  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : UINT64_MAX);
+  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : limit);
   if (rc == REPLICATE_ELOG_GONE) {
     ar->base_needed = true;
     replicate_buf_free(&seg);
@@ -811,14 +820,14 @@ static int step(replicate_archiver *ar)
     ar->base_needed = true;
   bool based = false;
   if (rc == 0 && !ar->base_needed)
-    rc = upload_segment(ar);
+    rc = upload_segment(ar, UINT64_MAX);
   if (rc == 0 && ar->base_needed)
     based = (rc = upload_base(ar)) == 0;
   /* After a base, the frames past it at once; not after a segment: what
    * was committed during its upload waits for the next interval (one
    * segment per interval, not two against a slow store). */
   if (rc == 0 && based)
-    rc = upload_segment(ar);
+    rc = upload_segment(ar, UINT64_MAX);
   if (rc == 0)
     rc = retain(ar);
   if (rc == REPLICATE_EARCHIVE_WRITER || rc == REPLICATE_EARCHIVE_BEHIND ||

@@ -635,6 +635,51 @@ static void test_second_writer_stops(void **state)
   node_stop(&n);
 }
 
+static int count_gaps(void *ctx, const replicate_archive_entry *e)
+{
+  *(int *)ctx += e->kind == REPLICATE_ARCHIVE_GAP;
+  return 0;
+}
+
+/* A base due by time (every wake-up here) uploads the commits queued
+ * since the last segment first: no gap is recorded, every seq restores. */
+static void test_periodic_base_keeps_frames(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.base_interval_seconds = 0.001;
+  o.keep_bases = 100;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st = {0};
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 1), 5000);
+  assert_int_equal(st.bases, 1); /* at seq 0: every seq is after it */
+  for (int round = 0; round < 4; round++)
+    saves_and_drain(&n, 5);
+  replicate_archiver_status(n.ar, &st);
+  assert_true(st.bases >= 3);
+  assert_false(st.gap);
+  replicate_archive *a = open_archive(&n);
+  int gaps = 0;
+  assert_int_equal(replicate_archive_list(a, count_gaps, &gaps), 0);
+  replicate_archive_close(a);
+  assert_int_equal(gaps, 0);
+  for (uint64_t seq = 2; seq <= 20; seq += 3) {
+    uint64_t epoch, sum;
+    assert_int_equal(
+        loom_store_checksum_at(loom_get_store(n.l), seq, &epoch, &sum), 1);
+    replicate_restore_target t = {
+        .kind = REPLICATE_RESTORE_SEQ, .seq = seq, .epoch = -1};
+    loom_position got;
+    char err[800];
+    assert_int_equal(restore(&n, t, &got, err, sizeof err), 0);
+    assert_int_equal(got.checksum, sum);
+  }
+  node_stop(&n);
+}
+
 /* The store unwritable: saves go on, the archive lags, records a gap when
  * the backlog overflows, and catches up with a base afterwards. */
 static void test_store_down_never_blocks(void **state)
@@ -928,6 +973,7 @@ int main(void)
       cmocka_unit_test(test_archive_restore_encrypted),
       cmocka_unit_test(test_damaged_refused),
       cmocka_unit_test(test_second_writer_stops),
+      cmocka_unit_test(test_periodic_base_keeps_frames),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
