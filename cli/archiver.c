@@ -26,6 +26,7 @@
 
 #include "archive.h"
 #include "cli.h"
+#include "faultio.h"
 #include "logging.h"
 #include "receiver.h"
 #include "server.h"
@@ -40,6 +41,7 @@ void cli_archiver_configure(const cli_archiver_args *a, const char *role,
       .keep_bases = (unsigned)a->keep_bases,
       .max_backlog_bytes = a->max_backlog_mb << 20};
   cli_archive_options(&a->access, a->url, &out->access);
+  out->access.store.on_request = faultio_store_hook(); /* crash tests only */
   char host_name[256] = "", cwd[400] = "";
   gethostname(host_name, sizeof host_name - 1);
   if (dir[0] != '/' && !getcwd(cwd, sizeof cwd))
