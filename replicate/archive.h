@@ -278,6 +278,8 @@ typedef struct replicate_archive_status {
   char last_error[512];     /* "" if none */
   int64_t last_error_at_ns; /* CLOCK_REALTIME, 0 if none */
   objstore_stats requests;
+  uint64_t idle_wakeups;  /* wake-ups of its thread that found nothing to
+                             do (and sent nothing): a test's observable */
 } replicate_archive_status;
 
 void replicate_archiver_status(replicate_archiver *ar,

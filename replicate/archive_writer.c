@@ -76,6 +76,7 @@ struct replicate_archiver {
   char last_error[512];
   int64_t last_error_at_ns;
   objstore_stats stats;
+  uint64_t idle_wakeups;
   /* the thread's */
   bool started, have_head, base_needed;
   /* A segment PUT whose outcome is unknown (a cut connection, a 5xx after
@@ -872,6 +873,8 @@ static void *archiver_main(void *arg)
       pthread_cond_broadcast(&ar->cond);
       if (ar->quit || ar->stopped)
         break;
+    } else {
+      ar->idle_wakeups++;
     }
     if (ar->drain && !caught_up_locked(ar) && !ar->failing)
       continue;
@@ -1048,5 +1051,6 @@ void replicate_archiver_status(replicate_archiver *ar,
   copy_text(out->last_error, sizeof out->last_error, ar->last_error);
   out->last_error_at_ns = ar->last_error_at_ns;
   out->requests = ar->stats;
+  out->idle_wakeups = ar->idle_wakeups;
   pthread_mutex_unlock(&ar->mu);
 }

@@ -372,6 +372,20 @@ static void assert_restores_newest(node *n)
   assert_true(loom_position_same(&got, &want));
 }
 
+static int64_t real_now_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Polls CLOCK_REALTIME (commit times' clock) until it is past t. */
+static void wait_realtime_past(int64_t t)
+{
+  TEST_WAIT_UNTIL(real_now_ns() > t, 1000);
+  assert_true(real_now_ns() > t);
+}
+
 static void saves_and_drain(node *n, int count)
 {
   for (int i = 0; i < count; i++)
@@ -389,11 +403,13 @@ static void archive_and_restore(bool encrypted)
   assert_int_equal(loom_store_checksum_at(loom_get_store(n.l), mid_seq,
                                           &mid_epoch, &mid_sum),
                    1);
-  test_pause_ms(20); /* commit times: the next ones are later */
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  int64_t between = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-  test_pause_ms(20);
+  /* A time between seq 5's commit and seq 6's: the clock past the one,
+   * the next commits past it. */
+  loom_position at5;
+  node_position(&n, &at5);
+  wait_realtime_past(at5.commit_time_ns);
+  int64_t between = real_now_ns();
+  wait_realtime_past(between);
   saves_and_drain(&n, 12);
   loom_position want;
   node_position(&n, &want);
@@ -406,11 +422,12 @@ static void archive_and_restore(bool encrypted)
   assert_true(st.bases >= 1);
   assert_string_equal(st.last_error, "");
   assert_true(st.requests.puts >= 3);
-  /* Idle: no request at all (a fixed pause to see that nothing happens:
-   * four intervals). */
-  test_pause_ms(200);
-  replicate_archive_status idle;
-  replicate_archiver_status(n.ar, &idle);
+  /* Idle: no request at all over four wake-ups that found nothing to do. */
+  replicate_archive_status idle = st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &idle),
+                   idle.idle_wakeups >= st.idle_wakeups + 4),
+                  5000);
+  assert_true(idle.idle_wakeups >= st.idle_wakeups + 4);
   assert_memory_equal(&idle.requests, &st.requests, sizeof st.requests);
 
   char err[800];
