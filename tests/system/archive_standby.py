@@ -11,7 +11,11 @@ usage: archive_standby.py LOOMSHIP
 3. The standby is promoted and stopped; `loomship primary` on its
    directory with the same --archive writes the new epoch: restore newest
    is its position at epoch 2, restore --epoch 1 the standby's last one,
-   and `archive list` shows both epochs."""
+   and `archive list` shows both epochs.
+4. Another standby of the same primary is promoted and a primary runs on
+   its directory at epoch 2, shipping to the archiving standby: that one
+   follows, archives epoch 2 (a new writer at the new epoch), and restore
+   newest is the new primary's position."""
 import os
 import subprocess
 import sys
@@ -127,6 +131,46 @@ class Suite(systest.Checks):
                    % epochs)
 
 
+    # 4 ------------------------------------------------------------------
+    def follows_new_epoch(self):
+        """The archiving standby follows a new primary at epoch 2 (another
+        standby promoted): it archives epoch 2 from there."""
+        self.arc = self.path("arc4")
+        os.makedirs(self.arc)
+        pdir, sdir, tdir = self.path("p4"), self.path("s4"), self.path("t4")
+        sproc, surl = systest.start_standby(
+            self.ls, sdir, log=self.log, extra=["--archive", "file://" + self.arc])
+        tproc, turl = systest.start_standby(self.ls, tdir, log=self.log)
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--standby", surl, "--standby", turl, "--saves", "30",
+                      "--rate", "40"] + TABLE, self.log)
+        proc.communicate(timeout=60)
+        self.check(proc.returncode == 0 and systest.wait_for(lambda: uploaded(surl) == 30, 20),
+                   "phase 4: the standby archives epoch 1 up to seq 30")
+        self.check(promote(turl) == 200 and systest.stop(tproc) == 0,
+                   "phase 4: the other standby is promoted and stopped")
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", tdir, "--standby", surl, "--saves", "20", "--rate", "40"]
+            + TABLE, self.log)
+        proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "phase 4: the new primary at epoch 2 exits 0")
+        st = systest.wait_for(lambda: ((systest.status(surl) or {}).get("archive") or {})
+                              .get("uploaded_seq") == 50 and systest.status(surl), 20)
+        self.check(st and st.get("epoch") == 2, "phase 4: the standby archives epoch 2 up "
+                   "to seq 50: %s" % (st or {}).get("archive"))
+        self.check(systest.stop(sproc) == 0, "phase 4: the standby stops with 0")
+        rc, text, got = self.restore("p4-newest")
+        mine = systest.inspect(self.ls, tdir) or {}
+        self.check(rc == 0 and got.get("epoch") == 2 and got.get("seq") == 50 and
+                   got.get("checksum") == mine.get("checksum"),
+                   "phase 4: restore newest is the new primary's position: %s" % text.strip())
+        rc, epochs = 0, None
+        rc, text = run(self.ls, "archive", "list", "file://" + self.arc)
+        epochs = sorted({int(w[2]) for w in (line.split() for line in text.splitlines())
+                         if len(w) > 2 and w[1] == "epoch"})
+        self.check(epochs == [1, 2], "phase 4: archive list shows epochs 1 and 2: %s" % epochs)
+
+
 def main():
     loomship = sys.argv[1]
     root = tempfile.mkdtemp(prefix="loomship-archive-standby-")
@@ -135,6 +179,7 @@ def main():
     sproc, surl = s.archiving_standby(pdir, sdir)
     s.restores(pdir)
     s.promoted(sproc, surl, sdir)
+    s.follows_new_epoch()
     return systest.report("archive_standby", s.failures, root)
 
 
