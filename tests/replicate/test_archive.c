@@ -227,12 +227,24 @@ typedef struct node {
   replicate_archiver *ar;
   uint64_t low;
   test_rng rng;
+  /* As a standby's archiver is fed: frames (on_frame), not commits. */
+  replicate_encoder *enc; /* non-NULL: feed frames */
+  uint64_t skip_seq;      /* this seq's frame is not fed (0: none) */
 } node;
 
 static int hook(void *ctx, loom *l, const loom_commit *c)
 {
   node *n = ctx;
-  return n->ar ? replicate_archiver_on_commit(n->ar, l, c) : 0;
+  if (!n->ar)
+    return 0;
+  if (!n->enc)
+    return replicate_archiver_on_commit(n->ar, l, c);
+  replicate_buf f = {0};
+  assert_int_equal(replicate_frame_encode_commit(n->enc, l, c, &f), 0);
+  if (c->after.seq != n->skip_seq)
+    replicate_archiver_on_frame(n->ar, f.data, f.len);
+  replicate_buf_free(&f);
+  return 0;
 }
 
 static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
@@ -652,6 +664,57 @@ static void test_second_writer_stops(void **state)
   node_stop(&n);
 }
 
+static int snap_open(void *ctx, loom_snapshot **out)
+{
+  return loom_store_snapshot_open(ctx, out);
+}
+
+static void snap_close(void *ctx, loom_snapshot *snap)
+{
+  (void)ctx;
+  loom_snapshot_close(snap);
+}
+
+/* Fed frames as a standby's receiver passes them (store NULL, bases from
+ * the snapshot hooks, W1 waiting for the first frame): the archive
+ * restores to the node; a frame that never came (inside a base image) is a
+ * gap, and a base follows, so the newest still restores. */
+static void test_fed_frames(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(replicate_encoder_new(1, &n.enc), 0);
+  replicate_archiver_options o = archiver_options(&n, "standby-1");
+  o.store = NULL;
+  o.snapshot_open = snap_open;
+  o.snapshot_close = snap_close;
+  o.snapshot_ctx = loom_get_store(n.l);
+  loom_store_lineage(loom_get_store(n.l), &o.lineage);
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  replicate_archiver_status(n.ar, &st);
+  assert_int_equal(st.requests.puts + st.requests.gets, 0); /* waits */
+  saves_and_drain(&n, 6);
+  assert_restores_newest(&n);
+  replicate_archiver_status(n.ar, &st);
+  assert_false(st.gap);
+  n.skip_seq = 8;
+  saves_and_drain(&n, 4);
+  replicate_archiver_status(n.ar, &st);
+  assert_true(st.gap);
+  assert_int_equal(st.uploaded_seq, 10);
+  assert_restores_newest(&n);
+  replicate_archive *a = open_archive(&n);
+  replicate_archive_verify_report rep;
+  assert_int_equal(replicate_archive_verify(a, n.dir, &rep), 0);
+  replicate_archive_close(a);
+  replicate_encoder_free(n.enc);
+  node_stop(&n);
+}
+
 static int count_gaps(void *ctx, const replicate_archive_entry *e)
 {
   *(int *)ctx += e->kind == REPLICATE_ARCHIVE_GAP;
@@ -991,6 +1054,7 @@ int main(void)
       cmocka_unit_test(test_damaged_refused),
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_periodic_base_keeps_frames),
+      cmocka_unit_test(test_fed_frames),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
