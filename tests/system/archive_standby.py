@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +49,15 @@ def metrics(url):
             return r.read().decode()
     except OSError:
         return ""
+
+
+def requests(url):
+    """loomship_archive_requests_total by kind, from the metrics."""
+    out = {}
+    for line in metrics(url).splitlines():
+        if line.startswith("loomship_archive_requests_total{"):
+            out[line.split('"')[1]] = int(line.split()[-1])
+    return out
 
 
 def uploaded(url):
@@ -84,6 +94,11 @@ class Suite(systest.Checks):
                    st.get("role") == "standby", "the standby's status shows archive.url")
         self.check("loomship_archive_uploaded_seq 60" in metrics(surl),
                    "the standby's metrics show loomship_archive_uploaded_seq 60")
+        before = requests(surl)
+        time.sleep(3)  # checks that nothing happens: three idle intervals
+        after = requests(surl)
+        self.check(before and before == after, "idle: no request to the store in 3 s "
+                   "(%s then %s)" % (before, after))
         return sproc, surl
 
     # 2 ------------------------------------------------------------------
