@@ -25,12 +25,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "cluster"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "lib"))
 import episodes  # noqa: E402
 import etcd  # noqa: E402
-
-
-def percentile(values, p):
-    v = sorted(values)
-    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
-    return v[k]
+from failover_bench import percentile  # noqa: E402
 
 
 def uploaded(nd):

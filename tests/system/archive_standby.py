@@ -43,18 +43,10 @@ def promote(url):
         return e.code
 
 
-def metrics(url):
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
-            return r.read().decode()
-    except OSError:
-        return ""
-
-
 def requests(url):
     """loomship_archive_requests_total by kind, from the metrics."""
     out = {}
-    for line in metrics(url).splitlines():
+    for line in systest.metrics(url).splitlines():
         if line.startswith("loomship_archive_requests_total{"):
             out[line.split('"')[1]] = int(line.split()[-1])
     return out
@@ -92,7 +84,7 @@ class Suite(systest.Checks):
         self.check(got, "the standby's archive reaches seq 60: %s" % st.get("archive"))
         self.check((st.get("archive") or {}).get("url") == "file://" + self.arc and
                    st.get("role") == "standby", "the standby's status shows archive.url")
-        self.check("loomship_archive_uploaded_seq 60" in metrics(surl),
+        self.check("loomship_archive_uploaded_seq 60" in systest.metrics(surl),
                    "the standby's metrics show loomship_archive_uploaded_seq 60")
         before = requests(surl)
         time.sleep(3)  # checks that nothing happens: three idle intervals
