@@ -15,8 +15,13 @@ usage: archive_standby.py LOOMSHIP
 4. Another standby of the same primary is promoted and a primary runs on
    its directory at epoch 2, shipping to the archiving standby: that one
    follows, archives epoch 2 (a new writer at the new epoch), and restore
-   newest is the new primary's position."""
+   newest is the new primary's position.
+5. kill -9 of the archiving standby while its primary saves, restarted on
+   its port: the archive goes on (a gap and a base where frames were
+   lost), `archive verify` passes and restore newest is the primary's
+   last position."""
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,6 +183,44 @@ class Suite(systest.Checks):
         self.check(epochs == [1, 2], "phase 4: archive list shows epochs 1 and 2: %s" % epochs)
 
 
+    # 5 ------------------------------------------------------------------
+    def killed_and_restarted(self):
+        """kill -9 of the archiving standby while its primary saves, then a
+        restart on the same port: the archive goes on and ends at the
+        primary's position."""
+        self.arc = self.path("arc5")
+        os.makedirs(self.arc)
+        pdir, sdir = self.path("p5"), self.path("s5")
+        extra = ["--archive", "file://" + self.arc]
+        sproc, surl = systest.start_standby(self.ls, sdir, log=self.log, extra=extra)
+        port = int(surl.rsplit(":", 1)[1])
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--standby", surl, "--saves", "0", "--rate", "40"]
+            + TABLE, self.log)
+        self.check(systest.wait_for(lambda: uploaded(surl) >= 20, 20),
+                   "phase 5: the standby archives")
+        systest.stop(sproc, signal.SIGKILL)
+        sproc, surl2 = systest.start_standby(self.ls, sdir, port=port, log=self.log,
+                                             extra=extra)
+        self.check(surl2 == surl, "phase 5: restarted on its port")
+        far = uploaded(surl) + 20 if surl2 else 0
+        self.check(surl2 and systest.wait_for(lambda: uploaded(surl) >= far, 20),
+                   "phase 5: the restarted standby archives on: %s"
+                   % ((systest.status(surl) or {}).get("archive")))
+        self.check(systest.stop(proc) == 0, "phase 5: the primary stops with 0")
+        mine = systest.inspect(self.ls, pdir) or {}
+        self.check(systest.wait_for(lambda: uploaded(surl) == mine.get("seq"), 20),
+                   "phase 5: the archive reaches the primary's last seq %s" % mine.get("seq"))
+        self.check(systest.stop(sproc) == 0, "phase 5: the standby stops with 0")
+        rc, text = run(self.ls, "archive", "verify", "file://" + self.arc, "--scratch",
+                       self.root)
+        self.check(rc == 0, "phase 5: archive verify passes: %s" % text.strip()[-200:])
+        rc, text, got = self.restore("p5-newest")
+        self.check(rc == 0 and got.get("seq") == mine.get("seq") and
+                   got.get("checksum") == mine.get("checksum"),
+                   "phase 5: restore newest is the primary's position: %s" % text.strip())
+
+
 def main():
     loomship = sys.argv[1]
     root = tempfile.mkdtemp(prefix="loomship-archive-standby-")
@@ -187,6 +230,7 @@ def main():
     s.restores(pdir)
     s.promoted(sproc, surl, sdir)
     s.follows_new_epoch()
+    s.killed_and_restarted()
     return systest.report("archive_standby", s.failures, root)
 
 
