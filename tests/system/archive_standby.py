@@ -3,8 +3,10 @@ DESIGN section 7: `loomship standby --archive`).
 
 usage: archive_standby.py LOOMSHIP
 
-1. `loomship standby --archive file:///ARC` and a primary without
-   --archive shipping to it: the standby's status and metrics show the
+1. Two `loomship standby --archive file:///ARC` and a primary without
+   --archive shipping to both: one writes, the other stops archiving
+   (last_error names the other writer); the writer's status and metrics
+   show the
    archive, which reaches the primary's last seq.
 2. restore --seq N from the archive has the primary's checksum at N;
    restore newest is the primary's position; `archive verify` passes.
@@ -76,14 +78,32 @@ class Suite(systest.Checks):
 
     # 1 ------------------------------------------------------------------
     def archiving_standby(self, pdir, sdir):
-        sproc, surl = systest.start_standby(
-            self.ls, sdir, log=self.log, extra=["--archive", "file://" + self.arc])
-        self.check(surl is not None, "the archiving standby listens")
+        """Two standbys of one primary on one archive: one writes, the
+        other stops archiving (one writer per archive). The writer's
+        process, URL and directory."""
+        extra = ["--archive", "file://" + self.arc]
+        nodes = [systest.start_standby(self.ls, d, log=self.log, extra=extra)
+                 for d in (sdir, sdir + "-b")]
+        self.check(all(url for _, url in nodes), "the archiving standbys listen")
         proc, purl, _ = systest.start_primary(
-            self.ls, ["--dir", pdir, "--standby", surl, "--saves", "60", "--rate", "40"]
-            + TABLE, self.log)
+            self.ls, ["--dir", pdir, "--saves", "60", "--rate", "40"] + TABLE +
+            [x for _, url in nodes for x in ("--standby", url)], self.log)
         proc.communicate(timeout=60)
         self.check(proc.returncode == 0, "the primary exits 0 (%s)" % proc.returncode)
+
+        def archive_of(url):
+            return (systest.status(url) or {}).get("archive") or {}
+        stopped = systest.wait_for(
+            lambda: [i for i, (_, url) in enumerate(nodes) if archive_of(url).get("stopped")],
+            20) or []
+        self.check(len(stopped) == 1 and "another node" in
+                   (archive_of(nodes[stopped[0]][1]).get("last_error") or ""),
+                   "one of the two stops archiving, naming the other writer: %s"
+                   % [archive_of(url) for _, url in nodes])
+        w = 1 if stopped == [0] else 0
+        systest.stop(nodes[1 - w][0])
+        sproc, surl = nodes[w]
+        sdir = sdir if w == 0 else sdir + "-b"
         got = systest.wait_for(lambda: uploaded(surl) == 60, 20)
         st = systest.status(surl) or {}
         self.check(got, "the standby's archive reaches seq 60: %s" % st.get("archive"))
@@ -96,7 +116,7 @@ class Suite(systest.Checks):
         after = requests(surl)
         self.check(before and before == after, "idle: no request to the store in 3 s "
                    "(%s then %s)" % (before, after))
-        return sproc, surl
+        return sproc, surl, sdir
 
     # 2 ------------------------------------------------------------------
     def restores(self, pdir):
@@ -226,7 +246,7 @@ def main():
     root = tempfile.mkdtemp(prefix="loomship-archive-standby-")
     s = Suite(loomship, root)
     pdir, sdir = s.path("primary"), s.path("standby")
-    sproc, surl = s.archiving_standby(pdir, sdir)
+    sproc, surl, sdir = s.archiving_standby(pdir, sdir)
     s.restores(pdir)
     s.promoted(sproc, surl, sdir)
     s.follows_new_epoch()
