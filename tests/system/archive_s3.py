@@ -121,6 +121,14 @@ class Suite(systest.Checks):
         up = systest.wait_for(lambda: ((systest.status(surl) or {}).get("archive") or {})
                               .get("uploaded_seq") == 40, 20)
         self.check(proc.returncode == 0 and up, "the standby uploads to Swift up to seq 40")
+
+        def requests():
+            return [line for line in systest.metrics(surl).splitlines()
+                    if line.startswith("loomship_archive_requests_total{")]
+        before = requests()
+        time.sleep(3)  # checks that nothing happens: idle, three intervals
+        self.check(before and requests() == before,
+                   "idle: no request reaches Swift in 3 s (%s)" % before)
         self.check(systest.stop(sproc) == 0, "the archiving standby stops with 0")
         rc, text = self.restore(url, self.path("sb-30"), "--seq", "30")
         got = systest.inspect(self.loomship, self.path("sb-30")) or {}
