@@ -198,6 +198,49 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
   return 0;
 }
 
+/* Before anything opens DIR: --resync-from (the one operator act that
+ * replaces this standby's history, with a new empty directory), then
+ * --bootstrap, then --archive's checks. 0, or an exit code after a line. */
+static int prepare_dir(const standby_args *a, const char *token,
+                       cli_standby_archive **archive)
+{
+  int rc = 0;
+  if (a->resync_from &&
+      (rc = cli_standby_resync(a->dir, a->resync_from, token, a->ca_file)) != 0)
+    return rc;
+  if (a->bootstrap &&
+      (rc = cli_standby_bootstrap(a->dir, a->bootstrap, &a->archive.access)) != 0)
+    return rc;
+  return cli_standby_archive_new(&a->archive, a->dir, archive);
+}
+
+/* The server's options from the arguments (repair and archive hooks are
+ * set by the caller). */
+static void server_options(const standby_args *a, const char *host, uint16_t port,
+                           const char *token, const replicate_frame_key *frame_key,
+                           http_server_options *o)
+{
+  *o = (http_server_options){
+      .role = HTTP_ROLE_STANDBY,
+      .dir = a->dir,
+      .io = faultio_from_env(), /* NULL (POSIX) unless a crash test asks */
+      .listen_host = host,
+      .listen_port = port,
+      .token = (const uint8_t *)token,
+      .token_len = token ? strlen(token) : 0,
+      .tls_cert_file = a->cert,
+      .tls_key_file = a->key,
+      .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
+      .promote_max_lag = a->promote_max_lag,
+      .apply_delay_seconds = (double)a->apply_delay,
+      .scrub_interval_seconds = (double)a->scrub_interval,
+      .scrub_mbps = (double)a->scrub_mbps,
+      .frame_key = frame_key,
+      .log = cli_log,
+      .log_ctx = (void *)"standby",
+  };
+}
+
 static int run_standby(void *args)
 {
   const standby_args *a = args;
@@ -222,47 +265,15 @@ static int run_standby(void *args)
   }
   sigset_t stop;
   cli_block_stop_signals(&stop);
-  /* The one operator act that replaces this standby's history (with a new
-   * empty directory): before anything opens DIR. */
-  if (a->resync_from &&
-      (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
-    cli_token_forget(token);
-    replicate_frame_key_free(frame_key);
-    free(host);
-    return rc;
-  }
-  if (a->bootstrap &&
-      (rc = cli_standby_bootstrap(dir, a->bootstrap, &a->archive.access)) != 0) {
-    cli_token_forget(token);
-    free(host);
-    return rc;
-  }
   cli_standby_archive *archive = NULL;
-  if ((rc = cli_standby_archive_new(&a->archive, dir, &archive)) != 0) {
+  if ((rc = prepare_dir(a, token, &archive)) != 0) {
     cli_token_forget(token);
     replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
-  http_server_options o = {
-      .role = HTTP_ROLE_STANDBY,
-      .dir = dir,
-      .io = faultio_from_env(), /* NULL (POSIX) unless a crash test asks */
-      .listen_host = host,
-      .listen_port = port,
-      .token = (const uint8_t *)token,
-      .token_len = token ? strlen(token) : 0,
-      .tls_cert_file = cert,
-      .tls_key_file = key,
-      .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
-      .promote_max_lag = a->promote_max_lag,
-      .apply_delay_seconds = (double)a->apply_delay,
-      .scrub_interval_seconds = (double)a->scrub_interval,
-      .scrub_mbps = (double)a->scrub_mbps,
-      .frame_key = frame_key,
-      .log = cli_log,
-      .log_ctx = (void *)"standby",
-  };
+  http_server_options o;
+  server_options(a, host, port, token, frame_key, &o);
   /* Self-repair from --repair-from, or else from the URL the primary
    * advertises in its frames (the token is kept for it until the end). */
   cli_repair_source repair = {a->repair_from, token, a->ca_file, frame_key};
