@@ -523,6 +523,12 @@ static int put_head(replicate_archiver *ar, const loom_position *pos)
 static int keep(replicate_archiver *ar, arc_kind kind, const char *key,
                 uint64_t first, uint64_t last)
 {
+  /* A key listed already (a base uploaded again at the same position,
+   * after a crash before its head): once, or retention would count it
+   * twice and delete the only copy. */
+  for (size_t i = 0; i < ar->kn; i++)
+    if (strcmp(ar->kept[i].key, key) == 0)
+      return 0;
   kept *k = realloc(ar->kept, (ar->kn + 1) * sizeof *k);
   if (k == NULL)
     return ENOMEM;

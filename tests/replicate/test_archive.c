@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <unistd.h>
+
 #include <cmocka.h>
 #include <dirent.h>
 #include <sched.h>
@@ -715,6 +717,42 @@ static void test_fed_frames(void **state)
   node_stop(&n);
 }
 
+/* A writer stopped after a base and before its head (a crash) uploads the
+ * same base again at its restart (same seq, same key): retention counts
+ * it once and keeps it (it deleted the only base before). */
+static void test_base_again_after_lost_head(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.base_interval_seconds = 0.001; /* a base after the segment */
+  o.keep_bases = 100;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 1), 5000);
+  saves_and_drain(&n, 3);
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 2), 5000);
+  assert_true(st.bases >= 2); /* at 0 and at 3 */
+  replicate_archiver_stop(n.ar);
+  char head[1200];
+  snprintf(head, sizeof head, "%s/e/%016x/head", n.arc_dir, 1);
+  assert_int_equal(unlink(head), 0); /* the crash: the base's head lost */
+  o.keep_bases = 1;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st),
+                   st.uploaded_seq == 3 && st.last_error[0] == '\0'),
+                  5000);
+  assert_int_equal(st.uploaded_seq, 3);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  /* Retention follows the head in the same wake-up: the old base goes. */
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases <= 1), 5000);
+  assert_int_equal(st.bases, 1);
+  assert_restores_newest(&n);
+  node_stop(&n);
+}
+
 static int count_gaps(void *ctx, const replicate_archive_entry *e)
 {
   *(int *)ctx += e->kind == REPLICATE_ARCHIVE_GAP;
@@ -1055,6 +1093,7 @@ int main(void)
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_periodic_base_keeps_frames),
       cmocka_unit_test(test_fed_frames),
+      cmocka_unit_test(test_base_again_after_lost_head),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
