@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -343,4 +344,73 @@ void faultio_note_ack(const loom_position *p)
                    p->seq, p->epoch, p->checksum);
   if (n > 0)
     write_all(ack_fd, line, (size_t)n);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The archive's object store: its own count (LOOMSHIP_CRASH_STORE_*) */
+
+static struct {
+  pthread_mutex_t lock;
+  uint64_t count, crash_at; /* crash_at 0: never */
+  uint64_t matched;         /* requests that match the pattern */
+  const char *match;        /* fnmatch pattern on "OP KEY", or NULL: all */
+  int trace_fd;             /* -1: no trace */
+  bool on;
+} store_hook = {.lock = PTHREAD_MUTEX_INITIALIZER, .trace_fd = -1};
+
+static void store_request(void *ctx, const char *op, const char *key)
+{
+  (void)ctx;
+  pthread_mutex_lock(&store_hook.lock);
+  uint64_t k = ++store_hook.count;
+  char what[600];
+  snprintf(what, sizeof what, "%s %s", op, key);
+  bool kill = store_hook.crash_at != 0 &&
+              (!store_hook.match || fnmatch(store_hook.match, what, 0) == 0) &&
+              ++store_hook.matched == store_hook.crash_at;
+  if (store_hook.trace_fd >= 0) {
+    char line[640];
+    int n = snprintf(line, sizeof line, "%" PRIu64 " %s%s\n", k, what,
+                     kill ? " KILLED-BEFORE" : "");
+    if (n > 0)
+      write_all(store_hook.trace_fd, line,
+                (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  }
+  if (kill)
+    raise(SIGKILL);
+  pthread_mutex_unlock(&store_hook.lock);
+}
+
+static void store_setup(void)
+{
+  const char *at = getenv("LOOMSHIP_CRASH_STORE_AT");
+  const char *trace = getenv("LOOMSHIP_CRASH_STORE_TRACE");
+  if (!at && !trace)
+    return;
+  if (at) {
+    char *end;
+    errno = 0;
+    unsigned long long k = strtoull(at, &end, 10);
+    if (errno || end == at || *end || k == 0) {
+      fprintf(stderr, "loomship: LOOMSHIP_CRASH_STORE_AT must be a number >= 1 "
+                      "(hook off)\n");
+      return;
+    }
+    store_hook.crash_at = k;
+  }
+  store_hook.match = getenv("LOOMSHIP_CRASH_STORE_MATCH");
+  if (trace) {
+    store_hook.trace_fd = open(trace, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (store_hook.trace_fd < 0)
+      fprintf(stderr, "loomship: LOOMSHIP_CRASH_STORE_TRACE: %s: %s\n", trace,
+              strerror(errno));
+  }
+  store_hook.on = true;
+}
+
+faultio_request_fn faultio_store_hook(void)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, store_setup);
+  return store_hook.on ? store_request : NULL;
 }

@@ -232,6 +232,11 @@ static int scrubber_start(http_server *s, const http_server_options *opt)
   return replicate_scrubber_start(&so, &s->scrubber);
 }
 
+replicate_receiver *http_server_receiver(http_server *s)
+{
+  return s ? s->standby : NULL;
+}
+
 void http_server_integrity(http_server *s, replicate_scrub_status *out)
 {
   replicate_scrubber_status(s ? s->scrubber : NULL, out);
@@ -297,6 +302,8 @@ static http_server *server_new(const http_server_options *opt)
     s->primary = *opt->primary;
   if (opt->cluster)
     s->cluster = *opt->cluster;
+  s->archive = opt->role == HTTP_ROLE_STANDBY ? opt->archive : NULL;
+  s->archive_ctx = opt->received_ctx;
   s->logger = (http_logger){opt->log, opt->log_ctx};
   s->frame_key = opt->frame_key;
   s->max_frame_bytes = opt->max_frame_bytes ? opt->max_frame_bytes

@@ -99,6 +99,8 @@ struct http_server {
   http_logger logger;
 
   http_standby *standby;        /* standby role (also once promoted) */
+  void (*archive)(void *ctx, replicate_archive_status *out); /* standby */
+  void *archive_ctx;
   struct MHD_Daemon *daemon;
   uint16_t port;
   int64_t started_ns;

@@ -47,6 +47,8 @@ struct replicate_receiver {
   void *log_ctx;
   void (*on_bad_pages)(void *ctx, const uint64_t *pages, uint64_t count);
   void *bad_pages_ctx;
+  void (*on_received)(void *ctx, const void *frame, size_t len);
+  void *received_ctx;
   int64_t (*now_ns)(void);
   const struct loom_io *io;
   char *dir;
