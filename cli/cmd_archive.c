@@ -222,6 +222,9 @@ typedef struct archive_args {
 
 #define AT(f) offsetof(archive_args, f)
 static const cli_option archive_options[] = {
+    {.name = "from", .arg = "ARCHIVE", .kind = CLI_TEXT, .offset = AT(url),
+     .help = "the archive (s3://BUCKET/PREFIX or file:///DIR), as restore "
+             "takes it; or given after list|verify"},
     {.name = "scratch",
      .arg = "DIR",
      .kind = CLI_TEXT,

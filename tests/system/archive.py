@@ -126,7 +126,7 @@ class Suite(systest.Checks):
                        "--scratch", self.root)
         self.check(rc == 0 and "matches" in text, "archive verify: %s" % text.strip())
         # --json (DESIGN section 5): the same, as one document each.
-        rc, text = run(self.loomship, "archive", "list", "file://" + arc, "--json")
+        rc, text = run(self.loomship, "archive", "list", "--from", "file://" + arc, "--json")
         try:
             objs = json.loads(text)["objects"]
         except (ValueError, KeyError):
