@@ -130,6 +130,15 @@ void cli_standby_archive_status(void *ctx, replicate_archive_status *out)
     snprintf(out->url, sizeof out->url, "%s", sa->o.access.url);
 }
 
+int cli_standby_archive_reload_key(void *ctx, char *why, size_t why_len)
+{
+  cli_standby_archive *sa = ctx;
+  pthread_mutex_lock(&sa->feed_mu);
+  int rc = sa->ar ? replicate_archiver_reload_key(sa->ar, why, why_len) : 0;
+  pthread_mutex_unlock(&sa->feed_mu); /* a later one reads the file at start */
+  return rc;
+}
+
 /* Under feed_mu: an archiver at the received position, epoch, lineage. */
 static void start_locked(cli_standby_archive *sa,
                          const replicate_receiver_status *st)

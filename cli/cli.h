@@ -279,6 +279,9 @@ int cli_standby_archive_new(const cli_archiver_args *a, const char *dir,
                             cli_standby_archive **out);
 void cli_standby_archive_on_received(void *ctx, const void *frame, size_t len);
 void cli_standby_archive_status(void *ctx, struct replicate_archive_status *out);
+/* SIGHUP: the running archiver reads --archive-key-file again (cli_reload's
+ * reload_archive_key). */
+int cli_standby_archive_reload_key(void *ctx, char *why, size_t why_len);
 void cli_standby_archive_tick(cli_standby_archive *sa, struct http_server *server);
 /* Uploads what was received within timeout_seconds, then stops the
  * archiver (before the server stops: its bases read the receiver's store;

@@ -133,6 +133,16 @@ static const char *app_reload_tls(void *ctx)
   return src ? http_strerror(src) : NULL;
 }
 
+/* SIGHUP: the leader's archiver, while it leads. */
+static int app_reload_archive_key(void *ctx, char *why, size_t why_len)
+{
+  node_app *app = ctx;
+  pthread_mutex_lock(&app->mu);
+  int rc = app->open ? primary_reload_archive_key(&app->n, why, why_len) : 0;
+  pthread_mutex_unlock(&app->mu);
+  return rc;
+}
+
 /* Wait for the next save's turn (1/rate after the last) or a stop signal:
  * true on a stop signal. */
 static bool pace(sigset_t *stop, double *next, double period, const cli_reload *reload)
@@ -180,7 +190,9 @@ static int run_writer(cluster_node *node, node_app *app, sigset_t *stop,
   cli_reload reload = {.who = "node", .token_file = a->token_file, .tls_cert = a->tls_cert,
                        .tls_key = a->tls_key, .set_token = app_set_token,
                        .reload_tls = app_reload_tls, .ctx = app,
-                       .frame_key_file = a->frame_key_file, .frame_key = app->frame_key};
+                       .frame_key_file = a->frame_key_file, .frame_key = app->frame_key,
+                       .archive_key_file = a->archive.url ? a->archive.access.key_file : NULL,
+                       .reload_archive_key = app_reload_archive_key, .archive_ctx = app};
   for (;;) {
     if (pace(stop, &next, period, &reload)) {
       cli_log("node", "stop signal: a planned stop");

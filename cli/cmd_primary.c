@@ -362,6 +362,12 @@ static bool node_fenced(primary_node *n) { return source_fenced(n); }
 
 /* Once fenced, no more saves: with --saves N the primary stops at once,
  * with --saves 0 it keeps serving ("fenced": true) until SIGTERM. */
+int primary_reload_archive_key(void *ctx, char *why, size_t why_len)
+{
+  primary_node *n = ctx;
+  return n->archiver ? replicate_archiver_reload_key(n->archiver, why, why_len) : 0;
+}
+
 static int wait_fenced(primary_node *n, sigset_t *stop, uint64_t saves,
                        const cli_reload *reload)
 {
@@ -664,7 +670,9 @@ static int run_primary(void *args)
   }
   cli_reload reload = {.who = "primary", .token_file = token_file, .tls_cert = cfg.tls_cert,
                        .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper,
-                       .frame_key_file = a->frame_key_file, .frame_key = frame_key};
+                       .frame_key_file = a->frame_key_file, .frame_key = frame_key,
+                       .archive_key_file = a->archive.url ? a->archive.access.key_file : NULL,
+                       .reload_archive_key = primary_reload_archive_key, .archive_ctx = &n};
   int exit_code = run_workload(&n, &stop, saves, rate, ack_fd, &reload);
   if (exit_code == 0 && node_fenced(&n))
     exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */

@@ -312,7 +312,10 @@ static int run_standby(void *args)
                      .reload = {.who = "standby", .token_file = a->token_file,
                                 .tls_cert = cert, .tls_key = key, .server = server,
                                 .frame_key_file = a->frame_key_file,
-                                .frame_key = frame_key},
+                                .frame_key = frame_key,
+                                .archive_key_file = archive ? a->archive.access.key_file : NULL,
+                                .reload_archive_key = cli_standby_archive_reload_key,
+                                .archive_ctx = archive},
                      .archive = archive};
   cli_standby_archive_tick(archive, server);
   rc = serve_until_stop(&c, &stop);

@@ -67,6 +67,9 @@ int primary_open(primary_node *n, const primary_config *cfg);
 int primary_step(primary_node *n);
 /* Drain up to drain_timeout seconds, stop: 0, 2 (not drained) or 1. */
 int primary_close(primary_node *n, double drain_timeout);
+/* SIGHUP: the node's archiver (if any) reads --archive-key-file again
+ * (ctx: the primary_node; cli_reload's reload_archive_key). */
+int primary_reload_archive_key(void *ctx, char *why, size_t why_len);
 /* The same, and each standby's state after the drain into line (cap
  * bytes; "" without standbys). */
 int primary_close_report(primary_node *n, double drain_timeout, char *line,

@@ -79,6 +79,22 @@ static void reload_frame_key(const cli_reload *r)
                                        "previous_key_id", prev ? prev : "none", NULL});
 }
 
+/* The archive's keys read again by the archiver running now: a file that
+ * became unreadable or malformed keeps the old keys, never none. */
+static void reload_archive_key(const cli_reload *r)
+{
+  if (!r->archive_key_file || !r->reload_archive_key)
+    return;
+  char why[512] = "";
+  int rc = r->reload_archive_key(r->archive_ctx, why, sizeof why);
+  if (rc)
+    cli_log_at(CLI_ERROR, r->who, "SIGHUP: --archive-key-file not used (%s); the old "
+               "keys stay", why[0] ? why : replicate_strerror(rc));
+  else
+    cli_log_fields(CLI_INFO, r->who, "SIGHUP: archive keys re-read",
+                   (const char *const[]){"file", r->archive_key_file, NULL});
+}
+
 void cli_reload_now(const cli_reload *r)
 {
   if (!r) {
@@ -110,4 +126,5 @@ void cli_reload_now(const cli_reload *r)
   }
   reload_tls(r);
   reload_frame_key(r);
+  reload_archive_key(r);
 }

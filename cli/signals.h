@@ -25,6 +25,12 @@ typedef struct cli_reload {
   replicate_frame_key *frame_key;
   const char *(*reload_tls)(void *ctx);
   void *ctx;
+  /* --archive-key-file: the archiver running now reads it again
+   * (replicate_archiver_reload_key); reload_archive_key returns 0 (also
+   * when none runs), or an error with why filled [none]. */
+  const char *archive_key_file;
+  int (*reload_archive_key)(void *archive_ctx, char *why, size_t why_len);
+  void *archive_ctx;
 } cli_reload;
 
 /* Wait up to seconds (0: only look) for a signal of set (from

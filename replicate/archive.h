@@ -285,6 +285,16 @@ typedef struct replicate_archive_status {
 void replicate_archiver_status(replicate_archiver *ar,
                                replicate_archive_status *out);
 
+/* SIGHUP: read the archiver's --archive-key-file (access.key_file) again:
+ * its first key seals new objects from the thread's next request on, a
+ * second one is still read (a rotation), and the small objects under the
+ * previous key (id, epoch records, heads, writers) are sealed again under
+ * the new one, as at start. A file that cannot be used is
+ * REPLICATE_EARCHIVE_KEY with why filled, and the old keys stay (never
+ * none: nothing is uploaded in plaintext by a reload). 0 also for a
+ * plaintext archive (no key file: nothing to read). */
+int replicate_archiver_reload_key(replicate_archiver *ar, char *why, size_t why_len);
+
 #ifdef __cplusplus
 }
 #endif

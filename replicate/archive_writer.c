@@ -77,6 +77,8 @@ struct replicate_archiver {
   int64_t last_error_at_ns;
   objstore_stats stats;
   uint64_t idle_wakeups;
+  arc_keys new_keys;  /* replicate_archiver_reload_key's, for the thread */
+  bool keys_pending;
   /* the thread's */
   bool started, have_head, base_needed;
   /* A segment PUT whose outcome is unknown (a cut connection, a 5xx after
@@ -811,10 +813,33 @@ static int retain(replicate_archiver *ar)
 }
 
 /* One wake-up: W1 to W4. */
+/* The keys replicate_archiver_reload_key read, taken by the thread (the
+ * only user of ar->a->keys) before its next request; once started, the
+ * small objects are sealed again under the new current key, as at start. */
+static int take_new_keys(replicate_archiver *ar)
+{
+  pthread_mutex_lock(&ar->mu);
+  bool take = ar->keys_pending;
+  if (take) {
+    ar->a->keys = ar->new_keys;
+    explicit_bzero(&ar->new_keys, sizeof ar->new_keys);
+    ar->keys_pending = false;
+  }
+  pthread_mutex_unlock(&ar->mu);
+  if (!take)
+    return 0;
+  say(ar, "archive: keys re-read from %s; new objects under key %08" PRIx32 "%s",
+      ar->key_file, arc_keys_current(&ar->a->keys),
+      ar->a->keys.count > 1 ? ", the previous one still read" : "");
+  return ar->started ? reseal_metadata(ar) : 0;
+}
+
 static int step(replicate_archiver *ar)
 {
   ar->a->error[0] = '\0';
-  int rc = ar->started ? 0 : start_up(ar);
+  int rc = take_new_keys(ar);
+  if (rc == 0 && !ar->started)
+    rc = start_up(ar);
   pthread_mutex_lock(&ar->mu);
   bool gap = ar->gap_pending;
   ar->gap_pending = false;
@@ -857,6 +882,8 @@ static bool caught_up_locked(const replicate_archiver *ar)
  * something was committed since the last). */
 static bool idle_locked(const replicate_archiver *ar)
 {
+  if (ar->keys_pending && ar->started)
+    return false;
   if (ar->await_feed)
     return true;
   return ar->started && caught_up_locked(ar) &&
@@ -943,6 +970,7 @@ static int archiver_copy_options(replicate_archiver *ar,
 
 static void archiver_free(replicate_archiver *ar)
 {
+  explicit_bzero(&ar->new_keys, sizeof ar->new_keys);
   queue_drop_all(ar);
   free(ar->q);
   free(ar->kept);
@@ -1059,4 +1087,23 @@ void replicate_archiver_status(replicate_archiver *ar,
   out->requests = ar->stats;
   out->idle_wakeups = ar->idle_wakeups;
   pthread_mutex_unlock(&ar->mu);
+}
+
+int replicate_archiver_reload_key(replicate_archiver *ar, char *why, size_t why_len)
+{
+  if (why_len)
+    why[0] = '\0';
+  if (ar->key_file == NULL)
+    return 0; /* a plaintext archive stays one */
+  arc_keys k;
+  int rc = arc_keys_load(ar->key_file, &k, why, why_len);
+  if (rc != 0)
+    return rc; /* the old keys stay */
+  pthread_mutex_lock(&ar->mu);
+  ar->new_keys = k;
+  ar->keys_pending = true;
+  pthread_cond_broadcast(&ar->cond);
+  pthread_mutex_unlock(&ar->mu);
+  explicit_bzero(&k, sizeof k);
+  return 0;
 }

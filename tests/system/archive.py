@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import systest  # noqa: E402
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n"
+KEY2 = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100\n"
 TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
 
 
@@ -229,6 +230,55 @@ class Suite(systest.Checks):
                    "an unusable key file stops the primary, nothing uploaded: %s"
                    % text.strip()[-200:])
 
+    # 5b -----------------------------------------------------------------
+    def key_rotation(self):
+        """SIGHUP re-reads --archive-key-file: after a rotation (the new key
+        first, the old one second) new objects are under the new key; a
+        file that became malformed keeps the old keys, archiving goes on."""
+        kf = self.path("rot.key")
+        with open(kf, "w") as f:
+            f.write(KEY)
+        arc, pdir = self.path("arc-rot"), self.path("primary-rot")
+        os.makedirs(arc)
+        args = ["--dir", pdir, "--archive", "file://" + arc, "--archive-key-file", kf,
+                "--rate", "50"] + TABLE
+        proc, url, _ = systest.start_primary(self.loomship, args, self.log)
+
+        def key_ids():
+            rc, text = run(self.loomship, "archive", "list", "--from", "file://" + arc,
+                           "--json", "--archive-key-file", kf)
+            try:
+                return [o["key_id"] for o in json.loads(text)["objects"]] if rc == 0 else []
+            except (ValueError, KeyError):
+                return []
+
+        first = systest.wait_for(key_ids, 15) or []
+        self.check(len(set(first)) == 1, "objects under the first key: %s" % set(first))
+        with open(kf, "w") as f:
+            f.write(KEY2 + KEY)
+        proc.send_signal(signal.SIGHUP)
+        new = systest.wait_for(lambda: set(key_ids()) - set(first), 15)
+        self.check(bool(new), "after SIGHUP new objects are under the new key: %s" % new)
+        with open(kf, "w") as f:
+            f.write("0011\n")
+        proc.send_signal(signal.SIGHUP)
+        said = systest.wait_for(lambda: "--archive-key-file not used" in
+                                open(self.log, errors="replace").read(), 10)
+        self.check(bool(said), "a malformed key file on SIGHUP is refused in the log")
+        seq0 = ((systest.status(url) or {}).get("archive") or {}).get("uploaded_seq", 0)
+        on = systest.wait_for(lambda: ((systest.status(url) or {}).get("archive") or {})
+                              .get("uploaded_seq", 0) > seq0 + 20, 15)
+        self.check(bool(on), "archiving goes on under the keys it had")
+        with open(kf, "w") as f:
+            f.write(KEY2 + KEY)
+        self.check(systest.stop(proc, signal.SIGTERM) == 0, "the primary stops cleanly")
+        rc, text = restore(self.loomship, arc, self.path("rot-out"), "--archive-key-file", kf)
+        self.check(rc == 0 and same_position(systest.inspect(self.loomship,
+                                                             self.path("rot-out")),
+                                             systest.inspect(self.loomship, pdir)),
+                   "the rotated archive restores to the primary's last commit: %s"
+                   % text.strip()[-160:])
+
     # 6 ------------------------------------------------------------------
     def store_away(self):
         arc, pdir = self.path("arc-away"), self.path("primary-away")
@@ -329,6 +379,7 @@ def main():
     s.damaged(arc)
     s.bootstrap(pdir, arc)
     s.encrypted()
+    s.key_rotation()
     s.store_away()
     s.kills(rng)
     return systest.report("archive", s.failures, root)
