@@ -105,14 +105,17 @@ int loom_version_number(void);
     "the image directory already follows another history")                    \
   X(LOOM_EMETA, -30913, /* restore the directory */                           \
     "the meta file (the recorded position) is missing or damaged: "           \
-    "no slot passes its checks, though the image holds pages")
+    "no slot passes its checks, though the image holds pages")            \
+  X(LOOM_ELOGLOST, -30914, /* restore the directory */                        \
+    "the commit log is missing, though its meta says records past the "       \
+    "checkpoint may be in it")
 
 enum loom_error {
   LOOM_OK = 0,
 #define LOOM_ERROR_ENUM_(name, value, text) name = value,
   LOOM_ERROR_LIST(LOOM_ERROR_ENUM_)
 #undef LOOM_ERROR_ENUM_
-  LOOM_ELAST = -30914      /* sentinel: one past the lowest code */
+  LOOM_ELAST = -30915      /* sentinel: one past the lowest code */
 };
 
 /* A description of rc (0, an errno value, or a LOOM_E* code). Never NULL. */

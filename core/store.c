@@ -141,6 +141,8 @@
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
 #define META_LOG_OFFSET 280u
+#define META_LOG_FLAGS 304u /* u32: META_LOG_LIVE */
+#define META_LOG_LIVE 0x1u  /* a writer had the log open: records may follow */
 #define PATCH_MAGIC "LOOMPTCH"
 #define FORMAT_VERSION 2u
 #define FORMAT_VERSION_V1 1u /* before the commit log: upgraded at open */
@@ -245,6 +247,7 @@ void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p)
  * the checkpoint (the first lsn the image does not hold). */
 typedef struct meta_log {
   uint64_t origin, size, head;
+  uint32_t flags; /* META_LOG_LIVE, or 0: nothing past the head */
 } meta_log;
 
 static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
@@ -261,6 +264,7 @@ static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
   put_le64(slot + META_LOG_OFFSET, log->origin);
   put_le64(slot + META_LOG_OFFSET + 8, log->size);
   put_le64(slot + META_LOG_OFFSET + 16, log->head);
+  put_le32(slot + META_LOG_FLAGS, log->flags);
   put_le64(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
 
@@ -268,7 +272,7 @@ static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
 void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
                        const loom_position *p, const loom_lineage *lineage)
 {
-  meta_encode_log(slot, generation, p, lineage, &(meta_log){0, 0, 0});
+  meta_encode_log(slot, generation, p, lineage, &(meta_log){0, 0, 0, 0});
 }
 
 /* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. A
@@ -287,11 +291,12 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
     return LOOM_EVERSION;
   *v1 = version == FORMAT_VERSION_V1;
   *generation = get_le64(slot + 16);
-  *log = (meta_log){0, 0, 0};
+  *log = (meta_log){0, 0, 0, 0};
   if (!*v1) {
     log->origin = get_le64(slot + META_LOG_OFFSET);
     log->size = get_le64(slot + META_LOG_OFFSET + 8);
     log->head = get_le64(slot + META_LOG_OFFSET + 16);
+    log->flags = get_le32(slot + META_LOG_FLAGS) & META_LOG_LIVE;
   }
   if (log->head < log->origin || log->size % LOG_ALIGN)
     return LOOM_ECORRUPT;
@@ -344,7 +349,8 @@ static int meta_write_at(loom_store *s, const loom_position *p,
   uint8_t slot[META_SLOT_SIZE];
   uint64_t g = s->generation + 1;
   meta_encode_log(slot, g, p, lineage,
-                  &(meta_log){s->log_origin, s->log_size, head});
+                  &(meta_log){s->log_origin, s->log_size, head,
+                              s->log_live ? META_LOG_LIVE : 0});
   int rc = store_write_exact(s, s->meta_fd, slot, sizeof slot,
                              (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
@@ -1756,13 +1762,14 @@ static int open_dir_locked(loom_store *s, const char *dir, unsigned flags)
  * none was recorded. */
 static int read_meta(loom_store *s, int create)
 {
-  meta_log log = {0, 0, 0};
+  meta_log log = {0, 0, 0, 0};
   int v1 = 0;
   int rc = meta_read(s, &s->generation, &s->pos, &s->lineage, &log, &v1);
   s->applied = s->pos;
   s->log_origin = log.origin;
   s->log_size = log.size;
   s->log_head = s->log_tail = log.head;
+  s->log_was_live = log.size && (log.flags & META_LOG_LIVE);
   if (!rc && v1 && v1_patch_pending(s))
     rc = LOOM_EVERSION;
   if (rc == LOOM_ENOIMAGE && create) {
@@ -1792,10 +1799,15 @@ static int open_image_and_hashes(loom_store *s, int readonly)
 }
 
 /* The log file, made anew (empty) when gone unless read-only (a version 1
- * directory, or a copy); a read-only open goes without. */
+ * directory, a copy, or one closed cleanly); a read-only open goes
+ * without. Gone while the meta says a writer had it open (META_LOG_LIVE:
+ * records past the checkpoint may have been in it): LOOM_ELOGLOST, never
+ * a silent open at the checkpoint. */
 static int open_log(loom_store *s, int readonly)
 {
   int rc = open_file(s, "log", readonly ? O_RDONLY : O_RDWR, &s->log_fd);
+  if (rc == ENOENT && s->log_was_live)
+    return LOOM_ELOGLOST;
   if (rc == ENOENT && readonly)
     return 0;
   if (rc == ENOENT) {
@@ -1848,6 +1860,7 @@ static int log_resize(loom_store *s, uint64_t bytes)
 static int settle(loom_store *s, const char *dir, int readonly, int create)
 {
   int rc = 0;
+  s->log_live = !readonly; /* records may follow the head from now on */
   if (!readonly)
     log_settle_size(s);
   if (!readonly)
@@ -1957,6 +1970,15 @@ int loom_store_close(loom_store *s)
   int rc = store_apply_wait(s);
   if (s->writer)
     loom_patch_abort(s->writer);
+  if (!rc && s->log_live) {
+    /* Every record is checkpointed: the meta says the log holds nothing
+     * past the head, so a copy without the log (or one whose log is lost
+     * after this) opens at the checkpoint, which is everything. */
+    s->log_live = 0;
+    rc = meta_write(s, &s->pos);
+    if (rc)
+      store_poison(s, rc);
+  }
   int poison = s->poison;
   store_free(s);
   return rc ? (poison > 0 ? poison : rc) : 0;

@@ -68,6 +68,8 @@ struct loom_store {
   uint64_t log_head;       /* first lsn not checkpointed (apply.mutex) */
   uint64_t log_tail;       /* next record's lsn (the owner's) */
   uint64_t log_want;       /* the configured ring size (log_bytes) */
+  int log_live;            /* the metas we write say META_LOG_LIVE */
+  int log_was_live;        /* the meta read at open said it */
   pthread_mutex_t hash_lock; /* s->hashes: owner's writes vs checkpoint */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };

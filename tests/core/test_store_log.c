@@ -10,7 +10,8 @@
  *     loom_options.log_bytes, is test_arena.c's test_log_ring: the arena
  *     suites do not run under valgrind);
  *   - a version 1 directory (no log) is upgraded at open; one whose patch
- *     still counts is refused with LOOM_EVERSION.
+ *     still counts is refused with LOOM_EVERSION;
+ *   - a log lost while records may follow the checkpoint: LOOM_ELOGLOST.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -177,6 +178,72 @@ static void test_died_with_records(void **state)
   assert_int_equal(pos.seq, 4);
 }
 
+static void remove_file(const fixture *fx, const char *name)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/%s", fx->dir, name);
+  assert_int_equal(unlink(path), 0);
+}
+
+/* Fix 1 of the review: a log lost while it may hold records past the
+ * checkpoint is refused (LOOM_ELOGLOST), never opened at the checkpoint;
+ * one lost after a clean close (everything checkpointed), or a backup's
+ * copy without it, opens. */
+static void test_log_lost(void **state)
+{
+  fixture *fx = *state;
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    loom_store *s;
+    if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
+      _exit(1);
+    for (unsigned v = 1; v <= 3; v++)
+      if (commit(s, 3 + v, v, 0))
+        _exit(2);
+    _exit(0); /* dies with three records past the checkpoint */
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  char saved[160], path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  snprintf(saved, sizeof saved, "%s.saved", fx->dir);
+  assert_int_equal(rename(path, saved), 0);
+  loom_store *s;
+  loom_position pos;
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_ELOGLOST);
+  assert_int_equal(loom_inspect(fx->dir, &pos), LOOM_ELOGLOST);
+  assert_int_equal(rename(saved, path), 0); /* found again: all is there */
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &pos);
+  assert_int_equal(pos.seq, 3);
+  char copy[160];
+  snprintf(copy, sizeof copy, "%s/copy", fx->dir);
+  assert_int_equal(loom_store_backup(s, copy), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  /* Closed cleanly: nothing past the checkpoint, a lost log is no loss. */
+  remove_file(fx, "log");
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_position got;
+  loom_store_position(s, &got);
+  assert_true(loom_position_same(&got, &pos));
+  assert_int_equal(loom_store_close(s), 0);
+  /* The backup's copy, without its (empty) log. */
+  snprintf(path, sizeof path, "%s/copy/log", fx->dir);
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(loom_store_open(copy, 0, NULL, &s), 0);
+  loom_store_position(s, &got);
+  assert_true(loom_position_same(&got, &pos));
+  assert_int_equal(loom_store_close(s), 0);
+  const char *names[] = {"image", "hashes", "meta", "log", "lock", "positions"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(path, sizeof path, "%s/copy/%s", fx->dir, names[i]);
+    unlink(path);
+  }
+  assert_int_equal(rmdir(copy), 0);
+}
+
 /* Rewrite both meta slots as format version 1 (no log fields). */
 static void make_v1(const fixture *fx)
 {
@@ -259,6 +326,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_deferred_fill_and_sync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_died_with_records, setup, teardown),
       cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_log_lost, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
