@@ -109,6 +109,9 @@
  *       directory fsynced) are rebuilt from the image, and kept only if
  *       the image agrees with the position (else LOOM_ECORRUPT).
  *
+ *   R4. Before the first append (settle): a header at the tail's lsn that
+ *       recovery rejected is zeroed and the log fsynced (log_clear_tail).
+ *
  *   A version 1 directory (a single `patch` file) is upgraded at open
  *   (its meta rewritten as version 2 with an empty log), unless its patch
  *   still counts: LOOM_EVERSION (open it once with the previous release).
@@ -1852,6 +1855,36 @@ static int log_resize(loom_store *s, uint64_t bytes)
   return rc;
 }
 
+/* After recovery, before the first append: a record recovery rejected at
+ * the tail (torn: its header durable, some of the rest not) carries the
+ * lsn the next append reuses, with the same before-position. Were that
+ * append's pages to reach the disk and not its header (a second crash),
+ * the old header would find pages that verify, and recovery would open at
+ * a position never committed. So the header block at the tail's place (and
+ * at the next lap's start, where recovery also looks) is zeroed when it
+ * holds a header with that lsn, and the log fsynced before any append. */
+static int log_clear_tail(loom_store *s)
+{
+  uint64_t size = 0;
+  int rc = store_file_size(s->log_fd, &size), cleared = 0;
+  uint64_t off = s->log_size ? (uint64_t)log_offset(s, s->log_tail, 0) : 0;
+  uint64_t lsns[2] = {s->log_tail, s->log_tail + (s->log_size - off)};
+  for (int i = 0; !rc && s->log_size && i < (off ? 2 : 1); i++) {
+    uint8_t block[PATCH_HEADER_BLOCK];
+    loom_patch_header h;
+    uint64_t sum, at = (uint64_t)log_offset(s, lsns[i], 0), lsn = 0;
+    if (at + PATCH_HEADER_BLOCK > size)
+      continue;
+    rc = store_read_exact(s, s->log_fd, block, sizeof block, (off_t)at);
+    if (rc || patch_header_decode(block, &h, &sum, &lsn) || lsn != lsns[i])
+      continue;
+    memset(block, 0, sizeof block);
+    rc = store_write_exact(s, s->log_fd, block, sizeof block, (off_t)at);
+    cleared = 1;
+  }
+  return !rc && cleared ? store_fsync(s, s->log_fd) : rc;
+}
+
 /* Before any commit can be acknowledged: the position this open settled
  * on is rewritten and synced (a slot read back from the page cache after
  * a failed fsync may never have reached the disk), and the directory's
@@ -1865,6 +1898,8 @@ static int settle(loom_store *s, const char *dir, int readonly, int create)
     log_settle_size(s);
   if (!readonly)
     rc = meta_write(s, &s->pos);
+  if (!rc && !readonly && s->log_fd >= 0)
+    rc = log_clear_tail(s);
   if (!rc && !readonly)
     rc = store_fsync(s, s->dirfd);
   if (!rc && create)
