@@ -115,6 +115,7 @@
  *   A version 1 directory (a single `patch` file) is upgraded at open
  *   (its meta rewritten as version 2 with an empty log), unless its patch
  *   still counts: LOOM_EVERSION (open it once with the previous release).
+ *   A torn patch or a page repair never counts (v1_patch_pending).
  *
  *   A meta with no valid slot is a store that never recorded a position
  *   (a crash while creating it) when the image is empty or absent
@@ -408,16 +409,11 @@ static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
   put_le64(block + PATCH_HEADER_SUM, XXH3_64bits(block, PATCH_HEADER_SUM));
 }
 
-static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
-                               loom_patch_header *h, uint64_t *header_sum,
-                               uint64_t *lsn)
+/* The fields a record header shares with a version 1 patch header: bytes
+ * [16, 104). */
+static int header_fields_decode(const uint8_t block[PATCH_HEADER_BLOCK],
+                                loom_patch_header *h)
 {
-  if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
-      get_le64(block + PATCH_HEADER_SUM) != XXH3_64bits(block, PATCH_HEADER_SUM))
-    return LOOM_ECORRUPT;
-  if (get_le32(block + 8) != FORMAT_VERSION ||
-      get_le32(block + 12) != LOOM_PAGE_SIZE)
-    return LOOM_EVERSION;
   memset(h, 0, sizeof *h);
   h->flags = get_le32(block + 16);
   h->before.epoch = get_le64(block + 24);
@@ -430,13 +426,35 @@ static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
   h->after.pages = get_le64(block + 80);
   h->after.commit_time_ns = (int64_t)get_le64(block + 88);
   h->page_count = get_le64(block + 96);
-  *lsn = get_le64(block + 104);
-  *header_sum = get_le64(block + PATCH_HEADER_SUM);
   if ((h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
       h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
     return LOOM_ECORRUPT;
   return 0;
+}
+
+/* A header of the given version whose checksum sits at sum_at. */
+static int header_check(const uint8_t block[PATCH_HEADER_BLOCK],
+                        uint32_t version, size_t sum_at)
+{
+  if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
+      get_le64(block + sum_at) != XXH3_64bits(block, sum_at))
+    return LOOM_ECORRUPT;
+  if (get_le32(block + 8) != version || get_le32(block + 12) != LOOM_PAGE_SIZE)
+    return LOOM_EVERSION;
+  return 0;
+}
+
+static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
+                               loom_patch_header *h, uint64_t *header_sum,
+                               uint64_t *lsn)
+{
+  int rc = header_check(block, FORMAT_VERSION, PATCH_HEADER_SUM);
+  if (rc)
+    return rc;
+  *lsn = get_le64(block + 104);
+  *header_sum = get_le64(block + PATCH_HEADER_SUM);
+  return header_fields_decode(block, h);
 }
 
 /* Where a record's byte at is in the log file: records never wrap. */
@@ -561,15 +579,18 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
   return rc;
 }
 
-/* R2: the entry table and every page of p (read at its lsn) verify. */
-static int record_verify(loom_store *s, loom_patch *p, uint64_t header_sum)
+/* R2: the entry table and every page of p verify, its header block at
+ * byte at of fd (the log, or a version 1 patch file). */
+static int record_verify(loom_store *s, int fd, off_t at, loom_patch *p,
+                         uint64_t header_sum)
 {
   const loom_patch_header *h = &p->header;
   size_t len = (size_t)h->page_count * PATCH_ENTRY_BYTES + 8;
   uint8_t *buf = malloc(len);
   if (!buf)
     return ENOMEM;
-  int rc = store_read_exact(s, s->log_fd, buf, len, patch_entries_offset(p));
+  off_t pages = at + PATCH_HEADER_BLOCK;
+  int rc = store_read_exact(s, fd, buf, len, pages + (off_t)(h->page_count * PS));
   if (!rc && get_le64(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
@@ -586,8 +607,8 @@ static int record_verify(loom_store *s, loom_patch *p, uint64_t header_sum)
   free(buf);
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
-    rc = store_read_exact(s, s->log_fd, s->staging, (size_t)(k * PS),
-                          patch_page_offset(p, i));
+    rc = store_read_exact(s, fd, s->staging, (size_t)(k * PS),
+                          pages + (off_t)(i * PS));
     for (uint64_t j = 0; !rc && j < k; j++)
       if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
           p->new_hashes[i + j])
@@ -624,7 +645,7 @@ static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
   if (!p)
     return ENOMEM;
   p->lsn = lsn;
-  rc = record_verify(s, p, header_sum);
+  rc = record_verify(s, s->log_fd, log_offset(s, lsn, 0), p, header_sum);
   if (rc) {
     store_patch_free(p);
     return rc;
@@ -1695,20 +1716,37 @@ static int store_recover(loom_store *s)
 
 /* A version 1 directory (a single patch slot): upgraded at open, unless its
  * patch still counts (a crash left a commit not yet applied): then the
- * previous release must open it once. */
+ * previous release must open it once. A patch counts only when it is one
+ * that release would apply and that changes the position: its header
+ * verifies, its before is the meta's position, it is no page repair (a
+ * repair keeps the position: discarding it leaves rotted pages for the
+ * scrubber, as before it was written) and its whole body verifies (else
+ * it never committed, and that release discarded it without removing
+ * it). */
 static int v1_patch_pending(loom_store *s)
 {
-  int fd = -1;
+  int fd = -1, pending = 0;
   uint8_t b[PATCH_HEADER_BLOCK];
+  loom_patch_header h;
+  uint64_t size = 0;
   if (open_file(s, "patch", O_RDONLY, &fd))
     return 0;
   int rc = store_read_exact(s, fd, b, sizeof b, 0);
+  if (!rc)
+    rc = header_check(b, FORMAT_VERSION_V1, 104);
+  if (!rc)
+    rc = header_fields_decode(b, &h);
+  if (!rc)
+    rc = store_file_size(fd, &size);
+  if (!rc && loom_position_same_epoch(&h.before, &s->pos) &&
+      !(h.flags & LOOM_PATCH_REPAIR) && !loom_position_same(&h.after, &h.before) &&
+      size >= PATCH_HEADER_BLOCK + h.page_count * (PS + PATCH_ENTRY_BYTES) + 8) {
+    loom_patch *p = patch_alloc(s, &h);
+    pending = p ? record_verify(s, fd, 0, p, get_le64(b + 104)) == 0 : 1;
+    store_patch_free(p);
+  }
   store_close_fd(s, &fd);
-  if (rc || memcmp(b, PATCH_MAGIC, 8) != 0 || get_le32(b + 8) != 1 ||
-      get_le64(b + 104) != XXH3_64bits(b, 104))
-    return 0;
-  return get_le64(b + 24) == s->pos.epoch && get_le64(b + 32) == s->pos.seq &&
-         get_le64(b + 40) == s->pos.checksum && get_le64(b + 48) == s->pos.pages;
+  return pending;
 }
 
 /* R3 for a hashes file that is gone: derived data, made anew (empty) and

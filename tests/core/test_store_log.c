@@ -10,7 +10,8 @@
  *     loom_options.log_bytes, is test_arena.c's test_log_ring: the arena
  *     suites do not run under valgrind);
  *   - a version 1 directory (no log) is upgraded at open; one whose patch
- *     still counts is refused with LOOM_EVERSION;
+ *     still counts is refused with LOOM_EVERSION, one whose patch is torn
+ *     or a page repair is upgraded;
  *   - a log lost while records may follow the checkpoint: LOOM_ELOGLOST;
  *   - a torn record recovery rejected is not brought back by a retried
  *     save at its lsn that crashes too.
@@ -345,26 +346,85 @@ static void make_v1(const fixture *fx)
   close(fd);
 }
 
-/* A version 1 patch header whose before is pos. */
-static void write_v1_patch(const fixture *fx, const loom_position *pos)
+static void put64(uint8_t *b, uint64_t v)
 {
-  uint8_t b[4096];
-  memset(b, 0, sizeof b);
+  for (int j = 0; j < 8; j++)
+    b[j] = (uint8_t)(v >> (8 * j));
+}
+
+/* A version 1 patch from before to after holding pages [0, k) at version
+ * v (header at 0 with its checksum at 104; pages at 4,096; entries and the
+ * trailer seeded with the header checksum), cut to len bytes when len is
+ * not 0. */
+static void write_v1_patch_full(const fixture *fx, const loom_position *before,
+                                const loom_position *after, uint32_t flags,
+                                uint64_t k, unsigned v, size_t len)
+{
+  size_t total = 4096 + k * PS + k * 16 + 8;
+  uint8_t *b = calloc(1, total);
   memcpy(b, "LOOMPTCH", 8);
   b[8] = 1;
-  uint64_t f[] = {pos->epoch, pos->seq, pos->checksum, pos->pages};
-  for (int k = 0; k < 4; k++)
-    for (int j = 0; j < 8; j++)
-      b[24 + 8 * k + j] = (uint8_t)(f[k] >> (8 * j));
+  put64(b + 12, LOOM_PAGE_SIZE); /* u32 page size, then the flags' u32 */
+  b[16] = (uint8_t)flags;
+  b[17] = b[18] = b[19] = 0;
+  uint64_t f[] = {before->epoch, before->seq, before->checksum, before->pages,
+                  after->epoch, after->seq, after->checksum, after->pages,
+                  (uint64_t)after->commit_time_ns, k};
+  for (int i = 0; i < 10; i++)
+    put64(b + 24 + 8 * i, f[i]);
   uint64_t sum = XXH3_64bits(b, 104);
-  for (int j = 0; j < 8; j++)
-    b[104 + j] = (uint8_t)(sum >> (8 * j));
+  put64(b + 104, sum);
+  uint8_t *entries = b + 4096 + k * PS;
+  for (uint64_t n = 0; n < k; n++) {
+    fill(b + 4096 + n * PS, n, v);
+    put64(entries + n * 16, n);
+    put64(entries + n * 16 + 8, loom_page_hash(n, b + 4096 + n * PS));
+  }
+  put64(entries + k * 16, XXH3_64bits_withSeed(entries, k * 16, sum));
   char path[128];
   snprintf(path, sizeof path, "%s/patch", fx->dir);
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
   assert_true(fd >= 0);
-  assert_int_equal(write(fd, b, sizeof b), (ssize_t)sizeof b);
+  len = len ? len : total;
+  assert_int_equal(write(fd, b, len), (ssize_t)len);
   close(fd);
+  free(b);
+}
+
+/* A version 1 patch header (no body) whose before is pos. */
+static void write_v1_patch(const fixture *fx, const loom_position *pos)
+{
+  loom_position after = *pos;
+  after.seq++;
+  write_v1_patch_full(fx, pos, &after, 0, 0, 0, 4096);
+}
+
+/* The position pos's pages [0, 4) at version 1 reach with page 0 at
+ * version v instead. */
+static loom_position v1_after(const loom_position *pos, unsigned v)
+{
+  loom_position after = *pos;
+  uint8_t *page = malloc(PS);
+  fill(page, 0, 1);
+  after.checksum -= loom_page_hash(0, page);
+  fill(page, 0, v);
+  after.checksum += loom_page_hash(0, page);
+  free(page);
+  after.seq++;
+  return after;
+}
+
+/* Open the version 1 directory: upgraded (0) at pos, or refused. */
+static void expect_upgrade(const fixture *fx, const loom_position *pos)
+{
+  loom_store *s;
+  loom_position got;
+  assert_int_equal(loom_inspect(fx->dir, &got), 0);
+  assert_true(loom_position_same_epoch(&got, pos));
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &got);
+  assert_true(loom_position_same_epoch(&got, pos));
+  assert_int_equal(loom_store_close(s), 0);
 }
 
 static void test_version_1(void **state)
@@ -376,11 +436,25 @@ static void test_version_1(void **state)
   loom_position pos;
   loom_store_position(s, &pos);
   assert_int_equal(loom_store_close(s), 0);
-  /* Its patch still counts: refused, nothing changed. */
+  /* Its patch still counts (it verifies whole and moves the position):
+   * refused, nothing changed. */
+  make_v1(fx);
+  loom_position after = v1_after(&pos, 9);
+  write_v1_patch_full(fx, &pos, &after, 0, 1, 9, 0);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_EVERSION);
+  /* Fix 3 of the review: a patch the previous release would discard and
+   * leave in place never counts. A torn one (a page, or all but the
+   * header) never committed; a page repair keeps the position. */
+  write_v1_patch_full(fx, &pos, &after, 0, 1, 9, 4096 + PS + 16);
+  expect_upgrade(fx, &pos);
   make_v1(fx);
   write_v1_patch(fx, &pos);
-  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_EVERSION);
+  expect_upgrade(fx, &pos);
+  make_v1(fx);
+  write_v1_patch_full(fx, &pos, &pos, LOOM_PATCH_REPAIR, 1, 1, 0);
+  expect_upgrade(fx, &pos);
   /* Its patch no longer counts (applied: its before is older): upgraded. */
+  make_v1(fx);
   loom_position older = pos;
   older.seq--;
   write_v1_patch(fx, &older);
