@@ -65,7 +65,8 @@
  *      ring waits for an empty log and grows the ring, recorded in the
  *      meta first). If the image grows, reserve the new blocks of image
  *      and hashes (loom_io.reserve: ENOSPC here, not in step 4 where it
- *      would poison). Write the pages, then the entry table and trailer,
+ *      would poison), after the checkpoint of any queued record that cuts
+ *      the image (it would free them again: reserve_growth). Write the pages, then the entry table and trailer,
  *      then the header block, at the record's lsn.
  *   2. fsync (fdatasync) the log.  <- the local commit point: from here on
  *      a crash recovers to the new position. (The log exists since the
@@ -1320,17 +1321,34 @@ static uint64_t patch_after_checksum(const loom_patch *p)
  * page), so that the apply, after the commit point where a failure poisons
  * the handle, does not meet a full disk: ENOSPC comes here instead and
  * changes nothing. Grown pages the patch does not hold stay holes. The
- * previous apply is done (step 1 waited), so the files are at pos. (Blocks
- * reserved by a commit that then fails stay allocated past the end until a
- * later commit uses or truncates them.) */
+ * image file may lag pos by queued records: growths only reserve past
+ * what earlier ones reserved, but a queued shrink (or base image) would
+ * cut the file below pos.pages and free these blocks again before this
+ * record's checkpoint, so with one queued the checkpoint runs first and
+ * the files are at pos. (Blocks reserved by a commit that then fails stay
+ * allocated past the end until a later commit uses or truncates them.) */
+static int queue_has_cut(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  int cut = 0;
+  pthread_mutex_lock(&t->mutex);
+  for (size_t i = 0; i < t->queued && !cut; i++) /* (the batch being */
+    cut = starts_batch(t->queue[i]);  /* checkpointed stays queued) */
+  pthread_mutex_unlock(&t->mutex);
+  return cut;
+}
+
 static int reserve_growth(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
   if (!s->io->reserve || h->after.pages <= s->pos.pages)
     return 0;
+  int rc = queue_has_cut(s) ? store_apply_wait(s) : 0;
+  if (rc)
+    return rc;
   uint64_t from = s->pos.pages;
-  int rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
-                          (off_t)((h->after.pages - from) * 8));
+  rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
+                      (off_t)((h->after.pages - from) * 8));
   for (uint64_t i = 0; !rc && i < h->page_count; i++) {
     uint64_t first = p->page_numbers[i];
     if (first < from)

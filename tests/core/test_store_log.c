@@ -13,6 +13,7 @@
  *     still counts is refused with LOOM_EVERSION, one whose patch is torn
  *     or a page repair is upgraded;
  *   - a log lost while records may follow the checkpoint: LOOM_ELOGLOST;
+ *   - a growth behind a queued shrink reserves after the shrink's cut;
  *   - a torn record recovery rejected is not brought back by a retried
  *     save at its lsn that crashes too.
  */
@@ -323,6 +324,38 @@ static void test_torn_tail_not_resurrected(void **state)
   assert_int_equal(pos.seq, 2);
 }
 
+/* Fix 4 of the review: a growth committed behind a queued shrink (here a
+ * smaller base image) reserves its blocks only after that shrink's
+ * checkpoint cut the image, which would otherwise free them again. */
+static void test_growth_after_queued_shrink(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER,
+                                   NULL, &s), 0);
+  assert_int_equal(commit(s, 8, 1, 0), 0);
+  assert_int_equal(loom_store_sync(s), 0);
+  assert_int_equal(commit(s, 2, 2, 1), 0); /* queued: cuts to 2 pages */
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.checkpoint.seq, 1);
+  assert_int_equal(file_size(fx, "image"), (off_t)(8 * PS));
+  assert_int_equal(commit(s, 6, 3, 0), 0); /* grows past 2 */
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.checkpoint.seq, 2); /* the cut came first */
+  assert_int_equal(st.queued, 1);
+  assert_int_equal(file_size(fx, "image"), (off_t)(2 * PS));
+  assert_int_equal(commit(s, 7, 4, 0), 0); /* growth behind growth: */
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.queued, 2);          /* no wait */
+  assert_int_equal(loom_store_close(s), 0);
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 4);
+  assert_int_equal(pos.pages, 7);
+}
+
 /* Rewrite both meta slots as format version 1 (no log fields). */
 static void make_v1(const fixture *fx)
 {
@@ -479,6 +512,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_died_with_records, setup, teardown),
       cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
       cmocka_unit_test_setup_teardown(test_log_lost, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_torn_tail_not_resurrected, setup,
                                       teardown),
   };
