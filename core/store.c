@@ -63,7 +63,8 @@
  *   1. Make room in the log (log_make_room: wait for the checkpoint while
  *      the record would overlap the head, I3; a record larger than the
  *      ring waits for an empty log and grows the ring, recorded in the
- *      meta first). If the image grows, reserve the new blocks of image
+ *      meta first; the next that fits the configured ring shrinks it back
+ *      the same way, then cuts the file). If the image grows, reserve the new blocks of image
  *      and hashes (loom_io.reserve: ENOSPC here, not in step 4 where it
  *      would poison), after the checkpoint of any queued record that cuts
  *      the image (it would free them again: reserve_growth). Write the pages, then the entry table and trailer,
@@ -1049,10 +1050,15 @@ static int log_make_room(loom_store *s, uint64_t bytes, uint64_t *lsn)
 {
   apply_thread *t = &s->apply;
   int rc = 0;
-  if (bytes > s->log_size) {
+  /* Larger than the ring: grow it. A ring grown so that fits the
+   * configured size again: shrink it back, once the log is empty. */
+  uint64_t want = bytes > s->log_size ? bytes
+                  : s->log_size > s->log_want && bytes <= s->log_want ? s->log_want
+                                                                      : 0;
+  if (want) {
     rc = store_apply_wait(s);
     if (!rc)
-      rc = log_resize(s, bytes);
+      rc = log_resize(s, want);
     if (rc)
       return rc;
   }
@@ -1889,10 +1895,21 @@ static void log_settle_size(loom_store *s)
   s->log_size = s->log_want;
 }
 
-/* Grow the ring to hold one record of bytes bytes (the log is empty:
- * log_make_room drained it), durable in the meta before anything is
- * written at the new geometry. The ring stays that size until the next
- * open settles it back. */
+/* The log file cut to the ring (a larger ring's bytes, never read once
+ * the meta with the smaller size is durable). Not synced: a cut lost in a
+ * crash leaves bytes that are still never read, and the next open or
+ * shrink cuts them again. */
+static int log_trim_file(loom_store *s)
+{
+  uint64_t size = 0;
+  int rc = store_file_size(s->log_fd, &size);
+  return !rc && size > s->log_size ? io_truncate(s, s->log_fd, s->log_size) : rc;
+}
+
+/* Resize the ring to hold one record of bytes bytes, or back to the
+ * configured size (the log is empty: log_make_room drained it), durable
+ * in the meta before anything is written at the new geometry; a smaller
+ * ring then cuts the file. */
 static int log_resize(loom_store *s, uint64_t bytes)
 {
   uint64_t origin = s->log_origin, size = s->log_size;
@@ -1908,7 +1925,7 @@ static int log_resize(loom_store *s, uint64_t bytes)
     pthread_mutex_unlock(&s->apply.mutex);
     store_poison(s, rc);
   }
-  return rc;
+  return rc ? rc : log_trim_file(s);
 }
 
 /* After recovery, before the first append: a record recovery rejected at
@@ -1956,6 +1973,8 @@ static int settle(loom_store *s, const char *dir, int readonly, int create)
     rc = meta_write(s, &s->pos);
   if (!rc && !readonly && s->log_fd >= 0)
     rc = log_clear_tail(s);
+  if (!rc && !readonly && s->log_fd >= 0)
+    rc = log_trim_file(s); /* a ring settled back to the configured size */
   if (!rc && !readonly)
     rc = store_fsync(s, s->dirfd);
   if (!rc && create)
