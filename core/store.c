@@ -92,8 +92,12 @@
  *   its pages match the recorded hashes, so step 4 rewrites rotted image
  *   pages and leaves hashes and position as they were.
  *   A failure after step 1 started writing the header (or in 2, 4-6)
- *   poisons the handle: the durable state is unknown until recovery (never
- *   retry an fsync: the kernel may have dropped the dirty pages).
+ *   poisons the handle: the durable state is unknown until recovery
+ *   (never retry an fsync: the kernel may have dropped the dirty pages).
+ *   Except ENOSPC on the header write: the block is zeroed again and
+ *   synced (header_unwrite), and the save fails with nothing changed. In
+ *   the first lap the header block is written as zeros before the pages
+ *   (header_block_allocate), so that the header meets an allocated block.
  *
  * RECOVERY (store_open)
  *
@@ -1174,6 +1178,31 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
          h->after.epoch >= store->epoch;
 }
 
+/* Step 1 in the log's first lap (the file ends at or before the record's
+ * place): the header block is written as zeros before the pages, so that
+ * the real header, written last, goes into an allocated block and does
+ * not meet ENOSPC after the pages left a hole there. A failure here
+ * changes nothing. */
+static int header_block_allocate(loom_store *s, uint64_t lsn)
+{
+  uint64_t size = 0, at = (uint64_t)log_offset(s, lsn, 0);
+  int rc = store_file_size(s->log_fd, &size);
+  if (rc || at + PATCH_HEADER_BLOCK <= size)
+    return rc;
+  static const uint8_t zero[PATCH_HEADER_BLOCK];
+  return store_write_exact(s, s->log_fd, zero, sizeof zero, (off_t)at);
+}
+
+/* A header write that failed with ENOSPC may have written a prefix (the
+ * loop in a short write): zeroed and synced, no header of this record can
+ * be durable, and the save fails with nothing changed. 0 on success. */
+static int header_unwrite(loom_store *s, off_t at)
+{
+  static const uint8_t zero[PATCH_HEADER_BLOCK];
+  int rc = store_write_exact(s, s->log_fd, zero, sizeof zero, at);
+  return rc ? rc : store_fsync(s, s->log_fd);
+}
+
 int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
                       loom_patch **out)
 {
@@ -1194,6 +1223,8 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   int rc = queue_reserve(s);
   if (!rc)
     rc = log_make_room(s, record_bytes(h->page_count), &lsn); /* 1 */
+  if (!rc)
+    rc = header_block_allocate(s, lsn);                       /* 1 */
   if (rc)
     return rc;
   loom_patch *p = patch_alloc(s, h);
@@ -1401,6 +1432,10 @@ int store_patch_make_durable(loom_patch *p)
   }
   off_t at = log_offset(s, p->lsn, 0);
   rc = store_write_exact(s, s->log_fd, block, sizeof block, at); /* 1 */
+  if (rc == ENOSPC && header_unwrite(s, at) == 0) {
+    p->error = rc; /* a full disk: this save fails, the handle lives */
+    return rc;
+  }
   if (!rc)
     rc = store_fsync(s, s->log_fd);                         /* 2 */
   if (!rc) {                                                /* 3 */
