@@ -624,29 +624,48 @@ static int record_verify(loom_store *s, int fd, off_t at, loom_patch *p,
   return rc;
 }
 
-/* R2: the record at exactly lsn, if one is there that verifies and
- * continues from cur. LOOM_ECORRUPT: none (stale bytes of an older lap, a
- * torn record, or nothing yet), or an I/O error. */
-static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
-                          loom_patch **out)
+/* R2: the header at exactly lsn, if one is there that carries that lsn,
+ * continues from cur and whose record fits before the ring's end and
+ * inside the log file as it really is (a meta's ring size is only a
+ * number: nothing is sized by a record the file cannot hold). Nothing is
+ * allocated. LOOM_ECORRUPT: none, or an I/O error. */
+static int header_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
+                          loom_patch_header *h, uint64_t *header_sum)
 {
   uint8_t block[PATCH_HEADER_BLOCK];
-  loom_patch_header h;
-  uint64_t header_sum, at;
-  *out = NULL;
-  if ((uint64_t)log_offset(s, lsn, 0) + PATCH_HEADER_BLOCK > s->log_size)
+  uint64_t at, file = 0, off = (uint64_t)log_offset(s, lsn, 0);
+  int rc = store_file_size(s->log_fd, &file);
+  if (rc)
+    return rc;
+  uint64_t end = file < s->log_size ? file : s->log_size;
+  if (off + PATCH_HEADER_BLOCK > end)
     return LOOM_ECORRUPT;
-  int rc = store_read_exact(s, s->log_fd, block, sizeof block,
-                            log_offset(s, lsn, 0));
+  rc = store_read_exact(s, s->log_fd, block, sizeof block, (off_t)off);
   if (!rc)
-    rc = patch_header_decode(block, &h, &header_sum, &at);
+    rc = patch_header_decode(block, h, header_sum, &at);
   if (rc == LOOM_EVERSION)
     rc = LOOM_ECORRUPT;
   if (rc)
     return rc;
-  if (at != lsn || !loom_position_same_epoch(&h.before, cur) ||
-      (uint64_t)log_offset(s, lsn, 0) + record_bytes(h.page_count) > s->log_size)
+  uint64_t len = PATCH_HEADER_BLOCK + h->page_count * (PS + PATCH_ENTRY_BYTES) + 8;
+  if (at != lsn || !loom_position_same_epoch(&h->before, cur) ||
+      off + record_bytes(h->page_count) > s->log_size || off + len > file)
     return LOOM_ECORRUPT;
+  return 0;
+}
+
+/* R2: the record at exactly lsn, if one is there that verifies and
+ * continues from cur (header_read_at). LOOM_ECORRUPT: none (stale bytes
+ * of an older lap, a torn record, or nothing yet), or an I/O error. */
+static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
+                          loom_patch **out)
+{
+  loom_patch_header h;
+  uint64_t header_sum;
+  *out = NULL;
+  int rc = header_read_at(s, lsn, cur, &h, &header_sum);
+  if (rc)
+    return rc;
   loom_patch *p = patch_alloc(s, &h);
   if (!p)
     return ENOMEM;
@@ -1726,23 +1745,36 @@ int store_log_end(loom_store *s, loom_position *out)
 
 /* Before anything is sized by the meta's page count (a damaged or hostile
  * meta must not size the hash table: the fuzzer's meta with 2^31 pages
- * asked for 16 GiB): when no record follows the checkpoint, the image file
- * must already be exactly at its size. When one does, the records (each
- * checksummed, at most MAX_PAGES) say the sizes, as before the log. */
+ * asked for 16 GiB): the image file must be at that size, or a record
+ * must follow the head (headers only here, each carrying its lsn and
+ * continuing from the one before; log_scan verifies them whole) that
+ * explains the file's size: a longer file was grown by a checkpoint cut
+ * short, a shorter one was cut by one, to a record's size at or below
+ * the file's (later writes of the batch may have extended it again). */
 static int recover_check_size(loom_store *s)
 {
-  int rc = LOOM_ECORRUPT;
-  if (s->log_size && s->log_fd >= 0) {
-    loom_patch *p = NULL;
-    rc = record_read_next(s, s->log_head, &s->pos, &p);
-    store_patch_free(p);
-  }
-  if (rc != LOOM_ECORRUPT)
-    return rc; /* 0: a record follows; or an I/O error */
   uint64_t image_size = 0;
-  if ((rc = store_file_size(s->image_fd, &image_size)))
+  int rc = store_file_size(s->image_fd, &image_size);
+  if (rc || image_size == s->pos.pages * PS)
     return rc;
-  return image_size == s->pos.pages * PS ? 0 : LOOM_ECORRUPT;
+  loom_position cur = s->pos;
+  uint64_t lsn = s->log_head;
+  while (s->log_size && s->log_fd >= 0) {
+    loom_patch_header h;
+    uint64_t sum, off = (uint64_t)log_offset(s, lsn, 0);
+    rc = header_read_at(s, lsn, &cur, &h, &sum);
+    if (rc == LOOM_ECORRUPT && off != 0) {
+      lsn += s->log_size - off; /* the writer skipped the lap's end */
+      rc = header_read_at(s, lsn, &cur, &h, &sum);
+    }
+    if (rc)
+      return rc;
+    if (image_size > s->pos.pages * PS || h.after.pages * PS <= image_size)
+      return 0;
+    cur = h.after;
+    lsn += record_bytes(h.page_count);
+  }
+  return LOOM_ECORRUPT;
 }
 
 /* R2 and R3. The table is loaded at the checkpoint's position, the

@@ -15,6 +15,7 @@
  *   - a log lost while records may follow the checkpoint: LOOM_ELOGLOST;
  *   - a growth behind a queued shrink reserves after the shrink's cut;
  *   - ENOSPC on a first-lap header write fails that save cleanly;
+ *   - a forged meta and record size nothing past what the files hold;
  *   - a torn record recovery rejected is not brought back by a retried
  *     save at its lsn that crashes too.
  */
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -68,6 +70,12 @@ static int teardown(void **state)
   rmdir(fx->dir);
   free(fx);
   return 0;
+}
+
+static void put64(uint8_t *b, uint64_t v)
+{
+  for (int j = 0; j < 8; j++)
+    b[j] = (uint8_t)(v >> (8 * j));
 }
 
 static void fill(uint8_t *page, uint64_t n, unsigned v)
@@ -418,6 +426,139 @@ static void test_header_enospc(void **state)
   assert_int_equal(system(cmd), 0);
 }
 
+/* Rewrite both meta slots: the valid one with the higher generation, with
+ * pages, ring size and head replaced (UINT64_MAX: kept). Returns the
+ * head's file offset under the new ring and, in *pos, the slot's
+ * position. */
+static uint64_t forge_meta(const fixture *fx, uint64_t pages, uint64_t ring,
+                           loom_position *pos)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/meta", fx->dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t m[1024], *best = NULL;
+  assert_int_equal(pread(fd, m, sizeof m, 0), (ssize_t)sizeof m);
+  uint64_t g = 0;
+  for (int i = 0; i < 2; i++) {
+    uint8_t *slot = m + i * 512;
+    uint64_t sum = 0, gen = 0;
+    for (int j = 7; j >= 0; j--) {
+      sum = sum << 8 | slot[504 + j];
+      gen = gen << 8 | slot[16 + j];
+    }
+    if (sum == XXH3_64bits(slot, 504) && (!best || gen > g)) {
+      best = slot;
+      g = gen;
+    }
+  }
+  assert_non_null(best);
+  if (pages != UINT64_MAX)
+    put64(best + 48, pages);
+  if (ring != UINT64_MAX)
+    put64(best + 288, ring);
+  put64(best + 504, XXH3_64bits(best, 504));
+  uint64_t f[5], origin = 0, size = 0, head = 0;
+  for (int k = 0; k < 5; k++) {
+    f[k] = 0;
+    for (int j = 7; j >= 0; j--)
+      f[k] = f[k] << 8 | best[24 + 8 * k + j];
+  }
+  for (int j = 7; j >= 0; j--) {
+    origin = origin << 8 | best[280 + j];
+    size = size << 8 | best[288 + j];
+    head = head << 8 | best[296 + j];
+  }
+  *pos = (loom_position){f[0], f[1], f[2], f[3], (int64_t)f[4]};
+  memcpy(m + (best == m ? 512 : 0), best, 512);
+  assert_int_equal(pwrite(fd, m, sizeof m, 0), (ssize_t)sizeof m);
+  close(fd);
+  return (head - origin) % size;
+}
+
+/* A record header at file offset off: from before to after.pages pages,
+ * listing k pages, at lsn, its checksums right (and, with k = 0, its
+ * trailer). */
+static void forge_record(const fixture *fx, uint64_t off, uint64_t lsn,
+                         const loom_position *before, uint64_t after_pages,
+                         uint64_t k)
+{
+  uint8_t b[4096 + 8];
+  memset(b, 0, sizeof b);
+  memcpy(b, "LOOMPTCH", 8);
+  b[8] = 2;
+  b[13] = LOOM_PAGE_SIZE >> 8;
+  uint64_t f[] = {before->epoch, before->seq, before->checksum, before->pages,
+                  before->epoch, before->seq + 1, 1, after_pages, 0, k, lsn};
+  for (int i = 0; i < 11; i++)
+    put64(b + 24 + 8 * i, f[i]);
+  uint64_t sum = XXH3_64bits(b, 112);
+  put64(b + 112, sum);
+  put64(b + 4096, XXH3_64bits_withSeed(b, 0, sum));
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, b, sizeof b, (off_t)off), (ssize_t)sizeof b);
+  close(fd);
+}
+
+/* Open in a child whose address space is bounded (unless sanitized:
+ * ASan reserves its shadow first): 0 LOOM_ECORRUPT, 10 opened, 2 ENOMEM,
+ * 3 another error, 1 when the child did not exit by itself. */
+static int open_bounded(const fixture *fx)
+{
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+#if !defined(__SANITIZE_ADDRESS__)
+    struct rlimit r = {UINT64_C(1) << 30, UINT64_C(1) << 30};
+    setrlimit(RLIMIT_AS, &r);
+#endif
+    loom_store *s;
+    int rc = loom_store_open(fx->dir, 0, NULL, &s);
+    if (rc == 0)
+      loom_store_close(s);
+    _exit(rc == LOOM_ECORRUPT ? 0 : rc == 0 ? 10 : rc == ENOMEM ? 2 : 3);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
+/* Fix 7 of the review: a forged meta and record size nothing beyond what
+ * the files hold. A ring of 2^40 bytes in the meta lets a record claim 2^25
+ * pages (1.5 GiB of page lists), though the log file holds one header;
+ * and a meta claiming 2^31 pages (a 16 GiB hash table) with a record that
+ * follows it used to skip the image size check. The first record is a
+ * torn tail (opened at the meta's position), the second directory
+ * LOOM_ECORRUPT, both allocating nothing large (before the fix: ENOMEM
+ * under a 1 GiB limit). */
+static void test_forged_sizes(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, NULL, &s), 0);
+  assert_int_equal(commit(s, 2, 1, 0), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  char path[128], saved[160];
+  snprintf(path, sizeof path, "%s/meta", fx->dir);
+  snprintf(saved, sizeof saved, "%s.meta", fx->dir);
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "cp %s %s", path, saved);
+  assert_int_equal(system(cmd), 0);
+  loom_position pos;
+  uint64_t ring = UINT64_C(1) << 40;
+  uint64_t off = forge_meta(fx, UINT64_MAX, ring, &pos);
+  forge_record(fx, off, off, &pos, UINT64_C(1) << 25, UINT64_C(1) << 25);
+  assert_int_equal(open_bounded(fx), 10); /* a torn tail: ignored */
+  snprintf(cmd, sizeof cmd, "cp %s %s && rm %s", saved, path, saved);
+  assert_int_equal(system(cmd), 0);
+  off = forge_meta(fx, UINT64_C(1) << 31, UINT64_MAX, &pos);
+  forge_record(fx, off, off, &pos, UINT64_C(1) << 31, 0);
+  assert_int_equal(open_bounded(fx), 0);
+}
+
 /* Rewrite both meta slots as format version 1 (no log fields). */
 static void make_v1(const fixture *fx)
 {
@@ -439,12 +580,6 @@ static void make_v1(const fixture *fx)
     assert_int_equal(pwrite(fd, slot, sizeof slot, i * 512), (ssize_t)sizeof slot);
   }
   close(fd);
-}
-
-static void put64(uint8_t *b, uint64_t v)
-{
-  for (int j = 0; j < 8; j++)
-    b[j] = (uint8_t)(v >> (8 * j));
 }
 
 /* A version 1 patch from before to after holding pages [0, k) at version
@@ -575,6 +710,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
       cmocka_unit_test_setup_teardown(test_log_lost, setup, teardown),
       cmocka_unit_test_setup_teardown(test_header_enospc, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_forged_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_torn_tail_not_resurrected, setup,
