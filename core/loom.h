@@ -399,7 +399,16 @@ int loom_store_backup(loom_store *store, const char *dest);
  *
  *   loom_store_snapshot_open     any thread; the position is the one the
  *                                image file holds at that instant (a commit
- *                                still being applied is not in it); errors:
+ *                                still being applied is not in it), once
+ *                                the checkpoint thread merged what was
+ *                                committed at the call. Without that thread
+ *                                and with LOOM_CHECKPOINT_DEFER, nothing
+ *                                checkpoints for another thread: the image
+ *                                (and so the snapshot) is at the last
+ *                                checkpoint, up to a log's worth behind the
+ *                                committed position; call loom_store_sync
+ *                                on the owner's thread first to open at
+ *                                the committed one; errors:
  *                                LOOM_EINVAL (8 are already open),
  *                                LOOM_EPANIC, errno values
  *   loom_snapshot_position       its position
@@ -463,7 +472,10 @@ int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
 
 /* The position of dir: the one an open would recover to (the recorded
  * position, or that of a committed patch not yet applied), read without
- * a lock and without changing anything. */
+ * a lock and without changing anything. A version 1 directory whose
+ * patch still counts (which loom_store_open refuses with LOOM_EVERSION)
+ * is described at that patch's after-position, the one the previous
+ * release would recover to. */
 int loom_inspect(const char *dir, loom_position *out);
 /* The same, with the directory's history and branch points. */
 int loom_inspect_lineage(const char *dir, loom_position *out,

@@ -170,8 +170,8 @@ int store_poisoned(const loom_store *s) { return s->poison != 0; }
 
 void store_poison(loom_store *s, int rc)
 {
-  if (!s->poison)
-    s->poison = rc ? rc : LOOM_EPANIC;
+  int none = 0; /* the first error stays, whichever thread meets one */
+  atomic_compare_exchange_strong(&s->poison, &none, rc ? rc : LOOM_EPANIC);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1740,6 +1740,10 @@ static int log_scan(loom_store *s, int keep, loom_position *end)
 
 int store_log_end(loom_store *s, loom_position *out)
 {
+  if (s->v1_pending) { /* a version 1 directory: no log, its patch */
+    *out = s->v1_after;
+    return 0;
+  }
   return log_scan(s, 0, out);
 }
 
@@ -1814,7 +1818,7 @@ static int store_recover(loom_store *s)
  * scrubber, as before it was written) and its whole body verifies (else
  * it never committed, and that release discarded it without removing
  * it). */
-static int v1_patch_pending(loom_store *s)
+static int v1_patch_pending(loom_store *s, loom_position *after)
 {
   int fd = -1, pending = 0;
   uint8_t b[PATCH_HEADER_BLOCK];
@@ -1835,6 +1839,7 @@ static int v1_patch_pending(loom_store *s)
     loom_patch *p = patch_alloc(s, &h);
     pending = p ? record_verify(s, fd, 0, p, get_le64(b + 104)) == 0 : 1;
     store_patch_free(p);
+    *after = h.after;
   }
   store_close_fd(s, &fd);
   return pending;
@@ -1902,8 +1907,12 @@ static int read_meta(loom_store *s, int create)
   s->log_size = log.size;
   s->log_head = s->log_tail = log.head;
   s->log_was_live = log.size && (log.flags & META_LOG_LIVE);
-  if (!rc && v1 && v1_patch_pending(s))
-    rc = LOOM_EVERSION;
+  if (!rc && v1 && v1_patch_pending(s, &s->v1_after)) {
+    /* A read-only open (inspect) describes it: the position the previous
+     * release would recover to. */
+    s->v1_pending = 1;
+    rc = (s->flags & LOOM_READONLY) ? 0 : LOOM_EVERSION;
+  }
   if (rc == LOOM_ENOIMAGE && create) {
     /* No position recorded: only an empty (or absent) image may be
      * replaced by a new one. */

@@ -672,6 +672,10 @@ static void test_version_1(void **state)
   loom_position after = v1_after(&pos, 9);
   write_v1_patch_full(fx, &pos, &after, 0, 1, 9, 0);
   assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_EVERSION);
+  /* Fix 8: inspect describes it (the previous release's recovery). */
+  loom_position seen;
+  assert_int_equal(loom_inspect(fx->dir, &seen), 0);
+  assert_true(loom_position_same_epoch(&seen, &after));
   /* Fix 3 of the review: a patch the previous release would discard and
    * leave in place never counts. A torn one (a page, or all but the
    * header) never committed; a page repair keeps the position. */
