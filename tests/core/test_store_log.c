@@ -157,16 +157,17 @@ static void test_deferred_fill_and_sync(void **state)
 }
 
 /* A child commits with checkpoints deferred and dies without closing. */
-static void test_died_with_records(void **state)
+/* A child commits n records (version v: 3 + v pages) with checkpoints
+ * deferred and dies without closing: they wait in the log. */
+static void die_with_records(const fixture *fx, unsigned n)
 {
-  fixture *fx = *state;
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
     loom_store *s;
     if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
       _exit(1);
-    for (unsigned v = 1; v <= 4; v++)
+    for (unsigned v = 1; v <= n; v++)
       if (commit(s, 3 + v, v, 0))
         _exit(2);
     _exit(0);
@@ -174,6 +175,12 @@ static void test_died_with_records(void **state)
   int status;
   assert_int_equal(waitpid(pid, &status, 0), pid);
   assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_died_with_records(void **state)
+{
+  fixture *fx = *state;
+  die_with_records(fx, 4);
   loom_position pos;
   assert_int_equal(loom_inspect(fx->dir, &pos), 0);
   assert_int_equal(pos.seq, 4); /* the committed position, not the meta's */
@@ -206,20 +213,7 @@ static void remove_file(const fixture *fx, const char *name)
 static void test_log_lost(void **state)
 {
   fixture *fx = *state;
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    loom_store *s;
-    if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
-      _exit(1);
-    for (unsigned v = 1; v <= 3; v++)
-      if (commit(s, 3 + v, v, 0))
-        _exit(2);
-    _exit(0); /* dies with three records past the checkpoint */
-  }
-  int status;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  die_with_records(fx, 3); /* three records past the checkpoint */
   char saved[160], path[128];
   snprintf(path, sizeof path, "%s/log", fx->dir);
   snprintf(saved, sizeof saved, "%s.saved", fx->dir);
@@ -299,20 +293,7 @@ static void flip_byte(const fixture *fx, off_t at)
 static void test_torn_tail_not_resurrected(void **state)
 {
   fixture *fx = *state;
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    loom_store *s;
-    if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
-      _exit(1);
-    for (unsigned v = 1; v <= 2; v++)
-      if (commit(s, 3 + v, v, 0))
-        _exit(2);
-    _exit(0);
-  }
-  int status;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  die_with_records(fx, 2);
   off_t page = record_at(fx, 1) + 4096 + 100; /* record 2's first page */
   flip_byte(fx, page); /* crash 1 tore it */
   loom_store *s;
