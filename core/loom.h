@@ -235,6 +235,10 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
  * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EMETA (DIR/meta is missing or
  * both its slots fail their checks while the image holds pages: the
  * position is lost; the directory must be restored or resynced),
+ * LOOM_ELOGLOST (DIR/log is missing while the meta says records past the
+ * checkpoint may have been in it: a writer had it open and did not close
+ * cleanly; put the log back, or restore or resync the directory; a
+ * directory closed cleanly, or a backup's copy, opens without one),
  * LOOM_EVERSION, or an errno value. A missing hashes file (derived data)
  * is made anew and rebuilt from the image, like a short one, and kept
  * only if the image agrees with the recorded position (else

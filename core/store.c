@@ -57,6 +57,12 @@
  *       a torn or partly written record fails verification and ends the
  *       log there (the torn tail: never acknowledged, since its save had
  *       not returned).
+ *   I5. A missing log is never taken for an empty one while records may
+ *       follow the head: every meta a writer writes while it has the log
+ *       open says so (META_LOG_LIVE); only close, after its last
+ *       checkpoint, writes one that does not. Else LOOM_ELOGLOST.
+ *   I6. A record recovery rejected stays rejected: before the first
+ *       append reuses its lsn, its header is zeroed (R4).
  *
  * THE COMMIT PROTOCOL (store_patch_make_durable, then checkpoint_batch)
  *
