@@ -169,6 +169,7 @@
 #define LOG_ALIGN 4096u /* records start at multiples of it */
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
+static const uint8_t zero_block[PATCH_HEADER_BLOCK];
 
 uint64_t store_zero_hash(uint64_t n) { return loom_page_hash(n, zero_page); }
 
@@ -576,6 +577,11 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
   while (!rc && at < total) {
     int k = 0;
     size_t len = 0;
+    if (p->zero_header && at == 0) { /* header_block_allocate */
+      iov[k++] = (struct iovec){(void *)zero_block, PATCH_HEADER_BLOCK};
+      len = PATCH_HEADER_BLOCK;
+      off -= PATCH_HEADER_BLOCK;
+    }
     for (; k < IOV_BATCH && at < total; k++, at++) {
       if (at < n)
         iov[k] = (struct iovec){(void *)p->deferred[at], PS};
@@ -1203,19 +1209,25 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
          h->after.epoch >= store->epoch;
 }
 
-/* Step 1 in the log's first lap (the file ends at or before the record's
- * place): the header block is written as zeros before the pages, so that
- * the real header, written last, goes into an allocated block and does
- * not meet ENOSPC after the pages left a hole there. A failure here
- * changes nothing. */
-static int header_block_allocate(loom_store *s, uint64_t lsn)
+/* Step 1 in the log's first lap (the file ends before the record's header
+ * block ends): the header block is written as zeros before anything
+ * after it, so that the real header, written last, goes into an allocated
+ * block and does not meet ENOSPC after the pages left a hole there. Now
+ * (a failure changes nothing), or, for a deferred patch, as the first
+ * buffer of its one pwritev (p->zero_header). */
+static int header_block_allocate(loom_store *s, uint64_t lsn, int deferred,
+                                 int *later)
 {
   uint64_t size = 0, at = (uint64_t)log_offset(s, lsn, 0);
   int rc = store_file_size(s->log_fd, &size);
+  *later = 0;
   if (rc || at + PATCH_HEADER_BLOCK <= size)
     return rc;
-  static const uint8_t zero[PATCH_HEADER_BLOCK];
-  return store_write_exact(s, s->log_fd, zero, sizeof zero, (off_t)at);
+  if (deferred) {
+    *later = 1;
+    return 0;
+  }
+  return store_write_exact(s, s->log_fd, zero_block, sizeof zero_block, (off_t)at);
 }
 
 /* A header write that failed with ENOSPC may have written a prefix (the
@@ -1223,8 +1235,7 @@ static int header_block_allocate(loom_store *s, uint64_t lsn)
  * be durable, and the save fails with nothing changed. 0 on success. */
 static int header_unwrite(loom_store *s, off_t at)
 {
-  static const uint8_t zero[PATCH_HEADER_BLOCK];
-  int rc = store_write_exact(s, s->log_fd, zero, sizeof zero, at);
+  int rc = store_write_exact(s, s->log_fd, zero_block, sizeof zero_block, at);
   return rc ? rc : store_fsync(s, s->log_fd);
 }
 
@@ -1245,20 +1256,22 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (!positions_chain(&s->pos, h))
     return LOOM_EPOSITION;
   uint64_t lsn = 0;
+  int deferred = fill_after && s->io->pwritev, zero_header = 0;
   int rc = queue_reserve(s);
   if (!rc)
     rc = log_make_room(s, record_bytes(h->page_count), &lsn); /* 1 */
   if (!rc)
-    rc = header_block_allocate(s, lsn);                       /* 1 */
+    rc = header_block_allocate(s, lsn, deferred, &zero_header); /* 1 */
   if (rc)
     return rc;
   loom_patch *p = patch_alloc(s, h);
   if (!p)
     return ENOMEM;
   p->lsn = lsn;
+  p->zero_header = zero_header;
   p->fill_after = fill_after;
   p->header.before = s->pos;
-  if (fill_after && s->io->pwritev) {
+  if (deferred) {
     p->deferred = malloc((size_t)(h->page_count ? h->page_count : 1) * sizeof(void *));
     if (!p->deferred) {
       store_patch_free(p);

@@ -111,6 +111,7 @@ struct loom_patch {
    * pwritev in one pass (one contiguous extent to fsync). */
   const void **deferred;   /* [header.page_count] page pointers, or NULL */
   uint64_t lsn;            /* where the record sits in the log */
+  int zero_header;         /* write the header block as zeros first */
 };
 
 /* Begin a patch whose after.checksum the store computes (fill_after). */
