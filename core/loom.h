@@ -105,14 +105,17 @@ int loom_version_number(void);
     "the image directory already follows another history")                    \
   X(LOOM_EMETA, -30913, /* restore the directory */                           \
     "the meta file (the recorded position) is missing or damaged: "           \
-    "no slot passes its checks, though the image holds pages")
+    "no slot passes its checks, though the image holds pages")            \
+  X(LOOM_ELOGLOST, -30914, /* restore the directory */                        \
+    "the commit log is missing, though its meta says records past the "       \
+    "checkpoint may be in it")
 
 enum loom_error {
   LOOM_OK = 0,
 #define LOOM_ERROR_ENUM_(name, value, text) name = value,
   LOOM_ERROR_LIST(LOOM_ERROR_ENUM_)
 #undef LOOM_ERROR_ENUM_
-  LOOM_ELAST = -30914      /* sentinel: one past the lowest code */
+  LOOM_ELAST = -30915      /* sentinel: one past the lowest code */
 };
 
 /* A description of rc (0, an errno value, or a LOOM_E* code). Never NULL. */
@@ -232,6 +235,10 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
  * it), LOOM_ENOIMAGE, LOOM_ECORRUPT, LOOM_EMETA (DIR/meta is missing or
  * both its slots fail their checks while the image holds pages: the
  * position is lost; the directory must be restored or resynced),
+ * LOOM_ELOGLOST (DIR/log is missing while the meta says records past the
+ * checkpoint may have been in it: a writer had it open and did not close
+ * cleanly; put the log back, or restore or resync the directory; a
+ * directory closed cleanly, or a backup's copy, opens without one),
  * LOOM_EVERSION, or an errno value. A missing hashes file (derived data)
  * is made anew and rebuilt from the image, like a short one, and kept
  * only if the image agrees with the recorded position (else
@@ -396,7 +403,16 @@ int loom_store_backup(loom_store *store, const char *dest);
  *
  *   loom_store_snapshot_open     any thread; the position is the one the
  *                                image file holds at that instant (a commit
- *                                still being applied is not in it); errors:
+ *                                still being applied is not in it), once
+ *                                the checkpoint thread merged what was
+ *                                committed at the call. Without that thread
+ *                                and with LOOM_CHECKPOINT_DEFER, nothing
+ *                                checkpoints for another thread: the image
+ *                                (and so the snapshot) is at the last
+ *                                checkpoint, up to a log's worth behind the
+ *                                committed position; call loom_store_sync
+ *                                on the owner's thread first to open at
+ *                                the committed one; errors:
  *                                LOOM_EINVAL (8 are already open),
  *                                LOOM_EPANIC, errno values
  *   loom_snapshot_position       its position
@@ -460,7 +476,10 @@ int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
 
 /* The position of dir: the one an open would recover to (the recorded
  * position, or that of a committed patch not yet applied), read without
- * a lock and without changing anything. */
+ * a lock and without changing anything. A version 1 directory whose
+ * patch still counts (which loom_store_open refuses with LOOM_EVERSION)
+ * is described at that patch's after-position, the one the previous
+ * release would recover to. */
 int loom_inspect(const char *dir, loom_position *out);
 /* The same, with the directory's history and branch points. */
 int loom_inspect_lineage(const char *dir, loom_position *out,

@@ -58,15 +58,23 @@
  *       a torn or partly written record fails verification and ends the
  *       log there (the torn tail: never acknowledged, since its save had
  *       not returned).
+ *   I5. A missing log is never taken for an empty one while records may
+ *       follow the head: every meta a writer writes while it has the log
+ *       open says so (META_LOG_LIVE); only close, after its last
+ *       checkpoint, writes one that does not. Else LOOM_ELOGLOST.
+ *   I6. A record recovery rejected stays rejected: before the first
+ *       append reuses its lsn, its header is zeroed (R4).
  *
  * THE COMMIT PROTOCOL (store_patch_make_durable, then checkpoint_batch)
  *
  *   1. Make room in the log (log_make_room: wait for the checkpoint while
  *      the record would overlap the head, I3; a record larger than the
  *      ring waits for an empty log and grows the ring, recorded in the
- *      meta first). If the image grows, reserve the new blocks of image
+ *      meta first; the next that fits the configured ring shrinks it back
+ *      the same way, then cuts the file). If the image grows, reserve the new blocks of image
  *      and hashes (loom_io.reserve: ENOSPC here, not in step 4 where it
- *      would poison). Write the pages, then the entry table and trailer,
+ *      would poison), after the checkpoint of any queued record that cuts
+ *      the image (it would free them again: reserve_growth). Write the pages, then the entry table and trailer,
  *      then the header block, at the record's lsn.
  *   2. fsync (fdatasync) the log.  <- the local commit point: from here on
  *      a crash recovers to the new position. (The log exists since the
@@ -91,8 +99,12 @@
  *   its pages match the recorded hashes, so step 4 rewrites rotted image
  *   pages and leaves hashes and position as they were.
  *   A failure after step 1 started writing the header (or in 2, 4-6)
- *   poisons the handle: the durable state is unknown until recovery (never
- *   retry an fsync: the kernel may have dropped the dirty pages).
+ *   poisons the handle: the durable state is unknown until recovery
+ *   (never retry an fsync: the kernel may have dropped the dirty pages).
+ *   Except ENOSPC on the header write: the block is zeroed again and
+ *   synced (header_unwrite), and the save fails with nothing changed. In
+ *   the first lap the header block is written as zeros before the pages
+ *   (header_block_allocate), so that the header meets an allocated block.
  *
  * RECOVERY (store_open)
  *
@@ -110,9 +122,13 @@
  *       directory fsynced) are rebuilt from the image, and kept only if
  *       the image agrees with the position (else LOOM_ECORRUPT).
  *
+ *   R4. Before the first append (settle): a header at the tail's lsn that
+ *       recovery rejected is zeroed and the log fsynced (log_clear_tail).
+ *
  *   A version 1 directory (a single `patch` file) is upgraded at open
  *   (its meta rewritten as version 2 with an empty log), unless its patch
  *   still counts: LOOM_EVERSION (open it once with the previous release).
+ *   A torn patch or a page repair never counts (v1_patch_pending).
  *
  *   A meta with no valid slot is a store that never recorded a position
  *   (a crash while creating it) when the image is empty or absent
@@ -142,6 +158,8 @@
 #define META_MAGIC "LOOMMETA"
 #define META_LINEAGE_OFFSET 64u
 #define META_LOG_OFFSET 280u
+#define META_LOG_FLAGS 304u /* u32: META_LOG_LIVE */
+#define META_LOG_LIVE 0x1u  /* a writer had the log open: records may follow */
 #define PATCH_MAGIC "LOOMPTCH"
 #define FORMAT_VERSION 2u
 #define FORMAT_VERSION_V1 1u /* before the commit log: upgraded at open */
@@ -152,6 +170,7 @@
 #define LOG_ALIGN 4096u /* records start at multiples of it */
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
+static const uint8_t zero_block[PATCH_HEADER_BLOCK];
 
 uint64_t store_zero_hash(uint64_t n) { return loom_page_hash(n, zero_page); }
 
@@ -159,8 +178,8 @@ int store_poisoned(const loom_store *s) { return s->poison != 0; }
 
 void store_poison(loom_store *s, int rc)
 {
-  if (!s->poison)
-    s->poison = rc ? rc : LOOM_EPANIC;
+  int none = 0; /* the first error stays, whichever thread meets one */
+  atomic_compare_exchange_strong(&s->poison, &none, rc ? rc : LOOM_EPANIC);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -246,6 +265,7 @@ void store_position_get(const uint8_t in[POSITION_BYTES], loom_position *p)
  * the checkpoint (the first lsn the image does not hold). */
 typedef struct meta_log {
   uint64_t origin, size, head;
+  uint32_t flags; /* META_LOG_LIVE, or 0: nothing past the head */
 } meta_log;
 
 static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
@@ -262,6 +282,7 @@ static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
   put_le64(slot + META_LOG_OFFSET, log->origin);
   put_le64(slot + META_LOG_OFFSET + 8, log->size);
   put_le64(slot + META_LOG_OFFSET + 16, log->head);
+  put_le32(slot + META_LOG_FLAGS, log->flags);
   put_le64(slot + META_SLOT_SIZE - 8, XXH3_64bits(slot, META_SLOT_SIZE - 8));
 }
 
@@ -269,7 +290,7 @@ static void meta_encode_log(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
 void store_meta_encode(uint8_t slot[META_SLOT_SIZE], uint64_t generation,
                        const loom_position *p, const loom_lineage *lineage)
 {
-  meta_encode_log(slot, generation, p, lineage, &(meta_log){0, 0, 0});
+  meta_encode_log(slot, generation, p, lineage, &(meta_log){0, 0, 0, 0});
 }
 
 /* 0 valid, LOOM_ECORRUPT torn/garbage, LOOM_EVERSION unknown version. A
@@ -288,11 +309,12 @@ static int meta_decode(const uint8_t slot[META_SLOT_SIZE], uint64_t *generation,
     return LOOM_EVERSION;
   *v1 = version == FORMAT_VERSION_V1;
   *generation = get_le64(slot + 16);
-  *log = (meta_log){0, 0, 0};
+  *log = (meta_log){0, 0, 0, 0};
   if (!*v1) {
     log->origin = get_le64(slot + META_LOG_OFFSET);
     log->size = get_le64(slot + META_LOG_OFFSET + 8);
     log->head = get_le64(slot + META_LOG_OFFSET + 16);
+    log->flags = get_le32(slot + META_LOG_FLAGS) & META_LOG_LIVE;
   }
   if (log->head < log->origin || log->size % LOG_ALIGN)
     return LOOM_ECORRUPT;
@@ -345,7 +367,8 @@ static int meta_write_at(loom_store *s, const loom_position *p,
   uint8_t slot[META_SLOT_SIZE];
   uint64_t g = s->generation + 1;
   meta_encode_log(slot, g, p, lineage,
-                  &(meta_log){s->log_origin, s->log_size, head});
+                  &(meta_log){s->log_origin, s->log_size, head,
+                              s->log_live ? META_LOG_LIVE : 0});
   int rc = store_write_exact(s, s->meta_fd, slot, sizeof slot,
                              (off_t)((g % 2) * META_SLOT_SIZE));
   if (!rc)
@@ -400,16 +423,11 @@ static void patch_header_encode(uint8_t block[PATCH_HEADER_BLOCK],
   put_le64(block + PATCH_HEADER_SUM, XXH3_64bits(block, PATCH_HEADER_SUM));
 }
 
-static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
-                               loom_patch_header *h, uint64_t *header_sum,
-                               uint64_t *lsn)
+/* The fields a record header shares with a version 1 patch header: bytes
+ * [16, 104). */
+static int header_fields_decode(const uint8_t block[PATCH_HEADER_BLOCK],
+                                loom_patch_header *h)
 {
-  if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
-      get_le64(block + PATCH_HEADER_SUM) != XXH3_64bits(block, PATCH_HEADER_SUM))
-    return LOOM_ECORRUPT;
-  if (get_le32(block + 8) != FORMAT_VERSION ||
-      get_le32(block + 12) != LOOM_PAGE_SIZE)
-    return LOOM_EVERSION;
   memset(h, 0, sizeof *h);
   h->flags = get_le32(block + 16);
   h->before.epoch = get_le64(block + 24);
@@ -422,13 +440,35 @@ static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
   h->after.pages = get_le64(block + 80);
   h->after.commit_time_ns = (int64_t)get_le64(block + 88);
   h->page_count = get_le64(block + 96);
-  *lsn = get_le64(block + 104);
-  *header_sum = get_le64(block + PATCH_HEADER_SUM);
   if ((h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
       h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
     return LOOM_ECORRUPT;
   return 0;
+}
+
+/* A header of the given version whose checksum sits at sum_at. */
+static int header_check(const uint8_t block[PATCH_HEADER_BLOCK],
+                        uint32_t version, size_t sum_at)
+{
+  if (memcmp(block, PATCH_MAGIC, 8) != 0 ||
+      get_le64(block + sum_at) != XXH3_64bits(block, sum_at))
+    return LOOM_ECORRUPT;
+  if (get_le32(block + 8) != version || get_le32(block + 12) != LOOM_PAGE_SIZE)
+    return LOOM_EVERSION;
+  return 0;
+}
+
+static int patch_header_decode(const uint8_t block[PATCH_HEADER_BLOCK],
+                               loom_patch_header *h, uint64_t *header_sum,
+                               uint64_t *lsn)
+{
+  int rc = header_check(block, FORMAT_VERSION, PATCH_HEADER_SUM);
+  if (rc)
+    return rc;
+  *lsn = get_le64(block + 104);
+  *header_sum = get_le64(block + PATCH_HEADER_SUM);
+  return header_fields_decode(block, h);
 }
 
 /* Where a record's byte at is in the log file: records never wrap. */
@@ -538,6 +578,11 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
   while (!rc && at < total) {
     int k = 0;
     size_t len = 0;
+    if (p->zero_header && at == 0) { /* header_block_allocate */
+      iov[k++] = (struct iovec){(void *)zero_block, PATCH_HEADER_BLOCK};
+      len = PATCH_HEADER_BLOCK;
+      off -= PATCH_HEADER_BLOCK;
+    }
     for (; k < IOV_BATCH && at < total; k++, at++) {
       if (at < n)
         iov[k] = (struct iovec){(void *)p->deferred[at], PS};
@@ -553,15 +598,18 @@ static int patch_write_deferred(loom_store *s, loom_patch *p,
   return rc;
 }
 
-/* R2: the entry table and every page of p (read at its lsn) verify. */
-static int record_verify(loom_store *s, loom_patch *p, uint64_t header_sum)
+/* R2: the entry table and every page of p verify, its header block at
+ * byte at of fd (the log, or a version 1 patch file). */
+static int record_verify(loom_store *s, int fd, off_t at, loom_patch *p,
+                         uint64_t header_sum)
 {
   const loom_patch_header *h = &p->header;
   size_t len = (size_t)h->page_count * PATCH_ENTRY_BYTES + 8;
   uint8_t *buf = malloc(len);
   if (!buf)
     return ENOMEM;
-  int rc = store_read_exact(s, s->log_fd, buf, len, patch_entries_offset(p));
+  off_t pages = at + PATCH_HEADER_BLOCK;
+  int rc = store_read_exact(s, fd, buf, len, pages + (off_t)(h->page_count * PS));
   if (!rc && get_le64(buf + len - 8) !=
                  XXH3_64bits_withSeed(buf, len - 8, header_sum))
     rc = LOOM_ECORRUPT;
@@ -578,8 +626,8 @@ static int record_verify(loom_store *s, loom_patch *p, uint64_t header_sum)
   free(buf);
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
-    rc = store_read_exact(s, s->log_fd, s->staging, (size_t)(k * PS),
-                          patch_page_offset(p, i));
+    rc = store_read_exact(s, fd, s->staging, (size_t)(k * PS),
+                          pages + (off_t)(i * PS));
     for (uint64_t j = 0; !rc && j < k; j++)
       if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
           p->new_hashes[i + j])
@@ -589,34 +637,53 @@ static int record_verify(loom_store *s, loom_patch *p, uint64_t header_sum)
   return rc;
 }
 
-/* R2: the record at exactly lsn, if one is there that verifies and
- * continues from cur. LOOM_ECORRUPT: none (stale bytes of an older lap, a
- * torn record, or nothing yet), or an I/O error. */
-static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
-                          loom_patch **out)
+/* R2: the header at exactly lsn, if one is there that carries that lsn,
+ * continues from cur and whose record fits before the ring's end and
+ * inside the log file as it really is (a meta's ring size is only a
+ * number: nothing is sized by a record the file cannot hold). Nothing is
+ * allocated. LOOM_ECORRUPT: none, or an I/O error. */
+static int header_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
+                          loom_patch_header *h, uint64_t *header_sum)
 {
   uint8_t block[PATCH_HEADER_BLOCK];
-  loom_patch_header h;
-  uint64_t header_sum, at;
-  *out = NULL;
-  if ((uint64_t)log_offset(s, lsn, 0) + PATCH_HEADER_BLOCK > s->log_size)
+  uint64_t at, file = 0, off = (uint64_t)log_offset(s, lsn, 0);
+  int rc = store_file_size(s->log_fd, &file);
+  if (rc)
+    return rc;
+  uint64_t end = file < s->log_size ? file : s->log_size;
+  if (off + PATCH_HEADER_BLOCK > end)
     return LOOM_ECORRUPT;
-  int rc = store_read_exact(s, s->log_fd, block, sizeof block,
-                            log_offset(s, lsn, 0));
+  rc = store_read_exact(s, s->log_fd, block, sizeof block, (off_t)off);
   if (!rc)
-    rc = patch_header_decode(block, &h, &header_sum, &at);
+    rc = patch_header_decode(block, h, header_sum, &at);
   if (rc == LOOM_EVERSION)
     rc = LOOM_ECORRUPT;
   if (rc)
     return rc;
-  if (at != lsn || !loom_position_same_epoch(&h.before, cur) ||
-      (uint64_t)log_offset(s, lsn, 0) + record_bytes(h.page_count) > s->log_size)
+  uint64_t len = PATCH_HEADER_BLOCK + h->page_count * (PS + PATCH_ENTRY_BYTES) + 8;
+  if (at != lsn || !loom_position_same_epoch(&h->before, cur) ||
+      off + record_bytes(h->page_count) > s->log_size || off + len > file)
     return LOOM_ECORRUPT;
+  return 0;
+}
+
+/* R2: the record at exactly lsn, if one is there that verifies and
+ * continues from cur (header_read_at). LOOM_ECORRUPT: none (stale bytes
+ * of an older lap, a torn record, or nothing yet), or an I/O error. */
+static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
+                          loom_patch **out)
+{
+  loom_patch_header h;
+  uint64_t header_sum;
+  *out = NULL;
+  int rc = header_read_at(s, lsn, cur, &h, &header_sum);
+  if (rc)
+    return rc;
   loom_patch *p = patch_alloc(s, &h);
   if (!p)
     return ENOMEM;
   p->lsn = lsn;
-  rc = record_verify(s, p, header_sum);
+  rc = record_verify(s, s->log_fd, log_offset(s, lsn, 0), p, header_sum);
   if (rc) {
     store_patch_free(p);
     return rc;
@@ -1019,10 +1086,15 @@ static int log_make_room(loom_store *s, uint64_t bytes, uint64_t *lsn)
 {
   apply_thread *t = &s->apply;
   int rc = 0;
-  if (bytes > s->log_size) {
+  /* Larger than the ring: grow it. A ring grown so that fits the
+   * configured size again: shrink it back, once the log is empty. */
+  uint64_t want = bytes > s->log_size ? bytes
+                  : s->log_size > s->log_want && bytes <= s->log_want ? s->log_want
+                                                                      : 0;
+  if (want) {
     rc = store_apply_wait(s);
     if (!rc)
-      rc = log_resize(s, bytes);
+      rc = log_resize(s, want);
     if (rc)
       return rc;
   }
@@ -1138,6 +1210,36 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
          h->after.epoch >= store->epoch;
 }
 
+/* Step 1 in the log's first lap (the file ends before the record's header
+ * block ends): the header block is written as zeros before anything
+ * after it, so that the real header, written last, goes into an allocated
+ * block and does not meet ENOSPC after the pages left a hole there. Now
+ * (a failure changes nothing), or, for a deferred patch, as the first
+ * buffer of its one pwritev (p->zero_header). */
+static int header_block_allocate(loom_store *s, uint64_t lsn, int deferred,
+                                 int *later)
+{
+  uint64_t size = 0, at = (uint64_t)log_offset(s, lsn, 0);
+  int rc = store_file_size(s->log_fd, &size);
+  *later = 0;
+  if (rc || at + PATCH_HEADER_BLOCK <= size)
+    return rc;
+  if (deferred) {
+    *later = 1;
+    return 0;
+  }
+  return store_write_exact(s, s->log_fd, zero_block, sizeof zero_block, (off_t)at);
+}
+
+/* A header write that failed with ENOSPC may have written a prefix (the
+ * loop in a short write): zeroed and synced, no header of this record can
+ * be durable, and the save fails with nothing changed. 0 on success. */
+static int header_unwrite(loom_store *s, off_t at)
+{
+  int rc = store_write_exact(s, s->log_fd, zero_block, sizeof zero_block, at);
+  return rc ? rc : store_fsync(s, s->log_fd);
+}
+
 int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
                       loom_patch **out)
 {
@@ -1155,18 +1257,22 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (!positions_chain(&s->pos, h))
     return LOOM_EPOSITION;
   uint64_t lsn = 0;
+  int deferred = fill_after && s->io->pwritev, zero_header = 0;
   int rc = queue_reserve(s);
   if (!rc)
     rc = log_make_room(s, record_bytes(h->page_count), &lsn); /* 1 */
+  if (!rc)
+    rc = header_block_allocate(s, lsn, deferred, &zero_header); /* 1 */
   if (rc)
     return rc;
   loom_patch *p = patch_alloc(s, h);
   if (!p)
     return ENOMEM;
   p->lsn = lsn;
+  p->zero_header = zero_header;
   p->fill_after = fill_after;
   p->header.before = s->pos;
-  if (fill_after && s->io->pwritev) {
+  if (deferred) {
     p->deferred = malloc((size_t)(h->page_count ? h->page_count : 1) * sizeof(void *));
     if (!p->deferred) {
       store_patch_free(p);
@@ -1291,17 +1397,34 @@ static uint64_t patch_after_checksum(const loom_patch *p)
  * page), so that the apply, after the commit point where a failure poisons
  * the handle, does not meet a full disk: ENOSPC comes here instead and
  * changes nothing. Grown pages the patch does not hold stay holes. The
- * previous apply is done (step 1 waited), so the files are at pos. (Blocks
- * reserved by a commit that then fails stay allocated past the end until a
- * later commit uses or truncates them.) */
+ * image file may lag pos by queued records: growths only reserve past
+ * what earlier ones reserved, but a queued shrink (or base image) would
+ * cut the file below pos.pages and free these blocks again before this
+ * record's checkpoint, so with one queued the checkpoint runs first and
+ * the files are at pos. (Blocks reserved by a commit that then fails stay
+ * allocated past the end until a later commit uses or truncates them.) */
+static int queue_has_cut(loom_store *s)
+{
+  apply_thread *t = &s->apply;
+  int cut = 0;
+  pthread_mutex_lock(&t->mutex);
+  for (size_t i = 0; i < t->queued && !cut; i++) /* (the batch being */
+    cut = starts_batch(t->queue[i]);  /* checkpointed stays queued) */
+  pthread_mutex_unlock(&t->mutex);
+  return cut;
+}
+
 static int reserve_growth(loom_store *s, const loom_patch *p)
 {
   const loom_patch_header *h = &p->header;
   if (!s->io->reserve || h->after.pages <= s->pos.pages)
     return 0;
+  int rc = queue_has_cut(s) ? store_apply_wait(s) : 0;
+  if (rc)
+    return rc;
   uint64_t from = s->pos.pages;
-  int rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
-                          (off_t)((h->after.pages - from) * 8));
+  rc = s->io->reserve(s->io->ctx, s->hashes_fd, (off_t)(from * 8),
+                      (off_t)((h->after.pages - from) * 8));
   for (uint64_t i = 0; !rc && i < h->page_count; i++) {
     uint64_t first = p->page_numbers[i];
     if (first < from)
@@ -1348,6 +1471,10 @@ int store_patch_make_durable(loom_patch *p)
   }
   off_t at = log_offset(s, p->lsn, 0);
   rc = store_write_exact(s, s->log_fd, block, sizeof block, at); /* 1 */
+  if (rc == ENOSPC && header_unwrite(s, at) == 0) {
+    p->error = rc; /* a full disk: this save fails, the handle lives */
+    return rc;
+  }
   if (!rc)
     rc = store_fsync(s, s->log_fd);                         /* 2 */
   if (!rc) {                                                /* 3 */
@@ -1633,28 +1760,45 @@ static int log_scan(loom_store *s, int keep, loom_position *end)
 
 int store_log_end(loom_store *s, loom_position *out)
 {
+  if (s->v1_pending) { /* a version 1 directory: no log, its patch */
+    *out = s->v1_after;
+    return 0;
+  }
   return log_scan(s, 0, out);
 }
 
 /* Before anything is sized by the meta's page count (a damaged or hostile
  * meta must not size the hash table: the fuzzer's meta with 2^31 pages
- * asked for 16 GiB): when no record follows the checkpoint, the image file
- * must already be exactly at its size. When one does, the records (each
- * checksummed, at most MAX_PAGES) say the sizes, as before the log. */
+ * asked for 16 GiB): the image file must be at that size, or a record
+ * must follow the head (headers only here, each carrying its lsn and
+ * continuing from the one before; log_scan verifies them whole) that
+ * explains the file's size: a longer file was grown by a checkpoint cut
+ * short, a shorter one was cut by one, to a record's size at or below
+ * the file's (later writes of the batch may have extended it again). */
 static int recover_check_size(loom_store *s)
 {
-  int rc = LOOM_ECORRUPT;
-  if (s->log_size && s->log_fd >= 0) {
-    loom_patch *p = NULL;
-    rc = record_read_next(s, s->log_head, &s->pos, &p);
-    store_patch_free(p);
-  }
-  if (rc != LOOM_ECORRUPT)
-    return rc; /* 0: a record follows; or an I/O error */
   uint64_t image_size = 0;
-  if ((rc = store_file_size(s->image_fd, &image_size)))
+  int rc = store_file_size(s->image_fd, &image_size);
+  if (rc || image_size == s->pos.pages * PS)
     return rc;
-  return image_size == s->pos.pages * PS ? 0 : LOOM_ECORRUPT;
+  loom_position cur = s->pos;
+  uint64_t lsn = s->log_head;
+  while (s->log_size && s->log_fd >= 0) {
+    loom_patch_header h;
+    uint64_t sum, off = (uint64_t)log_offset(s, lsn, 0);
+    rc = header_read_at(s, lsn, &cur, &h, &sum);
+    if (rc == LOOM_ECORRUPT && off != 0) {
+      lsn += s->log_size - off; /* the writer skipped the lap's end */
+      rc = header_read_at(s, lsn, &cur, &h, &sum);
+    }
+    if (rc)
+      return rc;
+    if (image_size > s->pos.pages * PS || h.after.pages * PS <= image_size)
+      return 0;
+    cur = h.after;
+    lsn += record_bytes(h.page_count);
+  }
+  return LOOM_ECORRUPT;
 }
 
 /* R2 and R3. The table is loaded at the checkpoint's position, the
@@ -1687,20 +1831,38 @@ static int store_recover(loom_store *s)
 
 /* A version 1 directory (a single patch slot): upgraded at open, unless its
  * patch still counts (a crash left a commit not yet applied): then the
- * previous release must open it once. */
-static int v1_patch_pending(loom_store *s)
+ * previous release must open it once. A patch counts only when it is one
+ * that release would apply and that changes the position: its header
+ * verifies, its before is the meta's position, it is no page repair (a
+ * repair keeps the position: discarding it leaves rotted pages for the
+ * scrubber, as before it was written) and its whole body verifies (else
+ * it never committed, and that release discarded it without removing
+ * it). */
+static int v1_patch_pending(loom_store *s, loom_position *after)
 {
-  int fd = -1;
+  int fd = -1, pending = 0;
   uint8_t b[PATCH_HEADER_BLOCK];
+  loom_patch_header h;
+  uint64_t size = 0;
   if (open_file(s, "patch", O_RDONLY, &fd))
     return 0;
   int rc = store_read_exact(s, fd, b, sizeof b, 0);
+  if (!rc)
+    rc = header_check(b, FORMAT_VERSION_V1, 104);
+  if (!rc)
+    rc = header_fields_decode(b, &h);
+  if (!rc)
+    rc = store_file_size(fd, &size);
+  if (!rc && loom_position_same_epoch(&h.before, &s->pos) &&
+      !(h.flags & LOOM_PATCH_REPAIR) && !loom_position_same(&h.after, &h.before) &&
+      size >= PATCH_HEADER_BLOCK + h.page_count * (PS + PATCH_ENTRY_BYTES) + 8) {
+    loom_patch *p = patch_alloc(s, &h);
+    pending = p ? record_verify(s, fd, 0, p, get_le64(b + 104)) == 0 : 1;
+    store_patch_free(p);
+    *after = h.after;
+  }
   store_close_fd(s, &fd);
-  if (rc || memcmp(b, PATCH_MAGIC, 8) != 0 || get_le32(b + 8) != 1 ||
-      get_le64(b + 104) != XXH3_64bits(b, 104))
-    return 0;
-  return get_le64(b + 24) == s->pos.epoch && get_le64(b + 32) == s->pos.seq &&
-         get_le64(b + 40) == s->pos.checksum && get_le64(b + 48) == s->pos.pages;
+  return pending;
 }
 
 /* R3 for a hashes file that is gone: derived data, made anew (empty) and
@@ -1757,15 +1919,20 @@ static int open_dir_locked(loom_store *s, const char *dir, unsigned flags)
  * none was recorded. */
 static int read_meta(loom_store *s, int create)
 {
-  meta_log log = {0, 0, 0};
+  meta_log log = {0, 0, 0, 0};
   int v1 = 0;
   int rc = meta_read(s, &s->generation, &s->pos, &s->lineage, &log, &v1);
   s->applied = s->pos;
   s->log_origin = log.origin;
   s->log_size = log.size;
   s->log_head = s->log_tail = log.head;
-  if (!rc && v1 && v1_patch_pending(s))
-    rc = LOOM_EVERSION;
+  s->log_was_live = log.size && (log.flags & META_LOG_LIVE);
+  if (!rc && v1 && v1_patch_pending(s, &s->v1_after)) {
+    /* A read-only open (inspect) describes it: the position the previous
+     * release would recover to. */
+    s->v1_pending = 1;
+    rc = (s->flags & LOOM_READONLY) ? 0 : LOOM_EVERSION;
+  }
   if (rc == LOOM_ENOIMAGE && create) {
     /* No position recorded: only an empty (or absent) image may be
      * replaced by a new one. */
@@ -1793,10 +1960,15 @@ static int open_image_and_hashes(loom_store *s, int readonly)
 }
 
 /* The log file, made anew (empty) when gone unless read-only (a version 1
- * directory, or a copy); a read-only open goes without. */
+ * directory, a copy, or one closed cleanly); a read-only open goes
+ * without. Gone while the meta says a writer had it open (META_LOG_LIVE:
+ * records past the checkpoint may have been in it): LOOM_ELOGLOST, never
+ * a silent open at the checkpoint. */
 static int open_log(loom_store *s, int readonly)
 {
   int rc = open_file(s, "log", readonly ? O_RDONLY : O_RDWR, &s->log_fd);
+  if (rc == ENOENT && s->log_was_live)
+    return LOOM_ELOGLOST;
   if (rc == ENOENT && readonly)
     return 0;
   if (rc == ENOENT) {
@@ -1819,10 +1991,21 @@ static void log_settle_size(loom_store *s)
   s->log_size = s->log_want;
 }
 
-/* Grow the ring to hold one record of bytes bytes (the log is empty:
- * log_make_room drained it), durable in the meta before anything is
- * written at the new geometry. The ring stays that size until the next
- * open settles it back. */
+/* The log file cut to the ring (a larger ring's bytes, never read once
+ * the meta with the smaller size is durable). Not synced: a cut lost in a
+ * crash leaves bytes that are still never read, and the next open or
+ * shrink cuts them again. */
+static int log_trim_file(loom_store *s)
+{
+  uint64_t size = 0;
+  int rc = store_file_size(s->log_fd, &size);
+  return !rc && size > s->log_size ? io_truncate(s, s->log_fd, s->log_size) : rc;
+}
+
+/* Resize the ring to hold one record of bytes bytes, or back to the
+ * configured size (the log is empty: log_make_room drained it), durable
+ * in the meta before anything is written at the new geometry; a smaller
+ * ring then cuts the file. */
 static int log_resize(loom_store *s, uint64_t bytes)
 {
   uint64_t origin = s->log_origin, size = s->log_size;
@@ -1838,7 +2021,37 @@ static int log_resize(loom_store *s, uint64_t bytes)
     pthread_mutex_unlock(&s->apply.mutex);
     store_poison(s, rc);
   }
-  return rc;
+  return rc ? rc : log_trim_file(s);
+}
+
+/* After recovery, before the first append: a record recovery rejected at
+ * the tail (torn: its header durable, some of the rest not) carries the
+ * lsn the next append reuses, with the same before-position. Were that
+ * append's pages to reach the disk and not its header (a second crash),
+ * the old header would find pages that verify, and recovery would open at
+ * a position never committed. So the header block at the tail's place (and
+ * at the next lap's start, where recovery also looks) is zeroed when it
+ * holds a header with that lsn, and the log fsynced before any append. */
+static int log_clear_tail(loom_store *s)
+{
+  uint64_t size = 0;
+  int rc = store_file_size(s->log_fd, &size), cleared = 0;
+  uint64_t off = s->log_size ? (uint64_t)log_offset(s, s->log_tail, 0) : 0;
+  uint64_t lsns[2] = {s->log_tail, s->log_tail + (s->log_size - off)};
+  for (int i = 0; !rc && s->log_size && i < (off ? 2 : 1); i++) {
+    uint8_t block[PATCH_HEADER_BLOCK];
+    loom_patch_header h;
+    uint64_t sum, at = (uint64_t)log_offset(s, lsns[i], 0), lsn = 0;
+    if (at + PATCH_HEADER_BLOCK > size)
+      continue;
+    rc = store_read_exact(s, s->log_fd, block, sizeof block, (off_t)at);
+    if (rc || patch_header_decode(block, &h, &sum, &lsn) || lsn != lsns[i])
+      continue;
+    memset(block, 0, sizeof block);
+    rc = store_write_exact(s, s->log_fd, block, sizeof block, (off_t)at);
+    cleared = 1;
+  }
+  return !rc && cleared ? store_fsync(s, s->log_fd) : rc;
 }
 
 /* Before any commit can be acknowledged: the position this open settled
@@ -1849,10 +2062,15 @@ static int log_resize(loom_store *s, uint64_t bytes)
 static int settle(loom_store *s, const char *dir, int readonly, int create)
 {
   int rc = 0;
+  s->log_live = !readonly; /* records may follow the head from now on */
   if (!readonly)
     log_settle_size(s);
   if (!readonly)
     rc = meta_write(s, &s->pos);
+  if (!rc && !readonly && s->log_fd >= 0)
+    rc = log_clear_tail(s);
+  if (!rc && !readonly && s->log_fd >= 0)
+    rc = log_trim_file(s); /* a ring settled back to the configured size */
   if (!rc && !readonly)
     rc = store_fsync(s, s->dirfd);
   if (!rc && create)
@@ -1958,6 +2176,15 @@ int loom_store_close(loom_store *s)
   int rc = store_apply_wait(s);
   if (s->writer)
     loom_patch_abort(s->writer);
+  if (!rc && s->log_live) {
+    /* Every record is checkpointed: the meta says the log holds nothing
+     * past the head, so a copy without the log (or one whose log is lost
+     * after this) opens at the checkpoint, which is everything. */
+    s->log_live = 0;
+    rc = meta_write(s, &s->pos);
+    if (rc)
+      store_poison(s, rc);
+  }
   int poison = s->poison;
   store_free(s);
   return rc ? (poison > 0 ? poison : rc) : 0;

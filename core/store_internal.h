@@ -9,6 +9,7 @@
 #include "loom_io.h"
 #include "tree.h"
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -54,7 +55,9 @@ struct loom_store {
   uint8_t *staging;        /* STAGING_PAGES pages (the owner's) */
   uint8_t *ckpt_buf;       /* STAGING_PAGES pages (the checkpoint's) */
   loom_patch *writer;      /* open patch, if any */
-  int poison;              /* 0, or the error that poisoned the handle */
+  /* 0, or the error that poisoned the handle: set by the owner or the
+   * checkpoint thread, read by any (status, snapshots), so atomic. */
+  _Atomic int poison;
   apply_thread apply;
   pthread_mutex_t snap_lock; /* snaps, image_pos, snapshot reads vs apply */
   loom_snapshot *snaps[MAX_SNAPSHOTS]; /* open snapshots */
@@ -68,6 +71,10 @@ struct loom_store {
   uint64_t log_head;       /* first lsn not checkpointed (apply.mutex) */
   uint64_t log_tail;       /* next record's lsn (the owner's) */
   uint64_t log_want;       /* the configured ring size (log_bytes) */
+  int log_live;            /* the metas we write say META_LOG_LIVE */
+  int log_was_live;        /* the meta read at open said it */
+  int v1_pending;          /* read-only: a version 1 patch still counts */
+  loom_position v1_after;  /* and would move the position here */
   pthread_mutex_t hash_lock; /* s->hashes: owner's writes vs checkpoint */
   int image_broken;        /* an apply failed midway: image_pos is unknown */
 };
@@ -104,6 +111,7 @@ struct loom_patch {
    * pwritev in one pass (one contiguous extent to fsync). */
   const void **deferred;   /* [header.page_count] page pointers, or NULL */
   uint64_t lsn;            /* where the record sits in the log */
+  int zero_header;         /* write the header block as zeros first */
 };
 
 /* Begin a patch whose after.checksum the store computes (fill_after). */

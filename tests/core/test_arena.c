@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cmocka.h>
@@ -962,11 +963,36 @@ static void test_log_ring(void **state)
   loom_store_log_stats(s, &st);
   assert_true(st.size >= 4096 + 8 * (uint64_t)LOOM_PAGE_SIZE);
   assert_int_equal(loom_close(l), 0);
+  char path[64];
+  snprintf(path, sizeof path, "%s/log", dir);
+  struct stat fst;
+  assert_int_equal(stat(path, &fst), 0);
+  assert_true(fst.st_size > 3 * 24576); /* the grown ring's bytes */
   assert_int_equal(loom_open(dir, &o, &l), 0);
   loom_store_log_stats(loom_get_store(l), &st);
   assert_int_equal(st.size, 3 * 24576); /* settled back at open */
   assert_int_equal(st.checkpoint.seq, 5);
   assert_int_equal(((uint8_t *)loom_base(l))[5], 4); /* the fourth save's */
+  assert_int_equal(stat(path, &fst), 0);
+  assert_true(fst.st_size <= 3 * 24576); /* and the file cut to it */
+  /* Grown again, then shrunk back in the same session by the next save
+   * that fits the configured ring. */
+  b = loom_base(l);
+  s = loom_get_store(l);
+  for (uint64_t n = 0; n < 8; n++)
+    b[n * LOOM_PAGE_SIZE + 1] ^= 0xff;
+  assert_int_equal(loom_save(l, 8, 64), 0);
+  loom_store_log_stats(s, &st);
+  assert_true(st.size > 3 * 24576);
+  b[5] = 7;
+  assert_int_equal(loom_save(l, 8, 64), 0);
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.size, 3 * 24576);
+  assert_int_equal(stat(path, &fst), 0);
+  assert_true(fst.st_size <= 3 * 24576);
+  assert_int_equal(loom_close(l), 0);
+  assert_int_equal(loom_open(dir, &o, &l), 0);
+  assert_int_equal(((uint8_t *)loom_base(l))[5], 7);
   assert_int_equal(loom_close(l), 0);
   char cmd[64];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -10,7 +10,15 @@
  *     loom_options.log_bytes, is test_arena.c's test_log_ring: the arena
  *     suites do not run under valgrind);
  *   - a version 1 directory (no log) is upgraded at open; one whose patch
- *     still counts is refused with LOOM_EVERSION.
+ *     still counts is refused with LOOM_EVERSION, one whose patch is torn
+ *     or a page repair is upgraded;
+ *   - a log lost while records may follow the checkpoint: LOOM_ELOGLOST;
+ *   - a growth behind a queued shrink reserves after the shrink's cut;
+ *   - ENOSPC on a first-lap header write fails that save cleanly;
+ *   - a forged meta and record size nothing past what the files hold;
+ *   - a torn record recovery rejected is not brought back by a retried
+ *     save at its lsn that crashes too (by hand, and with the I/O
+ *     simulator's power cuts: test_two_power_cuts);
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +37,7 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
+#include "iosim.h"
 #include "loom.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
@@ -63,6 +73,12 @@ static int teardown(void **state)
   return 0;
 }
 
+static void put64(uint8_t *b, uint64_t v)
+{
+  for (int j = 0; j < 8; j++)
+    b[j] = (uint8_t)(v >> (8 * j));
+}
+
 static void fill(uint8_t *page, uint64_t n, unsigned v)
 {
   memset(page, (int)((n * 7 + v) & 0xff), PS);
@@ -70,12 +86,14 @@ static void fill(uint8_t *page, uint64_t n, unsigned v)
 
 /* Commit pages [0, k) with contents version v, growing to k pages (a base
  * image when base). */
-static int commit(loom_store *s, uint64_t k, unsigned v, int base)
+static int commit_at(loom_store *s, uint64_t k, unsigned v, int base,
+                     int64_t time_ns)
 {
   loom_patch_header h = {.page_count = k};
   loom_store_position(s, &h.before);
   h.after = h.before;
   h.after.seq++;
+  h.after.commit_time_ns = time_ns;
   h.after.pages = k;
   h.after.checksum = 0;
   h.flags = base ? LOOM_PATCH_BASE : 0;
@@ -94,6 +112,11 @@ static int commit(loom_store *s, uint64_t k, unsigned v, int base)
   }
   free(page);
   return rc ? rc : loom_patch_commit(p);
+}
+
+static int commit(loom_store *s, uint64_t k, unsigned v, int base)
+{
+  return commit_at(s, k, v, base, 0);
 }
 
 static off_t file_size(const fixture *fx, const char *name)
@@ -142,16 +165,17 @@ static void test_deferred_fill_and_sync(void **state)
 }
 
 /* A child commits with checkpoints deferred and dies without closing. */
-static void test_died_with_records(void **state)
+/* A child commits n records (version v: 3 + v pages) with checkpoints
+ * deferred and dies without closing: they wait in the log. */
+static void die_with_records(const fixture *fx, unsigned n)
 {
-  fixture *fx = *state;
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
     loom_store *s;
     if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
       _exit(1);
-    for (unsigned v = 1; v <= 4; v++)
+    for (unsigned v = 1; v <= n; v++)
       if (commit(s, 3 + v, v, 0))
         _exit(2);
     _exit(0);
@@ -159,6 +183,12 @@ static void test_died_with_records(void **state)
   int status;
   assert_int_equal(waitpid(pid, &status, 0), pid);
   assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_died_with_records(void **state)
+{
+  fixture *fx = *state;
+  die_with_records(fx, 4);
   loom_position pos;
   assert_int_equal(loom_inspect(fx->dir, &pos), 0);
   assert_int_equal(pos.seq, 4); /* the committed position, not the meta's */
@@ -175,6 +205,464 @@ static void test_died_with_records(void **state)
   uint64_t computed;
   assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
   assert_int_equal(pos.seq, 4);
+}
+
+static void remove_file(const fixture *fx, const char *name)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/%s", fx->dir, name);
+  assert_int_equal(unlink(path), 0);
+}
+
+/* Fix 1 of the review: a log lost while it may hold records past the
+ * checkpoint is refused (LOOM_ELOGLOST), never opened at the checkpoint;
+ * one lost after a clean close (everything checkpointed), or a backup's
+ * copy without it, opens. */
+static void test_log_lost(void **state)
+{
+  fixture *fx = *state;
+  die_with_records(fx, 3); /* three records past the checkpoint */
+  char saved[160], path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  snprintf(saved, sizeof saved, "%s.saved", fx->dir);
+  assert_int_equal(rename(path, saved), 0);
+  loom_store *s;
+  loom_position pos;
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_ELOGLOST);
+  assert_int_equal(loom_inspect(fx->dir, &pos), LOOM_ELOGLOST);
+  assert_int_equal(rename(saved, path), 0); /* found again: all is there */
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &pos);
+  assert_int_equal(pos.seq, 3);
+  char copy[160];
+  snprintf(copy, sizeof copy, "%s/copy", fx->dir);
+  assert_int_equal(loom_store_backup(s, copy), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  /* Closed cleanly: nothing past the checkpoint, a lost log is no loss. */
+  remove_file(fx, "log");
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_position got;
+  loom_store_position(s, &got);
+  assert_true(loom_position_same(&got, &pos));
+  assert_int_equal(loom_store_close(s), 0);
+  /* The backup's copy, without its (empty) log. */
+  snprintf(path, sizeof path, "%s/copy/log", fx->dir);
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(loom_store_open(copy, 0, NULL, &s), 0);
+  loom_store_position(s, &got);
+  assert_true(loom_position_same(&got, &pos));
+  assert_int_equal(loom_store_close(s), 0);
+  const char *names[] = {"image", "hashes", "meta", "log", "lock", "positions"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(path, sizeof path, "%s/copy/%s", fx->dir, names[i]);
+    unlink(path);
+  }
+  assert_int_equal(rmdir(copy), 0);
+}
+
+/* The file offset of the n-th (0-based) record header in the log: the
+ * magic at a multiple of 4,096. */
+static off_t record_at(const fixture *fx, int n)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  uint8_t magic[8];
+  off_t found = -1;
+  for (off_t at = 0; pread(fd, magic, 8, at) == 8; at += 4096)
+    if (memcmp(magic, "LOOMPTCH", 8) == 0 && n-- == 0) {
+      found = at;
+      break;
+    }
+  close(fd);
+  assert_true(found >= 0);
+  return found;
+}
+
+static void flip_byte(const fixture *fx, off_t at)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t b;
+  assert_int_equal(pread(fd, &b, 1, at), 1);
+  b ^= 0x5a;
+  assert_int_equal(pwrite(fd, &b, 1, at), 1);
+  close(fd);
+}
+
+/* Fix 2 of the review, two crashes at one lsn. The first leaves record 2
+ * torn (its header durable, a page not): recovery opens at seq 1. The
+ * second is a retried save at the same lsn whose pages reached the disk
+ * and whose header did not (here: the torn page's byte is as it was
+ * meant to be): the old header must not make record 2 count now. */
+static void test_torn_tail_not_resurrected(void **state)
+{
+  fixture *fx = *state;
+  die_with_records(fx, 2);
+  off_t page = record_at(fx, 1) + 4096 + 100; /* record 2's first page */
+  flip_byte(fx, page); /* crash 1 tore it */
+  loom_store *s;
+  loom_position pos;
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &pos);
+  assert_int_equal(pos.seq, 1);
+  assert_int_equal(loom_store_close(s), 0);
+  flip_byte(fx, page); /* crash 2: the retried save's pages, no header */
+  assert_int_equal(loom_inspect(fx->dir, &pos), 0);
+  assert_int_equal(pos.seq, 1);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &pos);
+  assert_int_equal(pos.seq, 1); /* never committed: not resurrected */
+  assert_int_equal(commit(s, 6, 3, 0), 0); /* and the lsn is usable */
+  assert_int_equal(loom_store_close(s), 0);
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 2);
+}
+
+/* Fix 4 of the review: a growth committed behind a queued shrink (here a
+ * smaller base image) reserves its blocks only after that shrink's
+ * checkpoint cut the image, which would otherwise free them again. */
+static void test_growth_after_queued_shrink(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER,
+                                   NULL, &s), 0);
+  assert_int_equal(commit(s, 8, 1, 0), 0);
+  assert_int_equal(loom_store_sync(s), 0);
+  assert_int_equal(commit(s, 2, 2, 1), 0); /* queued: cuts to 2 pages */
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.checkpoint.seq, 1);
+  assert_int_equal(file_size(fx, "image"), (off_t)(8 * PS));
+  assert_int_equal(commit(s, 6, 3, 0), 0); /* grows past 2 */
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.checkpoint.seq, 2); /* the cut came first */
+  assert_int_equal(st.queued, 1);
+  assert_int_equal(file_size(fx, "image"), (off_t)(2 * PS));
+  assert_int_equal(commit(s, 7, 4, 0), 0); /* growth behind growth: */
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.queued, 2);          /* no wait */
+  assert_int_equal(loom_store_close(s), 0);
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 4);
+  assert_int_equal(pos.pages, 7);
+}
+
+/* Two commits through sim, the second's op fail_at failing (UINT64_MAX:
+ * none); with a fault, the second is retried. Returns the op index of
+ * the last pwrite of the log before its last fsync (the second commit's
+ * header). */
+static uint64_t header_run(const char *dir, int fail_at, uint64_t k,
+                           int *first_rc, int *retry_rc)
+{
+  iosim *sim;
+  assert_int_equal(iosim_create(NULL, &sim), 0);
+  if (fail_at)
+    assert_int_equal(iosim_fail_at(sim, k, ENOSPC), 0);
+  loom_store *s;
+  assert_int_equal(loom_store_open(dir, LOOM_CREATE, iosim_io(sim), &s), 0);
+  assert_int_equal(commit(s, 2, 1, 0), 0);
+  *first_rc = commit(s, 3, 2, 0);
+  *retry_rc = *first_rc ? commit(s, 3, 2, 0) : 0;
+  assert_int_equal(loom_store_close(s), 0);
+  uint64_t header = UINT64_MAX, last_write = UINT64_MAX;
+  for (uint64_t i = 0; i < iosim_count(sim); i++) {
+    loom_io_op op;
+    char path[256];
+    assert_int_equal(iosim_trace_op(sim, i, &op, path, sizeof path), 0);
+    size_t n = strlen(path);
+    if (n < 4 || strcmp(path + n - 4, "/log") != 0)
+      continue;
+    if (op == LOOM_IO_PWRITE)
+      last_write = i;
+    else if (op == LOOM_IO_FSYNC)
+      header = last_write;
+  }
+  iosim_destroy(sim);
+  return header;
+}
+
+/* Fix 6 of the review: ENOSPC on the header write of a record in the
+ * log's first lap fails that save with nothing changed; the handle is not
+ * poisoned, and the retried save commits. */
+static void test_header_enospc(void **state)
+{
+  fixture *fx = *state;
+  char counted[160], faulted[160];
+  snprintf(counted, sizeof counted, "%s/counted", fx->dir);
+  snprintf(faulted, sizeof faulted, "%s/faulted", fx->dir);
+  int first_rc, retry_rc;
+  uint64_t k = header_run(counted, 0, 0, &first_rc, &retry_rc);
+  assert_int_equal(first_rc, 0);
+  assert_true(k != UINT64_MAX);
+  header_run(faulted, 1, k, &first_rc, &retry_rc);
+  assert_int_equal(first_rc, ENOSPC);
+  assert_int_equal(retry_rc, 0); /* (before the fix: LOOM_EPANIC) */
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(faulted, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 2);
+  assert_int_equal(pos.pages, 3);
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf %s %s", counted, faulted);
+  assert_int_equal(system(cmd), 0);
+}
+
+/* Rewrite both meta slots: the valid one with the higher generation, with
+ * pages, ring size and head replaced (UINT64_MAX: kept). Returns the
+ * head's file offset under the new ring and, in *pos, the slot's
+ * position. */
+static uint64_t forge_meta(const fixture *fx, uint64_t pages, uint64_t ring,
+                           loom_position *pos)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/meta", fx->dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t m[1024], *best = NULL;
+  assert_int_equal(pread(fd, m, sizeof m, 0), (ssize_t)sizeof m);
+  uint64_t g = 0;
+  for (int i = 0; i < 2; i++) {
+    uint8_t *slot = m + i * 512;
+    uint64_t sum = 0, gen = 0;
+    for (int j = 7; j >= 0; j--) {
+      sum = sum << 8 | slot[504 + j];
+      gen = gen << 8 | slot[16 + j];
+    }
+    if (sum == XXH3_64bits(slot, 504) && (!best || gen > g)) {
+      best = slot;
+      g = gen;
+    }
+  }
+  assert_non_null(best);
+  if (pages != UINT64_MAX)
+    put64(best + 48, pages);
+  if (ring != UINT64_MAX)
+    put64(best + 288, ring);
+  put64(best + 504, XXH3_64bits(best, 504));
+  uint64_t f[5], origin = 0, size = 0, head = 0;
+  for (int k = 0; k < 5; k++) {
+    f[k] = 0;
+    for (int j = 7; j >= 0; j--)
+      f[k] = f[k] << 8 | best[24 + 8 * k + j];
+  }
+  for (int j = 7; j >= 0; j--) {
+    origin = origin << 8 | best[280 + j];
+    size = size << 8 | best[288 + j];
+    head = head << 8 | best[296 + j];
+  }
+  *pos = (loom_position){f[0], f[1], f[2], f[3], (int64_t)f[4]};
+  memcpy(m + (best == m ? 512 : 0), best, 512);
+  assert_int_equal(pwrite(fd, m, sizeof m, 0), (ssize_t)sizeof m);
+  close(fd);
+  return (head - origin) % size;
+}
+
+/* A record header at file offset off: from before to after.pages pages,
+ * listing k pages, at lsn, its checksums right (and, with k = 0, its
+ * trailer). */
+static void forge_record(const fixture *fx, uint64_t off, uint64_t lsn,
+                         const loom_position *before, uint64_t after_pages,
+                         uint64_t k)
+{
+  uint8_t b[4096 + 8];
+  memset(b, 0, sizeof b);
+  memcpy(b, "LOOMPTCH", 8);
+  b[8] = 2;
+  b[13] = LOOM_PAGE_SIZE >> 8;
+  uint64_t f[] = {before->epoch, before->seq, before->checksum, before->pages,
+                  before->epoch, before->seq + 1, 1, after_pages, 0, k, lsn};
+  for (int i = 0; i < 11; i++)
+    put64(b + 24 + 8 * i, f[i]);
+  uint64_t sum = XXH3_64bits(b, 112);
+  put64(b + 112, sum);
+  put64(b + 4096, XXH3_64bits_withSeed(b, 0, sum));
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", fx->dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, b, sizeof b, (off_t)off), (ssize_t)sizeof b);
+  close(fd);
+}
+
+/* Open in a child whose address space is bounded (unless sanitized:
+ * ASan reserves its shadow first): 0 LOOM_ECORRUPT, 10 opened, 2 ENOMEM,
+ * 3 another error, 1 when the child did not exit by itself. */
+static int open_bounded(const fixture *fx)
+{
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+#if !defined(__SANITIZE_ADDRESS__)
+    struct rlimit r = {UINT64_C(1) << 30, UINT64_C(1) << 30};
+    setrlimit(RLIMIT_AS, &r);
+#endif
+    loom_store *s;
+    int rc = loom_store_open(fx->dir, 0, NULL, &s);
+    if (rc == 0)
+      loom_store_close(s);
+    _exit(rc == LOOM_ECORRUPT ? 0 : rc == 0 ? 10 : rc == ENOMEM ? 2 : 3);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
+/* Fix 7 of the review: a forged meta and record size nothing beyond what
+ * the files hold. A ring of 2^40 bytes in the meta lets a record claim 2^25
+ * pages (1.5 GiB of page lists), though the log file holds one header;
+ * and a meta claiming 2^31 pages (a 16 GiB hash table) with a record that
+ * follows it used to skip the image size check. The first record is a
+ * torn tail (opened at the meta's position), the second directory
+ * LOOM_ECORRUPT, both allocating nothing large (before the fix: ENOMEM
+ * under a 1 GiB limit). */
+static void test_forged_sizes(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, NULL, &s), 0);
+  assert_int_equal(commit(s, 2, 1, 0), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  char path[128], saved[160];
+  snprintf(path, sizeof path, "%s/meta", fx->dir);
+  snprintf(saved, sizeof saved, "%s.meta", fx->dir);
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "cp %s %s", path, saved);
+  assert_int_equal(system(cmd), 0);
+  loom_position pos;
+  uint64_t ring = UINT64_C(1) << 40;
+  uint64_t off = forge_meta(fx, UINT64_MAX, ring, &pos);
+  forge_record(fx, off, off, &pos, UINT64_C(1) << 25, UINT64_C(1) << 25);
+  assert_int_equal(open_bounded(fx), 10); /* a torn tail: ignored */
+  snprintf(cmd, sizeof cmd, "cp %s %s && rm %s", saved, path, saved);
+  assert_int_equal(system(cmd), 0);
+  off = forge_meta(fx, UINT64_C(1) << 31, UINT64_MAX, &pos);
+  forge_record(fx, off, off, &pos, UINT64_C(1) << 31, 0);
+  assert_int_equal(open_bounded(fx), 0);
+}
+
+/* The power-loss form of the same: real cuts by the I/O simulator, at the
+ * commit point (the log's fsync) of a save of seq 2. */
+typedef struct cut_ctx {
+  int armed;
+  uint64_t seed;
+  char out[200];
+} cut_ctx;
+
+static void cut_at_fsync(void *ctx, iosim *sim, uint64_t k, loom_io_op op)
+{
+  cut_ctx *c = ctx;
+  (void)k;
+  if (c->armed && op == LOOM_IO_FSYNC) {
+    c->armed = 0;
+    assert_int_equal(iosim_powercut(sim, c->seed, c->out, IOSIM_CUT_RANDOM_4K), 0);
+  }
+}
+
+/* Copy dir to out, open it through the simulator, commit seq 2 (the same
+ * pages every time, at commit time t) and cut power at its commit point
+ * into out. */
+static void save_and_cut(const char *dir, const char *out, uint64_t seed,
+                         int64_t t)
+{
+  iosim *sim;
+  cut_ctx c = {0, seed, ""};
+  snprintf(c.out, sizeof c.out, "%s", out);
+  assert_int_equal(iosim_create(dir, &sim), 0);
+  iosim_hook_set(sim, cut_at_fsync, &c);
+  loom_store *s;
+  assert_int_equal(loom_store_open(dir, LOOM_CHECKPOINT_DEFER, iosim_io(sim), &s), 0);
+  c.armed = 1; /* the save's first fsync: the log's, its commit point */
+  assert_int_equal(commit_at(s, 3, 2, 0, t), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  iosim_destroy(sim);
+  assert_int_equal(c.armed, 0);
+}
+
+/* rm -rf the directories a and b (b may be NULL); with copy, cp -a a b. */
+static void run_cmd(int copy, const char *a, const char *b)
+{
+  char cmd[600];
+  if (copy)
+    snprintf(cmd, sizeof cmd, "cp -a %s %s", a, b);
+  else
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b ? b : "");
+  assert_int_equal(system(cmd), 0);
+}
+
+/* Whether dir's log holds, at the second record's place, a header. */
+static int second_header(const char *dir)
+{
+  char path[256];
+  snprintf(path, sizeof path, "%s/log", dir);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  uint8_t magic[8];
+  int found = 0;
+  for (off_t at = 4096; pread(fd, magic, 8, at) == 8 && !found; at += 4096)
+    found = memcmp(magic, "LOOMPTCH", 8) == 0;
+  close(fd);
+  return found;
+}
+
+/* Fix 2 with real power cuts: cut 1 tears save R (its header durable, a
+ * page not), recovery opens at seq 1; the retried save R' (same pages,
+ * another commit time) is cut too. Over many seed pairs, recovery never
+ * opens at R (its commit time 111): at seq 1, or at R' (222). */
+static void test_two_power_cuts(void **state)
+{
+  fixture *fx = *state;
+  char base[160], one[160], two[160], cut1[160], cut2[160];
+  snprintf(base, sizeof base, "%s/base", fx->dir);
+  snprintf(one, sizeof one, "%s/one", fx->dir);
+  snprintf(two, sizeof two, "%s/two", fx->dir);
+  snprintf(cut1, sizeof cut1, "%s/cut1", fx->dir);
+  snprintf(cut2, sizeof cut2, "%s/cut2", fx->dir);
+  loom_store *s;
+  assert_int_equal(loom_store_open(base, LOOM_CREATE, NULL, &s), 0);
+  assert_int_equal(commit(s, 2, 1, 0), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  int torn = 0, second = 0, resurrected = 0;
+  for (uint64_t seed1 = 1; seed1 < 400 && torn < 5; seed1++) {
+    run_cmd(0, one, cut1);
+    run_cmd(1, base, one);
+    save_and_cut(one, cut1, seed1, 111);
+    if (!second_header(cut1))
+      continue;
+    loom_position pos;
+    assert_int_equal(loom_store_open(cut1, 0, NULL, &s), 0);
+    loom_store_position(s, &pos);
+    assert_int_equal(loom_store_close(s), 0);
+    if (pos.seq != 1)
+      continue; /* R survived whole: not the case looked for */
+    torn++;
+    for (uint64_t seed2 = 1; seed2 < 80; seed2++) {
+      run_cmd(0, two, cut2);
+      run_cmd(1, cut1, two);
+      save_and_cut(two, cut2, seed1 * 1000 + seed2, 222);
+      assert_int_equal(loom_store_open(cut2, 0, NULL, &s), 0);
+      loom_store_position(s, &pos);
+      assert_int_equal(loom_store_close(s), 0);
+      if (pos.seq == 2)
+        second++;
+      if (pos.seq == 2 && pos.commit_time_ns == 111)
+        resurrected++;
+    }
+  }
+  run_cmd(0, one, cut1);
+  run_cmd(0, two, cut2);
+  run_cmd(0, base, NULL);
+  print_message("two power cuts: %d torn first saves, %d recoveries at seq 2, "
+                "%d of them at the rejected record\n", torn, second, resurrected);
+  assert_true(torn > 0);
+  assert_int_equal(resurrected, 0);
 }
 
 /* Rewrite both meta slots as format version 1 (no log fields). */
@@ -200,26 +688,79 @@ static void make_v1(const fixture *fx)
   close(fd);
 }
 
-/* A version 1 patch header whose before is pos. */
-static void write_v1_patch(const fixture *fx, const loom_position *pos)
+/* A version 1 patch from before to after holding pages [0, k) at version
+ * v (header at 0 with its checksum at 104; pages at 4,096; entries and the
+ * trailer seeded with the header checksum), cut to len bytes when len is
+ * not 0. */
+static void write_v1_patch_full(const fixture *fx, const loom_position *before,
+                                const loom_position *after, uint32_t flags,
+                                uint64_t k, unsigned v, size_t len)
 {
-  uint8_t b[4096];
-  memset(b, 0, sizeof b);
+  size_t total = 4096 + k * PS + k * 16 + 8;
+  uint8_t *b = calloc(1, total);
   memcpy(b, "LOOMPTCH", 8);
   b[8] = 1;
-  uint64_t f[] = {pos->epoch, pos->seq, pos->checksum, pos->pages};
-  for (int k = 0; k < 4; k++)
-    for (int j = 0; j < 8; j++)
-      b[24 + 8 * k + j] = (uint8_t)(f[k] >> (8 * j));
+  put64(b + 12, LOOM_PAGE_SIZE); /* u32 page size, then the flags' u32 */
+  b[16] = (uint8_t)flags;
+  b[17] = b[18] = b[19] = 0;
+  uint64_t f[] = {before->epoch, before->seq, before->checksum, before->pages,
+                  after->epoch, after->seq, after->checksum, after->pages,
+                  (uint64_t)after->commit_time_ns, k};
+  for (int i = 0; i < 10; i++)
+    put64(b + 24 + 8 * i, f[i]);
   uint64_t sum = XXH3_64bits(b, 104);
-  for (int j = 0; j < 8; j++)
-    b[104 + j] = (uint8_t)(sum >> (8 * j));
+  put64(b + 104, sum);
+  uint8_t *entries = b + 4096 + k * PS;
+  for (uint64_t n = 0; n < k; n++) {
+    fill(b + 4096 + n * PS, n, v);
+    put64(entries + n * 16, n);
+    put64(entries + n * 16 + 8, loom_page_hash(n, b + 4096 + n * PS));
+  }
+  put64(entries + k * 16, XXH3_64bits_withSeed(entries, k * 16, sum));
   char path[128];
   snprintf(path, sizeof path, "%s/patch", fx->dir);
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
   assert_true(fd >= 0);
-  assert_int_equal(write(fd, b, sizeof b), (ssize_t)sizeof b);
+  len = len ? len : total;
+  assert_int_equal(write(fd, b, len), (ssize_t)len);
   close(fd);
+  free(b);
+}
+
+/* A version 1 patch header (no body) whose before is pos. */
+static void write_v1_patch(const fixture *fx, const loom_position *pos)
+{
+  loom_position after = *pos;
+  after.seq++;
+  write_v1_patch_full(fx, pos, &after, 0, 0, 0, 4096);
+}
+
+/* The position pos's pages [0, 4) at version 1 reach with page 0 at
+ * version v instead. */
+static loom_position v1_after(const loom_position *pos, unsigned v)
+{
+  loom_position after = *pos;
+  uint8_t *page = malloc(PS);
+  fill(page, 0, 1);
+  after.checksum -= loom_page_hash(0, page);
+  fill(page, 0, v);
+  after.checksum += loom_page_hash(0, page);
+  free(page);
+  after.seq++;
+  return after;
+}
+
+/* Open the version 1 directory: upgraded (0) at pos, or refused. */
+static void expect_upgrade(const fixture *fx, const loom_position *pos)
+{
+  loom_store *s;
+  loom_position got;
+  assert_int_equal(loom_inspect(fx->dir, &got), 0);
+  assert_true(loom_position_same_epoch(&got, pos));
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  loom_store_position(s, &got);
+  assert_true(loom_position_same_epoch(&got, pos));
+  assert_int_equal(loom_store_close(s), 0);
 }
 
 static void test_version_1(void **state)
@@ -231,11 +772,29 @@ static void test_version_1(void **state)
   loom_position pos;
   loom_store_position(s, &pos);
   assert_int_equal(loom_store_close(s), 0);
-  /* Its patch still counts: refused, nothing changed. */
+  /* Its patch still counts (it verifies whole and moves the position):
+   * refused, nothing changed. */
+  make_v1(fx);
+  loom_position after = v1_after(&pos, 9);
+  write_v1_patch_full(fx, &pos, &after, 0, 1, 9, 0);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_EVERSION);
+  /* Fix 8: inspect describes it (the previous release's recovery). */
+  loom_position seen;
+  assert_int_equal(loom_inspect(fx->dir, &seen), 0);
+  assert_true(loom_position_same_epoch(&seen, &after));
+  /* Fix 3 of the review: a patch the previous release would discard and
+   * leave in place never counts. A torn one (a page, or all but the
+   * header) never committed; a page repair keeps the position. */
+  write_v1_patch_full(fx, &pos, &after, 0, 1, 9, 4096 + PS + 16);
+  expect_upgrade(fx, &pos);
   make_v1(fx);
   write_v1_patch(fx, &pos);
-  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), LOOM_EVERSION);
+  expect_upgrade(fx, &pos);
+  make_v1(fx);
+  write_v1_patch_full(fx, &pos, &pos, LOOM_PATCH_REPAIR, 1, 1, 0);
+  expect_upgrade(fx, &pos);
   /* Its patch no longer counts (applied: its before is older): upgraded. */
+  make_v1(fx);
   loom_position older = pos;
   older.seq--;
   write_v1_patch(fx, &older);
@@ -259,6 +818,14 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_deferred_fill_and_sync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_died_with_records, setup, teardown),
       cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_log_lost, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_header_enospc, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_forged_sizes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_torn_tail_not_resurrected, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_two_power_cuts, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
