@@ -371,6 +371,8 @@ static void source_get(void *ctx, http_cluster_status *c)
   c->rewound_frames = n->rewound_frames;
   c->rewound_from_seq = n->rewound_from_seq;
   c->rewound_at_ns = n->rewound_at_ns;
+  c->rewound_pages = n->rewound_pages;
+  c->rewound_image_pages = n->rewound_image_pages;
   pthread_mutex_unlock(&n->mu);
 }
 
