@@ -184,6 +184,9 @@ int node_standby_start(cluster_node *n)
       .scrub_interval_seconds = n->o.scrub_interval_seconds,
       .scrub_mbps = n->o.scrub_mbps,
       .cluster = &n->source,
+      /* Self-repair from the leader that ships to us (fetch.c). */
+      .repair_get = node_repair_get,
+      .repair_ctx = n,
       .log = http_log,
       .log_ctx = n,
   };
