@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "loom.h"
+#include "benchloom.h"
 #include "benchutil.h"
 
 #define PS ((uint64_t)LOOM_PAGE_SIZE)
@@ -143,16 +144,10 @@ static double plain_write_ns(uint64_t n)
 static loom *arena_with_image(const char *dir, uint64_t n, loom_tracker t,
                               unsigned flags)
 {
-  loom_options o = {.arena_pages = n + 64, .flags = LOOM_CREATE | flags, .tracker = t};
   loom *l;
-  int rc = loom_open(dir, &o, &l);
+  int rc = bench_loom_with_image(dir, (loom_options){.flags = flags, .tracker = t}, n, 64, &l);
   if (rc)
-    die("loom_open", rc);
-  uint8_t *b = loom_base(l);
-  for (uint64_t i = 0; i < n; i++)
-    memset(b + i * PS, (int)(i % 251) + 1, PS);
-  if ((rc = loom_save(l, n, n + 64)))
-    die("loom_save", rc);
+    die("an arena with its image", rc);
   return l;
 }
 
@@ -501,16 +496,12 @@ static void bench_arena_size(void)
   double ref_save = 0, ref_empty = 0;
   for (unsigned ai = 0; ai < sizeof arenas / sizeof *arenas; ai++) {
     char *dir = scratch("arena");
-    loom_options o = {.arena_pages = arenas[ai], .flags = LOOM_CREATE | LOOM_APPLY_ASYNC};
     loom *l;
-    int rc = loom_open(dir, &o, &l);
+    int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_APPLY_ASYNC}, image,
+                                   arenas[ai] - image, &l);
     if (rc)
-      die("loom_open", rc);
+      die("an arena with its image", rc);
     uint8_t *b = loom_base(l);
-    for (uint64_t i = 0; i < image; i++)
-      memset(b + i * PS, (int)(i % 251) + 1, PS);
-    if ((rc = loom_save(l, image, arenas[ai])))
-      die("loom_save", rc);
     double lat[MAXREP], empty[MAXREP];
     for (int r = 0; r < reps + 1; r++) {
       for (uint64_t i = 0; i < k; i++)

@@ -652,6 +652,7 @@ int main(int argc, char **argv)
   const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   const char *rsync_dir = NULL, *mode = "lag";
   uint64_t count = 1000;
+  replicate_log_sync_mode log_sync = REPLICATE_LOG_SYNC_BACKGROUND; /* as cmd_primary */
   B.standbys = 1;
   B.image_pages = 4096;
   for (int i = 1; i < argc; i++) {
@@ -680,13 +681,15 @@ int main(int argc, char **argv)
       rsync_dir = v, i++;
     else if (!strcmp(a, "--count") && v)
       count = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(a, "--log-sync") && v && (!strcmp(v, "each") || !strcmp(v, "background")))
+      log_sync = !strcmp(v, "each") ? REPLICATE_LOG_SYNC_EACH : REPLICATE_LOG_SYNC_BACKGROUND, i++;
     else if (a[0] != '-')
       mode = a;
     else {
       fprintf(stderr, "usage: lag_bench [lag|maxrate|catchup|absorb] [--pages K] "
                       "[--image-pages P] [--rates R,..] [--seconds S] [--repeats N] [--sync N] "
                       "[--standbys M] [--dir DIR] [--rsync-dir D] [--backoff-max S] "
-                      "[--count N]\n");
+                      "[--count N] [--log-sync each|background]\n");
       return 2;
     }
   }
@@ -736,7 +739,8 @@ int main(int argc, char **argv)
   uint64_t start_seq = seq_now();
   for (int s = 0; s < B.standbys; s++)
     atomic_store(&B.seen_recv[s], start_seq), atomic_store(&B.seen_appl[s], start_seq);
-  if ((rc = replicate_log_open(pdir, NULL, NULL, &B.log)))
+  replicate_log_options lo = {.sync = log_sync};
+  if ((rc = replicate_log_open(pdir, &lo, NULL, &B.log)))
     die("log open", rc);
   replicate_shipper_options so = {.store = store, .log = B.log, .standby_urls = B.urlp,
                                   .standby_count = (size_t)B.standbys, .sync_count = sync,

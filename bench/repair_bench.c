@@ -31,6 +31,7 @@
 #include "loom.h"
 #include "replicate.h"
 #include "server.h"
+#include "benchutil.h"
 
 #define PS LOOM_PAGE_SIZE
 
@@ -44,13 +45,6 @@ typedef struct body {
   uint8_t *data;
   size_t len, cap;
 } body;
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint64_t rng_next(void)

@@ -20,16 +20,11 @@
 #include <unistd.h>
 
 #include "loom.h"
+#include "benchloom.h"
+#include "benchutil.h"
 #include "replicate.h"
 
 #define PS LOOM_PAGE_SIZE
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void die(const char *what, int rc)
 {
@@ -46,19 +41,6 @@ static void snap_close(void *ctx, loom_snapshot *snap)
 {
   (void)ctx;
   loom_snapshot_close(snap);
-}
-
-static int cmp_double(const void *x, const void *y)
-{
-  double a = *(const double *)x, b = *(const double *)y;
-  return a < b ? -1 : a > b;
-}
-
-static double pct(double *v, size_t n, double p)
-{
-  qsort(v, n, sizeof *v, cmp_double);
-  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-  return v[i];
 }
 
 /* s saves of k pages spread over the image: latencies (ms) into lat. */
@@ -98,16 +80,11 @@ int main(int argc, char **argv)
   }
   char dir[256];
   snprintf(dir, sizeof dir, "%s/scrub_bench.%d", root, (int)getpid());
-  loom_options o = {.arena_pages = n + 64, .flags = LOOM_CREATE | LOOM_COPY_IN | LOOM_APPLY_ASYNC};
   loom *l;
-  int rc = loom_open(dir, &o, &l);
+  int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_COPY_IN | LOOM_APPLY_ASYNC},
+                                 n, 64, &l);
   if (rc)
-    die("loom_open", rc);
-  uint8_t *b = loom_base(l);
-  for (uint64_t i = 0; i < n; i++)
-    memset(b + i * PS, (int)(i % 251) + 1, PS);
-  if ((rc = loom_save(l, n, n + 64)))
-    die("first save", rc);
+    die("an arena with its image", rc);
   loom_store *store = loom_get_store(l);
 
   double *without = malloc(sizeof(double) * s * rounds), *with = malloc(sizeof(double) * s * rounds);
@@ -132,8 +109,8 @@ int main(int argc, char **argv)
     replicate_scrubber_stop(sc);
   }
   size_t total = (size_t)s * rounds;
-  double p50a = pct(without, total, 0.5), p99a = pct(without, total, 0.99);
-  double p50b = pct(with, total, 0.5), p99b = pct(with, total, 0.99);
+  double p50a = percentile(without, total, 0.5), p99a = percentile(without, total, 0.99);
+  double p50b = percentile(with, total, 0.5), p99b = percentile(with, total, 0.99);
   printf("scrubber against the commit path: %" PRIu64 "-page image (%.0f MiB), %" PRIu64
          " pages a save, %zu saves each, %u alternating rounds\n\n", n,
          (double)n * PS / 1048576.0, k, total, rounds);

@@ -19,28 +19,17 @@
 #include <time.h>
 
 #include "loom.h"
+#include "benchloom.h"
+#include "benchutil.h"
 #include "tree.h"
 
 #define PAGES 65536u
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t zero_hash(uint64_t n) { return n * 0x9e3779b97f4a7c15ull; }
 
 static int cmp_u64(const void *a, const void *b)
 {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
 }
 
@@ -51,16 +40,13 @@ static void save_latency(const char *root, const uint64_t *ks, const double *upd
 {
   char dir[256];
   snprintf(dir, sizeof dir, "%s/tree_bench.%d", root, (int)getpid());
-  loom_options o = {.arena_pages = PAGES + 64, .flags = LOOM_CREATE | LOOM_COPY_IN};
   loom *l;
-  int rc = loom_open(dir, &o, &l);
-  uint8_t *b = rc ? NULL : loom_base(l);
-  for (uint64_t i = 0; b && i < PAGES; i++)
-    memset(b + i * LOOM_PAGE_SIZE, (int)(i % 251) + 1, LOOM_PAGE_SIZE);
-  if (rc || (rc = loom_save(l, PAGES, PAGES + 64))) {
+  int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_COPY_IN}, PAGES, 64, &l);
+  if (rc) {
     fprintf(stderr, "tree_bench: %s: %s\n", dir, loom_strerror(rc));
     exit(2);
   }
+  uint8_t *b = loom_base(l);
   printf("\nloom_save on the same 1 GiB image, inline apply, median of 31:\n");
   for (size_t j = 0; j < nk; j++) {
     double lat[31];

@@ -175,9 +175,13 @@ int primary_open(primary_node *n, const primary_config *cfg)
                           "Restore the directory from a backup, or promote a standby");
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
-  /* The log derives its segment size from the cap (replicate.h). */
+  /* The log derives its segment size from the cap (replicate.h). It is a
+   * cache of the store, whose commit is durable before the hook appends
+   * to it: its fsyncs run off the save path (REPLICATE_LOG_SYNC_BACKGROUND,
+   * docs/FORMAT.md "The replication log's fsyncs"). */
   replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
-                              .repair_ctx = (void *)cfg->who};
+                              .repair_ctx = (void *)cfg->who,
+                              .sync = REPLICATE_LOG_SYNC_BACKGROUND};
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->archive) {

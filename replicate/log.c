@@ -56,6 +56,24 @@
  * Dropping a segment: unlink it, fsync the directory (a crash may bring
  * it back, which is harmless: its records are still contiguous).
  *
+ * LOG SYNC (replicate_log_options.sync). With REPLICATE_LOG_SYNC_EACH,
+ * the default, appending is the four steps above. With _DEFERRED (and
+ * _BACKGROUND, where a thread of the log calls replicate_log_sync), step 3
+ * is left out and invariant 1 reads: every record in the index was
+ * written, and is durable once a replicate_log_sync that started after
+ * its append has returned. Invariant 2 is kept by step 1, which fsyncs the
+ * newest segment before creating the next one when records of it wait:
+ * only the newest segment can lose records in a power cut, and O1 cuts it
+ * at its first torn record, as after a crash during step 3. The log is
+ * then a cache that may end before the store (the primary's case: the
+ * store's commit is durable before the frame is appended); what it lost
+ * costs a base image, never a wrong frame (every record is checksummed).
+ * replicate_log_sync fsyncs the newest segment outside the lock, so that
+ * appends (the save path) never wait for it: it notes which segment it
+ * syncs, and dropping that segment meanwhile leaves its descriptor open
+ * until the fsync has returned (closing it could hand its number to a
+ * file opened meanwhile).
+ *
  * The directory is listed with readdir() on the descriptor the loom_io
  * opened: loom_io has no listing operation. Everything else goes through
  * the loom_io.
@@ -119,6 +137,17 @@ struct replicate_log {
   void *repair_ctx;
   XXH3_state_t *hash;
   uint8_t *chunk;      /* SCAN_CHUNK bytes */
+  /* LOG SYNC */
+  replicate_log_sync_mode sync_mode;
+  uint64_t written;        /* deferred appends since open */
+  uint64_t synced;         /* how many of them are durable */
+  uint64_t syncs;
+  bool syncing;            /* a replicate_log_sync is in its fsync */
+  uint64_t syncing_first;  /* the first seq of the segment it fsyncs */
+  int syncing_closed_fd;   /* that segment's fd, dropped meanwhile (or -1) */
+  pthread_cond_t cond;     /* records wait for a sync; a sync ended */
+  pthread_t thread;        /* REPLICATE_LOG_SYNC_BACKGROUND */
+  bool thread_started, stopping;
 };
 
 /* ---------------------------------------------------------------------- */
@@ -268,7 +297,10 @@ static int drop_oldest(replicate_log *log)
   segment_name(name, s->first_seq);
   int rc = io_result(log->io->unlink(log->io->ctx, log->dirfd, name, 0));
   if (rc != 0) return rc;
-  log->io->close(log->io->ctx, s->fd);
+  if (log->syncing && log->syncing_first == s->first_seq)
+    log->syncing_closed_fd = s->fd; /* closed when its fsync returns */
+  else
+    log->io->close(log->io->ctx, s->fd);
   free(s->offsets);
   log->bytes -= s->size;
   memmove(log->segs, log->segs + 1, (log->nsegs - 1) * sizeof *log->segs);
@@ -522,10 +554,20 @@ static int open_directory(const loom_io *io, const char *image_dir,
   return 0;
 }
 
+static void *sync_thread(void *arg);
+
 int replicate_log_close(replicate_log *log)
 {
   if (log == NULL) return 0;
-  int first_error = 0;
+  if (log->thread_started) {
+    pthread_mutex_lock(&log->lock);
+    log->stopping = true;
+    pthread_cond_broadcast(&log->cond);
+    pthread_mutex_unlock(&log->lock);
+    pthread_join(log->thread, NULL);
+  }
+  int first_error = log->dirfd >= 0 ? replicate_log_sync(log) : 0;
+  if (first_error == REPLICATE_EPANIC) first_error = 0; /* said before */
   for (size_t i = 0; i < log->nsegs; i++) {
     int rc = io_result(log->io->close(log->io->ctx, log->segs[i].fd));
     if (first_error == 0) first_error = rc;
@@ -538,6 +580,7 @@ int replicate_log_close(replicate_log *log)
   free(log->segs);
   free(log->chunk);
   XXH3_freeState(log->hash);
+  pthread_cond_destroy(&log->cond);
   pthread_mutex_destroy(&log->lock);
   free(log);
   return first_error;
@@ -566,7 +609,14 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
                            : segment_bytes_for(log->max_bytes);
   log->on_repair = opt ? opt->on_repair : NULL;
   log->repair_ctx = opt ? opt->repair_ctx : NULL;
+  log->sync_mode = opt ? opt->sync : REPLICATE_LOG_SYNC_EACH;
+  log->syncing_closed_fd = -1;
   if (pthread_mutex_init(&log->lock, NULL) != 0) {
+    free(log);
+    return ENOMEM;
+  }
+  if (pthread_cond_init(&log->cond, NULL) != 0) {
+    pthread_mutex_destroy(&log->lock);
     free(log);
     return ENOMEM;
   }
@@ -580,6 +630,10 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
   if (rc == 0) rc = list_segments(log, &seqs, &n);
   if (rc == 0) rc = load_segments(log, seqs, n);
   free(seqs);
+  if (rc == 0 && log->sync_mode == REPLICATE_LOG_SYNC_BACKGROUND) {
+    rc = pthread_create(&log->thread, NULL, sync_thread, log);
+    log->thread_started = rc == 0;
+  }
   if (rc != 0) {
     replicate_log_close(log);
     return rc;
@@ -629,6 +683,16 @@ static int create_segment(replicate_log *log, uint64_t first_seq)
 {
   int rc = segs_reserve(log, log->nsegs + 1);
   if (rc != 0) return rc;
+  log_segment *old = newest(log);
+  if (old != NULL && log->synced < log->written) {
+    /* LOG SYNC: only the newest segment may hold records not durable. */
+    rc = io_result(log->io->fsync(log->io->ctx, old->fd));
+    if (rc != 0) {
+      log->poisoned = true;
+      return rc;
+    }
+    log->synced = log->written;
+  }
   char name[SEGMENT_NAME_LEN + 1];
   segment_name(name, first_seq);
   int fd = log->io->open(log->io->ctx, log->dirfd, name,
@@ -704,11 +768,16 @@ static int append_locked(replicate_log *log, const void *frame, size_t len)
       log->poisoned = true;
     return rc;
   }
-  /* Step 3. */
-  rc = io_result(log->io->fsync(log->io->ctx, s->fd));
-  if (rc != 0) {
-    log->poisoned = true;
-    return rc;
+  /* Step 3 (LOG SYNC: left to replicate_log_sync when deferred). */
+  if (log->sync_mode == REPLICATE_LOG_SYNC_EACH) {
+    rc = io_result(log->io->fsync(log->io->ctx, s->fd));
+    if (rc != 0) {
+      log->poisoned = true;
+      return rc;
+    }
+  } else {
+    log->written++;
+    pthread_cond_broadcast(&log->cond);
   }
   /* Step 4. */
   if (s->count == 0) s->first_epoch = info.epoch;
@@ -730,6 +799,64 @@ int replicate_log_append(replicate_log *log, const void *frame, size_t len)
   int rc = log->poisoned ? REPLICATE_EPANIC : append_locked(log, frame, len);
   pthread_mutex_unlock(&log->lock);
   return rc;
+}
+
+/* LOG SYNC: under the lock; fsyncs the newest segment with the lock
+ * released, so appends and reads go on meanwhile. */
+static int sync_locked(replicate_log *log)
+{
+  while (log->syncing) /* its fsync may have started before our records */
+    pthread_cond_wait(&log->cond, &log->lock);
+  if (log->poisoned) return REPLICATE_EPANIC;
+  if (log->nsegs == 0) log->synced = log->written; /* reset: nothing left */
+  if (log->synced >= log->written) return 0;
+  uint64_t upto = log->written;
+  log_segment *s = newest(log);
+  int fd = s->fd;
+  log->syncing = true;
+  log->syncing_first = s->first_seq;
+  pthread_mutex_unlock(&log->lock);
+  /* Records of older segments were made durable by step 1. */
+  int rc = io_result(log->io->fsync(log->io->ctx, fd));
+  pthread_mutex_lock(&log->lock);
+  log->syncing = false;
+  if (log->syncing_closed_fd >= 0) {
+    log->io->close(log->io->ctx, log->syncing_closed_fd);
+    log->syncing_closed_fd = -1;
+  }
+  pthread_cond_broadcast(&log->cond);
+  if (rc != 0) {
+    log->poisoned = true;
+    return rc;
+  }
+  log->syncs++;
+  if (upto > log->synced) log->synced = upto;
+  return 0;
+}
+
+int replicate_log_sync(replicate_log *log)
+{
+  assert(log != NULL);
+  pthread_mutex_lock(&log->lock);
+  int rc = sync_locked(log);
+  pthread_mutex_unlock(&log->lock);
+  return rc;
+}
+
+/* REPLICATE_LOG_SYNC_BACKGROUND: sync whenever records wait. */
+static void *sync_thread(void *arg)
+{
+  replicate_log *log = arg;
+  pthread_mutex_lock(&log->lock);
+  while (!log->stopping) {
+    if (log->poisoned || log->syncing || log->synced >= log->written) {
+      pthread_cond_wait(&log->cond, &log->lock);
+      continue;
+    }
+    sync_locked(log); /* a failure poisons the handle: appends say so */
+  }
+  pthread_mutex_unlock(&log->lock);
+  return NULL;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -793,6 +920,8 @@ void replicate_log_get_stats(replicate_log *log, replicate_log_stats *out)
       .bytes = log->bytes,
       .segments = log->nsegs,
       .segments_dropped = log->dropped,
+      .unsynced = log->written - log->synced,
+      .syncs = log->syncs,
   };
   if (!log_empty(log)) {
     out->oldest_seq = oldest_seq(log);

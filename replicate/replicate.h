@@ -950,6 +950,23 @@ typedef void (*replicate_log_repair_fn)(void *ctx, const replicate_log_repair *r
 const char *replicate_log_repair_describe(const replicate_log_repair *r,
                                           char *buf, size_t len);
 
+/* When an append is durable (LOG SYNC in log.c). */
+typedef enum replicate_log_sync_mode {
+  /* Each append fsyncs before it returns: a standby's receive log, whose
+   * records are acknowledged as received. */
+  REPLICATE_LOG_SYNC_EACH = 0,
+  /* Appends return once written; replicate_log_sync makes every record
+   * written so far durable. For a log that is a cache of a store that is
+   * itself durable (the primary's: its commit is durable before the
+   * commit hook appends the frame), so that a save pays one fsync, not
+   * two. After a power loss the log may end before the store: a standby
+   * that needs the lost frames gets a base image. */
+  REPLICATE_LOG_SYNC_DEFERRED = 1,
+  /* DEFERRED, and a thread of the log calls replicate_log_sync whenever
+   * records wait for it (appends arriving meanwhile share its fsync). */
+  REPLICATE_LOG_SYNC_BACKGROUND = 2
+} replicate_log_sync_mode;
+
 typedef struct replicate_log_options {
   uint64_t segment_bytes;       /* 0: derived from max_bytes, so that
                                    retention, which drops whole segments,
@@ -959,6 +976,7 @@ typedef struct replicate_log_options {
   uint64_t max_bytes;           /* 0: 1 GiB */
   replicate_log_repair_fn on_repair; /* NULL: repairs are not reported */
   void *repair_ctx;
+  replicate_log_sync_mode sync; /* 0: REPLICATE_LOG_SYNC_EACH */
 } replicate_log_options;
 
 /* Open (creating replog/ if missing) the log of the image directory
@@ -970,7 +988,8 @@ typedef struct replicate_log_options {
 int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
                        const struct loom_io *io, replicate_log **out);
 
-/* Close; returns the first error of closing its files. */
+/* Close (a deferred log syncs first); returns the first error of syncing
+ * and closing its files. */
 int replicate_log_close(replicate_log *log);
 
 /* Append one frame (a COMMIT frame, not coalesced, whose before.seq is the
@@ -979,8 +998,16 @@ int replicate_log_close(replicate_log *log);
  * those of replicate_frame_parse_header, REPLICATE_EKIND, REPLICATE_EINVAL
  * (coalesced), REPLICATE_ENOT_CONTIGUOUS, errno values (ENOSPC...), and
  * REPLICATE_EPANIC once a failed fsync (or a failed undo of a half-written
- * record) poisoned the handle. */
+ * record) poisoned the handle. With REPLICATE_LOG_SYNC_DEFERRED or
+ * _BACKGROUND the record is written and readable when it returns 0, and
+ * durable after the next replicate_log_sync. */
 int replicate_log_append(replicate_log *log, const void *frame, size_t len);
+
+/* Make every record written so far durable (one fsync, outside the lock:
+ * appends and reads go on meanwhile). 0 at once when nothing waits (and
+ * always with REPLICATE_LOG_SYNC_EACH); a failed fsync poisons the handle
+ * (REPLICATE_EPANIC from then on) and is returned. */
+int replicate_log_sync(replicate_log *log);
 
 /* Read the frame of seq into out (its record checksum is checked again).
  * Errors: REPLICATE_ELOG_GONE (seq older than the oldest frame kept),
@@ -997,6 +1024,9 @@ typedef struct replicate_log_stats {
   uint64_t bytes;               /* on disk, headers included */
   uint64_t segments;
   uint64_t segments_dropped;    /* since open */
+  uint64_t unsynced;            /* records written, not yet durable
+                                   (deferred sync modes) */
+  uint64_t syncs;               /* replicate_log_sync fsyncs since open */
 } replicate_log_stats;
 
 void replicate_log_get_stats(replicate_log *log, replicate_log_stats *out);

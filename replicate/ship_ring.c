@@ -122,12 +122,19 @@ void ship_ring_forget_before(replicate_shipper *sh, uint64_t oldest_seq)
   }
 }
 
+/* After retention, which never drops the log's newest segment: an empty
+ * log dropped nothing here. It is empty before the first append, and the
+ * commit side publishes a frame to the ring before appending it (the two
+ * fsyncs overlap), so forgetting every cached frame then would turn the
+ * first commit's frame into a base image for every standby. */
 static void ring_follow_log(replicate_shipper *sh)
 {
   replicate_log_stats st;
   replicate_log_get_stats(sh->log, &st);
+  if (!st.records)
+    return;
   pthread_mutex_lock(&sh->mu);
-  ship_ring_forget_before(sh, st.records ? st.oldest_seq : UINT64_MAX);
+  ship_ring_forget_before(sh, st.oldest_seq);
   pthread_mutex_unlock(&sh->mu);
 }
 

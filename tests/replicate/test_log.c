@@ -935,6 +935,81 @@ static void test_fault_fsync(void **state)
   assert_int_equal(replicate_log_close(log), 0);
 }
 
+/* LOG SYNC, deferred: appends write and index without an fsync, one
+ * replicate_log_sync makes them all durable, and a new segment fsyncs the
+ * one before it first (only the newest may hold records not durable). */
+static void test_deferred_sync(void **state)
+{
+  fixture *fx = *state;
+  fault_io fio;
+  fault_io_init(&fio);
+  replicate_log_options opt = {.segment_bytes = 4096, .sync = REPLICATE_LOG_SYNC_DEFERRED};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
+  int fsyncs0 = fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs;
+  assert_int_equal(append_range(log, fx, 1, 3), 0);
+  assert_int_equal(fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs, fsyncs0);
+  for (uint64_t s = 1; s <= 3; s++) expect_frame(log, fx, s); /* readable */
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.unsynced, 3);
+  assert_int_equal(replicate_log_sync(log), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.unsynced, 0);
+  assert_int_equal(st.syncs, 1);
+  assert_int_equal(fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs, fsyncs0 + 1);
+  assert_int_equal(replicate_log_sync(log), 0); /* nothing waits: no fsync */
+  assert_int_equal(fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs, fsyncs0 + 1);
+  /* Past a few segments: each roll-over fsyncs the segment it leaves. */
+  assert_int_equal(append_range(log, fx, 4, 60), 0);
+  replicate_log_get_stats(log, &st);
+  assert_true(st.segments > 3);
+  int file_fsyncs = fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs - fsyncs0 - 1;
+  assert_int_equal((uint64_t)file_fsyncs, st.segments - 1);
+  assert_true(st.unsynced > 0);
+  /* A failed sync poisons the handle, as a failed append fsync does. */
+  fault_arm(&fio, LOOM_IO_FSYNC, 0, EIO);
+  assert_int_equal(replicate_log_sync(log), EIO);
+  assert_int_equal(append_range(log, fx, 61, 61), REPLICATE_EPANIC);
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
+  expect_range(log, 1, 60);
+  /* Close syncs what waits. */
+  assert_int_equal(append_range(log, fx, 61, 62), 0);
+  fsyncs0 = fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs;
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs, fsyncs0 + 1);
+}
+
+/* LOG SYNC, background: the log's thread syncs what the appends wrote. */
+static void test_background_sync(void **state)
+{
+  fixture *fx = *state;
+  replicate_log_options opt = {.sync = REPLICATE_LOG_SYNC_BACKGROUND};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  replicate_log_stats st;
+  for (uint64_t s = 1; s <= 100; s++) {
+    assert_int_equal(append_range(log, fx, s, s), 0);
+    if (s % 25 == 0) { /* retention drops segments a sync may be in */
+      assert_int_equal(replicate_log_retain(log, s - 10), 0);
+    }
+  }
+  int64_t deadline = test_now_ms() + 10000;
+  do {
+    replicate_log_get_stats(log, &st);
+  } while (st.unsynced > 0 && test_now_ms() < deadline && usleep(1000) == 0);
+  assert_int_equal(st.unsynced, 0);
+  assert_true(st.syncs >= 1 && st.syncs <= 100);
+  for (uint64_t s = st.oldest_seq; s <= 100; s++) expect_frame(log, fx, s);
+  assert_int_equal(replicate_log_reset(log), 0);
+  assert_int_equal(append_range(log, fx, 150, 150), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_open(fx->dir, NULL, NULL, &log), 0);
+  expect_range(log, 150, 150);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
 /* Creating a segment: each failing step leaves the log as it was, and the
  * directory is fsynced when a segment is created or dropped. */
 static void test_fault_segment_create(void **state)
@@ -1029,6 +1104,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_fault_undo_fails, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fault_fsync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fault_segment_create, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_deferred_sync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_background_sync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fault_open, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,7 +26,8 @@ typedef struct run {
   char root[64];        /* the image directory, tracked by the simulator */
   char cuts[64];        /* where power-cut states are written */
   replicate_buf frames[FRAMES]; /* frames[i] has seq i + 1 */
-  uint64_t appended;    /* appends that returned 0: [1, appended] */
+  uint64_t appended;    /* appends that returned 0 (deferred: and were
+                           synced after): [1, appended] */
   uint64_t may_drop_below; /* seqs below this may be gone (retention and
                               the cap, as of the end of the call running) */
   uint64_t cuts_checked;
@@ -114,9 +115,10 @@ static void before_op(void *ctx, iosim *sim, uint64_t k, loom_io_op op)
   }
 }
 
-static void test_powerloss(void **state)
+/* sync: REPLICATE_LOG_SYNC_EACH, or _DEFERRED with a replicate_log_sync
+ * after every third append (what it promises: LOG SYNC in log.c). */
+static void powerloss_run(replicate_log_sync_mode sync)
 {
-  (void)state;
   run *r = xcalloc(sizeof *r);
   strcpy(r->root, "/tmp/replog-power-XXXXXX");
   strcpy(r->cuts, "/tmp/replog-cuts-XXXXXX");
@@ -126,7 +128,7 @@ static void test_powerloss(void **state)
 
   /* A dry run without power cuts tells where retention and the cap will
    * have moved the oldest seq at the end of each call. */
-  replicate_log_options opt = {.segment_bytes = 6000, .max_bytes = 30000};
+  replicate_log_options opt = {.segment_bytes = 6000, .max_bytes = 30000, .sync = sync};
   uint64_t oldest_after[FRAMES + 2];
   char dry[96];
   join_path(dry, sizeof dry, r->cuts, "dry");
@@ -156,7 +158,12 @@ static void test_powerloss(void **state)
     r->may_drop_below = oldest_after[s];
     int rc = replicate_log_append(log, r->frames[s - 1].data, r->frames[s - 1].len);
     assert_int_equal(rc, 0);
-    r->appended = s;
+    if (sync == REPLICATE_LOG_SYNC_EACH) {
+      r->appended = s;
+    } else if (s % 3 == 0) {
+      assert_int_equal(replicate_log_sync(log), 0);
+      r->appended = s;
+    }
     replicate_log_get_stats(log, &st);
     assert_int_equal(st.oldest_seq, oldest_after[s]);
     if (s == 25) {
@@ -177,10 +184,23 @@ static void test_powerloss(void **state)
   free(r);
 }
 
+static void test_powerloss(void **state)
+{
+  (void)state;
+  powerloss_run(REPLICATE_LOG_SYNC_EACH);
+}
+
+static void test_powerloss_deferred(void **state)
+{
+  (void)state;
+  powerloss_run(REPLICATE_LOG_SYNC_DEFERRED);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_powerloss),
+      cmocka_unit_test(test_powerloss_deferred),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

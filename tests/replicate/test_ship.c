@@ -1289,16 +1289,15 @@ static void test_restarted_empty(void **state)
   catch_up(&p, fs[0]);
   catch_up(&p, fs[1]);
   for (int i = 0; i < 2; i++) {
-    /* One base each, now and then two (about 1 run in 5 on this
-     * session's loaded machine, also with a 20 s request timeout; the
-     * cause is not found yet: an extra transfer, never a wrong image, as
-     * the comparison below checks). */
-    unsigned bases = FAKE_GET(fs[i], bases);
-    assert_true(bases >= 1 && bases <= 2);
+    /* One base each, after the restart. (A second one, at seq 1, came now
+     * and then: retention after a heartbeat's answer found the log still
+     * empty before the first append and dropped the frame the commit side
+     * had just published; ring_follow_log.) */
+    assert_int_equal(FAKE_GET(fs[i], bases), 1);
     assert_same_image(&p, fs[i]);
     replicate_peer_status st;
     standby_status(&p, (size_t)i, &st);
-    assert_int_equal(st.base_images_sent, bases);
+    assert_int_equal(st.base_images_sent, 1);
   }
   primary_stop(&p);
   fake_stop(fs[0]);
