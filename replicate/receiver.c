@@ -936,7 +936,7 @@ static int repair_claim(replicate_receiver *rx)
 static void repair_settle(replicate_receiver *rx, int rc, const loom_position *before,
                           const loom_position *after, uint64_t moved)
 {
-  if (!loom_position_same(before, after) || before->epoch != after->epoch) {
+  if (!loom_position_same_epoch(before, after)) {
     rx->applied = *after;
     rx->received = *after;
     rx_pending_clear(rx);
@@ -977,11 +977,11 @@ static int repair_run(replicate_receiver *rx, const replicate_repair_source *src
                : replicate_repair_from(rx->store, src, bad, nbad, moved, why, why_len);
   loom_store_position(rx->store, &after);
   pthread_mutex_unlock(&rx->store_mu);
-  bool jumped = !loom_position_same(&before, &after) || before.epoch != after.epoch;
+  bool jumped = !loom_position_same_epoch(&before, &after);
   if (jumped)
     rx_log_reset(rx); /* its frames start below the new position */
   pthread_mutex_lock(&rx->mu);
-  if (lineage && !rc) {
+  if (lineage && jumped) { /* committed (a read-back may still have failed) */
     rx->lineage = *lineage;
     rx_note_rewound(rx, replicate_rewound_commits(&received, &after, lineage),
                     received.seq);
