@@ -10,7 +10,10 @@
  * durably; a page that does not hash to the leader's hash, a move that is
  * not allowed (no permission, not diverged) and one where most pages
  * differ are refused with nothing written; through a receiver, the rewind
- * is reported (rewound_*) and the permission is needed.
+ * is reported (rewound_*) and the permission is needed; a process that
+ * dies right after the rewind's commit (before any checkpoint) recovers to
+ * the leader's image, one that dies after adopting the lineage and before
+ * the commit to the old position.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -20,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -321,6 +327,66 @@ static void test_receiver_rewind(void **state)
   assert_same_image(fx);
 }
 
+/* The rewind's commit recovered after a crash: a child adopts the
+ * leader's lineage and commits the differing pages as one
+ * LOOM_PATCH_REWIND record with the checkpoint deferred, then dies
+ * (_exit, no close): the next open replays the record and is the leader's
+ * image; a child that dies after the lineage, before the commit, leaves
+ * the old position. */
+static void crash_child(fixture *fx, bool commit)
+{
+  static const uint64_t diff[] = {3, 4, 7, 32, 33};
+  static uint8_t pages[5][LOOM_PAGE_SIZE];
+  loom_lineage lineage;
+  loom_store_lineage(fx->leader, &lineage);
+  loom_patch_header h = {.page_count = 5, .flags = LOOM_PATCH_REWIND};
+  loom_store_position(fx->store, &h.before);
+  loom_store_position(fx->leader, &h.after);
+  for (int i = 0; i < 5; i++)
+    assert_int_equal(loom_store_read_page(fx->leader, diff[i], pages[i]), 0);
+  loom_store_close(fx->store);
+  fx->store = NULL;
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    loom_store *s;
+    loom_patch *p;
+    int rc = loom_store_open(fx->dir, LOOM_CHECKPOINT_DEFER, NULL, &s);
+    if (!rc)
+      rc = loom_store_adopt_lineage(s, &lineage);
+    if (!rc && commit)
+      rc = loom_store_patch_begin(s, &h, &p);
+    for (int i = 0; !rc && commit && i < 5; i++)
+      rc = loom_patch_add(p, diff[i], pages[i]);
+    if (!rc && commit)
+      rc = loom_patch_commit(p); /* durable in the log; no checkpoint */
+    _exit(rc ? 3 : 0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  /* The image file is as it was: only the log holds the rewind. */
+  char path[512];
+  struct stat st;
+  snprintf(path, sizeof path, "%s/image", fx->dir);
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal((uint64_t)st.st_size, PAGES * PS);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &fx->store), 0);
+}
+
+static void test_rewind_recovery(void **state)
+{
+  fixture *fx = *state;
+  crash_child(fx, false);
+  loom_position pos;
+  loom_store_position(fx->store, &pos);
+  assert_int_equal(pos.epoch, 1);
+  assert_int_equal(pos.seq, 3);
+  crash_child(fx, true);
+  assert_same_image(fx);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -328,6 +394,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_rewind_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rewind_too_big, setup, teardown),
       cmocka_unit_test_setup_teardown(test_receiver_rewind, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rewind_recovery, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
