@@ -656,8 +656,8 @@ static int rewind_tree(cluster_node *n, replicate_receiver *rx,
   }
   free(src);
   if (rc)
-    node_logf(n, "rewind through the page-hash tree of %s: %s%s%s: pulling its backup "
-              "instead", l->url, cluster_strerror(rc), why[0] ? ": " : "", why);
+    node_logf(n, "rewind through the page-hash tree of %s: %s (%s): pulling its backup "
+              "instead", l->url, why[0] ? why : cluster_strerror(rc), cluster_error_name(rc));
   return rc;
 }
 
