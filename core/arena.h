@@ -63,6 +63,17 @@ struct loom {
   uint8_t *early_old;           /* page_count old versions */
   uint64_t *early_arrays;       /* page numbers, old hashes, new hashes */
   uint64_t early_cap;           /* pages both can hold */
+  /* RECENT PAGES (loom.c): the newest committed version of every page
+   * that the commits after recent_from wrote, while the checkpoint has
+   * not merged them into the image file; ascending page numbers. */
+  struct recent_page *recent;   /* [recent_count] */
+  uint64_t recent_count;
+  uint8_t *recent_pool;         /* RECENT_MAX_PAGES page versions */
+  uint32_t *recent_free;        /* free slots of the pool, a stack */
+  uint32_t recent_nfree;
+  uint64_t recent_from;         /* UINT64_MAX: covers nothing */
+  uint64_t recent_image_pages;  /* the image file's length as the hook reads
+                                   it (pages past it read as zeros) */
 };
 
 static inline int page_dirty(const loom *l, uint64_t n)

@@ -33,8 +33,11 @@
  *       file move to anonymous memory, since the apply shrinks the file.
  *   S6. Checkpoint: the record is queued for store steps 4-6 (inline,
  *       deferred with LOOM_CHECKPOINT_DEFER, or on the checkpoint thread).
- *   Before S4, the records committed before this one are checkpointed
- *   (store_apply_wait): the hook reads old versions from the image file.
+ *   Before S4, the hook's old versions are made readable: those that
+ *   commits not yet checkpointed wrote come from RECENT PAGES (below), the
+ *   others from the image file; when RECENT PAGES cannot cover every such
+ *   commit, the records before this one are checkpointed first
+ *   (store_apply_wait) and the image file has them all.
  *   With an apply thread and at most EARLY_MAX_PAGES pages, S4 runs after
  *   S6 so that the hook overlaps the apply: the previous versions and the
  *   commit's arrays are copied first (the image file is changing while the
@@ -335,6 +338,9 @@ static void loom_free(loom *l)
   free(l->dirty);
   free(l->early_old);
   free(l->early_arrays);
+  free(l->recent);
+  free(l->recent_pool);
+  free(l->recent_free);
   free(l);
 }
 
@@ -372,6 +378,7 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   l->pages = opt->arena_pages;
   l->guard = NO_GUARD;
   l->swap_fd = l->uffd = l->pagemap_fd = -1;
+  l->recent_from = UINT64_MAX;
   l->dirty = calloc((size_t)(l->pages + 63) / 64, sizeof(uint64_t));
   int rc = l->dirty ? 0 : ENOMEM;
   if (!rc)
@@ -526,6 +533,165 @@ static int compose(loom *l, uint64_t low, uint64_t *clean, changes *out)
   return 0;
 }
 
+/* ---------------------------------------------------------------------- */
+/* RECENT PAGES: old versions without waiting for the checkpoint.
+ *
+ * A shipping primary's commit hook reads the previous version of every
+ * page it commits. With an apply thread the image file lags the committed
+ * position by the records the checkpoint has not merged yet, so the hook
+ * used to wait for the checkpoint (image writes and two fsyncs) before
+ * every commit. Instead, after each commit's hook the saving thread keeps
+ * a copy of the versions it committed (the arena still holds them):
+ *
+ *   R1. recent holds, for every page that a commit with seq > recent_from
+ *       wrote, its newest committed version and that commit's seq.
+ *   R2. No commit with seq > recent_from shrank the image (one that does
+ *       empties recent and becomes recent_from): lengths only grew.
+ *
+ * Before the hook of the commit after `before`, with ckpt the position
+ * the image file has been written to (loom_store_log_stats): if
+ * recent_from <= ckpt, every commit the checkpoint may still be writing is
+ * covered; entries of seq <= ckpt are dropped (the image file holds them,
+ * or newer versions of the same pages that recent lists), and a page's
+ * old version is:
+ *   - recent's, if listed (R1);
+ *   - else, below ckpt.pages, the image file's: no pending record writes
+ *     the page (R1), and none cuts the file (R2);
+ *   - else zeros: no commit wrote it since it was past the image's end
+ *     (one up to ckpt would have made ckpt.pages larger, R2; a later one
+ *     would be listed, R1), and growth leaves pages zero.
+ * Else the checkpoint catches up first (store_apply_wait), recent is
+ * emptied, recent_from = before.seq, and the image file is at before. A
+ * commit of more pages than recent has room for empties it and becomes
+ * recent_from, so the next commit may wait. The memory: RECENT_MAX_PAGES
+ * pages (16 MiB), taken at the first commit of an arena with a hook and
+ * an apply thread; without the thread every hook waits, as before. */
+
+#define RECENT_MAX_PAGES 1024u
+
+typedef struct recent_page {
+  uint64_t n, seq;
+  uint32_t slot;
+} recent_page;
+
+static void recent_clear(loom *l, uint64_t from)
+{
+  for (uint64_t j = 0; j < l->recent_count; j++)
+    l->recent_free[l->recent_nfree++] = l->recent[j].slot;
+  l->recent_count = 0;
+  l->recent_from = from;
+}
+
+/* The newest committed version of page n that recent holds, or NULL. */
+static const uint8_t *recent_find(const loom *l, uint64_t n)
+{
+  uint64_t lo = 0, hi = l->recent_count;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (l->recent[mid].n < n)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < l->recent_count && l->recent[lo].n == n)
+    return l->recent_pool + (uint64_t)l->recent[lo].slot * PS;
+  return NULL;
+}
+
+/* Before the hook of the commit after `before`: recent as the checkpoint
+ * left the image file, or the checkpoint catches up (always when `use` is
+ * false: no apply thread). */
+static int recent_prepare(loom *l, const loom_position *before, int use)
+{
+  loom_log_stats st;
+  loom_store_log_stats(l->store, &st);
+  if (!use || l->recent_from > st.checkpoint.seq || st.checkpoint.seq > before->seq) {
+    int rc = store_apply_wait(l->store);
+    if (rc)
+      return rc;
+    recent_clear(l, before->seq);
+    l->recent_image_pages = before->pages;
+    return 0;
+  }
+  l->recent_image_pages = st.checkpoint.pages;
+  uint64_t kept = 0;
+  for (uint64_t j = 0; j < l->recent_count; j++) {
+    if (l->recent[j].seq <= st.checkpoint.seq)
+      l->recent_free[l->recent_nfree++] = l->recent[j].slot;
+    else
+      l->recent[kept++] = l->recent[j];
+  }
+  l->recent_count = kept;
+  return 0;
+}
+
+/* After the hook of commit c: its pages' versions join recent (R1), or it
+ * becomes recent_from. */
+static void recent_note(loom *l, const loom_commit *c)
+{
+  uint64_t k = c->page_count;
+  if (!l->recent_pool) {
+    l->recent = malloc(RECENT_MAX_PAGES * 2 * sizeof *l->recent);
+    l->recent_pool = malloc(RECENT_MAX_PAGES * PS);
+    l->recent_free = malloc(RECENT_MAX_PAGES * sizeof *l->recent_free);
+    if (!l->recent || !l->recent_pool || !l->recent_free) {
+      free(l->recent), free(l->recent_pool), free(l->recent_free);
+      l->recent = NULL, l->recent_pool = NULL, l->recent_free = NULL;
+      l->recent_from = c->after.seq; /* no memory: the next hook waits */
+      return;
+    }
+    l->recent_count = 0;
+    l->recent_nfree = RECENT_MAX_PAGES;
+    for (uint32_t j = 0; j < RECENT_MAX_PAGES; j++)
+      l->recent_free[j] = RECENT_MAX_PAGES - 1 - j;
+  }
+  if (c->after.pages < c->before.pages || k > l->recent_nfree) {
+    recent_clear(l, c->after.seq); /* R2, or no room: the next hook waits */
+    return;
+  }
+  /* Merge c's pages (ascending) into recent (ascending), from the end:
+   * recent has room for twice its page cap, and pages already listed
+   * keep their slot. */
+  recent_page *merged = l->recent + RECENT_MAX_PAGES;
+  uint64_t a = 0, b = 0, m = 0;
+  while (a < l->recent_count || b < k) {
+    uint64_t n = b < k ? c->page_numbers[b] : UINT64_MAX;
+    if (a < l->recent_count && l->recent[a].n < n) {
+      merged[m++] = l->recent[a++];
+      continue;
+    }
+    recent_page e = {n, c->after.seq, 0};
+    if (a < l->recent_count && l->recent[a].n == n)
+      e.slot = l->recent[a++].slot;
+    else
+      e.slot = l->recent_free[--l->recent_nfree];
+    memcpy(l->recent_pool + (uint64_t)e.slot * PS, page_addr(l, n), PS);
+    merged[m++] = e;
+    b++;
+  }
+  memcpy(l->recent, merged, m * sizeof *merged);
+  l->recent_count = m;
+}
+
+/* The version c's page i had at c->before, outside the early path. A
+ * page whose recorded hash is the zero page's is zeros (an allocator's
+ * fresh page, typically): no read. */
+static int old_version(loom *l, const loom_commit *c, uint64_t i, void *buf)
+{
+  uint64_t n = c->page_numbers[i];
+  const uint8_t *r = n < c->before.pages ? recent_find(l, n) : NULL;
+  if (r) {
+    memcpy(buf, r, PS);
+    return 0;
+  }
+  if (n >= c->before.pages || n >= l->recent_image_pages ||
+      c->old_hashes[i] == store_zero_hash(n)) {
+    memset(buf, 0, PS);
+    return 0;
+  }
+  return store_read_image_page(l->store, n, buf);
+}
+
 int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
 {
   if (!l || !c || !buf || i >= c->page_count)
@@ -534,12 +700,7 @@ int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
     memcpy(buf, l->early_old + i * PS, PS);
     return 0;
   }
-  uint64_t n = c->page_numbers[i];
-  if (n >= c->before.pages) {
-    memset(buf, 0, PS);
-    return 0;
-  }
-  return store_read_image_page(l->store, n, buf);
+  return old_version(l, c, i, buf);
 }
 
 /* The most pages whose old versions are copied so that the apply can start
@@ -567,10 +728,7 @@ static int early_capture(loom *l, loom_commit *c)
     l->early_cap = n;
   }
   for (uint64_t i = 0; i < n; i++) {
-    uint64_t page = c->page_numbers[i];
-    uint8_t *buf = l->early_old + i * PS;
-    int rc = page < c->before.pages ? store_read_image_page(l->store, page, buf)
-                                    : (memset(buf, 0, PS), 0);
+    int rc = old_version(l, c, i, l->early_old + i * PS);
     if (rc)
       return rc;
   }
@@ -633,9 +791,11 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   }
   l->stats.saves++;
   l->stats.pages_saved += ch->count;
-  /* The hook reads the old versions from the image file: the records
-   * before this one are checkpointed first (this one is not queued yet). */
-  if (l->opt.on_commit && (rc = store_apply_wait(l->store))) {
+  /* The hook's old versions: RECENT PAGES and the image file, or the
+   * records before this one are checkpointed first (this one is not
+   * queued yet). */
+  int recent = l->opt.on_commit && (l->opt.flags & LOOM_APPLY_ASYNC);
+  if (l->opt.on_commit && (rc = recent_prepare(l, &before, recent))) {
     loom_patch_abort(p);
     return rc;
   }
@@ -669,6 +829,8 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
     l->early = NULL;
   }
+  if (recent)
+    recent_note(l, &c);
   return rc;
 }
 

@@ -506,7 +506,11 @@ typedef struct loom_commit {
  * are at loom_page(); the previous versions are read with
  * loom_commit_old_page() (with LOOM_APPLY_ASYNC the image file may already
  * be changing while the hook runs: the apply and the hook overlap, so read
- * old versions only through loom_commit_old_page). Its return value is
+ * old versions only through loom_commit_old_page). With LOOM_APPLY_ASYNC
+ * the hook does not wait for the checkpoint: the arena keeps a copy of the
+ * pages the commits not yet checkpointed wrote (up to 16 MiB, taken at the
+ * first such commit; past that, or after a commit that shrank the image,
+ * the next hook waits for the checkpoint first). Its return value is
  * returned by loom_save() (the commit stands either way: it is durable).
  */
 typedef int (*loom_commit_fn)(void *ctx, loom *l, const loom_commit *c);

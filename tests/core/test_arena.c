@@ -7,6 +7,7 @@
  * the test bodies only.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -257,6 +258,75 @@ static void test_commit_hook(void **state)
   CHECK_INVARIANTS(l);
   assert_int_equal(loom_close(l), 0);
   free(h);
+  test_rmtree(dir);
+}
+
+/* RECENT PAGES (loom.c): with an apply thread the hook reads old versions
+ * while the checkpoint still writes earlier records, from the pages kept
+ * after each commit and the image file. Random saves that grow, shrink
+ * and rewrite pages: every old version the hook reads is the committed
+ * image's before the save (the test's copy), zeros past its end. */
+typedef struct old_check {
+  uint8_t *prev;        /* the committed image before the save */
+  uint64_t checked, wrong, behind;
+} old_check;
+
+static int hook_old_versions(void *ctx, loom *l, const loom_commit *c)
+{
+  old_check *o = ctx;
+  static const uint8_t zero[PAGE];
+  uint8_t buf[PAGE];
+  loom_log_stats st;
+  loom_store_log_stats(loom_get_store(l), &st);
+  if (st.checkpoint.seq < c->before.seq)
+    o->behind++; /* records before this one were not checkpointed yet */
+  for (uint64_t i = 0; i < c->page_count; i++) {
+    uint64_t n = c->page_numbers[i];
+    const uint8_t *want = n < c->before.pages ? o->prev + n * PAGE : zero;
+    o->checked++;
+    if (loom_commit_old_page(l, c, i, buf) != 0 || memcmp(buf, want, PAGE) != 0 ||
+        (n < c->before.pages && c->old_hashes[i] != loom_page_hash(n, want)))
+      o->wrong++;
+  }
+  return 0;
+}
+
+static void test_old_versions_async(void **state)
+{
+  const config *c = *state;
+  char *dir = test_tmpdir("oldv");
+  old_check o = {.prev = calloc(256, PAGE)};
+  loom_options extra = {.on_commit = hook_old_versions, .commit_ctx = &o};
+  loom *l = open_arena(dir, c, 256, &extra);
+  uint8_t *base = loom_base(l);
+  test_rng rng = {7};
+  uint64_t len = 32;
+  for (int save = 0; save < 400; save++) {
+    uint64_t next = len;
+    uint64_t roll = rng_below(&rng, 10);
+    if (roll == 0 && len > 24) {
+      next = len - 1 - rng_below(&rng, 8); /* shrink */
+      if (save % 2) /* the cut pages zeroed: regrown, they are not saved */
+        memset(base + next * PAGE, 0, (len - next) * PAGE);
+    }
+    else if (roll < 4 && len < 200)
+      next = len + 1 + rng_below(&rng, 12); /* grow, some new pages untouched */
+    uint64_t k = 1 + rng_below(&rng, save % 50 == 0 ? 300 : 24);
+    for (uint64_t j = 0; j < k; j++)
+      base[rng_below(&rng, next) * PAGE + rng_below(&rng, PAGE)] ^= (uint8_t)(1 + rng_below(&rng, 255));
+    assert_int_equal(loom_save(l, next, 256), 0);
+    memcpy(o.prev, base, next * PAGE);
+    len = next;
+  }
+  print_message("    %s: %" PRIu64 " old versions checked, %" PRIu64
+                " hooks with records still to checkpoint\n", c->name, o.checked, o.behind);
+  assert_int_equal(o.wrong, 0);
+  assert_true(o.checked > 1000);
+  if (c->flags & LOOM_APPLY_ASYNC)
+    assert_true(o.behind > 0); /* the hooks did not all wait */
+  CHECK_INVARIANTS(l);
+  assert_int_equal(loom_close(l), 0);
+  free(o.prev);
   test_rmtree(dir);
 }
 
@@ -901,6 +971,7 @@ static void test_review_findings(void **state)
   cmocka_unit_test_prestate(test_round_trips, &cfg),                \
   cmocka_unit_test_prestate(test_every_write_noticed, &cfg),        \
   cmocka_unit_test_prestate(test_commit_hook, &cfg),                \
+  cmocka_unit_test_prestate(test_old_versions_async, &cfg),         \
   cmocka_unit_test_prestate(test_free_pages, &cfg),                 \
   cmocka_unit_test_prestate(test_foul_yolo_toss, &cfg),             \
   cmocka_unit_test_prestate(test_guard, &cfg),                      \

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""commit_path_bench.py: sustained saves kept up by one standby (issue 14).
+
+Black-box, as deployed: `loomship primary` (the bundled example, K values
+changed per save, --rate far above what it reaches) ships to one
+`loomship standby`, every directory on the same disk. After a warm-up the
+standby's applied seq is read twice, --seconds apart, so start-up and
+drain cancel: saves/s kept up = the applied seqs between the two reads /
+the time between them (the primary's own rate is printed beside it).
+
+The limit, measured in the same run and on the same disk, alternating
+with loomship's runs so that a change of load weighs on both: a
+back-to-back loop of pwrite + fdatasync of the same bytes a save of K
+values writes (K pages of 16 KiB: the example puts each value on a page
+of its own), rewriting one file in place.
+
+Goals (issue 14): >= 0.40x the loop for K = 64, >= 0.30x for K = 1.
+Prints "RESULT name median min max unit reference ratio" lines like the
+other benchmarks.
+
+Usage: commit_path_bench.py LOOMSHIP [--seconds S] [--repeats N]
+       [--pages 64,1] [--dir DIR]
+"""
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PAGE = 16384
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+def listening_url(path, proc, deadline=20.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited ({proc.returncode}) before listening: see {path}")
+        with open(path) as f:
+            for line in f:
+                if line.startswith("listening on "):
+                    return line.split()[2]
+        time.sleep(0.05)
+    raise RuntimeError(f"no 'listening on' line in {path}")
+
+
+def applied_seq(url):
+    return get_json(url + "/v1/status")["applied"]["seq"]
+
+
+def loop_rate(work, k, seconds):
+    """Back-to-back pwrite + fdatasync of k pages, rewriting in place."""
+    path = os.path.join(work, "limit")
+    data = os.urandom(k * PAGE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            os.pwrite(fd, data, 0)
+            os.fdatasync(fd)
+            n += 1
+        return n / (time.monotonic() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def loomship_rate(loomship, work, k, seconds, warmup=2.0):
+    """Saves/s the standby applied, and the primary's saves/s, in one run."""
+    procs = []
+    try:
+        slog = os.path.join(work, "s.log")
+        with open(slog, "w") as log:
+            procs.append(subprocess.Popen(
+                [loomship, "standby", "--dir", os.path.join(work, "s"),
+                 "--listen", "127.0.0.1:0"], stdout=log, stderr=subprocess.STDOUT))
+        surl = listening_url(slog, procs[0])
+        plog = os.path.join(work, "p.log")
+        with open(plog, "w") as log:
+            procs.append(subprocess.Popen(
+                [loomship, "primary", "--dir", os.path.join(work, "p"),
+                 "--rate", "100000", "--pages", str(k),
+                 "--listen", "127.0.0.1:0", "--standby", surl],
+                stdout=log, stderr=subprocess.STDOUT))
+        purl = listening_url(plog, procs[1])
+        time.sleep(warmup)  # the measured stretch starts after the warm-up
+        s0, p0, t0 = applied_seq(surl), applied_seq(purl), time.monotonic()
+        time.sleep(seconds)  # the measured stretch itself
+        s1, p1, t1 = applied_seq(surl), applied_seq(purl), time.monotonic()
+        return (s1 - s0) / (t1 - t0), (p1 - p0) / (t1 - t0)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    loomship = os.path.abspath(sys.argv[1])
+    seconds, repeats, ks, root = 5.0, 3, [64, 1], None
+    argv = sys.argv[2:]
+    while argv:
+        if argv[0] == "--seconds":
+            seconds = float(argv[1])
+        elif argv[0] == "--repeats":
+            repeats = int(argv[1])
+        elif argv[0] == "--pages":
+            ks = [int(x) for x in argv[1].split(",")]
+        elif argv[0] == "--dir":
+            root = argv[1]
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+        argv = argv[2:]
+    print(f"# commit path: saves/s one standby keeps up with, against a pwrite+fdatasync "
+          f"loop of the same bytes; {seconds:g} s per run, {repeats} runs, alternating")
+    for k in ks:
+        kept, made, limit = [], [], []
+        for r in range(repeats):
+            work = tempfile.mkdtemp(prefix="loomship-commit-", dir=root)
+            try:
+                limit.append(loop_rate(work, k, seconds))
+                a, p = loomship_rate(loomship, work, k, seconds)
+                kept.append(a)
+                made.append(p)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print(f"# K={k} run {r + 1}: standby applied {kept[-1]:.1f}/s, primary saved "
+                  f"{made[-1]:.1f}/s, loop {limit[-1]:.1f}/s", flush=True)
+        m, ml = statistics.median(kept), statistics.median(limit)
+        print(f"# K={k}: kept up {m:.1f} saves/s (primary {statistics.median(made):.1f}); "
+              f"loop {ml:.1f}/s; ratio {m / ml:.2f}x")
+        print(f"RESULT commit_path_kept_up_k{k} {m:.6g} {min(kept):.6g} {max(kept):.6g} "
+              f"saves/s pwrite+fdatasync={ml:.6g} {m / ml:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
