@@ -178,7 +178,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
   /* The log derives its segment size from the cap (replicate.h). It is a
    * cache of the store, whose commit is durable before the hook appends
    * to it: its fsyncs run off the save path (REPLICATE_LOG_SYNC_BACKGROUND,
-   * docs/FORMAT.md "The replication log's fsyncs"). */
+   * docs/FRAME.md 2.3, "The replication log's fsyncs"). */
   replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
                               .repair_ctx = (void *)cfg->who,
                               .sync = REPLICATE_LOG_SYNC_BACKGROUND};

@@ -68,7 +68,8 @@ struct loom {
    * not merged them into the image file; ascending page numbers. */
   struct recent_page *recent;   /* [recent_count] */
   uint64_t recent_count;
-  uint8_t *recent_pool;         /* RECENT_MAX_PAGES page versions */
+  uint8_t *recent_pool;         /* recent_cap page versions */
+  uint32_t recent_cap;
   uint32_t *recent_free;        /* free slots of the pool, a stack */
   uint32_t recent_nfree;
   uint64_t recent_from;         /* UINT64_MAX: covers nothing */

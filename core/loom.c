@@ -41,8 +41,9 @@
  *   With an apply thread and at most EARLY_MAX_PAGES pages, S4 runs after
  *   S6 so that the hook overlaps the apply: the previous versions and the
  *   commit's arrays are copied first (the image file is changing while the
- *   hook runs). Otherwise S4 runs before S5, the image file still holding
- *   the previous versions.
+ *   hook runs). Otherwise S4 runs before S5 and S6, this commit's record
+ *   not yet queued for the checkpoint. Either way the hook's commit joins
+ *   RECENT PAGES right after its hook, while its arrays are alive.
  *   S7. Re-protect: composed and unchanged dirty pages below low become
  *       clean; pages past low become dirty; the guard is placed (ward).
  *   S8. Validate (LOOM_VALIDATE): every clean page equals the image.
@@ -563,11 +564,26 @@ static int compose(loom *l, uint64_t low, uint64_t *clean, changes *out)
  * Else the checkpoint catches up first (store_apply_wait), recent is
  * emptied, recent_from = before.seq, and the image file is at before. A
  * commit of more pages than recent has room for empties it and becomes
- * recent_from, so the next commit may wait. The memory: RECENT_MAX_PAGES
- * pages (16 MiB), taken at the first commit of an arena with a hook and
- * an apply thread; without the thread every hook waits, as before. */
+ * recent_from, so the next commit may wait. The memory: half the commit
+ * log's ring (32 MiB by default, see recent_pool_pages), taken at the
+ * first commit of an arena with a hook and an apply thread; without the
+ * thread every hook waits, as before. */
 
-#define RECENT_MAX_PAGES 1024u
+/* The pool: half the commit log's ring (the checkpoint starts when a
+ * quarter of it is queued, and commits go on while it runs), within
+ * [RECENT_MIN_PAGES, RECENT_MAX_PAGES]. */
+#define RECENT_MIN_PAGES 256u
+#define RECENT_MAX_PAGES 4096u
+
+static uint32_t recent_pool_pages(loom *l)
+{
+  loom_log_stats st;
+  loom_store_log_stats(l->store, &st);
+  uint64_t pages = st.size / 2 / PS;
+  if (pages < RECENT_MIN_PAGES)
+    return RECENT_MIN_PAGES;
+  return pages > RECENT_MAX_PAGES ? RECENT_MAX_PAGES : (uint32_t)pages;
+}
 
 typedef struct recent_page {
   uint64_t n, seq;
@@ -631,9 +647,10 @@ static void recent_note(loom *l, const loom_commit *c)
 {
   uint64_t k = c->page_count;
   if (!l->recent_pool) {
-    l->recent = malloc(RECENT_MAX_PAGES * 2 * sizeof *l->recent);
-    l->recent_pool = malloc(RECENT_MAX_PAGES * PS);
-    l->recent_free = malloc(RECENT_MAX_PAGES * sizeof *l->recent_free);
+    l->recent_cap = recent_pool_pages(l);
+    l->recent = malloc(l->recent_cap * 2 * sizeof *l->recent);
+    l->recent_pool = malloc(l->recent_cap * PS);
+    l->recent_free = malloc(l->recent_cap * sizeof *l->recent_free);
     if (!l->recent || !l->recent_pool || !l->recent_free) {
       free(l->recent), free(l->recent_pool), free(l->recent_free);
       l->recent = NULL, l->recent_pool = NULL, l->recent_free = NULL;
@@ -641,9 +658,9 @@ static void recent_note(loom *l, const loom_commit *c)
       return;
     }
     l->recent_count = 0;
-    l->recent_nfree = RECENT_MAX_PAGES;
-    for (uint32_t j = 0; j < RECENT_MAX_PAGES; j++)
-      l->recent_free[j] = RECENT_MAX_PAGES - 1 - j;
+    l->recent_nfree = l->recent_cap;
+    for (uint32_t j = 0; j < l->recent_cap; j++)
+      l->recent_free[j] = l->recent_cap - 1 - j;
   }
   if (c->after.pages < c->before.pages || k > l->recent_nfree) {
     recent_clear(l, c->after.seq); /* R2, or no room: the next hook waits */
@@ -652,7 +669,7 @@ static void recent_note(loom *l, const loom_commit *c)
   /* Merge c's pages (ascending) into recent (ascending), from the end:
    * recent has room for twice its page cap, and pages already listed
    * keep their slot. */
-  recent_page *merged = l->recent + RECENT_MAX_PAGES;
+  recent_page *merged = l->recent + l->recent_cap;
   uint64_t a = 0, b = 0, m = 0;
   while (a < l->recent_count || b < k) {
     uint64_t n = b < k ? c->page_numbers[b] : UINT64_MAX;
@@ -707,8 +724,8 @@ int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
  * before the hook runs (16 MiB); a larger commit runs the hook first. */
 #define EARLY_MAX_PAGES 1024u
 
-/* Before an early apply: copy c's old page versions (the image is still at
- * c->before) and its arrays (the patch that holds them goes to the apply
+/* Before an early apply: copy c's old page versions (as old_version reads
+ * them: the image file may lag c->before) and its arrays (the patch that holds them goes to the apply
  * thread) into l, and point c at the copies. ENOMEM or a read error: the
  * hook runs before the apply instead, reading the image itself. */
 static int early_capture(loom *l, loom_commit *c)
@@ -813,8 +830,11 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
    * and fsyncs then overlap instead of following each other. */
   int early = l->opt.on_commit && (l->opt.flags & LOOM_APPLY_ASYNC) &&
               c.page_count <= EARLY_MAX_PAGES && early_capture(l, &c) == 0;
-  if (l->opt.on_commit && !early)                            /* S4 */
+  if (l->opt.on_commit && !early) {                          /* S4 */
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
+    if (recent) /* c's arrays are the patch's, gone after S6 */
+      recent_note(l, &c);
+  }
   rc = unmap_image_tail(l, low, image);                      /* S5 */
   l->image_pages = low;
   if (rc) {
@@ -828,9 +848,9 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     l->early = &c;
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
     l->early = NULL;
+    if (recent) /* c's arrays are early_capture's copies */
+      recent_note(l, &c);
   }
-  if (recent)
-    recent_note(l, &c);
   return rc;
 }
 

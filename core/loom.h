@@ -508,9 +508,10 @@ typedef struct loom_commit {
  * be changing while the hook runs: the apply and the hook overlap, so read
  * old versions only through loom_commit_old_page). With LOOM_APPLY_ASYNC
  * the hook does not wait for the checkpoint: the arena keeps a copy of the
- * pages the commits not yet checkpointed wrote (up to 16 MiB, taken at the
- * first such commit; past that, or after a commit that shrank the image,
- * the next hook waits for the checkpoint first). Its return value is
+ * pages the commits not yet checkpointed wrote (up to half the commit
+ * log's ring, 32 MiB by default, taken at the first such commit; past
+ * that, or after a commit that shrank the image, the next hook waits for
+ * the checkpoint first). Its return value is
  * returned by loom_save() (the commit stands either way: it is durable).
  */
 typedef int (*loom_commit_fn)(void *ctx, loom *l, const loom_commit *c);

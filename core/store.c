@@ -30,8 +30,9 @@
  *   the image, each page written once at its newest version, and moves
  *   the head past them. The image may thus lag the committed position by
  *   up to a log's worth; reads at the committed position (read_page,
- *   the commit hook's old versions, set_epoch, lineage writes, close)
- *   first wait for the checkpoint to catch up (store_apply_wait), and
+ *   set_epoch, lineage writes, close) first wait for the checkpoint to
+ *   catch up (store_apply_wait; the commit hook's old versions do only
+ *   when the arena's RECENT PAGES cannot give them, loom.c), and
  *   snapshots open after it caught up with what was queued when they
  *   were asked for, at its position: a committed one (I1).
  *

@@ -143,8 +143,9 @@ struct replicate_log {
   uint64_t synced;         /* how many of them are durable */
   uint64_t syncs;
   bool syncing;            /* a replicate_log_sync is in its fsync */
-  uint64_t syncing_first;  /* the first seq of the segment it fsyncs */
-  int syncing_closed_fd;   /* that segment's fd, dropped meanwhile (or -1) */
+  int syncing_fd;          /* of the segment it fsyncs */
+  int syncing_closed_fd;   /* that fd, its segment dropped meanwhile (or -1) */
+  int sync_error;          /* errno of the fsync that poisoned the handle */
   pthread_cond_t cond;     /* records wait for a sync; a sync ended */
   pthread_t thread;        /* REPLICATE_LOG_SYNC_BACKGROUND */
   bool thread_started, stopping;
@@ -297,7 +298,7 @@ static int drop_oldest(replicate_log *log)
   segment_name(name, s->first_seq);
   int rc = io_result(log->io->unlink(log->io->ctx, log->dirfd, name, 0));
   if (rc != 0) return rc;
-  if (log->syncing && log->syncing_first == s->first_seq)
+  if (log->syncing && log->syncing_fd == s->fd)
     log->syncing_closed_fd = s->fd; /* closed when its fsync returns */
   else
     log->io->close(log->io->ctx, s->fd);
@@ -567,7 +568,9 @@ int replicate_log_close(replicate_log *log)
     pthread_join(log->thread, NULL);
   }
   int first_error = log->dirfd >= 0 ? replicate_log_sync(log) : 0;
-  if (first_error == REPLICATE_EPANIC) first_error = 0; /* said before */
+  /* A handle poisoned by a background fsync has not said so yet: its
+   * records may not be durable. Another poison was returned when met. */
+  if (first_error == REPLICATE_EPANIC) first_error = log->sync_error;
   for (size_t i = 0; i < log->nsegs; i++) {
     int rc = io_result(log->io->close(log->io->ctx, log->segs[i].fd));
     if (first_error == 0) first_error = rc;
@@ -814,7 +817,7 @@ static int sync_locked(replicate_log *log)
   log_segment *s = newest(log);
   int fd = s->fd;
   log->syncing = true;
-  log->syncing_first = s->first_seq;
+  log->syncing_fd = fd;
   pthread_mutex_unlock(&log->lock);
   /* Records of older segments were made durable by step 1. */
   int rc = io_result(log->io->fsync(log->io->ctx, fd));
@@ -827,6 +830,7 @@ static int sync_locked(replicate_log *log)
   pthread_cond_broadcast(&log->cond);
   if (rc != 0) {
     log->poisoned = true;
+    log->sync_error = rc;
     return rc;
   }
   log->syncs++;
@@ -994,6 +998,8 @@ int replicate_log_reset(replicate_log *log)
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : 0;
   while (rc == 0 && log->nsegs > 0) rc = drop_oldest(log);
+  log->synced = log->written; /* what waited is gone (a sync in flight
+                                 only moves synced forward) */
   pthread_mutex_unlock(&log->lock);
   return rc;
 }

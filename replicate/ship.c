@@ -9,7 +9,10 @@
  *                      saving thread, after the commit point: encode,
  *                      publish the commit (latest, the commit ring) and
  *                      wake the shipping thread, append to the log
- *                      (durable), and in sync mode wait on cond.
+ *                      (durable at once, or by the log's own thread when
+ *                      it was opened with REPLICATE_LOG_SYNC_BACKGROUND, as
+ *                      the primary's is: the log is a cache of the store),
+ *                      and in sync mode wait on cond.
  *   the shipping side  one thread, one curl multi handle, one pipeline per
  *                      standby: ship_schedule() picks each idle standby's next
  *                      request, ship_finish() reads its answer and moves the
@@ -25,7 +28,8 @@
  *   I1. A frame is shipped only after its commit point (the store has it
  *       durably). It is published before its log append when the ring
  *       keeps it in memory, so that the standby's receive-log fsync
- *       overlaps ours; otherwise only once replicate_log_append() returned
+ *       overlaps the append (and its fsync, when the log makes each
+ *       append durable); otherwise only once replicate_log_append() returned
  *       0, since the shipper would read it from the log. If the append
  *       fails, a frame in memory is still sent from there; one not in
  *       memory would be read from the log, which lacks it, so a standby
@@ -561,9 +565,9 @@ int replicate_shipper_on_commit(replicate_shipper *sh, loom *l,
     }
   }
   /* The commit is durable in the store (the commit point came before this
-   * hook), so it may ship now, while the log append below is made durable:
-   * the standby's receive-log fsync and ours overlap instead of following
-   * each other. Only a frame the in-memory cache keeps goes early: the
+   * hook), so it may ship now, while the log append below is made:
+   * the standby's receive-log fsync and our append overlap instead of
+   * following each other. Only a frame the in-memory cache keeps goes early: the
    * shipper reads any other from the log, which must hold it first. If
    * the append fails, the frame still ships from memory, and the log
    * starts afresh at the next commit (as after any append failure). */

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +31,11 @@ typedef struct fault_io {
   bool short_write;                 /* a failing pwrite writes half first */
   int counts[LOOM_IO_OP_COUNT];
   int dir_fsyncs;                   /* fsyncs of directories */
+  /* The next fsync of a file blocks until released (fio_release). */
+  pthread_mutex_t gate;
+  pthread_cond_t gate_cond;
+  bool block_next, blocked, released;
+  int blocked_fd;
 } fault_io;
 
 static bool should_fail(fault_io *f, loom_io_op op, int *err)
@@ -73,6 +79,15 @@ static int fio_fsync(void *ctx, int fd)
   if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) f->dir_fsyncs++;
   int err;
   if (should_fail(f, LOOM_IO_FSYNC, &err)) return -err;
+  pthread_mutex_lock(&f->gate);
+  if (f->block_next && !S_ISDIR(st.st_mode)) {
+    f->block_next = false;
+    f->blocked = true;
+    f->blocked_fd = fd;
+    pthread_cond_broadcast(&f->gate_cond);
+    while (!f->released) pthread_cond_wait(&f->gate_cond, &f->gate);
+  }
+  pthread_mutex_unlock(&f->gate);
   return f->base->fsync(f->base->ctx, fd);
 }
 static int fio_ftruncate(void *ctx, int fd, off_t len)
@@ -114,6 +129,8 @@ static int fio_mkdir(void *ctx, int dirfd, const char *name, mode_t mode)
 static void fault_io_init(fault_io *f)
 {
   memset(f, 0, sizeof *f);
+  pthread_mutex_init(&f->gate, NULL);
+  pthread_cond_init(&f->gate_cond, NULL);
   f->base = loom_io_posix();
   for (int op = 0; op < LOOM_IO_OP_COUNT; op++) f->fail_at[op] = -1;
   f->io = (loom_io){f, fio_open, fio_pread, fio_pwrite, fio_fsync,
@@ -971,7 +988,7 @@ static void test_deferred_sync(void **state)
   fault_arm(&fio, LOOM_IO_FSYNC, 0, EIO);
   assert_int_equal(replicate_log_sync(log), EIO);
   assert_int_equal(append_range(log, fx, 61, 61), REPLICATE_EPANIC);
-  assert_int_equal(replicate_log_close(log), 0);
+  assert_int_equal(replicate_log_close(log), EIO); /* said again at close */
   assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
   expect_range(log, 1, 60);
   /* Close syncs what waits. */
@@ -979,6 +996,72 @@ static void test_deferred_sync(void **state)
   fsyncs0 = fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs;
   assert_int_equal(replicate_log_close(log), 0);
   assert_int_equal(fio.counts[LOOM_IO_FSYNC] - fio.dir_fsyncs, fsyncs0 + 1);
+}
+
+/* LOG SYNC, concurrent: appends go on while a sync is in its fsync (the
+ * lock is not held); records appended meanwhile stay counted as not
+ * durable; dropping the segment being fsynced keeps its descriptor open
+ * until the fsync returns. */
+typedef struct sync_call {
+  replicate_log *log;
+  int rc;
+} sync_call;
+
+static void *sync_in_thread(void *arg)
+{
+  sync_call *c = arg;
+  c->rc = replicate_log_sync(c->log);
+  return NULL;
+}
+
+static void test_sync_concurrent(void **state)
+{
+  fixture *fx = *state;
+  fault_io fio;
+  fault_io_init(&fio);
+  replicate_log_options opt = {.segment_bytes = 4096, .sync = REPLICATE_LOG_SYNC_DEFERRED};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, &fio.io, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 2), 0);
+  fio.block_next = true;
+  sync_call call = {log, -1};
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, sync_in_thread, &call), 0);
+  pthread_mutex_lock(&fio.gate);
+  while (!fio.blocked) pthread_cond_wait(&fio.gate_cond, &fio.gate);
+  pthread_mutex_unlock(&fio.gate);
+  /* The sync is inside its fsync: appends and reads go on. */
+  assert_int_equal(append_range(log, fx, 3, 3), 0);
+  expect_frame(log, fx, 3);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.unsynced, 3);
+  /* Past two roll-overs, then retention drops the segment being synced. */
+  uint64_t s = 4;
+  while (st.segments < 3) {
+    assert_int_equal(append_range(log, fx, s, s), 0);
+    s++;
+    replicate_log_get_stats(log, &st);
+  }
+  assert_int_equal(replicate_log_retain(log, s - 1), 0);
+  replicate_log_get_stats(log, &st);
+  assert_true(st.oldest_seq > 2);
+  assert_true(fcntl(fio.blocked_fd, F_GETFD) >= 0); /* not closed yet */
+  uint64_t waiting = st.unsynced; /* appended since the last roll-over */
+  assert_true(waiting > 0);
+  pthread_mutex_lock(&fio.gate);
+  fio.released = true;
+  pthread_cond_broadcast(&fio.gate_cond);
+  pthread_mutex_unlock(&fio.gate);
+  pthread_join(t, NULL);
+  assert_int_equal(call.rc, 0);
+  assert_true(fcntl(fio.blocked_fd, F_GETFD) < 0); /* closed after it */
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.unsynced, waiting); /* not made durable by that fsync */
+  assert_int_equal(replicate_log_sync(log), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.unsynced, 0);
+  assert_int_equal(replicate_log_close(log), 0);
 }
 
 /* LOG SYNC, background: the log's thread syncs what the appends wrote. */
@@ -1106,6 +1189,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_fault_segment_create, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deferred_sync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_background_sync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_sync_concurrent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fault_open, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
