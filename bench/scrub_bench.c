@@ -20,8 +20,7 @@
 #include <unistd.h>
 
 #include "loom.h"
-#include "benchloom.h"
-#include "benchutil.h"
+#include "loom_bench.h"
 #include "replicate.h"
 
 #define PS LOOM_PAGE_SIZE
@@ -43,43 +42,24 @@ static void snap_close(void *ctx, loom_snapshot *snap)
   loom_snapshot_close(snap);
 }
 
-/* s saves of k pages spread over the image: latencies (ms) into lat. */
-static void saves(loom *l, uint64_t n, uint64_t k, unsigned s, double *lat, unsigned *tick)
-{
-  uint8_t *b = loom_base(l);
-  uint64_t stride = n / k;
-  for (unsigned r = 0; r < s; r++, (*tick)++) {
-    for (uint64_t i = 0; i < k; i++)
-      b[(i * stride + *tick % stride) * PS + (*tick * 8) % PS] ^= 0xff;
-    double t0 = now_s();
-    int rc = loom_save(l, n, n + 64);
-    lat[r] = (now_s() - t0) * 1e3;
-    if (rc)
-      die("save", rc);
-  }
-}
-
 int main(int argc, char **argv)
 {
-  uint64_t n = 16384, k = 64;
-  unsigned s = 200, rounds = 3;
+  bench_save_args a = BENCH_SAVE_ARGS_DEFAULT;
   double mbps = 64;
-  const char *root = "/tmp";
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--pages")) n = strtoull(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--k")) k = strtoull(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--saves")) s = (unsigned)atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--rounds")) rounds = (unsigned)atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--mbps")) mbps = atof(argv[i + 1]);
-    else if (!strcmp(argv[i], "--dir")) root = argv[i + 1];
+    if (bench_save_arg(argv[i], argv[i + 1], &a))
+      continue;
+    if (!strcmp(argv[i], "--mbps")) mbps = atof(argv[i + 1]);
     else {
       fprintf(stderr, "usage: scrub_bench [--pages N] [--k K] [--saves S] [--rounds R] "
                       "[--mbps M] [--dir DIR]\n");
       return 2;
     }
   }
+  uint64_t n = a.n, k = a.k;
+  unsigned s = a.s, rounds = a.rounds;
   char dir[256];
-  snprintf(dir, sizeof dir, "%s/scrub_bench.%d", root, (int)getpid());
+  snprintf(dir, sizeof dir, "%s/scrub_bench.%d", a.root, (int)getpid());
   loom *l;
   int rc = bench_loom_with_image(dir, (loom_options){.flags = LOOM_COPY_IN | LOOM_APPLY_ASYNC},
                                  n, 64, &l);
@@ -92,7 +72,8 @@ int main(int argc, char **argv)
   uint64_t scrubbed = 0;
   double scrub_s = 0;
   for (unsigned r = 0; r < rounds; r++) {
-    saves(l, n, k, s, without + r * s, &tick);
+    if ((rc = bench_spread_saves(l, n, k, s, without + r * s, &tick)))
+      die("save", rc);
     replicate_scrub_options so = {.snapshot_open = snap_open, .snapshot_close = snap_close,
                                   .ctx = store, .interval_seconds = 0.2, .mbps = mbps};
     replicate_scrubber *sc;
@@ -102,7 +83,8 @@ int main(int argc, char **argv)
     replicate_scrub_status st0, st1;
     replicate_scrubber_status(sc, &st0);
     double t0 = now_s();
-    saves(l, n, k, s, with + r * s, &tick);
+    if ((rc = bench_spread_saves(l, n, k, s, with + r * s, &tick)))
+      die("save", rc);
     replicate_scrubber_status(sc, &st1);
     scrub_s += now_s() - t0;
     scrubbed += st1.pages_scrubbed - st0.pages_scrubbed;

@@ -153,12 +153,20 @@ int cli_sync_dir(const char *path);
  * 0, or an exit code after an error line. */
 int cli_backup_pull(const char *from, const char *out, const char *token,
                     const char *ca_file, uint64_t retries, int quiet);
+/* The same with a frame key (NULL: as cli_backup_pull): the tagged
+ * stream is asked for (REPLICATE_WANT_TAG_HEADER), and refused unless its
+ * trailer is its tag under one of key's keys (docs/AUTH.md); a break
+ * downloads again from the start. */
+int cli_backup_pull_keyed(const char *from, const char *out, const char *token,
+                          const char *ca_file, const struct replicate_frame_key *key,
+                          uint64_t retries, int quiet);
 
 /* loomship standby --resync-from: replace the image directory dir with a
- * verified backup pulled from from, atomically (see resync.c): 0, or an
+ * verified backup pulled from from (tagged under key when not NULL),
+ * atomically (see resync.c): 0, or an
  * exit code after an error line (dir is then as it was). */
 int cli_standby_resync(const char *dir, const char *from, const char *token,
-                       const char *ca_file);
+                       const char *ca_file, const struct replicate_frame_key *key);
 
 /* loomship standby's self-repair (repair.c): the server's repair_get hook
  * (http/server.h), ctx a cli_repair_source: url is --repair-from, or NULL
@@ -212,13 +220,81 @@ int cli_standby_bootstrap(const char *dir, const char *url,
 void cli_archive_options(const cli_archive_access *access, const char *url,
                          struct replicate_archive_options *out);
 
+/* --archive and the writer's options (DESIGN section 7), taken alike by
+ * every command that archives: primary, standby, node (archiver.c). */
+typedef struct cli_archiver_args {
+  const char *url;
+  uint64_t interval, base_interval, keep_bases, max_backlog_mb;
+  cli_archive_access access;
+} cli_archiver_args;
+
+#define CLI_ARCHIVER_OPTIONS(type, member)                                         \
+  {.name = "archive", .arg = "URL", .kind = CLI_TEXT,                              \
+   .offset = offsetof(type, member.url), .dflt = "none",                           \
+   .help = "archive every commit to s3://BUCKET/PREFIX or file:///DIR (restore "   \
+           "with loomship restore)"},                                              \
+  {.name = "archive-interval", .arg = "SECONDS", .kind = CLI_NUMBER,               \
+   .offset = offsetof(type, member.interval), .min = 1, .max = 86400, .dflt = "1", \
+   .help = "upload the commits of the last SECONDS as one segment (the longest a " \
+           "commit waits to be archived; nothing is sent while idle)"},            \
+  {.name = "archive-base-interval", .arg = "SECONDS", .kind = CLI_NUMBER,          \
+   .offset = offsetof(type, member.base_interval), .min = 1,                       \
+   .max = UINT64_C(1) << 32, .dflt = "86400",                                      \
+   .help = "upload a base image this often, if something was committed since "     \
+           "the last"},                                                            \
+  {.name = "archive-keep-bases", .arg = "N", .kind = CLI_NUMBER,                   \
+   .offset = offsetof(type, member.keep_bases), .min = 1, .max = 1000000,          \
+   .dflt = "7",                                                                    \
+   .help = "keep N base images (and the segments they need); older ones are "      \
+           "deleted"},                                                             \
+  {.name = "archive-max-backlog-mb", .arg = "MB", .kind = CLI_NUMBER,              \
+   .offset = offsetof(type, member.max_backlog_mb), .min = 1, .max = 1048576,      \
+   .dflt = "4096",                                                                 \
+   .help = "commits not yet archived kept in memory; past it a gap is recorded "   \
+           "and a base follows (saves never wait for the archive)"},               \
+  CLI_ARCHIVE_OPTIONS(type, member.access)
+
+struct replicate_archiver_options;
+struct replicate_archive_status;
+/* The archiver's options from a (NULL url: none), its writer id (into
+ * writer[size]) "ROLE HOST:DIR" with DIR made absolute, the same from any
+ * working directory: a node restarted on its directory continues. */
+void cli_archiver_configure(const cli_archiver_args *a, const char *role,
+                            const char *dir, struct replicate_archiver_options *out,
+                            char *writer, size_t size);
+/* Opens the archive's access options without a request, to name what is
+ * wrong before anything starts (an unusable key file: nothing is ever
+ * uploaded without it): 0, or 1 after an error line. */
+int cli_archiver_check(const char *who, const struct replicate_archive_options *access);
+
+/* An archiving standby (archiver.c): the server's on_received and archive
+ * hooks (received_ctx: the cli_standby_archive). cli_standby_archive_tick
+ * (after the server started, then once a second from the serving loop)
+ * starts the archiver when there is none, and again after the node
+ * follows a new epoch; its objects are keyed by the primary's history and
+ * epochs. */
+struct http_server;
+typedef struct cli_standby_archive cli_standby_archive;
+int cli_standby_archive_new(const cli_archiver_args *a, const char *dir,
+                            cli_standby_archive **out);
+void cli_standby_archive_on_received(void *ctx, const void *frame, size_t len);
+void cli_standby_archive_status(void *ctx, struct replicate_archive_status *out);
+void cli_standby_archive_tick(cli_standby_archive *sa, struct http_server *server);
+/* Uploads what was received within timeout_seconds, then stops the
+ * archiver (before the server stops: its bases read the receiver's store;
+ * the status hook still answers). NULL: nothing. 1 when everything was
+ * uploaded. free (after the server stopped) closes it if need be. */
+int cli_standby_archive_close(cli_standby_archive *sa, double timeout_seconds);
+void cli_standby_archive_free(cli_standby_archive *sa);
+
 /* Which pages of the image at url, at position at, do not hash to
  * hashes[0, at->pages) (what a download of it gave): the node's recorded
  * page hashes (GET /v1/tree level 0) are compared with them. 0 with the
- * first min(*n, cap) page numbers in bad and their count in *n; -1 when
- * the node cannot tell (not at that position any more, unreachable; an
+ * first min(*n, cap) page numbers in bad and their count in *n (with key,
+ * only from answers tagged under it); -1 when the node cannot tell (not at that position any more, unreachable; an
  * error line may have been printed). */
 int cli_tree_find_bad_pages(const char *url, const char *token, const char *ca_file,
+                            const struct replicate_frame_key *key,
                             const loom_position *at, const uint64_t *hashes,
                             uint64_t *bad, size_t cap, size_t *n);
 

@@ -38,6 +38,7 @@ typedef struct compare_args {
   int json;
   const char *token_file;
   const char *ca_file;
+  const char *frame_key_file;
 } compare_args;
 
 static const cli_option compare_options[] = {
@@ -49,12 +50,17 @@ static const cli_option compare_options[] = {
     {.name = "ca-file", .arg = "F", .kind = CLI_TEXT,
      .offset = offsetof(compare_args, ca_file), .dflt = "the system's CAs",
      .help = "CA certificates to verify the nodes' TLS certificates"},
+    {.name = "frame-key-file", .arg = "F", .kind = CLI_TEXT,
+     .offset = offsetof(compare_args, frame_key_file), .dflt = "none",
+     .help = "the nodes' frame key file (docs/AUTH.md): refuse (exit 2) any tree "
+             "answer without a valid HMAC-SHA256 tag under one of the file's keys"},
     {0},
 };
 
 typedef struct side {
   const char *url;
   client_options opt;
+  const replicate_frame_key *key; /* answers must carry its tag, or NULL */
   replicate_answer_head pinned;
 } side;
 
@@ -101,10 +107,16 @@ static int get_tree(side *s, bool pin, unsigned level, uint64_t first,
     client_reply_free(&r);
     return cli_fail("compare", "%s: %s", s->url, r.error) + 1;
   }
-  int rc = 0;
+  int rc = 0, trc = 0;
   if (r.status != 200)
     rc = cli_fail("compare", "%s%s: HTTP %ld: %.200s", s->url, path, r.status,
                   r.body) + 1;
+  else if (s->key && (trc = replicate_tag_check(s->key, REPLICATE_TAG_TREE,
+                                                r.tag[0] ? r.tag : NULL, r.body, r.len)))
+    rc = cli_fail("compare", "%s: the tree answer is refused: %s: %s (%s: \"%s\"; this "
+                  "key file's key id %s)", s->url, replicate_error_name(trc),
+                  replicate_strerror(trc),
+                  REPLICATE_TAG_HEADER, r.tag, replicate_frame_key_id(s->key, 0)) + 1;
   else if (replicate_answer_decode((const uint8_t *)r.body, r.len, h) != 0 ||
            h->kind != REPLICATE_ANSWER_TREE || h->level != level ||
            (!pin && (h->first != first || h->count != count ||
@@ -221,10 +233,12 @@ static int find_differences(side *a, side *b, index_list *pages)
 }
 
 int cli_tree_find_bad_pages(const char *url, const char *token, const char *ca_file,
+                            const replicate_frame_key *key,
                             const loom_position *at, const uint64_t *hashes,
                             uint64_t *bad, size_t cap, size_t *n)
 {
-  side s = {.url = url, .opt = {.token = token, .ca_file = ca_file, .timeout_s = 30}};
+  side s = {.url = url, .opt = {.token = token, .ca_file = ca_file, .timeout_s = 30},
+            .key = key};
   *n = 0;
   if (get_tree(&s, true, 0, 0, 0, NULL, &s.pinned) ||
       !loom_position_same(&s.pinned.position, at))
@@ -278,13 +292,19 @@ static int run_compare(void *p)
     if (rc)
       return 2;
   }
+  replicate_frame_key *key = NULL;
+  if (cli_frame_key_read("compare", args->frame_key_file, &key)) {
+    cli_token_forget(token);
+    return 2;
+  }
   client_options opt = {.token = token, .ca_file = args->ca_file, .timeout_s = 30};
-  side a = {.url = args->a, .opt = opt}, b = {.url = args->b, .opt = opt};
+  side a = {.url = args->a, .opt = opt, .key = key}, b = {.url = args->b, .opt = opt, .key = key};
   index_list pages = {0};
   int rc = pin_common(&a, &b);
   if (!rc)
     rc = find_differences(&a, &b, &pages);
   cli_token_forget(token);
+  replicate_frame_key_free(key);
   if (rc) {
     free(pages.v);
     return 2;

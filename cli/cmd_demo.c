@@ -308,7 +308,8 @@ static int run_demo(void *args)
   /* Drain, then a backup over HTTP from the standby, then stop both. */
   drain_and_report(&n, url, &committed, seconds);
   printf("backup     GET %s/v1/backup -> %s\n", url, backup_dir);
-  rc = cli_backup_pull(url, backup_dir, NULL, NULL, 3, 1);
+  /* With a frame key, the backup's tag is checked too. */
+  rc = cli_backup_pull_keyed(url, backup_dir, NULL, NULL, frame_key, 3, 1);
   failed |= rc != 0;
   int standby_rc = stop_child(standby);
   failed |= standby_rc != 0;

@@ -35,6 +35,7 @@ typedef struct node_args {
       *ca_file, *frame_key_file, *tls_cert, *tls_key;
   uint64_t ttl, sync, max_lag, saves, rate, pages, keys, arena_pages, seed, drain,
       sync_timeout, level, log_max_mb, scrub_interval, scrub_mbps;
+  cli_archiver_args archive;
   cli_log_args log;
 } node_args;
 
@@ -50,6 +51,10 @@ typedef struct node_app {
   bool open;                  /* under mu */
   uint64_t seed;
   cluster_node *node;         /* for the reload */
+  replicate_frame_key *frame_key; /* for the reload: its holders share it */
+  replicate_archiver_options archive; /* --archive: the leader's archiver */
+  char writer[1200];
+  double drain_seconds;       /* --drain-timeout: the archive's, too */
 } node_app;
 
 static int app_lead(void *ctx, cluster_node *node, uint64_t epoch)
@@ -79,6 +84,11 @@ static void app_stop_writing(void *ctx, cluster_node *node)
   node_app *app = ctx;
   cluster_node_attach_shipper(node, NULL);
   pthread_mutex_lock(&app->mu);
+  /* What this epoch committed goes to the archive before its writer stops
+   * (bounded: the node waits to rejoin as a standby meanwhile). */
+  if (app->open && app->n.archiver)
+    replicate_archiver_drain(app->n.archiver,
+                             app->drain_seconds < 10 ? app->drain_seconds : 10);
   if (app->open)
     primary_close(&app->n, 0); /* the node drained what a handover needs */
   app->open = false;
@@ -169,7 +179,8 @@ static int run_writer(cluster_node *node, node_app *app, sigset_t *stop,
   uint64_t acked = 0;
   cli_reload reload = {.who = "node", .token_file = a->token_file, .tls_cert = a->tls_cert,
                        .tls_key = a->tls_key, .set_token = app_set_token,
-                       .reload_tls = app_reload_tls, .ctx = app};
+                       .reload_tls = app_reload_tls, .ctx = app,
+                       .frame_key_file = a->frame_key_file, .frame_key = app->frame_key};
   for (;;) {
     if (pace(stop, &next, period, &reload)) {
       cli_log("node", "stop signal: a planned stop");
@@ -232,6 +243,7 @@ static const cli_option node_options[] = {
     PRIMARY_FRAME_OPTIONS,
     CLI_FRAME_KEY_ROW(node_args, frame_key_file),
     PRIMARY_SCRUB_OPTIONS("", "what it finds shows in status \"integrity\""),
+    CLI_ARCHIVER_OPTIONS(node_args, archive),
     CLI_LOG_OPTIONS(node_args, log),
     {0},
 };
@@ -264,6 +276,14 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .tls_cert = a->tls_cert, .tls_key = a->tls_key,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps};
+  cli_archiver_configure(&a->archive, "node", a->dir, &app->archive, app->writer,
+                         sizeof app->writer);
+  if (a->archive.url) { /* only the leader archives, at its epoch */
+    if (cli_archiver_check("node", &app->archive.access))
+      return 1;
+    app->cfg.archive = &app->archive;
+  }
+  app->drain_seconds = (double)a->drain;
   app->token = token;
   app->seed = a->seed ? a->seed
                       : (((uint64_t)time(NULL) * 2654435761u) ^ ((uint64_t)getpid() << 32)) | 1;
@@ -311,6 +331,7 @@ static int run_node(void *args)
     rc = cli_fail("node", "%s: %s", a->dir, cluster_strerror(rc));
   if (!rc) {
     app.node = node;
+    app.frame_key = frame_key;
     printf("listening on %s://%s:%u\n", a->tls_cert ? "https" : "http", host,
            (unsigned)port);
     fflush(stdout);

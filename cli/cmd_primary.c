@@ -37,7 +37,9 @@ static void on_commit_tweak(loom_options *o, void *ctx)
   primary_node *n = ctx;
   o->on_commit = primary_on_commit;
   o->commit_ctx = n;
-  o->flags |= LOOM_APPLY_ASYNC;
+  /* A page rotted on disk is refused before its save's commit point,
+   * never hashed into a valid commit (docs/INTEGRITY.md 1a). */
+  o->flags |= LOOM_APPLY_ASYNC | LOOM_CHECK_PREVIOUS;
   o->io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
 }
 
@@ -186,17 +188,8 @@ int primary_open(primary_node *n, const primary_config *cfg)
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->archive) {
     replicate_archiver_options ao = *cfg->archive;
-    /* The access options first, to name what is wrong (an unusable key
-     * file: nothing is ever uploaded without the key configured). */
-    replicate_archive *probe = NULL;
-    rc = replicate_archive_open(&ao.access, &probe);
-    if (rc) {
-      cli_fail(cfg->who, "--archive %s: %s", ao.access.url,
-               probe ? replicate_archive_last_error(probe) : replicate_strerror(rc));
-      replicate_archive_close(probe);
+    if (cli_archiver_check(cfg->who, &ao.access))
       return 1;
-    }
-    replicate_archive_close(probe);
     ao.store = store;
     ao.log = n->log;
     ao.log_fn = cfg->quiet ? NULL : ship_log;
@@ -465,6 +458,14 @@ static int run_workload(primary_node *n, sigset_t *stop, uint64_t saves,
       cli_log("primary", line);
     } else if (rc == REPLICATE_EFENCED) {
       return wait_fenced(n, stop, saves, reload);
+    } else if (rc == LOOM_ECORRUPT && loom_rotted_page(kv_loom(n->table)) != UINT64_MAX) {
+      cli_fail("primary", "save refused: page %llu of the image does not match the hash it "
+               "was committed with (bit rot, or a write that landed wrong); nothing was "
+               "committed or shipped at seq %llu: promote a standby that holds it "
+               "(verified_seq), or resync this directory from one",
+               (unsigned long long)loom_rotted_page(kv_loom(n->table)),
+               (unsigned long long)n->committed.seq + 1);
+      return 1;
     } else {
       cli_fail("primary", "save: %s", replicate_strerror(rc)); /* covers loom's too */
       return 1;
@@ -489,10 +490,7 @@ typedef struct primary_args {
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
       log_max_mb, level, scrub_interval, scrub_mbps;
-  const char *archive;
-  uint64_t archive_interval, archive_base_interval, archive_keep_bases,
-      archive_max_backlog_mb;
-  cli_archive_access archive_access;
+  cli_archiver_args archive;
   cli_log_args log;
 } primary_args;
 
@@ -566,21 +564,7 @@ static const cli_option primary_options[] = {
                           "a rotted page stops the primary (exit 1) before it ships it"),
     TEXT("ack-log", "FILE", ack_log, "none",
          "append \"EPOCH SEQ CHECKSUM\" each time a save returns success"),
-    TEXT("archive", "URL", archive, "none",
-         "archive every commit to s3://BUCKET/PREFIX or file:///DIR (restore with "
-         "loomship restore)"),
-    NUMBER("archive-interval", "SECONDS", archive_interval, 1, 86400, "1",
-           "upload the commits of the last SECONDS as one segment (the longest a "
-           "commit waits to be archived; nothing is sent while idle)"),
-    NUMBER("archive-base-interval", "SECONDS", archive_base_interval, 1,
-           UINT64_C(1) << 32, "86400",
-           "upload a base image this often, if something was committed since the last"),
-    NUMBER("archive-keep-bases", "N", archive_keep_bases, 1, 1000000, "7",
-           "keep N base images (and the segments they need); older ones are deleted"),
-    NUMBER("archive-max-backlog-mb", "MB", archive_max_backlog_mb, 1, 1048576, "4096",
-           "commits not yet archived kept in memory; past it a gap is recorded and a "
-           "base follows (saves never wait for the archive)"),
-    CLI_ARCHIVE_OPTIONS(primary_args, archive_access),
+    CLI_ARCHIVER_OPTIONS(primary_args, archive),
     CLI_FRAME_KEY_ROW(primary_args, frame_key_file),
     CLI_LOG_OPTIONS(primary_args, log),
     {0},
@@ -613,25 +597,6 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
   return 0;
 }
 
-/* --archive and its options; the writer id (into writer) names this host
- * and the absolute directory, the same from any working directory. */
-static void archive_configure(const primary_args *a, replicate_archiver_options *archive,
-                              char *writer, size_t size)
-{
-  *archive = (replicate_archiver_options){
-      .interval_seconds = (double)a->archive_interval,
-      .base_interval_seconds = (double)a->archive_base_interval,
-      .keep_bases = (unsigned)a->archive_keep_bases,
-      .max_backlog_bytes = a->archive_max_backlog_mb << 20};
-  cli_archive_options(&a->archive_access, a->archive, &archive->access);
-  char host_name[256] = "", cwd[400] = "";
-  gethostname(host_name, sizeof host_name - 1);
-  if (a->dir[0] != '/' && !getcwd(cwd, sizeof cwd))
-    cwd[0] = '\0';
-  snprintf(writer, size, "primary %s:%s%s%s", host_name, cwd, cwd[0] ? "/" : "", a->dir);
-  archive->writer_id = writer;
-}
-
 static int run_primary(void *args)
 {
   const primary_args *a = args;
@@ -646,8 +611,8 @@ static int run_primary(void *args)
     return crc;
   replicate_archiver_options archive;
   char writer[1200];
-  archive_configure(a, &archive, writer, sizeof writer);
-  if (a->archive)
+  cli_archiver_configure(&a->archive, "primary", a->dir, &archive, writer, sizeof writer);
+  if (a->archive.url)
     cfg.archive = &archive;
   char *host = NULL;
   if (listen && cli_parse_listen("primary", listen, &host, &cfg.listen_port))
@@ -698,7 +663,8 @@ static int run_primary(void *args)
     return 1;
   }
   cli_reload reload = {.who = "primary", .token_file = token_file, .tls_cert = cfg.tls_cert,
-                       .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper};
+                       .tls_key = cfg.tls_key, .server = n.server, .shipper = n.shipper,
+                       .frame_key_file = a->frame_key_file, .frame_key = frame_key};
   int exit_code = run_workload(&n, &stop, saves, rate, ack_fd, &reload);
   if (exit_code == 0 && node_fenced(&n))
     exit_code = PRIMARY_EXIT_FENCED; /* fenced after its last save */

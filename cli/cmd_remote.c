@@ -29,6 +29,7 @@ typedef struct remote_args {
   uint64_t retries;
   int check;              /* status --check */
   const char *max_lag;    /* status --max-lag SECONDS, or NULL */
+  const char *frame_key_file; /* backup: check the stream's tag */
 } remote_args;
 
 #define TOKEN_FILE_OPTION                                                        \
@@ -49,7 +50,13 @@ static const cli_option backup_options[] = {
     CA_FILE_OPTION,
     {.name = "retries", .arg = "N", .kind = CLI_NUMBER,
      .offset = offsetof(remote_args, retries), .min = 0, .max = 1000, .dflt = "8",
-     .help = "times a broken download is resumed (Range + If-Range)"},
+     .help = "times a broken download is resumed (Range + If-Range; with "
+             "--frame-key-file, downloaded again from the start)"},
+    {.name = "frame-key-file", .arg = "F", .kind = CLI_TEXT,
+     .offset = offsetof(remote_args, frame_key_file), .dflt = "none",
+     .help = "the node's frame key file (docs/AUTH.md): ask for the tagged backup and "
+             "refuse it (exit 1, nothing written) unless it carries a valid "
+             "HMAC-SHA256 tag under one of the file's keys"},
     {0},
 };
 
@@ -293,6 +300,12 @@ typedef struct download {
   int tty;
   double start, last_print;
   uint64_t total;
+  /* With a frame key: the tagged form, checked (docs/AUTH.md). */
+  const replicate_frame_key *key;
+  replicate_tag_stream *tag;    /* begun at the body's first byte */
+  char tag_header[96];          /* the answer's X-Loomship-Tag */
+  uint8_t trailer[REPLICATE_TAG_SIZE];
+  size_t trailer_len;
 } download;
 
 static void download_reset(download *d)
@@ -303,6 +316,27 @@ static void download_reset(download *d)
   replicate_stream_reader_reset(&d->stream);
   d->offset = 0;
   d->etag[0] = '\0';
+  replicate_tag_stream_free(d->tag);
+  d->tag = NULL;
+  d->trailer_len = 0;
+}
+
+/* The value of header line "Name: value\r\n" into out when its name is
+ * name (name ends in ':'). */
+static void header_value(const char *line, size_t len, const char *name, char *out,
+                         size_t cap)
+{
+  size_t n = strlen(name);
+  if (len <= n || strncasecmp(line, name, n) != 0)
+    return;
+  const char *v = line + n;
+  while (*v == ' ')
+    v++;
+  size_t k = strcspn(v, "\r\n");
+  if (k < cap) {
+    memcpy(out, v, k);
+    out[k] = '\0';
+  }
 }
 
 static size_t on_header(char *line, size_t size, size_t n, void *arg)
@@ -312,21 +346,16 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
   if (len > 5 && !strncmp(line, "HTTP/", 5)) {
     d->status = strtol(strchr(line, ' ') ? strchr(line, ' ') + 1 : "0", NULL, 10);
     d->new_etag[0] = '\0';
+    d->tag_header[0] = '\0';
     if (d->status == 200 && d->offset > 0) {
       /* If-Range did not match: the backup moved to another position, and
        * the whole new one follows. Never splice the two. */
       download_reset(d);
       d->restarted = 1;
     }
-  } else if (len > 5 && !strncasecmp(line, "ETag:", 5)) {
-    const char *v = line + 5;
-    while (*v == ' ')
-      v++;
-    size_t k = strcspn(v, "\r\n");
-    if (k < sizeof d->new_etag) {
-      memcpy(d->new_etag, v, k);
-      d->new_etag[k] = '\0';
-    }
+  } else {
+    header_value(line, len, "ETag:", d->new_etag, sizeof d->new_etag);
+    header_value(line, len, REPLICATE_TAG_HEADER ":", d->tag_header, sizeof d->tag_header);
   }
   return len;
 }
@@ -397,6 +426,40 @@ static int on_stream_event(download *d, replicate_stream_event ev)
   return rc;
 }
 
+/* With a key, at the body's first byte: the answer must say it carries a
+ * trailer under one of our keys. 0, or a REPLICATE_ETAG_* with d->error. */
+static int tag_begin(download *d)
+{
+  replicate_tag t;
+  int rc = replicate_tag_parse(d->tag_header[0] ? d->tag_header : NULL, &t);
+  if (!rc && !t.trailer)
+    rc = REPLICATE_ETAG_BAD;
+  if (!rc)
+    rc = replicate_tag_stream_begin(d->key, REPLICATE_TAG_BACKUP, t.key_id, &d->tag);
+  if (rc)
+    snprintf(d->error, sizeof d->error, "the backup is refused: %s: %s (%s: \"%s\"; "
+             "this key file's key id %s)", replicate_error_name(rc), replicate_strerror(rc),
+             REPLICATE_TAG_HEADER,
+             d->tag_header, replicate_frame_key_id(d->key, 0));
+  return rc;
+}
+
+/* Tagged: the bytes past the stream are its tag (REPLICATE_TAG_SIZE). */
+static int take_trailer(download *d, const uint8_t **p, size_t *left)
+{
+  size_t n = *left;
+  if (d->trailer_len + n > sizeof d->trailer) {
+    snprintf(d->error, sizeof d->error, "the stream is longer than its header and tag");
+    return EINVAL;
+  }
+  memcpy(d->trailer + d->trailer_len, *p, n);
+  d->trailer_len += n;
+  d->offset += n;
+  *p += n;
+  *left = 0;
+  return 0;
+}
+
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
   download *d = arg;
@@ -404,14 +467,48 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
   if (d->status != 200 && d->status != 206)
     return len; /* an error document: read and ignore */
   const uint8_t *p = (const uint8_t *)data;
+  if (d->key && !d->tag && (d->failed = tag_begin(d) != 0))
+    return 0;
   while (left > 0) {
-    if (on_stream_event(d, replicate_stream_reader_take(&d->stream, &p, &left))) {
+    size_t room = left; /* with a tag, what is left of the stream */
+    if (d->key && d->total && d->offset >= d->total) {
+      if ((d->failed = take_trailer(d, &p, &left) != 0))
+        return 0;
+      continue;
+    }
+    if (d->key && d->total && room > d->total - d->offset)
+      room = (size_t)(d->total - d->offset);
+    const uint8_t *at = p;
+    size_t slice = room;
+    replicate_stream_event ev = replicate_stream_reader_take(&d->stream, &p, &slice);
+    size_t used = room - slice;
+    if (d->tag && replicate_tag_stream_update(d->tag, at, used) != 0) {
+      snprintf(d->error, sizeof d->error, "the backup's tag: %s", strerror(ENOMEM));
+      d->failed = 1;
+      return 0;
+    }
+    d->offset += used;
+    left -= used;
+    if (on_stream_event(d, ev)) {
       d->failed = 1;
       return 0;
     }
   }
-  d->offset += len;
   return len;
+}
+
+/* Tagged and complete: the trailer must be the stream's tag. 1 good, 0
+ * not all of it yet, -1 refused (d->error). */
+static int tag_outcome(download *d)
+{
+  if (d->trailer_len < sizeof d->trailer)
+    return 0;
+  int rc = replicate_tag_stream_check(d->tag, d->trailer);
+  if (rc)
+    snprintf(d->error, sizeof d->error, "the backup is refused: %s: its tag under key "
+             "id %.16s does not match the stream (altered on the way, or another key "
+             "under that id)", replicate_error_name(rc), d->tag_header);
+  return rc ? -1 : 1;
 }
 
 static void progress_line(download *d, int final)
@@ -469,7 +566,11 @@ static CURLcode download_once(download *d, CURL *c, const char *url,
   for (const struct curl_slist *h = base_headers; h; h = h->next)
     headers = curl_slist_append(headers, h->data);
   char range[128], ifrange[300];
-  if (d->offset > 0 && d->etag[0]) {
+  if (d->key) {
+    /* The tag covers the whole stream: a break starts again from byte 0. */
+    headers = curl_slist_append(headers, REPLICATE_WANT_TAG_HEADER ": trailer");
+    download_reset(d);
+  } else if (d->offset > 0 && d->etag[0]) {
     snprintf(range, sizeof range, "Range: bytes=%llu-", (unsigned long long)d->offset);
     snprintf(ifrange, sizeof ifrange, "If-Range: %s", d->etag);
     headers = curl_slist_append(headers, range);
@@ -533,8 +634,13 @@ static int attempt_outcome(download *d, CURLcode cr, const char *url, char *mess
       return -1; /* retrying will not help */
     return 0;
   }
-  if (replicate_stream_reader_complete(&d->stream))
-    return 1;
+  if (replicate_stream_reader_complete(&d->stream)) {
+    int t = d->key ? tag_outcome(d) : 1;
+    if (t < 0)
+      d->failed = 1;
+    if (t)
+      return t;
+  }
   snprintf(message, size, "the download ended early");
   return 0;
 }
@@ -621,8 +727,8 @@ static void say_where(const download *d, const char *from, const char *token,
                      (unsigned long long)d->stream.position.seq);
   if (len < 0 || (size_t)len >= cap)
     return;
-  if (!d->hashes || cli_tree_find_bad_pages(from, token, ca_file, &d->stream.position, d->hashes,
-                                            bad, 8, &n) != 0 || n == 0) {
+  if (!d->hashes || cli_tree_find_bad_pages(from, token, ca_file, d->key, &d->stream.position,
+                                            d->hashes, bad, 8, &n) != 0 || n == 0) {
     snprintf(message + len, cap - (size_t)len, "its image is damaged, or the "
              "download was altered on the way (it moved on: no page can be named)");
     return;
@@ -638,13 +744,21 @@ static void say_where(const download *d, const char *from, const char *token,
 int cli_backup_pull(const char *from, const char *out, const char *token,
                     const char *ca_file, uint64_t retries, int quiet)
 {
+  return cli_backup_pull_keyed(from, out, token, ca_file, NULL, retries, quiet);
+}
+
+int cli_backup_pull_keyed(const char *from, const char *out, const char *token,
+                          const char *ca_file, const replicate_frame_key *key,
+                          uint64_t retries, int quiet)
+{
   int rc = 0;
   struct stat st;
   if (stat(out, &st) == 0)
     return cli_fail("backup", "%s exists: a backup never replaces a directory", out);
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.partial-%d", out, (int)getpid());
-  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = loom_mono_s(), .quiet = quiet};
+  download d = {.tmp = tmp, .tty = isatty(STDERR_FILENO), .start = loom_mono_s(),
+                .quiet = quiet, .key = key};
   if (replicate_stream_reader_init(&d.stream))
     return cli_fail("backup", "%s", strerror(ENOMEM));
   char message[600] = "";
@@ -664,6 +778,7 @@ int cli_backup_pull(const char *from, const char *out, const char *token,
   if (d.patch)
     loom_patch_abort(d.patch);
   replicate_stream_reader_free(&d.stream);
+  replicate_tag_stream_free(d.tag);
   free(d.hashes);
   if (!done || rc || close_rc) {
     remove_tree(tmp);
@@ -679,7 +794,11 @@ static int run_backup(void *args)
   int rc;
   if ((rc = load_token("backup", &a, &token)))
     return rc;
-  rc = cli_backup_pull(a.url, a.out, token, a.ca_file, a.retries, 0);
+  replicate_frame_key *key = NULL;
+  rc = cli_frame_key_read("backup", a.frame_key_file, &key);
+  if (!rc)
+    rc = cli_backup_pull_keyed(a.url, a.out, token, a.ca_file, key, a.retries, 0);
+  replicate_frame_key_free(key);
   cli_token_forget(token);
   return rc;
 }

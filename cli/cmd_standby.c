@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "archive.h"
 #include "cli.h"
 #include "clock.h"
 #include "faultio.h"
@@ -32,6 +33,10 @@ int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *p
   return 0;
 }
 
+/* A graceful stop waits this long for the archive to hold what was
+ * received (DESIGN section 7). */
+#define STANDBY_ARCHIVE_DRAIN_SECONDS 30
+
 /* What the serving loop needs: where to probe the server, what SIGHUP
  * re-reads. */
 typedef struct serve_context {
@@ -39,13 +44,14 @@ typedef struct serve_context {
   uint16_t port;
   bool tls;
   cli_reload reload;
+  cli_standby_archive *archive; /* --archive, or NULL */
 } serve_context;
 
 typedef struct standby_args {
   const char *dir, *listen, *token_file, *cert, *key, *resync_from, *ca_file;
   const char *repair_from, *frame_key_file;
   const char *bootstrap;
-  cli_archive_access archive_access;
+  cli_archiver_args archive;
   uint64_t ready_lag_ms, promote_max_lag;
   uint64_t scrub_interval, scrub_mbps, apply_delay;
   cli_log_args log;
@@ -107,7 +113,7 @@ static const cli_option standby_options[] = {
      .help = "at start, seed an empty DIR with the newest position of the archive "
              "(s3://BUCKET/PREFIX or file:///DIR), then stream from the primary, which "
              "sends only what follows; a DIR that holds an image is left as it is"},
-    CLI_ARCHIVE_OPTIONS(standby_args, archive_access),
+    CLI_ARCHIVER_OPTIONS(standby_args, archive),
     CLI_FRAME_KEY_ROW(standby_args, frame_key_file),
     CLI_LOG_OPTIONS(standby_args, log),
     {0},
@@ -169,8 +175,12 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
     if (st.fatal_error)
       break;
     watch(c, &p, &st);
+    cli_standby_archive_tick(c->archive, server);
   }
   cli_notify("STOPPING=1");
+  /* The archive first: its bases read the store the server's receiver
+   * owns. What arrives during its drain is still fed. */
+  cli_standby_archive_close(c->archive, STANDBY_ARCHIVE_DRAIN_SECONDS);
   if (sig <= 0) {
     cli_log("standby", "storage failed: stopping; restart to recover");
     http_server_stop(server);
@@ -186,6 +196,52 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
   if (rc)
     return cli_fail("standby", "stop: %s", http_strerror(rc));
   return 0;
+}
+
+/* Before anything opens DIR: --resync-from (the one operator act that
+ * replaces this standby's history, with a new empty directory), then
+ * --bootstrap, then --archive's checks. 0, or an exit code after a line. */
+static int prepare_dir(const standby_args *a, const char *token,
+                       const replicate_frame_key *frame_key,
+                       cli_standby_archive **archive)
+{
+  int rc = 0;
+  /* The one operator act that replaces this standby's history (with a new
+   * empty directory): before anything opens DIR. */
+  if (a->resync_from &&
+      (rc = cli_standby_resync(a->dir, a->resync_from, token, a->ca_file, frame_key)) != 0)
+    return rc;
+  if (a->bootstrap &&
+      (rc = cli_standby_bootstrap(a->dir, a->bootstrap, &a->archive.access)) != 0)
+    return rc;
+  return cli_standby_archive_new(&a->archive, a->dir, archive);
+}
+
+/* The server's options from the arguments (repair and archive hooks are
+ * set by the caller). */
+static void server_options(const standby_args *a, const char *host, uint16_t port,
+                           const char *token, const replicate_frame_key *frame_key,
+                           http_server_options *o)
+{
+  *o = (http_server_options){
+      .role = HTTP_ROLE_STANDBY,
+      .dir = a->dir,
+      .io = faultio_from_env(), /* NULL (POSIX) unless a crash test asks */
+      .listen_host = host,
+      .listen_port = port,
+      .token = (const uint8_t *)token,
+      .token_len = token ? strlen(token) : 0,
+      .tls_cert_file = a->cert,
+      .tls_key_file = a->key,
+      .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
+      .promote_max_lag = a->promote_max_lag,
+      .apply_delay_seconds = (double)a->apply_delay,
+      .scrub_interval_seconds = (double)a->scrub_interval,
+      .scrub_mbps = (double)a->scrub_mbps,
+      .frame_key = frame_key,
+      .log = cli_log,
+      .log_ctx = (void *)"standby",
+  };
 }
 
 static int run_standby(void *args)
@@ -212,50 +268,31 @@ static int run_standby(void *args)
   }
   sigset_t stop;
   cli_block_stop_signals(&stop);
-  /* The one operator act that replaces this standby's history (with a new
-   * empty directory): before anything opens DIR. */
-  if (a->resync_from &&
-      (rc = cli_standby_resync(dir, a->resync_from, token, a->ca_file)) != 0) {
+  cli_standby_archive *archive = NULL;
+  if ((rc = prepare_dir(a, token, frame_key, &archive)) != 0) {
     cli_token_forget(token);
     replicate_frame_key_free(frame_key);
     free(host);
     return rc;
   }
-  if (a->bootstrap &&
-      (rc = cli_standby_bootstrap(dir, a->bootstrap, &a->archive_access)) != 0) {
-    cli_token_forget(token);
-    free(host);
-    return rc;
-  }
-  http_server_options o = {
-      .role = HTTP_ROLE_STANDBY,
-      .dir = dir,
-      .io = faultio_from_env(), /* NULL (POSIX) unless a crash test asks */
-      .listen_host = host,
-      .listen_port = port,
-      .token = (const uint8_t *)token,
-      .token_len = token ? strlen(token) : 0,
-      .tls_cert_file = cert,
-      .tls_key_file = key,
-      .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
-      .promote_max_lag = a->promote_max_lag,
-      .apply_delay_seconds = (double)a->apply_delay,
-      .scrub_interval_seconds = (double)a->scrub_interval,
-      .scrub_mbps = (double)a->scrub_mbps,
-      .frame_key = frame_key,
-      .log = cli_log,
-      .log_ctx = (void *)"standby",
-  };
+  http_server_options o;
+  server_options(a, host, port, token, frame_key, &o);
   /* Self-repair from --repair-from, or else from the URL the primary
    * advertises in its frames (the token is kept for it until the end). */
   cli_repair_source repair = {a->repair_from, token, a->ca_file, frame_key};
   o.repair_get = cli_repair_get;
   o.repair_ctx = &repair;
+  if (archive) {
+    o.on_received = cli_standby_archive_on_received;
+    o.archive = cli_standby_archive_status;
+    o.received_ctx = archive;
+  }
   http_server *server;
   rc = http_server_start(&o, &server);
   if (rc)
     cli_token_forget(token);
   if (rc) {
+    cli_standby_archive_free(archive);
     if (rc == LOOM_EMETA)
       rc = cli_fail_store("standby", dir, rc,
                           "To replace this standby's image with a verified copy of its "
@@ -273,8 +310,13 @@ static int run_standby(void *args)
   cli_notify_ready("receiving");
   serve_context c = {.host = host, .port = http_server_port(server), .tls = cert != NULL,
                      .reload = {.who = "standby", .token_file = a->token_file,
-                                .tls_cert = cert, .tls_key = key, .server = server}};
+                                .tls_cert = cert, .tls_key = key, .server = server,
+                                .frame_key_file = a->frame_key_file,
+                                .frame_key = frame_key},
+                     .archive = archive};
+  cli_standby_archive_tick(archive, server);
   rc = serve_until_stop(&c, &stop);
+  cli_standby_archive_free(archive); /* the server is stopped */
   free(host);
   cli_token_forget(token);
   replicate_frame_key_free(frame_key); /* the server is stopped */

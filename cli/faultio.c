@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -24,8 +25,9 @@ static struct {
   int trace_fd;              /* -1: no trace */
   char *fd_names[NAMED_FDS];
   uint64_t flip_page;        /* UINT64_MAX: no page of "image" is flipped */
+  uint64_t flips_left;       /* LOOMSHIP_FLIP_IMAGE_TIMES [UINT64_MAX] */
 } hook = {.lock = PTHREAD_MUTEX_INITIALIZER, .trace_fd = -1,
-           .flip_page = UINT64_MAX};
+           .flip_page = UINT64_MAX, .flips_left = UINT64_MAX};
 
 static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
 static const loom_io *hook_io;  /* NULL: the hook is off */
@@ -114,10 +116,13 @@ static ssize_t f_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
 static ssize_t flip_write(int fd, const void *buf, size_t len, off_t off)
 {
   uint64_t at = hook.flip_page * LOOM_PAGE_SIZE;
+  bool covers = at >= (uint64_t)off && at < (uint64_t)off + len;
   pthread_mutex_lock(&hook.lock);
-  bool image = !strcmp(fd_name(fd), "image");
+  bool flip = covers && !strcmp(fd_name(fd), "image") && hook.flips_left > 0;
+  if (flip && hook.flips_left != UINT64_MAX)
+    hook.flips_left--;
   pthread_mutex_unlock(&hook.lock);
-  if (!image || at < (uint64_t)off || at >= (uint64_t)off + len)
+  if (!flip)
     return hook.inner->pwrite(hook.inner->ctx, fd, buf, len, off);
   uint8_t *copy = malloc(len);
   if (!copy)
@@ -273,6 +278,15 @@ static void setup(void)
       return;
     }
     hook.flip_page = n;
+    const char *times = getenv("LOOMSHIP_FLIP_IMAGE_TIMES");
+    unsigned long long k = times ? strtoull(times, &end, 10) : 0;
+    if (times && (end == times || *end || k == 0)) {
+      fprintf(stderr, "loomship: LOOMSHIP_FLIP_IMAGE_TIMES must be a number >= 1 (hook off)\n");
+      hook.flip_page = UINT64_MAX;
+      return;
+    }
+    if (times)
+      hook.flips_left = k;
   }
   if (at) {
     char *end;
@@ -330,4 +344,73 @@ void faultio_note_ack(const loom_position *p)
                    p->seq, p->epoch, p->checksum);
   if (n > 0)
     write_all(ack_fd, line, (size_t)n);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The archive's object store: its own count (LOOMSHIP_CRASH_STORE_*) */
+
+static struct {
+  pthread_mutex_t lock;
+  uint64_t count, crash_at; /* crash_at 0: never */
+  uint64_t matched;         /* requests that match the pattern */
+  const char *match;        /* fnmatch pattern on "OP KEY", or NULL: all */
+  int trace_fd;             /* -1: no trace */
+  bool on;
+} store_hook = {.lock = PTHREAD_MUTEX_INITIALIZER, .trace_fd = -1};
+
+static void store_request(void *ctx, const char *op, const char *key)
+{
+  (void)ctx;
+  pthread_mutex_lock(&store_hook.lock);
+  uint64_t k = ++store_hook.count;
+  char what[600];
+  snprintf(what, sizeof what, "%s %s", op, key);
+  bool kill = store_hook.crash_at != 0 &&
+              (!store_hook.match || fnmatch(store_hook.match, what, 0) == 0) &&
+              ++store_hook.matched == store_hook.crash_at;
+  if (store_hook.trace_fd >= 0) {
+    char line[640];
+    int n = snprintf(line, sizeof line, "%" PRIu64 " %s%s\n", k, what,
+                     kill ? " KILLED-BEFORE" : "");
+    if (n > 0)
+      write_all(store_hook.trace_fd, line,
+                (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  }
+  if (kill)
+    raise(SIGKILL);
+  pthread_mutex_unlock(&store_hook.lock);
+}
+
+static void store_setup(void)
+{
+  const char *at = getenv("LOOMSHIP_CRASH_STORE_AT");
+  const char *trace = getenv("LOOMSHIP_CRASH_STORE_TRACE");
+  if (!at && !trace)
+    return;
+  if (at) {
+    char *end;
+    errno = 0;
+    unsigned long long k = strtoull(at, &end, 10);
+    if (errno || end == at || *end || k == 0) {
+      fprintf(stderr, "loomship: LOOMSHIP_CRASH_STORE_AT must be a number >= 1 "
+                      "(hook off)\n");
+      return;
+    }
+    store_hook.crash_at = k;
+  }
+  store_hook.match = getenv("LOOMSHIP_CRASH_STORE_MATCH");
+  if (trace) {
+    store_hook.trace_fd = open(trace, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (store_hook.trace_fd < 0)
+      fprintf(stderr, "loomship: LOOMSHIP_CRASH_STORE_TRACE: %s: %s\n", trace,
+              strerror(errno));
+  }
+  store_hook.on = true;
+}
+
+faultio_request_fn faultio_store_hook(void)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, store_setup);
+  return store_hook.on ? store_request : NULL;
 }

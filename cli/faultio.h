@@ -23,10 +23,26 @@
  *                            covers page N's first byte stores it with its
  *                            lowest bit flipped (a disk that stores
  *                            something else than it was given)
+ *   LOOMSHIP_FLIP_IMAGE_TIMES=K  with it: only the first K such writes
+ *                            (a write that landed wrong once, then a
+ *                            sound disk) [every one]
  *   LOOMSHIP_ACK_LOG=F       faultio_note_ack() appends "seq S checksum C"
  *                            to F, unbuffered, for every save the primary
  *                            saw succeed (in --sync mode: acknowledged by
  *                            the standbys)
+ *
+ *
+ * The archive's object store requests (objstore.h on_request) have their
+ * own count, 1-based, process-wide, in the order requests start:
+ *
+ *   LOOMSHIP_CRASH_STORE_AT=K     raise SIGKILL right before the K-th
+ *                                 request (put, get, list, delete) goes out
+ *   LOOMSHIP_CRASH_STORE_MATCH=P  ... counting only the requests whose
+ *                                 "OP KEY" matches the fnmatch(3) pattern P
+ *                                 ("put e/?*?head": the K-th head written)
+ *   LOOMSHIP_CRASH_STORE_TRACE=F  append "N OP KEY" per request to F (N
+ *                                 counts every request),
+ *                                 before it goes out (and before the kill)
  *
  * With none of the first five set, faultio_from_env() returns NULL and the
  * callers use the default POSIX loom_io: nothing is wrapped or counted.
@@ -42,7 +58,14 @@
 #include "loom.h"
 #include "loom_io.h"
 
+/* objstore_options.on_request's type. */
+typedef void (*faultio_request_fn)(void *ctx, const char *op, const char *key);
+
 #ifdef LOOMSHIP_FAULT_HOOKS
+/* The object store's request hook, or NULL when no LOOMSHIP_CRASH_STORE_*
+ * variable asks for it. */
+faultio_request_fn faultio_store_hook(void);
+
 /* The counting loom_io (a process-wide singleton, set up on the first
  * call), or NULL when no variable asks for it. */
 const loom_io *faultio_from_env(void);
@@ -50,6 +73,7 @@ const loom_io *faultio_from_env(void);
 /* Record one successful save at position p in LOOMSHIP_ACK_LOG, if set. */
 void faultio_note_ack(const loom_position *p);
 #else
+static inline faultio_request_fn faultio_store_hook(void) { return NULL; }
 static inline const loom_io *faultio_from_env(void) { return NULL; }
 static inline void faultio_note_ack(const loom_position *p) { (void)p; }
 #endif

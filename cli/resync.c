@@ -121,7 +121,7 @@ static int swap_in(const char *fresh, const char *dir, int dir_exists, const cha
 }
 
 int cli_standby_resync(const char *dir_arg, const char *from, const char *token,
-                       const char *ca_file)
+                       const char *ca_file, const replicate_frame_key *key)
 {
   char dir[PATH_CAP], fresh[PATH_CAP + 16], parent[PATH_CAP];
   size_t len = strlen(dir_arg);
@@ -144,7 +144,7 @@ int cli_standby_resync(const char *dir_arg, const char *from, const char *token,
   char line[PATH_CAP + 256];
   snprintf(line, sizeof line, "resync: pulling a backup from %s to replace %s", from, dir);
   cli_log("standby", line);
-  int rc = cli_backup_pull(from, fresh, token, ca_file, 8, 1);     /* 3 */
+  int rc = cli_backup_pull_keyed(from, fresh, token, ca_file, key, 8, 1); /* 3 */
   if (rc == 0)
     rc = swap_in(fresh, dir, lock >= 0, parent);                   /* 4 */
   /* 5: the old contents after a swap; the new copy if the swap failed

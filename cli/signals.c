@@ -1,7 +1,8 @@
 /*
  * signals.c: the long-running commands' signals (DESIGN.md section 5).
  * SIGTERM and SIGINT stop (the same graceful way); SIGHUP never stops: it
- * re-reads the token file and the TLS certificate and key, and goes on. All three
+ * re-reads the token file, the TLS certificate and key and the frame key
+ * file, and goes on. All three
  * are blocked in every thread and taken only by the main loop's sigwait,
  * so no handler runs in the middle of anything.
  */
@@ -57,6 +58,27 @@ static void reload_tls(const cli_reload *r)
                    (const char *const[]){"cert", r->tls_cert, "key", r->tls_key, NULL});
 }
 
+/* The frame keys read again (replicate_frame_key_reload): a file that
+ * became unreadable or malformed keeps the old keys, never none. */
+static void reload_frame_key(const cli_reload *r)
+{
+  if (!r->frame_key_file || !r->frame_key)
+    return;
+  char why[512];
+  int rc = replicate_frame_key_reload(r->frame_key, r->frame_key_file, why, sizeof why);
+  if (rc) {
+    cli_log_at(CLI_ERROR, r->who, "SIGHUP: --frame-key-file not used (%s); the old "
+               "keys stay (key id %s)", why[0] ? why : replicate_strerror(rc),
+               replicate_frame_key_id(r->frame_key, 0));
+    return;
+  }
+  const char *prev = replicate_frame_key_id(r->frame_key, 1);
+  cli_log_fields(CLI_INFO, r->who, "SIGHUP: frame keys re-read",
+                 (const char *const[]){"file", r->frame_key_file, "key_id",
+                                       replicate_frame_key_id(r->frame_key, 0),
+                                       "previous_key_id", prev ? prev : "none", NULL});
+}
+
 void cli_reload_now(const cli_reload *r)
 {
   if (!r) {
@@ -87,4 +109,5 @@ void cli_reload_now(const cli_reload *r)
     cli_token_forget(token);
   }
   reload_tls(r);
+  reload_frame_key(r);
 }

@@ -63,6 +63,13 @@ struct loom {
   uint8_t *early_old;           /* page_count old versions */
   uint64_t *early_arrays;       /* page numbers, old hashes, new hashes */
   uint64_t early_cap;           /* pages both can hold */
+  uint64_t rotted_page;         /* LOOM_CHECK_PREVIOUS: the last found, or
+                                   UINT64_MAX */
+  uint64_t *checked;            /* LOOM_CHECK_PREVIOUS: bitmap of pages
+                                   checked (or saved) since open */
+  uint64_t file_pages;          /* pages the arena may still take from the
+                                   image file: the image's length at open,
+                                   lowered by every shrink since */
   /* RECENT PAGES (loom.c): the newest committed version of every page
    * that the commits after recent_from wrote, while the checkpoint has
    * not merged them into the image file; ascending page numbers. */

@@ -26,6 +26,11 @@
  *       page below low is lifted (the low region grew over it).
  *   S2. Compose: dirty pages below low that the allocator does not report
  *       free and whose contents changed (hash differs from the image's).
+ *       With LOOM_CHECK_PREVIOUS, the previous version of each changed
+ *       image page the arena took from the image file (the first change
+ *       after open) is read back and must match its recorded hash, or the
+ *       save fails with LOOM_ECORRUPT before anything is written
+ *       (check_previous).
  *   S3. Commit: store steps 1-3; the patch is durable (commit point).
  *   S4. Commit hook: replication reads the changes (new versions in the
  *       arena, previous ones through loom_commit_old_page).
@@ -338,6 +343,7 @@ static void loom_free(loom *l)
     close(l->swap_fd);
   free(l->dirty);
   free(l->early_old);
+  free(l->checked);
   free(l->early_arrays);
   free(l->recent);
   free(l->recent_pool);
@@ -378,6 +384,7 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   l->opt = *opt;
   l->pages = opt->arena_pages;
   l->guard = NO_GUARD;
+  l->rotted_page = UINT64_MAX;
   l->swap_fd = l->uffd = l->pagemap_fd = -1;
   l->recent_from = UINT64_MAX;
   l->dirty = calloc((size_t)(l->pages + 63) / 64, sizeof(uint64_t));
@@ -398,6 +405,7 @@ int loom_open(const char *dir, const loom_options *opt, loom **out)
   }
   if (!rc) {
     l->image_pages = pos.pages;
+    l->file_pages = pos.pages;
     for (uint64_t n = pos.pages; n < l->pages; n++)
       page_set_dirty(l, n); /* A2 */
     rc = map_arena(l, dir);
@@ -532,6 +540,49 @@ static int compose(loom *l, uint64_t low, uint64_t *clean, changes *out)
     }
   }
   return 0;
+}
+
+/* LOOM_CHECK_PREVIOUS: the previous version of each changed image page
+ * that the arena took from the image file (below l->file_pages: in the
+ * image at open and never cut off since; demand-paged or copied in) and
+ * that has not changed since open matches the hash it was committed with.
+ * A page changed since open lives in the arena's own memory (a private
+ * copy), which is what the store commits: it is not read again
+ * (l->checked); nor is a page past file_pages (it came from memory: grown
+ * in this session, zeros included, which the file may not hold yet). Any
+ * other page is in no record the checkpoint still has to write, so the
+ * image file holds its committed version: no wait for the checkpoint.
+ * LOOM_ECORRUPT and l->rotted_page when one does not match. */
+static int check_previous(loom *l, const changes *ch)
+{
+  if (!l->checked &&
+      !(l->checked = calloc((size_t)(l->pages + 63) / 64, sizeof(uint64_t))))
+    return ENOMEM;
+  uint8_t *buf = NULL;
+  int rc = 0;
+  for (uint64_t i = 0; !rc && i < ch->count; i++) {
+    uint64_t n = ch->numbers[i], bit = UINT64_C(1) << (n % 64);
+    if (n >= l->file_pages || (l->checked[n / 64] & bit)) {
+      l->checked[n / 64] |= bit; /* never taken from the file: the arena's copy is it */
+      continue;
+    }
+    if (!buf && !(buf = malloc(PS)))
+      return ENOMEM;
+    rc = store_read_image_page(l->store, n, buf);
+    if (!rc && loom_page_hash(n, buf) != loom_store_page_hash(l->store, n)) {
+      l->rotted_page = n;
+      rc = LOOM_ECORRUPT;
+    }
+    if (!rc)
+      l->checked[n / 64] |= bit; /* from now on the arena's copy is the page */
+  }
+  free(buf);
+  return rc;
+}
+
+uint64_t loom_rotted_page(const loom *l)
+{
+  return l ? l->rotted_page : UINT64_MAX;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -837,6 +888,8 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   }
   rc = unmap_image_tail(l, low, image);                      /* S5 */
   l->image_pages = low;
+  if (low < l->file_pages)
+    l->file_pages = low; /* pages past it come from memory from now on */
   if (rc) {
     /* Committed, but the image file cannot shrink under the mapping. */
     store_poison(l->store, rc);
@@ -876,6 +929,9 @@ int loom_save(loom *l, uint64_t low, uint64_t high)
   uint64_t *clean = calloc((size_t)(low + 63) / 64 + 1, sizeof(uint64_t));
   changes ch = {0};
   rc = clean ? compose(l, low, clean, &ch) : ENOMEM;         /* S2 */
+  l->rotted_page = UINT64_MAX;
+  if (!rc && (l->opt.flags & LOOM_CHECK_PREVIOUS))
+    rc = check_previous(l, &ch);
   int hook_rc = 0;
   if (!rc && (ch.count || low != image))
     rc = commit(l, low, &ch, &hook_rc);                      /* S3-S6 */

@@ -540,6 +540,16 @@ typedef enum loom_tracker {
 #define LOOM_COPY_IN 0x10u     /* read the image in eagerly (else demand-paged) */
 #define LOOM_SWAP 0x20u        /* back non-image pages with a scratch file */
 #define LOOM_VALIDATE 0x40u    /* compare clean pages with the image per save */
+/* A save reads the previous version of each image page it changes back
+ * from the image and checks it against the hash recorded when it was
+ * committed, before its commit point, the first time the page changes
+ * after open (later, the arena's own copy is the page): a page that rotted
+ * on disk while the arena was closed, or before it was first read, is
+ * never hashed into a valid commit. loom_save then returns LOOM_ECORRUPT,
+ * commits nothing, and loom_rotted_page names the page. Costs one page
+ * read (normally from the page cache) and one hash per page, once per
+ * open; rot under a page the arena already holds is the scrubber's. */
+#define LOOM_CHECK_PREVIOUS 0x200u
 #define LOOM_APPLY_ASYNC 0x80u /* save returns at the commit point; the checkpoint
                                   overlaps the application's work */
 
@@ -628,6 +638,11 @@ typedef struct loom_stats {
   uint64_t validation_errors;
 } loom_stats;
 void loom_get_stats(const loom *l, loom_stats *out);
+
+/* The page whose previous version did not match its recorded hash when
+ * the last loom_save returned LOOM_ECORRUPT (LOOM_CHECK_PREVIOUS), or
+ * UINT64_MAX. */
+uint64_t loom_rotted_page(const loom *l);
 
 #ifdef __cplusplus
 }

@@ -15,6 +15,12 @@
  * snapshot is open or the image has not moved; otherwise the whole stream
  * is sent again from the start (200), never spliced across positions.
  *
+ * Tagged (a client with a frame key asks, REPLICATE_WANT_TAG_HEADER, and
+ * this node has one): the whole stream, never a range, then its
+ * HMAC-SHA256 (REPLICATE_TAG_BACKUP) as a 32-byte trailer, made as the
+ * bytes go out (libmicrohttpd reads a callback response in order); the
+ * header says "KEYID trailer" and Content-Length counts the trailer.
+ *
  * The backups are an object of their own (http_backups, backup.h): the
  * share, the figures and the lock that guards them live here, and the
  * snapshots come from a source the server names at creation (the standby,
@@ -55,7 +61,9 @@ typedef struct backup_stream {
   http_backups *backups;
   backup_share *share;
   uint64_t start;               /* stream offset of the body's first byte */
-  uint64_t len;                 /* body length */
+  uint64_t len;                 /* body length (tagged: with the trailer) */
+  replicate_tag_stream *tag;    /* tagged: the stream's tag, being made */
+  uint8_t trailer[REPLICATE_TAG_SIZE];
 } backup_stream;
 
 int http_backups_create(const http_backup_source *source, http_backups **out)
@@ -158,9 +166,32 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
   return (ssize_t)n;
 }
 
+/* Tagged: the stream's bytes fed to the tag as they go out, then the
+ * trailer. */
+static ssize_t stream_read_tagged(void *cls, uint64_t pos, char *buf, size_t max)
+{
+  backup_stream *st = cls;
+  const uint64_t body = st->len - REPLICATE_TAG_SIZE;
+  if (pos >= st->len)
+    return MHD_CONTENT_READER_END_OF_STREAM;
+  if (pos >= body) {
+    if (pos == body && replicate_tag_stream_end(st->tag, st->trailer) != 0)
+      return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = (size_t)(st->len - pos) < max ? (size_t)(st->len - pos) : max;
+    memcpy(buf, st->trailer + (pos - body), n);
+    return (ssize_t)n;
+  }
+  size_t room = body - pos < max ? (size_t)(body - pos) : max;
+  ssize_t n = stream_read(cls, pos, buf, room);
+  if (n > 0 && replicate_tag_stream_update(st->tag, buf, (size_t)n) != 0)
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+  return n;
+}
+
 static void stream_free(void *cls)
 {
   backup_stream *st = cls;
+  replicate_tag_stream_free(st->tag);
   http_backups *b = st->backups;
   share_release(b, st->share);
   pthread_mutex_lock(&b->mu);
@@ -202,20 +233,24 @@ static unsigned refuse_range(const backup_share *share, uint64_t total,
 static struct MHD_Response *stream_response(http_backups *b,
                                             backup_share *share,
                                             uint64_t first, uint64_t last,
-                                            bool partial)
+                                            bool partial,
+                                            replicate_tag_stream *tag)
 {
   backup_stream *st = calloc(1, sizeof *st);
   if (!st) {
+    replicate_tag_stream_free(tag);
     share_release(b, share);
     return NULL;
   }
-  *st = (backup_stream){b, share, first, last - first + 1};
+  *st = (backup_stream){b, share, first, last - first + 1, tag, {0}};
+  if (tag)
+    st->len += REPLICATE_TAG_SIZE;
   pthread_mutex_lock(&b->mu);
   b->in_progress++;
   b->started++;
   pthread_mutex_unlock(&b->mu);
   struct MHD_Response *resp = MHD_create_response_from_callback(
-      st->len, 64 * 1024, stream_read, st, stream_free);
+      st->len, 64 * 1024, tag ? stream_read_tagged : stream_read, st, stream_free);
   if (!resp) {
     stream_free(st);
     return NULL;
@@ -270,10 +305,37 @@ unsigned http_backups_respond(http_backups *b, const char *range,
     first = 0;
     last = total - 1;
   }
-  *resp = stream_response(b, share, first, last, rr == HTTP_RANGE_SINGLE);
+  *resp = stream_response(b, share, first, last, rr == HTTP_RANGE_SINGLE, NULL);
   if (!*resp)
     return 0;
   return rr == HTTP_RANGE_SINGLE ? 206 : 200;
+}
+
+unsigned http_backups_respond_tagged(http_backups *b, const replicate_frame_key *key,
+                                     http_reply *reply, struct MHD_Response **resp)
+{
+  *resp = NULL;
+  /* The header names the key the tag is begun under: a reload between the
+   * two leaves it a previous key (still good) or fails the begin. */
+  const char *id = replicate_frame_key_id(key, 0);
+  char value[REPLICATE_TAG_TEXT];
+  snprintf(value, sizeof value, "%s trailer", id ? id : "");
+  replicate_tag_stream *tag = NULL;
+  int rc = replicate_tag_stream_begin(key, REPLICATE_TAG_BACKUP, id, &tag);
+  if (rc)
+    return 0;
+  backup_share *share = share_acquire(b, &rc);
+  if (!share) {
+    replicate_tag_stream_free(tag);
+    return refuse_unavailable(rc, reply);
+  }
+  const uint64_t total =
+      LOOM_STREAM_HEADER + share->position.pages * (uint64_t)LOOM_PAGE_SIZE;
+  *resp = stream_response(b, share, 0, total - 1, false, tag);
+  if (!*resp)
+    return 0;
+  MHD_add_response_header(*resp, REPLICATE_TAG_HEADER, value);
+  return 200;
 }
 
 void http_backups_figures(http_backups *b, http_backup_figures *out)

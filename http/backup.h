@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 
 #include "loom.h"
+#include "replicate.h"
 #include "reply.h"
 
 /* ---------------------------------------------------------------------- */
@@ -47,6 +48,15 @@ void http_backups_free(http_backups *backups);
 unsigned http_backups_respond(http_backups *backups, const char *range,
                               const char *if_range, http_reply *reply,
                               struct MHD_Response **resp);
+
+/*
+ * The same, tagged (the request carried REPLICATE_WANT_TAG_HEADER and this
+ * node has key): the whole stream, whatever the request's Range, then its
+ * REPLICATE_TAG_BACKUP tag as a REPLICATE_TAG_SIZE-byte trailer; the
+ * answer's REPLICATE_TAG_HEADER says "KEYID trailer". 200, 503, or 0.
+ */
+unsigned http_backups_respond_tagged(http_backups *backups, const replicate_frame_key *key,
+                                     http_reply *reply, struct MHD_Response **resp);
 
 /* The figures status and metrics show about backups. */
 typedef struct http_backup_figures {

@@ -709,6 +709,8 @@ static enum MHD_Result answer_base(http_server *s, struct MHD_Connection *conn,
     http_standby_base_abort(r->base); /* the old image stays */
   else
     http_standby_base_finish(r->base, &reply);
+  if (reply.status == 200)
+    http_server_base_installed(s); /* a damaged image is whole again */
   r->base = NULL;
   return (enum MHD_Result)http_server_send(s, conn, r->ep, &reply);
 }
@@ -739,10 +741,14 @@ static enum MHD_Result answer_backup(http_server *s,
                                                   MHD_HTTP_HEADER_RANGE);
   const char *if_range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_IF_RANGE);
+  const char *want_tag = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     REPLICATE_WANT_TAG_HEADER);
   http_reply reply = {0};
   struct MHD_Response *resp = NULL;
   unsigned status =
-      http_backups_respond(s->backups, range, if_range, &reply, &resp);
+      want_tag && s->frame_key
+          ? http_backups_respond_tagged(s->backups, s->frame_key, &reply, &resp)
+          : http_backups_respond(s->backups, range, if_range, &reply, &resp);
   if (!resp && !status)
     return MHD_NO;
   if (!resp)

@@ -584,10 +584,10 @@ int http_answer_metrics(http_server *s, struct MHD_Connection *conn)
     gauge_u(&t, "loomship_standbys", "Standbys configured.", f.peer_count);
     sync_metrics(&t, s);
     log_metrics(&t, s);
-    archive_metrics(&t, &f);
     peer_metrics(&t, &f);
     peer_error_metrics(&t, &f);
   }
+  archive_metrics(&t, &f); /* a primary's or a standby's */
   commit_log_metrics(&t, &f);
   cluster_metrics(&t, s);
   counter_metrics(&t, &f);

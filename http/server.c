@@ -188,6 +188,21 @@ static int scrub_repair(void *ctx, const uint64_t *pages, uint64_t count,
                                         why_len);
 }
 
+/* Too many bad pages to repair one by one: the standby asks its primary
+ * for a base image (its frames are answered 409 until one comes). */
+static void scrub_want_base(void *ctx, const char *why)
+{
+  http_server *s = ctx;
+  (void)why; /* the scrubber logs it and shows it in integrity.last_error */
+  if (s->standby && !http_standby_promoted(s->standby))
+    replicate_receiver_want_base(s->standby);
+}
+
+void http_server_base_installed(http_server *s)
+{
+  replicate_scrubber_base_installed(s->scrubber);
+}
+
 /* The receiver's bad pages (a frame that no longer applies, a read-back)
  * go to the scrubber's repair. */
 static void standby_bad_pages(void *ctx, const uint64_t *pages, uint64_t count)
@@ -212,8 +227,14 @@ static int scrubber_start(http_server *s, const http_server_options *opt)
     s->repair_ctx = opt->repair_ctx;
     so.repair = scrub_repair;
     so.repair_ctx = s;
+    so.want_base = scrub_want_base;
   }
   return replicate_scrubber_start(&so, &s->scrubber);
+}
+
+replicate_receiver *http_server_receiver(http_server *s)
+{
+  return s ? s->standby : NULL;
 }
 
 void http_server_integrity(http_server *s, replicate_scrub_status *out)
@@ -281,6 +302,8 @@ static http_server *server_new(const http_server_options *opt)
     s->primary = *opt->primary;
   if (opt->cluster)
     s->cluster = *opt->cluster;
+  s->archive = opt->role == HTTP_ROLE_STANDBY ? opt->archive : NULL;
+  s->archive_ctx = opt->received_ctx;
   s->logger = (http_logger){opt->log, opt->log_ctx};
   s->frame_key = opt->frame_key;
   s->max_frame_bytes = opt->max_frame_bytes ? opt->max_frame_bytes

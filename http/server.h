@@ -368,6 +368,14 @@ typedef struct http_server_options {
    * tree and pages answers are tagged. Not copied: it must outlive the
    * server. [NULL: tags are not checked, answers not tagged] */
   const replicate_frame_key *frame_key;
+  /* An archiving standby (DESIGN section 7; optional): on_received gets
+   * every commit frame once it is durable in the receive log (receiver.h,
+   * replicate_receiver_options.on_received: in seq order, under the
+   * receipt lock, single commits only), archive the "archive" object of
+   * status and metrics. Both with received_ctx. [NULL: none] */
+  void (*on_received)(void *ctx, const void *frame, size_t len);
+  void (*archive)(void *ctx, replicate_archive_status *out);
+  void *received_ctx;
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;
@@ -393,6 +401,11 @@ typedef struct http_server http_server;
  * On error nothing is left open.
  */
 int http_server_start(const http_server_options *opt, http_server **out);
+
+/* The standby's receiver (standby role, also once promoted), for what
+ * receiver.h offers beyond these endpoints (snapshots, its lineage);
+ * NULL for the primary role. Valid until http_server_stop. */
+struct replicate_receiver *http_server_receiver(http_server *server);
 
 /* The port the server listens on (the bound one when listen_port was 0). */
 uint16_t http_server_port(const http_server *server);

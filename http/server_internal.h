@@ -99,6 +99,8 @@ struct http_server {
   http_logger logger;
 
   http_standby *standby;        /* standby role (also once promoted) */
+  void (*archive)(void *ctx, replicate_archive_status *out); /* standby */
+  void *archive_ctx;
   struct MHD_Daemon *daemon;
   uint16_t port;
   int64_t started_ns;
@@ -209,6 +211,10 @@ void http_figures_free(http_figures *f);
 
 /* The node's epoch: the newer of received and applied. */
 uint64_t http_figures_epoch(const http_figures *f);
+
+/* A base image was committed: the scrubber's state is ok again
+ * (server.c). */
+void http_server_base_installed(http_server *server);
 
 /* The read endpoints (GET or HEAD; each queues its answer and returns the
  * enum MHD_Result). */

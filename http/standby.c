@@ -274,6 +274,8 @@ int http_standby_open(const http_server_options *opt, const http_logger *logger,
       .log_ctx = logger ? logger->ctx : NULL,
       .on_bad_pages = on_bad_pages,
       .bad_pages_ctx = ctx,
+      .on_received = opt->on_received,
+      .received_ctx = opt->received_ctx,
   };
   return replicate_receiver_open(&ro, out);
 }

@@ -22,6 +22,10 @@ static void standby_figures(http_server *s, http_figures *f)
   http_standby_view_get(s->standby, &f->view);
   f->promoted = st->role == HTTP_ROLE_PRIMARY;
   f->standby_role = !f->promoted;
+  if (s->archive) { /* an archiving standby (DESIGN section 7) */
+    f->archiving = true;
+    s->archive(s->archive_ctx, &f->archive);
+  }
   bool apply_ok = st->ready;
   f->ready = true;
   if (!f->standby_role)

@@ -208,6 +208,7 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
  *                                promotion, start a new archiver.
  *   replicate_archiver_on_commit from the commit hook: encodes the frame
  *                                (never blocks on the store)
+ *   replicate_archiver_on_frame  a standby's: the frame as received
  *   replicate_archiver_drain     uploads everything committed so far;
  *                                1 when done within timeout_seconds
  *   replicate_archiver_stop      stops the thread and frees
@@ -217,7 +218,8 @@ typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);
 
 typedef struct replicate_archiver_options {
   replicate_archive_options access; /* required: url */
-  loom_store *store;                /* required: the node's store (bases) */
+  loom_store *store;                /* the node's store (bases); required
+                                   unless snapshot_open (a standby) */
   replicate_log *log;               /* [NULL]: where missing frames are looked
                                    for at start */
   double interval_seconds;          /* [1]: --archive-interval */
@@ -229,6 +231,18 @@ typedef struct replicate_archiver_options {
                                    continues */
   replicate_archive_log_fn log_fn;  /* [NULL] */
   void *log_ctx;
+  /* A standby (its receiver owns the store, receiver.h): store NULL, fed
+   * with replicate_archiver_on_frame, and bases from these snapshots
+   * (replicate_receiver_snapshot_open/close). position is what the fed
+   * frames follow (the received position at start), lineage the node's
+   * (replicate_receiver_lineage); at seq 0 (the standby holds nothing)
+   * W1 waits for the first frame fed and takes its epoch and history.
+   * Ignored when store is set. */
+  int (*snapshot_open)(void *ctx, loom_snapshot **out);
+  void (*snapshot_close)(void *ctx, loom_snapshot *snap);
+  void *snapshot_ctx;
+  loom_position position;
+  loom_lineage lineage;
 } replicate_archiver_options;
 
 typedef struct replicate_archiver replicate_archiver;
@@ -237,12 +251,22 @@ int replicate_archiver_start(const replicate_archiver_options *o,
                              replicate_archiver **out);
 int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
                                  const loom_commit *c);
+/* A standby's feed (receiver.h on_received): one single-commit frame as
+ * received (copied; never blocks on the store). A frame at or below the
+ * position fed so far is ignored; one that skips seqs (they came inside a
+ * base image), a merged frame or one that cannot be read is a gap (a base
+ * follows); one of another epoch than the archiver's stops archiving
+ * (last_error: the node follows a new epoch; start a new archiver for
+ * it). Always 0. */
+int replicate_archiver_on_frame(replicate_archiver *ar, const void *frame,
+                                size_t len);
 int replicate_archiver_drain(replicate_archiver *ar, double timeout_seconds);
 void replicate_archiver_stop(replicate_archiver *ar);
 
 typedef struct replicate_archive_status {
   char url[512];
   bool stopped;           /* archiving stopped for good (last_error) */
+  uint64_t epoch;         /* the epoch it writes */
   uint64_t uploaded_seq;  /* the newest seq in the archive */
   uint64_t committed_seq; /* the newest seq fed */
   uint64_t lag_frames;    /* committed_seq - uploaded_seq */
@@ -254,6 +278,8 @@ typedef struct replicate_archive_status {
   char last_error[512];     /* "" if none */
   int64_t last_error_at_ns; /* CLOCK_REALTIME, 0 if none */
   objstore_stats requests;
+  uint64_t idle_wakeups;  /* wake-ups of its thread that found nothing to
+                             do (and sent nothing): a test's observable */
 } replicate_archive_status;
 
 void replicate_archiver_status(replicate_archiver *ar,

@@ -407,6 +407,11 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
                     "the archive has no epoch %" PRIu64, epoch);
   plan p;
   int rc = plan_load(r->a, epoch, &p);
+  /* The newest is what the head claims: a segment or base stored past it
+   * (the writer stopped before its head was written) is not claimed. */
+  if (rc == 0 && r->t->kind == REPLICATE_RESTORE_NEWEST && p.have_head &&
+      p.head.seq < limit)
+    limit = p.head.seq;
   const arc_obj *base = rc ? NULL : pick_base(&p, r->t, limit);
   if (rc == 0 && base != NULL)
     rc = restore_from(r, &p, base, limit);

@@ -67,6 +67,8 @@ struct replicate_archiver {
   loom_position committed;
   bool quit, drain, stopped, gap_pending, gap_seen;
   bool failing; /* the last step failed: wait before again */
+  bool await_feed; /* a standby that held nothing at start: W1 waits for
+                      the first frame (its epoch and history) */
   uint64_t gap_first, gap_last;
   int64_t dropped_mono_ns; /* when the oldest dropped commit came */
   loom_position uploaded;
@@ -74,6 +76,7 @@ struct replicate_archiver {
   char last_error[512];
   int64_t last_error_at_ns;
   objstore_stats stats;
+  uint64_t idle_wakeups;
   /* the thread's */
   bool started, have_head, base_needed;
   /* A segment PUT whose outcome is unknown (a cut connection, a 5xx after
@@ -198,6 +201,78 @@ int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
   }
   pthread_mutex_unlock(&ar->mu);
   return 0; /* the archive never fails a commit */
+}
+
+/* Under mu: seqs first..last will not be fed (they came inside a base
+ * image, in a merged frame, or in one that could not be read): a gap, and
+ * a base follows. */
+static void feed_skipped(replicate_archiver *ar, uint64_t first, uint64_t last,
+                         int64_t mono_ns)
+{
+  if (!ar->gap_pending)
+    ar->gap_first = first, ar->dropped_mono_ns = mono_ns;
+  ar->gap_pending = ar->gap_seen = true;
+  ar->gap_last = last;
+}
+
+/* Under mu: the node follows another epoch now; this archiver stops. */
+static void feed_new_epoch(replicate_archiver *ar, uint64_t epoch)
+{
+  snprintf(ar->last_error, sizeof ar->last_error,
+           "archiving stopped: the node follows epoch %" PRIu64 " now, this "
+           "archiver writes epoch %" PRIu64,
+           epoch, ar->epoch);
+  ar->last_error_at_ns = real_ns();
+  ar->stopped = true;
+  pthread_cond_broadcast(&ar->cond);
+}
+
+int replicate_archiver_on_frame(replicate_archiver *ar, const void *frame,
+                                size_t len)
+{
+  replicate_frame_info info;
+  int rc = replicate_frame_parse_header(frame, len, NULL, &info);
+  if (rc == 0 && info.kind != REPLICATE_KIND_COMMIT)
+    return 0;
+  queued e = {.seq = info.after.seq,
+              .time_ns = info.commit_time_ns,
+              .mono_ns = loom_mono_ns()};
+  pthread_mutex_lock(&ar->mu);
+  uint64_t held = ar->committed.seq;
+  if (rc == 0 && ar->await_feed) { /* the first frame: its epoch, history */
+    ar->epoch = ar->uploaded.epoch = info.epoch;
+    ar->lineage.history = info.history;
+    ar->await_feed = false;
+    pthread_cond_broadcast(&ar->cond);
+  }
+  if (rc == 0 && info.after.seq <= held) {
+    pthread_mutex_unlock(&ar->mu); /* fed before this archiver started */
+    return 0;
+  }
+  if (rc == 0 && info.epoch != ar->epoch) {
+    feed_new_epoch(ar, info.epoch);
+    pthread_mutex_unlock(&ar->mu);
+    return 0;
+  }
+  bool single = rc == 0 && !(info.flags & REPLICATE_FRAME_COALESCED);
+  if (rc == 0) {
+    ar->committed = info.after;
+    ar->committed.epoch = info.epoch;
+    ar->committed.commit_time_ns = info.commit_time_ns;
+  }
+  if (!single)
+    feed_skipped(ar, held + 1, rc == 0 ? info.after.seq : held + 1, e.mono_ns);
+  else if (info.before.seq > held)
+    feed_skipped(ar, held + 1, info.before.seq, e.mono_ns);
+  if (single && !ar->stopped && (e.frame.data = malloc(len ? len : 1))) {
+    memcpy(e.frame.data, frame, len);
+    e.frame.len = e.frame.cap = len;
+    queue_push(ar, &e);
+  } else if (single && !ar->stopped) {
+    feed_skipped(ar, info.after.seq, info.after.seq, e.mono_ns);
+  }
+  pthread_mutex_unlock(&ar->mu);
+  return 0;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -351,7 +426,7 @@ static int load_head(replicate_archiver *ar)
                     "seq %" PRIu64 " at epoch %" PRIu64 " (%s)",
                     now.seq, head.seq, ar->epoch, key);
   if ((head.seq == now.seq && head.checksum != now.checksum) ||
-      (head.seq < now.seq &&
+      (head.seq < now.seq && ar->o.store &&
        loom_store_checksum_at(ar->o.store, head.seq, &epoch_at, &sum_at) &&
        sum_at != head.checksum))
     return arc_fail(ar->a, REPLICATE_EARCHIVE_FOREIGN,
@@ -448,6 +523,12 @@ static int put_head(replicate_archiver *ar, const loom_position *pos)
 static int keep(replicate_archiver *ar, arc_kind kind, const char *key,
                 uint64_t first, uint64_t last)
 {
+  /* A key listed already (a base uploaded again at the same position,
+   * after a crash before its head): once, or retention would count it
+   * twice and delete the only copy. */
+  for (size_t i = 0; i < ar->kn; i++)
+    if (strcmp(ar->kept[i].key, key) == 0)
+      return 0;
   kept *k = realloc(ar->kept, (ar->kn + 1) * sizeof *k);
   if (k == NULL)
     return ENOMEM;
@@ -516,16 +597,34 @@ static void queue_trim(replicate_archiver *ar, uint64_t upto)
   pthread_mutex_unlock(&ar->mu);
 }
 
+/* A snapshot of the node's store: its own, or through the hooks. */
+static int snap_open(replicate_archiver *ar, loom_snapshot **out)
+{
+  if (ar->o.store)
+    return loom_store_snapshot_open(ar->o.store, out);
+  return ar->o.snapshot_open(ar->o.snapshot_ctx, out);
+}
+
+static void snap_close(replicate_archiver *ar, loom_snapshot *snap)
+{
+  if (ar->o.store)
+    loom_snapshot_close(snap);
+  else
+    ar->o.snapshot_close(ar->o.snapshot_ctx, snap);
+}
+
+static int upload_segment(replicate_archiver *ar, uint64_t limit);
+
 static int upload_base(replicate_archiver *ar)
 {
   loom_snapshot *snap = NULL;
-  int rc = loom_store_snapshot_open(ar->o.store, &snap);
+  int rc = snap_open(ar, &snap);
   if (rc != 0)
     return arc_fail(ar->a, rc, "base: snapshot: %s", replicate_strerror(rc));
   loom_position pos;
   replicate_buf img = {0};
   rc = read_snapshot(snap, &pos, &img);
-  loom_snapshot_close(snap);
+  snap_close(ar, snap);
   char key[ARC_KEY_MAX];
   arc_key_base(key, ar->epoch, pos.seq, pos.commit_time_ns,
                arc_keys_current(&ar->a->keys));
@@ -536,7 +635,12 @@ static int upload_base(replicate_archiver *ar)
                   .flags = ARC_FLAG_ZSTD};
   if (rc != 0)
     arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
-  else
+  /* What is queued up to the base goes first, as a segment: a base due by
+   * time must not turn the commits since the last segment into a gap
+   * (only those missing from memory and from the log are one). */
+  if (rc == 0 && ar->have_head && pos.seq > ar->uploaded.seq)
+    rc = upload_segment(ar, pos.seq);
+  if (rc == 0)
     rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
   replicate_buf_free(&img);
   uint64_t from = ar->uploaded.seq + 1;
@@ -622,13 +726,15 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   return rc;
 }
 
-static int upload_segment(replicate_archiver *ar)
+/* The frames after the uploaded seq, up to limit, as one segment, then
+ * the head. */
+static int upload_segment(replicate_archiver *ar, uint64_t limit)
 {
   replicate_buf seg = {0};
   loom_position last = ar->uploaded;
   uint64_t first = ar->uploaded.seq + 1;
   bool retry = ar->pend_first == first && ar->pend_last >= first;
-  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : UINT64_MAX);
+  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : limit);
   if (rc == REPLICATE_ELOG_GONE) {
     ar->base_needed = true;
     replicate_buf_free(&seg);
@@ -721,14 +827,14 @@ static int step(replicate_archiver *ar)
     ar->base_needed = true;
   bool based = false;
   if (rc == 0 && !ar->base_needed)
-    rc = upload_segment(ar);
+    rc = upload_segment(ar, UINT64_MAX);
   if (rc == 0 && ar->base_needed)
     based = (rc = upload_base(ar)) == 0;
   /* After a base, the frames past it at once; not after a segment: what
    * was committed during its upload waits for the next interval (one
    * segment per interval, not two against a slow store). */
   if (rc == 0 && based)
-    rc = upload_segment(ar);
+    rc = upload_segment(ar, UINT64_MAX);
   if (rc == 0)
     rc = retain(ar);
   if (rc == REPLICATE_EARCHIVE_WRITER || rc == REPLICATE_EARCHIVE_BEHIND ||
@@ -751,6 +857,8 @@ static bool caught_up_locked(const replicate_archiver *ar)
  * something was committed since the last). */
 static bool idle_locked(const replicate_archiver *ar)
 {
+  if (ar->await_feed)
+    return true;
   return ar->started && caught_up_locked(ar) &&
          !(ar->committed.seq > ar->committed_at_base &&
            loom_mono_s() - ar->last_base_mono >= ar->o.base_interval_seconds);
@@ -771,6 +879,8 @@ static void *archiver_main(void *arg)
       pthread_cond_broadcast(&ar->cond);
       if (ar->quit || ar->stopped)
         break;
+    } else {
+      ar->idle_wakeups++;
     }
     if (ar->drain && !caught_up_locked(ar) && !ar->failing)
       continue;
@@ -853,7 +963,9 @@ int replicate_archiver_start(const replicate_archiver_options *o,
                              replicate_archiver **out)
 {
   *out = NULL;
-  if (o->store == NULL || o->access.url == NULL)
+  if ((o->store == NULL &&
+       (o->snapshot_open == NULL || o->snapshot_close == NULL)) ||
+      o->access.url == NULL)
     return REPLICATE_EINVAL;
   replicate_archiver *ar = calloc(1, sizeof *ar);
   if (ar == NULL)
@@ -869,8 +981,14 @@ int replicate_archiver_start(const replicate_archiver_options *o,
     /* From the caller's thread (the store's owner): the thread reads only
      * what the commit hook feeds it, and thread-safe snapshot and
      * checksum_at calls. */
-    loom_store_position(o->store, &ar->committed);
-    loom_store_lineage(o->store, &ar->lineage);
+    if (o->store) {
+      loom_store_position(o->store, &ar->committed);
+      loom_store_lineage(o->store, &ar->lineage);
+    } else {
+      ar->committed = o->position;
+      ar->lineage = o->lineage;
+      ar->await_feed = o->position.seq == 0;
+    }
     ar->epoch = ar->committed.epoch ? ar->committed.epoch : 1;
     ar->uploaded.epoch = ar->epoch;
     rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
@@ -921,6 +1039,7 @@ void replicate_archiver_status(replicate_archiver *ar,
   copy_text(out->url, sizeof out->url, ar->url);
   pthread_mutex_lock(&ar->mu);
   out->stopped = ar->stopped;
+  out->epoch = ar->epoch;
   out->uploaded_seq = ar->uploaded.seq;
   out->committed_seq = ar->committed.seq;
   out->lag_frames = ar->committed.seq > ar->uploaded.seq
@@ -938,5 +1057,6 @@ void replicate_archiver_status(replicate_archiver *ar,
   copy_text(out->last_error, sizeof out->last_error, ar->last_error);
   out->last_error_at_ns = ar->last_error_at_ns;
   out->requests = ar->stats;
+  out->idle_wakeups = ar->idle_wakeups;
   pthread_mutex_unlock(&ar->mu);
 }

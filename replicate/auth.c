@@ -15,11 +15,19 @@
  *     compared in constant time.
  * A4. Key material is wiped when freed; a key file readable by group or
  *     others is refused.
+ * A5. SIGHUP re-reads the file (replicate_frame_key_reload): the new keys
+ *     replace the old ones in the same object, under one lock that every
+ *     use of the key bytes takes, so every holder of the pointer (server,
+ *     shipper, repair) uses them from its next tag on. A file that cannot
+ *     be used changes nothing: a node with a key never drops to none. The
+ *     ids of replaced keys stay allocated (a few bytes a reload) so the
+ *     strings replicate_frame_key_id returned stay valid until the free.
  */
 #include "replicate.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,12 +44,22 @@
 #define KEY_BYTES 32
 #define KEY_FILE_MAX 4096
 
-struct replicate_frame_key {
-  EVP_MAC *mac;
+/* One reading of the key file. */
+typedef struct key_set {
   unsigned count;                    /* 1 or 2 */
   uint8_t key[2][KEY_BYTES];         /* current, previous */
   char id[2][REPLICATE_KEY_ID_TEXT]; /* 16 hex digits each */
+  struct key_set *older;             /* replaced sets: ids only (A5) */
+} key_set;
+
+struct replicate_frame_key {
+  EVP_MAC *mac;
+  key_set *cur;                      /* under keys_mu */
 };
+
+/* A5: guards every key's cur and the key bytes in it (held only while a
+ * key id is looked up and an HMAC context initialised). */
+static pthread_mutex_t keys_mu = PTHREAD_MUTEX_INITIALIZER;
 
 struct replicate_tag_stream {
   EVP_MAC_CTX *ctx;
@@ -52,6 +70,7 @@ static const char *const labels[] = {
     [REPLICATE_TAG_BASE] = "loomship-tag-v1 base\n",
     [REPLICATE_TAG_TREE] = "loomship-tag-v1 tree\n",
     [REPLICATE_TAG_PAGES] = "loomship-tag-v1 pages\n",
+    [REPLICATE_TAG_BACKUP] = "loomship-tag-v1 backup\n",
 };
 
 /* ---------------------------------------------------------------------- */
@@ -118,7 +137,7 @@ static int read_key_file(const char *path, char *buf, size_t cap, size_t *len,
 }
 
 /* Lines 1 and 2 of text (64 hex digits each, the second optional) into k. */
-static int parse_keys(replicate_frame_key *k, const char *text, size_t len,
+static int parse_keys(key_set *k, const char *text, size_t len,
                       const char *path, char *why, size_t why_len)
 {
   const char *at = text, *end = text + len;
@@ -144,7 +163,7 @@ static int parse_keys(replicate_frame_key *k, const char *text, size_t len,
 }
 
 /* A2: the id of each key. */
-static int name_keys(replicate_frame_key *k)
+static int name_keys(key_set *k)
 {
   for (unsigned i = 0; i < k->count; i++) {
     uint8_t digest[32];
@@ -156,8 +175,18 @@ static int name_keys(replicate_frame_key *k)
   return 0;
 }
 
-int replicate_frame_key_load(const char *path, replicate_frame_key **out,
-                             char *why, size_t why_len)
+static void key_set_free(key_set *set)
+{
+  while (set) {
+    key_set *older = set->older;
+    OPENSSL_cleanse(set, sizeof *set);
+    free(set);
+    set = older;
+  }
+}
+
+/* Read and check path into a new set (the reason in why). */
+static int key_set_read(const char *path, key_set **out, char *why, size_t why_len)
 {
   *out = NULL;
   if (why_len)
@@ -167,27 +196,58 @@ int replicate_frame_key_load(const char *path, replicate_frame_key **out,
   int rc = read_key_file(path, buf, sizeof buf, &len, why, why_len);
   if (rc)
     return rc;
-  replicate_frame_key *k = calloc(1, sizeof *k);
-  if (!k) {
-    OPENSSL_cleanse(buf, sizeof buf);
-    return ENOMEM;
-  }
-  rc = parse_keys(k, buf, len, path, why, why_len);
+  key_set *set = calloc(1, sizeof *set);
+  rc = set ? parse_keys(set, buf, len, path, why, why_len) : ENOMEM;
   OPENSSL_cleanse(buf, sizeof buf);
-  if (!rc)
-    rc = name_keys(k);
-  if (!rc) {
-    k->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (!k->mac)
-      rc = ENOMEM;
+  if (!rc && name_keys(set) != 0) {
+    rc = ENOMEM;
+    snprintf(why, why_len, "%s: libcrypto has no SHA-256", path);
   }
   if (rc) {
-    if (rc != REPLICATE_EKEY_FILE)
-      snprintf(why, why_len, "%s: libcrypto has no HMAC-SHA256", path);
-    replicate_frame_key_free(k);
+    key_set_free(set);
     return rc;
   }
+  *out = set;
+  return 0;
+}
+
+int replicate_frame_key_load(const char *path, replicate_frame_key **out,
+                             char *why, size_t why_len)
+{
+  *out = NULL;
+  key_set *set = NULL;
+  int rc = key_set_read(path, &set, why, why_len);
+  if (rc)
+    return rc;
+  replicate_frame_key *k = calloc(1, sizeof *k);
+  if (k)
+    k->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  if (!k || !k->mac) {
+    snprintf(why, why_len, "%s: libcrypto has no HMAC-SHA256", path);
+    key_set_free(set);
+    replicate_frame_key_free(k);
+    return ENOMEM;
+  }
+  k->cur = set;
   *out = k;
+  return 0;
+}
+
+int replicate_frame_key_reload(replicate_frame_key *k, const char *path,
+                               char *why, size_t why_len)
+{
+  if (!k || !path)
+    return EINVAL;
+  key_set *set = NULL;
+  int rc = key_set_read(path, &set, why, why_len);
+  if (rc)
+    return rc; /* A5: the old keys stay */
+  pthread_mutex_lock(&keys_mu);
+  key_set *old = k->cur;
+  OPENSSL_cleanse(old->key, sizeof old->key); /* only its ids are kept */
+  set->older = old;
+  k->cur = set;
+  pthread_mutex_unlock(&keys_mu);
   return 0;
 }
 
@@ -196,20 +256,26 @@ void replicate_frame_key_free(replicate_frame_key *k)
   if (!k)
     return;
   EVP_MAC_free(k->mac);
-  OPENSSL_cleanse(k, sizeof *k);
+  key_set_free(k->cur);
   free(k);
 }
 
 const char *replicate_frame_key_id(const replicate_frame_key *k, unsigned which)
 {
-  return k && which < k->count ? k->id[which] : NULL;
+  if (!k)
+    return NULL;
+  pthread_mutex_lock(&keys_mu);
+  const key_set *set = k->cur;
+  const char *id = which < set->count ? set->id[which] : NULL;
+  pthread_mutex_unlock(&keys_mu);
+  return id;
 }
 
 /* ---------------------------------------------------------------------- */
 /* Tags */
 
 /* The key a tag under key_id is checked with, or -1. */
-static int key_index(const replicate_frame_key *k, const char *key_id)
+static int key_index(const key_set *k, const char *key_id)
 {
   for (unsigned i = 0; i < k->count; i++)
     if (strcmp(k->id[i], key_id) == 0)
@@ -217,32 +283,48 @@ static int key_index(const replicate_frame_key *k, const char *key_id)
   return -1;
 }
 
-int replicate_tag_stream_begin(const replicate_frame_key *k,
-                               replicate_tag_kind kind, const char *key_id,
-                               replicate_tag_stream **out)
+/* Begin a stream under key_id (NULL: the current key), its id into
+ * used_id when not NULL. */
+static int stream_begin(const replicate_frame_key *k, replicate_tag_kind kind,
+                        const char *key_id, replicate_tag_stream **out,
+                        char used_id[REPLICATE_KEY_ID_TEXT])
 {
   *out = NULL;
   if (!k || (unsigned)kind >= sizeof labels / sizeof labels[0])
     return EINVAL;
-  int which = key_id ? key_index(k, key_id) : 0;
-  if (which < 0)
-    return REPLICATE_ETAG_KEY;
   replicate_tag_stream *s = calloc(1, sizeof *s);
   if (!s)
     return ENOMEM;
+  s->ctx = EVP_MAC_CTX_new(k->mac);
   char digest[] = "SHA256";
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
       OSSL_PARAM_construct_end()};
-  s->ctx = EVP_MAC_CTX_new(k->mac);
-  if (!s->ctx || !EVP_MAC_init(s->ctx, k->key[which], KEY_BYTES, params) ||
-      !EVP_MAC_update(s->ctx, (const unsigned char *)labels[kind],
-                      strlen(labels[kind]))) {
+  pthread_mutex_lock(&keys_mu);
+  const key_set *set = k->cur;
+  int which = key_id ? key_index(set, key_id) : 0;
+  int rc = which < 0 ? REPLICATE_ETAG_KEY : 0;
+  if (!rc && (!s->ctx || !EVP_MAC_init(s->ctx, set->key[which], KEY_BYTES, params)))
+    rc = ENOMEM;
+  if (!rc && used_id)
+    memcpy(used_id, set->id[which], REPLICATE_KEY_ID_TEXT);
+  pthread_mutex_unlock(&keys_mu);
+  if (!rc && !EVP_MAC_update(s->ctx, (const unsigned char *)labels[kind],
+                             strlen(labels[kind])))
+    rc = ENOMEM;
+  if (rc) {
     replicate_tag_stream_free(s);
-    return ENOMEM;
+    return rc;
   }
   *out = s;
   return 0;
+}
+
+int replicate_tag_stream_begin(const replicate_frame_key *k,
+                               replicate_tag_kind kind, const char *key_id,
+                               replicate_tag_stream **out)
+{
+  return stream_begin(k, kind, key_id, out, NULL);
 }
 
 int replicate_tag_stream_update(replicate_tag_stream *s, const void *data,
@@ -309,7 +391,8 @@ int replicate_tag_make(const replicate_frame_key *k, replicate_tag_kind kind,
 {
   replicate_tag_stream *s = NULL;
   uint8_t tag[REPLICATE_TAG_SIZE];
-  int rc = replicate_tag_stream_begin(k, kind, NULL, &s);
+  char id[REPLICATE_KEY_ID_TEXT];
+  int rc = stream_begin(k, kind, NULL, &s, id);
   if (!rc)
     rc = replicate_tag_stream_update(s, data, len);
   if (!rc)
@@ -317,7 +400,7 @@ int replicate_tag_make(const replicate_frame_key *k, replicate_tag_kind kind,
   replicate_tag_stream_free(s);
   if (rc)
     return rc;
-  memcpy(out, k->id[0], 2 * REPLICATE_KEY_ID_BYTES);
+  memcpy(out, id, 2 * REPLICATE_KEY_ID_BYTES);
   out[2 * REPLICATE_KEY_ID_BYTES] = ' ';
   hex_encode(tag, sizeof tag, out + 2 * REPLICATE_KEY_ID_BYTES + 1);
   return 0;

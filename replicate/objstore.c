@@ -96,10 +96,18 @@ static int bad_key(objstore *store, const char *key)
                        store->url, key);
 }
 
+/* The crash tests' seam (objstore_options.on_request). */
+static void announce(objstore *store, const char *op, const char *key)
+{
+  if (store->options.on_request != NULL)
+    store->options.on_request(store->options.request_ctx, op, key);
+}
+
 int objstore_put(objstore *store, const char *key, const void *data,
                  size_t len, unsigned flags)
 {
   if (!key_ok(key)) return bad_key(store, key);
+  announce(store, "put", key);
   return store->backend->put(store, key, data, len, flags);
 }
 
@@ -109,6 +117,7 @@ int objstore_get(objstore *store, const char *key, size_t max_len,
   *data = NULL;
   *len = 0;
   if (!key_ok(key)) return bad_key(store, key);
+  announce(store, "get", key);
   return store->backend->get(store, key, max_len, data, len);
 }
 
@@ -116,12 +125,14 @@ int objstore_list(objstore *store, const char *prefix, objstore_each_fn each,
                   void *ctx)
 {
   if (prefix[0] != '\0' && !key_ok(prefix)) return bad_key(store, prefix);
+  announce(store, "list", prefix);
   return store->backend->list(store, prefix, each, ctx);
 }
 
 int objstore_delete(objstore *store, const char *key)
 {
   if (!key_ok(key)) return bad_key(store, key);
+  announce(store, "delete", key);
   return store->backend->del(store, key);
 }
 

@@ -67,6 +67,11 @@ typedef struct objstore_options {
   unsigned retry_base_ms;       /* 0: 100 ms, doubled each try, capped at
                                    5 s; a Retry-After answer overrides */
   long timeout_ms;              /* 0: 30 s per request */
+  /* A seam for crash tests (cli/faultio.h): called before each put, get,
+   * list and delete goes out (op "put", "get", "list" or "delete"; key the
+   * object's, or the prefix listed), on the caller's thread. [NULL] */
+  void (*on_request)(void *ctx, const char *op, const char *key);
+  void *request_ctx;
 } objstore_options;
 
 /* What a store was asked, for status and metrics. Counts requests as

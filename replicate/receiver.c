@@ -131,7 +131,7 @@ void rx_outcome(replicate_receiver *rx, replicate_recv_result result, int code,
   out->history = rx->lineage.history;
   out->primary_seq = rx->primary_seq;
   out->computed = rx->computed;
-  out->single_frames = rx->delay_ns != 0;
+  out->single_frames = rx->delay_ns != 0 || rx->on_received != NULL;
 }
 
 void rx_log_reset(replicate_receiver *rx)
@@ -323,6 +323,8 @@ uint64_t rx_apply_limit(replicate_receiver *rx, int64_t *wait_ns)
  * standby cannot apply yet (it cannot wait in the receive log). */
 static bool too_young_to_merge(replicate_receiver *rx, int64_t commit_ns)
 {
+  if (rx->on_received) /* every commit is passed on as it came */
+    return true;
   return rx->delay_ns && !rx->apply_all &&
          commit_ns + rx->delay_ns > primary_clock_now(rx);
 }
@@ -409,6 +411,8 @@ static int receiver_configure(replicate_receiver *rx,
   rx->log_ctx = opt->log_ctx;
   rx->on_bad_pages = opt->on_bad_pages;
   rx->bad_pages_ctx = opt->bad_pages_ctx;
+  rx->on_received = opt->on_received;
+  rx->received_ctx = opt->received_ctx;
   rx->now_ns = opt->now_ns ? opt->now_ns : realtime_ns;
   rx->io = opt->io;
   rx->limits = opt->limits ? *opt->limits : replicate_limits_default();
@@ -691,6 +695,12 @@ static void take_frame(replicate_receiver *rx, const replicate_frame *frame,
   rx_rollback(rx);
 
   pthread_mutex_lock(&rx->mu);
+  if (rx->want_base && !rx->promoted) {
+    /* Too many bad pages for a repair: a base image is the way back. */
+    rx_outcome(rx, REPLICATE_RECV_APPLY_STOPPED, REPLICATE_EPAGE_HASH, out);
+    pthread_mutex_unlock(&rx->mu);
+    return;
+  }
   if (place_frame(rx, info, out) != REPLICATE_RECV_OK) {
     pthread_mutex_unlock(&rx->mu);
     return;
@@ -729,6 +739,8 @@ static void take_frame(replicate_receiver *rx, const replicate_frame *frame,
   pthread_mutex_lock(&rx->mu);
   frame_appended(rx, info, len, rc, out);
   pthread_mutex_unlock(&rx->mu);
+  if (rc == 0 && rx->on_received) /* still under recv_mu: in seq order */
+    rx->on_received(rx->received_ctx, bytes, len);
 }
 
 void replicate_receiver_frame(replicate_receiver *rx, const void *bytes,
@@ -1024,6 +1036,13 @@ bool replicate_receiver_promoted(replicate_receiver *rx)
   bool promoted = rx->promoted;
   pthread_mutex_unlock(&rx->mu);
   return promoted;
+}
+
+void replicate_receiver_lineage(replicate_receiver *rx, loom_lineage *out)
+{
+  pthread_mutex_lock(&rx->mu);
+  *out = rx->lineage;
+  pthread_mutex_unlock(&rx->mu);
 }
 
 /* Under mu: lag in frames, bytes and seconds. */

@@ -114,6 +114,17 @@ typedef struct replicate_receiver_options {
    * replicate_receiver_repair_from). */
   void (*on_bad_pages)(void *ctx, const uint64_t *pages, uint64_t count);
   void *bad_pages_ctx;
+  /* Each commit frame once it is durable in the receive log (optional;
+   * an archiving standby, DESIGN section 7): frame is one single-commit
+   * frame (len bytes, valid during the call), in seq order; seqs that
+   * arrive inside a base image are not passed (the next frame then skips
+   * them). Called on the thread that hands the frame in, under the
+   * receipt lock: it must not call back into the receiver, nor wait for
+   * long. With it, merged frames are refused (SINGLE_FRAMES) and every
+   * answer says single_frames, so the primary sends commits one at a
+   * time, as for a delayed standby. */
+  void (*on_received)(void *ctx, const void *frame, size_t len);
+  void *received_ctx;
 } replicate_receiver_options;
 
 /*
@@ -316,6 +327,19 @@ void replicate_receiver_base_abort(replicate_receiver_base *up);
  */
 void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch);
 
+/*
+ * replicate_receiver_want_base: the image has more bad pages than a repair
+ * moves page by page (docs/INTEGRITY.md section 5): from now on every frame
+ * and heartbeat is answered REPLICATE_RECV_APPLY_STOPPED with
+ * REPLICATE_EPAGE_HASH (409, "checksum mismatch"), on which the primary
+ * sends a base image of the same history (at or past this position: the
+ * history rules take it); the next base image committed ends it.
+ * replicate_receiver_wants_base says whether it is still waited for.
+ * Thread-safe.
+ */
+void replicate_receiver_want_base(replicate_receiver *rx);
+bool replicate_receiver_wants_base(replicate_receiver *rx);
+
 /* ---------------------------------------------------------------------- */
 /* Reading the store, status */
 
@@ -420,6 +444,8 @@ typedef struct replicate_receiver_status {
 void replicate_receiver_get_status(replicate_receiver *rx,
                                    replicate_receiver_status *out);
 bool replicate_receiver_promoted(replicate_receiver *rx);
+/* The lineage (history and branch points) the receiver follows. */
+void replicate_receiver_lineage(replicate_receiver *rx, loom_lineage *out);
 
 #ifdef __cplusplus
 }

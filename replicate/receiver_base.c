@@ -230,9 +230,11 @@ static void base_committed(replicate_receiver *rx, const loom_position *pos)
 {
   rx->applied = *pos;
   rx->received = *pos;
+  rx->rot_page = UINT64_MAX; /* every page was written anew, and checked */
   rx_note_computed(rx, pos, false, 0, UINT64_MAX);
   rx_pending_clear(rx);
   rx->apply_failed = false;
+  rx->want_base = false; /* replicate_receiver_want_base: done */
   rx->bases++;
   rx_note_sound_input(rx);
   if (pos->epoch > rx->primary_epoch ||
@@ -303,6 +305,24 @@ void rx_note_rewound(replicate_receiver *rx, uint64_t frames, uint64_t from_seq)
   rx->rewound_at_ns = rx_now_ns(rx);
   rx_logf(rx, "standby: rewound: %llu commits past the branch point discarded "
           "(from seq %llu)", (unsigned long long)frames, (unsigned long long)from_seq);
+}
+
+void replicate_receiver_want_base(replicate_receiver *rx)
+{
+  pthread_mutex_lock(&rx->mu);
+  if (!rx->want_base)
+    rx_logf(rx, "standby: asking the primary for a base image (too many bad pages to "
+            "repair page by page)");
+  rx->want_base = true;
+  pthread_mutex_unlock(&rx->mu);
+}
+
+bool replicate_receiver_wants_base(replicate_receiver *rx)
+{
+  pthread_mutex_lock(&rx->mu);
+  bool want = rx->want_base;
+  pthread_mutex_unlock(&rx->mu);
+  return want;
 }
 
 void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch)

@@ -47,6 +47,8 @@ struct replicate_receiver {
   void *log_ctx;
   void (*on_bad_pages)(void *ctx, const uint64_t *pages, uint64_t count);
   void *bad_pages_ctx;
+  void (*on_received)(void *ctx, const void *frame, size_t len);
+  void *received_ctx;
   int64_t (*now_ns)(void);
   const struct loom_io *io;
   char *dir;
@@ -106,6 +108,8 @@ struct replicate_receiver {
   bool applier_busy;
   bool stopping;
   bool apply_failed;
+  bool want_base;               /* replicate_receiver_want_base: frames are
+                                   answered EPAGE_HASH until a base image */
   int fatal;                    /* storage failed (store or log poisoned):
                                    no more applies; received frames are
                                    kept and a restart recovers */

@@ -266,8 +266,10 @@ static bool listed(const uint64_t *v, uint64_t n, uint64_t x)
 static int job_plan(repair_job *j, const uint64_t *bad, uint64_t nbad)
 {
   const loom_position *p = &j->pin.position;
+  /* Most of the image (bad pages included), or more than the limit: a
+   * base image moves it for less (DESIGN section 8). */
   uint64_t cap = p->pages / 2 > REPLICATE_REPAIR_MAX_PAGES ? REPLICATE_REPAIR_MAX_PAGES
-                                                          : p->pages / 2 + nbad;
+                                                          : p->pages / 2;
   j->move = malloc((size_t)(cap ? cap : 1) * sizeof *j->move);
   if (!j->move)
     return ENOMEM;

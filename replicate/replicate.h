@@ -301,14 +301,15 @@ void replicate_answer_page(const uint8_t *bytes, uint64_t i,
 /* Authenticated frames (DESIGN section 8; replicate/auth.c; docs/AUTH.md).
  * With a frame key (--frame-key-file), every frame body and heartbeat
  * (POST /v1/frames), base image (PUT /v1/base) and tree and pages answer
- * (GET /v1/tree, /v1/pages) carries an HMAC-SHA256 tag in the
+ * (GET /v1/tree, /v1/pages; GET /v1/backup when asked,
+ * REPLICATE_WANT_TAG_HEADER) carries an HMAC-SHA256 tag in the
  * REPLICATE_TAG_HEADER header: "KEYID TAG" (16 and 64 lowercase hex
  * digits). A base image is streamed, so its tag follows the image in the
  * body as REPLICATE_TAG_SIZE raw bytes, and the header says "KEYID
  * trailer". A node with a key refuses input without a valid tag
  * (REPLICATE_ETAG_MISSING, _KEY, _BAD; HTTP 401); a node without one
- * ignores tags. Keys are immutable once loaded: share one between threads
- * freely. */
+ * ignores tags. Share a key between threads freely; a reload
+ * (replicate_frame_key_reload) is safe against them. */
 
 #define REPLICATE_TAG_HEADER "X-Loomship-Tag"
 #define REPLICATE_TAG_SIZE 32u       /* HMAC-SHA256 */
@@ -322,8 +323,15 @@ typedef enum replicate_tag_kind {
   REPLICATE_TAG_FRAMES = 0,          /* a POST /v1/frames body */
   REPLICATE_TAG_BASE,                /* a base image stream (PUT /v1/base) */
   REPLICATE_TAG_TREE,                /* a GET /v1/tree answer */
-  REPLICATE_TAG_PAGES                /* a GET /v1/pages answer */
+  REPLICATE_TAG_PAGES,               /* a GET /v1/pages answer */
+  REPLICATE_TAG_BACKUP               /* a GET /v1/backup answer's stream */
 } replicate_tag_kind;
+
+/* A GET /v1/backup request carrying this header (value "trailer") asks a
+ * node with a frame key for the tagged form: the whole image stream (no
+ * range), then its REPLICATE_TAG_BACKUP tag as a trailer, as a base image
+ * carries one. A node without a key answers the plain stream, untagged. */
+#define REPLICATE_WANT_TAG_HEADER "X-Loomship-Want-Tag"
 
 typedef struct replicate_frame_key replicate_frame_key;
 
@@ -336,8 +344,15 @@ typedef struct replicate_frame_key replicate_frame_key;
 int replicate_frame_key_load(const char *path, replicate_frame_key **out,
                              char *why, size_t why_len);
 void replicate_frame_key_free(replicate_frame_key *key);
+/* Read path again into key (SIGHUP): its holders tag and check under the
+ * new keys from their next use. The same errors as replicate_frame_key_load;
+ * on any of them key is unchanged (it never drops to no key). Safe against
+ * concurrent tags and checks. */
+int replicate_frame_key_reload(replicate_frame_key *key, const char *path,
+                               char *why, size_t why_len);
 /* The id of the current key (which 0) or the previous one (1), 16 hex
- * digits; NULL when there is no such key (or key is NULL). */
+ * digits; NULL when there is no such key (or key is NULL). The string
+ * stays valid until replicate_frame_key_free, across reloads. */
 const char *replicate_frame_key_id(const replicate_frame_key *key, unsigned which);
 
 /* The tag of data[0, len) under the current key, as the header value
@@ -485,12 +500,21 @@ typedef struct replicate_scrub_options {
    * failed round is tried again a second later, up to
    * REPLICATE_REPAIR_TRIES rounds, then the state is corrupt (and stays
    * so while each later pass tries again, until one succeeds). A pass that
-   * finds more than REPLICATE_PAGES_MAX bad pages is corrupt at once (a
-   * base image is the way back). Without it, a bad page is corrupt at
-   * once. */
+   * finds more than REPLICATE_PAGES_MAX bad pages, or a round refused as
+   * REPLICATE_ETOOBIG, is corrupt at once (a base image is the way back:
+   * want_base). Without it, a bad page is corrupt at once. */
   int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
                 char *why, size_t why_len);
   void *repair_ctx;
+  /* The way back when a repair cannot move the pages one by one (more
+   * than REPLICATE_PAGES_MAX bad pages in a pass, or a round refused as
+   * REPLICATE_ETOOBIG: more than half the image or
+   * REPLICATE_REPAIR_MAX_PAGES to move): called at once (no further
+   * rounds) with repair_ctx and the reason; a standby asks its primary
+   * for a base image (replicate_receiver_want_base). The state is corrupt
+   * until replicate_scrubber_base_installed. Optional [none: corrupt, as
+   * before]. */
+  void (*want_base)(void *repair_ctx, const char *why);
   bool repair_only;              /* no passes: the thread only runs the
                                     repairs asked for with
                                     replicate_scrubber_request_repair
@@ -534,6 +558,10 @@ void replicate_scrubber_status(replicate_scrubber *scrubber,
  * repair hook ignores it. */
 void replicate_scrubber_request_repair(replicate_scrubber *scrubber,
                                        const uint64_t *pages, uint64_t count);
+/* A base image replaced the whole image (checked against its checksum):
+ * the state is ok again, last_error cleared, repairs asked for dropped.
+ * Thread-safe; NULL is a no-op. */
+void replicate_scrubber_base_installed(replicate_scrubber *scrubber);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */

@@ -15,7 +15,10 @@
  * pages (repair_round), and the state is ok again once it repaired them,
  * corrupt after REPLICATE_REPAIR_TRIES failed rounds; from then on it
  * stays corrupt (no flapping back to repairing) while each later pass
- * tries again, until a round succeeds. The
+ * tries again, until a round succeeds. Too many bad pages for a repair
+ * page by page (more than REPLICATE_PAGES_MAX in a pass, or a round
+ * refused as REPLICATE_ETOOBIG) is corrupt at once and, with the want_base
+ * hook, asks for a base image, which ends it (base_installed). The
  * next pass starts interval seconds after the previous one started (at
  * once when the pass took longer). The first starts FIRST_PASS_MAX_S after
  * start, or one interval when that is shorter: not at once, so that a node
@@ -195,14 +198,26 @@ static void repair_outcome(replicate_scrubber *sc, replicate_integrity_state sta
  * when stopping. A pass's pages with no upstream known are corrupt at once
  * (as without a hook); asked ones wait for one like any failed round (the
  * frames that advertise it may come next). */
+/* Too many bad pages to move one by one: corrupt, and, with the hook, a
+ * base image asked for (text says which). */
+static void fall_back_to_base(replicate_scrubber *sc, const char *text)
+{
+  char line[320];
+  snprintf(line, sizeof line, "%s; %s", text,
+           sc->opt.want_base ? "a base image from the primary is asked for"
+                             : "a base image (--resync-from) replaces the image");
+  repair_outcome(sc, REPLICATE_INTEGRITY_CORRUPT, 0, line);
+  if (sc->opt.want_base)
+    sc->opt.want_base(sc->opt.repair_ctx, line);
+}
+
 static bool repair_round(replicate_scrubber *sc, bool asked)
 {
   char why[200], text[256];
   if (sc->nfound > REPLICATE_PAGES_MAX) {
     snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages, more than %u: "
-             "not repaired page by page; a base image (--resync-from) replaces the "
-             "image", sc->nfound, (unsigned)REPLICATE_PAGES_MAX);
-    repair_outcome(sc, REPLICATE_INTEGRITY_CORRUPT, 0, text);
+             "not repaired page by page", sc->nfound, (unsigned)REPLICATE_PAGES_MAX);
+    fall_back_to_base(sc, text);
     return false;
   }
   for (int tries = 1;; tries++) {
@@ -219,6 +234,12 @@ static bool repair_round(replicate_scrubber *sc, bool asked)
                "upstream, verified and written", sc->nfound);
       say(sc, text);
       repair_outcome(sc, REPLICATE_INTEGRITY_OK, sc->nfound, "");
+      return false;
+    }
+    if (rc == REPLICATE_ETOOBIG) { /* no later round moves fewer pages */
+      snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages (first %" PRIu64
+               "): %s", sc->nfound, sc->found[0], why[0] ? why : replicate_strerror(rc));
+      fall_back_to_base(sc, text);
       return false;
     }
     bool last = tries >= REPLICATE_REPAIR_TRIES;
@@ -335,6 +356,20 @@ void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *p
   sc->st.bad_page = pages[count - 1];
   pthread_cond_broadcast(&sc->cond);
   pthread_mutex_unlock(&sc->mu);
+}
+
+void replicate_scrubber_base_installed(replicate_scrubber *sc)
+{
+  if (!sc)
+    return;
+  pthread_mutex_lock(&sc->mu);
+  bool was = sc->st.state != REPLICATE_INTEGRITY_OK;
+  sc->st.state = REPLICATE_INTEGRITY_OK;
+  sc->st.last_error[0] = '\0';
+  sc->nasked = 0; /* every page was rewritten */
+  pthread_mutex_unlock(&sc->mu);
+  if (was)
+    say(sc, "repair: a base image replaced the whole image: integrity ok");
 }
 
 int replicate_scrubber_start(const replicate_scrub_options *opt,

@@ -8,13 +8,16 @@ standby on node), on a real 3-member etcd (tests/lib/etcd.py).
    advertise https:// URLs, a leader acknowledges saves under --sync 1 (so
    a standby took its frames over TLS with the token), plain HTTP gets no
    status, and a standby's scrubber reads pages.
-2. SIGHUP after a new token and a new certificate (same CA) are written:
-   every node logs both re-read, backups want the new token (401 with the
-   old), new connections get the new certificate, saves go on.
+2. SIGHUP after a new token, a new certificate (same CA) and a frame key
+   file with a new key (the old one second) are written: every node logs
+   the three re-read and shows both key ids (frame_auth), backups want the
+   new token (401 with the old), new connections get the new certificate,
+   saves go on (the leader tags under the new key, the others take it).
 3. kill -9 of the leader: another member leads at a higher epoch over
    HTTPS and takes the new token (what a later leadership starts with),
    and history_check finds nothing acknowledged lost.
 Exit 0 passed, 1 failed, 77 etcd or openssl missing."""
+import hashlib
 import os
 import shutil
 import signal
@@ -92,10 +95,19 @@ def log_has(nd, text):
         return text in f.read()
 
 
+K1, K2 = "11" * 32, "22" * 32  # frame keys: their ids are SHA-256's first 8 bytes
+
+
+def key_id(hexkey):
+    return hashlib.sha256(bytes.fromhex(hexkey)).hexdigest()[:16]
+
+
 def start(c, work, cert, key, token_file):
+    write_secret(os.path.join(work, "frame.key"), K1)
     c.extra_args = ["--tls-cert", cert, "--tls-key", key,
                     "--ca-file", os.path.join(work, "ca.pem"), "--token-file", token_file,
-                    "--scrub-interval", "1", "--scrub-mbps", "8"]
+                    "--scrub-interval", "1", "--scrub-mbps", "8",
+                    "--frame-key-file", os.path.join(work, "frame.key")]
     c.scheme = "https"
     c.ssl_context = ssl.create_default_context(cafile=os.path.join(work, "ca.pem"))
     c.start()
@@ -137,6 +149,7 @@ def part_reload(c, work, token_file, ctx):
     shutil.copyfile(pem2, os.path.join(work, "node.pem"))
     shutil.copyfile(key2, os.path.join(work, "node.key"))
     write_secret(token_file, "second-token-0123456789abcdef")
+    write_secret(os.path.join(work, "frame.key"), K2 + "\n" + K1)
     before = c.max_ack()
     for nd in c.nodes:
         nd.signal(signal.SIGHUP)
@@ -145,6 +158,11 @@ def part_reload(c, work, token_file, ctx):
               episodes.poll(lambda: log_has(nd, "SIGHUP: token re-read"), 10))
         check("%s logs the certificate re-read" % nd.name,
               episodes.poll(lambda: log_has(nd, "SIGHUP: TLS certificate re-read"), 10))
+        check("%s logs the frame keys re-read and holds both" % nd.name,
+              episodes.poll(lambda: log_has(nd, "SIGHUP: frame keys re-read") and
+                            (nd.status() or {}).get("frame_auth", {}).get("key_id") ==
+                            key_id(K2) and (nd.status() or {}).get("frame_auth", {})
+                            .get("previous_key_id") == key_id(K1), 10))
     lead = c.leader()
     for nd in c.nodes:
         role = "leader" if nd is lead else "standby"

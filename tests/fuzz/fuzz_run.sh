@@ -10,7 +10,7 @@ seconds=${FUZZ_SECONDS:-30}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 status=0
-for target in meta patch frame apply http; do
+for target in meta patch frame apply http integrity; do
   bin=$build/fuzz_$target
   [ -x "$bin" ] || { echo "fuzz_run: $bin missing"; exit 1; }
   mkdir -p "$scratch/$target" "$scratch/art-$target"

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <unistd.h>
+
 #include <cmocka.h>
 #include <dirent.h>
 #include <sched.h>
@@ -227,12 +229,24 @@ typedef struct node {
   replicate_archiver *ar;
   uint64_t low;
   test_rng rng;
+  /* As a standby's archiver is fed: frames (on_frame), not commits. */
+  replicate_encoder *enc; /* non-NULL: feed frames */
+  uint64_t skip_seq;      /* this seq's frame is not fed (0: none) */
 } node;
 
 static int hook(void *ctx, loom *l, const loom_commit *c)
 {
   node *n = ctx;
-  return n->ar ? replicate_archiver_on_commit(n->ar, l, c) : 0;
+  if (!n->ar)
+    return 0;
+  if (!n->enc)
+    return replicate_archiver_on_commit(n->ar, l, c);
+  replicate_buf f = {0};
+  assert_int_equal(replicate_frame_encode_commit(n->enc, l, c, &f), 0);
+  if (c->after.seq != n->skip_seq)
+    replicate_archiver_on_frame(n->ar, f.data, f.len);
+  replicate_buf_free(&f);
+  return 0;
 }
 
 static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
@@ -372,6 +386,20 @@ static void assert_restores_newest(node *n)
   assert_true(loom_position_same(&got, &want));
 }
 
+static int64_t real_now_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Polls CLOCK_REALTIME (commit times' clock) until it is past t. */
+static void wait_realtime_past(int64_t t)
+{
+  TEST_WAIT_UNTIL(real_now_ns() > t, 1000);
+  assert_true(real_now_ns() > t);
+}
+
 static void saves_and_drain(node *n, int count)
 {
   for (int i = 0; i < count; i++)
@@ -389,11 +417,13 @@ static void archive_and_restore(bool encrypted)
   assert_int_equal(loom_store_checksum_at(loom_get_store(n.l), mid_seq,
                                           &mid_epoch, &mid_sum),
                    1);
-  test_pause_ms(20); /* commit times: the next ones are later */
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  int64_t between = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-  test_pause_ms(20);
+  /* A time between seq 5's commit and seq 6's: the clock past the one,
+   * the next commits past it. */
+  loom_position at5;
+  node_position(&n, &at5);
+  wait_realtime_past(at5.commit_time_ns);
+  int64_t between = real_now_ns();
+  wait_realtime_past(between);
   saves_and_drain(&n, 12);
   loom_position want;
   node_position(&n, &want);
@@ -406,11 +436,12 @@ static void archive_and_restore(bool encrypted)
   assert_true(st.bases >= 1);
   assert_string_equal(st.last_error, "");
   assert_true(st.requests.puts >= 3);
-  /* Idle: no request at all (a fixed pause to see that nothing happens:
-   * four intervals). */
-  test_pause_ms(200);
-  replicate_archive_status idle;
-  replicate_archiver_status(n.ar, &idle);
+  /* Idle: no request at all over four wake-ups that found nothing to do. */
+  replicate_archive_status idle = st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &idle),
+                   idle.idle_wakeups >= st.idle_wakeups + 4),
+                  5000);
+  assert_true(idle.idle_wakeups >= st.idle_wakeups + 4);
   assert_memory_equal(&idle.requests, &st.requests, sizeof st.requests);
 
   char err[800];
@@ -632,6 +663,138 @@ static void test_second_writer_stops(void **state)
   replicate_archiver_status(n.ar, &st);
   assert_false(st.stopped);
   assert_int_equal(st.uploaded_seq, 4);
+  node_stop(&n);
+}
+
+static int snap_open(void *ctx, loom_snapshot **out)
+{
+  return loom_store_snapshot_open(ctx, out);
+}
+
+static void snap_close(void *ctx, loom_snapshot *snap)
+{
+  (void)ctx;
+  loom_snapshot_close(snap);
+}
+
+/* Fed frames as a standby's receiver passes them (store NULL, bases from
+ * the snapshot hooks, W1 waiting for the first frame): the archive
+ * restores to the node; a frame that never came (inside a base image) is a
+ * gap, and a base follows, so the newest still restores. */
+static void test_fed_frames(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(replicate_encoder_new(1, &n.enc), 0);
+  replicate_archiver_options o = archiver_options(&n, "standby-1");
+  o.store = NULL;
+  o.snapshot_open = snap_open;
+  o.snapshot_close = snap_close;
+  o.snapshot_ctx = loom_get_store(n.l);
+  loom_store_lineage(loom_get_store(n.l), &o.lineage);
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  replicate_archiver_status(n.ar, &st);
+  assert_int_equal(st.requests.puts + st.requests.gets, 0); /* waits */
+  saves_and_drain(&n, 6);
+  assert_restores_newest(&n);
+  replicate_archiver_status(n.ar, &st);
+  assert_false(st.gap);
+  n.skip_seq = 8;
+  saves_and_drain(&n, 4);
+  replicate_archiver_status(n.ar, &st);
+  assert_true(st.gap);
+  assert_int_equal(st.uploaded_seq, 10);
+  assert_restores_newest(&n);
+  replicate_archive *a = open_archive(&n);
+  replicate_archive_verify_report rep;
+  assert_int_equal(replicate_archive_verify(a, n.dir, &rep), 0);
+  replicate_archive_close(a);
+  replicate_encoder_free(n.enc);
+  node_stop(&n);
+}
+
+/* A writer stopped after a base and before its head (a crash) uploads the
+ * same base again at its restart (same seq, same key): retention counts
+ * it once and keeps it (it deleted the only base before). */
+static void test_base_again_after_lost_head(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.base_interval_seconds = 0.001; /* a base after the segment */
+  o.keep_bases = 100;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 1), 5000);
+  saves_and_drain(&n, 3);
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 2), 5000);
+  assert_true(st.bases >= 2); /* at 0 and at 3 */
+  replicate_archiver_stop(n.ar);
+  char head[1200];
+  snprintf(head, sizeof head, "%s/e/%016x/head", n.arc_dir, 1);
+  assert_int_equal(unlink(head), 0); /* the crash: the base's head lost */
+  o.keep_bases = 1;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st),
+                   st.uploaded_seq == 3 && st.last_error[0] == '\0'),
+                  5000);
+  assert_int_equal(st.uploaded_seq, 3);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  /* Retention follows the head in the same wake-up: the old base goes. */
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases <= 1), 5000);
+  assert_int_equal(st.bases, 1);
+  assert_restores_newest(&n);
+  node_stop(&n);
+}
+
+static int count_gaps(void *ctx, const replicate_archive_entry *e)
+{
+  *(int *)ctx += e->kind == REPLICATE_ARCHIVE_GAP;
+  return 0;
+}
+
+/* A base due by time (every wake-up here) uploads the commits queued
+ * since the last segment first: no gap is recorded, every seq restores. */
+static void test_periodic_base_keeps_frames(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  replicate_archiver_stop(n.ar);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.base_interval_seconds = 0.001;
+  o.keep_bases = 100;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st = {0};
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 1), 5000);
+  assert_int_equal(st.bases, 1); /* at seq 0: every seq is after it */
+  for (int round = 0; round < 4; round++)
+    saves_and_drain(&n, 5);
+  replicate_archiver_status(n.ar, &st);
+  assert_true(st.bases >= 3);
+  assert_false(st.gap);
+  replicate_archive *a = open_archive(&n);
+  int gaps = 0;
+  assert_int_equal(replicate_archive_list(a, count_gaps, &gaps), 0);
+  replicate_archive_close(a);
+  assert_int_equal(gaps, 0);
+  for (uint64_t seq = 2; seq <= 20; seq += 3) {
+    uint64_t epoch, sum;
+    assert_int_equal(
+        loom_store_checksum_at(loom_get_store(n.l), seq, &epoch, &sum), 1);
+    replicate_restore_target t = {
+        .kind = REPLICATE_RESTORE_SEQ, .seq = seq, .epoch = -1};
+    loom_position got;
+    char err[800];
+    assert_int_equal(restore(&n, t, &got, err, sizeof err), 0);
+    assert_int_equal(got.checksum, sum);
+  }
   node_stop(&n);
 }
 
@@ -928,6 +1091,9 @@ int main(void)
       cmocka_unit_test(test_archive_restore_encrypted),
       cmocka_unit_test(test_damaged_refused),
       cmocka_unit_test(test_second_writer_stops),
+      cmocka_unit_test(test_periodic_base_keeps_frames),
+      cmocka_unit_test(test_fed_frames),
+      cmocka_unit_test(test_base_again_after_lost_head),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),

@@ -4,7 +4,8 @@
  * ids (SHA-256's first 8 bytes, as openssl computes them), tags that pass
  * only for the same bytes, kind and key; the previous key during a
  * rotation; a tag streamed in pieces equals the one made at once; a
- * trailer header.
+ * trailer header; a reload (SIGHUP) that rotates the keys in place, and
+ * one that fails and keeps them.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -189,12 +190,54 @@ static void test_stream(void **state)
   test_rmtree(dir);
 }
 
+/* replicate_frame_key_reload: the same object takes the new keys; a bad
+ * file leaves them as they were (never no key); old id strings stay
+ * valid. */
+static void test_reload(void **state)
+{
+  (void)state;
+  char *dir = test_tmpdir("auth");
+  replicate_frame_key *k = load(dir, K1 "\n", 0600, 0);
+  const char *old_id = replicate_frame_key_id(k, 0);
+  uint8_t body[100] = {1, 2, 3};
+  char tag1[REPLICATE_TAG_TEXT], tag2[REPLICATE_TAG_TEXT], why[256];
+  const replicate_tag_kind F = REPLICATE_TAG_FRAMES;
+  assert_int_equal(replicate_tag_make(k, F, body, sizeof body, tag1), 0);
+  char *path = write_key(dir, "key", K2 "\n" K1 "\n", 0600);
+  assert_int_equal(replicate_frame_key_reload(k, path, why, sizeof why), 0);
+  assert_string_equal(replicate_frame_key_id(k, 0), K2_ID);
+  assert_string_equal(replicate_frame_key_id(k, 1), K1_ID);
+  assert_string_equal(old_id, K1_ID); /* still readable */
+  assert_int_equal(replicate_tag_make(k, F, body, sizeof body, tag2), 0);
+  assert_memory_equal(tag2, K2_ID " ", 17);
+  assert_int_equal(replicate_tag_check(k, F, tag1, body, sizeof body), 0);
+  free(write_key(dir, "key", "not a key\n", 0600));
+  assert_int_equal(replicate_frame_key_reload(k, path, why, sizeof why),
+                   REPLICATE_EKEY_FILE);
+  assert_non_null(strstr(why, "line 1"));
+  free(write_key(dir, "key", K1 "\n", 0644));
+  assert_int_equal(replicate_frame_key_reload(k, path, why, sizeof why),
+                   REPLICATE_EKEY_FILE);
+  assert_string_equal(replicate_frame_key_id(k, 0), K2_ID); /* kept */
+  assert_int_equal(replicate_tag_check(k, F, tag2, body, sizeof body), 0);
+  free(write_key(dir, "key", K2 "\n", 0600));
+  assert_int_equal(replicate_frame_key_reload(k, path, why, sizeof why), 0);
+  assert_null(replicate_frame_key_id(k, 1));
+  assert_int_equal(replicate_tag_check(k, F, tag1, body, sizeof body),
+                   REPLICATE_ETAG_KEY); /* the retired key is refused */
+  assert_int_equal(replicate_tag_check(k, F, tag2, body, sizeof body), 0);
+  free(path);
+  replicate_frame_key_free(k);
+  test_rmtree(dir);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_file),
       cmocka_unit_test(test_tags),
       cmocka_unit_test(test_stream),
+      cmocka_unit_test(test_reload),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -374,6 +374,77 @@ static void test_apply_delay(void **state)
   assert_int_equal(s.delay_discarded, 2);
 }
 
+/* What an archiving standby's hook saw: the seqs, in order. */
+typedef struct seen_frames {
+  uint64_t seqs[16];
+  size_t n;
+  bool merged; /* a merged frame was passed on */
+} seen_frames;
+
+static void on_received(void *ctx, const void *frame, size_t len)
+{
+  seen_frames *seen = ctx;
+  replicate_frame_info info;
+  assert_int_equal(replicate_frame_parse_header(frame, len, NULL, &info), 0);
+  seen->merged |= (info.flags & REPLICATE_FRAME_COALESCED) != 0;
+  if (seen->n < 16)
+    seen->seqs[seen->n++] = info.after.seq;
+}
+
+/* A receiver with on_received (an archiving standby) passes every single
+ * commit on once durable, in order, and nothing else; merged frames are
+ * refused (SINGLE_FRAMES) and every answer asks for single frames. */
+static void test_on_received(void **state)
+{
+  fixture *fx = *state;
+  replicate_receiver_close(fx->rx);
+  seen_frames seen = {0};
+  replicate_receiver_options ro = {.dir = fx->standby_dir, .promote_max_lag = 10,
+                                   .on_received = on_received, .received_ctx = &seen};
+  assert_int_equal(replicate_receiver_open(&ro, &fx->rx), 0);
+  replicate_buf last = {0};
+  replicate_recv_outcome o;
+  for (int i = 0; i < 3; i++) {
+    replicate_buf_free(&last);
+    next_frame(fx, &fx->m, &last);
+    assert_int_equal(send(fx, &last, &o), REPLICATE_RECV_OK);
+    assert_true(o.single_frames);
+  }
+  assert_int_equal(send(fx, &last, &o), REPLICATE_RECV_DUPLICATE);
+  replicate_buf_free(&last);
+  assert_int_equal(seen.n, 3);
+  for (size_t i = 0; i < 3; i++)
+    assert_int_equal(seen.seqs[i], i + 1);
+
+  replicate_coalescer *c;
+  assert_int_equal(replicate_coalescer_new(0, &c), 0);
+  model ahead; /* frames 4-5 merged; the primary then sends them singly */
+  model_copy(&ahead, &fx->m);
+  replicate_buf merged = {0}, single[2] = {{0}};
+  for (int i = 0; i < 2; i++) {
+    replicate_frame f;
+    next_frame(fx, &ahead, &single[i]);
+    assert_int_equal(
+        replicate_frame_decode(fx->dec, single[i].data, single[i].len, &f), 0);
+    assert_int_equal(replicate_coalescer_add(c, &f), 0);
+  }
+  assert_int_equal(replicate_coalescer_finish(c, fx->enc, &merged), 0);
+  replicate_coalescer_free(c);
+  assert_int_equal(send(fx, &merged, &o), REPLICATE_RECV_SINGLE_FRAMES);
+  assert_true(o.single_frames);
+  assert_int_equal(o.received.seq, 3);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(send(fx, &single[i], &o), REPLICATE_RECV_OK);
+    replicate_buf_free(&single[i]);
+  }
+  replicate_buf_free(&merged);
+  model_free(&ahead);
+  assert_int_equal(seen.n, 5);
+  assert_int_equal(seen.seqs[3], 4);
+  assert_int_equal(seen.seqs[4], 5);
+  assert_false(seen.merged);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Base images */
 
@@ -672,6 +743,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_divergence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_coalesced, setup, teardown),
       cmocka_unit_test_setup_teardown(test_apply_delay, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_on_received, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_image, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_refusals, setup, teardown),
       cmocka_unit_test_setup_teardown(test_promote, setup, teardown),

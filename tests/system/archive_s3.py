@@ -105,6 +105,38 @@ class Suite(systest.Checks):
                             *self.s3_opts())
         self.check(rc == 0 and "matches" in text, "archive verify: %s" % text.strip()[-200:])
 
+    # 1b -----------------------------------------------------------------
+    def standby(self):
+        """`standby --archive s3://...`: the standby uploads what it
+        receives; restore --seq has the primary's checksum there."""
+        url = "s3://%s/standby" % self.store.bucket
+        sproc, surl = systest.start_standby(
+            self.loomship, self.path("sb"), log=self.log,
+            extra=["--archive", url] + self.s3_opts())
+        pdir = self.path("sb-primary")
+        proc, _, _ = systest.start_primary(
+            self.loomship, ["--dir", pdir, "--standby", surl, "--saves", "40",
+                            "--rate", "40"] + TABLE, self.log)
+        proc.communicate(timeout=60)
+        up = systest.wait_for(lambda: ((systest.status(surl) or {}).get("archive") or {})
+                              .get("uploaded_seq") == 40, 20)
+        self.check(proc.returncode == 0 and up, "the standby uploads to Swift up to seq 40")
+
+        def requests():
+            return [line for line in systest.metrics(surl).splitlines()
+                    if line.startswith("loomship_archive_requests_total{")]
+        before = requests()
+        time.sleep(3)  # checks that nothing happens: idle, three intervals
+        self.check(before and requests() == before,
+                   "idle: no request reaches Swift in 3 s (%s)" % before)
+        self.check(systest.stop(sproc) == 0, "the archiving standby stops with 0")
+        rc, text = self.restore(url, self.path("sb-30"), "--seq", "30")
+        got = systest.inspect(self.loomship, self.path("sb-30")) or {}
+        at = self.run("inspect", pdir, "--json", "--at", "30")[1]
+        self.check(rc == 0 and got.get("checksum", "?") in at,
+                   "restore --seq 30 from the standby's archive has the primary's "
+                   "checksum there: %s" % text.strip()[-200:])
+
     # 2, 3 ---------------------------------------------------------------
     def refused(self, name, url, opts, want):
         proc, purl = self.primary(self.path(name), url, opts=opts)
@@ -242,6 +274,7 @@ def main():
     with swiftlib.Swift() as store:
         s = Suite(loomship, root, store)
         s.basic()
+        s.standby()
         s.bad_credentials()
         s.missing_bucket()
         s.store_faults()

@@ -6,7 +6,11 @@ A primary saves to a standby and stops; one bit is flipped in SEEDED random
 value pages of its image file (the seed is printed); restarted, its first
 save that changes a rotted page must stop it with exit 1 and a message
 naming that page (before, the primary shipped it: the standby was stuck at
-a frame whose delta no longer applied, and the primary saved on)."""
+a frame whose delta no longer applied, and the primary saved on). The save
+is refused before its commit point (LOOM_CHECK_PREVIOUS): the primary's
+directory stays at the last sound save, which the standby holds and the
+ack log (--ack-log) ends with, and `loomship verify` of the primary still
+reports the rot (it was never hashed into a valid checksum)."""
 import os
 import signal
 import sys
@@ -43,8 +47,9 @@ def main():
             f.seek(off)
             f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
     print("flipped a bit in pages %s of %d" % (victims, pages))
+    acks = os.path.join(root, "acks")
     proc, purl, line = systest.start_primary(
-        loomship, args + ["--saves", "200", "--drain-timeout", "1"], log)
+        loomship, args + ["--saves", "200", "--drain-timeout", "5", "--ack-log", acks], log)
     out, _ = proc.communicate(timeout=60)
     with open(log, errors="replace") as f:
         text = f.read()
@@ -55,6 +60,22 @@ def main():
         failures.append("no message names a rotted page: %s" % text[-600:])
     after = (systest.status(surl) or {}).get("received", {}).get("seq")
     print("standby received seq %s before, %s after; named %s" % (before, after, named))
+    st, _ = systest.wait_applied(surl, after, 10)
+    ip = systest.inspect(loomship, pdir)
+    with open(acks) if os.path.exists(acks) else open(os.devnull) as f:
+        lines = f.read().split()
+    last_ack = int(lines[-2]) if len(lines) >= 3 else before
+    ok, text = systest.verify(loomship, pdir)
+    print("primary at %s, standby applied %s, last ack seq %s; verify: %s" % (
+        ip and (ip["seq"], ip["checksum"]), st and st["applied"], last_ack, text[-160:]))
+    if not ip or not st or ip["seq"] != st["applied"]["seq"] or \
+            ip["checksum"] != st["applied"]["checksum"]:
+        failures.append("the primary committed past what the standby holds (a save with "
+                        "the rotted bytes was committed)")
+    if not ip or last_ack != ip["seq"]:
+        failures.append("the ack log does not end at the primary's committed seq")
+    if ok:
+        failures.append("verify of the primary passes: the rot was hashed into its checksum")
     systest.stop(standby, signal.SIGTERM)
     return systest.report("primary rot", failures, root)
 

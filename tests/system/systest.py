@@ -157,6 +157,15 @@ def status(url, timeout=2.0):
         return None
 
 
+def metrics(url, timeout=2.0):
+    """The node's /metrics text, or "" when it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
 def inspect(loomship, directory):
     """`loomship inspect DIR --json` as a dict, or None."""
     r = subprocess.run([loomship, "inspect", directory, "--json"], capture_output=True)

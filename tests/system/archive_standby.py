@@ -1,0 +1,258 @@
+"""archive_standby.py: a standby archiving what it receives (issue 17,
+DESIGN section 7: `loomship standby --archive`).
+
+usage: archive_standby.py LOOMSHIP
+
+1. Two `loomship standby --archive file:///ARC` and a primary without
+   --archive shipping to both: one writes, the other stops archiving
+   (last_error names the other writer); the writer's status and metrics
+   show the
+   archive, which reaches the primary's last seq.
+2. restore --seq N from the archive has the primary's checksum at N;
+   restore newest is the primary's position; `archive verify` passes.
+3. The standby is promoted and stopped; `loomship primary` on its
+   directory with the same --archive writes the new epoch: restore newest
+   is its position at epoch 2, restore --epoch 1 the standby's last one,
+   and `archive list` shows both epochs.
+4. Another standby of the same primary is promoted and a primary runs on
+   its directory at epoch 2, shipping to the archiving standby: that one
+   follows, archives epoch 2 (a new writer at the new epoch), and restore
+   newest is the new primary's position.
+5. kill -9 of the archiving standby while its primary saves, restarted on
+   its port: the archive goes on (a gap and a base where frames were
+   lost), `archive verify` passes and restore newest is the primary's
+   last position."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+
+TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
+
+
+def run(loomship, *args):
+    r = subprocess.run([loomship] + list(args), capture_output=True, timeout=60)
+    return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def promote(url):
+    req = urllib.request.Request(url + "/v1/promote", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def requests(url):
+    """loomship_archive_requests_total by kind, from the metrics."""
+    out = {}
+    for line in systest.metrics(url).splitlines():
+        if line.startswith("loomship_archive_requests_total{"):
+            out[line.split('"')[1]] = int(line.split()[-1])
+    return out
+
+
+def uploaded(url):
+    return ((systest.status(url) or {}).get("archive") or {}).get("uploaded_seq", -1)
+
+
+class Suite(systest.Checks):
+    def __init__(self, loomship, root):
+        super().__init__(root)
+        self.ls = loomship
+        self.arc = self.path("arc")
+        os.makedirs(self.arc)
+
+    def restore(self, name, *extra):
+        out = self.path(name)
+        rc, text = run(self.ls, "restore", "--from", "file://" + self.arc, "--out", out,
+                       *extra)
+        return rc, text, systest.inspect(self.ls, out) or {}
+
+    # 1 ------------------------------------------------------------------
+    def archiving_standby(self, pdir, sdir):
+        """Two standbys of one primary on one archive: one writes, the
+        other stops archiving (one writer per archive). The writer's
+        process, URL and directory."""
+        extra = ["--archive", "file://" + self.arc]
+        nodes = [systest.start_standby(self.ls, d, log=self.log, extra=extra)
+                 for d in (sdir, sdir + "-b")]
+        self.check(all(url for _, url in nodes), "the archiving standbys listen")
+        proc, purl, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--saves", "60", "--rate", "40"] + TABLE +
+            [x for _, url in nodes for x in ("--standby", url)], self.log)
+        proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "the primary exits 0 (%s)" % proc.returncode)
+
+        def archive_of(url):
+            return (systest.status(url) or {}).get("archive") or {}
+        stopped = systest.wait_for(
+            lambda: [i for i, (_, url) in enumerate(nodes) if archive_of(url).get("stopped")],
+            20) or []
+        self.check(len(stopped) == 1 and "another node" in
+                   (archive_of(nodes[stopped[0]][1]).get("last_error") or ""),
+                   "one of the two stops archiving, naming the other writer: %s"
+                   % [archive_of(url) for _, url in nodes])
+        w = 1 if stopped == [0] else 0
+        systest.stop(nodes[1 - w][0])
+        sproc, surl = nodes[w]
+        sdir = sdir if w == 0 else sdir + "-b"
+        got = systest.wait_for(lambda: uploaded(surl) == 60, 20)
+        st = systest.status(surl) or {}
+        self.check(got, "the standby's archive reaches seq 60: %s" % st.get("archive"))
+        self.check((st.get("archive") or {}).get("url") == "file://" + self.arc and
+                   st.get("role") == "standby", "the standby's status shows archive.url")
+        self.check("loomship_archive_uploaded_seq 60" in systest.metrics(surl),
+                   "the standby's metrics show loomship_archive_uploaded_seq 60")
+        before = requests(surl)
+        time.sleep(3)  # checks that nothing happens: three idle intervals
+        after = requests(surl)
+        self.check(before and before == after, "idle: no request to the store in 3 s "
+                   "(%s then %s)" % (before, after))
+        return sproc, surl, sdir
+
+    # 2 ------------------------------------------------------------------
+    def restores(self, pdir):
+        # The archive starts at a base at the position the standby had applied
+        # when its first frame came (seq 1 to a few): 30 is past it.
+        rc, text, got = self.restore("seq30", "--seq", "30")
+        want = run(self.ls, "inspect", pdir, "--json", "--at", "30")[1]
+        self.check(rc == 0 and got.get("seq") == 30 and got.get("checksum", "?") in want,
+                   "restore --seq 30 has the primary's checksum at 30 (%s / %s)"
+                   % (got.get("checksum"), want.strip()))
+        rc, text, got = self.restore("newest")
+        p = systest.inspect(self.ls, pdir) or {}
+        keys = ("epoch", "seq", "checksum", "history")
+        self.check(rc == 0 and all(got.get(k) == p.get(k) for k in keys),
+                   "restore newest is the primary's position: %s" % text.strip())
+        self.check(systest.verify(self.ls, self.path("newest"))[0],
+                   "verify passes on the restore")
+        rc, text = run(self.ls, "archive", "verify", "file://" + self.arc)
+        self.check(rc == 0, "archive verify passes: %s" % text.strip()[-200:])
+
+    # 3 ------------------------------------------------------------------
+    def promoted(self, sproc, surl, sdir):
+        self.check(promote(surl) == 200, "the archiving standby is promoted")
+        self.check(systest.stop(sproc) == 0, "the promoted standby stops with 0")
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", sdir, "--archive", "file://" + self.arc, "--saves", "20",
+                      "--rate", "40"] + TABLE, self.log)
+        out, _ = proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "the new primary exits 0 (%s)" % proc.returncode)
+        mine = systest.inspect(self.ls, sdir) or {}
+        rc, text, got = self.restore("epoch2")
+        self.check(rc == 0 and mine.get("epoch") == 2 and got.get("epoch") == 2 and
+                   got.get("seq") == mine.get("seq") and
+                   got.get("checksum") == mine.get("checksum"),
+                   "restore newest follows epoch 2, the new primary's position (%s / %s)"
+                   % (got, mine))
+        rc, text, got = self.restore("epoch1", "--epoch", "1")
+        self.check(rc == 0 and got.get("epoch") == 1 and got.get("seq") == 60,
+                   "restore --epoch 1 gives the standby's last seq 60: %s" % text.strip())
+        rc, text = run(self.ls, "archive", "list", "file://" + self.arc)
+        epochs = sorted({int(w[2]) for w in (line.split() for line in text.splitlines())
+                         if len(w) > 2 and w[1] == "epoch"})
+        self.check(rc == 0 and epochs == [1, 2], "archive list shows epochs 1 and 2: %s"
+                   % epochs)
+
+
+    # 4 ------------------------------------------------------------------
+    def follows_new_epoch(self):
+        """The archiving standby follows a new primary at epoch 2 (another
+        standby promoted): it archives epoch 2 from there."""
+        self.arc = self.path("arc4")
+        os.makedirs(self.arc)
+        pdir, sdir, tdir = self.path("p4"), self.path("s4"), self.path("t4")
+        sproc, surl = systest.start_standby(
+            self.ls, sdir, log=self.log, extra=["--archive", "file://" + self.arc])
+        tproc, turl = systest.start_standby(self.ls, tdir, log=self.log)
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--standby", surl, "--standby", turl, "--saves", "30",
+                      "--rate", "40"] + TABLE, self.log)
+        proc.communicate(timeout=60)
+        self.check(proc.returncode == 0 and systest.wait_for(lambda: uploaded(surl) == 30, 20),
+                   "phase 4: the standby archives epoch 1 up to seq 30")
+        self.check(promote(turl) == 200 and systest.stop(tproc) == 0,
+                   "phase 4: the other standby is promoted and stopped")
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", tdir, "--standby", surl, "--saves", "20", "--rate", "40"]
+            + TABLE, self.log)
+        proc.communicate(timeout=60)
+        self.check(proc.returncode == 0, "phase 4: the new primary at epoch 2 exits 0")
+        st = systest.wait_for(lambda: ((systest.status(surl) or {}).get("archive") or {})
+                              .get("uploaded_seq") == 50 and systest.status(surl), 20)
+        self.check(st and st.get("epoch") == 2, "phase 4: the standby archives epoch 2 up "
+                   "to seq 50: %s" % (st or {}).get("archive"))
+        self.check(systest.stop(sproc) == 0, "phase 4: the standby stops with 0")
+        rc, text, got = self.restore("p4-newest")
+        mine = systest.inspect(self.ls, tdir) or {}
+        self.check(rc == 0 and got.get("epoch") == 2 and got.get("seq") == 50 and
+                   got.get("checksum") == mine.get("checksum"),
+                   "phase 4: restore newest is the new primary's position: %s" % text.strip())
+        rc, epochs = 0, None
+        rc, text = run(self.ls, "archive", "list", "file://" + self.arc)
+        epochs = sorted({int(w[2]) for w in (line.split() for line in text.splitlines())
+                         if len(w) > 2 and w[1] == "epoch"})
+        self.check(epochs == [1, 2], "phase 4: archive list shows epochs 1 and 2: %s" % epochs)
+
+
+    # 5 ------------------------------------------------------------------
+    def killed_and_restarted(self):
+        """kill -9 of the archiving standby while its primary saves, then a
+        restart on the same port: the archive goes on and ends at the
+        primary's position."""
+        self.arc = self.path("arc5")
+        os.makedirs(self.arc)
+        pdir, sdir = self.path("p5"), self.path("s5")
+        extra = ["--archive", "file://" + self.arc]
+        sproc, surl = systest.start_standby(self.ls, sdir, log=self.log, extra=extra)
+        port = int(surl.rsplit(":", 1)[1])
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--standby", surl, "--saves", "0", "--rate", "40"]
+            + TABLE, self.log)
+        self.check(systest.wait_for(lambda: uploaded(surl) >= 20, 20),
+                   "phase 5: the standby archives")
+        systest.stop(sproc, signal.SIGKILL)
+        sproc, surl2 = systest.start_standby(self.ls, sdir, port=port, log=self.log,
+                                             extra=extra)
+        self.check(surl2 == surl, "phase 5: restarted on its port")
+        far = uploaded(surl) + 20 if surl2 else 0
+        self.check(surl2 and systest.wait_for(lambda: uploaded(surl) >= far, 20),
+                   "phase 5: the restarted standby archives on: %s"
+                   % ((systest.status(surl) or {}).get("archive")))
+        self.check(systest.stop(proc) == 0, "phase 5: the primary stops with 0")
+        mine = systest.inspect(self.ls, pdir) or {}
+        self.check(systest.wait_for(lambda: uploaded(surl) == mine.get("seq"), 20),
+                   "phase 5: the archive reaches the primary's last seq %s" % mine.get("seq"))
+        self.check(systest.stop(sproc) == 0, "phase 5: the standby stops with 0")
+        rc, text = run(self.ls, "archive", "verify", "file://" + self.arc, "--scratch",
+                       self.root)
+        self.check(rc == 0, "phase 5: archive verify passes: %s" % text.strip()[-200:])
+        rc, text, got = self.restore("p5-newest")
+        self.check(rc == 0 and got.get("seq") == mine.get("seq") and
+                   got.get("checksum") == mine.get("checksum"),
+                   "phase 5: restore newest is the primary's position: %s" % text.strip())
+
+
+def main():
+    loomship = sys.argv[1]
+    root = tempfile.mkdtemp(prefix="loomship-archive-standby-")
+    s = Suite(loomship, root)
+    pdir, sdir = s.path("primary"), s.path("standby")
+    sproc, surl, sdir = s.archiving_standby(pdir, sdir)
+    s.restores(pdir)
+    s.promoted(sproc, surl, sdir)
+    s.follows_new_epoch()
+    s.killed_and_restarted()
+    return systest.report("archive_standby", s.failures, root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
