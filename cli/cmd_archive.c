@@ -9,10 +9,13 @@
  * replicate/archive.h's. Exit: 0 done, 1 refused or failed (one line naming
  * the object), 2 usage. */
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <jansson.h>
 
 #include "archive.h"
 #include "cli.h"
@@ -213,17 +216,24 @@ const cli_command cmd_restore = {
 typedef struct archive_args {
   const char *action, *url;
   const char *scratch;
+  int json;
   cli_archive_access access;
 } archive_args;
 
 #define AT(f) offsetof(archive_args, f)
 static const cli_option archive_options[] = {
+    {.name = "from", .arg = "ARCHIVE", .kind = CLI_TEXT, .offset = AT(url),
+     .help = "the archive (s3://BUCKET/PREFIX or file:///DIR), as restore "
+             "takes it; or given after list|verify"},
     {.name = "scratch",
      .arg = "DIR",
      .kind = CLI_TEXT,
      .offset = AT(scratch),
      .dflt = "$TMPDIR or /tmp",
      .help = "verify: where the restore drill writes (removed after)"},
+    {.name = "json", .kind = CLI_FLAG, .offset = AT(json),
+     .help = "one JSON document: list {\"objects\": [...]}, verify {\"ok\", "
+             "\"objects\", \"bytes\", \"newest\"} (with \"error\" when not ok)"},
     CLI_ARCHIVE_OPTIONS(archive_args, access),
     {0},
 };
@@ -239,6 +249,25 @@ static const char *kind_name(replicate_archive_object_kind k)
   return "?";
 }
 
+/* --json: the entry as an object of the "objects" array ctx. The time is
+ * null for a gap; key_id 0 is a plaintext object. */
+static int json_entry(void *ctx, const replicate_archive_entry *e)
+{
+  char when[40];
+  format_time(e->time_ns, when);
+  json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s}",
+      "kind", kind_name(e->kind), "epoch", (json_int_t)e->epoch,
+      "first_seq", (json_int_t)e->first_seq, "last_seq", (json_int_t)e->last_seq,
+      "time_ns", (json_int_t)(e->kind == REPLICATE_ARCHIVE_GAP ? 0 : e->time_ns),
+      "size", (json_int_t)e->size, "key_id", (json_int_t)e->key_id,
+      "abandoned", e->abandoned, "key", e->key);
+  if (o && e->kind != REPLICATE_ARCHIVE_GAP)
+    json_object_set_new(o, "time", json_pack("s", when));
+  else if (o)
+    json_object_set_new(o, "time", json_pack("n"));
+  return o && json_array_append_new(ctx, o) == 0 ? 0 : ENOMEM;
+}
+
 static int print_entry(void *ctx, const replicate_archive_entry *e)
 {
   (void)ctx;
@@ -252,6 +281,29 @@ static int print_entry(void *ctx, const replicate_archive_entry *e)
          " bytes  %s%s  %s\n",
          kind_name(e->kind), e->epoch, e->first_seq, e->last_seq, when, e->size,
          key, e->abandoned ? "  abandoned" : "", e->key);
+  return 0;
+}
+
+/* DESIGN section 5: 2 when the archive cannot be reached (the store
+ * failed, refused the credentials, or has no such bucket), 1 for anything
+ * wrong inside it. */
+static int archive_exit_code(int rc)
+{
+  return rc == REPLICATE_ESTORE || rc == REPLICATE_ESTORE_AUTH ||
+                 rc == REPLICATE_ESTORE_MISSING
+             ? 2
+             : 1;
+}
+
+/* Print one JSON document (taken) on stdout. */
+static int json_print(json_t *root)
+{
+  char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(root);
+  if (!text)
+    return cli_fail("archive", "out of memory"), 1;
+  puts(text);
+  free(text);
   return 0;
 }
 
@@ -272,18 +324,31 @@ static int run_archive(void *args)
   const char *scratch = a->scratch         ? a->scratch
                         : getenv("TMPDIR") ? getenv("TMPDIR")
                                            : "/tmp";
+  json_t *objects = a->json && list ? json_array() : NULL;
   if (rc == 0 && list)
-    rc = replicate_archive_list(ar, print_entry, NULL);
+    rc = replicate_archive_list(ar, a->json ? json_entry : print_entry, objects);
   else if (rc == 0)
     rc = replicate_archive_verify(ar, scratch, &rep);
   if (rc) {
-    cli_fail("archive", "%s: %s (%s)", a->action,
-             ar ? replicate_archive_last_error(ar) : "",
-             replicate_error_name(rc));
+    const char *why = ar ? replicate_archive_last_error(ar) : "";
+    cli_fail("archive", "%s: %s (%s)", a->action, why, replicate_error_name(rc));
+    if (a->json)
+      json_print(json_pack("{s:b, s:s, s:s}", "ok", 0, "error", why, "code",
+                           replicate_error_name(rc)));
     replicate_archive_close(ar);
-    return 1;
+    json_decref(objects);
+    return archive_exit_code(rc);
   }
   replicate_archive_close(ar);
+  if (list && a->json)
+    return json_print(json_pack("{s:o}", "objects", objects));
+  if (verify && a->json) {
+    char sum[17];
+    return json_print(json_pack("{s:b, s:I, s:I, s:{s:I, s:I, s:s}}", "ok", 1,
+        "objects", (json_int_t)rep.objects, "bytes", (json_int_t)rep.bytes,
+        "newest", "epoch", (json_int_t)rep.newest.epoch, "seq",
+        (json_int_t)rep.newest.seq, "checksum", cli_hex64(rep.newest.checksum, sum)));
+  }
   if (verify) {
     char sum[17];
     printf("verified %" PRIu64 " objects (%" PRIu64

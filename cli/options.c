@@ -222,17 +222,22 @@ static int parse_options(const cli_command *c, int argc, char **argv, void *args
 static int check_arguments(const cli_command *c, int argc, char **argv, void *args)
 {
   int rest = argc - optind;
-  int wanted = (c->positional ? 1 : 0) + (c->positional2 ? 1 : 0);
+  /* An option that stores where the second positional goes stands for it
+   * (archive's --from ARCHIVE). */
+  const char **second = c->positional2
+      ? (const char **)((char *)args + c->positional2_offset) : NULL;
+  bool second_given = second && *second;
+  int wanted = (c->positional ? 1 : 0) + (c->positional2 && !second_given ? 1 : 0);
   if (c->positional && rest == 0)
     return cli_usage_error(c, "%s is missing", c->positional);
-  if (c->positional2 && rest == 1)
+  if (c->positional2 && !second_given && rest == 1)
     return cli_usage_error(c, "a second %s is missing", c->positional2);
   if (rest > wanted)
     return cli_usage_error(c, "unexpected argument '%s'", argv[optind + wanted]);
   if (c->positional)
     *(const char **)((char *)args + c->positional_offset) = argv[optind];
-  if (c->positional2)
-    *(const char **)((char *)args + c->positional2_offset) = argv[optind + 1];
+  if (c->positional2 && !second_given)
+    *second = argv[optind + 1];
   for (const cli_option *o = c->options; o->name; o++)
     if (o->required && !*(const char **)((char *)args + o->offset))
       return cli_usage_error(c, "--%s %s is required", o->name, o->arg);

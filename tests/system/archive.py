@@ -22,9 +22,11 @@ usage: archive.py LOOMSHIP [--seed S]
 7. kill -9 of the archiving primary at random moments (mid-upload, seeded),
    restarted on the same directory each time: after each kill the archive
    restores to the seq its head claims, with the primary's checksum there."""
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -123,6 +125,40 @@ class Suite(systest.Checks):
         rc, text = run(self.loomship, "archive", "verify", "file://" + arc,
                        "--scratch", self.root)
         self.check(rc == 0 and "matches" in text, "archive verify: %s" % text.strip())
+        # --json (DESIGN section 5): the same, as one document each.
+        rc, text = run(self.loomship, "archive", "list", "--from", "file://" + arc, "--json")
+        try:
+            objs = json.loads(text)["objects"]
+        except (ValueError, KeyError):
+            objs = []
+        kinds = {o.get("kind") for o in objs}
+        self.check(rc == 0 and {"base", "segment"} <= kinds and
+                   all(o["first_seq"] <= o["last_seq"] and o["epoch"] >= 1 for o in objs),
+                   "archive list --json: %d objects, kinds %s" % (len(objs), sorted(kinds)))
+        rc, text = run(self.loomship, "archive", "verify", "file://" + arc,
+                       "--scratch", self.root, "--json")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = {}
+        self.check(rc == 0 and doc.get("ok") is True and doc.get("objects") == len(objs) and
+                   doc.get("newest", {}).get("seq", 0) >= 1,
+                   "archive verify --json: %s" % text.strip()[:200])
+        rc, text = run(self.loomship, "archive", "list",
+                       "file://" + self.path("no-such-archive"), "--json")
+        self.check(rc == 1 and '"ok": false' in text and "REPLICATE_EARCHIVE_NOPOS" in text,
+                   "archive list where there is no archive exits 1: %s" % text.strip()[:200])
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cred = self.path("cred")
+        with open(cred, "w") as f:
+            f.write("AKID\nSECRET\n")
+        rc, text = run(self.loomship, "archive", "verify", "s3://bucket/arc", "--json",
+                       "--archive-endpoint", "http://127.0.0.1:%d" % port,
+                       "--archive-credentials", cred)
+        self.check(rc == 2 and '"ok": false' in text and "REPLICATE_ESTORE" in text,
+                   "archive verify of an unreachable store exits 2: %s" % text.strip()[:200])
 
     # 4 ------------------------------------------------------------------
     def damaged(self, arc):
