@@ -184,6 +184,9 @@ int node_standby_start(cluster_node *n)
       .scrub_interval_seconds = n->o.scrub_interval_seconds,
       .scrub_mbps = n->o.scrub_mbps,
       .cluster = &n->source,
+      /* Self-repair from the leader that ships to us (fetch.c). */
+      .repair_get = node_repair_get,
+      .repair_ctx = n,
       .log = http_log,
       .log_ctx = n,
   };
@@ -371,6 +374,8 @@ static void source_get(void *ctx, http_cluster_status *c)
   c->rewound_frames = n->rewound_frames;
   c->rewound_from_seq = n->rewound_from_seq;
   c->rewound_at_ns = n->rewound_at_ns;
+  c->rewound_pages = n->rewound_pages;
+  c->rewound_image_pages = n->rewound_image_pages;
   pthread_mutex_unlock(&n->mu);
 }
 

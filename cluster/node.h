@@ -101,7 +101,11 @@ struct cluster_node_options {
                                 defaults to https://HOST:PORT [plain] */
   const char *tls_key;
   double scrub_interval_seconds; /* the standby server's scrubber
-                                (replicate.h "The scrubber") [0: none] */
+                                (replicate.h "The scrubber") [0: none];
+                                the bad pages it finds (and those of a
+                                frame that no longer applies) are
+                                repaired from the leader, with the
+                                token, CA file and frame key above */
   double scrub_mbps;         /* its read cap, MiB/s [64] */
 
   /* You lead at epoch: the directory is durably at that epoch (its standby

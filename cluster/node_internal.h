@@ -81,6 +81,7 @@ struct cluster_node {
   uint64_t elections, self_fences, rewinds, leader_saves;
   uint64_t rewound_frames, rewound_from_seq;
   int64_t rewound_at_ns;
+  uint64_t rewound_pages, rewound_image_pages; /* written, of the image */
 
   /* The HA loop's own. */
   http_server *standby;             /* the standby side, or NULL; set and
@@ -107,5 +108,29 @@ int node_standby_stop(cluster_node *n);
 
 /* node_loop.c */
 void *node_loop_main(void *arg);
+
+/* fetch.c: the leader's tree, pages and lineage over HTTP. */
+struct curl_slist;
+/* A curl easy handle (a CURL *) for url with the node's token (headers:
+ * free with node_curl_close), CA file, a 2 s connect timeout, no
+ * signals; NULL when out of memory. */
+void *node_curl_open(cluster_node *n, const char *url, struct curl_slist **headers);
+void node_curl_close(void *c, struct curl_slist *headers);
+typedef struct node_leader_source {
+  replicate_repair_source src;      /* get and ctx: this */
+  cluster_node *node;
+  char url[REPLICATE_URL_MAX];
+} node_leader_source;
+/* A repair source of the leader at url (copied), for replicate/. */
+void node_leader_source_init(node_leader_source *s, cluster_node *n, const char *url);
+/* The standby server's repair_get hook (http/server.h), ctx the node:
+ * from the upstream the frames advertise, else the leader etcd names. */
+int node_repair_get(void *ctx, const char *upstream, const char *path,
+                    replicate_tag_kind kind, uint8_t **body, size_t *len, char *why,
+                    size_t why_len);
+/* The lineage in the header of url's GET /v1/backup (a Range request of
+ * its first LOOM_STREAM_HEADER bytes): 0, or an error with why. */
+int node_leader_lineage(cluster_node *n, const char *url, loom_lineage *out, char *why,
+                        size_t why_len);
 
 #endif

@@ -598,8 +598,11 @@ static void election(cluster_node *n)
 /* ---------------------------------------------------------------------- */
 /* Rewind (DESIGN section 3's one exception): our history goes past the
  * branch point of the leader's epoch. The standby side is closed; a
- * receiver of our own takes the leader's backup as a base image under the
- * node-only permission (replicate_receiver_allow_rewind). */
+ * receiver of our own, under the node-only permission
+ * (replicate_receiver_allow_rewind), takes the leader's image: through
+ * the page-hash tree (only the pages that differ), or when that fails
+ * (most pages differ, a leader without the tree) its whole backup as a
+ * base image. */
 
 typedef struct pull {
   replicate_receiver_base *up;
@@ -618,37 +621,61 @@ static size_t pull_write(char *data, size_t size, size_t nmemb, void *ctx)
 
 static int rewind_fetch(cluster_node *n, replicate_receiver_base *up, const char *from)
 {
-  CURL *c = curl_easy_init();
+  char url[REPLICATE_URL_MAX + 32];
+  snprintf(url, sizeof url, "%s/v1/backup", from);
+  struct curl_slist *h;
+  CURL *c = node_curl_open(n, url, &h);
   if (!c)
     return REPLICATE_ECURL;
-  char url[REPLICATE_URL_MAX + 32], auth[512];
-  snprintf(url, sizeof url, "%s/v1/backup", from);
-  struct curl_slist *h = NULL;
-  pthread_mutex_lock(&n->server_mu); /* SIGHUP may replace the token */
-  if (n->token) {
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", n->token);
-    h = curl_slist_append(h, auth);
-    explicit_bzero(auth, sizeof auth);
-  }
-  pthread_mutex_unlock(&n->server_mu);
   pull p = {.up = up};
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, pull_write);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &p);
   curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
   curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
   curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 10L);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  if (n->ca_file)
-    curl_easy_setopt(c, CURLOPT_CAINFO, n->ca_file);
   CURLcode cc = curl_easy_perform(c);
-  for (struct curl_slist *q = h; q; q = q->next)
-    explicit_bzero(q->data, strlen(q->data));
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
+  node_curl_close(c, h);
   return cc == CURLE_OK || p.failed ? 0 : REPLICATE_ECURL;
+}
+
+/* The page-hash tree first: only the pages that differ from the
+ * leader's image move (replicate_receiver_rewind_from). 0, or an error
+ * (logged): then the whole backup. */
+static int rewind_tree(cluster_node *n, replicate_receiver *rx,
+                       const struct cluster_leader *l, uint64_t *moved)
+{
+  loom_lineage lineage;
+  char why[512] = "";
+  int rc = node_leader_lineage(n, l->url, &lineage, why, sizeof why);
+  node_leader_source *src = rc ? NULL : malloc(sizeof *src);
+  if (!rc && !src)
+    rc = ENOMEM;
+  if (!rc) {
+    node_leader_source_init(src, n, l->url);
+    rc = replicate_receiver_rewind_from(rx, &src->src, &lineage, moved, why, sizeof why);
+  }
+  free(src);
+  if (rc)
+    node_logf(n, "rewind through the page-hash tree of %s: %s (%s): pulling its backup "
+              "instead", l->url, why[0] ? why : cluster_strerror(rc), cluster_error_name(rc));
+  return rc;
+}
+
+/* The leader's whole backup as a base image. */
+static int rewind_base(cluster_node *n, replicate_receiver *rx, const struct cluster_leader *l)
+{
+  replicate_receiver_base *up;
+  replicate_recv_outcome o;
+  int rc = replicate_receiver_base_begin(rx, UINT64_MAX, NULL, &up, &o);
+  if (rc)
+    return rc;
+  rc = rewind_fetch(n, up, l->url);
+  if (rc) {
+    replicate_receiver_base_abort(up);
+    return rc;
+  }
+  replicate_receiver_base_finish(up, &o);
+  return o.result == REPLICATE_RECV_OK ? 0 : o.code ? o.code : REPLICATE_EPOSITION;
 }
 
 static int rewind_from(cluster_node *n, const struct cluster_leader *l)
@@ -659,18 +686,10 @@ static int rewind_from(cluster_node *n, const struct cluster_leader *l)
   if (rc)
     return rc;
   replicate_receiver_allow_rewind(rx, (uint64_t)l->epoch);
-  replicate_receiver_base *up;
-  replicate_recv_outcome o;
-  rc = replicate_receiver_base_begin(rx, UINT64_MAX, NULL, &up, &o);
-  if (!rc) {
-    rc = rewind_fetch(n, up, l->url);
-    if (rc) {
-      replicate_receiver_base_abort(up);
-    } else {
-      replicate_receiver_base_finish(up, &o);
-      rc = o.result == REPLICATE_RECV_OK ? 0 : o.code ? o.code : REPLICATE_EPOSITION;
-    }
-  }
+  uint64_t moved = 0;
+  bool tree = rewind_tree(n, rx, l, &moved) == 0;
+  if (!tree)
+    rc = rewind_base(n, rx, l);
   replicate_receiver_status st;
   replicate_receiver_get_status(rx, &st);
   int crc = replicate_receiver_close(rx);
@@ -680,10 +699,14 @@ static int rewind_from(cluster_node *n, const struct cluster_leader *l)
     n->rewound_frames = st.rewound_frames;
     n->rewound_from_seq = st.rewound_from_seq;
     n->rewound_at_ns = st.rewound_at_ns;
+    n->rewound_pages = tree ? moved : st.applied.pages;
+    n->rewound_image_pages = st.applied.pages;
     pthread_mutex_unlock(&n->mu);
     node_logf(n, "rewound: %" PRIu64 " commits past the branch point of epoch %" PRId64
-              " discarded (from seq %" PRIu64 "); now at seq %" PRIu64,
-              st.rewound_frames, l->epoch, st.rewound_from_seq, st.applied.seq);
+              " discarded (from seq %" PRIu64 "); now at seq %" PRIu64 ", %" PRIu64
+              " of %" PRIu64 " pages moved (%s)", st.rewound_frames, l->epoch,
+              st.rewound_from_seq, st.applied.seq, tree ? moved : st.applied.pages,
+              st.applied.pages, tree ? "page-hash tree" : "base image");
   }
   return rc ? rc : crc;
 }

@@ -361,15 +361,24 @@ int loom_store_ensure_history(loom_store *store);
  * else LOOM_EPOSITION. A refused repair changes nothing. It follows the same numbered steps (the patch is
  * durable, then applied, then the meta rewritten at the same position), so
  * a crash at any point leaves the rotten or the good page, never another.
+ *
+ * A rewind (LOOM_PATCH_REWIND) is an ordinary patch (the pages that
+ * differ, the rest kept) that moves the store sideways: header->after
+ * must be at a newer epoch than the store's, at any seq (below its own
+ * too), else LOOM_EPOSITION. A cluster member uses it to take the
+ * leader's image in one commit after adopting the leader's lineage
+ * (loom_store_adopt_lineage), as a base image does; the positions ring
+ * forgets the commits it leaves behind. At most one flag per patch.
  */
 #define LOOM_PATCH_BASE 0x1u
 #define LOOM_PATCH_REPAIR 0x2u
+#define LOOM_PATCH_REWIND 0x4u
 
 typedef struct loom_patch_header {
   loom_position before;
   loom_position after;
   uint64_t page_count;      /* pages that will be added */
-  unsigned flags;           /* LOOM_PATCH_BASE, LOOM_PATCH_REPAIR or 0 */
+  unsigned flags;           /* LOOM_PATCH_BASE, _REPAIR, _REWIND or 0 */
 } loom_patch_header;
 
 typedef struct loom_patch loom_patch;

@@ -98,6 +98,10 @@
  *   A page repair (LOOM_PATCH_REPAIR) is a record with after = before:
  *   its pages match the recorded hashes, so step 4 rewrites rotted image
  *   pages and leaves hashes and position as they were.
+ *   A rewind (LOOM_PATCH_REWIND) is an ordinary record whose after is at
+ *   a newer epoch and any seq (a cluster member taking the leader's
+ *   position sideways): the same steps, so a crash leaves the old or the
+ *   new position, never pages of both.
  *   A failure after step 1 started writing the header (or in 2, 4-6)
  *   poisons the handle: the durable state is unknown until recovery
  *   (never retry an fsync: the kernel may have dropped the dirty pages).
@@ -166,7 +170,9 @@
 #define PATCH_HEADER_BLOCK 4096u
 #define PATCH_HEADER_SUM 112u /* the header checksum's offset */
 #define PATCH_ENTRY_BYTES 16u
-#define PATCH_FLAGS (LOOM_PATCH_BASE | LOOM_PATCH_REPAIR)
+#define PATCH_FLAGS (LOOM_PATCH_BASE | LOOM_PATCH_REPAIR | LOOM_PATCH_REWIND)
+/* At most one of them. */
+#define PATCH_FLAGS_BAD(f) (((f) & ~PATCH_FLAGS) || ((f) & ((f) - 1)))
 #define LOG_ALIGN 4096u /* records start at multiples of it */
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
@@ -440,8 +446,7 @@ static int header_fields_decode(const uint8_t block[PATCH_HEADER_BLOCK],
   h->after.pages = get_le64(block + 80);
   h->after.commit_time_ns = (int64_t)get_le64(block + 88);
   h->page_count = get_le64(block + 96);
-  if ((h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
-      h->after.pages > MAX_PAGES ||
+  if (PATCH_FLAGS_BAD(h->flags) || h->after.pages > MAX_PAGES ||
       h->before.pages > MAX_PAGES || h->page_count > h->after.pages)
     return LOOM_ECORRUPT;
   return 0;
@@ -1185,8 +1190,8 @@ void loom_store_log_stats(loom_store *s, loom_log_stats *out)
 /* ---------------------------------------------------------------------- */
 /* Writing a patch: begin, add, make durable. */
 
-/* A base image at after, of the lineage the store adopted for it, leaves
- * the branch the store is on (a cluster member's rewind: the store holds
+/* A base image (or a rewind) at after, of the lineage the store adopted
+ * for it, leaves the branch the store is on (a cluster member's rewind: the store holds
  * commits past the point where after's epoch branched off, or another
  * checksum there): the positions ring's slots of those commits would say
  * a wrong checksum, so it forgets them all. */
@@ -1206,6 +1211,8 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
   if (h->flags & LOOM_PATCH_REPAIR)
     return loom_position_same(&h->before, store) &&
            loom_position_same(&h->after, store) && h->after.epoch == store->epoch;
+  if (h->flags & LOOM_PATCH_REWIND) /* sideways, onto a newer epoch */
+    return loom_position_same(&h->before, store) && h->after.epoch > store->epoch;
   return loom_position_same(&h->before, store) && h->after.seq > h->before.seq &&
          h->after.epoch >= store->epoch;
 }
@@ -1251,7 +1258,7 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (s->poison)
     return LOOM_EPANIC;
   if (h->after.pages > MAX_PAGES || h->page_count > h->after.pages ||
-      (h->flags & ~PATCH_FLAGS) || h->flags == PATCH_FLAGS ||
+      PATCH_FLAGS_BAD(h->flags) ||
       ((h->flags & LOOM_PATCH_BASE) && h->page_count != h->after.pages))
     return LOOM_EINVAL;
   if (!positions_chain(&s->pos, h))
@@ -1501,7 +1508,8 @@ int store_patch_make_durable(loom_patch *p)
   pthread_mutex_lock(&s->apply.mutex); /* loom_store_log_stats reads it */
   s->log_tail = p->lsn + record_bytes(h->page_count);
   pthread_mutex_unlock(&s->apply.mutex);
-  if ((h->flags & LOOM_PATCH_BASE) && base_leaves_branch(s, &h->after))
+  if ((h->flags & (LOOM_PATCH_BASE | LOOM_PATCH_REWIND)) &&
+      base_leaves_branch(s, &h->after))
     positions_forget(s->positions_fd);
   s->pos = h->after;
   if (!(h->flags & LOOM_PATCH_REPAIR)) /* a repair stays at its position */

@@ -52,6 +52,8 @@ static void rewound_json(const http_cluster_status *c, http_json_writer *w)
   http_json_member_uint(w, "frames", c->rewound_frames);
   http_json_member_uint(w, "from_seq", c->rewound_from_seq);
   http_json_member_time_ns(w, "at", c->rewound_at_ns);
+  http_json_member_uint(w, "pages", c->rewound_pages);
+  http_json_member_uint(w, "image_pages", c->rewound_image_pages);
   http_json_object_end(w);
 }
 

@@ -560,6 +560,13 @@ static void cluster_metrics(textbuf *t, http_server *s)
   counter_u(t, "loomship_cluster_self_fence_total",
             "Times this member stopped acknowledging saves as leader because its "
             "lease may have expired.", c->self_fence_total);
+  gauge_u(t, "loomship_cluster_rewound_pages",
+          "Pages the last rewind wrote (only those that differed, through the "
+          "page-hash tree; all of them from a base image); 0 without one.",
+          c->rewound_pages);
+  gauge_u(t, "loomship_cluster_rewound_image_pages",
+          "The image's pages after the last rewind; 0 without one.",
+          c->rewound_image_pages);
   free(c);
 }
 

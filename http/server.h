@@ -263,6 +263,10 @@ typedef struct http_cluster_status {
   bool rewound;
   uint64_t rewound_frames, rewound_from_seq;
   int64_t rewound_at_ns;            /* CLOCK_REALTIME */
+  /* Beside them, "pages" and "image_pages": the pages that rewind wrote
+   * (through the page-hash tree, only those that differed; a base image
+   * writes them all) of the image's. */
+  uint64_t rewound_pages, rewound_image_pages;
 } http_cluster_status;
 
 /* get fills out (zeroed by the server first); called from connection

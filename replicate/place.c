@@ -17,6 +17,10 @@
  *       that ends below the node's seq is old (a duplicate for frames, a
  *       refusal for base images, which would replace the image); input
  *       that begins past it leaves a gap.
+ *   P5. Rewind (a cluster member only, DESIGN section 3's one exception):
+ *       input of the node's own history at the allowed epoch or newer, and
+ *       newer than the node's, may replace what lies past its branch point
+ *       (P3's EPAST_BRANCH, P4's EFORK or EBEHIND); never another history.
  */
 #include <stdbool.h>
 
@@ -144,4 +148,25 @@ int replicate_place_peer(const loom_lineage *ours, const loom_position *latest,
     return loom_position_same(peer, latest) ? REPLICATE_EDUPLICATE
                                             : REPLICATE_EFORK;
   return 0;
+}
+
+int replicate_place_rewind(int place, const loom_history *ours,
+                           const loom_position *pos, uint64_t allowed_epoch,
+                           const loom_position *target, const loom_lineage *lineage)
+{
+  return (place == REPLICATE_EPAST_BRANCH || place == REPLICATE_EFORK ||
+          place == REPLICATE_EBEHIND) &&
+         allowed_epoch != 0 && target->epoch >= allowed_epoch &&
+         target->epoch > pos->epoch && !loom_history_is_none(ours) &&
+         loom_history_equal(ours, &lineage->history);
+}
+
+uint64_t replicate_rewound_commits(const loom_position *pos, const loom_position *target,
+                                   const loom_lineage *lineage)
+{
+  loom_branch branch;
+  uint64_t keep = target->seq;
+  if (loom_lineage_branch_after(lineage, pos->epoch, &branch) && branch.seq < keep)
+    keep = branch.seq;
+  return pos->seq > keep ? pos->seq - keep : 0;
 }

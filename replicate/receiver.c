@@ -943,10 +943,34 @@ static int repair_claim(replicate_receiver *rx)
   return rc;
 }
 
-int replicate_receiver_repair_from(replicate_receiver *rx,
-                                   const replicate_repair_source *src,
-                                   const uint64_t *bad, uint64_t nbad, uint64_t *moved,
-                                   char *why, size_t why_len)
+/* Under mu, after a repair or rewind moved the store from before to
+ * after (or not): the receiver follows the store. */
+static void repair_settle(replicate_receiver *rx, int rc, const loom_position *before,
+                          const loom_position *after, uint64_t moved)
+{
+  if (!loom_position_same_epoch(before, after)) {
+    rx->applied = *after;
+    rx->received = *after;
+    rx_pending_clear(rx);
+    rx->need_sync = true;
+    rx_logf(rx, "standby: repaired from the upstream: %llu pages moved, from seq %llu "
+            "to seq %llu", (unsigned long long)moved, (unsigned long long)before->seq,
+            (unsigned long long)after->seq);
+  }
+  if (!rc) {
+    rx->apply_failed = false;
+    rx->rot_page = UINT64_MAX;
+    rx->computed = *after;
+  }
+  rx->base_active = false;
+  pthread_cond_broadcast(&rx->cond);
+}
+
+/* A repair (lineage NULL) or a rewind to the leader of lineage, applies
+ * held off meanwhile. */
+static int repair_run(replicate_receiver *rx, const replicate_repair_source *src,
+                      const uint64_t *bad, uint64_t nbad, const loom_lineage *lineage,
+                      uint64_t *moved, char *why, size_t why_len)
 {
   *moved = 0;
   if (!rx || !src)
@@ -954,34 +978,47 @@ int replicate_receiver_repair_from(replicate_receiver *rx,
   int rc = repair_claim(rx);
   if (rc)
     return rc;
+  pthread_mutex_lock(&rx->mu);
+  uint64_t allowed = rx->rewind_epoch;
+  loom_position received = rx->received;
+  pthread_mutex_unlock(&rx->mu);
   loom_position before, after;
   pthread_mutex_lock(&rx->store_mu);
   loom_store_position(rx->store, &before);
-  rc = replicate_repair_from(rx->store, src, bad, nbad, moved, why, why_len);
+  rc = lineage ? replicate_rewind_from(rx->store, src, lineage, allowed, moved, why, why_len)
+               : replicate_repair_from(rx->store, src, bad, nbad, moved, why, why_len);
   loom_store_position(rx->store, &after);
   pthread_mutex_unlock(&rx->store_mu);
-  bool jumped = !loom_position_same(&before, &after);
+  bool jumped = !loom_position_same_epoch(&before, &after);
   if (jumped)
     rx_log_reset(rx); /* its frames start below the new position */
   pthread_mutex_lock(&rx->mu);
-  if (jumped) {
-    rx->applied = after;
-    rx->received = after;
-    rx_pending_clear(rx);
-    rx->need_sync = true;
-    rx_logf(rx, "standby: repaired from the upstream: %llu pages moved, from seq %llu "
-            "to seq %llu", (unsigned long long)*moved, (unsigned long long)before.seq,
-            (unsigned long long)after.seq);
+  if (lineage && jumped) { /* committed (a read-back may still have failed) */
+    rx->lineage = *lineage;
+    rx_note_rewound(rx, replicate_rewound_commits(&received, &after, lineage),
+                    received.seq);
   }
-  if (!rc) {
-    rx->apply_failed = false;
-    rx->rot_page = UINT64_MAX;
-    rx->computed = after;
-  }
-  rx->base_active = false;
-  pthread_cond_broadcast(&rx->cond);
+  repair_settle(rx, rc, &before, &after, *moved);
   pthread_mutex_unlock(&rx->mu);
   return rc;
+}
+
+int replicate_receiver_repair_from(replicate_receiver *rx,
+                                   const replicate_repair_source *src,
+                                   const uint64_t *bad, uint64_t nbad, uint64_t *moved,
+                                   char *why, size_t why_len)
+{
+  return repair_run(rx, src, bad, nbad, NULL, moved, why, why_len);
+}
+
+int replicate_receiver_rewind_from(replicate_receiver *rx,
+                                   const replicate_repair_source *src,
+                                   const loom_lineage *lineage, uint64_t *moved,
+                                   char *why, size_t why_len)
+{
+  if (!lineage)
+    return REPLICATE_EINVAL;
+  return repair_run(rx, src, NULL, 0, lineage, moved, why, why_len);
 }
 
 void replicate_receiver_snapshot_close(replicate_receiver *rx,

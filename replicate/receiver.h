@@ -321,8 +321,9 @@ void replicate_receiver_base_abort(replicate_receiver_base *up);
  * holds although that lies past the image's branch point (EPAST_BRANCH),
  * differs at its seq (EFORK) or goes further (EBEHIND): what lay past the
  * branch point is discarded, logged, and reported in status (rewound_*).
- * Another history is still refused. One base image per permission; 0
- * withdraws it. Thread-safe.
+ * Another history is still refused. One base image (or one
+ * replicate_receiver_rewind_from) per permission; 0 withdraws it.
+ * Thread-safe.
  */
 void replicate_receiver_allow_rewind(replicate_receiver *rx, uint64_t epoch);
 
@@ -359,6 +360,19 @@ int replicate_receiver_repair(replicate_receiver *rx, const uint8_t *answer,
 int replicate_receiver_repair_from(replicate_receiver *rx,
                                    const replicate_repair_source *src,
                                    const uint64_t *bad, uint64_t nbad, uint64_t *moved,
+                                   char *why, size_t why_len);
+
+/* A cluster node's rewind through the page-hash tree: replicate_rewind_from
+ * (replicate.h) under the permission of replicate_receiver_allow_rewind
+ * (without it: refused, nothing written), every apply held off as above.
+ * lineage is the leader's. Once done, the receiver is at the leader's
+ * position, of its lineage, the frames it had received dropped, and the
+ * rewind recorded and logged as a base image's is (rewound_* in status;
+ * the permission is used up). Its outcome (REPLICATE_ETOOBIG: stream the
+ * leader's backup as a base image instead), or EBUSY, EPERM as above. */
+int replicate_receiver_rewind_from(replicate_receiver *rx,
+                                   const replicate_repair_source *src,
+                                   const loom_lineage *lineage, uint64_t *moved,
                                    char *why, size_t why_len);
 
 /* A snapshot of the store at (or past) the applied position: 0, EBUSY (a

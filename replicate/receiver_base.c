@@ -100,35 +100,6 @@ static void base_refuse(replicate_receiver_base *up, replicate_recv_result r,
   }
 }
 
-/* The one exception to the history rules (DESIGN section 3, section 6): a
- * cluster node allowed to rewind takes a base image of its own history at
- * the allowed epoch or newer although it holds commits past the image's
- * branch point (EPAST_BRANCH), or other ones at the image's seq (EFORK),
- * or more (EBEHIND). Never another history. Under mu. */
-static bool rewind_allowed_locked(const replicate_receiver *rx, int place,
-                                  const loom_position *target,
-                                  const loom_lineage *lineage)
-{
-  return (place == REPLICATE_EPAST_BRANCH || place == REPLICATE_EFORK ||
-          place == REPLICATE_EBEHIND) &&
-         rx->rewind_epoch != 0 && target->epoch >= rx->rewind_epoch &&
-         target->epoch > rx->received.epoch &&
-         !loom_history_is_none(&rx->lineage.history) &&
-         loom_history_equal(&rx->lineage.history, &lineage->history);
-}
-
-/* How many of the commits held at pos lie past the branch point of the
- * image's history towards target (or past target, without one). */
-static uint64_t rewound_frames(const loom_position *pos, const loom_position *target,
-                               const loom_lineage *lineage)
-{
-  loom_branch branch;
-  uint64_t keep = target->seq;
-  if (loom_lineage_branch_after(lineage, pos->epoch, &branch) && branch.seq < keep)
-    keep = branch.seq;
-  return pos->seq > keep ? pos->seq - keep : 0;
-}
-
 /* Is the decoded header acceptable here? Refuses the upload if not. */
 static bool base_header_fits(replicate_receiver_base *up,
                              const loom_lineage *lineage)
@@ -146,10 +117,12 @@ static bool base_header_fits(replicate_receiver_base *up,
   pthread_mutex_lock(&rx->mu);
   int place = replicate_place_base(&rx->lineage.history, &rx->received,
                                    &up->target, lineage);
-  if (rewind_allowed_locked(rx, place, &up->target, lineage)) {
+  /* The one exception to the history rules (P5 of place.c). */
+  if (replicate_place_rewind(place, &rx->lineage.history, &rx->received,
+                             rx->rewind_epoch, &up->target, lineage)) {
     up->rewinding = true;
     up->rewind_from_seq = rx->received.seq;
-    up->rewind_frames = rewound_frames(&rx->received, &up->target, lineage);
+    up->rewind_frames = replicate_rewound_commits(&rx->received, &up->target, lineage);
     place = 0;
   }
   if (replicate_is_divergence(place))
@@ -310,15 +283,8 @@ void replicate_receiver_base_finish(replicate_receiver_base *up,
   /* Frames received before the base are moot: the log restarts at pos. */
   rx_log_reset(rx);
   pthread_mutex_lock(&rx->mu);
-  if (up->rewinding) {
-    rx->rewind_epoch = 0; /* one rewind per permission */
-    rx->rewound_frames = up->rewind_frames;
-    rx->rewound_from_seq = up->rewind_from_seq;
-    rx->rewound_at_ns = rx_now_ns(rx);
-    rx_logf(rx, "standby: rewound: %llu commits past the branch point discarded "
-            "(from seq %llu)", (unsigned long long)up->rewind_frames,
-            (unsigned long long)up->rewind_from_seq);
-  }
+  if (up->rewinding)
+    rx_note_rewound(rx, up->rewind_frames, up->rewind_from_seq);
   base_committed(rx, &pos);
   rx_outcome(rx, REPLICATE_RECV_OK, 0, out);
   pthread_mutex_unlock(&rx->mu);
@@ -329,6 +295,16 @@ void replicate_receiver_base_abort(replicate_receiver_base *up)
 {
   if (up)
     base_release(up);
+}
+
+void rx_note_rewound(replicate_receiver *rx, uint64_t frames, uint64_t from_seq)
+{
+  rx->rewind_epoch = 0; /* one rewind per permission */
+  rx->rewound_frames = frames;
+  rx->rewound_from_seq = from_seq;
+  rx->rewound_at_ns = rx_now_ns(rx);
+  rx_logf(rx, "standby: rewound: %llu commits past the branch point discarded "
+          "(from seq %llu)", (unsigned long long)frames, (unsigned long long)from_seq);
 }
 
 void replicate_receiver_want_base(replicate_receiver *rx)

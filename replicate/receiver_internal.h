@@ -169,6 +169,12 @@ uint64_t rx_apply_limit(replicate_receiver *rx, int64_t *wait_ns);
 /* Under recv_mu, reset the receive log, saying so if that fails. */
 void rx_log_reset(replicate_receiver *rx);
 
+/* receiver_base.c */
+/* Under mu: a rewind (base image or replicate_receiver_rewind_from)
+ * discarded frames commits held from from_seq: record and log it, and
+ * withdraw the permission. */
+void rx_note_rewound(replicate_receiver *rx, uint64_t frames, uint64_t from_seq);
+
 /* receiver_apply.c */
 void *rx_applier_main(void *arg);
 /* Under mu: wait until everything received is applied, or an apply

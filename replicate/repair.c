@@ -28,6 +28,18 @@
  * The store's own check at commit (the after checksum from the pages)
  * holds the pieces together: nothing is written unless every page hashes
  * to the upstream's and the sum is its checksum.
+ *
+ * replicate_rewind_from is the same walk for a cluster member whose
+ * history went past the branch point of its leader's epoch (DESIGN
+ * section 3's one exception, section 6 "Rejoin"):
+ *   W1. pin the leader; the rule of place.c (P5) must allow the move
+ *       (the leader's lineage, handed in, of our history, its newest
+ *       branch the pin's epoch; the pin at the allowed epoch or newer);
+ *   W2-W4. as R2-R4, the pages compared with ours at our position;
+ *   W5. adopt the leader's lineage, then write one LOOM_PATCH_REWIND
+ *       patch from our position to the pin (sideways: any seq), and read
+ *       the pages back. One commit: a crash leaves the old position or
+ *       the leader's, never pages of both.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -135,6 +147,8 @@ typedef struct repair_job {
   uint8_t **answers;            /* one per REPLICATE_PAGES_MAX pages */
   size_t *lens;
   uint64_t nanswers;
+  unsigned flags;               /* the patch's: 0, or LOOM_PATCH_REWIND */
+  const loom_lineage *adopt;    /* a rewind: the lineage adopted first */
 } repair_job;
 
 static void job_free(repair_job *j)
@@ -164,16 +178,23 @@ static int job_get(repair_job *j, const char *path, replicate_tag_kind kind,
   return rc;
 }
 
-/* R1: pin the upstream; it must be on our history and epoch, at or past
- * our position (one epoch of one history is one line of commits, so a
- * position past ours includes ours). */
-static int job_pin(repair_job *j)
+/* R1: the upstream's position and history now (a tree request). */
+static int job_pin_get(repair_job *j)
 {
   uint8_t *body;
   size_t len;
   int rc = job_get(j, "/v1/tree?level=0&first=0&count=0", REPLICATE_TAG_TREE, &body,
                    &len, &j->pin);
   free(body);
+  return rc;
+}
+
+/* R1: pin the upstream; it must be on our history and epoch, at or past
+ * our position (one epoch of one history is one line of commits, so a
+ * position past ours includes ours). */
+static int job_pin(repair_job *j)
+{
+  int rc = job_pin_get(j);
   if (rc)
     return rc;
   const loom_position *p = &j->pin.position;
@@ -346,13 +367,20 @@ static int job_fetch(repair_job *j)
  * are the same), then the pages read back. */
 static int job_write(repair_job *j)
 {
-  bool same = loom_position_same(&j->pin.position, &j->ours);
+  bool same = loom_position_same(&j->pin.position, &j->ours) && !j->flags;
   loom_patch_header ph = {.before = j->ours, .after = j->pin.position,
-                          .page_count = j->nmove, .flags = same ? LOOM_PATCH_REPAIR : 0};
+                          .page_count = j->nmove,
+                          .flags = same ? LOOM_PATCH_REPAIR : j->flags};
   if (same)
     ph.after = j->ours;
   loom_patch *p = NULL;
-  int rc = loom_store_patch_begin(j->store, &ph, &p);
+  /* A rewind: the lineage first (durable in the meta), then the pages,
+   * as a base image does: a crash between leaves the old position under
+   * the leader's lineage, which refuses the leader's frames as before
+   * (the rewind is done again). */
+  int rc = j->adopt ? loom_store_adopt_lineage(j->store, j->adopt) : 0;
+  if (!rc)
+    rc = loom_store_patch_begin(j->store, &ph, &p);
   for (uint64_t a = 0; !rc && a < j->nanswers; a++) {
     replicate_answer_head h;
     (void)replicate_answer_decode(j->answers[a], j->lens[a], &h);
@@ -396,6 +424,59 @@ int replicate_repair_from(loom_store *store, const replicate_repair_source *src,
     rc = job_fetch(&j);
   if (!rc && j.nmove)
     rc = job_write(&j);
+  if (!rc)
+    *moved = j.nmove;
+  job_free(&j);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Rewind to an upstream of a newer epoch (replicate_rewind_from) */
+
+/* W1: the pinned leader against lineage and the store (P5 of place.c). */
+static int rewind_pin_ok(repair_job *j, const loom_lineage *lineage, uint64_t allowed_epoch)
+{
+  const loom_position *p = &j->pin.position;
+  const loom_lineage *l = lineage;
+  if (!loom_history_equal(&j->pin.history, &l->history) || l->branch_count == 0 ||
+      l->branches[l->branch_count - 1].epoch != p->epoch) {
+    snprintf(j->why, j->why_len, "the leader's lineage is not the one of its position "
+             "(epoch %" PRIu64 ")", p->epoch);
+    return REPLICATE_EANSWER;
+  }
+  int place = replicate_place_base(&j->lineage.history, &j->ours, p, l);
+  if (replicate_place_rewind(place, &j->lineage.history, &j->ours, allowed_epoch, p, l))
+    return 0;
+  snprintf(j->why, j->why_len, "no rewind to epoch %" PRIu64 " seq %" PRIu64 " from "
+           "epoch %" PRIu64 " seq %" PRIu64 ": %s", p->epoch, p->seq, j->ours.epoch,
+           j->ours.seq, place ? replicate_strerror(place) : "not diverged, or not allowed");
+  return place && place != REPLICATE_EDUPLICATE ? place : REPLICATE_EPOSITION;
+}
+
+int replicate_rewind_from(loom_store *store, const replicate_repair_source *src,
+                          const loom_lineage *lineage, uint64_t allowed_epoch,
+                          uint64_t *moved, char *why, size_t why_len)
+{
+  *moved = 0;
+  if (why_len)
+    why[0] = '\0';
+  if (!store || !src || !src->get || !lineage)
+    return REPLICATE_EINVAL;
+  repair_job j = {.store = store, .src = src, .why = why, .why_len = why_len,
+                  .flags = LOOM_PATCH_REWIND, .adopt = lineage};
+  loom_store_position(store, &j.ours);
+  loom_store_lineage(store, &j.lineage);
+  int rc = job_pin_get(&j);                               /* W1 */
+  if (!rc)
+    rc = rewind_pin_ok(&j, lineage, allowed_epoch);
+  if (!rc)
+    rc = job_hashes(&j);                                  /* W2 */
+  if (!rc)
+    rc = job_plan(&j, NULL, 0);                           /* W3 */
+  if (!rc && j.nmove)
+    rc = job_fetch(&j);                                   /* W4 */
+  if (!rc)
+    rc = job_write(&j);                                   /* W5 */
   if (!rc)
     *moved = j.nmove;
   job_free(&j);

@@ -439,6 +439,29 @@ int replicate_repair_from(loom_store *store, const replicate_repair_source *src,
                           const uint64_t *bad, uint64_t nbad, uint64_t *moved,
                           char *why, size_t why_len);
 
+/* Rewind through the page-hash tree (DESIGN section 3's one exception,
+ * section 6 "Rejoin"; steps W1-W5 in repair.c): a cluster member whose
+ * history goes past the branch point of its leader's epoch takes the
+ * leader's position by moving only the pages that differ. lineage is the
+ * leader's (the header of its GET /v1/backup: replicate_stream_reader),
+ * allowed_epoch the leader's epoch as the node learned it (0: refused).
+ * The move must be a rewind P5 of place.c allows (the leader on our
+ * history at allowed_epoch or newer, newer than ours, and we diverged
+ * from it), else that placement's code (REPLICATE_EPOSITION when we had
+ * not diverged); lineage must be of the pinned leader's history with its
+ * epoch as the newest branch (REPLICATE_EANSWER). The pages are checked
+ * as replicate_repair_from checks them (REPLICATE_EPAGE_HASH,
+ * REPLICATE_EANSWER; more than half the image is REPLICATE_ETOOBIG: a
+ * base image's job). Then lineage is adopted and the pages written as one
+ * LOOM_PATCH_REWIND patch from our position to the leader's: a crash
+ * leaves the one or the other. 0 and *moved (pages written), or the error
+ * with why filled; nothing is written on an error before the patch. The
+ * caller keeps every other writer of the store out meanwhile
+ * (replicate_receiver_rewind_from does). */
+int replicate_rewind_from(loom_store *store, const replicate_repair_source *src,
+                          const loom_lineage *lineage, uint64_t allowed_epoch,
+                          uint64_t *moved, char *why, size_t why_len);
+
 /* ---------------------------------------------------------------------- */
 /* The scrubber (DESIGN section 8; replicate/scrub.c): a background thread
  * that re-reads every image page through short-lived snapshots and
@@ -673,6 +696,20 @@ int replicate_place_base(const loom_history *ours, const loom_position *pos,
 int replicate_place_peer(const loom_lineage *ours, const loom_position *latest,
                          const loom_history *peer_history,
                          const loom_position *peer);
+/* P5 (place.c), a cluster member's rewind: 1 when input at target, of
+ * lineage, that replicate_place_base refused with place (EPAST_BRANCH,
+ * EFORK or EBEHIND) may still replace what the node (history ours, at
+ * pos) holds, because it was allowed to rewind to allowed_epoch (0: not
+ * allowed) and target is of its own history at that epoch or newer and
+ * newer than pos; else 0. */
+int replicate_place_rewind(int place, const loom_history *ours,
+                           const loom_position *pos, uint64_t allowed_epoch,
+                           const loom_position *target, const loom_lineage *lineage);
+/* The commits held at pos that a rewind to target discards: those past
+ * the branch point of lineage's first epoch newer than pos's (or past
+ * target, when that is lower or the lineage knows no branch). */
+uint64_t replicate_rewound_commits(const loom_position *pos, const loom_position *target,
+                                   const loom_lineage *lineage);
 
 /* ---------------------------------------------------------------------- */
 /* Encoding */

@@ -28,6 +28,13 @@ the same fault):
   dead_target       a switchover drained to a target that dies before it
                     leads (cut off from etcd, then kill -9): the old leader
                     must lead again (the liveness bug of seed 287304066)
+  diverged_rejoin   (use --sync 0) both standbys frozen while the leader
+                    saves on, the leader frozen, the standbys killed and
+                    restarted (the frames in their sockets are gone), a new
+                    leader elected, then the old leader thawed: it holds
+                    commits past the branch point and must rejoin rewound
+                    through the page-hash tree, moving fewer pages than
+                    the image holds (rewound.pages < rewound.image_pages)
 
 then waits (polling, with a deadline) until a leader acknowledges saves
 after the fault (at a higher epoch when the leader was hit), stops every
@@ -376,6 +383,47 @@ def fault_dead_target(c, lead, rng):
     return epoch
 
 
+def fault_diverged_rejoin(c, lead, rng):
+    # The image first grows to most of its keys (256; --pages 4 a save), so
+    # that a few seconds of saves on either side are a small divergence.
+    if not poll(lambda: c.max_ack()[1] >= 100, 60):
+        raise RuntimeError("the leader %s did not reach seq 100" % lead.name)
+    epoch = c.max_ack()[0]
+    others = [nd for nd in c.nodes if nd is not lead]
+    for nd in others:
+        nd.signal(signal.SIGSTOP)
+    mark = c.max_ack()
+    # Saves of the leader's that no standby takes (async: acknowledged).
+    if not poll(lambda: len([a for a in lead.acks() if a > mark]) >= 3, 10):
+        raise RuntimeError("%s acknowledged nothing while the standbys were frozen" % lead.name)
+    lead.signal(signal.SIGSTOP)
+    lead.frozen = True
+    for nd in others:
+        nd.kill()
+        nd.start()
+    if not poll(lambda: c.leader() not in (None, lead), 10 * c.ttl + 10):
+        raise RuntimeError("no other member leads while %s is frozen" % lead.name)
+    new = c.leader()
+    poll(lambda: len([a for a in new.acks() if a[0] > epoch]) >= 2, 10)
+    lead.signal(signal.SIGCONT)
+    lead.frozen = False
+    return epoch
+
+
+def rewound_by_tree(st):
+    """diverged_rejoin: the old leader rewound, moving fewer pages than its
+    image holds (the page-hash tree, not a base image)."""
+    rw = st.get("rewound") or {}
+    if not rw or rw.get("frames", 0) == 0:
+        print("  the old leader did not report a rewind: %s" % json.dumps(rw or None))
+        return False
+    if not rw.get("pages", 0) < rw.get("image_pages", 0):
+        print("  the rewind moved %s of %s pages: not through the tree" % (
+            rw.get("pages"), rw.get("image_pages")))
+        return False
+    return True
+
+
 def fault_sigterm_leader(c, lead, rng):
     epoch = c.max_ack()[0]
     lead.signal(signal.SIGTERM)
@@ -388,7 +436,8 @@ def fault_sigterm_leader(c, lead, rng):
 def run_episode(args, ec, k, seed):
     rng = random.Random(seed)
     fault = rng.choice(args.faults)
-    c = Cluster(args.loomship, ec, "ep%d-%d" % (os.getpid(), k), args.ttl, args.sync)
+    c = Cluster(args.loomship, ec, "ep%d-%d" % (os.getpid(), k), args.ttl, args.sync,
+                rate=args.rate)
     c.etcd_down, c.partitioned, c.switchover = [], None, None
     ok, text = False, ""
     try:
@@ -414,12 +463,15 @@ def run_episode(args, ec, k, seed):
             return False, "%s: no acknowledged save after the fault (epoch above %d)" % (
                 fault, epoch_above)
         rejoin, rejoined = "", None
-        if fault in ("freeze_leader", "partition_leader"):
+        if fault in ("freeze_leader", "partition_leader", "diverged_rejoin"):
             st = wait_rejoined(lead, got[0][0], deadline=10 * args.ttl + 10)
             if st is None:
                 return False, "%s: the old leader %s did not rejoin as a standby at " \
                     "epoch %d" % (fault, lead.name, got[0][0])
             rejoined = st
+            if fault == "diverged_rejoin" and not rewound_by_tree(st):
+                return False, "%s: %s rejoined without a rewind through the tree: %s" % (
+                    fault, lead.name, json.dumps(st.get("rewound")))
             rejoin = "; %s rejoined%s" % (lead.name, " (rewound %s)" % json.dumps(
                 st["rewound"]) if st.get("rewound") else "")
         last = c.leader()
@@ -447,8 +499,10 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--ttl", type=int, default=2)
     ap.add_argument("--sync", type=int, default=1)
+    ap.add_argument("--rate", type=int, default=20, help="saves a second of the leader")
     ap.add_argument("--faults", default=",".join(FAULTS),
-                    help="a,b,...: of %s, and dead_target" % ",".join(FAULTS))
+                    help="a,b,...: of %s, dead_target and diverged_rejoin" %
+                    ",".join(FAULTS))
     ap.add_argument("--keep", action="store_true", help="keep a failed episode's files")
     args = ap.parse_args()
     args.faults = args.faults.split(",")

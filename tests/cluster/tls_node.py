@@ -118,8 +118,15 @@ def part_serving(c, ctx):
     check("a leader acknowledges saves under --sync 1 over HTTPS", got is not None)
     lead = c.leader()
     st = next((nd for nd in c.nodes if nd is not lead), None)
-    doc = st.status() if st else None
-    urls = [m.get("url", "") for m in (doc or {}).get("cluster", {}).get("members", [])]
+
+    def member_urls():
+        doc = st.status() if st else None
+        return [m.get("url", "") for m in (doc or {}).get("cluster", {}).get("members", [])]
+    # A standby's members list is its last read of etcd (at most one a
+    # ttl while nothing wakes it): the third member may join it a moment
+    # after the first saves.
+    episodes.poll(lambda: len(member_urls()) == 3, 10)
+    urls = member_urls()
     check("members advertise https:// URLs", len(urls) == 3 and
           all(u.startswith("https://") for u in urls), urls)
     try:

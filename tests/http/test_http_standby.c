@@ -990,6 +990,8 @@ static void cluster_source_get(void *ctx, http_cluster_status *c)
   c->rewound_frames = 3;
   c->rewound_from_seq = 12;
   c->rewound_at_ns = INT64_C(1700000000000000000);
+  c->rewound_pages = 5;
+  c->rewound_image_pages = 40;
 }
 
 static void test_cluster_member(void **state)
@@ -1024,6 +1026,7 @@ static void test_cluster_member(void **state)
                     "\"etcd_error\":null,\"sync_set\":[\"n2\"],\"members\":[{\"name\":\"n1\",");
   ht_assert_has(&r, "\"role\":\"leader\",\"epoch\":4,\"received_seq\":7,");
   ht_assert_has(&r, "\"rewound\":{\"frames\":3,\"from_seq\":12,\"at\":\"2023-");
+  ht_assert_has(&r, "\"pages\":5,\"image_pages\":40}");
   ht_resp_free(&r);
   ht_call("GET", ht_url(&s, "/metrics"), NULL, &r);
   assert_int_equal(r.status, 200);
@@ -1033,6 +1036,8 @@ static void test_cluster_member(void **state)
   ht_assert_has(&r, "loomship_cluster_etcd_up 1\n");
   ht_assert_has(&r, "loomship_cluster_elections_total 1\n");
   ht_assert_has(&r, "loomship_cluster_self_fence_total 0\n");
+  ht_assert_has(&r, "loomship_cluster_rewound_pages 5\n");
+  ht_assert_has(&r, "loomship_cluster_rewound_image_pages 40\n");
   ht_resp_free(&r);
   ht_stop(&s);
 

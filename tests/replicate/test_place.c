@@ -187,6 +187,39 @@ static void test_base_rules(void **state)
   assert_int_equal(replicate_place_base(&none, &empty, &b, &other), 0);
 }
 
+/* P5: a cluster member's rewind, and what it discards. */
+static void test_rewind_rules(void **state)
+{
+  (void)state;
+  loom_history ours = history_of(1);
+  loom_position pos = at(2, 100, 0xa100);
+  loom_lineage lin = {.history = history_of(1), .branch_count = 2,
+                      .branches = {{2, 40, 0xa040}, {3, 90, 0xa090}}};
+  loom_position b = at(3, 95, 0xc095);
+  int place = replicate_place_base(&ours, &pos, &b, &lin);
+  assert_int_equal(place, REPLICATE_EPAST_BRANCH);
+  assert_true(replicate_place_rewind(place, &ours, &pos, 3, &b, &lin));
+  assert_int_equal(replicate_rewound_commits(&pos, &b, &lin), 10); /* 91-100 */
+  /* Not allowed: no permission, a permission for a newer epoch, input not
+   * newer than ours, another history, a placement that is no divergence. */
+  assert_false(replicate_place_rewind(place, &ours, &pos, 0, &b, &lin));
+  assert_false(replicate_place_rewind(place, &ours, &pos, 4, &b, &lin));
+  loom_position same_epoch = at(2, 95, 0xc095);
+  assert_false(replicate_place_rewind(REPLICATE_EBEHIND, &ours, &pos, 2, &same_epoch, &lin));
+  loom_lineage other = lin;
+  other.history = history_of(9);
+  assert_false(replicate_place_rewind(REPLICATE_EHISTORY, &ours, &pos, 3, &b, &other));
+  assert_false(replicate_place_rewind(place, &ours, &pos, 3, &b, &other));
+  assert_false(replicate_place_rewind(0, &ours, &pos, 3, &b, &lin));
+  assert_false(replicate_place_rewind(REPLICATE_ESTALE_EPOCH, &ours, &pos, 3, &b, &lin));
+  /* EFORK and EBEHIND are rewound too; below the branch, what lies past
+   * the target goes. */
+  assert_true(replicate_place_rewind(REPLICATE_EFORK, &ours, &pos, 3, &b, &lin));
+  b = at(3, 80, 0xc080);
+  assert_true(replicate_place_rewind(REPLICATE_EBEHIND, &ours, &pos, 3, &b, &lin));
+  assert_int_equal(replicate_rewound_commits(&pos, &b, &lin), 20);
+}
+
 static void test_peer_rules(void **state)
 {
   (void)state;
@@ -343,6 +376,7 @@ int main(void)
       cmocka_unit_test(test_heartbeat_rules),
       cmocka_unit_test(test_frame_holds_nothing),
       cmocka_unit_test(test_base_rules),
+      cmocka_unit_test(test_rewind_rules),
       cmocka_unit_test(test_peer_rules),
       cmocka_unit_test(test_store_lineage),
       cmocka_unit_test(test_positions_ring),
