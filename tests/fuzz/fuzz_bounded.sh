@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fuzz_bounded.sh SOURCE_DIR BUILD_DIR: the bounded libFuzzer run of ./test.
 # Skips (77) without clang. Otherwise configures a clang build of the
-# project in BUILD_DIR (once), builds the four libFuzzer targets of
+# project in BUILD_DIR (once), builds the six libFuzzer targets of
 # tests/fuzz and runs fuzz_run.sh on them (FUZZ_SECONDS per target,
 # default 60). Registered in the 'slow' suite of the default (gcc) build.
 set -euo pipefail
@@ -20,5 +20,5 @@ if [ ! -f "$build/build.ninja" ]; then
     { cat "$build.setup.log"; exit 1; }
 fi
 ninja -C "$build" tests/fuzz/fuzz_meta tests/fuzz/fuzz_patch tests/fuzz/fuzz_frame \
-  tests/fuzz/fuzz_apply tests/fuzz/fuzz_http
+  tests/fuzz/fuzz_apply tests/fuzz/fuzz_http tests/fuzz/fuzz_integrity
 exec "$src/tests/fuzz/fuzz_run.sh" "$build/tests/fuzz" "$src/tests/fuzz/corpus"
