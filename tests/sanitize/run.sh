@@ -16,7 +16,9 @@
 #   --quick      the bounded form ./test runs: TSan on replicate_ship,
 #                replicate_receiver, http_standby, http_backup and
 #                http_unit; valgrind on every
-#                unit test but replicate_frame (4 min under valgrind) and
+#                unit test but replicate_frame (4 min under valgrind),
+#                replicate_apply and replicate_coalesce (1 min each; ASan
+#                covers them in ./test) and
 #                the fuzz replays, which run on their seed files only
 # Exit 0 when everything is clean; 77 when neither tool is available.
 set -uo pipefail
@@ -133,8 +135,10 @@ if [ $do_valgrind = 1 ]; then
       # memcheck reports every such caught write as an invalid write, so
       # they are left out (ASan+UBSan covers them in ./test).
       list=$(echo "$list" | grep -v -e '^arena$' -e '^big_arena$')
-      # replicate_frame takes 4 minutes under valgrind: the long form only.
-      [ $quick = 1 ] && list=$(echo "$list" | grep -v '^replicate_frame$')
+      # replicate_frame takes 4 minutes under valgrind, replicate_apply and
+      # replicate_coalesce one each: the long form only.
+      [ $quick = 1 ] &&
+        list=$(echo "$list" | grep -v -E '^(replicate_frame|replicate_apply|replicate_coalesce)$')
       # shellcheck disable=SC2086
       meson test -C "$plain_dir" --no-rebuild --wrapper "$vg" --print-errorlogs \
         --num-processes 2 --timeout-multiplier 20 $list ||
