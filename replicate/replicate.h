@@ -1203,9 +1203,11 @@ int replicate_log_iter_next(replicate_log_iter *it, replicate_buf *out);
  *                 "HTTP CODE (the standby's error text)"; retried like
  *                 unreachable.
  *   unauthorized  401 or 403: nothing is shipped to it; its position is
- *                 asked again every unauthorized_retry_seconds, so a token
- *                 rotation (replicate_shipper_set_token, or on the
- *                 standby) heals it.
+ *                 asked again after 0.5 s, the wait doubling while it keeps
+ *                 refusing up to unauthorized_retry_seconds, so a token or
+ *                 frame-key rotation (replicate_shipper_set_token at once,
+ *                 or on the standby, which may re-read its files after
+ *                 the primary did) heals it.
  *   fenced        a 409 "stale epoch" (or any answer with a newer epoch
  *                 than the primary's): a promotion fenced this primary.
  *                 Shipping stops to every standby, for good.
@@ -1312,7 +1314,8 @@ typedef struct replicate_shipper_options {
                                      timeout) [5] */
   double backoff_base_seconds;    /* [0.1] */
   double backoff_max_seconds;     /* [5] */
-  double unauthorized_retry_seconds; /* [30] */
+  double unauthorized_retry_seconds; /* [30] the longest wait between asks
+                                       of a standby that answers 401 */
   uint64_t coalesce_max_pages;    /* pages in one merged piece [2048] */
   uint64_t coalesce_max_bytes;    /* frame bytes merged into one piece
                                      [32 MiB] */

@@ -170,6 +170,9 @@ typedef struct ship_peer {
   unsigned consecutive_conflicts;
   int64_t next_attempt_ns;    /* CLOCK_MONOTONIC */
   uint64_t refused_token_gen; /* the token generation a 401 refused */
+  unsigned unauthorized_run;  /* 401s in a row (0 after a 200): the wait
+                                 before the next ask doubles from
+                                 UNAUTHORIZED_FIRST_RETRY_S */
   int64_t last_activity_ns;
   uint64_t coalesce_pages;    /* this standby's piece size (413 halves) */
   bool single_frames;         /* its last answer asked for single commits

@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -863,6 +864,7 @@ static void finish_ok(ship_peer *peer, request_kind req, double retry_s)
   replicate_shipper *sh = peer->sh;
   peer->consecutive_failures = 0;
   peer->consecutive_conflicts = 0;
+  peer->unauthorized_run = 0;
   /* A success ends any wait: after a 401 the new token's first request is
    * let through early (ship_schedule), and the rest must not then wait out
    * the unauthorized retry period. */
@@ -930,9 +932,16 @@ static void finish_conflict(ship_peer *peer, request_kind req, const ship_answer
   ship_after_ack(sh);
 }
 
+/* The first ask again after a 401; each refusal in a row doubles the wait,
+ * up to unauthorized_retry_seconds. Nodes re-read their token and frame
+ * keys one at a time (SIGHUP on each): a primary that rotated first is
+ * refused by a standby that has not yet, and must not then wait a whole
+ * retry period after the standby caught up. */
+#define UNAUTHORIZED_FIRST_RETRY_S 0.5
+
 /* 401, 403: the standby refused our token, or our frame tag (its code
  * says which: a REPLICATE_ETAG_*); retried when a new token is set, or
- * after a while. */
+ * after a wait that grows while it keeps refusing. */
 static void finish_unauthorized(ship_peer *peer, long code, const ship_answer *a)
 {
   replicate_shipper *sh = peer->sh;
@@ -950,7 +959,14 @@ static void finish_unauthorized(ship_peer *peer, long code, const ship_answer *a
   pthread_mutex_unlock(&sh->mu);
   ship_publish_state(peer, REPLICATE_PEER_UNAUTHORIZED);
   peer->known = false;
-  peer->next_attempt_ns = ship_mono_ns() + sh->unauthorized_retry_ns;
+  int64_t wait_ns = ship_seconds_to_ns(UNAUTHORIZED_FIRST_RETRY_S);
+  for (unsigned i = 0; i < peer->unauthorized_run && wait_ns < sh->unauthorized_retry_ns; i++)
+    wait_ns *= 2;
+  if (wait_ns > sh->unauthorized_retry_ns)
+    wait_ns = sh->unauthorized_retry_ns;
+  if (peer->unauthorized_run < UINT_MAX)
+    peer->unauthorized_run++;
+  peer->next_attempt_ns = ship_mono_ns() + wait_ns;
 }
 
 /* 413: the body was too large: smaller pieces, or a base image. */

@@ -1575,20 +1575,51 @@ static void test_unauthorized(void **state)
   finish_same(&p, f);
 }
 
+/* A primary whose one standby wants another token, refused once, with a
+ * 60 s unauthorized retry period. */
+static fake *start_refused(primary *p)
+{
+  fake *f = fake_start();
+  snprintf(f->token, sizeof f->token, "standby-secret-B");
+  replicate_shipper_options o = test_options();
+  o.token = "primary-secret-A";
+  o.unauthorized_retry_seconds = 60;
+  primary_start(p, &o, &f, 1, NULL);
+  wait_state(p, 0, REPLICATE_PEER_UNAUTHORIZED);
+  return f;
+}
+
+/* A standby that re-reads its token after the primary did (nodes get
+ * SIGHUP one at a time): the primary asks again within seconds, not after
+ * the whole retry period (60 s here), and the wait grows while it keeps
+ * refusing (0.5 s, 1 s, ...: no storm). */
+static void test_unauthorized_backoff(void **state)
+{
+  (void)state;
+  primary p;
+  fake *f = start_refused(&p);
+  int64_t t0 = now_ns();
+  count_wait rw = {f, &f->refused_token, FAKE_GET(f, refused_token) + 2};
+  assert_true(wait_for(count_reached, &rw, 10));
+  assert_true(now_ns() - t0 >= 1000000000); /* 0.5 s, then 1 s */
+  primary_saves(&p, 3, 2, false);
+  pthread_mutex_lock(&f->mu);
+  snprintf(f->token, sizeof f->token, "primary-secret-A");
+  pthread_mutex_unlock(&f->mu);
+  catch_up(&p, f); /* next ask 2 s after the last refusal; 15 s deadline */
+  assert_same_image(&p, f);
+  primary_stop(&p);
+  fake_stop(f);
+}
+
 /* A new token (SIGHUP) lets the first request through at once, and the
  * commits after it do not wait out the unauthorized retry period (30 s by
  * default): a success ends the wait. */
 static void test_token_rotation_no_wait(void **state)
 {
   (void)state;
-  fake *f = fake_start();
-  snprintf(f->token, sizeof f->token, "standby-secret-B");
   primary p;
-  replicate_shipper_options o = test_options();
-  o.token = "primary-secret-A";
-  o.unauthorized_retry_seconds = 60;
-  primary_start(&p, &o, &f, 1, NULL);
-  wait_state(&p, 0, REPLICATE_PEER_UNAUTHORIZED);
+  fake *f = start_refused(&p);
   primary_saves(&p, 3, 2, false);
   assert_int_equal(replicate_shipper_set_token(p.sh, "standby-secret-B"), 0);
   wait_state(&p, 0, REPLICATE_PEER_STREAMING);
@@ -2075,6 +2106,7 @@ int main(void)
       cmocka_unit_test(test_sync_timeout_degrade),
       cmocka_unit_test(test_unauthorized),
       cmocka_unit_test(test_token_rotation_no_wait),
+      cmocka_unit_test(test_unauthorized_backoff),
       cmocka_unit_test(test_fenced),
       cmocka_unit_test(test_retry_after),
       cmocka_unit_test(test_refused),
