@@ -57,7 +57,11 @@
  *   I4. Every byte of a record and of the meta is covered by a checksum:
  *       a torn or partly written record fails verification and ends the
  *       log there (the torn tail: never acknowledged, since its save had
- *       not returned).
+ *       not returned). The header's checksum covers the header (its lsn
+ *       included), the trailer's (seeded with it) the entry table, and
+ *       each entry's hash its page: so whatever subset of the record's one
+ *       write reached the disk before a power cut, only all of it
+ *       verifies, and the order of its parts does not matter.
  *   I5. A missing log is never taken for an empty one while records may
  *       follow the head: every meta a writer writes while it has the log
  *       open says so (META_LOG_LIVE); only close, after its last
@@ -74,16 +78,20 @@
  *      the same way, then cuts the file). If the image grows, reserve the new blocks of image
  *      and hashes (loom_io.reserve: ENOSPC here, not in step 4 where it
  *      would poison), after the checkpoint of any queued record that cuts
- *      the image (it would free them again: reserve_growth). Write the pages, then the entry table and trailer,
- *      then the header block, at the record's lsn.
+ *      the image (it would free them again: reserve_growth). Write the
+ *      record at its lsn, header block, pages, entry table and trailer,
+ *      in one pwritev (record_write; a patch of more than STAGING_PAGES
+ *      that is not deferred writes its earlier pages as they come).
  *   2. fsync (fdatasync) the log.  <- the local commit point: from here on
  *      a crash recovers to the new position. (The log exists since the
  *      store was opened and its directory was fsynced then, so no
  *      directory fsync is needed per commit. Its first lap extends the
  *      file: fdatasync makes the new length durable too.)
- *   3. Verify: read back the header, check it. The store's position is
- *      now the record's after; the record is queued for the checkpoint;
- *      the commit hook runs.
+ *   3. The store's position is now the record's after; the record is
+ *      queued for the checkpoint; the commit hook runs. (No read-back of
+ *      the header: the fdatasync returned, and a read would come from
+ *      the page cache, not the disk. Whether it reached the disk whole
+ *      is R2's question after a crash: I4.)
  *   4. Checkpoint (one batch: the queued records up to the next one that
  *      shrinks the image or is a base image): cut the image to the first
  *      record's length if it shrinks, set the final length, copy each
@@ -102,13 +110,15 @@
  *   a newer epoch and any seq (a cluster member taking the leader's
  *   position sideways): the same steps, so a crash leaves the old or the
  *   new position, never pages of both.
- *   A failure after step 1 started writing the header (or in 2, 4-6)
- *   poisons the handle: the durable state is unknown until recovery
- *   (never retry an fsync: the kernel may have dropped the dirty pages).
- *   Except ENOSPC on the header write: the block is zeroed again and
- *   synced (header_unwrite), and the save fails with nothing changed. In
- *   the first lap the header block is written as zeros before the pages
- *   (header_block_allocate), so that the header meets an allocated block.
+ *   A failure of step 1's record write (ENOSPC, EIO, a short write) may
+ *   have written any part of the record, header included: the header
+ *   block is zeroed again and synced (header_unwrite), and the save fails
+ *   with nothing changed. If that fails too, or in 2, 4-6, the handle is
+ *   poisoned: the durable state is unknown until recovery (never retry an
+ *   fsync: the kernel may have dropped the dirty pages). In the first lap
+ *   the header block is written as zeros alone before the record
+ *   (header_block_allocate), so that header_unwrite meets an allocated
+ *   block.
  *
  * RECOVERY (store_open)
  *
@@ -553,54 +563,6 @@ static uint8_t *patch_entries_encode(const loom_patch *p, uint64_t header_sum,
   }
   put_le64(buf + *len - 8, XXH3_64bits_withSeed(buf, *len - 8, header_sum));
   return buf;
-}
-
-static int patch_write_entries(loom_store *s, loom_patch *p, uint64_t header_sum)
-{
-  size_t len;
-  uint8_t *buf = patch_entries_encode(p, header_sum, &len);
-  if (!buf)
-    return ENOMEM;
-  int rc = store_write_exact(s, s->log_fd, buf, len, patch_entries_offset(p));
-  free(buf);
-  return rc;
-}
-
-/* Deferred: pages, entries and trailer in one pass (the header block, just
- * before them, is written last). */
-#define IOV_BATCH 1024
-static int patch_write_deferred(loom_store *s, loom_patch *p,
-                                uint64_t header_sum)
-{
-  size_t elen;
-  uint8_t *entries = patch_entries_encode(p, header_sum, &elen);
-  if (!entries)
-    return ENOMEM;
-  uint64_t n = p->header.page_count, total = n + 1, at = 0;
-  off_t off = patch_page_offset(p, 0);
-  struct iovec iov[IOV_BATCH];
-  int rc = 0;
-  while (!rc && at < total) {
-    int k = 0;
-    size_t len = 0;
-    if (p->zero_header && at == 0) { /* header_block_allocate */
-      iov[k++] = (struct iovec){(void *)zero_block, PATCH_HEADER_BLOCK};
-      len = PATCH_HEADER_BLOCK;
-      off -= PATCH_HEADER_BLOCK;
-    }
-    for (; k < IOV_BATCH && at < total; k++, at++) {
-      if (at < n)
-        iov[k] = (struct iovec){(void *)p->deferred[at], PS};
-      else
-        iov[k] = (struct iovec){entries, elen};
-      len += iov[k].iov_len;
-    }
-    ssize_t w = s->io->pwritev(s->io->ctx, s->log_fd, iov, k, off);
-    rc = w < 0 ? (int)-w : (size_t)w == len ? 0 : EIO;
-    off += (off_t)len;
-  }
-  free(entries);
-  return rc;
 }
 
 /* R2: the entry table and every page of p verify, its header block at
@@ -1218,29 +1180,23 @@ static int positions_chain(const loom_position *store, const loom_patch_header *
 }
 
 /* Step 1 in the log's first lap (the file ends before the record's header
- * block ends): the header block is written as zeros before anything
- * after it, so that the real header, written last, goes into an allocated
- * block and does not meet ENOSPC after the pages left a hole there. Now
- * (a failure changes nothing), or, for a deferred patch, as the first
- * buffer of its one pwritev (p->zero_header). */
-static int header_block_allocate(loom_store *s, uint64_t lsn, int deferred,
-                                 int *later)
+ * block ends): the header block is written as zeros first, alone (a
+ * failure changes nothing), so that a record write that then fails part
+ * way (ENOSPC past the file's end) leaves the header in an allocated
+ * block that header_unwrite can zero without needing space. */
+static int header_block_allocate(loom_store *s, uint64_t lsn)
 {
   uint64_t size = 0, at = (uint64_t)log_offset(s, lsn, 0);
   int rc = store_file_size(s->log_fd, &size);
-  *later = 0;
   if (rc || at + PATCH_HEADER_BLOCK <= size)
     return rc;
-  if (deferred) {
-    *later = 1;
-    return 0;
-  }
   return store_write_exact(s, s->log_fd, zero_block, sizeof zero_block, (off_t)at);
 }
 
-/* A header write that failed with ENOSPC may have written a prefix (the
- * loop in a short write): zeroed and synced, no header of this record can
- * be durable, and the save fails with nothing changed. 0 on success. */
+/* A record write that failed may have written any part of it, the header
+ * included (a short write, or pages of a pwritev after it): zeroed and
+ * synced, no header of this record can be durable, and the save fails with
+ * nothing changed. 0 on success (else the caller poisons). */
 static int header_unwrite(loom_store *s, off_t at)
 {
   int rc = store_write_exact(s, s->log_fd, zero_block, sizeof zero_block, at);
@@ -1264,19 +1220,18 @@ int store_patch_begin(loom_store *s, const loom_patch_header *h, int fill_after,
   if (!positions_chain(&s->pos, h))
     return LOOM_EPOSITION;
   uint64_t lsn = 0;
-  int deferred = fill_after && s->io->pwritev, zero_header = 0;
+  int deferred = fill_after && s->io->pwritev;
   int rc = queue_reserve(s);
   if (!rc)
     rc = log_make_room(s, record_bytes(h->page_count), &lsn); /* 1 */
   if (!rc)
-    rc = header_block_allocate(s, lsn, deferred, &zero_header); /* 1 */
+    rc = header_block_allocate(s, lsn);                       /* 1 */
   if (rc)
     return rc;
   loom_patch *p = patch_alloc(s, h);
   if (!p)
     return ENOMEM;
   p->lsn = lsn;
-  p->zero_header = zero_header;
   p->fill_after = fill_after;
   p->header.before = s->pos;
   if (deferred) {
@@ -1324,6 +1279,63 @@ static int patch_flush(loom_patch *p)
   return rc;
 }
 
+/* Write iov[0..k) from *off with pwritev and move *off past them. */
+static int iov_write(loom_store *s, const struct iovec *iov, int k, off_t *off)
+{
+  size_t len = 0;
+  for (int i = 0; i < k; i++)
+    len += iov[i].iov_len;
+  ssize_t w = s->io->pwritev(s->io->ctx, s->log_fd, iov, k, *off);
+  *off += (off_t)len;
+  return w < 0 ? (int)-w : (size_t)w == len ? 0 : EIO;
+}
+
+/* Step 1's write of the record: the header block, the pages not written
+ * yet (p->deferred's, or the staged ones) and the entry table with its
+ * trailer, contiguous from the record's start, in one pwritev (more only
+ * past IOV_BATCH - 2 pages). A patch that already wrote pages (more than
+ * STAGING_PAGES, not deferred) writes its header alone first. Without
+ * pwritev: header, pages (through the staging buffer), entries, a pwrite
+ * each. The order is no part of the argument: nothing of it is durable
+ * before step 2, and a record any part of which did not reach the disk
+ * fails R2's verification (I4). An error: any part may have been written,
+ * the header included. */
+#define IOV_BATCH 1024
+static int record_write(loom_store *s, loom_patch *p, const uint8_t *block,
+                        const uint8_t *entries, size_t elen)
+{
+  off_t off = log_offset(s, p->lsn, 0);
+  int rc = 0, k = 0;
+  if (!s->io->pwritev || p->flushed) {
+    rc = store_write_exact(s, s->log_fd, block, PATCH_HEADER_BLOCK, off);
+    if (!rc && !s->io->pwritev)
+      rc = patch_flush(p);
+    if (rc || !s->io->pwritev)
+      return rc ? rc : store_write_exact(s, s->log_fd, entries, elen,
+                                         patch_entries_offset(p));
+    off = patch_page_offset(p, p->flushed);
+  }
+  struct iovec iov[IOV_BATCH];
+  if (!p->flushed)
+    iov[k++] = (struct iovec){(void *)block, PATCH_HEADER_BLOCK};
+  uint64_t n = p->deferred ? p->header.page_count : p->staged;
+  for (uint64_t i = 0; !rc && i <= n; i++) {
+    if (i == n)
+      iov[k++] = (struct iovec){(void *)entries, elen};
+    else if (p->deferred)
+      iov[k++] = (struct iovec){(void *)p->deferred[i], PS};
+    else
+      iov[k++] = p->iov[i];
+    if (k == IOV_BATCH || i == n) {
+      rc = iov_write(s, iov, k, &off);
+      k = 0;
+    }
+  }
+  p->flushed += p->deferred ? 0 : p->staged;
+  p->staged = 0;
+  return rc;
+}
+
 int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
                            uint64_t hash, int stable)
 {
@@ -1349,16 +1361,17 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
     return 0;
   }
   p->added++;
+  if (p->staged == STAGING_PAGES) { /* full: written before the record's */
+    int rc = patch_flush(p);        /* one write (the last STAGING_PAGES */
+    if (rc)                         /* go with the header) */
+      return p->error = rc;
+  }
   uint8_t *slot = s->staging + p->staged * PS;
   if (!stable)
     memcpy(slot, page, PS);
   p->iov[p->staged].iov_base = stable ? (void *)page : slot;
   p->iov[p->staged].iov_len = PS;
-  if (++p->staged == STAGING_PAGES) {
-    int rc = patch_flush(p);
-    if (rc)
-      return p->error = rc;
-  }
+  p->staged++;
   return 0;
 }
 
@@ -1463,43 +1476,35 @@ int store_patch_make_durable(loom_patch *p)
   }
   uint8_t block[PATCH_HEADER_BLOCK];
   patch_header_encode(block, h, p->lsn);
-  uint64_t header_sum = get_le64(block + PATCH_HEADER_SUM);
-  if (!rc && p->deferred)
-    rc = patch_write_deferred(s, p, header_sum);            /* 1 */
-  if (!rc && !p->deferred)
-    rc = patch_flush(p);                                   /* 1 */
-  if (!rc && !p->deferred)
-    rc = patch_write_entries(s, p, header_sum);            /* 1 */
+  size_t elen = 0;
+  uint8_t *entries = rc ? NULL
+                        : patch_entries_encode(p, get_le64(block + PATCH_HEADER_SUM),
+                                               &elen);
+  if (!rc && !entries)
+    rc = ENOMEM;
   if (rc) {
-    /* Only free log space was written, and no header: nothing
-     * changed. */
+    /* At most pages were written (a patch of more than STAGING_PAGES),
+     * no header: nothing changed. */
     p->error = rc;
     return rc;
   }
+  rc = record_write(s, p, block, entries, elen);            /* 1 */
+  free(entries);
   off_t at = log_offset(s, p->lsn, 0);
-  rc = store_write_exact(s, s->log_fd, block, sizeof block, at); /* 1 */
-  if (rc == ENOSPC && header_unwrite(s, at) == 0) {
-    p->error = rc; /* a full disk: this save fails, the handle lives */
+  if (rc && header_unwrite(s, at) == 0) {
+    p->error = rc; /* e.g. a full disk: this save fails, the handle lives */
     return rc;
   }
   if (!rc)
     rc = store_fsync(s, s->log_fd);                         /* 2 */
-  if (!rc) {                                                /* 3 */
-    uint8_t check[PATCH_HEADER_BLOCK];
-    loom_patch_header back;
-    uint64_t back_sum, back_lsn;
-    rc = store_read_exact(s, s->log_fd, check, sizeof check, at);
-    if (!rc)
-      rc = patch_header_decode(check, &back, &back_sum, &back_lsn);
-    if (!rc && back_sum != header_sum)
-      rc = LOOM_ECORRUPT;
-  }
   if (rc) {
     /* The header may or may not be durable: poison, recovery decides. */
     store_poison(s, rc);
     p->error = rc;
     return rc;
   }
+  /* 3: the fdatasync returned, so the record is durable as written (no
+   * read-back: it would read the page cache, not the disk). */
   rc = hashes_apply(s, p);
   if (rc) {
     store_poison(s, rc);

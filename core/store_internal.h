@@ -108,10 +108,10 @@ struct loom_patch {
   int error;               /* sticky: the first failure */
   /* Deferred (stable pages and pwritev): nothing is written until
    * store_patch_make_durable, which writes header, pages and entries with
-   * pwritev in one pass (one contiguous extent to fsync). */
+   * one pwritev (one contiguous extent to fsync). Not deferred: the same,
+   * for up to STAGING_PAGES pages (record_write). */
   const void **deferred;   /* [header.page_count] page pointers, or NULL */
   uint64_t lsn;            /* where the record sits in the log */
-  int zero_header;         /* write the header block as zeros first */
 };
 
 /* Begin a patch whose after.checksum the store computes (fill_after). */

@@ -920,6 +920,25 @@ static ssize_t sim_pwrite(void *ctx, int fd, const void *buf, size_t len,
   return err ? -err : (ssize_t)len;
 }
 
+/* LOOM_IOSIM_PWRITEV: the buffers gathered and written as one pwrite (one
+ * op, faulted, killed before and torn by a power cut as one write), so
+ * that the suites run the store's one-write record path. */
+static ssize_t sim_pwritev(void *ctx, int fd, const struct iovec *iov,
+                           int iovcnt, off_t off)
+{
+  size_t len = 0;
+  for (int i = 0; i < iovcnt; i++)
+    len += iov[i].iov_len;
+  uint8_t *buf = malloc(len ? len : 1);
+  if (!buf)
+    return -ENOMEM;
+  for (size_t i = 0, at = 0; i < (size_t)iovcnt; at += iov[i++].iov_len)
+    memcpy(buf + at, iov[i].iov_base, iov[i].iov_len);
+  ssize_t n = sim_pwrite(ctx, fd, buf, len, off);
+  free(buf);
+  return n;
+}
+
 static int sim_fsync(void *ctx, int fd)
 {
   iosim *sim = ctx;
@@ -1135,6 +1154,9 @@ int iosim_create(const char *root, iosim **out)
   sim->kill_at = UINT64_MAX;
   sim->first_fault = UINT64_MAX;
   sim->drop_fsync = UINT64_MAX;
+  const char *vec = getenv("LOOM_IOSIM_PWRITEV");
+  if (vec && *vec && strcmp(vec, "0"))
+    sim->io.pwritev = sim_pwritev;
   const char *drop = getenv("LOOM_IOSIM_DROP_FSYNC");
   if (drop && *drop) {
     char *end;

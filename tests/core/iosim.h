@@ -62,6 +62,13 @@
  * suite that still passes with one of the engine's fsyncs removed is not
  * checking durability.
  *
+ * The environment variable LOOM_IOSIM_PWRITEV=1 (read by iosim_create)
+ * gives the simulator a pwritev (else NULL, and the store writes through
+ * its staging buffer): the buffers are gathered and written as one
+ * pwrite, so one record write of the store is one op for counting, faults,
+ * crash points and power cuts. The suites run once without it and the
+ * named *_pwritev tests with it (tests/core/meson.build).
+ *
  * Ownership: the simulator owns copies of all data it records; the caller
  * owns the simulator and frees it with iosim_destroy() (which closes no
  * descriptor: the engine owns those).
