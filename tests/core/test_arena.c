@@ -935,6 +935,34 @@ static int hook_reads(void *ctx, loom *l, const loom_commit *c)
 /* The commit log's ring through loom_options.log_bytes: a ring too small
  * for the next record checkpoints first (a wait); a record larger than the
  * ring grows it, and the next open settles it back. */
+/* A save wakes the checkpoint thread only for the first record of an
+ * empty queue or the one that fills a quarter of the ring (store.c,
+ * queue_push): records below the quarter that no save woke it for are
+ * still checkpointed once saves stop (at its idle timeout), without any
+ * call that waits for the checkpoint. */
+static void test_checkpoint_idle(void **state)
+{
+  (void)state;
+  char dir[] = "/tmp/arena-idle-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  loom *l;
+  loom_options o = {.arena_pages = 64,
+                    .flags = LOOM_CREATE | LOOM_COPY_IN | LOOM_APPLY_ASYNC};
+  assert_int_equal(loom_open(dir, &o, &l), 0);
+  uint8_t *b = loom_base(l);
+  for (int r = 0; r < 5; r++) { /* far below a quarter of 64 MiB */
+    b[(uint64_t)r * LOOM_PAGE_SIZE] = (uint8_t)(r + 1);
+    assert_int_equal(loom_save(l, 8, 64), 0);
+  }
+  loom_log_stats st;
+  TEST_WAIT_UNTIL((loom_store_log_stats(loom_get_store(l), &st),
+                   st.checkpoint.seq == 5 && st.queued == 0), 10000);
+  assert_int_equal(st.checkpoint.seq, 5);
+  assert_int_equal(st.queued, 0);
+  assert_int_equal(loom_close(l), 0);
+  assert_int_equal(test_remove_tree(dir), 0);
+}
+
 static void test_log_ring(void **state)
 {
   (void)state;
@@ -1086,6 +1114,7 @@ int main(void)
       cmocka_unit_test(test_stream_header),
       cmocka_unit_test(test_review_findings),
       cmocka_unit_test(test_log_ring),
+      cmocka_unit_test(test_checkpoint_idle),
       cmocka_unit_test(test_check_previous),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
