@@ -738,8 +738,9 @@ typedef struct ckpt_page {
 typedef struct ckpt_batch {
   loom_patch **recs;
   size_t count;
-  ckpt_page *pages;  /* ascending page numbers, one per page */
-  uint64_t *numbers, *hashes; /* the same, for the tree */
+  ckpt_page *pages;  /* one per page: ascending page numbers, then log
+                        order (batch_copy_pages) */
+  uint64_t *numbers, *hashes; /* theirs, in page order (tree, hashes) */
   uint64_t npages;
   uint64_t cut;      /* pages the first record leaves */
   const loom_position *after;
@@ -790,9 +791,48 @@ static int batch_merge(ckpt_batch *b)
   return 0;
 }
 
+static int ckpt_log_order_cmp(const void *a, const void *b)
+{
+  const ckpt_page *x = a, *y = b;
+  if (x->rec != y->rec)
+    return x->rec < y->rec ? -1 : 1;
+  return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Copy the batch's pages (b->pages, sorted here into log order) from the
+ * log into the image: one read per record's span of up to STAGING_PAGES
+ * pages that holds newest versions (a record's pages are contiguous in the
+ * log; superseded ones between them are read and skipped), then one write
+ * per run of pages adjacent in both. A record of 64 scattered pages is one
+ * read, not 64 (docs/BENCHMARKS.md section 9). The order of the image's
+ * writes is no part of I1: nothing counts before step 6. */
+static int batch_copy_pages(loom_store *s, const ckpt_batch *b)
+{
+  ckpt_page *o = b->pages;
+  qsort(o, (size_t)b->npages, sizeof *o, ckpt_log_order_cmp);
+  int rc = 0;
+  for (uint64_t j = 0, k; !rc && j < b->npages; j = k) {
+    for (k = j + 1; k < b->npages && o[k].rec == o[j].rec &&
+                    o[k].i < o[j].i + STAGING_PAGES; k++)
+      ;
+    const loom_patch *r = b->recs[o[j].rec];
+    rc = store_read_exact(s, s->log_fd, s->ckpt_buf,
+                          (size_t)((o[k - 1].i - o[j].i + 1) * PS),
+                          patch_page_offset(r, o[j].i));
+    for (uint64_t m = j, run; !rc && m < k; m += run) {
+      for (run = 1; m + run < k && o[m + run].i == o[m].i + run &&
+                    o[m + run].n == o[m].n + run; run++)
+        ;
+      rc = store_write_exact(s, s->image_fd,
+                             s->ckpt_buf + (o[m].i - o[j].i) * PS,
+                             (size_t)(run * PS), (off_t)(o[m].n * PS));
+    }
+  }
+  return rc;
+}
+
 /* Step 4 for the image: preserve what open snapshots still need, cut and
- * extend, then copy each page's newest version from the log, one read and
- * one write per run of pages adjacent in both. */
+ * extend, then copy each page's newest version from the log. */
 static int batch_write_pages(loom_store *s, const ckpt_batch *b)
 {
   uint64_t size = 0;
@@ -808,21 +848,7 @@ static int batch_write_pages(loom_store *s, const ckpt_batch *b)
     rc = io_set_length(s, s->image_fd, b->cut * PS);
   if (!rc)
     rc = io_set_length(s, s->image_fd, b->after->pages * PS);
-  for (uint64_t j = 0; !rc && j < b->npages;) {
-    const ckpt_page *c = &b->pages[j];
-    uint64_t run = 1;
-    while (j + run < b->npages && run < STAGING_PAGES &&
-           b->pages[j + run].n == c->n + run && b->pages[j + run].rec == c->rec &&
-           b->pages[j + run].i == c->i + run)
-      run++;
-    rc = store_read_exact(s, s->log_fd, s->ckpt_buf, (size_t)(run * PS),
-                          patch_page_offset(b->recs[c->rec], c->i));
-    if (!rc)
-      rc = store_write_exact(s, s->image_fd, s->ckpt_buf, (size_t)(run * PS),
-                             (off_t)(c->n * PS));
-    j += run;
-  }
-  return rc;
+  return rc ? rc : batch_copy_pages(s, b);
 }
 
 static int batch_apply_pages(loom_store *s, const ckpt_batch *b)
@@ -852,7 +878,7 @@ static int batch_write_hashes(loom_store *s, const ckpt_batch *b)
   int rc = io_set_length(s, s->hashes_fd, pages * 8);
   uint64_t last = UINT64_MAX;
   for (uint64_t j = 0; !rc && j < b->npages; j++) {
-    uint64_t blk = b->pages[j].n / HASHES_PER_BLOCK;
+    uint64_t blk = b->numbers[j] / HASHES_PER_BLOCK; /* (in page order) */
     if (blk != last)
       rc = store_hashes_write_block(s, blk, pages);
     last = blk;

@@ -470,6 +470,55 @@ static void test_record_one_write(void **state)
   assert_int_equal(pos.pages, 64);
 }
 
+/* The checkpoint copies a record's scattered pages with one read of the
+ * log (their span in the record), not one read per page: 16 pages 0, 2,
+ * ..., 30 of a 64-page image are one log read between the commit's fsync
+ * and the image's (before: 16), and the image holds them. */
+static void test_checkpoint_one_log_read(void **state)
+{
+  fixture *fx = *state;
+  iosim *sim;
+  assert_int_equal(iosim_create(NULL, &sim), 0);
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, iosim_io(sim), &s), 0);
+  assert_int_equal(commit(s, 64, 1, 1), 0);
+  loom_patch_header h = {.page_count = 16};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  uint8_t *page = malloc(PS);
+  assert_non_null(page);
+  for (uint64_t n = 0; n < 32; n += 2) {
+    fill(page, n, 2);
+    h.after.checksum += loom_page_hash(n, page) - loom_store_page_hash(s, n);
+  }
+  loom_patch *p;
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  uint64_t from = iosim_count(sim);
+  for (uint64_t n = 0; n < 32; n += 2) {
+    fill(page, n, 2);
+    assert_int_equal(loom_patch_add(p, n, page), 0);
+  }
+  assert_int_equal(loom_patch_commit(p), 0); /* checkpointed inline */
+  uint64_t reads = 0, synced = 0;
+  for (uint64_t i = from; i < iosim_count(sim); i++) {
+    loom_io_op op;
+    int on_log = log_op(sim, i, &op);
+    synced += on_log && op == LOOM_IO_FSYNC;
+    reads += on_log && synced && op == LOOM_IO_PREAD;
+  }
+  assert_int_equal(synced, 1);
+  assert_int_equal(reads, 1);
+  assert_int_equal(loom_store_close(s), 0);
+  iosim_destroy(sim);
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 2);
+  assert_true(pos.checksum == h.after.checksum);
+  free(page);
+}
+
 /* Rewrite both meta slots: the valid one with the higher generation, with
  * pages, ring size and head replaced (UINT64_MAX: kept). Returns the
  * head's file offset under the new ring and, in *pos, the slot's
@@ -876,6 +925,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_log_lost, setup, teardown),
       cmocka_unit_test_setup_teardown(test_header_enospc, setup, teardown),
       cmocka_unit_test_setup_teardown(test_record_one_write, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checkpoint_one_log_read, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_forged_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,
                                       teardown),
