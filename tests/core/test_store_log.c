@@ -439,6 +439,17 @@ static void log_ops_of_commit(iosim *sim, uint64_t from, uint64_t *writes,
   }
 }
 
+/* Close s and sim; the directory verifies at seq; its position in *pos. */
+static void close_verify(loom_store *s, iosim *sim, const char *dir,
+                         uint64_t seq, loom_position *pos)
+{
+  assert_int_equal(loom_store_close(s), 0);
+  iosim_destroy(sim);
+  uint64_t computed;
+  assert_int_equal(loom_verify(dir, pos, &computed), 0);
+  assert_int_equal(pos->seq, seq);
+}
+
 /* Step 1 writes a record of up to STAGING_PAGES pages (header, pages,
  * entries, trailer) with one pwritev, and step 3 reads nothing back: a
  * 64-page commit in the log's first lap is the header block's zeros and
@@ -461,12 +472,8 @@ static void test_record_one_write(void **state)
     assert_int_equal(writes, 2);
     assert_int_equal(reads, 0);
   }
-  assert_int_equal(loom_store_close(s), 0);
-  iosim_destroy(sim);
   loom_position pos;
-  uint64_t computed;
-  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
-  assert_int_equal(pos.seq, 2);
+  close_verify(s, sim, fx->dir, 2, &pos);
   assert_int_equal(pos.pages, 64);
 }
 
@@ -509,12 +516,8 @@ static void test_checkpoint_one_log_read(void **state)
   }
   assert_int_equal(synced, 1);
   assert_int_equal(reads, 1);
-  assert_int_equal(loom_store_close(s), 0);
-  iosim_destroy(sim);
   loom_position pos;
-  uint64_t computed;
-  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
-  assert_int_equal(pos.seq, 2);
+  close_verify(s, sim, fx->dir, 2, &pos);
   assert_true(pos.checksum == h.after.checksum);
   free(page);
 }
