@@ -15,6 +15,9 @@ values writes (K pages of 16 KiB: the example puts each value on a page
 of its own), rewriting one file in place.
 
 Goals (issue 14): >= 0.40x the loop for K = 64, >= 0.30x for K = 1.
+Beside it, each process's CPU time (user + system, from /proc) over the
+same stretch per save the primary made: a figure a shared, loaded machine
+moves much less than the rates, since both processes are CPU-bound there.
 Prints "RESULT name median min max unit reference ratio" lines like the
 other benchmarks.
 
@@ -57,6 +60,13 @@ def applied_seq(url):
     return get_json(url + "/v1/status")["applied"]["seq"]
 
 
+def cpu_ms(pid):
+    """User + system CPU time of a process so far, in ms."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
 def loop_rate(work, k, seconds):
     """Back-to-back pwrite + fdatasync of k pages, rewriting in place."""
     path = os.path.join(work, "limit")
@@ -77,7 +87,8 @@ def loop_rate(work, k, seconds):
 
 
 def loomship_rate(loomship, work, k, seconds, warmup=2.0):
-    """Saves/s the standby applied, and the primary's saves/s, in one run."""
+    """Saves/s the standby applied, the primary's saves/s, and the primary's
+    and the standby's CPU ms per save the primary made, in one run."""
     procs = []
     try:
         slog = os.path.join(work, "s.log")
@@ -96,9 +107,13 @@ def loomship_rate(loomship, work, k, seconds, warmup=2.0):
         purl = listening_url(plog, procs[1])
         time.sleep(warmup)  # the measured stretch starts after the warm-up
         s0, p0, t0 = applied_seq(surl), applied_seq(purl), time.monotonic()
+        c0 = [cpu_ms(p.pid) for p in procs]
         time.sleep(seconds)  # the measured stretch itself
         s1, p1, t1 = applied_seq(surl), applied_seq(purl), time.monotonic()
-        return (s1 - s0) / (t1 - t0), (p1 - p0) / (t1 - t0)
+        c1 = [cpu_ms(p.pid) for p in procs]
+        n = max(p1 - p0, 1)
+        return ((s1 - s0) / (t1 - t0), (p1 - p0) / (t1 - t0),
+                (c1[1] - c0[1]) / n, (c1[0] - c0[0]) / n)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -132,23 +147,29 @@ def main():
     print(f"# commit path: saves/s one standby keeps up with, against a pwrite+fdatasync "
           f"loop of the same bytes; {seconds:g} s per run, {repeats} runs, alternating")
     for k in ks:
-        kept, made, limit = [], [], []
+        kept, made, limit, cpu_p, cpu_s = [], [], [], [], []
         for r in range(repeats):
             work = tempfile.mkdtemp(prefix="loomship-commit-", dir=root)
             try:
                 limit.append(loop_rate(work, k, seconds))
-                a, p = loomship_rate(loomship, work, k, seconds)
+                a, p, cp, cs = loomship_rate(loomship, work, k, seconds)
                 kept.append(a)
                 made.append(p)
+                cpu_p.append(cp)
+                cpu_s.append(cs)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             print(f"# K={k} run {r + 1}: standby applied {kept[-1]:.1f}/s, primary saved "
-                  f"{made[-1]:.1f}/s, loop {limit[-1]:.1f}/s", flush=True)
+                  f"{made[-1]:.1f}/s, loop {limit[-1]:.1f}/s; CPU per save: primary "
+                  f"{cpu_p[-1]:.2f} ms, standby {cpu_s[-1]:.2f} ms", flush=True)
         m, ml = statistics.median(kept), statistics.median(limit)
         print(f"# K={k}: kept up {m:.1f} saves/s (primary {statistics.median(made):.1f}); "
               f"loop {ml:.1f}/s; ratio {m / ml:.2f}x")
         print(f"RESULT commit_path_kept_up_k{k} {m:.6g} {min(kept):.6g} {max(kept):.6g} "
               f"saves/s pwrite+fdatasync={ml:.6g} {m / ml:.4f}")
+        for who, v in (("primary", cpu_p), ("standby", cpu_s)):
+            print(f"RESULT commit_path_cpu_{who}_k{k} {statistics.median(v):.4g} "
+                  f"{min(v):.4g} {max(v):.4g} ms/save")
     return 0
 
 
