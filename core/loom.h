@@ -347,7 +347,10 @@ int loom_store_ensure_history(loom_store *store);
  * (inline, deferred, or on the checkpoint thread: LOOM_APPLY_ASYNC), or in
  * loom_store_sync(). An error before the commit point changes nothing; an
  * I/O error at or after it poisons the handle (LOOM_EPANIC from then on),
- * and the next open recovers to the old or the new position.
+ * and the next open recovers to the old or the new position. (The record
+ * is one write; when that write fails, its header block is zeroed and
+ * synced before the error returns, and only if that fails too is the
+ * handle poisoned.)
  * Errors: LOOM_EPOSITION (before is not the current position, or after does
  * not match the pages), LOOM_EINVAL (pages out of order or out of range),
  * errno values (ENOSPC...).
