@@ -503,6 +503,30 @@ static uint64_t count_bases(const replicate_archiver *ar)
   return n;
 }
 
+/* Segments past the head: stored before a crash that came before their
+ * head (W3 puts the segment, then the head). No head names them, so no
+ * restore reads them; they go, since the frames after the head are
+ * uploaded again from the log, maybe cut differently, and two segments
+ * may not overlap. */
+static int drop_orphans(replicate_archiver *ar)
+{
+  for (size_t i = 0; i < ar->kn;) {
+    if (ar->kept[i].name.kind != ARC_SEGMENT ||
+        ar->kept[i].name.first_seq <= ar->uploaded.seq) {
+      i++;
+      continue;
+    }
+    int rc = objstore_delete(ar->a->store, ar->kept[i].key);
+    if (rc != 0)
+      return arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+    say(ar, "archive: %s was stored past the head (seq %" PRIu64 ") before a "
+        "stop: deleted, its frames follow the head again", ar->kept[i].key,
+        ar->uploaded.seq);
+    memmove(&ar->kept[i], &ar->kept[i + 1], (--ar->kn - i) * sizeof *ar->kept);
+  }
+  return 0;
+}
+
 static int start_up(replicate_archiver *ar)
 {
   int rc = ensure_id(ar);
@@ -519,6 +543,8 @@ static int start_up(replicate_archiver *ar)
   ar->kn = 0;
   if (rc == 0 && (rc = objstore_list(ar->a->store, prefix, each_kept, ar)))
     arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+  if (rc == 0)
+    rc = drop_orphans(ar);
   if (rc != 0)
     return rc;
   ar->started = true;
