@@ -200,6 +200,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
     ao.store = store;
     ao.log = n->log;
     ao.log_writer = !(cfg->standby_count || cfg->max_peers); /* no shipper writes it */
+    char position_file[4096];
+    snprintf(position_file, sizeof position_file, "%s/replog/archive-position", cfg->dir);
+    ao.position_file = position_file;
     ao.log_fn = cfg->quiet ? NULL : ship_log;
     ao.log_ctx = (void *)cfg->who;
     if ((rc = replicate_archiver_start(&ao, &n->archiver)))
