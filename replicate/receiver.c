@@ -415,6 +415,7 @@ static int receiver_configure(replicate_receiver *rx,
   rx->received_ctx = opt->received_ctx;
   rx->now_ns = opt->now_ns ? opt->now_ns : realtime_ns;
   rx->io = opt->io;
+  rx->commit_log_bytes = opt->commit_log_bytes;
   rx->limits = opt->limits ? *opt->limits : replicate_limits_default();
   rx->max_unapplied_bytes = opt->max_unapplied_bytes
                                 ? opt->max_unapplied_bytes
@@ -433,8 +434,9 @@ static int receiver_configure(replicate_receiver *rx,
 /* Open the store, the receive log, the decoders; recover. */
 static int receiver_open_parts(replicate_receiver *rx)
 {
-  int rc = loom_store_open(rx->dir, LOOM_CREATE | LOOM_APPLY_ASYNC, rx->io,
-                           &rx->store);
+  loom_store_options so = {.flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
+                           .io = rx->io, .log_bytes = rx->commit_log_bytes};
+  int rc = loom_store_open_with(rx->dir, &so, &rx->store);
   if (rc == 0) {
     /* No size bound from the log: the applier's lag is bounded by
      * max_unapplied_bytes instead, and retention trims behind it. */
