@@ -576,6 +576,9 @@ typedef struct replicate_buf {
 } replicate_buf;
 
 void replicate_buf_free(replicate_buf *buf);
+/* Append len bytes of data after buf->len (a curl write callback's body):
+ * 0, or ENOMEM with buf unchanged. */
+int replicate_buf_append(replicate_buf *buf, const void *data, size_t len);
 
 /* ---------------------------------------------------------------------- */
 /* Frames: what they say */
