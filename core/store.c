@@ -1362,8 +1362,8 @@ int loom_store_patch_begin(loom_store *s, const loom_patch_header *h,
   return store_patch_begin(s, h, 0, out);
 }
 
-/* Write the pages waiting in the store's staging_iov: with pwritev straight from where they
- * are, else gathered into the staging buffer. */
+/* Write the pages waiting in the store's staging_iov: with pwritev
+ * straight from where they are, else gathered into the staging buffer. */
 static int patch_flush(loom_patch *p)
 {
   if (!p->staged)

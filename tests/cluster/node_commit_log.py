@@ -13,18 +13,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import episodes  # noqa: E402
-import etcd  # noqa: E402
+from checks import FAILS, check  # noqa: E402
 
-FAILS = []
 RING = 2 << 20
-
-
-def check(what, ok, detail=""):
-    print("%s: %s%s" % ("ok" if ok else "FAIL", what, (" (%s)" % (detail,)) if detail else ""))
-    if not ok:
-        FAILS.append(what)
-    sys.stdout.flush()
-
 
 def ring_of(nd):
     return ((nd.status() or {}).get("commit_log") or {}).get("size_bytes")
@@ -47,32 +38,22 @@ def check_members(c, when):
     return lead
 
 
+def run(c):
+    got = c.wait_acks((0, 0), count=10, deadline=30)
+    check("a leader acknowledges saves", got is not None)
+    lead = check_members(c, "first epoch") if got else None
+    if lead:
+        before = c.max_ack()
+        lead.kill()
+        got = c.wait_acks(before, count=5, deadline=30, epoch_above=before[0])
+        check("after kill -9 the other member acknowledges", got is not None, got)
+        if got:
+            check_members(c, "second epoch")
+
+
 def main():
-    loomship = os.path.abspath(sys.argv[1])
-    if not etcd.etcd_available():
-        print("SKIP: etcd-server missing")
-        return 77
-    with etcd.EtcdCluster(1) as ec:
-        c = episodes.Cluster(loomship, ec, "clog%d" % os.getpid(), ttl=2, sync=0, n=2)
-        c.extra_args = ["--commit-log-mb", "2"]
-        try:
-            c.start()
-            got = c.wait_acks((0, 0), count=10, deadline=30)
-            check("a leader acknowledges saves", got is not None)
-            lead = check_members(c, "first epoch") if got else None
-            if lead:
-                before = c.max_ack()
-                lead.kill()
-                got = c.wait_acks(before, count=5, deadline=30, epoch_above=before[0])
-                check("after kill -9 the other member acknowledges", got is not None, got)
-                if got:
-                    check_members(c, "second epoch")
-        finally:
-            c.close(keep=bool(FAILS))
-            if FAILS:
-                print("kept %s" % c.tmp)
-    print("FAILED: %d checks" % len(FAILS) if FAILS else "all passed")
-    return 1 if FAILS else 0
+    return episodes.run_checks(os.path.abspath(sys.argv[1]), "clog", run,
+                               extra_args=["--commit-log-mb", "2"], ttl=2, sync=0, n=2)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,32 @@ static void fill(uint8_t *page, uint64_t n, unsigned v)
   memset(page, (int)((n * 7 + v) & 0xff), PS);
 }
 
+/* The hash of page n filled at version v. */
+static uint64_t filled_hash(uint64_t n, unsigned v)
+{
+  uint8_t *page = malloc(PS);
+  fill(page, n, v);
+  uint64_t hash = loom_page_hash(n, page);
+  free(page);
+  return hash;
+}
+
+/* Commit a patch with header h: its pages from first on, filled at
+ * version v. */
+static int commit_filled(loom_store *s, const loom_patch_header *h,
+                         uint64_t first, unsigned v)
+{
+  loom_patch *p;
+  int rc = loom_store_patch_begin(s, h, &p);
+  uint8_t *page = malloc(PS);
+  for (uint64_t n = first; !rc && n < first + h->page_count; n++) {
+    fill(page, n, v);
+    rc = loom_patch_add(p, n, page);
+  }
+  free(page);
+  return rc ? rc : loom_patch_commit(p);
+}
+
 /* Commit pages [0, k) with contents version v, growing to k pages (a base
  * image when base). */
 static int commit_at(loom_store *s, uint64_t k, unsigned v, int base,
@@ -100,26 +126,29 @@ static int commit_at(loom_store *s, uint64_t k, unsigned v, int base,
   h.after.pages = k;
   h.after.checksum = 0;
   h.flags = base ? LOOM_PATCH_BASE : 0;
-  uint8_t *page = malloc(PS);
-  for (uint64_t n = 0; n < k; n++) {
-    fill(page, n, v);
-    h.after.checksum += loom_page_hash(n, page);
-  }
+  for (uint64_t n = 0; n < k; n++)
+    h.after.checksum += filled_hash(n, v);
   if (h.before.pages > k && !base)
     return LOOM_EINVAL; /* (these tests only grow or replace) */
-  loom_patch *p;
-  int rc = loom_store_patch_begin(s, &h, &p);
-  for (uint64_t n = 0; !rc && n < k; n++) {
-    fill(page, n, v);
-    rc = loom_patch_add(p, n, page);
-  }
-  free(page);
-  return rc ? rc : loom_patch_commit(p);
+  return commit_filled(s, &h, 0, v);
 }
 
 static int commit(loom_store *s, uint64_t k, unsigned v, int base)
 {
   return commit_at(s, k, v, base, 0);
+}
+
+/* Pages [0, count) read back at the committed position: version v. */
+static void assert_pages_are(loom_store *s, uint64_t count, unsigned v)
+{
+  uint8_t *page = malloc(PS), *want = malloc(PS);
+  for (uint64_t n = 0; n < count; n++) {
+    assert_int_equal(loom_store_read_page(s, n, page), 0);
+    fill(want, n, v);
+    assert_memory_equal(page, want, PS);
+  }
+  free(page);
+  free(want);
 }
 
 static off_t file_size(const fixture *fx, const char *name)
@@ -156,14 +185,7 @@ static void test_deferred_fill_and_sync(void **state)
   assert_int_equal(st.queued, 0);
   assert_int_equal(st.checkpoint.seq, 3);
   assert_int_equal(file_size(fx, "image"), (off_t)(5 * PS));
-  uint8_t *page = malloc(PS), *want = malloc(PS);
-  for (uint64_t n = 0; n < 5; n++) {
-    assert_int_equal(loom_store_read_page(s, n, page), 0);
-    fill(want, n, 3);
-    assert_memory_equal(page, want, PS);
-  }
-  free(page);
-  free(want);
+  assert_pages_are(s, 5, 3);
   assert_int_equal(loom_store_close(s), 0);
 }
 
@@ -868,14 +890,7 @@ static void test_open_with_size(void **state)
   assert_int_equal(loom_store_close(s), 0);
   s = open_sized(fx, 0, mib + 1); /* rounded up to 4 KiB */
   assert_int_equal(ring_size(s), mib + 4096);
-  uint8_t *page = malloc(PS), *want = malloc(PS);
-  for (uint64_t n = 0; n < 8; n++) {
-    assert_int_equal(loom_store_read_page(s, n, page), 0);
-    fill(want, n, 5);
-    assert_memory_equal(page, want, PS);
-  }
-  free(page);
-  free(want);
+  assert_pages_are(s, 8, 5);
   assert_int_equal(loom_store_close(s), 0);
   assert_true(file_size(fx, "log") <= (off_t)(mib + 4096));
 }
@@ -888,19 +903,9 @@ static int commit_some(loom_store *s, uint64_t first, uint64_t count, unsigned v
   loom_store_position(s, &h.before);
   h.after = h.before;
   h.after.seq++;
-  uint8_t *page = malloc(PS);
-  for (uint64_t n = first; n < first + count; n++) {
-    fill(page, n, v);
-    h.after.checksum += loom_page_hash(n, page) - loom_store_page_hash(s, n);
-  }
-  loom_patch *p;
-  int rc = loom_store_patch_begin(s, &h, &p);
-  for (uint64_t n = first; !rc && n < first + count; n++) {
-    fill(page, n, v);
-    rc = loom_patch_add(p, n, page);
-  }
-  free(page);
-  return rc ? rc : loom_patch_commit(p);
+  for (uint64_t n = first; n < first + count; n++)
+    h.after.checksum += filled_hash(n, v) - loom_store_page_hash(s, n);
+  return commit_filled(s, &h, first, v);
 }
 
 /* THE MERGE STATE (store.c; FORMAT.md "The commit log's memory"): what the
