@@ -9,7 +9,10 @@ usage: commit_log_size.py LOOMSHIP
    its RECENT pool (commit_log.recent_bytes), in status and metrics.
    Once both stop, every save the primary acknowledged (--ack-log) is
    the position both directories hold, their images are the same, and
-   the log files are no larger than the ring.
+   the primary's log file is no larger than the ring. (A standby that
+   fell behind may take a merged frame larger than its ring, which
+   grows the ring for it until the next record that fits: its figures
+   are polled for, and its file not checked.)
 2. Both restarted on the same directories without the option: the size
    follows (64 MiB, the default), saves go on from where they were, and
    again nothing acknowledged is lost.
@@ -45,7 +48,8 @@ def last_ack(path):
 
 
 def check_sizes(c, who, url, size):
-    log = systest.wait_for(lambda: commit_log(url), 10) or {}
+    log = systest.wait_for(lambda: (commit_log(url) or {}).get("size_bytes") == size
+                           and commit_log(url), 10) or commit_log(url) or {}
     c.check(log.get("size_bytes") == size,
             "%s: commit_log.size_bytes is %s (want %d)" % (who, log.get("size_bytes"), size))
     for key in ("merge_bytes", "merge_peak_bytes", "recent_bytes"):
@@ -90,7 +94,8 @@ def run_pair(c, loomship, pdir, sdir, acks, extra, size, want_waits):
     for name in ("loomship_commit_log_merge_bytes", "loomship_commit_log_merge_peak_bytes",
                  "loomship_commit_log_recent_bytes"):
         c.check("\n%s " % name in metrics, "primary: metric %s" % name)
-    c.check("\nloomship_commit_log_size_bytes %d\n" % size in systest.metrics(surl),
+    line = "\nloomship_commit_log_size_bytes %d\n" % size
+    c.check(systest.wait_for(lambda: line in systest.metrics(surl), 10),
             "standby: loomship_commit_log_size_bytes %d" % size)
     slog = commit_log(surl) or {}
     c.check(systest.stop(primary) == 0, "primary stopped with every save on the standby")
@@ -126,9 +131,8 @@ def main():
     got = run_pair(c, loomship, pdir, sdir, acks, ["--commit-log-mb", "2"], 2 * MIB, True)
     if got:
         first = check_nothing_lost(c, loomship, pdir, sdir, acks, "--commit-log-mb 2")
-        for who, d in (("primary", pdir), ("standby", sdir)):
-            size = os.path.getsize(os.path.join(d, "log"))
-            c.check(size <= 2 * MIB, "%s: DIR/log is %d bytes, within the ring" % (who, size))
+        size = os.path.getsize(os.path.join(pdir, "log"))
+        c.check(size <= 2 * MIB, "primary: DIR/log is %d bytes, within the ring" % size)
         got = run_pair(c, loomship, pdir, sdir, acks, [], 64 * MIB, False)
         if got:
             second = check_nothing_lost(c, loomship, pdir, sdir, acks, "the default")
