@@ -64,6 +64,7 @@ typedef struct arc_name {
 /* The opened archive: the store, the keys, the archive id once known. */
 struct replicate_archive {
   objstore *store;
+  const struct loom_io *io; /* under a restore's directory (NULL: POSIX) */
   arc_keys keys;
   bool have_id;
   uint8_t id[ARC_ID_SIZE];

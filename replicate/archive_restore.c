@@ -23,15 +23,18 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "archive_internal.h"
+#include "loom_io.h"
 
 /* ---------------------------------------------------------------------- */
 /* R2: the epochs */
@@ -190,7 +193,8 @@ static int plan_load(replicate_archive *a, uint64_t epoch, plan *p)
 typedef struct restorer {
   replicate_archive *a;
   const replicate_restore_target *t;
-  loom_store *store;
+  const char *work; /* out_dir/REPLICATE_RESTORE_WORK_DIR */
+  loom_store *store; /* in work, once the base is there */
   replicate_decoder *dec;    /* segments' frames */
   replicate_decoder *merged; /* the coalescer's output */
   replicate_coalescer *batch;
@@ -199,6 +203,26 @@ typedef struct restorer {
   loom_position pos; /* after the last frame taken */
 } restorer;
 
+/* The base object's bytes, handed to loom_store_create_from_stream. */
+typedef struct base_reader {
+  const uint8_t *next;
+  size_t left;
+} base_reader;
+
+static int base_next(void *ctx, size_t len, const void **data)
+{
+  base_reader *b = ctx;
+  if (len > b->left)
+    return LOOM_ECORRUPT;
+  *data = b->next;
+  b->next += len;
+  b->left -= len;
+  return 0;
+}
+
+/* R5's base: the image written straight into the work directory's image
+ * file, hashed once, its meta last (core/import.c), then opened for the
+ * frames. */
 static int apply_base(restorer *r, const arc_obj *o)
 {
   arc_header h;
@@ -213,20 +237,18 @@ static int apply_base(restorer *r, const arc_obj *o)
                   "object %s: the image inside is malformed or at another "
                   "position",
                   o->key);
-  if (rc == 0 && !loom_history_is_none(&r->lineage.history))
-    rc = loom_store_adopt_lineage(r->store, &r->lineage);
-  loom_patch *patch = NULL;
-  loom_patch_header ph = {
-      .after = pos, .page_count = pos.pages, .flags = LOOM_PATCH_BASE};
-  loom_store_position(r->store, &ph.before);
+  base_reader br = {.next = b.data, .left = b.len};
   if (rc == 0)
-    rc = loom_store_patch_begin(r->store, &ph, &patch);
-  for (uint64_t i = 0; rc == 0 && i < pos.pages; i++)
-    rc = loom_patch_add(patch, i,
-                        b.data + LOOM_STREAM_HEADER + i * LOOM_PAGE_SIZE);
-  if (patch != NULL)
-    rc = rc ? (loom_patch_abort(patch), rc) : loom_patch_commit(patch);
+    rc = loom_store_create_from_stream(r->work, r->a->io, base_next, &br, &pos);
+  if (rc == LOOM_ECORRUPT && r->a->error[0] == '\0')
+    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                  "object %s: the image's pages do not hash to its checksum",
+                  o->key);
   replicate_buf_free(&b);
+  /* Deferred checkpoints: the batches need not reach the image one by
+   * one, only the result (loom_store_close checkpoints it). */
+  if (rc == 0)
+    rc = loom_store_open(r->work, LOOM_CHECKPOINT_DEFER, r->a->io, &r->store);
   if (rc != 0 && r->a->error[0] == '\0')
     arc_fail(r->a, rc, "object %s: writing the image: %s", o->key,
              replicate_strerror(rc));
@@ -428,7 +450,25 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
 }
 
 /* ---------------------------------------------------------------------- */
-/* The output directory */
+/* The output directory
+ *
+ * The store is built in out_dir/REPLICATE_RESTORE_WORK_DIR (the work
+ * directory: the base, then every batch of frames) and moved into out_dir
+ * only once it is at the target and closed (every batch checkpointed):
+ *
+ *   O1 out_dir is made, or found empty, or found holding an interrupted
+ *      restore (no meta, a work directory whose lock nobody holds), which
+ *      is cleared;
+ *   O2 R4-R6 in the work directory; loom_store_close there;
+ *   O3 each of its files but the meta renamed into out_dir; fsync out_dir;
+ *   O4 the meta renamed into out_dir (from here on out_dir opens at the
+ *      target); fsync out_dir; the work directory removed; fsync out_dir
+ *      and its parent.
+ *
+ * Killed before O4, out_dir holds no meta: no store opens there
+ * (loom_store_open: LOOM_ENOIMAGE, LOOM_EMETA with LOOM_CREATE), and the
+ * next restore into it clears it and starts again (O1). It never holds a
+ * store at the base's position, or a batch's, on the way to the target. */
 
 static int rm_one(const char *path, const struct stat *st, int flag,
                   struct FTW *ftw)
@@ -437,6 +477,21 @@ static int rm_one(const char *path, const struct stat *st, int flag,
   (void)flag;
   (void)ftw;
   return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* Everything inside dir removed (dir stays: it may be a mount point). */
+static void clear_dir(const char *dir)
+{
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    char *path = NULL;
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+        asprintf(&path, "%s/%s", dir, e->d_name) >= 0)
+      nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(path);
+  }
+  if (d)
+    closedir(d);
 }
 
 /* mkdir -p of dir's parents, each made 0700 (data directories). */
@@ -456,6 +511,43 @@ static int make_parents(const char *dir)
   return rc;
 }
 
+/* O1 for a directory that exists: 0 when it may be restored into
+ * (cleared if it held an interrupted restore), else why not. */
+static int check_out_dir(replicate_archive *a, const char *dir)
+{
+  DIR *d = opendir(dir);
+  if (d == NULL)
+    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  bool other = false, work = false, meta = false;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+      continue;
+    work = work || !strcmp(e->d_name, REPLICATE_RESTORE_WORK_DIR);
+    meta = meta || !strcmp(e->d_name, "meta");
+    other = true;
+  }
+  closedir(d);
+  if (!other)
+    return 0;
+  if (!work || meta)
+    return arc_fail(a, REPLICATE_EINVAL,
+                    "%s is not empty: restore writes a new directory", dir);
+  char *lock = NULL;
+  if (asprintf(&lock, "%s/%s/lock", dir, REPLICATE_RESTORE_WORK_DIR) < 0)
+    return ENOMEM;
+  int fd = open(lock, O_RDWR | O_CLOEXEC);
+  free(lock);
+  if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    return arc_fail(a, REPLICATE_EINVAL,
+                    "%s: another restore is writing into it", dir);
+  }
+  clear_dir(dir); /* an interrupted restore: started again */
+  if (fd >= 0)
+    close(fd);
+  return 0;
+}
+
 static int make_out_dir(replicate_archive *a, const char *dir, bool *made)
 {
   *made = false;
@@ -468,20 +560,88 @@ static int make_out_dir(replicate_archive *a, const char *dir, bool *made)
     rc = errno;
   if (rc != 0)
     return arc_fail(a, rc, "%s: %s", dir, strerror(rc));
-  DIR *d = opendir(dir);
+  return check_out_dir(a, dir);
+}
+
+/* O3: every file of the work directory but the meta into out_dir. */
+static int move_files(const loom_io *io, int work, int out)
+{
+  int dup = io->open(io->ctx, work, ".", O_RDONLY | O_DIRECTORY, 0);
+  DIR *d = dup >= 0 ? fdopendir(dup) : NULL;
   if (d == NULL)
-    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL)
-    if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-      rc = EEXIST;
+    return dup < 0 ? -dup : errno;
+  int rc = 0;
+  for (struct dirent *e; rc == 0 && (e = readdir(d)) != NULL;)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+        strcmp(e->d_name, "meta"))
+      rc = -io->rename(io->ctx, work, e->d_name, out, e->d_name);
   closedir(d);
+  return rc;
+}
+
+/* O3, O4. */
+static int publish(replicate_archive *a, const char *out_dir)
+{
+  const loom_io *io = a->io ? a->io : loom_io_posix();
+  int out = io->open(io->ctx, AT_FDCWD, out_dir, O_RDONLY | O_DIRECTORY, 0);
+  int work = out < 0 ? out
+                     : io->open(io->ctx, out, REPLICATE_RESTORE_WORK_DIR,
+                                O_RDONLY | O_DIRECTORY, 0);
+  int rc = work < 0 ? -work : move_files(io, work, out);
+  if (rc == 0)
+    rc = -io->fsync(io->ctx, out); /* O3 */
+  if (rc == 0)
+    rc = -io->rename(io->ctx, work, "meta", out, "meta");
+  if (rc == 0)
+    rc = -io->fsync(io->ctx, out); /* O4: the target, durable */
+  if (rc == 0)
+    rc = -io->unlink(io->ctx, out, REPLICATE_RESTORE_WORK_DIR, AT_REMOVEDIR);
+  if (rc == 0)
+    rc = -io->fsync(io->ctx, out);
+  int parent = -1;
+  if (rc == 0)
+    parent = io->open(io->ctx, out, "..", O_RDONLY | O_DIRECTORY, 0);
+  if (rc == 0)
+    rc = parent < 0 ? -parent : -io->fsync(io->ctx, parent);
+  int fds[] = {parent, work, out};
+  for (int i = 0; i < 3; i++)
+    if (fds[i] >= 0)
+      io->close(io->ctx, fds[i]);
+  return rc ? arc_fail(a, rc, "%s: moving the restored store in: %s", out_dir,
+                       strerror(rc))
+            : 0;
+}
+
+static int restore_new(restorer *r)
+{
+  int rc = replicate_decoder_new(NULL, &r->dec);
+  if (rc == 0)
+    rc = replicate_decoder_new(NULL, &r->merged);
+  if (rc == 0)
+    rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r->batch);
   if (rc != 0)
-    return arc_fail(a, REPLICATE_EINVAL,
-                    "%s is not empty: restore writes a "
-                    "new directory",
-                    dir);
-  return 0;
+    arc_fail(r->a, rc, "decoder: %s", replicate_strerror(rc));
+  return rc;
+}
+
+static void restore_free(restorer *r)
+{
+  replicate_decoder_free(r->dec);
+  replicate_decoder_free(r->merged);
+  replicate_coalescer_free(r->batch);
+}
+
+/* O2's end: the store closed (every batch checkpointed, fsynced). */
+static int restore_close(restorer *r, const char *out_dir, loom_position *pos)
+{
+  if (r->store == NULL)
+    return 0;
+  loom_store_position(r->store, pos);
+  int rc = loom_store_close(r->store);
+  r->store = NULL;
+  return rc ? arc_fail(r->a, rc, "%s: closing: %s", out_dir,
+                       replicate_strerror(rc))
+            : 0;
 }
 
 int replicate_archive_restore(replicate_archive *a,
@@ -499,35 +659,33 @@ int replicate_archive_restore(replicate_archive *a,
     epoch = (uint64_t)t->epoch;
   if (rc == 0 && epoch == 0)
     rc = arc_fail(a, REPLICATE_EARCHIVE_NOPOS, "the archive holds no epoch");
-  bool made = false;
+  bool made = false, touched = false;
+  char *work = NULL;
   restorer r = {.a = a, .t = t};
+  if (rc == 0 && (rc = make_out_dir(a, out_dir, &made)) == 0)
+    touched = true;
+  if (rc == 0 && asprintf(&work, "%s/%s", out_dir,
+                          REPLICATE_RESTORE_WORK_DIR) < 0)
+    rc = ENOMEM;
+  r.work = work;
   if (rc == 0)
-    rc = make_out_dir(a, out_dir, &made);
-  if (rc == 0 && (rc = loom_store_open(out_dir, LOOM_CREATE, NULL, &r.store)))
-    arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
-  if (rc == 0 &&
-      ((rc = replicate_decoder_new(NULL, &r.dec)) != 0 ||
-       (rc = replicate_decoder_new(NULL, &r.merged)) != 0 ||
-       (rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r.batch)) != 0))
-    arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
+    rc = restore_new(&r);
   if (rc == 0)
-    rc = restore_epoch(&r, &el, epoch, UINT64_MAX);
-  if (rc == 0 && (rc = loom_store_sync(r.store)) != 0)
-    arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
-  if (r.store != NULL) {
-    if (rc == 0)
-      loom_store_position(r.store, restored);
-    int crc = loom_store_close(r.store);
-    if (rc == 0 && crc != 0)
-      rc =
-          arc_fail(a, crc, "%s: closing: %s", out_dir, replicate_strerror(crc));
-  }
-  replicate_decoder_free(r.dec);
-  replicate_decoder_free(r.merged);
-  replicate_coalescer_free(r.batch);
+    rc = restore_epoch(&r, &el, epoch, UINT64_MAX); /* O2 */
+  loom_position pos = {0};
+  int crc = restore_close(&r, out_dir, &pos);
+  rc = rc ? rc : crc;
+  if (rc == 0)
+    rc = publish(a, out_dir);
+  if (rc == 0)
+    *restored = pos;
+  restore_free(&r);
   free(el.items);
+  free(work);
+  if (rc != 0 && touched)
+    clear_dir(out_dir); /* it was empty, or held an interrupted restore */
   if (rc != 0 && made)
-    nftw(out_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    rmdir(out_dir);
   return rc;
 }
 

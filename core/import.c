@@ -1,0 +1,178 @@
+/*
+ * import.c: a new image directory made from an image stream
+ * (loom_store_create_from_stream): what a restore from an archive, or any
+ * caller holding a whole image, writes instead of a base-image patch.
+ *
+ * A base-image patch (LOOM_PATCH_BASE) writes every page twice (into the
+ * commit log, then into the image, each fsynced) and keeps the directory a
+ * valid store all along, which a store in use needs. A directory being
+ * made needs neither, so the stream's pages go straight into the image
+ * file, as a backup's do (tools.c), each hashed once:
+ *
+ *   C1. dir: made (0700) or found empty; its lock taken.
+ *   C2. image, hashes and log made (empty); the image's blocks reserved
+ *       (loom_io.reserve: ENOSPC now, and one extent).
+ *   C3. The header read and checked; then the pages, in chunks: each page
+ *       hashed, each chunk written where it belongs in the image.
+ *   C4. The hashes' sum must be the header's checksum (else LOOM_ECORRUPT:
+ *       the stream is damaged, and no meta is written).
+ *   C5. fsync the image; the hashes written and fsynced; fsync dir (the
+ *       entries of image, hashes and log).
+ *   C6. The meta last (one slot: the position, the lineage, an empty log),
+ *       fsynced, then dir and its parent: from here on dir opens at the
+ *       stream's position.
+ *
+ * Before C6's meta is durable, dir holds no meta: loom_store_open refuses
+ * it (LOOM_ENOIMAGE; with LOOM_CREATE, LOOM_EMETA once the image holds
+ * pages), loom_verify and loom_inspect too, so a crash never leaves a
+ * store at a position the stream did not carry. (An image of no pages is
+ * the exception: a crash before C6 leaves a directory that LOOM_CREATE
+ * makes an empty store, at seq 0.)
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loom.h"
+#include "loom_io.h"
+#include "store_internal.h"
+
+/* Pages per chunk handed to next() and written with one pwrite: 4 MiB. */
+#define IMPORT_CHUNK_PAGES 256u
+
+/* C1: 0 when dir is absent (then made) or empty, else LOOM_EINVAL. */
+static int import_dir(loom_store *s, const char *dir)
+{
+  const loom_io *io = s->io;
+  int rc = -io->mkdir(io->ctx, AT_FDCWD, dir, 0700);
+  if (rc == EEXIST) {
+    DIR *d = opendir(dir);
+    if (!d)
+      return errno;
+    rc = 0;
+    for (struct dirent *e; !rc && (e = readdir(d)) != NULL;)
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+        rc = LOOM_EINVAL;
+    closedir(d);
+  }
+  if (!rc) {
+    s->dirfd = io->open(io->ctx, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
+    rc = s->dirfd < 0 ? -s->dirfd : 0;
+  }
+  if (!rc) {
+    s->lockfd = io->open(io->ctx, s->dirfd, "lock", O_RDWR | O_CREAT, 0600);
+    rc = s->lockfd < 0 ? -s->lockfd : 0;
+  }
+  if (!rc && flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
+    rc = errno == EWOULDBLOCK ? LOOM_ELOCKED : errno;
+  return rc;
+}
+
+static int import_file(loom_store *s, const char *name, int *fd)
+{
+  *fd = s->io->open(s->io->ctx, s->dirfd, name, O_RDWR | O_CREAT | O_TRUNC,
+                    0600);
+  return *fd < 0 ? -*fd : 0;
+}
+
+/* C3: the pages after the header, hashed and written; *sum their sum. */
+static int import_pages(loom_store *s, loom_stream_next_fn next, void *ctx,
+                        uint64_t pages, uint64_t *sum)
+{
+  *sum = 0;
+  for (uint64_t n = 0; n < pages; n += IMPORT_CHUNK_PAGES) {
+    uint64_t k = pages - n < IMPORT_CHUNK_PAGES ? pages - n : IMPORT_CHUNK_PAGES;
+    const uint8_t *data = NULL;
+    int rc = next(ctx, (size_t)(k * PS), (const void **)&data);
+    if (!rc && !data)
+      rc = LOOM_EINVAL;
+    if (rc)
+      return rc;
+    for (uint64_t i = 0; i < k; i++) {
+      s->hashes[n + i] = loom_page_hash(n + i, data + i * PS);
+      *sum += s->hashes[n + i];
+    }
+    rc = store_write_exact(s, s->image_fd, data, (size_t)(k * PS),
+                           (off_t)(n * PS));
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* C5, C6: everything durable, the meta last. */
+static int import_finish(loom_store *s, const char *dir)
+{
+  int rc = store_fsync(s, s->image_fd);
+  for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
+    rc = store_hashes_write_block(s, b, s->pos.pages);
+  if (!rc)
+    rc = store_fsync(s, s->hashes_fd);
+  if (!rc)
+    rc = store_fsync(s, s->log_fd);
+  if (!rc)
+    rc = store_fsync(s, s->dirfd);
+  if (!rc)
+    rc = import_file(s, "meta", &s->meta_fd);
+  if (!rc) {
+    uint8_t slot[META_SLOT_SIZE];
+    store_meta_encode(slot, 1, &s->pos, &s->lineage);
+    rc = store_write_exact(s, s->meta_fd, slot, sizeof slot, META_SLOT_SIZE);
+  }
+  if (!rc)
+    rc = store_fsync(s, s->meta_fd);
+  if (!rc)
+    rc = store_fsync(s, s->dirfd);
+  if (!rc)
+    rc = store_sync_parent(s, dir);
+  return rc;
+}
+
+int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
+                                  loom_stream_next_fn next, void *ctx,
+                                  loom_position *out)
+{
+  if (!dir || !next)
+    return LOOM_EINVAL;
+  loom_store *s;
+  int rc = store_alloc(io, &s);
+  if (rc)
+    return rc;
+  const uint8_t *header = NULL;
+  rc = import_dir(s, dir); /* C1 */
+  if (!rc)
+    rc = import_file(s, "image", &s->image_fd); /* C2 */
+  if (!rc)
+    rc = import_file(s, "hashes", &s->hashes_fd);
+  if (!rc)
+    rc = import_file(s, "log", &s->log_fd);
+  if (!rc) /* C3 */
+    rc = next(ctx, LOOM_STREAM_HEADER, (const void **)&header);
+  if (!rc && !header)
+    rc = LOOM_EINVAL;
+  if (!rc)
+    rc = loom_stream_header_decode(header, &s->pos, &s->lineage);
+  if (!rc)
+    rc = store_hashes_reserve(s, s->pos.pages ? s->pos.pages : 1);
+  if (!rc && s->io->reserve && s->pos.pages) {
+    int r = -s->io->reserve(s->io->ctx, s->image_fd, 0,
+                            (off_t)(s->pos.pages * PS));
+    rc = r == EOPNOTSUPP ? 0 : r;
+  }
+  uint64_t sum = 0;
+  if (!rc)
+    rc = import_pages(s, next, ctx, s->pos.pages, &sum);
+  if (!rc && sum != s->pos.checksum) /* C4 */
+    rc = LOOM_ECORRUPT;
+  if (!rc)
+    rc = import_finish(s, dir);
+  if (!rc && out)
+    *out = s->pos;
+  store_free(s);
+  return rc;
+}
