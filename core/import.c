@@ -13,7 +13,8 @@
  *   C2. image, hashes and log made (empty); the image's blocks reserved
  *       (loom_io.reserve: ENOSPC now, and one extent).
  *   C3. The header read and checked; then the pages, in chunks: each page
- *       hashed, each chunk written where it belongs in the image.
+ *       hashed (or its hash taken from the caller, who computed it), each
+ *       chunk written where it belongs in the image.
  *   C4. The hashes' sum must be the header's checksum (else LOOM_ECORRUPT:
  *       the stream is damaged, and no meta is written).
  *   C5. fsync the image; the hashes written and fsynced; fsync dir (the
@@ -32,6 +33,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -42,8 +44,10 @@
 #include "loom_io.h"
 #include "store_internal.h"
 
-/* Pages per chunk handed to next() and written with one pwrite: 4 MiB. */
-#define IMPORT_CHUNK_PAGES 256u
+/* Pages per chunk handed to next() and written with one pwrite: 8 MiB. */
+#define IMPORT_CHUNK_PAGES 512u
+/* O_DIRECT's alignment of the buffer (file offsets are page multiples). */
+#define IMPORT_ALIGN 4096u
 
 /* C1: 0 when dir is absent (then made) or empty, else LOOM_EINVAL. */
 static int import_dir(loom_store *s, const char *dir)
@@ -80,10 +84,58 @@ static int import_file(loom_store *s, const char *name, int *fd)
   return *fd < 0 ? -*fd : 0;
 }
 
-/* C3: the pages after the header, hashed and written; *sum their sum. */
-static int import_pages(loom_store *s, loom_stream_next_fn next, void *ctx,
-                        uint64_t pages, uint64_t *sum)
+/* The store being made, and how its image is written. */
+typedef struct importer {
+  loom_store *s;
+  int direct;      /* the image is open with O_DIRECT */
+  uint8_t *bounce; /* with direct: one chunk, aligned, for unaligned data */
+} importer;
+
+/* C2: the image, written around the page cache (O_DIRECT) where the file
+ * system allows: the pages are written once and not read back, and a
+ * buffered write of a large image costs more in copies into the page cache
+ * and their writeback at the fsync than the disk's own time (measured:
+ * docs/BENCHMARKS.md section 13). Elsewhere (EINVAL: tmpfs, some network
+ * file systems), a plain file. */
+static int import_image(importer *im)
 {
+  loom_store *s = im->s;
+  int fd = s->io->open(s->io->ctx, s->dirfd, "image",
+                       O_RDWR | O_CREAT | O_TRUNC | O_DIRECT, 0600);
+  if (fd == -EINVAL)
+    return import_file(s, "image", &s->image_fd);
+  s->image_fd = fd;
+  if (fd < 0)
+    return -fd;
+  int flags = fcntl(fd, F_GETFL); /* a test's loom_io may drop the flag */
+  im->direct = flags >= 0 && (flags & O_DIRECT);
+  void *bounce = NULL;
+  if (im->direct && posix_memalign(&bounce, IMPORT_ALIGN, IMPORT_CHUNK_PAGES * PS))
+    return ENOMEM;
+  im->bounce = bounce;
+  return 0;
+}
+
+/* k pages into the image at page n (through the aligned buffer when the
+ * image is written directly and data is not aligned). */
+static int import_write(importer *im, const uint8_t *data, uint64_t k,
+                        uint64_t n)
+{
+  if (im->direct && (uintptr_t)data % IMPORT_ALIGN) {
+    memcpy(im->bounce, data, (size_t)(k * PS));
+    data = im->bounce;
+  }
+  return store_write_exact(im->s, im->s->image_fd, data, (size_t)(k * PS),
+                           (off_t)(n * PS));
+}
+
+/* C3: the pages after the header, hashed (unless the caller gave their
+ * hashes) and written; *sum their hashes' sum. */
+static int import_pages(importer *im, loom_stream_next_fn next, void *ctx,
+                        const uint64_t *given, uint64_t *sum)
+{
+  loom_store *s = im->s;
+  uint64_t pages = s->pos.pages;
   *sum = 0;
   for (uint64_t n = 0; n < pages; n += IMPORT_CHUNK_PAGES) {
     uint64_t k = pages - n < IMPORT_CHUNK_PAGES ? pages - n : IMPORT_CHUNK_PAGES;
@@ -94,11 +146,11 @@ static int import_pages(loom_store *s, loom_stream_next_fn next, void *ctx,
     if (rc)
       return rc;
     for (uint64_t i = 0; i < k; i++) {
-      s->hashes[n + i] = loom_page_hash(n + i, data + i * PS);
+      s->hashes[n + i] =
+          given ? given[n + i] : loom_page_hash(n + i, data + i * PS);
       *sum += s->hashes[n + i];
     }
-    rc = store_write_exact(s, s->image_fd, data, (size_t)(k * PS),
-                           (off_t)(n * PS));
+    rc = import_write(im, data, k, n);
     if (rc)
       return rc;
   }
@@ -133,26 +185,12 @@ static int import_finish(loom_store *s, const char *dir)
   return rc;
 }
 
-int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
-                                  loom_stream_next_fn next, void *ctx,
-                                  loom_position *out)
+/* C3's start: the header, and the hash table sized by it. With a reserve
+ * in the I/O, the image's blocks too (ENOSPC now, before any page). */
+static int import_header(loom_store *s, loom_stream_next_fn next, void *ctx)
 {
-  if (!dir || !next)
-    return LOOM_EINVAL;
-  loom_store *s;
-  int rc = store_alloc(io, &s);
-  if (rc)
-    return rc;
   const uint8_t *header = NULL;
-  rc = import_dir(s, dir); /* C1 */
-  if (!rc)
-    rc = import_file(s, "image", &s->image_fd); /* C2 */
-  if (!rc)
-    rc = import_file(s, "hashes", &s->hashes_fd);
-  if (!rc)
-    rc = import_file(s, "log", &s->log_fd);
-  if (!rc) /* C3 */
-    rc = next(ctx, LOOM_STREAM_HEADER, (const void **)&header);
+  int rc = next(ctx, LOOM_STREAM_HEADER, (const void **)&header);
   if (!rc && !header)
     rc = LOOM_EINVAL;
   if (!rc)
@@ -164,15 +202,39 @@ int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
                             (off_t)(s->pos.pages * PS));
     rc = r == EOPNOTSUPP ? 0 : r;
   }
+  return rc;
+}
+
+int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
+                                  loom_stream_next_fn next, void *ctx,
+                                  const uint64_t *hashes, loom_position *out)
+{
+  if (!dir || !next)
+    return LOOM_EINVAL;
+  importer im = {0};
+  int rc = store_alloc(io, &im.s);
+  if (rc)
+    return rc;
+  loom_store *s = im.s;
+  rc = import_dir(s, dir); /* C1 */
+  if (!rc)
+    rc = import_image(&im); /* C2 */
+  if (!rc)
+    rc = import_file(s, "hashes", &s->hashes_fd);
+  if (!rc)
+    rc = import_file(s, "log", &s->log_fd);
+  if (!rc)
+    rc = import_header(s, next, ctx); /* C3 */
   uint64_t sum = 0;
   if (!rc)
-    rc = import_pages(s, next, ctx, s->pos.pages, &sum);
+    rc = import_pages(&im, next, ctx, hashes, &sum);
   if (!rc && sum != s->pos.checksum) /* C4 */
     rc = LOOM_ECORRUPT;
   if (!rc)
     rc = import_finish(s, dir);
   if (!rc && out)
     *out = s->pos;
+  free(im.bounce);
   store_free(s);
   return rc;
 }

@@ -496,14 +496,20 @@ typedef int (*loom_stream_next_fn)(void *ctx, size_t len, const void **data);
  * crash never leaves one at a position the stream did not carry; on an
  * error the caller removes what is there. Open it with loom_store_open
  * afterwards. *out (may be NULL) gets the position.
- *   io   the I/O interface, or NULL for the plain POSIX one.
+ *   io      the I/O interface, or NULL for the plain POSIX one.
+ *   hashes  NULL: every page is hashed here. Else hashes[n] is
+ *           loom_page_hash(n, page n) for every page, as the caller
+ *           computed it from the same bytes (a restore that applied frames
+ *           to the image in memory); it is not computed again (the caller
+ *           vouches for it, as with loom_patch_add_hashed). The sum is
+ *           checked against the header's checksum either way.
  * Errors: LOOM_EINVAL (dir holds something), LOOM_ELOCKED, LOOM_ECORRUPT
  * (a bad header, or pages that do not hash to its checksum: no meta is
  * written), LOOM_EVERSION, next()'s errors, errno values (ENOSPC...).
  */
 int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
                                   loom_stream_next_fn next, void *ctx,
-                                  loom_position *out);
+                                  const uint64_t *hashes, loom_position *out);
 
 /* ---------------------------------------------------------------------- */
 /* Read-only tools: work on a directory whose owner stopped or died, and on

@@ -183,77 +183,39 @@ static int plan_load(replicate_archive *a, uint64_t epoch, plan *p)
 }
 
 /* ---------------------------------------------------------------------- */
-/* R5: writing the image */
-
-/* Frames are merged (replicate_coalescer) and applied as one commit per
- * RESTORE_BATCH_PAGES distinct pages: a restore needs the result durable,
- * not every seq on the way (one fsync per batch, not per frame). */
-#define RESTORE_BATCH_PAGES 8192u
+/* R5: the image, in memory (archive_image.c): a restore needs the result
+ * durable, not every seq on the way, so the frames are applied to the
+ * base in memory and the image is written once, at the target. */
 
 typedef struct restorer {
   replicate_archive *a;
   const replicate_restore_target *t;
-  const char *work; /* out_dir/REPLICATE_RESTORE_WORK_DIR */
-  loom_store *store; /* in work, once the base is there */
-  replicate_decoder *dec;    /* segments' frames */
-  replicate_decoder *merged; /* the coalescer's output */
-  replicate_coalescer *batch;
-  char last_key[ARC_KEY_MAX]; /* the newest object in the batch */
+  replicate_decoder *dec; /* segments' frames */
+  arc_image img;          /* once the base is taken */
   loom_lineage lineage;
   loom_position pos; /* after the last frame taken */
 } restorer;
 
-/* The base object's bytes, handed to loom_store_create_from_stream. */
-typedef struct base_reader {
-  const uint8_t *next;
-  size_t left;
-} base_reader;
-
-static int base_next(void *ctx, size_t len, const void **data)
-{
-  base_reader *b = ctx;
-  if (len > b->left)
-    return LOOM_ECORRUPT;
-  *data = b->next;
-  b->next += len;
-  b->left -= len;
-  return 0;
-}
-
-/* R5's base: the image written straight into the work directory's image
- * file, hashed once, its meta last (core/import.c), then opened for the
- * frames. */
 static int apply_base(restorer *r, const arc_obj *o)
 {
   arc_header h;
   replicate_buf b = {0};
   int rc = arc_get(r->a, o->key, &h, &b);
-  loom_position pos;
-  if (rc == 0 && (b.len < LOOM_STREAM_HEADER ||
-                  loom_stream_header_decode(b.data, &pos, &r->lineage) != 0 ||
-                  pos.seq != o->name.first_seq || pos.epoch != h.epoch ||
-                  b.len != LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE))
-    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
-                  "object %s: the image inside is malformed or at another "
-                  "position",
-                  o->key);
-  base_reader br = {.next = b.data, .left = b.len};
   if (rc == 0)
-    rc = loom_store_create_from_stream(r->work, r->a->io, base_next, &br, &pos);
-  if (rc == LOOM_ECORRUPT && r->a->error[0] == '\0')
-    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
-                  "object %s: the image's pages do not hash to its checksum",
-                  o->key);
+    rc = arc_image_take(&r->img, &b);
   replicate_buf_free(&b);
-  /* Deferred checkpoints: the batches need not reach the image one by
-   * one, only the result (loom_store_close checkpoints it). */
-  if (rc == 0)
-    rc = loom_store_open(r->work, LOOM_CHECKPOINT_DEFER, r->a->io, &r->store);
+  if (rc == 0 && (r->img.pos.seq != o->name.first_seq ||
+                  r->img.pos.epoch != h.epoch))
+    rc = REPLICATE_EARCHIVE_OBJECT;
   if (rc != 0 && r->a->error[0] == '\0')
-    arc_fail(r->a, rc, "object %s: writing the image: %s", o->key,
-             replicate_strerror(rc));
-  if (rc == 0)
-    r->pos = pos;
+    arc_fail(r->a, rc,
+             "object %s: the image inside is malformed, damaged or at "
+             "another position (%s)",
+             o->key, replicate_strerror(rc));
+  if (rc == 0) {
+    r->lineage = r->img.lineage;
+    r->pos = r->img.pos;
+  }
   return rc;
 }
 
@@ -271,41 +233,16 @@ static bool wanted(const restorer *r, const replicate_frame_info *f,
   return true;
 }
 
-/* Applies the batch of merged frames, if any. */
-static int flush(restorer *r)
-{
-  uint64_t n = replicate_coalescer_frames(r->batch);
-  if (n == 0)
-    return 0;
-  replicate_frame m;
-  int rc = replicate_coalescer_finish_frame(r->batch, r->merged, &m);
-  if (rc == 0)
-    rc = replicate_frame_apply(&m, r->store);
-  if (rc != 0)
-    return arc_fail(r->a, rc,
-                    "frames %" PRIu64 "-%" PRIu64 " (the last from "
-                    "object %s) do not apply: %s",
-                    r->pos.seq - n + 1, r->pos.seq, r->last_key,
-                    replicate_strerror(rc));
-  loom_store_position(r->store, &r->pos);
-  return 0;
-}
-
-/* Takes one frame into the batch (applying the batch first when it would
- * grow past its bound). */
+/* Applies one frame to the image. */
 static int take(restorer *r, const replicate_frame *f, const char *key)
 {
-  int rc = 0;
-  if (replicate_coalescer_pages(r->batch) + f->info.page_count >
-      RESTORE_BATCH_PAGES)
-    rc = flush(r);
-  if (rc == 0 && (rc = replicate_coalescer_add(r->batch, f)) != 0)
-    return arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
-                    "object %s: frame %" PRIu64
-                    " does not follow the one before: %s",
-                    key, f->info.after.seq, replicate_strerror(rc));
-  snprintf(r->last_key, sizeof r->last_key, "%s", key);
-  return rc;
+  int rc = arc_image_apply(&r->img, f);
+  if (rc != 0)
+    return arc_fail(r->a, rc,
+                    "object %s: frame %" PRIu64 " does not apply: %s", key,
+                    f->info.after.seq, replicate_strerror(rc));
+  r->pos = r->img.pos;
+  return 0;
 }
 
 /* *stop: the segment's frames ran past what is wanted. */
@@ -333,10 +270,8 @@ static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
                     o->key, expect);
     else if (!wanted(r, &f.info, limit))
       *stop = true;
-    else if (f.info.after.seq > r->pos.seq && (rc = take(r, &f, o->key)) != 0)
-      ;
     else if (f.info.after.seq > r->pos.seq)
-      r->pos = f.info.after;
+      rc = take(r, &f, o->key);
     off += 8 + (len == UINT64_MAX ? 0 : len);
     expect++;
   }
@@ -390,8 +325,6 @@ static int restore_from(restorer *r, const plan *p, const arc_obj *base,
       break; /* a hole: R6 says */
     rc = apply_segment(r, o, limit, &stop);
   }
-  if (rc == 0)
-    rc = flush(r);
   if (rc != 0)
     return rc;
   uint64_t want = r->t->kind == REPLICATE_RESTORE_SEQ ? r->t->seq
@@ -612,38 +545,6 @@ static int publish(replicate_archive *a, const char *out_dir)
             : 0;
 }
 
-static int restore_new(restorer *r)
-{
-  int rc = replicate_decoder_new(NULL, &r->dec);
-  if (rc == 0)
-    rc = replicate_decoder_new(NULL, &r->merged);
-  if (rc == 0)
-    rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r->batch);
-  if (rc != 0)
-    arc_fail(r->a, rc, "decoder: %s", replicate_strerror(rc));
-  return rc;
-}
-
-static void restore_free(restorer *r)
-{
-  replicate_decoder_free(r->dec);
-  replicate_decoder_free(r->merged);
-  replicate_coalescer_free(r->batch);
-}
-
-/* O2's end: the store closed (every batch checkpointed, fsynced). */
-static int restore_close(restorer *r, const char *out_dir, loom_position *pos)
-{
-  if (r->store == NULL)
-    return 0;
-  loom_store_position(r->store, pos);
-  int rc = loom_store_close(r->store);
-  r->store = NULL;
-  return rc ? arc_fail(r->a, rc, "%s: closing: %s", out_dir,
-                       replicate_strerror(rc))
-            : 0;
-}
-
 int replicate_archive_restore(replicate_archive *a,
                               const replicate_restore_target *t,
                               const char *out_dir, loom_position *restored)
@@ -667,19 +568,18 @@ int replicate_archive_restore(replicate_archive *a,
   if (rc == 0 && asprintf(&work, "%s/%s", out_dir,
                           REPLICATE_RESTORE_WORK_DIR) < 0)
     rc = ENOMEM;
-  r.work = work;
-  if (rc == 0)
-    rc = restore_new(&r);
+  if (rc == 0 && (rc = replicate_decoder_new(NULL, &r.dec)) != 0)
+    arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
   if (rc == 0)
     rc = restore_epoch(&r, &el, epoch, UINT64_MAX); /* O2 */
-  loom_position pos = {0};
-  int crc = restore_close(&r, out_dir, &pos);
-  rc = rc ? rc : crc;
+  if (rc == 0 && (rc = arc_image_write(&r.img, work, a->io)) != 0)
+    arc_fail(a, rc, "%s: writing the image: %s", work, replicate_strerror(rc));
   if (rc == 0)
     rc = publish(a, out_dir);
   if (rc == 0)
-    *restored = pos;
-  restore_free(&r);
+    *restored = r.img.pos;
+  replicate_decoder_free(r.dec);
+  arc_image_free(&r.img);
   free(el.items);
   free(work);
   if (rc != 0 && touched)
