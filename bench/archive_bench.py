@@ -162,7 +162,7 @@ def restore_bench(loomship, root, target, keys, saves, compare=None,
     image = os.path.getsize(os.path.join(pdir, "image"))
     binaries = [("restore", loomship)] + ([("compare", compare)] if compare else [])
     times = {name: [] for name, _ in binaries}
-    floors = {"read": [], "image": []}
+    floors = {"read": [], "image": [], "direct": []}
     for rnd in range(repeats):
         # Alternating which binary goes first, each restore into a new
         # directory, the page cache flushed before each.
@@ -197,19 +197,32 @@ def restore_bench(loomship, root, target, keys, saves, compare=None,
             dst.flush()
             os.fsync(dst.fileno())
         floors["image"].append(time.monotonic() - t0)
+        os.unlink(os.path.join(root, "image-copy"))
+        # The same bytes written around the page cache (what restore does
+        # where the file system allows: O_DIRECT), by dd.
+        subprocess.run(["sync"])
+        t0 = time.monotonic()
+        subprocess.run(["dd", "if=" + os.path.join(pdir, "image"),
+                        "of=" + os.path.join(root, "image-copy"), "bs=4M",
+                        "oflag=direct", "conv=fsync", "status=none"], check=True)
+        floors["direct"].append(time.monotonic() - t0)
         os.unlink(copy)
         os.unlink(os.path.join(root, "image-copy"))
         print("round %d: reading the %d objects (%.1f MiB) into one file + fsync "
-              "%.2f s; copy+fsync of the image (%.1f MiB) %.2f s"
+              "%.2f s; copy+fsync of the image (%.1f MiB) %.2f s; the same with "
+              "O_DIRECT (dd) %.2f s"
               % (rnd + 1, nobj, size / 2**20, floors["read"][-1], image / 2**20,
-                 floors["image"][-1]))
+                 floors["image"][-1], floors["direct"][-1]))
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     t_read, t_image = med(floors["read"]), med(floors["image"])
+    t_direct = med(floors["direct"])
     for name, binary in binaries:
         t = med(times[name])
         print("restore (%s, median of %d): %.2f s; x objects read+fsync %.2f "
-              "(%.2f s); x image copy+fsync %.2f (%.2f s)"
-              % (binary, repeats, t, t / t_read, t_read, t / t_image, t_image))
+              "(%.2f s); x image copy+fsync %.2f (%.2f s); x O_DIRECT copy %.2f "
+              "(%.2f s)"
+              % (binary, repeats, t, t / t_read, t_read, t / t_image, t_image,
+                 t / t_direct, t_direct))
 
 
 def main():

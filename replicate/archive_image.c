@@ -17,10 +17,12 @@
  * replicate_frame_apply makes against a store.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "archive_internal.h"
+#include "array.h"
 #include "frame.h"
 
 static uint8_t *page_at(arc_image *img, uint64_t n)
@@ -30,17 +32,10 @@ static uint8_t *page_at(arc_image *img, uint64_t n)
 
 static int hashes_reserve(arc_image *img, uint64_t pages)
 {
-  if (pages <= img->hashes_cap)
-    return 0;
-  uint64_t cap = img->hashes_cap ? img->hashes_cap : 1024;
-  while (cap < pages)
-    cap *= 2;
-  uint64_t *h = realloc(img->hashes, cap * sizeof *h);
-  if (h == NULL)
+  if (pages > SIZE_MAX / sizeof *img->hashes)
     return ENOMEM;
-  img->hashes = h;
-  img->hashes_cap = cap;
-  return 0;
+  return loom_array_reserve(&img->hashes, &img->hashes_cap, (size_t)pages,
+                            sizeof *img->hashes);
 }
 
 int arc_image_take(arc_image *img, replicate_buf *stream)

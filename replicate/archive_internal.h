@@ -136,7 +136,7 @@ static inline void arc_put64(uint8_t *p, uint64_t v)
 typedef struct arc_image {
   replicate_buf stream;  /* LOOM_STREAM_HEADER bytes, then pos.pages pages */
   uint64_t *hashes;      /* [pos.pages]: loom_page_hash of each page */
-  uint64_t hashes_cap;
+  size_t hashes_cap;
   loom_position pos;
   loom_lineage lineage;
   size_t handed;         /* bytes of stream written out so far */

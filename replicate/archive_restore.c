@@ -12,11 +12,13 @@
  *   R4 the base: the newest at or below the target; none at E (the target
  *      lies before E's first base) continues at E's parent, limited to E's
  *      branch point;
- *   R5 the base is written into a new store (its lineage adopted), then
- *      the following frames, checked seq after seq (contiguous, one
- *      history, not coalesced), merged into batches and applied through
- *      replicate_frame_apply (which checks the batch's before position and
- *      recomputes its after checksum from the pages);
+ *   R5 the base is taken into memory (every page hashed once), then the
+ *      following frames, checked seq after seq (contiguous, one history,
+ *      not coalesced), are applied to it in place (archive_image.c: each
+ *      frame's before position, each page's hash, its after checksum);
+ *      at the target the image is written once into a new directory
+ *      (loom_store_create_from_stream, its meta last) inside out_dir, and
+ *      moved into out_dir (O1-O4 below);
  *   R6 a seq target must be reached exactly (a gap: REPLICATE_EARCHIVE_GAP;
  *      a missing frame: NOPOS); newest must reach the head's seq: an
  *      archive that claims a seq it cannot give is refused, not shortened.
@@ -385,14 +387,15 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
 /* ---------------------------------------------------------------------- */
 /* The output directory
  *
- * The store is built in out_dir/REPLICATE_RESTORE_WORK_DIR (the work
- * directory: the base, then every batch of frames) and moved into out_dir
- * only once it is at the target and closed (every batch checkpointed):
+ * The store is written in out_dir/REPLICATE_RESTORE_WORK_DIR (the work
+ * directory) once the image in memory is at the target, and moved into
+ * out_dir:
  *
  *   O1 out_dir is made, or found empty, or found holding an interrupted
  *      restore (no meta, a work directory whose lock nobody holds), which
  *      is cleared;
- *   O2 R4-R6 in the work directory; loom_store_close there;
+ *   O2 R4-R6 in memory; the image written into the work directory
+ *      (loom_store_create_from_stream: fsynced, its meta last);
  *   O3 each of its files but the meta renamed into out_dir; fsync out_dir;
  *   O4 the meta renamed into out_dir (from here on out_dir opens at the
  *      target); fsync out_dir; the work directory removed; fsync out_dir
@@ -401,7 +404,7 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
  * Killed before O4, out_dir holds no meta: no store opens there
  * (loom_store_open: LOOM_ENOIMAGE, LOOM_EMETA with LOOM_CREATE), and the
  * next restore into it clears it and starts again (O1). It never holds a
- * store at the base's position, or a batch's, on the way to the target. */
+ * store at any position on the way to the target. */
 
 static int rm_one(const char *path, const struct stat *st, int flag,
                   struct FTW *ftw)
