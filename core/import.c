@@ -79,8 +79,8 @@ static int import_dir(loom_store *s, const char *dir)
 
 static int import_file(loom_store *s, const char *name, int *fd)
 {
-  *fd = s->io->open(s->io->ctx, s->dirfd, name, O_RDWR | O_CREAT | O_TRUNC,
-                    0600);
+  *fd =
+      s->io->open(s->io->ctx, s->dirfd, name, O_RDWR | O_CREAT | O_TRUNC, 0600);
   return *fd < 0 ? -*fd : 0;
 }
 
@@ -110,7 +110,8 @@ static int import_image(importer *im)
   int flags = fcntl(fd, F_GETFL); /* a test's loom_io may drop the flag */
   im->direct = flags >= 0 && (flags & O_DIRECT);
   void *bounce = NULL;
-  if (im->direct && posix_memalign(&bounce, IMPORT_ALIGN, IMPORT_CHUNK_PAGES * PS))
+  if (im->direct &&
+      posix_memalign(&bounce, IMPORT_ALIGN, IMPORT_CHUNK_PAGES * PS))
     return ENOMEM;
   im->bounce = bounce;
   return 0;
@@ -138,7 +139,8 @@ static int import_pages(importer *im, loom_stream_next_fn next, void *ctx,
   uint64_t pages = s->pos.pages;
   *sum = 0;
   for (uint64_t n = 0; n < pages; n += IMPORT_CHUNK_PAGES) {
-    uint64_t k = pages - n < IMPORT_CHUNK_PAGES ? pages - n : IMPORT_CHUNK_PAGES;
+    uint64_t k =
+        pages - n < IMPORT_CHUNK_PAGES ? pages - n : IMPORT_CHUNK_PAGES;
     const uint8_t *data = NULL;
     int rc = next(ctx, (size_t)(k * PS), (const void **)&data);
     if (!rc && !data)
@@ -198,8 +200,8 @@ static int import_header(loom_store *s, loom_stream_next_fn next, void *ctx)
   if (!rc)
     rc = store_hashes_reserve(s, s->pos.pages ? s->pos.pages : 1);
   if (!rc && s->io->reserve && s->pos.pages) {
-    int r = -s->io->reserve(s->io->ctx, s->image_fd, 0,
-                            (off_t)(s->pos.pages * PS));
+    int r =
+        -s->io->reserve(s->io->ctx, s->image_fd, 0, (off_t)(s->pos.pages * PS));
     rc = r == EOPNOTSUPP ? 0 : r;
   }
   return rc;

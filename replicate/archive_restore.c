@@ -206,8 +206,8 @@ static int apply_base(restorer *r, const arc_obj *o)
   if (rc == 0)
     rc = arc_image_take(&r->img, &b);
   replicate_buf_free(&b);
-  if (rc == 0 && (r->img.pos.seq != o->name.first_seq ||
-                  r->img.pos.epoch != h.epoch))
+  if (rc == 0 &&
+      (r->img.pos.seq != o->name.first_seq || r->img.pos.epoch != h.epoch))
     rc = REPLICATE_EARCHIVE_OBJECT;
   if (rc != 0 && r->a->error[0] == '\0')
     arc_fail(r->a, rc,
@@ -240,9 +240,8 @@ static int take(restorer *r, const replicate_frame *f, const char *key)
 {
   int rc = arc_image_apply(&r->img, f);
   if (rc != 0)
-    return arc_fail(r->a, rc,
-                    "object %s: frame %" PRIu64 " does not apply: %s", key,
-                    f->info.after.seq, replicate_strerror(rc));
+    return arc_fail(r->a, rc, "object %s: frame %" PRIu64 " does not apply: %s",
+                    key, f->info.after.seq, replicate_strerror(rc));
   r->pos = r->img.pos;
   return 0;
 }
@@ -568,8 +567,8 @@ int replicate_archive_restore(replicate_archive *a,
   restorer r = {.a = a, .t = t};
   if (rc == 0 && (rc = make_out_dir(a, out_dir, &made)) == 0)
     touched = true;
-  if (rc == 0 && asprintf(&work, "%s/%s", out_dir,
-                          REPLICATE_RESTORE_WORK_DIR) < 0)
+  if (rc == 0 &&
+      asprintf(&work, "%s/%s", out_dir, REPLICATE_RESTORE_WORK_DIR) < 0)
     rc = ENOMEM;
   if (rc == 0 && (rc = replicate_decoder_new(NULL, &r.dec)) != 0)
     arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));

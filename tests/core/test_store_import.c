@@ -35,11 +35,11 @@
 
 typedef struct fixture {
   char root[64];
-  loom_position pos;  /* the source store's */
+  loom_position pos; /* the source store's */
   loom_lineage lineage;
-  uint8_t *stream;    /* header + PAGES pages */
+  uint8_t *stream; /* header + PAGES pages */
   size_t len;
-  uint64_t *hashes;   /* each page's */
+  uint64_t *hashes; /* each page's */
 } fixture;
 
 /* The stream's bytes, handed out in order (loom_stream_next_fn). */
