@@ -122,12 +122,24 @@ static int import_image(importer *im)
 static int import_write(importer *im, const uint8_t *data, uint64_t k,
                         uint64_t n)
 {
+  const uint8_t *from = data;
   if (im->direct && (uintptr_t)data % IMPORT_ALIGN) {
     memcpy(im->bounce, data, (size_t)(k * PS));
-    data = im->bounce;
+    from = im->bounce;
   }
-  return store_write_exact(im->s, im->s->image_fd, data, (size_t)(k * PS),
-                           (off_t)(n * PS));
+  int fd = im->s->image_fd;
+  int rc =
+      store_write_exact(im->s, fd, from, (size_t)(k * PS), (off_t)(n * PS));
+  if (rc == EINVAL && im->direct) {
+    /* A file system that took O_DIRECT at open but not this write (its
+     * alignment is larger): buffered from here on. */
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_DIRECT) < 0)
+      return errno;
+    im->direct = 0;
+    rc = store_write_exact(im->s, fd, data, (size_t)(k * PS), (off_t)(n * PS));
+  }
+  return rc;
 }
 
 /* C3: the pages after the header, hashed (unless the caller gave their

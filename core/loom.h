@@ -488,9 +488,10 @@ typedef int (*loom_stream_next_fn)(void *ctx, size_t len, const void **data);
  * loom_store_create_from_stream: make a new image directory dir holding
  * the image stream that next() hands out (the header, then every page),
  * at the stream's position and lineage, the way a backup is written: the
- * pages go straight into the image file (no commit log, no second copy),
- * each is hashed once, and the meta is written last (the steps C1-C6 are
- * in core/import.c). dir must be absent (it is made 0700; its parent must
+ * pages go straight into the image file (no commit log, no second copy;
+ * with O_DIRECT where the file system takes it, so the page cache holds
+ * none of them afterwards), each is hashed once, and the meta is written
+ * last (the steps C1-C6 are in core/import.c). dir must be absent (it is made 0700; its parent must
  * exist) or an empty directory. Until the meta is durable, dir is no
  * store (loom_store_open, loom_inspect and loom_verify refuse it), so a
  * crash never leaves one at a position the stream did not carry; on an
