@@ -41,6 +41,7 @@ static void on_commit_tweak(loom_options *o, void *ctx)
    * never hashed into a valid commit (docs/INTEGRITY.md 1a). */
   o->flags |= LOOM_APPLY_ASYNC | LOOM_CHECK_PREVIOUS;
   o->io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
+  o->log_bytes = n->cfg.commit_log_bytes;
 }
 
 int primary_on_commit(void *ctx, loom *l, const loom_commit *c)
@@ -112,7 +113,7 @@ static void source_sync(void *ctx, http_sync_status *out)
 static void source_commit_log(void *ctx, loom_log_stats *out)
 {
   primary_node *n = ctx;
-  loom_store_log_stats(loom_get_store(kv_loom(n->table)), out);
+  loom_get_log_stats(kv_loom(n->table), out); /* with RECENT's memory */
 }
 
 static void source_log_stats(void *ctx, replicate_log_stats *out)
@@ -200,6 +201,9 @@ int primary_open(primary_node *n, const primary_config *cfg)
     ao.store = store;
     ao.log = n->log;
     ao.log_writer = !(cfg->standby_count || cfg->max_peers); /* no shipper writes it */
+    char position_file[4096];
+    snprintf(position_file, sizeof position_file, "%s/replog/archive-position", cfg->dir);
+    ao.position_file = position_file;
     ao.log_fn = cfg->quiet ? NULL : ship_log;
     ao.log_ctx = (void *)cfg->who;
     if ((rc = replicate_archiver_start(&ao, &n->archiver)))
@@ -503,7 +507,7 @@ typedef struct primary_args {
   size_t standby_count;
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
-      log_max_mb, level, scrub_interval, scrub_mbps;
+      log_max_mb, level, scrub_interval, scrub_mbps, commit_log_mb;
   cli_archiver_args archive;
   cli_log_args log;
 } primary_args;
@@ -597,6 +601,7 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
       .ca_file = a->ca_file, .sync_count = (unsigned)a->sync,
       .sync_timeout_seconds = (double)a->sync_timeout, .sync_degrade = a->sync_degrade,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
+      .commit_log_bytes = a->commit_log_mb << 20,
       .tls_cert = a->tls_cert, .tls_key = a->tls_key,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps, .advertise_url = a->advertise};

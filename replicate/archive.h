@@ -244,6 +244,13 @@ typedef struct replicate_archiver_options {
                                    memory queue). The archiver holds it
                                    (replicate_log_hold) from its uploaded
                                    seq + 1, so retention keeps them */
+  const char *position_file;        /* [NULL]: where the uploaded position
+                                   is remembered after every head (not
+                                   synced: a cache), so that a restart
+                                   takes the frames after it from log into
+                                   memory before anything resets the log
+                                   (a log that ends a commit short of the
+                                   store is started afresh by its writer) */
   bool log_writer;                  /* [false]: nobody else appends to or
                                    trims log (a primary with no standby):
                                    the commit hook appends each frame and
