@@ -512,6 +512,39 @@ void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
 int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
                               loom_position *pos, loom_lineage *lineage);
 
+/* Hands a stream's bytes to its reader: sets *data to the next len bytes
+ * (the callee's memory, valid until the next call). 0, or an error, which
+ * the reader returns as it is. */
+typedef int (*loom_stream_next_fn)(void *ctx, size_t len, const void **data);
+
+/*
+ * loom_store_create_from_stream: make a new image directory dir holding
+ * the image stream that next() hands out (the header, then every page),
+ * at the stream's position and lineage, the way a backup is written: the
+ * pages go straight into the image file (no commit log, no second copy;
+ * with O_DIRECT where the file system takes it, so the page cache holds
+ * none of them afterwards), each is hashed once, and the meta is written
+ * last (the steps C1-C6 are in core/import.c). dir must be absent (it is made 0700; its parent must
+ * exist) or an empty directory. Until the meta is durable, dir is no
+ * store (loom_store_open, loom_inspect and loom_verify refuse it), so a
+ * crash never leaves one at a position the stream did not carry; on an
+ * error the caller removes what is there. Open it with loom_store_open
+ * afterwards. *out (may be NULL) gets the position.
+ *   io      the I/O interface, or NULL for the plain POSIX one.
+ *   hashes  NULL: every page is hashed here. Else hashes[n] is
+ *           loom_page_hash(n, page n) for every page, as the caller
+ *           computed it from the same bytes (a restore that applied frames
+ *           to the image in memory); it is not computed again (the caller
+ *           vouches for it, as with loom_patch_add_hashed). The sum is
+ *           checked against the header's checksum either way.
+ * Errors: LOOM_EINVAL (dir holds something), LOOM_ELOCKED, LOOM_ECORRUPT
+ * (a bad header, or pages that do not hash to its checksum: no meta is
+ * written), LOOM_EVERSION, next()'s errors, errno values (ENOSPC...).
+ */
+int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
+                                  loom_stream_next_fn next, void *ctx,
+                                  const uint64_t *hashes, loom_position *out);
+
 /* ---------------------------------------------------------------------- */
 /* Read-only tools: work on a directory whose owner stopped or died, and on
  * a live one (they read the last durably recorded position). */

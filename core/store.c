@@ -2160,6 +2160,34 @@ static int start_apply_thread(loom_store *s)
   return rc;
 }
 
+int store_alloc(const loom_io *io, loom_store **out)
+{
+  loom_store *s = calloc(1, sizeof *s);
+  if (!s)
+    return ENOMEM;
+  s->io = io ? io : loom_io_posix();
+  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->log_fd = -1;
+  s->positions_fd = -1;
+  pthread_mutex_init(&s->hash_lock, NULL);
+  pthread_mutex_init(&s->apply.mutex, NULL);
+  int rc = loom_cond_init_mono(&s->apply.cond);
+  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
+  s->ckpt_buf = malloc(STAGING_PAGES * PS);
+  pthread_mutex_init(&s->snap_lock, NULL);
+  if (!rc && !(s->staging && s->ckpt_buf))
+    rc = ENOMEM;
+  if (rc)
+    store_free(s);
+  else
+    *out = s;
+  return rc;
+}
+
+int store_sync_parent(loom_store *s, const char *dir)
+{
+  return sync_parent(s, dir);
+}
+
 int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
                      loom_store **out)
 {
@@ -2172,22 +2200,13 @@ int store_open_log(const char *dir, unsigned flags, const loom_io *io,
   *out = NULL;
   if (!dir)
     return LOOM_EINVAL;
-  loom_store *s = calloc(1, sizeof *s);
-  if (!s)
-    return ENOMEM;
-  s->io = io ? io : loom_io_posix();
+  loom_store *s;
+  int rc = store_alloc(io, &s);
+  if (rc)
+    return rc;
   s->flags = flags;
-  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->log_fd = -1;
-  s->positions_fd = -1;
   s->log_want = log_bytes ? (log_bytes + LOG_ALIGN - 1) / LOG_ALIGN * LOG_ALIGN
                           : LOOM_LOG_BYTES_DEFAULT;
-  pthread_mutex_init(&s->hash_lock, NULL);
-  pthread_mutex_init(&s->apply.mutex, NULL);
-  int crc = loom_cond_init_mono(&s->apply.cond);
-  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
-  s->ckpt_buf = malloc(STAGING_PAGES * PS);
-  pthread_mutex_init(&s->snap_lock, NULL);
-  int rc = crc ? crc : s->staging && s->ckpt_buf ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
   int create = (flags & LOOM_CREATE) && !readonly;
 

@@ -191,6 +191,12 @@ int store_apply_wait(loom_store *s);
 /* Any thread: wait until the checkpoint thread merged every record queued
  * now (snapshots open at a recent committed position). */
 void store_checkpoint_catch_up(loom_store *s);
+/* A handle with no file open (every descriptor -1), its locks and
+ * buffers made, the I/O io (NULL: POSIX): what store_open_log and
+ * loom_store_create_from_stream (import.c) start from. 0 or ENOMEM. */
+int store_alloc(const loom_io *io, loom_store **out);
+/* fsync the directory that holds dir (its entry for dir). */
+int store_sync_parent(loom_store *s, const char *dir);
 /* Close every file and free s, without waiting for anything but the apply
  * thread (the read-only tools' close). */
 void store_free(loom_store *s);
