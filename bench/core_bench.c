@@ -328,7 +328,8 @@ static double ring_write_fdatasync_ms(log_pair *p)
   if (p->ring_at + p->rec > LOG_RING)
     p->ring_at = 0;
   double t0 = now_s();
-  if (pwrite(p->ring_fd, p->buf, p->rec, (off_t)p->ring_at) != (ssize_t)p->rec ||
+  if (pwrite(p->ring_fd, p->buf, p->rec, (off_t)p->ring_at) !=
+          (ssize_t)p->rec ||
       fdatasync(p->ring_fd) != 0) {
     perror("ring pwrite/fdatasync");
     exit(1);
@@ -356,7 +357,7 @@ static void log_pair_open(log_pair *p, const char *ldir, const char *dir,
   memset(p->buf, 0x5a, p->rec);
   write_fdatasync_ms(p->fd, p->buf, k * PS); /* allocate the blocks first */
   for (uint64_t at = 0; at + p->rec <= LOG_RING; at += p->rec)
-    (void)ring_write_fdatasync_ms(p);       /* and a lap of the ring's */
+    (void)ring_write_fdatasync_ms(p); /* and a lap of the ring's */
   p->ring_at = 0;
   p->l = arena_with_image(dir, 1024, LOOM_TRACK_AUTO,
                           LOOM_COPY_IN | LOOM_APPLY_ASYNC);
@@ -428,7 +429,8 @@ static void bench_log_saves(void)
     free(p.buf);
     rmrf(ldir);
     rmrf(dir);
-    stat3 sl = summarize(lim, n), sg = summarize(ring, n), ss = summarize(lat, n);
+    stat3 sl = summarize(lim, n), sg = summarize(ring, n),
+          ss = summarize(lat, n);
     char what[128];
     snprintf(what, sizeof what, "pwrite+fdatasync %llu x 16 KiB, p50",
              (unsigned long long)k);

@@ -738,8 +738,9 @@ typedef struct ckpt_page {
 typedef struct ckpt_batch {
   loom_patch **recs;
   size_t count;
-  ckpt_page *pages;  /* one per page: ascending page numbers, then log
-                        order (batch_copy_pages) */
+  /* One per page: ascending page numbers, then log order
+   * (batch_copy_pages). */
+  ckpt_page *pages;
   uint64_t *numbers, *hashes; /* theirs, in page order (tree, hashes) */
   uint64_t npages;
   uint64_t cut;      /* pages the first record leaves */
@@ -860,17 +861,19 @@ static int batch_copy_pages(loom_store *s, const ckpt_batch *b)
   qsort(o, (size_t)b->npages, sizeof *o, ckpt_log_order_cmp);
   int rc = 0;
   for (uint64_t j = 0, k; !rc && j < b->npages; j = k) {
-    for (k = j + 1; k < b->npages && o[k].rec == o[j].rec &&
-                    o[k].i < o[j].i + STAGING_PAGES; k++)
-      ;
+    k = j + 1; /* the span: same record, within STAGING_PAGES */
+    while (k < b->npages && o[k].rec == o[j].rec &&
+           o[k].i < o[j].i + STAGING_PAGES)
+      k++;
     const loom_patch *r = b->recs[o[j].rec];
     rc = store_read_exact(s, s->log_fd, s->ckpt_buf,
                           (size_t)((o[k - 1].i - o[j].i + 1) * PS),
                           patch_page_offset(r, o[j].i));
     for (uint64_t m = j, run; !rc && m < k; m += run) {
-      for (run = 1; m + run < k && o[m + run].i == o[m].i + run &&
-                    o[m + run].n == o[m].n + run; run++)
-        ;
+      run = 1; /* adjacent in both the record and the image */
+      while (m + run < k && o[m + run].i == o[m].i + run &&
+             o[m + run].n == o[m].n + run)
+        run++;
       rc = store_write_exact(s, s->image_fd,
                              s->ckpt_buf + (o[m].i - o[j].i) * PS,
                              (size_t)(run * PS), (off_t)(o[m].n * PS));
@@ -1190,7 +1193,8 @@ static int log_make_room(loom_store *s, uint64_t bytes, uint64_t *lsn)
 static void queue_push(loom_store *s, loom_patch *p)
 {
   apply_thread *t = &s->apply;
-  uint64_t quarter = s->log_size / 4, bytes = record_bytes(p->header.page_count);
+  uint64_t quarter = s->log_size / 4,
+           bytes = record_bytes(p->header.page_count);
   pthread_mutex_lock(&t->mutex);
   int wake = t->queued == 0 ||
              (t->queued_bytes < quarter && t->queued_bytes + bytes >= quarter);
@@ -1412,8 +1416,9 @@ static int record_write(loom_store *s, loom_patch *p, const uint8_t *block,
     if (!rc && !s->io->pwritev)
       rc = patch_flush(p);
     if (rc || !s->io->pwritev)
-      return rc ? rc : store_write_exact(s, s->log_fd, entries, elen,
-                                         patch_entries_offset(p));
+      return rc ? rc
+                : store_write_exact(s, s->log_fd, entries, elen,
+                                    patch_entries_offset(p));
     off = patch_page_offset(p, p->flushed);
   }
   struct iovec iov[IOV_BATCH];
@@ -1578,9 +1583,9 @@ int store_patch_make_durable(loom_patch *p)
   uint8_t block[PATCH_HEADER_BLOCK];
   patch_header_encode(block, h, p->lsn);
   size_t elen = 0;
-  uint8_t *entries = rc ? NULL
-                        : patch_entries_encode(p, get_le64(block + PATCH_HEADER_SUM),
-                                               &elen);
+  uint8_t *entries =
+      rc ? NULL
+         : patch_entries_encode(p, get_le64(block + PATCH_HEADER_SUM), &elen);
   if (!rc && !entries)
     rc = ENOMEM;
   if (rc) {

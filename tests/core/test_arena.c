@@ -966,7 +966,8 @@ static void test_checkpoint_idle(void **state)
   }
   loom_log_stats st;
   TEST_WAIT_UNTIL((loom_store_log_stats(loom_get_store(l), &st),
-                   st.checkpoint.seq == 5 && st.queued == 0), 10000);
+                   st.checkpoint.seq == 5 && st.queued == 0),
+                  10000);
   assert_int_equal(st.checkpoint.seq, 5);
   assert_int_equal(st.queued, 0);
   assert_int_equal(loom_close(l), 0);
