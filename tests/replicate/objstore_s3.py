@@ -278,10 +278,12 @@ def case_multipart_aborted():
     left open with its parts."""
     src = blob("abort", 12 * MIB)
     with swiftlib.FaultProxy(SWIFT.endpoint) as proxy:
-        proxy.corrupt_at(7 * MIB)  # inside part 2 of the one connection
+        # The next connection: the initiate's, which the first part to go
+        # out reuses (the others, in flight at once, open their own).
+        proxy.corrupt_at(3 * MIB)
         r, _ = tool(URL, "put", "aborted", src, endpoint=proxy.url,
                     opts=("--multipart-bytes", str(5 * MIB)))
-    expect(r, "REPLICATE_ESTORE", "400 BadDigest", "partNumber=2")
+    expect(r, "REPLICATE_ESTORE", "400 BadDigest", "partNumber=")
     assert r["deletes"] >= 1, r  # the abort
     status, body = SWIFT.s3("GET", "/loomship", query="uploads=")
     assert status == 200, (status, body)

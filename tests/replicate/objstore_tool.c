@@ -16,7 +16,7 @@
  *   objstore_tool [OPTIONS] URL putmany PREFIX N  (N objects PREFIXi, i bytes)
  *
  * OPTIONS: --endpoint URL --credentials FILE --region R
- * --multipart-bytes N --retries N --retry-base-ms N --timeout-ms N
+ * --multipart-bytes N --parallel-parts N --retries N --retry-base-ms N --timeout-ms N
  * --max-keys N (the listing page size: objstore_s3_set_max_keys)
  */
 #include <errno.h>
@@ -142,6 +142,8 @@ int main(int argc, char **argv)
       o.region = v;
     else if (strcmp(k, "--multipart-bytes") == 0)
       o.multipart_bytes = strtoull(v, NULL, 10);
+    else if (strcmp(k, "--parallel-parts") == 0)
+      o.parallel_parts = (unsigned)atoi(v);
     else if (strcmp(k, "--retries") == 0)
       o.retries = (unsigned)atoi(v);
     else if (strcmp(k, "--retry-base-ms") == 0)
