@@ -673,49 +673,58 @@ static void rm_rf(const char *dir)
     fprintf(stderr, "lag_bench: could not remove %s\n", dir);
 }
 
-int main(int argc, char **argv)
+/* The command line (usage below). */
+typedef struct lag_args {
+  uint64_t k;
+  double rates[16];
+  int nrates, repeats;
+  double seconds, backoff_max;
+  unsigned sync;
+  const char *root, *rsync_dir, *mode;
+  uint64_t count;
+  replicate_log_sync_mode log_sync;
+} lag_args;
+
+/* Parse argv into *a and B's sizes: 0, or 2 after printing the usage. */
+static int parse_args(int argc, char **argv, lag_args *a)
 {
-  uint64_t k = 64;
-  double rates[16] = {10, 100, 1000};
-  int nrates = 3, repeats = 3;
-  double seconds = 3, backoff_max = 0.05;
-  unsigned sync = 0;
-  const char *root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  const char *rsync_dir = NULL, *mode = "lag";
-  uint64_t count = 1000;
-  replicate_log_sync_mode log_sync = REPLICATE_LOG_SYNC_BACKGROUND; /* as cmd_primary */
+  *a = (lag_args){.k = 64, .rates = {10, 100, 1000}, .nrates = 3, .repeats = 3,
+                  .seconds = 3, .backoff_max = 0.05, .mode = "lag", .count = 1000,
+                  .log_sync = REPLICATE_LOG_SYNC_BACKGROUND /* as cmd_primary */};
+  a->root = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   B.standbys = 1;
   B.image_pages = 4096;
   for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--pages") && v)
-      k = strtoull(v, NULL, 10), i++;
-    else if (!strcmp(a, "--image-pages") && v)
+    const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(o, "--pages") && v)
+      a->k = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(o, "--image-pages") && v)
       B.image_pages = strtoull(v, NULL, 10), i++;
-    else if (!strcmp(a, "--rates") && v) {
-      nrates = 0;
-      for (char *s = argv[++i], *e; *s && nrates < 16; s = *e ? e + 1 : e)
-        rates[nrates++] = strtod(s, &e);
-    } else if (!strcmp(a, "--seconds") && v)
-      seconds = strtod(v, NULL), i++;
-    else if (!strcmp(a, "--repeats") && v)
-      repeats = atoi(v), i++;
-    else if (!strcmp(a, "--sync") && v)
-      sync = (unsigned)atoi(v), i++;
-    else if (!strcmp(a, "--standbys") && v)
+    else if (!strcmp(o, "--rates") && v) {
+      a->nrates = 0;
+      for (char *s = argv[++i], *e; *s && a->nrates < 16; s = *e ? e + 1 : e)
+        a->rates[a->nrates++] = strtod(s, &e);
+    } else if (!strcmp(o, "--seconds") && v)
+      a->seconds = strtod(v, NULL), i++;
+    else if (!strcmp(o, "--repeats") && v)
+      a->repeats = atoi(v), i++;
+    else if (!strcmp(o, "--sync") && v)
+      a->sync = (unsigned)atoi(v), i++;
+    else if (!strcmp(o, "--standbys") && v)
       B.standbys = atoi(v), i++;
-    else if (!strcmp(a, "--backoff-max") && v)
-      backoff_max = strtod(v, NULL), i++;
-    else if (!strcmp(a, "--dir") && v)
-      root = v, i++;
-    else if (!strcmp(a, "--rsync-dir") && v)
-      rsync_dir = v, i++;
-    else if (!strcmp(a, "--count") && v)
-      count = strtoull(v, NULL, 10), i++;
-    else if (!strcmp(a, "--log-sync") && v && (!strcmp(v, "each") || !strcmp(v, "background")))
-      log_sync = !strcmp(v, "each") ? REPLICATE_LOG_SYNC_EACH : REPLICATE_LOG_SYNC_BACKGROUND, i++;
-    else if (a[0] != '-')
-      mode = a;
+    else if (!strcmp(o, "--backoff-max") && v)
+      a->backoff_max = strtod(v, NULL), i++;
+    else if (!strcmp(o, "--dir") && v)
+      a->root = v, i++;
+    else if (!strcmp(o, "--rsync-dir") && v)
+      a->rsync_dir = v, i++;
+    else if (!strcmp(o, "--count") && v)
+      a->count = strtoull(v, NULL, 10), i++;
+    else if (!strcmp(o, "--log-sync") && v && (!strcmp(v, "each") || !strcmp(v, "background")))
+      a->log_sync = !strcmp(v, "each") ? REPLICATE_LOG_SYNC_EACH : REPLICATE_LOG_SYNC_BACKGROUND,
+      i++;
+    else if (o[0] != '-')
+      a->mode = o;
     else {
       fprintf(stderr, "usage: lag_bench [lag|maxrate|catchup|absorb] [--pages K] "
                       "[--image-pages P] [--rates R,..] [--seconds S] [--repeats N] [--sync N] "
@@ -724,22 +733,24 @@ int main(int argc, char **argv)
       return 2;
     }
   }
-  if (repeats < 1 || repeats > MAXREP || B.standbys < 1 || B.standbys > MAX_STANDBYS ||
-      k > B.image_pages / 2) {
+  if (a->repeats < 1 || a->repeats > MAXREP || B.standbys < 1 || B.standbys > MAX_STANDBYS ||
+      a->k > B.image_pages / 2) {
     fprintf(stderr, "lag_bench: option out of range\n");
     return 2;
   }
-  char pdir[600], base[400];
-  snprintf(base, sizeof base, "%s/lag_bench.%d", root, (int)getpid());
-  snprintf(pdir, sizeof pdir, "%s/primary", base);
-  mkdir(base, 0755);
+  return 0;
+}
+
+/* The primary's loom in pdir: every page random bytes (incompressible,
+ * like PG's values), saved once and synced. */
+static loom_store *open_primary(const char *pdir)
+{
   B.rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
   B.arena_pages = B.image_pages + 16;
   marks = calloc(B.image_pages, 1);
   B.t_commit = calloc(RING, sizeof(double));
   B.t_hook = calloc(RING, sizeof(double));
   pthread_mutex_init(&B.srv_lock, NULL);
-
   loom_options o = {.arena_pages = B.arena_pages, .flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
                     .on_commit = on_commit, .watermarks = watermarks};
   int rc = loom_open(pdir, &o, &B.l);
@@ -747,7 +758,6 @@ int main(int argc, char **argv)
     die("loom_open", rc);
   if ((rc = loom_ward(B.l, B.image_pages, B.arena_pages)))
     die("loom_ward", rc);
-  /* The table: every page random bytes (incompressible, like PG's values). */
   for (uint64_t p = 0; p < B.image_pages; p++) {
     uint64_t *w = loom_page(B.l, p);
     for (uint64_t j = 0; j < PS / 8; j++)
@@ -757,6 +767,14 @@ int main(int argc, char **argv)
     die("first save", rc);
   loom_store *store = loom_get_store(B.l);
   loom_store_sync(store);
+  return store;
+}
+
+/* Standbys from backups of the primary, its replication log and shipper. */
+static void start_replication(loom_store *store, const char *base, const char *pdir,
+                              const lag_args *a)
+{
+  int rc;
   for (int s = 0; s < B.standbys; s++) {
     snprintf(B.sdir[s], sizeof B.sdir[s], "%s/standby%d", base, s);
     if ((rc = loom_store_backup(store, B.sdir[s])))
@@ -770,38 +788,57 @@ int main(int argc, char **argv)
   uint64_t start_seq = seq_now();
   for (int s = 0; s < B.standbys; s++)
     atomic_store(&B.seen_recv[s], start_seq), atomic_store(&B.seen_appl[s], start_seq);
-  replicate_log_options lo = {.sync = log_sync};
+  replicate_log_options lo = {.sync = a->log_sync};
   if ((rc = replicate_log_open(pdir, &lo, NULL, &B.log)))
     die("log open", rc);
   replicate_shipper_options so = {.store = store, .log = B.log, .standby_urls = B.urlp,
-                                  .standby_count = (size_t)B.standbys, .sync_count = sync,
+                                  .standby_count = (size_t)B.standbys, .sync_count = a->sync,
                                   .backoff_base_seconds = 0.01,
-                                  .backoff_max_seconds = backoff_max};
+                                  .backoff_max_seconds = a->backoff_max};
   if ((rc = replicate_shipper_start(&so, &B.shipper)))
     die("shipper start", rc);
+}
+
+/* Run the mode a->mode names: 0, or 2 for an unknown one. */
+static int run_mode(const lag_args *a, const char *pdir)
+{
+  if (!strcmp(a->mode, "lag"))
+    mode_lag(a->k, a->rates, a->nrates, a->seconds, a->repeats, a->sync);
+  else if (!strcmp(a->mode, "maxrate"))
+    mode_maxrate(a->k, a->seconds);
+  else if (!strcmp(a->mode, "catchup"))
+    mode_catchup(a->rsync_dir, pdir, a->repeats);
+  else if (!strcmp(a->mode, "absorb"))
+    mode_absorb(a->k, a->count, a->repeats);
+  else {
+    fprintf(stderr, "lag_bench: unknown mode %s\n", a->mode);
+    return 2;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv)
+{
+  lag_args a;
+  if (parse_args(argc, argv, &a))
+    return 2;
+  char pdir[600], base[400];
+  snprintf(base, sizeof base, "%s/lag_bench.%d", a.root, (int)getpid());
+  snprintf(pdir, sizeof pdir, "%s/primary", base);
+  mkdir(base, 0755);
+  loom_store *store = open_primary(pdir);
+  start_replication(store, base, pdir, &a);
   pthread_t pt;
   pthread_create(&pt, NULL, poller, NULL);
   /* Warm up: a few saves, every standby streaming. */
   for (int i = 0; i < 20; i++)
-    save(k < 64 ? k : 64);
+    save(a.k < 64 ? a.k : 64);
   if (wait_applied(seq_now(), 30) < 0)
     die("warm-up: standby not caught up", 0);
   printf("# image %llu pages (%llu MiB), %d standby(s), tracker %s, sync %u\n",
          (unsigned long long)B.image_pages, (unsigned long long)(B.image_pages * PS >> 20),
-         B.standbys, loom_tracker_name(loom_get_tracker(B.l)), sync);
-
-  if (!strcmp(mode, "lag"))
-    mode_lag(k, rates, nrates, seconds, repeats, sync);
-  else if (!strcmp(mode, "maxrate"))
-    mode_maxrate(k, seconds);
-  else if (!strcmp(mode, "catchup"))
-    mode_catchup(rsync_dir, pdir, repeats);
-  else if (!strcmp(mode, "absorb"))
-    mode_absorb(k, count, repeats);
-  else {
-    fprintf(stderr, "lag_bench: unknown mode %s\n", mode);
-    return 2;
-  }
+         B.standbys, loom_tracker_name(loom_get_tracker(B.l)), a.sync);
+  int rc = run_mode(&a, pdir);
 
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -818,5 +855,5 @@ int main(int argc, char **argv)
   replicate_log_close(B.log);
   loom_close(B.l);
   rm_rf(base);
-  return 0;
+  return rc;
 }

@@ -41,10 +41,7 @@ typedef struct upstream {
   uint64_t requests;
 } upstream;
 
-typedef struct body {
-  uint8_t *data;
-  size_t len, cap;
-} body;
+typedef replicate_buf body;
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint64_t rng_next(void)
@@ -63,21 +60,7 @@ static void die(const char *what, int rc)
 
 static size_t collect(char *data, size_t size, size_t n, void *ud)
 {
-  body *b = ud;
-  size_t len = size * n;
-  if (b->len + len > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 1 << 20;
-    while (cap < b->len + len)
-      cap *= 2;
-    uint8_t *p = realloc(b->data, cap);
-    if (!p)
-      return 0;
-    b->data = p;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, data, len);
-  b->len += len;
-  return len;
+  return replicate_buf_append(ud, data, size * n) ? 0 : size * n;
 }
 
 /* GET url + path into *b: the HTTP status, or 0. */

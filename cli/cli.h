@@ -250,8 +250,9 @@ typedef struct cli_archiver_args {
   {.name = "archive-max-backlog-mb", .arg = "MB", .kind = CLI_NUMBER,              \
    .offset = offsetof(type, member.max_backlog_mb), .min = 1, .max = 1048576,      \
    .dflt = "4096",                                                                 \
-   .help = "commits not yet archived kept in memory; past it a gap is recorded "   \
-           "and a base follows (saves never wait for the archive)"},               \
+   .help = "commits not yet archived kept in memory (a primary's also held in "  \
+           "its replication log: a restart uploads them); past it a gap is "       \
+           "recorded and a base follows (saves never wait for the archive)"},      \
   CLI_ARCHIVE_OPTIONS(type, member.access)
 
 struct replicate_archiver_options;

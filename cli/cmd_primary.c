@@ -184,6 +184,13 @@ int primary_open(primary_node *n, const primary_config *cfg)
   replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
                               .repair_ctx = (void *)cfg->who,
                               .sync = REPLICATE_LOG_SYNC_BACKGROUND};
+  /* The archive's backlog is held in the log (DESIGN section 7): its cap
+   * is at least --archive-max-backlog-mb. */
+  uint64_t backlog = !cfg->archive ? 0
+                     : cfg->archive->max_backlog_bytes ? cfg->archive->max_backlog_bytes
+                                                       : REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
+  if (backlog > (lo.max_bytes ? lo.max_bytes : REPLICATE_LOG_MAX_BYTES_DEFAULT))
+    lo.max_bytes = backlog;
   if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
     return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
   if (cfg->archive) {
@@ -192,6 +199,7 @@ int primary_open(primary_node *n, const primary_config *cfg)
       return 1;
     ao.store = store;
     ao.log = n->log;
+    ao.log_writer = !(cfg->standby_count || cfg->max_peers); /* no shipper writes it */
     ao.log_fn = cfg->quiet ? NULL : ship_log;
     ao.log_ctx = (void *)cfg->who;
     if ((rc = replicate_archiver_start(&ao, &n->archiver)))

@@ -19,8 +19,8 @@
 #define FETCH_TIMEOUT_MS 30000L
 
 typedef struct fetch_buf {
-  uint8_t *data;
-  size_t len, cap, max;
+  replicate_buf body;
+  size_t max;
   char tag[REPLICATE_TAG_TEXT];
 } fetch_buf;
 
@@ -28,21 +28,9 @@ static size_t fetch_write(char *data, size_t size, size_t nmemb, void *ctx)
 {
   fetch_buf *b = ctx;
   size_t n = size * nmemb;
-  if (n > b->max - b->len)
+  if (n > b->max - b->body.len)
     return 0; /* larger than any answer asked for */
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 64 * 1024;
-    while (cap < b->len + n)
-      cap *= 2;
-    uint8_t *p = realloc(b->data, cap);
-    if (!p)
-      return 0;
-    b->data = p;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, data, n);
-  b->len += n;
-  return n;
+  return replicate_buf_append(&b->body, data, n) ? 0 : n;
 }
 
 /* The frame tag's header, kept for replicate_tag_check. */
@@ -141,16 +129,16 @@ static int fetch_answer(cluster_node *n, const char *base, const char *path,
     b.max = tree;
   int rc = fetch(n, base, path, NULL, &b, why, why_len);
   if (!rc && n->o.frame_key) {
-    rc = replicate_tag_check(n->o.frame_key, kind, b.tag[0] ? b.tag : NULL, b.data, b.len);
+    rc = replicate_tag_check(n->o.frame_key, kind, b.tag[0] ? b.tag : NULL, b.body.data, b.body.len);
     if (rc)
       snprintf(why, why_len, "%s: answer refused: %s", base, replicate_strerror(rc));
   }
   if (rc) {
-    free(b.data);
+    free(b.body.data);
     return rc;
   }
-  *body = b.data;
-  *len = b.len;
+  *body = b.body.data;
+  *len = b.body.len;
   return 0;
 }
 
@@ -198,11 +186,11 @@ int node_leader_lineage(cluster_node *n, const char *url, loom_lineage *out, cha
   snprintf(range, sizeof range, "0-%u", LOOM_STREAM_HEADER - 1);
   int rc = fetch(n, url, "/v1/backup", range, &b, why, why_len);
   loom_position pos;
-  if (!rc && (b.len != LOOM_STREAM_HEADER ||
-              loom_stream_header_decode(b.data, &pos, out) != 0)) {
+  if (!rc && (b.body.len != LOOM_STREAM_HEADER ||
+              loom_stream_header_decode(b.body.data, &pos, out) != 0)) {
     snprintf(why, why_len, "%s/v1/backup: not an image stream's header", url);
     rc = REPLICATE_EANSWER;
   }
-  free(b.data);
+  free(b.body.data);
   return rc;
 }

@@ -195,6 +195,9 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
  * REPLICATE_EARCHIVE_FOREIGN; these stop archiving (last_error). Commits
  * between the head and the node's position come from the replication log
  * when it still has them; otherwise they are a gap and a base follows.
+ * The log keeps them: the archiver holds its retention at the uploaded
+ * seq + 1 (replicate_log_hold; a kill -9 with the store down loses no
+ * frame the log's byte cap kept), and lifts the hold when it stops.
  *
  *   replicate_archiver_start     opens the archive, starts the thread
  *                                (store errors at start are not fatal:
@@ -219,16 +222,26 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
  */
 typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);
 
+#define REPLICATE_ARCHIVE_BACKLOG_DEFAULT (UINT64_C(4) << 30) /* 4 GiB */
+
 typedef struct replicate_archiver_options {
   replicate_archive_options access; /* required: url */
   loom_store *store;                /* the node's store (bases); required
                                    unless snapshot_open (a standby) */
-  replicate_log *log;               /* [NULL]: where missing frames are looked
-                                   for at start */
+  replicate_log *log;               /* [NULL]: where frames not uploaded are
+                                   read back (after a restart, or past the
+                                   memory queue). The archiver holds it
+                                   (replicate_log_hold) from its uploaded
+                                   seq + 1, so retention keeps them */
+  bool log_writer;                  /* [false]: nobody else appends to or
+                                   trims log (a primary with no standby):
+                                   the commit hook appends each frame and
+                                   the thread trims behind the upload */
   double interval_seconds;          /* [1]: --archive-interval */
   double base_interval_seconds;     /* [86400]: --archive-base-interval */
   unsigned keep_bases;              /* [7]: --archive-keep-bases */
-  uint64_t max_backlog_bytes;       /* [4 GiB]: --archive-max-backlog-mb */
+  uint64_t max_backlog_bytes;       /* [REPLICATE_ARCHIVE_BACKLOG_DEFAULT]:
+                                   --archive-max-backlog-mb */
   const char *writer_id;            /* [host:pid]: who writes, in e/E/writer;
                                    a node restarted with the same id
                                    continues */

@@ -2,9 +2,16 @@
  * archive_writer.c: the archiver (archive.h): commits in, objects out.
  *
  * THE COMMIT SIDE (replicate_archiver_on_commit, the node's commit hook)
- *   encodes the commit's frame and queues it in memory; past
+ *   encodes the commit's frame and queues it in memory (and, as the log's
+ *   only writer, appends it to the replication log); past
  *   max_backlog_bytes the queue is emptied and the dropped seqs become a
- *   gap (a base follows). It never waits for the store.
+ *   gap (a base follows) unless the log still holds them. It never waits
+ *   for the store.
+ *
+ * THE LOG HOLD: the replication log keeps every frame after the uploaded
+ *   seq (replicate_log_hold, set at start and after every head), so that
+ *   frames committed but not uploaded survive a kill -9 and are read back
+ *   at the restart (W3); the hold is lifted when archiving stops.
  *
  * THE THREAD, per wake-up (every interval_seconds, or at once for a
  * drain):
@@ -138,9 +145,22 @@ static int failed(replicate_archiver *ar, int rc, bool fatal)
   if (fatal)
     ar->stopped = true;
   pthread_mutex_unlock(&ar->mu);
+  if (fatal && ar->o.log)
+    replicate_log_hold(ar->o.log, 0); /* no reader any more */
   if (news || fatal)
     say(ar, "archive: %s", ar->last_error);
   return rc;
+}
+
+/* The log keeps what is not uploaded yet (THE LOG HOLD); the log's only
+ * writer also trims what is. */
+static void hold_log(replicate_archiver *ar, uint64_t uploaded_seq)
+{
+  if (ar->o.log == NULL)
+    return;
+  replicate_log_hold(ar->o.log, uploaded_seq + 1);
+  if (ar->o.log_writer)
+    replicate_log_retain(ar->o.log, uploaded_seq + 1);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -183,6 +203,17 @@ static void queue_push(replicate_archiver *ar, queued *e)
   ar->q[ar->qn++] = *e;
 }
 
+/* The log's only writer appends the commit's frame: a cache of the store
+ * for a restart (the commit is durable already), so a failure only means
+ * the log starts afresh at the next commit (a gap if the archive needs
+ * what it lacked, as for the shipper's log, ship.c). */
+static void log_append(replicate_archiver *ar, const replicate_buf *frame)
+{
+  int rc = replicate_log_append(ar->o.log, frame->data, frame->len);
+  if (rc == REPLICATE_ENOT_CONTIGUOUS && replicate_log_reset(ar->o.log) == 0)
+    replicate_log_append(ar->o.log, frame->data, frame->len);
+}
+
 int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
                                  const loom_commit *c)
 {
@@ -190,6 +221,11 @@ int replicate_archiver_on_commit(replicate_archiver *ar, loom *l,
               .time_ns = c->after.commit_time_ns,
               .mono_ns = loom_mono_ns()};
   int rc = replicate_frame_encode_commit(ar->enc, l, c, &e.frame);
+  pthread_mutex_lock(&ar->mu);
+  bool append = rc == 0 && ar->o.log_writer && !ar->stopped;
+  pthread_mutex_unlock(&ar->mu);
+  if (append)
+    log_append(ar, &e.frame);
   pthread_mutex_lock(&ar->mu);
   ar->committed = c->after;
   if (rc != 0 || ar->stopped) {
@@ -438,6 +474,7 @@ static int load_head(replicate_archiver *ar)
   pthread_mutex_lock(&ar->mu);
   ar->uploaded = head;
   pthread_mutex_unlock(&ar->mu);
+  hold_log(ar, head.seq);
   return 0;
 }
 
@@ -466,6 +503,30 @@ static uint64_t count_bases(const replicate_archiver *ar)
   return n;
 }
 
+/* Segments past the head: stored before a crash that came before their
+ * head (W3 puts the segment, then the head). No head names them, so no
+ * restore reads them; they go, since the frames after the head are
+ * uploaded again from the log, maybe cut differently, and two segments
+ * may not overlap. */
+static int drop_orphans(replicate_archiver *ar)
+{
+  for (size_t i = 0; i < ar->kn;) {
+    if (ar->kept[i].name.kind != ARC_SEGMENT ||
+        ar->kept[i].name.first_seq <= ar->uploaded.seq) {
+      i++;
+      continue;
+    }
+    int rc = objstore_delete(ar->a->store, ar->kept[i].key);
+    if (rc != 0)
+      return arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+    say(ar, "archive: %s was stored past the head (seq %" PRIu64 ") before a "
+        "stop: deleted, its frames follow the head again", ar->kept[i].key,
+        ar->uploaded.seq);
+    memmove(&ar->kept[i], &ar->kept[i + 1], (--ar->kn - i) * sizeof *ar->kept);
+  }
+  return 0;
+}
+
 static int start_up(replicate_archiver *ar)
 {
   int rc = ensure_id(ar);
@@ -482,6 +543,8 @@ static int start_up(replicate_archiver *ar)
   ar->kn = 0;
   if (rc == 0 && (rc = objstore_list(ar->a->store, prefix, each_kept, ar)))
     arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
+  if (rc == 0)
+    rc = drop_orphans(ar);
   if (rc != 0)
     return rc;
   ar->started = true;
@@ -518,6 +581,7 @@ static int put_head(replicate_archiver *ar, const loom_position *pos)
     ar->uploaded = *pos;
     pthread_mutex_unlock(&ar->mu);
     ar->have_head = true;
+    hold_log(ar, pos->seq);
   }
   return rc;
 }
@@ -964,7 +1028,7 @@ static int archiver_copy_options(replicate_archiver *ar,
   if (ar->o.keep_bases == 0)
     ar->o.keep_bases = 7;
   if (ar->o.max_backlog_bytes == 0)
-    ar->o.max_backlog_bytes = (uint64_t)4 << 30;
+    ar->o.max_backlog_bytes = REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
   return rc;
 }
 
@@ -1019,6 +1083,8 @@ int replicate_archiver_start(const replicate_archiver_options *o,
     }
     ar->epoch = ar->committed.epoch ? ar->committed.epoch : 1;
     ar->uploaded.epoch = ar->epoch;
+    if (o->log)
+      replicate_log_hold(o->log, 1); /* all, until W1 reads the head */
     rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
   }
   if (rc != 0) {
@@ -1061,6 +1127,8 @@ void replicate_archiver_stop(replicate_archiver *ar)
    * it was uploading stays as a crash would leave it (ARCHIVE.md). */
   objstore_cancel(replicate_archive_store(ar->a));
   pthread_join(ar->thread, NULL);
+  if (ar->o.log)
+    replicate_log_hold(ar->o.log, 0);
   archiver_free(ar);
 }
 

@@ -61,6 +61,19 @@ int frame_buf_reserve(replicate_buf *buf, size_t need)
   return loom_array_reserve(&buf->data, &buf->cap, need, 1);
 }
 
+int replicate_buf_append(replicate_buf *buf, const void *data, size_t len)
+{
+  if (len > SIZE_MAX - buf->len)
+    return ENOMEM;
+  int rc = frame_buf_reserve(buf, buf->len + len);
+  if (rc)
+    return rc;
+  if (len)
+    memcpy(buf->data + buf->len, data, len);
+  buf->len += len;
+  return 0;
+}
+
 #define DEFAULT_MAX_FRAME_PAGES 16384u
 #define DEFAULT_MAX_IMAGE_PAGES (1ull << 30)
 

@@ -107,7 +107,7 @@
 #define SCAN_CHUNK (1u << 20)
 
 #define DEFAULT_SEGMENT_BYTES (16ull << 20)
-#define DEFAULT_MAX_BYTES (1ull << 30)
+#define DEFAULT_MAX_BYTES REPLICATE_LOG_MAX_BYTES_DEFAULT
 #define MIN_SEGMENT_BYTES (64ull << 10)
 
 typedef struct log_segment {
@@ -127,6 +127,7 @@ struct replicate_log {
   int dirfd;
   uint64_t segment_bytes;
   uint64_t max_bytes;
+  uint64_t hold;           /* replicate_log_hold: retain keeps seqs >= it (0: none) */
   log_segment *segs;
   size_t nsegs;
   size_t segs_cap;
@@ -967,11 +968,21 @@ int replicate_log_retain(replicate_log *log, uint64_t oldest_needed)
   assert(log != NULL);
   pthread_mutex_lock(&log->lock);
   int rc = log->poisoned ? REPLICATE_EPANIC : 0;
+  if (log->hold != 0 && log->hold < oldest_needed)
+    oldest_needed = log->hold;
   while (rc == 0 && log->nsegs > 1 &&
          log->segs[0].first_seq + log->segs[0].count <= oldest_needed)
     rc = drop_oldest(log);
   pthread_mutex_unlock(&log->lock);
   return rc;
+}
+
+void replicate_log_hold(replicate_log *log, uint64_t from_seq)
+{
+  assert(log != NULL);
+  pthread_mutex_lock(&log->lock);
+  log->hold = from_seq;
+  pthread_mutex_unlock(&log->lock);
 }
 
 uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,

@@ -576,6 +576,9 @@ typedef struct replicate_buf {
 } replicate_buf;
 
 void replicate_buf_free(replicate_buf *buf);
+/* Append len bytes of data after buf->len (a curl write callback's body):
+ * 0, or ENOMEM with buf unchanged. */
+int replicate_buf_append(replicate_buf *buf, const void *data, size_t len);
 
 /* ---------------------------------------------------------------------- */
 /* Frames: what they say */
@@ -995,13 +998,15 @@ typedef enum replicate_log_sync_mode {
   REPLICATE_LOG_SYNC_BACKGROUND = 2
 } replicate_log_sync_mode;
 
+#define REPLICATE_LOG_MAX_BYTES_DEFAULT (UINT64_C(1) << 30) /* the log's byte cap: 1 GiB */
+
 typedef struct replicate_log_options {
   uint64_t segment_bytes;       /* 0: derived from max_bytes, so that
                                    retention, which drops whole segments,
                                    keeps the log well under its cap: an
                                    eighth of max_bytes, at least 64 KiB and
                                    at most 16 MiB */
-  uint64_t max_bytes;           /* 0: 1 GiB */
+  uint64_t max_bytes;           /* 0: REPLICATE_LOG_MAX_BYTES_DEFAULT */
   replicate_log_repair_fn on_repair; /* NULL: repairs are not reported */
   void *repair_ctx;
   replicate_log_sync_mode sync; /* 0: REPLICATE_LOG_SYNC_EACH */
@@ -1070,6 +1075,13 @@ int replicate_log_bytes_after(replicate_log *log, uint64_t after_seq,
  * acknowledged seq plus one). Errors: errno values (the segments before the
  * failing one are dropped), REPLICATE_EPANIC. */
 int replicate_log_retain(replicate_log *log, uint64_t oldest_needed);
+
+/* A second reader's floor (the archive's, DESIGN section 7): from now on
+ * replicate_log_retain keeps every frame with seq >= from_seq, whatever
+ * oldest_needed it is given; 0 lifts it. The byte cap (max_bytes) still
+ * drops the oldest segments: the floor holds frames back from retention,
+ * not from the cap. Thread-safe. */
+void replicate_log_hold(replicate_log *log, uint64_t from_seq);
 
 /*
  * The retention policy of a log read by several standbys (the shipper's,

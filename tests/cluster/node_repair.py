@@ -22,16 +22,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import episodes  # noqa: E402
 import etcd  # noqa: E402
+from checks import FAILS, check  # noqa: E402,F401
 
 PAGE = 16384
-FAILS = []
-
-
-def check(what, ok, detail=""):
-    print("%s: %s%s" % ("ok" if ok else "FAIL", what, (" (%s)" % (detail,)) if detail else ""))
-    if not ok:
-        FAILS.append(what)
-    sys.stdout.flush()
 
 
 def backup(nd):

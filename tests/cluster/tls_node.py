@@ -34,15 +34,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import episodes  # noqa: E402
 import etcd  # noqa: E402
-
-FAILS = []
-
-
-def check(what, ok, detail=""):
-    print("%s: %s%s" % ("ok" if ok else "FAIL", what, (" (%s)" % (detail,)) if detail else ""))
-    if not ok:
-        FAILS.append(what)
-    sys.stdout.flush()
+from checks import FAILS, check  # noqa: E402,F401
 
 
 def openssl(*args):

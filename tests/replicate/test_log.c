@@ -683,6 +683,29 @@ static void test_corrupt_read(void **state)
   assert_int_equal(replicate_log_close(log), 0);
 }
 
+/* The archive's floor: retention keeps every frame from the held seq
+ * whatever the standbys acknowledged; lifted, the next retention drops. */
+static void test_retention_hold(void **state)
+{
+  fixture *fx = *state;
+  replicate_log_options opt = {.segment_bytes = 2048};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  assert_int_equal(append_range(log, fx, 1, 100), 0);
+  replicate_log_hold(log, 20);
+  assert_int_equal(replicate_log_retain(log, 101), 0);
+  replicate_log_stats st;
+  replicate_log_get_stats(log, &st);
+  assert_true(st.oldest_seq > 1 && st.oldest_seq <= 20);
+  for (uint64_t s = 20; s <= 100; s++) expect_frame(log, fx, s);
+  replicate_log_hold(log, 0);
+  assert_int_equal(replicate_log_retain(log, 101), 0);
+  replicate_log_get_stats(log, &st);
+  assert_int_equal(st.segments, 1);
+  assert_true(st.oldest_seq > 20);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
 static void test_retention(void **state)
 {
   fixture *fx = *state;
@@ -1179,6 +1202,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_damaged_newest_middle, setup, teardown),
       cmocka_unit_test_setup_teardown(test_epoch_break, setup, teardown),
       cmocka_unit_test_setup_teardown(test_corrupt_read, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_retention_hold, setup, teardown),
       cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cap, setup, teardown),
       cmocka_unit_test_setup_teardown(test_append_refusals, setup, teardown),

@@ -217,6 +217,141 @@ static bool token_ok(fake *f, struct MHD_Connection *conn)
   return auth && strcmp(auth, want) == 0;
 }
 
+/* The refusals that come before a request's body is looked at (404, 401,
+ * a busy 503, the test's error status, 413): true and *ret set if one
+ * applies. Under f->mu, as every answer_* below. */
+static bool answer_refusal(fake *f, struct MHD_Connection *conn, bool known,
+                           const upload *u, const loom_position *pos,
+                           enum MHD_Result *ret)
+{
+  if (!known) {
+    *ret = respond(conn, 404, "not found", NULL, 0);
+  } else if (!token_ok(f, conn)) {
+    f->refused_token++;
+    *ret = respond(conn, 401, "unauthorized", NULL, 0);
+  } else if (f->busy) {
+    f->busy--;
+    f->busy_answers++;
+    f->busy_answered_ns = now_ns();
+    f->after_busy_ns = 0;
+    *ret = respond(conn, 503, "busy", pos, f->retry_after_s);
+  } else if (f->error_status) {
+    *ret = respond(conn, f->error_status, "refused by the test", NULL, 0);
+  } else if (f->max_body && u->len > f->max_body) {
+    f->too_large++;
+    *ret = respond(conn, 413, "too large", pos, 0);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/* PUT /v1/base. */
+static enum MHD_Result answer_base(fake *f, struct MHD_Connection *conn,
+                                   const upload *u, loom_position pos)
+{
+  if (f->stale_epoch) {
+    loom_position newer = pos;
+    newer.epoch++;
+    f->stale_answers++;
+    return respond(conn, 409, "stale epoch", &newer, 0);
+  }
+  if (apply_base(f, u->buf, u->len, &pos))
+    return respond(conn, 400, "bad base image", NULL, 0);
+  f->bases++;
+  return respond(conn, 200, NULL, &pos, 0);
+}
+
+/* What a frame's apply returned (rc), answered as a standby would. */
+static enum MHD_Result answer_applied(fake *f, struct MHD_Connection *conn,
+                                      const replicate_frame *frame, int rc,
+                                      uint64_t before_seq)
+{
+  loom_position pos;
+  loom_store_position(f->store, &pos);
+  if (rc == 0) {
+    if (frame->info.before.seq != before_seq)
+      f->order_violation = true;
+    f->frames++;
+    if (frame->info.flags & REPLICATE_FRAME_COALESCED)
+      f->coalesced++;
+    rc = loom_store_sync(f->store); /* durable before the answer */
+    loom_store_position(f->store, &pos);
+    if (rc)
+      return respond(conn, 500, "sync failed", &pos, 0);
+    if (f->drop_after) {
+      f->drop_after--;
+      f->dropped++;
+      return MHD_NO;
+    }
+    return respond(conn, 200, NULL, &pos, 0);
+  }
+  if (rc == REPLICATE_EDUPLICATE) {
+    f->duplicates++;
+    return respond(conn, 200, NULL, &pos, 0);
+  }
+  if (rc == REPLICATE_EPOSITION) {
+    bool same_seq = frame->info.before.seq == pos.seq;
+    if (same_seq)
+      f->mismatches++;
+    else
+      f->gaps++;
+    return respond(conn, 409, same_seq ? "checksum mismatch" : "gap", &pos, 0);
+  }
+  if (rc == REPLICATE_ESTALE_EPOCH) {
+    f->stale_answers++;
+    return respond(conn, 409, "stale epoch", &pos, 0);
+  }
+  if (replicate_is_divergence(rc)) {
+    f->mismatches++;
+    return respond_code(conn, 409, "diverged",
+                        rc == REPLICATE_EFORK ? "REPLICATE_EFORK"
+                        : rc == REPLICATE_EHISTORY ? "REPLICATE_EHISTORY"
+                        : rc == REPLICATE_EBEHIND ? "REPLICATE_EBEHIND"
+                                                  : "REPLICATE_EPAST_BRANCH",
+                        &pos, 0);
+  }
+  return respond(conn, 400, replicate_strerror(rc), NULL, 0);
+}
+
+/* POST /v1/frames: decode, the test's knobs (stale epoch, dropped
+ * connections, a lie about the position), then apply. */
+static enum MHD_Result answer_frame(fake *f, struct MHD_Connection *conn,
+                                    const upload *u, loom_position pos)
+{
+  replicate_frame frame;
+  if (replicate_frame_decode(f->dec, u->buf, u->len, &frame))
+    return respond(conn, 400, "malformed", NULL, 0);
+  if (f->stale_epoch || frame.info.epoch < pos.epoch) {
+    loom_position newer = pos;
+    if (f->stale_epoch)
+      newer.epoch = frame.info.epoch + 1;
+    f->stale_answers++;
+    return respond(conn, 409, "stale epoch", &newer, 0);
+  }
+  if (frame.info.kind == REPLICATE_KIND_HEARTBEAT) {
+    f->heartbeats++;
+    return respond(conn, 200, NULL, &pos, 0);
+  }
+  if (f->drop_before) {
+    f->drop_before--;
+    f->dropped++;
+    return MHD_NO;
+  }
+  if (f->lie && frame.info.after.seq > pos.seq) {
+    /* Claim the frame without applying it: the next one makes a gap. */
+    f->lie--;
+    loom_position claimed = pos;
+    claimed.seq = frame.info.after.seq;
+    claimed.checksum = frame.info.after.checksum;
+    claimed.pages = frame.info.after.pages;
+    f->claimed_seq = claimed.seq;
+    return respond(conn, 200, NULL, &claimed, 0);
+  }
+  int rc = replicate_frame_apply(&frame, f->store);
+  return answer_applied(f, conn, &frame, rc, pos.seq);
+}
+
 /* The last call of a request: the whole body is in u. */
 static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
                               const char *url, const char *method, upload *u)
@@ -245,132 +380,8 @@ static enum MHD_Result answer(fake *f, struct MHD_Connection *conn,
   loom_store_position(f->store, &pos);
   bool is_frames = strcmp(url, "/v1/frames") == 0 && strcmp(method, "POST") == 0;
   bool is_base = strcmp(url, "/v1/base") == 0 && strcmp(method, "PUT") == 0;
-  if (!is_frames && !is_base) {
-    ret = respond(conn, 404, "not found", NULL, 0);
-    goto out;
-  }
-  if (!token_ok(f, conn)) {
-    f->refused_token++;
-    ret = respond(conn, 401, "unauthorized", NULL, 0);
-    goto out;
-  }
-  if (f->busy) {
-    f->busy--;
-    f->busy_answers++;
-    f->busy_answered_ns = now_ns();
-    f->after_busy_ns = 0;
-    ret = respond(conn, 503, "busy", &pos, f->retry_after_s);
-    goto out;
-  }
-  if (f->error_status) {
-    ret = respond(conn, f->error_status, "refused by the test", NULL, 0);
-    goto out;
-  }
-  if (f->max_body && u->len > f->max_body) {
-    f->too_large++;
-    ret = respond(conn, 413, "too large", &pos, 0);
-    goto out;
-  }
-  if (is_base) {
-    if (f->stale_epoch) {
-      loom_position newer = pos;
-      newer.epoch++;
-      f->stale_answers++;
-      ret = respond(conn, 409, "stale epoch", &newer, 0);
-      goto out;
-    }
-    int rc = apply_base(f, u->buf, u->len, &pos);
-    if (rc) {
-      ret = respond(conn, 400, "bad base image", NULL, 0);
-      goto out;
-    }
-    f->bases++;
-    ret = respond(conn, 200, NULL, &pos, 0);
-    goto out;
-  }
-
-  replicate_frame frame;
-  int rc = replicate_frame_decode(f->dec, u->buf, u->len, &frame);
-  if (rc) {
-    ret = respond(conn, 400, "malformed", NULL, 0);
-    goto out;
-  }
-  if (f->stale_epoch || frame.info.epoch < pos.epoch) {
-    loom_position newer = pos;
-    if (f->stale_epoch)
-      newer.epoch = frame.info.epoch + 1;
-    f->stale_answers++;
-    ret = respond(conn, 409, "stale epoch", &newer, 0);
-    goto out;
-  }
-  if (frame.info.kind == REPLICATE_KIND_HEARTBEAT) {
-    f->heartbeats++;
-    ret = respond(conn, 200, NULL, &pos, 0);
-    goto out;
-  }
-  if (f->drop_before) {
-    f->drop_before--;
-    f->dropped++;
-    ret = MHD_NO;
-    goto out;
-  }
-  if (f->lie && frame.info.after.seq > pos.seq) {
-    /* Claim the frame without applying it: the next one makes a gap. */
-    f->lie--;
-    loom_position claimed = pos;
-    claimed.seq = frame.info.after.seq;
-    claimed.checksum = frame.info.after.checksum;
-    claimed.pages = frame.info.after.pages;
-    f->claimed_seq = claimed.seq;
-    ret = respond(conn, 200, NULL, &claimed, 0);
-    goto out;
-  }
-  uint64_t before_seq = pos.seq;
-  rc = replicate_frame_apply(&frame, f->store);
-  if (rc == 0) {
-    if (frame.info.before.seq != before_seq)
-      f->order_violation = true;
-    f->frames++;
-    if (frame.info.flags & REPLICATE_FRAME_COALESCED)
-      f->coalesced++;
-    rc = loom_store_sync(f->store); /* durable before the answer */
-    loom_store_position(f->store, &pos);
-    if (rc) {
-      ret = respond(conn, 500, "sync failed", &pos, 0);
-      goto out;
-    }
-    if (f->drop_after) {
-      f->drop_after--;
-      f->dropped++;
-      ret = MHD_NO;
-      goto out;
-    }
-    ret = respond(conn, 200, NULL, &pos, 0);
-  } else if (rc == REPLICATE_EDUPLICATE) {
-    f->duplicates++;
-    ret = respond(conn, 200, NULL, &pos, 0);
-  } else if (rc == REPLICATE_EPOSITION) {
-    bool same_seq = frame.info.before.seq == pos.seq;
-    if (same_seq)
-      f->mismatches++;
-    else
-      f->gaps++;
-    ret = respond(conn, 409, same_seq ? "checksum mismatch" : "gap", &pos, 0);
-  } else if (rc == REPLICATE_ESTALE_EPOCH) {
-    f->stale_answers++;
-    ret = respond(conn, 409, "stale epoch", &pos, 0);
-  } else if (replicate_is_divergence(rc)) {
-    f->mismatches++;
-    ret = respond_code(conn, 409, "diverged",
-                       rc == REPLICATE_EFORK ? "REPLICATE_EFORK"
-                       : rc == REPLICATE_EHISTORY ? "REPLICATE_EHISTORY"
-                       : rc == REPLICATE_EBEHIND ? "REPLICATE_EBEHIND"
-                                                 : "REPLICATE_EPAST_BRANCH",
-                       &pos, 0);
-  } else {
-    ret = respond(conn, 400, replicate_strerror(rc), NULL, 0);
-  }
-out:
+  if (!answer_refusal(f, conn, is_frames || is_base, u, &pos, &ret))
+    ret = is_base ? answer_base(f, conn, u, pos) : answer_frame(f, conn, u, pos);
   pthread_cond_broadcast(&f->cond);
   pthread_mutex_unlock(&f->mu);
   return ret;

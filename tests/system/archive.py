@@ -21,7 +21,11 @@ usage: archive.py LOOMSHIP [--seed S]
    sends the tail as frames and the two end identical.
 7. kill -9 of the archiving primary at random moments (mid-upload, seeded),
    restarted on the same directory each time: after each kill the archive
-   restores to the seq its head claims, with the primary's checksum there."""
+   restores to the seq its head claims, with the primary's checksum there.
+9. kill -9 while the archive directory is away (frames committed, not
+   uploaded): restarted with it back, the primary uploads them from its
+   replication log (the archive's hold on it, DESIGN section 7): no gap,
+   and a restore to a seq inside the outage is the primary's image there."""
 import json
 import os
 import shutil
@@ -368,6 +372,45 @@ class Suite(systest.Checks):
                        "there (%s)" % (i + 1, got.get("seq"), text.strip()[-160:]))
 
 
+    # 9 ------------------------------------------------------------------
+    def kill_while_away(self):
+        arc, pdir = self.path("arc-held"), self.path("primary-held")
+        os.makedirs(arc)
+        args = ["--dir", pdir, "--archive", "file://" + arc, "--rate", "100"] + TABLE
+        proc, url, _ = systest.start_primary(self.loomship, args, self.log)
+        up = systest.wait_for(lambda: ((systest.status(url) or {}).get("archive") or {})
+                              .get("uploaded_seq", 0) > 0, 10)
+        self.check(up, "held: uploads start")
+        os.rename(arc, arc + ".away")
+        seq0 = ((systest.status(url) or {}).get("applied") or {}).get("seq", 0)
+        moved = systest.wait_for(lambda: ((systest.status(url) or {}).get("applied") or {})
+                                 .get("seq", 0) > seq0 + 60, 20)
+        systest.stop(proc, signal.SIGKILL)
+        os.rename(arc + ".away", arc)
+        killed_at = (systest.inspect(self.loomship, pdir) or {}).get("seq", 0)
+        self.check(moved and killed_at > seq0 + 60,
+                   "held: 60 saves committed while the archive was away (%s to %s)"
+                   % (seq0, killed_at))
+        proc, url, _ = systest.start_primary(self.loomship, args, self.log)
+        caught = systest.wait_for(lambda: ((systest.status(url) or {}).get("archive") or {})
+                                  .get("uploaded_seq", 0) >= killed_at, 20)
+        code = systest.stop(proc, signal.SIGTERM)
+        self.check(caught and code == 0, "held: restarted, the archive passes seq %d (exit %s)"
+                   % (killed_at, code))
+        rc, text = run(self.loomship, "archive", "list", "--from", "file://" + arc, "--json")
+        kinds = [o.get("kind") for o in json.loads(text).get("objects", [])] if rc == 0 else []
+        self.check(rc == 0 and "gap" not in kinds and kinds.count("base") == 1,
+                   "held: no gap and no second base after the kill (%s)" % kinds)
+        mid = (seq0 + killed_at) // 2
+        out = self.path("held-out")
+        rc, text = restore(self.loomship, arc, out, "--seq", str(mid))
+        got = systest.inspect(self.loomship, out) or {}
+        at = run(self.loomship, "inspect", pdir, "--json", "--at", str(mid))[1]
+        self.check(rc == 0 and got.get("seq") == mid and got.get("checksum", "?") in at,
+                   "held: a restore to seq %d, inside the outage, is the primary's image "
+                   "there (%s)" % (mid, text.strip()[-160:]))
+
+
 def main():
     loomship, rng = systest.loomship_and_rng()
     root = tempfile.mkdtemp(prefix="loomship-archive-")
@@ -382,6 +425,7 @@ def main():
     s.key_rotation()
     s.store_away()
     s.kills(rng)
+    s.kill_while_away()
     return systest.report("archive", s.failures, root)
 
 
