@@ -10,11 +10,9 @@ came back: the data, the error code, last_error's words, the request
 counts, the time taken. Exit 77 (skipped) when Swift is not installed."""
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -294,41 +292,19 @@ def case_multipart_aborted():
     expect(r, "REPLICATE_ESTORE_MISSING")
 
 
-def hanging_listener():
-    """127.0.0.1:port that takes connections and requests and never
-    answers: (socket, port); close the socket to end it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    conns = []
-
-    def accept():
-        while True:
-            try:
-                c, _ = sock.accept()
-            except OSError:
-                return
-            conns.append(c)  # kept open, never answered
-    threading.Thread(target=accept, daemon=True).start()
-    return sock, sock.getsockname()[1]
-
-
 def case_cancelled():
     """objstore_cancel() from another thread ends a request that hangs, and
     the wait before a retry, at once (a stopping archiver's way out)."""
-    sock, port = hanging_listener()
-    try:
+    with swiftlib.HangingStore() as hang:
         for name, size, extra in (("single", 1000, ()),
                                   ("multipart", 12 * MIB,
                                    ("--multipart-bytes", str(5 * MIB)))):
             r, _ = tool(URL, "put", "hang-" + name, blob("hang" + name, size),
-                        endpoint="http://127.0.0.1:%d" % port,
+                        endpoint=hang.url,
                         opts=("--timeout-ms", "30000", "--cancel-after-ms", "300")
                         + extra)
             expect(r, "REPLICATE_ESTORE", "cancelled")
             assert r["ms"] < 3000, (name, r)  # not the 30 s timeout
-    finally:
-        sock.close()
     port = swiftlib.free_port()  # nothing listens: tries, then backoff
     r, _ = tool(URL, "get", "x", os.path.join(TMP, "x.out"),
                 endpoint="http://127.0.0.1:%d" % port,

@@ -20,65 +20,19 @@ Runs on 127.0.0.1 only; no S3 store is needed (phases 1 and 2 stand in
 for one that fails, phase 3 uses file://)."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import systest  # noqa: E402
+import swift as swiftlib  # noqa: E402
 
 TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
 SAVES = 20
-
-
-class HangingStore:
-    """A listener on 127.0.0.1 that accepts connections and reads what
-    comes, and never answers. accepted counts the connections."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.conns.append(c)
-            threading.Thread(target=self._drain, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _drain(c):
-        try:
-            while c.recv(65536):
-                pass
-        except OSError:
-            pass
-
-    def close(self):
-        for c in self.conns + [self.sock]:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def archive_of(url):
@@ -179,13 +133,10 @@ def main():
     loomship = sys.argv[1]
     root = tempfile.mkdtemp(prefix="loomship-archive-standby-stop-")
     s = Suite(loomship, root)
-    store = HangingStore()
-    try:
-        s.stuck("hang", "http://127.0.0.1:%d" % store.port, "no answer yet", 1, store)
-    finally:
-        store.close()
+    with swiftlib.HangingStore() as store:
+        s.stuck("hang", store.url, "no answer yet", 1, store)
     # 3 s: time for the 5 tries (1.5 s of backoff) to fail and name why.
-    s.stuck("down", "http://127.0.0.1:%d" % free_port(), "connect", 3)
+    s.stuck("down", "http://127.0.0.1:%d" % swiftlib.free_port(), "connect", 3)
     s.live()
     return systest.report("archive_standby_stop", s.failures, root)
 
