@@ -3,7 +3,7 @@ backend against curl's own PUT of the same bytes to the same store, in the
 same run (issue 17; docs/BENCHMARKS.md section 14).
 
     python3 bench/objstore_bench.py BUILD/tests/replicate/objstore_tool \\
-        [--mib 256] [--repeats 7] [--part-mib 32] [--parallel 4] \\
+        [--mib 256] [--repeats 7] [--part-mib 64] [--parallel 4] \\
         [--old-tool OTHER_BUILD/tests/replicate/objstore_tool]
 
 Starts Swift with s3api on 127.0.0.1 (tests/lib/swift.py) unless
@@ -12,7 +12,7 @@ The object is --mib MiB of random bytes, in a file (page cache warm). Per
 repeat, interleaved:
 
   objstore multipart   objstore_put with multipart_bytes --part-mib and
-                       --parallel parts in flight (the defaults: 32 MiB,
+                       --parallel parts in flight (the defaults: 64 MiB,
                        4), timed inside objstore_tool (the bytes already in
                        memory, as the archive has them)
   objstore 1 at a time the same, one part in flight
@@ -139,7 +139,7 @@ def main():
     ap.add_argument("tool", help="BUILD/tests/replicate/objstore_tool")
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--part-mib", type=int, default=32)
+    ap.add_argument("--part-mib", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=0,
                     help="parts in flight (0: objstore's default)")
     ap.add_argument("--old-tool", help="another build's objstore_tool, "

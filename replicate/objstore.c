@@ -45,7 +45,7 @@ int objstore_init_common(objstore *store, const struct objstore_backend *b,
   if (options != NULL) store->options = *options;
   objstore_options *o = &store->options;
   if (o->region == NULL) o->region = "us-east-1";
-  if (o->multipart_bytes == 0) o->multipart_bytes = (size_t)32 << 20;
+  if (o->multipart_bytes == 0) o->multipart_bytes = (size_t)64 << 20;
   if (o->retries == 0) o->retries = 5;
   if (o->retry_base_ms == 0) o->retry_base_ms = 100;
   if (o->timeout_ms == 0) o->timeout_ms = 30000;

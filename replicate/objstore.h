@@ -63,7 +63,7 @@ typedef struct objstore_options {
   const char *endpoint;         /* s3:// only: "http://127.0.0.1:8080" */
   const char *region;           /* s3:// only: NULL is "us-east-1" */
   const char *credentials_file; /* s3:// only: key id, secret: two lines */
-  size_t multipart_bytes;       /* 0: 32 MiB; parts are this size too */
+  size_t multipart_bytes;       /* 0: 64 MiB; parts are this size too */
   unsigned parallel_parts;      /* s3:// multipart: parts in flight at
                                    once, each its own request [0: 4] */
   unsigned retries;             /* 0: 5 tries in all */
