@@ -104,8 +104,6 @@
 #define S3_RETRY_AFTER_CAP_S 30
 #define S3_MAX_PARTS 10000u
 #define S3_ETAG_MAX 128
-/* libcurl's send buffer (64 KiB by default): fewer, larger sends. */
-#define S3_UPLOAD_BUFFER (512L << 10)
 
 typedef struct s3_store {
   struct objstore base; /* first: objstore.c sees only this */
@@ -359,7 +357,6 @@ static int xfer_send(s3_store *s, s3_xfer *x)
   curl_easy_setopt(c, CURLOPT_PASSWORD, s->secret);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, x->headers);
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, s->base.options.timeout_ms);
-  curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, S3_UPLOAD_BUFFER);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, an);
   curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
