@@ -31,7 +31,7 @@
  *    it unseen (the store answers 400 BadDigest, or 403), and a damaged
  *    upload fails now, not at a restore months later. Over https:// it is
  *    UNSIGNED-PAYLOAD: TLS already protects the body, and the hash pass
- *    (0.3-0.5 s per 256 MiB on this kind of machine, in series with the
+ *    (0.15 s per 256 MiB at 1.7 GB/s with SHA-NI, in series with the
  *    upload of a single PUT) would buy nothing more; botocore decides
  *    the same way. A multipart put hashes part N+1 on a helper thread
  *    while part N goes up, so only the first part's hash is in series.
