@@ -5,6 +5,7 @@ tests/lib/swift.py for the run).
 
 usage: archive_bench.py LOOMSHIP [--seconds S] [--rates 10,100]
                         [--restore-keys K] [--restore-saves N] [--swift]
+                        [--compare LOOMSHIP2] [--repeats R]
 
 rpo      a primary saving at each rate with --archive file:///TMP
          --archive-interval 1; GET /v1/status polled every 5 ms: a commit's
@@ -16,7 +17,9 @@ restore  a primary with K keys (an image of about K*64 bytes) and N saves
          timed against `cat` of the same objects into one file plus fsync
          (the bytes a restore must at least read and write), same run;
          with --swift, curl GETs of the same objects appended to one file
-         plus fsync (one curl process per object)."""
+         plus fsync (one curl process per object). --compare LOOMSHIP2
+         times LOOMSHIP2's restore of the same archive too, alternating
+         with LOOMSHIP, for --repeats rounds (medians reported)."""
 import argparse
 import json
 import os
@@ -137,7 +140,8 @@ def rpo(loomship, root, target, rate, seconds):
              reqs.get("delete", 0), reqs.get("errors", 0)))
 
 
-def restore_bench(loomship, root, target, keys, saves):
+def restore_bench(loomship, root, target, keys, saves, compare=None,
+                  repeats=1):
     arc = target.url("arc-restore")
     pdir = os.path.join(root, "p-restore")
     table = ["--keys", str(keys), "--arena-pages", str(keys + keys // 4 + 256),
@@ -156,36 +160,69 @@ def restore_bench(loomship, root, target, keys, saves):
     print("archived %d saves in %.1f s (exit %d)" % (saves, time.monotonic() - t0,
                                                       r.returncode))
     image = os.path.getsize(os.path.join(pdir, "image"))
-    subprocess.run(["sync"])
-    out = os.path.join(root, "restored")
-    t0 = time.monotonic()
-    r = subprocess.run([loomship, "restore", "--from", arc, "--out", out] + target.opts,
-                       capture_output=True)
-    t_restore = time.monotonic() - t0
-    copy = os.path.join(root, "copy")
-    t0 = time.monotonic()
-    with open(copy, "wb") as dst:
-        nobj, size = target.copy_objects("arc-restore", dst)
-        dst.flush()
-        os.fsync(dst.fileno())
-    t_copy = time.monotonic() - t0
-    # The other floor: the image's bytes written and fsynced (what a restore
-    # must write, however small the objects compress).
-    t0 = time.monotonic()
-    with open(os.path.join(pdir, "image"), "rb") as src, \
-            open(os.path.join(root, "image-copy"), "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        os.fsync(dst.fileno())
-    t_image = time.monotonic() - t0
-    print("restore: image %.1f MiB, %d objects %.1f MiB; loomship restore %.2f s "
-          "(exit %d); reading the objects into one file + fsync %.2f s (ratio %.1f); copy+fsync of "
-          "the image %.2f s (ratio %.2f)"
-          % (image / 2**20, nobj, size / 2**20, t_restore, r.returncode, t_copy,
-             t_restore / t_copy if t_copy else float("nan"), t_image,
-             t_restore / t_image if t_image else float("nan")))
-    v = subprocess.run([loomship, "verify", out], capture_output=True)
-    print("verify: %s" % v.stdout.decode().strip())
+    binaries = [("restore", loomship)] + ([("compare", compare)] if compare else [])
+    times = {name: [] for name, _ in binaries}
+    floors = {"read": [], "image": [], "direct": []}
+    for rnd in range(repeats):
+        # Alternating which binary goes first, each restore into a new
+        # directory, the page cache flushed before each.
+        order = binaries if rnd % 2 == 0 else binaries[::-1]
+        for name, binary in order:
+            out = os.path.join(root, "restored")
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(["sync"])
+            t0 = time.monotonic()
+            r = subprocess.run([binary, "restore", "--from", arc, "--out", out]
+                               + target.opts, capture_output=True)
+            times[name].append(time.monotonic() - t0)
+            v = subprocess.run([binary, "verify", out], capture_output=True)
+            print("round %d %s (%s): %.2f s (exit %d); verify: %s"
+                  % (rnd + 1, name, binary, times[name][-1], r.returncode,
+                     v.stdout.decode().strip() or v.stderr.decode().strip()))
+        copy = os.path.join(root, "copy")
+        subprocess.run(["sync"])
+        t0 = time.monotonic()
+        with open(copy, "wb") as dst:
+            nobj, size = target.copy_objects("arc-restore", dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        floors["read"].append(time.monotonic() - t0)
+        # The other floor: the image's bytes written and fsynced (what a
+        # restore must write, however small the objects compress).
+        subprocess.run(["sync"])
+        t0 = time.monotonic()
+        with open(os.path.join(pdir, "image"), "rb") as src, \
+                open(os.path.join(root, "image-copy"), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        floors["image"].append(time.monotonic() - t0)
+        os.unlink(os.path.join(root, "image-copy"))
+        # The same bytes written around the page cache (what restore does
+        # where the file system allows: O_DIRECT), by dd.
+        subprocess.run(["sync"])
+        t0 = time.monotonic()
+        subprocess.run(["dd", "if=" + os.path.join(pdir, "image"),
+                        "of=" + os.path.join(root, "image-copy"), "bs=4M",
+                        "oflag=direct", "conv=fsync", "status=none"], check=True)
+        floors["direct"].append(time.monotonic() - t0)
+        os.unlink(copy)
+        os.unlink(os.path.join(root, "image-copy"))
+        print("round %d: reading the %d objects (%.1f MiB) into one file + fsync "
+              "%.2f s; copy+fsync of the image (%.1f MiB) %.2f s; the same with "
+              "O_DIRECT (dd) %.2f s"
+              % (rnd + 1, nobj, size / 2**20, floors["read"][-1], image / 2**20,
+                 floors["image"][-1], floors["direct"][-1]))
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    t_read, t_image = med(floors["read"]), med(floors["image"])
+    t_direct = med(floors["direct"])
+    for name, binary in binaries:
+        t = med(times[name])
+        print("restore (%s, median of %d): %.2f s; x objects read+fsync %.2f "
+              "(%.2f s); x image copy+fsync %.2f (%.2f s); x O_DIRECT copy %.2f "
+              "(%.2f s)"
+              % (binary, repeats, t, t / t_read, t_read, t / t_image, t_image,
+                 t / t_direct, t_direct))
 
 
 def main():
@@ -195,6 +232,11 @@ def main():
     ap.add_argument("--rates", default="10,100")
     ap.add_argument("--restore-keys", type=int, default=16384)
     ap.add_argument("--restore-saves", type=int, default=10000)
+    ap.add_argument("--compare", metavar="LOOMSHIP2",
+                    help="restore mode: also time this binary's restore of "
+                    "the same archive, alternating with LOOMSHIP")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="restore mode: rounds (medians reported)")
     ap.add_argument("--swift", action="store_true",
                     help="against Swift's s3api on 127.0.0.1 (started here)")
     a = ap.parse_args()
@@ -208,7 +250,8 @@ def main():
         for rate in (int(x) for x in a.rates.split(",") if x):
             rpo(a.loomship, root, target, rate, a.seconds)
         if a.restore_saves:
-            restore_bench(a.loomship, root, target, a.restore_keys, a.restore_saves)
+            restore_bench(a.loomship, root, target, a.restore_keys, a.restore_saves,
+                          a.compare, a.repeats)
     finally:
         if store:
             store.close()

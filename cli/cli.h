@@ -105,6 +105,22 @@ void cli_token_forget(char *token);
            "frame, base image and repair answer is tagged with HMAC-SHA256 under " \
            "it, and input without a valid tag is refused (401); must not be "      \
            "readable by group or others"}
+/* --commit-log-mb MB, the same row in every command that runs a writable
+ * store for long (primary, standby, node): field is a uint64_t, in MiB
+ * (for a file that defines AT(field), as CLI_NUMBER_ROW).
+ * The ring is the store's commit log (loom_store_open_with; docs/FORMAT.md
+ * "The commit log"); 1 MiB at least (CLI_COMMIT_LOG_MIN_MB), at most
+ * 16 GiB: the checkpoint's memory grows with it (1/16 at most). */
+#define CLI_COMMIT_LOG_MIN_MB 1
+#define CLI_COMMIT_LOG_MAX_MB 16384
+#define CLI_COMMIT_LOG_ROW(field)                                                  \
+  {.name = "commit-log-mb", .arg = "MB", .kind = CLI_NUMBER,                       \
+   .offset = AT(field), .min = CLI_COMMIT_LOG_MIN_MB,                  \
+   .max = CLI_COMMIT_LOG_MAX_MB, .dflt = "64",                                     \
+   .help = "the commit log's size (DIR/log, a ring of saves not yet written "      \
+           "into the image): a save waits only when it is full (status "          \
+           "commit_log.waits); a directory made with another size takes this "    \
+           "one at start; from 1 to 16384"}
 struct replicate_frame_key;
 /* The key in path (replicate_frame_key_load): 0 and *key (free it with
  * replicate_frame_key_free), or 2 after an error line naming the file.

@@ -19,6 +19,7 @@
 
 #include "archive.h"
 #include "cli.h"
+#include "faultio.h"
 
 void cli_archive_options(const cli_archive_access *access, const char *url,
                          replicate_archive_options *out)
@@ -71,12 +72,17 @@ int cli_standby_bootstrap(const char *dir, const char *url,
                           const cli_archive_access *access)
 {
   DIR *d = opendir(dir);
-  bool empty = true;
-  for (struct dirent *e; d && (e = readdir(d)) != NULL;)
+  bool empty = true, work = false, meta = false;
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
     if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
       empty = false;
+    work = work || !strcmp(e->d_name, REPLICATE_RESTORE_WORK_DIR);
+    meta = meta || !strcmp(e->d_name, "meta");
+  }
   if (d)
     closedir(d);
+  if (work && !meta)
+    empty = true; /* a bootstrap killed midway: the restore starts again */
   char line[1200];
   if (!empty) {
     snprintf(line, sizeof line,
@@ -88,6 +94,7 @@ int cli_standby_bootstrap(const char *dir, const char *url,
   }
   replicate_archive_options o;
   cli_archive_options(access, url, &o);
+  o.io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
   replicate_archive *ar = NULL;
   replicate_restore_target t = {.kind = REPLICATE_RESTORE_NEWEST, .epoch = -1};
   loom_position pos;
@@ -181,6 +188,7 @@ static int run_restore(void *args)
   }
   replicate_archive_options o;
   cli_archive_options(&a->access, a->from, &o);
+  o.io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
   replicate_archive *ar = NULL;
   loom_position pos;
   int rc = replicate_archive_open(&o, &ar);

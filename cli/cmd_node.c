@@ -34,7 +34,7 @@ typedef struct node_args {
   const char *name, *dir, *listen, *etcd, *cluster, *advertise, *token_file, *ack_log,
       *ca_file, *frame_key_file, *tls_cert, *tls_key;
   uint64_t ttl, sync, max_lag, saves, rate, pages, keys, arena_pages, seed, drain,
-      sync_timeout, level, log_max_mb, scrub_interval, scrub_mbps;
+      sync_timeout, level, log_max_mb, scrub_interval, scrub_mbps, commit_log_mb;
   cli_archiver_args archive;
   cli_log_args log;
 } node_args;
@@ -283,6 +283,7 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .who = "node", .dir = a->dir, .arena_pages = a->arena_pages, .keys = a->keys,
       .pages = a->pages, .token = token, .ca_file = a->ca_file,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
+      .commit_log_bytes = a->commit_log_mb << 20,
       .listen_host = host, .listen_port = port, .max_peers = NODE_MAX_PEERS,
       .advertise_url = a->advertise, .frame_key = frame_key,
       .tls_cert = a->tls_cert, .tls_key = a->tls_key,
@@ -307,7 +308,8 @@ static int node_configure(const node_args *a, const char *host, uint16_t port,
       .drain_timeout_seconds = (double)a->drain, .token = token, .ca_file = a->ca_file,
       .frame_key = frame_key, .tls_cert = a->tls_cert, .tls_key = a->tls_key,
       .scrub_interval_seconds = (double)a->scrub_interval,
-      .scrub_mbps = (double)a->scrub_mbps, .on_lead = app_lead,
+      .scrub_mbps = (double)a->scrub_mbps, .commit_log_bytes = a->commit_log_mb << 20,
+      .on_lead = app_lead,
       .on_stop_writing = app_stop_writing, .ctx = app,
       .log = node_log, .log_ctx = (void *)"node"};
   return 0;

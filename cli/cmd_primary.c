@@ -41,6 +41,7 @@ static void on_commit_tweak(loom_options *o, void *ctx)
    * never hashed into a valid commit (docs/INTEGRITY.md 1a). */
   o->flags |= LOOM_APPLY_ASYNC | LOOM_CHECK_PREVIOUS;
   o->io = faultio_from_env(); /* NULL (POSIX) unless a crash test asks */
+  o->log_bytes = n->cfg.commit_log_bytes;
 }
 
 int primary_on_commit(void *ctx, loom *l, const loom_commit *c)
@@ -112,7 +113,7 @@ static void source_sync(void *ctx, http_sync_status *out)
 static void source_commit_log(void *ctx, loom_log_stats *out)
 {
   primary_node *n = ctx;
-  loom_store_log_stats(loom_get_store(kv_loom(n->table)), out);
+  loom_get_log_stats(kv_loom(n->table), out); /* with RECENT's memory */
 }
 
 static void source_log_stats(void *ctx, replicate_log_stats *out)
@@ -166,6 +167,104 @@ static int advertise(primary_node *n, const primary_config *cfg)
   return 0;
 }
 
+/* The replication log. It derives its segment size from the cap
+ * (replicate.h); it is a cache of the store, whose commit is durable
+ * before the hook appends to it: its fsyncs run off the save path
+ * (REPLICATE_LOG_SYNC_BACKGROUND, docs/FRAME.md 2.3, "The replication
+ * log's fsyncs"). The archive's backlog is held in it (DESIGN section 7):
+ * its cap is at least --archive-max-backlog-mb. */
+static int open_log(primary_node *n, const primary_config *cfg)
+{
+  replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
+                              .repair_ctx = (void *)cfg->who,
+                              .sync = REPLICATE_LOG_SYNC_BACKGROUND};
+  uint64_t backlog = !cfg->archive ? 0
+                     : cfg->archive->max_backlog_bytes ? cfg->archive->max_backlog_bytes
+                                                       : REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
+  if (backlog > (lo.max_bytes ? lo.max_bytes : REPLICATE_LOG_MAX_BYTES_DEFAULT))
+    lo.max_bytes = backlog;
+  int rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log);
+  return rc ? cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc)) : 0;
+}
+
+/* --archive: before the shipper, which may start a log that ends short of
+ * the store afresh (the archiver takes what it needs from it first). */
+static int start_archiver(primary_node *n, const primary_config *cfg, loom_store *store)
+{
+  replicate_archiver_options ao = *cfg->archive;
+  if (cli_archiver_check(cfg->who, &ao.access))
+    return 1;
+  ao.store = store;
+  ao.log = n->log;
+  ao.log_writer = !(cfg->standby_count || cfg->max_peers); /* no shipper writes it */
+  char position_file[4096];
+  snprintf(position_file, sizeof position_file, "%s/replog/archive-position", cfg->dir);
+  ao.position_file = position_file;
+  ao.log_fn = cfg->quiet ? NULL : ship_log;
+  ao.log_ctx = (void *)cfg->who;
+  int rc = replicate_archiver_start(&ao, &n->archiver);
+  return rc ? cli_fail(cfg->who, "--archive %s: %s", ao.access.url, replicate_strerror(rc))
+            : 0;
+}
+
+static int start_shipper(primary_node *n, const primary_config *cfg, loom_store *store)
+{
+  replicate_shipper_options so = {
+      .max_peers = cfg->max_peers,
+      .store = store,
+      .log = n->log,
+      .standby_urls = cfg->standbys,
+      .standby_count = cfg->standby_count,
+      .token = cfg->token,
+      .ca_file = cfg->ca_file,
+      .sync_count = cfg->sync_count,
+      .sync_timeout_seconds = cfg->sync_timeout_seconds,
+      .on_sync_timeout = cfg->sync_degrade ? REPLICATE_SYNC_DEGRADE : REPLICATE_SYNC_FAIL,
+      .zstd_level = cfg->zstd_level,
+      .frame_key = cfg->frame_key,
+      .log_fn = cfg->quiet ? NULL : ship_log,
+      .log_ctx = (void *)cfg->who,
+  };
+  int rc = replicate_shipper_start(&so, &n->shipper);
+  return rc ? cli_fail(cfg->who, "shipper: %s", replicate_strerror(rc)) : 0;
+}
+
+/* --listen: status, metrics, backups, the tree and pages. */
+static int start_server(primary_node *n, const primary_config *cfg)
+{
+  n->source = (http_primary_source){.ctx = n,
+                                    .position = source_position,
+                                    .snapshot_open = source_snapshot,
+                                    .fenced = source_fenced,
+                                    .peers = source_peers,
+                                    .sync_state = source_sync,
+                                    .history = source_history,
+                                    .log_stats = source_log_stats,
+                                    .commit_log = source_commit_log,
+                                    .save_durations = source_save_durations,
+                                    .archive = n->archiver ? source_archive : NULL};
+  http_server_options ho = {
+      .role = HTTP_ROLE_PRIMARY,
+      .primary = &n->source,
+      .listen_host = cfg->listen_host,
+      .listen_port = cfg->listen_port,
+      .token = (const uint8_t *)cfg->token,
+      .token_len = cfg->token ? strlen(cfg->token) : 0,
+      .tls_cert_file = cfg->tls_cert,
+      .tls_key_file = cfg->tls_key,
+      .scrub_interval_seconds = cfg->scrub_interval_seconds,
+      .scrub_mbps = cfg->scrub_mbps,
+      .frame_key = cfg->frame_key,
+      .log = cfg->quiet ? NULL : cli_log,
+      .log_ctx = (void *)cfg->who,
+      .cluster = cfg->cluster,
+  };
+  int rc = http_server_start(&ho, &n->server);
+  return rc ? cli_fail_server(cfg->who, rc, cfg->listen_host, cfg->listen_port, NULL,
+                              cfg->tls_cert, cfg->tls_key)
+            : 0;
+}
+
 int primary_open(primary_node *n, const primary_config *cfg)
 {
   memset(n, 0, sizeof *n);
@@ -177,86 +276,14 @@ int primary_open(primary_node *n, const primary_config *cfg)
                           "Restore the directory from a backup, or promote a standby");
   loom_store *store = loom_get_store(kv_loom(n->table));
   loom_store_position(store, &n->committed);
-  /* The log derives its segment size from the cap (replicate.h). It is a
-   * cache of the store, whose commit is durable before the hook appends
-   * to it: its fsyncs run off the save path (REPLICATE_LOG_SYNC_BACKGROUND,
-   * docs/FRAME.md 2.3, "The replication log's fsyncs"). */
-  replicate_log_options lo = {.max_bytes = cfg->log_max_bytes, .on_repair = log_repaired,
-                              .repair_ctx = (void *)cfg->who,
-                              .sync = REPLICATE_LOG_SYNC_BACKGROUND};
-  /* The archive's backlog is held in the log (DESIGN section 7): its cap
-   * is at least --archive-max-backlog-mb. */
-  uint64_t backlog = !cfg->archive ? 0
-                     : cfg->archive->max_backlog_bytes ? cfg->archive->max_backlog_bytes
-                                                       : REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
-  if (backlog > (lo.max_bytes ? lo.max_bytes : REPLICATE_LOG_MAX_BYTES_DEFAULT))
-    lo.max_bytes = backlog;
-  if ((rc = replicate_log_open(cfg->dir, &lo, faultio_from_env(), &n->log)))
-    return cli_fail(cfg->who, "replication log: %s", replicate_strerror(rc));
-  if (cfg->archive) {
-    replicate_archiver_options ao = *cfg->archive;
-    if (cli_archiver_check(cfg->who, &ao.access))
-      return 1;
-    ao.store = store;
-    ao.log = n->log;
-    ao.log_writer = !(cfg->standby_count || cfg->max_peers); /* no shipper writes it */
-    ao.log_fn = cfg->quiet ? NULL : ship_log;
-    ao.log_ctx = (void *)cfg->who;
-    if ((rc = replicate_archiver_start(&ao, &n->archiver)))
-      return cli_fail(cfg->who, "--archive %s: %s", ao.access.url, replicate_strerror(rc));
-  }
-  if (cfg->standby_count || cfg->max_peers) {
-    replicate_shipper_options so = {
-        .max_peers = cfg->max_peers,
-        .store = store,
-        .log = n->log,
-        .standby_urls = cfg->standbys,
-        .standby_count = cfg->standby_count,
-        .token = cfg->token,
-        .ca_file = cfg->ca_file,
-        .sync_count = cfg->sync_count,
-        .sync_timeout_seconds = cfg->sync_timeout_seconds,
-        .on_sync_timeout = cfg->sync_degrade ? REPLICATE_SYNC_DEGRADE : REPLICATE_SYNC_FAIL,
-        .zstd_level = cfg->zstd_level,
-        .frame_key = cfg->frame_key,
-        .log_fn = cfg->quiet ? NULL : ship_log,
-        .log_ctx = (void *)cfg->who,
-    };
-    if ((rc = replicate_shipper_start(&so, &n->shipper)))
-      return cli_fail(cfg->who, "shipper: %s", replicate_strerror(rc));
-  }
-  if (cfg->listen_host) {
-    n->source = (http_primary_source){.ctx = n,
-                                      .position = source_position,
-                                      .snapshot_open = source_snapshot,
-                                      .fenced = source_fenced,
-                                      .peers = source_peers,
-                                      .sync_state = source_sync,
-                                      .history = source_history,
-                                      .log_stats = source_log_stats,
-                                      .commit_log = source_commit_log,
-                                      .save_durations = source_save_durations,
-                                      .archive = n->archiver ? source_archive : NULL};
-    http_server_options ho = {
-        .role = HTTP_ROLE_PRIMARY,
-        .primary = &n->source,
-        .listen_host = cfg->listen_host,
-        .listen_port = cfg->listen_port,
-        .token = (const uint8_t *)cfg->token,
-        .token_len = cfg->token ? strlen(cfg->token) : 0,
-        .tls_cert_file = cfg->tls_cert,
-        .tls_key_file = cfg->tls_key,
-        .scrub_interval_seconds = cfg->scrub_interval_seconds,
-        .scrub_mbps = cfg->scrub_mbps,
-        .frame_key = cfg->frame_key,
-        .log = cfg->quiet ? NULL : cli_log,
-        .log_ctx = (void *)cfg->who,
-        .cluster = cfg->cluster,
-    };
-    if ((rc = http_server_start(&ho, &n->server)))
-      return cli_fail_server(cfg->who, rc, cfg->listen_host, cfg->listen_port, NULL,
-                             cfg->tls_cert, cfg->tls_key);
-  }
+  if ((rc = open_log(n, cfg)))
+    return rc;
+  if (cfg->archive && (rc = start_archiver(n, cfg, store)))
+    return rc;
+  if ((cfg->standby_count || cfg->max_peers) && (rc = start_shipper(n, cfg, store)))
+    return rc;
+  if (cfg->listen_host && (rc = start_server(n, cfg)))
+    return rc;
   return advertise(n, cfg);
 }
 
@@ -503,7 +530,7 @@ typedef struct primary_args {
   size_t standby_count;
   int sync_degrade;
   uint64_t sync, saves, rate, pages, keys, arena_pages, drain, sync_timeout, seed,
-      log_max_mb, level, scrub_interval, scrub_mbps;
+      log_max_mb, level, scrub_interval, scrub_mbps, commit_log_mb;
   cli_archiver_args archive;
   cli_log_args log;
 } primary_args;
@@ -597,6 +624,7 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
       .ca_file = a->ca_file, .sync_count = (unsigned)a->sync,
       .sync_timeout_seconds = (double)a->sync_timeout, .sync_degrade = a->sync_degrade,
       .zstd_level = (int)a->level, .log_max_bytes = a->log_max_mb << 20,
+      .commit_log_bytes = a->commit_log_mb << 20,
       .tls_cert = a->tls_cert, .tls_key = a->tls_key,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps, .advertise_url = a->advertise};
@@ -609,6 +637,34 @@ static int primary_configure(const primary_args *a, primary_config *cfg)
     return cli_fail("primary", "--keys %llu needs an arena of more than %llu pages",
                     (unsigned long long)cfg->keys, (unsigned long long)cfg->arena_pages);
   return 0;
+}
+
+/* What run_primary allocated for the node's options. */
+static void release(replicate_frame_key *frame_key, char *token, char *host)
+{
+  replicate_frame_key_free(frame_key);
+  free(token);
+  free(host);
+}
+
+/* --token-file and --frame-key-file: 0, or an exit code after a line. */
+static int read_secrets(const primary_args *a, char **token, replicate_frame_key **frame_key)
+{
+  int rc = a->token_file ? cli_token_file_read("primary", a->token_file, token) : 0;
+  if (!rc && (rc = cli_frame_key_read("primary", a->frame_key_file, frame_key)) != 0)
+    cli_token_forget(*token);
+  return rc;
+}
+
+/* The last lines a run prints: where it ended, and its standbys. */
+static void print_report(const loom_position *last, uint64_t saves, const char *standbys_line)
+{
+  char hex[17];
+  printf("committed seq %llu (epoch %llu, checksum %s) in %llu saves\n",
+         (unsigned long long)last->seq, (unsigned long long)last->epoch,
+         cli_hex64(last->checksum, hex), (unsigned long long)saves);
+  if (standbys_line[0])
+    printf("standbys: %s\n", standbys_line);
 }
 
 static int run_primary(void *args)
@@ -634,9 +690,7 @@ static int run_primary(void *args)
   cfg.listen_host = host;
   char *token = NULL;
   replicate_frame_key *frame_key = NULL;
-  int trc = token_file ? cli_token_file_read("primary", token_file, &token) : 0;
-  if (!trc && (trc = cli_frame_key_read("primary", a->frame_key_file, &frame_key)) != 0)
-    cli_token_forget(token);
+  int trc = read_secrets(a, &token, &frame_key);
   if (trc) {
     free(host);
     return trc;
@@ -652,9 +706,7 @@ static int run_primary(void *args)
     memset(token, 0, strlen(token));
   if (rc) {
     primary_close(&n, 0);
-    replicate_frame_key_free(frame_key);
-    free(token);
-    free(host);
+    release(frame_key, token, host);
     return rc;
   }
   if (n.server) {
@@ -671,9 +723,7 @@ static int run_primary(void *args)
                                 0600)) < 0) {
     cli_fail("primary", "--ack-log %s: %s", ack_log, strerror(errno));
     primary_close(&n, 0);
-    replicate_frame_key_free(frame_key);
-    free(token);
-    free(host);
+    release(frame_key, token, host);
     return 1;
   }
   cli_reload reload = {.who = "primary", .token_file = token_file, .tls_cert = cfg.tls_cert,
@@ -691,15 +741,8 @@ static int run_primary(void *args)
                             standbys_line, sizeof standbys_line);
   if (ack_fd >= 0)
     close(ack_fd);
-  replicate_frame_key_free(frame_key); /* shipper and server are stopped */
-  free(token);
-  free(host);
-  char hex[17];
-  printf("committed seq %llu (epoch %llu, checksum %s) in %llu saves\n",
-         (unsigned long long)last.seq, (unsigned long long)last.epoch,
-         cli_hex64(last.checksum, hex), (unsigned long long)n.saves);
-  if (standbys_line[0])
-    printf("standbys: %s\n", standbys_line);
+  release(frame_key, token, host); /* shipper and server are stopped */
+  print_report(&last, n.saves, standbys_line);
   if (exit_code)
     return exit_code;
   return rc == 2 ? PRIMARY_EXIT_NOT_DRAINED : rc;

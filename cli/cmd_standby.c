@@ -50,7 +50,7 @@ typedef struct standby_args {
   const char *bootstrap;
   cli_archiver_args archive;
   uint64_t ready_lag_ms, promote_max_lag;
-  uint64_t scrub_interval, scrub_mbps, apply_delay, drain;
+  uint64_t scrub_interval, scrub_mbps, apply_delay, commit_log_mb, drain;
   cli_log_args log;
 } standby_args;
 
@@ -81,6 +81,7 @@ static const cli_option standby_options[] = {
              "apply a commit only once it is this old by its commit time; the delay "
              "holds across restarts; promote applies only what is due unless forced; "
              "ready while the lag minus the delay is within --ready-lag-ms"},
+    CLI_COMMIT_LOG_ROW(commit_log_mb),
     {.name = "scrub-interval", .arg = "SECONDS", .kind = CLI_NUMBER,
      .offset = AT(scrub_interval), .min = 0, .max = UINT64_C(1) << 32, .dflt = "86400",
      .help = "re-read every image page and check it against its recorded hash this "
@@ -236,6 +237,7 @@ static void server_options(const standby_args *a, const char *host, uint16_t por
       .tls_key_file = a->key,
       .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
       .promote_max_lag = a->promote_max_lag,
+      .commit_log_bytes = a->commit_log_mb << 20,
       .apply_delay_seconds = (double)a->apply_delay,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps,

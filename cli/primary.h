@@ -28,6 +28,8 @@ typedef struct primary_config {
   int sync_degrade;             /* on timeout: degrade to async (else fail) */
   int zstd_level;
   uint64_t log_max_bytes;       /* 0: default */
+  uint64_t commit_log_bytes;    /* the store's commit log ring (0: the
+                                   default, LOOM_LOG_BYTES_DEFAULT) */
   const char *listen_host;      /* NULL: no server */
   uint16_t listen_port;
   const char *tls_cert, *tls_key;
@@ -94,11 +96,13 @@ int primary_close_report(primary_node *n, double drain_timeout, char *line,
                "serve HTTPS with this certificate (with --tls-key)"),              \
   CLI_TEXT_ROW("tls-key", "F", tls_key, "none", "the private key of --tls-cert")
 
-/* The frames and the replication log (fields level, log_max_mb). */
+/* The frames, the replication log and the commit log (fields level,
+ * log_max_mb, commit_log_mb). */
 #define PRIMARY_FRAME_OPTIONS                                                      \
   CLI_NUMBER_ROW("level", "L", level, 1, 19, "1", "the frames' zstd compression level"), \
   CLI_NUMBER_ROW("log-max-mb", "MB", log_max_mb, 1, 1048576,                       \
-                 "the replication log's own, 1024", "the replication log's size cap")
+                 "the replication log's own, 1024", "the replication log's size cap"), \
+  CLI_COMMIT_LOG_ROW(commit_log_mb)
 
 /* The scrubber (fields scrub_interval, scrub_mbps); PREFIX and FOUND frame
  * the interval's help with what the command does first and with a find. */

@@ -178,6 +178,7 @@ int node_standby_start(cluster_node *n)
       .listen_host = n->host,
       .listen_port = n->o.listen_port,
       .promote_max_lag = n->o.promote_max_lag,
+      .commit_log_bytes = n->o.commit_log_bytes,
       .frame_key = n->o.frame_key,
       .tls_cert_file = n->tls_cert,
       .tls_key_file = n->tls_key,

@@ -93,6 +93,10 @@ struct cluster_node_options {
                                 and the rewind's backup pull [none] */
   const char *ca_file;       /* for an https leader URL [the system's] */
   uint64_t promote_max_lag;  /* passed to the standby server [100] */
+  uint64_t commit_log_bytes; /* the directory's commit log ring, on both
+                                sides (loom_store_open_with)
+                                [LOOM_LOG_BYTES_DEFAULT]; on_lead opens
+                                the loom with it */
   const struct replicate_frame_key *frame_key; /* the standby server checks
                                 frame tags under it (replicate.h; not
                                 copied: it must outlive the node) [none] */

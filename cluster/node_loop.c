@@ -431,7 +431,8 @@ static void demote(cluster_node *n, bool restart_standby, const char *why)
 static int epoch_make_durable(cluster_node *n, uint64_t epoch, uint64_t *seq)
 {
   loom_store *s;
-  int rc = loom_store_open(n->dir, 0, NULL, &s);
+  loom_store_options so = {.log_bytes = n->o.commit_log_bytes};
+  int rc = loom_store_open_with(n->dir, &so, &s);
   if (rc)
     return rc;
   loom_position pos;
@@ -680,7 +681,8 @@ static int rewind_base(cluster_node *n, replicate_receiver *rx, const struct clu
 
 static int rewind_from(cluster_node *n, const struct cluster_leader *l)
 {
-  replicate_receiver_options ro = {.dir = n->dir, .promote_max_lag = n->o.promote_max_lag};
+  replicate_receiver_options ro = {.dir = n->dir, .promote_max_lag = n->o.promote_max_lag,
+                                   .commit_log_bytes = n->o.commit_log_bytes};
   replicate_receiver *rx;
   int rc = replicate_receiver_open(&ro, &rx);
   if (rc)

@@ -82,6 +82,8 @@ struct loom {
   uint64_t recent_from;         /* UINT64_MAX: covers nothing */
   uint64_t recent_image_pages;  /* the image file's length as the hook reads
                                    it (pages past it read as zeros) */
+  uint64_t recent_bytes;        /* the pool's memory (loom_get_log_stats;
+                                   __atomic: read from any thread) */
 };
 
 static inline int page_dirty(const loom *l, uint64_t n)

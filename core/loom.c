@@ -712,6 +712,10 @@ static void recent_note(loom *l, const loom_commit *c)
     l->recent_nfree = l->recent_cap;
     for (uint32_t j = 0; j < l->recent_cap; j++)
       l->recent_free[j] = l->recent_cap - 1 - j;
+    __atomic_store_n(&l->recent_bytes,
+                     (uint64_t)l->recent_cap * (PS + 2 * sizeof *l->recent +
+                                                sizeof *l->recent_free),
+                     __ATOMIC_RELAXED);
   }
   if (c->after.pages < c->before.pages || k > l->recent_nfree) {
     recent_clear(l, c->after.seq); /* R2, or no room: the next hook waits */
@@ -739,6 +743,12 @@ static void recent_note(loom *l, const loom_commit *c)
   }
   memcpy(l->recent, merged, m * sizeof *merged);
   l->recent_count = m;
+}
+
+void loom_get_log_stats(loom *l, loom_log_stats *out)
+{
+  loom_store_log_stats(l->store, out);
+  out->recent_bytes = __atomic_load_n(&l->recent_bytes, __ATOMIC_RELAXED);
 }
 
 /* The version c's page i had at c->before, outside the early path. A

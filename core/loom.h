@@ -249,6 +249,32 @@ struct loom_io; /* loom_io.h: the I/O interface, replaceable for tests */
 int loom_store_open(const char *dir, unsigned flags, const struct loom_io *io,
                     loom_store **out);
 
+/* Options for loom_store_open_with. Zero-initialise, then set what you
+ * need: 0 (or NULL) means the default in brackets. */
+typedef struct loom_store_options {
+  unsigned flags;             /* LOOM_CREATE, LOOM_READONLY, LOOM_APPLY_ASYNC,
+                                 LOOM_CHECKPOINT_DEFER, as loom_store_open's
+                                 [0] */
+  const struct loom_io *io;   /* [the plain POSIX one] */
+  uint64_t log_bytes;         /* the commit log's ring, rounded up to 4 KiB
+                                 [LOOM_LOG_BYTES_DEFAULT] */
+} loom_store_options;
+
+/*
+ * loom_store_open_with: loom_store_open with the commit log's ring size.
+ * The size is the directory's own (recorded in its meta), and follows the
+ * opener: a directory whose ring has another size gets opt->log_bytes at
+ * open, once recovery has checkpointed every record (the log is empty
+ * then), recorded in the meta before anything is written at the new
+ * geometry; a smaller ring cuts the log file (docs/FORMAT.md "The commit
+ * log"). Any size works: a record larger than the ring grows the ring for
+ * itself and the next record that fits shrinks it back. A read-only open
+ * ignores log_bytes. Errors: those of loom_store_open; LOOM_EINVAL when
+ * dir, opt or out is NULL or opt->flags holds other flags.
+ */
+int loom_store_open_with(const char *dir, const loom_store_options *opt,
+                         loom_store **out);
+
 /* Close; checkpoints every committed record first. Returns its error, if
  * any. */
 int loom_store_close(loom_store *store);
@@ -276,11 +302,18 @@ int loom_store_sync(loom_store *store);
  * records not yet checkpointed (the fill); checkpoint: the position the
  * image file is durably at (its seq is status's `checkpoint_seq`);
  * queued: records waiting for the checkpoint; checkpoints: batches merged
- * since open; waits: commits that waited for log space since open. */
+ * since open; waits: commits that waited for log space since open.
+ * Memory (docs/FORMAT.md "The commit log's memory"): merge_bytes, what the
+ * checkpoint holds now for records not yet merged (each queued record's
+ * page lists, the queue, a batch's merge arrays), at most size / 16 (the
+ * largest ring since open); merge_peak_bytes, its highest since open;
+ * recent_bytes, the arena's RECENT PAGES pool (loom_get_log_stats only:
+ * 0 from loom_store_log_stats). */
 typedef struct loom_log_stats {
   uint64_t used, size;
   loom_position checkpoint;
   uint64_t queued, checkpoints, waits;
+  uint64_t merge_bytes, merge_peak_bytes, recent_bytes;
 } loom_log_stats;
 void loom_store_log_stats(loom_store *store, loom_log_stats *out);
 
@@ -479,6 +512,39 @@ void loom_stream_header_encode(uint8_t out[LOOM_STREAM_HEADER],
 int loom_stream_header_decode(const uint8_t in[LOOM_STREAM_HEADER],
                               loom_position *pos, loom_lineage *lineage);
 
+/* Hands a stream's bytes to its reader: sets *data to the next len bytes
+ * (the callee's memory, valid until the next call). 0, or an error, which
+ * the reader returns as it is. */
+typedef int (*loom_stream_next_fn)(void *ctx, size_t len, const void **data);
+
+/*
+ * loom_store_create_from_stream: make a new image directory dir holding
+ * the image stream that next() hands out (the header, then every page),
+ * at the stream's position and lineage, the way a backup is written: the
+ * pages go straight into the image file (no commit log, no second copy;
+ * with O_DIRECT where the file system takes it, so the page cache holds
+ * none of them afterwards), each is hashed once, and the meta is written
+ * last (the steps C1-C6 are in core/import.c). dir must be absent (it is made 0700; its parent must
+ * exist) or an empty directory. Until the meta is durable, dir is no
+ * store (loom_store_open, loom_inspect and loom_verify refuse it), so a
+ * crash never leaves one at a position the stream did not carry; on an
+ * error the caller removes what is there. Open it with loom_store_open
+ * afterwards. *out (may be NULL) gets the position.
+ *   io      the I/O interface, or NULL for the plain POSIX one.
+ *   hashes  NULL: every page is hashed here. Else hashes[n] is
+ *           loom_page_hash(n, page n) for every page, as the caller
+ *           computed it from the same bytes (a restore that applied frames
+ *           to the image in memory); it is not computed again (the caller
+ *           vouches for it, as with loom_patch_add_hashed). The sum is
+ *           checked against the header's checksum either way.
+ * Errors: LOOM_EINVAL (dir holds something), LOOM_ELOCKED, LOOM_ECORRUPT
+ * (a bad header, or pages that do not hash to its checksum: no meta is
+ * written), LOOM_EVERSION, next()'s errors, errno values (ENOSPC...).
+ */
+int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
+                                  loom_stream_next_fn next, void *ctx,
+                                  const uint64_t *hashes, loom_position *out);
+
 /* ---------------------------------------------------------------------- */
 /* Read-only tools: work on a directory whose owner stopped or died, and on
  * a live one (they read the last durably recorded position). */
@@ -607,6 +673,11 @@ void *loom_base(const loom *l);
 void *loom_page(const loom *l, uint64_t n);
 uint64_t loom_arena_pages(const loom *l);
 loom_store *loom_get_store(loom *l);
+/* The store's commit log figures (loom_store_log_stats) with recent_bytes:
+ * the memory the arena keeps of the pages the checkpoint has not merged
+ * yet (see the commit hook; 0 until the first commit that needs it).
+ * Callable from any thread. */
+void loom_get_log_stats(loom *l, loom_log_stats *out);
 loom_tracker loom_get_tracker(const loom *l);
 const char *loom_tracker_name(loom_tracker t);
 

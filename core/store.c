@@ -782,7 +782,51 @@ typedef struct ckpt_batch {
   uint64_t cut;      /* pages the first record leaves */
   const loom_position *after;
   uint64_t head;     /* the first lsn past the batch */
+  uint64_t memory;   /* batch_memory, counted in the merge state */
 } ckpt_batch;
+
+/* THE MERGE STATE: the memory the checkpoint holds for records it has not
+ * merged yet: each queued record (its struct and page lists: record_memory),
+ * the queue's slots, and a batch's merge arrays (batch_memory). Every
+ * record in the queue is in the ring (queued only once durable, removed
+ * when the head moves past it), and a record takes at least 8 KiB of the
+ * ring and 16 KiB more per page, so the merge state is at most 1/16 of
+ * the ring: MERGE_SHARE bytes of memory per byte of ring a record takes,
+ * which the asserts below check for the smallest record and per page (a
+ * queue slot may be doubled by the array's growth: 16 bytes a record).
+ * Counted under apply.mutex (loom_log_stats.merge_bytes). */
+#define MERGE_SHARE 16u
+#define RECORD_MIN_BYTES 8192u /* record_bytes(0) */
+
+static uint64_t record_memory(const loom_patch *p)
+{
+  uint64_t n = p->header.page_count ? p->header.page_count : 1;
+  return sizeof *p + 3 * sizeof(uint64_t) * n;
+}
+
+/* A batch of count records listing total pages: recs, pages, numbers,
+ * hashes. */
+static uint64_t batch_memory(uint64_t count, uint64_t total)
+{
+  return count * sizeof(loom_patch *) +
+         total * (sizeof(ckpt_page) + 2 * sizeof(uint64_t));
+}
+
+_Static_assert(sizeof(loom_patch) + 3 * sizeof(uint64_t) + 8 + 16 +
+                       sizeof(ckpt_page) + 2 * sizeof(uint64_t) <=
+                   RECORD_MIN_BYTES / MERGE_SHARE,
+               "the merge state of a one-page record exceeds its share");
+_Static_assert(3 * sizeof(uint64_t) + sizeof(ckpt_page) +
+                       2 * sizeof(uint64_t) <=
+                   LOOM_PAGE_SIZE / MERGE_SHARE,
+               "the merge state of a page exceeds its share");
+
+static void merge_account_locked(apply_thread *t, uint64_t add, uint64_t sub)
+{
+  t->merge_bytes = t->merge_bytes + add - sub;
+  if (t->merge_bytes > t->merge_peak)
+    t->merge_peak = t->merge_bytes;
+}
 
 static int starts_batch(const loom_patch *p)
 {
@@ -798,9 +842,9 @@ static int ckpt_page_cmp(const void *a, const void *b)
   return x->rec > y->rec ? -1 : x->rec < y->rec; /* newest first */
 }
 
-/* The batch's pages, each once at its newest version (the merge state:
- * 40 bytes per page listed, bounded by the log's size). */
-static int batch_merge(ckpt_batch *b)
+/* The batch's pages, each once at its newest version (in THE MERGE
+ * STATE: batch_memory). */
+static int batch_merge(loom_store *s, ckpt_batch *b)
 {
   uint64_t total = 0;
   for (size_t r = 0; r < b->count; r++)
@@ -810,6 +854,10 @@ static int batch_merge(ckpt_batch *b)
   b->hashes = malloc((size_t)(total ? total : 1) * sizeof *b->hashes);
   if (!b->pages || !b->numbers || !b->hashes)
     return ENOMEM;
+  pthread_mutex_lock(&s->apply.mutex);
+  b->memory = batch_memory(b->count, total);
+  merge_account_locked(&s->apply, b->memory, 0);
+  pthread_mutex_unlock(&s->apply.mutex);
   uint64_t k = 0;
   for (size_t r = 0; r < b->count; r++)
     for (uint64_t i = 0; i < b->recs[r]->header.page_count; i++)
@@ -929,7 +977,7 @@ static int batch_take(loom_store *s, ckpt_batch *b)
   b->after = &last->header.after;
   b->head = last->lsn + record_bytes(last->header.page_count);
   b->cut = b->recs[0]->header.after.pages;
-  return batch_merge(b);
+  return batch_merge(s, b);
 }
 
 /* One checkpoint (steps 4-6) of the queue's next batch, then free its log
@@ -951,8 +999,10 @@ static int checkpoint_batch(loom_store *s)
     pthread_mutex_lock(&t->mutex);
     memmove(t->queue, t->queue + b.count, (t->queued - b.count) * sizeof *t->queue);
     t->queued -= b.count;
-    for (size_t r = 0; r < b.count; r++)
+    for (size_t r = 0; r < b.count; r++) {
       t->queued_bytes -= record_bytes(b.recs[r]->header.page_count);
+      merge_account_locked(t, 0, record_memory(b.recs[r]));
+    }
     s->log_head = b.head;                          /* the space is free */
     t->batches++;
     pthread_cond_broadcast(&t->cond);
@@ -964,6 +1014,11 @@ static int checkpoint_batch(loom_store *s)
   free(b.pages);
   free(b.numbers);
   free(b.hashes);
+  if (b.memory) {
+    pthread_mutex_lock(&s->apply.mutex);
+    merge_account_locked(&s->apply, 0, b.memory);
+    pthread_mutex_unlock(&s->apply.mutex);
+  }
   return rc;
 }
 
@@ -972,8 +1027,10 @@ static int checkpoint_batch(loom_store *s)
 static void queue_drop_locked(loom_store *s)
 {
   apply_thread *t = &s->apply;
-  for (size_t r = 0; r < t->queued; r++)
+  for (size_t r = 0; r < t->queued; r++) {
+    merge_account_locked(t, 0, record_memory(t->queue[r]));
     store_patch_free(t->queue[r]);
+  }
   t->queued = 0;
   t->queued_bytes = 0;
   pthread_cond_broadcast(&t->cond);
@@ -1140,6 +1197,7 @@ static void queue_push(loom_store *s, loom_patch *p)
   pthread_mutex_lock(&t->mutex);
   t->queue[t->queued++] = p;
   t->queued_bytes += record_bytes(p->header.page_count);
+  merge_account_locked(t, record_memory(p), 0);
   t->pushed++;
   pthread_cond_broadcast(&t->cond);
   pthread_mutex_unlock(&t->mutex);
@@ -1149,8 +1207,10 @@ static int queue_reserve(loom_store *s)
 {
   apply_thread *t = &s->apply;
   pthread_mutex_lock(&t->mutex);
+  size_t cap = t->queue_cap;
   int rc = loom_array_reserve(&t->queue, &t->queue_cap, t->queued + 1,
                               sizeof *t->queue);
+  merge_account_locked(t, (t->queue_cap - cap) * sizeof *t->queue, 0);
   pthread_mutex_unlock(&t->mutex);
   return rc;
 }
@@ -1181,6 +1241,9 @@ void loom_store_log_stats(loom_store *s, loom_log_stats *out)
   out->queued = t->queued;
   out->checkpoints = t->batches;
   out->waits = t->waits;
+  out->merge_bytes = t->merge_bytes;
+  out->merge_peak_bytes = t->merge_peak;
+  out->recent_bytes = 0; /* the arena's: loom_get_log_stats */
   pthread_mutex_unlock(&t->mutex);
   pthread_mutex_lock(&s->snap_lock);
   out->checkpoint = s->image_pos;
@@ -1299,8 +1362,8 @@ int loom_store_patch_begin(loom_store *s, const loom_patch_header *h,
   return store_patch_begin(s, h, 0, out);
 }
 
-/* Write the pages waiting in p->iov: with pwritev straight from where they
- * are, else gathered into the staging buffer. */
+/* Write the pages waiting in the store's staging_iov: with pwritev
+ * straight from where they are, else gathered into the staging buffer. */
 static int patch_flush(loom_patch *p)
 {
   if (!p->staged)
@@ -1310,13 +1373,13 @@ static int patch_flush(loom_patch *p)
   size_t len = (size_t)(p->staged * PS);
   int rc;
   if (s->io->pwritev) {
-    ssize_t n = s->io->pwritev(s->io->ctx, s->log_fd, p->iov,
+    ssize_t n = s->io->pwritev(s->io->ctx, s->log_fd, s->staging_iov,
                                (int)p->staged, off);
     rc = n < 0 ? (int)-n : (size_t)n == len ? 0 : EIO;
   } else {
     for (uint64_t i = 0; i < p->staged; i++)
-      if (p->iov[i].iov_base != s->staging + i * PS)
-        memcpy(s->staging + i * PS, p->iov[i].iov_base, PS);
+      if (s->staging_iov[i].iov_base != s->staging + i * PS)
+        memcpy(s->staging + i * PS, s->staging_iov[i].iov_base, PS);
     rc = store_write_exact(s, s->log_fd, s->staging, len, off);
   }
   p->flushed += p->staged;
@@ -1352,8 +1415,8 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
   uint8_t *slot = s->staging + p->staged * PS;
   if (!stable)
     memcpy(slot, page, PS);
-  p->iov[p->staged].iov_base = stable ? (void *)page : slot;
-  p->iov[p->staged].iov_len = PS;
+  s->staging_iov[p->staged].iov_base = stable ? (void *)page : slot;
+  s->staging_iov[p->staged].iov_len = PS;
   if (++p->staged == STAGING_PAGES) {
     int rc = patch_flush(p);
     if (rc)
@@ -1514,6 +1577,8 @@ int store_patch_make_durable(loom_patch *p)
   s->pos = h->after;
   if (!(h->flags & LOOM_PATCH_REPAIR)) /* a repair stays at its position */
     positions_note(s->positions_fd, &s->pos);
+  free(p->deferred); /* written: the queued record keeps its lists only */
+  p->deferred = NULL;
   return 0;
 }
 
@@ -2095,6 +2160,34 @@ static int start_apply_thread(loom_store *s)
   return rc;
 }
 
+int store_alloc(const loom_io *io, loom_store **out)
+{
+  loom_store *s = calloc(1, sizeof *s);
+  if (!s)
+    return ENOMEM;
+  s->io = io ? io : loom_io_posix();
+  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->log_fd = -1;
+  s->positions_fd = -1;
+  pthread_mutex_init(&s->hash_lock, NULL);
+  pthread_mutex_init(&s->apply.mutex, NULL);
+  int rc = loom_cond_init_mono(&s->apply.cond);
+  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
+  s->ckpt_buf = malloc(STAGING_PAGES * PS);
+  pthread_mutex_init(&s->snap_lock, NULL);
+  if (!rc && !(s->staging && s->ckpt_buf))
+    rc = ENOMEM;
+  if (rc)
+    store_free(s);
+  else
+    *out = s;
+  return rc;
+}
+
+int store_sync_parent(loom_store *s, const char *dir)
+{
+  return sync_parent(s, dir);
+}
+
 int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
                      loom_store **out)
 {
@@ -2107,22 +2200,13 @@ int store_open_log(const char *dir, unsigned flags, const loom_io *io,
   *out = NULL;
   if (!dir)
     return LOOM_EINVAL;
-  loom_store *s = calloc(1, sizeof *s);
-  if (!s)
-    return ENOMEM;
-  s->io = io ? io : loom_io_posix();
+  loom_store *s;
+  int rc = store_alloc(io, &s);
+  if (rc)
+    return rc;
   s->flags = flags;
-  s->dirfd = s->lockfd = s->image_fd = s->hashes_fd = s->meta_fd = s->log_fd = -1;
-  s->positions_fd = -1;
   s->log_want = log_bytes ? (log_bytes + LOG_ALIGN - 1) / LOG_ALIGN * LOG_ALIGN
                           : LOOM_LOG_BYTES_DEFAULT;
-  pthread_mutex_init(&s->hash_lock, NULL);
-  pthread_mutex_init(&s->apply.mutex, NULL);
-  int crc = loom_cond_init_mono(&s->apply.cond);
-  s->staging = malloc((STAGING_PAGES + 1) * PS); /* +1: snapshot copies */
-  s->ckpt_buf = malloc(STAGING_PAGES * PS);
-  pthread_mutex_init(&s->snap_lock, NULL);
-  int rc = crc ? crc : s->staging && s->ckpt_buf ? 0 : ENOMEM;
   int readonly = (flags & LOOM_READONLY) != 0;
   int create = (flags & LOOM_CREATE) && !readonly;
 
@@ -2175,6 +2259,19 @@ int loom_store_open(const char *dir, unsigned flags, const loom_io *io,
   return store_open_flags(dir, flags & (LOOM_CREATE | LOOM_READONLY |
                                         LOOM_APPLY_ASYNC |
                                         LOOM_CHECKPOINT_DEFER), io, out);
+}
+
+int loom_store_open_with(const char *dir, const loom_store_options *opt,
+                         loom_store **out)
+{
+  const unsigned known = LOOM_CREATE | LOOM_READONLY | LOOM_APPLY_ASYNC |
+                         LOOM_CHECKPOINT_DEFER;
+  if (!out)
+    return LOOM_EINVAL;
+  *out = NULL;
+  if (!opt || (opt->flags & ~known))
+    return LOOM_EINVAL;
+  return store_open_log(dir, opt->flags, opt->io, opt->log_bytes, out);
 }
 
 int loom_store_close(loom_store *s)

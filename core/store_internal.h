@@ -39,6 +39,8 @@ typedef struct apply_thread {
   int started;
   uint64_t batches;    /* checkpoints done since open */
   uint64_t waits;      /* saves that waited for log space */
+  uint64_t merge_bytes; /* THE MERGE STATE's memory now (store.c) */
+  uint64_t merge_peak;  /* its highest since open */
 } apply_thread;
 
 struct loom_store {
@@ -54,6 +56,9 @@ struct loom_store {
   size_t hashes_cap;
   uint8_t *staging;        /* STAGING_PAGES pages (the owner's) */
   uint8_t *ckpt_buf;       /* STAGING_PAGES pages (the checkpoint's) */
+  struct iovec staging_iov[STAGING_PAGES]; /* the writer's pages waiting
+                              to be written: each a staging slot, or a page
+                              that stays valid until the patch is durable */
   loom_patch *writer;      /* open patch, if any */
   /* 0, or the error that poisoned the handle: set by the owner or the
    * checkpoint thread, read by any (status, snapshots), so atomic. */
@@ -101,15 +106,15 @@ struct loom_patch {
   uint64_t *old_hashes;
   uint64_t sum_old;        /* over added pages inside the old image */
   uint64_t sum_new;
-  uint64_t staged;         /* pages waiting in iov[] to be written */
-  struct iovec iov[64];    /* each: a staging slot, or a page that stays
-                              valid until the patch is durable */
+  uint64_t staged;         /* pages waiting in the store's staging_iov[]
+                              (one writer at a time) */
   uint64_t flushed;        /* pages written to the patch file */
   int error;               /* sticky: the first failure */
   /* Deferred (stable pages and pwritev): nothing is written until
    * store_patch_make_durable, which writes header, pages and entries with
    * pwritev in one pass (one contiguous extent to fsync). */
-  const void **deferred;   /* [header.page_count] page pointers, or NULL */
+  const void **deferred;   /* [header.page_count] page pointers, or NULL;
+                              freed once the patch is durable */
   uint64_t lsn;            /* where the record sits in the log */
   int zero_header;         /* write the header block as zeros first */
 };
@@ -186,6 +191,12 @@ int store_apply_wait(loom_store *s);
 /* Any thread: wait until the checkpoint thread merged every record queued
  * now (snapshots open at a recent committed position). */
 void store_checkpoint_catch_up(loom_store *s);
+/* A handle with no file open (every descriptor -1), its locks and
+ * buffers made, the I/O io (NULL: POSIX): what store_open_log and
+ * loom_store_create_from_stream (import.c) start from. 0 or ENOMEM. */
+int store_alloc(const loom_io *io, loom_store **out);
+/* fsync the directory that holds dir (its entry for dir). */
+int store_sync_parent(loom_store *s, const char *dir);
 /* Close every file and free s, without waiting for anything but the apply
  * thread (the read-only tools' close). */
 void store_free(loom_store *s);

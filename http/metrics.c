@@ -471,6 +471,15 @@ static void commit_log_metrics(textbuf *t, const http_figures *f)
             c->checkpoints);
   counter_u(t, "loomship_commit_log_waits_total",
             "Commits that waited for log space since start.", c->waits);
+  gauge_u(t, "loomship_commit_log_merge_bytes",
+          "Memory the checkpoint holds for records not yet merged.",
+          c->merge_bytes);
+  gauge_u(t, "loomship_commit_log_merge_peak_bytes",
+          "Highest merge_bytes since start (at most 1/16 of the ring).",
+          c->merge_peak_bytes);
+  gauge_u(t, "loomship_commit_log_recent_bytes",
+          "Memory of the arena's copies of pages not yet checkpointed.",
+          c->recent_bytes);
 }
 
 /* The archiver's (DESIGN section 7), when the node archives. */

@@ -193,7 +193,8 @@ typedef struct http_sync_status {
  *                  loomship_replication_log_*.
  *   save_durations optional: how long the application's saves took
  *                  (loomship_save_duration_seconds).
- *   commit_log     optional: the store's commit log (loom_store_log_stats),
+ *   commit_log     optional: the store's commit log (loom_store_log_stats,
+ *                  or loom_get_log_stats with the arena's recent_bytes),
  *                  for status "checkpoint_seq" and "commit_log" and the
  *                  loomship_commit_log_* metrics.
  *   archive        optional: the archiver's status (--archive;
@@ -340,6 +341,9 @@ typedef struct http_server_options {
                                        PROMOTE_BEHIND, unless forced) when
                                        more frames behind the primary seq
                                        last heard [100; UINT64_MAX: off] */
+  uint64_t commit_log_bytes;        /* standby: the store's commit log
+                                       ring (replicate_receiver_options)
+                                       [LOOM_LOG_BYTES_DEFAULT] */
 
   const http_cluster_source *cluster; /* a cluster member (copied; get
                                        required) [not a member] */

@@ -314,6 +314,9 @@ static void commit_log_json(const http_figures *f, http_json_writer *w)
   http_json_member_uint(w, "queued", c->queued);
   http_json_member_uint(w, "checkpoints", c->checkpoints);
   http_json_member_uint(w, "waits", c->waits);
+  http_json_member_uint(w, "merge_bytes", c->merge_bytes);
+  http_json_member_uint(w, "merge_peak_bytes", c->merge_peak_bytes);
+  http_json_member_uint(w, "recent_bytes", c->recent_bytes);
   http_json_object_end(w);
 }
 

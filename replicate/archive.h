@@ -84,6 +84,8 @@ typedef struct replicate_archive_options {
   const char *url;        /* "s3://BUCKET/PREFIX" or "file:///DIR" */
   objstore_options store; /* [all defaults] */
   const char *key_file;   /* [NULL: plaintext objects] */
+  const struct loom_io *io; /* [NULL: POSIX] the I/O under a restore's
+                               directory (tests: a crash hook) */
 } replicate_archive_options;
 
 typedef struct replicate_archive replicate_archive;
@@ -118,11 +120,18 @@ typedef struct replicate_restore_target {
 
 /*
  * replicate_archive_restore: build the image at the target in out_dir
- * (which must not exist, or be empty; missing parents are made 0700):
- * the newest base at or below it, then the archived frames, merged into
- * batches (replicate_coalescer) applied with replicate_frame_apply, one
- * commit per batch: the restored directory's positions ring (loom.h
- * loom_store_checksum_at) knows the batches' last seqs only.
+ * (which must not exist, or be empty, or hold an interrupted restore:
+ * REPLICATE_RESTORE_WORK_DIR; missing parents are made 0700): the newest
+ * base at or below it, written straight into a new image file
+ * (loom_store_create_from_stream: no commit log, each page hashed once),
+ * then the archived frames, merged into batches (replicate_coalescer)
+ * applied with replicate_frame_apply, one commit per batch: the restored
+ * directory's positions ring (loom.h loom_store_checksum_at) knows the
+ * batches' last seqs only. All of it happens in out_dir/
+ * REPLICATE_RESTORE_WORK_DIR; the files are moved into out_dir at the
+ * end, the meta last, so out_dir never opens as a store at any other
+ * position than the target, even after a crash (then it holds no meta:
+ * loom_store_open refuses it, and a restore into it starts again).
  * Every object is checked (header, checksum, tag, archive id, its key's
  * position) and the frames must follow each other without a hole; the
  * result keeps the archived epoch, seq, checksum and history, and is
@@ -132,6 +141,11 @@ typedef struct replicate_restore_target {
  * REPLICATE_EARCHIVE_GAP, _OBJECT, _FOREIGN, _KEY, store errors, and
  * those of replicate_frame_apply/core for a frame that does not apply.
  */
+/* The directory inside out_dir where a restore builds the store before
+ * moving it in (its meta last): out_dir holding only this, and no meta, is
+ * an interrupted restore, which the next restore into out_dir clears. */
+#define REPLICATE_RESTORE_WORK_DIR "restoring"
+
 int replicate_archive_restore(replicate_archive *a,
                               const replicate_restore_target *target,
                               const char *out_dir, loom_position *restored);
@@ -233,6 +247,13 @@ typedef struct replicate_archiver_options {
                                    memory queue). The archiver holds it
                                    (replicate_log_hold) from its uploaded
                                    seq + 1, so retention keeps them */
+  const char *position_file;        /* [NULL]: where the uploaded position
+                                   is remembered after every head (not
+                                   synced: a cache), so that a restart
+                                   takes the frames after it from log into
+                                   memory before anything resets the log
+                                   (a log that ends a commit short of the
+                                   store is started afresh by its writer) */
   bool log_writer;                  /* [false]: nobody else appends to or
                                    trims log (a primary with no standby):
                                    the commit hook appends each frame and

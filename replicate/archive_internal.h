@@ -64,6 +64,7 @@ typedef struct arc_name {
 /* The opened archive: the store, the keys, the archive id once known. */
 struct replicate_archive {
   objstore *store;
+  const struct loom_io *io; /* under a restore's directory (NULL: POSIX) */
   arc_keys keys;
   bool have_id;
   uint8_t id[ARC_ID_SIZE];
@@ -130,6 +131,32 @@ static inline void arc_put64(uint8_t *p, uint64_t v)
   for (int i = 0; i < 8; i++)
     p[i] = (uint8_t)(v >> (8 * i));
 }
+/* A restore's image, whole in memory (archive_image.c): the base's image
+ * stream, the frames applied to it in place, then written once. */
+typedef struct arc_image {
+  replicate_buf stream;  /* LOOM_STREAM_HEADER bytes, then pos.pages pages */
+  uint64_t *hashes;      /* [pos.pages]: loom_page_hash of each page */
+  size_t hashes_cap;
+  loom_position pos;
+  loom_lineage lineage;
+  size_t handed;         /* bytes of stream written out so far */
+} arc_image;
+
+/* Takes *stream (a base's payload; *stream is emptied), checks its header
+ * and length, hashes every page and checks their sum against the header's
+ * checksum: 0, REPLICATE_EARCHIVE_OBJECT, ENOMEM. Free img either way. */
+int arc_image_take(arc_image *img, replicate_buf *stream);
+/* Applies the commit frame f: it must start at img's position (seq,
+ * checksum, pages; else REPLICATE_EPOSITION), each rebuilt page must hash
+ * to the hash f carries (REPLICATE_EPAGE_HASH) and the result to f's after
+ * checksum (REPLICATE_EAFTER_CHECKSUM). On an error img is left between
+ * the two: only arc_image_free it. */
+int arc_image_apply(arc_image *img, const replicate_frame *f);
+/* loom_store_create_from_stream of the image into dir (its hashes handed
+ * over, not computed again). */
+int arc_image_write(arc_image *img, const char *dir, const struct loom_io *io);
+void arc_image_free(arc_image *img);
+
 static inline uint64_t arc_get64(const uint8_t *p)
 {
   uint64_t v = 0;

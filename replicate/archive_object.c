@@ -572,6 +572,7 @@ int replicate_archive_open(const replicate_archive_options *o,
   if (a == NULL)
     return ENOMEM;
   int rc = 0;
+  a->io = o->io;
   if (o->key_file != NULL)
     rc = arc_keys_load(o->key_file, &a->keys, a->error, sizeof a->error);
   if (rc == 0) {

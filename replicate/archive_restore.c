@@ -12,26 +12,31 @@
  *   R4 the base: the newest at or below the target; none at E (the target
  *      lies before E's first base) continues at E's parent, limited to E's
  *      branch point;
- *   R5 the base is written into a new store (its lineage adopted), then
- *      the following frames, checked seq after seq (contiguous, one
- *      history, not coalesced), merged into batches and applied through
- *      replicate_frame_apply (which checks the batch's before position and
- *      recomputes its after checksum from the pages);
+ *   R5 the base is taken into memory (every page hashed once), then the
+ *      following frames, checked seq after seq (contiguous, one history,
+ *      not coalesced), are applied to it in place (archive_image.c: each
+ *      frame's before position, each page's hash, its after checksum);
+ *      at the target the image is written once into a new directory
+ *      (loom_store_create_from_stream, its meta last) inside out_dir, and
+ *      moved into out_dir (O1-O4 below);
  *   R6 a seq target must be reached exactly (a gap: REPLICATE_EARCHIVE_GAP;
  *      a missing frame: NOPOS); newest must reach the head's seq: an
  *      archive that claims a seq it cannot give is refused, not shortened.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "archive_internal.h"
+#include "loom_io.h"
 
 /* ---------------------------------------------------------------------- */
 /* R2: the epochs */
@@ -180,21 +185,15 @@ static int plan_load(replicate_archive *a, uint64_t epoch, plan *p)
 }
 
 /* ---------------------------------------------------------------------- */
-/* R5: writing the image */
-
-/* Frames are merged (replicate_coalescer) and applied as one commit per
- * RESTORE_BATCH_PAGES distinct pages: a restore needs the result durable,
- * not every seq on the way (one fsync per batch, not per frame). */
-#define RESTORE_BATCH_PAGES 8192u
+/* R5: the image, in memory (archive_image.c): a restore needs the result
+ * durable, not every seq on the way, so the frames are applied to the
+ * base in memory and the image is written once, at the target. */
 
 typedef struct restorer {
   replicate_archive *a;
   const replicate_restore_target *t;
-  loom_store *store;
-  replicate_decoder *dec;    /* segments' frames */
-  replicate_decoder *merged; /* the coalescer's output */
-  replicate_coalescer *batch;
-  char last_key[ARC_KEY_MAX]; /* the newest object in the batch */
+  replicate_decoder *dec; /* segments' frames */
+  arc_image img;          /* once the base is taken */
   loom_lineage lineage;
   loom_position pos; /* after the last frame taken */
 } restorer;
@@ -204,34 +203,21 @@ static int apply_base(restorer *r, const arc_obj *o)
   arc_header h;
   replicate_buf b = {0};
   int rc = arc_get(r->a, o->key, &h, &b);
-  loom_position pos;
-  if (rc == 0 && (b.len < LOOM_STREAM_HEADER ||
-                  loom_stream_header_decode(b.data, &pos, &r->lineage) != 0 ||
-                  pos.seq != o->name.first_seq || pos.epoch != h.epoch ||
-                  b.len != LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE))
-    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
-                  "object %s: the image inside is malformed or at another "
-                  "position",
-                  o->key);
-  if (rc == 0 && !loom_history_is_none(&r->lineage.history))
-    rc = loom_store_adopt_lineage(r->store, &r->lineage);
-  loom_patch *patch = NULL;
-  loom_patch_header ph = {
-      .after = pos, .page_count = pos.pages, .flags = LOOM_PATCH_BASE};
-  loom_store_position(r->store, &ph.before);
   if (rc == 0)
-    rc = loom_store_patch_begin(r->store, &ph, &patch);
-  for (uint64_t i = 0; rc == 0 && i < pos.pages; i++)
-    rc = loom_patch_add(patch, i,
-                        b.data + LOOM_STREAM_HEADER + i * LOOM_PAGE_SIZE);
-  if (patch != NULL)
-    rc = rc ? (loom_patch_abort(patch), rc) : loom_patch_commit(patch);
+    rc = arc_image_take(&r->img, &b);
   replicate_buf_free(&b);
+  if (rc == 0 &&
+      (r->img.pos.seq != o->name.first_seq || r->img.pos.epoch != h.epoch))
+    rc = REPLICATE_EARCHIVE_OBJECT;
   if (rc != 0 && r->a->error[0] == '\0')
-    arc_fail(r->a, rc, "object %s: writing the image: %s", o->key,
-             replicate_strerror(rc));
-  if (rc == 0)
-    r->pos = pos;
+    arc_fail(r->a, rc,
+             "object %s: the image inside is malformed, damaged or at "
+             "another position (%s)",
+             o->key, replicate_strerror(rc));
+  if (rc == 0) {
+    r->lineage = r->img.lineage;
+    r->pos = r->img.pos;
+  }
   return rc;
 }
 
@@ -249,41 +235,15 @@ static bool wanted(const restorer *r, const replicate_frame_info *f,
   return true;
 }
 
-/* Applies the batch of merged frames, if any. */
-static int flush(restorer *r)
-{
-  uint64_t n = replicate_coalescer_frames(r->batch);
-  if (n == 0)
-    return 0;
-  replicate_frame m;
-  int rc = replicate_coalescer_finish_frame(r->batch, r->merged, &m);
-  if (rc == 0)
-    rc = replicate_frame_apply(&m, r->store);
-  if (rc != 0)
-    return arc_fail(r->a, rc,
-                    "frames %" PRIu64 "-%" PRIu64 " (the last from "
-                    "object %s) do not apply: %s",
-                    r->pos.seq - n + 1, r->pos.seq, r->last_key,
-                    replicate_strerror(rc));
-  loom_store_position(r->store, &r->pos);
-  return 0;
-}
-
-/* Takes one frame into the batch (applying the batch first when it would
- * grow past its bound). */
+/* Applies one frame to the image. */
 static int take(restorer *r, const replicate_frame *f, const char *key)
 {
-  int rc = 0;
-  if (replicate_coalescer_pages(r->batch) + f->info.page_count >
-      RESTORE_BATCH_PAGES)
-    rc = flush(r);
-  if (rc == 0 && (rc = replicate_coalescer_add(r->batch, f)) != 0)
-    return arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
-                    "object %s: frame %" PRIu64
-                    " does not follow the one before: %s",
+  int rc = arc_image_apply(&r->img, f);
+  if (rc != 0)
+    return arc_fail(r->a, rc, "object %s: frame %" PRIu64 " does not apply: %s",
                     key, f->info.after.seq, replicate_strerror(rc));
-  snprintf(r->last_key, sizeof r->last_key, "%s", key);
-  return rc;
+  r->pos = r->img.pos;
+  return 0;
 }
 
 /* *stop: the segment's frames ran past what is wanted. */
@@ -311,10 +271,8 @@ static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
                     o->key, expect);
     else if (!wanted(r, &f.info, limit))
       *stop = true;
-    else if (f.info.after.seq > r->pos.seq && (rc = take(r, &f, o->key)) != 0)
-      ;
     else if (f.info.after.seq > r->pos.seq)
-      r->pos = f.info.after;
+      rc = take(r, &f, o->key);
     off += 8 + (len == UINT64_MAX ? 0 : len);
     expect++;
   }
@@ -368,8 +326,6 @@ static int restore_from(restorer *r, const plan *p, const arc_obj *base,
       break; /* a hole: R6 says */
     rc = apply_segment(r, o, limit, &stop);
   }
-  if (rc == 0)
-    rc = flush(r);
   if (rc != 0)
     return rc;
   uint64_t want = r->t->kind == REPLICATE_RESTORE_SEQ ? r->t->seq
@@ -428,7 +384,26 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
 }
 
 /* ---------------------------------------------------------------------- */
-/* The output directory */
+/* The output directory
+ *
+ * The store is written in out_dir/REPLICATE_RESTORE_WORK_DIR (the work
+ * directory) once the image in memory is at the target, and moved into
+ * out_dir:
+ *
+ *   O1 out_dir is made, or found empty, or found holding an interrupted
+ *      restore (no meta, a work directory whose lock nobody holds), which
+ *      is cleared;
+ *   O2 R4-R6 in memory; the image written into the work directory
+ *      (loom_store_create_from_stream: fsynced, its meta last);
+ *   O3 each of its files but the meta renamed into out_dir; fsync out_dir;
+ *   O4 the meta renamed into out_dir (from here on out_dir opens at the
+ *      target); fsync out_dir; the work directory removed; fsync out_dir
+ *      and its parent.
+ *
+ * Killed before O4, out_dir holds no meta: no store opens there
+ * (loom_store_open: LOOM_ENOIMAGE, LOOM_EMETA with LOOM_CREATE), and the
+ * next restore into it clears it and starts again (O1). It never holds a
+ * store at any position on the way to the target. */
 
 static int rm_one(const char *path, const struct stat *st, int flag,
                   struct FTW *ftw)
@@ -437,6 +412,21 @@ static int rm_one(const char *path, const struct stat *st, int flag,
   (void)flag;
   (void)ftw;
   return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* Everything inside dir removed (dir stays: it may be a mount point). */
+static void clear_dir(const char *dir)
+{
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    char *path = NULL;
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+        asprintf(&path, "%s/%s", dir, e->d_name) >= 0)
+      nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(path);
+  }
+  if (d)
+    closedir(d);
 }
 
 /* mkdir -p of dir's parents, each made 0700 (data directories). */
@@ -456,6 +446,43 @@ static int make_parents(const char *dir)
   return rc;
 }
 
+/* O1 for a directory that exists: 0 when it may be restored into
+ * (cleared if it held an interrupted restore), else why not. */
+static int check_out_dir(replicate_archive *a, const char *dir)
+{
+  DIR *d = opendir(dir);
+  if (d == NULL)
+    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
+  bool other = false, work = false, meta = false;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+      continue;
+    work = work || !strcmp(e->d_name, REPLICATE_RESTORE_WORK_DIR);
+    meta = meta || !strcmp(e->d_name, "meta");
+    other = true;
+  }
+  closedir(d);
+  if (!other)
+    return 0;
+  if (!work || meta)
+    return arc_fail(a, REPLICATE_EINVAL,
+                    "%s is not empty: restore writes a new directory", dir);
+  char *lock = NULL;
+  if (asprintf(&lock, "%s/%s/lock", dir, REPLICATE_RESTORE_WORK_DIR) < 0)
+    return ENOMEM;
+  int fd = open(lock, O_RDWR | O_CLOEXEC);
+  free(lock);
+  if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    return arc_fail(a, REPLICATE_EINVAL,
+                    "%s: another restore is writing into it", dir);
+  }
+  clear_dir(dir); /* an interrupted restore: started again */
+  if (fd >= 0)
+    close(fd);
+  return 0;
+}
+
 static int make_out_dir(replicate_archive *a, const char *dir, bool *made)
 {
   *made = false;
@@ -468,20 +495,56 @@ static int make_out_dir(replicate_archive *a, const char *dir, bool *made)
     rc = errno;
   if (rc != 0)
     return arc_fail(a, rc, "%s: %s", dir, strerror(rc));
-  DIR *d = opendir(dir);
+  return check_out_dir(a, dir);
+}
+
+/* O3: every file of the work directory but the meta into out_dir. */
+static int move_files(const loom_io *io, int work, int out)
+{
+  int dup = io->open(io->ctx, work, ".", O_RDONLY | O_DIRECTORY, 0);
+  DIR *d = dup >= 0 ? fdopendir(dup) : NULL;
   if (d == NULL)
-    return arc_fail(a, errno, "%s: %s", dir, strerror(errno));
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL)
-    if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-      rc = EEXIST;
+    return dup < 0 ? -dup : errno;
+  int rc = 0;
+  for (struct dirent *e; rc == 0 && (e = readdir(d)) != NULL;)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+        strcmp(e->d_name, "meta"))
+      rc = -io->rename(io->ctx, work, e->d_name, out, e->d_name);
   closedir(d);
-  if (rc != 0)
-    return arc_fail(a, REPLICATE_EINVAL,
-                    "%s is not empty: restore writes a "
-                    "new directory",
-                    dir);
-  return 0;
+  return rc;
+}
+
+/* O3, O4. */
+static int publish(replicate_archive *a, const char *out_dir)
+{
+  const loom_io *io = a->io ? a->io : loom_io_posix();
+  int out = io->open(io->ctx, AT_FDCWD, out_dir, O_RDONLY | O_DIRECTORY, 0);
+  int work = out < 0 ? out
+                     : io->open(io->ctx, out, REPLICATE_RESTORE_WORK_DIR,
+                                O_RDONLY | O_DIRECTORY, 0);
+  int rc = work < 0 ? -work : move_files(io, work, out);
+  if (rc == 0)
+    rc = -io->fsync(io->ctx, out); /* O3 */
+  if (rc == 0)
+    rc = -io->rename(io->ctx, work, "meta", out, "meta");
+  if (rc == 0)
+    rc = -io->fsync(io->ctx, out); /* O4: the target, durable */
+  if (rc == 0)
+    rc = -io->unlink(io->ctx, out, REPLICATE_RESTORE_WORK_DIR, AT_REMOVEDIR);
+  if (rc == 0)
+    rc = -io->fsync(io->ctx, out);
+  int parent = -1;
+  if (rc == 0)
+    parent = io->open(io->ctx, out, "..", O_RDONLY | O_DIRECTORY, 0);
+  if (rc == 0)
+    rc = parent < 0 ? -parent : -io->fsync(io->ctx, parent);
+  int fds[] = {parent, work, out};
+  for (int i = 0; i < 3; i++)
+    if (fds[i] >= 0)
+      io->close(io->ctx, fds[i]);
+  return rc ? arc_fail(a, rc, "%s: moving the restored store in: %s", out_dir,
+                       strerror(rc))
+            : 0;
 }
 
 int replicate_archive_restore(replicate_archive *a,
@@ -499,35 +562,32 @@ int replicate_archive_restore(replicate_archive *a,
     epoch = (uint64_t)t->epoch;
   if (rc == 0 && epoch == 0)
     rc = arc_fail(a, REPLICATE_EARCHIVE_NOPOS, "the archive holds no epoch");
-  bool made = false;
+  bool made = false, touched = false;
+  char *work = NULL;
   restorer r = {.a = a, .t = t};
-  if (rc == 0)
-    rc = make_out_dir(a, out_dir, &made);
-  if (rc == 0 && (rc = loom_store_open(out_dir, LOOM_CREATE, NULL, &r.store)))
-    arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
+  if (rc == 0 && (rc = make_out_dir(a, out_dir, &made)) == 0)
+    touched = true;
   if (rc == 0 &&
-      ((rc = replicate_decoder_new(NULL, &r.dec)) != 0 ||
-       (rc = replicate_decoder_new(NULL, &r.merged)) != 0 ||
-       (rc = replicate_coalescer_new(RESTORE_BATCH_PAGES, &r.batch)) != 0))
+      asprintf(&work, "%s/%s", out_dir, REPLICATE_RESTORE_WORK_DIR) < 0)
+    rc = ENOMEM;
+  if (rc == 0 && (rc = replicate_decoder_new(NULL, &r.dec)) != 0)
     arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
   if (rc == 0)
-    rc = restore_epoch(&r, &el, epoch, UINT64_MAX);
-  if (rc == 0 && (rc = loom_store_sync(r.store)) != 0)
-    arc_fail(a, rc, "%s: %s", out_dir, replicate_strerror(rc));
-  if (r.store != NULL) {
-    if (rc == 0)
-      loom_store_position(r.store, restored);
-    int crc = loom_store_close(r.store);
-    if (rc == 0 && crc != 0)
-      rc =
-          arc_fail(a, crc, "%s: closing: %s", out_dir, replicate_strerror(crc));
-  }
+    rc = restore_epoch(&r, &el, epoch, UINT64_MAX); /* O2 */
+  if (rc == 0 && (rc = arc_image_write(&r.img, work, a->io)) != 0)
+    arc_fail(a, rc, "%s: writing the image: %s", work, replicate_strerror(rc));
+  if (rc == 0)
+    rc = publish(a, out_dir);
+  if (rc == 0)
+    *restored = r.img.pos;
   replicate_decoder_free(r.dec);
-  replicate_decoder_free(r.merged);
-  replicate_coalescer_free(r.batch);
+  arc_image_free(&r.img);
   free(el.items);
+  free(work);
+  if (rc != 0 && touched)
+    clear_dir(out_dir); /* it was empty, or held an interrupted restore */
   if (rc != 0 && made)
-    nftw(out_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    rmdir(out_dir);
   return rc;
 }
 

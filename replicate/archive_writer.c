@@ -5,13 +5,17 @@
  *   encodes the commit's frame and queues it in memory (and, as the log's
  *   only writer, appends it to the replication log); past
  *   max_backlog_bytes the queue is emptied and the dropped seqs become a
- *   gap (a base follows) unless the log still holds them. It never waits
- *   for the store.
+ *   gap (a base follows). It never waits for the store.
  *
  * THE LOG HOLD: the replication log keeps every frame after the uploaded
  *   seq (replicate_log_hold, set at start and after every head), so that
- *   frames committed but not uploaded survive a kill -9 and are read back
- *   at the restart (W3); the hold is lifted when archiving stops.
+ *   frames committed but not uploaded survive a kill -9. After every head
+ *   the uploaded position is remembered in position_file; at the restart
+ *   the frames after it are taken from the log into the queue at once
+ *   (load_backlog), before a shipper or the first commit may start the log
+ *   afresh (a kill between a commit point and its log append leaves the
+ *   log one commit short: that commit is a gap). The hold is lifted when
+ *   archiving stops.
  *
  * THE THREAD, per wake-up (every interval_seconds, or at once for a
  * drain):
@@ -62,6 +66,7 @@ typedef struct kept {
 struct replicate_archiver {
   replicate_archiver_options o;
   char *url, *key_file, *writer_id, *endpoint, *region, *credentials;
+  char *position_file;
   replicate_archive *a;   /* the thread's */
   replicate_encoder *enc; /* the commit hook's */
   pthread_t thread;
@@ -503,13 +508,81 @@ static uint64_t count_bases(const replicate_archiver *ar)
   return n;
 }
 
-/* Segments past the head: stored before a crash that came before their
- * head (W3 puts the segment, then the head). No head names them, so no
- * restore reads them; they go, since the frames after the head are
- * uploaded again from the log, maybe cut differently, and two segments
- * may not overlap. */
-static int drop_orphans(replicate_archiver *ar)
+/* The uploaded position in position_file, "EPOCH SEQ CHECKSUM" (a cache,
+ * never synced: an older one only makes the restart load more). */
+static void remember_position(replicate_archiver *ar, const loom_position *pos)
 {
+  if (ar->o.position_file == NULL)
+    return;
+  char tmp[4096];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp", ar->o.position_file) >= (int)sizeof tmp)
+    return;
+  FILE *f = fopen(tmp, "w");
+  if (f == NULL)
+    return;
+  int bad = fprintf(f, "%" PRIu64 " %" PRIu64 " %016" PRIx64 "\n", ar->epoch, pos->seq,
+                    pos->checksum) < 0;
+  bad |= fclose(f) != 0;
+  if (bad || rename(tmp, ar->o.position_file) != 0)
+    unlink(tmp);
+}
+
+static int put_head(replicate_archiver *ar, const loom_position *pos);
+
+/* The position after the frames of a segment's payload (records of length,
+ * frame) when they follow from *from one by one: 0 and *out, or
+ * REPLICATE_EARCHIVE_OBJECT. */
+static int segment_follows(const replicate_buf *payload, const loom_position *from,
+                           uint64_t epoch, loom_position *out)
+{
+  loom_position at = *from;
+  for (size_t off = 0; off < payload->len;) {
+    if (payload->len - off < 8)
+      return REPLICATE_EARCHIVE_OBJECT;
+    uint64_t n = arc_get64(payload->data + off);
+    replicate_frame_info info;
+    if (n > payload->len - off - 8 ||
+        replicate_frame_parse_header(payload->data + off + 8, (size_t)n, NULL, &info) != 0 ||
+        info.kind != REPLICATE_KIND_COMMIT || info.epoch != epoch ||
+        info.before.seq != at.seq || info.before.checksum != at.checksum)
+      return REPLICATE_EARCHIVE_OBJECT;
+    at = info.after;
+    at.epoch = info.epoch;
+    at.commit_time_ns = info.commit_time_ns;
+    off += 8 + (size_t)n;
+  }
+  *out = at;
+  return at.seq > from->seq ? 0 : REPLICATE_EARCHIVE_OBJECT;
+}
+
+/* Segments past the head: stored before a stop that came before their
+ * head (W3 puts the segment, then the head), or read past a stale head.
+ * One that follows the head is taken as uploaded (the head moves to its
+ * end), in order; one that does not cannot be named by any head, so no
+ * restore reads it, and it goes (the frames after the head are uploaded
+ * again, maybe cut at other seqs, and two segments may not overlap). */
+static int settle_orphans(replicate_archiver *ar)
+{
+  for (size_t i = 0; ar->have_head && i < ar->kn; i++) {
+    const arc_name *n = &ar->kept[i].name;
+    if (n->kind != ARC_SEGMENT || n->first_seq != ar->uploaded.seq + 1)
+      continue;
+    arc_header h;
+    replicate_buf payload = {0};
+    loom_position end;
+    int rc = arc_get(ar->a, ar->kept[i].key, &h, &payload);
+    if (rc == 0 && segment_follows(&payload, &ar->uploaded, ar->epoch, &end) == 0 &&
+        end.seq == n->last_seq) {
+      say(ar, "archive: %s was stored past the head (seq %" PRIu64 ") before a stop "
+          "and follows it: the head moves to seq %" PRIu64, ar->kept[i].key,
+          ar->uploaded.seq, end.seq);
+      rc = put_head(ar, &end);
+      i = (size_t)-1; /* the next one may follow it now */
+    }
+    replicate_buf_free(&payload);
+    if (rc != 0)
+      return rc;
+  }
   for (size_t i = 0; i < ar->kn;) {
     if (ar->kept[i].name.kind != ARC_SEGMENT ||
         ar->kept[i].name.first_seq <= ar->uploaded.seq) {
@@ -519,9 +592,8 @@ static int drop_orphans(replicate_archiver *ar)
     int rc = objstore_delete(ar->a->store, ar->kept[i].key);
     if (rc != 0)
       return arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
-    say(ar, "archive: %s was stored past the head (seq %" PRIu64 ") before a "
-        "stop: deleted, its frames follow the head again", ar->kept[i].key,
-        ar->uploaded.seq);
+    say(ar, "archive: %s was stored past the head (seq %" PRIu64 ") and does "
+        "not follow it: deleted", ar->kept[i].key, ar->uploaded.seq);
     memmove(&ar->kept[i], &ar->kept[i + 1], (--ar->kn - i) * sizeof *ar->kept);
   }
   return 0;
@@ -544,7 +616,7 @@ static int start_up(replicate_archiver *ar)
   if (rc == 0 && (rc = objstore_list(ar->a->store, prefix, each_kept, ar)))
     arc_fail(ar->a, rc, "%s", objstore_last_error(ar->a->store));
   if (rc == 0)
-    rc = drop_orphans(ar);
+    rc = settle_orphans(ar);
   if (rc != 0)
     return rc;
   ar->started = true;
@@ -582,6 +654,7 @@ static int put_head(replicate_archiver *ar, const loom_position *pos)
     pthread_mutex_unlock(&ar->mu);
     ar->have_head = true;
     hold_log(ar, pos->seq);
+    remember_position(ar, pos);
   }
   return rc;
 }
@@ -1011,6 +1084,7 @@ static int archiver_copy_options(replicate_archiver *ar,
   ar->endpoint = dup_or_null(o->access.store.endpoint, &rc);
   ar->region = dup_or_null(o->access.store.region, &rc);
   ar->credentials = dup_or_null(o->access.store.credentials_file, &rc);
+  ar->o.position_file = ar->position_file = dup_or_null(o->position_file, &rc);
   char host[128] = "node";
   gethostname(host, sizeof host - 1);
   char id[300];
@@ -1045,10 +1119,47 @@ static void archiver_free(replicate_archiver *ar)
   free(ar->endpoint);
   free(ar->region);
   free(ar->credentials);
+  free(ar->position_file);
   free(ar->writer_id);
   pthread_mutex_destroy(&ar->mu);
   pthread_cond_destroy(&ar->cond);
   free(ar);
+}
+
+/* At start, from the caller's thread: the frames after the remembered
+ * uploaded position, from the log into the queue, before a shipper or the
+ * first commit may start the log afresh (THE LOG HOLD). What the log lacks
+ * is looked for again at upload, else it is a gap, as before. */
+static void load_backlog(replicate_archiver *ar)
+{
+  uint64_t epoch = 0, seq = 0, sum = 0;
+  FILE *f = ar->o.position_file ? fopen(ar->o.position_file, "r") : NULL;
+  bool ok = f && fscanf(f, "%" SCNu64 " %" SCNu64 " %" SCNx64, &epoch, &seq, &sum) == 3;
+  if (f)
+    fclose(f);
+  if (!ok || ar->o.log == NULL || epoch != ar->epoch || seq >= ar->committed.seq)
+    return;
+  replicate_log_iter it;
+  replicate_log_iter_init(&it, ar->o.log, seq + 1);
+  replicate_buf frame = {0};
+  uint64_t loaded = 0;
+  while (replicate_log_iter_next(&it, &frame) == 0) {
+    replicate_frame_info info;
+    if (replicate_frame_parse_header(frame.data, frame.len, NULL, &info) != 0 ||
+        info.kind != REPLICATE_KIND_COMMIT)
+      break;
+    queued e = {.seq = info.after.seq, .time_ns = info.commit_time_ns,
+                .mono_ns = loom_mono_ns(), .frame = frame};
+    frame = (replicate_buf){0};
+    pthread_mutex_lock(&ar->mu);
+    queue_push(ar, &e);
+    pthread_mutex_unlock(&ar->mu);
+    loaded++;
+  }
+  replicate_buf_free(&frame);
+  if (loaded)
+    say(ar, "archive: %" PRIu64 " frames after seq %" PRIu64 " (not uploaded before "
+        "the stop) taken from the replication log", loaded, seq);
 }
 
 int replicate_archiver_start(const replicate_archiver_options *o,
@@ -1085,6 +1196,7 @@ int replicate_archiver_start(const replicate_archiver_options *o,
     ar->uploaded.epoch = ar->epoch;
     if (o->log)
       replicate_log_hold(o->log, 1); /* all, until W1 reads the head */
+    load_backlog(ar);
     rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
   }
   if (rc != 0) {

@@ -33,8 +33,9 @@
  *    UNSIGNED-PAYLOAD: TLS already protects the body, and the hash pass
  *    (0.15 s per 256 MiB at 1.7 GB/s with SHA-NI, in series with the
  *    upload of a single PUT) would buy nothing more; botocore decides
- *    the same way. A multipart put hashes part N+1 on a helper thread
- *    while part N goes up, so only the first part's hash is in series.
+ *    the same way. A multipart put hashes its parts on a helper thread
+ *    ahead of their uploads (M2), so only the first part's hash is in
+ *    series.
  * S4 keys are [A-Za-z0-9._/-] (objstore.c checks them): no byte of a path
  *    needs encoding. The bucket is checked at open ([a-z0-9.-], 3-63).
  * S5 OBJSTORE_PUT_IF_ABSENT sends If-None-Match: * (S3 answers 412 when

@@ -25,7 +25,8 @@
  *
  * GROUP APPLY (receiver_apply.c). When several frames wait in the receive
  * log, the applier merges them (replicate_coalescer_finish_frame, up to
- * RX_APPLY_MERGE_FRAMES frames and RX_APPLY_MERGE_PAGES distinct pages) and
+ * RX_APPLY_MERGE_FRAMES frames and RX_APPLY_MERGE_PAGES distinct pages, or
+ * half the commit log's ring when that is fewer: merge_pages_for) and
  * applies them as one commit: one patch, one image and one meta fsync for
  * all of them, so a standby that falls behind catches up faster instead
  * of falling further behind. The store is opened with LOOM_APPLY_ASYNC: a
@@ -415,6 +416,7 @@ static int receiver_configure(replicate_receiver *rx,
   rx->received_ctx = opt->received_ctx;
   rx->now_ns = opt->now_ns ? opt->now_ns : realtime_ns;
   rx->io = opt->io;
+  rx->commit_log_bytes = opt->commit_log_bytes;
   rx->limits = opt->limits ? *opt->limits : replicate_limits_default();
   rx->max_unapplied_bytes = opt->max_unapplied_bytes
                                 ? opt->max_unapplied_bytes
@@ -430,11 +432,27 @@ static int receiver_configure(replicate_receiver *rx,
   return rx->dir ? 0 : ENOMEM;
 }
 
+/* Group apply's cap: a merged record fits in half the commit log's ring
+ * (a record larger than the ring would make the store drain its log and
+ * grow the ring for it, then shrink it back: a checkpoint and two metas
+ * per merged apply), and the next record can be written while it is
+ * checkpointed. The default ring (64 MiB) gives RX_APPLY_MERGE_PAGES. */
+static uint64_t merge_pages_for(loom_store *store)
+{
+  loom_log_stats st;
+  loom_store_log_stats(store, &st);
+  uint64_t pages = st.size / 2 / LOOM_PAGE_SIZE;
+  return pages < 1 ? 1 : pages > RX_APPLY_MERGE_PAGES ? RX_APPLY_MERGE_PAGES : pages;
+}
+
 /* Open the store, the receive log, the decoders; recover. */
 static int receiver_open_parts(replicate_receiver *rx)
 {
-  int rc = loom_store_open(rx->dir, LOOM_CREATE | LOOM_APPLY_ASYNC, rx->io,
-                           &rx->store);
+  loom_store_options so = {.flags = LOOM_CREATE | LOOM_APPLY_ASYNC,
+                           .io = rx->io, .log_bytes = rx->commit_log_bytes};
+  int rc = loom_store_open_with(rx->dir, &so, &rx->store);
+  if (rc == 0)
+    rx->apply_merge_pages = merge_pages_for(rx->store);
   if (rc == 0) {
     /* No size bound from the log: the applier's lag is bounded by
      * max_unapplied_bytes instead, and retention trims behind it. */

@@ -102,6 +102,12 @@ typedef struct replicate_receiver_options {
                                        (a seam for tests) [clock_gettime] */
   double apply_delay_seconds;       /* a delayed standby (see DELAYED
                                        STANDBY below) [0: apply at once] */
+  uint64_t commit_log_bytes;        /* the store's commit log ring
+                                       (loom_store_open_with: a directory
+                                       of another size takes this one at
+                                       open); group apply merges at most
+                                       half of it (GROUP APPLY in
+                                       receiver.c) [LOOM_LOG_BYTES_DEFAULT] */
   replicate_receiver_log_fn log_fn; /* optional diagnostics */
   void *log_ctx;
   /* Bad pages found while applying (optional; DESIGN section 8): a frame

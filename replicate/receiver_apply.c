@@ -186,7 +186,7 @@ static int applier_take(replicate_receiver *rx, uint64_t next, uint64_t last,
   *through = next;
   int rc = applier_read(rx, next, buf, frame);
   if (rc || last == next || next <= rx->single_through ||
-      frame->info.page_count > RX_APPLY_MERGE_PAGES ||
+      frame->info.page_count > rx->apply_merge_pages ||
       replicate_coalescer_add(rx->apply_merge, frame) != 0)
     return rc;
   replicate_frame_info prev = frame->info;
@@ -195,7 +195,7 @@ static int applier_take(replicate_receiver *rx, uint64_t next, uint64_t last,
     replicate_frame more;
     if (applier_read(rx, seq, buf, &more) != 0 || !follows(&prev, &more.info) ||
         replicate_coalescer_pages(rx->apply_merge) + more.info.page_count >
-            RX_APPLY_MERGE_PAGES)
+            rx->apply_merge_pages)
       break; /* left for the next round, which reports its error */
     if (replicate_coalescer_add(rx->apply_merge, &more) != 0)
       return applier_read(rx, next, buf, frame); /* the merge is empty again */

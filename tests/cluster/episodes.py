@@ -236,6 +236,29 @@ class Cluster:
         return report
 
 
+def run_checks(loomship, prefix, body, etcd_members=1, extra_args=(), **cluster_kw):
+    """The frame of a process-level test of members (tests/lib/checks.py):
+    etcd's members (77 when etcd is missing), a Cluster named prefix + pid
+    started with extra_args, body(cluster), then every node closed (their
+    directories kept after a failure); the exit code, 0 or 1."""
+    from checks import FAILS
+    if not etcd.etcd_available():
+        print("SKIP: etcd-server missing")
+        return 77
+    with etcd.EtcdCluster(etcd_members) as ec:
+        c = Cluster(loomship, ec, "%s%d" % (prefix, os.getpid()), **cluster_kw)
+        c.extra_args = list(extra_args)
+        try:
+            c.start()
+            body(c)
+        finally:
+            c.close(keep=bool(FAILS))
+            if FAILS:
+                print("kept %s" % c.tmp)
+    print("FAILED: %d checks" % len(FAILS) if FAILS else "all passed")
+    return 1 if FAILS else 0
+
+
 # ---------------------------------------------------------------------------
 # Faults: each returns the epoch the next acknowledgements must exceed.
 

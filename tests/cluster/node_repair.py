@@ -21,8 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import episodes  # noqa: E402
-import etcd  # noqa: E402
-from checks import FAILS, check  # noqa: E402,F401
+from checks import check  # noqa: E402
 
 PAGE = 16384
 
@@ -96,22 +95,9 @@ def run(c):
 
 
 def main():
-    loomship = os.path.abspath(sys.argv[1])
-    if not etcd.etcd_available():
-        print("SKIP: etcd-server missing")
-        return 77
-    with etcd.EtcdCluster(3) as ec:
-        c = episodes.Cluster(loomship, ec, "repair%d" % os.getpid(), ttl=2, sync=0, rate=2)
-        c.extra_args = ["--scrub-interval", "1", "--scrub-mbps", "16"]
-        try:
-            c.start()
-            run(c)
-        finally:
-            c.close(keep=bool(FAILS))
-            if FAILS:
-                print("kept %s" % c.tmp)
-    print("FAILED: %d checks" % len(FAILS) if FAILS else "all passed")
-    return 1 if FAILS else 0
+    return episodes.run_checks(os.path.abspath(sys.argv[1]), "repair", run, etcd_members=3,
+                               extra_args=["--scrub-interval", "1", "--scrub-mbps", "16"],
+                               ttl=2, sync=0, rate=2)
 
 
 if __name__ == "__main__":

@@ -306,6 +306,9 @@ static void test_old_versions_async(void **state)
   loom_options extra = {.on_commit = hook_old_versions, .commit_ctx = &o,
                         .log_bytes = 8u << 20};
   loom *l = open_arena(dir, c, 2048, &extra);
+  loom_log_stats st;
+  loom_get_log_stats(l, &st);
+  assert_int_equal(st.recent_bytes, 0); /* taken at the first commit */
   uint8_t *base = loom_base(l);
   test_rng rng = {7};
   uint64_t len = 32;
@@ -337,6 +340,13 @@ static void test_old_versions_async(void **state)
   assert_int_equal(o.wrong, 0);
   assert_true(o.checked > 1000);
   assert_true(o.behind > 0); /* the hooks did not all wait */
+  /* The memory the commit log costs, as status reports it: RECENT's pool
+   * of 256 pages and its index, and the checkpoint's merge state. */
+  loom_get_log_stats(l, &st);
+  assert_true(st.recent_bytes >= 256 * PAGE);
+  assert_true(st.recent_bytes <= 256 * (PAGE + 64));
+  assert_true(st.merge_peak_bytes > 0);
+  assert_true(st.merge_peak_bytes <= (8u << 20) / 16);
   CHECK_INVARIANTS(l);
   assert_int_equal(loom_close(l), 0);
   free(o.prev);

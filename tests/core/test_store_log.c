@@ -16,6 +16,9 @@
  *   - a growth behind a queued shrink reserves after the shrink's cut;
  *   - ENOSPC on a first-lap header write fails that save cleanly;
  *   - a forged meta and record size nothing past what the files hold;
+ *   - loom_store_open_with: the ring's size follows the opener, records
+ *     of another size are replayed; the merge state's memory is counted
+ *     and stays within 1/16 of the ring;
  *   - a torn record recovery rejected is not brought back by a retried
  *     save at its lsn that crashes too (by hand, and with the I/O
  *     simulator's power cuts: test_two_power_cuts);
@@ -84,6 +87,32 @@ static void fill(uint8_t *page, uint64_t n, unsigned v)
   memset(page, (int)((n * 7 + v) & 0xff), PS);
 }
 
+/* The hash of page n filled at version v. */
+static uint64_t filled_hash(uint64_t n, unsigned v)
+{
+  uint8_t *page = malloc(PS);
+  fill(page, n, v);
+  uint64_t hash = loom_page_hash(n, page);
+  free(page);
+  return hash;
+}
+
+/* Commit a patch with header h: its pages from first on, filled at
+ * version v. */
+static int commit_filled(loom_store *s, const loom_patch_header *h,
+                         uint64_t first, unsigned v)
+{
+  loom_patch *p;
+  int rc = loom_store_patch_begin(s, h, &p);
+  uint8_t *page = malloc(PS);
+  for (uint64_t n = first; !rc && n < first + h->page_count; n++) {
+    fill(page, n, v);
+    rc = loom_patch_add(p, n, page);
+  }
+  free(page);
+  return rc ? rc : loom_patch_commit(p);
+}
+
 /* Commit pages [0, k) with contents version v, growing to k pages (a base
  * image when base). */
 static int commit_at(loom_store *s, uint64_t k, unsigned v, int base,
@@ -97,26 +126,29 @@ static int commit_at(loom_store *s, uint64_t k, unsigned v, int base,
   h.after.pages = k;
   h.after.checksum = 0;
   h.flags = base ? LOOM_PATCH_BASE : 0;
-  uint8_t *page = malloc(PS);
-  for (uint64_t n = 0; n < k; n++) {
-    fill(page, n, v);
-    h.after.checksum += loom_page_hash(n, page);
-  }
+  for (uint64_t n = 0; n < k; n++)
+    h.after.checksum += filled_hash(n, v);
   if (h.before.pages > k && !base)
     return LOOM_EINVAL; /* (these tests only grow or replace) */
-  loom_patch *p;
-  int rc = loom_store_patch_begin(s, &h, &p);
-  for (uint64_t n = 0; !rc && n < k; n++) {
-    fill(page, n, v);
-    rc = loom_patch_add(p, n, page);
-  }
-  free(page);
-  return rc ? rc : loom_patch_commit(p);
+  return commit_filled(s, &h, 0, v);
 }
 
 static int commit(loom_store *s, uint64_t k, unsigned v, int base)
 {
   return commit_at(s, k, v, base, 0);
+}
+
+/* Pages [0, count) read back at the committed position: version v. */
+static void assert_pages_are(loom_store *s, uint64_t count, unsigned v)
+{
+  uint8_t *page = malloc(PS), *want = malloc(PS);
+  for (uint64_t n = 0; n < count; n++) {
+    assert_int_equal(loom_store_read_page(s, n, page), 0);
+    fill(want, n, v);
+    assert_memory_equal(page, want, PS);
+  }
+  free(page);
+  free(want);
 }
 
 static off_t file_size(const fixture *fx, const char *name)
@@ -153,27 +185,22 @@ static void test_deferred_fill_and_sync(void **state)
   assert_int_equal(st.queued, 0);
   assert_int_equal(st.checkpoint.seq, 3);
   assert_int_equal(file_size(fx, "image"), (off_t)(5 * PS));
-  uint8_t *page = malloc(PS), *want = malloc(PS);
-  for (uint64_t n = 0; n < 5; n++) {
-    assert_int_equal(loom_store_read_page(s, n, page), 0);
-    fill(want, n, 3);
-    assert_memory_equal(page, want, PS);
-  }
-  free(page);
-  free(want);
+  assert_pages_are(s, 5, 3);
   assert_int_equal(loom_store_close(s), 0);
 }
 
-/* A child commits with checkpoints deferred and dies without closing. */
 /* A child commits n records (version v: 3 + v pages) with checkpoints
- * deferred and dies without closing: they wait in the log. */
-static void die_with_records(const fixture *fx, unsigned n)
+ * deferred, in a ring of log_bytes (0: the default), and dies without
+ * closing: they wait in the log. */
+static void die_with_records_in(const fixture *fx, unsigned n, uint64_t log_bytes)
 {
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
     loom_store *s;
-    if (loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, NULL, &s))
+    loom_store_options o = {.flags = LOOM_CREATE | LOOM_CHECKPOINT_DEFER,
+                            .log_bytes = log_bytes};
+    if (loom_store_open_with(fx->dir, &o, &s))
       _exit(1);
     for (unsigned v = 1; v <= n; v++)
       if (commit(s, 3 + v, v, 0))
@@ -183,6 +210,11 @@ static void die_with_records(const fixture *fx, unsigned n)
   int status;
   assert_int_equal(waitpid(pid, &status, 0), pid);
   assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void die_with_records(const fixture *fx, unsigned n)
+{
+  die_with_records_in(fx, n, 0);
 }
 
 static void test_died_with_records(void **state)
@@ -812,6 +844,116 @@ static void test_version_1(void **state)
   assert_int_equal(got.seq, pos.seq + 1);
 }
 
+/* Open a store with a ring of log_bytes (flags as loom_store_open's). */
+static loom_store *open_sized(const fixture *fx, unsigned flags, uint64_t log_bytes)
+{
+  loom_store *s = NULL;
+  loom_store_options o = {.flags = flags, .log_bytes = log_bytes};
+  assert_int_equal(loom_store_open_with(fx->dir, &o, &s), 0);
+  return s;
+}
+
+static uint64_t ring_size(loom_store *s)
+{
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  return st.size;
+}
+
+/* loom_store_open_with: the ring's size is the opener's. Records left in a
+ * 1 MiB ring by a process that died are replayed by an open that asks for
+ * 2 MiB, which then has it; a read-only open reads the size it finds; the
+ * default comes back with loom_store_open, and 1 MiB again cuts the file. */
+static void test_open_with_size(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s = NULL;
+  loom_store_options bad = {.flags = 0x1000u};
+  assert_int_equal(loom_store_open_with(fx->dir, NULL, &s), LOOM_EINVAL);
+  assert_int_equal(loom_store_open_with(fx->dir, &bad, &s), LOOM_EINVAL);
+  assert_null(s);
+  const uint64_t mib = UINT64_C(1) << 20;
+  die_with_records_in(fx, 4, mib);
+  assert_true(file_size(fx, "log") > 0 && file_size(fx, "log") <= (off_t)mib);
+  s = open_sized(fx, 0, 2 * mib);
+  loom_position pos;
+  loom_store_position(s, &pos);
+  assert_int_equal(pos.seq, 4); /* every record replayed */
+  assert_int_equal(ring_size(s), 2 * mib);
+  assert_int_equal(commit(s, 8, 5, 0), 0);
+  assert_int_equal(loom_store_close(s), 0);
+  s = open_sized(fx, LOOM_READONLY, 4 * mib);
+  assert_int_equal(ring_size(s), 2 * mib); /* read-only: as recorded */
+  assert_int_equal(loom_store_close(s), 0);
+  assert_int_equal(loom_store_open(fx->dir, 0, NULL, &s), 0);
+  assert_int_equal(ring_size(s), LOOM_LOG_BYTES_DEFAULT);
+  assert_int_equal(loom_store_close(s), 0);
+  s = open_sized(fx, 0, mib + 1); /* rounded up to 4 KiB */
+  assert_int_equal(ring_size(s), mib + 4096);
+  assert_pages_are(s, 8, 5);
+  assert_int_equal(loom_store_close(s), 0);
+  assert_true(file_size(fx, "log") <= (off_t)(mib + 4096));
+}
+
+/* Commit count pages from first (inside the image) at version v; count 0
+ * is a record with no pages. */
+static int commit_some(loom_store *s, uint64_t first, uint64_t count, unsigned v)
+{
+  loom_patch_header h = {.page_count = count};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  for (uint64_t n = first; n < first + count; n++)
+    h.after.checksum += filled_hash(n, v) - loom_store_page_hash(s, n);
+  return commit_filled(s, &h, first, v);
+}
+
+/* THE MERGE STATE (store.c; FORMAT.md "The commit log's memory"): what the
+ * checkpoint holds for records not yet merged grows with each record
+ * queued, stays within 1/16 of the ring through hundreds of commits of
+ * no, one and several pages with the checkpoint thread, and falls back to
+ * the queue's slots once everything is checkpointed. */
+static void test_merge_state_bounded(void **state)
+{
+  fixture *fx = *state;
+  const uint64_t ring = 256 * 1024;
+  loom_store *s = open_sized(fx, LOOM_CREATE | LOOM_CHECKPOINT_DEFER, ring);
+  assert_int_equal(commit(s, 8, 1, 0), 0);
+  assert_int_equal(loom_store_sync(s), 0);
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  uint64_t last = st.merge_bytes;
+  for (unsigned v = 2; v < 6; v++) { /* deferred: each record waits */
+    assert_int_equal(commit_some(s, v, 1, v), 0);
+    loom_store_log_stats(s, &st);
+    assert_int_equal(st.queued, v - 1);
+    assert_true(st.merge_bytes > last);
+    last = st.merge_bytes;
+  }
+  assert_int_equal(loom_store_close(s), 0);
+
+  s = open_sized(fx, LOOM_APPLY_ASYNC, ring);
+  uint64_t seen = 0;
+  for (unsigned v = 0; v < 400; v++) {
+    uint64_t count = v % 3 == 0 ? 0 : v % 3 == 1 ? 1 : 5;
+    assert_int_equal(commit_some(s, v % 3, count, v), 0);
+    loom_store_log_stats(s, &st);
+    assert_true(st.merge_bytes <= st.size / 16);
+    if (st.merge_bytes > seen)
+      seen = st.merge_bytes;
+  }
+  assert_int_equal(loom_store_sync(s), 0);
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.size, ring);
+  assert_true(seen > 0);
+  assert_true(st.merge_peak_bytes >= seen);
+  assert_true(st.merge_peak_bytes <= ring / 16);
+  assert_true(st.merge_bytes < st.merge_peak_bytes);
+  assert_true(st.merge_bytes <= 64 * sizeof(void *)); /* the queue's slots */
+  assert_int_equal(st.recent_bytes, 0); /* the arena's, not the store's */
+  assert_int_equal(loom_store_close(s), 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -826,6 +968,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_torn_tail_not_resurrected, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_two_power_cuts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_with_size, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_merge_state_bounded, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

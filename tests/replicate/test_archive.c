@@ -15,6 +15,8 @@
 #include <cmocka.h>
 #include <dirent.h>
 #include <sched.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <xxhash.h>
@@ -495,6 +497,168 @@ static void test_archive_restore_encrypted(void **state)
 {
   (void)state;
   archive_and_restore(true);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Restore writes the image once, straight into a new directory */
+
+/* Restores t into out (kept): the rc and the position. */
+static int restore_into(node *n, replicate_restore_target t, const char *out,
+                        loom_position *pos)
+{
+  replicate_archive *a = open_archive(n);
+  int rc = replicate_archive_restore(a, &t, out, pos);
+  replicate_archive_close(a);
+  return rc;
+}
+
+/* Whether files a and b hold the same bytes. */
+static bool same_bytes(const char *a, const char *b)
+{
+  FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+  bool same = fa && fb;
+  int ca = 0, cb = 0;
+  while (same && ca != EOF) {
+    ca = fgetc(fa);
+    cb = fgetc(fb);
+    same = ca == cb;
+  }
+  if (fa)
+    fclose(fa);
+  if (fb)
+    fclose(fb);
+  return same;
+}
+
+static bool exists_in(const char *dir, const char *name)
+{
+  char path[1200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  return access(path, F_OK) == 0;
+}
+
+/* The node's image as of now, copied (loom_store_backup) into a new
+ * directory: the caller test_rmtree()s it. */
+static char *image_now(node *n, const char *tag)
+{
+  char *dir = test_tmpdir(tag);
+  assert_int_equal(loom_store_backup(loom_get_store(n->l), dir), 0);
+  return dir;
+}
+
+/* A restore by seq and of the newest is byte for byte the primary's image
+ * at that seq, though the image shrank and grew between (frames applied
+ * in memory, the image written once), and no work directory is left. */
+static void test_restore_byte_identical(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  saves_and_drain(&n, 6);
+  loom_position at6;
+  node_position(&n, &at6);
+  char *image6 = image_now(&n, "arcimg6");
+  memset(loom_page(n.l, 0), 0x5a, 64); /* a change, and a shorter image */
+  n.low -= 2;
+  assert_int_equal(loom_save(n.l, n.low, ARENA_PAGES), 0);
+  saves_and_drain(&n, 9);
+  loom_position want;
+  node_position(&n, &want);
+  char *image_last = image_now(&n, "arcimglast");
+
+  char *out = test_tmpdir("arcsame");
+  loom_position got;
+  replicate_restore_target by_seq = {
+      .kind = REPLICATE_RESTORE_SEQ, .seq = at6.seq, .epoch = -1};
+  assert_int_equal(restore_into(&n, by_seq, out, &got), 0);
+  assert_true(loom_position_same_epoch(&got, &at6));
+  char a[1200], b[1200];
+  snprintf(a, sizeof a, "%s/image", out);
+  snprintf(b, sizeof b, "%s/image", image6);
+  assert_true(same_bytes(a, b));
+  assert_false(exists_in(out, REPLICATE_RESTORE_WORK_DIR));
+  loom_position rec;
+  uint64_t computed;
+  assert_int_equal(loom_verify(out, &rec, &computed), 0);
+  assert_true(loom_position_same_epoch(&rec, &at6));
+  test_rmtree(out);
+
+  out = test_tmpdir("arcsame");
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
+  assert_int_equal(restore_into(&n, newest, out, &got), 0);
+  assert_true(loom_position_same_epoch(&got, &want));
+  snprintf(a, sizeof a, "%s/image", out);
+  snprintf(b, sizeof b, "%s/image", image_last);
+  assert_true(same_bytes(a, b));
+  assert_int_equal(loom_verify(out, &rec, &computed), 0);
+  test_rmtree(out);
+  test_rmtree(image6);
+  test_rmtree(image_last);
+  node_stop(&n);
+}
+
+static void make_file(const char *dir, const char *name)
+{
+  char path[1200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  write_text(path, "x");
+}
+
+static void make_work_dir(const char *out)
+{
+  char path[1200];
+  snprintf(path, sizeof path, "%s/%s", out, REPLICATE_RESTORE_WORK_DIR);
+  assert_int_equal(mkdir(path, 0700), 0);
+  snprintf(path, sizeof path, "%s/%s/image", out, REPLICATE_RESTORE_WORK_DIR);
+  write_text(path, "half an image");
+}
+
+/* What a restore writes into: an empty directory, or an interrupted
+ * restore (its work directory, no meta), started again; never a directory
+ * with anything else in it, a store, or a restore still running. */
+static void test_restore_out_dir(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  saves_and_drain(&n, 4);
+  loom_position want, got;
+  node_position(&n, &want);
+  replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
+                                     .epoch = -1};
+  /* Interrupted: the work directory and files moved out of it, no meta. */
+  char *out = test_tmpdir("arcredo");
+  make_work_dir(out);
+  make_file(out, "hashes");
+  assert_int_equal(restore_into(&n, newest, out, &got), 0);
+  assert_true(loom_position_same_epoch(&got, &want));
+  assert_false(exists_in(out, REPLICATE_RESTORE_WORK_DIR));
+  assert_int_equal(loom_verify(out, NULL, NULL), 0);
+  /* A store: refused, left as it was. */
+  make_work_dir(out);
+  assert_int_equal(restore_into(&n, newest, out, &got), REPLICATE_EINVAL);
+  assert_true(exists_in(out, "meta"));
+  test_rmtree(out);
+  /* Anything else: refused, left as it was. */
+  out = test_tmpdir("arcother");
+  make_file(out, "notes");
+  assert_int_equal(restore_into(&n, newest, out, &got), REPLICATE_EINVAL);
+  assert_true(exists_in(out, "notes"));
+  test_rmtree(out);
+  /* A restore that holds its work directory's lock is running: refused. */
+  out = test_tmpdir("arcbusy");
+  make_work_dir(out);
+  char lock[1200];
+  snprintf(lock, sizeof lock, "%s/%s/lock", out, REPLICATE_RESTORE_WORK_DIR);
+  int fd = open(lock, O_RDWR | O_CREAT, 0600);
+  assert_true(fd >= 0);
+  assert_int_equal(flock(fd, LOCK_EX), 0);
+  assert_int_equal(restore_into(&n, newest, out, &got), REPLICATE_EINVAL);
+  assert_true(exists_in(out, REPLICATE_RESTORE_WORK_DIR "/image"));
+  close(fd);
+  test_rmtree(out);
+  node_stop(&n);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1090,6 +1254,8 @@ int main(void)
       cmocka_unit_test(test_archive_restore_plain),
       cmocka_unit_test(test_archive_restore_encrypted),
       cmocka_unit_test(test_damaged_refused),
+      cmocka_unit_test(test_restore_byte_identical),
+      cmocka_unit_test(test_restore_out_dir),
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_periodic_base_keeps_frames),
       cmocka_unit_test(test_fed_frames),

@@ -374,6 +374,30 @@ static void test_apply_delay(void **state)
   assert_int_equal(s.delay_discarded, 2);
 }
 
+/* Group apply within the commit log's ring: frames waiting in the receive
+ * log at open (kept there by an apply delay) are merged only up to half
+ * the ring, so a merged record never outgrows it. With a 128 KiB ring (4
+ * pages), frames of 3 pages each go one at a time (before: all six in one
+ * commit, a record that grew the ring); the ring stays as configured. */
+static void test_group_apply_fits_ring(void **state)
+{
+  fixture *fx = *state;
+  reopen_delayed(fx, 600.0);
+  fx->m.time_ns = real_ns();
+  for (int i = 0; i < 6; i++)
+    send_next(fx);
+  assert_int_equal(replicate_receiver_close(fx->rx), 0); /* all still young */
+  replicate_receiver_options o = {.dir = fx->standby_dir, .promote_max_lag = 10,
+                                  .commit_log_bytes = 128 * 1024};
+  assert_int_equal(replicate_receiver_open(&o, &fx->rx), 0);
+  wait_applied(fx, 6);
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(s.apply_commits, 6);
+  assert_int_equal(s.commit_log.size, 128 * 1024);
+  expect_store_is_model(fx);
+}
+
 /* What an archiving standby's hook saw: the seqs, in order. */
 typedef struct seen_frames {
   uint64_t seqs[16];
@@ -743,6 +767,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_divergence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_coalesced, setup, teardown),
       cmocka_unit_test_setup_teardown(test_apply_delay, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_group_apply_fits_ring, setup, teardown),
       cmocka_unit_test_setup_teardown(test_on_received, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_image, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_refusals, setup, teardown),

@@ -1,0 +1,254 @@
+/*
+ * import.c: a new image directory made from an image stream
+ * (loom_store_create_from_stream): what a restore from an archive, or any
+ * caller holding a whole image, writes instead of a base-image patch.
+ *
+ * A base-image patch (LOOM_PATCH_BASE) writes every page twice (into the
+ * commit log, then into the image, each fsynced) and keeps the directory a
+ * valid store all along, which a store in use needs. A directory being
+ * made needs neither, so the stream's pages go straight into the image
+ * file, as a backup's do (tools.c), each hashed once:
+ *
+ *   C1. dir: made (0700) or found empty; its lock taken.
+ *   C2. image, hashes and log made (empty); the image's blocks reserved
+ *       (loom_io.reserve: ENOSPC now, and one extent).
+ *   C3. The header read and checked; then the pages, in chunks: each page
+ *       hashed (or its hash taken from the caller, who computed it), each
+ *       chunk written where it belongs in the image.
+ *   C4. The hashes' sum must be the header's checksum (else LOOM_ECORRUPT:
+ *       the stream is damaged, and no meta is written).
+ *   C5. fsync the image; the hashes written and fsynced; fsync dir (the
+ *       entries of image, hashes and log).
+ *   C6. The meta last (one slot: the position, the lineage, an empty log),
+ *       fsynced, then dir and its parent: from here on dir opens at the
+ *       stream's position.
+ *
+ * Before C6's meta is durable, dir holds no meta: loom_store_open refuses
+ * it (LOOM_ENOIMAGE; with LOOM_CREATE, LOOM_EMETA once the image holds
+ * pages), loom_verify and loom_inspect too, so a crash never leaves a
+ * store at a position the stream did not carry. (An image of no pages is
+ * the exception: a crash before C6 leaves a directory that LOOM_CREATE
+ * makes an empty store, at seq 0.)
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loom.h"
+#include "loom_io.h"
+#include "store_internal.h"
+
+/* Pages per chunk handed to next() and written with one pwrite: 8 MiB. */
+#define IMPORT_CHUNK_PAGES 512u
+/* O_DIRECT's alignment of the buffer (file offsets are page multiples). */
+#define IMPORT_ALIGN 4096u
+
+/* C1: 0 when dir is absent (then made) or empty, else LOOM_EINVAL. */
+static int import_dir(loom_store *s, const char *dir)
+{
+  const loom_io *io = s->io;
+  int rc = -io->mkdir(io->ctx, AT_FDCWD, dir, 0700);
+  if (rc == EEXIST) {
+    DIR *d = opendir(dir);
+    if (!d)
+      return errno;
+    rc = 0;
+    for (struct dirent *e; !rc && (e = readdir(d)) != NULL;)
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+        rc = LOOM_EINVAL;
+    closedir(d);
+  }
+  if (!rc) {
+    s->dirfd = io->open(io->ctx, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
+    rc = s->dirfd < 0 ? -s->dirfd : 0;
+  }
+  if (!rc) {
+    s->lockfd = io->open(io->ctx, s->dirfd, "lock", O_RDWR | O_CREAT, 0600);
+    rc = s->lockfd < 0 ? -s->lockfd : 0;
+  }
+  if (!rc && flock(s->lockfd, LOCK_EX | LOCK_NB) < 0)
+    rc = errno == EWOULDBLOCK ? LOOM_ELOCKED : errno;
+  return rc;
+}
+
+static int import_file(loom_store *s, const char *name, int *fd)
+{
+  *fd =
+      s->io->open(s->io->ctx, s->dirfd, name, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  return *fd < 0 ? -*fd : 0;
+}
+
+/* The store being made, and how its image is written. */
+typedef struct importer {
+  loom_store *s;
+  int direct;      /* the image is open with O_DIRECT */
+  uint8_t *bounce; /* with direct: one chunk, aligned, for unaligned data */
+} importer;
+
+/* C2: the image, written around the page cache (O_DIRECT) where the file
+ * system allows: the pages are written once and not read back, and a
+ * buffered write of a large image costs more in copies into the page cache
+ * and their writeback at the fsync than the disk's own time (measured:
+ * docs/BENCHMARKS.md section 13). Elsewhere (EINVAL: tmpfs, some network
+ * file systems), a plain file. */
+static int import_image(importer *im)
+{
+  loom_store *s = im->s;
+  int fd = s->io->open(s->io->ctx, s->dirfd, "image",
+                       O_RDWR | O_CREAT | O_TRUNC | O_DIRECT, 0600);
+  if (fd == -EINVAL)
+    return import_file(s, "image", &s->image_fd);
+  s->image_fd = fd;
+  if (fd < 0)
+    return -fd;
+  int flags = fcntl(fd, F_GETFL); /* a test's loom_io may drop the flag */
+  im->direct = flags >= 0 && (flags & O_DIRECT);
+  void *bounce = NULL;
+  if (im->direct &&
+      posix_memalign(&bounce, IMPORT_ALIGN, IMPORT_CHUNK_PAGES * PS))
+    return ENOMEM;
+  im->bounce = bounce;
+  return 0;
+}
+
+/* k pages into the image at page n (through the aligned buffer when the
+ * image is written directly and data is not aligned). */
+static int import_write(importer *im, const uint8_t *data, uint64_t k,
+                        uint64_t n)
+{
+  const uint8_t *from = data;
+  if (im->direct && (uintptr_t)data % IMPORT_ALIGN) {
+    memcpy(im->bounce, data, (size_t)(k * PS));
+    from = im->bounce;
+  }
+  int fd = im->s->image_fd;
+  int rc =
+      store_write_exact(im->s, fd, from, (size_t)(k * PS), (off_t)(n * PS));
+  if (rc == EINVAL && im->direct) {
+    /* A file system that took O_DIRECT at open but not this write (its
+     * alignment is larger): buffered from here on. */
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_DIRECT) < 0)
+      return errno;
+    im->direct = 0;
+    rc = store_write_exact(im->s, fd, data, (size_t)(k * PS), (off_t)(n * PS));
+  }
+  return rc;
+}
+
+/* C3: the pages after the header, hashed (unless the caller gave their
+ * hashes) and written; *sum their hashes' sum. */
+static int import_pages(importer *im, loom_stream_next_fn next, void *ctx,
+                        const uint64_t *given, uint64_t *sum)
+{
+  loom_store *s = im->s;
+  uint64_t pages = s->pos.pages;
+  *sum = 0;
+  for (uint64_t n = 0; n < pages; n += IMPORT_CHUNK_PAGES) {
+    uint64_t k =
+        pages - n < IMPORT_CHUNK_PAGES ? pages - n : IMPORT_CHUNK_PAGES;
+    const uint8_t *data = NULL;
+    int rc = next(ctx, (size_t)(k * PS), (const void **)&data);
+    if (!rc && !data)
+      rc = LOOM_EINVAL;
+    if (rc)
+      return rc;
+    for (uint64_t i = 0; i < k; i++) {
+      s->hashes[n + i] =
+          given ? given[n + i] : loom_page_hash(n + i, data + i * PS);
+      *sum += s->hashes[n + i];
+    }
+    rc = import_write(im, data, k, n);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* C5, C6: everything durable, the meta last. */
+static int import_finish(loom_store *s, const char *dir)
+{
+  int rc = store_fsync(s, s->image_fd);
+  for (uint64_t b = 0; !rc && b * HASHES_PER_BLOCK < s->pos.pages; b++)
+    rc = store_hashes_write_block(s, b, s->pos.pages);
+  if (!rc)
+    rc = store_fsync(s, s->hashes_fd);
+  if (!rc)
+    rc = store_fsync(s, s->log_fd);
+  if (!rc)
+    rc = store_fsync(s, s->dirfd);
+  if (!rc)
+    rc = import_file(s, "meta", &s->meta_fd);
+  if (!rc) {
+    uint8_t slot[META_SLOT_SIZE];
+    store_meta_encode(slot, 1, &s->pos, &s->lineage);
+    rc = store_write_exact(s, s->meta_fd, slot, sizeof slot, META_SLOT_SIZE);
+  }
+  if (!rc)
+    rc = store_fsync(s, s->meta_fd);
+  if (!rc)
+    rc = store_fsync(s, s->dirfd);
+  if (!rc)
+    rc = store_sync_parent(s, dir);
+  return rc;
+}
+
+/* C3's start: the header, and the hash table sized by it. With a reserve
+ * in the I/O, the image's blocks too (ENOSPC now, before any page). */
+static int import_header(loom_store *s, loom_stream_next_fn next, void *ctx)
+{
+  const uint8_t *header = NULL;
+  int rc = next(ctx, LOOM_STREAM_HEADER, (const void **)&header);
+  if (!rc && !header)
+    rc = LOOM_EINVAL;
+  if (!rc)
+    rc = loom_stream_header_decode(header, &s->pos, &s->lineage);
+  if (!rc)
+    rc = store_hashes_reserve(s, s->pos.pages ? s->pos.pages : 1);
+  if (!rc && s->io->reserve && s->pos.pages) {
+    int r =
+        -s->io->reserve(s->io->ctx, s->image_fd, 0, (off_t)(s->pos.pages * PS));
+    rc = r == EOPNOTSUPP ? 0 : r;
+  }
+  return rc;
+}
+
+int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
+                                  loom_stream_next_fn next, void *ctx,
+                                  const uint64_t *hashes, loom_position *out)
+{
+  if (!dir || !next)
+    return LOOM_EINVAL;
+  importer im = {0};
+  int rc = store_alloc(io, &im.s);
+  if (rc)
+    return rc;
+  loom_store *s = im.s;
+  rc = import_dir(s, dir); /* C1 */
+  if (!rc)
+    rc = import_image(&im); /* C2 */
+  if (!rc)
+    rc = import_file(s, "hashes", &s->hashes_fd);
+  if (!rc)
+    rc = import_file(s, "log", &s->log_fd);
+  if (!rc)
+    rc = import_header(s, next, ctx); /* C3 */
+  uint64_t sum = 0;
+  if (!rc)
+    rc = import_pages(&im, next, ctx, hashes, &sum);
+  if (!rc && sum != s->pos.checksum) /* C4 */
+    rc = LOOM_ECORRUPT;
+  if (!rc)
+    rc = import_finish(s, dir);
+  if (!rc && out)
+    *out = s->pos;
+  free(im.bounce);
+  store_free(s);
+  return rc;
+}
