@@ -184,6 +184,29 @@ void cli_standby_archive_tick(cli_standby_archive *sa, http_server *server)
   replicate_archiver_stop(old);
 }
 
+/* After a drain that did not finish: which seqs the archive lacks, and
+ * why (the last error, or a request that had not answered). */
+static void say_not_uploaded(replicate_archiver *ar, double timeout_seconds)
+{
+  replicate_archive_status as;
+  replicate_archiver_status(ar, &as);
+  char seqs[96] = "no received frame, but its start-up did not finish";
+  if (as.lag_frames > 0)
+    snprintf(seqs, sizeof seqs, "seqs %" PRIu64 "-%" PRIu64,
+             as.uploaded_seq + 1, as.committed_seq);
+  char line[1200];
+  snprintf(line, sizeof line,
+           "--drain-timeout %.0f s: not uploaded to the archive %s: %s "
+           "(%" PRIu64 " received frames; the archive holds up to seq %" PRIu64
+           ")%s%s",
+           timeout_seconds, as.url, seqs, as.lag_frames, as.uploaded_seq,
+           as.last_error[0] ? ": "
+                             : ": a request to the store was in progress (no "
+                               "answer yet, or retrying)",
+           as.last_error);
+  cli_log("standby", line);
+}
+
 int cli_standby_archive_close(cli_standby_archive *sa, double timeout_seconds)
 {
   if (!sa || sa->closed)
@@ -197,17 +220,10 @@ int cli_standby_archive_close(cli_standby_archive *sa, double timeout_seconds)
   sa->ar = NULL;
   sa->closed = true;
   pthread_mutex_unlock(&sa->feed_mu);
-  if (ar && !done) {
-    replicate_archive_status as;
-    replicate_archiver_status(ar, &as);
-    char line[800];
-    snprintf(line, sizeof line,
-             "the archive is missing %" PRIu64 " received frames "
-             "at the stop%s%s",
-             as.lag_frames, as.last_error[0] ? ": " : "", as.last_error);
-    cli_log("standby", line);
-  }
-  replicate_archiver_stop(ar); /* status still answers (the URL) */
+  if (ar && !done)
+    say_not_uploaded(ar, timeout_seconds);
+  replicate_archiver_stop(ar); /* cuts a request that hangs; status still
+                                  answers (the URL) */
   return done;
 }
 

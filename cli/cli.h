@@ -300,10 +300,12 @@ void cli_standby_archive_status(void *ctx, struct replicate_archive_status *out)
  * reload_archive_key). */
 int cli_standby_archive_reload_key(void *ctx, char *why, size_t why_len);
 void cli_standby_archive_tick(cli_standby_archive *sa, struct http_server *server);
-/* Uploads what was received within timeout_seconds, then stops the
- * archiver (before the server stops: its bases read the receiver's store;
- * the status hook still answers). NULL: nothing. 1 when everything was
- * uploaded. free (after the server stopped) closes it if need be. */
+/* Uploads what was received within timeout_seconds (--drain-timeout),
+ * then stops the archiver, cutting a request still in progress (before
+ * the server stops: its bases read the receiver's store; the status hook
+ * still answers); when not everything was uploaded, a log line names the
+ * seqs missing and why. NULL: nothing. 1 when everything was uploaded.
+ * free (after the server stopped) closes it if need be. */
 int cli_standby_archive_close(cli_standby_archive *sa, double timeout_seconds);
 void cli_standby_archive_free(cli_standby_archive *sa);
 

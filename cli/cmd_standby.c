@@ -33,10 +33,6 @@ int cli_parse_listen(const char *cmd, const char *text, char **host, uint16_t *p
   return 0;
 }
 
-/* A graceful stop waits this long for the archive to hold what was
- * received (DESIGN section 7). */
-#define STANDBY_ARCHIVE_DRAIN_SECONDS 30
-
 /* What the serving loop needs: where to probe the server, what SIGHUP
  * re-reads. */
 typedef struct serve_context {
@@ -45,6 +41,7 @@ typedef struct serve_context {
   bool tls;
   cli_reload reload;
   cli_standby_archive *archive; /* --archive, or NULL */
+  double drain_seconds;         /* --drain-timeout: the archive's upload */
 } serve_context;
 
 typedef struct standby_args {
@@ -53,7 +50,7 @@ typedef struct standby_args {
   const char *bootstrap;
   cli_archiver_args archive;
   uint64_t ready_lag_ms, promote_max_lag;
-  uint64_t scrub_interval, scrub_mbps, apply_delay, commit_log_mb;
+  uint64_t scrub_interval, scrub_mbps, apply_delay, commit_log_mb, drain;
   cli_log_args log;
 } standby_args;
 
@@ -114,6 +111,10 @@ static const cli_option standby_options[] = {
      .help = "at start, seed an empty DIR with the newest position of the archive "
              "(s3://BUCKET/PREFIX or file:///DIR), then stream from the primary, which "
              "sends only what follows; a DIR that holds an image is left as it is"},
+    {.name = "drain-timeout", .arg = "SECONDS", .kind = CLI_NUMBER, .offset = AT(drain),
+     .min = 0, .max = 86400, .dflt = "30",
+     .help = "with --archive: on stop, wait this long for the archive to hold everything "
+             "received; then the uploads are cut and a line names the seqs not uploaded"},
     CLI_ARCHIVER_OPTIONS(standby_args, archive),
     CLI_FRAME_KEY_ROW(standby_args, frame_key_file),
     CLI_LOG_OPTIONS(standby_args, log),
@@ -181,7 +182,7 @@ static int serve_until_stop(const serve_context *c, sigset_t *stop)
   cli_notify("STOPPING=1");
   /* The archive first: its bases read the store the server's receiver
    * owns. What arrives during its drain is still fed. */
-  cli_standby_archive_close(c->archive, STANDBY_ARCHIVE_DRAIN_SECONDS);
+  cli_standby_archive_close(c->archive, c->drain_seconds);
   if (sig <= 0) {
     cli_log("standby", "storage failed: stopping; restart to recover");
     http_server_stop(server);
@@ -318,7 +319,8 @@ static int run_standby(void *args)
                                 .archive_key_file = archive ? a->archive.access.key_file : NULL,
                                 .reload_archive_key = cli_standby_archive_reload_key,
                                 .archive_ctx = archive},
-                     .archive = archive};
+                     .archive = archive,
+                     .drain_seconds = (double)a->drain};
   cli_standby_archive_tick(archive, server);
   rc = serve_until_stop(&c, &stop);
   cli_standby_archive_free(archive); /* the server is stopped */

@@ -228,7 +228,10 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
  *   replicate_archiver_on_frame  a standby's: the frame as received
  *   replicate_archiver_drain     uploads everything committed so far;
  *                                1 when done within timeout_seconds
- *   replicate_archiver_stop      stops the thread and frees
+ *   replicate_archiver_stop      stops the thread and frees; a request
+ *                                still in progress is cancelled
+ *                                (objstore_cancel), so it returns at once
+ *                                even when the store hangs: drain first
  *   replicate_archiver_status    the "archive" object of the status
  */
 typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);

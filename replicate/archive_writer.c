@@ -1234,6 +1234,10 @@ void replicate_archiver_stop(replicate_archiver *ar)
   ar->quit = true;
   pthread_cond_broadcast(&ar->cond);
   pthread_mutex_unlock(&ar->mu);
+  /* A request in progress (a store that hangs: up to timeout_ms per try)
+   * ends now: the drain before this call was the time given to it. What
+   * it was uploading stays as a crash would leave it (ARCHIVE.md). */
+  objstore_cancel(replicate_archive_store(ar->a));
   pthread_join(ar->thread, NULL);
   if (ar->o.log)
     replicate_log_hold(ar->o.log, 0);

@@ -49,6 +49,8 @@ int objstore_init_common(objstore *store, const struct objstore_backend *b,
   if (o->retries == 0) o->retries = 5;
   if (o->retry_base_ms == 0) o->retry_base_ms = 100;
   if (o->timeout_ms == 0) o->timeout_ms = 30000;
+  if (o->parallel_parts == 0) o->parallel_parts = 4;
+  atomic_init(&store->cancelled, false);
   return 0;
 }
 
@@ -96,18 +98,37 @@ static int bad_key(objstore *store, const char *key)
                        store->url, key);
 }
 
-/* The crash tests' seam (objstore_options.on_request). */
-static void announce(objstore *store, const char *op, const char *key)
+int objstore_fail_cancelled(objstore *store, const char *op)
 {
+  return objstore_fail(store, REPLICATE_ESTORE,
+                       "%s %s: cancelled (the node is stopping)", op,
+                       store->url);
+}
+
+void objstore_cancel(objstore *store)
+{
+  if (store == NULL) return;
+  atomic_store(&store->cancelled, true);
+  if (store->backend->cancel != NULL) store->backend->cancel(store);
+}
+
+/* The crash tests' seam (objstore_options.on_request). Every call checks
+ * objstore_cancel() here first: nothing is sent once it was. */
+static int announce(objstore *store, const char *op, const char *key)
+{
+  if (atomic_load(&store->cancelled))
+    return objstore_fail_cancelled(store, op);
   if (store->options.on_request != NULL)
     store->options.on_request(store->options.request_ctx, op, key);
+  return 0;
 }
 
 int objstore_put(objstore *store, const char *key, const void *data,
                  size_t len, unsigned flags)
 {
   if (!key_ok(key)) return bad_key(store, key);
-  announce(store, "put", key);
+  int rc = announce(store, "put", key);
+  if (rc != 0) return rc;
   return store->backend->put(store, key, data, len, flags);
 }
 
@@ -117,7 +138,8 @@ int objstore_get(objstore *store, const char *key, size_t max_len,
   *data = NULL;
   *len = 0;
   if (!key_ok(key)) return bad_key(store, key);
-  announce(store, "get", key);
+  int rc = announce(store, "get", key);
+  if (rc != 0) return rc;
   return store->backend->get(store, key, max_len, data, len);
 }
 
@@ -125,14 +147,16 @@ int objstore_list(objstore *store, const char *prefix, objstore_each_fn each,
                   void *ctx)
 {
   if (prefix[0] != '\0' && !key_ok(prefix)) return bad_key(store, prefix);
-  announce(store, "list", prefix);
+  int rc = announce(store, "list", prefix);
+  if (rc != 0) return rc;
   return store->backend->list(store, prefix, each, ctx);
 }
 
 int objstore_delete(objstore *store, const char *key)
 {
   if (!key_ok(key)) return bad_key(store, key);
-  announce(store, "delete", key);
+  int rc = announce(store, "delete", key);
+  if (rc != 0) return rc;
   return store->backend->del(store, key);
 }
 

@@ -44,7 +44,8 @@
  * THREADS
  *
  * An objstore is used by one thread at a time (the archiver's). Open one
- * per thread that needs one.
+ * per thread that needs one. objstore_cancel() is the one call another
+ * thread may make (how a stopping node gives up on a store that hangs).
  */
 #ifndef REPLICATE_OBJSTORE_H
 #define REPLICATE_OBJSTORE_H
@@ -63,6 +64,8 @@ typedef struct objstore_options {
   const char *region;           /* s3:// only: NULL is "us-east-1" */
   const char *credentials_file; /* s3:// only: key id, secret: two lines */
   size_t multipart_bytes;       /* 0: 64 MiB; parts are this size too */
+  unsigned parallel_parts;      /* s3:// multipart: parts in flight at
+                                   once, each its own request [0: 4] */
   unsigned retries;             /* 0: 5 tries in all */
   unsigned retry_base_ms;       /* 0: 100 ms, doubled each try, capped at
                                    5 s; a Retry-After answer overrides */
@@ -117,6 +120,14 @@ int objstore_list(objstore *store, const char *prefix, objstore_each_fn each,
 
 /* Deletes key; a missing key is not an error. */
 int objstore_delete(objstore *store, const char *key);
+
+/* From any thread: the request in progress (a transfer, or the wait
+ * before a retry) and every later call fail at once with REPLICATE_ESTORE
+ * ("cancelled"), instead of waiting up to timeout_ms for each of its
+ * retries. For a node that stops after its drain timed out; irreversible:
+ * close the store after. A multipart put cut this way leaves its parts in
+ * the store (its abort is cancelled too). */
+void objstore_cancel(objstore *store);
 
 const char *objstore_last_error(const objstore *store);
 void objstore_get_stats(const objstore *store, objstore_stats *out);

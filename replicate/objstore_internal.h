@@ -8,6 +8,8 @@
 #ifndef REPLICATE_OBJSTORE_INTERNAL_H
 #define REPLICATE_OBJSTORE_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "objstore.h"
 
 struct objstore_backend {
@@ -19,6 +21,9 @@ struct objstore_backend {
               void *ctx);
   int (*del)(objstore *s, const char *key);
   void (*close)(objstore *s);
+  /* [NULL] From another thread, after store->cancelled is set: wake a
+   * request in progress so that it sees it. */
+  void (*cancel)(objstore *s);
 };
 
 struct objstore {
@@ -27,7 +32,11 @@ struct objstore {
   objstore_options options; /* defaults filled in; strings not owned */
   objstore_stats stats;     /* backends count requests here */
   char last_error[512];
+  atomic_bool cancelled;    /* objstore_cancel(): every request fails */
 };
+
+/* objstore_cancel() was called: fails with REPLICATE_ESTORE, naming op. */
+int objstore_fail_cancelled(objstore *store, const char *op);
 
 /* Sets store->last_error from a printf format; returns rc. */
 int objstore_fail(objstore *store, int rc, const char *fmt, ...)

@@ -14,6 +14,8 @@ FaultProxy that stands in front of it to serve 503 SlowDown or to vanish.
             proxy.down(); proxy.up()       # refuse connections / forward again
             proxy.corrupt_at(100000)       # flip that byte of the next upload
             proxy.bytes_up                 # client bytes forwarded so far
+        with HangingStore() as hang:       # takes requests, never answers
+            hang.url, hang.accepted
 
 As a program, for shell tests and benches:
 
@@ -317,6 +319,53 @@ class Swift:
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
                  b"<Code>SlowDown</Code><Message>Please reduce your request "
                  b"rate.</Message></Error>")
+
+
+class HangingStore:
+    """A store that hangs: 127.0.0.1:free port takes connections and reads
+    requests and never answers. url; accepted counts the connections."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        _live.append(self)
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(c)
+            threading.Thread(target=self._read, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _read(c):
+        try:
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        for c in self.conns + [self.sock]:
+            _close(c)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class FaultProxy:

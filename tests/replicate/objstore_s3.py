@@ -278,10 +278,12 @@ def case_multipart_aborted():
     left open with its parts."""
     src = blob("abort", 12 * MIB)
     with swiftlib.FaultProxy(SWIFT.endpoint) as proxy:
-        proxy.corrupt_at(7 * MIB)  # inside part 2 of the one connection
+        # The next connection: the initiate's, which the first part to go
+        # out reuses (the others, in flight at once, open their own).
+        proxy.corrupt_at(3 * MIB)
         r, _ = tool(URL, "put", "aborted", src, endpoint=proxy.url,
                     opts=("--multipart-bytes", str(5 * MIB)))
-    expect(r, "REPLICATE_ESTORE", "400 BadDigest", "partNumber=2")
+    expect(r, "REPLICATE_ESTORE", "400 BadDigest", "partNumber=")
     assert r["deletes"] >= 1, r  # the abort
     status, body = SWIFT.s3("GET", "/loomship", query="uploads=")
     assert status == 200, (status, body)
@@ -290,11 +292,32 @@ def case_multipart_aborted():
     expect(r, "REPLICATE_ESTORE_MISSING")
 
 
+def case_cancelled():
+    """objstore_cancel() from another thread ends a request that hangs, and
+    the wait before a retry, at once (a stopping archiver's way out)."""
+    with swiftlib.HangingStore() as hang:
+        for name, size, extra in (("single", 1000, ()),
+                                  ("multipart", 12 * MIB,
+                                   ("--multipart-bytes", str(5 * MIB)))):
+            r, _ = tool(URL, "put", "hang-" + name, blob("hang" + name, size),
+                        endpoint=hang.url,
+                        opts=("--timeout-ms", "30000", "--cancel-after-ms", "300")
+                        + extra)
+            expect(r, "REPLICATE_ESTORE", "cancelled")
+            assert r["ms"] < 3000, (name, r)  # not the 30 s timeout
+    port = swiftlib.free_port()  # nothing listens: tries, then backoff
+    r, _ = tool(URL, "get", "x", os.path.join(TMP, "x.out"),
+                endpoint="http://127.0.0.1:%d" % port,
+                opts=("--retry-base-ms", "5000", "--cancel-after-ms", "300"))
+    expect(r, "REPLICATE_ESTORE", "cancelled")
+    assert r["ms"] < 3000 and r["gets"] == 1, r  # the 5 s wait was cut
+
+
 CASES = [case_round_trip, case_zero_bytes, case_list_pages, case_if_absent,
          case_delete, case_multipart, case_wrong_secret,
          case_bad_credentials_file, case_missing_bucket, case_store_down,
          case_slowdown, case_killed_mid_multipart, case_damaged_on_the_way,
-         case_multipart_aborted]
+         case_multipart_aborted, case_cancelled]
 
 
 def main():

@@ -16,10 +16,13 @@
  *   objstore_tool [OPTIONS] URL putmany PREFIX N  (N objects PREFIXi, i bytes)
  *
  * OPTIONS: --endpoint URL --credentials FILE --region R
- * --multipart-bytes N --retries N --retry-base-ms N --timeout-ms N
+ * --multipart-bytes N --parallel-parts N --retries N --retry-base-ms N --timeout-ms N
  * --max-keys N (the listing page size: objstore_s3_set_max_keys)
+ * --cancel-after-ms N (another thread calls objstore_cancel then)
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,8 +130,24 @@ static void report(int rc, const char *error, const objstore_stats *s,
          (unsigned long long)s->errors, (unsigned long long)s->retries, error);
 }
 
+typedef struct canceller {
+  objstore *store;
+  long ms;
+} canceller;
+
+static void *cancel_later(void *ud)
+{
+  canceller *c = ud;
+  struct timespec ts = {c->ms / 1000, (c->ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  objstore_cancel(c->store);
+  return NULL;
+}
+
 int main(int argc, char **argv)
 {
+  long cancel_ms = -1;
   objstore_options o = {0};
   unsigned max_keys = 0;
   int i = 1;
@@ -142,6 +161,8 @@ int main(int argc, char **argv)
       o.region = v;
     else if (strcmp(k, "--multipart-bytes") == 0)
       o.multipart_bytes = strtoull(v, NULL, 10);
+    else if (strcmp(k, "--parallel-parts") == 0)
+      o.parallel_parts = (unsigned)atoi(v);
     else if (strcmp(k, "--retries") == 0)
       o.retries = (unsigned)atoi(v);
     else if (strcmp(k, "--retry-base-ms") == 0)
@@ -150,6 +171,8 @@ int main(int argc, char **argv)
       o.timeout_ms = atol(v);
     else if (strcmp(k, "--max-keys") == 0)
       max_keys = (unsigned)atoi(v);
+    else if (strcmp(k, "--cancel-after-ms") == 0)
+      cancel_ms = atol(v);
     else {
       fprintf(stderr, "objstore_tool: unknown option %s\n", k);
       return 2;
@@ -169,7 +192,13 @@ int main(int argc, char **argv)
   }
   if (max_keys)
     objstore_s3_set_max_keys(st, max_keys);
+  canceller c = {st, cancel_ms};
+  pthread_t t;
+  bool cancelling =
+      cancel_ms >= 0 && pthread_create(&t, NULL, cancel_later, &c) == 0;
   rc = run(st, argc - i - 1, argv + i + 1);
+  if (cancelling)
+    pthread_join(t, NULL);
   if (rc == -1) {
     fprintf(stderr, "objstore_tool: bad operation\n");
     objstore_close(st);

@@ -14,6 +14,9 @@ usage: archive_s3.py LOOMSHIP [--seed S]
    with Retry-After: saves never wait, status shows the lag; once the
    store answers the archive catches up, and after SIGTERM restores the
    primary's last committed seq.
+1c. `standby --archive s3://... --archive-interval 600`: the drain at
+   SIGTERM uploads every commit received; restore newest is the
+   standby's image.
 5. --archive-key-file: the raw objects, read from Swift with curl (and
    their payloads zstd-decompressed where that works), hold no 64-byte
    run of the image at the archive's base (which a plaintext archive's
@@ -136,6 +139,35 @@ class Suite(systest.Checks):
         self.check(rc == 0 and got.get("checksum", "?") in at,
                    "restore --seq 30 from the standby's archive has the primary's "
                    "checksum there: %s" % text.strip()[-200:])
+
+    # 1c -----------------------------------------------------------------
+    def standby_drain(self):
+        """`standby --archive s3://... --archive-interval 600`: only the
+        drain at SIGTERM uploads the commits received; after it, restore
+        newest is the standby's image."""
+        url, sdir = "s3://%s/sbdrain" % self.store.bucket, self.path("sbdrain")
+        sproc, surl = systest.start_standby(
+            self.loomship, sdir, log=self.log,
+            extra=["--archive", url, "--archive-interval", "600",
+                   "--drain-timeout", "30"] + self.s3_opts())
+        proc, _, _ = systest.start_primary(
+            self.loomship, ["--dir", self.path("sbdrain-primary"), "--standby", surl,
+                            "--saves", "30", "--rate", "40"] + TABLE, self.log)
+        proc.communicate(timeout=60)
+        _, applied = systest.wait_applied(surl, 30, 20)
+        up = ((systest.status(surl) or {}).get("archive") or {}).get("uploaded_seq", -1)
+        self.check(proc.returncode == 0 and applied and 0 <= up < 30,
+                   "standby drain: 30 commits received, %s uploaded before the stop" % up)
+        self.check(systest.stop(sproc, timeout=60) == 0,
+                   "standby drain: SIGTERM, exit 0")
+        mine = systest.inspect(self.loomship, sdir) or {}
+        rc, text = self.restore(url, self.path("sbdrain-out"))
+        got = systest.inspect(self.loomship, self.path("sbdrain-out")) or {}
+        keys = ("epoch", "seq", "checksum", "history")
+        self.check(rc == 0 and mine.get("seq") == 30 and
+                   all(got.get(k) == mine.get(k) for k in keys),
+                   "standby drain: restore newest is the standby's image at seq 30: "
+                   "%s" % text.strip()[-200:])
 
     # 2, 3 ---------------------------------------------------------------
     def refused(self, name, url, opts, want):
@@ -275,6 +307,7 @@ def main():
         s = Suite(loomship, root, store)
         s.basic()
         s.standby()
+        s.standby_drain()
         s.bad_credentials()
         s.missing_bucket()
         s.store_faults()
