@@ -52,8 +52,11 @@
  *   I3. Log space is reused only behind the durable head: a record is
  *       written only where it overlaps no record at or after the head
  *       (log_room), and the head moves only after the meta that records
- *       it is durable. A record is written at a fresh lsn, so stale bytes
- *       of an older lap never carry the lsn recovery looks for.
+ *       it is durable. A record is written at a fresh lsn, or at the lsn
+ *       of a save that failed or of a torn tail, whose header was zeroed
+ *       durably first (the failed write's undo; log_clear_tail at open):
+ *       stale bytes of an older lap or of a failed write never carry the
+ *       lsn recovery looks for under a header that verifies.
  *   I4. Every byte of a record and of the meta is covered by a checksum:
  *       a torn or partly written record fails verification and ends the
  *       log there (the torn tail: never acknowledged, since its save had
@@ -1451,7 +1454,9 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
   int base = (h->flags & LOOM_PATCH_BASE) != 0;
   if (p->added >= h->page_count || n >= h->after.pages ||
       (p->added > 0 && n <= p->page_numbers[p->added - 1]) ||
-      (base && n != p->added))
+      (base && n != p->added) ||
+      (p->deferred && !stable)) /* record_write reads a deferred patch's
+                                   pages where they are: stable until then */
     return p->error = LOOM_EINVAL;
   loom_store *s = p->store;
   if ((h->flags & LOOM_PATCH_REPAIR) && loom_page_hash(n, page) != s->hashes[n])
@@ -1466,6 +1471,7 @@ int store_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
     p->deferred[p->added++] = page;
     return 0;
   }
+
   p->added++;
   if (p->staged == STAGING_PAGES) { /* full: written before the record's */
     int rc = patch_flush(p);        /* one write (the last STAGING_PAGES */
