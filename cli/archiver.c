@@ -194,7 +194,7 @@ static void say_not_uploaded(replicate_archiver *ar, double timeout_seconds)
   if (as.lag_frames > 0)
     snprintf(seqs, sizeof seqs, "seqs %" PRIu64 "-%" PRIu64,
              as.uploaded_seq + 1, as.committed_seq);
-  char line[1200];
+  char line[2048]; /* url, seqs and last_error fit: no cut */
   snprintf(line, sizeof line,
            "--drain-timeout %.0f s: not uploaded to the archive %s: %s "
            "(%" PRIu64 " received frames; the archive holds up to seq %" PRIu64
