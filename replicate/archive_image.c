@@ -84,18 +84,6 @@ static int resize(arc_image *img, uint64_t pages, uint64_t *sum)
   return 0;
 }
 
-/* dst ^= src, a page (restrict: the compiler may use vector registers). */
-static void xor_into(uint8_t *restrict dst, const uint8_t *restrict src)
-{
-  for (size_t j = 0; j < LOOM_PAGE_SIZE; j += 8) {
-    uint64_t x, y;
-    memcpy(&x, dst + j, 8);
-    memcpy(&y, src + j, 8);
-    x ^= y;
-    memcpy(dst + j, &x, 8);
-  }
-}
-
 /* Page i of f rebuilt in place over the image's version (a delta XORed
  * into it, a whole page copied) and checked against its hash. A page that
  * fails is left rebuilt wrong: the restore stops there, and the image is
@@ -109,7 +97,7 @@ static int apply_page(arc_image *img, const replicate_frame *f, uint64_t i,
     return REPLICATE_EPOSITION;
   uint8_t *dst = page_at(img, p.page_number);
   if (p.encoding == REPLICATE_PAGE_XOR) {
-    xor_into(dst, p.contents);
+    frame_page_xor_into(dst, p.contents);
   } else {
     memcpy(dst, p.contents, LOOM_PAGE_SIZE);
   }

@@ -371,8 +371,7 @@ static bool page_delta(uint8_t *restrict delta, const uint8_t *restrict a,
   return true;
 }
 
-/* dst ^= src, a page. */
-static void page_xor_into(uint8_t *restrict dst, const uint8_t *restrict src)
+void frame_page_xor_into(uint8_t *restrict dst, const uint8_t *restrict src)
 {
   for (size_t i = 0; i < PAGE_WORDS; i++) {
     uint64_t x, y;
@@ -691,12 +690,12 @@ static int rebuild_and_check(const replicate_frame *frame, loom_store *store)
     if (delta) {
       int rc = loom_store_read_page(store, n, dec->old_page);
       if (rc != 0) return rc;
-      page_xor_into(contents, dec->old_page);
+      frame_page_xor_into(contents, dec->old_page);
       e[ENTRY_OFF_ENCODING] = REPLICATE_PAGE_WHOLE;
     }
     if (loom_page_hash(n, contents) != get_le64(e + ENTRY_OFF_HASH)) {
       if (delta) {
-        page_xor_into(contents, dec->old_page);
+        frame_page_xor_into(contents, dec->old_page);
         e[ENTRY_OFF_ENCODING] = REPLICATE_PAGE_XOR;
       }
       return REPLICATE_EPAGE_HASH;

@@ -101,5 +101,7 @@ int frame_info_check(const replicate_frame_info *info);
 
 /* Make room for at least need bytes in buf (contents kept). 0 or ENOMEM. */
 int frame_buf_reserve(replicate_buf *buf, size_t need);
+/* dst ^= src, a page (a delta applied to, or made from, its old version). */
+void frame_page_xor_into(uint8_t *restrict dst, const uint8_t *restrict src);
 
 #endif /* REPLICATE_FRAME_H */
