@@ -12,9 +12,12 @@
  *   C1. dir: made (0700) or found empty; its lock taken.
  *   C2. image, hashes and log made (empty); the image's blocks reserved
  *       (loom_io.reserve: ENOSPC now, and one extent).
- *   C3. The header read and checked; then the pages, in chunks: each page
- *       hashed (or its hash taken from the caller, who computed it), each
- *       chunk written where it belongs in the image.
+ *   C3. The pages, in chunks of 8 MiB: each chunk filled by the caller
+ *       (loom_store_create_from_pages: straight into an aligned buffer,
+ *       hashed by the caller) or copied from next() and hashed
+ *       (loom_store_create_from_stream, whose header is read first), and
+ *       written where it belongs in the image by the importer's writer
+ *       thread while the next chunk is filled into the other buffer.
  *   C4. The hashes' sum must be the header's checksum (else LOOM_ECORRUPT:
  *       the stream is damaged, and no meta is written).
  *   C5. fsync the image; the hashes written and fsynced; fsync dir (the
@@ -33,6 +36,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +49,8 @@
 #include "loom_io.h"
 #include "store_internal.h"
 
-/* Pages per chunk handed to next() and written with one pwrite: 8 MiB. */
-#define IMPORT_CHUNK_PAGES 512u
+/* Pages per chunk filled and written with one pwrite: 8 MiB. */
+#define IMPORT_CHUNK_PAGES LOOM_IMPORT_CHUNK_PAGES
 /* O_DIRECT's alignment of the buffer (file offsets are page multiples). */
 #define IMPORT_ALIGN 4096u
 
@@ -84,11 +89,22 @@ static int import_file(loom_store *s, const char *name, int *fd)
   return *fd < 0 ? -*fd : 0;
 }
 
-/* The store being made, and how its image is written. */
+/* The store being made, and how its image is written: chunks are filled
+ * (by the caller: decompressed, rebuilt, hashed) into one aligned buffer
+ * while the writer thread writes the other, so the disk's time overlaps
+ * the caller's (C3). */
 typedef struct importer {
   loom_store *s;
-  int direct;      /* the image is open with O_DIRECT */
-  uint8_t *bounce; /* with direct: one chunk, aligned, for unaligned data */
+  int direct;         /* the image is open with O_DIRECT */
+  uint8_t *bufs[2];   /* one chunk each, aligned for O_DIRECT */
+  pthread_t thread;   /* the writer */
+  bool threaded;      /* the writer runs (else chunks are written inline) */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  const uint8_t *job; /* the chunk handed to the writer, NULL: none */
+  uint64_t job_k, job_n;
+  bool quit;
+  int rc;             /* the writer's first error */
 } importer;
 
 /* C2: the image, written around the page cache (O_DIRECT) where the file
@@ -103,33 +119,29 @@ static int import_image(importer *im)
   int fd = s->io->open(s->io->ctx, s->dirfd, "image",
                        O_RDWR | O_CREAT | O_TRUNC | O_DIRECT, 0600);
   if (fd == -EINVAL)
-    return import_file(s, "image", &s->image_fd);
+    fd = s->io->open(s->io->ctx, s->dirfd, "image", O_RDWR | O_CREAT | O_TRUNC,
+                     0600);
   s->image_fd = fd;
   if (fd < 0)
     return -fd;
   int flags = fcntl(fd, F_GETFL); /* a test's loom_io may drop the flag */
   im->direct = flags >= 0 && (flags & O_DIRECT);
-  void *bounce = NULL;
-  if (im->direct &&
-      posix_memalign(&bounce, IMPORT_ALIGN, IMPORT_CHUNK_PAGES * PS))
-    return ENOMEM;
-  im->bounce = bounce;
+  for (int i = 0; i < 2; i++) {
+    void *b = NULL;
+    if (posix_memalign(&b, IMPORT_ALIGN, IMPORT_CHUNK_PAGES * PS))
+      return ENOMEM;
+    im->bufs[i] = b;
+  }
   return 0;
 }
 
-/* k pages into the image at page n (through the aligned buffer when the
- * image is written directly and data is not aligned). */
+/* k pages from data (aligned) into the image at page n. */
 static int import_write(importer *im, const uint8_t *data, uint64_t k,
                         uint64_t n)
 {
-  const uint8_t *from = data;
-  if (im->direct && (uintptr_t)data % IMPORT_ALIGN) {
-    memcpy(im->bounce, data, (size_t)(k * PS));
-    from = im->bounce;
-  }
   int fd = im->s->image_fd;
   int rc =
-      store_write_exact(im->s, fd, from, (size_t)(k * PS), (off_t)(n * PS));
+      store_write_exact(im->s, fd, data, (size_t)(k * PS), (off_t)(n * PS));
   if (rc == EINVAL && im->direct) {
     /* A file system that took O_DIRECT at open but not this write (its
      * alignment is larger): buffered from here on. */
@@ -142,33 +154,115 @@ static int import_write(importer *im, const uint8_t *data, uint64_t k,
   return rc;
 }
 
-/* C3: the pages after the header, hashed (unless the caller gave their
- * hashes) and written; *sum their hashes' sum. */
-static int import_pages(importer *im, loom_stream_next_fn next, void *ctx,
-                        const uint64_t *given, uint64_t *sum)
+/* The writer thread: one chunk at a time, in the order handed over (the
+ * I/O sequence is the same as written inline: the crash tests count it). */
+static void *import_writer(void *arg)
+{
+  importer *im = arg;
+  pthread_mutex_lock(&im->mu);
+  for (;;) {
+    while (!im->job && !im->quit)
+      pthread_cond_wait(&im->cv, &im->mu);
+    if (!im->job)
+      break;
+    const uint8_t *data = im->job;
+    uint64_t k = im->job_k, n = im->job_n;
+    int failed = im->rc;
+    pthread_mutex_unlock(&im->mu);
+    int rc = failed ? failed : import_write(im, data, k, n);
+    pthread_mutex_lock(&im->mu);
+    if (!im->rc)
+      im->rc = rc;
+    im->job = NULL;
+    pthread_cond_broadcast(&im->cv);
+  }
+  pthread_mutex_unlock(&im->mu);
+  return NULL;
+}
+
+/* Waits until the writer holds no chunk: its first error, or 0. */
+static int import_wait(importer *im)
+{
+  if (!im->threaded)
+    return im->rc;
+  pthread_mutex_lock(&im->mu);
+  while (im->job)
+    pthread_cond_wait(&im->cv, &im->mu);
+  int rc = im->rc;
+  pthread_mutex_unlock(&im->mu);
+  return rc;
+}
+
+/* Hands a filled chunk to the writer (or writes it here). */
+static int import_submit(importer *im, const uint8_t *data, uint64_t k,
+                         uint64_t n)
+{
+  if (!im->threaded)
+    return im->rc = import_write(im, data, k, n);
+  int rc = import_wait(im);
+  if (rc)
+    return rc;
+  pthread_mutex_lock(&im->mu);
+  im->job = data;
+  im->job_k = k;
+  im->job_n = n;
+  pthread_cond_broadcast(&im->cv);
+  pthread_mutex_unlock(&im->mu);
+  return 0;
+}
+
+static void import_start_writer(importer *im)
+{
+  if (pthread_mutex_init(&im->mu, NULL))
+    return;
+  if (pthread_cond_init(&im->cv, NULL)) {
+    pthread_mutex_destroy(&im->mu);
+    return;
+  }
+  im->threaded = !pthread_create(&im->thread, NULL, import_writer, im);
+  if (!im->threaded) {
+    pthread_cond_destroy(&im->cv);
+    pthread_mutex_destroy(&im->mu);
+  }
+}
+
+static void import_stop_writer(importer *im)
+{
+  if (!im->threaded)
+    return;
+  pthread_mutex_lock(&im->mu);
+  im->quit = true;
+  pthread_cond_broadcast(&im->cv);
+  pthread_mutex_unlock(&im->mu);
+  pthread_join(im->thread, NULL);
+  pthread_cond_destroy(&im->cv);
+  pthread_mutex_destroy(&im->mu);
+  im->threaded = false;
+}
+
+/* C3: the pages, filled chunk by chunk into the buffer the writer is not
+ * writing, hashed by fill, written; *sum their hashes' sum. */
+static int import_pages(importer *im, loom_page_fill_fn fill, void *ctx,
+                        uint64_t *sum)
 {
   loom_store *s = im->s;
   uint64_t pages = s->pos.pages;
   *sum = 0;
-  for (uint64_t n = 0; n < pages; n += IMPORT_CHUNK_PAGES) {
+  import_start_writer(im);
+  int rc = 0;
+  for (uint64_t n = 0, c = 0; !rc && n < pages; n += IMPORT_CHUNK_PAGES, c++) {
     uint64_t k =
         pages - n < IMPORT_CHUNK_PAGES ? pages - n : IMPORT_CHUNK_PAGES;
-    const uint8_t *data = NULL;
-    int rc = next(ctx, (size_t)(k * PS), (const void **)&data);
-    if (!rc && !data)
-      rc = LOOM_EINVAL;
-    if (rc)
-      return rc;
-    for (uint64_t i = 0; i < k; i++) {
-      s->hashes[n + i] =
-          given ? given[n + i] : loom_page_hash(n + i, data + i * PS);
+    uint8_t *buf = im->bufs[c % 2]; /* the writer holds the other, if any */
+    rc = fill(ctx, n, k, buf, s->hashes + n);
+    for (uint64_t i = 0; !rc && i < k; i++)
       *sum += s->hashes[n + i];
-    }
-    rc = import_write(im, data, k, n);
-    if (rc)
-      return rc;
+    if (!rc)
+      rc = import_submit(im, buf, k, n);
   }
-  return 0;
+  int wrc = import_wait(im);
+  import_stop_writer(im);
+  return rc ? rc : wrc;
 }
 
 /* C5, C6: everything durable, the meta last. */
@@ -199,18 +293,12 @@ static int import_finish(loom_store *s, const char *dir)
   return rc;
 }
 
-/* C3's start: the header, and the hash table sized by it. With a reserve
- * in the I/O, the image's blocks too (ENOSPC now, before any page). */
-static int import_header(loom_store *s, loom_stream_next_fn next, void *ctx)
+/* C3's start: the hash table sized by the header's pages. With a
+ * reserve in the I/O, the image's blocks too (ENOSPC now, before any
+ * page). */
+static int import_header(loom_store *s)
 {
-  const uint8_t *header = NULL;
-  int rc = next(ctx, LOOM_STREAM_HEADER, (const void **)&header);
-  if (!rc && !header)
-    rc = LOOM_EINVAL;
-  if (!rc)
-    rc = loom_stream_header_decode(header, &s->pos, &s->lineage);
-  if (!rc)
-    rc = store_hashes_reserve(s, s->pos.pages ? s->pos.pages : 1);
+  int rc = store_hashes_reserve(s, s->pos.pages ? s->pos.pages : 1);
   if (!rc && s->io->reserve && s->pos.pages) {
     int r =
         -s->io->reserve(s->io->ctx, s->image_fd, 0, (off_t)(s->pos.pages * PS));
@@ -219,17 +307,20 @@ static int import_header(loom_store *s, loom_stream_next_fn next, void *ctx)
   return rc;
 }
 
-int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
-                                  loom_stream_next_fn next, void *ctx,
-                                  const uint64_t *hashes, loom_position *out)
+int loom_store_create_from_pages(const char *dir, const struct loom_io *io,
+                                 const loom_position *pos,
+                                 const loom_lineage *lineage,
+                                 loom_page_fill_fn fill, void *ctx)
 {
-  if (!dir || !next)
+  if (!dir || !fill || !pos || !lineage)
     return LOOM_EINVAL;
   importer im = {0};
   int rc = store_alloc(io, &im.s);
   if (rc)
     return rc;
   loom_store *s = im.s;
+  s->pos = *pos;
+  s->lineage = *lineage;
   rc = import_dir(s, dir); /* C1 */
   if (!rc)
     rc = import_image(&im); /* C2 */
@@ -238,17 +329,64 @@ int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
   if (!rc)
     rc = import_file(s, "log", &s->log_fd);
   if (!rc)
-    rc = import_header(s, next, ctx); /* C3 */
+    rc = import_header(s); /* C3 */
   uint64_t sum = 0;
   if (!rc)
-    rc = import_pages(&im, next, ctx, hashes, &sum);
+    rc = import_pages(&im, fill, ctx, &sum);
   if (!rc && sum != s->pos.checksum) /* C4 */
     rc = LOOM_ECORRUPT;
   if (!rc)
     rc = import_finish(s, dir);
-  if (!rc && out)
-    *out = s->pos;
-  free(im.bounce);
+  free(im.bufs[0]);
+  free(im.bufs[1]);
   store_free(s);
+  return rc;
+}
+
+/* loom_store_create_from_stream's source: next()'s bytes copied into the
+ * importer's chunk, hashed here unless the caller gave the hashes. */
+typedef struct stream_source {
+  loom_stream_next_fn next;
+  void *ctx;
+  const uint64_t *given;
+} stream_source;
+
+static int stream_fill(void *ctx, uint64_t first, uint64_t k, uint8_t *buf,
+                       uint64_t *hashes)
+{
+  stream_source *src = ctx;
+  const uint8_t *data = NULL;
+  int rc = src->next(src->ctx, (size_t)(k * PS), (const void **)&data);
+  if (!rc && !data)
+    rc = LOOM_EINVAL;
+  if (rc)
+    return rc;
+  memcpy(buf, data, (size_t)(k * PS));
+  for (uint64_t i = 0; i < k; i++)
+    hashes[i] = src->given ? src->given[first + i]
+                           : loom_page_hash(first + i, buf + i * PS);
+  return 0;
+}
+
+int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
+                                  loom_stream_next_fn next, void *ctx,
+                                  const uint64_t *hashes, loom_position *out)
+{
+  if (!dir || !next)
+    return LOOM_EINVAL;
+  const uint8_t *header = NULL;
+  loom_position pos;
+  loom_lineage lineage;
+  int rc = next(ctx, LOOM_STREAM_HEADER, (const void **)&header);
+  if (!rc && !header)
+    rc = LOOM_EINVAL;
+  if (!rc)
+    rc = loom_stream_header_decode(header, &pos, &lineage);
+  stream_source src = {.next = next, .ctx = ctx, .given = hashes};
+  if (!rc)
+    rc = loom_store_create_from_pages(dir, io, &pos, &lineage, stream_fill,
+                                      &src);
+  if (!rc && out)
+    *out = pos;
   return rc;
 }

@@ -548,6 +548,34 @@ int loom_store_create_from_stream(const char *dir, const struct loom_io *io,
                                   loom_stream_next_fn next, void *ctx,
                                   const uint64_t *hashes, loom_position *out);
 
+/* The pages loom_store_create_from_pages asks for at once (8 MiB). */
+#define LOOM_IMPORT_CHUNK_PAGES 512u
+
+/* Fills buf (LOOM_PAGE_SIZE * k bytes, aligned for O_DIRECT) with pages
+ * [first, first + k) of the image and hashes[0, k) with their
+ * loom_page_hash; k <= LOOM_IMPORT_CHUNK_PAGES, first a multiple of it,
+ * called in ascending order. 0, or an error the importer returns as it is
+ * (no meta is written). */
+typedef int (*loom_page_fill_fn)(void *ctx, uint64_t first, uint64_t k,
+                                 uint8_t *buf, uint64_t *hashes);
+
+/*
+ * loom_store_create_from_pages: loom_store_create_from_stream for a
+ * caller that knows the position first and makes the pages chunk by chunk
+ * (a restore that decompresses its base and applies frames per chunk):
+ * fill() writes each chunk straight into the buffer that is written (no
+ * copy), and the chunk before it is written by a thread of the importer
+ * meanwhile, so filling and writing overlap; the memory is two chunks and
+ * the hash table, whatever the image's size. The hashes fill() gives are
+ * the ones stored; their sum must be pos->checksum (else LOOM_ECORRUPT, no
+ * meta). The same steps, guarantees and errors as
+ * loom_store_create_from_stream (C1-C6), and fill()'s errors.
+ */
+int loom_store_create_from_pages(const char *dir, const struct loom_io *io,
+                                 const loom_position *pos,
+                                 const loom_lineage *lineage,
+                                 loom_page_fill_fn fill, void *ctx);
+
 /* ---------------------------------------------------------------------- */
 /* Read-only tools: work on a directory whose owner stopped or died, and on
  * a live one (they read the last durably recorded position). */
