@@ -1,159 +1,431 @@
 /*
- * archive_image.c: a restore's image, whole in memory (archive_internal.h
- * arc_image_*): the base's image stream, every archived frame applied to
- * it in place, then written once into a new directory.
+ * archive_image.c: a restore's image, streamed (archive_internal.h
+ * arc_image_*): the archived frames up to the target are taken first and
+ * indexed by page; then the base's image stream is decompressed chunk by
+ * chunk, straight into the buffer the new directory's image is written
+ * from (loom_store_create_from_pages), each chunk's pages rebuilt through
+ * the frames' versions of them, in seq order, and the chunk written by
+ * the importer's thread while the next one is made here.
  *
- * A restore needs the image durable at its target only, not at every seq
- * on the way there, so the frames are not committed to a store one batch
- * at a time (each batch written to the commit log, fsynced, then into the
- * image, fsynced, the meta rewritten): they are applied here, where the
- * base already is, and the result goes to disk once
- * (loom_store_create_from_stream). Each page is hashed once per version:
- * the base's pages when taken (their sum checked against the base's
- * checksum), a frame's pages as they are rebuilt (each checked against the
- * hash the frame carries); the hashes are handed to the store, which does
- * not compute them again. A frame must start at the image's position (seq,
- * checksum, pages) and end at the checksum it names: the checks
- * replicate_frame_apply makes against a store.
+ * The memory is the frames (their pages, copied out of the segments, and
+ * one index entry per page version or resize), the base's stored bytes as
+ * read (arc_image_source), the importer's two 8 MiB chunks and its hash
+ * table (8 bytes a page): not the image. arc_image_memory says how much.
+ *
+ * The checks are the ones replicate_frame_apply makes against a store,
+ * made where each fact becomes known:
+ *   S1 when a frame is taken: a commit frame, of one history (the caller),
+ *      starting where the frame before it ended (seq, checksum, pages) at
+ *      an epoch not below it, every page it carries below its after pages;
+ *   S2 when the base's stream header is read: the first frame starts at
+ *      the base's position;
+ *   S3 per page, in each chunk: the base's version hashed once (the sum
+ *      of the base's hashes is checked at S4), each frame's version rebuilt
+ *      over the one before it (a delta XORed in, a whole page copied; a
+ *      page grown by a frame starts as a zero page) and hashed once, and
+ *      checked against the hash the frame carries (REPLICATE_EPAGE_HASH
+ *      naming the frame and its object); each version's change of hash is
+ *      added to its frame's change of checksum;
+ *   S4 after the last page of the last chunk (and the pages only frames on
+ *      the way had, past the target's size): the base's stream ends where
+ *      its header says and its pages hash to its checksum
+ *      (REPLICATE_EARCHIVE_OBJECT naming the base), and every frame's
+ *      change of checksum is its after checksum minus its before one
+ *      (REPLICATE_EAFTER_CHECKSUM naming the frame). Only then does the
+ *      importer write the meta: a restore refused at S3 or S4 leaves no
+ *      store (the caller clears the directory).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "archive_internal.h"
 #include "array.h"
 #include "frame.h"
 
-static uint8_t *page_at(arc_image *img, uint64_t n)
-{
-  return img->stream.data + LOOM_STREAM_HEADER + n * LOOM_PAGE_SIZE;
-}
+/* What an index entry does to its page at its frame: a resize first (a
+ * page grown is a zero page, one dropped leaves the checksum), then the
+ * frame's version of it. */
+enum { V_GROW = 0, V_DROP = 1, V_WRITE = 2 };
 
-static int hashes_reserve(arc_image *img, uint64_t pages)
-{
-  if (pages > SIZE_MAX / sizeof *img->hashes)
-    return ENOMEM;
-  return loom_array_reserve(&img->hashes, &img->hashes_cap, (size_t)pages,
-                            sizeof *img->hashes);
-}
+struct arc_version {
+  uint64_t page;
+  uint32_t frame;
+  uint8_t op;       /* V_* */
+  uint8_t encoding; /* V_WRITE: replicate_encoding */
+  uint64_t hash;    /* V_WRITE: the hash the frame carries */
+  const uint8_t *contents;
+};
 
-int arc_image_take(arc_image *img, replicate_buf *stream)
+struct arc_frame_rec {
+  loom_position before, after;
+  uint64_t epoch;
+  uint64_t delta;    /* S3: the change of checksum found so far */
+  uint32_t object;   /* index into objects: the segment it came from */
+  uint8_t *pages;    /* its pages' contents, page_count * LOOM_PAGE_SIZE */
+};
+
+static const uint8_t zero_page[LOOM_PAGE_SIZE];
+
+void arc_image_init(arc_image *img, replicate_archive *a)
 {
   memset(img, 0, sizeof *img);
-  img->stream = *stream;
-  *stream = (replicate_buf){0};
-  if (img->stream.len < LOOM_STREAM_HEADER ||
-      loom_stream_header_decode(img->stream.data, &img->pos, &img->lineage) ||
-      img->stream.len !=
-          LOOM_STREAM_HEADER + img->pos.pages * (uint64_t)LOOM_PAGE_SIZE)
-    return REPLICATE_EARCHIVE_OBJECT;
-  int rc = hashes_reserve(img, img->pos.pages);
-  uint64_t sum = 0;
-  for (uint64_t n = 0; rc == 0 && n < img->pos.pages; n++) {
-    img->hashes[n] = loom_page_hash(n, page_at(img, n));
-    sum += img->hashes[n];
-  }
-  if (rc == 0 && sum != img->pos.checksum)
-    rc = REPLICATE_EARCHIVE_OBJECT;
+  img->a = a;
+}
+
+static int add_object(arc_image *img, const char *key)
+{
+  if (img->nobjects > 0 && !strcmp(img->objects[img->nobjects - 1], key))
+    return 0;
+  int rc = loom_array_reserve(&img->objects, &img->objects_cap,
+                              img->nobjects + 1, sizeof *img->objects);
+  if (rc == 0)
+    snprintf(img->objects[img->nobjects++], ARC_KEY_MAX, "%s", key);
   return rc;
 }
 
-/* The image's length becomes pages: pages dropped leave the sum, pages
- * grown are zero pages. */
-static int resize(arc_image *img, uint64_t pages, uint64_t *sum)
+static const char *frame_object(const arc_image *img, uint32_t frame)
 {
-  uint64_t old = img->pos.pages;
-  for (uint64_t n = pages; n < old; n++)
-    *sum -= img->hashes[n];
-  if (pages > old) {
-    int rc = hashes_reserve(img, pages);
-    if (rc == 0)
-      rc = frame_buf_reserve(&img->stream,
-                             LOOM_STREAM_HEADER + pages * LOOM_PAGE_SIZE);
-    if (rc != 0)
-      return rc;
-    memset(page_at(img, old), 0, (pages - old) * LOOM_PAGE_SIZE);
-    for (uint64_t n = old; n < pages; n++) {
-      img->hashes[n] = loom_page_hash(n, page_at(img, old));
-      *sum += img->hashes[n];
-    }
-  }
-  img->stream.len = LOOM_STREAM_HEADER + pages * LOOM_PAGE_SIZE;
-  img->pos.pages = pages;
-  return 0;
+  return img->objects[img->frames[frame].object];
 }
 
-/* Page i of f rebuilt in place over the image's version (a delta XORed
- * into it, a whole page copied) and checked against its hash. A page that
- * fails is left rebuilt wrong: the restore stops there, and the image is
- * never written. */
-static int apply_page(arc_image *img, const replicate_frame *f, uint64_t i,
-                      uint64_t *sum)
+static int add_version(arc_image *img, arc_version v)
 {
-  replicate_page p;
-  replicate_frame_get_page(f, i, &p);
-  if (p.page_number >= img->pos.pages)
-    return REPLICATE_EPOSITION;
-  uint8_t *dst = page_at(img, p.page_number);
-  if (p.encoding == REPLICATE_PAGE_XOR) {
-    frame_page_xor_into(dst, p.contents);
-  } else {
-    memcpy(dst, p.contents, LOOM_PAGE_SIZE);
-  }
-  uint64_t h = loom_page_hash(p.page_number, dst);
-  if (h != p.hash)
-    return REPLICATE_EPAGE_HASH;
-  *sum += h - img->hashes[p.page_number];
-  img->hashes[p.page_number] = h;
-  return 0;
+  int rc = loom_array_reserve(&img->versions, &img->versions_cap,
+                              img->nversions + 1, sizeof *img->versions);
+  if (rc == 0)
+    img->versions[img->nversions++] = v;
+  return rc;
 }
 
-int arc_image_apply(arc_image *img, const replicate_frame *f)
+/* S1's resize: the pages a frame grows or drops, one entry each. */
+static int add_resize(arc_image *img, uint32_t frame, uint64_t from,
+                      uint64_t to)
 {
-  const replicate_frame_info *info = &f->info;
+  int rc = 0;
+  uint8_t op = to > from ? V_GROW : V_DROP;
+  uint64_t lo = to > from ? from : to, hi = to > from ? to : from;
+  for (uint64_t n = lo; rc == 0 && n < hi; n++)
+    rc = add_version(img, (arc_version){.page = n, .frame = frame, .op = op});
+  return rc;
+}
+
+/* S1: the frame's position follows the one before it. */
+static int check_chain(const arc_image *img, const replicate_frame_info *info)
+{
   if (info->kind != REPLICATE_KIND_COMMIT)
     return REPLICATE_EKIND;
-  if (!loom_position_same(&info->before, &img->pos) ||
-      info->epoch < img->pos.epoch)
+  if (img->nframes == 0)
+    return 0;
+  const arc_frame_rec *prev = &img->frames[img->nframes - 1];
+  if (!loom_position_same(&info->before, &prev->after) ||
+      info->epoch < prev->epoch)
     return REPLICATE_EPOSITION;
-  uint64_t sum = img->pos.checksum;
-  int rc = resize(img, info->after.pages, &sum);
-  for (uint64_t i = 0; rc == 0 && i < info->page_count; i++)
-    rc = apply_page(img, f, i, &sum);
-  if (rc == 0 && sum != info->after.checksum)
-    rc = REPLICATE_EAFTER_CHECKSUM;
-  if (rc == 0)
-    img->pos = (loom_position){.epoch = info->epoch,
-                               .seq = info->after.seq,
-                               .checksum = info->after.checksum,
-                               .pages = info->after.pages,
-                               .commit_time_ns = info->commit_time_ns};
+  return 0;
+}
+
+/* Copies the frame's pages out of the decoder's buffer and indexes them. */
+static int take_pages(arc_image *img, const replicate_frame *f,
+                      arc_frame_rec *rec, uint32_t frame)
+{
+  uint64_t k = f->info.page_count;
+  if (k > SIZE_MAX / LOOM_PAGE_SIZE)
+    return ENOMEM;
+  rec->pages = malloc(k ? (size_t)k * LOOM_PAGE_SIZE : 1);
+  if (rec->pages == NULL)
+    return ENOMEM;
+  img->frame_bytes += k * LOOM_PAGE_SIZE;
+  int rc = 0;
+  for (uint64_t i = 0; rc == 0 && i < k; i++) {
+    replicate_page p;
+    replicate_frame_get_page(f, i, &p);
+    if (p.page_number >= f->info.after.pages)
+      return REPLICATE_EPOSITION;
+    uint8_t *dst = rec->pages + i * LOOM_PAGE_SIZE;
+    memcpy(dst, p.contents, LOOM_PAGE_SIZE);
+    rc = add_version(img, (arc_version){.page = p.page_number,
+                                        .frame = frame,
+                                        .op = V_WRITE,
+                                        .encoding = (uint8_t)p.encoding,
+                                        .hash = p.hash,
+                                        .contents = dst});
+  }
   return rc;
 }
 
-/* Hands out the stream buffer in order (loom_stream_next_fn). */
-static int next_bytes(void *ctx, size_t len, const void **data)
+int arc_image_add_frame(arc_image *img, const replicate_frame *f,
+                        const char *key)
+{
+  const replicate_frame_info *info = &f->info;
+  int rc = check_chain(img, info);
+  if (rc == 0 && img->nframes >= UINT32_MAX)
+    rc = ENOMEM;
+  if (rc == 0)
+    rc = add_object(img, key);
+  if (rc == 0)
+    rc = loom_array_reserve(&img->frames, &img->frames_cap, img->nframes + 1,
+                            sizeof *img->frames);
+  if (rc != 0)
+    return rc;
+  uint32_t n = (uint32_t)img->nframes;
+  arc_frame_rec *rec = &img->frames[n];
+  *rec = (arc_frame_rec){.before = info->before,
+                         .after = info->after,
+                         .epoch = info->epoch,
+                         .object = (uint32_t)(img->nobjects - 1)};
+  rec->after.epoch = info->epoch;
+  rec->after.commit_time_ns = info->commit_time_ns;
+  img->nframes++;
+  rc = add_resize(img, n, info->before.pages, info->after.pages);
+  if (rc == 0)
+    rc = take_pages(img, f, rec, n);
+  if (rc == 0)
+    img->pos = rec->after;
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The base's stream: its stored bytes decompressed on demand. */
+
+/* Exactly len bytes of the base's image stream into dst. */
+static int stream_read(arc_image *img, uint8_t *dst, size_t len)
+{
+  if (!img->zstd) {
+    if (img->stored.len - img->in_pos < len)
+      return REPLICATE_EARCHIVE_OBJECT;
+    memcpy(dst, img->stored.data + img->in_pos, len);
+    img->in_pos += len;
+    return 0;
+  }
+  ZSTD_outBuffer out = {dst, len, 0};
+  while (out.pos < out.size) {
+    ZSTD_inBuffer in = {img->stored.data, img->stored.len, img->in_pos};
+    size_t was = out.pos;
+    size_t r = ZSTD_decompressStream(img->dctx, &out, &in);
+    bool stuck = in.pos == img->in_pos && out.pos == was;
+    img->in_pos = in.pos;
+    if (ZSTD_isError(r) || stuck)
+      return REPLICATE_EARCHIVE_OBJECT;
+    img->zstd_left = r;
+  }
+  return 0;
+}
+
+/* S4's first half: nothing after the stream's last page. */
+static bool stream_ended(arc_image *img)
+{
+  if (!img->zstd)
+    return img->in_pos == img->stored.len;
+  uint8_t extra;
+  ZSTD_outBuffer out = {&extra, 1, 0};
+  ZSTD_inBuffer in = {img->stored.data, img->stored.len, img->in_pos};
+  size_t r = img->zstd_left ? ZSTD_decompressStream(img->dctx, &out, &in) : 0;
+  return !ZSTD_isError(r) && r == 0 && out.pos == 0 && in.pos == in.size;
+}
+
+static int compare_versions(const void *x, const void *y)
+{
+  const arc_version *a = x, *b = y;
+  if (a->page != b->page)
+    return a->page < b->page ? -1 : 1;
+  if (a->frame != b->frame)
+    return a->frame < b->frame ? -1 : 1;
+  return (a->op > b->op) - (a->op < b->op);
+}
+
+/* The target's size, and the largest any frame on the way had. */
+static void plan_pages(arc_image *img)
+{
+  img->max_pages = img->base.pages;
+  for (size_t i = 0; i < img->nframes; i++)
+    if (img->frames[i].after.pages > img->max_pages)
+      img->max_pages = img->frames[i].after.pages;
+}
+
+int arc_image_open_base(arc_image *img, replicate_buf *stored, bool zstd,
+                        const char *key)
+{
+  img->stored = *stored;
+  *stored = (replicate_buf){0};
+  img->zstd = zstd;
+  snprintf(img->base_key, sizeof img->base_key, "%s", key);
+  if (zstd && (img->dctx = ZSTD_createDCtx()) == NULL)
+    return ENOMEM;
+  uint8_t header[LOOM_STREAM_HEADER];
+  int rc = stream_read(img, header, sizeof header);
+  if (rc == 0 && loom_stream_header_decode(header, &img->base, &img->lineage))
+    rc = REPLICATE_EARCHIVE_OBJECT;
+  if (rc != 0)
+    return arc_fail(img->a, rc,
+                    "object %s: the image stream inside is malformed", key);
+  if (img->nframes > 0 &&
+      (!loom_position_same(&img->frames[0].before, &img->base) ||
+       img->frames[0].epoch < img->base.epoch)) /* S2 */
+    return arc_fail(img->a, REPLICATE_EPOSITION,
+                    "object %s: frame %" PRIu64
+                    " does not start at the base's position",
+                    frame_object(img, 0), img->frames[0].after.seq);
+  if (img->nframes == 0)
+    img->pos = img->base;
+  plan_pages(img);
+  qsort(img->versions, img->nversions, sizeof *img->versions,
+        compare_versions);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* S3: one chunk's pages */
+
+typedef struct page_state {
+  bool exists;
+  uint64_t hash;
+} page_state;
+
+static int page_fail(arc_image *img, uint32_t frame, uint64_t page, int rc)
+{
+  return arc_fail(img->a, rc,
+                  "object %s: frame %" PRIu64 " does not apply (page %" PRIu64
+                  "): %s",
+                  frame_object(img, frame), img->frames[frame].after.seq, page,
+                  replicate_strerror(rc));
+}
+
+/* One index entry applied to page n (its bytes at dst). */
+static int apply_version(arc_image *img, const arc_version *v, uint8_t *dst,
+                         page_state *st)
+{
+  arc_frame_rec *fr = &img->frames[v->frame];
+  if (v->op == V_DROP) {
+    fr->delta -= st->hash;
+    *st = (page_state){0};
+    return 0;
+  }
+  if (v->op == V_GROW) {
+    memset(dst, 0, LOOM_PAGE_SIZE);
+    *st = (page_state){true, loom_page_hash(v->page, zero_page)};
+    fr->delta += st->hash;
+    return 0;
+  }
+  if (!st->exists)
+    return page_fail(img, v->frame, v->page, REPLICATE_EPOSITION);
+  if (v->encoding == REPLICATE_PAGE_XOR)
+    frame_page_xor_into(dst, v->contents);
+  else
+    memcpy(dst, v->contents, LOOM_PAGE_SIZE);
+  uint64_t h = loom_page_hash(v->page, dst);
+  if (h != v->hash)
+    return page_fail(img, v->frame, v->page, REPLICATE_EPAGE_HASH);
+  fr->delta += h - st->hash;
+  st->hash = h;
+  return 0;
+}
+
+/* Pages [first, first + k) into buf: the base's version, then every
+ * frame's; hashes[i] the result's hash (0: a page the target lacks). */
+static int make_pages(arc_image *img, uint64_t first, uint64_t k, uint8_t *buf,
+                      uint64_t *hashes)
+{
+  uint64_t from_base =
+      first < img->base.pages
+          ? (img->base.pages - first < k ? img->base.pages - first : k)
+          : 0;
+  int rc = stream_read(img, buf, (size_t)(from_base * LOOM_PAGE_SIZE));
+  if (rc != 0)
+    return arc_fail(img->a, REPLICATE_EARCHIVE_OBJECT,
+                    "object %s: the image stream inside is truncated or "
+                    "damaged (page %" PRIu64 ")",
+                    img->base_key, first);
+  for (uint64_t i = 0; rc == 0 && i < k; i++) {
+    uint64_t n = first + i;
+    uint8_t *dst = buf + i * LOOM_PAGE_SIZE;
+    page_state st = {i < from_base, 0};
+    if (st.exists) {
+      st.hash = loom_page_hash(n, dst);
+      img->base_sum += st.hash;
+    }
+    for (; rc == 0 && img->next_version < img->nversions &&
+           img->versions[img->next_version].page == n;
+         img->next_version++)
+      rc = apply_version(img, &img->versions[img->next_version], dst, &st);
+    hashes[i] = st.exists ? st.hash : 0;
+  }
+  return rc;
+}
+
+/* S4: the pages past the target's size that frames on the way had, then
+ * the base's end and sum, and every frame's checksum. */
+static int finish(arc_image *img)
+{
+  uint64_t start = img->pos.pages;
+  int rc = 0;
+  if (start < img->max_pages) {
+    uint8_t *buf = malloc((size_t)LOOM_IMPORT_CHUNK_PAGES * LOOM_PAGE_SIZE);
+    uint64_t *hashes = malloc(LOOM_IMPORT_CHUNK_PAGES * sizeof *hashes);
+    rc = buf && hashes ? 0 : ENOMEM;
+    for (uint64_t n = start; rc == 0 && n < img->max_pages;) {
+      uint64_t end = (n / LOOM_IMPORT_CHUNK_PAGES + 1) * LOOM_IMPORT_CHUNK_PAGES;
+      uint64_t k = (end < img->max_pages ? end : img->max_pages) - n;
+      rc = make_pages(img, n, k, buf, hashes);
+      n += k;
+    }
+    free(buf);
+    free(hashes);
+  }
+  if (rc == 0 && (!stream_ended(img) || img->base_sum != img->base.checksum))
+    rc = arc_fail(img->a, REPLICATE_EARCHIVE_OBJECT,
+                  "object %s: the image stream inside is longer than its "
+                  "header says, or its pages do not hash to its checksum",
+                  img->base_key);
+  for (size_t i = 0; rc == 0 && i < img->nframes; i++) {
+    const arc_frame_rec *fr = &img->frames[i];
+    if (fr->delta != fr->after.checksum - fr->before.checksum)
+      rc = page_fail(img, (uint32_t)i, fr->after.pages,
+                     REPLICATE_EAFTER_CHECKSUM);
+  }
+  return rc;
+}
+
+/* loom_page_fill_fn: a chunk of the target's image, then S4 after its last
+ * one (before the importer writes the meta). */
+static int fill(void *ctx, uint64_t first, uint64_t k, uint8_t *buf,
+                uint64_t *hashes)
 {
   arc_image *img = ctx;
-  if (len > img->stream.len - img->handed)
-    return LOOM_ECORRUPT;
-  *data = img->stream.data + img->handed;
-  img->handed += len;
-  return 0;
+  int rc = make_pages(img, first, k, buf, hashes);
+  if (rc == 0 && first + k == img->pos.pages)
+    rc = finish(img);
+  return rc;
 }
 
 int arc_image_write(arc_image *img, const char *dir, const struct loom_io *io)
 {
-  loom_stream_header_encode(img->stream.data, &img->pos, &img->lineage);
-  img->handed = 0;
-  return loom_store_create_from_stream(dir, io, next_bytes, img, img->hashes,
-                                       NULL);
+  int rc = img->pos.pages == 0 ? finish(img) : 0;
+  if (rc == 0)
+    rc = loom_store_create_from_pages(dir, io, &img->pos, &img->lineage, fill,
+                                      img);
+  return rc;
+}
+
+uint64_t arc_image_memory(const arc_image *img)
+{
+  return img->frame_bytes + img->nversions * sizeof *img->versions +
+         img->nframes * sizeof *img->frames + img->stored.len +
+         2 * (uint64_t)LOOM_IMPORT_CHUNK_PAGES * LOOM_PAGE_SIZE +
+         img->pos.pages * sizeof(uint64_t);
 }
 
 void arc_image_free(arc_image *img)
 {
-  replicate_buf_free(&img->stream);
-  free(img->hashes);
+  for (size_t i = 0; i < img->nframes; i++)
+    free(img->frames[i].pages);
+  free(img->frames);
+  free(img->versions);
+  free(img->objects);
+  replicate_buf_free(&img->stored);
+  ZSTD_freeDCtx(img->dctx);
   memset(img, 0, sizeof *img);
 }

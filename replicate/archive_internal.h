@@ -115,6 +115,11 @@ int arc_fail(replicate_archive *a, int rc, const char *fmt, ...)
  * names the key in a->error. The archive id must be known (arc_load_id). */
 int arc_get(replicate_archive *a, const char *key, arc_header *h,
             replicate_buf *payload);
+/* arc_get without the decompression: *stored is the payload as stored
+ * (decrypted; zstd-compressed when h->flags has ARC_FLAG_ZSTD), every
+ * check made (the tag and the checksum cover the stored bytes). */
+int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
+                   replicate_buf *stored);
 /* Puts an object (sealed with a's keys and id). */
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags);
@@ -131,30 +136,57 @@ static inline void arc_put64(uint8_t *p, uint64_t v)
   for (int i = 0; i < 8; i++)
     p[i] = (uint8_t)(v >> (8 * i));
 }
-/* A restore's image, whole in memory (archive_image.c): the base's image
- * stream, the frames applied to it in place, then written once. */
+/* A restore's image, streamed (archive_image.c): the frames up to the
+ * target taken first (copied, indexed by page), then the base's stream
+ * decompressed chunk by chunk into the new directory's image with the
+ * frames' versions of each chunk's pages applied. Memory: the frames, the
+ * base's stored bytes, two chunks and the hash table, not the image. */
+typedef struct arc_version arc_version;
+typedef struct arc_frame_rec arc_frame_rec;
 typedef struct arc_image {
-  replicate_buf stream;  /* LOOM_STREAM_HEADER bytes, then pos.pages pages */
-  uint64_t *hashes;      /* [pos.pages]: loom_page_hash of each page */
-  size_t hashes_cap;
-  loom_position pos;
+  replicate_archive *a;  /* errors name objects in a->error */
+  arc_frame_rec *frames; /* in seq order */
+  size_t nframes, frames_cap;
+  arc_version *versions; /* sorted by page, frame, op once the base is open */
+  size_t nversions, versions_cap, next_version;
+  char (*objects)[ARC_KEY_MAX]; /* the segments' keys */
+  size_t nobjects, objects_cap;
+  uint64_t frame_bytes;  /* the frames' pages, copied */
+  loom_position base;    /* the base's stream header */
+  loom_position pos;     /* the target: the last frame's after, or base */
   loom_lineage lineage;
-  size_t handed;         /* bytes of stream written out so far */
+  uint64_t max_pages;    /* the most pages at any seq on the way */
+  uint64_t base_sum;     /* the base's page hashes, as read */
+  replicate_buf stored;  /* the base's payload as stored (decrypted) */
+  bool zstd;
+  size_t in_pos, zstd_left;
+  struct ZSTD_DCtx_s *dctx;
+  char base_key[ARC_KEY_MAX];
 } arc_image;
 
-/* Takes *stream (a base's payload; *stream is emptied), checks its header
- * and length, hashes every page and checks their sum against the header's
- * checksum: 0, REPLICATE_EARCHIVE_OBJECT, ENOMEM. Free img either way. */
-int arc_image_take(arc_image *img, replicate_buf *stream);
-/* Applies the commit frame f: it must start at img's position (seq,
- * checksum, pages; else REPLICATE_EPOSITION), each rebuilt page must hash
- * to the hash f carries (REPLICATE_EPAGE_HASH) and the result to f's after
- * checksum (REPLICATE_EAFTER_CHECKSUM). On an error img is left between
- * the two: only arc_image_free it. */
-int arc_image_apply(arc_image *img, const replicate_frame *f);
-/* loom_store_create_from_stream of the image into dir (its hashes handed
- * over, not computed again). */
+void arc_image_init(arc_image *img, replicate_archive *a);
+/* Takes the next frame (read from the segment key), after the ones taken:
+ * a commit frame (REPLICATE_EKIND) starting where the last one ended
+ * (REPLICATE_EPOSITION), its pages below its after pages; its pages are
+ * copied. ENOMEM. The caller names key in its error. */
+int arc_image_add_frame(arc_image *img, const replicate_frame *f,
+                        const char *key);
+/* Takes the base's payload *stored (as stored, decrypted: zstd-compressed
+ * when zstd; *stored is emptied), reads its stream header and checks that
+ * the first frame taken starts at it: 0, REPLICATE_EARCHIVE_OBJECT,
+ * REPLICATE_EPOSITION, ENOMEM, with a->error naming the object. Then
+ * img->pos is the target's position. */
+int arc_image_open_base(arc_image *img, replicate_buf *stored, bool zstd,
+                        const char *key);
+/* Streams the image at img->pos into the new directory dir
+ * (loom_store_create_from_pages): the base's pages decompressed and each
+ * frame's versions applied and checked per chunk (archive_image.c S3,
+ * S4). A refusal (REPLICATE_EPAGE_HASH, _EAFTER_CHECKSUM, _EPOSITION,
+ * _EARCHIVE_OBJECT) names the object in a->error; no meta is written. */
 int arc_image_write(arc_image *img, const char *dir, const struct loom_io *io);
+/* The bytes the restore holds (frames, index, stored base, the importer's
+ * chunks and hash table): what a restore reports as its memory. */
+uint64_t arc_image_memory(const arc_image *img);
 void arc_image_free(arc_image *img);
 
 static inline uint64_t arc_get64(const uint8_t *p)

@@ -267,10 +267,12 @@ static int find_key(const arc_keys *keys, uint32_t id)
   return -1;
 }
 
-int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
-               size_t len, arc_header *h, replicate_buf *payload)
+/* Checks 1-5 of docs/ARCHIVE.md on obj[0, len): *k the reader's key that
+ * opens it, -1 for plaintext. */
+static int unseal_check(const arc_keys *keys, const uint8_t *archive_id,
+                        const uint8_t *p, size_t len, arc_header *h, int *k)
 {
-  const uint8_t *p = obj;
+  *k = -1;
   if (len < ARC_HEADER || memcmp(p, ARC_MAGIC, 8) != 0 ||
       arc_get32(p + 8) != ARC_VERSION)
     return REPLICATE_EARCHIVE_OBJECT;
@@ -285,10 +287,21 @@ int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
   if (enc != want || (h->key_id != 0) != enc)
     return REPLICATE_EARCHIVE_KEY;
   if (!enc)
-    return take_payload(h, p + ARC_HEADER, len - ARC_HEADER, payload);
-  int k = find_key(keys, h->key_id);
-  if (k < 0 || h->stored_len < ARC_TAG)
+    return 0;
+  *k = find_key(keys, h->key_id);
+  if (*k < 0 || h->stored_len < ARC_TAG)
     return REPLICATE_EARCHIVE_KEY;
+  return 0;
+}
+
+int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
+               size_t len, arc_header *h, replicate_buf *payload)
+{
+  const uint8_t *p = obj;
+  int k;
+  int rc = unseal_check(keys, archive_id, p, len, h, &k);
+  if (rc != 0 || k < 0)
+    return rc ? rc : take_payload(h, p + ARC_HEADER, len - ARC_HEADER, payload);
   size_t body = len - ARC_HEADER - ARC_TAG;
   uint8_t *plain = malloc(body ? body : 1);
   if (plain == NULL)
@@ -296,11 +309,32 @@ int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
   memcpy(plain, p + ARC_HEADER, body);
   uint8_t tag[ARC_TAG];
   memcpy(tag, p + ARC_HEADER + body, ARC_TAG);
-  int rc =
-      gcm(0, keys->key[k], h->nonce, p, ARC_OFF_CHECKSUM, plain, body, tag);
+  rc = gcm(0, keys->key[k], h->nonce, p, ARC_OFF_CHECKSUM, plain, body, tag);
   if (rc == 0)
     rc = take_payload(h, plain, body, payload);
   free(plain);
+  return rc;
+}
+
+/* arc_unseal without the decompression, in place: the (decrypted) stored
+ * payload is moved to obj[0, *n). */
+static int unseal_stored(const arc_keys *keys, const uint8_t *archive_id,
+                         uint8_t *obj, size_t len, arc_header *h, size_t *n)
+{
+  int k;
+  int rc = unseal_check(keys, archive_id, obj, len, h, &k);
+  if (rc != 0)
+    return rc;
+  size_t body = len - ARC_HEADER - (k < 0 ? 0 : ARC_TAG);
+  if (k >= 0) {
+    uint8_t tag[ARC_TAG];
+    memcpy(tag, obj + ARC_HEADER + body, ARC_TAG);
+    rc = gcm(0, keys->key[k], h->nonce, obj, ARC_OFF_CHECKSUM,
+             obj + ARC_HEADER, body, tag);
+  }
+  if (rc == 0)
+    memmove(obj, obj + ARC_HEADER, body);
+  *n = body;
   return rc;
 }
 
@@ -470,8 +504,13 @@ static bool header_matches(const arc_header *h, const arc_name *n)
   return true;
 }
 
-int arc_get(replicate_archive *a, const char *key, arc_header *h,
-            replicate_buf *payload)
+/* The object under key, read whole and checked (1-7): opened by
+ * unseal into *payload. */
+typedef int (*unseal_fn)(replicate_archive *a, uint8_t *obj, size_t len,
+                         arc_header *h, replicate_buf *payload);
+
+static int get_with(replicate_archive *a, const char *key, arc_header *h,
+                    replicate_buf *payload, unseal_fn unseal)
 {
   arc_name name;
   if (arc_key_parse(key, &name) != 0)
@@ -482,8 +521,7 @@ int arc_get(replicate_archive *a, const char *key, arc_header *h,
   int rc = objstore_get(a->store, key, ARC_MAX_OBJECT, &obj, &len);
   if (rc != 0)
     return arc_fail(a, rc, "%s: %s", key, objstore_last_error(a->store));
-  rc = arc_unseal(&a->keys, a->have_id ? a->id : NULL, obj, len, h, payload);
-  free(obj);
+  rc = unseal(a, obj, len, h, payload);
   if (rc != 0)
     return arc_fail(a, rc, "object %s %s", key, unseal_text(rc));
   if (!header_matches(h, &name))
@@ -493,6 +531,40 @@ int arc_get(replicate_archive *a, const char *key, arc_header *h,
                     "): renamed, copied or reordered",
                     key, (int)h->kind, h->epoch, h->first_seq, h->last_seq);
   return 0;
+}
+
+static int unseal_whole(replicate_archive *a, uint8_t *obj, size_t len,
+                        arc_header *h, replicate_buf *payload)
+{
+  int rc = arc_unseal(&a->keys, a->have_id ? a->id : NULL, obj, len, h,
+                      payload);
+  free(obj);
+  return rc;
+}
+
+static int unseal_keep(replicate_archive *a, uint8_t *obj, size_t len,
+                       arc_header *h, replicate_buf *payload)
+{
+  size_t n = 0;
+  int rc = unseal_stored(&a->keys, a->have_id ? a->id : NULL, obj, len, h, &n);
+  if (rc != 0) {
+    free(obj);
+    return rc;
+  }
+  *payload = (replicate_buf){.data = obj, .len = n, .cap = len};
+  return 0;
+}
+
+int arc_get(replicate_archive *a, const char *key, arc_header *h,
+            replicate_buf *payload)
+{
+  return get_with(a, key, h, payload, unseal_whole);
+}
+
+int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
+                   replicate_buf *stored)
+{
+  return get_with(a, key, h, stored, unseal_keep);
 }
 
 int arc_put(replicate_archive *a, arc_header *h, const char *key,

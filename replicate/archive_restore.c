@@ -185,39 +185,47 @@ static int plan_load(replicate_archive *a, uint64_t epoch, plan *p)
 }
 
 /* ---------------------------------------------------------------------- */
-/* R5: the image, in memory (archive_image.c): a restore needs the result
- * durable, not every seq on the way, so the frames are applied to the
- * base in memory and the image is written once, at the target. */
+/* R5: the image, streamed (archive_image.c): a restore needs the result
+ * durable, not every seq on the way, so the frames are taken first (small:
+ * copied and indexed by page), then the base is decompressed chunk by
+ * chunk with the frames' versions of each chunk's pages applied, and the
+ * image is written once, at the target, as it is made. */
 
 typedef struct restorer {
   replicate_archive *a;
   const replicate_restore_target *t;
   replicate_decoder *dec; /* segments' frames */
-  arc_image img;          /* once the base is taken */
-  loom_lineage lineage;
-  loom_position pos; /* after the last frame taken */
+  arc_image img;
+  bool have_history;
+  loom_history history; /* of the frames read */
+  char history_key[ARC_KEY_MAX];
+  loom_position pos; /* after the last frame taken (seq: the base's first) */
 } restorer;
 
-static int apply_base(restorer *r, const arc_obj *o)
+/* The base, once the frames are taken: its stored payload read and
+ * checked (R1's id, the key, the tag), its stream header read; the
+ * image's pages are made later, while they are written. */
+static int open_base(restorer *r, const arc_obj *o)
 {
   arc_header h;
   replicate_buf b = {0};
-  int rc = arc_get(r->a, o->key, &h, &b);
+  int rc = arc_get_stored(r->a, o->key, &h, &b);
   if (rc == 0)
-    rc = arc_image_take(&r->img, &b);
+    rc = arc_image_open_base(&r->img, &b, h.flags & ARC_FLAG_ZSTD, o->key);
   replicate_buf_free(&b);
-  if (rc == 0 &&
-      (r->img.pos.seq != o->name.first_seq || r->img.pos.epoch != h.epoch))
-    rc = REPLICATE_EARCHIVE_OBJECT;
-  if (rc != 0 && r->a->error[0] == '\0')
-    arc_fail(r->a, rc,
-             "object %s: the image inside is malformed, damaged or at "
-             "another position (%s)",
-             o->key, replicate_strerror(rc));
-  if (rc == 0) {
-    r->lineage = r->img.lineage;
+  if (rc == 0 && (r->img.base.seq != o->name.first_seq ||
+                  r->img.base.epoch != h.epoch))
+    rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
+                  "object %s: the image inside is at another position "
+                  "(seq %" PRIu64 ", epoch %" PRIu64 ")",
+                  o->key, r->img.base.seq, r->img.base.epoch);
+  if (rc == 0 && r->have_history &&
+      !loom_history_equal(&r->history, &r->img.lineage.history))
+    rc = arc_fail(r->a, REPLICATE_EARCHIVE_FOREIGN,
+                  "object %s is of another history than the base %s",
+                  r->history_key, o->key);
+  if (rc == 0)
     r->pos = r->img.pos;
-  }
   return rc;
 }
 
@@ -235,15 +243,27 @@ static bool wanted(const restorer *r, const replicate_frame_info *f,
   return true;
 }
 
-/* Applies one frame to the image. */
+/* Takes one frame (applied later, per chunk of the base). */
 static int take(restorer *r, const replicate_frame *f, const char *key)
 {
-  int rc = arc_image_apply(&r->img, f);
+  int rc = arc_image_add_frame(&r->img, f, key);
   if (rc != 0)
     return arc_fail(r->a, rc, "object %s: frame %" PRIu64 " does not apply: %s",
                     key, f->info.after.seq, replicate_strerror(rc));
   r->pos = r->img.pos;
   return 0;
+}
+
+/* All frames read must be of one history (the base's: open_base). */
+static bool same_history(restorer *r, const replicate_frame_info *f,
+                         const char *key)
+{
+  if (!r->have_history) {
+    r->have_history = true;
+    r->history = f->history;
+    snprintf(r->history_key, sizeof r->history_key, "%s", key);
+  }
+  return loom_history_equal(&f->history, &r->history);
 }
 
 /* *stop: the segment's frames ran past what is wanted. */
@@ -265,7 +285,7 @@ static int apply_segment(restorer *r, const arc_obj *o, uint64_t limit,
       rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
                     "object %s: frame %" PRIu64 " is malformed or out of order",
                     o->key, expect);
-    else if (!loom_history_equal(&f.info.history, &r->lineage.history))
+    else if (!same_history(r, &f.info, o->key))
       rc = arc_fail(r->a, REPLICATE_EARCHIVE_FOREIGN,
                     "object %s: frame %" PRIu64 " is of another history",
                     o->key, expect);
@@ -316,7 +336,8 @@ static const arc_obj *gap_at(const plan *p, uint64_t seq)
 static int restore_from(restorer *r, const plan *p, const arc_obj *base,
                         uint64_t limit)
 {
-  int rc = apply_base(r, base);
+  r->pos = (loom_position){.seq = base->name.first_seq};
+  int rc = 0;
   bool stop = false;
   for (size_t i = 0; rc == 0 && !stop && i < p->n; i++) {
     const arc_obj *o = &p->objs[i];
@@ -326,6 +347,8 @@ static int restore_from(restorer *r, const plan *p, const arc_obj *base,
       break; /* a hole: R6 says */
     rc = apply_segment(r, o, limit, &stop);
   }
+  if (rc == 0)
+    rc = open_base(r, base);
   if (rc != 0)
     return rc;
   uint64_t want = r->t->kind == REPLICATE_RESTORE_SEQ ? r->t->seq
@@ -565,6 +588,7 @@ int replicate_archive_restore(replicate_archive *a,
   bool made = false, touched = false;
   char *work = NULL;
   restorer r = {.a = a, .t = t};
+  arc_image_init(&r.img, a);
   if (rc == 0 && (rc = make_out_dir(a, out_dir, &made)) == 0)
     touched = true;
   if (rc == 0 &&
@@ -574,7 +598,10 @@ int replicate_archive_restore(replicate_archive *a,
     arc_fail(a, rc, "decoder: %s", replicate_strerror(rc));
   if (rc == 0)
     rc = restore_epoch(&r, &el, epoch, UINT64_MAX); /* O2 */
-  if (rc == 0 && (rc = arc_image_write(&r.img, work, a->io)) != 0)
+  if (rc == 0)
+    a->error[0] = '\0'; /* the image's refusals name their object */
+  if (rc == 0 && (rc = arc_image_write(&r.img, work, a->io)) != 0 &&
+      a->error[0] == '\0')
     arc_fail(a, rc, "%s: writing the image: %s", work, replicate_strerror(rc));
   if (rc == 0)
     rc = publish(a, out_dir);
