@@ -162,6 +162,7 @@ def restore_bench(loomship, root, target, keys, saves, compare=None,
     image = os.path.getsize(os.path.join(pdir, "image"))
     binaries = [("restore", loomship)] + ([("compare", compare)] if compare else [])
     times = {name: [] for name, _ in binaries}
+    rss = {name: [] for name, _ in binaries}  # peak RSS, MiB (time -v's)
     floors = {"read": [], "image": [], "direct": []}
     for rnd in range(repeats):
         # Alternating which binary goes first, each restore into a new
@@ -172,12 +173,17 @@ def restore_bench(loomship, root, target, keys, saves, compare=None,
             shutil.rmtree(out, ignore_errors=True)
             subprocess.run(["sync"])
             t0 = time.monotonic()
-            r = subprocess.run([binary, "restore", "--from", arc, "--out", out]
+            r = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb %M", binary,
+                                "restore", "--from", arc, "--out", out]
                                + target.opts, capture_output=True)
             times[name].append(time.monotonic() - t0)
+            kb = [ln for ln in r.stderr.decode().splitlines()
+                  if ln.startswith("maxrss_kb ")]
+            rss[name].append(int(kb[-1].split()[1]) / 1024.0 if kb else 0.0)
             v = subprocess.run([binary, "verify", out], capture_output=True)
-            print("round %d %s (%s): %.2f s (exit %d); verify: %s"
-                  % (rnd + 1, name, binary, times[name][-1], r.returncode,
+            print("round %d %s (%s): %.2f s, peak RSS %.1f MiB (exit %d); verify: %s"
+                  % (rnd + 1, name, binary, times[name][-1], rss[name][-1],
+                     r.returncode,
                      v.stdout.decode().strip() or v.stderr.decode().strip()))
         copy = os.path.join(root, "copy")
         subprocess.run(["sync"])
@@ -218,11 +224,11 @@ def restore_bench(loomship, root, target, keys, saves, compare=None,
     t_direct = med(floors["direct"])
     for name, binary in binaries:
         t = med(times[name])
-        print("restore (%s, median of %d): %.2f s; x objects read+fsync %.2f "
-              "(%.2f s); x image copy+fsync %.2f (%.2f s); x O_DIRECT copy %.2f "
-              "(%.2f s)"
-              % (binary, repeats, t, t / t_read, t_read, t / t_image, t_image,
-                 t / t_direct, t_direct))
+        print("restore (%s, median of %d): %.2f s, peak RSS %.1f MiB; x objects "
+              "read+fsync %.2f (%.2f s); x image copy+fsync %.2f (%.2f s); x "
+              "O_DIRECT copy %.2f (%.2f s)"
+              % (binary, repeats, t, med(rss[name]), t / t_read, t_read,
+                 t / t_image, t_image, t / t_direct, t_direct))
 
 
 def main():

@@ -200,13 +200,14 @@ static int run_restore(void *args)
     replicate_archive_close(ar);
     return 1;
   }
+  uint64_t held = replicate_archive_restore_memory(ar);
   replicate_archive_close(ar);
   char sum[17], when[40];
   format_time(pos.commit_time_ns, when);
   printf("restored %s: epoch %" PRIu64 " seq %" PRIu64
-         " checksum %s pages %" PRIu64 " committed %s\n",
+         " checksum %s pages %" PRIu64 " committed %s (held %.1f MiB)\n",
          a->out, pos.epoch, pos.seq, cli_hex64(pos.checksum, sum), pos.pages,
-         when);
+         when, (double)held / (1 << 20));
   return 0;
 }
 

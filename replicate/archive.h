@@ -121,25 +121,34 @@ typedef struct replicate_restore_target {
 /*
  * replicate_archive_restore: build the image at the target in out_dir
  * (which must not exist, or be empty, or hold an interrupted restore:
- * REPLICATE_RESTORE_WORK_DIR; missing parents are made 0700): the newest
- * base at or below it, written straight into a new image file
- * (loom_store_create_from_stream: no commit log, each page hashed once),
- * then the archived frames, merged into batches (replicate_coalescer)
- * applied with replicate_frame_apply, one commit per batch: the restored
- * directory's positions ring (loom.h loom_store_checksum_at) knows the
- * batches' last seqs only. All of it happens in out_dir/
+ * REPLICATE_RESTORE_WORK_DIR; missing parents are made 0700), streamed:
+ * the archived frames from the newest base at or below the target up to
+ * it are read and checked first (kept as their pages' non-zero runs,
+ * indexed by page), then the base is read in ranged GETs by a thread,
+ * decompressed 8 MiB at a time straight into the buffer the new image
+ * file is written from, each page rebuilt through the frames' versions of
+ * it in seq order and checked against their hashes, and written (with
+ * O_DIRECT where the file system takes it) while the next chunk is made
+ * (loom_store_create_from_pages: no commit log, each page version hashed
+ * once). The memory is the frames, a few pieces and chunks and the hash
+ * table (8 bytes a page), not the image (replicate_archive_restore_memory).
+ * The restored directory's positions ring (loom.h loom_store_checksum_at)
+ * knows the target's seq only. All of it happens in out_dir/
  * REPLICATE_RESTORE_WORK_DIR; the files are moved into out_dir at the
  * end, the meta last, so out_dir never opens as a store at any other
  * position than the target, even after a crash (then it holds no meta:
  * loom_store_open refuses it, and a restore into it starts again).
  * Every object is checked (header, checksum, tag, archive id, its key's
- * position) and the frames must follow each other without a hole; the
- * result keeps the archived epoch, seq, checksum and history, and is
- * fsynced (loom_verify passes on it). *restored gets its position.
- * On an error nothing usable is left in out_dir (it is removed when this
- * call made it). Errors: REPLICATE_EARCHIVE_NOPOS (no such position),
- * REPLICATE_EARCHIVE_GAP, _OBJECT, _FOREIGN, _KEY, store errors, and
- * those of replicate_frame_apply/core for a frame that does not apply.
+ * position; the base's checksum and tag once its last piece is read,
+ * before the meta is written) and the frames must follow each other
+ * without a hole; the result keeps the archived epoch, seq, checksum and
+ * history, and is fsynced (loom_verify passes on it). *restored gets its
+ * position. On an error nothing usable is left in out_dir (it is removed
+ * when this call made it). Errors: REPLICATE_EARCHIVE_NOPOS (no such
+ * position), REPLICATE_EARCHIVE_GAP, _OBJECT, _FOREIGN, _KEY, store
+ * errors, REPLICATE_EPOSITION, _EPAGE_HASH, _EAFTER_CHECKSUM (a frame
+ * that does not apply: the checks replicate_frame_apply makes), and
+ * core's errors writing the directory.
  */
 /* The directory inside out_dir where a restore builds the store before
  * moving it in (its meta last): out_dir holding only this, and no meta, is
@@ -149,6 +158,13 @@ typedef struct replicate_restore_target {
 int replicate_archive_restore(replicate_archive *a,
                               const replicate_restore_target *target,
                               const char *out_dir, loom_position *restored);
+
+/* What the last replicate_archive_restore on a held for the image it
+ * built, in bytes, by its own accounting: the frames' page versions (as
+ * runs) and their index, the base's pieces read ahead, the importer's two
+ * chunks and its hash table (8 bytes a page). Not the image: a restore of
+ * a larger image holds 8 bytes a page more. 0 before any restore. */
+uint64_t replicate_archive_restore_memory(const replicate_archive *a);
 
 /* ---------------------------------------------------------------------- */
 /* Listing and verifying */

@@ -57,6 +57,7 @@ struct arc_version {
   uint32_t frame;
   uint8_t op;       /* V_* */
   uint8_t encoding; /* V_WRITE: replicate_encoding */
+  uint16_t runs;    /* V_WRITE: bytes of runs at contents; 0: a whole page */
   uint64_t hash;    /* V_WRITE: the hash the frame carries */
   const uint8_t *contents;
 };
@@ -66,7 +67,22 @@ struct arc_frame_rec {
   uint64_t epoch;
   uint64_t delta;    /* S3: the change of checksum found so far */
   uint32_t object;   /* index into objects: the segment it came from */
-  uint8_t *pages;    /* its pages' contents, page_count * LOOM_PAGE_SIZE */
+};
+
+/* The frames' page versions are kept as runs: a delta (or a whole page)
+ * is mostly zeros, and a restore of 10,000 commits carries GiBs of them
+ * decoded (docs/BENCHMARKS.md 13), so each version keeps only its
+ * non-zero stretches, [2-byte offset, 2-byte length, the bytes] each
+ * (stretches fewer than RUN_GAP zero bytes apart merged), or the whole
+ * page where that is not shorter. They are stored in blocks of
+ * RUN_BLOCK bytes (pointers into them stay valid). */
+#define RUN_GAP 8u
+#define RUN_BLOCK ((size_t)1 << 20)
+
+struct arc_run_block {
+  struct arc_run_block *next;
+  size_t used;
+  uint8_t data[];
 };
 
 static const uint8_t zero_page[LOOM_PAGE_SIZE];
@@ -128,31 +144,98 @@ static int check_chain(const arc_image *img, const replicate_frame_info *info)
   return 0;
 }
 
-/* Copies the frame's pages out of the decoder's buffer and indexes them. */
-static int take_pages(arc_image *img, const replicate_frame *f,
-                      arc_frame_rec *rec, uint32_t frame)
+/* Room for len bytes in the current block (a new one when full). */
+static uint8_t *runs_room(arc_image *img, size_t len)
 {
-  uint64_t k = f->info.page_count;
-  if (k > SIZE_MAX / LOOM_PAGE_SIZE)
+  struct arc_run_block *b = img->blocks;
+  if (b == NULL || RUN_BLOCK - b->used < len) {
+    b = malloc(sizeof *b + RUN_BLOCK);
+    if (b == NULL)
+      return NULL;
+    b->next = img->blocks;
+    b->used = 0;
+    img->blocks = b;
+    img->frame_bytes += sizeof *b + RUN_BLOCK;
+  }
+  uint8_t *at = b->data + b->used;
+  b->used += len;
+  return at;
+}
+
+/* The non-zero stretches of page into out (at most LOOM_PAGE_SIZE bytes):
+ * their length, or 0 when runs would not be shorter than the page. */
+static size_t runs_encode(const uint8_t *page, uint8_t *out)
+{
+  size_t len = 0;
+  for (size_t i = 0; i < LOOM_PAGE_SIZE;) {
+    if (page[i] == 0) {
+      i++;
+      continue;
+    }
+    size_t end = i + 1, zeros = 0;
+    for (size_t j = end; j < LOOM_PAGE_SIZE && zeros < RUN_GAP; j++) {
+      zeros = page[j] ? 0 : zeros + 1;
+      if (page[j])
+        end = j + 1;
+    }
+    if (len + 4 + (end - i) >= LOOM_PAGE_SIZE)
+      return 0;
+    out[len] = (uint8_t)i;
+    out[len + 1] = (uint8_t)(i >> 8);
+    out[len + 2] = (uint8_t)(end - i);
+    out[len + 3] = (uint8_t)((end - i) >> 8);
+    memcpy(out + len + 4, page + i, end - i);
+    len += 4 + (end - i);
+    i = end;
+  }
+  return len;
+}
+
+/* Applies a version kept as runs to dst: XORed in (a delta) or written
+ * over a zero page (a whole page). */
+static void runs_apply(const arc_version *v, uint8_t *dst)
+{
+  bool xor = v->encoding == REPLICATE_PAGE_XOR;
+  if (!xor)
+    memset(dst, 0, LOOM_PAGE_SIZE);
+  for (size_t at = 0; at < v->runs;) {
+    const uint8_t *r = v->contents + at;
+    size_t off = r[0] | (size_t)r[1] << 8, len = r[2] | (size_t)r[3] << 8;
+    for (size_t i = 0; i < len; i++)
+      dst[off + i] = xor ? dst[off + i] ^ r[4 + i] : r[4 + i];
+    at += 4 + len;
+  }
+}
+
+/* Keeps one page of a frame (as runs, or whole) and indexes it. */
+static int take_page(arc_image *img, const replicate_page *p, uint32_t frame)
+{
+  uint8_t tmp[LOOM_PAGE_SIZE];
+  size_t runs = runs_encode(p->contents, tmp);
+  size_t len = runs ? runs : LOOM_PAGE_SIZE;
+  uint8_t *dst = runs_room(img, len);
+  if (dst == NULL)
     return ENOMEM;
-  rec->pages = malloc(k ? (size_t)k * LOOM_PAGE_SIZE : 1);
-  if (rec->pages == NULL)
-    return ENOMEM;
-  img->frame_bytes += k * LOOM_PAGE_SIZE;
+  memcpy(dst, runs ? tmp : p->contents, len);
+  return add_version(img, (arc_version){.page = p->page_number,
+                                        .frame = frame,
+                                        .op = V_WRITE,
+                                        .encoding = (uint8_t)p->encoding,
+                                        .runs = (uint16_t)runs,
+                                        .hash = p->hash,
+                                        .contents = dst});
+}
+
+/* Keeps the frame's pages (out of the decoder's buffer) and indexes them. */
+static int take_pages(arc_image *img, const replicate_frame *f, uint32_t frame)
+{
   int rc = 0;
-  for (uint64_t i = 0; rc == 0 && i < k; i++) {
+  for (uint64_t i = 0; rc == 0 && i < f->info.page_count; i++) {
     replicate_page p;
     replicate_frame_get_page(f, i, &p);
     if (p.page_number >= f->info.after.pages)
       return REPLICATE_EPOSITION;
-    uint8_t *dst = rec->pages + i * LOOM_PAGE_SIZE;
-    memcpy(dst, p.contents, LOOM_PAGE_SIZE);
-    rc = add_version(img, (arc_version){.page = p.page_number,
-                                        .frame = frame,
-                                        .op = V_WRITE,
-                                        .encoding = (uint8_t)p.encoding,
-                                        .hash = p.hash,
-                                        .contents = dst});
+    rc = take_page(img, &p, frame);
   }
   return rc;
 }
@@ -182,7 +265,7 @@ int arc_image_add_frame(arc_image *img, const replicate_frame *f,
   img->nframes++;
   rc = add_resize(img, n, info->before.pages, info->after.pages);
   if (rc == 0)
-    rc = take_pages(img, f, rec, n);
+    rc = take_pages(img, f, n);
   if (rc == 0)
     img->pos = rec->after;
   return rc;
@@ -191,40 +274,76 @@ int arc_image_add_frame(arc_image *img, const replicate_frame *f,
 /* ---------------------------------------------------------------------- */
 /* The base's stream: its stored bytes decompressed on demand. */
 
-/* Exactly len bytes of the base's image stream into dst. */
+/* The next piece of the base's stored payload (read ahead by a thread). */
+static int next_piece(arc_image *img)
+{
+  int rc = arc_ahead_next(img->src, &img->piece);
+  img->in_pos = 0;
+  if (rc != 0)
+    return arc_fail(img->a, rc, "%s", arc_ahead_error(img->src));
+  img->src_done = img->piece.len == 0;
+  return 0;
+}
+
+/* Exactly len bytes of the base's image stream into dst, decompressed (or
+ * copied) from the pieces as they come. */
 static int stream_read(arc_image *img, uint8_t *dst, size_t len)
 {
-  if (!img->zstd) {
-    if (img->stored.len - img->in_pos < len)
-      return REPLICATE_EARCHIVE_OBJECT;
-    memcpy(dst, img->stored.data + img->in_pos, len);
-    img->in_pos += len;
-    return 0;
-  }
   ZSTD_outBuffer out = {dst, len, 0};
   while (out.pos < out.size) {
-    ZSTD_inBuffer in = {img->stored.data, img->stored.len, img->in_pos};
-    size_t was = out.pos;
-    size_t r = ZSTD_decompressStream(img->dctx, &out, &in);
-    bool stuck = in.pos == img->in_pos && out.pos == was;
+    if (img->in_pos == img->piece.len && !img->src_done) {
+      int rc = next_piece(img);
+      if (rc != 0)
+        return rc;
+      continue;
+    }
+    size_t was_in = img->in_pos, was_out = out.pos;
+    ZSTD_inBuffer in = {img->piece.data, img->piece.len, img->in_pos};
+    if (img->zstd) {
+      size_t r = ZSTD_decompressStream(img->dctx, &out, &in);
+      if (ZSTD_isError(r))
+        return REPLICATE_EARCHIVE_OBJECT;
+      img->zstd_left = r;
+    } else {
+      size_t n = in.size - in.pos < out.size - out.pos ? in.size - in.pos
+                                                        : out.size - out.pos;
+      memcpy((uint8_t *)out.dst + out.pos, (const uint8_t *)in.src + in.pos,
+             n);
+      in.pos += n;
+      out.pos += n;
+    }
     img->in_pos = in.pos;
-    if (ZSTD_isError(r) || stuck)
-      return REPLICATE_EARCHIVE_OBJECT;
-    img->zstd_left = r;
+    if (in.pos == was_in && out.pos == was_out)
+      return REPLICATE_EARCHIVE_OBJECT; /* the stream ends short */
   }
   return 0;
 }
 
-/* S4's first half: nothing after the stream's last page. */
+/* S4's first half: nothing after the stream's last page, and every piece
+ * read (the object's checksum and tag checked with the last). */
 static bool stream_ended(arc_image *img)
 {
-  if (!img->zstd)
-    return img->in_pos == img->stored.len;
-  uint8_t extra;
-  ZSTD_outBuffer out = {&extra, 1, 0};
-  ZSTD_inBuffer in = {img->stored.data, img->stored.len, img->in_pos};
-  size_t r = img->zstd_left ? ZSTD_decompressStream(img->dctx, &out, &in) : 0;
-  return !ZSTD_isError(r) && r == 0 && out.pos == 0 && in.pos == in.size;
+  for (;;) {
+    bool drained = img->in_pos == img->piece.len;
+    if (drained && !img->src_done) {
+      if (next_piece(img) != 0)
+        return false;
+      continue;
+    }
+    if (!img->zstd || (drained && img->zstd_left == 0))
+      return drained;
+    uint8_t extra;
+    ZSTD_outBuffer out = {&extra, 1, 0};
+    ZSTD_inBuffer in = {img->piece.data, img->piece.len, img->in_pos};
+    size_t r = ZSTD_decompressStream(img->dctx, &out, &in);
+    if (ZSTD_isError(r) || out.pos > 0)
+      return false;
+    bool moved = in.pos != img->in_pos || r != img->zstd_left;
+    img->in_pos = in.pos;
+    img->zstd_left = r;
+    if (!moved)
+      return drained && r == 0;
+  }
 }
 
 static int compare_versions(const void *x, const void *y)
@@ -246,22 +365,22 @@ static void plan_pages(arc_image *img)
       img->max_pages = img->frames[i].after.pages;
 }
 
-int arc_image_open_base(arc_image *img, replicate_buf *stored, bool zstd,
+int arc_image_open_base(arc_image *img, arc_ahead *src, bool zstd,
                         const char *key)
 {
-  img->stored = *stored;
-  *stored = (replicate_buf){0};
+  img->src = src;
   img->zstd = zstd;
   snprintf(img->base_key, sizeof img->base_key, "%s", key);
   if (zstd && (img->dctx = ZSTD_createDCtx()) == NULL)
     return ENOMEM;
   uint8_t header[LOOM_STREAM_HEADER];
   int rc = stream_read(img, header, sizeof header);
-  if (rc == 0 && loom_stream_header_decode(header, &img->base, &img->lineage))
-    rc = REPLICATE_EARCHIVE_OBJECT;
-  if (rc != 0)
-    return arc_fail(img->a, rc,
+  if (rc == REPLICATE_EARCHIVE_OBJECT ||
+      (rc == 0 && loom_stream_header_decode(header, &img->base, &img->lineage)))
+    return arc_fail(img->a, REPLICATE_EARCHIVE_OBJECT,
                     "object %s: the image stream inside is malformed", key);
+  if (rc != 0)
+    return rc;
   if (img->nframes > 0 &&
       (!loom_position_same(&img->frames[0].before, &img->base) ||
        img->frames[0].epoch < img->base.epoch)) /* S2 */
@@ -312,7 +431,9 @@ static int apply_version(arc_image *img, const arc_version *v, uint8_t *dst,
   }
   if (!st->exists)
     return page_fail(img, v->frame, v->page, REPLICATE_EPOSITION);
-  if (v->encoding == REPLICATE_PAGE_XOR)
+  if (v->runs > 0)
+    runs_apply(v, dst);
+  else if (v->encoding == REPLICATE_PAGE_XOR)
     frame_page_xor_into(dst, v->contents);
   else
     memcpy(dst, v->contents, LOOM_PAGE_SIZE);
@@ -334,8 +455,8 @@ static int make_pages(arc_image *img, uint64_t first, uint64_t k, uint8_t *buf,
           ? (img->base.pages - first < k ? img->base.pages - first : k)
           : 0;
   int rc = stream_read(img, buf, (size_t)(from_base * LOOM_PAGE_SIZE));
-  if (rc != 0)
-    return arc_fail(img->a, REPLICATE_EARCHIVE_OBJECT,
+  if (rc == REPLICATE_EARCHIVE_OBJECT)
+    return arc_fail(img->a, rc,
                     "object %s: the image stream inside is truncated or "
                     "damaged (page %" PRIu64 ")",
                     img->base_key, first);
@@ -413,19 +534,24 @@ int arc_image_write(arc_image *img, const char *dir, const struct loom_io *io)
 uint64_t arc_image_memory(const arc_image *img)
 {
   return img->frame_bytes + img->nversions * sizeof *img->versions +
-         img->nframes * sizeof *img->frames + img->stored.len +
+         img->nframes * sizeof *img->frames +
+         (ARC_AHEAD_DEPTH + 2) * (uint64_t)ARC_PIECE_BYTES +
          2 * (uint64_t)LOOM_IMPORT_CHUNK_PAGES * LOOM_PAGE_SIZE +
          img->pos.pages * sizeof(uint64_t);
 }
 
 void arc_image_free(arc_image *img)
 {
-  for (size_t i = 0; i < img->nframes; i++)
-    free(img->frames[i].pages);
+  while (img->blocks != NULL) {
+    struct arc_run_block *b = img->blocks;
+    img->blocks = b->next;
+    free(b);
+  }
   free(img->frames);
   free(img->versions);
   free(img->objects);
-  replicate_buf_free(&img->stored);
+  arc_ahead_stop(img->src);
+  replicate_buf_free(&img->piece);
   ZSTD_freeDCtx(img->dctx);
   memset(img, 0, sizeof *img);
 }

@@ -68,6 +68,7 @@ struct replicate_archive {
   arc_keys keys;
   bool have_id;
   uint8_t id[ARC_ID_SIZE];
+  uint64_t restore_memory; /* replicate_archive_restore_memory */
   char error[768];
 };
 
@@ -120,6 +121,36 @@ int arc_get(replicate_archive *a, const char *key, arc_header *h,
  * check made (the tag and the checksum cover the stored bytes). */
 int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
                    replicate_buf *stored);
+/* An object read in pieces, for one too large to hold (a restore's base):
+ * arc_pieces_open reads its first piece (ranged GETs of piece bytes, from
+ * the object's size in the listing) and makes the checks its header
+ * allows (1, 2, 4, 5, 7); each arc_pieces_next replaces *out (freed) with
+ * the next piece of the stored payload, decrypted (len 0: the end, after
+ * checks 3 and 6 passed: the XXH3 over everything read, the tag). Every
+ * error is REPLICATE_EARCHIVE_* or the store's, with arc_pieces_error
+ * naming the object; a bad object found at the end has already handed out
+ * its bytes: the caller discards what it made of them. Uses a's store and
+ * keys and nothing else of a (another thread may use it meanwhile, not
+ * the store). */
+typedef struct arc_pieces arc_pieces;
+int arc_pieces_open(replicate_archive *a, const char *key, uint64_t size,
+                    size_t piece, arc_header *h, arc_pieces **out);
+int arc_pieces_next(arc_pieces *p, replicate_buf *out);
+const char *arc_pieces_error(const arc_pieces *p);
+void arc_pieces_close(arc_pieces *p);
+/* A restore's base read ahead (archive_stream.c): a thread reading the
+ * pieces of src (taken: closed by arc_ahead_stop) up to ARC_AHEAD_DEPTH
+ * ahead of arc_ahead_next, which replaces *out (freed) with the next one
+ * (len 0: the end, every check passed) or returns src's error
+ * (arc_ahead_error names the object). Without a thread (pthread_create
+ * failed), arc_ahead_next reads the piece itself. */
+#define ARC_PIECE_BYTES ((size_t)4 << 20) /* a restore's ranged GETs */
+#define ARC_AHEAD_DEPTH 2u
+typedef struct arc_ahead arc_ahead;
+int arc_ahead_start(arc_pieces *src, arc_ahead **out);
+int arc_ahead_next(arc_ahead *ah, replicate_buf *out);
+const char *arc_ahead_error(const arc_ahead *ah);
+void arc_ahead_stop(arc_ahead *ah);
 /* Puts an object (sealed with a's keys and id). */
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags);
@@ -151,14 +182,16 @@ typedef struct arc_image {
   size_t nversions, versions_cap, next_version;
   char (*objects)[ARC_KEY_MAX]; /* the segments' keys */
   size_t nobjects, objects_cap;
-  uint64_t frame_bytes;  /* the frames' pages, copied */
+  struct arc_run_block *blocks; /* the frames' pages, as runs */
+  uint64_t frame_bytes;  /* the blocks' bytes */
   loom_position base;    /* the base's stream header */
   loom_position pos;     /* the target: the last frame's after, or base */
   loom_lineage lineage;
   uint64_t max_pages;    /* the most pages at any seq on the way */
   uint64_t base_sum;     /* the base's page hashes, as read */
-  replicate_buf stored;  /* the base's payload as stored (decrypted) */
-  bool zstd;
+  struct arc_ahead *src; /* the base's stored payload, read ahead */
+  replicate_buf piece;    /* the piece being decompressed */
+  bool src_done, zstd;
   size_t in_pos, zstd_left;
   struct ZSTD_DCtx_s *dctx;
   char base_key[ARC_KEY_MAX];
@@ -171,12 +204,12 @@ void arc_image_init(arc_image *img, replicate_archive *a);
  * copied. ENOMEM. The caller names key in its error. */
 int arc_image_add_frame(arc_image *img, const replicate_frame *f,
                         const char *key);
-/* Takes the base's payload *stored (as stored, decrypted: zstd-compressed
- * when zstd; *stored is emptied), reads its stream header and checks that
- * the first frame taken starts at it: 0, REPLICATE_EARCHIVE_OBJECT,
- * REPLICATE_EPOSITION, ENOMEM, with a->error naming the object. Then
- * img->pos is the target's position. */
-int arc_image_open_base(arc_image *img, replicate_buf *stored, bool zstd,
+/* Takes src (the base's stored payload read ahead: zstd-compressed when
+ * zstd; stopped by arc_image_free), reads the stream header and checks
+ * that the first frame taken starts at it: 0, REPLICATE_EARCHIVE_OBJECT,
+ * REPLICATE_EPOSITION, the store's errors, ENOMEM, with a->error naming
+ * the object. Then img->pos is the target's position. */
+int arc_image_open_base(arc_image *img, struct arc_ahead *src, bool zstd,
                         const char *key);
 /* Streams the image at img->pos into the new directory dir
  * (loom_store_create_from_pages): the base's pages decompressed and each

@@ -267,19 +267,22 @@ static int find_key(const arc_keys *keys, uint32_t id)
   return -1;
 }
 
-/* Checks 1-5 of docs/ARCHIVE.md on obj[0, len): *k the reader's key that
- * opens it, -1 for plaintext. */
-static int unseal_check(const arc_keys *keys, const uint8_t *archive_id,
-                        const uint8_t *p, size_t len, arc_header *h, int *k)
+/* Checks 1 and 2 of docs/ARCHIVE.md on an object of size bytes whose
+ * first ARC_HEADER bytes are p (size at least that); fills *h. */
+static int header_ok(const uint8_t *p, uint64_t size, arc_header *h)
 {
-  *k = -1;
-  if (len < ARC_HEADER || memcmp(p, ARC_MAGIC, 8) != 0 ||
+  if (size < ARC_HEADER || memcmp(p, ARC_MAGIC, 8) != 0 ||
       arc_get32(p + 8) != ARC_VERSION)
     return REPLICATE_EARCHIVE_OBJECT;
   header_read(p, h);
-  if (h->stored_len != len - ARC_HEADER ||
-      arc_get64(p + ARC_OFF_CHECKSUM) != object_checksum(p, len))
-    return REPLICATE_EARCHIVE_OBJECT;
+  return h->stored_len == size - ARC_HEADER ? 0 : REPLICATE_EARCHIVE_OBJECT;
+}
+
+/* Checks 4 and 5: *k the reader's key that opens it, -1 for plaintext. */
+static int reader_ok(const arc_keys *keys, const uint8_t *archive_id,
+                     const arc_header *h, int *k)
+{
+  *k = -1;
   if (archive_id != NULL && memcmp(h->archive_id, archive_id, ARC_ID_SIZE))
     return REPLICATE_EARCHIVE_FOREIGN;
   bool enc = h->flags & ARC_FLAG_ENCRYPTED;
@@ -292,6 +295,17 @@ static int unseal_check(const arc_keys *keys, const uint8_t *archive_id,
   if (*k < 0 || h->stored_len < ARC_TAG)
     return REPLICATE_EARCHIVE_KEY;
   return 0;
+}
+
+/* Checks 1-5 on obj[0, len). */
+static int unseal_check(const arc_keys *keys, const uint8_t *archive_id,
+                        const uint8_t *p, size_t len, arc_header *h, int *k)
+{
+  *k = -1;
+  if (len < ARC_HEADER || header_ok(p, len, h) != 0 ||
+      arc_get64(p + ARC_OFF_CHECKSUM) != object_checksum(p, len))
+    return REPLICATE_EARCHIVE_OBJECT;
+  return reader_ok(keys, archive_id, h, k);
 }
 
 int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
@@ -565,6 +579,203 @@ int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
                    replicate_buf *stored)
 {
   return get_with(a, key, h, stored, unseal_keep);
+}
+
+/* ---------------------------------------------------------------------- */
+/* An object read in pieces (arc_pieces_*): ranged GETs; each piece hashed
+ * into the object's XXH3 and decrypted as it comes; the checksum and the
+ * tag checked once the last piece came. */
+
+struct arc_pieces {
+  objstore *store;
+  const arc_keys *keys;
+  char key[ARC_KEY_MAX];
+  uint64_t size, off;   /* the object's size; the next offset to read */
+  uint64_t payload_end; /* where the tag starts (size when plaintext) */
+  size_t piece;         /* bytes per GET */
+  uint64_t checksum;    /* the header's */
+  uint8_t tag[ARC_TAG];
+  XXH3_state_t *xxh;
+  EVP_CIPHER_CTX *evp; /* NULL: plaintext */
+  replicate_buf first; /* the first piece's payload, handed out first */
+  char error[512];
+};
+
+static int pieces_fail(arc_pieces *p, int rc, const char *what)
+{
+  snprintf(p->error, sizeof p->error, "object %s %s", p->key, what);
+  return rc;
+}
+
+/* The bytes [at, at + n) of the stored payload (offsets in the object):
+ * hashed, the payload's decrypted in place, the tag's kept; *out_len the
+ * payload bytes among them. */
+static int pieces_take(arc_pieces *p, uint8_t *d, size_t n, uint64_t at,
+                       size_t *out_len)
+{
+  XXH3_64bits_update(p->xxh, d, n);
+  size_t m = at >= p->payload_end ? 0
+             : p->payload_end - at < n ? (size_t)(p->payload_end - at)
+                                       : n;
+  if (m < n)
+    memcpy(p->tag + (at + m - p->payload_end), d + m, n - m);
+  int outl = 0;
+  if (p->evp != NULL && m > 0 &&
+      !EVP_DecryptUpdate(p->evp, d, &outl, d, (int)m))
+    return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT, "could not be decrypted");
+  *out_len = m;
+  return 0;
+}
+
+static int pieces_get(arc_pieces *p, uint64_t end, uint8_t **d, size_t *n)
+{
+  void *data = NULL;
+  int rc = objstore_get_range(p->store, p->key, p->off, (size_t)(end - p->off),
+                              &data, n);
+  if (rc == 0 && *n != end - p->off) {
+    free(data);
+    return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT,
+                       "is shorter than its listing says");
+  }
+  if (rc != 0)
+    return pieces_fail(p, rc, objstore_last_error(p->store));
+  *d = data;
+  return 0;
+}
+
+/* The header's checks that need no more than the header (1, 2, 4, 5, 7);
+ * the cipher and the hash started. */
+static int pieces_start(arc_pieces *p, const uint8_t *archive_id,
+                        const uint8_t *hd, arc_header *h)
+{
+  arc_name name;
+  int k;
+  if (arc_key_parse(p->key, &name) != 0 || header_ok(hd, p->size, h) != 0)
+    return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT, unseal_text(
+                                                         REPLICATE_EARCHIVE_OBJECT));
+  int rc = reader_ok(p->keys, archive_id, h, &k);
+  if (rc != 0)
+    return pieces_fail(p, rc, unseal_text(rc));
+  if (!header_matches(h, &name))
+    return pieces_fail(p, REPLICATE_EARCHIVE_FOREIGN,
+                       "holds another position than its key names");
+  p->checksum = arc_get64(hd + ARC_OFF_CHECKSUM);
+  p->payload_end = p->size - (k >= 0 ? ARC_TAG : 0);
+  if ((p->xxh = XXH3_createState()) == NULL)
+    return ENOMEM;
+  XXH3_64bits_reset(p->xxh);
+  XXH3_64bits_update(p->xxh, hd, ARC_OFF_CHECKSUM);
+  if (k < 0)
+    return 0;
+  if ((p->evp = EVP_CIPHER_CTX_new()) == NULL)
+    return ENOMEM;
+  int outl;
+  bool ok =
+      EVP_DecryptInit_ex(p->evp, EVP_aes_256_gcm(), NULL, NULL, NULL) &&
+      EVP_CIPHER_CTX_ctrl(p->evp, EVP_CTRL_GCM_SET_IVLEN, ARC_NONCE, NULL) &&
+      EVP_DecryptInit_ex(p->evp, NULL, NULL, p->keys->key[k], h->nonce) &&
+      EVP_DecryptUpdate(p->evp, NULL, &outl, hd, ARC_OFF_CHECKSUM);
+  return ok ? 0 : pieces_fail(p, REPLICATE_EARCHIVE_OBJECT,
+                              "could not be decrypted");
+}
+
+/* The end of the range starting at p->off: a piece, or the rest when
+ * less than a tag would be left after it. */
+static uint64_t pieces_end(const arc_pieces *p)
+{
+  uint64_t end = p->size - p->off > p->piece ? p->off + p->piece : p->size;
+  return p->size - end < ARC_TAG ? p->size : end;
+}
+
+int arc_pieces_open(replicate_archive *a, const char *key, uint64_t size,
+                    size_t piece, arc_header *h, arc_pieces **out)
+{
+  *out = NULL;
+  arc_pieces *p = calloc(1, sizeof *p);
+  if (p == NULL)
+    return ENOMEM;
+  *out = p;
+  p->store = a->store;
+  p->keys = &a->keys;
+  p->size = size;
+  p->piece = piece > ARC_HEADER + ARC_TAG ? piece : ARC_HEADER + ARC_TAG;
+  snprintf(p->key, sizeof p->key, "%s", key);
+  if (size < ARC_HEADER)
+    return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT,
+                       unseal_text(REPLICATE_EARCHIVE_OBJECT));
+  uint8_t *d = NULL;
+  size_t n = 0, m = 0;
+  int rc = pieces_get(p, pieces_end(p), &d, &n);
+  if (rc == 0)
+    rc = pieces_start(p, a->have_id ? a->id : NULL, d, h);
+  if (rc == 0)
+    rc = pieces_take(p, d + ARC_HEADER, n - ARC_HEADER, ARC_HEADER, &m);
+  if (rc == 0) {
+    memmove(d, d + ARC_HEADER, m);
+    p->first = (replicate_buf){.data = d, .len = m, .cap = n};
+    p->off = n;
+    d = NULL;
+  }
+  free(d);
+  return rc;
+}
+
+/* The end: the checksum over everything read, then the tag. */
+static int pieces_finish(arc_pieces *p)
+{
+  if (XXH3_64bits_digest(p->xxh) != p->checksum)
+    return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT,
+                       unseal_text(REPLICATE_EARCHIVE_OBJECT));
+  uint8_t last[16];
+  int outl = 0;
+  if (p->evp != NULL &&
+      (!EVP_CIPHER_CTX_ctrl(p->evp, EVP_CTRL_GCM_SET_TAG, ARC_TAG, p->tag) ||
+       EVP_DecryptFinal_ex(p->evp, last, &outl) <= 0))
+    return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT,
+                       unseal_text(REPLICATE_EARCHIVE_OBJECT));
+  return 0;
+}
+
+int arc_pieces_next(arc_pieces *p, replicate_buf *out)
+{
+  replicate_buf_free(out);
+  if (p->first.data != NULL) {
+    *out = p->first;
+    p->first = (replicate_buf){0};
+    if (out->len > 0)
+      return 0;
+    replicate_buf_free(out);
+  }
+  while (p->off < p->size) {
+    uint8_t *d = NULL;
+    size_t n = 0, m = 0;
+    int rc = pieces_get(p, pieces_end(p), &d, &n);
+    if (rc == 0)
+      rc = pieces_take(p, d, n, p->off, &m);
+    if (rc != 0) {
+      free(d);
+      return rc;
+    }
+    p->off += n;
+    if (m > 0) {
+      *out = (replicate_buf){.data = d, .len = m, .cap = n};
+      return 0;
+    }
+    free(d); /* the tag alone */
+  }
+  return pieces_finish(p);
+}
+
+const char *arc_pieces_error(const arc_pieces *p) { return p->error; }
+
+void arc_pieces_close(arc_pieces *p)
+{
+  if (p == NULL)
+    return;
+  replicate_buf_free(&p->first);
+  XXH3_freeState(p->xxh);
+  EVP_CIPHER_CTX_free(p->evp);
+  free(p);
 }
 
 int arc_put(replicate_archive *a, arc_header *h, const char *key,

@@ -200,19 +200,59 @@ typedef struct restorer {
   loom_history history; /* of the frames read */
   char history_key[ARC_KEY_MAX];
   loom_position pos; /* after the last frame taken (seq: the base's first) */
+  char base_key[ARC_KEY_MAX]; /* once open_base succeeded */
 } restorer;
 
-/* The base, once the frames are taken: its stored payload read and
- * checked (R1's id, the key, the tag), its stream header read; the
- * image's pages are made later, while they are written. */
+/* Whether rc, found while the base was read in pieces, may come from a
+ * damaged base whose checksum or tag (checked at its end) would have
+ * refused it first. */
+static bool pieces_may_lie(int rc)
+{
+  return rc == REPLICATE_EARCHIVE_OBJECT || rc == REPLICATE_EARCHIVE_FOREIGN ||
+         rc == REPLICATE_EARCHIVE_KEY || rc == REPLICATE_EPAGE_HASH ||
+         rc == REPLICATE_EAFTER_CHECKSUM || rc == REPLICATE_EPOSITION;
+}
+
+/* Why the base o cannot be used, once reading it in pieces failed with
+ * rc: the refusal a whole read gives (the checks in docs/ARCHIVE.md's
+ * order: a damaged header is EARCHIVE_OBJECT before it is FOREIGN), else
+ * rc with its own message (the store failed, or the image inside is
+ * wrong). Only on this error path is the base held whole. */
+static int base_refusal(restorer *r, const char *key, int rc)
+{
+  char why[sizeof r->a->error];
+  snprintf(why, sizeof why, "%s", r->a->error);
+  arc_header h;
+  replicate_buf b = {0};
+  int whole = arc_get_stored(r->a, key, &h, &b);
+  replicate_buf_free(&b);
+  if (whole != 0 && whole != REPLICATE_ESTORE)
+    return whole;
+  snprintf(r->a->error, sizeof r->a->error, "%s", why);
+  return rc;
+}
+
+/* The base, once the frames are taken: its header read and checked (R1's
+ * id, the key), a thread started that reads the rest ahead in pieces
+ * (hashed, decrypted; the checksum and the tag checked at the end), and
+ * the image stream's header read; its pages are made later, while they
+ * are written. */
 static int open_base(restorer *r, const arc_obj *o)
 {
   arc_header h;
-  replicate_buf b = {0};
-  int rc = arc_get_stored(r->a, o->key, &h, &b);
+  arc_pieces *pieces = NULL;
+  arc_ahead *ahead = NULL;
+  int rc = arc_pieces_open(r->a, o->key, o->size, ARC_PIECE_BYTES, &h, &pieces);
+  if (rc != 0) {
+    arc_fail(r->a, rc, "%s", arc_pieces_error(pieces));
+    arc_pieces_close(pieces);
+    return pieces_may_lie(rc) ? base_refusal(r, o->key, rc) : rc;
+  }
+  rc = arc_ahead_start(pieces, &ahead);
   if (rc == 0)
-    rc = arc_image_open_base(&r->img, &b, h.flags & ARC_FLAG_ZSTD, o->key);
-  replicate_buf_free(&b);
+    rc = arc_image_open_base(&r->img, ahead, h.flags & ARC_FLAG_ZSTD, o->key);
+  else
+    arc_fail(r->a, rc, "object %s: %s", o->key, strerror(rc));
   if (rc == 0 && (r->img.base.seq != o->name.first_seq ||
                   r->img.base.epoch != h.epoch))
     rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
@@ -224,8 +264,12 @@ static int open_base(restorer *r, const arc_obj *o)
     rc = arc_fail(r->a, REPLICATE_EARCHIVE_FOREIGN,
                   "object %s is of another history than the base %s",
                   r->history_key, o->key);
-  if (rc == 0)
+  if (rc == 0) {
     r->pos = r->img.pos;
+    snprintf(r->base_key, sizeof r->base_key, "%s", o->key);
+  } else if (pieces_may_lie(rc)) {
+    rc = base_refusal(r, o->key, rc);
+  }
   return rc;
 }
 
@@ -603,10 +647,13 @@ int replicate_archive_restore(replicate_archive *a,
   if (rc == 0 && (rc = arc_image_write(&r.img, work, a->io)) != 0 &&
       a->error[0] == '\0')
     arc_fail(a, rc, "%s: writing the image: %s", work, replicate_strerror(rc));
+  if (rc != 0 && r.base_key[0] != '\0' && pieces_may_lie(rc))
+    rc = base_refusal(&r, r.base_key, rc); /* a damaged base names itself */
   if (rc == 0)
     rc = publish(a, out_dir);
   if (rc == 0)
     *restored = r.img.pos;
+  a->restore_memory = arc_image_memory(&r.img);
   replicate_decoder_free(r.dec);
   arc_image_free(&r.img);
   free(el.items);
@@ -616,6 +663,11 @@ int replicate_archive_restore(replicate_archive *a,
   if (rc != 0 && made)
     rmdir(out_dir);
   return rc;
+}
+
+uint64_t replicate_archive_restore_memory(const replicate_archive *a)
+{
+  return a->restore_memory;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -143,6 +143,18 @@ int objstore_get(objstore *store, const char *key, size_t max_len,
   return store->backend->get(store, key, max_len, data, len);
 }
 
+int objstore_get_range(objstore *store, const char *key, uint64_t offset,
+                       size_t len, void **data, size_t *got)
+{
+  *data = NULL;
+  *got = 0;
+  if (!key_ok(key)) return bad_key(store, key);
+  if (len == 0) return REPLICATE_EINVAL;
+  int rc = announce(store, "get", key);
+  if (rc != 0) return rc;
+  return store->backend->get_range(store, key, offset, len, data, got);
+}
+
 int objstore_list(objstore *store, const char *prefix, objstore_each_fn each,
                   void *ctx)
 {

@@ -19,9 +19,9 @@
  * Keys are relative to the PREFIX (or DIR): "bases/00000001/...". A key is
  * 1-512 bytes of [A-Za-z0-9._/-], never starting with '/' and with no "..".
  *
- * Every object is put whole and read whole: the archive's objects are
- * self-checking (docs/ARCHIVE.md), so the store is only asked to keep
- * bytes. Large puts (over objstore_options.multipart_bytes) go as S3
+ * Every object is put whole and read whole, or in ranges
+ * (objstore_get_range): the archive's objects are self-checking
+ * (docs/ARCHIVE.md), so the store is only asked to keep bytes. Large puts (over objstore_options.multipart_bytes) go as S3
  * multipart uploads. Transient failures (unreachable, 5xx, 503 SlowDown
  * with Retry-After) are retried with backoff up to the options' limits
  * before an error is returned; 403 and 404 are never retried.
@@ -110,6 +110,14 @@ int objstore_put(objstore *store, const char *key, const void *data,
  * one larger than max_len (REPLICATE_ESTORE; 0: no limit). */
 int objstore_get(objstore *store, const char *key, size_t max_len,
                  void **data, size_t *len);
+
+/* Reads bytes [offset, offset + len) of an object into *data (malloc'd,
+ * the caller frees): *got is len, or less only where the object ends
+ * (S3: a GET with a Range header, retried like any GET). For reading a
+ * large object in pieces (a restore streams its base this way). An
+ * offset at or past the end: REPLICATE_ESTORE (S3's 416). */
+int objstore_get_range(objstore *store, const char *key, uint64_t offset,
+                       size_t len, void **data, size_t *got);
 
 /* Calls each(ctx, key, size) for every key under prefix, in ascending
  * byte order of keys; a non-zero return from each stops the listing and

@@ -20,6 +20,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -227,6 +228,50 @@ static int file_get(objstore *s, const char *key, size_t max_len, void **data,
   return 0;
 }
 
+static int file_get_range(objstore *s, const char *key, uint64_t offset,
+                          size_t len, void **data, size_t *got)
+{
+  s->stats.gets++;
+  int rc = check_root(s, "GET", key);
+  char *path = rc == 0 ? key_path(s, key) : NULL;
+  if (rc == 0 && path == NULL)
+    return ENOMEM;
+  int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+  free(path);
+  if (rc != 0)
+    return rc;
+  if (fd < 0)
+    return objstore_fail(s, errno == ENOENT ? REPLICATE_ESTORE_MISSING : errno,
+                         "GET %s/%s: %s", s->url, key, strerror(errno));
+  char *buf = malloc(len);
+  size_t n = 0;
+  rc = buf ? 0 : ENOMEM;
+  while (rc == 0 && n < len) {
+    ssize_t r = pread(fd, buf + n, len - n, (off_t)(offset + n));
+    if (r < 0 && errno != EINTR)
+      rc = errno;
+    else if (r == 0)
+      break;
+    else if (r > 0)
+      n += (size_t)r;
+  }
+  close(fd);
+  if (rc == 0 && n == 0)
+    rc = objstore_fail(s, REPLICATE_ESTORE,
+                       "GET %s/%s: nothing at offset %" PRIu64, s->url, key,
+                       offset);
+  else if (rc != 0)
+    objstore_fail(s, rc, "GET %s/%s: %s", s->url, key, strerror(rc));
+  if (rc != 0) {
+    free(buf);
+    return rc;
+  }
+  *data = buf;
+  *got = n;
+  s->stats.bytes_down += n;
+  return 0;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Listing: the keys under a prefix, gathered recursively, then sorted. */
 
@@ -371,6 +416,7 @@ static void file_close(objstore *s)
 static const struct objstore_backend file_backend = {
     .put = file_put,
     .get = file_get,
+    .get_range = file_get_range,
     .list = file_list,
     .del = file_delete,
     .close = file_close,

@@ -17,6 +17,8 @@ struct objstore_backend {
              unsigned flags);
   int (*get)(objstore *s, const char *key, size_t max_len, void **data,
              size_t *len);
+  int (*get_range)(objstore *s, const char *key, uint64_t offset, size_t len,
+                   void **data, size_t *got);
   int (*list)(objstore *s, const char *prefix, objstore_each_fn each,
               void *ctx);
   int (*del)(objstore *s, const char *key);

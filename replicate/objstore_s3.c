@@ -988,6 +988,33 @@ static int s3_get(objstore *store, const char *key, size_t max_len, void **data,
   return rc;
 }
 
+static int s3_get_range(objstore *store, const char *key, uint64_t offset,
+                        size_t len, void **data, size_t *got)
+{
+  s3_store *s = s3_of(store);
+  char *obj = object_name(s, key);
+  char range[64];
+  snprintf(range, sizeof range, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
+           offset + len - 1);
+  if (obj == NULL)
+    return ENOMEM;
+  s3_request rq = {"GET", obj, NULL, NULL, 0, range, len,
+                   &s->base.stats.gets};
+  s3_answer an = {0};
+  int rc = s3_do(s, &rq, NULL, &an);
+  if (rc == 0 && an.body == NULL && (an.body = malloc(1)) == NULL)
+    rc = ENOMEM;
+  if (rc == 0) {
+    *data = an.body;
+    *got = an.len;
+    s->base.stats.bytes_down += an.len;
+  } else {
+    answer_free(&an);
+  }
+  free(obj);
+  return rc;
+}
+
 static int s3_delete(objstore *store, const char *key)
 {
   s3_store *s = s3_of(store);
@@ -1125,6 +1152,7 @@ static void s3_cancel(objstore *store)
 static const struct objstore_backend s3_backend = {
     .put = s3_put,
     .get = s3_get,
+    .get_range = s3_get_range,
     .list = s3_list,
     .del = s3_delete,
     .close = s3_close,
