@@ -73,10 +73,9 @@ struct arc_frame_rec {
  * is mostly zeros, and a restore of 10,000 commits carries GiBs of them
  * decoded (docs/BENCHMARKS.md 13), so each version keeps only its
  * non-zero stretches, [2-byte offset, 2-byte length, the bytes] each
- * (stretches fewer than RUN_GAP zero bytes apart merged), or the whole
- * page where that is not shorter. They are stored in blocks of
+ * (stretches with no all-zero 8-byte word between them merged), or the
+ * whole page where that is not shorter. They are stored in blocks of
  * RUN_BLOCK bytes (pointers into them stay valid). */
-#define RUN_GAP 8u
 #define RUN_BLOCK ((size_t)1 << 20)
 
 struct arc_run_block {
@@ -162,31 +161,47 @@ static uint8_t *runs_room(arc_image *img, size_t len)
   return at;
 }
 
-/* The non-zero stretches of page into out (at most LOOM_PAGE_SIZE bytes):
- * their length, or 0 when runs would not be shorter than the page. */
+/* w as loaded from memory, with its first byte the least significant
+ * (ctz/clz then count zero bytes from the first/last address). */
+static uint64_t le64(uint64_t w)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  return __builtin_bswap64(w);
+#else
+  return w;
+#endif
+}
+
+static uint64_t word_at(const uint8_t *page, size_t i)
+{
+  uint64_t w;
+  memcpy(&w, page + i, 8);
+  return w;
+}
+
+/* The non-zero stretches of page into out (at most LOOM_PAGE_SIZE bytes),
+ * found a word at a time (a run ends at an all-zero 8-byte word): their
+ * length, or 0 when runs would not be shorter than the page. */
 static size_t runs_encode(const uint8_t *page, uint8_t *out)
 {
   size_t len = 0;
-  for (size_t i = 0; i < LOOM_PAGE_SIZE;) {
-    if (page[i] == 0) {
-      i++;
+  for (size_t i = 0; i < LOOM_PAGE_SIZE; i += 8) {
+    uint64_t w = word_at(page, i);
+    if (w == 0)
       continue;
-    }
-    size_t end = i + 1, zeros = 0;
-    for (size_t j = end; j < LOOM_PAGE_SIZE && zeros < RUN_GAP; j++) {
-      zeros = page[j] ? 0 : zeros + 1;
-      if (page[j])
-        end = j + 1;
-    }
-    if (len + 4 + (end - i) >= LOOM_PAGE_SIZE)
+    size_t start = i + (size_t)__builtin_ctzll(le64(w)) / 8;
+    while (i + 8 < LOOM_PAGE_SIZE && (w = word_at(page, i + 8)) != 0)
+      i += 8;
+    size_t last = i + 8 - (size_t)__builtin_clzll(le64(word_at(page, i))) / 8;
+    size_t n = last - start;
+    if (len + 4 + n >= LOOM_PAGE_SIZE)
       return 0;
-    out[len] = (uint8_t)i;
-    out[len + 1] = (uint8_t)(i >> 8);
-    out[len + 2] = (uint8_t)(end - i);
-    out[len + 3] = (uint8_t)((end - i) >> 8);
-    memcpy(out + len + 4, page + i, end - i);
-    len += 4 + (end - i);
-    i = end;
+    out[len] = (uint8_t)start;
+    out[len + 1] = (uint8_t)(start >> 8);
+    out[len + 2] = (uint8_t)n;
+    out[len + 3] = (uint8_t)(n >> 8);
+    memcpy(out + len + 4, page + start, n);
+    len += 4 + n;
   }
   return len;
 }
@@ -538,6 +553,13 @@ uint64_t arc_image_memory(const arc_image *img)
          (ARC_AHEAD_DEPTH + 2) * (uint64_t)ARC_PIECE_BYTES +
          2 * (uint64_t)LOOM_IMPORT_CHUNK_PAGES * LOOM_PAGE_SIZE +
          img->pos.pages * sizeof(uint64_t);
+}
+
+void arc_image_stop_reading(arc_image *img)
+{
+  arc_ahead_stop(img->src);
+  img->src = NULL;
+  img->src_done = true;
 }
 
 void arc_image_free(arc_image *img)

@@ -220,6 +220,9 @@ int arc_image_write(arc_image *img, const char *dir, const struct loom_io *io);
 /* The bytes the restore holds (frames, index, stored base, the importer's
  * chunks and hash table): what a restore reports as its memory. */
 uint64_t arc_image_memory(const arc_image *img);
+/* Stops the thread reading the base (before the caller uses the store
+ * again). */
+void arc_image_stop_reading(arc_image *img);
 void arc_image_free(arc_image *img);
 
 static inline uint64_t arc_get64(const uint8_t *p)

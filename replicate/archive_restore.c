@@ -12,13 +12,16 @@
  *   R4 the base: the newest at or below the target; none at E (the target
  *      lies before E's first base) continues at E's parent, limited to E's
  *      branch point;
- *   R5 the base is taken into memory (every page hashed once), then the
- *      following frames, checked seq after seq (contiguous, one history,
- *      not coalesced), are applied to it in place (archive_image.c: each
- *      frame's before position, each page's hash, its after checksum);
- *      at the target the image is written once into a new directory
- *      (loom_store_create_from_stream, its meta last) inside out_dir, and
- *      moved into out_dir (O1-O4 below);
+ *   R5 the frames after the base up to the target are read and checked
+ *      seq after seq (contiguous, one history, not coalesced, each
+ *      starting where the last ended) and kept, indexed by page
+ *      (archive_image.c S1); then the base is opened (its header checked,
+ *      a thread reading it ahead in pieces) and the image is streamed
+ *      into a new directory inside out_dir (loom_store_create_from_pages):
+ *      chunk by chunk, the base's pages decompressed and every frame's
+ *      versions of them applied and checked (S2-S4: each page's hash, each
+ *      frame's after checksum, the base's sum, checksum and tag), its
+ *      meta last; then moved into out_dir (O1-O4 below);
  *   R6 a seq target must be reached exactly (a gap: REPLICATE_EARCHIVE_GAP;
  *      a missing frame: NOPOS); newest must reach the head's seq: an
  *      archive that claims a seq it cannot give is refused, not shortened.
@@ -220,6 +223,7 @@ static bool pieces_may_lie(int rc)
  * wrong). Only on this error path is the base held whole. */
 static int base_refusal(restorer *r, const char *key, int rc)
 {
+  arc_image_stop_reading(&r->img); /* the store is the thread's until now */
   char why[sizeof r->a->error];
   snprintf(why, sizeof why, "%s", r->a->error);
   arc_header h;
@@ -454,14 +458,14 @@ static int restore_epoch(restorer *r, const epoch_list *el, uint64_t epoch,
 /* The output directory
  *
  * The store is written in out_dir/REPLICATE_RESTORE_WORK_DIR (the work
- * directory) once the image in memory is at the target, and moved into
- * out_dir:
+ * directory) as the image is made, and moved into out_dir:
  *
  *   O1 out_dir is made, or found empty, or found holding an interrupted
  *      restore (no meta, a work directory whose lock nobody holds), which
  *      is cleared;
- *   O2 R4-R6 in memory; the image written into the work directory
- *      (loom_store_create_from_stream: fsynced, its meta last);
+ *   O2 R4-R6; the image streamed into the work directory
+ *      (loom_store_create_from_pages: fsynced, its meta last, only after
+ *      every check of S4 passed);
  *   O3 each of its files but the meta renamed into out_dir; fsync out_dir;
  *   O4 the meta renamed into out_dir (from here on out_dir opens at the
  *      target); fsync out_dir; the work directory removed; fsync out_dir

@@ -22,7 +22,8 @@
 
 struct arc_ahead {
   arc_pieces *src;
-  bool threaded;
+  bool synced;   /* mu and cv made */
+  bool threaded; /* the thread runs */
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -76,10 +77,14 @@ int arc_ahead_start(arc_pieces *src, arc_ahead **out)
     return ENOMEM;
   }
   ah->src = src;
-  if (pthread_mutex_init(&ah->mu, NULL) == 0 &&
-      pthread_cond_init(&ah->cv, NULL) == 0)
+  if (pthread_mutex_init(&ah->mu, NULL) != 0)
+    return 0; /* without the thread: read when asked (arc_ahead_next) */
+  ah->synced = pthread_cond_init(&ah->cv, NULL) == 0;
+  if (!ah->synced)
+    pthread_mutex_destroy(&ah->mu);
+  else
     ah->threaded = pthread_create(&ah->thread, NULL, ahead_run, ah) == 0;
-  return 0; /* without the thread: read when asked (arc_ahead_next) */
+  return 0;
 }
 
 int arc_ahead_next(arc_ahead *ah, replicate_buf *out)
@@ -120,8 +125,10 @@ void arc_ahead_stop(arc_ahead *ah)
     pthread_mutex_unlock(&ah->mu);
     pthread_join(ah->thread, NULL);
   }
-  pthread_cond_destroy(&ah->cv);
-  pthread_mutex_destroy(&ah->mu);
+  if (ah->synced) {
+    pthread_cond_destroy(&ah->cv);
+    pthread_mutex_destroy(&ah->mu);
+  }
   for (size_t i = 0; i < ARC_AHEAD_DEPTH; i++)
     replicate_buf_free(&ah->q[i]);
   arc_pieces_close(ah->src);
