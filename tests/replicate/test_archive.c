@@ -1001,6 +1001,51 @@ static void test_store_down_never_blocks(void **state)
   node_stop(&n);
 }
 
+/* Past the backlog's cap the log's hold moves past the dropped frames (a
+ * gap): a log without a byte cap of its own (a standby's receive log)
+ * stays bounded while the store is away. Segments of 1 KiB: a frame or
+ * two a segment. */
+static void test_backlog_cap_moves_hold(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  saves_and_drain(&n, 2);
+  replicate_archiver_stop(n.ar);
+  replicate_log *log;
+  replicate_log_options lo = {.segment_bytes = 1024, .max_bytes = UINT64_MAX};
+  assert_int_equal(replicate_log_open(n.dir, &lo, NULL, &log), 0);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.max_backlog_bytes = 4096;
+  o.log = log;
+  o.log_writer = true;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st),
+                   st.uploaded_seq == 2 && st.last_error[0] == '\0'),
+                  5000);
+  char moved[1100];
+  snprintf(moved, sizeof moved, "%s.away", n.arc_dir);
+  assert_int_equal(rename(n.arc_dir, moved), 0);
+  for (int i = 0; i < 40; i++)
+    node_save(&n);
+  replicate_archiver_status(n.ar, &st);
+  assert_true(st.gap);
+  assert_true(st.gap_last > 20);
+  assert_int_equal(replicate_log_retain(log, UINT64_MAX), 0);
+  replicate_log_stats ls;
+  replicate_log_get_stats(log, &ls);
+  assert_true(ls.oldest_seq > 3); /* the hold was at 3 (head 2) */
+  assert_true(ls.oldest_seq <= st.gap_last + 1);
+  assert_int_equal(rename(moved, n.arc_dir), 0);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  assert_restores_newest(&n);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(replicate_log_close(log), 0);
+  node_stop(&n);
+}
+
 /* The store down when the archiver starts: it says so, retries, and
  * writes the archive once the store is there. */
 static void test_store_down_at_start(void **state)
@@ -1261,6 +1306,7 @@ int main(void)
       cmocka_unit_test(test_fed_frames),
       cmocka_unit_test(test_base_again_after_lost_head),
       cmocka_unit_test(test_store_down_never_blocks),
+      cmocka_unit_test(test_backlog_cap_moves_hold),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),
