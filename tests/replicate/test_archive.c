@@ -1046,6 +1046,60 @@ static void test_backlog_cap_moves_hold(void **state)
   node_stop(&n);
 }
 
+/* The oldest seq log holds once retention may drop everything it is not
+ * held to keep. */
+static uint64_t oldest_kept(replicate_log *log)
+{
+  assert_int_equal(replicate_log_retain(log, UINT64_MAX), 0);
+  replicate_log_stats ls;
+  replicate_log_get_stats(log, &ls);
+  return ls.oldest_seq;
+}
+
+/* hold_after_stop (a standby about to exit whose drain did not finish):
+ * the stop leaves the log's hold at the uploaded seq + 1; without it the
+ * stop lifts the hold. */
+static void test_hold_after_stop(void **state)
+{
+  (void)state;
+  node n;
+  node_start(&n, false);
+  saves_and_drain(&n, 2);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  replicate_log *log;
+  replicate_log_options lo = {.segment_bytes = 1024, .max_bytes = UINT64_MAX};
+  assert_int_equal(replicate_log_open(n.dir, &lo, NULL, &log), 0);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.log = log;
+  o.log_writer = true;
+  o.hold_after_stop = true;
+  replicate_archiver *ar;
+  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
+  replicate_archive_status st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(ar, &st),
+                   st.uploaded_seq == 2 && st.last_error[0] == '\0'),
+                  5000);
+  char moved[1100];
+  snprintf(moved, sizeof moved, "%s.away", n.arc_dir);
+  assert_int_equal(rename(n.arc_dir, moved), 0);
+  n.ar = ar;
+  for (int i = 0; i < 10; i++)
+    node_save(&n);
+  n.ar = NULL;
+  assert_int_equal(replicate_archiver_drain(ar, 0.2), 0);
+  replicate_archiver_stop(ar);
+  assert_int_equal(oldest_kept(log), 3); /* held: 3-12 not uploaded */
+
+  o.hold_after_stop = false;
+  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
+  replicate_archiver_stop(ar);
+  assert_true(oldest_kept(log) > 3); /* lifted: only the newest segment */
+  assert_int_equal(rename(moved, n.arc_dir), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  node_stop(&n);
+}
+
 /* The store down when the archiver starts: it says so, retries, and
  * writes the archive once the store is there. */
 static void test_store_down_at_start(void **state)
@@ -1307,6 +1361,7 @@ int main(void)
       cmocka_unit_test(test_base_again_after_lost_head),
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_backlog_cap_moves_hold),
+      cmocka_unit_test(test_hold_after_stop),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),
