@@ -1001,34 +1001,52 @@ static void test_store_down_never_blocks(void **state)
   node_stop(&n);
 }
 
+/* A node archived up to seq 2, its archiver stopped, and a log of 1 KiB
+ * segments (a frame or two each) in its directory: the options of the next
+ * archiver, the log's only writer. */
+static replicate_archiver_options node_with_log(node *n, replicate_log **log)
+{
+  node_start(n, false);
+  saves_and_drain(n, 2);
+  replicate_archiver_stop(n->ar);
+  n->ar = NULL;
+  replicate_log_options lo = {.segment_bytes = 1024, .max_bytes = UINT64_MAX};
+  assert_int_equal(replicate_log_open(n->dir, &lo, NULL, log), 0);
+  replicate_archiver_options o = archiver_options(n, "node-1");
+  o.log = *log;
+  o.log_writer = true;
+  return o;
+}
+
+/* Once ar read the head (seq 2) again, the store is taken away (to away). */
+static void store_away_once_started(node *n, replicate_archiver *ar, char *away,
+                                    size_t size)
+{
+  replicate_archive_status st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(ar, &st),
+                   st.uploaded_seq == 2 && st.last_error[0] == '\0'),
+                  5000);
+  assert_int_equal(st.uploaded_seq, 2);
+  snprintf(away, size, "%s.away", n->arc_dir);
+  assert_int_equal(rename(n->arc_dir, away), 0);
+}
+
 /* Past the backlog's cap the log's hold moves past the dropped frames (a
  * gap): a log without a byte cap of its own (a standby's receive log)
- * stays bounded while the store is away. Segments of 1 KiB: a frame or
- * two a segment. */
+ * stays bounded while the store is away. */
 static void test_backlog_cap_moves_hold(void **state)
 {
   (void)state;
   node n;
-  node_start(&n, false);
-  saves_and_drain(&n, 2);
-  replicate_archiver_stop(n.ar);
   replicate_log *log;
-  replicate_log_options lo = {.segment_bytes = 1024, .max_bytes = UINT64_MAX};
-  assert_int_equal(replicate_log_open(n.dir, &lo, NULL, &log), 0);
-  replicate_archiver_options o = archiver_options(&n, "node-1");
+  replicate_archiver_options o = node_with_log(&n, &log);
   o.max_backlog_bytes = 4096;
-  o.log = log;
-  o.log_writer = true;
   assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
-  replicate_archive_status st;
-  TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st),
-                   st.uploaded_seq == 2 && st.last_error[0] == '\0'),
-                  5000);
   char moved[1100];
-  snprintf(moved, sizeof moved, "%s.away", n.arc_dir);
-  assert_int_equal(rename(n.arc_dir, moved), 0);
+  store_away_once_started(&n, n.ar, moved, sizeof moved);
   for (int i = 0; i < 40; i++)
     node_save(&n);
+  replicate_archive_status st;
   replicate_archiver_status(n.ar, &st);
   assert_true(st.gap);
   assert_true(st.gap_last > 20);
@@ -1063,26 +1081,13 @@ static void test_hold_after_stop(void **state)
 {
   (void)state;
   node n;
-  node_start(&n, false);
-  saves_and_drain(&n, 2);
-  replicate_archiver_stop(n.ar);
-  n.ar = NULL;
   replicate_log *log;
-  replicate_log_options lo = {.segment_bytes = 1024, .max_bytes = UINT64_MAX};
-  assert_int_equal(replicate_log_open(n.dir, &lo, NULL, &log), 0);
-  replicate_archiver_options o = archiver_options(&n, "node-1");
-  o.log = log;
-  o.log_writer = true;
+  replicate_archiver_options o = node_with_log(&n, &log);
   o.hold_after_stop = true;
   replicate_archiver *ar;
   assert_int_equal(replicate_archiver_start(&o, &ar), 0);
-  replicate_archive_status st;
-  TEST_WAIT_UNTIL((replicate_archiver_status(ar, &st),
-                   st.uploaded_seq == 2 && st.last_error[0] == '\0'),
-                  5000);
   char moved[1100];
-  snprintf(moved, sizeof moved, "%s.away", n.arc_dir);
-  assert_int_equal(rename(n.arc_dir, moved), 0);
+  store_away_once_started(&n, ar, moved, sizeof moved);
   n.ar = ar;
   for (int i = 0; i < 10; i++)
     node_save(&n);
