@@ -21,7 +21,10 @@
  *      before is lost); the received position moves to its after;
  *   4. answer OK with {received, applied}; the applier thread then reads
  *      it back from the log, applies it with replicate_frame_apply(), and
- *      trims the log (replicate_log_retain) behind the applied position.
+ *      trims the log (replicate_log_retain) behind the applied position,
+ *      but not past the log's hold: with on_received (an archiving
+ *      standby) the log keeps every frame from open on until the archiver
+ *      moves the hold to what it uploaded (receiver.h).
  *
  * GROUP APPLY (receiver_apply.c). When several frames wait in the receive
  * log, the applier merges them (replicate_coalescer_finish_frame, up to
