@@ -7,10 +7,11 @@
  * the frames' versions of them, in seq order, and the chunk written by
  * the importer's thread while the next one is made here.
  *
- * The memory is the frames (their pages, copied out of the segments, and
- * one index entry per page version or resize), the base's stored bytes as
- * read (arc_image_source), the importer's two 8 MiB chunks and its hash
- * table (8 bytes a page): not the image. arc_image_memory says how much.
+ * The memory is the frames (their pages' non-zero runs, copied out of the
+ * segments, and one index entry per page version or resize), the base's
+ * pieces in flight (archive_stream.c), the importer's two 8 MiB chunks
+ * and its hash table (8 bytes a page): not the image. arc_image_memory
+ * says how much.
  *
  * The checks are the ones replicate_frame_apply makes against a store,
  * made where each fact becomes known:
