@@ -69,6 +69,8 @@ struct replicate_archive {
   bool have_id;
   uint8_t id[ARC_ID_SIZE];
   uint64_t restore_memory; /* replicate_archive_restore_memory */
+  char *url;                        /* as opened (for another store) */
+  objstore_options store_options;   /* as opened; strings the caller's */
   char error[768];
 };
 
@@ -133,21 +135,31 @@ int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
  * keys and nothing else of a (another thread may use it meanwhile, not
  * the store). */
 typedef struct arc_pieces arc_pieces;
-int arc_pieces_open(replicate_archive *a, const char *key, uint64_t size,
-                    size_t piece, arc_header *h, arc_pieces **out);
+int arc_pieces_open(replicate_archive *a, objstore *store, const char *key,
+                    uint64_t size, size_t piece, arc_header *h,
+                    arc_pieces **out);
+/* Another store on the archive's URL and options (objstore_open: no
+ * request sent), for a thread of its own. */
+int arc_store_open_another(const replicate_archive *a, objstore **out);
 int arc_pieces_next(arc_pieces *p, replicate_buf *out);
 const char *arc_pieces_error(const arc_pieces *p);
 void arc_pieces_close(arc_pieces *p);
-/* A restore's base read ahead (archive_stream.c): a thread reading the
- * pieces of src (taken: closed by arc_ahead_stop) up to ARC_AHEAD_DEPTH
- * ahead of arc_ahead_next, which replaces *out (freed) with the next one
- * (len 0: the end, every check passed) or returns src's error
+/* A restore's base read ahead (archive_stream.c): arc_ahead_begin starts
+ * a thread that opens the object key (size bytes, from the listing) on a
+ * store of its own (arc_pieces_open) and reads its pieces up to
+ * ARC_AHEAD_DEPTH ahead, while the restore reads its segments on a's
+ * store. arc_ahead_header waits for the open: 0 and the header, or its
+ * error. arc_ahead_next replaces *out (freed) with the next piece (len 0:
+ * the end, every check passed) or returns the reader's error
  * (arc_ahead_error names the object). Without a thread (pthread_create
- * failed), arc_ahead_next reads the piece itself. */
+ * failed) the same happens when asked. arc_ahead_stop cancels a request
+ * in progress, joins the thread, closes its store. */
 #define ARC_PIECE_BYTES ((size_t)4 << 20) /* a restore's ranged GETs */
-#define ARC_AHEAD_DEPTH 2u
+#define ARC_AHEAD_DEPTH 4u
 typedef struct arc_ahead arc_ahead;
-int arc_ahead_start(arc_pieces *src, arc_ahead **out);
+int arc_ahead_begin(replicate_archive *a, const char *key, uint64_t size,
+                    arc_ahead **out);
+int arc_ahead_header(arc_ahead *ah, arc_header *h);
 int arc_ahead_next(arc_ahead *ah, replicate_buf *out);
 const char *arc_ahead_error(const arc_ahead *ah);
 void arc_ahead_stop(arc_ahead *ah);

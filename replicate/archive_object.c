@@ -687,15 +687,16 @@ static uint64_t pieces_end(const arc_pieces *p)
   return p->size - end < ARC_TAG ? p->size : end;
 }
 
-int arc_pieces_open(replicate_archive *a, const char *key, uint64_t size,
-                    size_t piece, arc_header *h, arc_pieces **out)
+int arc_pieces_open(replicate_archive *a, objstore *store, const char *key,
+                    uint64_t size, size_t piece, arc_header *h,
+                    arc_pieces **out)
 {
   *out = NULL;
   arc_pieces *p = calloc(1, sizeof *p);
   if (p == NULL)
     return ENOMEM;
   *out = p;
-  p->store = a->store;
+  p->store = store;
   p->keys = &a->keys;
   p->size = size;
   p->piece = piece > ARC_HEADER + ARC_TAG ? piece : ARC_HEADER + ARC_TAG;
@@ -858,6 +859,9 @@ int replicate_archive_open(const replicate_archive_options *o,
   a->io = o->io;
   if (o->key_file != NULL)
     rc = arc_keys_load(o->key_file, &a->keys, a->error, sizeof a->error);
+  if (rc == 0 && (a->url = strdup(o->url ? o->url : "")) == NULL)
+    rc = ENOMEM;
+  a->store_options = o->store;
   if (rc == 0) {
     rc = objstore_open(o->url, &o->store, &a->store);
     if (rc != 0)
@@ -873,8 +877,14 @@ void replicate_archive_close(replicate_archive *a)
   if (a == NULL)
     return;
   objstore_close(a->store);
+  free(a->url);
   memset(&a->keys, 0, sizeof a->keys);
   free(a);
+}
+
+int arc_store_open_another(const replicate_archive *a, objstore **out)
+{
+  return objstore_open(a->url, &a->store_options, out);
 }
 
 const char *replicate_archive_last_error(const replicate_archive *a)

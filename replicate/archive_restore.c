@@ -236,27 +236,21 @@ static int base_refusal(restorer *r, const char *key, int rc)
   return rc;
 }
 
-/* The base, once the frames are taken: its header read and checked (R1's
- * id, the key), a thread started that reads the rest ahead in pieces
- * (hashed, decrypted; the checksum and the tag checked at the end), and
- * the image stream's header read; its pages are made later, while they
- * are written. */
+/* The base, once the frames are taken: its header, read and checked
+ * (R1's id, the key) by the thread that reads the rest ahead in pieces
+ * (hashed, decrypted; the checksum and the tag checked at the end) since
+ * restore_from picked it; then the image stream's header; the image's
+ * pages are made later, while they are written. */
 static int open_base(restorer *r, const arc_obj *o)
 {
   arc_header h;
-  arc_pieces *pieces = NULL;
-  arc_ahead *ahead = NULL;
-  int rc = arc_pieces_open(r->a, o->key, o->size, ARC_PIECE_BYTES, &h, &pieces);
+  int rc = arc_ahead_header(r->img.src, &h);
   if (rc != 0) {
-    arc_fail(r->a, rc, "%s", arc_pieces_error(pieces));
-    arc_pieces_close(pieces);
+    arc_fail(r->a, rc, "%s", arc_ahead_error(r->img.src));
     return pieces_may_lie(rc) ? base_refusal(r, o->key, rc) : rc;
   }
-  rc = arc_ahead_start(pieces, &ahead);
-  if (rc == 0)
-    rc = arc_image_open_base(&r->img, ahead, h.flags & ARC_FLAG_ZSTD, o->key);
-  else
-    arc_fail(r->a, rc, "object %s: %s", o->key, strerror(rc));
+  rc = arc_image_open_base(&r->img, r->img.src, h.flags & ARC_FLAG_ZSTD,
+                           o->key);
   if (rc == 0 && (r->img.base.seq != o->name.first_seq ||
                   r->img.base.epoch != h.epoch))
     rc = arc_fail(r->a, REPLICATE_EARCHIVE_OBJECT,
@@ -385,7 +379,9 @@ static int restore_from(restorer *r, const plan *p, const arc_obj *base,
                         uint64_t limit)
 {
   r->pos = (loom_position){.seq = base->name.first_seq};
-  int rc = 0;
+  /* The base's GETs start now, on a store of their own, while the
+   * segments are read on the archive's. */
+  int rc = arc_ahead_begin(r->a, base->key, base->size, &r->img.src);
   bool stop = false;
   for (size_t i = 0; rc == 0 && !stop && i < p->n; i++) {
     const arc_obj *o = &p->objs[i];
