@@ -81,6 +81,7 @@ struct cli_standby_archive {
   replicate_receiver *rx; /* the server's, once known */
   bool closed;            /* no archiver any more */
   char position_file[4096]; /* DIR/replog/archive-position */
+  int start_rc;             /* the last failed start's, said once */
 };
 
 static void archive_log(void *ctx, const char *line) { cli_log(ctx, line); }
@@ -163,12 +164,22 @@ static void start_locked(cli_standby_archive *sa,
   o.position = st->received;
   replicate_receiver_lineage(sa->rx, &o.lineage);
   int rc = replicate_archiver_start(&o, &sa->ar);
-  if (rc) {
-    char line[700];
-    snprintf(line, sizeof line, "--archive %s: %s", o.access.url,
-             replicate_strerror(rc));
-    cli_log("standby", line);
-  }
+  int said = sa->start_rc;
+  sa->start_rc = rc;
+  if (rc == 0)
+    return;
+  /* No archiver holds the receive log now: lifted, or a store or key file
+   * gone bad would fill the disk with frames and stop the receipts. The
+   * next start finds the log short of its head: a base (a gap). */
+  replicate_log_hold(o.log, 0);
+  if (rc == said)
+    return;
+  char line[700];
+  snprintf(line, sizeof line,
+           "--archive %s: %s (retried; the receive log no longer keeps "
+           "frames for it: the archive takes a base once it starts)",
+           o.access.url, replicate_strerror(rc));
+  cli_log("standby", line);
 }
 
 void cli_standby_archive_tick(cli_standby_archive *sa, http_server *server)

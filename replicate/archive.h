@@ -272,7 +272,9 @@ typedef struct replicate_archiver_options {
                                    takes the frames after it from log into
                                    memory before anything resets the log
                                    (a log that ends a commit short of the
-                                   store is started afresh by its writer) */
+                                   store is started afresh by its writer);
+                                   an archiver fed frames (no store) reads
+                                   them from log at its first upload */
   bool hold_after_stop;             /* [false]: replicate_archiver_stop
                                    leaves log's hold at the uploaded seq + 1
                                    instead of lifting it (a standby about

@@ -18,7 +18,8 @@
  *   the hold moves past the dropped frames (queue_overflow). The hold is
  *   lifted when archiving stops for good, and by replicate_archiver_stop
  *   unless hold_after_stop (a standby: its receiver holds every frame
- *   from its open on, receiver.h, and its next start reads them back).
+ *   from its open on, receiver.h, and its next upload reads them back
+ *   from the log, from_log; an archiver fed frames loads nothing at start).
  *
  * THE THREAD, per wake-up (every interval_seconds, or at once for a
  * drain):
@@ -829,21 +830,37 @@ static int seg_add(replicate_buf *seg, const void *frame, size_t len)
   return 0;
 }
 
-/* Frames uploaded+1 .. from the replication log, while it has them. */
+/* The position after a frame, from its header. */
+static void frame_end(loom_position *last, const replicate_frame_info *info)
+{
+  *last = info->after;
+  last->epoch = info->epoch;
+  last->commit_time_ns = info->commit_time_ns;
+}
+
+/* Frames next .. stop - 1 from the replication log, while it has them
+ * and they are single commits of this archiver's epoch (an older epoch's
+ * frames before a standby's branch point belong to another archive: a
+ * base, W2); *last follows them. Returns the first seq not taken. */
 static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
-                         replicate_buf *seg)
+                         replicate_buf *seg, loom_position *last)
 {
   replicate_buf f = {0};
+  replicate_frame_info info;
   while (ar->o.log != NULL && next < stop &&
          replicate_log_read(ar->o.log, next, &f) == 0 &&
-         seg_add(seg, f.data, f.len) == 0)
+         replicate_frame_parse_header(f.data, f.len, NULL, &info) == 0 &&
+         info.kind == REPLICATE_KIND_COMMIT && info.epoch == ar->epoch &&
+         info.after.seq == next && seg_add(seg, f.data, f.len) == 0) {
+    frame_end(last, &info);
     next++;
+  }
   replicate_buf_free(&f);
   return next;
 }
 
-/* The segment's payload: the queued frames after uploaded, contiguous,
- * up to seq limit. */
+/* The segment's payload: the frames after uploaded, contiguous, up to seq
+ * limit: from the log up to the first queued one, then the queue. */
 static int gather(replicate_archiver *ar, replicate_buf *seg,
                   loom_position *last, uint64_t limit)
 {
@@ -851,8 +868,9 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   pthread_mutex_lock(&ar->mu);
   uint64_t first_queued = ar->qn ? ar->q[0].seq : ar->committed.seq + 1;
   pthread_mutex_unlock(&ar->mu);
-  next = from_log(ar, next, first_queued, seg);
-  if (next < first_queued)
+  uint64_t stop = limit < first_queued - 1 ? limit + 1 : first_queued;
+  next = from_log(ar, next, stop, seg, last);
+  if (next < stop)
     return REPLICATE_ELOG_GONE; /* a gap: W2 */
   pthread_mutex_lock(&ar->mu);
   int rc = 0;
@@ -867,8 +885,7 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
     if (rc == 0)
       rc = seg_add(seg, ar->q[i].frame.data, ar->q[i].frame.len);
     if (rc == 0)
-      *last = info.after, last->epoch = info.epoch,
-      last->commit_time_ns = info.commit_time_ns, next++;
+      frame_end(last, &info), next++;
   }
   pthread_mutex_unlock(&ar->mu);
   return rc;
@@ -1136,9 +1153,14 @@ static void archiver_free(replicate_archiver *ar)
 }
 
 /* At start, from the caller's thread: the frames after the remembered
- * uploaded position, from the log into the queue, before a shipper or the
- * first commit may start the log afresh (THE LOG HOLD). What the log lacks
- * is looked for again at upload, else it is a gap, as before. */
+ * uploaded position (or the log's oldest, if it was trimmed past it
+ * before the position was written), from the log into the queue, before
+ * a shipper or the first commit may start the log afresh (THE LOG HOLD).
+ * What the log lacks is looked for again at upload, else it is a gap, as
+ * before. Not for an archiver fed frames (a standby): its log is the
+ * receiver's, never started afresh at a restart, and the upload takes
+ * them from it (from_log) in the archiver's thread, without holding up
+ * the receipts that feed it. */
 static void load_backlog(replicate_archiver *ar)
 {
   uint64_t epoch = 0, seq = 0, sum = 0;
@@ -1146,18 +1168,22 @@ static void load_backlog(replicate_archiver *ar)
   bool ok = f && fscanf(f, "%" SCNu64 " %" SCNu64 " %" SCNx64, &epoch, &seq, &sum) == 3;
   if (f)
     fclose(f);
-  if (!ok || ar->o.log == NULL || epoch != ar->epoch || seq >= ar->committed.seq)
+  if (!ok || ar->o.log == NULL || ar->o.store == NULL || epoch != ar->epoch ||
+      seq >= ar->committed.seq)
     return;
+  replicate_log_stats ls;
+  replicate_log_get_stats(ar->o.log, &ls);
+  uint64_t next = ls.oldest_seq > seq + 1 ? ls.oldest_seq : seq + 1;
   replicate_log_iter it;
-  replicate_log_iter_init(&it, ar->o.log, seq + 1);
+  replicate_log_iter_init(&it, ar->o.log, next);
   replicate_buf frame = {0};
   uint64_t loaded = 0;
   while (replicate_log_iter_next(&it, &frame) == 0) {
     replicate_frame_info info;
     if (replicate_frame_parse_header(frame.data, frame.len, NULL, &info) != 0 ||
-        info.kind != REPLICATE_KIND_COMMIT ||
-        info.after.seq > ar->committed.seq)
-      break; /* past committed: a standby's frame fed after this start */
+        info.kind != REPLICATE_KIND_COMMIT || info.epoch != ar->epoch ||
+        info.after.seq != next++ || info.after.seq > ar->committed.seq)
+      break; /* another epoch's, a hole, or past the store: W3 looks again */
     queued e = {.seq = info.after.seq, .time_ns = info.commit_time_ns,
                 .mono_ns = loom_mono_ns(), .frame = frame};
     frame = (replicate_buf){0};

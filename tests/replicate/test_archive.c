@@ -1318,6 +1318,24 @@ static uint64_t oldest_kept(replicate_log *log)
   return ls.oldest_seq;
 }
 
+/* An archiver on o (node_with_log) with hold_after_stop that sees count
+ * saves while the store is away (moved to away) and stops with them not
+ * uploaded. */
+static void saves_not_uploaded(node *n, replicate_archiver_options *o,
+                               int count, char *away, size_t size)
+{
+  o->hold_after_stop = true;
+  replicate_archiver *ar;
+  assert_int_equal(replicate_archiver_start(o, &ar), 0);
+  store_away_once_started(n, ar, away, size);
+  n->ar = ar;
+  for (int i = 0; i < count; i++)
+    node_save(n);
+  n->ar = NULL;
+  assert_int_equal(replicate_archiver_drain(ar, 0.2), 0);
+  replicate_archiver_stop(ar);
+}
+
 /* hold_after_stop (a standby about to exit whose drain did not finish):
  * the stop leaves the log's hold at the uploaded seq + 1; without it the
  * stop lifts the hold. */
@@ -1327,24 +1345,42 @@ static void test_hold_after_stop(void **state)
   node n;
   replicate_log *log;
   replicate_archiver_options o = node_with_log(&n, &log);
-  o.hold_after_stop = true;
-  replicate_archiver *ar;
-  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
   char moved[1100];
-  store_away_once_started(&n, ar, moved, sizeof moved);
-  n.ar = ar;
-  for (int i = 0; i < 10; i++)
-    node_save(&n);
-  n.ar = NULL;
-  assert_int_equal(replicate_archiver_drain(ar, 0.2), 0);
-  replicate_archiver_stop(ar);
+  saves_not_uploaded(&n, &o, 10, moved, sizeof moved);
   assert_int_equal(oldest_kept(log), 3); /* held: 3-12 not uploaded */
-
   o.hold_after_stop = false;
+  replicate_archiver *ar;
   assert_int_equal(replicate_archiver_start(&o, &ar), 0);
   replicate_archiver_stop(ar);
   assert_true(oldest_kept(log) > 3); /* lifted: only the newest segment */
   assert_int_equal(rename(moved, n.arc_dir), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  node_stop(&n);
+}
+
+/* Frames that only the log holds (no position file was written, nothing
+ * is committed after the restart) are uploaded by themselves: a segment
+ * of log frames moves the head to its last one. */
+static void test_log_only_backlog(void **state)
+{
+  (void)state;
+  node n;
+  replicate_log *log;
+  replicate_archiver_options o = node_with_log(&n, &log);
+  char moved[1100];
+  saves_not_uploaded(&n, &o, 5, moved, sizeof moved);
+  assert_int_equal(rename(moved, n.arc_dir), 0);
+  replicate_archiver *ar;
+  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
+  n.ar = ar;
+  assert_int_equal(replicate_archiver_drain(ar, 10), 1);
+  replicate_archive_status st;
+  replicate_archiver_status(ar, &st);
+  assert_int_equal(st.uploaded_seq, 7);
+  assert_false(st.gap);
+  assert_restores_newest(&n);
+  replicate_archiver_stop(ar);
+  n.ar = NULL;
   assert_int_equal(replicate_log_close(log), 0);
   node_stop(&n);
 }
@@ -1617,6 +1653,7 @@ int main(void)
       cmocka_unit_test(test_store_down_never_blocks),
       cmocka_unit_test(test_backlog_cap_moves_hold),
       cmocka_unit_test(test_hold_after_stop),
+      cmocka_unit_test(test_log_only_backlog),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),
