@@ -407,8 +407,9 @@ int arc_image_open_base(arc_image *img, arc_ahead *src, bool zstd,
   if (img->nframes == 0)
     img->pos = img->base;
   plan_pages(img);
-  qsort(img->versions, img->nversions, sizeof *img->versions,
-        compare_versions);
+  if (img->nversions > 0) /* qsort's array must not be NULL */
+    qsort(img->versions, img->nversions, sizeof *img->versions,
+          compare_versions);
   return 0;
 }
 
