@@ -671,7 +671,9 @@ static uint64_t expected_after_checksum(const replicate_frame *frame,
  * Rebuild the frame's delta pages in place, in the decoder's buffer: each
  * becomes its new contents (XOR with the store's version), and its entry
  * says WHOLE, so the frame still describes the same commit. Then check
- * every page's hash. Done before the patch is begun: the store refuses
+ * every page's hash: the only time the standby hashes a frame's page
+ * before the read-back (replicate_frame_apply hands these hashes to the
+ * store with loom_patch_add_hashed). Done before the patch is begun: the store refuses
  * reads while a patch is open, and a bad frame never starts one. A page
  * whose hash fails is turned back into its delta.
  */
@@ -751,7 +753,10 @@ int replicate_frame_apply(const replicate_frame *frame, loom_store *store)
   for (uint64_t i = 0; i < info->page_count; i++) {
     replicate_page page;
     replicate_frame_get_page(frame, i, &page);
-    rc = loom_patch_add(patch, page.page_number, page.contents);
+    /* rebuild_and_check hashed these contents and found page.hash: the
+     * store need not hash them again. */
+    rc = loom_patch_add_hashed(patch, page.page_number, page.contents,
+                               page.hash);
     if (rc != 0) {
       loom_patch_abort(patch);
       return rc;
