@@ -770,15 +770,30 @@ static int old_version(loom *l, const loom_commit *c, uint64_t i, void *buf)
   return store_read_image_page(l->store, n, buf);
 }
 
-int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
+int loom_commit_old_page_view(loom *l, const loom_commit *c, uint64_t i,
+                              void *buf, const void **page)
 {
-  if (!l || !c || !buf || i >= c->page_count)
+  if (page)
+    *page = NULL;
+  if (!l || !c || !buf || !page || i >= c->page_count)
     return LOOM_EINVAL;
   if (l->early && c->page_numbers == l->early->page_numbers) {
-    memcpy(buf, l->early_old + i * PS, PS);
+    *page = l->early_old + i * PS; /* early_capture's copy */
     return 0;
   }
-  return old_version(l, c, i, buf);
+  int rc = old_version(l, c, i, buf);
+  if (!rc)
+    *page = buf;
+  return rc;
+}
+
+int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
+{
+  const void *page;
+  int rc = loom_commit_old_page_view(l, c, i, buf, &page);
+  if (!rc && page != buf)
+    memcpy(buf, page, PS);
+  return rc;
 }
 
 /* The most pages whose old versions are copied so that the apply can start

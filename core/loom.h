@@ -703,6 +703,15 @@ int loom_save(loom *l, uint64_t low, uint64_t high);
  * zeros. */
 int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf);
 
+/* The same without a copy where the arena already holds the version in
+ * memory (with LOOM_APPLY_ASYNC it copies a commit's old versions before
+ * the apply starts, and the hook then runs): *page points to it, read-only
+ * and valid until the hook returns; else the version is read into buf and
+ * *page is buf. Errors: those of loom_commit_old_page (*page is then
+ * NULL). */
+int loom_commit_old_page_view(loom *l, const loom_commit *c, uint64_t i,
+                              void *buf, const void **page);
+
 /* Return the memory of free pages in [low, high) to the OS (their contents
  * become zero). */
 int loom_toss(loom *l, uint64_t low, uint64_t high);

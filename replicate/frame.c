@@ -215,7 +215,7 @@ int replicate_frame_parse_header(const void *bytes, size_t len,
 struct replicate_encoder {
   ZSTD_CCtx *cctx;
   int level;
-  uint8_t *old_page;   /* loom_commit_old_page() lands here */
+  uint8_t *old_page;   /* loom_commit_old_page_view() may land here */
   uint8_t *delta;      /* new XOR old */
   /* The frame being built (between begin and end). */
   replicate_frame_info info;
@@ -444,14 +444,13 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
     uint64_t n = c->page_numbers[i];
     const void *old_page = NULL;
     if (n < c->before.pages) {
-      rc = loom_commit_old_page(l, c, i, enc->old_page);
+      rc = loom_commit_old_page_view(l, c, i, enc->old_page, &old_page);
       if (rc != 0) break;
-      if (loom_page_hash(n, enc->old_page) != c->old_hashes[i]) {
+      if (loom_page_hash(n, old_page) != c->old_hashes[i]) {
         enc->rot_page = n; /* the image does not hold what was committed */
         rc = REPLICATE_EIMAGE_ROT;
         break;
       }
-      old_page = enc->old_page;
     }
     rc = encode_page(enc, n, c->new_hashes[i], loom_page(l, n), old_page, out);
   }
