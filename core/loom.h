@@ -427,6 +427,12 @@ int loom_patch_add(loom_patch *patch, uint64_t page_number, const void *page);
  * does not compute it again. */
 int loom_patch_add_hashed(loom_patch *patch, uint64_t page_number,
                           const void *page, uint64_t hash);
+/* loom_patch_add_hashed for a page that stays unchanged at the same
+ * address until loom_patch_commit (or loom_patch_abort) returns: the store
+ * writes it to the log from there instead of copying it into its staging
+ * buffer first (a standby's decoded frame, applied in one call). */
+int loom_patch_add_stable(loom_patch *patch, uint64_t page_number,
+                          const void *page, uint64_t hash);
 /* loom_patch_commit frees the patch whether it succeeds or fails;
  * loom_patch_abort frees it without committing. */
 int loom_patch_commit(loom_patch *patch);

@@ -1530,6 +1530,14 @@ int loom_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
   return store_patch_add_hashed(p, n, page, hash, 0);
 }
 
+int loom_patch_add_stable(loom_patch *p, uint64_t n, const void *page,
+                          uint64_t hash)
+{
+  if (!p || !page)
+    return LOOM_EINVAL;
+  return store_patch_add_hashed(p, n, page, hash, 1);
+}
+
 int loom_patch_add(loom_patch *p, uint64_t n, const void *page)
 {
   if (!p || !page)

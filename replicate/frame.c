@@ -753,8 +753,9 @@ int replicate_frame_apply(const replicate_frame *frame, loom_store *store)
     replicate_page page;
     replicate_frame_get_page(frame, i, &page);
     /* rebuild_and_check hashed these contents and found page.hash: the
-     * store need not hash them again. */
-    rc = loom_patch_add_hashed(patch, page.page_number, page.contents,
+     * store need not hash them again; and they stay in the decoder's
+     * buffer until the commit below returns: no copy either. */
+    rc = loom_patch_add_stable(patch, page.page_number, page.contents,
                                page.hash);
     if (rc != 0) {
       loom_patch_abort(patch);

@@ -653,6 +653,62 @@ static void test_checkpoint_copies(void **state)
   free(page);
 }
 
+/* loom_patch_add_stable writes pages from the caller's memory at the
+ * commit: what the commit found there is what the store holds, whatever
+ * the caller does with the memory afterwards; out-of-order pages and NULL
+ * are refused as with loom_patch_add. */
+static void test_patch_add_stable(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, NULL, &s), 0);
+  assert_int_equal(commit(s, 8, 1, 1), 0);
+  uint8_t *pages = malloc(3 * PS);
+  assert_non_null(pages);
+  loom_patch_header h = {.page_count = 3};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  for (uint64_t n = 1; n <= 3; n++) {
+    fill(pages + (n - 1) * PS, n, 2);
+    h.after.checksum += filled_hash(n, 2) - loom_store_page_hash(s, n);
+  }
+  loom_patch *p;
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  assert_int_equal(loom_patch_add_stable(p, 1, NULL, 0), LOOM_EINVAL);
+  loom_patch_abort(p);
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  for (uint64_t n = 1; n <= 3; n++)
+    assert_int_equal(loom_patch_add_stable(p, n, pages + (n - 1) * PS,
+                                           filled_hash(n, 2)), 0);
+  assert_int_equal(loom_patch_add_stable(p, 2, pages, filled_hash(2, 2)),
+                   LOOM_EINVAL);
+  loom_patch_abort(p);
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  for (uint64_t n = 1; n <= 3; n++)
+    assert_int_equal(loom_patch_add_stable(p, n, pages + (n - 1) * PS,
+                                           filled_hash(n, 2)), 0);
+  assert_int_equal(loom_patch_commit(p), 0);
+  memset(pages, 0xee, 3 * PS); /* the caller reuses its buffer */
+  uint8_t *page = malloc(PS), *want = malloc(PS);
+  assert_non_null(page);
+  assert_non_null(want);
+  for (uint64_t n = 0; n < 8; n++) {
+    assert_int_equal(loom_store_read_page(s, n, page), 0);
+    fill(want, n, n >= 1 && n <= 3 ? 2 : 1);
+    assert_memory_equal(page, want, PS);
+  }
+  assert_int_equal(loom_store_close(s), 0);
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 2);
+  assert_true(computed == h.after.checksum);
+  free(pages);
+  free(page);
+  free(want);
+}
+
 /* Rewrite both meta slots: the valid one with the higher generation, with
  * pages, ring size and head replaced (UINT64_MAX: kept). Returns the
  * head's file offset under the new ring and, in *pos, the slot's
@@ -1173,6 +1229,7 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_posix_copy, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoint_copies, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_patch_add_stable, setup, teardown),
       cmocka_unit_test_setup_teardown(test_forged_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,
                                       teardown),
