@@ -307,7 +307,7 @@ int loom_store_sync(loom_store *store);
  * checkpoint holds now for records not yet merged (each queued record's
  * page lists, the queue, a batch's merge arrays), at most size / 16 (the
  * largest ring since open); merge_peak_bytes, its highest since open;
- * recent_bytes, the arena's RECENT PAGES pool (loom_get_log_stats only:
+ * recent_bytes, the arena's RECENT PAGES index (loom_get_log_stats only:
  * 0 from loom_store_log_stats). */
 typedef struct loom_log_stats {
   uint64_t used, size;
@@ -601,9 +601,10 @@ typedef struct loom_commit {
  * loom_commit_old_page() (with LOOM_APPLY_ASYNC the image file may already
  * be changing while the hook runs: the apply and the hook overlap, so read
  * old versions only through loom_commit_old_page). With LOOM_APPLY_ASYNC
- * the hook does not wait for the checkpoint: the arena keeps a copy of the
- * pages the commits not yet checkpointed wrote (up to half the commit
- * log's ring, 32 MiB by default, taken at the first such commit; past
+ * the hook does not wait for the checkpoint: the arena notes where in the
+ * commit log the pages the commits not yet checkpointed wrote are, and
+ * reads an old version from there (up to half the commit log's ring in
+ * pages, an index of 64 bytes a page taken at the first such commit; past
  * that, or after a commit that shrank the image, the next hook waits for
  * the checkpoint first). Its return value is
  * returned by loom_save() (the commit stands either way: it is durable).

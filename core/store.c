@@ -2407,6 +2407,12 @@ int store_read_image_page(loom_store *s, uint64_t n, void *buf)
   return store_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
 }
 
+int store_read_record_page(loom_store *s, uint64_t lsn, uint64_t i, void *buf)
+{
+  return store_read_exact(s, s->log_fd, buf, PS,
+                          log_offset(s, lsn, PATCH_HEADER_BLOCK + i * PS));
+}
+
 int loom_store_read_page(loom_store *s, uint64_t n, void *buf)
 {
   if (s->writer)

@@ -363,11 +363,12 @@ static void test_old_versions_async(void **state)
   assert_true(o.checked > 1000);
   assert_true(o.behind > 0); /* the hooks did not all wait */
   assert_true(o.in_place > 0); /* the early path's copies, not copied again */
-  /* The memory the commit log costs, as status reports it: RECENT's pool
-   * of 256 pages and its index, and the checkpoint's merge state. */
+  /* The memory the commit log costs, as status reports it: RECENT's
+   * index of 256 pages (where each version is in the log, not a copy of
+   * it: before, 256 pages of 16 KiB), and the checkpoint's merge state. */
   loom_get_log_stats(l, &st);
-  assert_true(st.recent_bytes >= 256 * PAGE);
-  assert_true(st.recent_bytes <= 256 * (PAGE + 64));
+  assert_true(st.recent_bytes > 0);
+  assert_true(st.recent_bytes <= 256 * 64);
   assert_true(st.merge_peak_bytes > 0);
   assert_true(st.merge_peak_bytes <= (8u << 20) / 16);
   CHECK_INVARIANTS(l);
