@@ -482,6 +482,30 @@ static void close_verify(loom_store *s, iosim *sim, const char *dir,
   assert_int_equal(pos->seq, seq);
 }
 
+/* A commit of version 2 of the even pages 0, 2, ..., 30 over s's
+ * position (scattered: no two adjacent in the image). */
+static loom_patch_header even_pages_header(loom_store *s)
+{
+  loom_patch_header h = {.page_count = 16};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  for (uint64_t n = 0; n < 32; n += 2)
+    h.after.checksum += filled_hash(n, 2) - loom_store_page_hash(s, n);
+  return h;
+}
+
+static void add_even_pages(loom_patch *p)
+{
+  uint8_t *page = malloc(PS);
+  assert_non_null(page);
+  for (uint64_t n = 0; n < 32; n += 2) {
+    fill(page, n, 2);
+    assert_int_equal(loom_patch_add(p, n, page), 0);
+  }
+  free(page);
+}
+
 /* Step 1 writes a record of up to STAGING_PAGES pages (header, pages,
  * entries, trailer) with one pwritev, and step 3 reads nothing back: a
  * 64-page commit in the log's first lap is the header block's zeros and
@@ -521,23 +545,11 @@ static void test_checkpoint_one_log_read(void **state)
   loom_store *s;
   assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, iosim_io(sim), &s), 0);
   assert_int_equal(commit(s, 64, 1, 1), 0);
-  loom_patch_header h = {.page_count = 16};
-  loom_store_position(s, &h.before);
-  h.after = h.before;
-  h.after.seq++;
-  uint8_t *page = malloc(PS);
-  assert_non_null(page);
-  for (uint64_t n = 0; n < 32; n += 2) {
-    fill(page, n, 2);
-    h.after.checksum += loom_page_hash(n, page) - loom_store_page_hash(s, n);
-  }
+  loom_patch_header h = even_pages_header(s);
   loom_patch *p;
   assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
   uint64_t from = iosim_count(sim);
-  for (uint64_t n = 0; n < 32; n += 2) {
-    fill(page, n, 2);
-    assert_int_equal(loom_patch_add(p, n, page), 0);
-  }
+  add_even_pages(p);
   assert_int_equal(loom_patch_commit(p), 0); /* checkpointed inline */
   uint64_t reads = 0, synced = 0;
   for (uint64_t i = from; i < iosim_count(sim); i++) {
@@ -551,7 +563,6 @@ static void test_checkpoint_one_log_read(void **state)
   loom_position pos;
   close_verify(s, sim, fx->dir, 2, &pos);
   assert_true(pos.checksum == h.after.checksum);
-  free(page);
 }
 
 /* The POSIX I/O with its copy (and its reads) counted. */
@@ -623,23 +634,11 @@ static void test_checkpoint_copies(void **state)
   assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, &c.io, &s), 0);
   assert_int_equal(commit(s, 64, 1, 1), 0);
   assert_int_equal(c.copied_bytes, 64 * PS); /* one run: a base image */
-  loom_patch_header h = {.page_count = 16};
-  loom_store_position(s, &h.before);
-  h.after = h.before;
-  h.after.seq++;
-  uint8_t *page = malloc(PS);
-  assert_non_null(page);
-  for (uint64_t n = 0; n < 32; n += 2) {
-    fill(page, n, 2);
-    h.after.checksum += loom_page_hash(n, page) - loom_store_page_hash(s, n);
-  }
+  loom_patch_header h = even_pages_header(s);
   loom_patch *p;
   assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
   uint64_t copies = c.copies, reads = c.reads;
-  for (uint64_t n = 0; n < 32; n += 2) {
-    fill(page, n, 2);
-    assert_int_equal(loom_patch_add(p, n, page), 0);
-  }
+  add_even_pages(p);
   assert_int_equal(loom_patch_commit(p), 0); /* checkpointed inline */
   assert_int_equal(c.copies - copies, 16);
   assert_int_equal(c.reads - reads, 0);
@@ -650,7 +649,6 @@ static void test_checkpoint_copies(void **state)
   assert_int_equal(pos.seq, 2);
   assert_true(pos.checksum == h.after.checksum);
   assert_true(computed == h.after.checksum);
-  free(page);
 }
 
 /* loom_patch_add_stable writes pages from the caller's memory at the
