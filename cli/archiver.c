@@ -17,6 +17,13 @@
  * failover), the archiver stops itself and tick starts one at the new
  * epoch. Once promoted, nothing new is received: an application started
  * on the directory as primary archives the new epoch.
+ *
+ * Its backlog is held in the receive log (DESIGN section 7): the receiver
+ * keeps every frame from its open on (receiver.h, on_received), the
+ * archiver moves that hold to its uploaded seq + 1 and remembers the
+ * uploaded position in DIR/replog/archive-position, and a restart (after
+ * a kill -9, or a stop whose drain did not finish: hold_after_stop) takes
+ * the frames after it from the receive log before any new one.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -73,6 +80,7 @@ struct cli_standby_archive {
   char writer[1200];
   replicate_receiver *rx; /* the server's, once known */
   bool closed;            /* no archiver any more */
+  char position_file[4096]; /* DIR/replog/archive-position */
 };
 
 static void archive_log(void *ctx, const char *line) { cli_log(ctx, line); }
@@ -101,6 +109,10 @@ int cli_standby_archive_new(const cli_archiver_args *a, const char *dir,
                          sizeof sa->writer);
   sa->o.log_fn = archive_log;
   sa->o.log_ctx = (void *)"standby";
+  snprintf(sa->position_file, sizeof sa->position_file,
+           "%s/replog/archive-position", dir);
+  sa->o.position_file = sa->position_file;
+  sa->o.hold_after_stop = true; /* the receiver held it from its open on */
   if (cli_archiver_check("standby", &sa->o.access)) {
     pthread_mutex_destroy(&sa->feed_mu);
     free(sa);
@@ -147,6 +159,7 @@ static void start_locked(cli_standby_archive *sa,
   o.snapshot_open = rx_snapshot_open;
   o.snapshot_close = rx_snapshot_close;
   o.snapshot_ctx = sa->rx;
+  o.log = replicate_receiver_log(sa->rx); /* the backlog (see the top) */
   o.position = st->received;
   replicate_receiver_lineage(sa->rx, &o.lineage);
   int rc = replicate_archiver_start(&o, &sa->ar);
@@ -176,12 +189,17 @@ void cli_standby_archive_tick(cli_standby_archive *sa, http_server *server)
     old = sa->ar; /* the node follows a new epoch: archive that one */
     sa->ar = NULL;
   }
+  pthread_mutex_unlock(&sa->feed_mu);
+  /* Not under feed_mu: its thread may wait for the receiver (a snapshot),
+   * whose receipt may wait for feed_mu. Before the new one starts: no
+   * step of the old one's thread moves the receive log's hold after the
+   * new one set it. */
+  replicate_archiver_stop(old);
+  pthread_mutex_lock(&sa->feed_mu);
+  replicate_receiver_get_status(sa->rx, &st);
   if (!sa->ar && !sa->closed && !st.promoted && !st.base_active)
     start_locked(sa, &st);
   pthread_mutex_unlock(&sa->feed_mu);
-  /* Not under feed_mu: its thread may wait for the receiver (a snapshot),
-   * whose receipt may wait for feed_mu. */
-  replicate_archiver_stop(old);
 }
 
 /* After a drain that did not finish: which seqs the archive lacks, and

@@ -238,6 +238,7 @@ static void server_options(const standby_args *a, const char *host, uint16_t por
       .ready_max_lag_seconds = (double)a->ready_lag_ms / 1000.0,
       .promote_max_lag = a->promote_max_lag,
       .commit_log_bytes = a->commit_log_mb << 20,
+      .receive_log_segment_bytes = faultio_receive_log_segment_bytes(),
       .apply_delay_seconds = (double)a->apply_delay,
       .scrub_interval_seconds = (double)a->scrub_interval,
       .scrub_mbps = (double)a->scrub_mbps,

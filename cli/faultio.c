@@ -324,6 +324,18 @@ const loom_io *faultio_from_env(void)
   return hook_io;
 }
 
+uint64_t faultio_receive_log_segment_bytes(void)
+{
+  const char *v = getenv("LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES");
+  char *end = NULL;
+  unsigned long long n = v ? strtoull(v, &end, 10) : 0;
+  if (v && (end == v || *end != '\0')) {
+    fprintf(stderr, "LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES=%s: not a number\n", v);
+    return 0;
+  }
+  return (uint64_t)n;
+}
+
 static int ack_fd = -1;
 
 static void ack_log_open(void)

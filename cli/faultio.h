@@ -30,6 +30,10 @@
  *                            to F, unbuffered, for every save the primary
  *                            saw succeed (in --sync mode: acknowledged by
  *                            the standbys)
+ *   LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES=N  a standby's receive log in
+ *                            segments of N bytes
+ *                            (faultio_receive_log_segment_bytes), so that a
+ *                            test sees its trims with small frames
  *
  *
  * The archive's object store requests (objstore.h on_request) have their
@@ -72,10 +76,14 @@ const loom_io *faultio_from_env(void);
 
 /* Record one successful save at position p in LOOMSHIP_ACK_LOG, if set. */
 void faultio_note_ack(const loom_position *p);
+
+/* LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES, or 0 (the default size). */
+uint64_t faultio_receive_log_segment_bytes(void);
 #else
 static inline faultio_request_fn faultio_store_hook(void) { return NULL; }
 static inline const loom_io *faultio_from_env(void) { return NULL; }
 static inline void faultio_note_ack(const loom_position *p) { (void)p; }
+static inline uint64_t faultio_receive_log_segment_bytes(void) { return 0; }
 #endif
 
 #endif

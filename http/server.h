@@ -344,6 +344,9 @@ typedef struct http_server_options {
   uint64_t commit_log_bytes;        /* standby: the store's commit log
                                        ring (replicate_receiver_options)
                                        [LOOM_LOG_BYTES_DEFAULT] */
+  uint64_t receive_log_segment_bytes; /* standby: the receive log's
+                                       segments (replicate_receiver_options
+                                       log_segment_bytes; tests) [16 MiB] */
 
   const http_cluster_source *cluster; /* a cluster member (copied; get
                                        required) [not a member] */

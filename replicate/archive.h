@@ -211,7 +211,10 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
  * when it still has them; otherwise they are a gap and a base follows.
  * The log keeps them: the archiver holds its retention at the uploaded
  * seq + 1 (replicate_log_hold; a kill -9 with the store down loses no
- * frame the log's byte cap kept), and lifts the hold when it stops.
+ * frame the log's byte cap kept), moves the hold past the frames it drops
+ * beyond max_backlog_bytes (a gap), and lifts it when it stops (unless
+ * hold_after_stop). A standby's log is its receive log
+ * (replicate_receiver_log), which its receiver holds from open on.
  *
  *   replicate_archiver_start     opens the archive, starts the thread
  *                                (store errors at start are not fatal:
@@ -254,6 +257,12 @@ typedef struct replicate_archiver_options {
                                    memory before anything resets the log
                                    (a log that ends a commit short of the
                                    store is started afresh by its writer) */
+  bool hold_after_stop;             /* [false]: replicate_archiver_stop
+                                   leaves log's hold at the uploaded seq + 1
+                                   instead of lifting it (a standby about
+                                   to exit: what a drain did not upload
+                                   stays for the next start, not trimmed by
+                                   the applies until the process ends) */
   bool log_writer;                  /* [false]: nobody else appends to or
                                    trims log (a primary with no standby):
                                    the commit hook appends each frame and
@@ -274,7 +283,10 @@ typedef struct replicate_archiver_options {
    * frames follow (the received position at start), lineage the node's
    * (replicate_receiver_lineage); at seq 0 (the standby holds nothing)
    * W1 waits for the first frame fed and takes its epoch and history.
-   * Ignored when store is set. */
+   * Ignored when store is set. Its log is the receive log
+   * (replicate_receiver_log: held by the receiver from its open on, so
+   * give it position_file and hold_after_stop too): after a kill -9 the
+   * frames received but not uploaded are read back from it. */
   int (*snapshot_open)(void *ctx, loom_snapshot **out);
   void (*snapshot_close)(void *ctx, loom_snapshot *snap);
   void *snapshot_ctx;

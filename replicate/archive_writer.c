@@ -14,8 +14,11 @@
  *   the frames after it are taken from the log into the queue at once
  *   (load_backlog), before a shipper or the first commit may start the log
  *   afresh (a kill between a commit point and its log append leaves the
- *   log one commit short: that commit is a gap). The hold is lifted when
- *   archiving stops.
+ *   log one commit short: that commit is a gap). Past max_backlog_bytes
+ *   the hold moves past the dropped frames (queue_overflow). The hold is
+ *   lifted when archiving stops for good, and by replicate_archiver_stop
+ *   unless hold_after_stop (a standby: its receiver holds every frame
+ *   from its open on, receiver.h, and its next start reads them back).
  *
  * THE THREAD, per wake-up (every interval_seconds, or at once for a
  * drain):
@@ -179,7 +182,11 @@ static void queue_drop_all(replicate_archiver *ar)
   ar->backlog = 0;
 }
 
-/* The frames are dropped: a gap from the oldest commit not uploaded. */
+/* The frames are dropped: a gap from the oldest commit not uploaded. The
+ * log's hold moves past them too (the backlog's cap bounds the log as it
+ * does the queue: a log without a byte cap of its own, a standby's receive
+ * log, would otherwise grow while the store is away); the log's lock is a
+ * leaf, so this may run under mu. */
 static void queue_overflow(replicate_archiver *ar, queued *e)
 {
   if (!ar->gap_pending) {
@@ -190,6 +197,8 @@ static void queue_overflow(replicate_archiver *ar, queued *e)
   ar->gap_last = e->seq;
   queue_drop_all(ar);
   replicate_buf_free(&e->frame);
+  if (ar->o.log)
+    replicate_log_hold(ar->o.log, e->seq + 1);
 }
 
 static void queue_push(replicate_archiver *ar, queued *e)
@@ -1146,8 +1155,9 @@ static void load_backlog(replicate_archiver *ar)
   while (replicate_log_iter_next(&it, &frame) == 0) {
     replicate_frame_info info;
     if (replicate_frame_parse_header(frame.data, frame.len, NULL, &info) != 0 ||
-        info.kind != REPLICATE_KIND_COMMIT)
-      break;
+        info.kind != REPLICATE_KIND_COMMIT ||
+        info.after.seq > ar->committed.seq)
+      break; /* past committed: a standby's frame fed after this start */
     queued e = {.seq = info.after.seq, .time_ns = info.commit_time_ns,
                 .mono_ns = loom_mono_ns(), .frame = frame};
     frame = (replicate_buf){0};
@@ -1239,7 +1249,7 @@ void replicate_archiver_stop(replicate_archiver *ar)
    * it was uploading stays as a crash would leave it (ARCHIVE.md). */
   objstore_cancel(replicate_archive_store(ar->a));
   pthread_join(ar->thread, NULL);
-  if (ar->o.log)
+  if (ar->o.log && !ar->o.hold_after_stop)
     replicate_log_hold(ar->o.log, 0);
   archiver_free(ar);
 }

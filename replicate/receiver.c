@@ -21,7 +21,10 @@
  *      before is lost); the received position moves to its after;
  *   4. answer OK with {received, applied}; the applier thread then reads
  *      it back from the log, applies it with replicate_frame_apply(), and
- *      trims the log (replicate_log_retain) behind the applied position.
+ *      trims the log (replicate_log_retain) behind the applied position,
+ *      but not past the log's hold: with on_received (an archiving
+ *      standby) the log keeps every frame from open on until the archiver
+ *      moves the hold to what it uploaded (receiver.h).
  *
  * GROUP APPLY (receiver_apply.c). When several frames wait in the receive
  * log, the applier merges them (replicate_coalescer_finish_frame, up to
@@ -417,6 +420,8 @@ static int receiver_configure(replicate_receiver *rx,
   rx->now_ns = opt->now_ns ? opt->now_ns : realtime_ns;
   rx->io = opt->io;
   rx->commit_log_bytes = opt->commit_log_bytes;
+  rx->log_segment_bytes =
+      opt->log_segment_bytes ? opt->log_segment_bytes : UINT64_C(16) << 20;
   rx->limits = opt->limits ? *opt->limits : replicate_limits_default();
   rx->max_unapplied_bytes = opt->max_unapplied_bytes
                                 ? opt->max_unapplied_bytes
@@ -456,10 +461,14 @@ static int receiver_open_parts(replicate_receiver *rx)
   if (rc == 0) {
     /* No size bound from the log: the applier's lag is bounded by
      * max_unapplied_bytes instead, and retention trims behind it. */
-    replicate_log_options lo = {.segment_bytes = 0, .max_bytes = UINT64_MAX,
+    replicate_log_options lo = {.segment_bytes = rx->log_segment_bytes,
+                                .max_bytes = UINT64_MAX,
                                 .on_repair = log_repaired, .repair_ctx = rx};
     rc = replicate_log_open(rx->dir, &lo, rx->io, &rx->log);
   }
+  if (rc == 0 && rx->on_received)
+    replicate_log_hold(rx->log, 1); /* before the applier may trim: its
+                                       consumer moves it (receiver.h) */
   if (rc == 0)
     rc = replicate_decoder_new(&rx->limits, &rx->recv_dec);
   if (rc == 0)
@@ -1061,6 +1070,11 @@ void replicate_receiver_lineage(replicate_receiver *rx, loom_lineage *out)
   pthread_mutex_lock(&rx->mu);
   *out = rx->lineage;
   pthread_mutex_unlock(&rx->mu);
+}
+
+replicate_log *replicate_receiver_log(replicate_receiver *rx)
+{
+  return rx->log; /* set at open, never replaced: no lock */
 }
 
 /* Under mu: lag in frames, bytes and seconds. */

@@ -128,9 +128,18 @@ typedef struct replicate_receiver_options {
    * receipt lock: it must not call back into the receiver, nor wait for
    * long. With it, merged frames are refused (SINGLE_FRAMES) and every
    * answer says single_frames, so the primary sends commits one at a
-   * time, as for a delayed standby. */
+   * time, as for a delayed standby.
+   * With it, the receive log also keeps every frame received, applied or
+   * not, from open on (replicate_log_hold(log, 1), set before the applier
+   * starts, so a restart trims nothing its consumer has not seen): the
+   * consumer (an archiver, archive.h) moves or lifts that hold through
+   * replicate_receiver_log. */
   void (*on_received)(void *ctx, const void *frame, size_t len);
   void *received_ctx;
+  uint64_t log_segment_bytes;       /* the receive log's segments
+                                       (replicate_log_options.segment_bytes:
+                                       retention drops whole ones; tests
+                                       make them small) [16 MiB] */
 } replicate_receiver_options;
 
 /*
@@ -452,6 +461,15 @@ void replicate_receiver_get_status(replicate_receiver *rx,
 bool replicate_receiver_promoted(replicate_receiver *rx);
 /* The lineage (history and branch points) the receiver follows. */
 void replicate_receiver_lineage(replicate_receiver *rx, loom_lineage *out);
+
+/* The receive log, for the consumer of on_received (an archiving standby's
+ * archiver, archive.h replicate_archiver_options.log): it may read it
+ * (replicate_log_read, _iter_*) and set its hold (replicate_log_hold: the
+ * applier's trims keep every frame from that seq on), nothing else: the
+ * receiver alone appends, trims and resets it (a reset, after a base image
+ * or a promotion, drops held frames too). Valid until
+ * replicate_receiver_close. */
+replicate_log *replicate_receiver_log(replicate_receiver *rx);
 
 #ifdef __cplusplus
 }

@@ -52,6 +52,7 @@ struct replicate_receiver {
   int64_t (*now_ns)(void);
   const struct loom_io *io;
   uint64_t commit_log_bytes;    /* the store's ring (0: the default) */
+  uint64_t log_segment_bytes;   /* the receive log's segments */
   uint64_t apply_merge_pages;   /* group apply's page cap: RX_APPLY_MERGE_PAGES,
                                    or half the store's ring (set at open) */
   char *dir;

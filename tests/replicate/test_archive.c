@@ -1001,6 +1001,110 @@ static void test_store_down_never_blocks(void **state)
   node_stop(&n);
 }
 
+/* A node archived up to seq 2, its archiver stopped, and a log of 1 KiB
+ * segments (a frame or two each) in its directory: the options of the next
+ * archiver, the log's only writer. */
+static replicate_archiver_options node_with_log(node *n, replicate_log **log)
+{
+  node_start(n, false);
+  saves_and_drain(n, 2);
+  replicate_archiver_stop(n->ar);
+  n->ar = NULL;
+  replicate_log_options lo = {.segment_bytes = 1024, .max_bytes = UINT64_MAX};
+  assert_int_equal(replicate_log_open(n->dir, &lo, NULL, log), 0);
+  replicate_archiver_options o = archiver_options(n, "node-1");
+  o.log = *log;
+  o.log_writer = true;
+  return o;
+}
+
+/* Once ar read the head (seq 2) again, the store is taken away (to away). */
+static void store_away_once_started(node *n, replicate_archiver *ar, char *away,
+                                    size_t size)
+{
+  replicate_archive_status st;
+  TEST_WAIT_UNTIL((replicate_archiver_status(ar, &st),
+                   st.uploaded_seq == 2 && st.last_error[0] == '\0'),
+                  5000);
+  assert_int_equal(st.uploaded_seq, 2);
+  snprintf(away, size, "%s.away", n->arc_dir);
+  assert_int_equal(rename(n->arc_dir, away), 0);
+}
+
+/* Past the backlog's cap the log's hold moves past the dropped frames (a
+ * gap): a log without a byte cap of its own (a standby's receive log)
+ * stays bounded while the store is away. */
+static void test_backlog_cap_moves_hold(void **state)
+{
+  (void)state;
+  node n;
+  replicate_log *log;
+  replicate_archiver_options o = node_with_log(&n, &log);
+  o.max_backlog_bytes = 4096;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  char moved[1100];
+  store_away_once_started(&n, n.ar, moved, sizeof moved);
+  for (int i = 0; i < 40; i++)
+    node_save(&n);
+  replicate_archive_status st;
+  replicate_archiver_status(n.ar, &st);
+  assert_true(st.gap);
+  assert_true(st.gap_last > 20);
+  assert_int_equal(replicate_log_retain(log, UINT64_MAX), 0);
+  replicate_log_stats ls;
+  replicate_log_get_stats(log, &ls);
+  assert_true(ls.oldest_seq > 3); /* the hold was at 3 (head 2) */
+  assert_true(ls.oldest_seq <= st.gap_last + 1);
+  assert_int_equal(rename(moved, n.arc_dir), 0);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  assert_restores_newest(&n);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  assert_int_equal(replicate_log_close(log), 0);
+  node_stop(&n);
+}
+
+/* The oldest seq log holds once retention may drop everything it is not
+ * held to keep. */
+static uint64_t oldest_kept(replicate_log *log)
+{
+  assert_int_equal(replicate_log_retain(log, UINT64_MAX), 0);
+  replicate_log_stats ls;
+  replicate_log_get_stats(log, &ls);
+  return ls.oldest_seq;
+}
+
+/* hold_after_stop (a standby about to exit whose drain did not finish):
+ * the stop leaves the log's hold at the uploaded seq + 1; without it the
+ * stop lifts the hold. */
+static void test_hold_after_stop(void **state)
+{
+  (void)state;
+  node n;
+  replicate_log *log;
+  replicate_archiver_options o = node_with_log(&n, &log);
+  o.hold_after_stop = true;
+  replicate_archiver *ar;
+  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
+  char moved[1100];
+  store_away_once_started(&n, ar, moved, sizeof moved);
+  n.ar = ar;
+  for (int i = 0; i < 10; i++)
+    node_save(&n);
+  n.ar = NULL;
+  assert_int_equal(replicate_archiver_drain(ar, 0.2), 0);
+  replicate_archiver_stop(ar);
+  assert_int_equal(oldest_kept(log), 3); /* held: 3-12 not uploaded */
+
+  o.hold_after_stop = false;
+  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
+  replicate_archiver_stop(ar);
+  assert_true(oldest_kept(log) > 3); /* lifted: only the newest segment */
+  assert_int_equal(rename(moved, n.arc_dir), 0);
+  assert_int_equal(replicate_log_close(log), 0);
+  node_stop(&n);
+}
+
 /* The store down when the archiver starts: it says so, retries, and
  * writes the archive once the store is there. */
 static void test_store_down_at_start(void **state)
@@ -1261,6 +1365,8 @@ int main(void)
       cmocka_unit_test(test_fed_frames),
       cmocka_unit_test(test_base_again_after_lost_head),
       cmocka_unit_test(test_store_down_never_blocks),
+      cmocka_unit_test(test_backlog_cap_moves_hold),
+      cmocka_unit_test(test_hold_after_stop),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),

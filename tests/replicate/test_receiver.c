@@ -3,7 +3,7 @@
  * directly, without HTTP: frames in order, a gap, a duplicate and a
  * heartbeat, a divergence, a coalesced frame, a delayed standby, a base
  * image (whole, cut short, too long, during frames), and promotion and its
- * refusals.
+ * refusals; an archiving standby's hold on its receive log.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -469,6 +469,70 @@ static void test_on_received(void **state)
   assert_false(seen.merged);
 }
 
+/* The oldest seq the receive log holds. */
+static uint64_t log_oldest(fixture *fx)
+{
+  replicate_log_stats st;
+  replicate_log_get_stats(replicate_receiver_log(fx->rx), &st);
+  return st.oldest_seq;
+}
+
+static void open_archiving(fixture *fx, seen_frames *seen)
+{
+  replicate_receiver_options ro = {.dir = fx->standby_dir,
+                                   .promote_max_lag = 10,
+                                   .on_received = seen ? on_received : NULL,
+                                   .received_ctx = seen,
+                                   .log_segment_bytes = 64 << 10};
+  assert_int_equal(replicate_receiver_open(&ro, &fx->rx), 0);
+}
+
+/* An archiving standby's receive log (on_received) keeps every frame from
+ * open on, applied or not, until its consumer moves the hold
+ * (replicate_receiver_log, replicate_log_hold), across a restart too; a
+ * receiver without on_received trims behind its applies. Segments of
+ * 64 KiB: a frame (three 16 KiB pages) a segment, so trims show. */
+static void test_receive_log_hold(void **state)
+{
+  fixture *fx = *state;
+  replicate_receiver_close(fx->rx);
+  seen_frames seen = {0};
+  open_archiving(fx, &seen);
+  for (int i = 0; i < 20; i++)
+    send_next(fx);
+  wait_applied(fx, 20);
+  test_pause_ms(300); /* checks that nothing happens: the applier's trims */
+  assert_int_equal(log_oldest(fx), 1);
+
+  replicate_log_hold(replicate_receiver_log(fx->rx), 15); /* 1-14 uploaded */
+  send_next(fx);
+  wait_applied(fx, 21);
+  TEST_WAIT_UNTIL(log_oldest(fx) > 1, 5000);
+  assert_in_range(log_oldest(fx), 2, 15);
+  replicate_buf buf = {0};
+  replicate_log *log = replicate_receiver_log(fx->rx);
+  assert_int_equal(replicate_log_read(log, 15, &buf), 0);
+
+  /* A restart (the consumer's hold is gone with the process): the
+   * receiver holds everything again before its applier trims. */
+  uint64_t oldest = log_oldest(fx);
+  assert_int_equal(replicate_receiver_close(fx->rx), 0);
+  open_archiving(fx, &seen);
+  send_next(fx);
+  wait_applied(fx, 22);
+  test_pause_ms(300);
+  assert_int_equal(log_oldest(fx), oldest);
+
+  /* Without on_received, the applies trim the log. */
+  assert_int_equal(replicate_receiver_close(fx->rx), 0);
+  open_archiving(fx, NULL);
+  send_next(fx);
+  wait_applied(fx, 23);
+  TEST_WAIT_UNTIL(log_oldest(fx) > 15, 5000);
+  assert_true(log_oldest(fx) > 15);
+  replicate_buf_free(&buf);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Base images */
 
@@ -769,6 +833,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_apply_delay, setup, teardown),
       cmocka_unit_test_setup_teardown(test_group_apply_fits_ring, setup, teardown),
       cmocka_unit_test_setup_teardown(test_on_received, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_receive_log_hold, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_image, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_refusals, setup, teardown),
       cmocka_unit_test_setup_teardown(test_promote, setup, teardown),

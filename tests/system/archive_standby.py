@@ -19,9 +19,19 @@ usage: archive_standby.py LOOMSHIP
    follows, archives epoch 2 (a new writer at the new epoch), and restore
    newest is the new primary's position.
 5. kill -9 of the archiving standby while its primary saves, restarted on
-   its port: the archive goes on (a gap and a base where frames were
-   lost), `archive verify` passes and restore newest is the primary's
-   last position."""
+   its port: the archive goes on, `archive verify` passes and restore
+   newest is the primary's last position.
+6. kill -9 of the archiving standby while the archive directory is away
+   (frames received, not uploaded): restarted with it back, the standby
+   uploads them from its receive log (the archive's hold on it, DESIGN
+   section 7): the archive has no gap, and a restore to a seq inside the
+   outage is the primary's image there.
+7. The same with SIGTERM and --drain-timeout 1 instead of kill -9: the
+   drain does not finish, the hold stays (the applies before the exit trim
+   nothing the archive lacks: that window is narrow here, the unit test
+   replicate_archive test_hold_after_stop pins it), and the restart
+   uploads the rest: no gap."""
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +44,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import systest  # noqa: E402
 
 TABLE = ["--keys", "16", "--arena-pages", "128", "--pages", "2"]
+# Phases 6 and 7: commits of up to 32 pages (a key a page; a few KiB
+# compressed) into a receive log of 16 KiB segments (a test build's
+# LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES), so that the applier's trims would
+# drop the frames received while the archive is away without its hold.
+BIG = ["--keys", "1024", "--arena-pages", "2048", "--pages", "32"]
+SMALL_SEGMENTS = dict(os.environ, LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES="16384")
 
 
 def run(loomship, *args):
@@ -240,6 +256,62 @@ class Suite(systest.Checks):
                    got.get("checksum") == mine.get("checksum"),
                    "phase 5: restore newest is the primary's position: %s" % text.strip())
 
+    # 6, 7 ---------------------------------------------------------------
+    def killed_while_away(self, phase=6, sig=signal.SIGKILL):
+        """kill -9 (or a stop whose drain cannot finish) of the archiving
+        standby while its archive is away: the frames it received meanwhile
+        are held in its receive log and uploaded after the restart, no
+        gap."""
+        p = "phase %d: " % phase
+        arc, pdir, sdir = (self.path("%s%d" % (x, phase)) for x in ("arc", "p", "s"))
+        os.makedirs(arc)
+        extra = ["--archive", "file://" + arc, "--drain-timeout", "1"]
+        sproc, surl = systest.start_standby(self.ls, sdir, log=self.log, extra=extra,
+                                            env=SMALL_SEGMENTS)
+        port = int(surl.rsplit(":", 1)[1])
+        proc, _, _ = systest.start_primary(
+            self.ls, ["--dir", pdir, "--standby", surl, "--saves", "0", "--rate", "40"]
+            + BIG, self.log)
+        self.check(systest.wait_for(lambda: uploaded(surl) >= 10, 20),
+                   p + "the standby archives")
+        os.rename(arc, arc + ".away")
+
+        def applied():
+            return ((systest.status(surl) or {}).get("applied") or {}).get("seq", 0)
+        seq0 = applied()
+        moved = systest.wait_for(lambda: applied() > seq0 + 60, 20)
+        code = systest.stop(sproc, sig)
+        os.rename(arc + ".away", arc)
+        stopped_at = (systest.inspect(self.ls, sdir) or {}).get("seq", 0)
+        self.check(moved and stopped_at > seq0 + 60 and code in (0, -signal.SIGKILL),
+                   p + "60 commits applied while the archive was away (%s to %s; "
+                   "stopped with %s)" % (seq0, stopped_at, code))
+        segs = len(os.listdir(os.path.join(sdir, "replog")))
+        sproc, surl2 = systest.start_standby(self.ls, sdir, port=port, log=self.log,
+                                             extra=extra, env=SMALL_SEGMENTS)
+        self.check(surl2 == surl and segs > 4,
+                   p + "restarted on its port (its receive log: %d files)" % segs)
+        caught = surl2 and systest.wait_for(lambda: uploaded(surl) >= stopped_at + 20, 20)
+        self.check(caught, p + "the restarted standby archives past seq %d: %s"
+                   % (stopped_at, (systest.status(surl) or {}).get("archive")))
+        self.check(systest.stop(proc) == 0, p + "the primary stops with 0")
+        mine = systest.inspect(self.ls, pdir) or {}
+        self.check(systest.wait_for(lambda: uploaded(surl) == mine.get("seq"), 20),
+                   p + "the archive reaches the primary's last seq %s" % mine.get("seq"))
+        self.check(systest.stop(sproc) == 0, p + "the standby stops with 0")
+        rc, text = run(self.ls, "archive", "list", "--from", "file://" + arc, "--json")
+        objs = json.loads(text).get("objects", []) if rc == 0 else []
+        gaps = [(o["first_seq"], o["last_seq"]) for o in objs if o.get("kind") == "gap"]
+        self.check(rc == 0 and objs and not gaps,
+                   p + "the archive has no gap (gaps %s; %s)" % (gaps, text[-200:]))
+        mid = (seq0 + stopped_at) // 2
+        rc, text = run(self.ls, "restore", "--from", "file://" + arc, "--out",
+                       self.path("p%d-mid" % phase), "--seq", str(mid))
+        got = systest.inspect(self.ls, self.path("p%d-mid" % phase)) or {}
+        at = run(self.ls, "inspect", pdir, "--json", "--at", str(mid))[1]
+        self.check(rc == 0 and got.get("seq") == mid and got.get("checksum", "?") in at,
+                   p + "a restore to seq %d, inside the outage, is the primary's image "
+                   "there (%s)" % (mid, text.strip()[-160:]))
 
 def main():
     loomship = sys.argv[1]
@@ -251,6 +323,8 @@ def main():
     s.promoted(sproc, surl, sdir)
     s.follows_new_epoch()
     s.killed_and_restarted()
+    s.killed_while_away()
+    s.killed_while_away(7, signal.SIGTERM)
     return systest.report("archive_standby", s.failures, root)
 
 
