@@ -21,8 +21,14 @@ moves much less than the rates, since both processes are CPU-bound there.
 Prints "RESULT name median min max unit reference ratio" lines like the
 other benchmarks.
 
+With --rate R the primary saves R times a second instead of as fast as
+it can: the CPU per save is then compared at the same work per second
+(at full rate the shipper merges frames for a standby that is behind and
+the standby applies them in groups, which moves the CPU per save with
+the load), and "kept up" only says whether the pair held R.
+
 Usage: commit_path_bench.py LOOMSHIP [--seconds S] [--repeats N]
-       [--pages 64,1] [--dir DIR]
+       [--pages 64,1] [--dir DIR] [--rate R]
 """
 import json
 import os
@@ -86,7 +92,7 @@ def loop_rate(work, k, seconds):
         os.unlink(path)
 
 
-def loomship_rate(loomship, work, k, seconds, warmup=2.0):
+def loomship_rate(loomship, work, k, seconds, rate=100000, warmup=2.0):
     """Saves/s the standby applied, the primary's saves/s, and the primary's
     and the standby's CPU ms per save the primary made, in one run."""
     procs = []
@@ -101,7 +107,7 @@ def loomship_rate(loomship, work, k, seconds, warmup=2.0):
         with open(plog, "w") as log:
             procs.append(subprocess.Popen(
                 [loomship, "primary", "--dir", os.path.join(work, "p"),
-                 "--rate", "100000", "--pages", str(k),
+                 "--rate", str(rate), "--pages", str(k),
                  "--listen", "127.0.0.1:0", "--standby", surl],
                 stdout=log, stderr=subprocess.STDOUT))
         purl = listening_url(plog, procs[1])
@@ -129,7 +135,7 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     loomship = os.path.abspath(sys.argv[1])
-    seconds, repeats, ks, root = 5.0, 3, [64, 1], None
+    seconds, repeats, ks, root, rate = 5.0, 3, [64, 1], None, 100000
     argv = sys.argv[2:]
     while argv:
         if argv[0] == "--seconds":
@@ -140,6 +146,8 @@ def main():
             ks = [int(x) for x in argv[1].split(",")]
         elif argv[0] == "--dir":
             root = argv[1]
+        elif argv[0] == "--rate":
+            rate = int(argv[1])
         else:
             print(__doc__, file=sys.stderr)
             return 2
@@ -152,7 +160,7 @@ def main():
             work = tempfile.mkdtemp(prefix="loomship-commit-", dir=root)
             try:
                 limit.append(loop_rate(work, k, seconds))
-                a, p, cp, cs = loomship_rate(loomship, work, k, seconds)
+                a, p, cp, cs = loomship_rate(loomship, work, k, seconds, rate)
                 kept.append(a)
                 made.append(p)
                 cpu_p.append(cp)

@@ -70,19 +70,17 @@ struct loom {
   uint64_t file_pages;          /* pages the arena may still take from the
                                    image file: the image's length at open,
                                    lowered by every shrink since */
-  /* RECENT PAGES (loom.c): the newest committed version of every page
-   * that the commits after recent_from wrote, while the checkpoint has
-   * not merged them into the image file; ascending page numbers. */
-  struct recent_page *recent;   /* [recent_count] */
+  /* RECENT PAGES (loom.c): where in the commit log the newest committed
+   * version of every page is that the commits after recent_from wrote,
+   * while the checkpoint has not merged them into the image file;
+   * ascending page numbers. */
+  struct recent_page *recent;   /* [recent_count], and as many to merge */
   uint64_t recent_count;
-  uint8_t *recent_pool;         /* recent_cap page versions */
-  uint32_t recent_cap;
-  uint32_t *recent_free;        /* free slots of the pool, a stack */
-  uint32_t recent_nfree;
+  uint32_t recent_cap;          /* pages it may list */
   uint64_t recent_from;         /* UINT64_MAX: covers nothing */
   uint64_t recent_image_pages;  /* the image file's length as the hook reads
                                    it (pages past it read as zeros) */
-  uint64_t recent_bytes;        /* the pool's memory (loom_get_log_stats;
+  uint64_t recent_bytes;        /* its memory (loom_get_log_stats;
                                    __atomic: read from any thread) */
 };
 

@@ -346,8 +346,6 @@ static void loom_free(loom *l)
   free(l->checked);
   free(l->early_arrays);
   free(l->recent);
-  free(l->recent_pool);
-  free(l->recent_free);
   free(l);
 }
 
@@ -592,13 +590,24 @@ uint64_t loom_rotted_page(const loom *l)
  * page it commits. With an apply thread the image file lags the committed
  * position by the records the checkpoint has not merged yet, so the hook
  * used to wait for the checkpoint (image writes and two fsyncs) before
- * every commit. Instead, after each commit's hook the saving thread keeps
- * a copy of the versions it committed (the arena still holds them):
+ * every commit. Instead, after each commit's hook the saving thread notes
+ * where in the commit log each page it committed is (its record's lsn and
+ * the page's place in it), and the hook reads a listed page's old version
+ * from its record, which the log still holds (R3):
  *
- *   R1. recent holds, for every page that a commit with seq > recent_from
- *       wrote, its newest committed version and that commit's seq.
+ *   R1. recent lists, for every page that a commit with seq > recent_from
+ *       wrote, the record of its newest committed version and that
+ *       commit's seq.
  *   R2. No commit with seq > recent_from shrank the image (one that does
  *       empties recent and becomes recent_from): lengths only grew.
+ *   R3. A listed record's bytes are in the log while it is listed: its
+ *       space is free only once the checkpoint merged it, and the
+ *       checkpoint moves ckpt (image_pos) before it frees the space
+ *       (checkpoint_batch: step 4, then log_head), so a record whose
+ *       space a later save may have taken has seq <= ckpt, and the entry
+ *       is dropped (below) before any hook reads it; only the saving
+ *       thread writes the log, so nothing overwrites it during a hook.
+ *       (A resized ring is empty first: every entry is dropped then.)
  *
  * Before the hook of the commit after `before`, with ckpt the position
  * the image file has been written to (loom_store_log_stats): if
@@ -606,7 +615,7 @@ uint64_t loom_rotted_page(const loom *l)
  * covered; entries of seq <= ckpt are dropped (the image file holds them,
  * or newer versions of the same pages that recent lists), and a page's
  * old version is:
- *   - recent's, if listed (R1);
+ *   - its record's in the log, if listed (R1, R3);
  *   - else, below ckpt.pages, the image file's: no pending record writes
  *     the page (R1), and none cuts the file (R2);
  *   - else zeros: no commit wrote it since it was past the image's end
@@ -615,14 +624,17 @@ uint64_t loom_rotted_page(const loom *l)
  * Else the checkpoint catches up first (store_apply_wait), recent is
  * emptied, recent_from = before.seq, and the image file is at before. A
  * commit of more pages than recent has room for empties it and becomes
- * recent_from, so the next commit may wait. The memory: half the commit
- * log's ring (32 MiB by default, see recent_pool_pages), taken at the
- * first commit of an arena with a hook and an apply thread; without the
- * thread every hook waits, as before. */
+ * recent_from, so the next commit may wait. Whatever the version's
+ * source, the hook checks it against the commit's old hash (the frame
+ * encoder: REPLICATE_EIMAGE_ROT). The memory: an index of up to half the
+ * commit log's ring in pages (32 bytes a page twice, 128 KiB by default;
+ * before, a copy of every page: 32 MiB), taken at the first commit of an
+ * arena with a hook and an apply thread; without the thread every hook
+ * waits, as before. */
 
-/* The pool: half the commit log's ring (the checkpoint starts when a
- * quarter of it is queued, and commits go on while it runs), within
- * [RECENT_MIN_PAGES, RECENT_MAX_PAGES]. */
+/* The pages recent may list: half the commit log's ring (the checkpoint
+ * starts when a quarter of it is queued, and commits go on while it
+ * runs), within [RECENT_MIN_PAGES, RECENT_MAX_PAGES]. */
 #define RECENT_MIN_PAGES 256u
 #define RECENT_MAX_PAGES 4096u
 
@@ -638,19 +650,18 @@ static uint32_t recent_pool_pages(loom *l)
 
 typedef struct recent_page {
   uint64_t n, seq;
-  uint32_t slot;
+  uint64_t lsn; /* the record of seq, where page n is its index-th */
+  uint64_t index;
 } recent_page;
 
 static void recent_clear(loom *l, uint64_t from)
 {
-  for (uint64_t j = 0; j < l->recent_count; j++)
-    l->recent_free[l->recent_nfree++] = l->recent[j].slot;
   l->recent_count = 0;
   l->recent_from = from;
 }
 
-/* The newest committed version of page n that recent holds, or NULL. */
-static const uint8_t *recent_find(const loom *l, uint64_t n)
+/* The entry of page n, or NULL. */
+static const recent_page *recent_find(const loom *l, uint64_t n)
 {
   uint64_t lo = 0, hi = l->recent_count;
   while (lo < hi) {
@@ -660,9 +671,7 @@ static const uint8_t *recent_find(const loom *l, uint64_t n)
     else
       hi = mid;
   }
-  if (lo < l->recent_count && l->recent[lo].n == n)
-    return l->recent_pool + (uint64_t)l->recent[lo].slot * PS;
-  return NULL;
+  return lo < l->recent_count && l->recent[lo].n == n ? &l->recent[lo] : NULL;
 }
 
 /* Before the hook of the commit after `before`: recent as the checkpoint
@@ -682,48 +691,43 @@ static int recent_prepare(loom *l, const loom_position *before, int use)
   }
   l->recent_image_pages = st.checkpoint.pages;
   uint64_t kept = 0;
-  for (uint64_t j = 0; j < l->recent_count; j++) {
-    if (l->recent[j].seq <= st.checkpoint.seq)
-      l->recent_free[l->recent_nfree++] = l->recent[j].slot;
-    else
+  for (uint64_t j = 0; j < l->recent_count; j++)
+    if (l->recent[j].seq > st.checkpoint.seq) /* else R3: maybe overwritten */
       l->recent[kept++] = l->recent[j];
-  }
   l->recent_count = kept;
   return 0;
 }
 
-/* After the hook of commit c: its pages' versions join recent (R1), or it
- * becomes recent_from. */
-static void recent_note(loom *l, const loom_commit *c)
+/* The index's memory, at the first commit that needs it: recent_cap
+ * entries and as many to merge into. */
+static int recent_alloc(loom *l)
+{
+  l->recent_cap = recent_pool_pages(l);
+  l->recent = malloc(l->recent_cap * 2 * sizeof *l->recent);
+  if (!l->recent)
+    return ENOMEM;
+  l->recent_count = 0;
+  __atomic_store_n(&l->recent_bytes,
+                   (uint64_t)l->recent_cap * 2 * sizeof *l->recent,
+                   __ATOMIC_RELAXED);
+  return 0;
+}
+
+/* After the hook of commit c, whose record is at lsn: its pages join
+ * recent (R1), or it becomes recent_from. */
+static void recent_note(loom *l, const loom_commit *c, uint64_t lsn)
 {
   uint64_t k = c->page_count;
-  if (!l->recent_pool) {
-    l->recent_cap = recent_pool_pages(l);
-    l->recent = malloc(l->recent_cap * 2 * sizeof *l->recent);
-    l->recent_pool = malloc(l->recent_cap * PS);
-    l->recent_free = malloc(l->recent_cap * sizeof *l->recent_free);
-    if (!l->recent || !l->recent_pool || !l->recent_free) {
-      free(l->recent), free(l->recent_pool), free(l->recent_free);
-      l->recent = NULL, l->recent_pool = NULL, l->recent_free = NULL;
-      l->recent_from = c->after.seq; /* no memory: the next hook waits */
-      return;
-    }
-    l->recent_count = 0;
-    l->recent_nfree = l->recent_cap;
-    for (uint32_t j = 0; j < l->recent_cap; j++)
-      l->recent_free[j] = l->recent_cap - 1 - j;
-    __atomic_store_n(&l->recent_bytes,
-                     (uint64_t)l->recent_cap * (PS + 2 * sizeof *l->recent +
-                                                sizeof *l->recent_free),
-                     __ATOMIC_RELAXED);
+  if (!l->recent && recent_alloc(l)) {
+    l->recent_from = c->after.seq; /* no memory: the next hook waits */
+    return;
   }
-  if (c->after.pages < c->before.pages || k > l->recent_nfree) {
+  if (c->after.pages < c->before.pages || l->recent_count + k > l->recent_cap) {
     recent_clear(l, c->after.seq); /* R2, or no room: the next hook waits */
     return;
   }
-  /* Merge c's pages (ascending) into recent (ascending), from the end:
-   * recent has room for twice its page cap, and pages already listed
-   * keep their slot. */
+  /* Merge c's pages (ascending; the record holds them in that order)
+   * into recent (ascending), into the second half, then back. */
   recent_page *merged = l->recent + l->recent_cap;
   uint64_t a = 0, b = 0, m = 0;
   while (a < l->recent_count || b < k) {
@@ -732,14 +736,9 @@ static void recent_note(loom *l, const loom_commit *c)
       merged[m++] = l->recent[a++];
       continue;
     }
-    recent_page e = {n, c->after.seq, 0};
     if (a < l->recent_count && l->recent[a].n == n)
-      e.slot = l->recent[a++].slot;
-    else
-      e.slot = l->recent_free[--l->recent_nfree];
-    memcpy(l->recent_pool + (uint64_t)e.slot * PS, page_addr(l, n), PS);
-    merged[m++] = e;
-    b++;
+      a++; /* superseded by c's version */
+    merged[m++] = (recent_page){n, c->after.seq, lsn, b++};
   }
   memcpy(l->recent, merged, m * sizeof *merged);
   l->recent_count = m;
@@ -757,11 +756,9 @@ void loom_get_log_stats(loom *l, loom_log_stats *out)
 static int old_version(loom *l, const loom_commit *c, uint64_t i, void *buf)
 {
   uint64_t n = c->page_numbers[i];
-  const uint8_t *r = n < c->before.pages ? recent_find(l, n) : NULL;
-  if (r) {
-    memcpy(buf, r, PS);
-    return 0;
-  }
+  const recent_page *r = n < c->before.pages ? recent_find(l, n) : NULL;
+  if (r)
+    return store_read_record_page(l->store, r->lsn, r->index, buf);
   if (n >= c->before.pages || n >= l->recent_image_pages ||
       c->old_hashes[i] == store_zero_hash(n)) {
     memset(buf, 0, PS);
@@ -770,15 +767,30 @@ static int old_version(loom *l, const loom_commit *c, uint64_t i, void *buf)
   return store_read_image_page(l->store, n, buf);
 }
 
-int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
+int loom_commit_old_page_view(loom *l, const loom_commit *c, uint64_t i,
+                              void *buf, const void **page)
 {
-  if (!l || !c || !buf || i >= c->page_count)
+  if (page)
+    *page = NULL;
+  if (!l || !c || !buf || !page || i >= c->page_count)
     return LOOM_EINVAL;
   if (l->early && c->page_numbers == l->early->page_numbers) {
-    memcpy(buf, l->early_old + i * PS, PS);
+    *page = l->early_old + i * PS; /* early_capture's copy */
     return 0;
   }
-  return old_version(l, c, i, buf);
+  int rc = old_version(l, c, i, buf);
+  if (!rc)
+    *page = buf;
+  return rc;
+}
+
+int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf)
+{
+  const void *page;
+  int rc = loom_commit_old_page_view(l, c, i, buf, &page);
+  if (!rc && page != buf)
+    memcpy(buf, page, PS);
+  return rc;
 }
 
 /* The most pages whose old versions are copied so that the apply can start
@@ -867,6 +879,7 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     loom_patch_abort(p);
     return rc;
   }
+  uint64_t lsn = p->lsn; /* for RECENT PAGES (p is the apply's after S6) */
   l->stats.saves++;
   l->stats.pages_saved += ch->count;
   /* The hook's old versions: RECENT PAGES and the image file, or the
@@ -894,7 +907,7 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
   if (l->opt.on_commit && !early) {                          /* S4 */
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
     if (recent) /* c's arrays are the patch's, gone after S6 */
-      recent_note(l, &c);
+      recent_note(l, &c, lsn);
   }
   rc = unmap_image_tail(l, low, image);                      /* S5 */
   l->image_pages = low;
@@ -912,7 +925,7 @@ static int commit(loom *l, uint64_t low, const changes *ch, int *hook_rc)
     *hook_rc = l->opt.on_commit(l->opt.commit_ctx, l, &c);
     l->early = NULL;
     if (recent) /* c's arrays are early_capture's copies */
-      recent_note(l, &c);
+      recent_note(l, &c, lsn);
   }
   return rc;
 }

@@ -307,7 +307,7 @@ int loom_store_sync(loom_store *store);
  * checkpoint holds now for records not yet merged (each queued record's
  * page lists, the queue, a batch's merge arrays), at most size / 16 (the
  * largest ring since open); merge_peak_bytes, its highest since open;
- * recent_bytes, the arena's RECENT PAGES pool (loom_get_log_stats only:
+ * recent_bytes, the arena's RECENT PAGES index (loom_get_log_stats only:
  * 0 from loom_store_log_stats). */
 typedef struct loom_log_stats {
   uint64_t used, size;
@@ -426,6 +426,12 @@ int loom_patch_add(loom_patch *patch, uint64_t page_number, const void *page);
  * page's hash: hash must be loom_page_hash(page_number, page); the store
  * does not compute it again. */
 int loom_patch_add_hashed(loom_patch *patch, uint64_t page_number,
+                          const void *page, uint64_t hash);
+/* loom_patch_add_hashed for a page that stays unchanged at the same
+ * address until loom_patch_commit (or loom_patch_abort) returns: the store
+ * writes it to the log from there instead of copying it into its staging
+ * buffer first (a standby's decoded frame, applied in one call). */
+int loom_patch_add_stable(loom_patch *patch, uint64_t page_number,
                           const void *page, uint64_t hash);
 /* loom_patch_commit frees the patch whether it succeeds or fails;
  * loom_patch_abort frees it without committing. */
@@ -623,9 +629,10 @@ typedef struct loom_commit {
  * loom_commit_old_page() (with LOOM_APPLY_ASYNC the image file may already
  * be changing while the hook runs: the apply and the hook overlap, so read
  * old versions only through loom_commit_old_page). With LOOM_APPLY_ASYNC
- * the hook does not wait for the checkpoint: the arena keeps a copy of the
- * pages the commits not yet checkpointed wrote (up to half the commit
- * log's ring, 32 MiB by default, taken at the first such commit; past
+ * the hook does not wait for the checkpoint: the arena notes where in the
+ * commit log the pages the commits not yet checkpointed wrote are, and
+ * reads an old version from there (up to half the commit log's ring in
+ * pages, an index of 64 bytes a page taken at the first such commit; past
  * that, or after a commit that shrank the image, the next hook waits for
  * the checkpoint first). Its return value is
  * returned by loom_save() (the commit stands either way: it is durable).
@@ -730,6 +737,15 @@ int loom_save(loom *l, uint64_t low, uint64_t high);
  * c into buf. Only inside the commit hook. Pages past before.pages read as
  * zeros. */
 int loom_commit_old_page(loom *l, const loom_commit *c, uint64_t i, void *buf);
+
+/* The same without a copy where the arena already holds the version in
+ * memory (with LOOM_APPLY_ASYNC it copies a commit's old versions before
+ * the apply starts, and the hook then runs): *page points to it, read-only
+ * and valid until the hook returns; else the version is read into buf and
+ * *page is buf. Errors: those of loom_commit_old_page (*page is then
+ * NULL). */
+int loom_commit_old_page_view(loom *l, const loom_commit *c, uint64_t i,
+                              void *buf, const void **page);
 
 /* Return the memory of free pages in [low, high) to the OS (their contents
  * become zero). */

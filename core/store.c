@@ -851,13 +851,54 @@ static int ckpt_log_order_cmp(const void *a, const void *b)
   return x->i < y->i ? -1 : x->i > y->i;
 }
 
+/* One run of pages adjacent in both the record and the image: from the
+ * log to the image without a copy through memory (loom_io.copy). */
+static int copy_run(loom_store *s, const loom_patch *r, uint64_t i,
+                    uint64_t n, uint64_t run)
+{
+  size_t len = (size_t)(run * PS);
+  ssize_t got = s->io->copy(s->io->ctx, s->log_fd, patch_page_offset(r, i),
+                            s->image_fd, (off_t)(n * PS), len);
+  if (got < 0)
+    return (int)-got;
+  return (size_t)got == len ? 0 : LOOM_ECORRUPT; /* the log ended first */
+}
+
+/* Copy o[j, k) (one record's, in log order) into the image: with
+ * loom_io.copy one call per run of pages adjacent in both the record and
+ * the image; else one read of their span in the record, then one write
+ * per run. */
+static int copy_span(loom_store *s, const ckpt_batch *b, uint64_t j, uint64_t k)
+{
+  const ckpt_page *o = b->pages;
+  const loom_patch *r = b->recs[o[j].rec];
+  int rc = 0;
+  if (!s->io->copy)
+    rc = store_read_exact(s, s->log_fd, s->ckpt_buf,
+                          (size_t)((o[k - 1].i - o[j].i + 1) * PS),
+                          patch_page_offset(r, o[j].i));
+  for (uint64_t m = j, run; !rc && m < k; m += run) {
+    run = 1; /* adjacent in both the record and the image */
+    while (m + run < k && o[m + run].i == o[m].i + run &&
+           o[m + run].n == o[m].n + run)
+      run++;
+    rc = s->io->copy
+             ? copy_run(s, r, o[m].i, o[m].n, run)
+             : store_write_exact(s, s->image_fd,
+                                 s->ckpt_buf + (o[m].i - o[j].i) * PS,
+                                 (size_t)(run * PS), (off_t)(o[m].n * PS));
+  }
+  return rc;
+}
+
 /* Copy the batch's pages (b->pages, sorted here into log order) from the
- * log into the image: one read per record's span of up to STAGING_PAGES
- * pages that holds newest versions (a record's pages are contiguous in the
- * log; superseded ones between them are read and skipped), then one write
- * per run of pages adjacent in both. A record of 64 scattered pages is one
- * read, not 64 (docs/BENCHMARKS.md section 9). The order of the image's
- * writes is no part of I1: nothing counts before step 6. */
+ * log into the image, a record's span of up to STAGING_PAGES pages that
+ * holds newest versions at a time (a record's pages are contiguous in the
+ * log; superseded ones between them are skipped): without loom_io.copy,
+ * one read per span, not one per page (a record of 64 scattered pages is
+ * one read, not 64); with it, no read at all, and the kernel copies each
+ * page once instead of twice (docs/BENCHMARKS.md section 9). The order of
+ * the image's writes is no part of I1: nothing counts before step 6. */
 static int batch_copy_pages(loom_store *s, const ckpt_batch *b)
 {
   ckpt_page *o = b->pages;
@@ -868,19 +909,7 @@ static int batch_copy_pages(loom_store *s, const ckpt_batch *b)
     while (k < b->npages && o[k].rec == o[j].rec &&
            o[k].i < o[j].i + STAGING_PAGES)
       k++;
-    const loom_patch *r = b->recs[o[j].rec];
-    rc = store_read_exact(s, s->log_fd, s->ckpt_buf,
-                          (size_t)((o[k - 1].i - o[j].i + 1) * PS),
-                          patch_page_offset(r, o[j].i));
-    for (uint64_t m = j, run; !rc && m < k; m += run) {
-      run = 1; /* adjacent in both the record and the image */
-      while (m + run < k && o[m + run].i == o[m].i + run &&
-             o[m + run].n == o[m].n + run)
-        run++;
-      rc = store_write_exact(s, s->image_fd,
-                             s->ckpt_buf + (o[m].i - o[j].i) * PS,
-                             (size_t)(run * PS), (off_t)(o[m].n * PS));
-    }
+    rc = copy_span(s, b, j, k);
   }
   return rc;
 }
@@ -1099,11 +1128,17 @@ int store_apply_wait(loom_store *s)
   if (!t->started)
     return checkpoint_drain(s);
   pthread_mutex_lock(&t->mutex);
-  t->want++;
-  pthread_cond_broadcast(&t->cond);
-  while ((t->queued || t->busy) && !s->poison)
-    pthread_cond_wait(&t->cond, &t->mutex);
-  t->want--;
+  if (t->queued || t->busy) {
+    /* Only then: a broadcast with nothing queued wakes the idle thread
+     * for nothing, and a standby reads pages one by one (a frame's old
+     * versions, the read-back), so that was two context switches a page
+     * (docs/BENCHMARKS.md section 9, "CPU per save"). */
+    t->want++;
+    pthread_cond_broadcast(&t->cond);
+    while ((t->queued || t->busy) && !s->poison)
+      pthread_cond_wait(&t->cond, &t->mutex);
+    t->want--;
+  }
   pthread_mutex_unlock(&t->mutex);
   return s->poison ? LOOM_EPANIC : 0;
 }
@@ -1493,6 +1528,14 @@ int loom_patch_add_hashed(loom_patch *p, uint64_t n, const void *page,
   if (!p || !page)
     return LOOM_EINVAL;
   return store_patch_add_hashed(p, n, page, hash, 0);
+}
+
+int loom_patch_add_stable(loom_patch *p, uint64_t n, const void *page,
+                          uint64_t hash)
+{
+  if (!p || !page)
+    return LOOM_EINVAL;
+  return store_patch_add_hashed(p, n, page, hash, 1);
 }
 
 int loom_patch_add(loom_patch *p, uint64_t n, const void *page)
@@ -2362,6 +2405,12 @@ uint64_t loom_store_page_hash(const loom_store *s, uint64_t n)
 int store_read_image_page(loom_store *s, uint64_t n, void *buf)
 {
   return store_read_exact(s, s->image_fd, buf, PS, (off_t)(n * PS));
+}
+
+int store_read_record_page(loom_store *s, uint64_t lsn, uint64_t i, void *buf)
+{
+  return store_read_exact(s, s->log_fd, buf, PS,
+                          log_offset(s, lsn, PATCH_HEADER_BLOCK + i * PS));
 }
 
 int loom_store_read_page(loom_store *s, uint64_t n, void *buf)

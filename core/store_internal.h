@@ -136,6 +136,10 @@ int store_patch_make_durable(loom_patch *p);
 int store_apply_start(loom_patch *p);
 /* Read image page n as the image file holds it now (no waiting). */
 int store_read_image_page(loom_store *s, uint64_t n, void *buf);
+/* Page i of the record at lsn, read from the commit log (the arena's
+ * RECENT PAGES, core/loom.c): the caller knows the record is still in the
+ * ring (not checkpointed, so its space is not free). */
+int store_read_record_page(loom_store *s, uint64_t lsn, uint64_t i, void *buf);
 /* Open with the arena's flags (LOOM_APPLY_ASYNC honoured). */
 int store_open_flags(const char *dir, unsigned flags, const loom_io *io,
                      loom_store **out);

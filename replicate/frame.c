@@ -215,7 +215,7 @@ int replicate_frame_parse_header(const void *bytes, size_t len,
 struct replicate_encoder {
   ZSTD_CCtx *cctx;
   int level;
-  uint8_t *old_page;   /* loom_commit_old_page() lands here */
+  uint8_t *old_page;   /* loom_commit_old_page_view() may land here */
   uint8_t *delta;      /* new XOR old */
   /* The frame being built (between begin and end). */
   replicate_frame_info info;
@@ -444,14 +444,13 @@ int replicate_frame_encode_commit(replicate_encoder *enc, loom *l,
     uint64_t n = c->page_numbers[i];
     const void *old_page = NULL;
     if (n < c->before.pages) {
-      rc = loom_commit_old_page(l, c, i, enc->old_page);
+      rc = loom_commit_old_page_view(l, c, i, enc->old_page, &old_page);
       if (rc != 0) break;
-      if (loom_page_hash(n, enc->old_page) != c->old_hashes[i]) {
+      if (loom_page_hash(n, old_page) != c->old_hashes[i]) {
         enc->rot_page = n; /* the image does not hold what was committed */
         rc = REPLICATE_EIMAGE_ROT;
         break;
       }
-      old_page = enc->old_page;
     }
     rc = encode_page(enc, n, c->new_hashes[i], loom_page(l, n), old_page, out);
   }
@@ -671,7 +670,9 @@ static uint64_t expected_after_checksum(const replicate_frame *frame,
  * Rebuild the frame's delta pages in place, in the decoder's buffer: each
  * becomes its new contents (XOR with the store's version), and its entry
  * says WHOLE, so the frame still describes the same commit. Then check
- * every page's hash. Done before the patch is begun: the store refuses
+ * every page's hash: the only time the standby hashes a frame's page
+ * before the read-back (replicate_frame_apply hands these hashes to the
+ * store with loom_patch_add_hashed). Done before the patch is begun: the store refuses
  * reads while a patch is open, and a bad frame never starts one. A page
  * whose hash fails is turned back into its delta.
  */
@@ -751,7 +752,11 @@ int replicate_frame_apply(const replicate_frame *frame, loom_store *store)
   for (uint64_t i = 0; i < info->page_count; i++) {
     replicate_page page;
     replicate_frame_get_page(frame, i, &page);
-    rc = loom_patch_add(patch, page.page_number, page.contents);
+    /* rebuild_and_check hashed these contents and found page.hash: the
+     * store need not hash them again; and they stay in the decoder's
+     * buffer until the commit below returns: no copy either. */
+    rc = loom_patch_add_stable(patch, page.page_number, page.contents,
+                               page.hash);
     if (rc != 0) {
       loom_patch_abort(patch);
       return rc;

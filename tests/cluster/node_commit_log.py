@@ -34,7 +34,7 @@ def check_members(c, when):
                                                  "leader" if nd is lead else "standby"),
               ok, (nd.status() or {}).get("commit_log"))
     recent = ((lead.status() or {}).get("commit_log") or {}).get("recent_bytes", 0)
-    check("%s: the leader reports RECENT's pool" % when, recent > 0, recent)
+    check("%s: the leader reports RECENT's index" % when, recent > 0, recent)
     return lead
 
 

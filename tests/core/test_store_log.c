@@ -482,6 +482,30 @@ static void close_verify(loom_store *s, iosim *sim, const char *dir,
   assert_int_equal(pos->seq, seq);
 }
 
+/* A commit of version 2 of the even pages 0, 2, ..., 30 over s's
+ * position (scattered: no two adjacent in the image). */
+static loom_patch_header even_pages_header(loom_store *s)
+{
+  loom_patch_header h = {.page_count = 16};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  for (uint64_t n = 0; n < 32; n += 2)
+    h.after.checksum += filled_hash(n, 2) - loom_store_page_hash(s, n);
+  return h;
+}
+
+static void add_even_pages(loom_patch *p)
+{
+  uint8_t *page = malloc(PS);
+  assert_non_null(page);
+  for (uint64_t n = 0; n < 32; n += 2) {
+    fill(page, n, 2);
+    assert_int_equal(loom_patch_add(p, n, page), 0);
+  }
+  free(page);
+}
+
 /* Step 1 writes a record of up to STAGING_PAGES pages (header, pages,
  * entries, trailer) with one pwritev, and step 3 reads nothing back: a
  * 64-page commit in the log's first lap is the header block's zeros and
@@ -521,23 +545,11 @@ static void test_checkpoint_one_log_read(void **state)
   loom_store *s;
   assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, iosim_io(sim), &s), 0);
   assert_int_equal(commit(s, 64, 1, 1), 0);
-  loom_patch_header h = {.page_count = 16};
-  loom_store_position(s, &h.before);
-  h.after = h.before;
-  h.after.seq++;
-  uint8_t *page = malloc(PS);
-  assert_non_null(page);
-  for (uint64_t n = 0; n < 32; n += 2) {
-    fill(page, n, 2);
-    h.after.checksum += loom_page_hash(n, page) - loom_store_page_hash(s, n);
-  }
+  loom_patch_header h = even_pages_header(s);
   loom_patch *p;
   assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
   uint64_t from = iosim_count(sim);
-  for (uint64_t n = 0; n < 32; n += 2) {
-    fill(page, n, 2);
-    assert_int_equal(loom_patch_add(p, n, page), 0);
-  }
+  add_even_pages(p);
   assert_int_equal(loom_patch_commit(p), 0); /* checkpointed inline */
   uint64_t reads = 0, synced = 0;
   for (uint64_t i = from; i < iosim_count(sim); i++) {
@@ -551,7 +563,148 @@ static void test_checkpoint_one_log_read(void **state)
   loom_position pos;
   close_verify(s, sim, fx->dir, 2, &pos);
   assert_true(pos.checksum == h.after.checksum);
+}
+
+/* The POSIX I/O with its copy (and its reads) counted. */
+typedef struct copy_count_io {
+  loom_io io;
+  uint64_t copies, copied_bytes, reads;
+} copy_count_io;
+
+static ssize_t cc_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
+{
+  copy_count_io *c = ctx;
+  c->reads++;
+  return loom_io_posix()->pread(NULL, fd, buf, len, off);
+}
+
+static ssize_t cc_copy(void *ctx, int in_fd, off_t in_off, int out_fd,
+                       off_t out_off, size_t len)
+{
+  copy_count_io *c = ctx;
+  c->copies++;
+  c->copied_bytes += len;
+  return loom_io_posix()->copy(NULL, in_fd, in_off, out_fd, out_off, len);
+}
+
+/* The POSIX copy moves exactly the bytes pread + pwrite would, at any
+ * offsets, and says how many there were when the source ends first. */
+static void test_posix_copy(void **state)
+{
+  fixture *fx = *state;
+  const loom_io *io = loom_io_posix();
+  assert_non_null(io->copy);
+  char a[128], b[128];
+  snprintf(a, sizeof a, "%s/image", fx->dir);
+  snprintf(b, sizeof b, "%s/log", fx->dir);
+  int in = open(b, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  int out = open(a, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  assert_true(in >= 0 && out >= 0);
+  uint8_t *src = malloc(3 * PS), *got = malloc(3 * PS);
+  assert_non_null(src);
+  assert_non_null(got);
+  for (uint64_t i = 0; i < 3 * PS; i++)
+    src[i] = (uint8_t)(i * 131 + 7);
+  assert_int_equal(pwrite(in, src, 3 * PS, 0), (ssize_t)(3 * PS));
+  assert_int_equal(io->copy(NULL, in, 1000, out, 5000, 2 * PS),
+                   (ssize_t)(2 * PS));
+  assert_int_equal(pread(out, got, 2 * PS, 5000), (ssize_t)(2 * PS));
+  assert_memory_equal(got, src + 1000, 2 * PS);
+  assert_int_equal(io->copy(NULL, in, 2 * PS, out, 0, 2 * PS), (ssize_t)PS);
+  assert_int_equal(pread(out, got, 5000, 0), 5000);
+  assert_memory_equal(got, src + 2 * PS, 5000);
+  close(in);
+  close(out);
+  free(src);
+  free(got);
+}
+
+/* With loom_io.copy the checkpoint reads nothing: 16 scattered pages
+ * (0, 2, ..., 30) are 16 copies of one page from the log into the image
+ * (the kernel copies each page once, not into a buffer and out again),
+ * and the image holds what was committed (loom_verify hashes it). */
+static void test_checkpoint_copies(void **state)
+{
+  fixture *fx = *state;
+  copy_count_io c = {.io = *loom_io_posix()};
+  c.io.ctx = &c;
+  c.io.pread = cc_pread;
+  c.io.copy = cc_copy;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, &c.io, &s), 0);
+  assert_int_equal(commit(s, 64, 1, 1), 0);
+  assert_int_equal(c.copied_bytes, 64 * PS); /* one run: a base image */
+  loom_patch_header h = even_pages_header(s);
+  loom_patch *p;
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  uint64_t copies = c.copies, reads = c.reads;
+  add_even_pages(p);
+  assert_int_equal(loom_patch_commit(p), 0); /* checkpointed inline */
+  assert_int_equal(c.copies - copies, 16);
+  assert_int_equal(c.reads - reads, 0);
+  assert_int_equal(loom_store_close(s), 0);
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 2);
+  assert_true(pos.checksum == h.after.checksum);
+  assert_true(computed == h.after.checksum);
+}
+
+/* loom_patch_add_stable writes pages from the caller's memory at the
+ * commit: what the commit found there is what the store holds, whatever
+ * the caller does with the memory afterwards; out-of-order pages and NULL
+ * are refused as with loom_patch_add. */
+static void test_patch_add_stable(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, NULL, &s), 0);
+  assert_int_equal(commit(s, 8, 1, 1), 0);
+  uint8_t *pages = malloc(3 * PS);
+  assert_non_null(pages);
+  loom_patch_header h = {.page_count = 3};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  for (uint64_t n = 1; n <= 3; n++) {
+    fill(pages + (n - 1) * PS, n, 2);
+    h.after.checksum += filled_hash(n, 2) - loom_store_page_hash(s, n);
+  }
+  loom_patch *p;
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  assert_int_equal(loom_patch_add_stable(p, 1, NULL, 0), LOOM_EINVAL);
+  loom_patch_abort(p);
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  for (uint64_t n = 1; n <= 3; n++)
+    assert_int_equal(loom_patch_add_stable(p, n, pages + (n - 1) * PS,
+                                           filled_hash(n, 2)), 0);
+  assert_int_equal(loom_patch_add_stable(p, 2, pages, filled_hash(2, 2)),
+                   LOOM_EINVAL);
+  loom_patch_abort(p);
+  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
+  for (uint64_t n = 1; n <= 3; n++)
+    assert_int_equal(loom_patch_add_stable(p, n, pages + (n - 1) * PS,
+                                           filled_hash(n, 2)), 0);
+  assert_int_equal(loom_patch_commit(p), 0);
+  memset(pages, 0xee, 3 * PS); /* the caller reuses its buffer */
+  uint8_t *page = malloc(PS), *want = malloc(PS);
+  assert_non_null(page);
+  assert_non_null(want);
+  for (uint64_t n = 0; n < 8; n++) {
+    assert_int_equal(loom_store_read_page(s, n, page), 0);
+    fill(want, n, n >= 1 && n <= 3 ? 2 : 1);
+    assert_memory_equal(page, want, PS);
+  }
+  assert_int_equal(loom_store_close(s), 0);
+  loom_position pos;
+  uint64_t computed;
+  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
+  assert_int_equal(pos.seq, 2);
+  assert_true(computed == h.after.checksum);
+  free(pages);
   free(page);
+  free(want);
 }
 
 /* Rewrite both meta slots: the valid one with the higher generation, with
@@ -1072,6 +1225,9 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_record_one_write, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoint_one_log_read, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_posix_copy, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checkpoint_copies, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_patch_add_stable, setup, teardown),
       cmocka_unit_test_setup_teardown(test_forged_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,
                                       teardown),
