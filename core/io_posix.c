@@ -149,56 +149,6 @@ static int posix_reserve(void *ctx, int fd, off_t off, off_t len)
   return rc == -ENOSYS ? -EOPNOTSUPP : rc;
 }
 
-/* Where copy_file_range cannot (another file system type, an old
- * kernel...): the rest through a buffer. */
-static ssize_t copy_through_buffer(int in_fd, off_t in_off, int out_fd,
-                                   off_t out_off, size_t len)
-{
-  enum { CHUNK = 256 * 1024 };
-  char *buf = malloc(len < CHUNK ? len : CHUNK);
-  if (!buf)
-    return -ENOMEM;
-  size_t done = 0;
-  ssize_t rc = 0;
-  while (rc >= 0 && done < len) {
-    size_t want = len - done < CHUNK ? len - done : CHUNK;
-    rc = posix_pread(NULL, in_fd, buf, want, in_off + (off_t)done);
-    if (rc > 0)
-      rc = posix_pwrite(NULL, out_fd, buf, (size_t)rc, out_off + (off_t)done);
-    if (rc > 0)
-      done += (size_t)rc;
-    if (rc >= 0 && (size_t)rc < want)
-      break; /* in_fd ended */
-  }
-  free(buf);
-  return rc < 0 ? rc : (ssize_t)done;
-}
-
-static ssize_t posix_copy(void *ctx, int in_fd, off_t in_off, int out_fd,
-                          off_t out_off, size_t len)
-{
-  (void)ctx;
-  size_t done = 0;
-  while (done < len) {
-    loff_t from = in_off + (off_t)done, to = out_off + (off_t)done;
-    ssize_t n = copy_file_range(in_fd, &from, out_fd, &to, len - done, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS ||
-                  errno == EINVAL)) {
-      ssize_t rest = copy_through_buffer(in_fd, in_off + (off_t)done, out_fd,
-                                         out_off + (off_t)done, len - done);
-      return rest < 0 ? rest : (ssize_t)(done + (size_t)rest);
-    }
-    if (n < 0)
-      return -errno;
-    if (n == 0)
-      break; /* in_fd ended */
-    done += (size_t)n;
-  }
-  return (ssize_t)done;
-}
-
 static const loom_io posix_io = {
   .ctx = NULL,
   .open = posix_open,
@@ -212,7 +162,6 @@ static const loom_io posix_io = {
   .mkdir = posix_mkdir,
   .pwritev = posix_pwritev,
   .reserve = posix_reserve,
-  .copy = posix_copy,
 };
 
 const loom_io *loom_io_posix(void) { return &posix_io; }

@@ -69,17 +69,6 @@ typedef struct loom_io {
    * commit that grows the image reserves its blocks this way before its
    * commit point. Not counted by the test simulator, which leaves it NULL. */
   int (*reserve)(void *ctx, int fd, off_t off, off_t len);
-  /* Optional (may be NULL): copy len bytes of in_fd from in_off to out_fd
-   * at out_off, as pread + pwrite would, without bringing them through
-   * the caller's memory (copy_file_range: the kernel moves them from one
-   * page cache to the other, one copy instead of two); returns len, fewer
-   * when in_fd ends first, or -errno. The checkpoint copies a record's
-   * pages from the log into the image this way; without it the store
-   * reads them into a buffer and calls pwrite. Counted as LOOM_IO_PWRITE
-   * (of out_fd). The test simulator and the crash hook leave it NULL, so
-   * their crash points and power cuts see the read and the write. */
-  ssize_t (*copy)(void *ctx, int in_fd, off_t in_off, int out_fd,
-                  off_t out_off, size_t len);
 } loom_io;
 
 /* The plain POSIX implementation (ctx unused). */

@@ -851,54 +851,38 @@ static int ckpt_log_order_cmp(const void *a, const void *b)
   return x->i < y->i ? -1 : x->i > y->i;
 }
 
-/* One run of pages adjacent in both the record and the image: from the
- * log to the image without a copy through memory (loom_io.copy). */
-static int copy_run(loom_store *s, const loom_patch *r, uint64_t i,
-                    uint64_t n, uint64_t run)
-{
-  size_t len = (size_t)(run * PS);
-  ssize_t got = s->io->copy(s->io->ctx, s->log_fd, patch_page_offset(r, i),
-                            s->image_fd, (off_t)(n * PS), len);
-  if (got < 0)
-    return (int)-got;
-  return (size_t)got == len ? 0 : LOOM_ECORRUPT; /* the log ended first */
-}
-
-/* Copy o[j, k) (one record's, in log order) into the image: with
- * loom_io.copy one call per run of pages adjacent in both the record and
- * the image; else one read of their span in the record, then one write
- * per run. */
+/* Copy o[j, k) (one record's, in log order) into the image: one read of
+ * their span in the record, then one write per run of pages adjacent in
+ * both. Not copy_file_range: on a file system that clones (XFS, Btrfs) it
+ * shares the log's blocks with the image, so every later lap of the ring
+ * must allocate before it overwrites them, and on a full disk a failed
+ * record's header can no longer be zeroed without space (FORMAT.md): the
+ * handle is poisoned where a save would only fail. */
 static int copy_span(loom_store *s, const ckpt_batch *b, uint64_t j, uint64_t k)
 {
   const ckpt_page *o = b->pages;
   const loom_patch *r = b->recs[o[j].rec];
-  int rc = 0;
-  if (!s->io->copy)
-    rc = store_read_exact(s, s->log_fd, s->ckpt_buf,
-                          (size_t)((o[k - 1].i - o[j].i + 1) * PS),
-                          patch_page_offset(r, o[j].i));
+  int rc = store_read_exact(s, s->log_fd, s->ckpt_buf,
+                            (size_t)((o[k - 1].i - o[j].i + 1) * PS),
+                            patch_page_offset(r, o[j].i));
   for (uint64_t m = j, run; !rc && m < k; m += run) {
     run = 1; /* adjacent in both the record and the image */
     while (m + run < k && o[m + run].i == o[m].i + run &&
            o[m + run].n == o[m].n + run)
       run++;
-    rc = s->io->copy
-             ? copy_run(s, r, o[m].i, o[m].n, run)
-             : store_write_exact(s, s->image_fd,
-                                 s->ckpt_buf + (o[m].i - o[j].i) * PS,
-                                 (size_t)(run * PS), (off_t)(o[m].n * PS));
+    rc = store_write_exact(s, s->image_fd, s->ckpt_buf + (o[m].i - o[j].i) * PS,
+                           (size_t)(run * PS), (off_t)(o[m].n * PS));
   }
   return rc;
 }
 
 /* Copy the batch's pages (b->pages, sorted here into log order) from the
- * log into the image, a record's span of up to STAGING_PAGES pages that
- * holds newest versions at a time (a record's pages are contiguous in the
- * log; superseded ones between them are skipped): without loom_io.copy,
- * one read per span, not one per page (a record of 64 scattered pages is
- * one read, not 64); with it, no read at all, and the kernel copies each
- * page once instead of twice (docs/BENCHMARKS.md section 9). The order of
- * the image's writes is no part of I1: nothing counts before step 6. */
+ * log into the image: one read per record's span of up to STAGING_PAGES
+ * pages that holds newest versions (a record's pages are contiguous in the
+ * log; superseded ones between them are read and skipped), then one write
+ * per run of pages adjacent in both. A record of 64 scattered pages is one
+ * read, not 64 (docs/BENCHMARKS.md section 9). The order of the image's
+ * writes is no part of I1: nothing counts before step 6. */
 static int batch_copy_pages(loom_store *s, const ckpt_batch *b)
 {
   ckpt_page *o = b->pages;

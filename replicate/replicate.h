@@ -753,7 +753,8 @@ int replicate_frame_encode(replicate_encoder *enc,
 /*
  * replicate_frame_encode_commit: the same, from inside a loom commit hook:
  * the new pages are read at loom_page(l, n), the old ones with
- * loom_commit_old_page() into the encoder's scratch page, the hashes and
+ * loom_commit_old_page_view() (in place when the store holds them in
+ * memory, else into the encoder's scratch page), the hashes and
  * positions come from c. Each old version read is checked against its
  * recorded hash (c->old_hashes; DESIGN section 8: a rotted page is never
  * shipped): REPLICATE_EIMAGE_ROT, with the page named by

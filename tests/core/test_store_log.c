@@ -565,92 +565,6 @@ static void test_checkpoint_one_log_read(void **state)
   assert_true(pos.checksum == h.after.checksum);
 }
 
-/* The POSIX I/O with its copy (and its reads) counted. */
-typedef struct copy_count_io {
-  loom_io io;
-  uint64_t copies, copied_bytes, reads;
-} copy_count_io;
-
-static ssize_t cc_pread(void *ctx, int fd, void *buf, size_t len, off_t off)
-{
-  copy_count_io *c = ctx;
-  c->reads++;
-  return loom_io_posix()->pread(NULL, fd, buf, len, off);
-}
-
-static ssize_t cc_copy(void *ctx, int in_fd, off_t in_off, int out_fd,
-                       off_t out_off, size_t len)
-{
-  copy_count_io *c = ctx;
-  c->copies++;
-  c->copied_bytes += len;
-  return loom_io_posix()->copy(NULL, in_fd, in_off, out_fd, out_off, len);
-}
-
-/* The POSIX copy moves exactly the bytes pread + pwrite would, at any
- * offsets, and says how many there were when the source ends first. */
-static void test_posix_copy(void **state)
-{
-  fixture *fx = *state;
-  const loom_io *io = loom_io_posix();
-  assert_non_null(io->copy);
-  char a[128], b[128];
-  snprintf(a, sizeof a, "%s/image", fx->dir);
-  snprintf(b, sizeof b, "%s/log", fx->dir);
-  int in = open(b, O_RDWR | O_CREAT | O_TRUNC, 0600);
-  int out = open(a, O_RDWR | O_CREAT | O_TRUNC, 0600);
-  assert_true(in >= 0 && out >= 0);
-  uint8_t *src = malloc(3 * PS), *got = malloc(3 * PS);
-  assert_non_null(src);
-  assert_non_null(got);
-  for (uint64_t i = 0; i < 3 * PS; i++)
-    src[i] = (uint8_t)(i * 131 + 7);
-  assert_int_equal(pwrite(in, src, 3 * PS, 0), (ssize_t)(3 * PS));
-  assert_int_equal(io->copy(NULL, in, 1000, out, 5000, 2 * PS),
-                   (ssize_t)(2 * PS));
-  assert_int_equal(pread(out, got, 2 * PS, 5000), (ssize_t)(2 * PS));
-  assert_memory_equal(got, src + 1000, 2 * PS);
-  assert_int_equal(io->copy(NULL, in, 2 * PS, out, 0, 2 * PS), (ssize_t)PS);
-  assert_int_equal(pread(out, got, 5000, 0), 5000);
-  assert_memory_equal(got, src + 2 * PS, 5000);
-  close(in);
-  close(out);
-  free(src);
-  free(got);
-}
-
-/* With loom_io.copy the checkpoint reads nothing: 16 scattered pages
- * (0, 2, ..., 30) are 16 copies of one page from the log into the image
- * (the kernel copies each page once, not into a buffer and out again),
- * and the image holds what was committed (loom_verify hashes it). */
-static void test_checkpoint_copies(void **state)
-{
-  fixture *fx = *state;
-  copy_count_io c = {.io = *loom_io_posix()};
-  c.io.ctx = &c;
-  c.io.pread = cc_pread;
-  c.io.copy = cc_copy;
-  loom_store *s;
-  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE, &c.io, &s), 0);
-  assert_int_equal(commit(s, 64, 1, 1), 0);
-  assert_int_equal(c.copied_bytes, 64 * PS); /* one run: a base image */
-  loom_patch_header h = even_pages_header(s);
-  loom_patch *p;
-  assert_int_equal(loom_store_patch_begin(s, &h, &p), 0);
-  uint64_t copies = c.copies, reads = c.reads;
-  add_even_pages(p);
-  assert_int_equal(loom_patch_commit(p), 0); /* checkpointed inline */
-  assert_int_equal(c.copies - copies, 16);
-  assert_int_equal(c.reads - reads, 0);
-  assert_int_equal(loom_store_close(s), 0);
-  loom_position pos;
-  uint64_t computed;
-  assert_int_equal(loom_verify(fx->dir, &pos, &computed), 0);
-  assert_int_equal(pos.seq, 2);
-  assert_true(pos.checksum == h.after.checksum);
-  assert_true(computed == h.after.checksum);
-}
-
 /* loom_patch_add_stable writes pages from the caller's memory at the
  * commit: what the commit found there is what the store holds, whatever
  * the caller does with the memory afterwards; out-of-order pages and NULL
@@ -1225,8 +1139,6 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_record_one_write, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoint_one_log_read, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(test_posix_copy, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_checkpoint_copies, setup, teardown),
       cmocka_unit_test_setup_teardown(test_patch_add_stable, setup, teardown),
       cmocka_unit_test_setup_teardown(test_forged_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_after_queued_shrink, setup,

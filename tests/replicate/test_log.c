@@ -135,7 +135,7 @@ static void fault_io_init(fault_io *f)
   for (int op = 0; op < LOOM_IO_OP_COUNT; op++) f->fail_at[op] = -1;
   f->io = (loom_io){f, fio_open, fio_pread, fio_pwrite, fio_fsync,
                     fio_ftruncate, fio_rename, fio_unlink, fio_close, fio_mkdir,
-                    NULL, NULL, NULL};
+                    NULL, NULL};
 }
 
 /* Fail the op's call after `countdown` more calls pass, with err. */
