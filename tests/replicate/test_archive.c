@@ -3,7 +3,10 @@
  * backend: the object format (round trip, every tamper refused, wrong key,
  * foreign archive id, no plaintext under a key), the key file, and a real
  * arena archived by the archiver then restored (newest, by seq, by time),
- * with damaged, duplicated, missing and foreign objects refused by name.
+ * with damaged, duplicated, missing and foreign objects refused by name,
+ * and forged objects (a frame's page bytes or after checksum, a base's
+ * page, re-sealed with a good checksum) refused by the restore's own
+ * checks.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -964,6 +967,276 @@ static void streamed_chunks(bool encrypted)
   node_stop(&n);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Forged objects, re-sealed with a good checksum: what only the restore's
+ * own checks (archive_image.c S3, S4) can refuse */
+
+/* The whole file at path (its length in *len). */
+static uint8_t *read_whole(const char *path, size_t *len)
+{
+  char *slash = strrchr(path, '/');
+  char dir[2048];
+  snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  uint8_t *b = test_read_file(dir, slash + 1, len);
+  assert_non_null(b);
+  return b;
+}
+
+/* The plaintext object at path opened (every check of arc_unseal made):
+ * its header and payload. */
+static void unseal_file(const char *path, arc_header *h, replicate_buf *payload)
+{
+  size_t len;
+  uint8_t *obj = read_whole(path, &len);
+  arc_keys none = {0};
+  assert_int_equal(arc_unseal(&none, NULL, obj, len, h, payload), 0);
+  free(obj);
+}
+
+/* Writes payload over the object at path, sealed again under h (its
+ * kind, archive id, seqs and flags): a good checksum over forged bytes. */
+static void reseal_file(const char *path, arc_header *h, const void *payload,
+                        size_t len)
+{
+  arc_keys none = {0};
+  replicate_buf obj = {0};
+  assert_int_equal(arc_seal(&none, h, payload, len, &obj), 0);
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(obj.data, 1, obj.len, f), obj.len);
+  fclose(f);
+  replicate_buf_free(&obj);
+}
+
+/* A frame to forge: the commit of seq, which changed one page, sent again
+ * whole as bytes, claiming hash, its after checksum moved by after_delta. */
+typedef struct forged {
+  uint64_t seq, page, hash, after_delta;
+  const uint8_t *bytes;
+} forged;
+
+/* The segment record at p (the frame of fg->seq re-encoded as fg says)
+ * appended to out: the record's length. */
+static size_t forge_record(const uint8_t *p, const forged *fg,
+                           replicate_buf *out, bool *done)
+{
+  size_t n = (size_t)arc_get64(p);
+  replicate_decoder *dec = NULL;
+  assert_int_equal(replicate_decoder_new(NULL, &dec), 0);
+  replicate_frame f;
+  assert_int_equal(replicate_frame_decode(dec, p + 8, n, &f), 0);
+  replicate_buf frame = {0};
+  if (f.info.after.seq == fg->seq) {
+    assert_int_equal(f.info.page_count, 1);
+    replicate_page pg;
+    replicate_frame_get_page(&f, 0, &pg);
+    assert_int_equal(pg.page_number, fg->page);
+    replicate_frame_info info = f.info;
+    info.after.checksum += fg->after_delta;
+    replicate_page_src src = {.page_number = fg->page,
+                              .new_hash = fg->hash,
+                              .new_page = fg->bytes};
+    replicate_encoder *enc = NULL;
+    assert_int_equal(replicate_encoder_new(1, &enc), 0);
+    assert_int_equal(replicate_frame_encode(enc, &info, &src, 1, &frame), 0);
+    replicate_encoder_free(enc);
+    *done = true;
+  } else {
+    assert_int_equal(replicate_buf_append(&frame, p + 8, n), 0);
+  }
+  uint8_t len[8];
+  arc_put64(len, frame.len);
+  assert_int_equal(replicate_buf_append(out, len, 8), 0);
+  assert_int_equal(replicate_buf_append(out, frame.data, frame.len), 0);
+  replicate_buf_free(&frame);
+  replicate_decoder_free(dec);
+  return 8 + n;
+}
+
+/* Forges fg's frame in the segment of epoch 1 that holds it: that
+ * segment's name in seg (its path in *path). */
+static void forge_frame(node *n, const forged *fg, found *seg)
+{
+  char sub[64];
+  snprintf(sub, sizeof sub, "%s/e/%016x/s", n->arc_dir, 1u);
+  DIR *d = opendir(sub);
+  assert_non_null(d);
+  bool done = false;
+  struct dirent *e;
+  while (!done && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    snprintf(seg->path, sizeof seg->path, "%s/%s", sub, e->d_name);
+    arc_header h;
+    replicate_buf payload = {0}, out = {0};
+    unseal_file(seg->path, &h, &payload);
+    if (h.first_seq <= fg->seq && fg->seq <= h.last_seq) {
+      for (size_t at = 0; at < payload.len;)
+        at += forge_record(payload.data + at, fg, &out, &done);
+      assert_true(done);
+      reseal_file(seg->path, &h, out.data, out.len);
+    }
+    replicate_buf_free(&payload);
+    replicate_buf_free(&out);
+  }
+  closedir(d);
+  assert_true(done);
+}
+
+/* The plaintext object at path copied aside into saved, to put back. */
+static void keep_aside(node *n, const char *path, char *saved, size_t cap)
+{
+  snprintf(saved, cap, "%s.kept", n->dir);
+  copy_file(path, saved);
+}
+
+/* A restore of t is refused with want, naming object (its path), and
+ * leaves no store behind. */
+static void assert_forged_refused(node *n, uint64_t seq, int want,
+                                  const char *object)
+{
+  char *out = test_tmpdir("arcforged");
+  loom_position got;
+  replicate_restore_target t = {
+      .kind = REPLICATE_RESTORE_SEQ, .seq = seq, .epoch = -1};
+  replicate_archive *a = open_archive(n);
+  int rc = replicate_archive_restore(a, &t, out, &got);
+  const char *err = replicate_archive_last_error(a);
+  if (rc != want)
+    print_error("restore of seq %" PRIu64 ": %d (%s), wanted %d\n", seq, rc,
+                err, want);
+  assert_int_equal(rc, want);
+  assert_non_null(strstr(err, strrchr(object, '/') + 1));
+  replicate_archive_close(a);
+  assert_false(exists_in(out, "meta"));
+  test_rmtree(out);
+}
+
+/* The node for the forgeries: a base at seq 1 (8 random pages), then
+ * seq 2: page 3 rewritten whole (kept in p3), seq 3: page 5, random until
+ * then, rewritten as mostly zeros (a WHOLE version of few runs over a
+ * non-zero page), seq 4: a few bytes of page 3 (a delta), all archived;
+ * the images at seqs 3 and 4 in img3 and img4. */
+static void forgery_node(node *n, uint8_t *p3, char **img3, char **img4)
+{
+  node_prepare(n, false, 0);
+  n->low = 8;
+  for (uint64_t pg = 0; pg < n->low; pg++)
+    scribble(n, pg, true);
+  assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
+  node_archive(n);
+  assert_int_equal(replicate_archiver_drain(n->ar, 10), 1); /* the base */
+  scribble(n, 3, true);
+  memcpy(p3, loom_page(n->l, 3), PS);
+  assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
+  uint8_t *p5 = loom_page(n->l, 5);
+  memset(p5, 0, PS);
+  memcpy(p5 + 1000, secret, sizeof secret - 1);
+  p5[PS - 1] = 0x77;
+  assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
+  *img3 = image_now(n, "arcforge3");
+  scribble(n, 3, false);
+  assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
+  *img4 = image_now(n, "arcforge4");
+  assert_int_equal(replicate_archiver_drain(n->ar, 10), 1);
+  loom_position pos;
+  node_position(n, &pos);
+  assert_int_equal(pos.seq, 4);
+}
+
+/* A WHOLE version of few runs written over a page that held other bytes
+ * restores byte for byte (the page is cleared before its runs). */
+static void test_restore_whole_over_nonzero(void **state)
+{
+  (void)state;
+  node n;
+  uint8_t p3[PS];
+  char *img3, *img4;
+  forgery_node(&n, p3, &img3, &img4);
+  assert_restores_as(&n, 3, img3);
+  assert_restores_as(&n, 4, img4);
+  test_rmtree(img3);
+  test_rmtree(img4);
+  node_stop(&n);
+}
+
+/* A frame whose page bytes are not those its hash names (the segment
+ * re-sealed with a good checksum): REPLICATE_EPAGE_HASH naming the
+ * segment, at its seq and past it; no store. */
+static void test_forged_page_refused(void **state)
+{
+  (void)state;
+  node n;
+  uint8_t p3[PS], bad[PS];
+  char *img3, *img4;
+  forgery_node(&n, p3, &img3, &img4);
+  memcpy(bad, p3, PS);
+  bad[PS / 2] ^= 0x40;
+  forged fg = {.seq = 2, .page = 3, .hash = loom_page_hash(3, p3),
+               .bytes = bad};
+  found seg;
+  forge_frame(&n, &fg, &seg);
+  assert_forged_refused(&n, 2, REPLICATE_EPAGE_HASH, seg.path);
+  assert_forged_refused(&n, 4, REPLICATE_EPAGE_HASH, seg.path);
+  /* The same frame with its true bytes: restored again. */
+  fg.bytes = p3;
+  forge_frame(&n, &fg, &seg);
+  assert_restores_as(&n, 4, img4);
+  test_rmtree(img3);
+  test_rmtree(img4);
+  node_stop(&n);
+}
+
+/* A frame whose pages are right but whose after checksum is not theirs
+ * (re-sealed): REPLICATE_EAFTER_CHECKSUM naming the segment; no store. */
+static void test_forged_after_checksum_refused(void **state)
+{
+  (void)state;
+  node n;
+  uint8_t p3[PS];
+  char *img3, *img4;
+  forgery_node(&n, p3, &img3, &img4);
+  forged fg = {.seq = 2, .page = 3, .hash = loom_page_hash(3, p3),
+               .bytes = p3, .after_delta = 1};
+  found seg;
+  forge_frame(&n, &fg, &seg);
+  assert_forged_refused(&n, 2, REPLICATE_EAFTER_CHECKSUM, seg.path);
+  test_rmtree(img3);
+  test_rmtree(img4);
+  node_stop(&n);
+}
+
+/* A base whose page bytes do not hash to the checksum in its stream
+ * header (re-sealed): REPLICATE_EARCHIVE_OBJECT naming the base; no
+ * store. */
+static void test_forged_base_refused(void **state)
+{
+  (void)state;
+  node n;
+  uint8_t p3[PS];
+  char *img3, *img4;
+  forgery_node(&n, p3, &img3, &img4);
+  char sub[64], saved[1100];
+  snprintf(sub, sizeof sub, "e/%016x/b", 1u);
+  found base;
+  assert_true(find_object(n.arc_dir, sub, "", &base));
+  keep_aside(&n, base.path, saved, sizeof saved);
+  arc_header h;
+  replicate_buf payload = {0};
+  unseal_file(base.path, &h, &payload);
+  payload.data[payload.len - PS / 2] ^= 0x40; /* page 7: no frame writes it */
+  reseal_file(base.path, &h, payload.data, payload.len);
+  replicate_buf_free(&payload);
+  assert_forged_refused(&n, 1, REPLICATE_EARCHIVE_OBJECT, base.path);
+  assert_forged_refused(&n, 4, REPLICATE_EARCHIVE_OBJECT, base.path);
+  copy_file(saved, base.path);
+  unlink(saved);
+  assert_restores_as(&n, 4, img4);
+  test_rmtree(img3);
+  test_rmtree(img4);
+  node_stop(&n);
+}
+
 static void test_restore_streamed_chunks(void **state)
 {
   (void)state;
@@ -1646,6 +1919,10 @@ int main(void)
       cmocka_unit_test(test_restore_out_dir),
       cmocka_unit_test(test_restore_streamed_chunks),
       cmocka_unit_test(test_restore_streamed_chunks_encrypted),
+      cmocka_unit_test(test_restore_whole_over_nonzero),
+      cmocka_unit_test(test_forged_page_refused),
+      cmocka_unit_test(test_forged_after_checksum_refused),
+      cmocka_unit_test(test_forged_base_refused),
       cmocka_unit_test(test_restore_memory_bounded),
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_periodic_base_keeps_frames),
