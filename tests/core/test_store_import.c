@@ -11,9 +11,16 @@
  *     simulator: unsynced writes dropped, kept, or torn with directory
  *     changes kept in any prefix): the directory is then either no store
  *     or a store at exactly the stream's position that verifies; never one
- *     at another position.
+ *     at another position;
+ *   - loom_store_create_from_pages of four chunks (the writer thread
+ *     writing one while the next is filled): the n-th pwrite failing (EIO,
+ *     ENOSPC), for every n, returns that error and leaves no store; a
+ *     power cut before each of its I/O operations leaves no store or the
+ *     whole image.
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -296,6 +303,182 @@ static void test_power_cuts(void **state)
   assert_true(none > 0);
 }
 
+/* ---------------------------------------------------------------------- */
+/* A multi-chunk import (loom_store_create_from_pages): the pages are
+ * made chunk by chunk and written by the importer's writer thread */
+
+#define BIG_PAGES (3 * LOOM_IMPORT_CHUNK_PAGES + 17) /* 4 chunks */
+
+/* The big image: page n's bytes from a splitmix of n, made once. */
+static uint8_t *big_image(loom_position *pos, const fixture *fx)
+{
+  static uint8_t *img;
+  static uint64_t sum;
+  if (!img) {
+    img = malloc(BIG_PAGES * PS);
+    assert_non_null(img);
+    uint64_t z = 42;
+    for (size_t i = 0; i < BIG_PAGES * PS; i += 8) {
+      z += 0x9e3779b97f4a7c15ull;
+      uint64_t v = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
+      memcpy(img + i, &v, 8);
+    }
+    for (uint64_t n = 0; n < BIG_PAGES; n++)
+      sum += loom_page_hash(n, img + n * PS);
+  }
+  *pos = (loom_position){.epoch = fx->pos.epoch, .seq = fx->pos.seq,
+                         .pages = BIG_PAGES, .checksum = sum};
+  return img;
+}
+
+/* loom_page_fill_fn: chunks of the big image. */
+static int fill_big(void *ctx, uint64_t first, uint64_t k, uint8_t *buf,
+                    uint64_t *hashes)
+{
+  const uint8_t *img = ctx;
+  memcpy(buf, img + first * PS, k * PS);
+  for (uint64_t i = 0; i < k; i++)
+    hashes[i] = loom_page_hash(first + i, buf + i * PS);
+  return 0;
+}
+
+static int create_big(fixture *fx, const char *dir, const loom_io *io)
+{
+  loom_position pos;
+  uint8_t *img = big_image(&pos, fx);
+  return loom_store_create_from_pages(dir, io, &pos, &fx->lineage, fill_big,
+                                      img);
+}
+
+/* dir is a store at the big image's position that verifies, its image
+ * the big image byte for byte. */
+static void assert_is_big(fixture *fx, const char *dir)
+{
+  loom_position want, pos;
+  const uint8_t *img = big_image(&want, fx);
+  uint64_t computed;
+  assert_int_equal(loom_verify(dir, &pos, &computed), 0);
+  assert_true(loom_position_same_epoch(&pos, &want));
+  assert_int_equal(computed, want.checksum);
+  FILE *f = fopen(dir, "r"); /* the directory exists */
+  assert_non_null(f);
+  fclose(f);
+  char path[300];
+  snprintf(path, sizeof path, "%s/image", dir);
+  f = fopen(path, "rb");
+  assert_non_null(f);
+  uint8_t *page = malloc(PS);
+  for (uint64_t n = 0; n < BIG_PAGES; n++) {
+    assert_int_equal(fread(page, 1, PS, f), PS);
+    assert_memory_equal(page, img + n * PS, PS);
+  }
+  assert_int_equal(fread(page, 1, 1, f), 0);
+  free(page);
+  fclose(f);
+}
+
+/* dir holds no store: no meta (or, when the meta's own write failed, an
+ * empty one: C6 made the file, nothing in it), and inspect and an open
+ * refuse it. */
+static void assert_no_meta(const char *dir)
+{
+  char path[300];
+  snprintf(path, sizeof path, "%s/meta", dir);
+  struct stat st;
+  if (stat(path, &st) == 0)
+    assert_int_equal(st.st_size, 0);
+  loom_position pos;
+  loom_store *s;
+  assert_int_not_equal(loom_inspect(dir, &pos), 0);
+  assert_int_not_equal(loom_store_open(dir, 0, NULL, &s), 0);
+}
+
+/* The n-th pwrite of a multi-chunk import failing with err (EIO, then
+ * ENOSPC), for every n, among them the image's chunks the writer thread
+ * writes: the import returns err and leaves no store. Then one with no
+ * fault makes the image. */
+static void test_big_write_errors(void **state)
+{
+  fixture *fx = *state;
+  const int errs[] = {EIO, ENOSPC};
+  for (size_t e = 0; e < 2; e++) {
+    uint64_t failed = 0;
+    for (uint64_t n = 0;; n++) {
+      char root[128], dir[200];
+      snprintf(root, sizeof root, "%s/bigfail", fx->root);
+      assert_int_equal(mkdir(root, 0700), 0);
+      snprintf(dir, sizeof dir, "%s/store", root);
+      iosim *sim;
+      assert_int_equal(iosim_create(root, &sim), 0);
+      iosim_fault f = {.kind = IOSIM_FAIL, .err = errs[e], .by_type = 1,
+                       .op = LOOM_IO_PWRITE, .index = n};
+      assert_int_equal(iosim_fault_add(sim, &f), 0);
+      int rc = create_big(fx, dir, iosim_io(sim));
+      bool fired = iosim_faults_injected(sim) > 0;
+      uint64_t pwrites = iosim_count_op(sim, LOOM_IO_PWRITE);
+      iosim_destroy(sim);
+      if (!fired) {
+        assert_int_equal(rc, 0);
+        assert_is_big(fx, dir);
+        run("rm -rf", root, "");
+        break;
+      }
+      if (rc != errs[e])
+        print_error("pwrite %" PRIu64 " of %" PRIu64 " failed: rc %d\n", n,
+                    pwrites, rc);
+      assert_int_equal(rc, errs[e]);
+      assert_no_meta(dir);
+      failed++;
+      run("rm -rf", root, "");
+    }
+    /* At least the image's four chunks were each failed once. */
+    assert_true(failed >= (BIG_PAGES + LOOM_IMPORT_CHUNK_PAGES - 1) /
+                             LOOM_IMPORT_CHUNK_PAGES);
+  }
+}
+
+/* A power cut before each I/O operation of a multi-chunk import (chunks
+ * written by the writer thread while the next is made): no store, or one
+ * at the image's position whose image is the whole image. */
+static void test_big_power_cuts(void **state)
+{
+  fixture *fx = *state;
+  const unsigned modes[] = {IOSIM_CUT_DROP,
+                            IOSIM_CUT_RANDOM_4K | IOSIM_CUT_DIR_RANDOM};
+  int stores = 0, none = 0;
+  for (size_t m = 0; m < sizeof modes / sizeof *modes; m++) {
+    for (uint64_t k = 0;; k++) {
+      char root[128], dir[200];
+      snprintf(root, sizeof root, "%s/bigsim", fx->root);
+      assert_int_equal(mkdir(root, 0700), 0);
+      snprintf(dir, sizeof dir, "%s/store", root);
+      cut_ctx c = {.at = k, .seed = k * 11 + m, .mode = modes[m]};
+      snprintf(c.out, sizeof c.out, "%s/bigcut", fx->root);
+      iosim *sim;
+      assert_int_equal(iosim_create(root, &sim), 0);
+      iosim_hook_set(sim, cut_before, &c);
+      assert_int_equal(create_big(fx, dir, iosim_io(sim)), 0);
+      assert_int_equal(iosim_model_errors(sim), 0);
+      iosim_destroy(sim);
+      run("rm -rf", root, c.cut ? "" : c.out);
+      if (!c.cut)
+        break;
+      snprintf(dir, sizeof dir, "%s/store", c.out);
+      loom_position pos;
+      if (loom_inspect(dir, &pos) == 0) {
+        assert_is_big(fx, dir);
+        stores++;
+      } else {
+        assert_no_meta(dir);
+        none++;
+      }
+      run("rm -rf", c.out, "");
+    }
+  }
+  assert_true(stores > 0);
+  assert_true(none > 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -303,6 +486,8 @@ int main(void)
       cmocka_unit_test(test_damaged_stream),
       cmocka_unit_test(test_not_empty),
       cmocka_unit_test(test_power_cuts),
+      cmocka_unit_test(test_big_write_errors),
+      cmocka_unit_test(test_big_power_cuts),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
