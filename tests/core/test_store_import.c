@@ -237,6 +237,7 @@ static void test_not_empty(void **state)
 typedef struct cut_ctx {
   uint64_t at, seed;
   unsigned mode;
+  bool big; /* the four-chunk import (create_big), else the stream's */
   char out[160];
   int cut;
 } cut_ctx;
@@ -251,6 +252,8 @@ static void cut_before(void *ctx, iosim *sim, uint64_t k, loom_io_op op)
   }
 }
 
+static int create_big(fixture *fx, const char *dir, const loom_io *io);
+
 /* One creation through the simulator under root, cut before op at into
  * c->out: whether op at happened. */
 static int create_and_cut(fixture *fx, const char *root, cut_ctx *c)
@@ -260,16 +263,22 @@ static int create_and_cut(fixture *fx, const char *root, cut_ctx *c)
   iosim_hook_set(sim, cut_before, c);
   char dir[200];
   snprintf(dir, sizeof dir, "%s/store", root);
-  assert_int_equal(create(fx, dir, iosim_io(sim), fx->stream, fx->len, NULL),
+  const loom_io *io = iosim_io(sim);
+  assert_int_equal(c->big ? create_big(fx, dir, io)
+                          : create(fx, dir, io, fx->stream, fx->len, NULL),
                    0);
   assert_int_equal(iosim_model_errors(sim), 0);
   iosim_destroy(sim);
   return c->cut;
 }
 
-static void test_power_cuts(void **state)
+static void assert_is_big(fixture *fx, const char *dir);
+
+/* A creation (the stream's, or with big the four-chunk import's) cut
+ * before each of its operations in turn, in three modes: no store, or a
+ * copy of the source. */
+static void power_cuts(fixture *fx, bool big)
 {
-  fixture *fx = *state;
   const unsigned modes[] = {IOSIM_CUT_DROP, IOSIM_CUT_KEEP,
                             IOSIM_CUT_RANDOM_4K | IOSIM_CUT_DIR_RANDOM};
   int stores = 0, none = 0;
@@ -278,7 +287,7 @@ static void test_power_cuts(void **state)
       char root[128];
       snprintf(root, sizeof root, "%s/sim", fx->root);
       assert_int_equal(mkdir(root, 0700), 0);
-      cut_ctx c = {.at = k, .seed = k * 7 + m, .mode = modes[m]};
+      cut_ctx c = {.at = k, .seed = k * 7 + m, .mode = modes[m], .big = big};
       snprintf(c.out, sizeof c.out, "%s/cut", fx->root);
       int cut = create_and_cut(fx, root, &c);
       run("rm -rf", root, cut ? "" : c.out);
@@ -288,7 +297,10 @@ static void test_power_cuts(void **state)
       snprintf(dir, sizeof dir, "%s/store", c.out);
       loom_position pos;
       if (loom_inspect(dir, &pos) == 0) {
-        assert_is_copy(fx, dir);
+        if (big)
+          assert_is_big(fx, dir);
+        else
+          assert_is_copy(fx, dir);
         stores++;
       } else {
         loom_store *s;
@@ -301,6 +313,11 @@ static void test_power_cuts(void **state)
   /* Both outcomes were met: cuts before the meta, and after it. */
   assert_true(stores > 0);
   assert_true(none > 0);
+}
+
+static void test_power_cuts(void **state)
+{
+  power_cuts(*state, false);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -439,41 +456,7 @@ static void test_big_write_errors(void **state)
  * at the image's position whose image is the whole image. */
 static void test_big_power_cuts(void **state)
 {
-  fixture *fx = *state;
-  const unsigned modes[] = {IOSIM_CUT_DROP,
-                            IOSIM_CUT_RANDOM_4K | IOSIM_CUT_DIR_RANDOM};
-  int stores = 0, none = 0;
-  for (size_t m = 0; m < sizeof modes / sizeof *modes; m++) {
-    for (uint64_t k = 0;; k++) {
-      char root[128], dir[200];
-      snprintf(root, sizeof root, "%s/bigsim", fx->root);
-      assert_int_equal(mkdir(root, 0700), 0);
-      snprintf(dir, sizeof dir, "%s/store", root);
-      cut_ctx c = {.at = k, .seed = k * 11 + m, .mode = modes[m]};
-      snprintf(c.out, sizeof c.out, "%s/bigcut", fx->root);
-      iosim *sim;
-      assert_int_equal(iosim_create(root, &sim), 0);
-      iosim_hook_set(sim, cut_before, &c);
-      assert_int_equal(create_big(fx, dir, iosim_io(sim)), 0);
-      assert_int_equal(iosim_model_errors(sim), 0);
-      iosim_destroy(sim);
-      run("rm -rf", root, c.cut ? "" : c.out);
-      if (!c.cut)
-        break;
-      snprintf(dir, sizeof dir, "%s/store", c.out);
-      loom_position pos;
-      if (loom_inspect(dir, &pos) == 0) {
-        assert_is_big(fx, dir);
-        stores++;
-      } else {
-        assert_no_meta(dir);
-        none++;
-      }
-      run("rm -rf", c.out, "");
-    }
-  }
-  assert_true(stores > 0);
-  assert_true(none > 0);
+  power_cuts(*state, true);
 }
 
 int main(void)

@@ -1117,8 +1117,15 @@ static void assert_forged_refused(node *n, uint64_t seq, int want,
  * then, rewritten as mostly zeros (a WHOLE version of few runs over a
  * non-zero page), seq 4: a few bytes of page 3 (a delta), all archived;
  * the images at seqs 3 and 4 in img3 and img4. */
-static void forgery_node(node *n, uint8_t *p3, char **img3, char **img4)
+typedef struct forgery {
+  node n;
+  uint8_t p3[PS];
+  char *img3, *img4;
+} forgery;
+
+static void forgery_start(forgery *fo)
 {
+  node *n = &fo->n;
   node_prepare(n, false, 0);
   n->low = 8;
   for (uint64_t pg = 0; pg < n->low; pg++)
@@ -1127,21 +1134,28 @@ static void forgery_node(node *n, uint8_t *p3, char **img3, char **img4)
   node_archive(n);
   assert_int_equal(replicate_archiver_drain(n->ar, 10), 1); /* the base */
   scribble(n, 3, true);
-  memcpy(p3, loom_page(n->l, 3), PS);
+  memcpy(fo->p3, loom_page(n->l, 3), PS);
   assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
   uint8_t *p5 = loom_page(n->l, 5);
   memset(p5, 0, PS);
   memcpy(p5 + 1000, secret, sizeof secret - 1);
   p5[PS - 1] = 0x77;
   assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
-  *img3 = image_now(n, "arcforge3");
+  fo->img3 = image_now(n, "arcforge3");
   scribble(n, 3, false);
   assert_int_equal(loom_save(n->l, n->low, node_arena(n)), 0);
-  *img4 = image_now(n, "arcforge4");
+  fo->img4 = image_now(n, "arcforge4");
   assert_int_equal(replicate_archiver_drain(n->ar, 10), 1);
   loom_position pos;
   node_position(n, &pos);
   assert_int_equal(pos.seq, 4);
+}
+
+static void forgery_stop(forgery *fo)
+{
+  test_rmtree(fo->img3);
+  test_rmtree(fo->img4);
+  node_stop(&fo->n);
 }
 
 /* A WHOLE version of few runs written over a page that held other bytes
@@ -1149,15 +1163,11 @@ static void forgery_node(node *n, uint8_t *p3, char **img3, char **img4)
 static void test_restore_whole_over_nonzero(void **state)
 {
   (void)state;
-  node n;
-  uint8_t p3[PS];
-  char *img3, *img4;
-  forgery_node(&n, p3, &img3, &img4);
-  assert_restores_as(&n, 3, img3);
-  assert_restores_as(&n, 4, img4);
-  test_rmtree(img3);
-  test_rmtree(img4);
-  node_stop(&n);
+  forgery fo;
+  forgery_start(&fo);
+  assert_restores_as(&fo.n, 3, fo.img3);
+  assert_restores_as(&fo.n, 4, fo.img4);
+  forgery_stop(&fo);
 }
 
 /* A frame whose page bytes are not those its hash names (the segment
@@ -1166,25 +1176,22 @@ static void test_restore_whole_over_nonzero(void **state)
 static void test_forged_page_refused(void **state)
 {
   (void)state;
-  node n;
-  uint8_t p3[PS], bad[PS];
-  char *img3, *img4;
-  forgery_node(&n, p3, &img3, &img4);
-  memcpy(bad, p3, PS);
+  forgery fo;
+  uint8_t bad[PS];
+  forgery_start(&fo);
+  memcpy(bad, fo.p3, PS);
   bad[PS / 2] ^= 0x40;
-  forged fg = {.seq = 2, .page = 3, .hash = loom_page_hash(3, p3),
+  forged fg = {.seq = 2, .page = 3, .hash = loom_page_hash(3, fo.p3),
                .bytes = bad};
   found seg;
-  forge_frame(&n, &fg, &seg);
-  assert_forged_refused(&n, 2, REPLICATE_EPAGE_HASH, seg.path);
-  assert_forged_refused(&n, 4, REPLICATE_EPAGE_HASH, seg.path);
+  forge_frame(&fo.n, &fg, &seg);
+  assert_forged_refused(&fo.n, 2, REPLICATE_EPAGE_HASH, seg.path);
+  assert_forged_refused(&fo.n, 4, REPLICATE_EPAGE_HASH, seg.path);
   /* The same frame with its true bytes: restored again. */
-  fg.bytes = p3;
-  forge_frame(&n, &fg, &seg);
-  assert_restores_as(&n, 4, img4);
-  test_rmtree(img3);
-  test_rmtree(img4);
-  node_stop(&n);
+  fg.bytes = fo.p3;
+  forge_frame(&fo.n, &fg, &seg);
+  assert_restores_as(&fo.n, 4, fo.img4);
+  forgery_stop(&fo);
 }
 
 /* A frame whose pages are right but whose after checksum is not theirs
@@ -1192,18 +1199,14 @@ static void test_forged_page_refused(void **state)
 static void test_forged_after_checksum_refused(void **state)
 {
   (void)state;
-  node n;
-  uint8_t p3[PS];
-  char *img3, *img4;
-  forgery_node(&n, p3, &img3, &img4);
-  forged fg = {.seq = 2, .page = 3, .hash = loom_page_hash(3, p3),
-               .bytes = p3, .after_delta = 1};
+  forgery fo;
+  forgery_start(&fo);
+  forged fg = {.seq = 2, .page = 3, .hash = loom_page_hash(3, fo.p3),
+               .bytes = fo.p3, .after_delta = 1};
   found seg;
-  forge_frame(&n, &fg, &seg);
-  assert_forged_refused(&n, 2, REPLICATE_EAFTER_CHECKSUM, seg.path);
-  test_rmtree(img3);
-  test_rmtree(img4);
-  node_stop(&n);
+  forge_frame(&fo.n, &fg, &seg);
+  assert_forged_refused(&fo.n, 2, REPLICATE_EAFTER_CHECKSUM, seg.path);
+  forgery_stop(&fo);
 }
 
 /* A base whose page bytes do not hash to the checksum in its stream
@@ -1212,29 +1215,25 @@ static void test_forged_after_checksum_refused(void **state)
 static void test_forged_base_refused(void **state)
 {
   (void)state;
-  node n;
-  uint8_t p3[PS];
-  char *img3, *img4;
-  forgery_node(&n, p3, &img3, &img4);
+  forgery fo;
+  forgery_start(&fo);
   char sub[64], saved[1100];
   snprintf(sub, sizeof sub, "e/%016x/b", 1u);
   found base;
-  assert_true(find_object(n.arc_dir, sub, "", &base));
-  keep_aside(&n, base.path, saved, sizeof saved);
+  assert_true(find_object(fo.n.arc_dir, sub, "", &base));
+  keep_aside(&fo.n, base.path, saved, sizeof saved);
   arc_header h;
   replicate_buf payload = {0};
   unseal_file(base.path, &h, &payload);
   payload.data[payload.len - PS / 2] ^= 0x40; /* page 7: no frame writes it */
   reseal_file(base.path, &h, payload.data, payload.len);
   replicate_buf_free(&payload);
-  assert_forged_refused(&n, 1, REPLICATE_EARCHIVE_OBJECT, base.path);
-  assert_forged_refused(&n, 4, REPLICATE_EARCHIVE_OBJECT, base.path);
+  assert_forged_refused(&fo.n, 1, REPLICATE_EARCHIVE_OBJECT, base.path);
+  assert_forged_refused(&fo.n, 4, REPLICATE_EARCHIVE_OBJECT, base.path);
   copy_file(saved, base.path);
   unlink(saved);
-  assert_restores_as(&n, 4, img4);
-  test_rmtree(img3);
-  test_rmtree(img4);
-  node_stop(&n);
+  assert_restores_as(&fo.n, 4, fo.img4);
+  forgery_stop(&fo);
 }
 
 static void test_restore_streamed_chunks(void **state)
