@@ -204,6 +204,7 @@ typedef struct restorer {
   char history_key[ARC_KEY_MAX];
   loom_position pos; /* after the last frame taken (seq: the base's first) */
   char base_key[ARC_KEY_MAX]; /* once open_base succeeded */
+  uint64_t base_size;         /* its size in the listing */
 } restorer;
 
 /* Whether rc, found while the base was read in pieces, may come from a
@@ -216,23 +217,35 @@ static bool pieces_may_lie(int rc)
          rc == REPLICATE_EAFTER_CHECKSUM || rc == REPLICATE_EPOSITION;
 }
 
-/* Why the base o cannot be used, once reading it in pieces failed with
- * rc: the refusal a whole read gives (the checks in docs/ARCHIVE.md's
+/* Why the base cannot be used, once reading it in pieces failed with rc:
+ * the refusal its checksum and tag give (the checks in docs/ARCHIVE.md's
  * order: a damaged header is EARCHIVE_OBJECT before it is FOREIGN), else
  * rc with its own message (the store failed, or the image inside is
- * wrong). Only on this error path is the base held whole. */
+ * wrong). The base is read again piece by piece to its end, each piece
+ * dropped once hashed and decrypted: memory stays a piece, whatever the
+ * base's size. Not when the stream already ended: every check passed. */
 static int base_refusal(restorer *r, const char *key, int rc)
 {
+  bool verified = r->img.src != NULL && r->img.src_done;
   arc_image_stop_reading(&r->img); /* the store is the thread's until now */
+  if (verified)
+    return rc;
   char why[sizeof r->a->error];
   snprintf(why, sizeof why, "%s", r->a->error);
   arc_header h;
-  replicate_buf b = {0};
-  int whole = arc_get_stored(r->a, key, &h, &b);
-  replicate_buf_free(&b);
-  if (whole != 0 && whole != REPLICATE_ESTORE)
-    return whole;
-  snprintf(r->a->error, sizeof r->a->error, "%s", why);
+  arc_pieces *p = NULL;
+  replicate_buf piece = {0};
+  int again = arc_pieces_open(r->a, r->a->store, key, r->base_size,
+                              ARC_PIECE_BYTES, &h, &p);
+  while (again == 0 && (again = arc_pieces_next(p, &piece)) == 0 &&
+         piece.len > 0)
+    ;
+  if (again != 0 && again != REPLICATE_ESTORE && again != ENOMEM)
+    rc = arc_fail(r->a, again, "%s", p ? arc_pieces_error(p) : key);
+  else
+    snprintf(r->a->error, sizeof r->a->error, "%s", why);
+  replicate_buf_free(&piece);
+  arc_pieces_close(p);
   return rc;
 }
 
@@ -244,6 +257,7 @@ static int base_refusal(restorer *r, const char *key, int rc)
 static int open_base(restorer *r, const arc_obj *o)
 {
   arc_header h;
+  r->base_size = o->size;
   int rc = arc_ahead_header(r->img.src, &h);
   if (rc != 0) {
     arc_fail(r->a, rc, "%s", arc_ahead_error(r->img.src));

@@ -72,7 +72,10 @@ typedef struct objstore_options {
   long timeout_ms;              /* 0: 30 s per request */
   /* A seam for crash tests (cli/faultio.h): called before each put, get,
    * list and delete goes out (op "put", "get", "list" or "delete"; key the
-   * object's, or the prefix listed), on the caller's thread. [NULL] */
+   * object's, or the prefix listed), on the thread that sends it (a
+   * restore's read-ahead thread too: the hook must be thread-safe, and
+   * the order of a restore's requests between its two threads varies).
+   * [NULL] */
   void (*on_request)(void *ctx, const char *op, const char *key);
   void *request_ctx;
 } objstore_options;
