@@ -144,6 +144,13 @@ int arc_store_open_another(const replicate_archive *a, objstore **out);
 int arc_pieces_next(arc_pieces *p, replicate_buf *out);
 const char *arc_pieces_error(const arc_pieces *p);
 void arc_pieces_close(arc_pieces *p);
+/* The object under key (size bytes) read to its end in pieces, each
+ * dropped once hashed (and decrypted): 0 when every check passes, else the
+ * first refusal in a whole read's order (the checksum before the archive
+ * id, the key and the key's name; then the tag) with a->error naming the
+ * object. For a refusal that must not hold the object in memory. */
+int arc_pieces_verify(replicate_archive *a, objstore *store, const char *key,
+                      uint64_t size);
 /* A restore's base read ahead (archive_stream.c): arc_ahead_begin starts
  * a thread that opens the object key (size bytes, from the listing) on a
  * store of its own (arc_pieces_open) and reads its pieces up to

@@ -598,6 +598,9 @@ struct arc_pieces {
   XXH3_state_t *xxh;
   EVP_CIPHER_CTX *evp; /* NULL: plaintext */
   replicate_buf first; /* the first piece's payload, handed out first */
+  bool defer;           /* checks 4, 5, 7 after the checksum (a refusal) */
+  int deferred;         /* what they found, reported at the end */
+  const char *deferred_what;
   char error[512];
 };
 
@@ -654,11 +657,14 @@ static int pieces_start(arc_pieces *p, const uint8_t *archive_id,
     return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT, unseal_text(
                                                          REPLICATE_EARCHIVE_OBJECT));
   int rc = reader_ok(p->keys, archive_id, h, &k);
-  if (rc != 0)
-    return pieces_fail(p, rc, unseal_text(rc));
-  if (!header_matches(h, &name))
-    return pieces_fail(p, REPLICATE_EARCHIVE_FOREIGN,
-                       "holds another position than its key names");
+  const char *what = unseal_text(rc);
+  if (rc == 0 && !header_matches(h, &name))
+    rc = REPLICATE_EARCHIVE_FOREIGN,
+    what = "holds another position than its key names";
+  if (rc != 0 && !p->defer)
+    return pieces_fail(p, rc, what);
+  if (rc != 0) /* only hashed from here: no key to decrypt with */
+    p->deferred = rc, p->deferred_what = what, k = -1;
   p->checksum = arc_get64(hd + ARC_OFF_CHECKSUM);
   p->payload_end = p->size - (k >= 0 ? ARC_TAG : 0);
   if ((p->xxh = XXH3_createState()) == NULL)
@@ -687,15 +693,16 @@ static uint64_t pieces_end(const arc_pieces *p)
   return p->size - end < ARC_TAG ? p->size : end;
 }
 
-int arc_pieces_open(replicate_archive *a, objstore *store, const char *key,
-                    uint64_t size, size_t piece, arc_header *h,
-                    arc_pieces **out)
+static int pieces_open(replicate_archive *a, objstore *store, const char *key,
+                       uint64_t size, size_t piece, bool defer, arc_header *h,
+                       arc_pieces **out)
 {
   *out = NULL;
   arc_pieces *p = calloc(1, sizeof *p);
   if (p == NULL)
     return ENOMEM;
   *out = p;
+  p->defer = defer;
   p->store = store;
   p->keys = &a->keys;
   p->size = size;
@@ -721,12 +728,21 @@ int arc_pieces_open(replicate_archive *a, objstore *store, const char *key,
   return rc;
 }
 
+int arc_pieces_open(replicate_archive *a, objstore *store, const char *key,
+                    uint64_t size, size_t piece, arc_header *h,
+                    arc_pieces **out)
+{
+  return pieces_open(a, store, key, size, piece, false, h, out);
+}
+
 /* The end: the checksum over everything read, then the tag. */
 static int pieces_finish(arc_pieces *p)
 {
   if (XXH3_64bits_digest(p->xxh) != p->checksum)
     return pieces_fail(p, REPLICATE_EARCHIVE_OBJECT,
                        unseal_text(REPLICATE_EARCHIVE_OBJECT));
+  if (p->deferred != 0)
+    return pieces_fail(p, p->deferred, p->deferred_what);
   uint8_t last[16];
   int outl = 0;
   if (p->evp != NULL &&
@@ -777,6 +793,22 @@ void arc_pieces_close(arc_pieces *p)
   XXH3_freeState(p->xxh);
   EVP_CIPHER_CTX_free(p->evp);
   free(p);
+}
+
+int arc_pieces_verify(replicate_archive *a, objstore *store, const char *key,
+                      uint64_t size)
+{
+  arc_header h;
+  arc_pieces *p = NULL;
+  replicate_buf piece = {0};
+  int rc = pieces_open(a, store, key, size, ARC_PIECE_BYTES, true, &h, &p);
+  while (rc == 0 && (rc = arc_pieces_next(p, &piece)) == 0 && piece.len > 0)
+    ;
+  if (rc != 0)
+    arc_fail(a, rc, "%s", p != NULL ? p->error : key);
+  replicate_buf_free(&piece);
+  arc_pieces_close(p);
+  return rc;
 }
 
 int arc_put(replicate_archive *a, arc_header *h, const char *key,

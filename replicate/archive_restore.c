@@ -227,25 +227,16 @@ static bool pieces_may_lie(int rc)
 static int base_refusal(restorer *r, const char *key, int rc)
 {
   bool verified = r->img.src != NULL && r->img.src_done;
-  arc_image_stop_reading(&r->img); /* the store is the thread's until now */
+  arc_image_stop_reading(&r->img); /* its thread and store end here */
   if (verified)
     return rc;
   char why[sizeof r->a->error];
   snprintf(why, sizeof why, "%s", r->a->error);
-  arc_header h;
-  arc_pieces *p = NULL;
-  replicate_buf piece = {0};
-  int again = arc_pieces_open(r->a, r->a->store, key, r->base_size,
-                              ARC_PIECE_BYTES, &h, &p);
-  while (again == 0 && (again = arc_pieces_next(p, &piece)) == 0 &&
-         piece.len > 0)
-    ;
-  if (again != 0 && again != REPLICATE_ESTORE && again != ENOMEM)
-    rc = arc_fail(r->a, again, "%s", p ? arc_pieces_error(p) : key);
-  else
+  int again = arc_pieces_verify(r->a, r->a->store, key, r->base_size);
+  if (again == 0 || again == REPLICATE_ESTORE || again == ENOMEM)
     snprintf(r->a->error, sizeof r->a->error, "%s", why);
-  replicate_buf_free(&piece);
-  arc_pieces_close(p);
+  else
+    rc = again; /* a->error names the base */
   return rc;
 }
 

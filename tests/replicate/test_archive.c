@@ -916,8 +916,11 @@ static void assert_base_refused(node *n)
   loom_position got;
   replicate_restore_target newest = {.kind = REPLICATE_RESTORE_NEWEST,
                                      .epoch = -1};
-  long at[] = {-3, st.st_size / 2, 100};
-  for (size_t i = 0; i < 3; i++) {
+  /* The end, the middle, the payload's start; the header's archive id,
+   * first seq and key id: a damaged header is EARCHIVE_OBJECT (the
+   * checksum first), not FOREIGN or KEY. */
+  long at[] = {-3, st.st_size / 2, 100, 20, 40, 56};
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
     flip_byte(base.path, at[i]);
     assert_int_equal(restore(n, newest, &got, err, sizeof err),
                      REPLICATE_EARCHIVE_OBJECT);
