@@ -118,11 +118,6 @@ int arc_fail(replicate_archive *a, int rc, const char *fmt, ...)
  * names the key in a->error. The archive id must be known (arc_load_id). */
 int arc_get(replicate_archive *a, const char *key, arc_header *h,
             replicate_buf *payload);
-/* arc_get without the decompression: *stored is the payload as stored
- * (decrypted; zstd-compressed when h->flags has ARC_FLAG_ZSTD), every
- * check made (the tag and the checksum cover the stored bytes). */
-int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
-                   replicate_buf *stored);
 /* An object read in pieces, for one too large to hold (a restore's base):
  * arc_pieces_open reads its first piece (ranged GETs of piece bytes, from
  * the object's size in the listing) and makes the checks its header

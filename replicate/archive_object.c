@@ -330,28 +330,6 @@ int arc_unseal(const arc_keys *keys, const uint8_t *archive_id, const void *obj,
   return rc;
 }
 
-/* arc_unseal without the decompression, in place: the (decrypted) stored
- * payload is moved to obj[0, *n). */
-static int unseal_stored(const arc_keys *keys, const uint8_t *archive_id,
-                         uint8_t *obj, size_t len, arc_header *h, size_t *n)
-{
-  int k;
-  int rc = unseal_check(keys, archive_id, obj, len, h, &k);
-  if (rc != 0)
-    return rc;
-  size_t body = len - ARC_HEADER - (k < 0 ? 0 : ARC_TAG);
-  if (k >= 0) {
-    uint8_t tag[ARC_TAG];
-    memcpy(tag, obj + ARC_HEADER + body, ARC_TAG);
-    rc = gcm(0, keys->key[k], h->nonce, obj, ARC_OFF_CHECKSUM,
-             obj + ARC_HEADER, body, tag);
-  }
-  if (rc == 0)
-    memmove(obj, obj + ARC_HEADER, body);
-  *n = body;
-  return rc;
-}
-
 /* ---------------------------------------------------------------------- */
 /* Keys: fixed-width hex, so that byte order is numeric order. */
 
@@ -518,13 +496,8 @@ static bool header_matches(const arc_header *h, const arc_name *n)
   return true;
 }
 
-/* The object under key, read whole and checked (1-7): opened by
- * unseal into *payload. */
-typedef int (*unseal_fn)(replicate_archive *a, uint8_t *obj, size_t len,
-                         arc_header *h, replicate_buf *payload);
-
-static int get_with(replicate_archive *a, const char *key, arc_header *h,
-                    replicate_buf *payload, unseal_fn unseal)
+int arc_get(replicate_archive *a, const char *key, arc_header *h,
+            replicate_buf *payload)
 {
   arc_name name;
   if (arc_key_parse(key, &name) != 0)
@@ -535,7 +508,8 @@ static int get_with(replicate_archive *a, const char *key, arc_header *h,
   int rc = objstore_get(a->store, key, ARC_MAX_OBJECT, &obj, &len);
   if (rc != 0)
     return arc_fail(a, rc, "%s: %s", key, objstore_last_error(a->store));
-  rc = unseal(a, obj, len, h, payload);
+  rc = arc_unseal(&a->keys, a->have_id ? a->id : NULL, obj, len, h, payload);
+  free(obj);
   if (rc != 0)
     return arc_fail(a, rc, "object %s %s", key, unseal_text(rc));
   if (!header_matches(h, &name))
@@ -545,40 +519,6 @@ static int get_with(replicate_archive *a, const char *key, arc_header *h,
                     "): renamed, copied or reordered",
                     key, (int)h->kind, h->epoch, h->first_seq, h->last_seq);
   return 0;
-}
-
-static int unseal_whole(replicate_archive *a, uint8_t *obj, size_t len,
-                        arc_header *h, replicate_buf *payload)
-{
-  int rc = arc_unseal(&a->keys, a->have_id ? a->id : NULL, obj, len, h,
-                      payload);
-  free(obj);
-  return rc;
-}
-
-static int unseal_keep(replicate_archive *a, uint8_t *obj, size_t len,
-                       arc_header *h, replicate_buf *payload)
-{
-  size_t n = 0;
-  int rc = unseal_stored(&a->keys, a->have_id ? a->id : NULL, obj, len, h, &n);
-  if (rc != 0) {
-    free(obj);
-    return rc;
-  }
-  *payload = (replicate_buf){.data = obj, .len = n, .cap = len};
-  return 0;
-}
-
-int arc_get(replicate_archive *a, const char *key, arc_header *h,
-            replicate_buf *payload)
-{
-  return get_with(a, key, h, payload, unseal_whole);
-}
-
-int arc_get_stored(replicate_archive *a, const char *key, arc_header *h,
-                   replicate_buf *stored)
-{
-  return get_with(a, key, h, stored, unseal_keep);
 }
 
 /* ---------------------------------------------------------------------- */
