@@ -458,6 +458,9 @@ typedef struct http_server_status {
   http_role role;                   /* PRIMARY after a promotion */
   loom_position applied;            /* (epoch: the node's epoch) */
   loom_position received;           /* standby; = applied on a primary */
+  loom_position computed;           /* standby: applied, with the checksum
+                                       it computed by reading its pages
+                                       back (docs/INTEGRITY.md section 1) */
   uint64_t primary_seq;             /* standby: newest seq heard of */
   uint64_t lag_frames;              /* standby */
   uint64_t lag_bytes;               /* standby */

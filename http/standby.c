@@ -372,6 +372,7 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   s->role = r.promoted ? HTTP_ROLE_PRIMARY : HTTP_ROLE_STANDBY;
   s->applied = r.applied;
   s->received = r.received;
+  s->computed = r.computed;
   s->primary_seq = r.primary_seq;
   s->lag_frames = r.lag_frames;
   s->lag_bytes = r.lag_bytes;

@@ -166,6 +166,8 @@ static void standby_json(const http_figures *f, http_json_writer *w)
   diverged_json(w, st);
   http_json_key(w, "received");
   http_json_position(w, &st->received);
+  http_json_key(w, "computed");
+  http_json_position(w, &st->computed);
   http_json_member_uint(w, "primary_seq", st->primary_seq);
   lag_json(w, st->lag_frames, st->lag_bytes, st->lag_seconds);
   if (st->apply_delay_seconds > 0) { /* a delayed standby (DESIGN section 7) */

@@ -225,13 +225,16 @@ static void base_release(replicate_receiver_base *up)
   free(up);
 }
 
-/* Under mu: the image committed at pos is the new position. */
-static void base_committed(replicate_receiver *rx, const loom_position *pos)
+/* Under mu: the image committed at pos is the new position; rb is its
+ * read-back (every page: computed is what the image holds, never the
+ * base's own checksum copied). */
+static void base_committed(replicate_receiver *rx, const loom_position *pos,
+                           const rx_readback *rb, int64_t readback_ns)
 {
   rx->applied = *pos;
   rx->received = *pos;
-  rx->rot_page = UINT64_MAX; /* every page was written anew, and checked */
-  rx_note_computed(rx, pos, false, 0, UINT64_MAX);
+  rx->rot_page = UINT64_MAX; /* every page was written anew */
+  rx_note_readback(rx, rb);
   rx_pending_clear(rx);
   rx->apply_failed = false;
   rx->want_base = false; /* replicate_receiver_want_base: done */
@@ -243,9 +246,9 @@ static void base_committed(replicate_receiver *rx, const loom_position *pos)
     rx->primary_seq = pos->seq;
     rx->primary_commit_ns = pos->commit_time_ns;
   }
-  rx_logf(rx, "standby: base image at epoch %llu seq %llu (%llu pages)",
-          (unsigned long long)pos->epoch, (unsigned long long)pos->seq,
-          (unsigned long long)pos->pages);
+  rx_logf(rx, "standby: base image at epoch %llu seq %llu (%llu pages, read back "
+          "in %.3f s)", (unsigned long long)pos->epoch, (unsigned long long)pos->seq,
+          (unsigned long long)pos->pages, (double)readback_ns / 1e9);
 }
 
 void replicate_receiver_base_finish(replicate_receiver_base *up,
@@ -264,13 +267,23 @@ void replicate_receiver_base_finish(replicate_receiver_base *up,
   }
 
   loom_position pos;
+  rx_readback rb = {.bad_page = UINT64_MAX};
   pthread_mutex_lock(&rx->store_mu);
   int rc = loom_patch_commit(up->patch);
   up->patch = NULL;
   if (rc == 0)
     rc = loom_store_sync(rx->store);
   loom_store_position(rx->store, &pos);
+  /* Every page read back, as an apply's are (DESIGN section 8): a disk
+   * that spoiled the base image is found now, not by a later scrub. */
+  int64_t readback_ns = rx_mono_ns();
+  int rrc = rc ? 0 : replicate_image_readback(rx->store, &rb.checksum, &rb.bad_page);
+  readback_ns = rx_mono_ns() - readback_ns;
+  rb.done = rc == 0 && rrc == 0;
+  rb.pos = pos;
   pthread_mutex_unlock(&rx->store_mu);
+  if (rrc)
+    rx_logf(rx, "standby: reading back the base image: %s", replicate_strerror(rrc));
 
   if (rc) {
     rx_logf(rx, "standby: base image refused: %s", loom_strerror(rc));
@@ -285,7 +298,7 @@ void replicate_receiver_base_finish(replicate_receiver_base *up,
   pthread_mutex_lock(&rx->mu);
   if (up->rewinding)
     rx_note_rewound(rx, up->rewind_frames, up->rewind_from_seq);
-  base_committed(rx, &pos);
+  base_committed(rx, &pos, &rb, readback_ns);
   rx_outcome(rx, REPLICATE_RECV_OK, 0, out);
   pthread_mutex_unlock(&rx->mu);
   base_release(up);

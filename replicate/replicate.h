@@ -502,14 +502,18 @@ typedef struct replicate_scrub_options {
    * so while each later pass tries again, until one succeeds). A pass that
    * finds more than REPLICATE_PAGES_MAX bad pages, or a round refused as
    * REPLICATE_ETOOBIG, is corrupt at once (a base image is the way back:
-   * want_base). Without it, a bad page is corrupt at once. */
+   * want_base). So is the last failed round of pages asked for
+   * (replicate_scrubber_request_repair: a frame that no longer applies,
+   * or a read-back), which hold the standby up until they are mended.
+   * Without it, a bad page is corrupt at once. */
   int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
                 char *why, size_t why_len);
   void *repair_ctx;
   /* The way back when a repair cannot move the pages one by one (more
-   * than REPLICATE_PAGES_MAX bad pages in a pass, or a round refused as
+   * than REPLICATE_PAGES_MAX bad pages in a pass, a round refused as
    * REPLICATE_ETOOBIG: more than half the image or
-   * REPLICATE_REPAIR_MAX_PAGES to move): called at once (no further
+   * REPLICATE_REPAIR_MAX_PAGES to move, or the last failed round of
+   * pages asked for): called at once (no further
    * rounds) with repair_ctx and the reason; a standby asks its primary
    * for a base image (replicate_receiver_want_base). The state is corrupt
    * until replicate_scrubber_base_installed. Optional [none: corrupt, as
@@ -866,6 +870,9 @@ int replicate_frame_readback(const replicate_frame *frame, loom_store *store,
 int replicate_pages_readback(loom_store *store, const uint64_t *pages,
                              uint64_t count, uint64_t *checksum,
                              uint64_t *bad_page);
+/* The same for every page of the image (after a base image, which wrote
+ * them all): one read of the whole image. */
+int replicate_image_readback(loom_store *store, uint64_t *checksum, uint64_t *bad_page);
 
 /* ---------------------------------------------------------------------- */
 /* Coalescing */

@@ -246,7 +246,14 @@ static bool repair_round(replicate_scrubber *sc, bool asked)
     snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages (first %" PRIu64
              "), try %d of %d failed: %s: %s%s", sc->nfound, sc->found[0], tries,
              REPLICATE_REPAIR_TRIES, replicate_strerror(rc), why,
-             last ? "; the image stays as it is" : "");
+             last && !(asked && sc->opt.want_base) ? "; the image stays as it is" : "");
+    if (last && asked && sc->opt.want_base) {
+      /* Asked pages block the standby (a frame that no longer applies, or
+       * a read-back its primary sees as a checksum that differs): with no
+       * upstream to fetch them from, a base image is the way back. */
+      fall_back_to_base(sc, text);
+      return false;
+    }
     repair_outcome(sc, last ? REPLICATE_INTEGRITY_CORRUPT : REPLICATE_INTEGRITY_REPAIRING,
                    0, text);
     if (last)

@@ -159,6 +159,15 @@ typedef struct ship_peer {
   /* Scheduling; shipping thread only. */
   bool known;                 /* received is this connection's truth */
   bool need_base;
+  bool says_damaged;          /* its last refusal said its own image is
+                                 damaged (REPLICATE_EPAGE_HASH or
+                                 REPLICATE_EAFTER_CHECKSUM): a checksum
+                                 mismatch it explains itself (rot), which
+                                 a base image of our history mends */
+  bool base_over_mismatch;    /* the base image in flight was sent over
+                                 a checksum mismatch */
+  uint64_t mended_seq;        /* the seq of the last such base image that
+                                 was received; 0 none */
   bool has_history;           /* its answers carry a history */
   loom_history history;       /* the history it follows, as last heard */
   int diverged;               /* 0, or why it is refused (REPLICATE_E*):

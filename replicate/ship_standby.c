@@ -282,6 +282,7 @@ static int start_base(ship_peer *peer)
   }
   sh->snap_refs++;
   peer->holds_snapshot = true;
+  peer->base_over_mismatch = peer->mismatch;
   loom_lineage lineage;
   loom_snapshot_lineage(sh->snap, &lineage);
   loom_stream_header_encode(peer->base_header, &sh->snap_pos, &lineage);
@@ -606,6 +607,21 @@ static void diverge_on_mismatch(ship_peer *peer)
   diverge(peer, REPLICATE_ECHECKSUM_MISMATCH, detail);
 }
 
+/* A standby whose computed checksum differs from ours is diverged (we
+ * cannot tell its image from another's), except when it says itself that
+ * its image no longer holds what it recorded (rot found by its read-back
+ * or a frame that no longer applies) and asks for a base image: its
+ * recorded position is ours (schedule_known checked it), so a base image
+ * of our history moves it forward on our own line, not onto another
+ * (DESIGN section 3). Once per mend: the next is allowed only after the
+ * standby verified a seq past the last one (a disk that spoils every
+ * write stays diverged instead of being sent base images for ever). */
+static bool mend_allowed(const ship_peer *peer)
+{
+  return peer->need_base && peer->says_damaged &&
+         (peer->mended_seq == 0 || peer->verified_seq > peer->mended_seq);
+}
+
 /* The standby holds a newer epoch than ours. Only a node of our own
  * history fences us (finish() says the same): another history's epochs
  * say nothing about ours. */
@@ -655,7 +671,7 @@ static int schedule_known(ship_peer *peer, int64_t now, const loom_position *lat
                            : "checked against this primary's history");
     return 0;
   }
-  if (peer->mismatch) {
+  if (peer->mismatch && !mend_allowed(peer)) {
     diverge_on_mismatch(peer);
     return 0;
   }
@@ -865,6 +881,7 @@ static void finish_ok(ship_peer *peer, request_kind req, double retry_s)
   peer->consecutive_failures = 0;
   peer->consecutive_conflicts = 0;
   peer->unauthorized_run = 0;
+  peer->says_damaged = false; /* it took a request: no longer asking */
   /* A success ends any wait: after a 401 the new token's first request is
    * let through early (ship_schedule), and the rest must not then wait out
    * the unauthorized retry period. */
@@ -874,6 +891,8 @@ static void finish_ok(ship_peer *peer, request_kind req, double retry_s)
   pthread_mutex_unlock(&sh->mu);
   if (req == REQ_BASE) {
     peer->need_base = false;
+    if (peer->base_over_mismatch)
+      peer->mended_seq = peer->req_after_seq;
     pthread_mutex_lock(&sh->mu);
     peer->base_images_sent++;
     pthread_mutex_unlock(&sh->mu);
@@ -921,7 +940,7 @@ static void finish_conflict(ship_peer *peer, request_kind req, const ship_answer
    * before matched: its image is damaged; a base image repairs it. */
   if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
       (!a->has_code && a->has_error && strcmp(a->error, "checksum mismatch") == 0))
-    peer->need_base = true;
+    peer->need_base = peer->says_damaged = true;
   if (++peer->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
     peer->need_base = true;
   ship_set_error(peer, "%s refused (409 %s): the standby is at seq %" PRIu64

@@ -8,6 +8,7 @@
  * "Verified positions").
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "replicate.h"
@@ -27,9 +28,9 @@ static int readback_page(loom_store *store, uint64_t n, uint8_t *page,
   return 0;
 }
 
-int replicate_pages_readback(loom_store *store, const uint64_t *pages,
-                             uint64_t count, uint64_t *checksum,
-                             uint64_t *bad_page)
+/* pages[0, count), or every page of the image when all. */
+static int readback(loom_store *store, bool all, const uint64_t *pages, uint64_t count,
+                    uint64_t *checksum, uint64_t *bad_page)
 {
   loom_position pos;
   loom_store_position(store, &pos);
@@ -38,15 +39,31 @@ int replicate_pages_readback(loom_store *store, const uint64_t *pages,
     return ENOMEM;
   uint64_t sum = pos.checksum, first_bad = UINT64_MAX;
   int rc = 0;
-  for (uint64_t i = 0; !rc && i < count; i++)
-    if (pages[i] < pos.pages) /* else a later shrink dropped it */
-      rc = readback_page(store, pages[i], page, &sum, &first_bad);
+  if (all)
+    count = pos.pages;
+  for (uint64_t i = 0; !rc && i < count; i++) {
+    uint64_t n = all ? i : pages[i];
+    if (n < pos.pages) /* else a later shrink dropped it */
+      rc = readback_page(store, n, page, &sum, &first_bad);
+  }
   free(page);
   if (rc)
     return rc;
   *checksum = sum;
   *bad_page = first_bad;
   return 0;
+}
+
+int replicate_pages_readback(loom_store *store, const uint64_t *pages,
+                             uint64_t count, uint64_t *checksum,
+                             uint64_t *bad_page)
+{
+  return readback(store, false, pages, count, checksum, bad_page);
+}
+
+int replicate_image_readback(loom_store *store, uint64_t *checksum, uint64_t *bad_page)
+{
+  return readback(store, true, NULL, 0, checksum, bad_page);
 }
 
 int replicate_frame_readback(const replicate_frame *frame, loom_store *store,

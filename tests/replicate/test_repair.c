@@ -238,7 +238,14 @@ typedef struct hook {
   atomic_int calls;
   uint64_t pages[4];
   uint64_t count;
+  atomic_int base_asks;         /* want_base calls */
 } hook;
+
+static void hook_want_base(void *ctx, const char *why)
+{
+  (void)why;
+  atomic_fetch_add(&((hook *)ctx)->base_asks, 1);
+}
 
 static int hook_snap_open(void *ctx, loom_snapshot **out)
 {
@@ -322,13 +329,17 @@ static void test_scrubber_hook_fails(void **state)
   replicate_scrub_options o = {.snapshot_open = hook_snap_open,
                                .snapshot_close = hook_snap_close, .ctx = &h,
                                .interval_seconds = 0.05, .mbps = 64,
-                               .repair = hook_repair, .repair_ctx = &h};
+                               .repair = hook_repair, .repair_ctx = &h,
+                               .want_base = hook_want_base};
   replicate_scrubber *sc;
   assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
   replicate_scrub_status st = wait_status(sc, gave_up);
   replicate_scrubber_stop(sc);
   assert_int_equal(st.state, REPLICATE_INTEGRITY_CORRUPT);
   assert_true(atomic_load(&h.calls) >= REPLICATE_REPAIR_TRIES);
+  /* A pass's pages do not hold the standby up: the next pass tries again,
+   * no base image is asked for. */
+  assert_int_equal(atomic_load(&h.base_asks), 0);
   assert_int_equal(st.pages_repaired, 0);
   assert_non_null(strstr(st.last_error, "the upstream is away"));
   assert_false(page_good(fx, 2));
@@ -439,6 +450,36 @@ static void test_asked_repair(void **state)
   assert_true(page_good(fx, 5));
 }
 
+/* Pages asked for hold the standby up (a frame that no longer applies, a
+ * read-back its primary sees as another checksum): when the last round
+ * fails, a base image is asked for, once. */
+static bool base_asked(const replicate_scrub_status *st)
+{
+  return st->state == REPLICATE_INTEGRITY_CORRUPT && strstr(st->last_error, "asked for");
+}
+
+static void test_asked_repair_fails(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx, .fail = true};
+  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
+                               .snapshot_close = hook_snap_close, .ctx = &h,
+                               .repair = hook_repair, .repair_ctx = &h,
+                               .want_base = hook_want_base, .repair_only = true};
+  replicate_scrubber *sc;
+  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
+  replicate_scrubber_request_repair(sc, fx->rotted, 2);
+  replicate_scrub_status st = wait_status(sc, base_asked);
+  replicate_scrubber_stop(sc);
+  assert_true(base_asked(&st));
+  assert_non_null(strstr(st.last_error, "try 3 of 3 failed"));
+  assert_non_null(strstr(st.last_error, "the upstream is away"));
+  assert_int_equal(atomic_load(&h.calls), REPLICATE_REPAIR_TRIES);
+  assert_int_equal(atomic_load(&h.base_asks), 1);
+  assert_int_equal(st.pages_repaired, 0);
+  assert_false(page_good(fx, 2));
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -450,6 +491,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_repair_from, setup, teardown),
       cmocka_unit_test_setup_teardown(test_repair_from_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_asked_repair_fails, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

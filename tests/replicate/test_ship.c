@@ -98,6 +98,10 @@ typedef struct fake {
   size_t max_body;            /* 413 above this many bytes (0: none) */
   unsigned delay_ms;          /* before each answer */
   bool stalled;               /* answers wait until released */
+  bool damaged;               /* its image no longer holds what it recorded:
+                                 every frame and heartbeat answered 409
+                                 REPLICATE_EPAGE_HASH (a base image asked
+                                 for), until a base image mends it */
 
   /* What happened. */
   unsigned requests, frames, coalesced, heartbeats, duplicates, gaps,
@@ -144,9 +148,9 @@ static enum MHD_Result respond_code(struct MHD_Connection *conn, unsigned status
     if (error)
       snprintf(body, sizeof body,
                "{\"error\": \"%s\", \"code\": \"%s\", \"epoch\": %" PRIu64
-               ", \"received\": %s, \"applied\": %s, \"extra\": [1, 2.5e3, "
-               "{\"nested\": true}]}",
-               error, code ? code : "", pos->epoch, point, point);
+               ", \"received\": %s, \"applied\": %s, \"computed\": %s, "
+               "\"extra\": [1, 2.5e3, {\"nested\": true}]}",
+               error, code ? code : "", pos->epoch, point, point, computed);
     else
       snprintf(body, sizeof body,
                "{\"received\": %s, \"applied\": %s, \"computed\": %s, "
@@ -259,6 +263,10 @@ static enum MHD_Result answer_base(fake *f, struct MHD_Connection *conn,
   if (apply_base(f, u->buf, u->len, &pos))
     return respond(conn, 400, "bad base image", NULL, 0);
   f->bases++;
+  if (f->damaged) { /* every page written anew */
+    f->damaged = false;
+    __atomic_store_n(&fake_computed_xor, 0, __ATOMIC_RELAXED);
+  }
   return respond(conn, 200, NULL, &pos, 0);
 }
 
@@ -329,10 +337,12 @@ static enum MHD_Result answer_frame(fake *f, struct MHD_Connection *conn,
     f->stale_answers++;
     return respond(conn, 409, "stale epoch", &newer, 0);
   }
-  if (frame.info.kind == REPLICATE_KIND_HEARTBEAT) {
+  if (frame.info.kind == REPLICATE_KIND_HEARTBEAT)
     f->heartbeats++;
+  if (f->damaged)
+    return respond_code(conn, 409, "checksum mismatch", "REPLICATE_EPAGE_HASH", &pos, 0);
+  if (frame.info.kind == REPLICATE_KIND_HEARTBEAT)
     return respond(conn, 200, NULL, &pos, 0);
-  }
   if (f->drop_before) {
     f->drop_before--;
     f->dropped++;
@@ -1965,6 +1975,68 @@ static void test_verified(void **state)
   fake_stop(f);
 }
 
+/* A standby whose computed checksum differs but which says itself that
+ * its image is damaged (409 REPLICATE_EPAGE_HASH: rot its read-back found
+ * and could not repair) is sent a base image of our history, not left
+ * diverged (docs/INTEGRITY.md section 5); once per mend: damaged again
+ * before it verified a seq past that base image, it is diverged. */
+static bool bases_reach(void *ctx)
+{
+  void **w = ctx;
+  return FAKE_GET((fake *)w[0], bases) >= *(unsigned *)w[1];
+}
+
+/* The fake's image spoiled (its computed checksum differs, and it asks
+ * for a base image) or sound again. */
+static void fake_set_damaged(fake *f, bool damaged)
+{
+  pthread_mutex_lock(&f->mu);
+  f->damaged = damaged;
+  __atomic_store_n(&fake_computed_xor, damaged ? 1 : 0, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&f->mu);
+}
+
+static void test_mend_over_mismatch(void **state)
+{
+  (void)state;
+  fake *f = fake_start();
+  primary p;
+  replicate_shipper_options o = test_options();
+  primary_start(&p, &o, &f, 1, NULL);
+  primary_saves(&p, 5, 2, false);
+  catch_up(&p, f);
+
+  fake_set_damaged(f, true);
+  primary_saves(&p, 1, 2, false);
+  unsigned one = 1;
+  void *w[2] = {f, &one};
+  assert_true(wait_for(bases_reach, w, 15));
+  loom_position pos;
+  primary_position(&p, &pos);
+  verified_wait v = {&p, pos.seq};
+  assert_true(wait_for(verified_reaches, &v, 10));
+  replicate_peer_status st;
+  standby_status(&p, 0, &st);
+  assert_true(st.checksum_mismatches >= 1);
+  assert_int_equal(st.base_images_sent, 1);
+
+  /* Damaged again at once, no seq verified past the base image: the
+   * disk spoils what it is sent; diverged, no second base image. */
+  fake_set_damaged(f, true);
+  primary_saves(&p, 1, 2, false);
+  wait_diverged(&p);
+  assert_int_equal(FAKE_GET(f, bases), 1);
+
+  /* Mended by other means (--resync-from): streaming again. */
+  fake_set_damaged(f, false);
+  primary_saves(&p, 1, 2, false);
+  primary_position(&p, &pos);
+  v.seq = pos.seq;
+  assert_true(wait_for(verified_reaches, &v, 20));
+  primary_stop(&p);
+  fake_stop(f);
+}
+
 /* https: verified against the CA file; without it, verification fails. */
 /* Peers added and removed at run time (a cluster leader): a leader alone
  * saves; a peer added later catches up; a removed one is sent nothing
@@ -2126,6 +2198,7 @@ int main(void)
       cmocka_unit_test(test_primary_restart),
       cmocka_unit_test(test_diverged),
       cmocka_unit_test(test_verified),
+      cmocka_unit_test(test_mend_over_mismatch),
       cmocka_unit_test(test_https),
       cmocka_unit_test(test_peers_at_run_time),
   };

@@ -41,9 +41,16 @@ def episode(loomship, root, name, rng, extra):
                         str(SAVES), "--rate", "1000"] + ARGS + extra, capture_output=True,
                        timeout=60)
     st, ok = systest.wait_applied(surl, SAVES, 10)
+    # The bit is flipped once S read back the pages of its last apply
+    # (status `computed` at that seq): flipped earlier, the read-back finds
+    # it before any frame, with no upstream yet (a run on a loaded machine
+    # did, and got a base image after its repair found P far ahead).
+    ok = ok and systest.wait_for(lambda: ((systest.status(surl) or {}).get("computed") or
+                                          {}).get("seq") == SAVES, 10)
     if r.returncode != 0 or not ok:
         systest.stop(sproc)
-        return ["%s: the first %d saves did not reach S: %s" % (name, SAVES, st)]
+        return ["%s: the first %d saves did not reach S, or were not read back: %s" % (
+            name, SAVES, systest.status(surl))]
     systest.flip_bit(os.path.join(sdir, "image"), 1, rng)
     print("%s: flipped a bit of page 1 in S at seq %d" % (name, SAVES))
     p, purl, _ = systest.start_primary(loomship, ["--dir", pdir, "--standby", surl,

@@ -16,7 +16,14 @@ then S is restarted with the faulty disk and P saves on:
    pages_repaired >= 1, and keeps applying P's saves;
 2. P never sent S a base image (S's base_images 0, P's standby entry too);
 3. `loomship compare P S` exits 0 while P saves on;
-4. both stopped (P draining to S): the image files are byte-identical."""
+4. both stopped (P draining to S): the image files are byte-identical.
+Then the same fault with no upstream to repair from (P advertises a port
+nobody serves): P sees S's computed checksum differ from its own, but S
+says its image is damaged and asks for a base image, which P sends (a
+mismatch S explains is rot, not another history: docs/INTEGRITY.md 5):
+5. S is `ok` again after base images (P's entry counts them and the
+   checksum mismatch), P does not show S diverged, S applies on, and both
+   stopped the image files are byte-identical."""
 import os
 import signal
 import subprocess
@@ -79,7 +86,49 @@ def main():
     systest.stop(s)
     c.check(systest.same_files(c.path("p/image"), c.path("s/image")),
             "4. S's image file is byte-identical to P's")
+    no_upstream(loomship, c, env)
     return systest.report("readback_repair", c.failures, c.root)
+
+
+def no_upstream(loomship, c, env):
+    """Part 5: the read-back finds the page, no repair can fetch it, and S's
+    primary sends it a base image although their checksums differ."""
+    s, surl = systest.start_standby(loomship, c.path("s"), env=env, log=c.log,
+                                    extra=["--scrub-interval", "0"])
+    p, purl, _ = systest.start_primary(
+        loomship, ["--dir", c.path("p"), "--standby", surl or "http://127.0.0.1:9",
+                   "--saves", "0", "--advertise", "http://127.0.0.1:9"] + ARGS, c.log)
+    if not surl or not purl:
+        c.check(False, "5. S and P start again")
+        systest.stop(p)
+        systest.stop(s)
+        return
+
+    def mended():
+        st, pst = systest.status(surl), systest.status(purl)
+        if not st or not pst or st["counters"]["base_images"] < 1:
+            return None
+        entry = pst["standbys"][0]
+        if st["integrity"]["state"] != "ok" or entry["state"] != "streaming":
+            return None
+        return st, entry
+    got = systest.wait_for(mended, 40)
+    st, entry = got or (systest.status(surl), (systest.status(purl) or {"standbys": [None]})
+                        ["standbys"][0])
+    print("5. S integrity %s, base images %s; P's entry %s" % (
+        st and st["integrity"], st and st["counters"]["base_images"], entry))
+    c.check(got, "5. S is ok and streaming again after a base image")
+    c.check(entry and entry["base_images"] >= 1 and entry["checksum_mismatches"] >= 1,
+            "5. P counts the checksum mismatch and the base image it sent")
+    at = st["applied"]["seq"] if st else 0
+    c.check(systest.wait_for(lambda: (systest.status(surl) or {"applied": {"seq": 0}})
+                             ["applied"]["seq"] > at + 20, 20),
+            "5. S keeps applying P's saves after the base image")
+    rc = systest.stop(p, signal.SIGTERM, timeout=40)
+    c.check(rc == 0, "5. P stopped with S holding everything (exit %s)" % rc)
+    systest.stop(s)
+    c.check(systest.same_files(c.path("p/image"), c.path("s/image")),
+            "5. S's image file is byte-identical to P's")
 
 
 if __name__ == "__main__":
