@@ -256,6 +256,7 @@ int replicate_archive_verify(replicate_archive *a, const char *scratch_dir,
 typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);
 
 #define REPLICATE_ARCHIVE_BACKLOG_DEFAULT (UINT64_C(4) << 30) /* 4 GiB */
+#define REPLICATE_ARCHIVE_SEGMENT_DEFAULT (UINT64_C(64) << 20) /* 64 MiB */
 
 typedef struct replicate_archiver_options {
   replicate_archive_options access; /* required: url */
@@ -290,6 +291,11 @@ typedef struct replicate_archiver_options {
   unsigned keep_bases;              /* [7]: --archive-keep-bases */
   uint64_t max_backlog_bytes;       /* [REPLICATE_ARCHIVE_BACKLOG_DEFAULT]:
                                    --archive-max-backlog-mb */
+  uint64_t segment_max_bytes;       /* [REPLICATE_ARCHIVE_SEGMENT_DEFAULT]:
+                                   a segment ends once its frames reach
+                                   this many bytes, and the next follows at
+                                   once (a backlog is uploaded in pieces,
+                                   never held whole in memory twice) */
   const char *writer_id;            /* [host:pid]: who writes, in e/E/writer;
                                    a node restarted with the same id
                                    continues */

@@ -762,7 +762,7 @@ static void snap_close(replicate_archiver *ar, loom_snapshot *snap)
     ar->o.snapshot_close(ar->o.snapshot_ctx, snap);
 }
 
-static int upload_segment(replicate_archiver *ar, uint64_t limit);
+static int upload_segments(replicate_archiver *ar, uint64_t limit);
 
 static int upload_base(replicate_archiver *ar)
 {
@@ -788,7 +788,7 @@ static int upload_base(replicate_archiver *ar)
    * time must not turn the commits since the last segment into a gap
    * (only those missing from memory and from the log are one). */
   if (rc == 0 && ar->have_head && pos.seq > ar->uploaded.seq)
-    rc = upload_segment(ar, pos.seq);
+    rc = upload_segments(ar, pos.seq);
   if (rc == 0)
     rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
   replicate_buf_free(&img);
@@ -838,16 +838,23 @@ static void frame_end(loom_position *last, const replicate_frame_info *info)
   last->commit_time_ns = info->commit_time_ns;
 }
 
+/* The segment reached its byte cap (it holds a frame at least). */
+static bool seg_full(const replicate_archiver *ar, const replicate_buf *seg)
+{
+  return seg->len >= ar->o.segment_max_bytes;
+}
+
 /* Frames next .. stop - 1 from the replication log, while it has them
  * and they are single commits of this archiver's epoch (an older epoch's
  * frames before a standby's branch point belong to another archive: a
- * base, W2); *last follows them. Returns the first seq not taken. */
+ * base, W2), until the segment is full; *last follows them. Returns the
+ * first seq not taken. */
 static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
                          replicate_buf *seg, loom_position *last)
 {
   replicate_buf f = {0};
   replicate_frame_info info;
-  while (ar->o.log != NULL && next < stop &&
+  while (ar->o.log != NULL && next < stop && !seg_full(ar, seg) &&
          replicate_log_read(ar->o.log, next, &f) == 0 &&
          replicate_frame_parse_header(f.data, f.len, NULL, &info) == 0 &&
          info.kind == REPLICATE_KIND_COMMIT && info.epoch == ar->epoch &&
@@ -860,9 +867,10 @@ static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
 }
 
 /* The segment's payload: the frames after uploaded, contiguous, up to seq
- * limit: from the log up to the first queued one, then the queue. */
+ * limit: from the log up to the first queued one, then the queue, until
+ * the segment is full (*full then; the rest is the next segment's). */
 static int gather(replicate_archiver *ar, replicate_buf *seg,
-                  loom_position *last, uint64_t limit)
+                  loom_position *last, uint64_t limit, bool *full)
 {
   uint64_t next = ar->uploaded.seq + 1;
   pthread_mutex_lock(&ar->mu);
@@ -870,11 +878,14 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   pthread_mutex_unlock(&ar->mu);
   uint64_t stop = limit < first_queued - 1 ? limit + 1 : first_queued;
   next = from_log(ar, next, stop, seg, last);
-  if (next < stop)
+  *full = seg_full(ar, seg);
+  if (next < stop && !*full)
     return REPLICATE_ELOG_GONE; /* a gap: W2 */
+  if (*full)
+    return 0;
   pthread_mutex_lock(&ar->mu);
   int rc = 0;
-  for (size_t i = 0; rc == 0 && i < ar->qn; i++) {
+  for (size_t i = 0; rc == 0 && i < ar->qn && !*full; i++) {
     if (ar->q[i].seq < next)
       continue;
     if (ar->q[i].seq != next || next > limit)
@@ -886,20 +897,22 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
       rc = seg_add(seg, ar->q[i].frame.data, ar->q[i].frame.len);
     if (rc == 0)
       frame_end(last, &info), next++;
+    *full = seg_full(ar, seg);
   }
   pthread_mutex_unlock(&ar->mu);
   return rc;
 }
 
 /* The frames after the uploaded seq, up to limit, as one segment, then
- * the head. */
-static int upload_segment(replicate_archiver *ar, uint64_t limit)
+ * the head; *more when the segment was full (frames are left for the
+ * next). */
+static int upload_segment(replicate_archiver *ar, uint64_t limit, bool *more)
 {
   replicate_buf seg = {0};
   loom_position last = ar->uploaded;
   uint64_t first = ar->uploaded.seq + 1;
   bool retry = ar->pend_first == first && ar->pend_last >= first;
-  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : limit);
+  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : limit, more);
   if (rc == REPLICATE_ELOG_GONE) {
     ar->base_needed = true;
     replicate_buf_free(&seg);
@@ -936,6 +949,22 @@ static int upload_segment(replicate_archiver *ar, uint64_t limit)
     rc = keep(ar, ARC_SEGMENT, key, first, last.seq);
   if (rc == 0)
     queue_trim(ar, last.seq), ar->pend_first = 0;
+  return rc;
+}
+
+/* Segments up to limit: one, and more at once while each was full (a
+ * backlog in pieces of segment_max_bytes), until a stop is asked. */
+static int upload_segments(replicate_archiver *ar, uint64_t limit)
+{
+  bool more = true;
+  int rc = 0;
+  while (rc == 0 && more) {
+    rc = upload_segment(ar, limit, &more);
+    pthread_mutex_lock(&ar->mu);
+    if (ar->quit)
+      more = false;
+    pthread_mutex_unlock(&ar->mu);
+  }
   return rc;
 }
 
@@ -1015,14 +1044,14 @@ static int step(replicate_archiver *ar)
     ar->base_needed = true;
   bool based = false;
   if (rc == 0 && !ar->base_needed)
-    rc = upload_segment(ar, UINT64_MAX);
+    rc = upload_segments(ar, UINT64_MAX);
   if (rc == 0 && ar->base_needed)
     based = (rc = upload_base(ar)) == 0;
   /* After a base, the frames past it at once; not after a segment: what
    * was committed during its upload waits for the next interval (one
    * segment per interval, not two against a slow store). */
   if (rc == 0 && based)
-    rc = upload_segment(ar, UINT64_MAX);
+    rc = upload_segments(ar, UINT64_MAX);
   if (rc == 0)
     rc = retain(ar);
   if (rc == REPLICATE_EARCHIVE_WRITER || rc == REPLICATE_EARCHIVE_BEHIND ||
@@ -1129,6 +1158,8 @@ static int archiver_copy_options(replicate_archiver *ar,
     ar->o.keep_bases = 7;
   if (ar->o.max_backlog_bytes == 0)
     ar->o.max_backlog_bytes = REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
+  if (ar->o.segment_max_bytes == 0)
+    ar->o.segment_max_bytes = REPLICATE_ARCHIVE_SEGMENT_DEFAULT;
   return rc;
 }
 

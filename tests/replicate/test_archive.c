@@ -1676,23 +1676,83 @@ static void test_hold_after_stop(void **state)
 /* Frames that only the log holds (no position file was written, nothing
  * is committed after the restart) are uploaded by themselves: a segment
  * of log frames moves the head to its last one. */
+/* Five saves not uploaded (the store away), then an archiver started
+ * with segments of at most segment_max bytes (0: the default) on the
+ * store back: n->ar. */
+static replicate_log *restart_over_backlog(node *n, uint64_t segment_max)
+{
+  replicate_log *log;
+  replicate_archiver_options o = node_with_log(n, &log);
+  char moved[1100];
+  saves_not_uploaded(n, &o, 5, moved, sizeof moved);
+  assert_int_equal(rename(moved, n->arc_dir), 0);
+  o.segment_max_bytes = segment_max;
+  assert_int_equal(replicate_archiver_start(&o, &n->ar), 0);
+  return log;
+}
+
 static void test_log_only_backlog(void **state)
 {
   (void)state;
   node n;
-  replicate_log *log;
-  replicate_archiver_options o = node_with_log(&n, &log);
-  char moved[1100];
-  saves_not_uploaded(&n, &o, 5, moved, sizeof moved);
-  assert_int_equal(rename(moved, n.arc_dir), 0);
-  replicate_archiver *ar;
-  assert_int_equal(replicate_archiver_start(&o, &ar), 0);
-  n.ar = ar;
+  replicate_log *log = restart_over_backlog(&n, 0);
+  replicate_archiver *ar = n.ar;
   assert_int_equal(replicate_archiver_drain(ar, 10), 1);
   replicate_archive_status st;
   replicate_archiver_status(ar, &st);
   assert_int_equal(st.uploaded_seq, 7);
   assert_false(st.gap);
+  assert_restores_newest(&n);
+  replicate_archiver_stop(ar);
+  n.ar = NULL;
+  assert_int_equal(replicate_log_close(log), 0);
+  node_stop(&n);
+}
+
+/* The segments after the base, each frame counted as a one-seq segment,
+ * and the largest first..last span seen. */
+typedef struct segment_count {
+  int segments, gaps;
+  uint64_t widest;
+} segment_count;
+
+static int count_segments(void *ctx, const replicate_archive_entry *e)
+{
+  segment_count *c = ctx;
+  if (e->kind == REPLICATE_ARCHIVE_SEGMENT) {
+    c->segments++;
+    if (e->last_seq - e->first_seq + 1 > c->widest)
+      c->widest = e->last_seq - e->first_seq + 1;
+  }
+  c->gaps += e->kind == REPLICATE_ARCHIVE_GAP;
+  return 0;
+}
+
+/* A backlog is uploaded in segments of at most segment_max_bytes (here
+ * one frame each: any frame fills the cap), one after the other in the
+ * same wake-up, not as one segment held whole in memory: the frames read
+ * back from the log after a restart and the queued ones alike. */
+static void test_segment_cap(void **state)
+{
+  (void)state;
+  node n;
+  replicate_log *log = restart_over_backlog(&n, 1);
+  replicate_archiver *ar = n.ar;
+  assert_int_equal(replicate_archiver_drain(ar, 10), 1);
+  for (int i = 0; i < 3; i++)
+    node_save(&n);
+  assert_int_equal(replicate_archiver_drain(ar, 10), 1);
+  replicate_archive_status st;
+  replicate_archiver_status(ar, &st);
+  assert_int_equal(st.uploaded_seq, 10);
+  assert_false(st.gap);
+  replicate_archive *a = open_archive(&n);
+  segment_count c = {0};
+  assert_int_equal(replicate_archive_list(a, count_segments, &c), 0);
+  replicate_archive_close(a);
+  assert_int_equal(c.gaps, 0);
+  assert_int_equal(c.widest, 1);
+  assert_true(c.segments >= 8); /* seqs 3-10 at least, one each */
   assert_restores_newest(&n);
   replicate_archiver_stop(ar);
   n.ar = NULL;
@@ -1973,6 +2033,7 @@ int main(void)
       cmocka_unit_test(test_backlog_cap_moves_hold),
       cmocka_unit_test(test_hold_after_stop),
       cmocka_unit_test(test_log_only_backlog),
+      cmocka_unit_test(test_segment_cap),
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),
