@@ -848,17 +848,22 @@ static bool seg_full(const replicate_archiver *ar, const replicate_buf *seg)
  * and they are single commits of this archiver's epoch (an older epoch's
  * frames before a standby's branch point belong to another archive: a
  * base, W2), until the segment is full; *last follows them. Returns the
- * first seq not taken. */
+ * first seq not taken; *rc an error that is not the log's (memory: tried
+ * again, not a gap). */
 static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
-                         replicate_buf *seg, loom_position *last)
+                         replicate_buf *seg, loom_position *last, int *rc)
 {
   replicate_buf f = {0};
   replicate_frame_info info;
-  while (ar->o.log != NULL && next < stop && !seg_full(ar, seg) &&
-         replicate_log_read(ar->o.log, next, &f) == 0 &&
-         replicate_frame_parse_header(f.data, f.len, NULL, &info) == 0 &&
-         info.kind == REPLICATE_KIND_COMMIT && info.epoch == ar->epoch &&
-         info.after.seq == next && seg_add(seg, f.data, f.len) == 0) {
+  *rc = 0;
+  while (ar->o.log != NULL && next < stop && !seg_full(ar, seg)) {
+    int read = replicate_log_read(ar->o.log, next, &f);
+    if (read == ENOMEM)
+      *rc = ENOMEM;
+    if (read != 0 || replicate_frame_parse_header(f.data, f.len, NULL, &info) != 0 ||
+        info.kind != REPLICATE_KIND_COMMIT || info.epoch != ar->epoch ||
+        info.after.seq != next || (*rc = seg_add(seg, f.data, f.len)) != 0)
+      break;
     frame_end(last, &info);
     next++;
   }
@@ -877,14 +882,16 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   uint64_t first_queued = ar->qn ? ar->q[0].seq : ar->committed.seq + 1;
   pthread_mutex_unlock(&ar->mu);
   uint64_t stop = limit < first_queued - 1 ? limit + 1 : first_queued;
-  next = from_log(ar, next, stop, seg, last);
+  int rc;
+  next = from_log(ar, next, stop, seg, last, &rc);
   *full = seg_full(ar, seg);
+  if (rc)
+    return rc;
   if (next < stop && !*full)
     return REPLICATE_ELOG_GONE; /* a gap: W2 */
   if (*full)
     return 0;
   pthread_mutex_lock(&ar->mu);
-  int rc = 0;
   for (size_t i = 0; rc == 0 && i < ar->qn && !*full; i++) {
     if (ar->q[i].seq < next)
       continue;
