@@ -234,7 +234,10 @@ static void base_committed(replicate_receiver *rx, const loom_position *pos,
   rx->applied = *pos;
   rx->received = *pos;
   rx->rot_page = UINT64_MAX; /* every page was written anew */
-  rx_note_readback(rx, rb);
+  if (rb->done)
+    rx_note_readback(rx, rb);
+  else /* the read-back failed (said): the store's word, as before it */
+    rx_note_computed(rx, pos, false, 0, UINT64_MAX);
   rx_pending_clear(rx);
   rx->apply_failed = false;
   rx->want_base = false; /* replicate_receiver_want_base: done */

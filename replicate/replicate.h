@@ -497,14 +497,19 @@ typedef struct replicate_scrub_options {
    * when they were repaired (a standby: fetched from its upstream and
    * written by replicate_receiver_repair), else an error code and the
    * reason, NUL-terminated, in why. The state is repairing meanwhile; a
-   * failed round is tried again a second later, up to
+   * failed round is tried again repair_retry_seconds later, up to
    * REPLICATE_REPAIR_TRIES rounds, then the state is corrupt (and stays
    * so while each later pass tries again, until one succeeds). A pass that
    * finds more than REPLICATE_PAGES_MAX bad pages, or a round refused as
    * REPLICATE_ETOOBIG, is corrupt at once (a base image is the way back:
-   * want_base). So is the last failed round of pages asked for
-   * (replicate_scrubber_request_repair: a frame that no longer applies,
-   * or a read-back), which hold the standby up until they are mended.
+   * want_base). Pages asked for (replicate_scrubber_request_repair: a
+   * frame that no longer applies, or a read-back) hold the standby up
+   * until they are mended: with want_base, up to
+   * REPLICATE_REPAIR_TRIES_ASKED rounds, the wait doubling (about 31 s in
+   * all at the default: an upstream that restarts is waited for), then a
+   * base image is asked for. A round the receiver answers EBUSY (a base
+   * image being installed) is not counted, and one during which a base
+   * image was installed ends (replicate_scrubber_base_installed).
    * Without it, a bad page is corrupt at once. */
   int (*repair)(void *repair_ctx, const uint64_t *pages, uint64_t count,
                 char *why, size_t why_len);
@@ -519,6 +524,8 @@ typedef struct replicate_scrub_options {
    * until replicate_scrubber_base_installed. Optional [none: corrupt, as
    * before]. */
   void (*want_base)(void *repair_ctx, const char *why);
+  double repair_retry_seconds;   /* the wait after a failed round (doubled
+                                    each time for pages asked for) [1] */
   bool repair_only;              /* no passes: the thread only runs the
                                     repairs asked for with
                                     replicate_scrubber_request_repair
@@ -527,6 +534,7 @@ typedef struct replicate_scrub_options {
 } replicate_scrub_options;
 
 #define REPLICATE_REPAIR_TRIES 3
+#define REPLICATE_REPAIR_TRIES_ASKED 6
 
 typedef struct replicate_scrub_status {
   bool running;                  /* a scrubber exists (not off) */

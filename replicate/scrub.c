@@ -56,6 +56,9 @@ struct replicate_scrubber {
   uint64_t asked[REPLICATE_PAGES_MAX]; /* mu: repairs asked for outside a
                                           pass, ascending, not yet run */
   uint64_t nasked;
+  uint64_t bases;                /* mu: base images installed (a round that
+                                    sees one come ends: every page was
+                                    rewritten) */
 };
 
 const char *replicate_integrity_state_name(replicate_integrity_state s)
@@ -193,11 +196,6 @@ static void repair_outcome(replicate_scrubber *sc, replicate_integrity_state sta
     say(sc, why);
 }
 
-/* The bad pages (sc->found, sc->nfound) of a pass, or asked for, to the
- * repair hook, up to REPLICATE_REPAIR_TRIES rounds a second apart; true
- * when stopping. A pass's pages with no upstream known are corrupt at once
- * (as without a hook); asked ones wait for one like any failed round (the
- * frames that advertise it may come next). */
 /* Too many bad pages to move one by one: corrupt, and, with the hook, a
  * base image asked for (text says which). */
 static void fall_back_to_base(replicate_scrubber *sc, const char *text)
@@ -211,9 +209,34 @@ static void fall_back_to_base(replicate_scrubber *sc, const char *text)
     sc->opt.want_base(sc->opt.repair_ctx, line);
 }
 
+/* A base image was installed since the round began (at bases0). */
+static bool base_came(replicate_scrubber *sc, uint64_t bases0)
+{
+  pthread_mutex_lock(&sc->mu);
+  bool came = sc->bases != bases0;
+  pthread_mutex_unlock(&sc->mu);
+  return came;
+}
+
+/* The bad pages (sc->found, sc->nfound) of a pass, or asked for, to the
+ * repair hook; true when stopping. A pass's pages: up to
+ * REPLICATE_REPAIR_TRIES rounds repair_retry_seconds apart, then corrupt
+ * (the next pass tries again); with no upstream known, corrupt at once (as
+ * without a hook). Pages asked for hold the standby up: up to
+ * REPLICATE_REPAIR_TRIES_ASKED rounds, the wait doubling from
+ * repair_retry_seconds (an upstream that restarts, or that the next
+ * frames advertise, is waited for), then a base image is asked for. A
+ * round the receiver refuses as busy (a base image being installed) is
+ * not counted; one during which a base image came ends. */
 static bool repair_round(replicate_scrubber *sc, bool asked)
 {
   char why[200], text[256];
+  pthread_mutex_lock(&sc->mu);
+  uint64_t bases0 = sc->bases;
+  pthread_mutex_unlock(&sc->mu);
+  bool ask_base = asked && sc->opt.want_base;
+  int max_tries = ask_base ? REPLICATE_REPAIR_TRIES_ASKED : REPLICATE_REPAIR_TRIES;
+  double wait = sc->opt.repair_retry_seconds;
   if (sc->nfound > REPLICATE_PAGES_MAX) {
     snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages, more than %u: "
              "not repaired page by page", sc->nfound, (unsigned)REPLICATE_PAGES_MAX);
@@ -236,18 +259,22 @@ static bool repair_round(replicate_scrubber *sc, bool asked)
       repair_outcome(sc, REPLICATE_INTEGRITY_OK, sc->nfound, "");
       return false;
     }
+    if (base_came(sc, bases0))
+      return false; /* every page rewritten: the state is ok already */
     if (rc == REPLICATE_ETOOBIG) { /* no later round moves fewer pages */
       snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages (first %" PRIu64
                "): %s", sc->nfound, sc->found[0], why[0] ? why : replicate_strerror(rc));
       fall_back_to_base(sc, text);
       return false;
     }
-    bool last = tries >= REPLICATE_REPAIR_TRIES;
+    if (rc == EBUSY)
+      tries--; /* not tried: a base image (or a rewind) holds the store */
+    bool last = tries >= max_tries;
     snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages (first %" PRIu64
              "), try %d of %d failed: %s: %s%s", sc->nfound, sc->found[0], tries,
-             REPLICATE_REPAIR_TRIES, replicate_strerror(rc), why,
-             last && !(asked && sc->opt.want_base) ? "; the image stays as it is" : "");
-    if (last && asked && sc->opt.want_base) {
+             max_tries, replicate_strerror(rc), why,
+             last && !ask_base ? "; the image stays as it is" : "");
+    if (last && ask_base) {
       /* Asked pages block the standby (a frame that no longer applies, or
        * a read-back its primary sees as a checksum that differs): with no
        * upstream to fetch them from, a base image is the way back. */
@@ -258,8 +285,10 @@ static bool repair_round(replicate_scrubber *sc, bool asked)
                    0, text);
     if (last)
       return false;
-    if (sleep_until(sc, mono_s() + 1))
+    if (sleep_until(sc, mono_s() + wait))
       return true;
+    if (ask_base && wait < 16 * sc->opt.repair_retry_seconds)
+      wait *= 2;
   }
 }
 
@@ -374,6 +403,7 @@ void replicate_scrubber_base_installed(replicate_scrubber *sc)
   sc->st.state = REPLICATE_INTEGRITY_OK;
   sc->st.last_error[0] = '\0';
   sc->nasked = 0; /* every page was rewritten */
+  sc->bases++;
   pthread_mutex_unlock(&sc->mu);
   if (was)
     say(sc, "repair: a base image replaced the whole image: integrity ok");
@@ -397,6 +427,8 @@ int replicate_scrubber_start(const replicate_scrub_options *opt,
     sc->opt.interval_seconds = 86400;
   if (sc->opt.mbps == 0)
     sc->opt.mbps = 64;
+  if (sc->opt.repair_retry_seconds <= 0)
+    sc->opt.repair_retry_seconds = 1;
   sc->st.running = !opt->repair_only;
   sc->st.bad_page = UINT64_MAX;
   pthread_mutex_init(&sc->mu, NULL);

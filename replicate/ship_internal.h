@@ -164,10 +164,9 @@ typedef struct ship_peer {
                                  REPLICATE_EAFTER_CHECKSUM): a checksum
                                  mismatch it explains itself (rot), which
                                  a base image of our history mends */
-  bool base_over_mismatch;    /* the base image in flight was sent over
-                                 a checksum mismatch */
-  uint64_t mended_seq;        /* the seq of the last such base image that
-                                 was received; 0 none */
+  uint64_t mended_seq;        /* the seq of the last base image sent over
+                                 a checksum mismatch (a mend); 0 none */
+  int64_t mended_ns;          /* CLOCK_MONOTONIC, when it was sent */
   bool has_history;           /* its answers carry a history */
   loom_history history;       /* the history it follows, as last heard */
   int diverged;               /* 0, or why it is refused (REPLICATE_E*):

@@ -106,7 +106,7 @@ static void diverge(ship_peer *peer, int why, const char *detail)
 {
   replicate_shipper *sh = peer->sh;
   peer->diverged = why;
-  peer->need_base = false;
+  peer->need_base = peer->says_damaged = false;
   peer->known = false;
   peer->next_attempt_ns = ship_mono_ns() + ship_seconds_to_ns(sh->backoff_max_s);
   ship_set_error(peer, "diverged (%s): %s; its position (epoch %" PRIu64 ", seq %"
@@ -282,7 +282,11 @@ static int start_base(ship_peer *peer)
   }
   sh->snap_refs++;
   peer->holds_snapshot = true;
-  peer->base_over_mismatch = peer->mismatch;
+  if (peer->mismatch) { /* a mend (mend_allowed): counted when sent, so
+                          that an answer lost does not allow another */
+    peer->mended_seq = sh->snap_pos.seq;
+    peer->mended_ns = ship_mono_ns();
+  }
   loom_lineage lineage;
   loom_snapshot_lineage(sh->snap, &lineage);
   loom_stream_header_encode(peer->base_header, &sh->snap_pos, &lineage);
@@ -614,12 +618,15 @@ static void diverge_on_mismatch(ship_peer *peer)
  * recorded position is ours (schedule_known checked it), so a base image
  * of our history moves it forward on our own line, not onto another
  * (DESIGN section 3). Once per mend: the next is allowed only after the
- * standby verified a seq past the last one (a disk that spoils every
- * write stays diverged instead of being sent base images for ever). */
+ * standby verified a seq past the last one, or SHIP_MEND_INTERVAL_S after
+ * it (a disk that spoils every write stays diverged instead of being sent
+ * base images back to back; rot met again days later is mended again). */
+#define SHIP_MEND_INTERVAL_S 600
 static bool mend_allowed(const ship_peer *peer)
 {
   return peer->need_base && peer->says_damaged &&
-         (peer->mended_seq == 0 || peer->verified_seq > peer->mended_seq);
+         (peer->mended_seq == 0 || peer->verified_seq > peer->mended_seq ||
+          ship_mono_ns() - peer->mended_ns >= ship_seconds_to_ns(SHIP_MEND_INTERVAL_S));
 }
 
 /* The standby holds a newer epoch than ours. Only a node of our own
@@ -891,8 +898,6 @@ static void finish_ok(ship_peer *peer, request_kind req, double retry_s)
   pthread_mutex_unlock(&sh->mu);
   if (req == REQ_BASE) {
     peer->need_base = false;
-    if (peer->base_over_mismatch)
-      peer->mended_seq = peer->req_after_seq;
     pthread_mutex_lock(&sh->mu);
     peer->base_images_sent++;
     pthread_mutex_unlock(&sh->mu);
@@ -941,6 +946,8 @@ static void finish_conflict(ship_peer *peer, request_kind req, const ship_answer
   if (refusal == REPLICATE_EAFTER_CHECKSUM || refusal == REPLICATE_EPAGE_HASH ||
       (!a->has_code && a->has_error && strcmp(a->error, "checksum mismatch") == 0))
     peer->need_base = peer->says_damaged = true;
+  else
+    peer->says_damaged = false; /* asks for nothing now */
   if (++peer->consecutive_conflicts >= CONFLICTS_BEFORE_BASE)
     peer->need_base = true;
   ship_set_error(peer, "%s refused (409 %s): the standby is at seq %" PRIu64

@@ -235,6 +235,9 @@ static void test_receiver_repairs(void **state)
 typedef struct hook {
   fixture *fx;
   bool fail;
+  int busy;                     /* the first calls answer EBUSY */
+  bool base_during;             /* the first call sees a base installed */
+  replicate_scrubber *sc;
   atomic_int calls;
   uint64_t pages[4];
   uint64_t count;
@@ -265,6 +268,17 @@ static int hook_repair(void *ctx, const uint64_t *pages, uint64_t count, char *w
   atomic_fetch_add(&h->calls, 1);
   h->count = count;
   memcpy(h->pages, pages, (size_t)(count < 4 ? count : 4) * sizeof *pages);
+  if (h->busy > 0) {
+    h->busy--;
+    snprintf(why, why_len, "a base image is being installed");
+    return EBUSY;
+  }
+  if (h->base_during) {
+    h->base_during = false;
+    replicate_scrubber_base_installed(h->sc);
+    snprintf(why, why_len, "cut by the base image");
+    return EIO;
+  }
   if (h->fail) {
     snprintf(why, why_len, "the upstream is away");
     return EIO;
@@ -458,26 +472,55 @@ static bool base_asked(const replicate_scrub_status *st)
   return st->state == REPLICATE_INTEGRITY_CORRUPT && strstr(st->last_error, "asked for");
 }
 
+static replicate_scrubber *start_asked(hook *h)
+{
+  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
+                               .snapshot_close = hook_snap_close, .ctx = h,
+                               .repair = hook_repair, .repair_ctx = h,
+                               .want_base = hook_want_base, .repair_only = true,
+                               .repair_retry_seconds = 0.01};
+  replicate_scrubber *sc;
+  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
+  h->sc = sc;
+  replicate_scrubber_request_repair(sc, h->fx->rotted, 2);
+  return sc;
+}
+
 static void test_asked_repair_fails(void **state)
 {
   fixture *fx = *state;
-  hook h = {.fx = fx, .fail = true};
-  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
-                               .snapshot_close = hook_snap_close, .ctx = &h,
-                               .repair = hook_repair, .repair_ctx = &h,
-                               .want_base = hook_want_base, .repair_only = true};
-  replicate_scrubber *sc;
-  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
-  replicate_scrubber_request_repair(sc, fx->rotted, 2);
+  hook h = {.fx = fx, .fail = true, .busy = 2}; /* two busy answers: not tries */
+  replicate_scrubber *sc = start_asked(&h);
   replicate_scrub_status st = wait_status(sc, base_asked);
   replicate_scrubber_stop(sc);
   assert_true(base_asked(&st));
-  assert_non_null(strstr(st.last_error, "try 3 of 3 failed"));
+  assert_non_null(strstr(st.last_error, "try 6 of 6 failed"));
   assert_non_null(strstr(st.last_error, "the upstream is away"));
-  assert_int_equal(atomic_load(&h.calls), REPLICATE_REPAIR_TRIES);
+  assert_int_equal(atomic_load(&h.calls), REPLICATE_REPAIR_TRIES_ASKED + 2);
   assert_int_equal(atomic_load(&h.base_asks), 1);
   assert_int_equal(st.pages_repaired, 0);
   assert_false(page_good(fx, 2));
+}
+
+/* A base image installed while a round of asked pages runs ends it: no
+ * more tries, no base image asked for, the state ok. */
+static bool round_over(const replicate_scrub_status *st)
+{
+  return st->state == REPLICATE_INTEGRITY_OK;
+}
+
+static void test_asked_repair_base_came(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx, .fail = true, .base_during = true};
+  replicate_scrubber *sc = start_asked(&h);
+  replicate_scrub_status st = wait_status(sc, round_over);
+  test_pause_ms(100); /* any further try would come within 10 ms */
+  replicate_scrubber_status(sc, &st);
+  replicate_scrubber_stop(sc);
+  assert_true(round_over(&st));
+  assert_int_equal(atomic_load(&h.calls), 1);
+  assert_int_equal(atomic_load(&h.base_asks), 0);
 }
 
 int main(void)
@@ -492,6 +535,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_repair_from_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair_fails, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_asked_repair_base_came, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -112,7 +112,7 @@ def no_upstream(loomship, c, env):
         if st["integrity"]["state"] != "ok" or entry["state"] != "streaming":
             return None
         return st, entry
-    got = systest.wait_for(mended, 40)
+    got = systest.wait_for(mended, 90)  # six repair rounds, ~31 s, first
     st, entry = got or (systest.status(surl), (systest.status(purl) or {"standbys": [None]})
                         ["standbys"][0])
     print("5. S integrity %s, base images %s; P's entry %s" % (
