@@ -57,8 +57,10 @@ def main():
     failures = []
     good, gurl = systest.start_standby(a.loomship, os.path.join(root, "good"), log=log)
     env = dict(os.environ, LOOMSHIP_FLIP_IMAGE_PAGE=str(PAGE))
+    # No scrubbing: only its read-backs find the page (a scrub pass would
+    # find it too, hiding a read-back finding that was lost).
     bad, burl = systest.start_standby(a.loomship, os.path.join(root, "bad"), env=env,
-                                      log=log)
+                                      log=log, extra=["--scrub-interval", "0"])
     if not gurl or not burl:
         print("FAIL: a standby would not start (log in %s)" % root)
         return 1
@@ -130,7 +132,13 @@ def main():
         if 'loomship_standby_verified_seq{url="%s"}' % gurl not in m:
             failures.append("metrics have no loomship_standby_verified_seq")
     bst = systest.status(burl) or {}
-    print("flipped standby's own status: applied %s" % bst.get("applied"))
+    print("flipped standby's own status: applied %s, integrity %s" % (
+        bst.get("applied"), bst.get("integrity")))
+    # Its own account agrees: the base image's read-back found the page
+    # (not erased when the base was installed), so it is not `ok`.
+    if p and (bst.get("integrity") or {}).get("state") not in ("repairing", "corrupt"):
+        failures.append("the flipped standby says its integrity is %s after the base "
+                        "image's read-back found page %d" % (bst.get("integrity"), PAGE))
 
     systest.stop(primary)
     systest.stop(good)
