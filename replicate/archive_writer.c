@@ -787,8 +787,12 @@ static int upload_base(replicate_archiver *ar)
   /* What is queued up to the base goes first, as a segment: a base due by
    * time must not turn the commits since the last segment into a gap
    * (only those missing from memory and from the log are one). */
-  if (rc == 0 && ar->have_head && pos.seq > ar->uploaded.seq)
+  if (rc == 0 && ar->have_head && pos.seq > ar->uploaded.seq) {
     rc = upload_segments(ar, pos.seq);
+    if (rc == ENOMEM) /* short of memory next to the image read: the base
+                         goes ahead, what was not uploaded is the gap */
+      rc = 0;
+  }
   if (rc == 0)
     rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
   replicate_buf_free(&img);
@@ -851,12 +855,12 @@ static bool seg_full(const replicate_archiver *ar, const replicate_buf *seg)
  * first seq not taken; *rc an error that is not the log's (memory: tried
  * again, not a gap). */
 static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
-                         replicate_buf *seg, loom_position *last, int *rc)
+                         replicate_buf *seg, loom_position *last, bool capped, int *rc)
 {
   replicate_buf f = {0};
   replicate_frame_info info;
   *rc = 0;
-  while (ar->o.log != NULL && next < stop && !seg_full(ar, seg)) {
+  while (ar->o.log != NULL && next < stop && !(capped && seg_full(ar, seg))) {
     int read = replicate_log_read(ar->o.log, next, &f);
     if (read == ENOMEM)
       *rc = ENOMEM;
@@ -875,7 +879,7 @@ static uint64_t from_log(replicate_archiver *ar, uint64_t next, uint64_t stop,
  * limit: from the log up to the first queued one, then the queue, until
  * the segment is full (*full then; the rest is the next segment's). */
 static int gather(replicate_archiver *ar, replicate_buf *seg,
-                  loom_position *last, uint64_t limit, bool *full)
+                  loom_position *last, uint64_t limit, bool capped, bool *full)
 {
   uint64_t next = ar->uploaded.seq + 1;
   pthread_mutex_lock(&ar->mu);
@@ -883,10 +887,11 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
   pthread_mutex_unlock(&ar->mu);
   uint64_t stop = limit < first_queued - 1 ? limit + 1 : first_queued;
   int rc;
-  next = from_log(ar, next, stop, seg, last, &rc);
-  *full = seg_full(ar, seg);
+  next = from_log(ar, next, stop, seg, last, capped, &rc);
+  *full = capped && seg_full(ar, seg);
   if (rc)
-    return rc;
+    return arc_fail(ar->a, rc, "segment after seq %" PRIu64 ": reading seq %" PRIu64
+                    " from the log: %s", ar->uploaded.seq, next, replicate_strerror(rc));
   if (next < stop && !*full)
     return REPLICATE_ELOG_GONE; /* a gap: W2 */
   if (*full)
@@ -904,10 +909,13 @@ static int gather(replicate_archiver *ar, replicate_buf *seg,
       rc = seg_add(seg, ar->q[i].frame.data, ar->q[i].frame.len);
     if (rc == 0)
       frame_end(last, &info), next++;
-    *full = seg_full(ar, seg);
+    *full = capped && seg_full(ar, seg);
   }
   pthread_mutex_unlock(&ar->mu);
-  return rc;
+  if (rc)
+    return arc_fail(ar->a, rc, "segment after seq %" PRIu64 ": seq %" PRIu64 ": %s",
+                    ar->uploaded.seq, next, replicate_strerror(rc));
+  return 0;
 }
 
 /* The frames after the uploaded seq, up to limit, as one segment, then
@@ -919,7 +927,9 @@ static int upload_segment(replicate_archiver *ar, uint64_t limit, bool *more)
   loom_position last = ar->uploaded;
   uint64_t first = ar->uploaded.seq + 1;
   bool retry = ar->pend_first == first && ar->pend_last >= first;
-  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : limit, more);
+  /* A retry takes exactly the range tried (W3), whatever its bytes: the
+   * log's copy of a frame may be larger than the queue's was. */
+  int rc = gather(ar, &seg, &last, retry ? ar->pend_last : limit, !retry, more);
   if (rc == REPLICATE_ELOG_GONE) {
     ar->base_needed = true;
     replicate_buf_free(&seg);
@@ -965,6 +975,11 @@ static int upload_segments(replicate_archiver *ar, uint64_t limit)
 {
   bool more = true;
   int rc = 0;
+  pthread_mutex_lock(&ar->mu);
+  if (limit > ar->committed.seq) /* what is committed meanwhile waits for
+                                    the next interval, as one segment does */
+    limit = ar->committed.seq;
+  pthread_mutex_unlock(&ar->mu);
   while (rc == 0 && more) {
     rc = upload_segment(ar, limit, &more);
     pthread_mutex_lock(&ar->mu);

@@ -505,8 +505,9 @@ typedef struct replicate_scrub_options {
    * want_base). Pages asked for (replicate_scrubber_request_repair: a
    * frame that no longer applies, or a read-back) hold the standby up
    * until they are mended: with want_base, up to
-   * REPLICATE_REPAIR_TRIES_ASKED rounds, the wait doubling (about 31 s in
-   * all at the default: an upstream that restarts is waited for), then a
+   * REPLICATE_REPAIR_TRIES_ASKED rounds, the wait doubling (31 s of waits
+   * at the default, plus the tries' own time: an upstream that restarts
+   * is waited for), then a
    * base image is asked for. A round the receiver answers EBUSY (a base
    * image being installed) is not counted, and one during which a base
    * image was installed ends (replicate_scrubber_base_installed).

@@ -267,8 +267,13 @@ static bool repair_round(replicate_scrubber *sc, bool asked)
       fall_back_to_base(sc, text);
       return false;
     }
-    if (rc == EBUSY)
-      tries--; /* not tried: a base image (or a rewind) holds the store */
+    if (rc == EBUSY) { /* not tried: a base image (or a rewind) holds the
+                          store; the wait does not grow */
+      tries--;
+      if (sleep_until(sc, mono_s() + sc->opt.repair_retry_seconds))
+        return true;
+      continue;
+    }
     bool last = tries >= max_tries;
     snprintf(text, sizeof text, "repair: %" PRIu64 " bad pages (first %" PRIu64
              "), try %d of %d failed: %s: %s%s", sc->nfound, sc->found[0], tries,

@@ -164,8 +164,11 @@ typedef struct ship_peer {
                                  REPLICATE_EAFTER_CHECKSUM): a checksum
                                  mismatch it explains itself (rot), which
                                  a base image of our history mends */
+  bool mending;               /* the base image in flight is a mend */
   uint64_t mended_seq;        /* the seq of the last base image sent over
-                                 a checksum mismatch (a mend); 0 none */
+                                 a checksum mismatch (a mend), counted once
+                                 its body was sent whole, so that an answer
+                                 lost allows no second one; 0 none */
   int64_t mended_ns;          /* CLOCK_MONOTONIC, when it was sent */
   bool has_history;           /* its answers carry a history */
   loom_history history;       /* the history it follows, as last heard */

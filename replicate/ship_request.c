@@ -109,6 +109,11 @@ size_t ship_read_base(char *buf, size_t size, size_t nitems, void *ud)
     if (peer->base_read_error)
       return CURL_READFUNC_ABORT;
   }
+  if (peer->mending && peer->base_off >= peer->base_total) {
+    peer->mending = false; /* sent whole: the mend counts (mend_allowed) */
+    peer->mended_seq = peer->req_after_seq;
+    peer->mended_ns = ship_mono_ns();
+  }
   return done;
 }
 

@@ -282,11 +282,8 @@ static int start_base(ship_peer *peer)
   }
   sh->snap_refs++;
   peer->holds_snapshot = true;
-  if (peer->mismatch) { /* a mend (mend_allowed): counted when sent, so
-                          that an answer lost does not allow another */
-    peer->mended_seq = sh->snap_pos.seq;
-    peer->mended_ns = ship_mono_ns();
-  }
+  peer->mending = peer->mismatch; /* a mend (mend_allowed): counted once
+                                     its body is sent (ship_read_base) */
   loom_lineage lineage;
   loom_snapshot_lineage(sh->snap, &lineage);
   loom_stream_header_encode(peer->base_header, &sh->snap_pos, &lineage);

@@ -1673,9 +1673,6 @@ static void test_hold_after_stop(void **state)
   node_stop(&n);
 }
 
-/* Frames that only the log holds (no position file was written, nothing
- * is committed after the restart) are uploaded by themselves: a segment
- * of log frames moves the head to its last one. */
 /* Five saves not uploaded (the store away), then an archiver started
  * with segments of at most segment_max bytes (0: the default) on the
  * store back: n->ar. */
@@ -1691,6 +1688,9 @@ static replicate_log *restart_over_backlog(node *n, uint64_t segment_max)
   return log;
 }
 
+/* Frames that only the log holds (no position file was written, nothing
+ * is committed after the restart) are uploaded by themselves: a segment
+ * of log frames moves the head to its last one. */
 static void test_log_only_backlog(void **state)
 {
   (void)state;

@@ -102,6 +102,8 @@ typedef struct fake {
                                  every frame and heartbeat answered 409
                                  REPLICATE_EPAGE_HASH (a base image asked
                                  for), until a base image mends it */
+  bool spoil_base;            /* a base image is installed but spoiled (it
+                                 stays damaged) and its answer is lost */
 
   /* What happened. */
   unsigned requests, frames, coalesced, heartbeats, duplicates, gaps,
@@ -263,6 +265,8 @@ static enum MHD_Result answer_base(fake *f, struct MHD_Connection *conn,
   if (apply_base(f, u->buf, u->len, &pos))
     return respond(conn, 400, "bad base image", NULL, 0);
   f->bases++;
+  if (f->spoil_base)
+    return MHD_NO; /* installed, still damaged, the answer lost */
   if (f->damaged) { /* every page written anew */
     f->damaged = false;
     __atomic_store_n(&fake_computed_xor, 0, __ATOMIC_RELAXED);
@@ -2030,6 +2034,31 @@ static void test_mend_over_mismatch(void **state)
   assert_int_equal(FAKE_GET(f, bases), 1);
 
   /* Mended by other means (--resync-from): streaming again. */
+  fake_set_damaged(f, false);
+  primary_saves(&p, 1, 2, false);
+  primary_position(&p, &pos);
+  v.seq = pos.seq;
+  assert_true(wait_for(verified_reaches, &v, 20));
+
+  /* A mend whose answer is lost counts all the same: the standby stays
+   * damaged, and no second base image follows on its next refusal. */
+  primary_saves(&p, 1, 2, false); /* a verified seq past the last mend */
+  primary_position(&p, &pos);
+  v.seq = pos.seq;
+  assert_true(wait_for(verified_reaches, &v, 20));
+  pthread_mutex_lock(&f->mu);
+  f->spoil_base = true;
+  pthread_mutex_unlock(&f->mu);
+  fake_set_damaged(f, true);
+  unsigned two = 2;
+  w[1] = &two;
+  assert_true(wait_for(bases_reach, w, 15));
+  wait_diverged(&p);
+  test_pause_ms(600); /* heartbeats every 0.2 s would bring a third */
+  assert_int_equal(FAKE_GET(f, bases), 2);
+  pthread_mutex_lock(&f->mu);
+  f->spoil_base = false;
+  pthread_mutex_unlock(&f->mu);
   fake_set_damaged(f, false);
   primary_saves(&p, 1, 2, false);
   primary_position(&p, &pos);
