@@ -200,7 +200,7 @@ static void repair_outcome(replicate_scrubber *sc, replicate_integrity_state sta
  * base image asked for (text says which). */
 static void fall_back_to_base(replicate_scrubber *sc, const char *text)
 {
-  char line[320];
+  char line[480];
   snprintf(line, sizeof line, "%s; %s", text,
            sc->opt.want_base ? "a base image from the primary is asked for"
                              : "a base image (--resync-from) replaces the image");
@@ -230,7 +230,7 @@ static bool base_came(replicate_scrubber *sc, uint64_t bases0)
  * not counted; one during which a base image came ends. */
 static bool repair_round(replicate_scrubber *sc, bool asked)
 {
-  char why[200], text[256];
+  char why[200], text[400];
   pthread_mutex_lock(&sc->mu);
   uint64_t bases0 = sc->bases;
   pthread_mutex_unlock(&sc->mu);
