@@ -1942,22 +1942,44 @@ static bool verified_reaches(void *ctx)
   return st.verified_seq >= w->seq && st.state == REPLICATE_PEER_STREAMING;
 }
 
+/* The primary's seq now, once the standby verified it within timeout_s
+ * (the test fails otherwise). */
+static uint64_t verified_now(primary *p, int timeout_s)
+{
+  loom_position pos;
+  primary_position(p, &pos);
+  verified_wait w = {p, pos.seq};
+  assert_true(wait_for(verified_reaches, &w, timeout_s));
+  return pos.seq;
+}
+
+/* One save more, verified by the standby within timeout_s. */
+static uint64_t save_verified(primary *p, int timeout_s)
+{
+  primary_saves(p, 1, 2, false);
+  return verified_now(p, timeout_s);
+}
+
+/* A primary with one fake standby that caught up with five saves. */
+static fake *caught_up_pair(primary *p)
+{
+  fake *f = fake_start();
+  replicate_shipper_options o = test_options();
+  primary_start(p, &o, &f, 1, NULL);
+  primary_saves(p, 5, 2, false);
+  catch_up(p, f);
+  return f;
+}
+
 static void test_verified(void **state)
 {
   (void)state;
-  fake *f = fake_start();
   primary p;
-  replicate_shipper_options o = test_options();
-  primary_start(&p, &o, &f, 1, NULL);
-  primary_saves(&p, 5, 2, false);
-  catch_up(&p, f);
-  loom_position pos;
-  primary_position(&p, &pos);
-  verified_wait w = {&p, pos.seq};
-  assert_true(wait_for(verified_reaches, &w, 10));
+  fake *f = caught_up_pair(&p);
+  uint64_t seq = verified_now(&p, 10);
   replicate_peer_status st;
   standby_status(&p, 0, &st);
-  assert_int_equal(st.verified_seq, pos.seq);
+  assert_int_equal(st.verified_seq, seq);
   assert_int_equal(st.checksum_mismatches, 0);
 
   __atomic_store_n(&fake_computed_xor, 1, __ATOMIC_RELAXED);
@@ -1965,17 +1987,14 @@ static void test_verified(void **state)
   wait_diverged(&p);
   standby_status(&p, 0, &st);
   assert_true(st.checksum_mismatches >= 1);
-  assert_int_equal(st.verified_seq, pos.seq);
+  assert_int_equal(st.verified_seq, seq);
   if (!strstr(st.last_error, "checksum differs") ||
       !strstr(st.last_error, "computed"))
     fail_msg("last_error: %s", st.last_error);
 
   /* Repaired: the next answer's checksum equals ours, streaming again. */
   __atomic_store_n(&fake_computed_xor, 0, __ATOMIC_RELAXED);
-  primary_saves(&p, 1, 2, false);
-  primary_position(&p, &pos);
-  w.seq = pos.seq;
-  assert_true(wait_for(verified_reaches, &w, 10));
+  save_verified(&p, 10);
   catch_up(&p, f);
   primary_stop(&p);
   fake_stop(f);
@@ -2005,12 +2024,8 @@ static void fake_set_damaged(fake *f, bool damaged)
 static void test_mend_over_mismatch(void **state)
 {
   (void)state;
-  fake *f = fake_start();
   primary p;
-  replicate_shipper_options o = test_options();
-  primary_start(&p, &o, &f, 1, NULL);
-  primary_saves(&p, 5, 2, false);
-  catch_up(&p, f);
+  fake *f = caught_up_pair(&p);
 
   /* No save meanwhile: heartbeats carry it, and no frame can verify a
    * seq past the base image before phase 2. */
@@ -2018,10 +2033,7 @@ static void test_mend_over_mismatch(void **state)
   unsigned one = 1;
   void *w[2] = {f, &one};
   assert_true(wait_for(bases_reach, w, 15));
-  loom_position pos;
-  primary_position(&p, &pos);
-  verified_wait v = {&p, pos.seq};
-  assert_true(wait_for(verified_reaches, &v, 10));
+  verified_now(&p, 10);
   replicate_peer_status st;
   standby_status(&p, 0, &st);
   assert_true(st.checksum_mismatches >= 1);
@@ -2035,17 +2047,11 @@ static void test_mend_over_mismatch(void **state)
 
   /* Mended by other means (--resync-from): streaming again. */
   fake_set_damaged(f, false);
-  primary_saves(&p, 1, 2, false);
-  primary_position(&p, &pos);
-  v.seq = pos.seq;
-  assert_true(wait_for(verified_reaches, &v, 20));
+  save_verified(&p, 20);
 
   /* A mend whose answer is lost counts all the same: the standby stays
    * damaged, and no second base image follows on its next refusal. */
-  primary_saves(&p, 1, 2, false); /* a verified seq past the last mend */
-  primary_position(&p, &pos);
-  v.seq = pos.seq;
-  assert_true(wait_for(verified_reaches, &v, 20));
+  save_verified(&p, 20); /* a verified seq past the last mend */
   pthread_mutex_lock(&f->mu);
   f->spoil_base = true;
   pthread_mutex_unlock(&f->mu);
@@ -2060,10 +2066,7 @@ static void test_mend_over_mismatch(void **state)
   f->spoil_base = false;
   pthread_mutex_unlock(&f->mu);
   fake_set_damaged(f, false);
-  primary_saves(&p, 1, 2, false);
-  primary_position(&p, &pos);
-  v.seq = pos.seq;
-  assert_true(wait_for(verified_reaches, &v, 20));
+  save_verified(&p, 20);
   primary_stop(&p);
   fake_stop(f);
 }
