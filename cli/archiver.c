@@ -25,6 +25,7 @@
  * a kill -9, or a stop whose drain did not finish: hold_after_stop) takes
  * the frames after it from the receive log before any new one.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -82,6 +83,7 @@ struct cli_standby_archive {
   bool closed;            /* no archiver any more */
   char position_file[4096]; /* DIR/replog/archive-position */
   int start_rc;             /* the last failed start's, said once */
+  bool hold_lifted;         /* failed starts lifted the receive log's hold */
 };
 
 static void archive_log(void *ctx, const char *line) { cli_log(ctx, line); }
@@ -152,7 +154,26 @@ int cli_standby_archive_reload_key(void *ctx, char *why, size_t why_len)
   return rc;
 }
 
-/* Under feed_mu: an archiver at the received position, epoch, lineage. */
+/* The receive log's frames from its oldest on: what its hold keeps. */
+static uint64_t log_held_bytes(replicate_log *log)
+{
+  replicate_log_stats ls;
+  replicate_log_get_stats(log, &ls);
+  uint64_t bytes = 0;
+  if (ls.records > 0 &&
+      replicate_log_bytes_after(log, ls.oldest_seq - 1, &bytes) != 0)
+    bytes = 0;
+  return bytes;
+}
+
+/* Under feed_mu: an archiver at the received position, epoch, lineage.
+ * A start that fails is tried again at the next tick. Meanwhile the
+ * receive log goes on holding the frames the archive lacks, as it does
+ * for a running archiver whose store is away, up to the same bound
+ * (max_backlog_bytes): a start that works a second later loses nothing.
+ * Past the bound the hold is lifted (a store or key file gone bad must
+ * not fill the disk and stop the receipts): the next start finds the log
+ * short of its head, and the archive records a gap and takes a base. */
 static void start_locked(cli_standby_archive *sa,
                          const replicate_receiver_status *st)
 {
@@ -163,21 +184,35 @@ static void start_locked(cli_standby_archive *sa,
   o.log = replicate_receiver_log(sa->rx); /* the backlog (see the top) */
   o.position = st->received;
   replicate_receiver_lineage(sa->rx, &o.lineage);
-  int rc = replicate_archiver_start(&o, &sa->ar);
+  int rc = faultio_archiver_start_fails() ? EAGAIN
+                                          : replicate_archiver_start(&o, &sa->ar);
   int said = sa->start_rc;
   sa->start_rc = rc;
-  if (rc == 0)
+  if (rc == 0) {
+    sa->hold_lifted = false;
     return;
-  /* No archiver holds the receive log now: lifted, or a store or key file
-   * gone bad would fill the disk with frames and stop the receipts. The
-   * next start finds the log short of its head: a base (a gap). */
-  replicate_log_hold(o.log, 0);
+  }
+  uint64_t bound = o.max_backlog_bytes ? o.max_backlog_bytes
+                                       : REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
+  uint64_t held = sa->hold_lifted ? 0 : log_held_bytes(o.log);
+  char line[800];
+  if (held > bound) {
+    replicate_log_hold(o.log, 0);
+    sa->hold_lifted = true;
+    snprintf(line, sizeof line,
+             "--archive %s: not started (%s): the receive log held %" PRIu64
+             " MiB for it, past --archive-max-backlog-mb; it no longer keeps "
+             "frames for it (the archive records a gap and takes a base once it "
+             "starts)",
+             o.access.url, replicate_strerror(rc), held >> 20);
+    cli_log("standby", line);
+    return;
+  }
   if (rc == said)
     return;
-  char line[700];
   snprintf(line, sizeof line,
-           "--archive %s: %s (retried; the receive log no longer keeps "
-           "frames for it: the archive takes a base once it starts)",
+           "--archive %s: %s (retried each second; the receive log keeps the "
+           "frames received meanwhile, up to --archive-max-backlog-mb)",
            o.access.url, replicate_strerror(rc));
   cli_log("standby", line);
 }

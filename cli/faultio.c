@@ -336,6 +336,28 @@ uint64_t faultio_receive_log_segment_bytes(void)
   return (uint64_t)n;
 }
 
+bool faultio_archiver_start_fails(void)
+{
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  static long long left = -1; /* -1: the variable not read yet */
+  pthread_mutex_lock(&mu);
+  if (left < 0) {
+    const char *v = getenv("LOOMSHIP_FAIL_ARCHIVER_STARTS");
+    char *end = NULL;
+    long long n = v ? strtoll(v, &end, 10) : 0;
+    if (v && (end == v || *end != '\0' || n < 0)) {
+      fprintf(stderr, "LOOMSHIP_FAIL_ARCHIVER_STARTS=%s: not a number\n", v);
+      n = 0;
+    }
+    left = n;
+  }
+  bool fail = left > 0;
+  if (fail)
+    left--;
+  pthread_mutex_unlock(&mu);
+  return fail;
+}
+
 static int ack_fd = -1;
 
 static void ack_log_open(void)

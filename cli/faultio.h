@@ -34,6 +34,10 @@
  *                            segments of N bytes
  *                            (faultio_receive_log_segment_bytes), so that a
  *                            test sees its trims with small frames
+ *   LOOMSHIP_FAIL_ARCHIVER_STARTS=N  the first N starts of a standby's
+ *                            archiver fail with EAGAIN
+ *                            (faultio_archiver_start_fails), as a start
+ *                            short of memory or threads would
  *
  *
  * The archive's object store requests (objstore.h on_request) have their
@@ -53,7 +57,7 @@
  * A malformed value is reported on stderr and the hook stays off.
  *
  * Built only with `meson setup -Dfault_hooks=true` (./test does; a release
- * build and ./demo do not): otherwise faultio.c is left out, the two
+ * build and ./demo do not): otherwise faultio.c is left out, the
  * functions below are empty inlines, and no variable has any effect.
  */
 #ifndef LOOMSHIP_FAULTIO_H
@@ -61,6 +65,8 @@
 
 #include "loom.h"
 #include "loom_io.h"
+
+#include <stdbool.h>
 
 /* objstore_options.on_request's type. */
 typedef void (*faultio_request_fn)(void *ctx, const char *op, const char *key);
@@ -79,11 +85,15 @@ void faultio_note_ack(const loom_position *p);
 
 /* LOOMSHIP_RECEIVE_LOG_SEGMENT_BYTES, or 0 (the default size). */
 uint64_t faultio_receive_log_segment_bytes(void);
+
+/* True for each of the first LOOMSHIP_FAIL_ARCHIVER_STARTS calls. */
+bool faultio_archiver_start_fails(void);
 #else
 static inline faultio_request_fn faultio_store_hook(void) { return NULL; }
 static inline const loom_io *faultio_from_env(void) { return NULL; }
 static inline void faultio_note_ack(const loom_position *p) { (void)p; }
 static inline uint64_t faultio_receive_log_segment_bytes(void) { return 0; }
+static inline bool faultio_archiver_start_fails(void) { return false; }
 #endif
 
 #endif

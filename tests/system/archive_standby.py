@@ -30,7 +30,15 @@ usage: archive_standby.py LOOMSHIP
    drain does not finish, the hold stays (the applies before the exit trim
    nothing the archive lacks: that window is narrow here, the unit test
    replicate_archive test_hold_after_stop pins it), and the restart
-   uploads the rest: no gap."""
+   uploads the rest: no gap.
+8. Restarted after a kill -9 with its archiver's first three starts
+   failing (a test build's LOOMSHIP_FAIL_ARCHIVER_STARTS=3, EAGAIN): the
+   frames received meanwhile stay held in the receive log and the
+   archiver that starts uploads them: no gap, no second base.
+9. The same with every start failing and --archive-max-backlog-mb 1:
+   past 1 MiB held, the hold is lifted (one line says so) and the receive
+   log is trimmed; restarted without failures, the archive records one
+   gap and takes a second base."""
 import json
 import os
 import signal
@@ -73,6 +81,10 @@ def requests(url):
         if line.startswith("loomship_archive_requests_total{"):
             out[line.split('"')[1]] = int(line.split()[-1])
     return out
+
+
+def applied(url):
+    return ((systest.status(url) or {}).get("applied") or {}).get("seq", 0)
 
 
 def uploaded(url):
@@ -256,30 +268,37 @@ class Suite(systest.Checks):
                    got.get("checksum") == mine.get("checksum"),
                    "phase 5: restore newest is the primary's position: %s" % text.strip())
 
-    # 6, 7 ---------------------------------------------------------------
-    def killed_while_away(self, phase=6, sig=signal.SIGKILL):
-        """kill -9 (or a stop whose drain cannot finish) of the archiving
-        standby while its archive is away: the frames it received meanwhile
-        are held in its receive log and uploaded after the restart, no
-        gap."""
-        p = "phase %d: " % phase
+    # 6-9 ----------------------------------------------------------------
+    def archiving_pair(self, phase, extra, log):
+        """A standby archiving to a new archive (its options: extra) with a
+        receive log of small segments, fed by a primary at 40 saves/s of
+        BIG, once it archived 10 commits: (primary, standby, url, port,
+        archive dir, primary dir, standby dir)."""
         arc, pdir, sdir = (self.path("%s%d" % (x, phase)) for x in ("arc", "p", "s"))
         os.makedirs(arc)
-        extra = ["--archive", "file://" + arc, "--drain-timeout", "1"]
-        sproc, surl = systest.start_standby(self.ls, sdir, log=self.log, extra=extra,
+        extra = ["--archive", "file://" + arc] + extra
+        sproc, surl = systest.start_standby(self.ls, sdir, log=log, extra=extra,
                                             env=SMALL_SEGMENTS)
         port = int(surl.rsplit(":", 1)[1])
         proc, _, _ = systest.start_primary(
             self.ls, ["--dir", pdir, "--standby", surl, "--saves", "0", "--rate", "40"]
             + BIG, self.log)
         self.check(systest.wait_for(lambda: uploaded(surl) >= 10, 20),
-                   p + "the standby archives")
-        os.rename(arc, arc + ".away")
+                   "phase %d: the standby archives" % phase)
+        return proc, sproc, surl, port, arc, pdir, sdir
 
-        def applied():
-            return ((systest.status(surl) or {}).get("applied") or {}).get("seq", 0)
-        seq0 = applied()
-        moved = systest.wait_for(lambda: applied() > seq0 + 60, 20)
+    def killed_while_away(self, phase=6, sig=signal.SIGKILL):
+        """kill -9 (or a stop whose drain cannot finish) of the archiving
+        standby while its archive is away: the frames it received meanwhile
+        are held in its receive log and uploaded after the restart, no
+        gap."""
+        p = "phase %d: " % phase
+        proc, sproc, surl, port, arc, pdir, sdir = self.archiving_pair(
+            phase, ["--drain-timeout", "1"], self.log)
+        extra = ["--archive", "file://" + arc, "--drain-timeout", "1"]
+        os.rename(arc, arc + ".away")
+        seq0 = applied(surl)
+        moved = systest.wait_for(lambda: applied(surl) > seq0 + 60, 20)
         code = systest.stop(sproc, sig)
         os.rename(arc + ".away", arc)
         stopped_at = (systest.inspect(self.ls, sdir) or {}).get("seq", 0)
@@ -313,6 +332,91 @@ class Suite(systest.Checks):
                    p + "a restore to seq %d, inside the outage, is the primary's image "
                    "there (%s)" % (mid, text.strip()[-160:]))
 
+    # 8, 9 ---------------------------------------------------------------
+    def archiving_then_killed(self, phase, failing_starts, extra_after=()):
+        """An archiving standby fed by a primary (40 saves/s of BIG), killed
+        with -9 once it archived, restarted on its port with its archiver's
+        first failing_starts starts failing. (primary, standby, url,
+        archive dir, primary dir, standby dir, the standby's log)."""
+        log = self.path("log%d" % phase)
+        proc, sproc, surl, port, arc, pdir, sdir = self.archiving_pair(phase, [], log)
+        systest.stop(sproc, signal.SIGKILL)
+        extra = ["--archive", "file://" + arc]
+        failing = dict(SMALL_SEGMENTS, LOOMSHIP_FAIL_ARCHIVER_STARTS=str(failing_starts))
+        sproc, surl2 = systest.start_standby(self.ls, sdir, port=port, log=log,
+                                             extra=extra + list(extra_after), env=failing)
+        self.check(surl2 == surl, "phase %d: restarted on its port" % phase)
+        return proc, sproc, surl, arc, pdir, sdir, log
+
+    def gaps_and_bases(self, arc):
+        rc, text = run(self.ls, "archive", "list", "--from", "file://" + arc, "--json")
+        objs = json.loads(text).get("objects", []) if rc == 0 else []
+        return (rc == 0 and bool(objs),
+                [(o["first_seq"], o["last_seq"]) for o in objs if o.get("kind") == "gap"],
+                [o["last_seq"] for o in objs if o.get("kind") == "base"])
+
+    def failed_starts(self):
+        """Starts that fail keep the receive log's hold: the archiver that
+        starts a few seconds later uploads every frame received meanwhile."""
+        p = "phase 8: "
+        proc, sproc, surl, arc, pdir, sdir, log = self.archiving_then_killed(8, 3)
+
+        def said(what):
+            with open(log, errors="replace") as f:
+                return what in f.read()
+        seq0 = applied(surl)
+        self.check(systest.wait_for(lambda: said("retried each second"), 10),
+                   p + "a failed start is said in the log")
+        moved = systest.wait_for(lambda: applied(surl) > seq0 + 60, 20)
+        self.check(moved, p + "60 commits applied meanwhile (from seq %d)" % seq0)
+        self.check(systest.stop(proc) == 0, p + "the primary stops with 0")
+        mine = systest.inspect(self.ls, pdir) or {}
+        self.check(systest.wait_for(lambda: uploaded(surl) == mine.get("seq"), 30),
+                   p + "the archive reaches the primary's last seq %s: %s"
+                   % (mine.get("seq"), (systest.status(surl) or {}).get("archive")))
+        self.check(systest.stop(sproc) == 0, p + "the standby stops with 0")
+        listed, gaps, bases = self.gaps_and_bases(arc)
+        self.check(listed and not gaps and len(bases) == 1,
+                   p + "the archive has no gap and one base (gaps %s, bases %s)"
+                   % (gaps, bases))
+        self.check(not said("no longer keeps frames"), p + "the hold was never lifted")
+
+    def failing_past_backlog(self):
+        """Starts that keep failing hold the receive log only up to
+        --archive-max-backlog-mb: then the hold is lifted (said once) and
+        the log trimmed; the archiver that starts later records the gap
+        and takes a base."""
+        p = "phase 9: "
+        proc, sproc, surl, arc, pdir, sdir, log = self.archiving_then_killed(
+            9, 1000000, ["--archive-max-backlog-mb", "1"])
+        replog = os.path.join(sdir, "replog")
+
+        def said(what):
+            with open(log, errors="replace") as f:
+                return what in f.read()
+
+        def log_bytes():
+            return sum(os.path.getsize(os.path.join(replog, f)) for f in os.listdir(replog))
+        self.check(systest.wait_for(lambda: said("no longer keeps frames"), 40),
+                   p + "past 1 MiB held, the hold is lifted and said")
+        self.check(systest.wait_for(lambda: log_bytes() < 512 << 10, 20),
+                   p + "the receive log is trimmed (%d bytes)" % log_bytes())
+        systest.stop(sproc, signal.SIGKILL)
+        sproc, _ = systest.start_standby(
+            self.ls, sdir, port=int(surl.rsplit(":", 1)[1]), log=log,
+            extra=["--archive", "file://" + arc], env=SMALL_SEGMENTS)
+        self.check(systest.stop(proc) == 0, p + "the primary stops with 0")
+        mine = systest.inspect(self.ls, pdir) or {}
+        self.check(systest.wait_for(lambda: uploaded(surl) == mine.get("seq"), 30),
+                   p + "restarted without failing starts, the archive reaches the "
+                   "primary's last seq %s" % mine.get("seq"))
+        self.check(systest.stop(sproc) == 0, p + "the standby stops with 0")
+        listed, gaps, bases = self.gaps_and_bases(arc)
+        self.check(listed and len(gaps) == 1 and len(bases) == 2,
+                   p + "the archive records one gap and a second base (gaps %s, "
+                   "bases %s)" % (gaps, bases))
+
+
 def main():
     loomship = sys.argv[1]
     root = tempfile.mkdtemp(prefix="loomship-archive-standby-")
@@ -325,6 +429,8 @@ def main():
     s.killed_and_restarted()
     s.killed_while_away()
     s.killed_while_away(7, signal.SIGTERM)
+    s.failed_starts()
+    s.failing_past_backlog()
     return systest.report("archive_standby", s.failures, root)
 
 
