@@ -26,7 +26,8 @@
  *       fsynced, then dir and its parent: from here on dir opens at the
  *       stream's position.
  *
- * Before C6's meta is durable, dir holds no meta: loom_store_open refuses
+ * Before C6's meta is durable, dir holds no meta (a C6 that fails removes
+ * the one it made): loom_store_open refuses
  * it (LOOM_ENOIMAGE; with LOOM_CREATE, LOOM_EMETA once the image holds
  * pages), loom_verify and loom_inspect too, so a crash never leaves a
  * store at a position the stream did not carry. (An image of no pages is
@@ -279,6 +280,7 @@ static int import_finish(loom_store *s, const char *dir)
     rc = store_fsync(s, s->dirfd);
   if (!rc)
     rc = import_file(s, "meta", &s->meta_fd);
+  bool meta_made = !rc;
   if (!rc) {
     uint8_t slot[META_SLOT_SIZE];
     store_meta_encode(slot, 1, &s->pos, &s->lineage);
@@ -290,6 +292,13 @@ static int import_finish(loom_store *s, const char *dir)
     rc = store_fsync(s, s->dirfd);
   if (!rc)
     rc = store_sync_parent(s, dir);
+  if (rc && meta_made) {
+    /* A failed C6 leaves no meta, as a failure before it does: not an
+     * empty or unsynced one that an open would take for a damaged store
+     * (LOOM_EMETA). Best effort: the caller has the first error. */
+    s->io->unlink(s->io->ctx, s->dirfd, "meta", 0);
+    s->io->fsync(s->io->ctx, s->dirfd);
+  }
   return rc;
 }
 
