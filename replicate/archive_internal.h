@@ -82,6 +82,18 @@ int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen);
 int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
              size_t len, replicate_buf *out);
 
+/* A payload read in pieces: fills buf with its bytes [off, off + len).
+ * 0, or an error code that the caller passes on. */
+typedef int (*arc_read_fn)(void *ctx, uint64_t off, void *buf, size_t len);
+#define ARC_SEAL_PIECE ((size_t)8 << 20) /* arc_seal_read's reads */
+
+/* arc_seal of a payload of len bytes read through read, ARC_SEAL_PIECE
+ * bytes at a time, each compressed as it comes (ARC_FLAG_ZSTD is set):
+ * out holds the object, never the payload whole (a base: its compressed
+ * size, not the image's). */
+int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
+                  void *ctx, uint64_t len, replicate_buf *out);
+
 /* Checks obj[0, len) (size, magic, version, checksum, archive id when
  * archive_id is non-NULL, key, tag) and decrypts/decompresses its payload
  * into *payload. Errors: REPLICATE_EARCHIVE_OBJECT, _FOREIGN, _KEY,
@@ -168,6 +180,14 @@ void arc_ahead_stop(arc_ahead *ah);
 /* Puts an object (sealed with a's keys and id). */
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags);
+/* Seals an object whose payload is read through read (arc_seal_read) with
+ * a's keys and id, into *obj for arc_put_sealed. */
+int arc_seal_object(replicate_archive *a, arc_header *h, const char *key,
+                    arc_read_fn read, void *ctx, uint64_t len,
+                    replicate_buf *obj);
+/* Puts an object sealed by arc_seal_object. */
+int arc_put_sealed(replicate_archive *a, const char *key,
+                   const replicate_buf *obj, unsigned flags);
 /* Reads e/E/head: *found false (and 0) when there is none. The head's
  * payload: seq, checksum, pages, commit time (8 bytes each). */
 int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,

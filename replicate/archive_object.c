@@ -188,12 +188,59 @@ static int stage_payload(const arc_header *h, const void *payload, size_t len,
   return 0;
 }
 
-int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
-             size_t len, replicate_buf *out)
+/* out's capacity at least need, doubling (a payload compressed as it is
+ * read grows its object by what each piece adds). */
+static int buf_grow(replicate_buf *b, size_t need)
 {
-  int rc = stage_payload(h, payload, len, out); /* 1 */
-  if (rc != 0)
-    return rc;
+  return need <= b->cap ? 0 : buf_reserve(b, need > 2 * b->cap ? need : 2 * b->cap);
+}
+
+/* 1, for a payload read piece by piece: compressed (one zstd frame, its
+ * content size in the frame's header, as ZSTD_compress makes it) into out
+ * after the header as each piece comes, so that out never holds the
+ * payload whole. */
+static int stage_read(arc_read_fn read, void *ctx, uint64_t len,
+                      replicate_buf *out)
+{
+  ZSTD_CCtx *cc = ZSTD_createCCtx();
+  uint8_t *piece = malloc(ARC_SEAL_PIECE);
+  int rc = cc && piece ? 0 : ENOMEM;
+  if (rc == 0 &&
+      (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 3)) ||
+       ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cc, len))))
+    rc = REPLICATE_ECOMPRESS;
+  out->len = ARC_HEADER;
+  for (uint64_t off = 0; rc == 0;) {
+    size_t n = len - off < ARC_SEAL_PIECE ? (size_t)(len - off) : ARC_SEAL_PIECE;
+    if (n > 0)
+      rc = read(ctx, off, piece, n);
+    off += n;
+    bool last = off == len;
+    ZSTD_inBuffer in = {piece, n, 0};
+    for (bool done = false; rc == 0 && !done;) {
+      rc = buf_grow(out, out->len + ZSTD_CStreamOutSize() + ARC_TAG);
+      if (rc != 0)
+        break;
+      ZSTD_outBuffer o = {out->data + out->len, out->cap - out->len - ARC_TAG, 0};
+      size_t left =
+          ZSTD_compressStream2(cc, &o, &in, last ? ZSTD_e_end : ZSTD_e_continue);
+      if (ZSTD_isError(left))
+        rc = REPLICATE_ECOMPRESS;
+      out->len += o.pos;
+      done = last ? left == 0 : in.pos == in.size;
+    }
+    if (last)
+      break;
+  }
+  free(piece);
+  ZSTD_freeCCtx(cc);
+  return rc;
+}
+
+/* 2-4: the header, the encryption and the checksum around the payload
+ * staged in out after the header. */
+static int seal_staged(const arc_keys *keys, arc_header *h, replicate_buf *out)
+{
   size_t body = out->len - ARC_HEADER;
   bool enc = keys != NULL && keys->count > 0;
   h->flags = (h->flags & ARC_FLAG_ZSTD) | (enc ? ARC_FLAG_ENCRYPTED : 0);
@@ -204,7 +251,7 @@ int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
     return REPLICATE_EARCHIVE_KEY;
   header_write(out->data, h);
   if (enc) { /* 3 */
-    rc = gcm(1, keys->key[0], h->nonce, out->data, ARC_OFF_CHECKSUM,
+    int rc = gcm(1, keys->key[0], h->nonce, out->data, ARC_OFF_CHECKSUM,
              out->data + ARC_HEADER, body, out->data + ARC_HEADER + body);
     if (rc != 0)
       return rc;
@@ -219,6 +266,21 @@ int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
   arc_put64(out->data + ARC_OFF_CHECKSUM, XXH3_64bits_digest(st));
   XXH3_freeState(st);
   return 0;
+}
+
+int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
+             size_t len, replicate_buf *out)
+{
+  int rc = stage_payload(h, payload, len, out); /* 1 */
+  return rc != 0 ? rc : seal_staged(keys, h, out);
+}
+
+int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
+                  void *ctx, uint64_t len, replicate_buf *out)
+{
+  h->flags |= ARC_FLAG_ZSTD;
+  int rc = stage_read(read, ctx, len, out); /* 1 */
+  return rc != 0 ? rc : seal_staged(keys, h, out);
 }
 
 static uint64_t object_checksum(const uint8_t *obj, size_t len)
@@ -751,21 +813,36 @@ int arc_pieces_verify(replicate_archive *a, objstore *store, const char *key,
   return rc;
 }
 
+int arc_put_sealed(replicate_archive *a, const char *key,
+                   const replicate_buf *obj, unsigned flags)
+{
+  int rc = objstore_put(a->store, key, obj->data, obj->len, flags);
+  return rc != 0 ? arc_fail(a, rc, "%s", objstore_last_error(a->store)) : 0;
+}
+
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags)
 {
   memcpy(h->archive_id, a->id, ARC_ID_SIZE);
   replicate_buf obj = {0};
   int rc = arc_seal(&a->keys, h, payload, len, &obj);
-  if (rc != 0) {
-    replicate_buf_free(&obj);
-    return arc_fail(a, rc, "%s: sealing: %s", key, replicate_strerror(rc));
-  }
-  rc = objstore_put(a->store, key, obj.data, obj.len, flags);
-  replicate_buf_free(&obj);
   if (rc != 0)
-    return arc_fail(a, rc, "%s", objstore_last_error(a->store));
-  return 0;
+    arc_fail(a, rc, "%s: sealing: %s", key, replicate_strerror(rc));
+  else
+    rc = arc_put_sealed(a, key, &obj, flags);
+  replicate_buf_free(&obj);
+  return rc;
+}
+
+int arc_seal_object(replicate_archive *a, arc_header *h, const char *key,
+                    arc_read_fn read, void *ctx, uint64_t len,
+                    replicate_buf *obj)
+{
+  memcpy(h->archive_id, a->id, ARC_ID_SIZE);
+  int rc = arc_seal_read(&a->keys, h, read, ctx, len, obj);
+  return rc != 0 ? arc_fail(a, rc, "%s: reading and sealing: %s", key,
+                            replicate_strerror(rc))
+                 : 0;
 }
 
 int arc_get_head(replicate_archive *a, uint64_t epoch, bool *found,

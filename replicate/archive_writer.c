@@ -691,23 +691,23 @@ static int keep(replicate_archiver *ar, arc_kind kind, const char *key,
 }
 
 /* The image stream of a snapshot (loom.h), whole in memory. */
-static int read_snapshot(loom_snapshot *snap, loom_position *pos,
-                         replicate_buf *out)
+/* A base's payload, the image stream (docs/FORMAT.md) of a snapshot,
+ * read piece by piece (arc_read_fn): the stream header, then the pages. */
+typedef struct snapshot_stream {
+  loom_snapshot *snap;
+  uint8_t header[LOOM_STREAM_HEADER];
+} snapshot_stream;
+
+static int snapshot_stream_read(void *ctx, uint64_t off, void *buf, size_t len)
 {
-  loom_lineage lin;
-  loom_snapshot_position(snap, pos);
-  loom_snapshot_lineage(snap, &lin);
-  size_t len = LOOM_STREAM_HEADER + (size_t)pos->pages * LOOM_PAGE_SIZE;
-  uint8_t *p = realloc(out->data, len);
-  if (p == NULL)
-    return ENOMEM;
-  out->data = p;
-  out->cap = out->len = len;
-  loom_stream_header_encode(p, pos, &lin);
-  if (pos->pages == 0)
-    return 0;
-  return loom_snapshot_read(snap, 0, p + LOOM_STREAM_HEADER,
-                            len - LOOM_STREAM_HEADER);
+  snapshot_stream *ss = ctx;
+  uint8_t *p = buf;
+  if (off < LOOM_STREAM_HEADER) {
+    size_t n = LOOM_STREAM_HEADER - off < len ? LOOM_STREAM_HEADER - off : len;
+    memcpy(p, ss->header + off, n);
+    p += n, off += n, len -= n;
+  }
+  return len ? loom_snapshot_read(ss->snap, off - LOOM_STREAM_HEADER, p, len) : 0;
 }
 
 /* Records seqs [first, last] as a gap. */
@@ -766,14 +766,15 @@ static int upload_segments(replicate_archiver *ar, uint64_t limit);
 
 static int upload_base(replicate_archiver *ar)
 {
-  loom_snapshot *snap = NULL;
-  int rc = snap_open(ar, &snap);
+  snapshot_stream ss = {0};
+  int rc = snap_open(ar, &ss.snap);
   if (rc != 0)
     return arc_fail(ar->a, rc, "base: snapshot: %s", replicate_strerror(rc));
   loom_position pos;
-  replicate_buf img = {0};
-  rc = read_snapshot(snap, &pos, &img);
-  snap_close(ar, snap);
+  loom_lineage lin;
+  loom_snapshot_position(ss.snap, &pos);
+  loom_snapshot_lineage(ss.snap, &lin);
+  loom_stream_header_encode(ss.header, &pos, &lin);
   char key[ARC_KEY_MAX];
   arc_key_base(key, ar->epoch, pos.seq, pos.commit_time_ns,
                arc_keys_current(&ar->a->keys));
@@ -782,20 +783,24 @@ static int upload_base(replicate_archiver *ar)
                   .first_seq = pos.seq,
                   .last_seq = pos.seq,
                   .flags = ARC_FLAG_ZSTD};
-  if (rc != 0)
-    arc_fail(ar->a, rc, "base: reading: %s", replicate_strerror(rc));
+  /* Sealed as it is read: the process holds the base's compressed size,
+   * never the image. The snapshot is closed before any request. */
+  replicate_buf obj = {0};
+  rc = arc_seal_object(ar->a, &h, key, snapshot_stream_read, &ss,
+                       LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE, &obj);
+  snap_close(ar, ss.snap);
   /* What is queued up to the base goes first, as a segment: a base due by
    * time must not turn the commits since the last segment into a gap
    * (only those missing from memory and from the log are one). */
   if (rc == 0 && ar->have_head && pos.seq > ar->uploaded.seq) {
     rc = upload_segments(ar, pos.seq);
-    if (rc == ENOMEM) /* short of memory next to the image read: the base
+    if (rc == ENOMEM) /* short of memory next to the sealed base: the base
                          goes ahead, what was not uploaded is the gap */
       rc = 0;
   }
   if (rc == 0)
-    rc = arc_put(ar->a, &h, key, img.data, img.len, 0);
-  replicate_buf_free(&img);
+    rc = arc_put_sealed(ar->a, key, &obj, 0);
+  replicate_buf_free(&obj);
   uint64_t from = ar->uploaded.seq + 1;
   if (rc == 0 && ar->have_head && pos.seq > from)
     rc = put_gap(ar, from, pos.seq - 1);

@@ -71,6 +71,80 @@ static void seal(const arc_keys *k, const uint8_t *id, const void *payload,
   assert_int_equal(arc_seal(k, &h, payload, len, out), 0);
 }
 
+/* arc_seal_read's source: bytes [off, off + len) of a buffer, each read
+ * checked to follow the last and to fit in ARC_SEAL_PIECE; fail_at: the
+ * read at that offset fails with EIO (UINT64_MAX: none). */
+typedef struct piece_source {
+  const uint8_t *data;
+  uint64_t next, reads, fail_at;
+} piece_source;
+
+static int read_piece(void *ctx, uint64_t off, void *buf, size_t len)
+{
+  piece_source *ps = ctx;
+  assert_int_equal(off, ps->next);
+  assert_true(len > 0 && len <= ARC_SEAL_PIECE);
+  if (off == ps->fail_at)
+    return EIO;
+  memcpy(buf, ps->data + off, len);
+  ps->next += len;
+  ps->reads++;
+  return 0;
+}
+
+/* A payload read in pieces (a base read from a snapshot) seals into an
+ * object that unseals to the same bytes, plaintext and encrypted, of two
+ * pieces and more, and of none; a read that fails fails the seal. */
+static void test_format_sealed_in_pieces(void **state)
+{
+  (void)state;
+  uint8_t id[ARC_ID_SIZE] = {7};
+  size_t len = 2 * ARC_SEAL_PIECE + 12345;
+  uint8_t *payload = malloc(len);
+  assert_non_null(payload);
+  uint64_t x = 88172645463325252ull;
+  for (size_t i = 0; i < len; i++) { /* runs of zeros between noise */
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    payload[i] = (i / 4096) % 3 ? 0 : (uint8_t)x;
+  }
+  char *dir = test_tmpdir("arcpieces");
+  char *kf = key_file(dir, "keys", key_a);
+  arc_keys keys, none = {0};
+  char err[256];
+  assert_int_equal(arc_keys_load(kf, &keys, err, sizeof err), 0);
+  for (int enc = 0; enc < 2; enc++) {
+    const arc_keys *k = enc ? &keys : &none;
+    size_t lens[] = {len, 0};
+    for (size_t l = 0; l < 2; l++) {
+      piece_source ps = {.data = payload, .fail_at = UINT64_MAX};
+      arc_header h = {.kind = ARC_BASE, .epoch = 2, .first_seq = 4, .last_seq = 4};
+      memcpy(h.archive_id, id, ARC_ID_SIZE);
+      replicate_buf obj = {0}, out = {0};
+      assert_int_equal(arc_seal_read(k, &h, read_piece, &ps, lens[l], &obj), 0);
+      assert_int_equal(ps.next, lens[l]);
+      assert_int_equal(ps.reads, (lens[l] + ARC_SEAL_PIECE - 1) / ARC_SEAL_PIECE);
+      assert_true(obj.len < lens[l] / 2 + ARC_HEADER + 4096); /* compressed */
+      arc_header got;
+      assert_int_equal(arc_unseal(k, id, obj.data, obj.len, &got, &out), 0);
+      assert_true(got.flags & ARC_FLAG_ZSTD);
+      assert_int_equal(got.kind, ARC_BASE);
+      assert_int_equal(out.len, lens[l]);
+      if (lens[l])
+        assert_memory_equal(out.data, payload, lens[l]);
+      replicate_buf_free(&obj);
+      replicate_buf_free(&out);
+    }
+    piece_source ps = {.data = payload, .fail_at = ARC_SEAL_PIECE};
+    arc_header h = {.kind = ARC_BASE, .epoch = 2, .first_seq = 4, .last_seq = 4};
+    replicate_buf obj = {0};
+    assert_int_equal(arc_seal_read(k, &h, read_piece, &ps, len, &obj), EIO);
+    replicate_buf_free(&obj);
+  }
+  free(payload);
+  free(kf);
+  test_rmtree(dir);
+}
+
 static void test_format_round_trip(void **state)
 {
   (void)state;
@@ -2011,6 +2085,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_format_round_trip),
+      cmocka_unit_test(test_format_sealed_in_pieces),
       cmocka_unit_test(test_key_file_errors),
       cmocka_unit_test(test_key_names),
       cmocka_unit_test(test_archive_restore_plain),
