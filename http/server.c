@@ -200,16 +200,17 @@ static void scrub_want_base(void *ctx, const char *why)
 
 void http_server_base_installed(http_server *s)
 {
-  replicate_scrubber_base_installed(s->scrubber);
   /* The base image's own read-back (receiver_base.c) may have found a
-   * page that did not land as written: its repair, asked for before this
-   * cleared the asked pages, is asked for again. */
+   * page that did not land as written: its repair, asked for before the
+   * base's end cleared the asked pages, is asked for again. */
   replicate_receiver_status st;
+  uint64_t still_bad = UINT64_MAX;
   if (s->standby) {
     replicate_receiver_get_status(s->standby, &st);
-    if (st.rot_page != UINT64_MAX)
-      replicate_scrubber_request_repair(s->scrubber, &st.rot_page, 1);
+    still_bad = st.rot_page;
   }
+  replicate_scrubber_base_installed(s->scrubber, &still_bad,
+                                    still_bad != UINT64_MAX ? 1 : 0);
 }
 
 /* The receiver's bad pages (a frame that no longer applies, a read-back)

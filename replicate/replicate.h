@@ -545,7 +545,8 @@ typedef struct replicate_scrub_status {
   uint64_t passes;               /* full passes ended */
   uint64_t pages_scrubbed;       /* since start */
   uint64_t pages_repaired;       /* since start, by the repair hook */
-  uint64_t bad_pages;            /* found since start */
+  uint64_t bad_pages;            /* found since start (a page found again
+                                    while its repair is pending: once) */
   uint64_t bad_page;             /* the last found; UINT64_MAX: none */
   char last_error[256];          /* "" when none */
 } replicate_scrub_status;
@@ -572,9 +573,12 @@ void replicate_scrubber_status(replicate_scrubber *scrubber,
 void replicate_scrubber_request_repair(replicate_scrubber *scrubber,
                                        const uint64_t *pages, uint64_t count);
 /* A base image replaced the whole image (checked against its checksum):
- * the state is ok again, last_error cleared, repairs asked for dropped.
- * Thread-safe; NULL is a no-op. */
-void replicate_scrubber_base_installed(replicate_scrubber *scrubber);
+ * the state is ok again, last_error cleared, repairs asked for dropped,
+ * except still_bad[0, count): pages the base image's own read-back found
+ * not as written (already reported, so not counted in bad_pages again),
+ * asked for again (state repairing). Thread-safe; NULL is a no-op. */
+void replicate_scrubber_base_installed(replicate_scrubber *scrubber,
+                                       const uint64_t *still_bad, uint64_t count);
 
 /* ---------------------------------------------------------------------- */
 /* Buffers */

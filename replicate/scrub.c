@@ -375,12 +375,12 @@ static void *scrub_main(void *arg)
   }
 }
 
-void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *pages,
-                                       uint64_t count)
+/* Under mu: pages added to the asked ones (sorted, each once, at most
+ * REPLICATE_PAGES_MAX); how many were not asked for already. */
+static uint64_t ask_locked(replicate_scrubber *sc, const uint64_t *pages,
+                           uint64_t count)
 {
-  if (!sc || !sc->opt.repair || count == 0)
-    return;
-  pthread_mutex_lock(&sc->mu);
+  uint64_t added = 0;
   for (uint64_t i = 0; i < count && sc->nasked < REPLICATE_PAGES_MAX; i++) {
     uint64_t at = 0;
     while (at < sc->nasked && sc->asked[at] < pages[i])
@@ -390,16 +390,29 @@ void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *p
     memmove(sc->asked + at + 1, sc->asked + at, (size_t)(sc->nasked - at) * sizeof *sc->asked);
     sc->asked[at] = pages[i];
     sc->nasked++;
+    added++;
   }
-  if (sc->st.state != REPLICATE_INTEGRITY_CORRUPT)
-    sc->st.state = REPLICATE_INTEGRITY_REPAIRING;
-  sc->st.bad_pages += count;
+  if (count > 0) {
+    if (sc->st.state != REPLICATE_INTEGRITY_CORRUPT)
+      sc->st.state = REPLICATE_INTEGRITY_REPAIRING;
+    pthread_cond_broadcast(&sc->cond);
+  }
+  return added;
+}
+
+void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *pages,
+                                       uint64_t count)
+{
+  if (!sc || !sc->opt.repair || count == 0)
+    return;
+  pthread_mutex_lock(&sc->mu);
+  sc->st.bad_pages += ask_locked(sc, pages, count); /* a page asked again: once */
   sc->st.bad_page = pages[count - 1];
-  pthread_cond_broadcast(&sc->cond);
   pthread_mutex_unlock(&sc->mu);
 }
 
-void replicate_scrubber_base_installed(replicate_scrubber *sc)
+void replicate_scrubber_base_installed(replicate_scrubber *sc,
+                                       const uint64_t *still_bad, uint64_t count)
 {
   if (!sc)
     return;
@@ -409,6 +422,8 @@ void replicate_scrubber_base_installed(replicate_scrubber *sc)
   sc->st.last_error[0] = '\0';
   sc->nasked = 0; /* every page was rewritten */
   sc->bases++;
+  if (sc->opt.repair)
+    ask_locked(sc, still_bad, count); /* counted when they were found */
   pthread_mutex_unlock(&sc->mu);
   if (was)
     say(sc, "repair: a base image replaced the whole image: integrity ok");

@@ -275,7 +275,7 @@ static int hook_repair(void *ctx, const uint64_t *pages, uint64_t count, char *w
   }
   if (h->base_during) {
     h->base_during = false;
-    replicate_scrubber_base_installed(h->sc);
+    replicate_scrubber_base_installed(h->sc, NULL, 0);
     snprintf(why, why_len, "cut by the base image");
     return EIO;
   }
@@ -441,18 +441,25 @@ static void test_repair_from_refused(void **state)
   assert_false(page_good(fx, 5));
 }
 
+/* A scrubber that makes no passes, repairing through h. */
+static replicate_scrubber *start_repair_only(hook *h)
+{
+  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
+                               .snapshot_close = hook_snap_close, .ctx = h,
+                               .repair = hook_repair, .repair_ctx = h,
+                               .repair_only = true};
+  replicate_scrubber *sc = NULL;
+  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
+  assert_non_null(sc);
+  return sc;
+}
+
 /* Pages handed to a scrubber that makes no passes are repaired at once. */
 static void test_asked_repair(void **state)
 {
   fixture *fx = *state;
   hook h = {.fx = fx};
-  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
-                               .snapshot_close = hook_snap_close, .ctx = &h,
-                               .repair = hook_repair, .repair_ctx = &h,
-                               .repair_only = true};
-  replicate_scrubber *sc;
-  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
-  assert_non_null(sc);
+  replicate_scrubber *sc = start_repair_only(&h);
   replicate_scrubber_request_repair(sc, &fx->rotted[1], 1);
   replicate_scrubber_request_repair(sc, fx->rotted, 2); /* 5 again: once */
   replicate_scrub_status st = wait_status(sc, repaired);
@@ -460,8 +467,30 @@ static void test_asked_repair(void **state)
   assert_true(repaired(&st));
   assert_false(st.running); /* no passes */
   assert_int_equal(st.pages_scrubbed, 0);
+  assert_int_equal(st.bad_pages, 2); /* 5, asked for twice, counts once */
   assert_true(page_good(fx, 2));
   assert_true(page_good(fx, 5));
+}
+
+/* The pages a base image's own read-back found are asked for again when
+ * the base ends (which drops the others), and not counted again: they
+ * were counted when found. */
+static bool one_repaired(const replicate_scrub_status *st)
+{
+  return st->state == REPLICATE_INTEGRITY_OK && st->pages_repaired >= 1;
+}
+
+static void test_base_installed_still_bad(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx};
+  replicate_scrubber *sc = start_repair_only(&h);
+  replicate_scrubber_base_installed(sc, &fx->rotted[1], 1);
+  replicate_scrub_status st = wait_status(sc, one_repaired);
+  replicate_scrubber_stop(sc);
+  assert_true(one_repaired(&st));
+  assert_int_equal(st.bad_pages, 0);
+  assert_true(page_good(fx, fx->rotted[1]));
 }
 
 /* Pages asked for hold the standby up (a frame that no longer applies, a
@@ -534,6 +563,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_repair_from, setup, teardown),
       cmocka_unit_test_setup_teardown(test_repair_from_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_base_installed_still_bad, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair_fails, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair_base_came, setup, teardown),
   };
