@@ -154,16 +154,25 @@ int cli_standby_archive_reload_key(void *ctx, char *why, size_t why_len)
   return rc;
 }
 
-/* The receive log's frames from its oldest on: what its hold keeps. */
-static uint64_t log_held_bytes(replicate_log *log)
+/* What the receive log keeps for the archive alone: the frames from its
+ * hold on that the applier no longer needs (those after applied it keeps
+ * anyway). 0 when nothing is held. */
+static uint64_t log_held_bytes(replicate_log *log, uint64_t applied_seq)
 {
+  uint64_t from = replicate_log_held_from(log), bytes = 0;
   replicate_log_stats ls;
   replicate_log_get_stats(log, &ls);
-  uint64_t bytes = 0;
-  if (ls.records > 0 &&
-      replicate_log_bytes_after(log, ls.oldest_seq - 1, &bytes) != 0)
-    bytes = 0;
-  return bytes;
+  if (from == 0 || ls.records == 0)
+    return 0;
+  if (from < ls.oldest_seq) /* held from before the log's oldest frame */
+    from = ls.oldest_seq;
+  if (from > applied_seq ||
+      replicate_log_bytes_after(log, from - 1, &bytes) != 0)
+    return 0;
+  uint64_t unapplied = 0;
+  if (replicate_log_bytes_after(log, applied_seq, &unapplied) != 0)
+    unapplied = 0;
+  return bytes > unapplied ? bytes - unapplied : 0;
 }
 
 /* Under feed_mu: an archiver at the received position, epoch, lineage.
@@ -173,7 +182,8 @@ static uint64_t log_held_bytes(replicate_log *log)
  * (max_backlog_bytes): a start that works a second later loses nothing.
  * Past the bound the hold is lifted (a store or key file gone bad must
  * not fill the disk and stop the receipts): the next start finds the log
- * short of its head, and the archive records a gap and takes a base. */
+ * short of its head, and the archive records a gap and takes a base.
+ * The bound is checked at every failed start. */
 static void start_locked(cli_standby_archive *sa,
                          const replicate_receiver_status *st)
 {
@@ -194,26 +204,29 @@ static void start_locked(cli_standby_archive *sa,
   }
   uint64_t bound = o.max_backlog_bytes ? o.max_backlog_bytes
                                        : REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
-  uint64_t held = sa->hold_lifted ? 0 : log_held_bytes(o.log);
+  uint64_t held = log_held_bytes(o.log, st->applied.seq);
   char line[800];
   if (held > bound) {
     replicate_log_hold(o.log, 0);
+    if (!sa->hold_lifted) {
+      snprintf(line, sizeof line,
+               "--archive %s: not started (%s): the receive log held %" PRIu64
+               " MiB for it, past --archive-max-backlog-mb; it no longer keeps "
+               "frames for it (the archive records a gap and takes a base once "
+               "it starts)",
+               o.access.url, replicate_strerror(rc), held >> 20);
+      cli_log("standby", line);
+    }
     sa->hold_lifted = true;
-    snprintf(line, sizeof line,
-             "--archive %s: not started (%s): the receive log held %" PRIu64
-             " MiB for it, past --archive-max-backlog-mb; it no longer keeps "
-             "frames for it (the archive records a gap and takes a base once it "
-             "starts)",
-             o.access.url, replicate_strerror(rc), held >> 20);
-    cli_log("standby", line);
     return;
   }
   if (rc == said)
     return;
-  snprintf(line, sizeof line,
-           "--archive %s: %s (retried each second; the receive log keeps the "
-           "frames received meanwhile, up to --archive-max-backlog-mb)",
-           o.access.url, replicate_strerror(rc));
+  snprintf(line, sizeof line, "--archive %s: %s (retried each second; %s)",
+           o.access.url, replicate_strerror(rc),
+           sa->hold_lifted ? "the receive log no longer keeps frames for it"
+                           : "the receive log keeps the frames received "
+                             "meanwhile, up to --archive-max-backlog-mb");
   cli_log("standby", line);
 }
 

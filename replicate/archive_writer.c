@@ -1269,6 +1269,7 @@ int replicate_archiver_start(const replicate_archiver_options *o,
     return ENOMEM;
   pthread_mutex_init(&ar->mu, NULL);
   pthread_cond_init(&ar->cond, NULL);
+  uint64_t held_before = 0;
   int rc = archiver_copy_options(ar, o);
   if (rc == 0)
     rc = replicate_archive_open(&ar->o.access, &ar->a);
@@ -1288,10 +1289,13 @@ int replicate_archiver_start(const replicate_archiver_options *o,
     }
     ar->epoch = ar->committed.epoch ? ar->committed.epoch : 1;
     ar->uploaded.epoch = ar->epoch;
+    held_before = o->log ? replicate_log_held_from(o->log) : 0;
     if (o->log)
       replicate_log_hold(o->log, 1); /* all, until W1 reads the head */
     load_backlog(ar);
     rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
+    if (rc != 0 && o->log) /* no archiver: the caller's hold, as it was */
+      replicate_log_hold(o->log, held_before);
   }
   if (rc != 0) {
     archiver_free(ar);

@@ -985,6 +985,15 @@ void replicate_log_hold(replicate_log *log, uint64_t from_seq)
   pthread_mutex_unlock(&log->lock);
 }
 
+uint64_t replicate_log_held_from(replicate_log *log)
+{
+  assert(log != NULL);
+  pthread_mutex_lock(&log->lock);
+  uint64_t hold = log->hold;
+  pthread_mutex_unlock(&log->lock);
+  return hold;
+}
+
 uint64_t replicate_log_oldest_needed(const replicate_log_reader *readers,
                                      size_t n)
 {

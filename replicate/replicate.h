@@ -546,7 +546,8 @@ typedef struct replicate_scrub_status {
   uint64_t pages_scrubbed;       /* since start */
   uint64_t pages_repaired;       /* since start, by the repair hook */
   uint64_t bad_pages;            /* found since start (a page found again
-                                    while its repair is pending: once) */
+                                    while its repair is asked for or
+                                    running: once) */
   uint64_t bad_page;             /* the last found; UINT64_MAX: none */
   char last_error[256];          /* "" when none */
 } replicate_scrub_status;
@@ -1103,6 +1104,8 @@ int replicate_log_retain(replicate_log *log, uint64_t oldest_needed);
  * drops the oldest segments: the floor holds frames back from retention,
  * not from the cap. Thread-safe. */
 void replicate_log_hold(replicate_log *log, uint64_t from_seq);
+/* The floor replicate_log_hold set last (0: none). Thread-safe. */
+uint64_t replicate_log_held_from(replicate_log *log);
 
 /*
  * The retention policy of a log read by several standbys (the shipper's,

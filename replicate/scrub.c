@@ -56,6 +56,9 @@ struct replicate_scrubber {
   uint64_t asked[REPLICATE_PAGES_MAX]; /* mu: repairs asked for outside a
                                           pass, ascending, not yet run */
   uint64_t nasked;
+  uint64_t inflight[REPLICATE_PAGES_MAX]; /* mu: the pages of the asked
+                                             round running, ascending */
+  uint64_t ninflight;
   uint64_t bases;                /* mu: base images installed (a round that
                                     sees one come ends: every page was
                                     rewritten) */
@@ -339,9 +342,15 @@ static bool asked_round(replicate_scrubber *sc)
   pthread_mutex_lock(&sc->mu);
   sc->nfound = sc->nasked;
   memcpy(sc->found, sc->asked, (size_t)sc->nasked * sizeof *sc->found);
+  memcpy(sc->inflight, sc->asked, (size_t)sc->nasked * sizeof *sc->inflight);
+  sc->ninflight = sc->nasked;
   sc->nasked = 0;
   pthread_mutex_unlock(&sc->mu);
-  return repair_round(sc, true);
+  bool stop = repair_round(sc, true);
+  pthread_mutex_lock(&sc->mu);
+  sc->ninflight = 0;
+  pthread_mutex_unlock(&sc->mu);
+  return stop;
 }
 
 /* Sleep until until, running the repairs asked for meanwhile; true when
@@ -375,29 +384,52 @@ static void *scrub_main(void *arg)
   }
 }
 
-/* Under mu: pages added to the asked ones (sorted, each once, at most
- * REPLICATE_PAGES_MAX); how many were not asked for already. */
+/* Where page would go in the ascending list[0, n): its index, or n. */
+static uint64_t sorted_at(const uint64_t *list, uint64_t n, uint64_t page)
+{
+  uint64_t lo = 0, hi = n;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (list[mid] < page)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+static bool sorted_has(const uint64_t *list, uint64_t n, uint64_t page)
+{
+  uint64_t at = sorted_at(list, n, page);
+  return at < n && list[at] == page;
+}
+
+/* Under mu: pages added to the asked ones (ascending, each once, at most
+ * REPLICATE_PAGES_MAX: the rest a later pass finds); how many were
+ * neither asked for already nor in the asked round running (a frame that
+ * no longer applies reports its pages at each try: found once). */
 static uint64_t ask_locked(replicate_scrubber *sc, const uint64_t *pages,
                            uint64_t count)
 {
-  uint64_t added = 0;
-  for (uint64_t i = 0; i < count && sc->nasked < REPLICATE_PAGES_MAX; i++) {
-    uint64_t at = 0;
-    while (at < sc->nasked && sc->asked[at] < pages[i])
-      at++;
+  uint64_t news = 0;
+  for (uint64_t i = 0; i < count; i++) {
+    uint64_t at = sorted_at(sc->asked, sc->nasked, pages[i]);
     if (at < sc->nasked && sc->asked[at] == pages[i])
+      continue;
+    if (!sorted_has(sc->inflight, sc->ninflight, pages[i]))
+      news++;
+    if (sc->nasked == REPLICATE_PAGES_MAX)
       continue;
     memmove(sc->asked + at + 1, sc->asked + at, (size_t)(sc->nasked - at) * sizeof *sc->asked);
     sc->asked[at] = pages[i];
     sc->nasked++;
-    added++;
   }
   if (count > 0) {
     if (sc->st.state != REPLICATE_INTEGRITY_CORRUPT)
       sc->st.state = REPLICATE_INTEGRITY_REPAIRING;
     pthread_cond_broadcast(&sc->cond);
   }
-  return added;
+  return news;
 }
 
 void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *pages,
@@ -406,7 +438,7 @@ void replicate_scrubber_request_repair(replicate_scrubber *sc, const uint64_t *p
   if (!sc || !sc->opt.repair || count == 0)
     return;
   pthread_mutex_lock(&sc->mu);
-  sc->st.bad_pages += ask_locked(sc, pages, count); /* a page asked again: once */
+  sc->st.bad_pages += ask_locked(sc, pages, count); /* found again: once */
   sc->st.bad_page = pages[count - 1];
   pthread_mutex_unlock(&sc->mu);
 }

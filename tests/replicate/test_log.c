@@ -692,13 +692,16 @@ static void test_retention_hold(void **state)
   replicate_log *log;
   assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
   assert_int_equal(append_range(log, fx, 1, 100), 0);
+  assert_int_equal(replicate_log_held_from(log), 0);
   replicate_log_hold(log, 20);
+  assert_int_equal(replicate_log_held_from(log), 20);
   assert_int_equal(replicate_log_retain(log, 101), 0);
   replicate_log_stats st;
   replicate_log_get_stats(log, &st);
   assert_true(st.oldest_seq > 1 && st.oldest_seq <= 20);
   for (uint64_t s = 20; s <= 100; s++) expect_frame(log, fx, s);
   replicate_log_hold(log, 0);
+  assert_int_equal(replicate_log_held_from(log), 0);
   assert_int_equal(replicate_log_retain(log, 101), 0);
   replicate_log_get_stats(log, &st);
   assert_int_equal(st.segments, 1);

@@ -467,9 +467,29 @@ static void test_asked_repair(void **state)
   assert_true(repaired(&st));
   assert_false(st.running); /* no passes */
   assert_int_equal(st.pages_scrubbed, 0);
-  assert_int_equal(st.bad_pages, 2); /* 5, asked for twice, counts once */
   assert_true(page_good(fx, 2));
   assert_true(page_good(fx, 5));
+}
+
+/* A page reported again while it is asked for, or while its round runs
+ * (a frame that no longer applies reports its pages at each try), counts
+ * once in bad_pages; a page reported twice in one call too. */
+static void test_found_again_counts_once(void **state)
+{
+  fixture *fx = *state;
+  hook h = {.fx = fx, .fail = true}; /* the round waits 1 s, 2 s, ... */
+  replicate_scrubber *sc = start_repair_only(&h);
+  uint64_t five_twice[] = {5, 5};
+  replicate_scrubber_request_repair(sc, five_twice, 2);
+  for (int i = 0; i < 1000 && atomic_load(&h.calls) == 0; i++)
+    nanosleep(&(struct timespec){0, 10000000}, NULL);
+  assert_true(atomic_load(&h.calls) > 0); /* 5's round runs */
+  replicate_scrubber_request_repair(sc, fx->rotted, 2); /* 2 and 5 */
+  replicate_scrub_status st;
+  replicate_scrubber_status(sc, &st);
+  replicate_scrubber_stop(sc);
+  assert_int_equal(st.bad_pages, 2);
+  assert_int_equal(st.state, REPLICATE_INTEGRITY_REPAIRING);
 }
 
 /* The pages a base image's own read-back found are asked for again when
@@ -564,6 +584,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_repair_from_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair, setup, teardown),
       cmocka_unit_test_setup_teardown(test_base_installed_still_bad, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_found_again_counts_once, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair_fails, setup, teardown),
       cmocka_unit_test_setup_teardown(test_asked_repair_base_came, setup, teardown),
   };
