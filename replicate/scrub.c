@@ -56,7 +56,7 @@ struct replicate_scrubber {
   uint64_t asked[REPLICATE_PAGES_MAX]; /* mu: repairs asked for outside a
                                           pass, ascending, not yet run */
   uint64_t nasked;
-  uint64_t inflight[REPLICATE_PAGES_MAX]; /* mu: the pages of the asked
+  uint64_t inflight[REPLICATE_PAGES_MAX]; /* mu: the pages of the repair
                                              round running, ascending */
   uint64_t ninflight;
   uint64_t bases;                /* mu: base images installed (a round that
@@ -231,7 +231,7 @@ static bool base_came(replicate_scrubber *sc, uint64_t bases0)
  * frames advertise, is waited for), then a base image is asked for. A
  * round the receiver refuses as busy (a base image being installed) is
  * not counted; one during which a base image came ends. */
-static bool repair_round(replicate_scrubber *sc, bool asked)
+static bool repair_tries(replicate_scrubber *sc, bool asked)
 {
   char why[200], text[400];
   pthread_mutex_lock(&sc->mu);
@@ -300,6 +300,22 @@ static bool repair_round(replicate_scrubber *sc, bool asked)
   }
 }
 
+/* One round for the pages of found (a pass's, or the ones asked for):
+ * while it runs they are in flight, so that a report of one of them
+ * meanwhile is not counted as a new finding (ask_locked). */
+static bool repair_round(replicate_scrubber *sc, bool asked)
+{
+  pthread_mutex_lock(&sc->mu);
+  sc->ninflight = sc->nfound < REPLICATE_PAGES_MAX ? sc->nfound : REPLICATE_PAGES_MAX;
+  memcpy(sc->inflight, sc->found, (size_t)sc->ninflight * sizeof *sc->inflight);
+  pthread_mutex_unlock(&sc->mu);
+  bool stop = repair_tries(sc, asked);
+  pthread_mutex_lock(&sc->mu);
+  sc->ninflight = 0;
+  pthread_mutex_unlock(&sc->mu);
+  return stop;
+}
+
 /* One full pass; true when stopping. */
 static bool scrub_pass(replicate_scrubber *sc)
 {
@@ -342,15 +358,9 @@ static bool asked_round(replicate_scrubber *sc)
   pthread_mutex_lock(&sc->mu);
   sc->nfound = sc->nasked;
   memcpy(sc->found, sc->asked, (size_t)sc->nasked * sizeof *sc->found);
-  memcpy(sc->inflight, sc->asked, (size_t)sc->nasked * sizeof *sc->inflight);
-  sc->ninflight = sc->nasked;
   sc->nasked = 0;
   pthread_mutex_unlock(&sc->mu);
-  bool stop = repair_round(sc, true);
-  pthread_mutex_lock(&sc->mu);
-  sc->ninflight = 0;
-  pthread_mutex_unlock(&sc->mu);
-  return stop;
+  return repair_round(sc, true);
 }
 
 /* Sleep until until, running the repairs asked for meanwhile; true when
@@ -406,8 +416,8 @@ static bool sorted_has(const uint64_t *list, uint64_t n, uint64_t page)
 
 /* Under mu: pages added to the asked ones (ascending, each once, at most
  * REPLICATE_PAGES_MAX: the rest a later pass finds); how many were
- * neither asked for already nor in the asked round running (a frame that
- * no longer applies reports its pages at each try: found once). */
+ * neither asked for already nor in the repair round running (a frame
+ * that no longer applies reports its pages at each try: found once). */
 static uint64_t ask_locked(replicate_scrubber *sc, const uint64_t *pages,
                            uint64_t count)
 {
@@ -453,6 +463,7 @@ void replicate_scrubber_base_installed(replicate_scrubber *sc,
   sc->st.state = REPLICATE_INTEGRITY_OK;
   sc->st.last_error[0] = '\0';
   sc->nasked = 0; /* every page was rewritten */
+  sc->ninflight = 0; /* a report from here on is about the new image */
   sc->bases++;
   if (sc->opt.repair)
     ask_locked(sc, still_bad, count); /* counted when they were found */

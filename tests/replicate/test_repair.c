@@ -441,13 +441,15 @@ static void test_repair_from_refused(void **state)
   assert_false(page_good(fx, 5));
 }
 
-/* A scrubber that makes no passes, repairing through h. */
-static replicate_scrubber *start_repair_only(hook *h)
+/* A scrubber that makes no passes, repairing through h, waiting
+ * retry_seconds after a failed try (0: the default). */
+static replicate_scrubber *start_repair_only(hook *h, double retry_seconds)
 {
   replicate_scrub_options o = {.snapshot_open = hook_snap_open,
                                .snapshot_close = hook_snap_close, .ctx = h,
                                .repair = hook_repair, .repair_ctx = h,
-                               .repair_only = true};
+                               .repair_only = true,
+                               .repair_retry_seconds = retry_seconds};
   replicate_scrubber *sc = NULL;
   assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
   assert_non_null(sc);
@@ -459,7 +461,7 @@ static void test_asked_repair(void **state)
 {
   fixture *fx = *state;
   hook h = {.fx = fx};
-  replicate_scrubber *sc = start_repair_only(&h);
+  replicate_scrubber *sc = start_repair_only(&h, 0);
   replicate_scrubber_request_repair(sc, &fx->rotted[1], 1);
   replicate_scrubber_request_repair(sc, fx->rotted, 2); /* 5 again: once */
   replicate_scrub_status st = wait_status(sc, repaired);
@@ -477,8 +479,8 @@ static void test_asked_repair(void **state)
 static void test_found_again_counts_once(void **state)
 {
   fixture *fx = *state;
-  hook h = {.fx = fx, .fail = true}; /* the round waits 1 s, 2 s, ... */
-  replicate_scrubber *sc = start_repair_only(&h);
+  hook h = {.fx = fx, .fail = true};
+  replicate_scrubber *sc = start_repair_only(&h, 60); /* the round waits */
   uint64_t five_twice[] = {5, 5};
   replicate_scrubber_request_repair(sc, five_twice, 2);
   for (int i = 0; i < 1000 && atomic_load(&h.calls) == 0; i++)
@@ -504,7 +506,7 @@ static void test_base_installed_still_bad(void **state)
 {
   fixture *fx = *state;
   hook h = {.fx = fx};
-  replicate_scrubber *sc = start_repair_only(&h);
+  replicate_scrubber *sc = start_repair_only(&h, 0);
   replicate_scrubber_base_installed(sc, &fx->rotted[1], 1);
   replicate_scrub_status st = wait_status(sc, one_repaired);
   replicate_scrubber_stop(sc);
