@@ -690,7 +690,6 @@ static int keep(replicate_archiver *ar, arc_kind kind, const char *key,
   return 0;
 }
 
-/* The image stream of a snapshot (loom.h), whole in memory. */
 /* A base's payload, the image stream (docs/FORMAT.md) of a snapshot,
  * read piece by piece (arc_read_fn): the stream header, then the pages. */
 typedef struct snapshot_stream {
