@@ -75,8 +75,13 @@ def cpu_ms(pid):
 
 def loop_rate(work, k, seconds):
     """Back-to-back pwrite + fdatasync of k pages, rewriting in place."""
-    path = os.path.join(work, "limit")
-    data = os.urandom(k * PAGE)
+    return rewrite_rate(os.path.join(work, "limit"), k * PAGE, seconds)
+
+
+def rewrite_rate(path, nbytes, seconds):
+    """Writes a second of a loop of pwrite (nbytes of random bytes, offset
+    0 of a new file at path) + fdatasync, for seconds; the file removed."""
+    data = os.urandom(nbytes)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.pwrite(fd, data, 0)

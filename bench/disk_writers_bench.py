@@ -16,26 +16,15 @@ quarter of the 1 MiB loop."""
 import os
 import sys
 import threading
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from commit_path_bench import rewrite_rate  # noqa: E402
 
 MiB = 1 << 20
 
 
 def loop(path, size, seconds, out, i):
-    data = os.urandom(size)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.pwrite(fd, data, 0)
-        os.fsync(fd)
-        n, t0 = 0, time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            os.pwrite(fd, data, 0)
-            os.fdatasync(fd)
-            n += 1
-        out[i] = n / (time.monotonic() - t0)
-    finally:
-        os.close(fd)
-        os.unlink(path)
+    out[i] = rewrite_rate(path, size, seconds)
 
 
 def main():

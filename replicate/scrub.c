@@ -231,12 +231,9 @@ static bool base_came(replicate_scrubber *sc, uint64_t bases0)
  * frames advertise, is waited for), then a base image is asked for. A
  * round the receiver refuses as busy (a base image being installed) is
  * not counted; one during which a base image came ends. */
-static bool repair_tries(replicate_scrubber *sc, bool asked)
+static bool repair_tries(replicate_scrubber *sc, bool asked, uint64_t bases0)
 {
   char why[200], text[400];
-  pthread_mutex_lock(&sc->mu);
-  uint64_t bases0 = sc->bases;
-  pthread_mutex_unlock(&sc->mu);
   bool ask_base = asked && sc->opt.want_base;
   int max_tries = ask_base ? REPLICATE_REPAIR_TRIES_ASKED : REPLICATE_REPAIR_TRIES;
   double wait = sc->opt.repair_retry_seconds;
@@ -302,14 +299,16 @@ static bool repair_tries(replicate_scrubber *sc, bool asked)
 
 /* One round for the pages of found (a pass's, or the ones asked for):
  * while it runs they are in flight, so that a report of one of them
- * meanwhile is not counted as a new finding (ask_locked). */
+ * meanwhile is not counted as a new finding (ask_locked); a base image
+ * installed after its start (bases0) ends it. */
 static bool repair_round(replicate_scrubber *sc, bool asked)
 {
   pthread_mutex_lock(&sc->mu);
+  uint64_t bases0 = sc->bases;
   sc->ninflight = sc->nfound < REPLICATE_PAGES_MAX ? sc->nfound : REPLICATE_PAGES_MAX;
   memcpy(sc->inflight, sc->found, (size_t)sc->ninflight * sizeof *sc->inflight);
   pthread_mutex_unlock(&sc->mu);
-  bool stop = repair_tries(sc, asked);
+  bool stop = repair_tries(sc, asked, bases0);
   pthread_mutex_lock(&sc->mu);
   sc->ninflight = 0;
   pthread_mutex_unlock(&sc->mu);

@@ -442,17 +442,21 @@ static void test_repair_from_refused(void **state)
 }
 
 /* A scrubber that makes no passes, repairing through h, waiting
- * retry_seconds after a failed try (0: the default). */
-static replicate_scrubber *start_repair_only(hook *h, double retry_seconds)
+ * retry_seconds after a failed try (0: the default), asking h for a base
+ * image when want_base (then h->sc is the scrubber). */
+static replicate_scrubber *start_repair_only(hook *h, double retry_seconds,
+                                             bool want_base)
 {
   replicate_scrub_options o = {.snapshot_open = hook_snap_open,
                                .snapshot_close = hook_snap_close, .ctx = h,
                                .repair = hook_repair, .repair_ctx = h,
+                               .want_base = want_base ? hook_want_base : NULL,
                                .repair_only = true,
                                .repair_retry_seconds = retry_seconds};
   replicate_scrubber *sc = NULL;
   assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
   assert_non_null(sc);
+  h->sc = sc;
   return sc;
 }
 
@@ -461,7 +465,7 @@ static void test_asked_repair(void **state)
 {
   fixture *fx = *state;
   hook h = {.fx = fx};
-  replicate_scrubber *sc = start_repair_only(&h, 0);
+  replicate_scrubber *sc = start_repair_only(&h, 0, false);
   replicate_scrubber_request_repair(sc, &fx->rotted[1], 1);
   replicate_scrubber_request_repair(sc, fx->rotted, 2); /* 5 again: once */
   replicate_scrub_status st = wait_status(sc, repaired);
@@ -476,18 +480,21 @@ static void test_asked_repair(void **state)
 /* A page reported again while it is asked for, or while its round runs
  * (a frame that no longer applies reports its pages at each try), counts
  * once in bad_pages; a page reported twice in one call too. */
+static bool first_try_failed(const replicate_scrub_status *st)
+{
+  return strstr(st->last_error, "try 1 of") != NULL;
+}
+
 static void test_found_again_counts_once(void **state)
 {
   fixture *fx = *state;
   hook h = {.fx = fx, .fail = true};
-  replicate_scrubber *sc = start_repair_only(&h, 60); /* the round waits */
+  replicate_scrubber *sc = start_repair_only(&h, 60, false); /* the round waits */
   uint64_t five_twice[] = {5, 5};
   replicate_scrubber_request_repair(sc, five_twice, 2);
-  for (int i = 0; i < 1000 && atomic_load(&h.calls) == 0; i++)
-    nanosleep(&(struct timespec){0, 10000000}, NULL);
-  assert_true(atomic_load(&h.calls) > 0); /* 5's round runs */
+  replicate_scrub_status st = wait_status(sc, first_try_failed);
+  assert_true(first_try_failed(&st)); /* 5's round runs */
   replicate_scrubber_request_repair(sc, fx->rotted, 2); /* 2 and 5 */
-  replicate_scrub_status st;
   replicate_scrubber_status(sc, &st);
   replicate_scrubber_stop(sc);
   assert_int_equal(st.bad_pages, 2);
@@ -506,7 +513,7 @@ static void test_base_installed_still_bad(void **state)
 {
   fixture *fx = *state;
   hook h = {.fx = fx};
-  replicate_scrubber *sc = start_repair_only(&h, 0);
+  replicate_scrubber *sc = start_repair_only(&h, 0, false);
   replicate_scrubber_base_installed(sc, &fx->rotted[1], 1);
   replicate_scrub_status st = wait_status(sc, one_repaired);
   replicate_scrubber_stop(sc);
@@ -525,14 +532,7 @@ static bool base_asked(const replicate_scrub_status *st)
 
 static replicate_scrubber *start_asked(hook *h)
 {
-  replicate_scrub_options o = {.snapshot_open = hook_snap_open,
-                               .snapshot_close = hook_snap_close, .ctx = h,
-                               .repair = hook_repair, .repair_ctx = h,
-                               .want_base = hook_want_base, .repair_only = true,
-                               .repair_retry_seconds = 0.01};
-  replicate_scrubber *sc;
-  assert_int_equal(replicate_scrubber_start(&o, &sc), 0);
-  h->sc = sc;
+  replicate_scrubber *sc = start_repair_only(h, 0.01, true);
   replicate_scrubber_request_repair(sc, h->fx->rotted, 2);
   return sc;
 }
