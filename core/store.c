@@ -251,12 +251,8 @@ void store_close_fd(loom_store *s, int *fd)
 
 int store_file_size(int fd, uint64_t *out)
 {
-  struct stat st;
   *out = 0;
-  if (fstat(fd, &st) < 0)
-    return errno;
-  *out = (uint64_t)st.st_size;
-  return 0;
+  return io_stat_untimed(fd, NULL, out); /* (io_posix.c says why) */
 }
 
 /* ---------------------------------------------------------------------- */

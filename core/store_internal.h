@@ -171,6 +171,9 @@ int store_write_exact(loom_store *s, int fd, const void *buf, size_t len,
 int store_fsync(loom_store *s, int fd);
 void store_close_fd(loom_store *s, int *fd); /* sets *fd to -1 */
 int store_file_size(int fd, uint64_t *out);
+/* A file's type and size without asking for its times (io_posix.c): 0 or
+ * an errno. Either output may be NULL. */
+int io_stat_untimed(int fd, int *is_regular, uint64_t *size);
 /* Hashes: room for pages entries; one 4 KiB block of the table written to
  * the hashes file; every page's hash recomputed from the image (*sum is
  * their sum). */
