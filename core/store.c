@@ -132,7 +132,10 @@
  *       record does not fit in), verify it whole (header, lsn, before =
  *       the position so far, trailer, every page's hash), and queue it;
  *       the first that does not verify ends the log (a torn tail is
- *       ignored). Then checkpoint everything queued (steps 4-6).
+ *       ignored). Then checkpoint everything queued (steps 4-6). (Pages
+ *       are hashed after the headers and entry tables, in two threads:
+ *       log_scan; the log ends at the first record in log order that
+ *       failed either, as one pass in order would end it.)
  *   R3. Load the hashes; check their sum against the position's checksum
  *       and the image's length against its pages. Hashes that disagree (or
  *       a hashes file too short, or none: it is made anew and the
@@ -564,10 +567,11 @@ static uint8_t *patch_entries_encode(const loom_patch *p, uint64_t header_sum,
   return buf;
 }
 
-/* R2: the entry table and every page of p verify, its header block at
- * byte at of fd (the log, or a version 1 patch file). */
-static int record_verify(loom_store *s, int fd, off_t at, loom_patch *p,
-                         uint64_t header_sum)
+/* R2: the entry table of p verifies (its trailer, page numbers in order
+ * and below the image's size), its header block at byte at of fd (the
+ * log, or a version 1 patch file); p's page lists are filled from it. */
+static int record_verify_entries(loom_store *s, int fd, off_t at, loom_patch *p,
+                                 uint64_t header_sum)
 {
   const loom_patch_header *h = &p->header;
   size_t len = (size_t)h->page_count * PATCH_ENTRY_BYTES + 8;
@@ -590,17 +594,35 @@ static int record_verify(loom_store *s, int fd, off_t at, loom_patch *p,
   if (!rc && (h->flags & LOOM_PATCH_BASE) && h->page_count != h->after.pages)
     rc = LOOM_ECORRUPT;
   free(buf);
+  p->added = p->flushed = h->page_count;
+  return rc;
+}
+
+/* R2: every page of p (its entries verified) hashes to its entry, read
+ * through staging (STAGING_PAGES pages: any thread's own). */
+static int record_verify_pages(loom_store *s, int fd, off_t at,
+                               const loom_patch *p, uint8_t *staging)
+{
+  const loom_patch_header *h = &p->header;
+  off_t pages = at + PATCH_HEADER_BLOCK;
+  int rc = 0;
   for (uint64_t i = 0; !rc && i < h->page_count; i += STAGING_PAGES) {
     uint64_t k = h->page_count - i < STAGING_PAGES ? h->page_count - i : STAGING_PAGES;
-    rc = store_read_exact(s, fd, s->staging, (size_t)(k * PS),
-                          pages + (off_t)(i * PS));
+    rc = store_read_exact(s, fd, staging, (size_t)(k * PS), pages + (off_t)(i * PS));
     for (uint64_t j = 0; !rc && j < k; j++)
-      if (loom_page_hash(p->page_numbers[i + j], s->staging + j * PS) !=
+      if (loom_page_hash(p->page_numbers[i + j], staging + j * PS) !=
           p->new_hashes[i + j])
         rc = LOOM_ECORRUPT;
   }
-  p->added = p->flushed = h->page_count;
   return rc;
+}
+
+/* R2: the entry table and every page of p verify. */
+static int record_verify(loom_store *s, int fd, off_t at, loom_patch *p,
+                         uint64_t header_sum)
+{
+  int rc = record_verify_entries(s, fd, at, p, header_sum);
+  return rc ? rc : record_verify_pages(s, fd, at, p, s->staging);
 }
 
 /* R2: the header at exactly lsn, if one is there that carries that lsn,
@@ -633,9 +655,10 @@ static int header_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
   return 0;
 }
 
-/* R2: the record at exactly lsn, if one is there that verifies and
- * continues from cur (header_read_at). LOOM_ECORRUPT: none (stale bytes
- * of an older lap, a torn record, or nothing yet), or an I/O error. */
+/* R2: the record at exactly lsn, if one is there whose header and entry
+ * table verify and that continues from cur (header_read_at); its pages
+ * are verify_pages's. LOOM_ECORRUPT: none (stale bytes of an older lap, a
+ * torn record, or nothing yet), or an I/O error. */
 static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
                           loom_patch **out)
 {
@@ -649,7 +672,7 @@ static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
   if (!p)
     return ENOMEM;
   p->lsn = lsn;
-  rc = record_verify(s, s->log_fd, log_offset(s, lsn, 0), p, header_sum);
+  rc = record_verify_entries(s, s->log_fd, log_offset(s, lsn, 0), p, header_sum);
   if (rc) {
     store_patch_free(p);
     return rc;
@@ -661,7 +684,7 @@ static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
 /* R2: the next record from lsn: there, or at the next lap's start when the
  * writer found no room before the ring's end (log_place). A later lap's
  * lsn is only ever written after the one at lsn was skipped, so a record
- * that verifies there with that lsn is the next. */
+ * that verifies there with that lsn is the next. (Its pages: below.) */
 static int record_read_next(loom_store *s, uint64_t lsn, const loom_position *cur,
                             loom_patch **out)
 {
@@ -1876,29 +1899,126 @@ static int store_check(loom_store *s)
   return rc;
 }
 
+/* R2's pages, in two threads. Recovery's time is reading the log and
+ * hashing every page of it, which one thread does one after the other;
+ * so the records whose headers and entries verified are handed out one
+ * by one to this thread and a helper, each reading and hashing whole
+ * records through its own staging buffer. Which record fails first is
+ * decided by position in the log, not by which thread saw it first: a
+ * failure only makes the threads skip the records after it. */
+typedef struct verify_work {
+  loom_store *s;
+  loom_patch **recs;
+  int *rcs;
+  size_t count;
+  atomic_size_t next;
+  atomic_size_t first_bad; /* count while none failed */
+} verify_work;
+
+/* Helpers only for a log with at least this many pages to hash: a thread
+ * costs tens of microseconds, a page a few. */
+#define VERIFY_HELPER_PAGES 256u
+
+static void verify_records(verify_work *w, uint8_t *staging)
+{
+  for (;;) {
+    size_t i = atomic_fetch_add(&w->next, 1);
+    if (i >= w->count || i > atomic_load(&w->first_bad))
+      return;
+    const loom_patch *p = w->recs[i];
+    w->rcs[i] = record_verify_pages(w->s, w->s->log_fd,
+                                    log_offset(w->s, p->lsn, 0), p, staging);
+    size_t bad = atomic_load(&w->first_bad);
+    while (w->rcs[i] && i < bad &&
+           !atomic_compare_exchange_weak(&w->first_bad, &bad, i))
+      ;
+  }
+}
+
+static void *verify_helper_main(void *arg)
+{
+  verify_work *w = arg;
+  uint8_t *staging = malloc((size_t)STAGING_PAGES * PS);
+  if (staging) /* else this thread does nothing: the caller does it all */
+    verify_records(w, staging);
+  free(staging);
+  return NULL;
+}
+
+/* rcs[i]: record i's pages verify (0), or why not; records after the
+ * first that failed are left at LOOM_ECORRUPT, unread. */
+static void verify_pages_all(loom_store *s, loom_patch **recs, int *rcs,
+                             size_t count)
+{
+  verify_work w = {.s = s, .recs = recs, .rcs = rcs, .count = count};
+  atomic_init(&w.next, 0);
+  atomic_init(&w.first_bad, count);
+  uint64_t pages = 0;
+  for (size_t i = 0; i < count; i++) {
+    rcs[i] = LOOM_ECORRUPT;
+    pages += recs[i]->header.page_count;
+  }
+  pthread_t helper;
+  int helped = count > 1 && pages >= VERIFY_HELPER_PAGES &&
+               pthread_create(&helper, NULL, verify_helper_main, &w) == 0;
+  verify_records(&w, s->staging);
+  if (helped)
+    pthread_join(helper, NULL);
+}
+
 /* R2: walk the log from the checkpoint: every record that verifies and
  * continues from the position before it, in order, until one does not (a
- * torn tail, or stale bytes of an older lap). With keep, each is queued
- * for the checkpoint and its hashes go into the table; else it is freed. */
+ * torn tail, or stale bytes of an older lap). First the headers and entry
+ * tables, in order (each names where the next one is), then the pages of
+ * all of them (verify_pages_all); the log ends at the first record that
+ * failed either. With keep, each is queued for the checkpoint and its
+ * hashes go into the table; else it is freed. */
 static int log_scan(loom_store *s, int keep, loom_position *end)
 {
   *end = s->pos;
   s->log_tail = s->log_head;
   if (!s->log_size || s->log_fd < 0)
     return 0;
+  loom_patch **recs = NULL;
+  size_t count = 0, cap = 0;
+  uint64_t lsn = s->log_head;
+  loom_position at = s->pos;
+  /* An error past the candidates (not the log's end) counts only if they
+   * all verify: the scan one record at a time would have met it there. */
+  int past = 0;
   for (;;) {
     loom_patch *p = NULL;
-    int rc = queue_reserve(s);
-    if (!rc)
-      rc = record_read_next(s, s->log_tail, end, &p);
-    if (rc == LOOM_ECORRUPT)
-      return 0;
-    if (!rc && keep)
-      rc = hashes_apply(s, p);
-    if (rc) {
-      store_patch_free(p);
-      return rc;
+    if (count == cap) {
+      size_t more = cap ? 2 * cap : 64;
+      loom_patch **grown = realloc(recs, more * sizeof *recs);
+      if (!grown) {
+        past = ENOMEM;
+        break;
+      }
+      recs = grown;
+      cap = more;
     }
+    past = record_read_next(s, lsn, &at, &p);
+    if (past)
+      break;
+    recs[count++] = p;
+    at = p->header.after;
+    lsn = p->lsn + record_bytes(p->header.page_count);
+  }
+  if (past == LOOM_ECORRUPT)
+    past = 0; /* the log's end */
+  int rc = 0, *rcs = count ? malloc(count * sizeof *rcs) : NULL;
+  if (count && !rcs)
+    rc = ENOMEM;
+  if (rcs)
+    verify_pages_all(s, recs, rcs, count);
+  size_t i = 0;
+  for (; !rc && i < count && rcs[i] == 0; i++) {
+    loom_patch *p = recs[i];
+    if (keep && !(rc = queue_reserve(s)))
+      rc = hashes_apply(s, p);
+    if (rc)
+      break;
     *end = p->header.after;
     s->log_tail = p->lsn + record_bytes(p->header.page_count);
     if (keep)
@@ -1906,6 +2026,15 @@ static int log_scan(loom_store *s, int keep, loom_position *end)
     else
       store_patch_free(p);
   }
+  if (!rc && i < count && rcs[i] != LOOM_ECORRUPT)
+    rc = rcs[i]; /* an I/O error, not the log's end */
+  if (!rc && i == count)
+    rc = past;
+  for (; i < count; i++)
+    store_patch_free(recs[i]);
+  free(rcs);
+  free(recs);
+  return rc;
 }
 
 int store_log_end(loom_store *s, loom_position *out)
