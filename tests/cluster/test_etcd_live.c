@@ -297,6 +297,30 @@ static void ask_kill(int member)
   assert_string_equal(line, "ok\n");
 }
 
+/* Right after a member dies, the two left may still be electing a leader,
+ * and etcd refuses requests until they have one (the harness runs etcd
+ * with --election-timeout 500): a request must be taken within a few
+ * elections, not at once. */
+static int get_within(struct cluster_etcd *c, const char *k,
+                      struct cluster_kv *kv, double seconds)
+{
+  double deadline = now_s() + seconds;
+  int rc;
+  while ((rc = cluster_etcd_get(c, k, kv)) != 0 && now_s() < deadline)
+    sleep_ms(50);
+  return rc;
+}
+
+static int put_within(struct cluster_etcd *c, const char *k, const char *v,
+                      double seconds)
+{
+  double deadline = now_s() + seconds;
+  int rc;
+  while ((rc = cluster_etcd_put(c, k, v, strlen(v), 0)) != 0 && now_s() < deadline)
+    sleep_ms(50);
+  return rc;
+}
+
 static void test_failover(void **state)
 {
   (void)state;
@@ -307,11 +331,11 @@ static void test_failover(void **state)
   assert_true(strncmp(endpoints, first, strlen(first)) == 0);
   ask_kill(0);
   struct cluster_kv kv;
-  assert_int_equal(cluster_etcd_get(c, key("f"), &kv), 0);
+  assert_int_equal(get_within(c, key("f"), &kv, 10), 0);
   assert_string_equal(kv.value, "before");
   cluster_kv_free(&kv);
   assert_string_not_equal(cluster_etcd_endpoint(c), first);
-  assert_int_equal(cluster_etcd_put(c, key("f"), "after", 5, 0), 0);
+  assert_int_equal(put_within(c, key("f"), "after", 10), 0);
   /* a new client and a watch whose first endpoint is dead */
   struct cluster_etcd *d = client();
   assert_int_equal(cluster_etcd_get(d, key("f"), &kv), 0);
