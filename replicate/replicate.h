@@ -1016,7 +1016,8 @@ typedef enum replicate_log_sync_mode {
    * that needs the lost frames gets a base image. */
   REPLICATE_LOG_SYNC_DEFERRED = 1,
   /* DEFERRED, and a thread of the log calls replicate_log_sync whenever
-   * records wait for it (appends arriving meanwhile share its fsync). */
+   * records wait for it, at most once per 5 ms (appends arriving
+   * meanwhile share its fsync). */
   REPLICATE_LOG_SYNC_BACKGROUND = 2
 } replicate_log_sync_mode;
 

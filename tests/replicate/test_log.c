@@ -1119,6 +1119,35 @@ static void test_background_sync(void **state)
   assert_int_equal(replicate_log_close(log), 0);
 }
 
+/* The background thread gathers appends for 5 ms after each fsync
+ * (log.c SYNC_GATHER_NS): appends paced 1 ms apart for about 60 ms are
+ * made durable by at most one fsync per 5 ms of it, where syncing at once
+ * took one per append; all of them are durable soon after. */
+static void test_background_sync_gathers(void **state)
+{
+  fixture *fx = *state;
+  replicate_log_options opt = {.sync = REPLICATE_LOG_SYNC_BACKGROUND};
+  replicate_log *log;
+  assert_int_equal(replicate_log_open(fx->dir, &opt, NULL, &log), 0);
+  int64_t start = test_now_ms();
+  for (uint64_t s = 1; s <= 60; s++) {
+    assert_int_equal(append_range(log, fx, s, s), 0);
+    usleep(1000); /* the pace of the appends: the workload, not a wait */
+  }
+  int64_t took = test_now_ms() - start;
+  replicate_log_stats st;
+  int64_t deadline = test_now_ms() + 10000;
+  do {
+    replicate_log_get_stats(log, &st);
+  } while (st.unsynced > 0 && test_now_ms() < deadline && usleep(1000) == 0);
+  assert_int_equal(st.unsynced, 0);
+  print_message("60 appends in %lld ms: %llu fsyncs\n", (long long)took,
+                (unsigned long long)st.syncs);
+  assert_true(st.syncs >= 1);
+  assert_true(st.syncs <= (uint64_t)(took / 5) + 2);
+  assert_int_equal(replicate_log_close(log), 0);
+}
+
 /* Creating a segment: each failing step leaves the log as it was, and the
  * directory is fsynced when a segment is created or dropped. */
 static void test_fault_segment_create(void **state)
@@ -1216,6 +1245,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_fault_segment_create, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deferred_sync, setup, teardown),
       cmocka_unit_test_setup_teardown(test_background_sync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_background_sync_gathers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sync_concurrent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fault_open, setup, teardown),
   };
