@@ -2,6 +2,7 @@
  * transfers, returns -errno. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -22,17 +23,24 @@
  * nothing on the save path asks for times: statx with the mask it needs. */
 int io_stat_untimed(int fd, int *is_regular, uint64_t *size)
 {
+  static atomic_int statx_unusable; /* a kernel before 4.11, or a seccomp
+                                       filter refusing statx (EPERM) */
   struct statx sx;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE, &sx) == 0) {
-    if (is_regular)
-      *is_regular = S_ISREG(sx.stx_mode);
-    if (size)
-      *size = (uint64_t)sx.stx_size;
-    return 0;
+  unsigned need = STATX_TYPE | STATX_SIZE;
+  if (!atomic_load(&statx_unusable)) {
+    if (statx(fd, "", AT_EMPTY_PATH, need, &sx) == 0 &&
+        (sx.stx_mask & need) == need) {
+      if (is_regular)
+        *is_regular = S_ISREG(sx.stx_mode);
+      if (size)
+        *size = (uint64_t)sx.stx_size;
+      return 0;
+    }
+    if (errno == EBADF)
+      return errno;
+    atomic_store(&statx_unusable, 1);
   }
-  if (errno != ENOSYS)
-    return errno;
-  struct stat st; /* a kernel before 4.11: no multigrain times either */
+  struct stat st; /* (no multigrain times where there is no statx) */
   if (fstat(fd, &st) < 0)
     return errno;
   if (is_regular)

@@ -16,6 +16,10 @@
  * The default, loom_io_posix(), maps each onto the
  * system call of the same name, retrying EINTR and completing short
  * transfers.
+ *
+ * Calls may come from more than one thread at once: the checkpoint thread
+ * (LOOM_APPLY_ASYNC) beside the owner's, and during open two threads that
+ * pread the log to verify it (recovery hashes its pages in two threads).
  */
 #ifndef LOOM_IO_H
 #define LOOM_IO_H

@@ -95,6 +95,7 @@
 
 #include <xxhash.h>
 
+#include "clock.h"
 #include "loom_io.h"
 
 #define LOG_DIR "replog"
@@ -149,6 +150,8 @@ struct replicate_log {
   int syncing_closed_fd;   /* that fd, its segment dropped meanwhile (or -1) */
   int sync_error;          /* errno of the fsync that poisoned the handle */
   pthread_cond_t cond;     /* records wait for a sync; a sync ended */
+  pthread_cond_t gather;   /* the sync thread's pause (CLOCK_MONOTONIC):
+                              only stopping ends it early */
   pthread_t thread;        /* REPLICATE_LOG_SYNC_BACKGROUND */
   bool thread_started, stopping;
 };
@@ -566,6 +569,7 @@ int replicate_log_close(replicate_log *log)
     pthread_mutex_lock(&log->lock);
     log->stopping = true;
     pthread_cond_broadcast(&log->cond);
+    pthread_cond_broadcast(&log->gather);
     pthread_mutex_unlock(&log->lock);
     pthread_join(log->thread, NULL);
   }
@@ -586,6 +590,7 @@ int replicate_log_close(replicate_log *log)
   free(log->chunk);
   XXH3_freeState(log->hash);
   pthread_cond_destroy(&log->cond);
+  pthread_cond_destroy(&log->gather);
   pthread_mutex_destroy(&log->lock);
   free(log);
   return first_error;
@@ -620,7 +625,18 @@ int replicate_log_open(const char *image_dir, const replicate_log_options *opt,
     free(log);
     return ENOMEM;
   }
+  pthread_condattr_t monotonic;
+  bool attr = pthread_condattr_init(&monotonic) == 0;
+  if (!attr || pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC) != 0 ||
+      pthread_cond_init(&log->gather, &monotonic) != 0) {
+    if (attr) pthread_condattr_destroy(&monotonic);
+    pthread_mutex_destroy(&log->lock);
+    free(log);
+    return ENOMEM;
+  }
+  pthread_condattr_destroy(&monotonic);
   if (pthread_cond_init(&log->cond, NULL) != 0) {
+    pthread_cond_destroy(&log->gather);
     pthread_mutex_destroy(&log->lock);
     free(log);
     return ENOMEM;
@@ -856,7 +872,7 @@ int replicate_log_sync(replicate_log *log)
  * ship before they are logged (ship.c I1). What the gathering costs is a
  * power cut's window: up to 5 ms more of the log's tail, which a standby
  * that still needed it gets as a base image instead. */
-#define SYNC_GATHER_NS (5 * 1000 * 1000)
+#define SYNC_GATHER_NS (LOOM_NS_PER_S / 200) /* 5 ms */
 
 static void *sync_thread(void *arg)
 {
@@ -868,15 +884,11 @@ static void *sync_thread(void *arg)
       continue;
     }
     sync_locked(log); /* a failure poisons the handle: appends say so */
-    struct timespec until; /* log->cond runs on CLOCK_REALTIME */
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += SYNC_GATHER_NS;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    /* The pause: on a condition of its own, so that the appends' wake-ups
+     * (on cond) do not end it one by one. */
+    struct timespec until = loom_deadline(CLOCK_MONOTONIC, SYNC_GATHER_NS);
     while (!log->stopping &&
-           pthread_cond_timedwait(&log->cond, &log->lock, &until) != ETIMEDOUT)
+           pthread_cond_timedwait(&log->gather, &log->lock, &until) != ETIMEDOUT)
       ;
   }
   pthread_mutex_unlock(&log->lock);

@@ -299,14 +299,20 @@ static void ask_kill(int member)
 
 /* Right after a member dies, the two left may still be electing a leader,
  * and etcd refuses requests until they have one (the harness runs etcd
- * with --election-timeout 500): a request must be taken within a few
- * elections, not at once. */
+ * with --election-timeout 500: an error status, or no answer in time): a
+ * request must be taken within a few elections, not at once. Any other
+ * error fails at once. */
+static bool electing(int rc)
+{
+  return rc == CLUSTER_EHTTP || rc == CLUSTER_ETIMEDOUT;
+}
+
 static int get_within(struct cluster_etcd *c, const char *k,
                       struct cluster_kv *kv, double seconds)
 {
   double deadline = now_s() + seconds;
   int rc;
-  while ((rc = cluster_etcd_get(c, k, kv)) != 0 && now_s() < deadline)
+  while (electing(rc = cluster_etcd_get(c, k, kv)) && now_s() < deadline)
     sleep_ms(50);
   return rc;
 }
@@ -316,7 +322,8 @@ static int put_within(struct cluster_etcd *c, const char *k, const char *v,
 {
   double deadline = now_s() + seconds;
   int rc;
-  while ((rc = cluster_etcd_put(c, k, v, strlen(v), 0)) != 0 && now_s() < deadline)
+  while (electing(rc = cluster_etcd_put(c, k, v, strlen(v), 0)) &&
+         now_s() < deadline)
     sleep_ms(50);
   return rc;
 }
