@@ -290,6 +290,14 @@ uint64_t loom_store_page_hash(const loom_store *store, uint64_t n);
  * (use loom_commit_old_page there). */
 int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
 
+/* Page n as committed (the current position), without waiting for the
+ * checkpoint: from the commit log while a record not yet checkpointed
+ * lists it, else from the image. Waits as loom_store_read_page while a
+ * rewind is queued. Same errors, and LOOM_EPANIC on a poisoned handle.
+ * Not the image's bytes: a read-back of what the image holds uses
+ * loom_store_read_page. */
+int loom_store_read_committed_page(loom_store *store, uint64_t n, void *buf);
+
 /* The image file's descriptor, for serving it (read only; see
  * loom_store_sync: the file is at the current position only after it). */
 int loom_store_image_fd(const loom_store *store);

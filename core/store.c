@@ -684,7 +684,10 @@ static int record_read_at(loom_store *s, uint64_t lsn, const loom_position *cur,
 /* R2: the next record from lsn: there, or at the next lap's start when the
  * writer found no room before the ring's end (log_place). A later lap's
  * lsn is only ever written after the one at lsn was skipped, so a record
- * that verifies there with that lsn is the next. (Its pages: below.) */
+ * that verifies there with that lsn is the next. (Its pages: below. That
+ * a record at lsn whose header and entries verify rules the next lap out,
+ * also when its pages then fail, is I6's: settle zeroes both headers of a
+ * rejected tail before the first append.) */
 static int record_read_next(loom_store *s, uint64_t lsn, const loom_position *cur,
                             loom_patch **out)
 {
@@ -2532,6 +2535,68 @@ int loom_store_read_page(loom_store *s, uint64_t n, void *buf)
   if (n >= s->pos.pages)
     return LOOM_EINVAL;
   return store_read_image_page(s, n, buf);
+}
+
+/* THE COMMIT LOG, for a reader that need not see the image (a standby
+ * rebuilding a frame's deltas on the versions its previous commits left:
+ * with a wait, each apply waited for the previous one's image writes and
+ * two fsyncs). Page n as committed, looked for from the newest queued
+ * record back: a record that lists it has it (read from the log while
+ * apply.mutex keeps the record's bytes there: a checkpoint frees them
+ * under it); a record that grew the image past it without listing it
+ * made it a zero page; else the image has it at the oldest record's
+ * start, and no queued record will write it there. (Going back, n stays
+ * below each record's after.pages: the one after it grew no further than
+ * its before.) 0 (and *rc) when read so; 1 before a rewind, which the
+ * caller waits for instead. */
+static int read_page_without_wait(loom_store *s, uint64_t n, void *buf, int *rc)
+{
+  apply_thread *t = &s->apply;
+  pthread_mutex_lock(&t->mutex);
+  for (size_t r = t->queued; r-- > 0;) {
+    const loom_patch *p = t->queue[r];
+    const loom_patch_header *h = &p->header;
+    if (h->flags & LOOM_PATCH_REWIND) {
+      pthread_mutex_unlock(&t->mutex);
+      return 1;
+    }
+    uint64_t lo = 0, hi = h->page_count; /* page_numbers ascend */
+    while (lo < hi) {
+      uint64_t mid = lo + (hi - lo) / 2;
+      if (p->page_numbers[mid] < n)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    if (lo < h->page_count && p->page_numbers[lo] == n) {
+      *rc = store_read_record_page(s, p->lsn, lo, buf);
+      pthread_mutex_unlock(&t->mutex);
+      return 0;
+    }
+    if (n >= h->before.pages) { /* new in this record, and not listed */
+      pthread_mutex_unlock(&t->mutex);
+      memset(buf, 0, PS);
+      *rc = 0;
+      return 0;
+    }
+  }
+  pthread_mutex_unlock(&t->mutex);
+  *rc = store_read_image_page(s, n, buf);
+  return 0;
+}
+
+int loom_store_read_committed_page(loom_store *s, uint64_t n, void *buf)
+{
+  if (s->writer)
+    return LOOM_EINVAL; /* inside a commit hook: use loom_commit_old_page */
+  if (s->poison)
+    return LOOM_EPANIC;
+  if (n >= s->pos.pages)
+    return LOOM_EINVAL;
+  int rc = 0;
+  if (read_page_without_wait(s, n, buf, &rc) == 0)
+    return rc;
+  return loom_store_read_page(s, n, buf);
 }
 
 int loom_store_image_fd(const loom_store *s) { return s->image_fd; }

@@ -689,7 +689,10 @@ static int rebuild_and_check(const replicate_frame *frame, loom_store *store)
     uint64_t n = get_le64(e + ENTRY_OFF_PAGE);
     bool delta = e[ENTRY_OFF_ENCODING] == REPLICATE_PAGE_XOR;
     if (delta) {
-      int rc = loom_store_read_page(store, n, dec->old_page);
+      /* The version the previous commits left, from the commit log when
+       * not checkpointed yet: an apply does not wait for the last one's
+       * image writes and fsyncs. */
+      int rc = loom_store_read_committed_page(store, n, dec->old_page);
       if (rc != 0) return rc;
       frame_page_xor_into(contents, dec->old_page);
       e[ENTRY_OFF_ENCODING] = REPLICATE_PAGE_WHOLE;

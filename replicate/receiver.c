@@ -980,6 +980,7 @@ static void repair_settle(replicate_receiver *rx, int rc, const loom_position *b
     rx->received = *after;
     rx_pending_clear(rx);
     rx->need_sync = true;
+    rx->need_sync_ns = rx_mono_ns();
     rx_logf(rx, "standby: repaired from the upstream: %llu pages moved, from seq %llu "
             "to seq %llu", (unsigned long long)moved, (unsigned long long)before->seq,
             (unsigned long long)after->seq);

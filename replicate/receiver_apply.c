@@ -75,47 +75,92 @@ void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
           (unsigned long long)pos->checksum);
 }
 
+/* READ-BACK, GATHERED. A read-back reads the image, so it waits for the
+ * store's checkpoint to write the applied pages there; done before every
+ * apply, it made each apply wait for the previous one's image writes and
+ * two fsyncs. The pages of the applies since the last read-back gather
+ * instead (each at most once), and are read back together at the newest
+ * position once the checkpoint has caught up by itself, when the standby
+ * is idle, or when RX_READBACK_MAX_NS have passed since the oldest of them
+ * (or RX_READBACK_MAX_PAGES gathered): computed trails applied by at most
+ * about that long under load. The checksum is the same proof: every page
+ * written since the last read-back is read back and hashed, the others
+ * were at theirs. */
+#define RX_READBACK_MAX_NS (LOOM_NS_PER_S / 20) /* 50 ms */
+#define RX_READBACK_MAX_PAGES 65536u
+
 void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
                        const loom_position *pos)
 {
   uint64_t n = frame->info.page_count;
+  if (!rx->rb_pending) {
+    rx->rb_len = 0;
+    rx->rb_since_ns = rx_mono_ns();
+  }
   rx->rb_pending = false;
-  if (n > rx->rb_cap) {
-    uint64_t *v = realloc(rx->rb_pages, (size_t)n * sizeof *v);
+  if (rx->rb_len + n > rx->rb_cap) {
+    size_t cap = (size_t)(rx->rb_len + n) * 2;
+    uint64_t *v = realloc(rx->rb_pages, cap * sizeof *v);
     if (!v)
       return; /* not read back: computed stays where it was */
     rx->rb_pages = v;
-    rx->rb_cap = (size_t)n;
+    rx->rb_cap = cap;
   }
   for (uint64_t i = 0; i < n; i++) {
     replicate_page p;
     replicate_frame_get_page(frame, i, &p);
-    rx->rb_pages[i] = p.page_number;
+    rx->rb_pages[rx->rb_len + i] = p.page_number;
   }
-  rx->rb_len = (size_t)n;
+  rx->rb_len += (size_t)n;
   rx->rb_pos = *pos;
   rx->rb_pending = true;
 }
 
-void rx_readback_flush(replicate_receiver *rx, rx_readback *out)
+static int page_number_cmp(const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Under store_mu, pending: read back now, or let more applies gather. */
+static bool readback_due(replicate_receiver *rx)
+{
+  if (rx->rb_len >= RX_READBACK_MAX_PAGES ||
+      rx_mono_ns() - rx->rb_since_ns >= RX_READBACK_MAX_NS)
+    return true;
+  loom_log_stats st;
+  loom_store_log_stats(rx->store, &st);
+  return st.queued == 0; /* the checkpoint caught up: no wait */
+}
+
+void rx_readback_flush(replicate_receiver *rx, rx_readback *out, bool now)
 {
   out->done = false;
   out->bad_page = UINT64_MAX;
   if (!rx->rb_pending)
     return;
+  loom_position pos;
+  loom_store_position(rx->store, &pos);
+  if (!loom_position_same(&pos, &rx->rb_pos)) {
+    rx->rb_pending = false; /* a base image or a promotion came between */
+    return;
+  }
+  if (!now && !readback_due(rx))
+    return; /* the next apply's pages join these */
   rx->rb_pending = false;
-  loom_position now;
-  loom_store_position(rx->store, &now);
-  if (!loom_position_same(&now, &rx->rb_pos))
-    return; /* a base image or a promotion came between */
-  int rc = replicate_pages_readback(rx->store, rx->rb_pages, rx->rb_len,
+  qsort(rx->rb_pages, rx->rb_len, sizeof *rx->rb_pages, page_number_cmp);
+  size_t unique = 0;
+  for (size_t i = 0; i < rx->rb_len; i++)
+    if (unique == 0 || rx->rb_pages[i] != rx->rb_pages[unique - 1])
+      rx->rb_pages[unique++] = rx->rb_pages[i];
+  int rc = replicate_pages_readback(rx->store, rx->rb_pages, unique,
                                     &out->checksum, &out->bad_page);
   if (rc) {
     rx_logf(rx, "standby: reading back applied pages: %s", replicate_strerror(rc));
     return;
   }
   out->done = true;
-  out->pos = now;
+  out->pos = pos;
 }
 
 void rx_note_readback(replicate_receiver *rx, const rx_readback *rb)
@@ -226,7 +271,7 @@ static void applier_idle_sync(replicate_receiver *rx)
   rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
   int rc = loom_store_sync(rx->store);
-  rx_readback_flush(rx, &rb);
+  rx_readback_flush(rx, &rb, true);
   pthread_mutex_unlock(&rx->store_mu);
   if (rc)
     rx_logf(rx, "standby: syncing the image: %s", loom_strerror(rc));
@@ -238,6 +283,23 @@ static void applier_idle_sync(replicate_receiver *rx)
   rx_note_readback(rx, &rb);
   rx->applier_busy = false;
   pthread_cond_broadcast(&rx->cond);
+}
+
+/* Under mu, idle with need_sync: sync once no frame came for
+ * RX_IDLE_SYNC_NS (the store's checkpoint thread lets records gather as
+ * long), else shorten *wait_ns to when it will be due. Syncing as soon
+ * as the applier ran out of frames made every frame of a standby that
+ * keeps up pay a checkpoint: the image's writes and two fsyncs. */
+#define RX_IDLE_SYNC_NS (LOOM_NS_PER_S / 50) /* 20 ms */
+
+static bool idle_sync_due(replicate_receiver *rx, int64_t *wait_ns)
+{
+  int64_t left = rx->need_sync_ns + RX_IDLE_SYNC_NS - rx_mono_ns();
+  if (left <= 0)
+    return true;
+  if (*wait_ns <= 0 || left < *wait_ns)
+    *wait_ns = left;
+  return false;
 }
 
 /* Under mu: applied moved to pos (rc 0, or REPLICATE_EDUPLICATE). */
@@ -252,6 +314,7 @@ static void applier_applied(replicate_receiver *rx, int rc,
     rx->apply_commits++;
   }
   rx->need_sync = true;
+  rx->need_sync_ns = rx_mono_ns();
   *since_retain += (unsigned)(pos->seq - applied_before);
   if (*since_retain >= RETAIN_EVERY) {
     *since_retain = 0;
@@ -344,7 +407,7 @@ static bool applier_round(replicate_receiver *rx, replicate_buf *buf,
   int rc = applier_take(rx, next, last, buf, &frame, &merged_through);
   rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
-  rx_readback_flush(rx, &rb); /* the previous apply's pages */
+  rx_readback_flush(rx, &rb, false); /* the previous applies' pages */
   bool taken = rc == 0;
   if (rc == 0)
     rc = replicate_frame_apply(&frame, rx->store);
@@ -401,7 +464,8 @@ void *rx_applier_main(void *arg)
     if (work) {
       if (!applier_round(rx, &buf, &since_retain, limit))
         break;
-    } else if (rx->need_sync && !rx->base_active) {
+    } else if (rx->need_sync && !rx->base_active &&
+               (rx->stopping || idle_sync_due(rx, &wait_ns))) {
       applier_idle_sync(rx);
       since_retain = 0;
     } else if (rx->stopping) {
@@ -433,6 +497,7 @@ static void coalesced_outcome(replicate_receiver *rx,
     rx->received = *pos;
     rx_pending_clear(rx);
     rx->need_sync = true;
+    rx->need_sync_ns = rx_mono_ns();
     if (rc == 0) {
       rx->frames_received++;
       rx->frames_applied++;
@@ -481,7 +546,7 @@ void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
   loom_position pos;
   rx_readback rb;
   pthread_mutex_lock(&rx->store_mu);
-  rx_readback_flush(rx, &rb);
+  rx_readback_flush(rx, &rb, false);
   int rc = replicate_frame_apply(frame, rx->store);
   loom_store_position(rx->store, &pos);
   if (rc == 0)

@@ -117,7 +117,8 @@ struct replicate_receiver {
   int fatal;                    /* storage failed (store or log poisoned):
                                    no more applies; received frames are
                                    kept and a restart recovers */
-  bool need_sync;
+  bool need_sync;               /* an apply since the last idle sync */
+  int64_t need_sync_ns;         /* the newest such apply (rx_mono_ns) */
   int last_apply_error;
   int64_t last_apply_error_at_ns;
   unsigned snapshots_open;
@@ -129,13 +130,15 @@ struct replicate_receiver {
   uint64_t rot_page;            /* UINT64_MAX: no read-back differed */
   uint64_t readback_mismatches;
 
-  /* store_mu: the pages of the last apply, read back before the next
-   * apply or when idle (a read waits for the store's apply of that commit,
-   * which the next commit waits for anyway: applied moves as soon as the
-   * commit is durable, computed one apply later). */
+  /* store_mu: the pages of the applies since the last read-back (READ-
+   * BACK, GATHERED in receiver_apply.c): read back together before an
+   * apply once due, or when idle (a read waits for the store's checkpoint
+   * of those commits: applied moves as soon as a commit is durable,
+   * computed when they are read back). rb_since_ns: the oldest's apply. */
   uint64_t *rb_pages;
   size_t rb_len, rb_cap;
   loom_position rb_pos;
+  int64_t rb_since_ns;
   bool rb_pending;
 };
 
@@ -196,14 +199,14 @@ void rx_apply_coalesced(replicate_receiver *rx, const replicate_frame *frame,
  * back) the store's own checksum stands. */
 void rx_note_computed(replicate_receiver *rx, const loom_position *pos,
                       bool read_back, uint64_t checksum, uint64_t bad_page);
-/* Under store_mu: frame was just applied, at pos; its pages are read back
- * later (rx_readback_flush). */
+/* Under store_mu: frame was just applied, at pos; its pages join those
+ * to read back later (rx_readback_flush). */
 void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
                        const loom_position *pos);
-/* Under store_mu: read back the deferred pages, if any and the store is
- * still at their position (out->done says); then, under mu, give *out to
- * rx_note_readback. */
-void rx_readback_flush(replicate_receiver *rx, rx_readback *out);
+/* Under store_mu: read back the gathered pages, if any, the store is still
+ * at their position and (unless now) they are due (out->done says); then,
+ * under mu, give *out to rx_note_readback. */
+void rx_readback_flush(replicate_receiver *rx, rx_readback *out, bool now);
 void rx_note_readback(replicate_receiver *rx, const rx_readback *rb);
 /* Under mu: storage failed; say it once. */
 void rx_set_fatal(replicate_receiver *rx, int rc);

@@ -849,7 +849,8 @@ void replicate_frame_get_page(const replicate_frame *frame, uint64_t i,
  *      REPLICATE_EPOSITION.
  *   4. the after checksum is recomputed from the store's page hashes and
  *      the frame's page hashes: REPLICATE_EAFTER_CHECKSUM if it differs.
- *   5. each delta page is rebuilt (XORed with loom_store_read_page()) in
+ *   5. each delta page is rebuilt (XORed with the committed version,
+ *      loom_store_read_committed_page(): no wait for the checkpoint) in
  *      place, in the decoder's buffer: its entry then reads WHOLE, and the
  *      frame still describes the same commit (also when a later step
  *      fails). Every page's hash is checked with loom_page_hash():
@@ -868,7 +869,7 @@ int replicate_frame_apply(const replicate_frame *frame, loom_store *store);
 /*
  * replicate_frame_readback: after replicate_frame_apply(frame, store)
  * returned 0, read every page the frame wrote back from the store's image
- * (loom_store_read_page: it waits for the store's apply), hash it, and set
+ * (loom_store_read_page: it waits for the store's checkpoint), hash it, and set
  * *checksum to the whole-image checksum those pages give: the store's
  * position checksum with each page's recorded hash swapped for the hash of
  * what the image now holds. It is the checksum a standby computed itself

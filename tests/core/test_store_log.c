@@ -17,6 +17,7 @@
  *   - ENOSPC on a first-lap header write fails that save cleanly;
  *   - commits and checkpoints ask no file for its times;
  *   - recovery's two threads still end the log at its first bad record;
+ *   - loom_store_read_committed_page reads queued records from the log;
  *   - a forged meta and record size nothing past what the files hold;
  *   - loom_store_open_with: the ring's size follows the opener, records
  *     of another size are replayed; the merge state's memory is counted
@@ -192,6 +193,55 @@ static void test_deferred_fill_and_sync(void **state)
   assert_int_equal(loom_store_close(s), 0);
 }
 
+/* loom_store_read_committed_page without a checkpoint: a page a queued
+ * record lists from the log (the newest such record), one a queued growth
+ * added without listing it as zeros, the others from the image. */
+static void test_read_committed_without_checkpoint(void **state)
+{
+  fixture *fx = *state;
+  loom_store *s;
+  assert_int_equal(loom_store_open(fx->dir, LOOM_CREATE | LOOM_CHECKPOINT_DEFER,
+                                   NULL, &s), 0);
+  assert_int_equal(commit(s, 8, 1, 1), 0); /* a base: 8 pages at v1 */
+  assert_int_equal(loom_store_sync(s), 0);
+  uint8_t *page = malloc(PS), *want = calloc(1, PS);
+  /* pages 0-3 at v2; 0-1 at v3; 0 at v4 and a ninth page, zero */
+  for (unsigned v = 2; v <= 4; v++) {
+    loom_patch_header h = {.page_count = v == 2 ? 4 : v == 3 ? 2 : 1};
+    loom_store_position(s, &h.before);
+    h.after = h.before;
+    h.after.seq++;
+    for (uint64_t n = 0; n < h.page_count; n++)
+      h.after.checksum += filled_hash(n, v) - loom_store_page_hash(s, n);
+    if (v == 4) {
+      h.after.pages = 9;
+      h.after.checksum += loom_page_hash(8, want);
+    }
+    assert_int_equal(commit_filled(s, &h, 0, v), 0);
+  }
+  assert_int_equal(loom_store_read_committed_page(s, 8, page), 0);
+  assert_memory_equal(page, want, PS); /* (want is still zeros) */
+  unsigned expect[8] = {4, 3, 2, 2, 1, 1, 1, 1};
+  for (uint64_t n = 0; n < 8; n++) {
+    assert_int_equal(loom_store_read_committed_page(s, n, page), 0);
+    fill(want, n, expect[n]);
+    assert_memory_equal(page, want, PS);
+  }
+  assert_int_equal(loom_store_read_committed_page(s, 9, page), LOOM_EINVAL);
+  loom_log_stats st;
+  loom_store_log_stats(s, &st);
+  assert_int_equal(st.queued, 3); /* nothing was checkpointed */
+  assert_int_equal(st.checkpoint.seq, 1);
+  assert_int_equal(loom_store_sync(s), 0); /* and the image agrees */
+  for (uint64_t n = 0; n < 9; n++) {
+    assert_int_equal(loom_store_read_page(s, n, page), 0);
+    assert_int_equal(loom_page_hash(n, page), loom_store_page_hash(s, n));
+  }
+  free(page);
+  free(want);
+  assert_int_equal(loom_store_close(s), 0);
+}
+
 /* A child commits n records (version v: 3 + v pages) with checkpoints
  * deferred, in a ring of log_bytes (0: the default), and dies without
  * closing: they wait in the log. */
@@ -363,12 +413,13 @@ static void test_torn_tail_not_resurrected(void **state)
  * does not verify, whichever thread saw which first: with a page of
  * record 20 of 40 torn (940 pages in all: the helper runs), open settles
  * at seq 19, with the pages record 19 left, and the records after 20
- * (which verify) stay out. */
+ * stay out (those that verify, and record 34, torn too). */
 static void test_scan_ends_at_first_bad_record(void **state)
 {
   fixture *fx = *state;
   die_with_records(fx, 40);
   flip_byte(fx, record_at(fx, 19) + 4096 + (off_t)(5 * PS) + 7);
+  flip_byte(fx, record_at(fx, 33) + 4096 + 11); /* a later one too */
   loom_position pos;
   assert_int_equal(loom_inspect(fx->dir, &pos), 0);
   assert_int_equal(pos.seq, 19);
@@ -565,6 +616,14 @@ static void test_record_one_write(void **state)
  * so the inode is dirty again and each record's fdatasync must write it
  * too. The store is linked in statically, so these definitions stand for
  * libc's in every stat it makes; they count the ones that ask for times. */
+/* (Since glibc 2.33 fstat is a function of its own, not a wrapper of
+ * __fxstat; SYS_newfstatat: 64-bit Linux.) */
+#if defined(__GLIBC__) && defined(SYS_newfstatat)
+#if __GLIBC_PREREQ(2, 33)
+#define STATS_COUNTED 1
+#endif
+#endif
+#ifdef STATS_COUNTED
 static int stat_counting, stat_calls, times_asked;
 
 static void stat_seen(int times)
@@ -609,6 +668,13 @@ static void test_commit_asks_no_times(void **state)
   assert_true(stat_calls > 0); /* the store's stats did come here */
   assert_int_equal(times_asked, 0);
 }
+#else
+static void test_commit_asks_no_times(void **state)
+{
+  (void)state;
+  skip(); /* the store's stats cannot be counted from here */
+}
+#endif
 
 /* The checkpoint copies a record's scattered pages with one read of the
  * log (their span in the record), not one read per page: 16 pages 0, 2,
@@ -1209,6 +1275,8 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_deferred_fill_and_sync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_read_committed_without_checkpoint,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_died_with_records, setup, teardown),
       cmocka_unit_test_setup_teardown(test_version_1, setup, teardown),
       cmocka_unit_test_setup_teardown(test_log_lost, setup, teardown),
