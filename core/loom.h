@@ -295,7 +295,8 @@ int loom_store_read_page(loom_store *store, uint64_t n, void *buf);
  * lists it, else from the image. Waits as loom_store_read_page while a
  * rewind is queued. Same errors, and LOOM_EPANIC on a poisoned handle.
  * Not the image's bytes: a read-back of what the image holds uses
- * loom_store_read_page. */
+ * loom_store_read_page. The store's owner only (the thread that commits),
+ * as the other readers. */
 int loom_store_read_committed_page(loom_store *store, uint64_t n, void *buf);
 
 /* The image file's descriptor, for serving it (read only; see
@@ -324,6 +325,9 @@ typedef struct loom_log_stats {
   uint64_t merge_bytes, merge_peak_bytes, recent_bytes;
 } loom_log_stats;
 void loom_store_log_stats(loom_store *store, loom_log_stats *out);
+/* The records committed and not yet checkpointed (loom_log_stats.queued),
+ * without waiting for a checkpoint's image writes as the stats may. */
+uint64_t loom_store_queued(loom_store *store);
 
 /* Make epoch (> the current one) durable as this store's epoch: promotion,
  * or a standby taking the first frame of a promoted primary. seq and

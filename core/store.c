@@ -32,7 +32,9 @@
  *   up to a log's worth; reads at the committed position (read_page,
  *   set_epoch, lineage writes, close) first wait for the checkpoint to
  *   catch up (store_apply_wait; the commit hook's old versions do only
- *   when the arena's RECENT PAGES cannot give them, loom.c), and
+ *   when the arena's RECENT PAGES cannot give them, loom.c, and
+ *   loom_store_read_committed_page reads queued records from the log
+ *   instead: read_page_without_wait), and
  *   snapshots open after it caught up with what was queued when they
  *   were asked for, at its position: a committed one (I1).
  *
@@ -1279,6 +1281,14 @@ int store_apply_start(loom_patch *p)
 }
 
 int loom_store_sync(loom_store *s) { return store_apply_wait(s); }
+
+uint64_t loom_store_queued(loom_store *s)
+{
+  pthread_mutex_lock(&s->apply.mutex);
+  uint64_t queued = s->apply.queued;
+  pthread_mutex_unlock(&s->apply.mutex);
+  return queued;
+}
 
 void loom_store_log_stats(loom_store *s, loom_log_stats *out)
 {
@@ -2553,6 +2563,12 @@ static int read_page_without_wait(loom_store *s, uint64_t n, void *buf, int *rc)
 {
   apply_thread *t = &s->apply;
   pthread_mutex_lock(&t->mutex);
+  if (s->poison) { /* a failed checkpoint dropped the queue under the
+                      mutex, after poisoning: the image may miss it */
+    pthread_mutex_unlock(&t->mutex);
+    *rc = LOOM_EPANIC;
+    return 0;
+  }
   for (size_t r = t->queued; r-- > 0;) {
     const loom_patch *p = t->queue[r];
     const loom_patch_header *h = &p->header;

@@ -97,12 +97,15 @@ void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
     rx->rb_len = 0;
     rx->rb_since_ns = rx_mono_ns();
   }
-  rx->rb_pending = false;
+  rx->rb_pos = *pos;
+  rx->rb_pending = true;
   if (rx->rb_len + n > rx->rb_cap) {
     size_t cap = (size_t)(rx->rb_len + n) * 2;
     uint64_t *v = realloc(rx->rb_pages, cap * sizeof *v);
-    if (!v)
-      return; /* not read back: computed stays where it was */
+    if (!v) {
+      rx->rb_whole = true; /* these pages are not listed: read it all */
+      return;
+    }
     rx->rb_pages = v;
     rx->rb_cap = cap;
   }
@@ -112,8 +115,6 @@ void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
     rx->rb_pages[rx->rb_len + i] = p.page_number;
   }
   rx->rb_len += (size_t)n;
-  rx->rb_pos = *pos;
-  rx->rb_pending = true;
 }
 
 static int page_number_cmp(const void *a, const void *b)
@@ -128,9 +129,7 @@ static bool readback_due(replicate_receiver *rx)
   if (rx->rb_len >= RX_READBACK_MAX_PAGES ||
       rx_mono_ns() - rx->rb_since_ns >= RX_READBACK_MAX_NS)
     return true;
-  loom_log_stats st;
-  loom_store_log_stats(rx->store, &st);
-  return st.queued == 0; /* the checkpoint caught up: no wait */
+  return loom_store_queued(rx->store) == 0; /* caught up: no wait */
 }
 
 void rx_readback_flush(replicate_receiver *rx, rx_readback *out, bool now)
@@ -142,23 +141,30 @@ void rx_readback_flush(replicate_receiver *rx, rx_readback *out, bool now)
   loom_position pos;
   loom_store_position(rx->store, &pos);
   if (!loom_position_same(&pos, &rx->rb_pos)) {
-    rx->rb_pending = false; /* a base image or a promotion came between */
+    rx->rb_pending = false; /* a base image or a rewind came between */
+    rx->rb_whole = false;
     return;
   }
   if (!now && !readback_due(rx))
     return; /* the next apply's pages join these */
-  rx->rb_pending = false;
   qsort(rx->rb_pages, rx->rb_len, sizeof *rx->rb_pages, page_number_cmp);
   size_t unique = 0;
   for (size_t i = 0; i < rx->rb_len; i++)
     if (unique == 0 || rx->rb_pages[i] != rx->rb_pages[unique - 1])
       rx->rb_pages[unique++] = rx->rb_pages[i];
-  int rc = replicate_pages_readback(rx->store, rx->rb_pages, unique,
-                                    &out->checksum, &out->bad_page);
+  rx->rb_len = unique;
+  int rc = rx->rb_whole
+               ? replicate_image_readback(rx->store, &out->checksum, &out->bad_page)
+               : replicate_pages_readback(rx->store, rx->rb_pages, unique,
+                                          &out->checksum, &out->bad_page);
   if (rc) {
+    /* Kept: read back with the next apply's (at a later position each
+     * page is still checked against its hash there). */
     rx_logf(rx, "standby: reading back applied pages: %s", replicate_strerror(rc));
     return;
   }
+  rx->rb_pending = false;
+  rx->rb_whole = false;
   out->done = true;
   out->pos = pos;
 }

@@ -140,6 +140,8 @@ struct replicate_receiver {
   loom_position rb_pos;
   int64_t rb_since_ns;
   bool rb_pending;
+  bool rb_whole;                /* some applied pages went unlisted (no
+                                   memory): read the whole image back */
 };
 
 /* What reading back the last apply's pages gave. */

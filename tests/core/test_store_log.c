@@ -195,7 +195,8 @@ static void test_deferred_fill_and_sync(void **state)
 
 /* loom_store_read_committed_page without a checkpoint: a page a queued
  * record lists from the log (the newest such record), one a queued growth
- * added without listing it as zeros, the others from the image. */
+ * added without listing it as zeros (also after a queued shrink), the
+ * others from the image. */
 static void test_read_committed_without_checkpoint(void **state)
 {
   fixture *fx = *state;
@@ -232,6 +233,37 @@ static void test_read_committed_without_checkpoint(void **state)
   loom_store_log_stats(s, &st);
   assert_int_equal(st.queued, 3); /* nothing was checkpointed */
   assert_int_equal(st.checkpoint.seq, 1);
+  assert_int_equal(loom_store_queued(s), 3);
+  /* A shrink to 6 pages, then a growth to 9 listing page 6 only (its
+   * commit waits for the shrink's checkpoint, core/store.c
+   * reserve_growth): 7 and 8 are zeros again, read while the growth is
+   * queued, whatever the image file holds there. */
+  loom_patch_header h = {.page_count = 0};
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  h.after.pages = 6;
+  for (uint64_t n = 6; n < 9; n++)
+    h.after.checksum -= loom_store_page_hash(s, n);
+  assert_int_equal(commit_filled(s, &h, 0, 5), 0);
+  memset(want, 0, PS);
+  h.page_count = 1;
+  loom_store_position(s, &h.before);
+  h.after = h.before;
+  h.after.seq++;
+  h.after.pages = 9;
+  h.after.checksum += filled_hash(6, 5) + loom_page_hash(7, want) +
+                      loom_page_hash(8, want);
+  assert_int_equal(commit_filled(s, &h, 6, 5), 0);
+  for (uint64_t n = 6; n < 9; n++) {
+    assert_int_equal(loom_store_read_committed_page(s, n, page), 0);
+    if (n == 6)
+      fill(want, n, 5);
+    else
+      memset(want, 0, PS);
+    assert_memory_equal(page, want, PS);
+  }
+  assert_int_equal(loom_store_queued(s), 1); /* the growth */
   assert_int_equal(loom_store_sync(s), 0); /* and the image agrees */
   for (uint64_t n = 0; n < 9; n++) {
     assert_int_equal(loom_store_read_page(s, n, page), 0);
