@@ -1090,6 +1090,19 @@ static void test_sync_concurrent(void **state)
   assert_int_equal(replicate_log_close(log), 0);
 }
 
+/* Wait (10 s at most) until the log's thread has synced every append; its
+ * stats then. */
+static replicate_log_stats wait_synced(replicate_log *log)
+{
+  replicate_log_stats st;
+  int64_t deadline = test_now_ms() + 10000;
+  do {
+    replicate_log_get_stats(log, &st);
+  } while (st.unsynced > 0 && test_now_ms() < deadline && usleep(1000) == 0);
+  assert_int_equal(st.unsynced, 0);
+  return st;
+}
+
 /* LOG SYNC, background: the log's thread syncs what the appends wrote. */
 static void test_background_sync(void **state)
 {
@@ -1104,11 +1117,7 @@ static void test_background_sync(void **state)
       assert_int_equal(replicate_log_retain(log, s - 10), 0);
     }
   }
-  int64_t deadline = test_now_ms() + 10000;
-  do {
-    replicate_log_get_stats(log, &st);
-  } while (st.unsynced > 0 && test_now_ms() < deadline && usleep(1000) == 0);
-  assert_int_equal(st.unsynced, 0);
+  st = wait_synced(log);
   assert_true(st.syncs >= 1 && st.syncs <= 100);
   for (uint64_t s = st.oldest_seq; s <= 100; s++) expect_frame(log, fx, s);
   assert_int_equal(replicate_log_reset(log), 0);
@@ -1136,11 +1145,7 @@ static void test_background_sync_gathers(void **state)
   }
   int64_t took = test_now_ms() - start;
   replicate_log_stats st;
-  int64_t deadline = test_now_ms() + 10000;
-  do {
-    replicate_log_get_stats(log, &st);
-  } while (st.unsynced > 0 && test_now_ms() < deadline && usleep(1000) == 0);
-  assert_int_equal(st.unsynced, 0);
+  st = wait_synced(log);
   print_message("60 appends in %lld ms: %llu fsyncs\n", (long long)took,
                 (unsigned long long)st.syncs);
   assert_true(st.syncs >= 1);

@@ -122,20 +122,26 @@ static int64_t mono_ms(void)
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Wait (10 s at most) until the applier applied seq. */
-static void wait_applied(fixture *fx, uint64_t seq)
+/* Wait (10 s at most) until the status's applied seq (or, with computed,
+ * its computed seq) reaches seq; the status then. */
+static replicate_receiver_status wait_seq(fixture *fx, uint64_t seq, bool computed)
 {
   int64_t deadline = mono_ms() + 10000;
   replicate_receiver_status s;
   for (;;) {
     replicate_receiver_get_status(fx->rx, &s);
-    if (s.applied.seq >= seq || mono_ms() > deadline)
+    uint64_t at = computed ? s.computed.seq : s.applied.seq;
+    if (at >= seq || mono_ms() > deadline)
       break;
     struct timespec ts = {0, 2000000};
     nanosleep(&ts, NULL);
   }
-  assert_int_equal(s.applied.seq, seq);
+  assert_int_equal(computed ? s.computed.seq : s.applied.seq, seq);
+  return s;
 }
+
+/* Wait (10 s at most) until the applier applied seq. */
+static void wait_applied(fixture *fx, uint64_t seq) { wait_seq(fx, seq, false); }
 
 /* Close the receiver and compare its store with the primary's model. */
 static void expect_store_is_model(fixture *fx)
@@ -205,12 +211,7 @@ static void test_readback_gathered(void **state)
                 (unsigned long long)checkpoints);
   assert_int_equal(commits, 100);
   assert_true(checkpoints <= (uint64_t)(took / 10) + 3);
-  int64_t deadline = mono_ms() + 10000;
-  do {
-    replicate_receiver_get_status(fx->rx, &s);
-  } while (s.computed.seq < 100 && mono_ms() < deadline &&
-           nanosleep(&(struct timespec){0, 2000000}, NULL) == 0);
-  assert_int_equal(s.computed.seq, 100);
+  s = wait_seq(fx, 100, true);
   assert_true(s.computed.checksum == fx->m.checksum);
   assert_true(s.rot_page == UINT64_MAX);
   expect_store_is_model(fx);

@@ -10,6 +10,7 @@ usage: scrub.py LOOMSHIP [--seed S]
    flipped in its image while it saves slowly, stops with exit 1 and a
    message naming the page (the scrubber or the encoder met it first)."""
 import os
+import struct
 import sys
 import tempfile
 import urllib.request
@@ -69,15 +70,41 @@ def standby_case(loomship, root, rng, log):
     return problems
 
 
+def value_pages(image, first_key):
+    """The pages of the example's values whose keys are first_key or more,
+    from its slot table (cli/kv.c: page 1 holds slots of {u64 key, u32
+    page, u32 len}; page 0 or 0xffffffff is no value)."""
+    with open(image, "rb") as f:
+        f.seek(PS)
+        table = f.read(PS)
+    pages = []
+    for at in range(0, PS, 16):
+        key, page, _ = struct.unpack_from("<QII", table, at)
+        if page not in (0, 0xFFFFFFFF) and key >= first_key:
+            pages.append(page)
+    return sorted(pages)
+
+
 def primary_case(loomship, root, rng, log):
     pdir = os.path.join(root, "p2")
-    args = ["--dir", pdir, "--keys", "64", "--arena-pages", "256", "--pages", "1"]
-    p, _, _ = systest.start_primary(loomship, args + ["--saves", "70", "--rate", "1000"], log)
+    args = ["--dir", pdir, "--arena-pages", "256", "--pages", "1"]
+    p, _, _ = systest.start_primary(
+        loomship, args + ["--keys", "64", "--saves", "70", "--rate", "1000"], log)
     p.communicate(timeout=60)
-    pages = os.path.getsize(os.path.join(pdir, "image")) // PS
-    victim = rng.randrange(2, pages)
+    image = os.path.join(pdir, "image")
+    pages = os.path.getsize(image) // PS
+    # The victim holds a value the slow saves below never change (they
+    # change keys 0-31 only). A save that rewrote it could hide the rot for
+    # good, and rightly: the page's committed version would then be read
+    # from the commit log, and the checkpoint would overwrite the flipped
+    # bit with it.
+    untouched = value_pages(image, 32)
+    if not untouched:
+        return ["no value page of keys 32-63 in the slot table"]
+    victim = rng.choice(untouched)
     p, purl, _ = systest.start_primary(
-        loomship, args + ["--saves", "0", "--rate", "1", "--scrub-interval", "1"], log)
+        loomship, args + ["--keys", "32", "--saves", "0", "--rate", "1", "--scrub-interval", "1"],
+        log)
     if not purl:
         return ["the primary would not start again"]
     systest.flip_bit(os.path.join(pdir, "image"), victim, rng)
