@@ -27,8 +27,12 @@ it can: the CPU per save is then compared at the same work per second
 the standby applies them in groups, which moves the CPU per save with
 the load), and "kept up" only says whether the pair held R.
 
+With --commit-log-mb M both nodes run with a commit log of M MiB (the
+default is 64): the checkpoint gathers a quarter of it, so on a larger
+ring it writes a page rewritten by many saves once.
+
 Usage: commit_path_bench.py LOOMSHIP [--seconds S] [--repeats N]
-       [--pages 64,1] [--dir DIR] [--rate R]
+       [--pages 64,1] [--dir DIR] [--rate R] [--commit-log-mb M]
 """
 import json
 import os
@@ -97,7 +101,7 @@ def rewrite_rate(path, nbytes, seconds):
         os.unlink(path)
 
 
-def loomship_rate(loomship, work, k, seconds, rate=100000, warmup=2.0):
+def loomship_rate(loomship, work, k, seconds, rate=100000, warmup=2.0, node_args=()):
     """Saves/s the standby applied, the primary's saves/s, and the primary's
     and the standby's CPU ms per save the primary made, in one run."""
     procs = []
@@ -106,14 +110,14 @@ def loomship_rate(loomship, work, k, seconds, rate=100000, warmup=2.0):
         with open(slog, "w") as log:
             procs.append(subprocess.Popen(
                 [loomship, "standby", "--dir", os.path.join(work, "s"),
-                 "--listen", "127.0.0.1:0"], stdout=log, stderr=subprocess.STDOUT))
+                 "--listen", "127.0.0.1:0", *node_args], stdout=log, stderr=subprocess.STDOUT))
         surl = listening_url(slog, procs[0])
         plog = os.path.join(work, "p.log")
         with open(plog, "w") as log:
             procs.append(subprocess.Popen(
                 [loomship, "primary", "--dir", os.path.join(work, "p"),
                  "--rate", str(rate), "--pages", str(k),
-                 "--listen", "127.0.0.1:0", "--standby", surl],
+                 "--listen", "127.0.0.1:0", "--standby", surl, *node_args],
                 stdout=log, stderr=subprocess.STDOUT))
         purl = listening_url(plog, procs[1])
         time.sleep(warmup)  # the measured stretch starts after the warm-up
@@ -140,7 +144,7 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     loomship = os.path.abspath(sys.argv[1])
-    seconds, repeats, ks, root, rate = 5.0, 3, [64, 1], None, 100000
+    seconds, repeats, ks, root, rate, node_args = 5.0, 3, [64, 1], None, 100000, []
     argv = sys.argv[2:]
     while argv:
         if argv[0] == "--seconds":
@@ -153,6 +157,8 @@ def main():
             root = argv[1]
         elif argv[0] == "--rate":
             rate = int(argv[1])
+        elif argv[0] == "--commit-log-mb":
+            node_args = ["--commit-log-mb", str(int(argv[1]))]
         else:
             print(__doc__, file=sys.stderr)
             return 2
@@ -165,7 +171,8 @@ def main():
             work = tempfile.mkdtemp(prefix="loomship-commit-", dir=root)
             try:
                 limit.append(loop_rate(work, k, seconds))
-                a, p, cp, cs = loomship_rate(loomship, work, k, seconds, rate)
+                a, p, cp, cs = loomship_rate(loomship, work, k, seconds, rate,
+                                             node_args=node_args)
                 kept.append(a)
                 made.append(p)
                 cpu_p.append(cp)
