@@ -383,6 +383,13 @@ typedef struct http_server_options {
   void (*on_received)(void *ctx, const void *frame, size_t len);
   void (*archive)(void *ctx, replicate_archive_status *out);
   void *received_ctx;
+  /* A standby's received and applied positions each time either moves
+   * (receiver.h, replicate_receiver_options.on_position: under the
+   * receiver's lock, not to call back nor wait), with position_ctx: lag
+   * figures without polling the status. [NULL: none] */
+  void (*on_position)(void *ctx, const loom_position *received,
+                      const loom_position *applied);
+  void *position_ctx;
 
   http_log_fn log;                  /* optional diagnostics */
   void *log_ctx;

@@ -278,6 +278,8 @@ int http_standby_open(const http_server_options *opt, const http_logger *logger,
       .bad_pages_ctx = ctx,
       .on_received = opt->on_received,
       .received_ctx = opt->received_ctx,
+      .on_position = opt->on_position,
+      .position_ctx = opt->position_ctx,
   };
   return replicate_receiver_open(&ro, out);
 }

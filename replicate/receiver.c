@@ -138,6 +138,12 @@ void rx_outcome(replicate_receiver *rx, replicate_recv_result result, int code,
   out->single_frames = rx->delay_ns != 0 || rx->on_received != NULL;
 }
 
+void rx_positions_moved(replicate_receiver *rx)
+{
+  if (rx->on_position)
+    rx->on_position(rx->position_ctx, &rx->received, &rx->applied);
+}
+
 void rx_log_reset(replicate_receiver *rx)
 {
   int rc = replicate_log_reset(rx->log);
@@ -417,6 +423,8 @@ static int receiver_configure(replicate_receiver *rx,
   rx->bad_pages_ctx = opt->bad_pages_ctx;
   rx->on_received = opt->on_received;
   rx->received_ctx = opt->received_ctx;
+  rx->on_position = opt->on_position;
+  rx->position_ctx = opt->position_ctx;
   rx->now_ns = opt->now_ns ? opt->now_ns : realtime_ns;
   rx->io = opt->io;
   rx->commit_log_bytes = opt->commit_log_bytes;
@@ -497,6 +505,9 @@ int replicate_receiver_open(const replicate_receiver_options *opt,
     rx->primary_epoch = rx->received.epoch;
     rx->primary_seq = rx->received.seq;
     rx->primary_commit_ns = rx->received.commit_time_ns;
+    pthread_mutex_lock(&rx->mu);
+    rx_positions_moved(rx);
+    pthread_mutex_unlock(&rx->mu);
     rc = pthread_create(&rx->applier, NULL, rx_applier_main, rx);
     rx->applier_started = rc == 0;
   }
@@ -707,6 +718,7 @@ static void frame_appended(replicate_receiver *rx,
             (unsigned long long)info->after.seq);
   }
   rx->received = position_of(info);
+  rx_positions_moved(rx);
   rx->frames_received++;
   rx->bytes_received += len;
   pthread_cond_broadcast(&rx->cond);
@@ -848,6 +860,7 @@ static void promote_settle_delay(replicate_receiver *rx, bool force)
             (unsigned long long)rx->received.seq);
     rx->delay_discarded += n;
     rx->received = rx->applied; /* the receive log is reset with the new epoch */
+    rx_positions_moved(rx);
     rx_pending_clear(rx);
   }
   rx->holding = false;
@@ -889,6 +902,7 @@ static void promote_now(replicate_receiver *rx, bool force,
   rx->lineage = lineage;
   rx->applied = pos;
   rx->received = pos;
+  rx_positions_moved(rx);
   rx_note_computed(rx, &pos, false, 0, UINT64_MAX);
   rx_pending_clear(rx);
   rx_logf(rx, "standby: promoted to primary at epoch %llu, seq %llu",
@@ -978,6 +992,7 @@ static void repair_settle(replicate_receiver *rx, int rc, const loom_position *b
   if (!loom_position_same_epoch(before, after)) {
     rx->applied = *after;
     rx->received = *after;
+    rx_positions_moved(rx);
     rx_pending_clear(rx);
     rx->need_sync = true;
     rx->need_sync_ns = rx_mono_ns();

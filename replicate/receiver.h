@@ -136,6 +136,16 @@ typedef struct replicate_receiver_options {
    * replicate_receiver_log. */
   void (*on_received)(void *ctx, const void *frame, size_t len);
   void *received_ctx;
+  /* Told each time received or applied moves (optional), with both
+   * positions after the move: a frame made durable, an apply, a base
+   * image, a rollback, a promotion, and once at open. Called under the
+   * receiver's state lock on the thread that moved them: it must not call
+   * back into the receiver nor wait, and must not keep the pointers. For
+   * an embedder's own lag figures without polling the status
+   * (bench/lag_bench.c). */
+  void (*on_position)(void *ctx, const loom_position *received,
+                      const loom_position *applied);
+  void *position_ctx;
   uint64_t log_segment_bytes;       /* the receive log's segments
                                        (replicate_log_options.segment_bytes:
                                        retention drops whole ones; tests

@@ -193,6 +193,7 @@ void rx_rollback(replicate_receiver *rx)
           (unsigned long long)rx->received.seq,
           (unsigned long long)rx->applied.seq);
   rx->received = rx->applied;
+  rx_positions_moved(rx);
   rx_pending_clear(rx);
   rx->apply_failed = false;
   pthread_cond_broadcast(&rx->cond);
@@ -314,6 +315,7 @@ static void applier_applied(replicate_receiver *rx, int rc,
                             unsigned *since_retain)
 {
   rx->applied = *pos;
+  rx_positions_moved(rx);
   rx_pending_pop_through(rx, pos->seq);
   if (rc == 0 && pos->seq > applied_before) {
     rx->frames_applied += pos->seq - applied_before;
@@ -501,6 +503,7 @@ static void coalesced_outcome(replicate_receiver *rx,
   if (rc == 0 || rc == REPLICATE_EDUPLICATE) {
     rx->applied = *pos;
     rx->received = *pos;
+    rx_positions_moved(rx);
     rx_pending_clear(rx);
     rx->need_sync = true;
     rx->need_sync_ns = rx_mono_ns();

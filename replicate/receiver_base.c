@@ -233,6 +233,7 @@ static void base_committed(replicate_receiver *rx, const loom_position *pos,
 {
   rx->applied = *pos;
   rx->received = *pos;
+  rx_positions_moved(rx);
   rx->rot_page = UINT64_MAX; /* every page was written anew */
   if (rb->done)
     rx_note_readback(rx, rb);

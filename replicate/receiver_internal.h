@@ -49,6 +49,9 @@ struct replicate_receiver {
   void *bad_pages_ctx;
   void (*on_received)(void *ctx, const void *frame, size_t len);
   void *received_ctx;
+  void (*on_position)(void *ctx, const loom_position *received,
+                      const loom_position *applied);
+  void *position_ctx;
   int64_t (*now_ns)(void);
   const struct loom_io *io;
   uint64_t commit_log_bytes;    /* the store's ring (0: the default) */
@@ -177,6 +180,8 @@ void rx_pending_clear(replicate_receiver *rx);
 uint64_t rx_apply_limit(replicate_receiver *rx, int64_t *wait_ns);
 /* Under recv_mu, reset the receive log, saying so if that fails. */
 void rx_log_reset(replicate_receiver *rx);
+/* Under mu, after received or applied moved: tell on_position. */
+void rx_positions_moved(replicate_receiver *rx);
 
 /* receiver_base.c */
 /* Under mu: a rewind (base image or replicate_receiver_rewind_from)

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -27,12 +28,32 @@ typedef struct fixture {
   model m;                      /* the primary */
   loom_history history;         /* the primary's */
   test_rng rng;
+  /* What on_position told (positions_seen) */
+  _Atomic uint64_t told, told_received, told_applied, told_backwards;
 } fixture;
+
+/* on_position (receiver.h): the last positions, and whether applied ever
+ * passed received or a seq went back without a rollback to applied. */
+static void positions_seen(void *ctx, const loom_position *received,
+                           const loom_position *applied)
+{
+  fixture *fx = ctx;
+  if (applied->seq > received->seq ||
+      (received->seq < atomic_load(&fx->told_received) &&
+       received->seq != applied->seq) ||
+      applied->seq < atomic_load(&fx->told_applied))
+    atomic_fetch_add(&fx->told_backwards, 1);
+  atomic_store(&fx->told_received, received->seq);
+  atomic_store(&fx->told_applied, applied->seq);
+  atomic_fetch_add(&fx->told, 1);
+}
 
 static int open_receiver(fixture *fx, uint64_t promote_max_lag)
 {
   replicate_receiver_options o = {.dir = fx->standby_dir,
-                                  .promote_max_lag = promote_max_lag};
+                                  .promote_max_lag = promote_max_lag,
+                                  .on_position = positions_seen,
+                                  .position_ctx = fx};
   return replicate_receiver_open(&o, &fx->rx);
 }
 
@@ -215,6 +236,32 @@ static void test_readback_gathered(void **state)
   assert_true(s.computed.checksum == fx->m.checksum);
   assert_true(s.rot_page == UINT64_MAX);
   expect_store_is_model(fx);
+}
+
+/* on_position: told once at open, then as each frame is received and
+ * applied; received and applied as the status has them, never backwards. */
+static void test_position_observer(void **state)
+{
+  fixture *fx = *state;
+  assert_true(atomic_load(&fx->told) >= 1); /* at open */
+  assert_int_equal(atomic_load(&fx->told_received), 0);
+  for (uint64_t i = 1; i <= 10; i++)
+    send_next(fx);
+  replicate_receiver_status s = wait_seq(fx, 10, false);
+  assert_int_equal(atomic_load(&fx->told_received), s.received.seq);
+  assert_int_equal(atomic_load(&fx->told_applied), 10);
+  /* One call per received frame at least, and the applies' besides. */
+  assert_true(atomic_load(&fx->told) >= 1 + 10 + 1);
+  assert_int_equal(atomic_load(&fx->told_backwards), 0);
+  /* Reopened: told again at open, at the recovered position. */
+  assert_int_equal(replicate_receiver_close(fx->rx), 0);
+  atomic_store(&fx->told, 0);
+  atomic_store(&fx->told_received, 0);
+  atomic_store(&fx->told_applied, 0);
+  assert_int_equal(open_receiver(fx, 10), 0);
+  assert_int_equal(atomic_load(&fx->told), 1);
+  assert_int_equal(atomic_load(&fx->told_received), 10);
+  assert_int_equal(atomic_load(&fx->told_applied), 10);
 }
 
 static void test_malformed(void **state)
@@ -862,6 +909,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_in_order, setup, teardown),
       cmocka_unit_test_setup_teardown(test_readback_gathered, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_position_observer, setup, teardown),
       cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_gap, setup, teardown),
       cmocka_unit_test_setup_teardown(test_duplicate_and_heartbeat, setup,
