@@ -163,8 +163,11 @@ def main():
             print(__doc__, file=sys.stderr)
             return 2
         argv = argv[2:]
+    ring = node_args[1] if node_args else ""
     print(f"# commit path: saves/s one standby keeps up with, against a pwrite+fdatasync "
-          f"loop of the same bytes; {seconds:g} s per run, {repeats} runs, alternating")
+          f"loop of the same bytes; {seconds:g} s per run, {repeats} runs, alternating; "
+          f"commit log {ring or 'default'}{' MiB' if ring else ''}")
+    suffix = f"_log{ring}mb" if ring else ""
     for k in ks:
         kept, made, limit, cpu_p, cpu_s = [], [], [], [], []
         for r in range(repeats):
@@ -185,10 +188,10 @@ def main():
         m, ml = statistics.median(kept), statistics.median(limit)
         print(f"# K={k}: kept up {m:.1f} saves/s (primary {statistics.median(made):.1f}); "
               f"loop {ml:.1f}/s; ratio {m / ml:.2f}x")
-        print(f"RESULT commit_path_kept_up_k{k} {m:.6g} {min(kept):.6g} {max(kept):.6g} "
+        print(f"RESULT commit_path_kept_up_k{k}{suffix} {m:.6g} {min(kept):.6g} {max(kept):.6g} "
               f"saves/s pwrite+fdatasync={ml:.6g} {m / ml:.4f}")
         for who, v in (("primary", cpu_p), ("standby", cpu_s)):
-            print(f"RESULT commit_path_cpu_{who}_k{k} {statistics.median(v):.4g} "
+            print(f"RESULT commit_path_cpu_{who}_k{k}{suffix} {statistics.median(v):.4g} "
                   f"{min(v):.4g} {max(v):.4g} ms/save")
     return 0
 

@@ -5,14 +5,15 @@ A log that takes a frame every 10 ms (a standby at 100 frames a second)
 does not get the fdatasync of a loop that appends back to back: a write
 changes the file's mtime only when the kernel's coarse clock has ticked
 since the last one, and on some file systems (ext4 without a journal)
-the fdatasync after such a change also writes the inode's block. This
-appends BYTES (6,000) at a time to a file in DIR, fdatasync after each,
-COUNT (200) times for each gap, in three kinds of file: one that grows
-("grow"), one preallocated with fallocate KEEP_SIZE ("keep"), and one
-whose blocks were written first ("written"); it prints the median
-fdatasync time and, when DIR's block device has a /sys/block/DEV/stat,
-the device's completed writes per append (other writers on the same
-device count too: run it on a quiet machine). docs/BENCHMARKS.md section
+the fdatasync after such a change also writes the inode's block, and after an idle gap the same device writes can
+take longer. This appends BYTES (6,000) at a time to a file in DIR,
+fdatasync after each, COUNT (200) times for each gap, in three kinds of
+file: one that grows ("grow"), one preallocated with fallocate KEEP_SIZE
+("keep"), and one whose blocks were written first ("written"); it prints
+the median time of each append's pwrite + fdatasync and, when DIR's
+block device has a /sys/block/DEV/stat, the device's completed writes
+per append (other writers on the same device count too: run it on a
+quiet machine). docs/BENCHMARKS.md section
 9, "Commit to received at the frames' pace".
 
 Usage: fsync_pace_bench.py DIR [--bytes N] [--count N] [--gaps 0,0.001,0.004,0.01]
@@ -21,6 +22,7 @@ import ctypes
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 FALLOC_FL_KEEP_SIZE = 1
@@ -49,8 +51,7 @@ def device_writes(stat_path):
 
 
 def run(directory, kind, gap, size, count, stat_path):
-    path = os.path.join(directory, "fsync-pace.dat")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, path = tempfile.mkstemp(prefix="fsync-pace-", dir=directory)
     try:
         span = size * count + (1 << 20)
         if kind == "keep":
@@ -70,7 +71,7 @@ def run(directory, kind, gap, size, count, stat_path):
             os.pwrite(fd, buf, i * size)
             os.fdatasync(fd)
             times.append((time.perf_counter() - t0) * 1e3)
-        writes = (device_writes(stat_path) - w0) / count
+        writes = (device_writes(stat_path) - w0) / count if stat_path else None
         return statistics.median(times), writes
     finally:
         os.close(fd)
@@ -101,9 +102,10 @@ def main():
         cells = []
         for kind in ("grow", "keep", "written"):
             ms, writes = run(directory, kind, gap, size, count, stat_path)
-            cells.append("%s %.3f ms, %.2f writes" % (kind, ms, writes))
-            print("RESULT fsync_pace_%s_gap%gms %.4g ms device_writes_per_append=%.3g"
-                  % (kind, gap * 1e3, ms, writes))
+            w = "n/a" if writes is None else "%.3g" % writes
+            cells.append("%s %.3f ms, %s writes" % (kind, ms, w))
+            print("RESULT fsync_pace_%s_gap%gms %.4g ms device_writes_per_append=%s"
+                  % (kind, gap * 1e3, ms, w))
         print("# gap %g ms: %s" % (gap * 1e3, "; ".join(cells)), flush=True)
     return 0
 

@@ -12,9 +12,11 @@
  * shipped during the measurement.
  *
  * Timestamps: the commit hook records the local commit point of each seq;
- * a poller thread reads every standby's receiver status (receiver.h) every
- * 20 us and records when each seq became received (durable in the
- * standby's receive log) and applied (in its image: visible). The
+ * each standby's on_position (receiver.h, through http_server_options)
+ * records when each seq became received (durable in the standby's receive
+ * log) and applied (in its image: visible), as it happens. (Before, a
+ * thread polled the status every 20 us: 0.3-0.4 of this machine's two
+ * cores, and up to its period late.) The
  * reference is the local save latency (loom_save, LOOM_APPLY_ASYNC as in
  * `loomship primary`) measured in the same run.
  *
@@ -53,7 +55,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -62,7 +63,6 @@
 #include <curl/curl.h>
 
 #include "loom.h"
-#include "receiver.h"
 #include "replicate.h"
 #include "server.h"
 
@@ -117,7 +117,7 @@ typedef struct bench {
   double *t_appl[MAX_STANDBYS];
   _Atomic uint64_t seen_recv[MAX_STANDBYS], seen_appl[MAX_STANDBYS];
   pthread_mutex_t srv_lock;            /* standby[] replaced in catchup */
-  atomic_int stop_poll;
+  int index[MAX_STANDBYS];             /* on_standby_position's ctx */
   uint64_t rng;
   replicate_encoder *record_enc;       /* absorb: frames made in on_commit */
   replicate_buf *recorded;
@@ -157,40 +157,24 @@ static void watermarks(void *ctx, uint64_t *low, uint64_t *high)
   *high = B.arena_pages;
 }
 
-static void *poller(void *arg)
+/* on_position (receiver.h) of standby *ctx, under its receiver's lock:
+ * when each seq became received and applied. Calls for one standby never
+ * overlap (that lock); a restarted standby starts where it was. */
+static void on_standby_position(void *ctx, const loom_position *received,
+                                const loom_position *applied)
 {
-  (void)arg;
-  /* nanosleep(20 us) sleeps about 100 us here with the default 50 us
-   * timer slack, about 50 us with none: the poller's own lag is half its
-   * period, and it counts against received and applied. */
-  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-  while (!atomic_load(&B.stop_poll)) {
-    pthread_mutex_lock(&B.srv_lock);
-    for (int s = 0; s < B.standbys; s++) {
-      if (!B.standby[s])
-        continue;
-      /* The receiver's own status: http_server_get_status collects and
-       * formats every figure of /v1/status, which took a fifth of this
-       * machine's CPU samples at this pace, beside what it measures. */
-      replicate_receiver_status st;
-      replicate_receiver_get_status(http_server_receiver(B.standby[s]), &st);
-      double t = now_s();
-      uint64_t r = atomic_load(&B.seen_recv[s]);
-      for (uint64_t q = r + 1; q <= st.received.seq; q++)
-        B.t_recv[s][q % RING] = t;
-      if (st.received.seq > r)
-        atomic_store(&B.seen_recv[s], st.received.seq);
-      uint64_t a = atomic_load(&B.seen_appl[s]);
-      for (uint64_t q = a + 1; q <= st.applied.seq; q++)
-        B.t_appl[s][q % RING] = t;
-      if (st.applied.seq > a)
-        atomic_store(&B.seen_appl[s], st.applied.seq);
-    }
-    pthread_mutex_unlock(&B.srv_lock);
-    struct timespec ts = {0, 20000};
-    nanosleep(&ts, NULL);
-  }
-  return NULL;
+  int s = *(const int *)ctx;
+  double t = now_s();
+  uint64_t r = atomic_load(&B.seen_recv[s]);
+  for (uint64_t q = r + 1; q <= received->seq; q++)
+    B.t_recv[s][q % RING] = t;
+  if (received->seq > r)
+    atomic_store(&B.seen_recv[s], received->seq);
+  uint64_t a = atomic_load(&B.seen_appl[s]);
+  for (uint64_t q = a + 1; q <= applied->seq; q++)
+    B.t_appl[s][q % RING] = t;
+  if (applied->seq > a)
+    atomic_store(&B.seen_appl[s], applied->seq);
 }
 
 static uint64_t seq_now(void)
@@ -202,8 +186,11 @@ static uint64_t seq_now(void)
 
 static void start_standby(int s, uint16_t port)
 {
+  B.index[s] = s;
   http_server_options o = {.role = HTTP_ROLE_STANDBY, .dir = B.sdir[s],
-                           .listen_host = "127.0.0.1", .listen_port = port};
+                           .listen_host = "127.0.0.1", .listen_port = port,
+                           .on_position = on_standby_position,
+                           .position_ctx = &B.index[s]};
   http_server *srv;
   int rc = http_server_start(&o, &srv);
   if (rc)
@@ -315,9 +302,79 @@ typedef struct phase {
   uint64_t behind_end;  /* frames not received at the end of the phase */
   double wire_per_save, raw_per_save;
   uint64_t saves;
+  double probe_p50;     /* the in-run fdatasync probe's p50, ms */
 } phase;
 
-static phase run_phase(uint64_t k, double rate, double seconds)
+/* THE IN-RUN LIMIT (issue 14): while a lag phase runs, this thread
+ * appends records of a frame's size to a file of its own in the first
+ * standby's directory (growing, as the receive log does), pwrite +
+ * fdatasync each, halfway between two saves: one fdatasync of a frame's
+ * bytes on the same disk, at the same pace and under the same load as the
+ * receive log's, in the same run. Back to back after the run (the first
+ * form) the same append is cheaper: an fdatasync after an idle gap costs
+ * about twice one right after another here (bench/fsync_pace_bench.py).
+ * The probe's own fdatasyncs load the disk the measured path uses, which
+ * can only make the run slower. */
+typedef struct fsync_probe {
+  pthread_t thread;
+  double t0, rate, t_end;
+  size_t bytes;
+  double *ms;           /* each append's pwrite + fdatasync */
+  size_t n, cap;
+  int fd;
+} fsync_probe;
+
+static void *fsync_probe_main(void *arg)
+{
+  fsync_probe *p = arg;
+  void *buf = calloc(1, p->bytes);
+  off_t at = 0;
+  for (size_t i = 0; buf && p->n < p->cap; i++) {
+    double slot = p->t0 + ((double)i + 0.5) / p->rate;
+    if (slot >= p->t_end)
+      break;
+    if (slot < now_s())
+      continue; /* behind: this slot is gone */
+    sleep_until(slot);
+    double t = now_s();
+    if (pwrite(p->fd, buf, p->bytes, at) != (ssize_t)p->bytes || fdatasync(p->fd) != 0)
+      die("the in-run fdatasync probe", errno);
+    p->ms[p->n++] = (now_s() - t) * 1e3;
+    at += (off_t)p->bytes;
+  }
+  free(buf);
+  return NULL;
+}
+
+/* Size of the frames the probe writes: the last phase's wire bytes per
+ * save (6,000 before the first). */
+static size_t probe_bytes = 6000;
+
+static int fsync_probe_start(fsync_probe *p, double t0, double rate, double seconds)
+{
+  char path[700];
+  snprintf(path, sizeof path, "%s/fdatasync-probe", B.sdir[0]);
+  *p = (fsync_probe){.t0 = t0, .rate = rate, .t_end = t0 + seconds,
+                     .bytes = probe_bytes, .cap = (size_t)(rate * seconds) + 16};
+  p->fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  p->ms = calloc(p->cap, sizeof *p->ms);
+  if (p->fd < 0 || !p->ms)
+    die("the in-run fdatasync probe", errno);
+  unlink(path); /* the descriptor keeps it while the phase runs */
+  return pthread_create(&p->thread, NULL, fsync_probe_main, p);
+}
+
+/* The probe's p50 in ms (0 when it made none). */
+static double fsync_probe_stop(fsync_probe *p)
+{
+  pthread_join(p->thread, NULL);
+  double p50 = p->n ? percentile(p->ms, p->n, 0.5) : 0;
+  close(p->fd);
+  free(p->ms);
+  return p50;
+}
+
+static phase run_phase(uint64_t k, double rate, double seconds, bool probe)
 {
   phase ph = {0};
   size_t cap = (size_t)(rate * seconds) + 16;
@@ -327,6 +384,9 @@ static phase run_phase(uint64_t k, double rate, double seconds)
   wire_totals(&w0, &r0, &f0);
   uint64_t first = seq_now() + 1;
   double t0 = now_s(), t_end = t0 + seconds;
+  fsync_probe fp;
+  if (probe && fsync_probe_start(&fp, t0, rate, seconds))
+    die("the in-run fdatasync probe", errno);
   size_t n = 0;
   for (size_t i = 0; n < cap; i++) {
     double at = t0 + (double)i / rate;
@@ -336,6 +396,8 @@ static phase run_phase(uint64_t k, double rate, double seconds)
     lat[n++] = save(k);
   }
   double elapsed = now_s() - t0;
+  if (probe)
+    ph.probe_p50 = fsync_probe_stop(&fp);
   uint64_t last = seq_now();
   ph.saves = n;
   ph.rate_done = (double)n / elapsed;
@@ -387,30 +449,17 @@ static double cpu_seconds(void)
          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
-/* The limit of commit to received (issue 14): one pwrite + fdatasync of
- * bytes appended to a file in dir (as a receive log appends a frame),
- * median of 31, in ms, with gap_s seconds between them. Back to back
- * (gap 0) they are cheaper than the same appends at a frame rate's pace:
- * a write changes the file's mtime only when the kernel's coarse clock has
- * ticked since the last one (every 4 ms here), and on ext4 without a
- * journal (this machine's root) an fdatasync after such a change also
- * writes the inode's block synchronously: 3 device writes per append
- * instead of 2, and 0.35-0.45 ms instead of 0.12-0.17 ms with 10 ms
- * between appends (docs/BENCHMARKS.md section 9). A receive log taking 10
- * or 100 frames a second pays that on every frame. */
-static double frame_fdatasync_ms(const char *dir, size_t bytes, double gap_s)
+/* The limit of commit to received (issue 14), as first measured: one
+ * pwrite + fdatasync of bytes appended to a file in dir (as a receive log
+ * appends a frame), median of 31 back to back, in ms, after the run. */
+static double frame_fdatasync_ms(const char *dir, size_t bytes)
 {
-  enum { SAMPLES = 31 };
   char path[700];
   snprintf(path, sizeof path, "%s/fdatasync-limit", dir);
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
   void *buf = calloc(1, bytes ? bytes : 1);
-  double v[SAMPLES];
-  for (int i = 0; fd >= 0 && buf && i < SAMPLES; i++) {
-    if (gap_s > 0) {
-      struct timespec gap = {(time_t)gap_s, (long)((gap_s - (double)(time_t)gap_s) * 1e9)};
-      nanosleep(&gap, NULL);
-    }
+  double v[31];
+  for (int i = 0; fd >= 0 && buf && i < 31; i++) {
     double t0 = now_s();
     if (pwrite(fd, buf, bytes, (off_t)(i * bytes)) < 0 || fdatasync(fd) != 0)
       die("the fdatasync limit", errno);
@@ -421,7 +470,7 @@ static double frame_fdatasync_ms(const char *dir, size_t bytes, double gap_s)
   close(fd);
   unlink(path);
   free(buf);
-  return summarize(v, SAMPLES).median;
+  return summarize(v, 31).median;
 }
 
 static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds, int repeats,
@@ -430,10 +479,10 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
   char tag[96];
   for (int r = 0; r < nrates; r++) {
     double s50[MAXREP], s99[MAXREP], h50[MAXREP], r50[MAXREP], r99[MAXREP], a50[MAXREP], a99[MAXREP],
-        wire[MAXREP], raw[MAXREP], done[MAXREP];
+        wire[MAXREP], raw[MAXREP], done[MAXREP], probe[MAXREP];
     double c0 = cpu_seconds(), w0 = now_s();
     for (int i = 0; i < repeats; i++) {
-      phase ph = run_phase(k, rates[r], seconds);
+      phase ph = run_phase(k, rates[r], seconds, true);
       printf("# K=%llu rate=%g sync=%u standbys=%d rep %d: %.1f saves/s, save p50 %.3f ms "
              "p99 %.3f ms (in the shipper hook p50 %.3f ms); received p50 %.3f p99 %.3f ms; applied p50 %.3f p99 %.3f ms; "
              "%.0f wire B/save (%.0f raw); %llu frames behind at end\n",
@@ -445,6 +494,9 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
       r50[i] = ph.recv_p50 * 1e3, r99[i] = ph.recv_p99 * 1e3;
       a50[i] = ph.appl_p50 * 1e3, a99[i] = ph.appl_p99 * 1e3;
       wire[i] = ph.wire_per_save, raw[i] = ph.raw_per_save, done[i] = ph.rate_done;
+      probe[i] = ph.probe_p50;
+      if (ph.wire_per_save >= 1)
+        probe_bytes = (size_t)ph.wire_per_save; /* the next phase's probe */
     }
     double cpu = (cpu_seconds() - c0) / (now_s() - w0);
     stat3 ref = summarize(s50, repeats);
@@ -472,16 +524,18 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
     result(name, summarize(done, repeats), "saves/s", rates[r], "target_rate");
     /* Issue 14: commit to received against the shipper's hook (encode and
      * log append) plus one fdatasync of the frame's bytes, this run. */
-    /* Against the same fdatasync back to back (the figure's first form),
-     * and at this run's pace (see frame_fdatasync_ms). */
+    /* Against the same fdatasync back to back after the run (the
+     * figure's first form), and in the run (THE IN-RUN LIMIT). */
     double hook = summarize(h50, repeats).median;
-    size_t frame_bytes = (size_t)summarize(wire, repeats).median;
-    double limit = hook + frame_fdatasync_ms(B.sdir[0], frame_bytes, 0);
+    double limit = hook + frame_fdatasync_ms(B.sdir[0], (size_t)summarize(wire, repeats).median);
     snprintf(name, sizeof name, "received_p50_vs_limit_%s", tag);
     result(name, summarize(r50, repeats), "ms", limit, "hook_p50+fdatasync(frame)");
-    double paced = hook + frame_fdatasync_ms(B.sdir[0], frame_bytes, 1.0 / rates[r]);
-    snprintf(name, sizeof name, "received_p50_vs_paced_limit_%s", tag);
-    result(name, summarize(r50, repeats), "ms", paced, "hook_p50+fdatasync(frame,paced)");
+    stat3 in_run = summarize(probe, repeats);
+    snprintf(name, sizeof name, "fdatasync_in_run_p50_%s", tag);
+    result(name, in_run, "ms", 0, "-");
+    snprintf(name, sizeof name, "received_p50_vs_in_run_limit_%s", tag);
+    result(name, summarize(r50, repeats), "ms", hook + in_run.median,
+           "hook_p50+fdatasync(frame,in_run)");
     printf("RESULT process_cpu_%s %.3g %.3g %.3g cores -=0 0\n", tag, cpu, cpu, cpu);
   }
 }
@@ -490,7 +544,7 @@ static void mode_maxrate(uint64_t k, double seconds)
 {
   double best = 0;
   for (double rate = 100; rate <= 12800; rate *= 2) {
-    phase ph = run_phase(k, rate, seconds);
+    phase ph = run_phase(k, rate, seconds, false);
     int primary_ok = ph.rate_done >= 0.95 * rate;
     int kept = ph.behind_end <= (uint64_t)(0.1 * rate) + 2 && ph.recv_p99 < 0.25;
     printf("# maxrate K=%llu target %g: primary did %.1f saves/s (save p50 %.3f ms), received "
@@ -856,8 +910,6 @@ int main(int argc, char **argv)
   mkdir(base, 0755);
   loom_store *store = open_primary(pdir);
   start_replication(store, base, pdir, &a);
-  pthread_t pt;
-  pthread_create(&pt, NULL, poller, NULL);
   /* Warm up: a few saves, every standby streaming. */
   for (int i = 0; i < 20; i++)
     save(a.k < 64 ? a.k : 64);
@@ -875,8 +927,6 @@ int main(int argc, char **argv)
     replicate_shipper_drain(B.shipper, 10);
     replicate_shipper_stop(B.shipper);
   }
-  atomic_store(&B.stop_poll, 1);
-  pthread_join(pt, NULL);
   for (int s = 0; s < B.standbys; s++)
     if (B.standby[s])
       stop_standby(s);

@@ -7,8 +7,9 @@ usage: scrub.py LOOMSHIP [--seed S]
    naming that page, and the metrics say so; a backup pulled from it fails
    saying the image does not match its checksum at that page.
 2. A primary serving --listen and scrubbing every second, with a bit
-   flipped in its image while it saves slowly, stops with exit 1 and a
-   message naming the page (the scrubber or the encoder met it first)."""
+   flipped in its image while it saves slowly (values its saves never
+   change are flipped), stops with exit 1 and its scrubber's message
+   naming the page."""
 import os
 import struct
 import sys
@@ -102,6 +103,7 @@ def primary_case(loomship, root, rng, log):
     if not untouched:
         return ["no value page of keys 32-63 in the slot table"]
     victim = rng.choice(untouched)
+    logged_before = os.path.getsize(log)  # the log is shared with the standby case
     p, purl, _ = systest.start_primary(
         loomship, args + ["--keys", "32", "--saves", "0", "--rate", "1", "--scrub-interval", "1"],
         log)
@@ -113,9 +115,10 @@ def primary_case(loomship, root, rng, log):
     except Exception:
         systest.stop(p)
         return ["the primary did not stop on rotted page %d" % victim]
-    with open(log, errors="replace") as f:
-        text = f.read()
-    said = [l for l in text.splitlines() if "page %d " % victim in l]
+    with open(log, "rb") as f:
+        f.seek(logged_before)
+        text = f.read().decode(errors="replace")
+    said = [l for l in text.splitlines() if "scrub: page %d " % victim in l]
     print("primary: flipped page %d of %d: exit %s, %s" % (victim, pages, p.returncode,
                                                            said[-1:] if said else None))
     if p.returncode != 1 or not said:
