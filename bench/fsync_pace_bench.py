@@ -14,7 +14,7 @@ the median time of each append's pwrite + fdatasync and, when DIR's
 block device has a /sys/block/DEV/stat, the device's completed writes
 per append (other writers on the same device count too: run it on a
 quiet machine). docs/BENCHMARKS.md section
-9, "Commit to received at the frames' pace".
+9, "Commit to received measured in the run".
 
 Usage: fsync_pace_bench.py DIR [--bytes N] [--count N] [--gaps 0,0.001,0.004,0.01]
 """
