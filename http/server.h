@@ -384,9 +384,10 @@ typedef struct http_server_options {
   void (*archive)(void *ctx, replicate_archive_status *out);
   void *received_ctx;
   /* A standby's received and applied positions each time either moves
-   * (receiver.h, replicate_receiver_options.on_position: under the
-   * receiver's lock, not to call back nor wait), with position_ctx: lag
-   * figures without polling the status. [NULL: none] */
+   * (receiver.h, replicate_receiver_options.on_position, whose rules
+   * hold: under the receiver's locks, not to call into the receiver or
+   * this server, nor wait), with position_ctx: lag figures without
+   * polling the status. [NULL: none] */
   void (*on_position)(void *ctx, const loom_position *received,
                       const loom_position *applied);
   void *position_ctx;

@@ -505,11 +505,13 @@ int replicate_receiver_open(const replicate_receiver_options *opt,
     rx->primary_epoch = rx->received.epoch;
     rx->primary_seq = rx->received.seq;
     rx->primary_commit_ns = rx->received.commit_time_ns;
+    rc = pthread_create(&rx->applier, NULL, rx_applier_main, rx);
+    rx->applier_started = rc == 0;
+  }
+  if (rc == 0) { /* the position open recovered (or a newer one) */
     pthread_mutex_lock(&rx->mu);
     rx_positions_moved(rx);
     pthread_mutex_unlock(&rx->mu);
-    rc = pthread_create(&rx->applier, NULL, rx_applier_main, rx);
-    rx->applier_started = rc == 0;
   }
   if (rc) {
     replicate_receiver_close(rx);

@@ -137,12 +137,19 @@ typedef struct replicate_receiver_options {
   void (*on_received)(void *ctx, const void *frame, size_t len);
   void *received_ctx;
   /* Told each time received or applied moves (optional), with both
-   * positions after the move: a frame made durable, an apply, a base
-   * image, a rollback, a promotion, and once at open. Called under the
-   * receiver's state lock on the thread that moved them: it must not call
-   * back into the receiver nor wait, and must not keep the pointers. For
-   * an embedder's own lag figures without polling the status
-   * (bench/lag_bench.c). */
+   * positions after the move: a frame made durable (on the thread that
+   * handed it in, before its answer), an apply or a merged frame's apply,
+   * a base image, a rollback after a failed apply, a promotion, a repair
+   * or rewind that moved the store to another epoch, and once at open
+   * (after the applier started, so possibly with a newer position than
+   * open recovered; before replicate_receiver_open returns). Positions
+   * may go back (a rollback, a base image or rewind to a lower seq) and a
+   * call may repeat the last ones. Called under the receiver's state lock,
+   * and for frames, rollbacks and promotions under its receipt lock too:
+   * it must not call into the receiver or its server, nor wait, nor take
+   * a lock that a thread holds while it calls into them (a deadlock), and
+   * must not keep the pointers. For an embedder's own lag figures without
+   * polling the status (bench/lag_bench.c). */
   void (*on_position)(void *ctx, const loom_position *received,
                       const loom_position *applied);
   void *position_ctx;

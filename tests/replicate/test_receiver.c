@@ -30,6 +30,9 @@ typedef struct fixture {
   test_rng rng;
   /* What on_position told (positions_seen) */
   _Atomic uint64_t told, told_received, told_applied, told_backwards;
+  _Atomic uint64_t told_received_epoch, told_applied_epoch;
+  uint64_t told_seqs[64];       /* the received seqs told, in order */
+  _Atomic uint64_t told_seqs_n;
 } fixture;
 
 /* on_position (receiver.h): the last positions, and whether applied ever
@@ -43,9 +46,28 @@ static void positions_seen(void *ctx, const loom_position *received,
        received->seq != applied->seq) ||
       applied->seq < atomic_load(&fx->told_applied))
     atomic_fetch_add(&fx->told_backwards, 1);
+  uint64_t n = atomic_load(&fx->told_seqs_n);
+  if (received->seq != atomic_load(&fx->told_received) && n < 64) {
+    fx->told_seqs[n] = received->seq; /* calls never overlap: rx->mu */
+    atomic_store(&fx->told_seqs_n, n + 1);
+  }
   atomic_store(&fx->told_received, received->seq);
   atomic_store(&fx->told_applied, applied->seq);
+  atomic_store(&fx->told_received_epoch, received->epoch);
+  atomic_store(&fx->told_applied_epoch, applied->epoch);
   atomic_fetch_add(&fx->told, 1);
+}
+
+/* What on_position told last is where the status says received and
+ * applied are (every move was told). */
+static void expect_told_is_status(fixture *fx)
+{
+  replicate_receiver_status s;
+  replicate_receiver_get_status(fx->rx, &s);
+  assert_int_equal(atomic_load(&fx->told_received), s.received.seq);
+  assert_int_equal(atomic_load(&fx->told_received_epoch), s.received.epoch);
+  assert_int_equal(atomic_load(&fx->told_applied), s.applied.seq);
+  assert_int_equal(atomic_load(&fx->told_applied_epoch), s.applied.epoch);
 }
 
 static int open_receiver(fixture *fx, uint64_t promote_max_lag)
@@ -250,9 +272,13 @@ static void test_position_observer(void **state)
   replicate_receiver_status s = wait_seq(fx, 10, false);
   assert_int_equal(atomic_load(&fx->told_received), s.received.seq);
   assert_int_equal(atomic_load(&fx->told_applied), 10);
-  /* One call per received frame at least, and the applies' besides. */
+  /* One call per received frame, in order, and the applies' besides. */
   assert_true(atomic_load(&fx->told) >= 1 + 10 + 1);
+  assert_int_equal(atomic_load(&fx->told_seqs_n), 10);
+  for (uint64_t i = 0; i < 10; i++)
+    assert_int_equal(fx->told_seqs[i], i + 1);
   assert_int_equal(atomic_load(&fx->told_backwards), 0);
+  expect_told_is_status(fx);
   /* Reopened: told again at open, at the recovered position. */
   assert_int_equal(replicate_receiver_close(fx->rx), 0);
   atomic_store(&fx->told, 0);
@@ -376,11 +402,13 @@ static void test_coalesced(void **state)
   /* Applied at once: nothing waits in the receive log. */
   assert_int_equal(o.applied.seq, 5);
   assert_int_equal(o.received.seq, 5);
+  expect_told_is_status(fx);
   assert_int_equal(send(fx, &merged, &o), REPLICATE_RECV_DUPLICATE);
   replicate_buf_free(&merged);
   send_next(fx);
   wait_applied(fx, 6);
   expect_store_is_model(fx);
+  expect_told_is_status(fx);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -397,7 +425,8 @@ static void reopen_delayed(fixture *fx, double delay)
 {
   assert_int_equal(replicate_receiver_close(fx->rx), 0);
   replicate_receiver_options o = {.dir = fx->standby_dir, .promote_max_lag = 10,
-                                  .apply_delay_seconds = delay};
+                                  .apply_delay_seconds = delay,
+                                  .on_position = positions_seen, .position_ctx = fx};
   assert_int_equal(replicate_receiver_open(&o, &fx->rx), 0);
 }
 
@@ -456,6 +485,7 @@ static void test_apply_delay(void **state)
   assert_int_equal(o.applied.seq, 3);
   replicate_receiver_get_status(fx->rx, &s);
   assert_int_equal(s.delay_discarded, 2);
+  expect_told_is_status(fx); /* received back at 3, the new epoch */
 }
 
 /* Group apply within the commit log's ring: frames waiting in the receive
@@ -687,6 +717,7 @@ static void test_base_image(void **state)
   assert_int_equal(o.applied.seq, 40);
   assert_int_equal(o.received.seq, 40);
   assert_int_equal(o.applied.checksum, fx->m.checksum);
+  expect_told_is_status(fx);
   /* Frames continue from the image. */
   assert_int_equal(send(fx, &next, &o), REPLICATE_RECV_OK);
   model_free(&fx->m);
@@ -828,6 +859,7 @@ static void test_rewind(void **state)
   assert_int_equal(o.applied.epoch, 2);
   assert_int_equal(o.applied.seq, 5);
   assert_int_equal(o.applied.checksum, leader.checksum);
+  expect_told_is_status(fx); /* back from 8 to 5, at epoch 2 */
   replicate_receiver_status s;
   replicate_receiver_get_status(fx->rx, &s);
   assert_int_equal(s.rewound_frames, 5); /* seqs 4..8 of epoch 1 */
@@ -887,6 +919,7 @@ static void test_promote(void **state)
   assert_int_equal(o.applied.epoch, fx->m.epoch + 1);
   assert_int_equal(o.received.seq, 3);
   assert_true(replicate_receiver_promoted(fx->rx));
+  expect_told_is_status(fx); /* the same seq at the new epoch */
 
   replicate_receiver_promote(fx->rx, false, &o);
   assert_int_equal(o.result, REPLICATE_RECV_ALREADY_PRIMARY);

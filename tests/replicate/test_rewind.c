@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -289,13 +290,28 @@ static void test_rewind_too_big(void **state)
   assert_untouched(fx);
 }
 
-/* Through a receiver: refused without the permission, then reported. */
+/* on_position (receiver.h): the positions last told, as {epoch, seq} of
+ * received then applied; calls never overlap (the receiver's lock). */
+static void positions_told(void *ctx, const loom_position *received,
+                           const loom_position *applied)
+{
+  _Atomic uint64_t *told = ctx;
+  atomic_store(&told[0], received->epoch);
+  atomic_store(&told[1], received->seq);
+  atomic_store(&told[2], applied->epoch);
+  atomic_store(&told[3], applied->seq);
+}
+
+/* Through a receiver: refused without the permission, then reported (and
+ * told to on_position). */
 static void test_receiver_rewind(void **state)
 {
   fixture *fx = *state;
   assert_int_equal(loom_store_close(fx->store), 0);
   fx->store = NULL;
-  replicate_receiver_options ro = {.dir = fx->dir};
+  static _Atomic uint64_t told[4];
+  replicate_receiver_options ro = {.dir = fx->dir, .on_position = positions_told,
+                                   .position_ctx = told};
   replicate_receiver *rx;
   assert_int_equal(replicate_receiver_open(&ro, &rx), 0);
   replicate_repair_source src = {fake_get, fx};
@@ -319,6 +335,10 @@ static void test_receiver_rewind(void **state)
   assert_int_equal(st.applied.epoch, 2);
   assert_int_equal(st.applied.seq, 2);
   assert_int_equal(st.received.seq, 2);
+  assert_int_equal(atomic_load(&told[0]), 2);
+  assert_int_equal(atomic_load(&told[1]), 2);
+  assert_int_equal(atomic_load(&told[2]), 2);
+  assert_int_equal(atomic_load(&told[3]), 2);
   /* One rewind per permission. */
   assert_int_equal(replicate_receiver_rewind_from(rx, &src, &lineage, &moved, why,
                                                   sizeof why), REPLICATE_EPOSITION);
