@@ -63,6 +63,7 @@
 #include <curl/curl.h>
 
 #include "loom.h"
+#include "receiver.h"
 #include "replicate.h"
 #include "server.h"
 
@@ -303,7 +304,42 @@ typedef struct phase {
   double wire_per_save, raw_per_save;
   uint64_t saves;
   double probe_p50;     /* the in-run fdatasync probe's p50, ms */
+  double append_p50;    /* the first standby's receive-log appends
+                           (fdatasync included): their p50, ms,
+                           interpolated in the histogram's bucket */
 } phase;
+
+/* The first standby's receive-log append durations so far (receiver.h
+ * append_durations). */
+static replicate_duration_histogram append_totals(void)
+{
+  replicate_receiver_status st;
+  pthread_mutex_lock(&B.srv_lock);
+  replicate_receiver_get_status(http_server_receiver(B.standby[0]), &st);
+  pthread_mutex_unlock(&B.srv_lock);
+  return st.append_durations;
+}
+
+/* The p50 in ms of what histogram b holds beyond a, interpolated within
+ * its bucket as Prometheus's histogram_quantile does (the buckets around
+ * it: 0.25-0.5 ms, 0.5-1 ms); 0 when none. */
+static double append_p50_ms(const replicate_duration_histogram *a,
+                            const replicate_duration_histogram *b)
+{
+  uint64_t n = b->count - a->count, seen = 0;
+  if (n == 0)
+    return 0;
+  for (unsigned i = 0; i < REPLICATE_DURATION_BUCKETS; i++) {
+    uint64_t in = b->counts[i] - a->counts[i];
+    if (2 * (seen + in) >= n) {
+      double lo = i ? replicate_duration_bounds[i - 1] : 0, hi = replicate_duration_bounds[i];
+      double frac = in ? ((double)n / 2 - (double)seen) / (double)in : 0;
+      return (lo + (hi - lo) * frac) * 1e3;
+    }
+    seen += in;
+  }
+  return replicate_duration_bounds[REPLICATE_DURATION_BUCKETS - 1] * 1e3;
+}
 
 /* THE IN-RUN LIMIT (issue 14): while a lag phase runs, this thread
  * appends records of a frame's size to a file of its own in the first
@@ -385,6 +421,7 @@ static phase run_phase(uint64_t k, double rate, double seconds, bool probe)
   double *v = calloc(cap, sizeof *v);
   uint64_t w0, r0, f0;
   wire_totals(&w0, &r0, &f0);
+  replicate_duration_histogram appends0 = append_totals();
   uint64_t first = seq_now() + 1;
   double t0 = now_s(), t_end = t0 + seconds;
   fsync_probe fp;
@@ -416,6 +453,8 @@ static phase run_phase(uint64_t k, double rate, double seconds, bool probe)
     fprintf(stderr, "lag_bench: standby did not catch up within 60 s\n");
   uint64_t w1, r1, f1;
   wire_totals(&w1, &r1, &f1);
+  replicate_duration_histogram appends1 = append_totals();
+  ph.append_p50 = append_p50_ms(&appends0, &appends1);
   ph.wire_per_save = (double)(w1 - w0) / (double)n / B.standbys;
   ph.raw_per_save = (double)(r1 - r0) / (double)n / B.standbys;
   ph.save_p50 = percentile(lat, n, 0.5);
@@ -486,7 +525,7 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
   char tag[96];
   for (int r = 0; r < nrates; r++) {
     double s50[MAXREP], s99[MAXREP], h50[MAXREP], r50[MAXREP], r99[MAXREP], a50[MAXREP], a99[MAXREP],
-        wire[MAXREP], raw[MAXREP], done[MAXREP], probe[MAXREP];
+        wire[MAXREP], raw[MAXREP], done[MAXREP], probe[MAXREP], append[MAXREP];
     double c0 = cpu_seconds(), w0 = now_s();
     for (int i = 0; i < repeats; i++) {
       phase ph = run_phase(k, rates[r], seconds, true);
@@ -501,7 +540,7 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
       r50[i] = ph.recv_p50 * 1e3, r99[i] = ph.recv_p99 * 1e3;
       a50[i] = ph.appl_p50 * 1e3, a99[i] = ph.appl_p99 * 1e3;
       wire[i] = ph.wire_per_save, raw[i] = ph.raw_per_save, done[i] = ph.rate_done;
-      probe[i] = ph.probe_p50;
+      probe[i] = ph.probe_p50, append[i] = ph.append_p50;
       if (ph.wire_per_save >= 1)
         probe_bytes = (size_t)ph.wire_per_save; /* the next phase's probe */
     }
@@ -553,6 +592,10 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
       printf("# K=%llu rate=%g: the in-run fdatasync probe made no append in some phase\n",
              (unsigned long long)k, rates[r]);
     }
+    /* Beside the probe: the receive log's own appends in the run, their
+     * p50 from the standby's histogram (coarse: its buckets). */
+    snprintf(name, sizeof name, "receive_log_append_p50_%s", tag);
+    result(name, summarize(append, repeats), "ms", 0, "-");
     printf("RESULT process_cpu_%s %.3g %.3g %.3g cores -=0 0\n", tag, cpu, cpu, cpu);
   }
 }

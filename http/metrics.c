@@ -336,6 +336,10 @@ static void standby_metrics(textbuf *t, const http_figures *f)
   histogram(t, "loomship_apply_duration_seconds",
             "How long each group apply took: frames from the receive log "
             "committed to the image.", &f->view.apply_durations);
+  histogram(t, "loomship_receive_log_append_duration_seconds",
+            "How long each frame's append to the receive log took, its "
+            "fdatasync included: the frame is received at its end.",
+            &f->view.append_durations);
   counter_u(t, "loomship_divergence_refusals_total",
             "Frames and base images refused as moving this standby "
             "backwards or sideways.", st->divergences);

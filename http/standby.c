@@ -402,6 +402,7 @@ void http_standby_view_get(http_standby *sb, http_standby_view *out)
   out->primary_commit_ns = r.primary_commit_ns;
   out->last_contact_ns = r.last_contact_ns;
   out->apply_durations = r.apply_durations;
+  out->append_durations = r.append_durations;
   out->last_apply_error_at_ns = r.last_apply_error_at_ns;
   out->promoted_at_ns = r.promoted_at_ns;
   out->heartbeats = r.heartbeats;

@@ -43,6 +43,7 @@ typedef struct http_standby_view {
   uint64_t apply_failures;
   uint64_t receive_log_bytes;
   replicate_duration_histogram apply_durations;
+  replicate_duration_histogram append_durations;
   bool clock_skew_known;        /* a frame or heartbeat arrived */
   double clock_skew_seconds;    /* our clock minus the primary's, estimated
                                    (replicate/receiver.c, PRIMARY'S CLOCK) */

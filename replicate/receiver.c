@@ -775,9 +775,12 @@ static void take_frame(replicate_receiver *rx, const replicate_frame *frame,
   }
   pthread_mutex_unlock(&rx->mu);
 
+  int64_t began = rx_mono_ns();
   int rc = append_frame(rx, bytes, len);
+  double took = (double)(rx_mono_ns() - began) / 1e9;
 
   pthread_mutex_lock(&rx->mu);
+  replicate_duration_observe(&rx->append_durations, took);
   frame_appended(rx, info, len, rc, out);
   pthread_mutex_unlock(&rx->mu);
   if (rc == 0 && rx->on_received) /* still under recv_mu: in seq order */
@@ -1145,6 +1148,7 @@ void replicate_receiver_get_status(replicate_receiver *rx,
   s->frames_applied = rx->frames_applied;
   s->apply_commits = rx->apply_commits;
   s->apply_durations = rx->apply_durations;
+  s->append_durations = rx->append_durations;
   s->apply_failures = rx->apply_failures;
   s->duplicates = rx->duplicates;
   s->heartbeats = rx->heartbeats;

@@ -464,6 +464,10 @@ typedef struct replicate_receiver_status {
   replicate_duration_histogram apply_durations; /* each group apply: taking
                                    the frames from the receive log and
                                    committing them to the store */
+  replicate_duration_histogram append_durations; /* each frame's append to
+                                   the receive log, its fdatasync included
+                                   (received at the end of it); failed
+                                   appends too */
   double apply_delay_seconds;   /* the option; 0: none */
   uint64_t delay_waiting_frames;/* received frames whose delay has not
                                    passed yet */

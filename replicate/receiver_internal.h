@@ -126,6 +126,7 @@ struct replicate_receiver {
   int64_t last_apply_error_at_ns;
   unsigned snapshots_open;
   replicate_duration_histogram apply_durations; /* under mu */
+  replicate_duration_histogram append_durations; /* under mu */
   uint64_t frames_received, frames_applied, apply_commits, duplicates,
       heartbeats, bases;
   uint64_t bytes_received, apply_failures;

@@ -1481,7 +1481,8 @@ const char *replicate_peer_state_name(replicate_peer_state state);
  * counts[REPLICATE_DURATION_BUCKETS] those above the last bound; count and
  * sum_seconds over all. Zero-initialise; replicate_duration_observe adds
  * one observation (the caller serialises access). Used for a standby's
- * group applies (receiver.h) and the example application's saves.
+ * group applies and receive-log appends (receiver.h) and the example
+ * application's saves.
  */
 #define REPLICATE_DURATION_BUCKETS 15
 extern const double replicate_duration_bounds[REPLICATE_DURATION_BUCKETS]; /* 100 us .. 10 s */

@@ -1637,6 +1637,9 @@ static void test_status_metrics_health(void **state)
   ht_assert_has(&r, "# TYPE loomship_apply_duration_seconds histogram\n");
   ht_assert_has(&r, "\nloomship_apply_duration_seconds_bucket{le=\"+Inf\"} ");
   assert_false(ht_has(&r, "\nloomship_apply_duration_seconds_count 0\n"));
+  /* every frame's receive-log append timed: 3 frames */
+  ht_assert_has(&r, "# TYPE loomship_receive_log_append_duration_seconds histogram\n");
+  ht_assert_has(&r, "\nloomship_receive_log_append_duration_seconds_count 3\n");
   ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/v1/frames\","
                     "code=\"200\"} 4\n");
   ht_assert_has(&r, "loomship_http_requests_total{endpoint=\"/readyz\","

@@ -221,6 +221,8 @@ static void test_in_order(void **state)
   replicate_receiver_get_status(fx->rx, &s);
   assert_int_equal(s.frames_received, 20);
   assert_int_equal(s.frames_applied, 20);
+  assert_int_equal(s.append_durations.count, 20); /* each append timed */
+  assert_true(s.append_durations.sum_seconds > 0);
   assert_int_equal(s.lag_frames, 0);
   assert_int_equal(s.lag_bytes, 0);
   expect_store_is_model(fx);
