@@ -301,6 +301,8 @@ typedef struct phase {
   double save_p50, save_p99, hook_p50;
   double recv_p50, recv_p99, appl_p50, appl_p99; /* worst standby */
   uint64_t behind_end;  /* frames not received at the end of the phase */
+  bool incomplete;      /* a standby did not take every seq within 60 s:
+                           its figures leave the slowest out */
   double wire_per_save, raw_per_save;
   uint64_t saves;
   double probe_p50;     /* the in-run fdatasync probe's p50, ms */
@@ -449,6 +451,7 @@ static phase run_phase(uint64_t k, double rate, double seconds, bool probe)
   }
   ph.behind_end = last > minr ? last - minr : 0;
   double wait = wait_applied(last, 60);
+  ph.incomplete = wait < 0;
   if (wait < 0)
     fprintf(stderr, "lag_bench: standby did not catch up within 60 s\n");
   uint64_t w1, r1, f1;
@@ -526,9 +529,10 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
   for (int r = 0; r < nrates; r++) {
     double s50[MAXREP], s99[MAXREP], h50[MAXREP], r50[MAXREP], r99[MAXREP], a50[MAXREP], a99[MAXREP],
         wire[MAXREP], raw[MAXREP], done[MAXREP], probe[MAXREP], append[MAXREP];
+    bool incomplete = false;
     double c0 = cpu_seconds(), w0 = now_s();
     for (int i = 0; i < repeats; i++) {
-      phase ph = run_phase(k, rates[r], seconds, true);
+      phase ph = run_phase(k, rates[r], seconds, sync == 0);
       printf("# K=%llu rate=%g sync=%u standbys=%d rep %d: %.1f saves/s, save p50 %.3f ms "
              "p99 %.3f ms (in the shipper hook p50 %.3f ms); received p50 %.3f p99 %.3f ms; applied p50 %.3f p99 %.3f ms; "
              "%.0f wire B/save (%.0f raw); %llu frames behind at end\n",
@@ -541,6 +545,7 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
       a50[i] = ph.appl_p50 * 1e3, a99[i] = ph.appl_p99 * 1e3;
       wire[i] = ph.wire_per_save, raw[i] = ph.raw_per_save, done[i] = ph.rate_done;
       probe[i] = ph.probe_p50, append[i] = ph.append_p50;
+      incomplete |= ph.incomplete;
       if (ph.wire_per_save >= 1)
         probe_bytes = (size_t)ph.wire_per_save; /* the next phase's probe */
     }
@@ -576,19 +581,22 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
      * it measures, so there is none. */
     double hook = summarize(h50, repeats).median;
     stat3 in_run = summarize(probe, repeats);
-    if (sync == 0) {
+    if (incomplete) /* the received figures leave the slowest seqs out */
+      printf("# K=%llu rate=%g: a standby fell behind for good: no limit ratios\n",
+             (unsigned long long)k, rates[r]);
+    if (sync == 0 && !incomplete) {
       double limit =
           hook + frame_fdatasync_ms(B.sdir[0], (size_t)summarize(wire, repeats).median);
       snprintf(name, sizeof name, "received_p50_vs_limit_%s", tag);
       result(name, summarize(r50, repeats), "ms", limit, "hook_p50+fdatasync(frame)");
     }
-    if (sync == 0 && in_run.min > 0) {
+    if (sync == 0 && !incomplete && in_run.min > 0) {
       snprintf(name, sizeof name, "fdatasync_in_run_p50_%s", tag);
       result(name, in_run, "ms", 0, "-");
       snprintf(name, sizeof name, "received_p50_vs_in_run_limit_%s", tag);
       result(name, summarize(r50, repeats), "ms", hook + in_run.median,
              "hook_p50+fdatasync(frame,in_run)");
-    } else if (sync == 0) {
+    } else if (sync == 0 && !incomplete) {
       printf("# K=%llu rate=%g: the in-run fdatasync probe made no append in some phase\n",
              (unsigned long long)k, rates[r]);
     }

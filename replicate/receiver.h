@@ -142,7 +142,9 @@ typedef struct replicate_receiver_options {
    * a base image, a rollback after a failed apply, a promotion, a repair
    * or rewind that moved the store to another epoch, and once at open
    * (after the applier started, so possibly with a newer position than
-   * open recovered; before replicate_receiver_open returns). Positions
+   * open recovered, and not necessarily first: the applier may call it
+   * before; both before replicate_receiver_open returns, so position_ctx
+   * must be ready before the open and cannot rely on its handle). Positions
    * may go back (a rollback, a base image or rewind to a lower seq) and a
    * call may repeat the last ones. Called under the receiver's state lock,
    * and for frames, rollbacks and promotions under its receipt lock too:
