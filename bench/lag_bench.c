@@ -351,8 +351,9 @@ static double append_p50_ms(const replicate_duration_histogram *a,
  * receive log's, in the same run. Back to back after the run (the first
  * form) the same append is cheaper: an fdatasync after an idle gap costs
  * about twice one right after another here (bench/fsync_pace_bench.py).
- * The probe's own fdatasyncs load the disk the measured path uses, which
- * can only make the run slower. */
+ * Its own fdatasyncs share the disk with the measured path, and shorten
+ * the idle gaps the receive log sees: docs/BENCHMARKS.md section 9 gives
+ * the caveats both ways. */
 typedef struct fsync_probe {
   pthread_t thread;
   double t0, rate, t_end;
@@ -361,6 +362,19 @@ typedef struct fsync_probe {
   size_t n, cap;
   int fd;
 } fsync_probe;
+
+/* One pwrite of bytes at `at` and an fdatasync of fd: how long, in ms. */
+static double timed_append_ms(int fd, const void *buf, size_t bytes, off_t at,
+                              const char *what)
+{
+  double t = now_s();
+  ssize_t w = pwrite(fd, buf, bytes, at);
+  if (w != (ssize_t)bytes)
+    die(what, w < 0 ? errno : EIO);
+  if (fdatasync(fd) != 0)
+    die(what, errno);
+  return (now_s() - t) * 1e3;
+}
 
 static void *fsync_probe_main(void *arg)
 {
@@ -374,13 +388,7 @@ static void *fsync_probe_main(void *arg)
     if (slot < now_s())
       continue; /* behind: this slot is gone */
     sleep_until(slot);
-    double t = now_s();
-    ssize_t w = pwrite(p->fd, buf, p->bytes, at);
-    if (w != (ssize_t)p->bytes)
-      die("the in-run fdatasync probe's write", w < 0 ? errno : EIO);
-    if (fdatasync(p->fd) != 0)
-      die("the in-run fdatasync probe's fdatasync", errno);
-    p->ms[p->n++] = (now_s() - t) * 1e3;
+    p->ms[p->n++] = timed_append_ms(p->fd, buf, p->bytes, at, "the in-run fdatasync probe");
     at += (off_t)p->bytes;
   }
   free(buf);
@@ -508,12 +516,8 @@ static double frame_fdatasync_ms(const char *dir, size_t bytes)
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
   void *buf = calloc(1, bytes ? bytes : 1);
   double v[31];
-  for (int i = 0; fd >= 0 && buf && i < 31; i++) {
-    double t0 = now_s();
-    if (pwrite(fd, buf, bytes, (off_t)(i * bytes)) < 0 || fdatasync(fd) != 0)
-      die("the fdatasync limit", errno);
-    v[i] = (now_s() - t0) * 1e3;
-  }
+  for (int i = 0; fd >= 0 && buf && i < 31; i++)
+    v[i] = timed_append_ms(fd, buf, bytes, (off_t)(i * bytes), "the fdatasync limit");
   if (fd < 0 || !buf)
     die("the fdatasync limit", errno);
   close(fd);
@@ -574,9 +578,9 @@ static void mode_lag(uint64_t k, const double *rates, int nrates, double seconds
     snprintf(name, sizeof name, "achieved_rate_%s", tag);
     result(name, summarize(done, repeats), "saves/s", rates[r], "target_rate");
     /* Issue 14: commit to received against the shipper's hook (encode and
-     * log append) plus one fdatasync of the frame's bytes, this run. */
-    /* Against the same fdatasync back to back after the run (the
-     * figure's first form), and in the run (THE IN-RUN LIMIT). With
+     * log append) plus one fdatasync of the frame's bytes: back to back
+     * after the run (the figure's first form), and in the run (THE IN-RUN
+     * LIMIT). With
      * --sync the hook waits for the standbys: the limit would hold what
      * it measures, so there is none. */
     double hook = summarize(h50, repeats).median;

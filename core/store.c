@@ -2576,14 +2576,7 @@ static int read_page_without_wait(loom_store *s, uint64_t n, void *buf, int *rc)
       pthread_mutex_unlock(&t->mutex);
       return 1;
     }
-    uint64_t lo = 0, hi = h->page_count; /* page_numbers ascend */
-    while (lo < hi) {
-      uint64_t mid = lo + (hi - lo) / 2;
-      if (p->page_numbers[mid] < n)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
+    uint64_t lo = loom_sorted_at(p->page_numbers, h->page_count, n);
     if (lo < h->page_count && p->page_numbers[lo] == n) {
       *rc = store_read_record_page(s, p->lsn, lo, buf);
       pthread_mutex_unlock(&t->mutex);

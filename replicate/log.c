@@ -401,12 +401,6 @@ static int scan_segment(replicate_log *log, log_segment *s, bool is_newest,
   return 0;
 }
 
-static int compare_u64(const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 /* The first seqs of the segment files in the directory, sorted. */
 static int list_segments(replicate_log *log, uint64_t **out, size_t *count)
 {
@@ -437,7 +431,7 @@ static int list_segments(replicate_log *log, uint64_t **out, size_t *count)
     free(seqs);
     return rc;
   }
-  if (n > 0) qsort(seqs, n, sizeof *seqs, compare_u64);
+  if (n > 0) qsort(seqs, n, sizeof *seqs, loom_u64_cmp);
   *out = seqs;
   *count = n;
   return 0;

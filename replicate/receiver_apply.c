@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "array.h"
 #include "clock.h"
 #include "receiver_internal.h"
 
@@ -117,12 +118,6 @@ void rx_readback_defer(replicate_receiver *rx, const replicate_frame *frame,
   rx->rb_len += (size_t)n;
 }
 
-static int page_number_cmp(const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 /* Under store_mu, pending: read back now, or let more applies gather. */
 static bool readback_due(replicate_receiver *rx)
 {
@@ -147,11 +142,7 @@ void rx_readback_flush(replicate_receiver *rx, rx_readback *out, bool now)
   }
   if (!now && !readback_due(rx))
     return; /* the next apply's pages join these */
-  qsort(rx->rb_pages, rx->rb_len, sizeof *rx->rb_pages, page_number_cmp);
-  size_t unique = 0;
-  for (size_t i = 0; i < rx->rb_len; i++)
-    if (unique == 0 || rx->rb_pages[i] != rx->rb_pages[unique - 1])
-      rx->rb_pages[unique++] = rx->rb_pages[i];
+  size_t unique = loom_sort_unique_u64(rx->rb_pages, rx->rb_len);
   rx->rb_len = unique;
   int rc = rx->rb_whole
                ? replicate_image_readback(rx->store, &out->checksum, &out->bad_page)

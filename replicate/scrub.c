@@ -34,6 +34,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "array.h"
 #include "replicate.h"
 
 /* 1 MiB a snapshot: reads come in bursts of at most this much (the cap
@@ -393,23 +394,9 @@ static void *scrub_main(void *arg)
   }
 }
 
-/* Where page would go in the ascending list[0, n): its index, or n. */
-static uint64_t sorted_at(const uint64_t *list, uint64_t n, uint64_t page)
-{
-  uint64_t lo = 0, hi = n;
-  while (lo < hi) {
-    uint64_t mid = lo + (hi - lo) / 2;
-    if (list[mid] < page)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
 static bool sorted_has(const uint64_t *list, uint64_t n, uint64_t page)
 {
-  uint64_t at = sorted_at(list, n, page);
+  uint64_t at = loom_sorted_at(list, n, page);
   return at < n && list[at] == page;
 }
 
@@ -422,7 +409,7 @@ static uint64_t ask_locked(replicate_scrubber *sc, const uint64_t *pages,
 {
   uint64_t news = 0;
   for (uint64_t i = 0; i < count; i++) {
-    uint64_t at = sorted_at(sc->asked, sc->nasked, pages[i]);
+    uint64_t at = loom_sorted_at(sc->asked, sc->nasked, pages[i]);
     if (at < sc->nasked && sc->asked[at] == pages[i])
       continue;
     if (!sorted_has(sc->inflight, sc->ninflight, pages[i]))

@@ -70,13 +70,22 @@ static void expect_told_is_status(fixture *fx)
   assert_int_equal(atomic_load(&fx->told_applied_epoch), s.applied.epoch);
 }
 
-static int open_receiver(fixture *fx, uint64_t promote_max_lag)
+/* Open the standby's receiver (apply_delay seconds: 0 for none), telling
+ * positions_seen. */
+static int open_receiver_delayed(fixture *fx, uint64_t promote_max_lag,
+                                 double apply_delay)
 {
   replicate_receiver_options o = {.dir = fx->standby_dir,
                                   .promote_max_lag = promote_max_lag,
+                                  .apply_delay_seconds = apply_delay,
                                   .on_position = positions_seen,
                                   .position_ctx = fx};
   return replicate_receiver_open(&o, &fx->rx);
+}
+
+static int open_receiver(fixture *fx, uint64_t promote_max_lag)
+{
+  return open_receiver_delayed(fx, promote_max_lag, 0);
 }
 
 static int setup(void **state)
@@ -426,10 +435,7 @@ static int64_t real_ns(void)
 static void reopen_delayed(fixture *fx, double delay)
 {
   assert_int_equal(replicate_receiver_close(fx->rx), 0);
-  replicate_receiver_options o = {.dir = fx->standby_dir, .promote_max_lag = 10,
-                                  .apply_delay_seconds = delay,
-                                  .on_position = positions_seen, .position_ctx = fx};
-  assert_int_equal(replicate_receiver_open(&o, &fx->rx), 0);
+  assert_int_equal(open_receiver_delayed(fx, 10, delay), 0);
 }
 
 /* Commits of "now" wait out the delay, across a close and reopen; a merged
