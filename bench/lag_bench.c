@@ -367,12 +367,20 @@ typedef struct fsync_probe {
 static double timed_append_ms(int fd, const void *buf, size_t bytes, off_t at,
                               const char *what)
 {
+  char why[160];
   double t = now_s();
-  ssize_t w = pwrite(fd, buf, bytes, at);
-  if (w != (ssize_t)bytes)
-    die(what, w < 0 ? errno : EIO);
-  if (fdatasync(fd) != 0)
-    die(what, errno);
+  for (size_t done = 0; done < bytes;) { /* a short write: the rest, or why */
+    ssize_t w = pwrite(fd, (const char *)buf + done, bytes - done, at + (off_t)done);
+    if (w <= 0) {
+      snprintf(why, sizeof why, "%s: pwrite", what);
+      die(why, w < 0 ? errno : EIO);
+    }
+    done += (size_t)w;
+  }
+  if (fdatasync(fd) != 0) {
+    snprintf(why, sizeof why, "%s: fdatasync", what);
+    die(why, errno);
+  }
   return (now_s() - t) * 1e3;
 }
 

@@ -24,23 +24,29 @@
 int io_stat_untimed(int fd, int *is_regular, uint64_t *size)
 {
   static atomic_int statx_unusable; /* a kernel before 4.11, or a seccomp
-                                       filter refusing statx (EPERM) */
+                                       filter refusing statx */
   struct statx sx;
   unsigned need = STATX_TYPE | STATX_SIZE;
   if (!atomic_load(&statx_unusable)) {
-    if (statx(fd, "", AT_EMPTY_PATH, need, &sx) == 0 &&
-        (sx.stx_mask & need) == need) {
+    int rc = statx(fd, "", AT_EMPTY_PATH, need, &sx);
+    if (rc == 0 && (sx.stx_mask & need) == need) {
       if (is_regular)
         *is_regular = S_ISREG(sx.stx_mode);
       if (size)
         *size = (uint64_t)sx.stx_size;
       return 0;
     }
-    if (errno == EBADF)
+    if (rc != 0 && errno == EBADF)
       return errno;
-    atomic_store(&statx_unusable, 1);
+    /* Only a refusal of the call itself stops asking statx; anything else
+     * (EIO, ENOMEM, a file system that left type or size out) falls back
+     * for this call alone, so that one transient failure does not cost
+     * every later fdatasync the inode write statx avoids. */
+    if (rc != 0 && (errno == ENOSYS || errno == EPERM || errno == EACCES))
+      atomic_store(&statx_unusable, 1);
   }
-  struct stat st; /* (no multigrain times where there is no statx) */
+  struct stat st; /* (it asks for times: once after a transient failure,
+                     every time only where statx is refused) */
   if (fstat(fd, &st) < 0)
     return errno;
   if (is_regular)
