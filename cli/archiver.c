@@ -57,6 +57,7 @@ void cli_archiver_configure(const cli_archiver_args *a, const char *role,
   snprintf(writer, size, "%s %s:%s%s%s", role, host_name, cwd,
            cwd[0] ? "/" : "", dir);
   out->writer_id = writer;
+  out->scratch_dir = dir; /* a large base is sealed into a file there */
 }
 
 int cli_archiver_check(const char *who, const replicate_archive_options *access)

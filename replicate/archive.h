@@ -257,6 +257,7 @@ typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);
 
 #define REPLICATE_ARCHIVE_BACKLOG_DEFAULT (UINT64_C(4) << 30) /* 4 GiB */
 #define REPLICATE_ARCHIVE_SEGMENT_DEFAULT (UINT64_C(64) << 20) /* 64 MiB */
+#define REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT (UINT64_C(64) << 20) /* 64 MiB */
 
 typedef struct replicate_archiver_options {
   replicate_archive_options access; /* required: url */
@@ -296,6 +297,16 @@ typedef struct replicate_archiver_options {
                                    this many bytes, and the next follows at
                                    once (a backlog is uploaded in pieces,
                                    never held whole in memory twice) */
+  const char *scratch_dir;          /* [NULL]: a base of an image larger
+                                   than base_memory_max_bytes is sealed
+                                   into an unlinked file here (the node's
+                                   directory: on disk, not tmpfs) and sent
+                                   from its mapping, so that the process
+                                   holds pieces of it, not the compressed
+                                   image; NULL: in memory */
+  uint64_t base_memory_max_bytes;   /* [REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT]:
+                                   the largest image whose base is sealed
+                                   in memory when scratch_dir is set */
   const char *writer_id;            /* [host:pid]: who writes, in e/E/writer;
                                    a node restarted with the same id
                                    continues */

@@ -94,6 +94,19 @@ typedef int (*arc_read_fn)(void *ctx, uint64_t off, void *buf, size_t len);
 int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
                   void *ctx, uint64_t len, replicate_buf *out);
 
+/* arc_seal_read into fd, an empty file open for reading and writing: the
+ * object is written there (compressed 1 MiB at a time), then mapped
+ * (MAP_SHARED) for the header, the encryption and the checksum: out->data
+ * is that mapping, out->cap its size. The process holds the pieces being
+ * compressed, not the object; its pages are the page cache's. A write
+ * that fails (ENOSPC) is that errno. Free out with arc_sealed_free(out,
+ * fd), then close fd. */
+int arc_seal_read_file(const arc_keys *keys, arc_header *h, arc_read_fn read,
+                       void *ctx, uint64_t len, int fd, replicate_buf *out);
+/* Frees an object sealed by arc_seal_read (fd < 0) or arc_seal_read_file
+ * into fd: its buffer, or its mapping. */
+void arc_sealed_free(replicate_buf *obj, int fd);
+
 /* Checks obj[0, len) (size, magic, version, checksum, archive id when
  * archive_id is non-NULL, key, tag) and decrypts/decompresses its payload
  * into *payload. Errors: REPLICATE_EARCHIVE_OBJECT, _FOREIGN, _KEY,
@@ -180,10 +193,11 @@ void arc_ahead_stop(arc_ahead *ah);
 /* Puts an object (sealed with a's keys and id). */
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags);
-/* Seals an object whose payload is read through read (arc_seal_read) with
- * a's keys and id, into *obj for arc_put_sealed. */
+/* Seals an object whose payload is read through read (arc_seal_read, or
+ * arc_seal_read_file into fd when fd >= 0) with a's keys and id, into
+ * *obj for arc_put_sealed; free it with arc_sealed_free(obj, fd). */
 int arc_seal_object(replicate_archive *a, arc_header *h, const char *key,
-                    arc_read_fn read, void *ctx, uint64_t len,
+                    arc_read_fn read, void *ctx, uint64_t len, int fd,
                     replicate_buf *obj);
 /* Puts an object sealed by arc_seal_object. */
 int arc_put_sealed(replicate_archive *a, const char *key,

@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -195,12 +197,64 @@ static int buf_grow(replicate_buf *b, size_t need)
   return need <= b->cap ? 0 : buf_reserve(b, need > 2 * b->cap ? need : 2 * b->cap);
 }
 
+/* Where stage_read puts the compressed payload: into out after the
+ * header (fd < 0), or into the file fd at offset ARC_HEADER + written,
+ * out then being only the staging window of each write. */
+typedef struct seal_sink {
+  replicate_buf *out;
+  int fd;
+  uint64_t written;
+} seal_sink;
+
+#define SEAL_FILE_WINDOW ((size_t)1 << 20)
+
+/* The room the next zstd call writes into (ARC_TAG kept free behind it). */
+static int sink_window(seal_sink *k, ZSTD_outBuffer *o)
+{
+  replicate_buf *out = k->out;
+  int rc = k->fd < 0 ? buf_grow(out, out->len + ZSTD_CStreamOutSize() + ARC_TAG)
+                     : buf_reserve(out, SEAL_FILE_WINDOW + ARC_TAG);
+  if (rc != 0)
+    return rc;
+  if (k->fd >= 0)
+    out->len = 0;
+  *o = (ZSTD_outBuffer){out->data + out->len, out->cap - out->len - ARC_TAG, 0};
+  return 0;
+}
+
+/* All of buf[0, n) at off of fd: 0, or why not (a short write that
+ * cannot go on is ENOSPC's or EIO). */
+static int sink_write(int fd, const void *buf, size_t n, off_t off)
+{
+  for (size_t done = 0; done < n;) {
+    ssize_t w = pwrite(fd, (const uint8_t *)buf + done, n - done, off + (off_t)done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? errno : EIO;
+    done += (size_t)w;
+  }
+  return 0;
+}
+
+/* The window's n new bytes taken: kept in out, or written to the file. */
+static int sink_take(seal_sink *k, size_t n)
+{
+  if (k->fd < 0) {
+    k->out->len += n;
+    return 0;
+  }
+  int rc = sink_write(k->fd, k->out->data, n, (off_t)(ARC_HEADER + k->written));
+  k->written += n;
+  return rc;
+}
+
 /* 1, for a payload read piece by piece: compressed (one zstd frame, its
- * content size in the frame's header, as ZSTD_compress makes it) into out
- * after the header as each piece comes, so that out never holds the
- * payload whole. */
+ * content size in the frame's header, as ZSTD_compress makes it) after
+ * the header as each piece comes, so that neither out nor the file holds
+ * the payload whole. */
 static int stage_read(arc_read_fn read, void *ctx, uint64_t len,
-                      replicate_buf *out)
+                      seal_sink *sink)
 {
   ZSTD_CCtx *cc = ZSTD_createCCtx();
   uint8_t *piece = malloc(ARC_SEAL_PIECE);
@@ -209,7 +263,7 @@ static int stage_read(arc_read_fn read, void *ctx, uint64_t len,
       (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 3)) ||
        ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cc, len))))
     rc = REPLICATE_ECOMPRESS;
-  out->len = ARC_HEADER;
+  sink->out->len = ARC_HEADER;
   for (uint64_t off = 0; rc == 0;) {
     size_t n = len - off < ARC_SEAL_PIECE ? (size_t)(len - off) : ARC_SEAL_PIECE;
     if (n > 0)
@@ -218,15 +272,16 @@ static int stage_read(arc_read_fn read, void *ctx, uint64_t len,
     bool last = off == len;
     ZSTD_inBuffer in = {piece, n, 0};
     for (bool done = false; rc == 0 && !done;) {
-      rc = buf_grow(out, out->len + ZSTD_CStreamOutSize() + ARC_TAG);
+      ZSTD_outBuffer o;
+      rc = sink_window(sink, &o);
       if (rc != 0)
         break;
-      ZSTD_outBuffer o = {out->data + out->len, out->cap - out->len - ARC_TAG, 0};
       size_t left =
           ZSTD_compressStream2(cc, &o, &in, last ? ZSTD_e_end : ZSTD_e_continue);
       if (ZSTD_isError(left))
         rc = REPLICATE_ECOMPRESS;
-      out->len += o.pos;
+      else
+        rc = sink_take(sink, o.pos);
       done = last ? left == 0 : in.pos == in.size;
     }
     if (last)
@@ -279,8 +334,49 @@ int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
                   void *ctx, uint64_t len, replicate_buf *out)
 {
   h->flags |= ARC_FLAG_ZSTD;
-  int rc = stage_read(read, ctx, len, out); /* 1 */
+  seal_sink sink = {out, -1, 0};
+  int rc = stage_read(read, ctx, len, &sink); /* 1 */
   return rc != 0 ? rc : seal_staged(keys, h, out);
+}
+
+int arc_seal_read_file(const arc_keys *keys, arc_header *h, arc_read_fn read,
+                       void *ctx, uint64_t len, int fd, replicate_buf *out)
+{
+  h->flags |= ARC_FLAG_ZSTD;
+  replicate_buf window = {0};
+  seal_sink sink = {&window, fd, 0};
+  int rc = stage_read(read, ctx, len, &sink); /* 1 */
+  /* The header's and the tag's bytes written too (zeros), so that the
+   * mapping meets no hole: a store into one would have to allocate, and
+   * on a full disk that is a SIGBUS, where a write is ENOSPC. */
+  uint8_t zeros[ARC_HEADER] = {0};
+  if (rc == 0)
+    rc = sink_write(fd, zeros, ARC_HEADER, 0);
+  if (rc == 0)
+    rc = sink_write(fd, zeros, ARC_TAG, (off_t)(ARC_HEADER + sink.written));
+  replicate_buf_free(&window);
+  size_t size = ARC_HEADER + (size_t)sink.written + ARC_TAG;
+  void *map = MAP_FAILED;
+  if (rc == 0 &&
+      (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
+          MAP_FAILED)
+    rc = errno;
+  if (rc != 0)
+    return rc;
+  *out = (replicate_buf){map, ARC_HEADER + (size_t)sink.written, size};
+  rc = seal_staged(keys, h, out); /* 2-4, in the mapping */
+  if (rc != 0)
+    arc_sealed_free(out, fd);
+  return rc;
+}
+
+void arc_sealed_free(replicate_buf *obj, int fd)
+{
+  if (fd < 0)
+    replicate_buf_free(obj);
+  else if (obj->data != NULL)
+    munmap(obj->data, obj->cap);
+  *obj = (replicate_buf){0};
 }
 
 static uint64_t object_checksum(const uint8_t *obj, size_t len)
@@ -835,11 +931,12 @@ int arc_put(replicate_archive *a, arc_header *h, const char *key,
 }
 
 int arc_seal_object(replicate_archive *a, arc_header *h, const char *key,
-                    arc_read_fn read, void *ctx, uint64_t len,
+                    arc_read_fn read, void *ctx, uint64_t len, int fd,
                     replicate_buf *obj)
 {
   memcpy(h->archive_id, a->id, ARC_ID_SIZE);
-  int rc = arc_seal_read(&a->keys, h, read, ctx, len, obj);
+  int rc = fd < 0 ? arc_seal_read(&a->keys, h, read, ctx, len, obj)
+                  : arc_seal_read_file(&a->keys, h, read, ctx, len, fd, obj);
   return rc != 0 ? arc_fail(a, rc, "%s: reading and sealing: %s", key,
                             replicate_strerror(rc))
                  : 0;

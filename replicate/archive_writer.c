@@ -42,7 +42,9 @@
  * error shows in status.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +73,7 @@ struct replicate_archiver {
   replicate_archiver_options o;
   char *url, *key_file, *writer_id, *endpoint, *region, *credentials;
   char *position_file;
+  char *scratch_dir;
   replicate_archive *a;   /* the thread's */
   replicate_encoder *enc; /* the commit hook's */
   pthread_t thread;
@@ -763,6 +766,25 @@ static void snap_close(replicate_archiver *ar, loom_snapshot *snap)
 
 static int upload_segments(replicate_archiver *ar, uint64_t limit);
 
+/* A file in dir that nobody else sees and nothing leaves behind: O_TMPFILE,
+ * or where the file system has none, a named file unlinked at once. The
+ * fd, or -errno. */
+static int scratch_open(const char *dir)
+{
+  int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+    return fd >= 0 ? fd : -errno;
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s/.archive-base-XXXXXX", dir) >=
+      (int)sizeof path)
+    return -ENAMETOOLONG;
+  fd = mkostemp(path, O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  unlink(path);
+  return fd;
+}
+
 static int upload_base(replicate_archiver *ar)
 {
   snapshot_stream ss = {0};
@@ -782,11 +804,19 @@ static int upload_base(replicate_archiver *ar)
                   .first_seq = pos.seq,
                   .last_seq = pos.seq,
                   .flags = ARC_FLAG_ZSTD};
-  /* Sealed as it is read: the process holds the base's compressed size,
-   * never the image. The snapshot is closed before any request. */
+  /* Sealed as it is read: the process holds the base's compressed size
+   * (in memory, or mapped from a scratch file for a large image), never
+   * the image. The snapshot is closed before any request. */
+  uint64_t len = LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE;
+  int fd = -1;
+  if (ar->o.scratch_dir != NULL && len > ar->o.base_memory_max_bytes &&
+      (fd = scratch_open(ar->o.scratch_dir)) < 0)
+    rc = arc_fail(ar->a, -fd, "base: a scratch file in %s: %s",
+                  ar->o.scratch_dir, strerror(-fd));
   replicate_buf obj = {0};
-  rc = arc_seal_object(ar->a, &h, key, snapshot_stream_read, &ss,
-                       LOOM_STREAM_HEADER + pos.pages * LOOM_PAGE_SIZE, &obj);
+  if (rc == 0)
+    rc = arc_seal_object(ar->a, &h, key, snapshot_stream_read, &ss, len, fd,
+                         &obj);
   snap_close(ar, ss.snap);
   /* What is queued up to the base goes first, as a segment: a base due by
    * time must not turn the commits since the last segment into a gap
@@ -799,7 +829,9 @@ static int upload_base(replicate_archiver *ar)
   }
   if (rc == 0)
     rc = arc_put_sealed(ar->a, key, &obj, 0);
-  replicate_buf_free(&obj);
+  arc_sealed_free(&obj, fd);
+  if (fd >= 0)
+    close(fd); /* unlinked: its blocks go with it */
   uint64_t from = ar->uploaded.seq + 1;
   if (rc == 0 && ar->have_head && pos.seq > from)
     rc = put_gap(ar, from, pos.seq - 1);
@@ -1166,6 +1198,7 @@ static int archiver_copy_options(replicate_archiver *ar,
   ar->region = dup_or_null(o->access.store.region, &rc);
   ar->credentials = dup_or_null(o->access.store.credentials_file, &rc);
   ar->o.position_file = ar->position_file = dup_or_null(o->position_file, &rc);
+  ar->o.scratch_dir = ar->scratch_dir = dup_or_null(o->scratch_dir, &rc);
   char host[128] = "node";
   gethostname(host, sizeof host - 1);
   char id[300];
@@ -1186,6 +1219,8 @@ static int archiver_copy_options(replicate_archiver *ar,
     ar->o.max_backlog_bytes = REPLICATE_ARCHIVE_BACKLOG_DEFAULT;
   if (ar->o.segment_max_bytes == 0)
     ar->o.segment_max_bytes = REPLICATE_ARCHIVE_SEGMENT_DEFAULT;
+  if (ar->o.base_memory_max_bytes == 0)
+    ar->o.base_memory_max_bytes = REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT;
   return rc;
 }
 
@@ -1203,6 +1238,7 @@ static void archiver_free(replicate_archiver *ar)
   free(ar->region);
   free(ar->credentials);
   free(ar->position_file);
+  free(ar->scratch_dir);
   free(ar->writer_id);
   pthread_mutex_destroy(&ar->mu);
   pthread_cond_destroy(&ar->cond);

@@ -92,9 +92,24 @@ static int read_piece(void *ctx, uint64_t off, void *buf, size_t len)
   return 0;
 }
 
+/* Seals len bytes of payload read in pieces, in memory (fd < 0) or into
+ * the file fd (arc_seal_read_file); the rc. */
+static int seal_pieces(const arc_keys *k, const uint8_t *payload, size_t len,
+                       uint64_t fail_at, int fd, replicate_buf *obj,
+                       piece_source *ps)
+{
+  *ps = (piece_source){.data = payload, .fail_at = fail_at};
+  arc_header h = {.kind = ARC_BASE, .epoch = 2, .first_seq = 4, .last_seq = 4};
+  memcpy(h.archive_id, (uint8_t[ARC_ID_SIZE]){7}, ARC_ID_SIZE);
+  return fd < 0 ? arc_seal_read(k, &h, read_piece, ps, len, obj)
+                : arc_seal_read_file(k, &h, read_piece, ps, len, fd, obj);
+}
+
 /* A payload read in pieces (a base read from a snapshot) seals into an
  * object that unseals to the same bytes, plaintext and encrypted, of two
- * pieces and more, and of none; a read that fails fails the seal. */
+ * pieces and more, and of none, in memory and into a file (mapped); a
+ * read that fails fails the seal, and so does a file that cannot take
+ * the object (/dev/full: ENOSPC). */
 static void test_format_sealed_in_pieces(void **state)
 {
   (void)state;
@@ -109,36 +124,52 @@ static void test_format_sealed_in_pieces(void **state)
   }
   char *dir = test_tmpdir("arcpieces");
   char *kf = key_file(dir, "keys", key_a);
+  char sealed[1100];
+  snprintf(sealed, sizeof sealed, "%s/sealed", dir);
   arc_keys keys, none = {0};
   char err[256];
   assert_int_equal(arc_keys_load(kf, &keys, err, sizeof err), 0);
   for (int enc = 0; enc < 2; enc++) {
     const arc_keys *k = enc ? &keys : &none;
-    size_t lens[] = {len, 0};
-    for (size_t l = 0; l < 2; l++) {
-      piece_source ps = {.data = payload, .fail_at = UINT64_MAX};
-      arc_header h = {.kind = ARC_BASE, .epoch = 2, .first_seq = 4, .last_seq = 4};
-      memcpy(h.archive_id, id, ARC_ID_SIZE);
-      replicate_buf obj = {0}, out = {0};
-      assert_int_equal(arc_seal_read(k, &h, read_piece, &ps, lens[l], &obj), 0);
-      assert_int_equal(ps.next, lens[l]);
-      assert_int_equal(ps.reads, (lens[l] + ARC_SEAL_PIECE - 1) / ARC_SEAL_PIECE);
-      assert_true(obj.len < lens[l] / 2 + ARC_HEADER + 4096); /* compressed */
-      arc_header got;
-      assert_int_equal(arc_unseal(k, id, obj.data, obj.len, &got, &out), 0);
-      assert_true(got.flags & ARC_FLAG_ZSTD);
-      assert_int_equal(got.kind, ARC_BASE);
-      assert_int_equal(out.len, lens[l]);
-      if (lens[l])
-        assert_memory_equal(out.data, payload, lens[l]);
-      replicate_buf_free(&obj);
-      replicate_buf_free(&out);
+    for (int in_file = 0; in_file < 2; in_file++) {
+      size_t lens[] = {len, 0};
+      for (size_t l = 0; l < 2; l++) {
+        int fd = in_file ? open(sealed, O_RDWR | O_CREAT | O_TRUNC, 0600) : -1;
+        assert_true(!in_file || fd >= 0);
+        piece_source ps;
+        replicate_buf obj = {0}, out = {0};
+        assert_int_equal(seal_pieces(k, payload, lens[l], UINT64_MAX, fd, &obj, &ps), 0);
+        assert_int_equal(ps.next, lens[l]);
+        assert_int_equal(ps.reads, (lens[l] + ARC_SEAL_PIECE - 1) / ARC_SEAL_PIECE);
+        assert_true(obj.len < lens[l] / 2 + ARC_HEADER + 4096); /* compressed */
+        arc_header got;
+        assert_int_equal(arc_unseal(k, id, obj.data, obj.len, &got, &out), 0);
+        assert_true(got.flags & ARC_FLAG_ZSTD);
+        assert_int_equal(got.kind, ARC_BASE);
+        assert_int_equal(out.len, lens[l]);
+        if (lens[l])
+          assert_memory_equal(out.data, payload, lens[l]);
+        arc_sealed_free(&obj, fd);
+        replicate_buf_free(&out);
+        if (fd >= 0)
+          close(fd);
+      }
+      int fd = in_file ? open(sealed, O_RDWR | O_CREAT | O_TRUNC, 0600) : -1;
+      piece_source ps;
+      replicate_buf obj = {0};
+      assert_int_equal(seal_pieces(k, payload, len, ARC_SEAL_PIECE, fd, &obj, &ps), EIO);
+      arc_sealed_free(&obj, fd);
+      if (fd >= 0)
+        close(fd);
     }
-    piece_source ps = {.data = payload, .fail_at = ARC_SEAL_PIECE};
-    arc_header h = {.kind = ARC_BASE, .epoch = 2, .first_seq = 4, .last_seq = 4};
-    replicate_buf obj = {0};
-    assert_int_equal(arc_seal_read(k, &h, read_piece, &ps, len, &obj), EIO);
-    replicate_buf_free(&obj);
+    int full = open("/dev/full", O_RDWR);
+    if (full >= 0) {
+      piece_source ps;
+      replicate_buf obj = {0};
+      assert_int_equal(seal_pieces(k, payload, len, UINT64_MAX, full, &obj, &ps), ENOSPC);
+      assert_null(obj.data);
+      close(full);
+    }
   }
   free(payload);
   free(kf);
@@ -1558,15 +1589,20 @@ static int count_gaps(void *ctx, const replicate_archive_entry *e)
 
 /* A base due by time (every wake-up here) uploads the commits queued
  * since the last segment first: no gap is recorded, every seq restores. */
-static void test_periodic_base_keeps_frames(void **state)
+/* Bases every tick (one per wake-up with commits) and 20 commits: no gap,
+ * and a restore at every third seq is the node's checksum there. With
+ * scratch, every base is sealed into an unlinked file in it (no image is
+ * small enough for memory), which is empty again at the end. */
+static void periodic_bases(bool encrypted, const char *scratch)
 {
-  (void)state;
   node n;
-  node_start(&n, false);
+  node_start(&n, encrypted);
   replicate_archiver_stop(n.ar);
   replicate_archiver_options o = archiver_options(&n, "node-1");
   o.base_interval_seconds = 0.001;
   o.keep_bases = 100;
+  o.scratch_dir = scratch;
+  o.base_memory_max_bytes = 1;
   assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
   replicate_archive_status st = {0};
   TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 1), 5000);
@@ -1576,6 +1612,7 @@ static void test_periodic_base_keeps_frames(void **state)
   replicate_archiver_status(n.ar, &st);
   assert_true(st.bases >= 3);
   assert_false(st.gap);
+  assert_string_equal(st.last_error, "");
   replicate_archive *a = open_archive(&n);
   int gaps = 0;
   assert_int_equal(replicate_archive_list(a, count_gaps, &gaps), 0);
@@ -1593,6 +1630,33 @@ static void test_periodic_base_keeps_frames(void **state)
     assert_int_equal(got.checksum, sum);
   }
   node_stop(&n);
+  if (scratch != NULL) { /* nothing left behind */
+    DIR *d = opendir(scratch);
+    assert_non_null(d);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+      entries += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    assert_int_equal(entries, 0);
+  }
+}
+
+static void test_periodic_base_keeps_frames(void **state)
+{
+  (void)state;
+  periodic_bases(false, NULL);
+}
+
+/* A large image's base (here: every base, base_memory_max_bytes 1) sealed
+ * in a scratch file and sent from its mapping, plaintext and encrypted,
+ * restores as one sealed in memory does. */
+static void test_base_sealed_in_scratch_file(void **state)
+{
+  (void)state;
+  char *scratch = test_tmpdir("arcscratch");
+  periodic_bases(false, scratch);
+  periodic_bases(true, scratch);
+  test_rmtree(scratch);
 }
 
 /* The store unwritable: saves go on, the archive lags, records a gap when
@@ -1856,14 +1920,33 @@ static void test_store_down_at_start(void **state)
   node_stop(&n);
 }
 
+/* Root only: this process's mounts made private (a mount namespace of its
+ * own), so that the tests' tmpfs mounts are seen by nobody else. */
+static bool private_mounts(void)
+{
+  return geteuid() == 0 && unshare(CLONE_NEWNS) == 0 &&
+         mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
+}
+
+/* Fills dir's file system with dir/filler (its path into path). */
+static void fill_up(const char *dir, char *path, size_t size)
+{
+  snprintf(path, size, "%s/filler", dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  static char block[4096];
+  while (fwrite(block, 1, sizeof block, f) == sizeof block && fflush(f) == 0) {
+  }
+  fclose(f);
+}
+
 /* A full disk under the archive (a 1 MiB tmpfs in a private mount
  * namespace; root only): saves go on, status says ENOSPC, and once space
  * is freed the archive catches up and restores the newest position. */
 static void test_full_disk(void **state)
 {
   (void)state;
-  if (geteuid() != 0 || unshare(CLONE_NEWNS) != 0 ||
-      mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+  if (!private_mounts()) {
     skip();
     return;
   }
@@ -1877,13 +1960,7 @@ static void test_full_disk(void **state)
   assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
   saves_and_drain(&n, 2); /* a new archive on the tmpfs: base, segment */
   char filler[1100];
-  snprintf(filler, sizeof filler, "%s/filler", n.arc_dir);
-  FILE *f = fopen(filler, "w");
-  assert_non_null(f);
-  static char block[4096];
-  while (fwrite(block, 1, sizeof block, f) == sizeof block && fflush(f) == 0) {
-  }
-  fclose(f);
+  fill_up(n.arc_dir, filler, sizeof filler);
   int64_t t0 = test_now_ms();
   for (int i = 0; i < 20; i++)
     node_save(&n);
@@ -1898,6 +1975,42 @@ static void test_full_disk(void **state)
   n.ar = NULL;
   assert_int_equal(umount(n.arc_dir), 0);
   node_stop(&n);
+}
+
+/* The scratch directory full: the base fails with the disk's error (no
+ * SIGBUS from the mapping: every byte is written before it is mapped),
+ * saves go on, and the base goes up once there is room. */
+static void test_scratch_full(void **state)
+{
+  (void)state;
+  if (!private_mounts()) {
+    skip();
+    return;
+  }
+  char *scratch = test_tmpdir("arcscratchfull");
+  assert_int_equal(mount("tmpfs", scratch, "tmpfs", 0, "size=1m"), 0);
+  char filler[1100];
+  fill_up(scratch, filler, sizeof filler);
+  node n;
+  node_prepare(&n, false, 0);
+  for (int i = 0; i < 3; i++)
+    node_save(&n);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.scratch_dir = scratch;
+  o.base_memory_max_bytes = 1;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  wait_error(n.ar, "No space", false, &st);
+  assert_int_equal(st.bases, 0);
+  node_save(&n);
+  assert_int_equal(unlink(filler), 0);
+  assert_int_equal(replicate_archiver_drain(n.ar, 10), 1);
+  replicate_archiver_status(n.ar, &st);
+  assert_int_equal(st.bases, 1);
+  assert_restores_newest(&n);
+  node_stop(&n);
+  assert_int_equal(umount(scratch), 0);
+  test_rmtree(scratch);
 }
 
 /* A key rotation: the writer restarted with "new, old" continues, seals
@@ -2102,6 +2215,7 @@ int main(void)
       cmocka_unit_test(test_restore_memory_bounded),
       cmocka_unit_test(test_second_writer_stops),
       cmocka_unit_test(test_periodic_base_keeps_frames),
+      cmocka_unit_test(test_base_sealed_in_scratch_file),
       cmocka_unit_test(test_fed_frames),
       cmocka_unit_test(test_base_again_after_lost_head),
       cmocka_unit_test(test_store_down_never_blocks),
@@ -2112,6 +2226,7 @@ int main(void)
       cmocka_unit_test(test_forks),
       cmocka_unit_test(test_store_down_at_start),
       cmocka_unit_test(test_full_disk),
+      cmocka_unit_test(test_scratch_full),
       cmocka_unit_test(test_key_rotation),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
