@@ -258,6 +258,7 @@ typedef void (*replicate_archive_log_fn)(void *ctx, const char *line);
 #define REPLICATE_ARCHIVE_BACKLOG_DEFAULT (UINT64_C(4) << 30) /* 4 GiB */
 #define REPLICATE_ARCHIVE_SEGMENT_DEFAULT (UINT64_C(64) << 20) /* 64 MiB */
 #define REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT (UINT64_C(64) << 20) /* 64 MiB */
+#define REPLICATE_ARCHIVE_SCRATCH_RESERVE_DEFAULT (UINT64_C(256) << 20) /* 256 MiB */
 
 typedef struct replicate_archiver_options {
   replicate_archive_options access; /* required: url */
@@ -307,6 +308,12 @@ typedef struct replicate_archiver_options {
   uint64_t base_memory_max_bytes;   /* [REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT]:
                                    the largest image whose base is sealed
                                    in memory when scratch_dir is set */
+  uint64_t scratch_reserve_bytes;   /* [REPLICATE_ARCHIVE_SCRATCH_RESERVE_DEFAULT]:
+                                   a base's scratch file never takes its
+                                   file system below this much free (the
+                                   node's log and image need it): the base
+                                   fails with ENOSPC instead, and is tried
+                                   again */
   const char *writer_id;            /* [host:pid]: who writes, in e/E/writer;
                                    a node restarted with the same id
                                    continues */

@@ -95,14 +95,18 @@ int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
                   void *ctx, uint64_t len, replicate_buf *out);
 
 /* arc_seal_read into fd, an empty file open for reading and writing: the
- * object is written there (compressed 1 MiB at a time), then mapped
- * (MAP_SHARED) for the header, the encryption and the checksum: out->data
- * is that mapping, out->cap its size. The process holds the pieces being
+ * object is written there (compressed, then encrypted and summed a 1 MiB
+ * window at a time through reads and writes of the file, the header
+ * last), fdatasync'ed, then mapped read-only: out->data is that mapping,
+ * out->len and out->cap its size. The process holds a piece being
  * compressed, not the object; its pages are the page cache's. A write
- * that fails (ENOSPC) is that errno. Free out with arc_sealed_free(out,
- * fd), then close fd. */
+ * that fails is that errno, and a write that would leave fd's file system
+ * less than reserve bytes free (0: no check) is ENOSPC; nothing is ever
+ * stored through the mapping. Free out with arc_sealed_free(out, fd),
+ * then close fd. */
 int arc_seal_read_file(const arc_keys *keys, arc_header *h, arc_read_fn read,
-                       void *ctx, uint64_t len, int fd, replicate_buf *out);
+                       void *ctx, uint64_t len, int fd, uint64_t reserve,
+                       replicate_buf *out);
 /* Frees an object sealed by arc_seal_read (fd < 0) or arc_seal_read_file
  * into fd: its buffer, or its mapping. */
 void arc_sealed_free(replicate_buf *obj, int fd);
@@ -194,11 +198,12 @@ void arc_ahead_stop(arc_ahead *ah);
 int arc_put(replicate_archive *a, arc_header *h, const char *key,
             const void *payload, size_t len, unsigned flags);
 /* Seals an object whose payload is read through read (arc_seal_read, or
- * arc_seal_read_file into fd when fd >= 0) with a's keys and id, into
- * *obj for arc_put_sealed; free it with arc_sealed_free(obj, fd). */
+ * arc_seal_read_file into fd, keeping reserve bytes free, when fd >= 0)
+ * with a's keys and id, into *obj for arc_put_sealed; free it with
+ * arc_sealed_free(obj, fd). */
 int arc_seal_object(replicate_archive *a, arc_header *h, const char *key,
                     arc_read_fn read, void *ctx, uint64_t len, int fd,
-                    replicate_buf *obj);
+                    uint64_t reserve, replicate_buf *obj);
 /* Puts an object sealed by arc_seal_object. */
 int arc_put_sealed(replicate_archive *a, const char *key,
                    const replicate_buf *obj, unsigned flags);

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -98,32 +99,63 @@ int arc_keys_load(const char *path, arc_keys *out, char *err, size_t errlen)
 }
 
 /* ---------------------------------------------------------------------- */
-/* AES-256-GCM over a buffer in place (EVP takes int lengths: in chunks). */
+/* AES-256-GCM in place, in parts: gcm_begin with the associated data,
+ * gcm_update over the data in order (EVP takes int lengths: in chunks),
+ * gcm_end with the tag (made when encrypting, checked when decrypting),
+ * which frees ctx whatever happened. */
 
-static int gcm(int enc, const uint8_t *key, const uint8_t *nonce,
-               const uint8_t *aad, size_t aad_len, uint8_t *data, size_t len,
-               uint8_t tag[ARC_TAG])
+static int gcm_begin(int enc, const uint8_t *key, const uint8_t *nonce,
+                     const uint8_t *aad, size_t aad_len, EVP_CIPHER_CTX **out)
 {
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
   if (ctx == NULL)
     return ENOMEM;
+  int outl;
   int ok = EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) &&
            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, ARC_NONCE, NULL) &&
-           EVP_CipherInit_ex(ctx, NULL, NULL, key, nonce, enc);
-  int outl;
-  ok = ok && EVP_CipherUpdate(ctx, NULL, &outl, aad, (int)aad_len);
+           EVP_CipherInit_ex(ctx, NULL, NULL, key, nonce, enc) &&
+           EVP_CipherUpdate(ctx, NULL, &outl, aad, (int)aad_len);
+  if (!ok) {
+    EVP_CIPHER_CTX_free(ctx);
+    return REPLICATE_EARCHIVE_OBJECT;
+  }
+  *out = ctx;
+  return 0;
+}
+
+static int gcm_update(EVP_CIPHER_CTX *ctx, uint8_t *data, size_t len)
+{
+  int ok = 1, outl;
   for (size_t off = 0; ok && off < len;) {
     size_t chunk = len - off > (1u << 30) ? (1u << 30) : len - off;
     ok = EVP_CipherUpdate(ctx, data + off, &outl, data + off, (int)chunk);
     off += chunk;
   }
-  if (ok && !enc)
-    ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ARC_TAG, tag);
-  ok = ok && EVP_CipherFinal_ex(ctx, data + len, &outl) > 0;
+  return ok ? 0 : REPLICATE_EARCHIVE_OBJECT;
+}
+
+static int gcm_end(EVP_CIPHER_CTX *ctx, int enc, uint8_t tag[ARC_TAG])
+{
+  uint8_t none[16];
+  int outl;
+  int ok = enc || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ARC_TAG, tag);
+  ok = ok && EVP_CipherFinal_ex(ctx, none, &outl) > 0; /* (GCM: no bytes) */
   if (ok && enc)
     ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ARC_TAG, tag);
   EVP_CIPHER_CTX_free(ctx);
   return ok ? 0 : REPLICATE_EARCHIVE_OBJECT;
+}
+
+/* The three over one buffer. */
+static int gcm(int enc, const uint8_t *key, const uint8_t *nonce,
+               const uint8_t *aad, size_t aad_len, uint8_t *data, size_t len,
+               uint8_t tag[ARC_TAG])
+{
+  EVP_CIPHER_CTX *ctx;
+  int rc = gcm_begin(enc, key, nonce, aad, aad_len, &ctx);
+  if (rc == 0 && (rc = gcm_update(ctx, data, len)) != 0)
+    EVP_CIPHER_CTX_free(ctx);
+  return rc != 0 ? rc : gcm_end(ctx, enc, tag);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -204,6 +236,7 @@ typedef struct seal_sink {
   replicate_buf *out;
   int fd;
   uint64_t written;
+  uint64_t reserve; /* file: bytes its file system keeps free */
 } seal_sink;
 
 #define SEAL_FILE_WINDOW ((size_t)1 << 20)
@@ -222,19 +255,38 @@ static int sink_window(seal_sink *k, ZSTD_outBuffer *o)
   return 0;
 }
 
-/* All of buf[0, n) at off of fd: 0, or why not (a short write that
- * cannot go on is ENOSPC's or EIO). */
-static int sink_write(int fd, const void *buf, size_t n, off_t off)
+/* All of buf[0, n) at off of fd, written (or read: a short read is the
+ * file's end, EIO): 0, or why not (a short write that cannot go on is
+ * ENOSPC's or EIO). */
+static int sink_io(bool write, int fd, uint8_t *buf, size_t n, off_t off)
 {
   for (size_t done = 0; done < n;) {
-    ssize_t w = pwrite(fd, (const uint8_t *)buf + done, n - done, off + (off_t)done);
-    if (w < 0 && errno == EINTR)
+    ssize_t r = write ? pwrite(fd, buf + done, n - done, off + (off_t)done)
+                      : pread(fd, buf + done, n - done, off + (off_t)done);
+    if (r < 0 && errno == EINTR)
       continue;
-    if (w <= 0)
-      return w < 0 ? errno : EIO;
-    done += (size_t)w;
+    if (r <= 0)
+      return r < 0 ? errno : EIO;
+    done += (size_t)r;
   }
   return 0;
+}
+
+static int sink_write(int fd, const void *buf, size_t n, off_t off)
+{
+  return sink_io(true, fd, (uint8_t *)(uintptr_t)buf, n, off);
+}
+
+/* ENOSPC when n more bytes in fd would leave its file system less than
+ * reserve bytes free (the node's own files need them), else 0 (also when
+ * the file system does not say). */
+static int file_room(int fd, size_t n, uint64_t reserve)
+{
+  struct statvfs v;
+  if (reserve == 0 || fstatvfs(fd, &v) != 0)
+    return 0;
+  uint64_t avail = (uint64_t)v.f_bavail * v.f_frsize;
+  return avail >= reserve && avail - reserve >= n ? 0 : ENOSPC;
 }
 
 /* The window's n new bytes taken: kept in out, or written to the file. */
@@ -244,7 +296,9 @@ static int sink_take(seal_sink *k, size_t n)
     k->out->len += n;
     return 0;
   }
-  int rc = sink_write(k->fd, k->out->data, n, (off_t)(ARC_HEADER + k->written));
+  int rc = file_room(k->fd, n, k->reserve);
+  if (rc == 0)
+    rc = sink_write(k->fd, k->out->data, n, (off_t)(ARC_HEADER + k->written));
   k->written += n;
   return rc;
 }
@@ -292,21 +346,33 @@ static int stage_read(arc_read_fn read, void *ctx, uint64_t len,
   return rc;
 }
 
+/* 2: h's flags, key id, stored length and nonce for a body of body bytes
+ * (compressed, not yet encrypted), and its header into p (the checksum at
+ * ARC_OFF_CHECKSUM comes last: 4). */
+static int seal_header(const arc_keys *keys, arc_header *h, uint64_t body,
+                       uint8_t *p)
+{
+  bool enc = keys != NULL && keys->count > 0;
+  h->flags = (h->flags & ARC_FLAG_ZSTD) | (enc ? ARC_FLAG_ENCRYPTED : 0);
+  h->key_id = enc ? keys->id[0] : 0;
+  h->stored_len = body + (enc ? ARC_TAG : 0);
+  memset(h->nonce, 0, sizeof h->nonce);
+  if (enc && RAND_bytes(h->nonce, ARC_NONCE) != 1)
+    return REPLICATE_EARCHIVE_KEY;
+  header_write(p, h);
+  return 0;
+}
+
 /* 2-4: the header, the encryption and the checksum around the payload
  * staged in out after the header. */
 static int seal_staged(const arc_keys *keys, arc_header *h, replicate_buf *out)
 {
   size_t body = out->len - ARC_HEADER;
-  bool enc = keys != NULL && keys->count > 0;
-  h->flags = (h->flags & ARC_FLAG_ZSTD) | (enc ? ARC_FLAG_ENCRYPTED : 0);
-  h->key_id = enc ? keys->id[0] : 0; /* 2 */
-  h->stored_len = body + (enc ? ARC_TAG : 0);
-  memset(h->nonce, 0, sizeof h->nonce);
-  if (enc && RAND_bytes(h->nonce, ARC_NONCE) != 1)
-    return REPLICATE_EARCHIVE_KEY;
-  header_write(out->data, h);
-  if (enc) { /* 3 */
-    int rc = gcm(1, keys->key[0], h->nonce, out->data, ARC_OFF_CHECKSUM,
+  int rc = seal_header(keys, h, body, out->data); /* 2 */
+  if (rc != 0)
+    return rc;
+  if (h->flags & ARC_FLAG_ENCRYPTED) { /* 3 */
+    rc = gcm(1, keys->key[0], h->nonce, out->data, ARC_OFF_CHECKSUM,
              out->data + ARC_HEADER, body, out->data + ARC_HEADER + body);
     if (rc != 0)
       return rc;
@@ -323,6 +389,62 @@ static int seal_staged(const arc_keys *keys, arc_header *h, replicate_buf *out)
   return 0;
 }
 
+/* 2-4 for a body of body bytes staged in fd after the header, through
+ * reads and writes of the file (never a store into a mapping of it: on a
+ * full file system that copies on write, or any that allocates at the
+ * first store into a page, that would be a SIGBUS where a write is
+ * ENOSPC). Encryption reads, encrypts and writes back each window; the
+ * checksum reads the stored payload as it goes; the header is written
+ * last. */
+static int seal_file(const arc_keys *keys, arc_header *h, int fd, uint64_t body,
+                     uint64_t reserve)
+{
+  uint8_t hdr[ARC_HEADER];
+  int rc = seal_header(keys, h, body, hdr); /* 2 */
+  bool enc = rc == 0 && (h->flags & ARC_FLAG_ENCRYPTED);
+  EVP_CIPHER_CTX *gc = NULL;
+  XXH3_state_t *st = XXH3_createState();
+  uint8_t *window = malloc(SEAL_FILE_WINDOW);
+  if (rc == 0 && (st == NULL || window == NULL))
+    rc = ENOMEM;
+  if (rc == 0 && enc) /* 3 */
+    rc = gcm_begin(1, keys->key[0], h->nonce, hdr, ARC_OFF_CHECKSUM, &gc);
+  if (rc == 0) { /* 4 */
+    XXH3_64bits_reset(st);
+    XXH3_64bits_update(st, hdr, ARC_OFF_CHECKSUM);
+  }
+  for (uint64_t off = 0; rc == 0 && off < body;) {
+    size_t n = body - off < SEAL_FILE_WINDOW ? (size_t)(body - off) : SEAL_FILE_WINDOW;
+    off_t at = (off_t)(ARC_HEADER + off);
+    rc = sink_io(false, fd, window, n, at);
+    if (rc == 0 && enc && (rc = gcm_update(gc, window, n)) == 0 &&
+        (rc = file_room(fd, n, reserve)) == 0) /* (a file system that */
+      rc = sink_write(fd, window, n, at);       /* copies on write) */
+    if (rc == 0)
+      XXH3_64bits_update(st, window, n);
+    off += n;
+  }
+  if (gc != NULL) {
+    uint8_t tag[ARC_TAG];
+    int end = gcm_end(gc, 1, tag); /* frees gc */
+    if (rc == 0 && (rc = end) == 0 &&
+        (rc = sink_write(fd, tag, ARC_TAG, (off_t)(ARC_HEADER + body))) == 0)
+      XXH3_64bits_update(st, tag, ARC_TAG);
+  }
+  if (rc == 0) {
+    arc_put64(hdr + ARC_OFF_CHECKSUM, XXH3_64bits_digest(st));
+    rc = sink_write(fd, hdr, ARC_HEADER, 0);
+  }
+  /* On the disk before the PUT reads it back: a page whose writeback
+   * failed could otherwise be dropped clean and read back stale, under a
+   * checksum made before; and clean pages are what the kernel may drop. */
+  if (rc == 0 && fdatasync(fd) != 0)
+    rc = errno;
+  free(window);
+  XXH3_freeState(st);
+  return rc;
+}
+
 int arc_seal(const arc_keys *keys, arc_header *h, const void *payload,
              size_t len, replicate_buf *out)
 {
@@ -334,40 +456,34 @@ int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
                   void *ctx, uint64_t len, replicate_buf *out)
 {
   h->flags |= ARC_FLAG_ZSTD;
-  seal_sink sink = {out, -1, 0};
+  seal_sink sink = {out, -1, 0, 0};
   int rc = stage_read(read, ctx, len, &sink); /* 1 */
   return rc != 0 ? rc : seal_staged(keys, h, out);
 }
 
 int arc_seal_read_file(const arc_keys *keys, arc_header *h, arc_read_fn read,
-                       void *ctx, uint64_t len, int fd, replicate_buf *out)
+                       void *ctx, uint64_t len, int fd, uint64_t reserve,
+                       replicate_buf *out)
 {
   h->flags |= ARC_FLAG_ZSTD;
   replicate_buf window = {0};
-  seal_sink sink = {&window, fd, 0};
+  seal_sink sink = {&window, fd, 0, reserve};
   int rc = stage_read(read, ctx, len, &sink); /* 1 */
-  /* The header's and the tag's bytes written too (zeros), so that the
-   * mapping meets no hole: a store into one would have to allocate, and
-   * on a full disk that is a SIGBUS, where a write is ENOSPC. */
-  uint8_t zeros[ARC_HEADER] = {0};
-  if (rc == 0)
-    rc = sink_write(fd, zeros, ARC_HEADER, 0);
-  if (rc == 0)
-    rc = sink_write(fd, zeros, ARC_TAG, (off_t)(ARC_HEADER + sink.written));
   replicate_buf_free(&window);
-  size_t size = ARC_HEADER + (size_t)sink.written + ARC_TAG;
-  void *map = MAP_FAILED;
-  if (rc == 0 &&
-      (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
-          MAP_FAILED)
-    rc = errno;
+  if (rc == 0)
+    rc = seal_file(keys, h, fd, sink.written, reserve); /* 2-4 */
   if (rc != 0)
     return rc;
-  *out = (replicate_buf){map, ARC_HEADER + (size_t)sink.written, size};
-  rc = seal_staged(keys, h, out); /* 2-4, in the mapping */
-  if (rc != 0)
-    arc_sealed_free(out, fd);
-  return rc;
+  /* Mapped for reading only (the PUT's body): every byte of the file is
+   * written and nobody else has it, so a read faults only where a read()
+   * would fail (an I/O error reading a page back: a SIGBUS, as for any
+   * mapped file). */
+  size_t size = ARC_HEADER + (size_t)h->stored_len;
+  void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED)
+    return errno;
+  *out = (replicate_buf){map, size, size};
+  return 0;
 }
 
 void arc_sealed_free(replicate_buf *obj, int fd)
@@ -932,11 +1048,12 @@ int arc_put(replicate_archive *a, arc_header *h, const char *key,
 
 int arc_seal_object(replicate_archive *a, arc_header *h, const char *key,
                     arc_read_fn read, void *ctx, uint64_t len, int fd,
-                    replicate_buf *obj)
+                    uint64_t reserve, replicate_buf *obj)
 {
   memcpy(h->archive_id, a->id, ARC_ID_SIZE);
   int rc = fd < 0 ? arc_seal_read(&a->keys, h, read, ctx, len, obj)
-                  : arc_seal_read_file(&a->keys, h, read, ctx, len, fd, obj);
+                  : arc_seal_read_file(&a->keys, h, read, ctx, len, fd,
+                                       reserve, obj);
   return rc != 0 ? arc_fail(a, rc, "%s: reading and sealing: %s", key,
                             replicate_strerror(rc))
                  : 0;

@@ -41,6 +41,7 @@
  * A failed request leaves everything queued for the next wake-up; the
  * error shows in status.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -767,22 +768,40 @@ static void snap_close(replicate_archiver *ar, loom_snapshot *snap)
 static int upload_segments(replicate_archiver *ar, uint64_t limit);
 
 /* A file in dir that nobody else sees and nothing leaves behind: O_TMPFILE,
- * or where the file system has none, a named file unlinked at once. The
- * fd, or -errno. */
+ * or where the file system has none, a named file unlinked at once (one
+ * that a crash left between the two goes at the archiver's start:
+ * scratch_sweep). The fd, or -errno. */
+#define SCRATCH_PREFIX ".archive-base-"
+
 static int scratch_open(const char *dir)
 {
   int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
   if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
     return fd >= 0 ? fd : -errno;
   char path[PATH_MAX];
-  if (snprintf(path, sizeof path, "%s/.archive-base-XXXXXX", dir) >=
+  if (snprintf(path, sizeof path, "%s/" SCRATCH_PREFIX "XXXXXX", dir) >=
       (int)sizeof path)
     return -ENAMETOOLONG;
   fd = mkostemp(path, O_CLOEXEC);
   if (fd < 0)
     return -errno;
-  unlink(path);
+  if (unlink(path) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
   return fd;
+}
+
+/* The named scratch files a crash left in dir (best effort). */
+static void scratch_sweep(const char *dir)
+{
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+    if (strncmp(e->d_name, SCRATCH_PREFIX, strlen(SCRATCH_PREFIX)) == 0)
+      unlinkat(dirfd(d), e->d_name, 0);
+  if (d != NULL)
+    closedir(d);
 }
 
 static int upload_base(replicate_archiver *ar)
@@ -816,7 +835,13 @@ static int upload_base(replicate_archiver *ar)
   replicate_buf obj = {0};
   if (rc == 0)
     rc = arc_seal_object(ar->a, &h, key, snapshot_stream_read, &ss, len, fd,
-                         &obj);
+                         ar->o.scratch_reserve_bytes, &obj);
+  if (rc != 0 && fd >= 0)
+    arc_fail(ar->a, rc,
+             "base %s: reading and sealing into a scratch file in %s (which "
+             "keeps %" PRIu64 " MiB free there): %s",
+             key, ar->o.scratch_dir, ar->o.scratch_reserve_bytes >> 20,
+             replicate_strerror(rc));
   snap_close(ar, ss.snap);
   /* What is queued up to the base goes first, as a segment: a base due by
    * time must not turn the commits since the last segment into a gap
@@ -1221,6 +1246,8 @@ static int archiver_copy_options(replicate_archiver *ar,
     ar->o.segment_max_bytes = REPLICATE_ARCHIVE_SEGMENT_DEFAULT;
   if (ar->o.base_memory_max_bytes == 0)
     ar->o.base_memory_max_bytes = REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT;
+  if (ar->o.scratch_reserve_bytes == 0)
+    ar->o.scratch_reserve_bytes = REPLICATE_ARCHIVE_SCRATCH_RESERVE_DEFAULT;
   return rc;
 }
 
@@ -1328,6 +1355,8 @@ int replicate_archiver_start(const replicate_archiver_options *o,
     if (o->log)
       replicate_log_hold(o->log, 1); /* all, until W1 reads the head */
     load_backlog(ar);
+    if (ar->o.scratch_dir != NULL)
+      scratch_sweep(ar->o.scratch_dir);
     rc = pthread_create(&ar->thread, NULL, archiver_main, ar);
     if (rc != 0 && o->log) /* no archiver: the caller's hold, as it was */
       replicate_log_hold(o->log, held_before);

@@ -92,8 +92,30 @@ static int read_piece(void *ctx, uint64_t off, void *buf, size_t len)
   return 0;
 }
 
+/* The permissions /proc/self/maps gives the mapping that holds p ("" if
+ * none): a sealed file is mapped for reading only, never stored into. */
+static const char *mapping_perms(const void *p)
+{
+  static char perms[8];
+  perms[0] = '\0';
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  unsigned long lo, hi;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 &&
+        (uintptr_t)p >= lo && (uintptr_t)p < hi)
+      break;
+    else
+      perms[0] = '\0';
+  if (f)
+    fclose(f);
+  return perms;
+}
+
 /* Seals len bytes of payload read in pieces, in memory (fd < 0) or into
  * the file fd (arc_seal_read_file); the rc. */
+static uint64_t reserve; /* seal_pieces's: what the file system keeps */
+
 static int seal_pieces(const arc_keys *k, const uint8_t *payload, size_t len,
                        uint64_t fail_at, int fd, replicate_buf *obj,
                        piece_source *ps)
@@ -102,7 +124,7 @@ static int seal_pieces(const arc_keys *k, const uint8_t *payload, size_t len,
   arc_header h = {.kind = ARC_BASE, .epoch = 2, .first_seq = 4, .last_seq = 4};
   memcpy(h.archive_id, (uint8_t[ARC_ID_SIZE]){7}, ARC_ID_SIZE);
   return fd < 0 ? arc_seal_read(k, &h, read_piece, ps, len, obj)
-                : arc_seal_read_file(k, &h, read_piece, ps, len, fd, obj);
+                : arc_seal_read_file(k, &h, read_piece, ps, len, fd, reserve, obj);
 }
 
 /* A payload read in pieces (a base read from a snapshot) seals into an
@@ -142,6 +164,8 @@ static void test_format_sealed_in_pieces(void **state)
         assert_int_equal(ps.next, lens[l]);
         assert_int_equal(ps.reads, (lens[l] + ARC_SEAL_PIECE - 1) / ARC_SEAL_PIECE);
         assert_true(obj.len < lens[l] / 2 + ARC_HEADER + 4096); /* compressed */
+        if (in_file)
+          assert_string_equal(mapping_perms(obj.data), "r--s");
         arc_header got;
         assert_int_equal(arc_unseal(k, id, obj.data, obj.len, &got, &out), 0);
         assert_true(got.flags & ARC_FLAG_ZSTD);
@@ -170,6 +194,20 @@ static void test_format_sealed_in_pieces(void **state)
       assert_null(obj.data);
       close(full);
     }
+    /* A file system that would keep less than the reserve free: ENOSPC
+     * before the first write. */
+    int fd = open(sealed, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    piece_source ps;
+    replicate_buf obj = {0};
+    reserve = UINT64_MAX / 2;
+    assert_int_equal(seal_pieces(k, payload, len, UINT64_MAX, fd, &obj, &ps), ENOSPC);
+    reserve = 0;
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_null(obj.data);
+    close(fd);
   }
   free(payload);
   free(kf);
@@ -1649,11 +1687,17 @@ static void test_periodic_base_keeps_frames(void **state)
 
 /* A large image's base (here: every base, base_memory_max_bytes 1) sealed
  * in a scratch file and sent from its mapping, plaintext and encrypted,
- * restores as one sealed in memory does. */
+ * restores as one sealed in memory does; a named scratch file left by a
+ * crash is removed at the archiver's start. */
 static void test_base_sealed_in_scratch_file(void **state)
 {
   (void)state;
   char *scratch = test_tmpdir("arcscratch");
+  char stale[1100]; /* a named scratch file a crash left: swept at start */
+  snprintf(stale, sizeof stale, "%s/.archive-base-Xy12Zq", scratch);
+  FILE *f = fopen(stale, "w");
+  assert_non_null(f);
+  fclose(f);
   periodic_bases(false, scratch);
   periodic_bases(true, scratch);
   test_rmtree(scratch);
@@ -1977,9 +2021,10 @@ static void test_full_disk(void **state)
   node_stop(&n);
 }
 
-/* The scratch directory full: the base fails with the disk's error (no
- * SIGBUS from the mapping: every byte is written before it is mapped),
- * saves go on, and the base goes up once there is room. */
+/* The scratch directory short of its reserve, then full: the base fails
+ * with ENOSPC, first before any write, then the disk's own (a write's:
+ * nothing is stored through the mapping, which would be a SIGBUS), saves
+ * go on, and the base goes up once there is room. */
 static void test_scratch_full(void **state)
 {
   (void)state;
@@ -1989,18 +2034,30 @@ static void test_scratch_full(void **state)
   }
   char *scratch = test_tmpdir("arcscratchfull");
   assert_int_equal(mount("tmpfs", scratch, "tmpfs", 0, "size=1m"), 0);
-  char filler[1100];
-  fill_up(scratch, filler, sizeof filler);
   node n;
   node_prepare(&n, false, 0);
+  /* Room, but less than the reserve would leave: refused before a write. */
+  replicate_archiver_options big = archiver_options(&n, "node-1");
+  big.scratch_dir = scratch;
+  big.base_memory_max_bytes = 1;
+  big.scratch_reserve_bytes = UINT64_C(1) << 30;
+  assert_int_equal(replicate_archiver_start(&big, &n.ar), 0);
+  replicate_archive_status st;
+  wait_error(n.ar, "keeps 1024 MiB free there): No space", false, &st);
+  assert_int_equal(st.bases, 0);
+  replicate_archiver_stop(n.ar);
+  n.ar = NULL;
+  char filler[1100];
+  fill_up(scratch, filler, sizeof filler);
   for (int i = 0; i < 3; i++)
     node_save(&n);
   replicate_archiver_options o = archiver_options(&n, "node-1");
   o.scratch_dir = scratch;
   o.base_memory_max_bytes = 1;
+  o.scratch_reserve_bytes = 1;
   assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
-  replicate_archive_status st;
   wait_error(n.ar, "No space", false, &st);
+  assert_non_null(strstr(st.last_error, "scratch file in"));
   assert_int_equal(st.bases, 0);
   node_save(&n);
   assert_int_equal(unlink(filler), 0);
