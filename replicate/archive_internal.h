@@ -100,9 +100,9 @@ int arc_seal_read(const arc_keys *keys, arc_header *h, arc_read_fn read,
  * last), fdatasync'ed, then mapped read-only: out->data is that mapping,
  * out->len and out->cap its size. The process holds a piece being
  * compressed, not the object; its pages are the page cache's. A write
- * that fails is that errno, and a write that would leave fd's file system
- * less than reserve bytes free (0: no check) is ENOSPC; nothing is ever
- * stored through the mapping. Free out with arc_sealed_free(out, fd),
+ * that fails is that errno, and a write of the compressed payload that
+ * would leave fd's file system less than reserve bytes free (0: no check)
+ * is ENOSPC; nothing is ever stored through the mapping. Free out with arc_sealed_free(out, fd),
  * then close fd. */
 int arc_seal_read_file(const arc_keys *keys, arc_header *h, arc_read_fn read,
                        void *ctx, uint64_t len, int fd, uint64_t reserve,

@@ -283,9 +283,11 @@ static int sink_write(int fd, const void *buf, size_t n, off_t off)
 static int file_room(int fd, size_t n, uint64_t reserve)
 {
   struct statvfs v;
+  uint64_t avail;
   if (reserve == 0 || fstatvfs(fd, &v) != 0)
     return 0;
-  uint64_t avail = (uint64_t)v.f_bavail * v.f_frsize;
+  if (__builtin_mul_overflow((uint64_t)v.f_bavail, (uint64_t)v.f_frsize, &avail))
+    avail = UINT64_MAX; /* (a file system that says "unlimited") */
   return avail >= reserve && avail - reserve >= n ? 0 : ENOSPC;
 }
 
@@ -395,9 +397,12 @@ static int seal_staged(const arc_keys *keys, arc_header *h, replicate_buf *out)
  * first store into a page, that would be a SIGBUS where a write is
  * ENOSPC). Encryption reads, encrypts and writes back each window; the
  * checksum reads the stored payload as it goes; the header is written
- * last. */
-static int seal_file(const arc_keys *keys, arc_header *h, int fd, uint64_t body,
-                     uint64_t reserve)
+ * last. (The rewrite takes no new space but where the file system copies
+ * on write: there it may take up to the body's size out of the reserve
+ * that the compression kept; its writes still fail with ENOSPC, not
+ * worse. A check per window would refuse, on every other file system, a
+ * base that left the reserve just met.) */
+static int seal_file(const arc_keys *keys, arc_header *h, int fd, uint64_t body)
 {
   uint8_t hdr[ARC_HEADER];
   int rc = seal_header(keys, h, body, hdr); /* 2 */
@@ -417,9 +422,8 @@ static int seal_file(const arc_keys *keys, arc_header *h, int fd, uint64_t body,
     size_t n = body - off < SEAL_FILE_WINDOW ? (size_t)(body - off) : SEAL_FILE_WINDOW;
     off_t at = (off_t)(ARC_HEADER + off);
     rc = sink_io(false, fd, window, n, at);
-    if (rc == 0 && enc && (rc = gcm_update(gc, window, n)) == 0 &&
-        (rc = file_room(fd, n, reserve)) == 0) /* (a file system that */
-      rc = sink_write(fd, window, n, at);       /* copies on write) */
+    if (rc == 0 && enc && (rc = gcm_update(gc, window, n)) == 0)
+      rc = sink_write(fd, window, n, at);
     if (rc == 0)
       XXH3_64bits_update(st, window, n);
     off += n;
@@ -471,7 +475,7 @@ int arc_seal_read_file(const arc_keys *keys, arc_header *h, arc_read_fn read,
   int rc = stage_read(read, ctx, len, &sink); /* 1 */
   replicate_buf_free(&window);
   if (rc == 0)
-    rc = seal_file(keys, h, fd, sink.written, reserve); /* 2-4 */
+    rc = seal_file(keys, h, fd, sink.written); /* 2-4 */
   if (rc != 0)
     return rc;
   /* Mapped for reading only (the PUT's body): every byte of the file is

@@ -836,7 +836,7 @@ static int upload_base(replicate_archiver *ar)
   if (rc == 0)
     rc = arc_seal_object(ar->a, &h, key, snapshot_stream_read, &ss, len, fd,
                          ar->o.scratch_reserve_bytes, &obj);
-  if (rc != 0 && fd >= 0)
+  if (rc == ENOSPC && fd >= 0) /* (other errors: arc_seal_object's words) */
     arc_fail(ar->a, rc,
              "base %s: reading and sealing into a scratch file in %s (which "
              "keeps %" PRIu64 " MiB free there): %s",
