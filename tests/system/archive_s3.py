@@ -21,6 +21,8 @@ usage: archive_s3.py LOOMSHIP [--seed S]
    their payloads zstd-decompressed where that works), hold no 64-byte
    run of the image at the archive's base (which a plaintext archive's
    objects do hold, the control), and restore with the key is exact.
+6. An image over 64 MiB, encrypted: its base goes up from a scratch file
+   (docs/ARCHIVE.md W2) and restores exactly.
 
 Skipped (exit 77) when Swift's Debian packages are not installed."""
 import os
@@ -295,6 +297,34 @@ class Suite(systest.Checks):
         self.check(rc == 0 and got.get("checksum") == mine.get("checksum") and mine,
                    "restore with the key is the primary's image: %s" % text.strip()[-160:])
 
+    # 6 ------------------------------------------------------------------
+    def large_base(self):
+        """An image over 64 MiB, encrypted: its base is sealed in a scratch
+        file and PUT from a read-only mapping of it; restore is exact."""
+        kf = self.path("archive.key")
+        with open(kf, "w") as f:
+            f.write(KEY)
+        pdir, url = self.path("large"), self.store_url("large")
+        table = ["--keys", "8192", "--arena-pages", "10496", "--rate", "100000"]
+        rc, _ = self.run("primary", "--dir", pdir, "--saves", "1024", *table,
+                         "--pages", "64")
+        size = os.path.getsize(os.path.join(pdir, "image")) if rc == 0 else 0
+        self.check(size > 64 << 20, "a %d MiB image made (%s)" % (size >> 20, rc))
+        rc, text = self.run("primary", "--dir", pdir, "--saves", "5", *table,
+                            "--pages", "16", "--archive", url, "--archive-key-file",
+                            kf, *self.s3_opts())
+        self.check(rc == 0 and "base at seq" in text,
+                   "the large image's base goes up to Swift: %s" % text.strip()[-300:])
+        out = self.path("large-out")
+        rc, text = self.restore(url, out, "--archive-key-file", kf)
+        got = systest.inspect(self.loomship, out) or {}
+        mine = systest.inspect(self.loomship, pdir) or {}
+        self.check(rc == 0 and mine and all(got.get(k) == mine.get(k) for k in
+                                            ("epoch", "seq", "checksum", "pages")),
+                   "restore of the large base is the primary's position: %s"
+                   % text.strip()[-160:])
+        self.check(systest.verify(self.loomship, out)[0], "verify passes on it")
+
 
 def main():
     loomship, _ = systest.loomship_and_rng()
@@ -312,6 +342,7 @@ def main():
         s.missing_bucket()
         s.store_faults()
         s.encrypted()
+        s.large_base()
     return systest.report("archive_s3", s.failures, root)
 
 
