@@ -9,8 +9,10 @@
  *
  * With LOOMSHIP_ETCD_ENDPOINTS set (tests/cluster/etcd_live.py), the
  * arguments default to a member "example" alone on a free port: it must
- * lead, acknowledge SAVES (20) saves, stop with a planned stop and exit 0.
+ * lead, acknowledge SAVES (20) saves, stop with a planned stop and exit 0,
+ * removing the directory it made.
  */
+#include <ftw.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +84,13 @@ static void say(void *ctx, const char *line)
   fprintf(stderr, "example: %s\n", line);
 }
 
+static int remove_entry(const char *path, const struct stat *st, int flag,
+                        struct FTW *ftw)
+{
+  (void)st, (void)flag, (void)ftw;
+  return remove(path);
+}
+
 static uint16_t free_port(void)
 {
   int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -130,5 +139,7 @@ int main(int argc, char **argv)
   printf("%llu saves acknowledged, counter %llu\n", (unsigned long long)acked,
          (unsigned long long)a.counter);
   rc = cluster_node_stop(node);
+  if (argc < 5) /* the directory it made for itself goes with it */
+    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
   return rc == 0 || rc == 1 ? 0 : 1; /* alone: nobody to hand over to */
 }
