@@ -46,7 +46,7 @@ run() {
   wait "$tpid" || { echo "$name: failed: $(tail -3 "$work/err")" >&2; exit 1; }
   t1=$(date +%s.%N)
   kib=$(tail -1 "$work/maxrss")
-  if ! grep -q '^[0-9]*$' <<< "$kib"; then
+  if ! grep -qE '^[0-9]+$' <<< "$kib"; then
     echo "$name: failed: $(tail -3 "$work/err")" >&2
     exit 1
   fi

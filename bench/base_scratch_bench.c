@@ -12,7 +12,8 @@
  * samples the child's RssAnon (/proc/self/status) every 5 ms from before
  * the archiver starts, so the figure is the base's anonymous memory on
  * top of the arena (mapped and touched before). The two ways alternate,
- * R rounds; prints each run and the medians.
+ * R rounds; prints each run and the medians. (An image up to 64 MiB,
+ * REPLICATE_ARCHIVE_BASE_MEMORY_DEFAULT, is sealed in memory either way.)
  */
 #include <errno.h>
 #include <pthread.h>
@@ -127,6 +128,15 @@ static void run(const char *dir, uint64_t pages, int scratch)
   printf("%ld %ld %.2f\n", before >> 10, atomic_load(&peak_kib) >> 10, secs);
 }
 
+/* A run's directory, with what it left (the image, the archive). */
+static void remove_dir(const char *dir)
+{
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "base_scratch_bench: could not remove %s\n", dir);
+}
+
 static int cmp_long(const void *a, const void *b)
 {
   long x = *(const long *)a, y = *(const long *)b;
@@ -138,8 +148,11 @@ int main(int argc, char **argv)
   uint64_t pages = 16384;
   int rounds = 3;
   const char *base = "/tmp";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--pages"))
+  for (int i = 1; i < argc; i += 2) {
+    if (i + 1 == argc) {
+      fprintf(stderr, "usage: base_scratch_bench [--pages N] [--rounds R] [--dir DIR]\n");
+      return 2;
+    } else if (!strcmp(argv[i], "--pages"))
       pages = strtoull(argv[i + 1], NULL, 10);
     else if (!strcmp(argv[i], "--rounds"))
       rounds = atoi(argv[i + 1]);
@@ -165,10 +178,18 @@ int main(int argc, char **argv)
       if (!mkdtemp(dir))
         die("mkdtemp", errno);
       int fds[2];
-      if (pipe(fds) != 0)
-        die("pipe", errno);
+      if (pipe(fds) != 0) {
+        int e = errno;
+        remove_dir(dir);
+        die("pipe", e);
+      }
       fflush(stdout);
       pid_t pid = fork();
+      if (pid < 0) {
+        int e = errno;
+        remove_dir(dir);
+        die("fork", e);
+      }
       if (pid == 0) {
         dup2(fds[1], 1);
         run(dir, pages, way);
@@ -182,15 +203,12 @@ int main(int argc, char **argv)
         out[0] = '\0';
       if (f)
         fclose(f);
-      int status;
-      waitpid(pid, &status, 0);
-      char cmd[700];
-      snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", dir);
-      if (system(cmd) != 0)
-        fprintf(stderr, "base_scratch_bench: could not remove %s\n", dir);
+      int status = 0;
+      pid_t waited = waitpid(pid, &status, 0);
+      remove_dir(dir);
       long before, peak;
       double secs;
-      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+      if (waited != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
           sscanf(out, "%ld %ld %lf", &before, &peak, &secs) != 3) {
         fprintf(stderr, "base_scratch_bench: run failed\n");
         return 1;

@@ -122,6 +122,8 @@ int main(int argc, char **argv)
   int rc = cluster_node_start(&o, &node);
   if (rc) {
     fprintf(stderr, "cluster_node_start: %s\n", cluster_strerror(rc));
+    if (argc < 5)
+      nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     return 1;
   }
   while (acked < saves) {

@@ -1674,6 +1674,7 @@ static void periodic_bases(bool encrypted, const char *scratch)
   o.keep_bases = 100;
   o.scratch_dir = scratch;
   o.base_memory_max_bytes = 1;
+  o.scratch_reserve_bytes = 1; /* (a small /tmp must not refuse it) */
   assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
   replicate_archive_status st = {0};
   TEST_WAIT_UNTIL((replicate_archiver_status(n.ar, &st), st.bases >= 1), 5000);
@@ -1733,6 +1734,23 @@ static void test_base_sealed_in_scratch_file(void **state)
   fclose(f);
   periodic_bases(false, scratch);
   periodic_bases(true, scratch);
+  /* The bases did go through scratch_dir (an unlinked file is seen in no
+   * listing): one that is a regular file fails every base there. */
+  node n;
+  node_prepare(&n, false, 0);
+  char not_dir[1100];
+  snprintf(not_dir, sizeof not_dir, "%s/not-a-directory", scratch);
+  f = fopen(not_dir, "w");
+  assert_non_null(f);
+  fclose(f);
+  replicate_archiver_options o = archiver_options(&n, "node-1");
+  o.scratch_dir = not_dir;
+  o.base_memory_max_bytes = 1;
+  assert_int_equal(replicate_archiver_start(&o, &n.ar), 0);
+  replicate_archive_status st;
+  wait_error(n.ar, "a scratch file in", false, &st);
+  assert_int_equal(st.bases, 0);
+  node_stop(&n);
   test_rmtree(scratch);
 }
 
@@ -2055,9 +2073,9 @@ static void test_full_disk(void **state)
 }
 
 /* The scratch directory short of its reserve, then full: the base fails
- * with ENOSPC, first before any write, then the disk's own (a write's:
- * nothing is stored through the mapping, which would be a SIGBUS), saves
- * go on, and the base goes up once there is room. */
+ * with ENOSPC before any write both times (a full disk leaves no room
+ * above any reserve; a write's own ENOSPC: test_format_sealed_in_pieces,
+ * /dev/full), saves go on, and the base goes up once there is room. */
 static void test_scratch_full(void **state)
 {
   (void)state;

@@ -436,8 +436,10 @@ class Suite(systest.Checks):
         """An image over 64 MiB: its base is sealed into an unlinked file in
         the primary's directory and sent from there (docs/ARCHIVE.md W2);
         it restores to the primary's position and leaves no file behind.
-        (That the scratch file is used, and a full scratch disk, are
-        asserted by test_archive.c; here, the commands as typed.)"""
+        (That the bases go through the scratch file, and a full scratch
+        disk, are asserted by test_archive.c; here, the commands as typed,
+        with --dir as the scratch directory: its stale scratch file is
+        swept.)"""
         ls = self.loomship
         pdir, arc = self.path("large"), self.path("large-arc")
         os.makedirs(arc)
@@ -447,12 +449,17 @@ class Suite(systest.Checks):
         size = os.path.getsize(os.path.join(pdir, "image")) if rc == 0 else 0
         self.check(size > 64 << 20, "a %d MiB image made (%s)" % (size >> 20, rc))
         names = sorted(os.listdir(pdir))
+        # A named scratch file as a crash would leave it: the archiver's
+        # start sweeps it from its scratch directory, which is --dir.
+        stale = os.path.join(pdir, ".archive-base-Ab12Cd")
+        open(stale, "w").close()
         rc, text = run(ls, "primary", "--dir", pdir, "--saves", "5", *table,
                        "--pages", "16", "--archive", "file://" + arc)
         self.check(rc == 0 and "base at seq" in text,
                    "the large image's base is uploaded: %s" % text.strip()[-300:])
         self.check(sorted(os.listdir(pdir)) == names,
-                   "nothing is left in the directory: %s" % sorted(os.listdir(pdir)))
+                   "nothing is left in the directory, the stale scratch file "
+                   "swept: %s" % sorted(os.listdir(pdir)))
         out = self.path("large-restored")
         rc, text = restore(ls, arc, out)
         self.check(rc == 0 and same_position(systest.inspect(ls, out),
